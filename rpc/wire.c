@@ -1,0 +1,407 @@
+/* wire: frame codec and message coding shared by server and clients. See wire.h. */
+#include "wire.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <pb_common.h>
+#include <pb_decode.h>
+#include <pb_encode.h>
+
+const char *lagoon_status_name(int code)
+{
+    switch (code) {
+#define LAGOON_STATUS_CASE(name, num) \
+    case num:                         \
+        return #name;
+        LAGOON_STATUS_LIST(LAGOON_STATUS_CASE)
+#undef LAGOON_STATUS_CASE
+    default:
+        return "UNKNOWN";
+    }
+}
+
+static int is_connection_frame(uint8_t type)
+{
+    return type == WIRE_PING || type == WIRE_PONG || type == WIRE_GOAWAY || type == WIRE_SETTINGS;
+}
+
+long wire_frame_parse(const uint8_t *buf, size_t len, const wire_limits *lim, wire_frame *f,
+                      const char **why)
+{
+    const char *dummy;
+    if (why == NULL)
+        why = &dummy;
+    *why = NULL;
+    memset(f, 0, sizeof(*f));
+    if (len < 4)
+        return WIRE_PARTIAL;
+
+    f->length = wire_get32(buf);
+    /* Judge the length before anything else: an oversize frame is refused without waiting
+     * for (or buffering) its body. */
+    if (f->length > lim->max_frame_size) {
+        *why = "frame length exceeds the maximum frame size";
+        return WIRE_TOO_LARGE;
+    }
+    if (f->length < WIRE_LENGTH_MIN) {
+        *why = "frame length is shorter than the frame header";
+        return WIRE_INVALID;
+    }
+    if (len < WIRE_HEADER_SIZE)
+        return WIRE_PARTIAL;
+
+    f->type = buf[4];
+    f->flags = buf[5];
+    f->meta_len = wire_get16(buf + 6);
+    f->call_id = wire_get32(buf + 8);
+    f->code = wire_get32(buf + 12);
+
+    if (f->type == 0 || f->type > WIRE_TYPE_MAX) {
+        *why = "unknown frame type";
+        return WIRE_INVALID;
+    }
+    if (f->flags & ~WIRE_FLAGS_KNOWN) {
+        *why = "unknown flag bits set";
+        return WIRE_INVALID;
+    }
+    if (f->meta_len > lim->max_meta_size) {
+        *why = "metadata length exceeds the maximum metadata size";
+        return WIRE_TOO_LARGE;
+    }
+    if ((uint32_t)f->meta_len > f->length - WIRE_LENGTH_MIN) {
+        *why = "metadata length runs past the end of the frame";
+        return WIRE_INVALID;
+    }
+    f->payload_len = f->length - WIRE_LENGTH_MIN - f->meta_len;
+    if (is_connection_frame(f->type)) {
+        if (f->call_id != 0) {
+            *why = "connection-level frame with a non-zero call id";
+            return WIRE_INVALID;
+        }
+    } else if (f->call_id == 0) {
+        *why = "call frame with call id 0";
+        return WIRE_INVALID;
+    }
+    if ((f->type == WIRE_PING || f->type == WIRE_PONG) &&
+        (f->payload_len != WIRE_PING_PAYLOAD || f->meta_len != 0)) {
+        *why = "PING and PONG carry exactly 8 payload bytes and no metadata";
+        return WIRE_INVALID;
+    }
+    if (f->type == WIRE_CANCEL && (f->payload_len != 0 || f->meta_len != 0)) {
+        *why = "CANCEL carries no metadata and no payload";
+        return WIRE_INVALID;
+    }
+    if (f->flags & WIRE_FLAG_NO_MESSAGE) {
+        if (f->type != WIRE_MESSAGE || !(f->flags & WIRE_FLAG_END_STREAM) || f->payload_len != 0) {
+            *why = "NO_MESSAGE is only valid on an empty MESSAGE frame with END_STREAM";
+            return WIRE_INVALID;
+        }
+    }
+    if (len - 4 < f->length)
+        return WIRE_PARTIAL;
+    f->meta = buf + WIRE_HEADER_SIZE;
+    f->payload = f->meta + f->meta_len;
+    return (long)f->length + 4;
+}
+
+int wire_header_encode(uint8_t out[WIRE_HEADER_SIZE], uint8_t type, uint8_t flags,
+                       uint32_t call_id, uint32_t code, size_t meta_len, size_t payload_len)
+{
+    if (meta_len > UINT16_MAX || payload_len > UINT32_MAX - WIRE_LENGTH_MIN - meta_len)
+        return -1;
+    wire_put32(out, (uint32_t)(WIRE_LENGTH_MIN + meta_len + payload_len));
+    out[4] = type;
+    out[5] = flags;
+    wire_put16(out + 6, (uint16_t)meta_len);
+    wire_put32(out + 8, call_id);
+    wire_put32(out + 12, code);
+    return 0;
+}
+
+uint32_t wire_method_id(const char *path)
+{
+    uint32_t h = 0x811C9DC5u;
+    for (const unsigned char *p = (const unsigned char *)path; *p; p++) {
+        h ^= *p;
+        h *= 0x01000193u;
+    }
+    return h;
+}
+
+/* ---- message coding ---------------------------------------------------------------------- */
+
+int wire_decode(const wire_msginfo *info, const uint8_t *buf, size_t len, void *dst,
+                wire_violation *v)
+{
+    /* nanopb checks the bounds of static fields itself but allocates pointer fields as the
+     * wire asks; those bounds are checked here, before any allocation. */
+    if (info->has_pointers && wire_diagnose(info, buf, len, v)) {
+        return -1;
+    }
+    pb_istream_t in = pb_istream_from_buffer(buf, len);
+    if (pb_decode(&in, info->desc, dst))
+        return 0;
+    const char *err = PB_GET_ERROR(&in);
+    pb_release(info->desc, dst);
+    if (!wire_diagnose(info, buf, len, v)) {
+        v->field[0] = '\0';
+        snprintf(v->description, sizeof(v->description), "cannot decode %s: %s", info->name, err);
+    }
+    return -1;
+}
+
+long wire_encode(const wire_msginfo *info, const void *src, uint8_t *out, size_t cap,
+                 const char **why)
+{
+    pb_ostream_t os = pb_ostream_from_buffer(out, cap);
+    if (!pb_encode(&os, info->desc, src)) {
+        if (why)
+            *why = PB_GET_ERROR(&os);
+        return -1;
+    }
+    return (long)os.bytes_written;
+}
+
+long wire_encoded_size(const wire_msginfo *info, const void *src)
+{
+    size_t n;
+    if (!pb_get_encoded_size(&n, info->desc, src))
+        return -1;
+    return (long)n;
+}
+
+/* ---- diagnosis: name the field nanopb refused ------------------------------------------- */
+
+#define DIAG_MAX_DEPTH 16   /* deeper nesting is reported as such */
+#define DIAG_MAX_FIELDS 128 /* repeated counts are tracked for this many fields per message */
+
+typedef struct diag_reader {
+    const uint8_t *p, *end;
+} diag_reader;
+
+static int diag_varint(diag_reader *r, uint64_t *out)
+{
+    uint64_t v = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+        if (r->p >= r->end)
+            return -1;
+        uint8_t b = *r->p++;
+        v |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) {
+            *out = v;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+static const wire_fieldinfo *diag_field(const wire_msginfo *info, uint32_t tag)
+{
+    for (size_t i = 0; i < info->nfields; i++)
+        if (info->fields[i].tag == tag)
+            return &info->fields[i];
+    return NULL;
+}
+
+/* Field paths and descriptions are truncated to their buffers on purpose: a hostile message
+ * can nest names deeper than any report needs. */
+static void diag_fmt(char *out, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void diag_fmt(char *out, size_t cap, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    (void)vsnprintf(out, cap, fmt, ap);
+    va_end(ap);
+}
+
+static int diag_fail(wire_violation *v, const char *path, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int diag_fail(wire_violation *v, const char *path, const char *fmt, ...)
+{
+    va_list ap;
+    diag_fmt(v->field, sizeof(v->field), "%s", path);
+    va_start(ap, fmt);
+    (void)vsnprintf(v->description, sizeof(v->description), fmt, ap);
+    va_end(ap);
+    return 1;
+}
+
+/* The wire type nanopb expects for a field of this logical type (packed arrays aside). */
+static int diag_expected_wt(pb_type_t type)
+{
+    switch (PB_LTYPE(type)) {
+    case PB_LTYPE_FIXED32:
+        return 5;
+    case PB_LTYPE_FIXED64:
+        return 1;
+    case PB_LTYPE_BYTES:
+    case PB_LTYPE_STRING:
+    case PB_LTYPE_SUBMESSAGE:
+    case PB_LTYPE_SUBMSG_W_CB:
+    case PB_LTYPE_FIXED_LENGTH_BYTES:
+        return 2;
+    default:
+        return 0;
+    }
+}
+
+static int diag_msg(const wire_msginfo *info, const uint8_t *buf, size_t len, const char *prefix,
+                    int depth, wire_violation *v);
+
+/* Most items a repeated field takes: nanopb's array size for static arrays, the .options
+ * bound for pointer arrays; 0 = not repeated or no bound. */
+static unsigned long diag_max_items(const pb_field_iter_t *it, const wire_fieldinfo *fi)
+{
+    if (PB_HTYPE(it->type) != PB_HTYPE_REPEATED)
+        return 0;
+    if (PB_ATYPE(it->type) == PB_ATYPE_STATIC)
+        return it->array_size;
+    return fi != NULL ? fi->bound : 0;
+}
+
+/* Counts one unpacked occurrence of a repeated field; -1 once it passes the bound. */
+static int diag_count_one(const pb_field_iter_t *it, const wire_fieldinfo *fi, unsigned *counts)
+{
+    unsigned long max = diag_max_items(it, fi);
+    if (max == 0 || it->index >= DIAG_MAX_FIELDS)
+        return 0;
+    return ++counts[it->index] > max ? -1 : 0;
+}
+
+static int diag_len_field(const wire_msginfo *info, const pb_field_iter_t *it, const wire_fieldinfo *fi,
+                          const char *path, const uint8_t *data, size_t n, int depth,
+                          unsigned *count, wire_violation *v)
+{
+    (void)info;
+    pb_type_t lt = PB_LTYPE(it->type);
+    int repeated = PB_HTYPE(it->type) == PB_HTYPE_REPEATED;
+    int is_static = PB_ATYPE(it->type) == PB_ATYPE_STATIC;
+    int is_pointer = PB_ATYPE(it->type) == PB_ATYPE_POINTER;
+    uint32_t bound = fi != NULL ? fi->bound : 0;
+    if (is_pointer && !repeated && (lt == PB_LTYPE_STRING || lt == PB_LTYPE_BYTES) && bound && n > bound)
+        return diag_fail(v, path, "longer than %lu bytes", (unsigned long)bound);
+    if (lt == PB_LTYPE_STRING && is_static && n + 1 > it->data_size)
+        return diag_fail(v, path, "longer than %lu bytes", (unsigned long)it->data_size - 1);
+    if (lt == PB_LTYPE_BYTES && is_static && n > it->data_size - offsetof(pb_bytes_array_t, bytes))
+        return diag_fail(v, path, "longer than %lu bytes",
+                         (unsigned long)(it->data_size - offsetof(pb_bytes_array_t, bytes)));
+    if (lt == PB_LTYPE_FIXED_LENGTH_BYTES && n != it->data_size)
+        return diag_fail(v, path, "must be exactly %lu bytes", (unsigned long)it->data_size);
+    if (lt == PB_LTYPE_SUBMESSAGE || lt == PB_LTYPE_SUBMSG_W_CB) {
+        if (fi != NULL && fi->sub != NULL) {
+            char sub[128];
+            if (repeated)
+                diag_fmt(sub, sizeof(sub), "%s[%u].", path, *count);
+            else
+                diag_fmt(sub, sizeof(sub), "%s.", path);
+            if (diag_msg(fi->sub, data, n, sub, depth + 1, v))
+                return 1;
+        }
+    }
+    if (repeated && (is_static || is_pointer)) {
+        /* A packed scalar array adds one item per element, anything else one per occurrence. */
+        unsigned add = 1;
+        if (lt != PB_LTYPE_SUBMESSAGE && lt != PB_LTYPE_SUBMSG_W_CB && lt != PB_LTYPE_STRING &&
+            lt != PB_LTYPE_BYTES && lt != PB_LTYPE_FIXED_LENGTH_BYTES) {
+            diag_reader r = {data, data + n};
+            add = 0;
+            int wt = diag_expected_wt(it->type);
+            while (r.p < r.end) {
+                uint64_t tmp;
+                if (wt == 0 && diag_varint(&r, &tmp) != 0)
+                    return diag_fail(v, path, "truncated packed array");
+                if (wt == 5 || wt == 1) {
+                    size_t w = wt == 5 ? 4 : 8;
+                    if ((size_t)(r.end - r.p) < w)
+                        return diag_fail(v, path, "truncated packed array");
+                    r.p += w;
+                }
+                add++;
+            }
+        }
+        *count += add;
+        unsigned long max = diag_max_items(it, fi);
+        if (max && *count > max)
+            return diag_fail(v, path, "more than %lu items", max);
+    }
+    return 0;
+}
+
+static int diag_msg(const wire_msginfo *info, const uint8_t *buf, size_t len, const char *prefix,
+                    int depth, wire_violation *v)
+{
+    if (depth > DIAG_MAX_DEPTH)
+        return diag_fail(v, prefix, "messages nested deeper than %d levels", DIAG_MAX_DEPTH);
+    unsigned counts[DIAG_MAX_FIELDS] = {0};
+    diag_reader r = {buf, buf + len};
+    while (r.p < r.end) {
+        uint64_t key;
+        if (diag_varint(&r, &key) != 0)
+            return diag_fail(v, prefix, "truncated field key");
+        uint32_t tag = (uint32_t)(key >> 3);
+        int wt = (int)(key & 7);
+        if (tag == 0 || key >> 3 > 0x1fffffff)
+            return diag_fail(v, prefix, "invalid field number %lu", (unsigned long)(key >> 3));
+
+        const wire_fieldinfo *fi = diag_field(info, tag);
+        pb_field_iter_t it;
+        int known = pb_field_iter_begin_const(&it, info->desc, buf) && pb_field_iter_find(&it, tag);
+        char path[128];
+        if (fi != NULL)
+            diag_fmt(path, sizeof(path), "%s%s", prefix, fi->name);
+        else
+            diag_fmt(path, sizeof(path), "%s#%u", prefix, (unsigned)tag);
+
+        if (known) {
+            int want = diag_expected_wt(it.type);
+            int packed_ok = PB_HTYPE(it.type) == PB_HTYPE_REPEATED && wt == 2;
+            if (wt != want && !packed_ok)
+                return diag_fail(v, path, "wrong wire type %lu for this field", (unsigned long)wt);
+        }
+        uint64_t n;
+        switch (wt) {
+        case 0:
+            if (diag_varint(&r, &n) != 0)
+                return diag_fail(v, path, "truncated varint");
+            if (known && diag_count_one(&it, fi, counts) != 0)
+                return diag_fail(v, path, "more than %lu items", diag_max_items(&it, fi));
+            break;
+        case 1:
+        case 5: {
+            size_t w = wt == 1 ? 8 : 4;
+            if ((size_t)(r.end - r.p) < w)
+                return diag_fail(v, path, "truncated fixed-width value");
+            r.p += w;
+            if (known && diag_count_one(&it, fi, counts) != 0)
+                return diag_fail(v, path, "more than %lu items", diag_max_items(&it, fi));
+            break;
+        }
+        case 2:
+            if (diag_varint(&r, &n) != 0)
+                return diag_fail(v, path, "truncated length");
+            if (n > (uint64_t)(r.end - r.p))
+                return diag_fail(v, path, "length runs past the end of the message (%lu bytes)",
+                                 (unsigned long)n);
+            if (known) {
+                unsigned dummy = 0;
+                unsigned *count = it.index < DIAG_MAX_FIELDS ? &counts[it.index] : &dummy;
+                if (diag_len_field(info, &it, fi, path, r.p, (size_t)n, depth, count, v))
+                    return 1;
+            }
+            r.p += n;
+            break;
+        default:
+            return diag_fail(v, path, "unsupported wire type %lu", (unsigned long)wt);
+        }
+    }
+    return 0;
+}
+
+int wire_diagnose(const wire_msginfo *info, const uint8_t *buf, size_t len, wire_violation *v)
+{
+    v->field[0] = '\0';
+    v->description[0] = '\0';
+    return diag_msg(info, buf, len, "", 0, v);
+}

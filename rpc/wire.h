@@ -1,0 +1,213 @@
+/* wire: Lagoon's wire protocol, shared by the server and every client.
+ *
+ * This header is the whole public surface of the module. It has no dependency beyond libc and
+ * nanopb, so the blocking client that runs on phones can use it. docs/PROTOCOL.md is the prose
+ * version of what is here.
+ *
+ * A connection starts with the client's 4-byte preface "LGN1". Then both sides exchange frames:
+ *
+ *   offset size field
+ *        0    4 length    bytes after this field: 12 + meta_len + payload length (big-endian)
+ *        4    1 type      WIRE_REQUEST ... WIRE_SETTINGS
+ *        5    1 flags     WIRE_FLAG_*
+ *        6    2 meta_len  bytes of protobuf metadata after the header (big-endian)
+ *        8    4 call_id   0 for connection-level frames (big-endian)
+ *       12    4 code      method id (REQUEST), status (RESPONSE), last call id (GOAWAY)
+ *       16      metadata (meta_len bytes), then payload (the rest)
+ *
+ * Parsing follows picohttpparser: a pure function over the caller's buffer that allocates
+ * nothing, trusts nothing, and says complete / partial / too large / invalid.
+ */
+#ifndef LAGOON_WIRE_H
+#define LAGOON_WIRE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <pb.h>
+
+#define WIRE_PREFACE "LGN1"
+#define WIRE_PREFACE_LEN 4
+#define WIRE_HEADER_SIZE 16
+/* The smallest legal value of the length field: the header bytes after it. */
+#define WIRE_LENGTH_MIN 12
+#define WIRE_PING_PAYLOAD 8
+#define WIRE_PROTOCOL_VERSION 1
+
+enum wire_frame_type {
+    WIRE_REQUEST = 1,  /* opens call_id; code = method id; payload = first request message */
+    WIRE_MESSAGE = 2,  /* one more message on an open call, either direction */
+    WIRE_RESPONSE = 3, /* closes the call; code = status; payload = response (unary, client-streaming) */
+    WIRE_CANCEL = 4,   /* client abandons the call; no payload */
+    WIRE_PING = 5,     /* 8-byte payload, answered by a PONG echoing it */
+    WIRE_PONG = 6,
+    WIRE_GOAWAY = 7,   /* no new calls; code = last call id still answered; ResponseMeta says why */
+    WIRE_SETTINGS = 8, /* the server's limits (lagoon.v1.Settings), first frame after the preface */
+};
+#define WIRE_TYPE_MAX 8
+
+/* The sender sends nothing more on this call. */
+#define WIRE_FLAG_END_STREAM 0x01u
+/* With END_STREAM on a MESSAGE frame: the frame carries no message, it only half-closes.
+ * (A zero-length payload is otherwise a message with every field at its default.) */
+#define WIRE_FLAG_NO_MESSAGE 0x02u
+#define WIRE_FLAGS_KNOWN (WIRE_FLAG_END_STREAM | WIRE_FLAG_NO_MESSAGE)
+
+/* Status codes: gRPC's canonical codes, same names and numbers. Written once, here. */
+#define LAGOON_STATUS_LIST(X)                                                                     \
+    X(OK, 0)                                                                                      \
+    X(CANCELLED, 1)                                                                               \
+    X(UNKNOWN, 2)                                                                                 \
+    X(INVALID_ARGUMENT, 3)                                                                        \
+    X(DEADLINE_EXCEEDED, 4)                                                                       \
+    X(NOT_FOUND, 5)                                                                               \
+    X(ALREADY_EXISTS, 6)                                                                          \
+    X(PERMISSION_DENIED, 7)                                                                       \
+    X(RESOURCE_EXHAUSTED, 8)                                                                      \
+    X(FAILED_PRECONDITION, 9)                                                                     \
+    X(ABORTED, 10)                                                                                \
+    X(OUT_OF_RANGE, 11)                                                                           \
+    X(UNIMPLEMENTED, 12)                                                                          \
+    X(INTERNAL, 13)                                                                               \
+    X(UNAVAILABLE, 14)                                                                            \
+    X(DATA_LOSS, 15)                                                                              \
+    X(UNAUTHENTICATED, 16)
+
+enum lagoon_status {
+#define LAGOON_STATUS_ENUM(name, num) LAGOON_##name = num,
+    LAGOON_STATUS_LIST(LAGOON_STATUS_ENUM)
+#undef LAGOON_STATUS_ENUM
+};
+#define LAGOON_STATUS_MAX 16
+
+/* "OK", "INVALID_ARGUMENT", ...; "UNKNOWN" for a number outside the list. Static storage. */
+const char *lagoon_status_name(int code);
+
+/* One frame, as parsed. meta and payload point into the caller's buffer. */
+typedef struct wire_frame {
+    uint32_t length;       /* the length field: bytes after it */
+    uint8_t type;          /* enum wire_frame_type */
+    uint8_t flags;         /* WIRE_FLAG_* */
+    uint16_t meta_len;     /* bytes of metadata */
+    uint32_t call_id;
+    uint32_t code;
+    const uint8_t *meta;    /* meta_len bytes */
+    const uint8_t *payload; /* payload_len bytes */
+    uint32_t payload_len;
+} wire_frame;
+
+/* What the receiver accepts; both are checked from the header alone. */
+typedef struct wire_limits {
+    uint32_t max_frame_size; /* largest length field */
+    uint32_t max_meta_size;  /* largest meta_len */
+} wire_limits;
+
+enum wire_parse_result {
+    WIRE_PARTIAL = -1,   /* more bytes needed; f->length is set once 4 bytes are in */
+    WIRE_TOO_LARGE = -2, /* length or meta_len above the limits (known before the body arrives) */
+    WIRE_INVALID = -3,   /* malformed header: *why says which rule */
+};
+
+/* Parses one frame from buf[0..len). Returns the bytes it occupies (> 0) when complete, or a
+ * wire_parse_result. A header is judged as soon as its bytes are present, so an oversize or
+ * malformed frame is refused before its body is awaited. *why (may be NULL) receives a static
+ * English sentence for TOO_LARGE and INVALID. Allocates nothing; f is reset on entry. */
+long wire_frame_parse(const uint8_t *buf, size_t len, const wire_limits *lim, wire_frame *f,
+                      const char **why);
+
+/* Writes the 16-byte header for a frame with meta_len metadata bytes and payload_len payload
+ * bytes. Returns 0, or -1 if the sizes do not fit the format (meta_len > 65535, or the total
+ * length does not fit 32 bits). */
+int wire_header_encode(uint8_t out[WIRE_HEADER_SIZE], uint8_t type, uint8_t flags,
+                       uint32_t call_id, uint32_t code, size_t meta_len, size_t payload_len);
+
+/* FNV-1a 32-bit of a method path: the method id of a REQUEST. */
+uint32_t wire_method_id(const char *path);
+
+/* ---- Generated descriptors (protoc-gen-lagoon fills these from idl/) --------------------- */
+
+enum wire_kind {
+    WIRE_UNARY = 0,
+    WIRE_SERVER_STREAMING = 1,
+    WIRE_CLIENT_STREAMING = 2,
+    WIRE_BIDI_STREAMING = 3,
+};
+
+struct wire_msginfo;
+typedef struct wire_fieldinfo {
+    uint32_t tag;
+    const char *name;
+    const struct wire_msginfo *sub; /* field's message type, or NULL */
+    uint32_t bound; /* from .options: max items (repeated), max bytes (string, bytes); 0 = none */
+} wire_fieldinfo;
+
+/* A message type: nanopb's descriptor plus the field names nanopb does not keep. */
+typedef struct wire_msginfo {
+    const char *name; /* "lagoon.v1.EchoRequest" */
+    const pb_msgdesc_t *desc;
+    size_t nfields;
+    const wire_fieldinfo *fields; /* sorted by tag */
+    /* Has FT_POINTER fields: nanopb allocates them without checking their bounds, so
+     * wire_decode checks the bounds first (wire_diagnose) and the user pb_release()s. */
+    int has_pointers;
+} wire_msginfo;
+
+typedef struct wire_method {
+    const char *path; /* "/lagoon.v1.Health/Check" */
+    uint32_t id;      /* wire_method_id(path) */
+    const char *request_type, *response_type;
+    const wire_msginfo *request, *response;
+    size_t request_size, response_size; /* sizeof the nanopb structs */
+    uint8_t kind;                       /* enum wire_kind */
+    uint8_t access;                     /* lagoon_v1_Access */
+} wire_method;
+
+/* ---- Message coding with named errors ------------------------------------------------------ */
+
+typedef struct wire_violation {
+    char field[128];       /* dotted path of the offending field, "" if none could be named */
+    char description[256]; /* what is wrong with it */
+} wire_violation;
+
+/* Decodes buf[0..len) into dst (a struct of info's type, request_size bytes). Returns 0, or -1
+ * with *v naming the field that broke a bound or could not be decoded. On failure dst holds no
+ * allocations and must not be used. */
+int wire_decode(const wire_msginfo *info, const uint8_t *buf, size_t len, void *dst,
+                wire_violation *v);
+
+/* Encodes src into out[0..cap). Returns the encoded size, or -1 if it does not fit or a field
+ * breaks its bound (*why, may be NULL, gets nanopb's message). */
+long wire_encode(const wire_msginfo *info, const void *src, uint8_t *out, size_t cap,
+                 const char **why);
+
+/* The encoded size of src, or -1 if it cannot be encoded. */
+long wire_encoded_size(const wire_msginfo *info, const void *src);
+
+/* Walks buf[0..len) against info without decoding and names the first field that nanopb would
+ * reject (bad wire type, truncation, a string/bytes/repeated field over its bound). Returns 1
+ * with *v filled, 0 if it found nothing to name. */
+int wire_diagnose(const wire_msginfo *info, const uint8_t *buf, size_t len, wire_violation *v);
+
+/* Big-endian helpers, used by both sides' frame code. */
+static inline uint32_t wire_get32(const uint8_t *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | (uint32_t)p[3];
+}
+static inline uint16_t wire_get16(const uint8_t *p)
+{
+    return (uint16_t)(((unsigned)p[0] << 8) | (unsigned)p[1]);
+}
+static inline void wire_put32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+static inline void wire_put16(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)(v >> 8);
+    p[1] = (uint8_t)v;
+}
+
+#endif

@@ -1,0 +1,145 @@
+/* Debug service: echo in every streaming kind. Used by the tests and as the benchmark's
+ * ceiling; every amount of work it can be asked for is bounded. */
+#include "lagoon_handlers.h"
+
+#include <event2/event.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define DEBUG_MAX_DELAY_MS 10000u   /* Echo.delay_ms: a worker sleeps this long at most */
+#define DEBUG_MAX_STREAM 100000u    /* EchoStream.count */
+#define DEBUG_MAX_INTERVAL_MS 10000u /* EchoStream.interval_ms */
+
+static int echo_fail(rpc_call *call, uint32_t code)
+{
+    if (code > LAGOON_STATUS_MAX)
+        return rpc_call_violation(call, "fail_code", "must be a status code from 1 to %d", LAGOON_STATUS_MAX);
+    return rpc_call_error(call, (int)code, "failure requested with fail_code");
+}
+
+/* Runs on a worker thread: the loop thread never sleeps. */
+static int echo_after_delay(rpc_call *call, void *arg)
+{
+    (void)call;
+    uint32_t ms = *(const uint32_t *)arg;
+    struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+    return LAGOON_OK;
+}
+
+int handle_Debug_Echo(rpc_call *call, const lagoon_v1_EchoRequest *req, lagoon_v1_EchoResponse *resp)
+{
+    if (req->fail_code)
+        return echo_fail(call, req->fail_code);
+    if (req->delay_ms > DEBUG_MAX_DELAY_MS)
+        return rpc_call_violation(call, "delay_ms", "at most %u", DEBUG_MAX_DELAY_MS);
+    resp->payload.size = req->payload.size;
+    memcpy(resp->payload.bytes, req->payload.bytes, req->payload.size);
+    if (req->delay_ms == 0)
+        return LAGOON_OK;
+    /* req lives as long as the call, so the worker may read delay_ms from it. */
+    return rpc_call_defer(call, echo_after_delay, (void *)&req->delay_ms);
+}
+
+/* ---- EchoStream ---------------------------------------------------------------------------- */
+
+typedef struct echo_stream {
+    rpc_call *call;
+    struct event *timer;
+    uint32_t left;
+    struct timeval interval;
+    lagoon_v1_EchoResponse msg;
+} echo_stream;
+
+static void echo_stream_free(echo_stream *st)
+{
+    event_free(st->timer);
+    free(st);
+}
+
+static void echo_stream_cancel(rpc_call *call, void *arg)
+{
+    echo_stream_free(arg);
+    rpc_call_finish(call, LAGOON_CANCELLED);
+}
+
+static void echo_stream_tick(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    echo_stream *st = arg;
+    rpc_call *call = st->call;
+    if (rpc_call_send(call, &st->msg) != 0 || --st->left == 0) {
+        echo_stream_free(st);
+        rpc_call_finish(call, LAGOON_OK);
+        return;
+    }
+    evtimer_add(st->timer, &st->interval);
+}
+
+int handle_Debug_EchoStream(rpc_call *call, const lagoon_v1_EchoStreamRequest *req)
+{
+    if (req->count > DEBUG_MAX_STREAM)
+        rpc_call_violation(call, "count", "at most %u", DEBUG_MAX_STREAM);
+    if (req->interval_ms > DEBUG_MAX_INTERVAL_MS)
+        rpc_call_violation(call, "interval_ms", "at most %u", DEBUG_MAX_INTERVAL_MS);
+    if (rpc_call_violations(call))
+        return LAGOON_INVALID_ARGUMENT;
+    lagoon_v1_EchoResponse msg = lagoon_v1_EchoResponse_init_zero;
+    msg.payload.size = req->payload.size;
+    memcpy(msg.payload.bytes, req->payload.bytes, req->payload.size);
+    if (req->interval_ms == 0 || req->count == 0) {
+        /* As fast as the connection takes them: a reader that stops makes rpc_call_send fail
+         * once the output cap closes the connection, which ends the loop. */
+        for (uint32_t i = 0; i < req->count; i++)
+            if (rpc_call_send(call, &msg) != 0)
+                return LAGOON_CANCELLED;
+        return LAGOON_OK;
+    }
+    echo_stream *st = calloc(1, sizeof(*st));
+    if (st == NULL)
+        return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
+    st->call = call;
+    st->left = req->count;
+    st->msg = msg;
+    st->interval.tv_sec = req->interval_ms / 1000;
+    st->interval.tv_usec = (suseconds_t)(req->interval_ms % 1000) * 1000;
+    st->timer = evtimer_new(rpc_call_base(call), echo_stream_tick, st);
+    if (st->timer == NULL) {
+        free(st);
+        return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
+    }
+    rpc_call_on_cancel(call, echo_stream_cancel, st);
+    evtimer_add(st->timer, &st->interval);
+    return RPC_PENDING;
+}
+
+/* ---- EchoCollect and EchoChat --------------------------------------------------------------- */
+
+int handle_Debug_EchoCollect(rpc_call *call, const lagoon_v1_EchoRequest *req,
+                             lagoon_v1_EchoCollectResponse *resp)
+{
+    if (req == NULL)
+        return LAGOON_OK; /* the client half-closed: resp holds the totals */
+    if (req->fail_code)
+        return echo_fail(call, req->fail_code);
+    resp->count++;
+    resp->total_bytes += req->payload.size;
+    resp->last_payload.size = req->payload.size;
+    memcpy(resp->last_payload.bytes, req->payload.bytes, req->payload.size);
+    return RPC_CONTINUE;
+}
+
+int handle_Debug_EchoChat(rpc_call *call, const lagoon_v1_EchoRequest *req)
+{
+    if (req == NULL)
+        return LAGOON_OK;
+    if (req->fail_code)
+        return echo_fail(call, req->fail_code);
+    lagoon_v1_EchoResponse msg = lagoon_v1_EchoResponse_init_zero;
+    msg.payload.size = req->payload.size;
+    memcpy(msg.payload.bytes, req->payload.bytes, req->payload.size);
+    rpc_call_send(call, &msg);
+    return RPC_CONTINUE;
+}

@@ -1,0 +1,41 @@
+/* limits: every limit the RPC layer enforces, in one place.
+ *
+ * X(field, flag, default, minimum, maximum, why)
+ *
+ * `field` names the member of rpc_config; `flag` is the lagoond option (--flag, and the
+ * environment variable LAGOON_FLAG in upper case with '-' as '_'). Values outside
+ * [minimum, maximum] are refused at start-up. The "why" text is printed by lagoond --help.
+ */
+#ifndef LAGOON_LIMITS_H
+#define LAGOON_LIMITS_H
+
+#define RPC_LIMITS(X)                                                                              \
+    X(max_frame_size, "max-frame-size", 4u << 20, 4096u, 64u << 20,                              \
+      "Largest frame length accepted, in bytes. Checked from the first 4 bytes of a frame, "       \
+      "before its body is buffered, so a client cannot make the server allocate more than this.")  \
+    X(max_metadata_size, "max-metadata-size", 4096u, 64u, 65535u,                                 \
+      "Largest metadata block (meta_len) in bytes. RequestMeta needs under 400 bytes; the rest "   \
+      "is headroom for fields added later.")                                                       \
+    X(max_concurrent_calls, "max-concurrent-calls", 1024u, 1u, 65536u,                           \
+      "Open calls per connection. Each holds its decoded request until answered; a client that "  \
+      "needs more opens another connection.")                                                      \
+    X(max_connections, "max-connections", 20000u, 1u, 1000000u,                                    \
+      "Open connections, all loops together. Above it a new connection gets GOAWAY and is "       \
+      "closed; keep it below the process's file descriptor limit.")                               \
+    X(handshake_timeout_ms, "handshake-timeout-ms", 10000u, 100u, 600000u,                        \
+      "Time a new connection has to send the 4-byte preface before it is closed.")                \
+    X(idle_timeout_ms, "idle-timeout-ms", 300000u, 1000u, 86400000u,                              \
+      "A connection with no open call that sends nothing for this long is closed. PING keeps "    \
+      "a connection alive.")                                                                       \
+    X(max_output_buffer, "max-output-buffer", 16u << 20, 64u << 10, 1u << 30,                     \
+      "Bytes queued for a client that does not read. Past it the connection is closed, so a "     \
+      "stalled reader cannot grow server memory. Must exceed max-frame-size.")                    \
+    X(drain_timeout_ms, "drain-timeout-ms", 10000u, 0u, 600000u,                                  \
+      "On SIGTERM/SIGINT, time open calls get to finish before connections are closed.")          \
+    X(max_timeout_ms, "max-timeout-ms", 600000u, 1000u, 86400000u,                                \
+      "Largest per-call deadline honoured; a larger RequestMeta.timeout_ms is clamped to it.")   \
+    X(worker_queue, "worker-queue", 4096u, 16u, 1000000u,                                         \
+      "Jobs waiting for a worker thread (password hashing, blocking work). When full, new "       \
+      "work is refused with RESOURCE_EXHAUSTED instead of queueing without bound.")
+
+#endif

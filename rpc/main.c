@@ -1,0 +1,242 @@
+/* lagoond: the Lagoon server.
+ *
+ * Reads options (flags, each also settable through the environment), creates the data
+ * directory, starts the RPC server with the generated routes and serves until SIGTERM/SIGINT,
+ * then drains and exits 0. */
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "lagoon_handlers.h"
+#include "log.h"
+#include "rpc.h"
+
+#define LAGOOND_DATA_DEFAULT "./var"
+#define LAGOOND_PATH_MAX 1024
+
+enum opt_kind { OPT_LISTEN, OPT_PATH, OPT_U32, OPT_LOGLEVEL };
+
+typedef struct lagoond_opts {
+    rpc_config rpc;
+    char data[LAGOOND_PATH_MAX];
+    int log_level;
+} lagoond_opts;
+
+typedef struct opt {
+    const char *name; /* flag without "--"; env is LAGOON_ + upper case, '-' -> '_' */
+    int kind;
+    size_t offset; /* into lagoond_opts */
+    uint32_t min, max;
+    const char *help;
+} opt;
+
+#define OPT_RPC(field) (offsetof(lagoond_opts, rpc) + offsetof(rpc_config, field))
+
+static const opt options[] = {
+    {"listen", OPT_LISTEN, 0, 0, 0, "HOST:PORT to listen on (numeric address; [::1]:7420 for IPv6). Default 127.0.0.1:7420."},
+    {"data", OPT_PATH, offsetof(lagoond_opts, data), 0, 0, "Data directory (LMDB files). Default ./var; created if missing."},
+    {"threads", OPT_U32, OPT_RPC(threads), 0, 256, "Event-loop threads. Default 0 = one per core."},
+    {"workers", OPT_U32, OPT_RPC(workers), 0, 256, "Worker threads for blocking work. Default 0 = 4."},
+    {"log-level", OPT_LOGLEVEL, offsetof(lagoond_opts, log_level), 0, 0, "error, warn, info (default: one line per call) or debug."},
+#define OPT_LIMIT(field, flag, def, min, max, why) {flag, OPT_U32, OPT_RPC(field), (min), (max), why},
+    RPC_LIMITS(OPT_LIMIT)
+#undef OPT_LIMIT
+};
+#define NOPTIONS (sizeof(options) / sizeof(options[0]))
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: lagoond [--OPTION VALUE | --OPTION=VALUE ...]\n\n"
+               "Every option can also be set with the environment variable LAGOON_<OPTION> (upper case,\n"
+               "'-' as '_'); flags win over the environment.\n\n");
+    for (size_t i = 0; i < NOPTIONS; i++) {
+        fprintf(f, "  --%s\n      %s\n", options[i].name, options[i].help);
+        if (options[i].kind == OPT_U32 && options[i].max)
+            fprintf(f, "      Range %u..%u.\n", options[i].min, options[i].max);
+    }
+    fprintf(f, "  --help\n  --version\n");
+}
+
+static int parse_listen(const char *v, rpc_config *cfg, char *err, size_t errlen)
+{
+    const char *colon = strrchr(v, ':');
+    if (colon == NULL) {
+        snprintf(err, errlen, "--listen wants HOST:PORT, got '%s'", v);
+        return -1;
+    }
+    const char *host = v;
+    size_t hlen = (size_t)(colon - v);
+    if (hlen >= 2 && v[0] == '[' && v[hlen - 1] == ']') {
+        host++;
+        hlen -= 2;
+    }
+    char *end;
+    errno = 0;
+    unsigned long port = strtoul(colon + 1, &end, 10);
+    if (hlen == 0 || hlen >= sizeof(cfg->listen_host) || *end || colon[1] == '\0' || port > 65535 || errno) {
+        snprintf(err, errlen, "--listen wants HOST:PORT with a numeric address and port, got '%s'", v);
+        return -1;
+    }
+    memcpy(cfg->listen_host, host, hlen);
+    cfg->listen_host[hlen] = '\0';
+    cfg->listen_port = (uint16_t)port;
+    return 0;
+}
+
+static int set_opt(lagoond_opts *o, const opt *op, const char *v, char *err, size_t errlen)
+{
+    char *base = (char *)o;
+    switch (op->kind) {
+    case OPT_LISTEN:
+        return parse_listen(v, &o->rpc, err, errlen);
+    case OPT_PATH:
+        if (strlen(v) == 0 || strlen(v) >= LAGOOND_PATH_MAX) {
+            snprintf(err, errlen, "--%s: path empty or longer than %d bytes", op->name, LAGOOND_PATH_MAX - 1);
+            return -1;
+        }
+        snprintf(base + op->offset, LAGOOND_PATH_MAX, "%s", v);
+        return 0;
+    case OPT_LOGLEVEL: {
+        int lvl = log_level_parse(v);
+        if (lvl < 0) {
+            snprintf(err, errlen, "--%s: unknown level '%s' (error, warn, info, debug)", op->name, v);
+            return -1;
+        }
+        *(int *)(base + op->offset) = lvl;
+        return 0;
+    }
+    case OPT_U32: {
+        char *end;
+        errno = 0;
+        unsigned long long n = strtoull(v, &end, 10);
+        if (*v == '\0' || *end || errno || v[0] == '-' || n < op->min || n > op->max) {
+            snprintf(err, errlen, "--%s: '%s' is not a whole number in %u..%u", op->name, v, op->min, op->max);
+            return -1;
+        }
+        *(uint32_t *)(base + op->offset) = (uint32_t)n;
+        return 0;
+    }
+    }
+    return -1;
+}
+
+static const opt *find_opt(const char *name, size_t len)
+{
+    for (size_t i = 0; i < NOPTIONS; i++)
+        if (strlen(options[i].name) == len && strncmp(options[i].name, name, len) == 0)
+            return &options[i];
+    return NULL;
+}
+
+static int parse_args(lagoond_opts *o, int argc, char **argv, char *err, size_t errlen)
+{
+    /* Environment first, so that flags override it. */
+    for (size_t i = 0; i < NOPTIONS; i++) {
+        char env[64] = "LAGOON_";
+        size_t n = strlen(env);
+        for (const char *p = options[i].name; *p && n < sizeof(env) - 1; p++)
+            env[n++] = *p == '-' ? '_' : (char)(*p >= 'a' && *p <= 'z' ? *p - 32 : *p);
+        env[n] = '\0';
+        const char *v = getenv(env);
+        if (v && set_opt(o, &options[i], v, err, errlen) != 0) {
+            size_t l = strlen(err);
+            snprintf(err + l, errlen - l, " (from %s)", env);
+            return -1;
+        }
+    }
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0)
+            return 1;
+        if (strcmp(a, "--version") == 0)
+            return 2;
+        if (strncmp(a, "--", 2) != 0) {
+            snprintf(err, errlen, "unexpected argument '%s' (see --help)", a);
+            return -1;
+        }
+        const char *name = a + 2, *eq = strchr(name, '=');
+        size_t len = eq ? (size_t)(eq - name) : strlen(name);
+        const opt *op = find_opt(name, len);
+        if (op == NULL) {
+            snprintf(err, errlen, "unknown option '%s' (see --help)", a);
+            return -1;
+        }
+        const char *v = eq ? eq + 1 : (i + 1 < argc ? argv[++i] : NULL);
+        if (v == NULL) {
+            snprintf(err, errlen, "option '%s' needs a value", a);
+            return -1;
+        }
+        if (set_opt(o, op, v, err, errlen) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* mkdir -p */
+static int make_dirs(const char *path, char *err, size_t errlen)
+{
+    char buf[LAGOOND_PATH_MAX];
+    snprintf(buf, sizeof(buf), "%s", path);
+    for (char *p = buf + 1; ; p++) {
+        if (*p == '/' || *p == '\0') {
+            char c = *p;
+            *p = '\0';
+            if (mkdir(buf, 0700) != 0 && errno != EEXIST) {
+                snprintf(err, errlen, "cannot create data directory '%s': %s", buf, strerror(errno));
+                return -1;
+            }
+            *p = c;
+            if (c == '\0')
+                break;
+        }
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    lagoond_opts o;
+    memset(&o, 0, sizeof(o));
+    rpc_config_defaults(&o.rpc);
+    snprintf(o.data, sizeof(o.data), "%s", LAGOOND_DATA_DEFAULT);
+    o.log_level = LOG_INFO;
+    o.rpc.handle_signals = 1;
+
+    char err[LAGOOND_PATH_MAX + 256];
+    int r = parse_args(&o, argc, argv, err, sizeof(err));
+    if (r == 1) {
+        usage(stdout);
+        return 0;
+    }
+    if (r == 2) {
+        printf("lagoond %s\n", o.rpc.version);
+        return 0;
+    }
+    if (r < 0) {
+        fprintf(stderr, "lagoond: %s\n", err);
+        return 2;
+    }
+    log_set_level(o.log_level);
+    if (make_dirs(o.data, err, sizeof(err)) != 0) {
+        fprintf(stderr, "lagoond: %s\n", err);
+        return 1;
+    }
+
+    rpc_server *server;
+    rpc_error rerr;
+    if (rpc_server_new(&o.rpc, lagoon_routes, lagoon_routes_count, &server, &rerr) != RPC_OK) {
+        fprintf(stderr, "lagoond: %s\n", rerr.message);
+        return 1;
+    }
+    log_msg(LOG_INFO, "lagoond %s data=%s", o.rpc.version, o.data);
+    if (rpc_server_run(server, &rerr) != RPC_OK) {
+        fprintf(stderr, "lagoond: %s\n", rerr.message);
+        rpc_server_free(server);
+        return 1;
+    }
+    rpc_server_free(server);
+    return 0;
+}

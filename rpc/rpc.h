@@ -1,0 +1,194 @@
+/* rpc: Lagoon's RPC server — event loops, connections, calls, dispatch.
+ *
+ * This header is the whole public surface of the server side. The wire format is in wire.h and
+ * docs/PROTOCOL.md; the limits are in limits.h.
+ *
+ * Threads. rpc_server_run() runs a control thread (accept, signals, shutdown) and `threads` loop
+ * threads, each with its own libevent base. A connection lives on one loop for its whole life;
+ * every handler invocation for its calls happens on that loop's thread, and must not block it.
+ * Blocking work (password hashing, waiting for a durable commit) goes to the worker pool with
+ * rpc_call_defer(), or to another thread of the handler's own, which completes the call with
+ * rpc_call_finish().
+ *
+ * Handlers. protoc-gen-lagoon declares one function per method in lagoon_handlers.h:
+ *
+ *   unary             int handle_S_M(rpc_call *c, const Req *req, Resp *resp);
+ *   server-streaming  int handle_S_M(rpc_call *c, const Req *req);
+ *   client-streaming  int handle_S_M(rpc_call *c, const Req *req, Resp *resp);
+ *   bidi-streaming    int handle_S_M(rpc_call *c, const Req *req);
+ *
+ * A handler returns a status (LAGOON_OK or an error code from wire.h), which ends the call now,
+ * or one of:
+ *   RPC_PENDING   the handler keeps the call and ends it later with rpc_call_finish(), exactly
+ *                 once, from any thread. Until then req and resp stay valid (req only until the
+ *                 next message of a streaming-input call).
+ *   RPC_CONTINUE  (streaming-input methods only) waiting for more messages.
+ * For client- and bidi-streaming methods the handler is called once per incoming message and
+ * once more with req == NULL when the client half-closes; resp is the same zeroed struct on
+ * every invocation, so it can accumulate. Returning RPC_PENDING for one message and
+ * RPC_CONTINUE later is fine: the call is still finished once.
+ * For unary and client-streaming methods resp is encoded only when the status is LAGOON_OK.
+ *
+ * Every call gets exactly one reply: the RPC layer alone encodes and sends it.
+ */
+#ifndef LAGOON_RPC_H
+#define LAGOON_RPC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "limits.h"
+#include "wire.h"
+
+struct event_base;
+
+#define RPC_PENDING (-1)
+#define RPC_CONTINUE (-2)
+
+typedef struct rpc_server rpc_server;
+typedef struct rpc_call rpc_call;
+typedef struct rpc_route rpc_route;
+
+/* Module status pair; details go in an rpc_error the caller supplies. */
+#define RPC_OK 0
+#define RPC_ERR (-1)
+
+typedef struct rpc_error {
+    char message[256];
+} rpc_error;
+
+/* ---- Authorization ------------------------------------------------------------------------ */
+
+enum rpc_role { RPC_ROLE_NONE = 0, RPC_ROLE_STUDENT = 1, RPC_ROLE_TEACHER = 2, RPC_ROLE_ADMIN = 3 };
+
+/* Who is calling. user_id 0 means anonymous. */
+typedef struct rpc_caller {
+    uint64_t user_id;
+    uint8_t role;     /* enum rpc_role */
+    uint8_t verified; /* email verified */
+    uint64_t session_id;
+} rpc_caller;
+
+/* Resolves an access token to a caller. Runs on a loop thread for every call that carries a
+ * token, so it must be fast and must not block (a read transaction is fine). Returns 0 and
+ * fills *out, or -1 if the token is unknown, expired or revoked. */
+typedef int (*rpc_authenticate_fn)(void *arg, const char *token, rpc_caller *out);
+
+/* ---- Configuration -------------------------------------------------------------------------- */
+
+typedef struct rpc_config {
+    char listen_host[64];   /* numeric IPv4 or IPv6 address */
+    uint16_t listen_port;   /* 0 = an ephemeral port (see rpc_server_port) */
+    unsigned threads;       /* loop threads; 0 = number of cores */
+    unsigned workers;       /* worker pool threads; 0 = 4 */
+    int handle_signals;     /* SIGTERM/SIGINT start a graceful drain; SIGPIPE ignored */
+#define RPC_LIMIT_FIELD(field, flag, def, min, max, why) uint32_t field;
+    RPC_LIMITS(RPC_LIMIT_FIELD)
+#undef RPC_LIMIT_FIELD
+    rpc_authenticate_fn authenticate; /* NULL: every token is rejected */
+    void *authenticate_arg;
+    const char *version;    /* reported by Health/Check */
+} rpc_config;
+
+/* Fills every field with its default (127.0.0.1:7420, limits from limits.h). */
+void rpc_config_defaults(rpc_config *cfg);
+
+/* ---- Server lifecycle ----------------------------------------------------------------------- */
+
+/* Creates the server and binds its listening socket (so rpc_server_port is known at once).
+ * routes must stay valid for the server's life. Returns RPC_OK, or RPC_ERR with err filled. */
+int rpc_server_new(const rpc_config *cfg, const rpc_route *routes, size_t nroutes,
+                   rpc_server **out, rpc_error *err);
+
+/* The bound port (useful with listen_port 0). */
+uint16_t rpc_server_port(const rpc_server *s);
+
+/* Serves until stopped: returns after a graceful drain, RPC_OK. Blocks the calling thread. */
+int rpc_server_run(rpc_server *s, rpc_error *err);
+
+/* Starts a graceful drain: GOAWAY to every connection, no new calls, open calls get
+ * drain_timeout_ms to finish, then everything closes and rpc_server_run returns.
+ * Safe from any thread; idempotent. */
+void rpc_server_stop(rpc_server *s);
+
+/* Frees a server whose rpc_server_run has returned (or was never called). */
+void rpc_server_free(rpc_server *s);
+
+/* Server-wide counters, for Health/Check and tests. */
+uint32_t rpc_server_connections(const rpc_server *s);
+uint32_t rpc_server_active_calls(const rpc_server *s);
+int rpc_server_draining(const rpc_server *s);
+uint64_t rpc_server_uptime_ms(const rpc_server *s);
+const char *rpc_server_version(const rpc_server *s);
+/* The routes the server was created with (for Reflection). */
+const rpc_route *rpc_server_routes(const rpc_server *s, size_t *count);
+
+/* ---- Dispatch table ------------------------------------------------------------------------ */
+
+typedef int (*rpc_handler_fn)(rpc_call *call, const void *req, void *resp);
+
+/* One row per method; protoc-gen-lagoon emits lagoon_routes[] sorted by method id. */
+struct rpc_route {
+    const wire_method *method;
+    rpc_handler_fn handler;
+};
+
+/* ---- Calls: what handlers use ------------------------------------------------------------- */
+
+/* All accessors may be used from the handler's invocation and, for a call the handler keeps
+ * (RPC_PENDING), from any thread until rpc_call_finish. Returned strings live as long as the
+ * call. */
+rpc_server *rpc_call_server(const rpc_call *c);
+const rpc_caller *rpc_call_caller(const rpc_call *c);
+const wire_method *rpc_call_method(const rpc_call *c);
+const char *rpc_call_peer(const rpc_call *c);            /* "127.0.0.1:51234" */
+const char *rpc_call_request_id(const rpc_call *c);      /* "" if none */
+const char *rpc_call_idempotency_key(const rpc_call *c); /* "" if none */
+/* The loop the call lives on: for timers of a streaming handler. Loop thread only. */
+struct event_base *rpc_call_base(const rpc_call *c);
+/* Non-zero once the call has ended (cancelled, deadline, disconnect, finished). Any thread. */
+int rpc_call_done(const rpc_call *c);
+/* Bytes waiting in the connection's output buffer: lets a streaming handler notice a reader
+ * that cannot keep up. Loop thread only. */
+size_t rpc_call_backlog(const rpc_call *c);
+
+/* Sets the status message sent with the reply and returns status, so handlers can write
+ * `return rpc_call_error(c, LAGOON_NOT_FOUND, "no user %llu", id);`. */
+int rpc_call_error(rpc_call *c, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* Adds a field violation (at most 16 are kept) and returns LAGOON_INVALID_ARGUMENT, so that
+ * validation can report every problem at once before returning. */
+int rpc_call_violation(rpc_call *c, const char *field, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Number of violations added so far. */
+int rpc_call_violations(const rpc_call *c);
+
+/* Asks the client to retry after ms (with RESOURCE_EXHAUSTED or UNAVAILABLE). */
+void rpc_call_retry_after(rpc_call *c, uint32_t ms);
+
+/* Streams one message to the client (server- and bidi-streaming methods). msg is the
+ * method's response type; it is encoded before returning, so the caller keeps ownership.
+ * Any thread. Returns 0, or -1 if the call has ended (stop producing) or msg could not be
+ * encoded. */
+int rpc_call_send(rpc_call *c, const void *msg);
+
+/* Ends a call the handler kept with RPC_PENDING, with status (and, for unary and
+ * client-streaming methods, the response the handler filled in resp). Any thread, exactly
+ * once. After it returns the handler must not touch the call. If the call had already ended
+ * (cancel, deadline, disconnect), this only releases it. */
+void rpc_call_finish(rpc_call *c, int status);
+
+/* Called on the loop thread if the call ends before the handler finished it (client CANCEL,
+ * deadline, disconnect, shutdown). The handler must still call rpc_call_finish, which it may
+ * do from inside the callback. Set it before returning RPC_PENDING. */
+typedef void (*rpc_cancel_fn)(rpc_call *c, void *arg);
+void rpc_call_on_cancel(rpc_call *c, rpc_cancel_fn fn, void *arg);
+
+/* Runs fn(c, arg) on a worker thread; its return value (a status, or RPC_PENDING if fn hands
+ * the call on again) ends the call as if the handler had returned it. Returns RPC_PENDING
+ * for the handler to return, or LAGOON_RESOURCE_EXHAUSTED (with message and retry-after) if
+ * the worker queue is full. */
+typedef int (*rpc_work_fn)(rpc_call *c, void *arg);
+int rpc_call_defer(rpc_call *c, rpc_work_fn fn, void *arg);
+
+#endif

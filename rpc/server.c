@@ -1,0 +1,1590 @@
+/* server: loops, connections, frames and calls. See rpc.h for the contract.
+ *
+ * Ownership in one paragraph. A connection (rpc_conn) belongs to one loop and is touched only
+ * on that loop's thread. A call (rpc_call) is reference-counted: the connection's call table
+ * holds one reference while the call id is in use, the handler holds one from the moment it is
+ * invoked until it returns (or, if it returned RPC_PENDING, until rpc_call_finish), and every
+ * operation queued to the loop from another thread holds one. `done` is set (on the loop
+ * thread) when the call has been answered or abandoned; after that nothing is written for it
+ * and `conn` must not be used. Who ends a kept call is decided by one atomic exchange on
+ * `hstate`: the handler's finish, or the cancel path — never both.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <event2/thread.h>
+#include <pb_decode.h>
+
+#include "lagoon/v1/access.pb.h"
+#include "lagoon/v1/rpc.pb.h"
+#include "lagoon_idl.h"
+#include "log.h"
+#include "rpc.h"
+#include "rpc_internal.h"
+
+#define CALL_BUCKETS 64           /* per-connection call table, allocated on first call */
+#define CLOSE_FLUSH_TIMEOUT_MS 2000 /* time a closing connection gets to flush its last frames */
+#define SMALL_FRAME 512           /* frames up to this size are built on the stack */
+
+enum conn_state { CONN_PREFACE, CONN_OPEN, CONN_CLOSING, CONN_DEAD };
+enum hstate { H_NONE, H_HELD, H_FINISHED, H_CANCELLED };
+enum op_kind { OP_NEW_CONN, OP_SEND, OP_FINISH, OP_DRAIN };
+
+typedef struct rpc_loop rpc_loop;
+typedef struct rpc_conn rpc_conn;
+
+/* Work handed to a loop from another thread. */
+typedef struct rpc_op {
+    struct rpc_op *next;
+    int kind;
+    rpc_call *call; /* holds a reference (SEND, FINISH) */
+    int status;     /* FINISH */
+    int fd;         /* NEW_CONN */
+    char peer[64];  /* NEW_CONN */
+    size_t len;     /* SEND: bytes in data, a whole frame */
+    uint8_t data[];
+} rpc_op;
+
+struct rpc_loop {
+    rpc_server *server;
+    unsigned index;
+    pthread_t thread;
+    struct event_base *base;
+    struct event *wake;        /* mailbox has ops */
+    struct event *drain_timer; /* force-close at the end of the drain */
+    pthread_mutex_t mu;        /* guards head/tail */
+    rpc_op *head, *tail;
+    rpc_conn *conns; /* doubly linked list of live connections */
+    uint32_t nconns;
+    int draining;
+};
+
+struct rpc_conn {
+    rpc_loop *loop;
+    struct bufferevent *bev;
+    rpc_conn *prev, *next;
+    int state;             /* enum conn_state */
+    int goaway_sent;       /* no new calls are accepted */
+    char peer[64];         /* "host:port" of the client */
+    rpc_call **buckets;    /* call table: chains by call id, NULL until the first call */
+    uint32_t ncalls;       /* entries in the table, tombstones included */
+    uint32_t last_call_id; /* id of the last REQUEST accepted: GOAWAY's code */
+    struct event *timer;   /* handshake, idle or close-flush deadline */
+    struct event *reaper;  /* frees a dead connection outside its own callbacks */
+    uint64_t last_read_ms; /* monotonic time of the last bytes received */
+};
+
+struct rpc_call {
+    rpc_loop *loop;
+    rpc_conn *conn; /* valid while !done */
+    rpc_server *server;
+    rpc_call *hnext; /* chain in the connection's call table */
+    const rpc_route *route; /* NULL for a refused call kept only to swallow its MESSAGEs */
+    uint32_t id;
+    atomic_int refs;
+    atomic_int done;   /* answered or abandoned: nothing more is written */
+    atomic_int hstate; /* enum hstate: who ends a kept call */
+    int held;           /* loop thread: handler returned RPC_PENDING at least once */
+    int in_handler;     /* loop thread: handler is running now */
+    int cancel_pending; /* loop thread: cancelled while in_handler; callback owed */
+    int client_closed;  /* client sent END_STREAM (or the method takes one message) */
+    int in_table;
+    rpc_cancel_fn cancel_fn;
+    void *cancel_arg;
+    struct event *deadline;
+    uint64_t start_us;
+    uint32_t bytes_in, bytes_out;
+    rpc_caller caller;
+    char request_id[65];
+    char idempotency_key[129];
+    lagoon_v1_ResponseMeta *rmeta; /* allocated on first error detail */
+    void *req, *resp;             /* nanopb structs, in the same allocation */
+};
+
+struct rpc_server {
+    rpc_config cfg;
+    const rpc_route *routes;
+    size_t nroutes;
+    int listen_fd;
+    uint16_t port;
+    struct event_base *control;
+    struct evconnlistener *listener;
+    struct event *stop_event;
+    struct event *sigterm, *sigint;
+    rpc_loop *loops;
+    unsigned nloops;
+    unsigned next_loop;
+    rpc_pool *pool;
+    atomic_uint connections;
+    atomic_uint active_calls;
+    atomic_int draining;
+    atomic_uint loops_running;
+    uint64_t started_ms;
+    int ran;
+};
+
+static _Thread_local rpc_loop *current_loop;
+
+static void conn_read_cb(struct bufferevent *bev, void *arg);
+static void conn_write_cb(struct bufferevent *bev, void *arg);
+static void conn_event_cb(struct bufferevent *bev, short what, void *arg);
+static void conn_timer_cb(evutil_socket_t fd, short what, void *arg);
+static void conn_close(rpc_conn *c);
+static void conn_close_after_flush(rpc_conn *c);
+static void conn_violation(rpc_conn *c, const char *why);
+static void call_complete(rpc_call *call, int status);
+static void call_abandon(rpc_call *call, int status, int reply, const char *message);
+static void call_unref(rpc_call *call);
+static void loop_maybe_exit(rpc_loop *l);
+
+/* ---- small helpers -------------------------------------------------------------------- */
+
+static uint64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+static struct timeval ms_tv(uint32_t ms)
+{
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
+    return tv;
+}
+
+void rpc_config_defaults(rpc_config *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    snprintf(cfg->listen_host, sizeof(cfg->listen_host), "127.0.0.1");
+    cfg->listen_port = 7420;
+#define RPC_LIMIT_DEFAULT(field, flag, def, min, max, why) cfg->field = (def);
+    RPC_LIMITS(RPC_LIMIT_DEFAULT)
+#undef RPC_LIMIT_DEFAULT
+    cfg->version = "0.1.0";
+}
+
+static const rpc_route *route_find(const rpc_server *s, uint32_t id)
+{
+    size_t lo = 0, hi = s->nroutes;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        uint32_t m = s->routes[mid].method->id;
+        if (m == id)
+            return &s->routes[mid];
+        if (m < id)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return NULL;
+}
+
+/* ---- frame output --------------------------------------------------------------------- */
+
+static int conn_can_write(const rpc_conn *c)
+{
+    return c->state == CONN_OPEN || c->state == CONN_CLOSING || c->state == CONN_PREFACE;
+}
+
+/* Appends a whole frame to the output, then enforces the output cap. Returns the frame size,
+ * or 0 if the connection cannot take it (closed, or closed now for exceeding the cap). */
+static size_t conn_write_frame(rpc_conn *c, uint8_t type, uint8_t flags, uint32_t call_id,
+                               uint32_t code, const wire_msginfo *meta_info, const void *meta,
+                               const wire_msginfo *info, const void *msg)
+{
+    if (!conn_can_write(c))
+        return 0;
+    long meta_len = meta ? wire_encoded_size(meta_info, meta) : 0;
+    long body_len = msg ? wire_encoded_size(info, msg) : 0;
+    if (meta_len < 0 || body_len < 0 || meta_len > UINT16_MAX) {
+        log_msg(LOG_ERROR, "peer=%s cannot encode a frame of type %u", c->peer, type);
+        return 0;
+    }
+    size_t total = WIRE_HEADER_SIZE + (size_t)meta_len + (size_t)body_len;
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    struct evbuffer_iovec vec;
+    if (evbuffer_reserve_space(out, (ev_ssize_t)total, &vec, 1) < 1 || vec.iov_len < total)
+        return 0;
+    uint8_t *p = vec.iov_base;
+    wire_header_encode(p, type, flags, call_id, code, (size_t)meta_len, (size_t)body_len);
+    if (meta)
+        wire_encode(meta_info, meta, p + WIRE_HEADER_SIZE, (size_t)meta_len, NULL);
+    if (msg)
+        wire_encode(info, msg, p + WIRE_HEADER_SIZE + meta_len, (size_t)body_len, NULL);
+    vec.iov_len = total;
+    evbuffer_commit_space(out, &vec, 1);
+    if (evbuffer_get_length(out) > c->loop->server->cfg.max_output_buffer) {
+        log_msg(LOG_WARN, "peer=%s closed: output buffer above %u bytes (client not reading)",
+                c->peer, c->loop->server->cfg.max_output_buffer);
+        conn_close(c);
+        return 0;
+    }
+    return total;
+}
+
+static size_t conn_write_bytes(rpc_conn *c, const uint8_t *data, size_t len)
+{
+    if (!conn_can_write(c))
+        return 0;
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    evbuffer_add(out, data, len);
+    if (evbuffer_get_length(out) > c->loop->server->cfg.max_output_buffer) {
+        log_msg(LOG_WARN, "peer=%s closed: output buffer above %u bytes (client not reading)",
+                c->peer, c->loop->server->cfg.max_output_buffer);
+        conn_close(c);
+        return 0;
+    }
+    return len;
+}
+
+static void conn_send_goaway(rpc_conn *c, const char *message)
+{
+    lagoon_v1_ResponseMeta meta = lagoon_v1_ResponseMeta_init_zero;
+    snprintf(meta.message, sizeof(meta.message), "%s", message);
+    conn_write_frame(c, WIRE_GOAWAY, 0, 0, c->last_call_id, &lagoon_v1_ResponseMeta_info, &meta, NULL,
+                     NULL);
+    c->goaway_sent = 1;
+}
+
+/* ---- call table ------------------------------------------------------------------------ */
+
+static rpc_call *table_find(rpc_conn *c, uint32_t id)
+{
+    if (c->buckets == NULL)
+        return NULL;
+    for (rpc_call *k = c->buckets[id % CALL_BUCKETS]; k; k = k->hnext)
+        if (k->id == id)
+            return k;
+    return NULL;
+}
+
+static int table_insert(rpc_conn *c, rpc_call *call)
+{
+    if (c->buckets == NULL) {
+        c->buckets = calloc(CALL_BUCKETS, sizeof(*c->buckets));
+        if (c->buckets == NULL)
+            return -1;
+    }
+    rpc_call **b = &c->buckets[call->id % CALL_BUCKETS];
+    call->hnext = *b;
+    *b = call;
+    call->in_table = 1;
+    c->ncalls++;
+    return 0;
+}
+
+/* Removes the call from its connection's table and drops the table's reference. */
+static void table_remove(rpc_conn *c, rpc_call *call)
+{
+    if (!call->in_table)
+        return;
+    for (rpc_call **p = &c->buckets[call->id % CALL_BUCKETS]; *p; p = &(*p)->hnext) {
+        if (*p == call) {
+            *p = call->hnext;
+            break;
+        }
+    }
+    call->in_table = 0;
+    c->ncalls--;
+    if (c->ncalls == 0 && c->goaway_sent && c->state == CONN_OPEN)
+        conn_close_after_flush(c);
+    call_unref(call);
+}
+
+/* ---- calls ------------------------------------------------------------------------------ */
+
+static rpc_call *call_new(rpc_conn *c, const rpc_route *route, uint32_t id)
+{
+    size_t req_size = route ? route->method->request_size : 0;
+    size_t resp_size = route ? route->method->response_size : 0;
+    size_t head = (sizeof(rpc_call) + 15) & ~(size_t)15;
+    size_t req_off = head, resp_off = head + ((req_size + 15) & ~(size_t)15);
+    rpc_call *call = malloc(resp_off + resp_size);
+    if (call == NULL)
+        return NULL;
+    memset(call, 0, sizeof(*call));
+    call->loop = c->loop;
+    call->conn = c;
+    call->server = c->loop->server;
+    call->route = route;
+    call->id = id;
+    atomic_init(&call->refs, 1); /* the call table's */
+    atomic_init(&call->done, 0);
+    atomic_init(&call->hstate, H_NONE);
+    call->req = route ? (char *)call + req_off : NULL;
+    call->resp = route ? (char *)call + resp_off : NULL;
+    if (call->resp)
+        memset(call->resp, 0, resp_size);
+    call->start_us = now_us();
+    return call;
+}
+
+static void call_ref(rpc_call *call)
+{
+    atomic_fetch_add_explicit(&call->refs, 1, memory_order_relaxed);
+}
+
+static void call_unref(rpc_call *call)
+{
+    if (atomic_fetch_sub_explicit(&call->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    if (call->deadline)
+        event_free(call->deadline);
+    if (call->route) {
+        const wire_method *m = call->route->method;
+        if (m->request->has_pointers)
+            pb_release(m->request->desc, call->req);
+        if (m->response->has_pointers)
+            pb_release(m->response->desc, call->resp);
+    }
+    free(call->rmeta);
+    free(call);
+}
+
+static lagoon_v1_ResponseMeta *call_rmeta(rpc_call *call)
+{
+    if (call->rmeta == NULL)
+        call->rmeta = calloc(1, sizeof(*call->rmeta));
+    return call->rmeta;
+}
+
+static void call_log(const rpc_call *call, const char *peer, int status, const char *path)
+{
+    if (!log_enabled(LOG_INFO))
+        return;
+    uint64_t dur = now_us() - call->start_us;
+    log_msg(LOG_INFO, "call peer=%s method=%s status=%s dur_us=%llu in=%u out=%u req_id=%s", peer,
+            path, lagoon_status_name(status), (unsigned long long)dur, call->bytes_in, call->bytes_out,
+            call->request_id[0] ? call->request_id : "-");
+}
+
+/* Marks the call answered/abandoned: frees its place in the active count and, once the client
+ * has also ended its side, its call id. Loop thread. */
+static void call_mark_done(rpc_call *call, int status)
+{
+    atomic_store(&call->done, 1);
+    atomic_fetch_sub(&call->server->active_calls, 1);
+    if (call->deadline)
+        event_del(call->deadline);
+    call_log(call, call->conn->peer, status, call->route ? call->route->method->path : "?");
+    if (call->client_closed)
+        table_remove(call->conn, call);
+}
+
+/* Sends the RESPONSE that ends the call. Loop thread, call not yet done. */
+static void call_complete(rpc_call *call, int status)
+{
+    if (atomic_load(&call->done))
+        return;
+    rpc_conn *c = call->conn;
+    const wire_method *m = call->route ? call->route->method : NULL;
+    int with_body = m && status == LAGOON_OK &&
+                    (m->kind == WIRE_UNARY || m->kind == WIRE_CLIENT_STREAMING);
+    lagoon_v1_ResponseMeta *meta = call->rmeta;
+    lagoon_v1_ResponseMeta local = lagoon_v1_ResponseMeta_init_zero;
+    if (meta == NULL && call->request_id[0])
+        meta = &local;
+    if (meta)
+        snprintf(meta->request_id, sizeof(meta->request_id), "%s", call->request_id);
+    if (with_body && wire_encoded_size(m->response, call->resp) < 0) {
+        log_msg(LOG_ERROR, "method=%s response breaks a field bound", m->path);
+        with_body = 0;
+        status = LAGOON_INTERNAL;
+        meta = call_rmeta(call);
+        if (meta)
+            snprintf(meta->message, sizeof(meta->message), "the server could not encode its response");
+    }
+    call->bytes_out += (uint32_t)conn_write_frame(c, WIRE_RESPONSE, WIRE_FLAG_END_STREAM, call->id,
+                                                  (uint32_t)status, &lagoon_v1_ResponseMeta_info, meta,
+                                                  with_body ? m->response : NULL,
+                                                  with_body ? call->resp : NULL);
+    if (!atomic_load(&call->done)) /* conn_write_frame may have closed the connection */
+        call_mark_done(call, status);
+}
+
+/* Ends a call without the handler: deadline, bad input, cancel, disconnect, shutdown. With
+ * reply, the client gets a RESPONSE with status (and message, unless one is set already).
+ * If the handler kept the call, it is told (cancel callback) and still owes rpc_call_finish. */
+static void call_abandon(rpc_call *call, int status, int reply, const char *message)
+{
+    if (atomic_load(&call->done))
+        return;
+    if (reply) {
+        lagoon_v1_ResponseMeta *meta = message ? call_rmeta(call) : NULL;
+        if (meta && meta->message[0] == '\0')
+            snprintf(meta->message, sizeof(meta->message), "%s", message);
+        call_complete(call, status);
+    } else {
+        call_mark_done(call, status);
+    }
+    int expected = H_HELD;
+    if (atomic_compare_exchange_strong(&call->hstate, &expected, H_CANCELLED)) {
+        if (call->in_handler)
+            call->cancel_pending = 1;
+        else if (call->cancel_fn)
+            call->cancel_fn(call, call->cancel_arg);
+    }
+}
+
+static void call_deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    call_abandon(arg, LAGOON_DEADLINE_EXCEEDED, 1, "deadline exceeded");
+}
+
+/* Applies a handler's return value. Loop thread. The handler's reference was taken before
+ * it ran; here it is kept (PENDING), given back (CONTINUE), or spent ending the call. */
+static void call_handled(rpc_call *call, int rc)
+{
+    call->in_handler = 0;
+    if (rc == RPC_PENDING) {
+        call->held = 1;
+        if (call->cancel_pending) {
+            call->cancel_pending = 0;
+            if (call->cancel_fn)
+                call->cancel_fn(call, call->cancel_arg);
+        }
+        return;
+    }
+    call->cancel_pending = 0;
+    if (rc == RPC_CONTINUE) {
+        const wire_method *m = call->route->method;
+        if (m->kind != WIRE_CLIENT_STREAMING && m->kind != WIRE_BIDI_STREAMING) {
+            log_msg(LOG_ERROR, "method=%s handler returned RPC_CONTINUE on a single-message call", m->path);
+            rc = LAGOON_INTERNAL;
+        } else if (call->held) {
+            return;
+        } else {
+            /* Give the invocation's reference back. If the call was cancelled meanwhile the
+             * handler owes nothing either; if it called finish itself, the op owns the ref. */
+            int expected = H_HELD;
+            if (atomic_compare_exchange_strong(&call->hstate, &expected, H_NONE) || expected == H_CANCELLED)
+                call_unref(call);
+            return;
+        }
+    }
+    if (rc < 0 || rc > LAGOON_STATUS_MAX) {
+        log_msg(LOG_ERROR, "handler returned invalid status %d", rc);
+        rc = LAGOON_INTERNAL;
+    }
+    /* Returning a status is the handler's finish. */
+    int prev = atomic_exchange(&call->hstate, H_FINISHED);
+    if (prev == H_HELD) {
+        call_complete(call, rc);
+        call_unref(call);
+    } else if (prev == H_CANCELLED) {
+        call_unref(call);
+    } /* H_FINISHED: rpc_call_finish ran inside the handler; its op owns the reference */
+}
+
+/* Runs the handler for one message (or req == NULL: the client half-closed). */
+static void call_invoke(rpc_call *call, const void *req)
+{
+    if (!call->held) {
+        call_ref(call);
+        atomic_store(&call->hstate, H_HELD);
+    }
+    call->in_handler = 1;
+    int rc = call->route->handler(call, req, call->resp);
+    call_handled(call, rc);
+}
+
+/* ---- the mailbox: work from other threads ----------------------------------------------- */
+
+static void loop_post(rpc_loop *l, rpc_op *op)
+{
+    op->next = NULL;
+    pthread_mutex_lock(&l->mu);
+    if (l->tail)
+        l->tail->next = op;
+    else
+        l->head = op;
+    l->tail = op;
+    pthread_mutex_unlock(&l->mu);
+    event_active(l->wake, EV_READ, 0);
+}
+
+static void conn_accept_fd(rpc_loop *l, int fd, const char *peer);
+
+static void op_run(rpc_loop *l, rpc_op *op, int live)
+{
+    switch (op->kind) {
+    case OP_NEW_CONN:
+        if (live && !l->draining)
+            conn_accept_fd(l, op->fd, op->peer);
+        else {
+            close(op->fd);
+            atomic_fetch_sub(&l->server->connections, 1);
+        }
+        break;
+    case OP_SEND:
+        if (live && !atomic_load(&op->call->done))
+            op->call->bytes_out += (uint32_t)conn_write_bytes(op->call->conn, op->data, op->len);
+        call_unref(op->call);
+        break;
+    case OP_FINISH:
+        if (live)
+            call_complete(op->call, op->status);
+        call_unref(op->call);
+        break;
+    case OP_DRAIN:
+        break;
+    }
+}
+
+static void loop_drain_start(rpc_loop *l);
+
+static void loop_wake_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    rpc_loop *l = arg;
+    pthread_mutex_lock(&l->mu);
+    rpc_op *op = l->head;
+    l->head = l->tail = NULL;
+    pthread_mutex_unlock(&l->mu);
+    while (op) {
+        rpc_op *next = op->next;
+        if (op->kind == OP_DRAIN)
+            loop_drain_start(l);
+        else
+            op_run(l, op, 1);
+        free(op);
+        op = next;
+    }
+    loop_maybe_exit(l);
+}
+
+/* ---- public call API ---------------------------------------------------------------------- */
+
+rpc_server *rpc_call_server(const rpc_call *c) { return c->server; }
+const rpc_caller *rpc_call_caller(const rpc_call *c) { return &c->caller; }
+const wire_method *rpc_call_method(const rpc_call *c) { return c->route ? c->route->method : NULL; }
+const char *rpc_call_request_id(const rpc_call *c) { return c->request_id; }
+const char *rpc_call_idempotency_key(const rpc_call *c) { return c->idempotency_key; }
+struct event_base *rpc_call_base(const rpc_call *c) { return c->loop->base; }
+int rpc_call_done(const rpc_call *c) { return atomic_load(&c->done); }
+
+const char *rpc_call_peer(const rpc_call *c)
+{
+    return atomic_load(&c->done) ? "-" : c->conn->peer;
+}
+
+size_t rpc_call_backlog(const rpc_call *c)
+{
+    if (atomic_load(&c->done) || c->conn->bev == NULL)
+        return 0;
+    return evbuffer_get_length(bufferevent_get_output(c->conn->bev));
+}
+
+int rpc_call_error(rpc_call *c, int status, const char *fmt, ...)
+{
+    lagoon_v1_ResponseMeta *m = call_rmeta(c);
+    if (m != NULL) {
+        va_list ap;
+        va_start(ap, fmt);
+        (void)vsnprintf(m->message, sizeof(m->message), fmt, ap);
+        va_end(ap);
+    }
+    return status;
+}
+
+int rpc_call_violation(rpc_call *c, const char *field, const char *fmt, ...)
+{
+    lagoon_v1_ResponseMeta *m = call_rmeta(c);
+    if (m == NULL)
+        return LAGOON_INVALID_ARGUMENT;
+    if (m->violations_count < sizeof(m->violations) / sizeof(m->violations[0])) {
+        lagoon_v1_FieldViolation *v = &m->violations[m->violations_count++];
+        snprintf(v->field, sizeof(v->field), "%s", field);
+        va_list ap;
+        va_start(ap, fmt);
+        (void)vsnprintf(v->description, sizeof(v->description), fmt, ap);
+        va_end(ap);
+    }
+    if (m->message[0] == '\0')
+        snprintf(m->message, sizeof(m->message), "invalid argument: see violations");
+    return LAGOON_INVALID_ARGUMENT;
+}
+
+int rpc_call_violations(const rpc_call *c)
+{
+    return c->rmeta ? (int)c->rmeta->violations_count : 0;
+}
+
+void rpc_call_retry_after(rpc_call *c, uint32_t ms)
+{
+    lagoon_v1_ResponseMeta *m = call_rmeta(c);
+    if (m)
+        m->retry_after_ms = ms;
+}
+
+int rpc_call_send(rpc_call *c, const void *msg)
+{
+    if (atomic_load(&c->done) || c->route == NULL)
+        return -1;
+    const wire_method *m = c->route->method;
+    if (current_loop == c->loop) {
+        size_t n = conn_write_frame(c->conn, WIRE_MESSAGE, 0, c->id, 0, NULL, NULL, m->response, msg);
+        c->bytes_out += (uint32_t)n;
+        return n ? 0 : -1;
+    }
+    long body = wire_encoded_size(m->response, msg);
+    if (body < 0)
+        return -1;
+    rpc_op *op = malloc(sizeof(*op) + WIRE_HEADER_SIZE + (size_t)body);
+    if (op == NULL)
+        return -1;
+    op->kind = OP_SEND;
+    op->len = WIRE_HEADER_SIZE + (size_t)body;
+    wire_header_encode(op->data, WIRE_MESSAGE, 0, c->id, 0, 0, (size_t)body);
+    wire_encode(m->response, msg, op->data + WIRE_HEADER_SIZE, (size_t)body, NULL);
+    call_ref(c);
+    op->call = c;
+    loop_post(c->loop, op);
+    return 0;
+}
+
+void rpc_call_finish(rpc_call *c, int status)
+{
+    int prev = atomic_exchange(&c->hstate, H_FINISHED);
+    if (prev != H_HELD) {
+        /* Already ended by the cancel path: only the handler's reference is left to drop.
+         * (H_FINISHED would be a second finish: a handler bug, but not worth a crash.) */
+        if (prev == H_CANCELLED)
+            call_unref(c);
+        else
+            log_msg(LOG_ERROR, "rpc_call_finish on a call not kept by its handler");
+        return;
+    }
+    if (current_loop == c->loop && !c->in_handler) {
+        call_complete(c, status);
+        call_unref(c);
+        return;
+    }
+    rpc_op *op = calloc(1, sizeof(*op));
+    if (op == NULL) {
+        log_msg(LOG_ERROR, "out of memory finishing a call; it is abandoned");
+        return;
+    }
+    op->kind = OP_FINISH;
+    op->call = c; /* the handler's reference moves to the op */
+    op->status = status;
+    loop_post(c->loop, op);
+}
+
+void rpc_call_on_cancel(rpc_call *c, rpc_cancel_fn fn, void *arg)
+{
+    c->cancel_fn = fn;
+    c->cancel_arg = arg;
+}
+
+typedef struct defer_job {
+    rpc_call *call;
+    rpc_work_fn fn;
+    void *arg;
+} defer_job;
+
+static void defer_run(void *arg)
+{
+    defer_job *j = arg;
+    rpc_call *call = j->call;
+    int rc = atomic_load(&call->done) ? LAGOON_CANCELLED : j->fn(call, j->arg);
+    free(j);
+    if (rc != RPC_PENDING)
+        rpc_call_finish(call, rc);
+}
+
+int rpc_call_defer(rpc_call *c, rpc_work_fn fn, void *arg)
+{
+    defer_job *j = malloc(sizeof(*j));
+    if (j != NULL) {
+        j->call = c;
+        j->fn = fn;
+        j->arg = arg;
+        if (rpc_pool_submit(c->server->pool, defer_run, j) == 0)
+            return RPC_PENDING;
+        free(j);
+    }
+    rpc_call_retry_after(c, 100);
+    return rpc_call_error(c, LAGOON_RESOURCE_EXHAUSTED, "server busy: worker queue full");
+}
+
+/* ---- frames in ---------------------------------------------------------------------------- */
+
+/* Answers a REQUEST that never becomes a call (unknown method, refused, bad metadata). If the
+ * client may still send MESSAGEs on it, a tombstone keeps the id until the client ends. */
+static void conn_refuse(rpc_conn *c, const wire_frame *f, int client_open, int status,
+                        const char *request_id, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+static void conn_refuse(rpc_conn *c, const wire_frame *f, int client_open, int status,
+                        const char *request_id, const char *fmt, ...)
+{
+    lagoon_v1_ResponseMeta meta = lagoon_v1_ResponseMeta_init_zero;
+    va_list ap;
+    va_start(ap, fmt);
+    (void)vsnprintf(meta.message, sizeof(meta.message), fmt, ap);
+    va_end(ap);
+    snprintf(meta.request_id, sizeof(meta.request_id), "%s", request_id ? request_id : "");
+    conn_write_frame(c, WIRE_RESPONSE, WIRE_FLAG_END_STREAM, f->call_id, (uint32_t)status,
+                     &lagoon_v1_ResponseMeta_info, &meta, NULL, NULL);
+    if (log_enabled(LOG_INFO))
+        log_msg(LOG_INFO, "call peer=%s method=0x%08x status=%s dur_us=0 in=%u out=0 req_id=%s msg=\"%s\"",
+                c->peer, f->code, lagoon_status_name(status), f->length + 4,
+                request_id && request_id[0] ? request_id : "-", meta.message);
+    if (client_open && c->state == CONN_OPEN) {
+        rpc_call *t = call_new(c, NULL, f->call_id);
+        if (t == NULL || table_insert(c, t) != 0) {
+            free(t);
+            conn_violation(c, "out of memory");
+            return;
+        }
+        atomic_store(&t->done, 1);
+    }
+}
+
+static int access_check(rpc_conn *c, const rpc_route *r, lagoon_v1_RequestMeta *meta, rpc_caller *who,
+                        const char **why)
+{
+    rpc_server *s = c->loop->server;
+    memset(who, 0, sizeof(*who));
+    int authed = 0, had_token = meta->auth_token[0] != '\0';
+    if (had_token && s->cfg.authenticate)
+        authed = s->cfg.authenticate(s->cfg.authenticate_arg, meta->auth_token, who) == 0;
+    /* The token is not needed past this point and must not linger in memory or logs. */
+    memset(meta->auth_token, 0, sizeof(meta->auth_token));
+    if (!authed)
+        memset(who, 0, sizeof(*who));
+    uint8_t need = r->method->access;
+    if (need == lagoon_v1_Access_ACCESS_PUBLIC)
+        return LAGOON_OK;
+    if (!authed) {
+        *why = had_token ? "invalid or expired access token" : "this method needs a signed-in user (auth_token)";
+        return LAGOON_UNAUTHENTICATED;
+    }
+    if (need == lagoon_v1_Access_ACCESS_VERIFIED && !who->verified) {
+        *why = "this method needs a verified email address";
+        return LAGOON_PERMISSION_DENIED;
+    }
+    if (need == lagoon_v1_Access_ACCESS_TEACHER && who->role != RPC_ROLE_TEACHER && who->role != RPC_ROLE_ADMIN) {
+        *why = "this method is for teachers";
+        return LAGOON_PERMISSION_DENIED;
+    }
+    if (need == lagoon_v1_Access_ACCESS_ADMIN && who->role != RPC_ROLE_ADMIN) {
+        *why = "this method is for administrators";
+        return LAGOON_PERMISSION_DENIED;
+    }
+    return LAGOON_OK;
+}
+
+static void on_request(rpc_conn *c, const wire_frame *f)
+{
+    rpc_server *s = c->loop->server;
+    if (table_find(c, f->call_id) != NULL) {
+        conn_violation(c, "REQUEST reuses the id of an open call");
+        return;
+    }
+    const rpc_route *r = route_find(s, f->code);
+    int streaming_in = r ? (r->method->kind == WIRE_CLIENT_STREAMING || r->method->kind == WIRE_BIDI_STREAMING)
+                         : 1;
+    int client_open = streaming_in && !(f->flags & WIRE_FLAG_END_STREAM);
+
+    if (c->goaway_sent) {
+        conn_refuse(c, f, client_open, LAGOON_UNAVAILABLE, NULL, "server is shutting down: no new calls");
+        return;
+    }
+    if (c->ncalls >= s->cfg.max_concurrent_calls) {
+        if (client_open)
+            conn_violation(c, "more open calls than max_concurrent_calls");
+        else
+            conn_refuse(c, f, 0, LAGOON_RESOURCE_EXHAUSTED, NULL,
+                        "more than %u concurrent calls on this connection", s->cfg.max_concurrent_calls);
+        return;
+    }
+    lagoon_v1_RequestMeta meta = lagoon_v1_RequestMeta_init_zero;
+    wire_violation v;
+    if (f->meta_len && wire_decode(&lagoon_v1_RequestMeta_info, f->meta, f->meta_len, &meta, &v) != 0) {
+        conn_refuse(c, f, client_open, LAGOON_INVALID_ARGUMENT, NULL, "malformed request metadata: %s%s%s",
+                    v.field, v.field[0] ? ": " : "", v.description);
+        return;
+    }
+    if (r == NULL) {
+        conn_refuse(c, f, client_open, LAGOON_UNIMPLEMENTED, meta.request_id,
+                    "unknown method id 0x%08x", f->code);
+        return;
+    }
+    rpc_caller who;
+    const char *why = NULL;
+    int st = access_check(c, r, &meta, &who, &why);
+    if (st != LAGOON_OK) {
+        conn_refuse(c, f, client_open, st, meta.request_id, "%s", why);
+        return;
+    }
+
+    rpc_call *call = call_new(c, r, f->call_id);
+    if (call == NULL || table_insert(c, call) != 0) {
+        free(call);
+        conn_refuse(c, f, 0, LAGOON_RESOURCE_EXHAUSTED, meta.request_id, "out of memory");
+        return;
+    }
+    call->caller = who;
+    call->bytes_in = f->length + 4;
+    call->client_closed = !client_open;
+    memcpy(call->request_id, meta.request_id, sizeof(call->request_id));
+    memcpy(call->idempotency_key, meta.idempotency_key, sizeof(call->idempotency_key));
+    c->last_call_id = f->call_id;
+    atomic_fetch_add(&s->active_calls, 1);
+
+    if (meta.timeout_ms) {
+        uint32_t ms = meta.timeout_ms < s->cfg.max_timeout_ms ? meta.timeout_ms : s->cfg.max_timeout_ms;
+        call->deadline = evtimer_new(c->loop->base, call_deadline_cb, call);
+        if (call->deadline) {
+            struct timeval tv = ms_tv(ms);
+            evtimer_add(call->deadline, &tv);
+        }
+    }
+    const wire_method *m = r->method;
+    if (wire_decode(m->request, f->payload, f->payload_len, call->req, &v) != 0) {
+        if (v.field[0])
+            rpc_call_violation(call, v.field, "%s", v.description);
+        rpc_call_error(call, LAGOON_INVALID_ARGUMENT, "invalid %s: %s%s%s", m->request_type, v.field,
+                       v.field[0] ? ": " : "", v.description);
+        call_complete(call, LAGOON_INVALID_ARGUMENT);
+        return;
+    }
+    call_ref(call); /* keep it across the handler even if the connection dies inside */
+    call_invoke(call, call->req);
+    /* A streaming-input call that the client ended in this same frame gets its end now. */
+    if (streaming_in && !client_open && !atomic_load(&call->done))
+        call_invoke(call, NULL);
+    call_unref(call);
+}
+
+static void on_message(rpc_conn *c, const wire_frame *f)
+{
+    rpc_call *call = table_find(c, f->call_id);
+    if (call == NULL) {
+        conn_violation(c, "MESSAGE on a call that is not open");
+        return;
+    }
+    if (call->client_closed) {
+        conn_violation(c, "MESSAGE after END_STREAM on the same call");
+        return;
+    }
+    int end = (f->flags & WIRE_FLAG_END_STREAM) != 0;
+    int has_msg = !(f->flags & WIRE_FLAG_NO_MESSAGE);
+    if (end)
+        call->client_closed = 1;
+    if (atomic_load(&call->done)) {
+        /* Answered already (or refused): swallow what the client had in flight. */
+        if (end)
+            table_remove(c, call);
+        return;
+    }
+    call->bytes_in += f->length + 4;
+    const wire_method *m = call->route->method;
+    call_ref(call);
+    if (has_msg) {
+        wire_violation v;
+        if (m->request->has_pointers) /* the previous message's allocations */
+            pb_release(m->request->desc, call->req);
+        if (wire_decode(m->request, f->payload, f->payload_len, call->req, &v) != 0) {
+            if (v.field[0])
+                rpc_call_violation(call, v.field, "%s", v.description);
+            rpc_call_error(call, LAGOON_INVALID_ARGUMENT, "invalid %s: %s%s%s", m->request_type, v.field,
+                           v.field[0] ? ": " : "", v.description);
+            call_abandon(call, LAGOON_INVALID_ARGUMENT, 1, NULL);
+            call_unref(call);
+            return;
+        }
+        call_invoke(call, call->req);
+    }
+    if (end && !atomic_load(&call->done))
+        call_invoke(call, NULL);
+    call_unref(call);
+}
+
+static void on_cancel(rpc_conn *c, const wire_frame *f)
+{
+    rpc_call *call = table_find(c, f->call_id);
+    if (call == NULL)
+        return; /* raced with our RESPONSE: nothing to do */
+    call->client_closed = 1;
+    if (atomic_load(&call->done)) {
+        table_remove(c, call);
+        return;
+    }
+    call_abandon(call, LAGOON_CANCELLED, 0, NULL);
+}
+
+static void on_frame(rpc_conn *c, const wire_frame *f)
+{
+    switch (f->type) {
+    case WIRE_REQUEST:
+        on_request(c, f);
+        break;
+    case WIRE_MESSAGE:
+        on_message(c, f);
+        break;
+    case WIRE_CANCEL:
+        on_cancel(c, f);
+        break;
+    case WIRE_PING: {
+        uint8_t pong[WIRE_HEADER_SIZE + WIRE_PING_PAYLOAD];
+        wire_header_encode(pong, WIRE_PONG, 0, 0, 0, 0, WIRE_PING_PAYLOAD);
+        memcpy(pong + WIRE_HEADER_SIZE, f->payload, WIRE_PING_PAYLOAD);
+        conn_write_bytes(c, pong, sizeof(pong));
+        break;
+    }
+    case WIRE_PONG:
+    case WIRE_SETTINGS: /* reserved for client settings; nothing to apply yet */
+    case WIRE_GOAWAY:   /* the client is leaving; it closes when it is done */
+        break;
+    case WIRE_RESPONSE:
+    default:
+        conn_violation(c, "RESPONSE frames are sent by the server only");
+        break;
+    }
+}
+
+/* ---- connections --------------------------------------------------------------------------- */
+
+static void conn_violation(rpc_conn *c, const char *why)
+{
+    if (c->state != CONN_OPEN && c->state != CONN_PREFACE)
+        return;
+    log_msg(LOG_WARN, "peer=%s protocol violation: %s", c->peer, why);
+    char msg[300];
+    snprintf(msg, sizeof(msg), "protocol violation: %s", why);
+    conn_send_goaway(c, msg);
+    conn_close_after_flush(c);
+}
+
+static void conn_timer_arm(rpc_conn *c, uint32_t ms)
+{
+    struct timeval tv = ms_tv(ms);
+    evtimer_add(c->timer, &tv);
+}
+
+static void conn_send_settings(rpc_conn *c)
+{
+    const rpc_config *cfg = &c->loop->server->cfg;
+    lagoon_v1_Settings st = lagoon_v1_Settings_init_zero;
+    st.protocol_version = WIRE_PROTOCOL_VERSION;
+    st.max_frame_size = cfg->max_frame_size;
+    st.max_concurrent_calls = cfg->max_concurrent_calls;
+    st.idle_timeout_ms = cfg->idle_timeout_ms;
+    st.max_metadata_size = cfg->max_metadata_size;
+    conn_write_frame(c, WIRE_SETTINGS, 0, 0, 0, NULL, NULL, &lagoon_v1_Settings_info, &st);
+}
+
+static const char not_lagoon[] =
+    "This port speaks Lagoon RPC: send the preface LGN1, then frames (see docs/PROTOCOL.md).\n";
+
+/* Consumes the preface. Returns 1 when the connection is open, 0 to wait, -1 if closed. */
+static int conn_preface(rpc_conn *c, struct evbuffer *in)
+{
+    uint8_t got[WIRE_PREFACE_LEN];
+    size_t n = evbuffer_get_length(in);
+    if (n > WIRE_PREFACE_LEN)
+        n = WIRE_PREFACE_LEN;
+    evbuffer_copyout(in, got, n);
+    /* Judge every byte as it arrives: an HTTP client is turned away at its first byte. */
+    if (memcmp(got, WIRE_PREFACE, n) != 0) {
+        log_msg(LOG_INFO, "peer=%s closed: not a Lagoon client (bad preface)", c->peer);
+        conn_write_bytes(c, (const uint8_t *)not_lagoon, sizeof(not_lagoon) - 1);
+        conn_close_after_flush(c);
+        return -1;
+    }
+    if (n < WIRE_PREFACE_LEN)
+        return 0;
+    evbuffer_drain(in, WIRE_PREFACE_LEN);
+    c->state = CONN_OPEN;
+    conn_send_settings(c);
+    if (c->loop->draining) {
+        conn_send_goaway(c, "server is shutting down");
+        conn_close_after_flush(c);
+        return -1;
+    }
+    conn_timer_arm(c, c->loop->server->cfg.idle_timeout_ms);
+    return 1;
+}
+
+static void conn_read_cb(struct bufferevent *bev, void *arg)
+{
+    rpc_conn *c = arg;
+    rpc_server *s = c->loop->server;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    c->last_read_ms = now_us() / 1000;
+    if (c->state == CONN_PREFACE && conn_preface(c, in) <= 0)
+        return;
+    const wire_limits lim = {s->cfg.max_frame_size, s->cfg.max_metadata_size};
+    while (c->state == CONN_OPEN) {
+        size_t avail = evbuffer_get_length(in);
+        if (avail == 0)
+            break;
+        uint8_t hdr[WIRE_HEADER_SIZE];
+        size_t hn = avail < WIRE_HEADER_SIZE ? avail : WIRE_HEADER_SIZE;
+        evbuffer_copyout(in, hdr, hn);
+        wire_frame f;
+        const char *why = NULL;
+        long r = wire_frame_parse(hdr, hn, &lim, &f, &why);
+        if (r == WIRE_TOO_LARGE || r == WIRE_INVALID) {
+            conn_violation(c, why);
+            break;
+        }
+        if (r == WIRE_PARTIAL) {
+            if (hn < WIRE_HEADER_SIZE || avail < (size_t)f.length + 4)
+                break; /* wait; the length was already checked against the limit */
+            size_t need = (size_t)f.length + 4;
+            const uint8_t *p = evbuffer_pullup(in, (ev_ssize_t)need);
+            if (p == NULL) {
+                conn_close(c);
+                break;
+            }
+            r = wire_frame_parse(p, need, &lim, &f, &why);
+            if (r < 0) {
+                conn_violation(c, why ? why : "malformed frame");
+                break;
+            }
+        } else {
+            f.meta = f.payload = hdr + WIRE_HEADER_SIZE; /* header-only frame */
+        }
+        /* The frame's bytes stay valid until drained: drain after handling it. */
+        on_frame(c, &f);
+        if (c->state == CONN_DEAD)
+            return;
+        evbuffer_drain(in, (size_t)r);
+    }
+}
+
+static void conn_write_cb(struct bufferevent *bev, void *arg)
+{
+    rpc_conn *c = arg;
+    if (c->state == CONN_CLOSING && evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+        conn_close(c);
+}
+
+static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    (void)bev;
+    rpc_conn *c = arg;
+    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
+        log_msg(LOG_DEBUG, "peer=%s disconnected", c->peer);
+        conn_close(c);
+    }
+}
+
+static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    rpc_conn *c = arg;
+    const rpc_config *cfg = &c->loop->server->cfg;
+    switch (c->state) {
+    case CONN_PREFACE:
+        log_msg(LOG_INFO, "peer=%s closed: no preface within %u ms", c->peer, cfg->handshake_timeout_ms);
+        conn_close(c);
+        break;
+    case CONN_OPEN: {
+        uint64_t idle = now_us() / 1000 - c->last_read_ms;
+        if (c->ncalls > 0 || idle < cfg->idle_timeout_ms) {
+            conn_timer_arm(c, c->ncalls > 0 ? cfg->idle_timeout_ms : cfg->idle_timeout_ms - (uint32_t)idle);
+            break;
+        }
+        log_msg(LOG_INFO, "peer=%s closed: idle for %u ms", c->peer, cfg->idle_timeout_ms);
+        conn_send_goaway(c, "idle timeout");
+        conn_close_after_flush(c);
+        break;
+    }
+    case CONN_CLOSING:
+        conn_close(c);
+        break;
+    default:
+        break;
+    }
+}
+
+static void conn_reap_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    rpc_conn *c = arg;
+    rpc_loop *l = c->loop;
+    event_free(c->reaper);
+    free(c->buckets);
+    free(c);
+    loop_maybe_exit(l);
+}
+
+/* Stops reading, lets the output drain (bounded by CLOSE_FLUSH_TIMEOUT_MS), then closes. */
+static void conn_close_after_flush(rpc_conn *c)
+{
+    if (c->state == CONN_CLOSING || c->state == CONN_DEAD)
+        return;
+    c->state = CONN_CLOSING;
+    bufferevent_disable(c->bev, EV_READ);
+    conn_timer_arm(c, CLOSE_FLUSH_TIMEOUT_MS);
+    if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+        conn_close(c);
+}
+
+/* Closes now: every open call is abandoned, the socket closed; the struct is freed from a
+ * fresh callback so that callers up the stack may still look at c->state. */
+static void conn_close(rpc_conn *c)
+{
+    if (c->state == CONN_DEAD)
+        return;
+    c->state = CONN_DEAD;
+    rpc_loop *l = c->loop;
+    if (c->buckets) {
+        for (int b = 0; b < CALL_BUCKETS; b++) {
+            while (c->buckets[b]) {
+                rpc_call *call = c->buckets[b];
+                call->client_closed = 1;
+                if (atomic_load(&call->done)) {
+                    table_remove(c, call);
+                } else {
+                    call_ref(call);
+                    call_abandon(call, LAGOON_CANCELLED, 0, NULL); /* removes it from the table */
+                    call_unref(call);
+                }
+            }
+        }
+    }
+    bufferevent_free(c->bev);
+    c->bev = NULL;
+    event_free(c->timer);
+    c->timer = NULL;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        l->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    l->nconns--;
+    atomic_fetch_sub(&l->server->connections, 1);
+    c->reaper = event_new(l->base, -1, 0, conn_reap_cb, c);
+    event_active(c->reaper, EV_TIMEOUT, 0);
+}
+
+static void conn_accept_fd(rpc_loop *l, int fd, const char *peer)
+{
+    rpc_conn *c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        close(fd);
+        atomic_fetch_sub(&l->server->connections, 1);
+        return;
+    }
+    c->loop = l;
+    c->state = CONN_PREFACE;
+    snprintf(c->peer, sizeof(c->peer), "%s", peer);
+    c->bev = bufferevent_socket_new(l->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    c->timer = evtimer_new(l->base, conn_timer_cb, c);
+    if (c->bev == NULL || c->timer == NULL) {
+        if (c->bev)
+            bufferevent_free(c->bev);
+        else
+            close(fd);
+        if (c->timer)
+            event_free(c->timer);
+        free(c);
+        atomic_fetch_sub(&l->server->connections, 1);
+        return;
+    }
+    c->next = l->conns;
+    if (l->conns)
+        l->conns->prev = c;
+    l->conns = c;
+    l->nconns++;
+    bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    conn_timer_arm(c, l->server->cfg.handshake_timeout_ms);
+}
+
+/* ---- loops ---------------------------------------------------------------------------------- */
+
+static void loop_maybe_exit(rpc_loop *l)
+{
+    if (l->draining && l->nconns == 0)
+        event_base_loopexit(l->base, NULL);
+}
+
+static void loop_drain_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    rpc_loop *l = arg;
+    if (l->nconns)
+        log_msg(LOG_WARN, "drain timeout: closing %u connection(s) with calls still open", l->nconns);
+    while (l->conns)
+        conn_close(l->conns);
+    loop_maybe_exit(l);
+}
+
+static void loop_drain_start(rpc_loop *l)
+{
+    if (l->draining)
+        return;
+    l->draining = 1;
+    for (rpc_conn *c = l->conns, *next; c; c = next) {
+        next = c->next;
+        if (c->state == CONN_OPEN) {
+            conn_send_goaway(c, "server is shutting down");
+            if (c->ncalls == 0)
+                conn_close_after_flush(c);
+        } else if (c->state == CONN_PREFACE) {
+            conn_close(c);
+        }
+    }
+    struct timeval tv = ms_tv(l->server->cfg.drain_timeout_ms);
+    evtimer_add(l->drain_timer, &tv);
+}
+
+static void *loop_main(void *arg)
+{
+    rpc_loop *l = arg;
+    current_loop = l;
+    event_base_loop(l->base, EVLOOP_NO_EXIT_ON_EMPTY);
+    current_loop = NULL;
+    atomic_fetch_sub(&l->server->loops_running, 1);
+    return NULL;
+}
+
+/* ---- server --------------------------------------------------------------------------------- */
+
+static void accept_cb(struct evconnlistener *lst, evutil_socket_t fd, struct sockaddr *sa, int salen,
+                      void *arg)
+{
+    (void)lst;
+    (void)salen;
+    rpc_server *s = arg;
+    char host[INET6_ADDRSTRLEN] = "?";
+    unsigned port = 0;
+    if (sa->sa_family == AF_INET) {
+        struct sockaddr_in *in = (struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
+        port = ntohs(in->sin_port);
+    } else if (sa->sa_family == AF_INET6) {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)sa;
+        inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
+        port = ntohs(in6->sin6_port);
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (atomic_fetch_add(&s->connections, 1) >= s->cfg.max_connections) {
+        atomic_fetch_sub(&s->connections, 1);
+        /* Best effort, without a bufferevent: tell the client why, then close. */
+        lagoon_v1_ResponseMeta meta = lagoon_v1_ResponseMeta_init_zero;
+        snprintf(meta.message, sizeof(meta.message), "too many connections (max %u)", s->cfg.max_connections);
+        uint8_t buf[WIRE_HEADER_SIZE + 128];
+        long n = wire_encode(&lagoon_v1_ResponseMeta_info, &meta, buf + WIRE_HEADER_SIZE, 128, NULL);
+        if (n > 0) {
+            wire_header_encode(buf, WIRE_GOAWAY, 0, 0, 0, (size_t)n, 0);
+            ssize_t w = send(fd, buf, WIRE_HEADER_SIZE + (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+            (void)w;
+        }
+        log_msg(LOG_WARN, "peer=%s:%u refused: max_connections (%u) reached", host, port, s->cfg.max_connections);
+        close(fd);
+        return;
+    }
+    rpc_op *op = calloc(1, sizeof(*op));
+    if (op == NULL) {
+        atomic_fetch_sub(&s->connections, 1);
+        close(fd);
+        return;
+    }
+    op->kind = OP_NEW_CONN;
+    op->fd = fd;
+    snprintf(op->peer, sizeof(op->peer), sa->sa_family == AF_INET6 ? "[%s]:%u" : "%s:%u", host, port);
+    rpc_loop *l = &s->loops[s->next_loop++ % s->nloops];
+    loop_post(l, op);
+}
+
+static void stop_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    rpc_server *s = arg;
+    if (atomic_exchange(&s->draining, 1))
+        return;
+    log_msg(LOG_INFO, "draining: no new connections, open calls get %u ms", s->cfg.drain_timeout_ms);
+    if (s->listener)
+        evconnlistener_disable(s->listener);
+    for (unsigned i = 0; i < s->nloops; i++) {
+        rpc_op *op = calloc(1, sizeof(*op));
+        if (op) {
+            op->kind = OP_DRAIN;
+            loop_post(&s->loops[i], op);
+        }
+    }
+}
+
+static void signal_cb(evutil_socket_t sig, short what, void *arg)
+{
+    (void)what;
+    log_msg(LOG_INFO, "received %s", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    stop_cb(-1, 0, arg);
+}
+
+static void server_watch_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    rpc_server *s = arg;
+    if (atomic_load(&s->loops_running) == 0)
+        event_base_loopexit(s->control, NULL);
+}
+
+static int bind_listener(rpc_server *s, rpc_error *err)
+{
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof(ss));
+    socklen_t len;
+    struct sockaddr_in *in4 = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
+    if (inet_pton(AF_INET, s->cfg.listen_host, &in4->sin_addr) == 1) {
+        in4->sin_family = AF_INET;
+        in4->sin_port = htons(s->cfg.listen_port);
+        len = sizeof(*in4);
+    } else if (inet_pton(AF_INET6, s->cfg.listen_host, &in6->sin6_addr) == 1) {
+        in6->sin6_family = AF_INET6;
+        in6->sin6_port = htons(s->cfg.listen_port);
+        len = sizeof(*in6);
+    } else {
+        snprintf(err->message, sizeof(err->message), "listen address '%s' is not a numeric IP address",
+                 s->cfg.listen_host);
+        return RPC_ERR;
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err->message, sizeof(err->message), "socket: %s", strerror(errno));
+        return RPC_ERR;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(fd, (struct sockaddr *)&ss, len) != 0 || listen(fd, 1024) != 0) {
+        snprintf(err->message, sizeof(err->message), "cannot listen on %s:%u: %s", s->cfg.listen_host,
+                 s->cfg.listen_port, strerror(errno));
+        close(fd);
+        return RPC_ERR;
+    }
+    getsockname(fd, (struct sockaddr *)&ss, &len);
+    s->port = ntohs(ss.ss_family == AF_INET ? in4->sin_port : in6->sin6_port);
+    s->listen_fd = fd;
+    return RPC_OK;
+}
+
+static int limit_ok(unsigned long long v, unsigned long long min, unsigned long long max)
+{
+    return v >= min && v <= max;
+}
+
+int rpc_server_new(const rpc_config *cfg, const rpc_route *routes, size_t nroutes, rpc_server **out,
+                   rpc_error *err)
+{
+    *out = NULL;
+#define RPC_LIMIT_CHECK(field, flag, def, min, max, why)                                         \
+    if (!limit_ok(cfg->field, (min), (max))) {                                              \
+        snprintf(err->message, sizeof(err->message), "%s = %u is outside [%u, %u]", flag,        \
+                 cfg->field, (unsigned)(min), (unsigned)(max));                                  \
+        return RPC_ERR;                                                                          \
+    }
+    RPC_LIMITS(RPC_LIMIT_CHECK)
+#undef RPC_LIMIT_CHECK
+    if (cfg->max_output_buffer <= cfg->max_frame_size) {
+        snprintf(err->message, sizeof(err->message), "max-output-buffer must exceed max-frame-size");
+        return RPC_ERR;
+    }
+    for (size_t i = 1; i < nroutes; i++) {
+        if (routes[i - 1].method->id >= routes[i].method->id) {
+            snprintf(err->message, sizeof(err->message), "routes are not sorted by unique method id");
+            return RPC_ERR;
+        }
+    }
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, (void (*)(void))evthread_use_pthreads);
+    /* A peer that resets while we write must not kill the process. */
+    signal(SIGPIPE, SIG_IGN);
+
+    rpc_server *s = calloc(1, sizeof(*s));
+    if (s == NULL) {
+        snprintf(err->message, sizeof(err->message), "out of memory");
+        return RPC_ERR;
+    }
+    s->cfg = *cfg;
+    s->routes = routes;
+    s->nroutes = nroutes;
+    s->listen_fd = -1;
+    if (s->cfg.threads == 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        s->cfg.threads = n > 0 ? (unsigned)n : 1;
+    }
+    if (s->cfg.workers == 0)
+        s->cfg.workers = 4;
+    if (bind_listener(s, err) != RPC_OK) {
+        free(s);
+        return RPC_ERR;
+    }
+    *out = s;
+    return RPC_OK;
+}
+
+uint16_t rpc_server_port(const rpc_server *s) { return s->port; }
+uint32_t rpc_server_connections(const rpc_server *s) { return atomic_load(&((rpc_server *)s)->connections); }
+uint32_t rpc_server_active_calls(const rpc_server *s) { return atomic_load(&((rpc_server *)s)->active_calls); }
+int rpc_server_draining(const rpc_server *s) { return atomic_load(&((rpc_server *)s)->draining); }
+const char *rpc_server_version(const rpc_server *s) { return s->cfg.version ? s->cfg.version : ""; }
+
+uint64_t rpc_server_uptime_ms(const rpc_server *s)
+{
+    return now_us() / 1000 - s->started_ms;
+}
+
+const rpc_route *rpc_server_routes(const rpc_server *s, size_t *count)
+{
+    *count = s->nroutes;
+    return s->routes;
+}
+
+void rpc_server_stop(rpc_server *s)
+{
+    if (s->stop_event)
+        event_active(s->stop_event, EV_TIMEOUT, 0);
+    else
+        atomic_store(&s->draining, 1); /* not running yet: run() returns at once */
+}
+
+static void server_teardown_loops(rpc_server *s)
+{
+    for (unsigned i = 0; i < s->nloops; i++) {
+        rpc_loop *l = &s->loops[i];
+        if (l->base == NULL)
+            continue;
+        while (l->conns)
+            conn_close(l->conns);
+        event_base_loop(l->base, EVLOOP_NONBLOCK); /* run the reapers */
+    }
+}
+
+int rpc_server_run(rpc_server *s, rpc_error *err)
+{
+    if (s->ran) {
+        snprintf(err->message, sizeof(err->message), "rpc_server_run called twice");
+        return RPC_ERR;
+    }
+    s->ran = 1;
+    s->started_ms = now_us() / 1000;
+    s->control = event_base_new();
+    s->pool = rpc_pool_new(s->cfg.workers, s->cfg.worker_queue);
+    s->loops = calloc(s->cfg.threads, sizeof(rpc_loop));
+    if (s->control == NULL || s->pool == NULL || s->loops == NULL) {
+        snprintf(err->message, sizeof(err->message), "out of memory starting the server");
+        return RPC_ERR;
+    }
+    s->nloops = s->cfg.threads;
+    for (unsigned i = 0; i < s->nloops; i++) {
+        rpc_loop *l = &s->loops[i];
+        l->server = s;
+        l->index = i;
+        pthread_mutex_init(&l->mu, NULL);
+        l->base = event_base_new();
+        if (l->base == NULL) {
+            snprintf(err->message, sizeof(err->message), "event_base_new failed");
+            return RPC_ERR;
+        }
+        l->wake = event_new(l->base, -1, EV_PERSIST, loop_wake_cb, l);
+        l->drain_timer = evtimer_new(l->base, loop_drain_timeout_cb, l);
+    }
+    s->stop_event = event_new(s->control, -1, 0, stop_cb, s);
+    struct event *watch = event_new(s->control, -1, EV_PERSIST, server_watch_cb, s);
+    struct timeval tick = ms_tv(50);
+    event_add(watch, &tick);
+    if (s->cfg.handle_signals) {
+        s->sigterm = evsignal_new(s->control, SIGTERM, signal_cb, s);
+        s->sigint = evsignal_new(s->control, SIGINT, signal_cb, s);
+        event_add(s->sigterm, NULL);
+        event_add(s->sigint, NULL);
+    }
+    s->listener = evconnlistener_new(s->control, accept_cb, s, LEV_OPT_CLOSE_ON_FREE, 0, s->listen_fd);
+    if (s->listener == NULL) {
+        snprintf(err->message, sizeof(err->message), "evconnlistener_new failed");
+        return RPC_ERR;
+    }
+    s->listen_fd = -1; /* owned by the listener now */
+    atomic_store(&s->loops_running, s->nloops);
+    for (unsigned i = 0; i < s->nloops; i++)
+        pthread_create(&s->loops[i].thread, NULL, loop_main, &s->loops[i]);
+    log_msg(LOG_INFO, "listening on %s:%u (%u loops, %u workers)", s->cfg.listen_host, s->port, s->nloops,
+            s->cfg.workers);
+    if (atomic_load(&s->draining)) { /* stopped before it ran */
+        atomic_store(&s->draining, 0);
+        stop_cb(-1, 0, s);
+    }
+    event_base_dispatch(s->control);
+    for (unsigned i = 0; i < s->nloops; i++)
+        pthread_join(s->loops[i].thread, NULL);
+    event_free(watch);
+    evconnlistener_free(s->listener);
+    s->listener = NULL;
+    log_msg(LOG_INFO, "stopped");
+    return RPC_OK;
+}
+
+void rpc_server_free(rpc_server *s)
+{
+    if (s == NULL)
+        return;
+    /* Workers may still finish kept calls: let them, then run what they posted. */
+    rpc_pool_free(s->pool);
+    server_teardown_loops(s);
+    for (unsigned i = 0; i < s->nloops; i++) {
+        rpc_loop *l = &s->loops[i];
+        pthread_mutex_lock(&l->mu);
+        rpc_op *op = l->head;
+        l->head = l->tail = NULL;
+        pthread_mutex_unlock(&l->mu);
+        while (op) {
+            rpc_op *next = op->next;
+            op_run(l, op, 0);
+            free(op);
+            op = next;
+        }
+        if (l->wake)
+            event_free(l->wake);
+        if (l->drain_timer)
+            event_free(l->drain_timer);
+        if (l->base)
+            event_base_free(l->base);
+        pthread_mutex_destroy(&l->mu);
+    }
+    free(s->loops);
+    if (s->stop_event)
+        event_free(s->stop_event);
+    if (s->sigterm)
+        event_free(s->sigterm);
+    if (s->sigint)
+        event_free(s->sigint);
+    if (s->control)
+        event_base_free(s->control);
+    if (s->listen_fd >= 0)
+        close(s->listen_fd);
+    free(s);
+}

@@ -1,0 +1,107 @@
+/* liblagoon: the blocking Lagoon client.
+ *
+ * Needs only libc, POSIX sockets and nanopb (no libevent), so it builds for phones. One
+ * connection per lagoon_client; a client is not thread-safe (use one per thread, or the
+ * asynchronous client in lagoon_async.h for many calls in flight).
+ *
+ * Typed functions for every method are generated into lagoon_stubs.h:
+ *
+ *   lagoon_v1_HealthCheckRequest req = lagoon_v1_HealthCheckRequest_init_zero;
+ *   lagoon_v1_HealthCheckResponse resp;
+ *   int st = lagoon_Health_Check(client, &req, &resp);
+ *   if (st != LAGOON_OK)
+ *       fprintf(stderr, "%s: %s\n", lagoon_status_name(st), lagoon_last_error(client)->detail.message);
+ *
+ * Every call returns its status: LAGOON_OK, a status the server sent, or one the client
+ * made up for a local failure (UNAVAILABLE: connection lost; DEADLINE_EXCEEDED: the call's
+ * timeout passed; INTERNAL: the server's reply could not be decoded; INVALID_ARGUMENT: the
+ * request breaks a field bound and was not sent). The details of the last failed call are in
+ * lagoon_last_error().
+ *
+ * Responses with pointer fields (large lists) are allocated by nanopb: release them with
+ * pb_release(<Type>_fields, resp) when done.
+ */
+#ifndef LAGOON_CLIENT_H
+#define LAGOON_CLIENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "lagoon/v1/rpc.pb.h"
+#include "wire.h"
+
+typedef struct lagoon_client lagoon_client;
+typedef struct lagoon_stream lagoon_stream;
+
+/* The outcome of the last failed call: its status and the server's ResponseMeta (message,
+ * field violations, retry-after, request id). */
+typedef struct lagoon_error {
+    int status;
+    lagoon_v1_ResponseMeta detail;
+} lagoon_error;
+
+typedef struct lagoon_options {
+    uint32_t connect_timeout_ms; /* 0 = 5000 */
+    uint32_t timeout_ms;         /* default per-call deadline; 0 = none */
+    uint32_t max_frame_size;     /* largest frame accepted from the server; 0 = 16 MiB */
+} lagoon_options;
+
+/* Connects, sends the preface and reads the server's SETTINGS. host is a name or a numeric
+ * address. opts may be NULL. Returns LAGOON_OK, or a status with err filled (err may be NULL). */
+int lagoon_connect(const char *host, uint16_t port, const lagoon_options *opts, lagoon_client **out,
+                   lagoon_error *err);
+
+/* Closes the connection (cancelling open streams) and frees everything, streams included. */
+void lagoon_close(lagoon_client *c);
+
+/* The access token sent with every following call (copied; NULL or "" for none). */
+void lagoon_set_token(lagoon_client *c, const char *token);
+/* The deadline of every following call, in ms; 0 = none. */
+void lagoon_set_timeout(lagoon_client *c, uint32_t timeout_ms);
+/* Idempotency key and request id of the next call only (copied; NULL clears). */
+void lagoon_set_idempotency_key(lagoon_client *c, const char *key);
+void lagoon_set_request_id(lagoon_client *c, const char *request_id);
+
+/* The last failed call's status and details. Valid until the next call on c. */
+const lagoon_error *lagoon_last_error(const lagoon_client *c);
+/* The server's limits, from its SETTINGS frame. */
+const lagoon_v1_Settings *lagoon_settings(const lagoon_client *c);
+/* Non-zero once the server sent GOAWAY: new calls fail with UNAVAILABLE. */
+int lagoon_goaway(const lagoon_client *c);
+
+/* Round trip of a PING, in microseconds, into *rtt_us. */
+int lagoon_ping(lagoon_client *c, uint64_t *rtt_us);
+
+/* ---- generic calls (the generated stubs call these) -------------------------------------- */
+
+/* Unary call: encodes req, waits for the reply, decodes it into resp (m->response type). */
+int lagoon_call(lagoon_client *c, const wire_method *m, const void *req, void *resp);
+
+/* Opens a streaming call with its first message (every streaming kind sends one).
+ * Server-streaming: req is the only message. Client- and bidi-streaming: more can follow
+ * with lagoon_stream_send. *out is freed by lagoon_stream_finish (or lagoon_close). */
+int lagoon_stream_open(lagoon_client *c, const wire_method *m, const void *req, lagoon_stream **out);
+
+/* Sends one more message (client- and bidi-streaming). */
+int lagoon_stream_send(lagoon_stream *s, const void *msg);
+
+/* Half-closes: tells the server no more messages follow. */
+int lagoon_stream_close_send(lagoon_stream *s);
+
+/* Waits for the next message (server- and bidi-streaming) and decodes it into msg.
+ * Returns 1 with a message, or 0 once the stream has ended — by the server, the deadline or
+ * a lost connection; lagoon_stream_finish then gives the final status. */
+int lagoon_stream_recv(lagoon_stream *s, void *msg);
+
+/* Like lagoon_stream_recv, but gives up after timeout_ms: returns -1 if nothing arrived. */
+int lagoon_stream_recv_timeout(lagoon_stream *s, void *msg, uint32_t timeout_ms);
+
+/* Ends the stream and frees it. Client-streaming: half-closes if needed, waits for the
+ * response and decodes it into resp. Other kinds: resp is NULL; a stream the server has not
+ * ended yet is cancelled (CANCEL is sent) and CANCELLED returned. Returns the final status. */
+int lagoon_stream_finish(lagoon_stream *s, void *resp);
+
+/* Sends CANCEL for the stream and frees it. */
+void lagoon_stream_cancel(lagoon_stream *s);
+
+#endif

@@ -1,0 +1,205 @@
+/* Test support: see testserver.h. */
+#include "testserver.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <cmocka.h>
+
+#include "lagoon_handlers.h"
+#include "lagoon_idl.h"
+#include "log.h"
+
+void test_config(rpc_config *cfg)
+{
+    rpc_config_defaults(cfg);
+    cfg->listen_port = 0;
+    cfg->threads = 2;
+    cfg->workers = 2;
+    cfg->drain_timeout_ms = 2000;
+    const char *lvl = getenv("LAGOON_TEST_LOG");
+    log_set_level(lvl ? log_level_parse(lvl) : LOG_WARN);
+}
+
+static void *server_main(void *arg)
+{
+    test_server *t = arg;
+    rpc_error err;
+    t->run_status = rpc_server_run(t->server, &err);
+    if (t->run_status != RPC_OK)
+        fprintf(stderr, "rpc_server_run: %s\n", err.message);
+    return NULL;
+}
+
+void test_server_start(test_server *t, const rpc_config *cfg, const rpc_route *routes, size_t nroutes)
+{
+    rpc_config def;
+    if (cfg == NULL) {
+        test_config(&def);
+        cfg = &def;
+    }
+    if (routes == NULL) {
+        routes = lagoon_routes;
+        nroutes = lagoon_routes_count;
+    }
+    memset(t, 0, sizeof(*t));
+    rpc_error err;
+    int r = rpc_server_new(cfg, routes, nroutes, &t->server, &err);
+    if (r != RPC_OK)
+        fail_msg("rpc_server_new: %s", err.message);
+    t->port = rpc_server_port(t->server);
+    pthread_t *th = malloc(sizeof(*th));
+    assert_non_null(th);
+    assert_int_equal(pthread_create(th, NULL, server_main, t), 0);
+    t->thread = th;
+}
+
+void test_server_stop(test_server *t)
+{
+    rpc_server_stop(t->server);
+    pthread_join(*(pthread_t *)t->thread, NULL);
+    free(t->thread);
+    assert_int_equal(t->run_status, RPC_OK);
+    rpc_server_free(t->server);
+    t->server = NULL;
+}
+
+int test_wait_for(int (*cond)(void *), void *arg, uint32_t timeout_ms)
+{
+    for (uint32_t waited = 0;; waited += 10) {
+        int v = cond(arg);
+        if (v || waited >= timeout_ms)
+            return v;
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* ---- raw protocol ------------------------------------------------------------------------ */
+
+void raw_send(int fd, const void *buf, size_t len)
+{
+    const uint8_t *p = buf;
+    while (len > 0) {
+        ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return; /* the server may have closed on us: the caller checks what it reads */
+        p += n;
+        len -= (size_t)n;
+    }
+}
+
+void raw_send_frame(int fd, uint8_t type, uint8_t flags, uint32_t call_id, uint32_t code,
+                    const void *meta, size_t meta_len, const void *payload, size_t payload_len)
+{
+    uint8_t hdr[WIRE_HEADER_SIZE];
+    assert_int_equal(wire_header_encode(hdr, type, flags, call_id, code, meta_len, payload_len), 0);
+    raw_send(fd, hdr, sizeof(hdr));
+    if (meta_len)
+        raw_send(fd, meta, meta_len);
+    if (payload_len)
+        raw_send(fd, payload, payload_len);
+}
+
+static int read_exact(int fd, uint8_t *buf, size_t len, uint32_t timeout_ms)
+{
+    size_t got = 0;
+    while (got < len) {
+        struct pollfd p = {fd, POLLIN, 0};
+        int r = poll(&p, 1, (int)timeout_ms);
+        if (r <= 0)
+            return -1;
+        ssize_t n = recv(fd, buf + got, len - got, 0);
+        if (n == 0)
+            return 0;
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return errno == ECONNRESET ? 0 : -1;
+        }
+        got += (size_t)n;
+    }
+    return 1;
+}
+
+int raw_read_frame(int fd, uint8_t *buf, size_t cap, wire_frame *f, uint32_t timeout_ms)
+{
+    assert_true(cap >= WIRE_HEADER_SIZE);
+    int r = read_exact(fd, buf, 4, timeout_ms);
+    if (r <= 0)
+        return r;
+    uint32_t len = wire_get32(buf);
+    if (len + 4 > cap)
+        fail_msg("frame of %u bytes larger than the test buffer", len);
+    r = read_exact(fd, buf + 4, len, timeout_ms);
+    if (r <= 0)
+        return r;
+    wire_limits lim = {UINT32_MAX, UINT16_MAX};
+    long n = wire_frame_parse(buf, len + 4, &lim, f, NULL);
+    if (n != (long)len + 4)
+        fail_msg("server sent a frame the codec rejects (%ld)", n);
+    return 1;
+}
+
+int raw_wait_closed(int fd, uint32_t timeout_ms)
+{
+    uint8_t buf[65536];
+    for (uint32_t waited = 0; waited < timeout_ms; waited += 100) {
+        struct pollfd p = {fd, POLLIN, 0};
+        int r = poll(&p, 1, 100);
+        if (r < 0)
+            return 0;
+        if (r == 0)
+            continue;
+        ssize_t n = recv(fd, buf, sizeof(buf), 0);
+        if (n == 0 || (n < 0 && errno == ECONNRESET))
+            return 1;
+    }
+    return 0;
+}
+
+int raw_connect(uint16_t port, int preface)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof(a));
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (preface) {
+        raw_send(fd, WIRE_PREFACE, WIRE_PREFACE_LEN);
+        uint8_t buf[256];
+        wire_frame f;
+        assert_int_equal(raw_read_frame(fd, buf, sizeof(buf), &f, 5000), 1);
+        assert_int_equal(f.type, WIRE_SETTINGS);
+    }
+    return fd;
+}
+
+void raw_meta_message(const wire_frame *f, char *out, size_t cap)
+{
+    lagoon_v1_ResponseMeta meta = lagoon_v1_ResponseMeta_init_zero;
+    wire_violation v;
+    out[0] = '\0';
+    if (f->meta_len && wire_decode(&lagoon_v1_ResponseMeta_info, f->meta, f->meta_len, &meta, &v) == 0)
+        snprintf(out, cap, "%s", meta.message);
+}

@@ -1,0 +1,47 @@
+/* Test support: a real Lagoon server on an ephemeral loopback port, in a thread of the test
+ * process, and raw-socket helpers for speaking the protocol byte by byte. */
+#ifndef LAGOON_TESTSERVER_H
+#define LAGOON_TESTSERVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "rpc.h"
+#include "wire.h"
+
+typedef struct test_server {
+    rpc_server *server;
+    uint16_t port;
+    void *thread; /* pthread_t, opaque here */
+    int run_status;
+} test_server;
+
+/* rpc_config with test defaults: 127.0.0.1, port 0, 2 loops, 2 workers, warn-level logs. */
+void test_config(rpc_config *cfg);
+/* Starts a server with cfg (NULL: test_config) and routes (NULL: the generated lagoon_routes).
+ * Fails the test on error. */
+void test_server_start(test_server *t, const rpc_config *cfg, const rpc_route *routes, size_t nroutes);
+/* Graceful stop, join, free. */
+void test_server_stop(test_server *t);
+
+/* Polls cond(arg) every 10 ms for up to timeout_ms; returns its last value. Bounded waits
+ * instead of sleeps keep tests fast and free of timing assertions. */
+int test_wait_for(int (*cond)(void *), void *arg, uint32_t timeout_ms);
+
+/* ---- raw protocol ------------------------------------------------------------------------ */
+
+/* Connects to 127.0.0.1:port; with preface, sends LGN1 and consumes the SETTINGS frame. */
+int raw_connect(uint16_t port, int preface);
+void raw_send(int fd, const void *buf, size_t len);
+/* Sends one frame built from the arguments (meta/payload may be NULL). */
+void raw_send_frame(int fd, uint8_t type, uint8_t flags, uint32_t call_id, uint32_t code,
+                    const void *meta, size_t meta_len, const void *payload, size_t payload_len);
+/* Reads one whole frame within timeout_ms into buf (cap bytes); 1 = frame, 0 = EOF,
+ * -1 = timeout or error. f's pointers point into buf. */
+int raw_read_frame(int fd, uint8_t *buf, size_t cap, wire_frame *f, uint32_t timeout_ms);
+/* Reads until EOF (or timeout): 1 if the server closed the connection. */
+int raw_wait_closed(int fd, uint32_t timeout_ms);
+/* The message of a GOAWAY or RESPONSE frame's ResponseMeta ("" if none). */
+void raw_meta_message(const wire_frame *f, char *out, size_t cap);
+
+#endif

@@ -10,6 +10,9 @@
 #define DEBUG_MAX_DELAY_MS 10000u   /* Echo.delay_ms: a worker sleeps this long at most */
 #define DEBUG_MAX_STREAM 100000u    /* EchoStream.count */
 #define DEBUG_MAX_INTERVAL_MS 10000u /* EchoStream.interval_ms */
+/* With interval 0, EchoStream sends while the connection's output backlog is below this and
+ * then waits a millisecond: it goes as fast as the client reads, never faster. */
+#define DEBUG_STREAM_BACKLOG (256u << 10)
 
 static int echo_fail(rpc_call *call, uint32_t code)
 {
@@ -70,12 +73,16 @@ static void echo_stream_tick(evutil_socket_t fd, short what, void *arg)
     (void)what;
     echo_stream *st = arg;
     rpc_call *call = st->call;
-    if (rpc_call_send(call, &st->msg) != 0 || --st->left == 0) {
-        echo_stream_free(st);
-        rpc_call_finish(call, LAGOON_OK);
-        return;
-    }
-    evtimer_add(st->timer, &st->interval);
+    int burst = st->interval.tv_sec == 0 && st->interval.tv_usec == 0;
+    do {
+        if (rpc_call_send(call, &st->msg) != 0 || --st->left == 0) {
+            echo_stream_free(st);
+            rpc_call_finish(call, LAGOON_OK);
+            return;
+        }
+    } while (burst && rpc_call_backlog(call) < DEBUG_STREAM_BACKLOG);
+    struct timeval pause = {0, 1000};
+    evtimer_add(st->timer, burst ? &pause : &st->interval);
 }
 
 int handle_Debug_EchoStream(rpc_call *call, const lagoon_v1_EchoStreamRequest *req)
@@ -89,14 +96,8 @@ int handle_Debug_EchoStream(rpc_call *call, const lagoon_v1_EchoStreamRequest *r
     lagoon_v1_EchoResponse msg = lagoon_v1_EchoResponse_init_zero;
     msg.payload.size = req->payload.size;
     memcpy(msg.payload.bytes, req->payload.bytes, req->payload.size);
-    if (req->interval_ms == 0 || req->count == 0) {
-        /* As fast as the connection takes them: a reader that stops makes rpc_call_send fail
-         * once the output cap closes the connection, which ends the loop. */
-        for (uint32_t i = 0; i < req->count; i++)
-            if (rpc_call_send(call, &msg) != 0)
-                return LAGOON_CANCELLED;
+    if (req->count == 0)
         return LAGOON_OK;
-    }
     echo_stream *st = calloc(1, sizeof(*st));
     if (st == NULL)
         return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
@@ -111,7 +112,8 @@ int handle_Debug_EchoStream(rpc_call *call, const lagoon_v1_EchoStreamRequest *r
         return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
     }
     rpc_call_on_cancel(call, echo_stream_cancel, st);
-    evtimer_add(st->timer, &st->interval);
+    struct timeval now = {0, 0};
+    evtimer_add(st->timer, req->interval_ms ? &st->interval : &now);
     return RPC_PENDING;
 }
 

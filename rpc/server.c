@@ -1326,8 +1326,12 @@ static void stop_cb(evutil_socket_t fd, short what, void *arg)
     if (atomic_exchange(&s->draining, 1))
         return;
     log_msg(LOG_INFO, "draining: no new connections, open calls get %u ms", s->cfg.drain_timeout_ms);
-    if (s->listener)
-        evconnlistener_disable(s->listener);
+    /* Close the listening socket, so new connects are refused at once rather than left in
+     * the kernel's backlog. */
+    if (s->listener) {
+        evconnlistener_free(s->listener);
+        s->listener = NULL;
+    }
     for (unsigned i = 0; i < s->nloops; i++) {
         rpc_op *op = calloc(1, sizeof(*op));
         if (op) {
@@ -1542,7 +1546,8 @@ int rpc_server_run(rpc_server *s, rpc_error *err)
     for (unsigned i = 0; i < s->nloops; i++)
         pthread_join(s->loops[i].thread, NULL);
     event_free(watch);
-    evconnlistener_free(s->listener);
+    if (s->listener)
+        evconnlistener_free(s->listener);
     s->listener = NULL;
     log_msg(LOG_INFO, "stopped");
     return RPC_OK;

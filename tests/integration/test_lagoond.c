@@ -1,0 +1,193 @@
+/* The lagoond binary itself: flags, environment, the per-call log, and the SIGTERM drain. */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "lagoon_stubs.h"
+#include "testserver.h"
+
+typedef struct daemon {
+    pid_t pid;
+    int err_fd;      /* lagoond's stderr */
+    char log[65536]; /* everything read from it so far */
+    size_t log_len;
+    uint16_t port;
+} daemon_t;
+
+/* Reads lagoond's stderr for up to timeout_ms, or until needle appears. 1 if found. */
+static int read_log_until(daemon_t *d, const char *needle, uint32_t timeout_ms)
+{
+    for (uint32_t waited = 0;; waited += 50) {
+        if (strstr(d->log, needle))
+            return 1;
+        if (waited >= timeout_ms)
+            return 0;
+        struct pollfd p = {d->err_fd, POLLIN, 0};
+        if (poll(&p, 1, 50) == 1 && d->log_len < sizeof(d->log) - 1) {
+            ssize_t n = read(d->err_fd, d->log + d->log_len, sizeof(d->log) - 1 - d->log_len);
+            if (n > 0) {
+                d->log_len += (size_t)n;
+                d->log[d->log_len] = '\0';
+            }
+        }
+    }
+}
+
+static void start_daemon(daemon_t *d, const char *const *extra, const char *env)
+{
+    memset(d, 0, sizeof(*d));
+    int pipefd[2];
+    assert_int_equal(pipe(pipefd), 0);
+    char data[] = "/tmp/lagoond-test-XXXXXX";
+    assert_non_null(mkdtemp(data));
+    d->pid = fork();
+    assert_true(d->pid >= 0);
+    if (d->pid == 0) {
+        dup2(pipefd[1], STDERR_FILENO);
+        close(pipefd[0]);
+        if (env)
+            putenv((char *)env);
+        const char *argv[32] = {LAGOOND_PATH, "--listen", "127.0.0.1:0", "--data", data, "--threads", "2"};
+        int n = 7;
+        for (int i = 0; extra && extra[i] && n < 30; i++)
+            argv[n++] = extra[i];
+        argv[n] = NULL;
+        execv(LAGOOND_PATH, (char *const *)argv);
+        _exit(127);
+    }
+    close(pipefd[1]);
+    d->err_fd = pipefd[0];
+    if (!read_log_until(d, "listening on 127.0.0.1:", 10000))
+        fail_msg("lagoond did not start; it said: %s", d->log);
+    const char *p = strstr(d->log, "listening on 127.0.0.1:") + strlen("listening on 127.0.0.1:");
+    d->port = (uint16_t)atoi(p);
+    assert_true(d->port > 0);
+}
+
+static int wait_exit(daemon_t *d, uint32_t timeout_ms)
+{
+    for (uint32_t waited = 0; waited < timeout_ms; waited += 20) {
+        int status;
+        pid_t r = waitpid(d->pid, &status, WNOHANG);
+        if (r == d->pid)
+            return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        struct timespec ts = {0, 20 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    kill(d->pid, SIGKILL);
+    waitpid(d->pid, NULL, 0);
+    return -1;
+}
+
+static void test_sigterm_drains_open_calls(void **state)
+{
+    (void)state;
+    daemon_t *d = malloc(sizeof(*d));
+    start_daemon(d, NULL, NULL);
+    int fd = raw_connect(d->port, 1);
+    /* A call in flight (answered from a worker after 700 ms), carrying a token that must never
+     * be logged. */
+    lagoon_v1_RequestMeta meta = lagoon_v1_RequestMeta_init_zero;
+    snprintf(meta.auth_token, sizeof(meta.auth_token), "SECRET-TOKEN-0123456789");
+    snprintf(meta.request_id, sizeof(meta.request_id), "drain-1");
+    uint8_t mb[256], pb[64];
+    long ml = wire_encode(&lagoon_v1_RequestMeta_info, &meta, mb, sizeof(mb), NULL);
+    lagoon_v1_EchoRequest req = lagoon_v1_EchoRequest_init_zero;
+    req.delay_ms = 700;
+    req.payload.size = 2;
+    memcpy(req.payload.bytes, "hi", 2);
+    long pl = wire_encode(&lagoon_v1_EchoRequest_info, &req, pb, sizeof(pb), NULL);
+    raw_send_frame(fd, WIRE_REQUEST, WIRE_FLAG_END_STREAM, 41, lagoon_method_Debug_Echo.id, mb, (size_t)ml, pb,
+                   (size_t)pl);
+    struct timespec ts = {0, 100 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+    assert_int_equal(kill(d->pid, SIGTERM), 0);
+
+    uint8_t buf[4096];
+    wire_frame f;
+    assert_int_equal(raw_read_frame(fd, buf, sizeof(buf), &f, 5000), 1);
+    assert_int_equal(f.type, WIRE_GOAWAY);
+    assert_int_equal(f.code, 41); /* the last call it will still answer */
+    /* A call started after GOAWAY is refused... */
+    raw_send_frame(fd, WIRE_REQUEST, WIRE_FLAG_END_STREAM, 42, lagoon_method_Health_Check.id, NULL, 0, NULL, 0);
+    assert_int_equal(raw_read_frame(fd, buf, sizeof(buf), &f, 5000), 1);
+    assert_int_equal(f.type, WIRE_RESPONSE);
+    assert_int_equal(f.call_id, 42);
+    assert_int_equal(f.code, LAGOON_UNAVAILABLE);
+    /* ...the one in flight is finished... */
+    assert_int_equal(raw_read_frame(fd, buf, sizeof(buf), &f, 5000), 1);
+    assert_int_equal(f.type, WIRE_RESPONSE);
+    assert_int_equal(f.call_id, 41);
+    assert_int_equal(f.code, LAGOON_OK);
+    /* ...and then the connection closes and the process exits 0. */
+    assert_true(raw_wait_closed(fd, 5000));
+    close(fd);
+    assert_int_equal(wait_exit(d, 10000), 0);
+    read_log_until(d, "stopped", 2000);
+    assert_non_null(strstr(d->log, "method=/lagoon.v1.Debug/Echo status=OK"));
+    assert_non_null(strstr(d->log, "req_id=drain-1"));
+    assert_null(strstr(d->log, "SECRET-TOKEN"));
+    close(d->err_fd);
+    free(d);
+}
+
+static void test_flags_and_environment(void **state)
+{
+    (void)state;
+    /* A bad value is refused with a message and exit status 2. */
+    int pipefd[2];
+    assert_int_equal(pipe(pipefd), 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(pipefd[1], STDERR_FILENO);
+        execl(LAGOOND_PATH, LAGOOND_PATH, "--max-frame-size", "12", (char *)NULL);
+        _exit(127);
+    }
+    close(pipefd[1]);
+    char out[1024] = {0};
+    size_t got = 0;
+    ssize_t n;
+    while ((n = read(pipefd[0], out + got, sizeof(out) - 1 - got)) > 0)
+        got += (size_t)n;
+    close(pipefd[0]);
+    int status;
+    waitpid(pid, &status, 0);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 2);
+    assert_non_null(strstr(out, "max-frame-size"));
+
+    /* Limits come from the environment too: SETTINGS shows them. */
+    daemon_t *d = malloc(sizeof(*d));
+    start_daemon(d, NULL, "LAGOON_MAX_CONCURRENT_CALLS=33");
+    lagoon_client *c;
+    assert_int_equal(lagoon_connect("127.0.0.1", d->port, NULL, &c, NULL), LAGOON_OK);
+    assert_int_equal(lagoon_settings(c)->max_concurrent_calls, 33);
+    lagoon_close(c);
+    kill(d->pid, SIGINT);
+    assert_int_equal(wait_exit(d, 10000), 0);
+    close(d->err_fd);
+    free(d);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_sigterm_drains_open_calls),
+        cmocka_unit_test(test_flags_and_environment),
+    };
+    return cmocka_run_group_tests_name("lagoond", tests, NULL, NULL);
+}

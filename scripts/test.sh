@@ -1,0 +1,24 @@
+#!/bin/sh
+# Installs what is missing, then builds and runs every test twice: a normal build and an
+# AddressSanitizer + UndefinedBehaviorSanitizer build; then the fuzz target for a bounded
+# number of runs (clang). Exits non-zero if anything fails.
+set -eu
+cd "$(dirname "$0")/.."
+scripts/deps.sh --test
+jobs="$(nproc)"
+
+echo "== normal build"
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLAGOON_TESTS=ON >/dev/null
+cmake --build build -j"$jobs"
+ctest --test-dir build --output-on-failure
+
+echo "== ASan + UBSan build"
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DLAGOON_SANITIZE=ON -DLAGOON_TESTS=ON >/dev/null
+cmake --build build-asan -j"$jobs"
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  ctest --test-dir build-asan --output-on-failure
+
+echo "== fuzz (bounded)"
+CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DLAGOON_FUZZ=ON -DLAGOON_TESTS=ON >/dev/null
+cmake --build build-fuzz -j"$jobs" --target fuzz_frame
+ctest --test-dir build-fuzz -R '^fuzz_' --output-on-failure

@@ -44,7 +44,6 @@ struct lagoon_stream {
     frame_copy *head, *tail;
     lagoon_stream *next;
     uint64_t deadline_us; /* 0 = none */
-    int bound;            /* counted in the client's list */
 };
 
 struct lagoon_client {
@@ -378,7 +377,6 @@ static int stream_start(lagoon_client *c, lagoon_stream *s, const wire_method *m
     s->local_closed = end;
     s->next = c->streams;
     c->streams = s;
-    s->bound = 1;
     return LAGOON_OK;
 }
 
@@ -704,8 +702,10 @@ int lagoon_connect(const char *host, uint16_t port, const lagoon_options *opts, 
             return st;
         }
         handle_conn_frame(c, &f);
-        memmove(c->in, c->in + r, c->in_len - (size_t)r);
-        c->in_len -= (size_t)r;
+        if (c->in != NULL) {
+            memmove(c->in, c->in + r, c->in_len - (size_t)r);
+            c->in_len -= (size_t)r;
+        }
         break;
     }
     *out = c;
@@ -716,11 +716,14 @@ void lagoon_close(lagoon_client *c)
 {
     if (c == NULL)
         return;
-    while (c->streams) {
-        lagoon_stream *s = c->streams;
-        stream_unlink(s);
-        if (s->bound)
-            free(s);
+    /* Only streams from lagoon_stream_open are listed here: lagoon_call unlinks its own
+     * before returning. */
+    lagoon_stream *s;
+    while ((s = c->streams) != NULL) {
+        c->streams = s->next;
+        s->next = NULL;
+        stream_unlink(s); /* frees its queued frames */
+        free(s);
     }
     if (c->fd >= 0)
         close(c->fd);

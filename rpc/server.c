@@ -1156,16 +1156,15 @@ static void conn_close(rpc_conn *c)
     rpc_loop *l = c->loop;
     if (c->buckets) {
         for (int b = 0; b < CALL_BUCKETS; b++) {
-            while (c->buckets[b]) {
-                rpc_call *call = c->buckets[b];
+            rpc_call *call;
+            while ((call = c->buckets[b]) != NULL) {
+                /* Detach first, so that nothing the abandon triggers can touch the table. */
+                c->buckets[b] = call->hnext;
+                call->in_table = 0;
+                c->ncalls--;
                 call->client_closed = 1;
-                if (atomic_load(&call->done)) {
-                    table_remove(c, call);
-                } else {
-                    call_ref(call);
-                    call_abandon(call, LAGOON_CANCELLED, 0, NULL); /* removes it from the table */
-                    call_unref(call);
-                }
+                call_abandon(call, LAGOON_CANCELLED, 0, NULL); /* no-op if already answered */
+                call_unref(call);                             /* the table's reference */
             }
         }
     }

@@ -188,7 +188,7 @@ int raw_connect(uint16_t port, int preface)
     if (preface) {
         raw_send(fd, WIRE_PREFACE, WIRE_PREFACE_LEN);
         uint8_t buf[256];
-        wire_frame f;
+        wire_frame f = {0};
         assert_int_equal(raw_read_frame(fd, buf, sizeof(buf), &f, 5000), 1);
         assert_int_equal(f.type, WIRE_SETTINGS);
     }

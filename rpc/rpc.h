@@ -178,9 +178,11 @@ int rpc_call_send(rpc_call *c, const void *msg);
  * (cancel, deadline, disconnect), this only releases it. */
 void rpc_call_finish(rpc_call *c, int status);
 
-/* Called on the loop thread if the call ends before the handler finished it (client CANCEL,
- * deadline, disconnect, shutdown). The handler must still call rpc_call_finish, which it may
- * do from inside the callback. Set it before returning RPC_PENDING. */
+/* Called on the loop thread if the call ends while the handler keeps it (client CANCEL,
+ * deadline, disconnect, shutdown). It runs from its own loop event, never from inside another
+ * rpc_ function, so it may take locks the handler holds while sending. The handler must still
+ * call rpc_call_finish, which it may do from inside the callback. Set it before returning
+ * RPC_PENDING. */
 typedef void (*rpc_cancel_fn)(rpc_call *c, void *arg);
 void rpc_call_on_cancel(rpc_call *c, rpc_cancel_fn fn, void *arg);
 

@@ -45,7 +45,7 @@
 
 enum conn_state { CONN_PREFACE, CONN_OPEN, CONN_CLOSING, CONN_DEAD };
 enum hstate { H_NONE, H_HELD, H_FINISHED, H_CANCELLED };
-enum op_kind { OP_NEW_CONN, OP_SEND, OP_FINISH, OP_DRAIN };
+enum op_kind { OP_NEW_CONN, OP_SEND, OP_FINISH, OP_DRAIN, OP_CANCELLED };
 
 typedef struct rpc_loop rpc_loop;
 typedef struct rpc_conn rpc_conn;
@@ -54,7 +54,7 @@ typedef struct rpc_conn rpc_conn;
 typedef struct rpc_op {
     struct rpc_op *next;
     int kind;
-    rpc_call *call; /* holds a reference (SEND, FINISH) */
+    rpc_call *call; /* holds a reference (SEND, FINISH, CANCELLED) */
     int status;     /* FINISH */
     int fd;         /* NEW_CONN */
     char peer[64];  /* NEW_CONN */
@@ -103,7 +103,6 @@ struct rpc_call {
     atomic_int hstate; /* enum hstate: who ends a kept call */
     int held;           /* loop thread: handler returned RPC_PENDING at least once */
     int in_handler;     /* loop thread: handler is running now */
-    int cancel_pending; /* loop thread: cancelled while in_handler; callback owed */
     int client_closed;  /* client sent END_STREAM (or the method takes one message) */
     int in_table;
     rpc_cancel_fn cancel_fn;
@@ -153,6 +152,7 @@ static void call_complete(rpc_call *call, int status);
 static void call_abandon(rpc_call *call, int status, int reply, const char *message);
 static void call_unref(rpc_call *call);
 static void loop_maybe_exit(rpc_loop *l);
+static void loop_post(rpc_loop *l, rpc_op *op);
 
 /* ---- small helpers -------------------------------------------------------------------- */
 
@@ -434,12 +434,17 @@ static void call_abandon(rpc_call *call, int status, int reply, const char *mess
     } else {
         call_mark_done(call, status);
     }
+    /* The handler hears of it from a fresh loop callback, never from inside whatever caused
+     * the abandon (it may hold its own locks there, e.g. while sending to this call). */
     int expected = H_HELD;
     if (atomic_compare_exchange_strong(&call->hstate, &expected, H_CANCELLED)) {
-        if (call->in_handler)
-            call->cancel_pending = 1;
-        else if (call->cancel_fn)
-            call->cancel_fn(call, call->cancel_arg);
+        rpc_op *op = calloc(1, sizeof(*op));
+        if (op != NULL) {
+            op->kind = OP_CANCELLED;
+            call_ref(call);
+            op->call = call;
+            loop_post(call->loop, op);
+        }
     }
 }
 
@@ -447,7 +452,10 @@ static void call_deadline_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
-    call_abandon(arg, LAGOON_DEADLINE_EXCEEDED, 1, "deadline exceeded");
+    rpc_call *call = arg;
+    call_ref(call); /* the reply may close the connection, dropping the table's reference */
+    call_abandon(call, LAGOON_DEADLINE_EXCEEDED, 1, "deadline exceeded");
+    call_unref(call);
 }
 
 /* Applies a handler's return value. Loop thread. The handler's reference was taken before
@@ -457,14 +465,8 @@ static void call_handled(rpc_call *call, int rc)
     call->in_handler = 0;
     if (rc == RPC_PENDING) {
         call->held = 1;
-        if (call->cancel_pending) {
-            call->cancel_pending = 0;
-            if (call->cancel_fn)
-                call->cancel_fn(call, call->cancel_arg);
-        }
         return;
     }
-    call->cancel_pending = 0;
     if (rc == RPC_CONTINUE) {
         const wire_method *m = call->route->method;
         if (m->kind != WIRE_CLIENT_STREAMING && m->kind != WIRE_BIDI_STREAMING) {
@@ -476,8 +478,12 @@ static void call_handled(rpc_call *call, int rc)
             /* Give the invocation's reference back. If the call was cancelled meanwhile the
              * handler owes nothing either; if it called finish itself, the op owns the ref. */
             int expected = H_HELD;
-            if (atomic_compare_exchange_strong(&call->hstate, &expected, H_NONE) || expected == H_CANCELLED)
+            if (atomic_compare_exchange_strong(&call->hstate, &expected, H_NONE)) {
                 call_unref(call);
+            } else if (expected == H_CANCELLED) {
+                call->cancel_fn = NULL; /* it no longer holds the call: nothing to tell it */
+                call_unref(call);
+            }
             return;
         }
     }
@@ -491,6 +497,7 @@ static void call_handled(rpc_call *call, int rc)
         call_complete(call, rc);
         call_unref(call);
     } else if (prev == H_CANCELLED) {
+        call->cancel_fn = NULL; /* its return was its finish: nothing to tell it */
         call_unref(call);
     } /* H_FINISHED: rpc_call_finish ran inside the handler; its op owns the reference */
 }
@@ -545,6 +552,15 @@ static void op_run(rpc_loop *l, rpc_op *op, int live)
             call_complete(op->call, op->status);
         call_unref(op->call);
         break;
+    case OP_CANCELLED: {
+        /* Runs even when the server is being torn down: the handler frees its state here. */
+        rpc_cancel_fn fn = op->call->cancel_fn;
+        op->call->cancel_fn = NULL;
+        if (fn)
+            fn(op->call, op->call->cancel_arg);
+        call_unref(op->call);
+        break;
+    }
     case OP_DRAIN:
         break;
     }

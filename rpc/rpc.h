@@ -88,6 +88,7 @@ typedef struct rpc_config {
     rpc_authenticate_fn authenticate; /* NULL: every token is rejected */
     void *authenticate_arg;
     const char *version;    /* reported by Health/Check */
+    void *app;              /* handlers' shared state (store, settings): rpc_call_app() */
 } rpc_config;
 
 /* Fills every field with its default (127.0.0.1:7420, limits from limits.h). */
@@ -135,10 +136,12 @@ struct rpc_route {
 
 /* ---- Calls: what handlers use ------------------------------------------------------------- */
 
-/* All accessors may be used from the handler's invocation and, for a call the handler keeps
- * (RPC_PENDING), from any thread until rpc_call_finish. Returned strings live as long as the
- * call. */
+/* All of these may be used from the handler's invocation and, for a call the handler keeps
+ * (RPC_PENDING), from the one thread that will finish it, until rpc_call_finish. The details
+ * set by rpc_call_error/_violation/_retry_after are read only after the handler's finish, so
+ * a worker may set them before it finishes. Returned strings live as long as the call. */
 rpc_server *rpc_call_server(const rpc_call *c);
+void *rpc_call_app(const rpc_call *c); /* rpc_config.app */
 const rpc_caller *rpc_call_caller(const rpc_call *c);
 const wire_method *rpc_call_method(const rpc_call *c);
 const char *rpc_call_peer(const rpc_call *c);            /* "127.0.0.1:51234" */

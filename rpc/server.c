@@ -150,6 +150,7 @@ static void conn_close_after_flush(rpc_conn *c);
 static void conn_violation(rpc_conn *c, const char *why);
 static void call_complete(rpc_call *call, int status);
 static void call_abandon(rpc_call *call, int status, int reply, const char *message);
+static void call_reply_own(rpc_call *call, int status, const char *message, const wire_violation *v);
 static void call_unref(rpc_call *call);
 static void loop_maybe_exit(rpc_loop *l);
 static void loop_post(rpc_loop *l, rpc_op *op);
@@ -388,29 +389,28 @@ static void call_mark_done(rpc_call *call, int status)
         table_remove(call->conn, call);
 }
 
-/* Sends the RESPONSE that ends the call. Loop thread, call not yet done. */
-static void call_complete(rpc_call *call, int status)
+/* Writes the RESPONSE that ends the call. Loop thread, call not yet done. meta is the
+ * handler's (read only once the handler has finished) or one the RPC layer built itself. */
+static void call_reply(rpc_call *call, int status, lagoon_v1_ResponseMeta *meta)
 {
     if (atomic_load(&call->done))
         return;
     rpc_conn *c = call->conn;
     const wire_method *m = call->route ? call->route->method : NULL;
-    int with_body = m && status == LAGOON_OK &&
+    int with_body = m && status == LAGOON_OK && call->resp &&
                     (m->kind == WIRE_UNARY || m->kind == WIRE_CLIENT_STREAMING);
-    lagoon_v1_ResponseMeta *meta = call->rmeta;
     lagoon_v1_ResponseMeta local = lagoon_v1_ResponseMeta_init_zero;
-    if (meta == NULL && call->request_id[0])
-        meta = &local;
-    if (meta)
-        snprintf(meta->request_id, sizeof(meta->request_id), "%s", call->request_id);
     if (with_body && wire_encoded_size(m->response, call->resp) < 0) {
         log_msg(LOG_ERROR, "method=%s response breaks a field bound", m->path);
         with_body = 0;
         status = LAGOON_INTERNAL;
-        meta = call_rmeta(call);
-        if (meta)
-            snprintf(meta->message, sizeof(meta->message), "the server could not encode its response");
+        meta = &local;
+        snprintf(meta->message, sizeof(meta->message), "the server could not encode its response");
     }
+    if (meta == NULL && call->request_id[0])
+        meta = &local;
+    if (meta)
+        snprintf(meta->request_id, sizeof(meta->request_id), "%s", call->request_id);
     call->bytes_out += (uint32_t)conn_write_frame(c, WIRE_RESPONSE, WIRE_FLAG_END_STREAM, call->id,
                                                   (uint32_t)status, &lagoon_v1_ResponseMeta_info, meta,
                                                   with_body ? m->response : NULL,
@@ -419,18 +419,39 @@ static void call_complete(rpc_call *call, int status)
         call_mark_done(call, status);
 }
 
+/* The handler's reply: status with the details it set (rpc_call_error, _violation). */
+static void call_complete(rpc_call *call, int status)
+{
+    call_reply(call, status, call->rmeta);
+}
+
+/* A reply the RPC layer makes on its own (deadline, undecodable input): its details never
+ * touch the handler's, which another thread may still be writing. */
+static void call_reply_own(rpc_call *call, int status, const char *message, const wire_violation *v)
+{
+    lagoon_v1_ResponseMeta *meta = calloc(1, sizeof(*meta));
+    if (meta != NULL) {
+        snprintf(meta->message, sizeof(meta->message), "%s", message);
+        if (v != NULL && v->field[0]) {
+            meta->violations_count = 1;
+            snprintf(meta->violations[0].field, sizeof(meta->violations[0].field), "%s", v->field);
+            snprintf(meta->violations[0].description, sizeof(meta->violations[0].description), "%s",
+                     v->description);
+        }
+    }
+    call_reply(call, status, meta);
+    free(meta);
+}
+
 /* Ends a call without the handler: deadline, bad input, cancel, disconnect, shutdown. With
- * reply, the client gets a RESPONSE with status (and message, unless one is set already).
- * If the handler kept the call, it is told (cancel callback) and still owes rpc_call_finish. */
+ * reply (a message), the client gets a RESPONSE with status. If the handler kept the call, it
+ * is told (cancel callback) and still owes rpc_call_finish. */
 static void call_abandon(rpc_call *call, int status, int reply, const char *message)
 {
     if (atomic_load(&call->done))
         return;
     if (reply) {
-        lagoon_v1_ResponseMeta *meta = message ? call_rmeta(call) : NULL;
-        if (meta && meta->message[0] == '\0')
-            snprintf(meta->message, sizeof(meta->message), "%s", message);
-        call_complete(call, status);
+        call_reply_own(call, status, message ? message : lagoon_status_name(status), NULL);
     } else {
         call_mark_done(call, status);
     }
@@ -592,6 +613,7 @@ static void loop_wake_cb(evutil_socket_t fd, short what, void *arg)
 /* ---- public call API ---------------------------------------------------------------------- */
 
 rpc_server *rpc_call_server(const rpc_call *c) { return c->server; }
+void *rpc_call_app(const rpc_call *c) { return c->server->cfg.app; }
 const rpc_caller *rpc_call_caller(const rpc_call *c) { return &c->caller; }
 const wire_method *rpc_call_method(const rpc_call *c) { return c->route ? c->route->method : NULL; }
 const char *rpc_call_request_id(const rpc_call *c) { return c->request_id; }
@@ -810,6 +832,15 @@ static int access_check(rpc_conn *c, const rpc_route *r, lagoon_v1_RequestMeta *
     return LAGOON_OK;
 }
 
+/* INVALID_ARGUMENT for a request message that does not decode, naming the field. */
+static void call_reply_bad_input(rpc_call *call, const wire_violation *v)
+{
+    char msg[400];
+    snprintf(msg, sizeof(msg), "invalid %s: %s%s%s", call->route->method->request_type, v->field,
+             v->field[0] ? ": " : "", v->description);
+    call_reply_own(call, LAGOON_INVALID_ARGUMENT, msg, v);
+}
+
 static void on_request(rpc_conn *c, const wire_frame *f)
 {
     rpc_server *s = c->loop->server;
@@ -878,11 +909,7 @@ static void on_request(rpc_conn *c, const wire_frame *f)
     }
     const wire_method *m = r->method;
     if (wire_decode(m->request, f->payload, f->payload_len, call->req, &v) != 0) {
-        if (v.field[0])
-            rpc_call_violation(call, v.field, "%s", v.description);
-        rpc_call_error(call, LAGOON_INVALID_ARGUMENT, "invalid %s: %s%s%s", m->request_type, v.field,
-                       v.field[0] ? ": " : "", v.description);
-        call_complete(call, LAGOON_INVALID_ARGUMENT);
+        call_reply_bad_input(call, &v);
         return;
     }
     call_ref(call); /* keep it across the handler even if the connection dies inside */
@@ -922,11 +949,8 @@ static void on_message(rpc_conn *c, const wire_frame *f)
         if (m->request->has_pointers) /* the previous message's allocations */
             pb_release(m->request->desc, call->req);
         if (wire_decode(m->request, f->payload, f->payload_len, call->req, &v) != 0) {
-            if (v.field[0])
-                rpc_call_violation(call, v.field, "%s", v.description);
-            rpc_call_error(call, LAGOON_INVALID_ARGUMENT, "invalid %s: %s%s%s", m->request_type, v.field,
-                           v.field[0] ? ": " : "", v.description);
-            call_abandon(call, LAGOON_INVALID_ARGUMENT, 1, NULL);
+            call_reply_bad_input(call, &v);
+            call_abandon(call, LAGOON_INVALID_ARGUMENT, 0, NULL); /* tells a handler that kept it */
             call_unref(call);
             return;
         }

@@ -37,7 +37,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "limits.h"
+#include "rpc_limits.h"
 #include "wire.h"
 
 struct event_base;

@@ -161,6 +161,13 @@ long wire_encode(const wire_msginfo *info, const void *src, uint8_t *out, size_t
             *why = PB_GET_ERROR(&os);
         return -1;
     }
+    /* nanopb does not bound pointer fields; the receiver would refuse what breaks .options. */
+    wire_violation v;
+    if (info->has_pointers && wire_diagnose(info, out, os.bytes_written, &v)) {
+        if (why)
+            *why = "a pointer field exceeds its bound";
+        return -1;
+    }
     return (long)os.bytes_written;
 }
 
@@ -181,6 +188,48 @@ typedef struct diag_reader {
     const uint8_t *p, *end;
 } diag_reader;
 
+/* nanopb's pb_decode_varint32: up to 10 bytes; past 32 bits only zero or sign-extension
+ * bytes. Keys and lengths are read this way, so the verdicts agree with nanopb's. */
+static int diag_varint32(diag_reader *r, uint32_t *out)
+{
+    uint32_t result = 0;
+    unsigned bitpos = 0;
+    uint8_t byte;
+    do {
+        if (r->p >= r->end)
+            return -1;
+        byte = *r->p++;
+        if (bitpos >= 32) {
+            uint8_t sign_extension = bitpos < 63 ? 0xFF : 0x01;
+            int valid = (byte & 0x7F) == 0x00 || ((result >> 31) != 0 && byte == sign_extension);
+            if (bitpos >= 64 || !valid)
+                return -2;
+        } else if (bitpos == 28) {
+            if ((byte & 0x70) != 0 && (byte & 0x78) != 0x78)
+                return -2;
+            result |= (uint32_t)(byte & 0x0F) << bitpos;
+        } else {
+            result |= (uint32_t)(byte & 0x7F) << bitpos;
+        }
+        bitpos += 7;
+    } while (byte & 0x80);
+    *out = result;
+    return 0;
+}
+
+/* nanopb's pb_skip_varint: any length. */
+static int diag_skip_varint(diag_reader *r)
+{
+    uint8_t byte;
+    do {
+        if (r->p >= r->end)
+            return -1;
+        byte = *r->p++;
+    } while (byte & 0x80);
+    return 0;
+}
+
+/* nanopb's pb_decode_varint: at most 10 bytes. -1 truncated, -2 too long. */
 static int diag_varint(diag_reader *r, uint64_t *out)
 {
     uint64_t v = 0;
@@ -194,7 +243,7 @@ static int diag_varint(diag_reader *r, uint64_t *out)
             return 0;
         }
     }
-    return -1;
+    return -2;
 }
 
 static const wire_fieldinfo *diag_field(const wire_msginfo *info, uint32_t tag)
@@ -249,6 +298,26 @@ static int diag_expected_wt(pb_type_t type)
 
 static int diag_msg(const wire_msginfo *info, const uint8_t *buf, size_t len, const char *prefix,
                     int depth, wire_violation *v);
+
+/* The field iterator reads the message struct (a pointer field's pointer, for one); the wire
+ * bytes are not a struct, so it is given zeroes. Every nanopb struct here is under 64 KiB. */
+static const max_align_t diag_zero_struct[65536 / sizeof(max_align_t)];
+
+/* Whether a varint value fits the field as nanopb's pb_dec_varint/pb_dec_bool would judge. */
+static int diag_varint_fits(const pb_field_iter_t *it, uint64_t value)
+{
+    pb_type_t lt = PB_LTYPE(it->type);
+    if (lt == PB_LTYPE_BOOL)
+        return value <= UINT32_MAX || (value >> 31) == 0x1FFFFFFFFull; /* read as a varint32 */
+    if (it->data_size >= sizeof(uint64_t))
+        return 1;
+    unsigned bits = (unsigned)it->data_size * 8;
+    if (lt == PB_LTYPE_UVARINT)
+        return value >> bits == 0;
+    int64_t sv = lt == PB_LTYPE_SVARINT ? (int64_t)(value >> 1) ^ -(int64_t)(value & 1) : (int64_t)value;
+    int64_t lo = -((int64_t)1 << (bits - 1)), hi = ((int64_t)1 << (bits - 1)) - 1;
+    return sv >= lo && sv <= hi;
+}
 
 /* Most items a repeated field takes: nanopb's array size for static arrays, the .options
  * bound for pointer arrays; 0 = not repeated or no bound. */
@@ -337,17 +406,18 @@ static int diag_msg(const wire_msginfo *info, const uint8_t *buf, size_t len, co
     unsigned counts[DIAG_MAX_FIELDS] = {0};
     diag_reader r = {buf, buf + len};
     while (r.p < r.end) {
-        uint64_t key;
-        if (diag_varint(&r, &key) != 0)
-            return diag_fail(v, prefix, "truncated field key");
-        uint32_t tag = (uint32_t)(key >> 3);
+        uint32_t key;
+        int kr = diag_varint32(&r, &key);
+        if (kr != 0)
+            return diag_fail(v, prefix, kr == -1 ? "truncated field key" : "malformed field key");
+        uint32_t tag = key >> 3;
+        if (tag == 0)
+            return diag_fail(v, prefix, "invalid field number 0"); /* nanopb: "zero tag" */
         int wt = (int)(key & 7);
-        if (tag == 0 || key >> 3 > 0x1fffffff)
-            return diag_fail(v, prefix, "invalid field number %lu", (unsigned long)(key >> 3));
 
         const wire_fieldinfo *fi = diag_field(info, tag);
         pb_field_iter_t it;
-        int known = pb_field_iter_begin_const(&it, info->desc, buf) && pb_field_iter_find(&it, tag);
+        int known = pb_field_iter_begin_const(&it, info->desc, diag_zero_struct) && pb_field_iter_find(&it, tag);
         char path[128];
         if (fi != NULL)
             diag_fmt(path, sizeof(path), "%s%s", prefix, fi->name);
@@ -361,11 +431,20 @@ static int diag_msg(const wire_msginfo *info, const uint8_t *buf, size_t len, co
                 return diag_fail(v, path, "wrong wire type %lu for this field", (unsigned long)wt);
         }
         uint64_t n;
+        uint32_t n32;
         switch (wt) {
         case 0:
-            if (diag_varint(&r, &n) != 0)
-                return diag_fail(v, path, "truncated varint");
-            if (known && diag_count_one(&it, fi, counts) != 0)
+            if (!known) {
+                if (diag_skip_varint(&r) != 0)
+                    return diag_fail(v, path, "truncated varint");
+                break;
+            }
+            int vr = diag_varint(&r, &n);
+            if (vr != 0)
+                return diag_fail(v, path, vr == -1 ? "truncated varint" : "varint longer than 10 bytes");
+            if (!diag_varint_fits(&it, n))
+                return diag_fail(v, path, "integer out of range for this field");
+            if (diag_count_one(&it, fi, counts) != 0)
                 return diag_fail(v, path, "more than %lu items", diag_max_items(&it, fi));
             break;
         case 1:
@@ -378,9 +457,11 @@ static int diag_msg(const wire_msginfo *info, const uint8_t *buf, size_t len, co
                 return diag_fail(v, path, "more than %lu items", diag_max_items(&it, fi));
             break;
         }
-        case 2:
-            if (diag_varint(&r, &n) != 0)
-                return diag_fail(v, path, "truncated length");
+        case 2: {
+            int lr = diag_varint32(&r, &n32);
+            if (lr != 0)
+                return diag_fail(v, path, lr == -1 ? "truncated length" : "malformed length");
+            n = n32;
             if (n > (uint64_t)(r.end - r.p))
                 return diag_fail(v, path, "length runs past the end of the message (%lu bytes)",
                                  (unsigned long)n);
@@ -392,6 +473,7 @@ static int diag_msg(const wire_msginfo *info, const uint8_t *buf, size_t len, co
             }
             r.p += n;
             break;
+        }
         default:
             return diag_fail(v, path, "unsupported wire type %lu", (unsigned long)wt);
         }

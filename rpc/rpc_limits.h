@@ -1,4 +1,4 @@
-/* limits: every limit the RPC layer enforces, in one place.
+/* rpc_limits: every limit the RPC layer enforces, in one place.
  *
  * X(field, flag, default, minimum, maximum, why)
  *
@@ -6,8 +6,8 @@
  * environment variable LAGOON_FLAG in upper case with '-' as '_'). Values outside
  * [minimum, maximum] are refused at start-up. The "why" text is printed by lagoond --help.
  */
-#ifndef LAGOON_LIMITS_H
-#define LAGOON_LIMITS_H
+#ifndef LAGOON_RPC_LIMITS_H
+#define LAGOON_RPC_LIMITS_H
 
 #define RPC_LIMITS(X)                                                                              \
     X(max_frame_size, "max-frame-size", 4u << 20, 4096u, 64u << 20,                              \

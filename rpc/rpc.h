@@ -1,7 +1,7 @@
 /* rpc: Lagoon's RPC server — event loops, connections, calls, dispatch.
  *
  * This header is the whole public surface of the server side. The wire format is in wire.h and
- * docs/PROTOCOL.md; the limits are in limits.h.
+ * docs/PROTOCOL.md; the limits are in rpc_limits.h.
  *
  * Threads. rpc_server_run() runs a control thread (accept, signals, shutdown) and `threads` loop
  * threads, each with its own libevent base. A connection lives on one loop for its whole life;
@@ -91,7 +91,7 @@ typedef struct rpc_config {
     void *app;              /* handlers' shared state (store, settings): rpc_call_app() */
 } rpc_config;
 
-/* Fills every field with its default (127.0.0.1:7420, limits from limits.h). */
+/* Fills every field with its default (127.0.0.1:7420, limits from rpc_limits.h). */
 void rpc_config_defaults(rpc_config *cfg);
 
 /* ---- Server lifecycle ----------------------------------------------------------------------- */

@@ -1,0 +1,466 @@
+/* accounts: tables, tokens, passwords, validation. See accounts.h. */
+#include "accounts.h"
+
+#include <ctype.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <sodium.h>
+
+/* ---- tables -------------------------------------------------------------------------------- */
+
+static int key_user_email(const void *row, store_key *k)
+{
+    store_key_str_fold(k, ((const lagoon_v1_User *)row)->email);
+    return 1;
+}
+
+static int key_user_username(const void *row, store_key *k)
+{
+    store_key_str_fold(k, ((const lagoon_v1_User *)row)->username);
+    return 1;
+}
+
+/* Users of a role, by username: ListTeachers reads it in alphabetical order. */
+static int key_user_role(const void *row, store_key *k)
+{
+    const lagoon_v1_User *u = row;
+    store_key_u32(k, (uint32_t)u->role);
+    store_key_str_fold(k, u->username);
+    return 1;
+}
+
+static int key_session_user(const void *row, store_key *k)
+{
+    store_key_u64(k, ((const lagoon_v1_Session *)row)->user_id);
+    return 1;
+}
+
+static int key_session_access(const void *row, store_key *k)
+{
+    store_key_raw(k, ((const lagoon_v1_Session *)row)->access_hash, ACCOUNT_HASH_BYTES);
+    return 1;
+}
+
+static int key_session_refresh(const void *row, store_key *k)
+{
+    store_key_raw(k, ((const lagoon_v1_Session *)row)->refresh_hash, ACCOUNT_HASH_BYTES);
+    return 1;
+}
+
+static int key_used_session(const void *row, store_key *k)
+{
+    store_key_u64(k, ((const lagoon_v1_UsedRefresh *)row)->session_id);
+    return 1;
+}
+
+static int key_used_hash(const void *row, store_key *k)
+{
+    store_key_raw(k, ((const lagoon_v1_UsedRefresh *)row)->refresh_hash, ACCOUNT_HASH_BYTES);
+    return 1;
+}
+
+static int key_token_user(const void *row, store_key *k)
+{
+    store_key_u64(k, ((const lagoon_v1_OneTimeToken *)row)->user_id);
+    return 1;
+}
+
+static int key_token_hash(const void *row, store_key *k)
+{
+    store_key_raw(k, ((const lagoon_v1_OneTimeToken *)row)->token_hash, ACCOUNT_HASH_BYTES);
+    return 1;
+}
+
+static int key_outbox_due(const void *row, store_key *k)
+{
+    store_key_i64(k, ((const lagoon_v1_OutboxEmail *)row)->next_attempt_at);
+    return 1;
+}
+
+const store_index users_by_email = {"by_email", "email", STORE_UNIQUE, key_user_email};
+const store_index users_by_username = {"by_username", "username", STORE_UNIQUE, key_user_username};
+const store_index users_by_role = {"by_role", "role", STORE_MULTI, key_user_role};
+const store_index sessions_by_user = {"by_user", "user_id", STORE_MULTI, key_session_user};
+const store_index sessions_by_access = {"by_access", "access_token", STORE_UNIQUE, key_session_access};
+const store_index sessions_by_refresh = {"by_refresh", "refresh_token", STORE_UNIQUE, key_session_refresh};
+static const store_index used_by_session = {"by_session", "session_id", STORE_MULTI, key_used_session};
+const store_index used_by_hash = {"by_hash", "refresh_token", STORE_UNIQUE, key_used_hash};
+const store_index tokens_by_user = {"by_user", "user_id", STORE_MULTI, key_token_user};
+const store_index tokens_by_hash = {"by_hash", "token", STORE_UNIQUE, key_token_hash};
+const store_index outbox_by_due = {"by_due", "next_attempt_at", STORE_MULTI, key_outbox_due};
+
+static const store_index user_indexes[] = {users_by_email, users_by_username, users_by_role};
+static const store_index session_indexes[] = {sessions_by_user, sessions_by_access, sessions_by_refresh};
+static const store_index used_indexes[] = {used_by_session, used_by_hash};
+static const store_index token_indexes[] = {tokens_by_user, tokens_by_hash};
+static const store_index outbox_indexes[] = {outbox_by_due};
+
+static const store_fkey session_fkeys[] = {
+    {"user_id", offsetof(lagoon_v1_Session, user_id), &accounts_users, &session_indexes[0], STORE_CASCADE, 0},
+};
+static const store_fkey used_fkeys[] = {
+    {"session_id", offsetof(lagoon_v1_UsedRefresh, session_id), &accounts_sessions, &used_indexes[0],
+     STORE_CASCADE, 0},
+};
+static const store_fkey token_fkeys[] = {
+    {"user_id", offsetof(lagoon_v1_OneTimeToken, user_id), &accounts_users, &token_indexes[0], STORE_CASCADE, 0},
+};
+
+#define COUNT(a) (sizeof(a) / sizeof((a)[0]))
+
+const store_table accounts_users = {
+    "users", &lagoon_v1_User_info, sizeof(lagoon_v1_User), offsetof(lagoon_v1_User, id),
+    user_indexes, COUNT(user_indexes), NULL, 0,
+};
+const store_table accounts_sessions = {
+    "sessions", &lagoon_v1_Session_info, sizeof(lagoon_v1_Session), offsetof(lagoon_v1_Session, id),
+    session_indexes, COUNT(session_indexes), session_fkeys, COUNT(session_fkeys),
+};
+const store_table accounts_used_refresh = {
+    "used_refresh", &lagoon_v1_UsedRefresh_info, sizeof(lagoon_v1_UsedRefresh),
+    offsetof(lagoon_v1_UsedRefresh, id), used_indexes, COUNT(used_indexes), used_fkeys, COUNT(used_fkeys),
+};
+const store_table accounts_tokens = {
+    "one_time_tokens", &lagoon_v1_OneTimeToken_info, sizeof(lagoon_v1_OneTimeToken),
+    offsetof(lagoon_v1_OneTimeToken, id), token_indexes, COUNT(token_indexes), token_fkeys, COUNT(token_fkeys),
+};
+const store_table accounts_outbox = {
+    "outbox", &lagoon_v1_OutboxEmail_info, sizeof(lagoon_v1_OutboxEmail), offsetof(lagoon_v1_OutboxEmail, id),
+    outbox_indexes, COUNT(outbox_indexes), NULL, 0,
+};
+
+/* ---- tokens ---------------------------------------------------------------------------------- */
+
+void account_token_new(char text[ACCOUNT_TOKEN_CHARS + 1], uint8_t hash[ACCOUNT_HASH_BYTES])
+{
+    uint8_t raw[ACCOUNT_TOKEN_BYTES];
+    randombytes_buf(raw, sizeof(raw));
+    sodium_bin2base64(text, ACCOUNT_TOKEN_CHARS + 1, raw, sizeof(raw), sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+    crypto_generichash(hash, ACCOUNT_HASH_BYTES, raw, sizeof(raw), NULL, 0);
+    sodium_memzero(raw, sizeof(raw));
+}
+
+int account_token_hash(const char *text, uint8_t hash[ACCOUNT_HASH_BYTES])
+{
+    uint8_t raw[ACCOUNT_TOKEN_BYTES];
+    size_t n = 0;
+    if (strlen(text) != ACCOUNT_TOKEN_CHARS ||
+        sodium_base642bin(raw, sizeof(raw), text, ACCOUNT_TOKEN_CHARS, NULL, &n, NULL,
+                          sodium_base64_VARIANT_URLSAFE_NO_PADDING) != 0 ||
+        n != sizeof(raw))
+        return -1;
+    crypto_generichash(hash, ACCOUNT_HASH_BYTES, raw, sizeof(raw), NULL, 0);
+    sodium_memzero(raw, sizeof(raw));
+    return 0;
+}
+
+/* ---- passwords ------------------------------------------------------------------------------ */
+
+int account_hash_password(const app *a, const char *password, char out[ACCOUNT_HASH_MAX])
+{
+    return crypto_pwhash_str(out, password, strlen(password), a->cfg.pwhash_opslimit, a->cfg.pwhash_memlimit);
+}
+
+int account_verify_password(const char *hash, const char *password)
+{
+    return crypto_pwhash_str_verify(hash, password, strlen(password)) == 0;
+}
+
+int account_needs_rehash(const app *a, const char *hash)
+{
+    return crypto_pwhash_str_needs_rehash(hash, a->cfg.pwhash_opslimit, a->cfg.pwhash_memlimit) != 0;
+}
+
+static pthread_once_t dummy_once = PTHREAD_ONCE_INIT;
+static char dummy_hash[ACCOUNT_HASH_MAX];
+static const app *dummy_app;
+
+static void dummy_init(void)
+{
+    char pw[ACCOUNT_TOKEN_CHARS + 1];
+    uint8_t h[ACCOUNT_HASH_BYTES];
+    account_token_new(pw, h);
+    if (account_hash_password(dummy_app, pw, dummy_hash) != 0)
+        dummy_hash[0] = '\0';
+}
+
+const char *account_dummy_hash(const app *a)
+{
+    dummy_app = a;
+    pthread_once(&dummy_once, dummy_init);
+    return dummy_hash;
+}
+
+/* ---- validation -------------------------------------------------------------------------- */
+
+/* Common passwords of 10 or more characters (shorter ones fail the length rule anyway),
+ * compared case-insensitively. */
+static const char *const common_passwords[] = {
+    "1234567890", "12345678910", "123456789a", "0123456789", "0987654321", "1111111111", "1234512345",
+    "1q2w3e4r5t", "1qaz2wsx3edc", "abcdefghij", "abc1234567", "a123456789", "aaaaaaaaaa", "asdfghjkl1",
+    "asdfghjkl;", "baseball123", "basketball", "football12", "football123", "iloveyou12", "iloveyou123",
+    "letmein123", "lovelove12", "monkey1234", "passw0rd12", "password01", "password1!", "password12",
+    "password123", "password1234", "passwordpassword", "princess12", "q1w2e3r4t5", "qazwsxedc1",
+    "qazwsxedcrfv", "qwerty1234", "qwerty12345", "qwertyuiop", "qwertyuiop1", "qweasdzxc1", "sunshine12",
+    "superman12", "trustno1trustno1", "welcome123", "welcome1234", "whatever12", "zaq12wsxcde", "zxcvbnm123",
+    "zxcvbnmasd", "1234qwerasdf", "administrator", "changeme123", "iloveyou1234", "starwars12",
+    "dragon12345", "master12345", "shadow12345", "michael123", "jennifer12", "jordan2323", "harley1234",
+    "guitar1234", "pianopiano", "musiclover", "music12345", "lagoon1234", "lagoonlagoon", "videovideo",
+};
+
+int account_check_password(rpc_call *c, const char *field, const char *password, const char *email,
+                           const char *username)
+{
+    size_t chars = 0;
+    for (const unsigned char *p = (const unsigned char *)password; *p; p++)
+        if ((*p & 0xC0) != 0x80)
+            chars++;
+    if (chars < ACCOUNT_PASSWORD_MIN) {
+        rpc_call_violation(c, field, "must be at least %d characters", ACCOUNT_PASSWORD_MIN);
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof(common_passwords) / sizeof(common_passwords[0]); i++) {
+        if (strcasecmp(password, common_passwords[i]) == 0) {
+            rpc_call_violation(c, field, "is one of the most common passwords");
+            return 0;
+        }
+    }
+    if ((email && email[0] && strcasecmp(password, email) == 0) ||
+        (username && username[0] && strcasecmp(password, username) == 0)) {
+        rpc_call_violation(c, field, "must not be the email address or the username");
+        return 0;
+    }
+    return 1;
+}
+
+int account_check_email(rpc_call *c, const char *field, const char *email)
+{
+    const char *at = strchr(email, '@');
+    size_t len = strlen(email);
+    int ok = at != NULL && strchr(at + 1, '@') == NULL && at > email && (size_t)(at - email) <= 64 && len <= 254;
+    if (ok) {
+        /* Local part: the dot-atom of RFC 5322. */
+        for (const char *p = email; p < at && ok; p++)
+            ok = isalnum((unsigned char)*p) || strchr(".!#$%&'*+/=?^_`{|}~-", *p) != NULL;
+        ok = ok && email[0] != '.' && at[-1] != '.' && strstr(email, "..") == NULL;
+        /* Domain: labels of letters, digits and hyphens, at least two, the last alphabetic. */
+        const char *d = at + 1, *label = d;
+        int labels = 0, tld_alpha = 1;
+        for (const char *p = d;; p++) {
+            if (*p == '.' || *p == '\0') {
+                size_t n = (size_t)(p - label);
+                ok = ok && n >= 1 && n <= 63 && label[0] != '-' && p[-1] != '-';
+                labels++;
+                tld_alpha = 1;
+                for (const char *q = label; q < p; q++)
+                    tld_alpha = tld_alpha && isalpha((unsigned char)*q);
+                if (*p == '\0')
+                    break;
+                label = p + 1;
+            } else {
+                ok = ok && (isalnum((unsigned char)*p) || *p == '-');
+            }
+        }
+        ok = ok && labels >= 2 && tld_alpha && strlen(label) >= 2;
+    }
+    if (!ok)
+        rpc_call_violation(c, field, "is not a valid email address");
+    return ok;
+}
+
+int account_check_username(rpc_call *c, const char *field, const char *u)
+{
+    size_t n = strlen(u);
+    if (n < 3 || n > 50) {
+        rpc_call_violation(c, field, "must be 3 to 50 characters");
+        return 0;
+    }
+    if (!isalnum((unsigned char)u[0])) {
+        rpc_call_violation(c, field, "must start with a letter or a digit");
+        return 0;
+    }
+    for (const char *p = u; *p; p++) {
+        if (!isalnum((unsigned char)*p) && *p != '_' && *p != '.' && *p != '-') {
+            rpc_call_violation(c, field, "may only contain A-Z, a-z, 0-9, '_', '.' and '-'");
+            return 0;
+        }
+    }
+    return 1;
+}
+
+int account_check_text(rpc_call *c, const char *field, const char *s, size_t max_chars, int multiline)
+{
+    size_t chars = 0;
+    const unsigned char *p = (const unsigned char *)s;
+    while (*p) {
+        uint32_t cp;
+        int n;
+        if (*p < 0x80) {
+            cp = *p;
+            n = 1;
+        } else if ((*p & 0xE0) == 0xC0) {
+            cp = *p & 0x1Fu;
+            n = 2;
+        } else if ((*p & 0xF0) == 0xE0) {
+            cp = *p & 0x0Fu;
+            n = 3;
+        } else if ((*p & 0xF8) == 0xF0) {
+            cp = *p & 0x07u;
+            n = 4;
+        } else {
+            goto bad_utf8;
+        }
+        for (int i = 1; i < n; i++) {
+            if ((p[i] & 0xC0) != 0x80)
+                goto bad_utf8;
+            cp = (cp << 6) | (p[i] & 0x3Fu);
+        }
+        /* Overlong forms, surrogates and values past U+10FFFF are not UTF-8. */
+        if ((n == 2 && cp < 0x80) || (n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) || cp > 0x10FFFF ||
+            (cp >= 0xD800 && cp <= 0xDFFF))
+            goto bad_utf8;
+        if ((cp < 0x20 && !(multiline && (cp == '\n' || cp == '\t'))) || cp == 0x7F) {
+            rpc_call_violation(c, field, "must not contain control characters");
+            return 0;
+        }
+        chars++;
+        p += n;
+    }
+    if (chars > max_chars) {
+        rpc_call_violation(c, field, "must be at most %zu characters", max_chars);
+        return 0;
+    }
+    return 1;
+bad_utf8:
+    rpc_call_violation(c, field, "is not valid UTF-8");
+    return 0;
+}
+
+int account_check_url(rpc_call *c, const char *field, const char *url)
+{
+    if (url[0] == '\0')
+        return 1;
+    int ok = (strncmp(url, "https://", 8) == 0 && url[8]) || (strncmp(url, "http://", 7) == 0 && url[7]);
+    for (const char *p = url; *p && ok; p++)
+        ok = (unsigned char)*p > 0x20 && (unsigned char)*p < 0x7F;
+    if (!ok)
+        rpc_call_violation(c, field, "must be an http:// or https:// URL without spaces");
+    return ok;
+}
+
+int account_check_experience(rpc_call *c, const char *field, const char *level)
+{
+    static const char *const levels[] = {"", "beginner", "intermediate", "advanced", "professional"};
+    for (size_t i = 0; i < sizeof(levels) / sizeof(levels[0]); i++)
+        if (strcmp(level, levels[i]) == 0)
+            return 1;
+    rpc_call_violation(c, field, "must be beginner, intermediate, advanced or professional");
+    return 0;
+}
+
+/* ---- rows ---------------------------------------------------------------------------------- */
+
+#define COPY_STR(dst, src) snprintf((dst), sizeof(dst), "%s", (src))
+
+void account_profile(const lagoon_v1_User *u, lagoon_v1_UserProfile *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->id = u->id;
+    COPY_STR(out->email, u->email);
+    COPY_STR(out->username, u->username);
+    COPY_STR(out->full_name, u->full_name);
+    out->role = u->role;
+    COPY_STR(out->profile_image_url, u->profile_image_url);
+    out->instruments_count = u->instruments_count;
+    for (pb_size_t i = 0; i < u->instruments_count; i++)
+        COPY_STR(out->instruments[i], u->instruments[i]);
+    COPY_STR(out->experience_level, u->experience_level);
+    COPY_STR(out->bio, u->bio);
+    out->created_at = u->created_at;
+    out->updated_at = u->updated_at;
+    out->last_login = u->last_login;
+    out->verified = u->verified;
+    out->active = u->active;
+}
+
+void account_public(const lagoon_v1_User *u, lagoon_v1_PublicUser *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->id = u->id;
+    COPY_STR(out->username, u->username);
+    COPY_STR(out->full_name, u->full_name);
+    out->role = u->role;
+    COPY_STR(out->profile_image_url, u->profile_image_url);
+    out->instruments_count = u->instruments_count;
+    for (pb_size_t i = 0; i < u->instruments_count; i++)
+        COPY_STR(out->instruments[i], u->instruments[i]);
+    COPY_STR(out->experience_level, u->experience_level);
+    COPY_STR(out->bio, u->bio);
+    out->created_at = u->created_at;
+}
+
+int account_queue_email(store_txn *t, const app *a, const char *to, const char *subject, const char *body,
+                        store_error *err)
+{
+    lagoon_v1_OutboxEmail m = lagoon_v1_OutboxEmail_init_zero;
+    COPY_STR(m.to, to);
+    COPY_STR(m.subject, subject);
+    COPY_STR(m.body, body);
+    m.created_at = app_now(a);
+    m.next_attempt_at = m.created_at;
+    return store_insert(t, &accounts_outbox, &m, NULL, err);
+}
+
+typedef struct id_list {
+    uint64_t ids[STORE_PAGE_SIZE_MAX];
+    uint32_t n;
+} id_list;
+
+static int collect_id(void *arg, uint64_t id, const void *row)
+{
+    (void)row;
+    id_list *l = arg;
+    l->ids[l->n++] = id;
+    return LAGOON_OK;
+}
+
+int account_revoke_sessions(store_txn *t, uint64_t user_id, uint64_t keep_session, store_error *err)
+{
+    store_key prefix;
+    store_key_reset(&prefix);
+    store_key_u64(&prefix, user_id);
+    id_list *l = malloc(sizeof(*l));
+    if (l == NULL)
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    /* Pages of ids, deleting after each scan (a scan must not write); every page starts
+     * from the beginning again since the previous page's rows are gone, except the kept one. */
+    int st = LAGOON_OK;
+    for (;;) {
+        l->n = 0;
+        store_query q = {0};
+        q.table = &accounts_sessions;
+        q.index = &sessions_by_user;
+        q.prefix = prefix.buf;
+        q.prefix_len = prefix.len;
+        q.page_size = STORE_PAGE_SIZE_MAX;
+        store_page page;
+        st = store_scan(t, &q, collect_id, l, &page, err);
+        if (st != LAGOON_OK)
+            break;
+        uint32_t deleted = 0;
+        for (uint32_t i = 0; i < l->n && st == LAGOON_OK; i++) {
+            if (l->ids[i] == keep_session)
+                continue;
+            st = store_delete(t, &accounts_sessions, l->ids[i], err);
+            deleted++;
+        }
+        if (st != LAGOON_OK || deleted == 0 || page.next_page_token[0] == '\0')
+            break;
+    }
+    free(l);
+    return st;
+}

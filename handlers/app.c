@@ -1,0 +1,200 @@
+/* app: shared handler state and the write glue. See app.h. */
+#include "app.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <sodium.h>
+
+#include "accounts.h"
+#include "log.h"
+#include "mailer.h"
+#include "schema.h"
+
+#define APP_LIMITER_KEYS 100000 /* addresses/accounts tracked per limiter (~200 bytes each) */
+
+static void policy_default(limiter_policy *p, uint32_t max, uint32_t window_ms, uint32_t base, uint32_t cap)
+{
+    if (p->max_events == 0)
+        p->max_events = max;
+    if (p->window_ms == 0)
+        p->window_ms = window_ms;
+    if (p->base_delay_ms == 0)
+        p->base_delay_ms = base;
+    if (p->max_delay_ms == 0)
+        p->max_delay_ms = cap;
+}
+
+void app_config_defaults(app_config *c)
+{
+    if (c->pwhash_opslimit == 0)
+        c->pwhash_opslimit = crypto_pwhash_OPSLIMIT_INTERACTIVE;
+    if (c->pwhash_memlimit == 0)
+        c->pwhash_memlimit = crypto_pwhash_MEMLIMIT_INTERACTIVE;
+    if (c->access_ttl_s == 0)
+        c->access_ttl_s = 24 * 3600;
+    if (c->refresh_ttl_s == 0)
+        c->refresh_ttl_s = 30 * 24 * 3600;
+    if (c->verify_ttl_s == 0)
+        c->verify_ttl_s = 24 * 3600;
+    if (c->reset_ttl_s == 0)
+        c->reset_ttl_s = 3600;
+    policy_default(&c->login_failures, 5, 15 * 60 * 1000, 1000, 15 * 60 * 1000);
+    policy_default(&c->registrations, 20, 3600 * 1000, 60 * 1000, 3600 * 1000);
+    policy_default(&c->resets, 10, 3600 * 1000, 60 * 1000, 3600 * 1000);
+}
+
+int64_t app_now(const app *a)
+{
+    if (a->cfg.clock)
+        return a->cfg.clock(a->cfg.clock_arg);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int app_open(const char *data_dir, const app_config *cfg, app **out, rpc_error *err)
+{
+    *out = NULL;
+    if (sodium_init() < 0) {
+        snprintf(err->message, sizeof(err->message), "libsodium failed to initialise");
+        return RPC_ERR;
+    }
+    app *a = calloc(1, sizeof(*a));
+    if (a == NULL) {
+        snprintf(err->message, sizeof(err->message), "out of memory");
+        return RPC_ERR;
+    }
+    a->cfg = *cfg;
+    app_config_defaults(&a->cfg);
+    snprintf(a->data_dir, sizeof(a->data_dir), "%s", data_dir);
+    a->login_account = limiter_new(&a->cfg.login_failures, APP_LIMITER_KEYS);
+    a->login_address = limiter_new(&a->cfg.login_failures, APP_LIMITER_KEYS);
+    a->registrations = limiter_new(&a->cfg.registrations, APP_LIMITER_KEYS);
+    a->resets = limiter_new(&a->cfg.resets, APP_LIMITER_KEYS);
+    if (!a->login_account || !a->login_address || !a->registrations || !a->resets) {
+        snprintf(err->message, sizeof(err->message), "out of memory");
+        app_close(a);
+        return RPC_ERR;
+    }
+    store_config sc = {0};
+    sc.schema = app_schema();
+    sc.sync = a->cfg.sync;
+    store_error se;
+    if (store_open(data_dir, &sc, &a->db, &se) != LAGOON_OK) {
+        snprintf(err->message, sizeof(err->message), "cannot open the store: %.*s", 200, se.message);
+        app_close(a);
+        return RPC_ERR;
+    }
+    char maildir[1100];
+    snprintf(maildir, sizeof(maildir), "%s/mail", data_dir);
+    if (mailer_start(a, maildir, &a->mail, err) != RPC_OK) {
+        app_close(a);
+        return RPC_ERR;
+    }
+    *out = a;
+    return RPC_OK;
+}
+
+void app_close(app *a)
+{
+    if (a == NULL)
+        return;
+    mailer_stop(a->mail);
+    store_close(a->db);
+    limiter_free(a->login_account);
+    limiter_free(a->login_address);
+    limiter_free(a->registrations);
+    limiter_free(a->resets);
+    free(a);
+}
+
+void app_peer_address(const rpc_call *c, char *out, size_t cap)
+{
+    snprintf(out, cap, "%s", rpc_call_peer(c));
+    char *colon = strrchr(out, ':');
+    if (colon != NULL && colon != out)
+        *colon = '\0';
+}
+
+/* ---- authentication ----------------------------------------------------------------------- */
+
+int app_authenticate(void *arg, const char *token, rpc_caller *out)
+{
+    app *a = arg;
+    uint8_t hash[ACCOUNT_HASH_BYTES];
+    if (account_token_hash(token, hash) != 0)
+        return -1;
+    store_txn *t;
+    store_error err;
+    if (store_read_begin(a->db, &t, &err) != LAGOON_OK) {
+        log_msg(LOG_WARN, "authenticate: %s", err.message);
+        return -1;
+    }
+    store_key k;
+    store_key_reset(&k);
+    store_key_raw(&k, hash, sizeof(hash));
+    lagoon_v1_Session s;
+    lagoon_v1_User *u = malloc(sizeof(*u));
+    int ok = u != NULL && store_get_by(t, &accounts_sessions, &sessions_by_access, &k, NULL, &s, &err) == LAGOON_OK &&
+             sodium_memcmp(s.access_hash, hash, sizeof(hash)) == 0 && s.access_expires_at > app_now(a) &&
+             store_get(t, &accounts_users, s.user_id, u, &err) == LAGOON_OK && u->active;
+    if (ok) {
+        out->user_id = u->id;
+        out->role = (uint8_t)u->role;
+        out->verified = u->verified;
+        out->session_id = s.id;
+    }
+    store_read_end(t);
+    free(u);
+    return ok ? 0 : -1;
+}
+
+/* ---- writes --------------------------------------------------------------------------------- */
+
+int app_store_error(rpc_call *call, int status, const store_error *err)
+{
+    if (err->field[0] && (status == LAGOON_INVALID_ARGUMENT || status == LAGOON_ALREADY_EXISTS ||
+                          status == LAGOON_NOT_FOUND))
+        rpc_call_violation(call, err->field, "%s", err->message);
+    return rpc_call_error(call, status, "%s", err->message);
+}
+
+typedef struct write_ctx {
+    rpc_call *call;
+    void *arg;
+    app_done_fn done;
+} write_ctx;
+
+static void write_done(void *p, int status, const store_error *err)
+{
+    write_ctx *w = p;
+    int st;
+    if (w->done)
+        st = w->done(w->call, w->arg, status, err);
+    else
+        st = status == LAGOON_OK ? LAGOON_OK : app_store_error(w->call, status, err);
+    rpc_call_finish(w->call, st);
+    free(w);
+}
+
+int app_write(rpc_call *call, store_write_fn fn, void *arg, app_done_fn done)
+{
+    write_ctx *w = malloc(sizeof(*w));
+    if (w == NULL)
+        return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
+    w->call = call;
+    w->arg = arg;
+    w->done = done;
+    store_error err;
+    int st = store_submit(app_of(call)->db, fn, arg, write_done, w, &err);
+    if (st != LAGOON_OK) {
+        free(w);
+        if (st == LAGOON_RESOURCE_EXHAUSTED)
+            rpc_call_retry_after(call, 100);
+        return app_store_error(call, st, &err);
+    }
+    return RPC_PENDING;
+}

@@ -1,0 +1,85 @@
+/* app: what the handlers share — the store, the clock, account settings, rate limiters and
+ * the mail outbox worker — and the glue between a call and a durable write.
+ *
+ * lagoond (and the tests) create one app with app_open, hand it to the RPC server as
+ * rpc_config.app / .authenticate, and close it after the server has stopped. Handlers reach
+ * it with app_of(call). */
+#ifndef LAGOON_APP_H
+#define LAGOON_APP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "limiter.h"
+#include "rpc.h"
+#include "store.h"
+
+/* Argon2id cost (libsodium crypto_pwhash_str). The defaults are libsodium's "interactive"
+ * limits: about 64 MiB and a few tens of milliseconds per hash, on a worker thread; the number
+ * of workers bounds the memory used at once. Tests lower them through app_config. */
+typedef struct app_config {
+    uint64_t pwhash_opslimit;  /* 0 = crypto_pwhash_OPSLIMIT_INTERACTIVE */
+    size_t pwhash_memlimit;    /* 0 = crypto_pwhash_MEMLIMIT_INTERACTIVE */
+    uint32_t access_ttl_s;     /* access token lifetime; 0 = 24 h */
+    uint32_t refresh_ttl_s;    /* refresh token lifetime; 0 = 30 days */
+    uint32_t verify_ttl_s;     /* email verification token; 0 = 24 h */
+    uint32_t reset_ttl_s;      /* password reset token; 0 = 1 h */
+    limiter_policy login_failures; /* per account and per address; 0s = 5 per 15 min, then 1 s doubling to 15 min */
+    limiter_policy registrations;  /* per address; 0s = 20 per hour */
+    limiter_policy resets;         /* ForgotPassword and ResendVerification per address; 0s = 10 per hour */
+    enum store_sync sync;          /* STORE_SYNC_FULL unless benchmarking */
+    /* The clock, ms since the epoch; NULL = the real one. Tests inject theirs. */
+    int64_t (*clock)(void *arg);
+    void *clock_arg;
+} app_config;
+
+typedef struct mailer mailer;
+
+typedef struct app {
+    store *db;
+    app_config cfg;
+    limiter *login_account, *login_address, *registrations, *resets;
+    mailer *mail;
+    char data_dir[1024];
+} app;
+
+/* Fills defaults for every zero field. */
+void app_config_defaults(app_config *cfg);
+
+/* Opens the store under data_dir (creating it), the outbox worker delivering into
+ * data_dir/mail (a maildir), and the limiters. RPC_OK, or RPC_ERR with err filled. */
+int app_open(const char *data_dir, const app_config *cfg, app **out, rpc_error *err);
+/* Stops the mail worker and closes the store. After the RPC server has stopped. */
+void app_close(app *a);
+
+/* The shared state of the call's server. */
+static inline app *app_of(const rpc_call *c)
+{
+    return (app *)rpc_call_app(c);
+}
+
+int64_t app_now(const app *a);
+
+/* The token check of the RPC layer (rpc_config.authenticate, arg = the app). */
+int app_authenticate(void *arg, const char *token, rpc_caller *out);
+
+/* "1.2.3.4" of "1.2.3.4:5678" (or "[::1]" of "[::1]:5678"), into out. */
+void app_peer_address(const rpc_call *c, char *out, size_t cap);
+
+/* ---- durable writes for handlers --------------------------------------------------------- */
+
+/* Runs on the writer thread once the write is durable (or failed): fills the call's
+ * response, returns the call's final status. err is the write's error when status != OK. */
+typedef int (*app_done_fn)(rpc_call *call, void *arg, int status, const store_error *err);
+
+/* Submits fn(arg) to the store's group commit and keeps the call; when the batch is durable
+ * done(call, arg, ...) runs (NULL: the write's status, with the store's message and field)
+ * and the call is finished with what it returns. arg is owned by the caller's done (free it
+ * there). Returns RPC_PENDING for the handler to return, or an error status (the write was
+ * not queued, done is not called). Any thread that holds the call. */
+int app_write(rpc_call *call, store_write_fn fn, void *arg, app_done_fn done);
+
+/* The store's error as the call's: message, and a field violation when it names a field. */
+int app_store_error(rpc_call *call, int status, const store_error *err);
+
+#endif

@@ -81,23 +81,39 @@ static int key_outbox_due(const void *row, store_key *k)
     return 1;
 }
 
-const store_index users_by_email = {"by_email", "email", STORE_UNIQUE, key_user_email};
-const store_index users_by_username = {"by_username", "username", STORE_UNIQUE, key_user_username};
-const store_index users_by_role = {"by_role", "role", STORE_MULTI, key_user_role};
-const store_index sessions_by_user = {"by_user", "user_id", STORE_MULTI, key_session_user};
-const store_index sessions_by_access = {"by_access", "access_token", STORE_UNIQUE, key_session_access};
-const store_index sessions_by_refresh = {"by_refresh", "refresh_token", STORE_UNIQUE, key_session_refresh};
-static const store_index used_by_session = {"by_session", "session_id", STORE_MULTI, key_used_session};
-const store_index used_by_hash = {"by_hash", "refresh_token", STORE_UNIQUE, key_used_hash};
-const store_index tokens_by_user = {"by_user", "user_id", STORE_MULTI, key_token_user};
-const store_index tokens_by_hash = {"by_hash", "token", STORE_UNIQUE, key_token_hash};
-const store_index outbox_by_due = {"by_due", "next_attempt_at", STORE_MULTI, key_outbox_due};
+/* The store knows an index by its place in its table's array: these are those places. */
+static const store_index user_indexes[] = {
+    {"by_email", "email", STORE_UNIQUE, key_user_email},
+    {"by_username", "username", STORE_UNIQUE, key_user_username},
+    {"by_role", "role", STORE_MULTI, key_user_role},
+};
+static const store_index session_indexes[] = {
+    {"by_user", "user_id", STORE_MULTI, key_session_user},
+    {"by_access", "access_token", STORE_UNIQUE, key_session_access},
+    {"by_refresh", "refresh_token", STORE_UNIQUE, key_session_refresh},
+};
+static const store_index used_indexes[] = {
+    {"by_session", "session_id", STORE_MULTI, key_used_session},
+    {"by_hash", "refresh_token", STORE_UNIQUE, key_used_hash},
+};
+static const store_index token_indexes[] = {
+    {"by_user", "user_id", STORE_MULTI, key_token_user},
+    {"by_hash", "token", STORE_UNIQUE, key_token_hash},
+};
+static const store_index outbox_indexes[] = {
+    {"by_due", "next_attempt_at", STORE_MULTI, key_outbox_due},
+};
 
-static const store_index user_indexes[] = {users_by_email, users_by_username, users_by_role};
-static const store_index session_indexes[] = {sessions_by_user, sessions_by_access, sessions_by_refresh};
-static const store_index used_indexes[] = {used_by_session, used_by_hash};
-static const store_index token_indexes[] = {tokens_by_user, tokens_by_hash};
-static const store_index outbox_indexes[] = {outbox_by_due};
+const store_index *const users_by_email = &user_indexes[0];
+const store_index *const users_by_username = &user_indexes[1];
+const store_index *const users_by_role = &user_indexes[2];
+const store_index *const sessions_by_user = &session_indexes[0];
+const store_index *const sessions_by_access = &session_indexes[1];
+const store_index *const sessions_by_refresh = &session_indexes[2];
+const store_index *const used_by_hash = &used_indexes[1];
+const store_index *const tokens_by_user = &token_indexes[0];
+const store_index *const tokens_by_hash = &token_indexes[1];
+const store_index *const outbox_by_due = &outbox_indexes[0];
 
 static const store_fkey session_fkeys[] = {
     {"user_id", offsetof(lagoon_v1_Session, user_id), &accounts_users, &session_indexes[0], STORE_CASCADE, 0},
@@ -212,32 +228,24 @@ static const char *const common_passwords[] = {
     "guitar1234", "pianopiano", "musiclover", "music12345", "lagoon1234", "lagoonlagoon", "videovideo",
 };
 
-int account_check_password(rpc_call *c, const char *field, const char *password, const char *email,
-                           const char *username)
+const char *account_password_problem(const char *password, const char *email, const char *username)
 {
     size_t chars = 0;
     for (const unsigned char *p = (const unsigned char *)password; *p; p++)
         if ((*p & 0xC0) != 0x80)
             chars++;
-    if (chars < ACCOUNT_PASSWORD_MIN) {
-        rpc_call_violation(c, field, "must be at least %d characters", ACCOUNT_PASSWORD_MIN);
-        return 0;
-    }
-    for (size_t i = 0; i < sizeof(common_passwords) / sizeof(common_passwords[0]); i++) {
-        if (strcasecmp(password, common_passwords[i]) == 0) {
-            rpc_call_violation(c, field, "is one of the most common passwords");
-            return 0;
-        }
-    }
+    if (chars < ACCOUNT_PASSWORD_MIN)
+        return "must be at least 10 characters";
+    for (size_t i = 0; i < sizeof(common_passwords) / sizeof(common_passwords[0]); i++)
+        if (strcasecmp(password, common_passwords[i]) == 0)
+            return "is one of the most common passwords";
     if ((email && email[0] && strcasecmp(password, email) == 0) ||
-        (username && username[0] && strcasecmp(password, username) == 0)) {
-        rpc_call_violation(c, field, "must not be the email address or the username");
-        return 0;
-    }
-    return 1;
+        (username && username[0] && strcasecmp(password, username) == 0))
+        return "must not be the email address or the username";
+    return NULL;
 }
 
-int account_check_email(rpc_call *c, const char *field, const char *email)
+const char *account_email_problem(const char *email)
 {
     const char *at = strchr(email, '@');
     size_t len = strlen(email);
@@ -267,33 +275,25 @@ int account_check_email(rpc_call *c, const char *field, const char *email)
         }
         ok = ok && labels >= 2 && tld_alpha && strlen(label) >= 2;
     }
-    if (!ok)
-        rpc_call_violation(c, field, "is not a valid email address");
-    return ok;
+    return ok ? NULL : "is not a valid email address";
 }
 
-int account_check_username(rpc_call *c, const char *field, const char *u)
+const char *account_username_problem(const char *u)
 {
     size_t n = strlen(u);
-    if (n < 3 || n > 50) {
-        rpc_call_violation(c, field, "must be 3 to 50 characters");
-        return 0;
-    }
-    if (!isalnum((unsigned char)u[0])) {
-        rpc_call_violation(c, field, "must start with a letter or a digit");
-        return 0;
-    }
-    for (const char *p = u; *p; p++) {
-        if (!isalnum((unsigned char)*p) && *p != '_' && *p != '.' && *p != '-') {
-            rpc_call_violation(c, field, "may only contain A-Z, a-z, 0-9, '_', '.' and '-'");
-            return 0;
-        }
-    }
-    return 1;
+    if (n < 3 || n > 50)
+        return "must be 3 to 50 characters";
+    if (!isalnum((unsigned char)u[0]))
+        return "must start with a letter or a digit";
+    for (const char *p = u; *p; p++)
+        if (!isalnum((unsigned char)*p) && *p != '_' && *p != '.' && *p != '-')
+            return "may only contain A-Z, a-z, 0-9, '_', '.' and '-'";
+    return NULL;
 }
 
-int account_check_text(rpc_call *c, const char *field, const char *s, size_t max_chars, int multiline)
+const char *account_text_problem(const char *s, size_t max_chars, int multiline)
 {
+    static _Thread_local char too_long[48];
     size_t chars = 0;
     const unsigned char *p = (const unsigned char *)s;
     while (*p) {
@@ -323,43 +323,44 @@ int account_check_text(rpc_call *c, const char *field, const char *s, size_t max
         if ((n == 2 && cp < 0x80) || (n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) || cp > 0x10FFFF ||
             (cp >= 0xD800 && cp <= 0xDFFF))
             goto bad_utf8;
-        if ((cp < 0x20 && !(multiline && (cp == '\n' || cp == '\t'))) || cp == 0x7F) {
-            rpc_call_violation(c, field, "must not contain control characters");
-            return 0;
-        }
+        if ((cp < 0x20 && !(multiline && (cp == '\n' || cp == '\t'))) || cp == 0x7F)
+            return "must not contain control characters";
         chars++;
         p += n;
     }
     if (chars > max_chars) {
-        rpc_call_violation(c, field, "must be at most %zu characters", max_chars);
-        return 0;
+        snprintf(too_long, sizeof(too_long), "must be at most %zu characters", max_chars);
+        return too_long;
     }
-    return 1;
+    return NULL;
 bad_utf8:
-    rpc_call_violation(c, field, "is not valid UTF-8");
-    return 0;
+    return "is not valid UTF-8";
 }
 
-int account_check_url(rpc_call *c, const char *field, const char *url)
+const char *account_url_problem(const char *url)
 {
     if (url[0] == '\0')
-        return 1;
+        return NULL;
     int ok = (strncmp(url, "https://", 8) == 0 && url[8]) || (strncmp(url, "http://", 7) == 0 && url[7]);
     for (const char *p = url; *p && ok; p++)
         ok = (unsigned char)*p > 0x20 && (unsigned char)*p < 0x7F;
-    if (!ok)
-        rpc_call_violation(c, field, "must be an http:// or https:// URL without spaces");
-    return ok;
+    return ok ? NULL : "must be an http:// or https:// URL without spaces";
 }
 
-int account_check_experience(rpc_call *c, const char *field, const char *level)
+const char *account_experience_problem(const char *level)
 {
     static const char *const levels[] = {"", "beginner", "intermediate", "advanced", "professional"};
     for (size_t i = 0; i < sizeof(levels) / sizeof(levels[0]); i++)
         if (strcmp(level, levels[i]) == 0)
-            return 1;
-    rpc_call_violation(c, field, "must be beginner, intermediate, advanced or professional");
-    return 0;
+            return NULL;
+    return "must be beginner, intermediate, advanced or professional";
+}
+
+int account_check(rpc_call *c, const char *field, const char *problem)
+{
+    if (problem != NULL)
+        rpc_call_violation(c, field, "%s", problem);
+    return problem == NULL;
 }
 
 /* ---- rows ---------------------------------------------------------------------------------- */
@@ -443,7 +444,7 @@ int account_revoke_sessions(store_txn *t, uint64_t user_id, uint64_t keep_sessio
         l->n = 0;
         store_query q = {0};
         q.table = &accounts_sessions;
-        q.index = &sessions_by_user;
+        q.index = sessions_by_user;
         q.prefix = prefix.buf;
         q.prefix_len = prefix.len;
         q.page_size = STORE_PAGE_SIZE_MAX;
@@ -462,5 +463,51 @@ int account_revoke_sessions(store_txn *t, uint64_t user_id, uint64_t keep_sessio
             break;
     }
     free(l);
+    return st;
+}
+
+/* ---- the first administrator ------------------------------------------------------------------ */
+
+typedef struct admin_op {
+    lagoon_v1_User user;
+} admin_op;
+
+static int admin_write(store_txn *t, void *arg, store_error *err)
+{
+    admin_op *op = arg;
+    lagoon_v1_User u = op->user; /* replayable */
+    uint64_t id;
+    int st = store_insert(t, &accounts_users, &u, &id, err);
+    if (st == LAGOON_OK)
+        op->user.id = id;
+    return st;
+}
+
+int account_create_admin(app *a, const char *email, const char *username, const char *password, uint64_t *id,
+                         store_error *err)
+{
+    const char *why;
+    if ((why = account_email_problem(email)) != NULL)
+        return store_fail(err, LAGOON_INVALID_ARGUMENT, "email", "email %s", why);
+    if ((why = account_username_problem(username)) != NULL)
+        return store_fail(err, LAGOON_INVALID_ARGUMENT, "username", "username %s", why);
+    if ((why = account_password_problem(password, email, username)) != NULL)
+        return store_fail(err, LAGOON_INVALID_ARGUMENT, "password", "password %s", why);
+    admin_op *op = calloc(1, sizeof(*op));
+    if (op == NULL)
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    COPY_STR(op->user.email, email);
+    COPY_STR(op->user.username, username);
+    COPY_STR(op->user.full_name, "Administrator");
+    op->user.role = lagoon_v1_Role_ADMIN;
+    op->user.verified = true;
+    op->user.active = true;
+    op->user.created_at = op->user.updated_at = app_now(a);
+    int st = account_hash_password(a, password, op->user.password_hash) == 0
+                 ? store_write(a->db, admin_write, op, err)
+                 : store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory hashing the password");
+    if (st == LAGOON_OK && id != NULL)
+        *id = op->user.id;
+    free(op);
     return st;
 }

@@ -12,8 +12,10 @@
 /* Tables (declared once, in accounts.c; registered in schema.c). */
 extern const store_table accounts_users, accounts_sessions, accounts_used_refresh, accounts_tokens,
     accounts_outbox;
-extern const store_index users_by_email, users_by_username, users_by_role, sessions_by_user,
-    sessions_by_access, sessions_by_refresh, tokens_by_user, tokens_by_hash, used_by_hash, outbox_by_due;
+/* Indexes, as the store knows them: pointers into their tables' index arrays. */
+extern const store_index *const users_by_email, *const users_by_username, *const users_by_role,
+    *const sessions_by_user, *const sessions_by_access, *const sessions_by_refresh, *const tokens_by_user,
+    *const tokens_by_hash, *const used_by_hash, *const outbox_by_due;
 
 /* ---- tokens: 32 random bytes, sent as 43 base64url characters, stored as BLAKE2b-256 ---------- */
 
@@ -42,18 +44,21 @@ int account_needs_rehash(const app *a, const char *hash);
  * unknown login takes as long as a wrong password. */
 const char *account_dummy_hash(const app *a);
 
-/* ---- validation: each adds a field violation to the call and returns 0 if the value is bad --- */
+/* ---- validation: NULL if the value is acceptable, else why not (static text, or per-thread
+ * text valid until the next call on the thread) -------------------------------------------- */
 
-int account_check_email(rpc_call *c, const char *field, const char *email);
-int account_check_username(rpc_call *c, const char *field, const char *username);
+const char *account_email_problem(const char *email);
+/* 3-50 of A-Z a-z 0-9 _ . -, starting with a letter or digit (so never an email address). */
+const char *account_username_problem(const char *username);
 /* Length, the common-password list, and not the email or username (case-insensitive). */
-int account_check_password(rpc_call *c, const char *field, const char *password, const char *email,
-                           const char *username);
-/* Valid UTF-8 without control characters, at most max_chars code points; newlines allowed
- * when multiline. */
-int account_check_text(rpc_call *c, const char *field, const char *s, size_t max_chars, int multiline);
-int account_check_url(rpc_call *c, const char *field, const char *url);
-int account_check_experience(rpc_call *c, const char *field, const char *level);
+const char *account_password_problem(const char *password, const char *email, const char *username);
+/* Valid UTF-8 without control characters, at most max_chars code points; newline and tab
+ * allowed when multiline. */
+const char *account_text_problem(const char *s, size_t max_chars, int multiline);
+const char *account_url_problem(const char *url);
+const char *account_experience_problem(const char *level);
+/* Adds problem as a violation of field (when not NULL); returns 1 if there was none. */
+int account_check(rpc_call *c, const char *field, const char *problem);
 
 /* ---- rows ------------------------------------------------------------------------------------ */
 
@@ -63,6 +68,12 @@ void account_public(const lagoon_v1_User *u, lagoon_v1_PublicUser *out);
 /* Queues an email in the outbox, in the caller's write transaction. */
 int account_queue_email(store_txn *t, const app *a, const char *to, const char *subject, const char *body,
                         store_error *err);
+
+/* Creates an active, verified administrator, validated like Register (INVALID_ARGUMENT naming
+ * the field otherwise). Blocking: hashes the password and waits for the durable write, so for
+ * tools and tests, not loop threads. */
+int account_create_admin(app *a, const char *email, const char *username, const char *password, uint64_t *id,
+                         store_error *err);
 
 /* Deletes every session of user_id but keep_session (0: all). Write transactions. */
 int account_revoke_sessions(store_txn *t, uint64_t user_id, uint64_t keep_session, store_error *err);

@@ -42,6 +42,7 @@ void app_config_defaults(app_config *c)
     if (c->reset_ttl_s == 0)
         c->reset_ttl_s = 3600;
     policy_default(&c->login_failures, 5, 15 * 60 * 1000, 1000, 15 * 60 * 1000);
+    policy_default(&c->login_address_failures, 5, 15 * 60 * 1000, 1000, 15 * 60 * 1000);
     policy_default(&c->registrations, 20, 3600 * 1000, 60 * 1000, 3600 * 1000);
     policy_default(&c->resets, 10, 3600 * 1000, 60 * 1000, 3600 * 1000);
 }
@@ -71,7 +72,7 @@ int app_open(const char *data_dir, const app_config *cfg, app **out, rpc_error *
     app_config_defaults(&a->cfg);
     snprintf(a->data_dir, sizeof(a->data_dir), "%s", data_dir);
     a->login_account = limiter_new(&a->cfg.login_failures, APP_LIMITER_KEYS);
-    a->login_address = limiter_new(&a->cfg.login_failures, APP_LIMITER_KEYS);
+    a->login_address = limiter_new(&a->cfg.login_address_failures, APP_LIMITER_KEYS);
     a->registrations = limiter_new(&a->cfg.registrations, APP_LIMITER_KEYS);
     a->resets = limiter_new(&a->cfg.resets, APP_LIMITER_KEYS);
     if (!a->login_account || !a->login_address || !a->registrations || !a->resets) {
@@ -138,7 +139,7 @@ int app_authenticate(void *arg, const char *token, rpc_caller *out)
     store_key_raw(&k, hash, sizeof(hash));
     lagoon_v1_Session s;
     lagoon_v1_User *u = malloc(sizeof(*u));
-    int ok = u != NULL && store_get_by(t, &accounts_sessions, &sessions_by_access, &k, NULL, &s, &err) == LAGOON_OK &&
+    int ok = u != NULL && store_get_by(t, &accounts_sessions, sessions_by_access, &k, NULL, &s, &err) == LAGOON_OK &&
              sodium_memcmp(s.access_hash, hash, sizeof(hash)) == 0 && s.access_expires_at > app_now(a) &&
              store_get(t, &accounts_users, s.user_id, u, &err) == LAGOON_OK && u->active;
     if (ok) {

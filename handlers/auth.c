@@ -38,7 +38,7 @@ static int find_user(app *a, const char *login, lagoon_v1_User *u, store_error *
     store_key k;
     store_key_reset(&k);
     store_key_str_fold(&k, login);
-    const store_index *idx = strchr(login, '@') ? &users_by_email : &users_by_username;
+    const store_index *idx = strchr(login, '@') ? users_by_email : users_by_username;
     st = store_get_by(t, &accounts_users, idx, &k, NULL, u, err);
     store_read_end(t);
     return st;
@@ -108,7 +108,7 @@ static int drop_tokens(store_txn *t, uint64_t user_id, lagoon_v1_OneTimeToken_Ki
     token_ids l = {.n = 0, .kind = kind};
     store_query q = {0};
     q.table = &accounts_tokens;
-    q.index = &tokens_by_user;
+    q.index = tokens_by_user;
     q.prefix = prefix.buf;
     q.prefix_len = prefix.len;
     q.page_size = 64;
@@ -185,10 +185,10 @@ int handle_Auth_Register(rpc_call *call, const lagoon_v1_RegisterRequest *req, l
     if (wait)
         return too_many(call, wait, "registrations from this address");
 
-    account_check_email(call, "email", req->email);
-    account_check_username(call, "username", req->username);
-    account_check_password(call, "password", req->password, req->email, req->username);
-    account_check_text(call, "full_name", req->full_name, 100, 0);
+    account_check(call, "email", account_email_problem(req->email));
+    account_check(call, "username", account_username_problem(req->username));
+    account_check(call, "password", account_password_problem(req->password, req->email, req->username));
+    account_check(call, "full_name", account_text_problem(req->full_name, 100, 0));
     lagoon_v1_Role role = req->role == lagoon_v1_Role_ROLE_UNSPECIFIED ? lagoon_v1_Role_STUDENT : req->role;
     if (role != lagoon_v1_Role_STUDENT && role != lagoon_v1_Role_TEACHER)
         rpc_call_violation(call, "role", "must be STUDENT or TEACHER");
@@ -396,11 +396,11 @@ static int refresh_write(store_txn *t, void *arg, store_error *err)
     store_key_reset(&k);
     store_key_raw(&k, op->presented, ACCOUNT_HASH_BYTES);
     lagoon_v1_Session s;
-    int st = store_get_by(t, &accounts_sessions, &sessions_by_refresh, &k, NULL, &s, err);
+    int st = store_get_by(t, &accounts_sessions, sessions_by_refresh, &k, NULL, &s, err);
     if (st == LAGOON_NOT_FOUND) {
         /* Not current: if it was once, someone replays a stolen token. End that session. */
         lagoon_v1_UsedRefresh used;
-        st = store_get_by(t, &accounts_used_refresh, &used_by_hash, &k, NULL, &used, err);
+        st = store_get_by(t, &accounts_used_refresh, used_by_hash, &k, NULL, &used, err);
         if (st == LAGOON_NOT_FOUND) {
             op->outcome = REFRESH_UNKNOWN;
             return LAGOON_OK;
@@ -579,7 +579,7 @@ static int token_take(store_txn *t, token_op *op, lagoon_v1_OneTimeToken *tok, s
     store_key k;
     store_key_reset(&k);
     store_key_raw(&k, op->hash, ACCOUNT_HASH_BYTES);
-    int st = store_get_by(t, &accounts_tokens, &tokens_by_hash, &k, NULL, tok, err);
+    int st = store_get_by(t, &accounts_tokens, tokens_by_hash, &k, NULL, tok, err);
     op->outcome = TOKEN_INVALID;
     if (st == LAGOON_NOT_FOUND)
         return LAGOON_OK;
@@ -701,7 +701,7 @@ int handle_Auth_ResetPassword(rpc_call *call, const lagoon_v1_ResetPasswordReque
         store_key k;
         store_key_reset(&k);
         store_key_raw(&k, op->hash, ACCOUNT_HASH_BYTES);
-        known = store_get_by(t, &accounts_tokens, &tokens_by_hash, &k, NULL, &tok, &err) == LAGOON_OK &&
+        known = store_get_by(t, &accounts_tokens, tokens_by_hash, &k, NULL, &tok, &err) == LAGOON_OK &&
                 tok.kind == op->kind && tok.expires_at > op->now &&
                 store_get(t, &accounts_users, tok.user_id, u, &err) == LAGOON_OK;
         store_read_end(t);
@@ -711,7 +711,7 @@ int handle_Auth_ResetPassword(rpc_call *call, const lagoon_v1_ResetPasswordReque
         token_free(op);
         return rpc_call_violation(call, "token", "is invalid, expired or already used");
     }
-    int strong = account_check_password(call, "new_password", req->new_password, u->email, u->username);
+    int strong = account_check(call, "new_password", account_password_problem(req->new_password, u->email, u->username));
     free(u);
     if (!strong) {
         token_free(op);
@@ -801,7 +801,7 @@ static int forgot_write(store_txn *t, void *arg, store_error *err)
     store_key_reset(&k);
     store_key_str_fold(&k, op->email);
     lagoon_v1_User u;
-    int st = store_get_by(t, &accounts_users, &users_by_email, &k, NULL, &u, err);
+    int st = store_get_by(t, &accounts_users, users_by_email, &k, NULL, &u, err);
     if (st == LAGOON_NOT_FOUND || (st == LAGOON_OK && !u.active))
         return LAGOON_OK; /* nothing to send, and nothing to tell */
     if (st == LAGOON_OK)
@@ -823,7 +823,7 @@ int handle_Auth_ForgotPassword(rpc_call *call, const lagoon_v1_ForgotPasswordReq
 {
     (void)resp;
     app *a = app_of(call);
-    if (!account_check_email(call, "email", req->email))
+    if (!account_check(call, "email", account_email_problem(req->email)))
         return LAGOON_INVALID_ARGUMENT;
     uint32_t wait = address_limit(call, a->resets, "mail");
     if (wait)

@@ -146,7 +146,7 @@ static uint32_t pass(mailer *m, due *d, outcome *o)
         return 0;
     store_query q = {0};
     q.table = &accounts_outbox;
-    q.index = &outbox_by_due;
+    q.index = outbox_by_due;
     q.page_size = MAILER_BATCH + 1;
     store_page page;
     store_scan(t, &q, collect_due, d, &page, &err);

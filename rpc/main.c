@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "app.h"
 #include "lagoon_handlers.h"
 #include "log.h"
 #include "rpc.h"
@@ -17,12 +18,14 @@
 #define LAGOOND_DATA_DEFAULT "./var"
 #define LAGOOND_PATH_MAX 1024
 
-enum opt_kind { OPT_LISTEN, OPT_PATH, OPT_U32, OPT_LOGLEVEL };
+enum opt_kind { OPT_LISTEN, OPT_PATH, OPT_U32, OPT_LOGLEVEL, OPT_SYNC };
 
 typedef struct lagoond_opts {
     rpc_config rpc;
     char data[LAGOOND_PATH_MAX];
     int log_level;
+    int sync; /* enum store_sync */
+    uint32_t argon2_ops, argon2_mem_kib;
 } lagoond_opts;
 
 typedef struct opt {
@@ -41,6 +44,14 @@ static const opt options[] = {
     {"threads", OPT_U32, OPT_RPC(threads), 0, 256, "Event-loop threads. Default 0 = one per core."},
     {"workers", OPT_U32, OPT_RPC(workers), 0, 256, "Worker threads for blocking work. Default 0 = 4."},
     {"log-level", OPT_LOGLEVEL, offsetof(lagoond_opts, log_level), 0, 0, "error, warn, info (default: one line per call) or debug."},
+    {"sync", OPT_SYNC, offsetof(lagoond_opts, sync), 0, 0,
+     "full (default): a write is acknowledged once it is on disk. none: for benchmarks only; a power "
+     "loss or kernel crash loses the last seconds of acknowledged writes."},
+    {"argon2-ops", OPT_U32, offsetof(lagoond_opts, argon2_ops), 0, 16,
+     "Argon2id passes per password hash. Default 0 = libsodium's interactive limit (2)."},
+    {"argon2-mem-kib", OPT_U32, offsetof(lagoond_opts, argon2_mem_kib), 0, 4u << 20,
+     "Argon2id memory per hash, KiB. Default 0 = libsodium's interactive limit (64 MiB). Each worker "
+     "hashes one password at a time, so workers x this bounds the memory hashing takes."},
 #define OPT_LIMIT(field, flag, def, min, max, why) {flag, OPT_U32, OPT_RPC(field), (min), (max), why},
     RPC_LIMITS(OPT_LIMIT)
 #undef OPT_LIMIT
@@ -99,6 +110,13 @@ static int set_opt(lagoond_opts *o, const opt *op, const char *v, char *err, siz
         }
         snprintf(base + op->offset, LAGOOND_PATH_MAX, "%s", v);
         return 0;
+    case OPT_SYNC:
+        if (strcmp(v, "full") == 0 || strcmp(v, "none") == 0) {
+            *(int *)(base + op->offset) = strcmp(v, "none") == 0 ? STORE_SYNC_NONE : STORE_SYNC_FULL;
+            return 0;
+        }
+        snprintf(err, errlen, "--%s: '%s' is neither full nor none", op->name, v);
+        return -1;
     case OPT_LOGLEVEL: {
         int lvl = log_level_parse(v);
         if (lvl < 0) {
@@ -225,18 +243,33 @@ int main(int argc, char **argv)
         return 1;
     }
 
-    rpc_server *server;
+    app_config acfg = {0};
+    acfg.sync = (enum store_sync)o.sync;
+    acfg.pwhash_opslimit = o.argon2_ops;
+    acfg.pwhash_memlimit = (size_t)o.argon2_mem_kib * 1024;
+    app *a;
     rpc_error rerr;
+    if (app_open(o.data, &acfg, &a, &rerr) != RPC_OK) {
+        fprintf(stderr, "lagoond: %s\n", rerr.message);
+        return 1;
+    }
+    o.rpc.app = a;
+    o.rpc.authenticate = app_authenticate;
+    o.rpc.authenticate_arg = a;
+    rpc_server *server;
     if (rpc_server_new(&o.rpc, lagoon_routes, lagoon_routes_count, &server, &rerr) != RPC_OK) {
         fprintf(stderr, "lagoond: %s\n", rerr.message);
+        app_close(a);
         return 1;
     }
-    log_msg(LOG_INFO, "lagoond %s data=%s", o.rpc.version, o.data);
-    if (rpc_server_run(server, &rerr) != RPC_OK) {
+    log_msg(LOG_INFO, "lagoond %s data=%s sync=%s", o.rpc.version, o.data, o.sync ? "none" : "full");
+    int rc = rpc_server_run(server, &rerr) == RPC_OK ? 0 : 1;
+    if (rc != 0)
         fprintf(stderr, "lagoond: %s\n", rerr.message);
-        rpc_server_free(server);
-        return 1;
-    }
+    /* Order matters: workers may still submit writes, and the store's completions finish
+     * calls, which the server processes until it is freed. */
+    rpc_server_join_workers(server);
+    app_close(a);
     rpc_server_free(server);
-    return 0;
+    return rc;
 }

@@ -112,7 +112,12 @@ int rpc_server_run(rpc_server *s, rpc_error *err);
  * Safe from any thread; idempotent. */
 void rpc_server_stop(rpc_server *s);
 
-/* Frees a server whose rpc_server_run has returned (or was never called). */
+/* Runs the jobs still queued for the worker pool and stops it. After rpc_server_run returns
+ * and before closing what those jobs use (the store); rpc_server_free does it if not done. */
+void rpc_server_join_workers(rpc_server *s);
+
+/* Frees a server whose rpc_server_run has returned (or was never called). Completions that
+ * arrive after rpc_server_run returned (from the store's writer, say) are processed here. */
 void rpc_server_free(rpc_server *s);
 
 /* Server-wide counters, for Health/Check and tests. */

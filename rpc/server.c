@@ -1592,12 +1592,18 @@ int rpc_server_run(rpc_server *s, rpc_error *err)
     return RPC_OK;
 }
 
+void rpc_server_join_workers(rpc_server *s)
+{
+    rpc_pool_free(s->pool);
+    s->pool = NULL;
+}
+
 void rpc_server_free(rpc_server *s)
 {
     if (s == NULL)
         return;
     /* Workers may still finish kept calls: let them, then run what they posted. */
-    rpc_pool_free(s->pool);
+    rpc_server_join_workers(s);
     server_teardown_loops(s);
     for (unsigned i = 0; i < s->nloops; i++) {
         rpc_loop *l = &s->loops[i];

@@ -185,6 +185,9 @@ int raw_connect(uint16_t port, int preface)
     assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    /* A send that cannot proceed fails the test after 10 s instead of hanging it. */
+    struct timeval tv = {10, 0};
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
     if (preface) {
         raw_send(fd, WIRE_PREFACE, WIRE_PREFACE_LEN);
         uint8_t buf[256];
@@ -202,4 +205,146 @@ void raw_meta_message(const wire_frame *f, char *out, size_t cap)
     out[0] = '\0';
     if (f->meta_len && wire_decode(&lagoon_v1_ResponseMeta_info, f->meta, f->meta_len, &meta, &v) == 0)
         snprintf(out, cap, "%s", meta.message);
+}
+
+/* ---- a whole server ---------------------------------------------------------------------------- */
+
+#include <dirent.h>
+#include <stdatomic.h>
+#include <sodium.h>
+
+static int64_t test_clock(void *arg)
+{
+    return __atomic_load_n(&((test_app *)arg)->clock_ms, __ATOMIC_SEQ_CST);
+}
+
+void test_clock_advance(test_app *t, int64_t ms)
+{
+    __atomic_add_fetch(&t->clock_ms, ms, __ATOMIC_SEQ_CST);
+}
+
+static void app_boot(test_app *t, void (*tweak)(app_config *acfg, rpc_config *cfg))
+{
+    app_config acfg = {0};
+    /* The cheapest Argon2id libsodium allows: tests hash many passwords. Never in production. */
+    acfg.pwhash_opslimit = crypto_pwhash_OPSLIMIT_MIN;
+    acfg.pwhash_memlimit = 8192 * 2;
+    acfg.clock = test_clock;
+    acfg.clock_arg = t;
+    rpc_config cfg;
+    test_config(&cfg);
+    if (tweak)
+        tweak(&acfg, &cfg);
+    rpc_error err;
+    if (app_open(t->dir, &acfg, &t->app, &err) != RPC_OK)
+        fail_msg("app_open: %s", err.message);
+    cfg.app = t->app;
+    cfg.authenticate = app_authenticate;
+    cfg.authenticate_arg = t->app;
+    test_server_start(&t->srv, &cfg, NULL, 0);
+}
+
+void test_app_start(test_app *t, void (*tweak)(app_config *acfg, rpc_config *cfg))
+{
+    memset(t, 0, sizeof(*t));
+    snprintf(t->dir, sizeof(t->dir), "/tmp/lagoon-test-XXXXXX");
+    assert_non_null(mkdtemp(t->dir));
+    t->clock_ms = 1795000000000LL; /* 2026-11-17, a fixed start */
+    app_boot(t, tweak);
+}
+
+/* The shutdown order of lagoond: server, workers, app (store completions), then free. */
+static void app_halt(test_app *t)
+{
+    rpc_server_stop(t->srv.server);
+    pthread_join(*(pthread_t *)t->srv.thread, NULL);
+    free(t->srv.thread);
+    assert_int_equal(t->srv.run_status, RPC_OK);
+    rpc_server_join_workers(t->srv.server);
+    app_close(t->app);
+    rpc_server_free(t->srv.server);
+}
+
+void test_app_restart(test_app *t, void (*tweak)(app_config *acfg, rpc_config *cfg))
+{
+    app_halt(t);
+    app_boot(t, tweak);
+}
+
+void test_app_stop(test_app *t)
+{
+    app_halt(t);
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", t->dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+/* Reads a whole small file into a NUL-terminated heap buffer. */
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return NULL;
+    char *buf = calloc(1, 65536);
+    size_t n = buf ? fread(buf, 1, 65535, f) : 0;
+    (void)n;
+    fclose(f);
+    return buf;
+}
+
+static int mail_scan(test_app *t, const char *to, const char *subject, char *code, int consume)
+{
+    char dir[128], path[512], want_to[300];
+    snprintf(dir, sizeof(dir), "%s/mail/new", t->dir);
+    snprintf(want_to, sizeof(want_to), "\nTo: <%s>\n", to);
+    DIR *d = opendir(dir);
+    if (d == NULL)
+        return 0;
+    int found = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.')
+            continue;
+        snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+        char *text = slurp(path);
+        if (text == NULL)
+            continue;
+        int match = strstr(text, want_to) && (subject == NULL || strstr(text, subject));
+        if (match) {
+            found++;
+            if (code != NULL) {
+                /* The code stands alone on a line indented by four spaces. */
+                const char *p = strstr(text, "\n    ");
+                if (p != NULL) {
+                    p += 5;
+                    size_t n = strcspn(p, "\n");
+                    snprintf(code, 44, "%.*s", (int)n, p);
+                }
+            }
+            if (consume)
+                unlink(path);
+        }
+        free(text);
+        if (found && code != NULL)
+            break;
+    }
+    closedir(d);
+    return found;
+}
+
+int test_mail_code(test_app *t, const char *to, const char *subject, char *code, uint32_t timeout_ms)
+{
+    for (uint32_t waited = 0;; waited += 10) {
+        if (mail_scan(t, to, subject, code, 1))
+            return 1;
+        if (waited >= timeout_ms)
+            return 0;
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+int test_mail_count(test_app *t, const char *to)
+{
+    return mail_scan(t, to, NULL, NULL, 0);
 }

@@ -45,3 +45,30 @@ int raw_wait_closed(int fd, uint32_t timeout_ms);
 void raw_meta_message(const wire_frame *f, char *out, size_t cap);
 
 #endif
+
+/* ---- a whole server: store, accounts, mail --------------------------------------------------- */
+
+#include "app.h"
+
+typedef struct test_app {
+    test_server srv;
+    app *app;
+    char dir[64];     /* temporary data directory, removed by test_app_stop */
+    int64_t clock_ms; /* the app's clock (ms since the epoch); tests advance it */
+} test_app;
+
+/* Starts lagoond's full stack on a fresh temporary directory, with Argon2 at its minimum cost
+ * (tests only) and the clock at t->clock_ms (set by this call to a fixed date). tweak, if not
+ * NULL, may change the app config (and cfg for the RPC layer) first. */
+void test_app_start(test_app *t, void (*tweak)(app_config *acfg, rpc_config *cfg));
+void test_app_stop(test_app *t);
+/* Stops the server and the app and starts them again on the same data (tweak as above). */
+void test_app_restart(test_app *t, void (*tweak)(app_config *acfg, rpc_config *cfg));
+void test_clock_advance(test_app *t, int64_t ms);
+
+/* Waits (up to timeout_ms) for a delivered email to `to` whose subject contains `subject`,
+ * copies the one-time code from its body into code (44 bytes), and deletes the file. 1 if
+ * found. */
+int test_mail_code(test_app *t, const char *to, const char *subject, char *code, uint32_t timeout_ms);
+/* Number of delivered emails to `to`. */
+int test_mail_count(test_app *t, const char *to);

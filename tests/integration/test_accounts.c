@@ -1,0 +1,734 @@
+/* Accounts end to end: the Auth and Users services through the generated client, against the
+ * real server with a real store in a temporary directory, emails read from the maildir. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <cmocka.h>
+#include <pb_decode.h>
+
+#include "accounts.h"
+#include "lagoon_stubs.h"
+#include "testserver.h"
+
+#define PASSWORD "correct horse battery"
+#define MAIL_WAIT_MS 5000
+
+static test_app *T;
+
+static lagoon_client *client(void)
+{
+    lagoon_client *c = NULL;
+    lagoon_error err;
+    if (lagoon_connect("127.0.0.1", T->srv.port, NULL, &c, &err) != LAGOON_OK)
+        fail_msg("connect: %s", err.detail.message);
+    return c;
+}
+
+/* The shared server: every test comes from 127.0.0.1, so per-address limits would mix the
+ * tests up; they are lifted here and tested on a server of their own. */
+static void tweak_no_address_limits(app_config *acfg, rpc_config *cfg)
+{
+    (void)cfg;
+    acfg->registrations.max_events = 100000;
+    acfg->resets.max_events = 100000;
+    acfg->login_address_failures.max_events = 100000;
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    T = calloc(1, sizeof(*T));
+    test_app_start(T, tweak_no_address_limits);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    test_app_stop(T);
+    free(T);
+    return 0;
+}
+
+static int do_register(lagoon_client *c, const char *email, const char *username, const char *password,
+                       lagoon_v1_Role role, lagoon_v1_UserProfile *out)
+{
+    lagoon_v1_RegisterRequest req = lagoon_v1_RegisterRequest_init_zero;
+    snprintf(req.email, sizeof(req.email), "%s", email);
+    snprintf(req.username, sizeof(req.username), "%s", username);
+    snprintf(req.password, sizeof(req.password), "%s", password);
+    snprintf(req.full_name, sizeof(req.full_name), "Test %s", username);
+    req.role = role;
+    lagoon_v1_UserProfile tmp;
+    return lagoon_Auth_Register(c, &req, out ? out : &tmp);
+}
+
+static int do_login(lagoon_client *c, const char *login, const char *password, lagoon_v1_TokenPair *out)
+{
+    lagoon_v1_LoginRequest req = lagoon_v1_LoginRequest_init_zero;
+    snprintf(req.login, sizeof(req.login), "%s", login);
+    snprintf(req.password, sizeof(req.password), "%s", password);
+    lagoon_v1_TokenPair tmp;
+    return lagoon_Auth_Login(c, &req, out ? out : &tmp);
+}
+
+static int me(lagoon_client *c, const char *token, lagoon_v1_UserProfile *out)
+{
+    lagoon_set_token(c, token);
+    lagoon_v1_AuthEmpty req = lagoon_v1_AuthEmpty_init_zero;
+    lagoon_v1_UserProfile tmp;
+    int st = lagoon_Auth_Me(c, &req, out ? out : &tmp);
+    lagoon_set_token(c, NULL);
+    return st;
+}
+
+/* Registers and signs in a user; returns the access token in token (65 bytes). */
+static uint64_t new_user(lagoon_client *c, const char *name, lagoon_v1_Role role, char *token)
+{
+    char email[128];
+    snprintf(email, sizeof(email), "%s@example.com", name);
+    lagoon_v1_UserProfile p;
+    assert_int_equal(do_register(c, email, name, PASSWORD, role, &p), LAGOON_OK);
+    lagoon_v1_TokenPair tp;
+    assert_int_equal(do_login(c, name, PASSWORD, &tp), LAGOON_OK);
+    snprintf(token, 65, "%s", tp.access_token);
+    return p.id;
+}
+
+static int count_row(void *arg, uint64_t id, const void *row)
+{
+    (void)id;
+    (void)row;
+    (*(int *)arg)++;
+    return LAGOON_OK;
+}
+
+static int has_violation(lagoon_client *c, const char *field)
+{
+    const lagoon_v1_ResponseMeta *m = &lagoon_last_error(c)->detail;
+    for (pb_size_t i = 0; i < m->violations_count; i++)
+        if (strcmp(m->violations[i].field, field) == 0)
+            return 1;
+    return 0;
+}
+
+/* ---- Register ---------------------------------------------------------------------------- */
+
+static void test_register_reports_every_violation(void **state)
+{
+    (void)state;
+    lagoon_client *c = client();
+    /* Everything wrong at once: all problems come back together. */
+    lagoon_v1_RegisterRequest req = lagoon_v1_RegisterRequest_init_zero;
+    snprintf(req.email, sizeof(req.email), "not-an-email");
+    snprintf(req.username, sizeof(req.username), "x!");
+    snprintf(req.password, sizeof(req.password), "short");
+    snprintf(req.full_name, sizeof(req.full_name), "bad\x01name");
+    req.role = lagoon_v1_Role_ADMIN;
+    lagoon_v1_UserProfile p;
+    assert_int_equal(lagoon_Auth_Register(c, &req, &p), LAGOON_INVALID_ARGUMENT);
+    assert_int_equal(lagoon_last_error(c)->detail.violations_count, 5);
+    assert_true(has_violation(c, "email"));
+    assert_true(has_violation(c, "username"));
+    assert_true(has_violation(c, "password"));
+    assert_true(has_violation(c, "full_name"));
+    assert_true(has_violation(c, "role"));
+
+    static const struct {
+        const char *email, *username, *password, *field;
+    } bad[] = {
+        {"a@b", "gooduser", PASSWORD, "email"},
+        {"a..b@example.com", "gooduser", PASSWORD, "email"},
+        {"a@example..com", "gooduser", PASSWORD, "email"},
+        {"a b@example.com", "gooduser", PASSWORD, "email"},
+        {"ok@example.com", "ab", PASSWORD, "username"},
+        {"ok@example.com", "_starts_badly", PASSWORD, "username"},
+        {"ok@example.com", "has space", PASSWORD, "username"},
+        {"ok@example.com", "gooduser", "nine char", "password"},
+        {"ok@example.com", "gooduser", "Password123", "password"},  /* common */
+        {"ok@example.com", "gooduser", "qwertyuiop", "password"},   /* common */
+        {"ok@example.com", "longusername1", "LongUserName1", "password"}, /* = username */
+        {"someone.long@example.com", "gooduser", "someone.long@example.com", "password"}, /* = email */
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        assert_int_equal(do_register(c, bad[i].email, bad[i].username, bad[i].password, 0, NULL),
+                         LAGOON_INVALID_ARGUMENT);
+        if (!has_violation(c, bad[i].field))
+            fail_msg("case %zu: no violation of %s (%s)", i, bad[i].field, lagoon_last_error(c)->detail.message);
+        assert_int_equal(lagoon_last_error(c)->detail.violations_count, 1);
+    }
+
+    /* A good registration: unverified student, with a verification email. */
+    lagoon_v1_UserProfile u;
+    assert_int_equal(do_register(c, "Ann@Example.com", "ann", PASSWORD, 0, &u), LAGOON_OK);
+    assert_true(u.id > 0);
+    assert_string_equal(u.email, "Ann@Example.com");
+    assert_int_equal(u.role, lagoon_v1_Role_STUDENT);
+    assert_false(u.verified);
+    assert_true(u.active);
+    char code[44];
+    assert_true(test_mail_code(T, "Ann@Example.com", "Verify your email", code, MAIL_WAIT_MS));
+    assert_int_equal(strlen(code), ACCOUNT_TOKEN_CHARS);
+
+    /* Email and username are unique ignoring case; both conflicts are named. */
+    assert_int_equal(do_register(c, "ann@EXAMPLE.com", "ANN", PASSWORD, 0, NULL), LAGOON_ALREADY_EXISTS);
+    assert_true(has_violation(c, "email"));
+    assert_true(has_violation(c, "username"));
+    lagoon_close(c);
+}
+
+/* ---- Login, throttling -------------------------------------------------------------------- */
+
+static void test_login_by_email_and_username(void **state)
+{
+    (void)state;
+    lagoon_client *c = client();
+    lagoon_v1_UserProfile u;
+    assert_int_equal(do_register(c, "bob@example.com", "Bob", PASSWORD, lagoon_v1_Role_TEACHER, &u), LAGOON_OK);
+    lagoon_v1_TokenPair tp;
+    assert_int_equal(do_login(c, "BOB@example.com", PASSWORD, &tp), LAGOON_OK);
+    assert_int_equal(strlen(tp.access_token), ACCOUNT_TOKEN_CHARS);
+    assert_int_equal(strlen(tp.refresh_token), ACCOUNT_TOKEN_CHARS);
+    assert_int_equal(tp.access_expires_at, T->clock_ms + 24LL * 3600 * 1000);
+    assert_int_equal(tp.refresh_expires_at, T->clock_ms + 30LL * 24 * 3600 * 1000);
+    assert_int_equal(tp.user.id, u.id);
+    assert_int_equal(tp.user.last_login, T->clock_ms);
+    lagoon_v1_UserProfile p;
+    assert_int_equal(me(c, tp.access_token, &p), LAGOON_OK);
+    assert_int_equal(p.id, u.id);
+    assert_int_equal(p.role, lagoon_v1_Role_TEACHER);
+    assert_int_equal(do_login(c, "bob", PASSWORD, &tp), LAGOON_OK);
+    assert_int_equal(me(c, tp.access_token, NULL), LAGOON_OK);
+
+    assert_int_equal(do_login(c, "bob", "wrong password!", NULL), LAGOON_UNAUTHENTICATED);
+    assert_int_equal(do_login(c, "nobody", PASSWORD, NULL), LAGOON_UNAUTHENTICATED);
+    /* The same message either way: an unknown login is not revealed. */
+    assert_string_equal(lagoon_last_error(c)->detail.message, "wrong login or password");
+    /* An access token expires after 24 hours. */
+    test_clock_advance(T, 24LL * 3600 * 1000 + 1);
+    assert_int_equal(me(c, tp.access_token, NULL), LAGOON_UNAUTHENTICATED);
+    assert_int_equal(me(c, "not-a-token", NULL), LAGOON_UNAUTHENTICATED);
+    lagoon_close(c);
+}
+
+static void test_login_throttling_and_expiry(void **state)
+{
+    (void)state;
+    lagoon_client *c = client();
+    assert_int_equal(do_register(c, "carl@example.com", "carl", PASSWORD, 0, NULL), LAGOON_OK);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(do_login(c, "carl", "wrong password!", NULL), LAGOON_UNAUTHENTICATED);
+    /* The sixth attempt is refused before the password is looked at, even a right one. */
+    assert_int_equal(do_login(c, "carl", PASSWORD, NULL), LAGOON_RESOURCE_EXHAUSTED);
+    uint32_t retry = lagoon_last_error(c)->detail.retry_after_ms;
+    assert_true(retry > 0 && retry <= 1000);
+    /* By email too: the account is throttled, whatever it is called. */
+    assert_int_equal(do_login(c, "carl@example.com", PASSWORD, NULL), LAGOON_RESOURCE_EXHAUSTED);
+    test_clock_advance(T, retry);
+    /* One more failure doubles the wait. */
+    assert_int_equal(do_login(c, "carl", "wrong password!", NULL), LAGOON_UNAUTHENTICATED);
+    assert_int_equal(do_login(c, "carl", PASSWORD, NULL), LAGOON_RESOURCE_EXHAUSTED);
+    assert_true(lagoon_last_error(c)->detail.retry_after_ms > 1000);
+    /* After the window the account may sign in again, and success clears the count. */
+    test_clock_advance(T, 16LL * 60 * 1000);
+    assert_int_equal(do_login(c, "carl", PASSWORD, NULL), LAGOON_OK);
+    assert_int_equal(do_login(c, "carl", "wrong password!", NULL), LAGOON_UNAUTHENTICATED);
+    assert_int_equal(do_login(c, "carl", PASSWORD, NULL), LAGOON_OK);
+    lagoon_close(c);
+}
+
+static void tweak_small_registration_limit(app_config *acfg, rpc_config *cfg)
+{
+    (void)cfg;
+    acfg->registrations.max_events = 3;
+    acfg->resets.max_events = 2;
+    acfg->login_failures.max_events = 100000; /* only the address is throttled here */
+}
+
+static void test_registration_and_reset_rate_limits(void **state)
+{
+    (void)state;
+    test_app *saved = T;
+    test_app *t = calloc(1, sizeof(*t));
+    test_app_start(t, tweak_small_registration_limit);
+    T = t;
+    lagoon_client *c = client();
+    char email[64], name[32];
+    for (int i = 0; i < 3; i++) {
+        snprintf(email, sizeof(email), "r%d@example.com", i);
+        snprintf(name, sizeof(name), "rate%d", i);
+        assert_int_equal(do_register(c, email, name, PASSWORD, 0, NULL), LAGOON_OK);
+    }
+    assert_int_equal(do_register(c, "r9@example.com", "rate9", PASSWORD, 0, NULL), LAGOON_RESOURCE_EXHAUSTED);
+    assert_true(lagoon_last_error(c)->detail.retry_after_ms > 0);
+    lagoon_v1_ForgotPasswordRequest fr = lagoon_v1_ForgotPasswordRequest_init_zero;
+    lagoon_v1_AuthEmpty e;
+    snprintf(fr.email, sizeof(fr.email), "r0@example.com");
+    assert_int_equal(lagoon_Auth_ForgotPassword(c, &fr, &e), LAGOON_OK);
+    assert_int_equal(lagoon_Auth_ForgotPassword(c, &fr, &e), LAGOON_OK);
+    assert_int_equal(lagoon_Auth_ForgotPassword(c, &fr, &e), LAGOON_RESOURCE_EXHAUSTED);
+    /* Failed sign-ins from one address, spread over different accounts: 5, then throttled. */
+    for (int i = 0; i < 5; i++) {
+        snprintf(name, sizeof(name), "ghost%d", i);
+        assert_int_equal(do_login(c, name, PASSWORD, NULL), LAGOON_UNAUTHENTICATED);
+    }
+    assert_int_equal(do_login(c, "rate0", PASSWORD, NULL), LAGOON_RESOURCE_EXHAUSTED);
+    test_clock_advance(T, 16LL * 60 * 1000);
+    assert_int_equal(do_login(c, "rate0", PASSWORD, NULL), LAGOON_OK);
+    lagoon_close(c);
+    T = saved;
+    test_app_stop(t);
+    free(t);
+}
+
+/* ---- Refresh, logout ---------------------------------------------------------------------- */
+
+static void test_refresh_rotation_and_reuse(void **state)
+{
+    (void)state;
+    lagoon_client *c = client();
+    assert_int_equal(do_register(c, "dora@example.com", "dora", PASSWORD, 0, NULL), LAGOON_OK);
+    lagoon_v1_TokenPair first, second, third;
+    assert_int_equal(do_login(c, "dora", PASSWORD, &first), LAGOON_OK);
+    lagoon_v1_RefreshRequest rr = lagoon_v1_RefreshRequest_init_zero;
+    snprintf(rr.refresh_token, sizeof(rr.refresh_token), "%s", first.refresh_token);
+    test_clock_advance(T, 1000);
+    assert_int_equal(lagoon_Auth_Refresh(c, &rr, &second), LAGOON_OK);
+    assert_string_not_equal(second.refresh_token, first.refresh_token);
+    assert_string_not_equal(second.access_token, first.access_token);
+    assert_int_equal(second.access_expires_at, T->clock_ms + 24LL * 3600 * 1000);
+    /* The old access token is replaced; the new one works. */
+    assert_int_equal(me(c, first.access_token, NULL), LAGOON_UNAUTHENTICATED);
+    assert_int_equal(me(c, second.access_token, NULL), LAGOON_OK);
+    /* The new refresh token rotates again. */
+    snprintf(rr.refresh_token, sizeof(rr.refresh_token), "%s", second.refresh_token);
+    assert_int_equal(lagoon_Auth_Refresh(c, &rr, &third), LAGOON_OK);
+    assert_int_equal(me(c, third.access_token, NULL), LAGOON_OK);
+    /* Presenting an already-used refresh token (theft) revokes the whole session. */
+    snprintf(rr.refresh_token, sizeof(rr.refresh_token), "%s", first.refresh_token);
+    assert_int_equal(lagoon_Auth_Refresh(c, &rr, &second), LAGOON_UNAUTHENTICATED);
+    assert_non_null(strstr(lagoon_last_error(c)->detail.message, "revoked"));
+    assert_int_equal(me(c, third.access_token, NULL), LAGOON_UNAUTHENTICATED);
+    snprintf(rr.refresh_token, sizeof(rr.refresh_token), "%s", third.refresh_token);
+    assert_int_equal(lagoon_Auth_Refresh(c, &rr, &second), LAGOON_UNAUTHENTICATED);
+    /* Malformed and unknown tokens. */
+    snprintf(rr.refresh_token, sizeof(rr.refresh_token), "garbage");
+    assert_int_equal(lagoon_Auth_Refresh(c, &rr, &second), LAGOON_UNAUTHENTICATED);
+    /* A refresh token expires after 30 days. */
+    lagoon_v1_TokenPair fresh;
+    assert_int_equal(do_login(c, "dora", PASSWORD, &fresh), LAGOON_OK);
+    test_clock_advance(T, 30LL * 24 * 3600 * 1000 + 1);
+    snprintf(rr.refresh_token, sizeof(rr.refresh_token), "%s", fresh.refresh_token);
+    assert_int_equal(lagoon_Auth_Refresh(c, &rr, &second), LAGOON_UNAUTHENTICATED);
+    assert_non_null(strstr(lagoon_last_error(c)->detail.message, "expired"));
+    lagoon_close(c);
+}
+
+static void test_logout_and_logout_all(void **state)
+{
+    (void)state;
+    lagoon_client *c = client();
+    assert_int_equal(do_register(c, "eve@example.com", "eve", PASSWORD, 0, NULL), LAGOON_OK);
+    lagoon_v1_TokenPair phone, tablet, laptop;
+    assert_int_equal(do_login(c, "eve", PASSWORD, &phone), LAGOON_OK);
+    assert_int_equal(do_login(c, "eve", PASSWORD, &tablet), LAGOON_OK);
+    assert_int_equal(do_login(c, "eve", PASSWORD, &laptop), LAGOON_OK);
+    lagoon_v1_AuthEmpty e = lagoon_v1_AuthEmpty_init_zero, out;
+    lagoon_set_token(c, phone.access_token);
+    assert_int_equal(lagoon_Auth_Logout(c, &e, &out), LAGOON_OK);
+    assert_int_equal(me(c, phone.access_token, NULL), LAGOON_UNAUTHENTICATED);
+    assert_int_equal(me(c, tablet.access_token, NULL), LAGOON_OK);
+    lagoon_set_token(c, tablet.access_token);
+    assert_int_equal(lagoon_Auth_LogoutAll(c, &e, &out), LAGOON_OK);
+    assert_int_equal(me(c, tablet.access_token, NULL), LAGOON_UNAUTHENTICATED);
+    assert_int_equal(me(c, laptop.access_token, NULL), LAGOON_UNAUTHENTICATED);
+    /* Their refresh tokens died with the sessions. */
+    lagoon_v1_RefreshRequest rr = lagoon_v1_RefreshRequest_init_zero;
+    lagoon_v1_TokenPair tp;
+    snprintf(rr.refresh_token, sizeof(rr.refresh_token), "%s", laptop.refresh_token);
+    assert_int_equal(lagoon_Auth_Refresh(c, &rr, &tp), LAGOON_UNAUTHENTICATED);
+    lagoon_close(c);
+}
+
+/* ---- emails: verification and reset --------------------------------------------------------- */
+
+static void test_email_verification(void **state)
+{
+    (void)state;
+    lagoon_client *c = client();
+    char token[65], code[44], code2[44];
+    new_user(c, "fay", 0, token);
+    assert_true(test_mail_code(T, "fay@example.com", "Verify", code, MAIL_WAIT_MS));
+    /* A new code replaces the old one. */
+    lagoon_v1_AuthEmpty e = lagoon_v1_AuthEmpty_init_zero, out;
+    lagoon_set_token(c, token);
+    assert_int_equal(lagoon_Auth_ResendVerification(c, &e, &out), LAGOON_OK);
+    assert_true(test_mail_code(T, "fay@example.com", "Verify", code2, MAIL_WAIT_MS));
+    assert_string_not_equal(code, code2);
+    lagoon_set_token(c, NULL);
+    lagoon_v1_VerifyEmailRequest vr = lagoon_v1_VerifyEmailRequest_init_zero;
+    snprintf(vr.token, sizeof(vr.token), "%s", code);
+    assert_int_equal(lagoon_Auth_VerifyEmail(c, &vr, &out), LAGOON_INVALID_ARGUMENT);
+    assert_true(has_violation(c, "token"));
+    snprintf(vr.token, sizeof(vr.token), "%s", code2);
+    assert_int_equal(lagoon_Auth_VerifyEmail(c, &vr, &out), LAGOON_OK);
+    lagoon_v1_UserProfile p;
+    assert_int_equal(me(c, token, &p), LAGOON_OK);
+    assert_true(p.verified);
+    /* Single use. */
+    assert_int_equal(lagoon_Auth_VerifyEmail(c, &vr, &out), LAGOON_INVALID_ARGUMENT);
+    /* Nothing more to verify. */
+    lagoon_set_token(c, token);
+    assert_int_equal(lagoon_Auth_ResendVerification(c, &e, &out), LAGOON_FAILED_PRECONDITION);
+    lagoon_set_token(c, NULL);
+
+    /* A code expires after 24 hours. */
+    char token_g[65];
+    new_user(c, "gus", 0, token_g);
+    assert_true(test_mail_code(T, "gus@example.com", "Verify", code, MAIL_WAIT_MS));
+    test_clock_advance(T, 24LL * 3600 * 1000 + 1);
+    snprintf(vr.token, sizeof(vr.token), "%s", code);
+    assert_int_equal(lagoon_Auth_VerifyEmail(c, &vr, &out), LAGOON_INVALID_ARGUMENT);
+    snprintf(vr.token, sizeof(vr.token), "AAAA");
+    assert_int_equal(lagoon_Auth_VerifyEmail(c, &vr, &out), LAGOON_INVALID_ARGUMENT);
+    lagoon_close(c);
+}
+
+static void test_password_reset(void **state)
+{
+    (void)state;
+    lagoon_client *c = client();
+    char token[65], code[44];
+    new_user(c, "hal", 0, token);
+    assert_true(test_mail_code(T, "hal@example.com", "Verify", code, MAIL_WAIT_MS));
+    lagoon_v1_ForgotPasswordRequest fr = lagoon_v1_ForgotPasswordRequest_init_zero;
+    lagoon_v1_AuthEmpty out;
+    /* The same answer for an address nobody has; and no email goes out. */
+    snprintf(fr.email, sizeof(fr.email), "nobody@example.com");
+    assert_int_equal(lagoon_Auth_ForgotPassword(c, &fr, &out), LAGOON_OK);
+    snprintf(fr.email, sizeof(fr.email), "HAL@example.com");
+    assert_int_equal(lagoon_Auth_ForgotPassword(c, &fr, &out), LAGOON_OK);
+    assert_true(test_mail_code(T, "hal@example.com", "Reset your password", code, MAIL_WAIT_MS));
+    assert_int_equal(test_mail_count(T, "nobody@example.com"), 0);
+
+    lagoon_v1_ResetPasswordRequest rq = lagoon_v1_ResetPasswordRequest_init_zero;
+    snprintf(rq.token, sizeof(rq.token), "%s", code);
+    snprintf(rq.new_password, sizeof(rq.new_password), "hal");
+    assert_int_equal(lagoon_Auth_ResetPassword(c, &rq, &out), LAGOON_INVALID_ARGUMENT);
+    assert_true(has_violation(c, "new_password"));
+    snprintf(rq.new_password, sizeof(rq.new_password), "a brand new passphrase");
+    assert_int_equal(lagoon_Auth_ResetPassword(c, &rq, &out), LAGOON_OK);
+    /* Every session is revoked; only the new password works. */
+    assert_int_equal(me(c, token, NULL), LAGOON_UNAUTHENTICATED);
+    assert_int_equal(do_login(c, "hal", PASSWORD, NULL), LAGOON_UNAUTHENTICATED);
+    assert_int_equal(do_login(c, "hal", "a brand new passphrase", NULL), LAGOON_OK);
+    /* Single use. */
+    snprintf(rq.new_password, sizeof(rq.new_password), "yet another passphrase");
+    assert_int_equal(lagoon_Auth_ResetPassword(c, &rq, &out), LAGOON_INVALID_ARGUMENT);
+    /* Reset codes expire after an hour. */
+    assert_int_equal(lagoon_Auth_ForgotPassword(c, &fr, &out), LAGOON_OK);
+    assert_true(test_mail_code(T, "hal@example.com", "Reset your password", code, MAIL_WAIT_MS));
+    test_clock_advance(T, 3600LL * 1000 + 1);
+    snprintf(rq.token, sizeof(rq.token), "%s", code);
+    assert_int_equal(lagoon_Auth_ResetPassword(c, &rq, &out), LAGOON_INVALID_ARGUMENT);
+    lagoon_close(c);
+}
+
+/* ---- Users ------------------------------------------------------------------------------------ */
+
+static void test_profiles_and_teachers(void **state)
+{
+    (void)state;
+    lagoon_client *c = client();
+    char tok[65];
+    uint64_t me_id = new_user(c, "ida", lagoon_v1_Role_STUDENT, tok);
+    lagoon_set_token(c, tok);
+    lagoon_v1_UpdateProfileRequest up = lagoon_v1_UpdateProfileRequest_init_zero;
+    up.has_bio = true;
+    snprintf(up.bio, sizeof(up.bio), "Cellist.\nLoves Bach.");
+    up.set_instruments = true;
+    up.instruments_count = 2;
+    snprintf(up.instruments[0], sizeof(up.instruments[0]), "cello");
+    snprintf(up.instruments[1], sizeof(up.instruments[1]), "piano");
+    up.has_experience_level = true;
+    snprintf(up.experience_level, sizeof(up.experience_level), "advanced");
+    lagoon_v1_UserProfile p;
+    assert_int_equal(lagoon_Users_UpdateProfile(c, &up, &p), LAGOON_OK);
+    assert_string_equal(p.bio, "Cellist.\nLoves Bach.");
+    assert_int_equal(p.instruments_count, 2);
+    assert_string_equal(p.full_name, "Test ida"); /* absent fields are kept */
+    up.has_experience_level = true;
+    snprintf(up.experience_level, sizeof(up.experience_level), "guru");
+    up.has_profile_image_url = true;
+    snprintf(up.profile_image_url, sizeof(up.profile_image_url), "ftp://x");
+    assert_int_equal(lagoon_Users_UpdateProfile(c, &up, &p), LAGOON_INVALID_ARGUMENT);
+    assert_true(has_violation(c, "experience_level"));
+    assert_true(has_violation(c, "profile_image_url"));
+    lagoon_v1_GetProfileRequest gp = lagoon_v1_GetProfileRequest_init_zero;
+    assert_int_equal(lagoon_Users_GetProfile(c, &gp, &p), LAGOON_OK);
+    assert_string_equal(p.experience_level, "advanced");
+
+    /* Public info of another user: no email. */
+    char tok2[65];
+    uint64_t other = new_user(c, "jay", lagoon_v1_Role_TEACHER, tok2);
+    lagoon_set_token(c, tok);
+    lagoon_v1_GetUserRequest gr = {other};
+    lagoon_v1_PublicUser pu;
+    assert_int_equal(lagoon_Users_Get(c, &gr, &pu), LAGOON_OK);
+    assert_string_equal(pu.username, "jay");
+    assert_int_equal(pu.role, lagoon_v1_Role_TEACHER);
+    gr.user_id = 999999;
+    assert_int_equal(lagoon_Users_Get(c, &gr, &pu), LAGOON_NOT_FOUND);
+    (void)me_id;
+
+    /* Teachers, three to a page, alphabetical, with a teacher added between pages. */
+    char t[65], name[32];
+    for (int i = 0; i < 5; i++) {
+        snprintf(name, sizeof(name), "teacher%c", 'a' + i);
+        new_user(c, name, lagoon_v1_Role_TEACHER, t);
+    }
+    lagoon_set_token(c, tok);
+    lagoon_v1_ListUsersRequest lr = lagoon_v1_ListUsersRequest_init_zero;
+    lr.page_size = 3;
+    lagoon_v1_ListUsersResponse resp = lagoon_v1_ListUsersResponse_init_zero;
+    char seen[16][51];
+    int nseen = 0;
+    for (int page = 0; page < 10; page++) {
+        assert_int_equal(lagoon_Users_ListTeachers(c, &lr, &resp), LAGOON_OK);
+        for (pb_size_t i = 0; i < resp.users_count; i++) {
+            assert_int_equal(resp.users[i].role, lagoon_v1_Role_TEACHER);
+            snprintf(seen[nseen++], 51, "%s", resp.users[i].username);
+        }
+        snprintf(lr.page_token, sizeof(lr.page_token), "%s", resp.next_page_token);
+        pb_release(lagoon_v1_ListUsersResponse_fields, &resp);
+        if (page == 0) { /* "teacherzz" sorts last: it must show up, once */
+            char t3[65];
+            new_user(c, "teacherzz", lagoon_v1_Role_TEACHER, t3);
+            lagoon_set_token(c, tok);
+        }
+        if (lr.page_token[0] == '\0')
+            break;
+    }
+    /* Other tests' teachers may be listed too: what matters is strict alphabetical order (so
+     * no duplicate) and each of this test's teachers exactly once, the late one included. */
+    for (int i = 1; i < nseen; i++)
+        assert_true(strcasecmp(seen[i - 1], seen[i]) < 0);
+    static const char *const mine[] = {"jay", "teachera", "teacherb", "teacherc", "teacherd", "teachere",
+                                       "teacherzz"};
+    for (size_t m = 0; m < sizeof(mine) / sizeof(mine[0]); m++) {
+        int found = 0;
+        for (int i = 0; i < nseen; i++)
+            found += strcmp(seen[i], mine[m]) == 0;
+        if (found != 1)
+            fail_msg("%s listed %d times", mine[m], found);
+    }
+    /* Numbered pages. */
+    memset(&lr, 0, sizeof(lr));
+    lr.page_size = 3;
+    lr.page = 2;
+    assert_int_equal(lagoon_Users_ListTeachers(c, &lr, &resp), LAGOON_OK);
+    assert_int_equal(resp.users_count, 3);
+    /* Page 2 of 3 starts with the fourth name of the full listing. */
+    assert_string_equal(resp.users[0].username, seen[3]);
+    pb_release(lagoon_v1_ListUsersResponse_fields, &resp);
+    /* Forged tokens are refused. */
+    memset(&lr, 0, sizeof(lr));
+    snprintf(lr.page_token, sizeof(lr.page_token), "forged-token");
+    assert_int_equal(lagoon_Users_ListTeachers(c, &lr, &resp), LAGOON_INVALID_ARGUMENT);
+    assert_true(has_violation(c, "page_token"));
+    lr.page_token[0] = '\0';
+    lr.page_size = 501;
+    assert_int_equal(lagoon_Users_ListTeachers(c, &lr, &resp), LAGOON_INVALID_ARGUMENT);
+    lagoon_close(c);
+}
+
+static void test_change_password(void **state)
+{
+    (void)state;
+    lagoon_client *c = client();
+    char tok[65];
+    new_user(c, "kim", 0, tok);
+    lagoon_v1_TokenPair other;
+    assert_int_equal(do_login(c, "kim", PASSWORD, &other), LAGOON_OK);
+    lagoon_set_token(c, tok);
+    lagoon_v1_ChangePasswordRequest cp = lagoon_v1_ChangePasswordRequest_init_zero;
+    lagoon_v1_UsersEmpty e;
+    snprintf(cp.current_password, sizeof(cp.current_password), "wrong password!");
+    snprintf(cp.new_password, sizeof(cp.new_password), "a different passphrase");
+    assert_int_equal(lagoon_Users_ChangePassword(c, &cp, &e), LAGOON_INVALID_ARGUMENT);
+    assert_true(has_violation(c, "current_password"));
+    snprintf(cp.current_password, sizeof(cp.current_password), PASSWORD);
+    snprintf(cp.new_password, sizeof(cp.new_password), "kim");
+    assert_int_equal(lagoon_Users_ChangePassword(c, &cp, &e), LAGOON_INVALID_ARGUMENT);
+    assert_true(has_violation(c, "new_password"));
+    snprintf(cp.new_password, sizeof(cp.new_password), "a different passphrase");
+    assert_int_equal(lagoon_Users_ChangePassword(c, &cp, &e), LAGOON_OK);
+    /* This session stays; the other is signed out. */
+    assert_int_equal(me(c, tok, NULL), LAGOON_OK);
+    assert_int_equal(me(c, other.access_token, NULL), LAGOON_UNAUTHENTICATED);
+    assert_int_equal(do_login(c, "kim", "a different passphrase", NULL), LAGOON_OK);
+    lagoon_close(c);
+}
+
+static void test_delete_account_cascades(void **state)
+{
+    (void)state;
+    lagoon_client *c = client();
+    char tok[65];
+    uint64_t id = new_user(c, "lou", 0, tok);
+    lagoon_v1_TokenPair second;
+    assert_int_equal(do_login(c, "lou", PASSWORD, &second), LAGOON_OK);
+    lagoon_set_token(c, tok);
+    lagoon_v1_DeleteAccountRequest dr = lagoon_v1_DeleteAccountRequest_init_zero;
+    lagoon_v1_UsersEmpty e;
+    snprintf(dr.password, sizeof(dr.password), "wrong password!");
+    assert_int_equal(lagoon_Users_DeleteAccount(c, &dr, &e), LAGOON_INVALID_ARGUMENT);
+    snprintf(dr.password, sizeof(dr.password), PASSWORD);
+    assert_int_equal(lagoon_Users_DeleteAccount(c, &dr, &e), LAGOON_OK);
+    assert_int_equal(me(c, tok, NULL), LAGOON_UNAUTHENTICATED);
+    assert_int_equal(me(c, second.access_token, NULL), LAGOON_UNAUTHENTICATED);
+    assert_int_equal(do_login(c, "lou", PASSWORD, NULL), LAGOON_UNAUTHENTICATED);
+    /* Nothing of the user is left: not the row, its sessions or its tokens. */
+    store_txn *t;
+    store_error err;
+    assert_int_equal(store_read_begin(T->app->db, &t, &err), LAGOON_OK);
+    lagoon_v1_User u;
+    assert_int_equal(store_get(t, &accounts_users, id, &u, &err), LAGOON_NOT_FOUND);
+    store_key prefix;
+    store_key_reset(&prefix);
+    store_key_u64(&prefix, id);
+    const store_index *by_user[] = {sessions_by_user, tokens_by_user};
+    const store_table *tabs[] = {&accounts_sessions, &accounts_tokens};
+    for (int i = 0; i < 2; i++) {
+        store_query q = {0};
+        q.table = tabs[i];
+        q.index = by_user[i];
+        q.prefix = prefix.buf;
+        q.prefix_len = prefix.len;
+        store_page page;
+        int rows = 0;
+        assert_int_equal(store_scan(t, &q, count_row, &rows, &page, &err), LAGOON_OK);
+        assert_int_equal(rows, 0);
+    }
+    store_read_end(t);
+    /* And the indexes agree with the rows. */
+    uint64_t problems = 99;
+    assert_int_equal(store_verify(T->app->db, NULL, &problems, &err), LAGOON_OK);
+    assert_int_equal(problems, 0);
+    lagoon_close(c);
+}
+
+static void test_admin_role_and_activation(void **state)
+{
+    (void)state;
+    lagoon_client *c = client();
+    store_error err;
+    uint64_t admin_id;
+    assert_int_equal(account_create_admin(T->app, "root@example.com", "root", "an admin passphrase", &admin_id, &err),
+                     LAGOON_OK);
+    assert_int_equal(account_create_admin(T->app, "bad", "root2", "an admin passphrase", NULL, &err),
+                     LAGOON_INVALID_ARGUMENT);
+    assert_string_equal(err.field, "email");
+    lagoon_v1_TokenPair at;
+    assert_int_equal(do_login(c, "root", "an admin passphrase", &at), LAGOON_OK);
+    assert_int_equal(at.user.role, lagoon_v1_Role_ADMIN);
+    char tok[65];
+    uint64_t mia = new_user(c, "mia", 0, tok);
+    /* A student cannot use admin methods. */
+    lagoon_set_token(c, tok);
+    lagoon_v1_SetRoleRequest sr = {mia, lagoon_v1_Role_TEACHER};
+    lagoon_v1_PublicUser pu;
+    assert_int_equal(lagoon_Users_SetRole(c, &sr, &pu), LAGOON_PERMISSION_DENIED);
+    lagoon_set_token(c, at.access_token);
+    assert_int_equal(lagoon_Users_SetRole(c, &sr, &pu), LAGOON_OK);
+    assert_int_equal(pu.role, lagoon_v1_Role_TEACHER);
+    /* The new role applies to the next call of her existing session. */
+    lagoon_v1_ListUsersRequest lr = lagoon_v1_ListUsersRequest_init_zero;
+    lagoon_v1_ListUsersResponse lresp = lagoon_v1_ListUsersResponse_init_zero;
+    lagoon_set_token(c, tok);
+    assert_int_equal(lagoon_Users_ListStudents(c, &lr, &lresp), LAGOON_OK);
+    pb_release(lagoon_v1_ListUsersResponse_fields, &lresp);
+    /* Deactivation ends her sessions and stops sign-in. */
+    lagoon_set_token(c, at.access_token);
+    lagoon_v1_SetActiveRequest sa = {mia, false};
+    lagoon_v1_UserProfile p;
+    assert_int_equal(lagoon_Users_SetActive(c, &sa, &p), LAGOON_OK);
+    assert_false(p.active);
+    assert_int_equal(me(c, tok, NULL), LAGOON_UNAUTHENTICATED);
+    assert_int_equal(do_login(c, "mia", PASSWORD, NULL), LAGOON_PERMISSION_DENIED);
+    sa.active = true;
+    lagoon_set_token(c, at.access_token);
+    assert_int_equal(lagoon_Users_SetActive(c, &sa, &p), LAGOON_OK);
+    assert_int_equal(do_login(c, "mia", PASSWORD, NULL), LAGOON_OK);
+    /* Admins cannot lock themselves out. */
+    lagoon_set_token(c, at.access_token);
+    sa.user_id = admin_id;
+    sa.active = false;
+    assert_int_equal(lagoon_Users_SetActive(c, &sa, &p), LAGOON_FAILED_PRECONDITION);
+    lagoon_close(c);
+}
+
+static void tweak_stronger_hash(app_config *acfg, rpc_config *cfg)
+{
+    (void)cfg;
+    acfg->pwhash_opslimit = 2; /* more than the tests' minimum: existing hashes are outdated */
+}
+
+static void stored_hash(uint64_t id, char *out, size_t cap)
+{
+    store_txn *t;
+    store_error err;
+    lagoon_v1_User u;
+    assert_int_equal(store_read_begin(T->app->db, &t, &err), LAGOON_OK);
+    assert_int_equal(store_get(t, &accounts_users, id, &u, &err), LAGOON_OK);
+    store_read_end(t);
+    snprintf(out, cap, "%s", u.password_hash);
+}
+
+static void test_hash_upgraded_on_login(void **state)
+{
+    (void)state;
+    lagoon_client *c = client();
+    lagoon_v1_UserProfile u;
+    assert_int_equal(do_register(c, "ned@example.com", "ned", PASSWORD, 0, &u), LAGOON_OK);
+    lagoon_close(c);
+    char before[160], after[160];
+    stored_hash(u.id, before, sizeof(before));
+    assert_non_null(strstr(before, "$argon2id$"));
+    assert_non_null(strstr(before, ",t=1,"));
+    /* The same database under a server configured with stronger limits. */
+    test_app_restart(T, tweak_stronger_hash);
+    c = client();
+    assert_int_equal(do_login(c, "ned", PASSWORD, NULL), LAGOON_OK);
+    stored_hash(u.id, after, sizeof(after));
+    assert_non_null(strstr(after, ",t=2,"));
+    /* The upgraded hash still verifies. */
+    assert_int_equal(do_login(c, "ned", PASSWORD, NULL), LAGOON_OK);
+    lagoon_close(c);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_register_reports_every_violation),
+        cmocka_unit_test(test_login_by_email_and_username),
+        cmocka_unit_test(test_login_throttling_and_expiry),
+        cmocka_unit_test(test_registration_and_reset_rate_limits),
+        cmocka_unit_test(test_refresh_rotation_and_reuse),
+        cmocka_unit_test(test_logout_and_logout_all),
+        cmocka_unit_test(test_email_verification),
+        cmocka_unit_test(test_password_reset),
+        cmocka_unit_test(test_profiles_and_teachers),
+        cmocka_unit_test(test_change_password),
+        cmocka_unit_test(test_delete_account_cascades),
+        cmocka_unit_test(test_admin_role_and_activation),
+        cmocka_unit_test(test_hash_upgraded_on_login),
+    };
+    return cmocka_run_group_tests_name("accounts", tests, setup, teardown);
+}

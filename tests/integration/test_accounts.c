@@ -630,8 +630,9 @@ static void test_admin_role_and_activation(void **state)
     lagoon_client *c = client();
     store_error err;
     uint64_t admin_id;
-    assert_int_equal(account_create_admin(T->app, "root@example.com", "root", "an admin passphrase", &admin_id, &err),
-                     LAGOON_OK);
+    if (account_create_admin(T->app, "root@example.com", "root", "an admin passphrase", &admin_id, &err) !=
+        LAGOON_OK)
+        fail_msg("create admin: %s", err.message);
     assert_int_equal(account_create_admin(T->app, "bad", "root2", "an admin passphrase", NULL, &err),
                      LAGOON_INVALID_ARGUMENT);
     assert_string_equal(err.field, "email");
@@ -713,6 +714,147 @@ static void test_hash_upgraded_on_login(void **state)
     lagoon_close(c);
 }
 
+
+/* ---- the authorization matrix ------------------------------------------------------------------ */
+
+enum { ANON, STUDENT, TEACHER, ADMIN, NCALLERS };
+
+typedef struct matrix_row {
+    const wire_method *m;
+    void (*fill)(void *req, uint64_t target); /* NULL: the default (empty) request */
+    int want[NCALLERS];
+} matrix_row;
+
+static uint64_t g_target; /* the "owner" of targeted rows */
+
+static void fill_get_target(void *req, uint64_t target) { ((lagoon_v1_GetUserRequest *)req)->user_id = target; }
+static void fill_role_target(void *req, uint64_t target)
+{
+    ((lagoon_v1_SetRoleRequest *)req)->user_id = target;
+    ((lagoon_v1_SetRoleRequest *)req)->role = lagoon_v1_Role_TEACHER;
+}
+static void fill_active_target(void *req, uint64_t target)
+{
+    ((lagoon_v1_SetActiveRequest *)req)->user_id = target;
+    ((lagoon_v1_SetActiveRequest *)req)->active = true;
+}
+
+#define U LAGOON_UNAUTHENTICATED
+#define D LAGOON_PERMISSION_DENIED
+#define OK LAGOON_OK
+#define IA LAGOON_INVALID_ARGUMENT
+#define NF LAGOON_NOT_FOUND
+#define FP LAGOON_FAILED_PRECONDITION
+
+/* Empty requests: what each caller gets. Access control answers first (U, D); past it, the
+ * method's own validation. */
+static const matrix_row matrix[] = {
+    {&lagoon_method_Auth_Register, NULL, {IA, IA, IA, IA}},
+    {&lagoon_method_Auth_Login, NULL, {IA, IA, IA, IA}},
+    {&lagoon_method_Auth_Refresh, NULL, {U, U, U, U}}, /* public; the empty token is what fails */
+    {&lagoon_method_Auth_Logout, NULL, {U, OK, OK, OK}},
+    {&lagoon_method_Auth_LogoutAll, NULL, {U, OK, OK, OK}},
+    {&lagoon_method_Auth_Me, NULL, {U, OK, OK, OK}},
+    {&lagoon_method_Auth_VerifyEmail, NULL, {IA, IA, IA, IA}},
+    {&lagoon_method_Auth_ResendVerification, NULL, {U, OK, OK, FP}}, /* the admin is verified */
+    {&lagoon_method_Auth_ForgotPassword, NULL, {IA, IA, IA, IA}},
+    {&lagoon_method_Auth_ResetPassword, NULL, {IA, IA, IA, IA}},
+    {&lagoon_method_Users_GetProfile, NULL, {U, OK, OK, OK}},
+    {&lagoon_method_Users_UpdateProfile, NULL, {U, OK, OK, OK}},
+    {&lagoon_method_Users_Get, NULL, {U, NF, NF, NF}},
+    {&lagoon_method_Users_ListTeachers, NULL, {U, OK, OK, OK}},
+    {&lagoon_method_Users_ListStudents, NULL, {U, D, OK, OK}},
+    {&lagoon_method_Users_ChangePassword, NULL, {U, IA, IA, IA}},
+    {&lagoon_method_Users_DeleteAccount, NULL, {U, IA, IA, IA}},
+    {&lagoon_method_Users_SetRole, NULL, {U, D, D, IA}},
+    {&lagoon_method_Users_SetActive, NULL, {U, D, D, NF}},
+};
+
+/* Calls about one user (the target): by anonymous, another user, the owner, an admin. */
+enum { T_ANON, T_OTHER, T_OWNER, T_ADMIN, NTARGET };
+static const matrix_row targeted[] = {
+    {&lagoon_method_Users_Get, fill_get_target, {U, OK, OK, OK}},
+    {&lagoon_method_Users_SetRole, fill_role_target, {U, D, D, OK}},
+    {&lagoon_method_Users_SetActive, fill_active_target, {U, D, D, OK}},
+};
+
+#undef U
+#undef D
+#undef OK
+#undef IA
+#undef NF
+#undef FP
+
+static int matrix_call(lagoon_client *c, const char *login, const matrix_row *row, uint64_t target)
+{
+    lagoon_set_token(c, NULL);
+    if (login != NULL) {
+        /* A fresh session per call: Logout and LogoutAll end the ones before. */
+        lagoon_v1_TokenPair tp;
+        const char *pw = strcmp(login, "root") == 0 ? "an admin passphrase" : PASSWORD;
+        assert_int_equal(do_login(c, login, pw, &tp), LAGOON_OK);
+        lagoon_set_token(c, tp.access_token);
+    }
+    void *req = calloc(1, row->m->request_size);
+    void *resp = calloc(1, row->m->response_size);
+    assert_non_null(req);
+    assert_non_null(resp);
+    if (row->fill)
+        row->fill(req, target);
+    int st = lagoon_call(c, row->m, req, resp);
+    if (st == LAGOON_OK && row->m->response->has_pointers)
+        pb_release(row->m->response->desc, resp);
+    free(req);
+    free(resp);
+    lagoon_set_token(c, NULL);
+    return st;
+}
+
+static void test_authorization_matrix(void **state)
+{
+    (void)state;
+    lagoon_client *c = client();
+    char tok[65];
+    store_error err;
+    if (account_create_admin(T->app, "root@example.com", "root", "an admin passphrase", NULL, &err) != LAGOON_OK)
+        assert_int_equal(err.code, LAGOON_ALREADY_EXISTS); /* an earlier test made it */
+    new_user(c, "mx_student", lagoon_v1_Role_STUDENT, tok);
+    new_user(c, "mx_teacher", lagoon_v1_Role_TEACHER, tok);
+    g_target = new_user(c, "mx_owner", lagoon_v1_Role_STUDENT, tok);
+    const char *logins[NCALLERS] = {NULL, "mx_student", "mx_teacher", "root"};
+
+    /* Every method of these services has a row: a new method cannot skip the matrix. */
+    for (size_t i = 0; i < lagoon_methods_count; i++) {
+        const wire_method *m = lagoon_methods[i];
+        if (strncmp(m->path, "/lagoon.v1.Auth/", 16) != 0 && strncmp(m->path, "/lagoon.v1.Users/", 17) != 0)
+            continue;
+        int rows = 0;
+        for (size_t r = 0; r < sizeof(matrix) / sizeof(matrix[0]); r++)
+            rows += matrix[r].m == m;
+        if (rows != 1)
+            fail_msg("%s has %d rows in the authorization matrix", m->path, rows);
+    }
+    for (size_t r = 0; r < sizeof(matrix) / sizeof(matrix[0]); r++) {
+        for (int who = 0; who < NCALLERS; who++) {
+            int st = matrix_call(c, logins[who], &matrix[r], 0);
+            if (st != matrix[r].want[who])
+                fail_msg("%s as caller %d: %s, want %s (%s)", matrix[r].m->path, who, lagoon_status_name(st),
+                         lagoon_status_name(matrix[r].want[who]), lagoon_last_error(c)->detail.message);
+        }
+    }
+    const char *tlogins[NTARGET] = {NULL, "mx_student", "mx_owner", "root"};
+    for (size_t r = 0; r < sizeof(targeted) / sizeof(targeted[0]); r++) {
+        for (int who = 0; who < NTARGET; who++) {
+            int st = matrix_call(c, tlogins[who], &targeted[r], g_target);
+            if (st != targeted[r].want[who])
+                fail_msg("%s on the owner, as caller %d: %s, want %s (%s)", targeted[r].m->path, who,
+                         lagoon_status_name(st), lagoon_status_name(targeted[r].want[who]),
+                         lagoon_last_error(c)->detail.message);
+        }
+    }
+    lagoon_close(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -729,6 +871,7 @@ int main(void)
         cmocka_unit_test(test_delete_account_cascades),
         cmocka_unit_test(test_admin_role_and_activation),
         cmocka_unit_test(test_hash_upgraded_on_login),
+        cmocka_unit_test(test_authorization_matrix),
     };
     return cmocka_run_group_tests_name("accounts", tests, setup, teardown);
 }

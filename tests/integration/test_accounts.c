@@ -715,6 +715,41 @@ static void test_hash_upgraded_on_login(void **state)
 }
 
 
+/* ---- the outbox survives failures and restarts --------------------------------------------------- */
+
+static void break_maildir(const char *dir, int broken)
+{
+    char cmd[256];
+    /* Root ignores permissions: a plain file where tmp/ should be makes every delivery fail. */
+    snprintf(cmd, sizeof(cmd), broken ? "rm -rf '%s/mail/tmp' && touch '%s/mail/tmp'" : "rm -f '%s/mail/tmp' && mkdir '%s/mail/tmp'",
+             dir, dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+static void test_outbox_retries_and_survives_restart(void **state)
+{
+    (void)state;
+    break_maildir(T->dir, 1);
+    lagoon_client *c = client();
+    assert_int_equal(do_register(c, "olga@example.com", "olga", PASSWORD, 0, NULL), LAGOON_OK);
+    lagoon_close(c);
+    /* Delivery fails for now: nothing arrives, and the email waits in the outbox. */
+    char code[44];
+    assert_false(test_mail_code(T, "olga@example.com", "Verify", code, 300));
+    /* Restart with the email still undelivered: it is in the store, not in memory. */
+    test_app_restart(T, tweak_no_address_limits);
+    break_maildir(T->dir, 0);
+    /* Its retry is due after a backoff on the app's clock. */
+    test_clock_advance(T, 60LL * 1000);
+    assert_true(test_mail_code(T, "olga@example.com", "Verify", code, MAIL_WAIT_MS));
+    lagoon_v1_VerifyEmailRequest vr = lagoon_v1_VerifyEmailRequest_init_zero;
+    lagoon_v1_AuthEmpty out;
+    c = client();
+    snprintf(vr.token, sizeof(vr.token), "%s", code);
+    assert_int_equal(lagoon_Auth_VerifyEmail(c, &vr, &out), LAGOON_OK);
+    lagoon_close(c);
+}
+
 /* ---- the authorization matrix ------------------------------------------------------------------ */
 
 enum { ANON, STUDENT, TEACHER, ADMIN, NCALLERS };
@@ -872,6 +907,7 @@ int main(void)
         cmocka_unit_test(test_admin_role_and_activation),
         cmocka_unit_test(test_hash_upgraded_on_login),
         cmocka_unit_test(test_authorization_matrix),
+        cmocka_unit_test(test_outbox_retries_and_survives_restart),
     };
     return cmocka_run_group_tests_name("accounts", tests, setup, teardown);
 }

@@ -4,12 +4,14 @@
 #include "schema.h"
 
 #include "accounts.h"
+#include "messages.h"
 
 /* The layout version stored in every database. */
 #define APP_SCHEMA_VERSION 1
 
 static const store_table *const app_tables[] = {
     &accounts_users, &accounts_sessions, &accounts_used_refresh, &accounts_tokens, &accounts_outbox,
+    &messages_conversations, &messages_members, &messages_messages,
 };
 
 static const store_schema app_schema_decl = {

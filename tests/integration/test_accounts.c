@@ -16,35 +16,21 @@
 #include "lagoon_stubs.h"
 #include "testserver.h"
 
-#define PASSWORD "correct horse battery"
+#define PASSWORD TEST_PASSWORD
 #define MAIL_WAIT_MS 5000
 
 static test_app *T;
 
 static lagoon_client *client(void)
 {
-    lagoon_client *c = NULL;
-    lagoon_error err;
-    if (lagoon_connect("127.0.0.1", T->srv.port, NULL, &c, &err) != LAGOON_OK)
-        fail_msg("connect: %s", err.detail.message);
-    return c;
-}
-
-/* The shared server: every test comes from 127.0.0.1, so per-address limits would mix the
- * tests up; they are lifted here and tested on a server of their own. */
-static void tweak_no_address_limits(app_config *acfg, rpc_config *cfg)
-{
-    (void)cfg;
-    acfg->registrations.max_events = 100000;
-    acfg->resets.max_events = 100000;
-    acfg->login_address_failures.max_events = 100000;
+    return test_client(T);
 }
 
 static int setup(void **state)
 {
     (void)state;
     T = calloc(1, sizeof(*T));
-    test_app_start(T, tweak_no_address_limits);
+    test_app_start(T, test_tweak_shared);
     return 0;
 }
 
@@ -88,17 +74,9 @@ static int me(lagoon_client *c, const char *token, lagoon_v1_UserProfile *out)
     return st;
 }
 
-/* Registers and signs in a user; returns the access token in token (65 bytes). */
 static uint64_t new_user(lagoon_client *c, const char *name, lagoon_v1_Role role, char *token)
 {
-    char email[128];
-    snprintf(email, sizeof(email), "%s@example.com", name);
-    lagoon_v1_UserProfile p;
-    assert_int_equal(do_register(c, email, name, PASSWORD, role, &p), LAGOON_OK);
-    lagoon_v1_TokenPair tp;
-    assert_int_equal(do_login(c, name, PASSWORD, &tp), LAGOON_OK);
-    snprintf(token, 65, "%s", tp.access_token);
-    return p.id;
+    return test_user(c, name, role, token);
 }
 
 static int count_row(void *arg, uint64_t id, const void *row)
@@ -737,7 +715,7 @@ static void test_outbox_retries_and_survives_restart(void **state)
     char code[44];
     assert_false(test_mail_code(T, "olga@example.com", "Verify", code, 300));
     /* Restart with the email still undelivered: it is in the store, not in memory. */
-    test_app_restart(T, tweak_no_address_limits);
+    test_app_restart(T, test_tweak_shared);
     break_maildir(T->dir, 0);
     /* Its retry is due after a backoff on the app's clock. */
     test_clock_advance(T, 60LL * 1000);

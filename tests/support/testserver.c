@@ -348,3 +348,47 @@ int test_mail_count(test_app *t, const char *to)
 {
     return mail_scan(t, to, NULL, NULL, 0);
 }
+
+/* ---- users through the real API ---------------------------------------------------------------- */
+
+#include "lagoon_stubs.h"
+
+lagoon_client *test_client(test_app *t)
+{
+    lagoon_client *c = NULL;
+    lagoon_error err;
+    if (lagoon_connect("127.0.0.1", t->srv.port, NULL, &c, &err) != LAGOON_OK)
+        fail_msg("connect: %s", err.detail.message);
+    return c;
+}
+
+uint64_t test_user(lagoon_client *c, const char *name, int role, char *token)
+{
+    lagoon_v1_RegisterRequest req = lagoon_v1_RegisterRequest_init_zero;
+    snprintf(req.email, sizeof(req.email), "%s@example.com", name);
+    snprintf(req.username, sizeof(req.username), "%s", name);
+    snprintf(req.password, sizeof(req.password), "%s", TEST_PASSWORD);
+    snprintf(req.full_name, sizeof(req.full_name), "Test %s", name);
+    req.role = (lagoon_v1_Role)role;
+    lagoon_v1_UserProfile p;
+    int st = lagoon_Auth_Register(c, &req, &p);
+    if (st != LAGOON_OK)
+        fail_msg("register %s: %s", name, lagoon_last_error(c)->detail.message);
+    lagoon_v1_LoginRequest lr = lagoon_v1_LoginRequest_init_zero;
+    snprintf(lr.login, sizeof(lr.login), "%s", name);
+    snprintf(lr.password, sizeof(lr.password), "%s", TEST_PASSWORD);
+    lagoon_v1_TokenPair tp;
+    st = lagoon_Auth_Login(c, &lr, &tp);
+    if (st != LAGOON_OK)
+        fail_msg("login %s: %s", name, lagoon_last_error(c)->detail.message);
+    snprintf(token, 65, "%s", tp.access_token);
+    return p.id;
+}
+
+void test_tweak_shared(app_config *acfg, rpc_config *cfg)
+{
+    (void)cfg;
+    acfg->registrations.max_events = 100000;
+    acfg->resets.max_events = 100000;
+    acfg->login_address_failures.max_events = 100000;
+}

@@ -72,3 +72,18 @@ void test_clock_advance(test_app *t, int64_t ms);
 int test_mail_code(test_app *t, const char *to, const char *subject, char *code, uint32_t timeout_ms);
 /* Number of delivered emails to `to`. */
 int test_mail_count(test_app *t, const char *to);
+
+/* ---- users through the real API ---------------------------------------------------------------- */
+
+#include "lagoon.h"
+
+#define TEST_PASSWORD "correct horse battery"
+
+/* A blocking client connected to t (fails the test otherwise). */
+lagoon_client *test_client(test_app *t);
+/* Registers <name>@example.com / name with TEST_PASSWORD and the role, signs in, and returns
+ * the user id; the access token goes to token (65 bytes). */
+uint64_t test_user(lagoon_client *c, const char *name, int role, char *token);
+/* test_app_start tweak for a server shared by many tests: every test connects from 127.0.0.1,
+ * so the per-address limits (registrations, emails, failed sign-ins) are lifted. */
+void test_tweak_shared(app_config *acfg, rpc_config *cfg);

@@ -1,0 +1,821 @@
+/* Messages service: direct messages between two users.
+ *
+ * Storage. A conversation is one row per pair of users (unique on the ordered pair), with one
+ * member row per participant carrying that participant's view: last activity (indexed, for
+ * ListConversations newest first), the last message, the read position and the unread count.
+ * Each message is stored once, indexed by (conversation, id): a page costs the same in a
+ * conversation of ten messages or ten million. Message ids come from the table's sequence, so
+ * they grow monotonically within every conversation (realtime resumes from them). A Send
+ * writes the message and both member rows in one transaction. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "accounts.h"
+#include "lagoon_handlers.h"
+#include "messages.h"
+
+#define COPY_STR(dst, src) snprintf((dst), sizeof(dst), "%s", (src))
+
+/* A text may be 4000 characters: up to 16 KB of UTF-8. Pages are bounded so that a page of the
+ * largest messages still fits the default 4 MiB frame. */
+#define MESSAGES_TEXT_MAX 4000
+#define MESSAGES_PAGE_MAX 200
+#define CONVERSATIONS_PAGE_MAX 100
+#define MESSAGES_EDIT_WINDOW_MS (15 * 60 * 1000)
+
+/* ---- tables ----------------------------------------------------------------------------------- */
+
+static int key_conv_pair(const void *row, store_key *k)
+{
+    const lagoon_v1_Conversation *c = row;
+    store_key_u64(k, c->user_low);
+    store_key_u64(k, c->user_high);
+    return 1;
+}
+
+static int key_conv_low(const void *row, store_key *k)
+{
+    store_key_u64(k, ((const lagoon_v1_Conversation *)row)->user_low);
+    return 1;
+}
+
+static int key_conv_high(const void *row, store_key *k)
+{
+    store_key_u64(k, ((const lagoon_v1_Conversation *)row)->user_high);
+    return 1;
+}
+
+static int key_member_conv_user(const void *row, store_key *k)
+{
+    const lagoon_v1_ConversationMember *m = row;
+    store_key_u64(k, m->conversation_id);
+    store_key_u64(k, m->user_id);
+    return 1;
+}
+
+static int key_member_activity(const void *row, store_key *k)
+{
+    const lagoon_v1_ConversationMember *m = row;
+    store_key_u64(k, m->user_id);
+    store_key_i64(k, m->last_activity_at);
+    return 1;
+}
+
+static int key_message_conv(const void *row, store_key *k)
+{
+    store_key_u64(k, ((const lagoon_v1_DirectMessage *)row)->conversation_id);
+    return 1;
+}
+
+/* Sparse: only messages sent with a client id are in it. */
+static int key_message_client(const void *row, store_key *k)
+{
+    const lagoon_v1_DirectMessage *m = row;
+    if (m->client_message_id[0] == '\0')
+        return 0;
+    store_key_u64(k, m->sender_id);
+    store_key_str(k, m->client_message_id);
+    return 1;
+}
+
+static const store_index conversation_indexes[] = {
+    {"by_pair", "recipient_id", STORE_UNIQUE, key_conv_pair},
+    {"by_low", "user_low", STORE_MULTI, key_conv_low},
+    {"by_high", "user_high", STORE_MULTI, key_conv_high},
+};
+static const store_index member_indexes[] = {
+    {"by_conv_user", "conversation_id", STORE_UNIQUE, key_member_conv_user},
+    {"by_activity", "user_id", STORE_MULTI, key_member_activity},
+};
+static const store_index message_indexes[] = {
+    {"by_conversation", "conversation_id", STORE_MULTI, key_message_conv},
+    {"by_client_id", "client_message_id", STORE_UNIQUE, key_message_client},
+};
+
+const store_index *const conversations_by_pair = &conversation_indexes[0];
+const store_index *const members_by_conv_user = &member_indexes[0];
+const store_index *const members_by_activity = &member_indexes[1];
+const store_index *const messages_by_conversation = &message_indexes[0];
+const store_index *const messages_by_client_id = &message_indexes[1];
+
+/* Deleting a user deletes their conversations, and with them members and messages. */
+static const store_fkey conversation_fkeys[] = {
+    {"user_low", offsetof(lagoon_v1_Conversation, user_low), &accounts_users, &conversation_indexes[1],
+     STORE_CASCADE, 0},
+    {"user_high", offsetof(lagoon_v1_Conversation, user_high), &accounts_users, &conversation_indexes[2],
+     STORE_CASCADE, 0},
+};
+static const store_fkey member_fkeys[] = {
+    {"conversation_id", offsetof(lagoon_v1_ConversationMember, conversation_id), &messages_conversations,
+     &member_indexes[0], STORE_CASCADE, 0},
+};
+static const store_fkey message_fkeys[] = {
+    {"conversation_id", offsetof(lagoon_v1_DirectMessage, conversation_id), &messages_conversations,
+     &message_indexes[0], STORE_CASCADE, 0},
+};
+
+#define COUNT(a) (sizeof(a) / sizeof((a)[0]))
+
+const store_table messages_conversations = {
+    "conversations", &lagoon_v1_Conversation_info, sizeof(lagoon_v1_Conversation),
+    offsetof(lagoon_v1_Conversation, id), conversation_indexes, COUNT(conversation_indexes),
+    conversation_fkeys, COUNT(conversation_fkeys),
+};
+const store_table messages_members = {
+    "conversation_members", &lagoon_v1_ConversationMember_info, sizeof(lagoon_v1_ConversationMember),
+    offsetof(lagoon_v1_ConversationMember, id), member_indexes, COUNT(member_indexes), member_fkeys,
+    COUNT(member_fkeys),
+};
+const store_table messages_messages = {
+    "direct_messages", &lagoon_v1_DirectMessage_info, sizeof(lagoon_v1_DirectMessage),
+    offsetof(lagoon_v1_DirectMessage, id), message_indexes, COUNT(message_indexes), message_fkeys,
+    COUNT(message_fkeys),
+};
+
+/* ---- lookups (any transaction) ----------------------------------------------------------------- */
+
+static void pair_key(store_key *k, uint64_t a, uint64_t b)
+{
+    store_key_reset(k);
+    store_key_u64(k, a < b ? a : b);
+    store_key_u64(k, a < b ? b : a);
+}
+
+/* The conversation of a and b: LAGOON_OK with *out, or NOT_FOUND. */
+static int find_conversation(store_txn *t, uint64_t a, uint64_t b, lagoon_v1_Conversation *out, store_error *err)
+{
+    store_key k;
+    pair_key(&k, a, b);
+    return store_get_by(t, &messages_conversations, conversations_by_pair, &k, NULL, out, err);
+}
+
+static int find_member(store_txn *t, uint64_t conv, uint64_t user, lagoon_v1_ConversationMember *out,
+                       store_error *err)
+{
+    store_key k;
+    store_key_reset(&k);
+    store_key_u64(&k, conv);
+    store_key_u64(&k, user);
+    return store_get_by(t, &messages_members, members_by_conv_user, &k, NULL, out, err);
+}
+
+/* ---- validation ------------------------------------------------------------------------------ */
+
+static void check_text(rpc_call *c, const char *field, const char *text)
+{
+    if (text[0] == '\0')
+        rpc_call_violation(c, field, "must not be empty");
+    else
+        account_check(c, field, account_text_problem(text, MESSAGES_TEXT_MAX, 1));
+}
+
+static void check_content(rpc_call *c, const lagoon_v1_SendMessageRequest *req)
+{
+    switch (req->which_content) {
+    case lagoon_v1_SendMessageRequest_text_tag:
+        check_text(c, "text.text", req->content.text.text);
+        break;
+    case lagoon_v1_SendMessageRequest_image_tag:
+        if (req->content.image.url[0] == '\0')
+            rpc_call_violation(c, "image.url", "is required");
+        else
+            account_check(c, "image.url", account_url_problem(req->content.image.url));
+        if (req->content.image.width == 0)
+            rpc_call_violation(c, "image.width", "must be positive");
+        if (req->content.image.height == 0)
+            rpc_call_violation(c, "image.height", "must be positive");
+        break;
+    case lagoon_v1_SendMessageRequest_video_tag:
+        if (req->content.video.url[0] == '\0')
+            rpc_call_violation(c, "video.url", "is required");
+        else
+            account_check(c, "video.url", account_url_problem(req->content.video.url));
+        if (req->content.video.length_seconds == 0)
+            rpc_call_violation(c, "video.length_seconds", "must be positive");
+        if (req->content.video.source < lagoon_v1_VideoContent_Source_YOUTUBE ||
+            req->content.video.source > lagoon_v1_VideoContent_Source_OTHER)
+            rpc_call_violation(c, "video.source", "must be YOUTUBE, VEVO or OTHER");
+        break;
+    default:
+        rpc_call_violation(c, "content", "one of text, image or video is required");
+    }
+}
+
+/* ---- Send ------------------------------------------------------------------------------------- */
+
+typedef struct send_op {
+    app *a;
+    uint64_t sender;
+    int64_t now;
+    lagoon_v1_DirectMessage msg; /* the request, then the stored message */
+    lagoon_v1_DirectMessage *resp;
+    int recipient_missing;
+} send_op;
+
+/* Creates the conversation of the message's two users, with its two members. */
+static int conversation_create(store_txn *t, const lagoon_v1_DirectMessage *m, int64_t now,
+                               lagoon_v1_Conversation *conv, store_error *err)
+{
+    memset(conv, 0, sizeof(*conv));
+    conv->user_low = m->sender_id < m->recipient_id ? m->sender_id : m->recipient_id;
+    conv->user_high = m->sender_id < m->recipient_id ? m->recipient_id : m->sender_id;
+    conv->created_at = now;
+    int st = store_insert(t, &messages_conversations, conv, NULL, err);
+    for (int i = 0; i < 2 && st == LAGOON_OK; i++) {
+        lagoon_v1_ConversationMember mem = lagoon_v1_ConversationMember_init_zero;
+        mem.conversation_id = conv->id;
+        mem.user_id = i ? conv->user_high : conv->user_low;
+        mem.other_user_id = i ? conv->user_low : conv->user_high;
+        mem.last_activity_at = now;
+        st = store_insert(t, &messages_members, &mem, NULL, err);
+    }
+    return st;
+}
+
+static int send_write(store_txn *t, void *arg, store_error *err)
+{
+    send_op *op = arg;
+    lagoon_v1_DirectMessage m = op->msg; /* replayable: start from the request */
+    op->recipient_missing = 0;
+    /* A retry: the message stored the first time. */
+    if (m.client_message_id[0]) {
+        store_key k;
+        store_key_reset(&k);
+        store_key_u64(&k, m.sender_id);
+        store_key_str(&k, m.client_message_id);
+        int st = store_get_by(t, &messages_messages, messages_by_client_id, &k, NULL, &op->msg, err);
+        if (st != LAGOON_NOT_FOUND)
+            return st;
+    }
+    lagoon_v1_User *u = malloc(sizeof(*u));
+    if (u == NULL)
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    int st = store_get(t, &accounts_users, m.recipient_id, u, err);
+    int active = st == LAGOON_OK && u->active;
+    free(u);
+    if (st == LAGOON_NOT_FOUND || (st == LAGOON_OK && !active)) {
+        op->recipient_missing = 1;
+        return LAGOON_OK;
+    }
+    if (st != LAGOON_OK)
+        return st;
+    lagoon_v1_Conversation conv;
+    st = find_conversation(t, m.sender_id, m.recipient_id, &conv, err);
+    if (st == LAGOON_NOT_FOUND)
+        st = conversation_create(t, &m, op->now, &conv, err);
+    if (st != LAGOON_OK)
+        return st;
+    m.conversation_id = conv.id;
+    m.created_at = op->now;
+    uint64_t id;
+    st = store_insert(t, &messages_messages, &m, &id, err);
+    /* Both views move: the sender has read their own message; the recipient has one more. */
+    for (int i = 0; i < 2 && st == LAGOON_OK; i++) {
+        lagoon_v1_ConversationMember mem;
+        st = find_member(t, conv.id, i ? m.recipient_id : m.sender_id, &mem, err);
+        if (st != LAGOON_OK)
+            break;
+        mem.last_activity_at = op->now;
+        mem.last_message_id = id;
+        if (i == 0)
+            mem.read_up_to = id;
+        else
+            mem.unread++;
+        st = store_update(t, &messages_members, &mem, err);
+    }
+    if (st == LAGOON_OK) {
+        m.id = id;
+        op->msg = m;
+    }
+    return st;
+}
+
+static int send_done(rpc_call *call, void *arg, int status, const store_error *err)
+{
+    send_op *op = arg;
+    if (status == LAGOON_OK && op->recipient_missing) {
+        rpc_call_violation(call, "recipient_id", "no such user");
+        status = rpc_call_error(call, LAGOON_NOT_FOUND, "no such user");
+    } else if (status == LAGOON_OK)
+        *op->resp = op->msg;
+    else
+        status = app_store_error(call, status, err);
+    free(op);
+    return status;
+}
+
+int handle_Messages_Send(rpc_call *call, const lagoon_v1_SendMessageRequest *req, lagoon_v1_DirectMessage *resp)
+{
+    uint64_t me = rpc_call_caller(call)->user_id;
+    if (req->recipient_id == 0)
+        rpc_call_violation(call, "recipient_id", "is required");
+    else if (req->recipient_id == me)
+        rpc_call_violation(call, "recipient_id", "cannot be yourself");
+    check_content(call, req);
+    const char *cid = req->client_message_id[0] ? req->client_message_id : rpc_call_idempotency_key(call);
+    if (strlen(cid) >= sizeof(resp->client_message_id))
+        rpc_call_violation(call, "client_message_id", "at most %zu bytes", sizeof(resp->client_message_id) - 1);
+    if (rpc_call_violations(call))
+        return LAGOON_INVALID_ARGUMENT;
+    send_op *op = calloc(1, sizeof(*op));
+    if (op == NULL)
+        return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
+    op->a = app_of(call);
+    op->sender = me;
+    op->now = app_now(op->a);
+    op->resp = resp;
+    op->msg.sender_id = me;
+    op->msg.recipient_id = req->recipient_id;
+    COPY_STR(op->msg.client_message_id, cid);
+    switch (req->which_content) {
+    case lagoon_v1_SendMessageRequest_text_tag:
+        op->msg.which_content = lagoon_v1_DirectMessage_text_tag;
+        op->msg.content.text = req->content.text;
+        break;
+    case lagoon_v1_SendMessageRequest_image_tag:
+        op->msg.which_content = lagoon_v1_DirectMessage_image_tag;
+        op->msg.content.image = req->content.image;
+        break;
+    default:
+        op->msg.which_content = lagoon_v1_DirectMessage_video_tag;
+        op->msg.content.video = req->content.video;
+        break;
+    }
+    int st = app_write(call, send_write, op, send_done);
+    if (st != RPC_PENDING)
+        free(op);
+    return st;
+}
+
+/* ---- List ------------------------------------------------------------------------------------ */
+
+typedef struct msg_fill {
+    lagoon_v1_ListMessagesResponse *resp;
+    uint32_t cap;
+} msg_fill;
+
+static int add_message(void *arg, uint64_t id, const void *row)
+{
+    (void)id;
+    msg_fill *f = arg;
+    if (f->resp->messages_count < f->cap)
+        f->resp->messages[f->resp->messages_count++] = *(const lagoon_v1_DirectMessage *)row;
+    return LAGOON_OK;
+}
+
+static int newest_message_id(void *arg, uint64_t id, const void *row)
+{
+    (void)row;
+    *(uint64_t *)arg = id;
+    return LAGOON_OK;
+}
+
+int handle_Messages_List(rpc_call *call, const lagoon_v1_ListMessagesRequest *req,
+                         lagoon_v1_ListMessagesResponse *resp)
+{
+    uint64_t me = rpc_call_caller(call)->user_id;
+    int numbered = req->page != 0;
+    uint32_t size = numbered ? req->per_page : req->page_size;
+    if (req->other_user_id == 0 || req->other_user_id == me)
+        rpc_call_violation(call, "other_user_id", "must be another user");
+    if (size > MESSAGES_PAGE_MAX)
+        rpc_call_violation(call, numbered ? "per_page" : "page_size", "at most %d", MESSAGES_PAGE_MAX);
+    if (numbered && req->page_token[0])
+        rpc_call_violation(call, "page", "use either page or page_token, not both");
+    if (req->since && numbered)
+        rpc_call_violation(call, "since", "cannot be combined with page");
+    if (!numbered && req->anchor)
+        rpc_call_violation(call, "anchor", "only with page");
+    if (rpc_call_violations(call))
+        return LAGOON_INVALID_ARGUMENT;
+    if (size == 0)
+        size = STORE_PAGE_SIZE_DEFAULT;
+
+    store_txn *t;
+    store_error err;
+    int st = store_read_begin(app_of(call)->db, &t, &err);
+    if (st != LAGOON_OK)
+        return app_store_error(call, st, &err);
+    lagoon_v1_Conversation conv;
+    st = find_conversation(t, me, req->other_user_id, &conv, &err);
+    if (st == LAGOON_NOT_FOUND) {
+        /* No conversation yet: an empty one, whether or not the other user exists. */
+        store_read_end(t);
+        return LAGOON_OK;
+    }
+    store_key prefix, start;
+    store_key_reset(&prefix);
+    store_key_u64(&prefix, conv.id);
+    store_query q = {0};
+    q.table = &messages_messages;
+    q.index = messages_by_conversation;
+    q.prefix = prefix.buf;
+    q.prefix_len = prefix.len;
+    q.page_size = size;
+    q.page_token = req->page_token;
+    if (req->since) {
+        /* Catch-up, oldest first, from the first id after `since` (index keys end in the id). */
+        start = prefix;
+        store_key_u64(&start, req->since + 1);
+        q.start = start.buf;
+        q.start_len = start.len;
+    } else {
+        q.reverse = 1; /* newest first */
+        if (numbered) {
+            /* Numbered pages count down from the anchor, so messages sent after page 1 was read
+             * do not shift the later pages. */
+            uint64_t anchor = req->anchor;
+            if (anchor == 0) {
+                store_query nq = q;
+                nq.page_size = 1;
+                nq.page_token = NULL;
+                store_page np;
+                st = store_scan(t, &nq, newest_message_id, &anchor, &np, &err);
+            }
+            resp->anchor = anchor;
+            start = prefix;
+            store_key_u64(&start, anchor);
+            q.start = start.buf;
+            q.start_len = start.len;
+            q.page_number = req->page;
+            q.page_token = NULL;
+        }
+    }
+    msg_fill f = {resp, size};
+    resp->messages = st == LAGOON_OK ? calloc(size, sizeof(*resp->messages)) : NULL;
+    if (st == LAGOON_OK && resp->messages == NULL)
+        st = store_fail(&err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    store_page page;
+    if (st == LAGOON_OK && (!numbered || resp->anchor))
+        st = store_scan(t, &q, add_message, &f, &page, &err);
+    else
+        page.next_page_token[0] = '\0';
+    store_read_end(t);
+    if (st != LAGOON_OK)
+        return app_store_error(call, st, &err);
+    if (!numbered)
+        COPY_STR(resp->next_page_token, page.next_page_token);
+    return LAGOON_OK;
+}
+
+/* ---- ListConversations -------------------------------------------------------------------------- */
+
+typedef struct conv_fill {
+    lagoon_v1_ConversationMember rows[CONVERSATIONS_PAGE_MAX];
+    uint32_t n;
+} conv_fill;
+
+static int add_member(void *arg, uint64_t id, const void *row)
+{
+    (void)id;
+    conv_fill *f = arg;
+    if (f->n < CONVERSATIONS_PAGE_MAX)
+        f->rows[f->n++] = *(const lagoon_v1_ConversationMember *)row;
+    return LAGOON_OK;
+}
+
+int handle_Messages_ListConversations(rpc_call *call, const lagoon_v1_ListConversationsRequest *req,
+                                      lagoon_v1_ListConversationsResponse *resp)
+{
+    if (req->page_size > CONVERSATIONS_PAGE_MAX)
+        return rpc_call_violation(call, "page_size", "at most %d", CONVERSATIONS_PAGE_MAX);
+    uint32_t size = req->page_size ? req->page_size : STORE_PAGE_SIZE_DEFAULT;
+    uint64_t me = rpc_call_caller(call)->user_id;
+    conv_fill *f = malloc(sizeof(*f));
+    lagoon_v1_User *u = malloc(sizeof(*u));
+    resp->conversations = calloc(size, sizeof(*resp->conversations));
+    if (f == NULL || u == NULL || resp->conversations == NULL) {
+        free(f);
+        free(u);
+        return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
+    }
+    f->n = 0;
+    store_txn *t;
+    store_error err;
+    int st = store_read_begin(app_of(call)->db, &t, &err);
+    if (st == LAGOON_OK) {
+        store_key prefix;
+        store_key_reset(&prefix);
+        store_key_u64(&prefix, me);
+        store_query q = {0};
+        q.table = &messages_members;
+        q.index = members_by_activity;
+        q.prefix = prefix.buf;
+        q.prefix_len = prefix.len;
+        q.reverse = 1; /* most recent first */
+        q.page_size = size;
+        q.page_token = req->page_token;
+        store_page page;
+        st = store_scan(t, &q, add_member, f, &page, &err);
+        /* The other users and the last messages, read after the scan (one transaction). */
+        for (uint32_t i = 0; i < f->n && st == LAGOON_OK; i++) {
+            lagoon_v1_ConversationSummary *s = &resp->conversations[resp->conversations_count];
+            s->conversation_id = f->rows[i].conversation_id;
+            s->unread = f->rows[i].unread;
+            s->last_activity_at = f->rows[i].last_activity_at;
+            if (store_get(t, &accounts_users, f->rows[i].other_user_id, u, &err) == LAGOON_OK) {
+                s->has_other_user = true;
+                account_public(u, &s->other_user);
+            }
+            if (f->rows[i].last_message_id &&
+                store_get(t, &messages_messages, f->rows[i].last_message_id, &s->last_message, &err) ==
+                    LAGOON_OK)
+                s->has_last_message = true;
+            resp->conversations_count++;
+        }
+        if (st == LAGOON_OK)
+            COPY_STR(resp->next_page_token, page.next_page_token);
+        store_read_end(t);
+    }
+    free(f);
+    free(u);
+    return st == LAGOON_OK ? LAGOON_OK : app_store_error(call, st, &err);
+}
+
+/* ---- MarkRead ------------------------------------------------------------------------------------ */
+
+typedef struct read_op {
+    app *a;
+    uint64_t me, other, up_to;
+    uint32_t unread;
+    int missing;
+    uint64_t other_messages_after; /* counted while scanning */
+} read_op;
+
+static int count_from_other(void *arg, uint64_t id, const void *row)
+{
+    (void)id;
+    read_op *op = arg;
+    if (((const lagoon_v1_DirectMessage *)row)->sender_id == op->other)
+        op->other_messages_after++;
+    return LAGOON_OK;
+}
+
+/* Messages from the other user after the member's read position. */
+static int recount_unread(store_txn *t, read_op *op, lagoon_v1_ConversationMember *mem, store_error *err)
+{
+    store_key prefix, start;
+    store_key_reset(&prefix);
+    store_key_u64(&prefix, mem->conversation_id);
+    start = prefix;
+    store_key_u64(&start, mem->read_up_to + 1);
+    store_query q = {0};
+    q.table = &messages_messages;
+    q.index = messages_by_conversation;
+    q.prefix = prefix.buf;
+    q.prefix_len = prefix.len;
+    q.start = start.buf;
+    q.start_len = start.len;
+    q.page_size = STORE_PAGE_SIZE_MAX;
+    op->other_messages_after = 0;
+    char token[STORE_PAGE_TOKEN_MAX + 1] = "";
+    for (;;) {
+        store_page page;
+        q.page_token = token;
+        int st = store_scan(t, &q, count_from_other, op, &page, err);
+        if (st != LAGOON_OK)
+            return st;
+        if (page.next_page_token[0] == '\0')
+            break;
+        COPY_STR(token, page.next_page_token);
+    }
+    mem->unread = (uint32_t)op->other_messages_after;
+    return LAGOON_OK;
+}
+
+static int mark_read_write(store_txn *t, void *arg, store_error *err)
+{
+    read_op *op = arg;
+    op->missing = 0;
+    lagoon_v1_Conversation conv;
+    int st = find_conversation(t, op->me, op->other, &conv, err);
+    if (st == LAGOON_NOT_FOUND) {
+        op->missing = 1;
+        return LAGOON_OK;
+    }
+    lagoon_v1_ConversationMember mem;
+    if (st == LAGOON_OK)
+        st = find_member(t, conv.id, op->me, &mem, err);
+    if (st != LAGOON_OK)
+        return st;
+    uint64_t to = op->up_to == 0 || op->up_to > mem.last_message_id ? mem.last_message_id : op->up_to;
+    if (to > mem.read_up_to) {
+        mem.read_up_to = to;
+        st = recount_unread(t, op, &mem, err);
+        if (st == LAGOON_OK)
+            st = store_update(t, &messages_members, &mem, err);
+    }
+    op->unread = mem.unread;
+    return st;
+}
+
+typedef struct read_call {
+    read_op op; /* first: the write sees a read_op */
+    lagoon_v1_MarkReadResponse *resp;
+} read_call;
+
+static int mark_read_finish(rpc_call *call, void *arg, int status, const store_error *err)
+{
+    read_call *rc = arg;
+    if (status == LAGOON_OK && !rc->op.missing)
+        rc->resp->unread = rc->op.unread;
+    if (status != LAGOON_OK)
+        status = app_store_error(call, status, err);
+    else if (rc->op.missing)
+        status = rpc_call_error(call, LAGOON_NOT_FOUND, "no conversation with this user");
+    free(rc);
+    return status;
+}
+
+int handle_Messages_MarkRead(rpc_call *call, const lagoon_v1_MarkReadRequest *req, lagoon_v1_MarkReadResponse *resp)
+{
+    uint64_t me = rpc_call_caller(call)->user_id;
+    if (req->other_user_id == 0 || req->other_user_id == me)
+        return rpc_call_violation(call, "other_user_id", "must be another user");
+    read_call *rc = calloc(1, sizeof(*rc));
+    if (rc == NULL)
+        return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
+    rc->op.a = app_of(call);
+    rc->op.me = me;
+    rc->op.other = req->other_user_id;
+    rc->op.up_to = req->up_to_message_id;
+    rc->resp = resp;
+    int st = app_write(call, mark_read_write, rc, mark_read_finish);
+    if (st != RPC_PENDING)
+        free(rc);
+    return st;
+}
+
+/* ---- Edit, Delete ---------------------------------------------------------------------------------- */
+
+enum own_outcome { OWN_OK, OWN_NOT_FOUND, OWN_NOT_SENDER, OWN_NOT_TEXT, OWN_TOO_LATE };
+
+typedef struct own_op {
+    app *a;
+    uint64_t me, message_id;
+    int64_t now;
+    char text[sizeof(((lagoon_v1_TextContent *)0)->text)];
+    int outcome;
+    lagoon_v1_DirectMessage msg;
+    lagoon_v1_DirectMessage *resp;
+} own_op;
+
+/* Loads the message if the caller may act on it as its sender. */
+static int own_message(store_txn *t, own_op *op, store_error *err)
+{
+    int st = store_get(t, &messages_messages, op->message_id, &op->msg, err);
+    op->outcome = OWN_OK;
+    if (st == LAGOON_NOT_FOUND) {
+        op->outcome = OWN_NOT_FOUND;
+        return LAGOON_OK;
+    }
+    if (st != LAGOON_OK)
+        return st;
+    /* Only the two participants learn that the message exists. */
+    if (op->msg.sender_id != op->me)
+        op->outcome = op->msg.recipient_id == op->me ? OWN_NOT_SENDER : OWN_NOT_FOUND;
+    return LAGOON_OK;
+}
+
+static int edit_write(store_txn *t, void *arg, store_error *err)
+{
+    own_op *op = arg;
+    int st = own_message(t, op, err);
+    if (st != LAGOON_OK || op->outcome != OWN_OK)
+        return st;
+    if (op->msg.which_content != lagoon_v1_DirectMessage_text_tag) {
+        op->outcome = OWN_NOT_TEXT;
+        return LAGOON_OK;
+    }
+    if (op->now - op->msg.created_at > MESSAGES_EDIT_WINDOW_MS) {
+        op->outcome = OWN_TOO_LATE;
+        return LAGOON_OK;
+    }
+    COPY_STR(op->msg.content.text.text, op->text);
+    op->msg.edited_at = op->now;
+    return store_update(t, &messages_messages, &op->msg, err);
+}
+
+static int own_status(rpc_call *call, const own_op *op)
+{
+    switch (op->outcome) {
+    case OWN_NOT_FOUND:
+        return rpc_call_error(call, LAGOON_NOT_FOUND, "no such message");
+    case OWN_NOT_SENDER:
+        return rpc_call_error(call, LAGOON_PERMISSION_DENIED, "only the sender can change a message");
+    case OWN_NOT_TEXT:
+        return rpc_call_error(call, LAGOON_FAILED_PRECONDITION, "only text messages can be edited");
+    case OWN_TOO_LATE:
+        return rpc_call_error(call, LAGOON_FAILED_PRECONDITION, "messages can be edited for 15 minutes");
+    default:
+        return LAGOON_OK;
+    }
+}
+
+static int edit_done(rpc_call *call, void *arg, int status, const store_error *err)
+{
+    own_op *op = arg;
+    if (status != LAGOON_OK)
+        status = app_store_error(call, status, err);
+    else if ((status = own_status(call, op)) == LAGOON_OK)
+        *op->resp = op->msg;
+    free(op);
+    return status;
+}
+
+int handle_Messages_Edit(rpc_call *call, const lagoon_v1_EditMessageRequest *req, lagoon_v1_DirectMessage *resp)
+{
+    if (req->message_id == 0)
+        rpc_call_violation(call, "message_id", "is required");
+    check_text(call, "text", req->text);
+    if (rpc_call_violations(call))
+        return LAGOON_INVALID_ARGUMENT;
+    own_op *op = calloc(1, sizeof(*op));
+    if (op == NULL)
+        return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
+    op->a = app_of(call);
+    op->me = rpc_call_caller(call)->user_id;
+    op->message_id = req->message_id;
+    op->now = app_now(op->a);
+    op->resp = resp;
+    COPY_STR(op->text, req->text);
+    int st = app_write(call, edit_write, op, edit_done);
+    if (st != RPC_PENDING)
+        free(op);
+    return st;
+}
+
+/* The newest message of a conversation, 0 if none. */
+static int newest_in(store_txn *t, uint64_t conv, uint64_t *id, store_error *err)
+{
+    store_key prefix;
+    store_key_reset(&prefix);
+    store_key_u64(&prefix, conv);
+    store_query q = {0};
+    q.table = &messages_messages;
+    q.index = messages_by_conversation;
+    q.prefix = prefix.buf;
+    q.prefix_len = prefix.len;
+    q.reverse = 1;
+    q.page_size = 1;
+    store_page page;
+    *id = 0;
+    return store_scan(t, &q, newest_message_id, id, &page, err);
+}
+
+static int delete_write(store_txn *t, void *arg, store_error *err)
+{
+    own_op *op = arg;
+    int st = own_message(t, op, err);
+    if (st != LAGOON_OK || op->outcome != OWN_OK)
+        return st;
+    const lagoon_v1_DirectMessage *m = &op->msg;
+    st = store_delete(t, &messages_messages, m->id, err);
+    uint64_t newest = 0;
+    if (st == LAGOON_OK)
+        st = newest_in(t, m->conversation_id, &newest, err);
+    /* Both views forget it: the summary falls back to the previous message, and an unread
+     * message stops counting. */
+    for (int i = 0; i < 2 && st == LAGOON_OK; i++) {
+        lagoon_v1_ConversationMember mem;
+        st = find_member(t, m->conversation_id, i ? m->recipient_id : m->sender_id, &mem, err);
+        if (st != LAGOON_OK)
+            break;
+        if (mem.last_message_id == m->id)
+            mem.last_message_id = newest;
+        if (i == 1 && m->id > mem.read_up_to && mem.unread > 0)
+            mem.unread--;
+        st = store_update(t, &messages_members, &mem, err);
+    }
+    return st;
+}
+
+static int delete_done(rpc_call *call, void *arg, int status, const store_error *err)
+{
+    own_op *op = arg;
+    if (status != LAGOON_OK)
+        status = app_store_error(call, status, err);
+    else
+        status = own_status(call, op);
+    free(op);
+    return status;
+}
+
+int handle_Messages_Delete(rpc_call *call, const lagoon_v1_DeleteMessageRequest *req, lagoon_v1_MessagesEmpty *resp)
+{
+    (void)resp;
+    if (req->message_id == 0)
+        return rpc_call_violation(call, "message_id", "is required");
+    own_op *op = calloc(1, sizeof(*op));
+    if (op == NULL)
+        return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
+    op->a = app_of(call);
+    op->me = rpc_call_caller(call)->user_id;
+    op->message_id = req->message_id;
+    op->now = app_now(op->a);
+    int st = app_write(call, delete_write, op, delete_done);
+    if (st != RPC_PENDING)
+        free(op);
+    return st;
+}

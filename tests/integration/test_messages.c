@@ -1,0 +1,481 @@
+/* Direct messages end to end through the generated client against the real server and store. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <pb_decode.h>
+
+#include "lagoon_stubs.h"
+#include "messages.h"
+#include "testserver.h"
+
+static test_app *T;
+static lagoon_client *C;
+
+/* Three users: ann and bob talk; cat is a third party. */
+static uint64_t ann, bob, cat;
+static char ann_tok[65], bob_tok[65], cat_tok[65];
+
+static int setup(void **state)
+{
+    (void)state;
+    T = calloc(1, sizeof(*T));
+    test_app_start(T, test_tweak_shared);
+    C = test_client(T);
+    ann = test_user(C, "ann", lagoon_v1_Role_STUDENT, ann_tok);
+    bob = test_user(C, "bob", lagoon_v1_Role_TEACHER, bob_tok);
+    cat = test_user(C, "cat", lagoon_v1_Role_STUDENT, cat_tok);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    lagoon_close(C);
+    test_app_stop(T);
+    free(T);
+    return 0;
+}
+
+static int has_violation(const char *field)
+{
+    const lagoon_v1_ResponseMeta *m = &lagoon_last_error(C)->detail;
+    for (pb_size_t i = 0; i < m->violations_count; i++)
+        if (strcmp(m->violations[i].field, field) == 0)
+            return 1;
+    return 0;
+}
+
+static int send_text(const char *token, uint64_t to, const char *text, lagoon_v1_DirectMessage *out)
+{
+    lagoon_set_token(C, token);
+    lagoon_v1_SendMessageRequest req = lagoon_v1_SendMessageRequest_init_zero;
+    req.recipient_id = to;
+    req.which_content = lagoon_v1_SendMessageRequest_text_tag;
+    snprintf(req.content.text.text, sizeof(req.content.text.text), "%s", text);
+    lagoon_v1_DirectMessage tmp;
+    return lagoon_Messages_Send(C, &req, out ? out : &tmp);
+}
+
+/* Lists a conversation into resp (release with pb_release). */
+static int list(const char *token, const lagoon_v1_ListMessagesRequest *req, lagoon_v1_ListMessagesResponse *resp)
+{
+    lagoon_set_token(C, token);
+    memset(resp, 0, sizeof(*resp));
+    int st = lagoon_Messages_List(C, req, resp);
+    if (st != LAGOON_OK && getenv("LAGOON_TEST_VERBOSE"))
+        fprintf(stderr, "List: %s %s [%s: %s]\n", lagoon_status_name(st), lagoon_last_error(C)->detail.message,
+                lagoon_last_error(C)->detail.violations[0].field, lagoon_last_error(C)->detail.violations[0].description);
+    return st;
+}
+
+static void test_content_types_and_violations(void **state)
+{
+    (void)state;
+    lagoon_v1_DirectMessage m;
+    assert_int_equal(send_text(ann_tok, bob, "hello bob", &m), LAGOON_OK);
+    assert_true(m.id > 0);
+    assert_int_equal(m.sender_id, ann);
+    assert_int_equal(m.recipient_id, bob);
+    assert_int_equal(m.created_at, T->clock_ms);
+    assert_string_equal(m.content.text.text, "hello bob");
+
+    lagoon_set_token(C, ann_tok);
+    lagoon_v1_SendMessageRequest req = lagoon_v1_SendMessageRequest_init_zero;
+    req.recipient_id = bob;
+    req.which_content = lagoon_v1_SendMessageRequest_image_tag;
+    snprintf(req.content.image.url, sizeof(req.content.image.url), "https://img.example.com/a.png");
+    req.content.image.width = 640;
+    req.content.image.height = 480;
+    assert_int_equal(lagoon_Messages_Send(C, &req, &m), LAGOON_OK);
+    assert_int_equal(m.which_content, lagoon_v1_DirectMessage_image_tag);
+    assert_int_equal(m.content.image.width, 640);
+    memset(&req.content, 0, sizeof(req.content));
+    req.which_content = lagoon_v1_SendMessageRequest_video_tag;
+    snprintf(req.content.video.url, sizeof(req.content.video.url), "https://youtu.be/xyz");
+    req.content.video.length_seconds = 212;
+    req.content.video.source = lagoon_v1_VideoContent_Source_YOUTUBE;
+    assert_int_equal(lagoon_Messages_Send(C, &req, &m), LAGOON_OK);
+    assert_int_equal(m.content.video.source, lagoon_v1_VideoContent_Source_YOUTUBE);
+
+    /* Each violation, and all of one request at once. */
+    req.content.video.url[0] = '\0';
+    req.content.video.length_seconds = 0;
+    req.content.video.source = 0;
+    assert_int_equal(lagoon_Messages_Send(C, &req, &m), LAGOON_INVALID_ARGUMENT);
+    assert_true(has_violation("video.url"));
+    assert_true(has_violation("video.length_seconds"));
+    assert_true(has_violation("video.source"));
+    memset(&req.content, 0, sizeof(req.content));
+    req.which_content = lagoon_v1_SendMessageRequest_image_tag;
+    snprintf(req.content.image.url, sizeof(req.content.image.url), "javascript:alert(1)");
+    assert_int_equal(lagoon_Messages_Send(C, &req, &m), LAGOON_INVALID_ARGUMENT);
+    assert_true(has_violation("image.url"));
+    assert_true(has_violation("image.width"));
+    assert_true(has_violation("image.height"));
+    req.which_content = 0;
+    assert_int_equal(lagoon_Messages_Send(C, &req, &m), LAGOON_INVALID_ARGUMENT);
+    assert_true(has_violation("content"));
+    assert_int_equal(send_text(ann_tok, bob, "", &m), LAGOON_INVALID_ARGUMENT);
+    assert_true(has_violation("text.text"));
+    char *big = malloc(4002);
+    memset(big, 'x', 4001);
+    big[4001] = '\0';
+    assert_int_equal(send_text(ann_tok, bob, big, &m), LAGOON_INVALID_ARGUMENT);
+    assert_true(has_violation("text.text"));
+    big[4000] = '\0'; /* exactly 4000 characters is fine; so is 4000 multi-byte ones */
+    assert_int_equal(send_text(ann_tok, bob, big, &m), LAGOON_OK);
+    free(big);
+    assert_int_equal(send_text(ann_tok, bob, "bad \xff utf-8", &m), LAGOON_INVALID_ARGUMENT);
+    assert_int_equal(send_text(ann_tok, ann, "to myself", &m), LAGOON_INVALID_ARGUMENT);
+    assert_true(has_violation("recipient_id"));
+    assert_int_equal(send_text(ann_tok, 987654, "to nobody", &m), LAGOON_NOT_FOUND);
+    assert_int_equal(send_text("", bob, "anonymous", &m), LAGOON_UNAUTHENTICATED);
+}
+
+static void test_idempotent_retry(void **state)
+{
+    (void)state;
+    lagoon_set_token(C, ann_tok);
+    lagoon_v1_SendMessageRequest req = lagoon_v1_SendMessageRequest_init_zero;
+    req.recipient_id = cat;
+    req.which_content = lagoon_v1_SendMessageRequest_text_tag;
+    snprintf(req.content.text.text, sizeof(req.content.text.text), "only once");
+    snprintf(req.client_message_id, sizeof(req.client_message_id), "phone-42");
+    lagoon_v1_DirectMessage first, again;
+    assert_int_equal(lagoon_Messages_Send(C, &req, &first), LAGOON_OK);
+    test_clock_advance(T, 5000);
+    assert_int_equal(lagoon_Messages_Send(C, &req, &again), LAGOON_OK);
+    assert_int_equal(again.id, first.id);
+    assert_int_equal(again.created_at, first.created_at);
+    /* The same through the call's idempotency key. */
+    req.client_message_id[0] = '\0';
+    lagoon_set_idempotency_key(C, "retry-key-1");
+    assert_int_equal(lagoon_Messages_Send(C, &req, &first), LAGOON_OK);
+    lagoon_set_idempotency_key(C, "retry-key-1");
+    assert_int_equal(lagoon_Messages_Send(C, &req, &again), LAGOON_OK);
+    assert_int_equal(again.id, first.id);
+    /* Stored once each. */
+    lagoon_v1_ListMessagesRequest lr = lagoon_v1_ListMessagesRequest_init_zero;
+    lr.other_user_id = cat;
+    lagoon_v1_ListMessagesResponse resp;
+    assert_int_equal(list(ann_tok, &lr, &resp), LAGOON_OK);
+    assert_int_equal(resp.messages_count, 2);
+    pb_release(lagoon_v1_ListMessagesResponse_fields, &resp);
+}
+
+/* A conversation of its own for the paging tests: dan and eve. */
+static uint64_t dan, eve;
+static char dan_tok[65], eve_tok[65];
+
+static void fill_conversation(int n, uint64_t *ids)
+{
+    char text[32];
+    for (int i = 0; i < n; i++) {
+        lagoon_v1_DirectMessage m;
+        snprintf(text, sizeof(text), "message %d", i);
+        assert_int_equal(send_text(i % 2 ? eve_tok : dan_tok, i % 2 ? dan : eve, text, &m), LAGOON_OK);
+        ids[i] = m.id;
+        test_clock_advance(T, 10);
+    }
+}
+
+static void test_cursor_and_numbered_pages(void **state)
+{
+    (void)state;
+    dan = test_user(C, "dan", lagoon_v1_Role_STUDENT, dan_tok);
+    eve = test_user(C, "eve", lagoon_v1_Role_STUDENT, eve_tok);
+    uint64_t ids[25];
+    fill_conversation(25, ids);
+    for (int i = 1; i < 25; i++)
+        assert_true(ids[i] > ids[i - 1]); /* ids grow within the conversation */
+
+    /* Cursor pages, newest first, with a message sent between pages: no repeat, no gap. */
+    lagoon_v1_ListMessagesRequest lr = lagoon_v1_ListMessagesRequest_init_zero;
+    lr.other_user_id = eve;
+    lr.page_size = 10;
+    lagoon_v1_ListMessagesResponse resp;
+    uint64_t seen[64];
+    int n = 0;
+    for (int page = 0; page < 10; page++) {
+        assert_int_equal(list(dan_tok, &lr, &resp), LAGOON_OK);
+        for (pb_size_t i = 0; i < resp.messages_count; i++)
+            seen[n++] = resp.messages[i].id;
+        snprintf(lr.page_token, sizeof(lr.page_token), "%s", resp.next_page_token);
+        pb_release(lagoon_v1_ListMessagesResponse_fields, &resp);
+        if (page == 0)
+            assert_int_equal(send_text(eve_tok, dan, "between pages", NULL), LAGOON_OK);
+        if (lr.page_token[0] == '\0')
+            break;
+    }
+    assert_int_equal(n, 25); /* the new message is newer than page 1: not in this walk */
+    for (int i = 0; i < 25; i++)
+        assert_int_equal(seen[i], ids[24 - i]);
+
+    /* Numbered pages: anchored at page 1, so a message sent meanwhile shifts nothing. */
+    memset(&lr, 0, sizeof(lr));
+    lr.other_user_id = dan;
+    lr.per_page = 10;
+    lr.page = 1;
+    assert_int_equal(list(eve_tok, &lr, &resp), LAGOON_OK);
+    uint64_t anchor = resp.anchor;
+    assert_int_equal(resp.messages_count, 10);
+    uint64_t page1_last = resp.messages[9].id;
+    pb_release(lagoon_v1_ListMessagesResponse_fields, &resp);
+    assert_int_equal(send_text(dan_tok, eve, "meanwhile", NULL), LAGOON_OK);
+    lr.page = 2;
+    lr.anchor = anchor;
+    assert_int_equal(list(eve_tok, &lr, &resp), LAGOON_OK);
+    assert_int_equal(resp.messages_count, 10);
+    assert_true(resp.messages[0].id < page1_last);
+    assert_int_equal(resp.messages[0].id, ids[24 - 10 + 1]); /* "between pages" was page 1's top */
+    assert_int_equal(resp.anchor, anchor);
+    pb_release(lagoon_v1_ListMessagesResponse_fields, &resp);
+    lr.page = 3;
+    assert_int_equal(list(eve_tok, &lr, &resp), LAGOON_OK);
+    assert_int_equal(resp.messages_count, 6); /* 26 messages up to the anchor */
+    pb_release(lagoon_v1_ListMessagesResponse_fields, &resp);
+
+    /* Bounds. */
+    memset(&lr, 0, sizeof(lr));
+    lr.other_user_id = eve;
+    lr.page_size = 201;
+    assert_int_equal(list(dan_tok, &lr, &resp), LAGOON_INVALID_ARGUMENT);
+    lr.page_size = 0;
+    snprintf(lr.page_token, sizeof(lr.page_token), "bogus");
+    assert_int_equal(list(dan_tok, &lr, &resp), LAGOON_INVALID_ARGUMENT);
+    assert_true(has_violation("page_token"));
+}
+
+static void test_since_catch_up(void **state)
+{
+    (void)state;
+    /* Dan saw everything up to now; then five messages arrive while he is offline. */
+    lagoon_v1_ListMessagesRequest lr = lagoon_v1_ListMessagesRequest_init_zero;
+    lr.other_user_id = eve;
+    lr.page_size = 1;
+    lagoon_v1_ListMessagesResponse resp;
+    assert_int_equal(list(dan_tok, &lr, &resp), LAGOON_OK);
+    uint64_t last_seen = resp.messages[0].id;
+    pb_release(lagoon_v1_ListMessagesResponse_fields, &resp);
+    uint64_t ids[5];
+    char text[16];
+    for (int i = 0; i < 5; i++) {
+        lagoon_v1_DirectMessage m;
+        snprintf(text, sizeof(text), "offline %d", i);
+        assert_int_equal(send_text(eve_tok, dan, text, &m), LAGOON_OK);
+        ids[i] = m.id;
+    }
+    memset(&lr, 0, sizeof(lr));
+    lr.other_user_id = eve;
+    lr.since = last_seen;
+    lr.page_size = 3;
+    assert_int_equal(list(dan_tok, &lr, &resp), LAGOON_OK);
+    assert_int_equal(resp.messages_count, 3);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(resp.messages[i].id, ids[i]); /* oldest first */
+    snprintf(lr.page_token, sizeof(lr.page_token), "%s", resp.next_page_token);
+    pb_release(lagoon_v1_ListMessagesResponse_fields, &resp);
+    assert_int_equal(list(dan_tok, &lr, &resp), LAGOON_OK);
+    assert_int_equal(resp.messages_count, 2);
+    assert_int_equal(resp.messages[1].id, ids[4]);
+    assert_string_equal(resp.next_page_token, "");
+    pb_release(lagoon_v1_ListMessagesResponse_fields, &resp);
+}
+
+static lagoon_v1_ListConversationsResponse conv_resp;
+
+/* Lists the caller's conversations into conv_resp (released by the next call or by
+ * conversations_release). */
+static lagoon_v1_ListConversationsResponse *conversations(const char *token)
+{
+    lagoon_v1_ListConversationsResponse *r = &conv_resp;
+#define resp (*r)
+    pb_release(lagoon_v1_ListConversationsResponse_fields, &resp);
+    memset(&resp, 0, sizeof(resp));
+    lagoon_set_token(C, token);
+    lagoon_v1_ListConversationsRequest req = lagoon_v1_ListConversationsRequest_init_zero;
+    int st = lagoon_Messages_ListConversations(C, &req, &resp);
+    if (st != LAGOON_OK)
+        fail_msg("ListConversations: %s %s", lagoon_status_name(st), lagoon_last_error(C)->detail.message);
+#undef resp
+    return r;
+}
+
+static void conversations_release(void)
+{
+    pb_release(lagoon_v1_ListConversationsResponse_fields, &conv_resp);
+    memset(&conv_resp, 0, sizeof(conv_resp));
+}
+
+static const lagoon_v1_ConversationSummary *with(const lagoon_v1_ListConversationsResponse *r, uint64_t other)
+{
+    for (pb_size_t i = 0; i < r->conversations_count; i++)
+        if (r->conversations[i].other_user.id == other)
+            return &r->conversations[i];
+    fail_msg("no conversation with user %llu", (unsigned long long)other);
+    return NULL;
+}
+
+static void test_conversations_and_unread(void **state)
+{
+    (void)state;
+    char tok_f[65], tok_g[65], tok_h[65];
+    uint64_t f = test_user(C, "fred", 1, tok_f), g = test_user(C, "gina", 1, tok_g);
+    uint64_t h = test_user(C, "hugo", 1, tok_h);
+    lagoon_v1_DirectMessage m1, m2, m3;
+    assert_int_equal(send_text(tok_g, f, "g1", &m1), LAGOON_OK);
+    test_clock_advance(T, 100);
+    assert_int_equal(send_text(tok_h, f, "h1", &m2), LAGOON_OK);
+    test_clock_advance(T, 100);
+    assert_int_equal(send_text(tok_g, f, "g2", &m3), LAGOON_OK);
+    /* Most recent first, each with the other user, the last message and the unread count. */
+    lagoon_v1_ListConversationsResponse *r = conversations(tok_f);
+    assert_int_equal(r->conversations_count, 2);
+    assert_int_equal(r->conversations[0].other_user.id, g);
+    assert_string_equal(r->conversations[0].other_user.username, "gina");
+    assert_true(r->conversations[0].has_last_message);
+    assert_string_equal(r->conversations[0].last_message.content.text.text, "g2");
+    assert_int_equal(r->conversations[0].unread, 2);
+    assert_int_equal(r->conversations[1].other_user.id, h);
+    assert_int_equal(r->conversations[1].unread, 1);
+    /* The sender has nothing unread. */
+    assert_int_equal(with(conversations(tok_g), f)->unread, 0);
+    /* Read up to the first: one left; then all. */
+    lagoon_set_token(C, tok_f);
+    lagoon_v1_MarkReadRequest mr = {g, m1.id};
+    lagoon_v1_MarkReadResponse mresp;
+    assert_int_equal(lagoon_Messages_MarkRead(C, &mr, &mresp), LAGOON_OK);
+    assert_int_equal(mresp.unread, 1);
+    mr.up_to_message_id = 0;
+    assert_int_equal(lagoon_Messages_MarkRead(C, &mr, &mresp), LAGOON_OK);
+    assert_int_equal(mresp.unread, 0);
+    assert_int_equal(with(conversations(tok_f), g)->unread, 0);
+    assert_int_equal(with(conversations(tok_f), h)->unread, 1);
+    /* Reading backwards changes nothing. */
+    mr.up_to_message_id = m1.id;
+    assert_int_equal(lagoon_Messages_MarkRead(C, &mr, &mresp), LAGOON_OK);
+    assert_int_equal(mresp.unread, 0);
+    /* No conversation, no read position. */
+    lagoon_set_token(C, tok_h);
+    mr.other_user_id = g;
+    assert_int_equal(lagoon_Messages_MarkRead(C, &mr, &mresp), LAGOON_NOT_FOUND);
+    conversations_release();
+    lagoon_set_token(C, NULL);
+    (void)tok_h;
+}
+
+static void test_edit_window_and_delete(void **state)
+{
+    (void)state;
+    lagoon_v1_DirectMessage m, e;
+    assert_int_equal(send_text(ann_tok, bob, "typo here", &m), LAGOON_OK);
+    lagoon_v1_EditMessageRequest er = lagoon_v1_EditMessageRequest_init_zero;
+    er.message_id = m.id;
+    snprintf(er.text, sizeof(er.text), "no typo");
+    /* Only the sender edits; a third party does not even learn it exists. */
+    lagoon_set_token(C, bob_tok);
+    assert_int_equal(lagoon_Messages_Edit(C, &er, &e), LAGOON_PERMISSION_DENIED);
+    lagoon_set_token(C, cat_tok);
+    assert_int_equal(lagoon_Messages_Edit(C, &er, &e), LAGOON_NOT_FOUND);
+    lagoon_set_token(C, ann_tok);
+    test_clock_advance(T, 60 * 1000);
+    assert_int_equal(lagoon_Messages_Edit(C, &er, &e), LAGOON_OK);
+    assert_string_equal(e.content.text.text, "no typo");
+    assert_int_equal(e.edited_at, T->clock_ms);
+    /* The edit is what both sides now read. */
+    lagoon_v1_ListMessagesRequest lr = lagoon_v1_ListMessagesRequest_init_zero;
+    lr.other_user_id = ann;
+    lr.page_size = 1;
+    lagoon_v1_ListMessagesResponse resp;
+    assert_int_equal(list(bob_tok, &lr, &resp), LAGOON_OK);
+    assert_string_equal(resp.messages[0].content.text.text, "no typo");
+    assert_true(resp.messages[0].edited_at > 0);
+    pb_release(lagoon_v1_ListMessagesResponse_fields, &resp);
+    /* 15 minutes after sending, editing is over. */
+    test_clock_advance(T, 15 * 60 * 1000);
+    lagoon_set_token(C, ann_tok);
+    assert_int_equal(lagoon_Messages_Edit(C, &er, &e), LAGOON_FAILED_PRECONDITION);
+
+    /* Delete: the other side sees it removed, its unread count and summary follow. */
+    lagoon_v1_DirectMessage last;
+    assert_int_equal(send_text(ann_tok, bob, "regret", &last), LAGOON_OK);
+    lagoon_v1_ListConversationsResponse *r = conversations(bob_tok);
+    uint32_t unread = with(r, ann)->unread;
+    assert_string_equal(with(r, ann)->last_message.content.text.text, "regret");
+    lagoon_v1_DeleteMessageRequest dr = {last.id};
+    lagoon_v1_MessagesEmpty empty;
+    lagoon_set_token(C, cat_tok);
+    assert_int_equal(lagoon_Messages_Delete(C, &dr, &empty), LAGOON_NOT_FOUND);
+    lagoon_set_token(C, bob_tok);
+    assert_int_equal(lagoon_Messages_Delete(C, &dr, &empty), LAGOON_PERMISSION_DENIED);
+    lagoon_set_token(C, ann_tok);
+    assert_int_equal(lagoon_Messages_Delete(C, &dr, &empty), LAGOON_OK);
+    assert_int_equal(lagoon_Messages_Delete(C, &dr, &empty), LAGOON_NOT_FOUND);
+    r = conversations(bob_tok);
+    assert_int_equal(with(r, ann)->unread, unread - 1);
+    assert_string_equal(with(r, ann)->last_message.content.text.text, "no typo");
+    assert_int_equal(list(bob_tok, &lr, &resp), LAGOON_OK);
+    assert_int_not_equal(resp.messages[0].id, last.id);
+    pb_release(lagoon_v1_ListMessagesResponse_fields, &resp);
+    conversations_release();
+}
+
+static void test_third_party_sees_nothing(void **state)
+{
+    (void)state;
+    /* Cat asking for "her conversation with ann" gets hers (one message), never ann and bob's. */
+    lagoon_v1_ListMessagesRequest lr = lagoon_v1_ListMessagesRequest_init_zero;
+    lr.other_user_id = ann;
+    lagoon_v1_ListMessagesResponse resp;
+    assert_int_equal(list(cat_tok, &lr, &resp), LAGOON_OK);
+    for (pb_size_t i = 0; i < resp.messages_count; i++) {
+        assert_true(resp.messages[i].sender_id == cat || resp.messages[i].recipient_id == cat);
+    }
+    pb_release(lagoon_v1_ListMessagesResponse_fields, &resp);
+    lr.other_user_id = cat;
+    assert_int_equal(list(cat_tok, &lr, &resp), LAGOON_INVALID_ARGUMENT);
+}
+
+static void test_account_deletion_removes_conversations(void **state)
+{
+    (void)state;
+    char tok_x[65];
+    uint64_t x = test_user(C, "xena", 1, tok_x);
+    assert_int_equal(send_text(tok_x, ann, "bye", NULL), LAGOON_OK);
+    assert_int_equal(send_text(ann_tok, x, "bye too", NULL), LAGOON_OK);
+    lagoon_set_token(C, tok_x);
+    lagoon_v1_DeleteAccountRequest dr = lagoon_v1_DeleteAccountRequest_init_zero;
+    snprintf(dr.password, sizeof(dr.password), "%s", TEST_PASSWORD);
+    lagoon_v1_UsersEmpty e;
+    assert_int_equal(lagoon_Users_DeleteAccount(C, &dr, &e), LAGOON_OK);
+    /* Ann's list no longer has the conversation; nothing dangles in the store. */
+    lagoon_v1_ListConversationsResponse *r = conversations(ann_tok);
+    for (pb_size_t i = 0; i < r->conversations_count; i++)
+        assert_int_not_equal(r->conversations[i].other_user.id, x);
+    conversations_release();
+    uint64_t problems = 99;
+    store_error err;
+    assert_int_equal(store_verify(T->app->db, stderr, &problems, &err), LAGOON_OK);
+    assert_int_equal(problems, 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_content_types_and_violations),
+        cmocka_unit_test(test_idempotent_retry),
+        cmocka_unit_test(test_cursor_and_numbered_pages),
+        cmocka_unit_test(test_since_catch_up),
+        cmocka_unit_test(test_conversations_and_unread),
+        cmocka_unit_test(test_edit_window_and_delete),
+        cmocka_unit_test(test_third_party_sees_nothing),
+        cmocka_unit_test(test_account_deletion_removes_conversations),
+    };
+    return cmocka_run_group_tests_name("messages", tests, setup, teardown);
+}

@@ -1,0 +1,148 @@
+/* store internals shared by the files of store/ (never included outside it). */
+#ifndef LAGOON_STORE_INTERNAL_H
+#define LAGOON_STORE_INTERNAL_H
+
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "kv.h"
+#include "store.h"
+
+/* The layout of the store's own records (meta database, key formats). Independent of the
+ * application's schema version; bumped when store/ itself changes how it stores things. */
+#define STORE_FORMAT_VERSION 1
+
+/* Keys of the meta database. */
+#define STORE_META_KEY "meta"      /* lagoon.v1.StoreMeta */
+#define STORE_SEQ_PREFIX "seq/"    /* "seq/<table>": last id handed out, u64 big-endian */
+#define STORE_TOKEN_KEY_BYTES 32   /* crypto_auth_KEYBYTES */
+
+/* Runtime side of one declared table. */
+typedef struct store_table_rt {
+    const store_table *decl;
+    kv_db rows;                      /* "t/<name>": u64 BE id -> encoded row */
+    kv_db idx[STORE_MAX_INDEXES];    /* "i/<name>/<index>": key [+ id] -> u64 BE id */
+    /* Foreign keys of other tables that point at this one (filled at open). */
+    struct store_ref {
+        const struct store_table_rt *child;
+        const store_fkey *fk;
+    } refs[STORE_MAX_TABLES];
+    size_t nrefs;
+} store_table_rt;
+
+typedef struct store_op store_op;
+
+struct store {
+    kv_env *env;
+    const store_schema *schema;
+    store_config cfg;            /* with defaults filled in */
+    char dir[4096];
+    kv_db meta;
+    store_table_rt *tables;      /* schema->ntables entries, in schema order */
+    uint8_t token_key[STORE_TOKEN_KEY_BYTES];
+    int have_token_key;
+
+    /* Resize gate: reads hold it shared; the writer takes it exclusively to change the map
+     * size, which LMDB allows only with no transaction active in the process. Writer-preferring,
+     * so a stream of reads cannot starve a resize. */
+    pthread_mutex_t gate_mu;
+    pthread_cond_t gate_cv;
+    unsigned gate_readers;  /* open read transactions */
+    int gate_resizing;      /* a resize waits or runs: new reads wait */
+
+    /* Writer queue. */
+    pthread_mutex_t q_mu;
+    pthread_cond_t q_cv;
+    store_op *q_head, *q_tail;
+    unsigned q_len;
+    int closing;
+    int writer_started;
+    pthread_t writer;
+    store_op **batch;            /* the writer's batch, max_batch slots */
+
+    /* Subscribers: changed only under sub_mu, read by the writer under sub_mu. */
+    pthread_mutex_t sub_mu;
+    struct {
+        store_subscriber_fn fn;
+        void *arg;
+    } subs[STORE_MAX_SUBSCRIBERS];
+    size_t nsubs;
+
+    /* Counters, under q_mu. */
+    store_counters counters;
+    uint64_t map_size;
+};
+
+/* A transaction as tables see it. */
+struct store_txn {
+    store *s;
+    kv_txn *kv;
+    int writable;
+    /* Write transactions only: set when any kv call hit the map size, so that the writer
+     * replays the batch after growing even if the write function hid the error. */
+    int map_full;
+    int no_space;
+    /* Changes of this write (kept only if it commits). */
+    store_change *changes;
+    size_t nchanges, cap_changes;
+};
+
+/* store_fail as an expression whose value is visibly `code`: the static analyzer cannot see
+ * into store_fail from other files and would otherwise explore "failed, but returned OK" paths
+ * that cannot happen. */
+#define STORE_FAIL(err, code, ...) (store_fail((err), (code), __VA_ARGS__), (code))
+
+/* Helpers shared between files. */
+const store_table_rt *store_rt(const store *s, const store_table *tab);
+int store_load_token_key(store *s, kv_txn *txn);
+/* Hold the resize gate as a reader around any engine read not made through store_read_begin
+ * (backup). */
+void store_gate_enter_read(store *s);
+void store_gate_leave_read(store *s);
+/* k = the entry of index x for row (id appended for MULTI). 1: has an entry, 0: none (sparse),
+ * -1: the key overflowed STORE_KEY_MAX. */
+int store_index_entry(const store_table *tab, size_t x, const void *row, uint64_t id, store_key *k);
+
+/* Turns a kv status into a store status (RESOURCE_EXHAUSTED for a full map or disk, ...) with
+ * err filled, and flags t (may be NULL) so that the writer knows to grow the map. */
+static inline int store_kv_fail(store_txn *t, int kvst, store_error *err, const char *what)
+{
+    int code;
+    const char *msg = kv_strerror(kvst);
+    switch (kvst) {
+    case KV_MAP_FULL:
+        if (t)
+            t->map_full = 1;
+        code = LAGOON_RESOURCE_EXHAUSTED;
+        msg = "the database is full (map size at its configured maximum)";
+        break;
+    case KV_NO_SPACE:
+        if (t)
+            t->no_space = 1;
+        code = LAGOON_RESOURCE_EXHAUSTED;
+        msg = "no space left on the data disk";
+        break;
+    case KV_READERS_FULL:
+        code = LAGOON_RESOURCE_EXHAUSTED;
+        break;
+    case KV_TOO_BIG:
+        code = LAGOON_INVALID_ARGUMENT;
+        break;
+    case KV_CORRUPT:
+        code = LAGOON_DATA_LOSS;
+        break;
+    case KV_NOTFOUND:
+        code = LAGOON_NOT_FOUND;
+        break;
+    case KV_EXISTS:
+        code = LAGOON_ALREADY_EXISTS;
+        break;
+    default:
+        code = LAGOON_INTERNAL;
+        break;
+    }
+    return STORE_FAIL(err, code, NULL, "%s: %s", what, msg);
+}
+
+#endif

@@ -156,8 +156,9 @@ const char *rpc_call_idempotency_key(const rpc_call *c); /* "" if none */
 struct event_base *rpc_call_base(const rpc_call *c);
 /* Non-zero once the call has ended (cancelled, deadline, disconnect, finished). Any thread. */
 int rpc_call_done(const rpc_call *c);
-/* Bytes waiting in the connection's output buffer: lets a streaming handler notice a reader
- * that cannot keep up. Loop thread only. */
+/* Bytes not yet handed to the kernel for this call's connection (its output buffer, plus
+ * messages sent from other threads still on their way): lets a streaming handler notice a
+ * reader that cannot keep up. Any thread that holds the call. */
 size_t rpc_call_backlog(const rpc_call *c);
 
 /* Sets the status message sent with the reply and returns status, so handlers can write

@@ -89,6 +89,8 @@ struct rpc_conn {
     struct event *timer;   /* handshake, idle or close-flush deadline */
     struct event *reaper;  /* frees a dead connection outside its own callbacks */
     uint64_t last_read_ms; /* monotonic time of the last bytes received */
+    atomic_size_t out_len; /* output buffer length, for rpc_call_backlog from other threads */
+    atomic_int refs;       /* the loop's (until reaped) and one per call: the struct outlives them */
 };
 
 struct rpc_call {
@@ -110,6 +112,7 @@ struct rpc_call {
     struct event *deadline;
     uint64_t start_us;
     uint32_t bytes_in, bytes_out;
+    atomic_size_t posted; /* bytes of SEND ops queued to the loop, not yet written */
     rpc_caller caller;
     char request_id[65];
     char idempotency_key[129];
@@ -334,7 +337,14 @@ static rpc_call *call_new(rpc_conn *c, const rpc_route *route, uint32_t id)
     if (call->resp)
         memset(call->resp, 0, resp_size);
     call->start_us = now_us();
+    atomic_fetch_add(&c->refs, 1);
     return call;
+}
+
+static void conn_unref(rpc_conn *c)
+{
+    if (atomic_fetch_sub(&c->refs, 1) == 1)
+        free(c);
 }
 
 static void call_ref(rpc_call *call)
@@ -356,7 +366,9 @@ static void call_unref(rpc_call *call)
             pb_release(m->response->desc, call->resp);
     }
     free(call->rmeta);
+    rpc_conn *conn = call->conn;
     free(call);
+    conn_unref(conn);
 }
 
 static lagoon_v1_ResponseMeta *call_rmeta(rpc_call *call)
@@ -564,6 +576,7 @@ static void op_run(rpc_loop *l, rpc_op *op, int live)
         }
         break;
     case OP_SEND:
+        atomic_fetch_sub(&op->call->posted, op->len);
         if (live && !atomic_load(&op->call->done))
             op->call->bytes_out += (uint32_t)conn_write_bytes(op->call->conn, op->data, op->len);
         call_unref(op->call);
@@ -628,9 +641,11 @@ const char *rpc_call_peer(const rpc_call *c)
 
 size_t rpc_call_backlog(const rpc_call *c)
 {
-    if (atomic_load(&c->done) || c->conn->bev == NULL)
+    if (atomic_load(&c->done))
         return 0;
-    return evbuffer_get_length(bufferevent_get_output(c->conn->bev));
+    /* conn may be closing on its loop right now; its counter stays readable until the call
+     * is released, which the caller's hold prevents. */
+    return atomic_load(&((rpc_call *)c)->posted) + atomic_load(&c->conn->out_len);
 }
 
 int rpc_call_error(rpc_call *c, int status, const char *fmt, ...)
@@ -697,6 +712,7 @@ int rpc_call_send(rpc_call *c, const void *msg)
     wire_encode(m->response, msg, op->data + WIRE_HEADER_SIZE, (size_t)body, NULL);
     call_ref(c);
     op->call = c;
+    atomic_fetch_add(&c->posted, op->len);
     loop_post(c->loop, op);
     return 0;
 }
@@ -790,7 +806,8 @@ static void conn_refuse(rpc_conn *c, const wire_frame *f, int client_open, int s
     if (client_open && c->state == CONN_OPEN) {
         rpc_call *t = call_new(c, NULL, f->call_id);
         if (t == NULL || table_insert(c, t) != 0) {
-            free(t);
+            if (t)
+                call_unref(t);
             conn_violation(c, "out of memory");
             return;
         }
@@ -887,7 +904,8 @@ static void on_request(rpc_conn *c, const wire_frame *f)
 
     rpc_call *call = call_new(c, r, f->call_id);
     if (call == NULL || table_insert(c, call) != 0) {
-        free(call);
+        if (call)
+            call_unref(call);
         conn_refuse(c, f, 0, LAGOON_RESOURCE_EXHAUSTED, meta.request_id, "out of memory");
         return;
     }
@@ -1170,7 +1188,8 @@ static void conn_reap_cb(evutil_socket_t fd, short what, void *arg)
     rpc_loop *l = c->loop;
     event_free(c->reaper);
     free(c->buckets);
-    free(c);
+    c->buckets = NULL;
+    conn_unref(c); /* calls still held elsewhere keep the struct, never its resources */
     loop_maybe_exit(l);
 }
 
@@ -1224,6 +1243,13 @@ static void conn_close(rpc_conn *c)
     event_active(c->reaper, EV_TIMEOUT, 0);
 }
 
+/* Keeps conn->out_len current for other threads (rpc_call_backlog). */
+static void conn_output_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+    (void)info;
+    atomic_store(&((rpc_conn *)arg)->out_len, evbuffer_get_length(buf));
+}
+
 static void conn_accept_fd(rpc_loop *l, int fd, const char *peer)
 {
     rpc_conn *c = calloc(1, sizeof(*c));
@@ -1233,6 +1259,7 @@ static void conn_accept_fd(rpc_loop *l, int fd, const char *peer)
         return;
     }
     c->loop = l;
+    atomic_init(&c->refs, 1);
     c->state = CONN_PREFACE;
     snprintf(c->peer, sizeof(c->peer), "%s", peer);
     c->bev = bufferevent_socket_new(l->base, fd, BEV_OPT_CLOSE_ON_FREE);
@@ -1254,6 +1281,7 @@ static void conn_accept_fd(rpc_loop *l, int fd, const char *peer)
     l->conns = c;
     l->nconns++;
     bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
+    evbuffer_add_cb(bufferevent_get_output(c->bev), conn_output_cb, c);
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
     conn_timer_arm(c, l->server->cfg.handshake_timeout_ms);
 }

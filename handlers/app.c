@@ -9,6 +9,7 @@
 #include <sodium.h>
 
 #include "accounts.h"
+#include "events.h"
 #include "log.h"
 #include "mailer.h"
 #include "schema.h"
@@ -41,6 +42,12 @@ void app_config_defaults(app_config *c)
         c->verify_ttl_s = 24 * 3600;
     if (c->reset_ttl_s == 0)
         c->reset_ttl_s = 3600;
+    if (c->event_retention_count == 0)
+        c->event_retention_count = 1000;
+    if (c->event_retention_s == 0)
+        c->event_retention_s = 7 * 24 * 3600;
+    if (c->subscriber_backlog == 0)
+        c->subscriber_backlog = 1u << 20;
     policy_default(&c->login_failures, 5, 15 * 60 * 1000, 1000, 15 * 60 * 1000);
     policy_default(&c->login_address_failures, 5, 15 * 60 * 1000, 1000, 15 * 60 * 1000);
     policy_default(&c->registrations, 20, 3600 * 1000, 60 * 1000, 3600 * 1000);
@@ -89,6 +96,10 @@ int app_open(const char *data_dir, const app_config *cfg, app **out, rpc_error *
         app_close(a);
         return RPC_ERR;
     }
+    if (realtime_start(a, &a->rt, err) != RPC_OK) {
+        app_close(a);
+        return RPC_ERR;
+    }
     char maildir[1100];
     snprintf(maildir, sizeof(maildir), "%s/mail", data_dir);
     if (mailer_start(a, maildir, &a->mail, err) != RPC_OK) {
@@ -104,12 +115,18 @@ void app_close(app *a)
     if (a == NULL)
         return;
     mailer_stop(a->mail);
+    realtime_stop(a->rt);
     store_close(a->db);
     limiter_free(a->login_account);
     limiter_free(a->login_address);
     limiter_free(a->registrations);
     limiter_free(a->resets);
     free(a);
+}
+
+void app_on_drain(void *arg)
+{
+    realtime_shutdown_streams(((app *)arg)->rt);
 }
 
 void app_peer_address(const rpc_call *c, char *out, size_t cap)

@@ -29,18 +29,23 @@ typedef struct app_config {
     limiter_policy registrations;  /* per address; 0s = 20 per hour */
     limiter_policy resets;         /* ForgotPassword and ResendVerification per address; 0s = 10 per hour */
     enum store_sync sync;          /* STORE_SYNC_FULL unless benchmarking */
+    uint32_t event_retention_count; /* events kept per user; 0 = 1000 */
+    uint32_t event_retention_s;     /* and for at most this long; 0 = 7 days */
+    size_t subscriber_backlog;      /* bytes a subscription may fall behind before it is ended; 0 = 1 MiB */
     /* The clock, ms since the epoch; NULL = the real one. Tests inject theirs. */
     int64_t (*clock)(void *arg);
     void *clock_arg;
 } app_config;
 
 typedef struct mailer mailer;
+typedef struct realtime realtime;
 
 typedef struct app {
     store *db;
     app_config cfg;
     limiter *login_account, *login_address, *registrations, *resets;
     mailer *mail;
+    realtime *rt;
     char data_dir[1024];
 } app;
 
@@ -60,6 +65,10 @@ static inline app *app_of(const rpc_call *c)
 }
 
 int64_t app_now(const app *a);
+
+/* The RPC layer's drain hook (rpc_config.on_drain, arg = the app): ends the subscriptions,
+ * which would otherwise hold the drain open. */
+void app_on_drain(void *arg);
 
 /* The token check of the RPC layer (rpc_config.authenticate, arg = the app). */
 int app_authenticate(void *arg, const char *token, rpc_caller *out);

@@ -4,6 +4,7 @@
 #include "schema.h"
 
 #include "accounts.h"
+#include "events.h"
 #include "messages.h"
 
 /* The layout version stored in every database. */
@@ -12,6 +13,7 @@
 static const store_table *const app_tables[] = {
     &accounts_users, &accounts_sessions, &accounts_used_refresh, &accounts_tokens, &accounts_outbox,
     &messages_conversations, &messages_members, &messages_messages,
+    &events_log, &events_feeds, &events_notifications,
 };
 
 static const store_schema app_schema_decl = {

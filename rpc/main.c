@@ -256,6 +256,7 @@ int main(int argc, char **argv)
     o.rpc.app = a;
     o.rpc.authenticate = app_authenticate;
     o.rpc.authenticate_arg = a;
+    o.rpc.on_drain = app_on_drain;
     rpc_server *server;
     if (rpc_server_new(&o.rpc, lagoon_routes, lagoon_routes_count, &server, &rerr) != RPC_OK) {
         fprintf(stderr, "lagoond: %s\n", rerr.message);

@@ -89,6 +89,9 @@ typedef struct rpc_config {
     void *authenticate_arg;
     const char *version;    /* reported by Health/Check */
     void *app;              /* handlers' shared state (store, settings): rpc_call_app() */
+    /* Called (control thread) when a drain starts, so that long-lived streams can be ended
+     * instead of holding the drain open until its timeout. NULL: none. */
+    void (*on_drain)(void *app);
 } rpc_config;
 
 /* Fills every field with its default (127.0.0.1:7420, limits from rpc_limits.h). */

@@ -1399,6 +1399,8 @@ static void stop_cb(evutil_socket_t fd, short what, void *arg)
         evconnlistener_free(s->listener);
         s->listener = NULL;
     }
+    if (s->cfg.on_drain)
+        s->cfg.on_drain(s->cfg.app);
     for (unsigned i = 0; i < s->nloops; i++) {
         rpc_op *op = calloc(1, sizeof(*op));
         if (op) {

@@ -241,6 +241,7 @@ static void app_boot(test_app *t, void (*tweak)(app_config *acfg, rpc_config *cf
     cfg.app = t->app;
     cfg.authenticate = app_authenticate;
     cfg.authenticate_arg = t->app;
+    cfg.on_drain = app_on_drain;
     test_server_start(&t->srv, &cfg, NULL, 0);
 }
 

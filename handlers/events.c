@@ -1,0 +1,675 @@
+/* events: the event log, the realtime router, and the Events service. See events.h.
+ *
+ * The seam. One router thread handles, in one FIFO queue, both the commit announcements of new
+ * events and the subscriptions that start. A subscription with `since` is registered and
+ * replayed (in one read transaction) when its turn in the queue comes: everything committed
+ * before that read is replayed; everything committed after it is announced later in the queue
+ * and delivered live. An event committed before the read but announced after it is recognised
+ * by its seq (<= the subscriber's last sent) and skipped. Per-user seqs increase in commit
+ * order, so that comparison is exact: no gap, no duplicate. */
+#include "events.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "accounts.h"
+#include "lagoon_handlers.h"
+#include "log.h"
+#include "messages.h"
+
+#define EVENTS_PURGE_PER_APPEND 8   /* old events trimmed per append: bounded work per write */
+#define EVENTS_REPLAY_PAGE 200      /* events read per page while replaying */
+#define EVENTS_TYPING_MS 5000       /* how long a typing indicator shows */
+#define ROUTER_BUCKETS 1024         /* subscriber table, by user id */
+
+/* ---- tables ----------------------------------------------------------------------------------- */
+
+static int key_event_user_seq(const void *row, store_key *k)
+{
+    const lagoon_v1_UserEvent *e = row;
+    store_key_u64(k, e->user_id);
+    store_key_u64(k, e->event.seq);
+    return 1;
+}
+
+static int key_feed_user(const void *row, store_key *k)
+{
+    store_key_u64(k, ((const lagoon_v1_UserFeed *)row)->user_id);
+    return 1;
+}
+
+/* Newest first by time (reverse scan); an update moves a collapsed notification to the top. */
+static int key_note_user_time(const void *row, store_key *k)
+{
+    const lagoon_v1_Notification *n = row;
+    store_key_u64(k, n->user_id);
+    store_key_i64(k, n->created_at);
+    return 1;
+}
+
+/* Sparse: unread notifications only. */
+static int key_note_unread(const void *row, store_key *k)
+{
+    const lagoon_v1_Notification *n = row;
+    if (n->is_read)
+        return 0;
+    store_key_u64(k, n->user_id);
+    store_key_i64(k, n->created_at);
+    return 1;
+}
+
+/* Sparse: the unread notification a collapse key points to. */
+static int key_note_collapse(const void *row, store_key *k)
+{
+    const lagoon_v1_Notification *n = row;
+    if (n->is_read || n->collapse_key[0] == '\0')
+        return 0;
+    store_key_u64(k, n->user_id);
+    store_key_str(k, n->collapse_key);
+    return 1;
+}
+
+static const store_index log_indexes[] = {
+    {"by_user_seq", "seq", STORE_UNIQUE, key_event_user_seq},
+};
+static const store_index feed_indexes[] = {
+    {"by_user", "user_id", STORE_UNIQUE, key_feed_user},
+};
+static const store_index note_indexes[] = {
+    {"by_user_time", "user_id", STORE_MULTI, key_note_user_time},
+    {"unread", "is_read", STORE_MULTI, key_note_unread},
+    {"by_collapse_key", "collapse_key", STORE_UNIQUE, key_note_collapse},
+};
+static const store_index *const log_by_user_seq = &log_indexes[0];
+const store_index *const feed_by_user = &feed_indexes[0];
+const store_index *const notes_by_time = &note_indexes[0];
+const store_index *const notes_unread = &note_indexes[1];
+static const store_index *const notes_by_key = &note_indexes[2];
+
+static const store_fkey log_fkeys[] = {
+    {"user_id", offsetof(lagoon_v1_UserEvent, user_id), &accounts_users, &log_indexes[0], STORE_CASCADE, 0},
+};
+static const store_fkey feed_fkeys[] = {
+    {"user_id", offsetof(lagoon_v1_UserFeed, user_id), &accounts_users, &feed_indexes[0], STORE_CASCADE, 0},
+};
+static const store_fkey note_fkeys[] = {
+    {"user_id", offsetof(lagoon_v1_Notification, user_id), &accounts_users, &note_indexes[0], STORE_CASCADE, 0},
+};
+
+#define COUNT(a) (sizeof(a) / sizeof((a)[0]))
+
+const store_table events_log = {
+    "user_events", &lagoon_v1_UserEvent_info, sizeof(lagoon_v1_UserEvent), offsetof(lagoon_v1_UserEvent, id),
+    log_indexes, COUNT(log_indexes), log_fkeys, COUNT(log_fkeys),
+};
+const store_table events_feeds = {
+    "user_feeds", &lagoon_v1_UserFeed_info, sizeof(lagoon_v1_UserFeed), offsetof(lagoon_v1_UserFeed, id),
+    feed_indexes, COUNT(feed_indexes), feed_fkeys, COUNT(feed_fkeys),
+};
+const store_table events_notifications = {
+    "notifications", &lagoon_v1_Notification_info, sizeof(lagoon_v1_Notification),
+    offsetof(lagoon_v1_Notification, id), note_indexes, COUNT(note_indexes), note_fkeys, COUNT(note_fkeys),
+};
+
+/* ---- the log --------------------------------------------------------------------------------- */
+
+static int feed_get(store_txn *t, uint64_t user, lagoon_v1_UserFeed *f, int *exists, store_error *err)
+{
+    store_key k;
+    store_key_reset(&k);
+    store_key_u64(&k, user);
+    int st = store_get_by(t, &events_feeds, feed_by_user, &k, NULL, f, err);
+    *exists = st == LAGOON_OK;
+    if (st == LAGOON_NOT_FOUND) {
+        memset(f, 0, sizeof(*f));
+        f->user_id = user;
+        st = LAGOON_OK;
+    }
+    return st;
+}
+
+static int feed_put(store_txn *t, lagoon_v1_UserFeed *f, int exists, store_error *err)
+{
+    return exists ? store_update(t, &events_feeds, f, err) : store_insert(t, &events_feeds, f, NULL, err);
+}
+
+/* The event row of (user, seq): its id, or 0. */
+static uint64_t event_id(store_txn *t, uint64_t user, uint64_t seq, lagoon_v1_UserEvent *row, store_error *err)
+{
+    store_key k;
+    store_key_reset(&k);
+    store_key_u64(&k, user);
+    store_key_u64(&k, seq);
+    uint64_t id = 0;
+    if (store_get_by(t, &events_log, log_by_user_seq, &k, &id, row, err) != LAGOON_OK)
+        return 0;
+    return id;
+}
+
+int events_append(store_txn *t, const app *a, uint64_t user_id, lagoon_v1_Event *ev, store_error *err)
+{
+    lagoon_v1_UserFeed f;
+    int exists;
+    int st = feed_get(t, user_id, &f, &exists, err);
+    if (st != LAGOON_OK)
+        return st;
+    int64_t now = app_now(a);
+    ev->seq = ++f.last_seq;
+    ev->created_at = now;
+    if (f.first_seq == 0)
+        f.first_seq = ev->seq;
+    lagoon_v1_UserEvent *row = malloc(sizeof(*row));
+    if (row == NULL)
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    memset(row, 0, sizeof(*row));
+    row->user_id = user_id;
+    row->has_event = true;
+    row->event = *ev;
+    st = store_insert(t, &events_log, row, NULL, err);
+    /* Retention: by count, and by age of the oldest; a few per append keeps writes bounded. */
+    for (int i = 0; i < EVENTS_PURGE_PER_APPEND && st == LAGOON_OK && f.first_seq < f.last_seq; i++) {
+        uint64_t kept = f.last_seq - f.first_seq + 1;
+        uint64_t id = event_id(t, user_id, f.first_seq, row, err);
+        int too_old = id && now - row->event.created_at > (int64_t)a->cfg.event_retention_s * 1000;
+        if (kept <= a->cfg.event_retention_count && !too_old && id)
+            break;
+        if (id)
+            st = store_delete(t, &events_log, id, err);
+        f.first_seq++;
+    }
+    free(row);
+    if (st == LAGOON_OK)
+        st = feed_put(t, &f, exists, err);
+    return st;
+}
+
+/* ---- notifications ------------------------------------------------------------------------------ */
+
+static int feed_unread_add(store_txn *t, uint64_t user, int delta, store_error *err)
+{
+    lagoon_v1_UserFeed f;
+    int exists;
+    int st = feed_get(t, user, &f, &exists, err);
+    if (st != LAGOON_OK)
+        return st;
+    if (delta < 0 && f.unread_notifications < (uint32_t)-delta)
+        f.unread_notifications = 0;
+    else
+        f.unread_notifications = (uint32_t)((int64_t)f.unread_notifications + delta);
+    return feed_put(t, &f, exists, err);
+}
+
+int events_notify(store_txn *t, const app *a, uint64_t user_id, lagoon_v1_Notification_Type type, const char *title,
+                  const char *content, uint64_t related_id, const char *collapse_key, store_error *err)
+{
+    lagoon_v1_Notification n;
+    int st = LAGOON_NOT_FOUND;
+    if (collapse_key && collapse_key[0]) {
+        store_key k;
+        store_key_reset(&k);
+        store_key_u64(&k, user_id);
+        store_key_str(&k, collapse_key);
+        st = store_get_by(t, &events_notifications, notes_by_key, &k, NULL, &n, err);
+        if (st != LAGOON_OK && st != LAGOON_NOT_FOUND)
+            return st;
+    }
+    int collapsed = st == LAGOON_OK;
+    if (!collapsed) {
+        memset(&n, 0, sizeof(n));
+        n.user_id = user_id;
+        n.type = type;
+        n.related_id = related_id;
+        snprintf(n.collapse_key, sizeof(n.collapse_key), "%s", collapse_key ? collapse_key : "");
+    }
+    n.count++;
+    n.created_at = app_now(a);
+    snprintf(n.title, sizeof(n.title), "%s", title);
+    snprintf(n.content, sizeof(n.content), "%s", content);
+    st = collapsed ? store_update(t, &events_notifications, &n, err)
+                   : store_insert(t, &events_notifications, &n, NULL, err);
+    if (st == LAGOON_OK && !collapsed)
+        st = feed_unread_add(t, user_id, 1, err);
+    if (st == LAGOON_OK) {
+        lagoon_v1_Event ev = lagoon_v1_Event_init_zero;
+        ev.which_payload = lagoon_v1_Event_notification_tag;
+        ev.payload.notification.has_notification = true;
+        ev.payload.notification.notification = n;
+        st = events_append(t, a, user_id, &ev, err);
+    }
+    return st;
+}
+
+static int note_mark_read(store_txn *t, lagoon_v1_Notification *n, store_error *err)
+{
+    if (n->is_read)
+        return LAGOON_OK;
+    n->is_read = true;
+    int st = store_update(t, &events_notifications, n, err);
+    return st == LAGOON_OK ? feed_unread_add(t, n->user_id, -1, err) : st;
+}
+
+int events_notification_read(store_txn *t, uint64_t user_id, const char *collapse_key, store_error *err)
+{
+    store_key k;
+    store_key_reset(&k);
+    store_key_u64(&k, user_id);
+    store_key_str(&k, collapse_key);
+    lagoon_v1_Notification n;
+    int st = store_get_by(t, &events_notifications, notes_by_key, &k, NULL, &n, err);
+    if (st == LAGOON_NOT_FOUND)
+        return LAGOON_OK;
+    return st == LAGOON_OK ? note_mark_read(t, &n, err) : st;
+}
+
+/* ---- the router --------------------------------------------------------------------------------- */
+
+typedef struct subscriber {
+    struct subscriber *next;   /* bucket chain */
+    uint64_t id;               /* never reused: the cancel callback names it by id */
+    uint64_t user_id;
+    uint64_t since;
+    uint64_t last_sent;        /* seq of the last event delivered */
+    rpc_call *call;
+} subscriber;
+
+enum cmd_kind { CMD_EVENT, CMD_ADD, CMD_REMOVE, CMD_TYPING, CMD_SHUTDOWN };
+
+typedef struct cmd {
+    struct cmd *next;
+    int kind;
+    uint64_t id;               /* EVENT: event row id; REMOVE: subscriber id */
+    uint64_t to, from, conv;   /* TYPING */
+    subscriber *sub;           /* ADD */
+} cmd;
+
+struct realtime {
+    app *a;
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    cmd *head, *tail;
+    int stopping;
+    uint64_t next_sub_id;      /* under mu */
+    subscriber *buckets[ROUTER_BUCKETS]; /* router thread only */
+};
+
+static void post(realtime *rt, cmd *c)
+{
+    c->next = NULL;
+    pthread_mutex_lock(&rt->mu);
+    if (rt->tail)
+        rt->tail->next = c;
+    else
+        rt->head = c;
+    rt->tail = c;
+    pthread_cond_signal(&rt->cv);
+    pthread_mutex_unlock(&rt->mu);
+}
+
+static void post_simple(realtime *rt, int kind, uint64_t id)
+{
+    cmd *c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        log_msg(LOG_ERROR, "realtime: out of memory queueing a command");
+        return;
+    }
+    c->kind = kind;
+    c->id = id;
+    post(rt, c);
+}
+
+/* Store subscriber (writer thread): queue the new events. Must not block: a brief lock. */
+static void on_commit(void *arg, const store_change *ch, size_t n)
+{
+    realtime *rt = arg;
+    for (size_t i = 0; i < n; i++)
+        if (ch[i].table == &events_log && ch[i].kind == STORE_INSERTED)
+            post_simple(rt, CMD_EVENT, ch[i].id);
+}
+
+static void sub_unlink(realtime *rt, subscriber *s)
+{
+    for (subscriber **p = &rt->buckets[s->user_id % ROUTER_BUCKETS]; *p; p = &(*p)->next) {
+        if (*p == s) {
+            *p = s->next;
+            return;
+        }
+    }
+}
+
+/* Ends a subscription from the router's side. */
+static void sub_end(realtime *rt, subscriber *s, int status, const char *message)
+{
+    sub_unlink(rt, s);
+    if (message)
+        rpc_call_error(s->call, status, "%s", message);
+    rpc_call_finish(s->call, status);
+    free(s);
+}
+
+/* Sends ev to s; ends s if its reader has fallen too far behind. 0 if s lives on. */
+static int sub_send(realtime *rt, subscriber *s, const lagoon_v1_Event *ev)
+{
+    if (rpc_call_send(s->call, ev) != 0) {
+        sub_end(rt, s, LAGOON_CANCELLED, NULL);
+        return -1;
+    }
+    if (ev->seq)
+        s->last_sent = ev->seq;
+    if (rpc_call_backlog(s->call) > rt->a->cfg.subscriber_backlog) {
+        char msg[160];
+        snprintf(msg, sizeof(msg), "subscriber too slow: resubscribe with since=%llu to continue",
+                 (unsigned long long)s->last_sent);
+        sub_end(rt, s, LAGOON_RESOURCE_EXHAUSTED, msg);
+        return -1;
+    }
+    return 0;
+}
+
+static void route_event(realtime *rt, store_txn *t, uint64_t id, lagoon_v1_UserEvent *row)
+{
+    store_error err;
+    if (store_get(t, &events_log, id, row, &err) != LAGOON_OK)
+        return; /* trimmed already: a subscriber that needed it is resumed from the log */
+    for (subscriber *s = rt->buckets[row->user_id % ROUTER_BUCKETS], *next; s; s = next) {
+        next = s->next;
+        if (s->user_id == row->user_id && row->event.seq > s->last_sent)
+            sub_send(rt, s, &row->event);
+    }
+}
+
+typedef struct replay {
+    realtime *rt;
+    subscriber *s;
+    int dead;
+} replay;
+
+static int replay_one(void *arg, uint64_t id, const void *row)
+{
+    (void)id;
+    replay *r = arg;
+    if (sub_send(r->rt, r->s, &((const lagoon_v1_UserEvent *)row)->event) != 0) {
+        r->dead = 1;
+        return LAGOON_CANCELLED;
+    }
+    return LAGOON_OK;
+}
+
+/* Registers s, tells it where the log stands, and replays what it missed. */
+static void sub_start(realtime *rt, subscriber *s, lagoon_v1_UserEvent *row)
+{
+    store_txn *t;
+    store_error err;
+    if (store_read_begin(rt->a->db, &t, &err) != LAGOON_OK) {
+        rpc_call_error(s->call, LAGOON_UNAVAILABLE, "%s", err.message);
+        rpc_call_finish(s->call, LAGOON_UNAVAILABLE);
+        free(s);
+        return;
+    }
+    s->next = rt->buckets[s->user_id % ROUTER_BUCKETS];
+    rt->buckets[s->user_id % ROUTER_BUCKETS] = s;
+    lagoon_v1_UserFeed f;
+    int exists;
+    feed_get(t, s->user_id, &f, &exists, &err);
+    if (s->since > f.last_seq || (s->since && f.first_seq > s->since + 1)) {
+        store_read_end(t);
+        char msg[200];
+        snprintf(msg, sizeof(msg),
+                 s->since > f.last_seq ? "since=%llu is ahead of the log (at %llu): reload, then subscribe without since"
+                                       : "events after %llu are no longer kept (oldest %llu): reload, then subscribe "
+                                         "without since",
+                 (unsigned long long)s->since, (unsigned long long)(s->since > f.last_seq ? f.last_seq : f.first_seq));
+        sub_end(rt, s, LAGOON_OUT_OF_RANGE, msg);
+        return;
+    }
+    lagoon_v1_Event hello = lagoon_v1_Event_init_zero;
+    hello.which_payload = lagoon_v1_Event_subscribed_tag;
+    hello.payload.subscribed.current_seq = f.last_seq;
+    hello.created_at = app_now(rt->a);
+    s->last_sent = s->since ? s->since : f.last_seq;
+    if (sub_send(rt, s, &hello) != 0) {
+        store_read_end(t);
+        return;
+    }
+    if (s->since && s->since < f.last_seq) {
+        store_key prefix, start;
+        store_key_reset(&prefix);
+        store_key_u64(&prefix, s->user_id);
+        start = prefix;
+        store_key_u64(&start, s->since + 1);
+        store_query q = {0};
+        q.table = &events_log;
+        q.index = log_by_user_seq;
+        q.prefix = prefix.buf;
+        q.prefix_len = prefix.len;
+        q.start = start.buf;
+        q.start_len = start.len;
+        q.page_size = EVENTS_REPLAY_PAGE;
+        char token[STORE_PAGE_TOKEN_MAX + 1] = "";
+        replay r = {rt, s, 0};
+        for (;;) {
+            store_page page;
+            q.page_token = token;
+            if (store_scan(t, &q, replay_one, &r, &page, &err) != LAGOON_OK || r.dead ||
+                page.next_page_token[0] == '\0')
+                break;
+            snprintf(token, sizeof(token), "%s", page.next_page_token);
+        }
+    }
+    (void)row;
+    store_read_end(t);
+}
+
+static subscriber *sub_find(realtime *rt, uint64_t id)
+{
+    for (int b = 0; b < ROUTER_BUCKETS; b++)
+        for (subscriber *s = rt->buckets[b]; s; s = s->next)
+            if (s->id == id)
+                return s;
+    return NULL;
+}
+
+static void route_typing(realtime *rt, const cmd *c)
+{
+    lagoon_v1_Event ev = lagoon_v1_Event_init_zero;
+    ev.which_payload = lagoon_v1_Event_typing_tag;
+    ev.payload.typing.user_id = c->from;
+    ev.payload.typing.conversation_id = c->conv;
+    ev.payload.typing.expires_in_ms = EVENTS_TYPING_MS;
+    ev.created_at = app_now(rt->a);
+    for (subscriber *s = rt->buckets[c->to % ROUTER_BUCKETS], *next; s; s = next) {
+        next = s->next;
+        if (s->user_id == c->to)
+            sub_send(rt, s, &ev);
+    }
+}
+
+static void end_all(realtime *rt, int status, const char *message)
+{
+    for (int b = 0; b < ROUTER_BUCKETS; b++)
+        while (rt->buckets[b])
+            sub_end(rt, rt->buckets[b], status, message);
+}
+
+static void *router_main(void *arg)
+{
+    realtime *rt = arg;
+    lagoon_v1_UserEvent *row = malloc(sizeof(*row));
+    for (;;) {
+        pthread_mutex_lock(&rt->mu);
+        while (rt->head == NULL && !rt->stopping)
+            pthread_cond_wait(&rt->cv, &rt->mu);
+        cmd *batch = rt->head;
+        rt->head = rt->tail = NULL;
+        int stop = rt->stopping && batch == NULL;
+        pthread_mutex_unlock(&rt->mu);
+        if (stop)
+            break;
+        store_txn *t = NULL;
+        store_error err;
+        while (batch) {
+            cmd *c = batch;
+            batch = c->next;
+            switch (c->kind) {
+            case CMD_EVENT:
+                /* One read transaction for a run of events. */
+                if (t == NULL && store_read_begin(rt->a->db, &t, &err) != LAGOON_OK)
+                    t = NULL;
+                if (t != NULL && row != NULL)
+                    route_event(rt, t, c->id, row);
+                break;
+            case CMD_ADD:
+                if (t != NULL) { /* the start must see every commit announced before it */
+                    store_read_end(t);
+                    t = NULL;
+                }
+                sub_start(rt, c->sub, row);
+                break;
+            case CMD_REMOVE: {
+                subscriber *s = sub_find(rt, c->id);
+                if (s != NULL)
+                    sub_end(rt, s, LAGOON_CANCELLED, NULL);
+                break;
+            }
+            case CMD_TYPING:
+                route_typing(rt, c);
+                break;
+            case CMD_SHUTDOWN:
+                end_all(rt, LAGOON_UNAVAILABLE, "server shutting down: reconnect and resubscribe with since");
+                break;
+            }
+            if (c->kind != CMD_EVENT && t != NULL) {
+                store_read_end(t);
+                t = NULL;
+            }
+            free(c);
+        }
+        if (t != NULL)
+            store_read_end(t);
+    }
+    end_all(rt, LAGOON_UNAVAILABLE, "server shutting down: reconnect and resubscribe with since");
+    free(row);
+    return NULL;
+}
+
+int realtime_start(app *a, realtime **out, rpc_error *err)
+{
+    *out = NULL;
+    realtime *rt = calloc(1, sizeof(*rt));
+    if (rt == NULL) {
+        snprintf(err->message, sizeof(err->message), "out of memory");
+        return RPC_ERR;
+    }
+    rt->a = a;
+    pthread_mutex_init(&rt->mu, NULL);
+    pthread_cond_init(&rt->cv, NULL);
+    store_error se;
+    if (store_subscribe(a->db, on_commit, rt, &se) != LAGOON_OK ||
+        pthread_create(&rt->thread, NULL, router_main, rt) != 0) {
+        snprintf(err->message, sizeof(err->message), "cannot start the realtime router");
+        store_unsubscribe(a->db, on_commit, rt);
+        free(rt);
+        return RPC_ERR;
+    }
+    *out = rt;
+    return RPC_OK;
+}
+
+void realtime_shutdown_streams(realtime *rt)
+{
+    if (rt != NULL)
+        post_simple(rt, CMD_SHUTDOWN, 0);
+}
+
+void realtime_stop(realtime *rt)
+{
+    if (rt == NULL)
+        return;
+    store_unsubscribe(rt->a->db, on_commit, rt);
+    pthread_mutex_lock(&rt->mu);
+    rt->stopping = 1;
+    pthread_cond_signal(&rt->cv);
+    pthread_mutex_unlock(&rt->mu);
+    pthread_join(rt->thread, NULL);
+    while (rt->head) { /* commands that came after the last pass */
+        cmd *c = rt->head;
+        rt->head = c->next;
+        if (c->kind == CMD_ADD) {
+            rpc_call_finish(c->sub->call, LAGOON_UNAVAILABLE);
+            free(c->sub);
+        }
+        free(c);
+    }
+    pthread_cond_destroy(&rt->cv);
+    pthread_mutex_destroy(&rt->mu);
+    free(rt);
+}
+
+/* ---- Events service ------------------------------------------------------------------------------ */
+
+static void subscribe_cancelled(rpc_call *call, void *arg)
+{
+    (void)call;
+    /* The id, not the subscriber: the router may have ended and freed it meanwhile. */
+    post_simple(app_of(call)->rt, CMD_REMOVE, (uint64_t)(uintptr_t)arg);
+}
+
+int handle_Events_Subscribe(rpc_call *call, const lagoon_v1_SubscribeRequest *req)
+{
+    realtime *rt = app_of(call)->rt;
+    subscriber *s = calloc(1, sizeof(*s));
+    cmd *c = calloc(1, sizeof(*c));
+    if (s == NULL || c == NULL) {
+        free(s);
+        free(c);
+        return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
+    }
+    pthread_mutex_lock(&rt->mu);
+    s->id = ++rt->next_sub_id;
+    pthread_mutex_unlock(&rt->mu);
+    s->user_id = rpc_call_caller(call)->user_id;
+    s->since = req->since;
+    s->call = call;
+    rpc_call_on_cancel(call, subscribe_cancelled, (void *)(uintptr_t)s->id);
+    c->kind = CMD_ADD;
+    c->sub = s;
+    post(rt, c);
+    return RPC_PENDING;
+}
+
+int handle_Events_Typing(rpc_call *call, const lagoon_v1_TypingRequest *req, lagoon_v1_EventsEmpty *resp)
+{
+    (void)resp;
+    uint64_t me = rpc_call_caller(call)->user_id;
+    if (req->other_user_id == 0 || req->other_user_id == me)
+        return rpc_call_violation(call, "other_user_id", "must be another user");
+    /* Only to a conversation partner: the two must have a conversation. */
+    store_txn *t;
+    store_error err;
+    app *a = app_of(call);
+    int st = store_read_begin(a->db, &t, &err);
+    if (st != LAGOON_OK)
+        return app_store_error(call, st, &err);
+    store_key k;
+    store_key_reset(&k);
+    store_key_u64(&k, me < req->other_user_id ? me : req->other_user_id);
+    store_key_u64(&k, me < req->other_user_id ? req->other_user_id : me);
+    lagoon_v1_Conversation conv;
+    st = store_get_by(t, &messages_conversations, conversations_by_pair, &k, NULL, &conv, &err);
+    store_read_end(t);
+    if (st == LAGOON_NOT_FOUND)
+        return rpc_call_error(call, LAGOON_NOT_FOUND, "no conversation with this user");
+    if (st != LAGOON_OK)
+        return app_store_error(call, st, &err);
+    cmd *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
+    c->kind = CMD_TYPING;
+    c->to = req->other_user_id;
+    c->from = me;
+    c->conv = conv.id;
+    post(a->rt, c);
+    return LAGOON_OK;
+}

@@ -1,0 +1,39 @@
+/* events: every user's event log, live delivery to subscriptions, and notifications.
+ *
+ * Features write events (and notifications) with the functions below inside the write
+ * transaction of the change that causes them, so an event exists if and only if its change
+ * committed. Delivery is driven by the store's commit announcements: a router thread reads the
+ * new events and sends them to the user's live subscriptions (Events/Subscribe). A subscription
+ * that starts with `since` first replays the log after it, then continues live, with no gap and
+ * no duplicate at the seam (see events.c). */
+#ifndef LAGOON_EVENTS_H
+#define LAGOON_EVENTS_H
+
+#include "app.h"
+#include "lagoon_idl.h"
+
+extern const store_table events_log, events_feeds, events_notifications;
+/* Notifications of a user newest first (all, or unread only); a user's feed row. */
+extern const store_index *const notes_by_time, *const notes_unread, *const feed_by_user;
+
+/* Appends ev to user's log in t: assigns its seq and created_at, trims the log to the
+ * retention limits. ev->payload must be set. */
+int events_append(store_txn *t, const app *a, uint64_t user_id, lagoon_v1_Event *ev, store_error *err);
+
+/* Creates a notification for user and logs its event: the one way features notify. With a
+ * collapse_key, an unread notification with the same key is updated instead (count + 1, new
+ * content and time), so ten messages make one notification, not ten. */
+int events_notify(store_txn *t, const app *a, uint64_t user_id, lagoon_v1_Notification_Type type, const char *title,
+                  const char *content, uint64_t related_id, const char *collapse_key, store_error *err);
+
+/* Marks read the unread notification of user with collapse_key, if any (a conversation read). */
+int events_notification_read(store_txn *t, uint64_t user_id, const char *collapse_key, store_error *err);
+
+/* The router thread. Started by app_open after the store, stopped by app_close before it. */
+typedef struct realtime realtime;
+int realtime_start(app *a, realtime **out, rpc_error *err);
+/* Ends every subscription with UNAVAILABLE ("reconnect"): for a draining server. Any thread. */
+void realtime_shutdown_streams(realtime *rt);
+void realtime_stop(realtime *rt);
+
+#endif

@@ -1,18 +1,22 @@
 /* events: the event log, the realtime router, and the Events service. See events.h.
  *
  * The seam. One router thread handles, in one FIFO queue, both the commit announcements of new
- * events and the subscriptions that start. A subscription with `since` is registered and
- * replayed (in one read transaction) when its turn in the queue comes: everything committed
- * before that read is replayed; everything committed after it is announced later in the queue
- * and delivered live. An event committed before the read but announced after it is recognised
- * by its seq (<= the subscriber's last sent) and skipped. Per-user seqs increase in commit
- * order, so that comparison is exact: no gap, no duplicate. */
+ * events and the subscriptions that start. A subscription with `since` replays the log from
+ * there, a page at a time and only while its connection keeps up (its backlog under half the
+ * limit), so a long absence is caught up at the reader's pace. While it replays, live events
+ * pass it by: the replay reaches them. The replay step that finds the end of the log switches
+ * it to live; everything committed after that step's read is announced later in the queue and
+ * delivered live, and anything announced later but already replayed is recognised by its seq
+ * (<= the subscriber's last sent) and skipped. Per-user seqs increase in commit order, so that
+ * comparison is exact: no gap, no duplicate. A live subscriber whose backlog passes the limit
+ * is ended with RESOURCE_EXHAUSTED; it resumes from the log with `since`. */
 #include "events.h"
 
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "accounts.h"
 #include "lagoon_handlers.h"
@@ -271,6 +275,8 @@ typedef struct subscriber {
     uint64_t user_id;
     uint64_t since;
     uint64_t last_sent;        /* seq of the last event delivered */
+    int replaying;             /* catching up from the log; live events pass it by */
+    struct subscriber *rnext;  /* list of replaying subscribers */
     rpc_call *call;
 } subscriber;
 
@@ -293,6 +299,7 @@ struct realtime {
     int stopping;
     uint64_t next_sub_id;      /* under mu */
     subscriber *buckets[ROUTER_BUCKETS]; /* router thread only */
+    subscriber *replaying;               /* router thread only */
 };
 
 static void post(realtime *rt, cmd *c)
@@ -334,7 +341,15 @@ static void sub_unlink(realtime *rt, subscriber *s)
     for (subscriber **p = &rt->buckets[s->user_id % ROUTER_BUCKETS]; *p; p = &(*p)->next) {
         if (*p == s) {
             *p = s->next;
-            return;
+            break;
+        }
+    }
+    if (s->replaying) {
+        for (subscriber **p = &rt->replaying; *p; p = &(*p)->rnext) {
+            if (*p == s) {
+                *p = s->rnext;
+                break;
+            }
         }
     }
 }
@@ -375,7 +390,7 @@ static void route_event(realtime *rt, store_txn *t, uint64_t id, lagoon_v1_UserE
         return; /* trimmed already: a subscriber that needed it is resumed from the log */
     for (subscriber *s = rt->buckets[row->user_id % ROUTER_BUCKETS], *next; s; s = next) {
         next = s->next;
-        if (s->user_id == row->user_id && row->event.seq > s->last_sent)
+        if (s->user_id == row->user_id && !s->replaying && row->event.seq > s->last_sent)
             sub_send(rt, s, &row->event);
     }
 }
@@ -383,7 +398,8 @@ static void route_event(realtime *rt, store_txn *t, uint64_t id, lagoon_v1_UserE
 typedef struct replay {
     realtime *rt;
     subscriber *s;
-    int dead;
+    int dead;   /* the subscription ended while replaying */
+    int paused; /* its reader is behind: continue later */
 } replay;
 
 static int replay_one(void *arg, uint64_t id, const void *row)
@@ -394,11 +410,53 @@ static int replay_one(void *arg, uint64_t id, const void *row)
         r->dead = 1;
         return LAGOON_CANCELLED;
     }
+    if (rpc_call_backlog(r->s->call) > r->rt->a->cfg.subscriber_backlog / 2) {
+        r->paused = 1;
+        return LAGOON_CANCELLED; /* stop this page here; the position is last_sent */
+    }
     return LAGOON_OK;
 }
 
-/* Registers s, tells it where the log stands, and replays what it missed. */
-static void sub_start(realtime *rt, subscriber *s, lagoon_v1_UserEvent *row)
+/* One replay step for s: sends log events after last_sent while the reader keeps up. Switches
+ * s to live when it reaches the end of the log. */
+static void replay_step(realtime *rt, subscriber *s)
+{
+    if (rpc_call_backlog(s->call) > rt->a->cfg.subscriber_backlog / 2)
+        return; /* still draining */
+    store_txn *t;
+    store_error err;
+    if (store_read_begin(rt->a->db, &t, &err) != LAGOON_OK)
+        return; /* try again at the next step */
+    store_key prefix, start;
+    store_key_reset(&prefix);
+    store_key_u64(&prefix, s->user_id);
+    start = prefix;
+    store_key_u64(&start, s->last_sent + 1);
+    store_query q = {0};
+    q.table = &events_log;
+    q.index = log_by_user_seq;
+    q.prefix = prefix.buf;
+    q.prefix_len = prefix.len;
+    q.start = start.buf;
+    q.start_len = start.len;
+    q.page_size = EVENTS_REPLAY_PAGE;
+    replay r = {rt, s, 0, 0};
+    store_page page;
+    int st = store_scan(t, &q, replay_one, &r, &page, &err);
+    store_read_end(t);
+    if (r.dead || r.paused || (st != LAGOON_OK && st != LAGOON_CANCELLED))
+        return;
+    if (page.next_page_token[0] == '\0') {
+        /* Caught up, as of this read: live from here (see the seam, at the top). */
+        sub_unlink(rt, s);
+        s->replaying = 0;
+        s->next = rt->buckets[s->user_id % ROUTER_BUCKETS];
+        rt->buckets[s->user_id % ROUTER_BUCKETS] = s;
+    }
+}
+
+/* Registers s, tells it where the log stands, and starts its replay if it has one. */
+static void sub_start(realtime *rt, subscriber *s)
 {
     store_txn *t;
     store_error err;
@@ -413,8 +471,8 @@ static void sub_start(realtime *rt, subscriber *s, lagoon_v1_UserEvent *row)
     lagoon_v1_UserFeed f;
     int exists;
     feed_get(t, s->user_id, &f, &exists, &err);
+    store_read_end(t);
     if (s->since > f.last_seq || (s->since && f.first_seq > s->since + 1)) {
-        store_read_end(t);
         char msg[200];
         snprintf(msg, sizeof(msg),
                  s->since > f.last_seq ? "since=%llu is ahead of the log (at %llu): reload, then subscribe without since"
@@ -429,37 +487,14 @@ static void sub_start(realtime *rt, subscriber *s, lagoon_v1_UserEvent *row)
     hello.payload.subscribed.current_seq = f.last_seq;
     hello.created_at = app_now(rt->a);
     s->last_sent = s->since ? s->since : f.last_seq;
-    if (sub_send(rt, s, &hello) != 0) {
-        store_read_end(t);
+    if (sub_send(rt, s, &hello) != 0)
         return;
-    }
     if (s->since && s->since < f.last_seq) {
-        store_key prefix, start;
-        store_key_reset(&prefix);
-        store_key_u64(&prefix, s->user_id);
-        start = prefix;
-        store_key_u64(&start, s->since + 1);
-        store_query q = {0};
-        q.table = &events_log;
-        q.index = log_by_user_seq;
-        q.prefix = prefix.buf;
-        q.prefix_len = prefix.len;
-        q.start = start.buf;
-        q.start_len = start.len;
-        q.page_size = EVENTS_REPLAY_PAGE;
-        char token[STORE_PAGE_TOKEN_MAX + 1] = "";
-        replay r = {rt, s, 0};
-        for (;;) {
-            store_page page;
-            q.page_token = token;
-            if (store_scan(t, &q, replay_one, &r, &page, &err) != LAGOON_OK || r.dead ||
-                page.next_page_token[0] == '\0')
-                break;
-            snprintf(token, sizeof(token), "%s", page.next_page_token);
-        }
+        s->replaying = 1;
+        s->rnext = rt->replaying;
+        rt->replaying = s;
+        replay_step(rt, s);
     }
-    (void)row;
-    store_read_end(t);
 }
 
 static subscriber *sub_find(realtime *rt, uint64_t id)
@@ -498,8 +533,23 @@ static void *router_main(void *arg)
     realtime *rt = arg;
     lagoon_v1_UserEvent *row = malloc(sizeof(*row));
     for (;;) {
+        /* Paused replays continue as their readers drain: look again every few ms. */
+        for (subscriber *s = rt->replaying, *next; s; s = next) {
+            next = s->rnext;
+            replay_step(rt, s);
+        }
         pthread_mutex_lock(&rt->mu);
-        while (rt->head == NULL && !rt->stopping)
+        if (rt->head == NULL && !rt->stopping && rt->replaying != NULL) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += 5 * 1000 * 1000;
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&rt->cv, &rt->mu, &ts);
+        }
+        while (rt->head == NULL && !rt->stopping && rt->replaying == NULL)
             pthread_cond_wait(&rt->cv, &rt->mu);
         cmd *batch = rt->head;
         rt->head = rt->tail = NULL;
@@ -525,7 +575,7 @@ static void *router_main(void *arg)
                     store_read_end(t);
                     t = NULL;
                 }
-                sub_start(rt, c->sub, row);
+                sub_start(rt, c->sub);
                 break;
             case CMD_REMOVE: {
                 subscriber *s = sub_find(rt, c->id);

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "accounts.h"
+#include "events.h"
 #include "lagoon_handlers.h"
 #include "messages.h"
 
@@ -160,6 +161,67 @@ static int find_member(store_txn *t, uint64_t conv, uint64_t user, lagoon_v1_Con
     return store_get_by(t, &messages_members, members_by_conv_user, &k, NULL, out, err);
 }
 
+/* ---- events ------------------------------------------------------------------------------------ */
+
+/* A message event in both participants' logs (every device of each sees it). */
+static int publish_message(store_txn *t, const app *a, const lagoon_v1_DirectMessage *m,
+                           lagoon_v1_MessageEvent_Action action, store_error *err)
+{
+    lagoon_v1_Event *ev = malloc(sizeof(*ev));
+    if (ev == NULL)
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    int st = LAGOON_OK;
+    for (int i = 0; i < 2 && st == LAGOON_OK; i++) {
+        memset(ev, 0, sizeof(*ev));
+        ev->which_payload = lagoon_v1_Event_message_tag;
+        ev->payload.message.action = action;
+        ev->payload.message.has_message = true;
+        if (action == lagoon_v1_MessageEvent_Action_DELETED) {
+            ev->payload.message.message.id = m->id;
+            ev->payload.message.message.conversation_id = m->conversation_id;
+            ev->payload.message.message.sender_id = m->sender_id;
+            ev->payload.message.message.recipient_id = m->recipient_id;
+        } else {
+            ev->payload.message.message = *m;
+        }
+        st = events_append(t, a, i ? m->recipient_id : m->sender_id, ev, err);
+    }
+    free(ev);
+    return st;
+}
+
+static void dm_collapse_key(char *out, size_t cap, uint64_t conversation_id)
+{
+    snprintf(out, cap, "dm:%llu", (unsigned long long)conversation_id);
+}
+
+/* "New message from X", one per conversation while unread. */
+static int notify_recipient(store_txn *t, const app *a, const lagoon_v1_DirectMessage *m, store_error *err)
+{
+    lagoon_v1_User *sender = malloc(sizeof(*sender));
+    if (sender == NULL)
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    int st = store_get(t, &accounts_users, m->sender_id, sender, err);
+    if (st == LAGOON_OK) {
+        char title[200], content[120], key[40];
+        snprintf(title, sizeof(title), "New message from %s", sender->username);
+        if (m->which_content == lagoon_v1_DirectMessage_text_tag) {
+            /* A snippet, cut on a UTF-8 character boundary. */
+            size_t n = strlen(m->content.text.text), cut = n < 100 ? n : 100;
+            while (cut > 0 && cut < n && ((unsigned char)m->content.text.text[cut] & 0xC0) == 0x80)
+                cut--;
+            snprintf(content, sizeof(content), "%.*s%s", (int)cut, m->content.text.text, cut < n ? "..." : "");
+        } else {
+            snprintf(content, sizeof(content), m->which_content == lagoon_v1_DirectMessage_image_tag ? "[image]" : "[video]");
+        }
+        dm_collapse_key(key, sizeof(key), m->conversation_id);
+        st = events_notify(t, a, m->recipient_id, lagoon_v1_Notification_Type_DIRECT_MESSAGE, title, content,
+                           m->conversation_id, key, err);
+    }
+    free(sender);
+    return st;
+}
+
 /* ---- validation ------------------------------------------------------------------------------ */
 
 static void check_text(rpc_call *c, const char *field, const char *text)
@@ -287,7 +349,10 @@ static int send_write(store_txn *t, void *arg, store_error *err)
     if (st == LAGOON_OK) {
         m.id = id;
         op->msg = m;
+        st = publish_message(t, op->a, &m, lagoon_v1_MessageEvent_Action_SENT, err);
     }
+    if (st == LAGOON_OK)
+        st = notify_recipient(t, op->a, &m, err);
     return st;
 }
 
@@ -605,6 +670,20 @@ static int mark_read_write(store_txn *t, void *arg, store_error *err)
         st = recount_unread(t, op, &mem, err);
         if (st == LAGOON_OK)
             st = store_update(t, &messages_members, &mem, err);
+        /* Read receipts: the other participant and the reader's own devices. */
+        for (int i = 0; i < 2 && st == LAGOON_OK; i++) {
+            lagoon_v1_Event ev = lagoon_v1_Event_init_zero;
+            ev.which_payload = lagoon_v1_Event_read_tag;
+            ev.payload.read.conversation_id = conv.id;
+            ev.payload.read.reader_id = op->me;
+            ev.payload.read.up_to_message_id = to;
+            st = events_append(t, op->a, i ? op->other : op->me, &ev, err);
+        }
+        if (st == LAGOON_OK && mem.unread == 0) {
+            char key[40];
+            dm_collapse_key(key, sizeof(key), conv.id);
+            st = events_notification_read(t, op->me, key, err);
+        }
     }
     op->unread = mem.unread;
     return st;
@@ -694,7 +773,8 @@ static int edit_write(store_txn *t, void *arg, store_error *err)
     }
     COPY_STR(op->msg.content.text.text, op->text);
     op->msg.edited_at = op->now;
-    return store_update(t, &messages_messages, &op->msg, err);
+    st = store_update(t, &messages_messages, &op->msg, err);
+    return st == LAGOON_OK ? publish_message(t, op->a, &op->msg, lagoon_v1_MessageEvent_Action_EDITED, err) : st;
 }
 
 static int own_status(rpc_call *call, const own_op *op)
@@ -788,7 +868,7 @@ static int delete_write(store_txn *t, void *arg, store_error *err)
             mem.unread--;
         st = store_update(t, &messages_members, &mem, err);
     }
-    return st;
+    return st == LAGOON_OK ? publish_message(t, op->a, m, lagoon_v1_MessageEvent_Action_DELETED, err) : st;
 }
 
 static int delete_done(rpc_call *call, void *arg, int status, const store_error *err)

@@ -1,0 +1,458 @@
+/* Realtime end to end: subscriptions (live, resumed, purged, too slow), typing, notifications,
+ * through the generated client against the real server and store. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <pb_decode.h>
+
+#include "lagoon_stubs.h"
+#include "testserver.h"
+
+#define WAIT_MS 5000
+
+static test_app *T;
+static lagoon_client *C;
+
+static void tweak(app_config *acfg, rpc_config *cfg)
+{
+    test_tweak_shared(acfg, cfg);
+    acfg->event_retention_count = 100000;
+    acfg->subscriber_backlog = 64 * 1024;
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    T = calloc(1, sizeof(*T));
+    test_app_start(T, tweak);
+    C = test_client(T);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    lagoon_close(C);
+    test_app_stop(T);
+    free(T);
+    return 0;
+}
+
+typedef struct device {
+    lagoon_client *c;
+    lagoon_stream *s;
+    uint64_t current_seq; /* from the subscribed event */
+} device;
+
+/* Subscribes (since 0: live) and reads the subscribed event. */
+static void subscribe(device *d, const char *token, uint64_t since)
+{
+    d->c = test_client(T);
+    lagoon_set_token(d->c, token);
+    lagoon_v1_SubscribeRequest req = {since};
+    assert_int_equal(lagoon_Events_Subscribe(d->c, &req, &d->s), LAGOON_OK);
+    lagoon_v1_Event ev;
+    if (lagoon_stream_recv_timeout(d->s, &ev, WAIT_MS) != 1)
+        fail_msg("no subscribed event: %s", lagoon_last_error(d->c)->detail.message);
+    assert_int_equal(ev.which_payload, lagoon_v1_Event_subscribed_tag);
+    assert_int_equal(ev.seq, 0);
+    d->current_seq = ev.payload.subscribed.current_seq;
+}
+
+static void next_event(device *d, lagoon_v1_Event *ev)
+{
+    int r = lagoon_stream_recv_timeout(d->s, ev, WAIT_MS);
+    if (r != 1)
+        fail_msg("no event (%d): %s", r, lagoon_last_error(d->c)->detail.message);
+}
+
+/* The next event that is not a notification. */
+static void next_non_notification(device *d, lagoon_v1_Event *ev)
+{
+    do
+        next_event(d, ev);
+    while (ev->which_payload == lagoon_v1_Event_notification_tag);
+}
+
+static void unsubscribe(device *d)
+{
+    lagoon_stream_cancel(d->s);
+    lagoon_close(d->c);
+}
+
+static uint64_t send_text(const char *token, uint64_t to, const char *text)
+{
+    lagoon_set_token(C, token);
+    lagoon_v1_SendMessageRequest req = lagoon_v1_SendMessageRequest_init_zero;
+    req.recipient_id = to;
+    req.which_content = lagoon_v1_SendMessageRequest_text_tag;
+    snprintf(req.content.text.text, sizeof(req.content.text.text), "%s", text);
+    lagoon_v1_DirectMessage m;
+    assert_int_equal(lagoon_Messages_Send(C, &req, &m), LAGOON_OK);
+    return m.id;
+}
+
+static void test_live_to_two_devices(void **state)
+{
+    (void)state;
+    char at[65], bt[65];
+    uint64_t ann = test_user(C, "ann", 1, at), bob = test_user(C, "bob", 1, bt);
+    device phone, tablet, bobs;
+    subscribe(&phone, at, 0);
+    subscribe(&tablet, at, 0);
+    subscribe(&bobs, bt, 0);
+    uint64_t id = send_text(bt, ann, "hi ann");
+    lagoon_v1_Event e1, e2, e3;
+    next_event(&phone, &e1);
+    next_event(&tablet, &e2);
+    for (int i = 0; i < 2; i++) {
+        lagoon_v1_Event *e = i ? &e2 : &e1;
+        assert_int_equal(e->which_payload, lagoon_v1_Event_message_tag);
+        assert_int_equal(e->payload.message.action, lagoon_v1_MessageEvent_Action_SENT);
+        assert_int_equal(e->payload.message.message.id, id);
+        assert_string_equal(e->payload.message.message.content.text.text, "hi ann");
+        assert_int_equal(e->seq, phone.current_seq + 1);
+    }
+    /* Then the notification, on both devices. */
+    next_event(&phone, &e1);
+    assert_int_equal(e1.which_payload, lagoon_v1_Event_notification_tag);
+    assert_int_equal(e1.seq, phone.current_seq + 2);
+    next_event(&tablet, &e2);
+    assert_int_equal(e2.seq, e1.seq);
+    /* The sender's own devices see the message too. */
+    next_event(&bobs, &e3);
+    assert_int_equal(e3.payload.message.message.id, id);
+    /* Edits, deletes and reads are events too. */
+    lagoon_set_token(C, bt);
+    lagoon_v1_EditMessageRequest er = lagoon_v1_EditMessageRequest_init_zero;
+    er.message_id = id;
+    snprintf(er.text, sizeof(er.text), "hi ann!");
+    lagoon_v1_DirectMessage m;
+    assert_int_equal(lagoon_Messages_Edit(C, &er, &m), LAGOON_OK);
+    next_non_notification(&phone, &e1);
+    assert_int_equal(e1.payload.message.action, lagoon_v1_MessageEvent_Action_EDITED);
+    assert_string_equal(e1.payload.message.message.content.text.text, "hi ann!");
+    lagoon_set_token(C, at);
+    lagoon_v1_MarkReadRequest mr = {bob, 0};
+    lagoon_v1_MarkReadResponse mresp;
+    assert_int_equal(lagoon_Messages_MarkRead(C, &mr, &mresp), LAGOON_OK);
+    next_non_notification(&bobs, &e3); /* bob's EDITED first */
+    next_non_notification(&bobs, &e3);
+    assert_int_equal(e3.which_payload, lagoon_v1_Event_read_tag);
+    assert_int_equal(e3.payload.read.reader_id, ann);
+    assert_int_equal(e3.payload.read.up_to_message_id, id);
+    lagoon_set_token(C, bt);
+    lagoon_v1_DeleteMessageRequest dr = {id};
+    lagoon_v1_MessagesEmpty empty;
+    assert_int_equal(lagoon_Messages_Delete(C, &dr, &empty), LAGOON_OK);
+    next_non_notification(&tablet, &e2); /* EDITED */
+    next_non_notification(&tablet, &e2); /* READ (her own, from the phone) */
+    assert_int_equal(e2.which_payload, lagoon_v1_Event_read_tag);
+    next_non_notification(&tablet, &e2);
+    assert_int_equal(e2.payload.message.action, lagoon_v1_MessageEvent_Action_DELETED);
+    assert_int_equal(e2.payload.message.message.id, id);
+    unsubscribe(&phone);
+    unsubscribe(&tablet);
+    unsubscribe(&bobs);
+}
+
+static void test_resume_without_loss(void **state)
+{
+    (void)state;
+    char ct[65], dt[65];
+    uint64_t cid = test_user(C, "cid", 1, ct), dia = test_user(C, "dia", 1, dt);
+    (void)dia;
+    device d;
+    subscribe(&d, ct, 0);
+    send_text(dt, cid, "before");
+    lagoon_v1_Event ev;
+    next_event(&d, &ev);
+    next_event(&d, &ev); /* the notification */
+    uint64_t last_seen = ev.seq;
+    unsubscribe(&d);
+    /* Five events while away. */
+    uint64_t ids[5];
+    char text[16];
+    for (int i = 0; i < 5; i++) {
+        snprintf(text, sizeof(text), "away %d", i);
+        ids[i] = send_text(dt, cid, text);
+    }
+    /* Resume: exactly what was missed, in order, then live. */
+    subscribe(&d, ct, last_seen);
+    assert_int_equal(d.current_seq, last_seen + 10); /* each send: message + notification */
+    uint64_t seq = last_seen;
+    for (int i = 0; i < 5; i++) {
+        next_event(&d, &ev);
+        assert_int_equal(ev.seq, ++seq);
+        assert_int_equal(ev.which_payload, lagoon_v1_Event_message_tag);
+        assert_int_equal(ev.payload.message.message.id, ids[i]);
+        next_event(&d, &ev);
+        assert_int_equal(ev.seq, ++seq);
+        assert_int_equal(ev.which_payload, lagoon_v1_Event_notification_tag);
+        assert_int_equal(ev.payload.notification.notification.count, (uint32_t)(i + 2)); /* collapsed */
+    }
+    uint64_t live = send_text(dt, cid, "live again");
+    next_event(&d, &ev);
+    assert_int_equal(ev.seq, seq + 1); /* no gap, no duplicate at the seam */
+    assert_int_equal(ev.payload.message.message.id, live);
+    unsubscribe(&d);
+}
+
+static void tweak_short_retention(app_config *acfg, rpc_config *cfg)
+{
+    test_tweak_shared(acfg, cfg);
+    acfg->event_retention_count = 10;
+}
+
+static void test_purged_since_is_out_of_range(void **state)
+{
+    (void)state;
+    test_app *saved = T;
+    lagoon_client *saved_c = C;
+    test_app *t = calloc(1, sizeof(*t));
+    test_app_start(t, tweak_short_retention);
+    T = t;
+    C = test_client(T);
+    char et[65], ft[65];
+    uint64_t eli = test_user(C, "eli", 1, et);
+    test_user(C, "fay", 1, ft);
+    for (int i = 0; i < 10; i++) /* 20 events for eli; 10 kept */
+        send_text(ft, eli, "spam");
+    device d;
+    d.c = test_client(T);
+    lagoon_set_token(d.c, et);
+    lagoon_v1_SubscribeRequest req = {2};
+    assert_int_equal(lagoon_Events_Subscribe(d.c, &req, &d.s), LAGOON_OK);
+    lagoon_v1_Event ev;
+    assert_int_equal(lagoon_stream_recv_timeout(d.s, &ev, WAIT_MS), 0);
+    assert_int_equal(lagoon_stream_finish(d.s, NULL), LAGOON_OUT_OF_RANGE);
+    assert_non_null(strstr(lagoon_last_error(d.c)->detail.message, "reload"));
+    /* From a kept point it works. */
+    req.since = 15;
+    assert_int_equal(lagoon_Events_Subscribe(d.c, &req, &d.s), LAGOON_OK);
+    assert_int_equal(lagoon_stream_recv_timeout(d.s, &ev, WAIT_MS), 1); /* subscribed */
+    assert_int_equal(lagoon_stream_recv_timeout(d.s, &ev, WAIT_MS), 1);
+    assert_int_equal(ev.seq, 16);
+    /* A since from the future is out of range too. */
+    lagoon_stream_cancel(d.s);
+    req.since = 1000;
+    assert_int_equal(lagoon_Events_Subscribe(d.c, &req, &d.s), LAGOON_OK);
+    assert_int_equal(lagoon_stream_recv_timeout(d.s, &ev, WAIT_MS), 0);
+    assert_int_equal(lagoon_stream_finish(d.s, NULL), LAGOON_OUT_OF_RANGE);
+    lagoon_close(d.c);
+    lagoon_close(C);
+    test_app_stop(t);
+    free(t);
+    T = saved;
+    C = saved_c;
+}
+
+static void test_slow_reader_cut_off_then_resumes(void **state)
+{
+    (void)state;
+    char gt[65], ht[65];
+    uint64_t gus = test_user(C, "gus", 1, gt);
+    test_user(C, "hal", 1, ht);
+    /* A subscriber that reads nothing, over a raw socket. (Not with a tiny receive buffer:
+     * reading what is queued afterwards would then crawl at a few KB per round trip.) */
+    int fd = raw_connect(T->srv.port, 0);
+    raw_send(fd, WIRE_PREFACE, WIRE_PREFACE_LEN);
+    lagoon_v1_RequestMeta meta = lagoon_v1_RequestMeta_init_zero;
+    snprintf(meta.auth_token, sizeof(meta.auth_token), "%s", gt);
+    uint8_t mb[256];
+    long ml = wire_encode(&lagoon_v1_RequestMeta_info, &meta, mb, sizeof(mb), NULL);
+    raw_send_frame(fd, WIRE_REQUEST, WIRE_FLAG_END_STREAM, 1, lagoon_method_Events_Subscribe.id, mb, (size_t)ml,
+                   NULL, 0);
+    /* The largest messages (4000 four-byte characters: 16 KB) until the server gives up on it:
+     * the kernel's socket buffers take a few MB first. Bounded. */
+    char *big = malloc(16001);
+    for (int i = 0; i < 4000; i++)
+        memcpy(big + 4 * i, "\xF0\x9F\x98\x80", 4); /* U+1F600 */
+    big[16000] = '\0';
+    int sent = 0;
+    for (; sent < 3000; sent++) {
+        send_text(ht, gus, big);
+        if (sent % 10 == 9 && rpc_server_active_calls(T->srv.server) == 0)
+            break; /* the subscription has ended */
+    }
+    free(big);
+    assert_true(sent < 3000);
+    /* Read what it got: events, then RESOURCE_EXHAUSTED telling where to resume. */
+    static uint8_t buf[1 << 16];
+    wire_frame f;
+    uint64_t last = 0;
+    int got_end = 0;
+    while (!got_end && raw_read_frame(fd, buf, sizeof(buf), &f, WAIT_MS) == 1) {
+        if (f.type == WIRE_SETTINGS)
+            continue;
+        if (f.type == WIRE_RESPONSE) {
+            assert_int_equal(f.code, LAGOON_RESOURCE_EXHAUSTED);
+            char msg[600];
+            raw_meta_message(&f, msg, sizeof(msg));
+            assert_non_null(strstr(msg, "since="));
+            got_end = 1;
+            break;
+        }
+        lagoon_v1_Event *ev = malloc(sizeof(*ev));
+        wire_violation v;
+        assert_int_equal(wire_decode(&lagoon_v1_Event_info, f.payload, f.payload_len, ev, &v), 0);
+        if (ev->seq) {
+            assert_int_equal(ev->seq, last ? last + 1 : ev->seq); /* in order, no gap */
+            last = ev->seq;
+        }
+        free(ev);
+    }
+    close(fd);
+    assert_true(got_end);
+    /* Resume from the last event it read: everything else, no loss. */
+    device d;
+    subscribe(&d, gt, last);
+    uint64_t end = d.current_seq;
+    lagoon_v1_Event *ev = malloc(sizeof(*ev));
+    for (uint64_t want = last + 1; want <= end; want++) {
+        next_event(&d, ev);
+        assert_int_equal(ev->seq, want);
+    }
+    free(ev);
+    unsubscribe(&d);
+}
+
+static void test_typing_reaches_only_the_partner(void **state)
+{
+    (void)state;
+    char it[65], jt[65], kt[65];
+    uint64_t ivy = test_user(C, "ivy", 1, it), jon = test_user(C, "jon", 1, jt), kim = test_user(C, "kim", 1, kt);
+    send_text(it, jon, "hello");
+    send_text(kt, ivy, "hey");
+    device ivys, jons, kims;
+    subscribe(&ivys, it, 0);
+    subscribe(&jons, jt, 0);
+    subscribe(&kims, kt, 0);
+    lagoon_set_token(C, it);
+    lagoon_v1_TypingRequest tr = {jon};
+    lagoon_v1_EventsEmpty e;
+    assert_int_equal(lagoon_Events_Typing(C, &tr, &e), LAGOON_OK);
+    lagoon_v1_Event ev;
+    next_event(&jons, &ev);
+    assert_int_equal(ev.which_payload, lagoon_v1_Event_typing_tag);
+    assert_int_equal(ev.seq, 0); /* ephemeral: not in the log */
+    assert_int_equal(ev.payload.typing.user_id, ivy);
+    assert_true(ev.payload.typing.expires_in_ms > 0);
+    /* Neither the typist nor a third user got it: their next event is a later message. */
+    uint64_t to_ivy = send_text(jt, ivy, "marker");
+    next_non_notification(&ivys, &ev);
+    assert_int_equal(ev.which_payload, lagoon_v1_Event_message_tag);
+    assert_int_equal(ev.payload.message.message.id, to_ivy);
+    uint64_t to_kim = send_text(it, kim, "marker");
+    next_non_notification(&kims, &ev);
+    assert_int_equal(ev.which_payload, lagoon_v1_Event_message_tag);
+    assert_int_equal(ev.payload.message.message.id, to_kim);
+    /* No conversation, no typing. */
+    lagoon_set_token(C, jt);
+    tr.other_user_id = kim;
+    assert_int_equal(lagoon_Events_Typing(C, &tr, &e), LAGOON_NOT_FOUND);
+    unsubscribe(&ivys);
+    unsubscribe(&jons);
+    unsubscribe(&kims);
+}
+
+static uint32_t unread_count(const char *token)
+{
+    lagoon_set_token(C, token);
+    lagoon_v1_NotificationsEmpty req = lagoon_v1_NotificationsEmpty_init_zero;
+    lagoon_v1_UnreadCountResponse resp;
+    assert_int_equal(lagoon_Notifications_UnreadCount(C, &req, &resp), LAGOON_OK);
+    return resp.unread;
+}
+
+static lagoon_v1_ListNotificationsResponse notes;
+
+static void list_notes(const char *token, int unread_only)
+{
+    pb_release(lagoon_v1_ListNotificationsResponse_fields, &notes);
+    memset(&notes, 0, sizeof(notes));
+    lagoon_set_token(C, token);
+    lagoon_v1_ListNotificationsRequest req = lagoon_v1_ListNotificationsRequest_init_zero;
+    req.unread_only = unread_only;
+    assert_int_equal(lagoon_Notifications_List(C, &req, &notes), LAGOON_OK);
+}
+
+static void test_notifications(void **state)
+{
+    (void)state;
+    char lt[65], mt[65], nt[65];
+    uint64_t lea = test_user(C, "lea", 1, lt), max = test_user(C, "max", 1, mt);
+    test_user(C, "ned", 1, nt);
+    /* Ten messages make one notification, not ten. */
+    for (int i = 0; i < 10; i++) {
+        send_text(mt, lea, i == 9 ? "the latest" : "older");
+        test_clock_advance(T, 10);
+    }
+    assert_int_equal(unread_count(lt), 1);
+    list_notes(lt, 0);
+    assert_int_equal(notes.notifications_count, 1);
+    assert_int_equal(notes.notifications[0].count, 10);
+    assert_int_equal(notes.notifications[0].type, lagoon_v1_Notification_Type_DIRECT_MESSAGE);
+    assert_string_equal(notes.notifications[0].title, "New message from max");
+    assert_string_equal(notes.notifications[0].content, "the latest");
+    uint64_t first = notes.notifications[0].id;
+    /* Read it; the next message starts a new one. Another sender has their own. */
+    lagoon_set_token(C, lt);
+    lagoon_v1_NotificationIdRequest idr = {first};
+    lagoon_v1_NotificationsEmpty e;
+    assert_int_equal(lagoon_Notifications_MarkRead(C, &idr, &e), LAGOON_OK);
+    assert_int_equal(unread_count(lt), 0);
+    send_text(mt, lea, "again");
+    test_clock_advance(T, 10);
+    send_text(nt, lea, "from ned");
+    assert_int_equal(unread_count(lt), 2);
+    list_notes(lt, 0);
+    assert_int_equal(notes.notifications_count, 3);
+    assert_string_equal(notes.notifications[0].content, "from ned"); /* newest first */
+    list_notes(lt, 1);
+    assert_int_equal(notes.notifications_count, 2);
+    /* Someone else's notification does not exist for you. */
+    lagoon_set_token(C, mt);
+    assert_int_equal(lagoon_Notifications_MarkRead(C, &idr, &e), LAGOON_NOT_FOUND);
+    assert_int_equal(lagoon_Notifications_Delete(C, &idr, &e), LAGOON_NOT_FOUND);
+    /* Reading the conversation reads its notification. */
+    lagoon_set_token(C, lt);
+    lagoon_v1_MarkReadRequest mr = {max, 0};
+    lagoon_v1_MarkReadResponse mresp;
+    assert_int_equal(lagoon_Messages_MarkRead(C, &mr, &mresp), LAGOON_OK);
+    assert_int_equal(unread_count(lt), 1);
+    /* Read all; delete one. */
+    lagoon_set_token(C, lt);
+    lagoon_v1_NotificationsEmpty none = lagoon_v1_NotificationsEmpty_init_zero;
+    assert_int_equal(lagoon_Notifications_MarkAllRead(C, &none, &e), LAGOON_OK);
+    assert_int_equal(unread_count(lt), 0);
+    list_notes(lt, 1);
+    assert_int_equal(notes.notifications_count, 0);
+    lagoon_set_token(C, lt);
+    assert_int_equal(lagoon_Notifications_Delete(C, &idr, &e), LAGOON_OK);
+    list_notes(lt, 0);
+    assert_int_equal(notes.notifications_count, 2);
+    pb_release(lagoon_v1_ListNotificationsResponse_fields, &notes);
+    memset(&notes, 0, sizeof(notes));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_live_to_two_devices),
+        cmocka_unit_test(test_resume_without_loss),
+        cmocka_unit_test(test_purged_since_is_out_of_range),
+        cmocka_unit_test(test_slow_reader_cut_off_then_resumes),
+        cmocka_unit_test(test_typing_reaches_only_the_partner),
+        cmocka_unit_test(test_notifications),
+    };
+    return cmocka_run_group_tests_name("events", tests, setup, teardown);
+}

@@ -593,16 +593,23 @@ static int token_take(store_txn *t, token_op *op, lagoon_v1_OneTimeToken *tok, s
     return st;
 }
 
-static int verify_write(store_txn *t, void *arg, store_error *err)
+/* Consumes op's token and loads its user: LAGOON_OK with op->outcome TOKEN_OK and *u, or
+ * LAGOON_OK with TOKEN_INVALID, or the store's error. */
+static int token_user(store_txn *t, token_op *op, lagoon_v1_User *u, store_error *err)
 {
-    token_op *op = arg;
     lagoon_v1_OneTimeToken tok;
     int st = token_take(t, op, &tok, err);
     if (st != LAGOON_OK || op->outcome != TOKEN_OK)
         return st;
+    return store_get(t, &accounts_users, tok.user_id, u, err);
+}
+
+static int verify_write(store_txn *t, void *arg, store_error *err)
+{
+    token_op *op = arg;
     lagoon_v1_User u;
-    st = store_get(t, &accounts_users, tok.user_id, &u, err);
-    if (st != LAGOON_OK)
+    int st = token_user(t, op, &u, err);
+    if (st != LAGOON_OK || op->outcome != TOKEN_OK)
         return st;
     u.verified = true;
     u.updated_at = op->now;
@@ -653,13 +660,9 @@ int handle_Auth_VerifyEmail(rpc_call *call, const lagoon_v1_VerifyEmailRequest *
 static int reset_write(store_txn *t, void *arg, store_error *err)
 {
     token_op *op = arg;
-    lagoon_v1_OneTimeToken tok;
-    int st = token_take(t, op, &tok, err);
-    if (st != LAGOON_OK || op->outcome != TOKEN_OK)
-        return st;
     lagoon_v1_User u;
-    st = store_get(t, &accounts_users, tok.user_id, &u, err);
-    if (st != LAGOON_OK)
+    int st = token_user(t, op, &u, err);
+    if (st != LAGOON_OK || op->outcome != TOKEN_OK)
         return st;
     COPY_STR(u.password_hash, op->new_hash);
     u.updated_at = op->now;

@@ -157,6 +157,7 @@ typedef struct user_op {
     char new_password[ACCOUNT_PASSWORD_MAX + 1];
     char current_hash[ACCOUNT_HASH_MAX];
     void *resp;
+    int public_resp;     /* resp is a PublicUser, not a UserProfile */
     lagoon_v1_User user; /* the row as written */
 } user_op;
 
@@ -218,23 +219,14 @@ static int user_update_write(store_txn *t, void *arg, store_error *err)
     return st;
 }
 
-static int profile_done(rpc_call *call, void *arg, int status, const store_error *err)
+/* The updated user as the response: a UserProfile, or a PublicUser (op->public_resp). */
+static int user_done(rpc_call *call, void *arg, int status, const store_error *err)
 {
     user_op *op = arg;
-    if (status == LAGOON_OK)
-        account_profile(&op->user, op->resp);
-    else
-        status = status == LAGOON_NOT_FOUND ? rpc_call_error(call, status, "no such user")
-                                            : app_store_error(call, status, err);
-    user_op_free(op);
-    return status;
-}
-
-static int public_done(rpc_call *call, void *arg, int status, const store_error *err)
-{
-    user_op *op = arg;
-    if (status == LAGOON_OK)
+    if (status == LAGOON_OK && op->public_resp)
         account_public(&op->user, op->resp);
+    else if (status == LAGOON_OK)
+        account_profile(&op->user, op->resp);
     else
         status = status == LAGOON_NOT_FOUND ? rpc_call_error(call, status, "no such user")
                                             : app_store_error(call, status, err);
@@ -283,7 +275,7 @@ int handle_Users_UpdateProfile(rpc_call *call, const lagoon_v1_UpdateProfileRequ
     if (op == NULL)
         return LAGOON_RESOURCE_EXHAUSTED;
     op->patch = *req;
-    return submit(call, op, user_update_write, profile_done);
+    return submit(call, op, user_update_write, user_done);
 }
 
 int handle_Users_SetRole(rpc_call *call, const lagoon_v1_SetRoleRequest *req, lagoon_v1_PublicUser *resp)
@@ -299,7 +291,8 @@ int handle_Users_SetRole(rpc_call *call, const lagoon_v1_SetRoleRequest *req, la
         return LAGOON_RESOURCE_EXHAUSTED;
     op->set_role = 1;
     op->role = req->role;
-    return submit(call, op, user_update_write, public_done);
+    op->public_resp = 1;
+    return submit(call, op, user_update_write, user_done);
 }
 
 int handle_Users_SetActive(rpc_call *call, const lagoon_v1_SetActiveRequest *req, lagoon_v1_UserProfile *resp)
@@ -311,7 +304,7 @@ int handle_Users_SetActive(rpc_call *call, const lagoon_v1_SetActiveRequest *req
         return LAGOON_RESOURCE_EXHAUSTED;
     op->set_active = 1;
     op->active = req->active;
-    return submit(call, op, user_update_write, profile_done);
+    return submit(call, op, user_update_write, user_done);
 }
 
 /* ---- password-checked changes --------------------------------------------------------------- */

@@ -207,6 +207,18 @@ static int conn_can_write(const rpc_conn *c)
     return c->state == CONN_OPEN || c->state == CONN_CLOSING || c->state == CONN_PREFACE;
 }
 
+/* Enforces the output cap after n bytes were queued: a client that does not read is cut off
+ * rather than allowed to grow server memory. Returns n, or 0 if the connection was closed. */
+static size_t conn_queued(rpc_conn *c, size_t n)
+{
+    if (evbuffer_get_length(bufferevent_get_output(c->bev)) <= c->loop->server->cfg.max_output_buffer)
+        return n;
+    log_msg(LOG_WARN, "peer=%s closed: output buffer above %u bytes (client not reading)", c->peer,
+            c->loop->server->cfg.max_output_buffer);
+    conn_close(c);
+    return 0;
+}
+
 /* Appends a whole frame to the output, then enforces the output cap. Returns the frame size,
  * or 0 if the connection cannot take it (closed, or closed now for exceeding the cap). */
 static size_t conn_write_frame(rpc_conn *c, uint8_t type, uint8_t flags, uint32_t call_id,
@@ -234,28 +246,15 @@ static size_t conn_write_frame(rpc_conn *c, uint8_t type, uint8_t flags, uint32_
         wire_encode(info, msg, p + WIRE_HEADER_SIZE + meta_len, (size_t)body_len, NULL);
     vec.iov_len = total;
     evbuffer_commit_space(out, &vec, 1);
-    if (evbuffer_get_length(out) > c->loop->server->cfg.max_output_buffer) {
-        log_msg(LOG_WARN, "peer=%s closed: output buffer above %u bytes (client not reading)",
-                c->peer, c->loop->server->cfg.max_output_buffer);
-        conn_close(c);
-        return 0;
-    }
-    return total;
+    return conn_queued(c, total);
 }
 
 static size_t conn_write_bytes(rpc_conn *c, const uint8_t *data, size_t len)
 {
     if (!conn_can_write(c))
         return 0;
-    struct evbuffer *out = bufferevent_get_output(c->bev);
-    evbuffer_add(out, data, len);
-    if (evbuffer_get_length(out) > c->loop->server->cfg.max_output_buffer) {
-        log_msg(LOG_WARN, "peer=%s closed: output buffer above %u bytes (client not reading)",
-                c->peer, c->loop->server->cfg.max_output_buffer);
-        conn_close(c);
-        return 0;
-    }
-    return len;
+    evbuffer_add(bufferevent_get_output(c->bev), data, len);
+    return conn_queued(c, len);
 }
 
 static void conn_send_goaway(rpc_conn *c, const char *message)

@@ -354,14 +354,20 @@ static void sub_unlink(realtime *rt, subscriber *s)
     }
 }
 
-/* Ends a subscription from the router's side. */
-static void sub_end(realtime *rt, subscriber *s, int status, const char *message)
+/* Finishes an unlinked subscriber's call and frees it. */
+static void sub_finish(subscriber *s, int status, const char *message)
 {
-    sub_unlink(rt, s);
     if (message)
         rpc_call_error(s->call, status, "%s", message);
     rpc_call_finish(s->call, status);
     free(s);
+}
+
+/* Ends a subscription from the router's side. */
+static void sub_end(realtime *rt, subscriber *s, int status, const char *message)
+{
+    sub_unlink(rt, s);
+    sub_finish(s, status, message);
 }
 
 /* Sends ev to s; ends s if its reader has fallen too far behind. 0 if s lives on. */
@@ -497,12 +503,24 @@ static void sub_start(realtime *rt, subscriber *s)
     }
 }
 
-static subscriber *sub_find(realtime *rt, uint64_t id)
+/* Unlinks and returns the subscriber with this id, or NULL (already ended). */
+static subscriber *sub_take(realtime *rt, uint64_t id)
 {
-    for (int b = 0; b < ROUTER_BUCKETS; b++)
-        for (subscriber *s = rt->buckets[b]; s; s = s->next)
-            if (s->id == id)
-                return s;
+    for (int b = 0; b < ROUTER_BUCKETS; b++) {
+        for (subscriber **p = &rt->buckets[b]; *p; p = &(*p)->next) {
+            subscriber *s = *p;
+            if (s->id != id)
+                continue;
+            *p = s->next;
+            for (subscriber **r = &rt->replaying; s->replaying && *r; r = &(*r)->rnext) {
+                if (*r == s) {
+                    *r = s->rnext;
+                    break;
+                }
+            }
+            return s;
+        }
+    }
     return NULL;
 }
 
@@ -523,9 +541,14 @@ static void route_typing(realtime *rt, const cmd *c)
 
 static void end_all(realtime *rt, int status, const char *message)
 {
-    for (int b = 0; b < ROUTER_BUCKETS; b++)
-        while (rt->buckets[b])
-            sub_end(rt, rt->buckets[b], status, message);
+    rt->replaying = NULL; /* every replaying subscriber is in a bucket too */
+    for (int b = 0; b < ROUTER_BUCKETS; b++) {
+        subscriber *s;
+        while ((s = rt->buckets[b]) != NULL) {
+            rt->buckets[b] = s->next;
+            sub_finish(s, status, message);
+        }
+    }
 }
 
 static void *router_main(void *arg)
@@ -578,9 +601,9 @@ static void *router_main(void *arg)
                 sub_start(rt, c->sub);
                 break;
             case CMD_REMOVE: {
-                subscriber *s = sub_find(rt, c->id);
+                subscriber *s = sub_take(rt, c->id);
                 if (s != NULL)
-                    sub_end(rt, s, LAGOON_CANCELLED, NULL);
+                    sub_finish(s, LAGOON_CANCELLED, NULL);
                 break;
             }
             case CMD_TYPING:

@@ -396,12 +396,13 @@ int main(int argc, char **argv)
     double fsyncs = 0;
     for (char *tok = strtok(sizes, ","); tok; tok = strtok(NULL, ",")) {
         uint64_t size = strtoull(tok, NULL, 10);
-        if (size < 2 * PAGE || size > 100000000ull) {
+        int rc = size < 2 * PAGE || size > 100000000ull ? 2 : run_size(size, conns, seconds, lists, &s, &fsyncs) ? 1 : 0;
+        if (rc == 2)
             fprintf(stderr, "messages-bench: sizes from %d to 100000000\n", 2 * PAGE);
-            return 2;
+        if (rc != 0) {
+            free(s.us);
+            return rc;
         }
-        if (run_size(size, conns, seconds, lists, &s, &fsyncs) != 0)
-            return 1;
     }
     printf("\ndisk: %.0f fdatasync/s in the same directory\n", fsyncs);
     free(s.us);

@@ -219,34 +219,63 @@ static size_t conn_queued(rpc_conn *c, size_t n)
     return 0;
 }
 
-/* Appends a whole frame to the output, then enforces the output cap. Returns the frame size,
- * or 0 if the connection cannot take it (closed, or closed now for exceeding the cap). */
+#define WRITE_UNENCODABLE ((size_t)-1)
+
+/* Appends a whole frame (metadata already encoded, msg encoded straight into the output
+ * buffer), then enforces the output cap. Returns the frame size; 0 if the connection cannot
+ * take it (closed, or closed now for exceeding the cap); WRITE_UNENCODABLE if msg breaks a
+ * bound, in which case nothing was written. */
 static size_t conn_write_frame(rpc_conn *c, uint8_t type, uint8_t flags, uint32_t call_id,
-                               uint32_t code, const wire_msginfo *meta_info, const void *meta,
+                               uint32_t code, const uint8_t *meta, size_t meta_len,
                                const wire_msginfo *info, const void *msg)
 {
     if (!conn_can_write(c))
         return 0;
-    long meta_len = meta ? wire_encoded_size(meta_info, meta) : 0;
     long body_len = msg ? wire_encoded_size(info, msg) : 0;
-    if (meta_len < 0 || body_len < 0 || meta_len > UINT16_MAX) {
-        log_msg(LOG_ERROR, "peer=%s cannot encode a frame of type %u", c->peer, type);
-        return 0;
-    }
-    size_t total = WIRE_HEADER_SIZE + (size_t)meta_len + (size_t)body_len;
+    if (body_len < 0 || meta_len > UINT16_MAX)
+        return WRITE_UNENCODABLE;
+    size_t total = WIRE_HEADER_SIZE + meta_len + (size_t)body_len;
     struct evbuffer *out = bufferevent_get_output(c->bev);
     struct evbuffer_iovec vec;
     if (evbuffer_reserve_space(out, (ev_ssize_t)total, &vec, 1) < 1 || vec.iov_len < total)
         return 0;
     uint8_t *p = vec.iov_base;
-    wire_header_encode(p, type, flags, call_id, code, (size_t)meta_len, (size_t)body_len);
-    if (meta)
-        wire_encode(meta_info, meta, p + WIRE_HEADER_SIZE, (size_t)meta_len, NULL);
-    if (msg)
-        wire_encode(info, msg, p + WIRE_HEADER_SIZE + meta_len, (size_t)body_len, NULL);
+    wire_header_encode(p, type, flags, call_id, code, meta_len, (size_t)body_len);
+    if (meta_len)
+        memcpy(p + WIRE_HEADER_SIZE, meta, meta_len);
+    if (msg && wire_encode(info, msg, p + WIRE_HEADER_SIZE + meta_len, (size_t)body_len, NULL) < 0)
+        return WRITE_UNENCODABLE; /* not committed: the reservation is simply dropped */
     vec.iov_len = total;
     evbuffer_commit_space(out, &vec, 1);
     return conn_queued(c, total);
+}
+
+/* The largest encoded ResponseMeta (message, 16 violations, request id) fits easily. */
+#define META_BUF 8192
+
+/* Encodes a ResponseMeta into buf (META_BUF bytes); its length, 0 if it cannot be encoded. */
+static size_t meta_encode(const lagoon_v1_ResponseMeta *meta, uint8_t *buf)
+{
+    long n = wire_encode(&lagoon_v1_ResponseMeta_info, meta, buf, META_BUF, NULL);
+    return n > 0 ? (size_t)n : 0;
+}
+
+/* A frame whose metadata is a ResponseMeta with just a message (GOAWAY, refusals). */
+static size_t conn_write_message_frame(rpc_conn *c, uint8_t type, uint8_t flags, uint32_t call_id,
+                                       uint32_t code, const char *message, const char *request_id)
+{
+    lagoon_v1_ResponseMeta *meta = calloc(1, sizeof(*meta));
+    uint8_t *buf = malloc(META_BUF);
+    size_t n = 0;
+    if (meta != NULL && buf != NULL) {
+        snprintf(meta->message, sizeof(meta->message), "%s", message);
+        snprintf(meta->request_id, sizeof(meta->request_id), "%s", request_id ? request_id : "");
+        n = meta_encode(meta, buf);
+    }
+    size_t w = conn_write_frame(c, type, flags, call_id, code, buf, n, NULL, NULL);
+    free(meta);
+    free(buf);
+    return w == WRITE_UNENCODABLE ? 0 : w;
 }
 
 static size_t conn_write_bytes(rpc_conn *c, const uint8_t *data, size_t len)
@@ -259,10 +288,7 @@ static size_t conn_write_bytes(rpc_conn *c, const uint8_t *data, size_t len)
 
 static void conn_send_goaway(rpc_conn *c, const char *message)
 {
-    lagoon_v1_ResponseMeta meta = lagoon_v1_ResponseMeta_init_zero;
-    snprintf(meta.message, sizeof(meta.message), "%s", message);
-    conn_write_frame(c, WIRE_GOAWAY, 0, 0, c->last_call_id, &lagoon_v1_ResponseMeta_info, &meta, NULL,
-                     NULL);
+    conn_write_message_frame(c, WIRE_GOAWAY, 0, 0, c->last_call_id, message, NULL);
     c->goaway_sent = 1;
 }
 
@@ -401,7 +427,8 @@ static void call_mark_done(rpc_call *call, int status)
 }
 
 /* Writes the RESPONSE that ends the call. Loop thread, call not yet done. meta is the
- * handler's (read only once the handler has finished) or one the RPC layer built itself. */
+ * handler's (read only once the handler has finished) or one the RPC layer built itself; NULL
+ * when there are no details. The common case (OK, no details) builds no metadata struct. */
 static void call_reply(rpc_call *call, int status, lagoon_v1_ResponseMeta *meta)
 {
     if (atomic_load(&call->done))
@@ -410,22 +437,32 @@ static void call_reply(rpc_call *call, int status, lagoon_v1_ResponseMeta *meta)
     const wire_method *m = call->route ? call->route->method : NULL;
     int with_body = m && status == LAGOON_OK && call->resp &&
                     (m->kind == WIRE_UNARY || m->kind == WIRE_CLIENT_STREAMING);
-    lagoon_v1_ResponseMeta local = lagoon_v1_ResponseMeta_init_zero;
-    if (with_body && wire_encoded_size(m->response, call->resp) < 0) {
-        log_msg(LOG_ERROR, "method=%s response breaks a field bound", m->path);
-        with_body = 0;
-        status = LAGOON_INTERNAL;
-        meta = &local;
-        snprintf(meta->message, sizeof(meta->message), "the server could not encode its response");
-    }
-    if (meta == NULL && call->request_id[0])
-        meta = &local;
-    if (meta)
+    uint8_t small[2 + sizeof(call->request_id)] = {0};
+    uint8_t *mbuf = small;
+    size_t mlen = 0;
+    if (meta != NULL) {
         snprintf(meta->request_id, sizeof(meta->request_id), "%s", call->request_id);
-    call->bytes_out += (uint32_t)conn_write_frame(c, WIRE_RESPONSE, WIRE_FLAG_END_STREAM, call->id,
-                                                  (uint32_t)status, &lagoon_v1_ResponseMeta_info, meta,
-                                                  with_body ? m->response : NULL,
-                                                  with_body ? call->resp : NULL);
+        mbuf = malloc(META_BUF);
+        mlen = mbuf ? meta_encode(meta, mbuf) : 0;
+    } else if (call->request_id[0]) {
+        /* ResponseMeta{request_id = 4}: a tag, a one-byte length (at most 64), the bytes. */
+        size_t n = strlen(call->request_id);
+        small[0] = (4 << 3) | 2;
+        small[1] = (uint8_t)n;
+        memcpy(small + 2, call->request_id, n);
+        mlen = n + 2;
+    }
+    size_t w = conn_write_frame(c, WIRE_RESPONSE, WIRE_FLAG_END_STREAM, call->id, (uint32_t)status, mbuf, mlen,
+                                with_body ? m->response : NULL, with_body ? call->resp : NULL);
+    if (mbuf != small)
+        free(mbuf);
+    if (w == WRITE_UNENCODABLE) {
+        log_msg(LOG_ERROR, "method=%s response breaks a field bound", m ? m->path : "?");
+        status = LAGOON_INTERNAL;
+        w = conn_write_message_frame(c, WIRE_RESPONSE, WIRE_FLAG_END_STREAM, call->id, (uint32_t)status,
+                                     "the server could not encode its response", call->request_id);
+    }
+    call->bytes_out += (uint32_t)w;
     if (!atomic_load(&call->done)) /* conn_write_frame may have closed the connection */
         call_mark_done(call, status);
 }
@@ -695,9 +732,11 @@ int rpc_call_send(rpc_call *c, const void *msg)
         return -1;
     const wire_method *m = c->route->method;
     if (current_loop == c->loop) {
-        size_t n = conn_write_frame(c->conn, WIRE_MESSAGE, 0, c->id, 0, NULL, NULL, m->response, msg);
+        size_t n = conn_write_frame(c->conn, WIRE_MESSAGE, 0, c->id, 0, NULL, 0, m->response, msg);
+        if (n == WRITE_UNENCODABLE || n == 0)
+            return -1;
         c->bytes_out += (uint32_t)n;
-        return n ? 0 : -1;
+        return 0;
     }
     long body = wire_encoded_size(m->response, msg);
     if (body < 0)
@@ -790,18 +829,17 @@ static void conn_refuse(rpc_conn *c, const wire_frame *f, int client_open, int s
 static void conn_refuse(rpc_conn *c, const wire_frame *f, int client_open, int status,
                         const char *request_id, const char *fmt, ...)
 {
-    lagoon_v1_ResponseMeta meta = lagoon_v1_ResponseMeta_init_zero;
+    char message[sizeof(((lagoon_v1_ResponseMeta *)0)->message)];
     va_list ap;
     va_start(ap, fmt);
-    (void)vsnprintf(meta.message, sizeof(meta.message), fmt, ap);
+    (void)vsnprintf(message, sizeof(message), fmt, ap);
     va_end(ap);
-    snprintf(meta.request_id, sizeof(meta.request_id), "%s", request_id ? request_id : "");
-    conn_write_frame(c, WIRE_RESPONSE, WIRE_FLAG_END_STREAM, f->call_id, (uint32_t)status,
-                     &lagoon_v1_ResponseMeta_info, &meta, NULL, NULL);
+    conn_write_message_frame(c, WIRE_RESPONSE, WIRE_FLAG_END_STREAM, f->call_id, (uint32_t)status, message,
+                             request_id);
     if (log_enabled(LOG_INFO))
         log_msg(LOG_INFO, "call peer=%s method=0x%08x status=%s dur_us=0 in=%u out=0 req_id=%s msg=\"%s\"",
                 c->peer, f->code, lagoon_status_name(status), f->length + 4,
-                request_id && request_id[0] ? request_id : "-", meta.message);
+                request_id && request_id[0] ? request_id : "-", message);
     if (client_open && c->state == CONN_OPEN) {
         rpc_call *t = call_new(c, NULL, f->call_id);
         if (t == NULL || table_insert(c, t) != 0) {
@@ -1049,7 +1087,7 @@ static void conn_send_settings(rpc_conn *c)
     st.max_concurrent_calls = cfg->max_concurrent_calls;
     st.idle_timeout_ms = cfg->idle_timeout_ms;
     st.max_metadata_size = cfg->max_metadata_size;
-    conn_write_frame(c, WIRE_SETTINGS, 0, 0, 0, NULL, NULL, &lagoon_v1_Settings_info, &st);
+    conn_write_frame(c, WIRE_SETTINGS, 0, 0, 0, NULL, 0, &lagoon_v1_Settings_info, &st);
 }
 
 static const char not_lagoon[] =

@@ -17,6 +17,30 @@
  * several helpers in a row: (video_id, user_id) for a join table, (owner_id, -created_at) for
  * "videos of a user, newest first".
  *
+ * A whole table, for example (the row message lagoon.v1.Video has uint64 id, owner_id and int64
+ * created_at fields):
+ *
+ *     static int video_by_owner(const void *row, store_key *k)
+ *     {
+ *         const lagoon_v1_Video *v = row;
+ *         store_key_u64(k, v->owner_id);          // the owner's videos...
+ *         store_key_i64_desc(k, v->created_at);   // ...newest first
+ *         return 1;
+ *     }
+ *     static const store_index video_indexes[] = {
+ *         {"by_owner", "owner_id", STORE_MULTI, video_by_owner},
+ *     };
+ *     static const store_fkey video_fkeys[] = {
+ *         {"owner_id", offsetof(lagoon_v1_Video, owner_id), &users_table, &video_indexes[0],
+ *          STORE_CASCADE, 0},
+ *     };
+ *     const store_table videos_table = {
+ *         "videos", &lagoon_v1_Video_info, sizeof(lagoon_v1_Video),
+ *         offsetof(lagoon_v1_Video, id), video_indexes, 1, video_fkeys, 1,
+ *     };
+ *
+ * and a line in the application's schema (store_schema). tests/store/test_tables.c has more.
+ *
  * Threads. One writer thread owns all writes. store_submit queues a write function; the writer
  * runs the queued functions of many callers in one transaction (each in its own nested
  * transaction, so a failing one leaves no trace and does not fail the others), commits once

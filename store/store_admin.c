@@ -351,7 +351,7 @@ int store_admin_main(int argc, char **argv, const store_schema *schema, FILE *ou
     store *s;
     store_error err;
     if (store_open(data, &cfg, &s, &err)) {
-        fprintf(errout, "lagoon-admin: cannot open %s: %s\n", data, err.message);
+        fprintf(errout, "lagoon-admin: %s\n", err.message); /* the message names the directory */
         return 1;
     }
     int status = 0;

@@ -159,8 +159,8 @@ typedef struct store_txn store_txn;
  * from = the stored schema version (from < to = schema->version). Returns a status. */
 typedef int (*store_migrate_fn)(store_txn *t, uint32_t from, void *arg, store_error *err);
 
-/* Every table of the application, and the version of their layout. Features add their tables
- * to the registry (store_registry.c, lagoon_schema()); tests pass their own. */
+/* Every table of the application, and the version of their layout: the application's is
+ * app_schema() (handlers/schema.c); tests pass their own. */
 typedef struct store_schema {
     const store_table *const *tables;
     size_t ntables;
@@ -168,9 +168,6 @@ typedef struct store_schema {
     store_migrate_fn migrate; /* NULL when there is nothing to migrate */
     void *migrate_arg;
 } store_schema;
-
-/* The application's schema: every table registered in store/store_registry.c. Static. */
-const store_schema *lagoon_schema(void);
 
 /* ---- Opening ----------------------------------------------------------------------------- */
 
@@ -360,7 +357,7 @@ int store_stats(store *s, FILE *out, store_error *err);
 
 /* The lagoon-admin command line: `COMMAND --data DIR [--out DIR]`, COMMAND one of verify,
  * backup, stats. Returns the process exit status (0 ok, 1 inconsistency or failure, 2 usage).
- * schema is normally lagoon_schema(); tests pass theirs. */
+ * schema is normally app_schema() (handlers/schema.c); tests pass theirs. */
 int store_admin_main(int argc, char **argv, const store_schema *schema, FILE *out, FILE *errout);
 
 #endif

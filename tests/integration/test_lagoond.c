@@ -24,6 +24,7 @@ typedef struct daemon {
     pid_t pid;
     int err_fd;      /* lagoond's stderr */
     char log[65536]; /* everything read from it so far */
+    char data[64];   /* its own temporary data directory (removed by cleanup) */
     size_t log_len;
     uint16_t port;
 } daemon_t;
@@ -52,8 +53,9 @@ static void start_daemon(daemon_t *d, const char *const *extra, const char *env)
     memset(d, 0, sizeof(*d));
     int pipefd[2];
     assert_int_equal(pipe(pipefd), 0);
-    char data[] = "/tmp/lagoond-test-XXXXXX";
-    assert_non_null(mkdtemp(data));
+    snprintf(d->data, sizeof(d->data), "/tmp/lagoond-test-XXXXXX");
+    assert_non_null(mkdtemp(d->data));
+    const char *data = d->data;
     d->pid = fork();
     assert_true(d->pid >= 0);
     if (d->pid == 0) {
@@ -76,6 +78,15 @@ static void start_daemon(daemon_t *d, const char *const *extra, const char *env)
     const char *p = strstr(d->log, "listening on 127.0.0.1:") + strlen("listening on 127.0.0.1:");
     d->port = (uint16_t)atoi(p);
     assert_true(d->port > 0);
+}
+
+static void cleanup(daemon_t *d)
+{
+    char cmd[128];
+    close(d->err_fd);
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", d->data);
+    assert_int_equal(system(cmd), 0);
+    free(d);
 }
 
 static int wait_exit(daemon_t *d, uint32_t timeout_ms)
@@ -141,8 +152,7 @@ static void test_sigterm_drains_open_calls(void **state)
     assert_non_null(strstr(d->log, "method=/lagoon.v1.Debug/Echo status=OK"));
     assert_non_null(strstr(d->log, "req_id=drain-1"));
     assert_null(strstr(d->log, "SECRET-TOKEN"));
-    close(d->err_fd);
-    free(d);
+    cleanup(d);
 }
 
 static void test_flags_and_environment(void **state)
@@ -179,8 +189,68 @@ static void test_flags_and_environment(void **state)
     lagoon_close(c);
     kill(d->pid, SIGINT);
     assert_int_equal(wait_exit(d, 10000), 0);
-    close(d->err_fd);
-    free(d);
+    cleanup(d);
+}
+
+/* Runs a shell command line, returns its exit status and output. */
+static int run(const char *cmd, char *out, size_t cap)
+{
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = '\0';
+    int st = pclose(p);
+    assert_true(WIFEXITED(st));
+    return WEXITSTATUS(st);
+}
+
+static void test_lagoon_admin(void **state)
+{
+    (void)state;
+    /* lagoond creates the database; lagoon-admin works on it while lagoond is stopped. */
+    daemon_t *d = malloc(sizeof(*d));
+    start_daemon(d, NULL, NULL);
+    kill(d->pid, SIGTERM);
+    assert_int_equal(wait_exit(d, 10000), 0);
+    static char out[65536];
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd), "echo 'an admin passphrase' | %s create-admin --data %s --email root@example.com "
+             "--username root 2>&1", LAGOON_ADMIN_PATH, d->data);
+    if (run(cmd, out, sizeof(out)) != 0)
+        fail_msg("create-admin: %s", out);
+    assert_non_null(strstr(out, "administrator root created"));
+    /* A weak password is refused with the reason. */
+    snprintf(cmd, sizeof(cmd), "echo 'short' | %s create-admin --data %s --email r2@example.com --username second 2>&1",
+             LAGOON_ADMIN_PATH, d->data);
+    assert_int_equal(run(cmd, out, sizeof(out)), 1);
+    assert_non_null(strstr(out, "password"));
+    snprintf(cmd, sizeof(cmd), "%s verify --data %s 2>&1", LAGOON_ADMIN_PATH, d->data);
+    if (run(cmd, out, sizeof(out)) != 0)
+        fail_msg("verify: %s", out);
+    snprintf(cmd, sizeof(cmd), "%s stats --data %s 2>&1", LAGOON_ADMIN_PATH, d->data);
+    assert_int_equal(run(cmd, out, sizeof(out)), 0);
+    assert_non_null(strstr(out, "t/users"));
+
+    /* lagoond on that database: the administrator signs in and has the role. (A later --data
+     * wins over the one start_daemon passes.) */
+    const char *extra[] = {"--data", d->data, NULL};
+    daemon_t *d2 = malloc(sizeof(*d2));
+    start_daemon(d2, extra, NULL);
+    lagoon_client *c;
+    assert_int_equal(lagoon_connect("127.0.0.1", d2->port, NULL, &c, NULL), LAGOON_OK);
+    lagoon_v1_LoginRequest lr = lagoon_v1_LoginRequest_init_zero;
+    snprintf(lr.login, sizeof(lr.login), "root");
+    snprintf(lr.password, sizeof(lr.password), "an admin passphrase");
+    lagoon_v1_TokenPair tp;
+    if (lagoon_Auth_Login(c, &lr, &tp) != LAGOON_OK)
+        fail_msg("login: %s", lagoon_last_error(c)->detail.message);
+    assert_int_equal(tp.user.role, lagoon_v1_Role_ADMIN);
+    assert_true(tp.user.verified);
+    lagoon_close(c);
+    kill(d2->pid, SIGTERM);
+    assert_int_equal(wait_exit(d2, 10000), 0);
+    cleanup(d2);
+    cleanup(d);
 }
 
 int main(void)
@@ -188,6 +258,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sigterm_drains_open_calls),
         cmocka_unit_test(test_flags_and_environment),
+        cmocka_unit_test(test_lagoon_admin),
     };
     return cmocka_run_group_tests_name("lagoond", tests, NULL, NULL);
 }

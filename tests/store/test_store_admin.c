@@ -445,8 +445,8 @@ static void test_sigkill_loses_no_acknowledged_write(void **state)
     tmpdir_remove(dir);
 }
 
-/* The installed tool itself (it knows the application schema, not the test tables, but stats
- * lists every database and the exit statuses are the same). */
+/* The installed tool itself: its exit statuses. (It carries the application schema, so its
+ * work on a real database is tested with the application, in tests/integration.) */
 static int run_binary(const char *args, char *out, size_t cap)
 {
     char cmd[2048];
@@ -463,23 +463,11 @@ static int run_binary(const char *args, char *out, size_t cap)
 static void test_lagoon_admin_binary(void **state)
 {
     (void)state;
-    char *dir = tmpdir_make();
-    store *s = open_test_store(dir, NULL);
-    uint64_t users[5], videos[10];
-    fill(s, users, videos);
-    store_close(s);
     static char out[65536];
-    char args[1024];
-    snprintf(args, sizeof(args), "stats --data %s", dir);
-    assert_int_equal(run_binary(args, out, sizeof(out)), 0);
-    assert_non_null(strstr(out, "t/users"));
-    assert_non_null(strstr(out, "map size"));
-    snprintf(args, sizeof(args), "verify --data %s", dir);
-    assert_int_equal(run_binary(args, out, sizeof(out)), 0);
     assert_int_equal(run_binary("verify --data /nonexistent/lagoon", out, sizeof(out)), 1);
     assert_int_equal(run_binary("bogus", out, sizeof(out)), 2);
     assert_non_null(strstr(out, "usage: lagoon-admin"));
-    tmpdir_remove(dir);
+    assert_non_null(strstr(out, "create-admin"));
 }
 
 int main(void)

@@ -74,6 +74,8 @@ struct rpc_loop {
     rpc_conn *conns; /* doubly linked list of live connections */
     uint32_t nconns;
     int draining;
+    struct event *flush; /* writes the output of the connections on `dirty` */
+    rpc_conn *dirty;     /* connections with output to write, each holding a reference */
 };
 
 struct rpc_conn {
@@ -91,6 +93,12 @@ struct rpc_conn {
     uint64_t last_read_ms; /* monotonic time of the last bytes received */
     atomic_size_t out_len; /* output buffer length, for rpc_call_backlog from other threads */
     atomic_int refs;       /* the loop's (until reaped) and one per call: the struct outlives them */
+    /* Output is written by the loop's flush event at the end of a burst of work, so replies to
+     * pipelined calls leave in one write and a write needs no epoll_ctl. EV_WRITE is enabled
+     * (`writing`) only while the kernel's buffer is full. */
+    rpc_conn *dirty_next;
+    int dirty;
+    int writing;
 };
 
 struct rpc_call {
@@ -209,10 +217,25 @@ static int conn_can_write(const rpc_conn *c)
 
 /* Enforces the output cap after n bytes were queued: a client that does not read is cut off
  * rather than allowed to grow server memory. Returns n, or 0 if the connection was closed. */
+static void conn_mark_dirty(rpc_conn *c)
+{
+    if (c->dirty || c->writing)
+        return; /* already queued for the flush, or libevent is draining it */
+    rpc_loop *l = c->loop;
+    c->dirty = 1;
+    atomic_fetch_add(&c->refs, 1);
+    c->dirty_next = l->dirty;
+    if (l->dirty == NULL)
+        event_active(l->flush, EV_TIMEOUT, 0);
+    l->dirty = c;
+}
+
 static size_t conn_queued(rpc_conn *c, size_t n)
 {
-    if (evbuffer_get_length(bufferevent_get_output(c->bev)) <= c->loop->server->cfg.max_output_buffer)
+    if (evbuffer_get_length(bufferevent_get_output(c->bev)) <= c->loop->server->cfg.max_output_buffer) {
+        conn_mark_dirty(c);
         return n;
+    }
     log_msg(LOG_WARN, "peer=%s closed: output buffer above %u bytes (client not reading)", c->peer,
             c->loop->server->cfg.max_output_buffer);
     conn_close(c);
@@ -1170,10 +1193,56 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
     }
 }
 
+/* Writes what the connection has queued, straight to the socket; what the kernel does not
+ * take is left to libevent (EV_WRITE on) until it has drained. */
+static void conn_flush(rpc_conn *c)
+{
+    if (c->state == CONN_DEAD || c->writing)
+        return;
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    if (evbuffer_get_length(out) > 0) {
+        /* A bufferevent keeps the front of its output frozen so that only it drains it; its
+         * own writer unfreezes it around each write, and so does this one. */
+        evbuffer_unfreeze(out, 1);
+        int n = evbuffer_write(out, bufferevent_getfd(c->bev));
+        evbuffer_freeze(out, 1);
+        if (n < 0 && errno != EAGAIN && errno != EINTR) {
+            log_msg(LOG_DEBUG, "peer=%s write failed: %s", c->peer, strerror(errno));
+            conn_close(c);
+            return;
+        }
+    }
+    if (evbuffer_get_length(out) > 0) {
+        c->writing = 1;
+        bufferevent_enable(c->bev, EV_WRITE);
+    } else if (c->state == CONN_CLOSING) {
+        conn_close(c);
+    }
+}
+
+static void loop_flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    rpc_loop *l = arg;
+    while (l->dirty) {
+        rpc_conn *c = l->dirty;
+        l->dirty = c->dirty_next;
+        c->dirty = 0;
+        conn_flush(c);
+        conn_unref(c);
+    }
+}
+
+/* libevent drained the output (EV_WRITE was on): back to flushing ourselves. */
 static void conn_write_cb(struct bufferevent *bev, void *arg)
 {
     rpc_conn *c = arg;
-    if (c->state == CONN_CLOSING && evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+    if (evbuffer_get_length(bufferevent_get_output(bev)) > 0)
+        return;
+    c->writing = 0;
+    bufferevent_disable(bev, EV_WRITE);
+    if (c->state == CONN_CLOSING)
         conn_close(c);
 }
 
@@ -1240,6 +1309,8 @@ static void conn_close_after_flush(rpc_conn *c)
     conn_timer_arm(c, CLOSE_FLUSH_TIMEOUT_MS);
     if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
         conn_close(c);
+    else
+        conn_mark_dirty(c); /* the flush closes it once the output is out */
 }
 
 /* Closes now: every open call is abandoned, the socket closed; the struct is freed from a
@@ -1319,7 +1390,7 @@ static void conn_accept_fd(rpc_loop *l, int fd, const char *peer)
     l->nconns++;
     bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
     evbuffer_add_cb(bufferevent_get_output(c->bev), conn_output_cb, c);
-    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    bufferevent_enable(c->bev, EV_READ); /* EV_WRITE only while the kernel is full: conn_flush */
     conn_timer_arm(c, l->server->cfg.handshake_timeout_ms);
 }
 
@@ -1621,6 +1692,7 @@ int rpc_server_run(rpc_server *s, rpc_error *err)
             return RPC_ERR;
         }
         l->wake = event_new(l->base, -1, EV_PERSIST, loop_wake_cb, l);
+        l->flush = event_new(l->base, -1, 0, loop_flush_cb, l);
         l->drain_timer = evtimer_new(l->base, loop_drain_timeout_cb, l);
     }
     s->stop_event = event_new(s->control, -1, 0, stop_cb, s);
@@ -1686,6 +1758,9 @@ void rpc_server_free(rpc_server *s)
         }
         if (l->wake)
             event_free(l->wake);
+        loop_flush_cb(-1, 0, l); /* drops the references of connections still listed */
+        if (l->flush)
+            event_free(l->flush);
         if (l->drain_timer)
             event_free(l->drain_timer);
         if (l->base)

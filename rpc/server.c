@@ -383,7 +383,7 @@ static rpc_call *call_new(rpc_conn *c, const rpc_route *route, uint32_t id)
     call->req = route ? (char *)call + req_off : NULL;
     call->resp = route ? (char *)call + resp_off : NULL;
     if (call->resp)
-        memset(call->resp, 0, resp_size);
+        wire_init(route->method->response, call->resp); /* what the handler leaves is a default */
     call->start_us = now_us();
     atomic_fetch_add(&c->refs, 1);
     return call;

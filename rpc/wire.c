@@ -132,6 +132,49 @@ uint32_t wire_method_id(const char *path)
 
 /* ---- message coding ---------------------------------------------------------------------- */
 
+/* Sets msg to its proto3 defaults by clearing only what nanopb reads: scalars, has-flags, counts,
+ * oneof tags, pointers, string terminators and bytes sizes. nanopb's own initialisation clears
+ * every static field whole; for a 16 KiB bytes field that is most of a small call's cost. */
+static void light_init(const pb_msgdesc_t *desc, void *msg, int depth)
+{
+    pb_field_iter_t it;
+    if (depth > 32 || !pb_field_iter_begin(&it, desc, msg))
+        return;
+    do {
+        pb_type_t type = it.type;
+        if (PB_HTYPE(type) == PB_HTYPE_OPTIONAL && it.pSize != NULL)
+            *(bool *)it.pSize = false;
+        if ((PB_HTYPE(type) == PB_HTYPE_REPEATED || PB_HTYPE(type) == PB_HTYPE_ONEOF) && it.pSize != NULL)
+            *(pb_size_t *)it.pSize = 0;
+        if (PB_ATYPE(type) == PB_ATYPE_POINTER) {
+            *(void **)it.pField = NULL;
+            continue;
+        }
+        if (PB_ATYPE(type) != PB_ATYPE_STATIC || PB_HTYPE(type) == PB_HTYPE_REPEATED)
+            continue; /* callbacks are unused here; a static array is empty once its count is 0 */
+        switch (PB_LTYPE(type)) {
+        case PB_LTYPE_STRING:
+            ((char *)it.pData)[0] = '\0';
+            break;
+        case PB_LTYPE_BYTES:
+            ((pb_bytes_array_t *)it.pData)->size = 0;
+            break;
+        case PB_LTYPE_SUBMESSAGE:
+        case PB_LTYPE_SUBMSG_W_CB:
+            light_init(it.submsg_desc, it.pData, depth + 1);
+            break;
+        default:
+            memset(it.pData, 0, it.data_size);
+            break;
+        }
+    } while (pb_field_iter_next(&it));
+}
+
+void wire_init(const wire_msginfo *info, void *msg)
+{
+    light_init(info->desc, msg, 0);
+}
+
 int wire_decode(const wire_msginfo *info, const uint8_t *buf, size_t len, void *dst,
                 wire_violation *v)
 {
@@ -141,7 +184,8 @@ int wire_decode(const wire_msginfo *info, const uint8_t *buf, size_t len, void *
         return -1;
     }
     pb_istream_t in = pb_istream_from_buffer(buf, len);
-    if (pb_decode(&in, info->desc, dst))
+    wire_init(info, dst);
+    if (pb_decode_ex(&in, info->desc, dst, PB_DECODE_NOINIT))
         return 0;
     const char *err = PB_GET_ERROR(&in);
     pb_release(info->desc, dst);

@@ -169,6 +169,10 @@ typedef struct wire_violation {
     char description[256]; /* what is wrong with it */
 } wire_violation;
 
+/* Sets msg (a struct of info's type) to its defaults, as nanopb's _init_zero would, touching
+ * only what encoding and decoding read: the bytes of large static buffers are left alone. */
+void wire_init(const wire_msginfo *info, void *msg);
+
 /* Decodes buf[0..len) into dst (a struct of info's type, request_size bytes). Returns 0, or -1
  * with *v naming the field that broke a bound or could not be decoded. On failure dst holds no
  * allocations and must not be used. */

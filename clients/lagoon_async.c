@@ -165,17 +165,26 @@ static void on_call_frame(lagoon_async *c, const wire_frame *f)
     if (f->type != WIRE_RESPONSE)
         return;
     table_remove(c, call);
-    lagoon_v1_ResponseMeta meta = lagoon_v1_ResponseMeta_init_zero;
-    if (f->meta_len && wire_decode(&lagoon_v1_ResponseMeta_info, f->meta, f->meta_len, &meta, &v) != 0)
-        memset(&meta, 0, sizeof(meta));
     int status = (int)f->code;
-    if (status == LAGOON_OK && call->resp &&
-        wire_decode(call->m->response, f->payload, f->payload_len, call->resp, &v) != 0) {
-        status = LAGOON_INTERNAL;
-        snprintf(meta.message, sizeof(meta.message), "cannot decode %s: %s %s", call->m->response_type, v.field,
-                 v.description);
+    int bad_body = status == LAGOON_OK && call->resp &&
+                   wire_decode(call->m->response, f->payload, f->payload_len, call->resp, &v) != 0;
+    if (f->meta_len == 0 && !bad_body) {
+        call_end(call, status, NULL); /* the common case: no details to decode */
+        return;
     }
-    call_end(call, status, &meta);
+    /* Details: a ResponseMeta is 7 KiB, so it is only built when there are some. */
+    lagoon_v1_ResponseMeta *meta = calloc(1, sizeof(*meta));
+    wire_violation mv;
+    if (meta && f->meta_len && wire_decode(&lagoon_v1_ResponseMeta_info, f->meta, f->meta_len, meta, &mv) != 0)
+        memset(meta, 0, sizeof(*meta));
+    if (bad_body) {
+        status = LAGOON_INTERNAL;
+        if (meta)
+            snprintf(meta->message, sizeof(meta->message), "cannot decode %s: %s %s", call->m->response_type,
+                     v.field, v.description);
+    }
+    call_end(call, status, meta);
+    free(meta);
 }
 
 static void read_cb(struct bufferevent *bev, void *arg)

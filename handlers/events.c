@@ -24,6 +24,7 @@
 #include "messages.h"
 
 #define EVENTS_PURGE_PER_APPEND 8   /* old events trimmed per append: bounded work per write */
+#define EVENTS_AGE_CHECK 16         /* every 16th append of a user also trims by age */
 #define EVENTS_REPLAY_PAGE 200      /* events read per page while replaying */
 #define EVENTS_TYPING_MS 5000       /* how long a typing indicator shows */
 #define ROUTER_BUCKETS 1024         /* subscriber table, by user id */
@@ -172,12 +173,17 @@ int events_append(store_txn *t, const app *a, uint64_t user_id, lagoon_v1_Event 
     row->has_event = true;
     row->event = *ev;
     st = store_insert(t, &events_log, row, NULL, err);
-    /* Retention: by count, and by age of the oldest; a few per append keeps writes bounded. */
+    /* Retention, a few events per append so that writes stay bounded: by count on every append
+     * (which needs only ids), by the age of the oldest on every EVENTS_AGE_CHECK-th (which needs
+     * the oldest row decoded). */
+    int check_age = ev->seq % EVENTS_AGE_CHECK == 0;
     for (int i = 0; i < EVENTS_PURGE_PER_APPEND && st == LAGOON_OK && f.first_seq < f.last_seq; i++) {
         uint64_t kept = f.last_seq - f.first_seq + 1;
-        uint64_t id = event_id(t, user_id, f.first_seq, row, err);
-        int too_old = id && now - row->event.created_at > (int64_t)a->cfg.event_retention_s * 1000;
-        if (kept <= a->cfg.event_retention_count && !too_old && id)
+        if (kept <= a->cfg.event_retention_count && !check_age)
+            break;
+        uint64_t id = event_id(t, user_id, f.first_seq, check_age ? row : NULL, err);
+        if (id && kept <= a->cfg.event_retention_count &&
+            now - row->event.created_at <= (int64_t)a->cfg.event_retention_s * 1000)
             break;
         if (id)
             st = store_delete(t, &events_log, id, err);

@@ -26,6 +26,7 @@ typedef struct lagoond_opts {
     int log_level;
     int sync; /* enum store_sync */
     uint32_t argon2_ops, argon2_mem_kib;
+    uint32_t event_retention_count, event_retention_days;
 } lagoond_opts;
 
 typedef struct opt {
@@ -52,6 +53,10 @@ static const opt options[] = {
     {"argon2-mem-kib", OPT_U32, offsetof(lagoond_opts, argon2_mem_kib), 0, 4u << 20,
      "Argon2id memory per hash, KiB. Default 0 = libsodium's interactive limit (64 MiB). Each worker "
      "hashes one password at a time, so workers x this bounds the memory hashing takes."},
+    {"event-retention-count", OPT_U32, offsetof(lagoond_opts, event_retention_count), 0, 1000000,
+     "Realtime events kept per user for resuming subscriptions. Default 0 = 1000."},
+    {"event-retention-days", OPT_U32, offsetof(lagoond_opts, event_retention_days), 0, 3650,
+     "And for at most this many days. Default 0 = 7. A resume from before what is kept gets OUT_OF_RANGE."},
 #define OPT_LIMIT(field, flag, def, min, max, why) {flag, OPT_U32, OPT_RPC(field), (min), (max), why},
     RPC_LIMITS(OPT_LIMIT)
 #undef OPT_LIMIT
@@ -247,6 +252,8 @@ int main(int argc, char **argv)
     acfg.sync = (enum store_sync)o.sync;
     acfg.pwhash_opslimit = o.argon2_ops;
     acfg.pwhash_memlimit = (size_t)o.argon2_mem_kib * 1024;
+    acfg.event_retention_count = o.event_retention_count;
+    acfg.event_retention_s = o.event_retention_days * 24u * 3600u;
     app *a;
     rpc_error rerr;
     if (app_open(o.data, &acfg, &a, &rerr) != RPC_OK) {

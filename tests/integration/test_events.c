@@ -255,6 +255,44 @@ static void test_purged_since_is_out_of_range(void **state)
     C = saved_c;
 }
 
+static void test_retention_by_age(void **state)
+{
+    (void)state;
+    /* The shared server keeps 100000 events per user: only age can trim here. */
+    char gt[65], ht[65];
+    uint64_t gil = test_user(C, "gil", 1, gt);
+    test_user(C, "hub", 1, ht);
+    send_text(ht, gil, "old"); /* gil's seqs 1 (message) and 2 (notification) */
+    test_clock_advance(T, 8LL * 24 * 3600 * 1000); /* past the 7-day default */
+    lagoon_v1_LoginRequest lr = lagoon_v1_LoginRequest_init_zero; /* the tokens expired meanwhile */
+    snprintf(lr.password, sizeof(lr.password), "%s", TEST_PASSWORD);
+    lagoon_v1_TokenPair tp;
+    snprintf(lr.login, sizeof(lr.login), "hub");
+    assert_int_equal(lagoon_Auth_Login(C, &lr, &tp), LAGOON_OK);
+    snprintf(ht, sizeof(ht), "%s", tp.access_token);
+    snprintf(lr.login, sizeof(lr.login), "gil");
+    assert_int_equal(lagoon_Auth_Login(C, &lr, &tp), LAGOON_OK);
+    snprintf(gt, sizeof(gt), "%s", tp.access_token);
+    for (int i = 0; i < 7; i++) /* seqs 3..16: the age check at 16 trims 1 and 2 */
+        send_text(ht, gil, "new");
+    device d;
+    d.c = test_client(T);
+    lagoon_set_token(d.c, gt);
+    lagoon_v1_SubscribeRequest req = {1};
+    lagoon_v1_Event ev;
+    assert_int_equal(lagoon_Events_Subscribe(d.c, &req, &d.s), LAGOON_OK);
+    assert_int_equal(lagoon_stream_recv_timeout(d.s, &ev, WAIT_MS), 0);
+    assert_int_equal(lagoon_stream_finish(d.s, NULL), LAGOON_OUT_OF_RANGE);
+    req.since = 2; /* everything after 2 is kept */
+    assert_int_equal(lagoon_Events_Subscribe(d.c, &req, &d.s), LAGOON_OK);
+    assert_int_equal(lagoon_stream_recv_timeout(d.s, &ev, WAIT_MS), 1); /* subscribed */
+    assert_int_equal(ev.payload.subscribed.current_seq, 16);
+    assert_int_equal(lagoon_stream_recv_timeout(d.s, &ev, WAIT_MS), 1);
+    assert_int_equal(ev.seq, 3);
+    lagoon_stream_cancel(d.s);
+    lagoon_close(d.c);
+}
+
 static void test_slow_reader_cut_off_then_resumes(void **state)
 {
     (void)state;
@@ -450,6 +488,7 @@ int main(void)
         cmocka_unit_test(test_live_to_two_devices),
         cmocka_unit_test(test_resume_without_loss),
         cmocka_unit_test(test_purged_since_is_out_of_range),
+        cmocka_unit_test(test_retention_by_age),
         cmocka_unit_test(test_slow_reader_cut_off_then_resumes),
         cmocka_unit_test(test_typing_reaches_only_the_partner),
         cmocka_unit_test(test_notifications),

@@ -445,6 +445,90 @@ static void test_sigkill_loses_no_acknowledged_write(void **state)
     tmpdir_remove(dir);
 }
 
+/* ---- stale reader slots ----------------------------------------------------------------------- */
+
+typedef struct slot_count {
+    pid_t pid;
+    int n;
+} slot_count;
+
+/* mdb_reader_list prints a header, then one line per live slot: "pid thread txnid". */
+static int count_slot(const char *line, void *arg)
+{
+    slot_count *c = arg;
+    long pid = 0;
+    if (sscanf(line, "%ld", &pid) == 1 && pid == (long)c->pid)
+        c->n++;
+    return 0;
+}
+
+static int read_byte(int fd, char *c)
+{
+    return (int)read(fd, c, 1);
+}
+
+/* Reader slots of pid in the lock table of the environment in dir, looked at directly. */
+static int reader_slots_of(const char *dir, pid_t pid)
+{
+    MDB_env *env;
+    assert_int_equal(mdb_env_create(&env), 0);
+    assert_int_equal(mdb_env_set_maxdbs(env, 256), 0);
+    assert_int_equal(mdb_env_open(env, dir, MDB_RDONLY | MDB_NOTLS, 0640), 0);
+    slot_count c = {pid, 0};
+    assert_true(mdb_reader_list(env, count_slot, &c) >= 0);
+    mdb_env_close(env);
+    return c.n;
+}
+
+/* A child that opens the store and, if `read`, a read transaction; it reports on the pipe and
+ * waits to be killed. */
+static pid_t holder(const char *dir, int read)
+{
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        close(p[0]);
+        store *s = open_test_store(dir, NULL);
+        store_txn *t;
+        store_error err;
+        if (read && store_read_begin(s, &t, &err) != LAGOON_OK)
+            _exit(2);
+        if (write(p[1], "r", 1) != 1)
+            _exit(3);
+        sleep(30);
+        _exit(0);
+    }
+    close(p[1]);
+    char c;
+    assert_int_equal(read_byte(p[0], &c), 1);
+    close(p[0]);
+    return pid;
+}
+
+static void test_stale_readers_cleared_at_open(void **state)
+{
+    (void)state;
+    char *dir = tmpdir_make();
+    store_close(open_test_store(dir, NULL));
+    /* The situation that matters: the server keeps the database open while another process
+     * (a lagoon-admin backup, say) dies in the middle of a read. (When nobody holds the
+     * database, LMDB's first opener resets the whole reader table anyway.) */
+    pid_t keeper = holder(dir, 0);
+    pid_t reader = holder(dir, 1);
+    kill(reader, SIGKILL);
+    waitpid(reader, NULL, 0);
+    /* LMDB does not notice a dead reader by itself: its slot would pin old pages... */
+    assert_int_equal(reader_slots_of(dir, reader), 1);
+    /* ...until a store opens (mdb_reader_check). */
+    store_close(open_test_store(dir, NULL));
+    assert_int_equal(reader_slots_of(dir, reader), 0);
+    kill(keeper, SIGKILL);
+    waitpid(keeper, NULL, 0);
+    tmpdir_remove(dir);
+}
+
 /* The installed tool itself: its exit statuses. (It carries the application schema, so its
  * work on a real database is tested with the application, in tests/integration.) */
 static int run_binary(const char *args, char *out, size_t cap)
@@ -479,6 +563,7 @@ int main(void)
         cmocka_unit_test(test_backup_restored_and_verified),
         cmocka_unit_test(test_stats_and_usage),
         cmocka_unit_test(test_sigkill_loses_no_acknowledged_write),
+        cmocka_unit_test(test_stale_readers_cleared_at_open),
         cmocka_unit_test(test_lagoon_admin_binary),
     };
     return cmocka_run_group_tests_name("store_admin", tests, NULL, NULL);

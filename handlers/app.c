@@ -170,6 +170,19 @@ int app_authenticate(void *arg, const char *token, rpc_caller *out)
     return ok ? 0 : -1;
 }
 
+/* ---- resource checks ------------------------------------------------------------------------ */
+
+int app_access(const rpc_caller *who, uint64_t owner_id, int shared, enum app_action action, int flags)
+{
+    if (who->user_id != 0 && who->user_id == owner_id)
+        return LAGOON_OK;
+    if ((flags & APP_ADMIN_OVERRIDE) && who->role == RPC_ROLE_ADMIN)
+        return LAGOON_OK;
+    if (shared)
+        return action == APP_READ ? LAGOON_OK : LAGOON_PERMISSION_DENIED;
+    return LAGOON_NOT_FOUND;
+}
+
 /* ---- writes --------------------------------------------------------------------------------- */
 
 int app_store_error(rpc_call *call, int status, const store_error *err)

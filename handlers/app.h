@@ -76,6 +76,18 @@ int app_authenticate(void *arg, const char *token, rpc_caller *out);
 /* "1.2.3.4" of "1.2.3.4:5678" (or "[::1]" of "[::1]:5678"), into out. */
 void app_peer_address(const rpc_call *c, char *out, size_t cap);
 
+/* ---- resource checks: one rule for every service ----------------------------------------- */
+
+enum app_action { APP_READ, APP_CHANGE };
+#define APP_ADMIN_OVERRIDE 1 /* flags: administrators may act on anyone's */
+
+/* May `who` do `action` to something owned by owner_id? LAGOON_OK for the owner (and for an
+ * administrator with APP_ADMIN_OVERRIDE); for a user it is shared with (`shared`: a
+ * conversation's other participant, a group member, ...) LAGOON_OK to read and
+ * PERMISSION_DENIED to change; for anyone else NOT_FOUND, so that its existence does not leak.
+ * Pure: usable in handlers and in write functions alike. */
+int app_access(const rpc_caller *who, uint64_t owner_id, int shared, enum app_action action, int flags);
+
 /* ---- durable writes for handlers --------------------------------------------------------- */
 
 /* Runs on the writer thread once the write is durable (or failed): fills the call's

@@ -732,6 +732,7 @@ enum own_outcome { OWN_OK, OWN_NOT_FOUND, OWN_NOT_SENDER, OWN_NOT_TEXT, OWN_TOO_
 
 typedef struct own_op {
     app *a;
+    rpc_caller who;
     uint64_t me, message_id;
     int64_t now;
     char text[sizeof(((lagoon_v1_TextContent *)0)->text)];
@@ -751,9 +752,10 @@ static int own_message(store_txn *t, own_op *op, store_error *err)
     }
     if (st != LAGOON_OK)
         return st;
-    /* Only the two participants learn that the message exists. */
-    if (op->msg.sender_id != op->me)
-        op->outcome = op->msg.recipient_id == op->me ? OWN_NOT_SENDER : OWN_NOT_FOUND;
+    /* The sender changes it; the recipient sees it; to anyone else it does not exist. No
+     * administrator override: direct messages are private. */
+    int v = app_access(&op->who, op->msg.sender_id, op->msg.recipient_id == op->me, APP_CHANGE, 0);
+    op->outcome = v == LAGOON_OK ? OWN_OK : v == LAGOON_PERMISSION_DENIED ? OWN_NOT_SENDER : OWN_NOT_FOUND;
     return LAGOON_OK;
 }
 
@@ -815,7 +817,8 @@ int handle_Messages_Edit(rpc_call *call, const lagoon_v1_EditMessageRequest *req
     if (op == NULL)
         return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
     op->a = app_of(call);
-    op->me = rpc_call_caller(call)->user_id;
+    op->who = *rpc_call_caller(call);
+    op->me = op->who.user_id;
     op->message_id = req->message_id;
     op->now = app_now(op->a);
     op->resp = resp;
@@ -891,7 +894,8 @@ int handle_Messages_Delete(rpc_call *call, const lagoon_v1_DeleteMessageRequest 
     if (op == NULL)
         return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
     op->a = app_of(call);
-    op->me = rpc_call_caller(call)->user_id;
+    op->who = *rpc_call_caller(call);
+    op->me = op->who.user_id;
     op->message_id = req->message_id;
     op->now = app_now(op->a);
     int st = app_write(call, delete_write, op, delete_done);

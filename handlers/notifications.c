@@ -88,6 +88,7 @@ int handle_Notifications_UnreadCount(rpc_call *call, const lagoon_v1_Notificatio
 enum note_action { NOTE_READ, NOTE_DELETE, NOTE_READ_ALL };
 
 typedef struct note_op {
+    rpc_caller who;
     uint64_t user_id, id;
     int action;
     int missing;
@@ -148,7 +149,7 @@ static int note_write(store_txn *t, void *arg, store_error *err)
     }
     lagoon_v1_Notification n;
     int st = store_get(t, &events_notifications, op->id, &n, err);
-    if (st == LAGOON_NOT_FOUND || (st == LAGOON_OK && n.user_id != op->user_id)) {
+    if (st == LAGOON_NOT_FOUND || (st == LAGOON_OK && app_access(&op->who, n.user_id, 0, APP_CHANGE, 0) != LAGOON_OK)) {
         op->missing = 1; /* someone else's is as good as none */
         return LAGOON_OK;
     }
@@ -199,7 +200,8 @@ static int note_change(rpc_call *call, uint64_t id, int action)
     note_op *op = calloc(1, sizeof(*op));
     if (op == NULL)
         return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
-    op->user_id = rpc_call_caller(call)->user_id;
+    op->who = *rpc_call_caller(call);
+    op->user_id = op->who.user_id;
     op->id = id;
     op->action = action;
     int st = app_write(call, note_write, op, note_done);

@@ -11,7 +11,7 @@
 static void test_access_table(void **state)
 {
     (void)state;
-    const rpc_caller owner = {7, RPC_ROLE_STUDENT, 1, 1}, other = {8, RPC_ROLE_TEACHER, 1, 2},
+    static const rpc_caller owner = {7, RPC_ROLE_STUDENT, 1, 1}, other = {8, RPC_ROLE_TEACHER, 1, 2},
                      admin = {1, RPC_ROLE_ADMIN, 1, 3}, anonymous = {0, RPC_ROLE_NONE, 0, 0};
     static const struct {
         const rpc_caller *who;

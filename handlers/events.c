@@ -168,7 +168,7 @@ int events_append(store_txn *t, const app *a, uint64_t user_id, lagoon_v1_Event 
     lagoon_v1_UserEvent *row = malloc(sizeof(*row));
     if (row == NULL)
         return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
-    memset(row, 0, sizeof(*row));
+    wire_init(&lagoon_v1_UserEvent_info, row);
     row->user_id = user_id;
     row->has_event = true;
     row->event = *ev;
@@ -306,6 +306,7 @@ struct realtime {
     uint64_t next_sub_id;      /* under mu */
     subscriber *buckets[ROUTER_BUCKETS]; /* router thread only */
     subscriber *replaying;               /* router thread only */
+    unsigned nsubs;                      /* registered subscribers; router thread only */
 };
 
 static void post(realtime *rt, cmd *c)
@@ -344,6 +345,7 @@ static void on_commit(void *arg, const store_change *ch, size_t n)
 
 static void sub_unlink(realtime *rt, subscriber *s)
 {
+    rt->nsubs--;
     for (subscriber **p = &rt->buckets[s->user_id % ROUTER_BUCKETS]; *p; p = &(*p)->next) {
         if (*p == s) {
             *p = s->next;
@@ -461,6 +463,7 @@ static void replay_step(realtime *rt, subscriber *s)
     if (page.next_page_token[0] == '\0') {
         /* Caught up, as of this read: live from here (see the seam, at the top). */
         sub_unlink(rt, s);
+        rt->nsubs++; /* still registered: only its lists change */
         s->replaying = 0;
         s->next = rt->buckets[s->user_id % ROUTER_BUCKETS];
         rt->buckets[s->user_id % ROUTER_BUCKETS] = s;
@@ -480,6 +483,7 @@ static void sub_start(realtime *rt, subscriber *s)
     }
     s->next = rt->buckets[s->user_id % ROUTER_BUCKETS];
     rt->buckets[s->user_id % ROUTER_BUCKETS] = s;
+    rt->nsubs++;
     lagoon_v1_UserFeed f;
     int exists;
     feed_get(t, s->user_id, &f, &exists, &err);
@@ -518,6 +522,7 @@ static subscriber *sub_take(realtime *rt, uint64_t id)
             if (s->id != id)
                 continue;
             *p = s->next;
+            rt->nsubs--;
             for (subscriber **r = &rt->replaying; s->replaying && *r; r = &(*r)->rnext) {
                 if (*r == s) {
                     *r = s->rnext;
@@ -548,6 +553,7 @@ static void route_typing(realtime *rt, const cmd *c)
 static void end_all(realtime *rt, int status, const char *message)
 {
     rt->replaying = NULL; /* every replaying subscriber is in a bucket too */
+    rt->nsubs = 0;
     for (int b = 0; b < ROUTER_BUCKETS; b++) {
         subscriber *s;
         while ((s = rt->buckets[b]) != NULL) {
@@ -593,6 +599,10 @@ static void *router_main(void *arg)
             batch = c->next;
             switch (c->kind) {
             case CMD_EVENT:
+                /* Nobody is listening: nothing to read. (A subscriber that arrives later gets
+                 * these from the log by replay, or does not want them: see the seam.) */
+                if (rt->nsubs == 0)
+                    break;
                 /* One read transaction for a run of events. */
                 if (t == NULL && store_read_begin(rt->a->db, &t, &err) != LAGOON_OK)
                     t = NULL;

@@ -172,8 +172,10 @@ static int publish_message(store_txn *t, const app *a, const lagoon_v1_DirectMes
         return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
     int st = LAGOON_OK;
     for (int i = 0; i < 2 && st == LAGOON_OK; i++) {
-        memset(ev, 0, sizeof(*ev));
+        wire_init(&lagoon_v1_Event_info, ev); /* not memset: 17 KiB, mostly text buffer */
         ev->which_payload = lagoon_v1_Event_message_tag;
+        /* The oneof's members share storage: set the chosen one to its defaults. */
+        wire_init(&lagoon_v1_MessageEvent_info, &ev->payload.message);
         ev->payload.message.action = action;
         ev->payload.message.has_message = true;
         if (action == lagoon_v1_MessageEvent_Action_DELETED) {

@@ -152,7 +152,8 @@ static int row_encode(const store_table *tab, const void *row, uint8_t **out, si
 
 static int row_decode(const store_table *tab, kv_val v, void *row, store_error *err)
 {
-    memset(row, 0, tab->row_size);
+    /* wire_decode sets the defaults itself, touching only what it needs (not the bytes of
+     * large buffers), so the row is not cleared here. */
     wire_violation viol;
     if (wire_decode(tab->msg, v.data, v.len, row, &viol))
         return STORE_FAIL(err, LAGOON_DATA_LOSS, NULL, "stored %s row cannot be decoded: %s",

@@ -307,6 +307,7 @@ struct realtime {
     subscriber *buckets[ROUTER_BUCKETS]; /* router thread only */
     subscriber *replaying;               /* router thread only */
     unsigned nsubs;                      /* registered subscribers; router thread only */
+    int shut;                            /* streams ended for a drain: new ones end at once */
 };
 
 static void post(realtime *rt, cmd *c)
@@ -475,6 +476,10 @@ static void sub_start(realtime *rt, subscriber *s)
 {
     store_txn *t;
     store_error err;
+    if (rt->shut) { /* arrived after the drain began: it would only hold the drain open */
+        sub_finish(s, LAGOON_UNAVAILABLE, "server shutting down: reconnect and resubscribe with since");
+        return;
+    }
     if (store_read_begin(rt->a->db, &t, &err) != LAGOON_OK) {
         rpc_call_error(s->call, LAGOON_UNAVAILABLE, "%s", err.message);
         rpc_call_finish(s->call, LAGOON_UNAVAILABLE);
@@ -626,6 +631,7 @@ static void *router_main(void *arg)
                 route_typing(rt, c);
                 break;
             case CMD_SHUTDOWN:
+                rt->shut = 1;
                 end_all(rt, LAGOON_UNAVAILABLE, "server shutting down: reconnect and resubscribe with since");
                 break;
             }

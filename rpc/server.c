@@ -111,6 +111,7 @@ struct rpc_call {
     atomic_int refs;
     atomic_int done;   /* answered or abandoned: nothing more is written */
     atomic_int hstate; /* enum hstate: who ends a kept call */
+    atomic_int cancel_claimed; /* the cancel callback has run, or may no longer run (finished) */
     int held;           /* loop thread: handler returned RPC_PENDING at least once */
     int in_handler;     /* loop thread: handler is running now */
     int client_closed;  /* client sent END_STREAM (or the method takes one message) */
@@ -162,6 +163,7 @@ static void conn_violation(rpc_conn *c, const char *why);
 static void call_complete(rpc_call *call, int status);
 static void call_abandon(rpc_call *call, int status, int reply, const char *message);
 static void call_reply_own(rpc_call *call, int status, const char *message, const wire_violation *v);
+static void call_tell_holder(rpc_call *call);
 static void call_unref(rpc_call *call);
 static void loop_maybe_exit(rpc_loop *l);
 static void loop_post(rpc_loop *l, rpc_op *op);
@@ -526,8 +528,14 @@ static void call_abandon(rpc_call *call, int status, int reply, const char *mess
     } else {
         call_mark_done(call, status);
     }
-    /* The handler hears of it from a fresh loop callback, never from inside whatever caused
-     * the abandon (it may hold its own locks there, e.g. while sending to this call). */
+    call_tell_holder(call);
+}
+
+/* If the handler keeps the call, queues its cancel callback. The handler hears of it from a
+ * fresh loop callback, never from inside whatever ended the call (it may hold its own locks
+ * there, e.g. while sending to this call). */
+static void call_tell_holder(rpc_call *call)
+{
     int expected = H_HELD;
     if (atomic_compare_exchange_strong(&call->hstate, &expected, H_CANCELLED)) {
         rpc_op *op = calloc(1, sizeof(*op));
@@ -573,7 +581,7 @@ static void call_handled(rpc_call *call, int rc)
             if (atomic_compare_exchange_strong(&call->hstate, &expected, H_NONE)) {
                 call_unref(call);
             } else if (expected == H_CANCELLED) {
-                call->cancel_fn = NULL; /* it no longer holds the call: nothing to tell it */
+                atomic_store(&call->cancel_claimed, 1); /* it no longer holds the call */
                 call_unref(call);
             }
             return;
@@ -589,7 +597,7 @@ static void call_handled(rpc_call *call, int rc)
         call_complete(call, rc);
         call_unref(call);
     } else if (prev == H_CANCELLED) {
-        call->cancel_fn = NULL; /* its return was its finish: nothing to tell it */
+        atomic_store(&call->cancel_claimed, 1); /* its return was its finish: nothing to tell it */
         call_unref(call);
     } /* H_FINISHED: rpc_call_finish ran inside the handler; its op owns the reference */
 }
@@ -597,9 +605,15 @@ static void call_handled(rpc_call *call, int rc)
 /* Runs the handler for one message (or req == NULL: the client half-closed). */
 static void call_invoke(rpc_call *call, const void *req)
 {
+    /* A handler that finished the call (from another thread; its OP_FINISH not yet run) hears
+     * nothing more about it. */
+    if (atomic_load(&call->hstate) == H_FINISHED)
+        return;
     if (!call->held) {
+        int expected = H_NONE;
+        if (!atomic_compare_exchange_strong(&call->hstate, &expected, H_HELD))
+            return; /* finished or cancelled meanwhile */
         call_ref(call);
-        atomic_store(&call->hstate, H_HELD);
     }
     call->in_handler = 1;
     int rc = call->route->handler(call, req, call->resp);
@@ -646,10 +660,10 @@ static void op_run(rpc_loop *l, rpc_op *op, int live)
         call_unref(op->call);
         break;
     case OP_CANCELLED: {
-        /* Runs even when the server is being torn down: the handler frees its state here. */
+        /* Runs even when the server is being torn down: the handler frees its state here. Not
+         * if the handler has finished the call meanwhile (it has freed that state itself). */
         rpc_cancel_fn fn = op->call->cancel_fn;
-        op->call->cancel_fn = NULL;
-        if (fn)
+        if (fn && atomic_exchange(&op->call->cancel_claimed, 1) == 0)
             fn(op->call, op->call->cancel_arg);
         call_unref(op->call);
         break;
@@ -780,14 +794,21 @@ int rpc_call_send(rpc_call *c, const void *msg)
 
 void rpc_call_finish(rpc_call *c, int status)
 {
+    if (status < 0 || status > LAGOON_STATUS_MAX) {
+        log_msg(LOG_ERROR, "rpc_call_finish with invalid status %d", status);
+        status = LAGOON_INTERNAL;
+    }
     int prev = atomic_exchange(&c->hstate, H_FINISHED);
     if (prev != H_HELD) {
-        /* Already ended by the cancel path: only the handler's reference is left to drop.
+        /* Already ended by the cancel path: only the handler's reference is left to drop, and
+         * a cancel callback still queued must not run for a handler that is done.
          * (H_FINISHED would be a second finish: a handler bug, but not worth a crash.) */
-        if (prev == H_CANCELLED)
+        if (prev == H_CANCELLED) {
+            atomic_store(&c->cancel_claimed, 1);
             call_unref(c);
-        else
+        } else {
             log_msg(LOG_ERROR, "rpc_call_finish on a call not kept by its handler");
+        }
         return;
     }
     if (current_loop == c->loop && !c->in_handler) {
@@ -930,16 +951,17 @@ static void on_request(rpc_conn *c, const wire_frame *f)
                          : 1;
     int client_open = streaming_in && !(f->flags & WIRE_FLAG_END_STREAM);
 
-    if (c->goaway_sent) {
-        conn_refuse(c, f, client_open, LAGOON_UNAVAILABLE, NULL, "server is shutting down: no new calls");
-        return;
-    }
+    /* The limit first: refused calls whose client side stays open keep an entry too. */
     if (c->ncalls >= s->cfg.max_concurrent_calls) {
         if (client_open)
             conn_violation(c, "more open calls than max_concurrent_calls");
         else
             conn_refuse(c, f, 0, LAGOON_RESOURCE_EXHAUSTED, NULL,
                         "more than %u concurrent calls on this connection", s->cfg.max_concurrent_calls);
+        return;
+    }
+    if (c->goaway_sent) {
+        conn_refuse(c, f, client_open, LAGOON_UNAVAILABLE, NULL, "server is shutting down: no new calls");
         return;
     }
     lagoon_v1_RequestMeta meta = lagoon_v1_RequestMeta_init_zero;
@@ -987,7 +1009,9 @@ static void on_request(rpc_conn *c, const wire_frame *f)
     }
     const wire_method *m = r->method;
     if (wire_decode(m->request, f->payload, f->payload_len, call->req, &v) != 0) {
+        call_ref(call); /* the reply may close the connection, dropping the table's reference */
         call_reply_bad_input(call, &v);
+        call_unref(call);
         return;
     }
     call_ref(call); /* keep it across the handler even if the connection dies inside */
@@ -1028,7 +1052,7 @@ static void on_message(rpc_conn *c, const wire_frame *f)
             pb_release(m->request->desc, call->req);
         if (wire_decode(m->request, f->payload, f->payload_len, call->req, &v) != 0) {
             call_reply_bad_input(call, &v);
-            call_abandon(call, LAGOON_INVALID_ARGUMENT, 0, NULL); /* tells a handler that kept it */
+            call_tell_holder(call); /* a handler that kept it must learn the call is over */
             call_unref(call);
             return;
         }

@@ -437,6 +437,56 @@ static void test_slow_reader_is_disconnected(void **state)
     test_server_stop(&t);
 }
 
+/* Regression: a deadline and the stream's own end in the same loop iteration used to run the
+ * cancel callback after the handler had freed its state (use-after-free under ASan). */
+static void test_deadline_racing_stream_end(void **state)
+{
+    test_server *t = *state;
+    int fd = raw_connect(t->port, 1);
+    uint8_t meta[64], p[64];
+    size_t ml = meta_with_timeout(meta, sizeof(meta), 20, NULL);
+    lagoon_v1_EchoStreamRequest req = lagoon_v1_EchoStreamRequest_init_zero;
+    req.count = 5;
+    req.interval_ms = 20;
+    long n = wire_encode(&lagoon_v1_EchoStreamRequest_info, &req, p, sizeof(p), NULL);
+    for (uint32_t id = 1; id <= 50; id++)
+        raw_send_frame(fd, WIRE_REQUEST, WIRE_FLAG_END_STREAM, id, lagoon_method_Debug_EchoStream.id, meta, ml, p,
+                       (size_t)n);
+    int responses = 0;
+    wire_frame f;
+    while (responses < 50 && raw_read_frame(fd, rbuf, sizeof(rbuf), &f, 5000) == 1)
+        responses += f.type == WIRE_RESPONSE;
+    assert_int_equal(responses, 50);
+    close(fd);
+    check_health(t->port);
+}
+
+/* Regression: an undecodable request whose error reply pushed the output over its cap freed
+ * the call under the reply (use-after-free under ASan). */
+static void test_bad_input_at_output_cap(void **state)
+{
+    (void)state;
+    rpc_config cfg;
+    test_config(&cfg);
+    cfg.max_frame_size = 4096;
+    cfg.max_output_buffer = 65536;
+    test_server t;
+    test_server_start(&t, &cfg, NULL, 0);
+    g_server = &t;
+    int fd = raw_connect(t.port, 1);
+    int small = 4096; /* the kernel's buffers would otherwise take megabytes of replies first */
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+    const uint8_t junk[] = {0xff};
+    /* Never read: every error reply piles up until the cap closes the connection. */
+    for (uint32_t id = 1; id <= 300000 && rpc_server_connections(t.server) > 0; id++)
+        raw_send_frame(fd, WIRE_REQUEST, WIRE_FLAG_END_STREAM, id, lagoon_method_Debug_Echo.id, NULL, 0, junk,
+                       sizeof(junk));
+    assert_true(test_wait_for(no_connections, NULL, 10000));
+    close(fd);
+    check_health(t.port);
+    test_server_stop(&t);
+}
+
 int main(void)
 {
     const struct CMUnitTest shared[] = {
@@ -449,6 +499,7 @@ int main(void)
         cmocka_unit_test(test_unknown_method_raw),
         cmocka_unit_test(test_server_enforces_deadline),
         cmocka_unit_test(test_half_close_streaming_raw),
+        cmocka_unit_test(test_deadline_racing_stream_end),
     };
     const struct CMUnitTest own[] = {
         cmocka_unit_test(test_max_concurrent_calls),
@@ -456,6 +507,7 @@ int main(void)
         cmocka_unit_test(test_too_many_connections),
         cmocka_unit_test(test_handshake_and_idle_timeouts),
         cmocka_unit_test(test_slow_reader_is_disconnected),
+        cmocka_unit_test(test_bad_input_at_output_cap),
     };
     int failed = cmocka_run_group_tests_name("protocol", shared, setup, teardown);
     failed += cmocka_run_group_tests_name("limits", own, NULL, NULL);

@@ -146,6 +146,8 @@ struct rpc_server {
     atomic_uint connections;
     atomic_uint active_calls;
     atomic_int draining;
+    atomic_int stop_requested; /* rpc_server_stop was called (any thread, any time) */
+    atomic_int stop_ready;     /* stop_event exists: a stop can be delivered to the control loop */
     atomic_uint loops_running;
     uint64_t started_ms;
     int ran;
@@ -1671,10 +1673,11 @@ const rpc_route *rpc_server_routes(const rpc_server *s, size_t *count)
 
 void rpc_server_stop(rpc_server *s)
 {
-    if (s->stop_event)
+    /* Request, then deliver if the loop can take it; run() checks the request after making
+     * the loop ready, so one of the two always sees the other (stop_cb is idempotent). */
+    atomic_store(&s->stop_requested, 1);
+    if (atomic_load(&s->stop_ready))
         event_active(s->stop_event, EV_TIMEOUT, 0);
-    else
-        atomic_store(&s->draining, 1); /* not running yet: run() returns at once */
 }
 
 static void server_teardown_loops(rpc_server *s)
@@ -1740,10 +1743,9 @@ int rpc_server_run(rpc_server *s, rpc_error *err)
         pthread_create(&s->loops[i].thread, NULL, loop_main, &s->loops[i]);
     log_msg(LOG_INFO, "listening on %s:%u (%u loops, %u workers)", s->cfg.listen_host, s->port, s->nloops,
             s->cfg.workers);
-    if (atomic_load(&s->draining)) { /* stopped before it ran */
-        atomic_store(&s->draining, 0);
+    atomic_store(&s->stop_ready, 1);
+    if (atomic_load(&s->stop_requested)) /* stopped before (or while) it started */
         stop_cb(-1, 0, s);
-    }
     event_base_dispatch(s->control);
     for (unsigned i = 0; i < s->nloops; i++)
         pthread_join(s->loops[i].thread, NULL);

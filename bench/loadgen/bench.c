@@ -3,9 +3,10 @@
  *   lagoon-bench --scenario NAME [--host H] [--port P] [--connections C] [--depth D]
  *                [--threads T] [--duration S | --calls N] [--warmup S] [--rate R]
  *                [--payload BYTES] [--json] [--spin] [--no-decode]
- *                [--sweep START:STEP:MAX [--out FILE]]
+ *                [--sweep START:STEP:MAX [--out FILE]] [--data DIR | --tokens FILE]
+ *   lagoon-bench --mix NAME:WEIGHT,... [options]
  *   lagoon-bench --list
- *   lagoon-bench seed ...
+ *   lagoon-bench seed --data DIR --users N --messages M [--conversations K]   (seed.c)
  *
  * Closed loop (no --rate): C connections, each keeping D calls in flight; a call's latency is
  * measured from its send. Open loop (--rate R): calls are due at fixed intervals, R per second
@@ -26,8 +27,14 @@
  * Every run stops by itself: after warm-up + duration (plus at most BENCH_DRAIN_MS for answers
  * in flight), or after N calls, bounded by BENCH_MAX_RUN_S.
  *
- * Exit status: 0 done; 1 the run failed (cannot connect, every connection lost); 2 usage;
- * 3 the scenario is not available yet.
+ * Mixes (the `mixed` scenario, or --mix): each call picks its kind at random by weight; the
+ * report gives the whole and then every kind apart (latency, throughput, errors), so that a
+ * slow kind (login) and the fast ones beside it can be read from one run.
+ *
+ * Scenarios that act as users read the tokens of a database seeded by `lagoon-bench seed`
+ * (--data DIR, or --tokens FILE).
+ *
+ * Exit status: 0 done; 1 the run failed (cannot connect, every connection lost); 2 usage.
  */
 #include <errno.h>
 #include <math.h>
@@ -42,11 +49,11 @@
 #include "hist.h"
 #include "lagoon_async.h"
 #include "scenario.h"
+#include "seed.h"
 #include "wire.h"
 
 #define BENCH_EXIT_FAILED 1
 #define BENCH_EXIT_USAGE 2
-#define BENCH_EXIT_UNAVAILABLE 3
 
 #define BENCH_DRAIN_MS 5000            /* after the end, time answers in flight get */
 #define BENCH_MAX_RUN_S 600.0          /* hard bound on one run, whatever the options */
@@ -64,7 +71,8 @@
 typedef struct bench_opts {
     char host[64];
     uint16_t port;
-    const bench_scenario *sc;
+    const char *name;     /* the scenario's name, or the --mix spec */
+    bench_mix mix;        /* the kinds of call and their weights (one kind for most scenarios) */
     bench_params params;
     unsigned connections; /* over all threads */
     unsigned depth;       /* closed loop: calls in flight per connection */
@@ -94,6 +102,7 @@ typedef struct bslot {
     bconn *conn;
     uint64_t start_ns;  /* closed loop: sent; open loop: due */
     int measured;       /* started inside the measured window */
+    unsigned kind;      /* index into the mix of the call in flight */
     struct bslot *next; /* free list (open loop) */
 } bslot;
 
@@ -105,7 +114,12 @@ typedef struct bstats {
     uint64_t not_sent;   /* open loop: due inside the window but never sent (no free slot) */
     uint64_t send_failed;                     /* the client refused the call (connection broken) */
     uint64_t unfinished; /* measured calls still unanswered when the drain ended */
+    uint64_t bad;        /* answered OK but not with what the scenario expected (BAD_ANSWER) */
     double window_s;     /* measured time: duration, or first to last answer with --calls */
+    /* Per kind of a mix (index as in bench_mix): latency of every answered measured call, and
+     * its OK and other answers. */
+    hist kind_lat[BENCH_MIX_MAX];
+    uint64_t kind_ok[BENCH_MIX_MAX], kind_err[BENCH_MIX_MAX];
 } bstats;
 
 struct bthread {
@@ -125,8 +139,8 @@ struct bthread {
      * A buffer per call (an EchoResponse is 16 KiB) would spread 13 MB of decodes over the
      * cache at 50 x 16 calls and make the generator, not the server, the bottleneck. */
     void *resp;
-    void *req;           /* the scenario's request scratch */
-    uint64_t seq;        /* calls issued, warm-up included */
+    void *req[BENCH_MIX_MAX]; /* each kind's request scratch */
+    bench_ctx ctx;       /* what scenarios keep per thread: random state, calls issued */
     unsigned rr;         /* next connection, round-robin */
     uint64_t outstanding;
     uint64_t quota;      /* with --calls: this thread's share */
@@ -170,6 +184,8 @@ static void stats_init(bstats *s)
     memset(s, 0, sizeof(*s));
     hist_init(&s->lat);
     hist_init(&s->lag);
+    for (size_t k = 0; k < BENCH_MIX_MAX; k++)
+        hist_init(&s->kind_lat[k]);
 }
 
 static void stats_merge(bstats *dst, const bstats *src)
@@ -181,6 +197,13 @@ static void stats_merge(bstats *dst, const bstats *src)
     dst->not_sent += src->not_sent;
     dst->send_failed += src->send_failed;
     dst->unfinished += src->unfinished;
+    dst->bad += src->bad;
+    for (size_t k = 0; k < BENCH_MIX_MAX; k++) {
+        if (src->kind_lat[k].total)
+            hist_merge(&dst->kind_lat[k], &src->kind_lat[k]);
+        dst->kind_ok[k] += src->kind_ok[k];
+        dst->kind_err[k] += src->kind_err[k];
+    }
     if (src->window_s > dst->window_s)
         dst->window_s = src->window_s;
 }
@@ -255,7 +278,10 @@ static int issue(bthread *t, bconn *bc, bslot *s, uint64_t start)
             return -1;
         t->measured_issued++;
     }
-    int st = t->o->sc->issue(bc->c, t->req, t->resp, t->seq++, call_done, s);
+    size_t k = bench_mix_pick(&t->o->mix, &t->ctx);
+    s->kind = (unsigned)k;
+    t->ctx.seq++;
+    int st = t->o->mix.kind[k]->issue(bc->c, &t->ctx, t->req[k], t->resp, call_done, s);
     if (st != LAGOON_OK) {
         if (s->measured)
             t->st.send_failed++;
@@ -311,9 +337,21 @@ static void call_done(int status, const lagoon_v1_ResponseMeta *meta, void *arg)
     uint64_t now = now_ns();
     s->conn->in_flight--;
     t->outstanding--;
+    const bench_scenario *kind = t->o->mix.kind[s->kind];
+    /* Check the answer and free what decoding allocated, measured or not. */
+    int bad = status == LAGOON_OK && t->resp && kind->finish && kind->finish(&t->o->params, t->resp) != 0;
     if (s->measured && now <= t->t_end_ns) {
-        hist_record(&t->st.lat, now - s->start_ns);
-        t->st.status[status >= 0 && status <= LAGOON_STATUS_MAX ? status : LAGOON_UNKNOWN]++;
+        uint64_t ns = now - s->start_ns;
+        hist_record(&t->st.lat, ns);
+        hist_record(&t->st.kind_lat[s->kind], ns);
+        if (bad)
+            t->st.bad++;
+        else
+            t->st.status[status >= 0 && status <= LAGOON_STATUS_MAX ? status : LAGOON_UNKNOWN]++;
+        if (status == LAGOON_OK && !bad)
+            t->st.kind_ok[s->kind]++;
+        else
+            t->st.kind_err[s->kind]++;
         t->last_done_ns = now;
     }
     if (t->o->rate > 0) {
@@ -364,7 +402,8 @@ static void thread_free(bthread *t)
     free(t->conns);
     free(t->slots);
     free(t->resp);
-    free(t->req);
+    for (size_t k = 0; k < BENCH_MIX_MAX; k++)
+        free(t->req[k]);
     if (t->tick)
         event_free(t->tick);
     if (t->timer)
@@ -385,18 +424,32 @@ static int thread_setup(bthread *t)
     event_config_free(cfg);
     t->timer = t->base ? evtimer_new(t->base, timer_cb, t) : NULL;
     t->tick = t->base ? evtimer_new(t->base, tick_cb, t) : NULL;
-    t->req = calloc(1, o->sc->req_size ? o->sc->req_size : 1);
     t->conns = calloc(t->nconns, sizeof(*t->conns));
-    if (t->timer == NULL || t->tick == NULL || t->req == NULL || t->conns == NULL) {
+    if (t->timer == NULL || t->tick == NULL || t->conns == NULL) {
         snprintf(t->err, sizeof(t->err), "out of memory");
         return -1;
     }
-    if (o->sc->prepare(&o->params, t->req, t->err, sizeof(t->err)) != 0)
-        return -1;
+    t->ctx.p = &o->params;
+    t->ctx.rng = 0x9E3779B97F4A7C15ull * (t->index + 1) ^ (uint64_t)now_ns();
+    if (t->ctx.rng == 0)
+        t->ctx.rng = 1;
+    size_t resp_size = 0; /* one buffer for any kind's response */
+    for (size_t k = 0; k < o->mix.n; k++) {
+        const bench_scenario *sc = o->mix.kind[k];
+        t->req[k] = calloc(1, sc->req_size ? sc->req_size : 1);
+        if (t->req[k] == NULL) {
+            snprintf(t->err, sizeof(t->err), "out of memory");
+            return -1;
+        }
+        if (sc->prepare(&o->params, t->req[k], t->err, sizeof(t->err)) != 0)
+            return -1;
+        if (sc->resp_size > resp_size)
+            resp_size = sc->resp_size;
+    }
     t->nslots = o->rate > 0 ? BENCH_OPEN_SLOTS : t->nconns * o->depth;
     t->slots = calloc(t->nslots, sizeof(*t->slots));
-    t->resp = o->sc->resp_size && !o->no_decode ? calloc(1, o->sc->resp_size) : NULL;
-    if (t->slots == NULL || (o->sc->resp_size && !o->no_decode && t->resp == NULL)) {
+    t->resp = resp_size && !o->no_decode ? calloc(1, resp_size) : NULL;
+    if (t->slots == NULL || (resp_size && !o->no_decode && t->resp == NULL)) {
         snprintf(t->err, sizeof(t->err), "out of memory for %u call slots", t->nslots);
         return -1;
     }
@@ -517,7 +570,7 @@ static uint64_t stats_ok(const bstats *s) { return s->status[LAGOON_OK]; }
 
 static uint64_t stats_errors(const bstats *s)
 {
-    uint64_t n = s->send_failed + s->unfinished;
+    uint64_t n = s->send_failed + s->unfinished + s->bad;
     for (int i = 1; i <= LAGOON_STATUS_MAX; i++)
         n += s->status[i];
     return n;
@@ -542,7 +595,7 @@ static void report_text(const bench_opts *o, const bstats *s)
 {
     char mode[128];
     mode_text(o, mode, sizeof(mode));
-    printf("lagoon-bench %s: %s, %u thread%s, ", o->sc->name, mode, o->threads, o->threads == 1 ? "" : "s");
+    printf("lagoon-bench %s: %s, %u thread%s, ", o->name, mode, o->threads, o->threads == 1 ? "" : "s");
     if (o->calls)
         printf("%llu calls", (unsigned long long)o->calls);
     else
@@ -564,6 +617,8 @@ static void report_text(const bench_opts *o, const bstats *s)
         for (int i = 1; i <= LAGOON_STATUS_MAX; i++)
             if (s->status[i])
                 printf(" %s %llu", lagoon_status_name(i), (unsigned long long)s->status[i]);
+        if (s->bad)
+            printf(" BAD_ANSWER %llu", (unsigned long long)s->bad);
         if (s->send_failed)
             printf(" client-refused %llu", (unsigned long long)s->send_failed);
         if (s->unfinished)
@@ -572,6 +627,18 @@ static void report_text(const bench_opts *o, const bstats *s)
             printf(" (not sent, offered rate not reached: %llu)", (unsigned long long)s->not_sent);
         printf("\n");
     }
+    if (o->mix.n > 1) {
+        printf("  by kind       share    ok/s   errors     p50 us     p90 us     p99 us   p99.9 us     max us\n");
+        for (size_t k = 0; k < o->mix.n; k++) {
+            const hist *h = &s->kind_lat[k];
+            printf("  %-13s %4.1f %% %7.0f %8llu", o->mix.kind[k]->name,
+                   s->lat.total ? 100.0 * (double)h->total / (double)s->lat.total : 0.0,
+                   s->window_s > 0 ? (double)s->kind_ok[k] / s->window_s : 0.0, (unsigned long long)s->kind_err[k]);
+            for (size_t i = 0; i < NQUANTILES; i++)
+                printf(" %10.1f", us(hist_quantile(h, quantiles[i])));
+            printf(" %10.1f\n", us(h->max_ns));
+        }
+    }
 }
 
 static void report_json(const bench_opts *o, const bstats *s)
@@ -579,7 +646,7 @@ static void report_json(const bench_opts *o, const bstats *s)
     printf("{\"scenario\":\"%s\",\"mode\":\"%s\",\"connections\":%u,\"depth\":%u,\"threads\":%u,"
            "\"rate\":%.0f,\"payload\":%u,\"decode\":%s,\"spin\":%s,\"warmup_s\":%.3f,\"window_s\":%.3f,\"ok\":%llu,\"errors\":%llu,"
            "\"throughput\":%.1f,\"latency_us\":{",
-           o->sc->name, o->rate > 0 ? "open" : "closed", o->connections, o->rate > 0 ? 0 : o->depth, o->threads,
+           o->name, o->rate > 0 ? "open" : "closed", o->connections, o->rate > 0 ? 0 : o->depth, o->threads,
            o->rate, o->params.payload, o->no_decode ? "false" : "true", o->spin ? "true" : "false", o->warmup_s, s->window_s, (unsigned long long)stats_ok(s),
            (unsigned long long)stats_errors(s), stats_throughput(s));
     for (size_t i = 0; i < NQUANTILES; i++)
@@ -596,13 +663,27 @@ static void report_json(const bench_opts *o, const bstats *s)
             sep = ",";
         }
     }
+    if (s->bad) {
+        printf("%s\"BAD_ANSWER\":%llu", sep, (unsigned long long)s->bad);
+        sep = ",";
+    }
     if (s->send_failed) {
         printf("%s\"CLIENT_REFUSED\":%llu", sep, (unsigned long long)s->send_failed);
         sep = ",";
     }
     if (s->unfinished)
         printf("%s\"UNANSWERED\":%llu", sep, (unsigned long long)s->unfinished);
-    printf("},\"not_sent\":%llu}\n", (unsigned long long)s->not_sent);
+    printf("},\"not_sent\":%llu,\"kinds\":{", (unsigned long long)s->not_sent);
+    for (size_t k = 0; k < o->mix.n; k++) {
+        const hist *h = &s->kind_lat[k];
+        printf("%s\"%s\":{\"weight\":%u,\"ok\":%llu,\"errors\":%llu,\"throughput\":%.1f,\"latency_us\":{", k ? "," : "",
+               o->mix.kind[k]->name, o->mix.weight[k], (unsigned long long)s->kind_ok[k],
+               (unsigned long long)s->kind_err[k], s->window_s > 0 ? (double)s->kind_ok[k] / s->window_s : 0.0);
+        for (size_t i = 0; i < NQUANTILES; i++)
+            printf("\"%s\":%.1f,", quantile_names[i], us(hist_quantile(h, quantiles[i])));
+        printf("\"max\":%.1f,\"mean\":%.1f}}", us(h->max_ns), hist_mean(h) / 1000.0);
+    }
+    printf("}}\n");
 }
 
 /* ---- sweep: open-loop rate steps up to saturation --------------------------------------------- */
@@ -615,7 +696,7 @@ static int sweep(bench_opts *o)
         return BENCH_EXIT_FAILED;
     }
     fprintf(f, "# lagoon-bench sweep: scenario %s, %u connections, %u threads, %.1f s per step\n",
-            o->sc->name, o->connections, o->threads, o->duration_s);
+            o->name, o->connections, o->threads, o->duration_s);
     fprintf(f, "# offered_per_s achieved_per_s p50_us p90_us p99_us p999_us max_us errors not_sent\n");
     if (!o->json)
         printf("%12s %12s %9s %9s %9s %9s %9s %8s %9s\n", "offered/s", "achieved/s", "p50 us", "p90 us",
@@ -665,10 +746,17 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "usage: lagoon-bench --scenario NAME [options]\n"
-            "       lagoon-bench --list | seed ...\n\n"
+            "       lagoon-bench --mix NAME:WEIGHT,... [options]\n"
+            "       lagoon-bench --list\n"
+            "       lagoon-bench seed --data DIR --users N --messages M [--conversations K] (seed --help)\n\n"
             "  --host H             server address (default 127.0.0.1)\n"
             "  --port P             server port (default 7420)\n"
             "  --scenario NAME      what to call (--list shows them)\n"
+            "  --mix SPEC           a weighted mix of scenarios instead, e.g. login:10,get_user:90;\n"
+            "                       reported as a whole and per kind\n"
+            "  --data DIR           a database seeded by lagoon-bench seed: its users' tokens\n"
+            "                       (DIR/%s), for the scenarios that act as users\n"
+            "  --tokens FILE        the tokens file itself (same format)\n"
             "  --connections C      connections over all threads (default 50, at most %u)\n"
             "  --depth D            closed loop: calls in flight per connection (default 1, at most %u)\n"
             "  --threads T          event-loop threads, each with its share of connections (default 1;\n"
@@ -687,14 +775,14 @@ static void usage(FILE *out)
             "                       the cost of one busy core per thread\n"
             "  --sweep A:STEP:MAX   open-loop rates A, A+STEP, ... up to MAX or saturation\n"
             "  --out FILE           sweep data file (default sweep.dat), for sweep.gp\n",
-            BENCH_MAX_CONNECTIONS, BENCH_MAX_DEPTH);
+            BENCH_SEED_TOKENS_FILE, BENCH_MAX_CONNECTIONS, BENCH_MAX_DEPTH);
 }
 
 static void list_scenarios(void)
 {
     for (size_t i = 0; i < bench_nscenarios; i++)
         printf("  %-14s %s%s\n", bench_scenarios[i].name, bench_scenarios[i].what,
-               bench_scenarios[i].unavailable ? " [not yet]" : "");
+               bench_scenarios[i].needs_data ? " [--data]" : "");
 }
 
 static int parse_double(const char *s, double lo, double hi, double *out)
@@ -736,13 +824,10 @@ int main(int argc, char **argv)
     o.warmup_s = 2;
     o.params.payload = 16;
     o.sweep_out = "sweep.dat";
-    const char *scenario = NULL;
+    const char *scenario = NULL, *mix = NULL, *data_dir = NULL, *tokens = NULL;
 
-    if (argc > 1 && strcmp(argv[1], "seed") == 0) {
-        fprintf(stderr, "lagoon-bench seed: not available until the Users/Messages services exist "
-                        "(issue 7): there is nothing to seed yet\n");
-        return BENCH_EXIT_UNAVAILABLE;
-    }
+    if (argc > 1 && strcmp(argv[1], "seed") == 0)
+        return bench_seed_main(argc - 1, argv + 1);
     for (int i = 1; i < argc; i++) {
         char *flag = argv[i], *val = NULL;
         char *eq = strchr(flag, '=');
@@ -782,6 +867,12 @@ int main(int argc, char **argv)
             o.port = (uint16_t)u;
         } else if (strcmp(flag, "--scenario") == 0) {
             scenario = val;
+        } else if (strcmp(flag, "--mix") == 0) {
+            mix = val;
+        } else if (strcmp(flag, "--data") == 0) {
+            data_dir = val;
+        } else if (strcmp(flag, "--tokens") == 0) {
+            tokens = val;
         } else if (strcmp(flag, "--connections") == 0) {
             if (parse_uint(val, 1, BENCH_MAX_CONNECTIONS, &u) != 0)
                 return bad(flag, val, "1..20000");
@@ -824,34 +915,64 @@ int main(int argc, char **argv)
             return BENCH_EXIT_USAGE;
         }
     }
-    if (scenario == NULL) {
+    char err[400];
+    if ((scenario == NULL) == (mix == NULL)) {
+        fprintf(stderr, "lagoon-bench: give --scenario or --mix (one of them)\n");
         usage(stderr);
         return BENCH_EXIT_USAGE;
     }
-    o.sc = bench_scenario_find(scenario);
-    if (o.sc == NULL) {
-        fprintf(stderr, "lagoon-bench: unknown scenario %s; there are:\n", scenario);
-        list_scenarios();
-        return BENCH_EXIT_USAGE;
-    }
-    if (o.sc->unavailable) {
-        fprintf(stderr, "lagoon-bench: scenario %s is %s\n", o.sc->name, o.sc->unavailable);
-        return BENCH_EXIT_UNAVAILABLE;
+    if (scenario) {
+        const bench_scenario *sc = bench_scenario_find(scenario);
+        if (sc == NULL) {
+            fprintf(stderr, "lagoon-bench: unknown scenario %s; there are:\n", scenario);
+            list_scenarios();
+            return BENCH_EXIT_USAGE;
+        }
+        o.name = sc->name;
+        if (bench_mix_of(sc, &o.mix, err, sizeof(err)) != 0) {
+            fprintf(stderr, "lagoon-bench: %s: %s\n", sc->name, err);
+            return BENCH_EXIT_USAGE;
+        }
+    } else {
+        o.name = mix;
+        if (bench_mix_parse(mix, &o.mix, err, sizeof(err)) != 0) {
+            fprintf(stderr, "lagoon-bench: --mix %s: %s\n", mix, err);
+            return BENCH_EXIT_USAGE;
+        }
     }
     if (o.threads > o.connections)
         o.threads = o.connections;
     if (o.sweep && o.calls)
         return bad("--sweep", "with --calls", "a --duration per step instead");
+    if (data_dir && tokens)
+        return bad("--tokens", tokens, "either --data or --tokens, not both");
 
-    /* Options the scenario judges (payload size) are checked once, before any connection. */
-    void *scratch = calloc(1, o.sc->req_size ? o.sc->req_size : 1);
-    char err[400];
-    if (scratch == NULL || o.sc->prepare(&o.params, scratch, err, sizeof(err)) != 0) {
-        fprintf(stderr, "lagoon-bench: %s\n", scratch ? err : "out of memory");
-        free(scratch);
-        return BENCH_EXIT_USAGE;
+    /* The seeded users, for the scenarios that act as them: read once, shared by all threads. */
+    static bench_data data;
+    if (data_dir || tokens) {
+        char path[1200];
+        if (data_dir)
+            snprintf(path, sizeof(path), "%s/%s", data_dir, BENCH_SEED_TOKENS_FILE);
+        if (bench_data_load(data_dir ? path : tokens, &data, err, sizeof(err)) != 0) {
+            fprintf(stderr, "lagoon-bench: %s\n", err);
+            return BENCH_EXIT_USAGE;
+        }
+        o.params.data = &data;
     }
-    free(scratch);
+
+    /* Options the scenarios judge (payload size, seeded data) are checked once, before any
+     * connection. */
+    for (size_t k = 0; k < o.mix.n; k++) {
+        const bench_scenario *sc = o.mix.kind[k];
+        void *scratch = calloc(1, sc->req_size ? sc->req_size : 1);
+        if (scratch == NULL || sc->prepare(&o.params, scratch, err, sizeof(err)) != 0) {
+            fprintf(stderr, "lagoon-bench: %s\n", scratch ? err : "out of memory");
+            free(scratch);
+            bench_data_free(&data);
+            return BENCH_EXIT_USAGE;
+        }
+        free(scratch);
+    }
 
     if (o.sweep)
         return sweep(&o);

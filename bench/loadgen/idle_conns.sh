@@ -10,7 +10,8 @@
 # structures are not in the process RSS (idle sockets hold no buffer pages).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
-trap lg_cleanup EXIT INT TERM
+trap lg_cleanup EXIT
+trap 'exit 143' INT TERM # a signal ends the script (and so runs lg_cleanup), not just the step
 
 COUNT=${1:-10000}
 lg_need_build

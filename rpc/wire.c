@@ -309,6 +309,28 @@ static void diag_fmt(char *out, size_t cap, const char *fmt, ...)
     va_end(ap);
 }
 
+/* A field's dotted path, formatted only if a report or a submessage needs it: checking a
+ * valid message (every encode and decode of one with pointer fields) formats nothing. */
+typedef struct diag_path {
+    const char *prefix;
+    const wire_fieldinfo *fi;
+    uint32_t tag;
+    int ready;
+    char buf[128];
+} diag_path;
+
+static const char *path_of(diag_path *p)
+{
+    if (!p->ready) {
+        if (p->fi != NULL)
+            diag_fmt(p->buf, sizeof(p->buf), "%s%s", p->prefix, p->fi->name);
+        else
+            diag_fmt(p->buf, sizeof(p->buf), "%s#%u", p->prefix, (unsigned)p->tag);
+        p->ready = 1;
+    }
+    return p->buf;
+}
+
 static int diag_fail(wire_violation *v, const char *path, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 static int diag_fail(wire_violation *v, const char *path, const char *fmt, ...)
@@ -384,7 +406,7 @@ static int diag_count_one(const pb_field_iter_t *it, const wire_fieldinfo *fi, u
 }
 
 static int diag_len_field(const wire_msginfo *info, const pb_field_iter_t *it, const wire_fieldinfo *fi,
-                          const char *path, const uint8_t *data, size_t n, int depth,
+                          diag_path *path, const uint8_t *data, size_t n, int depth,
                           unsigned *count, wire_violation *v)
 {
     (void)info;
@@ -394,21 +416,21 @@ static int diag_len_field(const wire_msginfo *info, const pb_field_iter_t *it, c
     int is_pointer = PB_ATYPE(it->type) == PB_ATYPE_POINTER;
     uint32_t bound = fi != NULL ? fi->bound : 0;
     if (is_pointer && !repeated && (lt == PB_LTYPE_STRING || lt == PB_LTYPE_BYTES) && bound && n > bound)
-        return diag_fail(v, path, "longer than %lu bytes", (unsigned long)bound);
+        return diag_fail(v, path_of(path), "longer than %lu bytes", (unsigned long)bound);
     if (lt == PB_LTYPE_STRING && is_static && n + 1 > it->data_size)
-        return diag_fail(v, path, "longer than %lu bytes", (unsigned long)it->data_size - 1);
+        return diag_fail(v, path_of(path), "longer than %lu bytes", (unsigned long)it->data_size - 1);
     if (lt == PB_LTYPE_BYTES && is_static && n > it->data_size - offsetof(pb_bytes_array_t, bytes))
-        return diag_fail(v, path, "longer than %lu bytes",
+        return diag_fail(v, path_of(path), "longer than %lu bytes",
                          (unsigned long)(it->data_size - offsetof(pb_bytes_array_t, bytes)));
     if (lt == PB_LTYPE_FIXED_LENGTH_BYTES && n != it->data_size)
-        return diag_fail(v, path, "must be exactly %lu bytes", (unsigned long)it->data_size);
+        return diag_fail(v, path_of(path), "must be exactly %lu bytes", (unsigned long)it->data_size);
     if (lt == PB_LTYPE_SUBMESSAGE || lt == PB_LTYPE_SUBMSG_W_CB) {
         if (fi != NULL && fi->sub != NULL) {
             char sub[128];
             if (repeated)
-                diag_fmt(sub, sizeof(sub), "%s[%u].", path, *count);
+                diag_fmt(sub, sizeof(sub), "%s[%u].", path_of(path), *count);
             else
-                diag_fmt(sub, sizeof(sub), "%s.", path);
+                diag_fmt(sub, sizeof(sub), "%s.", path_of(path));
             if (diag_msg(fi->sub, data, n, sub, depth + 1, v))
                 return 1;
         }
@@ -424,11 +446,11 @@ static int diag_len_field(const wire_msginfo *info, const pb_field_iter_t *it, c
             while (r.p < r.end) {
                 uint64_t tmp;
                 if (wt == 0 && diag_varint(&r, &tmp) != 0)
-                    return diag_fail(v, path, "truncated packed array");
+                    return diag_fail(v, path_of(path), "truncated packed array");
                 if (wt == 5 || wt == 1) {
                     size_t w = wt == 5 ? 4 : 8;
                     if ((size_t)(r.end - r.p) < w)
-                        return diag_fail(v, path, "truncated packed array");
+                        return diag_fail(v, path_of(path), "truncated packed array");
                     r.p += w;
                 }
                 add++;
@@ -437,7 +459,7 @@ static int diag_len_field(const wire_msginfo *info, const pb_field_iter_t *it, c
         *count += add;
         unsigned long max = diag_max_items(it, fi);
         if (max && *count > max)
-            return diag_fail(v, path, "more than %lu items", max);
+            return diag_fail(v, path_of(path), "more than %lu items", max);
     }
     return 0;
 }
@@ -462,17 +484,14 @@ static int diag_msg(const wire_msginfo *info, const uint8_t *buf, size_t len, co
         const wire_fieldinfo *fi = diag_field(info, tag);
         pb_field_iter_t it;
         int known = pb_field_iter_begin_const(&it, info->desc, diag_zero_struct) && pb_field_iter_find(&it, tag);
-        char path[128];
-        if (fi != NULL)
-            diag_fmt(path, sizeof(path), "%s%s", prefix, fi->name);
-        else
-            diag_fmt(path, sizeof(path), "%s#%u", prefix, (unsigned)tag);
+        diag_path lazy = {prefix, fi, tag, 0, ""};
+        diag_path *path = &lazy;
 
         if (known) {
             int want = diag_expected_wt(it.type);
             int packed_ok = PB_HTYPE(it.type) == PB_HTYPE_REPEATED && wt == 2;
             if (wt != want && !packed_ok)
-                return diag_fail(v, path, "wrong wire type %lu for this field", (unsigned long)wt);
+                return diag_fail(v, path_of(path), "wrong wire type %lu for this field", (unsigned long)wt);
         }
         uint64_t n;
         uint32_t n32;
@@ -480,34 +499,34 @@ static int diag_msg(const wire_msginfo *info, const uint8_t *buf, size_t len, co
         case 0:
             if (!known) {
                 if (diag_skip_varint(&r) != 0)
-                    return diag_fail(v, path, "truncated varint");
+                    return diag_fail(v, path_of(path), "truncated varint");
                 break;
             }
             int vr = diag_varint(&r, &n);
             if (vr != 0)
-                return diag_fail(v, path, vr == -1 ? "truncated varint" : "varint longer than 10 bytes");
+                return diag_fail(v, path_of(path), vr == -1 ? "truncated varint" : "varint longer than 10 bytes");
             if (!diag_varint_fits(&it, n))
-                return diag_fail(v, path, "integer out of range for this field");
+                return diag_fail(v, path_of(path), "integer out of range for this field");
             if (diag_count_one(&it, fi, counts) != 0)
-                return diag_fail(v, path, "more than %lu items", diag_max_items(&it, fi));
+                return diag_fail(v, path_of(path), "more than %lu items", diag_max_items(&it, fi));
             break;
         case 1:
         case 5: {
             size_t w = wt == 1 ? 8 : 4;
             if ((size_t)(r.end - r.p) < w)
-                return diag_fail(v, path, "truncated fixed-width value");
+                return diag_fail(v, path_of(path), "truncated fixed-width value");
             r.p += w;
             if (known && diag_count_one(&it, fi, counts) != 0)
-                return diag_fail(v, path, "more than %lu items", diag_max_items(&it, fi));
+                return diag_fail(v, path_of(path), "more than %lu items", diag_max_items(&it, fi));
             break;
         }
         case 2: {
             int lr = diag_varint32(&r, &n32);
             if (lr != 0)
-                return diag_fail(v, path, lr == -1 ? "truncated length" : "malformed length");
+                return diag_fail(v, path_of(path), lr == -1 ? "truncated length" : "malformed length");
             n = n32;
             if (n > (uint64_t)(r.end - r.p))
-                return diag_fail(v, path, "length runs past the end of the message (%lu bytes)",
+                return diag_fail(v, path_of(path), "length runs past the end of the message (%lu bytes)",
                                  (unsigned long)n);
             if (known) {
                 unsigned dummy = 0;
@@ -519,7 +538,7 @@ static int diag_msg(const wire_msginfo *info, const uint8_t *buf, size_t len, co
             break;
         }
         default:
-            return diag_fail(v, path, "unsupported wire type %lu", (unsigned long)wt);
+            return diag_fail(v, path_of(path), "unsupported wire type %lu", (unsigned long)wt);
         }
     }
     return 0;

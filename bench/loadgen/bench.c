@@ -18,7 +18,7 @@
  *
  * Threads. Each thread has its own event_base and its share of the connections; statistics are
  * per thread and merged at the end, so threads share nothing while measuring. On a 2-core
- * machine running lagoond too, 2 threads drive it hardest (bench/loadgen/RESULTS.md).
+ * machine running lagoond too, 2 threads drive it hardest (docs/PERFORMANCE.md).
  *
  * The sweep (--sweep) runs the open loop at each rate in turn, writes one line per step to
  * --out for sweep.gp, and stops at the first step that misses its rate by more than 5 % or whose
@@ -760,7 +760,7 @@ static void usage(FILE *out)
             "  --connections C      connections over all threads (default 50, at most %u)\n"
             "  --depth D            closed loop: calls in flight per connection (default 1, at most %u)\n"
             "  --threads T          event-loop threads, each with its share of connections (default 1;\n"
-            "                       2 on a 2-core machine: see RESULTS.md)\n"
+            "                       2 on a 2-core machine: see docs/PERFORMANCE.md)\n"
             "  --duration S         measured seconds (default 10)\n"
             "  --calls N            measure N calls instead of a duration\n"
             "  --warmup S           seconds before measuring (default 2)\n"

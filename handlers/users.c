@@ -309,19 +309,28 @@ int handle_Users_SetActive(rpc_call *call, const lagoon_v1_SetActiveRequest *req
 
 /* ---- password-checked changes --------------------------------------------------------------- */
 
-/* Runs on a worker: checks the current password (throttled like sign-ins), then hashes the
- * new one (ChangePassword) and writes. */
+/* On a worker: does op->password match the account's? A wrong one counts as a failed sign-in
+ * of the account (so these methods cannot be used to guess passwords) and ends the call with a
+ * violation of `field`: returns that status after freeing op. LAGOON_OK if it matches. */
+static int current_password_ok(rpc_call *call, user_op *op, const char *field)
+{
+    if (account_verify_password(op->current_hash, op->password))
+        return LAGOON_OK;
+    char key[48];
+    snprintf(key, sizeof(key), "user:%llu", (unsigned long long)op->user_id);
+    limiter_hit(op->a->login_account, key, app_now(op->a));
+    user_op_free(op);
+    return rpc_call_violation(call, field, "is wrong");
+}
+
+/* Runs on a worker: checks the current password, hashes the new one, writes. */
 static int change_password_work(rpc_call *call, void *arg)
 {
     user_op *op = arg;
     app *a = op->a;
-    char key[48];
-    snprintf(key, sizeof(key), "user:%llu", (unsigned long long)op->user_id);
-    if (!account_verify_password(op->current_hash, op->password)) {
-        limiter_hit(a->login_account, key, app_now(a));
-        user_op_free(op);
-        return rpc_call_violation(call, "current_password", "is wrong");
-    }
+    int st = current_password_ok(call, op, "current_password");
+    if (st != LAGOON_OK)
+        return st;
     if (account_hash_password(a, op->new_password, op->new_hash) != 0) {
         user_op_free(op);
         return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory hashing the password");
@@ -338,15 +347,8 @@ static int delete_write(store_txn *t, void *arg, store_error *err)
 static int delete_account_work(rpc_call *call, void *arg)
 {
     user_op *op = arg;
-    app *a = op->a;
-    char key[48];
-    snprintf(key, sizeof(key), "user:%llu", (unsigned long long)op->user_id);
-    if (!account_verify_password(op->current_hash, op->password)) {
-        limiter_hit(a->login_account, key, app_now(a));
-        user_op_free(op);
-        return rpc_call_violation(call, "password", "is wrong");
-    }
-    return submit(call, op, delete_write, empty_done);
+    int st = current_password_ok(call, op, "password");
+    return st == LAGOON_OK ? submit(call, op, delete_write, empty_done) : st;
 }
 
 /* Loads the caller's hash and checks the throttle; NULL (status in *st) on failure. */

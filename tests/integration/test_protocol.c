@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -417,9 +418,7 @@ static void test_slow_reader_is_disconnected(void **state)
     test_server t;
     test_server_start(&t, &cfg, NULL, 0);
     g_server = &t;
-    int fd = raw_connect(t.port, 1);
-    int small = 4096;
-    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+    int fd = raw_connect_small(t.port, 1, 4096);
     /* Bidi echo: keep sending 16 KiB messages and never read the echoes. */
     lagoon_v1_EchoRequest req = lagoon_v1_EchoRequest_init_zero;
     req.payload.size = 16384;
@@ -473,12 +472,13 @@ static void test_bad_input_at_output_cap(void **state)
     test_server t;
     test_server_start(&t, &cfg, NULL, 0);
     g_server = &t;
-    int fd = raw_connect(t.port, 1);
-    int small = 4096; /* the kernel's buffers would otherwise take megabytes of replies first */
-    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+    /* A small receive buffer: the kernel would otherwise take megabytes of replies first. */
+    int fd = raw_connect_small(t.port, 1, 4096);
     const uint8_t junk[] = {0xff};
-    /* Never read: every error reply piles up until the cap closes the connection. */
-    for (uint32_t id = 1; id <= 300000 && rpc_server_connections(t.server) > 0; id++)
+    /* Never read: every error reply piles up until the cap closes the connection. Bounded in
+     * count and in time. */
+    time_t until = time(NULL) + 30;
+    for (uint32_t id = 1; id <= 300000 && rpc_server_connections(t.server) > 0 && time(NULL) < until; id++)
         raw_send_frame(fd, WIRE_REQUEST, WIRE_FLAG_END_STREAM, id, lagoon_method_Debug_Echo.id, NULL, 0, junk,
                        sizeof(junk));
     assert_true(test_wait_for(no_connections, NULL, 10000));

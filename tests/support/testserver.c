@@ -175,8 +175,15 @@ int raw_wait_closed(int fd, uint32_t timeout_ms)
 
 int raw_connect(uint16_t port, int preface)
 {
+    return raw_connect_small(port, preface, 0);
+}
+
+int raw_connect_small(uint16_t port, int preface, int rcvbuf)
+{
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     assert_true(fd >= 0);
+    if (rcvbuf > 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
     struct sockaddr_in a;
     memset(&a, 0, sizeof(a));
     a.sin_family = AF_INET;

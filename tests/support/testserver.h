@@ -32,6 +32,9 @@ int test_wait_for(int (*cond)(void *), void *arg, uint32_t timeout_ms);
 
 /* Connects to 127.0.0.1:port; with preface, sends LGN1 and consumes the SETTINGS frame. */
 int raw_connect(uint16_t port, int preface);
+/* The same with a small receive buffer, set before connecting (so that the TCP window is
+ * negotiated for it: shrinking it afterwards can stall the connection in both directions). */
+int raw_connect_small(uint16_t port, int preface, int rcvbuf);
 void raw_send(int fd, const void *buf, size_t len);
 /* Sends one frame built from the arguments (meta/payload may be NULL). */
 void raw_send_frame(int fd, uint8_t type, uint8_t flags, uint32_t call_id, uint32_t code,

@@ -2,14 +2,18 @@
 # Installs the Debian 12 packages Lagoon needs that are not installed yet.
 #   scripts/deps.sh          build and run the server
 #   scripts/deps.sh --test   also the test tools (cmocka, clang for the fuzz target)
+#   scripts/deps.sh --bench  also what bench/compare.sh and callgrind.sh run (Redis, valgrind, gnuplot)
 # Uses sudo when not root. Installs nothing when everything is present.
 set -eu
 
 pkgs="build-essential cmake pkg-config protobuf-compiler libprotobuf-dev python3-protobuf nanopb libnanopb-dev
 libevent-dev liblmdb-dev libsodium-dev"
-if [ "${1:-}" = "--test" ]; then
-  pkgs="$pkgs libcmocka-dev clang"
-fi
+case "${1:-}" in
+--test) pkgs="$pkgs libcmocka-dev clang" ;;
+--bench) pkgs="$pkgs redis-server redis-tools valgrind gnuplot-nox" ;;
+"") ;;
+*) echo "usage: scripts/deps.sh [--test|--bench]" >&2; exit 2 ;;
+esac
 
 missing=""
 for p in $pkgs; do

@@ -842,6 +842,8 @@ int main(int argc, char **argv)
                 return bad(flag, NULL, "a value");
             val = argv[++i];
         }
+        if (val == NULL)
+            val = ""; /* a switch: no value */
         uint64_t u;
         if (strcmp(flag, "--help") == 0 || strcmp(flag, "-h") == 0) {
             usage(stdout);
@@ -976,7 +978,7 @@ int main(int argc, char **argv)
 
     if (o.sweep)
         return sweep(&o);
-    bstats s;
+    bstats s = {0}; /* run_once may fail before it fills s */
     int rc = run_once(&o, &s, err, sizeof(err));
     if (rc != 0)
         fprintf(stderr, "lagoon-bench: %s\n", err);

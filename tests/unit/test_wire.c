@@ -245,30 +245,39 @@ static const uint8_t ping_payload[8] = {1, 2, 3, 4, 5, 6, 7, 8};
 
 typedef struct valid_frame {
     const char *name;
-    uint8_t type, flags;
-    uint32_t call_id, code;
     const uint8_t *meta;
-    uint16_t meta_len;
     const uint8_t *payload;
+    uint32_t call_id, code;
     uint32_t payload_len;
+    uint16_t meta_len;
+    uint8_t type, flags;
 } valid_frame;
 
 static const valid_frame valid_frames[] = {
-    {"REQUEST with metadata and payload", WIRE_REQUEST, WIRE_FLAG_END_STREAM, 7, 0x6f81232cu,
-     req_meta, sizeof(req_meta), echo_payload, sizeof(echo_payload)},
-    {"header-only CANCEL", WIRE_CANCEL, 0, 7, 0, NULL, 0, NULL, 0},
-    {"PING", WIRE_PING, 0, 0, 0, NULL, 0, ping_payload, 8},
-    {"PONG", WIRE_PONG, 0, 0, 0, NULL, 0, ping_payload, 8},
-    {"REQUEST, empty message", WIRE_REQUEST, 0, 0xffffffffu, 1, NULL, 0, NULL, 0},
-    {"MESSAGE half-close", WIRE_MESSAGE, WIRE_FLAG_END_STREAM | WIRE_FLAG_NO_MESSAGE, 3, 0, NULL, 0,
-     NULL, 0},
-    {"MESSAGE with END_STREAM", WIRE_MESSAGE, WIRE_FLAG_END_STREAM, 3, 0, NULL, 0, echo_payload,
-     sizeof(echo_payload)},
-    {"RESPONSE", WIRE_RESPONSE, WIRE_FLAG_END_STREAM, 9, LAGOON_NOT_FOUND, NULL, 20, NULL, 33},
-    {"GOAWAY with metadata", WIRE_GOAWAY, 0, 0, 41, NULL, 5, NULL, 0},
-    {"SETTINGS", WIRE_SETTINGS, 0, 0, 0, NULL, 0, NULL, 10},
-    {"metadata at the limit", WIRE_RESPONSE, 0, 1, 0, NULL, 256, NULL, 1},
-    {"frame at the limit", WIRE_MESSAGE, 0, 1, 0, NULL, 100, NULL, 4096 - 12 - 100},
+    {.name = "REQUEST with metadata and payload", .type = WIRE_REQUEST,
+     .flags = WIRE_FLAG_END_STREAM, .call_id = 7, .code = 0x6f81232cu, .meta = req_meta,
+     .meta_len = sizeof(req_meta), .payload = echo_payload, .payload_len = sizeof(echo_payload)},
+    {.name = "header-only CANCEL", .type = WIRE_CANCEL, .flags = 0, .call_id = 7, .code = 0},
+    {.name = "PING", .type = WIRE_PING, .flags = 0, .call_id = 0, .code = 0,
+     .payload = ping_payload, .payload_len = 8},
+    {.name = "PONG", .type = WIRE_PONG, .flags = 0, .call_id = 0, .code = 0,
+     .payload = ping_payload, .payload_len = 8},
+    {.name = "REQUEST, empty message", .type = WIRE_REQUEST, .flags = 0, .call_id = 0xffffffffu,
+     .code = 1},
+    {.name = "MESSAGE half-close", .type = WIRE_MESSAGE,
+     .flags = WIRE_FLAG_END_STREAM | WIRE_FLAG_NO_MESSAGE, .call_id = 3, .code = 0},
+    {.name = "MESSAGE with END_STREAM", .type = WIRE_MESSAGE, .flags = WIRE_FLAG_END_STREAM,
+     .call_id = 3, .code = 0, .payload = echo_payload, .payload_len = sizeof(echo_payload)},
+    {.name = "RESPONSE", .type = WIRE_RESPONSE, .flags = WIRE_FLAG_END_STREAM, .call_id = 9,
+     .code = LAGOON_NOT_FOUND, .meta_len = 20, .payload_len = 33},
+    {.name = "GOAWAY with metadata", .type = WIRE_GOAWAY, .flags = 0, .call_id = 0, .code = 41,
+     .meta_len = 5},
+    {.name = "SETTINGS", .type = WIRE_SETTINGS, .flags = 0, .call_id = 0, .code = 0,
+     .payload_len = 10},
+    {.name = "metadata at the limit", .type = WIRE_RESPONSE, .flags = 0, .call_id = 1, .code = 0,
+     .meta_len = 256, .payload_len = 1},
+    {.name = "frame at the limit", .type = WIRE_MESSAGE, .flags = 0, .call_id = 1, .code = 0,
+     .meta_len = 100, .payload_len = 4096 - 12 - 100},
 };
 #define N_VALID (sizeof(valid_frames) / sizeof(valid_frames[0]))
 

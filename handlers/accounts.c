@@ -457,6 +457,18 @@ static int collect_id(void *arg, uint64_t id, const void *row)
     return LAGOON_OK;
 }
 
+/* Full pages of the sessions under prefix (a user id), by sessions_by_user. */
+static store_query sessions_of(const store_key *prefix)
+{
+    store_query q = {0};
+    q.table = &accounts_sessions;
+    q.index = sessions_by_user;
+    q.prefix = prefix->buf;
+    q.prefix_len = prefix->len;
+    q.page_size = STORE_PAGE_SIZE_MAX;
+    return q;
+}
+
 int account_revoke_sessions(store_txn *t, uint64_t user_id, uint64_t keep_session, store_error *err)
 {
     store_key prefix;
@@ -470,12 +482,7 @@ int account_revoke_sessions(store_txn *t, uint64_t user_id, uint64_t keep_sessio
     int st = LAGOON_OK;
     for (;;) {
         l->n = 0;
-        store_query q = {0};
-        q.table = &accounts_sessions;
-        q.index = sessions_by_user;
-        q.prefix = prefix.buf;
-        q.prefix_len = prefix.len;
-        q.page_size = STORE_PAGE_SIZE_MAX;
+        store_query q = sessions_of(&prefix);
         store_page page;
         st = store_scan(t, &q, collect_id, l, &page, err);
         if (st != LAGOON_OK)
@@ -490,6 +497,42 @@ int account_revoke_sessions(store_txn *t, uint64_t user_id, uint64_t keep_sessio
         if (st != LAGOON_OK || deleted == 0 || page.next_page_token[0] == '\0')
             break;
     }
+    free(l);
+    return st;
+}
+
+int account_sync_sessions(store_txn *t, const lagoon_v1_User *u, store_error *err)
+{
+    store_key prefix;
+    store_key_reset(&prefix);
+    store_key_u64(&prefix, u->id);
+    id_list *l = malloc(sizeof(*l));
+    if (l == NULL)
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    /* Pages of ids, updating after each scan (a scan must not write). An update keeps the
+     * session's index key, so the page token resumes where the page ended. */
+    char token[STORE_PAGE_TOKEN_MAX + 1] = "";
+    int st;
+    do {
+        l->n = 0;
+        store_query q = sessions_of(&prefix);
+        q.page_token = token;
+        store_page page;
+        st = store_scan(t, &q, collect_id, l, &page, err);
+        for (uint32_t i = 0; i < l->n && st == LAGOON_OK; i++) {
+            lagoon_v1_Session s;
+            st = store_get(t, &accounts_sessions, l->ids[i], &s, err);
+            if (st != LAGOON_OK)
+                break;
+            if (s.role == u->role && s.verified == u->verified)
+                continue;
+            s.role = u->role;
+            s.verified = u->verified;
+            st = store_update(t, &accounts_sessions, &s, err);
+        }
+        if (st == LAGOON_OK)
+            memcpy(token, page.next_page_token, sizeof(token));
+    } while (st == LAGOON_OK && token[0] != '\0');
     free(l);
     return st;
 }

@@ -154,19 +154,29 @@ int app_authenticate(void *arg, const char *token, rpc_caller *out)
     store_key k;
     store_key_reset(&k);
     store_key_raw(&k, hash, sizeof(hash));
+    /* The session row carries the user's role and verified flag (kept in step by every write
+     * that changes them), and exists only while the user is active (a deactivation deletes it):
+     * one row answers. */
     lagoon_v1_Session s;
-    lagoon_v1_User *u = malloc(sizeof(*u));
-    int ok = u != NULL && store_get_by(t, &accounts_sessions, sessions_by_access, &k, NULL, &s, &err) == LAGOON_OK &&
-             sodium_memcmp(s.access_hash, hash, sizeof(hash)) == 0 && s.access_expires_at > app_now(a) &&
-             store_get(t, &accounts_users, s.user_id, u, &err) == LAGOON_OK && u->active;
+    int ok = store_get_by(t, &accounts_sessions, sessions_by_access, &k, NULL, &s, &err) == LAGOON_OK &&
+             sodium_memcmp(s.access_hash, hash, sizeof(hash)) == 0 && s.access_expires_at > app_now(a);
+    if (ok && s.role == lagoon_v1_Role_ROLE_UNSPECIFIED) {
+        /* A session stored before sessions carried them (every user has a role): ask the user. */
+        lagoon_v1_User *u = malloc(sizeof(*u));
+        ok = u != NULL && store_get(t, &accounts_users, s.user_id, u, &err) == LAGOON_OK && u->active;
+        if (ok) {
+            s.role = u->role;
+            s.verified = u->verified;
+        }
+        free(u);
+    }
     if (ok) {
-        out->user_id = u->id;
-        out->role = (uint8_t)u->role;
-        out->verified = u->verified;
+        out->user_id = s.user_id;
+        out->role = (uint8_t)s.role;
+        out->verified = s.verified;
         out->session_id = s.id;
     }
     store_read_end(t);
-    free(u);
     return ok ? 0 : -1;
 }
 

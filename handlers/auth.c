@@ -273,6 +273,8 @@ static int session_create(store_txn *t, login_op *op, store_error *err)
     s.access_expires_at = op->now + (int64_t)op->a->cfg.access_ttl_s * 1000;
     s.refresh_expires_at = op->now + (int64_t)op->a->cfg.refresh_ttl_s * 1000;
     COPY_STR(s.peer, op->peer);
+    s.role = u.role;
+    s.verified = u.verified;
     st = store_insert(t, &accounts_sessions, &s, NULL, err);
     if (st == LAGOON_OK)
         op->user = u;
@@ -436,6 +438,8 @@ static int refresh_write(store_txn *t, void *arg, store_error *err)
     memcpy(s.refresh_hash, op->l.refresh_hash, ACCOUNT_HASH_BYTES);
     s.access_expires_at = op->l.now + (int64_t)op->l.a->cfg.access_ttl_s * 1000;
     s.refresh_expires_at = op->l.now + (int64_t)op->l.a->cfg.refresh_ttl_s * 1000;
+    s.role = u.role;
+    s.verified = u.verified;
     st = store_update(t, &accounts_sessions, &s, err);
     if (st == LAGOON_OK) {
         op->l.user = u;
@@ -613,7 +617,8 @@ static int verify_write(store_txn *t, void *arg, store_error *err)
         return st;
     u.verified = true;
     u.updated_at = op->now;
-    return store_update(t, &accounts_users, &u, err);
+    st = store_update(t, &accounts_users, &u, err);
+    return st == LAGOON_OK ? account_sync_sessions(t, &u, err) : st;
 }
 
 static int token_done(rpc_call *call, void *arg, int status, const store_error *err)

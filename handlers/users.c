@@ -214,6 +214,8 @@ static int user_update_write(store_txn *t, void *arg, store_error *err)
     /* A new password or a deactivation ends other sessions. */
     if (st == LAGOON_OK && (op->new_hash[0] || (op->set_active && !op->active)))
         st = account_revoke_sessions(t, u.id, op->keep_session, err);
+    if (st == LAGOON_OK && op->set_role)
+        st = account_sync_sessions(t, &u, err);
     if (st == LAGOON_OK)
         op->user = u;
     return st;
@@ -311,15 +313,14 @@ int handle_Users_SetActive(rpc_call *call, const lagoon_v1_SetActiveRequest *req
 
 /* On a worker: does op->password match the account's? A wrong one counts as a failed sign-in
  * of the account (so these methods cannot be used to guess passwords) and ends the call with a
- * violation of `field`: returns that status after freeing op. LAGOON_OK if it matches. */
-static int current_password_ok(rpc_call *call, user_op *op, const char *field)
+ * violation of `field`: returns that status; the caller frees op. LAGOON_OK if it matches. */
+static int current_password_ok(rpc_call *call, const user_op *op, const char *field)
 {
     if (account_verify_password(op->current_hash, op->password))
         return LAGOON_OK;
     char key[48];
     snprintf(key, sizeof(key), "user:%llu", (unsigned long long)op->user_id);
     limiter_hit(op->a->login_account, key, app_now(op->a));
-    user_op_free(op);
     return rpc_call_violation(call, field, "is wrong");
 }
 
@@ -329,11 +330,11 @@ static int change_password_work(rpc_call *call, void *arg)
     user_op *op = arg;
     app *a = op->a;
     int st = current_password_ok(call, op, "current_password");
-    if (st != LAGOON_OK)
-        return st;
-    if (account_hash_password(a, op->new_password, op->new_hash) != 0) {
+    if (st == LAGOON_OK && account_hash_password(a, op->new_password, op->new_hash) != 0)
+        st = rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory hashing the password");
+    if (st != LAGOON_OK) {
         user_op_free(op);
-        return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory hashing the password");
+        return st;
     }
     return submit(call, op, user_update_write, empty_done);
 }
@@ -348,7 +349,11 @@ static int delete_account_work(rpc_call *call, void *arg)
 {
     user_op *op = arg;
     int st = current_password_ok(call, op, "password");
-    return st == LAGOON_OK ? submit(call, op, delete_write, empty_done) : st;
+    if (st != LAGOON_OK) {
+        user_op_free(op);
+        return st;
+    }
+    return submit(call, op, delete_write, empty_done);
 }
 
 /* Loads the caller's hash and checks the throttle; NULL (status in *st) on failure. */

@@ -354,8 +354,15 @@ static void test_email_verification(void **state)
     snprintf(vr.token, sizeof(vr.token), "%s", code);
     assert_int_equal(lagoon_Auth_VerifyEmail(c, &vr, &out), LAGOON_INVALID_ARGUMENT);
     assert_true(has_violation(c, "token"));
+    /* What the server makes of her token (the caller every access check sees): unverified
+     * until VerifyEmail, then verified on the same session. */
+    rpc_caller who;
+    assert_int_equal(app_authenticate(T->app, token, &who), 0);
+    assert_false(who.verified);
     snprintf(vr.token, sizeof(vr.token), "%s", code2);
     assert_int_equal(lagoon_Auth_VerifyEmail(c, &vr, &out), LAGOON_OK);
+    assert_int_equal(app_authenticate(T->app, token, &who), 0);
+    assert_true(who.verified);
     lagoon_v1_UserProfile p;
     assert_int_equal(me(c, token, &p), LAGOON_OK);
     assert_true(p.verified);
@@ -602,6 +609,18 @@ static void test_delete_account_cascades(void **state)
     lagoon_close(c);
 }
 
+/* Stores a session as it was before sessions carried the user's role and verified flag. */
+static int strip_session_claims(store_txn *t, void *arg, store_error *err)
+{
+    lagoon_v1_Session s;
+    int st = store_get(t, &accounts_sessions, *(const uint64_t *)arg, &s, err);
+    if (st != LAGOON_OK)
+        return st;
+    s.role = lagoon_v1_Role_ROLE_UNSPECIFIED;
+    s.verified = false;
+    return store_update(t, &accounts_sessions, &s, err);
+}
+
 static void test_admin_role_and_activation(void **state)
 {
     (void)state;
@@ -628,6 +647,14 @@ static void test_admin_role_and_activation(void **state)
     assert_int_equal(lagoon_Users_SetRole(c, &sr, &pu), LAGOON_OK);
     assert_int_equal(pu.role, lagoon_v1_Role_TEACHER);
     /* The new role applies to the next call of her existing session. */
+    rpc_caller who;
+    assert_int_equal(app_authenticate(T->app, tok, &who), 0);
+    assert_int_equal(who.role, RPC_ROLE_TEACHER);
+    assert_int_equal(who.user_id, mia);
+    /* A session stored without role: the user's row supplies it. */
+    assert_int_equal(store_write(T->app->db, strip_session_claims, &who.session_id, &err), LAGOON_OK);
+    assert_int_equal(app_authenticate(T->app, tok, &who), 0);
+    assert_int_equal(who.role, RPC_ROLE_TEACHER);
     lagoon_v1_ListUsersRequest lr = lagoon_v1_ListUsersRequest_init_zero;
     lagoon_v1_ListUsersResponse lresp = lagoon_v1_ListUsersResponse_init_zero;
     lagoon_set_token(c, tok);

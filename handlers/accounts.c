@@ -501,6 +501,51 @@ int account_revoke_sessions(store_txn *t, uint64_t user_id, uint64_t keep_sessio
     return st;
 }
 
+typedef struct trim_list {
+    uint64_t ids[STORE_PAGE_SIZE_MAX];
+    uint8_t expired[STORE_PAGE_SIZE_MAX];
+    uint32_t n;
+    int64_t now;
+} trim_list;
+
+static int collect_trim(void *arg, uint64_t id, const void *row)
+{
+    trim_list *l = arg;
+    l->expired[l->n] = ((const lagoon_v1_Session *)row)->refresh_expires_at <= l->now;
+    l->ids[l->n++] = id;
+    return LAGOON_OK;
+}
+
+int account_trim_sessions(store_txn *t, uint64_t user_id, int64_t now, uint32_t max, store_error *err)
+{
+    store_key prefix;
+    store_key_reset(&prefix);
+    store_key_u64(&prefix, user_id);
+    trim_list *l = malloc(sizeof(*l));
+    if (l == NULL)
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    l->n = 0;
+    l->now = now;
+    /* One page, oldest first (the index orders a user's sessions by id); the cap keeps a user
+     * within it. */
+    store_query q = sessions_of(&prefix);
+    store_page page;
+    int st = store_scan(t, &q, collect_trim, l, &page, err);
+    uint32_t live = 0;
+    for (uint32_t i = 0; i < l->n; i++)
+        live += !l->expired[i];
+    for (uint32_t i = 0; i < l->n && st == LAGOON_OK; i++) {
+        if (!l->expired[i]) {
+            if (live < max)
+                continue;
+            live--;
+        }
+        st = store_delete(t, &accounts_sessions, l->ids[i], err);
+    }
+    free(l);
+    return st;
+}
+
 int account_sync_sessions(store_txn *t, const lagoon_v1_User *u, store_error *err)
 {
     store_key prefix;

@@ -77,6 +77,9 @@ int account_create_admin(app *a, const char *email, const char *username, const 
 
 /* Deletes every session of user_id but keep_session (0: all). Write transactions. */
 int account_revoke_sessions(store_txn *t, uint64_t user_id, uint64_t keep_session, store_error *err);
+/* Before a new session of user_id: deletes the user's sessions whose refresh token expired
+ * before now, then the oldest until fewer than max remain (max <= STORE_PAGE_SIZE_MAX). */
+int account_trim_sessions(store_txn *t, uint64_t user_id, int64_t now, uint32_t max, store_error *err);
 /* Copies u's role and verified flag into each of its sessions (what app_authenticate reads);
  * call it in the transaction that changed either on the User row. */
 int account_sync_sessions(store_txn *t, const lagoon_v1_User *u, store_error *err);

@@ -42,6 +42,10 @@ void app_config_defaults(app_config *c)
         c->verify_ttl_s = 24 * 3600;
     if (c->reset_ttl_s == 0)
         c->reset_ttl_s = 3600;
+    if (c->max_sessions == 0)
+        c->max_sessions = 100;
+    if (c->max_sessions > STORE_PAGE_SIZE_MAX)
+        c->max_sessions = STORE_PAGE_SIZE_MAX;
     if (c->event_retention_count == 0)
         c->event_retention_count = 1000;
     if (c->event_retention_s == 0)

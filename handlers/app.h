@@ -24,6 +24,8 @@ typedef struct app_config {
     uint32_t refresh_ttl_s;    /* refresh token lifetime; 0 = 30 days */
     uint32_t verify_ttl_s;     /* email verification token; 0 = 24 h */
     uint32_t reset_ttl_s;      /* password reset token; 0 = 1 h */
+    uint32_t max_sessions;     /* per user; a sign-in beyond it ends the oldest. 0 = 100, at most
+                                * STORE_PAGE_SIZE_MAX (one page of the user's sessions) */
     limiter_policy login_failures;         /* per account; 0s = 5 per 15 min, then 1 s doubling to 15 min */
     limiter_policy login_address_failures; /* per client address; 0s = the same */
     limiter_policy registrations;  /* per address; 0s = 20 per hour */

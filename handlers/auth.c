@@ -265,6 +265,9 @@ static int session_create(store_txn *t, login_op *op, store_error *err)
     st = store_update(t, &accounts_users, &u, err);
     if (st != LAGOON_OK)
         return st;
+    st = account_trim_sessions(t, op->user_id, op->now, op->a->cfg.max_sessions, err);
+    if (st != LAGOON_OK)
+        return st;
     lagoon_v1_Session s = lagoon_v1_Session_init_zero;
     s.user_id = op->user_id;
     memcpy(s.access_hash, op->access_hash, ACCOUNT_HASH_BYTES);

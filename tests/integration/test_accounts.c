@@ -720,6 +720,54 @@ static void test_hash_upgraded_on_login(void **state)
 }
 
 
+/* ---- sessions per user are bounded ---------------------------------------------------------------- */
+
+static void tweak_three_sessions(app_config *acfg, rpc_config *cfg)
+{
+    (void)cfg;
+    acfg->max_sessions = 3;
+}
+
+static int stored_sessions(uint64_t user_id)
+{
+    store_txn *t;
+    store_error err;
+    store_key prefix;
+    store_key_reset(&prefix);
+    store_key_u64(&prefix, user_id);
+    store_query q = {.table = &accounts_sessions, .index = sessions_by_user, .prefix = prefix.buf,
+                     .prefix_len = prefix.len, .page_size = STORE_PAGE_SIZE_MAX};
+    store_page page;
+    int n = 0;
+    assert_int_equal(store_read_begin(T->app->db, &t, &err), LAGOON_OK);
+    assert_int_equal(store_scan(t, &q, count_row, &n, &page, &err), LAGOON_OK);
+    store_read_end(t);
+    return n;
+}
+
+static void test_sessions_per_user_bounded(void **state)
+{
+    (void)state;
+    test_app_restart(T, tweak_three_sessions);
+    lagoon_client *c = client();
+    char first[65];
+    uint64_t id = new_user(c, "pia", 0, first); /* sign-in 1 */
+    lagoon_v1_TokenPair tp[3];
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(do_login(c, "pia", PASSWORD, &tp[i]), LAGOON_OK);
+    /* The fourth sign-in ended the oldest session; the three newest work. */
+    assert_int_equal(stored_sessions(id), 3);
+    assert_int_equal(me(c, first, NULL), LAGOON_UNAUTHENTICATED);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(me(c, tp[i].access_token, NULL), LAGOON_OK);
+    /* Sessions whose refresh token expired go at the next sign-in. */
+    test_clock_advance(T, 31LL * 24 * 3600 * 1000);
+    assert_int_equal(do_login(c, "pia", PASSWORD, NULL), LAGOON_OK);
+    assert_int_equal(stored_sessions(id), 1);
+    lagoon_close(c);
+    test_app_restart(T, test_tweak_shared);
+}
+
 /* ---- the outbox survives failures and restarts --------------------------------------------------- */
 
 static void break_maildir(const char *dir, int broken)
@@ -911,6 +959,7 @@ int main(void)
         cmocka_unit_test(test_delete_account_cascades),
         cmocka_unit_test(test_admin_role_and_activation),
         cmocka_unit_test(test_hash_upgraded_on_login),
+        cmocka_unit_test(test_sessions_per_user_bounded),
         cmocka_unit_test(test_authorization_matrix),
         cmocka_unit_test(test_outbox_retries_and_survives_restart),
     };

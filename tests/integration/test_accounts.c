@@ -87,6 +87,24 @@ static int count_row(void *arg, uint64_t id, const void *row)
     return LAGOON_OK;
 }
 
+/* The rows of a table that belong to a user, counted by the table's user_id index. */
+static int user_rows(const store_table *table, const store_index *by_user, uint64_t user_id)
+{
+    store_txn *t;
+    store_error err;
+    store_key prefix;
+    store_key_reset(&prefix);
+    store_key_u64(&prefix, user_id);
+    store_query q = {.table = table, .index = by_user, .prefix = prefix.buf, .prefix_len = prefix.len,
+                     .page_size = STORE_PAGE_SIZE_MAX};
+    store_page page;
+    int n = 0;
+    assert_int_equal(store_read_begin(T->app->db, &t, &err), LAGOON_OK);
+    assert_int_equal(store_scan(t, &q, count_row, &n, &page, &err), LAGOON_OK);
+    store_read_end(t);
+    return n;
+}
+
 static int has_violation(lagoon_client *c, const char *field)
 {
     const lagoon_v1_ResponseMeta *m = &lagoon_last_error(c)->detail;
@@ -585,23 +603,9 @@ static void test_delete_account_cascades(void **state)
     assert_int_equal(store_read_begin(T->app->db, &t, &err), LAGOON_OK);
     lagoon_v1_User u;
     assert_int_equal(store_get(t, &accounts_users, id, &u, &err), LAGOON_NOT_FOUND);
-    store_key prefix;
-    store_key_reset(&prefix);
-    store_key_u64(&prefix, id);
-    const store_index *by_user[] = {sessions_by_user, tokens_by_user};
-    const store_table *tabs[] = {&accounts_sessions, &accounts_tokens};
-    for (int i = 0; i < 2; i++) {
-        store_query q = {0};
-        q.table = tabs[i];
-        q.index = by_user[i];
-        q.prefix = prefix.buf;
-        q.prefix_len = prefix.len;
-        store_page page;
-        int rows = 0;
-        assert_int_equal(store_scan(t, &q, count_row, &rows, &page, &err), LAGOON_OK);
-        assert_int_equal(rows, 0);
-    }
     store_read_end(t);
+    assert_int_equal(user_rows(&accounts_sessions, sessions_by_user, id), 0);
+    assert_int_equal(user_rows(&accounts_tokens, tokens_by_user, id), 0);
     /* And the indexes agree with the rows. */
     uint64_t problems = 99;
     assert_int_equal(store_verify(T->app->db, NULL, &problems, &err), LAGOON_OK);
@@ -728,23 +732,6 @@ static void tweak_three_sessions(app_config *acfg, rpc_config *cfg)
     acfg->max_sessions = 3;
 }
 
-static int stored_sessions(uint64_t user_id)
-{
-    store_txn *t;
-    store_error err;
-    store_key prefix;
-    store_key_reset(&prefix);
-    store_key_u64(&prefix, user_id);
-    store_query q = {.table = &accounts_sessions, .index = sessions_by_user, .prefix = prefix.buf,
-                     .prefix_len = prefix.len, .page_size = STORE_PAGE_SIZE_MAX};
-    store_page page;
-    int n = 0;
-    assert_int_equal(store_read_begin(T->app->db, &t, &err), LAGOON_OK);
-    assert_int_equal(store_scan(t, &q, count_row, &n, &page, &err), LAGOON_OK);
-    store_read_end(t);
-    return n;
-}
-
 static void test_sessions_per_user_bounded(void **state)
 {
     (void)state;
@@ -756,14 +743,14 @@ static void test_sessions_per_user_bounded(void **state)
     for (int i = 0; i < 3; i++)
         assert_int_equal(do_login(c, "pia", PASSWORD, &tp[i]), LAGOON_OK);
     /* The fourth sign-in ended the oldest session; the three newest work. */
-    assert_int_equal(stored_sessions(id), 3);
+    assert_int_equal(user_rows(&accounts_sessions, sessions_by_user, id), 3);
     assert_int_equal(me(c, first, NULL), LAGOON_UNAUTHENTICATED);
     for (int i = 0; i < 3; i++)
         assert_int_equal(me(c, tp[i].access_token, NULL), LAGOON_OK);
     /* Sessions whose refresh token expired go at the next sign-in. */
     test_clock_advance(T, 31LL * 24 * 3600 * 1000);
     assert_int_equal(do_login(c, "pia", PASSWORD, NULL), LAGOON_OK);
-    assert_int_equal(stored_sessions(id), 1);
+    assert_int_equal(user_rows(&accounts_sessions, sessions_by_user, id), 1);
     lagoon_close(c);
     test_app_restart(T, test_tweak_shared);
 }

@@ -4,7 +4,6 @@
 #include <ctype.h>
 #include <errno.h>
 #include <pthread.h>
-#include <semaphore.h>
 #include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -179,39 +178,17 @@ int account_token_hash(const char *text, uint8_t hash[ACCOUNT_HASH_BYTES])
 
 /* ---- passwords ------------------------------------------------------------------------------ */
 
-/* Argon2 is meant to eat CPU: at most (cores - 1) hashes run at once, whatever the number of
- * workers, so that the loop threads always keep a core and other calls stay fast while many
- * users sign in. */
-static sem_t pwhash_slots;
-static pthread_once_t pwhash_once = PTHREAD_ONCE_INIT;
-
-static void pwhash_init(void)
-{
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    sem_init(&pwhash_slots, 0, n > 1 ? (unsigned)(n - 1) : 1u);
-}
-
-static void pwhash_enter(void)
-{
-    pthread_once(&pwhash_once, pwhash_init);
-    while (sem_wait(&pwhash_slots) != 0 && errno == EINTR)
-        ;
-}
-
+/* Argon2 is meant to eat CPU. Its callers run on the server's hash lane (RPC_LANE_HASH,
+ * cores - 1 threads by default), which is what bounds how many hashes run at once and so the
+ * CPU and memory they take; lagoon-admin hashes on its own thread. */
 int account_hash_password(const app *a, const char *password, char out[ACCOUNT_HASH_MAX])
 {
-    pwhash_enter();
-    int r = crypto_pwhash_str(out, password, strlen(password), a->cfg.pwhash_opslimit, a->cfg.pwhash_memlimit);
-    sem_post(&pwhash_slots);
-    return r;
+    return crypto_pwhash_str(out, password, strlen(password), a->cfg.pwhash_opslimit, a->cfg.pwhash_memlimit);
 }
 
 int account_verify_password(const char *hash, const char *password)
 {
-    pwhash_enter();
-    int ok = crypto_pwhash_str_verify(hash, password, strlen(password)) == 0;
-    sem_post(&pwhash_slots);
-    return ok;
+    return crypto_pwhash_str_verify(hash, password, strlen(password)) == 0;
 }
 
 int account_needs_rehash(const app *a, const char *hash)

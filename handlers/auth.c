@@ -136,6 +136,8 @@ static void register_free(register_op *op)
     free(op);
 }
 
+static void register_drop(void *op) { register_free(op); }
+
 static int register_write(store_txn *t, void *arg, store_error *err)
 {
     register_op *op = arg;
@@ -222,7 +224,7 @@ int handle_Auth_Register(rpc_call *call, const lagoon_v1_RegisterRequest *req, l
     op->user.active = true;
     COPY_STR(op->password, req->password);
     account_token_new(op->token, op->token_hash);
-    int st = rpc_call_defer(call, register_hash, op);
+    int st = rpc_call_defer(call, RPC_LANE_HASH, register_hash, register_drop, op);
     if (st != RPC_PENDING)
         register_free(op);
     return st;
@@ -251,6 +253,8 @@ static void login_free(login_op *op)
     sodium_memzero(op->password, sizeof(op->password));
     free(op);
 }
+
+static void login_drop(void *op) { login_free(op); }
 
 /* A new session for op->user_id with op's tokens; fills op->user. */
 static int session_create(store_txn *t, login_op *op, store_error *err)
@@ -378,7 +382,7 @@ int handle_Auth_Login(rpc_call *call, const lagoon_v1_LoginRequest *req, lagoon_
         return too_many(call, wa > wb ? wa : wb, "failed sign-ins");
     }
     COPY_STR(op->password, req->password);
-    int st = rpc_call_defer(call, login_verify, op);
+    int st = rpc_call_defer(call, RPC_LANE_HASH, login_verify, login_drop, op);
     if (st != RPC_PENDING)
         login_free(op);
     return st;
@@ -580,6 +584,8 @@ static void token_free(token_op *op)
     free(op);
 }
 
+static void token_drop(void *op) { token_free(op); }
+
 /* Finds the live token of op's kind; consumes it (single use) and returns it in *tok. */
 static int token_take(store_txn *t, token_op *op, lagoon_v1_OneTimeToken *tok, store_error *err)
 {
@@ -729,7 +735,7 @@ int handle_Auth_ResetPassword(rpc_call *call, const lagoon_v1_ResetPasswordReque
         return LAGOON_INVALID_ARGUMENT;
     }
     COPY_STR(op->password, req->new_password);
-    st = rpc_call_defer(call, reset_hash, op);
+    st = rpc_call_defer(call, RPC_LANE_HASH, reset_hash, token_drop, op);
     if (st != RPC_PENDING)
         token_free(op);
     return st;

@@ -7,7 +7,7 @@
 #include <string.h>
 #include <time.h>
 
-#define DEBUG_MAX_DELAY_MS 10000u   /* Echo.delay_ms: a worker sleeps this long at most */
+#define DEBUG_MAX_DELAY_MS 10000u   /* Echo.delay_ms: the reply waits this long at most */
 #define DEBUG_MAX_STREAM 100000u    /* EchoStream.count */
 #define DEBUG_MAX_INTERVAL_MS 10000u /* EchoStream.interval_ms */
 /* With interval 0, EchoStream sends while the connection's output backlog is below this and
@@ -21,14 +21,30 @@ static int echo_fail(rpc_call *call, uint32_t code)
     return rpc_call_error(call, (int)code, "failure requested with fail_code");
 }
 
-/* Runs on a worker thread: the loop thread never sleeps. */
-static int echo_after_delay(rpc_call *call, void *arg)
+/* Echo.delay_ms is a timer on the call's loop, not a sleeping thread: a client holding many
+ * delayed calls costs a timer each and never takes a worker from real work. */
+typedef struct echo_delay {
+    rpc_call *call;
+    struct event *timer;
+} echo_delay;
+
+static void echo_delay_cancel(rpc_call *call, void *arg)
 {
-    (void)call;
-    uint32_t ms = *(const uint32_t *)arg;
-    struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-    return LAGOON_OK;
+    echo_delay *d = arg;
+    event_free(d->timer);
+    free(d);
+    rpc_call_finish(call, LAGOON_CANCELLED);
+}
+
+static void echo_delay_fire(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    echo_delay *d = arg;
+    rpc_call *call = d->call;
+    event_free(d->timer);
+    free(d);
+    rpc_call_finish(call, LAGOON_OK);
 }
 
 int handle_Debug_Echo(rpc_call *call, const lagoon_v1_EchoRequest *req, lagoon_v1_EchoResponse *resp)
@@ -41,8 +57,16 @@ int handle_Debug_Echo(rpc_call *call, const lagoon_v1_EchoRequest *req, lagoon_v
     memcpy(resp->payload.bytes, req->payload.bytes, req->payload.size);
     if (req->delay_ms == 0)
         return LAGOON_OK;
-    /* req lives as long as the call, so the worker may read delay_ms from it. */
-    return rpc_call_defer(call, echo_after_delay, (void *)&req->delay_ms);
+    echo_delay *d = malloc(sizeof(*d));
+    if (d == NULL || (d->timer = evtimer_new(rpc_call_base(call), echo_delay_fire, d)) == NULL) {
+        free(d);
+        return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
+    }
+    d->call = call;
+    rpc_call_on_cancel(call, echo_delay_cancel, d);
+    struct timeval tv = {(time_t)(req->delay_ms / 1000), (suseconds_t)(req->delay_ms % 1000) * 1000};
+    evtimer_add(d->timer, &tv);
+    return RPC_PENDING;
 }
 
 /* ---- EchoStream ---------------------------------------------------------------------------- */

@@ -168,6 +168,8 @@ static void user_op_free(user_op *op)
     free(op);
 }
 
+static void user_op_drop(void *op) { user_op_free(op); }
+
 static user_op *user_op_new(rpc_call *call, uint64_t user_id, void *resp)
 {
     user_op *op = calloc(1, sizeof(*op));
@@ -399,7 +401,7 @@ int handle_Users_ChangePassword(rpc_call *call, const lagoon_v1_ChangePasswordRe
     op->keep_session = rpc_call_caller(call)->session_id;
     COPY_STR(op->password, req->current_password);
     COPY_STR(op->new_password, req->new_password);
-    st = rpc_call_defer(call, change_password_work, op);
+    st = rpc_call_defer(call, RPC_LANE_HASH, change_password_work, user_op_drop, op);
     if (st != RPC_PENDING)
         user_op_free(op);
     return st;
@@ -413,7 +415,7 @@ int handle_Users_DeleteAccount(rpc_call *call, const lagoon_v1_DeleteAccountRequ
     if (op == NULL)
         return st;
     COPY_STR(op->password, req->password);
-    st = rpc_call_defer(call, delete_account_work, op);
+    st = rpc_call_defer(call, RPC_LANE_HASH, delete_account_work, user_op_drop, op);
     if (st != RPC_PENDING)
         user_op_free(op);
     return st;

@@ -80,7 +80,9 @@ typedef struct rpc_config {
     char listen_host[64];   /* numeric IPv4 or IPv6 address */
     uint16_t listen_port;   /* 0 = an ephemeral port (see rpc_server_port) */
     unsigned threads;       /* loop threads; 0 = number of cores */
-    unsigned workers;       /* worker pool threads; 0 = 4 */
+    unsigned workers;       /* RPC_LANE_WORK threads; 0 = 4 */
+    unsigned hash_workers;  /* RPC_LANE_HASH threads; 0 = cores - 1 (at least 1), so that
+                             * hashing never takes the core the loops need */
     int handle_signals;     /* SIGTERM/SIGINT start a graceful drain; SIGPIPE ignored */
 #define RPC_LIMIT_FIELD(field, flag, def, min, max, why) uint32_t field;
     RPC_LIMITS(RPC_LIMIT_FIELD)
@@ -198,11 +200,23 @@ void rpc_call_finish(rpc_call *c, int status);
 typedef void (*rpc_cancel_fn)(rpc_call *c, void *arg);
 void rpc_call_on_cancel(rpc_call *c, rpc_cancel_fn fn, void *arg);
 
-/* Runs fn(c, arg) on a worker thread; its return value (a status, or RPC_PENDING if fn hands
- * the call on again) ends the call as if the handler had returned it. Returns RPC_PENDING
- * for the handler to return, or LAGOON_RESOURCE_EXHAUSTED (with message and retry-after) if
- * the worker queue is full. */
+/* Work lanes: each is its own set of threads with its own bounded queue, so that slow work of
+ * one kind cannot starve another. */
+enum rpc_lane {
+    RPC_LANE_WORK = 0, /* blocking work in general: rpc_config.workers threads, worker_queue */
+    RPC_LANE_HASH = 1, /* password hashing: rpc_config.hash_workers threads, hash_queue */
+    RPC_LANES
+};
+
+/* Runs fn(c, arg) on a thread of the lane; its return value (a status, or RPC_PENDING if fn
+ * hands the call on again) ends the call as if the handler had returned it. If the call has
+ * ended before the job's turn comes (cancel, deadline, disconnect), fn is not run: drop(arg)
+ * is (when not NULL), on the lane's thread, so that whatever arg owns is freed either way.
+ * Returns RPC_PENDING for the handler to return, or LAGOON_RESOURCE_EXHAUSTED (with message
+ * and retry-after) if the lane's queue is full; then neither fn nor drop runs and arg is
+ * still the caller's. */
 typedef int (*rpc_work_fn)(rpc_call *c, void *arg);
-int rpc_call_defer(rpc_call *c, rpc_work_fn fn, void *arg);
+typedef void (*rpc_drop_fn)(void *arg);
+int rpc_call_defer(rpc_call *c, int lane, rpc_work_fn fn, rpc_drop_fn drop, void *arg);
 
 #endif

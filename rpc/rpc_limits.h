@@ -36,6 +36,10 @@
       "Largest per-call deadline honoured; a larger RequestMeta.timeout_ms is clamped to it.")   \
     X(worker_queue, "worker-queue", 4096u, 16u, 1000000u,                                         \
       "Jobs waiting for a worker thread (password hashing, blocking work). When full, new "       \
-      "work is refused with RESOURCE_EXHAUSTED instead of queueing without bound.")
+      "work is refused with RESOURCE_EXHAUSTED instead of queueing without bound.")             \
+    X(hash_queue, "hash-queue", 64u, 1u, 100000u,                                                 \
+      "Password hashes (Register, Login, password changes) waiting for a hash worker. Each takes " \
+      "tens of milliseconds of one core, so a longer queue only means later failures; when full, " \
+      "sign-ins are refused with RESOURCE_EXHAUSTED and other work is unaffected.")
 
 #endif

@@ -142,7 +142,7 @@ struct rpc_server {
     rpc_loop *loops;
     unsigned nloops;
     unsigned next_loop;
-    rpc_pool *pool;
+    rpc_pool *pools[RPC_LANES]; /* by enum rpc_lane */
     atomic_uint connections;
     atomic_uint active_calls;
     atomic_int draining;
@@ -525,12 +525,14 @@ static void call_abandon(rpc_call *call, int status, int reply, const char *mess
 {
     if (atomic_load(&call->done))
         return;
+    call_ref(call); /* marking it done may drop the table's reference, which may be the last */
     if (reply) {
         call_reply_own(call, status, message ? message : lagoon_status_name(status), NULL);
     } else {
         call_mark_done(call, status);
     }
     call_tell_holder(call);
+    call_unref(call);
 }
 
 /* If the handler keeps the call, queues its cancel callback. The handler hears of it from a
@@ -538,16 +540,28 @@ static void call_abandon(rpc_call *call, int status, int reply, const char *mess
  * there, e.g. while sending to this call). */
 static void call_tell_holder(rpc_call *call)
 {
+    /* The op's reference is taken before the state changes hands: the moment hstate reads
+     * H_CANCELLED, the handler's finish (on a worker, the writer, the router) may drop the
+     * last other reference and free the call. A reference taken after the exchange would
+     * touch freed memory. Whoever switches a call's state for another thread holds a
+     * reference of its own first; that is the rule for every hand-off in this file. */
+    rpc_op *op = calloc(1, sizeof(*op));
+    call_ref(call);
     int expected = H_HELD;
-    if (atomic_compare_exchange_strong(&call->hstate, &expected, H_CANCELLED)) {
-        rpc_op *op = calloc(1, sizeof(*op));
-        if (op != NULL) {
-            op->kind = OP_CANCELLED;
-            call_ref(call);
-            op->call = call;
-            loop_post(call->loop, op);
-        }
+    if (!atomic_compare_exchange_strong(&call->hstate, &expected, H_CANCELLED)) {
+        free(op);
+        call_unref(call);
+        return;
     }
+    if (op == NULL) {
+        /* Out of memory: the holder cannot be told, but it still finishes the call (its
+         * finish sees H_CANCELLED and only releases it). */
+        call_unref(call);
+        return;
+    }
+    op->kind = OP_CANCELLED;
+    op->call = call;
+    loop_post(call->loop, op);
 }
 
 static void call_deadline_cb(evutil_socket_t fd, short what, void *arg)
@@ -838,6 +852,7 @@ void rpc_call_on_cancel(rpc_call *c, rpc_cancel_fn fn, void *arg)
 typedef struct defer_job {
     rpc_call *call;
     rpc_work_fn fn;
+    rpc_drop_fn drop;
     void *arg;
 } defer_job;
 
@@ -845,25 +860,39 @@ static void defer_run(void *arg)
 {
     defer_job *j = arg;
     rpc_call *call = j->call;
-    int rc = atomic_load(&call->done) ? LAGOON_CANCELLED : j->fn(call, j->arg);
+    int rc;
+    if (atomic_load(&call->done)) {
+        /* Abandoned while queued: the work is skipped, what it owned is freed all the same. */
+        if (j->drop)
+            j->drop(j->arg);
+        rc = LAGOON_CANCELLED;
+    } else {
+        rc = j->fn(call, j->arg);
+    }
     free(j);
     if (rc != RPC_PENDING)
         rpc_call_finish(call, rc);
 }
 
-int rpc_call_defer(rpc_call *c, rpc_work_fn fn, void *arg)
+int rpc_call_defer(rpc_call *c, int lane, rpc_work_fn fn, rpc_drop_fn drop, void *arg)
 {
+    if (lane < 0 || lane >= RPC_LANES) {
+        log_msg(LOG_ERROR, "rpc_call_defer to lane %d, which does not exist", lane);
+        return rpc_call_error(c, LAGOON_INTERNAL, "internal error");
+    }
     defer_job *j = malloc(sizeof(*j));
     if (j != NULL) {
         j->call = c;
         j->fn = fn;
+        j->drop = drop;
         j->arg = arg;
-        if (rpc_pool_submit(c->server->pool, defer_run, j) == 0)
+        if (rpc_pool_submit(c->server->pools[lane], defer_run, j) == 0)
             return RPC_PENDING;
         free(j);
     }
     rpc_call_retry_after(c, 100);
-    return rpc_call_error(c, LAGOON_RESOURCE_EXHAUSTED, "server busy: worker queue full");
+    return rpc_call_error(c, LAGOON_RESOURCE_EXHAUSTED, "server busy: %s queue full",
+                          lane == RPC_LANE_HASH ? "password hashing" : "worker");
 }
 
 /* ---- frames in ---------------------------------------------------------------------------- */
@@ -1646,6 +1675,10 @@ int rpc_server_new(const rpc_config *cfg, const rpc_route *routes, size_t nroute
     }
     if (s->cfg.workers == 0)
         s->cfg.workers = 4;
+    if (s->cfg.hash_workers == 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        s->cfg.hash_workers = n > 1 ? (unsigned)(n - 1) : 1;
+    }
     if (bind_listener(s, err) != RPC_OK) {
         free(s);
         return RPC_ERR;
@@ -1701,9 +1734,11 @@ int rpc_server_run(rpc_server *s, rpc_error *err)
     s->ran = 1;
     s->started_ms = now_us() / 1000;
     s->control = event_base_new();
-    s->pool = rpc_pool_new(s->cfg.workers, s->cfg.worker_queue);
+    s->pools[RPC_LANE_WORK] = rpc_pool_new(s->cfg.workers, s->cfg.worker_queue);
+    s->pools[RPC_LANE_HASH] = rpc_pool_new(s->cfg.hash_workers, s->cfg.hash_queue);
     s->loops = calloc(s->cfg.threads, sizeof(rpc_loop));
-    if (s->control == NULL || s->pool == NULL || s->loops == NULL) {
+    if (s->control == NULL || s->pools[RPC_LANE_WORK] == NULL || s->pools[RPC_LANE_HASH] == NULL ||
+        s->loops == NULL) {
         snprintf(err->message, sizeof(err->message), "out of memory starting the server");
         return RPC_ERR;
     }
@@ -1741,8 +1776,8 @@ int rpc_server_run(rpc_server *s, rpc_error *err)
     atomic_store(&s->loops_running, s->nloops);
     for (unsigned i = 0; i < s->nloops; i++)
         pthread_create(&s->loops[i].thread, NULL, loop_main, &s->loops[i]);
-    log_msg(LOG_INFO, "listening on %s:%u (%u loops, %u workers)", s->cfg.listen_host, s->port, s->nloops,
-            s->cfg.workers);
+    log_msg(LOG_INFO, "listening on %s:%u (%u loops, %u workers, %u hash workers)", s->cfg.listen_host, s->port,
+            s->nloops, s->cfg.workers, s->cfg.hash_workers);
     atomic_store(&s->stop_ready, 1);
     if (atomic_load(&s->stop_requested)) /* stopped before (or while) it started */
         stop_cb(-1, 0, s);
@@ -1759,8 +1794,10 @@ int rpc_server_run(rpc_server *s, rpc_error *err)
 
 void rpc_server_join_workers(rpc_server *s)
 {
-    rpc_pool_free(s->pool);
-    s->pool = NULL;
+    for (int i = 0; i < RPC_LANES; i++) {
+        rpc_pool_free(s->pools[i]);
+        s->pools[i] = NULL;
+    }
 }
 
 void rpc_server_free(rpc_server *s)

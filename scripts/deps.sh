@@ -9,7 +9,7 @@ set -eu
 pkgs="build-essential cmake pkg-config protobuf-compiler libprotobuf-dev python3-protobuf nanopb libnanopb-dev
 libevent-dev liblmdb-dev libsodium-dev"
 case "${1:-}" in
---test) pkgs="$pkgs libcmocka-dev clang" ;;
+--test) pkgs="$pkgs libcmocka-dev clang libclang-rt-14-dev" ;;
 --bench) pkgs="$pkgs redis-server redis-tools valgrind gnuplot-nox" ;;
 "") ;;
 *) echo "usage: scripts/deps.sh [--test|--bench]" >&2; exit 2 ;;

@@ -17,8 +17,9 @@
 
 #define LAGOOND_DATA_DEFAULT "./var"
 #define LAGOOND_PATH_MAX 1024
+#define DEBUG_SERVICE_PREFIX "/lagoon.v1.Debug/"
 
-enum opt_kind { OPT_LISTEN, OPT_PATH, OPT_U32, OPT_LOGLEVEL, OPT_SYNC };
+enum opt_kind { OPT_LISTEN, OPT_PATH, OPT_U32, OPT_LOGLEVEL, OPT_SYNC, OPT_BOOL };
 
 typedef struct lagoond_opts {
     rpc_config rpc;
@@ -27,6 +28,7 @@ typedef struct lagoond_opts {
     int sync; /* enum store_sync */
     uint32_t argon2_ops, argon2_mem_kib;
     uint32_t event_retention_count, event_retention_days;
+    uint32_t debug_methods; /* serve the Debug service (tests and benchmarks) */
 } lagoond_opts;
 
 typedef struct opt {
@@ -35,6 +37,8 @@ typedef struct opt {
     size_t offset; /* into lagoond_opts */
     uint32_t min, max;
     const char *help;
+    uint32_t def; /* OPT_U32 with has_def: the default, printed by --help */
+    int has_def;
 } opt;
 
 #define OPT_RPC(field) (offsetof(lagoond_opts, rpc) + offsetof(rpc_config, field))
@@ -44,6 +48,11 @@ static const opt options[] = {
     {"data", OPT_PATH, offsetof(lagoond_opts, data), 0, 0, "Data directory (LMDB files). Default ./var; created if missing."},
     {"threads", OPT_U32, OPT_RPC(threads), 0, 256, "Event-loop threads. Default 0 = one per core."},
     {"workers", OPT_U32, OPT_RPC(workers), 0, 256, "Worker threads for blocking work. Default 0 = 4."},
+    {"hash-workers", OPT_U32, OPT_RPC(hash_workers), 0, 256,
+     "Threads that hash passwords (their own queue: --hash-queue). Default 0 = cores - 1, at least 1."},
+    {"debug-methods", OPT_BOOL, offsetof(lagoond_opts, debug_methods), 0, 1,
+     "Serve the Debug service (echo, delays, streams) for tests and benchmarks. Off by default: its "
+     "methods exist to load the server and answer UNIMPLEMENTED when off. --debug-methods or =1 turns it on."},
     {"log-level", OPT_LOGLEVEL, offsetof(lagoond_opts, log_level), 0, 0, "error, warn, info (default: one line per call) or debug."},
     {"sync", OPT_SYNC, offsetof(lagoond_opts, sync), 0, 0,
      "full (default): a write is acknowledged once it is on disk. none: for benchmarks only; a power "
@@ -51,13 +60,13 @@ static const opt options[] = {
     {"argon2-ops", OPT_U32, offsetof(lagoond_opts, argon2_ops), 0, 16,
      "Argon2id passes per password hash. Default 0 = libsodium's interactive limit (2)."},
     {"argon2-mem-kib", OPT_U32, offsetof(lagoond_opts, argon2_mem_kib), 0, 4u << 20,
-     "Argon2id memory per hash, KiB. Default 0 = libsodium's interactive limit (64 MiB). Each worker "
-     "hashes one password at a time, so workers x this bounds the memory hashing takes."},
+     "Argon2id memory per hash, KiB. Default 0 = libsodium's interactive limit (64 MiB). Each hash worker "
+     "hashes one password at a time, so hash-workers x this bounds the memory hashing takes."},
     {"event-retention-count", OPT_U32, offsetof(lagoond_opts, event_retention_count), 0, 1000000,
      "Realtime events kept per user for resuming subscriptions. Default 0 = 1000."},
     {"event-retention-days", OPT_U32, offsetof(lagoond_opts, event_retention_days), 0, 3650,
      "And for at most this many days. Default 0 = 7. A resume from before what is kept gets OUT_OF_RANGE."},
-#define OPT_LIMIT(field, flag, def, min, max, why) {flag, OPT_U32, OPT_RPC(field), (min), (max), why},
+#define OPT_LIMIT(field, flag, def, min, max, why) {flag, OPT_U32, OPT_RPC(field), (min), (max), why, (def), 1},
     RPC_LIMITS(OPT_LIMIT)
 #undef OPT_LIMIT
 };
@@ -70,7 +79,9 @@ static void usage(FILE *f)
                "'-' as '_'); flags win over the environment.\n\n");
     for (size_t i = 0; i < NOPTIONS; i++) {
         fprintf(f, "  --%s\n      %s\n", options[i].name, options[i].help);
-        if (options[i].kind == OPT_U32 && options[i].max)
+        if (options[i].kind == OPT_U32 && options[i].has_def)
+            fprintf(f, "      Default %u, range %u..%u.\n", options[i].def, options[i].min, options[i].max);
+        else if (options[i].kind == OPT_U32 && options[i].max)
             fprintf(f, "      Range %u..%u.\n", options[i].min, options[i].max);
     }
     fprintf(f, "  --help\n  --version\n");
@@ -131,6 +142,13 @@ static int set_opt(lagoond_opts *o, const opt *op, const char *v, char *err, siz
         *(int *)(base + op->offset) = lvl;
         return 0;
     }
+    case OPT_BOOL:
+        if (strcmp(v, "1") == 0 || strcmp(v, "0") == 0) {
+            *(uint32_t *)(base + op->offset) = v[0] == '1';
+            return 0;
+        }
+        snprintf(err, errlen, "--%s: '%s' is neither 1 nor 0", op->name, v);
+        return -1;
     case OPT_U32: {
         char *end;
         errno = 0;
@@ -187,7 +205,7 @@ static int parse_args(lagoond_opts *o, int argc, char **argv, char *err, size_t 
             snprintf(err, errlen, "unknown option '%s' (see --help)", a);
             return -1;
         }
-        const char *v = eq ? eq + 1 : (i + 1 < argc ? argv[++i] : NULL);
+        const char *v = eq ? eq + 1 : op->kind == OPT_BOOL ? "1" : (i + 1 < argc ? argv[++i] : NULL);
         if (v == NULL) {
             snprintf(err, errlen, "option '%s' needs a value", a);
             return -1;
@@ -264,10 +282,24 @@ int main(int argc, char **argv)
     o.rpc.authenticate = app_authenticate;
     o.rpc.authenticate_arg = a;
     o.rpc.on_drain = app_on_drain;
+    /* Without --debug-methods the Debug service is not routed at all: its calls are unknown
+     * methods, and Reflection does not list them. */
+    rpc_route *routes = malloc(lagoon_routes_count * sizeof(*routes));
+    if (routes == NULL) {
+        fprintf(stderr, "lagoond: out of memory\n");
+        app_close(a);
+        return 1;
+    }
+    size_t nroutes = 0;
+    for (size_t i = 0; i < lagoon_routes_count; i++)
+        if (o.debug_methods || strncmp(lagoon_routes[i].method->path, DEBUG_SERVICE_PREFIX,
+                                       sizeof(DEBUG_SERVICE_PREFIX) - 1) != 0)
+            routes[nroutes++] = lagoon_routes[i];
     rpc_server *server;
-    if (rpc_server_new(&o.rpc, lagoon_routes, lagoon_routes_count, &server, &rerr) != RPC_OK) {
+    if (rpc_server_new(&o.rpc, routes, nroutes, &server, &rerr) != RPC_OK) {
         fprintf(stderr, "lagoond: %s\n", rerr.message);
         app_close(a);
+        free(routes);
         return 1;
     }
     log_msg(LOG_INFO, "lagoond %s data=%s sync=%s", o.rpc.version, o.data, o.sync ? "none" : "full");
@@ -279,5 +311,6 @@ int main(int argc, char **argv)
     rpc_server_join_workers(server);
     app_close(a);
     rpc_server_free(server);
+    free(routes);
     return rc;
 }

@@ -33,7 +33,7 @@ cg_run() { # name scenario|-
   "$BENCH" seed --data "$TMP_DIR/data.$name" --users 1000 --messages 10000 --conversations 100 >/dev/null 2>&1 ||
     lg_die "cannot seed $TMP_DIR/data.$name"
   valgrind --tool=callgrind --callgrind-out-file="$out" "$LAGOOND" --listen "127.0.0.1:$port" \
-    --data "$TMP_DIR/data.$name" --log-level warn --threads 1 --workers 1 >"$TMP_DIR/$name.log" 2>&1 &
+    --data "$TMP_DIR/data.$name" --log-level warn --threads 1 --workers 1 --debug-methods >"$TMP_DIR/$name.log" 2>&1 &
   local pid=$!
   PIDS+=("$pid")
   for _ in $(seq 300); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.2; done

@@ -75,7 +75,7 @@ lg_start_lagoond() {
   local port=$1 data=$2
   shift 2
   mkdir -p "$data"
-  "$LAGOOND" --listen "127.0.0.1:$port" --data "$data" --log-level warn "$@" >"$data.log" 2>&1 &
+  "$LAGOOND" --listen "127.0.0.1:$port" --data "$data" --log-level warn --debug-methods "$@" >"$data.log" 2>&1 &
   LAGOOND_PID=$!
   PIDS+=("$LAGOOND_PID")
   lg_wait_port "$port" || lg_die "lagoond did not start: $(cat "$data.log")"

@@ -63,8 +63,9 @@ static void start_daemon(daemon_t *d, const char *const *extra, const char *env)
         close(pipefd[0]);
         if (env)
             putenv((char *)env);
-        const char *argv[32] = {LAGOOND_PATH, "--listen", "127.0.0.1:0", "--data", data, "--threads", "2"};
-        int n = 7;
+        const char *argv[32] = {LAGOOND_PATH, "--listen", "127.0.0.1:0", "--data", data, "--threads", "2",
+                                "--debug-methods"};
+        int n = 8;
         for (int i = 0; extra && extra[i] && n < 30; i++)
             argv[n++] = extra[i];
         argv[n] = NULL;
@@ -192,6 +193,27 @@ static void test_flags_and_environment(void **state)
     cleanup(d);
 }
 
+/* The Debug service (delays, streams: load on demand) is served only with --debug-methods. */
+static void test_debug_methods_off_by_default(void **state)
+{
+    (void)state;
+    daemon_t *d = malloc(sizeof(*d));
+    const char *extra[] = {"--debug-methods=0", NULL}; /* the last flag wins over start_daemon's */
+    start_daemon(d, extra, NULL);
+    lagoon_client *c;
+    assert_int_equal(lagoon_connect("127.0.0.1", d->port, NULL, &c, NULL), LAGOON_OK);
+    lagoon_v1_EchoRequest req = lagoon_v1_EchoRequest_init_zero;
+    lagoon_v1_EchoResponse resp;
+    assert_int_equal(lagoon_Debug_Echo(c, &req, &resp), LAGOON_UNIMPLEMENTED);
+    lagoon_v1_HealthCheckRequest hreq = lagoon_v1_HealthCheckRequest_init_zero;
+    lagoon_v1_HealthCheckResponse hresp;
+    assert_int_equal(lagoon_Health_Check(c, &hreq, &hresp), LAGOON_OK);
+    lagoon_close(c);
+    kill(d->pid, SIGTERM);
+    assert_int_equal(wait_exit(d, 10000), 0);
+    cleanup(d);
+}
+
 /* Runs a shell command line, returns its exit status and output. */
 static int run(const char *cmd, char *out, size_t cap)
 {
@@ -258,6 +280,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sigterm_drains_open_calls),
         cmocka_unit_test(test_flags_and_environment),
+        cmocka_unit_test(test_debug_methods_off_by_default),
         cmocka_unit_test(test_lagoon_admin),
     };
     return cmocka_run_group_tests_name("lagoond", tests, NULL, NULL);

@@ -27,7 +27,10 @@
 #define EVENTS_AGE_CHECK 16         /* every 16th append of a user also trims by age */
 #define EVENTS_REPLAY_PAGE 200      /* events read per page while replaying */
 #define EVENTS_TYPING_MS 5000       /* how long a typing indicator shows */
-#define ROUTER_BUCKETS 1024         /* subscriber table, by user id */
+#define ROUTER_BUCKETS 1024         /* subscriber tables, by user, session and connection */
+#define ROUTER_REPLAY_POLL_MS 5     /* how often paused replays look at their readers again */
+#define ROUTER_TICK_MS 1000         /* how often access-token expiry is checked: a stream outlives
+                                     * its token by at most this */
 
 /* ---- tables ----------------------------------------------------------------------------------- */
 
@@ -276,9 +279,15 @@ int events_notification_read(store_txn *t, uint64_t user_id, const char *collaps
 /* ---- the router --------------------------------------------------------------------------------- */
 
 typedef struct subscriber {
-    struct subscriber *next;   /* bucket chain */
+    struct subscriber *next;   /* chain of the user's bucket */
+    struct subscriber *snext;  /* chain of the session's bucket */
+    struct subscriber *cnext;  /* chain of the connection's bucket */
     uint64_t id;               /* never reused: the cancel callback names it by id */
     uint64_t user_id;
+    uint64_t session_id;       /* the session the stream was opened with (0: none known) */
+    int64_t expires_at;        /* ms since the epoch: its access token's expiry (read at start) */
+    uint64_t conn_key;         /* hash of peer: the connection's bucket */
+    char peer[80];             /* "address:port" of the connection, unique while it is open */
     uint64_t since;
     uint64_t last_sent;        /* seq of the last event delivered */
     int replaying;             /* catching up from the log; live events pass it by */
@@ -286,12 +295,12 @@ typedef struct subscriber {
     rpc_call *call;
 } subscriber;
 
-enum cmd_kind { CMD_EVENT, CMD_ADD, CMD_REMOVE, CMD_TYPING, CMD_SHUTDOWN };
+enum cmd_kind { CMD_EVENT, CMD_ADD, CMD_REMOVE, CMD_TYPING, CMD_SESSION_END, CMD_SHUTDOWN };
 
 typedef struct cmd {
     struct cmd *next;
     int kind;
-    uint64_t id;               /* EVENT: event row id; REMOVE: subscriber id */
+    uint64_t id;               /* EVENT: event row id; REMOVE: subscriber id; SESSION_END: session id */
     uint64_t to, from, conv;   /* TYPING */
     subscriber *sub;           /* ADD */
 } cmd;
@@ -304,9 +313,13 @@ struct realtime {
     cmd *head, *tail;
     int stopping;
     uint64_t next_sub_id;      /* under mu */
-    subscriber *buckets[ROUTER_BUCKETS]; /* router thread only */
-    subscriber *replaying;               /* router thread only */
-    unsigned nsubs;                      /* registered subscribers; router thread only */
+    /* Router thread only from here. */
+    subscriber *buckets[ROUTER_BUCKETS];  /* by user id */
+    subscriber *sbuckets[ROUTER_BUCKETS]; /* by session id: a session's end finds its streams */
+    subscriber *cbuckets[ROUTER_BUCKETS]; /* by connection: the per-connection cap */
+    subscriber *replaying;
+    unsigned nsubs;                      /* registered subscribers */
+    int64_t next_expiry;                 /* no subscriber's token expires before this (ms); 0 = none */
     int shut;                            /* streams ended for a drain: new ones end at once */
 };
 
@@ -335,13 +348,51 @@ static void post_simple(realtime *rt, int kind, uint64_t id)
     post(rt, c);
 }
 
-/* Store subscriber (writer thread): queue the new events. Must not block: a brief lock. */
+/* Store subscriber (writer thread): queue the new events, and the ends of sessions (every way a
+ * session ends deletes its row; cascades from a deleted user are announced too). Must not
+ * block: a brief lock. */
 static void on_commit(void *arg, const store_change *ch, size_t n)
 {
     realtime *rt = arg;
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
         if (ch[i].table == &events_log && ch[i].kind == STORE_INSERTED)
             post_simple(rt, CMD_EVENT, ch[i].id);
+        else if (ch[i].table == &accounts_sessions && ch[i].kind == STORE_DELETED)
+            post_simple(rt, CMD_SESSION_END, ch[i].id);
+    }
+}
+
+/* FNV-1a: spreads "address:port" over the connection buckets. */
+static uint64_t peer_key(const char *peer)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (const unsigned char *p = (const unsigned char *)peer; *p; p++)
+        h = (h ^ *p) * 1099511628211ULL;
+    return h;
+}
+
+static void sub_link(realtime *rt, subscriber *s)
+{
+    s->next = rt->buckets[s->user_id % ROUTER_BUCKETS];
+    rt->buckets[s->user_id % ROUTER_BUCKETS] = s;
+    s->snext = rt->sbuckets[s->session_id % ROUTER_BUCKETS];
+    rt->sbuckets[s->session_id % ROUTER_BUCKETS] = s;
+    s->cnext = rt->cbuckets[s->conn_key % ROUTER_BUCKETS];
+    rt->cbuckets[s->conn_key % ROUTER_BUCKETS] = s;
+    rt->nsubs++;
+    if (s->expires_at && (rt->next_expiry == 0 || s->expires_at < rt->next_expiry))
+        rt->next_expiry = s->expires_at;
+}
+
+static void replaying_remove(realtime *rt, subscriber *s)
+{
+    for (subscriber **p = &rt->replaying; *p; p = &(*p)->rnext) {
+        if (*p == s) {
+            *p = s->rnext;
+            break;
+        }
+    }
+    s->replaying = 0;
 }
 
 static void sub_unlink(realtime *rt, subscriber *s)
@@ -353,14 +404,20 @@ static void sub_unlink(realtime *rt, subscriber *s)
             break;
         }
     }
-    if (s->replaying) {
-        for (subscriber **p = &rt->replaying; *p; p = &(*p)->rnext) {
-            if (*p == s) {
-                *p = s->rnext;
-                break;
-            }
+    for (subscriber **p = &rt->sbuckets[s->session_id % ROUTER_BUCKETS]; *p; p = &(*p)->snext) {
+        if (*p == s) {
+            *p = s->snext;
+            break;
         }
     }
+    for (subscriber **p = &rt->cbuckets[s->conn_key % ROUTER_BUCKETS]; *p; p = &(*p)->cnext) {
+        if (*p == s) {
+            *p = s->cnext;
+            break;
+        }
+    }
+    if (s->replaying)
+        replaying_remove(rt, s);
 }
 
 /* Finishes an unlinked subscriber's call and frees it. */
@@ -463,12 +520,55 @@ static void replay_step(realtime *rt, subscriber *s)
         return;
     if (page.next_page_token[0] == '\0') {
         /* Caught up, as of this read: live from here (see the seam, at the top). */
-        sub_unlink(rt, s);
-        rt->nsubs++; /* still registered: only its lists change */
-        s->replaying = 0;
-        s->next = rt->buckets[s->user_id % ROUTER_BUCKETS];
-        rt->buckets[s->user_id % ROUTER_BUCKETS] = s;
+        replaying_remove(rt, s);
     }
+}
+
+/* Subscribers of user (or of the connection with this peer) already registered: the caps. */
+static unsigned user_subs(const realtime *rt, uint64_t user_id)
+{
+    unsigned n = 0;
+    for (const subscriber *s = rt->buckets[user_id % ROUTER_BUCKETS]; s; s = s->next)
+        n += s->user_id == user_id;
+    return n;
+}
+
+static unsigned conn_subs(const realtime *rt, uint64_t key, const char *peer)
+{
+    unsigned n = 0;
+    for (const subscriber *s = rt->cbuckets[key % ROUTER_BUCKETS]; s; s = s->cnext)
+        n += s->conn_key == key && strcmp(s->peer, peer) == 0;
+    return n;
+}
+
+#define SESSION_ENDED_MSG "session ended (signed out, revoked, password changed or reset, account deactivated or deleted)"
+
+/* The session s was opened with, as of t: 0 if it lives (and s->expires_at is its access
+ * token's expiry), else the status it ends with (message in msg). Checked here as well as by
+ * SESSION_END, so that a session that ended between the call's token check and this start
+ * cannot leave a stream open: its deletion committed either before this read or after, and
+ * then its announcement comes later in the queue. */
+static int session_check(realtime *rt, store_txn *t, subscriber *s, char *msg, size_t cap)
+{
+    if (s->session_id == 0)
+        return 0;
+    lagoon_v1_Session sess;
+    store_error err;
+    int st = store_get(t, &accounts_sessions, s->session_id, &sess, &err);
+    if (st == LAGOON_NOT_FOUND) {
+        snprintf(msg, cap, "%s: sign in again", SESSION_ENDED_MSG);
+        return LAGOON_UNAUTHENTICATED;
+    }
+    if (st != LAGOON_OK) {
+        snprintf(msg, cap, "%.150s", err.message);
+        return LAGOON_UNAVAILABLE;
+    }
+    if (sess.access_expires_at <= app_now(rt->a)) {
+        snprintf(msg, cap, "access token expired: refresh it, then subscribe again");
+        return LAGOON_UNAUTHENTICATED;
+    }
+    s->expires_at = sess.access_expires_at;
+    return 0;
 }
 
 /* Registers s, tells it where the log stands, and starts its replay if it has one. */
@@ -476,25 +576,39 @@ static void sub_start(realtime *rt, subscriber *s)
 {
     store_txn *t;
     store_error err;
+    char msg[200];
     if (rt->shut) { /* arrived after the drain began: it would only hold the drain open */
         sub_finish(s, LAGOON_UNAVAILABLE, "server shutting down: reconnect and resubscribe with since");
         return;
     }
-    if (store_read_begin(rt->a->db, &t, &err) != LAGOON_OK) {
-        rpc_call_error(s->call, LAGOON_UNAVAILABLE, "%s", err.message);
-        rpc_call_finish(s->call, LAGOON_UNAVAILABLE);
-        free(s);
+    if (user_subs(rt, s->user_id) >= EVENTS_MAX_SUBSCRIPTIONS_PER_USER) {
+        snprintf(msg, sizeof(msg), "at most %d open subscriptions per user: cancel one first",
+                 EVENTS_MAX_SUBSCRIPTIONS_PER_USER);
+        sub_finish(s, LAGOON_RESOURCE_EXHAUSTED, msg);
         return;
     }
-    s->next = rt->buckets[s->user_id % ROUTER_BUCKETS];
-    rt->buckets[s->user_id % ROUTER_BUCKETS] = s;
-    rt->nsubs++;
+    if (conn_subs(rt, s->conn_key, s->peer) >= EVENTS_MAX_SUBSCRIPTIONS_PER_CONNECTION) {
+        snprintf(msg, sizeof(msg), "at most %d open subscriptions per connection: cancel one first",
+                 EVENTS_MAX_SUBSCRIPTIONS_PER_CONNECTION);
+        sub_finish(s, LAGOON_RESOURCE_EXHAUSTED, msg);
+        return;
+    }
+    if (store_read_begin(rt->a->db, &t, &err) != LAGOON_OK) {
+        sub_finish(s, LAGOON_UNAVAILABLE, err.message);
+        return;
+    }
+    int st = session_check(rt, t, s, msg, sizeof(msg));
+    if (st != 0) {
+        store_read_end(t);
+        sub_finish(s, st, msg);
+        return;
+    }
+    sub_link(rt, s);
     lagoon_v1_UserFeed f;
     int exists;
     feed_get(t, s->user_id, &f, &exists, &err);
     store_read_end(t);
     if (s->since > f.last_seq || (s->since && f.first_seq > s->since + 1)) {
-        char msg[200];
         snprintf(msg, sizeof(msg),
                  s->since > f.last_seq ? "since=%llu is ahead of the log (at %llu): reload, then subscribe without since"
                                        : "events after %llu are no longer kept (oldest %llu): reload, then subscribe "
@@ -522,22 +636,54 @@ static void sub_start(realtime *rt, subscriber *s)
 static subscriber *sub_take(realtime *rt, uint64_t id)
 {
     for (int b = 0; b < ROUTER_BUCKETS; b++) {
-        for (subscriber **p = &rt->buckets[b]; *p; p = &(*p)->next) {
-            subscriber *s = *p;
-            if (s->id != id)
-                continue;
-            *p = s->next;
-            rt->nsubs--;
-            for (subscriber **r = &rt->replaying; s->replaying && *r; r = &(*r)->rnext) {
-                if (*r == s) {
-                    *r = s->rnext;
-                    break;
-                }
+        for (subscriber *s = rt->buckets[b]; s; s = s->next) {
+            if (s->id == id) {
+                sub_unlink(rt, s);
+                return s;
             }
-            return s;
         }
     }
     return NULL;
+}
+
+/* A session ended: so do the streams opened with it. */
+static void session_end(realtime *rt, uint64_t session_id)
+{
+    for (subscriber *s = rt->sbuckets[session_id % ROUTER_BUCKETS], *next; s; s = next) {
+        next = s->snext;
+        if (s->session_id != session_id)
+            continue;
+        char msg[240];
+        snprintf(msg, sizeof(msg), "%s: sign in again, then resubscribe with since=%llu", SESSION_ENDED_MSG,
+                 (unsigned long long)s->last_sent);
+        sub_end(rt, s, LAGOON_UNAUTHENTICATED, msg);
+    }
+}
+
+/* Ends the streams whose access token has expired by now. A full pass only when the earliest
+ * expiry is due, which also recomputes it. */
+static void expire_due(realtime *rt)
+{
+    if (rt->nsubs == 0 || rt->next_expiry == 0)
+        return;
+    int64_t now = app_now(rt->a);
+    if (now < rt->next_expiry)
+        return;
+    int64_t next = 0;
+    for (int b = 0; b < ROUTER_BUCKETS; b++) {
+        for (subscriber *s = rt->buckets[b], *n; s; s = n) {
+            n = s->next;
+            if (s->expires_at && s->expires_at <= now) {
+                char msg[160];
+                snprintf(msg, sizeof(msg), "access token expired: refresh it, then resubscribe with since=%llu",
+                         (unsigned long long)s->last_sent);
+                sub_end(rt, s, LAGOON_UNAUTHENTICATED, msg);
+            } else if (s->expires_at && (next == 0 || s->expires_at < next)) {
+                next = s->expires_at;
+            }
+        }
+    }
+    rt->next_expiry = next;
 }
 
 static void route_typing(realtime *rt, const cmd *c)
@@ -557,14 +703,10 @@ static void route_typing(realtime *rt, const cmd *c)
 
 static void end_all(realtime *rt, int status, const char *message)
 {
-    rt->replaying = NULL; /* every replaying subscriber is in a bucket too */
-    rt->nsubs = 0;
     for (int b = 0; b < ROUTER_BUCKETS; b++) {
         subscriber *s;
-        while ((s = rt->buckets[b]) != NULL) {
-            rt->buckets[b] = s->next;
-            sub_finish(s, status, message);
-        }
+        while ((s = rt->buckets[b]) != NULL)
+            sub_end(rt, s, status, message);
     }
 }
 
@@ -578,18 +720,22 @@ static void *router_main(void *arg)
             next = s->rnext;
             replay_step(rt, s);
         }
+        expire_due(rt);
         pthread_mutex_lock(&rt->mu);
-        if (rt->head == NULL && !rt->stopping && rt->replaying != NULL) {
+        if (rt->head == NULL && !rt->stopping && (rt->replaying != NULL || rt->nsubs > 0)) {
+            /* Wake up for the replays, or to look at the tokens' expiry. */
+            long wait_ms = rt->replaying != NULL ? ROUTER_REPLAY_POLL_MS : ROUTER_TICK_MS;
             struct timespec ts;
             clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_nsec += 5 * 1000 * 1000;
+            ts.tv_sec += wait_ms / 1000;
+            ts.tv_nsec += (wait_ms % 1000) * 1000 * 1000;
             if (ts.tv_nsec >= 1000000000L) {
                 ts.tv_sec++;
                 ts.tv_nsec -= 1000000000L;
             }
             pthread_cond_timedwait(&rt->cv, &rt->mu, &ts);
         }
-        while (rt->head == NULL && !rt->stopping && rt->replaying == NULL)
+        while (rt->head == NULL && !rt->stopping && rt->replaying == NULL && rt->nsubs == 0)
             pthread_cond_wait(&rt->cv, &rt->mu);
         cmd *batch = rt->head;
         rt->head = rt->tail = NULL;
@@ -629,6 +775,9 @@ static void *router_main(void *arg)
             }
             case CMD_TYPING:
                 route_typing(rt, c);
+                break;
+            case CMD_SESSION_END:
+                session_end(rt, c->id);
                 break;
             case CMD_SHUTDOWN:
                 rt->shut = 1;
@@ -725,6 +874,9 @@ int handle_Events_Subscribe(rpc_call *call, const lagoon_v1_SubscribeRequest *re
     s->id = ++rt->next_sub_id;
     pthread_mutex_unlock(&rt->mu);
     s->user_id = rpc_call_caller(call)->user_id;
+    s->session_id = rpc_call_caller(call)->session_id;
+    snprintf(s->peer, sizeof(s->peer), "%s", rpc_call_peer(call));
+    s->conn_key = peer_key(s->peer);
     s->since = req->since;
     s->call = call;
     rpc_call_on_cancel(call, subscribe_cancelled, (void *)(uintptr_t)s->id);

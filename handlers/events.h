@@ -12,6 +12,16 @@
 #include "app.h"
 #include "lagoon_idl.h"
 
+/* Subscription limits. Each open subscription costs the router one send per event of its user,
+ * so without a cap one user with thousands of them turns every event into thousands of sends
+ * on the one router thread and delays everyone else's events. A client needs one per signed-in
+ * device (a second one briefly while it resubscribes), and one per connection: the caps leave
+ * room for a few devices and tabs, and bound one event's fan-out to
+ * EVENTS_MAX_SUBSCRIPTIONS_PER_USER sends. Beyond either, Subscribe ends at once with
+ * RESOURCE_EXHAUSTED. */
+#define EVENTS_MAX_SUBSCRIPTIONS_PER_USER 32
+#define EVENTS_MAX_SUBSCRIPTIONS_PER_CONNECTION 8
+
 extern const store_table events_log, events_feeds, events_notifications;
 /* Notifications of a user newest first (all, or unread only); a user's feed row. */
 extern const store_index *const notes_by_time, *const notes_unread, *const feed_by_user;
@@ -29,9 +39,27 @@ int events_notify(store_txn *t, const app *a, uint64_t user_id, lagoon_v1_Notifi
 /* Marks read the unread notification of user with collapse_key, if any (a conversation read). */
 int events_notification_read(store_txn *t, uint64_t user_id, const char *collapse_key, store_error *err);
 
+/* Publishes a change of user's notifications (read, all read, deleted) with the unread count as
+ * it stands in t, so that the user's other devices update their badge. */
+int events_notification_changed(store_txn *t, const app *a, uint64_t user_id,
+                                lagoon_v1_NotificationStateEvent_Change change, uint64_t notification_id,
+                                store_error *err);
+
+/* Call in the transaction that deletes direct message m (m as it was stored): removes its words
+ * from everything a user can still read. Its events in both participants' logs (sent, edited)
+ * become DELETED events carrying only ids, and the recipient's notification event of it loses
+ * its content. The notification it created or last updated, if it still shows its words, is
+ * deleted when m was all it counted and otherwise loses its content and one from its count;
+ * either change is published. Work is bounded by the events logged since m was sent (at most
+ * the retention count). */
+int events_message_deleted(store_txn *t, const app *a, const lagoon_v1_DirectMessage *m, store_error *err);
+
 /* The router thread. Started by app_open after the store, stopped by app_close before it. */
 typedef struct realtime realtime;
 int realtime_start(app *a, realtime **out, rpc_error *err);
+/* A subscription ends with UNAUTHENTICATED when its session ends (the Session row is deleted:
+ * sign-out, revocation, password change or reset, deactivation, account deletion) and when the
+ * access token it was opened with expires (checked every ROUTER_TICK_MS, see events.c). */
 /* Ends every subscription with UNAVAILABLE ("reconnect"): for a draining server. Any thread. */
 void realtime_shutdown_streams(realtime *rt);
 void realtime_stop(realtime *rt);

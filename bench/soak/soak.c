@@ -1,0 +1,430 @@
+/* lagoon-soak: a bounded soak of a running lagoond — thousands of hostile connections beside a
+ * few real users — with the server's memory sampled throughout.
+ *
+ *   lagoon-soak --pid PID --port P --tokens FILE [options]     (bench/soak/soak.sh runs it)
+ *
+ * Three phases, each a fixed length, so the run stops by itself:
+ *   baseline  real users alone (--baseline S): their latency on a quiet server;
+ *   load      (--seconds S) --connections hostile connections (kinds and shares in soak.h,
+ *             opened at most --ramp-rate a second, reopened when the server closes them) plus
+ *             --cancel-conns REQUEST+CANCEL loops, while the real users go on;
+ *   after     (--after S) every hostile connection closed, real users still on: does the memory
+ *             come back, does latency recover?
+ * Every --interval seconds a timeline line gives lagoond's VmRSS and open file descriptors, the
+ * hostile connections open and closed by the server so far, and the real calls of the interval
+ * (count, errors, p50/p99/max). The report at the end: RSS at the end of the baseline, its peak
+ * under load, at the end of the load and after the hostile connections closed; the real calls'
+ * p50/p99/p999/max and errors by status in each phase; per hostile kind what was opened,
+ * closed by the server and answered; the GOAWAY reasons seen; and whether lagoond is alive.
+ *
+ * Real users are seeded users (lagoon-bench seed): --tokens is its bench-tokens.txt.
+ * Everything goes to --host, a numeric IPv4 address: 127.0.0.1 unless told otherwise, and the
+ * soak is meant for loopback only.
+ *
+ * Exit status: 0 lagoond alive at the end and real calls succeeded; 1 lagoond died (or was never
+ * readable), or not one real call succeeded in some phase; 2 usage.
+ */
+#include "soak.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+#define SOAK_FD_RESERVE 64          /* descriptors the soak needs beside its connections */
+#define SOAK_MAX_REAL 64
+#define SOAK_STEP_MS 200            /* how often the main thread checks lagoond is alive */
+
+static const char *const kind_names[SOAK_NKINDS] = {
+#define SOAK_KIND_NAME(k, name, share) name,
+    SOAK_KINDS(SOAK_KIND_NAME)
+#undef SOAK_KIND_NAME
+};
+static const char *const phase_names[SOAK_NPHASES] = {"baseline", "load", "after"};
+
+uint64_t soak_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t soak_now_ms(void)
+{
+    return soak_now_ns() / 1000000u;
+}
+
+void soak_sleep_ms(unsigned ms)
+{
+    struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* ---- lagoond, seen from /proc ------------------------------------------------------------------ */
+
+typedef struct proc_sample {
+    long rss_kib;   /* VmRSS */
+    long hwm_kib;   /* VmHWM: the kernel's own peak */
+    long threads;
+    long fds;       /* entries of /proc/PID/fd */
+    int alive;      /* 0 once gone or a zombie */
+} proc_sample;
+
+static void proc_read(long pid, proc_sample *s)
+{
+    char path[64], line[256];
+    memset(s, 0, sizeof(*s));
+    s->rss_kib = s->hwm_kib = s->threads = s->fds = -1;
+    snprintf(path, sizeof(path), "/proc/%ld/status", pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return;
+    s->alive = 1;
+    char state = '?';
+    while (fgets(line, sizeof(line), f)) {
+        if (sscanf(line, "State: %c", &state) == 1)
+            continue;
+        if (sscanf(line, "VmRSS: %ld kB", &s->rss_kib) == 1 || sscanf(line, "VmHWM: %ld kB", &s->hwm_kib) == 1 ||
+            sscanf(line, "Threads: %ld", &s->threads) == 1)
+            continue;
+    }
+    fclose(f);
+    if (state == 'Z' || state == 'X' || s->rss_kib < 0) { /* a zombie has no VmRSS */
+        s->alive = 0;
+        return;
+    }
+    snprintf(path, sizeof(path), "/proc/%ld/fd", pid);
+    DIR *d = opendir(path);
+    if (d != NULL) {
+        s->fds = 0;
+        for (struct dirent *e; (e = readdir(d)) != NULL;)
+            if (e->d_name[0] != '.')
+                s->fds++;
+        closedir(d);
+    }
+}
+
+static double mib(long kib)
+{
+    return (double)kib / 1024.0;
+}
+
+static double ms(uint64_t ns)
+{
+    return (double)ns / 1e6;
+}
+
+/* ---- options ----------------------------------------------------------------------------------- */
+
+typedef struct soak_opt {
+    const char *flag;
+    unsigned *value;
+    unsigned min, max;
+    const char *help;
+} soak_opt;
+
+static int usage(const soak_opt *opts, size_t n)
+{
+    fprintf(stderr, "usage: lagoon-soak --pid PID --port P --tokens FILE [--host 127.0.0.1] [--no-debug]\n");
+    for (size_t i = 0; i < n; i++)
+        fprintf(stderr, "  --%-18s %s (%u..%u, default %u)\n", opts[i].flag, opts[i].help, opts[i].min, opts[i].max,
+                *opts[i].value);
+    fprintf(stderr, "  --no-debug           the server has no Debug service: hostile kinds that need it are replaced\n");
+    return 2;
+}
+
+/* ---- the report -------------------------------------------------------------------------------- */
+
+typedef struct rss_marks {
+    long start, base_end, peak, load_end, after_min, end;
+    double peak_t;
+} rss_marks;
+
+static void report(const soak_config *cfg, soak_real *real, const soak_hostile_stats *st, const rss_marks *rss,
+                   const proc_sample *last, int died, double died_t)
+{
+    printf("\n== soak report ==\n");
+    printf("hostile: %u connections + %u request-cancel loops (%u pairs/s each), %u s under load; real users: %u "
+           "connections, %u calls/s\n",
+           cfg->connections, cfg->cancel_conns, cfg->cancel_rate, cfg->seconds, cfg->real_conns, cfg->rate);
+    printf("lagoond RSS (MiB): start %.1f, end of baseline %.1f, peak under load %.1f (at %.0f s), end of load %.1f, "
+           "after hostile closed: lowest %.1f, at the end %.1f; VmHWM %.1f\n",
+           mib(rss->start), mib(rss->base_end), mib(rss->peak), rss->peak_t, mib(rss->load_end), mib(rss->after_min),
+           mib(rss->end), mib(last->hwm_kib));
+    printf("real calls (latency from when each was due; successful calls only):\n");
+    printf("  %-9s %8s %8s %9s %9s %9s %9s   errors by status\n", "phase", "calls", "ok", "p50 ms", "p99 ms",
+           "p999 ms", "max ms");
+    int no_ok = 0;
+    for (int p = 0; p < SOAK_NPHASES; p++) {
+        hist h;
+        hist_init(&h);
+        uint64_t status[LAGOON_STATUS_MAX + 1] = {0}, calls = 0;
+        for (unsigned i = 0; i < cfg->real_conns; i++) {
+            hist_merge(&h, &real[i].phase_lat[p]);
+            for (int s = 0; s <= LAGOON_STATUS_MAX; s++) {
+                status[s] += real[i].status[p][s];
+                calls += real[i].status[p][s];
+            }
+        }
+        if (status[LAGOON_OK] == 0 && !died)
+            no_ok = 1;
+        printf("  %-9s %8llu %8llu %9.2f %9.2f %9.2f %9.2f  ", phase_names[p], (unsigned long long)calls,
+               (unsigned long long)status[LAGOON_OK], ms(hist_quantile(&h, 0.5)), ms(hist_quantile(&h, 0.99)),
+               ms(hist_quantile(&h, 0.999)), ms(h.max_ns));
+        int any = 0;
+        for (int s = 1; s <= LAGOON_STATUS_MAX; s++)
+            if (status[s]) {
+                printf(" %s %llu", lagoon_status_name(s), (unsigned long long)status[s]);
+                any = 1;
+            }
+        printf("%s\n", any ? "" : " none");
+    }
+    uint64_t reconnects = 0;
+    for (unsigned i = 0; i < cfg->real_conns; i++) {
+        reconnects += real[i].reconnects;
+        if (real[i].last_error[0])
+            printf("  real connection %u, last error: %s\n", i, real[i].last_error);
+    }
+    printf("  real connections reopened: %llu\n", (unsigned long long)reconnects);
+    printf("hostile connections by kind: opened (reopenings included), closed by the server, connect failures, "
+           "responses read:\n");
+    for (int k = 0; k < SOAK_NKINDS; k++) {
+        long opened = atomic_load(&st->opened[k]);
+        if (opened == 0 && atomic_load(&st->failed[k]) == 0)
+            continue;
+        printf("  %-15s opened %6ld  closed %6ld  failed %5ld  responses:", kind_names[k], opened,
+               atomic_load(&st->closed[k]), atomic_load(&st->failed[k]));
+        int any = 0;
+        for (int s = 0; s <= LAGOON_STATUS_MAX; s++) {
+            long n = atomic_load(&st->status[k][s]);
+            if (n) {
+                printf(" %s %ld", lagoon_status_name(s), n);
+                any = 1;
+            }
+        }
+        printf("%s\n", any ? "" : " none");
+    }
+    printf("  request-cancel pairs sent: %ld; hostile bytes sent: %.1f MiB\n", atomic_load(&st->pairs),
+           (double)atomic_load(&st->bytes_out) / 1048576.0);
+    printf("GOAWAY frames read: %ld", atomic_load(&st->goaways));
+    for (int i = 0; i < SOAK_GOAWAY_REASONS && st->reason[i][0]; i++)
+        printf("%s %ld x \"%s\"", i ? "," : ":", st->reason_count[i], st->reason[i]);
+    if (st->reasons_other)
+        printf(", %ld others", st->reasons_other);
+    printf("\n");
+    if (died)
+        printf("lagoond (pid %ld): DIED at %.1f s — a crash\n", cfg->pid, died_t);
+    else
+        printf("lagoond (pid %ld): alive at the end, %ld threads, %ld fds\n", cfg->pid, last->threads, last->fds);
+    if (no_ok)
+        printf("FAILED: a phase had no successful real call\n");
+}
+
+/* ---- main -------------------------------------------------------------------------------------- */
+
+int main(int argc, char **argv)
+{
+    soak_config cfg = {
+        .host = "127.0.0.1", .seconds = 180, .baseline_s = 15, .after_s = 20, .interval_s = 5,
+        .connections = 3000, .cancel_conns = 8, .cancel_rate = 100, .ramp_rate = 500, .streams_per_conn = 8,
+        .slow_interval_ms = 100, .partial_prefix = 65536, .sources = 0, .real_conns = 4, .rate = 200, .debug = 1,
+    };
+    unsigned port = 0, pid = 0;
+    const char *tokens = NULL;
+    const soak_opt opts[] = {
+        {"port", &port, 1, 65535, "lagoond's port"},
+        {"pid", &pid, 1, 1u << 30, "lagoond's pid (for /proc/PID/status)"},
+        {"seconds", &cfg.seconds, 1, 3600, "length of the load phase"},
+        {"baseline", &cfg.baseline_s, 1, 600, "real users alone first, seconds"},
+        {"after", &cfg.after_s, 1, 600, "real users after the hostile connections closed, seconds"},
+        {"interval", &cfg.interval_s, 1, 60, "timeline period, seconds"},
+        {"connections", &cfg.connections, 0, 100000, "hostile connections (request-cancel loops apart)"},
+        {"cancel-conns", &cfg.cancel_conns, 0, 1000, "REQUEST+CANCEL loop connections"},
+        {"cancel-rate", &cfg.cancel_rate, 1, 1000, "pairs per second per loop connection"},
+        {"ramp-rate", &cfg.ramp_rate, 1, 100000, "hostile connections opened per second at most"},
+        {"streams", &cfg.streams_per_conn, 1, 1024, "EchoCollect calls held open per open-collect connection"},
+        {"slow-interval-ms", &cfg.slow_interval_ms, 0, 60000, "slow-echo: EchoStream interval_ms"},
+        {"partial-prefix", &cfg.partial_prefix, 0, 1u << 20, "partial-frame: body bytes sent before the trickle"},
+        {"sources", &cfg.sources, 0, 250, "0: hostile from 127.0.0.1; N: from 127.0.0.2..N+1 (per-address caps)"},
+        {"real-conns", &cfg.real_conns, 1, SOAK_MAX_REAL, "real users' connections"},
+        {"rate", &cfg.rate, 1, 100000, "real calls per second, all real connections together"},
+    };
+    const size_t nopts = sizeof(opts) / sizeof(opts[0]);
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--no-debug") == 0) {
+            cfg.debug = 0;
+            continue;
+        }
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0 || strncmp(a, "--", 2) != 0 || i + 1 >= argc)
+            return usage(opts, nopts);
+        const char *v = argv[++i];
+        if (strcmp(a + 2, "host") == 0) {
+            cfg.host = v;
+            continue;
+        }
+        if (strcmp(a + 2, "tokens") == 0) {
+            tokens = v;
+            continue;
+        }
+        size_t k = 0;
+        for (; k < nopts && strcmp(a + 2, opts[k].flag) != 0; k++) {
+        }
+        char *end;
+        errno = 0;
+        unsigned long n = k < nopts ? strtoul(v, &end, 10) : 0;
+        if (k == nopts || errno || end == v || *end || v[0] == '-' || n < opts[k].min || n > opts[k].max) {
+            fprintf(stderr, "lagoon-soak: bad option %s %s\n", a, v);
+            return usage(opts, nopts);
+        }
+        *opts[k].value = (unsigned)n;
+    }
+    if (port == 0 || pid == 0 || tokens == NULL)
+        return usage(opts, nopts);
+    cfg.port = (uint16_t)port;
+    cfg.pid = pid;
+
+    bench_data data;
+    char err[512];
+    if (bench_data_load(tokens, &data, err, sizeof(err)) != 0) {
+        fprintf(stderr, "lagoon-soak: %s\n", err);
+        return 2;
+    }
+    cfg.data = &data;
+    /* Our own descriptors: one per connection, raised to the hard limit if need be. */
+    struct rlimit rl;
+    rlim_t need = (rlim_t)cfg.connections + cfg.cancel_conns + cfg.real_conns + SOAK_FD_RESERVE;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < need) {
+        rl.rlim_cur = need < rl.rlim_max ? need : rl.rlim_max;
+        (void)setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur < need) {
+        fprintf(stderr, "lagoon-soak: needs %llu file descriptors; ulimit -n allows %llu\n", (unsigned long long)need,
+                (unsigned long long)rl.rlim_cur);
+        bench_data_free(&data);
+        return 2;
+    }
+    signal(SIGPIPE, SIG_IGN);
+
+    proc_sample s;
+    proc_read(cfg.pid, &s);
+    if (!s.alive) {
+        fprintf(stderr, "lagoon-soak: cannot read /proc/%ld/status (is lagoond running?)\n", cfg.pid);
+        bench_data_free(&data);
+        return 1;
+    }
+    atomic_int phase = SOAK_BASELINE;
+    static soak_hostile_stats st; /* large (reason table): static, zeroed */
+    pthread_mutex_init(&st.reasons_mu, NULL);
+    soak_real *real = calloc(cfg.real_conns, sizeof(*real));
+    soak_hostile *hostile = NULL;
+    if (real == NULL || soak_hostile_start(&cfg, &phase, &st, &hostile) != 0) {
+        free(real);
+        bench_data_free(&data);
+        return 1;
+    }
+    for (unsigned i = 0; i < cfg.real_conns; i++) {
+        real[i].cfg = &cfg;
+        real[i].phase = &phase;
+    }
+    unsigned started = soak_real_start(real, cfg.real_conns);
+
+    rss_marks rss = {.start = s.rss_kib, .after_min = -1};
+    printf("lagoon-soak: lagoond pid %ld on %s:%u; baseline %u s, load %u s, after %u s; timeline every %u s\n",
+           cfg.pid, cfg.host, cfg.port, cfg.baseline_s, cfg.seconds, cfg.after_s, cfg.interval_s);
+    printf("%6s %-8s %8s %6s %8s %7s %9s | %6s %5s %8s %8s %8s\n", "t s", "phase", "rss MiB", "fds", "hostile",
+           "closed", "pairs", "calls", "err", "p50 ms", "p99 ms", "max ms");
+    fflush(stdout);
+    const uint64_t t0 = soak_now_ms();
+    const uint64_t end_base = t0 + cfg.baseline_s * 1000ull, end_load = end_base + cfg.seconds * 1000ull,
+                   end_all = end_load + cfg.after_s * 1000ull;
+    uint64_t next_sample = t0 + cfg.interval_s * 1000ull;
+    int died = started < cfg.real_conns ? -1 : 0; /* -1: could not start, not a crash */
+    double died_t = 0;
+    while (died == 0) {
+        uint64_t now = soak_now_ms();
+        int ph = now < end_base ? SOAK_BASELINE : now < end_load ? SOAK_LOAD : now < end_all ? SOAK_AFTER : SOAK_STOP;
+        if (ph != atomic_load(&phase)) {
+            proc_read(cfg.pid, &s);
+            if (ph == SOAK_LOAD)
+                rss.base_end = s.rss_kib;
+            if (ph == SOAK_AFTER)
+                rss.load_end = s.rss_kib;
+            atomic_store(&phase, ph);
+            if (ph == SOAK_STOP)
+                break;
+            printf("# %.0f s: %s begins\n", (double)(now - t0) / 1000.0, phase_names[ph]);
+            fflush(stdout);
+        }
+        proc_read(cfg.pid, &s);
+        if (!s.alive) {
+            died = 1;
+            died_t = (double)(now - t0) / 1000.0;
+            printf("# %.1f s: lagoond (pid %ld) is gone\n", died_t, cfg.pid);
+            atomic_store(&phase, SOAK_STOP);
+            break;
+        }
+        if (ph == SOAK_LOAD && s.rss_kib > rss.peak) {
+            rss.peak = s.rss_kib;
+            rss.peak_t = (double)(now - t0) / 1000.0;
+        }
+        if (ph == SOAK_AFTER && (rss.after_min < 0 || s.rss_kib < rss.after_min))
+            rss.after_min = s.rss_kib;
+        rss.end = s.rss_kib;
+        if (now >= next_sample) {
+            next_sample += cfg.interval_s * 1000ull;
+            hist iv;
+            hist_init(&iv);
+            uint64_t calls = 0, errors = 0;
+            for (unsigned i = 0; i < started; i++) {
+                pthread_mutex_lock(&real[i].mu);
+                hist_merge(&iv, &real[i].interval);
+                hist_init(&real[i].interval);
+                calls += real[i].interval_calls;
+                errors += real[i].interval_errors;
+                real[i].interval_calls = real[i].interval_errors = 0;
+                pthread_mutex_unlock(&real[i].mu);
+            }
+            long open = 0, closed = 0;
+            for (int k = 0; k < SOAK_NKINDS; k++) {
+                open += atomic_load(&st.open[k]);
+                closed += atomic_load(&st.closed[k]);
+            }
+            printf("%6.0f %-8s %8.1f %6ld %8ld %7ld %9ld | %6llu %5llu %8.2f %8.2f %8.2f\n", (double)(now - t0) / 1000.0,
+                   phase_names[ph], mib(s.rss_kib), s.fds, open, closed, atomic_load(&st.pairs),
+                   (unsigned long long)calls, (unsigned long long)errors, ms(hist_quantile(&iv, 0.5)),
+                   ms(hist_quantile(&iv, 0.99)), ms(iv.max_ns));
+            fflush(stdout);
+        }
+        soak_sleep_ms(SOAK_STEP_MS);
+    }
+    atomic_store(&phase, SOAK_STOP);
+    soak_real_join(real, started);
+    soak_hostile_join(hostile);
+    proc_read(cfg.pid, &s);
+    if (died == 0 && !s.alive) {
+        died = 1;
+        died_t = (double)(soak_now_ms() - t0) / 1000.0;
+    }
+    int rc = 0;
+    if (died >= 0) {
+        report(&cfg, real, &st, &rss, &s, died, died_t);
+        for (int p = 0; p < SOAK_NPHASES && !died; p++) {
+            uint64_t ok = 0;
+            for (unsigned i = 0; i < cfg.real_conns; i++)
+                ok += real[i].status[p][LAGOON_OK];
+            if (ok == 0)
+                rc = 1;
+        }
+    }
+    if (died)
+        rc = 1;
+    free(real);
+    pthread_mutex_destroy(&st.reasons_mu);
+    bench_data_free(&data);
+    return rc;
+}

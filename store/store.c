@@ -2,12 +2,15 @@
 #include "store_internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <sodium.h>
 
@@ -710,6 +713,41 @@ static int open_write(store *s, store_error *err)
     return st;
 }
 
+/* Takes the writer lock of s->dir without waiting: one read-write store per directory, so
+ * that a tool cannot write behind a running server's back (the server's in-memory state, such
+ * as sessions and rate limits, would not see it) and two servers never share a database. The
+ * holder writes its pid into the file, for the message the next one gets. */
+static int take_writer_lock(store *s, store_error *err)
+{
+    char path[sizeof(s->dir) + sizeof(STORE_WRITER_LOCK) + 1];
+    snprintf(path, sizeof(path), "%s/" STORE_WRITER_LOCK, s->dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+    if (fd < 0)
+        return STORE_FAIL(err, LAGOON_FAILED_PRECONDITION, "dir", "cannot open %s: %s", path,
+                          strerror(errno));
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        int e = errno;
+        char pid[24] = "";
+        ssize_t n = e == EWOULDBLOCK ? pread(fd, pid, sizeof(pid) - 1, 0) : -1;
+        pid[n > 0 ? (size_t)n : 0] = '\0';
+        pid[strcspn(pid, "\n")] = '\0';
+        close(fd);
+        if (e == EWOULDBLOCK)
+            return STORE_FAIL(err, LAGOON_FAILED_PRECONDITION, "dir",
+                              "lagoond%s%s%s is running on %s; stop it first (it holds its "
+                              STORE_WRITER_LOCK ")",
+                              pid[0] ? " (pid " : "", pid, pid[0] ? ")" : "", s->dir);
+        return STORE_FAIL(err, LAGOON_FAILED_PRECONDITION, "dir", "cannot lock %s: %s", path,
+                          strerror(e));
+    }
+    char pid[24];
+    int len = snprintf(pid, sizeof(pid), "%ld\n", (long)getpid());
+    int hint_written = ftruncate(fd, 0) == 0 && pwrite(fd, pid, (size_t)len, 0) == len;
+    (void)hint_written; /* the pid is only a hint for that message: the lock is what counts */
+    s->lock_fd = fd;
+    return LAGOON_OK;
+}
+
 static int open_read_only(store *s, store_error *err)
 {
     kv_txn *txn;
@@ -762,6 +800,7 @@ int store_open(const char *dir, const store_config *cfg, store **out, store_erro
         return STORE_FAIL(err, LAGOON_INVALID_ARGUMENT, "dir", "path too long");
     }
     memcpy(s->dir, dir, dlen + 1);
+    s->lock_fd = -1;
     s->schema = cfg->schema;
     s->tables = calloc(s->schema->ntables ? s->schema->ntables : 1, sizeof(*s->tables));
     pthread_mutex_init(&s->gate_mu, NULL);
@@ -797,6 +836,11 @@ int store_open(const char *dir, const store_config *cfg, store **out, store_erro
     if (!s->cfg.read_only && mkdir(dir, 0750) != 0 && errno != EEXIST) {
         st = STORE_FAIL(err, LAGOON_FAILED_PRECONDITION, "dir", "cannot create %s: %s", dir,
                         strerror(errno));
+        store_close(s);
+        return st;
+    }
+    /* Before the environment is touched, so a refused open changes nothing. */
+    if (!s->cfg.read_only && (st = take_writer_lock(s, err)) != LAGOON_OK) {
         store_close(s);
         return st;
     }
@@ -867,6 +911,9 @@ void store_close(store *s)
         pthread_join(s->writer, NULL);
     }
     kv_env_close(s->env);
+    /* Only once everything is written and closed may another writer start. */
+    if (s->lock_fd >= 0)
+        close(s->lock_fd);
     pthread_mutex_destroy(&s->gate_mu);
     pthread_cond_destroy(&s->gate_cv);
     pthread_mutex_destroy(&s->q_mu);

@@ -194,9 +194,16 @@ typedef struct store_config {
 
 typedef struct store store;
 
+/* The file in the data directory that a read-write store holds an exclusive flock(2) on for
+ * as long as it is open. The kernel drops the lock when the process ends, however it ends
+ * (kill -9 included), so it never needs cleaning up. */
+#define STORE_WRITER_LOCK "writer.lock"
+
 /* Opens the database in directory dir (created if missing, mode 0750), creates missing tables
  * and indexes, checks the stored schema version (FAILED_PRECONDITION when the database was
  * written by a newer version; runs schema->migrate when older), and starts the writer thread.
+ * Read-write: FAILED_PRECONDITION at once when another store (in this or another process:
+ * lagoond) has dir open read-write; read-only opens take no lock and run beside it.
  * *out is NULL on failure. */
 int store_open(const char *dir, const store_config *cfg, store **out, store_error *err);
 
@@ -356,7 +363,8 @@ int store_backup(store *s, const char *dir, store_error *err);
 int store_stats(store *s, FILE *out, store_error *err);
 
 /* The lagoon-admin command line: `COMMAND --data DIR [--out DIR]`, COMMAND one of verify,
- * backup, stats. Returns the process exit status (0 ok, 1 inconsistency or failure, 2 usage).
+ * backup, stats (each opens the store read-only), or `--help` (usage to out, returns 0).
+ * Returns the process exit status (0 ok, 1 inconsistency or failure, 2 usage, to errout).
  * schema is normally app_schema() (handlers/schema.c); tests pass theirs. */
 int store_admin_main(int argc, char **argv, const store_schema *schema, FILE *out, FILE *errout);
 

@@ -319,12 +319,18 @@ int store_stats(store *s, FILE *out, store_error *err)
 
 /* ---- lagoon-admin ---------------------------------------------------------------------------- */
 
+static void usage_text(FILE *f)
+{
+    fprintf(f, "usage: lagoon-admin COMMAND --data DIR [--out DIR]\n"
+               "  verify   check every index entry, row and foreign key; exit 1 if any is wrong\n"
+               "  backup   hot, consistent, compacted copy into --out DIR (empty or new)\n"
+               "  stats    rows and bytes per table and index, map size and use\n"
+               "  (all three only read: they run beside a live lagoond)\n");
+}
+
 static int usage(FILE *errout)
 {
-    fprintf(errout, "usage: lagoon-admin COMMAND --data DIR [--out DIR]\n"
-                    "  verify   check every index entry, row and foreign key; exit 1 if any is wrong\n"
-                    "  backup   hot, consistent, compacted copy into --out DIR (empty or new)\n"
-                    "  stats    rows and bytes per table and index, map size and use\n");
+    usage_text(errout);
     return 2;
 }
 
@@ -332,6 +338,11 @@ int store_admin_main(int argc, char **argv, const store_schema *schema, FILE *ou
 {
     if (argc < 2)
         return usage(errout);
+    /* Asked for, the usage is the output and not an error. */
+    if (argc == 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+        usage_text(out);
+        return 0;
+    }
     const char *cmd = argv[1], *data = NULL, *outdir = NULL;
     for (int i = 2; i < argc; i++) {
         if (strcmp(argv[i], "--data") == 0 && i + 1 < argc)

@@ -38,6 +38,9 @@ struct store {
     const store_schema *schema;
     store_config cfg;            /* with defaults filled in */
     char dir[4096];
+    /* STORE_WRITER_LOCK in dir, flock'ed exclusively while the store is open read-write, so a
+     * second writer (lagoon-admin create-admin beside lagoond) is refused; -1 when read-only. */
+    int lock_fd;
     kv_db meta;
     store_table_rt *tables;      /* schema->ntables entries, in schema order */
     uint8_t token_key[STORE_TOKEN_KEY_BYTES];

@@ -480,8 +480,11 @@ static int reader_slots_of(const char *dir, pid_t pid)
     return c.n;
 }
 
-/* A child that opens the store and, if `read`, a read transaction; it reports on the pipe and
- * waits to be killed. */
+static const store_config read_only_cfg = {.read_only = 1};
+
+/* A child that opens the store (read-only with `read`, as lagoon-admin does, and then a read
+ * transaction; read-write without, as lagoond does); it reports on the pipe and waits to be
+ * killed. */
 static pid_t holder(const char *dir, int read)
 {
     int p[2];
@@ -490,9 +493,12 @@ static pid_t holder(const char *dir, int read)
     assert_true(pid >= 0);
     if (pid == 0) {
         close(p[0]);
-        store *s = open_test_store(dir, NULL);
+        store_config cfg = {.schema = test_schema(), .read_only = read};
+        store *s;
         store_txn *t;
         store_error err;
+        if (store_open(dir, &cfg, &s, &err) != LAGOON_OK)
+            _exit(2);
         if (read && store_read_begin(s, &t, &err) != LAGOON_OK)
             _exit(2);
         if (write(p[1], "r", 1) != 1)
@@ -502,6 +508,7 @@ static pid_t holder(const char *dir, int read)
     }
     close(p[1]);
     char c;
+    /* EOF instead of a byte: the child could not open the store. */
     assert_int_equal(read_byte(p[0], &c), 1);
     close(p[0]);
     return pid;
@@ -521,20 +528,78 @@ static void test_stale_readers_cleared_at_open(void **state)
     waitpid(reader, NULL, 0);
     /* LMDB does not notice a dead reader by itself: its slot would pin old pages... */
     assert_int_equal(reader_slots_of(dir, reader), 1);
-    /* ...until a store opens (mdb_reader_check). */
-    store_close(open_test_store(dir, NULL));
+    /* ...until a store opens (mdb_reader_check), read-only here since the server has it. */
+    store_close(open_test_store(dir, &read_only_cfg));
     assert_int_equal(reader_slots_of(dir, reader), 0);
     kill(keeper, SIGKILL);
     waitpid(keeper, NULL, 0);
     tmpdir_remove(dir);
 }
 
+/* ---- one writer per directory ----------------------------------------------------------------- */
+
+static void expect_writer_refused(const char *dir, const char *pid_text)
+{
+    store_config cfg = {.schema = test_schema()};
+    store *s = NULL;
+    store_error err;
+    assert_int_equal(store_open(dir, &cfg, &s, &err), LAGOON_FAILED_PRECONDITION);
+    assert_null(s);
+    assert_string_equal(err.field, "dir");
+    if (!strstr(err.message, "is running on") || !strstr(err.message, "stop it first") ||
+        !strstr(err.message, dir) || (pid_text && !strstr(err.message, pid_text)))
+        fail_msg("unexpected refusal: %s", err.message);
+}
+
+/* A read-write store locks its directory: a second writer, in this process or another, is
+ * refused at once with a message that says what to do, while read-only opens (lagoon-admin
+ * verify, backup, stats) go on. kill -9 of the holder frees the directory. */
+static void test_one_writer_per_directory(void **state)
+{
+    (void)state;
+    char *dir = tmpdir_make();
+    store *s = open_test_store(dir, NULL);
+    uint64_t users[5], videos[10];
+    fill(s, users, videos);
+    char mypid[32];
+    snprintf(mypid, sizeof(mypid), "(pid %ld)", (long)getpid());
+    expect_writer_refused(dir, mypid);
+    /* The refused open changed nothing: the holder keeps writing and its data is intact. */
+    uint64_t id;
+    store_error err;
+    assert_int_equal(add_user(s, "still writing", NULL, 0, &id, &err), LAGOON_OK);
+    char *out = NULL;
+    assert_int_equal(admin(&out, 4, "verify", "--data", dir), 0);
+    assert_non_null(strstr(out, "users: 6 rows, ok"));
+    free(out);
+    store_close(open_test_store(dir, &read_only_cfg));
+    store_close(s);
+    /* Closing releases the lock. */
+    s = open_test_store(dir, NULL);
+    store_close(s);
+
+    /* Another process holds it, then dies without closing anything. */
+    pid_t pid = holder(dir, 0);
+    char theirs[32];
+    snprintf(theirs, sizeof(theirs), "(pid %ld)", (long)pid);
+    expect_writer_refused(dir, theirs);
+    out = NULL;
+    assert_int_equal(admin(&out, 4, "stats", "--data", dir), 0);
+    free(out);
+    assert_int_equal(kill(pid, SIGKILL), 0);
+    assert_int_equal(waitpid(pid, NULL, 0), pid);
+    s = open_test_store(dir, NULL);
+    assert_true(row_exists(s, &t_users, id));
+    store_close(s);
+    tmpdir_remove(dir);
+}
+
 /* The installed tool itself: its exit statuses. (It carries the application schema, so its
  * work on a real database is tested with the application, in tests/integration.) */
-static int run_binary(const char *args, char *out, size_t cap)
+static int run_binary_out(const char *args, const char *stderr_to, char *out, size_t cap)
 {
     char cmd[2048];
-    snprintf(cmd, sizeof(cmd), "%s %s 2>&1", LAGOON_ADMIN_PATH, args);
+    snprintf(cmd, sizeof(cmd), "%s %s 2>%s", LAGOON_ADMIN_PATH, args, stderr_to);
     FILE *p = popen(cmd, "r");
     assert_non_null(p);
     size_t n = fread(out, 1, cap - 1, p);
@@ -542,6 +607,12 @@ static int run_binary(const char *args, char *out, size_t cap)
     int st = pclose(p);
     assert_true(WIFEXITED(st));
     return WEXITSTATUS(st);
+}
+
+/* Standard output and error together. */
+static int run_binary(const char *args, char *out, size_t cap)
+{
+    return run_binary_out(args, "&1", out, cap);
 }
 
 static void test_lagoon_admin_binary(void **state)
@@ -552,6 +623,15 @@ static void test_lagoon_admin_binary(void **state)
     assert_int_equal(run_binary("bogus", out, sizeof(out)), 2);
     assert_non_null(strstr(out, "usage: lagoon-admin"));
     assert_non_null(strstr(out, "create-admin"));
+    /* Asked for, the usage goes to standard output (stderr is dropped here) with status 0. */
+    static const char *const help[] = {"--help", "-h", "create-admin --help"};
+    for (size_t i = 0; i < sizeof(help) / sizeof(help[0]); i++) {
+        int st = run_binary_out(help[i], "/dev/null", out, sizeof(out));
+        if (st != 0 || !strstr(out, "create-admin --data DIR"))
+            fail_msg("%s: status %d, output: %s", help[i], st, out);
+        if (i < 2 && !strstr(out, "verify"))
+            fail_msg("%s: no verify in: %s", help[i], out);
+    }
 }
 
 int main(void)
@@ -564,6 +644,7 @@ int main(void)
         cmocka_unit_test(test_stats_and_usage),
         cmocka_unit_test(test_sigkill_loses_no_acknowledged_write),
         cmocka_unit_test(test_stale_readers_cleared_at_open),
+        cmocka_unit_test(test_one_writer_per_directory),
         cmocka_unit_test(test_lagoon_admin_binary),
     };
     return cmocka_run_group_tests_name("store_admin", tests, NULL, NULL);

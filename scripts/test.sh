@@ -1,6 +1,6 @@
 #!/bin/sh
 # Installs what is missing, then builds and runs every test twice: a normal build and an
-# AddressSanitizer + UndefinedBehaviorSanitizer build; then the fuzz target for a bounded
+# AddressSanitizer + UndefinedBehaviorSanitizer build; the race tests with ThreadSanitizer; then the fuzz target for a bounded
 # number of runs (clang). Exits non-zero if anything fails.
 set -eu
 cd "$(dirname "$0")/.."
@@ -17,6 +17,11 @@ cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DLAGOON_SANITIZE=ON -DLAGOON_
 cmake --build build-asan -j"$jobs"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir build-asan --output-on-failure
+
+echo "== ThreadSanitizer build: the race tests"
+cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DLAGOON_TSAN=ON -DLAGOON_TESTS=ON >/dev/null
+cmake --build build-tsan -j"$jobs" --target test_races
+TSAN_OPTIONS=halt_on_error=1 ctest --test-dir build-tsan -R '^test_races$' --output-on-failure
 
 echo "== fuzz (bounded)"
 CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DLAGOON_FUZZ=ON -DLAGOON_TESTS=ON >/dev/null

@@ -276,6 +276,185 @@ int events_notification_read(store_txn *t, uint64_t user_id, const char *collaps
     return st == LAGOON_OK ? note_mark_read(t, &n, err) : st;
 }
 
+int events_notification_changed(store_txn *t, const app *a, uint64_t user_id,
+                                lagoon_v1_NotificationStateEvent_Change change, uint64_t notification_id,
+                                store_error *err)
+{
+    lagoon_v1_UserFeed f;
+    int exists;
+    int st = feed_get(t, user_id, &f, &exists, err);
+    if (st != LAGOON_OK)
+        return st;
+    lagoon_v1_Event ev = lagoon_v1_Event_init_zero;
+    ev.which_payload = lagoon_v1_Event_notification_state_tag;
+    ev.payload.notification_state.change = change;
+    ev.payload.notification_state.notification_id = notification_id;
+    ev.payload.notification_state.unread = f.unread_notifications;
+    return events_append(t, a, user_id, &ev, err);
+}
+
+/* ---- a deleted message's words ------------------------------------------------------------------ */
+
+/* Events are logged after the message's created_at (taken before its write was queued): this
+ * much earlier still counts, for a wall clock stepped back meanwhile. */
+#define EVENTS_SCRUB_SLACK_MS 60000
+
+typedef struct scrub {
+    const lagoon_v1_DirectMessage *m;
+    int64_t since;           /* events older than this cannot be the message's */
+    uint64_t ids[EVENTS_REPLAY_PAGE]; /* event rows to rewrite, from this page */
+    uint32_t n;
+    int done;                /* reached events older than since */
+    uint64_t prev_id, prev_seq; /* the event visited before (one seq later: a reverse scan) */
+    int prev_note;           /* ... was a notification about m's conversation */
+} scrub;
+
+static int is_message_event(const lagoon_v1_Event *e, uint64_t message_id)
+{
+    return e->which_payload == lagoon_v1_Event_message_tag && e->payload.message.has_message &&
+           e->payload.message.message.id == message_id &&
+           e->payload.message.action != lagoon_v1_MessageEvent_Action_DELETED;
+}
+
+static int scrub_visit(void *arg, uint64_t id, const void *row)
+{
+    scrub *sc = arg;
+    const lagoon_v1_Event *e = &((const lagoon_v1_UserEvent *)row)->event;
+    if (e->created_at < sc->since) {
+        sc->done = 1;
+        return LAGOON_CANCELLED;
+    }
+    if (is_message_event(e, sc->m->id)) {
+        sc->ids[sc->n++] = id;
+        /* The notification Send logged right after the message (same transaction, next seq). */
+        if (e->payload.message.action == lagoon_v1_MessageEvent_Action_SENT && sc->prev_note &&
+            sc->prev_seq == e->seq + 1 && sc->n < EVENTS_REPLAY_PAGE)
+            sc->ids[sc->n++] = sc->prev_id;
+    }
+    sc->prev_id = id;
+    sc->prev_seq = e->seq;
+    sc->prev_note = e->which_payload == lagoon_v1_Event_notification_tag &&
+                    e->payload.notification.notification.type == lagoon_v1_Notification_Type_DIRECT_MESSAGE &&
+                    e->payload.notification.notification.related_id == sc->m->conversation_id;
+    /* Room for this page's worst case (a message and its notification) on the next visit. */
+    return sc->n + 2 > EVENTS_REPLAY_PAGE ? LAGOON_CANCELLED : LAGOON_OK;
+}
+
+/* The notification the deleted message created or was collapsed into (as logged): it counted
+ * the message, so it counts one fewer and goes when that was its last; it loses its content if
+ * that still shows the message's words. Published either way. */
+static int scrub_notification(store_txn *t, const app *a, const lagoon_v1_Notification *logged, store_error *err)
+{
+    lagoon_v1_Notification n;
+    int st = store_get(t, &events_notifications, logged->id, &n, err);
+    if (st != LAGOON_OK)
+        return st == LAGOON_NOT_FOUND ? LAGOON_OK : st; /* deleted by its owner meanwhile */
+    if (n.count <= 1) {
+        st = store_delete(t, &events_notifications, n.id, err);
+        if (st == LAGOON_OK && !n.is_read)
+            st = feed_unread_add(t, n.user_id, -1, err);
+        return st == LAGOON_OK ? events_notification_changed(t, a, n.user_id,
+                                                             lagoon_v1_NotificationStateEvent_Change_DELETED, n.id, err)
+                               : st;
+    }
+    n.count--;
+    if (strcmp(n.content, logged->content) == 0) /* else a later message's words replaced them */
+        n.content[0] = '\0';
+    st = store_update(t, &events_notifications, &n, err);
+    if (st == LAGOON_OK) {
+        lagoon_v1_Event ev = lagoon_v1_Event_init_zero;
+        ev.which_payload = lagoon_v1_Event_notification_tag;
+        ev.payload.notification.has_notification = true;
+        ev.payload.notification.notification = n;
+        st = events_append(t, a, n.user_id, &ev, err);
+    }
+    return st;
+}
+
+/* Rewrites one logged event of the deleted message: a message event keeps only the ids (as a
+ * DELETED event), a notification event loses its content. */
+static int scrub_event(store_txn *t, const app *a, uint64_t id, lagoon_v1_UserEvent *row, store_error *err)
+{
+    int st = store_get(t, &events_log, id, row, err);
+    if (st != LAGOON_OK)
+        return st == LAGOON_NOT_FOUND ? LAGOON_OK : st;
+    lagoon_v1_Event *e = &row->event;
+    if (e->which_payload == lagoon_v1_Event_notification_tag) {
+        if (row->user_id == e->payload.notification.notification.user_id)
+            st = scrub_notification(t, a, &e->payload.notification.notification, err);
+        e->payload.notification.notification.content[0] = '\0';
+    } else {
+        lagoon_v1_DirectMessage *m = &e->payload.message.message;
+        uint64_t mid = m->id, conv = m->conversation_id, from = m->sender_id, to = m->recipient_id;
+        wire_init(&lagoon_v1_MessageEvent_info, &e->payload.message);
+        e->payload.message.action = lagoon_v1_MessageEvent_Action_DELETED;
+        e->payload.message.has_message = true;
+        m->id = mid;
+        m->conversation_id = conv;
+        m->sender_id = from;
+        m->recipient_id = to;
+    }
+    return st == LAGOON_OK ? store_update(t, &events_log, row, err) : st;
+}
+
+/* Scans user's log newest first back to the time m was sent and rewrites m's events. */
+static int scrub_log(store_txn *t, const app *a, uint64_t user, const lagoon_v1_DirectMessage *m,
+                     lagoon_v1_UserEvent *row, store_error *err)
+{
+    scrub *sc = calloc(1, sizeof(*sc));
+    if (sc == NULL)
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    sc->m = m;
+    sc->since = m->created_at - EVENTS_SCRUB_SLACK_MS;
+    store_key prefix;
+    store_key_reset(&prefix);
+    store_key_u64(&prefix, user);
+    int st = LAGOON_OK;
+    /* Bounded: each page moves back through the user's log, which holds at most the retention
+     * count; a page ends early only when its rewrite list is full, and the next one starts
+     * right below the last event visited. */
+    for (int first = 1; st == LAGOON_OK && !sc->done; first = 0) {
+        store_query q = {0};
+        q.table = &events_log;
+        q.index = log_by_user_seq;
+        q.prefix = prefix.buf;
+        q.prefix_len = prefix.len;
+        q.reverse = 1;
+        q.page_size = EVENTS_REPLAY_PAGE;
+        store_key start = prefix;
+        if (!first) {
+            if (sc->prev_seq <= 1)
+                break; /* the first seq was visited */
+            store_key_u64(&start, sc->prev_seq - 1);
+            q.start = start.buf;
+            q.start_len = start.len;
+        }
+        store_page page;
+        sc->n = 0;
+        st = store_scan(t, &q, scrub_visit, sc, &page, err);
+        if (st == LAGOON_CANCELLED)
+            st = LAGOON_OK;
+        else if (st == LAGOON_OK && page.next_page_token[0] == '\0')
+            sc->done = 1; /* the start of the log */
+        for (uint32_t i = 0; i < sc->n && st == LAGOON_OK; i++)
+            st = scrub_event(t, a, sc->ids[i], row, err);
+    }
+    free(sc);
+    return st;
+}
+
+int events_message_deleted(store_txn *t, const app *a, const lagoon_v1_DirectMessage *m, store_error *err)
+{
+    lagoon_v1_UserEvent *row = malloc(sizeof(*row));
+    if (row == NULL)
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    int st = scrub_log(t, a, m->sender_id, m, row, err);
+    if (st == LAGOON_OK && m->recipient_id != m->sender_id)
+        st = scrub_log(t, a, m->recipient_id, m, row, err);
+    free(row);
+    return st;
+}
+
 /* ---- the router --------------------------------------------------------------------------------- */
 
 typedef struct subscriber {
@@ -395,15 +574,10 @@ static void replaying_remove(realtime *rt, subscriber *s)
     s->replaying = 0;
 }
 
-static void sub_unlink(realtime *rt, subscriber *s)
+/* Unlinks s, already out of its user's bucket, from everything else. */
+static void sub_unlink_rest(realtime *rt, subscriber *s)
 {
     rt->nsubs--;
-    for (subscriber **p = &rt->buckets[s->user_id % ROUTER_BUCKETS]; *p; p = &(*p)->next) {
-        if (*p == s) {
-            *p = s->next;
-            break;
-        }
-    }
     for (subscriber **p = &rt->sbuckets[s->session_id % ROUTER_BUCKETS]; *p; p = &(*p)->snext) {
         if (*p == s) {
             *p = s->snext;
@@ -418,6 +592,17 @@ static void sub_unlink(realtime *rt, subscriber *s)
     }
     if (s->replaying)
         replaying_remove(rt, s);
+}
+
+static void sub_unlink(realtime *rt, subscriber *s)
+{
+    for (subscriber **p = &rt->buckets[s->user_id % ROUTER_BUCKETS]; *p; p = &(*p)->next) {
+        if (*p == s) {
+            *p = s->next;
+            break;
+        }
+    }
+    sub_unlink_rest(rt, s);
 }
 
 /* Finishes an unlinked subscriber's call and frees it. */
@@ -636,9 +821,11 @@ static void sub_start(realtime *rt, subscriber *s)
 static subscriber *sub_take(realtime *rt, uint64_t id)
 {
     for (int b = 0; b < ROUTER_BUCKETS; b++) {
-        for (subscriber *s = rt->buckets[b]; s; s = s->next) {
+        for (subscriber **p = &rt->buckets[b]; *p; p = &(*p)->next) {
+            subscriber *s = *p;
             if (s->id == id) {
-                sub_unlink(rt, s);
+                *p = s->next;
+                sub_unlink_rest(rt, s);
                 return s;
             }
         }
@@ -705,8 +892,11 @@ static void end_all(realtime *rt, int status, const char *message)
 {
     for (int b = 0; b < ROUTER_BUCKETS; b++) {
         subscriber *s;
-        while ((s = rt->buckets[b]) != NULL)
-            sub_end(rt, s, status, message);
+        while ((s = rt->buckets[b]) != NULL) {
+            rt->buckets[b] = s->next;
+            sub_unlink_rest(rt, s);
+            sub_finish(s, status, message);
+        }
     }
 }
 

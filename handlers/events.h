@@ -48,8 +48,8 @@ int events_notification_changed(store_txn *t, const app *a, uint64_t user_id,
 /* Call in the transaction that deletes direct message m (m as it was stored): removes its words
  * from everything a user can still read. Its events in both participants' logs (sent, edited)
  * become DELETED events carrying only ids, and the recipient's notification event of it loses
- * its content. The notification it created or last updated, if it still shows its words, is
- * deleted when m was all it counted and otherwise loses its content and one from its count;
+ * its content. The notification it created or was collapsed into counts one fewer (and is
+ * deleted when m was the last it counted) and loses its content if that still shows m's words;
  * either change is published. Work is bounded by the events logged since m was sent (at most
  * the retention count). */
 int events_message_deleted(store_txn *t, const app *a, const lagoon_v1_DirectMessage *m, store_error *err);

@@ -873,6 +873,8 @@ static int delete_write(store_txn *t, void *arg, store_error *err)
             mem.unread--;
         st = store_update(t, &messages_members, &mem, err);
     }
+    if (st == LAGOON_OK) /* its words leave the logs and the recipient's notification */
+        st = events_message_deleted(t, op->a, m, err);
     return st == LAGOON_OK ? publish_message(t, op->a, m, lagoon_v1_MessageEvent_Action_DELETED, err) : st;
 }
 

@@ -88,6 +88,7 @@ int handle_Notifications_UnreadCount(rpc_call *call, const lagoon_v1_Notificatio
 enum note_action { NOTE_READ, NOTE_DELETE, NOTE_READ_ALL };
 
 typedef struct note_op {
+    const app *a;
     rpc_caller who;
     uint64_t user_id, id;
     int action;
@@ -116,6 +117,7 @@ static int note_write(store_txn *t, void *arg, store_error *err)
         store_key_reset(&prefix);
         store_key_u64(&prefix, op->user_id);
         int st;
+        uint64_t marked = 0;
         do {
             ids[0] = 0;
             store_query q = {0};
@@ -132,6 +134,7 @@ static int note_write(store_txn *t, void *arg, store_error *err)
                 if (st == LAGOON_OK) {
                     n.is_read = true;
                     st = store_update(t, &events_notifications, &n, err);
+                    marked++;
                 }
             }
         } while (st == LAGOON_OK && ids[0] == STORE_PAGE_SIZE_MAX);
@@ -145,7 +148,13 @@ static int note_write(store_txn *t, void *arg, store_error *err)
         if (st == LAGOON_NOT_FOUND)
             return LAGOON_OK;
         f.unread_notifications = 0;
-        return st == LAGOON_OK ? store_update(t, &events_feeds, &f, err) : st;
+        if (st == LAGOON_OK)
+            st = store_update(t, &events_feeds, &f, err);
+        /* The other devices clear their badge; nothing to tell when nothing was unread. */
+        if (st == LAGOON_OK && marked > 0)
+            st = events_notification_changed(t, op->a, op->user_id, lagoon_v1_NotificationStateEvent_Change_ALL_READ,
+                                             0, err);
+        return st;
     }
     lagoon_v1_Notification n;
     int st = store_get(t, &events_notifications, op->id, &n, err);
@@ -155,6 +164,7 @@ static int note_write(store_txn *t, void *arg, store_error *err)
     }
     if (st != LAGOON_OK)
         return st;
+    lagoon_v1_NotificationStateEvent_Change change = lagoon_v1_NotificationStateEvent_Change_READ;
     if (op->action == NOTE_READ) {
         if (n.is_read)
             return LAGOON_OK;
@@ -162,9 +172,10 @@ static int note_write(store_txn *t, void *arg, store_error *err)
         st = store_update(t, &events_notifications, &n, err);
     } else {
         int was_unread = !n.is_read;
+        change = lagoon_v1_NotificationStateEvent_Change_DELETED;
         st = store_delete(t, &events_notifications, n.id, err);
         if (st != LAGOON_OK || !was_unread)
-            return st;
+            return st == LAGOON_OK ? events_notification_changed(t, op->a, op->user_id, change, n.id, err) : st;
         n.is_read = false;
     }
     if (st != LAGOON_OK)
@@ -179,7 +190,10 @@ static int note_write(store_txn *t, void *arg, store_error *err)
         f.unread_notifications--;
         st = store_update(t, &events_feeds, &f, err);
     }
-    return st == LAGOON_NOT_FOUND ? LAGOON_OK : st;
+    if (st == LAGOON_NOT_FOUND)
+        st = LAGOON_OK;
+    /* The user's other devices update the notification and their badge. */
+    return st == LAGOON_OK ? events_notification_changed(t, op->a, op->user_id, change, n.id, err) : st;
 }
 
 static int note_done(rpc_call *call, void *arg, int status, const store_error *err)
@@ -200,6 +214,7 @@ static int note_change(rpc_call *call, uint64_t id, int action)
     note_op *op = calloc(1, sizeof(*op));
     if (op == NULL)
         return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
+    op->a = app_of(call);
     op->who = *rpc_call_caller(call);
     op->user_id = op->who.user_id;
     op->id = id;

@@ -19,13 +19,16 @@
  * lagoon_last_error().
  *
  * Responses with pointer fields (large lists) are allocated by nanopb: release them with
- * pb_release(<Type>_fields, resp) when done.
+ * pb_release(<Type>_fields, resp) after a call that returned LAGOON_OK (this header includes
+ * <pb_decode.h>, which declares it); a failed call leaves nothing allocated in resp.
  */
 #ifndef LAGOON_CLIENT_H
 #define LAGOON_CLIENT_H
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include <pb_decode.h>
 
 #include "lagoon/v1/rpc.pb.h"
 #include "wire.h"

@@ -56,6 +56,7 @@ void app_config_defaults(app_config *c)
     policy_default(&c->login_address_failures, 5, 15 * 60 * 1000, 1000, 15 * 60 * 1000);
     policy_default(&c->registrations, 20, 3600 * 1000, 60 * 1000, 3600 * 1000);
     policy_default(&c->resets, 10, 3600 * 1000, 60 * 1000, 3600 * 1000);
+    policy_default(&c->sends, 60, 60 * 1000, 1000, 60 * 1000);
 }
 
 int64_t app_now(const app *a)
@@ -86,7 +87,8 @@ int app_open(const char *data_dir, const app_config *cfg, app **out, rpc_error *
     a->login_address = limiter_new(&a->cfg.login_address_failures, APP_LIMITER_KEYS);
     a->registrations = limiter_new(&a->cfg.registrations, APP_LIMITER_KEYS);
     a->resets = limiter_new(&a->cfg.resets, APP_LIMITER_KEYS);
-    if (!a->login_account || !a->login_address || !a->registrations || !a->resets) {
+    a->sends = limiter_new(&a->cfg.sends, APP_LIMITER_KEYS);
+    if (!a->login_account || !a->login_address || !a->registrations || !a->resets || !a->sends) {
         snprintf(err->message, sizeof(err->message), "out of memory");
         app_close(a);
         return RPC_ERR;
@@ -125,6 +127,7 @@ void app_close(app *a)
     limiter_free(a->login_address);
     limiter_free(a->registrations);
     limiter_free(a->resets);
+    limiter_free(a->sends);
     free(a);
 }
 

@@ -30,6 +30,7 @@ typedef struct app_config {
     limiter_policy login_address_failures; /* per client address; 0s = the same */
     limiter_policy registrations;  /* per address; 0s = 20 per hour */
     limiter_policy resets;         /* ForgotPassword and ResendVerification per address; 0s = 10 per hour */
+    limiter_policy sends;          /* Messages/Send per user; 0s = 60 per minute, then 1 s doubling to 1 min */
     enum store_sync sync;          /* STORE_SYNC_FULL unless benchmarking */
     uint32_t event_retention_count; /* events kept per user; 0 = 1000 */
     uint32_t event_retention_s;     /* and for at most this long; 0 = 7 days */
@@ -46,6 +47,7 @@ typedef struct app {
     store *db;
     app_config cfg;
     limiter *login_account, *login_address, *registrations, *resets;
+    limiter *sends; /* Messages/Send per user */
     mailer *mail;
     realtime *rt;
     char data_dir[1024];

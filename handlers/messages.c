@@ -18,12 +18,38 @@
 
 #define COPY_STR(dst, src) snprintf((dst), sizeof(dst), "%s", (src))
 
-/* A text may be 4000 characters: up to 16 KB of UTF-8. Pages are bounded so that a page of the
- * largest messages still fits the default 4 MiB frame. */
+/* A text may be 4000 characters: up to 16 KB of UTF-8. */
 #define MESSAGES_TEXT_MAX 4000
-#define MESSAGES_PAGE_MAX 200
-#define CONVERSATIONS_PAGE_MAX 100
 #define MESSAGES_EDIT_WINDOW_MS (15 * 60 * 1000)
+/* MarkRead looks at no more than this many messages on each side of the new read position, so
+ * that one call costs the single writer well under a millisecond whatever the conversation's
+ * length (the unread count is kept up to date by Send and Delete, never recounted). */
+#define MESSAGES_READ_SCAN_MAX 200
+
+/* The bound (.options max_count) of a repeated field, as a page size the store accepts. The
+ * generator refuses a repeated field without max_count, so the fallback of 1 (still a valid
+ * page) is never used. */
+static uint32_t field_bound(const wire_msginfo *info, uint32_t tag)
+{
+    uint32_t bound = 0;
+    for (size_t i = 0; i < info->nfields; i++)
+        if (info->fields[i].tag == tag)
+            bound = info->fields[i].bound;
+    return bound == 0 ? 1 : bound < STORE_PAGE_SIZE_MAX ? bound : STORE_PAGE_SIZE_MAX;
+}
+
+/* Page caps come from the responses' max_count in messages.options, the one place they are set
+ * (sized so that a page of the largest messages fits the default 4 MiB frame). */
+static uint32_t messages_page_max(void)
+{
+    return field_bound(&lagoon_v1_ListMessagesResponse_info, lagoon_v1_ListMessagesResponse_messages_tag);
+}
+
+static uint32_t conversations_page_max(void)
+{
+    return field_bound(&lagoon_v1_ListConversationsResponse_info,
+                       lagoon_v1_ListConversationsResponse_conversations_tag);
+}
 
 /* ---- tables ----------------------------------------------------------------------------------- */
 
@@ -268,13 +294,16 @@ static void check_content(rpc_call *c, const lagoon_v1_SendMessageRequest *req)
 
 /* ---- Send ------------------------------------------------------------------------------------- */
 
+enum send_outcome { SEND_OK, SEND_NO_RECIPIENT, SEND_UNVERIFIED };
+
 typedef struct send_op {
     app *a;
     uint64_t sender;
+    int verified; /* the sender's email is verified: they may write first */
     int64_t now;
     lagoon_v1_DirectMessage msg; /* the request, then the stored message */
     lagoon_v1_DirectMessage *resp;
-    int recipient_missing;
+    int outcome; /* enum send_outcome */
 } send_op;
 
 /* Creates the conversation of the message's two users, with its two members. */
@@ -301,7 +330,7 @@ static int send_write(store_txn *t, void *arg, store_error *err)
 {
     send_op *op = arg;
     lagoon_v1_DirectMessage m = op->msg; /* replayable: start from the request */
-    op->recipient_missing = 0;
+    op->outcome = SEND_OK;
     /* A retry: the message stored the first time. */
     if (m.client_message_id[0]) {
         store_key k;
@@ -319,35 +348,47 @@ static int send_write(store_txn *t, void *arg, store_error *err)
     int active = st == LAGOON_OK && u->active;
     free(u);
     if (st == LAGOON_NOT_FOUND || (st == LAGOON_OK && !active)) {
-        op->recipient_missing = 1;
+        op->outcome = SEND_NO_RECIPIENT;
         return LAGOON_OK;
     }
     if (st != LAGOON_OK)
         return st;
+    /* An unverified account may only answer: someone must have written to it first. This keeps
+     * throwaway accounts from messaging strangers. */
     lagoon_v1_Conversation conv;
     st = find_conversation(t, m.sender_id, m.recipient_id, &conv, err);
+    if (st == LAGOON_NOT_FOUND && !op->verified) {
+        op->outcome = SEND_UNVERIFIED;
+        return LAGOON_OK;
+    }
     if (st == LAGOON_NOT_FOUND)
         st = conversation_create(t, &m, op->now, &conv, err);
+    lagoon_v1_ConversationMember mine, theirs;
+    if (st == LAGOON_OK)
+        st = find_member(t, conv.id, m.sender_id, &mine, err);
+    if (st == LAGOON_OK)
+        st = find_member(t, conv.id, m.recipient_id, &theirs, err);
     if (st != LAGOON_OK)
         return st;
+    if (!op->verified && !mine.other_wrote) {
+        op->outcome = SEND_UNVERIFIED;
+        return LAGOON_OK;
+    }
     m.conversation_id = conv.id;
     m.created_at = op->now;
     uint64_t id;
     st = store_insert(t, &messages_messages, &m, &id, err);
-    /* Both views move: the sender has read their own message; the recipient has one more. */
-    for (int i = 0; i < 2 && st == LAGOON_OK; i++) {
-        lagoon_v1_ConversationMember mem;
-        st = find_member(t, conv.id, i ? m.recipient_id : m.sender_id, &mem, err);
-        if (st != LAGOON_OK)
-            break;
-        mem.last_activity_at = op->now;
-        mem.last_message_id = id;
-        if (i == 0)
-            mem.read_up_to = id;
-        else
-            mem.unread++;
-        st = store_update(t, &messages_members, &mem, err);
-    }
+    /* Both views move; the recipient has one more unread (the sender's own messages never
+     * count, and sending does not read what the other wrote: MarkRead does). */
+    mine.last_activity_at = theirs.last_activity_at = op->now;
+    mine.last_message_id = theirs.last_message_id = id;
+    theirs.other_wrote = true;
+    if (theirs.unread < UINT32_MAX)
+        theirs.unread++;
+    if (st == LAGOON_OK)
+        st = store_update(t, &messages_members, &mine, err);
+    if (st == LAGOON_OK)
+        st = store_update(t, &messages_members, &theirs, err);
     if (st == LAGOON_OK) {
         m.id = id;
         op->msg = m;
@@ -361,9 +402,13 @@ static int send_write(store_txn *t, void *arg, store_error *err)
 static int send_done(rpc_call *call, void *arg, int status, const store_error *err)
 {
     send_op *op = arg;
-    if (status == LAGOON_OK && op->recipient_missing) {
+    if (status == LAGOON_OK && op->outcome == SEND_NO_RECIPIENT) {
         rpc_call_violation(call, "recipient_id", "no such user");
         status = rpc_call_error(call, LAGOON_NOT_FOUND, "no such user");
+    } else if (status == LAGOON_OK && op->outcome == SEND_UNVERIFIED) {
+        status = rpc_call_error(call, LAGOON_PERMISSION_DENIED,
+                                "verify your email address to message someone who has not written to you "
+                                "(replying is allowed)");
     } else if (status == LAGOON_OK)
         *op->resp = op->msg;
     else
@@ -374,7 +419,19 @@ static int send_done(rpc_call *call, void *arg, int status, const store_error *e
 
 int handle_Messages_Send(rpc_call *call, const lagoon_v1_SendMessageRequest *req, lagoon_v1_DirectMessage *resp)
 {
-    uint64_t me = rpc_call_caller(call)->user_id;
+    const rpc_caller *who = rpc_call_caller(call);
+    uint64_t me = who->user_id;
+    app *a = app_of(call);
+    /* Every Send is a write on the single writer: a per-user budget keeps one account from
+     * flooding it (and its recipients). Checked first, like the other abuse limits. */
+    char key[32];
+    snprintf(key, sizeof(key), "send:%llu", (unsigned long long)me);
+    int64_t now = app_now(a);
+    uint32_t wait = limiter_wait(a->sends, key, now);
+    if (wait > 0) {
+        rpc_call_retry_after(call, wait);
+        return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "too many messages; retry in %u s", (wait + 999) / 1000);
+    }
     if (req->recipient_id == 0)
         rpc_call_violation(call, "recipient_id", "is required");
     else if (req->recipient_id == me)
@@ -388,9 +445,11 @@ int handle_Messages_Send(rpc_call *call, const lagoon_v1_SendMessageRequest *req
     send_op *op = calloc(1, sizeof(*op));
     if (op == NULL)
         return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
-    op->a = app_of(call);
+    limiter_hit(a->sends, key, now);
+    op->a = a;
     op->sender = me;
-    op->now = app_now(op->a);
+    op->verified = who->verified;
+    op->now = now;
     op->resp = resp;
     op->msg.sender_id = me;
     op->msg.recipient_id = req->recipient_id;
@@ -446,8 +505,9 @@ int handle_Messages_List(rpc_call *call, const lagoon_v1_ListMessagesRequest *re
     uint32_t size = numbered ? req->per_page : req->page_size;
     if (req->other_user_id == 0 || req->other_user_id == me)
         rpc_call_violation(call, "other_user_id", "must be another user");
-    if (size > MESSAGES_PAGE_MAX)
-        rpc_call_violation(call, numbered ? "per_page" : "page_size", "at most %d", MESSAGES_PAGE_MAX);
+    uint32_t max = messages_page_max();
+    if (size > max)
+        rpc_call_violation(call, numbered ? "per_page" : "page_size", "at most %u", max);
     if (numbered && req->page_token[0])
         rpc_call_violation(call, "page", "use either page or page_token, not both");
     if (req->since && numbered)
@@ -457,7 +517,10 @@ int handle_Messages_List(rpc_call *call, const lagoon_v1_ListMessagesRequest *re
     if (rpc_call_violations(call))
         return LAGOON_INVALID_ARGUMENT;
     if (size == 0)
-        size = STORE_PAGE_SIZE_DEFAULT;
+        size = STORE_PAGE_SIZE_DEFAULT < max ? STORE_PAGE_SIZE_DEFAULT : max;
+    /* Nothing is newer than the largest id (and since + 1 below would wrap to 0). */
+    if (req->since == UINT64_MAX)
+        return LAGOON_OK;
 
     store_txn *t;
     store_error err;
@@ -529,15 +592,15 @@ int handle_Messages_List(rpc_call *call, const lagoon_v1_ListMessagesRequest *re
 /* ---- ListConversations -------------------------------------------------------------------------- */
 
 typedef struct conv_fill {
-    lagoon_v1_ConversationMember rows[CONVERSATIONS_PAGE_MAX];
-    uint32_t n;
+    lagoon_v1_ConversationMember *rows; /* cap of them */
+    uint32_t n, cap;
 } conv_fill;
 
 static int add_member(void *arg, uint64_t id, const void *row)
 {
     (void)id;
     conv_fill *f = arg;
-    if (f->n < CONVERSATIONS_PAGE_MAX)
+    if (f->n < f->cap)
         f->rows[f->n++] = *(const lagoon_v1_ConversationMember *)row;
     return LAGOON_OK;
 }
@@ -545,19 +608,21 @@ static int add_member(void *arg, uint64_t id, const void *row)
 int handle_Messages_ListConversations(rpc_call *call, const lagoon_v1_ListConversationsRequest *req,
                                       lagoon_v1_ListConversationsResponse *resp)
 {
-    if (req->page_size > CONVERSATIONS_PAGE_MAX)
-        return rpc_call_violation(call, "page_size", "at most %d", CONVERSATIONS_PAGE_MAX);
+    uint32_t max = conversations_page_max();
+    if (req->page_size > max)
+        return rpc_call_violation(call, "page_size", "at most %u", max);
     uint32_t size = req->page_size ? req->page_size : STORE_PAGE_SIZE_DEFAULT;
+    if (size > max)
+        size = max;
     uint64_t me = rpc_call_caller(call)->user_id;
-    conv_fill *f = malloc(sizeof(*f));
+    conv_fill fill = {calloc(size, sizeof(lagoon_v1_ConversationMember)), 0, size}, *f = &fill;
     lagoon_v1_User *u = malloc(sizeof(*u));
     resp->conversations = calloc(size, sizeof(*resp->conversations));
-    if (f == NULL || u == NULL || resp->conversations == NULL) {
-        free(f);
+    if (f->rows == NULL || u == NULL || resp->conversations == NULL) {
+        free(f->rows);
         free(u);
         return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
     }
-    f->n = 0;
     store_txn *t;
     store_error err;
     int st = store_read_begin(app_of(call)->db, &t, &err);
@@ -595,7 +660,7 @@ int handle_Messages_ListConversations(rpc_call *call, const lagoon_v1_ListConver
             COPY_STR(resp->next_page_token, page.next_page_token);
         store_read_end(t);
     }
-    free(f);
+    free(f->rows);
     free(u);
     return st == LAGOON_OK ? LAGOON_OK : app_store_error(call, st, &err);
 }
@@ -605,28 +670,43 @@ int handle_Messages_ListConversations(rpc_call *call, const lagoon_v1_ListConver
 typedef struct read_op {
     app *a;
     uint64_t me, other, up_to;
-    uint32_t unread;
+    uint32_t unread;     /* out: left unread */
+    uint64_t read_up_to; /* out: the read position */
     int missing;
-    uint64_t other_messages_after; /* counted while scanning */
 } read_op;
 
-static int count_from_other(void *arg, uint64_t id, const void *row)
+/* One bounded look at a conversation's messages in id order, for MarkRead. */
+typedef struct read_scan {
+    uint64_t from;    /* count this user's messages... */
+    uint64_t until;   /* ...with ids up to this one */
+    uint32_t count;   /* messages from `from` seen, ids <= until */
+    uint64_t last_id; /* the last id seen <= until */
+    int passed;       /* an id > until was seen: every message <= until was */
+} read_scan;
+
+static int scan_row(void *arg, uint64_t id, const void *row)
 {
-    (void)id;
-    read_op *op = arg;
-    if (((const lagoon_v1_DirectMessage *)row)->sender_id == op->other)
-        op->other_messages_after++;
+    read_scan *rs = arg;
+    if (id > rs->until) {
+        rs->passed = 1;
+        return LAGOON_OK;
+    }
+    rs->last_id = id;
+    if (((const lagoon_v1_DirectMessage *)row)->sender_id == rs->from)
+        rs->count++;
     return LAGOON_OK;
 }
 
-/* Messages from the other user after the member's read position. */
-static int recount_unread(store_txn *t, read_op *op, lagoon_v1_ConversationMember *mem, store_error *err)
+/* At most MESSAGES_READ_SCAN_MAX messages of the conversation, from id `first` on. *complete:
+ * the scan reached the end of the conversation or passed rs->until. */
+static int scan_messages(store_txn *t, uint64_t conv, uint64_t first, read_scan *rs, int *complete,
+                         store_error *err)
 {
     store_key prefix, start;
     store_key_reset(&prefix);
-    store_key_u64(&prefix, mem->conversation_id);
+    store_key_u64(&prefix, conv);
     start = prefix;
-    store_key_u64(&start, mem->read_up_to + 1);
+    store_key_u64(&start, first);
     store_query q = {0};
     q.table = &messages_messages;
     q.index = messages_by_conversation;
@@ -634,20 +714,38 @@ static int recount_unread(store_txn *t, read_op *op, lagoon_v1_ConversationMembe
     q.prefix_len = prefix.len;
     q.start = start.buf;
     q.start_len = start.len;
-    q.page_size = STORE_PAGE_SIZE_MAX;
-    op->other_messages_after = 0;
-    char token[STORE_PAGE_TOKEN_MAX + 1] = "";
-    for (;;) {
-        store_page page;
-        q.page_token = token;
-        int st = store_scan(t, &q, count_from_other, op, &page, err);
-        if (st != LAGOON_OK)
-            return st;
-        if (page.next_page_token[0] == '\0')
-            break;
-        COPY_STR(token, page.next_page_token);
+    q.page_size = MESSAGES_READ_SCAN_MAX;
+    store_page page;
+    int st = store_scan(t, &q, scan_row, rs, &page, err);
+    *complete = rs->passed || page.next_page_token[0] == '\0';
+    return st;
+}
+
+/* Moves mem's read position forward to `to` (< the last message) and its unread count with it.
+ * The count is kept exact without a recount: the messages after `to` are counted when they are
+ * few, else the newly read ones are subtracted. When both are many (a position deep inside a
+ * long unread stretch), the position moves MESSAGES_READ_SCAN_MAX messages only: *to says where
+ * it stopped, and the client calls again to go further. */
+static int read_part(store_txn *t, uint64_t other, lagoon_v1_ConversationMember *mem, uint64_t *to,
+                     store_error *err)
+{
+    /* to < last_message_id and read_up_to < to: neither + 1 wraps. */
+    read_scan after = {other, UINT64_MAX, 0, 0, 0};
+    int complete;
+    int st = scan_messages(t, mem->conversation_id, *to + 1, &after, &complete, err);
+    if (st != LAGOON_OK)
+        return st;
+    if (complete) {
+        mem->unread = after.count;
+        return LAGOON_OK;
     }
-    mem->unread = (uint32_t)op->other_messages_after;
+    read_scan now = {other, *to, 0, mem->read_up_to, 0};
+    st = scan_messages(t, mem->conversation_id, mem->read_up_to + 1, &now, &complete, err);
+    if (st != LAGOON_OK)
+        return st;
+    if (!complete)
+        *to = now.last_id;
+    mem->unread = mem->unread > now.count ? mem->unread - now.count : 0;
     return LAGOON_OK;
 }
 
@@ -668,8 +766,11 @@ static int mark_read_write(store_txn *t, void *arg, store_error *err)
         return st;
     uint64_t to = op->up_to == 0 || op->up_to > mem.last_message_id ? mem.last_message_id : op->up_to;
     if (to > mem.read_up_to) {
+        if (to == mem.last_message_id)
+            mem.unread = 0; /* everything so far */
+        else
+            st = read_part(t, op->other, &mem, &to, err);
         mem.read_up_to = to;
-        st = recount_unread(t, op, &mem, err);
         if (st == LAGOON_OK)
             st = store_update(t, &messages_members, &mem, err);
         /* Read receipts: the other participant and the reader's own devices. */
@@ -688,6 +789,7 @@ static int mark_read_write(store_txn *t, void *arg, store_error *err)
         }
     }
     op->unread = mem.unread;
+    op->read_up_to = mem.read_up_to;
     return st;
 }
 
@@ -699,8 +801,10 @@ typedef struct read_call {
 static int mark_read_finish(rpc_call *call, void *arg, int status, const store_error *err)
 {
     read_call *rc = arg;
-    if (status == LAGOON_OK && !rc->op.missing)
+    if (status == LAGOON_OK && !rc->op.missing) {
         rc->resp->unread = rc->op.unread;
+        rc->resp->read_up_to = rc->op.read_up_to;
+    }
     if (status != LAGOON_OK)
         status = app_store_error(call, status, err);
     else if (rc->op.missing)

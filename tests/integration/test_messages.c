@@ -1,4 +1,6 @@
-/* Direct messages end to end through the generated client against the real server and store. */
+/* Direct messages end to end through the generated client against the real server and store.
+ * The users who write first are verified (an unverified account may only reply: see
+ * test_unverified_may_only_reply). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -27,9 +29,9 @@ static int setup(void **state)
     T = calloc(1, sizeof(*T));
     test_app_start(T, test_tweak_shared);
     C = test_client(T);
-    ann = test_user(C, "ann", lagoon_v1_Role_STUDENT, ann_tok);
-    bob = test_user(C, "bob", lagoon_v1_Role_TEACHER, bob_tok);
-    cat = test_user(C, "cat", lagoon_v1_Role_STUDENT, cat_tok);
+    ann = test_verified_user(T, C, "ann", lagoon_v1_Role_STUDENT, ann_tok);
+    bob = test_verified_user(T, C, "bob", lagoon_v1_Role_TEACHER, bob_tok);
+    cat = test_verified_user(T, C, "cat", lagoon_v1_Role_STUDENT, cat_tok);
     return 0;
 }
 
@@ -72,6 +74,18 @@ static int list(const char *token, const lagoon_v1_ListMessagesRequest *req, lag
         fprintf(stderr, "List: %s %s [%s: %s]\n", lagoon_status_name(st), lagoon_last_error(C)->detail.message,
                 lagoon_last_error(C)->detail.violations[0].field, lagoon_last_error(C)->detail.violations[0].description);
     return st;
+}
+
+/* Messages on the first page (the default size) of the caller's conversation with other. */
+static pb_size_t first_page_count(const char *token, uint64_t other)
+{
+    lagoon_v1_ListMessagesRequest lr = lagoon_v1_ListMessagesRequest_init_zero;
+    lr.other_user_id = other;
+    lagoon_v1_ListMessagesResponse resp;
+    assert_int_equal(list(token, &lr, &resp), LAGOON_OK);
+    pb_size_t n = resp.messages_count;
+    pb_release(lagoon_v1_ListMessagesResponse_fields, &resp);
+    return n;
 }
 
 static void test_content_types_and_violations(void **state)
@@ -161,12 +175,7 @@ static void test_idempotent_retry(void **state)
     assert_int_equal(lagoon_Messages_Send(C, &req, &again), LAGOON_OK);
     assert_int_equal(again.id, first.id);
     /* Stored once each. */
-    lagoon_v1_ListMessagesRequest lr = lagoon_v1_ListMessagesRequest_init_zero;
-    lr.other_user_id = cat;
-    lagoon_v1_ListMessagesResponse resp;
-    assert_int_equal(list(ann_tok, &lr, &resp), LAGOON_OK);
-    assert_int_equal(resp.messages_count, 2);
-    pb_release(lagoon_v1_ListMessagesResponse_fields, &resp);
+    assert_int_equal(first_page_count(ann_tok, cat), 2);
 }
 
 /* A conversation of its own for the paging tests: dan and eve. */
@@ -188,8 +197,8 @@ static void fill_conversation(int n, uint64_t *ids)
 static void test_cursor_and_numbered_pages(void **state)
 {
     (void)state;
-    dan = test_user(C, "dan", lagoon_v1_Role_STUDENT, dan_tok);
-    eve = test_user(C, "eve", lagoon_v1_Role_STUDENT, eve_tok);
+    dan = test_verified_user(T, C, "dan", lagoon_v1_Role_STUDENT, dan_tok);
+    eve = test_verified_user(T, C, "eve", lagoon_v1_Role_STUDENT, eve_tok);
     uint64_t ids[25];
     fill_conversation(25, ids);
     for (int i = 1; i < 25; i++)
@@ -241,11 +250,30 @@ static void test_cursor_and_numbered_pages(void **state)
     assert_int_equal(resp.messages_count, 6); /* 26 messages up to the anchor */
     pb_release(lagoon_v1_ListMessagesResponse_fields, &resp);
 
-    /* Bounds. */
+    /* Bounds: the cap is the max_count of ListMessagesResponse.messages in messages.options
+     * (what the .proto comment and API.md quote), for both kinds of page. */
+    uint32_t cap = lagoon_v1_ListMessagesResponse_info.fields[0].bound;
+    assert_int_equal(lagoon_v1_ListMessagesResponse_info.fields[0].tag, lagoon_v1_ListMessagesResponse_messages_tag);
+    assert_int_equal(cap, 200);
     memset(&lr, 0, sizeof(lr));
     lr.other_user_id = eve;
-    lr.page_size = 201;
+    lr.page_size = cap;
+    assert_int_equal(list(dan_tok, &lr, &resp), LAGOON_OK);
+    assert_int_equal(resp.messages_count, 27);
+    pb_release(lagoon_v1_ListMessagesResponse_fields, &resp);
+    lr.page_size = cap + 1;
     assert_int_equal(list(dan_tok, &lr, &resp), LAGOON_INVALID_ARGUMENT);
+    assert_true(has_violation("page_size"));
+    lr.page_size = 0;
+    lr.page = 1;
+    lr.per_page = cap;
+    assert_int_equal(list(dan_tok, &lr, &resp), LAGOON_OK);
+    pb_release(lagoon_v1_ListMessagesResponse_fields, &resp);
+    lr.per_page = cap + 1;
+    assert_int_equal(list(dan_tok, &lr, &resp), LAGOON_INVALID_ARGUMENT);
+    assert_true(has_violation("per_page"));
+    memset(&lr, 0, sizeof(lr));
+    lr.other_user_id = eve;
     lr.page_size = 0;
     snprintf(lr.page_token, sizeof(lr.page_token), "bogus");
     assert_int_equal(list(dan_tok, &lr, &resp), LAGOON_INVALID_ARGUMENT);
@@ -286,6 +314,17 @@ static void test_since_catch_up(void **state)
     assert_int_equal(resp.messages[1].id, ids[4]);
     assert_string_equal(resp.next_page_token, "");
     pb_release(lagoon_v1_ListMessagesResponse_fields, &resp);
+    /* Nothing is after the largest ids (since + 1 once wrapped to 0: the whole conversation). */
+    const uint64_t huge[] = {UINT64_MAX, UINT64_MAX - 1, ids[4]};
+    for (size_t i = 0; i < sizeof(huge) / sizeof(huge[0]); i++) {
+        memset(&lr, 0, sizeof(lr));
+        lr.other_user_id = eve;
+        lr.since = huge[i];
+        assert_int_equal(list(dan_tok, &lr, &resp), LAGOON_OK);
+        assert_int_equal(resp.messages_count, 0);
+        assert_string_equal(resp.next_page_token, "");
+        pb_release(lagoon_v1_ListMessagesResponse_fields, &resp);
+    }
 }
 
 static lagoon_v1_ListConversationsResponse conv_resp;
@@ -326,8 +365,8 @@ static void test_conversations_and_unread(void **state)
 {
     (void)state;
     char tok_f[65], tok_g[65], tok_h[65];
-    uint64_t f = test_user(C, "fred", 1, tok_f), g = test_user(C, "gina", 1, tok_g);
-    uint64_t h = test_user(C, "hugo", 1, tok_h);
+    uint64_t f = test_verified_user(T, C, "fred", 1, tok_f), g = test_verified_user(T, C, "gina", 1, tok_g);
+    uint64_t h = test_verified_user(T, C, "hugo", 1, tok_h);
     lagoon_v1_DirectMessage m1, m2, m3;
     assert_int_equal(send_text(tok_g, f, "g1", &m1), LAGOON_OK);
     test_clock_advance(T, 100);
@@ -446,7 +485,7 @@ static void test_account_deletion_removes_conversations(void **state)
 {
     (void)state;
     char tok_x[65];
-    uint64_t x = test_user(C, "xena", 1, tok_x);
+    uint64_t x = test_verified_user(T, C, "xena", 1, tok_x);
     assert_int_equal(send_text(tok_x, ann, "bye", NULL), LAGOON_OK);
     assert_int_equal(send_text(ann_tok, x, "bye too", NULL), LAGOON_OK);
     lagoon_set_token(C, tok_x);
@@ -465,6 +504,284 @@ static void test_account_deletion_removes_conversations(void **state)
     assert_int_equal(problems, 0);
 }
 
+/* ---- unread counts: exact across Send, Delete and MarkRead ------------------------------------ */
+
+/* What the server should say, from the outside: the conversation's live messages and each side's
+ * read position. */
+#define MODEL_MAX 512
+typedef struct model {
+    uint64_t user[2];
+    const char *tok[2];
+    uint64_t id[MODEL_MAX];
+    int sender[MODEL_MAX]; /* 0 or 1 */
+    int live[MODEL_MAX];
+    int n;
+    uint64_t read[2];
+} model;
+
+static uint64_t model_last(const model *md)
+{
+    for (int i = md->n - 1; i >= 0; i--)
+        if (md->live[i])
+            return md->id[i];
+    return 0;
+}
+
+static uint32_t model_unread(const model *md, int who)
+{
+    uint32_t n = 0;
+    for (int i = 0; i < md->n; i++)
+        n += md->live[i] && md->sender[i] != who && md->id[i] > md->read[who];
+    return n;
+}
+
+/* Both sides' counts, as ListConversations shows them, equal the model's. */
+static void model_check(const model *md)
+{
+    for (int who = 0; who < 2; who++) {
+        const lagoon_v1_ConversationSummary *cs = with(conversations(md->tok[who]), md->user[!who]);
+        if (cs->unread != model_unread(md, who))
+            fail_msg("user %d: unread %u, expected %u", who, (unsigned)cs->unread, (unsigned)model_unread(md, who));
+    }
+}
+
+static int model_send(model *md, int who)
+{
+    lagoon_v1_DirectMessage m;
+    char text[24];
+    snprintf(text, sizeof(text), "model %d", md->n);
+    assert_true(md->n < MODEL_MAX);
+    assert_int_equal(send_text(md->tok[who], md->user[!who], text, &m), LAGOON_OK);
+    md->id[md->n] = m.id;
+    md->sender[md->n] = who;
+    md->live[md->n] = 1;
+    return md->n++;
+}
+
+static void model_delete(model *md, int k)
+{
+    lagoon_set_token(C, md->tok[md->sender[k]]);
+    lagoon_v1_DeleteMessageRequest dr = {md->id[k]};
+    lagoon_v1_MessagesEmpty empty;
+    assert_int_equal(lagoon_Messages_Delete(C, &dr, &empty), LAGOON_OK);
+    md->live[k] = 0;
+}
+
+/* who marks read up to message k (-1: everything so far); returns the response. The model moves
+ * as the API says, or to `expect_stop` (a message index) when the call stops short. */
+static lagoon_v1_MarkReadResponse model_mark(model *md, int who, int k, int expect_stop)
+{
+    lagoon_set_token(C, md->tok[who]);
+    lagoon_v1_MarkReadRequest mr = {md->user[!who], k < 0 ? 0 : md->id[k]};
+    lagoon_v1_MarkReadResponse resp;
+    assert_int_equal(lagoon_Messages_MarkRead(C, &mr, &resp), LAGOON_OK);
+    uint64_t last = model_last(md);
+    uint64_t to = k < 0 || md->id[k] > last ? last : md->id[k];
+    if (expect_stop >= 0)
+        to = md->id[expect_stop];
+    if (to > md->read[who])
+        md->read[who] = to;
+    assert_int_equal(resp.read_up_to, md->read[who]);
+    assert_int_equal(resp.unread, model_unread(md, who));
+    return resp;
+}
+
+static void test_unread_stays_exact(void **state)
+{
+    (void)state;
+    static model md;
+    memset(&md, 0, sizeof(md));
+    char tok[2][65];
+    md.user[0] = test_verified_user(T, C, "pia", 1, tok[0]);
+    md.user[1] = test_verified_user(T, C, "quin", 1, tok[1]);
+    md.tok[0] = tok[0];
+    md.tok[1] = tok[1];
+    /* Short sequences: every kind of step, checked after each. */
+    int a0 = model_send(&md, 0), a1 = model_send(&md, 0), a2 = model_send(&md, 0);
+    model_check(&md);
+    int b0 = model_send(&md, 1); /* a reply reads nothing */
+    model_check(&md);
+    model_mark(&md, 1, a0, -1);
+    model_check(&md);
+    model_delete(&md, a2); /* unread, and the last from pia */
+    model_check(&md);
+    model_delete(&md, a0); /* already read: the count stays */
+    model_check(&md);
+    int a3 = model_send(&md, 0);
+    model_mark(&md, 1, b0, -1); /* up to quin's own message: a1 becomes read */
+    model_check(&md);
+    model_mark(&md, 1, a0, -1); /* backwards: nothing changes */
+    model_check(&md);
+    model_mark(&md, 0, -1, -1);
+    model_check(&md);
+    model_delete(&md, a3);
+    model_delete(&md, b0);
+    model_mark(&md, 1, -1, -1); /* everything so far is a1 now, already read */
+    model_check(&md);
+    (void)a1;
+
+    /* A long unread stretch: 450 messages from pia. MarkRead looks at no more than 200 messages
+     * on each side of the new position, so a position deep inside it is reached in steps. */
+    int first = md.n;
+    for (int i = 0; i < 450; i++)
+        model_send(&md, 0);
+    model_check(&md);
+    model_mark(&md, 1, first + 224, first + 199); /* 225 before and 225 after: stops at 200 */
+    model_check(&md);
+    model_mark(&md, 1, first + 224, -1); /* the remaining 25 */
+    model_check(&md);
+    model_delete(&md, first + 300);
+    model_delete(&md, first + 100);
+    model_check(&md);
+    model_mark(&md, 1, first + 400, -1); /* few after it: counted */
+    model_check(&md);
+    model_send(&md, 1);
+    model_check(&md);
+    model_mark(&md, 1, -1, -1);
+    model_check(&md);
+    assert_int_equal(model_unread(&md, 1), 0);
+    conversations_release();
+}
+
+/* ---- what email verification unlocks ------------------------------------------------------------- */
+
+/* A conversation of the two users of arg (uint64_t[2]) with its members, straight into the store:
+ * what a conversation looks like where neither has received a message. */
+static int seed_conversation(store_txn *t, void *arg, store_error *err)
+{
+    const uint64_t *u = arg;
+    lagoon_v1_Conversation conv = lagoon_v1_Conversation_init_zero;
+    conv.user_low = u[0] < u[1] ? u[0] : u[1];
+    conv.user_high = u[0] < u[1] ? u[1] : u[0];
+    int st = store_insert(t, &messages_conversations, &conv, NULL, err);
+    for (int i = 0; i < 2 && st == LAGOON_OK; i++) {
+        lagoon_v1_ConversationMember m = lagoon_v1_ConversationMember_init_zero;
+        m.conversation_id = conv.id;
+        m.user_id = u[i];
+        m.other_user_id = u[!i];
+        st = store_insert(t, &messages_members, &m, NULL, err);
+    }
+    return st;
+}
+
+static void test_unverified_may_only_reply(void **state)
+{
+    (void)state;
+    char una_tok[65], vic_tok[65];
+    uint64_t una = test_user(C, "una", 1, una_tok); /* unverified */
+    uint64_t vic = test_verified_user(T, C, "vic", 1, vic_tok);
+    /* Writing first to anyone is refused, with what to do about it; nothing is created. */
+    const uint64_t strangers[] = {bob, vic};
+    for (size_t i = 0; i < 2; i++) {
+        assert_int_equal(send_text(una_tok, strangers[i], "hello stranger", NULL), LAGOON_PERMISSION_DENIED);
+        assert_non_null(strstr(lagoon_last_error(C)->detail.message, "verify your email"));
+    }
+    assert_int_equal(first_page_count(bob_tok, una), 0);
+    /* Once vic has written to her, she may answer him (and go on), but still not write to bob. */
+    assert_int_equal(send_text(vic_tok, una, "welcome", NULL), LAGOON_OK);
+    assert_int_equal(send_text(una_tok, vic, "thanks", NULL), LAGOON_OK);
+    assert_int_equal(send_text(una_tok, vic, "and more", NULL), LAGOON_OK);
+    assert_int_equal(send_text(una_tok, bob, "hello bob", NULL), LAGOON_PERMISSION_DENIED);
+    /* Vic writing to her opens that one conversation only. */
+    assert_int_equal(send_text(una_tok, cat, "hi cat", NULL), LAGOON_PERMISSION_DENIED);
+    /* A conversation row alone (one that only she has written in, or from before members
+     * recorded who wrote) does not let her write: the other user must have. */
+    uint64_t pair[2] = {una, cat};
+    store_error err;
+    assert_int_equal(store_write(T->app->db, seed_conversation, pair, &err), LAGOON_OK);
+    assert_int_equal(send_text(una_tok, cat, "hi cat", NULL), LAGOON_PERMISSION_DENIED);
+    assert_int_equal(send_text(cat_tok, una, "hi una", NULL), LAGOON_OK);
+    assert_int_equal(send_text(una_tok, cat, "hi cat", NULL), LAGOON_OK);
+    /* Verifying unlocks writing first, on the session she already has. */
+    char code[44];
+    assert_true(test_mail_code(T, "una@example.com", "Verify", code, 5000));
+    lagoon_v1_VerifyEmailRequest vr = lagoon_v1_VerifyEmailRequest_init_zero;
+    snprintf(vr.token, sizeof(vr.token), "%s", code);
+    lagoon_v1_AuthEmpty out;
+    lagoon_set_token(C, NULL);
+    assert_int_equal(lagoon_Auth_VerifyEmail(C, &vr, &out), LAGOON_OK);
+    assert_int_equal(send_text(una_tok, bob, "hello bob", NULL), LAGOON_OK);
+}
+
+/* ---- the per-user Send limit ------------------------------------------------------------------------ */
+
+/* The shared tweak, with the Send limit back at its defaults. */
+static void tweak_default_sends(app_config *acfg, rpc_config *cfg)
+{
+    test_tweak_shared(acfg, cfg);
+    memset(&acfg->sends, 0, sizeof(acfg->sends));
+}
+
+static void test_send_rate_limit(void **state)
+{
+    (void)state;
+    test_app *t = calloc(1, sizeof(*t));
+    test_app_start(t, tweak_default_sends);
+    lagoon_client *c = test_client(t);
+    char wen_tok[65], xia_tok[65];
+    uint64_t wen = test_verified_user(t, c, "wen", 1, wen_tok), xia = test_verified_user(t, c, "xia", 1, xia_tok);
+    lagoon_v1_SendMessageRequest req = lagoon_v1_SendMessageRequest_init_zero;
+    req.which_content = lagoon_v1_SendMessageRequest_text_tag;
+    snprintf(req.content.text.text, sizeof(req.content.text.text), "flood");
+    lagoon_v1_DirectMessage m;
+    /* 60 a minute (the clock stands still here), then RESOURCE_EXHAUSTED saying when to retry. */
+    lagoon_set_token(c, wen_tok);
+    req.recipient_id = xia;
+    for (int i = 0; i < 60; i++)
+        assert_int_equal(lagoon_Messages_Send(c, &req, &m), LAGOON_OK);
+    assert_int_equal(lagoon_Messages_Send(c, &req, &m), LAGOON_RESOURCE_EXHAUSTED);
+    assert_int_equal(lagoon_last_error(c)->detail.retry_after_ms, 1000);
+    /* Another user is not held back by wen's flood. */
+    lagoon_set_token(c, xia_tok);
+    req.recipient_id = wen;
+    assert_int_equal(lagoon_Messages_Send(c, &req, &m), LAGOON_OK);
+    /* After the wait one more, then a wait twice as long. */
+    lagoon_set_token(c, wen_tok);
+    req.recipient_id = xia;
+    test_clock_advance(t, 999);
+    assert_int_equal(lagoon_Messages_Send(c, &req, &m), LAGOON_RESOURCE_EXHAUSTED);
+    test_clock_advance(t, 1);
+    assert_int_equal(lagoon_Messages_Send(c, &req, &m), LAGOON_OK);
+    assert_int_equal(lagoon_Messages_Send(c, &req, &m), LAGOON_RESOURCE_EXHAUSTED);
+    assert_int_equal(lagoon_last_error(c)->detail.retry_after_ms, 2000);
+    /* A refused Send stored nothing: 61 from wen. */
+    lagoon_v1_ListMessagesRequest lr = lagoon_v1_ListMessagesRequest_init_zero;
+    lr.other_user_id = xia;
+    lr.page_size = 100;
+    lagoon_v1_ListMessagesResponse resp = lagoon_v1_ListMessagesResponse_init_zero;
+    assert_int_equal(lagoon_Messages_List(c, &lr, &resp), LAGOON_OK);
+    assert_int_equal(resp.messages_count, 62);
+    pb_release(lagoon_v1_ListMessagesResponse_fields, &resp);
+    /* Once the minute is over and the wait served, the count starts again. */
+    test_clock_advance(t, 60 * 1000);
+    for (int i = 0; i < 60; i++)
+        assert_int_equal(lagoon_Messages_Send(c, &req, &m), LAGOON_OK);
+    assert_int_equal(lagoon_Messages_Send(c, &req, &m), LAGOON_RESOURCE_EXHAUSTED);
+    lagoon_close(c);
+    test_app_stop(t);
+    free(t);
+}
+
+static void test_conversation_page_cap(void **state)
+{
+    (void)state;
+    /* The cap is ListConversationsResponse.conversations' max_count in messages.options. */
+    uint32_t cap = lagoon_v1_ListConversationsResponse_info.fields[0].bound;
+    assert_int_equal(lagoon_v1_ListConversationsResponse_info.fields[0].tag,
+                     lagoon_v1_ListConversationsResponse_conversations_tag);
+    assert_int_equal(cap, 100);
+    lagoon_set_token(C, ann_tok);
+    lagoon_v1_ListConversationsRequest req = lagoon_v1_ListConversationsRequest_init_zero;
+    lagoon_v1_ListConversationsResponse resp = lagoon_v1_ListConversationsResponse_init_zero;
+    req.page_size = cap;
+    assert_int_equal(lagoon_Messages_ListConversations(C, &req, &resp), LAGOON_OK);
+    assert_true(resp.conversations_count > 0);
+    pb_release(lagoon_v1_ListConversationsResponse_fields, &resp);
+    req.page_size = cap + 1;
+    assert_int_equal(lagoon_Messages_ListConversations(C, &req, &resp), LAGOON_INVALID_ARGUMENT);
+    assert_true(has_violation("page_size"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -476,6 +793,10 @@ int main(void)
         cmocka_unit_test(test_edit_window_and_delete),
         cmocka_unit_test(test_third_party_sees_nothing),
         cmocka_unit_test(test_account_deletion_removes_conversations),
+        cmocka_unit_test(test_unread_stays_exact),
+        cmocka_unit_test(test_unverified_may_only_reply),
+        cmocka_unit_test(test_send_rate_limit),
+        cmocka_unit_test(test_conversation_page_cap),
     };
     return cmocka_run_group_tests_name("messages", tests, setup, teardown);
 }

@@ -393,10 +393,26 @@ uint64_t test_user(lagoon_client *c, const char *name, int role, char *token)
     return p.id;
 }
 
+uint64_t test_verified_user(test_app *t, lagoon_client *c, const char *name, int role, char *token)
+{
+    uint64_t id = test_user(c, name, role, token);
+    char to[80], code[44];
+    snprintf(to, sizeof(to), "%s@example.com", name);
+    if (!test_mail_code(t, to, "Verify", code, 5000))
+        fail_msg("no verification email for %s", name);
+    lagoon_v1_VerifyEmailRequest req = lagoon_v1_VerifyEmailRequest_init_zero;
+    snprintf(req.token, sizeof(req.token), "%s", code);
+    lagoon_v1_AuthEmpty out;
+    if (lagoon_Auth_VerifyEmail(c, &req, &out) != LAGOON_OK)
+        fail_msg("verify %s: %s", name, lagoon_last_error(c)->detail.message);
+    return id;
+}
+
 void test_tweak_shared(app_config *acfg, rpc_config *cfg)
 {
     (void)cfg;
     acfg->registrations.max_events = 100000;
     acfg->resets.max_events = 100000;
     acfg->login_address_failures.max_events = 100000;
+    acfg->sends.max_events = 100000;
 }

@@ -87,6 +87,10 @@ lagoon_client *test_client(test_app *t);
 /* Registers <name>@example.com / name with TEST_PASSWORD and the role, signs in, and returns
  * the user id; the access token goes to token (65 bytes). */
 uint64_t test_user(lagoon_client *c, const char *name, int role, char *token);
+/* test_user, then the emailed code through Auth/VerifyEmail: a verified account (its session
+ * too), which may write to users who have not written to it first. */
+uint64_t test_verified_user(test_app *t, lagoon_client *c, const char *name, int role, char *token);
 /* test_app_start tweak for a server shared by many tests: every test connects from 127.0.0.1,
- * so the per-address limits (registrations, emails, failed sign-ins) are lifted. */
+ * so the per-address limits (registrations, emails, failed sign-ins) are lifted, and so is the
+ * per-user limit on Messages/Send (tests send many messages without moving the clock). */
 void test_tweak_shared(app_config *acfg, rpc_config *cfg);

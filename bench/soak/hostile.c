@@ -615,6 +615,11 @@ static void *hostile_main(void *arg)
             on_event(h, evs[i].data.ptr, evs[i].events);
         if (phase != SOAK_LOAD)
             continue;
+        if (closed_all) { /* a new cycle: open everything again */
+            closed_all = 0;
+            h->started = 0;
+            h->load_start_ms = 0;
+        }
         uint64_t now = soak_now_ms();
         if (h->load_start_ms == 0)
             h->load_start_ms = now;

@@ -2,9 +2,8 @@
  *
  * Each thread holds one connection on the blocking client (clients/lagoon.h) and makes calls
  * at a steady rate (cfg->rate over all threads), as a seeded user picked at random per call:
- * Users/Get of a random user (half the calls), Messages/Send to a random user (a quarter; the
- * recipients' open Subscribe streams get the events), Messages/List of that conversation (a
- * quarter). Calls are due at fixed times and a call's latency runs from when it was due, so a
+ * Users/Get of a random user, Messages/Send to a random user (the recipients' open Subscribe
+ * streams get the events), Messages/List of that conversation, in the shares of SOAK_OPS. Calls are due at fixed times and a call's latency runs from when it was due, so a
  * server that stalls is charged for every call that waited behind the stall. Only successful
  * calls go into the latency histograms; every outcome is counted by status. A lost connection
  * is reopened before the next call.
@@ -42,19 +41,27 @@ static uint64_t real_rand(uint64_t *s, uint64_t n)
     return (*s * UINT64_C(2685821657736338717)) % n;
 }
 
-/* One call as seeded user `from`; its status. */
-static int real_call(lagoon_client *c, real_msgs *m, const bench_data *d, uint64_t *rng, uint64_t seq)
+/* One call as a random seeded user; its status, and which call it was in *op. */
+static int real_call(lagoon_client *c, real_msgs *m, const bench_data *d, uint64_t *rng, uint64_t seq, int *op)
 {
+    static const unsigned quarters[SOAK_NOPS] = {
+#define SOAK_OP_QUARTERS(o, name, q) q,
+        SOAK_OPS(SOAK_OP_QUARTERS)
+#undef SOAK_OP_QUARTERS
+    };
     size_t from = (size_t)real_rand(rng, d->users);
     size_t to = (from + 1 + (size_t)real_rand(rng, d->users - 1)) % d->users;
     lagoon_set_token(c, d->tokens[from]);
-    uint64_t op = real_rand(rng, 4);
-    if (op < 2) {
+    uint64_t pick = real_rand(rng, 4);
+    *op = 0;
+    while (*op + 1 < SOAK_NOPS && pick >= quarters[*op])
+        pick -= quarters[(*op)++];
+    if (*op == SOAK_OP_GET) {
         m->get = (lagoon_v1_GetUserRequest)lagoon_v1_GetUserRequest_init_zero;
         m->get.user_id = d->first_user_id + to;
         return lagoon_Users_Get(c, &m->get, &m->user);
     }
-    if (op == 2) {
+    if (*op == SOAK_OP_SEND) {
         m->send = (lagoon_v1_SendMessageRequest)lagoon_v1_SendMessageRequest_init_zero;
         m->send.recipient_id = d->first_user_id + to;
         m->send.which_content = lagoon_v1_SendMessageRequest_text_tag;
@@ -86,14 +93,16 @@ static lagoon_client *real_connect(soak_real *r)
     return c;
 }
 
-static void record(soak_real *r, int phase, int st, uint64_t lat_ns, const lagoon_client *c)
+static void record(soak_real *r, int phase, int op, int st, uint64_t lat_ns, const lagoon_client *c)
 {
     pthread_mutex_lock(&r->mu);
     if (st == LAGOON_OK) {
         hist_record(&r->interval, lat_ns);
         hist_record(&r->phase_lat[phase], lat_ns);
+        hist_record(&r->op_lat[phase][op], lat_ns);
     } else {
         r->interval_errors++;
+        r->op_errors[phase][op]++;
         if (c != NULL)
             snprintf(r->last_error, sizeof(r->last_error), "%s %.120s", lagoon_status_name(st),
                      lagoon_last_error(c)->detail.message);
@@ -127,13 +136,14 @@ static void *real_main(void *arg)
             continue;
         }
         if (c == NULL && (c = real_connect(r)) == NULL) {
-            record(r, phase, LAGOON_UNAVAILABLE, 0, NULL);
+            record(r, phase, SOAK_OP_GET, LAGOON_UNAVAILABLE, 0, NULL); /* charged to no call in particular */
             due += period;
             soak_sleep_ms(REAL_IDLE_POLL_MS);
             continue;
         }
-        int st = real_call(c, m, cfg->data, &rng, ++seq);
-        record(r, phase, st, soak_now_ns() - due, c);
+        int op;
+        int st = real_call(c, m, cfg->data, &rng, ++seq, &op);
+        record(r, phase, op, st, soak_now_ns() - due, c);
         if (st == LAGOON_UNAVAILABLE || lagoon_goaway(c)) {
             lagoon_close(c);
             c = NULL;
@@ -155,8 +165,11 @@ unsigned soak_real_start(soak_real *r, unsigned n)
         r[i].index = i;
         pthread_mutex_init(&r[i].mu, NULL);
         hist_init(&r[i].interval);
-        for (int p = 0; p < SOAK_NPHASES; p++)
+        for (int p = 0; p < SOAK_NPHASES; p++) {
             hist_init(&r[i].phase_lat[p]);
+            for (int o = 0; o < SOAK_NOPS; o++)
+                hist_init(&r[i].op_lat[p][o]);
+        }
         if (pthread_create(&r[i].thread, NULL, real_main, &r[i]) != 0) {
             fprintf(stderr, "lagoon-soak: cannot start real user thread %u\n", i);
             pthread_mutex_destroy(&r[i].mu);

@@ -3,7 +3,7 @@
  *
  *   lagoon-soak --pid PID --port P --tokens FILE [options]     (bench/soak/soak.sh runs it)
  *
- * Three phases, each a fixed length, so the run stops by itself:
+ * Phases of fixed lengths, so the run stops by itself (load and after repeat --cycles times):
  *   baseline  real users alone (--baseline S): their latency on a quiet server;
  *   load      (--seconds S) --connections hostile connections (kinds and shares in soak.h,
  *             opened at most --ramp-rate a second, reopened when the server closes them) plus
@@ -139,22 +139,33 @@ static int usage(const soak_opt *opts, size_t n)
 
 /* ---- the report -------------------------------------------------------------------------------- */
 
+#define SOAK_MAX_CYCLES 20
+
+/* lagoond's RSS at the moments that matter, in KiB. */
+typedef struct rss_cycle {
+    long peak, load_end, after_min, after_end; /* under load; at its end; after the close */
+    double peak_t;                             /* seconds since the start */
+} rss_cycle;
+
 typedef struct rss_marks {
-    long start, base_end, peak, load_end, after_min, end;
-    double peak_t;
+    long start, base_end;
+    rss_cycle c[SOAK_MAX_CYCLES];
 } rss_marks;
 
 static void report(const soak_config *cfg, soak_real *real, const soak_hostile_stats *st, const rss_marks *rss,
                    const proc_sample *last, int died, double died_t)
 {
     printf("\n== soak report ==\n");
-    printf("hostile: %u connections + %u request-cancel loops (%u pairs/s each), %u s under load; real users: %u "
-           "connections, %u calls/s\n",
-           cfg->connections, cfg->cancel_conns, cfg->cancel_rate, cfg->seconds, cfg->real_conns, cfg->rate);
-    printf("lagoond RSS (MiB): start %.1f, end of baseline %.1f, peak under load %.1f (at %.0f s), end of load %.1f, "
-           "after hostile closed: lowest %.1f, at the end %.1f; VmHWM %.1f\n",
-           mib(rss->start), mib(rss->base_end), mib(rss->peak), rss->peak_t, mib(rss->load_end), mib(rss->after_min),
-           mib(rss->end), mib(last->hwm_kib));
+    printf("hostile: %u connections + %u request-cancel loops (%u pairs/s each), %u x %u s under load; real users: "
+           "%u connections, %u calls/s\n",
+           cfg->connections, cfg->cancel_conns, cfg->cancel_rate, cfg->cycles, cfg->seconds, cfg->real_conns, cfg->rate);
+    printf("lagoond RSS (MiB): start %.1f, end of baseline %.1f; VmHWM at the end %.1f\n", mib(rss->start),
+           mib(rss->base_end), mib(last->hwm_kib));
+    for (unsigned k = 0; k < cfg->cycles; k++)
+        printf("  cycle %u: peak under load %.1f (at %.0f s), end of load %.1f; after every hostile connection "
+               "closed: lowest %.1f, at the end %.1f\n",
+               k + 1, mib(rss->c[k].peak), rss->c[k].peak_t, mib(rss->c[k].load_end), mib(rss->c[k].after_min),
+               mib(rss->c[k].after_end));
     printf("real calls (latency from when each was due; successful calls only):\n");
     printf("  %-9s %8s %8s %9s %9s %9s %9s   errors by status\n", "phase", "calls", "ok", "p50 ms", "p99 ms",
            "p999 ms", "max ms");
@@ -183,6 +194,27 @@ static void report(const soak_config *cfg, soak_real *real, const soak_hostile_s
             }
         printf("%s\n", any ? "" : " none");
     }
+    static const char *const op_names[SOAK_NOPS] = {
+#define SOAK_OP_NAME(o, name, q) name,
+        SOAK_OPS(SOAK_OP_NAME)
+#undef SOAK_OP_NAME
+    };
+    printf("  by call, p50 / p99 ms (errors):");
+    for (int p = 0; p < SOAK_NPHASES; p++) {
+        printf("\n    %-9s", phase_names[p]);
+        for (int o = 0; o < SOAK_NOPS; o++) {
+            hist h;
+            hist_init(&h);
+            uint64_t errors = 0;
+            for (unsigned i = 0; i < cfg->real_conns; i++) {
+                hist_merge(&h, &real[i].op_lat[p][o]);
+                errors += real[i].op_errors[p][o];
+            }
+            printf("  %s %.2f / %.2f (%llu)", op_names[o], ms(hist_quantile(&h, 0.5)), ms(hist_quantile(&h, 0.99)),
+                   (unsigned long long)errors);
+        }
+    }
+    printf("\n");
     uint64_t reconnects = 0;
     for (unsigned i = 0; i < cfg->real_conns; i++) {
         reconnects += real[i].reconnects;
@@ -230,7 +262,7 @@ int main(int argc, char **argv)
 {
     soak_config cfg = {
         .host = "127.0.0.1", .seconds = 180, .baseline_s = 15, .after_s = 20, .interval_s = 5,
-        .connections = 3000, .cancel_conns = 8, .cancel_rate = 100, .ramp_rate = 500, .streams_per_conn = 8,
+        .cycles = 1, .connections = 3000, .cancel_conns = 8, .cancel_rate = 100, .ramp_rate = 500, .streams_per_conn = 8,
         .slow_interval_ms = 100, .partial_prefix = 65536, .sources = 0, .real_conns = 4, .rate = 200, .debug = 1,
     };
     unsigned port = 0, pid = 0;
@@ -239,6 +271,7 @@ int main(int argc, char **argv)
         {"port", &port, 1, 65535, "lagoond's port"},
         {"pid", &pid, 1, 1u << 30, "lagoond's pid (for /proc/PID/status)"},
         {"seconds", &cfg.seconds, 1, 3600, "length of the load phase"},
+        {"cycles", &cfg.cycles, 1, SOAK_MAX_CYCLES, "load + after phases, repeated (memory kept per cycle?)"},
         {"baseline", &cfg.baseline_s, 1, 600, "real users alone first, seconds"},
         {"after", &cfg.after_s, 1, 600, "real users after the hostile connections closed, seconds"},
         {"interval", &cfg.interval_s, 1, 60, "timeline period, seconds"},
@@ -333,48 +366,64 @@ int main(int argc, char **argv)
     }
     unsigned started = soak_real_start(real, cfg.real_conns);
 
-    rss_marks rss = {.start = s.rss_kib, .after_min = -1};
-    printf("lagoon-soak: lagoond pid %ld on %s:%u; baseline %u s, load %u s, after %u s; timeline every %u s\n",
-           cfg.pid, cfg.host, cfg.port, cfg.baseline_s, cfg.seconds, cfg.after_s, cfg.interval_s);
+    static rss_marks rss;
+    rss.start = s.rss_kib;
+    for (unsigned k = 0; k < SOAK_MAX_CYCLES; k++)
+        rss.c[k].after_min = -1;
+    printf("lagoon-soak: lagoond pid %ld on %s:%u; baseline %u s, then %u x (load %u s, after %u s); timeline every "
+           "%u s\n",
+           cfg.pid, cfg.host, cfg.port, cfg.baseline_s, cfg.cycles, cfg.seconds, cfg.after_s, cfg.interval_s);
     printf("%6s %-8s %8s %6s %8s %7s %9s | %6s %5s %8s %8s %8s\n", "t s", "phase", "rss MiB", "fds", "hostile",
            "closed", "pairs", "calls", "err", "p50 ms", "p99 ms", "max ms");
     fflush(stdout);
     const uint64_t t0 = soak_now_ms();
-    const uint64_t end_base = t0 + cfg.baseline_s * 1000ull, end_load = end_base + cfg.seconds * 1000ull,
-                   end_all = end_load + cfg.after_s * 1000ull;
+    const uint64_t base_ms = cfg.baseline_s * 1000ull, cycle_ms = (cfg.seconds + cfg.after_s) * 1000ull;
+    unsigned cycle = 0;
     uint64_t next_sample = t0 + cfg.interval_s * 1000ull;
     int died = started < cfg.real_conns ? -1 : 0; /* -1: could not start, not a crash */
     double died_t = 0;
     while (died == 0) {
         uint64_t now = soak_now_ms();
-        int ph = now < end_base ? SOAK_BASELINE : now < end_load ? SOAK_LOAD : now < end_all ? SOAK_AFTER : SOAK_STOP;
+        /* Which phase of which cycle the clock says it is. */
+        uint64_t t = now - t0;
+        unsigned k = t < base_ms ? 0 : (unsigned)((t - base_ms) / cycle_ms);
+        int ph = t < base_ms                                            ? SOAK_BASELINE
+                 : k >= cfg.cycles                                      ? SOAK_STOP
+                 : (t - base_ms) % cycle_ms < cfg.seconds * 1000ull ? SOAK_LOAD
+                                                                        : SOAK_AFTER;
         if (ph != atomic_load(&phase)) {
             proc_read(cfg.pid, &s);
-            if (ph == SOAK_LOAD)
+            if (ph == SOAK_LOAD && k == 0)
                 rss.base_end = s.rss_kib;
             if (ph == SOAK_AFTER)
-                rss.load_end = s.rss_kib;
+                rss.c[k].load_end = s.rss_kib;
             atomic_store(&phase, ph);
             if (ph == SOAK_STOP)
                 break;
-            printf("# %.0f s: %s begins\n", (double)(now - t0) / 1000.0, phase_names[ph]);
+            cycle = k;
+            printf("# %.0f s: %s begins%s", (double)t / 1000.0, phase_names[ph], cfg.cycles > 1 && ph ? "" : "\n");
+            if (cfg.cycles > 1 && ph)
+                printf(" (cycle %u of %u)\n", k + 1, cfg.cycles);
             fflush(stdout);
         }
         proc_read(cfg.pid, &s);
         if (!s.alive) {
             died = 1;
-            died_t = (double)(now - t0) / 1000.0;
+            died_t = (double)t / 1000.0;
             printf("# %.1f s: lagoond (pid %ld) is gone\n", died_t, cfg.pid);
             atomic_store(&phase, SOAK_STOP);
             break;
         }
-        if (ph == SOAK_LOAD && s.rss_kib > rss.peak) {
-            rss.peak = s.rss_kib;
-            rss.peak_t = (double)(now - t0) / 1000.0;
+        rss_cycle *rc = &rss.c[cycle];
+        if (ph == SOAK_LOAD && s.rss_kib > rc->peak) {
+            rc->peak = s.rss_kib;
+            rc->peak_t = (double)t / 1000.0;
         }
-        if (ph == SOAK_AFTER && (rss.after_min < 0 || s.rss_kib < rss.after_min))
-            rss.after_min = s.rss_kib;
-        rss.end = s.rss_kib;
+        if (ph == SOAK_AFTER) {
+            if (rc->after_min < 0 || s.rss_kib < rc->after_min)
+                rc->after_min = s.rss_kib;
+            rc->after_end = s.rss_kib;
+        }
         if (now >= next_sample) {
             next_sample += cfg.interval_s * 1000ull;
             hist iv;
@@ -390,11 +439,11 @@ int main(int argc, char **argv)
                 pthread_mutex_unlock(&real[i].mu);
             }
             long open = 0, closed = 0;
-            for (int k = 0; k < SOAK_NKINDS; k++) {
-                open += atomic_load(&st.open[k]);
-                closed += atomic_load(&st.closed[k]);
+            for (int kind = 0; kind < SOAK_NKINDS; kind++) {
+                open += atomic_load(&st.open[kind]);
+                closed += atomic_load(&st.closed[kind]);
             }
-            printf("%6.0f %-8s %8.1f %6ld %8ld %7ld %9ld | %6llu %5llu %8.2f %8.2f %8.2f\n", (double)(now - t0) / 1000.0,
+            printf("%6.0f %-8s %8.1f %6ld %8ld %7ld %9ld | %6llu %5llu %8.2f %8.2f %8.2f\n", (double)t / 1000.0,
                    phase_names[ph], mib(s.rss_kib), s.fds, open, closed, atomic_load(&st.pairs),
                    (unsigned long long)calls, (unsigned long long)errors, ms(hist_quantile(&iv, 0.5)),
                    ms(hist_quantile(&iv, 0.99)), ms(iv.max_ns));

@@ -59,6 +59,7 @@ typedef struct soak_config {
     uint16_t port;
     long pid;                  /* lagoond's pid, for /proc */
     unsigned seconds;          /* length of the LOAD phase */
+    unsigned cycles;           /* LOAD + AFTER, this many times */
     unsigned baseline_s;       /* BASELINE */
     unsigned after_s;          /* AFTER */
     unsigned interval_s;       /* timeline sampling period */
@@ -92,6 +93,19 @@ typedef struct soak_hostile_stats {
     long reasons_other;                /* GOAWAYs past the table's size */
 } soak_hostile_stats;
 
+/* The real users' calls, with their share of the calls in quarters. */
+#define SOAK_OPS(X)                                                                                \
+    X(GET, "Users/Get", 2)                                                                         \
+    X(SEND, "Messages/Send", 1)                                                                    \
+    X(LIST, "Messages/List", 1)
+
+enum soak_op {
+#define SOAK_OP_ENUM(o, name, quarters) SOAK_OP_##o,
+    SOAK_OPS(SOAK_OP_ENUM)
+#undef SOAK_OP_ENUM
+        SOAK_NOPS
+};
+
 /* One real user's connection. */
 typedef struct soak_real {
     pthread_t thread;
@@ -101,6 +115,8 @@ typedef struct soak_real {
     pthread_mutex_t mu;                          /* guards everything below */
     hist interval;                               /* since the sampler last took it */
     hist phase_lat[SOAK_NPHASES];
+    hist op_lat[SOAK_NPHASES][SOAK_NOPS];        /* the same, by call */
+    uint64_t op_errors[SOAK_NPHASES][SOAK_NOPS];
     uint64_t status[SOAK_NPHASES][LAGOON_STATUS_MAX + 1];
     uint64_t interval_calls, interval_errors;
     uint64_t reconnects;
@@ -109,7 +125,7 @@ typedef struct soak_real {
 
 /* hostile.c: the hostile thread. It follows *phase: opens connections in LOAD (at most
  * cfg->ramp_rate a second), reopens those the server closes, closes all of them when the phase
- * passes LOAD and returns at STOP. 0, or -1 if it could not start. */
+ * passes LOAD (and opens them anew if LOAD comes back: the next cycle) and returns at STOP. 0, or -1 if it could not start. */
 typedef struct soak_hostile soak_hostile;
 int soak_hostile_start(const soak_config *cfg, const atomic_int *phase, soak_hostile_stats *st,
                        soak_hostile **out);

@@ -32,12 +32,13 @@ if [[ ${1:-} == --short ]]; then
 fi
 args+=("$@")
 # The phases' lengths, for the outer bound (lagoon-soak stops by itself; this is a backstop).
-secs=180 base=15 after=20
+secs=180 base=15 after=20 cycles=1
 for ((i = 0; i + 1 < ${#args[@]}; i++)); do
   case ${args[i]} in
     --seconds) secs=${args[i + 1]} ;;
     --baseline) base=${args[i + 1]} ;;
     --after) after=${args[i + 1]} ;;
+    --cycles) cycles=${args[i + 1]} ;;
   esac
 done
 
@@ -65,7 +66,7 @@ lg_start_lagoond "$PORT" "$DATA" "${flags[@]}"
 echo "soak: lagoond pid $LAGOOND_PID on 127.0.0.1:$PORT, flags: ${flags[*]:-none}; build $(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo '?')"
 
 rc=0
-timeout $((secs + base + after + 120)) "$SOAK" --pid "$LAGOOND_PID" --port "$PORT" \
+timeout $((base + cycles * (secs + after) + 120)) "$SOAK" --pid "$LAGOOND_PID" --port "$PORT" \
   --tokens "$DATA/bench-tokens.txt" "${args[@]}" || rc=$?
 
 state=$(awk '/^State:/ {print $2}' "/proc/$LAGOOND_PID/status" 2>/dev/null || echo gone)

@@ -32,10 +32,8 @@ int log_level_parse(const char *name)
     return -1;
 }
 
-void log_msg(int level, const char *fmt, ...)
+static void log_vmsg(int level, const char *suffix, const char *fmt, va_list ap)
 {
-    if (!log_enabled(level))
-        return;
     char line[LOG_LINE_MAX];
     struct timespec ts;
     struct tm tm;
@@ -44,15 +42,53 @@ void log_msg(int level, const char *fmt, ...)
     int n = snprintf(line, sizeof(line), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s ", tm.tm_year + 1900,
                      tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000,
                      level_names[level < 0 ? 0 : level > 3 ? 3 : level]);
-    va_list ap;
-    va_start(ap, fmt);
     int m = vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
-    va_end(ap);
     size_t len = (size_t)n + (m < 0 ? 0 : (size_t)m);
     if (len > sizeof(line) - 2)
         len = sizeof(line) - 2;
+    if (suffix != NULL && suffix[0]) {
+        size_t k = strlen(suffix);
+        if (len + k > sizeof(line) - 2)
+            k = sizeof(line) - 2 - len;
+        memcpy(line + len, suffix, k);
+        len += k;
+    }
     line[len++] = '\n';
     /* One write per record; a short write to stderr is not worth retrying. */
     ssize_t w = write(STDERR_FILENO, line, len);
     (void)w;
+}
+
+void log_msg(int level, const char *fmt, ...)
+{
+    if (!log_enabled(level))
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    log_vmsg(level, NULL, fmt, ap);
+    va_end(ap);
+}
+
+#define LOG_LIMIT_INTERVAL_MS 1000ull
+
+void log_limited(log_limiter *l, int level, const char *fmt, ...)
+{
+    if (!log_enabled(level))
+        return;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    unsigned long long now = (unsigned long long)ts.tv_sec * 1000ull + (unsigned long long)ts.tv_nsec / 1000000ull;
+    unsigned long long next = atomic_load(&l->next_ms);
+    if (now < next || !atomic_compare_exchange_strong(&l->next_ms, &next, now + LOG_LIMIT_INTERVAL_MS)) {
+        atomic_fetch_add(&l->dropped, 1);
+        return;
+    }
+    unsigned dropped = atomic_exchange(&l->dropped, 0);
+    char suffix[64] = "";
+    if (dropped)
+        snprintf(suffix, sizeof(suffix), " (%u more like it since, not logged)", dropped);
+    va_list ap;
+    va_start(ap, fmt);
+    log_vmsg(level, suffix, fmt, ap);
+    va_end(ap);
 }

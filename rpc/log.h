@@ -17,4 +17,13 @@ void log_msg(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3
 
 #define log_enabled(level) ((level) <= log_get_level())
 
+/* A repeated record (a refused connection, an accept error) that a client can cause at will:
+ * log_limited writes at most one a second per limiter and says in the next one how many it
+ * dropped, so an attack cannot fill the disk with log lines. Zero-initialise it (static). */
+typedef struct log_limiter {
+    _Atomic unsigned long long next_ms; /* monotonic ms before which records are dropped */
+    _Atomic unsigned dropped;           /* records dropped since the last one written */
+} log_limiter;
+void log_limited(log_limiter *l, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 #endif

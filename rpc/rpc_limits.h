@@ -21,12 +21,29 @@
       "needs more opens another connection.")                                                      \
     X(max_connections, "max-connections", 20000u, 1u, 1000000u,                                    \
       "Open connections, all loops together. Above it a new connection gets GOAWAY and is "       \
-      "closed; keep it below the process's file descriptor limit.")                               \
+      "closed. Lowered at start-up to what the file descriptor limit (RLIMIT_NOFILE, raised to " \
+      "its hard limit if needed) leaves after a reserve for the store, the log and the loops.")   \
+    X(max_connections_per_address, "max-connections-per-address", 256u, 1u, 1000000u,           \
+      "Open connections from one client address (IPv4 address, or IPv6 address). Above it a new " \
+      "connection from that address gets GOAWAY and is closed, so one host cannot take every "    \
+      "slot. Raise it for load generators or a proxy that connects from one address.")            \
+    X(max_connection_memory, "max-connection-memory", 32u << 20, 256u << 10, 1u << 30,            \
+      "Memory one connection may hold: its buffered input, its open calls' decoded state and "     \
+      "its queued output, in bytes. A call that would pass it is refused with "                   \
+      "RESOURCE_EXHAUSTED; a frame that cannot fit ends the connection. Must exceed "             \
+      "max-frame-size.")                                                                           \
+    X(frame_timeout_ms, "frame-timeout-ms", 60000u, 1000u, 3600000u,                              \
+      "Time a frame has to arrive whole once its first byte is in. A client that trickles a "     \
+      "frame (or holds a partial one) is closed after it; bytes alone are not activity.")         \
+    X(stream_idle_timeout_ms, "stream-idle-timeout-ms", 300000u, 1000u, 86400000u,                \
+      "A client- or bidi-streaming call whose client side is open and that receives no message " \
+      "for this long is ended with DEADLINE_EXCEEDED, so an abandoned stream does not hold its "  \
+      "memory and the connection forever.")                                                        \
     X(handshake_timeout_ms, "handshake-timeout-ms", 10000u, 100u, 600000u,                        \
       "Time a new connection has to send the 4-byte preface before it is closed.")                \
     X(idle_timeout_ms, "idle-timeout-ms", 300000u, 1000u, 86400000u,                              \
-      "A connection with no open call that sends nothing for this long is closed. PING keeps "    \
-      "a connection alive.")                                                                       \
+      "A connection with no open call that sends no whole frame for this long is closed. PING "   \
+      "keeps a connection alive.")                                                                 \
     X(max_output_buffer, "max-output-buffer", 16u << 20, 64u << 10, 1u << 30,                     \
       "Bytes queued for a client that does not read. Past it the connection is closed, so a "     \
       "stalled reader cannot grow server memory. Must exceed max-frame-size.")                    \

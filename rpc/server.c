@@ -21,6 +21,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <malloc.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -42,6 +44,17 @@
 #define CALL_BUCKETS 64           /* per-connection call table, allocated on first call */
 #define CLOSE_FLUSH_TIMEOUT_MS 2000 /* time a closing connection gets to flush its last frames */
 #define SMALL_FRAME 512           /* frames up to this size are built on the stack */
+#define SWEEP_INTERVAL_MS 1000    /* each loop checks frame and stream timeouts this often */
+#define ADDR_BUCKETS 1024         /* per-address connection counts, by hash of the address */
+/* File descriptors kept out of max_connections: the store's files, the log, the mail spool,
+ * the listener, and each loop's epoll and wake-up descriptors. */
+#define FD_RESERVE_BASE 64
+#define FD_RESERVE_PER_LOOP 4
+/* Memory freed by closing connections that makes a loop hand free heap pages back to the
+ * kernel (malloc_trim): without it the process keeps its peak size after an attack ends. */
+#define TRIM_AFTER_BYTES (4u << 20)
+#define ACCEPT_BACKOFF_MIN_MS 50   /* accept paused this long after EMFILE/ENFILE, doubling */
+#define ACCEPT_BACKOFF_MAX_MS 1000
 
 enum conn_state { CONN_PREFACE, CONN_OPEN, CONN_CLOSING, CONN_DEAD };
 enum hstate { H_NONE, H_HELD, H_FINISHED, H_CANCELLED };
@@ -50,6 +63,13 @@ enum op_kind { OP_NEW_CONN, OP_SEND, OP_FINISH, OP_DRAIN, OP_CANCELLED };
 typedef struct rpc_loop rpc_loop;
 typedef struct rpc_conn rpc_conn;
 
+/* Open connections from one client address. */
+typedef struct addr_count {
+    struct addr_count *next;
+    uint32_t n;
+    char host[48];
+} addr_count;
+
 /* Work handed to a loop from another thread. */
 typedef struct rpc_op {
     struct rpc_op *next;
@@ -57,7 +77,8 @@ typedef struct rpc_op {
     rpc_call *call; /* holds a reference (SEND, FINISH, CANCELLED) */
     int status;     /* FINISH */
     int fd;         /* NEW_CONN */
-    char peer[64];  /* NEW_CONN */
+    char peer[64];  /* NEW_CONN: "host:port" */
+    char host[48];  /* NEW_CONN: the address alone, for the per-address count */
     size_t len;     /* SEND: bytes in data, a whole frame */
     uint8_t data[];
 } rpc_op;
@@ -76,6 +97,8 @@ struct rpc_loop {
     int draining;
     struct event *flush; /* writes the output of the connections on `dirty` */
     rpc_conn *dirty;     /* connections with output to write, each holding a reference */
+    struct event *sweep; /* every SWEEP_INTERVAL_MS: frame and stream timeouts, heap trim */
+    size_t freed_since_trim; /* bytes closed connections held since the last malloc_trim */
 };
 
 struct rpc_conn {
@@ -85,12 +108,17 @@ struct rpc_conn {
     int state;             /* enum conn_state */
     int goaway_sent;       /* no new calls are accepted */
     char peer[64];         /* "host:port" of the client */
+    char host[48];         /* the client's address alone (per-address connection count) */
     rpc_call **buckets;    /* call table: chains by call id, NULL until the first call */
     uint32_t ncalls;       /* entries in the table, tombstones included */
+    uint32_t live_calls;   /* calls not yet answered: what keeps a connection from being idle */
     uint32_t last_call_id; /* id of the last REQUEST accepted: GOAWAY's code */
     struct event *timer;   /* handshake, idle or close-flush deadline */
     struct event *reaper;  /* frees a dead connection outside its own callbacks */
-    uint64_t last_read_ms; /* monotonic time of the last bytes received */
+    uint64_t last_frame_ms;   /* monotonic time of the last whole frame (or the preface) */
+    uint64_t partial_since_ms; /* when the first byte of the incomplete frame in the input
+                                * arrived; 0 if the input holds no partial frame */
+    atomic_size_t calls_mem;  /* bytes of this connection's calls still allocated (any thread) */
     atomic_size_t out_len; /* output buffer length, for rpc_call_backlog from other threads */
     atomic_int refs;       /* the loop's (until reaped) and one per call: the struct outlives them */
     /* Output is written by the loop's flush event at the end of a burst of work, so replies to
@@ -120,6 +148,8 @@ struct rpc_call {
     void *cancel_arg;
     struct event *deadline;
     uint64_t start_us;
+    uint64_t last_msg_ms; /* monotonic time of the client's last message (stream timeout) */
+    size_t mem;           /* bytes of this allocation, counted in conn->calls_mem */
     uint32_t bytes_in, bytes_out;
     atomic_size_t posted; /* bytes of SEND ops queued to the loop, not yet written */
     rpc_caller caller;
@@ -143,6 +173,10 @@ struct rpc_server {
     unsigned nloops;
     unsigned next_loop;
     rpc_pool *pools[RPC_LANES]; /* by enum rpc_lane */
+    struct event *accept_retry; /* re-enables accepting after EMFILE/ENFILE */
+    uint32_t accept_backoff_ms; /* current pause; 0 while accepting works */
+    pthread_mutex_t addr_mu;    /* guards addr_buckets */
+    struct addr_count *addr_buckets[ADDR_BUCKETS];
     atomic_uint connections;
     atomic_uint active_calls;
     atomic_int draining;
@@ -154,6 +188,9 @@ struct rpc_server {
 };
 
 static _Thread_local rpc_loop *current_loop;
+
+/* Records a client can cause at will are rate-limited (log.h). */
+static log_limiter refused_log, accept_log, timeout_log, violation_log;
 
 static void conn_read_cb(struct bufferevent *bev, void *arg);
 static void conn_write_cb(struct bufferevent *bev, void *arg);
@@ -321,6 +358,75 @@ static void conn_send_goaway(rpc_conn *c, const char *message)
 
 /* ---- call table ------------------------------------------------------------------------ */
 
+/* ---- per-address connection counts ------------------------------------------------------- */
+
+static unsigned addr_hash(const char *h)
+{
+    uint32_t x = 2166136261u; /* FNV-1a */
+    for (; *h; h++)
+        x = (x ^ (uint8_t)*h) * 16777619u;
+    return x % ADDR_BUCKETS;
+}
+
+/* Counts one more connection from host: 0, or -1 (nothing counted) if that would pass
+ * max_connections_per_address or memory is short. */
+static int addr_acquire(rpc_server *s, const char *host)
+{
+    int rc = 0;
+    pthread_mutex_lock(&s->addr_mu);
+    addr_count **b = &s->addr_buckets[addr_hash(host)], *a = *b;
+    while (a && strcmp(a->host, host) != 0)
+        a = a->next;
+    if (a == NULL) {
+        a = calloc(1, sizeof(*a));
+        if (a == NULL) {
+            rc = -1;
+        } else {
+            snprintf(a->host, sizeof(a->host), "%s", host);
+            a->next = *b;
+            *b = a;
+        }
+    }
+    if (a != NULL) {
+        if (a->n >= s->cfg.max_connections_per_address)
+            rc = -1;
+        else
+            a->n++;
+    }
+    pthread_mutex_unlock(&s->addr_mu);
+    return rc;
+}
+
+static void addr_release(rpc_server *s, const char *host)
+{
+    pthread_mutex_lock(&s->addr_mu);
+    for (addr_count **p = &s->addr_buckets[addr_hash(host)]; *p; p = &(*p)->next) {
+        if (strcmp((*p)->host, host) == 0) {
+            addr_count *a = *p;
+            if (--a->n == 0) {
+                *p = a->next;
+                free(a);
+            }
+            break;
+        }
+    }
+    pthread_mutex_unlock(&s->addr_mu);
+}
+
+/* A counted connection is gone (closed, or never opened): its slots are free. Any thread. */
+static void server_conn_gone(rpc_server *s, const char *host)
+{
+    atomic_fetch_sub(&s->connections, 1);
+    addr_release(s, host);
+}
+
+/* Bytes a connection holds now: buffered input, its calls, queued output. Loop thread. */
+static size_t conn_memory(rpc_conn *c)
+{
+    return evbuffer_get_length(bufferevent_get_input(c->bev)) + atomic_load(&c->calls_mem) +
+           evbuffer_get_length(bufferevent_get_output(c->bev));
+}
+
 static rpc_call *table_find(rpc_conn *c, uint32_t id)
 {
     if (c->buckets == NULL)
@@ -366,16 +472,27 @@ static void table_remove(rpc_conn *c, rpc_call *call)
 
 /* ---- calls ------------------------------------------------------------------------------ */
 
-static rpc_call *call_new(rpc_conn *c, const rpc_route *route, uint32_t id)
+#define CALL_HEAD ((sizeof(rpc_call) + 15) & ~(size_t)15)
+
+/* One allocation holds the call, its request and its response struct. */
+static size_t call_alloc_size(const rpc_route *route)
 {
     size_t req_size = route ? route->method->request_size : 0;
     size_t resp_size = route ? route->method->response_size : 0;
-    size_t head = (sizeof(rpc_call) + 15) & ~(size_t)15;
-    size_t req_off = head, resp_off = head + ((req_size + 15) & ~(size_t)15);
-    rpc_call *call = malloc(resp_off + resp_size);
+    return CALL_HEAD + ((req_size + 15) & ~(size_t)15) + resp_size;
+}
+
+static rpc_call *call_new(rpc_conn *c, const rpc_route *route, uint32_t id)
+{
+    size_t req_size = route ? route->method->request_size : 0;
+    size_t req_off = CALL_HEAD, resp_off = CALL_HEAD + ((req_size + 15) & ~(size_t)15);
+    size_t size = call_alloc_size(route);
+    rpc_call *call = malloc(size);
     if (call == NULL)
         return NULL;
     memset(call, 0, sizeof(*call));
+    call->mem = size;
+    atomic_fetch_add(&c->calls_mem, size);
     call->loop = c->loop;
     call->conn = c;
     call->server = c->loop->server;
@@ -389,6 +506,7 @@ static rpc_call *call_new(rpc_conn *c, const rpc_route *route, uint32_t id)
     if (call->resp)
         wire_init(route->method->response, call->resp); /* what the handler leaves is a default */
     call->start_us = now_us();
+    call->last_msg_ms = call->start_us / 1000;
     atomic_fetch_add(&c->refs, 1);
     return call;
 }
@@ -419,6 +537,7 @@ static void call_unref(rpc_call *call)
     }
     free(call->rmeta);
     rpc_conn *conn = call->conn;
+    atomic_fetch_sub(&conn->calls_mem, call->mem);
     free(call);
     conn_unref(conn);
 }
@@ -446,6 +565,7 @@ static void call_mark_done(rpc_call *call, int status)
 {
     atomic_store(&call->done, 1);
     atomic_fetch_sub(&call->server->active_calls, 1);
+    call->conn->live_calls--;
     if (call->deadline)
         event_del(call->deadline);
     call_log(call, call->conn->peer, status, call->route ? call->route->method->path : "?");
@@ -651,17 +771,17 @@ static void loop_post(rpc_loop *l, rpc_op *op)
     event_active(l->wake, EV_READ, 0);
 }
 
-static void conn_accept_fd(rpc_loop *l, int fd, const char *peer);
+static void conn_accept_fd(rpc_loop *l, int fd, const char *peer, const char *host);
 
 static void op_run(rpc_loop *l, rpc_op *op, int live)
 {
     switch (op->kind) {
     case OP_NEW_CONN:
         if (live && !l->draining)
-            conn_accept_fd(l, op->fd, op->peer);
+            conn_accept_fd(l, op->fd, op->peer, op->host);
         else {
             close(op->fd);
-            atomic_fetch_sub(&l->server->connections, 1);
+            server_conn_gone(l->server, op->host);
         }
         break;
     case OP_SEND:
@@ -1015,6 +1135,16 @@ static void on_request(rpc_conn *c, const wire_frame *f)
         return;
     }
 
+    /* The budget counts calls' state and queued output; the frame being handled is drained
+     * right after, so its input bytes are not held against the call it starts. */
+    size_t held = atomic_load(&c->calls_mem) + evbuffer_get_length(bufferevent_get_output(c->bev));
+    if (held + call_alloc_size(r) > s->cfg.max_connection_memory) {
+        conn_refuse(c, f, client_open, LAGOON_RESOURCE_EXHAUSTED, meta.request_id,
+                    "connection memory budget: %zu of %u bytes held by open calls and queued output; "
+                    "finish some calls or use another connection",
+                    held, s->cfg.max_connection_memory);
+        return;
+    }
     rpc_call *call = call_new(c, r, f->call_id);
     if (call == NULL || table_insert(c, call) != 0) {
         if (call)
@@ -1029,6 +1159,7 @@ static void on_request(rpc_conn *c, const wire_frame *f)
     memcpy(call->idempotency_key, meta.idempotency_key, sizeof(call->idempotency_key));
     c->last_call_id = f->call_id;
     atomic_fetch_add(&s->active_calls, 1);
+    c->live_calls++;
 
     if (meta.timeout_ms) {
         uint32_t ms = meta.timeout_ms < s->cfg.max_timeout_ms ? meta.timeout_ms : s->cfg.max_timeout_ms;
@@ -1075,6 +1206,7 @@ static void on_message(rpc_conn *c, const wire_frame *f)
         return;
     }
     call->bytes_in += f->length + 4;
+    call->last_msg_ms = now_us() / 1000;
     const wire_method *m = call->route->method;
     call_ref(call);
     if (has_msg) {
@@ -1143,7 +1275,7 @@ static void conn_violation(rpc_conn *c, const char *why)
 {
     if (c->state != CONN_OPEN && c->state != CONN_PREFACE)
         return;
-    log_msg(LOG_WARN, "peer=%s protocol violation: %s", c->peer, why);
+    log_limited(&violation_log, LOG_WARN, "peer=%s protocol violation: %s", c->peer, why);
     char msg[300];
     snprintf(msg, sizeof(msg), "protocol violation: %s", why);
     conn_send_goaway(c, msg);
@@ -1165,6 +1297,9 @@ static void conn_send_settings(rpc_conn *c)
     st.max_concurrent_calls = cfg->max_concurrent_calls;
     st.idle_timeout_ms = cfg->idle_timeout_ms;
     st.max_metadata_size = cfg->max_metadata_size;
+    st.max_connection_memory = cfg->max_connection_memory;
+    st.frame_timeout_ms = cfg->frame_timeout_ms;
+    st.stream_idle_timeout_ms = cfg->stream_idle_timeout_ms;
     conn_write_frame(c, WIRE_SETTINGS, 0, 0, 0, NULL, 0, &lagoon_v1_Settings_info, &st);
 }
 
@@ -1205,9 +1340,12 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
     rpc_conn *c = arg;
     rpc_server *s = c->loop->server;
     struct evbuffer *in = bufferevent_get_input(bev);
-    c->last_read_ms = now_us() / 1000;
-    if (c->state == CONN_PREFACE && conn_preface(c, in) <= 0)
-        return;
+    uint64_t now = now_us() / 1000;
+    if (c->state == CONN_PREFACE) {
+        if (conn_preface(c, in) <= 0)
+            return;
+        c->last_frame_ms = now;
+    }
     const wire_limits lim = {s->cfg.max_frame_size, s->cfg.max_metadata_size};
     while (c->state == CONN_OPEN) {
         size_t avail = evbuffer_get_length(in);
@@ -1224,6 +1362,17 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
             break;
         }
         if (r == WIRE_PARTIAL) {
+            if (hn == WIRE_HEADER_SIZE && avail < (size_t)f.length + 4 &&
+                (size_t)f.length + 4 + atomic_load(&c->calls_mem) +
+                        evbuffer_get_length(bufferevent_get_output(c->bev)) >
+                    s->cfg.max_connection_memory) {
+                char why_mem[160];
+                snprintf(why_mem, sizeof(why_mem),
+                         "a frame of %u bytes does not fit the connection memory budget (%u bytes)",
+                         f.length + 4, s->cfg.max_connection_memory);
+                conn_violation(c, why_mem);
+                break;
+            }
             if (hn < WIRE_HEADER_SIZE || avail < (size_t)f.length + 4)
                 break; /* wait; the length was already checked against the limit */
             size_t need = (size_t)f.length + 4;
@@ -1241,11 +1390,18 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
             f.meta = f.payload = hdr + WIRE_HEADER_SIZE; /* header-only frame */
         }
         /* The frame's bytes stay valid until drained: drain after handling it. */
+        c->last_frame_ms = now;
+        c->partial_since_ms = 0;
         on_frame(c, &f);
         if (c->state == CONN_DEAD)
             return;
         evbuffer_drain(in, (size_t)r);
     }
+    /* What is left is the start of a frame: it has frame_timeout_ms from its first byte. */
+    if (evbuffer_get_length(in) == 0)
+        c->partial_since_ms = 0;
+    else if (c->partial_since_ms == 0)
+        c->partial_since_ms = now;
 }
 
 /* Writes what the connection has queued, straight to the socket; what the kernel does not
@@ -1323,9 +1479,11 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
         conn_close(c);
         break;
     case CONN_OPEN: {
-        uint64_t idle = now_us() / 1000 - c->last_read_ms;
-        if (c->ncalls > 0 || idle < cfg->idle_timeout_ms) {
-            conn_timer_arm(c, c->ncalls > 0 ? cfg->idle_timeout_ms : cfg->idle_timeout_ms - (uint32_t)idle);
+        /* Only whole frames are activity, and only calls still running keep a connection:
+         * tombstones of answered calls and a trickle of bytes do not. */
+        uint64_t idle = now_us() / 1000 - c->last_frame_ms;
+        if (c->live_calls > 0 || idle < cfg->idle_timeout_ms) {
+            conn_timer_arm(c, c->live_calls > 0 ? cfg->idle_timeout_ms : cfg->idle_timeout_ms - (uint32_t)idle);
             break;
         }
         log_msg(LOG_INFO, "peer=%s closed: idle for %u ms", c->peer, cfg->idle_timeout_ms);
@@ -1376,6 +1534,7 @@ static void conn_close(rpc_conn *c)
         return;
     c->state = CONN_DEAD;
     rpc_loop *l = c->loop;
+    l->freed_since_trim += conn_memory(c);
     if (c->buckets) {
         for (int b = 0; b < CALL_BUCKETS; b++) {
             rpc_call *call;
@@ -1401,7 +1560,7 @@ static void conn_close(rpc_conn *c)
     if (c->next)
         c->next->prev = c->prev;
     l->nconns--;
-    atomic_fetch_sub(&l->server->connections, 1);
+    server_conn_gone(l->server, c->host);
     c->reaper = event_new(l->base, -1, 0, conn_reap_cb, c);
     event_active(c->reaper, EV_TIMEOUT, 0);
 }
@@ -1413,18 +1572,19 @@ static void conn_output_cb(struct evbuffer *buf, const struct evbuffer_cb_info *
     atomic_store(&((rpc_conn *)arg)->out_len, evbuffer_get_length(buf));
 }
 
-static void conn_accept_fd(rpc_loop *l, int fd, const char *peer)
+static void conn_accept_fd(rpc_loop *l, int fd, const char *peer, const char *host)
 {
     rpc_conn *c = calloc(1, sizeof(*c));
     if (c == NULL) {
         close(fd);
-        atomic_fetch_sub(&l->server->connections, 1);
+        server_conn_gone(l->server, host);
         return;
     }
     c->loop = l;
     atomic_init(&c->refs, 1);
     c->state = CONN_PREFACE;
     snprintf(c->peer, sizeof(c->peer), "%s", peer);
+    snprintf(c->host, sizeof(c->host), "%s", host);
     c->bev = bufferevent_socket_new(l->base, fd, BEV_OPT_CLOSE_ON_FREE);
     c->timer = evtimer_new(l->base, conn_timer_cb, c);
     if (c->bev == NULL || c->timer == NULL) {
@@ -1435,7 +1595,7 @@ static void conn_accept_fd(rpc_loop *l, int fd, const char *peer)
         if (c->timer)
             event_free(c->timer);
         free(c);
-        atomic_fetch_sub(&l->server->connections, 1);
+        server_conn_gone(l->server, host);
         return;
     }
     c->next = l->conns;
@@ -1488,6 +1648,73 @@ static void loop_drain_start(rpc_loop *l)
     evtimer_add(l->drain_timer, &tv);
 }
 
+/* Ends a client stream that has sent nothing for stream_idle_timeout_ms. Its id stays taken by
+ * a small tombstone until the client ends it, and the call's own memory goes now (or when its
+ * handler lets go). */
+static void call_stream_timeout(rpc_conn *c, rpc_call *call, uint32_t ms)
+{
+    uint32_t id = call->id;
+    char msg[160];
+    snprintf(msg, sizeof(msg), "no message from the client for %u ms (stream-idle-timeout-ms)", ms);
+    call_ref(call);
+    call_abandon(call, LAGOON_DEADLINE_EXCEEDED, 1, msg);
+    if (c->state == CONN_OPEN && call->in_table && atomic_load(&call->done)) {
+        table_remove(c, call);
+        rpc_call *t = call_new(c, NULL, id);
+        if (t == NULL || table_insert(c, t) != 0) {
+            if (t)
+                call_unref(t);
+            conn_violation(c, "out of memory");
+        } else {
+            atomic_store(&t->done, 1);
+        }
+    }
+    call_unref(call);
+}
+
+/* Runs each SWEEP_INTERVAL_MS: frames that do not complete, client streams that make no
+ * progress, and the heap left behind by closed connections. */
+static void loop_sweep_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    rpc_loop *l = arg;
+    const rpc_config *cfg = &l->server->cfg;
+    uint64_t now = now_us() / 1000;
+    for (rpc_conn *c = l->conns, *next; c; c = next) {
+        next = c->next;
+        if (c->state != CONN_OPEN)
+            continue;
+        if (c->partial_since_ms && now - c->partial_since_ms >= cfg->frame_timeout_ms) {
+            log_limited(&timeout_log, LOG_INFO, "peer=%s closed: a frame incomplete for %u ms", c->peer,
+                        cfg->frame_timeout_ms);
+            char msg[96];
+            snprintf(msg, sizeof(msg), "a frame did not arrive whole within %u ms (frame-timeout-ms)",
+                     cfg->frame_timeout_ms);
+            conn_send_goaway(c, msg);
+            conn_close_after_flush(c);
+            continue;
+        }
+        if (c->buckets == NULL || c->live_calls == 0)
+            continue;
+        for (int b = 0; b < CALL_BUCKETS && c->state == CONN_OPEN; b++) {
+            for (rpc_call *call = c->buckets[b], *hn; call; call = hn) {
+                hn = call->hnext;
+                if (!call->client_closed && !atomic_load(&call->done) && call->route &&
+                    now - call->last_msg_ms >= cfg->stream_idle_timeout_ms) {
+                    call_stream_timeout(c, call, cfg->stream_idle_timeout_ms);
+                    if (c->state != CONN_OPEN)
+                        break; /* its reply closed the connection: the table is gone */
+                }
+            }
+        }
+    }
+    if (l->freed_since_trim >= TRIM_AFTER_BYTES) {
+        l->freed_since_trim = 0;
+        malloc_trim(0);
+    }
+}
+
 static void *loop_main(void *arg)
 {
     rpc_loop *l = arg;
@@ -1500,12 +1727,28 @@ static void *loop_main(void *arg)
 
 /* ---- server --------------------------------------------------------------------------------- */
 
+/* Best effort, without a bufferevent: tells the client why in a GOAWAY, then closes. */
+static void refuse_fd(int fd, const char *message)
+{
+    lagoon_v1_ResponseMeta meta = lagoon_v1_ResponseMeta_init_zero;
+    snprintf(meta.message, sizeof(meta.message), "%s", message);
+    uint8_t buf[WIRE_HEADER_SIZE + 160];
+    long n = wire_encode(&lagoon_v1_ResponseMeta_info, &meta, buf + WIRE_HEADER_SIZE, 160, NULL);
+    if (n > 0) {
+        wire_header_encode(buf, WIRE_GOAWAY, 0, 0, 0, (size_t)n, 0);
+        ssize_t w = send(fd, buf, WIRE_HEADER_SIZE + (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+        (void)w;
+    }
+    close(fd);
+}
+
 static void accept_cb(struct evconnlistener *lst, evutil_socket_t fd, struct sockaddr *sa, int salen,
                       void *arg)
 {
     (void)lst;
     (void)salen;
     rpc_server *s = arg;
+    s->accept_backoff_ms = 0; /* accepting works again */
     char host[INET6_ADDRSTRLEN] = "?";
     unsigned port = 0;
     if (sa->sa_family == AF_INET) {
@@ -1517,35 +1760,68 @@ static void accept_cb(struct evconnlistener *lst, evutil_socket_t fd, struct soc
         inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
         port = ntohs(in6->sin6_port);
     }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    char message[128];
     if (atomic_fetch_add(&s->connections, 1) >= s->cfg.max_connections) {
         atomic_fetch_sub(&s->connections, 1);
-        /* Best effort, without a bufferevent: tell the client why, then close. */
-        lagoon_v1_ResponseMeta meta = lagoon_v1_ResponseMeta_init_zero;
-        snprintf(meta.message, sizeof(meta.message), "too many connections (max %u)", s->cfg.max_connections);
-        uint8_t buf[WIRE_HEADER_SIZE + 128];
-        long n = wire_encode(&lagoon_v1_ResponseMeta_info, &meta, buf + WIRE_HEADER_SIZE, 128, NULL);
-        if (n > 0) {
-            wire_header_encode(buf, WIRE_GOAWAY, 0, 0, 0, (size_t)n, 0);
-            ssize_t w = send(fd, buf, WIRE_HEADER_SIZE + (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
-            (void)w;
-        }
-        log_msg(LOG_WARN, "peer=%s:%u refused: max_connections (%u) reached", host, port, s->cfg.max_connections);
-        close(fd);
+        snprintf(message, sizeof(message), "too many connections (max %u)", s->cfg.max_connections);
+        log_limited(&refused_log, LOG_WARN, "peer=%s:%u refused: max_connections (%u) reached", host, port,
+                    s->cfg.max_connections);
+        refuse_fd(fd, message);
         return;
     }
+    if (addr_acquire(s, host) != 0) {
+        atomic_fetch_sub(&s->connections, 1);
+        snprintf(message, sizeof(message), "too many connections from %s (max %u per address)", host,
+                 s->cfg.max_connections_per_address);
+        log_limited(&refused_log, LOG_WARN, "peer=%s:%u refused: max_connections_per_address (%u) reached", host,
+                    port, s->cfg.max_connections_per_address);
+        refuse_fd(fd, message);
+        return;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     rpc_op *op = calloc(1, sizeof(*op));
     if (op == NULL) {
-        atomic_fetch_sub(&s->connections, 1);
+        server_conn_gone(s, host);
         close(fd);
         return;
     }
     op->kind = OP_NEW_CONN;
     op->fd = fd;
     snprintf(op->peer, sizeof(op->peer), sa->sa_family == AF_INET6 ? "[%s]:%u" : "%s:%u", host, port);
+    snprintf(op->host, sizeof(op->host), "%s", host);
     rpc_loop *l = &s->loops[s->next_loop++ % s->nloops];
     loop_post(l, op);
+}
+
+/* accept() failed. Out of descriptors or memory, the pending connection stays in the kernel's
+ * queue and the listener would be woken for it again at once, for ever: pause accepting,
+ * longer while it keeps failing, and say so once a second at most. */
+static void accept_error_cb(struct evconnlistener *lst, void *arg)
+{
+    rpc_server *s = arg;
+    int e = EVUTIL_SOCKET_ERROR();
+    if (e != EMFILE && e != ENFILE && e != ENOBUFS && e != ENOMEM) {
+        log_limited(&accept_log, LOG_WARN, "accept: %s", strerror(e));
+        return;
+    }
+    s->accept_backoff_ms = s->accept_backoff_ms == 0 ? ACCEPT_BACKOFF_MIN_MS
+                           : s->accept_backoff_ms * 2 > ACCEPT_BACKOFF_MAX_MS ? ACCEPT_BACKOFF_MAX_MS
+                                                                               : s->accept_backoff_ms * 2;
+    log_limited(&accept_log, LOG_ERROR, "accept: %s; not accepting for %u ms (%u connections open)", strerror(e),
+                s->accept_backoff_ms, atomic_load(&s->connections));
+    evconnlistener_disable(lst);
+    struct timeval tv = ms_tv(s->accept_backoff_ms);
+    evtimer_add(s->accept_retry, &tv);
+}
+
+static void accept_retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    rpc_server *s = arg;
+    if (s->listener != NULL)
+        evconnlistener_enable(s->listener);
 }
 
 static void stop_cb(evutil_socket_t fd, short what, void *arg)
@@ -1633,6 +1909,37 @@ static int limit_ok(unsigned long long v, unsigned long long min, unsigned long 
     return v >= min && v <= max;
 }
 
+/* Each connection is a descriptor: max_connections must leave room under RLIMIT_NOFILE for
+ * what else the process opens, or accept() fails with EMFILE while the store or the log need
+ * one. The soft limit is raised towards the hard one if that is what it takes. */
+static int fit_connections_to_fd_limit(rpc_config *cfg, rpc_error *err)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return RPC_OK; /* nothing known: leave it as configured */
+    rlim_t reserve = FD_RESERVE_BASE + (rlim_t)FD_RESERVE_PER_LOOP * cfg->threads;
+    rlim_t want = (rlim_t)cfg->max_connections + reserve;
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want) {
+        struct rlimit up = rl;
+        up.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > want ? want : rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &up) == 0)
+            rl = up;
+    }
+    if (rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= want)
+        return RPC_OK;
+    if (rl.rlim_cur <= reserve) {
+        snprintf(err->message, sizeof(err->message),
+                 "the file descriptor limit (%llu) leaves no room for connections after a reserve of %llu",
+                 (unsigned long long)rl.rlim_cur, (unsigned long long)reserve);
+        return RPC_ERR;
+    }
+    uint32_t fit = (uint32_t)(rl.rlim_cur - reserve);
+    log_msg(LOG_WARN, "max-connections lowered from %u to %u: the file descriptor limit is %llu (ulimit -n) and %llu are kept for the store, the log and the loops",
+            cfg->max_connections, fit, (unsigned long long)rl.rlim_cur, (unsigned long long)reserve);
+    cfg->max_connections = fit;
+    return RPC_OK;
+}
+
 int rpc_server_new(const rpc_config *cfg, const rpc_route *routes, size_t nroutes, rpc_server **out,
                    rpc_error *err)
 {
@@ -1647,6 +1954,10 @@ int rpc_server_new(const rpc_config *cfg, const rpc_route *routes, size_t nroute
 #undef RPC_LIMIT_CHECK
     if (cfg->max_output_buffer <= cfg->max_frame_size) {
         snprintf(err->message, sizeof(err->message), "max-output-buffer must exceed max-frame-size");
+        return RPC_ERR;
+    }
+    if (cfg->max_connection_memory <= cfg->max_frame_size) {
+        snprintf(err->message, sizeof(err->message), "max-connection-memory must exceed max-frame-size");
         return RPC_ERR;
     }
     for (size_t i = 1; i < nroutes; i++) {
@@ -1675,6 +1986,11 @@ int rpc_server_new(const rpc_config *cfg, const rpc_route *routes, size_t nroute
     }
     if (s->cfg.workers == 0)
         s->cfg.workers = 4;
+    if (fit_connections_to_fd_limit(&s->cfg, err) != RPC_OK) {
+        free(s);
+        return RPC_ERR;
+    }
+    pthread_mutex_init(&s->addr_mu, NULL);
     if (s->cfg.hash_workers == 0) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         s->cfg.hash_workers = n > 1 ? (unsigned)(n - 1) : 1;
@@ -1756,6 +2072,9 @@ int rpc_server_run(rpc_server *s, rpc_error *err)
         l->wake = event_new(l->base, -1, EV_PERSIST, loop_wake_cb, l);
         l->flush = event_new(l->base, -1, 0, loop_flush_cb, l);
         l->drain_timer = evtimer_new(l->base, loop_drain_timeout_cb, l);
+        l->sweep = event_new(l->base, -1, EV_PERSIST, loop_sweep_cb, l);
+        struct timeval every = ms_tv(SWEEP_INTERVAL_MS);
+        event_add(l->sweep, &every);
     }
     s->stop_event = event_new(s->control, -1, 0, stop_cb, s);
     struct event *watch = event_new(s->control, -1, EV_PERSIST, server_watch_cb, s);
@@ -1773,6 +2092,8 @@ int rpc_server_run(rpc_server *s, rpc_error *err)
         return RPC_ERR;
     }
     s->listen_fd = -1; /* owned by the listener now */
+    evconnlistener_set_error_cb(s->listener, accept_error_cb);
+    s->accept_retry = evtimer_new(s->control, accept_retry_cb, s);
     atomic_store(&s->loops_running, s->nloops);
     for (unsigned i = 0; i < s->nloops; i++)
         pthread_create(&s->loops[i].thread, NULL, loop_main, &s->loops[i]);
@@ -1826,6 +2147,8 @@ void rpc_server_free(rpc_server *s)
             event_free(l->flush);
         if (l->drain_timer)
             event_free(l->drain_timer);
+        if (l->sweep)
+            event_free(l->sweep);
         if (l->base)
             event_base_free(l->base);
         pthread_mutex_destroy(&l->mu);
@@ -1837,9 +2160,19 @@ void rpc_server_free(rpc_server *s)
         event_free(s->sigterm);
     if (s->sigint)
         event_free(s->sigint);
+    if (s->accept_retry)
+        event_free(s->accept_retry);
     if (s->control)
         event_base_free(s->control);
     if (s->listen_fd >= 0)
         close(s->listen_fd);
+    for (int b = 0; b < ADDR_BUCKETS; b++) {
+        while (s->addr_buckets[b]) {
+            addr_count *a = s->addr_buckets[b];
+            s->addr_buckets[b] = a->next;
+            free(a);
+        }
+    }
+    pthread_mutex_destroy(&s->addr_mu);
     free(s);
 }

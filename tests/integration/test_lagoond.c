@@ -10,6 +10,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -48,6 +50,9 @@ static int read_log_until(daemon_t *d, const char *needle, uint32_t timeout_ms)
     }
 }
 
+/* When not 0, the next start_daemon runs lagoond with this file descriptor limit. */
+static rlim_t child_nofile;
+
 static void start_daemon(daemon_t *d, const char *const *extra, const char *env)
 {
     memset(d, 0, sizeof(*d));
@@ -63,6 +68,10 @@ static void start_daemon(daemon_t *d, const char *const *extra, const char *env)
         close(pipefd[0]);
         if (env)
             putenv((char *)env);
+        if (child_nofile) {
+            struct rlimit rl = {child_nofile, child_nofile};
+            setrlimit(RLIMIT_NOFILE, &rl);
+        }
         const char *argv[32] = {LAGOOND_PATH, "--listen", "127.0.0.1:0", "--data", data, "--threads", "2",
                                 "--debug-methods"};
         int n = 8;
@@ -214,6 +223,69 @@ static void test_debug_methods_off_by_default(void **state)
     cleanup(d);
 }
 
+static int count_lines_with(const char *log, const char *needle)
+{
+    int n = 0;
+    for (const char *p = log; (p = strstr(p, needle)) != NULL; p += strlen(needle))
+        n++;
+    return n;
+}
+
+/* Under a small RLIMIT_NOFILE, max-connections is lowered to what fits; connections beyond it
+ * are refused with GOAWAY (no EMFILE loop), the refusals are logged once a second at most, and
+ * the server serves normally once they are gone. */
+static void test_connections_fit_the_fd_limit(void **state)
+{
+    (void)state;
+    daemon_t *d = malloc(sizeof(*d));
+    child_nofile = 200;
+    const char *extra[] = {"--max-connections", "20000", "--max-connections-per-address", "1000", NULL};
+    start_daemon(d, extra, NULL);
+    child_nofile = 0;
+    assert_non_null(strstr(d->log, "max-connections lowered from 20000 to 128"));
+    enum { N = 300 };
+    int fds[N], refused = 0;
+    uint8_t buf[1024];
+    for (int i = 0; i < N; i++) {
+        fds[i] = raw_connect(d->port, 0);
+        raw_send(fds[i], WIRE_PREFACE, WIRE_PREFACE_LEN);
+    }
+    for (int i = 0; i < N; i++) {
+        wire_frame f;
+        if (raw_read_frame(fds[i], buf, sizeof(buf), &f, 5000) == 1 && f.type == WIRE_GOAWAY) {
+            char msg[256];
+            raw_meta_message(&f, msg, sizeof(msg));
+            assert_non_null(strstr(msg, "too many connections (max 128)"));
+            refused++;
+        }
+    }
+    assert_int_equal(refused, N - 128);
+    for (int i = 0; i < N; i++)
+        close(fds[i]);
+    lagoon_client *c = NULL;
+    int st = LAGOON_UNAVAILABLE;
+    for (int i = 0; i < 100 && st != LAGOON_OK; i++) { /* until the server has seen the closes */
+        st = lagoon_connect("127.0.0.1", d->port, NULL, &c, NULL);
+        if (st == LAGOON_OK) {
+            lagoon_v1_HealthCheckRequest req = lagoon_v1_HealthCheckRequest_init_zero;
+            lagoon_v1_HealthCheckResponse resp;
+            st = lagoon_Health_Check(c, &req, &resp);
+            lagoon_close(c);
+        }
+        if (st != LAGOON_OK) {
+            struct timespec ts = {0, 50 * 1000 * 1000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    assert_int_equal(st, LAGOON_OK);
+    kill(d->pid, SIGTERM);
+    assert_int_equal(wait_exit(d, 10000), 0);
+    read_log_until(d, "stopped", 2000);
+    /* 172 refusals within a second or two: a handful of lines, not one each. */
+    assert_true(count_lines_with(d->log, "refused: max_connections") <= 5);
+    cleanup(d);
+}
+
 /* Runs a shell command line, returns its exit status and output. */
 static int run(const char *cmd, char *out, size_t cap)
 {
@@ -281,6 +353,7 @@ int main(void)
         cmocka_unit_test(test_sigterm_drains_open_calls),
         cmocka_unit_test(test_flags_and_environment),
         cmocka_unit_test(test_debug_methods_off_by_default),
+        cmocka_unit_test(test_connections_fit_the_fd_limit),
         cmocka_unit_test(test_lagoon_admin),
     };
     return cmocka_run_group_tests_name("lagoond", tests, NULL, NULL);

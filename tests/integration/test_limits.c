@@ -1,0 +1,201 @@
+/* The limits that keep one client from exhausting the server: connections per address, the
+ * per-connection memory budget, frames that never complete, client streams that make no
+ * progress. Each through the real server with the raw protocol, with the limit set small. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "lagoon_handlers.h"
+#include "lagoon_stubs.h"
+#include "testserver.h"
+
+static uint8_t buf[1 << 17];
+
+/* The next frame that is not SETTINGS/PONG, within timeout_ms; fails the test on EOF. */
+static void read_reply(int fd, wire_frame *f, uint32_t timeout_ms)
+{
+    for (;;) {
+        int r = raw_read_frame(fd, buf, sizeof(buf), f, timeout_ms);
+        assert_int_equal(r, 1);
+        if (f->type != WIRE_SETTINGS && f->type != WIRE_PONG)
+            return;
+    }
+}
+
+typedef struct conns_at_most {
+    test_server *t;
+    uint32_t n;
+} conns_at_most;
+
+static int connections_at_most(void *arg)
+{
+    conns_at_most *c = arg;
+    return rpc_server_connections(c->t->server) <= c->n;
+}
+
+static void test_connections_per_address(void **state)
+{
+    (void)state;
+    test_server t;
+    rpc_config cfg;
+    test_config(&cfg);
+    cfg.max_connections_per_address = 3;
+    test_server_start(&t, &cfg, NULL, 0);
+    int fds[3];
+    for (int i = 0; i < 3; i++)
+        fds[i] = raw_connect(t.port, 1);
+    /* The fourth from 127.0.0.1 is told why and closed, before any SETTINGS. */
+    int extra = raw_connect(t.port, 0);
+    wire_frame f;
+    assert_int_equal(raw_read_frame(extra, buf, sizeof(buf), &f, 5000), 1);
+    assert_int_equal(f.type, WIRE_GOAWAY);
+    char msg[256];
+    raw_meta_message(&f, msg, sizeof(msg));
+    assert_non_null(strstr(msg, "too many connections from 127.0.0.1"));
+    assert_true(raw_wait_closed(extra, 5000));
+    close(extra);
+    /* A slot freed is a slot for the same address again. */
+    close(fds[0]);
+    conns_at_most w = {&t, 2};
+    assert_true(test_wait_for(connections_at_most, &w, 5000));
+    fds[0] = raw_connect(t.port, 1);
+    raw_send_frame(fds[0], WIRE_REQUEST, WIRE_FLAG_END_STREAM, 1, lagoon_method_Health_Check.id, NULL, 0, NULL, 0);
+    read_reply(fds[0], &f, 5000);
+    assert_int_equal(f.type, WIRE_RESPONSE);
+    assert_int_equal(f.code, LAGOON_OK);
+    for (int i = 0; i < 3; i++)
+        close(fds[i]);
+    test_server_stop(&t);
+}
+
+/* One header byte at a time, each well inside the idle timeout: bytes are not activity, and
+ * the frame they never finish ends the connection after frame_timeout_ms. */
+static void test_trickled_frame_is_closed(void **state)
+{
+    (void)state;
+    test_server t;
+    rpc_config cfg;
+    test_config(&cfg);
+    cfg.idle_timeout_ms = 60000;
+    cfg.frame_timeout_ms = 1000;
+    test_server_start(&t, &cfg, NULL, 0);
+    int fd = raw_connect(t.port, 1);
+    uint8_t hdr[WIRE_HEADER_SIZE];
+    wire_header_encode(hdr, WIRE_PING, 0, 0, 0, 0, WIRE_PING_PAYLOAD);
+    int closed = 0;
+    /* The header's bytes but its last, 250 ms apart: never a whole frame, each byte well
+     * inside the idle timeout. */
+    for (int i = 0; i < WIRE_HEADER_SIZE - 1 && !closed; i++) {
+        if (send(fd, &hdr[i], 1, MSG_NOSIGNAL) != 1)
+            break;
+        closed = raw_wait_closed(fd, 250);
+    }
+    if (!closed)
+        closed = raw_wait_closed(fd, 3000);
+    assert_true(closed);
+    close(fd);
+    test_server_stop(&t);
+}
+
+/* A client stream left open with nothing sent is ended; the connection stays usable. */
+static void test_idle_client_stream_times_out(void **state)
+{
+    (void)state;
+    test_server t;
+    rpc_config cfg;
+    test_config(&cfg);
+    cfg.stream_idle_timeout_ms = 1000;
+    test_server_start(&t, &cfg, NULL, 0);
+    int fd = raw_connect(t.port, 1);
+    raw_send_frame(fd, WIRE_REQUEST, 0, 1, lagoon_method_Debug_EchoCollect.id, NULL, 0, NULL, 0);
+    wire_frame f;
+    read_reply(fd, &f, 10000);
+    assert_int_equal(f.type, WIRE_RESPONSE);
+    assert_int_equal(f.call_id, 1);
+    assert_int_equal(f.code, LAGOON_DEADLINE_EXCEEDED);
+    char msg[256];
+    raw_meta_message(&f, msg, sizeof(msg));
+    assert_non_null(strstr(msg, "stream-idle-timeout-ms"));
+    /* The id stays taken until the client ends it; what it sends meanwhile is swallowed. */
+    raw_send_frame(fd, WIRE_MESSAGE, WIRE_FLAG_END_STREAM, 1, 0, NULL, 0, NULL, 0);
+    raw_send_frame(fd, WIRE_REQUEST, WIRE_FLAG_END_STREAM, 3, lagoon_method_Health_Check.id, NULL, 0, NULL, 0);
+    read_reply(fd, &f, 5000);
+    assert_int_equal(f.call_id, 3);
+    assert_int_equal(f.code, LAGOON_OK);
+    close(fd);
+    test_server_stop(&t);
+}
+
+/* Open client streams hold their decoded state: past the connection's budget new calls are
+ * refused (not the connection), and a frame that cannot fit ends the connection. */
+static void test_connection_memory_budget(void **state)
+{
+    (void)state;
+    test_server t;
+    rpc_config cfg;
+    test_config(&cfg);
+    cfg.max_frame_size = 64u << 10;
+    cfg.max_connection_memory = 1u << 20;
+    test_server_start(&t, &cfg, NULL, 0);
+    int fd = raw_connect(t.port, 1);
+    /* SETTINGS announces the budget. */
+    lagoon_client *c;
+    assert_int_equal(lagoon_connect("127.0.0.1", t.port, NULL, &c, NULL), LAGOON_OK);
+    assert_int_equal(lagoon_settings(c)->max_connection_memory, 1u << 20);
+    lagoon_close(c);
+
+    uint32_t id = 1, refused = 0;
+    wire_frame f;
+    for (; id < 2 * 1024 && !refused; id += 2) {
+        raw_send_frame(fd, WIRE_REQUEST, 0, id, lagoon_method_Debug_EchoCollect.id, NULL, 0, NULL, 0);
+        /* Health after each: its reply (or the refusal before it) shows where the budget ends. */
+        raw_send_frame(fd, WIRE_REQUEST, WIRE_FLAG_END_STREAM, id + 1, lagoon_method_Health_Check.id, NULL, 0,
+                       NULL, 0);
+        for (;;) {
+            read_reply(fd, &f, 5000);
+            if (f.call_id == id) {
+                assert_int_equal(f.code, LAGOON_RESOURCE_EXHAUSTED);
+                char msg[256];
+                raw_meta_message(&f, msg, sizeof(msg));
+                assert_non_null(strstr(msg, "connection memory budget"));
+                refused = id;
+            } else {
+                assert_int_equal(f.call_id, id + 1);
+                break;
+            }
+        }
+    }
+    assert_true(refused > 0);
+    assert_true(refused < 2 * 1024); /* far fewer than max_concurrent_calls */
+    /* A frame that cannot fit beside what the open streams hold ends the connection. */
+    uint8_t hdr[WIRE_HEADER_SIZE];
+    wire_header_encode(hdr, WIRE_REQUEST, 0, id + 100, lagoon_method_Debug_Echo.id, 0, (60u << 10));
+    raw_send(fd, hdr, sizeof(hdr));
+    read_reply(fd, &f, 5000);
+    assert_int_equal(f.type, WIRE_GOAWAY);
+    char msg[256];
+    raw_meta_message(&f, msg, sizeof(msg));
+    assert_non_null(strstr(msg, "memory budget"));
+    assert_true(raw_wait_closed(fd, 5000));
+    close(fd);
+    test_server_stop(&t);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_connections_per_address),
+        cmocka_unit_test(test_trickled_frame_is_closed),
+        cmocka_unit_test(test_idle_client_stream_times_out),
+        cmocka_unit_test(test_connection_memory_budget),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

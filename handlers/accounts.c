@@ -216,6 +216,51 @@ const char *account_dummy_hash(const app *a)
     return dummy_hash;
 }
 
+/* ---- failed sign-ins ------------------------------------------------------------------------ */
+
+void account_signin_user(char out[ACCOUNT_SIGNIN_KEY_MAX], uint64_t user_id)
+{
+    snprintf(out, ACCOUNT_SIGNIN_KEY_MAX, "user:%llu", (unsigned long long)user_id);
+}
+
+/* The pair's key puts the address first: a limiter cuts long keys, and a cut must never make
+ * two addresses one. */
+static void pair_key(char *out, size_t cap, const char *account, const char *peer)
+{
+    snprintf(out, cap, "%s %s", peer, account);
+}
+
+uint32_t account_signin_wait(app *a, const char *account, const char *peer, int64_t now)
+{
+    char pair[LIMITER_KEY_MAX];
+    pair_key(pair, sizeof(pair), account, peer);
+    uint32_t w = limiter_wait(a->login_pair, pair, now);
+    if (limiter_count(a->login_known, pair, now) > 0)
+        return w; /* the owner's usual address: only its own failures hold it */
+    uint32_t wa = limiter_wait(a->login_account, account, now);
+    uint32_t wb = limiter_wait(a->login_address, peer, now);
+    if (wa > w)
+        w = wa;
+    return wb > w ? wb : w;
+}
+
+void account_signin_failed(app *a, const char *account, const char *peer, int64_t now)
+{
+    char pair[LIMITER_KEY_MAX];
+    pair_key(pair, sizeof(pair), account, peer);
+    limiter_hit(a->login_pair, pair, now);
+    limiter_hit(a->login_account, account, now);
+    limiter_hit(a->login_address, peer, now);
+}
+
+void account_signin_ok(app *a, const char *account, const char *peer, int64_t now)
+{
+    char pair[LIMITER_KEY_MAX];
+    pair_key(pair, sizeof(pair), account, peer);
+    limiter_reset(a->login_pair, pair);
+    limiter_hit(a->login_known, pair, now);
+}
+
 /* ---- validation -------------------------------------------------------------------------- */
 
 /* Common passwords of 10 or more characters (shorter ones fail the length rule anyway),

@@ -44,6 +44,22 @@ int account_needs_rehash(const app *a, const char *hash);
  * unknown login takes as long as a wrong password. */
 const char *account_dummy_hash(const app *a);
 
+/* ---- failed sign-ins (app_config.login_*_failures) -------------------------------------------- */
+
+/* `account` names what is signed in to: "user:<id>" (account_signin_user), or "login:<login,
+ * lower-cased>" for a login that names no account, so that guessing at one is throttled too.
+ * `peer` is the client address (app_peer_address). Thread-safe. */
+#define ACCOUNT_SIGNIN_KEY_MAX 272 /* "login:" + a 254-byte login + NUL, rounded up */
+void account_signin_user(char out[ACCOUNT_SIGNIN_KEY_MAX], uint64_t user_id);
+/* 0 if a password of account may be tried from peer now, else the milliseconds to wait: the
+ * longest of the (account, address) pair's, the account's and the address's waits, except
+ * that a known pair (it signed in within APP_KNOWN_ADDRESS_MS) owes only its own. */
+uint32_t account_signin_wait(app *a, const char *account, const char *peer, int64_t now);
+/* A wrong password: counts for the pair, the account and the address. */
+void account_signin_failed(app *a, const char *account, const char *peer, int64_t now);
+/* A sign-in: clears the pair's failures and makes the pair known. */
+void account_signin_ok(app *a, const char *account, const char *peer, int64_t now);
+
 /* ---- validation: NULL if the value is acceptable, else why not (static text, or per-thread
  * text valid until the next call on the thread) -------------------------------------------- */
 

@@ -53,9 +53,13 @@ void app_config_defaults(app_config *c)
     if (c->subscriber_backlog == 0)
         c->subscriber_backlog = 1u << 20;
     policy_default(&c->login_failures, 5, 15 * 60 * 1000, 1000, 15 * 60 * 1000);
-    policy_default(&c->login_address_failures, 5, 15 * 60 * 1000, 1000, 15 * 60 * 1000);
-    policy_default(&c->registrations, 20, 3600 * 1000, 60 * 1000, 3600 * 1000);
-    policy_default(&c->resets, 10, 3600 * 1000, 60 * 1000, 3600 * 1000);
+    policy_default(&c->login_account_failures, 100, 15 * 60 * 1000, 1000, 15 * 60 * 1000);
+    policy_default(&c->login_address_failures, 50, 15 * 60 * 1000, 1000, 15 * 60 * 1000);
+    /* "N per hour" budgets: past N, wait until the hour (from the first) ends. */
+    c->registrations.kind = LIMITER_BUDGET;
+    c->resets.kind = LIMITER_BUDGET;
+    policy_default(&c->registrations, 20, 3600 * 1000, 0, 0);
+    policy_default(&c->resets, 10, 3600 * 1000, 0, 0);
     policy_default(&c->sends, 60, 60 * 1000, 1000, 60 * 1000);
 }
 
@@ -83,12 +87,19 @@ int app_open(const char *data_dir, const app_config *cfg, app **out, rpc_error *
     a->cfg = *cfg;
     app_config_defaults(&a->cfg);
     snprintf(a->data_dir, sizeof(a->data_dir), "%s", data_dir);
-    a->login_account = limiter_new(&a->cfg.login_failures, APP_LIMITER_KEYS);
+    /* Known pairs: counted, never waiting, forgotten APP_KNOWN_ADDRESS_MS after they are
+     * first seen (the next sign-in after that makes them known again). */
+    limiter_policy known = {.kind = LIMITER_BUDGET, .max_events = UINT32_MAX,
+                            .window_ms = (uint32_t)APP_KNOWN_ADDRESS_MS};
+    a->login_pair = limiter_new(&a->cfg.login_failures, APP_LIMITER_KEYS);
+    a->login_account = limiter_new(&a->cfg.login_account_failures, APP_LIMITER_KEYS);
     a->login_address = limiter_new(&a->cfg.login_address_failures, APP_LIMITER_KEYS);
+    a->login_known = limiter_new(&known, APP_LIMITER_KEYS);
     a->registrations = limiter_new(&a->cfg.registrations, APP_LIMITER_KEYS);
     a->resets = limiter_new(&a->cfg.resets, APP_LIMITER_KEYS);
     a->sends = limiter_new(&a->cfg.sends, APP_LIMITER_KEYS);
-    if (!a->login_account || !a->login_address || !a->registrations || !a->resets || !a->sends) {
+    if (!a->login_pair || !a->login_account || !a->login_address || !a->login_known || !a->registrations ||
+        !a->resets || !a->sends) {
         snprintf(err->message, sizeof(err->message), "out of memory");
         app_close(a);
         return RPC_ERR;
@@ -123,8 +134,10 @@ void app_close(app *a)
     mailer_stop(a->mail);
     realtime_stop(a->rt);
     store_close(a->db);
+    limiter_free(a->login_pair);
     limiter_free(a->login_account);
     limiter_free(a->login_address);
+    limiter_free(a->login_known);
     limiter_free(a->registrations);
     limiter_free(a->resets);
     limiter_free(a->sends);

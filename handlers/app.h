@@ -26,10 +26,20 @@ typedef struct app_config {
     uint32_t reset_ttl_s;      /* password reset token; 0 = 1 h */
     uint32_t max_sessions;     /* per user; a sign-in beyond it ends the oldest. 0 = 100, at most
                                 * STORE_PAGE_SIZE_MAX (one page of the user's sessions) */
-    limiter_policy login_failures;         /* per account; 0s = 5 per 15 min, then 1 s doubling to 15 min */
-    limiter_policy login_address_failures; /* per client address; 0s = the same */
-    limiter_policy registrations;  /* per address; 0s = 20 per hour */
-    limiter_policy resets;         /* ForgotPassword and ResendVerification per address; 0s = 10 per hour */
+    /* Failed sign-ins (a wrong password in Login, ChangePassword or DeleteAccount), backoff
+     * policies. An address the account signed in from in the last APP_KNOWN_ADDRESS_MS is
+     * held only by the first: others' failures cannot lock the owner out there. */
+    limiter_policy login_failures;         /* per account and client address; 0s = 5 per 15 min,
+                                            * then 1 s doubling to 15 min */
+    limiter_policy login_account_failures; /* per account, every address together (a spread-out
+                                            * attack); 0s = 100 per 15 min, then 1 s doubling to 15 min */
+    limiter_policy login_address_failures; /* per client address, every account together (one
+                                            * address spraying many accounts; a NAT shares it);
+                                            * 0s = 50 per 15 min, then 1 s doubling to 15 min */
+    limiter_policy registrations;  /* Register calls past validation (created or taken), per
+                                    * address; budget, 0s = 20 per hour */
+    limiter_policy resets;         /* emails on request (ForgotPassword, a ResendVerification that
+                                    * sends), per address; budget, 0s = 10 per hour */
     limiter_policy sends;          /* Messages/Send per user; 0s = 60 per minute, then 1 s doubling to 1 min */
     enum store_sync sync;          /* STORE_SYNC_FULL unless benchmarking */
     uint32_t event_retention_count; /* events kept per user; 0 = 1000 */
@@ -38,7 +48,20 @@ typedef struct app_config {
     /* The clock, ms since the epoch; NULL = the real one. Tests inject theirs. */
     int64_t (*clock)(void *arg);
     void *clock_arg;
+    /* Tests only (NULL in lagoond): called at the points of enum app_hook, on the thread doing
+     * the work, so that a test can hold a call there and change the world under it. */
+    void (*hook)(void *arg, int point);
+    void *hook_arg;
 } app_config;
+
+/* Where app_config.hook is called. */
+enum app_hook {
+    APP_HOOK_HASH = 1,         /* a Login or Register job starts on the hash lane */
+    APP_HOOK_LOGIN_VERIFIED,   /* Login: the password matched, the session is not yet written */
+};
+
+/* How long a successful sign-in makes its (account, address) pair known. */
+#define APP_KNOWN_ADDRESS_MS (30LL * 24 * 3600 * 1000)
 
 typedef struct mailer mailer;
 typedef struct realtime realtime;
@@ -46,7 +69,9 @@ typedef struct realtime realtime;
 typedef struct app {
     store *db;
     app_config cfg;
-    limiter *login_account, *login_address, *registrations, *resets;
+    limiter *login_pair, *login_account, *login_address; /* the three sign-in policies */
+    limiter *login_known; /* (account, address) pairs that signed in recently */
+    limiter *registrations, *resets;
     limiter *sends; /* Messages/Send per user */
     mailer *mail;
     realtime *rt;
@@ -69,6 +94,13 @@ static inline app *app_of(const rpc_call *c)
 }
 
 int64_t app_now(const app *a);
+
+/* Calls the test hook, if any. */
+static inline void app_hook_point(const app *a, enum app_hook point)
+{
+    if (a->cfg.hook)
+        a->cfg.hook(a->cfg.hook_arg, (int)point);
+}
 
 /* The RPC layer's drain hook (rpc_config.on_drain, arg = the app): ends the subscriptions,
  * which would otherwise hold the drain open. */

@@ -165,6 +165,7 @@ static int register_done(rpc_call *call, void *arg, int status, const store_erro
 static int register_hash(rpc_call *call, void *arg)
 {
     register_op *op = arg;
+    app_hook_point(op->a, APP_HOOK_HASH);
     if (account_hash_password(op->a, op->password, op->user.password_hash) != 0) {
         register_free(op);
         return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory hashing the password");
@@ -197,6 +198,9 @@ int handle_Auth_Register(rpc_call *call, const lagoon_v1_RegisterRequest *req, l
     if (rpc_call_violations(call))
         return LAGOON_INVALID_ARGUMENT;
 
+    /* Every request that gets this far counts, taken names too: whether an email has an
+     * account is then learnt at most as fast as accounts can be made. */
+    limiter_hit(a->registrations, key, now);
     /* Report taken names up front, both at once; the unique indexes decide in the end. */
     lagoon_v1_User *other = malloc(sizeof(*other));
     if (other == NULL)
@@ -210,7 +214,6 @@ int handle_Auth_Register(rpc_call *call, const lagoon_v1_RegisterRequest *req, l
     if (rpc_call_violations(call))
         return rpc_call_error(call, LAGOON_ALREADY_EXISTS, "email or username already in use");
 
-    limiter_hit(a->registrations, key, now);
     register_op *op = calloc(1, sizeof(*op));
     if (op == NULL)
         return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
@@ -232,15 +235,20 @@ int handle_Auth_Register(rpc_call *call, const lagoon_v1_RegisterRequest *req, l
 
 /* ---- Login -------------------------------------------------------------------------------- */
 
+/* What the sign-in's write found (the checks that must hold in the transaction that creates
+ * the session). */
+enum login_outcome { LOGIN_OK, LOGIN_WRONG, LOGIN_INACTIVE };
+
 typedef struct login_op {
     app *a;
     lagoon_v1_TokenPair *resp;
     int found, active;
+    int outcome; /* enum login_outcome, set by session_create */
     uint64_t user_id;
-    char hash[ACCOUNT_HASH_MAX];
+    char hash[ACCOUNT_HASH_MAX];     /* the hash the password is verified against */
     char new_hash[ACCOUNT_HASH_MAX]; /* "" unless the hash is upgraded */
-    char password[ACCOUNT_PASSWORD_MAX + 1];
-    char account_key[272], address_key[80]; /* login (<= 254) or user id; address (<= 64) */
+    char password[ACCOUNT_PASSWORD_MAX + 1]; /* wiped once verified */
+    char account_key[ACCOUNT_SIGNIN_KEY_MAX]; /* for the sign-in throttle */
     char peer[64];
     char access[ACCOUNT_TOKEN_CHARS + 1], refresh[ACCOUNT_TOKEN_CHARS + 1];
     uint8_t access_hash[ACCOUNT_HASH_BYTES], refresh_hash[ACCOUNT_HASH_BYTES];
@@ -256,13 +264,26 @@ static void login_free(login_op *op)
 
 static void login_drop(void *op) { login_free(op); }
 
-/* A new session for op->user_id with op's tokens; fills op->user. */
+/* A new session for op->user_id with op's tokens; fills op->user. The password was verified
+ * outside this transaction, so the account may have changed since: the session is created
+ * only if the user still exists, is active and still has the hash that was verified
+ * (otherwise a sign-in racing a deactivation, a password reset or a deletion would outlive
+ * it); else op->outcome says why and nothing is written. */
 static int session_create(store_txn *t, login_op *op, store_error *err)
 {
     lagoon_v1_User u;
     int st = store_get(t, &accounts_users, op->user_id, &u, err);
+    op->outcome = LOGIN_WRONG;
+    if (st == LAGOON_NOT_FOUND)
+        return LAGOON_OK;
     if (st != LAGOON_OK)
         return st;
+    if (strcmp(u.password_hash, op->hash) != 0)
+        return LAGOON_OK;
+    op->outcome = LOGIN_INACTIVE;
+    if (!u.active)
+        return LAGOON_OK;
+    op->outcome = LOGIN_OK;
     u.last_login = op->now;
     if (op->new_hash[0])
         COPY_STR(u.password_hash, op->new_hash);
@@ -303,13 +324,32 @@ static int login_write(store_txn *t, void *arg, store_error *err)
     return session_create(t, arg, err);
 }
 
+static int wrong_password(rpc_call *call)
+{
+    return rpc_call_error(call, LAGOON_UNAUTHENTICATED, "wrong login or password");
+}
+
+static int deactivated(rpc_call *call)
+{
+    return rpc_call_error(call, LAGOON_PERMISSION_DENIED, "this account is deactivated");
+}
+
 static int login_done(rpc_call *call, void *arg, int status, const store_error *err)
 {
     login_op *op = arg;
-    if (status == LAGOON_OK)
-        fill_tokens(op, op->resp);
-    else
+    if (status != LAGOON_OK) {
         status = app_store_error(call, status, err);
+    } else if (op->outcome == LOGIN_OK) {
+        account_signin_ok(op->a, op->account_key, op->peer, app_now(op->a));
+        fill_tokens(op, op->resp);
+    } else if (op->outcome == LOGIN_INACTIVE) {
+        status = deactivated(call);
+    } else {
+        /* The password was replaced (or the account deleted) after it was checked: it is
+         * wrong now, and counts as such. */
+        account_signin_failed(op->a, op->account_key, op->peer, app_now(op->a));
+        status = wrong_password(call);
+    }
     login_free(op);
     return status;
 }
@@ -318,23 +358,22 @@ static int login_verify(rpc_call *call, void *arg)
 {
     login_op *op = arg;
     app *a = op->a;
+    app_hook_point(a, APP_HOOK_HASH);
     /* An unknown login is checked against a dummy hash: it costs the same as a wrong password. */
     int ok = account_verify_password(op->found ? op->hash : account_dummy_hash(a), op->password) && op->found;
+    if (ok && account_needs_rehash(a, op->hash) && account_hash_password(a, op->password, op->new_hash) != 0)
+        op->new_hash[0] = '\0';
+    sodium_memzero(op->password, sizeof(op->password)); /* not needed any more */
     if (!ok) {
-        int64_t now = app_now(a);
-        limiter_hit(a->login_account, op->account_key, now);
-        limiter_hit(a->login_address, op->address_key, now);
+        account_signin_failed(a, op->account_key, op->peer, app_now(a));
         login_free(op);
-        return rpc_call_error(call, LAGOON_UNAUTHENTICATED, "wrong login or password");
+        return wrong_password(call);
     }
     if (!op->active) {
         login_free(op);
-        return rpc_call_error(call, LAGOON_PERMISSION_DENIED, "this account is deactivated");
+        return deactivated(call);
     }
-    limiter_reset(a->login_account, op->account_key);
-    if (account_needs_rehash(a, op->hash) && account_hash_password(a, op->password, op->new_hash) != 0)
-        op->new_hash[0] = '\0';
-    sodium_memzero(op->password, sizeof(op->password));
+    app_hook_point(a, APP_HOOK_LOGIN_VERIFIED);
     account_token_new(op->access, op->access_hash);
     account_token_new(op->refresh, op->refresh_hash);
     op->now = app_now(a);
@@ -364,7 +403,7 @@ int handle_Auth_Login(rpc_call *call, const lagoon_v1_LoginRequest *req, lagoon_
         op->active = op->user.active;
         op->user_id = op->user.id;
         COPY_STR(op->hash, op->user.password_hash);
-        snprintf(op->account_key, sizeof(op->account_key), "user:%llu", (unsigned long long)op->user_id);
+        account_signin_user(op->account_key, op->user_id);
     } else {
         /* Unknown logins are throttled by name too, folded like the indexes fold them. */
         snprintf(op->account_key, sizeof(op->account_key), "login:%s", req->login);
@@ -373,13 +412,10 @@ int handle_Auth_Login(rpc_call *call, const lagoon_v1_LoginRequest *req, lagoon_
                 *p = (char)(*p + 32);
     }
     app_peer_address(call, op->peer, sizeof(op->peer));
-    snprintf(op->address_key, sizeof(op->address_key), "addr:%s", op->peer);
-    int64_t now = app_now(a);
-    uint32_t wa = limiter_wait(a->login_account, op->account_key, now);
-    uint32_t wb = limiter_wait(a->login_address, op->address_key, now);
-    if (wa || wb) {
+    uint32_t wait = account_signin_wait(a, op->account_key, op->peer, app_now(a));
+    if (wait) {
         login_free(op);
-        return too_many(call, wa > wb ? wa : wb, "failed sign-ins");
+        return too_many(call, wait, "failed sign-ins");
     }
     COPY_STR(op->password, req->password);
     int st = rpc_call_defer(call, RPC_LANE_HASH, login_verify, login_drop, op);
@@ -431,8 +467,10 @@ static int refresh_write(store_txn *t, void *arg, store_error *err)
     if (st != LAGOON_OK)
         return st;
     if (!u.active) {
+        /* A deactivation deletes the sessions in its own transaction; one found here anyway
+         * (stored before that rule) ends now, like every other session of the account. */
         op->outcome = REFRESH_INACTIVE;
-        return LAGOON_OK;
+        return account_revoke_sessions(t, u.id, 0, err);
     }
     lagoon_v1_UsedRefresh used = lagoon_v1_UsedRefresh_init_zero;
     used.session_id = s.id;
@@ -745,6 +783,7 @@ int handle_Auth_ResetPassword(rpc_call *call, const lagoon_v1_ResetPasswordReque
 
 typedef struct mail_op {
     app *a;
+    char limit_key[96];         /* the address's email budget */
     uint64_t user_id;           /* ResendVerification */
     char email[256];            /* ForgotPassword */
     char token[ACCOUNT_TOKEN_CHARS + 1];
@@ -768,27 +807,30 @@ static int resend_write(store_txn *t, void *arg, store_error *err)
     return st;
 }
 
+static int already_verified(rpc_call *call)
+{
+    return rpc_call_error(call, LAGOON_FAILED_PRECONDITION, "the email address is already verified");
+}
+
 static int resend_done(rpc_call *call, void *arg, int status, const store_error *err)
 {
     mail_op *op = arg;
     if (status != LAGOON_OK)
         status = app_store_error(call, status, err);
     else if (op->already_verified)
-        status = rpc_call_error(call, LAGOON_FAILED_PRECONDITION, "the email address is already verified");
+        status = already_verified(call);
+    else /* an email went out: that is what the budget counts */
+        limiter_hit(op->a->resets, op->limit_key, app_now(op->a));
     free(op);
     return status;
 }
 
-static uint32_t address_limit(rpc_call *call, limiter *l, const char *what)
+/* The key of the caller's address in the email budget (app.resets). */
+static void mail_key(rpc_call *call, char *key, size_t cap)
 {
-    char addr[64], key[96];
+    char addr[64];
     app_peer_address(call, addr, sizeof(addr));
-    snprintf(key, sizeof(key), "%s:%s", what, addr);
-    int64_t now = app_now(app_of(call));
-    uint32_t wait = limiter_wait(l, key, now);
-    if (wait == 0)
-        limiter_hit(l, key, now);
-    return wait;
+    snprintf(key, cap, "mail:%s", addr);
 }
 
 int handle_Auth_ResendVerification(rpc_call *call, const lagoon_v1_AuthEmpty *req, lagoon_v1_AuthEmpty *resp)
@@ -796,16 +838,33 @@ int handle_Auth_ResendVerification(rpc_call *call, const lagoon_v1_AuthEmpty *re
     (void)req;
     (void)resp;
     app *a = app_of(call);
-    uint32_t wait = address_limit(call, a->resets, "mail");
+    /* The request's own precondition first: a request that cannot send mail is answered as
+     * such and costs none of the budget. (The write checks again: the flag may change.) */
+    int st;
+    lagoon_v1_User *u = malloc(sizeof(*u));
+    if (u == NULL)
+        return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
+    store_error err;
+    st = read_user(a, rpc_call_caller(call)->user_id, u, &err);
+    int verified = st == LAGOON_OK && u->verified;
+    free(u);
+    if (st != LAGOON_OK)
+        return app_store_error(call, st, &err);
+    if (verified)
+        return already_verified(call);
+    char key[96];
+    mail_key(call, key, sizeof(key));
+    uint32_t wait = limiter_wait(a->resets, key, app_now(a));
     if (wait)
         return too_many(call, wait, "email requests from this address");
     mail_op *op = calloc(1, sizeof(*op));
     if (op == NULL)
         return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
     op->a = a;
+    COPY_STR(op->limit_key, key);
     op->user_id = rpc_call_caller(call)->user_id;
     account_token_new(op->token, op->token_hash);
-    int st = app_write(call, resend_write, op, resend_done);
+    st = app_write(call, resend_write, op, resend_done);
     if (st != RPC_PENDING)
         free(op);
     return st;
@@ -842,9 +901,15 @@ int handle_Auth_ForgotPassword(rpc_call *call, const lagoon_v1_ForgotPasswordReq
     app *a = app_of(call);
     if (!account_check(call, "email", account_email_problem(req->email)))
         return LAGOON_INVALID_ARGUMENT;
-    uint32_t wait = address_limit(call, a->resets, "mail");
+    /* Every valid request counts, whether or not an email goes out: counting only those that
+     * send would tell, by when the limit comes, which addresses have accounts. */
+    char key[96];
+    mail_key(call, key, sizeof(key));
+    int64_t now = app_now(a);
+    uint32_t wait = limiter_wait(a->resets, key, now);
     if (wait)
         return too_many(call, wait, "email requests from this address");
+    limiter_hit(a->resets, key, now);
     mail_op *op = calloc(1, sizeof(*op));
     if (op == NULL)
         return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");

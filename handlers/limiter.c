@@ -64,6 +64,10 @@ static uint32_t wait_of(const limiter *l, const entry *e, int64_t now)
 {
     if (e->count < l->p.max_events)
         return 0;
+    if (l->p.kind == LIMITER_BUDGET) {
+        int64_t end = e->first_ms + (int64_t)l->p.window_ms;
+        return end > now ? (uint32_t)(end - now) : 0;
+    }
     uint64_t delay = l->p.base_delay_ms;
     for (uint32_t i = l->p.max_events; i < e->count && delay < l->p.max_delay_ms; i++)
         delay *= 2;
@@ -134,6 +138,17 @@ void limiter_hit(limiter *l, const char *key, int64_t now_ms)
         e->last_ms = now_ms;
     }
     pthread_mutex_unlock(&l->mu);
+}
+
+uint32_t limiter_count(limiter *l, const char *key, int64_t now_ms)
+{
+    char k[LIMITER_KEY_MAX];
+    snprintf(k, sizeof(k), "%s", key);
+    pthread_mutex_lock(&l->mu);
+    const entry *e = *find(l, k);
+    uint32_t n = e != NULL && !stale(l, e, now_ms) ? e->count : 0;
+    pthread_mutex_unlock(&l->mu);
+    return n;
 }
 
 void limiter_reset(limiter *l, const char *key)

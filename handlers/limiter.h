@@ -2,9 +2,13 @@
  * must wait. Thread-safe; memory bounded by max_keys. Time is passed in (ms), so tests can
  * drive it with their own clock.
  *
- * A key may have max_events within window_ms. Past that it waits base_delay_ms after its last
- * event, doubling with each further event, up to max_delay_ms. A key whose window has passed
- * and that is not waiting is forgotten. */
+ * Two kinds of policy:
+ * - LIMITER_BACKOFF (failed sign-ins): a key may have max_events within window_ms. Past that it
+ *   waits base_delay_ms after its last event, doubling with each further event, up to
+ *   max_delay_ms. It slows guessing down without a fixed lock-out period.
+ * - LIMITER_BUDGET (emails, registrations: "N per hour"): a key may have max_events within
+ *   window_ms, counted from its first event; past that it waits until that window ends.
+ * A key whose window has passed and that is not waiting is forgotten. */
 #ifndef LAGOON_LIMITER_H
 #define LAGOON_LIMITER_H
 
@@ -13,11 +17,14 @@
 
 #define LIMITER_KEY_MAX 160 /* longer keys are cut: they are ours (prefix + address or login) */
 
+enum limiter_kind { LIMITER_BACKOFF = 0, LIMITER_BUDGET = 1 };
+
 typedef struct limiter_policy {
+    uint32_t kind;          /* enum limiter_kind */
     uint32_t max_events;    /* events allowed per window without waiting */
     uint32_t window_ms;     /* the window, from a key's first counted event */
-    uint32_t base_delay_ms; /* first wait once max_events is reached */
-    uint32_t max_delay_ms;  /* waits double up to this */
+    uint32_t base_delay_ms; /* BACKOFF: first wait once max_events is reached */
+    uint32_t max_delay_ms;  /* BACKOFF: waits double up to this */
 } limiter_policy;
 
 typedef struct limiter limiter;
@@ -31,6 +38,8 @@ void limiter_free(limiter *l);
 uint32_t limiter_wait(limiter *l, const char *key, int64_t now_ms);
 /* Counts one event for key. */
 void limiter_hit(limiter *l, const char *key, int64_t now_ms);
+/* Events counted for key in its current window (0 if none, or if the window has passed). */
+uint32_t limiter_count(limiter *l, const char *key, int64_t now_ms);
 /* Forgets key (a successful login clears its failures). */
 void limiter_reset(limiter *l, const char *key);
 

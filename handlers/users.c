@@ -153,9 +153,10 @@ typedef struct user_op {
     lagoon_v1_Role role;
     bool active;
     char new_hash[ACCOUNT_HASH_MAX];   /* ChangePassword */
-    char password[ACCOUNT_PASSWORD_MAX + 1]; /* until checked and hashed */
-    char new_password[ACCOUNT_PASSWORD_MAX + 1];
+    char password[ACCOUNT_PASSWORD_MAX + 1];     /* the current one; wiped once checked */
+    char new_password[ACCOUNT_PASSWORD_MAX + 1]; /* wiped once hashed */
     char current_hash[ACCOUNT_HASH_MAX];
+    char peer[64]; /* the client address, for the sign-in throttle */
     void *resp;
     int public_resp;     /* resp is a PublicUser, not a UserProfile */
     lagoon_v1_User user; /* the row as written */
@@ -313,16 +314,19 @@ int handle_Users_SetActive(rpc_call *call, const lagoon_v1_SetActiveRequest *req
 
 /* ---- password-checked changes --------------------------------------------------------------- */
 
-/* On a worker: does op->password match the account's? A wrong one counts as a failed sign-in
- * of the account (so these methods cannot be used to guess passwords) and ends the call with a
- * violation of `field`: returns that status; the caller frees op. LAGOON_OK if it matches. */
-static int current_password_ok(rpc_call *call, const user_op *op, const char *field)
+/* On a worker: does op->password match the account's? It is wiped either way. A wrong one
+ * counts as a failed sign-in of the account from the caller's address (so these methods
+ * cannot be used to guess passwords) and ends the call with a violation of `field`: returns
+ * that status; the caller frees op. LAGOON_OK if it matches. */
+static int current_password_ok(rpc_call *call, user_op *op, const char *field)
 {
-    if (account_verify_password(op->current_hash, op->password))
+    int ok = account_verify_password(op->current_hash, op->password);
+    sodium_memzero(op->password, sizeof(op->password));
+    if (ok)
         return LAGOON_OK;
-    char key[48];
-    snprintf(key, sizeof(key), "user:%llu", (unsigned long long)op->user_id);
-    limiter_hit(op->a->login_account, key, app_now(op->a));
+    char key[ACCOUNT_SIGNIN_KEY_MAX];
+    account_signin_user(key, op->user_id);
+    account_signin_failed(op->a, key, op->peer, app_now(op->a));
     return rpc_call_violation(call, field, "is wrong");
 }
 
@@ -334,6 +338,7 @@ static int change_password_work(rpc_call *call, void *arg)
     int st = current_password_ok(call, op, "current_password");
     if (st == LAGOON_OK && account_hash_password(a, op->new_password, op->new_hash) != 0)
         st = rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory hashing the password");
+    sodium_memzero(op->new_password, sizeof(op->new_password));
     if (st != LAGOON_OK) {
         user_op_free(op);
         return st;
@@ -363,9 +368,10 @@ static user_op *password_op(rpc_call *call, void *resp, int *st)
 {
     app *a = app_of(call);
     uint64_t uid = rpc_call_caller(call)->user_id;
-    char key[48];
-    snprintf(key, sizeof(key), "user:%llu", (unsigned long long)uid);
-    uint32_t wait = limiter_wait(a->login_account, key, app_now(a));
+    char key[ACCOUNT_SIGNIN_KEY_MAX], peer[64];
+    account_signin_user(key, uid);
+    app_peer_address(call, peer, sizeof(peer));
+    uint32_t wait = account_signin_wait(a, key, peer, app_now(a));
     if (wait) {
         rpc_call_retry_after(call, wait);
         *st = rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "too many wrong passwords; retry in %u s",
@@ -382,6 +388,7 @@ static user_op *password_op(rpc_call *call, void *resp, int *st)
         return NULL;
     }
     COPY_STR(op->current_hash, u->password_hash);
+    COPY_STR(op->peer, peer);
     op->user = *u;
     free(u);
     return op;

@@ -125,7 +125,7 @@ static void test_register_reports_every_violation(void **state)
     snprintf(req.email, sizeof(req.email), "not-an-email");
     snprintf(req.username, sizeof(req.username), "x!");
     snprintf(req.password, sizeof(req.password), "short");
-    snprintf(req.full_name, sizeof(req.full_name), "bad\x01name");
+    snprintf(req.full_name, sizeof(req.full_name), "bad\nname");
     req.role = lagoon_v1_Role_ADMIN;
     lagoon_v1_UserProfile p;
     assert_int_equal(lagoon_Auth_Register(c, &req, &p), LAGOON_INVALID_ARGUMENT);
@@ -239,48 +239,106 @@ static void test_login_throttling_and_expiry(void **state)
     lagoon_close(c);
 }
 
+/* Points T at a server of its own, started with tweak; returns the shared one, for
+ * private_end. */
+static test_app *private_app(void (*tweak)(app_config *acfg, rpc_config *cfg))
+{
+    test_app *saved = T;
+    T = calloc(1, sizeof(*T));
+    assert_non_null(T);
+    test_app_start(T, tweak);
+    return saved;
+}
+
+static void private_end(test_app *saved)
+{
+    test_app_stop(T);
+    free(T);
+    T = saved;
+}
+
 static void tweak_small_registration_limit(app_config *acfg, rpc_config *cfg)
 {
     (void)cfg;
     acfg->registrations.max_events = 3;
     acfg->resets.max_events = 2;
-    acfg->login_failures.max_events = 100000; /* only the address is throttled here */
 }
 
-static void test_registration_and_reset_rate_limits(void **state)
+/* Registrations: 3 per hour here (20 by default). Every Register that passes validation
+ * counts, a taken email or username too, so that which emails have accounts is learnt no
+ * faster than accounts are made; the wait is until the hour from the first one ends. */
+static void test_registration_limit_counts_taken_names(void **state)
 {
     (void)state;
-    test_app *saved = T;
-    test_app *t = calloc(1, sizeof(*t));
-    test_app_start(t, tweak_small_registration_limit);
-    T = t;
+    test_app *saved = private_app(tweak_small_registration_limit);
     lagoon_client *c = client();
-    char email[64], name[32];
-    for (int i = 0; i < 3; i++) {
-        snprintf(email, sizeof(email), "r%d@example.com", i);
-        snprintf(name, sizeof(name), "rate%d", i);
-        assert_int_equal(do_register(c, email, name, PASSWORD, 0, NULL), LAGOON_OK);
-    }
-    assert_int_equal(do_register(c, "r9@example.com", "rate9", PASSWORD, 0, NULL), LAGOON_RESOURCE_EXHAUSTED);
-    assert_true(lagoon_last_error(c)->detail.retry_after_ms > 0);
-    lagoon_v1_ForgotPasswordRequest fr = lagoon_v1_ForgotPasswordRequest_init_zero;
-    lagoon_v1_AuthEmpty e;
-    snprintf(fr.email, sizeof(fr.email), "r0@example.com");
-    assert_int_equal(lagoon_Auth_ForgotPassword(c, &fr, &e), LAGOON_OK);
-    assert_int_equal(lagoon_Auth_ForgotPassword(c, &fr, &e), LAGOON_OK);
-    assert_int_equal(lagoon_Auth_ForgotPassword(c, &fr, &e), LAGOON_RESOURCE_EXHAUSTED);
-    /* Failed sign-ins from one address, spread over different accounts: 5, then throttled. */
-    for (int i = 0; i < 5; i++) {
-        snprintf(name, sizeof(name), "ghost%d", i);
-        assert_int_equal(do_login(c, name, PASSWORD, NULL), LAGOON_UNAUTHENTICATED);
-    }
-    assert_int_equal(do_login(c, "rate0", PASSWORD, NULL), LAGOON_RESOURCE_EXHAUSTED);
-    test_clock_advance(T, 16LL * 60 * 1000);
-    assert_int_equal(do_login(c, "rate0", PASSWORD, NULL), LAGOON_OK);
+    /* Invalid requests are answered before the lookup and cost nothing. */
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(do_register(c, "bad", "r0", PASSWORD, 0, NULL), LAGOON_INVALID_ARGUMENT);
+    assert_int_equal(do_register(c, "r0@example.com", "rate0", PASSWORD, 0, NULL), LAGOON_OK);
+    test_clock_advance(T, 1000);
+    assert_int_equal(do_register(c, "R0@example.com", "other1", PASSWORD, 0, NULL), LAGOON_ALREADY_EXISTS);
+    assert_true(has_violation(c, "email"));
+    assert_int_equal(do_register(c, "r1@example.com", "RATE0", PASSWORD, 0, NULL), LAGOON_ALREADY_EXISTS);
+    assert_true(has_violation(c, "username"));
+    /* The fourth within the hour waits for the rest of it, whatever it asks. */
+    assert_int_equal(do_register(c, "r2@example.com", "rate2", PASSWORD, 0, NULL), LAGOON_RESOURCE_EXHAUSTED);
+    assert_int_equal(lagoon_last_error(c)->detail.retry_after_ms, 3600 * 1000 - 1000);
+    assert_int_equal(do_register(c, "r0@example.com", "rate0", PASSWORD, 0, NULL), LAGOON_RESOURCE_EXHAUSTED);
+    test_clock_advance(T, 3600 * 1000 - 1000);
+    assert_int_equal(do_register(c, "r2@example.com", "rate2", PASSWORD, 0, NULL), LAGOON_OK);
     lagoon_close(c);
-    T = saved;
-    test_app_stop(t);
-    free(t);
+    private_end(saved);
+}
+
+/* Emails on request: 2 per hour here (10 by default). A ResendVerification counts only when it
+ * sends one; its precondition (not yet verified) comes first and costs nothing. Every valid
+ * ForgotPassword counts, for an address with an account or not, so the limit does not tell
+ * which is which. */
+static void test_email_budget_counts_what_sends(void **state)
+{
+    (void)state;
+    test_app *saved = private_app(tweak_small_registration_limit);
+    lagoon_client *c = client();
+    char token[65], code[44];
+    new_user(c, "budget", 0, token);
+    assert_true(test_mail_code(T, "budget@example.com", "Verify", code, MAIL_WAIT_MS));
+    lagoon_v1_AuthEmpty e = lagoon_v1_AuthEmpty_init_zero, out;
+    lagoon_v1_VerifyEmailRequest vr = lagoon_v1_VerifyEmailRequest_init_zero;
+    snprintf(vr.token, sizeof(vr.token), "%s", code);
+    assert_int_equal(lagoon_Auth_VerifyEmail(c, &vr, &out), LAGOON_OK);
+    lagoon_set_token(c, token);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(lagoon_Auth_ResendVerification(c, &e, &out), LAGOON_FAILED_PRECONDITION);
+    lagoon_set_token(c, NULL);
+    lagoon_v1_ForgotPasswordRequest fr = lagoon_v1_ForgotPasswordRequest_init_zero;
+    snprintf(fr.email, sizeof(fr.email), "not-an-email");
+    assert_int_equal(lagoon_Auth_ForgotPassword(c, &fr, &out), LAGOON_INVALID_ARGUMENT);
+    snprintf(fr.email, sizeof(fr.email), "nobody@example.com");
+    assert_int_equal(lagoon_Auth_ForgotPassword(c, &fr, &out), LAGOON_OK);
+    test_clock_advance(T, 5000);
+    snprintf(fr.email, sizeof(fr.email), "budget@example.com");
+    assert_int_equal(lagoon_Auth_ForgotPassword(c, &fr, &out), LAGOON_OK);
+    assert_true(test_mail_code(T, "budget@example.com", "Reset your password", code, MAIL_WAIT_MS));
+    /* The budget is spent: the third waits until the hour from the first ends. */
+    assert_int_equal(lagoon_Auth_ForgotPassword(c, &fr, &out), LAGOON_RESOURCE_EXHAUSTED);
+    assert_int_equal(lagoon_last_error(c)->detail.retry_after_ms, 3600 * 1000 - 5000);
+    /* A request that could not send anyway still says why. */
+    lagoon_set_token(c, token);
+    assert_int_equal(lagoon_Auth_ResendVerification(c, &e, &out), LAGOON_FAILED_PRECONDITION);
+    lagoon_set_token(c, NULL);
+    test_clock_advance(T, 3600 * 1000 - 5000);
+    assert_int_equal(lagoon_Auth_ForgotPassword(c, &fr, &out), LAGOON_OK);
+
+    /* ResendVerification that sends counts like any email. */
+    char token2[65];
+    new_user(c, "budget2", 0, token2);
+    lagoon_set_token(c, token2);
+    assert_int_equal(lagoon_Auth_ResendVerification(c, &e, &out), LAGOON_OK);
+    assert_int_equal(lagoon_Auth_ResendVerification(c, &e, &out), LAGOON_RESOURCE_EXHAUSTED);
+    assert_int_equal(lagoon_last_error(c)->detail.retry_after_ms, 3600 * 1000);
+    lagoon_close(c);
+    private_end(saved);
 }
 
 /* ---- Refresh, logout ---------------------------------------------------------------------- */
@@ -936,7 +994,8 @@ int main(void)
         cmocka_unit_test(test_register_reports_every_violation),
         cmocka_unit_test(test_login_by_email_and_username),
         cmocka_unit_test(test_login_throttling_and_expiry),
-        cmocka_unit_test(test_registration_and_reset_rate_limits),
+        cmocka_unit_test(test_registration_limit_counts_taken_names),
+        cmocka_unit_test(test_email_budget_counts_what_sends),
         cmocka_unit_test(test_refresh_rotation_and_reuse),
         cmocka_unit_test(test_logout_and_logout_all),
         cmocka_unit_test(test_email_verification),

@@ -1,0 +1,478 @@
+/* Accounts under adversity, through the real server: sign-ins abandoned before their password
+ * hash runs (their state, plaintext password included, must be freed: under ASan the leak
+ * checker at exit fails this program otherwise), a sign-in racing a deactivation or a
+ * password reset (it must not leave a live session), and failed sign-ins from many client
+ * addresses (they slow the guessers without locking the owner out).
+ *
+ * The races are made deterministic with the app's test hook: a job is held at a named point
+ * (APP_HOOK_*) while the test changes the world under it, then let go. Client addresses are
+ * 127.0.0.x: a socket bound to one of them reaches the server on 127.0.0.1. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "accounts.h"
+#include "lagoon_stubs.h"
+#include "testserver.h"
+
+#define PASSWORD TEST_PASSWORD
+#define GATE_WAIT_MS 10000 /* a held job or a test waiting on one gives up after this */
+#define REPLY_WAIT_MS 10000
+
+/* ---- the gate: holds jobs at one hook point ---------------------------------------------- */
+
+typedef struct gate {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int point;    /* the enum app_hook point that holds (0: none) */
+    int open;     /* held jobs may go on */
+    int held;     /* jobs that arrived at the point while it held */
+    int hits[4];  /* arrivals at each point */
+} gate;
+
+static gate G = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, {0}};
+
+static void deadline_in(struct timespec *ts, uint32_t ms)
+{
+    clock_gettime(CLOCK_REALTIME, ts);
+    ts->tv_sec += ms / 1000;
+    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts->tv_nsec >= 1000000000L) {
+        ts->tv_sec++;
+        ts->tv_nsec -= 1000000000L;
+    }
+}
+
+static void gate_hook(void *arg, int point)
+{
+    gate *g = arg;
+    pthread_mutex_lock(&g->mu);
+    if (point > 0 && point < 4)
+        g->hits[point]++;
+    if (point == g->point && !g->open) {
+        g->held++;
+        pthread_cond_broadcast(&g->cv);
+        struct timespec until;
+        deadline_in(&until, GATE_WAIT_MS);
+        while (!g->open && pthread_cond_timedwait(&g->cv, &g->mu, &until) != ETIMEDOUT)
+            ;
+    }
+    pthread_mutex_unlock(&g->mu);
+}
+
+/* Holds the jobs that reach point from now on. */
+static void gate_close(int point)
+{
+    pthread_mutex_lock(&G.mu);
+    G.point = point;
+    G.open = 0;
+    G.held = 0;
+    memset(G.hits, 0, sizeof(G.hits));
+    pthread_mutex_unlock(&G.mu);
+}
+
+/* Waits until a job is held; 1 if one is. */
+static int gate_wait_held(void)
+{
+    pthread_mutex_lock(&G.mu);
+    struct timespec until;
+    deadline_in(&until, GATE_WAIT_MS);
+    while (G.held == 0 && pthread_cond_timedwait(&G.cv, &G.mu, &until) != ETIMEDOUT)
+        ;
+    int held = G.held;
+    pthread_mutex_unlock(&G.mu);
+    return held > 0;
+}
+
+static void gate_open(void)
+{
+    pthread_mutex_lock(&G.mu);
+    G.open = 1;
+    G.point = 0;
+    pthread_cond_broadcast(&G.cv);
+    pthread_mutex_unlock(&G.mu);
+}
+
+static int gate_hits(int point)
+{
+    pthread_mutex_lock(&G.mu);
+    int n = G.hits[point];
+    pthread_mutex_unlock(&G.mu);
+    return n;
+}
+
+/* ---- raw calls from a chosen client address ----------------------------------------------- */
+
+/* Connects from src (an address of 127.0.0.0/8) to the server and reads its SETTINGS. */
+static int connect_from(uint16_t port, const char *src)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof(a));
+    a.sin_family = AF_INET;
+    assert_int_equal(inet_pton(AF_INET, src, &a.sin_addr), 1);
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    a.sin_port = htons(port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    struct timeval tv = {10, 0};
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    raw_send(fd, WIRE_PREFACE, WIRE_PREFACE_LEN);
+    uint8_t buf[256];
+    wire_frame f = {0};
+    assert_int_equal(raw_read_frame(fd, buf, sizeof(buf), &f, REPLY_WAIT_MS), 1);
+    assert_int_equal(f.type, WIRE_SETTINGS);
+    return fd;
+}
+
+static void send_request(int fd, uint32_t id, const wire_method *m, const void *req)
+{
+    uint8_t pb[2048];
+    long n = wire_encode(m->request, req, pb, sizeof(pb), NULL);
+    assert_true(n >= 0);
+    raw_send_frame(fd, WIRE_REQUEST, WIRE_FLAG_END_STREAM, id, m->id, NULL, 0, pb, (size_t)n);
+}
+
+static void send_login(int fd, uint32_t id, const char *login, const char *password)
+{
+    lagoon_v1_LoginRequest req = lagoon_v1_LoginRequest_init_zero;
+    snprintf(req.login, sizeof(req.login), "%s", login);
+    snprintf(req.password, sizeof(req.password), "%s", password);
+    send_request(fd, id, &lagoon_method_Auth_Login, &req);
+}
+
+/* The status of call id's RESPONSE (other frames are skipped); its retry_after_ms in *retry
+ * (may be NULL). Fails the test if none comes. */
+static uint32_t read_status(int fd, uint32_t id, uint32_t *retry)
+{
+    static uint8_t buf[1 << 16];
+    for (int frames = 0; frames < 64; frames++) {
+        wire_frame f = {0};
+        if (raw_read_frame(fd, buf, sizeof(buf), &f, REPLY_WAIT_MS) != 1)
+            break;
+        if (f.type != WIRE_RESPONSE || f.call_id != id)
+            continue;
+        if (retry != NULL) {
+            lagoon_v1_ResponseMeta meta = lagoon_v1_ResponseMeta_init_zero;
+            wire_violation v;
+            *retry = 0;
+            if (f.meta_len && wire_decode(&lagoon_v1_ResponseMeta_info, f.meta, f.meta_len, &meta, &v) == 0)
+                *retry = meta.retry_after_ms;
+        }
+        return f.code;
+    }
+    fail_msg("no response to call %u", id);
+    return 0;
+}
+
+/* One Login from src: its status (and retry_after_ms). */
+static uint32_t login_from(test_app *t, const char *src, const char *login, const char *password,
+                           uint32_t *retry)
+{
+    int fd = connect_from(t->srv.port, src);
+    send_login(fd, 1, login, password);
+    uint32_t st = read_status(fd, 1, retry);
+    close(fd);
+    return st;
+}
+
+/* ---- helpers on the store ---------------------------------------------------------------- */
+
+static int count_row(void *arg, uint64_t id, const void *row)
+{
+    (void)id;
+    (void)row;
+    (*(int *)arg)++;
+    return LAGOON_OK;
+}
+
+static int sessions_of(test_app *t, uint64_t user_id)
+{
+    store_txn *txn;
+    store_error err;
+    store_key prefix;
+    store_key_reset(&prefix);
+    store_key_u64(&prefix, user_id);
+    store_query q = {.table = &accounts_sessions, .index = sessions_by_user, .prefix = prefix.buf,
+                     .prefix_len = prefix.len, .page_size = STORE_PAGE_SIZE_MAX};
+    store_page page;
+    int n = 0;
+    assert_int_equal(store_read_begin(t->app->db, &txn, &err), LAGOON_OK);
+    assert_int_equal(store_scan(txn, &q, count_row, &n, &page, &err), LAGOON_OK);
+    store_read_end(txn);
+    return n;
+}
+
+static test_app *g_app; /* the server calls_open looks at */
+
+/* Exactly *(unsigned *)arg calls are open on the server. */
+static int calls_open(void *arg)
+{
+    return rpc_server_active_calls(g_app->srv.server) == *(const unsigned *)arg;
+}
+
+/* ---- sign-ins abandoned before their hash -------------------------------------------------- */
+
+#define ABANDONED 16 /* per kind; within the default hash queue (64) */
+
+static void tweak_one_hash_worker(app_config *acfg, rpc_config *cfg)
+{
+    test_tweak_shared(acfg, cfg);
+    cfg->hash_workers = 1;
+    acfg->hook = gate_hook;
+    acfg->hook_arg = &G;
+}
+
+static void test_abandoned_sign_ins_free_their_state(void **state)
+{
+    (void)state;
+    test_app *t = calloc(1, sizeof(*t));
+    test_app_start(t, tweak_one_hash_worker);
+    g_app = t;
+    lagoon_client *c = test_client(t);
+    char token[65];
+    test_user(c, "leaky", 0, token);
+
+    /* The one hash worker is held by the first Login; the others queue behind it. */
+    gate_close(APP_HOOK_HASH);
+    int fd = connect_from(t->srv.port, "127.0.0.1");
+    for (uint32_t i = 0; i < ABANDONED; i++)
+        send_login(fd, 1 + 2 * i, "leaky", PASSWORD);
+    assert_true(gate_wait_held());
+    /* Registers queue behind them too. */
+    int fd2 = connect_from(t->srv.port, "127.0.0.1");
+    for (uint32_t i = 0; i < ABANDONED; i++) {
+        lagoon_v1_RegisterRequest req = lagoon_v1_RegisterRequest_init_zero;
+        snprintf(req.email, sizeof(req.email), "gone%u@example.com", i);
+        snprintf(req.username, sizeof(req.username), "gone%u", i);
+        snprintf(req.password, sizeof(req.password), "%s", PASSWORD);
+        send_request(fd2, 1 + 2 * i, &lagoon_method_Auth_Register, &req);
+    }
+    unsigned want = 2 * ABANDONED;
+    assert_true(test_wait_for(calls_open, &want, REPLY_WAIT_MS));
+    /* The Logins are abandoned by a disconnect, the Registers by CANCEL. */
+    close(fd);
+    for (uint32_t i = 0; i < ABANDONED; i++)
+        raw_send_frame(fd2, WIRE_CANCEL, 0, 1 + 2 * i, 0, NULL, 0, NULL, 0);
+    /* Every one of them has ended (the held one too: its client is gone) before any of the
+     * queued jobs got its turn. */
+    want = 0;
+    assert_true(test_wait_for(calls_open, &want, REPLY_WAIT_MS));
+    close(fd2);
+    gate_open();
+    /* A sign-in queued after them: when it is answered, the abandoned jobs have had their
+     * turn, and none of them ran (only the held one and this one hashed). Their state was
+     * freed by the drop function: LeakSanitizer checks at exit. */
+    lagoon_v1_LoginRequest lr = lagoon_v1_LoginRequest_init_zero;
+    snprintf(lr.login, sizeof(lr.login), "leaky");
+    snprintf(lr.password, sizeof(lr.password), "%s", PASSWORD);
+    lagoon_v1_TokenPair tp;
+    assert_int_equal(lagoon_Auth_Login(c, &lr, &tp), LAGOON_OK);
+    assert_int_equal(gate_hits(APP_HOOK_HASH), 2);
+    lagoon_close(c);
+    test_app_stop(t);
+    free(t);
+}
+
+/* ---- a sign-in racing a deactivation or a password reset ------------------------------------ */
+
+static void tweak_gate(app_config *acfg, rpc_config *cfg)
+{
+    test_tweak_shared(acfg, cfg);
+    cfg->hash_workers = 2; /* one held, one for the reset's own hash */
+    acfg->hook = gate_hook;
+    acfg->hook_arg = &G;
+}
+
+/* Lets the held Login of held_login go on: it must end with `want` and leave user_id without
+ * a session. */
+static void release_login(test_app *t, int fd, uint32_t want, uint64_t user_id)
+{
+    gate_open();
+    assert_int_equal(read_status(fd, 1, NULL), want);
+    close(fd);
+    assert_int_equal(sessions_of(t, user_id), 0);
+}
+
+/* Starts a Login of `login` on a new connection and holds it after its password matched. */
+static int held_login(test_app *t, const char *login, const char *password)
+{
+    gate_close(APP_HOOK_LOGIN_VERIFIED);
+    int fd = connect_from(t->srv.port, "127.0.0.1");
+    send_login(fd, 1, login, password);
+    assert_true(gate_wait_held());
+    return fd;
+}
+
+static void test_sign_in_racing_deactivation_and_reset(void **state)
+{
+    (void)state;
+    test_app *t = calloc(1, sizeof(*t));
+    test_app_start(t, tweak_gate);
+    lagoon_client *c = test_client(t);
+    store_error err;
+    if (account_create_admin(t->app, "boss@example.com", "boss", "an admin passphrase", NULL, &err) != LAGOON_OK)
+        fail_msg("create admin: %s", err.message);
+    lagoon_v1_LoginRequest lr = lagoon_v1_LoginRequest_init_zero;
+    snprintf(lr.login, sizeof(lr.login), "boss");
+    snprintf(lr.password, sizeof(lr.password), "an admin passphrase");
+    lagoon_v1_TokenPair admin;
+    assert_int_equal(lagoon_Auth_Login(c, &lr, &admin), LAGOON_OK);
+    char token[65];
+    uint64_t racy = test_user(c, "racy", 0, token);
+
+    /* Deactivated between the password check and the session's write: no session. */
+    int fd = held_login(t, "racy", PASSWORD);
+    lagoon_set_token(c, admin.access_token);
+    lagoon_v1_SetActiveRequest sa = {racy, false};
+    lagoon_v1_UserProfile p;
+    assert_int_equal(lagoon_Users_SetActive(c, &sa, &p), LAGOON_OK);
+    assert_int_equal(sessions_of(t, racy), 0);
+    release_login(t, fd, LAGOON_PERMISSION_DENIED, racy);
+    sa.active = true;
+    assert_int_equal(lagoon_Users_SetActive(c, &sa, &p), LAGOON_OK);
+    lagoon_set_token(c, NULL);
+
+    /* The password reset between the check and the write: the old password is wrong now. */
+    fd = held_login(t, "racy", PASSWORD);
+    lagoon_v1_ForgotPasswordRequest fr = lagoon_v1_ForgotPasswordRequest_init_zero;
+    lagoon_v1_AuthEmpty e;
+    snprintf(fr.email, sizeof(fr.email), "racy@example.com");
+    assert_int_equal(lagoon_Auth_ForgotPassword(c, &fr, &e), LAGOON_OK);
+    char code[44];
+    assert_true(test_mail_code(t, "racy@example.com", "Reset your password", code, REPLY_WAIT_MS));
+    lagoon_v1_ResetPasswordRequest rq = lagoon_v1_ResetPasswordRequest_init_zero;
+    snprintf(rq.token, sizeof(rq.token), "%s", code);
+    snprintf(rq.new_password, sizeof(rq.new_password), "a brand new passphrase");
+    assert_int_equal(lagoon_Auth_ResetPassword(c, &rq, &e), LAGOON_OK);
+    release_login(t, fd, LAGOON_UNAUTHENTICATED, racy);
+
+    /* Deleted between the check and the write: as if it never existed. */
+    snprintf(lr.login, sizeof(lr.login), "racy");
+    snprintf(lr.password, sizeof(lr.password), "a brand new passphrase");
+    lagoon_v1_TokenPair own;
+    assert_int_equal(lagoon_Auth_Login(c, &lr, &own), LAGOON_OK);
+    fd = held_login(t, "racy", "a brand new passphrase");
+    lagoon_set_token(c, own.access_token);
+    lagoon_v1_DeleteAccountRequest dr = lagoon_v1_DeleteAccountRequest_init_zero;
+    lagoon_v1_UsersEmpty ue;
+    snprintf(dr.password, sizeof(dr.password), "a brand new passphrase");
+    assert_int_equal(lagoon_Users_DeleteAccount(c, &dr, &ue), LAGOON_OK);
+    release_login(t, fd, LAGOON_UNAUTHENTICATED, racy);
+    lagoon_close(c);
+    test_app_stop(t);
+    free(t);
+}
+
+/* ---- failed sign-ins from many addresses ---------------------------------------------------- */
+
+static void tweak_defaults(app_config *acfg, rpc_config *cfg)
+{
+    (void)cfg;
+    acfg->registrations.max_events = 1000; /* the sign-in limits keep their defaults */
+}
+
+static void addr(char *out, size_t cap, int n)
+{
+    snprintf(out, cap, "127.0.0.%d", n);
+}
+
+static void test_others_failures_do_not_lock_the_owner_out(void **state)
+{
+    (void)state;
+    test_app *t = calloc(1, sizeof(*t));
+    test_app_start(t, tweak_defaults);
+    lagoon_client *c = test_client(t); /* from 127.0.0.1 */
+    char token[65], a[32];
+    test_user(c, "owner", 0, token); /* signs in once from 127.0.0.1: a known address */
+    uint32_t retry = 0;
+
+    /* One address, one account: 5 failures, then that pair waits 1 s, doubling. */
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(login_from(t, "127.0.0.2", "owner", "wrong password!", NULL), LAGOON_UNAUTHENTICATED);
+    assert_int_equal(login_from(t, "127.0.0.2", "owner", PASSWORD, &retry), LAGOON_RESOURCE_EXHAUSTED);
+    assert_int_equal(retry, 1000);
+    /* The owner elsewhere is not held by it, from a known address or a new one. */
+    assert_int_equal(login_from(t, "127.0.0.1", "owner", PASSWORD, NULL), LAGOON_OK);
+    assert_int_equal(login_from(t, "127.0.0.3", "owner", PASSWORD, NULL), LAGOON_OK);
+    test_clock_advance(t, 1000);
+    assert_int_equal(login_from(t, "127.0.0.2", "owner", "wrong password!", NULL), LAGOON_UNAUTHENTICATED);
+    assert_int_equal(login_from(t, "127.0.0.2", "owner", PASSWORD, &retry), LAGOON_RESOURCE_EXHAUSTED);
+    assert_int_equal(retry, 2000);
+
+    /* Spread out: 6 failures so far, then 4 from each of 23 more addresses and 2 from
+     * another, 100 in all: the account's ceiling. Now a new address waits, the owner's from
+     * it too; the owner's known addresses do not. */
+    for (int n = 10; n < 34; n++) {
+        addr(a, sizeof(a), n);
+        for (int i = 0; i < (n < 33 ? 4 : 2); i++)
+            assert_int_equal(login_from(t, a, "owner", "wrong password!", NULL), LAGOON_UNAUTHENTICATED);
+    }
+    assert_int_equal(login_from(t, "127.0.0.34", "owner", "wrong password!", &retry), LAGOON_RESOURCE_EXHAUSTED);
+    assert_int_equal(retry, 1000);
+    assert_int_equal(login_from(t, "127.0.0.50", "owner", PASSWORD, &retry), LAGOON_RESOURCE_EXHAUSTED);
+    assert_int_equal(retry, 1000);
+    assert_int_equal(login_from(t, "127.0.0.1", "owner", PASSWORD, NULL), LAGOON_OK);
+    assert_int_equal(login_from(t, "127.0.0.3", "owner", PASSWORD, NULL), LAGOON_OK);
+    /* 15 minutes after the first failure with no wait owed, the counts are forgotten. */
+    test_clock_advance(t, 16LL * 60 * 1000);
+    assert_int_equal(login_from(t, "127.0.0.50", "owner", PASSWORD, NULL), LAGOON_OK);
+    assert_int_equal(login_from(t, "127.0.0.2", "owner", PASSWORD, NULL), LAGOON_OK);
+
+    /* One address (a NAT) over many accounts: 50 failures, then that address waits, except
+     * for accounts that signed in from it before. */
+    test_user(c, "neighbour", 0, token);
+    assert_int_equal(login_from(t, "127.0.0.60", "owner", PASSWORD, NULL), LAGOON_OK);
+    char ghost[32];
+    for (int i = 0; i < 50; i++) {
+        snprintf(ghost, sizeof(ghost), "ghost%d", i);
+        assert_int_equal(login_from(t, "127.0.0.60", ghost, PASSWORD, NULL), LAGOON_UNAUTHENTICATED);
+    }
+    assert_int_equal(login_from(t, "127.0.0.60", "ghost99", PASSWORD, &retry), LAGOON_RESOURCE_EXHAUSTED);
+    assert_int_equal(retry, 1000);
+    assert_int_equal(login_from(t, "127.0.0.60", "neighbour", PASSWORD, NULL), LAGOON_RESOURCE_EXHAUSTED);
+    assert_int_equal(login_from(t, "127.0.0.60", "owner", PASSWORD, NULL), LAGOON_OK);
+    assert_int_equal(login_from(t, "127.0.0.61", "neighbour", PASSWORD, NULL), LAGOON_OK);
+
+    /* Wrong current passwords count for the caller's address like failed sign-ins. */
+    lagoon_set_token(c, token);
+    lagoon_v1_ChangePasswordRequest cp = lagoon_v1_ChangePasswordRequest_init_zero;
+    lagoon_v1_UsersEmpty ue;
+    snprintf(cp.current_password, sizeof(cp.current_password), "wrong password!");
+    snprintf(cp.new_password, sizeof(cp.new_password), "a different passphrase");
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(lagoon_Users_ChangePassword(c, &cp, &ue), LAGOON_INVALID_ARGUMENT);
+    assert_int_equal(lagoon_Users_ChangePassword(c, &cp, &ue), LAGOON_RESOURCE_EXHAUSTED);
+    assert_int_equal(login_from(t, "127.0.0.1", "neighbour", PASSWORD, NULL), LAGOON_RESOURCE_EXHAUSTED);
+    assert_int_equal(login_from(t, "127.0.0.61", "neighbour", PASSWORD, NULL), LAGOON_OK);
+    lagoon_close(c);
+    test_app_stop(t);
+    free(t);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_abandoned_sign_ins_free_their_state),
+        cmocka_unit_test(test_sign_in_racing_deactivation_and_reset),
+        cmocka_unit_test(test_others_failures_do_not_lock_the_owner_out),
+    };
+    return cmocka_run_group_tests_name("account_races", tests, NULL, NULL);
+}

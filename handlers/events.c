@@ -29,6 +29,7 @@
 #define EVENTS_TYPING_MS 5000       /* how long a typing indicator shows */
 #define ROUTER_BUCKETS 1024         /* subscriber tables, by user, session and connection */
 #define ROUTER_REPLAY_POLL_MS 5     /* how often paused replays look at their readers again */
+#define ROUTER_USER_TURN 64         /* events (and typing) delivered per user per router turn */
 #define ROUTER_TICK_MS 1000         /* how often access-token expiry is checked: a stream outlives
                                      * its token by at most this */
 
@@ -471,6 +472,8 @@ typedef struct subscriber {
     uint64_t last_sent;        /* seq of the last event delivered */
     int replaying;             /* catching up from the log; live events pass it by */
     struct subscriber *rnext;  /* list of replaying subscribers */
+    uint64_t turn;             /* the router turn turn_events counts in */
+    unsigned turn_events;      /* events delivered to it in that turn */
     rpc_call *call;
 } subscriber;
 
@@ -483,6 +486,19 @@ typedef struct cmd {
     uint64_t to, from, conv;   /* TYPING */
     subscriber *sub;           /* ADD */
 } cmd;
+
+/* Fair delivery. Every router turn (one batch of commands) delivers at most ROUTER_USER_TURN
+ * events to each user's subscriptions; the rest of a busy user's events wait, in order, in the
+ * user's lane, which gets ROUTER_USER_TURN more every turn, round robin with the other lanes.
+ * So one user's flood costs everyone else at most ROUTER_USER_TURN events' fan-out (each at
+ * most EVENTS_MAX_SUBSCRIPTIONS_PER_USER sends) per turn. While a user has a lane, all of its
+ * new events join it: its order is kept. */
+typedef struct lane {
+    struct lane *next;         /* hash chain, by user id */
+    struct lane *anext;        /* list of lanes (all have work) */
+    uint64_t user_id;
+    cmd *head, *tail;          /* EVENT and TYPING commands for the user, in order */
+} lane;
 
 struct realtime {
     app *a;
@@ -497,6 +513,9 @@ struct realtime {
     subscriber *sbuckets[ROUTER_BUCKETS]; /* by session id: a session's end finds its streams */
     subscriber *cbuckets[ROUTER_BUCKETS]; /* by connection: the per-connection cap */
     subscriber *replaying;
+    lane *lanes[ROUTER_BUCKETS];         /* by user id */
+    lane *active;                        /* every lane */
+    uint64_t turn;                       /* batches taken so far */
     unsigned nsubs;                      /* registered subscribers */
     int64_t next_expiry;                 /* no subscriber's token expires before this (ms); 0 = none */
     int shut;                            /* streams ended for a drain: new ones end at once */
@@ -640,16 +659,21 @@ static int sub_send(realtime *rt, subscriber *s, const lagoon_v1_Event *ev)
     return 0;
 }
 
-static void route_event(realtime *rt, store_txn *t, uint64_t id, lagoon_v1_UserEvent *row)
+static void route_row(realtime *rt, const lagoon_v1_UserEvent *row)
 {
-    store_error err;
-    if (store_get(t, &events_log, id, row, &err) != LAGOON_OK)
-        return; /* trimmed already: a subscriber that needed it is resumed from the log */
     for (subscriber *s = rt->buckets[row->user_id % ROUTER_BUCKETS], *next; s; s = next) {
         next = s->next;
         if (s->user_id == row->user_id && !s->replaying && row->event.seq > s->last_sent)
             sub_send(rt, s, &row->event);
     }
+}
+
+static void route_event(realtime *rt, store_txn *t, uint64_t id, lagoon_v1_UserEvent *row)
+{
+    store_error err;
+    if (store_get(t, &events_log, id, row, &err) == LAGOON_OK)
+        route_row(rt, row);
+    /* else trimmed already: a subscriber that needed it is resumed from the log */
 }
 
 typedef struct replay {
@@ -888,6 +912,130 @@ static void route_typing(realtime *rt, const cmd *c)
     }
 }
 
+/* The user's budget in this turn: -1 if nobody listens, 0 if it is spent, else 1. */
+static int user_budget(const realtime *rt, uint64_t user_id)
+{
+    int listening = 0;
+    for (const subscriber *s = rt->buckets[user_id % ROUTER_BUCKETS]; s; s = s->next) {
+        if (s->user_id != user_id)
+            continue;
+        listening = 1;
+        if (s->turn == rt->turn && s->turn_events >= ROUTER_USER_TURN)
+            return 0;
+    }
+    return listening ? 1 : -1;
+}
+
+static void user_charge(realtime *rt, uint64_t user_id)
+{
+    for (subscriber *s = rt->buckets[user_id % ROUTER_BUCKETS]; s; s = s->next) {
+        if (s->user_id != user_id)
+            continue;
+        if (s->turn != rt->turn) {
+            s->turn = rt->turn;
+            s->turn_events = 0;
+        }
+        s->turn_events++;
+    }
+}
+
+static lane *lane_find(const realtime *rt, uint64_t user_id)
+{
+    lane *l = rt->lanes[user_id % ROUTER_BUCKETS];
+    while (l != NULL && l->user_id != user_id)
+        l = l->next;
+    return l;
+}
+
+/* Queues c behind the user's earlier events; 0, or -1 when out of memory (c is dropped). */
+static int lane_push(realtime *rt, uint64_t user_id, cmd *c)
+{
+    lane *l = lane_find(rt, user_id);
+    if (l == NULL) {
+        l = calloc(1, sizeof(*l));
+        if (l == NULL) {
+            log_msg(LOG_ERROR, "realtime: out of memory queueing events of user %llu", (unsigned long long)user_id);
+            return -1;
+        }
+        l->user_id = user_id;
+        l->next = rt->lanes[user_id % ROUTER_BUCKETS];
+        rt->lanes[user_id % ROUTER_BUCKETS] = l;
+        l->anext = rt->active;
+        rt->active = l;
+    }
+    c->next = NULL;
+    if (l->tail)
+        l->tail->next = c;
+    else
+        l->head = c;
+    l->tail = c;
+    return 0;
+}
+
+static void lane_free(realtime *rt, lane *l)
+{
+    for (lane **p = &rt->lanes[l->user_id % ROUTER_BUCKETS]; *p; p = &(*p)->next) {
+        if (*p == l) {
+            *p = l->next;
+            break;
+        }
+    }
+    while (l->head) {
+        cmd *c = l->head;
+        l->head = c->next;
+        free(c);
+    }
+    free(l);
+}
+
+/* One turn of every lane: ROUTER_USER_TURN commands each; empty lanes go. */
+static void lanes_turn(realtime *rt, lagoon_v1_UserEvent *row)
+{
+    store_txn *t;
+    store_error err;
+    if (store_read_begin(rt->a->db, &t, &err) != LAGOON_OK)
+        return; /* again at the next turn */
+    for (lane **p = &rt->active; *p;) {
+        lane *l = *p;
+        for (int k = 0; k < ROUTER_USER_TURN && l->head; k++) {
+            cmd *c = l->head;
+            l->head = c->next;
+            if (l->head == NULL)
+                l->tail = NULL;
+            if (c->kind == CMD_EVENT)
+                route_event(rt, t, c->id, row);
+            else
+                route_typing(rt, c);
+            free(c);
+        }
+        if (l->head == NULL) {
+            *p = l->anext;
+            lane_free(rt, l);
+        } else {
+            p = &l->anext;
+        }
+    }
+    store_read_end(t);
+}
+
+/* An event or typing command for user_id in the batch: delivered now within the user's
+ * budget, else queued in its lane. 1 if c was kept (queued), 0 if the caller frees it. */
+static int deliver_or_queue(realtime *rt, uint64_t user_id, cmd *c, const lagoon_v1_UserEvent *row)
+{
+    int budget = user_budget(rt, user_id);
+    if (budget < 0)
+        return 0; /* nobody listens (a later subscriber replays it or does not want it) */
+    if (budget > 0 && lane_find(rt, user_id) == NULL) {
+        user_charge(rt, user_id);
+        if (row != NULL)
+            route_row(rt, row);
+        else
+            route_typing(rt, c);
+        return 0;
+    }
+    return lane_push(rt, user_id, c) == 0;
+}
+
 static void end_all(realtime *rt, int status, const char *message)
 {
     for (int b = 0; b < ROUTER_BUCKETS; b++) {
@@ -912,7 +1060,7 @@ static void *router_main(void *arg)
         }
         expire_due(rt);
         pthread_mutex_lock(&rt->mu);
-        if (rt->head == NULL && !rt->stopping && (rt->replaying != NULL || rt->nsubs > 0)) {
+        if (rt->head == NULL && !rt->stopping && rt->active == NULL && (rt->replaying != NULL || rt->nsubs > 0)) {
             /* Wake up for the replays, or to look at the tokens' expiry. */
             long wait_ms = rt->replaying != NULL ? ROUTER_REPLAY_POLL_MS : ROUTER_TICK_MS;
             struct timespec ts;
@@ -925,11 +1073,12 @@ static void *router_main(void *arg)
             }
             pthread_cond_timedwait(&rt->cv, &rt->mu, &ts);
         }
-        while (rt->head == NULL && !rt->stopping && rt->replaying == NULL && rt->nsubs == 0)
+        while (rt->head == NULL && !rt->stopping && rt->active == NULL && rt->replaying == NULL && rt->nsubs == 0)
             pthread_cond_wait(&rt->cv, &rt->mu);
         cmd *batch = rt->head;
         rt->head = rt->tail = NULL;
         int stop = rt->stopping && batch == NULL;
+        rt->turn++;
         pthread_mutex_unlock(&rt->mu);
         if (stop)
             break;
@@ -938,6 +1087,7 @@ static void *router_main(void *arg)
         while (batch) {
             cmd *c = batch;
             batch = c->next;
+            int kept = 0;
             switch (c->kind) {
             case CMD_EVENT:
                 /* Nobody is listening: nothing to read. (A subscriber that arrives later gets
@@ -947,8 +1097,8 @@ static void *router_main(void *arg)
                 /* One read transaction for a run of events. */
                 if (t == NULL && store_read_begin(rt->a->db, &t, &err) != LAGOON_OK)
                     t = NULL;
-                if (t != NULL && row != NULL)
-                    route_event(rt, t, c->id, row);
+                if (t != NULL && row != NULL && store_get(t, &events_log, c->id, row, &err) == LAGOON_OK)
+                    kept = deliver_or_queue(rt, row->user_id, c, row);
                 break;
             case CMD_ADD:
                 if (t != NULL) { /* the start must see every commit announced before it */
@@ -964,7 +1114,7 @@ static void *router_main(void *arg)
                 break;
             }
             case CMD_TYPING:
-                route_typing(rt, c);
+                kept = deliver_or_queue(rt, c->to, c, NULL);
                 break;
             case CMD_SESSION_END:
                 session_end(rt, c->id);
@@ -978,12 +1128,20 @@ static void *router_main(void *arg)
                 store_read_end(t);
                 t = NULL;
             }
-            free(c);
+            if (!kept)
+                free(c);
         }
         if (t != NULL)
             store_read_end(t);
+        if (rt->active != NULL && row != NULL)
+            lanes_turn(rt, row);
     }
     end_all(rt, LAGOON_UNAVAILABLE, "server shutting down: reconnect and resubscribe with since");
+    while (rt->active != NULL) {
+        lane *l = rt->active;
+        rt->active = l->anext;
+        lane_free(rt, l);
+    }
     free(row);
     return NULL;
 }

@@ -5,6 +5,10 @@
 #include <stdio.h>
 #include <string.h>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include <pb_common.h>
 #include <pb_decode.h>
 #include <pb_encode.h>
@@ -175,24 +179,33 @@ void wire_init(const wire_msginfo *info, void *msg)
     light_init(info->desc, msg, 0);
 }
 
+/* The walks that run before nanopb, over the raw bytes: strings are judged there because nanopb
+ * stops a C reader at the first NUL, so a decoded string no longer shows what was sent. */
+static int diag_walk(const wire_msginfo *info, const uint8_t *buf, size_t len, int strings,
+                     wire_violation *v);
+static int strings_ok(const wire_msginfo *info, const uint8_t *buf, size_t len, int depth);
+
 int wire_decode(const wire_msginfo *info, const uint8_t *buf, size_t len, void *dst,
                 wire_violation *v)
 {
-    /* nanopb checks the bounds of static fields itself but allocates pointer fields as the
-     * wire asks; those bounds are checked here, before any allocation. */
-    if (info->has_pointers && wire_diagnose(info, buf, len, v)) {
+    /* nanopb allocates pointer fields as the wire asks, so their bounds are checked before it
+     * runs, by the full walk (which judges strings too). A message with only static fields
+     * gets the quick string check, and the full walk only to name what that check refused. */
+    int walk = info->has_pointers || (info->has_strings && !strings_ok(info, buf, len, 0));
+    if (walk && diag_walk(info, buf, len, 1, v))
         return -1;
-    }
     pb_istream_t in = pb_istream_from_buffer(buf, len);
     wire_init(info, dst);
     if (pb_decode_ex(&in, info->desc, dst, PB_DECODE_NOINIT))
         return 0;
     const char *err = PB_GET_ERROR(&in);
     pb_release(info->desc, dst);
-    if (!wire_diagnose(info, buf, len, v)) {
-        v->field[0] = '\0';
-        snprintf(v->description, sizeof(v->description), "cannot decode %s: %s", info->name, err);
-    }
+    if (!walk && diag_walk(info, buf, len, 1, v))
+        return -1;
+    /* NEVER: the walk judges every rule nanopb applies (tests/fuzz checks that every refusal
+     * names a field); should one be missed, the message is still refused, as a whole. */
+    snprintf(v->field, sizeof(v->field), "#?");
+    snprintf(v->description, sizeof(v->description), "cannot decode %s: %s", info->name, err);
     return -1;
 }
 
@@ -207,7 +220,7 @@ long wire_encode(const wire_msginfo *info, const void *src, uint8_t *out, size_t
     }
     /* nanopb does not bound pointer fields; the receiver would refuse what breaks .options. */
     wire_violation v;
-    if (info->has_pointers && wire_diagnose(info, out, os.bytes_written, &v)) {
+    if (info->has_pointers && diag_walk(info, out, os.bytes_written, 0, &v)) {
         if (why)
             *why = "a pointer field exceeds its bound";
         return -1;
@@ -290,11 +303,19 @@ static int diag_varint(diag_reader *r, uint64_t *out)
     return -2;
 }
 
+/* The generator sorts each message's fields by tag. */
 static const wire_fieldinfo *diag_field(const wire_msginfo *info, uint32_t tag)
 {
-    for (size_t i = 0; i < info->nfields; i++)
-        if (info->fields[i].tag == tag)
-            return &info->fields[i];
+    size_t lo = 0, hi = info->nfields;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (info->fields[mid].tag == tag)
+            return &info->fields[mid];
+        if (info->fields[mid].tag < tag)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
     return NULL;
 }
 
@@ -363,7 +384,7 @@ static int diag_expected_wt(pb_type_t type)
 }
 
 static int diag_msg(const wire_msginfo *info, const uint8_t *buf, size_t len, const char *prefix,
-                    int depth, wire_violation *v);
+                    int depth, int strings, wire_violation *v);
 
 /* The field iterator reads the message struct (a pointer field's pointer, for one); the wire
  * bytes are not a struct, so it is given zeroes. Every nanopb struct here is under 64 KiB. */
@@ -405,11 +426,160 @@ static int diag_count_one(const pb_field_iter_t *it, const wire_fieldinfo *fi, u
     return ++counts[it->index] > max ? -1 : 0;
 }
 
-static int diag_len_field(const wire_msginfo *info, const pb_field_iter_t *it, const wire_fieldinfo *fi,
-                          diag_path *path, const uint8_t *data, size_t n, int depth,
-                          unsigned *count, wire_violation *v)
+/* ---- strings: what every string field of every message must be ---------------------------- */
+
+/* One rule for every string field, since the decoder knows no field's purpose: valid UTF-8
+ * (shortest form, no UTF-16 surrogates, at most U+10FFFF), as protobuf requires of strings and
+ * standard clients enforce; no NUL, which C readers would take as the end; no control
+ * characters but tab, line feed and carriage return (C0, DEL, C1); and none of the bidirectional
+ * embedding, override and isolate controls (U+202A-U+202E, U+2066-U+2069), which make text
+ * display in another order than it reads. A field that needs less (a username, an email) is
+ * checked further by its handler. Bytes fields are not strings and are not judged. */
+enum text_verdict {
+    TEXT_OK = 0,
+    TEXT_NUL,       /* a 0 byte */
+    TEXT_CONTROL,   /* C0 other than \t \n \r, DEL, C1 */
+    TEXT_BIDI,      /* U+202A-U+202E, U+2066-U+2069 */
+    TEXT_BAD_BYTE,  /* a byte that starts no UTF-8 sequence (0x80-0xC1, 0xF5-0xFF) */
+    TEXT_CUT,       /* a sequence cut by a non-continuation byte or by the end */
+    TEXT_OVERLONG,  /* a longer encoding than the code point needs */
+    TEXT_SURROGATE, /* U+D800-U+DFFF */
+    TEXT_TOO_BIG,   /* past U+10FFFF */
+};
+
+/* How many leading bytes of s[0..n) are printable ASCII (0x20-0x7E), counted in blocks: most
+ * strings are all ASCII, and every stored row is checked on every read. It may stop short of
+ * the first other byte; text_check goes on byte by byte from there. */
+static size_t ascii_run(const uint8_t *s, size_t n)
 {
-    (void)info;
+    size_t i = 0;
+#if defined(__SSE2__)
+    /* Signed bytes: 0x20-0x7E are exactly those > 0x1F and < 0x7F (0x80-0xFF are negative). */
+    const __m128i lo = _mm_set1_epi8(0x1F), hi = _mm_set1_epi8(0x7F);
+    while (n - i >= 16) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(s + i));
+        __m128i ok = _mm_and_si128(_mm_cmpgt_epi8(v, lo), _mm_cmplt_epi8(v, hi));
+        if (_mm_movemask_epi8(ok) != 0xFFFF)
+            return i;
+        i += 16;
+    }
+#endif
+    /* Eight bytes at a time: no high bit, no byte below 0x20, none equal to 0x7F (the classic
+     * "has a byte less than n" test, exact when no byte has its high bit set). */
+    const uint64_t ones = 0x0101010101010101ull, high = 0x8080808080808080ull;
+    while (n - i >= 8) {
+        uint64_t w, del;
+        memcpy(&w, s + i, 8);
+        del = w ^ (ones * 0x7F);
+        if ((w & high) | ((w - ones * 0x20) & ~w & high) | ((del - ones) & ~del & high))
+            return i;
+        i += 8;
+    }
+    return i;
+}
+
+/* Judges s[0..n); on a refusal *at is the offset of the offending sequence and *cp its code
+ * point (or its first byte, for malformed UTF-8). */
+static enum text_verdict text_check(const uint8_t *s, size_t n, size_t *at, uint32_t *cp)
+{
+    size_t i = 0;
+    for (;;) {
+        i += ascii_run(s + i, n - i);
+        while (i < n && s[i] >= 0x20 && s[i] < 0x7F) /* the tail shorter than a block */
+            i++;
+        if (i >= n)
+            return TEXT_OK;
+        uint8_t b = s[i];
+        *at = i;
+        *cp = b;
+        if (b < 0x80) {
+            if (b == 0)
+                return TEXT_NUL;
+            if (b != '\t' && b != '\n' && b != '\r')
+                return TEXT_CONTROL; /* the rest of C0, and DEL */
+            i++;
+            continue;
+        }
+        size_t len;
+        uint32_t c, min;
+        if (b >= 0xC0 && b <= 0xDF) {
+            len = 2, c = b & 0x1Fu, min = 0x80;
+        } else if (b >= 0xE0 && b <= 0xEF) {
+            len = 3, c = b & 0x0Fu, min = 0x800;
+        } else if (b >= 0xF0 && b <= 0xF7) {
+            len = 4, c = b & 0x07u, min = 0x10000;
+        } else {
+            return TEXT_BAD_BYTE; /* a continuation byte, or 0xF8-0xFF */
+        }
+        if (n - i < len)
+            return TEXT_CUT;
+        for (size_t k = 1; k < len; k++) {
+            if ((s[i + k] & 0xC0) != 0x80)
+                return TEXT_CUT;
+            c = (c << 6) | (s[i + k] & 0x3Fu);
+        }
+        *cp = c;
+        if (c < min)
+            return TEXT_OVERLONG;
+        if (c >= 0xD800 && c <= 0xDFFF)
+            return TEXT_SURROGATE;
+        if (c > 0x10FFFF)
+            return TEXT_TOO_BIG;
+        if (c <= 0x9F)
+            return TEXT_CONTROL; /* C1: U+0080-U+009F */
+        if ((c >= 0x202A && c <= 0x202E) || (c >= 0x2066 && c <= 0x2069))
+            return TEXT_BIDI;
+        i += len;
+    }
+}
+
+/* Names what text_check refused, for a violation's description. */
+static int text_fail(wire_violation *v, const char *path, enum text_verdict t, size_t at, uint32_t cp)
+{
+    unsigned long off = (unsigned long)at;
+    switch (t) {
+    case TEXT_NUL:
+        return diag_fail(v, path, "contains a NUL byte at offset %lu", off);
+    case TEXT_CONTROL:
+        return diag_fail(v, path, "contains the control character U+%04lX at offset %lu",
+                         (unsigned long)cp, off);
+    case TEXT_BIDI:
+        return diag_fail(v, path, "contains the bidirectional control U+%04lX at offset %lu",
+                         (unsigned long)cp, off);
+    case TEXT_BAD_BYTE:
+        return diag_fail(v, path, "is not valid UTF-8: byte 0x%02lX at offset %lu starts no character",
+                         (unsigned long)cp, off);
+    case TEXT_CUT:
+        return diag_fail(v, path, "is not valid UTF-8: a sequence cut short at offset %lu", off);
+    case TEXT_OVERLONG:
+        return diag_fail(v, path, "is not valid UTF-8: overlong encoding at offset %lu", off);
+    case TEXT_SURROGATE:
+        return diag_fail(v, path, "is not valid UTF-8: surrogate U+%04lX at offset %lu",
+                         (unsigned long)cp, off);
+    case TEXT_TOO_BIG:
+        return diag_fail(v, path, "is not valid UTF-8: code point past U+10FFFF at offset %lu", off);
+    case TEXT_OK:
+        break;
+    }
+    return 0;
+}
+
+/* A string field's path for a report; an item of a repeated one has its index: "instruments[2]". */
+static const char *string_path(diag_path *path, int repeated, unsigned index)
+{
+    const char *p = path_of(path);
+    if (repeated) {
+        char item[sizeof(path->buf)];
+        diag_fmt(item, sizeof(item), "%s[%u]", p, index);
+        memcpy(path->buf, item, sizeof(item));
+    }
+    return path->buf;
+}
+
+static int diag_len_field(const pb_field_iter_t *it, const wire_fieldinfo *fi, diag_path *path,
+                          const uint8_t *data, size_t n, int depth, int strings, unsigned *count,
+                          wire_violation *v)
+{
     pb_type_t lt = PB_LTYPE(it->type);
     int repeated = PB_HTYPE(it->type) == PB_HTYPE_REPEATED;
     int is_static = PB_ATYPE(it->type) == PB_ATYPE_STATIC;
@@ -418,12 +588,20 @@ static int diag_len_field(const wire_msginfo *info, const pb_field_iter_t *it, c
     if (is_pointer && !repeated && (lt == PB_LTYPE_STRING || lt == PB_LTYPE_BYTES) && bound && n > bound)
         return diag_fail(v, path_of(path), "longer than %lu bytes", (unsigned long)bound);
     if (lt == PB_LTYPE_STRING && is_static && n + 1 > it->data_size)
-        return diag_fail(v, path_of(path), "longer than %lu bytes", (unsigned long)it->data_size - 1);
+        return diag_fail(v, string_path(path, repeated, *count), "longer than %lu bytes",
+                         (unsigned long)it->data_size - 1);
     if (lt == PB_LTYPE_BYTES && is_static && n > it->data_size - offsetof(pb_bytes_array_t, bytes))
         return diag_fail(v, path_of(path), "longer than %lu bytes",
                          (unsigned long)(it->data_size - offsetof(pb_bytes_array_t, bytes)));
     if (lt == PB_LTYPE_FIXED_LENGTH_BYTES && n != it->data_size)
         return diag_fail(v, path_of(path), "must be exactly %lu bytes", (unsigned long)it->data_size);
+    if (lt == PB_LTYPE_STRING && strings) {
+        size_t at = 0;
+        uint32_t cp = 0;
+        enum text_verdict t = text_check(data, n, &at, &cp);
+        if (t != TEXT_OK)
+            return text_fail(v, string_path(path, repeated, *count), t, at, cp);
+    }
     if (lt == PB_LTYPE_SUBMESSAGE || lt == PB_LTYPE_SUBMSG_W_CB) {
         if (fi != NULL && fi->sub != NULL) {
             char sub[128];
@@ -431,7 +609,7 @@ static int diag_len_field(const wire_msginfo *info, const pb_field_iter_t *it, c
                 diag_fmt(sub, sizeof(sub), "%s[%u].", path_of(path), *count);
             else
                 diag_fmt(sub, sizeof(sub), "%s.", path_of(path));
-            if (diag_msg(fi->sub, data, n, sub, depth + 1, v))
+            if (diag_msg(fi->sub, data, n, sub, depth + 1, strings, v))
                 return 1;
         }
     }
@@ -465,25 +643,41 @@ static int diag_len_field(const wire_msginfo *info, const pb_field_iter_t *it, c
 }
 
 static int diag_msg(const wire_msginfo *info, const uint8_t *buf, size_t len, const char *prefix,
-                    int depth, wire_violation *v)
+                    int depth, int strings, wire_violation *v)
 {
-    if (depth > DIAG_MAX_DEPTH)
-        return diag_fail(v, prefix, "messages nested deeper than %d levels", DIAG_MAX_DEPTH);
+    if (depth > DIAG_MAX_DEPTH) {
+        /* Named by the submessage field that goes too deep: the prefix without its dot. */
+        size_t plen = strlen(prefix);
+        diag_fmt(v->field, sizeof(v->field), "%.*s", (int)(plen > 0 ? plen - 1 : 0), prefix);
+        diag_fmt(v->description, sizeof(v->description), "messages nested deeper than %d levels",
+                 DIAG_MAX_DEPTH);
+        return 1;
+    }
     unsigned counts[DIAG_MAX_FIELDS] = {0};
     diag_reader r = {buf, buf + len};
+    /* One iterator for the whole message: pb_field_iter_find searches on from the field it is
+     * at, so fields sent in tag order (as every encoder does) are found in one step each. */
+    pb_field_iter_t it;
+    int has_fields = pb_field_iter_begin_const(&it, info->desc, diag_zero_struct);
     while (r.p < r.end) {
         uint32_t key;
         int kr = diag_varint32(&r, &key);
-        if (kr != 0)
-            return diag_fail(v, prefix, kr == -1 ? "truncated field key" : "malformed field key");
+        /* A key that cannot be read belongs to no field: "#?", after the enclosing path. */
+        if (kr != 0) {
+            char where[128];
+            diag_fmt(where, sizeof(where), "%s#?", prefix);
+            return diag_fail(v, where, kr == -1 ? "truncated field key" : "malformed field key");
+        }
         uint32_t tag = key >> 3;
-        if (tag == 0)
-            return diag_fail(v, prefix, "invalid field number 0"); /* nanopb: "zero tag" */
+        if (tag == 0) {
+            char where[128];
+            diag_fmt(where, sizeof(where), "%s#0", prefix);
+            return diag_fail(v, where, "invalid field number 0"); /* nanopb: "zero tag" */
+        }
         int wt = (int)(key & 7);
 
         const wire_fieldinfo *fi = diag_field(info, tag);
-        pb_field_iter_t it;
-        int known = pb_field_iter_begin_const(&it, info->desc, diag_zero_struct) && pb_field_iter_find(&it, tag);
+        int known = has_fields && pb_field_iter_find(&it, tag);
         diag_path lazy = {prefix, fi, tag, 0, ""};
         diag_path *path = &lazy;
 
@@ -531,7 +725,7 @@ static int diag_msg(const wire_msginfo *info, const uint8_t *buf, size_t len, co
             if (known) {
                 unsigned dummy = 0;
                 unsigned *count = it.index < DIAG_MAX_FIELDS ? &counts[it.index] : &dummy;
-                if (diag_len_field(info, &it, fi, path, r.p, (size_t)n, depth, count, v))
+                if (diag_len_field(&it, fi, path, r.p, (size_t)n, depth, strings, count, v))
                     return 1;
             }
             r.p += n;
@@ -544,9 +738,78 @@ static int diag_msg(const wire_msginfo *info, const uint8_t *buf, size_t len, co
     return 0;
 }
 
-int wire_diagnose(const wire_msginfo *info, const uint8_t *buf, size_t len, wire_violation *v)
+/* The quick check: 1 if every string in buf (at any depth) passes text_check, 0 if one does not
+ * or the bytes do not parse. Keys and lengths are read as nanopb reads them, so on every
+ * message nanopb accepts it sees the strings nanopb would copy; on the others nanopb refuses or
+ * the full walk names the fault. It needs no field iterator, which is most of the full walk's
+ * cost (every stored row is decoded through here). */
+static int strings_ok(const wire_msginfo *info, const uint8_t *buf, size_t len, int depth)
+{
+    if (depth > DIAG_MAX_DEPTH)
+        return 0;
+    diag_reader r = {buf, buf + len};
+    size_t next = 0; /* fields come in tag order: the lookup goes on from the last one */
+    while (r.p < r.end) {
+        uint32_t key, n;
+        if (*r.p < 0x80) /* one-byte keys and lengths are the rule: read them in place */
+            key = *r.p++;
+        else if (diag_varint32(&r, &key) != 0)
+            return 0;
+        switch (key & 7) {
+        case 0:
+            if (diag_skip_varint(&r) != 0)
+                return 0;
+            continue;
+        case 1:
+        case 5: {
+            size_t w = (key & 7) == 1 ? 8 : 4;
+            if ((size_t)(r.end - r.p) < w)
+                return 0;
+            r.p += w;
+            continue;
+        }
+        case 2:
+            break;
+        default:
+            return 0;
+        }
+        if (r.p < r.end && *r.p < 0x80)
+            n = *r.p++;
+        else if (diag_varint32(&r, &n) != 0)
+            return 0;
+        if (n > (size_t)(r.end - r.p))
+            return 0;
+        uint32_t tag = key >> 3;
+        while (next < info->nfields && info->fields[next].tag < tag)
+            next++;
+        const wire_fieldinfo *fi;
+        if (next < info->nfields && info->fields[next].tag == tag)
+            fi = &info->fields[next];
+        else
+            fi = diag_field(info, tag); /* out of order, or unknown */
+        if (fi != NULL && fi->is_string) {
+            size_t at;
+            uint32_t cp;
+            if (text_check(r.p, n, &at, &cp) != TEXT_OK)
+                return 0;
+        } else if (fi != NULL && fi->sub != NULL && fi->sub->has_strings &&
+                   !strings_ok(fi->sub, r.p, n, depth + 1)) {
+            return 0;
+        }
+        r.p += n;
+    }
+    return 1;
+}
+
+static int diag_walk(const wire_msginfo *info, const uint8_t *buf, size_t len, int strings,
+                     wire_violation *v)
 {
     v->field[0] = '\0';
     v->description[0] = '\0';
-    return diag_msg(info, buf, len, "", 0, v);
+    return diag_msg(info, buf, len, "", 0, strings, v);
+}
+
+int wire_diagnose(const wire_msginfo *info, const uint8_t *buf, size_t len, wire_violation *v)
+{
+    return diag_walk(info, buf, len, 1, v);
 }

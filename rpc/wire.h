@@ -139,6 +139,7 @@ typedef struct wire_fieldinfo {
     const char *name;
     const struct wire_msginfo *sub; /* field's message type, or NULL */
     uint32_t bound; /* from .options: max items (repeated), max bytes (string, bytes); 0 = none */
+    uint8_t is_string; /* a string field (not bytes): its content is judged on decode */
 } wire_fieldinfo;
 
 /* A message type: nanopb's descriptor plus the field names nanopb does not keep. */
@@ -150,6 +151,9 @@ typedef struct wire_msginfo {
     /* Has FT_POINTER fields: nanopb allocates them without checking their bounds, so
      * wire_decode checks the bounds first (wire_diagnose) and the user pb_release()s. */
     int has_pointers;
+    /* Has string fields, here or in a submessage: wire_decode walks the wire bytes to judge
+     * them; a message without any is decoded without the walk. */
+    int has_strings;
 } wire_msginfo;
 
 typedef struct wire_method {
@@ -174,8 +178,19 @@ typedef struct wire_violation {
 void wire_init(const wire_msginfo *info, void *msg);
 
 /* Decodes buf[0..len) into dst (a struct of info's type, request_size bytes). Returns 0, or -1
- * with *v naming the field that broke a bound or could not be decoded. On failure dst holds no
- * allocations and must not be used. */
+ * with *v naming the field that broke a bound, could not be decoded or holds a refused string.
+ * On failure dst holds no allocations and must not be used.
+ *
+ * Every string field, at any depth and in every item of a repeated field, is judged on its
+ * wire bytes before nanopb copies it (a C reader would stop at a NUL): it must be valid UTF-8
+ * (shortest form, no surrogates, at most U+10FFFF) without NUL, without control characters
+ * other than tab, line feed and carriage return (no other C0, no DEL, no C1), and without the
+ * bidirectional embedding/override/isolate controls U+202A-U+202E and U+2066-U+2069. Bytes
+ * fields are not judged. The rule is the same for every field; handlers narrow it further.
+ *
+ * v->field is never empty on failure: the field's dotted path by its .proto name ("login",
+ * "content.text", "methods[3].path"), "#N" for a field number the message does not define
+ * ("#9", "profile.#9"), "#0" for field number 0, "#?" where a key cannot be read. */
 int wire_decode(const wire_msginfo *info, const uint8_t *buf, size_t len, void *dst,
                 wire_violation *v);
 
@@ -187,9 +202,9 @@ long wire_encode(const wire_msginfo *info, const void *src, uint8_t *out, size_t
 /* The encoded size of src, or -1 if it cannot be encoded. */
 long wire_encoded_size(const wire_msginfo *info, const void *src);
 
-/* Walks buf[0..len) against info without decoding and names the first field that nanopb would
- * reject (bad wire type, truncation, a string/bytes/repeated field over its bound). Returns 1
- * with *v filled, 0 if it found nothing to name. */
+/* Walks buf[0..len) against info without decoding and names the first field that wire_decode
+ * refuses (bad wire type, truncation, a string/bytes/repeated field over its bound, a string
+ * that breaks the rule above). Returns 1 with *v filled, 0 if it found nothing to name. */
 int wire_diagnose(const wire_msginfo *info, const uint8_t *buf, size_t len, wire_violation *v);
 
 /* Big-endian helpers, used by both sides' frame code. */

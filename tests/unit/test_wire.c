@@ -814,8 +814,9 @@ static void decode_truncated(void **state)
     expect_violation(&lagoon_v1_EchoRequest_info, length, sizeof(length), "payload", "past the end");
     expect_violation(&lagoon_v1_EchoRequest_info, no_length, sizeof(no_length), "payload", "truncated");
     expect_violation(&lagoon_v1_EchoRequest_info, cut_length, sizeof(cut_length), "payload", "truncated");
-    expect_violation(&lagoon_v1_EchoRequest_info, key, sizeof(key), "", "truncated field key");
-    expect_violation(&lagoon_v1_EchoRequest_info, tag0, sizeof(tag0), "", "field number");
+    /* A key belongs to no field: "#?" when it cannot be read, "#0" for field number 0. */
+    expect_violation(&lagoon_v1_EchoRequest_info, key, sizeof(key), "#?", "truncated field key");
+    expect_violation(&lagoon_v1_EchoRequest_info, tag0, sizeof(tag0), "#0", "field number");
     expect_violation(&lagoon_v1_HealthCheckRequest_info, fixed, sizeof(fixed), "#3", "truncated");
 }
 
@@ -1332,6 +1333,290 @@ static void bug_varint_verdict_differs_from_nanopb(void **state)
     assert_int_equal(bad, 0);
 }
 
+/* ---- strings: one rule for every string field (wire.h, wire_decode) -------------------- */
+
+typedef struct text_case {
+    const char *name;
+    const char *bytes;
+    size_t len;
+    const char *words; /* in the refusal's description ("" for an accepted string) */
+} text_case;
+
+#define TEXT_CASE(name, lit, words) {name, lit, sizeof(lit) - 1, words}
+
+/* Every class of invalid UTF-8, NUL anywhere, every refused control, the bidi controls, and
+ * the same faults past one and two 8- and 16-byte blocks of ASCII (the quick scan's paths).
+ * At most 40 bytes each: they must fit every field they are placed in. */
+static const text_case hostile_texts[] = {
+    TEXT_CASE("NUL in the middle", "nul@example.org\0evil", "NUL byte at offset 15"),
+    TEXT_CASE("NUL then junk", "correct horse\0junk", "NUL byte at offset 13"),
+    TEXT_CASE("NUL first", "\0abc", "NUL byte at offset 0"),
+    TEXT_CASE("NUL last", "password\0", "NUL byte at offset 8"),
+    TEXT_CASE("NUL alone", "\0", "NUL byte at offset 0"),
+    TEXT_CASE("SOH", "a\x01z", "U+0001 at offset 1"),
+    TEXT_CASE("backspace", "abc\b\b\bxyz", "U+0008 at offset 3"),
+    TEXT_CASE("vertical tab", "a\vb", "U+000B"),
+    TEXT_CASE("form feed", "\f", "U+000C"),
+    TEXT_CASE("escape sequence", "\x1b[31mred", "U+001B at offset 0"),
+    TEXT_CASE("unit separator", "a\x1f", "U+001F"),
+    TEXT_CASE("DEL", "a\x7f", "U+007F at offset 1"),
+    TEXT_CASE("C1 NEL", "line\xc2\x85next", "U+0085 at offset 4"),
+    TEXT_CASE("C1 CSI", "\xc2\x9b" "31m", "U+009B at offset 0"),
+    TEXT_CASE("C1 first", "\xc2\x80", "U+0080"),
+    TEXT_CASE("RLO U+202E", "invoice\xe2\x80\xae" "fdp.exe", "bidirectional control U+202E at offset 7"),
+    TEXT_CASE("LRE U+202A", "\xe2\x80\xaa" "x", "U+202A"),
+    TEXT_CASE("RLE U+202B", "\xe2\x80\xab", "U+202B"),
+    TEXT_CASE("PDF U+202C", "\xe2\x80\xac", "U+202C"),
+    TEXT_CASE("LRO U+202D", "\xe2\x80\xad", "U+202D"),
+    TEXT_CASE("LRI U+2066", "\xe2\x81\xa6", "U+2066"),
+    TEXT_CASE("RLI U+2067", "\xe2\x81\xa7", "U+2067"),
+    TEXT_CASE("FSI U+2068", "\xe2\x81\xa8", "U+2068"),
+    TEXT_CASE("PDI U+2069", "\xe2\x81\xa9", "U+2069"),
+    TEXT_CASE("lone continuation", "a\x80", "byte 0x80 at offset 1"),
+    TEXT_CASE("continuation run", "\xbf\xbf", "byte 0xBF at offset 0"),
+    TEXT_CASE("0xF8 lead (5 bytes)", "\xf8\x88\x80\x80\x80", "byte 0xF8"),
+    TEXT_CASE("0xFC lead (6 bytes)", "\xfc\x84\x80\x80\x80\x80", "byte 0xFC"),
+    TEXT_CASE("0xFE", "\xfe", "byte 0xFE"),
+    TEXT_CASE("0xFF", "ok\xff", "byte 0xFF at offset 2"),
+    TEXT_CASE("overlong NUL C0 80", "a\xc0\x80" "b", "overlong encoding at offset 1"),
+    TEXT_CASE("overlong C1 BF", "\xc1\xbf", "overlong"),
+    TEXT_CASE("overlong 3-byte slash", "\xe0\x80\xaf", "overlong"),
+    TEXT_CASE("overlong 3-byte U+07FF", "\xe0\x9f\xbf", "overlong"),
+    TEXT_CASE("overlong 4-byte", "\xf0\x80\x80\xaf", "overlong"),
+    TEXT_CASE("overlong 4-byte U+FFFF", "\xf0\x8f\xbf\xbf", "overlong"),
+    TEXT_CASE("high surrogate", "\xed\xa0\x80", "surrogate U+D800 at offset 0"),
+    TEXT_CASE("low surrogate", "x\xed\xbf\xbf", "surrogate U+DFFF at offset 1"),
+    TEXT_CASE("surrogate pair (CESU-8)", "\xed\xa0\xbd\xed\xb8\x80", "surrogate U+D83D"),
+    TEXT_CASE("U+110000", "\xf4\x90\x80\x80", "past U+10FFFF"),
+    TEXT_CASE("0xF5 lead", "\xf5\x80\x80\x80", "past U+10FFFF"),
+    TEXT_CASE("0xF7 BF BF BF", "\xf7\xbf\xbf\xbf", "past U+10FFFF"),
+    TEXT_CASE("2-byte cut at the end", "ab\xc3", "cut short at offset 2"),
+    TEXT_CASE("3-byte cut at the end", "ab\xe2\x82", "cut short at offset 2"),
+    TEXT_CASE("4-byte cut at the end", "\xf0\x9f\x98", "cut short at offset 0"),
+    TEXT_CASE("cut by ASCII", "\xe2\x28\xa1", "cut short"),
+    TEXT_CASE("cut by a lead byte", "\xe2\x82\xe2\x82\xac", "cut short at offset 0"),
+    TEXT_CASE("DEL inside the first block", "0123456\x7f" "89abcdef", "U+007F at offset 7"),
+    TEXT_CASE("NUL after one block", "01234567\0", "NUL byte at offset 8"),
+    TEXT_CASE("NUL after 16 bytes", "0123456789abcdef\0", "NUL byte at offset 16"),
+    TEXT_CASE("control after 32 bytes", "0123456789abcdef0123456789abcdef\x01", "U+0001 at offset 32"),
+    TEXT_CASE("bad byte at 31", "0123456789abcdef0123456789abcde\xff", "byte 0xFF at offset 31"),
+    TEXT_CASE("RLO after 24 bytes", "0123456789abcdef01234567\xe2\x80\xae", "U+202E at offset 24"),
+    TEXT_CASE("fault after good UTF-8", "caf\xc3\xa9 \xe2\x82\xac\xf0\x9f\x98\x80\x01", "U+0001 at offset 13"),
+};
+
+/* Accepted by every string field: the allowed controls, each UTF-8 length, the edges of every
+ * refused range, and the marks and separators that are not bidi embedding controls. */
+static const text_case fine_texts[] = {
+    TEXT_CASE("empty", "", ""),
+    TEXT_CASE("printable ASCII edges", " ~ !}", ""),
+    TEXT_CASE("tab, line feed, carriage return", "a\tb\nc\r\nd", ""),
+    TEXT_CASE("2-byte", "caf\xc3\xa9", ""),
+    TEXT_CASE("U+00A0, the first after C1", "\xc2\xa0", ""),
+    TEXT_CASE("U+0800, the first 3-byte", "\xe0\xa0\x80", ""),
+    TEXT_CASE("U+D7FF and U+E000 around the surrogates", "\xed\x9f\xbf\xee\x80\x80", ""),
+    TEXT_CASE("U+2029 and U+202F around the embeddings", "\xe2\x80\xa9\xe2\x80\xaf", ""),
+    TEXT_CASE("U+2065 and U+206A around the isolates", "\xe2\x81\xa5\xe2\x81\xaa", ""),
+    TEXT_CASE("LRM, RLM (marks, not embeddings)", "\xe2\x80\x8e\xe2\x80\x8f", ""),
+    TEXT_CASE("U+FEFF, U+FFFD, U+FFFF", "\xef\xbb\xbf\xef\xbf\xbd\xef\xbf\xbf", ""),
+    TEXT_CASE("U+10000 and U+10FFFF", "\xf0\x90\x80\x80\xf4\x8f\xbf\xbf", ""),
+    TEXT_CASE("emoji", "\xf0\x9f\x8e\xbb \xf0\x9f\x8e\xb8", ""),
+    TEXT_CASE("40 bytes of ASCII", "0123456789abcdefghijklmnopqrstuvwxyz~ !#", ""),
+    TEXT_CASE("mixed across blocks", "0123456789abcd\xc3\xa9" "0123456789abcdef\xe2\x82\xac", ""),
+};
+
+/* Where a string goes: a message, how to build it around the string, and the path a refusal
+ * names. The fields cover a top-level string, RequestMeta, a string in a oneof submessage, an
+ * item of a repeated string, and a string inside a pointer array (wire_decode's full walk). */
+typedef struct text_place {
+    const wire_msginfo *info;
+    const char *field;
+    void (*build)(pbw *w, const char *s, size_t n);
+} text_place;
+
+static void place_login_password(pbw *w, const char *s, size_t n)
+{
+    pbw_ld(w, 1, "someone", 7);
+    pbw_ld(w, 2, s, n);
+}
+
+static void place_idempotency_key(pbw *w, const char *s, size_t n)
+{
+    pbw_ld(w, 4, "req-1", 5); /* request_id first: the key is not the first field */
+    pbw_ld(w, 3, s, n);
+}
+
+static void place_client_message_id(pbw *w, const char *s, size_t n)
+{
+    pbw_key(w, 1, 0);
+    pbw_varint(w, 7);
+    pbw_ld(w, 2, "\x0a\x02hi", 4); /* text { text: "hi" } */
+    pbw_ld(w, 5, s, n);
+}
+
+static void place_message_text(pbw *w, const char *s, size_t n)
+{
+    uint8_t sub[64];
+    pbw t = {sub, 0, sizeof(sub)};
+    pbw_ld(&t, 1, s, n);
+    pbw_key(w, 1, 0);
+    pbw_varint(w, 7);
+    pbw_ld(w, 2, t.b, t.n);
+}
+
+static void place_instrument(pbw *w, const char *s, size_t n)
+{
+    pbw_key(w, 3, 0);
+    pbw_varint(w, 1);
+    pbw_ld(w, 4, "cello", 5);
+    pbw_ld(w, 4, s, n);
+}
+
+static void place_method_path(pbw *w, const char *s, size_t n)
+{
+    for (unsigned i = 0; i < 3; i++) {
+        uint8_t sub[64];
+        pbw m = {sub, 0, sizeof(sub)};
+        if (i == 2)
+            pbw_ld(&m, 1, s, n);
+        else
+            pbw_ld(&m, 1, "/a.B/C", 6);
+        pbw_key(&m, 2, 0);
+        pbw_varint(&m, i + 1);
+        pbw_ld(w, 1, m.b, m.n);
+    }
+}
+
+static const text_place text_places[] = {
+    {&lagoon_v1_LoginRequest_info, "password", place_login_password},
+    {&lagoon_v1_RequestMeta_info, "idempotency_key", place_idempotency_key},
+    {&lagoon_v1_SendMessageRequest_info, "client_message_id", place_client_message_id},
+    {&lagoon_v1_SendMessageRequest_info, "text.text", place_message_text},
+    {&lagoon_v1_UpdateProfileRequest_info, "instruments[1]", place_instrument},
+    {&lagoon_v1_ListMethodsResponse_info, "methods[2].path", place_method_path},
+};
+
+/* Every hostile string in every place: refused, naming the field, saying what is wrong and
+ * where, with nothing left allocated; diagnose agrees; placed against a guard page too. */
+static void decode_refuses_hostile_strings(void **state)
+{
+    (void)state;
+    guard g = guard_new();
+    for (size_t p = 0; p < sizeof(text_places) / sizeof(text_places[0]); p++) {
+        const text_place *pl = &text_places[p];
+        for (size_t i = 0; i < sizeof(hostile_texts) / sizeof(hostile_texts[0]); i++) {
+            const text_case *tc = &hostile_texts[i];
+            pbw w = pbw_new(256);
+            pl->build(&w, tc->bytes, tc->len);
+            wire_violation v;
+            if (decode(pl->info, w.b, w.n, &v) != -1)
+                fail_msg("%s in %s.%s: decoded", tc->name, pl->info->name, pl->field);
+            if (strcmp(v.field, pl->field) != 0 || strstr(v.description, tc->words) == NULL)
+                fail_msg("%s in %s: violation \"%s\": \"%s\", want \"%s\": \"...%s...\"", tc->name,
+                         pl->info->name, v.field, v.description, pl->field, tc->words);
+            wire_violation d;
+            assert_int_equal(wire_diagnose(pl->info, w.b, w.n, &d), 1);
+            assert_string_equal(d.field, v.field);
+            assert_string_equal(d.description, v.description);
+            assert_int_equal(decode_at(pl->info, guard_place(&g, w.b, w.n), w.n, &v), -1);
+            free(w.b);
+        }
+    }
+    guard_free(&g);
+}
+
+/* Every accepted string in every place decodes to exactly its bytes. */
+static void decode_accepts_fine_strings(void **state)
+{
+    (void)state;
+    guard g = guard_new();
+    for (size_t p = 0; p < sizeof(text_places) / sizeof(text_places[0]); p++) {
+        const text_place *pl = &text_places[p];
+        for (size_t i = 0; i < sizeof(fine_texts) / sizeof(fine_texts[0]); i++) {
+            const text_case *tc = &fine_texts[i];
+            pbw w = pbw_new(256);
+            pl->build(&w, tc->bytes, tc->len);
+            wire_violation v;
+            if (decode_at(pl->info, guard_place(&g, w.b, w.n), w.n, &v) != 0)
+                fail_msg("%s in %s: refused: %s: %s", tc->name, pl->info->name, v.field, v.description);
+            const char *got = NULL;
+            if (pl->info == &lagoon_v1_LoginRequest_info)
+                got = ((const lagoon_v1_LoginRequest *)(const void *)&dst_buf)->password;
+            else if (pl->info == &lagoon_v1_RequestMeta_info)
+                got = ((const lagoon_v1_RequestMeta *)(const void *)&dst_buf)->idempotency_key;
+            else if (strcmp(pl->field, "client_message_id") == 0)
+                got = ((const lagoon_v1_SendMessageRequest *)(const void *)&dst_buf)->client_message_id;
+            else if (pl->info == &lagoon_v1_SendMessageRequest_info)
+                got = ((const lagoon_v1_SendMessageRequest *)(const void *)&dst_buf)->content.text.text;
+            else if (pl->info == &lagoon_v1_UpdateProfileRequest_info)
+                got = ((const lagoon_v1_UpdateProfileRequest *)(const void *)&dst_buf)->instruments[1];
+            else
+                got = ((const lagoon_v1_ListMethodsResponse *)(const void *)&dst_buf)->methods[2].path;
+            if (strlen(got) != tc->len || memcmp(got, tc->bytes, tc->len) != 0)
+                fail_msg("%s in %s: decoded as \"%s\"", tc->name, pl->field, got);
+            if (pl->info->has_pointers)
+                pb_release(pl->info->desc, &dst_buf);
+            free(w.b);
+        }
+    }
+    guard_free(&g);
+}
+
+/* Bytes fields are not text: NUL, controls and invalid UTF-8 pass. So do strings in fields the
+ * message does not define, which nanopb skips and nothing reads. */
+static void decode_leaves_bytes_and_unknown_fields(void **state)
+{
+    (void)state;
+    static const uint8_t payload[] = {0x0a, 0x06, 0x00, 0x01, 0xff, 0xc0, 0x80, 0x7f};
+    wire_violation v;
+    assert_int_equal(decode(&lagoon_v1_EchoRequest_info, payload, sizeof(payload), &v), 0);
+    const lagoon_v1_EchoRequest *e = (const void *)&dst_buf;
+    assert_int_equal(e->payload.size, 6);
+    assert_memory_equal(e->payload.bytes, payload + 2, 6);
+    /* LoginRequest field 9 is not defined: its NUL is skipped with it. */
+    static const uint8_t unknown[] = {0x0a, 0x01, 'a', 0x4a, 0x03, 'x', 0x00, 'y'};
+    assert_int_equal(decode(&lagoon_v1_LoginRequest_info, unknown, sizeof(unknown), &v), 0);
+    assert_string_equal(((const lagoon_v1_LoginRequest *)(const void *)&dst_buf)->login, "a");
+}
+
+/* The first refused field is named, whatever comes after it, and an earlier fault of another
+ * kind (an integer out of range) is named before a later bad string: decode and diagnose name
+ * the same violation on every input. */
+static void decode_names_first_string_fault(void **state)
+{
+    (void)state;
+    pbw w = pbw_new(128);
+    pbw_ld(&w, 1, "a\x01", 2);
+    pbw_ld(&w, 2, "\0", 1);
+    expect_violation(&lagoon_v1_LoginRequest_info, w.b, w.n, "login", "U+0001");
+    w.n = 0;
+    pbw_key(&w, 1, 0);
+    pbw_varint(&w, 7);
+    pbw_key(&w, 6, 0); /* SendMessageRequest has no field 6: skipped */
+    pbw_varint(&w, 1);
+    pbw_ld(&w, 5, "ok", 2);
+    pbw_ld(&w, 5, "\xed\xa0\x80", 3); /* the last occurrence is the one nanopb keeps: judged too */
+    expect_violation(&lagoon_v1_SendMessageRequest_info, w.b, w.n, "client_message_id", "surrogate");
+    w.n = 0;
+    pbw_key(&w, 2, 0);
+    pbw_varint(&w, (uint64_t)1 << 40); /* RequestMeta.timeout_ms is a uint32 */
+    pbw_ld(&w, 3, "\0", 1);
+    expect_violation(&lagoon_v1_RequestMeta_info, w.b, w.n, "timeout_ms", "out of range");
+    free(w.b);
+}
+
+/* A key that cannot be read, or field number 0, inside a submessage: named after the enclosing
+ * path, never an empty name (the server sends a violation only for a named field). */
+static void decode_names_message_level_faults(void **state)
+{
+    (void)state;
+    static const uint8_t cut_inner[] = {0x08, 0x07, 0x12, 0x01, 0x80};   /* text { <cut key> } */
+    static const uint8_t zero_inner[] = {0x08, 0x07, 0x12, 0x02, 0x00, 0x01}; /* text { #0 } */
+    static const uint8_t malformed[] = {0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01};
+    expect_violation(&lagoon_v1_SendMessageRequest_info, cut_inner, sizeof(cut_inner), "text.#?", "truncated field key");
+    expect_violation(&lagoon_v1_SendMessageRequest_info, zero_inner, sizeof(zero_inner), "text.#0", "field number 0");
+    expect_violation(&lagoon_v1_SendMessageRequest_info, malformed, sizeof(malformed), "#?", "malformed field key");
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -1356,6 +1641,11 @@ int main(int argc, char **argv)
         cmocka_unit_test(decode_prefixes_guard),
         cmocka_unit_test(status_names),
         cmocka_unit_test(decode_garbage),
+        cmocka_unit_test(decode_refuses_hostile_strings),
+        cmocka_unit_test(decode_accepts_fine_strings),
+        cmocka_unit_test(decode_leaves_bytes_and_unknown_fields),
+        cmocka_unit_test(decode_names_first_string_fault),
+        cmocka_unit_test(decode_names_message_level_faults),
     };
     const struct CMUnitTest known_bugs[] = {
         cmocka_unit_test(bug_diagnose_reads_pointer_from_input),

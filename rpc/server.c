@@ -55,6 +55,8 @@
 #define TRIM_AFTER_BYTES (4u << 20)
 #define ACCEPT_BACKOFF_MIN_MS 50   /* accept paused this long after EMFILE/ENFILE, doubling */
 #define ACCEPT_BACKOFF_MAX_MS 1000
+#define RETRY_BUSY_MS 100         /* retry_after_ms of a call refused by a per-connection limit */
+#define RETRY_DRAINING_MS 1000    /* retry_after_ms of UNAVAILABLE after GOAWAY: on a new connection */
 
 enum conn_state { CONN_PREFACE, CONN_OPEN, CONN_CLOSING, CONN_DEAD };
 enum hstate { H_NONE, H_HELD, H_FINISHED, H_CANCELLED };
@@ -326,7 +328,8 @@ static size_t meta_encode(const lagoon_v1_ResponseMeta *meta, uint8_t *buf)
 
 /* A frame whose metadata is a ResponseMeta with just a message (GOAWAY, refusals). */
 static size_t conn_write_message_frame(rpc_conn *c, uint8_t type, uint8_t flags, uint32_t call_id,
-                                       uint32_t code, const char *message, const char *request_id)
+                                       uint32_t code, const char *message, const char *request_id,
+                                       uint32_t retry_after_ms)
 {
     lagoon_v1_ResponseMeta *meta = calloc(1, sizeof(*meta));
     uint8_t *buf = malloc(META_BUF);
@@ -334,6 +337,7 @@ static size_t conn_write_message_frame(rpc_conn *c, uint8_t type, uint8_t flags,
     if (meta != NULL && buf != NULL) {
         snprintf(meta->message, sizeof(meta->message), "%s", message);
         snprintf(meta->request_id, sizeof(meta->request_id), "%s", request_id ? request_id : "");
+        meta->retry_after_ms = retry_after_ms;
         n = meta_encode(meta, buf);
     }
     size_t w = conn_write_frame(c, type, flags, call_id, code, buf, n, NULL, NULL);
@@ -352,7 +356,7 @@ static size_t conn_write_bytes(rpc_conn *c, const uint8_t *data, size_t len)
 
 static void conn_send_goaway(rpc_conn *c, const char *message)
 {
-    conn_write_message_frame(c, WIRE_GOAWAY, 0, 0, c->last_call_id, message, NULL);
+    conn_write_message_frame(c, WIRE_GOAWAY, 0, 0, c->last_call_id, message, NULL, 0);
     c->goaway_sent = 1;
 }
 
@@ -607,7 +611,7 @@ static void call_reply(rpc_call *call, int status, lagoon_v1_ResponseMeta *meta)
         log_msg(LOG_ERROR, "method=%s response breaks a field bound", m ? m->path : "?");
         status = LAGOON_INTERNAL;
         w = conn_write_message_frame(c, WIRE_RESPONSE, WIRE_FLAG_END_STREAM, call->id, (uint32_t)status,
-                                     "the server could not encode its response", call->request_id);
+                                     "the server could not encode its response", call->request_id, 0);
     }
     call->bytes_out += (uint32_t)w;
     if (!atomic_load(&call->done)) /* conn_write_frame may have closed the connection */
@@ -1029,8 +1033,13 @@ static void conn_refuse(rpc_conn *c, const wire_frame *f, int client_open, int s
     va_start(ap, fmt);
     (void)vsnprintf(message, sizeof(message), fmt, ap);
     va_end(ap);
+    /* The RPC layer's own refusals that a retry can cure say when: a busy connection soon, a
+     * draining server once the client has reconnected (here or elsewhere). */
+    uint32_t retry = status == LAGOON_RESOURCE_EXHAUSTED ? RETRY_BUSY_MS
+                     : status == LAGOON_UNAVAILABLE      ? RETRY_DRAINING_MS
+                                                         : 0;
     conn_write_message_frame(c, WIRE_RESPONSE, WIRE_FLAG_END_STREAM, f->call_id, (uint32_t)status, message,
-                             request_id);
+                             request_id, retry);
     if (log_enabled(LOG_INFO))
         log_msg(LOG_INFO, "call peer=%s method=0x%08x status=%s dur_us=0 in=%u out=0 req_id=%s msg=\"%s\"",
                 c->peer, f->code, lagoon_status_name(status), f->length + 4,
@@ -1624,8 +1633,30 @@ static void loop_drain_timeout_cb(evutil_socket_t fd, short what, void *arg)
     rpc_loop *l = arg;
     if (l->nconns)
         log_msg(LOG_WARN, "drain timeout: closing %u connection(s) with calls still open", l->nconns);
-    while (l->conns)
-        conn_close(l->conns);
+    while (l->conns) {
+        rpc_conn *c = l->conns;
+        /* Every call still open hears why it ends (one reply per call, even now), in one
+         * last best-effort write before the close. */
+        for (int b = 0; c->buckets && b < CALL_BUCKETS && c->state != CONN_DEAD; b++) {
+            rpc_call *call = c->buckets[b];
+            while (call && c->state != CONN_DEAD) {
+                if (atomic_load(&call->done)) {
+                    call = call->hnext;
+                    continue;
+                }
+                call_abandon(call, LAGOON_UNAVAILABLE, 1, "the server shut down before the call finished");
+                call = c->buckets ? c->buckets[b] : NULL; /* the chain may have changed: again */
+            }
+        }
+        if (c->state != CONN_DEAD) {
+            struct evbuffer *out = bufferevent_get_output(c->bev);
+            evbuffer_unfreeze(out, 1);
+            int n = evbuffer_write(out, bufferevent_getfd(c->bev));
+            (void)n;
+            evbuffer_freeze(out, 1);
+            conn_close(c);
+        }
+    }
     loop_maybe_exit(l);
 }
 

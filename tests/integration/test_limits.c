@@ -30,6 +30,14 @@ static void read_reply(int fd, wire_frame *f, uint32_t timeout_ms)
     }
 }
 
+static uint32_t retry_after(const wire_frame *f)
+{
+    lagoon_v1_ResponseMeta meta = lagoon_v1_ResponseMeta_init_zero;
+    wire_violation v;
+    assert_int_equal(wire_decode(&lagoon_v1_ResponseMeta_info, f->meta, f->meta_len, &meta, &v), 0);
+    return meta.retry_after_ms;
+}
+
 typedef struct conns_at_most {
     test_server *t;
     uint32_t n;
@@ -166,6 +174,7 @@ static void test_connection_memory_budget(void **state)
                 char msg[256];
                 raw_meta_message(&f, msg, sizeof(msg));
                 assert_non_null(strstr(msg, "connection memory budget"));
+                assert_true(retry_after(&f) > 0);
                 refused = id;
             } else {
                 assert_int_equal(f.call_id, id + 1);
@@ -189,6 +198,43 @@ static void test_connection_memory_budget(void **state)
     test_server_stop(&t);
 }
 
+/* A drain: new calls get UNAVAILABLE with a retry_after_ms; a call still open when the drain
+ * times out gets its one reply (UNAVAILABLE) before the connection closes. */
+static void test_drain_answers_every_call(void **state)
+{
+    (void)state;
+    test_server t;
+    rpc_config cfg;
+    test_config(&cfg);
+    cfg.drain_timeout_ms = 300;
+    test_server_start(&t, &cfg, NULL, 0);
+    int fd = raw_connect(t.port, 1);
+    raw_send_frame(fd, WIRE_REQUEST, 0, 1, lagoon_method_Debug_EchoCollect.id, NULL, 0, NULL, 0);
+    /* Known to be open once a later call on the same connection has been answered. */
+    raw_send_frame(fd, WIRE_REQUEST, WIRE_FLAG_END_STREAM, 3, lagoon_method_Health_Check.id, NULL, 0, NULL, 0);
+    wire_frame f;
+    read_reply(fd, &f, 5000);
+    assert_int_equal(f.call_id, 3);
+    rpc_server_stop(t.server);
+    read_reply(fd, &f, 5000);
+    assert_int_equal(f.type, WIRE_GOAWAY);
+    raw_send_frame(fd, WIRE_REQUEST, WIRE_FLAG_END_STREAM, 5, lagoon_method_Health_Check.id, NULL, 0, NULL, 0);
+    read_reply(fd, &f, 5000);
+    assert_int_equal(f.call_id, 5);
+    assert_int_equal(f.code, LAGOON_UNAVAILABLE);
+    assert_true(retry_after(&f) > 0);
+    read_reply(fd, &f, 5000);
+    assert_int_equal(f.type, WIRE_RESPONSE);
+    assert_int_equal(f.call_id, 1);
+    assert_int_equal(f.code, LAGOON_UNAVAILABLE);
+    char msg[256];
+    raw_meta_message(&f, msg, sizeof(msg));
+    assert_non_null(strstr(msg, "shut down before the call finished"));
+    assert_true(raw_wait_closed(fd, 5000));
+    close(fd);
+    test_server_stop(&t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -196,6 +242,7 @@ int main(void)
         cmocka_unit_test(test_trickled_frame_is_closed),
         cmocka_unit_test(test_idle_client_stream_times_out),
         cmocka_unit_test(test_connection_memory_budget),
+        cmocka_unit_test(test_drain_answers_every_call),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

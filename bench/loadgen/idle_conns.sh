@@ -22,7 +22,7 @@ fi
 (( $(ulimit -n) >= NEED )) || lg_die "need $NEED file descriptors, the hard limit is $(ulimit -Hn)"
 lg_tmp
 PORT=$(lg_free_port)
-lg_start_lagoond "$PORT" "$TMP_DIR/lagoon" --max-connections $((COUNT + 100))
+lg_start_lagoond "$PORT" "$TMP_DIR/lagoon" --max-connections $((COUNT + 100)) --max-connections-per-address $((COUNT + 100))
 timeout 60 "$BENCH" --port "$PORT" --scenario health --connections 50 --calls 20000 --warmup 0 >/dev/null
 sleep 0.5
 echo "lagoond pid $LAGOOND_PID on port $PORT, $(nproc) loop threads; $COUNT idle connections:"

@@ -237,7 +237,7 @@ int handle_Auth_Register(rpc_call *call, const lagoon_v1_RegisterRequest *req, l
 
 /* What the sign-in's write found (the checks that must hold in the transaction that creates
  * the session). */
-enum login_outcome { LOGIN_OK, LOGIN_WRONG, LOGIN_INACTIVE };
+enum login_outcome { LOGIN_OK, LOGIN_WRONG, LOGIN_INACTIVE, LOGIN_UPGRADED };
 
 typedef struct login_op {
     app *a;
@@ -278,8 +278,14 @@ static int session_create(store_txn *t, login_op *op, store_error *err)
         return LAGOON_OK;
     if (st != LAGOON_OK)
         return st;
-    if (strcmp(u.password_hash, op->hash) != 0)
+    if (strcmp(u.password_hash, op->hash) != 0) {
+        /* Another sign-in may have upgraded the outdated hash this one verified (the same
+         * password, a new string): that is not a wrong password, but it cannot be told apart
+         * from a change here. The client is asked to try again, and nothing is counted. */
+        if (op->new_hash[0])
+            op->outcome = LOGIN_UPGRADED;
         return LAGOON_OK;
+    }
     op->outcome = LOGIN_INACTIVE;
     if (!u.active)
         return LAGOON_OK;
@@ -344,6 +350,8 @@ static int login_done(rpc_call *call, void *arg, int status, const store_error *
         fill_tokens(op, op->resp);
     } else if (op->outcome == LOGIN_INACTIVE) {
         status = deactivated(call);
+    } else if (op->outcome == LOGIN_UPGRADED) {
+        status = rpc_call_error(call, LAGOON_ABORTED, "the account changed during sign-in: try again");
     } else {
         /* The password was replaced (or the account deleted) after it was checked: it is
          * wrong now, and counts as such. */

@@ -85,17 +85,22 @@ static void gate_close(int point)
     pthread_mutex_unlock(&G.mu);
 }
 
-/* Waits until a job is held; 1 if one is. */
-static int gate_wait_held(void)
+/* Waits until n jobs are held; 1 if they are. */
+static int gate_wait_held_n(int n)
 {
     pthread_mutex_lock(&G.mu);
     struct timespec until;
     deadline_in(&until, GATE_WAIT_MS);
-    while (G.held == 0 && pthread_cond_timedwait(&G.cv, &G.mu, &until) != ETIMEDOUT)
+    while (G.held < n && pthread_cond_timedwait(&G.cv, &G.mu, &until) != ETIMEDOUT)
         ;
     int held = G.held;
     pthread_mutex_unlock(&G.mu);
-    return held > 0;
+    return held >= n;
+}
+
+static int gate_wait_held(void)
+{
+    return gate_wait_held_n(1);
 }
 
 static void gate_open(void)
@@ -158,17 +163,18 @@ static void send_login(int fd, uint32_t id, const char *login, const char *passw
     send_request(fd, id, &lagoon_method_Auth_Login, &req);
 }
 
-/* The status of call id's RESPONSE (other frames are skipped); its retry_after_ms in *retry
- * (may be NULL). Fails the test if none comes. */
-static uint32_t read_status(int fd, uint32_t id, uint32_t *retry)
+/* The status of the next RESPONSE (other frames are skipped), its call id in *id, its
+ * retry_after_ms in *retry (may be NULL). Fails the test if none comes. */
+static uint32_t read_any_status(int fd, uint32_t *id, uint32_t *retry)
 {
     static uint8_t buf[1 << 16];
     for (int frames = 0; frames < 64; frames++) {
         wire_frame f = {0};
         if (raw_read_frame(fd, buf, sizeof(buf), &f, REPLY_WAIT_MS) != 1)
             break;
-        if (f.type != WIRE_RESPONSE || f.call_id != id)
+        if (f.type != WIRE_RESPONSE)
             continue;
+        *id = f.call_id;
         if (retry != NULL) {
             lagoon_v1_ResponseMeta meta = lagoon_v1_ResponseMeta_init_zero;
             wire_violation v;
@@ -177,6 +183,19 @@ static uint32_t read_status(int fd, uint32_t id, uint32_t *retry)
                 *retry = meta.retry_after_ms;
         }
         return f.code;
+    }
+    fail_msg("no response");
+    return 0;
+}
+
+/* The status of call id's RESPONSE (others are skipped). */
+static uint32_t read_status(int fd, uint32_t id, uint32_t *retry)
+{
+    for (int calls = 0; calls < 64; calls++) {
+        uint32_t got = 0;
+        uint32_t st = read_any_status(fd, &got, retry);
+        if (got == id)
+            return st;
     }
     fail_msg("no response to call %u", id);
     return 0;
@@ -381,6 +400,46 @@ static void test_sign_in_racing_deactivation_and_reset(void **state)
     free(t);
 }
 
+/* Two sign-ins that both verified an outdated hash and both upgrade it: the second to write
+ * finds the first's new hash. That is no wrong password: it is asked to retry (ABORTED),
+ * without a session and without counting as a failure. */
+static void tweak_gate_stronger(app_config *acfg, rpc_config *cfg)
+{
+    tweak_gate(acfg, cfg);
+    acfg->pwhash_opslimit = 2; /* more than the tests' minimum: existing hashes are outdated */
+}
+
+static void test_sign_ins_racing_a_hash_upgrade(void **state)
+{
+    (void)state;
+    test_app *t = calloc(1, sizeof(*t));
+    test_app_start(t, tweak_gate);
+    lagoon_client *c = test_client(t);
+    char token[65];
+    uint64_t id = test_user(c, "twice", 0, token);
+    lagoon_close(c);
+    test_app_restart(t, tweak_gate_stronger);
+    int before = sessions_of(t, id);
+    gate_close(APP_HOOK_LOGIN_VERIFIED);
+    int fd = connect_from(t->srv.port, "127.0.0.1");
+    send_login(fd, 1, "twice", PASSWORD);
+    send_login(fd, 3, "twice", PASSWORD);
+    assert_true(gate_wait_held_n(2));
+    gate_open();
+    uint32_t a, b;
+    uint32_t sa = read_any_status(fd, &a, NULL);
+    uint32_t sb = read_any_status(fd, &b, NULL);
+    close(fd);
+    assert_int_equal(a + b, 4);
+    /* Whichever wrote first (the replies may come in either order). */
+    assert_true((sa == LAGOON_OK && sb == LAGOON_ABORTED) || (sa == LAGOON_ABORTED && sb == LAGOON_OK));
+    assert_int_equal(sessions_of(t, id), before + 1);
+    /* The retry signs in with the upgraded hash. */
+    assert_int_equal(login_from(t, "127.0.0.1", "twice", PASSWORD, NULL), LAGOON_OK);
+    test_app_stop(t);
+    free(t);
+}
+
 /* ---- failed sign-ins from many addresses ---------------------------------------------------- */
 
 static void tweak_defaults(app_config *acfg, rpc_config *cfg)
@@ -472,6 +531,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_abandoned_sign_ins_free_their_state),
         cmocka_unit_test(test_sign_in_racing_deactivation_and_reset),
+        cmocka_unit_test(test_sign_ins_racing_a_hash_upgrade),
         cmocka_unit_test(test_others_failures_do_not_lock_the_owner_out),
     };
     return cmocka_run_group_tests_name("account_races", tests, NULL, NULL);

@@ -813,6 +813,82 @@ static void test_sessions_per_user_bounded(void **state)
     test_app_restart(T, test_tweak_shared);
 }
 
+/* ---- every end of a session deletes its row -------------------------------------------------- */
+
+/* The realtime side ends a session's open streams when its row is deleted: each way a
+ * session ends must delete the row, not only make the token fail. */
+static void test_every_session_end_deletes_its_row(void **state)
+{
+    (void)state;
+    lagoon_client *c = client();
+    store_error err;
+    if (account_create_admin(T->app, "ends@example.com", "ends_admin", "an admin passphrase", NULL, &err) !=
+        LAGOON_OK)
+        fail_msg("create admin: %s", err.message);
+    lagoon_v1_TokenPair admin, tp[3];
+    assert_int_equal(do_login(c, "ends_admin", "an admin passphrase", &admin), LAGOON_OK);
+    char token[65];
+    uint64_t id = new_user(c, "sam", 0, token);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(do_login(c, "sam", PASSWORD, &tp[i]), LAGOON_OK);
+    assert_int_equal(user_rows(&accounts_sessions, sessions_by_user, id), 4);
+    lagoon_v1_AuthEmpty e = lagoon_v1_AuthEmpty_init_zero, out;
+    /* Logout: that one. */
+    lagoon_set_token(c, tp[0].access_token);
+    assert_int_equal(lagoon_Auth_Logout(c, &e, &out), LAGOON_OK);
+    assert_int_equal(user_rows(&accounts_sessions, sessions_by_user, id), 3);
+    /* ChangePassword: all but the caller's. */
+    lagoon_set_token(c, token);
+    lagoon_v1_ChangePasswordRequest cp = lagoon_v1_ChangePasswordRequest_init_zero;
+    lagoon_v1_UsersEmpty ue;
+    snprintf(cp.current_password, sizeof(cp.current_password), PASSWORD);
+    snprintf(cp.new_password, sizeof(cp.new_password), "sam's new passphrase");
+    assert_int_equal(lagoon_Users_ChangePassword(c, &cp, &ue), LAGOON_OK);
+    assert_int_equal(user_rows(&accounts_sessions, sessions_by_user, id), 1);
+    /* LogoutAll: every one. */
+    assert_int_equal(lagoon_Auth_LogoutAll(c, &e, &out), LAGOON_OK);
+    assert_int_equal(user_rows(&accounts_sessions, sessions_by_user, id), 0);
+    /* A reused refresh token: its session. */
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(do_login(c, "sam", "sam's new passphrase", &tp[i]), LAGOON_OK);
+    lagoon_set_token(c, NULL);
+    lagoon_v1_RefreshRequest rr = lagoon_v1_RefreshRequest_init_zero;
+    snprintf(rr.refresh_token, sizeof(rr.refresh_token), "%s", tp[0].refresh_token);
+    assert_int_equal(lagoon_Auth_Refresh(c, &rr, &tp[2]), LAGOON_OK);
+    assert_int_equal(lagoon_Auth_Refresh(c, &rr, &tp[2]), LAGOON_UNAUTHENTICATED);
+    assert_int_equal(user_rows(&accounts_sessions, sessions_by_user, id), 1);
+    /* A password reset: every one. */
+    lagoon_v1_ForgotPasswordRequest fr = lagoon_v1_ForgotPasswordRequest_init_zero;
+    snprintf(fr.email, sizeof(fr.email), "sam@example.com");
+    assert_int_equal(lagoon_Auth_ForgotPassword(c, &fr, &out), LAGOON_OK);
+    char code[44];
+    assert_true(test_mail_code(T, "sam@example.com", "Reset your password", code, MAIL_WAIT_MS));
+    lagoon_v1_ResetPasswordRequest rq = lagoon_v1_ResetPasswordRequest_init_zero;
+    snprintf(rq.token, sizeof(rq.token), "%s", code);
+    snprintf(rq.new_password, sizeof(rq.new_password), "%s", PASSWORD);
+    assert_int_equal(lagoon_Auth_ResetPassword(c, &rq, &out), LAGOON_OK);
+    assert_int_equal(user_rows(&accounts_sessions, sessions_by_user, id), 0);
+    /* A deactivation: every one. */
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(do_login(c, "sam", PASSWORD, &tp[i]), LAGOON_OK);
+    lagoon_set_token(c, admin.access_token);
+    lagoon_v1_SetActiveRequest sa = {id, false};
+    lagoon_v1_UserProfile p;
+    assert_int_equal(lagoon_Users_SetActive(c, &sa, &p), LAGOON_OK);
+    assert_int_equal(user_rows(&accounts_sessions, sessions_by_user, id), 0);
+    sa.active = true;
+    assert_int_equal(lagoon_Users_SetActive(c, &sa, &p), LAGOON_OK);
+    /* Deleting the account: every one, by cascade. */
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(do_login(c, "sam", PASSWORD, &tp[i]), LAGOON_OK);
+    lagoon_set_token(c, tp[0].access_token);
+    lagoon_v1_DeleteAccountRequest dr = lagoon_v1_DeleteAccountRequest_init_zero;
+    snprintf(dr.password, sizeof(dr.password), PASSWORD);
+    assert_int_equal(lagoon_Users_DeleteAccount(c, &dr, &ue), LAGOON_OK);
+    assert_int_equal(user_rows(&accounts_sessions, sessions_by_user, id), 0);
+    lagoon_close(c);
+}
+
 /* ---- the outbox survives failures and restarts --------------------------------------------------- */
 
 static void break_maildir(const char *dir, int broken)
@@ -1006,6 +1082,7 @@ int main(void)
         cmocka_unit_test(test_admin_role_and_activation),
         cmocka_unit_test(test_hash_upgraded_on_login),
         cmocka_unit_test(test_sessions_per_user_bounded),
+        cmocka_unit_test(test_every_session_end_deletes_its_row),
         cmocka_unit_test(test_authorization_matrix),
         cmocka_unit_test(test_outbox_retries_and_survives_restart),
     };

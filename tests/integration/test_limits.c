@@ -235,6 +235,51 @@ static void test_drain_answers_every_call(void **state)
     test_server_stop(&t);
 }
 
+/* Thousands of delayed Debug/Echo calls (timers, not workers) and a sign-in beside them: the
+ * sign-in is served at once, neither refused ("worker queue full") nor left to wait for them. */
+static void test_delayed_calls_do_not_starve_sign_in(void **state)
+{
+    (void)state;
+    test_app t;
+    test_app_start(&t, NULL);
+    lagoon_client *c = test_client(&t);
+    char token[65];
+    test_user(c, "patient", 0, token);
+    enum { CONNS = 10, PER_CONN = 512 }; /* 5120 calls: more than the old worker queue, within each connection's memory budget */
+    int fds[CONNS];
+    uint8_t pb[16];
+    lagoon_v1_EchoRequest req = lagoon_v1_EchoRequest_init_zero;
+    req.delay_ms = 10000;
+    long pl = wire_encode(&lagoon_v1_EchoRequest_info, &req, pb, sizeof(pb), NULL);
+    assert_true(pl > 0);
+    for (int i = 0; i < CONNS; i++) {
+        fds[i] = raw_connect(t.srv.port, 1);
+        for (uint32_t k = 0; k < PER_CONN; k++)
+            raw_send_frame(fds[i], WIRE_REQUEST, WIRE_FLAG_END_STREAM, 1 + 2 * k, lagoon_method_Debug_Echo.id, NULL,
+                           0, pb, (size_t)pl);
+    }
+    /* Every one of them is in: a call on each connection behind them is answered first. */
+    for (int i = 0; i < CONNS; i++) {
+        raw_send_frame(fds[i], WIRE_REQUEST, WIRE_FLAG_END_STREAM, 1 + 2 * PER_CONN, lagoon_method_Health_Check.id,
+                       NULL, 0, NULL, 0);
+        wire_frame f;
+        read_reply(fds[i], &f, 10000);
+        assert_int_equal(f.call_id, 1 + 2 * PER_CONN);
+    }
+    assert_true(rpc_server_active_calls(t.srv.server) >= CONNS * PER_CONN);
+    /* Well inside the delayed calls' 10 s: with them on worker threads this waited or failed. */
+    lagoon_set_timeout(c, 5000);
+    lagoon_v1_LoginRequest lreq = lagoon_v1_LoginRequest_init_zero;
+    snprintf(lreq.login, sizeof(lreq.login), "patient@example.com");
+    snprintf(lreq.password, sizeof(lreq.password), "%s", TEST_PASSWORD);
+    lagoon_v1_TokenPair pair;
+    assert_int_equal(lagoon_Auth_Login(c, &lreq, &pair), LAGOON_OK);
+    lagoon_close(c);
+    for (int i = 0; i < CONNS; i++)
+        close(fds[i]);
+    test_app_stop(&t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -243,6 +288,7 @@ int main(void)
         cmocka_unit_test(test_idle_client_stream_times_out),
         cmocka_unit_test(test_connection_memory_budget),
         cmocka_unit_test(test_drain_answers_every_call),
+        cmocka_unit_test(test_delayed_calls_do_not_starve_sign_in),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -180,14 +180,6 @@ static int register_hash(rpc_call *call, void *arg)
 int handle_Auth_Register(rpc_call *call, const lagoon_v1_RegisterRequest *req, lagoon_v1_UserProfile *resp)
 {
     app *a = app_of(call);
-    char addr[64], key[96];
-    app_peer_address(call, addr, sizeof(addr));
-    snprintf(key, sizeof(key), "reg:%s", addr);
-    int64_t now = app_now(a);
-    uint32_t wait = limiter_wait(a->registrations, key, now);
-    if (wait)
-        return too_many(call, wait, "registrations from this address");
-
     account_check(call, "email", account_email_problem(req->email));
     account_check(call, "username", account_username_problem(req->username));
     account_check(call, "password", account_password_problem(req->password, req->email, req->username));
@@ -198,8 +190,16 @@ int handle_Auth_Register(rpc_call *call, const lagoon_v1_RegisterRequest *req, l
     if (rpc_call_violations(call))
         return LAGOON_INVALID_ARGUMENT;
 
-    /* Every request that gets this far counts, taken names too: whether an email has an
-     * account is then learnt at most as fast as accounts can be made. */
+    /* The limit comes after validation (an invalid request is told what is wrong, and costs
+     * nothing), and every request that gets this far counts, taken names too: whether an
+     * email has an account is then learnt at most as fast as accounts can be made. */
+    char addr[64], key[96];
+    app_peer_address(call, addr, sizeof(addr));
+    snprintf(key, sizeof(key), "reg:%s", addr);
+    int64_t now = app_now(a);
+    uint32_t wait = limiter_wait(a->registrations, key, now);
+    if (wait)
+        return too_many(call, wait, "registrations from this address");
     limiter_hit(a->registrations, key, now);
     /* Report taken names up front, both at once; the unique indexes decide in the end. */
     lagoon_v1_User *other = malloc(sizeof(*other));

@@ -285,6 +285,8 @@ static void test_registration_limit_counts_taken_names(void **state)
     assert_int_equal(do_register(c, "r2@example.com", "rate2", PASSWORD, 0, NULL), LAGOON_RESOURCE_EXHAUSTED);
     assert_int_equal(lagoon_last_error(c)->detail.retry_after_ms, 3600 * 1000 - 1000);
     assert_int_equal(do_register(c, "r0@example.com", "rate0", PASSWORD, 0, NULL), LAGOON_RESOURCE_EXHAUSTED);
+    /* An invalid one is still told what is wrong. */
+    assert_int_equal(do_register(c, "bad", "r0", PASSWORD, 0, NULL), LAGOON_INVALID_ARGUMENT);
     test_clock_advance(T, 3600 * 1000 - 1000);
     assert_int_equal(do_register(c, "r2@example.com", "rate2", PASSWORD, 0, NULL), LAGOON_OK);
     lagoon_close(c);

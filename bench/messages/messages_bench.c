@@ -1,13 +1,16 @@
-/* messages-bench: Messages/Send (durable) and Messages/List in conversations of 1 000 and
- * 1 000 000 messages, through the real server and clients on loopback.
+/* messages-bench: Messages/Send (durable), Messages/List and Messages/MarkRead in conversations
+ * of 1 000 and 1 000 000 messages, through the real server and clients on loopback.
  *
  *   messages-bench [--sizes 1000,1000000] [--seconds 5] [--connections 50] [--lists 2000]
+ *                  [--markreads 100]
  *
  * For each size: a fresh store in a temporary directory, one conversation seeded with that many
  * messages straight through the store (bulk transactions; seeding is not what is measured), then
  * lagoond's stack in this process on an ephemeral port with durable commits (sync=full).
  *   List: a blocking client reads the newest page (50 messages) `lists` times, then a catch-up
  *         page (50 messages after an id in the middle) `lists` times.
+ *   MarkRead: a blocking client marks the conversation read one message further `markreads`
+ *         times, from the oldest: each call leaves nearly the whole conversation unread after it.
  *   Send: `connections` async clients, one text message in flight each, for `seconds`.
  * It also measures the disk's fsyncs per second in the same directory, for the group-commit
  * ratio. Every loop is bounded; everything it creates is removed. */
@@ -82,6 +85,7 @@ static void report(const char *what, uint64_t size, samples *s, double seconds)
 typedef struct seed {
     uint64_t a, b, conv;
     uint64_t from, count;
+    uint64_t count_all; /* messages seeded */
     uint64_t last_id;
     lagoon_v1_Session session;
 } seed;
@@ -93,6 +97,7 @@ static int seed_users(store_txn *t, void *arg, store_error *err)
     snprintf(u.password_hash, sizeof(u.password_hash), "unused");
     u.role = lagoon_v1_Role_STUDENT;
     u.active = true;
+    u.verified = true;
     snprintf(u.email, sizeof(u.email), "a@bench.invalid");
     snprintf(u.username, sizeof(u.username), "bench_a");
     int st = store_insert(t, &accounts_users, &u, &sd->a, err);
@@ -134,6 +139,29 @@ static int seed_messages(store_txn *t, void *arg, store_error *err)
     return LAGOON_OK;
 }
 
+/* The member rows as Sends would have left them: both wrote, the last message, nothing read. */
+static int seed_members(store_txn *t, void *arg, store_error *err)
+{
+    seed *sd = arg;
+    for (int i = 0; i < 2; i++) {
+        store_key k;
+        store_key_reset(&k);
+        store_key_u64(&k, sd->conv);
+        store_key_u64(&k, i ? sd->b : sd->a);
+        lagoon_v1_ConversationMember m;
+        int st = store_get_by(t, &messages_members, members_by_conv_user, &k, NULL, &m, err);
+        if (st != LAGOON_OK)
+            return st;
+        m.last_message_id = sd->last_id;
+        m.unread = (uint32_t)(i ? (sd->count_all + 1) / 2 : sd->count_all / 2); /* a sends the even ones */
+        m.other_wrote = true;
+        st = store_update(t, &messages_members, &m, err);
+        if (st != LAGOON_OK)
+            return st;
+    }
+    return LAGOON_OK;
+}
+
 /* A session for user a, made in the store: the benchmark measures messages, not Argon2. */
 static int seed_session(store_txn *t, void *arg, store_error *err)
 {
@@ -157,6 +185,11 @@ static int do_seed(app *a, uint64_t size, seed *sd, char *token)
         }
     }
     fprintf(stderr, "seeded %llu messages in %.1f s\n", (unsigned long long)size, (double)(now_us() - t0) / 1e6);
+    sd->count_all = size;
+    if (store_write(a->db, seed_members, sd, &err) != LAGOON_OK) {
+        fprintf(stderr, "seed: %s\n", err.message);
+        return -1;
+    }
     uint8_t refresh_hash[ACCOUNT_HASH_BYTES];
     char refresh[ACCOUNT_TOKEN_CHARS + 1];
     memset(&sd->session, 0, sizeof(sd->session));
@@ -249,8 +282,8 @@ static void bench_send(uint16_t port, const char *token, uint64_t to, int conns,
 
 /* ---- List, from a blocking client ------------------------------------------------------------------ */
 
-static void bench_list(uint16_t port, const char *token, uint64_t other, uint64_t since, int n, samples *s,
-                       uint64_t size, const char *what)
+/* A blocking client signed in with token; exits on failure. */
+static lagoon_client *blocking_client(uint16_t port, const char *token)
 {
     lagoon_client *c;
     lagoon_error err;
@@ -259,6 +292,13 @@ static void bench_list(uint16_t port, const char *token, uint64_t other, uint64_
         exit(1);
     }
     lagoon_set_token(c, token);
+    return c;
+}
+
+static void bench_list(uint16_t port, const char *token, uint64_t other, uint64_t since, int n, samples *s,
+                       uint64_t size, const char *what)
+{
+    lagoon_client *c = blocking_client(port, token);
     lagoon_v1_ListMessagesRequest req = lagoon_v1_ListMessagesRequest_init_zero;
     req.other_user_id = other;
     req.page_size = PAGE;
@@ -277,6 +317,31 @@ static void bench_list(uint16_t port, const char *token, uint64_t other, uint64_
         pb_release(lagoon_v1_ListMessagesResponse_fields, &resp);
     }
     report(what, size, s, (double)(now_us() - t0) / 1e6);
+    lagoon_close(c);
+}
+
+/* ---- MarkRead, from a blocking client ------------------------------------------------------------ */
+
+/* User a reads b's messages one at a time from the oldest: seeded message n has id first + n and
+ * b sent the odd ones. */
+static void bench_markread(uint16_t port, const char *token, uint64_t other, uint64_t first, int n, samples *s,
+                           uint64_t size)
+{
+    lagoon_client *c = blocking_client(port, token);
+    uint64_t t0 = now_us();
+    for (int i = 0; i < n && 2 * (uint64_t)i + 1 < size; i++) {
+        lagoon_v1_MarkReadRequest req = {other, first + 2 * (uint64_t)i + 1};
+        lagoon_v1_MarkReadResponse resp;
+        uint64_t t = now_us();
+        int st = lagoon_Messages_MarkRead(c, &req, &resp);
+        if (st != LAGOON_OK || resp.unread != size / 2 - (uint64_t)i - 1) {
+            fprintf(stderr, "markread: %s %s (%u unread)\n", lagoon_status_name(st), lagoon_last_error(c)->detail.message,
+                    (unsigned)resp.unread);
+            exit(1);
+        }
+        sample_add(s, now_us() - t);
+    }
+    report("MarkRead +1", size, s, (double)(now_us() - t0) / 1e6);
     lagoon_close(c);
 }
 
@@ -318,13 +383,14 @@ static void *serve(void *arg)
     return NULL;
 }
 
-static int run_size(uint64_t size, int conns, int seconds, int lists, samples *s, double *fsyncs)
+static int run_size(uint64_t size, int conns, int seconds, int lists, int markreads, samples *s, double *fsyncs)
 {
     char dir[] = "/tmp/lagoon-msgbench-XXXXXX";
     if (mkdtemp(dir) == NULL)
         return -1;
     *fsyncs = fsyncs_per_second(dir);
     app_config acfg = {0};
+    acfg.sends.max_events = UINT32_MAX; /* one user sends them all: the writer is measured, not the limit */
     app *a;
     rpc_error rerr;
     if (app_open(dir, &acfg, &a, &rerr) != RPC_OK) {
@@ -352,6 +418,7 @@ static int run_size(uint64_t size, int conns, int seconds, int lists, samples *s
 
     bench_list(port, token, sd.b, 0, lists, s, size, "List newest 50");
     bench_list(port, token, sd.b, sd.last_id - size / 2, lists, s, size, "List since mid");
+    bench_markread(port, token, sd.b, sd.last_id - size + 1, markreads, s, size);
     bench_send(port, token, sd.b, conns, seconds, s, size);
 
     rpc_server_stop(st.srv);
@@ -367,7 +434,7 @@ static int run_size(uint64_t size, int conns, int seconds, int lists, samples *s
 int main(int argc, char **argv)
 {
     char sizes[256] = "1000,1000000";
-    int seconds = 5, conns = 50, lists = 2000;
+    int seconds = 5, conns = 50, lists = 2000, markreads = 100;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (strcmp(argv[i], "--sizes") == 0)
             snprintf(sizes, sizeof(sizes), "%s", argv[i + 1]);
@@ -377,13 +444,17 @@ int main(int argc, char **argv)
             conns = atoi(argv[i + 1]);
         else if (strcmp(argv[i], "--lists") == 0)
             lists = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--markreads") == 0)
+            markreads = atoi(argv[i + 1]);
         else {
-            fprintf(stderr, "usage: messages-bench [--sizes N,N] [--seconds S] [--connections C] [--lists N]\n");
+            fprintf(stderr, "usage: messages-bench [--sizes N,N] [--seconds S] [--connections C] [--lists N] "
+                            "[--markreads N]\n");
             return 2;
         }
     }
-    if (seconds < 1 || seconds > 600 || conns < 1 || conns > 1000 || lists < 1 || lists > 1000000) {
-        fprintf(stderr, "messages-bench: seconds 1..600, connections 1..1000, lists 1..1000000\n");
+    if (seconds < 1 || seconds > 600 || conns < 1 || conns > 1000 || lists < 1 || lists > 1000000 || markreads < 1 ||
+        markreads > 100000) {
+        fprintf(stderr, "messages-bench: seconds 1..600, connections 1..1000, lists 1..1000000, markreads 1..100000\n");
         return 2;
     }
     log_set_level(LOG_WARN);
@@ -396,7 +467,7 @@ int main(int argc, char **argv)
     double fsyncs = 0;
     for (char *tok = strtok(sizes, ","); tok; tok = strtok(NULL, ",")) {
         uint64_t size = strtoull(tok, NULL, 10);
-        int rc = size < 2 * PAGE || size > 100000000ull ? 2 : run_size(size, conns, seconds, lists, &s, &fsyncs) ? 1 : 0;
+        int rc = size < 2 * PAGE || size > 100000000ull ? 2 : run_size(size, conns, seconds, lists, markreads, &s, &fsyncs) ? 1 : 0;
         if (rc == 2)
             fprintf(stderr, "messages-bench: sizes from %d to 100000000\n", 2 * PAGE);
         if (rc != 0) {

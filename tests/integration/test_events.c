@@ -1,5 +1,6 @@
-/* Realtime end to end: subscriptions (live, resumed, purged, too slow), typing, notifications,
- * through the generated client against the real server and store. */
+/* Realtime end to end: subscriptions (live, resumed, purged, too slow, capped, ended with their
+ * session), typing, notifications, deleted messages' words, through the generated client
+ * against the real server and store. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -13,6 +14,8 @@
 #include <cmocka.h>
 #include <pb_decode.h>
 
+#include "accounts.h"
+#include "events.h"
 #include "lagoon_stubs.h"
 #include "testserver.h"
 
@@ -104,7 +107,7 @@ static void test_live_to_two_devices(void **state)
 {
     (void)state;
     char at[65], bt[65];
-    uint64_t ann = test_user(C, "ann", 1, at), bob = test_user(C, "bob", 1, bt);
+    uint64_t ann = test_verified_user(T, C, "ann", 1, at), bob = test_verified_user(T, C, "bob", 1, bt);
     device phone, tablet, bobs;
     subscribe(&phone, at, 0);
     subscribe(&tablet, at, 0);
@@ -168,7 +171,7 @@ static void test_resume_without_loss(void **state)
 {
     (void)state;
     char ct[65], dt[65];
-    uint64_t cid = test_user(C, "cid", 1, ct), dia = test_user(C, "dia", 1, dt);
+    uint64_t cid = test_verified_user(T, C, "cid", 1, ct), dia = test_verified_user(T, C, "dia", 1, dt);
     (void)dia;
     device d;
     subscribe(&d, ct, 0);
@@ -222,8 +225,8 @@ static void test_purged_since_is_out_of_range(void **state)
     T = t;
     C = test_client(T);
     char et[65], ft[65];
-    uint64_t eli = test_user(C, "eli", 1, et);
-    test_user(C, "fay", 1, ft);
+    uint64_t eli = test_verified_user(T, C, "eli", 1, et);
+    test_verified_user(T, C, "fay", 1, ft);
     for (int i = 0; i < 10; i++) /* 20 events for eli; 10 kept */
         send_text(ft, eli, "spam");
     device d;
@@ -260,8 +263,8 @@ static void test_retention_by_age(void **state)
     (void)state;
     /* The shared server keeps 100000 events per user: only age can trim here. */
     char gt[65], ht[65];
-    uint64_t gil = test_user(C, "gil", 1, gt);
-    test_user(C, "hub", 1, ht);
+    uint64_t gil = test_verified_user(T, C, "gil", 1, gt);
+    test_verified_user(T, C, "hub", 1, ht);
     send_text(ht, gil, "old"); /* gil's seqs 1 (message) and 2 (notification) */
     test_clock_advance(T, 8LL * 24 * 3600 * 1000); /* past the 7-day default */
     lagoon_v1_LoginRequest lr = lagoon_v1_LoginRequest_init_zero; /* the tokens expired meanwhile */
@@ -297,8 +300,8 @@ static void test_slow_reader_cut_off_then_resumes(void **state)
 {
     (void)state;
     char gt[65], ht[65];
-    uint64_t gus = test_user(C, "gus", 1, gt);
-    test_user(C, "hal", 1, ht);
+    uint64_t gus = test_verified_user(T, C, "gus", 1, gt);
+    test_verified_user(T, C, "hal", 1, ht);
     /* A subscriber that reads nothing, over a raw socket. (Not with a tiny receive buffer:
      * reading what is queued afterwards would then crawl at a few KB per round trip.) */
     int fd = raw_connect(T->srv.port, 0);
@@ -367,7 +370,7 @@ static void test_typing_reaches_only_the_partner(void **state)
 {
     (void)state;
     char it[65], jt[65], kt[65];
-    uint64_t ivy = test_user(C, "ivy", 1, it), jon = test_user(C, "jon", 1, jt), kim = test_user(C, "kim", 1, kt);
+    uint64_t ivy = test_verified_user(T, C, "ivy", 1, it), jon = test_verified_user(T, C, "jon", 1, jt), kim = test_verified_user(T, C, "kim", 1, kt);
     send_text(it, jon, "hello");
     send_text(kt, ivy, "hey");
     device ivys, jons, kims;
@@ -427,8 +430,8 @@ static void test_notifications(void **state)
 {
     (void)state;
     char lt[65], mt[65], nt[65];
-    uint64_t lea = test_user(C, "lea", 1, lt), max = test_user(C, "max", 1, mt);
-    test_user(C, "ned", 1, nt);
+    uint64_t lea = test_verified_user(T, C, "lea", 1, lt), max = test_verified_user(T, C, "max", 1, mt);
+    test_verified_user(T, C, "ned", 1, nt);
     /* Ten messages make one notification, not ten. */
     for (int i = 0; i < 10; i++) {
         send_text(mt, lea, i == 9 ? "the latest" : "older");
@@ -482,6 +485,454 @@ static void test_notifications(void **state)
     memset(&notes, 0, sizeof(notes));
 }
 
+/* ---- a session's end ends its streams ------------------------------------------------------------ */
+
+/* Signs name in once more: a second session (device). Its access token into access (65 bytes),
+ * its refresh token into refresh (65 bytes) when not NULL. */
+static void sign_in(const char *name, const char *password, char *access, char *refresh)
+{
+    lagoon_set_token(C, NULL);
+    lagoon_v1_LoginRequest lr = lagoon_v1_LoginRequest_init_zero;
+    snprintf(lr.login, sizeof(lr.login), "%s", name);
+    snprintf(lr.password, sizeof(lr.password), "%s", password);
+    lagoon_v1_TokenPair tp;
+    if (lagoon_Auth_Login(C, &lr, &tp) != LAGOON_OK)
+        fail_msg("login %s: %s", name, lagoon_last_error(C)->detail.message);
+    snprintf(access, 65, "%s", tp.access_token);
+    if (refresh)
+        snprintf(refresh, 65, "%s", tp.refresh_token);
+}
+
+/* d's stream ends (no event before) with status, and a message containing want; d is closed. */
+static void expect_end(device *d, int status, const char *want)
+{
+    lagoon_v1_Event ev;
+    int r = lagoon_stream_recv_timeout(d->s, &ev, WAIT_MS);
+    if (r != 0)
+        fail_msg("the stream did not end (%d, event %d)", r, r == 1 ? (int)ev.which_payload : -1);
+    assert_int_equal(lagoon_stream_finish(d->s, NULL), status);
+    const char *msg = lagoon_last_error(d->c)->detail.message;
+    if (strstr(msg, want) == NULL)
+        fail_msg("message \"%s\" lacks \"%s\"", msg, want);
+    lagoon_close(d->c);
+}
+
+/* d still delivers: a message from sender reaches it. */
+static void expect_alive(device *d, const char *sender_token, uint64_t to)
+{
+    uint64_t id = send_text(sender_token, to, "still there?");
+    lagoon_v1_Event ev;
+    next_non_notification(d, &ev);
+    assert_int_equal(ev.which_payload, lagoon_v1_Event_message_tag);
+    assert_int_equal(ev.payload.message.message.id, id);
+}
+
+/* A new user signed in twice (tokens a1, a2), each session with a live subscription. */
+static uint64_t two_sessions(const char *name, char *a1, char *a2, device *d1, device *d2)
+{
+    uint64_t id = test_verified_user(T, C, name, 1, a1);
+    sign_in(name, TEST_PASSWORD, a2, NULL);
+    subscribe(d1, a1, 0);
+    subscribe(d2, a2, 0);
+    return id;
+}
+
+static void test_logout_ends_that_sessions_streams(void **state)
+{
+    (void)state;
+    char a1[65], a2[65], pt[65];
+    device d1, d2;
+    test_verified_user(T, C, "pia", 1, pt);
+    uint64_t oli = two_sessions("oli", a1, a2, &d1, &d2);
+    lagoon_set_token(C, a1);
+    lagoon_v1_AuthEmpty e = lagoon_v1_AuthEmpty_init_zero, out;
+    assert_int_equal(lagoon_Auth_Logout(C, &e, &out), LAGOON_OK);
+    expect_end(&d1, LAGOON_UNAUTHENTICATED, "session ended");
+    expect_alive(&d2, pt, oli); /* the other session's stream goes on */
+    unsubscribe(&d2);
+}
+
+static void test_logout_all_ends_every_stream(void **state)
+{
+    (void)state;
+    char a1[65], a2[65];
+    device d1, d2;
+    two_sessions("quin", a1, a2, &d1, &d2);
+    lagoon_set_token(C, a2);
+    lagoon_v1_AuthEmpty e = lagoon_v1_AuthEmpty_init_zero, out;
+    assert_int_equal(lagoon_Auth_LogoutAll(C, &e, &out), LAGOON_OK);
+    expect_end(&d1, LAGOON_UNAUTHENTICATED, "session ended");
+    expect_end(&d2, LAGOON_UNAUTHENTICATED, "sign in again");
+}
+
+static void test_change_password_ends_other_sessions_streams(void **state)
+{
+    (void)state;
+    char a1[65], a2[65], st[65];
+    device d1, d2;
+    test_verified_user(T, C, "sal", 1, st);
+    uint64_t rex = two_sessions("rex", a1, a2, &d1, &d2);
+    lagoon_set_token(C, a1);
+    lagoon_v1_ChangePasswordRequest cp = lagoon_v1_ChangePasswordRequest_init_zero;
+    snprintf(cp.current_password, sizeof(cp.current_password), "%s", TEST_PASSWORD);
+    snprintf(cp.new_password, sizeof(cp.new_password), "a different passphrase");
+    lagoon_v1_UsersEmpty out;
+    assert_int_equal(lagoon_Users_ChangePassword(C, &cp, &out), LAGOON_OK);
+    expect_end(&d2, LAGOON_UNAUTHENTICATED, "session ended");
+    expect_alive(&d1, st, rex); /* the session that changed it stays */
+    unsubscribe(&d1);
+}
+
+static void test_password_reset_ends_streams(void **state)
+{
+    (void)state;
+    char a1[65], code[44];
+    test_verified_user(T, C, "tia", 1, a1);
+    device d;
+    subscribe(&d, a1, 0);
+    lagoon_set_token(C, NULL);
+    lagoon_v1_ForgotPasswordRequest fr = lagoon_v1_ForgotPasswordRequest_init_zero;
+    snprintf(fr.email, sizeof(fr.email), "tia@example.com");
+    lagoon_v1_AuthEmpty out;
+    assert_int_equal(lagoon_Auth_ForgotPassword(C, &fr, &out), LAGOON_OK);
+    assert_true(test_mail_code(T, "tia@example.com", "Reset your password", code, WAIT_MS));
+    lagoon_v1_ResetPasswordRequest rq = lagoon_v1_ResetPasswordRequest_init_zero;
+    snprintf(rq.token, sizeof(rq.token), "%s", code);
+    snprintf(rq.new_password, sizeof(rq.new_password), "a brand new passphrase");
+    assert_int_equal(lagoon_Auth_ResetPassword(C, &rq, &out), LAGOON_OK);
+    expect_end(&d, LAGOON_UNAUTHENTICATED, "session ended");
+}
+
+static void test_deactivation_ends_streams(void **state)
+{
+    (void)state;
+    char ut[65], root[65];
+    uint64_t uma = test_verified_user(T, C, "uma", 1, ut);
+    store_error err;
+    if (account_create_admin(T->app, "boss@example.com", "boss", "an admin passphrase", NULL, &err) != LAGOON_OK)
+        fail_msg("create admin: %s", err.message);
+    sign_in("boss", "an admin passphrase", root, NULL);
+    device d;
+    subscribe(&d, ut, 0);
+    lagoon_set_token(C, root);
+    lagoon_v1_SetActiveRequest sa = {uma, false};
+    lagoon_v1_UserProfile p;
+    assert_int_equal(lagoon_Users_SetActive(C, &sa, &p), LAGOON_OK);
+    expect_end(&d, LAGOON_UNAUTHENTICATED, "session ended");
+}
+
+static void test_account_deletion_ends_streams(void **state)
+{
+    (void)state;
+    char vt[65];
+    test_verified_user(T, C, "vic", 1, vt);
+    device d;
+    subscribe(&d, vt, 0);
+    lagoon_set_token(C, vt);
+    lagoon_v1_DeleteAccountRequest dr = lagoon_v1_DeleteAccountRequest_init_zero;
+    snprintf(dr.password, sizeof(dr.password), "%s", TEST_PASSWORD);
+    lagoon_v1_UsersEmpty out;
+    assert_int_equal(lagoon_Users_DeleteAccount(C, &dr, &out), LAGOON_OK);
+    expect_end(&d, LAGOON_UNAUTHENTICATED, "session ended");
+}
+
+static void test_refresh_token_reuse_ends_streams(void **state)
+{
+    (void)state;
+    char wt[65], access[65], refresh[65], jt[65];
+    uint64_t wes = test_verified_user(T, C, "wes", 1, wt);
+    test_verified_user(T, C, "joy", 1, jt);
+    sign_in("wes", TEST_PASSWORD, access, refresh);
+    lagoon_set_token(C, NULL);
+    lagoon_v1_RefreshRequest rr = lagoon_v1_RefreshRequest_init_zero;
+    snprintf(rr.refresh_token, sizeof(rr.refresh_token), "%s", refresh);
+    lagoon_v1_TokenPair tp;
+    assert_int_equal(lagoon_Auth_Refresh(C, &rr, &tp), LAGOON_OK);
+    device d, other;
+    subscribe(&d, tp.access_token, 0);
+    subscribe(&other, wt, 0); /* another session of the same user */
+    /* The old refresh token again: a thief. The session is revoked, and its stream ends. */
+    assert_int_equal(lagoon_Auth_Refresh(C, &rr, &tp), LAGOON_UNAUTHENTICATED);
+    expect_end(&d, LAGOON_UNAUTHENTICATED, "session ended");
+    expect_alive(&other, jt, wes);
+    unsubscribe(&other);
+}
+
+static void test_token_expiry_ends_streams(void **state)
+{
+    (void)state;
+    char xt[65], yt[65];
+    test_verified_user(T, C, "xia", 1, xt);
+    device d;
+    subscribe(&d, xt, 0);
+    test_clock_advance(T, 25LL * 3600 * 1000); /* past the access token's 24 h */
+    expect_end(&d, LAGOON_UNAUTHENTICATED, "expired");
+    /* A fresh token subscribes again. */
+    sign_in("xia", TEST_PASSWORD, yt, NULL);
+    subscribe(&d, yt, 0);
+    unsubscribe(&d);
+}
+
+/* ---- caps ------------------------------------------------------------------------------------ */
+
+static void test_subscription_caps(void **state)
+{
+    (void)state;
+    char zt[65], at[65];
+    test_verified_user(T, C, "zed", 1, zt);
+    test_verified_user(T, C, "abe", 1, at);
+    enum { CONNS = EVENTS_MAX_SUBSCRIPTIONS_PER_USER / EVENTS_MAX_SUBSCRIPTIONS_PER_CONNECTION };
+    lagoon_client *conns[CONNS + 1];
+    lagoon_stream *streams[CONNS + 1][EVENTS_MAX_SUBSCRIPTIONS_PER_CONNECTION + 1];
+    lagoon_v1_SubscribeRequest req = {0};
+    lagoon_v1_Event ev;
+    /* Up to the cap on each connection, until the user's cap. */
+    lagoon_stream *extra;
+    for (int c = 0; c < CONNS; c++) {
+        conns[c] = test_client(T);
+        lagoon_set_token(conns[c], zt);
+        for (int i = 0; i < EVENTS_MAX_SUBSCRIPTIONS_PER_CONNECTION; i++) {
+            assert_int_equal(lagoon_Events_Subscribe(conns[c], &req, &streams[c][i]), LAGOON_OK);
+            assert_int_equal(lagoon_stream_recv_timeout(streams[c][i], &ev, WAIT_MS), 1);
+            assert_int_equal(ev.which_payload, lagoon_v1_Event_subscribed_tag);
+        }
+        if (c > 0)
+            continue;
+        /* One more on the full connection (the user is still under its cap). */
+        assert_int_equal(lagoon_Events_Subscribe(conns[0], &req, &extra), LAGOON_OK);
+        assert_int_equal(lagoon_stream_recv_timeout(extra, &ev, WAIT_MS), 0);
+        assert_int_equal(lagoon_stream_finish(extra, NULL), LAGOON_RESOURCE_EXHAUSTED);
+        assert_non_null(strstr(lagoon_last_error(conns[0])->detail.message, "per connection"));
+    }
+    /* One more for the user, on a connection of its own. */
+    conns[CONNS] = test_client(T);
+    lagoon_set_token(conns[CONNS], zt);
+    assert_int_equal(lagoon_Events_Subscribe(conns[CONNS], &req, &extra), LAGOON_OK);
+    assert_int_equal(lagoon_stream_recv_timeout(extra, &ev, WAIT_MS), 0);
+    assert_int_equal(lagoon_stream_finish(extra, NULL), LAGOON_RESOURCE_EXHAUSTED);
+    assert_non_null(strstr(lagoon_last_error(conns[CONNS])->detail.message, "per user"));
+    /* Another user is not affected, even on that connection. */
+    lagoon_set_token(conns[CONNS], at);
+    assert_int_equal(lagoon_Events_Subscribe(conns[CONNS], &req, &extra), LAGOON_OK);
+    assert_int_equal(lagoon_stream_recv_timeout(extra, &ev, WAIT_MS), 1);
+    assert_int_equal(ev.which_payload, lagoon_v1_Event_subscribed_tag);
+    lagoon_stream_cancel(extra);
+    /* A cap, not a ban: after one ends, one more fits. */
+    lagoon_stream_cancel(streams[0][0]);
+    lagoon_set_token(conns[CONNS], zt);
+    int ok = 0;
+    for (int tries = 0; tries < 50 && !ok; tries++) { /* the cancel reaches the router first */
+        assert_int_equal(lagoon_Events_Subscribe(conns[CONNS], &req, &extra), LAGOON_OK);
+        ok = lagoon_stream_recv_timeout(extra, &ev, WAIT_MS) == 1;
+        if (ok)
+            lagoon_stream_cancel(extra);
+        else
+            lagoon_stream_finish(extra, NULL);
+    }
+    assert_true(ok);
+    for (int c = 0; c <= CONNS; c++)
+        lagoon_close(conns[c]);
+}
+
+/* ---- notifications on other devices; deleted words ----------------------------------------------- */
+
+/* The next notification-state event of d. */
+static void next_state(device *d, lagoon_v1_NotificationStateEvent *out)
+{
+    lagoon_v1_Event ev;
+    for (int i = 0; i < 10; i++) {
+        next_event(d, &ev);
+        if (ev.which_payload == lagoon_v1_Event_notification_state_tag) {
+            assert_true(ev.seq > 0); /* in the log: a device that was away replays it */
+            *out = ev.payload.notification_state;
+            return;
+        }
+    }
+    fail_msg("no notification state event");
+}
+
+static void test_reading_notifications_reaches_other_devices(void **state)
+{
+    (void)state;
+    char bt[65], ct[65], dt[65];
+    uint64_t bea = test_verified_user(T, C, "bea", 1, bt);
+    test_verified_user(T, C, "cal", 1, ct);
+    test_verified_user(T, C, "dee", 1, dt);
+    send_text(ct, bea, "one");
+    send_text(dt, bea, "two"); /* another sender: another notification */
+    send_text(ct, bea, "three");
+    device phone, laptop;
+    subscribe(&phone, bt, 0);
+    subscribe(&laptop, bt, 0);
+    list_notes(bt, 1);
+    assert_int_equal(notes.notifications_count, 2);
+    uint64_t first = notes.notifications[0].id;
+    lagoon_set_token(C, bt);
+    lagoon_v1_NotificationIdRequest idr = {first};
+    lagoon_v1_NotificationsEmpty e;
+    assert_int_equal(lagoon_Notifications_MarkRead(C, &idr, &e), LAGOON_OK);
+    lagoon_v1_NotificationStateEvent s;
+    for (int i = 0; i < 2; i++) { /* both devices, the one that read it too */
+        next_state(i ? &laptop : &phone, &s);
+        assert_int_equal(s.change, lagoon_v1_NotificationStateEvent_Change_READ);
+        assert_int_equal(s.notification_id, first);
+        assert_int_equal(s.unread, 1);
+    }
+    lagoon_set_token(C, bt);
+    lagoon_v1_NotificationsEmpty none = lagoon_v1_NotificationsEmpty_init_zero;
+    assert_int_equal(lagoon_Notifications_MarkAllRead(C, &none, &e), LAGOON_OK);
+    next_state(&laptop, &s);
+    assert_int_equal(s.change, lagoon_v1_NotificationStateEvent_Change_ALL_READ);
+    assert_int_equal(s.unread, 0);
+    lagoon_set_token(C, bt);
+    assert_int_equal(lagoon_Notifications_Delete(C, &idr, &e), LAGOON_OK);
+    next_state(&laptop, &s);
+    assert_int_equal(s.change, lagoon_v1_NotificationStateEvent_Change_DELETED);
+    assert_int_equal(s.notification_id, first);
+    unsubscribe(&phone);
+    unsubscribe(&laptop);
+    pb_release(lagoon_v1_ListNotificationsResponse_fields, &notes);
+    memset(&notes, 0, sizeof(notes));
+}
+
+static void delete_message(const char *token, uint64_t id)
+{
+    lagoon_set_token(C, token);
+    lagoon_v1_DeleteMessageRequest dr = {id};
+    lagoon_v1_MessagesEmpty empty;
+    assert_int_equal(lagoon_Messages_Delete(C, &dr, &empty), LAGOON_OK);
+}
+
+/* Replays user's whole log (since 1... as far as kept) and fails if any event shows word. */
+static void log_lacks(const char *token, const char *word)
+{
+    device d;
+    subscribe(&d, token, 0);
+    uint64_t end = d.current_seq;
+    unsubscribe(&d);
+    subscribe(&d, token, 1);
+    lagoon_v1_Event *ev = malloc(sizeof(*ev));
+    for (uint64_t seq = 2; seq <= end; seq++) {
+        next_event(&d, ev);
+        assert_int_equal(ev->seq, seq);
+        if (ev->which_payload == lagoon_v1_Event_message_tag)
+            assert_null(strstr(ev->payload.message.message.content.text.text, word));
+        if (ev->which_payload == lagoon_v1_Event_notification_tag)
+            assert_null(strstr(ev->payload.notification.notification.content, word));
+    }
+    free(ev);
+    unsubscribe(&d);
+}
+
+static void test_deleted_message_leaves_no_words(void **state)
+{
+    (void)state;
+    char et[65], ft[65];
+    uint64_t eve = test_verified_user(T, C, "eve", 1, et), fin = test_verified_user(T, C, "fin", 1, ft);
+    (void)fin;
+    /* Something first, so that the replay from 1 covers every later event. */
+    send_text(et, fin, "hello fin");
+    device d;
+    subscribe(&d, et, 0);
+    uint64_t m1 = send_text(ft, eve, "secret alpha");
+    uint64_t m2 = send_text(ft, eve, "secret beta");
+    /* An edit logs the words again. */
+    lagoon_set_token(C, ft);
+    lagoon_v1_EditMessageRequest er = lagoon_v1_EditMessageRequest_init_zero;
+    er.message_id = m1;
+    snprintf(er.text, sizeof(er.text), "secret alpha, edited");
+    lagoon_v1_DirectMessage m;
+    assert_int_equal(lagoon_Messages_Edit(C, &er, &m), LAGOON_OK);
+    list_notes(et, 1);
+    assert_int_equal(notes.notifications_count, 1);
+    assert_int_equal(notes.notifications[0].count, 2);
+    assert_string_equal(notes.notifications[0].content, "secret beta");
+    uint64_t note = notes.notifications[0].id;
+    /* The newest goes: the notification no longer shows it, and counts one. */
+    delete_message(ft, m2);
+    list_notes(et, 1);
+    assert_int_equal(notes.notifications_count, 1);
+    assert_int_equal(notes.notifications[0].count, 1);
+    assert_null(strstr(notes.notifications[0].content, "beta"));
+    assert_int_equal(unread_count(et), 1);
+    /* The last one goes: no notification is left, none unread, and the devices hear of it. */
+    delete_message(ft, m1);
+    list_notes(et, 0);
+    for (pb_size_t i = 0; i < notes.notifications_count; i++)
+        assert_null(strstr(notes.notifications[i].content, "secret"));
+    list_notes(et, 1);
+    assert_int_equal(notes.notifications_count, 0);
+    assert_int_equal(unread_count(et), 0);
+    lagoon_v1_NotificationStateEvent s;
+    next_state(&d, &s);
+    assert_int_equal(s.change, lagoon_v1_NotificationStateEvent_Change_DELETED);
+    assert_int_equal(s.notification_id, note);
+    assert_int_equal(s.unread, 0);
+    unsubscribe(&d);
+    /* Neither log, replayed, shows the words. */
+    log_lacks(et, "secret");
+    log_lacks(ft, "secret");
+    pb_release(lagoon_v1_ListNotificationsResponse_fields, &notes);
+    memset(&notes, 0, sizeof(notes));
+}
+
+/* ---- fair delivery keeps each user's order --------------------------------------------------- */
+
+/* Many sends pipelined on one raw connection commit in large batches, so the router receives
+ * runs of a user's events longer than its per-turn share and queues the rest in the user's lane.
+ * Whatever the batches, each subscriber gets every event once, in seq order. */
+static void test_flood_keeps_order(void **state)
+{
+    (void)state;
+    enum { SENDS = 300 };
+    char gt[65], ht[65], it[65];
+    uint64_t gia = test_verified_user(T, C, "gia", 1, gt), ike = test_verified_user(T, C, "ike", 1, it);
+    test_verified_user(T, C, "hap", 1, ht);
+    device flooded[4], quiet;
+    for (int i = 0; i < 4; i++)
+        subscribe(&flooded[i], gt, 0);
+    subscribe(&quiet, it, 0);
+    int fd = raw_connect(T->srv.port, 1);
+    lagoon_v1_RequestMeta meta = lagoon_v1_RequestMeta_init_zero;
+    snprintf(meta.auth_token, sizeof(meta.auth_token), "%s", ht);
+    uint8_t mb[256], pb[256];
+    long ml = wire_encode(&lagoon_v1_RequestMeta_info, &meta, mb, sizeof(mb), NULL);
+    lagoon_v1_SendMessageRequest req = lagoon_v1_SendMessageRequest_init_zero;
+    req.recipient_id = gia;
+    req.which_content = lagoon_v1_SendMessageRequest_text_tag;
+    snprintf(req.content.text.text, sizeof(req.content.text.text), "flood");
+    long pl = wire_encode(&lagoon_v1_SendMessageRequest_info, &req, pb, sizeof(pb), NULL);
+    assert_true(ml > 0 && pl > 0);
+    for (uint32_t i = 0; i < SENDS; i++)
+        raw_send_frame(fd, WIRE_REQUEST, WIRE_FLAG_END_STREAM, 2 * i + 1, lagoon_method_Messages_Send.id, mb,
+                       (size_t)ml, pb, (size_t)pl);
+    /* Meanwhile another user's event. */
+    uint64_t to_ike = send_text(ht, ike, "not starved");
+    static uint8_t buf[1 << 16];
+    wire_frame f;
+    int answered = 0;
+    while (answered < SENDS && raw_read_frame(fd, buf, sizeof(buf), &f, WAIT_MS) == 1) {
+        if (f.type != WIRE_RESPONSE)
+            continue;
+        assert_int_equal(f.code, LAGOON_OK);
+        answered++;
+    }
+    close(fd);
+    assert_int_equal(answered, SENDS);
+    lagoon_v1_Event ev;
+    next_non_notification(&quiet, &ev);
+    assert_int_equal(ev.payload.message.message.id, to_ike);
+    /* Each send: a message and a notification (collapsed) for gia. */
+    for (int i = 0; i < 4; i++) {
+        for (uint64_t want = flooded[i].current_seq + 1; want <= flooded[i].current_seq + 2 * SENDS; want++) {
+            next_event(&flooded[i], &ev);
+            assert_int_equal(ev.seq, want);
+        }
+        unsubscribe(&flooded[i]);
+    }
+    unsubscribe(&quiet);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -492,6 +943,18 @@ int main(void)
         cmocka_unit_test(test_slow_reader_cut_off_then_resumes),
         cmocka_unit_test(test_typing_reaches_only_the_partner),
         cmocka_unit_test(test_notifications),
+        cmocka_unit_test(test_logout_ends_that_sessions_streams),
+        cmocka_unit_test(test_logout_all_ends_every_stream),
+        cmocka_unit_test(test_change_password_ends_other_sessions_streams),
+        cmocka_unit_test(test_password_reset_ends_streams),
+        cmocka_unit_test(test_deactivation_ends_streams),
+        cmocka_unit_test(test_account_deletion_ends_streams),
+        cmocka_unit_test(test_refresh_token_reuse_ends_streams),
+        cmocka_unit_test(test_subscription_caps),
+        cmocka_unit_test(test_reading_notifications_reaches_other_devices),
+        cmocka_unit_test(test_deleted_message_leaves_no_words),
+        cmocka_unit_test(test_flood_keeps_order),
+        cmocka_unit_test(test_token_expiry_ends_streams),
     };
     return cmocka_run_group_tests_name("events", tests, setup, teardown);
 }

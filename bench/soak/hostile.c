@@ -16,8 +16,9 @@
  *                   of them, then one byte every SOAK_TRICKLE_MS.
  *   header-trickle  LGN1, then a header promising SOAK_TRICKLE_LENGTH bytes one byte every
  *                   SOAK_TRICKLE_MS, then its body the same way.
- *   request-cancel  LGN1, then cancel_rate pairs a second: REQUEST Debug/Echo {delay_ms 1..5}
- *                   or Events/Subscribe {since: 1} (alternately), CANCEL 0..2 ms later.
+ *   request-cancel  LGN1, then cancel_rate pairs a second: REQUEST Debug/Echo {delay_ms 1..5},
+ *                   Events/Subscribe {since: 1} (a resume) or {since: 0} (live), in turn, and
+ *                   CANCEL 0..2 ms later.
  *
  * A connection the server closes is counted and reopened SOAK_REOPEN_MS later while the LOAD
  * phase lasts, so the pressure holds for the whole phase. Frames read back are parsed only for
@@ -63,6 +64,7 @@ typedef struct hconn {
     uint8_t kind;          /* enum soak_kind */
     uint8_t connecting;    /* non-blocking connect in progress */
     uint8_t counted;       /* connected and counted in open[] */
+    uint8_t got_goaway;    /* the server sent GOAWAY on this connection */
     uint32_t index;        /* slot number: picks the user token and the source address */
     const uint8_t *out;    /* bytes waiting to be written (a template or scratch), NULL none */
     size_t out_len, out_off;
@@ -226,10 +228,13 @@ static void conn_close(soak_hostile *h, hconn *c, int by_server)
         atomic_fetch_sub(&h->st->open[c->kind], 1);
         if (by_server)
             atomic_fetch_add(&h->st->closed[c->kind], 1);
+        if (by_server && c->got_goaway)
+            atomic_fetch_add(&h->st->goaway_closed[c->kind], 1);
     }
     close(c->fd); /* also removes it from the epoll set */
     c->fd = -1;
     c->counted = 0;
+    c->got_goaway = 0;
     c->connecting = 0;
     c->out = NULL;
     c->reopen_ms = by_server ? soak_now_ms() + SOAK_REOPEN_MS + c->index % 500 : 0;
@@ -395,8 +400,10 @@ static void on_frame(soak_hostile *h, hconn *c, const wire_frame *f)
 {
     if (f->type == WIRE_RESPONSE)
         atomic_fetch_add(&h->st->status[c->kind][f->code <= LAGOON_STATUS_MAX ? f->code : LAGOON_UNKNOWN], 1);
-    else if (f->type == WIRE_GOAWAY)
+    else if (f->type == WIRE_GOAWAY) {
+        c->got_goaway = 1;
         note_goaway(h, f);
+    }
 }
 
 /* Parses what arrived, for counting only. */
@@ -476,12 +483,12 @@ static void cancel_step(soak_hostile *h, hconn *c, uint64_t now)
         c->next_id = 1;
     uint32_t id = c->next_id;
     long n;
-    if (h->cfg->debug && id % 2 == 1) {
+    if (h->cfg->debug && id % 3 == 1) {
         h->echo->delay_ms = 1 + (uint32_t)rnd(h, 5);
         n = frame_put(c->scratch, SOAK_SCRATCH, WIRE_REQUEST, WIRE_FLAG_END_STREAM, id, lagoon_method_Debug_Echo.id,
                       NULL, NULL, &lagoon_v1_EchoRequest_info, h->echo);
     } else {
-        n = put_subscribe(h, c, 0, id, 1, c->index * 7 + id);
+        n = put_subscribe(h, c, 0, id, id % 3 == 2 ? 1 : 0, c->index * 7 + id);
     }
     if (n < 0)
         return;
@@ -573,11 +580,13 @@ static void assign_kinds(soak_hostile *h)
         if (!cfg->debug && kind == SOAK_OPEN_STREAMS)
             kind = SOAK_PREFACE;
         uint32_t n = (uint32_t)((uint64_t)cfg->connections * share[k] / 1000);
+        if (cfg->only >= 0) /* one kind alone: what it costs by itself */
+            n = k == cfg->only ? cfg->connections : 0;
         for (uint32_t j = 0; j < n && i < h->nconns; j++)
             h->conns[i++].kind = (uint8_t)kind;
     }
     while (i < h->nconns) /* rounding */
-        h->conns[i++].kind = SOAK_PREFACE;
+        h->conns[i++].kind = (uint8_t)(cfg->only >= 0 ? cfg->only : SOAK_PREFACE);
     for (uint32_t j = h->nconns - 1; j > first; j--) { /* Fisher-Yates, fixed seed */
         uint32_t r = first + (uint32_t)rnd(h, j - first + 1);
         uint8_t t = h->conns[j].kind;

@@ -34,6 +34,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <time.h>
+#include <unistd.h>
 
 #define SOAK_FD_RESERVE 64          /* descriptors the soak needs beside its connections */
 #define SOAK_MAX_REAL 64
@@ -71,6 +72,7 @@ typedef struct proc_sample {
     long hwm_kib;   /* VmHWM: the kernel's own peak */
     long threads;
     long fds;       /* entries of /proc/PID/fd */
+    unsigned long cpu_ticks; /* utime + stime, clock ticks */
     int alive;      /* 0 once gone or a zombie */
 } proc_sample;
 
@@ -97,6 +99,17 @@ static void proc_read(long pid, proc_sample *s)
         s->alive = 0;
         return;
     }
+    snprintf(path, sizeof(path), "/proc/%ld/stat", pid);
+    if ((f = fopen(path, "r")) != NULL) {
+        char buf[1024];
+        size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+        buf[n] = '\0';
+        fclose(f);
+        const char *p = strrchr(buf, ')'); /* the command name may hold spaces and parentheses */
+        unsigned long ut = 0, stime = 0;
+        if (p != NULL && sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &stime) == 2)
+            s->cpu_ticks = ut + stime;
+    }
     snprintf(path, sizeof(path), "/proc/%ld/fd", pid);
     DIR *d = opendir(path);
     if (d != NULL) {
@@ -118,6 +131,66 @@ static double ms(uint64_t ns)
     return (double)ns / 1e6;
 }
 
+/* The machine's 1-minute load average: the soak shares its cores with whatever else runs. */
+static double loadavg(void)
+{
+    double l = -1;
+    FILE *f = fopen("/proc/loadavg", "r");
+    if (f != NULL) {
+        if (fscanf(f, "%lf", &l) != 1)
+            l = -1;
+        fclose(f);
+    }
+    return l;
+}
+
+/* ---- the timeline ------------------------------------------------------------------------------ */
+
+typedef struct timeline {
+    uint64_t last_ms;           /* when the previous line was printed */
+    unsigned long last_ticks;   /* lagoond's CPU time then */
+    long ticks_per_s;
+} timeline;
+
+static void timeline_header(void)
+{
+    printf("%6s %-8s %8s %5s %5s %6s %8s %7s %9s | %6s %5s %8s %8s %8s\n", "t s", "phase", "rss MiB", "cpu%", "load",
+           "fds", "hostile", "closed", "pairs", "calls", "err", "p50 ms", "p99 ms", "max ms");
+}
+
+/* One line for the interval that ends now: lagoond's state, and the real calls since the last
+ * line (their interval histograms are taken and reset). */
+static void timeline_line(timeline *tl, uint64_t now, double t_s, const char *phase, const proc_sample *s,
+                          soak_real *real, unsigned nreal, const soak_hostile_stats *st)
+{
+    hist iv;
+    hist_init(&iv);
+    uint64_t calls = 0, errors = 0;
+    for (unsigned i = 0; i < nreal; i++) {
+        pthread_mutex_lock(&real[i].mu);
+        hist_merge(&iv, &real[i].interval);
+        hist_init(&real[i].interval);
+        calls += real[i].interval_calls;
+        errors += real[i].interval_errors;
+        real[i].interval_calls = real[i].interval_errors = 0;
+        pthread_mutex_unlock(&real[i].mu);
+    }
+    long open = 0, closed = 0;
+    for (int kind = 0; kind < SOAK_NKINDS; kind++) {
+        open += atomic_load(&st->open[kind]);
+        closed += atomic_load(&st->closed[kind]);
+    }
+    double cpu = now > tl->last_ms ? 100.0 * (double)(s->cpu_ticks - tl->last_ticks) / (double)tl->ticks_per_s /
+                                         ((double)(now - tl->last_ms) / 1000.0)
+                                   : 0;
+    tl->last_ms = now;
+    tl->last_ticks = s->cpu_ticks;
+    printf("%6.0f %-8s %8.1f %5.0f %5.1f %6ld %8ld %7ld %9ld | %6llu %5llu %8.2f %8.2f %8.2f\n", t_s, phase,
+           mib(s->rss_kib), cpu, loadavg(), s->fds, open, closed, atomic_load(&st->pairs), (unsigned long long)calls,
+           (unsigned long long)errors, ms(hist_quantile(&iv, 0.5)), ms(hist_quantile(&iv, 0.99)), ms(iv.max_ns));
+    fflush(stdout);
+}
+
 /* ---- options ----------------------------------------------------------------------------------- */
 
 typedef struct soak_opt {
@@ -134,6 +207,10 @@ static int usage(const soak_opt *opts, size_t n)
         fprintf(stderr, "  --%-18s %s (%u..%u, default %u)\n", opts[i].flag, opts[i].help, opts[i].min, opts[i].max,
                 *opts[i].value);
     fprintf(stderr, "  --no-debug           the server has no Debug service: hostile kinds that need it are replaced\n");
+    fprintf(stderr, "  --only KIND          every hostile connection of one kind:");
+    for (int k = 0; k < SOAK_CANCEL; k++)
+        fprintf(stderr, " %s", kind_names[k]);
+    fprintf(stderr, "\n");
     return 2;
 }
 
@@ -222,14 +299,14 @@ static void report(const soak_config *cfg, soak_real *real, const soak_hostile_s
             printf("  real connection %u, last error: %s\n", i, real[i].last_error);
     }
     printf("  real connections reopened: %llu\n", (unsigned long long)reconnects);
-    printf("hostile connections by kind: opened (reopenings included), closed by the server, connect failures, "
-           "responses read:\n");
+    printf("hostile connections by kind: opened (reopenings included), closed by the server (of which after a "
+           "GOAWAY), connect failures, responses read:\n");
     for (int k = 0; k < SOAK_NKINDS; k++) {
         long opened = atomic_load(&st->opened[k]);
         if (opened == 0 && atomic_load(&st->failed[k]) == 0)
             continue;
-        printf("  %-15s opened %6ld  closed %6ld  failed %5ld  responses:", kind_names[k], opened,
-               atomic_load(&st->closed[k]), atomic_load(&st->failed[k]));
+        printf("  %-15s opened %6ld  closed %6ld (%6ld)  failed %5ld  responses:", kind_names[k], opened,
+               atomic_load(&st->closed[k]), atomic_load(&st->goaway_closed[k]), atomic_load(&st->failed[k]));
         int any = 0;
         for (int s = 0; s <= LAGOON_STATUS_MAX; s++) {
             long n = atomic_load(&st->status[k][s]);
@@ -263,7 +340,7 @@ int main(int argc, char **argv)
     soak_config cfg = {
         .host = "127.0.0.1", .seconds = 180, .baseline_s = 15, .after_s = 20, .interval_s = 5,
         .cycles = 1, .connections = 3000, .cancel_conns = 8, .cancel_rate = 100, .ramp_rate = 500, .streams_per_conn = 8,
-        .slow_interval_ms = 100, .partial_prefix = 65536, .sources = 0, .real_conns = 4, .rate = 200, .debug = 1,
+        .slow_interval_ms = 100, .partial_prefix = 65536, .sources = 0, .real_conns = 4, .rate = 200, .debug = 1, .only = -1,
     };
     unsigned port = 0, pid = 0;
     const char *tokens = NULL;
@@ -302,6 +379,16 @@ int main(int argc, char **argv)
         }
         if (strcmp(a + 2, "tokens") == 0) {
             tokens = v;
+            continue;
+        }
+        if (strcmp(a + 2, "only") == 0) {
+            for (int k = 0; k < SOAK_CANCEL; k++)
+                if (strcmp(v, kind_names[k]) == 0)
+                    cfg.only = k;
+            if (cfg.only < 0) {
+                fprintf(stderr, "lagoon-soak: --only %s: not a hostile kind\n", v);
+                return usage(opts, nopts);
+            }
             continue;
         }
         size_t k = 0;
@@ -373,10 +460,11 @@ int main(int argc, char **argv)
     printf("lagoon-soak: lagoond pid %ld on %s:%u; baseline %u s, then %u x (load %u s, after %u s); timeline every "
            "%u s\n",
            cfg.pid, cfg.host, cfg.port, cfg.baseline_s, cfg.cycles, cfg.seconds, cfg.after_s, cfg.interval_s);
-    printf("%6s %-8s %8s %6s %8s %7s %9s | %6s %5s %8s %8s %8s\n", "t s", "phase", "rss MiB", "fds", "hostile",
-           "closed", "pairs", "calls", "err", "p50 ms", "p99 ms", "max ms");
-    fflush(stdout);
+    timeline_header();
     const uint64_t t0 = soak_now_ms();
+    timeline tl = {.last_ms = t0, .last_ticks = s.cpu_ticks, .ticks_per_s = sysconf(_SC_CLK_TCK)};
+    if (tl.ticks_per_s <= 0)
+        tl.ticks_per_s = 100;
     const uint64_t base_ms = cfg.baseline_s * 1000ull, cycle_ms = (cfg.seconds + cfg.after_s) * 1000ull;
     unsigned cycle = 0;
     uint64_t next_sample = t0 + cfg.interval_s * 1000ull;
@@ -391,8 +479,14 @@ int main(int argc, char **argv)
                  : k >= cfg.cycles                                      ? SOAK_STOP
                  : (t - base_ms) % cycle_ms < cfg.seconds * 1000ull ? SOAK_LOAD
                                                                         : SOAK_AFTER;
-        if (ph != atomic_load(&phase)) {
+        int was = atomic_load(&phase);
+        if (ph != was) {
             proc_read(cfg.pid, &s);
+            /* The interval so far belongs to the phase that ends: its line comes first. */
+            if (s.alive) {
+                timeline_line(&tl, now, (double)t / 1000.0, phase_names[was], &s, real, started, &st);
+                next_sample = now + cfg.interval_s * 1000ull;
+            }
             if (ph == SOAK_LOAD && k == 0)
                 rss.base_end = s.rss_kib;
             if (ph == SOAK_AFTER)
@@ -426,28 +520,7 @@ int main(int argc, char **argv)
         }
         if (now >= next_sample) {
             next_sample += cfg.interval_s * 1000ull;
-            hist iv;
-            hist_init(&iv);
-            uint64_t calls = 0, errors = 0;
-            for (unsigned i = 0; i < started; i++) {
-                pthread_mutex_lock(&real[i].mu);
-                hist_merge(&iv, &real[i].interval);
-                hist_init(&real[i].interval);
-                calls += real[i].interval_calls;
-                errors += real[i].interval_errors;
-                real[i].interval_calls = real[i].interval_errors = 0;
-                pthread_mutex_unlock(&real[i].mu);
-            }
-            long open = 0, closed = 0;
-            for (int kind = 0; kind < SOAK_NKINDS; kind++) {
-                open += atomic_load(&st.open[kind]);
-                closed += atomic_load(&st.closed[kind]);
-            }
-            printf("%6.0f %-8s %8.1f %6ld %8ld %7ld %9ld | %6llu %5llu %8.2f %8.2f %8.2f\n", (double)t / 1000.0,
-                   phase_names[ph], mib(s.rss_kib), s.fds, open, closed, atomic_load(&st.pairs),
-                   (unsigned long long)calls, (unsigned long long)errors, ms(hist_quantile(&iv, 0.5)),
-                   ms(hist_quantile(&iv, 0.99)), ms(iv.max_ns));
-            fflush(stdout);
+            timeline_line(&tl, now, (double)t / 1000.0, phase_names[ph], &s, real, started, &st);
         }
         soak_sleep_ms(SOAK_STEP_MS);
     }

@@ -74,6 +74,7 @@ typedef struct soak_config {
     unsigned real_conns;       /* real users' connections (threads) */
     unsigned rate;             /* real calls per second, all real connections together */
     int debug;                 /* the server serves Debug (--debug-methods); 0 = avoid Debug calls */
+    int only;                  /* -1, or the one kind every hostile connection is (--only) */
     const bench_data *data;    /* seeded users: tokens and ids */
 } soak_config;
 
@@ -82,6 +83,7 @@ typedef struct soak_hostile_stats {
     atomic_long open[SOAK_NKINDS];     /* connected right now */
     atomic_long opened[SOAK_NKINDS];   /* connections made, reopenings included */
     atomic_long closed[SOAK_NKINDS];   /* closed by the server (or reset) while we held them */
+    atomic_long goaway_closed[SOAK_NKINDS]; /* of those, closed after a GOAWAY (refusals included) */
     atomic_long failed[SOAK_NKINDS];   /* connect() refused or failed */
     atomic_long status[SOAK_NKINDS][LAGOON_STATUS_MAX + 1]; /* RESPONSE statuses read */
     atomic_long goaways;               /* GOAWAY frames read */

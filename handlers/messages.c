@@ -765,12 +765,15 @@ static int mark_read_write(store_txn *t, void *arg, store_error *err)
     if (st != LAGOON_OK)
         return st;
     uint64_t to = op->up_to == 0 || op->up_to > mem.last_message_id ? mem.last_message_id : op->up_to;
-    if (to > mem.read_up_to) {
+    /* Reading everything so far also clears a count left behind by older versions, where a
+     * reply moved the sender's read position but not its count. */
+    if (to > mem.read_up_to || (to == mem.last_message_id && mem.unread > 0)) {
         if (to == mem.last_message_id)
             mem.unread = 0; /* everything so far */
         else
             st = read_part(t, op->other, &mem, &to, err);
-        mem.read_up_to = to;
+        if (to > mem.read_up_to)
+            mem.read_up_to = to;
         if (st == LAGOON_OK)
             st = store_update(t, &messages_members, &mem, err);
         /* Read receipts: the other participant and the reader's own devices. */

@@ -643,6 +643,43 @@ static void test_unread_stays_exact(void **state)
     conversations_release();
 }
 
+/* Sets a member row's unread count behind the API's back (arg: uint64_t[3] conversation, user,
+ * count): the state an older version left after a reply. */
+static int set_unread(store_txn *t, void *arg, store_error *err)
+{
+    const uint64_t *a = arg;
+    store_key k;
+    store_key_reset(&k);
+    store_key_u64(&k, a[0]);
+    store_key_u64(&k, a[1]);
+    lagoon_v1_ConversationMember m;
+    int st = store_get_by(t, &messages_members, members_by_conv_user, &k, NULL, &m, err);
+    m.unread = (uint32_t)a[2];
+    return st == LAGOON_OK ? store_update(t, &messages_members, &m, err) : st;
+}
+
+static void test_mark_all_read_clears_old_counts(void **state)
+{
+    (void)state;
+    /* Ann replied last to bob; a count left over from before is cleared by reading everything,
+     * although her read position does not move. */
+    assert_int_equal(send_text(ann_tok, bob, "last word", NULL), LAGOON_OK);
+    lagoon_v1_MarkReadRequest mr = {bob, 0};
+    lagoon_v1_MarkReadResponse resp;
+    lagoon_set_token(C, ann_tok);
+    assert_int_equal(lagoon_Messages_MarkRead(C, &mr, &resp), LAGOON_OK);
+    assert_int_equal(resp.unread, 0);
+    uint64_t arg[3] = {with(conversations(ann_tok), bob)->conversation_id, ann, 3};
+    store_error err;
+    assert_int_equal(store_write(T->app->db, set_unread, arg, &err), LAGOON_OK);
+    assert_int_equal(with(conversations(ann_tok), bob)->unread, 3);
+    lagoon_set_token(C, ann_tok);
+    assert_int_equal(lagoon_Messages_MarkRead(C, &mr, &resp), LAGOON_OK);
+    assert_int_equal(resp.unread, 0);
+    assert_int_equal(with(conversations(ann_tok), bob)->unread, 0);
+    conversations_release();
+}
+
 /* ---- what email verification unlocks ------------------------------------------------------------- */
 
 /* A conversation of the two users of arg (uint64_t[2]) with its members, straight into the store:
@@ -794,6 +831,7 @@ int main(void)
         cmocka_unit_test(test_third_party_sees_nothing),
         cmocka_unit_test(test_account_deletion_removes_conversations),
         cmocka_unit_test(test_unread_stays_exact),
+        cmocka_unit_test(test_mark_all_read_clears_old_counts),
         cmocka_unit_test(test_unverified_may_only_reply),
         cmocka_unit_test(test_send_rate_limit),
         cmocka_unit_test(test_conversation_page_cap),

@@ -422,16 +422,6 @@ int handle_Messages_Send(rpc_call *call, const lagoon_v1_SendMessageRequest *req
     const rpc_caller *who = rpc_call_caller(call);
     uint64_t me = who->user_id;
     app *a = app_of(call);
-    /* Every Send is a write on the single writer: a per-user budget keeps one account from
-     * flooding it (and its recipients). Checked first, like the other abuse limits. */
-    char key[32];
-    snprintf(key, sizeof(key), "send:%llu", (unsigned long long)me);
-    int64_t now = app_now(a);
-    uint32_t wait = limiter_wait(a->sends, key, now);
-    if (wait > 0) {
-        rpc_call_retry_after(call, wait);
-        return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "too many messages; retry in %u s", (wait + 999) / 1000);
-    }
     if (req->recipient_id == 0)
         rpc_call_violation(call, "recipient_id", "is required");
     else if (req->recipient_id == me)
@@ -442,6 +432,17 @@ int handle_Messages_Send(rpc_call *call, const lagoon_v1_SendMessageRequest *req
         rpc_call_violation(call, "client_message_id", "at most %zu bytes", sizeof(resp->client_message_id) - 1);
     if (rpc_call_violations(call))
         return LAGOON_INVALID_ARGUMENT;
+    /* Every Send is a write on the single writer: a per-user budget keeps one account from
+     * flooding it (and its recipients). After validation, as for Register: an invalid request
+     * is told what is wrong, costs no write and does not count. */
+    char key[32];
+    snprintf(key, sizeof(key), "send:%llu", (unsigned long long)me);
+    int64_t now = app_now(a);
+    uint32_t wait = limiter_wait(a->sends, key, now);
+    if (wait > 0) {
+        rpc_call_retry_after(call, wait);
+        return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "too many messages; retry in %u s", (wait + 999) / 1000);
+    }
     send_op *op = calloc(1, sizeof(*op));
     if (op == NULL)
         return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");

@@ -768,6 +768,10 @@ static void test_send_rate_limit(void **state)
         assert_int_equal(lagoon_Messages_Send(c, &req, &m), LAGOON_OK);
     assert_int_equal(lagoon_Messages_Send(c, &req, &m), LAGOON_RESOURCE_EXHAUSTED);
     assert_int_equal(lagoon_last_error(c)->detail.retry_after_ms, 1000);
+    /* An invalid request is still told what is wrong (and does not count). */
+    req.content.text.text[0] = '\0';
+    assert_int_equal(lagoon_Messages_Send(c, &req, &m), LAGOON_INVALID_ARGUMENT);
+    snprintf(req.content.text.text, sizeof(req.content.text.text), "flood");
     /* Another user is not held back by wen's flood. */
     lagoon_set_token(c, xia_tok);
     req.recipient_id = wen;

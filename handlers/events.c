@@ -308,6 +308,7 @@ typedef struct scrub {
     int done;                /* reached events older than since */
     uint64_t prev_id, prev_seq; /* the event visited before (one seq later: a reverse scan) */
     int prev_note;           /* ... was a notification about m's conversation */
+    unsigned notes;          /* notification events of m found */
 } scrub;
 
 static int is_message_event(const lagoon_v1_Event *e, uint64_t message_id)
@@ -329,8 +330,10 @@ static int scrub_visit(void *arg, uint64_t id, const void *row)
         sc->ids[sc->n++] = id;
         /* The notification Send logged right after the message (same transaction, next seq). */
         if (e->payload.message.action == lagoon_v1_MessageEvent_Action_SENT && sc->prev_note &&
-            sc->prev_seq == e->seq + 1 && sc->n < EVENTS_REPLAY_PAGE)
+            sc->prev_seq == e->seq + 1 && sc->n < EVENTS_REPLAY_PAGE) {
             sc->ids[sc->n++] = sc->prev_id;
+            sc->notes++;
+        }
     }
     sc->prev_id = id;
     sc->prev_seq = e->seq;
@@ -341,15 +344,14 @@ static int scrub_visit(void *arg, uint64_t id, const void *row)
     return sc->n + 2 > EVENTS_REPLAY_PAGE ? LAGOON_CANCELLED : LAGOON_OK;
 }
 
-/* The notification the deleted message created or was collapsed into (as logged): it counted
- * the message, so it counts one fewer and goes when that was its last; it loses its content if
- * that still shows the message's words. Published either way. */
-static int scrub_notification(store_txn *t, const app *a, const lagoon_v1_Notification *logged, store_error *err)
+/* Notification n counted the deleted message, whose snippet was words: it counts one fewer and
+ * goes when that was its last; it loses its content if that still shows the words. Published
+ * either way. */
+static int scrub_note_row(store_txn *t, const app *a, const lagoon_v1_Notification *nn, const char *words,
+                          store_error *err)
 {
-    lagoon_v1_Notification n;
-    int st = store_get(t, &events_notifications, logged->id, &n, err);
-    if (st != LAGOON_OK)
-        return st == LAGOON_NOT_FOUND ? LAGOON_OK : st; /* deleted by its owner meanwhile */
+    lagoon_v1_Notification n = *nn;
+    int st;
     if (n.count <= 1) {
         st = store_delete(t, &events_notifications, n.id, err);
         if (st == LAGOON_OK && !n.is_read)
@@ -359,7 +361,7 @@ static int scrub_notification(store_txn *t, const app *a, const lagoon_v1_Notifi
                                : st;
     }
     n.count--;
-    if (strcmp(n.content, logged->content) == 0) /* else a later message's words replaced them */
+    if (strcmp(n.content, words) == 0) /* else a later message's words replaced them */
         n.content[0] = '\0';
     st = store_update(t, &events_notifications, &n, err);
     if (st == LAGOON_OK) {
@@ -370,6 +372,16 @@ static int scrub_notification(store_txn *t, const app *a, const lagoon_v1_Notifi
         st = events_append(t, a, n.user_id, &ev, err);
     }
     return st;
+}
+
+/* The notification a logged notification event of the deleted message names. */
+static int scrub_notification(store_txn *t, const app *a, const lagoon_v1_Notification *logged, store_error *err)
+{
+    lagoon_v1_Notification n;
+    int st = store_get(t, &events_notifications, logged->id, &n, err);
+    if (st != LAGOON_OK)
+        return st == LAGOON_NOT_FOUND ? LAGOON_OK : st; /* deleted by its owner meanwhile */
+    return scrub_note_row(t, a, &n, logged->content, err);
 }
 
 /* Rewrites one logged event of the deleted message: a message event keeps only the ids (as a
@@ -398,9 +410,72 @@ static int scrub_event(store_txn *t, const app *a, uint64_t id, lagoon_v1_UserEv
     return st == LAGOON_OK ? store_update(t, &events_log, row, err) : st;
 }
 
+/* 1 if a notification's content is the snippet of text: all of it, or a cut of it and "...". */
+static int shows_words(const char *content, const char *text)
+{
+    size_t n = strlen(content);
+    if (n == 0)
+        return 0;
+    if (strcmp(content, text) == 0)
+        return 1;
+    return n > 3 && strcmp(content + n - 3, "...") == 0 && strncmp(content, text, n - 3) == 0;
+}
+
+typedef struct note_search {
+    const lagoon_v1_DirectMessage *m;
+    int64_t since;
+    uint64_t ids[EVENTS_REPLAY_PAGE];
+    uint32_t n;
+} note_search;
+
+static int note_with_words(void *arg, uint64_t id, const void *row)
+{
+    note_search *ns = arg;
+    const lagoon_v1_Notification *n = row;
+    if (n->created_at < ns->since)
+        return LAGOON_CANCELLED; /* older than the message: it cannot show it */
+    if (n->type == lagoon_v1_Notification_Type_DIRECT_MESSAGE && n->related_id == ns->m->conversation_id &&
+        shows_words(n->content, ns->m->content.text.text) && ns->n < EVENTS_REPLAY_PAGE)
+        ns->ids[ns->n++] = id;
+    return LAGOON_OK;
+}
+
+/* The recipient's notifications updated since m was sent (newest first, one page: bounded)
+ * that show m's words, when the log no longer links m to its notification. */
+static int scrub_notes_by_words(store_txn *t, const app *a, const lagoon_v1_DirectMessage *m, store_error *err)
+{
+    note_search *ns = calloc(1, sizeof(*ns));
+    if (ns == NULL)
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    ns->m = m;
+    ns->since = m->created_at - EVENTS_SCRUB_SLACK_MS;
+    store_key prefix;
+    store_key_reset(&prefix);
+    store_key_u64(&prefix, m->recipient_id);
+    store_query q = {0};
+    q.table = &events_notifications;
+    q.index = notes_by_time;
+    q.prefix = prefix.buf;
+    q.prefix_len = prefix.len;
+    q.reverse = 1;
+    q.page_size = EVENTS_REPLAY_PAGE;
+    store_page page;
+    int st = store_scan(t, &q, note_with_words, ns, &page, err);
+    if (st == LAGOON_CANCELLED)
+        st = LAGOON_OK;
+    for (uint32_t i = 0; i < ns->n && st == LAGOON_OK; i++) {
+        lagoon_v1_Notification n;
+        st = store_get(t, &events_notifications, ns->ids[i], &n, err);
+        if (st == LAGOON_OK)
+            st = scrub_note_row(t, a, &n, n.content, err);
+    }
+    free(ns);
+    return st;
+}
+
 /* Scans user's log newest first back to the time m was sent and rewrites m's events. */
 static int scrub_log(store_txn *t, const app *a, uint64_t user, const lagoon_v1_DirectMessage *m,
-                     lagoon_v1_UserEvent *row, store_error *err)
+                     lagoon_v1_UserEvent *row, unsigned *notes, store_error *err)
 {
     scrub *sc = calloc(1, sizeof(*sc));
     if (sc == NULL)
@@ -440,6 +515,7 @@ static int scrub_log(store_txn *t, const app *a, uint64_t user, const lagoon_v1_
         for (uint32_t i = 0; i < sc->n && st == LAGOON_OK; i++)
             st = scrub_event(t, a, sc->ids[i], row, err);
     }
+    *notes = sc->notes;
     free(sc);
     return st;
 }
@@ -449,10 +525,14 @@ int events_message_deleted(store_txn *t, const app *a, const lagoon_v1_DirectMes
     lagoon_v1_UserEvent *row = malloc(sizeof(*row));
     if (row == NULL)
         return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
-    int st = scrub_log(t, a, m->sender_id, m, row, err);
+    unsigned notes = 0;
+    int st = scrub_log(t, a, m->sender_id, m, row, &notes, err);
     if (st == LAGOON_OK && m->recipient_id != m->sender_id)
-        st = scrub_log(t, a, m->recipient_id, m, row, err);
+        st = scrub_log(t, a, m->recipient_id, m, row, &notes, err);
     free(row);
+    /* Its notification event is no longer kept (retention): find the notification by its words. */
+    if (st == LAGOON_OK && notes == 0 && m->which_content == lagoon_v1_DirectMessage_text_tag)
+        st = scrub_notes_by_words(t, a, m, err);
     return st;
 }
 

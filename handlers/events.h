@@ -50,7 +50,9 @@ int events_notification_changed(store_txn *t, const app *a, uint64_t user_id,
  * become DELETED events carrying only ids, and the recipient's notification event of it loses
  * its content. The notification it created or was collapsed into counts one fewer (and is
  * deleted when m was the last it counted) and loses its content if that still shows m's words;
- * either change is published. Work is bounded by the events logged since m was sent (at most
+ * either change is published. When retention has dropped the event that links m to its
+ * notification, the recipient's notifications updated since m was sent (one page) that show
+ * m's snippet are treated so instead. Work is bounded by the events logged since m was sent (at most
  * the retention count). */
 int events_message_deleted(store_txn *t, const app *a, const lagoon_v1_DirectMessage *m, store_error *err);
 

@@ -876,6 +876,37 @@ static void test_deleted_message_leaves_no_words(void **state)
     memset(&notes, 0, sizeof(notes));
 }
 
+static void test_deleted_words_leave_notification_after_log_trim(void **state)
+{
+    (void)state;
+    test_app *saved = T;
+    lagoon_client *saved_c = C;
+    T = calloc(1, sizeof(*T));
+    test_app_start(T, tweak_short_retention);
+    C = test_client(T);
+    char kt[65], lt[65], mt[65];
+    test_verified_user(T, C, "kai", 1, kt);
+    uint64_t lou = test_verified_user(T, C, "lou", 1, lt);
+    test_verified_user(T, C, "mia", 1, mt);
+    uint64_t id = send_text(kt, lou, "hidden words");
+    for (int i = 0; i < 5; i++) /* lou's log keeps 10 events: the first two go */
+        send_text(mt, lou, "filler");
+    list_notes(lt, 1);
+    assert_int_equal(notes.notifications_count, 2);
+    delete_message(kt, id);
+    list_notes(lt, 0);
+    assert_int_equal(notes.notifications_count, 1);
+    assert_string_equal(notes.notifications[0].content, "filler");
+    assert_int_equal(unread_count(lt), 1);
+    pb_release(lagoon_v1_ListNotificationsResponse_fields, &notes);
+    memset(&notes, 0, sizeof(notes));
+    lagoon_close(C);
+    test_app_stop(T);
+    free(T);
+    T = saved;
+    C = saved_c;
+}
+
 /* ---- fair delivery keeps each user's order --------------------------------------------------- */
 
 /* Many sends pipelined on one raw connection commit in large batches, so the router receives
@@ -953,6 +984,7 @@ int main(void)
         cmocka_unit_test(test_subscription_caps),
         cmocka_unit_test(test_reading_notifications_reaches_other_devices),
         cmocka_unit_test(test_deleted_message_leaves_no_words),
+        cmocka_unit_test(test_deleted_words_leave_notification_after_log_trim),
         cmocka_unit_test(test_flood_keeps_order),
         cmocka_unit_test(test_token_expiry_ends_streams),
     };

@@ -69,6 +69,7 @@ void soak_sleep_ms(unsigned ms)
 
 typedef struct proc_sample {
     long rss_kib;   /* VmRSS */
+    long anon_kib;  /* RssAnon: the heap and stacks, without the LMDB map's file pages (RssFile) */
     long hwm_kib;   /* VmHWM: the kernel's own peak */
     long threads;
     long fds;       /* entries of /proc/PID/fd */
@@ -80,7 +81,7 @@ static void proc_read(long pid, proc_sample *s)
 {
     char path[64], line[256];
     memset(s, 0, sizeof(*s));
-    s->rss_kib = s->hwm_kib = s->threads = s->fds = -1;
+    s->rss_kib = s->anon_kib = s->hwm_kib = s->threads = s->fds = -1;
     snprintf(path, sizeof(path), "/proc/%ld/status", pid);
     FILE *f = fopen(path, "r");
     if (f == NULL)
@@ -91,6 +92,7 @@ static void proc_read(long pid, proc_sample *s)
         if (sscanf(line, "State: %c", &state) == 1)
             continue;
         if (sscanf(line, "VmRSS: %ld kB", &s->rss_kib) == 1 || sscanf(line, "VmHWM: %ld kB", &s->hwm_kib) == 1 ||
+            sscanf(line, "RssAnon: %ld kB", &s->anon_kib) == 1 ||
             sscanf(line, "Threads: %ld", &s->threads) == 1)
             continue;
     }
@@ -126,6 +128,15 @@ static double mib(long kib)
     return (double)kib / 1024.0;
 }
 
+/* A mark of the report in MiB, or "n/a" when it was never taken (lagoond died first). */
+static const char *mark(char buf[24], long kib)
+{
+    if (kib <= 0)
+        return "n/a";
+    snprintf(buf, 24, "%.1f", mib(kib));
+    return buf;
+}
+
 static double ms(uint64_t ns)
 {
     return (double)ns / 1e6;
@@ -154,7 +165,8 @@ typedef struct timeline {
 
 static void timeline_header(void)
 {
-    printf("%6s %-8s %8s %5s %5s %6s %8s %7s %9s | %6s %5s %8s %8s %8s\n", "t s", "phase", "rss MiB", "cpu%", "load",
+    printf("%6s %-8s %8s %8s %5s %5s %6s %8s %7s %9s | %6s %5s %8s %8s %8s\n", "t s", "phase", "rss MiB", "anon MiB",
+           "cpu%", "load",
            "fds", "hostile", "closed", "pairs", "calls", "err", "p50 ms", "p99 ms", "max ms");
 }
 
@@ -185,8 +197,8 @@ static void timeline_line(timeline *tl, uint64_t now, double t_s, const char *ph
                                    : 0;
     tl->last_ms = now;
     tl->last_ticks = s->cpu_ticks;
-    printf("%6.0f %-8s %8.1f %5.0f %5.1f %6ld %8ld %7ld %9ld | %6llu %5llu %8.2f %8.2f %8.2f\n", t_s, phase,
-           mib(s->rss_kib), cpu, loadavg(), s->fds, open, closed, atomic_load(&st->pairs), (unsigned long long)calls,
+    printf("%6.0f %-8s %8.1f %8.1f %5.0f %5.1f %6ld %8ld %7ld %9ld | %6llu %5llu %8.2f %8.2f %8.2f\n", t_s, phase,
+           mib(s->rss_kib), mib(s->anon_kib), cpu, loadavg(), s->fds, open, closed, atomic_load(&st->pairs), (unsigned long long)calls,
            (unsigned long long)errors, ms(hist_quantile(&iv, 0.5)), ms(hist_quantile(&iv, 0.99)), ms(iv.max_ns));
     fflush(stdout);
 }
@@ -221,11 +233,12 @@ static int usage(const soak_opt *opts, size_t n)
 /* lagoond's RSS at the moments that matter, in KiB. */
 typedef struct rss_cycle {
     long peak, load_end, after_min, after_end; /* under load; at its end; after the close */
+    long anon_peak, anon_after_min;            /* the same for RssAnon */
     double peak_t;                             /* seconds since the start */
 } rss_cycle;
 
 typedef struct rss_marks {
-    long start, base_end;
+    long start, base_end, anon_base_end;
     rss_cycle c[SOAK_MAX_CYCLES];
 } rss_marks;
 
@@ -236,13 +249,18 @@ static void report(const soak_config *cfg, soak_real *real, const soak_hostile_s
     printf("hostile: %u connections + %u request-cancel loops (%u pairs/s each), %u x %u s under load; real users: "
            "%u connections, %u calls/s\n",
            cfg->connections, cfg->cancel_conns, cfg->cancel_rate, cfg->cycles, cfg->seconds, cfg->real_conns, cfg->rate);
-    printf("lagoond RSS (MiB): start %.1f, end of baseline %.1f; VmHWM at the end %.1f\n", mib(rss->start),
-           mib(rss->base_end), mib(last->hwm_kib));
-    for (unsigned k = 0; k < cfg->cycles; k++)
-        printf("  cycle %u: peak under load %.1f (at %.0f s), end of load %.1f; after every hostile connection "
-               "closed: lowest %.1f, at the end %.1f\n",
-               k + 1, mib(rss->c[k].peak), rss->c[k].peak_t, mib(rss->c[k].load_end), mib(rss->c[k].after_min),
-               mib(rss->c[k].after_end));
+    char b[4][24];
+    printf("lagoond RSS (MiB): start %s, end of baseline %s (anonymous %s); VmHWM at the end %s\n",
+           mark(b[0], rss->start), mark(b[1], rss->base_end), mark(b[2], rss->anon_base_end),
+           mark(b[3], last->hwm_kib));
+    for (unsigned k = 0; k < cfg->cycles; k++) {
+        const rss_cycle *c = &rss->c[k];
+        char b[6][24];
+        printf("  cycle %u: peak under load %s (anonymous %s, at %.0f s), end of load %s; after every hostile "
+               "connection closed: lowest %s (anonymous %s), at the end %s\n",
+               k + 1, mark(b[0], c->peak), mark(b[1], c->anon_peak), c->peak_t, mark(b[2], c->load_end),
+               mark(b[3], c->after_min), mark(b[4], c->anon_after_min), mark(b[5], c->after_end));
+    }
     printf("real calls (latency from when each was due; successful calls only):\n");
     printf("  %-9s %8s %8s %9s %9s %9s %9s   errors by status\n", "phase", "calls", "ok", "p50 ms", "p99 ms",
            "p999 ms", "max ms");
@@ -456,7 +474,7 @@ int main(int argc, char **argv)
     static rss_marks rss;
     rss.start = s.rss_kib;
     for (unsigned k = 0; k < SOAK_MAX_CYCLES; k++)
-        rss.c[k].after_min = -1;
+        rss.c[k].after_min = rss.c[k].anon_after_min = -1;
     printf("lagoon-soak: lagoond pid %ld on %s:%u; baseline %u s, then %u x (load %u s, after %u s); timeline every "
            "%u s\n",
            cfg.pid, cfg.host, cfg.port, cfg.baseline_s, cfg.cycles, cfg.seconds, cfg.after_s, cfg.interval_s);
@@ -487,8 +505,10 @@ int main(int argc, char **argv)
                 timeline_line(&tl, now, (double)t / 1000.0, phase_names[was], &s, real, started, &st);
                 next_sample = now + cfg.interval_s * 1000ull;
             }
-            if (ph == SOAK_LOAD && k == 0)
+            if (ph == SOAK_LOAD && k == 0) {
                 rss.base_end = s.rss_kib;
+                rss.anon_base_end = s.anon_kib;
+            }
             if (ph == SOAK_AFTER)
                 rss.c[k].load_end = s.rss_kib;
             atomic_store(&phase, ph);
@@ -513,9 +533,13 @@ int main(int argc, char **argv)
             rc->peak = s.rss_kib;
             rc->peak_t = (double)t / 1000.0;
         }
+        if (ph == SOAK_LOAD && s.anon_kib > rc->anon_peak)
+            rc->anon_peak = s.anon_kib;
         if (ph == SOAK_AFTER) {
             if (rc->after_min < 0 || s.rss_kib < rc->after_min)
                 rc->after_min = s.rss_kib;
+            if (rc->anon_after_min < 0 || s.anon_kib < rc->anon_after_min)
+                rc->anon_after_min = s.anon_kib;
             rc->after_end = s.rss_kib;
         }
         if (now >= next_sample) {

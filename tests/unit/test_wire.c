@@ -1617,6 +1617,36 @@ static void decode_names_message_level_faults(void **state)
     expect_violation(&lagoon_v1_SendMessageRequest_info, malformed, sizeof(malformed), "#?", "malformed field key");
 }
 
+/* Found by fuzz_requests: a 10-byte varint whose last byte holds more than bit 63 is refused by
+ * nanopb ("varint overflow") and was passed by wire_diagnose, so the refusal named no field. */
+static void decode_names_varint_past_64_bits(void **state)
+{
+    (void)state;
+    static const uint8_t over[] = {0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x10};
+    static const uint8_t max[] = {0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01};
+    expect_violation(&lagoon_v1_GetUserRequest_info, over, sizeof(over), "user_id", "longer than 64 bits");
+    wire_violation v;
+    assert_int_equal(decode(&lagoon_v1_GetUserRequest_info, max, sizeof(max), &v), 0);
+    assert_true(((const lagoon_v1_GetUserRequest *)(const void *)&dst_buf)->user_id == UINT64_MAX);
+}
+
+/* Found by fuzz_requests: nanopb reads a bool as a varint32, which takes a 5th byte whose high
+ * bits are a sign extension (0x78) although the 64-bit value is past 32 bits; wire_diagnose
+ * named such a bool out of range while wire_decode accepted it. And the other way round: a
+ * 6-byte bool that is no sign extension is refused by both, naming the field. */
+static void diagnose_reads_bools_as_nanopb(void **state)
+{
+    (void)state;
+    static const uint8_t sign_ext[] = {0x18, 0xff, 0xff, 0xfb, 0xfe, 0x7b};
+    static const uint8_t too_long[] = {0x18, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01};
+    wire_violation v;
+    assert_int_equal(decode(&lagoon_v1_UpdateProfileRequest_info, sign_ext, sizeof(sign_ext), &v), 0);
+    assert_true(((const lagoon_v1_UpdateProfileRequest *)(const void *)&dst_buf)->set_instruments);
+    assert_int_equal(wire_diagnose(&lagoon_v1_UpdateProfileRequest_info, sign_ext, sizeof(sign_ext), &v), 0);
+    expect_violation(&lagoon_v1_UpdateProfileRequest_info, too_long, sizeof(too_long), "set_instruments",
+                     "out of range");
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -1646,6 +1676,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(decode_leaves_bytes_and_unknown_fields),
         cmocka_unit_test(decode_names_first_string_fault),
         cmocka_unit_test(decode_names_message_level_faults),
+        cmocka_unit_test(decode_names_varint_past_64_bits),
+        cmocka_unit_test(diagnose_reads_bools_as_nanopb),
     };
     const struct CMUnitTest known_bugs[] = {
         cmocka_unit_test(bug_diagnose_reads_pointer_from_input),

@@ -255,11 +255,11 @@ static void report(const soak_config *cfg, soak_real *real, const soak_hostile_s
            mark(b[3], last->hwm_kib));
     for (unsigned k = 0; k < cfg->cycles; k++) {
         const rss_cycle *c = &rss->c[k];
-        char b[6][24];
+        char m[6][24];
         printf("  cycle %u: peak under load %s (anonymous %s, at %.0f s), end of load %s; after every hostile "
                "connection closed: lowest %s (anonymous %s), at the end %s\n",
-               k + 1, mark(b[0], c->peak), mark(b[1], c->anon_peak), c->peak_t, mark(b[2], c->load_end),
-               mark(b[3], c->after_min), mark(b[4], c->anon_after_min), mark(b[5], c->after_end));
+               k + 1, mark(m[0], c->peak), mark(m[1], c->anon_peak), c->peak_t, mark(m[2], c->load_end),
+               mark(m[3], c->after_min), mark(m[4], c->anon_after_min), mark(m[5], c->after_end));
     }
     printf("real calls (latency from when each was due; successful calls only):\n");
     printf("  %-9s %8s %8s %9s %9s %9s %9s   errors by status\n", "phase", "calls", "ok", "p50 ms", "p99 ms",

@@ -53,6 +53,12 @@ static void log_vmsg(int level, const char *suffix, const char *fmt, va_list ap)
         memcpy(line + len, suffix, k);
         len += k;
     }
+    /* A record is one line whatever its arguments hold: strings a client chose (request ids,
+     * method names in messages) may carry CR, LF or other controls, and must not be able to
+     * start a forged record. Each becomes '?'. */
+    for (size_t i = (size_t)n; i < len; i++)
+        if ((unsigned char)line[i] < 0x20 || line[i] == 0x7f)
+            line[i] = '?';
     line[len++] = '\n';
     /* One write per record; a short write to stderr is not worth retrying. */
     ssize_t w = write(STDERR_FILENO, line, len);

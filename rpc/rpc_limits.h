@@ -24,7 +24,7 @@
       "closed. Lowered at start-up to what the file descriptor limit (RLIMIT_NOFILE, raised to " \
       "its hard limit if needed) leaves after a reserve for the store, the log and the loops.")   \
     X(max_connections_per_address, "max-connections-per-address", 256u, 1u, 1000000u,           \
-      "Open connections from one client address (IPv4 address, or IPv6 address). Above it a new " \
+      "Open connections from one client address (an IPv4 address, an IPv6 /64). Above it a new " \
       "connection from that address gets GOAWAY and is closed, so one host cannot take every "    \
       "slot. Raise it for load generators or a proxy that connects from one address.")            \
     X(max_connection_memory, "max-connection-memory", 32u << 20, 256u << 10, 1u << 30,            \
@@ -32,6 +32,11 @@
       "its queued output, in bytes. A call that would pass it is refused with "                   \
       "RESOURCE_EXHAUSTED; a frame that cannot fit ends the connection. Must exceed "             \
       "max-frame-size.")                                                                           \
+    X(max_server_memory_mib, "max-server-memory-mib", 2048u, 16u, 1048576u,                      \
+      "MiB all connections together may hold in open calls and queued output. Past it new calls " \
+      "are refused with RESOURCE_EXHAUSTED (the ones running finish), so many connections each "  \
+      "within max-connection-memory cannot exhaust the machine. Leave room for the store's map "  \
+      "and password hashing (hash-workers x argon2-mem-kib).")                                    \
     X(frame_timeout_ms, "frame-timeout-ms", 60000u, 1000u, 3600000u,                              \
       "Time a frame has to arrive whole once its first byte is in. A client that trickles a "     \
       "frame (or holds a partial one) is closed after it; bytes alone are not activity.")         \

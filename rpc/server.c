@@ -53,6 +53,7 @@
 /* Memory freed by closing connections that makes a loop hand free heap pages back to the
  * kernel (malloc_trim): without it the process keeps its peak size after an attack ends. */
 #define TRIM_AFTER_BYTES (4u << 20)
+#define TRIM_INTERVAL_MS 10000 /* malloc_trim walks the heap: not more often than this per loop */
 #define ACCEPT_BACKOFF_MIN_MS 50   /* accept paused this long after EMFILE/ENFILE, doubling */
 #define ACCEPT_BACKOFF_MAX_MS 1000
 #define RETRY_BUSY_MS 100         /* retry_after_ms of a call refused by a per-connection limit */
@@ -69,7 +70,7 @@ typedef struct rpc_conn rpc_conn;
 typedef struct addr_count {
     struct addr_count *next;
     uint32_t n;
-    char host[48];
+    char host[52];
 } addr_count;
 
 /* Work handed to a loop from another thread. */
@@ -80,7 +81,7 @@ typedef struct rpc_op {
     int status;     /* FINISH */
     int fd;         /* NEW_CONN */
     char peer[64];  /* NEW_CONN: "host:port" */
-    char host[48];  /* NEW_CONN: the address alone, for the per-address count */
+    char host[52];  /* NEW_CONN: the address (an IPv6 /64) the per-address count uses */
     size_t len;     /* SEND: bytes in data, a whole frame */
     uint8_t data[];
 } rpc_op;
@@ -101,6 +102,7 @@ struct rpc_loop {
     rpc_conn *dirty;     /* connections with output to write, each holding a reference */
     struct event *sweep; /* every SWEEP_INTERVAL_MS: frame and stream timeouts, heap trim */
     size_t freed_since_trim; /* bytes closed connections held since the last malloc_trim */
+    uint64_t last_trim_ms;   /* when it last ran: at most once per TRIM_INTERVAL_MS */
 };
 
 struct rpc_conn {
@@ -110,7 +112,7 @@ struct rpc_conn {
     int state;             /* enum conn_state */
     int goaway_sent;       /* no new calls are accepted */
     char peer[64];         /* "host:port" of the client */
-    char host[48];         /* the client's address alone (per-address connection count) */
+    char host[52];         /* the client's address, or IPv6 /64 (per-address connection count) */
     rpc_call **buckets;    /* call table: chains by call id, NULL until the first call */
     uint32_t ncalls;       /* entries in the table, tombstones included */
     uint32_t live_calls;   /* calls not yet answered: what keeps a connection from being idle */
@@ -122,6 +124,7 @@ struct rpc_conn {
                                 * arrived; 0 if the input holds no partial frame */
     atomic_size_t calls_mem;  /* bytes of this connection's calls still allocated (any thread) */
     atomic_size_t out_len; /* output buffer length, for rpc_call_backlog from other threads */
+    struct evbuffer_cb_entry *out_cb; /* conn_output_cb: keeps out_len and server->held */
     atomic_int refs;       /* the loop's (until reaped) and one per call: the struct outlives them */
     /* Output is written by the loop's flush event at the end of a burst of work, so replies to
      * pipelined calls leave in one write and a write needs no epoll_ctl. EV_WRITE is enabled
@@ -181,6 +184,7 @@ struct rpc_server {
     struct addr_count *addr_buckets[ADDR_BUCKETS];
     atomic_uint connections;
     atomic_uint active_calls;
+    atomic_size_t held; /* bytes all calls and all queued output hold: max_server_memory_mib */
     atomic_int draining;
     atomic_int stop_requested; /* rpc_server_stop was called (any thread, any time) */
     atomic_int stop_ready;     /* stop_event exists: a stop can be delivered to the control loop */
@@ -192,7 +196,7 @@ struct rpc_server {
 static _Thread_local rpc_loop *current_loop;
 
 /* Records a client can cause at will are rate-limited (log.h). */
-static log_limiter refused_log, accept_log, timeout_log, violation_log;
+static log_limiter refused_log, accept_log, timeout_log, violation_log, close_log, slow_reader_log;
 
 static void conn_read_cb(struct bufferevent *bev, void *arg);
 static void conn_write_cb(struct bufferevent *bev, void *arg);
@@ -279,7 +283,7 @@ static size_t conn_queued(rpc_conn *c, size_t n)
         conn_mark_dirty(c);
         return n;
     }
-    log_msg(LOG_WARN, "peer=%s closed: output buffer above %u bytes (client not reading)", c->peer,
+    log_limited(&slow_reader_log, LOG_WARN, "peer=%s closed: output buffer above %u bytes (client not reading)", c->peer,
             c->loop->server->cfg.max_output_buffer);
     conn_close(c);
     return 0;
@@ -478,6 +482,15 @@ static void table_remove(rpc_conn *c, rpc_call *call)
 
 #define CALL_HEAD ((sizeof(rpc_call) + 15) & ~(size_t)15)
 
+/* Counts bytes a call holds against its connection's budget and the server's. Any thread
+ * that holds the call (rmeta is allocated by whoever sets the first error detail). */
+static void call_mem_add(rpc_call *call, size_t n)
+{
+    call->mem += n;
+    atomic_fetch_add(&call->conn->calls_mem, n);
+    atomic_fetch_add(&call->server->held, n);
+}
+
 /* One allocation holds the call, its request and its response struct. */
 static size_t call_alloc_size(const rpc_route *route)
 {
@@ -495,11 +508,10 @@ static rpc_call *call_new(rpc_conn *c, const rpc_route *route, uint32_t id)
     if (call == NULL)
         return NULL;
     memset(call, 0, sizeof(*call));
-    call->mem = size;
-    atomic_fetch_add(&c->calls_mem, size);
     call->loop = c->loop;
     call->conn = c;
     call->server = c->loop->server;
+    call_mem_add(call, size);
     call->route = route;
     call->id = id;
     atomic_init(&call->refs, 1); /* the call table's */
@@ -542,14 +554,18 @@ static void call_unref(rpc_call *call)
     free(call->rmeta);
     rpc_conn *conn = call->conn;
     atomic_fetch_sub(&conn->calls_mem, call->mem);
+    atomic_fetch_sub(&call->server->held, call->mem);
     free(call);
     conn_unref(conn);
 }
 
 static lagoon_v1_ResponseMeta *call_rmeta(rpc_call *call)
 {
-    if (call->rmeta == NULL)
+    if (call->rmeta == NULL) {
         call->rmeta = calloc(1, sizeof(*call->rmeta));
+        if (call->rmeta != NULL)
+            call_mem_add(call, sizeof(*call->rmeta)); /* held as long as the call: in its budget */
+    }
     return call->rmeta;
 }
 
@@ -938,16 +954,19 @@ void rpc_call_finish(rpc_call *c, int status)
         log_msg(LOG_ERROR, "rpc_call_finish with invalid status %d", status);
         status = LAGOON_INTERNAL;
     }
-    int prev = atomic_exchange(&c->hstate, H_FINISHED);
+    /* Only a kept call (H_HELD, or H_CANCELLED once the cancel path ended it) can be finished;
+     * any other state is a handler bug, and is left as it is rather than made worse. */
+    int prev = atomic_load(&c->hstate);
+    while ((prev == H_HELD || prev == H_CANCELLED) && !atomic_compare_exchange_weak(&c->hstate, &prev, H_FINISHED))
+        ;
     if (prev != H_HELD) {
         /* Already ended by the cancel path: only the handler's reference is left to drop, and
-         * a cancel callback still queued must not run for a handler that is done.
-         * (H_FINISHED would be a second finish: a handler bug, but not worth a crash.) */
+         * a cancel callback still queued must not run for a handler that is done. */
         if (prev == H_CANCELLED) {
             atomic_store(&c->cancel_claimed, 1);
             call_unref(c);
         } else {
-            log_msg(LOG_ERROR, "rpc_call_finish on a call not kept by its handler");
+            log_msg(LOG_ERROR, "rpc_call_finish on a call not kept by its handler (finished twice, or never kept)");
         }
         return;
     }
@@ -1154,6 +1173,14 @@ static void on_request(rpc_conn *c, const wire_frame *f)
                     held, s->cfg.max_connection_memory);
         return;
     }
+    if (atomic_load(&s->held) + call_alloc_size(r) > (size_t)s->cfg.max_server_memory_mib << 20) {
+        log_limited(&refused_log, LOG_WARN, "server memory budget (%u MiB) reached: refusing new calls",
+                    s->cfg.max_server_memory_mib);
+        conn_refuse(c, f, client_open, LAGOON_RESOURCE_EXHAUSTED, meta.request_id,
+                    "server memory budget: %u MiB held by open calls and queued output; retry later",
+                    s->cfg.max_server_memory_mib);
+        return;
+    }
     rpc_call *call = call_new(c, r, f->call_id);
     if (call == NULL || table_insert(c, call) != 0) {
         if (call)
@@ -1210,6 +1237,7 @@ static void on_message(rpc_conn *c, const wire_frame *f)
         call->client_closed = 1;
     if (atomic_load(&call->done)) {
         /* Answered already (or refused): swallow what the client had in flight. */
+        call->last_msg_ms = now_us() / 1000; /* the id stays taken while the client sends */
         if (end)
             table_remove(c, call);
         return;
@@ -1325,7 +1353,7 @@ static int conn_preface(rpc_conn *c, struct evbuffer *in)
     evbuffer_copyout(in, got, n);
     /* Judge every byte as it arrives: an HTTP client is turned away at its first byte. */
     if (memcmp(got, WIRE_PREFACE, n) != 0) {
-        log_msg(LOG_INFO, "peer=%s closed: not a Lagoon client (bad preface)", c->peer);
+        log_limited(&close_log, LOG_INFO, "peer=%s closed: not a Lagoon client (bad preface)", c->peer);
         conn_write_bytes(c, (const uint8_t *)not_lagoon, sizeof(not_lagoon) - 1);
         conn_close_after_flush(c);
         return -1;
@@ -1484,7 +1512,7 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
     const rpc_config *cfg = &c->loop->server->cfg;
     switch (c->state) {
     case CONN_PREFACE:
-        log_msg(LOG_INFO, "peer=%s closed: no preface within %u ms", c->peer, cfg->handshake_timeout_ms);
+        log_limited(&close_log, LOG_INFO, "peer=%s closed: no preface within %u ms", c->peer, cfg->handshake_timeout_ms);
         conn_close(c);
         break;
     case CONN_OPEN: {
@@ -1495,7 +1523,7 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
             conn_timer_arm(c, c->live_calls > 0 ? cfg->idle_timeout_ms : cfg->idle_timeout_ms - (uint32_t)idle);
             break;
         }
-        log_msg(LOG_INFO, "peer=%s closed: idle for %u ms", c->peer, cfg->idle_timeout_ms);
+        log_limited(&close_log, LOG_INFO, "peer=%s closed: idle for %u ms", c->peer, cfg->idle_timeout_ms);
         conn_send_goaway(c, "idle timeout");
         conn_close_after_flush(c);
         break;
@@ -1558,6 +1586,11 @@ static void conn_close(rpc_conn *c)
             }
         }
     }
+    /* Output never written leaves the server's count here; freeing it runs no callback. */
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    if (c->out_cb != NULL)
+        evbuffer_remove_cb_entry(out, c->out_cb);
+    atomic_fetch_sub(&l->server->held, evbuffer_get_length(out));
     bufferevent_free(c->bev);
     c->bev = NULL;
     event_free(c->timer);
@@ -1577,8 +1610,13 @@ static void conn_close(rpc_conn *c)
 /* Keeps conn->out_len current for other threads (rpc_call_backlog). */
 static void conn_output_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
 {
-    (void)info;
-    atomic_store(&((rpc_conn *)arg)->out_len, evbuffer_get_length(buf));
+    rpc_conn *c = arg;
+    atomic_store(&c->out_len, evbuffer_get_length(buf));
+    rpc_server *s = c->loop->server;
+    if (info->n_added)
+        atomic_fetch_add(&s->held, info->n_added);
+    if (info->n_deleted)
+        atomic_fetch_sub(&s->held, info->n_deleted);
 }
 
 static void conn_accept_fd(rpc_loop *l, int fd, const char *peer, const char *host)
@@ -1613,7 +1651,7 @@ static void conn_accept_fd(rpc_loop *l, int fd, const char *peer, const char *ho
     l->conns = c;
     l->nconns++;
     bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
-    evbuffer_add_cb(bufferevent_get_output(c->bev), conn_output_cb, c);
+    c->out_cb = evbuffer_add_cb(bufferevent_get_output(c->bev), conn_output_cb, c);
     bufferevent_enable(c->bev, EV_READ); /* EV_WRITE only while the kernel is full: conn_flush */
     conn_timer_arm(c, l->server->cfg.handshake_timeout_ms);
 }
@@ -1726,22 +1764,24 @@ static void loop_sweep_cb(evutil_socket_t fd, short what, void *arg)
             conn_close_after_flush(c);
             continue;
         }
-        if (c->buckets == NULL || c->live_calls == 0)
+        if (c->buckets == NULL || c->ncalls == 0)
             continue;
         for (int b = 0; b < CALL_BUCKETS && c->state == CONN_OPEN; b++) {
-            for (rpc_call *call = c->buckets[b], *hn; call; call = hn) {
+            for (rpc_call *call = c->buckets[b], *hn; call && c->state == CONN_OPEN; call = hn) {
                 hn = call->hnext;
-                if (!call->client_closed && !atomic_load(&call->done) && call->route &&
-                    now - call->last_msg_ms >= cfg->stream_idle_timeout_ms) {
+                if (call->client_closed || now - call->last_msg_ms < cfg->stream_idle_timeout_ms)
+                    continue;
+                if (!atomic_load(&call->done) && call->route)
                     call_stream_timeout(c, call, cfg->stream_idle_timeout_ms);
-                    if (c->state != CONN_OPEN)
-                        break; /* its reply closed the connection: the table is gone */
-                }
+                else /* answered or refused, and the client has said nothing since: free its id */
+                    table_remove(c, call);
+                /* If that closed the connection the table is gone: the loop condition stops. */
             }
         }
     }
-    if (l->freed_since_trim >= TRIM_AFTER_BYTES) {
+    if (l->freed_since_trim >= TRIM_AFTER_BYTES && now - l->last_trim_ms >= TRIM_INTERVAL_MS) {
         l->freed_since_trim = 0;
+        l->last_trim_ms = now;
         malloc_trim(0);
     }
 }
@@ -1791,6 +1831,19 @@ static void accept_cb(struct evconnlistener *lst, evutil_socket_t fd, struct soc
         inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
         port = ntohs(in6->sin6_port);
     }
+    /* One IPv6 host has a whole /64 to pick addresses from: that is what is counted. */
+    char key[INET6_ADDRSTRLEN + 4];
+    snprintf(key, sizeof(key), "%s", host);
+    if (sa->sa_family == AF_INET6) {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)sa;
+        if (!IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) {
+            struct in6_addr net = in6->sin6_addr;
+            memset(net.s6_addr + 8, 0, 8);
+            char nb[INET6_ADDRSTRLEN];
+            inet_ntop(AF_INET6, &net, nb, sizeof(nb));
+            snprintf(key, sizeof(key), "%s/64", nb);
+        }
+    }
     char message[128];
     if (atomic_fetch_add(&s->connections, 1) >= s->cfg.max_connections) {
         atomic_fetch_sub(&s->connections, 1);
@@ -1800,9 +1853,9 @@ static void accept_cb(struct evconnlistener *lst, evutil_socket_t fd, struct soc
         refuse_fd(fd, message);
         return;
     }
-    if (addr_acquire(s, host) != 0) {
+    if (addr_acquire(s, key) != 0) {
         atomic_fetch_sub(&s->connections, 1);
-        snprintf(message, sizeof(message), "too many connections from %s (max %u per address)", host,
+        snprintf(message, sizeof(message), "too many connections from %s (max %u per address)", key,
                  s->cfg.max_connections_per_address);
         log_limited(&refused_log, LOG_WARN, "peer=%s:%u refused: max_connections_per_address (%u) reached", host,
                     port, s->cfg.max_connections_per_address);
@@ -1813,14 +1866,14 @@ static void accept_cb(struct evconnlistener *lst, evutil_socket_t fd, struct soc
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     rpc_op *op = calloc(1, sizeof(*op));
     if (op == NULL) {
-        server_conn_gone(s, host);
+        server_conn_gone(s, key);
         close(fd);
         return;
     }
     op->kind = OP_NEW_CONN;
     op->fd = fd;
     snprintf(op->peer, sizeof(op->peer), sa->sa_family == AF_INET6 ? "[%s]:%u" : "%s:%u", host, port);
-    snprintf(op->host, sizeof(op->host), "%s", host);
+    snprintf(op->host, sizeof(op->host), "%s", key);
     rpc_loop *l = &s->loops[s->next_loop++ % s->nloops];
     loop_post(l, op);
 }

@@ -223,6 +223,33 @@ static void test_debug_methods_off_by_default(void **state)
     cleanup(d);
 }
 
+/* A client's strings reach the log (request ids): a newline in one must not start a record. */
+static void test_log_lines_cannot_be_forged(void **state)
+{
+    (void)state;
+    daemon_t *d = malloc(sizeof(*d));
+    start_daemon(d, NULL, NULL);
+    int fd = raw_connect(d->port, 1);
+    lagoon_v1_RequestMeta meta = lagoon_v1_RequestMeta_init_zero;
+    snprintf(meta.request_id, sizeof(meta.request_id), "r1\n2099-01-01T00:00:00.000Z error FORGED");
+    uint8_t mb[256], buf[4096];
+    long ml = wire_encode(&lagoon_v1_RequestMeta_info, &meta, mb, sizeof(mb), NULL);
+    assert_true(ml > 0);
+    raw_send_frame(fd, WIRE_REQUEST, WIRE_FLAG_END_STREAM, 1, lagoon_method_Health_Check.id, mb, (size_t)ml, NULL, 0);
+    raw_send_frame(fd, WIRE_REQUEST, WIRE_FLAG_END_STREAM, 3, 0x12345678u, mb, (size_t)ml, NULL, 0);
+    wire_frame f;
+    assert_int_equal(raw_read_frame(fd, buf, sizeof(buf), &f, 5000), 1);
+    assert_int_equal(raw_read_frame(fd, buf, sizeof(buf), &f, 5000), 1);
+    close(fd);
+    kill(d->pid, SIGTERM);
+    assert_int_equal(wait_exit(d, 10000), 0);
+    read_log_until(d, "stopped", 2000);
+    /* Whether the server refused the id or logged it, no record starts with the forged text. */
+    assert_null(strstr(d->log, "\n2099-01-01T00:00:00.000Z error FORGED"));
+    assert_non_null(strstr(d->log, "req_id=r1?2099-01-01T00:00:00.000Z error FORGED"));
+    cleanup(d);
+}
+
 static int count_lines_with(const char *log, const char *needle)
 {
     int n = 0;
@@ -354,6 +381,7 @@ int main(void)
         cmocka_unit_test(test_flags_and_environment),
         cmocka_unit_test(test_debug_methods_off_by_default),
         cmocka_unit_test(test_connections_fit_the_fd_limit),
+        cmocka_unit_test(test_log_lines_cannot_be_forged),
         cmocka_unit_test(test_lagoon_admin),
     };
     return cmocka_run_group_tests_name("lagoond", tests, NULL, NULL);

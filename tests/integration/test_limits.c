@@ -38,6 +38,14 @@ static uint32_t retry_after(const wire_frame *f)
     return meta.retry_after_ms;
 }
 
+/* Waits ms, reading (and dropping) whatever arrives meanwhile, such as PONGs. */
+static void read_reply_or_pong_wait(int fd, uint32_t ms)
+{
+    wire_frame f;
+    while (raw_read_frame(fd, buf, sizeof(buf), &f, ms) == 1)
+        assert_int_equal(f.type, WIRE_PONG);
+}
+
 typedef struct conns_at_most {
     test_server *t;
     uint32_t n;
@@ -138,6 +146,44 @@ static void test_idle_client_stream_times_out(void **state)
     read_reply(fd, &f, 5000);
     assert_int_equal(f.call_id, 3);
     assert_int_equal(f.code, LAGOON_OK);
+    close(fd);
+    test_server_stop(&t);
+}
+
+/* Refused calls whose client side stays open keep their id as a tombstone, but not for ever:
+ * with no MESSAGE for stream_idle_timeout_ms the id is freed, even while PINGs keep the
+ * connection itself alive. */
+static void test_tombstones_expire(void **state)
+{
+    (void)state;
+    test_server t;
+    rpc_config cfg;
+    test_config(&cfg);
+    cfg.stream_idle_timeout_ms = 1000;
+    cfg.max_concurrent_calls = 64;
+    test_server_start(&t, &cfg, NULL, 0);
+    int fd = raw_connect(t.port, 1);
+    wire_frame f;
+    for (uint32_t k = 0; k < 64; k++) {
+        raw_send_frame(fd, WIRE_REQUEST, 0, 1 + 2 * k, 0x12345678u, NULL, 0, NULL, 0); /* unknown method */
+        read_reply(fd, &f, 5000);
+        assert_int_equal(f.code, LAGOON_UNIMPLEMENTED);
+    }
+    uint32_t id = 1001;
+    raw_send_frame(fd, WIRE_REQUEST, WIRE_FLAG_END_STREAM, id, lagoon_method_Health_Check.id, NULL, 0, NULL, 0);
+    read_reply(fd, &f, 5000);
+    assert_int_equal(f.code, LAGOON_RESOURCE_EXHAUSTED); /* every slot is a tombstone */
+    int ok = 0;
+    uint8_t ping[WIRE_PING_PAYLOAD] = {0};
+    for (int i = 0; i < 20 && !ok; i++) { /* at most 10 s */
+        raw_send_frame(fd, WIRE_PING, 0, 0, 0, NULL, 0, ping, sizeof(ping));
+        read_reply_or_pong_wait(fd, 500);
+        id += 2;
+        raw_send_frame(fd, WIRE_REQUEST, WIRE_FLAG_END_STREAM, id, lagoon_method_Health_Check.id, NULL, 0, NULL, 0);
+        read_reply(fd, &f, 5000);
+        ok = f.code == LAGOON_OK;
+    }
+    assert_true(ok);
     close(fd);
     test_server_stop(&t);
 }
@@ -291,6 +337,7 @@ int main(void)
         cmocka_unit_test(test_connections_per_address),
         cmocka_unit_test(test_trickled_frame_is_closed),
         cmocka_unit_test(test_idle_client_stream_times_out),
+        cmocka_unit_test(test_tombstones_expire),
         cmocka_unit_test(test_connection_memory_budget),
         cmocka_unit_test(test_drain_answers_every_call),
         cmocka_unit_test(test_delayed_calls_do_not_starve_sign_in),

@@ -393,7 +393,7 @@ static int diag_msg(const wire_msginfo *info, const uint8_t *buf, size_t len, co
  * bytes are not a struct, so it is given zeroes. Every nanopb struct here is under 64 KiB. */
 static const max_align_t diag_zero_struct[65536 / sizeof(max_align_t)];
 
-/* Whether a varint value fits the field as nanopb's pb_dec_varint/pb_dec_bool would judge. */
+/* Whether a varint value fits the field as nanopb's pb_dec_varint would judge. */
 static int diag_varint_fits(const pb_field_iter_t *it, uint64_t value)
 {
     pb_type_t lt = PB_LTYPE(it->type); /* not a bool: diag_msg reads those as nanopb does */
@@ -441,7 +441,7 @@ enum text_verdict {
     TEXT_NUL,       /* a 0 byte */
     TEXT_CONTROL,   /* C0 other than \t \n \r, DEL, C1 */
     TEXT_BIDI,      /* U+202A-U+202E, U+2066-U+2069 */
-    TEXT_BAD_BYTE,  /* a byte that starts no UTF-8 sequence (0x80-0xC1, 0xF5-0xFF) */
+    TEXT_BAD_BYTE,  /* a byte that starts no sequence: a continuation byte, or 0xF8-0xFF */
     TEXT_CUT,       /* a sequence cut by a non-continuation byte or by the end */
     TEXT_OVERLONG,  /* a longer encoding than the code point needs */
     TEXT_SURROGATE, /* U+D800-U+DFFF */

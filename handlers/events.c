@@ -264,7 +264,8 @@ static int note_mark_read(store_txn *t, lagoon_v1_Notification *n, store_error *
     return st == LAGOON_OK ? feed_unread_add(t, n->user_id, -1, err) : st;
 }
 
-int events_notification_read(store_txn *t, uint64_t user_id, const char *collapse_key, store_error *err)
+int events_notification_read(store_txn *t, const app *a, uint64_t user_id, const char *collapse_key,
+                             store_error *err)
 {
     store_key k;
     store_key_reset(&k);
@@ -272,9 +273,14 @@ int events_notification_read(store_txn *t, uint64_t user_id, const char *collaps
     store_key_str(&k, collapse_key);
     lagoon_v1_Notification n;
     int st = store_get_by(t, &events_notifications, notes_by_key, &k, NULL, &n, err);
-    if (st == LAGOON_NOT_FOUND)
+    if (st == LAGOON_NOT_FOUND || (st == LAGOON_OK && n.is_read))
         return LAGOON_OK;
-    return st == LAGOON_OK ? note_mark_read(t, &n, err) : st;
+    if (st == LAGOON_OK)
+        st = note_mark_read(t, &n, err);
+    /* The user's other devices clear the badge as they would for Notifications/MarkRead. */
+    return st == LAGOON_OK ? events_notification_changed(t, a, user_id, lagoon_v1_NotificationStateEvent_Change_READ,
+                                                         n.id, err)
+                           : st;
 }
 
 int events_notification_changed(store_txn *t, const app *a, uint64_t user_id,

@@ -36,8 +36,10 @@ int events_append(store_txn *t, const app *a, uint64_t user_id, lagoon_v1_Event 
 int events_notify(store_txn *t, const app *a, uint64_t user_id, lagoon_v1_Notification_Type type, const char *title,
                   const char *content, uint64_t related_id, const char *collapse_key, store_error *err);
 
-/* Marks read the unread notification of user with collapse_key, if any (a conversation read). */
-int events_notification_read(store_txn *t, uint64_t user_id, const char *collapse_key, store_error *err);
+/* Marks read the unread notification of user with collapse_key, if any (a conversation read),
+ * and publishes that change (events_notification_changed). */
+int events_notification_read(store_txn *t, const app *a, uint64_t user_id, const char *collapse_key,
+                             store_error *err);
 
 /* Publishes a change of user's notifications (read, all read, deleted) with the unread count as
  * it stands in t, so that the user's other devices update their badge. */

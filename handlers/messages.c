@@ -789,7 +789,7 @@ static int mark_read_write(store_txn *t, void *arg, store_error *err)
         if (st == LAGOON_OK && mem.unread == 0) {
             char key[40];
             dm_collapse_key(key, sizeof(key), conv.id);
-            st = events_notification_read(t, op->me, key, err);
+            st = events_notification_read(t, op->a, op->me, key, err);
         }
     }
     op->unread = mem.unread;

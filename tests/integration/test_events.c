@@ -82,7 +82,8 @@ static void next_non_notification(device *d, lagoon_v1_Event *ev)
 {
     do
         next_event(d, ev);
-    while (ev->which_payload == lagoon_v1_Event_notification_tag);
+    while (ev->which_payload == lagoon_v1_Event_notification_tag ||
+           ev->which_payload == lagoon_v1_Event_notification_state_tag);
 }
 
 static void unsubscribe(device *d)
@@ -795,6 +796,34 @@ static void test_reading_notifications_reaches_other_devices(void **state)
     memset(&notes, 0, sizeof(notes));
 }
 
+/* Reading the conversation (Messages/MarkRead) reads its notification too: the user's other
+ * devices hear it as they would from Notifications/MarkRead. */
+static void test_reading_a_conversation_clears_the_badge_elsewhere(void **state)
+{
+    (void)state;
+    char et[65], ft[65];
+    uint64_t eve = test_verified_user(T, C, "kit", 1, et);
+    uint64_t fay = test_verified_user(T, C, "lex", 1, ft);
+    send_text(ft, eve, "hello");
+    device laptop;
+    subscribe(&laptop, et, 0);
+    list_notes(et, 1);
+    assert_int_equal(notes.notifications_count, 1);
+    uint64_t note = notes.notifications[0].id;
+    lagoon_set_token(C, et);
+    lagoon_v1_MarkReadRequest mr = {fay, 0};
+    lagoon_v1_MarkReadResponse mresp;
+    assert_int_equal(lagoon_Messages_MarkRead(C, &mr, &mresp), LAGOON_OK);
+    lagoon_v1_NotificationStateEvent s;
+    next_state(&laptop, &s);
+    assert_int_equal(s.change, lagoon_v1_NotificationStateEvent_Change_READ);
+    assert_int_equal(s.notification_id, note);
+    assert_int_equal(s.unread, 0);
+    unsubscribe(&laptop);
+    pb_release(lagoon_v1_ListNotificationsResponse_fields, &notes);
+    memset(&notes, 0, sizeof(notes));
+}
+
 static void delete_message(const char *token, uint64_t id)
 {
     lagoon_set_token(C, token);
@@ -983,6 +1012,7 @@ int main(void)
         cmocka_unit_test(test_refresh_token_reuse_ends_streams),
         cmocka_unit_test(test_subscription_caps),
         cmocka_unit_test(test_reading_notifications_reaches_other_devices),
+        cmocka_unit_test(test_reading_a_conversation_clears_the_badge_elsewhere),
         cmocka_unit_test(test_deleted_message_leaves_no_words),
         cmocka_unit_test(test_deleted_words_leave_notification_after_log_trim),
         cmocka_unit_test(test_flood_keeps_order),

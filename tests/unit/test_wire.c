@@ -24,6 +24,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <pb_common.h>
 #include <pb_decode.h>
 
 #include "lagoon_idl.h"
@@ -1647,6 +1648,67 @@ static void diagnose_reads_bools_as_nanopb(void **state)
                      "out of range");
 }
 
+/* The generated tables that decide which bytes wire_decode judges agree with nanopb's own
+ * descriptors, for every message of every method and the metadata: a string field not marked
+ * is_string, or a message with strings not marked has_strings, would skip the check unseen. */
+static int desc_has_strings(const pb_msgdesc_t *desc, int depth)
+{
+    pb_field_iter_t it;
+    assert_true(depth < 32);
+    if (!pb_field_iter_begin_const(&it, desc, &dst_buf))
+        return 0;
+    do {
+        pb_type_t lt = PB_LTYPE(it.type);
+        if (lt == PB_LTYPE_STRING)
+            return 1;
+        if ((lt == PB_LTYPE_SUBMESSAGE || lt == PB_LTYPE_SUBMSG_W_CB) && desc_has_strings(it.submsg_desc, depth + 1))
+            return 1;
+    } while (pb_field_iter_next(&it));
+    return 0;
+}
+
+static void check_string_tables(const wire_msginfo *info, int depth)
+{
+    assert_true(depth < 32);
+    if ((info->has_strings != 0) != desc_has_strings(info->desc, 0))
+        fail_msg("%s: has_strings %d disagrees with its descriptor", info->name, info->has_strings);
+    pb_field_iter_t it;
+    if (!pb_field_iter_begin_const(&it, info->desc, &dst_buf))
+        return;
+    do {
+        const wire_fieldinfo *fi = NULL;
+        for (size_t i = 0; i < info->nfields; i++)
+            if (info->fields[i].tag == it.tag)
+                fi = &info->fields[i];
+        if (fi == NULL)
+            fail_msg("%s: field %u has no fieldinfo", info->name, (unsigned)it.tag);
+        if (fi->is_string != (PB_LTYPE(it.type) == PB_LTYPE_STRING))
+            fail_msg("%s.%s: is_string %d disagrees with its descriptor", info->name, fi->name, fi->is_string);
+        if (fi->sub != NULL) {
+            assert_ptr_equal(fi->sub->desc, it.submsg_desc);
+            check_string_tables(fi->sub, depth + 1);
+        }
+    } while (pb_field_iter_next(&it));
+    for (size_t i = 1; i < info->nfields; i++)
+        if (!(info->fields[i - 1].tag < info->fields[i].tag))
+            fail_msg("%s: fieldinfo not sorted by tag at %zu", info->name, i);
+}
+
+static void string_tables_match_descriptors(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < lagoon_methods_count; i++) {
+        check_string_tables(lagoon_methods[i]->request, 0);
+        check_string_tables(lagoon_methods[i]->response, 0);
+    }
+    check_string_tables(&lagoon_v1_RequestMeta_info, 0);
+    check_string_tables(&lagoon_v1_ResponseMeta_info, 0);
+    check_string_tables(&lagoon_v1_Settings_info, 0);
+    check_string_tables(&lagoon_v1_User_info, 0);
+    assert_true(lagoon_v1_SendMessageRequest_info.has_strings);
+    assert_false(lagoon_v1_EchoRequest_info.has_strings); /* bytes are not strings */
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -1678,6 +1740,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(decode_names_message_level_faults),
         cmocka_unit_test(decode_names_varint_past_64_bits),
         cmocka_unit_test(diagnose_reads_bools_as_nanopb),
+        cmocka_unit_test(string_tables_match_descriptors),
     };
     const struct CMUnitTest known_bugs[] = {
         cmocka_unit_test(bug_diagnose_reads_pointer_from_input),

@@ -1680,8 +1680,10 @@ static void check_string_tables(const wire_msginfo *info, int depth)
         for (size_t i = 0; i < info->nfields; i++)
             if (info->fields[i].tag == it.tag)
                 fi = &info->fields[i];
-        if (fi == NULL)
+        if (fi == NULL) {
             fail_msg("%s: field %u has no fieldinfo", info->name, (unsigned)it.tag);
+            return;
+        }
         if (fi->is_string != (PB_LTYPE(it.type) == PB_LTYPE_STRING))
             fail_msg("%s.%s: is_string %d disagrees with its descriptor", info->name, fi->name, fi->is_string);
         if (fi->sub != NULL) {

@@ -26,6 +26,6 @@ TSAN_OPTIONS=halt_on_error=1 ctest --test-dir build-tsan -R '^test_races$' --out
 echo "== fuzz (bounded)"
 CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DLAGOON_FUZZ=ON -DLAGOON_TESTS=ON >/dev/null
 # fuzz_frame: frames and message coding; fuzz_requests: every request message decoder (its seed
-# corpus is written by fuzz_request_seeds, run by ctest first). Bounded runs: about 25 s.
+# corpus is written by fuzz_request_seeds, run by ctest first). Bounded runs: about 30 s in all.
 cmake --build build-fuzz -j"$jobs" --target fuzz_frame fuzz_requests fuzz_request_seeds
 ctest --test-dir build-fuzz -R '^fuzz_' --output-on-failure

@@ -227,7 +227,7 @@ static void handle_conn_frame(lagoon_client *c, const wire_frame *f)
     case WIRE_SETTINGS: {
         lagoon_v1_Settings st;
         wire_violation v;
-        if (wire_decode(&lagoon_v1_Settings_info, f->payload, f->payload_len, &st, &v) == 0)
+        if (wire_decode_trusted(&lagoon_v1_Settings_info, f->payload, f->payload_len, &st, &v) == 0)
             c->settings = st;
         break;
     }
@@ -389,10 +389,10 @@ static int take_response(lagoon_stream *s, const frame_copy *fc, void *resp)
     memset(&s->meta, 0, sizeof(s->meta));
     wire_violation v;
     if (fc->meta_len &&
-        wire_decode(&lagoon_v1_ResponseMeta_info, fc->data, fc->meta_len, &s->meta, &v) != 0)
+        wire_decode_trusted(&lagoon_v1_ResponseMeta_info, fc->data, fc->meta_len, &s->meta, &v) != 0)
         memset(&s->meta, 0, sizeof(s->meta));
     if (s->status == LAGOON_OK && resp != NULL) {
-        if (wire_decode(s->m->response, fc->data + fc->meta_len, fc->payload_len, resp, &v) != 0)
+        if (wire_decode_trusted(s->m->response, fc->data + fc->meta_len, fc->payload_len, resp, &v) != 0)
             return fail(&c->last, LAGOON_INTERNAL, "cannot decode %s from the server: %s %s", s->m->response_type,
                         v.field, v.description);
     }
@@ -506,7 +506,7 @@ static int stream_recv(lagoon_stream *s, void *msg, uint64_t wait_until)
         }
         if (fc->type == WIRE_MESSAGE) {
             wire_violation v;
-            int ok = wire_decode(s->m->response, fc->data + fc->meta_len, fc->payload_len, msg, &v) == 0;
+            int ok = wire_decode_trusted(s->m->response, fc->data + fc->meta_len, fc->payload_len, msg, &v) == 0;
             free(fc);
             if (ok)
                 return 1;
@@ -695,7 +695,7 @@ int lagoon_connect(const char *host, uint16_t port, const lagoon_options *opts, 
         if (f.type == WIRE_GOAWAY) {
             lagoon_v1_ResponseMeta meta = lagoon_v1_ResponseMeta_init_zero;
             wire_violation v;
-            if (wire_decode(&lagoon_v1_ResponseMeta_info, f.meta, f.meta_len, &meta, &v) != 0)
+            if (wire_decode_trusted(&lagoon_v1_ResponseMeta_info, f.meta, f.meta_len, &meta, &v) != 0)
                 meta.message[0] = '\0';
             int st = fail(err, LAGOON_UNAVAILABLE, "server refused the connection: %s", meta.message);
             lagoon_close(c);

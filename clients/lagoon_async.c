@@ -154,7 +154,7 @@ static void on_call_frame(lagoon_async *c, const wire_frame *f)
         void *msg = calloc(1, call->m->response_size ? call->m->response_size : 1);
         if (msg == NULL)
             return;
-        if (wire_decode(call->m->response, f->payload, f->payload_len, msg, &v) == 0) {
+        if (wire_decode_trusted(call->m->response, f->payload, f->payload_len, msg, &v) == 0) {
             call->on_message(call, msg, call->arg);
             if (call->m->response->has_pointers)
                 pb_release(call->m->response->desc, msg);
@@ -167,7 +167,7 @@ static void on_call_frame(lagoon_async *c, const wire_frame *f)
     table_remove(c, call);
     int status = (int)f->code;
     int bad_body = status == LAGOON_OK && call->resp &&
-                   wire_decode(call->m->response, f->payload, f->payload_len, call->resp, &v) != 0;
+                   wire_decode_trusted(call->m->response, f->payload, f->payload_len, call->resp, &v) != 0;
     if (f->meta_len == 0 && !bad_body) {
         call_end(call, status, NULL); /* the common case: no details to decode */
         return;
@@ -175,7 +175,7 @@ static void on_call_frame(lagoon_async *c, const wire_frame *f)
     /* Details: a ResponseMeta is 7 KiB, so it is only built when there are some. */
     lagoon_v1_ResponseMeta *meta = calloc(1, sizeof(*meta));
     wire_violation mv;
-    if (meta && f->meta_len && wire_decode(&lagoon_v1_ResponseMeta_info, f->meta, f->meta_len, meta, &mv) != 0)
+    if (meta && f->meta_len && wire_decode_trusted(&lagoon_v1_ResponseMeta_info, f->meta, f->meta_len, meta, &mv) != 0)
         memset(meta, 0, sizeof(*meta));
     if (bad_body) {
         status = LAGOON_INTERNAL;
@@ -216,7 +216,7 @@ static void read_cb(struct bufferevent *bev, void *arg)
             if (f.type == WIRE_SETTINGS) {
                 lagoon_v1_Settings st;
                 wire_violation v;
-                if (wire_decode(&lagoon_v1_Settings_info, f.payload, f.payload_len, &st, &v) == 0) {
+                if (wire_decode_trusted(&lagoon_v1_Settings_info, f.payload, f.payload_len, &st, &v) == 0) {
                     c->settings = st;
                     c->have_settings = 1;
                 }

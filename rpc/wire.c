@@ -185,14 +185,14 @@ static int diag_walk(const wire_msginfo *info, const uint8_t *buf, size_t len, i
                      wire_violation *v);
 static int strings_ok(const wire_msginfo *info, const uint8_t *buf, size_t len, int depth);
 
-int wire_decode(const wire_msginfo *info, const uint8_t *buf, size_t len, void *dst,
-                wire_violation *v)
+static int decode(const wire_msginfo *info, const uint8_t *buf, size_t len, void *dst, int strings,
+                  wire_violation *v)
 {
     /* nanopb allocates pointer fields as the wire asks, so their bounds are checked before it
      * runs, by the full walk (which judges strings too). A message with only static fields
      * gets the quick string check, and the full walk only to name what that check refused. */
-    int walk = info->has_pointers || (info->has_strings && !strings_ok(info, buf, len, 0));
-    if (walk && diag_walk(info, buf, len, 1, v))
+    int walk = info->has_pointers || (strings && info->has_strings && !strings_ok(info, buf, len, 0));
+    if (walk && diag_walk(info, buf, len, strings, v))
         return -1;
     pb_istream_t in = pb_istream_from_buffer(buf, len);
     wire_init(info, dst);
@@ -200,13 +200,25 @@ int wire_decode(const wire_msginfo *info, const uint8_t *buf, size_t len, void *
         return 0;
     const char *err = PB_GET_ERROR(&in);
     pb_release(info->desc, dst);
-    if (!walk && diag_walk(info, buf, len, 1, v))
+    if (!walk && diag_walk(info, buf, len, strings, v))
         return -1;
     /* NEVER: the walk judges every rule nanopb applies (tests/fuzz checks that every refusal
      * names a field); should one be missed, the message is still refused, as a whole. */
     snprintf(v->field, sizeof(v->field), "#?");
     snprintf(v->description, sizeof(v->description), "cannot decode %s: %s", info->name, err);
     return -1;
+}
+
+int wire_decode(const wire_msginfo *info, const uint8_t *buf, size_t len, void *dst,
+                wire_violation *v)
+{
+    return decode(info, buf, len, dst, 1, v);
+}
+
+int wire_decode_trusted(const wire_msginfo *info, const uint8_t *buf, size_t len, void *dst,
+                        wire_violation *v)
+{
+    return decode(info, buf, len, dst, 0, v);
 }
 
 long wire_encode(const wire_msginfo *info, const void *src, uint8_t *out, size_t cap,

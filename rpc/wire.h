@@ -194,6 +194,13 @@ void wire_init(const wire_msginfo *info, void *msg);
 int wire_decode(const wire_msginfo *info, const uint8_t *buf, size_t len, void *dst,
                 wire_violation *v);
 
+/* wire_decode without judging what strings contain (bounds and structure are still checked):
+ * for bytes the server itself wrote, whose strings were judged when they arrived — stored rows,
+ * and responses read by a client. A row stored before the rule existed still reads back, and a
+ * client shows what the server sent rather than failing the whole call over one string. */
+int wire_decode_trusted(const wire_msginfo *info, const uint8_t *buf, size_t len, void *dst,
+                        wire_violation *v);
+
 /* Encodes src into out[0..cap). Returns the encoded size, or -1 if it does not fit or a field
  * breaks its bound (*why, may be NULL, gets nanopb's message). */
 long wire_encode(const wire_msginfo *info, const void *src, uint8_t *out, size_t cap,

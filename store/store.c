@@ -623,7 +623,7 @@ static int meta_read(kv_txn *txn, kv_db meta, lagoon_v1_StoreMeta *m, store_erro
         return store_kv_fail(NULL, rc, err, "meta");
     wire_violation v;
     memset(m, 0, sizeof(*m));
-    if (wire_decode(&lagoon_v1_StoreMeta_info, val.data, val.len, m, &v))
+    if (wire_decode_trusted(&lagoon_v1_StoreMeta_info, val.data, val.len, m, &v))
         return STORE_FAIL(err, LAGOON_DATA_LOSS, NULL, "meta record damaged: %s", v.description);
     return LAGOON_OK;
 }

@@ -52,7 +52,7 @@ static int decode_row(const store_table *tab, kv_val v, void *row)
 {
     memset(row, 0, tab->row_size);
     wire_violation viol;
-    return wire_decode(tab->msg, v.data, v.len, row, &viol);
+    return wire_decode_trusted(tab->msg, v.data, v.len, row, &viol);
 }
 
 /* Rows -> index entries and foreign keys. */

@@ -155,7 +155,7 @@ static int row_decode(const store_table *tab, kv_val v, void *row, store_error *
     /* wire_decode sets the defaults itself, touching only what it needs (not the bytes of
      * large buffers), so the row is not cleared here. */
     wire_violation viol;
-    if (wire_decode(tab->msg, v.data, v.len, row, &viol))
+    if (wire_decode_trusted(tab->msg, v.data, v.len, row, &viol))
         return STORE_FAIL(err, LAGOON_DATA_LOSS, NULL, "stored %s row cannot be decoded: %s",
                           tab->name, viol.description);
     return LAGOON_OK;
@@ -716,7 +716,7 @@ static int token_open(store *s, const char *token, uint64_t fp, lagoon_v1_StoreP
         return bad_token(err, "not issued by this server");
     wire_violation v;
     memset(tok, 0, sizeof(*tok));
-    if (wire_decode(&lagoon_v1_StorePageToken_info, raw, n, tok, &v))
+    if (wire_decode_trusted(&lagoon_v1_StorePageToken_info, raw, n, tok, &v))
         return bad_token(err, "damaged");
     if (tok->query != fp)
         return bad_token(err, "it belongs to another query");

@@ -1525,6 +1525,36 @@ static void decode_refuses_hostile_strings(void **state)
     guard_free(&g);
 }
 
+/* What the server wrote itself (stored rows, responses) is decoded without judging strings: a
+ * row stored before the rule existed still reads back. Bounds still hold. */
+static void trusted_decode_keeps_strings_but_not_bounds(void **state)
+{
+    (void)state;
+    for (size_t p = 0; p < sizeof(text_places) / sizeof(text_places[0]); p++) {
+        const text_place *pl = &text_places[p];
+        for (size_t i = 0; i < sizeof(hostile_texts) / sizeof(hostile_texts[0]); i++) {
+            const text_case *tc = &hostile_texts[i];
+            pbw w = pbw_new(256);
+            pl->build(&w, tc->bytes, tc->len);
+            wire_violation v;
+            if (wire_decode_trusted(pl->info, w.b, w.n, &dst_buf, &v) != 0)
+                fail_msg("%s in %s.%s: refused by the trusted decode (%s: %s)", tc->name, pl->info->name,
+                         pl->field, v.field, v.description);
+            pb_release(pl->info->desc, &dst_buf);
+            free(w.b);
+        }
+    }
+    /* A password over its 256 bytes is refused either way. */
+    char longpw[300];
+    memset(longpw, 'a', sizeof(longpw));
+    pbw w = pbw_new(512);
+    place_login_password(&w, longpw, sizeof(longpw));
+    wire_violation v;
+    assert_int_equal(wire_decode_trusted(&lagoon_v1_LoginRequest_info, w.b, w.n, &dst_buf, &v), -1);
+    assert_string_equal(v.field, "password");
+    free(w.b);
+}
+
 /* Every accepted string in every place decodes to exactly its bytes. */
 static void decode_accepts_fine_strings(void **state)
 {
@@ -1736,6 +1766,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(status_names),
         cmocka_unit_test(decode_garbage),
         cmocka_unit_test(decode_refuses_hostile_strings),
+        cmocka_unit_test(trusted_decode_keeps_strings_but_not_bounds),
         cmocka_unit_test(decode_accepts_fine_strings),
         cmocka_unit_test(decode_leaves_bytes_and_unknown_fields),
         cmocka_unit_test(decode_names_first_string_fault),

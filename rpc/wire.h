@@ -189,7 +189,7 @@ void wire_init(const wire_msginfo *info, void *msg);
  * fields are not judged. The rule is the same for every field; handlers narrow it further.
  *
  * v->field is never empty on failure: the field's dotted path by its .proto name ("login",
- * "content.text", "methods[3].path"), "#N" for a field number the message does not define
+ * "text.text", "methods[3].path"), "#N" for a field number the message does not define
  * ("#9", "profile.#9"), "#0" for field number 0, "#?" where a key cannot be read. */
 int wire_decode(const wire_msginfo *info, const uint8_t *buf, size_t len, void *dst,
                 wire_violation *v);

@@ -69,7 +69,13 @@ fi
 flags+=(${SOAK_LAGOOND_FLAGS:-})
 PORT=$(lg_free_port)
 lg_start_lagoond "$PORT" "$DATA" "${flags[@]}"
-echo "soak: lagoond pid $LAGOOND_PID on 127.0.0.1:$PORT, flags: ${flags[*]:-none}; build $(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo '?')"
+# The source the binaries were built from, if it is a git checkout ("-dirty": with uncommitted
+# changes, which a shared working tree may hold).
+build="unknown (not a git checkout)"
+if [[ $(git -C "$REPO_DIR" rev-parse --show-toplevel 2>/dev/null) == "$REPO_DIR" ]]; then
+  build=$(git -C "$REPO_DIR" describe --always --dirty)
+fi
+echo "soak: lagoond pid $LAGOOND_PID on 127.0.0.1:$PORT, flags: ${flags[*]:-none}; source $build"
 
 rc=0
 timeout $((base + cycles * (secs + after) + 120)) "$SOAK" --pid "$LAGOOND_PID" --port "$PORT" \

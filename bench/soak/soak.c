@@ -10,12 +10,14 @@
  *             --cancel-conns REQUEST+CANCEL loops, while the real users go on;
  *   after     (--after S) every hostile connection closed, real users still on: does the memory
  *             come back, does latency recover?
- * Every --interval seconds a timeline line gives lagoond's VmRSS and open file descriptors, the
- * hostile connections open and closed by the server so far, and the real calls of the interval
- * (count, errors, p50/p99/max). The report at the end: RSS at the end of the baseline, its peak
- * under load, at the end of the load and after the hostile connections closed; the real calls'
- * p50/p99/p999/max and errors by status in each phase; per hostile kind what was opened,
- * closed by the server and answered; the GOAWAY reasons seen; and whether lagoond is alive.
+ * Every --interval seconds (and at the end of every phase) a timeline line gives lagoond's VmRSS
+ * and RssAnon (VmRSS also counts the LMDB map's file pages), its CPU and open file descriptors,
+ * the machine's load average, the hostile connections open and closed by the server so far, and
+ * the real calls of the interval (count, errors, p50/p99/max). The report at the end: RSS at the
+ * end of the baseline, its peak under load, at the end of the load and after the hostile
+ * connections closed (each cycle); the real calls' p50/p99/p999/max and errors by status in
+ * each phase, and by call; per hostile kind what was opened, closed by the server and answered;
+ * the GOAWAY reasons seen; and whether lagoond is alive.
  *
  * Real users are seeded users (lagoon-bench seed): --tokens is its bench-tokens.txt.
  * Everything goes to --host, a numeric IPv4 address: 127.0.0.1 unless told otherwise, and the

@@ -56,10 +56,12 @@ echo "soak: ulimit -n $(ulimit -n) (soak and lagoond each), $(nproc) cores, load
 
 lg_tmp
 DATA=$TMP_DIR/lagoon
-"$BENCH" seed --data "$DATA" --users "${SOAK_USERS:-2000}" --messages 20000 2>/dev/null | head -1
+"$BENCH" seed --data "$DATA" --users "${SOAK_USERS:-2000}" --messages 20000 2>/dev/null | sed -n 1p
 
 flags=()
-if "$LAGOOND" --help 2>&1 | grep -q -- '--debug-methods'; then
+# (Read whole, not piped into grep -q: with pipefail, grep leaving early fails the pipe.)
+help=$("$LAGOOND" --help 2>&1 || true)
+if [[ $help == *--debug-methods* ]]; then
   flags+=(--debug-methods)
 else
   args=(--no-debug "${args[@]}")

@@ -1,4 +1,5 @@
-/* accounts: tables, tokens, passwords, validation. See accounts.h. */
+/* accounts: tokens, passwords, validation (the tables are in idl/lagoon/v1/accounts.proto). See
+ * accounts.h. */
 #include "accounts.h"
 
 #include <ctype.h>
@@ -11,145 +12,6 @@
 #include <strings.h>
 
 #include <sodium.h>
-
-/* ---- tables -------------------------------------------------------------------------------- */
-
-static int key_user_email(const void *row, store_key *k)
-{
-    store_key_str_fold(k, ((const lagoon_v1_User *)row)->email);
-    return 1;
-}
-
-static int key_user_username(const void *row, store_key *k)
-{
-    store_key_str_fold(k, ((const lagoon_v1_User *)row)->username);
-    return 1;
-}
-
-/* Users of a role, by username: ListTeachers reads it in alphabetical order. */
-static int key_user_role(const void *row, store_key *k)
-{
-    const lagoon_v1_User *u = row;
-    store_key_u32(k, (uint32_t)u->role);
-    store_key_str_fold(k, u->username);
-    return 1;
-}
-
-static int key_session_user(const void *row, store_key *k)
-{
-    store_key_u64(k, ((const lagoon_v1_Session *)row)->user_id);
-    return 1;
-}
-
-static int key_session_access(const void *row, store_key *k)
-{
-    store_key_raw(k, ((const lagoon_v1_Session *)row)->access_hash, ACCOUNT_HASH_BYTES);
-    return 1;
-}
-
-static int key_session_refresh(const void *row, store_key *k)
-{
-    store_key_raw(k, ((const lagoon_v1_Session *)row)->refresh_hash, ACCOUNT_HASH_BYTES);
-    return 1;
-}
-
-static int key_used_session(const void *row, store_key *k)
-{
-    store_key_u64(k, ((const lagoon_v1_UsedRefresh *)row)->session_id);
-    return 1;
-}
-
-static int key_used_hash(const void *row, store_key *k)
-{
-    store_key_raw(k, ((const lagoon_v1_UsedRefresh *)row)->refresh_hash, ACCOUNT_HASH_BYTES);
-    return 1;
-}
-
-static int key_token_user(const void *row, store_key *k)
-{
-    store_key_u64(k, ((const lagoon_v1_OneTimeToken *)row)->user_id);
-    return 1;
-}
-
-static int key_token_hash(const void *row, store_key *k)
-{
-    store_key_raw(k, ((const lagoon_v1_OneTimeToken *)row)->token_hash, ACCOUNT_HASH_BYTES);
-    return 1;
-}
-
-static int key_outbox_due(const void *row, store_key *k)
-{
-    store_key_i64(k, ((const lagoon_v1_OutboxEmail *)row)->next_attempt_at);
-    return 1;
-}
-
-/* The store knows an index by its place in its table's array: these are those places. */
-static const store_index user_indexes[] = {
-    {"by_email", "email", STORE_UNIQUE, key_user_email},
-    {"by_username", "username", STORE_UNIQUE, key_user_username},
-    {"by_role", "role", STORE_MULTI, key_user_role},
-};
-static const store_index session_indexes[] = {
-    {"by_user", "user_id", STORE_MULTI, key_session_user},
-    {"by_access", "access_token", STORE_UNIQUE, key_session_access},
-    {"by_refresh", "refresh_token", STORE_UNIQUE, key_session_refresh},
-};
-static const store_index used_indexes[] = {
-    {"by_session", "session_id", STORE_MULTI, key_used_session},
-    {"by_hash", "refresh_token", STORE_UNIQUE, key_used_hash},
-};
-static const store_index token_indexes[] = {
-    {"by_user", "user_id", STORE_MULTI, key_token_user},
-    {"by_hash", "token", STORE_UNIQUE, key_token_hash},
-};
-static const store_index outbox_indexes[] = {
-    {"by_due", "next_attempt_at", STORE_MULTI, key_outbox_due},
-};
-
-const store_index *const users_by_email = &user_indexes[0];
-const store_index *const users_by_username = &user_indexes[1];
-const store_index *const users_by_role = &user_indexes[2];
-const store_index *const sessions_by_user = &session_indexes[0];
-const store_index *const sessions_by_access = &session_indexes[1];
-const store_index *const sessions_by_refresh = &session_indexes[2];
-const store_index *const used_by_hash = &used_indexes[1];
-const store_index *const tokens_by_user = &token_indexes[0];
-const store_index *const tokens_by_hash = &token_indexes[1];
-const store_index *const outbox_by_due = &outbox_indexes[0];
-
-static const store_fkey session_fkeys[] = {
-    {"user_id", offsetof(lagoon_v1_Session, user_id), &accounts_users, &session_indexes[0], STORE_CASCADE, 0},
-};
-static const store_fkey used_fkeys[] = {
-    {"session_id", offsetof(lagoon_v1_UsedRefresh, session_id), &accounts_sessions, &used_indexes[0],
-     STORE_CASCADE, 0},
-};
-static const store_fkey token_fkeys[] = {
-    {"user_id", offsetof(lagoon_v1_OneTimeToken, user_id), &accounts_users, &token_indexes[0], STORE_CASCADE, 0},
-};
-
-#define COUNT(a) (sizeof(a) / sizeof((a)[0]))
-
-const store_table accounts_users = {
-    "users", &lagoon_v1_User_info, sizeof(lagoon_v1_User), offsetof(lagoon_v1_User, id),
-    user_indexes, COUNT(user_indexes), NULL, 0,
-};
-const store_table accounts_sessions = {
-    "sessions", &lagoon_v1_Session_info, sizeof(lagoon_v1_Session), offsetof(lagoon_v1_Session, id),
-    session_indexes, COUNT(session_indexes), session_fkeys, COUNT(session_fkeys),
-};
-const store_table accounts_used_refresh = {
-    "used_refresh", &lagoon_v1_UsedRefresh_info, sizeof(lagoon_v1_UsedRefresh),
-    offsetof(lagoon_v1_UsedRefresh, id), used_indexes, COUNT(used_indexes), used_fkeys, COUNT(used_fkeys),
-};
-const store_table accounts_tokens = {
-    "one_time_tokens", &lagoon_v1_OneTimeToken_info, sizeof(lagoon_v1_OneTimeToken),
-    offsetof(lagoon_v1_OneTimeToken, id), token_indexes, COUNT(token_indexes), token_fkeys, COUNT(token_fkeys),
-};
-const store_table accounts_outbox = {
-    "outbox", &lagoon_v1_OutboxEmail_info, sizeof(lagoon_v1_OutboxEmail), offsetof(lagoon_v1_OutboxEmail, id),
-    outbox_indexes, COUNT(outbox_indexes), NULL, 0,
-};
 
 /* ---- tokens ---------------------------------------------------------------------------------- */
 
@@ -463,7 +325,7 @@ int account_queue_email(store_txn *t, const app *a, const char *to, const char *
     COPY_STR(m.body, body);
     m.created_at = app_now(a);
     m.next_attempt_at = m.created_at;
-    return store_insert(t, &accounts_outbox, &m, NULL, err);
+    return store_insert(t, &lagoon_table_outbox, &m, NULL, err);
 }
 
 typedef struct id_list {
@@ -479,12 +341,12 @@ static int collect_id(void *arg, uint64_t id, const void *row)
     return LAGOON_OK;
 }
 
-/* Full pages of the sessions under prefix (a user id), by sessions_by_user. */
+/* Full pages of the sessions under prefix (a user id), by lagoon_index_sessions_by_user. */
 static store_query sessions_of(const store_key *prefix)
 {
     store_query q = {0};
-    q.table = &accounts_sessions;
-    q.index = sessions_by_user;
+    q.table = &lagoon_table_sessions;
+    q.index = lagoon_index_sessions_by_user;
     q.prefix = prefix->buf;
     q.prefix_len = prefix->len;
     q.page_size = STORE_PAGE_SIZE_MAX;
@@ -513,7 +375,7 @@ int account_revoke_sessions(store_txn *t, uint64_t user_id, uint64_t keep_sessio
         for (uint32_t i = 0; i < l->n && st == LAGOON_OK; i++) {
             if (l->ids[i] == keep_session)
                 continue;
-            st = store_delete(t, &accounts_sessions, l->ids[i], err);
+            st = store_delete(t, &lagoon_table_sessions, l->ids[i], err);
             deleted++;
         }
         if (st != LAGOON_OK || deleted == 0 || page.next_page_token[0] == '\0')
@@ -562,7 +424,7 @@ int account_trim_sessions(store_txn *t, uint64_t user_id, int64_t now, uint32_t 
                 continue;
             live--;
         }
-        st = store_delete(t, &accounts_sessions, l->ids[i], err);
+        st = store_delete(t, &lagoon_table_sessions, l->ids[i], err);
     }
     free(l);
     return st;
@@ -588,14 +450,14 @@ int account_sync_sessions(store_txn *t, const lagoon_v1_User *u, store_error *er
         st = store_scan(t, &q, collect_id, l, &page, err);
         for (uint32_t i = 0; i < l->n && st == LAGOON_OK; i++) {
             lagoon_v1_Session s;
-            st = store_get(t, &accounts_sessions, l->ids[i], &s, err);
+            st = store_get(t, &lagoon_table_sessions, l->ids[i], &s, err);
             if (st != LAGOON_OK)
                 break;
             if (s.role == u->role && s.verified == u->verified)
                 continue;
             s.role = u->role;
             s.verified = u->verified;
-            st = store_update(t, &accounts_sessions, &s, err);
+            st = store_update(t, &lagoon_table_sessions, &s, err);
         }
         if (st == LAGOON_OK)
             memcpy(token, page.next_page_token, sizeof(token));
@@ -615,7 +477,7 @@ static int admin_write(store_txn *t, void *arg, store_error *err)
     admin_op *op = arg;
     lagoon_v1_User u = op->user; /* replayable */
     uint64_t id;
-    int st = store_insert(t, &accounts_users, &u, &id, err);
+    int st = store_insert(t, &lagoon_table_users, &u, &id, err);
     if (st == LAGOON_OK)
         op->user.id = id;
     return st;

@@ -8,14 +8,9 @@
 
 #include "app.h"
 #include "lagoon_idl.h"
-
-/* Tables (declared once, in accounts.c; registered in schema.c). */
-extern const store_table accounts_users, accounts_sessions, accounts_used_refresh, accounts_tokens,
-    accounts_outbox;
-/* Indexes, as the store knows them: pointers into their tables' index arrays. */
-extern const store_index *const users_by_email, *const users_by_username, *const users_by_role,
-    *const sessions_by_user, *const sessions_by_access, *const sessions_by_refresh, *const tokens_by_user,
-    *const tokens_by_hash, *const used_by_hash, *const outbox_by_due;
+/* The account tables (users, sessions, used_refresh, one_time_tokens, outbox) are declared in
+ * idl/lagoon/v1/accounts.proto: lagoon_table_users, lagoon_index_users_by_email, ... */
+#include "lagoon_tables.h"
 
 /* ---- tokens: 32 random bytes, sent as 43 base64url characters, stored as BLAKE2b-256 ---------- */
 

@@ -178,12 +178,12 @@ int app_authenticate(void *arg, const char *token, rpc_caller *out)
      * that changes them), and exists only while the user is active (a deactivation deletes it):
      * one row answers. */
     lagoon_v1_Session s;
-    int ok = store_get_by(t, &accounts_sessions, sessions_by_access, &k, NULL, &s, &err) == LAGOON_OK &&
+    int ok = store_get_by(t, &lagoon_table_sessions, lagoon_index_sessions_by_access, &k, NULL, &s, &err) == LAGOON_OK &&
              sodium_memcmp(s.access_hash, hash, sizeof(hash)) == 0 && s.access_expires_at > app_now(a);
     if (ok && s.role == lagoon_v1_Role_ROLE_UNSPECIFIED) {
         /* A session stored before sessions carried them (every user has a role): ask the user. */
         lagoon_v1_User *u = malloc(sizeof(*u));
-        ok = u != NULL && store_get(t, &accounts_users, s.user_id, u, &err) == LAGOON_OK && u->active;
+        ok = u != NULL && store_get(t, &lagoon_table_users, s.user_id, u, &err) == LAGOON_OK && u->active;
         if (ok) {
             s.role = u->role;
             s.verified = u->verified;

@@ -23,7 +23,7 @@ static int read_user(app *a, uint64_t id, lagoon_v1_User *u, store_error *err)
     int st = store_read_begin(a->db, &t, err);
     if (st != LAGOON_OK)
         return st;
-    st = store_get(t, &accounts_users, id, u, err);
+    st = store_get(t, &lagoon_table_users, id, u, err);
     store_read_end(t);
     return st;
 }
@@ -38,8 +38,8 @@ static int find_user(app *a, const char *login, lagoon_v1_User *u, store_error *
     store_key k;
     store_key_reset(&k);
     store_key_str_fold(&k, login);
-    const store_index *idx = strchr(login, '@') ? users_by_email : users_by_username;
-    st = store_get_by(t, &accounts_users, idx, &k, NULL, u, err);
+    const store_index *idx = strchr(login, '@') ? lagoon_index_users_by_email : lagoon_index_users_by_username;
+    st = store_get_by(t, &lagoon_table_users, idx, &k, NULL, u, err);
     store_read_end(t);
     return st;
 }
@@ -62,7 +62,7 @@ static int issue_token(store_txn *t, const app *a, const lagoon_v1_User *u, lago
     tok.created_at = app_now(a);
     uint32_t ttl = kind == lagoon_v1_OneTimeToken_Kind_VERIFY_EMAIL ? a->cfg.verify_ttl_s : a->cfg.reset_ttl_s;
     tok.expires_at = tok.created_at + (int64_t)ttl * 1000;
-    int st = store_insert(t, &accounts_tokens, &tok, NULL, err);
+    int st = store_insert(t, &lagoon_table_one_time_tokens, &tok, NULL, err);
     if (st != LAGOON_OK)
         return st;
     char body[1024];
@@ -107,15 +107,15 @@ static int drop_tokens(store_txn *t, uint64_t user_id, lagoon_v1_OneTimeToken_Ki
     store_key_u64(&prefix, user_id);
     token_ids l = {.n = 0, .kind = kind};
     store_query q = {0};
-    q.table = &accounts_tokens;
-    q.index = tokens_by_user;
+    q.table = &lagoon_table_one_time_tokens;
+    q.index = lagoon_index_one_time_tokens_by_user;
     q.prefix = prefix.buf;
     q.prefix_len = prefix.len;
     q.page_size = 64;
     store_page page;
     int st = store_scan(t, &q, collect_token, &l, &page, err);
     for (uint32_t i = 0; i < l.n && st == LAGOON_OK; i++)
-        st = store_delete(t, &accounts_tokens, l.ids[i], err);
+        st = store_delete(t, &lagoon_table_one_time_tokens, l.ids[i], err);
     return st;
 }
 
@@ -143,7 +143,7 @@ static int register_write(store_txn *t, void *arg, store_error *err)
     register_op *op = arg;
     lagoon_v1_User u = op->user; /* the write may be replayed: start from the request each time */
     uint64_t id;
-    int st = store_insert(t, &accounts_users, &u, &id, err);
+    int st = store_insert(t, &lagoon_table_users, &u, &id, err);
     if (st == LAGOON_OK)
         st = issue_token(t, op->a, &u, lagoon_v1_OneTimeToken_Kind_VERIFY_EMAIL, op->token, op->token_hash, err);
     if (st == LAGOON_OK)
@@ -272,7 +272,7 @@ static void login_drop(void *op) { login_free(op); }
 static int session_create(store_txn *t, login_op *op, store_error *err)
 {
     lagoon_v1_User u;
-    int st = store_get(t, &accounts_users, op->user_id, &u, err);
+    int st = store_get(t, &lagoon_table_users, op->user_id, &u, err);
     op->outcome = LOGIN_WRONG;
     if (st == LAGOON_NOT_FOUND)
         return LAGOON_OK;
@@ -293,7 +293,7 @@ static int session_create(store_txn *t, login_op *op, store_error *err)
     u.last_login = op->now;
     if (op->new_hash[0])
         COPY_STR(u.password_hash, op->new_hash);
-    st = store_update(t, &accounts_users, &u, err);
+    st = store_update(t, &lagoon_table_users, &u, err);
     if (st != LAGOON_OK)
         return st;
     st = account_trim_sessions(t, op->user_id, op->now, op->a->cfg.max_sessions, err);
@@ -309,7 +309,7 @@ static int session_create(store_txn *t, login_op *op, store_error *err)
     COPY_STR(s.peer, op->peer);
     s.role = u.role;
     s.verified = u.verified;
-    st = store_insert(t, &accounts_sessions, &s, NULL, err);
+    st = store_insert(t, &lagoon_table_sessions, &s, NULL, err);
     if (st == LAGOON_OK)
         op->user = u;
     return st;
@@ -449,11 +449,11 @@ static int refresh_write(store_txn *t, void *arg, store_error *err)
     store_key_reset(&k);
     store_key_raw(&k, op->presented, ACCOUNT_HASH_BYTES);
     lagoon_v1_Session s;
-    int st = store_get_by(t, &accounts_sessions, sessions_by_refresh, &k, NULL, &s, err);
+    int st = store_get_by(t, &lagoon_table_sessions, lagoon_index_sessions_by_refresh, &k, NULL, &s, err);
     if (st == LAGOON_NOT_FOUND) {
         /* Not current: if it was once, someone replays a stolen token. End that session. */
         lagoon_v1_UsedRefresh used;
-        st = store_get_by(t, &accounts_used_refresh, used_by_hash, &k, NULL, &used, err);
+        st = store_get_by(t, &lagoon_table_used_refresh, lagoon_index_used_refresh_by_hash, &k, NULL, &used, err);
         if (st == LAGOON_NOT_FOUND) {
             op->outcome = REFRESH_UNKNOWN;
             return LAGOON_OK;
@@ -461,17 +461,17 @@ static int refresh_write(store_txn *t, void *arg, store_error *err)
         if (st != LAGOON_OK)
             return st;
         op->outcome = REFRESH_REUSED;
-        st = store_delete(t, &accounts_sessions, used.session_id, err);
+        st = store_delete(t, &lagoon_table_sessions, used.session_id, err);
         return st == LAGOON_NOT_FOUND ? LAGOON_OK : st;
     }
     if (st != LAGOON_OK)
         return st;
     if (s.refresh_expires_at <= op->l.now) {
         op->outcome = REFRESH_EXPIRED;
-        return store_delete(t, &accounts_sessions, s.id, err);
+        return store_delete(t, &lagoon_table_sessions, s.id, err);
     }
     lagoon_v1_User u;
-    st = store_get(t, &accounts_users, s.user_id, &u, err);
+    st = store_get(t, &lagoon_table_users, s.user_id, &u, err);
     if (st != LAGOON_OK)
         return st;
     if (!u.active) {
@@ -484,7 +484,7 @@ static int refresh_write(store_txn *t, void *arg, store_error *err)
     used.session_id = s.id;
     memcpy(used.refresh_hash, op->presented, ACCOUNT_HASH_BYTES);
     used.expires_at = s.refresh_expires_at;
-    st = store_insert(t, &accounts_used_refresh, &used, NULL, err);
+    st = store_insert(t, &lagoon_table_used_refresh, &used, NULL, err);
     if (st != LAGOON_OK)
         return st;
     memcpy(s.access_hash, op->l.access_hash, ACCOUNT_HASH_BYTES);
@@ -493,7 +493,7 @@ static int refresh_write(store_txn *t, void *arg, store_error *err)
     s.refresh_expires_at = op->l.now + (int64_t)op->l.a->cfg.refresh_ttl_s * 1000;
     s.role = u.role;
     s.verified = u.verified;
-    st = store_update(t, &accounts_sessions, &s, err);
+    st = store_update(t, &lagoon_table_sessions, &s, err);
     if (st == LAGOON_OK) {
         op->l.user = u;
         op->outcome = REFRESH_OK;
@@ -550,7 +550,7 @@ typedef struct session_op {
 static int logout_write(store_txn *t, void *arg, store_error *err)
 {
     const session_op *op = arg;
-    int st = store_delete(t, &accounts_sessions, op->session_id, err);
+    int st = store_delete(t, &lagoon_table_sessions, op->session_id, err);
     return st == LAGOON_NOT_FOUND ? LAGOON_OK : st;
 }
 
@@ -638,7 +638,7 @@ static int token_take(store_txn *t, token_op *op, lagoon_v1_OneTimeToken *tok, s
     store_key k;
     store_key_reset(&k);
     store_key_raw(&k, op->hash, ACCOUNT_HASH_BYTES);
-    int st = store_get_by(t, &accounts_tokens, tokens_by_hash, &k, NULL, tok, err);
+    int st = store_get_by(t, &lagoon_table_one_time_tokens, lagoon_index_one_time_tokens_by_hash, &k, NULL, tok, err);
     op->outcome = TOKEN_INVALID;
     if (st == LAGOON_NOT_FOUND)
         return LAGOON_OK;
@@ -646,7 +646,7 @@ static int token_take(store_txn *t, token_op *op, lagoon_v1_OneTimeToken *tok, s
         return st;
     if (tok->kind != op->kind)
         return LAGOON_OK;
-    st = store_delete(t, &accounts_tokens, tok->id, err);
+    st = store_delete(t, &lagoon_table_one_time_tokens, tok->id, err);
     if (st == LAGOON_OK && tok->expires_at > op->now)
         op->outcome = TOKEN_OK;
     return st;
@@ -660,7 +660,7 @@ static int token_user(store_txn *t, token_op *op, lagoon_v1_User *u, store_error
     int st = token_take(t, op, &tok, err);
     if (st != LAGOON_OK || op->outcome != TOKEN_OK)
         return st;
-    return store_get(t, &accounts_users, tok.user_id, u, err);
+    return store_get(t, &lagoon_table_users, tok.user_id, u, err);
 }
 
 static int verify_write(store_txn *t, void *arg, store_error *err)
@@ -672,7 +672,7 @@ static int verify_write(store_txn *t, void *arg, store_error *err)
         return st;
     u.verified = true;
     u.updated_at = op->now;
-    st = store_update(t, &accounts_users, &u, err);
+    st = store_update(t, &lagoon_table_users, &u, err);
     return st == LAGOON_OK ? account_sync_sessions(t, &u, err) : st;
 }
 
@@ -726,7 +726,7 @@ static int reset_write(store_txn *t, void *arg, store_error *err)
         return st;
     COPY_STR(u.password_hash, op->new_hash);
     u.updated_at = op->now;
-    st = store_update(t, &accounts_users, &u, err);
+    st = store_update(t, &lagoon_table_users, &u, err);
     if (st == LAGOON_OK) /* a reset signs out every device */
         st = account_revoke_sessions(t, u.id, 0, err);
     return st;
@@ -764,9 +764,10 @@ int handle_Auth_ResetPassword(rpc_call *call, const lagoon_v1_ResetPasswordReque
         store_key k;
         store_key_reset(&k);
         store_key_raw(&k, op->hash, ACCOUNT_HASH_BYTES);
-        known = store_get_by(t, &accounts_tokens, tokens_by_hash, &k, NULL, &tok, &err) == LAGOON_OK &&
+        known = store_get_by(t, &lagoon_table_one_time_tokens, lagoon_index_one_time_tokens_by_hash, &k, NULL, &tok,
+                             &err) == LAGOON_OK &&
                 tok.kind == op->kind && tok.expires_at > op->now &&
-                store_get(t, &accounts_users, tok.user_id, u, &err) == LAGOON_OK;
+                store_get(t, &lagoon_table_users, tok.user_id, u, &err) == LAGOON_OK;
         store_read_end(t);
     }
     if (!known) {
@@ -803,7 +804,7 @@ static int resend_write(store_txn *t, void *arg, store_error *err)
 {
     mail_op *op = arg;
     lagoon_v1_User u;
-    int st = store_get(t, &accounts_users, op->user_id, &u, err);
+    int st = store_get(t, &lagoon_table_users, op->user_id, &u, err);
     if (st != LAGOON_OK)
         return st;
     op->already_verified = u.verified;
@@ -885,7 +886,7 @@ static int forgot_write(store_txn *t, void *arg, store_error *err)
     store_key_reset(&k);
     store_key_str_fold(&k, op->email);
     lagoon_v1_User u;
-    int st = store_get_by(t, &accounts_users, users_by_email, &k, NULL, &u, err);
+    int st = store_get_by(t, &lagoon_table_users, lagoon_index_users_by_email, &k, NULL, &u, err);
     if (st == LAGOON_NOT_FOUND || (st == LAGOON_OK && !u.active))
         return LAGOON_OK; /* nothing to send, and nothing to tell */
     if (st == LAGOON_OK)

@@ -33,95 +33,6 @@
 #define ROUTER_TICK_MS 1000         /* how often access-token expiry is checked: a stream outlives
                                      * its token by at most this */
 
-/* ---- tables ----------------------------------------------------------------------------------- */
-
-static int key_event_user_seq(const void *row, store_key *k)
-{
-    const lagoon_v1_UserEvent *e = row;
-    store_key_u64(k, e->user_id);
-    store_key_u64(k, e->event.seq);
-    return 1;
-}
-
-static int key_feed_user(const void *row, store_key *k)
-{
-    store_key_u64(k, ((const lagoon_v1_UserFeed *)row)->user_id);
-    return 1;
-}
-
-/* Newest first by time (reverse scan); an update moves a collapsed notification to the top. */
-static int key_note_user_time(const void *row, store_key *k)
-{
-    const lagoon_v1_Notification *n = row;
-    store_key_u64(k, n->user_id);
-    store_key_i64(k, n->created_at);
-    return 1;
-}
-
-/* Sparse: unread notifications only. */
-static int key_note_unread(const void *row, store_key *k)
-{
-    const lagoon_v1_Notification *n = row;
-    if (n->is_read)
-        return 0;
-    store_key_u64(k, n->user_id);
-    store_key_i64(k, n->created_at);
-    return 1;
-}
-
-/* Sparse: the unread notification a collapse key points to. */
-static int key_note_collapse(const void *row, store_key *k)
-{
-    const lagoon_v1_Notification *n = row;
-    if (n->is_read || n->collapse_key[0] == '\0')
-        return 0;
-    store_key_u64(k, n->user_id);
-    store_key_str(k, n->collapse_key);
-    return 1;
-}
-
-static const store_index log_indexes[] = {
-    {"by_user_seq", "seq", STORE_UNIQUE, key_event_user_seq},
-};
-static const store_index feed_indexes[] = {
-    {"by_user", "user_id", STORE_UNIQUE, key_feed_user},
-};
-static const store_index note_indexes[] = {
-    {"by_user_time", "user_id", STORE_MULTI, key_note_user_time},
-    {"unread", "is_read", STORE_MULTI, key_note_unread},
-    {"by_collapse_key", "collapse_key", STORE_UNIQUE, key_note_collapse},
-};
-static const store_index *const log_by_user_seq = &log_indexes[0];
-const store_index *const feed_by_user = &feed_indexes[0];
-const store_index *const notes_by_time = &note_indexes[0];
-const store_index *const notes_unread = &note_indexes[1];
-static const store_index *const notes_by_key = &note_indexes[2];
-
-static const store_fkey log_fkeys[] = {
-    {"user_id", offsetof(lagoon_v1_UserEvent, user_id), &accounts_users, &log_indexes[0], STORE_CASCADE, 0},
-};
-static const store_fkey feed_fkeys[] = {
-    {"user_id", offsetof(lagoon_v1_UserFeed, user_id), &accounts_users, &feed_indexes[0], STORE_CASCADE, 0},
-};
-static const store_fkey note_fkeys[] = {
-    {"user_id", offsetof(lagoon_v1_Notification, user_id), &accounts_users, &note_indexes[0], STORE_CASCADE, 0},
-};
-
-#define COUNT(a) (sizeof(a) / sizeof((a)[0]))
-
-const store_table events_log = {
-    "user_events", &lagoon_v1_UserEvent_info, sizeof(lagoon_v1_UserEvent), offsetof(lagoon_v1_UserEvent, id),
-    log_indexes, COUNT(log_indexes), log_fkeys, COUNT(log_fkeys),
-};
-const store_table events_feeds = {
-    "user_feeds", &lagoon_v1_UserFeed_info, sizeof(lagoon_v1_UserFeed), offsetof(lagoon_v1_UserFeed, id),
-    feed_indexes, COUNT(feed_indexes), feed_fkeys, COUNT(feed_fkeys),
-};
-const store_table events_notifications = {
-    "notifications", &lagoon_v1_Notification_info, sizeof(lagoon_v1_Notification),
-    offsetof(lagoon_v1_Notification, id), note_indexes, COUNT(note_indexes), note_fkeys, COUNT(note_fkeys),
-};
-
 /* ---- the log --------------------------------------------------------------------------------- */
 
 static int feed_get(store_txn *t, uint64_t user, lagoon_v1_UserFeed *f, int *exists, store_error *err)
@@ -129,7 +40,7 @@ static int feed_get(store_txn *t, uint64_t user, lagoon_v1_UserFeed *f, int *exi
     store_key k;
     store_key_reset(&k);
     store_key_u64(&k, user);
-    int st = store_get_by(t, &events_feeds, feed_by_user, &k, NULL, f, err);
+    int st = store_get_by(t, &lagoon_table_user_feeds, lagoon_index_user_feeds_by_user, &k, NULL, f, err);
     *exists = st == LAGOON_OK;
     if (st == LAGOON_NOT_FOUND) {
         memset(f, 0, sizeof(*f));
@@ -141,7 +52,8 @@ static int feed_get(store_txn *t, uint64_t user, lagoon_v1_UserFeed *f, int *exi
 
 static int feed_put(store_txn *t, lagoon_v1_UserFeed *f, int exists, store_error *err)
 {
-    return exists ? store_update(t, &events_feeds, f, err) : store_insert(t, &events_feeds, f, NULL, err);
+    return exists ? store_update(t, &lagoon_table_user_feeds, f, err)
+                  : store_insert(t, &lagoon_table_user_feeds, f, NULL, err);
 }
 
 /* The event row of (user, seq): its id, or 0. */
@@ -152,7 +64,7 @@ static uint64_t event_id(store_txn *t, uint64_t user, uint64_t seq, lagoon_v1_Us
     store_key_u64(&k, user);
     store_key_u64(&k, seq);
     uint64_t id = 0;
-    if (store_get_by(t, &events_log, log_by_user_seq, &k, &id, row, err) != LAGOON_OK)
+    if (store_get_by(t, &lagoon_table_user_events, lagoon_index_user_events_by_user_seq, &k, &id, row, err) != LAGOON_OK)
         return 0;
     return id;
 }
@@ -176,7 +88,7 @@ int events_append(store_txn *t, const app *a, uint64_t user_id, lagoon_v1_Event 
     row->user_id = user_id;
     row->has_event = true;
     row->event = *ev;
-    st = store_insert(t, &events_log, row, NULL, err);
+    st = store_insert(t, &lagoon_table_user_events, row, NULL, err);
     /* Retention, a few events per append so that writes stay bounded: by count on every append
      * (which needs only ids), by the age of the oldest on every EVENTS_AGE_CHECK-th (which needs
      * the oldest row decoded). */
@@ -190,7 +102,7 @@ int events_append(store_txn *t, const app *a, uint64_t user_id, lagoon_v1_Event 
             now - row->event.created_at <= (int64_t)a->cfg.event_retention_s * 1000)
             break;
         if (id)
-            st = store_delete(t, &events_log, id, err);
+            st = store_delete(t, &lagoon_table_user_events, id, err);
         f.first_seq++;
     }
     free(row);
@@ -225,7 +137,7 @@ int events_notify(store_txn *t, const app *a, uint64_t user_id, lagoon_v1_Notifi
         store_key_reset(&k);
         store_key_u64(&k, user_id);
         store_key_str(&k, collapse_key);
-        st = store_get_by(t, &events_notifications, notes_by_key, &k, NULL, &n, err);
+        st = store_get_by(t, &lagoon_table_notifications, lagoon_index_notifications_by_collapse_key, &k, NULL, &n, err);
         if (st != LAGOON_OK && st != LAGOON_NOT_FOUND)
             return st;
     }
@@ -241,8 +153,8 @@ int events_notify(store_txn *t, const app *a, uint64_t user_id, lagoon_v1_Notifi
     n.created_at = app_now(a);
     snprintf(n.title, sizeof(n.title), "%s", title);
     snprintf(n.content, sizeof(n.content), "%s", content);
-    st = collapsed ? store_update(t, &events_notifications, &n, err)
-                   : store_insert(t, &events_notifications, &n, NULL, err);
+    st = collapsed ? store_update(t, &lagoon_table_notifications, &n, err)
+                   : store_insert(t, &lagoon_table_notifications, &n, NULL, err);
     if (st == LAGOON_OK && !collapsed)
         st = feed_unread_add(t, user_id, 1, err);
     if (st == LAGOON_OK) {
@@ -260,7 +172,7 @@ static int note_mark_read(store_txn *t, lagoon_v1_Notification *n, store_error *
     if (n->is_read)
         return LAGOON_OK;
     n->is_read = true;
-    int st = store_update(t, &events_notifications, n, err);
+    int st = store_update(t, &lagoon_table_notifications, n, err);
     return st == LAGOON_OK ? feed_unread_add(t, n->user_id, -1, err) : st;
 }
 
@@ -272,7 +184,7 @@ int events_notification_read(store_txn *t, const app *a, uint64_t user_id, const
     store_key_u64(&k, user_id);
     store_key_str(&k, collapse_key);
     lagoon_v1_Notification n;
-    int st = store_get_by(t, &events_notifications, notes_by_key, &k, NULL, &n, err);
+    int st = store_get_by(t, &lagoon_table_notifications, lagoon_index_notifications_by_collapse_key, &k, NULL, &n, err);
     if (st == LAGOON_NOT_FOUND || (st == LAGOON_OK && n.is_read))
         return LAGOON_OK;
     if (st == LAGOON_OK)
@@ -359,7 +271,7 @@ static int scrub_note_row(store_txn *t, const app *a, const lagoon_v1_Notificati
     lagoon_v1_Notification n = *nn;
     int st;
     if (n.count <= 1) {
-        st = store_delete(t, &events_notifications, n.id, err);
+        st = store_delete(t, &lagoon_table_notifications, n.id, err);
         if (st == LAGOON_OK && !n.is_read)
             st = feed_unread_add(t, n.user_id, -1, err);
         return st == LAGOON_OK ? events_notification_changed(t, a, n.user_id,
@@ -369,7 +281,7 @@ static int scrub_note_row(store_txn *t, const app *a, const lagoon_v1_Notificati
     n.count--;
     if (strcmp(n.content, words) == 0) /* else a later message's words replaced them */
         n.content[0] = '\0';
-    st = store_update(t, &events_notifications, &n, err);
+    st = store_update(t, &lagoon_table_notifications, &n, err);
     if (st == LAGOON_OK) {
         lagoon_v1_Event ev = lagoon_v1_Event_init_zero;
         ev.which_payload = lagoon_v1_Event_notification_tag;
@@ -384,7 +296,7 @@ static int scrub_note_row(store_txn *t, const app *a, const lagoon_v1_Notificati
 static int scrub_notification(store_txn *t, const app *a, const lagoon_v1_Notification *logged, store_error *err)
 {
     lagoon_v1_Notification n;
-    int st = store_get(t, &events_notifications, logged->id, &n, err);
+    int st = store_get(t, &lagoon_table_notifications, logged->id, &n, err);
     if (st != LAGOON_OK)
         return st == LAGOON_NOT_FOUND ? LAGOON_OK : st; /* deleted by its owner meanwhile */
     return scrub_note_row(t, a, &n, logged->content, err);
@@ -394,7 +306,7 @@ static int scrub_notification(store_txn *t, const app *a, const lagoon_v1_Notifi
  * DELETED event), a notification event loses its content. */
 static int scrub_event(store_txn *t, const app *a, uint64_t id, lagoon_v1_UserEvent *row, store_error *err)
 {
-    int st = store_get(t, &events_log, id, row, err);
+    int st = store_get(t, &lagoon_table_user_events, id, row, err);
     if (st != LAGOON_OK)
         return st == LAGOON_NOT_FOUND ? LAGOON_OK : st;
     lagoon_v1_Event *e = &row->event;
@@ -413,7 +325,7 @@ static int scrub_event(store_txn *t, const app *a, uint64_t id, lagoon_v1_UserEv
         m->sender_id = from;
         m->recipient_id = to;
     }
-    return st == LAGOON_OK ? store_update(t, &events_log, row, err) : st;
+    return st == LAGOON_OK ? store_update(t, &lagoon_table_user_events, row, err) : st;
 }
 
 /* 1 if a notification's content is the snippet of text: all of it, or a cut of it and "...". */
@@ -459,8 +371,8 @@ static int scrub_notes_by_words(store_txn *t, const app *a, const lagoon_v1_Dire
     store_key_reset(&prefix);
     store_key_u64(&prefix, m->recipient_id);
     store_query q = {0};
-    q.table = &events_notifications;
-    q.index = notes_by_time;
+    q.table = &lagoon_table_notifications;
+    q.index = lagoon_index_notifications_by_user_time;
     q.prefix = prefix.buf;
     q.prefix_len = prefix.len;
     q.reverse = 1;
@@ -471,7 +383,7 @@ static int scrub_notes_by_words(store_txn *t, const app *a, const lagoon_v1_Dire
         st = LAGOON_OK;
     for (uint32_t i = 0; i < ns->n && st == LAGOON_OK; i++) {
         lagoon_v1_Notification n;
-        st = store_get(t, &events_notifications, ns->ids[i], &n, err);
+        st = store_get(t, &lagoon_table_notifications, ns->ids[i], &n, err);
         if (st == LAGOON_OK)
             st = scrub_note_row(t, a, &n, n.content, err);
     }
@@ -497,8 +409,8 @@ static int scrub_log(store_txn *t, const app *a, uint64_t user, const lagoon_v1_
      * right below the last event visited. */
     for (int first = 1; st == LAGOON_OK && !sc->done; first = 0) {
         store_query q = {0};
-        q.table = &events_log;
-        q.index = log_by_user_seq;
+        q.table = &lagoon_table_user_events;
+        q.index = lagoon_index_user_events_by_user_seq;
         q.prefix = prefix.buf;
         q.prefix_len = prefix.len;
         q.reverse = 1;
@@ -639,9 +551,9 @@ static void on_commit(void *arg, const store_change *ch, size_t n)
 {
     realtime *rt = arg;
     for (size_t i = 0; i < n; i++) {
-        if (ch[i].table == &events_log && ch[i].kind == STORE_INSERTED)
+        if (ch[i].table == &lagoon_table_user_events && ch[i].kind == STORE_INSERTED)
             post_simple(rt, CMD_EVENT, ch[i].id);
-        else if (ch[i].table == &accounts_sessions && ch[i].kind == STORE_DELETED)
+        else if (ch[i].table == &lagoon_table_sessions && ch[i].kind == STORE_DELETED)
             post_simple(rt, CMD_SESSION_END, ch[i].id);
     }
 }
@@ -757,7 +669,7 @@ static void route_row(realtime *rt, const lagoon_v1_UserEvent *row)
 static void route_event(realtime *rt, store_txn *t, uint64_t id, lagoon_v1_UserEvent *row)
 {
     store_error err;
-    if (store_get(t, &events_log, id, row, &err) == LAGOON_OK)
+    if (store_get(t, &lagoon_table_user_events, id, row, &err) == LAGOON_OK)
         route_row(rt, row);
     /* else trimmed already: a subscriber that needed it is resumed from the log */
 }
@@ -800,8 +712,8 @@ static void replay_step(realtime *rt, subscriber *s)
     start = prefix;
     store_key_u64(&start, s->last_sent + 1);
     store_query q = {0};
-    q.table = &events_log;
-    q.index = log_by_user_seq;
+    q.table = &lagoon_table_user_events;
+    q.index = lagoon_index_user_events_by_user_seq;
     q.prefix = prefix.buf;
     q.prefix_len = prefix.len;
     q.start = start.buf;
@@ -849,7 +761,7 @@ static int session_check(realtime *rt, store_txn *t, subscriber *s, char *msg, s
         return 0;
     lagoon_v1_Session sess;
     store_error err;
-    int st = store_get(t, &accounts_sessions, s->session_id, &sess, &err);
+    int st = store_get(t, &lagoon_table_sessions, s->session_id, &sess, &err);
     if (st == LAGOON_NOT_FOUND) {
         snprintf(msg, cap, "%s: sign in again", SESSION_ENDED_MSG);
         return LAGOON_UNAUTHENTICATED;
@@ -1183,7 +1095,7 @@ static void *router_main(void *arg)
                 /* One read transaction for a run of events. */
                 if (t == NULL && store_read_begin(rt->a->db, &t, &err) != LAGOON_OK)
                     t = NULL;
-                if (t != NULL && row != NULL && store_get(t, &events_log, c->id, row, &err) == LAGOON_OK)
+                if (t != NULL && row != NULL && store_get(t, &lagoon_table_user_events, c->id, row, &err) == LAGOON_OK)
                     kept = deliver_or_queue(rt, row->user_id, c, row);
                 break;
             case CMD_ADD:
@@ -1338,7 +1250,7 @@ int handle_Events_Typing(rpc_call *call, const lagoon_v1_TypingRequest *req, lag
     store_key_u64(&k, me < req->other_user_id ? me : req->other_user_id);
     store_key_u64(&k, me < req->other_user_id ? req->other_user_id : me);
     lagoon_v1_Conversation conv;
-    st = store_get_by(t, &messages_conversations, conversations_by_pair, &k, NULL, &conv, &err);
+    st = store_get_by(t, &lagoon_table_conversations, lagoon_index_conversations_by_pair, &k, NULL, &conv, &err);
     store_read_end(t);
     if (st == LAGOON_NOT_FOUND)
         return rpc_call_error(call, LAGOON_NOT_FOUND, "no conversation with this user");

@@ -11,6 +11,9 @@
 
 #include "app.h"
 #include "lagoon_idl.h"
+/* The tables (user_events, user_feeds, notifications) are declared in idl/lagoon/v1/events.proto:
+ * lagoon_table_notifications, lagoon_index_notifications_unread, ... */
+#include "lagoon_tables.h"
 
 /* Subscription limits. Each open subscription costs the router one send per event of its user,
  * so without a cap one user with thousands of them turns every event into thousands of sends
@@ -21,10 +24,6 @@
  * RESOURCE_EXHAUSTED. */
 #define EVENTS_MAX_SUBSCRIPTIONS_PER_USER 32
 #define EVENTS_MAX_SUBSCRIPTIONS_PER_CONNECTION 8
-
-extern const store_table events_log, events_feeds, events_notifications;
-/* Notifications of a user newest first (all, or unread only); a user's feed row. */
-extern const store_index *const notes_by_time, *const notes_unread, *const feed_by_user;
 
 /* Appends ev to user's log in t: assigns its seq and created_at, trims the log to the
  * retention limits. ev->payload must be set. */

@@ -33,7 +33,7 @@ static void on_commit(void *arg, const store_change *ch, size_t n)
 {
     mailer *m = arg;
     for (size_t i = 0; i < n; i++) {
-        if (ch[i].table == &accounts_outbox && ch[i].kind == STORE_INSERTED) {
+        if (ch[i].table == &lagoon_table_outbox && ch[i].kind == STORE_INSERTED) {
             pthread_mutex_lock(&m->mu);
             m->kicked = 1;
             pthread_cond_signal(&m->cv);
@@ -118,7 +118,7 @@ static int record_outcome(store_txn *t, void *arg, store_error *err)
         lagoon_v1_OutboxEmail e = o->d->rows[i];
         int st;
         if (o->delivered[i]) {
-            st = store_delete(t, &accounts_outbox, e.id, err);
+            st = store_delete(t, &lagoon_table_outbox, e.id, err);
         } else {
             e.attempts++;
             int64_t delay = 1000;
@@ -127,7 +127,7 @@ static int record_outcome(store_txn *t, void *arg, store_error *err)
             if (delay > MAILER_RETRY_MAX_S * 1000LL)
                 delay = MAILER_RETRY_MAX_S * 1000LL;
             e.next_attempt_at = o->now + delay;
-            st = store_update(t, &accounts_outbox, &e, err);
+            st = store_update(t, &lagoon_table_outbox, &e, err);
         }
         if (st != LAGOON_OK && st != LAGOON_NOT_FOUND)
             return st;
@@ -145,8 +145,8 @@ static uint32_t pass(mailer *m, due *d, outcome *o)
     if (store_read_begin(m->a->db, &t, &err) != LAGOON_OK)
         return 0;
     store_query q = {0};
-    q.table = &accounts_outbox;
-    q.index = outbox_by_due;
+    q.table = &lagoon_table_outbox;
+    q.index = lagoon_index_outbox_by_due;
     q.page_size = MAILER_BATCH + 1;
     store_page page;
     store_scan(t, &q, collect_due, d, &page, &err);

@@ -51,115 +51,6 @@ static uint32_t conversations_page_max(void)
                        lagoon_v1_ListConversationsResponse_conversations_tag);
 }
 
-/* ---- tables ----------------------------------------------------------------------------------- */
-
-static int key_conv_pair(const void *row, store_key *k)
-{
-    const lagoon_v1_Conversation *c = row;
-    store_key_u64(k, c->user_low);
-    store_key_u64(k, c->user_high);
-    return 1;
-}
-
-static int key_conv_low(const void *row, store_key *k)
-{
-    store_key_u64(k, ((const lagoon_v1_Conversation *)row)->user_low);
-    return 1;
-}
-
-static int key_conv_high(const void *row, store_key *k)
-{
-    store_key_u64(k, ((const lagoon_v1_Conversation *)row)->user_high);
-    return 1;
-}
-
-static int key_member_conv_user(const void *row, store_key *k)
-{
-    const lagoon_v1_ConversationMember *m = row;
-    store_key_u64(k, m->conversation_id);
-    store_key_u64(k, m->user_id);
-    return 1;
-}
-
-static int key_member_activity(const void *row, store_key *k)
-{
-    const lagoon_v1_ConversationMember *m = row;
-    store_key_u64(k, m->user_id);
-    store_key_i64(k, m->last_activity_at);
-    return 1;
-}
-
-static int key_message_conv(const void *row, store_key *k)
-{
-    store_key_u64(k, ((const lagoon_v1_DirectMessage *)row)->conversation_id);
-    return 1;
-}
-
-/* Sparse: only messages sent with a client id are in it. */
-static int key_message_client(const void *row, store_key *k)
-{
-    const lagoon_v1_DirectMessage *m = row;
-    if (m->client_message_id[0] == '\0')
-        return 0;
-    store_key_u64(k, m->sender_id);
-    store_key_str(k, m->client_message_id);
-    return 1;
-}
-
-static const store_index conversation_indexes[] = {
-    {"by_pair", "recipient_id", STORE_UNIQUE, key_conv_pair},
-    {"by_low", "user_low", STORE_MULTI, key_conv_low},
-    {"by_high", "user_high", STORE_MULTI, key_conv_high},
-};
-static const store_index member_indexes[] = {
-    {"by_conv_user", "conversation_id", STORE_UNIQUE, key_member_conv_user},
-    {"by_activity", "user_id", STORE_MULTI, key_member_activity},
-};
-static const store_index message_indexes[] = {
-    {"by_conversation", "conversation_id", STORE_MULTI, key_message_conv},
-    {"by_client_id", "client_message_id", STORE_UNIQUE, key_message_client},
-};
-
-const store_index *const conversations_by_pair = &conversation_indexes[0];
-const store_index *const members_by_conv_user = &member_indexes[0];
-const store_index *const members_by_activity = &member_indexes[1];
-const store_index *const messages_by_conversation = &message_indexes[0];
-const store_index *const messages_by_client_id = &message_indexes[1];
-
-/* Deleting a user deletes their conversations, and with them members and messages. */
-static const store_fkey conversation_fkeys[] = {
-    {"user_low", offsetof(lagoon_v1_Conversation, user_low), &accounts_users, &conversation_indexes[1],
-     STORE_CASCADE, 0},
-    {"user_high", offsetof(lagoon_v1_Conversation, user_high), &accounts_users, &conversation_indexes[2],
-     STORE_CASCADE, 0},
-};
-static const store_fkey member_fkeys[] = {
-    {"conversation_id", offsetof(lagoon_v1_ConversationMember, conversation_id), &messages_conversations,
-     &member_indexes[0], STORE_CASCADE, 0},
-};
-static const store_fkey message_fkeys[] = {
-    {"conversation_id", offsetof(lagoon_v1_DirectMessage, conversation_id), &messages_conversations,
-     &message_indexes[0], STORE_CASCADE, 0},
-};
-
-#define COUNT(a) (sizeof(a) / sizeof((a)[0]))
-
-const store_table messages_conversations = {
-    "conversations", &lagoon_v1_Conversation_info, sizeof(lagoon_v1_Conversation),
-    offsetof(lagoon_v1_Conversation, id), conversation_indexes, COUNT(conversation_indexes),
-    conversation_fkeys, COUNT(conversation_fkeys),
-};
-const store_table messages_members = {
-    "conversation_members", &lagoon_v1_ConversationMember_info, sizeof(lagoon_v1_ConversationMember),
-    offsetof(lagoon_v1_ConversationMember, id), member_indexes, COUNT(member_indexes), member_fkeys,
-    COUNT(member_fkeys),
-};
-const store_table messages_messages = {
-    "direct_messages", &lagoon_v1_DirectMessage_info, sizeof(lagoon_v1_DirectMessage),
-    offsetof(lagoon_v1_DirectMessage, id), message_indexes, COUNT(message_indexes), message_fkeys,
-    COUNT(message_fkeys),
-};
-
 /* ---- lookups (any transaction) ----------------------------------------------------------------- */
 
 static void pair_key(store_key *k, uint64_t a, uint64_t b)
@@ -174,7 +65,7 @@ static int find_conversation(store_txn *t, uint64_t a, uint64_t b, lagoon_v1_Con
 {
     store_key k;
     pair_key(&k, a, b);
-    return store_get_by(t, &messages_conversations, conversations_by_pair, &k, NULL, out, err);
+    return store_get_by(t, &lagoon_table_conversations, lagoon_index_conversations_by_pair, &k, NULL, out, err);
 }
 
 static int find_member(store_txn *t, uint64_t conv, uint64_t user, lagoon_v1_ConversationMember *out,
@@ -184,7 +75,8 @@ static int find_member(store_txn *t, uint64_t conv, uint64_t user, lagoon_v1_Con
     store_key_reset(&k);
     store_key_u64(&k, conv);
     store_key_u64(&k, user);
-    return store_get_by(t, &messages_members, members_by_conv_user, &k, NULL, out, err);
+    return store_get_by(t, &lagoon_table_conversation_members, lagoon_index_conversation_members_by_conv_user, &k,
+                        NULL, out, err);
 }
 
 /* ---- events ------------------------------------------------------------------------------------ */
@@ -229,7 +121,7 @@ static int notify_recipient(store_txn *t, const app *a, const lagoon_v1_DirectMe
     lagoon_v1_User *sender = malloc(sizeof(*sender));
     if (sender == NULL)
         return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
-    int st = store_get(t, &accounts_users, m->sender_id, sender, err);
+    int st = store_get(t, &lagoon_table_users, m->sender_id, sender, err);
     if (st == LAGOON_OK) {
         char title[200], content[120], key[40];
         snprintf(title, sizeof(title), "New message from %s", sender->username);
@@ -314,14 +206,14 @@ static int conversation_create(store_txn *t, const lagoon_v1_DirectMessage *m, i
     conv->user_low = m->sender_id < m->recipient_id ? m->sender_id : m->recipient_id;
     conv->user_high = m->sender_id < m->recipient_id ? m->recipient_id : m->sender_id;
     conv->created_at = now;
-    int st = store_insert(t, &messages_conversations, conv, NULL, err);
+    int st = store_insert(t, &lagoon_table_conversations, conv, NULL, err);
     for (int i = 0; i < 2 && st == LAGOON_OK; i++) {
         lagoon_v1_ConversationMember mem = lagoon_v1_ConversationMember_init_zero;
         mem.conversation_id = conv->id;
         mem.user_id = i ? conv->user_high : conv->user_low;
         mem.other_user_id = i ? conv->user_low : conv->user_high;
         mem.last_activity_at = now;
-        st = store_insert(t, &messages_members, &mem, NULL, err);
+        st = store_insert(t, &lagoon_table_conversation_members, &mem, NULL, err);
     }
     return st;
 }
@@ -337,14 +229,15 @@ static int send_write(store_txn *t, void *arg, store_error *err)
         store_key_reset(&k);
         store_key_u64(&k, m.sender_id);
         store_key_str(&k, m.client_message_id);
-        int st = store_get_by(t, &messages_messages, messages_by_client_id, &k, NULL, &op->msg, err);
+        int st = store_get_by(t, &lagoon_table_direct_messages, lagoon_index_direct_messages_by_client_id, &k, NULL,
+                              &op->msg, err);
         if (st != LAGOON_NOT_FOUND)
             return st;
     }
     lagoon_v1_User *u = malloc(sizeof(*u));
     if (u == NULL)
         return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
-    int st = store_get(t, &accounts_users, m.recipient_id, u, err);
+    int st = store_get(t, &lagoon_table_users, m.recipient_id, u, err);
     int active = st == LAGOON_OK && u->active;
     free(u);
     if (st == LAGOON_NOT_FOUND || (st == LAGOON_OK && !active)) {
@@ -377,7 +270,7 @@ static int send_write(store_txn *t, void *arg, store_error *err)
     m.conversation_id = conv.id;
     m.created_at = op->now;
     uint64_t id;
-    st = store_insert(t, &messages_messages, &m, &id, err);
+    st = store_insert(t, &lagoon_table_direct_messages, &m, &id, err);
     /* Both views move; the recipient has one more unread (the sender's own messages never
      * count, and sending does not read what the other wrote: MarkRead does). */
     mine.last_activity_at = theirs.last_activity_at = op->now;
@@ -386,9 +279,9 @@ static int send_write(store_txn *t, void *arg, store_error *err)
     if (theirs.unread < UINT32_MAX)
         theirs.unread++;
     if (st == LAGOON_OK)
-        st = store_update(t, &messages_members, &mine, err);
+        st = store_update(t, &lagoon_table_conversation_members, &mine, err);
     if (st == LAGOON_OK)
-        st = store_update(t, &messages_members, &theirs, err);
+        st = store_update(t, &lagoon_table_conversation_members, &theirs, err);
     if (st == LAGOON_OK) {
         m.id = id;
         op->msg = m;
@@ -539,8 +432,8 @@ int handle_Messages_List(rpc_call *call, const lagoon_v1_ListMessagesRequest *re
     store_key_reset(&prefix);
     store_key_u64(&prefix, conv.id);
     store_query q = {0};
-    q.table = &messages_messages;
-    q.index = messages_by_conversation;
+    q.table = &lagoon_table_direct_messages;
+    q.index = lagoon_index_direct_messages_by_conversation;
     q.prefix = prefix.buf;
     q.prefix_len = prefix.len;
     q.page_size = size;
@@ -632,8 +525,8 @@ int handle_Messages_ListConversations(rpc_call *call, const lagoon_v1_ListConver
         store_key_reset(&prefix);
         store_key_u64(&prefix, me);
         store_query q = {0};
-        q.table = &messages_members;
-        q.index = members_by_activity;
+        q.table = &lagoon_table_conversation_members;
+        q.index = lagoon_index_conversation_members_by_activity;
         q.prefix = prefix.buf;
         q.prefix_len = prefix.len;
         q.reverse = 1; /* most recent first */
@@ -647,12 +540,12 @@ int handle_Messages_ListConversations(rpc_call *call, const lagoon_v1_ListConver
             s->conversation_id = f->rows[i].conversation_id;
             s->unread = f->rows[i].unread;
             s->last_activity_at = f->rows[i].last_activity_at;
-            if (store_get(t, &accounts_users, f->rows[i].other_user_id, u, &err) == LAGOON_OK) {
+            if (store_get(t, &lagoon_table_users, f->rows[i].other_user_id, u, &err) == LAGOON_OK) {
                 s->has_other_user = true;
                 account_public(u, &s->other_user);
             }
             if (f->rows[i].last_message_id &&
-                store_get(t, &messages_messages, f->rows[i].last_message_id, &s->last_message, &err) ==
+                store_get(t, &lagoon_table_direct_messages, f->rows[i].last_message_id, &s->last_message, &err) ==
                     LAGOON_OK)
                 s->has_last_message = true;
             resp->conversations_count++;
@@ -709,8 +602,8 @@ static int scan_messages(store_txn *t, uint64_t conv, uint64_t first, read_scan 
     start = prefix;
     store_key_u64(&start, first);
     store_query q = {0};
-    q.table = &messages_messages;
-    q.index = messages_by_conversation;
+    q.table = &lagoon_table_direct_messages;
+    q.index = lagoon_index_direct_messages_by_conversation;
     q.prefix = prefix.buf;
     q.prefix_len = prefix.len;
     q.start = start.buf;
@@ -776,7 +669,7 @@ static int mark_read_write(store_txn *t, void *arg, store_error *err)
         if (to > mem.read_up_to)
             mem.read_up_to = to;
         if (st == LAGOON_OK)
-            st = store_update(t, &messages_members, &mem, err);
+            st = store_update(t, &lagoon_table_conversation_members, &mem, err);
         /* Read receipts: the other participant and the reader's own devices. */
         for (int i = 0; i < 2 && st == LAGOON_OK; i++) {
             lagoon_v1_Event ev = lagoon_v1_Event_init_zero;
@@ -854,7 +747,7 @@ typedef struct own_op {
 /* Loads the message if the caller may act on it as its sender. */
 static int own_message(store_txn *t, own_op *op, store_error *err)
 {
-    int st = store_get(t, &messages_messages, op->message_id, &op->msg, err);
+    int st = store_get(t, &lagoon_table_direct_messages, op->message_id, &op->msg, err);
     op->outcome = OWN_OK;
     if (st == LAGOON_NOT_FOUND) {
         op->outcome = OWN_NOT_FOUND;
@@ -885,7 +778,7 @@ static int edit_write(store_txn *t, void *arg, store_error *err)
     }
     COPY_STR(op->msg.content.text.text, op->text);
     op->msg.edited_at = op->now;
-    st = store_update(t, &messages_messages, &op->msg, err);
+    st = store_update(t, &lagoon_table_direct_messages, &op->msg, err);
     return st == LAGOON_OK ? publish_message(t, op->a, &op->msg, lagoon_v1_MessageEvent_Action_EDITED, err) : st;
 }
 
@@ -946,8 +839,8 @@ static int newest_in(store_txn *t, uint64_t conv, uint64_t *id, store_error *err
     store_key_reset(&prefix);
     store_key_u64(&prefix, conv);
     store_query q = {0};
-    q.table = &messages_messages;
-    q.index = messages_by_conversation;
+    q.table = &lagoon_table_direct_messages;
+    q.index = lagoon_index_direct_messages_by_conversation;
     q.prefix = prefix.buf;
     q.prefix_len = prefix.len;
     q.reverse = 1;
@@ -964,7 +857,7 @@ static int delete_write(store_txn *t, void *arg, store_error *err)
     if (st != LAGOON_OK || op->outcome != OWN_OK)
         return st;
     const lagoon_v1_DirectMessage *m = &op->msg;
-    st = store_delete(t, &messages_messages, m->id, err);
+    st = store_delete(t, &lagoon_table_direct_messages, m->id, err);
     uint64_t newest = 0;
     if (st == LAGOON_OK)
         st = newest_in(t, m->conversation_id, &newest, err);
@@ -979,7 +872,7 @@ static int delete_write(store_txn *t, void *arg, store_error *err)
             mem.last_message_id = newest;
         if (i == 1 && m->id > mem.read_up_to && mem.unread > 0)
             mem.unread--;
-        st = store_update(t, &messages_members, &mem, err);
+        st = store_update(t, &lagoon_table_conversation_members, &mem, err);
     }
     if (st == LAGOON_OK) /* its words leave the logs and the recipient's notification */
         st = events_message_deleted(t, op->a, m, err);

@@ -1,11 +1,10 @@
-/* messages: the direct-message tables, for the schema and for features that build on them. */
+/* messages: the direct-message tables, for features that build on them. They are declared in
+ * idl/lagoon/v1/messages.proto (conversations, conversation_members, direct_messages) and
+ * generated into lagoon_tables.h: lagoon_table_conversations, lagoon_index_conversations_by_pair, ... */
 #ifndef LAGOON_MESSAGES_H
 #define LAGOON_MESSAGES_H
 
 #include "app.h"
-
-extern const store_table messages_conversations, messages_members, messages_messages;
-extern const store_index *const conversations_by_pair, *const members_by_conv_user,
-    *const members_by_activity, *const messages_by_conversation, *const messages_by_client_id;
+#include "lagoon_tables.h"
 
 #endif

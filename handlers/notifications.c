@@ -25,7 +25,7 @@ static int add_note(void *arg, uint64_t id, const void *row)
 
 static const store_index *note_index(int unread_only)
 {
-    return unread_only ? notes_unread : notes_by_time;
+    return unread_only ? lagoon_index_notifications_unread : lagoon_index_notifications_by_user_time;
 }
 
 int handle_Notifications_List(rpc_call *call, const lagoon_v1_ListNotificationsRequest *req,
@@ -41,7 +41,7 @@ int handle_Notifications_List(rpc_call *call, const lagoon_v1_ListNotificationsR
     store_key_reset(&prefix);
     store_key_u64(&prefix, rpc_call_caller(call)->user_id);
     store_query q = {0};
-    q.table = &events_notifications;
+    q.table = &lagoon_table_notifications;
     q.index = note_index(req->unread_only);
     q.prefix = prefix.buf;
     q.prefix_len = prefix.len;
@@ -76,7 +76,7 @@ int handle_Notifications_UnreadCount(rpc_call *call, const lagoon_v1_Notificatio
     if (st != LAGOON_OK)
         return app_store_error(call, st, &err);
     lagoon_v1_UserFeed f;
-    st = store_get_by(t, &events_feeds, feed_by_user, &k, NULL, &f, &err);
+    st = store_get_by(t, &lagoon_table_user_feeds, lagoon_index_user_feeds_by_user, &k, NULL, &f, &err);
     store_read_end(t);
     if (st == LAGOON_OK)
         resp->unread = f.unread_notifications;
@@ -121,7 +121,7 @@ static int note_write(store_txn *t, void *arg, store_error *err)
         do {
             ids[0] = 0;
             store_query q = {0};
-            q.table = &events_notifications;
+            q.table = &lagoon_table_notifications;
             q.index = note_index(1);
             q.prefix = prefix.buf;
             q.prefix_len = prefix.len;
@@ -130,10 +130,10 @@ static int note_write(store_txn *t, void *arg, store_error *err)
             st = store_scan(t, &q, unread_of, ids, &page, err);
             for (uint64_t i = 0; i < ids[0] && st == LAGOON_OK; i++) {
                 lagoon_v1_Notification n;
-                st = store_get(t, &events_notifications, ids[1 + i], &n, err);
+                st = store_get(t, &lagoon_table_notifications, ids[1 + i], &n, err);
                 if (st == LAGOON_OK) {
                     n.is_read = true;
-                    st = store_update(t, &events_notifications, &n, err);
+                    st = store_update(t, &lagoon_table_notifications, &n, err);
                     marked++;
                 }
             }
@@ -144,12 +144,12 @@ static int note_write(store_txn *t, void *arg, store_error *err)
         store_key_reset(&prefix);
         store_key_u64(&prefix, op->user_id);
         lagoon_v1_UserFeed f;
-        st = store_get_by(t, &events_feeds, feed_by_user, &prefix, NULL, &f, err);
+        st = store_get_by(t, &lagoon_table_user_feeds, lagoon_index_user_feeds_by_user, &prefix, NULL, &f, err);
         if (st == LAGOON_NOT_FOUND)
             return LAGOON_OK;
         f.unread_notifications = 0;
         if (st == LAGOON_OK)
-            st = store_update(t, &events_feeds, &f, err);
+            st = store_update(t, &lagoon_table_user_feeds, &f, err);
         /* The other devices clear their badge; nothing to tell when nothing was unread. */
         if (st == LAGOON_OK && marked > 0)
             st = events_notification_changed(t, op->a, op->user_id, lagoon_v1_NotificationStateEvent_Change_ALL_READ,
@@ -157,7 +157,7 @@ static int note_write(store_txn *t, void *arg, store_error *err)
         return st;
     }
     lagoon_v1_Notification n;
-    int st = store_get(t, &events_notifications, op->id, &n, err);
+    int st = store_get(t, &lagoon_table_notifications, op->id, &n, err);
     if (st == LAGOON_NOT_FOUND || (st == LAGOON_OK && app_access(&op->who, n.user_id, 0, APP_CHANGE, 0) != LAGOON_OK)) {
         op->missing = 1; /* someone else's is as good as none */
         return LAGOON_OK;
@@ -169,11 +169,11 @@ static int note_write(store_txn *t, void *arg, store_error *err)
         if (n.is_read)
             return LAGOON_OK;
         n.is_read = true;
-        st = store_update(t, &events_notifications, &n, err);
+        st = store_update(t, &lagoon_table_notifications, &n, err);
     } else {
         int was_unread = !n.is_read;
         change = lagoon_v1_NotificationStateEvent_Change_DELETED;
-        st = store_delete(t, &events_notifications, n.id, err);
+        st = store_delete(t, &lagoon_table_notifications, n.id, err);
         if (st != LAGOON_OK || !was_unread)
             return st == LAGOON_OK ? events_notification_changed(t, op->a, op->user_id, change, n.id, err) : st;
         n.is_read = false;
@@ -185,10 +185,10 @@ static int note_write(store_txn *t, void *arg, store_error *err)
     store_key_reset(&k);
     store_key_u64(&k, op->user_id);
     lagoon_v1_UserFeed f;
-    st = store_get_by(t, &events_feeds, feed_by_user, &k, NULL, &f, err);
+    st = store_get_by(t, &lagoon_table_user_feeds, lagoon_index_user_feeds_by_user, &k, NULL, &f, err);
     if (st == LAGOON_OK && f.unread_notifications > 0) {
         f.unread_notifications--;
-        st = store_update(t, &events_feeds, &f, err);
+        st = store_update(t, &lagoon_table_user_feeds, &f, err);
     }
     if (st == LAGOON_NOT_FOUND)
         st = LAGOON_OK;

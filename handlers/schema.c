@@ -1,24 +1,16 @@
-/* schema: the registry of Lagoon's tables. A feature declares its tables next to its code
- * (accounts.c, ...) and lists them here, once, so that the server and lagoon-admin (verify,
- * stats) see the same schema. */
+/* schema: Lagoon's tables, for the store, the server and lagoon-admin (verify, stats). The
+ * tables are declared in idl/ (option (lagoon.v1.table) on each row message) and listed by the
+ * generator in lagoon_tables[]; what stays here is the layout version and its migrations. */
 #include "schema.h"
 
-#include "accounts.h"
-#include "events.h"
-#include "messages.h"
+#include "lagoon_tables.h"
 
 /* The layout version stored in every database. */
 #define APP_SCHEMA_VERSION 1
 
-static const store_table *const app_tables[] = {
-    &accounts_users, &accounts_sessions, &accounts_used_refresh, &accounts_tokens, &accounts_outbox,
-    &messages_conversations, &messages_members, &messages_messages,
-    &events_log, &events_feeds, &events_notifications,
-};
-
 static const store_schema app_schema_decl = {
-    .tables = app_tables,
-    .ntables = sizeof(app_tables) / sizeof(app_tables[0]),
+    .tables = lagoon_tables,
+    .ntables = LAGOON_TABLES_COUNT,
     .version = APP_SCHEMA_VERSION,
     .migrate = NULL,
 };

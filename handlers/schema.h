@@ -4,8 +4,8 @@
 
 #include "store.h"
 
-/* Static; lists every feature's tables. Bump APP_SCHEMA_VERSION (schema.c) when existing
- * databases need a migration step. */
+/* Static; every table declared in idl/ (lagoon_tables[]). Bump APP_SCHEMA_VERSION (schema.c)
+ * when existing databases need a migration step. */
 const store_schema *app_schema(void);
 
 #endif

@@ -25,7 +25,7 @@ static lagoon_v1_User *load_user(rpc_call *call, uint64_t id, int *status)
     store_error err;
     int st = store_read_begin(app_of(call)->db, &t, &err);
     if (st == LAGOON_OK) {
-        st = store_get(t, &accounts_users, id, u, &err);
+        st = store_get(t, &lagoon_table_users, id, u, &err);
         store_read_end(t);
     }
     if (st != LAGOON_OK) {
@@ -98,8 +98,8 @@ static int list_role(rpc_call *call, const lagoon_v1_ListUsersRequest *req, lago
     store_key_reset(&prefix);
     store_key_u32(&prefix, (uint32_t)role);
     store_query q = {0};
-    q.table = &accounts_users;
-    q.index = users_by_role;
+    q.table = &lagoon_table_users;
+    q.index = lagoon_index_users_by_role;
     q.prefix = prefix.buf;
     q.prefix_len = prefix.len;
     q.page_size = cap;
@@ -189,7 +189,7 @@ static int user_update_write(store_txn *t, void *arg, store_error *err)
 {
     user_op *op = arg;
     lagoon_v1_User u;
-    int st = store_get(t, &accounts_users, op->user_id, &u, err);
+    int st = store_get(t, &lagoon_table_users, op->user_id, &u, err);
     if (st != LAGOON_OK)
         return st;
     const lagoon_v1_UpdateProfileRequest *p = &op->patch;
@@ -213,7 +213,7 @@ static int user_update_write(store_txn *t, void *arg, store_error *err)
     if (op->new_hash[0])
         COPY_STR(u.password_hash, op->new_hash);
     u.updated_at = op->now;
-    st = store_update(t, &accounts_users, &u, err);
+    st = store_update(t, &lagoon_table_users, &u, err);
     /* A new password or a deactivation ends other sessions. */
     if (st == LAGOON_OK && (op->new_hash[0] || (op->set_active && !op->active)))
         st = account_revoke_sessions(t, u.id, op->keep_session, err);
@@ -349,7 +349,7 @@ static int change_password_work(rpc_call *call, void *arg)
 static int delete_write(store_txn *t, void *arg, store_error *err)
 {
     const user_op *op = arg;
-    return store_delete(t, &accounts_users, op->user_id, err); /* sessions, tokens, ... cascade */
+    return store_delete(t, &lagoon_table_users, op->user_id, err); /* sessions, tokens, ... cascade */
 }
 
 static int delete_account_work(rpc_call *call, void *arg)

@@ -88,7 +88,7 @@ static int write_users(store_txn *t, void *arg, store_error *err)
         u->verified = true;
         u->created_at = u->updated_at = p->now_ms;
         uint64_t id;
-        int st = store_insert(t, &accounts_users, u, &id, err);
+        int st = store_insert(t, &lagoon_table_users, u, &id, err);
         if (st != LAGOON_OK)
             return st;
         if (i == 0)
@@ -105,7 +105,7 @@ static int write_users(store_txn *t, void *arg, store_error *err)
         s.created_at = p->now_ms;
         s.access_expires_at = s.refresh_expires_at = p->now_ms + (int64_t)BENCH_SEED_TOKEN_TTL_S * 1000;
         snprintf(s.peer, sizeof(s.peer), "lagoon-bench seed");
-        st = store_insert(t, &accounts_sessions, &s, NULL, err);
+        st = store_insert(t, &lagoon_table_sessions, &s, NULL, err);
         if (st != LAGOON_OK)
             return st;
     }
@@ -122,7 +122,7 @@ static int write_conversations(store_txn *t, void *arg, store_error *err)
         row.user_low = ia < ib ? ia : ib;
         row.user_high = ia < ib ? ib : ia;
         row.created_at = p->now_ms - (int64_t)p->messages - 1000;
-        int st = store_insert(t, &messages_conversations, &row, &c->id, err);
+        int st = store_insert(t, &lagoon_table_conversations, &row, &c->id, err);
         if (st != LAGOON_OK)
             return st;
     }
@@ -159,7 +159,7 @@ static int write_messages(store_txn *t, void *arg, store_error *err)
                  "seeded message %llu of conversation %llu", (unsigned long long)k, (unsigned long long)j);
         /* One ms apart, ending now: as if sent in order, all in the past. */
         m->created_at = p->now_ms - (int64_t)(p->messages - g);
-        int st = store_insert(t, &messages_messages, m, &c->last_id, err);
+        int st = store_insert(t, &lagoon_table_direct_messages, m, &c->last_id, err);
         if (st != LAGOON_OK)
             return st;
         c->last_at = m->created_at;
@@ -180,7 +180,7 @@ static int write_members(store_txn *t, void *arg, store_error *err)
             mb.last_activity_at = c->last_id ? c->last_at : p->now_ms - (int64_t)p->messages - 1000;
             mb.last_message_id = c->last_id;
             mb.read_up_to = c->last_id;
-            int st = store_insert(t, &messages_members, &mb, NULL, err);
+            int st = store_insert(t, &lagoon_table_conversation_members, &mb, NULL, err);
             if (st != LAGOON_OK)
                 return st;
         }
@@ -251,7 +251,7 @@ static int has_users(app *a, store_error *err)
     if (store_read_begin(a->db, &t, err) != LAGOON_OK)
         return -1;
     store_query q = {0};
-    q.table = &accounts_users;
+    q.table = &lagoon_table_users;
     q.page_size = 1;
     store_page page;
     int st = store_scan(t, &q, any_row, NULL, &page, err);

@@ -100,20 +100,20 @@ static int seed_users(store_txn *t, void *arg, store_error *err)
     u.verified = true;
     snprintf(u.email, sizeof(u.email), "a@bench.invalid");
     snprintf(u.username, sizeof(u.username), "bench_a");
-    int st = store_insert(t, &accounts_users, &u, &sd->a, err);
+    int st = store_insert(t, &lagoon_table_users, &u, &sd->a, err);
     snprintf(u.email, sizeof(u.email), "b@bench.invalid");
     snprintf(u.username, sizeof(u.username), "bench_b");
     if (st == LAGOON_OK)
-        st = store_insert(t, &accounts_users, &u, &sd->b, err);
+        st = store_insert(t, &lagoon_table_users, &u, &sd->b, err);
     lagoon_v1_Conversation c = {0, sd->a, sd->b, 1};
     if (st == LAGOON_OK)
-        st = store_insert(t, &messages_conversations, &c, &sd->conv, err);
+        st = store_insert(t, &lagoon_table_conversations, &c, &sd->conv, err);
     for (int i = 0; i < 2 && st == LAGOON_OK; i++) {
         lagoon_v1_ConversationMember m = lagoon_v1_ConversationMember_init_zero;
         m.conversation_id = sd->conv;
         m.user_id = i ? sd->b : sd->a;
         m.other_user_id = i ? sd->a : sd->b;
-        st = store_insert(t, &messages_members, &m, NULL, err);
+        st = store_insert(t, &lagoon_table_conversation_members, &m, NULL, err);
     }
     return st;
 }
@@ -132,7 +132,7 @@ static int seed_messages(store_txn *t, void *arg, store_error *err)
         m.created_at = (int64_t)n;
         snprintf(m.content.text.text, sizeof(m.content.text.text), "seeded message number %llu",
                  (unsigned long long)n);
-        int st = store_insert(t, &messages_messages, &m, &sd->last_id, err);
+        int st = store_insert(t, &lagoon_table_direct_messages, &m, &sd->last_id, err);
         if (st != LAGOON_OK)
             return st;
     }
@@ -149,13 +149,14 @@ static int seed_members(store_txn *t, void *arg, store_error *err)
         store_key_u64(&k, sd->conv);
         store_key_u64(&k, i ? sd->b : sd->a);
         lagoon_v1_ConversationMember m;
-        int st = store_get_by(t, &messages_members, members_by_conv_user, &k, NULL, &m, err);
+        int st = store_get_by(t, &lagoon_table_conversation_members, lagoon_index_conversation_members_by_conv_user, &k,
+                              NULL, &m, err);
         if (st != LAGOON_OK)
             return st;
         m.last_message_id = sd->last_id;
         m.unread = (uint32_t)(i ? (sd->count_all + 1) / 2 : sd->count_all / 2); /* a sends the even ones */
         m.other_wrote = true;
-        st = store_update(t, &messages_members, &m, err);
+        st = store_update(t, &lagoon_table_conversation_members, &m, err);
         if (st != LAGOON_OK)
             return st;
     }
@@ -165,7 +166,7 @@ static int seed_members(store_txn *t, void *arg, store_error *err)
 /* A session for user a, made in the store: the benchmark measures messages, not Argon2. */
 static int seed_session(store_txn *t, void *arg, store_error *err)
 {
-    return store_insert(t, &accounts_sessions, &((seed *)arg)->session, NULL, err);
+    return store_insert(t, &lagoon_table_sessions, &((seed *)arg)->session, NULL, err);
 }
 
 static int do_seed(app *a, uint64_t size, seed *sd, char *token)

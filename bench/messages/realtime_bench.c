@@ -57,7 +57,7 @@ static int seed_users(store_txn *t, void *arg, store_error *err)
         u.role = lagoon_v1_Role_STUDENT;
         u.active = true;
         u.verified = true; /* the sender writes first */
-        int st = store_insert(t, &accounts_users, &u, &sd->ids[i], err);
+        int st = store_insert(t, &lagoon_table_users, &u, &sd->ids[i], err);
         if (st != LAGOON_OK)
             return st;
         lagoon_v1_Session s = lagoon_v1_Session_init_zero;
@@ -70,7 +70,7 @@ static int seed_users(store_txn *t, void *arg, store_error *err)
         s.user_id = sd->ids[i];
         s.verified = true;
         s.access_expires_at = s.refresh_expires_at = INT64_MAX / 2;
-        st = store_insert(t, &accounts_sessions, &s, NULL, err);
+        st = store_insert(t, &lagoon_table_sessions, &s, NULL, err);
         if (st != LAGOON_OK)
             return st;
     }

@@ -229,7 +229,7 @@ static int sessions_of(test_app *t, uint64_t user_id)
     store_key prefix;
     store_key_reset(&prefix);
     store_key_u64(&prefix, user_id);
-    store_query q = {.table = &accounts_sessions, .index = sessions_by_user, .prefix = prefix.buf,
+    store_query q = {.table = &lagoon_table_sessions, .index = lagoon_index_sessions_by_user, .prefix = prefix.buf,
                      .prefix_len = prefix.len, .page_size = STORE_PAGE_SIZE_MAX};
     store_page page;
     int n = 0;

@@ -662,10 +662,10 @@ static void test_delete_account_cascades(void **state)
     store_error err;
     assert_int_equal(store_read_begin(T->app->db, &t, &err), LAGOON_OK);
     lagoon_v1_User u;
-    assert_int_equal(store_get(t, &accounts_users, id, &u, &err), LAGOON_NOT_FOUND);
+    assert_int_equal(store_get(t, &lagoon_table_users, id, &u, &err), LAGOON_NOT_FOUND);
     store_read_end(t);
-    assert_int_equal(user_rows(&accounts_sessions, sessions_by_user, id), 0);
-    assert_int_equal(user_rows(&accounts_tokens, tokens_by_user, id), 0);
+    assert_int_equal(user_rows(&lagoon_table_sessions, lagoon_index_sessions_by_user, id), 0);
+    assert_int_equal(user_rows(&lagoon_table_one_time_tokens, lagoon_index_one_time_tokens_by_user, id), 0);
     /* And the indexes agree with the rows. */
     uint64_t problems = 99;
     assert_int_equal(store_verify(T->app->db, NULL, &problems, &err), LAGOON_OK);
@@ -677,12 +677,12 @@ static void test_delete_account_cascades(void **state)
 static int strip_session_claims(store_txn *t, void *arg, store_error *err)
 {
     lagoon_v1_Session s;
-    int st = store_get(t, &accounts_sessions, *(const uint64_t *)arg, &s, err);
+    int st = store_get(t, &lagoon_table_sessions, *(const uint64_t *)arg, &s, err);
     if (st != LAGOON_OK)
         return st;
     s.role = lagoon_v1_Role_ROLE_UNSPECIFIED;
     s.verified = false;
-    return store_update(t, &accounts_sessions, &s, err);
+    return store_update(t, &lagoon_table_sessions, &s, err);
 }
 
 static void test_admin_role_and_activation(void **state)
@@ -756,7 +756,7 @@ static void stored_hash(uint64_t id, char *out, size_t cap)
     store_error err;
     lagoon_v1_User u;
     assert_int_equal(store_read_begin(T->app->db, &t, &err), LAGOON_OK);
-    assert_int_equal(store_get(t, &accounts_users, id, &u, &err), LAGOON_OK);
+    assert_int_equal(store_get(t, &lagoon_table_users, id, &u, &err), LAGOON_OK);
     store_read_end(t);
     snprintf(out, cap, "%s", u.password_hash);
 }
@@ -803,14 +803,14 @@ static void test_sessions_per_user_bounded(void **state)
     for (int i = 0; i < 3; i++)
         assert_int_equal(do_login(c, "pia", PASSWORD, &tp[i]), LAGOON_OK);
     /* The fourth sign-in ended the oldest session; the three newest work. */
-    assert_int_equal(user_rows(&accounts_sessions, sessions_by_user, id), 3);
+    assert_int_equal(user_rows(&lagoon_table_sessions, lagoon_index_sessions_by_user, id), 3);
     assert_int_equal(me(c, first, NULL), LAGOON_UNAUTHENTICATED);
     for (int i = 0; i < 3; i++)
         assert_int_equal(me(c, tp[i].access_token, NULL), LAGOON_OK);
     /* Sessions whose refresh token expired go at the next sign-in. */
     test_clock_advance(T, 31LL * 24 * 3600 * 1000);
     assert_int_equal(do_login(c, "pia", PASSWORD, NULL), LAGOON_OK);
-    assert_int_equal(user_rows(&accounts_sessions, sessions_by_user, id), 1);
+    assert_int_equal(user_rows(&lagoon_table_sessions, lagoon_index_sessions_by_user, id), 1);
     lagoon_close(c);
     test_app_restart(T, test_tweak_shared);
 }
@@ -833,12 +833,12 @@ static void test_every_session_end_deletes_its_row(void **state)
     uint64_t id = new_user(c, "sam", 0, token);
     for (int i = 0; i < 3; i++)
         assert_int_equal(do_login(c, "sam", PASSWORD, &tp[i]), LAGOON_OK);
-    assert_int_equal(user_rows(&accounts_sessions, sessions_by_user, id), 4);
+    assert_int_equal(user_rows(&lagoon_table_sessions, lagoon_index_sessions_by_user, id), 4);
     lagoon_v1_AuthEmpty e = lagoon_v1_AuthEmpty_init_zero, out;
     /* Logout: that one. */
     lagoon_set_token(c, tp[0].access_token);
     assert_int_equal(lagoon_Auth_Logout(c, &e, &out), LAGOON_OK);
-    assert_int_equal(user_rows(&accounts_sessions, sessions_by_user, id), 3);
+    assert_int_equal(user_rows(&lagoon_table_sessions, lagoon_index_sessions_by_user, id), 3);
     /* ChangePassword: all but the caller's. */
     lagoon_set_token(c, token);
     lagoon_v1_ChangePasswordRequest cp = lagoon_v1_ChangePasswordRequest_init_zero;
@@ -846,10 +846,10 @@ static void test_every_session_end_deletes_its_row(void **state)
     snprintf(cp.current_password, sizeof(cp.current_password), PASSWORD);
     snprintf(cp.new_password, sizeof(cp.new_password), "sam's new passphrase");
     assert_int_equal(lagoon_Users_ChangePassword(c, &cp, &ue), LAGOON_OK);
-    assert_int_equal(user_rows(&accounts_sessions, sessions_by_user, id), 1);
+    assert_int_equal(user_rows(&lagoon_table_sessions, lagoon_index_sessions_by_user, id), 1);
     /* LogoutAll: every one. */
     assert_int_equal(lagoon_Auth_LogoutAll(c, &e, &out), LAGOON_OK);
-    assert_int_equal(user_rows(&accounts_sessions, sessions_by_user, id), 0);
+    assert_int_equal(user_rows(&lagoon_table_sessions, lagoon_index_sessions_by_user, id), 0);
     /* A reused refresh token: its session. */
     for (int i = 0; i < 2; i++)
         assert_int_equal(do_login(c, "sam", "sam's new passphrase", &tp[i]), LAGOON_OK);
@@ -858,7 +858,7 @@ static void test_every_session_end_deletes_its_row(void **state)
     snprintf(rr.refresh_token, sizeof(rr.refresh_token), "%s", tp[0].refresh_token);
     assert_int_equal(lagoon_Auth_Refresh(c, &rr, &tp[2]), LAGOON_OK);
     assert_int_equal(lagoon_Auth_Refresh(c, &rr, &tp[2]), LAGOON_UNAUTHENTICATED);
-    assert_int_equal(user_rows(&accounts_sessions, sessions_by_user, id), 1);
+    assert_int_equal(user_rows(&lagoon_table_sessions, lagoon_index_sessions_by_user, id), 1);
     /* A password reset: every one. */
     lagoon_v1_ForgotPasswordRequest fr = lagoon_v1_ForgotPasswordRequest_init_zero;
     snprintf(fr.email, sizeof(fr.email), "sam@example.com");
@@ -869,7 +869,7 @@ static void test_every_session_end_deletes_its_row(void **state)
     snprintf(rq.token, sizeof(rq.token), "%s", code);
     snprintf(rq.new_password, sizeof(rq.new_password), "%s", PASSWORD);
     assert_int_equal(lagoon_Auth_ResetPassword(c, &rq, &out), LAGOON_OK);
-    assert_int_equal(user_rows(&accounts_sessions, sessions_by_user, id), 0);
+    assert_int_equal(user_rows(&lagoon_table_sessions, lagoon_index_sessions_by_user, id), 0);
     /* A deactivation: every one. */
     for (int i = 0; i < 2; i++)
         assert_int_equal(do_login(c, "sam", PASSWORD, &tp[i]), LAGOON_OK);
@@ -877,7 +877,7 @@ static void test_every_session_end_deletes_its_row(void **state)
     lagoon_v1_SetActiveRequest sa = {id, false};
     lagoon_v1_UserProfile p;
     assert_int_equal(lagoon_Users_SetActive(c, &sa, &p), LAGOON_OK);
-    assert_int_equal(user_rows(&accounts_sessions, sessions_by_user, id), 0);
+    assert_int_equal(user_rows(&lagoon_table_sessions, lagoon_index_sessions_by_user, id), 0);
     sa.active = true;
     assert_int_equal(lagoon_Users_SetActive(c, &sa, &p), LAGOON_OK);
     /* Deleting the account: every one, by cascade. */
@@ -887,7 +887,7 @@ static void test_every_session_end_deletes_its_row(void **state)
     lagoon_v1_DeleteAccountRequest dr = lagoon_v1_DeleteAccountRequest_init_zero;
     snprintf(dr.password, sizeof(dr.password), PASSWORD);
     assert_int_equal(lagoon_Users_DeleteAccount(c, &dr, &ue), LAGOON_OK);
-    assert_int_equal(user_rows(&accounts_sessions, sessions_by_user, id), 0);
+    assert_int_equal(user_rows(&lagoon_table_sessions, lagoon_index_sessions_by_user, id), 0);
     lagoon_close(c);
 }
 

@@ -653,9 +653,10 @@ static int set_unread(store_txn *t, void *arg, store_error *err)
     store_key_u64(&k, a[0]);
     store_key_u64(&k, a[1]);
     lagoon_v1_ConversationMember m;
-    int st = store_get_by(t, &messages_members, members_by_conv_user, &k, NULL, &m, err);
+    int st = store_get_by(t, &lagoon_table_conversation_members, lagoon_index_conversation_members_by_conv_user, &k,
+                          NULL, &m, err);
     m.unread = (uint32_t)a[2];
-    return st == LAGOON_OK ? store_update(t, &messages_members, &m, err) : st;
+    return st == LAGOON_OK ? store_update(t, &lagoon_table_conversation_members, &m, err) : st;
 }
 
 static void test_mark_all_read_clears_old_counts(void **state)
@@ -690,13 +691,13 @@ static int seed_conversation(store_txn *t, void *arg, store_error *err)
     lagoon_v1_Conversation conv = lagoon_v1_Conversation_init_zero;
     conv.user_low = u[0] < u[1] ? u[0] : u[1];
     conv.user_high = u[0] < u[1] ? u[1] : u[0];
-    int st = store_insert(t, &messages_conversations, &conv, NULL, err);
+    int st = store_insert(t, &lagoon_table_conversations, &conv, NULL, err);
     for (int i = 0; i < 2 && st == LAGOON_OK; i++) {
         lagoon_v1_ConversationMember m = lagoon_v1_ConversationMember_init_zero;
         m.conversation_id = conv.id;
         m.user_id = u[i];
         m.other_user_id = u[!i];
-        st = store_insert(t, &messages_members, &m, NULL, err);
+        st = store_insert(t, &lagoon_table_conversation_members, &m, NULL, err);
     }
     return st;
 }

@@ -159,18 +159,18 @@ static void test_unique_index(void **state)
     store_key_str_fold(&k, "aLiCe");
     tuser u;
     uint64_t id = 0;
-    assert_int_equal(store_get_by(t, &t_users, &t_users.indexes[USERS_BY_NAME], &k, &id, &u, &err),
+    assert_int_equal(store_get_by(t, &lagoon_test_table_users, lagoon_test_index_users_by_name, &k, &id, &u, &err),
                      LAGOON_OK);
     assert_int_equal(id, alice);
     assert_string_equal(u.name, "Alice");
     store_key_reset(&k);
     store_key_str_fold(&k, "carol");
-    assert_int_equal(store_get_by(t, &t_users, &t_users.indexes[USERS_BY_NAME], &k, &id, NULL, &err),
+    assert_int_equal(store_get_by(t, &lagoon_test_table_users, lagoon_test_index_users_by_name, &k, &id, NULL, &err),
                      LAGOON_NOT_FOUND);
     store_read_end(t);
 
     uint64_t ids[16];
-    store_query q = {.table = &t_users};
+    store_query q = {.table = &lagoon_test_table_users};
     assert_int_equal(scan_all(f->s, &q, ids, 16), 3); /* the failed inserts left no row */
 }
 
@@ -190,7 +190,7 @@ static void test_multi_index_newest_first(void **state)
     store_key p;
     store_key_reset(&p);
     store_key_u64(&p, u1);
-    store_query q = {.table = &t_videos, .index = &t_videos.indexes[VIDEOS_BY_OWNER],
+    store_query q = {.table = &lagoon_test_table_videos, .index = lagoon_test_index_videos_by_owner,
                      .prefix = p.buf, .prefix_len = p.len};
     uint64_t ids[16];
     assert_int_equal(scan_all(f->s, &q, ids, 16), 6);
@@ -255,12 +255,12 @@ static void test_composite_join_index(void **state)
     store_key p;
     store_key_reset(&p);
     store_key_u64(&p, v1);
-    store_query q = {.table = &t_shares, .index = &t_shares.indexes[SHARES_BY_VIDEO_USER],
+    store_query q = {.table = &lagoon_test_table_shares, .index = lagoon_test_index_shares_by_video_user,
                      .prefix = p.buf, .prefix_len = p.len};
     assert_int_equal(scan_all(f->s, &q, ids, 8), 2); /* who shared v1 */
     store_key_reset(&p);
     store_key_u64(&p, u2);
-    q.index = &t_shares.indexes[SHARES_BY_USER];
+    q.index = lagoon_test_index_shares_by_user;
     q.prefix = p.buf;
     q.prefix_len = p.len;
     assert_int_equal(scan_all(f->s, &q, ids, 8), 2); /* what u2 shared */
@@ -287,7 +287,7 @@ static int lookup_name(store *s, const char *name, uint64_t *id)
     store_key k;
     store_key_reset(&k);
     store_key_str_fold(&k, name);
-    int st = store_get_by(t, &t_users, &t_users.indexes[USERS_BY_NAME], &k, id, NULL, &err);
+    int st = store_get_by(t, &lagoon_test_table_users, lagoon_test_index_users_by_name, &k, id, NULL, &err);
     store_read_end(t);
     return st;
 }
@@ -307,7 +307,7 @@ static void test_update_moves_entries(void **state)
     snprintf(u.name, sizeof(u.name), "%s", "Annabel");
     snprintf(u.email, sizeof(u.email), "%s", ""); /* leaves the sparse index */
     u.created_at = 1;
-    upd_arg ua = {&t_users, &u};
+    upd_arg ua = {&lagoon_test_table_users, &u};
     assert_int_equal(store_write(f->s, w_update, &ua, &err), LAGOON_OK);
     uint64_t id;
     assert_int_equal(lookup_name(f->s, "anna", &id), LAGOON_NOT_FOUND);
@@ -335,13 +335,13 @@ static void test_update_moves_entries(void **state)
     vv.id = v;
     vv.owner_id = b;
     vv.created_at = 10;
-    upd_arg va = {&t_videos, &vv};
+    upd_arg va = {&lagoon_test_table_videos, &vv};
     assert_int_equal(store_write(f->s, w_update, &va, &err), LAGOON_OK);
     uint64_t ids[4];
     store_key p;
     store_key_reset(&p);
     store_key_u64(&p, a);
-    store_query q = {.table = &t_videos, .index = &t_videos.indexes[VIDEOS_BY_OWNER],
+    store_query q = {.table = &lagoon_test_table_videos, .index = lagoon_test_index_videos_by_owner,
                      .prefix = p.buf, .prefix_len = p.len};
     assert_int_equal(scan_all(f->s, &q, ids, 4), 0);
     store_key_reset(&p);
@@ -407,38 +407,38 @@ static void test_foreign_keys_and_cascade(void **state)
     assert_int_equal(add_share(f->s, v2, owner, &sh2, &err), LAGOON_OK);
 
     /* RESTRICT: "other" wrote comments, so it cannot go; nothing at all is deleted. */
-    assert_int_equal(del_row(f->s, &t_users, other, &err), LAGOON_FAILED_PRECONDITION);
+    assert_int_equal(del_row(f->s, &lagoon_test_table_users, other, &err), LAGOON_FAILED_PRECONDITION);
     assert_string_equal(err.field, "author_id");
-    assert_true(row_exists(f->s, &t_users, other));
-    assert_true(row_exists(f->s, &t_shares, sh1));
+    assert_true(row_exists(f->s, &lagoon_test_table_users, other));
+    assert_true(row_exists(f->s, &lagoon_test_table_shares, sh1));
 
     seen sn = {.mu = PTHREAD_MUTEX_INITIALIZER};
     assert_int_equal(store_subscribe(f->s, on_change, &sn, &err), LAGOON_OK);
     /* RESTRICT holds even for a comment the cascade would remove: the owner's own comment c3
      * blocks the delete until it is gone. */
-    assert_int_equal(del_row(f->s, &t_users, owner, &err), LAGOON_FAILED_PRECONDITION);
-    assert_true(row_exists(f->s, &t_videos, v2));
-    assert_int_equal(del_row(f->s, &t_comments, c3, &err), LAGOON_OK);
+    assert_int_equal(del_row(f->s, &lagoon_test_table_users, owner, &err), LAGOON_FAILED_PRECONDITION);
+    assert_true(row_exists(f->s, &lagoon_test_table_videos, v2));
+    assert_int_equal(del_row(f->s, &lagoon_test_table_comments, c3, &err), LAGOON_OK);
     /* CASCADE: the owner takes their videos, every comment on them (also other's), the
      * shares of those videos and their own shares. */
-    assert_int_equal(del_row(f->s, &t_users, owner, &err), LAGOON_OK);
-    assert_false(row_exists(f->s, &t_users, owner));
-    assert_false(row_exists(f->s, &t_videos, v1));
-    assert_false(row_exists(f->s, &t_videos, v2));
-    assert_false(row_exists(f->s, &t_comments, c1));
-    assert_false(row_exists(f->s, &t_comments, c2));
-    assert_false(row_exists(f->s, &t_shares, sh1));
-    assert_false(row_exists(f->s, &t_shares, sh2));
-    assert_true(row_exists(f->s, &t_users, other));
+    assert_int_equal(del_row(f->s, &lagoon_test_table_users, owner, &err), LAGOON_OK);
+    assert_false(row_exists(f->s, &lagoon_test_table_users, owner));
+    assert_false(row_exists(f->s, &lagoon_test_table_videos, v1));
+    assert_false(row_exists(f->s, &lagoon_test_table_videos, v2));
+    assert_false(row_exists(f->s, &lagoon_test_table_comments, c1));
+    assert_false(row_exists(f->s, &lagoon_test_table_comments, c2));
+    assert_false(row_exists(f->s, &lagoon_test_table_shares, sh1));
+    assert_false(row_exists(f->s, &lagoon_test_table_shares, sh2));
+    assert_true(row_exists(f->s, &lagoon_test_table_users, other));
     /* Deleting again: NOT_FOUND. */
-    assert_int_equal(del_row(f->s, &t_users, owner, &err), LAGOON_NOT_FOUND);
+    assert_int_equal(del_row(f->s, &lagoon_test_table_users, owner, &err), LAGOON_NOT_FOUND);
 
     /* Subscribers heard every delete, once each, after the commits. */
     pthread_mutex_lock(&sn.mu);
-    assert_int_equal(count_kind(&sn, &t_comments, STORE_DELETED), 3);
-    assert_int_equal(count_kind(&sn, &t_users, STORE_DELETED), 1);
-    assert_int_equal(count_kind(&sn, &t_videos, STORE_DELETED), 2);
-    assert_int_equal(count_kind(&sn, &t_shares, STORE_DELETED), 2);
+    assert_int_equal(count_kind(&sn, &lagoon_test_table_comments, STORE_DELETED), 3);
+    assert_int_equal(count_kind(&sn, &lagoon_test_table_users, STORE_DELETED), 1);
+    assert_int_equal(count_kind(&sn, &lagoon_test_table_videos, STORE_DELETED), 2);
+    assert_int_equal(count_kind(&sn, &lagoon_test_table_shares, STORE_DELETED), 2);
     assert_int_equal(sn.n, 8);
     pthread_mutex_unlock(&sn.mu);
     store_unsubscribe(f->s, on_change, &sn);
@@ -457,11 +457,11 @@ static void test_ids_never_reused(void **state)
     uint64_t a, b, c;
     assert_int_equal(add_user(f->s, "a", NULL, 1, &a, &err), LAGOON_OK);
     assert_int_equal(add_user(f->s, "b", NULL, 1, &b, &err), LAGOON_OK);
-    assert_int_equal(del_row(f->s, &t_users, b, &err), LAGOON_OK);
+    assert_int_equal(del_row(f->s, &lagoon_test_table_users, b, &err), LAGOON_OK);
     assert_int_equal(add_user(f->s, "c", NULL, 1, &c, &err), LAGOON_OK);
     assert_true(c > b);
     /* ... also across a reopen. */
-    assert_int_equal(del_row(f->s, &t_users, c, &err), LAGOON_OK);
+    assert_int_equal(del_row(f->s, &lagoon_test_table_users, c, &err), LAGOON_OK);
     store_close(f->s);
     f->s = open_test_store(f->dir, NULL);
     uint64_t d;
@@ -507,7 +507,7 @@ static void test_pages_with_inserts_between(void **state)
     }
     /* By id, 10 per page; between pages, rows are added at the end and one row ahead of the
      * cursor is deleted: every row present at the end is seen exactly once, in order. */
-    store_query q = {.table = &t_users, .page_size = 10};
+    store_query q = {.table = &lagoon_test_table_users, .page_size = 10};
     page_rows rows;
     store_page page;
     uint64_t seenids[128];
@@ -523,7 +523,7 @@ static void test_pages_with_inserts_between(void **state)
                 snprintf(name, sizeof(name), "late%d", i);
                 assert_int_equal(add_user(f->s, name, NULL, 100, &id, &err), LAGOON_OK);
             }
-            assert_int_equal(del_row(f->s, &t_users, 25, &err), LAGOON_OK);
+            assert_int_equal(del_row(f->s, &lagoon_test_table_users, 25, &err), LAGOON_OK);
         }
         if (!page.next_page_token[0])
             break;
@@ -531,7 +531,7 @@ static void test_pages_with_inserts_between(void **state)
         snprintf(token, sizeof(token), "%s", page.next_page_token);
     }
     uint64_t all[128];
-    store_query q2 = {.table = &t_users, .page_size = 500};
+    store_query q2 = {.table = &lagoon_test_table_users, .page_size = 500};
     size_t nall = scan_all(f->s, &q2, all, 128);
     assert_int_equal(nall, 39);
     assert_int_equal(nseen, nall);
@@ -550,7 +550,7 @@ static void test_pages_with_inserts_between(void **state)
     store_key p;
     store_key_reset(&p);
     store_key_u64(&p, owner);
-    store_query vq = {.table = &t_videos, .index = &t_videos.indexes[VIDEOS_BY_OWNER],
+    store_query vq = {.table = &lagoon_test_table_videos, .index = lagoon_test_index_videos_by_owner,
                       .prefix = p.buf, .prefix_len = p.len, .page_size = 7};
     token[0] = '\0';
     uint64_t newer = 0, older = 0, tie = 0;
@@ -564,7 +564,7 @@ static void test_pages_with_inserts_between(void **state)
         assert_int_equal(store_read_begin(f->s, &t, &err), LAGOON_OK);
         for (size_t i = 0; i < rows.n; i++) {
             tvideo v;
-            assert_int_equal(store_get(t, &t_videos, rows.ids[i], &v, &err), LAGOON_OK);
+            assert_int_equal(store_get(t, &lagoon_test_table_videos, rows.ids[i], &v, &err), LAGOON_OK);
             assert_true(v.created_at < last_time ||
                         (v.created_at == last_time && rows.ids[i] > last_id));
             last_time = v.created_at;
@@ -599,7 +599,7 @@ static void test_hostile_tokens(void **state)
         snprintf(name, sizeof(name), "u%d", i);
         assert_int_equal(add_user(f->s, name, NULL, i, &id, &err), LAGOON_OK);
     }
-    store_query q = {.table = &t_users, .page_size = 5};
+    store_query q = {.table = &lagoon_test_table_users, .page_size = 5};
     page_rows rows;
     store_page page;
     assert_int_equal(scan_page(f->s, &q, &rows, &page, &err), LAGOON_OK);
@@ -682,7 +682,7 @@ static void test_offset_pages_and_limits(void **state)
     }
     page_rows rows;
     store_page page;
-    store_query q = {.table = &t_users, .page_size = 10};
+    store_query q = {.table = &lagoon_test_table_users, .page_size = 10};
     static const struct {
         uint32_t page;
         size_t n;
@@ -755,7 +755,7 @@ static int w_batch_op(store_txn *t, void *arg, store_error *err)
     batch_op *o = arg;
     tuser u = lagoon_test_v1_TUser_init_zero;
     snprintf(u.name, sizeof(u.name), "%s", o->name);
-    int st = store_insert(t, &t_users, &u, NULL, err);
+    int st = store_insert(t, &lagoon_test_table_users, &u, NULL, err);
     if (st || !o->name2) {
         if (!st && o->fail_with)
             return store_fail(err, o->fail_with, "why", "told to fail");
@@ -763,7 +763,7 @@ static int w_batch_op(store_txn *t, void *arg, store_error *err)
     }
     tuser u2 = lagoon_test_v1_TUser_init_zero;
     snprintf(u2.name, sizeof(u2.name), "%s", o->name2);
-    return store_insert(t, &t_users, &u2, NULL, err);
+    return store_insert(t, &lagoon_test_table_users, &u2, NULL, err);
 }
 
 static void batch_done(void *arg, int status, const store_error *err)
@@ -833,7 +833,7 @@ static void test_failing_call_in_batch(void **state)
     store_unsubscribe(f->s, on_change, &sn);
     assert_int_equal(sn.calls, 1);
     assert_int_equal(sn.n, 4);
-    assert_int_equal(count_kind(&sn, &t_users, STORE_INSERTED), 4);
+    assert_int_equal(count_kind(&sn, &lagoon_test_table_users, STORE_INSERTED), 4);
     assert_int_equal(ops[0].status, LAGOON_OK);
     assert_int_equal(ops[1].status, LAGOON_ALREADY_EXISTS);
     assert_string_equal(ops[1].err.field, "name");
@@ -924,7 +924,7 @@ static void test_concurrent_writers(void **state)
     store_counters_get(f->s, &after);
     assert_int_equal(after.ops_ok - before.ops_ok, N * 50);
     uint64_t ids[512];
-    store_query q = {.table = &t_users};
+    store_query q = {.table = &lagoon_test_table_users};
     assert_int_equal(scan_all(f->s, &q, ids, 512), N * 50);
 }
 
@@ -945,7 +945,7 @@ static void *reader_thread(void *arg)
         if (store_read_begin(r->s, &t, &err) != LAGOON_OK)
             continue;
         tvideo v;
-        store_get(t, &t_videos, (uint64_t)(i % 50) + 1, &v, &err);
+        store_get(t, &lagoon_test_table_videos, (uint64_t)(i % 50) + 1, &v, &err);
         store_read_end(t);
         r->reads++;
     }
@@ -966,7 +966,7 @@ static int w_many_videos(store_txn *t, void *arg, store_error *err)
         v.created_at = m->base + i;
         v.blob.size = 4000;
         memset(v.blob.bytes, (m->base + i) & 0xff, 4000);
-        int st = store_insert(t, &t_videos, &v, NULL, err);
+        int st = store_insert(t, &lagoon_test_table_videos, &v, NULL, err);
         if (st)
             return st;
     }
@@ -996,7 +996,7 @@ static void test_map_grows_from_tiny(void **state)
     assert_true(c.map_growths >= 1);
     assert_true(c.map_size > STORE_MAP_SIZE_MIN);
     uint64_t ids[700];
-    store_query q = {.table = &t_videos};
+    store_query q = {.table = &lagoon_test_table_videos};
     assert_int_equal(scan_all(s, &q, ids, 700), 600);
     uint64_t problems = 99;
     assert_int_equal(store_verify(s, NULL, &problems, &err), LAGOON_OK);
@@ -1023,12 +1023,12 @@ static void test_full_map_refuses_writes_keeps_reads(void **state)
     assert_true(ok > 10);
     /* Reads keep working and see every acknowledged write. */
     uint64_t ids[1000];
-    store_query q = {.table = &t_videos};
+    store_query q = {.table = &lagoon_test_table_videos};
     assert_int_equal(scan_all(s, &q, ids, 1000), (size_t)ok);
-    assert_true(row_exists(s, &t_users, owner));
+    assert_true(row_exists(s, &lagoon_test_table_users, owner));
     /* Deleting makes room again (LMDB reuses freed pages after the next commits). */
     for (int i = 0; i < ok; i++)
-        assert_int_equal(del_row(s, &t_videos, ids[i], &err), LAGOON_OK);
+        assert_int_equal(del_row(s, &lagoon_test_table_videos, ids[i], &err), LAGOON_OK);
     assert_int_equal(add_video(s, owner, 1, 8000, &id, &err), LAGOON_OK);
     store_close(s);
     tmpdir_remove(dir);
@@ -1071,7 +1071,7 @@ static int disk_full_child(const char *dir)
     if (add_video(s, owner, 1, 8000, &id, &err) != LAGOON_RESOURCE_EXHAUSTED)
         return 26;
     uint64_t ids[1000];
-    store_query q = {.table = &t_videos};
+    store_query q = {.table = &lagoon_test_table_videos};
     if (scan_all(s, &q, ids, 1000) != (size_t)ok)
         return 27;
     rl.rlim_cur = RLIM_INFINITY;
@@ -1113,7 +1113,7 @@ static int migrate(store_txn *t, uint32_t from, void *arg, store_error *err)
     migrated_from = from;
     tuser u = lagoon_test_v1_TUser_init_zero;
     snprintf(u.name, sizeof(u.name), "%s", "migrated");
-    return store_insert(t, &t_users, &u, NULL, err);
+    return store_insert(t, &lagoon_test_table_users, &u, NULL, err);
 }
 
 static void test_schema_versions(void **state)

@@ -197,8 +197,8 @@ static void test_damaged_row(void **state)
     store_error err;
     tvideo v;
     assert_int_equal(store_read_begin(s, &t, &err), LAGOON_OK);
-    assert_int_equal(store_get(t, &t_videos, videos[3], &v, &err), LAGOON_DATA_LOSS);
-    assert_int_equal(store_get(t, &t_videos, videos[4], &v, &err), LAGOON_OK);
+    assert_int_equal(store_get(t, &lagoon_test_table_videos, videos[3], &v, &err), LAGOON_DATA_LOSS);
+    assert_int_equal(store_get(t, &lagoon_test_table_videos, videos[4], &v, &err), LAGOON_OK);
     store_read_end(t);
     size_t len;
     char *report = NULL;
@@ -256,9 +256,9 @@ static void test_backup_restored_and_verified(void **state)
     assert_int_equal(store_verify(s, NULL, &problems, &err), LAGOON_OK);
     assert_int_equal(problems, 0);
     for (int i = 0; i < 10; i++)
-        assert_true(row_exists(s, &t_videos, videos[i]));
+        assert_true(row_exists(s, &lagoon_test_table_videos, videos[i]));
     uint64_t ids[400];
-    store_query q = {.table = &t_users};
+    store_query q = {.table = &lagoon_test_table_users};
     size_t n = scan_all(s, &q, ids, 400);
     assert_true(n >= 5 && n <= 5 + 300);
     /* The restored store takes writes, with ids after everything it holds. */
@@ -420,7 +420,7 @@ static void test_sigkill_loses_no_acknowledged_write(void **state)
     /* Reopen (clears the dead process's reader slot) and find every acknowledged row. */
     store *s = open_test_store(dir, NULL);
     for (size_t i = 0; i < n; i++)
-        if (!row_exists(s, &t_users, ids[i]))
+        if (!row_exists(s, &lagoon_test_table_users, ids[i]))
             fail_msg("acknowledged users row %llu lost (%zu acknowledged)",
                      (unsigned long long)ids[i], n);
     store_error err;
@@ -438,7 +438,7 @@ static void test_sigkill_loses_no_acknowledged_write(void **state)
     free(out);
     s = open_test_store(bsub, NULL);
     for (size_t i = 0; i < acked_before_backup; i++)
-        assert_true(row_exists(s, &t_users, ids[i]));
+        assert_true(row_exists(s, &lagoon_test_table_users, ids[i]));
     store_close(s);
     tmpdir_remove(bdir);
     free(ids);
@@ -589,7 +589,7 @@ static void test_one_writer_per_directory(void **state)
     assert_int_equal(kill(pid, SIGKILL), 0);
     assert_int_equal(waitpid(pid, NULL, 0), pid);
     s = open_test_store(dir, NULL);
-    assert_true(row_exists(s, &t_users, id));
+    assert_true(row_exists(s, &lagoon_test_table_users, id));
     store_close(s);
     tmpdir_remove(dir);
 }

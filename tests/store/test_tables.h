@@ -1,22 +1,18 @@
-/* Test tables of the store suite: a small social schema with every index kind and both kinds
- * of foreign key (users <- videos <- comments, users/videos <- shares). */
+/* Test tables of the store suite: declared in idl/lagoon/test/v1/store_test.proto, generated into
+ * lagoon_test_tables.h (lagoon_test_table_users, lagoon_test_index_users_by_name, ...): a small
+ * social schema with every index kind and both kinds of foreign key (users <- videos <- comments,
+ * users/videos <- shares). */
 #ifndef LAGOON_TEST_STORE_TABLES_H
 #define LAGOON_TEST_STORE_TABLES_H
 
 #include "lagoon_idl.h"
+#include "lagoon_test_tables.h"
 #include "store.h"
 
 typedef lagoon_test_v1_TUser tuser;
 typedef lagoon_test_v1_TVideo tvideo;
 typedef lagoon_test_v1_TComment tcomment;
 typedef lagoon_test_v1_TShare tshare;
-
-extern const store_table t_users, t_videos, t_comments, t_shares;
-/* Indexes, by position in their table's array. */
-enum { USERS_BY_NAME, USERS_BY_EMAIL, USERS_BY_CREATED };
-enum { VIDEOS_BY_OWNER };
-enum { COMMENTS_BY_VIDEO, COMMENTS_BY_AUTHOR };
-enum { SHARES_BY_VIDEO_USER, SHARES_BY_USER };
 
 /* The schema at version `version` (1 normally). */
 const store_schema *test_schema(void);

@@ -84,7 +84,16 @@ int kv_env_backup(kv_env *env, const char *dir);
 #define KV_TXN_READ 0x1u
 int kv_txn_begin(kv_env *env, kv_txn *parent, unsigned flags, kv_txn **out);
 int kv_txn_commit(kv_txn *txn); /* frees txn whatever the outcome */
-void kv_txn_abort(kv_txn *txn); /* frees txn */
+void kv_txn_abort(kv_txn *txn); /* frees txn, also a reset one */
+
+/* Read transactions only, for reuse without an allocation per read. kv_txn_reset ends txn like
+ * kv_txn_abort but keeps the handle, and with it the engine's reader slot: a reset txn holds no
+ * snapshot, keeps no old pages alive and does not count as active for kv_env_set_map_size.
+ * Values and cursors of txn must not be used after the reset. kv_txn_renew starts it again on
+ * the latest commit; on failure (KV_RESIZED: adopt the size, then renew again) txn stays reset.
+ * Any thread may reset or renew a txn, one at a time. */
+void kv_txn_reset(kv_txn *txn);
+int kv_txn_renew(kv_txn *txn);
 
 /* Opens (and with create, creates) the named database. Must run in a read-write transaction
  * that commits before the handle is used elsewhere. */

@@ -106,7 +106,9 @@ int kv_env_open(const char *dir, const kv_env_options *opt, kv_env **out)
         free(e);
         return map_err(rc, "mdb_env_create");
     }
-    unsigned flags = MDB_NOTLS; /* read transactions are not tied to threads (see store.h) */
+    /* Read transactions are not tied to threads: a reset one keeps its own reader slot, and a
+     * thread may hold a second one (store.c, "Reads"). */
+    unsigned flags = MDB_NOTLS;
     if (opt->no_sync)
         flags |= MDB_NOSYNC;
     if (opt->read_only)
@@ -226,6 +228,18 @@ void kv_txn_abort(kv_txn *txn)
         return;
     mdb_txn_abort(txn->txn);
     free(txn);
+}
+
+/* With MDB_NOTLS (kv_env_open) the reader slot belongs to the MDB_txn, so a reset txn keeps its
+ * slot until kv_txn_abort, and renewing it takes no lock of the reader table. */
+void kv_txn_reset(kv_txn *txn)
+{
+    mdb_txn_reset(txn->txn);
+}
+
+int kv_txn_renew(kv_txn *txn)
+{
+    return map_err(mdb_txn_renew(txn->txn), "mdb_txn_renew");
 }
 
 int kv_db_open(kv_txn *txn, const char *name, int create, kv_db *out)

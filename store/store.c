@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -188,17 +189,233 @@ static int grow_map(store *s)
 
 /* ---- Reads --------------------------------------------------------------------------------- */
 
-static int txn_begin_read(store *s, kv_txn **out, store_error *err)
+/* Reused read transactions. Beginning an LMDB read transaction allocates and clears it (a few
+ * KiB with this schema's number of databases), and most calls read twice. Instead each thread
+ * keeps, per store, one read transaction that store_read_end resets and the next
+ * store_read_begin renews (mdb_txn_reset / mdb_txn_renew): no allocation, and a renewed
+ * transaction reads the latest commit exactly as a new one would.
+ *
+ * Ownership. The store owns the cached transactions of every thread (s->readers, under
+ * readers_mu) and aborts them all in store_close before the environment closes, whether their
+ * threads still run or are gone. A thread names its cached transactions in thread-local
+ * entries {store id, reader} and follows an entry only for the store it is reading from, which
+ * is open, so that reader still exists; an entry of a closed store is never followed, and since
+ * ids are never reused it cannot match a store opened later at the same address. A thread that
+ * exits gives its transactions back (a pthread key destructor), after checking under readers_mu
+ * which of its stores are still open.
+ *
+ * What stays as it was:
+ * - Map growth. A reset transaction holds no snapshot and nothing of the map (renewing copies
+ *   the database roots from the current map again), so it is not active in the sense of
+ *   mdb_env_set_mapsize; the resize gate counts begun reads only, and a resize still waits for
+ *   every begun read to end.
+ * - A second read on a thread while its first is open gets a transaction of its own (the
+ *   cached one is in use), as does a read beyond the store's share of the reader table.
+ * - The reader table. With MDB_NOTLS the slot belongs to the transaction, so each cached one
+ *   keeps a slot while its thread lives and the store is open: at most readers_cap per store
+ *   (STORE_READERS_CACHED_SHARE). */
+struct store_reader {
+    store_txn txn;             /* txn.reader == this; txn.kv NULL until the first read */
+    atomic_int in_use;         /* 1 from store_read_begin to store_read_end (either thread) */
+    store_reader *prev, *next; /* in the store's list */
+};
+
+typedef struct thread_readers {
+    struct {
+        uint64_t store_id; /* 0: a free entry */
+        store_reader *r;   /* NULL: this thread reads from that store without reuse (share full) */
+        uint64_t used;     /* tick of the last read, to choose the entry to give up */
+    } e[STORE_THREAD_READERS];
+    uint64_t tick;
+    int armed; /* the exit destructor will run for this thread */
+} thread_readers;
+
+static _Thread_local thread_readers tls_readers;
+static pthread_mutex_t readers_mu = PTHREAD_MUTEX_INITIALIZER;
+static store *open_stores;     /* under readers_mu */
+static uint64_t last_reader_id; /* under readers_mu */
+static pthread_once_t readers_once = PTHREAD_ONCE_INIT;
+static pthread_key_t readers_key;
+static int readers_key_ok;
+
+/* Under readers_mu. */
+static store *open_store(uint64_t id)
+{
+    for (store *s = open_stores; s; s = s->next_open)
+        if (s->reader_id == id)
+            return s;
+    return NULL;
+}
+
+/* Under readers_mu: unlinks r from s and frees it with its transaction. */
+static void reader_free(store *s, store_reader *r)
+{
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        s->readers = r->next;
+    if (r->next)
+        r->next->prev = r->prev;
+    s->readers_cached--;
+    kv_txn_abort(r->txn.kv);
+    free(r);
+}
+
+/* The pthread key destructor: the exiting thread's cached transactions of stores still open. */
+static void thread_readers_exit(void *arg)
+{
+    thread_readers *tr = arg;
+    pthread_mutex_lock(&readers_mu);
+    for (int i = 0; i < STORE_THREAD_READERS; i++) {
+        store *s = tr->e[i].store_id && tr->e[i].r ? open_store(tr->e[i].store_id) : NULL;
+        /* One still in use is a read this thread never ended (or handed to another thread):
+         * store_close frees it. */
+        if (s && !atomic_load_explicit(&tr->e[i].r->in_use, memory_order_acquire))
+            reader_free(s, tr->e[i].r);
+        tr->e[i].store_id = 0;
+        tr->e[i].r = NULL;
+    }
+    tr->armed = 0;
+    pthread_mutex_unlock(&readers_mu);
+}
+
+static void readers_key_make(void)
+{
+    readers_key_ok = pthread_key_create(&readers_key, thread_readers_exit) == 0;
+}
+
+/* The first read of this thread from s (or the first after its entry was given up): a new cached
+ * transaction, or NULL to read with one of its own. */
+static store_reader *reader_attach(store *s, thread_readers *tr)
+{
+    pthread_once(&readers_once, readers_key_make);
+    if (!readers_key_ok)
+        return NULL; /* an exiting thread could not give its slot back */
+    store_reader *r = NULL;
+    pthread_mutex_lock(&readers_mu);
+    if (!tr->armed) {
+        if (pthread_setspecific(readers_key, tr) != 0)
+            goto out;
+        tr->armed = 1;
+    }
+    int slot = -1;
+    for (int i = 0; i < STORE_THREAD_READERS; i++) {
+        if (tr->e[i].store_id && !open_store(tr->e[i].store_id))
+            tr->e[i].store_id = 0; /* that store closed and freed the reader */
+        if (!tr->e[i].store_id && slot < 0)
+            slot = i;
+    }
+    if (slot < 0) {
+        /* Busy with more stores than entries: give up the least recently used entry whose
+         * transaction is not in use (every entry left names an open store). */
+        for (int i = 0; i < STORE_THREAD_READERS; i++)
+            if ((!tr->e[i].r || !atomic_load_explicit(&tr->e[i].r->in_use, memory_order_acquire)) &&
+                (slot < 0 || tr->e[i].used < tr->e[slot].used))
+                slot = i;
+        if (slot < 0)
+            goto out;
+        if (tr->e[slot].r)
+            reader_free(open_store(tr->e[slot].store_id), tr->e[slot].r);
+        tr->e[slot].store_id = 0;
+    }
+    tr->e[slot].used = ++tr->tick;
+    if (s->readers_cached >= s->readers_cap) {
+        /* The share is taken: remember that this thread reads s without reuse, so that its
+         * next reads do not come back here. */
+        tr->e[slot].store_id = s->reader_id;
+        tr->e[slot].r = NULL;
+        goto out;
+    }
+    r = calloc(1, sizeof(*r));
+    if (!r)
+        goto out;
+    r->txn.s = s;
+    r->txn.reader = r;
+    r->next = s->readers;
+    if (r->next)
+        r->next->prev = r;
+    s->readers = r;
+    s->readers_cached++;
+    tr->e[slot].store_id = s->reader_id;
+    tr->e[slot].r = r;
+out:
+    pthread_mutex_unlock(&readers_mu);
+    return r;
+}
+
+/* This thread's cached transaction for s, NULL when it has none. */
+static store_reader *reader_for(store *s)
+{
+    thread_readers *tr = &tls_readers;
+    for (int i = 0; i < STORE_THREAD_READERS; i++) {
+        if (tr->e[i].store_id == s->reader_id) {
+            tr->e[i].used = ++tr->tick;
+            return tr->e[i].r;
+        }
+    }
+    return reader_attach(s, tr);
+}
+
+/* Makes s known to reading threads (at the end of store_open): ids start at 1, and 0 marks a
+ * free entry. */
+static void readers_list(store *s, unsigned max_readers)
+{
+    pthread_mutex_lock(&readers_mu);
+    s->reader_id = ++last_reader_id;
+    s->readers_cap = max_readers / STORE_READERS_CACHED_SHARE;
+    s->next_open = open_stores;
+    open_stores = s;
+    s->listed = 1;
+    pthread_mutex_unlock(&readers_mu);
+}
+
+/* Before the environment closes: every cached transaction of every thread, living or gone. */
+static void readers_unlist(store *s)
+{
+    pthread_mutex_lock(&readers_mu);
+    if (s->listed) {
+        store **p = &open_stores;
+        while (*p != s)
+            p = &(*p)->next_open;
+        *p = s->next_open;
+        s->listed = 0;
+    }
+    store_reader *next;
+    for (store_reader *r = s->readers; r; r = next) {
+        next = r->next;
+        kv_txn_abort(r->txn.kv);
+        free(r);
+    }
+    s->readers = NULL;
+    s->readers_cached = 0;
+    pthread_mutex_unlock(&readers_mu);
+}
+
+unsigned store_readers_cached(store *s)
+{
+    pthread_mutex_lock(&readers_mu);
+    unsigned n = s->readers_cached;
+    pthread_mutex_unlock(&readers_mu);
+    return n;
+}
+
+/* Begins a read in *txn, or renews *txn when it is a reset transaction. */
+static int txn_begin_read(store *s, kv_txn **txn, store_error *err)
 {
     for (int attempt = 0;; attempt++) {
         store_gate_enter_read(s);
-        int rc = kv_txn_begin(s->env, NULL, KV_TXN_READ, out);
+        int rc = *txn ? kv_txn_renew(*txn) : kv_txn_begin(s->env, NULL, KV_TXN_READ, txn);
         if (rc == KV_OK)
             return LAGOON_OK;
         store_gate_leave_read(s);
         if (rc == KV_RESIZED && attempt < 3) {
-            gate_resize(s, 0); /* another process grew the map: follow it */
+            gate_resize(s, 0); /* another process grew the map: follow it (a reset txn may stay) */
             continue;
+        }
+        if (*txn) {
+            /* Whatever broke it, do not keep a transaction that could fail every next read. */
+            kv_txn_abort(*txn);
+            *txn = NULL;
         }
         return store_kv_fail(NULL, rc, err, "cannot start a read");
     }
@@ -207,6 +424,17 @@ static int txn_begin_read(store *s, kv_txn **out, store_error *err)
 int store_read_begin(store *s, store_txn **out, store_error *err)
 {
     *out = NULL;
+    store_reader *r = reader_for(s);
+    if (r && !atomic_exchange_explicit(&r->in_use, 1, memory_order_acquire)) {
+        int st = txn_begin_read(s, &r->txn.kv, err);
+        if (st) {
+            atomic_store_explicit(&r->in_use, 0, memory_order_release);
+            return st;
+        }
+        *out = &r->txn;
+        return LAGOON_OK;
+    }
+    /* A second read while this thread's first is open, or no transaction to reuse. */
     store_txn *t = calloc(1, sizeof(*t));
     if (!t)
         return STORE_FAIL(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
@@ -224,8 +452,16 @@ void store_read_end(store_txn *t)
 {
     if (!t)
         return;
+    store *s = t->s;
+    if (t->reader) {
+        /* Reset before leaving the gate: a resize may start as soon as the gate is left. */
+        kv_txn_reset(t->kv);
+        store_gate_leave_read(s);
+        atomic_store_explicit(&t->reader->in_use, 0, memory_order_release);
+        return;
+    }
     kv_txn_abort(t->kv);
-    store_gate_leave_read(t->s);
+    store_gate_leave_read(s);
     free(t);
 }
 
@@ -895,6 +1131,7 @@ int store_open(const char *dir, const store_config *cfg, store **out, store_erro
         store_close(s);
         return st;
     }
+    readers_list(s, kv_env_info_get(s->env, &info) == KV_OK ? info.max_readers : 0);
     *out = s;
     return LAGOON_OK;
 }
@@ -910,6 +1147,7 @@ void store_close(store *s)
         pthread_mutex_unlock(&s->q_mu);
         pthread_join(s->writer, NULL);
     }
+    readers_unlist(s); /* after the writer, whose exit gave back its own */
     kv_env_close(s->env);
     /* Only once everything is written and closed may another writer start. */
     if (s->lock_fd >= 0)

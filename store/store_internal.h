@@ -32,6 +32,18 @@ typedef struct store_table_rt {
 } store_table_rt;
 
 typedef struct store_op store_op;
+typedef struct store_reader store_reader;
+
+/* Reused read transactions (store.c, "Reads"). A thread keeps a reset read transaction for each
+ * of at most this many stores it read from lately; a thread reading from more stores at once
+ * gives up the least recently used one. The server reads from one store. */
+#define STORE_THREAD_READERS 4
+
+/* Of the reader table (max_readers, shared by every process on the database), a store keeps at
+ * most 1/STORE_READERS_CACHED_SHARE in idle reset transactions: the rest stays free for second
+ * reads on a thread, backups and other processes (lagoon-admin). Threads beyond the share read
+ * with a transaction of their own per read, as without reuse. */
+#define STORE_READERS_CACHED_SHARE 2
 
 struct store {
     kv_env *env;
@@ -53,6 +65,14 @@ struct store {
     pthread_cond_t gate_cv;
     unsigned gate_readers;  /* open read transactions */
     int gate_resizing;      /* a resize waits or runs: new reads wait */
+
+    /* Reused read transactions, all under the process-wide readers mutex of store.c. */
+    uint64_t reader_id;      /* never reused in the process: threads name the store by it */
+    store *next_open;        /* in the list of open stores */
+    int listed;              /* 1 while in that list */
+    store_reader *readers;   /* the cached transactions of every thread, a list */
+    unsigned readers_cached; /* its length */
+    unsigned readers_cap;    /* its limit: the reader table / STORE_READERS_CACHED_SHARE */
 
     /* Writer queue. */
     pthread_mutex_t q_mu;
@@ -82,6 +102,9 @@ struct store_txn {
     store *s;
     kv_txn *kv;
     int writable;
+    /* Reads only: the thread's cached transaction this is (reset, not freed, at the end), or
+     * NULL for a transaction of its own. */
+    store_reader *reader;
     /* Write transactions only: set when any kv call hit the map size, so that the writer
      * replays the batch after growing even if the write function hid the error. */
     int map_full;
@@ -103,6 +126,8 @@ int store_load_token_key(store *s, kv_txn *txn);
  * (backup). */
 void store_gate_enter_read(store *s);
 void store_gate_leave_read(store *s);
+/* Read transactions kept for reuse by the threads that read from s (for tests). */
+unsigned store_readers_cached(store *s);
 /* k = the entry of index x for row (id appended for MULTI). 1: has an entry, 0: none (sparse),
  * -1: the key overflowed STORE_KEY_MAX. */
 int store_index_entry(const store_table *tab, size_t x, const void *row, uint64_t id, store_key *k);

@@ -65,7 +65,7 @@ static int w_insert(store_txn *t, void *a, store_error *err)
     return store_insert(t, x->tab, x->row, &x->id, err);
 }
 
-static int insert(store *s, const store_table *tab, void *row, uint64_t *id, store_error *err)
+int add_row(store *s, const store_table *tab, void *row, uint64_t *id, store_error *err)
 {
     ins_arg a = {tab, row, 0};
     int st = store_write(s, w_insert, &a, err);
@@ -81,7 +81,7 @@ int add_user(store *s, const char *name, const char *email, int64_t created, uin
     snprintf(u.name, sizeof(u.name), "%s", name);
     snprintf(u.email, sizeof(u.email), "%s", email ? email : "");
     u.created_at = created;
-    return insert(s, &lagoon_test_table_users, &u, id, err);
+    return add_row(s, &lagoon_test_table_users, &u, id, err);
 }
 
 int add_video(store *s, uint64_t owner, int64_t created, size_t blob_len, uint64_t *id,
@@ -94,7 +94,7 @@ int add_video(store *s, uint64_t owner, int64_t created, size_t blob_len, uint64
     v.blob.size = (pb_size_t)blob_len;
     for (size_t i = 0; i < blob_len; i++)
         v.blob.bytes[i] = (uint8_t)(i * 31 + created);
-    return insert(s, &lagoon_test_table_videos, &v, id, err);
+    return add_row(s, &lagoon_test_table_videos, &v, id, err);
 }
 
 int add_comment(store *s, uint64_t video, uint64_t author, uint64_t *id, store_error *err)
@@ -103,7 +103,7 @@ int add_comment(store *s, uint64_t video, uint64_t author, uint64_t *id, store_e
     c.video_id = video;
     c.author_id = author;
     snprintf(c.text, sizeof(c.text), "nice");
-    return insert(s, &lagoon_test_table_comments, &c, id, err);
+    return add_row(s, &lagoon_test_table_comments, &c, id, err);
 }
 
 int add_share(store *s, uint64_t video, uint64_t user, uint64_t *id, store_error *err)
@@ -111,7 +111,7 @@ int add_share(store *s, uint64_t video, uint64_t user, uint64_t *id, store_error
     tshare sh = lagoon_test_v1_TShare_init_zero;
     sh.video_id = video;
     sh.user_id = user;
-    return insert(s, &lagoon_test_table_shares, &sh, id, err);
+    return add_row(s, &lagoon_test_table_shares, &sh, id, err);
 }
 
 typedef struct del_arg {

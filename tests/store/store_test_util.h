@@ -15,6 +15,7 @@ void tmpdir_remove(char *dir);
 store *open_test_store(const char *dir, const store_config *cfg);
 
 /* One write each, through store_write. Return the status; *id (may be NULL) gets the id. */
+int add_row(store *s, const store_table *tab, void *row, uint64_t *id, store_error *err);
 int add_user(store *s, const char *name, const char *email, int64_t created, uint64_t *id,
              store_error *err);
 int add_video(store *s, uint64_t owner, int64_t created, size_t blob_len, uint64_t *id,

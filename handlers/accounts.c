@@ -87,40 +87,90 @@ void account_signin_user(char out[ACCOUNT_SIGNIN_KEY_MAX], uint64_t user_id)
 
 /* The pair's key puts the address first: a limiter cuts long keys, and a cut must never make
  * two addresses one. */
+#define PAIR_KEY_MAX (APP_PEER_KEY_MAX + ACCOUNT_SIGNIN_KEY_MAX) /* whole: the limiter cuts it */
 static void pair_key(char *out, size_t cap, const char *account, const char *peer)
 {
     snprintf(out, cap, "%s %s", peer, account);
 }
 
-uint32_t account_signin_wait(app *a, const char *account, const char *peer, int64_t now)
+/* A known pair is the owner's usual address: only its own failures hold it. */
+static int pair_known(app *a, const char *pair, int64_t now)
 {
-    char pair[LIMITER_KEY_MAX];
-    pair_key(pair, sizeof(pair), account, peer);
+    return limiter_count(a->login_known, pair, now) > 0;
+}
+
+/* The longest wait that applies to the attempt (0: none). */
+static uint32_t signin_wait(app *a, const account_signin *s, const char *pair, int known, int64_t now)
+{
     uint32_t w = limiter_wait(a->login_pair, pair, now);
-    if (limiter_count(a->login_known, pair, now) > 0)
-        return w; /* the owner's usual address: only its own failures hold it */
-    uint32_t wa = limiter_wait(a->login_account, account, now);
-    uint32_t wb = limiter_wait(a->login_address, peer, now);
+    if (known)
+        return w;
+    uint32_t wa = limiter_wait(a->login_account, s->account, now);
+    uint32_t wb = limiter_wait(a->login_address, s->address, now);
     if (wa > w)
         w = wa;
     return wb > w ? wb : w;
 }
 
-void account_signin_failed(app *a, const char *account, const char *peer, int64_t now)
+uint32_t account_signin_begin(app *a, account_signin *s, int64_t now)
 {
-    char pair[LIMITER_KEY_MAX];
-    pair_key(pair, sizeof(pair), account, peer);
-    limiter_hit(a->login_pair, pair, now);
-    limiter_hit(a->login_account, account, now);
-    limiter_hit(a->login_address, peer, now);
+    char pair[PAIR_KEY_MAX];
+    pair_key(pair, sizeof(pair), s->account, s->address);
+    s->pending = 0;
+    s->started_ms = now;
+    int known = pair_known(a, pair, now);
+    /* Look first, so that a refused attempt touches no count; then take each count. A take
+     * can still refuse when another attempt took the last room in between: the counts
+     * already taken are given back. */
+    uint32_t w = signin_wait(a, s, pair, known, now);
+    if (w != 0)
+        return w;
+    if ((w = limiter_take(a->login_pair, pair, now)) != 0)
+        return w;
+    if (known) {
+        limiter_hit(a->login_account, s->account, now);
+        limiter_hit(a->login_address, s->address, now);
+    } else if ((w = limiter_take(a->login_account, s->account, now)) != 0) {
+        limiter_refund(a->login_pair, pair, now);
+        return w;
+    } else if ((w = limiter_take(a->login_address, s->address, now)) != 0) {
+        limiter_refund(a->login_account, s->account, now);
+        limiter_refund(a->login_pair, pair, now);
+        return w;
+    }
+    s->pending = 1;
+    return 0;
 }
 
-void account_signin_ok(app *a, const char *account, const char *peer, int64_t now)
+void account_signin_failed(app *a, account_signin *s)
 {
-    char pair[LIMITER_KEY_MAX];
-    pair_key(pair, sizeof(pair), account, peer);
+    (void)a;
+    s->pending = 0; /* begin counted it as a failure already */
+}
+
+void account_signin_ok(app *a, account_signin *s, int64_t now)
+{
+    if (!s->pending)
+        return;
+    s->pending = 0;
+    char pair[PAIR_KEY_MAX];
+    pair_key(pair, sizeof(pair), s->account, s->address);
     limiter_reset(a->login_pair, pair);
+    limiter_refund(a->login_account, s->account, s->started_ms);
+    limiter_refund(a->login_address, s->address, s->started_ms);
     limiter_hit(a->login_known, pair, now);
+}
+
+void account_signin_cancel(app *a, account_signin *s)
+{
+    if (!s->pending)
+        return;
+    s->pending = 0;
+    char pair[PAIR_KEY_MAX];
+    pair_key(pair, sizeof(pair), s->account, s->address);
+    limiter_refund(a->login_pair, pair, s->started_ms);
+    limiter_refund(a->login_account, s->account, s->started_ms);
+    limiter_refund(a->login_address, s->address, s->started_ms);
 }
 
 /* ---- validation -------------------------------------------------------------------------- */

@@ -41,19 +41,39 @@ const char *account_dummy_hash(const app *a);
 
 /* ---- failed sign-ins (app_config.login_*_failures) -------------------------------------------- */
 
-/* `account` names what is signed in to: "user:<id>" (account_signin_user), or "login:<login,
- * lower-cased>" for a login that names no account, so that guessing at one is throttled too.
- * `peer` is the client address (app_peer_address). Thread-safe. */
+/* One password attempt (a Login, or the current password of ChangePassword or DeleteAccount),
+ * counted as a failure from when it starts (account_signin_begin) until its outcome is known:
+ * attempts in flight at once cannot all pass a check that none of them has counted yet. Then
+ * exactly one of account_signin_failed, _ok or _cancel says how it ended (each does nothing
+ * for an attempt that is not pending). Thread-safe; the struct is the caller's. */
 #define ACCOUNT_SIGNIN_KEY_MAX 272 /* "login:" + a 254-byte login + NUL, rounded up */
+typedef struct account_signin {
+    /* Set by the caller before begin: what is signed in to, "user:<id>" (account_signin_user)
+     * or "login:<login, lower-cased>" for a login that names no account (so that guessing
+     * at one is throttled too); and the client's address (app_peer_key). */
+    char account[ACCOUNT_SIGNIN_KEY_MAX];
+    char address[APP_PEER_KEY_MAX];
+    int64_t started_ms; /* when begin counted it */
+    int pending;        /* counted by begin, its outcome not given yet */
+} account_signin;
+
 void account_signin_user(char out[ACCOUNT_SIGNIN_KEY_MAX], uint64_t user_id);
-/* 0 if a password of account may be tried from peer now, else the milliseconds to wait: the
- * longest of the (account, address) pair's, the account's and the address's waits, except
- * that a known pair (it signed in within APP_KNOWN_ADDRESS_MS) owes only its own. */
-uint32_t account_signin_wait(app *a, const char *account, const char *peer, int64_t now);
-/* A wrong password: counts for the pair, the account and the address. */
-void account_signin_failed(app *a, const char *account, const char *peer, int64_t now);
-/* A sign-in: clears the pair's failures and makes the pair known. */
-void account_signin_ok(app *a, const char *account, const char *peer, int64_t now);
+/* 0 if the attempt may go on, and it is counted (for the (account, address) pair, the
+ * account and the address, as if it failed); else the milliseconds to wait, and nothing is
+ * counted: the longest of the pair's, the account's and the address's waits, except that a
+ * known pair (its last sign-in less than APP_KNOWN_ADDRESS_MS ago) owes only its own (its
+ * attempts still count for the account and the address). */
+uint32_t account_signin_begin(app *a, account_signin *s, int64_t now);
+/* The password was wrong: the attempt stays counted. */
+void account_signin_failed(app *a, account_signin *s);
+/* The password was right and a session made: clears the pair's failures, takes the attempt
+ * back from the account's and the address's counts, and makes the pair known (until
+ * APP_KNOWN_ADDRESS_MS after now). */
+void account_signin_ok(app *a, account_signin *s, int64_t now);
+/* No wrong password was tried (the call ended before its hash ran, a queue was full, or the
+ * password was right but nothing came of it: a deactivated account, a current password
+ * accepted, a store error): takes the attempt back from all three counts. */
+void account_signin_cancel(app *a, account_signin *s);
 
 /* ---- validation: NULL if the value is acceptable, else why not (static text, or per-thread
  * text valid until the next call on the thread) -------------------------------------------- */

@@ -1,6 +1,8 @@
 /* app: shared handler state and the write glue. See app.h. */
 #include "app.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,8 +15,6 @@
 #include "log.h"
 #include "mailer.h"
 #include "schema.h"
-
-#define APP_LIMITER_KEYS 100000 /* addresses/accounts tracked per limiter (~200 bytes each) */
 
 static void policy_default(limiter_policy *p, uint32_t max, uint32_t window_ms, uint32_t base, uint32_t cap)
 {
@@ -52,6 +52,8 @@ void app_config_defaults(app_config *c)
         c->event_retention_s = 7 * 24 * 3600;
     if (c->subscriber_backlog == 0)
         c->subscriber_backlog = 1u << 20;
+    if (c->limiter_keys == 0)
+        c->limiter_keys = APP_LIMITER_KEYS;
     policy_default(&c->login_failures, 5, 15 * 60 * 1000, 1000, 15 * 60 * 1000);
     policy_default(&c->login_account_failures, 100, 15 * 60 * 1000, 1000, 15 * 60 * 1000);
     policy_default(&c->login_address_failures, 50, 15 * 60 * 1000, 1000, 15 * 60 * 1000);
@@ -87,17 +89,17 @@ int app_open(const char *data_dir, const app_config *cfg, app **out, rpc_error *
     a->cfg = *cfg;
     app_config_defaults(&a->cfg);
     snprintf(a->data_dir, sizeof(a->data_dir), "%s", data_dir);
-    /* Known pairs: counted, never waiting, forgotten APP_KNOWN_ADDRESS_MS after they are
-     * first seen (the next sign-in after that makes them known again). */
-    limiter_policy known = {.kind = LIMITER_BUDGET, .max_events = UINT32_MAX,
+    /* Known pairs: never waiting, forgotten APP_KNOWN_ADDRESS_MS after their last sign-in. */
+    limiter_policy known = {.kind = LIMITER_SEEN, .max_events = UINT32_MAX,
                             .window_ms = (uint32_t)APP_KNOWN_ADDRESS_MS};
-    a->login_pair = limiter_new(&a->cfg.login_failures, APP_LIMITER_KEYS);
-    a->login_account = limiter_new(&a->cfg.login_account_failures, APP_LIMITER_KEYS);
-    a->login_address = limiter_new(&a->cfg.login_address_failures, APP_LIMITER_KEYS);
-    a->login_known = limiter_new(&known, APP_LIMITER_KEYS);
-    a->registrations = limiter_new(&a->cfg.registrations, APP_LIMITER_KEYS);
-    a->resets = limiter_new(&a->cfg.resets, APP_LIMITER_KEYS);
-    a->sends = limiter_new(&a->cfg.sends, APP_LIMITER_KEYS);
+    size_t keys = a->cfg.limiter_keys;
+    a->login_pair = limiter_new(&a->cfg.login_failures, keys);
+    a->login_account = limiter_new(&a->cfg.login_account_failures, keys);
+    a->login_address = limiter_new(&a->cfg.login_address_failures, keys);
+    a->login_known = limiter_new(&known, keys);
+    a->registrations = limiter_new(&a->cfg.registrations, keys);
+    a->resets = limiter_new(&a->cfg.resets, keys);
+    a->sends = limiter_new(&a->cfg.sends, keys);
     if (!a->login_pair || !a->login_account || !a->login_address || !a->login_known || !a->registrations ||
         !a->resets || !a->sends) {
         snprintf(err->message, sizeof(err->message), "out of memory");
@@ -155,6 +157,48 @@ void app_peer_address(const rpc_call *c, char *out, size_t cap)
     char *colon = strrchr(out, ':');
     if (colon != NULL && colon != out)
         *colon = '\0';
+}
+
+void app_address_key(const char *peer, char out[APP_PEER_KEY_MAX])
+{
+    /* The host: inside "[...]", or before the last ':'. */
+    char host[INET6_ADDRSTRLEN + 16];
+    const char *end = NULL;
+    if (peer[0] == '[') {
+        peer++;
+        end = strchr(peer, ']');
+    } else {
+        end = strrchr(peer, ':');
+    }
+    size_t n = end != NULL ? (size_t)(end - peer) : strlen(peer);
+    if (n >= sizeof(host))
+        n = sizeof(host) - 1;
+    memcpy(host, peer, n);
+    host[n] = '\0';
+    struct in6_addr a6;
+    struct in_addr a4;
+    if (inet_pton(AF_INET6, host, &a6) == 1) {
+        if (IN6_IS_ADDR_V4MAPPED(&a6)) {
+            memcpy(&a4, a6.s6_addr + 12, sizeof(a4));
+            inet_ntop(AF_INET, &a4, out, APP_PEER_KEY_MAX);
+            return;
+        }
+        memset(a6.s6_addr + 8, 0, 8);
+        char net[INET6_ADDRSTRLEN];
+        inet_ntop(AF_INET6, &a6, net, sizeof(net));
+        snprintf(out, APP_PEER_KEY_MAX, "%s/64", net);
+        return;
+    }
+    if (inet_pton(AF_INET, host, &a4) == 1) {
+        inet_ntop(AF_INET, &a4, out, APP_PEER_KEY_MAX);
+        return;
+    }
+    snprintf(out, APP_PEER_KEY_MAX, "%s", host);
+}
+
+void app_peer_key(const rpc_call *c, char out[APP_PEER_KEY_MAX])
+{
+    app_address_key(rpc_call_peer(c), out);
 }
 
 /* ---- authentication ----------------------------------------------------------------------- */

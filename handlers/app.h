@@ -27,8 +27,10 @@ typedef struct app_config {
     uint32_t max_sessions;     /* per user; a sign-in beyond it ends the oldest. 0 = 100, at most
                                 * STORE_PAGE_SIZE_MAX (one page of the user's sessions) */
     /* Failed sign-ins (a wrong password in Login, ChangePassword or DeleteAccount), backoff
-     * policies. An address the account signed in from in the last APP_KNOWN_ADDRESS_MS is
-     * held only by the first: others' failures cannot lock the owner out there. */
+     * policies. An attempt counts as a failure from when it starts until its password is
+     * found right. An address the account last signed in from less than APP_KNOWN_ADDRESS_MS
+     * ago is held only by the first: others' failures cannot lock the owner out there.
+     * "Address" is app_peer_key's: an IPv4 address, or an IPv6 /64. */
     limiter_policy login_failures;         /* per account and client address; 0s = 5 per 15 min,
                                             * then 1 s doubling to 15 min */
     limiter_policy login_account_failures; /* per account, every address together (a spread-out
@@ -39,12 +41,16 @@ typedef struct app_config {
     limiter_policy registrations;  /* Register calls past validation (created or taken), per
                                     * address; budget, 0s = 20 per hour */
     limiter_policy resets;         /* emails on request (ForgotPassword, a ResendVerification that
-                                    * sends), per address; budget, 0s = 10 per hour */
+                                    * sends), per address; budget, 0s = 10 per hour; counted
+                                    * before the email is queued */
     limiter_policy sends;          /* Messages/Send per user; 0s = 60 per minute, then 1 s doubling to 1 min */
     enum store_sync sync;          /* STORE_SYNC_FULL unless benchmarking */
     uint32_t event_retention_count; /* events kept per user; 0 = 1000 */
     uint32_t event_retention_s;     /* and for at most this long; 0 = 7 days */
     size_t subscriber_backlog;      /* bytes a subscription may fall behind before it is ended; 0 = 1 MiB */
+    uint32_t limiter_keys;          /* keys each rate limiter tracks; 0 = APP_LIMITER_KEYS. A full
+                                     * limiter forgets expired keys, then makes new keys wait
+                                     * (limiter.h) */
     /* The clock, ms since the epoch; NULL = the real one. Tests inject theirs. */
     int64_t (*clock)(void *arg);
     void *clock_arg;
@@ -58,10 +64,15 @@ typedef struct app_config {
 enum app_hook {
     APP_HOOK_HASH = 1,         /* a Login or Register job starts on the hash lane */
     APP_HOOK_LOGIN_VERIFIED,   /* Login: the password matched, the session is not yet written */
+    APP_HOOK_ROUTER_TURN,      /* the realtime router is about to take its next batch of commands */
 };
 
-/* How long a successful sign-in makes its (account, address) pair known. */
+/* How long after its last successful sign-in an (account, address) pair stays known. */
 #define APP_KNOWN_ADDRESS_MS (30LL * 24 * 3600 * 1000)
+/* Keys tracked per rate limiter by default: about 230 bytes each, so about 23 MB for a full
+ * one; 100 000 distinct accounts or addresses acting within one window (15 minutes for
+ * sign-ins, an hour for emails) before new ones wait. */
+#define APP_LIMITER_KEYS 100000
 
 typedef struct mailer mailer;
 typedef struct realtime realtime;
@@ -109,8 +120,20 @@ void app_on_drain(void *arg);
 /* The token check of the RPC layer (rpc_config.authenticate, arg = the app). */
 int app_authenticate(void *arg, const char *token, rpc_caller *out);
 
-/* "1.2.3.4" of "1.2.3.4:5678" (or "[::1]" of "[::1]:5678"), into out. */
+/* "1.2.3.4" of "1.2.3.4:5678" (or "[::1]" of "[::1]:5678"), into out: the client's whole
+ * address, as a session records it. */
 void app_peer_address(const rpc_call *c, char *out, size_t cap);
+
+/* The client's address as the rate limits count it (the key of every per-address limit):
+ * an IPv4 address as such ("1.2.3.4"); an IPv6 address by its /64 ("2001:db8:1:2::/64"),
+ * since one IPv6 host has a whole /64 to pick addresses from (the RPC layer counts
+ * connections the same way); an IPv4-mapped IPv6 address as the IPv4 address. At most
+ * APP_PEER_KEY_MAX bytes with the NUL. */
+#define APP_PEER_KEY_MAX 64
+void app_peer_key(const rpc_call *c, char out[APP_PEER_KEY_MAX]);
+/* The same from a peer string as rpc_call_peer gives it ("host:port" or "[v6]:port"); a
+ * string that is neither is used whole (cut to fit). Pure: tests call it directly. */
+void app_address_key(const char *peer, char out[APP_PEER_KEY_MAX]);
 
 /* ---- resource checks: one rule for every service ----------------------------------------- */
 

@@ -192,15 +192,17 @@ int handle_Auth_Register(rpc_call *call, const lagoon_v1_RegisterRequest *req, l
 
     /* The limit comes after validation (an invalid request is told what is wrong, and costs
      * nothing), and every request that gets this far counts, taken names too: whether an
-     * email has an account is then learnt at most as fast as accounts can be made. */
-    char addr[64], key[96];
-    app_peer_address(call, addr, sizeof(addr));
+     * email has an account is then learnt at most as fast as accounts can be made. The
+     * check and the count are one step, so that concurrent requests cannot all pass it.
+     * Nothing is given back, not even for a request abandoned before its hash: which
+     * requests get that far (their names are free) is what the limit bounds. */
+    char addr[APP_PEER_KEY_MAX], key[96];
+    app_peer_key(call, addr);
     snprintf(key, sizeof(key), "reg:%s", addr);
     int64_t now = app_now(a);
-    uint32_t wait = limiter_wait(a->registrations, key, now);
+    uint32_t wait = limiter_take(a->registrations, key, now);
     if (wait)
         return too_many(call, wait, "registrations from this address");
-    limiter_hit(a->registrations, key, now);
     /* Report taken names up front, both at once; the unique indexes decide in the end. */
     lagoon_v1_User *other = malloc(sizeof(*other));
     if (other == NULL)
@@ -248,8 +250,8 @@ typedef struct login_op {
     char hash[ACCOUNT_HASH_MAX];     /* the hash the password is verified against */
     char new_hash[ACCOUNT_HASH_MAX]; /* "" unless the hash is upgraded */
     char password[ACCOUNT_PASSWORD_MAX + 1]; /* wiped once verified */
-    char account_key[ACCOUNT_SIGNIN_KEY_MAX]; /* for the sign-in throttle */
-    char peer[64];
+    account_signin signin; /* the attempt, as the sign-in throttle counts it */
+    char peer[64];         /* the client's address, for the session row */
     char access[ACCOUNT_TOKEN_CHARS + 1], refresh[ACCOUNT_TOKEN_CHARS + 1];
     uint8_t access_hash[ACCOUNT_HASH_BYTES], refresh_hash[ACCOUNT_HASH_BYTES];
     int64_t now;
@@ -262,7 +264,13 @@ static void login_free(login_op *op)
     free(op);
 }
 
-static void login_drop(void *op) { login_free(op); }
+/* The call ended before its hash: no password was tried. */
+static void login_drop(void *arg)
+{
+    login_op *op = arg;
+    account_signin_cancel(op->a, &op->signin);
+    login_free(op);
+}
 
 /* A new session for op->user_id with op's tokens; fills op->user. The password was verified
  * outside this transaction, so the account may have changed since: the session is created
@@ -344,18 +352,21 @@ static int login_done(rpc_call *call, void *arg, int status, const store_error *
 {
     login_op *op = arg;
     if (status != LAGOON_OK) {
+        account_signin_cancel(op->a, &op->signin); /* the password was right */
         status = app_store_error(call, status, err);
     } else if (op->outcome == LOGIN_OK) {
-        account_signin_ok(op->a, op->account_key, op->peer, app_now(op->a));
+        account_signin_ok(op->a, &op->signin, app_now(op->a));
         fill_tokens(op, op->resp);
     } else if (op->outcome == LOGIN_INACTIVE) {
+        account_signin_cancel(op->a, &op->signin);
         status = deactivated(call);
     } else if (op->outcome == LOGIN_UPGRADED) {
+        account_signin_cancel(op->a, &op->signin);
         status = rpc_call_error(call, LAGOON_ABORTED, "the account changed during sign-in: try again");
     } else {
         /* The password was replaced (or the account deleted) after it was checked: it is
          * wrong now, and counts as such. */
-        account_signin_failed(op->a, op->account_key, op->peer, app_now(op->a));
+        account_signin_failed(op->a, &op->signin);
         status = wrong_password(call);
     }
     login_free(op);
@@ -373,11 +384,12 @@ static int login_verify(rpc_call *call, void *arg)
         op->new_hash[0] = '\0';
     sodium_memzero(op->password, sizeof(op->password)); /* not needed any more */
     if (!ok) {
-        account_signin_failed(a, op->account_key, op->peer, app_now(a));
+        account_signin_failed(a, &op->signin);
         login_free(op);
         return wrong_password(call);
     }
     if (!op->active) {
+        account_signin_cancel(a, &op->signin);
         login_free(op);
         return deactivated(call);
     }
@@ -386,8 +398,10 @@ static int login_verify(rpc_call *call, void *arg)
     account_token_new(op->refresh, op->refresh_hash);
     op->now = app_now(a);
     int st = app_write(call, login_write, op, login_done);
-    if (st != RPC_PENDING)
+    if (st != RPC_PENDING) {
+        account_signin_cancel(a, &op->signin);
         login_free(op);
+    }
     return st;
 }
 
@@ -411,24 +425,28 @@ int handle_Auth_Login(rpc_call *call, const lagoon_v1_LoginRequest *req, lagoon_
         op->active = op->user.active;
         op->user_id = op->user.id;
         COPY_STR(op->hash, op->user.password_hash);
-        account_signin_user(op->account_key, op->user_id);
+        account_signin_user(op->signin.account, op->user_id);
     } else {
         /* Unknown logins are throttled by name too, folded like the indexes fold them. */
-        snprintf(op->account_key, sizeof(op->account_key), "login:%s", req->login);
-        for (char *p = op->account_key; *p; p++)
+        snprintf(op->signin.account, sizeof(op->signin.account), "login:%s", req->login);
+        for (char *p = op->signin.account; *p; p++)
             if (*p >= 'A' && *p <= 'Z')
                 *p = (char)(*p + 32);
     }
     app_peer_address(call, op->peer, sizeof(op->peer));
-    uint32_t wait = account_signin_wait(a, op->account_key, op->peer, app_now(a));
+    app_peer_key(call, op->signin.address);
+    /* Counted now, before the hash: the attempts pipelined behind this one see it. */
+    uint32_t wait = account_signin_begin(a, &op->signin, app_now(a));
     if (wait) {
         login_free(op);
         return too_many(call, wait, "failed sign-ins");
     }
     COPY_STR(op->password, req->password);
     int st = rpc_call_defer(call, RPC_LANE_HASH, login_verify, login_drop, op);
-    if (st != RPC_PENDING)
+    if (st != RPC_PENDING) {
+        account_signin_cancel(a, &op->signin);
         login_free(op);
+    }
     return st;
 }
 
@@ -793,6 +811,7 @@ int handle_Auth_ResetPassword(rpc_call *call, const lagoon_v1_ResetPasswordReque
 typedef struct mail_op {
     app *a;
     char limit_key[96];         /* the address's email budget */
+    int64_t taken_ms;           /* when the email was counted in it */
     uint64_t user_id;           /* ResendVerification */
     char email[256];            /* ForgotPassword */
     char token[ACCOUNT_TOKEN_CHARS + 1];
@@ -824,12 +843,13 @@ static int already_verified(rpc_call *call)
 static int resend_done(rpc_call *call, void *arg, int status, const store_error *err)
 {
     mail_op *op = arg;
+    /* The email was counted before it was queued; none went out after all: it is given back. */
+    if (status != LAGOON_OK || op->already_verified)
+        limiter_refund(op->a->resets, op->limit_key, op->taken_ms);
     if (status != LAGOON_OK)
         status = app_store_error(call, status, err);
     else if (op->already_verified)
         status = already_verified(call);
-    else /* an email went out: that is what the budget counts */
-        limiter_hit(op->a->resets, op->limit_key, app_now(op->a));
     free(op);
     return status;
 }
@@ -837,8 +857,8 @@ static int resend_done(rpc_call *call, void *arg, int status, const store_error 
 /* The key of the caller's address in the email budget (app.resets). */
 static void mail_key(rpc_call *call, char *key, size_t cap)
 {
-    char addr[64];
-    app_peer_address(call, addr, sizeof(addr));
+    char addr[APP_PEER_KEY_MAX];
+    app_peer_key(call, addr);
     snprintf(key, cap, "mail:%s", addr);
 }
 
@@ -861,21 +881,29 @@ int handle_Auth_ResendVerification(rpc_call *call, const lagoon_v1_AuthEmpty *re
         return app_store_error(call, st, &err);
     if (verified)
         return already_verified(call);
+    /* The email is counted now, before it is queued (requests in flight at once see each
+     * other's), and given back if none goes out. */
     char key[96];
     mail_key(call, key, sizeof(key));
-    uint32_t wait = limiter_wait(a->resets, key, app_now(a));
+    int64_t now = app_now(a);
+    uint32_t wait = limiter_take(a->resets, key, now);
     if (wait)
         return too_many(call, wait, "email requests from this address");
     mail_op *op = calloc(1, sizeof(*op));
-    if (op == NULL)
+    if (op == NULL) {
+        limiter_refund(a->resets, key, now);
         return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
+    }
     op->a = a;
     COPY_STR(op->limit_key, key);
+    op->taken_ms = now;
     op->user_id = rpc_call_caller(call)->user_id;
     account_token_new(op->token, op->token_hash);
     st = app_write(call, resend_write, op, resend_done);
-    if (st != RPC_PENDING)
+    if (st != RPC_PENDING) {
+        limiter_refund(a->resets, key, now);
         free(op);
+    }
     return st;
 }
 
@@ -915,13 +943,14 @@ int handle_Auth_ForgotPassword(rpc_call *call, const lagoon_v1_ForgotPasswordReq
     char key[96];
     mail_key(call, key, sizeof(key));
     int64_t now = app_now(a);
-    uint32_t wait = limiter_wait(a->resets, key, now);
+    uint32_t wait = limiter_take(a->resets, key, now);
     if (wait)
         return too_many(call, wait, "email requests from this address");
-    limiter_hit(a->resets, key, now);
     mail_op *op = calloc(1, sizeof(*op));
-    if (op == NULL)
+    if (op == NULL) {
+        limiter_refund(a->resets, key, now); /* unrelated to the address: tells nothing */
         return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
+    }
     op->a = a;
     COPY_STR(op->email, req->email);
     account_token_new(op->token, op->token_hash);

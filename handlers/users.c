@@ -156,7 +156,7 @@ typedef struct user_op {
     char password[ACCOUNT_PASSWORD_MAX + 1];     /* the current one; wiped once checked */
     char new_password[ACCOUNT_PASSWORD_MAX + 1]; /* wiped once hashed */
     char current_hash[ACCOUNT_HASH_MAX];
-    char peer[64]; /* the client address, for the sign-in throttle */
+    account_signin signin; /* ChangePassword, DeleteAccount: the attempt at the current password */
     void *resp;
     int public_resp;     /* resp is a PublicUser, not a UserProfile */
     lagoon_v1_User user; /* the row as written */
@@ -169,7 +169,13 @@ static void user_op_free(user_op *op)
     free(op);
 }
 
-static void user_op_drop(void *op) { user_op_free(op); }
+/* The call ended before its hash: no password was tried. */
+static void user_op_drop(void *arg)
+{
+    user_op *op = arg;
+    account_signin_cancel(op->a, &op->signin);
+    user_op_free(op);
+}
 
 static user_op *user_op_new(rpc_call *call, uint64_t user_id, void *resp)
 {
@@ -315,18 +321,19 @@ int handle_Users_SetActive(rpc_call *call, const lagoon_v1_SetActiveRequest *req
 /* ---- password-checked changes --------------------------------------------------------------- */
 
 /* On a worker: does op->password match the account's? It is wiped either way. A wrong one
- * counts as a failed sign-in of the account from the caller's address (so these methods
- * cannot be used to guess passwords) and ends the call with a violation of `field`: returns
- * that status; the caller frees op. LAGOON_OK if it matches. */
+ * stays counted as a failed sign-in of the account from the caller's address (so these
+ * methods cannot be used to guess passwords) and ends the call with a violation of `field`:
+ * returns that status; the caller frees op. LAGOON_OK if it matches (the attempt is given
+ * back: it is not a sign-in, so the pair's failures stay and it does not become known). */
 static int current_password_ok(rpc_call *call, user_op *op, const char *field)
 {
     int ok = account_verify_password(op->current_hash, op->password);
     sodium_memzero(op->password, sizeof(op->password));
-    if (ok)
+    if (ok) {
+        account_signin_cancel(op->a, &op->signin);
         return LAGOON_OK;
-    char key[ACCOUNT_SIGNIN_KEY_MAX];
-    account_signin_user(key, op->user_id);
-    account_signin_failed(op->a, key, op->peer, app_now(op->a));
+    }
+    account_signin_failed(op->a, &op->signin);
     return rpc_call_violation(call, field, "is wrong");
 }
 
@@ -363,21 +370,10 @@ static int delete_account_work(rpc_call *call, void *arg)
     return submit(call, op, delete_write, empty_done);
 }
 
-/* Loads the caller's hash and checks the throttle; NULL (status in *st) on failure. */
+/* Loads the caller's hash; NULL (status in *st) on failure. */
 static user_op *password_op(rpc_call *call, void *resp, int *st)
 {
-    app *a = app_of(call);
     uint64_t uid = rpc_call_caller(call)->user_id;
-    char key[ACCOUNT_SIGNIN_KEY_MAX], peer[64];
-    account_signin_user(key, uid);
-    app_peer_address(call, peer, sizeof(peer));
-    uint32_t wait = account_signin_wait(a, key, peer, app_now(a));
-    if (wait) {
-        rpc_call_retry_after(call, wait);
-        *st = rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "too many wrong passwords; retry in %u s",
-                             (wait + 999) / 1000);
-        return NULL;
-    }
     lagoon_v1_User *u = load_user(call, uid, st);
     if (u == NULL)
         return NULL;
@@ -388,10 +384,31 @@ static user_op *password_op(rpc_call *call, void *resp, int *st)
         return NULL;
     }
     COPY_STR(op->current_hash, u->password_hash);
-    COPY_STR(op->peer, peer);
+    account_signin_user(op->signin.account, uid);
+    app_peer_key(call, op->signin.address);
     op->user = *u;
     free(u);
     return op;
+}
+
+/* The sign-in throttle, then fn on the hash lane. The attempt is counted before it is
+ * deferred (attempts pipelined behind it see it) and given back if it never runs. Frees op
+ * unless it is handed on. */
+static int check_password_later(rpc_call *call, user_op *op, rpc_work_fn fn)
+{
+    uint32_t wait = account_signin_begin(op->a, &op->signin, app_now(op->a));
+    if (wait) {
+        user_op_free(op);
+        rpc_call_retry_after(call, wait);
+        return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "too many wrong passwords; retry in %u s",
+                              (wait + 999) / 1000);
+    }
+    int st = rpc_call_defer(call, RPC_LANE_HASH, fn, user_op_drop, op);
+    if (st != RPC_PENDING) {
+        account_signin_cancel(op->a, &op->signin);
+        user_op_free(op);
+    }
+    return st;
 }
 
 int handle_Users_ChangePassword(rpc_call *call, const lagoon_v1_ChangePasswordRequest *req,
@@ -408,10 +425,7 @@ int handle_Users_ChangePassword(rpc_call *call, const lagoon_v1_ChangePasswordRe
     op->keep_session = rpc_call_caller(call)->session_id;
     COPY_STR(op->password, req->current_password);
     COPY_STR(op->new_password, req->new_password);
-    st = rpc_call_defer(call, RPC_LANE_HASH, change_password_work, user_op_drop, op);
-    if (st != RPC_PENDING)
-        user_op_free(op);
-    return st;
+    return check_password_later(call, op, change_password_work);
 }
 
 int handle_Users_DeleteAccount(rpc_call *call, const lagoon_v1_DeleteAccountRequest *req,
@@ -422,8 +436,5 @@ int handle_Users_DeleteAccount(rpc_call *call, const lagoon_v1_DeleteAccountRequ
     if (op == NULL)
         return st;
     COPY_STR(op->password, req->password);
-    st = rpc_call_defer(call, RPC_LANE_HASH, delete_account_work, user_op_drop, op);
-    if (st != RPC_PENDING)
-        user_op_free(op);
-    return st;
+    return check_password_later(call, op, delete_account_work);
 }

@@ -254,6 +254,8 @@ static int calls_open(void *arg)
 static void tweak_one_hash_worker(app_config *acfg, rpc_config *cfg)
 {
     test_tweak_shared(acfg, cfg);
+    /* Sign-ins in flight count until they succeed: let all of these be in flight at once. */
+    acfg->login_failures.max_events = 1000;
     cfg->hash_workers = 1;
     acfg->hook = gate_hook;
     acfg->hook_arg = &G;

@@ -29,7 +29,10 @@
 #define EVENTS_TYPING_MS 5000       /* how long a typing indicator shows */
 #define ROUTER_BUCKETS 1024         /* subscriber tables, by user, session and connection */
 #define ROUTER_REPLAY_POLL_MS 5     /* how often paused replays look at their readers again */
-#define ROUTER_USER_TURN 64         /* events (and typing) delivered per user per router turn */
+#define ROUTER_USER_TURN EVENTS_USER_TURN
+#define ROUTER_LANE_MAX EVENTS_LANE_MAX
+#define ROUTER_TYPING_QUEUE_MAX 4096 /* typing commands waiting for the router; more are dropped
+                                      * (a typing indicator is ephemeral, never logged) */
 #define ROUTER_TICK_MS 1000         /* how often access-token expiry is checked: a stream outlives
                                      * its token by at most this */
 
@@ -496,6 +499,7 @@ typedef struct lane {
     struct lane *anext;        /* list of lanes (all have work) */
     uint64_t user_id;
     cmd *head, *tail;          /* EVENT and TYPING commands for the user, in order */
+    unsigned n;                /* commands in it, at most ROUTER_LANE_MAX */
 } lane;
 
 struct realtime {
@@ -506,6 +510,7 @@ struct realtime {
     cmd *head, *tail;
     int stopping;
     uint64_t next_sub_id;      /* under mu */
+    unsigned typing_queued;    /* under mu: TYPING commands in head, at most ROUTER_TYPING_QUEUE_MAX */
     /* Router thread only from here. */
     subscriber *buckets[ROUTER_BUCKETS];  /* by user id */
     subscriber *sbuckets[ROUTER_BUCKETS]; /* by session id: a session's end finds its streams */
@@ -519,16 +524,22 @@ struct realtime {
     int shut;                            /* streams ended for a drain: new ones end at once */
 };
 
-static void post(realtime *rt, cmd *c)
+/* Appends c to the router's queue; rt->mu is held. */
+static void queue_locked(realtime *rt, cmd *c)
 {
     c->next = NULL;
-    pthread_mutex_lock(&rt->mu);
     if (rt->tail)
         rt->tail->next = c;
     else
         rt->head = c;
     rt->tail = c;
     pthread_cond_signal(&rt->cv);
+}
+
+static void post(realtime *rt, cmd *c)
+{
+    pthread_mutex_lock(&rt->mu);
+    queue_locked(rt, c);
     pthread_mutex_unlock(&rt->mu);
 }
 
@@ -657,12 +668,37 @@ static int sub_send(realtime *rt, subscriber *s, const lagoon_v1_Event *ev)
     return 0;
 }
 
+/* Switches a live subscriber to replay from its last sent seq: it missed an event (the row was
+ * trimmed before delivery read it, or its lane overflowed). The replay reads the log after
+ * last_sent and ends the stream with OUT_OF_RANGE when the log no longer has the next event,
+ * so a gap is never silent. */
+static void sub_to_replay(realtime *rt, subscriber *s)
+{
+    if (s->replaying)
+        return;
+    s->replaying = 1;
+    s->rnext = rt->replaying;
+    rt->replaying = s;
+}
+
+/* Every live subscriber of user catches up from the log. */
+static void user_to_replay(realtime *rt, uint64_t user_id)
+{
+    for (subscriber *s = rt->buckets[user_id % ROUTER_BUCKETS]; s; s = s->next)
+        if (s->user_id == user_id)
+            sub_to_replay(rt, s);
+}
+
 static void route_row(realtime *rt, const lagoon_v1_UserEvent *row)
 {
     for (subscriber *s = rt->buckets[row->user_id % ROUTER_BUCKETS], *next; s; s = next) {
         next = s->next;
-        if (s->user_id == row->user_id && !s->replaying && row->event.seq > s->last_sent)
+        if (s->user_id != row->user_id || s->replaying || row->event.seq <= s->last_sent)
+            continue;
+        if (row->event.seq == s->last_sent + 1)
             sub_send(rt, s, &row->event);
+        else
+            sub_to_replay(rt, s); /* an event before this one never reached it */
     }
 }
 
@@ -671,7 +707,8 @@ static void route_event(realtime *rt, store_txn *t, uint64_t id, lagoon_v1_UserE
     store_error err;
     if (store_get(t, &lagoon_table_user_events, id, row, &err) == LAGOON_OK)
         route_row(rt, row);
-    /* else trimmed already: a subscriber that needed it is resumed from the log */
+    /* else trimmed already: the next event (the append that trimmed it) shows the gap to
+     * route_row, which switches the subscribers that needed it to replay */
 }
 
 typedef struct replay {
@@ -685,7 +722,18 @@ static int replay_one(void *arg, uint64_t id, const void *row)
 {
     (void)id;
     replay *r = arg;
-    if (sub_send(r->rt, r->s, &((const lagoon_v1_UserEvent *)row)->event) != 0) {
+    const lagoon_v1_Event *ev = &((const lagoon_v1_UserEvent *)row)->event;
+    if (ev->seq != r->s->last_sent + 1) {
+        /* Retention trimmed the next event before this subscriber got it. */
+        char msg[200];
+        snprintf(msg, sizeof(msg),
+                 "events after %llu are no longer kept (next kept %llu): reload, then subscribe without since",
+                 (unsigned long long)r->s->last_sent, (unsigned long long)ev->seq);
+        sub_end(r->rt, r->s, LAGOON_OUT_OF_RANGE, msg);
+        r->dead = 1;
+        return LAGOON_CANCELLED;
+    }
+    if (sub_send(r->rt, r->s, ev) != 0) {
         r->dead = 1;
         return LAGOON_CANCELLED;
     }
@@ -832,9 +880,7 @@ static void sub_start(realtime *rt, subscriber *s)
     if (sub_send(rt, s, &hello) != 0)
         return;
     if (s->since && s->since < f.last_seq) {
-        s->replaying = 1;
-        s->rnext = rt->replaying;
-        rt->replaying = s;
+        sub_to_replay(rt, s);
         replay_step(rt, s);
     }
 }
@@ -945,14 +991,24 @@ static lane *lane_find(const realtime *rt, uint64_t user_id)
     return l;
 }
 
-/* Queues c behind the user's earlier events; 0, or -1 when out of memory (c is dropped). */
+/* Queues c behind the user's earlier events; 0, or -1 when c is not queued (the caller frees
+ * it). A full lane (or no memory) takes no more: typing is dropped, and for an event the user's
+ * live subscriptions switch to replay, which reads it from the log, so memory per user stays
+ * bounded and no event is lost unseen. */
 static int lane_push(realtime *rt, uint64_t user_id, cmd *c)
 {
     lane *l = lane_find(rt, user_id);
+    if (l != NULL && l->n >= ROUTER_LANE_MAX) {
+        if (c->kind == CMD_EVENT)
+            user_to_replay(rt, user_id);
+        return -1;
+    }
     if (l == NULL) {
         l = calloc(1, sizeof(*l));
         if (l == NULL) {
             log_msg(LOG_ERROR, "realtime: out of memory queueing events of user %llu", (unsigned long long)user_id);
+            if (c->kind == CMD_EVENT)
+                user_to_replay(rt, user_id);
             return -1;
         }
         l->user_id = user_id;
@@ -967,6 +1023,7 @@ static int lane_push(realtime *rt, uint64_t user_id, cmd *c)
     else
         l->head = c;
     l->tail = c;
+    l->n++;
     return 0;
 }
 
@@ -986,7 +1043,8 @@ static void lane_free(realtime *rt, lane *l)
     free(l);
 }
 
-/* One turn of every lane: ROUTER_USER_TURN commands each; empty lanes go. */
+/* One turn of every lane: what is left of each user's ROUTER_USER_TURN in this turn (the batch
+ * may have spent some), so a user gets at most ROUTER_USER_TURN per turn in all; empty lanes go. */
 static void lanes_turn(realtime *rt, lagoon_v1_UserEvent *row)
 {
     store_txn *t;
@@ -995,9 +1053,11 @@ static void lanes_turn(realtime *rt, lagoon_v1_UserEvent *row)
         return; /* again at the next turn */
     for (lane **p = &rt->active; *p;) {
         lane *l = *p;
-        for (int k = 0; k < ROUTER_USER_TURN && l->head; k++) {
+        for (int k = 0; k < ROUTER_USER_TURN && l->head && user_budget(rt, l->user_id) != 0; k++) {
+            user_charge(rt, l->user_id);
             cmd *c = l->head;
             l->head = c->next;
+            l->n--;
             if (l->head == NULL)
                 l->tail = NULL;
             if (c->kind == CMD_EVENT)
@@ -1057,6 +1117,7 @@ static void *router_main(void *arg)
             replay_step(rt, s);
         }
         expire_due(rt);
+        app_hook_point(rt->a, APP_HOOK_ROUTER_TURN);
         pthread_mutex_lock(&rt->mu);
         if (rt->head == NULL && !rt->stopping && rt->active == NULL && (rt->replaying != NULL || rt->nsubs > 0)) {
             /* Wake up for the replays, or to look at the tokens' expiry. */
@@ -1075,6 +1136,7 @@ static void *router_main(void *arg)
             pthread_cond_wait(&rt->cv, &rt->mu);
         cmd *batch = rt->head;
         rt->head = rt->tail = NULL;
+        rt->typing_queued = 0; /* they are in the batch now, bounded by the lanes' cap from here */
         int stop = rt->stopping && batch == NULL;
         rt->turn++;
         pthread_mutex_unlock(&rt->mu);
@@ -1263,6 +1325,18 @@ int handle_Events_Typing(rpc_call *call, const lagoon_v1_TypingRequest *req, lag
     c->to = req->other_user_id;
     c->from = me;
     c->conv = conv.id;
-    post(a->rt, c);
+    /* Typing is not logged and not rate-limited: past ROUTER_TYPING_QUEUE_MAX waiting for the
+     * router it is dropped (the sender's next Typing shows it again), so it cannot grow the
+     * router's queue without bound. */
+    realtime *rt = a->rt;
+    pthread_mutex_lock(&rt->mu);
+    int queued = rt->typing_queued < ROUTER_TYPING_QUEUE_MAX;
+    if (queued) {
+        rt->typing_queued++;
+        queue_locked(rt, c);
+    }
+    pthread_mutex_unlock(&rt->mu);
+    if (!queued)
+        free(c);
     return LAGOON_OK;
 }

@@ -25,6 +25,15 @@
 #define EVENTS_MAX_SUBSCRIPTIONS_PER_USER 32
 #define EVENTS_MAX_SUBSCRIPTIONS_PER_CONNECTION 8
 
+/* Fair delivery (see events.c): each router turn takes at most EVENTS_USER_TURN events (and
+ * typing indicators) of one user; the rest wait in the user's lane, in order. A lane holds at
+ * most EVENTS_LANE_MAX of them (about 64 bytes each), so one user's flood costs bounded memory:
+ * past it a typing indicator is dropped, and an event is not queued: the user's live
+ * subscriptions switch to replay and read it from the log (ending with OUT_OF_RANGE if the log
+ * no longer has it). */
+#define EVENTS_USER_TURN 64
+#define EVENTS_LANE_MAX 1024
+
 /* Appends ev to user's log in t: assigns its seq and created_at, trims the log to the
  * retention limits. ev->payload must be set. */
 int events_append(store_txn *t, const app *a, uint64_t user_id, lagoon_v1_Event *ev, store_error *err);

@@ -1,6 +1,8 @@
 /* Realtime end to end: subscriptions (live, resumed, purged, too slow, capped, ended with their
  * session), typing, notifications, deleted messages' words, through the generated client
  * against the real server and store. */
+#include <errno.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -9,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -936,6 +939,255 @@ static void test_deleted_words_leave_notification_after_log_trim(void **state)
     C = saved_c;
 }
 
+
+/* ---- the router held at a turn: deterministic batches -------------------------------------- */
+
+#define GATE_WAIT_MS 10000 /* a held router or a test waiting on it gives up after this */
+
+/* Holds the router before it takes its next batch (APP_HOOK_ROUTER_TURN), so that everything
+ * committed meanwhile reaches it in one batch. */
+typedef struct router_gate {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int closed; /* the router waits at its next turn */
+    int held;   /* it is waiting now */
+} router_gate;
+
+static router_gate RG = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0};
+
+static void gate_deadline(struct timespec *ts)
+{
+    clock_gettime(CLOCK_REALTIME, ts);
+    ts->tv_sec += GATE_WAIT_MS / 1000;
+}
+
+static void router_hook(void *arg, int point)
+{
+    router_gate *g = arg;
+    if (point != APP_HOOK_ROUTER_TURN)
+        return;
+    pthread_mutex_lock(&g->mu);
+    if (g->closed) {
+        g->held = 1;
+        pthread_cond_broadcast(&g->cv);
+        struct timespec until;
+        gate_deadline(&until);
+        while (g->closed && pthread_cond_timedwait(&g->cv, &g->mu, &until) != ETIMEDOUT)
+            ;
+        g->held = 0;
+    }
+    pthread_mutex_unlock(&g->mu);
+}
+
+/* Closes the gate and waits until the router is held at it (it turns at least every
+ * ROUTER_TICK_MS while anyone subscribes). */
+static void router_hold(void)
+{
+    pthread_mutex_lock(&RG.mu);
+    RG.closed = 1;
+    struct timespec until;
+    gate_deadline(&until);
+    while (!RG.held && pthread_cond_timedwait(&RG.cv, &RG.mu, &until) != ETIMEDOUT)
+        ;
+    int held = RG.held;
+    pthread_mutex_unlock(&RG.mu);
+    assert_true(held);
+}
+
+static void router_release(void)
+{
+    pthread_mutex_lock(&RG.mu);
+    RG.closed = 0;
+    pthread_cond_broadcast(&RG.cv);
+    pthread_mutex_unlock(&RG.mu);
+}
+
+static void tweak_gated(app_config *acfg, rpc_config *cfg)
+{
+    tweak(acfg, cfg);
+    acfg->hook = router_hook;
+    acfg->hook_arg = &RG;
+}
+
+static void tweak_gated_ret100(app_config *acfg, rpc_config *cfg)
+{
+    tweak_gated(acfg, cfg);
+    acfg->event_retention_count = 100;
+}
+
+/* A fresh server with its own tweak for one test; restored by own_app_end. */
+static void own_app(test_app **saved, lagoon_client **saved_c, void (*tw)(app_config *, rpc_config *))
+{
+    *saved = T;
+    *saved_c = C;
+    T = calloc(1, sizeof(*T));
+    test_app_start(T, tw);
+    C = test_client(T);
+}
+
+static void own_app_end(test_app *saved, lagoon_client *saved_c)
+{
+    lagoon_close(C);
+    test_app_stop(T);
+    free(T);
+    T = saved;
+    C = saved_c;
+}
+
+/* The encoded RequestMeta of a call made as token, into mb[256]: its length. */
+static long raw_meta(const char *token, uint8_t mb[256])
+{
+    lagoon_v1_RequestMeta meta = lagoon_v1_RequestMeta_init_zero;
+    snprintf(meta.auth_token, sizeof(meta.auth_token), "%s", token);
+    long ml = wire_encode(&lagoon_v1_RequestMeta_info, &meta, mb, 256, NULL);
+    assert_true(ml > 0);
+    return ml;
+}
+
+/* n calls of method with the same request, pipelined on one raw connection as token; waits
+ * for every answer, each OK. */
+static void pipeline(const char *token, uint32_t method, const wire_msginfo *info, const void *req, uint32_t n)
+{
+    int fd = raw_connect(T->srv.port, 1);
+    uint8_t mb[256], pb[256];
+    long ml = raw_meta(token, mb);
+    long pl = wire_encode(info, req, pb, sizeof(pb), NULL);
+    assert_true(ml > 0 && pl > 0);
+    for (uint32_t i = 0; i < n; i++)
+        raw_send_frame(fd, WIRE_REQUEST, WIRE_FLAG_END_STREAM, 2 * i + 1, method, mb, (size_t)ml, pb, (size_t)pl);
+    static uint8_t buf[1 << 16];
+    wire_frame f;
+    uint32_t answered = 0;
+    while (answered < n && raw_read_frame(fd, buf, sizeof(buf), &f, WAIT_MS) == 1) {
+        if (f.type != WIRE_RESPONSE)
+            continue;
+        assert_int_equal(f.code, LAGOON_OK);
+        answered++;
+    }
+    close(fd);
+    assert_int_equal(answered, n);
+}
+
+static void pipeline_sends(const char *token, uint64_t to, uint32_t n)
+{
+    lagoon_v1_SendMessageRequest req = lagoon_v1_SendMessageRequest_init_zero;
+    req.recipient_id = to;
+    req.which_content = lagoon_v1_SendMessageRequest_text_tag;
+    snprintf(req.content.text.text, sizeof(req.content.text.text), "flood");
+    pipeline(token, lagoon_method_Messages_Send.id, &lagoon_v1_SendMessageRequest_info, &req, n);
+}
+
+/* A fresh server (tweak tw) with gia, subscribed as d, and hap who writes to her: gia's id. */
+static uint64_t gated_pair(test_app **saved, lagoon_client **saved_c, void (*tw)(app_config *, rpc_config *),
+                           char gt[65], char ht[65], device *d)
+{
+    own_app(saved, saved_c, tw);
+    uint64_t gia = test_verified_user(T, C, "gia", 1, gt);
+    test_verified_user(T, C, "hap", 1, ht);
+    subscribe(d, gt, 0);
+    return gia;
+}
+
+/* Events of a held router's batch whose rows retention trimmed before delivery read them: the
+ * subscriber does not skip them silently; it is switched to replay, which finds them gone and
+ * ends the stream with OUT_OF_RANGE. (It used to get the later events only, and stay open.) */
+static void test_trimmed_before_delivery_is_out_of_range(void **state)
+{
+    (void)state;
+    test_app *saved;
+    lagoon_client *saved_c;
+    enum { SENDS = 60 }; /* 120 events for the recipient: retention keeps 100 */
+    char gt[65], ht[65];
+    device d;
+    uint64_t gia = gated_pair(&saved, &saved_c, tweak_gated_ret100, gt, ht, &d);
+    router_hold();
+    pipeline_sends(ht, gia, SENDS);
+    router_release();
+    lagoon_v1_Event ev;
+    uint64_t want = d.current_seq + 1;
+    int r;
+    for (int i = 0; i <= 2 * SENDS && (r = lagoon_stream_recv_timeout(d.s, &ev, WAIT_MS)) == 1; i++) {
+        assert_int_equal(ev.seq, want); /* never a gap */
+        want++;
+    }
+    assert_int_equal(r, 0);
+    assert_int_equal(lagoon_stream_finish(d.s, NULL), LAGOON_OUT_OF_RANGE);
+    assert_non_null(strstr(lagoon_last_error(d.c)->detail.message, "no longer kept"));
+    lagoon_close(d.c);
+    own_app_end(saved, saved_c);
+}
+
+/* A flood past a user's lane cap, all in one batch: the subscriber still gets every event once,
+ * in order (the overflow is read from the log by replay), and the stream stays open. */
+static void test_lane_overflow_replays_in_order(void **state)
+{
+    (void)state;
+    test_app *saved;
+    lagoon_client *saved_c;
+    enum { SENDS = 600 }; /* 1 200 events for gia: past EVENTS_USER_TURN + EVENTS_LANE_MAX */
+    char gt[65], ht[65];
+    device d;
+    uint64_t gia = gated_pair(&saved, &saved_c, tweak_gated, gt, ht, &d);
+    router_hold();
+    pipeline_sends(ht, gia, SENDS);
+    router_release();
+    lagoon_v1_Event ev;
+    for (uint64_t want = d.current_seq + 1; want <= d.current_seq + 2 * SENDS; want++) {
+        next_event(&d, &ev);
+        assert_int_equal(ev.seq, want);
+    }
+    uint64_t id = send_text(ht, gia, "still live");
+    next_non_notification(&d, &ev);
+    assert_int_equal(ev.payload.message.message.id, id);
+    unsubscribe(&d);
+    own_app_end(saved, saved_c);
+}
+
+/* Typing beyond a user's lane cap is dropped: one batch of typing costs the router at most
+ * EVENTS_USER_TURN + EVENTS_LANE_MAX commands of memory and sends. */
+static void test_typing_flood_is_capped(void **state)
+{
+    (void)state;
+    test_app *saved;
+    lagoon_client *saved_c;
+    enum { TYPINGS = 1500 };
+    char gt[65], ht[65];
+    device d;
+    uint64_t gia = gated_pair(&saved, &saved_c, tweak_gated, gt, ht, &d);
+    send_text(ht, gia, "hello");
+    lagoon_v1_Event ev;
+    next_event(&d, &ev); /* its message and notification */
+    next_event(&d, &ev);
+    router_hold();
+    lagoon_v1_TypingRequest req = {gia};
+    pipeline(ht, lagoon_method_Events_Typing.id, &lagoon_v1_TypingRequest_info, &req, TYPINGS);
+    router_release();
+    unsigned typing = 0;
+    /* Until the stream is quiet: every typing indicator the router kept has been sent by then. */
+    for (int i = 0; i < TYPINGS && lagoon_stream_recv_timeout(d.s, &ev, 1500) == 1; i++) {
+        assert_int_equal(ev.which_payload, lagoon_v1_Event_typing_tag);
+        typing++;
+    }
+    assert_int_equal(typing, EVENTS_USER_TURN + EVENTS_LANE_MAX);
+    unsubscribe(&d);
+    own_app_end(saved, saved_c);
+}
+
+/* Opens Events/Subscribe as token on raw connection fd, call id call_id, and reads its
+ * subscribed event. */
+static void raw_subscribe(int fd, uint32_t call_id, const char *token)
+{
+    uint8_t mb[256];
+    long ml = raw_meta(token, mb);
+    raw_send_frame(fd, WIRE_REQUEST, WIRE_FLAG_END_STREAM, call_id, lagoon_method_Events_Subscribe.id, mb,
+                   (size_t)ml, NULL, 0);
+    static uint8_t buf[1 << 16];
+    wire_frame f;
+    assert_int_equal(raw_read_frame(fd, buf, sizeof(buf), &f, WAIT_MS), 1);
+    assert_int_equal(f.type, WIRE_MESSAGE);
+    assert_int_equal(f.call_id, call_id);
+}
+
 /* ---- fair delivery keeps each user's order --------------------------------------------------- */
 
 /* Many sends pipelined on one raw connection commit in large batches, so the router receives
@@ -952,33 +1204,9 @@ static void test_flood_keeps_order(void **state)
     for (int i = 0; i < 4; i++)
         subscribe(&flooded[i], gt, 0);
     subscribe(&quiet, it, 0);
-    int fd = raw_connect(T->srv.port, 1);
-    lagoon_v1_RequestMeta meta = lagoon_v1_RequestMeta_init_zero;
-    snprintf(meta.auth_token, sizeof(meta.auth_token), "%s", ht);
-    uint8_t mb[256], pb[256];
-    long ml = wire_encode(&lagoon_v1_RequestMeta_info, &meta, mb, sizeof(mb), NULL);
-    lagoon_v1_SendMessageRequest req = lagoon_v1_SendMessageRequest_init_zero;
-    req.recipient_id = gia;
-    req.which_content = lagoon_v1_SendMessageRequest_text_tag;
-    snprintf(req.content.text.text, sizeof(req.content.text.text), "flood");
-    long pl = wire_encode(&lagoon_v1_SendMessageRequest_info, &req, pb, sizeof(pb), NULL);
-    assert_true(ml > 0 && pl > 0);
-    for (uint32_t i = 0; i < SENDS; i++)
-        raw_send_frame(fd, WIRE_REQUEST, WIRE_FLAG_END_STREAM, 2 * i + 1, lagoon_method_Messages_Send.id, mb,
-                       (size_t)ml, pb, (size_t)pl);
-    /* Meanwhile another user's event. */
+    pipeline_sends(ht, gia, SENDS);
+    /* Then another user's event (test_quiet_user_not_behind_a_flood asserts its order). */
     uint64_t to_ike = send_text(ht, ike, "not starved");
-    static uint8_t buf[1 << 16];
-    wire_frame f;
-    int answered = 0;
-    while (answered < SENDS && raw_read_frame(fd, buf, sizeof(buf), &f, WAIT_MS) == 1) {
-        if (f.type != WIRE_RESPONSE)
-            continue;
-        assert_int_equal(f.code, LAGOON_OK);
-        answered++;
-    }
-    close(fd);
-    assert_int_equal(answered, SENDS);
     lagoon_v1_Event ev;
     next_non_notification(&quiet, &ev);
     assert_int_equal(ev.payload.message.message.id, to_ike);
@@ -991,6 +1219,49 @@ static void test_flood_keeps_order(void **state)
         unsubscribe(&flooded[i]);
     }
     unsubscribe(&quiet);
+}
+
+/* Fairness, asserted on order: the flooded user's and the quiet user's subscriptions share one
+ * connection, so its frames show the order the router sent them in. With one batch holding a
+ * 600-event flood for gia and then one message for ike, ike's message goes out within gia's
+ * first turn (EVENTS_USER_TURN events), not after the whole flood. */
+static void test_quiet_user_not_behind_a_flood(void **state)
+{
+    (void)state;
+    test_app *saved;
+    lagoon_client *saved_c;
+    own_app(&saved, &saved_c, tweak_gated);
+    enum { SENDS = 300 };
+    char gt[65], ht[65], it[65];
+    uint64_t gia = test_verified_user(T, C, "gia", 1, gt), ike = test_verified_user(T, C, "ike", 1, it);
+    test_verified_user(T, C, "hap", 1, ht);
+    int fd = raw_connect(T->srv.port, 1);
+    raw_subscribe(fd, 1, gt);
+    raw_subscribe(fd, 3, it);
+    router_hold();
+    pipeline_sends(ht, gia, SENDS);
+    uint64_t to_ike = send_text(ht, ike, "not starved");
+    router_release();
+    static uint8_t buf[1 << 16];
+    static lagoon_v1_Event ev;
+    wire_frame f;
+    unsigned gia_before = 0;
+    int found = 0;
+    for (int i = 0; i < 4 * SENDS && !found && raw_read_frame(fd, buf, sizeof(buf), &f, WAIT_MS) == 1; i++) {
+        assert_int_equal(f.type, WIRE_MESSAGE);
+        if (f.call_id == 1) {
+            gia_before++;
+            continue;
+        }
+        wire_violation v;
+        assert_int_equal(wire_decode_trusted(&lagoon_v1_Event_info, f.payload, f.payload_len, &ev, &v), 0);
+        found = ev.which_payload == lagoon_v1_Event_message_tag && ev.payload.message.message.id == to_ike;
+        pb_release(lagoon_v1_Event_fields, &ev);
+    }
+    assert_true(found);
+    assert_true(gia_before <= EVENTS_USER_TURN);
+    close(fd);
+    own_app_end(saved, saved_c);
 }
 
 int main(void)
@@ -1016,6 +1287,10 @@ int main(void)
         cmocka_unit_test(test_deleted_message_leaves_no_words),
         cmocka_unit_test(test_deleted_words_leave_notification_after_log_trim),
         cmocka_unit_test(test_flood_keeps_order),
+        cmocka_unit_test(test_trimmed_before_delivery_is_out_of_range),
+        cmocka_unit_test(test_lane_overflow_replays_in_order),
+        cmocka_unit_test(test_typing_flood_is_capped),
+        cmocka_unit_test(test_quiet_user_not_behind_a_flood),
         cmocka_unit_test(test_token_expiry_ends_streams),
     };
     return cmocka_run_group_tests_name("events", tests, setup, teardown);

@@ -3,11 +3,13 @@
  * This header (with store_limits.h, which it includes) is the whole public surface of the
  * module. The storage engine is hidden behind store/kv.h; nothing here names LMDB.
  *
- * Tables. A feature declares each table once, as a `static const store_table`: its name, its row
- * message (a nanopb message from idl/, stored protobuf-encoded so that adding a field needs no
- * migration), where the row keeps its u64 id, its indexes and its foreign keys. Generic code
- * does insert, get, update, delete and scans, and keeps every index and relation consistent in
- * the same transaction as the row. Ids come from a per-table sequence and are never reused.
+ * Tables. A feature declares each table once, in the IDL: the (lagoon.v1.table) option on its
+ * row message (a nanopb message from idl/, stored protobuf-encoded so that adding a field needs
+ * no migration) gives its name, the u64 id field, its indexes and its foreign keys, and
+ * protoc-gen-lagoon generates the store_table below with a named handle for the table and each
+ * index (lagoon_tables.h). Generic code does insert, get, update, delete and scans, and keeps
+ * every index and relation consistent in the same transaction as the row. Ids come from a
+ * per-table sequence and are never reused.
  *
  * Index keys. An index's extractor appends order-preserving bytes for a row with the
  * store_key_* helpers: big-endian unsigned integers, sign-flipped signed integers, escaped and
@@ -15,31 +17,48 @@
  * A UNIQUE index maps its key to one row; a MULTI index keeps every row with the same key, in
  * key order and then id order (the id is appended to the stored key). A composite key is
  * several helpers in a row: (video_id, user_id) for a join table, (owner_id, -created_at) for
- * "videos of a user, newest first".
+ * "videos of a user, newest first". The generator writes the extractor of an index declared by
+ * its key fields; a key that is not a concatenation of fields names a hand-written store_key_fn
+ * (key_fn), declared in the generated header.
  *
  * A whole table, for example (the row message lagoon.v1.Video has uint64 id, owner_id and int64
- * created_at fields):
+ * created_at fields; idl/lagoon/v1/options.proto documents every option):
  *
- *     static int video_by_owner(const void *row, store_key *k)
+ *     message Video {
+ *       option (table) = {
+ *         name: "videos"
+ *         // the owner's videos, newest first
+ *         index: { name: "by_owner" key: { field: "owner_id" }
+ *                  key: { field: "created_at" kind: I64_DESC } }
+ *         reference: { field: "owner_id" parent: "User" index: "by_owner" on_delete: CASCADE }
+ *       };
+ *       ...
+ *
+ * generates, in lagoon_tables.c,
+ *
+ *     static int key_videos_by_owner(const void *row, store_key *k)
  *     {
- *         const lagoon_v1_Video *v = row;
- *         store_key_u64(k, v->owner_id);          // the owner's videos...
- *         store_key_i64_desc(k, v->created_at);   // ...newest first
+ *         const lagoon_v1_Video *r = row;
+ *         store_key_u64(k, r->owner_id);
+ *         store_key_i64_desc(k, r->created_at);
  *         return 1;
  *     }
- *     static const store_index video_indexes[] = {
- *         {"by_owner", "owner_id", STORE_MULTI, video_by_owner},
+ *     static const store_index videos_indexes[] = {
+ *         {"by_owner", "owner_id", STORE_MULTI, key_videos_by_owner},
  *     };
- *     static const store_fkey video_fkeys[] = {
- *         {"owner_id", offsetof(lagoon_v1_Video, owner_id), &users_table, &video_indexes[0],
+ *     const store_index *const lagoon_index_videos_by_owner = &videos_indexes[0];
+ *     static const store_fkey videos_fkeys[] = {
+ *         {"owner_id", offsetof(lagoon_v1_Video, owner_id), &lagoon_table_users, &videos_indexes[0],
  *          STORE_CASCADE, 0},
  *     };
- *     const store_table videos_table = {
+ *     const store_table lagoon_table_videos = {
  *         "videos", &lagoon_v1_Video_info, sizeof(lagoon_v1_Video),
- *         offsetof(lagoon_v1_Video, id), video_indexes, 1, video_fkeys, 1,
+ *         offsetof(lagoon_v1_Video, id), videos_indexes, 1, videos_fkeys, 1,
  *     };
  *
- * and a line in the application's schema (store_schema). tests/store/test_tables.c has more.
+ * and lists it in lagoon_tables[], the application's schema (store_schema). Code uses the
+ * handles: store_get_by(t, &lagoon_table_videos, lagoon_index_videos_by_owner, ...).
+ * idl/lagoon/test/v1/store_test.proto has the store tests' tables.
  *
  * Threads. One writer thread owns all writes. store_submit queues a write function; the writer
  * runs the queued functions of many callers in one transaction (each in its own nested
@@ -160,7 +179,7 @@ typedef struct store_txn store_txn;
 typedef int (*store_migrate_fn)(store_txn *t, uint32_t from, void *arg, store_error *err);
 
 /* Every table of the application, and the version of their layout: the application's is
- * app_schema() (handlers/schema.c); tests pass their own. */
+ * app_schema() (handlers/schema.c, over the generated lagoon_tables[]); tests pass their own. */
 typedef struct store_schema {
     const store_table *const *tables;
     size_t ntables;

@@ -239,10 +239,31 @@ int app_authenticate(void *arg, const char *token, rpc_caller *out)
         out->role = (uint8_t)s.role;
         out->verified = s.verified;
         out->session_id = s.id;
+        out->grants = app_grants(out->role, out->verified);
     }
     store_read_end(t);
     return ok ? 0 : -1;
 }
+
+/* What Lagoon's access levels (idl/lagoon/v1/access.proto) mean: the RPC layer enforces the
+ * grants, this says who holds them. */
+uint32_t app_grants(uint8_t role, int verified)
+{
+    uint32_t g = RPC_GRANT(lagoon_v1_Access_ACCESS_USER);
+    if (verified)
+        g |= RPC_GRANT(lagoon_v1_Access_ACCESS_VERIFIED);
+    if (role == lagoon_v1_Role_TEACHER || role == lagoon_v1_Role_ADMIN)
+        g |= RPC_GRANT(lagoon_v1_Access_ACCESS_TEACHER);
+    if (role == lagoon_v1_Role_ADMIN)
+        g |= RPC_GRANT(lagoon_v1_Access_ACCESS_ADMIN);
+    return g;
+}
+
+const char *const app_access_denied[APP_ACCESS_LEVELS] = {
+    [lagoon_v1_Access_ACCESS_VERIFIED] = "this method needs a verified email address",
+    [lagoon_v1_Access_ACCESS_TEACHER] = "this method is for teachers",
+    [lagoon_v1_Access_ACCESS_ADMIN] = "this method is for administrators",
+};
 
 /* ---- resource checks ------------------------------------------------------------------------ */
 
@@ -250,7 +271,7 @@ int app_access(const rpc_caller *who, uint64_t owner_id, int shared, enum app_ac
 {
     if (who->user_id != 0 && who->user_id == owner_id)
         return LAGOON_OK;
-    if ((flags & APP_ADMIN_OVERRIDE) && who->role == RPC_ROLE_ADMIN)
+    if ((flags & APP_ADMIN_OVERRIDE) && who->role == lagoon_v1_Role_ADMIN)
         return LAGOON_OK;
     if (shared)
         return action == APP_READ ? LAGOON_OK : LAGOON_PERMISSION_DENIED;

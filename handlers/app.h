@@ -119,6 +119,11 @@ void app_on_drain(void *arg);
 
 /* The token check of the RPC layer (rpc_config.authenticate, arg = the app). */
 int app_authenticate(void *arg, const char *token, rpc_caller *out);
+/* The access levels a user with this role and verified flag holds (rpc_caller.grants). */
+uint32_t app_grants(uint8_t role, int verified);
+/* rpc_config.access_denied: why a level is refused. */
+#define APP_ACCESS_LEVELS 5
+extern const char *const app_access_denied[APP_ACCESS_LEVELS];
 
 /* "1.2.3.4" of "1.2.3.4:5678" (or "[::1]" of "[::1]:5678"), into out: the client's whole
  * address, as a session records it. */

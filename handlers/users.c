@@ -56,7 +56,7 @@ int handle_Users_Get(rpc_call *call, const lagoon_v1_GetUserRequest *req, lagoon
     if (u == NULL)
         return st;
     /* Deactivated accounts are hidden from everyone but administrators. */
-    if (!u->active && rpc_call_caller(call)->role != RPC_ROLE_ADMIN) {
+    if (!u->active && rpc_call_caller(call)->role != lagoon_v1_Role_ADMIN) {
         free(u);
         return rpc_call_error(call, LAGOON_NOT_FOUND, "no such user");
     }

@@ -281,6 +281,8 @@ int main(int argc, char **argv)
     o.rpc.app = a;
     o.rpc.authenticate = app_authenticate;
     o.rpc.authenticate_arg = a;
+    o.rpc.access_denied = app_access_denied;
+    o.rpc.naccess_denied = APP_ACCESS_LEVELS;
     o.rpc.on_drain = app_on_drain;
     /* Without --debug-methods the Debug service is not routed at all: its calls are unknown
      * methods, and Reflection does not list them. */

@@ -59,19 +59,23 @@ typedef struct rpc_error {
 
 /* ---- Authorization ------------------------------------------------------------------------ */
 
-enum rpc_role { RPC_ROLE_NONE = 0, RPC_ROLE_STUDENT = 1, RPC_ROLE_TEACHER = 2, RPC_ROLE_ADMIN = 3 };
-
-/* Who is calling. user_id 0 means anonymous. */
+/* Who is calling. user_id 0 means anonymous. Roles and levels are the application's: the RPC
+ * layer reads only `grants`, and carries the rest to the handlers. */
 typedef struct rpc_caller {
     uint64_t user_id;
-    uint8_t role;     /* enum rpc_role */
+    uint8_t role;     /* the application's role (lagoon.v1.Role) */
     uint8_t verified; /* email verified */
     uint64_t session_id;
+    uint32_t grants;  /* RPC_GRANT(level) for each access level (lagoon.v1.Access) held */
 } rpc_caller;
+
+/* The bit of an access level in rpc_caller.grants. */
+#define RPC_GRANT(level) (1u << (level))
 
 /* Resolves an access token to a caller. Runs on a loop thread for every call that carries a
  * token, so it must be fast and must not block (a read transaction is fine). Returns 0 and
- * fills *out, or -1 if the token is unknown, expired or revoked. */
+ * fills *out — grants included: which access levels above ACCESS_USER this caller holds (any
+ * caller it accepts holds ACCESS_USER) — or -1 if the token is unknown, expired or revoked. */
 typedef int (*rpc_authenticate_fn)(void *arg, const char *token, rpc_caller *out);
 
 /* ---- Configuration -------------------------------------------------------------------------- */
@@ -89,6 +93,10 @@ typedef struct rpc_config {
 #undef RPC_LIMIT_FIELD
     rpc_authenticate_fn authenticate; /* NULL: every token is rejected */
     void *authenticate_arg;
+    /* Why a signed-in caller without a level's grant is refused (PERMISSION_DENIED), by
+     * lagoon.v1.Access level; NULL or a NULL entry: "this method needs access level N". */
+    const char *const *access_denied;
+    unsigned naccess_denied;
     const char *version;    /* reported by Health/Check */
     void *app;              /* handlers' shared state (store, settings): rpc_call_app() */
     /* Called (control thread) when a drain starts, so that long-lived streams can be ended

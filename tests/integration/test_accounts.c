@@ -713,12 +713,12 @@ static void test_admin_role_and_activation(void **state)
     /* The new role applies to the next call of her existing session. */
     rpc_caller who;
     assert_int_equal(app_authenticate(T->app, tok, &who), 0);
-    assert_int_equal(who.role, RPC_ROLE_TEACHER);
+    assert_int_equal(who.role, lagoon_v1_Role_TEACHER);
     assert_int_equal(who.user_id, mia);
     /* A session stored without role: the user's row supplies it. */
     assert_int_equal(store_write(T->app->db, strip_session_claims, &who.session_id, &err), LAGOON_OK);
     assert_int_equal(app_authenticate(T->app, tok, &who), 0);
-    assert_int_equal(who.role, RPC_ROLE_TEACHER);
+    assert_int_equal(who.role, lagoon_v1_Role_TEACHER);
     lagoon_v1_ListUsersRequest lr = lagoon_v1_ListUsersRequest_init_zero;
     lagoon_v1_ListUsersResponse lresp = lagoon_v1_ListUsersResponse_init_zero;
     lagoon_set_token(c, tok);

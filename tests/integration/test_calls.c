@@ -385,13 +385,15 @@ static int fake_auth(void *arg, const char *token, rpc_caller *out)
     (void)arg;
     if (strcmp(token, "student-token") == 0) {
         out->user_id = 7;
-        out->role = RPC_ROLE_STUDENT;
+        out->role = lagoon_v1_Role_STUDENT;
+        out->grants = app_grants(out->role, 0);
         return 0;
     }
     if (strcmp(token, "admin-token") == 0) {
         out->user_id = 1;
-        out->role = RPC_ROLE_ADMIN;
+        out->role = lagoon_v1_Role_ADMIN;
         out->verified = 1;
+        out->grants = app_grants(out->role, 1);
         return 0;
     }
     return -1;
@@ -434,6 +436,8 @@ static void test_access_levels(void **state)
     rpc_config cfg;
     test_config(&cfg);
     cfg.authenticate = fake_auth;
+    cfg.access_denied = app_access_denied;
+    cfg.naccess_denied = APP_ACCESS_LEVELS;
     test_server t;
     test_server_start(&t, &cfg, routes, 3);
     lagoon_client *c = connect_to(&t);

@@ -248,6 +248,8 @@ static void app_boot(test_app *t, void (*tweak)(app_config *acfg, rpc_config *cf
     cfg.app = t->app;
     cfg.authenticate = app_authenticate;
     cfg.authenticate_arg = t->app;
+    cfg.access_denied = app_access_denied;
+    cfg.naccess_denied = APP_ACCESS_LEVELS;
     cfg.on_drain = app_on_drain;
     test_server_start(&t->srv, &cfg, NULL, 0);
 }

@@ -11,8 +11,10 @@
 static void test_access_table(void **state)
 {
     (void)state;
-    static const rpc_caller owner = {7, RPC_ROLE_STUDENT, 1, 1}, other = {8, RPC_ROLE_TEACHER, 1, 2},
-                     admin = {1, RPC_ROLE_ADMIN, 1, 3}, anonymous = {0, RPC_ROLE_NONE, 0, 0};
+    static const rpc_caller owner = {.user_id = 7, .role = lagoon_v1_Role_STUDENT, .verified = 1, .session_id = 1},
+                            other = {.user_id = 8, .role = lagoon_v1_Role_TEACHER, .verified = 1, .session_id = 2},
+                            admin = {.user_id = 1, .role = lagoon_v1_Role_ADMIN, .verified = 1, .session_id = 3},
+                            anonymous = {0};
     static const struct {
         const rpc_caller *who;
         int shared;

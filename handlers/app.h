@@ -136,8 +136,8 @@ void app_peer_address(const rpc_call *c, char *out, size_t cap);
  * APP_PEER_KEY_MAX bytes with the NUL. */
 #define APP_PEER_KEY_MAX 64
 void app_peer_key(const rpc_call *c, char out[APP_PEER_KEY_MAX]);
-/* The same from a peer string as rpc_call_peer gives it ("host:port" or "[v6]:port"); a
- * string that is neither is used whole (cut to fit). Pure: tests call it directly. */
+/* The same from a peer string as rpc_call_peer gives it ("host:port" or "[v6]:port"); a host
+ * that is not an IP address is used as it is (cut to fit). Pure: tests call it directly. */
 void app_address_key(const char *peer, char out[APP_PEER_KEY_MAX]);
 
 /* ---- resource checks: one rule for every service ----------------------------------------- */

@@ -1,8 +1,10 @@
 /* Accounts under adversity, through the real server: sign-ins abandoned before their password
  * hash runs (their state, plaintext password included, must be freed: under ASan the leak
  * checker at exit fails this program otherwise), a sign-in racing a deactivation or a
- * password reset (it must not leave a live session), and failed sign-ins from many client
- * addresses (they slow the guessers without locking the owner out).
+ * password reset (it must not leave a live session), failed sign-ins from many client
+ * addresses (they slow the guessers without locking the owner out), and the limits under
+ * pressure: pipelined guesses and emails, full limiter tables, a known address's expiry and a
+ * clock that steps back.
  *
  * The races are made deterministic with the app's test hook: a job is held at a named point
  * (APP_HOOK_*) while the test changes the world under it, then let go. Client addresses are
@@ -528,6 +530,382 @@ static void test_others_failures_do_not_lock_the_owner_out(void **state)
     free(t);
 }
 
+/* ---- the limits under pressure ------------------------------------------------------------- */
+
+/* A request with the caller's access token in its metadata. */
+static void send_authed(int fd, uint32_t id, const wire_method *m, const char *token, const void *req)
+{
+    lagoon_v1_RequestMeta meta = lagoon_v1_RequestMeta_init_zero;
+    snprintf(meta.auth_token, sizeof(meta.auth_token), "%s", token);
+    uint8_t mb[256], pb[2048];
+    long ml = wire_encode(&lagoon_v1_RequestMeta_info, &meta, mb, sizeof(mb), NULL);
+    long n = req != NULL ? wire_encode(m->request, req, pb, sizeof(pb), NULL) : 0;
+    assert_true(ml > 0 && n >= 0);
+    raw_send_frame(fd, WIRE_REQUEST, WIRE_FLAG_END_STREAM, id, m->id, mb, (size_t)ml, req != NULL ? pb : NULL,
+                   (size_t)n);
+}
+
+/* Reads the replies to n calls (in any order) and counts their statuses: counts[0] those
+ * with `a`, counts[1] with `b`, counts[2] any other. */
+static void count_replies(int fd, int n, uint32_t a, uint32_t b, int counts[3])
+{
+    counts[0] = counts[1] = counts[2] = 0;
+    for (int i = 0; i < n; i++) {
+        uint32_t id;
+        uint32_t st = read_any_status(fd, &id, NULL);
+        counts[st == a ? 0 : st == b ? 1 : 2]++;
+    }
+}
+
+/* With the hash lane held (gate_close(APP_HOOK_HASH) and one job held), n calls pipelined on
+ * fd: waits until every one of them has been through its handler (a call without a hash
+ * sent after them, id `sentinel`, is answered), then lets the lane go and counts the n
+ * replies as count_replies does (b being RESOURCE_EXHAUSTED). */
+static void release_when_handled(int fd, int n, uint32_t sentinel, uint32_t a, int counts[3])
+{
+    raw_send_frame(fd, WIRE_REQUEST, WIRE_FLAG_END_STREAM, sentinel, lagoon_method_Auth_Me.id, NULL, 0, NULL, 0);
+    int early[3] = {0, 0, 0};
+    for (int i = 0; i <= n; i++) {
+        uint32_t id;
+        uint32_t st = read_any_status(fd, &id, NULL);
+        if (id == sentinel)
+            break;
+        early[st == a ? 0 : st == LAGOON_RESOURCE_EXHAUSTED ? 1 : 2]++;
+    }
+    gate_open();
+    count_replies(fd, n - early[0] - early[1] - early[2], a, LAGOON_RESOURCE_EXHAUSTED, counts);
+    for (int k = 0; k < 3; k++)
+        counts[k] += early[k];
+}
+
+/* The one hash worker can be held, so that pipelined calls all reach their handlers while
+ * the first one's password is being checked. */
+static void tweak_held_hash(app_config *acfg, rpc_config *cfg)
+{
+    tweak_defaults(acfg, cfg);
+    cfg->hash_workers = 1;
+    acfg->hook = gate_hook;
+    acfg->hook_arg = &G;
+}
+
+#define PIPELINED 40
+
+/* Pipelined wrong passwords from one address to one account: the pair allows 5 failures, and
+ * attempts in flight count, so 5 are tried and the others refused before their hash. The
+ * same for the current password of ChangePassword. (Counted only after the hash, all 40
+ * were tried.) */
+static void test_pipelined_guesses_count_before_their_hash(void **state)
+{
+    (void)state;
+    test_app *t = calloc(1, sizeof(*t));
+    test_app_start(t, tweak_held_hash);
+    lagoon_client *c = test_client(t);
+    char token[65];
+    test_user(c, "owner", 0, token);
+
+    gate_close(APP_HOOK_HASH);
+    int fd = connect_from(t->srv.port, "127.0.0.2");
+    for (uint32_t i = 0; i < PIPELINED; i++)
+        send_login(fd, 1 + 2 * i, "owner", "wrong password!");
+    assert_true(gate_wait_held());
+    int counts[3];
+    release_when_handled(fd, PIPELINED, 1 + 2 * PIPELINED, LAGOON_UNAUTHENTICATED, counts);
+    close(fd);
+    print_message("pipelined Logins: %d wrong, %d refused, %d other\n", counts[0], counts[1], counts[2]);
+    assert_int_equal(counts[0], 5);
+    assert_int_equal(counts[1], PIPELINED - 5);
+
+    /* ChangePassword's current password, pipelined on the owner's own session. */
+    gate_close(APP_HOOK_HASH);
+    lagoon_v1_LoginRequest lr = lagoon_v1_LoginRequest_init_zero; /* a hash to hold the lane */
+    snprintf(lr.login, sizeof(lr.login), "nobody");
+    snprintf(lr.password, sizeof(lr.password), "wrong password!");
+    int fd2 = connect_from(t->srv.port, "127.0.0.3");
+    send_request(fd2, 1, &lagoon_method_Auth_Login, &lr);
+    assert_true(gate_wait_held());
+    lagoon_v1_ChangePasswordRequest cp = lagoon_v1_ChangePasswordRequest_init_zero;
+    snprintf(cp.current_password, sizeof(cp.current_password), "wrong password!");
+    snprintf(cp.new_password, sizeof(cp.new_password), "a different passphrase");
+    int fd3 = connect_from(t->srv.port, "127.0.0.3");
+    for (uint32_t i = 0; i < PIPELINED; i++)
+        send_authed(fd3, 1 + 2 * i, &lagoon_method_Users_ChangePassword, token, &cp);
+    release_when_handled(fd3, PIPELINED, 1 + 2 * PIPELINED, LAGOON_INVALID_ARGUMENT, counts);
+    close(fd3);
+    assert_int_equal(read_status(fd2, 1, NULL), LAGOON_UNAUTHENTICATED);
+    close(fd2);
+    print_message("pipelined ChangePasswords: %d wrong, %d refused, %d other\n", counts[0], counts[1], counts[2]);
+    assert_int_equal(counts[0], 5);
+    assert_int_equal(counts[1], PIPELINED - 5);
+    lagoon_close(c);
+    test_app_stop(t);
+    free(t);
+}
+
+static int g_mail_want; /* emails test_mail_count must reach for mail_arrived */
+static const char *g_mail_to;
+
+static int mail_arrived(void *arg)
+{
+    return test_mail_count(arg, g_mail_to) >= g_mail_want;
+}
+
+/* Pipelined ResendVerification: the budget (10 emails an hour per address) is counted before
+ * each email is queued, so 10 go out and 30 are refused. (Counted only once the email was
+ * written, all 40 went out.) */
+static void test_pipelined_emails_stay_in_budget(void **state)
+{
+    (void)state;
+    test_app *t = calloc(1, sizeof(*t));
+    test_app_start(t, tweak_defaults);
+    lagoon_client *c = test_client(t);
+    char token[65];
+    test_user(c, "victim", 0, token); /* unverified: one email so far */
+    int fd = connect_from(t->srv.port, "127.0.0.4");
+    for (uint32_t i = 0; i < PIPELINED; i++)
+        send_authed(fd, 1 + 2 * i, &lagoon_method_Auth_ResendVerification, token, NULL);
+    int counts[3];
+    count_replies(fd, PIPELINED, LAGOON_OK, LAGOON_RESOURCE_EXHAUSTED, counts);
+    print_message("pipelined ResendVerification: %d sent, %d refused, %d other\n", counts[0], counts[1], counts[2]);
+    assert_int_equal(counts[0], 10);
+    assert_int_equal(counts[1], PIPELINED - 10);
+    g_mail_to = "victim@example.com";
+    g_mail_want = 11;
+    assert_true(test_wait_for(mail_arrived, t, REPLY_WAIT_MS));
+    /* Every write was done before its reply: no more are queued. */
+    assert_int_equal(test_mail_count(t, "victim@example.com"), 11);
+    /* ForgotPassword shares the budget: spent. */
+    lagoon_v1_ForgotPasswordRequest fr = lagoon_v1_ForgotPasswordRequest_init_zero;
+    snprintf(fr.email, sizeof(fr.email), "victim@example.com");
+    send_request(fd, 1 + 2 * PIPELINED, &lagoon_method_Auth_ForgotPassword, &fr);
+    uint32_t retry = 0;
+    assert_int_equal(read_status(fd, 1 + 2 * PIPELINED, &retry), LAGOON_RESOURCE_EXHAUSTED);
+    assert_int_equal(retry, 3600 * 1000);
+    close(fd);
+    lagoon_close(c);
+    test_app_stop(t);
+    free(t);
+}
+
+static void tweak_few_registrations(app_config *acfg, rpc_config *cfg)
+{
+    (void)cfg;
+    acfg->registrations.max_events = 10;
+}
+
+/* Registrations pipelined on two connections (two loop threads) of one address: 10 pass the
+ * limit, created or taken, and the rest are refused. */
+static void test_pipelined_registrations_stay_in_budget(void **state)
+{
+    (void)state;
+    test_app *t = calloc(1, sizeof(*t));
+    test_app_start(t, tweak_few_registrations);
+    int fds[2] = {connect_from(t->srv.port, "127.0.0.5"), connect_from(t->srv.port, "127.0.0.5")};
+    for (uint32_t i = 0; i < PIPELINED; i++) {
+        lagoon_v1_RegisterRequest req = lagoon_v1_RegisterRequest_init_zero;
+        snprintf(req.email, sizeof(req.email), "many%u@example.com", i % 8); /* some taken */
+        snprintf(req.username, sizeof(req.username), "many%u", i % 8);
+        snprintf(req.password, sizeof(req.password), "%s", PASSWORD);
+        send_request(fds[i % 2], 1 + 2 * (i / 2), &lagoon_method_Auth_Register, &req);
+    }
+    int passed = 0, refused = 0;
+    for (int k = 0; k < 2; k++) {
+        for (int i = 0; i < PIPELINED / 2; i++) {
+            uint32_t id;
+            uint32_t st = read_any_status(fds[k], &id, NULL);
+            passed += st == LAGOON_OK || st == LAGOON_ALREADY_EXISTS;
+            refused += st == LAGOON_RESOURCE_EXHAUSTED;
+        }
+        close(fds[k]);
+    }
+    print_message("pipelined Registers: %d passed the limit, %d refused\n", passed, refused);
+    assert_int_equal(passed, 10);
+    assert_int_equal(refused, PIPELINED - 10);
+    test_app_stop(t);
+    free(t);
+}
+
+static void advance_days(test_app *t, double days)
+{
+    test_clock_advance(t, (int64_t)(days * 24 * 3600 * 1000));
+}
+
+/* An address stays known for 30 days after the LAST sign-in from it: the owner signed in on
+ * day 0 and day 29, and on day 30.5, with the account's ceiling reached by others, still signs
+ * in from it. (Counted from the first sign-in it had expired on day 30.) */
+static void test_known_address_lasts_from_the_last_sign_in(void **state)
+{
+    (void)state;
+    test_app *t = calloc(1, sizeof(*t));
+    test_app_start(t, tweak_defaults);
+    lagoon_client *c = test_client(t);
+    char token[65], a[32];
+    test_user(c, "owner", 0, token); /* day 0, from 127.0.0.1 */
+    advance_days(t, 29);
+    assert_int_equal(login_from(t, "127.0.0.1", "owner", PASSWORD, NULL), LAGOON_OK);
+    advance_days(t, 1.5);
+    for (int n = 10; n < 35; n++) { /* 25 addresses, 4 each: the account's 100 */
+        addr(a, sizeof(a), n);
+        for (int i = 0; i < 4; i++)
+            assert_int_equal(login_from(t, a, "owner", "wrong password!", NULL), LAGOON_UNAUTHENTICATED);
+    }
+    uint32_t retry = 0;
+    assert_int_equal(login_from(t, "127.0.0.35", "owner", PASSWORD, &retry), LAGOON_RESOURCE_EXHAUSTED);
+    assert_int_equal(login_from(t, "127.0.0.1", "owner", PASSWORD, NULL), LAGOON_OK);
+    /* And 30 days after that last one, it is forgotten: the owner waits like anyone. */
+    advance_days(t, 30);
+    for (int n = 10; n < 35; n++) {
+        addr(a, sizeof(a), n);
+        for (int i = 0; i < 4; i++)
+            assert_int_equal(login_from(t, a, "owner", "wrong password!", NULL), LAGOON_UNAUTHENTICATED);
+    }
+    assert_int_equal(login_from(t, "127.0.0.1", "owner", PASSWORD, &retry), LAGOON_RESOURCE_EXHAUSTED);
+    lagoon_close(c);
+    test_app_stop(t);
+    free(t);
+}
+
+#define SMALL_TABLES 64
+
+static void tweak_small_tables(app_config *acfg, rpc_config *cfg)
+{
+    tweak_defaults(acfg, cfg);
+    acfg->limiter_keys = SMALL_TABLES;
+}
+
+/* Unknown logins from fd's address, names prefix0, prefix1, ...: n pipelined, wrong. Returns
+ * how many were tried (UNAUTHENTICATED); the first refusal's retry_after_ms in *retry. */
+static int guess_logins(int fd, const char *prefix, int n, uint32_t *retry)
+{
+    char login[40];
+    for (int i = 0; i < n; i++) {
+        snprintf(login, sizeof(login), "%s%d", prefix, i);
+        send_login(fd, 1 + 2 * (uint32_t)i, login, "wrong password!");
+    }
+    int tried = 0;
+    *retry = 0;
+    for (int i = 0; i < n; i++) {
+        uint32_t id, r = 0;
+        uint32_t st = read_any_status(fd, &id, &r);
+        tried += st == LAGOON_UNAUTHENTICATED;
+        if (st == LAGOON_RESOURCE_EXHAUSTED && *retry == 0)
+            *retry = r;
+    }
+    return tried;
+}
+
+/* Limiter tables of 64 keys here (100 000 by default). Keys that expired make room for new ones
+ * (before, a full table stopped tracking new keys: a real account's pair went unlimited);
+ * when every key is live, a new key waits until the oldest expires, instead of going
+ * unlimited. */
+static void test_full_limiter_tables_evict_then_fail_closed(void **state)
+{
+    (void)state;
+    test_app *t = calloc(1, sizeof(*t));
+    test_app_start(t, tweak_small_tables);
+    lagoon_client *c = test_client(t);
+    char token[65], prefix[16];
+    test_user(c, "owner", 0, token);
+    test_user(c, "neighbour", 0, token);
+    uint32_t retry = 0;
+    /* 10 rounds of 20 unknown logins, each round after the last one's window: 200 keys. */
+    int fd = connect_from(t->srv.port, "127.0.0.2");
+    for (int round = 0; round < 10; round++) {
+        snprintf(prefix, sizeof(prefix), "g%d_", round);
+        assert_int_equal(guess_logins(fd, prefix, 20, &retry), 20);
+        test_clock_advance(t, 16LL * 60 * 1000);
+    }
+    close(fd);
+    /* A real account's pair is still limited. */
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(login_from(t, "127.0.0.3", "owner", "wrong password!", NULL), LAGOON_UNAUTHENTICATED);
+    assert_int_equal(login_from(t, "127.0.0.3", "owner", "wrong password!", &retry), LAGOON_RESOURCE_EXHAUSTED);
+    assert_int_equal(retry, 1000);
+
+    /* Now live keys only, from two addresses (each under its own limit of 50): the tables
+     * fill up, and the next new key is refused until the oldest key expires, 15 minutes from
+     * now (the clock stands still). */
+    int tried = 0;
+    fd = connect_from(t->srv.port, "127.0.0.4");
+    tried += guess_logins(fd, "h", 40, &retry);
+    close(fd);
+    assert_int_equal(retry, 0);
+    fd = connect_from(t->srv.port, "127.0.0.5");
+    tried += guess_logins(fd, "i", 40, &retry);
+    close(fd);
+    print_message("full tables: %d of 80 new keys tried, then retry_after_ms %u\n", tried, retry);
+    assert_true(tried < SMALL_TABLES);
+    assert_int_equal(retry, 15 * 60 * 1000);
+    assert_int_equal(login_from(t, "127.0.0.6", "neighbour", PASSWORD, &retry), LAGOON_RESOURCE_EXHAUSTED);
+    assert_int_equal(retry, 15 * 60 * 1000);
+    test_clock_advance(t, 15LL * 60 * 1000);
+    assert_int_equal(login_from(t, "127.0.0.6", "neighbour", PASSWORD, NULL), LAGOON_OK);
+    lagoon_close(c);
+    test_app_stop(t);
+    free(t);
+}
+
+/* A clock that steps back 60 days: the wait owed stays the policy's (1 s here), where the
+ * 32-bit difference used to wrap to about 10 days; and the count is forgotten 15 minutes
+ * later as usual. */
+static void test_waits_bounded_when_the_clock_steps_back(void **state)
+{
+    (void)state;
+    test_app *t = calloc(1, sizeof(*t));
+    test_app_start(t, tweak_defaults);
+    lagoon_client *c = test_client(t);
+    char token[65];
+    test_user(c, "owner", 0, token);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(login_from(t, "127.0.0.2", "owner", "wrong password!", NULL), LAGOON_UNAUTHENTICATED);
+    uint32_t retry = 0;
+    assert_int_equal(login_from(t, "127.0.0.2", "owner", PASSWORD, &retry), LAGOON_RESOURCE_EXHAUSTED);
+    assert_int_equal(retry, 1000);
+    advance_days(t, -60);
+    assert_int_equal(login_from(t, "127.0.0.2", "owner", PASSWORD, &retry), LAGOON_RESOURCE_EXHAUSTED);
+    assert_int_equal(retry, 1000);
+    test_clock_advance(t, 16LL * 60 * 1000);
+    assert_int_equal(login_from(t, "127.0.0.2", "owner", PASSWORD, NULL), LAGOON_OK);
+    /* The email budget too: spent, then 60 days back, it waits at most its hour. */
+    lagoon_v1_ForgotPasswordRequest fr = lagoon_v1_ForgotPasswordRequest_init_zero;
+    lagoon_v1_AuthEmpty e;
+    snprintf(fr.email, sizeof(fr.email), "owner@example.com");
+    for (int i = 0; i < 10; i++)
+        assert_int_equal(lagoon_Auth_ForgotPassword(c, &fr, &e), LAGOON_OK);
+    advance_days(t, -60);
+    assert_int_equal(lagoon_Auth_ForgotPassword(c, &fr, &e), LAGOON_RESOURCE_EXHAUSTED);
+    assert_int_equal(lagoon_last_error(c)->detail.retry_after_ms, 3600 * 1000);
+    lagoon_close(c);
+    test_app_stop(t);
+    free(t);
+}
+
+/* The per-address limits' key: IPv4 as such, IPv6 by its /64 (the loopback has one IPv6
+ * address, so this is checked on the function the server uses, app_address_key). */
+static void test_address_keys_group_ipv6_by_64(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *peer, *key;
+    } cases[] = {
+        {"127.0.0.2:5555", "127.0.0.2"},
+        {"203.0.113.9:1", "203.0.113.9"},
+        {"[2001:db8:1:2:aaaa:bbbb:cccc:dddd]:443", "2001:db8:1:2::/64"},
+        {"[2001:db8:1:2::1]:443", "2001:db8:1:2::/64"},
+        {"[2001:db8:1:3::1]:443", "2001:db8:1:3::/64"},
+        {"[::1]:80", "::/64"},
+        {"[::ffff:198.51.100.7]:80", "198.51.100.7"},
+        {"[fe80::1%eth0]:80", "fe80::1%eth0"}, /* a host inet_pton does not read: as it is */
+        {"-", "-"},
+        {"", ""},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char key[APP_PEER_KEY_MAX];
+        app_address_key(cases[i].peer, key);
+        if (strcmp(key, cases[i].key) != 0)
+            fail_msg("%s: key %s, want %s", cases[i].peer, key, cases[i].key);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -535,6 +913,13 @@ int main(void)
         cmocka_unit_test(test_sign_in_racing_deactivation_and_reset),
         cmocka_unit_test(test_sign_ins_racing_a_hash_upgrade),
         cmocka_unit_test(test_others_failures_do_not_lock_the_owner_out),
+        cmocka_unit_test(test_pipelined_guesses_count_before_their_hash),
+        cmocka_unit_test(test_pipelined_emails_stay_in_budget),
+        cmocka_unit_test(test_pipelined_registrations_stay_in_budget),
+        cmocka_unit_test(test_known_address_lasts_from_the_last_sign_in),
+        cmocka_unit_test(test_full_limiter_tables_evict_then_fail_closed),
+        cmocka_unit_test(test_waits_bounded_when_the_clock_steps_back),
+        cmocka_unit_test(test_address_keys_group_ipv6_by_64),
     };
     return cmocka_run_group_tests_name("account_races", tests, NULL, NULL);
 }

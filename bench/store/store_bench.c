@@ -25,41 +25,15 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "lagoon_bench_tables.h"
 #include "lagoon_idl.h"
 #include "store.h"
 
-typedef lagoon_test_v1_TUser row_t;
+/* The benchmark table (bench_users: a unique index and an ordered one, like a users table) is
+ * declared in idl/lagoon/bench/v1/store_bench.proto. */
+typedef lagoon_bench_v1_BenchUser row_t;
 
-/* ---- The benchmark table: a unique index and an ordered one, like a users table ------------- */
-
-static int name_key(const void *row, store_key *k)
-{
-    store_key_str_fold(k, ((const row_t *)row)->name);
-    return 1;
-}
-
-static int created_key(const void *row, store_key *k)
-{
-    store_key_i64_desc(k, ((const row_t *)row)->created_at);
-    return 1;
-}
-
-static const store_index bench_indexes[] = {
-    {"by_name", "name", STORE_UNIQUE, name_key},
-    {"by_created", "created_at", STORE_MULTI, created_key},
-};
-
-static const store_table bench_table = {
-    .name = "bench_users",
-    .msg = &lagoon_test_v1_TUser_info,
-    .row_size = sizeof(row_t),
-    .id_offset = offsetof(row_t, id),
-    .indexes = bench_indexes,
-    .nindexes = 2,
-};
-
-static const store_table *const bench_tables[] = {&bench_table};
-static const store_schema bench_schema = {bench_tables, 1, 1, NULL, NULL};
+static const store_schema bench_schema = {lagoon_bench_tables, LAGOON_BENCH_TABLES_COUNT, 1, NULL, NULL};
 
 /* ---- Helpers ----------------------------------------------------------------------------- */
 
@@ -136,7 +110,7 @@ static int w_load(store_txn *t, void *arg, store_error *err)
     for (uint64_t i = 0; i < a->count; i++) {
         row_t r;
         fill_row(&r, "u", a->from + i);
-        int st = store_insert(t, &bench_table, &r, NULL, err);
+        int st = store_insert(t, &lagoon_bench_table_bench_users, &r, NULL, err);
         if (st)
             return st;
     }
@@ -183,7 +157,7 @@ static void *read_loop(void *arg)
         store_txn *t;
         if (store_read_begin(r->s, &t, &err))
             break;
-        if (store_get(t, &bench_table, id, &row, &err))
+        if (store_get(t, &lagoon_bench_table_bench_users, id, &row, &err))
             r->misses++;
         store_read_end(t);
         r->ops++;
@@ -227,7 +201,7 @@ typedef struct one_arg {
 static int w_one(store_txn *t, void *arg, store_error *err)
 {
     one_arg *a = arg;
-    return store_insert(t, &bench_table, &a->row, NULL, err);
+    return store_insert(t, &lagoon_bench_table_bench_users, &a->row, NULL, err);
 }
 
 /* Names of measured writes: unique across phases and threads. */

@@ -131,7 +131,8 @@ static int feed_unread_add(store_txn *t, uint64_t user, int delta, store_error *
 }
 
 int events_notify(store_txn *t, const app *a, uint64_t user_id, lagoon_v1_Notification_Type type, const char *title,
-                  const char *content, uint64_t related_id, const char *collapse_key, store_error *err)
+                  const char *content, uint64_t related_id, const char *collapse_key, uint64_t message_id,
+                  events_noted *out, store_error *err)
 {
     lagoon_v1_Notification n;
     int st = LAGOON_NOT_FOUND;
@@ -154,6 +155,7 @@ int events_notify(store_txn *t, const app *a, uint64_t user_id, lagoon_v1_Notifi
     }
     n.count++;
     n.created_at = app_now(a);
+    n.snippet_message_id = message_id;
     snprintf(n.title, sizeof(n.title), "%s", title);
     snprintf(n.content, sizeof(n.content), "%s", content);
     st = collapsed ? store_update(t, &lagoon_table_notifications, &n, err)
@@ -166,8 +168,45 @@ int events_notify(store_txn *t, const app *a, uint64_t user_id, lagoon_v1_Notifi
         ev.payload.notification.has_notification = true;
         ev.payload.notification.notification = n;
         st = events_append(t, a, user_id, &ev, err);
+        if (out != NULL) {
+            out->notification_id = n.id;
+            out->seq = ev.seq;
+        }
     }
     return st;
+}
+
+/* Stores changed notification n and logs it for its user's devices; *seq (may be NULL) gets
+ * the event's seq. */
+static int note_publish(store_txn *t, const app *a, const lagoon_v1_Notification *n, uint64_t *seq, store_error *err)
+{
+    int st = store_update(t, &lagoon_table_notifications, n, err);
+    if (st == LAGOON_OK) {
+        lagoon_v1_Event ev = lagoon_v1_Event_init_zero;
+        ev.which_payload = lagoon_v1_Event_notification_tag;
+        ev.payload.notification.has_notification = true;
+        ev.payload.notification.notification = *n;
+        st = events_append(t, a, n->user_id, &ev, err);
+        if (seq != NULL)
+            *seq = ev.seq;
+    }
+    return st;
+}
+
+int events_message_edited(store_txn *t, const app *a, const lagoon_v1_DirectMessage *m, const char *snippet,
+                          uint64_t *seq, store_error *err)
+{
+    *seq = 0;
+    if (m->notification_id == 0)
+        return LAGOON_OK; /* stored before notifications recorded their message: left as it is */
+    lagoon_v1_Notification n;
+    int st = store_get(t, &lagoon_table_notifications, m->notification_id, &n, err);
+    if (st == LAGOON_NOT_FOUND || (st == LAGOON_OK && n.snippet_message_id != m->id))
+        return LAGOON_OK; /* deleted by its owner, or it shows a later message */
+    if (st != LAGOON_OK)
+        return st;
+    snprintf(n.content, sizeof(n.content), "%s", snippet);
+    return note_publish(t, a, &n, seq, err);
 }
 
 static int note_mark_read(store_txn *t, lagoon_v1_Notification *n, store_error *err)
@@ -198,9 +237,9 @@ int events_notification_read(store_txn *t, const app *a, uint64_t user_id, const
                            : st;
 }
 
-int events_notification_changed(store_txn *t, const app *a, uint64_t user_id,
-                                lagoon_v1_NotificationStateEvent_Change change, uint64_t notification_id,
-                                store_error *err)
+/* A notification state event with the unread count as it stands in t (count: COUNT_CHANGED's). */
+static int publish_state(store_txn *t, const app *a, uint64_t user_id, lagoon_v1_NotificationStateEvent_Change change,
+                         uint64_t notification_id, uint32_t count, store_error *err)
 {
     lagoon_v1_UserFeed f;
     int exists;
@@ -212,7 +251,15 @@ int events_notification_changed(store_txn *t, const app *a, uint64_t user_id,
     ev.payload.notification_state.change = change;
     ev.payload.notification_state.notification_id = notification_id;
     ev.payload.notification_state.unread = f.unread_notifications;
+    ev.payload.notification_state.count = count;
     return events_append(t, a, user_id, &ev, err);
+}
+
+int events_notification_changed(store_txn *t, const app *a, uint64_t user_id,
+                                lagoon_v1_NotificationStateEvent_Change change, uint64_t notification_id,
+                                store_error *err)
+{
+    return publish_state(t, a, user_id, change, notification_id, 0, err);
 }
 
 /* ---- a deleted message's words ------------------------------------------------------------------ */
@@ -230,6 +277,8 @@ typedef struct scrub {
     uint64_t prev_id, prev_seq; /* the event visited before (one seq later: a reverse scan) */
     int prev_note;           /* ... was a notification about m's conversation */
     unsigned notes;          /* notification events of m found */
+    int adjust;              /* a notification event found also adjusts its notification (rows
+                              * from before the message row named its notification) */
 } scrub;
 
 static int is_message_event(const lagoon_v1_Event *e, uint64_t message_id)
@@ -247,11 +296,16 @@ static int scrub_visit(void *arg, uint64_t id, const void *row)
         sc->done = 1;
         return LAGOON_CANCELLED;
     }
+    int shows_m = e->which_payload == lagoon_v1_Event_notification_tag &&
+                  e->payload.notification.notification.snippet_message_id == sc->m->id;
+    if (shows_m) /* a notification event that shows m's snippet (sent or edited) */
+        sc->ids[sc->n++] = id;
     if (is_message_event(e, sc->m->id)) {
         sc->ids[sc->n++] = id;
         /* The notification Send logged right after the message (same transaction, next seq). */
         if (e->payload.message.action == lagoon_v1_MessageEvent_Action_SENT && sc->prev_note &&
-            sc->prev_seq == e->seq + 1 && sc->n < EVENTS_REPLAY_PAGE) {
+            sc->prev_seq == e->seq + 1 && sc->n < EVENTS_REPLAY_PAGE &&
+            !(sc->n >= 2 && sc->ids[sc->n - 2] == sc->prev_id)) { /* not already taken as shows_m */
             sc->ids[sc->n++] = sc->prev_id;
             sc->notes++;
         }
@@ -265,11 +319,12 @@ static int scrub_visit(void *arg, uint64_t id, const void *row)
     return sc->n + 2 > EVENTS_REPLAY_PAGE ? LAGOON_CANCELLED : LAGOON_OK;
 }
 
-/* Notification n counted the deleted message, whose snippet was words: it counts one fewer and
- * goes when that was its last; it loses its content if that still shows the words. Published
- * either way. */
-static int scrub_note_row(store_txn *t, const app *a, const lagoon_v1_Notification *nn, const char *words,
-                          store_error *err)
+/* Notification n counted the deleted message m: it counts one fewer and goes when that was its
+ * last; it loses its content if that still shows m's snippet: by snippet_message_id, or for a
+ * notification from before that was recorded (0) when its content is words (NULL: never).
+ * Published either way. */
+static int scrub_note_row(store_txn *t, const app *a, const lagoon_v1_Notification *nn, uint64_t message_id,
+                          const char *words, store_error *err)
 {
     lagoon_v1_Notification n = *nn;
     int st;
@@ -282,42 +337,46 @@ static int scrub_note_row(store_txn *t, const app *a, const lagoon_v1_Notificati
                                : st;
     }
     n.count--;
-    if (strcmp(n.content, words) == 0) /* else a later message's words replaced them */
+    if (n.snippet_message_id ? n.snippet_message_id == message_id : words != NULL && strcmp(n.content, words) == 0) {
         n.content[0] = '\0';
-    st = store_update(t, &lagoon_table_notifications, &n, err);
-    if (st == LAGOON_OK) {
-        lagoon_v1_Event ev = lagoon_v1_Event_init_zero;
-        ev.which_payload = lagoon_v1_Event_notification_tag;
-        ev.payload.notification.has_notification = true;
-        ev.payload.notification.notification = n;
-        st = events_append(t, a, n.user_id, &ev, err);
+        n.snippet_message_id = 0;
+        return note_publish(t, a, &n, NULL, err); /* no words left in it to log */
     }
-    return st;
+    /* It shows a later message's words: logging it whole would put them in an event that message's
+     * row does not list (and its Delete would miss), so the change goes out as a count. */
+    st = store_update(t, &lagoon_table_notifications, &n, err);
+    return st == LAGOON_OK ? publish_state(t, a, n.user_id, lagoon_v1_NotificationStateEvent_Change_COUNT_CHANGED,
+                                           n.id, n.count, err)
+                           : st;
 }
 
-/* The notification a logged notification event of the deleted message names. */
-static int scrub_notification(store_txn *t, const app *a, const lagoon_v1_Notification *logged, store_error *err)
+/* The notification a logged notification event of the deleted message m names. */
+static int scrub_notification(store_txn *t, const app *a, const lagoon_v1_DirectMessage *m,
+                              const lagoon_v1_Notification *logged, store_error *err)
 {
     lagoon_v1_Notification n;
     int st = store_get(t, &lagoon_table_notifications, logged->id, &n, err);
     if (st != LAGOON_OK)
         return st == LAGOON_NOT_FOUND ? LAGOON_OK : st; /* deleted by its owner meanwhile */
-    return scrub_note_row(t, a, &n, logged->content, err);
+    return scrub_note_row(t, a, &n, m->id, logged->content, err);
 }
 
-/* Rewrites one logged event of the deleted message: a message event keeps only the ids (as a
- * DELETED event), a notification event loses its content. */
-static int scrub_event(store_txn *t, const app *a, uint64_t id, lagoon_v1_UserEvent *row, store_error *err)
+/* Rewrites one logged event of the deleted message m: a message event keeps only the ids (as a
+ * DELETED event), a notification event loses its content (and with adjust, the notification it
+ * names counts m no more). */
+static int scrub_event(store_txn *t, const app *a, const lagoon_v1_DirectMessage *mm, int adjust, uint64_t id,
+                       lagoon_v1_UserEvent *row, store_error *err)
 {
     int st = store_get(t, &lagoon_table_user_events, id, row, err);
     if (st != LAGOON_OK)
         return st == LAGOON_NOT_FOUND ? LAGOON_OK : st;
     lagoon_v1_Event *e = &row->event;
     if (e->which_payload == lagoon_v1_Event_notification_tag) {
-        if (row->user_id == e->payload.notification.notification.user_id)
-            st = scrub_notification(t, a, &e->payload.notification.notification, err);
+        if (adjust && row->user_id == e->payload.notification.notification.user_id)
+            st = scrub_notification(t, a, mm, &e->payload.notification.notification, err);
         e->payload.notification.notification.content[0] = '\0';
-    } else {
+        e->payload.notification.notification.snippet_message_id = 0;
+    } else if (e->which_payload == lagoon_v1_Event_message_tag) {
         lagoon_v1_DirectMessage *m = &e->payload.message.message;
         uint64_t mid = m->id, conv = m->conversation_id, from = m->sender_id, to = m->recipient_id;
         wire_init(&lagoon_v1_MessageEvent_info, &e->payload.message);
@@ -356,6 +415,7 @@ static int note_with_words(void *arg, uint64_t id, const void *row)
     if (n->created_at < ns->since)
         return LAGOON_CANCELLED; /* older than the message: it cannot show it */
     if (n->type == lagoon_v1_Notification_Type_DIRECT_MESSAGE && n->related_id == ns->m->conversation_id &&
+        (n->snippet_message_id == 0 || n->snippet_message_id == ns->m->id) &&
         shows_words(n->content, ns->m->content.text.text) && ns->n < EVENTS_REPLAY_PAGE)
         ns->ids[ns->n++] = id;
     return LAGOON_OK;
@@ -388,20 +448,21 @@ static int scrub_notes_by_words(store_txn *t, const app *a, const lagoon_v1_Dire
         lagoon_v1_Notification n;
         st = store_get(t, &lagoon_table_notifications, ns->ids[i], &n, err);
         if (st == LAGOON_OK)
-            st = scrub_note_row(t, a, &n, n.content, err);
+            st = scrub_note_row(t, a, &n, m->id, n.content, err);
     }
     free(ns);
     return st;
 }
 
 /* Scans user's log newest first back to the time m was sent and rewrites m's events. */
-static int scrub_log(store_txn *t, const app *a, uint64_t user, const lagoon_v1_DirectMessage *m,
+static int scrub_log(store_txn *t, const app *a, uint64_t user, const lagoon_v1_DirectMessage *m, int adjust,
                      lagoon_v1_UserEvent *row, unsigned *notes, store_error *err)
 {
     scrub *sc = calloc(1, sizeof(*sc));
     if (sc == NULL)
         return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
     sc->m = m;
+    sc->adjust = adjust;
     sc->since = m->created_at - EVENTS_SCRUB_SLACK_MS;
     store_key prefix;
     store_key_reset(&prefix);
@@ -434,11 +495,34 @@ static int scrub_log(store_txn *t, const app *a, uint64_t user, const lagoon_v1_
         else if (st == LAGOON_OK && page.next_page_token[0] == '\0')
             sc->done = 1; /* the start of the log */
         for (uint32_t i = 0; i < sc->n && st == LAGOON_OK; i++)
-            st = scrub_event(t, a, sc->ids[i], row, err);
+            st = scrub_event(t, a, m, adjust, sc->ids[i], row, err);
     }
-    *notes = sc->notes;
+    *notes += sc->notes;
     free(sc);
     return st;
+}
+
+/* The events of m that its row lists in user's log: looked up by seq, no scan. */
+static int scrub_listed(store_txn *t, const app *a, const lagoon_v1_DirectMessage *m, uint64_t user,
+                        const uint64_t *seqs, pb_size_t n, lagoon_v1_UserEvent *row, store_error *err)
+{
+    int st = LAGOON_OK;
+    for (pb_size_t i = 0; i < n && st == LAGOON_OK; i++) {
+        uint64_t id = event_id(t, user, seqs[i], NULL, err);
+        if (id) /* else trimmed by retention already */
+            st = scrub_event(t, a, m, 0, id, row, err);
+    }
+    return st;
+}
+
+/* The notification m's row names counts it no more (its row was never reused: ids are not). */
+static int scrub_counted(store_txn *t, const app *a, const lagoon_v1_DirectMessage *m, store_error *err)
+{
+    lagoon_v1_Notification n;
+    int st = store_get(t, &lagoon_table_notifications, m->notification_id, &n, err);
+    if (st != LAGOON_OK)
+        return st == LAGOON_NOT_FOUND ? LAGOON_OK : st; /* deleted by its owner meanwhile */
+    return scrub_note_row(t, a, &n, m->id, NULL, err);
 }
 
 int events_message_deleted(store_txn *t, const app *a, const lagoon_v1_DirectMessage *m, store_error *err)
@@ -446,13 +530,26 @@ int events_message_deleted(store_txn *t, const app *a, const lagoon_v1_DirectMes
     lagoon_v1_UserEvent *row = malloc(sizeof(*row));
     if (row == NULL)
         return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    /* A row that names its notification: that one is adjusted, once; else (a row from before)
+     * the log links m to it. */
+    int adjust = m->notification_id == 0;
     unsigned notes = 0;
-    int st = scrub_log(t, a, m->sender_id, m, row, &notes, err);
-    if (st == LAGOON_OK && m->recipient_id != m->sender_id)
-        st = scrub_log(t, a, m->recipient_id, m, row, &notes, err);
+    int st;
+    if (m->events_tracked) {
+        st = scrub_listed(t, a, m, m->sender_id, m->sender_event_seqs, m->sender_event_seqs_count, row, err);
+        if (st == LAGOON_OK)
+            st = scrub_listed(t, a, m, m->recipient_id, m->recipient_event_seqs, m->recipient_event_seqs_count, row,
+                              err);
+    } else {
+        st = scrub_log(t, a, m->sender_id, m, adjust, row, &notes, err);
+        if (st == LAGOON_OK && m->recipient_id != m->sender_id)
+            st = scrub_log(t, a, m->recipient_id, m, adjust, row, &notes, err);
+    }
     free(row);
+    if (st == LAGOON_OK && !adjust)
+        st = scrub_counted(t, a, m, err);
     /* Its notification event is no longer kept (retention): find the notification by its words. */
-    if (st == LAGOON_OK && notes == 0 && m->which_content == lagoon_v1_DirectMessage_text_tag)
+    else if (st == LAGOON_OK && notes == 0 && m->which_content == lagoon_v1_DirectMessage_text_tag)
         st = scrub_notes_by_words(t, a, m, err);
     return st;
 }

@@ -38,11 +38,26 @@
  * retention limits. ev->payload must be set. */
 int events_append(store_txn *t, const app *a, uint64_t user_id, lagoon_v1_Event *ev, store_error *err);
 
+/* What events_notify wrote. */
+typedef struct events_noted {
+    uint64_t notification_id; /* the notification created or collapsed into */
+    uint64_t seq;             /* its event in the user's log */
+} events_noted;
+
 /* Creates a notification for user and logs its event: the one way features notify. With a
  * collapse_key, an unread notification with the same key is updated instead (count + 1, new
- * content and time), so ten messages make one notification, not ten. */
+ * content and time), so ten messages make one notification, not ten. message_id is the direct
+ * message whose snippet content is (0: none): recorded as its snippet_message_id. *out (may be
+ * NULL) says what was written. */
 int events_notify(store_txn *t, const app *a, uint64_t user_id, lagoon_v1_Notification_Type type, const char *title,
-                  const char *content, uint64_t related_id, const char *collapse_key, store_error *err);
+                  const char *content, uint64_t related_id, const char *collapse_key, uint64_t message_id,
+                  events_noted *out, store_error *err);
+
+/* Call in the transaction that edits direct message m (m with its new text): if the
+ * notification m->notification_id still shows m's snippet, it shows snippet instead and the
+ * change is logged; *seq gets that event's seq in the recipient's log (0: nothing changed). */
+int events_message_edited(store_txn *t, const app *a, const lagoon_v1_DirectMessage *m, const char *snippet,
+                          uint64_t *seq, store_error *err);
 
 /* Marks read the unread notification of user with collapse_key, if any (a conversation read),
  * and publishes that change (events_notification_changed). */
@@ -57,13 +72,15 @@ int events_notification_changed(store_txn *t, const app *a, uint64_t user_id,
 
 /* Call in the transaction that deletes direct message m (m as it was stored): removes its words
  * from everything a user can still read. Its events in both participants' logs (sent, edited)
- * become DELETED events carrying only ids, and the recipient's notification event of it loses
- * its content. The notification it created or was collapsed into counts one fewer (and is
- * deleted when m was the last it counted) and loses its content if that still shows m's words;
- * either change is published. When retention has dropped the event that links m to its
- * notification, the recipient's notifications updated since m was sent (one page) that show
- * m's snippet are treated so instead. Work is bounded by the events logged since m was sent (at most
- * the retention count). */
+ * become DELETED events carrying only ids, and the recipient's notification events showing it
+ * lose their content. The notification it created or was collapsed into (m->notification_id)
+ * counts one fewer (and is deleted when m was the last it counted) and loses its content if it
+ * still shows m's snippet (snippet_message_id); either change is published. A row that lists
+ * its events (events_tracked) costs one lookup per listed event: bounded by the edit cap. A
+ * row stored before that was kept is found by scanning both logs back to the time m was sent
+ * (at most the retention count), and its notification through the log (the notification event
+ * after its sent event) or, when retention dropped that, among the recipient's notifications
+ * updated since (one page) that show m's snippet. */
 int events_message_deleted(store_txn *t, const app *a, const lagoon_v1_DirectMessage *m, store_error *err);
 
 /* The router thread. Started by app_open after the store, stopped by app_close before it. */

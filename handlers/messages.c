@@ -21,6 +21,12 @@
 /* A text may be 4000 characters: up to 16 KB of UTF-8. */
 #define MESSAGES_TEXT_MAX 4000
 #define MESSAGES_EDIT_WINDOW_MS (15 * 60 * 1000)
+/* Edits per message. Each edit logs the whole text (up to 16 KB) in both participants' logs,
+ * and Delete rewrites every one of those events on the single writer: the cap bounds that work
+ * (and the row's list of them, sender_event_seqs in messages.options). */
+#define MESSAGES_EDITS_MAX 10
+/* Bytes of a text message shown in its notification (cut on a UTF-8 boundary, then "..."). */
+#define MESSAGES_SNIPPET_MAX 100
 /* MarkRead looks at no more than this many messages on each side of the new read position, so
  * that one call costs the single writer well under a millisecond whatever the conversation's
  * length (the unread count is kept up to date by Send and Delete, never recounted). */
@@ -81,8 +87,36 @@ static int find_member(store_txn *t, uint64_t conv, uint64_t user, lagoon_v1_Con
 
 /* ---- events ------------------------------------------------------------------------------------ */
 
-/* A message event in both participants' logs (every device of each sees it). */
-static int publish_message(store_txn *t, const app *a, const lagoon_v1_DirectMessage *m,
+/* m as clients see it: without the server's bookkeeping of where its words are. */
+static void message_public(lagoon_v1_DirectMessage *m)
+{
+    m->notification_id = 0;
+    m->sender_event_seqs_count = 0;
+    m->recipient_event_seqs_count = 0;
+    m->events_tracked = false;
+}
+
+/* Records on m's row that the event seq in the sender's (or the recipient's) log carries its
+ * words. A full list (not expected: the edit cap sizes it) stops the tracking: Delete then
+ * scans the logs instead, as for rows stored before it. */
+static void track_event(lagoon_v1_DirectMessage *m, int recipient, uint64_t seq)
+{
+    pb_size_t *n = recipient ? &m->recipient_event_seqs_count : &m->sender_event_seqs_count;
+    uint64_t *seqs = recipient ? m->recipient_event_seqs : m->sender_event_seqs;
+    size_t cap = recipient ? sizeof(m->recipient_event_seqs) / sizeof(m->recipient_event_seqs[0])
+                           : sizeof(m->sender_event_seqs) / sizeof(m->sender_event_seqs[0]);
+    if (!m->events_tracked || seq == 0)
+        return;
+    if (*n >= cap) {
+        m->events_tracked = false;
+        return;
+    }
+    seqs[(*n)++] = seq;
+}
+
+/* A message event in both participants' logs (every device of each sees it), recorded on m
+ * (track_event). */
+static int publish_message(store_txn *t, const app *a, lagoon_v1_DirectMessage *m,
                            lagoon_v1_MessageEvent_Action action, store_error *err)
 {
     lagoon_v1_Event *ev = malloc(sizeof(*ev));
@@ -103,8 +137,11 @@ static int publish_message(store_txn *t, const app *a, const lagoon_v1_DirectMes
             ev->payload.message.message.recipient_id = m->recipient_id;
         } else {
             ev->payload.message.message = *m;
+            message_public(&ev->payload.message.message);
         }
         st = events_append(t, a, i ? m->recipient_id : m->sender_id, ev, err);
+        if (st == LAGOON_OK && action != lagoon_v1_MessageEvent_Action_DELETED)
+            track_event(m, i, ev->seq);
     }
     free(ev);
     return st;
@@ -115,28 +152,38 @@ static void dm_collapse_key(char *out, size_t cap, uint64_t conversation_id)
     snprintf(out, cap, "dm:%llu", (unsigned long long)conversation_id);
 }
 
-/* "New message from X", one per conversation while unread. */
-static int notify_recipient(store_txn *t, const app *a, const lagoon_v1_DirectMessage *m, store_error *err)
+/* What m's notification shows of it: a snippet of its text, cut on a UTF-8 character boundary,
+ * or what kind of media it is. */
+static void message_snippet(const lagoon_v1_DirectMessage *m, char *out, size_t cap)
+{
+    if (m->which_content == lagoon_v1_DirectMessage_text_tag) {
+        size_t n = strlen(m->content.text.text), cut = n < MESSAGES_SNIPPET_MAX ? n : MESSAGES_SNIPPET_MAX;
+        while (cut > 0 && cut < n && ((unsigned char)m->content.text.text[cut] & 0xC0) == 0x80)
+            cut--;
+        snprintf(out, cap, "%.*s%s", (int)cut, m->content.text.text, cut < n ? "..." : "");
+    } else {
+        snprintf(out, cap, m->which_content == lagoon_v1_DirectMessage_image_tag ? "[image]" : "[video]");
+    }
+}
+
+/* "New message from X", one per conversation while unread; recorded on m (the notification
+ * that counts it, and its event). */
+static int notify_recipient(store_txn *t, const app *a, lagoon_v1_DirectMessage *m, store_error *err)
 {
     lagoon_v1_User *sender = malloc(sizeof(*sender));
     if (sender == NULL)
         return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
     int st = store_get(t, &lagoon_table_users, m->sender_id, sender, err);
     if (st == LAGOON_OK) {
-        char title[200], content[120], key[40];
+        char title[200], content[MESSAGES_SNIPPET_MAX + 20], key[40];
         snprintf(title, sizeof(title), "New message from %s", sender->username);
-        if (m->which_content == lagoon_v1_DirectMessage_text_tag) {
-            /* A snippet, cut on a UTF-8 character boundary. */
-            size_t n = strlen(m->content.text.text), cut = n < 100 ? n : 100;
-            while (cut > 0 && cut < n && ((unsigned char)m->content.text.text[cut] & 0xC0) == 0x80)
-                cut--;
-            snprintf(content, sizeof(content), "%.*s%s", (int)cut, m->content.text.text, cut < n ? "..." : "");
-        } else {
-            snprintf(content, sizeof(content), m->which_content == lagoon_v1_DirectMessage_image_tag ? "[image]" : "[video]");
-        }
+        message_snippet(m, content, sizeof(content));
         dm_collapse_key(key, sizeof(key), m->conversation_id);
+        events_noted noted = {0, 0};
         st = events_notify(t, a, m->recipient_id, lagoon_v1_Notification_Type_DIRECT_MESSAGE, title, content,
-                           m->conversation_id, key, err);
+                           m->conversation_id, key, m->id, &noted, err);
+        m->notification_id = noted.notification_id;
+        track_event(m, 1, noted.seq);
     }
     free(sender);
     return st;
@@ -284,11 +331,14 @@ static int send_write(store_txn *t, void *arg, store_error *err)
         st = store_update(t, &lagoon_table_conversation_members, &theirs, err);
     if (st == LAGOON_OK) {
         m.id = id;
-        op->msg = m;
+        m.events_tracked = true; /* from here, its row lists the events that carry its words */
         st = publish_message(t, op->a, &m, lagoon_v1_MessageEvent_Action_SENT, err);
     }
     if (st == LAGOON_OK)
         st = notify_recipient(t, op->a, &m, err);
+    if (st == LAGOON_OK)
+        st = store_update(t, &lagoon_table_direct_messages, &m, err);
+    op->msg = m;
     return st;
 }
 
@@ -302,10 +352,12 @@ static int send_done(rpc_call *call, void *arg, int status, const store_error *e
         status = rpc_call_error(call, LAGOON_PERMISSION_DENIED,
                                 "verify your email address to message someone who has not written to you "
                                 "(replying is allowed)");
-    } else if (status == LAGOON_OK)
+    } else if (status == LAGOON_OK) {
         *op->resp = op->msg;
-    else
+        message_public(op->resp);
+    } else {
         status = app_store_error(call, status, err);
+    }
     free(op);
     return status;
 }
@@ -379,8 +431,10 @@ static int add_message(void *arg, uint64_t id, const void *row)
 {
     (void)id;
     msg_fill *f = arg;
-    if (f->resp->messages_count < f->cap)
-        f->resp->messages[f->resp->messages_count++] = *(const lagoon_v1_DirectMessage *)row;
+    if (f->resp->messages_count < f->cap) {
+        f->resp->messages[f->resp->messages_count] = *(const lagoon_v1_DirectMessage *)row;
+        message_public(&f->resp->messages[f->resp->messages_count++]);
+    }
     return LAGOON_OK;
 }
 
@@ -546,8 +600,10 @@ int handle_Messages_ListConversations(rpc_call *call, const lagoon_v1_ListConver
             }
             if (f->rows[i].last_message_id &&
                 store_get(t, &lagoon_table_direct_messages, f->rows[i].last_message_id, &s->last_message, &err) ==
-                    LAGOON_OK)
+                    LAGOON_OK) {
                 s->has_last_message = true;
+                message_public(&s->last_message);
+            }
             resp->conversations_count++;
         }
         if (st == LAGOON_OK)
@@ -731,7 +787,7 @@ int handle_Messages_MarkRead(rpc_call *call, const lagoon_v1_MarkReadRequest *re
 
 /* ---- Edit, Delete ---------------------------------------------------------------------------------- */
 
-enum own_outcome { OWN_OK, OWN_NOT_FOUND, OWN_NOT_SENDER, OWN_NOT_TEXT, OWN_TOO_LATE };
+enum own_outcome { OWN_OK, OWN_NOT_FOUND, OWN_NOT_SENDER, OWN_NOT_TEXT, OWN_TOO_LATE, OWN_TOO_MANY_EDITS };
 
 typedef struct own_op {
     app *a;
@@ -776,10 +832,25 @@ static int edit_write(store_txn *t, void *arg, store_error *err)
         op->outcome = OWN_TOO_LATE;
         return LAGOON_OK;
     }
-    COPY_STR(op->msg.content.text.text, op->text);
-    op->msg.edited_at = op->now;
-    st = store_update(t, &lagoon_table_direct_messages, &op->msg, err);
-    return st == LAGOON_OK ? publish_message(t, op->a, &op->msg, lagoon_v1_MessageEvent_Action_EDITED, err) : st;
+    if (op->msg.edit_count >= MESSAGES_EDITS_MAX) {
+        op->outcome = OWN_TOO_MANY_EDITS;
+        return LAGOON_OK;
+    }
+    lagoon_v1_DirectMessage *m = &op->msg;
+    COPY_STR(m->content.text.text, op->text);
+    m->edited_at = op->now;
+    m->edit_count++;
+    /* The events first: the row records their seqs. */
+    st = publish_message(t, op->a, m, lagoon_v1_MessageEvent_Action_EDITED, err);
+    if (st == LAGOON_OK) {
+        /* The recipient's notification shows the new words if it showed this message's. */
+        char snippet[MESSAGES_SNIPPET_MAX + 20];
+        uint64_t seq;
+        message_snippet(m, snippet, sizeof(snippet));
+        st = events_message_edited(t, op->a, m, snippet, &seq, err);
+        track_event(m, 1, seq);
+    }
+    return st == LAGOON_OK ? store_update(t, &lagoon_table_direct_messages, m, err) : st;
 }
 
 static int own_status(rpc_call *call, const own_op *op)
@@ -793,6 +864,9 @@ static int own_status(rpc_call *call, const own_op *op)
         return rpc_call_error(call, LAGOON_FAILED_PRECONDITION, "only text messages can be edited");
     case OWN_TOO_LATE:
         return rpc_call_error(call, LAGOON_FAILED_PRECONDITION, "messages can be edited for 15 minutes");
+    case OWN_TOO_MANY_EDITS:
+        return rpc_call_error(call, LAGOON_FAILED_PRECONDITION, "a message can be edited at most %d times",
+                              MESSAGES_EDITS_MAX);
     default:
         return LAGOON_OK;
     }
@@ -803,8 +877,10 @@ static int edit_done(rpc_call *call, void *arg, int status, const store_error *e
     own_op *op = arg;
     if (status != LAGOON_OK)
         status = app_store_error(call, status, err);
-    else if ((status = own_status(call, op)) == LAGOON_OK)
+    else if ((status = own_status(call, op)) == LAGOON_OK) {
         *op->resp = op->msg;
+        message_public(op->resp);
+    }
     free(op);
     return status;
 }
@@ -856,7 +932,7 @@ static int delete_write(store_txn *t, void *arg, store_error *err)
     int st = own_message(t, op, err);
     if (st != LAGOON_OK || op->outcome != OWN_OK)
         return st;
-    const lagoon_v1_DirectMessage *m = &op->msg;
+    lagoon_v1_DirectMessage *m = &op->msg; /* publish_message records nothing for DELETED */
     st = store_delete(t, &lagoon_table_direct_messages, m->id, err);
     uint64_t newest = 0;
     if (st == LAGOON_OK)

@@ -836,15 +836,18 @@ static void delete_message(const char *token, uint64_t id)
 }
 
 /* Replays user's whole log (since 1... as far as kept) and fails if any event shows word. */
-static void log_lacks(const char *token, const char *word)
+/* Replays the last `kept` events of the user's log (all of them if fewer) and checks that none
+ * shows word. */
+static void log_lacks_last(const char *token, const char *word, uint64_t kept)
 {
     device d;
     subscribe(&d, token, 0);
     uint64_t end = d.current_seq;
     unsubscribe(&d);
-    subscribe(&d, token, 1);
+    uint64_t since = end > kept ? end - kept : 1;
+    subscribe(&d, token, since);
     lagoon_v1_Event *ev = malloc(sizeof(*ev));
-    for (uint64_t seq = 2; seq <= end; seq++) {
+    for (uint64_t seq = since + 1; seq <= end; seq++) {
         next_event(&d, ev);
         assert_int_equal(ev->seq, seq);
         if (ev->which_payload == lagoon_v1_Event_message_tag)
@@ -854,6 +857,11 @@ static void log_lacks(const char *token, const char *word)
     }
     free(ev);
     unsubscribe(&d);
+}
+
+static void log_lacks(const char *token, const char *word)
+{
+    log_lacks_last(token, word, UINT64_MAX);
 }
 
 static void test_deleted_message_leaves_no_words(void **state)
@@ -1188,6 +1196,122 @@ static void raw_subscribe(int fd, uint32_t call_id, const char *token)
     assert_int_equal(f.call_id, call_id);
 }
 
+/* ---- a message's notification follows the message, not its words ------------------------------ */
+
+static lagoon_v1_DirectMessage edit_text(const char *token, uint64_t id, const char *text, int want)
+{
+    lagoon_set_token(C, token);
+    lagoon_v1_EditMessageRequest er = lagoon_v1_EditMessageRequest_init_zero;
+    er.message_id = id;
+    snprintf(er.text, sizeof(er.text), "%s", text);
+    lagoon_v1_DirectMessage m;
+    memset(&m, 0, sizeof(m));
+    assert_int_equal(lagoon_Messages_Edit(C, &er, &m), want);
+    return m;
+}
+
+static void notes_done(void)
+{
+    pb_release(lagoon_v1_ListNotificationsResponse_fields, &notes);
+    memset(&notes, 0, sizeof(notes));
+}
+
+/* The notification of a message shows its edited words, and after the message's events left
+ * the log (retention), deleting it still removes the notification that counted it only, and
+ * the badge with it. (The notification used to keep the original words, count 1, unread 2.) */
+static void test_edited_then_trimmed_delete_clears_notification(void **state)
+{
+    (void)state;
+    test_app *saved;
+    lagoon_client *saved_c;
+    own_app(&saved, &saved_c, tweak_short_retention);
+    char kt[65], lt[65], mt[65];
+    test_verified_user(T, C, "kai", 1, kt);
+    uint64_t lou = test_verified_user(T, C, "lou", 1, lt);
+    test_verified_user(T, C, "mia", 1, mt);
+    uint64_t id = send_text(kt, lou, "original secret");
+    lagoon_v1_DirectMessage e = edit_text(kt, id, "fixed", LAGOON_OK);
+    assert_int_equal(e.edit_count, 1);
+    assert_int_equal(e.notification_id, 0); /* bookkeeping stays on the server */
+    assert_int_equal(e.sender_event_seqs_count + e.recipient_event_seqs_count, 0);
+    list_notes(lt, 1);
+    assert_int_equal(notes.notifications_count, 1);
+    assert_string_equal(notes.notifications[0].content, "fixed");
+    assert_int_equal(notes.notifications[0].snippet_message_id, id);
+    for (int i = 0; i < 5; i++) /* lou's log keeps 10 events: kai's go */
+        send_text(mt, lou, "filler");
+    delete_message(kt, id);
+    list_notes(lt, 0);
+    assert_int_equal(notes.notifications_count, 1);
+    assert_string_equal(notes.notifications[0].content, "filler");
+    assert_int_equal(unread_count(lt), 1);
+    notes_done();
+    log_lacks_last(lt, "secret", 10);
+    log_lacks_last(lt, "fixed", 10);
+    own_app_end(saved, saved_c);
+}
+
+/* Three messages collapsed into one notification: deleting one it does not show lowers the
+ * count and keeps the shown words; deleting the one it shows clears them; the last one takes
+ * the notification and the badge. Editing a message it does not show changes nothing. */
+static void test_collapsed_notification_counts_by_message(void **state)
+{
+    (void)state;
+    char nt[65], ot[65];
+    test_verified_user(T, C, "norvel", 1, nt);
+    uint64_t oli = test_verified_user(T, C, "oswin", 1, ot);
+    uint64_t first = send_text(nt, oli, "first words");
+    uint64_t second = send_text(nt, oli, "second words");
+    uint64_t third = send_text(nt, oli, "third words");
+    list_notes(ot, 1);
+    assert_int_equal(notes.notifications_count, 1);
+    assert_int_equal(notes.notifications[0].count, 3);
+    assert_string_equal(notes.notifications[0].content, "third words");
+    edit_text(nt, first, "first edited", LAGOON_OK);
+    list_notes(ot, 1);
+    assert_string_equal(notes.notifications[0].content, "third words");
+    delete_message(nt, first);
+    list_notes(ot, 1);
+    assert_int_equal(notes.notifications[0].count, 2);
+    assert_string_equal(notes.notifications[0].content, "third words");
+    delete_message(nt, third);
+    list_notes(ot, 1);
+    assert_int_equal(notes.notifications[0].count, 1);
+    assert_string_equal(notes.notifications[0].content, "");
+    assert_int_equal(notes.notifications[0].snippet_message_id, 0);
+    delete_message(nt, second);
+    list_notes(ot, 0);
+    assert_int_equal(notes.notifications_count, 0);
+    assert_int_equal(unread_count(ot), 0);
+    notes_done();
+    log_lacks(ot, "words");
+    log_lacks(ot, "edited");
+}
+
+/* Edits per message are capped (each logs the whole text in two logs, and Delete rewrites every
+ * one): the 11th is refused with a clear error, and Delete still removes every copy. */
+static void test_edit_cap_bounds_delete(void **state)
+{
+    (void)state;
+    char pt[65], qt[65];
+    test_verified_user(T, C, "pim", 1, pt);
+    uint64_t quo = test_verified_user(T, C, "qum", 1, qt);
+    uint64_t id = send_text(pt, quo, "draft 0");
+    char text[32];
+    for (uint32_t i = 1; i <= 10; i++) {
+        snprintf(text, sizeof(text), "draft %u", i);
+        assert_int_equal(edit_text(pt, id, text, LAGOON_OK).edit_count, i);
+    }
+    edit_text(pt, id, "draft 11", LAGOON_FAILED_PRECONDITION);
+    assert_non_null(strstr(lagoon_last_error(C)->detail.message, "at most 10 times"));
+    delete_message(pt, id);
+    log_lacks(pt, "draft");
+    log_lacks(qt, "draft");
+    list_notes(qt, 0);
+    assert_int_equal(notes.notifications_count, 0);
+    notes_done();
+}
+
 /* ---- fair delivery keeps each user's order --------------------------------------------------- */
 
 /* Many sends pipelined on one raw connection commit in large batches, so the router receives
@@ -1287,6 +1411,9 @@ int main(void)
         cmocka_unit_test(test_deleted_message_leaves_no_words),
         cmocka_unit_test(test_deleted_words_leave_notification_after_log_trim),
         cmocka_unit_test(test_flood_keeps_order),
+        cmocka_unit_test(test_edited_then_trimmed_delete_clears_notification),
+        cmocka_unit_test(test_collapsed_notification_counts_by_message),
+        cmocka_unit_test(test_edit_cap_bounds_delete),
         cmocka_unit_test(test_trimmed_before_delivery_is_out_of_range),
         cmocka_unit_test(test_lane_overflow_replays_in_order),
         cmocka_unit_test(test_typing_flood_is_capped),

@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "lagoon_idl.h" /* lagoon_v1_Role: what rpc_caller.role holds (app_access, app_grants) */
 #include "limiter.h"
 #include "rpc.h"
 #include "store.h"

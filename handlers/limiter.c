@@ -15,6 +15,9 @@
 #define LIMITER_EVICT_SCAN 8
 /* Keys per bucket when the table is full (the bucket array is allocated up front). */
 #define LIMITER_KEYS_PER_BUCKET 4
+/* The wait of a new key that could not be tracked for want of memory: it fails closed, and
+ * soon tries again. */
+#define LIMITER_NO_MEMORY_WAIT_MS 1000
 
 typedef struct entry {
     struct entry *next;           /* the bucket's chain */
@@ -225,7 +228,7 @@ static uint32_t count_event(limiter *l, const char *key, int64_t now, int check)
         w = make_room(l, now); /* may remove entries of k's chain: p is not used after */
         e = w == 0 ? calloc(1, sizeof(*e)) : NULL;
         if (e == NULL && w == 0 && check)
-            w = 1000; /* out of memory: fail closed, briefly */
+            w = LIMITER_NO_MEMORY_WAIT_MS;
         if (e != NULL) {
             memcpy(e->key, k, sizeof(e->key));
             e->count = 1;

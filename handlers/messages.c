@@ -31,6 +31,11 @@
  * that one call costs the single writer well under a millisecond whatever the conversation's
  * length (the unread count is kept up to date by Send and Delete, never recounted). */
 #define MESSAGES_READ_SCAN_MAX 200
+/* A conversation from before ConversationMember.other_wrote has it false for both members. An
+ * unverified sender's first Send there looks for a message from the other user among this many
+ * of the oldest and this many of the newest messages (the first one is its creator's), and
+ * records other_wrote when it finds one: cheap, once per member, and it errs on refusing. */
+#define MESSAGES_WROTE_SCAN 20
 
 /* The bound (.options max_count) of a repeated field, as a page size the store accepts. The
  * generator refuses a repeated field without max_count, so the fallback of 1 (still a valid
@@ -83,6 +88,18 @@ static int find_member(store_txn *t, uint64_t conv, uint64_t user, lagoon_v1_Con
     store_key_u64(&k, user);
     return store_get_by(t, &lagoon_table_conversation_members, lagoon_index_conversation_members_by_conv_user, &k,
                         NULL, out, err);
+}
+
+/* A query over conversation conv's messages in id order (prefix holds its key: keep it alive). */
+static void conv_messages_query(store_query *q, store_key *prefix, uint64_t conv)
+{
+    store_key_reset(prefix);
+    store_key_u64(prefix, conv);
+    memset(q, 0, sizeof(*q));
+    q->table = &lagoon_table_direct_messages;
+    q->index = lagoon_index_direct_messages_by_conversation;
+    q->prefix = prefix->buf;
+    q->prefix_len = prefix->len;
 }
 
 /* ---- events ------------------------------------------------------------------------------------ */
@@ -233,10 +250,14 @@ static void check_content(rpc_call *c, const lagoon_v1_SendMessageRequest *req)
 
 /* ---- Send ------------------------------------------------------------------------------------- */
 
+static int other_has_written(store_txn *t, uint64_t conv, uint64_t other, int *wrote, store_error *err);
+
 enum send_outcome { SEND_OK, SEND_NO_RECIPIENT, SEND_UNVERIFIED };
 
 typedef struct send_op {
     app *a;
+    char limit_key[32]; /* the sender's key in a->sends */
+    int64_t taken_at;   /* when the Send was counted there (refunded if it is refused) */
     uint64_t sender;
     int verified; /* the sender's email is verified: they may write first */
     int64_t now;
@@ -311,8 +332,16 @@ static int send_write(store_txn *t, void *arg, store_error *err)
     if (st != LAGOON_OK)
         return st;
     if (!op->verified && !mine.other_wrote) {
-        op->outcome = SEND_UNVERIFIED;
-        return LAGOON_OK;
+        int wrote = mine.unread > 0; /* unread counts the other's messages */
+        if (!wrote)
+            st = other_has_written(t, conv.id, m.recipient_id, &wrote, err);
+        if (st != LAGOON_OK)
+            return st;
+        if (!wrote) {
+            op->outcome = SEND_UNVERIFIED;
+            return LAGOON_OK;
+        }
+        mine.other_wrote = true; /* stored with mine below */
     }
     m.conversation_id = conv.id;
     m.created_at = op->now;
@@ -345,6 +374,9 @@ static int send_write(store_txn *t, void *arg, store_error *err)
 static int send_done(rpc_call *call, void *arg, int status, const store_error *err)
 {
     send_op *op = arg;
+    /* Only a Send that stores a message counts against the sender's budget. */
+    if (status != LAGOON_OK || op->outcome != SEND_OK)
+        limiter_refund(op->a->sends, op->limit_key, op->taken_at);
     if (status == LAGOON_OK && op->outcome == SEND_NO_RECIPIENT) {
         rpc_call_violation(call, "recipient_id", "no such user");
         status = rpc_call_error(call, LAGOON_NOT_FOUND, "no such user");
@@ -383,15 +415,20 @@ int handle_Messages_Send(rpc_call *call, const lagoon_v1_SendMessageRequest *req
     char key[32];
     snprintf(key, sizeof(key), "send:%llu", (unsigned long long)me);
     int64_t now = app_now(a);
-    uint32_t wait = limiter_wait(a->sends, key, now);
+    /* Checked and counted in one step, so that Sends pipelined at once cannot all pass a check
+     * none has counted yet; given back when the Send turns out refused (send_done). */
+    uint32_t wait = limiter_take(a->sends, key, now);
     if (wait > 0) {
         rpc_call_retry_after(call, wait);
         return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "too many messages; retry in %u s", (wait + 999) / 1000);
     }
     send_op *op = calloc(1, sizeof(*op));
-    if (op == NULL)
+    if (op == NULL) {
+        limiter_refund(a->sends, key, now);
         return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
-    limiter_hit(a->sends, key, now);
+    }
+    COPY_STR(op->limit_key, key);
+    op->taken_at = now;
     op->a = a;
     op->sender = me;
     op->verified = who->verified;
@@ -415,8 +452,10 @@ int handle_Messages_Send(rpc_call *call, const lagoon_v1_SendMessageRequest *req
         break;
     }
     int st = app_write(call, send_write, op, send_done);
-    if (st != RPC_PENDING)
+    if (st != RPC_PENDING) {
+        limiter_refund(a->sends, key, now);
         free(op);
+    }
     return st;
 }
 
@@ -671,6 +710,24 @@ static int scan_messages(store_txn *t, uint64_t conv, uint64_t first, read_scan 
     return st;
 }
 
+/* Whether other has a message among the MESSAGES_WROTE_SCAN oldest and as many newest of conv. */
+static int other_has_written(store_txn *t, uint64_t conv, uint64_t other, int *wrote, store_error *err)
+{
+    read_scan rs = {other, UINT64_MAX, 0, 0, 0};
+    store_key prefix;
+    store_query q;
+    conv_messages_query(&q, &prefix, conv);
+    q.page_size = MESSAGES_WROTE_SCAN;
+    store_page page;
+    int st = store_scan(t, &q, scan_row, &rs, &page, err);
+    if (st == LAGOON_OK && rs.count == 0 && page.next_page_token[0] != '\0') {
+        q.reverse = 1;
+        st = store_scan(t, &q, scan_row, &rs, &page, err);
+    }
+    *wrote = rs.count > 0;
+    return st;
+}
+
 /* Moves mem's read position forward to `to` (< the last message) and its unread count with it.
  * The count is kept exact without a recount: the messages after `to` are counted when they are
  * few, else the newly read ones are subtracted. When both are many (a position deep inside a
@@ -912,13 +969,8 @@ int handle_Messages_Edit(rpc_call *call, const lagoon_v1_EditMessageRequest *req
 static int newest_in(store_txn *t, uint64_t conv, uint64_t *id, store_error *err)
 {
     store_key prefix;
-    store_key_reset(&prefix);
-    store_key_u64(&prefix, conv);
-    store_query q = {0};
-    q.table = &lagoon_table_direct_messages;
-    q.index = lagoon_index_direct_messages_by_conversation;
-    q.prefix = prefix.buf;
-    q.prefix_len = prefix.len;
+    store_query q;
+    conv_messages_query(&q, &prefix, conv);
     q.reverse = 1;
     q.page_size = 1;
     store_page page;

@@ -804,6 +804,88 @@ static void test_send_rate_limit(void **state)
     free(t);
 }
 
+/* Refused Sends (no such recipient, or an unverified sender writing first) store nothing and do
+ * not count against the sender's budget: 60 of them, then 60 real ones still pass. */
+static void test_refused_sends_do_not_count(void **state)
+{
+    (void)state;
+    test_app *t = calloc(1, sizeof(*t));
+    test_app_start(t, tweak_default_sends);
+    lagoon_client *c = test_client(t);
+    char yan_tok[65], zoe_tok[65], una_tok[65];
+    uint64_t yan = test_verified_user(t, c, "yan", 1, yan_tok);
+    uint64_t zoe = test_verified_user(t, c, "zoe", 1, zoe_tok);
+    uint64_t uma = test_user(c, "uma", 1, una_tok); /* unverified */
+    lagoon_v1_SendMessageRequest req = lagoon_v1_SendMessageRequest_init_zero;
+    req.which_content = lagoon_v1_SendMessageRequest_text_tag;
+    snprintf(req.content.text.text, sizeof(req.content.text.text), "hello");
+    lagoon_v1_DirectMessage m;
+    lagoon_set_token(c, yan_tok);
+    req.recipient_id = 999999;
+    for (int i = 0; i < 60; i++)
+        assert_int_equal(lagoon_Messages_Send(c, &req, &m), LAGOON_NOT_FOUND);
+    req.recipient_id = zoe;
+    for (int i = 0; i < 60; i++)
+        assert_int_equal(lagoon_Messages_Send(c, &req, &m), LAGOON_OK);
+    assert_int_equal(lagoon_Messages_Send(c, &req, &m), LAGOON_RESOURCE_EXHAUSTED);
+    lagoon_set_token(c, una_tok);
+    req.recipient_id = yan;
+    for (int i = 0; i < 60; i++)
+        assert_int_equal(lagoon_Messages_Send(c, &req, &m), LAGOON_PERMISSION_DENIED);
+    /* Once yan writes to her she may answer: her budget is whole. */
+    lagoon_set_token(c, yan_tok);
+    test_clock_advance(t, 2 * 60 * 1000); /* yan's own wait */
+    req.recipient_id = uma;
+    assert_int_equal(lagoon_Messages_Send(c, &req, &m), LAGOON_OK);
+    lagoon_set_token(c, una_tok);
+    req.recipient_id = yan;
+    for (int i = 0; i < 60; i++)
+        assert_int_equal(lagoon_Messages_Send(c, &req, &m), LAGOON_OK);
+    lagoon_close(c);
+    test_app_stop(t);
+    free(t);
+}
+
+/* A member row of arg's pair (uint64_t[2]: the member, the other) as rows from before
+ * other_wrote look: false, and nothing unread. */
+static int forget_other_wrote(store_txn *t, void *arg, store_error *err)
+{
+    const uint64_t *u = arg;
+    store_key k;
+    store_key_reset(&k);
+    store_key_u64(&k, u[0] < u[1] ? u[0] : u[1]);
+    store_key_u64(&k, u[0] < u[1] ? u[1] : u[0]);
+    lagoon_v1_Conversation conv;
+    int st = store_get_by(t, &lagoon_table_conversations, lagoon_index_conversations_by_pair, &k, NULL, &conv, err);
+    store_key_reset(&k);
+    store_key_u64(&k, conv.id);
+    store_key_u64(&k, u[0]);
+    lagoon_v1_ConversationMember mem;
+    if (st == LAGOON_OK)
+        st = store_get_by(t, &lagoon_table_conversation_members, lagoon_index_conversation_members_by_conv_user, &k,
+                          NULL, &mem, err);
+    mem.other_wrote = false;
+    mem.unread = 0;
+    return st == LAGOON_OK ? store_update(t, &lagoon_table_conversation_members, &mem, err) : st;
+}
+
+/* In a conversation from before other_wrote existed, an unverified member whose partner has
+ * written may reply: it is derived from the messages (and then recorded). */
+static void test_other_wrote_derived_for_old_conversations(void **state)
+{
+    (void)state;
+    char ola_tok[65], pat_tok[65];
+    uint64_t ola = test_user(C, "ola", 1, ola_tok); /* unverified */
+    uint64_t pat = test_verified_user(T, C, "pat", 1, pat_tok);
+    assert_int_equal(send_text(pat_tok, ola, "hi ola", NULL), LAGOON_OK);
+    uint64_t pair[2] = {ola, pat};
+    store_error err;
+    assert_int_equal(store_write(T->app->db, forget_other_wrote, pair, &err), LAGOON_OK);
+    assert_int_equal(send_text(ola_tok, pat, "hello pat", NULL), LAGOON_OK);
+    assert_int_equal(store_write(T->app->db, forget_other_wrote, pair, &err), LAGOON_OK);
+    assert_int_equal(send_text(ola_tok, pat, "again", NULL), LAGOON_OK);
+}
+
 static void test_conversation_page_cap(void **state)
 {
     (void)state;
@@ -839,6 +921,8 @@ int main(void)
         cmocka_unit_test(test_mark_all_read_clears_old_counts),
         cmocka_unit_test(test_unverified_may_only_reply),
         cmocka_unit_test(test_send_rate_limit),
+        cmocka_unit_test(test_refused_sends_do_not_count),
+        cmocka_unit_test(test_other_wrote_derived_for_old_conversations),
         cmocka_unit_test(test_conversation_page_cap),
     };
     return cmocka_run_group_tests_name("messages", tests, setup, teardown);

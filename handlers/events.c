@@ -563,7 +563,8 @@ typedef struct subscriber {
     uint64_t id;               /* never reused: the cancel callback names it by id */
     uint64_t user_id;
     uint64_t session_id;       /* the session the stream was opened with (0: none known) */
-    int64_t expires_at;        /* ms since the epoch: its access token's expiry (read at start) */
+    int64_t expires_at;        /* ms since the epoch: the expiry of the access token it was opened
+                                * with (read when the call started; 0: not known yet) */
     uint64_t conn_key;         /* hash of peer: the connection's bucket */
     char peer[80];             /* "address:port" of the connection, unique while it is open */
     uint64_t since;
@@ -895,8 +896,8 @@ static unsigned conn_subs(const realtime *rt, uint64_t key, const char *peer)
 
 #define SESSION_ENDED_MSG "session ended (signed out, revoked, password changed or reset, account deactivated or deleted)"
 
-/* The session s was opened with, as of t: 0 if it lives (and s->expires_at is its access
- * token's expiry), else the status it ends with (message in msg). Checked here as well as by
+/* The session s was opened with, as of t: 0 if it lives and the token s was opened with has not
+ * expired, else the status it ends with (message in msg). Checked here as well as by
  * SESSION_END, so that a session that ended between the call's token check and this start
  * cannot leave a stream open: its deletion committed either before this read or after, and
  * then its announcement comes later in the queue. */
@@ -915,11 +916,12 @@ static int session_check(realtime *rt, store_txn *t, subscriber *s, char *msg, s
         snprintf(msg, cap, "%.150s", err.message);
         return LAGOON_UNAVAILABLE;
     }
-    if (sess.access_expires_at <= app_now(rt->a)) {
+    if (s->expires_at == 0) /* the session was not found when the call started */
+        s->expires_at = sess.access_expires_at;
+    if (s->expires_at <= app_now(rt->a)) {
         snprintf(msg, cap, "access token expired: refresh it, then subscribe again");
         return LAGOON_UNAUTHENTICATED;
     }
-    s->expires_at = sess.access_expires_at;
     return 0;
 }
 
@@ -1380,6 +1382,17 @@ int handle_Events_Subscribe(rpc_call *call, const lagoon_v1_SubscribeRequest *re
     pthread_mutex_unlock(&rt->mu);
     s->user_id = rpc_call_caller(call)->user_id;
     s->session_id = rpc_call_caller(call)->session_id;
+    /* The expiry of the token this call was made with: its session's right after the token was
+     * checked, on this thread. Read here, not when the router starts the stream, so that a
+     * Refresh committed meanwhile (a new token, a later expiry) does not extend it. */
+    store_txn *t;
+    store_error err;
+    lagoon_v1_Session sess;
+    if (s->session_id && store_read_begin(app_of(call)->db, &t, &err) == LAGOON_OK) {
+        if (store_get(t, &lagoon_table_sessions, s->session_id, &sess, &err) == LAGOON_OK)
+            s->expires_at = sess.access_expires_at;
+        store_read_end(t);
+    }
     snprintf(s->peer, sizeof(s->peer), "%s", rpc_call_peer(call));
     s->conn_key = peer_key(s->peer);
     s->since = req->since;

@@ -1196,6 +1196,42 @@ static void raw_subscribe(int fd, uint32_t call_id, const char *token)
     assert_int_equal(f.call_id, call_id);
 }
 
+/* A stream ends when the access token it was opened with expires, even when a Refresh (a new
+ * token, a later expiry) commits before the router starts the stream. */
+static void test_stream_keeps_its_tokens_expiry(void **state)
+{
+    (void)state;
+    test_app *saved;
+    lagoon_client *saved_c;
+    char gt[65], ht[65], rt[65], at[65];
+    device other, d;
+    gated_pair(&saved, &saved_c, tweak_gated, gt, ht, &other); /* keeps the router turning */
+    sign_in("hap", TEST_PASSWORD, at, rt);
+    router_hold();
+    d.c = test_client(T);
+    lagoon_set_token(d.c, at);
+    lagoon_v1_SubscribeRequest sr = {0};
+    assert_int_equal(lagoon_Events_Subscribe(d.c, &sr, &d.s), LAGOON_OK);
+    /* A later call on the same connection answered: the Subscribe handler has run. */
+    lagoon_v1_HealthCheckRequest hr = lagoon_v1_HealthCheckRequest_init_zero;
+    lagoon_v1_HealthCheckResponse hresp;
+    assert_int_equal(lagoon_Health_Check(d.c, &hr, &hresp), LAGOON_OK);
+    test_clock_advance(T, 12LL * 3600 * 1000);
+    lagoon_set_token(C, NULL);
+    lagoon_v1_RefreshRequest rr = lagoon_v1_RefreshRequest_init_zero;
+    snprintf(rr.refresh_token, sizeof(rr.refresh_token), "%s", rt);
+    lagoon_v1_TokenPair tp;
+    assert_int_equal(lagoon_Auth_Refresh(C, &rr, &tp), LAGOON_OK); /* its token: 36 h from the start */
+    router_release();
+    lagoon_v1_Event ev;
+    next_event(&d, &ev);
+    assert_int_equal(ev.which_payload, lagoon_v1_Event_subscribed_tag);
+    test_clock_advance(T, 13LL * 3600 * 1000); /* 25 h: past the first token's 24 h */
+    expect_end(&d, LAGOON_UNAUTHENTICATED, "expired");
+    expect_end(&other, LAGOON_UNAUTHENTICATED, "expired");
+    own_app_end(saved, saved_c);
+}
+
 /* ---- a message's notification follows the message, not its words ------------------------------ */
 
 static lagoon_v1_DirectMessage edit_text(const char *token, uint64_t id, const char *text, int want)
@@ -1419,6 +1455,7 @@ int main(void)
         cmocka_unit_test(test_typing_flood_is_capped),
         cmocka_unit_test(test_quiet_user_not_behind_a_flood),
         cmocka_unit_test(test_token_expiry_ends_streams),
+        cmocka_unit_test(test_stream_keeps_its_tokens_expiry),
     };
     return cmocka_run_group_tests_name("events", tests, setup, teardown);
 }

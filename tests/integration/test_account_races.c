@@ -641,6 +641,47 @@ static void test_pipelined_guesses_count_before_their_hash(void **state)
     free(t);
 }
 
+/* Attempts abandoned before their hash (CANCEL) tried no password: they are taken back, and
+ * the pair still has its 5. */
+static void test_abandoned_attempts_are_taken_back(void **state)
+{
+    (void)state;
+    test_app *t = calloc(1, sizeof(*t));
+    test_app_start(t, tweak_held_hash);
+    g_app = t;
+    lagoon_client *c = test_client(t);
+    char token[65];
+    test_user(c, "owner", 0, token);
+    gate_close(APP_HOOK_HASH);
+    int hold = connect_from(t->srv.port, "127.0.0.9");
+    send_login(hold, 1, "nobody", "wrong password!");
+    assert_true(gate_wait_held());
+    int fd = connect_from(t->srv.port, "127.0.0.2");
+    for (uint32_t i = 0; i < 5; i++)
+        send_login(fd, 1 + 2 * i, "owner", "wrong password!");
+    unsigned want = 6;
+    assert_true(test_wait_for(calls_open, &want, REPLY_WAIT_MS));
+    /* The pair's 5 are all in flight: a sixth waits. */
+    assert_int_equal(login_from(t, "127.0.0.2", "owner", "wrong password!", NULL), LAGOON_RESOURCE_EXHAUSTED);
+    for (uint32_t i = 0; i < 5; i++)
+        raw_send_frame(fd, WIRE_CANCEL, 0, 1 + 2 * i, 0, NULL, 0, NULL, 0);
+    want = 1;
+    assert_true(test_wait_for(calls_open, &want, REPLY_WAIT_MS));
+    gate_open();
+    assert_int_equal(read_status(hold, 1, NULL), LAGOON_UNAUTHENTICATED);
+    /* Queued behind the cancelled jobs: once it is answered, they have been dropped. */
+    send_login(hold, 3, "nobody", "wrong password!");
+    assert_int_equal(read_status(hold, 3, NULL), LAGOON_UNAUTHENTICATED);
+    close(hold);
+    close(fd);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(login_from(t, "127.0.0.2", "owner", "wrong password!", NULL), LAGOON_UNAUTHENTICATED);
+    assert_int_equal(login_from(t, "127.0.0.2", "owner", PASSWORD, NULL), LAGOON_RESOURCE_EXHAUSTED);
+    lagoon_close(c);
+    test_app_stop(t);
+    free(t);
+}
+
 static int g_mail_want; /* emails test_mail_count must reach for mail_arrived */
 static const char *g_mail_to;
 
@@ -914,6 +955,7 @@ int main(void)
         cmocka_unit_test(test_sign_ins_racing_a_hash_upgrade),
         cmocka_unit_test(test_others_failures_do_not_lock_the_owner_out),
         cmocka_unit_test(test_pipelined_guesses_count_before_their_hash),
+        cmocka_unit_test(test_abandoned_attempts_are_taken_back),
         cmocka_unit_test(test_pipelined_emails_stay_in_budget),
         cmocka_unit_test(test_pipelined_registrations_stay_in_budget),
         cmocka_unit_test(test_known_address_lasts_from_the_last_sign_in),

@@ -727,6 +727,57 @@ static void test_pipelined_emails_stay_in_budget(void **state)
     free(t);
 }
 
+static void tweak_two_emails(app_config *acfg, rpc_config *cfg)
+{
+    tweak_defaults(acfg, cfg);
+    acfg->resets.max_events = 2;
+}
+
+/* ResendVerifications pipelined behind the VerifyEmail that makes them pointless: none sends.
+ * Each is FAILED_PRECONDITION, whether its handler already saw the address verified (not
+ * counted) or only its write did (counted, then given back), or RESOURCE_EXHAUSTED while the
+ * budget (2 here) is held by those in flight; and the budget is whole after. */
+static void test_resend_that_finds_verified_is_given_back(void **state)
+{
+    (void)state;
+    test_app *t = calloc(1, sizeof(*t));
+    test_app_start(t, tweak_two_emails);
+    lagoon_client *c = test_client(t);
+    char token[65], code[44];
+    test_user(c, "late", 0, token);
+    assert_true(test_mail_code(t, "late@example.com", "Verify", code, REPLY_WAIT_MS));
+    int fd = connect_from(t->srv.port, "127.0.0.7");
+    lagoon_v1_VerifyEmailRequest vr = lagoon_v1_VerifyEmailRequest_init_zero;
+    snprintf(vr.token, sizeof(vr.token), "%s", code);
+    send_request(fd, 1, &lagoon_method_Auth_VerifyEmail, &vr);
+    for (uint32_t i = 1; i <= 8; i++)
+        send_authed(fd, 1 + 2 * i, &lagoon_method_Auth_ResendVerification, token, NULL);
+    int counts[3] = {0, 0, 0};
+    for (int i = 0; i < 9; i++) { /* in any order */
+        uint32_t id;
+        uint32_t st = read_any_status(fd, &id, NULL);
+        if (id == 1)
+            assert_int_equal(st, LAGOON_OK);
+        else
+            counts[st == LAGOON_FAILED_PRECONDITION ? 0 : st == LAGOON_RESOURCE_EXHAUSTED ? 1 : 2]++;
+    }
+    print_message("ResendVerification behind VerifyEmail: %d verified already, %d refused, %d other\n", counts[0],
+                  counts[1], counts[2]);
+    assert_int_equal(counts[2], 0);
+    assert_true(counts[0] >= 2);
+    lagoon_v1_ForgotPasswordRequest fr = lagoon_v1_ForgotPasswordRequest_init_zero;
+    snprintf(fr.email, sizeof(fr.email), "late@example.com");
+    for (uint32_t i = 0; i < 3; i++)
+        send_request(fd, 101 + 2 * i, &lagoon_method_Auth_ForgotPassword, &fr);
+    count_replies(fd, 3, LAGOON_OK, LAGOON_RESOURCE_EXHAUSTED, counts);
+    close(fd);
+    assert_int_equal(counts[0], 2);
+    assert_int_equal(counts[1], 1);
+    lagoon_close(c);
+    test_app_stop(t);
+    free(t);
+}
+
 static void tweak_few_registrations(app_config *acfg, rpc_config *cfg)
 {
     (void)cfg;
@@ -957,6 +1008,7 @@ int main(void)
         cmocka_unit_test(test_pipelined_guesses_count_before_their_hash),
         cmocka_unit_test(test_abandoned_attempts_are_taken_back),
         cmocka_unit_test(test_pipelined_emails_stay_in_budget),
+        cmocka_unit_test(test_resend_that_finds_verified_is_given_back),
         cmocka_unit_test(test_pipelined_registrations_stay_in_budget),
         cmocka_unit_test(test_known_address_lasts_from_the_last_sign_in),
         cmocka_unit_test(test_full_limiter_tables_evict_then_fail_closed),

@@ -550,6 +550,11 @@ static void call_unref(rpc_call *call)
             pb_release(m->request->desc, call->req);
         if (m->response->has_pointers)
             pb_release(m->response->desc, call->resp);
+        /* Passwords and tokens do not outlive their call in freed memory. */
+        if (m->secrets & WIRE_SECRET_REQUEST)
+            explicit_bzero(call->req, m->request_size);
+        if (m->secrets & WIRE_SECRET_RESPONSE)
+            explicit_bzero(call->resp, m->response_size);
     }
     free(call->rmeta);
     rpc_conn *conn = call->conn;
@@ -1370,6 +1375,26 @@ static int conn_preface(rpc_conn *c, struct evbuffer *in)
     return 1;
 }
 
+/* Wipes a handled call frame's bytes in the input buffer before they are drained (and the
+ * buffer reused or freed): the metadata always (it carries the access token), the message if
+ * its method marks it secret. */
+static void frame_wipe(rpc_conn *c, const wire_frame *f)
+{
+    if (f->type != WIRE_REQUEST && f->type != WIRE_MESSAGE)
+        return;
+    if (f->meta_len)
+        explicit_bzero((uint8_t *)(uintptr_t)f->meta, f->meta_len);
+    const rpc_route *r = NULL;
+    if (f->type == WIRE_REQUEST) {
+        r = route_find(c->loop->server, f->code);
+    } else {
+        rpc_call *call = table_find(c, f->call_id);
+        r = call ? call->route : NULL;
+    }
+    if (r != NULL && (r->method->secrets & WIRE_SECRET_REQUEST) && f->payload_len)
+        explicit_bzero((uint8_t *)(uintptr_t)f->payload, f->payload_len);
+}
+
 static void conn_read_cb(struct bufferevent *bev, void *arg)
 {
     rpc_conn *c = arg;
@@ -1430,6 +1455,7 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
         on_frame(c, &f);
         if (c->state == CONN_DEAD)
             return;
+        frame_wipe(c, &f);
         evbuffer_drain(in, (size_t)r);
     }
     /* What is left is the start of a frame: it has frame_timeout_ms from its first byte. */

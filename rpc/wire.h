@@ -164,7 +164,13 @@ typedef struct wire_method {
     size_t request_size, response_size; /* sizeof the nanopb structs */
     uint8_t kind;                       /* enum wire_kind */
     uint8_t access;                     /* lagoon_v1_Access */
+    uint8_t secrets;                    /* WIRE_SECRET_*: (lagoon.v1.secret) fields in its messages */
 } wire_method;
+
+/* wire_method.secrets: the request or response holds a field marked (lagoon.v1.secret)
+ * (passwords, tokens), so the server wipes its decoded struct and its wire bytes once used. */
+#define WIRE_SECRET_REQUEST 1
+#define WIRE_SECRET_RESPONSE 2
 
 /* ---- Message coding with named errors ------------------------------------------------------ */
 

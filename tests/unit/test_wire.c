@@ -1555,6 +1555,38 @@ static void trusted_decode_keeps_strings_but_not_bounds(void **state)
     free(w.b);
 }
 
+/* 1 if info, or a message inside it, has a field that looks like a secret by its name. */
+static int names_a_secret(const wire_msginfo *info, int depth)
+{
+    for (size_t i = 0; info != NULL && i < info->nfields && depth < 8; i++) {
+        const char *n = info->fields[i].name;
+        size_t len = strlen(n);
+        if (strstr(n, "password") || (len >= 5 && strcmp(n + len - 5, "token") == 0 && strcmp(n, "page_token") != 0 &&
+                                      strcmp(n, "next_page_token") != 0))
+            return 1;
+        if (names_a_secret(info->fields[i].sub, depth + 1))
+            return 1;
+    }
+    return 0;
+}
+
+/* A method whose request or response carries a password or a token declares it (secret) in
+ * the IDL, so the server wipes it: a new method cannot forget. Page tokens are not secrets. */
+static void secrets_are_declared(void **state)
+{
+    (void)state;
+    int marked = 0;
+    for (size_t i = 0; i < lagoon_methods_count; i++) {
+        const wire_method *m = lagoon_methods[i];
+        if (names_a_secret(m->request, 0) && !(m->secrets & WIRE_SECRET_REQUEST))
+            fail_msg("%s: its request holds a password or token not marked (lagoon.v1.secret)", m->path);
+        if (names_a_secret(m->response, 0) && !(m->secrets & WIRE_SECRET_RESPONSE))
+            fail_msg("%s: its response holds a password or token not marked (lagoon.v1.secret)", m->path);
+        marked += m->secrets != 0;
+    }
+    assert_true(marked >= 7); /* Register, Login, Refresh, VerifyEmail, ResetPassword, ChangePassword, DeleteAccount */
+}
+
 /* Every accepted string in every place decodes to exactly its bytes. */
 static void decode_accepts_fine_strings(void **state)
 {
@@ -1767,6 +1799,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(decode_garbage),
         cmocka_unit_test(decode_refuses_hostile_strings),
         cmocka_unit_test(trusted_decode_keeps_strings_but_not_bounds),
+        cmocka_unit_test(secrets_are_declared),
         cmocka_unit_test(decode_accepts_fine_strings),
         cmocka_unit_test(decode_leaves_bytes_and_unknown_fields),
         cmocka_unit_test(decode_names_first_string_fault),

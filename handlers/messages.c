@@ -290,6 +290,7 @@ static int send_write(store_txn *t, void *arg, store_error *err)
 {
     send_op *op = arg;
     lagoon_v1_DirectMessage m = op->msg; /* replayable: start from the request */
+    message_public(&m); /* and its bookkeeping from scratch (a replayed batch ran this before) */
     op->outcome = SEND_OK;
     /* A retry: the message stored the first time. */
     if (m.client_message_id[0]) {
@@ -367,7 +368,8 @@ static int send_write(store_txn *t, void *arg, store_error *err)
         st = notify_recipient(t, op->a, &m, err);
     if (st == LAGOON_OK)
         st = store_update(t, &lagoon_table_direct_messages, &m, err);
-    op->msg = m;
+    if (st == LAGOON_OK)
+        op->msg = m;
     return st;
 }
 

@@ -1348,6 +1348,57 @@ static void test_edit_cap_bounds_delete(void **state)
     notes_done();
 }
 
+/* Message row id (arg) as rows stored before they recorded their notification and events. */
+static int make_legacy(store_txn *t, void *arg, store_error *err)
+{
+    lagoon_v1_DirectMessage *m = malloc(sizeof(*m));
+    if (m == NULL)
+        return LAGOON_RESOURCE_EXHAUSTED;
+    int st = store_get(t, &lagoon_table_direct_messages, *(const uint64_t *)arg, m, err);
+    m->notification_id = 0;
+    m->sender_event_seqs_count = m->recipient_event_seqs_count = 0;
+    m->events_tracked = false;
+    if (st == LAGOON_OK)
+        st = store_update(t, &lagoon_table_direct_messages, m, err);
+    free(m);
+    return st;
+}
+
+/* Rows from before: Delete still finds their words by scanning the logs, and their notification
+ * through the log or, once retention dropped that, by its words. */
+static void test_deleted_legacy_message_leaves_no_words(void **state)
+{
+    (void)state;
+    test_app *saved;
+    lagoon_client *saved_c;
+    own_app(&saved, &saved_c, tweak_short_retention);
+    char sot[65], tt[65], ut[65];
+    test_verified_user(T, C, "sol", 1, sot);
+    uint64_t tam = test_verified_user(T, C, "tam", 1, tt);
+    test_verified_user(T, C, "ugo", 1, ut);
+    store_error err;
+    /* Its events still in the log. */
+    uint64_t id = send_text(sot, tam, "old hidden words");
+    assert_int_equal(store_write(T->app->db, make_legacy, &id, &err), LAGOON_OK);
+    delete_message(sot, id);
+    log_lacks_last(tt, "hidden", 10);
+    log_lacks_last(sot, "hidden", 10);
+    list_notes(tt, 0);
+    assert_int_equal(notes.notifications_count, 0);
+    /* Its events trimmed: the notification is found by its words. */
+    id = send_text(sot, tam, "old secret words");
+    assert_int_equal(store_write(T->app->db, make_legacy, &id, &err), LAGOON_OK);
+    for (int i = 0; i < 5; i++)
+        send_text(ut, tam, "filler");
+    delete_message(sot, id);
+    list_notes(tt, 0);
+    assert_int_equal(notes.notifications_count, 1);
+    assert_string_equal(notes.notifications[0].content, "filler");
+    assert_int_equal(unread_count(tt), 1);
+    notes_done();
+    own_app_end(saved, saved_c);
+}
+
 /* ---- fair delivery keeps each user's order --------------------------------------------------- */
 
 /* Many sends pipelined on one raw connection commit in large batches, so the router receives
@@ -1450,6 +1501,7 @@ int main(void)
         cmocka_unit_test(test_edited_then_trimmed_delete_clears_notification),
         cmocka_unit_test(test_collapsed_notification_counts_by_message),
         cmocka_unit_test(test_edit_cap_bounds_delete),
+        cmocka_unit_test(test_deleted_legacy_message_leaves_no_words),
         cmocka_unit_test(test_trimmed_before_delivery_is_out_of_range),
         cmocka_unit_test(test_lane_overflow_replays_in_order),
         cmocka_unit_test(test_typing_flood_is_capped),

@@ -1121,6 +1121,40 @@ static void call_reply_bad_input(rpc_call *call, const wire_violation *v)
     call_reply_own(call, LAGOON_INVALID_ARGUMENT, msg, v);
 }
 
+static void rule_violation(void *arg, const char *field, const char *description)
+{
+    lagoon_v1_ResponseMeta *meta = arg;
+    const size_t cap = sizeof(meta->violations) / sizeof(meta->violations[0]);
+    if (meta->violations_count >= cap)
+        return;
+    lagoon_v1_FieldViolation *fv = &meta->violations[meta->violations_count++];
+    snprintf(fv->field, sizeof(fv->field), "%s", field);
+    snprintf(fv->description, sizeof(fv->description), "%s", description);
+}
+
+/* The request's field rules from the IDL (wire_check_rules), before the handler sees it:
+ * every broken rule in one INVALID_ARGUMENT. 1 if the call was answered so. */
+static int call_reply_if_rules_broken(rpc_call *call)
+{
+    const wire_msginfo *info = call->route->method->request;
+    if (info->nrules == 0)
+        return 0;
+    lagoon_v1_ResponseMeta *meta = calloc(1, sizeof(*meta));
+    if (meta == NULL) {
+        call_reply_own(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory", NULL);
+        return 1;
+    }
+    int n = wire_check_rules(info, call->req, rule_violation, meta);
+    if (n > 0) {
+        snprintf(meta->message, sizeof(meta->message), "invalid %s: %s: %s%s", call->route->method->request_type,
+                 meta->violations[0].field, meta->violations[0].description,
+                 n > 1 ? " (and more: see violations)" : "");
+        call_reply(call, LAGOON_INVALID_ARGUMENT, meta);
+    }
+    free(meta);
+    return n > 0;
+}
+
 static void on_request(rpc_conn *c, const wire_frame *f)
 {
     rpc_server *s = c->loop->server;
@@ -1215,6 +1249,13 @@ static void on_request(rpc_conn *c, const wire_frame *f)
         call_unref(call);
         return;
     }
+    if (m->request->nrules) {
+        call_ref(call);
+        int answered = call_reply_if_rules_broken(call);
+        call_unref(call);
+        if (answered)
+            return;
+    }
     call_ref(call); /* keep it across the handler even if the connection dies inside */
     call_invoke(call, call->req);
     /* A streaming-input call that the client ended in this same frame gets its end now. */
@@ -1256,6 +1297,11 @@ static void on_message(rpc_conn *c, const wire_frame *f)
         if (wire_decode(m->request, f->payload, f->payload_len, call->req, &v) != 0) {
             call_reply_bad_input(call, &v);
             call_tell_holder(call); /* a handler that kept it must learn the call is over */
+            call_unref(call);
+            return;
+        }
+        if (m->request->nrules && call_reply_if_rules_broken(call)) {
+            call_tell_holder(call);
             call_unref(call);
             return;
         }

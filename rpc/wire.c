@@ -834,3 +834,98 @@ int wire_diagnose(const wire_msginfo *info, const uint8_t *buf, size_t len, wire
 {
     return diag_walk(info, buf, len, 1, v);
 }
+
+/* ---- field rules (lagoon.v1.rules) ---------------------------------------------------------- */
+
+/* Characters of a string already judged valid UTF-8: every byte but continuation bytes. */
+static uint32_t utf8_chars(const char *s)
+{
+    uint32_t n = 0;
+    for (; *s; s++)
+        n += ((uint8_t)*s & 0xC0) != 0x80;
+    return n;
+}
+
+static int rule_number(const wire_rule *r, const void *msg, int64_t *out, int *is_unsigned_big)
+{
+    const uint8_t *p = (const uint8_t *)msg + r->offset;
+    *is_unsigned_big = 0;
+    switch (r->type) {
+    case WIRE_RULE_U32: { uint32_t v; memcpy(&v, p, sizeof(v)); *out = v; return 1; }
+    case WIRE_RULE_I32: { int32_t v; memcpy(&v, p, sizeof(v)); *out = v; return 1; }
+    case WIRE_RULE_ENUM: { int v; memcpy(&v, p, sizeof(v)); *out = v; return 1; }
+    case WIRE_RULE_I64: { int64_t v; memcpy(&v, p, sizeof(v)); *out = v; return 1; }
+    case WIRE_RULE_U64: {
+        uint64_t v;
+        memcpy(&v, p, sizeof(v));
+        *is_unsigned_big = v > (uint64_t)INT64_MAX; /* above any max an int64 can say */
+        *out = *is_unsigned_big ? INT64_MAX : (int64_t)v;
+        return 1;
+    }
+    case WIRE_RULE_BOOL: { bool v; memcpy(&v, p, sizeof(v)); *out = v; return 1; }
+    default:
+        return 0;
+    }
+}
+
+int wire_check_rules(const wire_msginfo *info, const void *msg, wire_rule_report_fn report, void *arg)
+{
+    int broken = 0;
+    char why[160];
+    for (size_t i = 0; i < info->nrules; i++) {
+        const wire_rule *r = &info->rules[i];
+        const uint8_t *p = (const uint8_t *)msg + r->offset;
+        why[0] = '\0';
+        int64_t v;
+        int big;
+        if (rule_number(r, msg, &v, &big)) {
+            if ((r->flags & WIRE_RULE_REQUIRED) && v == 0)
+                snprintf(why, sizeof(why), "is required");
+            else if ((r->flags & WIRE_RULE_HAS_MIN) && v < r->min)
+                snprintf(why, sizeof(why), "must be at least %lld", (long long)r->min);
+            else if ((r->flags & WIRE_RULE_HAS_MAX) && (big || v > r->max))
+                snprintf(why, sizeof(why), "must be at most %lld", (long long)r->max);
+            else if (r->flags & WIRE_RULE_DEFINED) {
+                size_t k = 0;
+                while (k < r->nvalues && r->values[k] != v)
+                    k++;
+                if (k == r->nvalues)
+                    snprintf(why, sizeof(why), "%lld is not one of its defined values", (long long)v);
+            }
+        } else if (r->type == WIRE_RULE_STRING || r->type == WIRE_RULE_STRING_PTR) {
+            const char *str = (const char *)p;
+            if (r->type == WIRE_RULE_STRING_PTR)
+                memcpy(&str, p, sizeof(str));
+            if (str == NULL)
+                str = "";
+            uint32_t chars = utf8_chars(str);
+            if ((r->flags & WIRE_RULE_REQUIRED) && chars == 0)
+                snprintf(why, sizeof(why), "is required");
+            else if (r->min_chars && chars < r->min_chars)
+                snprintf(why, sizeof(why), "must be at least %u characters (has %u)", r->min_chars, chars);
+            else if (r->max_chars && chars > r->max_chars)
+                snprintf(why, sizeof(why), "must be at most %u characters (has %u)", r->max_chars, chars);
+            else if ((r->flags & WIRE_RULE_SINGLE_LINE) && strpbrk(str, "\t\r\n") != NULL)
+                snprintf(why, sizeof(why), "must be a single line (no tab, line feed or carriage return)");
+        } else if (r->type == WIRE_RULE_MESSAGE) {
+            bool has;
+            memcpy(&has, p, sizeof(has));
+            if ((r->flags & WIRE_RULE_REQUIRED) && !has)
+                snprintf(why, sizeof(why), "is required");
+        } else if (r->type == WIRE_RULE_REPEATED) {
+            pb_size_t n;
+            memcpy(&n, p, sizeof(n));
+            if ((r->flags & WIRE_RULE_REQUIRED) && n == 0)
+                snprintf(why, sizeof(why), "is required (at least one item)");
+            else if (r->min_items && n < r->min_items)
+                snprintf(why, sizeof(why), "must have at least %u items (has %u)", r->min_items, (unsigned)n);
+            else if (r->max_items && n > r->max_items)
+                snprintf(why, sizeof(why), "must have at most %u items (has %u)", r->max_items, (unsigned)n);
+        }
+        if (why[0]) {
+            report(arg, r->field, why);
+            broken++;
+        }
+    }
+    return broken;
+}

@@ -142,6 +142,32 @@ typedef struct wire_fieldinfo {
     uint8_t is_string; /* a string field (not bytes): its content is judged on decode */
 } wire_fieldinfo;
 
+/* A rule on a field of a request message, from its (lagoon.v1.rules) option in the IDL:
+ * wire_check_rules applies it to the decoded struct. */
+enum wire_rule_type {
+    WIRE_RULE_U32 = 1, WIRE_RULE_I32, WIRE_RULE_U64, WIRE_RULE_I64, WIRE_RULE_BOOL, WIRE_RULE_ENUM,
+    WIRE_RULE_STRING,     /* a char array in the struct */
+    WIRE_RULE_STRING_PTR, /* a char * (FT_POINTER) */
+    WIRE_RULE_MESSAGE,    /* a submessage: offset is its has_ flag */
+    WIRE_RULE_REPEATED,   /* offset is its _count */
+};
+#define WIRE_RULE_REQUIRED 1u
+#define WIRE_RULE_HAS_MIN 2u
+#define WIRE_RULE_HAS_MAX 4u
+#define WIRE_RULE_SINGLE_LINE 8u
+#define WIRE_RULE_DEFINED 16u
+typedef struct wire_rule {
+    const char *field;      /* the .proto name, as violations name it */
+    size_t offset;          /* of the value in the struct (see the types above) */
+    uint8_t type;           /* enum wire_rule_type */
+    uint8_t flags;          /* WIRE_RULE_* */
+    int64_t min, max;       /* numbers, with HAS_MIN / HAS_MAX */
+    uint32_t min_chars, max_chars; /* strings; 0 = none */
+    uint32_t min_items, max_items; /* repeated; 0 = none */
+    const int32_t *values;  /* enums with DEFINED: the values the .proto names */
+    size_t nvalues;
+} wire_rule;
+
 /* A message type: nanopb's descriptor plus the field names nanopb does not keep. */
 typedef struct wire_msginfo {
     const char *name; /* "lagoon.v1.EchoRequest" */
@@ -154,6 +180,8 @@ typedef struct wire_msginfo {
     /* Has string fields, here or in a submessage: wire_decode walks the wire bytes to judge
      * them; a message without any is decoded without the walk. */
     int has_strings;
+    const wire_rule *rules; /* its fields' (lagoon.v1.rules), for wire_check_rules */
+    size_t nrules;
 } wire_msginfo;
 
 typedef struct wire_method {
@@ -206,6 +234,11 @@ int wire_decode(const wire_msginfo *info, const uint8_t *buf, size_t len, void *
  * client shows what the server sent rather than failing the whole call over one string. */
 int wire_decode_trusted(const wire_msginfo *info, const uint8_t *buf, size_t len, void *dst,
                         wire_violation *v);
+
+/* Applies info's field rules to msg (decoded): report(arg, field, description) for each
+ * broken one, in field order, at most one per field. Returns how many. Allocates nothing. */
+typedef void (*wire_rule_report_fn)(void *arg, const char *field, const char *description);
+int wire_check_rules(const wire_msginfo *info, const void *msg, wire_rule_report_fn report, void *arg);
 
 /* Encodes src into out[0..cap). Returns the encoded size, or -1 if it does not fit or a field
  * breaks its bound (*why, may be NULL, gets nanopb's message). */

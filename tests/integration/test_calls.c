@@ -124,11 +124,18 @@ static void test_unary_echo_and_errors(void **state)
     assert_string_equal(lagoon_last_error(c)->detail.message, "failure requested with fail_code");
     assert_string_equal(lagoon_last_error(c)->detail.request_id, "req-43");
 
-    /* Validation problems come back as field violations. */
+    /* The fields' rules from the IDL ((lagoon.v1.rules) in debug.proto) are checked before the
+     * handler runs, and every broken one comes back at once, in field order. */
     req.fail_code = 99;
+    req.delay_ms = 20000;
     assert_int_equal(lagoon_Debug_Echo(c, &req, &resp), LAGOON_INVALID_ARGUMENT);
-    assert_int_equal(lagoon_last_error(c)->detail.violations_count, 1);
-    assert_string_equal(lagoon_last_error(c)->detail.violations[0].field, "fail_code");
+    assert_int_equal(lagoon_last_error(c)->detail.violations_count, 2);
+    assert_string_equal(lagoon_last_error(c)->detail.violations[0].field, "delay_ms");
+    assert_string_equal(lagoon_last_error(c)->detail.violations[0].description, "must be at most 10000");
+    assert_string_equal(lagoon_last_error(c)->detail.violations[1].field, "fail_code");
+    assert_string_equal(lagoon_last_error(c)->detail.violations[1].description, "must be at most 16");
+    assert_non_null(strstr(lagoon_last_error(c)->detail.message, "invalid lagoon.v1.EchoRequest: delay_ms"));
+    req.delay_ms = 0;
 
     /* A unary call that completes from a worker thread. */
     req.fail_code = 0;

@@ -1555,6 +1555,97 @@ static void trusted_decode_keeps_strings_but_not_bounds(void **state)
     free(w.b);
 }
 
+/* ---- field rules (lagoon.v1.rules), on idl/lagoon/test/v1/rules_test.proto ------------------ */
+
+typedef struct rule_report {
+    int n;
+    char fields[16][32];
+    char descs[16][160];
+} rule_report;
+
+static void collect_rule(void *arg, const char *field, const char *description)
+{
+    rule_report *r = arg;
+    if (r->n < 16) {
+        snprintf(r->fields[r->n], sizeof(r->fields[0]), "%s", field);
+        snprintf(r->descs[r->n], sizeof(r->descs[0]), "%s", description);
+    }
+    r->n++;
+}
+
+static lagoon_test_v1_RulesTest rules_ok(void)
+{
+    lagoon_test_v1_RulesTest m = lagoon_test_v1_RulesTest_init_zero;
+    m.small = 2;
+    m.offset = -5;
+    m.big = 100;
+    snprintf(m.title, sizeof(m.title), "h\xc3\xa9llo"); /* 5 characters, 6 bytes */
+    m.color = lagoon_test_v1_RulesColor_RULES_BLUE;
+    m.has_inner = true;
+    m.items_count = 3;
+    m.flag = true;
+    return m;
+}
+
+static void rules_pass_at_their_edges(void **state)
+{
+    (void)state;
+    lagoon_test_v1_RulesTest m = rules_ok();
+    rule_report r = {0};
+    assert_int_equal(wire_check_rules(&lagoon_test_v1_RulesTest_info, &m, collect_rule, &r), 0);
+    m.small = 10;
+    m.offset = 5;
+    m.items_count = 1;
+    snprintf(m.title, sizeof(m.title), "ab");
+    assert_int_equal(wire_check_rules(&lagoon_test_v1_RulesTest_info, &m, collect_rule, &r), 0);
+}
+
+/* Every rule broken at once: one violation per field, in field order, saying what. */
+static void rules_report_every_broken_field(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *field, *words;
+    } want[] = {
+        {"small", "at least 2"}, {"offset", "at most 5"}, {"big", "at most 100"},
+        {"title", "at most 5 characters (has 6)"}, {"color", "2 is not one of its defined values"},
+        {"inner", "is required"}, {"items", "at most 3 items (has 4)"}, {"flag", "is required"},
+    };
+    lagoon_test_v1_RulesTest m = rules_ok();
+    m.small = 1;
+    m.offset = 6;
+    m.big = UINT64_MAX; /* above every int64 maximum */
+    snprintf(m.title, sizeof(m.title), "\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9");
+    m.color = (lagoon_test_v1_RulesColor)2;
+    m.has_inner = false;
+    m.items_count = 4;
+    m.flag = false;
+    rule_report r = {0};
+    assert_int_equal(wire_check_rules(&lagoon_test_v1_RulesTest_info, &m, collect_rule, &r), 8);
+    for (int i = 0; i < 8; i++) {
+        assert_string_equal(r.fields[i], want[i].field);
+        if (strstr(r.descs[i], want[i].words) == NULL)
+            fail_msg("%s: \"%s\", want \"...%s...\"", r.fields[i], r.descs[i], want[i].words);
+    }
+    /* The string rules one by one: required, too short, not one line. */
+    static const struct {
+        const char *text, *words;
+    } texts[] = {{"", "is required"}, {"a", "at least 2 characters"}, {"a\tb", "single line"}, {"a\nb", "single line"}};
+    for (size_t i = 0; i < sizeof(texts) / sizeof(texts[0]); i++) {
+        m = rules_ok();
+        snprintf(m.title, sizeof(m.title), "%s", texts[i].text);
+        r.n = 0;
+        assert_int_equal(wire_check_rules(&lagoon_test_v1_RulesTest_info, &m, collect_rule, &r), 1);
+        assert_string_equal(r.fields[0], "title");
+        assert_non_null(strstr(r.descs[0], texts[i].words));
+    }
+    m = rules_ok();
+    m.items_count = 0;
+    r.n = 0;
+    assert_int_equal(wire_check_rules(&lagoon_test_v1_RulesTest_info, &m, collect_rule, &r), 1);
+    assert_non_null(strstr(r.descs[0], "at least 1 items"));
+}
+
 /* 1 if info, or a message inside it, has a field that looks like a secret by its name. */
 static int names_a_secret(const wire_msginfo *info, int depth)
 {
@@ -1800,6 +1891,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(decode_refuses_hostile_strings),
         cmocka_unit_test(trusted_decode_keeps_strings_but_not_bounds),
         cmocka_unit_test(secrets_are_declared),
+        cmocka_unit_test(rules_pass_at_their_edges),
+        cmocka_unit_test(rules_report_every_broken_field),
         cmocka_unit_test(decode_accepts_fine_strings),
         cmocka_unit_test(decode_leaves_bytes_and_unknown_fields),
         cmocka_unit_test(decode_names_first_string_fault),

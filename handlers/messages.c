@@ -15,6 +15,7 @@
 #include "events.h"
 #include "lagoon_handlers.h"
 #include "messages.h"
+#include "paging.h"
 
 #define COPY_STR(dst, src) snprintf((dst), sizeof(dst), "%s", (src))
 
@@ -36,31 +37,6 @@
  * of the oldest and this many of the newest messages (the first one is its creator's), and
  * records other_wrote when it finds one: cheap, once per member, and it errs on refusing. */
 #define MESSAGES_WROTE_SCAN 20
-
-/* The bound (.options max_count) of a repeated field, as a page size the store accepts. The
- * generator refuses a repeated field without max_count, so the fallback of 1 (still a valid
- * page) is never used. */
-static uint32_t field_bound(const wire_msginfo *info, uint32_t tag)
-{
-    uint32_t bound = 0;
-    for (size_t i = 0; i < info->nfields; i++)
-        if (info->fields[i].tag == tag)
-            bound = info->fields[i].bound;
-    return bound == 0 ? 1 : bound < STORE_PAGE_SIZE_MAX ? bound : STORE_PAGE_SIZE_MAX;
-}
-
-/* Page caps come from the responses' max_count in messages.options, the one place they are set
- * (sized so that a page of the largest messages fits the default 4 MiB frame). */
-static uint32_t messages_page_max(void)
-{
-    return field_bound(&lagoon_v1_ListMessagesResponse_info, lagoon_v1_ListMessagesResponse_messages_tag);
-}
-
-static uint32_t conversations_page_max(void)
-{
-    return field_bound(&lagoon_v1_ListConversationsResponse_info,
-                       lagoon_v1_ListConversationsResponse_conversations_tag);
-}
 
 /* ---- lookups (any transaction) ----------------------------------------------------------------- */
 
@@ -463,20 +439,13 @@ int handle_Messages_Send(rpc_call *call, const lagoon_v1_SendMessageRequest *req
 
 /* ---- List ------------------------------------------------------------------------------------ */
 
-typedef struct msg_fill {
-    lagoon_v1_ListMessagesResponse *resp;
-    uint32_t cap;
-} msg_fill;
-
-static int add_message(void *arg, uint64_t id, const void *row)
+static int add_message(void *arg, void *item, const void *row)
 {
-    (void)id;
-    msg_fill *f = arg;
-    if (f->resp->messages_count < f->cap) {
-        f->resp->messages[f->resp->messages_count] = *(const lagoon_v1_DirectMessage *)row;
-        message_public(&f->resp->messages[f->resp->messages_count++]);
-    }
-    return LAGOON_OK;
+    (void)arg;
+    lagoon_v1_DirectMessage *m = item;
+    *m = *(const lagoon_v1_DirectMessage *)row;
+    message_public(m);
+    return 1;
 }
 
 static int newest_message_id(void *arg, uint64_t id, const void *row)
@@ -486,27 +455,38 @@ static int newest_message_id(void *arg, uint64_t id, const void *row)
     return LAGOON_OK;
 }
 
+/* The newest message of a conversation, 0 if none. */
+static int newest_in(store_txn *t, uint64_t conv, uint64_t *id, store_error *err)
+{
+    store_key prefix;
+    store_query q;
+    conv_messages_query(&q, &prefix, conv);
+    q.reverse = 1;
+    q.page_size = 1;
+    store_page page;
+    *id = 0;
+    return store_scan(t, &q, newest_message_id, id, &page, err);
+}
+
 int handle_Messages_List(rpc_call *call, const lagoon_v1_ListMessagesRequest *req,
                          lagoon_v1_ListMessagesResponse *resp)
 {
     uint64_t me = rpc_call_caller(call)->user_id;
     int numbered = req->page != 0;
-    uint32_t size = numbered ? req->per_page : req->page_size;
+    paging_list l = {.size = numbered ? req->per_page : req->page_size,
+                     .size_field = numbered ? "per_page" : "page_size", .token = req->page_token,
+                     .number = req->page, .resp = &lagoon_v1_ListMessagesResponse_info,
+                     .items_tag = lagoon_v1_ListMessagesResponse_messages_tag, .item = add_message,
+                     .item_size = sizeof(*resp->messages)};
     if (req->other_user_id == 0 || req->other_user_id == me)
         rpc_call_violation(call, "other_user_id", "must be another user");
-    uint32_t max = messages_page_max();
-    if (size > max)
-        rpc_call_violation(call, numbered ? "per_page" : "page_size", "at most %u", max);
-    if (numbered && req->page_token[0])
-        rpc_call_violation(call, "page", "use either page or page_token, not both");
+    (void)paging_check(call, &l); /* its violations join the others, all read below */
     if (req->since && numbered)
         rpc_call_violation(call, "since", "cannot be combined with page");
     if (!numbered && req->anchor)
         rpc_call_violation(call, "anchor", "only with page");
     if (rpc_call_violations(call))
         return LAGOON_INVALID_ARGUMENT;
-    if (size == 0)
-        size = STORE_PAGE_SIZE_DEFAULT < max ? STORE_PAGE_SIZE_DEFAULT : max;
     /* Nothing is newer than the largest id (and since + 1 below would wrap to 0). */
     if (req->since == UINT64_MAX)
         return LAGOON_OK;
@@ -524,123 +504,86 @@ int handle_Messages_List(rpc_call *call, const lagoon_v1_ListMessagesRequest *re
         return LAGOON_OK;
     }
     store_key prefix, start;
-    store_key_reset(&prefix);
-    store_key_u64(&prefix, conv.id);
-    store_query q = {0};
-    q.table = &lagoon_table_direct_messages;
-    q.index = lagoon_index_direct_messages_by_conversation;
-    q.prefix = prefix.buf;
-    q.prefix_len = prefix.len;
-    q.page_size = size;
-    q.page_token = req->page_token;
+    conv_messages_query(&l.query, &prefix, conv.id);
+    start = prefix;
     if (req->since) {
         /* Catch-up, oldest first, from the first id after `since` (index keys end in the id). */
-        start = prefix;
         store_key_u64(&start, req->since + 1);
-        q.start = start.buf;
-        q.start_len = start.len;
     } else {
-        q.reverse = 1; /* newest first */
-        if (numbered) {
-            /* Numbered pages count down from the anchor, so messages sent after page 1 was read
-             * do not shift the later pages. */
-            uint64_t anchor = req->anchor;
-            if (anchor == 0) {
-                store_query nq = q;
-                nq.page_size = 1;
-                nq.page_token = NULL;
-                store_page np;
-                st = store_scan(t, &nq, newest_message_id, &anchor, &np, &err);
-            }
-            resp->anchor = anchor;
-            start = prefix;
-            store_key_u64(&start, anchor);
-            q.start = start.buf;
-            q.start_len = start.len;
-            q.page_number = req->page;
-            q.page_token = NULL;
-        }
+        l.query.reverse = 1; /* newest first */
+        /* Numbered pages count down from the anchor, so messages sent after page 1 was read do
+         * not shift the later pages. */
+        resp->anchor = req->anchor;
+        if (numbered && resp->anchor == 0)
+            st = newest_in(t, conv.id, &resp->anchor, &err);
+        if (numbered)
+            store_key_u64(&start, resp->anchor);
     }
-    msg_fill f = {resp, size};
-    resp->messages = st == LAGOON_OK ? calloc(size, sizeof(*resp->messages)) : NULL;
-    if (st == LAGOON_OK && resp->messages == NULL)
-        st = store_fail(&err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
-    store_page page;
+    if (start.len > prefix.len) {
+        l.query.start = start.buf;
+        l.query.start_len = start.len;
+    }
+    /* A numbered page of a conversation without messages (no anchor) is empty. */
     if (st == LAGOON_OK && (!numbered || resp->anchor))
-        st = store_scan(t, &q, add_message, &f, &page, &err);
-    else
-        page.next_page_token[0] = '\0';
+        st = paging_scan(t, &l, &err);
     store_read_end(t);
-    if (st != LAGOON_OK)
-        return app_store_error(call, st, &err);
-    if (!numbered)
-        COPY_STR(resp->next_page_token, page.next_page_token);
-    return LAGOON_OK;
+    resp->messages = l.items;
+    resp->messages_count = (pb_size_t)l.count;
+    COPY_STR(resp->next_page_token, l.next_page_token);
+    return st == LAGOON_OK ? LAGOON_OK : app_store_error(call, st, &err);
 }
 
 /* ---- ListConversations -------------------------------------------------------------------------- */
 
-typedef struct conv_fill {
-    lagoon_v1_ConversationMember *rows; /* cap of them */
-    uint32_t n, cap;
-} conv_fill;
-
-static int add_member(void *arg, uint64_t id, const void *row)
+static int add_member(void *arg, void *item, const void *row)
 {
-    (void)id;
-    conv_fill *f = arg;
-    if (f->n < f->cap)
-        f->rows[f->n++] = *(const lagoon_v1_ConversationMember *)row;
-    return LAGOON_OK;
+    (void)arg;
+    *(lagoon_v1_ConversationMember *)item = *(const lagoon_v1_ConversationMember *)row;
+    return 1;
 }
 
 int handle_Messages_ListConversations(rpc_call *call, const lagoon_v1_ListConversationsRequest *req,
                                       lagoon_v1_ListConversationsResponse *resp)
 {
-    uint32_t max = conversations_page_max();
-    if (req->page_size > max)
-        return rpc_call_violation(call, "page_size", "at most %u", max);
-    uint32_t size = req->page_size ? req->page_size : STORE_PAGE_SIZE_DEFAULT;
-    if (size > max)
-        size = max;
-    uint64_t me = rpc_call_caller(call)->user_id;
-    conv_fill fill = {calloc(size, sizeof(lagoon_v1_ConversationMember)), 0, size}, *f = &fill;
+    store_key prefix;
+    store_key_reset(&prefix);
+    store_key_u64(&prefix, rpc_call_caller(call)->user_id);
+    /* The page is of member rows (the caller's view of each conversation, most recent first);
+     * each becomes a summary below. */
+    paging_list l = {.size = req->page_size, .token = req->page_token,
+                     .resp = &lagoon_v1_ListConversationsResponse_info,
+                     .items_tag = lagoon_v1_ListConversationsResponse_conversations_tag,
+                     .query = {.table = &lagoon_table_conversation_members,
+                               .index = lagoon_index_conversation_members_by_activity,
+                               .prefix = prefix.buf, .prefix_len = prefix.len, .reverse = 1},
+                     .item = add_member, .item_size = sizeof(lagoon_v1_ConversationMember)};
+    int st = paging_check(call, &l);
+    if (st != LAGOON_OK)
+        return st;
     lagoon_v1_User *u = malloc(sizeof(*u));
-    resp->conversations = calloc(size, sizeof(*resp->conversations));
-    if (f->rows == NULL || u == NULL || resp->conversations == NULL) {
-        free(f->rows);
+    resp->conversations = calloc(l.limit, sizeof(*resp->conversations));
+    if (u == NULL || resp->conversations == NULL) {
         free(u);
         return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
     }
     store_txn *t;
     store_error err;
-    int st = store_read_begin(app_of(call)->db, &t, &err);
+    st = store_read_begin(app_of(call)->db, &t, &err);
     if (st == LAGOON_OK) {
-        store_key prefix;
-        store_key_reset(&prefix);
-        store_key_u64(&prefix, me);
-        store_query q = {0};
-        q.table = &lagoon_table_conversation_members;
-        q.index = lagoon_index_conversation_members_by_activity;
-        q.prefix = prefix.buf;
-        q.prefix_len = prefix.len;
-        q.reverse = 1; /* most recent first */
-        q.page_size = size;
-        q.page_token = req->page_token;
-        store_page page;
-        st = store_scan(t, &q, add_member, f, &page, &err);
+        st = paging_scan(t, &l, &err);
+        const lagoon_v1_ConversationMember *rows = l.items;
         /* The other users and the last messages, read after the scan (one transaction). */
-        for (uint32_t i = 0; i < f->n && st == LAGOON_OK; i++) {
+        for (uint32_t i = 0; i < l.count && st == LAGOON_OK; i++) {
             lagoon_v1_ConversationSummary *s = &resp->conversations[resp->conversations_count];
-            s->conversation_id = f->rows[i].conversation_id;
-            s->unread = f->rows[i].unread;
-            s->last_activity_at = f->rows[i].last_activity_at;
-            if (store_get(t, &lagoon_table_users, f->rows[i].other_user_id, u, &err) == LAGOON_OK) {
+            s->conversation_id = rows[i].conversation_id;
+            s->unread = rows[i].unread;
+            s->last_activity_at = rows[i].last_activity_at;
+            if (store_get(t, &lagoon_table_users, rows[i].other_user_id, u, &err) == LAGOON_OK) {
                 s->has_other_user = true;
                 account_public(u, &s->other_user);
             }
-            if (f->rows[i].last_message_id &&
-                store_get(t, &lagoon_table_direct_messages, f->rows[i].last_message_id, &s->last_message, &err) ==
+            if (rows[i].last_message_id &&
+                store_get(t, &lagoon_table_direct_messages, rows[i].last_message_id, &s->last_message, &err) ==
                     LAGOON_OK) {
                 s->has_last_message = true;
                 message_public(&s->last_message);
@@ -648,10 +591,10 @@ int handle_Messages_ListConversations(rpc_call *call, const lagoon_v1_ListConver
             resp->conversations_count++;
         }
         if (st == LAGOON_OK)
-            COPY_STR(resp->next_page_token, page.next_page_token);
+            COPY_STR(resp->next_page_token, l.next_page_token);
         store_read_end(t);
     }
-    free(f->rows);
+    free(l.items);
     free(u);
     return st == LAGOON_OK ? LAGOON_OK : app_store_error(call, st, &err);
 }
@@ -965,19 +908,6 @@ int handle_Messages_Edit(rpc_call *call, const lagoon_v1_EditMessageRequest *req
     if (st != RPC_PENDING)
         free(op);
     return st;
-}
-
-/* The newest message of a conversation, 0 if none. */
-static int newest_in(store_txn *t, uint64_t conv, uint64_t *id, store_error *err)
-{
-    store_key prefix;
-    store_query q;
-    conv_messages_query(&q, &prefix, conv);
-    q.reverse = 1;
-    q.page_size = 1;
-    store_page page;
-    *id = 0;
-    return store_scan(t, &q, newest_message_id, id, &page, err);
 }
 
 static int delete_write(store_txn *t, void *arg, store_error *err)

@@ -6,21 +6,13 @@
 
 #include "events.h"
 #include "lagoon_handlers.h"
+#include "paging.h"
 
-#define NOTIFICATIONS_PAGE_MAX 500
-
-typedef struct note_fill {
-    lagoon_v1_ListNotificationsResponse *resp;
-    uint32_t cap;
-} note_fill;
-
-static int add_note(void *arg, uint64_t id, const void *row)
+static int add_note(void *arg, void *item, const void *row)
 {
-    (void)id;
-    note_fill *f = arg;
-    if (f->resp->notifications_count < f->cap)
-        f->resp->notifications[f->resp->notifications_count++] = *(const lagoon_v1_Notification *)row;
-    return LAGOON_OK;
+    (void)arg;
+    *(lagoon_v1_Notification *)item = *(const lagoon_v1_Notification *)row;
+    return 1;
 }
 
 static const store_index *note_index(int unread_only)
@@ -31,36 +23,20 @@ static const store_index *note_index(int unread_only)
 int handle_Notifications_List(rpc_call *call, const lagoon_v1_ListNotificationsRequest *req,
                               lagoon_v1_ListNotificationsResponse *resp)
 {
-    if (req->page_size > NOTIFICATIONS_PAGE_MAX)
-        return rpc_call_violation(call, "page_size", "at most %d", NOTIFICATIONS_PAGE_MAX);
-    uint32_t size = req->page_size ? req->page_size : STORE_PAGE_SIZE_DEFAULT;
-    resp->notifications = calloc(size, sizeof(*resp->notifications));
-    if (resp->notifications == NULL)
-        return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
     store_key prefix;
     store_key_reset(&prefix);
     store_key_u64(&prefix, rpc_call_caller(call)->user_id);
-    store_query q = {0};
-    q.table = &lagoon_table_notifications;
-    q.index = note_index(req->unread_only);
-    q.prefix = prefix.buf;
-    q.prefix_len = prefix.len;
-    q.reverse = 1;
-    q.page_size = size;
-    q.page_token = req->page_token;
-    note_fill f = {resp, size};
-    store_txn *t;
-    store_error err;
-    store_page page;
-    int st = store_read_begin(app_of(call)->db, &t, &err);
-    if (st == LAGOON_OK) {
-        st = store_scan(t, &q, add_note, &f, &page, &err);
-        store_read_end(t);
-    }
-    if (st != LAGOON_OK)
-        return app_store_error(call, st, &err);
-    snprintf(resp->next_page_token, sizeof(resp->next_page_token), "%s", page.next_page_token);
-    return LAGOON_OK;
+    paging_list l = {.size = req->page_size, .token = req->page_token,
+                     .resp = &lagoon_v1_ListNotificationsResponse_info,
+                     .items_tag = lagoon_v1_ListNotificationsResponse_notifications_tag,
+                     .query = {.table = &lagoon_table_notifications, .index = note_index(req->unread_only),
+                               .prefix = prefix.buf, .prefix_len = prefix.len, .reverse = 1},
+                     .item = add_note, .item_size = sizeof(*resp->notifications)};
+    int st = paging_read(call, &l);
+    resp->notifications = l.items;
+    resp->notifications_count = (pb_size_t)l.count;
+    snprintf(resp->next_page_token, sizeof(resp->next_page_token), "%s", l.next_page_token);
+    return st;
 }
 
 int handle_Notifications_UnreadCount(rpc_call *call, const lagoon_v1_NotificationsEmpty *req,

@@ -8,6 +8,7 @@
 
 #include "accounts.h"
 #include "lagoon_handlers.h"
+#include "paging.h"
 
 #define COPY_STR(dst, src) snprintf((dst), sizeof(dst), "%s", (src))
 
@@ -67,59 +68,42 @@ int handle_Users_Get(rpc_call *call, const lagoon_v1_GetUserRequest *req, lagoon
 
 /* ---- lists ------------------------------------------------------------------------------------ */
 
-typedef struct list_fill {
-    lagoon_v1_ListUsersResponse *resp;
-    uint32_t cap;
-} list_fill;
-
-static int add_public(void *arg, uint64_t id, const void *row)
+static int add_public(void *arg, void *item, const void *row)
 {
-    (void)id;
-    list_fill *f = arg;
+    (void)arg;
     const lagoon_v1_User *u = row;
-    if (u->active && f->resp->users_count < f->cap)
-        account_public(u, &f->resp->users[f->resp->users_count++]);
-    return LAGOON_OK;
+    if (!u->active)
+        return 0;
+    account_public(u, item);
+    return 1;
+}
+
+/* The paging of ListTeachers and ListStudents: page_size, page_token | page. */
+static paging_list list_paging(const lagoon_v1_ListUsersRequest *req)
+{
+    paging_list l = {.size = req->page_size, .token = req->page_token, .number = req->page,
+                     .resp = &lagoon_v1_ListUsersResponse_info,
+                     .items_tag = lagoon_v1_ListUsersResponse_users_tag,
+                     .item = add_public, .item_size = sizeof(lagoon_v1_PublicUser)};
+    return l;
 }
 
 static int list_role(rpc_call *call, const lagoon_v1_ListUsersRequest *req, lagoon_v1_ListUsersResponse *resp,
                      lagoon_v1_Role role)
 {
-    if (req->page && req->page_token[0])
-        return rpc_call_violation(call, "page", "use either page or page_token, not both");
-    if (req->page_size > STORE_PAGE_SIZE_MAX)
-        return rpc_call_violation(call, "page_size", "at most %d", STORE_PAGE_SIZE_MAX);
-    uint32_t cap = req->page_size ? req->page_size : STORE_PAGE_SIZE_DEFAULT;
-    /* A pointer field: the RPC layer frees it after sending. */
-    resp->users = calloc(cap, sizeof(*resp->users));
-    if (resp->users == NULL)
-        return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
     store_key prefix;
     store_key_reset(&prefix);
     store_key_u32(&prefix, (uint32_t)role);
-    store_query q = {0};
-    q.table = &lagoon_table_users;
-    q.index = lagoon_index_users_by_role;
-    q.prefix = prefix.buf;
-    q.prefix_len = prefix.len;
-    q.page_size = cap;
-    q.page_token = req->page_token;
-    q.page_number = req->page;
-    list_fill f = {resp, cap};
-    store_txn *t;
-    store_error err;
-    store_page page;
-    int st = store_read_begin(app_of(call)->db, &t, &err);
-    if (st == LAGOON_OK) {
-        st = store_scan(t, &q, add_public, &f, &page, &err);
-        store_read_end(t);
-    }
-    if (st != LAGOON_OK)
-        return app_store_error(call, st, &err);
-    /* Numbered pages need no token; cursor pages get the next one. */
-    if (req->page == 0)
-        COPY_STR(resp->next_page_token, page.next_page_token);
-    return LAGOON_OK;
+    paging_list l = list_paging(req);
+    l.query.table = &lagoon_table_users;
+    l.query.index = lagoon_index_users_by_role;
+    l.query.prefix = prefix.buf;
+    l.query.prefix_len = prefix.len;
+    int st = paging_read(call, &l);
+    resp->users = l.items;
+    resp->users_count = (pb_size_t)l.count;
+    COPY_STR(resp->next_page_token, l.next_page_token);
+    return st;
 }
 
 int handle_Users_ListTeachers(rpc_call *call, const lagoon_v1_ListUsersRequest *req,
@@ -133,12 +117,9 @@ int handle_Users_ListStudents(rpc_call *call, const lagoon_v1_ListUsersRequest *
 {
     /* A teacher's students come from student-teacher relationships, a later feature: until
      * they exist no teacher has any. The request is still validated as it will be then. */
-    if (req->page && req->page_token[0])
-        return rpc_call_violation(call, "page", "use either page or page_token, not both");
-    if (req->page_size > STORE_PAGE_SIZE_MAX)
-        return rpc_call_violation(call, "page_size", "at most %d", STORE_PAGE_SIZE_MAX);
     (void)resp;
-    return LAGOON_OK;
+    paging_list l = list_paging(req);
+    return paging_check(call, &l);
 }
 
 /* ---- profile and admin updates: one read-modify-write of the user row -------------------------- */

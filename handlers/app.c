@@ -30,10 +30,7 @@ static void policy_default(limiter_policy *p, uint32_t max, uint32_t window_ms, 
 
 void app_config_defaults(app_config *c)
 {
-    if (c->pwhash_opslimit == 0)
-        c->pwhash_opslimit = crypto_pwhash_OPSLIMIT_INTERACTIVE;
-    if (c->pwhash_memlimit == 0)
-        c->pwhash_memlimit = crypto_pwhash_MEMLIMIT_INTERACTIVE;
+    app_settings_defaults(c);
     if (c->access_ttl_s == 0)
         c->access_ttl_s = 24 * 3600;
     if (c->refresh_ttl_s == 0)
@@ -42,18 +39,10 @@ void app_config_defaults(app_config *c)
         c->verify_ttl_s = 24 * 3600;
     if (c->reset_ttl_s == 0)
         c->reset_ttl_s = 3600;
-    if (c->max_sessions == 0)
-        c->max_sessions = 100;
     if (c->max_sessions > STORE_PAGE_SIZE_MAX)
         c->max_sessions = STORE_PAGE_SIZE_MAX;
-    if (c->event_retention_count == 0)
-        c->event_retention_count = 1000;
-    if (c->event_retention_s == 0)
-        c->event_retention_s = 7 * 24 * 3600;
     if (c->subscriber_backlog == 0)
         c->subscriber_backlog = 1u << 20;
-    if (c->limiter_keys == 0)
-        c->limiter_keys = APP_LIMITER_KEYS;
     policy_default(&c->login_failures, 5, 15 * 60 * 1000, 1000, 15 * 60 * 1000);
     policy_default(&c->login_account_failures, 100, 15 * 60 * 1000, 1000, 15 * 60 * 1000);
     policy_default(&c->login_address_failures, 50, 15 * 60 * 1000, 1000, 15 * 60 * 1000);
@@ -62,7 +51,7 @@ void app_config_defaults(app_config *c)
     c->resets.kind = LIMITER_BUDGET;
     policy_default(&c->registrations, 20, 3600 * 1000, 0, 0);
     policy_default(&c->resets, 10, 3600 * 1000, 0, 0);
-    policy_default(&c->sends, 60, 60 * 1000, 1000, 60 * 1000);
+    policy_default(&c->sends, 0 /* max_events: APP_SETTINGS */, 60 * 1000, 1000, 60 * 1000);
 }
 
 int64_t app_now(const app *a)

@@ -10,23 +10,26 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "app_settings.h" /* APP_SETTINGS: the fields below that lagoond takes as flags */
 #include "lagoon_idl.h" /* lagoon_v1_Role: what rpc_caller.role holds (app_access, app_grants) */
 #include "limiter.h"
 #include "rpc.h"
 #include "store.h"
 
-/* Argon2id cost (libsodium crypto_pwhash_str). The defaults are libsodium's "interactive"
- * limits: about 64 MiB and a few tens of milliseconds per hash, on a worker thread; the number
+/* Every field is 0 for its default (app_config_defaults). The fields named in APP_SETTINGS
+ * (app_settings.h) are lagoond's flags too: their defaults, ranges and meaning are declared
+ * there, once; the others are set by tests and tools.
+ * Argon2id cost (libsodium crypto_pwhash_str): the defaults are libsodium's "interactive"
+ * limits, about 64 MiB and a few tens of milliseconds per hash, on a worker thread; the number
  * of workers bounds the memory used at once. Tests lower them through app_config. */
 typedef struct app_config {
-    uint64_t pwhash_opslimit;  /* 0 = crypto_pwhash_OPSLIMIT_INTERACTIVE */
-    size_t pwhash_memlimit;    /* 0 = crypto_pwhash_MEMLIMIT_INTERACTIVE */
+    uint64_t pwhash_opslimit;  /* APP_SETTINGS argon2-ops */
+    size_t pwhash_memlimit;    /* bytes; APP_SETTINGS argon2-mem-kib */
     uint32_t access_ttl_s;     /* access token lifetime; 0 = 24 h */
     uint32_t refresh_ttl_s;    /* refresh token lifetime; 0 = 30 days */
     uint32_t verify_ttl_s;     /* email verification token; 0 = 24 h */
     uint32_t reset_ttl_s;      /* password reset token; 0 = 1 h */
-    uint32_t max_sessions;     /* per user; a sign-in beyond it ends the oldest. 0 = 100, at most
-                                * STORE_PAGE_SIZE_MAX (one page of the user's sessions) */
+    uint32_t max_sessions;     /* per user; APP_SETTINGS max-sessions (at most STORE_PAGE_SIZE_MAX) */
     /* Failed sign-ins (a wrong password in Login, ChangePassword or DeleteAccount), backoff
      * policies. An attempt counts as a failure from when it starts until its password is
      * found right. An address the account last signed in from less than APP_KNOWN_ADDRESS_MS
@@ -44,14 +47,15 @@ typedef struct app_config {
     limiter_policy resets;         /* emails on request (ForgotPassword, a ResendVerification that
                                     * sends), per address; budget, 0s = 10 per hour; counted
                                     * before the email is queued */
-    limiter_policy sends;          /* Messages/Send per user; 0s = 60 per minute, then 1 s doubling to 1 min */
-    enum store_sync sync;          /* STORE_SYNC_FULL unless benchmarking */
-    uint32_t event_retention_count; /* events kept per user; 0 = 1000 */
-    uint32_t event_retention_s;     /* and for at most this long; 0 = 7 days */
+    limiter_policy sends;          /* Messages/Send per user; 0s = 60 (APP_SETTINGS sends-per-minute)
+                                    * per minute, then 1 s doubling to 1 min */
+    enum store_sync sync;          /* APP_SETTINGS sync: STORE_SYNC_FULL unless benchmarking */
+    uint32_t event_retention_count; /* events kept per user; APP_SETTINGS event-retention-count */
+    uint32_t event_retention_s;     /* and for at most this long; APP_SETTINGS event-retention-days */
     size_t subscriber_backlog;      /* bytes a subscription may fall behind before it is ended; 0 = 1 MiB */
-    uint32_t limiter_keys;          /* keys each rate limiter tracks; 0 = APP_LIMITER_KEYS. A full
-                                     * limiter forgets expired keys, then makes new keys wait
-                                     * (limiter.h) */
+    uint32_t limiter_keys;          /* keys each rate limiter tracks; APP_SETTINGS limiter-keys.
+                                     * A full limiter forgets expired keys, then makes new keys
+                                     * wait (limiter.h) */
     /* The clock, ms since the epoch; NULL = the real one. Tests inject theirs. */
     int64_t (*clock)(void *arg);
     void *clock_arg;
@@ -70,11 +74,6 @@ enum app_hook {
 
 /* How long after its last successful sign-in an (account, address) pair stays known. */
 #define APP_KNOWN_ADDRESS_MS (30LL * 24 * 3600 * 1000)
-/* Keys tracked per rate limiter by default: about 230 bytes each, so about 23 MB for a full
- * one; 100 000 distinct accounts or addresses acting within one window (15 minutes for
- * sign-ins, an hour for emails) before new ones wait. */
-#define APP_LIMITER_KEYS 100000
-
 typedef struct mailer mailer;
 typedef struct realtime realtime;
 

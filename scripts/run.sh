@@ -9,4 +9,4 @@ cd "$(dirname "$0")/.."
 scripts/deps.sh
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLAGOON_TESTS=OFF >/dev/null
 cmake --build build -j"$(nproc)" --target lagoond lagoon-admin lagoon lagoon_async
-exec build/rpc/lagoond "$@"
+exec build/handlers/lagoond "$@"

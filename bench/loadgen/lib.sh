@@ -4,7 +4,9 @@
 LOADGEN_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$LOADGEN_DIR/../.." && pwd)
 BUILD_DIR=${LAGOON_BUILD:-$REPO_DIR/build-bench}
-LAGOOND=$BUILD_DIR/rpc/lagoond
+LAGOOND=$BUILD_DIR/handlers/lagoond
+# A build of a commit from before lagoond moved to handlers/ (a baseline) has it in rpc/.
+[[ -x $LAGOOND || ! -x $BUILD_DIR/rpc/lagoond ]] || LAGOOND=$BUILD_DIR/rpc/lagoond
 BENCH=$BUILD_DIR/bench/loadgen/lagoon-bench
 IDLE=$BUILD_DIR/bench/loadgen/lagoon-idle-conns
 

@@ -374,6 +374,67 @@ static void test_lagoon_admin(void **state)
     cleanup(d);
 }
 
+/* --help prints the application's settings (APP_SETTINGS) with their defaults and ranges, next
+ * to the RPC layer's limits; a value out of an app setting's range is refused like a limit's. */
+static void test_help_prints_app_settings(void **state)
+{
+    (void)state;
+    static char out[65536];
+    char cmd[512];
+    snprintf(cmd, sizeof(cmd), "%s --help 2>&1", LAGOOND_PATH);
+    assert_int_equal(run(cmd, out, sizeof(out)), 0);
+    const char *ms = strstr(out, "  --max-sessions\n");
+    assert_non_null(ms);
+    const char *next = strstr(ms + 3, "  --");
+    const char *def = strstr(ms, "Default 100, range 1..500 (0: the default).");
+    assert_non_null(def);
+    assert_true(next == NULL || def < next); /* printed under --max-sessions, not another option */
+    assert_non_null(strstr(out, "  --argon2-ops\n"));
+    assert_non_null(strstr(out, "Default 2, range 1..16 (0: the default)."));
+    assert_non_null(strstr(out, "One of: full none. Default full."));
+    assert_non_null(strstr(out, "  --max-frame-size\n")); /* and the RPC layer's limits */
+
+    snprintf(cmd, sizeof(cmd), "%s --max-sessions 501 2>&1", LAGOOND_PATH);
+    assert_int_equal(run(cmd, out, sizeof(out)), 2);
+    assert_non_null(strstr(out, "--max-sessions: '501' is not a whole number in 1..500"));
+    snprintf(cmd, sizeof(cmd), "LAGOON_SYNC=sometimes %s 2>&1", LAGOOND_PATH);
+    assert_int_equal(run(cmd, out, sizeof(out)), 2);
+    assert_non_null(strstr(out, "(from LAGOON_SYNC)"));
+}
+
+/* --max-sessions (an app_config field that became a flag): with 1, a second sign-in ends the
+ * first session, which the default (100) would keep. */
+static void test_max_sessions_flag(void **state)
+{
+    (void)state;
+    daemon_t *d = malloc(sizeof(*d));
+    const char *extra[] = {"--max-sessions", "1", "--argon2-ops", "1", "--argon2-mem-kib", "8", NULL};
+    start_daemon(d, extra, NULL);
+    lagoon_client *c;
+    assert_int_equal(lagoon_connect("127.0.0.1", d->port, NULL, &c, NULL), LAGOON_OK);
+    char first[65];
+    test_user(c, "solo", lagoon_v1_Role_STUDENT, first);
+    lagoon_set_token(c, first);
+    lagoon_v1_GetProfileRequest gp = lagoon_v1_GetProfileRequest_init_zero;
+    lagoon_v1_UserProfile p;
+    assert_int_equal(lagoon_Users_GetProfile(c, &gp, &p), LAGOON_OK);
+
+    lagoon_set_token(c, NULL);
+    lagoon_v1_LoginRequest lr = lagoon_v1_LoginRequest_init_zero;
+    snprintf(lr.login, sizeof(lr.login), "solo");
+    snprintf(lr.password, sizeof(lr.password), "%s", TEST_PASSWORD);
+    lagoon_v1_TokenPair tp;
+    assert_int_equal(lagoon_Auth_Login(c, &lr, &tp), LAGOON_OK);
+    lagoon_set_token(c, first);
+    assert_int_equal(lagoon_Users_GetProfile(c, &gp, &p), LAGOON_UNAUTHENTICATED);
+    lagoon_set_token(c, tp.access_token);
+    assert_int_equal(lagoon_Users_GetProfile(c, &gp, &p), LAGOON_OK);
+    lagoon_close(c);
+    kill(d->pid, SIGTERM);
+    assert_int_equal(wait_exit(d, 10000), 0);
+    cleanup(d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -383,6 +444,8 @@ int main(void)
         cmocka_unit_test(test_connections_fit_the_fd_limit),
         cmocka_unit_test(test_log_lines_cannot_be_forged),
         cmocka_unit_test(test_lagoon_admin),
+        cmocka_unit_test(test_help_prints_app_settings),
+        cmocka_unit_test(test_max_sessions_flag),
     };
     return cmocka_run_group_tests_name("lagoond", tests, NULL, NULL);
 }

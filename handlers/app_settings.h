@@ -1,0 +1,71 @@
+/* app_settings: every application setting lagoond takes, declared once.
+ *
+ * X(field, flag, choices, default, minimum, maximum, scale, why)
+ *
+ * `field` is the member of app_config (a nested member such as sends.max_events works), in
+ * units of the flag's value times `scale` (argon2-mem-kib is KiB, pwhash_memlimit bytes).
+ * `flag` is the lagoond option (--flag, and the environment variable LAGOON_FLAG in upper case
+ * with '-' as '_'); `choices` is NULL for a whole number, else the NULL-terminated names whose
+ * index is the value (app_settings.c). A zero field means the default (app_config_defaults
+ * fills it), so 0 is also accepted from the flag and means the default; other values outside
+ * [minimum, maximum] are refused at start-up. The "why" text is printed by lagoond --help with
+ * the default and the range. Settings that exist only for tests (the clock, hooks) and the
+ * policies without a flag stay plain app_config fields. */
+#ifndef LAGOON_APP_SETTINGS_H
+#define LAGOON_APP_SETTINGS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <sodium.h>
+
+#include "rpc_options.h"
+#include "store.h"
+
+/* Keys tracked per rate limiter by default: about 230 bytes each, so about 23 MB for a full
+ * one; 100 000 distinct accounts or addresses acting within one window (15 minutes for
+ * sign-ins, an hour for emails) before new ones wait. */
+#define APP_LIMITER_KEYS 100000
+
+#define APP_SETTINGS(X)                                                                             \
+    X(sync, "sync", app_sync_choices, STORE_SYNC_FULL, 0u, 1u, 1u,                                 \
+      "full: a write is acknowledged once it is on disk. none: for benchmarks only; a power "     \
+      "loss or kernel crash loses the last seconds of acknowledged writes.")                       \
+    X(pwhash_opslimit, "argon2-ops", NULL, crypto_pwhash_OPSLIMIT_INTERACTIVE, 1u, 16u, 1u,        \
+      "Argon2id passes per password hash. The default is libsodium's interactive limit.")         \
+    X(pwhash_memlimit, "argon2-mem-kib", NULL, crypto_pwhash_MEMLIMIT_INTERACTIVE / 1024u, 8u,     \
+      4u << 20, 1024u,                                                                              \
+      "Argon2id memory per hash, KiB (the default is libsodium's interactive limit, 64 MiB). "    \
+      "Each hash worker hashes one password at a time, so hash-workers x this bounds the memory " \
+      "hashing takes.")                                                                             \
+    X(event_retention_count, "event-retention-count", NULL, 1000u, 1u, 1000000u, 1u,              \
+      "Realtime events kept per user for resuming subscriptions.")                                 \
+    X(event_retention_s, "event-retention-days", NULL, 7u, 1u, 3650u, 24u * 3600u,                \
+      "And for at most this many days. A resume from before what is kept gets OUT_OF_RANGE.")     \
+    X(max_sessions, "max-sessions", NULL, 100u, 1u, STORE_PAGE_SIZE_MAX, 1u,                      \
+      "Sessions per user (signed-in devices). A sign-in beyond it ends the user's oldest "         \
+      "session; at most one page of the user's sessions, so that trimming reads one page.")       \
+    X(sends.max_events, "sends-per-minute", NULL, 60u, 1u, 100000u, 1u,                           \
+      "Messages/Send calls that store a message, per user and minute. Past it each further Send " \
+      "waits 1 s after the previous one (RESOURCE_EXHAUSTED with retry_after_ms), doubling up to " \
+      "a minute, until the minute is over.")                                                      \
+    X(limiter_keys, "limiter-keys", NULL, APP_LIMITER_KEYS, 1000u, 10000000u, 1u,                 \
+      "Keys (accounts, client addresses, users) each rate limiter tracks, about 230 bytes each. " \
+      "A full limiter forgets expired keys, then makes new keys wait, so this bounds the "         \
+      "limiters' memory; raise it when more distinct callers act within one window.")
+
+#define APP_SETTING_COUNT_ONE(...) +1
+#define APP_SETTINGS_COUNT (0 APP_SETTINGS(APP_SETTING_COUNT_ONE))
+
+struct app_config;
+
+/* The flags of APP_SETTINGS, in order: writes APP_SETTINGS_COUNT options into out (room for
+ * cap; fewer only when cap is too small) whose values go into values[], and returns how many.
+ * values[] starts at zero (the defaults). */
+size_t app_settings_options(uint32_t values[APP_SETTINGS_COUNT], rpc_option *out, size_t cap);
+/* Sets each field of cfg whose value was given (not zero), in the field's units. */
+void app_settings_apply(const uint32_t values[APP_SETTINGS_COUNT], struct app_config *cfg);
+/* Fills every zero field of APP_SETTINGS with its default (part of app_config_defaults). */
+void app_settings_defaults(struct app_config *cfg);
+
+#endif

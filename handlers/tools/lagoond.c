@@ -1,0 +1,149 @@
+/* lagoond: the Lagoon server.
+ *
+ * Reads options (flags, each also settable through the environment: the RPC layer's from
+ * rpc_options_server, the application's from APP_SETTINGS, and its own), creates the data
+ * directory, starts the RPC server with the generated routes and serves until SIGTERM/SIGINT,
+ * then drains and exits 0. */
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "app.h"
+#include "app_settings.h"
+#include "lagoon_handlers.h"
+#include "log.h"
+#include "rpc.h"
+#include "rpc_options.h"
+
+#define LAGOOND_DATA_DEFAULT "./var"
+#define LAGOOND_PATH_MAX 1024
+#define DEBUG_SERVICE_PREFIX "/lagoon.v1.Debug/"
+#define LAGOOND_ENV_PREFIX "LAGOON_"
+
+typedef struct lagoond_opts {
+    rpc_config rpc;
+    char data[LAGOOND_PATH_MAX];
+    int log_level;
+    uint32_t debug_methods; /* serve the Debug service (tests and benchmarks) */
+    uint32_t settings[APP_SETTINGS_COUNT]; /* APP_SETTINGS, 0 = the default */
+} lagoond_opts;
+
+/* The RPC layer's options (rpc_options_server), lagoond's own, then the app's settings. */
+#define LAGOOND_OWN_OPTIONS 2
+#define LAGOOND_OPTIONS (RPC_OPTIONS_SERVER_COUNT + LAGOOND_OWN_OPTIONS + APP_SETTINGS_COUNT)
+
+static size_t lagoond_options(lagoond_opts *o, rpc_option out[LAGOOND_OPTIONS])
+{
+    size_t n = rpc_options_server(&o->rpc, &o->log_level, out, LAGOOND_OPTIONS);
+    out[n++] = (rpc_option){.name = "data", .kind = RPC_OPTION_TEXT, .target = o->data, .size = sizeof(o->data),
+                            .help = "Data directory (LMDB files). Default ./var; created if missing."};
+    out[n++] = (rpc_option){
+        .name = "debug-methods", .kind = RPC_OPTION_BOOL, .target = &o->debug_methods,
+        .help = "Serve the Debug service (echo, delays, streams) for tests and benchmarks. Off by default: its "
+                "methods exist to load the server and answer UNIMPLEMENTED when off. --debug-methods or =1 turns it on."};
+    n += app_settings_options(o->settings, out + n, LAGOOND_OPTIONS - n);
+    return n;
+}
+
+/* mkdir -p */
+static int make_dirs(const char *path, char *err, size_t errlen)
+{
+    char buf[LAGOOND_PATH_MAX];
+    snprintf(buf, sizeof(buf), "%s", path);
+    for (char *p = buf + 1; ; p++) {
+        if (*p == '/' || *p == '\0') {
+            char c = *p;
+            *p = '\0';
+            if (mkdir(buf, 0700) != 0 && errno != EEXIST) {
+                snprintf(err, errlen, "cannot create data directory '%s': %s", buf, strerror(errno));
+                return -1;
+            }
+            *p = c;
+            if (c == '\0')
+                break;
+        }
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    lagoond_opts o;
+    memset(&o, 0, sizeof(o));
+    rpc_config_defaults(&o.rpc);
+    snprintf(o.data, sizeof(o.data), "%s", LAGOOND_DATA_DEFAULT);
+    o.log_level = LOG_INFO;
+    o.rpc.handle_signals = 1;
+
+    rpc_option options[LAGOOND_OPTIONS];
+    size_t noptions = lagoond_options(&o, options);
+    char err[LAGOOND_PATH_MAX + 256];
+    int r = rpc_options_parse(options, noptions, LAGOOND_ENV_PREFIX, argc, argv, err, sizeof(err));
+    if (r == 1) {
+        rpc_options_usage(stdout, "lagoond", LAGOOND_ENV_PREFIX, options, noptions);
+        return 0;
+    }
+    if (r == 2) {
+        printf("lagoond %s\n", o.rpc.version);
+        return 0;
+    }
+    if (r < 0) {
+        fprintf(stderr, "lagoond: %s\n", err);
+        return 2;
+    }
+    log_set_level(o.log_level);
+    if (make_dirs(o.data, err, sizeof(err)) != 0) {
+        fprintf(stderr, "lagoond: %s\n", err);
+        return 1;
+    }
+
+    app_config acfg = {0};
+    app_settings_apply(o.settings, &acfg);
+    app *a;
+    rpc_error rerr;
+    if (app_open(o.data, &acfg, &a, &rerr) != RPC_OK) {
+        fprintf(stderr, "lagoond: %s\n", rerr.message);
+        return 1;
+    }
+    o.rpc.app = a;
+    o.rpc.authenticate = app_authenticate;
+    o.rpc.authenticate_arg = a;
+    o.rpc.access_denied = app_access_denied;
+    o.rpc.naccess_denied = APP_ACCESS_LEVELS;
+    o.rpc.on_drain = app_on_drain;
+    /* Without --debug-methods the Debug service is not routed at all: its calls are unknown
+     * methods, and Reflection does not list them. */
+    rpc_route *routes = malloc(lagoon_routes_count * sizeof(*routes));
+    if (routes == NULL) {
+        fprintf(stderr, "lagoond: out of memory\n");
+        app_close(a);
+        return 1;
+    }
+    size_t nroutes = 0;
+    for (size_t i = 0; i < lagoon_routes_count; i++)
+        if (o.debug_methods || strncmp(lagoon_routes[i].method->path, DEBUG_SERVICE_PREFIX,
+                                       sizeof(DEBUG_SERVICE_PREFIX) - 1) != 0)
+            routes[nroutes++] = lagoon_routes[i];
+    rpc_server *server;
+    if (rpc_server_new(&o.rpc, routes, nroutes, &server, &rerr) != RPC_OK) {
+        fprintf(stderr, "lagoond: %s\n", rerr.message);
+        app_close(a);
+        free(routes);
+        return 1;
+    }
+    log_msg(LOG_INFO, "lagoond %s data=%s sync=%s", o.rpc.version, o.data,
+            acfg.sync == STORE_SYNC_NONE ? "none" : "full");
+    int rc = rpc_server_run(server, &rerr) == RPC_OK ? 0 : 1;
+    if (rc != 0)
+        fprintf(stderr, "lagoond: %s\n", rerr.message);
+    /* Order matters: workers may still submit writes, and the store's completions finish
+     * calls, which the server processes until it is freed. */
+    rpc_server_join_workers(server);
+    app_close(a);
+    rpc_server_free(server);
+    free(routes);
+    return rc;
+}

@@ -1,0 +1,33 @@
+# Fails when a file under SCAN_DIR includes a header it must not depend on.
+#   cmake -DSCAN_DIR=dir -DFORBIDDEN_DIR=dir [-DFORBIDDEN_NAMES="a.h;b.h"] [-DSTAMP=file] -P check_includes.cmake
+# Forbidden: every header under FORBIDDEN_DIR (by file name, as #include "name.h" finds it
+# through an include path) and FORBIDDEN_NAMES. rpc/ runs it against handlers/ so that the RPC
+# layer stays independent of the application (issue 12: "rpc/ depends on nothing in handlers/").
+cmake_minimum_required(VERSION 3.18)
+if(NOT SCAN_DIR OR NOT FORBIDDEN_DIR)
+  message(FATAL_ERROR "check_includes: SCAN_DIR and FORBIDDEN_DIR are required")
+endif()
+file(GLOB_RECURSE forbidden_headers RELATIVE ${FORBIDDEN_DIR} ${FORBIDDEN_DIR}/*.h)
+set(forbidden ${FORBIDDEN_NAMES})
+foreach(h IN LISTS forbidden_headers)
+  get_filename_component(name ${h} NAME)
+  list(APPEND forbidden ${name})
+endforeach()
+file(GLOB_RECURSE sources ${SCAN_DIR}/*.c ${SCAN_DIR}/*.h)
+set(bad "")
+foreach(src IN LISTS sources)
+  file(STRINGS ${src} includes REGEX "^[ \t]*#[ \t]*include[ \t]*[\"<]")
+  foreach(line IN LISTS includes)
+    string(REGEX REPLACE "^[ \t]*#[ \t]*include[ \t]*[\"<]([^\">]+)[\">].*" "\\1" inc "${line}")
+    get_filename_component(inc_name "${inc}" NAME)
+    if(inc_name IN_LIST forbidden OR inc MATCHES "(^|/)handlers/")
+      string(APPEND bad "\n  ${src}: ${line}")
+    endif()
+  endforeach()
+endforeach()
+if(bad)
+  message(FATAL_ERROR "${SCAN_DIR} includes headers of ${FORBIDDEN_DIR}:${bad}")
+endif()
+if(STAMP)
+  file(TOUCH ${STAMP})
+endif()

@@ -1,5 +1,5 @@
-/* accounts: tokens, passwords, validation (the tables are in idl/lagoon/v1/accounts.proto). See
- * accounts.h. */
+/* accounts: passwords, sign-in throttling, validation (the tables are in
+ * idl/lagoon/v1/accounts.proto; tokens are in account_tokens.c). See accounts.h. */
 #include "accounts.h"
 
 #include <ctype.h>
@@ -12,31 +12,6 @@
 #include <strings.h>
 
 #include <sodium.h>
-
-/* ---- tokens ---------------------------------------------------------------------------------- */
-
-void account_token_new(char text[ACCOUNT_TOKEN_CHARS + 1], uint8_t hash[ACCOUNT_HASH_BYTES])
-{
-    uint8_t raw[ACCOUNT_TOKEN_BYTES];
-    randombytes_buf(raw, sizeof(raw));
-    sodium_bin2base64(text, ACCOUNT_TOKEN_CHARS + 1, raw, sizeof(raw), sodium_base64_VARIANT_URLSAFE_NO_PADDING);
-    crypto_generichash(hash, ACCOUNT_HASH_BYTES, raw, sizeof(raw), NULL, 0);
-    sodium_memzero(raw, sizeof(raw));
-}
-
-int account_token_hash(const char *text, uint8_t hash[ACCOUNT_HASH_BYTES])
-{
-    uint8_t raw[ACCOUNT_TOKEN_BYTES];
-    size_t n = 0;
-    if (strlen(text) != ACCOUNT_TOKEN_CHARS ||
-        sodium_base642bin(raw, sizeof(raw), text, ACCOUNT_TOKEN_CHARS, NULL, &n, NULL,
-                          sodium_base64_VARIANT_URLSAFE_NO_PADDING) != 0 ||
-        n != sizeof(raw))
-        return -1;
-    crypto_generichash(hash, ACCOUNT_HASH_BYTES, raw, sizeof(raw), NULL, 0);
-    sodium_memzero(raw, sizeof(raw));
-    return 0;
-}
 
 /* ---- passwords ------------------------------------------------------------------------------ */
 

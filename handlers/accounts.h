@@ -6,22 +6,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "account_tokens.h" /* tokens: account_token_new, account_token_hash */
 #include "app.h"
 #include "lagoon_idl.h"
 /* The account tables (users, sessions, used_refresh, one_time_tokens, outbox) are declared in
  * idl/lagoon/v1/accounts.proto: lagoon_table_users, lagoon_index_users_by_email, ... */
 #include "lagoon_tables.h"
-
-/* ---- tokens: 32 random bytes, sent as 43 base64url characters, stored as BLAKE2b-256 ---------- */
-
-#define ACCOUNT_TOKEN_BYTES 32
-#define ACCOUNT_TOKEN_CHARS 43
-#define ACCOUNT_HASH_BYTES 32
-
-/* A new random token (text, NUL-terminated) and its hash. */
-void account_token_new(char text[ACCOUNT_TOKEN_CHARS + 1], uint8_t hash[ACCOUNT_HASH_BYTES]);
-/* The hash of a token the client sent; -1 if it is not a well-formed token. */
-int account_token_hash(const char *text, uint8_t hash[ACCOUNT_HASH_BYTES]);
 
 /* ---- passwords -------------------------------------------------------------------------------- */
 

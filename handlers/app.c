@@ -10,10 +10,12 @@
 
 #include <sodium.h>
 
-#include "accounts.h"
-#include "events.h"
+/* Only the shared layer's headers: the services include app.h, never the other way round. */
+#include "account_tokens.h"
+#include "lagoon_tables.h" /* sessions, users: what app_authenticate reads */
 #include "log.h"
 #include "mailer.h"
+#include "realtime.h"
 #include "schema.h"
 
 static void policy_default(limiter_policy *p, uint32_t max, uint32_t window_ms, uint32_t base, uint32_t cap)

@@ -18,10 +18,10 @@
 #include <string.h>
 #include <time.h>
 
-#include "accounts.h"
 #include "lagoon_handlers.h"
 #include "log.h"
 #include "messages.h"
+#include "accounts.h"
 
 #define EVENTS_PURGE_PER_APPEND 8   /* old events trimmed per append: bounded work per write */
 #define EVENTS_AGE_CHECK 16         /* every 16th append of a user also trims by age */
@@ -33,6 +33,9 @@
 #define ROUTER_LANE_MAX EVENTS_LANE_MAX
 #define ROUTER_TYPING_QUEUE_MAX 4096 /* typing commands waiting for the router; more are dropped
                                       * (a typing indicator is ephemeral, never logged) */
+#define ROUTER_EPHEMERAL_MAX 256    /* a topic's ephemeral events allocated (queued or in lanes),
+                                     * each a whole Event (large: it can hold a message); more
+                                     * are dropped, as they are ephemeral */
 #define ROUTER_TICK_MS 1000         /* how often access-token expiry is checked: a stream outlives
                                      * its token by at most this */
 
@@ -59,17 +62,84 @@ static int feed_put(store_txn *t, lagoon_v1_UserFeed *f, int exists, store_error
                   : store_insert(t, &lagoon_table_user_feeds, f, NULL, err);
 }
 
+/* A log: a user's or a topic's. Its rows are in table, found in index by prefix + seq. */
+typedef struct event_log {
+    const store_table *table;
+    const store_index *index;
+    store_key prefix;                                    /* user id, or topic kind + id */
+    const lagoon_v1_Event *(*event_of)(const void *row); /* the event in a row of table */
+} event_log;
+
+static const lagoon_v1_Event *user_event_of(const void *row)
+{
+    return &((const lagoon_v1_UserEvent *)row)->event;
+}
+
+static const lagoon_v1_Event *topic_event_of(const void *row)
+{
+    return &((const lagoon_v1_TopicEvent *)row)->event;
+}
+
+static void user_log(event_log *lg, uint64_t user)
+{
+    lg->table = &lagoon_table_user_events;
+    lg->index = lagoon_index_user_events_by_user_seq;
+    lg->event_of = user_event_of;
+    store_key_reset(&lg->prefix);
+    store_key_u64(&lg->prefix, user);
+}
+
+static void topic_log(event_log *lg, uint32_t kind, uint64_t id)
+{
+    lg->table = &lagoon_table_topic_events;
+    lg->index = lagoon_index_topic_events_by_topic_seq;
+    lg->event_of = topic_event_of;
+    store_key_reset(&lg->prefix);
+    store_key_u32(&lg->prefix, kind);
+    store_key_u64(&lg->prefix, id);
+}
+
+/* The row of seq in lg: its id (row decoded when not NULL), or 0. */
+static uint64_t log_row(store_txn *t, const event_log *lg, uint64_t seq, void *row, store_error *err)
+{
+    store_key k = lg->prefix;
+    store_key_u64(&k, seq);
+    uint64_t id = 0;
+    if (store_get_by(t, lg->table, lg->index, &k, &id, row, err) != LAGOON_OK)
+        return 0;
+    return id;
+}
+
 /* The event row of (user, seq): its id, or 0. */
 static uint64_t event_id(store_txn *t, uint64_t user, uint64_t seq, lagoon_v1_UserEvent *row, store_error *err)
 {
-    store_key k;
-    store_key_reset(&k);
-    store_key_u64(&k, user);
-    store_key_u64(&k, seq);
-    uint64_t id = 0;
-    if (store_get_by(t, &lagoon_table_user_events, lagoon_index_user_events_by_user_seq, &k, &id, row, err) != LAGOON_OK)
-        return 0;
-    return id;
+    event_log lg;
+    user_log(&lg, user);
+    return log_row(t, &lg, seq, row, err);
+}
+
+/* Retention, a few events per append so that writes stay bounded: by count on every append
+ * (which needs only ids), by the age of the oldest on every EVENTS_AGE_CHECK-th (which needs
+ * the oldest row decoded into row, a buffer of lg's table). *first moves past what is gone. */
+static int log_trim(store_txn *t, const app *a, const event_log *lg, uint64_t *first, uint64_t last, void *row,
+                    store_error *err)
+{
+    int64_t now = app_now(a);
+    int check_age = last % EVENTS_AGE_CHECK == 0;
+    int st = LAGOON_OK;
+    for (int i = 0; i < EVENTS_PURGE_PER_APPEND && st == LAGOON_OK && *first < last; i++) {
+        uint64_t kept = last - *first + 1;
+        if (kept <= a->cfg.event_retention_count && !check_age)
+            break;
+        uint64_t id = log_row(t, lg, *first, check_age ? row : NULL, err);
+        if (id && kept <= a->cfg.event_retention_count &&
+            now - lg->event_of(row)->created_at <= (int64_t)a->cfg.event_retention_s * 1000)
+            break;
+        if (id)
+            st = store_delete(t, lg->table, id, err);
+        (*first)++;
+    }
+    return st;
 }
 
 int events_append(store_txn *t, const app *a, uint64_t user_id, lagoon_v1_Event *ev, store_error *err)
@@ -79,9 +149,8 @@ int events_append(store_txn *t, const app *a, uint64_t user_id, lagoon_v1_Event 
     int st = feed_get(t, user_id, &f, &exists, err);
     if (st != LAGOON_OK)
         return st;
-    int64_t now = app_now(a);
     ev->seq = ++f.last_seq;
-    ev->created_at = now;
+    ev->created_at = app_now(a);
     if (f.first_seq == 0)
         f.first_seq = ev->seq;
     lagoon_v1_UserEvent *row = malloc(sizeof(*row));
@@ -92,25 +161,160 @@ int events_append(store_txn *t, const app *a, uint64_t user_id, lagoon_v1_Event 
     row->has_event = true;
     row->event = *ev;
     st = store_insert(t, &lagoon_table_user_events, row, NULL, err);
-    /* Retention, a few events per append so that writes stay bounded: by count on every append
-     * (which needs only ids), by the age of the oldest on every EVENTS_AGE_CHECK-th (which needs
-     * the oldest row decoded). */
-    int check_age = ev->seq % EVENTS_AGE_CHECK == 0;
-    for (int i = 0; i < EVENTS_PURGE_PER_APPEND && st == LAGOON_OK && f.first_seq < f.last_seq; i++) {
-        uint64_t kept = f.last_seq - f.first_seq + 1;
-        if (kept <= a->cfg.event_retention_count && !check_age)
-            break;
-        uint64_t id = event_id(t, user_id, f.first_seq, check_age ? row : NULL, err);
-        if (id && kept <= a->cfg.event_retention_count &&
-            now - row->event.created_at <= (int64_t)a->cfg.event_retention_s * 1000)
-            break;
-        if (id)
-            st = store_delete(t, &lagoon_table_user_events, id, err);
-        f.first_seq++;
-    }
+    event_log lg;
+    user_log(&lg, user_id);
+    if (st == LAGOON_OK)
+        st = log_trim(t, a, &lg, &f.first_seq, f.last_seq, row, err);
     free(row);
     if (st == LAGOON_OK)
         st = feed_put(t, &f, exists, err);
+    return st;
+}
+
+/* ---- topics ------------------------------------------------------------------------------------- */
+
+static void topic_key(store_key *k, const lagoon_v1_Topic *topic)
+{
+    store_key_reset(k);
+    store_key_u32(k, (uint32_t)topic->kind);
+    store_key_u64(k, topic->id);
+}
+
+static int topic_feed_get(store_txn *t, const lagoon_v1_Topic *topic, lagoon_v1_TopicFeed *f, int *exists,
+                          store_error *err)
+{
+    store_key k;
+    topic_key(&k, topic);
+    int st = store_get_by(t, &lagoon_table_topic_feeds, lagoon_index_topic_feeds_by_topic, &k, NULL, f, err);
+    *exists = st == LAGOON_OK;
+    if (st == LAGOON_NOT_FOUND) {
+        memset(f, 0, sizeof(*f));
+        f->has_topic = true;
+        f->topic = *topic;
+        st = LAGOON_OK;
+    }
+    return st;
+}
+
+static int topic_valid(const lagoon_v1_Topic *topic, store_error *err)
+{
+    if (topic->kind <= lagoon_v1_Topic_Kind_KIND_UNSPECIFIED || topic->kind > lagoon_v1_Topic_Kind_CONVERSATION ||
+        topic->id == 0)
+        return store_fail(err, LAGOON_INVALID_ARGUMENT, "topic", "a topic needs a defined kind and an id");
+    return LAGOON_OK;
+}
+
+int events_topic_publish(store_txn *t, const app *a, const lagoon_v1_Topic *topic, lagoon_v1_Event *ev,
+                         store_error *err)
+{
+    int st = topic_valid(topic, err);
+    lagoon_v1_TopicFeed f;
+    int exists = 0;
+    if (st == LAGOON_OK)
+        st = topic_feed_get(t, topic, &f, &exists, err);
+    if (st != LAGOON_OK)
+        return st;
+    ev->seq = ++f.last_seq;
+    ev->created_at = app_now(a);
+    ev->has_topic = true;
+    ev->topic = *topic;
+    if (f.first_seq == 0)
+        f.first_seq = ev->seq;
+    lagoon_v1_TopicEvent *row = malloc(sizeof(*row));
+    if (row == NULL)
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    wire_init(&lagoon_v1_TopicEvent_info, row);
+    row->has_topic = true;
+    row->topic = *topic;
+    row->has_event = true;
+    row->event = *ev;
+    st = store_insert(t, &lagoon_table_topic_events, row, NULL, err);
+    event_log lg;
+    topic_log(&lg, (uint32_t)topic->kind, topic->id);
+    if (st == LAGOON_OK)
+        st = log_trim(t, a, &lg, &f.first_seq, f.last_seq, row, err);
+    free(row);
+    if (st == LAGOON_OK)
+        st = exists ? store_update(t, &lagoon_table_topic_feeds, &f, err)
+                    : store_insert(t, &lagoon_table_topic_feeds, &f, NULL, err);
+    return st;
+}
+
+static int member_get(store_txn *t, uint64_t user, const lagoon_v1_Topic *topic, lagoon_v1_TopicMember *m,
+                      uint64_t *id, store_error *err)
+{
+    store_key k;
+    store_key_reset(&k);
+    store_key_u64(&k, user);
+    store_key_u32(&k, (uint32_t)topic->kind);
+    store_key_u64(&k, topic->id);
+    return store_get_by(t, &lagoon_table_topic_members, lagoon_index_topic_members_by_user, &k, id, m, err);
+}
+
+/* Visits user's memberships (at most EVENTS_MAX_TOPICS_PER_USER: the join cap), by topic. */
+static int scan_memberships(store_txn *t, uint64_t user, store_row_fn fn, void *arg, store_error *err)
+{
+    store_key prefix;
+    store_key_reset(&prefix);
+    store_key_u64(&prefix, user);
+    store_query q = {0};
+    q.table = &lagoon_table_topic_members;
+    q.index = lagoon_index_topic_members_by_user;
+    q.prefix = prefix.buf;
+    q.prefix_len = prefix.len;
+    q.page_size = EVENTS_MAX_TOPICS_PER_USER;
+    store_page page;
+    return store_scan(t, &q, fn, arg, &page, err);
+}
+
+static int count_row(void *arg, uint64_t id, const void *row)
+{
+    (void)id;
+    (void)row;
+    ++*(unsigned *)arg;
+    return LAGOON_OK;
+}
+
+int events_topic_join(store_txn *t, const app *a, uint64_t user_id, const lagoon_v1_Topic *topic, store_error *err)
+{
+    (void)a;
+    lagoon_v1_TopicMember m;
+    uint64_t id;
+    int st = topic_valid(topic, err);
+    if (st == LAGOON_OK)
+        st = member_get(t, user_id, topic, &m, &id, err);
+    if (st != LAGOON_NOT_FOUND)
+        return st; /* a member already, or an error */
+    unsigned n = 0;
+    st = scan_memberships(t, user_id, count_row, &n, err);
+    if (st != LAGOON_OK)
+        return st;
+    if (n >= EVENTS_MAX_TOPICS_PER_USER)
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, "topic", "a user belongs to at most %d topics",
+                          EVENTS_MAX_TOPICS_PER_USER);
+    lagoon_v1_TopicFeed f;
+    int exists;
+    st = topic_feed_get(t, topic, &f, &exists, err);
+    if (st != LAGOON_OK)
+        return st;
+    memset(&m, 0, sizeof(m));
+    m.user_id = user_id;
+    m.has_topic = true;
+    m.topic = *topic;
+    m.joined_seq = f.last_seq;
+    return store_insert(t, &lagoon_table_topic_members, &m, NULL, err);
+}
+
+int events_topic_leave(store_txn *t, const app *a, uint64_t user_id, const lagoon_v1_Topic *topic, store_error *err)
+{
+    (void)a;
+    lagoon_v1_TopicMember m;
+    uint64_t id;
+    int st = member_get(t, user_id, topic, &m, &id, err);
+    if (st == LAGOON_NOT_FOUND)
+        return LAGOON_OK;
+    if (st == LAGOON_OK)
+        st = store_delete(t, &lagoon_table_topic_members, id, err);
     return st;
 }
 
@@ -568,23 +772,88 @@ typedef struct subscriber {
     uint64_t conn_key;         /* hash of peer: the connection's bucket */
     char peer[80];             /* "address:port" of the connection, unique while it is open */
     uint64_t since;
-    uint64_t last_sent;        /* seq of the last event delivered */
-    int replaying;             /* catching up from the log; live events pass it by */
+    lagoon_v1_TopicPosition *cursor; /* the request's topic positions until the start */
+    pb_size_t ncursor;
+    uint64_t last_sent;        /* seq of the last event of the user's log delivered */
+    int log_behind;            /* catching up from the user's log; its live events pass it by */
+    struct tsub *topics;       /* the topics it follows (the user's memberships) */
+    int replaying;             /* in the replaying list: its log or a topic is catching up */
     struct subscriber *rnext;  /* list of replaying subscribers */
     uint64_t turn;             /* the router turn turn_events counts in */
     unsigned turn_events;      /* events delivered to it in that turn */
     rpc_call *call;
 } subscriber;
 
-enum cmd_kind { CMD_EVENT, CMD_ADD, CMD_REMOVE, CMD_TYPING, CMD_SESSION_END, CMD_SHUTDOWN };
+enum cmd_kind {
+    CMD_EVENT, CMD_ADD, CMD_REMOVE, CMD_TYPING, CMD_SESSION_END, CMD_SHUTDOWN,
+    CMD_TOPIC_EVENT, CMD_TOPIC_EPHEMERAL, CMD_JOIN, CMD_LEAVE
+};
 
 typedef struct cmd {
     struct cmd *next;
     int kind;
-    uint64_t id;               /* EVENT: event row id; REMOVE: subscriber id; SESSION_END: session id */
+    uint64_t id;               /* EVENT, TOPIC_EVENT: event row id; REMOVE: subscriber id;
+                                * SESSION_END: session id; JOIN, LEAVE: membership row id */
     uint64_t to, from, conv;   /* TYPING */
     subscriber *sub;           /* ADD */
+    uint32_t tkind;            /* TOPIC_*: the topic */
+    uint64_t tid;
+    lagoon_v1_Event *ev;       /* TOPIC_EPHEMERAL: the event (owned) */
+    uint64_t eph;              /* TOPIC_EPHEMERAL: its stamp, increasing in router order */
 } cmd;
+
+/* A subscriber's following of one topic: in the router's chains by topic and by membership row,
+ * and in its subscriber's list. Positions per topic make a topic's delivery exact on its own:
+ * an event goes to it when its seq is last_sent + 1; lower is a repeat (skipped), higher means
+ * one was missed (it replays the topic's log). */
+typedef struct tsub {
+    struct tsub *tnext;        /* chain of the topic's bucket */
+    struct tsub *mnext;        /* chain of the membership's bucket */
+    struct tsub *snext;        /* the subscriber's list */
+    subscriber *s;
+    uint32_t kind;
+    uint64_t topic_id;
+    uint64_t member_id;        /* the TopicMember row: its deletion (leave) ends this */
+    uint64_t last_sent;        /* the topic's seq last delivered (or joined at) */
+    uint64_t last_eph;         /* stamp of the last ephemeral event delivered */
+    int replaying;             /* catching up from the topic's log; live events pass it by */
+} tsub;
+
+/* A lane's queue (head, tail, n): appends c. */
+static void q_append(cmd **head, cmd **tail, unsigned *n, cmd *c)
+{
+    c->next = NULL;
+    if (*tail)
+        (*tail)->next = c;
+    else
+        *head = c;
+    *tail = c;
+    ++*n;
+}
+
+/* Takes the first command of a non-empty lane's queue. */
+static cmd *q_pop(cmd **head, cmd **tail, unsigned *n)
+{
+    cmd *c = *head;
+    *head = c->next;
+    if (*head == NULL)
+        *tail = NULL;
+    --*n;
+    return c;
+}
+
+/* A topic's events waiting for delivery, in order. Every turn a topic gets EVENTS_TOPIC_TURN_SENDS
+ * sends; an event to more subscribers than that stays at the head, and the next turn continues
+ * it (the positions skip those that have it), so a topic with many members cannot hold up the
+ * router for more than that per turn. */
+typedef struct tlane {
+    struct tlane *next;        /* hash chain, by topic */
+    struct tlane *anext;       /* list of topic lanes */
+    uint32_t kind;
+    uint64_t id;
+    cmd *head, *tail;
+    unsigned n;                /* at most ROUTER_LANE_MAX */
+} tlane;
 
 /* Fair delivery. Every router turn (one batch of commands) delivers at most ROUTER_USER_TURN
  * events to each user's subscriptions; the rest of a busy user's events wait, in order, in the
@@ -609,6 +878,7 @@ struct realtime {
     int stopping;
     uint64_t next_sub_id;      /* under mu */
     unsigned typing_queued;    /* under mu: TYPING commands in head, at most ROUTER_TYPING_QUEUE_MAX */
+    unsigned eph_alloc;        /* under mu: TOPIC_EPHEMERAL commands allocated, at most ROUTER_EPHEMERAL_MAX */
     /* Router thread only from here. */
     subscriber *buckets[ROUTER_BUCKETS];  /* by user id */
     subscriber *sbuckets[ROUTER_BUCKETS]; /* by session id: a session's end finds its streams */
@@ -620,7 +890,18 @@ struct realtime {
     unsigned nsubs;                      /* registered subscribers */
     int64_t next_expiry;                 /* no subscriber's token expires before this (ms); 0 = none */
     int shut;                            /* streams ended for a drain: new ones end at once */
+    tsub *tbuckets[ROUTER_BUCKETS];      /* by topic */
+    tsub *mbuckets[ROUTER_BUCKETS];      /* by membership row id: a leave finds its followings */
+    unsigned ntsubs;                     /* followings registered */
+    tlane *tlanes[ROUTER_BUCKETS];       /* by topic */
+    tlane *tactive;                      /* every topic lane */
+    uint64_t eph_stamp;                  /* ephemeral topic events stamped so far */
 };
+
+static unsigned topic_bucket(uint32_t kind, uint64_t id)
+{
+    return (unsigned)((id * 0x9E3779B97F4A7C15ULL + kind) >> 32) % ROUTER_BUCKETS;
+}
 
 /* Appends c to the router's queue; rt->mu is held. */
 static void queue_locked(realtime *rt, cmd *c)
@@ -664,6 +945,12 @@ static void on_commit(void *arg, const store_change *ch, size_t n)
             post_simple(rt, CMD_EVENT, ch[i].id);
         else if (ch[i].table == &lagoon_table_sessions && ch[i].kind == STORE_DELETED)
             post_simple(rt, CMD_SESSION_END, ch[i].id);
+        else if (ch[i].table == &lagoon_table_topic_events && ch[i].kind == STORE_INSERTED)
+            post_simple(rt, CMD_TOPIC_EVENT, ch[i].id);
+        else if (ch[i].table == &lagoon_table_topic_members && ch[i].kind == STORE_INSERTED)
+            post_simple(rt, CMD_JOIN, ch[i].id);
+        else if (ch[i].table == &lagoon_table_topic_members && ch[i].kind == STORE_DELETED)
+            post_simple(rt, CMD_LEAVE, ch[i].id);
     }
 }
 
@@ -687,6 +974,48 @@ static void sub_link(realtime *rt, subscriber *s)
     rt->nsubs++;
     if (s->expires_at && (rt->next_expiry == 0 || s->expires_at < rt->next_expiry))
         rt->next_expiry = s->expires_at;
+}
+
+/* Adds a following of topic (kind, id) from pos to s (membership row member_id); NULL when out
+ * of memory. */
+static tsub *tsub_add(realtime *rt, subscriber *s, uint32_t kind, uint64_t id, uint64_t member_id, uint64_t pos)
+{
+    tsub *ts = calloc(1, sizeof(*ts));
+    if (ts == NULL)
+        return NULL;
+    ts->s = s;
+    ts->kind = kind;
+    ts->topic_id = id;
+    ts->member_id = member_id;
+    ts->last_sent = pos;
+    ts->last_eph = rt->eph_stamp; /* ephemeral events from before it do not reach it */
+    unsigned b = topic_bucket(kind, id);
+    ts->tnext = rt->tbuckets[b];
+    rt->tbuckets[b] = ts;
+    ts->mnext = rt->mbuckets[member_id % ROUTER_BUCKETS];
+    rt->mbuckets[member_id % ROUTER_BUCKETS] = ts;
+    ts->snext = s->topics;
+    s->topics = ts;
+    rt->ntsubs++;
+    return ts;
+}
+
+/* Takes ts out of the topic's and the membership's chains (not out of its subscriber's list). */
+static void tsub_unlink(realtime *rt, tsub *ts)
+{
+    for (tsub **p = &rt->tbuckets[topic_bucket(ts->kind, ts->topic_id)]; *p; p = &(*p)->tnext) {
+        if (*p == ts) {
+            *p = ts->tnext;
+            break;
+        }
+    }
+    for (tsub **p = &rt->mbuckets[ts->member_id % ROUTER_BUCKETS]; *p; p = &(*p)->mnext) {
+        if (*p == ts) {
+            *p = ts->mnext;
+            break;
+        }
+    }
+    rt->ntsubs--;
 }
 
 static void replaying_remove(realtime *rt, subscriber *s)
@@ -718,6 +1047,12 @@ static void sub_unlink_rest(realtime *rt, subscriber *s)
     }
     if (s->replaying)
         replaying_remove(rt, s);
+    while (s->topics) {
+        tsub *ts = s->topics;
+        s->topics = ts->snext;
+        tsub_unlink(rt, ts);
+        free(ts);
+    }
 }
 
 static void sub_unlink(realtime *rt, subscriber *s)
@@ -737,6 +1072,7 @@ static void sub_finish(subscriber *s, int status, const char *message)
     if (message)
         rpc_call_error(s->call, status, "%s", message);
     rpc_call_finish(s->call, status);
+    free(s->cursor);
     free(s);
 }
 
@@ -754,7 +1090,7 @@ static int sub_send(realtime *rt, subscriber *s, const lagoon_v1_Event *ev)
         sub_end(rt, s, LAGOON_CANCELLED, NULL);
         return -1;
     }
-    if (ev->seq)
+    if (ev->seq && !ev->has_topic) /* a topic's position is its following's (tsub) */
         s->last_sent = ev->seq;
     if (rpc_call_backlog(s->call) > rt->a->cfg.subscriber_backlog) {
         char msg[160];
@@ -770,13 +1106,26 @@ static int sub_send(realtime *rt, subscriber *s, const lagoon_v1_Event *ev)
  * trimmed before delivery read it, or its lane overflowed). The replay reads the log after
  * last_sent and ends the stream with OUT_OF_RANGE when the log no longer has the next event,
  * so a gap is never silent. */
-static void sub_to_replay(realtime *rt, subscriber *s)
+static void replaying_add(realtime *rt, subscriber *s)
 {
     if (s->replaying)
         return;
     s->replaying = 1;
     s->rnext = rt->replaying;
     rt->replaying = s;
+}
+
+static void sub_to_replay(realtime *rt, subscriber *s)
+{
+    s->log_behind = 1;
+    replaying_add(rt, s);
+}
+
+/* The same for one topic of a subscriber: it replays that topic's log from its position. */
+static void tsub_to_replay(realtime *rt, tsub *ts)
+{
+    ts->replaying = 1;
+    replaying_add(rt, ts->s);
 }
 
 /* Every live subscriber of user catches up from the log. */
@@ -791,7 +1140,7 @@ static void route_row(realtime *rt, const lagoon_v1_UserEvent *row)
 {
     for (subscriber *s = rt->buckets[row->user_id % ROUTER_BUCKETS], *next; s; s = next) {
         next = s->next;
-        if (s->user_id != row->user_id || s->replaying || row->event.seq <= s->last_sent)
+        if (s->user_id != row->user_id || s->log_behind || row->event.seq <= s->last_sent)
             continue;
         if (row->event.seq == s->last_sent + 1)
             sub_send(rt, s, &row->event);
@@ -812,6 +1161,8 @@ static void route_event(realtime *rt, store_txn *t, uint64_t id, lagoon_v1_UserE
 typedef struct replay {
     realtime *rt;
     subscriber *s;
+    tsub *ts;   /* the topic replayed; NULL: the user's log */
+    const event_log *lg;
     int dead;   /* the subscription ended while replaying */
     int paused; /* its reader is behind: continue later */
 } replay;
@@ -820,17 +1171,27 @@ static int replay_one(void *arg, uint64_t id, const void *row)
 {
     (void)id;
     replay *r = arg;
-    const lagoon_v1_Event *ev = &((const lagoon_v1_UserEvent *)row)->event;
-    if (ev->seq != r->s->last_sent + 1) {
+    const lagoon_v1_Event *ev = r->lg->event_of(row);
+    uint64_t pos = r->ts ? r->ts->last_sent : r->s->last_sent;
+    if (ev->seq != pos + 1) {
         /* Retention trimmed the next event before this subscriber got it. */
-        char msg[200];
-        snprintf(msg, sizeof(msg),
-                 "events after %llu are no longer kept (next kept %llu): reload, then subscribe without since",
-                 (unsigned long long)r->s->last_sent, (unsigned long long)ev->seq);
+        char msg[240];
+        if (r->ts)
+            snprintf(msg, sizeof(msg),
+                     "events of topic %u/%llu after %llu are no longer kept (next kept %llu): reload it, then "
+                     "subscribe without its position",
+                     (unsigned)r->ts->kind, (unsigned long long)r->ts->topic_id, (unsigned long long)pos,
+                     (unsigned long long)ev->seq);
+        else
+            snprintf(msg, sizeof(msg),
+                     "events after %llu are no longer kept (next kept %llu): reload, then subscribe without since",
+                     (unsigned long long)pos, (unsigned long long)ev->seq);
         sub_end(r->rt, r->s, LAGOON_OUT_OF_RANGE, msg);
         r->dead = 1;
         return LAGOON_CANCELLED;
     }
+    if (r->ts) /* before the send, which may end (and free) the subscriber */
+        r->ts->last_sent = ev->seq;
     if (sub_send(r->rt, r->s, ev) != 0) {
         r->dead = 1;
         return LAGOON_CANCELLED;
@@ -842,39 +1203,77 @@ static int replay_one(void *arg, uint64_t id, const void *row)
     return LAGOON_OK;
 }
 
-/* One replay step for s: sends log events after last_sent while the reader keeps up. Switches
- * s to live when it reaches the end of the log. */
-static void replay_step(realtime *rt, subscriber *s)
+/* One page of one source of s (its log when ts is NULL, else that topic's) after its position:
+ * -1 if s ended, 0 if the source caught up (it is live from here: see the seam, at the top),
+ * 1 if there is more (or the reader is behind). */
+static int replay_source(realtime *rt, store_txn *t, subscriber *s, tsub *ts)
 {
-    if (rpc_call_backlog(s->call) > rt->a->cfg.subscriber_backlog / 2)
-        return; /* still draining */
-    store_txn *t;
-    store_error err;
-    if (store_read_begin(rt->a->db, &t, &err) != LAGOON_OK)
-        return; /* try again at the next step */
-    store_key prefix, start;
-    store_key_reset(&prefix);
-    store_key_u64(&prefix, s->user_id);
-    start = prefix;
-    store_key_u64(&start, s->last_sent + 1);
+    event_log lg;
+    if (ts)
+        topic_log(&lg, ts->kind, ts->topic_id);
+    else
+        user_log(&lg, s->user_id);
+    store_key start = lg.prefix;
+    store_key_u64(&start, (ts ? ts->last_sent : s->last_sent) + 1);
     store_query q = {0};
-    q.table = &lagoon_table_user_events;
-    q.index = lagoon_index_user_events_by_user_seq;
-    q.prefix = prefix.buf;
-    q.prefix_len = prefix.len;
+    q.table = lg.table;
+    q.index = lg.index;
+    q.prefix = lg.prefix.buf;
+    q.prefix_len = lg.prefix.len;
     q.start = start.buf;
     q.start_len = start.len;
     q.page_size = EVENTS_REPLAY_PAGE;
-    replay r = {rt, s, 0, 0};
+    replay r = {rt, s, ts, &lg, 0, 0};
     store_page page;
+    store_error err;
     int st = store_scan(t, &q, replay_one, &r, &page, &err);
-    store_read_end(t);
-    if (r.dead || r.paused || (st != LAGOON_OK && st != LAGOON_CANCELLED))
-        return;
-    if (page.next_page_token[0] == '\0') {
-        /* Caught up, as of this read: live from here (see the seam, at the top). */
-        replaying_remove(rt, s);
+    if (r.dead)
+        return -1;
+    if (r.paused || (st != LAGOON_OK && st != LAGOON_CANCELLED) || page.next_page_token[0] != '\0')
+        return 1;
+    if (ts)
+        ts->replaying = 0;
+    else
+        s->log_behind = 0;
+    return 0;
+}
+
+/* One replay step for s: sends events of its log and of its replaying topics after their
+ * positions while the reader keeps up. s leaves the replaying list when all have caught up. */
+static void replay_step(realtime *rt, subscriber *s)
+{
+    store_txn *t;
+    store_error err;
+    if (rpc_call_backlog(s->call) > rt->a->cfg.subscriber_backlog / 2)
+        return; /* still draining */
+    if (store_read_begin(rt->a->db, &t, &err) != LAGOON_OK)
+        return; /* try again at the next step */
+    int more = 0;
+    if (s->log_behind) {
+        int r = replay_source(rt, t, s, NULL);
+        if (r < 0) {
+            store_read_end(t);
+            return;
+        }
+        more |= r;
     }
+    for (tsub *ts = s->topics; ts; ts = ts->snext) {
+        if (!ts->replaying)
+            continue;
+        if (rpc_call_backlog(s->call) > rt->a->cfg.subscriber_backlog / 2) {
+            more = 1;
+            break;
+        }
+        int r = replay_source(rt, t, s, ts);
+        if (r < 0) {
+            store_read_end(t);
+            return;
+        }
+        more |= r;
+    }
+    store_read_end(t);
+    if (!more)
+        replaying_remove(rt, s);
 }
 
 /* Subscribers of user (or of the connection with this peer) already registered: the caps. */
@@ -925,6 +1324,121 @@ static int session_check(realtime *rt, store_txn *t, subscriber *s, char *msg, s
     return 0;
 }
 
+/* Tells s it follows topic (kind, id) from seq on (joined), or no longer. 0 if s lives on. */
+static int send_membership(realtime *rt, subscriber *s, uint32_t kind, uint64_t id, int joined, uint64_t seq)
+{
+    lagoon_v1_Event *ev = calloc(1, sizeof(*ev)); /* an Event can hold a whole message: not on the stack */
+    if (ev == NULL) {
+        sub_end(rt, s, LAGOON_UNAVAILABLE, "out of memory: resubscribe with your positions");
+        return -1;
+    }
+    ev->which_payload = lagoon_v1_Event_membership_tag;
+    ev->payload.membership.joined = joined;
+    ev->payload.membership.seq = seq;
+    ev->has_topic = true;
+    ev->topic.kind = (lagoon_v1_Topic_Kind)kind;
+    ev->topic.id = id;
+    ev->created_at = app_now(rt->a);
+    int r = sub_send(rt, s, ev);
+    free(ev);
+    return r;
+}
+
+typedef struct membership {
+    uint64_t id;
+    uint32_t kind;
+    uint64_t topic_id;
+    uint64_t joined_seq;
+} membership;
+
+typedef struct memberships {
+    membership m[EVENTS_MAX_TOPICS_PER_USER];
+    unsigned n;
+} memberships;
+
+static int collect_member(void *arg, uint64_t id, const void *row)
+{
+    memberships *ms = arg;
+    const lagoon_v1_TopicMember *m = row;
+    if (ms->n >= EVENTS_MAX_TOPICS_PER_USER)
+        return LAGOON_CANCELLED;
+    ms->m[ms->n++] = (membership){id, (uint32_t)m->topic.kind, m->topic.id, m->joined_seq};
+    return LAGOON_OK;
+}
+
+/* The position s continues topic m from: with resume, the client's (not before the join), or
+ * the join when the client has none; live only, the topic's newest. 0, or the status s ends with
+ * (message in msg). */
+static int topic_position(const subscriber *s, const membership *m, const lagoon_v1_TopicFeed *f, int resume,
+                          uint64_t *pos, char *msg, size_t cap)
+{
+    *pos = f->last_seq;
+    if (!resume)
+        return 0;
+    *pos = m->joined_seq;
+    for (pb_size_t i = 0; i < s->ncursor; i++) {
+        const lagoon_v1_TopicPosition *c = &s->cursor[i];
+        if ((uint32_t)c->topic.kind == m->kind && c->topic.id == m->topic_id && c->seq > *pos)
+            *pos = c->seq;
+    }
+    if (*pos > f->last_seq) {
+        snprintf(msg, cap, "topic %u/%llu: seq %llu is ahead of its log (at %llu): reload it, then subscribe "
+                 "without its position", (unsigned)m->kind, (unsigned long long)m->topic_id,
+                 (unsigned long long)*pos, (unsigned long long)f->last_seq);
+        return LAGOON_OUT_OF_RANGE;
+    }
+    if (*pos < f->last_seq && f->first_seq > *pos + 1) {
+        snprintf(msg, cap, "events of topic %u/%llu after %llu are no longer kept (oldest %llu): reload it, then "
+                 "subscribe without its position", (unsigned)m->kind, (unsigned long long)m->topic_id,
+                 (unsigned long long)*pos, (unsigned long long)f->first_seq);
+        return LAGOON_OUT_OF_RANGE;
+    }
+    return 0;
+}
+
+/* Registers the followings of s's user's topics as of t, each from its position, those behind
+ * to replay. 0, or the status s ends with (message in msg). */
+static int topics_start(realtime *rt, store_txn *t, subscriber *s, int resume, char *msg, size_t cap)
+{
+    memberships *ms = malloc(sizeof(*ms));
+    if (ms == NULL) {
+        snprintf(msg, cap, "out of memory");
+        return LAGOON_UNAVAILABLE;
+    }
+    ms->n = 0;
+    store_error err;
+    int st = scan_memberships(t, s->user_id, collect_member, ms, &err);
+    if (st != LAGOON_OK && st != LAGOON_CANCELLED) {
+        snprintf(msg, cap, "%.150s", err.message);
+        free(ms);
+        return LAGOON_UNAVAILABLE;
+    }
+    st = 0;
+    for (unsigned i = 0; i < ms->n && st == 0; i++) {
+        lagoon_v1_Topic topic = {(lagoon_v1_Topic_Kind)ms->m[i].kind, ms->m[i].topic_id};
+        lagoon_v1_TopicFeed f;
+        int exists;
+        uint64_t pos = 0;
+        if (topic_feed_get(t, &topic, &f, &exists, &err) != LAGOON_OK) {
+            snprintf(msg, cap, "%.150s", err.message);
+            st = LAGOON_UNAVAILABLE;
+            break;
+        }
+        st = topic_position(s, &ms->m[i], &f, resume, &pos, msg, cap);
+        if (st != 0)
+            break;
+        tsub *ts = tsub_add(rt, s, ms->m[i].kind, ms->m[i].topic_id, ms->m[i].id, pos);
+        if (ts == NULL) {
+            snprintf(msg, cap, "out of memory");
+            st = LAGOON_UNAVAILABLE;
+        } else if (pos < f.last_seq) {
+            tsub_to_replay(rt, ts);
+        }
+    }
+    free(ms);
+    return st;
+}
+
 /* Registers s, tells it where the log stands, and starts its replay if it has one. */
 static void sub_start(realtime *rt, subscriber *s)
 {
@@ -961,8 +1475,18 @@ static void sub_start(realtime *rt, subscriber *s)
     lagoon_v1_UserFeed f;
     int exists;
     feed_get(t, s->user_id, &f, &exists, &err);
+    /* The user's topics as of the same read: a join or leave committed after it is announced
+     * later in the queue (CMD_JOIN, CMD_LEAVE). */
+    int resume = s->since != 0 || s->ncursor > 0;
+    st = topics_start(rt, t, s, resume, msg, sizeof(msg));
     store_read_end(t);
-    if (s->since > f.last_seq || (s->since && f.first_seq > s->since + 1)) {
+    free(s->cursor);
+    s->cursor = NULL;
+    if (st != 0) {
+        sub_end(rt, s, st, msg);
+        return;
+    }
+    if (s->since > f.last_seq || (resume && f.first_seq > s->since + 1)) {
         snprintf(msg, sizeof(msg),
                  s->since > f.last_seq ? "since=%llu is ahead of the log (at %llu): reload, then subscribe without since"
                                        : "events after %llu are no longer kept (oldest %llu): reload, then subscribe "
@@ -975,13 +1499,17 @@ static void sub_start(realtime *rt, subscriber *s)
     hello.which_payload = lagoon_v1_Event_subscribed_tag;
     hello.payload.subscribed.current_seq = f.last_seq;
     hello.created_at = app_now(rt->a);
-    s->last_sent = s->since ? s->since : f.last_seq;
+    s->last_sent = resume ? s->since : f.last_seq;
     if (sub_send(rt, s, &hello) != 0)
         return;
-    if (s->since && s->since < f.last_seq) {
+    /* Where each topic continues from: the client keeps these as its positions. */
+    for (tsub *ts = s->topics; ts; ts = ts->snext)
+        if (send_membership(rt, s, ts->kind, ts->topic_id, 1, ts->last_sent) != 0)
+            return;
+    if (resume && s->since < f.last_seq)
         sub_to_replay(rt, s);
+    if (s->replaying)
         replay_step(rt, s);
-    }
 }
 
 /* Unlinks and returns the subscriber with this id, or NULL (already ended). */
@@ -1116,13 +1644,7 @@ static int lane_push(realtime *rt, uint64_t user_id, cmd *c)
         l->anext = rt->active;
         rt->active = l;
     }
-    c->next = NULL;
-    if (l->tail)
-        l->tail->next = c;
-    else
-        l->head = c;
-    l->tail = c;
-    l->n++;
+    q_append(&l->head, &l->tail, &l->n, c);
     return 0;
 }
 
@@ -1154,11 +1676,7 @@ static void lanes_turn(realtime *rt, lagoon_v1_UserEvent *row)
         lane *l = *p;
         for (int k = 0; k < ROUTER_USER_TURN && l->head && user_budget(rt, l->user_id) != 0; k++) {
             user_charge(rt, l->user_id);
-            cmd *c = l->head;
-            l->head = c->next;
-            l->n--;
-            if (l->head == NULL)
-                l->tail = NULL;
+            cmd *c = q_pop(&l->head, &l->tail, &l->n);
             if (c->kind == CMD_EVENT)
                 route_event(rt, t, c->id, row);
             else
@@ -1193,6 +1711,215 @@ static int deliver_or_queue(realtime *rt, uint64_t user_id, cmd *c, const lagoon
     return lane_push(rt, user_id, c) == 0;
 }
 
+/* ---- topics in the router ---- */
+
+static void cmd_free(realtime *rt, cmd *c)
+{
+    if (c->kind == CMD_TOPIC_EPHEMERAL) {
+        pthread_mutex_lock(&rt->mu);
+        rt->eph_alloc--;
+        pthread_mutex_unlock(&rt->mu);
+        free(c->ev);
+    }
+    free(c);
+}
+
+static int topic_followed(const realtime *rt, uint32_t kind, uint64_t id)
+{
+    for (const tsub *ts = rt->tbuckets[topic_bucket(kind, id)]; ts; ts = ts->tnext)
+        if (ts->kind == kind && ts->topic_id == id)
+            return 1;
+    return 0;
+}
+
+/* Every live following of the topic catches up from its log (it missed an event). */
+static void topic_to_replay(realtime *rt, uint32_t kind, uint64_t id)
+{
+    for (tsub *ts = rt->tbuckets[topic_bucket(kind, id)]; ts; ts = ts->tnext)
+        if (ts->kind == kind && ts->topic_id == id && !ts->replaying)
+            tsub_to_replay(rt, ts);
+}
+
+/* Queues c (a TOPIC_EVENT or TOPIC_EPHEMERAL with its topic set) in its topic's lane; 0, or -1
+ * when it is not queued (the caller frees it): a full lane drops an ephemeral event, and for a
+ * stored one switches the topic's live followings to replay, which reads it from the log. */
+static int tlane_push(realtime *rt, cmd *c)
+{
+    unsigned b = topic_bucket(c->tkind, c->tid);
+    tlane *l = rt->tlanes[b];
+    while (l != NULL && (l->kind != c->tkind || l->id != c->tid))
+        l = l->next;
+    if (l == NULL) {
+        l = calloc(1, sizeof(*l));
+        if (l == NULL)
+            log_msg(LOG_ERROR, "realtime: out of memory queueing events of a topic");
+        else {
+            l->kind = c->tkind;
+            l->id = c->tid;
+            l->next = rt->tlanes[b];
+            rt->tlanes[b] = l;
+            l->anext = rt->tactive;
+            rt->tactive = l;
+        }
+    }
+    if (l == NULL || l->n >= ROUTER_LANE_MAX) {
+        if (c->kind == CMD_TOPIC_EVENT)
+            topic_to_replay(rt, c->tkind, c->tid);
+        return -1; /* an empty new lane is freed by the next turn */
+    }
+    q_append(&l->head, &l->tail, &l->n, c);
+    return 0;
+}
+
+static void tlane_free(realtime *rt, tlane *l)
+{
+    for (tlane **p = &rt->tlanes[topic_bucket(l->kind, l->id)]; *p; p = &(*p)->next) {
+        if (*p == l) {
+            *p = l->next;
+            break;
+        }
+    }
+    while (l->head) {
+        cmd *c = l->head;
+        l->head = c->next;
+        cmd_free(rt, c);
+    }
+    free(l);
+}
+
+/* Sends the head command c of topic lane l (ev: its event) to the topic's followings that lack
+ * it, while *sends is under EVENTS_TOPIC_TURN_SENDS: 1 when all have it, 0 when the budget ran
+ * out first (the next turn continues: positions and stamps skip those that have it). */
+static int topic_fan(realtime *rt, const tlane *l, const cmd *c, const lagoon_v1_Event *ev, unsigned *sends)
+{
+    tsub *ts = rt->tbuckets[topic_bucket(l->kind, l->id)];
+    while (ts != NULL) {
+        tsub *next = ts->tnext;
+        if (ts->kind != l->kind || ts->topic_id != l->id) {
+            ts = next;
+            continue;
+        }
+        if (c->kind == CMD_TOPIC_EVENT) {
+            if (ts->replaying || ev->seq <= ts->last_sent) {
+                ts = next;
+                continue;
+            }
+            if (ev->seq != ts->last_sent + 1) {
+                tsub_to_replay(rt, ts); /* an event before this one never reached it */
+                ts = next;
+                continue;
+            }
+            if (*sends >= EVENTS_TOPIC_TURN_SENDS)
+                return 0;
+            ts->last_sent = ev->seq;
+        } else {
+            if (ts->last_eph >= c->eph) {
+                ts = next;
+                continue;
+            }
+            if (*sends >= EVENTS_TOPIC_TURN_SENDS)
+                return 0;
+            ts->last_eph = c->eph;
+        }
+        (*sends)++;
+        if (sub_send(rt, ts->s, ev) != 0) {
+            /* It ended and its followings left the chains, next perhaps among them: start the
+             * chain again (those served are skipped). Bounded: each restart ends a subscriber. */
+            ts = rt->tbuckets[topic_bucket(l->kind, l->id)];
+            continue;
+        }
+        ts = next;
+    }
+    return 1;
+}
+
+/* One turn of every topic lane, EVENTS_TOPIC_TURN_SENDS sends each; empty lanes go. */
+static void topic_lanes_turn(realtime *rt, lagoon_v1_TopicEvent *row)
+{
+    store_txn *t;
+    store_error err;
+    if (store_read_begin(rt->a->db, &t, &err) != LAGOON_OK)
+        return; /* again at the next turn */
+    for (tlane **p = &rt->tactive; *p;) {
+        tlane *l = *p;
+        unsigned sends = 0;
+        while (l->head) {
+            cmd *c = l->head;
+            const lagoon_v1_Event *ev = c->ev;
+            if (c->kind == CMD_TOPIC_EVENT)
+                ev = store_get(t, &lagoon_table_topic_events, c->id, row, &err) == LAGOON_OK ? &row->event : NULL;
+            /* a row trimmed already: the next event shows the gap to those that needed it */
+            if (ev != NULL && !topic_fan(rt, l, c, ev, &sends))
+                break;
+            cmd_free(rt, q_pop(&l->head, &l->tail, &l->n));
+        }
+        if (l->head == NULL) {
+            *p = l->anext;
+            tlane_free(rt, l);
+        } else {
+            p = &l->anext;
+        }
+    }
+    store_read_end(t);
+}
+
+/* Membership row id was inserted: the user's open streams follow its topic from its join. A
+ * stream started after the commit has it already (same row id). */
+static void topic_join(realtime *rt, uint64_t id)
+{
+    store_txn *t;
+    store_error err;
+    lagoon_v1_TopicMember m;
+    if (store_read_begin(rt->a->db, &t, &err) != LAGOON_OK) {
+        log_msg(LOG_ERROR, "realtime: cannot read a topic membership: %s", err.message);
+        return;
+    }
+    int st = store_get(t, &lagoon_table_topic_members, id, &m, &err);
+    store_read_end(t);
+    if (st != LAGOON_OK)
+        return; /* left again already: its deletion comes next in the queue */
+    for (subscriber *s = rt->buckets[m.user_id % ROUTER_BUCKETS], *next; s; s = next) {
+        next = s->next;
+        if (s->user_id != m.user_id)
+            continue;
+        int has = 0;
+        for (const tsub *ts = s->topics; ts && !has; ts = ts->snext)
+            has = ts->member_id == id;
+        if (has)
+            continue;
+        if (tsub_add(rt, s, (uint32_t)m.topic.kind, m.topic.id, id, m.joined_seq) == NULL) {
+            sub_end(rt, s, LAGOON_UNAVAILABLE, "out of memory: resubscribe with your positions");
+            continue;
+        }
+        send_membership(rt, s, (uint32_t)m.topic.kind, m.topic.id, 1, m.joined_seq);
+    }
+}
+
+/* Membership row id was deleted: its followings end, each told so. */
+static void topic_leave(realtime *rt, uint64_t id)
+{
+    tsub *ts = rt->mbuckets[id % ROUTER_BUCKETS];
+    while (ts != NULL) {
+        if (ts->member_id != id) {
+            ts = ts->mnext;
+            continue;
+        }
+        subscriber *s = ts->s;
+        uint32_t kind = ts->kind;
+        uint64_t topic = ts->topic_id, pos = ts->last_sent;
+        tsub_unlink(rt, ts);
+        for (tsub **p = &s->topics; *p; p = &(*p)->snext) {
+            if (*p == ts) {
+                *p = ts->snext;
+                break;
+            }
+        }
+        free(ts);
+        send_membership(rt, s, kind, topic, 0, pos);
+        ts = rt->mbuckets[id % ROUTER_BUCKETS]; /* the chain changed */
+    }
+}
+
 static void end_all(realtime *rt, int status, const char *message)
 {
     for (int b = 0; b < ROUTER_BUCKETS; b++) {
@@ -1209,6 +1936,7 @@ static void *router_main(void *arg)
 {
     realtime *rt = arg;
     lagoon_v1_UserEvent *row = malloc(sizeof(*row));
+    lagoon_v1_TopicEvent *trow = malloc(sizeof(*trow));
     for (;;) {
         /* Paused replays continue as their readers drain: look again every few ms. */
         for (subscriber *s = rt->replaying, *next; s; s = next) {
@@ -1218,7 +1946,8 @@ static void *router_main(void *arg)
         expire_due(rt);
         app_hook_point(rt->a, APP_HOOK_ROUTER_TURN);
         pthread_mutex_lock(&rt->mu);
-        if (rt->head == NULL && !rt->stopping && rt->active == NULL && (rt->replaying != NULL || rt->nsubs > 0)) {
+        int lanes = rt->active != NULL || rt->tactive != NULL;
+        if (rt->head == NULL && !rt->stopping && !lanes && (rt->replaying != NULL || rt->nsubs > 0)) {
             /* Wake up for the replays, or to look at the tokens' expiry. */
             long wait_ms = rt->replaying != NULL ? ROUTER_REPLAY_POLL_MS : ROUTER_TICK_MS;
             struct timespec ts;
@@ -1231,7 +1960,7 @@ static void *router_main(void *arg)
             }
             pthread_cond_timedwait(&rt->cv, &rt->mu, &ts);
         }
-        while (rt->head == NULL && !rt->stopping && rt->active == NULL && rt->replaying == NULL && rt->nsubs == 0)
+        while (rt->head == NULL && !rt->stopping && !lanes && rt->replaying == NULL && rt->nsubs == 0)
             pthread_cond_wait(&rt->cv, &rt->mu);
         cmd *batch = rt->head;
         rt->head = rt->tail = NULL;
@@ -1275,6 +2004,29 @@ static void *router_main(void *arg)
             case CMD_TYPING:
                 kept = deliver_or_queue(rt, c->to, c, NULL);
                 break;
+            case CMD_TOPIC_EVENT:
+                /* Into its topic's lane, delivered at the end of this turn within its budget. */
+                if (rt->ntsubs == 0)
+                    break;
+                if (t == NULL && store_read_begin(rt->a->db, &t, &err) != LAGOON_OK)
+                    t = NULL;
+                if (t != NULL && trow != NULL &&
+                    store_get(t, &lagoon_table_topic_events, c->id, trow, &err) == LAGOON_OK) {
+                    c->tkind = (uint32_t)trow->topic.kind;
+                    c->tid = trow->topic.id;
+                    kept = topic_followed(rt, c->tkind, c->tid) && tlane_push(rt, c) == 0;
+                }
+                break;
+            case CMD_TOPIC_EPHEMERAL:
+                c->eph = ++rt->eph_stamp;
+                kept = topic_followed(rt, c->tkind, c->tid) && tlane_push(rt, c) == 0;
+                break;
+            case CMD_JOIN:
+                topic_join(rt, c->id);
+                break;
+            case CMD_LEAVE:
+                topic_leave(rt, c->id);
+                break;
             case CMD_SESSION_END:
                 session_end(rt, c->id);
                 break;
@@ -1283,17 +2035,19 @@ static void *router_main(void *arg)
                 end_all(rt, LAGOON_UNAVAILABLE, "server shutting down: reconnect and resubscribe with since");
                 break;
             }
-            if (c->kind != CMD_EVENT && t != NULL) {
+            if (c->kind != CMD_EVENT && c->kind != CMD_TOPIC_EVENT && t != NULL) {
                 store_read_end(t);
                 t = NULL;
             }
             if (!kept)
-                free(c);
+                cmd_free(rt, c);
         }
         if (t != NULL)
             store_read_end(t);
         if (rt->active != NULL && row != NULL)
             lanes_turn(rt, row);
+        if (rt->tactive != NULL && trow != NULL)
+            topic_lanes_turn(rt, trow);
     }
     end_all(rt, LAGOON_UNAVAILABLE, "server shutting down: reconnect and resubscribe with since");
     while (rt->active != NULL) {
@@ -1301,7 +2055,13 @@ static void *router_main(void *arg)
         rt->active = l->anext;
         lane_free(rt, l);
     }
+    while (rt->tactive != NULL) {
+        tlane *l = rt->tactive;
+        rt->tactive = l->anext;
+        tlane_free(rt, l);
+    }
     free(row);
+    free(trow);
     return NULL;
 }
 
@@ -1349,9 +2109,10 @@ void realtime_stop(realtime *rt)
         rt->head = c->next;
         if (c->kind == CMD_ADD) {
             rpc_call_finish(c->sub->call, LAGOON_UNAVAILABLE);
+            free(c->sub->cursor);
             free(c->sub);
         }
-        free(c);
+        cmd_free(rt, c);
     }
     pthread_cond_destroy(&rt->cv);
     pthread_mutex_destroy(&rt->mu);
@@ -1396,6 +2157,20 @@ int handle_Events_Subscribe(rpc_call *call, const lagoon_v1_SubscribeRequest *re
     snprintf(s->peer, sizeof(s->peer), "%s", rpc_call_peer(call));
     s->conn_key = peer_key(s->peer);
     s->since = req->since;
+    /* The cursor's count is bounded by its max_count, EVENTS_MAX_TOPICS_PER_USER (decoding
+     * refuses more). */
+    _Static_assert(sizeof(req->topics) / sizeof(req->topics[0]) == EVENTS_MAX_TOPICS_PER_USER,
+                   "SubscribeRequest.topics max_count is EVENTS_MAX_TOPICS_PER_USER");
+    if (req->topics_count > 0) {
+        s->cursor = malloc(req->topics_count * sizeof(*s->cursor));
+        if (s->cursor == NULL) {
+            free(s);
+            free(c);
+            return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
+        }
+        memcpy(s->cursor, req->topics, req->topics_count * sizeof(*s->cursor));
+        s->ncursor = req->topics_count;
+    }
     s->call = call;
     rpc_call_on_cancel(call, subscribe_cancelled, (void *)(uintptr_t)s->id);
     c->kind = CMD_ADD;
@@ -1449,4 +2224,39 @@ int handle_Events_Typing(rpc_call *call, const lagoon_v1_TypingRequest *req, lag
     if (!queued)
         free(c);
     return LAGOON_OK;
+}
+
+int events_topic_ephemeral(app *a, const lagoon_v1_Topic *topic, const lagoon_v1_Event *ev)
+{
+    realtime *rt = a->rt;
+    cmd *c = calloc(1, sizeof(*c));
+    lagoon_v1_Event *copy = malloc(sizeof(*copy));
+    if (c == NULL || copy == NULL) {
+        free(c);
+        free(copy);
+        return -1;
+    }
+    *copy = *ev;
+    copy->seq = 0;
+    copy->created_at = app_now(a);
+    copy->has_topic = true;
+    copy->topic = *topic;
+    c->kind = CMD_TOPIC_EPHEMERAL;
+    c->tkind = (uint32_t)topic->kind;
+    c->tid = topic->id;
+    c->ev = copy;
+    /* Ephemeral: past ROUTER_EPHEMERAL_MAX allocated it is dropped (the next ping shows the
+     * state again), so that a flood costs bounded memory. */
+    pthread_mutex_lock(&rt->mu);
+    int queued = rt->eph_alloc < ROUTER_EPHEMERAL_MAX;
+    if (queued) {
+        rt->eph_alloc++;
+        queue_locked(rt, c);
+    }
+    pthread_mutex_unlock(&rt->mu);
+    if (!queued) {
+        free(copy);
+        free(c);
+    }
+    return 0;
 }

@@ -83,6 +83,46 @@ int events_notification_changed(store_txn *t, const app *a, uint64_t user_id,
  * updated since (one page) that show m's snippet. */
 int events_message_deleted(store_txn *t, const app *a, const lagoon_v1_DirectMessage *m, store_error *err);
 
+/* ---- topics ----------------------------------------------------------------------------------
+ * A topic (lagoon_v1_Topic: a kind and an id) has its own log: events_topic_publish writes one
+ * TopicEvent row and updates one TopicFeed row, whatever the number of members, with the topic's
+ * own seqs and the same retention as a user's log. Membership is data (TopicMember rows, written
+ * by the services that own the topics through events_topic_join/leave): every live subscription
+ * of a member receives the topic's events after the seq it joined at, next to the user's own
+ * log; a join or leave committed while subscribed takes effect on the open streams when the
+ * router reads its commit announcement (announced in commit order, so exact against the topic's
+ * events: see events.c). Ephemeral events are never stored: events_topic_ephemeral hands them to
+ * the live subscriptions of the topic's members only. */
+
+/* Topics one user may belong to: each costs a subscription a position (the cursor in
+ * SubscribeRequest.topics holds at most this many, its max_count) and a replay at resume.
+ * A join beyond it is RESOURCE_EXHAUSTED. */
+#define EVENTS_MAX_TOPICS_PER_USER 128
+
+/* Fair delivery for topics: each router turn makes at most EVENTS_TOPIC_TURN_SENDS sends for
+ * one topic (an event to many subscribers continues in the next turn where it stopped), so a
+ * topic with thousands of live members delays other users and topics by a bounded amount. A
+ * topic's lane holds at most EVENTS_LANE_MAX events waiting; past it, ephemeral ones are
+ * dropped and its live subscribers switch to replay from the topic's log. */
+#define EVENTS_TOPIC_TURN_SENDS 1024
+
+/* Makes user a member of topic in t (already one: nothing changes). The member receives the
+ * topic's events published after this transaction's view of its log. */
+int events_topic_join(store_txn *t, const app *a, uint64_t user_id, const lagoon_v1_Topic *topic, store_error *err);
+
+/* Ends user's membership of topic in t (not a member: nothing changes). */
+int events_topic_leave(store_txn *t, const app *a, uint64_t user_id, const lagoon_v1_Topic *topic, store_error *err);
+
+/* Appends ev to topic's log in t: one stored row whatever the member count. Assigns ev's seq,
+ * created_at and topic; trims the topic's log to the retention limits. ev->payload must be set. */
+int events_topic_publish(store_txn *t, const app *a, const lagoon_v1_Topic *topic, lagoon_v1_Event *ev,
+                         store_error *err);
+
+/* Hands ev (typing, presence, playback pings) to the live subscriptions of topic's members now:
+ * never stored, never replayed, dropped when the topic's lane is full. Any thread; ev is copied.
+ * 0, or -1 when it could not be queued (out of memory). */
+int events_topic_ephemeral(app *a, const lagoon_v1_Topic *topic, const lagoon_v1_Event *ev);
+
 /* The router thread. Started by app_open after the store, stopped by app_close before it. */
 typedef struct realtime realtime;
 int realtime_start(app *a, realtime **out, rpc_error *err);

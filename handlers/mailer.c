@@ -11,7 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "accounts.h"
+#include "lagoon_tables.h" /* lagoon_table_outbox */
 #include "log.h"
 
 #define MAILER_POLL_MS 1000     /* also woken at once by every commit that queues an email */

@@ -21,7 +21,7 @@
 #include "lagoon_handlers.h"
 #include "log.h"
 #include "messages.h"
-#include "accounts.h"
+#include "realtime.h"
 
 #define EVENTS_PURGE_PER_APPEND 8   /* old events trimmed per append: bounded work per write */
 #define EVENTS_AGE_CHECK 16         /* every 16th append of a user also trims by age */

@@ -123,14 +123,7 @@ int events_topic_publish(store_txn *t, const app *a, const lagoon_v1_Topic *topi
  * 0, or -1 when it could not be queued (out of memory). */
 int events_topic_ephemeral(app *a, const lagoon_v1_Topic *topic, const lagoon_v1_Event *ev);
 
-/* The router thread. Started by app_open after the store, stopped by app_close before it. */
-typedef struct realtime realtime;
-int realtime_start(app *a, realtime **out, rpc_error *err);
-/* A subscription ends with UNAUTHENTICATED when its session ends (the Session row is deleted:
- * sign-out, revocation, password change or reset, deactivation, account deletion) and when the
- * access token it was opened with expires (checked every ROUTER_TICK_MS, see events.c). */
-/* Ends every subscription with UNAVAILABLE ("reconnect"): for a draining server. Any thread. */
-void realtime_shutdown_streams(realtime *rt);
-void realtime_stop(realtime *rt);
+/* The router thread that delivers these events (started and stopped by the app) is declared
+ * in realtime.h. */
 
 #endif

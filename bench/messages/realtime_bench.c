@@ -8,7 +8,18 @@
  * subscriber with Events/Subscribe open, then one sender sends `messages` text messages, round
  * robin over the subscribers, `in-flight` at a time. For each message it records when the Send
  * was issued, acknowledged, and when the recipient's stream delivered it; it reports p50/p99/max
- * of ack->event and send->event. Bounded; removes what it creates. */
+ * of ack->event and send->event. Bounded; removes what it creates.
+ *
+ *   realtime-bench --topic 1000 [--messages 200] [--interval-ms 20] [--rounds 200]
+ *
+ * Topic mode. Seeds `topic` users, all members of one large topic, the first two also of a
+ * small one. First the store work of a publish: `rounds` publishes alternating between the two
+ * topics (no subscriber connected), each timed (store_write, durable) and its changed rows
+ * counted from the store's commit announcements; for reference, a few rounds of the same event
+ * written to every member's own log, as realtime did before topics. Then every member
+ * subscribes, and one publisher thread publishes `messages` events to the large topic, one
+ * every `interval-ms`; it reports p50/p99/max over every (event, member) pair of commit->event
+ * (store_write returned) and publish->event (store_write called). */
 #include <event2/event.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -18,12 +29,16 @@
 #include <time.h>
 
 #include "accounts.h"
+#include "events.h"
 #include "lagoon_async_stubs.h"
 #include "lagoon_handlers.h"
 #include "log.h"
 
 #define MAX_SUBSCRIBERS 5000
 #define MAX_MESSAGES 1000000
+#define MAX_TOPIC_DELIVERIES 50000000 /* topic mode: messages x members kept for the report */
+#define MAX_ROUNDS 100000
+#define USER_LOG_ROUNDS 5              /* topic mode: the per-member fan-out, for reference */
 
 static uint64_t now_us(void)
 {
@@ -189,18 +204,346 @@ static void report(const char *what, int64_t *v, int n)
            v[n - 1] / 1000.0);
 }
 
+/* ---- topic mode ---------------------------------------------------------------------------------- */
+
+typedef struct changes {
+    pthread_mutex_t mu;
+    uint64_t rows; /* rows changed by the commits announced */
+} changes;
+
+static void count_changes(void *arg, const store_change *ch, size_t n)
+{
+    (void)ch; /* only their number */
+    changes *c = arg;
+    pthread_mutex_lock(&c->mu);
+    c->rows += n;
+    pthread_mutex_unlock(&c->mu);
+}
+
+typedef struct publish {
+    app *a;
+    lagoon_v1_Topic topic;
+    const uint64_t *members; /* user-log mode: append to each of these logs instead */
+    int nmembers;
+    lagoon_v1_Event ev;
+    uint64_t seq;            /* of the last publish */
+} publish;
+
+static void bench_event(lagoon_v1_Event *ev)
+{
+    memset(ev, 0, sizeof(*ev));
+    ev->which_payload = lagoon_v1_Event_topic_text_tag;
+    ev->payload.topic_text.author_id = 1;
+    snprintf(ev->payload.topic_text.text, sizeof(ev->payload.topic_text.text), "how long does this take to arrive?");
+}
+
+static int publish_one(store_txn *t, void *arg, store_error *err)
+{
+    publish *p = arg;
+    bench_event(&p->ev);
+    if (p->members == NULL) {
+        int st = events_topic_publish(t, p->a, &p->topic, &p->ev, err);
+        p->seq = p->ev.seq;
+        return st;
+    }
+    int st = LAGOON_OK;
+    for (int i = 0; i < p->nmembers && st == LAGOON_OK; i++) {
+        bench_event(&p->ev);
+        st = events_append(t, p->a, p->members[i], &p->ev, err);
+    }
+    return st;
+}
+
+typedef struct joins {
+    app *a;
+    const uint64_t *ids;
+    int n;
+    lagoon_v1_Topic small, large;
+} joins;
+
+static int join_all(store_txn *t, void *arg, store_error *err)
+{
+    joins *j = arg;
+    int st = LAGOON_OK;
+    for (int i = 0; i < j->n && st == LAGOON_OK; i++) {
+        st = events_topic_join(t, j->a, j->ids[i], &j->large, err);
+        if (st == LAGOON_OK && i < 2)
+            st = events_topic_join(t, j->a, j->ids[i], &j->small, err);
+    }
+    return st;
+}
+
+/* Publishes rounds events to p's topic (or logs): their mean and p50 store_write time and rows. */
+static int store_work(app *a, changes *ch, publish *p, int rounds, const char *what)
+{
+    int64_t *us = calloc((size_t)rounds, sizeof(int64_t));
+    if (us == NULL)
+        return -1;
+    pthread_mutex_lock(&ch->mu);
+    uint64_t rows0 = ch->rows;
+    pthread_mutex_unlock(&ch->mu);
+    int64_t sum = 0;
+    store_error err;
+    for (int i = 0; i < rounds; i++) {
+        uint64_t t0 = now_us();
+        if (store_write(a->db, publish_one, p, &err) != LAGOON_OK) {
+            fprintf(stderr, "publish: %s\n", err.message);
+            free(us);
+            return -1;
+        }
+        us[i] = (int64_t)(now_us() - t0);
+        sum += us[i];
+    }
+    pthread_mutex_lock(&ch->mu); /* announced before store_write returns */
+    uint64_t rows = ch->rows - rows0;
+    pthread_mutex_unlock(&ch->mu);
+    qsort(us, (size_t)rounds, sizeof(*us), cmp_i64);
+    printf("| %-26s | %6d | %10.1f | %8.1f | %8.1f |\n", what, rounds, (double)rows / rounds, (double)sum / rounds,
+           (double)us[rounds / 2]);
+    free(us);
+    return 0;
+}
+
+typedef struct trun {
+    struct event_base *base;
+    int nsubs, nmsgs, interval_ms, subscribed;
+    uint64_t large_id;
+    uint64_t *event_at;           /* [(seq - 1) * nsubs + member] */
+    uint64_t *pub_at, *commit_at; /* by seq */
+    uint64_t delivered, repeats;
+    app *a;
+} trun;
+
+typedef struct tsub {
+    trun *r;
+    int i;
+    lagoon_async *c;
+} tsub;
+
+static void on_topic_event(lagoon_acall *call, const void *msg, void *arg)
+{
+    (void)call;
+    tsub *s = arg;
+    trun *r = s->r;
+    const lagoon_v1_Event *ev = msg;
+    if (ev->which_payload == lagoon_v1_Event_subscribed_tag) {
+        if (++r->subscribed == r->nsubs)
+            event_base_loopbreak(r->base);
+        return;
+    }
+    if (ev->which_payload != lagoon_v1_Event_topic_text_tag || !ev->has_topic || ev->topic.id != r->large_id ||
+        ev->seq < 1 || ev->seq > (uint64_t)r->nmsgs)
+        return;
+    uint64_t *at = &r->event_at[(ev->seq - 1) * (uint64_t)r->nsubs + (uint64_t)s->i];
+    if (*at) {
+        r->repeats++;
+        return;
+    }
+    *at = now_us();
+    if (++r->delivered == (uint64_t)r->nmsgs * (uint64_t)r->nsubs)
+        event_base_loopbreak(r->base);
+}
+
+static void *publisher(void *arg)
+{
+    trun *r = arg;
+    publish p;
+    memset(&p, 0, sizeof(p));
+    p.a = r->a;
+    p.topic.kind = lagoon_v1_Topic_Kind_GROUP;
+    p.topic.id = r->large_id;
+    store_error err;
+    for (int i = 0; i < r->nmsgs; i++) {
+        uint64_t t0 = now_us();
+        if (store_write(r->a->db, publish_one, &p, &err) != LAGOON_OK) {
+            fprintf(stderr, "publish: %s\n", err.message);
+            break;
+        }
+        uint64_t t1 = now_us();
+        if (p.seq >= 1 && p.seq <= (uint64_t)r->nmsgs) {
+            r->pub_at[p.seq] = t0;
+            r->commit_at[p.seq] = t1;
+        }
+        struct timespec ts = {r->interval_ms / 1000, (long)(r->interval_ms % 1000) * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    return NULL;
+}
+
+static int topic_live(trun *r, tsub *subs, uint16_t port, seed *sd);
+
+static int topic_mode(app *a, uint16_t port, seed *sd, int nsubs, int nmsgs, int interval_ms, int rounds)
+{
+    lagoon_v1_Topic small = {lagoon_v1_Topic_Kind_GROUP, 2}, large = {lagoon_v1_Topic_Kind_GROUP, 1};
+    joins j = {a, sd->ids, nsubs, small, large};
+    store_error serr;
+    if (store_write(a->db, join_all, &j, &serr) != LAGOON_OK) {
+        fprintf(stderr, "join: %s\n", serr.message);
+        return 1;
+    }
+    /* The store work of one publish, with nobody subscribed. */
+    changes ch = {PTHREAD_MUTEX_INITIALIZER, 0};
+    if (store_subscribe(a->db, count_changes, &ch, &serr) != LAGOON_OK)
+        return 1;
+    publish ps, pl, pu;
+    memset(&ps, 0, sizeof(ps));
+    ps.a = a;
+    ps.topic = small;
+    pl = ps;
+    pl.topic = large;
+    pu = ps;
+    pu.members = sd->ids;
+    pu.nmembers = nsubs;
+    printf("store work per publish (durable store_write; rows = rows changed in the commit)\n\n");
+    printf("| %-26s | %6s | %10s | %8s | %8s |\n", "publish to", "rounds", "rows each", "mean us", "p50 us");
+    printf("|----------------------------|--------|------------|----------|----------|\n");
+    char what_l[64], what_u[64];
+    snprintf(what_l, sizeof(what_l), "topic of %d members", nsubs);
+    snprintf(what_u, sizeof(what_u), "%d members' own logs", nsubs);
+    for (int i = 0; i < 2; i++) { /* alternating halves, so both see the same machine */
+        if (store_work(a, &ch, &ps, rounds / 2, "topic of 2 members") != 0 ||
+            store_work(a, &ch, &pl, rounds / 2, what_l) != 0)
+            return 1;
+    }
+    if (store_work(a, &ch, &pu, USER_LOG_ROUNDS, what_u) != 0)
+        return 1;
+    store_unsubscribe(a->db, count_changes, &ch);
+
+    /* Delivery to every member, live. */
+    trun r;
+    memset(&r, 0, sizeof(r));
+    r.base = event_base_new();
+    r.nsubs = nsubs;
+    r.nmsgs = nmsgs;
+    r.interval_ms = interval_ms;
+    r.a = a;
+    r.large_id = 3; /* the live run's topic (below) */
+    r.event_at = calloc((size_t)nmsgs * (size_t)nsubs, sizeof(uint64_t));
+    r.pub_at = calloc((size_t)nmsgs + 1, sizeof(uint64_t));
+    r.commit_at = calloc((size_t)nmsgs + 1, sizeof(uint64_t));
+    tsub *subs = calloc((size_t)nsubs, sizeof(*subs));
+    int rc = 1;
+    if (r.event_at != NULL && r.pub_at != NULL && r.commit_at != NULL && subs != NULL)
+        rc = topic_live(&r, subs, port, sd);
+    for (int i = 0; i < nsubs && subs != NULL; i++)
+        if (subs[i].c != NULL)
+            lagoon_async_free(subs[i].c);
+    event_base_free(r.base);
+    free(subs);
+    free(r.event_at);
+    free(r.pub_at);
+    free(r.commit_at);
+    return rc;
+}
+
+/* Subscribes every member, joins them to the live topic, publishes, reports. */
+static int topic_live(trun *r, tsub *subs, uint16_t port, seed *sd)
+{
+    int nsubs = r->nsubs, nmsgs = r->nmsgs, interval_ms = r->interval_ms;
+    app *a = r->a;
+    store_error serr;
+    const lagoon_async_handlers h = {on_topic_event, on_sub_done};
+    lagoon_v1_SubscribeRequest sreq = lagoon_v1_SubscribeRequest_init_zero;
+    char err[256];
+    for (int i = 0; i < nsubs; i++) {
+        subs[i].r = r;
+        subs[i].i = i;
+        if (lagoon_async_connect(r->base, "127.0.0.1", port, NULL, &subs[i].c, err, sizeof(err)) != LAGOON_OK) {
+            fprintf(stderr, "subscriber %d: %s\n", i, err);
+            return 1;
+        }
+        lagoon_async_set_token(subs[i].c, sd->tokens[i]);
+        if (lagoon_async_Events_Subscribe(subs[i].c, &sreq, &h, &subs[i]) == NULL)
+            return 1;
+    }
+    struct timeval limit = {60, 0};
+    event_base_loopexit(r->base, &limit);
+    event_base_dispatch(r->base);
+    if (r->subscribed != nsubs) {
+        fprintf(stderr, "only %d of %d subscriptions started\n", r->subscribed, nsubs);
+        return 1;
+    }
+    /* A fresh topic for the live run, so that its seqs are 1..messages; every member joins it
+     * while subscribed (the joins reach the open streams). */
+    lagoon_v1_Topic live = {lagoon_v1_Topic_Kind_GROUP, r->large_id};
+    joins jl = {a, sd->ids, nsubs, live, live}; /* joining twice is a no-op */
+    if (store_write(a->db, join_all, &jl, &serr) != LAGOON_OK) {
+        fprintf(stderr, "join: %s\n", serr.message);
+        return 1;
+    }
+    pthread_t th;
+    uint64_t t0 = now_us();
+    pthread_create(&th, NULL, publisher, r);
+    struct timeval limit2 = {120, 0};
+    event_base_loopexit(r->base, &limit2);
+    event_base_dispatch(r->base);
+    pthread_join(th, NULL);
+    double secs = (double)(now_us() - t0) / 1e6;
+    size_t total = (size_t)nmsgs * (size_t)nsubs;
+    int64_t *ack = calloc(total, sizeof(int64_t)), *snd = calloc(total, sizeof(int64_t));
+    if (ack == NULL || snd == NULL) {
+        free(ack);
+        free(snd);
+        return 1;
+    }
+    int n = 0;
+    for (int q = 1; q <= nmsgs; q++) {
+        for (int i = 0; i < nsubs && r->commit_at[q]; i++) {
+            uint64_t at = r->event_at[(size_t)(q - 1) * (size_t)nsubs + (size_t)i];
+            if (at == 0)
+                continue;
+            int64_t d = (int64_t)at - (int64_t)r->commit_at[q];
+            ack[n] = d < 0 ? 0 : d; /* the event may beat store_write's return */
+            snd[n] = (int64_t)at - (int64_t)r->pub_at[q];
+            n++;
+        }
+    }
+    printf("\nlive: %d members subscribed, %d events published every %d ms to the topic, %llu of %zu deliveries "
+           "(%llu repeats), %.1f s\n\n",
+           nsubs, nmsgs, interval_ms, (unsigned long long)r->delivered, total, (unsigned long long)r->repeats, secs);
+    printf("| %-14s | %6s | %8s | %8s | %8s |\n", "latency", "n", "p50 ms", "p99 ms", "max ms");
+    printf("|----------------|--------|----------|----------|----------|\n");
+    report("commit->event", ack, n);
+    report("publish->event", snd, n);
+    free(ack);
+    free(snd);
+    return r->delivered == total && r->repeats == 0 ? 0 : 1;
+}
+
 int main(int argc, char **argv)
 {
-    int nsubs = 1000, nmsgs = 5000, in_flight = 8;
+    int nsubs = 1000, nmsgs = 5000, in_flight = 8, topic = 0, interval_ms = 20, rounds = 200, msgs_given = 0;
     for (int i = 1; i + 1 < argc; i += 2) {
-        if (strcmp(argv[i], "--subscribers") == 0)
+        if (strcmp(argv[i], "--topic") == 0)
+            topic = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--interval-ms") == 0)
+            interval_ms = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--rounds") == 0)
+            rounds = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--subscribers") == 0)
             nsubs = atoi(argv[i + 1]);
         else if (strcmp(argv[i], "--messages") == 0)
-            nmsgs = atoi(argv[i + 1]);
+            nmsgs = atoi(argv[i + 1]), msgs_given = 1;
         else if (strcmp(argv[i], "--in-flight") == 0)
             in_flight = atoi(argv[i + 1]);
         else {
-            fprintf(stderr, "usage: realtime-bench [--subscribers N] [--messages N] [--in-flight N]\n");
+            fprintf(stderr, "usage: realtime-bench [--subscribers N] [--messages N] [--in-flight N]\n"
+                            "       realtime-bench --topic MEMBERS [--messages N] [--interval-ms N] [--rounds N]\n");
+            return 2;
+        }
+    }
+    if (topic) {
+        if (topic < 2 || topic > MAX_SUBSCRIBERS || interval_ms < 0 || interval_ms > 10000 || rounds < 2 ||
+            rounds > MAX_ROUNDS) {
+            fprintf(stderr, "realtime-bench: topic 2..%d members, interval-ms 0..10000, rounds 2..%d\n",
+                    MAX_SUBSCRIBERS, MAX_ROUNDS);
+            return 2;
+        }
+        nsubs = topic - 1; /* seeded: nsubs + 1 users, all of them members */
+        if (!msgs_given)
+            nmsgs = 200;
+        if ((uint64_t)nmsgs * (uint64_t)topic > MAX_TOPIC_DELIVERIES) {
+            fprintf(stderr, "realtime-bench: messages x members at most %d\n", MAX_TOPIC_DELIVERIES);
             return 2;
         }
     }
@@ -237,6 +580,8 @@ int main(int argc, char **argv)
     rpc_config cfg;
     rpc_config_defaults(&cfg);
     cfg.listen_port = 0;
+    /* Every subscriber connects from 127.0.0.1: one address, many connections. */
+    cfg.max_connections_per_address = (uint32_t)nsubs + 16;
     cfg.app = a;
     cfg.authenticate = app_authenticate;
     cfg.authenticate_arg = a;
@@ -249,6 +594,11 @@ int main(int argc, char **argv)
     pthread_t th;
     pthread_create(&th, NULL, serve, srv);
     uint16_t port = rpc_server_port(srv);
+    int rc = 0;
+    if (topic) {
+        rc = topic_mode(a, port, &sd, topic, nmsgs, interval_ms, rounds);
+        goto done;
+    }
 
     run r;
     memset(&r, 0, sizeof(r));
@@ -316,6 +666,7 @@ int main(int argc, char **argv)
         lagoon_async_free(subs[i].c);
     lagoon_async_free(r.sender);
     event_base_free(r.base);
+done:
     rpc_server_stop(srv);
     pthread_join(th, NULL);
     rpc_server_join_workers(srv);
@@ -323,5 +674,5 @@ int main(int argc, char **argv)
     rpc_server_free(srv);
     char cmd[128];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-    return system(cmd) == 0 ? 0 : 1;
+    return system(cmd) == 0 ? rc : 1;
 }

@@ -11,6 +11,14 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <sys/resource.h>
+#include <time.h>
+
 #include <cmocka.h>
 
 #include "lagoon_handlers.h"
@@ -331,6 +339,118 @@ static void test_delayed_calls_do_not_starve_sign_in(void **state)
     test_app_stop(&t);
 }
 
+/* ---- accept() out of descriptors -------------------------------------------------------- */
+
+typedef struct err_capture {
+    int fd;             /* read end of the pipe standing in for stderr */
+    char text[1 << 16]; /* what was written to stderr meanwhile */
+    size_t len;
+} err_capture;
+
+static void *capture_main(void *arg)
+{
+    err_capture *c = arg;
+    ssize_t n;
+    while ((n = read(c->fd, c->text + c->len, sizeof(c->text) - 1 - c->len)) > 0)
+        c->len += (size_t)n;
+    return NULL;
+}
+
+static int open_fds(void)
+{
+    int n = 0;
+    DIR *d = opendir("/proc/self/fd");
+    assert_non_null(d);
+    while (readdir(d) != NULL)
+        n++;
+    closedir(d);
+    return n - 2; /* . and .. */
+}
+
+static int count_in(const char *text, const char *needle)
+{
+    int n = 0;
+    for (const char *p = text; (p = strstr(p, needle)) != NULL; p += strlen(needle))
+        n++;
+    return n;
+}
+
+/* With every descriptor of the process taken while connections wait in the listen queue,
+ * accept() fails with EMFILE each time the listener wakes: the server pauses accepting (and
+ * logs it once a second at most) instead of spinning on it, and accepts again once
+ * descriptors are free. The test's clients and the server share one process, so one
+ * RLIMIT_NOFILE makes both run out. */
+static void test_accept_backs_off_when_out_of_descriptors(void **state)
+{
+    (void)state;
+    test_server t;
+    rpc_config cfg;
+    test_config(&cfg);
+    cfg.threads = 1;
+    test_server_start(&t, &cfg, NULL, 0);
+    /* Serving already (its event bases need descriptors of their own): a connection is answered. */
+    close(raw_connect(t.port, 1));
+    int saved_err = dup(STDERR_FILENO), pipefd[2];
+    assert_int_equal(pipe(pipefd), 0);
+    static err_capture cap;
+    memset(&cap, 0, sizeof(cap));
+    cap.fd = pipefd[0];
+    pthread_t reader;
+    assert_int_equal(pthread_create(&reader, NULL, capture_main, &cap), 0);
+    dup2(pipefd[1], STDERR_FILENO);
+    close(pipefd[1]);
+
+    /* Nothing may fail the test while stderr is the pipe (cmocka would report into it): the
+     * results are kept and judged after it is restored. */
+    struct rlimit old;
+    int got_limit = getrlimit(RLIMIT_NOFILE, &old) == 0;
+    struct rlimit low = old;
+    low.rlim_cur = (rlim_t)open_fds() + 24;
+    int lowered = got_limit && setrlimit(RLIMIT_NOFILE, &low) == 0;
+    enum { MAX_CLIENTS = 64 };
+    int fds[MAX_CLIENTS], n = 0;
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof(a));
+    a.sin_family = AF_INET;
+    a.sin_port = htons(t.port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    while (lowered && n < MAX_CLIENTS) { /* until the process has no descriptor left for a client */
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            break;
+        if (connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0) {
+            close(fd);
+            break;
+        }
+        fds[n++] = fd;
+    }
+    struct timespec hold = {1, 500 * 1000 * 1000}; /* out of descriptors for 1.5 s */
+    nanosleep(&hold, NULL);
+    for (int i = 0; i < n; i++)
+        close(fds[i]);
+    if (lowered)
+        setrlimit(RLIMIT_NOFILE, &old);
+    dup2(saved_err, STDERR_FILENO);
+    close(saved_err);
+    assert_true(lowered);
+    assert_true(n > 0 && n < MAX_CLIENTS);
+    /* Accepting again: a new connection gets its SETTINGS and a call is answered. */
+    int fd = raw_connect(t.port, 1);
+    raw_send_frame(fd, WIRE_REQUEST, WIRE_FLAG_END_STREAM, 1, lagoon_method_Health_Check.id, NULL, 0, NULL, 0);
+    wire_frame f;
+    read_reply(fd, &f, 10000);
+    assert_int_equal(f.code, LAGOON_OK);
+    close(fd);
+    test_server_stop(&t);
+    pthread_join(reader, NULL);
+    close(pipefd[0]);
+    cap.text[cap.len] = '\0';
+    int lines = count_in(cap.text, "Too many open files");
+    if (lines < 1 || lines > 5)
+        fail_msg("%d log lines about EMFILE in 1.5 s (want 1 to 5): %.400s", lines, cap.text);
+    assert_non_null(strstr(cap.text, "not accepting for"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -341,6 +461,7 @@ int main(void)
         cmocka_unit_test(test_connection_memory_budget),
         cmocka_unit_test(test_drain_answers_every_call),
         cmocka_unit_test(test_delayed_calls_do_not_starve_sign_in),
+        cmocka_unit_test(test_accept_backs_off_when_out_of_descriptors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1765,7 +1765,7 @@ static int tlane_push(realtime *rt, cmd *c)
     if (l == NULL || l->n >= ROUTER_LANE_MAX) {
         if (c->kind == CMD_TOPIC_EVENT)
             topic_to_replay(rt, c->tkind, c->tid);
-        return -1; /* an empty new lane is freed by the next turn */
+        return -1;
     }
     q_append(&l->head, &l->tail, &l->n, c);
     return 0;

@@ -562,6 +562,86 @@ static void test_cursor_ahead_is_out_of_range(void **state)
     free(ev);
 }
 
+/* A user's topics are capped: one join past EVENTS_MAX_TOPICS_PER_USER is refused, and a join
+ * of a topic it already has changes nothing. */
+typedef struct many_joins {
+    uint64_t user;
+    uint64_t first, n; /* topic ids first .. first + n - 1 */
+    int status;        /* of the last join */
+} many_joins;
+
+static int join_many(store_txn *t, void *arg, store_error *err)
+{
+    many_joins *mj = arg;
+    mj->status = LAGOON_OK;
+    for (uint64_t i = 0; i < mj->n && mj->status == LAGOON_OK; i++) {
+        lagoon_v1_Topic tp = topic(lagoon_v1_Topic_Kind_VIDEO, mj->first + i);
+        mj->status = events_topic_join(t, T->app, mj->user, &tp, err);
+    }
+    return LAGOON_OK; /* keep what joined: the test looks at the last status */
+}
+
+static void test_join_cap(void **state)
+{
+    (void)state;
+    char at[65];
+    many_joins mj = {test_verified_user(T, C, "cann", 1, at), 1000, EVENTS_MAX_TOPICS_PER_USER, -1};
+    store_error err;
+    assert_int_equal(store_write(T->app->db, join_many, &mj, &err), LAGOON_OK);
+    assert_int_equal(mj.status, LAGOON_OK);
+    mj.first = 1000; /* all of them again: members already, nothing changes */
+    assert_int_equal(store_write(T->app->db, join_many, &mj, &err), LAGOON_OK);
+    assert_int_equal(mj.status, LAGOON_OK);
+    mj.first = 5000;
+    mj.n = 1;
+    assert_int_equal(store_write(T->app->db, join_many, &mj, &err), LAGOON_OK);
+    assert_int_equal(mj.status, LAGOON_RESOURCE_EXHAUSTED);
+    /* A subscription follows all of them. */
+    device d;
+    subscribe(&d, at);
+    lagoon_v1_Event *ev = calloc(1, sizeof(*ev));
+    assert_non_null(ev);
+    for (int i = 0; i < EVENTS_MAX_TOPICS_PER_USER; i++) {
+        next_event(&d, ev);
+        assert_int_equal(ev->which_payload, lagoon_v1_Event_membership_tag);
+    }
+    publish(topic(lagoon_v1_Topic_Kind_VIDEO, 1000 + EVENTS_MAX_TOPICS_PER_USER - 1), "last");
+    expect_topic_event(&d, topic(lagoon_v1_Topic_Kind_VIDEO, 1000 + EVENTS_MAX_TOPICS_PER_USER - 1), 1, "last", ev);
+    unsubscribe(&d);
+    free(ev);
+}
+
+/* Resuming without a topic's position (joined while away) replays it from the join. */
+static void test_resume_without_position_starts_at_join(void **state)
+{
+    (void)state;
+    char at[65];
+    uint64_t ann = test_verified_user(T, C, "wann", 1, at);
+    lagoon_v1_Topic tp = topic(lagoon_v1_Topic_Kind_CONVERSATION, 701);
+    publish(tp, "before the join");
+    device d;
+    subscribe(&d, at);
+    uint64_t since = d.current_seq;
+    unsubscribe(&d);
+    members(tp, &ann, 1, 0); /* while away */
+    publish(tp, "after the join");
+    lagoon_v1_SubscribeRequest req = lagoon_v1_SubscribeRequest_init_zero;
+    req.since = since;
+    req.topics_count = 1; /* a position of another topic only: this one has none */
+    req.topics[0].has_topic = true;
+    req.topics[0].topic = topic(lagoon_v1_Topic_Kind_GROUP, 702);
+    req.topics[0].seq = 0;
+    subscribe_at(&d, at, &req);
+    lagoon_v1_Event *ev = calloc(1, sizeof(*ev));
+    assert_non_null(ev);
+    expect_membership(&d, tp, 1, 1, ev);
+    expect_topic_event(&d, tp, 2, "after the join", ev);
+    publish(tp, "live");
+    expect_topic_event(&d, tp, 3, "live", ev);
+    unsubscribe(&d);
+    free(ev);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -572,6 +652,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_leave_stops_delivery, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ephemeral_reaches_live_only, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cursor_ahead_is_out_of_range, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_join_cap, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_resume_without_position_starts_at_join, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -119,8 +119,9 @@ int events_topic_publish(store_txn *t, const app *a, const lagoon_v1_Topic *topi
                          store_error *err);
 
 /* Hands ev (typing, presence, playback pings) to the live subscriptions of topic's members now:
- * never stored, never replayed, dropped when the topic's lane is full. Any thread; ev is copied.
- * 0, or -1 when it could not be queued (out of memory). */
+ * never stored, never replayed; dropped when nobody follows the topic, when its lane is full,
+ * or past 256 waiting in all (each is a whole Event). Any thread; ev is copied. 0 (also when
+ * dropped: it is ephemeral), or -1 out of memory. */
 int events_topic_ephemeral(app *a, const lagoon_v1_Topic *topic, const lagoon_v1_Event *ev);
 
 /* The router thread that delivers these events (started and stopped by the app) is declared

@@ -1475,6 +1475,79 @@ static void test_quiet_user_not_behind_a_flood(void **state)
     own_app_end(saved, saved_c);
 }
 
+/* ---- topics through a held router ---- */
+
+typedef struct topic_burst {
+    lagoon_v1_Topic topic;
+    uint64_t user; /* joins it, when not 0 */
+    int n;         /* events published */
+} topic_burst;
+
+static int write_topic_burst(store_txn *t, void *arg, store_error *err)
+{
+    const topic_burst *b = arg;
+    int st = b->user ? events_topic_join(t, T->app, b->user, &b->topic, err) : LAGOON_OK;
+    lagoon_v1_Event *ev = malloc(sizeof(*ev));
+    if (ev == NULL)
+        return LAGOON_RESOURCE_EXHAUSTED;
+    for (int i = 0; i < b->n && st == LAGOON_OK; i++) {
+        *ev = (lagoon_v1_Event)lagoon_v1_Event_init_zero;
+        ev->which_payload = lagoon_v1_Event_topic_text_tag;
+        snprintf(ev->payload.topic_text.text, sizeof(ev->payload.topic_text.text), "b");
+        st = events_topic_publish(t, T->app, &b->topic, ev, err);
+    }
+    free(ev);
+    return st;
+}
+
+/* The next event of d that is of a topic (a membership event is skipped) has seq want. */
+static void next_topic_seq(device *d, uint64_t want, lagoon_v1_Event *ev)
+{
+    do
+        next_event(d, ev);
+    while (ev->which_payload == lagoon_v1_Event_membership_tag);
+    assert_true(ev->has_topic);
+    assert_int_equal(ev->seq, want);
+}
+
+/* One batch of a topic's events needing more sends than a turn makes (EVENTS_TOPIC_TURN_SENDS:
+ * 2 devices x 600 events) continues in the next turns; one with more events than its lane holds
+ * (EVENTS_LANE_MAX) is read from the topic's log. Either way every device gets every event once,
+ * in order. */
+static void test_topic_burst_keeps_order(void **state)
+{
+    (void)state;
+    test_app *saved;
+    lagoon_client *saved_c;
+    own_app(&saved, &saved_c, tweak_gated);
+    enum { TURNS = 600, OVERFLOW = EVENTS_LANE_MAX + 100 };
+    char gt[65];
+    topic_burst b = {{lagoon_v1_Topic_Kind_GROUP, 9}, test_verified_user(T, C, "gia", 1, gt), 0};
+    store_error err;
+    assert_int_equal(store_write(T->app->db, write_topic_burst, &b, &err), LAGOON_OK);
+    device d[2];
+    subscribe(&d[0], gt, 0);
+    subscribe(&d[1], gt, 0);
+    lagoon_v1_Event *ev = malloc(sizeof(*ev));
+    assert_non_null(ev);
+    b.user = 0;
+    uint64_t seq = 0;
+    for (int round = 0; round < 2; round++) {
+        b.n = round ? OVERFLOW : TURNS;
+        router_hold();
+        assert_int_equal(store_write(T->app->db, write_topic_burst, &b, &err), LAGOON_OK);
+        router_release();
+        for (int i = 0; i < 2; i++)
+            for (uint64_t want = seq + 1; want <= seq + (uint64_t)b.n; want++)
+                next_topic_seq(&d[i], want, ev);
+        seq += (uint64_t)b.n;
+    }
+    unsubscribe(&d[0]);
+    unsubscribe(&d[1]);
+    free(ev);
+    own_app_end(saved, saved_c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1508,6 +1581,7 @@ int main(void)
         cmocka_unit_test(test_quiet_user_not_behind_a_flood),
         cmocka_unit_test(test_token_expiry_ends_streams),
         cmocka_unit_test(test_stream_keeps_its_tokens_expiry),
+        cmocka_unit_test(test_topic_burst_keeps_order),
     };
     return cmocka_run_group_tests_name("events", tests, setup, teardown);
 }

@@ -1376,11 +1376,20 @@ static int topic_position(const subscriber *s, const membership *m, const lagoon
     if (!resume)
         return 0;
     *pos = m->joined_seq;
+    int given = 0; /* the client sent a position for this topic */
     for (pb_size_t i = 0; i < s->ncursor; i++) {
         const lagoon_v1_TopicPosition *c = &s->cursor[i];
-        if ((uint32_t)c->topic.kind == m->kind && c->topic.id == m->topic_id && c->seq > *pos)
-            *pos = c->seq;
+        if ((uint32_t)c->topic.kind == m->kind && c->topic.id == m->topic_id) {
+            given = 1;
+            if (c->seq > *pos)
+                *pos = c->seq;
+        }
     }
+    /* Without a position of its own the client asked for what is kept: from the join, or from
+     * the oldest event kept when retention has passed the join (the membership event that
+     * follows `subscribed` says where). Only a position the client holds must be exact. */
+    if (!given && *pos < f->last_seq && f->first_seq > *pos + 1)
+        *pos = f->first_seq - 1;
     if (*pos > f->last_seq) {
         snprintf(msg, cap, "topic %u/%llu: seq %llu is ahead of its log (at %llu): reload it, then subscribe "
                  "without its position", (unsigned)m->kind, (unsigned long long)m->topic_id,
@@ -1486,7 +1495,8 @@ static void sub_start(realtime *rt, subscriber *s)
         sub_end(rt, s, st, msg);
         return;
     }
-    if (s->since > f.last_seq || (resume && f.first_seq > s->since + 1)) {
+    /* since 0 (with topic positions) replays what the user's log keeps, from its start. */
+    if (s->since > f.last_seq || (s->since != 0 && f.first_seq > s->since + 1)) {
         snprintf(msg, sizeof(msg),
                  s->since > f.last_seq ? "since=%llu is ahead of the log (at %llu): reload, then subscribe without since"
                                        : "events after %llu are no longer kept (oldest %llu): reload, then subscribe "
@@ -1500,6 +1510,8 @@ static void sub_start(realtime *rt, subscriber *s)
     hello.payload.subscribed.current_seq = f.last_seq;
     hello.created_at = app_now(rt->a);
     s->last_sent = resume ? s->since : f.last_seq;
+    if (resume && s->since == 0 && f.first_seq > 1)
+        s->last_sent = f.first_seq - 1; /* since 0: from the oldest the log keeps */
     if (sub_send(rt, s, &hello) != 0)
         return;
     /* Where each topic continues from: the client keeps these as its positions. */

@@ -110,7 +110,8 @@ static int set_option(const rpc_option *op, const char *v, char *err, size_t err
         errno = 0;
         unsigned long long n = strtoull(v, &end, 10);
         int zero_ok = (op->flags & RPC_OPTION_ZERO_DEFAULT) && n == 0;
-        if (*v == '\0' || *end || errno || v[0] == '-' || ((n < op->min || n > op->max) && !zero_ok)) {
+        /* Digits only: strtoull would skip blanks and accept a sign ("-4294967295" is 1). */
+        if (v[0] < '0' || v[0] > '9' || *end || errno || ((n < op->min || n > op->max) && !zero_ok)) {
             snprintf(err, errlen, "--%s: '%s' is not a whole number in %u..%u%s", op->name, v, op->min, op->max,
                      op->flags & RPC_OPTION_ZERO_DEFAULT ? " (or 0 for the default)" : "");
             return -1;

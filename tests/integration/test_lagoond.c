@@ -400,6 +400,12 @@ static void test_help_prints_app_settings(void **state)
     snprintf(cmd, sizeof(cmd), "LAGOON_SYNC=sometimes %s 2>&1", LAGOOND_PATH);
     assert_int_equal(run(cmd, out, sizeof(out)), 2);
     assert_non_null(strstr(out, "(from LAGOON_SYNC)"));
+    /* Digits only: a sign or a blank would let strtoull wrap "-4294967295" round to 1. */
+    snprintf(cmd, sizeof(cmd), "LAGOON_MAX_SESSIONS=' -4294967295' %s 2>&1", LAGOOND_PATH);
+    assert_int_equal(run(cmd, out, sizeof(out)), 2);
+    assert_non_null(strstr(out, "(from LAGOON_MAX_SESSIONS)"));
+    snprintf(cmd, sizeof(cmd), "%s --max-sessions +5 2>&1", LAGOOND_PATH);
+    assert_int_equal(run(cmd, out, sizeof(out)), 2);
 }
 
 /* --max-sessions (an app_config field that became a flag): with 1, a second sign-in ends the

@@ -642,6 +642,85 @@ static void test_resume_without_position_starts_at_join(void **state)
     free(ev);
 }
 
+/* Retention short (5 events per log) for the next test. */
+static void tweak_short(app_config *acfg, rpc_config *cfg)
+{
+    test_tweak_shared(acfg, cfg);
+    acfg->event_retention_count = 5;
+    acfg->subscriber_backlog = 64 * 1024;
+}
+
+static int setup_short(void **state)
+{
+    (void)state;
+    T = calloc(1, sizeof(*T));
+    test_app_start(T, tweak_short);
+    C = test_client(T);
+    return 0;
+}
+
+/* Retention has passed both a member's join and the start of its own log: a resume that names
+ * no position of that topic, and since 0, is told where each source starts (the oldest kept)
+ * instead of being refused with no way to recover. A position the client does hold, older than
+ * what is kept, is still OUT_OF_RANGE. */
+static void test_resume_after_retention_passed_the_join(void **state)
+{
+    (void)state;
+    char at[65], bt[65];
+    uint64_t ann = test_verified_user(T, C, "rann", 1, at);
+    test_verified_user(T, C, "rbob", 1, bt);
+    lagoon_v1_Topic tp = topic(lagoon_v1_Topic_Kind_GROUP, 801);
+    members(tp, &ann, 1, 0);
+    for (int i = 0; i < 30; i++)
+        publish(tp, "old");
+    for (int i = 0; i < 12; i++) /* ann's own log: 12 messages' events, 5 kept */
+        send_text(bt, ann, "hello");
+    lagoon_v1_SubscribeRequest req = lagoon_v1_SubscribeRequest_init_zero;
+    req.since = 0;
+    req.topics_count = 1; /* a position of another topic only: resume mode, none for tp */
+    req.topics[0].has_topic = true;
+    req.topics[0].topic = topic(lagoon_v1_Topic_Kind_GROUP, 802);
+    req.topics[0].seq = 0;
+    device d;
+    subscribe_at(&d, at, &req);
+    lagoon_v1_Event *ev = calloc(1, sizeof(*ev));
+    assert_non_null(ev);
+    expect_membership(&d, tp, 1, 25, ev); /* 26..30 are kept */
+    /* The two sources replay side by side, each in order: tp from 26, ann's log from its
+     * oldest kept event. */
+    uint64_t next_topic = 26, first_own = 0, last_own = 0;
+    for (int i = 0; i < 40 && (next_topic <= 30 || last_own < d.current_seq); i++) {
+        next_event(&d, ev);
+        if (is_topic(ev, tp)) {
+            assert_int_equal(ev->which_payload, lagoon_v1_Event_topic_text_tag);
+            assert_int_equal(ev->seq, next_topic++);
+        } else {
+            assert_false(ev->has_topic);
+            if (first_own == 0)
+                first_own = ev->seq;
+            else
+                assert_int_equal(ev->seq, last_own + 1);
+            last_own = ev->seq;
+        }
+    }
+    assert_int_equal(next_topic, 31);
+    assert_int_equal(last_own, d.current_seq);
+    assert_true(first_own > 1); /* the log's start was trimmed: what is kept came, from its oldest */
+    unsubscribe(&d);
+    /* The client's own position 10 of tp is older than what is kept: refused, naming it. */
+    req.topics[0].topic = tp;
+    req.topics[0].seq = 10;
+    lagoon_client *c = test_client(T);
+    lagoon_set_token(c, at);
+    lagoon_stream *s;
+    assert_int_equal(lagoon_Events_Subscribe(c, &req, &s), LAGOON_OK);
+    assert_int_equal(lagoon_stream_recv_timeout(s, ev, WAIT_MS), 0);
+    assert_int_equal(lagoon_stream_finish(s, NULL), LAGOON_OUT_OF_RANGE);
+    assert_non_null(strstr(lagoon_last_error(c)->detail.message, "no longer kept"));
+    lagoon_close(c);
+    free(ev);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -654,6 +733,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cursor_ahead_is_out_of_range, setup, teardown),
         cmocka_unit_test_setup_teardown(test_join_cap, setup, teardown),
         cmocka_unit_test_setup_teardown(test_resume_without_position_starts_at_join, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_resume_after_retention_passed_the_join, setup_short, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

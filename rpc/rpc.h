@@ -165,6 +165,11 @@ const wire_method *rpc_call_method(const rpc_call *c);
 const char *rpc_call_peer(const rpc_call *c);            /* "127.0.0.1:51234" */
 const char *rpc_call_request_id(const rpc_call *c);      /* "" if none */
 const char *rpc_call_idempotency_key(const rpc_call *c); /* "" if none */
+/* The structs the handler was given: the decoded request (the latest message of a
+ * streaming-input call), and the response struct (what a unary or client-streaming method
+ * answers; unused by the others). */
+const void *rpc_call_request(const rpc_call *c);
+void *rpc_call_response(rpc_call *c);
 /* The loop the call lives on: for timers of a streaming handler. Loop thread only. */
 struct event_base *rpc_call_base(const rpc_call *c);
 /* Non-zero once the call has ended (cancelled, deadline, disconnect, finished). Any thread. */
@@ -173,6 +178,14 @@ int rpc_call_done(const rpc_call *c);
  * messages sent from other threads still on their way): lets a streaming handler notice a
  * reader that cannot keep up. Any thread that holds the call. */
 size_t rpc_call_backlog(const rpc_call *c);
+
+/* Memory of the call's own: size bytes, zeroed and 16-byte aligned, that live until the call is
+ * freed (after rpc_call_finish and whatever still holds the call), when destroy(p) runs first
+ * (NULL: nothing to run). For a handler's per-call state, so that no path of a kept call has
+ * to free it. Counted against max-connection-memory and max-server-memory-mib like the call
+ * itself. NULL when size exceeds RPC_CALL_ALLOC_MAX, a memory limit would be passed, or out of
+ * memory. The thread that holds the call. */
+void *rpc_call_alloc(rpc_call *c, size_t size, void (*destroy)(void *p));
 
 /* Sets the status message sent with the reply and returns status, so handlers can write
  * `return rpc_call_error(c, LAGOON_NOT_FOUND, "no user %llu", id);`. */

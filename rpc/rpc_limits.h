@@ -64,4 +64,8 @@
       "tens of milliseconds of one core, so a longer queue only means later failures; when full, " \
       "sign-ins are refused with RESOURCE_EXHAUSTED and other work is unaffected.")
 
+/* Largest single block rpc_call_alloc hands out: handlers' per-call state (a write's
+ * arguments, a prepared row), never sized by the client. */
+#define RPC_CALL_ALLOC_MAX (1u << 20)
+
 #endif

@@ -161,7 +161,16 @@ struct rpc_call {
     char request_id[65];
     char idempotency_key[129];
     lagoon_v1_ResponseMeta *rmeta; /* allocated on first error detail */
+    struct call_block *blocks;     /* rpc_call_alloc's, newest first: freed with the call */
     void *req, *resp;             /* nanopb structs, in the same allocation */
+};
+
+/* A block of a call's own memory (rpc_call_alloc). */
+struct call_block {
+    struct call_block *next;
+    void (*destroy)(void *p);
+    size_t size;
+    _Alignas(16) unsigned char data[];
 };
 
 struct rpc_server {
@@ -491,6 +500,27 @@ static void call_mem_add(rpc_call *call, size_t n)
     atomic_fetch_add(&call->server->held, n);
 }
 
+void *rpc_call_alloc(rpc_call *c, size_t size, void (*destroy)(void *p))
+{
+    if (size > RPC_CALL_ALLOC_MAX)
+        return NULL;
+    size_t n = sizeof(struct call_block) + size;
+    /* The same budget as the call's own allocation: a handler's per-call memory counts
+     * against max-connection-memory and max-server-memory-mib like its request does. */
+    if (atomic_load(&c->conn->calls_mem) + n > (size_t)c->server->cfg.max_connection_memory ||
+        atomic_load(&c->server->held) + n > (size_t)c->server->cfg.max_server_memory_mib << 20)
+        return NULL;
+    struct call_block *b = calloc(1, n);
+    if (b == NULL)
+        return NULL;
+    b->destroy = destroy;
+    b->size = size;
+    b->next = c->blocks;
+    c->blocks = b;
+    call_mem_add(c, n);
+    return b->data;
+}
+
 /* One allocation holds the call, its request and its response struct. */
 static size_t call_alloc_size(const rpc_route *route)
 {
@@ -557,6 +587,13 @@ static void call_unref(rpc_call *call)
             explicit_bzero(call->resp, m->response_size);
     }
     free(call->rmeta);
+    while (call->blocks) {
+        struct call_block *b = call->blocks;
+        call->blocks = b->next;
+        if (b->destroy)
+            b->destroy(b->data);
+        free(b);
+    }
     rpc_conn *conn = call->conn;
     atomic_fetch_sub(&conn->calls_mem, call->mem);
     atomic_fetch_sub(&call->server->held, call->mem);
@@ -865,6 +902,8 @@ const rpc_caller *rpc_call_caller(const rpc_call *c) { return &c->caller; }
 const wire_method *rpc_call_method(const rpc_call *c) { return c->route ? c->route->method : NULL; }
 const char *rpc_call_request_id(const rpc_call *c) { return c->request_id; }
 const char *rpc_call_idempotency_key(const rpc_call *c) { return c->idempotency_key; }
+const void *rpc_call_request(const rpc_call *c) { return c->req; }
+void *rpc_call_response(rpc_call *c) { return c->resp; }
 struct event_base *rpc_call_base(const rpc_call *c) { return c->loop->base; }
 int rpc_call_done(const rpc_call *c) { return atomic_load(&c->done); }
 

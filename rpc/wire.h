@@ -193,6 +193,7 @@ typedef struct wire_method {
     uint8_t kind;                       /* enum wire_kind */
     uint8_t access;                     /* lagoon_v1_Access */
     uint8_t secrets;                    /* WIRE_SECRET_*: (lagoon.v1.secret) fields in its messages */
+    uint8_t idempotent;                 /* (lagoon.v1.idempotent): RequestMeta.idempotency_key is honoured */
 } wire_method;
 
 /* wire_method.secrets: the request or response holds a field marked (lagoon.v1.secret)

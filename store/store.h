@@ -179,7 +179,7 @@ typedef struct store_txn store_txn;
 typedef int (*store_migrate_fn)(store_txn *t, uint32_t from, void *arg, store_error *err);
 
 /* Every table of the application, and the version of their layout: the application's is
- * app_schema() (handlers/schema.c, over the generated lagoon_tables[]); tests pass their own. */
+ * app_schema() (handlers/core/schema.c, over the generated lagoon_tables[]); tests pass their own. */
 typedef struct store_schema {
     const store_table *const *tables;
     size_t ntables;
@@ -384,7 +384,7 @@ int store_stats(store *s, FILE *out, store_error *err);
 /* The lagoon-admin command line: `COMMAND --data DIR [--out DIR]`, COMMAND one of verify,
  * backup, stats (each opens the store read-only), or `--help` (usage to out, returns 0).
  * Returns the process exit status (0 ok, 1 inconsistency or failure, 2 usage, to errout).
- * schema is normally app_schema() (handlers/schema.c); tests pass theirs. */
+ * schema is normally app_schema() (handlers/core/schema.c); tests pass theirs. */
 int store_admin_main(int argc, char **argv, const store_schema *schema, FILE *out, FILE *errout);
 
 #endif

@@ -1,4 +1,4 @@
-/* The paged-read helper (handlers/paging.h): its scans over the real store of a running
+/* The paged-read helper (handlers/core/paging.h): its scans over the real store of a running
  * server (cursor and numbered pages, both directions, a key prefix, skipped rows, forged and
  * foreign tokens), its cap from the .options, and its violations through the list methods. */
 #include <setjmp.h>

@@ -87,6 +87,9 @@ static const want_index app_indexes[] = {
     {"notifications", "by_user_time", "user_id", STORE_MULTI},
     {"notifications", "unread", "is_read", STORE_MULTI},
     {"notifications", "by_collapse_key", "collapse_key", STORE_UNIQUE},
+    /* The write framework's (idempotent calls): */
+    {"idempotent_results", "by_key", "idempotency_key", STORE_UNIQUE},
+    {"idempotent_results", "by_expiry", "expires_at", STORE_MULTI},
 };
 
 typedef struct want_fkey {
@@ -109,6 +112,7 @@ static const want_fkey app_fkeys[] = {
     {"user_feeds", "user_id", "users", "by_user", STORE_CASCADE},
     {"topic_members", "user_id", "users", "by_user", STORE_CASCADE},
     {"notifications", "user_id", "users", "by_user_time", STORE_CASCADE},
+    {"idempotent_results", "user_id", "users", "by_key", STORE_CASCADE},
 };
 
 static const store_table *app_table(const char *name)
@@ -132,7 +136,7 @@ static size_t table_pos(const store_table *const *tables, size_t n, const store_
 static void test_app_layout(void **state)
 {
     (void)state;
-    assert_int_equal(LAGOON_TABLES_COUNT, 14);
+    assert_int_equal(LAGOON_TABLES_COUNT, 15);
     size_t nindexes = 0, nfkeys = 0;
     for (size_t i = 0; i < LAGOON_TABLES_COUNT; i++) {
         nindexes += lagoon_tables[i]->nindexes;

@@ -154,8 +154,84 @@ int app_access(const rpc_caller *who, uint64_t owner_id, int shared, enum app_ac
 
 /* ---- durable writes for handlers --------------------------------------------------------- */
 
-/* Runs on the writer thread once the write is durable (or failed): fills the call's
- * response, returns the call's final status. err is the write's error when status != OK. */
+/* A write method is its write function and a handler of a few lines:
+ *
+ *     static int update_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
+ *     {
+ *         const lagoon_v1_UpdateMeRequest *req = in->req;
+ *         lagoon_v1_User *u = resp;                 // the call's response, reset before each run
+ *         int st = store_get(t, &lagoon_table_users, in->who.user_id, u, err);
+ *         ...
+ *         return store_update(t, &lagoon_table_users, u, err);
+ *     }
+ *     int handle_Users_UpdateMe(rpc_call *c, const lagoon_v1_UpdateMeRequest *req, lagoon_v1_User *resp)
+ *     {
+ *         (void)req; (void)resp;                     // (rules in the .proto checked them)
+ *         return app_write_call(c, update_write, NULL);
+ *     }
+ *
+ * The framework owns the write's state: it runs the function on the store's writer inside the
+ * transaction, with every input read-only (the store replays a batch after the map grew: a
+ * function that only reads `in` and rewrites `resp` redoes the same work by construction), and
+ * ends the call once the write is durable — with the response, or with the function's refusal
+ * (store_fail: its changes are dropped; message, and a violation when it names a field).
+ * Handler state that does not fit in the request goes in app_write_args (the call's memory:
+ * freed with the call on every path). Idempotency is the framework's too: a method marked
+ * (lagoon.v1.idempotent) in its .proto runs once per (caller, method, RequestMeta.
+ * idempotency_key) for APP_IDEMPOTENCY_TTL_MS; a retry gets the first response. */
+
+/* What a write function reads. Filled by app_write_call; the function must not change it. */
+typedef struct app_write_in {
+    const app *a;
+    rpc_caller who;    /* the caller, as the handler saw it */
+    int64_t now;       /* app_now when the handler submitted: one time for the write and its replays */
+    const void *req;   /* the call's request (decoded, rules checked) */
+    const void *args;  /* the handler's app_write_args, or NULL */
+    int replayed;      /* for app_after_fn: the response is an earlier call's (same idempotency key) */
+} app_write_in;
+
+/* Runs inside the write transaction: reads in, writes the store, fills resp (the call's response
+ * struct, set to its defaults before each run). LAGOON_OK keeps the changes and answers resp;
+ * any other status (store_fail) drops them and is the call's error. app_refuse_kept refuses
+ * the call but keeps the changes. Must not block. */
+typedef int (*app_write_fn)(store_txn *t, const app_write_in *in, void *resp, store_error *err);
+
+/* Optional, on the writer thread once the write is durable or failed: side effects outside the
+ * store (give back a rate-limit token, queue a mail). status is the write's, with its error
+ * already set on the call (app_store_error); returns the call's final status. */
+typedef int (*app_after_fn)(rpc_call *call, const app_write_in *in, void *resp, int status);
+
+/* Submits fn to the store's group commit and keeps the call. Returns RPC_PENDING for the
+ * handler to return, or an error status (RESOURCE_EXHAUSTED with retry-after when the write
+ * queue is full; nothing ran). Any thread that holds the call. */
+int app_write_call(rpc_call *call, app_write_fn fn, const void *args);
+int app_write_call_then(rpc_call *call, app_write_fn fn, const void *args, app_after_fn after);
+
+/* size zeroed bytes of the call's own memory for a write's arguments (rpc_call_alloc): read
+ * through in->args, freed with the call. NULL when memory is short: answer
+ * app_out_of_memory(call). */
+void *app_write_args(rpc_call *call, size_t size);
+int app_out_of_memory(rpc_call *call);
+
+/* For a write function: refuse the call with code (and a violation naming field, when not
+ * NULL, as store_fail) while keeping what the write changed — a stolen refresh token that
+ * revokes its session, say. Returns LAGOON_OK for the function to return. */
+int app_refuse_kept(store_error *err, int code, const char *field, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* How long the response of an idempotent call is kept for its retries. */
+#define APP_IDEMPOTENCY_TTL_MS (24LL * 3600 * 1000)
+/* Responses larger than this (encoded) are not kept: a retry runs again. No idempotent
+ * method's response comes near it (IdempotentResult.response in writes.options). */
+#define APP_IDEMPOTENT_RESPONSE_MAX 65536
+/* Expired results a write that records one deletes: more than it adds, so the table stays
+ * at about what one TTL of idempotent calls leaves. */
+#define APP_IDEMPOTENT_PURGE 4
+
+/* The older form, for writes whose completion needs more than app_after_fn gives (Login's
+ * session tokens): runs on the writer thread once the write is durable (or failed), fills
+ * the call's response, returns the call's final status. err is the write's error when
+ * status != OK. */
 typedef int (*app_done_fn)(rpc_call *call, void *arg, int status, const store_error *err);
 
 /* Submits fn(arg) to the store's group commit and keeps the call; when the batch is durable

@@ -1,0 +1,262 @@
+/* app_write: the framework's durable writes (app.h, "durable writes for handlers"): a call's
+ * write function run on the store's writer, its response filled in the transaction, and
+ * generic idempotency for the methods marked (lagoon.v1.idempotent). */
+#include <pb_common.h>
+#include <pb_decode.h>
+#include <pb_encode.h>
+#include <sodium.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "app.h"
+#include "lagoon_tables.h"
+#include "log.h"
+
+/* A call's write, in the call's own memory (rpc_call_alloc): nothing to free on any path. */
+typedef struct write_call {
+    rpc_call *call;
+    app_write_in in;
+    app_write_fn fn;
+    app_after_fn after;
+    void *resp;
+    const wire_method *method;
+    int idempotent;                   /* the caller's key is honoured for this call */
+    const char *key;                  /* RequestMeta.idempotency_key (the call's) */
+    uint8_t request_hash[16];         /* BLAKE2b-128 of the encoded request */
+    store_error kept;                 /* app_refuse_kept's refusal (code 0: none) */
+} write_call;
+
+static log_limiter oversize_log;
+
+void *app_write_args(rpc_call *call, size_t size)
+{
+    return rpc_call_alloc(call, size, NULL);
+}
+
+int app_out_of_memory(rpc_call *call)
+{
+    rpc_call_retry_after(call, 100);
+    return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
+}
+
+int app_refuse_kept(store_error *err, int code, const char *field, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err->message, sizeof(err->message), fmt, ap);
+    va_end(ap);
+    snprintf(err->field, sizeof(err->field), "%s", field ? field : "");
+    err->code = code;
+    return LAGOON_OK;
+}
+
+/* ---- idempotency ---------------------------------------------------------------------------- */
+
+static bool hash_stream(pb_ostream_t *os, const pb_byte_t *buf, size_t n)
+{
+    crypto_generichash_update(os->state, buf, n);
+    return true;
+}
+
+/* BLAKE2b-128 of req as encoded, streamed: nothing allocated whatever its size. */
+static int request_hash(const wire_method *m, const void *req, uint8_t out[16])
+{
+    crypto_generichash_state h;
+    crypto_generichash_init(&h, NULL, 0, 16);
+    pb_ostream_t os = {hash_stream, &h, SIZE_MAX, 0, NULL};
+    if (!pb_encode(&os, m->request->desc, req))
+        return -1;
+    crypto_generichash_final(&h, out, 16);
+    return 0;
+}
+
+static void result_key(store_key *k, const write_call *w)
+{
+    store_key_reset(k);
+    store_key_u64(k, w->in.who.user_id);
+    store_key_u32(k, w->method->id);
+    store_key_str(k, w->key);
+}
+
+/* The response kept for this key, into w->resp: LAGOON_OK, NOT_FOUND (none, or expired: then
+ * deleted, so that this call records its own), FAILED_PRECONDITION (the key was used for
+ * another request). */
+static int result_find(store_txn *t, write_call *w, store_error *err)
+{
+    store_key k;
+    result_key(&k, w);
+    lagoon_v1_IdempotentResult r;
+    uint64_t id;
+    int st = store_get_by(t, &lagoon_table_idempotent_results, lagoon_index_idempotent_results_by_key, &k, &id, &r,
+                          err);
+    if (st != LAGOON_OK)
+        return st;
+    if (r.expires_at <= w->in.now) {
+        store_row_release(&lagoon_table_idempotent_results, &r);
+        st = store_delete(t, &lagoon_table_idempotent_results, id, err);
+        return st == LAGOON_OK ? LAGOON_NOT_FOUND : st;
+    }
+    if (sodium_memcmp(r.request_hash, w->request_hash, sizeof(r.request_hash)) != 0) {
+        store_row_release(&lagoon_table_idempotent_results, &r);
+        return store_fail(err, LAGOON_FAILED_PRECONDITION, NULL,
+                          "this idempotency key was already used for a different request");
+    }
+    wire_violation v;
+    st = LAGOON_OK;
+    if (wire_decode_trusted(w->method->response, r.response ? r.response->bytes : NULL,
+                            r.response ? r.response->size : 0, w->resp, &v) != 0)
+        st = store_fail(err, LAGOON_DATA_LOSS, NULL, "the kept response of this idempotency key cannot be read");
+    store_row_release(&lagoon_table_idempotent_results, &r);
+    return st;
+}
+
+typedef struct expired {
+    uint64_t ids[APP_IDEMPOTENT_PURGE];
+    size_t n;
+    int64_t now;
+} expired;
+
+static int collect_expired(void *arg, uint64_t id, const void *row)
+{
+    expired *e = arg;
+    const lagoon_v1_IdempotentResult *r = row;
+    if (r->expires_at > e->now || e->n == APP_IDEMPOTENT_PURGE)
+        return LAGOON_CANCELLED; /* stops the scan: the rest expire later */
+    e->ids[e->n++] = id;
+    return LAGOON_OK;
+}
+
+/* Keeps w->resp for the key's retries, and deletes a few expired results. */
+static int result_record(store_txn *t, write_call *w, store_error *err)
+{
+    long size = wire_encoded_size(w->method->response, w->resp);
+    if (size < 0)
+        return store_fail(err, LAGOON_INTERNAL, NULL, "the response cannot be encoded");
+    if (size > APP_IDEMPOTENT_RESPONSE_MAX) {
+        log_limited(&oversize_log, LOG_WARN, "%s: a %ld-byte response is not kept for idempotent retries",
+                    w->method->path, size);
+        return LAGOON_OK;
+    }
+    pb_bytes_array_t *bytes = malloc(PB_BYTES_ARRAY_T_ALLOCSIZE((size_t)size));
+    if (bytes == NULL)
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    bytes->size = (pb_size_t)size;
+    int st = LAGOON_OK;
+    if (wire_encode(w->method->response, w->resp, bytes->bytes, (size_t)size, NULL) != size)
+        st = store_fail(err, LAGOON_INTERNAL, NULL, "the response cannot be encoded");
+    lagoon_v1_IdempotentResult r = lagoon_v1_IdempotentResult_init_zero;
+    r.user_id = w->in.who.user_id;
+    r.method_id = w->method->id;
+    snprintf(r.key, sizeof(r.key), "%s", w->key);
+    memcpy(r.request_hash, w->request_hash, sizeof(r.request_hash));
+    r.expires_at = w->in.now + APP_IDEMPOTENCY_TTL_MS;
+    r.response = bytes;
+    if (st == LAGOON_OK)
+        st = store_insert(t, &lagoon_table_idempotent_results, &r, NULL, err);
+    free(bytes);
+    if (st != LAGOON_OK)
+        return st;
+    expired e = {.n = 0, .now = w->in.now};
+    store_query q = {.table = &lagoon_table_idempotent_results, .index = lagoon_index_idempotent_results_by_expiry,
+                     .page_size = APP_IDEMPOTENT_PURGE + 1};
+    store_page page;
+    st = store_scan(t, &q, collect_expired, &e, &page, err);
+    if (st == LAGOON_CANCELLED)
+        st = LAGOON_OK;
+    for (size_t i = 0; i < e.n && st == LAGOON_OK; i++)
+        st = store_delete(t, &lagoon_table_idempotent_results, e.ids[i], err);
+    return st;
+}
+
+/* ---- the write -------------------------------------------------------------------------------- */
+
+static void reset_response(write_call *w)
+{
+    const wire_msginfo *info = w->method->response;
+    if (info->has_pointers)
+        pb_release(info->desc, w->resp);
+    wire_init(info, w->resp);
+}
+
+static int run_write(store_txn *t, void *arg, store_error *err)
+{
+    write_call *w = arg;
+    reset_response(w); /* a replay starts from scratch */
+    w->kept.code = 0;
+    w->in.replayed = 0;
+    int st;
+    if (w->idempotent) {
+        st = result_find(t, w, err);
+        if (st == LAGOON_OK) {
+            w->in.replayed = 1;
+            return LAGOON_OK;
+        }
+        if (st != LAGOON_NOT_FOUND)
+            return st;
+    }
+    memset(err, 0, sizeof(*err));
+    st = w->fn(t, &w->in, w->resp, err);
+    if (st != LAGOON_OK)
+        return st;
+    if (err->code != LAGOON_OK) { /* app_refuse_kept */
+        w->kept = *err;
+        memset(err, 0, sizeof(*err));
+        return LAGOON_OK;
+    }
+    return w->idempotent ? result_record(t, w, err) : LAGOON_OK;
+}
+
+static void write_finished(void *p, int status, const store_error *err)
+{
+    write_call *w = p;
+    const store_error *e = err;
+    if (status == LAGOON_OK && w->kept.code != LAGOON_OK) {
+        status = w->kept.code;
+        e = &w->kept;
+    }
+    if (status != LAGOON_OK)
+        status = app_store_error(w->call, status, e);
+    if (w->after)
+        status = w->after(w->call, &w->in, w->resp, status);
+    rpc_call_finish(w->call, status);
+}
+
+int app_write_call_then(rpc_call *call, app_write_fn fn, const void *args, app_after_fn after)
+{
+    write_call *w = rpc_call_alloc(call, sizeof(*w), NULL);
+    if (w == NULL)
+        return app_out_of_memory(call);
+    app *a = app_of(call);
+    w->call = call;
+    w->fn = fn;
+    w->after = after;
+    w->method = rpc_call_method(call);
+    w->resp = rpc_call_response(call);
+    w->in.a = a;
+    w->in.who = *rpc_call_caller(call);
+    w->in.now = app_now(a);
+    w->in.req = rpc_call_request(call);
+    w->in.args = args;
+    w->key = rpc_call_idempotency_key(call);
+    /* Keys are the caller's: an anonymous call has no one to keep them for. A response with
+     * secrets (tokens) is never stored. */
+    w->idempotent = w->method->idempotent && w->key[0] != '\0' && w->in.who.user_id != 0 &&
+                    !(w->method->secrets & WIRE_SECRET_RESPONSE);
+    if (w->idempotent && request_hash(w->method, w->in.req, w->request_hash) != 0)
+        return rpc_call_error(call, LAGOON_INTERNAL, "the request cannot be encoded");
+    store_error err;
+    int st = store_submit(a->db, run_write, w, write_finished, w, &err);
+    if (st != LAGOON_OK) {
+        if (st == LAGOON_RESOURCE_EXHAUSTED)
+            rpc_call_retry_after(call, 100);
+        return app_store_error(call, st, &err);
+    }
+    return RPC_PENDING;
+}
+
+int app_write_call(rpc_call *call, app_write_fn fn, const void *args)
+{
+    return app_write_call_then(call, fn, args, NULL);
+}

@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "access.h"       /* app_check: resource access as relations */
 #include "app_settings.h" /* APP_SETTINGS: the fields below that lagoond takes as flags */
 #include "lagoon_idl.h" /* lagoon_v1_Role: what rpc_caller.role holds (app_access, app_grants) */
 #include "limiter.h"
@@ -142,7 +143,6 @@ void app_address_key(const char *peer, char out[APP_PEER_KEY_MAX]);
 
 /* ---- resource checks: one rule for every service ----------------------------------------- */
 
-enum app_action { APP_READ, APP_CHANGE };
 #define APP_ADMIN_OVERRIDE 1 /* flags: administrators may act on anyone's */
 
 /* May `who` do `action` to something owned by owner_id? LAGOON_OK for the owner (and for an

@@ -124,62 +124,20 @@ int handle_Users_ListStudents(rpc_call *call, const lagoon_v1_ListUsersRequest *
 
 /* ---- profile and admin updates: one read-modify-write of the user row -------------------------- */
 
-typedef struct user_op {
-    app *a;
-    uint64_t user_id;
-    uint64_t keep_session; /* ChangePassword: the caller's session survives */
-    int64_t now;
-    lagoon_v1_UpdateProfileRequest patch; /* UpdateProfile */
-    int set_role, set_active;             /* SetRole, SetActive */
-    lagoon_v1_Role role;
-    bool active;
-    char new_hash[ACCOUNT_HASH_MAX];   /* ChangePassword */
-    char password[ACCOUNT_PASSWORD_MAX + 1];     /* the current one; wiped once checked */
-    char new_password[ACCOUNT_PASSWORD_MAX + 1]; /* wiped once hashed */
-    char current_hash[ACCOUNT_HASH_MAX];
-    account_signin signin; /* ChangePassword, DeleteAccount: the attempt at the current password */
-    void *resp;
-    int public_resp;     /* resp is a PublicUser, not a UserProfile */
-    lagoon_v1_User user; /* the row as written */
-} user_op;
-
-static void user_op_free(user_op *op)
+/* User id's row into u, or NOT_FOUND "no such user". */
+static int user_load(store_txn *t, uint64_t id, lagoon_v1_User *u, store_error *err)
 {
-    sodium_memzero(op->password, sizeof(op->password));
-    sodium_memzero(op->new_password, sizeof(op->new_password));
-    free(op);
+    int st = store_get(t, &lagoon_table_users, id, u, err);
+    return st == LAGOON_NOT_FOUND ? store_fail(err, st, NULL, "no such user") : st;
 }
 
-/* The call ended before its hash: no password was tried. */
-static void user_op_drop(void *arg)
+static int profile_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
 {
-    user_op *op = arg;
-    account_signin_cancel(op->a, &op->signin);
-    user_op_free(op);
-}
-
-static user_op *user_op_new(rpc_call *call, uint64_t user_id, void *resp)
-{
-    user_op *op = calloc(1, sizeof(*op));
-    if (op == NULL) {
-        rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
-        return NULL;
-    }
-    op->a = app_of(call);
-    op->user_id = user_id;
-    op->now = app_now(op->a);
-    op->resp = resp;
-    return op;
-}
-
-static int user_update_write(store_txn *t, void *arg, store_error *err)
-{
-    user_op *op = arg;
+    const lagoon_v1_UpdateProfileRequest *p = in->req;
     lagoon_v1_User u;
-    int st = store_get(t, &lagoon_table_users, op->user_id, &u, err);
+    int st = user_load(t, in->who.user_id, &u, err);
     if (st != LAGOON_OK)
         return st;
-    const lagoon_v1_UpdateProfileRequest *p = &op->patch;
     if (p->has_full_name)
         COPY_STR(u.full_name, p->full_name);
     if (p->has_profile_image_url)
@@ -193,56 +151,17 @@ static int user_update_write(store_txn *t, void *arg, store_error *err)
         COPY_STR(u.experience_level, p->experience_level);
     if (p->has_bio)
         COPY_STR(u.bio, p->bio);
-    if (op->set_role)
-        u.role = op->role;
-    if (op->set_active)
-        u.active = op->active;
-    if (op->new_hash[0])
-        COPY_STR(u.password_hash, op->new_hash);
-    u.updated_at = op->now;
+    u.updated_at = in->now;
     st = store_update(t, &lagoon_table_users, &u, err);
-    /* A new password or a deactivation ends other sessions. */
-    if (st == LAGOON_OK && (op->new_hash[0] || (op->set_active && !op->active)))
-        st = account_revoke_sessions(t, u.id, op->keep_session, err);
-    if (st == LAGOON_OK && op->set_role)
-        st = account_sync_sessions(t, &u, err);
     if (st == LAGOON_OK)
-        op->user = u;
-    return st;
-}
-
-/* The updated user as the response: a UserProfile, or a PublicUser (op->public_resp). */
-static int user_done(rpc_call *call, void *arg, int status, const store_error *err)
-{
-    user_op *op = arg;
-    if (status == LAGOON_OK && op->public_resp)
-        account_public(&op->user, op->resp);
-    else if (status == LAGOON_OK)
-        account_profile(&op->user, op->resp);
-    else
-        status = status == LAGOON_NOT_FOUND ? rpc_call_error(call, status, "no such user")
-                                            : app_store_error(call, status, err);
-    user_op_free(op);
-    return status;
-}
-
-static int empty_done(rpc_call *call, void *arg, int status, const store_error *err)
-{
-    user_op_free(arg);
-    return status == LAGOON_OK ? LAGOON_OK : app_store_error(call, status, err);
-}
-
-static int submit(rpc_call *call, user_op *op, store_write_fn fn, app_done_fn done)
-{
-    int st = app_write(call, fn, op, done);
-    if (st != RPC_PENDING)
-        user_op_free(op);
+        account_profile(&u, resp);
     return st;
 }
 
 int handle_Users_UpdateProfile(rpc_call *call, const lagoon_v1_UpdateProfileRequest *req,
                                lagoon_v1_UserProfile *resp)
 {
+    (void)resp;
     if (req->has_full_name)
         account_check(call, "full_name", account_text_problem(req->full_name, 100, 0));
     if (req->has_profile_image_url)
@@ -263,54 +182,93 @@ int handle_Users_UpdateProfile(rpc_call *call, const lagoon_v1_UpdateProfileRequ
     }
     if (rpc_call_violations(call))
         return LAGOON_INVALID_ARGUMENT;
-    user_op *op = user_op_new(call, rpc_call_caller(call)->user_id, resp);
-    if (op == NULL)
-        return LAGOON_RESOURCE_EXHAUSTED;
-    op->patch = *req;
-    return submit(call, op, user_update_write, user_done);
+    return app_write_call(call, profile_write, NULL);
+}
+
+static int role_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
+{
+    const lagoon_v1_SetRoleRequest *req = in->req;
+    lagoon_v1_User u;
+    int st = user_load(t, req->user_id, &u, err);
+    if (st != LAGOON_OK)
+        return st;
+    u.role = req->role;
+    u.updated_at = in->now;
+    st = store_update(t, &lagoon_table_users, &u, err);
+    if (st == LAGOON_OK)
+        st = account_sync_sessions(t, &u, err); /* the sessions' copies of the role */
+    if (st == LAGOON_OK)
+        account_public(&u, resp);
+    return st;
 }
 
 int handle_Users_SetRole(rpc_call *call, const lagoon_v1_SetRoleRequest *req, lagoon_v1_PublicUser *resp)
 {
+    (void)resp;
     if (req->role != lagoon_v1_Role_STUDENT && req->role != lagoon_v1_Role_TEACHER &&
         req->role != lagoon_v1_Role_ADMIN)
         return rpc_call_violation(call, "role", "must be STUDENT, TEACHER or ADMIN");
     if (req->user_id == rpc_call_caller(call)->user_id && req->role != lagoon_v1_Role_ADMIN)
         return rpc_call_error(call, LAGOON_FAILED_PRECONDITION,
                               "administrators cannot demote themselves (ask another administrator)");
-    user_op *op = user_op_new(call, req->user_id, resp);
-    if (op == NULL)
-        return LAGOON_RESOURCE_EXHAUSTED;
-    op->set_role = 1;
-    op->role = req->role;
-    op->public_resp = 1;
-    return submit(call, op, user_update_write, user_done);
+    return app_write_call(call, role_write, NULL);
+}
+
+static int active_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
+{
+    const lagoon_v1_SetActiveRequest *req = in->req;
+    lagoon_v1_User u;
+    int st = user_load(t, req->user_id, &u, err);
+    if (st != LAGOON_OK)
+        return st;
+    u.active = req->active;
+    u.updated_at = in->now;
+    st = store_update(t, &lagoon_table_users, &u, err);
+    if (st == LAGOON_OK && !req->active) /* a deactivation ends every session */
+        st = account_revoke_sessions(t, u.id, 0, err);
+    if (st == LAGOON_OK)
+        account_profile(&u, resp);
+    return st;
 }
 
 int handle_Users_SetActive(rpc_call *call, const lagoon_v1_SetActiveRequest *req, lagoon_v1_UserProfile *resp)
 {
+    (void)resp;
     if (req->user_id == rpc_call_caller(call)->user_id && !req->active)
         return rpc_call_error(call, LAGOON_FAILED_PRECONDITION, "administrators cannot deactivate themselves");
-    user_op *op = user_op_new(call, req->user_id, resp);
-    if (op == NULL)
-        return LAGOON_RESOURCE_EXHAUSTED;
-    op->set_active = 1;
-    op->active = req->active;
-    return submit(call, op, user_update_write, user_done);
+    return app_write_call(call, active_write, NULL);
 }
 
 /* ---- password-checked changes --------------------------------------------------------------- */
 
-/* On a worker: does op->password match the account's? It is wiped either way. A wrong one
- * stays counted as a failed sign-in of the account from the caller's address (so these
- * methods cannot be used to guess passwords) and ends the call with a violation of `field`:
- * returns that status; the caller frees op. LAGOON_OK if it matches (the attempt is given
- * back: it is not a sign-in, so the pair's failures stay and it does not become known). */
-static int current_password_ok(rpc_call *call, user_op *op, const char *field)
+/* A ChangePassword or DeleteAccount between its handler and its write, in the call's memory.
+ * The passwords themselves stay in the request (wiped with the call: (lagoon.v1.secret)). */
+typedef struct password_op {
+    app *a;
+    char current_hash[ACCOUNT_HASH_MAX];
+    char new_hash[ACCOUNT_HASH_MAX]; /* ChangePassword: the write's argument */
+    account_signin signin;           /* the attempt at the current password */
+} password_op;
+
+static void password_op_wipe(void *p)
 {
-    int ok = account_verify_password(op->current_hash, op->password);
-    sodium_memzero(op->password, sizeof(op->password));
-    if (ok) {
+    sodium_memzero(p, sizeof(password_op));
+}
+
+/* The call ended before its hash: no password was tried. */
+static void password_op_drop(void *arg)
+{
+    password_op *op = arg;
+    account_signin_cancel(op->a, &op->signin);
+}
+
+/* On the hash lane: does `password` match the account's? A wrong one stays counted as a
+ * failed sign-in of the account from the caller's address (so these methods cannot be used to
+ * guess passwords) and is a violation of `field`. LAGOON_OK if it matches (the attempt is
+ * given back: it is not a sign-in, so the pair's failures stay and it does not become known). */
+static int current_password_ok(rpc_call *call, password_op *op, const char *password, const char *field)
+{
+    if (account_verify_password(op->current_hash, password)) {
         account_signin_cancel(op->a, &op->signin);
         return LAGOON_OK;
     }
@@ -318,104 +276,109 @@ static int current_password_ok(rpc_call *call, user_op *op, const char *field)
     return rpc_call_violation(call, field, "is wrong");
 }
 
-/* Runs on a worker: checks the current password, hashes the new one, writes. */
-static int change_password_work(rpc_call *call, void *arg)
+static int password_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
 {
-    user_op *op = arg;
-    app *a = op->a;
-    int st = current_password_ok(call, op, "current_password");
-    if (st == LAGOON_OK && account_hash_password(a, op->new_password, op->new_hash) != 0)
-        st = rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory hashing the password");
-    sodium_memzero(op->new_password, sizeof(op->new_password));
-    if (st != LAGOON_OK) {
-        user_op_free(op);
+    (void)resp;
+    const password_op *op = in->args;
+    lagoon_v1_User u;
+    int st = user_load(t, in->who.user_id, &u, err);
+    if (st != LAGOON_OK)
         return st;
-    }
-    return submit(call, op, user_update_write, empty_done);
+    COPY_STR(u.password_hash, op->new_hash);
+    u.updated_at = in->now;
+    st = store_update(t, &lagoon_table_users, &u, err);
+    /* A new password ends the other sessions; the caller's survives. */
+    if (st == LAGOON_OK)
+        st = account_revoke_sessions(t, u.id, in->who.session_id, err);
+    return st;
 }
 
-static int delete_write(store_txn *t, void *arg, store_error *err)
+/* On the hash lane: checks the current password, hashes the new one, writes. */
+static int change_password_work(rpc_call *call, void *arg)
 {
-    const user_op *op = arg;
-    return store_delete(t, &lagoon_table_users, op->user_id, err); /* sessions, tokens, ... cascade */
+    password_op *op = arg;
+    const lagoon_v1_ChangePasswordRequest *req = rpc_call_request(call);
+    int st = current_password_ok(call, op, req->current_password, "current_password");
+    if (st == LAGOON_OK && account_hash_password(op->a, req->new_password, op->new_hash) != 0)
+        st = rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory hashing the password");
+    return st == LAGOON_OK ? app_write_call(call, password_write, op) : st;
+}
+
+static int delete_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
+{
+    (void)resp;
+    int st = store_delete(t, &lagoon_table_users, in->who.user_id, err); /* sessions, tokens, ... cascade */
+    return st == LAGOON_NOT_FOUND ? store_fail(err, st, NULL, "no such user") : st;
 }
 
 static int delete_account_work(rpc_call *call, void *arg)
 {
-    user_op *op = arg;
-    int st = current_password_ok(call, op, "password");
-    if (st != LAGOON_OK) {
-        user_op_free(op);
-        return st;
-    }
-    return submit(call, op, delete_write, empty_done);
+    const lagoon_v1_DeleteAccountRequest *req = rpc_call_request(call);
+    int st = current_password_ok(call, arg, req->password, "password");
+    return st == LAGOON_OK ? app_write_call(call, delete_write, NULL) : st;
 }
 
-/* Loads the caller's hash; NULL (status in *st) on failure. */
-static user_op *password_op(rpc_call *call, void *resp, int *st)
+/* The caller's row (into *u, on the heap) and a password_op for it in the call's memory;
+ * NULL (status in *st) on failure. */
+static password_op *password_op_new(rpc_call *call, lagoon_v1_User **u, int *st)
 {
     uint64_t uid = rpc_call_caller(call)->user_id;
-    lagoon_v1_User *u = load_user(call, uid, st);
-    if (u == NULL)
+    *u = load_user(call, uid, st);
+    if (*u == NULL)
         return NULL;
-    user_op *op = user_op_new(call, uid, resp);
+    password_op *op = rpc_call_alloc(call, sizeof(*op), password_op_wipe);
     if (op == NULL) {
-        free(u);
-        *st = LAGOON_RESOURCE_EXHAUSTED;
+        free(*u);
+        *st = app_out_of_memory(call);
         return NULL;
     }
-    COPY_STR(op->current_hash, u->password_hash);
+    op->a = app_of(call);
+    COPY_STR(op->current_hash, (*u)->password_hash);
     account_signin_user(op->signin.account, uid);
     app_peer_key(call, op->signin.address);
-    op->user = *u;
-    free(u);
     return op;
 }
 
 /* The sign-in throttle, then fn on the hash lane. The attempt is counted before it is
- * deferred (attempts pipelined behind it see it) and given back if it never runs. Frees op
- * unless it is handed on. */
-static int check_password_later(rpc_call *call, user_op *op, rpc_work_fn fn)
+ * deferred (attempts pipelined behind it see it) and given back if it never runs. */
+static int check_password_later(rpc_call *call, password_op *op, rpc_work_fn fn)
 {
     uint32_t wait = account_signin_begin(op->a, &op->signin, app_now(op->a));
     if (wait) {
-        user_op_free(op);
         rpc_call_retry_after(call, wait);
         return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "too many wrong passwords; retry in %u s",
                               (wait + 999) / 1000);
     }
-    int st = rpc_call_defer(call, RPC_LANE_HASH, fn, user_op_drop, op);
-    if (st != RPC_PENDING) {
+    int st = rpc_call_defer(call, RPC_LANE_HASH, fn, password_op_drop, op);
+    if (st != RPC_PENDING)
         account_signin_cancel(op->a, &op->signin);
-        user_op_free(op);
-    }
     return st;
 }
 
 int handle_Users_ChangePassword(rpc_call *call, const lagoon_v1_ChangePasswordRequest *req,
                                 lagoon_v1_UsersEmpty *resp)
 {
+    (void)resp;
     int st;
-    user_op *op = password_op(call, resp, &st);
+    lagoon_v1_User *u;
+    password_op *op = password_op_new(call, &u, &st);
     if (op == NULL)
         return st;
-    if (!account_check(call, "new_password", account_password_problem(req->new_password, op->user.email, op->user.username))) {
-        user_op_free(op);
-        return LAGOON_INVALID_ARGUMENT;
-    }
-    op->keep_session = rpc_call_caller(call)->session_id;
-    COPY_STR(op->password, req->current_password);
-    COPY_STR(op->new_password, req->new_password);
-    return check_password_later(call, op, change_password_work);
+    int ok = account_check(call, "new_password", account_password_problem(req->new_password, u->email, u->username));
+    free(u);
+    return ok ? check_password_later(call, op, change_password_work) : LAGOON_INVALID_ARGUMENT;
 }
 
 int handle_Users_DeleteAccount(rpc_call *call, const lagoon_v1_DeleteAccountRequest *req,
                                lagoon_v1_UsersEmpty *resp)
 {
+    (void)req;
+    (void)resp;
     int st;
-    user_op *op = password_op(call, resp, &st);
+    lagoon_v1_User *u;
+    password_op *op = password_op_new(call, &u, &st);
     if (op == NULL)
         return st;
-    COPY_STR(op->password, req->password);
+    free(u);
     return check_password_later(call, op, delete_account_work);
 }

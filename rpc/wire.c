@@ -846,10 +846,11 @@ static uint32_t utf8_chars(const char *s)
     return n;
 }
 
-static int rule_number(const wire_rule *r, const void *msg, int64_t *out, int *is_unsigned_big)
+/* The value of a number rule at p, widened; *above is set for a uint64 past INT64_MAX (above
+ * any max an int64 can say). 0 if the rule is not a number's. */
+static int rule_number(const wire_rule *r, const uint8_t *p, int64_t *out, int *above)
 {
-    const uint8_t *p = (const uint8_t *)msg + r->offset;
-    *is_unsigned_big = 0;
+    *above = 0;
     switch (r->type) {
     case WIRE_RULE_U32: { uint32_t v; memcpy(&v, p, sizeof(v)); *out = v; return 1; }
     case WIRE_RULE_I32: { int32_t v; memcpy(&v, p, sizeof(v)); *out = v; return 1; }
@@ -858,8 +859,8 @@ static int rule_number(const wire_rule *r, const void *msg, int64_t *out, int *i
     case WIRE_RULE_U64: {
         uint64_t v;
         memcpy(&v, p, sizeof(v));
-        *is_unsigned_big = v > (uint64_t)INT64_MAX; /* above any max an int64 can say */
-        *out = *is_unsigned_big ? INT64_MAX : (int64_t)v;
+        *above = v > (uint64_t)INT64_MAX;
+        *out = *above ? INT64_MAX : (int64_t)v;
         return 1;
     }
     case WIRE_RULE_BOOL: { bool v; memcpy(&v, p, sizeof(v)); *out = v; return 1; }
@@ -868,51 +869,210 @@ static int rule_number(const wire_rule *r, const void *msg, int64_t *out, int *i
     }
 }
 
-int wire_check_rules(const wire_msginfo *info, const void *msg, wire_rule_report_fn report, void *arg)
+static int ascii_alpha(char c)
 {
-    int broken = 0;
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
+
+static int ascii_alnum(char c)
+{
+    return ascii_alpha(c) || (c >= '0' && c <= '9');
+}
+
+const char *wire_url_problem(const char *s)
+{
+    if (s[0] == '\0')
+        return NULL;
+    size_t scheme = strncmp(s, "https://", 8) == 0 ? 8 : strncmp(s, "http://", 7) == 0 ? 7 : 0;
+    int ok = scheme > 0 && s[scheme] != '\0';
+    for (const char *p = s; ok && *p; p++)
+        ok = (uint8_t)*p > 0x20 && (uint8_t)*p < 0x7F;
+    return ok ? NULL : "must be an http:// or https:// URL without spaces";
+}
+
+/* A domain of an email address: at least two dot-separated labels of 1-63 letters, digits and
+ * hyphens (not first or last), the last at least 2 letters. */
+static int email_domain_ok(const char *d)
+{
+    int labels = 0;
+    const char *label = d;
+    for (const char *p = d;; p++) {
+        if (*p != '.' && *p != '\0') {
+            if (!ascii_alnum(*p) && *p != '-')
+                return 0;
+            continue;
+        }
+        size_t n = (size_t)(p - label);
+        if (n < 1 || n > 63 || label[0] == '-' || p[-1] == '-')
+            return 0;
+        labels++;
+        if (*p == '\0') {
+            for (const char *q = label; q < p; q++)
+                if (!ascii_alpha(*q))
+                    return 0;
+            return labels >= 2 && n >= 2;
+        }
+        label = p + 1;
+    }
+}
+
+const char *wire_email_problem(const char *s)
+{
+    static const char *const bad = "is not a valid email address";
+    const char *at = strchr(s, '@');
+    if (at == NULL || at == s || strchr(at + 1, '@') != NULL || at - s > 64 || strlen(s) > 254)
+        return bad;
+    /* The local part: RFC 5322's dot-atom. */
+    for (const char *p = s; p < at; p++)
+        if (!ascii_alnum(*p) && strchr(".!#$%&'*+/=?^_`{|}~-", *p) == NULL)
+            return bad;
+    if (s[0] == '.' || at[-1] == '.' || strstr(s, "..") != NULL)
+        return bad;
+    return email_domain_ok(at + 1) ? NULL : bad;
+}
+
+/* "must be A, B or C": the names of the enum values that pass r's other rules. */
+static void rule_enum_names(const wire_rule *r, char *why, size_t cap)
+{
+    size_t ok[64], n = 0;
+    for (size_t k = 0; k < r->nvalues && n < sizeof(ok) / sizeof(ok[0]); k++) {
+        int64_t v = r->values[k];
+        if (((r->flags & WIRE_RULE_REQUIRED) && v == 0) || ((r->flags & WIRE_RULE_HAS_MIN) && v < r->min) ||
+            ((r->flags & WIRE_RULE_HAS_MAX) && v > r->max))
+            continue;
+        ok[n++] = k;
+    }
+    if (n == 0) {
+        snprintf(why, cap, "has no value that its rules allow");
+        return;
+    }
+    size_t used = (size_t)snprintf(why, cap, "must be %s", r->value_names[ok[0]]);
+    for (size_t i = 1; i < n && used < cap; i++)
+        used += (size_t)snprintf(why + used, cap - used, "%s%s", i + 1 == n ? " or " : ", ",
+                                 r->value_names[ok[i]]);
+}
+
+static void rule_check_number(const wire_rule *r, int64_t v, int above, int present_only, char *why, size_t cap)
+{
+    int required_broken = (r->flags & WIRE_RULE_REQUIRED) && v == 0 && !present_only;
+    if (r->flags & WIRE_RULE_DEFINED) {
+        /* An enum's every fault says which values it takes, as the handlers said it. */
+        size_t k = 0;
+        while (k < r->nvalues && r->values[k] != v)
+            k++;
+        if (required_broken || k == r->nvalues || ((r->flags & WIRE_RULE_HAS_MIN) && v < r->min) ||
+            ((r->flags & WIRE_RULE_HAS_MAX) && v > r->max))
+            rule_enum_names(r, why, cap);
+    } else if (required_broken) {
+        snprintf(why, cap, "is required");
+    } else if ((r->flags & WIRE_RULE_HAS_MIN) && v < r->min) {
+        if (r->min == 1)
+            snprintf(why, cap, "must be positive");
+        else
+            snprintf(why, cap, "must be at least %lld", (long long)r->min);
+    } else if ((r->flags & WIRE_RULE_HAS_MAX) && (above || v > r->max)) {
+        snprintf(why, cap, "must be at most %lld", (long long)r->max);
+    }
+}
+
+/* present_only: the field has presence (optional, oneof), so REQUIRED meant "present" and is
+ * met; an item: REQUIRED means not empty, like NOT_EMPTY. */
+static void rule_check_string(const wire_rule *r, const char *str, int present_only, int item, char *why,
+                              size_t cap)
+{
+    if (str == NULL)
+        str = "";
+    uint32_t chars = utf8_chars(str);
+    const char *problem = NULL;
+    if (chars == 0 && (r->flags & WIRE_RULE_REQUIRED) && !present_only && !item)
+        snprintf(why, cap, "is required");
+    else if (chars == 0 && ((r->flags & WIRE_RULE_NOT_EMPTY) || (item && (r->flags & WIRE_RULE_REQUIRED))))
+        snprintf(why, cap, "must not be empty");
+    else if (((r->flags & WIRE_RULE_SINGLE_LINE) && strpbrk(str, "\t\r\n") != NULL) ||
+             ((r->flags & WIRE_RULE_NO_CR) && strchr(str, '\r') != NULL))
+        snprintf(why, cap, "must not contain control characters");
+    else if (r->min_chars && chars < r->min_chars)
+        snprintf(why, cap, "must be at least %u characters", r->min_chars);
+    else if (r->max_chars && chars > r->max_chars)
+        snprintf(why, cap, "must be at most %u characters", r->max_chars);
+    else if ((r->flags & WIRE_RULE_URL) && (problem = wire_url_problem(str)) != NULL)
+        snprintf(why, cap, "%s", problem);
+    else if ((r->flags & WIRE_RULE_EMAIL) && (problem = wire_email_problem(str)) != NULL)
+        snprintf(why, cap, "%s", problem);
+}
+
+/* A string, number or enum value at p (a field, or one item of a repeated field). */
+static void rule_check_value(const wire_rule *r, const uint8_t *p, int present_only, int item, char *why,
+                             size_t cap)
+{
+    int64_t v;
+    int above;
+    if (rule_number(r, p, &v, &above)) {
+        rule_check_number(r, v, above, present_only, why, cap);
+    } else if (r->type == WIRE_RULE_STRING) {
+        rule_check_string(r, (const char *)p, present_only, item, why, cap);
+    } else if (r->type == WIRE_RULE_STRING_PTR) {
+        const char *str;
+        memcpy(&str, p, sizeof(str));
+        rule_check_string(r, str, present_only, item, why, cap);
+    }
+}
+
+static int rule_present(const wire_rule *r, const uint8_t *msg)
+{
+    if (r->presence == WIRE_PRESENT_HAS) {
+        bool has;
+        memcpy(&has, msg + r->presence_offset, sizeof(has));
+        return has;
+    }
+    if (r->presence == WIRE_PRESENT_WHICH) {
+        pb_size_t which;
+        memcpy(&which, msg + r->presence_offset, sizeof(which));
+        return which == r->tag;
+    }
+    return 1;
+}
+
+typedef struct rule_walk {
+    wire_rule_report_fn report;
+    void *arg;
+    int broken;
+} rule_walk;
+
+static void rule_report(rule_walk *w, const char *prefix, const char *field, const char *why)
+{
+    char path[128];
+    snprintf(path, sizeof(path), "%s%s", prefix, field);
+    w->report(w->arg, path, why);
+    w->broken++;
+}
+
+static void rule_check_msg(const wire_msginfo *info, const uint8_t *msg, const char *prefix, int depth,
+                           rule_walk *w)
+{
     char why[160];
     for (size_t i = 0; i < info->nrules; i++) {
         const wire_rule *r = &info->rules[i];
-        const uint8_t *p = (const uint8_t *)msg + r->offset;
+        const uint8_t *p = msg + r->offset;
         why[0] = '\0';
-        int64_t v;
-        int big;
-        if (rule_number(r, msg, &v, &big)) {
-            if ((r->flags & WIRE_RULE_REQUIRED) && v == 0)
-                snprintf(why, sizeof(why), "is required");
-            else if ((r->flags & WIRE_RULE_HAS_MIN) && v < r->min)
-                snprintf(why, sizeof(why), "must be at least %lld", (long long)r->min);
-            else if ((r->flags & WIRE_RULE_HAS_MAX) && (big || v > r->max))
-                snprintf(why, sizeof(why), "must be at most %lld", (long long)r->max);
-            else if (r->flags & WIRE_RULE_DEFINED) {
-                size_t k = 0;
-                while (k < r->nvalues && r->values[k] != v)
-                    k++;
-                if (k == r->nvalues)
-                    snprintf(why, sizeof(why), "%lld is not one of its defined values", (long long)v);
-            }
-        } else if (r->type == WIRE_RULE_STRING || r->type == WIRE_RULE_STRING_PTR) {
-            const char *str = (const char *)p;
-            if (r->type == WIRE_RULE_STRING_PTR)
-                memcpy(&str, p, sizeof(str));
-            if (str == NULL)
-                str = "";
-            uint32_t chars = utf8_chars(str);
-            if ((r->flags & WIRE_RULE_REQUIRED) && chars == 0)
-                snprintf(why, sizeof(why), "is required");
-            else if (r->min_chars && chars < r->min_chars)
-                snprintf(why, sizeof(why), "must be at least %u characters (has %u)", r->min_chars, chars);
-            else if (r->max_chars && chars > r->max_chars)
-                snprintf(why, sizeof(why), "must be at most %u characters (has %u)", r->max_chars, chars);
-            else if ((r->flags & WIRE_RULE_SINGLE_LINE) && strpbrk(str, "\t\r\n") != NULL)
-                snprintf(why, sizeof(why), "must be a single line (no tab, line feed or carriage return)");
-        } else if (r->type == WIRE_RULE_MESSAGE) {
-            bool has;
-            memcpy(&has, p, sizeof(has));
-            if ((r->flags & WIRE_RULE_REQUIRED) && !has)
-                snprintf(why, sizeof(why), "is required");
-        } else if (r->type == WIRE_RULE_REPEATED) {
+        int has_presence = r->presence != WIRE_PRESENT_ALWAYS;
+        if (has_presence && !rule_present(r, msg)) {
+            if (r->flags & WIRE_RULE_REQUIRED)
+                rule_report(w, prefix, r->field, "is required");
+            continue;
+        }
+        if (r->type == WIRE_RULE_MESSAGE) {
+            if (r->sub == NULL || r->sub->nrules == 0)
+                continue;
+            char sub[128];
+            snprintf(sub, sizeof(sub), "%s%s.", prefix, r->field);
+            if (depth + 1 > WIRE_RULES_MAX_DEPTH)
+                rule_report(w, prefix, r->field, "messages nested too deep for their rules");
+            else
+                rule_check_msg(r->sub, p, sub, depth + 1, w);
+            continue;
+        }
+        if (r->type == WIRE_RULE_REPEATED) {
             pb_size_t n;
             memcpy(&n, p, sizeof(n));
             if ((r->flags & WIRE_RULE_REQUIRED) && n == 0)
@@ -921,11 +1081,33 @@ int wire_check_rules(const wire_msginfo *info, const void *msg, wire_rule_report
                 snprintf(why, sizeof(why), "must have at least %u items (has %u)", r->min_items, (unsigned)n);
             else if (r->max_items && n > r->max_items)
                 snprintf(why, sizeof(why), "must have at most %u items (has %u)", r->max_items, (unsigned)n);
+            if (why[0])
+                rule_report(w, prefix, r->field, why);
+            /* Items are checked whatever the count says: each fault names its own item. */
+            if (r->item == NULL)
+                continue;
+            /* A static array (protoc-gen-lagoon refuses item rules on FT_POINTER fields). */
+            const uint8_t *items = msg + r->item->offset;
+            for (pb_size_t k = 0; k < n; k++) {
+                why[0] = '\0';
+                rule_check_value(r->item, items + (size_t)k * r->item_size, 0, 1, why, sizeof(why));
+                if (why[0]) {
+                    char name[128];
+                    snprintf(name, sizeof(name), "%s[%u]", r->field, (unsigned)k);
+                    rule_report(w, prefix, name, why);
+                }
+            }
+            continue;
         }
-        if (why[0]) {
-            report(arg, r->field, why);
-            broken++;
-        }
+        rule_check_value(r, p, has_presence, 0, why, sizeof(why));
+        if (why[0])
+            rule_report(w, prefix, r->field, why);
     }
-    return broken;
+}
+
+int wire_check_rules(const wire_msginfo *info, const void *msg, wire_rule_report_fn report, void *arg)
+{
+    rule_walk w = {report, arg, 0};
+    rule_check_msg(info, msg, "", 0, &w);
+    return w.broken;
 }

@@ -148,25 +148,54 @@ enum wire_rule_type {
     WIRE_RULE_U32 = 1, WIRE_RULE_I32, WIRE_RULE_U64, WIRE_RULE_I64, WIRE_RULE_BOOL, WIRE_RULE_ENUM,
     WIRE_RULE_STRING,     /* a char array in the struct */
     WIRE_RULE_STRING_PTR, /* a char * (FT_POINTER) */
-    WIRE_RULE_MESSAGE,    /* a submessage: offset is its has_ flag */
-    WIRE_RULE_REPEATED,   /* offset is its _count */
+    WIRE_RULE_MESSAGE,    /* a singular submessage (or oneof member) of type sub, at offset */
+    WIRE_RULE_REPEATED,   /* offset is its _count; item (if any) is checked on each item */
 };
+/* When a field is there: always (a plain proto3 field), when its has_ flag (a bool at
+ * presence_offset) is set (proto3 optional, a submessage), or when its oneof's which_ (a
+ * pb_size_t at presence_offset) holds the field's tag. An absent field breaks only REQUIRED. */
+enum wire_rule_presence { WIRE_PRESENT_ALWAYS = 0, WIRE_PRESENT_HAS, WIRE_PRESENT_WHICH };
 #define WIRE_RULE_REQUIRED 1u
 #define WIRE_RULE_HAS_MIN 2u
 #define WIRE_RULE_HAS_MAX 4u
 #define WIRE_RULE_SINGLE_LINE 8u
 #define WIRE_RULE_DEFINED 16u
+#define WIRE_RULE_NOT_EMPTY 32u
+#define WIRE_RULE_NO_CR 64u
+#define WIRE_RULE_URL 128u
+#define WIRE_RULE_EMAIL 256u
+/* How deep wire_check_rules follows submessages: the request is depth 0, its submessage 1...
+ * protoc-gen-lagoon refuses a .proto whose rules lie deeper, so the bound is never reached by
+ * a generated table; it only keeps a hand-made cyclic one finite. */
+#define WIRE_RULES_MAX_DEPTH 8
 typedef struct wire_rule {
     const char *field;      /* the .proto name, as violations name it */
     size_t offset;          /* of the value in the struct (see the types above) */
     uint8_t type;           /* enum wire_rule_type */
-    uint8_t flags;          /* WIRE_RULE_* */
+    uint8_t presence;       /* enum wire_rule_presence */
+    uint16_t flags;         /* WIRE_RULE_* */
+    size_t presence_offset; /* of the has_ flag or which_ member (not ALWAYS) */
+    uint32_t tag;           /* the field's number: which_ holds it when a oneof member is set */
     int64_t min, max;       /* numbers, with HAS_MIN / HAS_MAX */
     uint32_t min_chars, max_chars; /* strings; 0 = none */
     uint32_t min_items, max_items; /* repeated; 0 = none */
-    const int32_t *values;  /* enums with DEFINED: the values the .proto names */
+    const int32_t *values;  /* enums with DEFINED: the values the .proto names, ascending */
+    const char *const *value_names; /* and their names, in the same order */
     size_t nvalues;
+    const struct wire_msginfo *sub; /* MESSAGE: its type, whose rules apply inside it */
+    const struct wire_rule *item;   /* REPEATED: the rule of each item (offset of the array) */
+    size_t item_size;               /* REPEATED with item: bytes from one item to the next */
 } wire_rule;
+
+/* The syntax rules (lagoon.v1.rules) url and email apply, for code that checks a string
+ * itself: NULL if s passes, else the violation's description (static text).
+ * url: "" passes (required refuses it); otherwise "http://" or "https://" then at least one
+ * character, every byte printable ASCII (0x21-0x7E).
+ * email: a local part of 1-64 of A-Z a-z 0-9 and !#$%&'*+/=?^_`{|}~.- (no leading, trailing or
+ * double dot), one "@", then at least two labels of 1-63 letters, digits and inner hyphens
+ * joined by dots, the last of 2 or more letters; at most 254 bytes in all. "" fails. */
+const char *wire_url_problem(const char *s);
+const char *wire_email_problem(const char *s);
 
 /* A message type: nanopb's descriptor plus the field names nanopb does not keep. */
 typedef struct wire_msginfo {
@@ -237,7 +266,10 @@ int wire_decode_trusted(const wire_msginfo *info, const uint8_t *buf, size_t len
                         wire_violation *v);
 
 /* Applies info's field rules to msg (decoded): report(arg, field, description) for each
- * broken one, in field order, at most one per field. Returns how many. Allocates nothing. */
+ * broken one, in field order, at most one per field. Returns how many. Allocates nothing.
+ * Rules inside a present submessage (or oneof member) are reported under its dotted path
+ * ("text.text", "image.url"), rules of a repeated field's items under "name[i]"
+ * ("instruments[2]"); field is valid only during the call. */
 typedef void (*wire_rule_report_fn)(void *arg, const char *field, const char *description);
 int wire_check_rules(const wire_msginfo *info, const void *msg, wire_rule_report_fn report, void *arg);
 

@@ -1608,7 +1608,7 @@ static void rules_report_every_broken_field(void **state)
         const char *field, *words;
     } want[] = {
         {"small", "at least 2"}, {"offset", "at most 5"}, {"big", "at most 100"},
-        {"title", "at most 5 characters (has 6)"}, {"color", "2 is not one of its defined values"},
+        {"title", "must be at most 5 characters"}, {"color", "must be RULES_COLOR_UNSPECIFIED, RULES_RED or RULES_BLUE"},
         {"inner", "is required"}, {"items", "at most 3 items (has 4)"}, {"flag", "is required"},
     };
     lagoon_test_v1_RulesTest m = rules_ok();
@@ -1630,20 +1630,236 @@ static void rules_report_every_broken_field(void **state)
     /* The string rules one by one: required, too short, not one line. */
     static const struct {
         const char *text, *words;
-    } texts[] = {{"", "is required"}, {"a", "at least 2 characters"}, {"a\tb", "single line"}, {"a\nb", "single line"}};
+    } texts[] = {{"", "is required"},
+                 {"a", "must be at least 2 characters"},
+                 {"a\tb", "must not contain control characters"},
+                 {"a\nb", "must not contain control characters"},
+                 {"a\rb", "must not contain control characters"},
+                 /* The handlers' order: a control character is named before the length. */
+                 {"abcd\tefgh", "must not contain control characters"}};
     for (size_t i = 0; i < sizeof(texts) / sizeof(texts[0]); i++) {
         m = rules_ok();
         snprintf(m.title, sizeof(m.title), "%s", texts[i].text);
         r.n = 0;
         assert_int_equal(wire_check_rules(&lagoon_test_v1_RulesTest_info, &m, collect_rule, &r), 1);
         assert_string_equal(r.fields[0], "title");
-        assert_non_null(strstr(r.descs[0], texts[i].words));
+        assert_string_equal(r.descs[0], texts[i].words);
     }
     m = rules_ok();
     m.items_count = 0;
     r.n = 0;
     assert_int_equal(wire_check_rules(&lagoon_test_v1_RulesTest_info, &m, collect_rule, &r), 1);
     assert_non_null(strstr(r.descs[0], "at least 1 items"));
+}
+
+/* Rules inside submessages, oneof members, optional fields and items (RulesNested). */
+static lagoon_test_v1_RulesNested nested_ok(void)
+{
+    lagoon_test_v1_RulesNested m = lagoon_test_v1_RulesNested_init_zero;
+    m.which_content = lagoon_test_v1_RulesNested_text_tag;
+    snprintf(m.content.text.text, sizeof(m.content.text.text), "a\nb\t");
+    m.has_cover = true;
+    snprintf(m.cover.url, sizeof(m.cover.url), "https://x");
+    m.cover.width = 1;
+    m.role = lagoon_test_v1_RulesRole_RULES_ADMIN;
+    m.has_email = true;
+    snprintf(m.email, sizeof(m.email), "a.b+c@example.org");
+    return m;
+}
+
+static int check_nested(const lagoon_test_v1_RulesNested *m, rule_report *r)
+{
+    memset(r, 0, sizeof(*r));
+    return wire_check_rules(&lagoon_test_v1_RulesNested_info, m, collect_rule, r);
+}
+
+/* One broken field: its path and the exact description. */
+static void expect_one(const lagoon_test_v1_RulesNested *m, const char *field, const char *desc)
+{
+    rule_report r;
+    int n = check_nested(m, &r);
+    if (n != 1 || strcmp(r.fields[0], field) != 0 || strcmp(r.descs[0], desc) != 0)
+        fail_msg("%d violations, first %s: \"%s\"; want 1, %s: \"%s\"", n, n ? r.fields[0] : "-",
+                 n ? r.descs[0] : "-", field, desc);
+}
+
+static void rules_nested_paths(void **state)
+{
+    (void)state;
+    rule_report r;
+    lagoon_test_v1_RulesNested m = nested_ok();
+    assert_int_equal(check_nested(&m, &r), 0);
+    assert_int_equal(lagoon_test_v1_RulesNested_info.nrules > 0, 1);
+
+    /* A oneof member that is a message: its fields' rules, under "member.field". */
+    m.content.text.text[0] = '\0';
+    expect_one(&m, "text.text", "must not be empty");
+    snprintf(m.content.text.text, sizeof(m.content.text.text), "a\r\nb");
+    expect_one(&m, "text.text", "must not contain control characters");
+    snprintf(m.content.text.text, sizeof(m.content.text.text), "abcde");
+    expect_one(&m, "text.text", "must be at most 4 characters");
+    /* Another member set: the text member's rules do not apply, the image's do. */
+    m = nested_ok();
+    m.which_content = lagoon_test_v1_RulesNested_image_tag;
+    memset(&m.content.image, 0, sizeof(m.content.image));
+    assert_int_equal(check_nested(&m, &r), 2);
+    assert_string_equal(r.fields[0], "image.url");
+    assert_string_equal(r.descs[0], "is required");
+    assert_string_equal(r.fields[1], "image.width");
+    assert_string_equal(r.descs[1], "must be positive");
+    /* Two levels down, in a submessage without rules of its own. */
+    snprintf(m.content.image.url, sizeof(m.content.image.url), "http://h");
+    m.content.image.width = 3;
+    m.content.image.has_leaf = true;
+    expect_one(&m, "image.leaf.email", "is not a valid email address");
+    m.content.image.has_leaf = false;
+    assert_int_equal(check_nested(&m, &r), 0);
+    /* A scalar member: checked only while it is the one set. */
+    m.which_content = lagoon_test_v1_RulesNested_code_tag;
+    m.content.code = 6;
+    expect_one(&m, "code", "must be at most 5");
+    m.which_content = 0; /* no member: none is required */
+    assert_int_equal(check_nested(&m, &r), 0);
+
+    /* A required submessage: absent is "is required"; present, its rules apply. */
+    m = nested_ok();
+    m.has_cover = false;
+    expect_one(&m, "cover", "is required");
+    m = nested_ok();
+    snprintf(m.cover.url, sizeof(m.cover.url), "ftp://x");
+    expect_one(&m, "cover.url", "must be an http:// or https:// URL without spaces");
+    /* A submessage without (rules): checked inside only when present. */
+    m = nested_ok();
+    m.has_extra = false;
+    m.extra.width = 0;
+    assert_int_equal(check_nested(&m, &r), 0);
+    m.has_extra = true;
+    snprintf(m.extra.url, sizeof(m.extra.url), "https://y");
+    expect_one(&m, "extra.width", "must be positive");
+}
+
+static void rules_optional_fields(void **state)
+{
+    (void)state;
+    rule_report r;
+    lagoon_test_v1_RulesNested m = nested_ok();
+    /* Absent: no rule applies, whatever the value holds. */
+    snprintf(m.nick, sizeof(m.nick), "x\ty");
+    m.level = 9;
+    assert_int_equal(check_nested(&m, &r), 0);
+    m.has_nick = true;
+    expect_one(&m, "nick", "must not contain control characters");
+    snprintf(m.nick, sizeof(m.nick), "x");
+    expect_one(&m, "nick", "must be at least 2 characters");
+    m.has_nick = false;
+    m.has_level = true;
+    expect_one(&m, "level", "must be at most 3");
+    m.level = 0; /* present, 0: min applies */
+    expect_one(&m, "level", "must be positive");
+    m.level = 2;
+    assert_int_equal(check_nested(&m, &r), 0);
+    /* required on an optional field means present; present, its other rules apply. */
+    m.has_email = false;
+    expect_one(&m, "email", "is required");
+    m.has_email = true;
+    m.email[0] = '\0';
+    expect_one(&m, "email", "is not a valid email address");
+}
+
+static void rules_items(void **state)
+{
+    (void)state;
+    rule_report r;
+    lagoon_test_v1_RulesNested m = nested_ok();
+    m.tags_count = 4;
+    snprintf(m.tags[0], sizeof(m.tags[0]), "ok");
+    m.tags[1][0] = '\0';
+    snprintf(m.tags[2], sizeof(m.tags[2]), "long");
+    snprintf(m.tags[3], sizeof(m.tags[3]), "a\nb");
+    m.scores_count = 2;
+    m.scores[0] = 100;
+    m.scores[1] = 101;
+    static const struct {
+        const char *field, *desc;
+    } want[] = {
+        {"tags", "must have at most 3 items (has 4)"},
+        {"tags[1]", "must not be empty"},
+        {"tags[2]", "must be at most 3 characters"},
+        {"tags[3]", "must not contain control characters"},
+        {"scores[1]", "must be at most 100"},
+    };
+    assert_int_equal(check_nested(&m, &r), 5);
+    for (int i = 0; i < 5; i++) {
+        assert_string_equal(r.fields[i], want[i].field);
+        assert_string_equal(r.descs[i], want[i].desc);
+    }
+    m.tags_count = 1;
+    m.scores_count = 1;
+    assert_int_equal(check_nested(&m, &r), 0);
+}
+
+/* An enum with defined names the values that pass all its rules, as the handlers did. */
+static void rules_enum_names_values(void **state)
+{
+    (void)state;
+    lagoon_test_v1_RulesNested m = nested_ok();
+    m.role = lagoon_test_v1_RulesRole_RULES_ROLE_UNSPECIFIED;
+    expect_one(&m, "role", "must be RULES_STUDENT, RULES_TEACHER or RULES_ADMIN");
+    m.role = (lagoon_test_v1_RulesRole)7;
+    expect_one(&m, "role", "must be RULES_STUDENT, RULES_TEACHER or RULES_ADMIN");
+    /* Without required, the zero value is one of them. */
+    lagoon_test_v1_RulesTest t = rules_ok();
+    t.color = (lagoon_test_v1_RulesColor)2;
+    rule_report r = {0};
+    assert_int_equal(wire_check_rules(&lagoon_test_v1_RulesTest_info, &t, collect_rule, &r), 1);
+    assert_string_equal(r.descs[0], "must be RULES_COLOR_UNSPECIFIED, RULES_RED or RULES_BLUE");
+}
+
+/* url and email, value by value, against what the handlers accepted (account_url_problem and
+ * account_email_problem in handlers/services/accounts.c). */
+static void rules_url_and_email_syntax(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *s;
+        int ok;
+    } urls[] = {
+        {"", 1}, {"http://a", 1}, {"https://a", 1}, {"https://example.org/p?q=1#f", 1}, {"https:///", 1},
+        {"http://", 0}, {"https://", 0}, {"HTTP://a", 0}, {"ftp://a", 0}, {"example.org", 0},
+        {"http://a b", 0}, {"http://a\tb", 0}, {"http://\xc3\xa9", 0}, {"http://a\x7f", 0}, {" http://a", 0},
+    };
+    for (size_t i = 0; i < sizeof(urls) / sizeof(urls[0]); i++)
+        if ((wire_url_problem(urls[i].s) == NULL) != urls[i].ok)
+            fail_msg("url \"%s\": want %s", urls[i].s, urls[i].ok ? "ok" : "refused");
+    char local64[80], local65[80], max_len[300], too_long[300];
+    memset(local64, 'a', 64);
+    snprintf(local64 + 64, sizeof(local64) - 64, "@ex.org");
+    memset(local65, 'a', 65);
+    snprintf(local65 + 65, sizeof(local65) - 65, "@ex.org");
+    /* 254 bytes in all (the most), then 255: four labels of 60 letters and a top-level one. */
+    snprintf(max_len, sizeof(max_len), "a@%.60s.%.60s.%.60s.%.60s.abcdefgh", local65, local65, local65, local65);
+    snprintf(too_long, sizeof(too_long), "a@%.60s.%.60s.%.60s.%.60s.abcdefghi", local65, local65, local65, local65);
+    static const char *const good[] = {
+        "a@b.co", "first.last@example.org", "x+y@sub.example.museum", "o'neil@ex-ample.com",
+        "!#$%&'*+/=?^_`{|}~-@a.bc", "1@2a.bc",
+    };
+    static const char *const bad[] = {
+        "", "a", "@b.co", "a@", "a@b", "a@b.c", "a@@b.co", "a@b@c.co", ".a@b.co", "a.@b.co", "a..b@c.co",
+        "a@-b.co", "a@b-.co", "a@b..co", "a@.b.co", "a@b.co.", "a@b.c0m", "a b@c.co", "a@b_c.co", "a@b.co1",
+        "\xc3\xa9@b.co", "a@\xc3\xa9.co", "(a)@b.co",
+    };
+    assert_null(wire_email_problem(local64));
+    assert_string_equal(wire_email_problem(local65), "is not a valid email address");
+    assert_int_equal(strlen(max_len), 254);
+    assert_null(wire_email_problem(max_len));
+    assert_int_equal(strlen(too_long), 255);
+    assert_non_null(wire_email_problem(too_long));
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
+        if (wire_email_problem(good[i]) != NULL)
+            fail_msg("email \"%s\" refused", good[i]);
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        if (wire_email_problem(bad[i]) == NULL)
+            fail_msg("email \"%s\" accepted", bad[i]);
 }
 
 /* 1 if info, or a message inside it, has a field that looks like a secret by its name. */
@@ -1893,6 +2109,11 @@ int main(int argc, char **argv)
         cmocka_unit_test(secrets_are_declared),
         cmocka_unit_test(rules_pass_at_their_edges),
         cmocka_unit_test(rules_report_every_broken_field),
+        cmocka_unit_test(rules_nested_paths),
+        cmocka_unit_test(rules_optional_fields),
+        cmocka_unit_test(rules_items),
+        cmocka_unit_test(rules_enum_names_values),
+        cmocka_unit_test(rules_url_and_email_syntax),
         cmocka_unit_test(decode_accepts_fine_strings),
         cmocka_unit_test(decode_leaves_bytes_and_unknown_fields),
         cmocka_unit_test(decode_names_first_string_fault),

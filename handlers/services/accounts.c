@@ -302,22 +302,20 @@ int account_check(rpc_call *c, const char *field, const char *problem)
 
 /* ---- rows ---------------------------------------------------------------------------------- */
 
-#define COPY_STR(dst, src) snprintf((dst), sizeof(dst), "%s", (src))
-
 void account_profile(const lagoon_v1_User *u, lagoon_v1_UserProfile *out)
 {
     memset(out, 0, sizeof(*out));
     out->id = u->id;
-    COPY_STR(out->email, u->email);
-    COPY_STR(out->username, u->username);
-    COPY_STR(out->full_name, u->full_name);
+    snprintf(out->email, sizeof(out->email), "%s", u->email);
+    snprintf(out->username, sizeof(out->username), "%s", u->username);
+    snprintf(out->full_name, sizeof(out->full_name), "%s", u->full_name);
     out->role = u->role;
-    COPY_STR(out->profile_image_url, u->profile_image_url);
+    snprintf(out->profile_image_url, sizeof(out->profile_image_url), "%s", u->profile_image_url);
     out->instruments_count = u->instruments_count;
     for (pb_size_t i = 0; i < u->instruments_count; i++)
-        COPY_STR(out->instruments[i], u->instruments[i]);
-    COPY_STR(out->experience_level, u->experience_level);
-    COPY_STR(out->bio, u->bio);
+        snprintf(out->instruments[i], sizeof(out->instruments[i]), "%s", u->instruments[i]);
+    snprintf(out->experience_level, sizeof(out->experience_level), "%s", u->experience_level);
+    snprintf(out->bio, sizeof(out->bio), "%s", u->bio);
     out->created_at = u->created_at;
     out->updated_at = u->updated_at;
     out->last_login = u->last_login;
@@ -329,15 +327,15 @@ void account_public(const lagoon_v1_User *u, lagoon_v1_PublicUser *out)
 {
     memset(out, 0, sizeof(*out));
     out->id = u->id;
-    COPY_STR(out->username, u->username);
-    COPY_STR(out->full_name, u->full_name);
+    snprintf(out->username, sizeof(out->username), "%s", u->username);
+    snprintf(out->full_name, sizeof(out->full_name), "%s", u->full_name);
     out->role = u->role;
-    COPY_STR(out->profile_image_url, u->profile_image_url);
+    snprintf(out->profile_image_url, sizeof(out->profile_image_url), "%s", u->profile_image_url);
     out->instruments_count = u->instruments_count;
     for (pb_size_t i = 0; i < u->instruments_count; i++)
-        COPY_STR(out->instruments[i], u->instruments[i]);
-    COPY_STR(out->experience_level, u->experience_level);
-    COPY_STR(out->bio, u->bio);
+        snprintf(out->instruments[i], sizeof(out->instruments[i]), "%s", u->instruments[i]);
+    snprintf(out->experience_level, sizeof(out->experience_level), "%s", u->experience_level);
+    snprintf(out->bio, sizeof(out->bio), "%s", u->bio);
     out->created_at = u->created_at;
 }
 
@@ -345,9 +343,9 @@ int account_queue_email(store_txn *t, const app *a, const char *to, const char *
                         store_error *err)
 {
     lagoon_v1_OutboxEmail m = lagoon_v1_OutboxEmail_init_zero;
-    COPY_STR(m.to, to);
-    COPY_STR(m.subject, subject);
-    COPY_STR(m.body, body);
+    snprintf(m.to, sizeof(m.to), "%s", to);
+    snprintf(m.subject, sizeof(m.subject), "%s", subject);
+    snprintf(m.body, sizeof(m.body), "%s", body);
     m.created_at = app_now(a);
     m.next_attempt_at = m.created_at;
     return store_insert(t, &lagoon_table_outbox, &m, NULL, err);
@@ -493,21 +491,21 @@ int account_sync_sessions(store_txn *t, const lagoon_v1_User *u, store_error *er
 
 /* ---- the first administrator ------------------------------------------------------------------ */
 
+/* The row to insert, read-only (a replay of the batch inserts the same row again), and the id
+ * it got. */
 typedef struct admin_op {
-    lagoon_v1_User user;
+    const lagoon_v1_User *user;
+    uint64_t id;
 } admin_op;
 
 static int admin_write(store_txn *t, void *arg, store_error *err)
 {
     admin_op *op = arg;
-    lagoon_v1_User u = op->user; /* replayable */
-    uint64_t id;
-    int st = store_insert(t, &lagoon_table_users, &u, &id, err);
-    if (st == LAGOON_OK)
-        op->user.id = id;
-    return st;
+    lagoon_v1_User u = *op->user;
+    return store_insert(t, &lagoon_table_users, &u, &op->id, err);
 }
 
+/* Not an app_write_call: there is no call (lagoon-admin and tests), so it waits in store_write. */
 int account_create_admin(app *a, const char *email, const char *username, const char *password, uint64_t *id,
                          store_error *err)
 {
@@ -518,21 +516,19 @@ int account_create_admin(app *a, const char *email, const char *username, const 
         return store_fail(err, LAGOON_INVALID_ARGUMENT, "username", "username %s", why);
     if ((why = account_password_problem(password, email, username)) != NULL)
         return store_fail(err, LAGOON_INVALID_ARGUMENT, "password", "password %s", why);
-    admin_op *op = calloc(1, sizeof(*op));
-    if (op == NULL)
-        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
-    COPY_STR(op->user.email, email);
-    COPY_STR(op->user.username, username);
-    COPY_STR(op->user.full_name, "Administrator");
-    op->user.role = lagoon_v1_Role_ADMIN;
-    op->user.verified = true;
-    op->user.active = true;
-    op->user.created_at = op->user.updated_at = app_now(a);
-    int st = account_hash_password(a, password, op->user.password_hash) == 0
-                 ? store_write(a->db, admin_write, op, err)
-                 : store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory hashing the password");
+    lagoon_v1_User u = lagoon_v1_User_init_zero;
+    snprintf(u.email, sizeof(u.email), "%s", email);
+    snprintf(u.username, sizeof(u.username), "%s", username);
+    snprintf(u.full_name, sizeof(u.full_name), "%s", "Administrator");
+    u.role = lagoon_v1_Role_ADMIN;
+    u.verified = true;
+    u.active = true;
+    u.created_at = u.updated_at = app_now(a);
+    if (account_hash_password(a, password, u.password_hash) != 0)
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory hashing the password");
+    admin_op op = {.user = &u, .id = 0};
+    int st = store_write(a->db, admin_write, &op, err);
     if (st == LAGOON_OK && id != NULL)
-        *id = op->user.id;
-    free(op);
+        *id = op.id;
     return st;
 }

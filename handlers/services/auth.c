@@ -1,9 +1,10 @@
 /* Auth service: registration, sign-in, sessions, email verification, password reset.
  *
  * Shape of a call: the handler validates on the loop thread (and reads what it needs in a
- * short read transaction); password hashing goes to a worker (rpc_call_defer); the change is
- * one durable write (app_write) whose completion fills the response. Each op struct carries a
- * call's state across those steps and is freed by the step that ends it. */
+ * short read transaction); password hashing goes to the hash lane (rpc_call_defer); the change
+ * is one write function (app_write_call, app.h) that fills the response in the transaction or
+ * refuses with store_fail. What a call carries across those steps lives in the call's memory
+ * (rpc_call_alloc), wiped when the call is freed: it holds tokens. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,7 +14,11 @@
 #include "accounts.h"
 #include "lagoon_handlers.h"
 
-#define COPY_STR(dst, src) snprintf((dst), sizeof(dst), "%s", (src))
+/* Refusals that more than one step gives (the hash job, or the write after the account
+ * changed). */
+#define WRONG_PASSWORD "wrong login or password"
+#define DEACTIVATED "this account is deactivated"
+#define TOKEN_INVALID "is invalid, expired or already used"
 
 /* ---- shared steps ------------------------------------------------------------------------- */
 
@@ -51,15 +56,24 @@ static int too_many(rpc_call *call, uint32_t wait_ms, const char *what)
                           (wait_ms + 999) / 1000);
 }
 
-/* A single-use token for user, in the same transaction, and the email carrying it. */
+/* A miss that a write accepts (a row already gone): LAGOON_OK, with the store's NOT_FOUND
+ * taken out of err, where the framework would read it as a refusal (app_refuse_kept). */
+static int accept_miss(store_error *err)
+{
+    memset(err, 0, sizeof(*err));
+    return LAGOON_OK;
+}
+
+/* A single-use token for user, made at now, in the same transaction, and the email carrying
+ * it. */
 static int issue_token(store_txn *t, const app *a, const lagoon_v1_User *u, lagoon_v1_OneTimeToken_Kind kind,
-                       const char *text, const uint8_t *hash, store_error *err)
+                       const char *text, const uint8_t *hash, int64_t now, store_error *err)
 {
     lagoon_v1_OneTimeToken tok = lagoon_v1_OneTimeToken_init_zero;
     tok.user_id = u->id;
     tok.kind = kind;
     memcpy(tok.token_hash, hash, ACCOUNT_HASH_BYTES);
-    tok.created_at = app_now(a);
+    tok.created_at = now;
     uint32_t ttl = kind == lagoon_v1_OneTimeToken_Kind_VERIFY_EMAIL ? a->cfg.verify_ttl_s : a->cfg.reset_ttl_s;
     tok.expires_at = tok.created_at + (int64_t)ttl * 1000;
     int st = store_insert(t, &lagoon_table_one_time_tokens, &tok, NULL, err);
@@ -79,10 +93,12 @@ static int issue_token(store_txn *t, const app *a, const lagoon_v1_User *u, lago
                  "The code is valid for %u minutes and works once. If it was not you, ignore this message: "
                  "your password is unchanged.",
                  u->username, text, text, ttl / 60);
-    return account_queue_email(t, a, u->email,
-                               kind == lagoon_v1_OneTimeToken_Kind_VERIFY_EMAIL ? "Verify your email address"
-                                                                               : "Reset your password",
-                               body, err);
+    st = account_queue_email(t, a, u->email,
+                             kind == lagoon_v1_OneTimeToken_Kind_VERIFY_EMAIL ? "Verify your email address"
+                                                                             : "Reset your password",
+                             body, err);
+    sodium_memzero(body, sizeof(body)); /* it holds the token */
+    return st;
 }
 
 /* Deletes the user's tokens of one kind (a new one replaces them). */
@@ -121,64 +137,53 @@ static int drop_tokens(store_txn *t, uint64_t user_id, lagoon_v1_OneTimeToken_Ki
 
 /* ---- Register -------------------------------------------------------------------------------- */
 
-typedef struct register_op {
-    app *a;
-    lagoon_v1_UserProfile *resp;
-    lagoon_v1_User user;
-    char password[ACCOUNT_PASSWORD_MAX + 1];
-    char token[ACCOUNT_TOKEN_CHARS + 1];
+/* What Register adds to its request. The password itself is read from the request (which the
+ * RPC layer wipes: it is a secret field). */
+typedef struct register_args {
+    lagoon_v1_Role role;                  /* the request's, defaulted */
+    int64_t created_at;                   /* when the request was accepted */
+    char password_hash[ACCOUNT_HASH_MAX]; /* by register_hash */
+    char token[ACCOUNT_TOKEN_CHARS + 1];  /* the email verification code */
     uint8_t token_hash[ACCOUNT_HASH_BYTES];
-} register_op;
+} register_args;
 
-static void register_free(register_op *op)
+static void register_wipe(void *p) { sodium_memzero(p, sizeof(register_args)); }
+
+static int register_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
 {
-    sodium_memzero(op->password, sizeof(op->password));
-    free(op);
-}
-
-static void register_drop(void *op) { register_free(op); }
-
-static int register_write(store_txn *t, void *arg, store_error *err)
-{
-    register_op *op = arg;
-    lagoon_v1_User u = op->user; /* the write may be replayed: start from the request each time */
-    uint64_t id;
-    int st = store_insert(t, &lagoon_table_users, &u, &id, err);
+    const lagoon_v1_RegisterRequest *req = in->req;
+    const register_args *r = in->args;
+    lagoon_v1_User u = lagoon_v1_User_init_zero;
+    snprintf(u.email, sizeof(u.email), "%s", req->email);
+    snprintf(u.username, sizeof(u.username), "%s", req->username);
+    snprintf(u.full_name, sizeof(u.full_name), "%s", req->full_name);
+    snprintf(u.password_hash, sizeof(u.password_hash), "%s", r->password_hash);
+    u.role = r->role;
+    u.created_at = u.updated_at = r->created_at;
+    u.active = true;
+    int st = store_insert(t, &lagoon_table_users, &u, NULL, err);
     if (st == LAGOON_OK)
-        st = issue_token(t, op->a, &u, lagoon_v1_OneTimeToken_Kind_VERIFY_EMAIL, op->token, op->token_hash, err);
+        st = issue_token(t, in->a, &u, lagoon_v1_OneTimeToken_Kind_VERIFY_EMAIL, r->token, r->token_hash, in->now,
+                         err);
     if (st == LAGOON_OK)
-        op->user.id = id;
+        account_profile(&u, resp);
     return st;
-}
-
-static int register_done(rpc_call *call, void *arg, int status, const store_error *err)
-{
-    register_op *op = arg;
-    if (status == LAGOON_OK)
-        account_profile(&op->user, op->resp);
-    else
-        status = app_store_error(call, status, err);
-    register_free(op);
-    return status;
 }
 
 static int register_hash(rpc_call *call, void *arg)
 {
-    register_op *op = arg;
-    app_hook_point(op->a, APP_HOOK_HASH);
-    if (account_hash_password(op->a, op->password, op->user.password_hash) != 0) {
-        register_free(op);
+    register_args *r = arg;
+    const lagoon_v1_RegisterRequest *req = rpc_call_request(call);
+    app *a = app_of(call);
+    app_hook_point(a, APP_HOOK_HASH);
+    if (account_hash_password(a, req->password, r->password_hash) != 0)
         return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory hashing the password");
-    }
-    sodium_memzero(op->password, sizeof(op->password));
-    int st = app_write(call, register_write, op, register_done);
-    if (st != RPC_PENDING)
-        register_free(op);
-    return st;
+    return app_write_call(call, register_write, r);
 }
 
 int handle_Auth_Register(rpc_call *call, const lagoon_v1_RegisterRequest *req, lagoon_v1_UserProfile *resp)
 {
+    (void)resp; /* register_write fills it */
     app *a = app_of(call);
     account_check(call, "email", account_email_problem(req->email));
     account_check(call, "username", account_username_problem(req->username));
@@ -204,209 +209,171 @@ int handle_Auth_Register(rpc_call *call, const lagoon_v1_RegisterRequest *req, l
     if (wait)
         return too_many(call, wait, "registrations from this address");
     /* Report taken names up front, both at once; the unique indexes decide in the end. */
-    lagoon_v1_User *other = malloc(sizeof(*other));
-    if (other == NULL)
-        return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
+    lagoon_v1_User other;
     store_error err;
-    if (find_user(a, req->email, other, &err) == LAGOON_OK)
+    if (find_user(a, req->email, &other, &err) == LAGOON_OK)
         rpc_call_violation(call, "email", "is already registered");
-    if (find_user(a, req->username, other, &err) == LAGOON_OK)
+    if (find_user(a, req->username, &other, &err) == LAGOON_OK)
         rpc_call_violation(call, "username", "is taken");
-    free(other);
     if (rpc_call_violations(call))
         return rpc_call_error(call, LAGOON_ALREADY_EXISTS, "email or username already in use");
 
-    register_op *op = calloc(1, sizeof(*op));
-    if (op == NULL)
-        return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
-    op->a = a;
-    op->resp = resp;
-    COPY_STR(op->user.email, req->email);
-    COPY_STR(op->user.username, req->username);
-    COPY_STR(op->user.full_name, req->full_name);
-    op->user.role = role;
-    op->user.created_at = op->user.updated_at = now;
-    op->user.active = true;
-    COPY_STR(op->password, req->password);
-    account_token_new(op->token, op->token_hash);
-    int st = rpc_call_defer(call, RPC_LANE_HASH, register_hash, register_drop, op);
-    if (st != RPC_PENDING)
-        register_free(op);
-    return st;
+    register_args *r = rpc_call_alloc(call, sizeof(*r), register_wipe);
+    if (r == NULL)
+        return app_out_of_memory(call);
+    r->role = role;
+    r->created_at = now;
+    account_token_new(r->token, r->token_hash);
+    return rpc_call_defer(call, RPC_LANE_HASH, register_hash, NULL, r);
+}
+
+/* ---- sessions' tokens: Login, Refresh ---------------------------------------------------------- */
+
+/* A session's new tokens and their hashes (the only form the store keeps). */
+typedef struct session_tokens {
+    char access[ACCOUNT_TOKEN_CHARS + 1], refresh[ACCOUNT_TOKEN_CHARS + 1];
+    uint8_t access_hash[ACCOUNT_HASH_BYTES], refresh_hash[ACCOUNT_HASH_BYTES];
+} session_tokens;
+
+static void tokens_new(session_tokens *k)
+{
+    account_token_new(k->access, k->access_hash);
+    account_token_new(k->refresh, k->refresh_hash);
+}
+
+/* Stores k's hashes and their expiries from now in s. */
+static void tokens_set(const session_tokens *k, const app *a, int64_t now, lagoon_v1_Session *s)
+{
+    memcpy(s->access_hash, k->access_hash, ACCOUNT_HASH_BYTES);
+    memcpy(s->refresh_hash, k->refresh_hash, ACCOUNT_HASH_BYTES);
+    s->access_expires_at = now + (int64_t)a->cfg.access_ttl_s * 1000;
+    s->refresh_expires_at = now + (int64_t)a->cfg.refresh_ttl_s * 1000;
+}
+
+/* The answer of a sign-in or a refresh: the tokens of session s, and its user. */
+static void tokens_answer(const session_tokens *k, const lagoon_v1_Session *s, const lagoon_v1_User *u,
+                          lagoon_v1_TokenPair *resp)
+{
+    snprintf(resp->access_token, sizeof(resp->access_token), "%s", k->access);
+    snprintf(resp->refresh_token, sizeof(resp->refresh_token), "%s", k->refresh);
+    resp->access_expires_at = s->access_expires_at;
+    resp->refresh_expires_at = s->refresh_expires_at;
+    resp->has_user = true;
+    account_profile(u, &resp->user);
 }
 
 /* ---- Login -------------------------------------------------------------------------------- */
 
-/* What the sign-in's write found (the checks that must hold in the transaction that creates
- * the session). */
-enum login_outcome { LOGIN_OK, LOGIN_WRONG, LOGIN_INACTIVE, LOGIN_UPGRADED };
-
-typedef struct login_op {
-    app *a;
-    lagoon_v1_TokenPair *resp;
-    int found, active;
-    int outcome; /* enum login_outcome, set by session_create */
+typedef struct login_args {
+    session_tokens tokens;            /* made once the password is verified */
+    app *a;                           /* for login_drop, which has no call */
+    account_signin *signin;           /* the attempt as the throttle counts it: login_after settles
+                                       * it, so it is apart from these read-only arguments */
+    int found, active;                /* what the handler read of the account */
     uint64_t user_id;
-    char hash[ACCOUNT_HASH_MAX];     /* the hash the password is verified against */
-    char new_hash[ACCOUNT_HASH_MAX]; /* "" unless the hash is upgraded */
-    char password[ACCOUNT_PASSWORD_MAX + 1]; /* wiped once verified */
-    account_signin signin; /* the attempt, as the sign-in throttle counts it */
-    char peer[64];         /* the client's address, for the session row */
-    char access[ACCOUNT_TOKEN_CHARS + 1], refresh[ACCOUNT_TOKEN_CHARS + 1];
-    uint8_t access_hash[ACCOUNT_HASH_BYTES], refresh_hash[ACCOUNT_HASH_BYTES];
-    int64_t now;
-    lagoon_v1_User user;
-} login_op;
+    char hash[ACCOUNT_HASH_MAX];      /* the hash the password is verified against */
+    char new_hash[ACCOUNT_HASH_MAX];  /* "" unless the hash is upgraded */
+    char peer[64];                    /* the client's address, for the session row */
+} login_args;
 
-static void login_free(login_op *op)
-{
-    sodium_memzero(op->password, sizeof(op->password));
-    free(op);
-}
+static void login_wipe(void *p) { sodium_memzero(p, sizeof(login_args)); }
 
 /* The call ended before its hash: no password was tried. */
 static void login_drop(void *arg)
 {
-    login_op *op = arg;
-    account_signin_cancel(op->a, &op->signin);
-    login_free(op);
+    login_args *l = arg;
+    account_signin_cancel(l->a, l->signin);
 }
 
-/* A new session for op->user_id with op's tokens; fills op->user. The password was verified
- * outside this transaction, so the account may have changed since: the session is created
- * only if the user still exists, is active and still has the hash that was verified
- * (otherwise a sign-in racing a deactivation, a password reset or a deletion would outlive
- * it); else op->outcome says why and nothing is written. */
-static int session_create(store_txn *t, login_op *op, store_error *err)
+/* A new session for l->user_id. The password was verified outside this transaction, so the
+ * account may have changed since: the session is created only if the user still exists, is
+ * active and still has the hash that was verified (otherwise a sign-in racing a deactivation,
+ * a password reset or a deletion would outlive it); else the call is refused and nothing is
+ * written. */
+static int login_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
 {
+    const login_args *l = in->args;
     lagoon_v1_User u;
-    int st = store_get(t, &lagoon_table_users, op->user_id, &u, err);
-    op->outcome = LOGIN_WRONG;
+    int st = store_get(t, &lagoon_table_users, l->user_id, &u, err);
     if (st == LAGOON_NOT_FOUND)
-        return LAGOON_OK;
+        return store_fail(err, LAGOON_UNAUTHENTICATED, NULL, WRONG_PASSWORD);
     if (st != LAGOON_OK)
         return st;
-    if (strcmp(u.password_hash, op->hash) != 0) {
+    if (strcmp(u.password_hash, l->hash) != 0) {
         /* Another sign-in may have upgraded the outdated hash this one verified (the same
          * password, a new string): that is not a wrong password, but it cannot be told apart
          * from a change here. The client is asked to try again, and nothing is counted. */
-        if (op->new_hash[0])
-            op->outcome = LOGIN_UPGRADED;
-        return LAGOON_OK;
+        if (l->new_hash[0])
+            return store_fail(err, LAGOON_ABORTED, NULL, "the account changed during sign-in: try again");
+        return store_fail(err, LAGOON_UNAUTHENTICATED, NULL, WRONG_PASSWORD);
     }
-    op->outcome = LOGIN_INACTIVE;
     if (!u.active)
-        return LAGOON_OK;
-    op->outcome = LOGIN_OK;
-    u.last_login = op->now;
-    if (op->new_hash[0])
-        COPY_STR(u.password_hash, op->new_hash);
+        return store_fail(err, LAGOON_PERMISSION_DENIED, NULL, DEACTIVATED);
+    u.last_login = in->now;
+    if (l->new_hash[0])
+        snprintf(u.password_hash, sizeof(u.password_hash), "%s", l->new_hash);
     st = store_update(t, &lagoon_table_users, &u, err);
-    if (st != LAGOON_OK)
-        return st;
-    st = account_trim_sessions(t, op->user_id, op->now, op->a->cfg.max_sessions, err);
+    if (st == LAGOON_OK)
+        st = account_trim_sessions(t, l->user_id, in->now, in->a->cfg.max_sessions, err);
     if (st != LAGOON_OK)
         return st;
     lagoon_v1_Session s = lagoon_v1_Session_init_zero;
-    s.user_id = op->user_id;
-    memcpy(s.access_hash, op->access_hash, ACCOUNT_HASH_BYTES);
-    memcpy(s.refresh_hash, op->refresh_hash, ACCOUNT_HASH_BYTES);
-    s.created_at = op->now;
-    s.access_expires_at = op->now + (int64_t)op->a->cfg.access_ttl_s * 1000;
-    s.refresh_expires_at = op->now + (int64_t)op->a->cfg.refresh_ttl_s * 1000;
-    COPY_STR(s.peer, op->peer);
+    s.user_id = l->user_id;
+    tokens_set(&l->tokens, in->a, in->now, &s);
+    s.created_at = in->now;
+    snprintf(s.peer, sizeof(s.peer), "%s", l->peer);
     s.role = u.role;
     s.verified = u.verified;
     st = store_insert(t, &lagoon_table_sessions, &s, NULL, err);
     if (st == LAGOON_OK)
-        op->user = u;
+        tokens_answer(&l->tokens, &s, &u, resp);
     return st;
 }
 
-static void fill_tokens(const login_op *op, lagoon_v1_TokenPair *resp)
+/* How the attempt counts, once its write is durable. */
+static int login_after(rpc_call *call, const app_write_in *in, void *resp, int status)
 {
-    COPY_STR(resp->access_token, op->access);
-    COPY_STR(resp->refresh_token, op->refresh);
-    resp->access_expires_at = op->now + (int64_t)op->a->cfg.access_ttl_s * 1000;
-    resp->refresh_expires_at = op->now + (int64_t)op->a->cfg.refresh_ttl_s * 1000;
-    resp->has_user = true;
-    account_profile(&op->user, &resp->user);
-}
-
-static int login_write(store_txn *t, void *arg, store_error *err)
-{
-    return session_create(t, arg, err);
-}
-
-static int wrong_password(rpc_call *call)
-{
-    return rpc_call_error(call, LAGOON_UNAUTHENTICATED, "wrong login or password");
-}
-
-static int deactivated(rpc_call *call)
-{
-    return rpc_call_error(call, LAGOON_PERMISSION_DENIED, "this account is deactivated");
-}
-
-static int login_done(rpc_call *call, void *arg, int status, const store_error *err)
-{
-    login_op *op = arg;
-    if (status != LAGOON_OK) {
-        account_signin_cancel(op->a, &op->signin); /* the password was right */
-        status = app_store_error(call, status, err);
-    } else if (op->outcome == LOGIN_OK) {
-        account_signin_ok(op->a, &op->signin, app_now(op->a));
-        fill_tokens(op, op->resp);
-    } else if (op->outcome == LOGIN_INACTIVE) {
-        account_signin_cancel(op->a, &op->signin);
-        status = deactivated(call);
-    } else if (op->outcome == LOGIN_UPGRADED) {
-        account_signin_cancel(op->a, &op->signin);
-        status = rpc_call_error(call, LAGOON_ABORTED, "the account changed during sign-in: try again");
-    } else {
-        /* The password was replaced (or the account deleted) after it was checked: it is
-         * wrong now, and counts as such. */
-        account_signin_failed(op->a, &op->signin);
-        status = wrong_password(call);
-    }
-    login_free(op);
+    (void)resp;
+    const login_args *l = in->args;
+    app *a = app_of(call);
+    if (status == LAGOON_OK)
+        account_signin_ok(a, l->signin, app_now(a));
+    else if (status == LAGOON_UNAUTHENTICATED)
+        account_signin_failed(a, l->signin); /* replaced (or deleted) after the check: wrong now */
+    else
+        account_signin_cancel(a, l->signin); /* the password was right */
     return status;
 }
 
 static int login_verify(rpc_call *call, void *arg)
 {
-    login_op *op = arg;
-    app *a = op->a;
+    login_args *l = arg;
+    const lagoon_v1_LoginRequest *req = rpc_call_request(call);
+    app *a = l->a;
     app_hook_point(a, APP_HOOK_HASH);
     /* An unknown login is checked against a dummy hash: it costs the same as a wrong password. */
-    int ok = account_verify_password(op->found ? op->hash : account_dummy_hash(a), op->password) && op->found;
-    if (ok && account_needs_rehash(a, op->hash) && account_hash_password(a, op->password, op->new_hash) != 0)
-        op->new_hash[0] = '\0';
-    sodium_memzero(op->password, sizeof(op->password)); /* not needed any more */
+    int ok = account_verify_password(l->found ? l->hash : account_dummy_hash(a), req->password) && l->found;
+    if (ok && account_needs_rehash(a, l->hash) && account_hash_password(a, req->password, l->new_hash) != 0)
+        l->new_hash[0] = '\0';
     if (!ok) {
-        account_signin_failed(a, &op->signin);
-        login_free(op);
-        return wrong_password(call);
+        account_signin_failed(a, l->signin);
+        return rpc_call_error(call, LAGOON_UNAUTHENTICATED, WRONG_PASSWORD);
     }
-    if (!op->active) {
-        account_signin_cancel(a, &op->signin);
-        login_free(op);
-        return deactivated(call);
+    if (!l->active) {
+        account_signin_cancel(a, l->signin);
+        return rpc_call_error(call, LAGOON_PERMISSION_DENIED, DEACTIVATED);
     }
     app_hook_point(a, APP_HOOK_LOGIN_VERIFIED);
-    account_token_new(op->access, op->access_hash);
-    account_token_new(op->refresh, op->refresh_hash);
-    op->now = app_now(a);
-    int st = app_write(call, login_write, op, login_done);
-    if (st != RPC_PENDING) {
-        account_signin_cancel(a, &op->signin);
-        login_free(op);
-    }
+    tokens_new(&l->tokens);
+    int st = app_write_call_then(call, login_write, l, login_after);
+    if (st != RPC_PENDING)
+        account_signin_cancel(a, l->signin);
     return st;
 }
 
 int handle_Auth_Login(rpc_call *call, const lagoon_v1_LoginRequest *req, lagoon_v1_TokenPair *resp)
 {
+    (void)resp; /* login_write fills it */
     app *a = app_of(call);
     if (req->login[0] == '\0')
         rpc_call_violation(call, "login", "is required (email or username)");
@@ -414,79 +381,75 @@ int handle_Auth_Login(rpc_call *call, const lagoon_v1_LoginRequest *req, lagoon_
         rpc_call_violation(call, "password", "is required");
     if (rpc_call_violations(call))
         return LAGOON_INVALID_ARGUMENT;
-    login_op *op = calloc(1, sizeof(*op));
-    if (op == NULL)
-        return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
-    op->a = a;
-    op->resp = resp;
+    login_args *l = rpc_call_alloc(call, sizeof(*l), login_wipe);
+    account_signin *signin = rpc_call_alloc(call, sizeof(*signin), NULL);
+    if (l == NULL || signin == NULL)
+        return app_out_of_memory(call);
+    l->a = a;
+    l->signin = signin;
+    lagoon_v1_User u;
     store_error err;
-    if (find_user(a, req->login, &op->user, &err) == LAGOON_OK) {
-        op->found = 1;
-        op->active = op->user.active;
-        op->user_id = op->user.id;
-        COPY_STR(op->hash, op->user.password_hash);
-        account_signin_user(op->signin.account, op->user_id);
+    if (find_user(a, req->login, &u, &err) == LAGOON_OK) {
+        l->found = 1;
+        l->active = u.active;
+        l->user_id = u.id;
+        snprintf(l->hash, sizeof(l->hash), "%s", u.password_hash);
+        account_signin_user(signin->account, u.id);
     } else {
         /* Unknown logins are throttled by name too, folded like the indexes fold them. */
-        snprintf(op->signin.account, sizeof(op->signin.account), "login:%s", req->login);
-        for (char *p = op->signin.account; *p; p++)
+        snprintf(signin->account, sizeof(signin->account), "login:%s", req->login);
+        for (char *p = signin->account; *p; p++)
             if (*p >= 'A' && *p <= 'Z')
                 *p = (char)(*p + 32);
     }
-    app_peer_address(call, op->peer, sizeof(op->peer));
-    app_peer_key(call, op->signin.address);
+    app_peer_address(call, l->peer, sizeof(l->peer));
+    app_peer_key(call, signin->address);
     /* Counted now, before the hash: the attempts pipelined behind this one see it. */
-    uint32_t wait = account_signin_begin(a, &op->signin, app_now(a));
-    if (wait) {
-        login_free(op);
+    uint32_t wait = account_signin_begin(a, signin, app_now(a));
+    if (wait)
         return too_many(call, wait, "failed sign-ins");
-    }
-    COPY_STR(op->password, req->password);
-    int st = rpc_call_defer(call, RPC_LANE_HASH, login_verify, login_drop, op);
-    if (st != RPC_PENDING) {
-        account_signin_cancel(a, &op->signin);
-        login_free(op);
-    }
+    int st = rpc_call_defer(call, RPC_LANE_HASH, login_verify, login_drop, l);
+    if (st != RPC_PENDING)
+        account_signin_cancel(a, signin);
     return st;
 }
 
 /* ---- Refresh ------------------------------------------------------------------------------ */
 
-enum refresh_outcome { REFRESH_OK, REFRESH_UNKNOWN, REFRESH_EXPIRED, REFRESH_REUSED, REFRESH_INACTIVE };
+typedef struct refresh_args {
+    session_tokens tokens;                  /* the session's next pair */
+    uint8_t presented[ACCOUNT_HASH_BYTES];  /* the hash of the refresh token sent */
+} refresh_args;
 
-typedef struct refresh_op {
-    login_op l; /* new tokens and the resulting user */
-    uint8_t presented[ACCOUNT_HASH_BYTES];
-    int outcome;
-} refresh_op;
+static void refresh_wipe(void *p) { sodium_memzero(p, sizeof(refresh_args)); }
 
-static int refresh_write(store_txn *t, void *arg, store_error *err)
+static int refresh_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
 {
-    refresh_op *op = arg;
+    const refresh_args *r = in->args;
     store_key k;
     store_key_reset(&k);
-    store_key_raw(&k, op->presented, ACCOUNT_HASH_BYTES);
+    store_key_raw(&k, r->presented, ACCOUNT_HASH_BYTES);
     lagoon_v1_Session s;
     int st = store_get_by(t, &lagoon_table_sessions, lagoon_index_sessions_by_refresh, &k, NULL, &s, err);
     if (st == LAGOON_NOT_FOUND) {
         /* Not current: if it was once, someone replays a stolen token. End that session. */
         lagoon_v1_UsedRefresh used;
         st = store_get_by(t, &lagoon_table_used_refresh, lagoon_index_used_refresh_by_hash, &k, NULL, &used, err);
-        if (st == LAGOON_NOT_FOUND) {
-            op->outcome = REFRESH_UNKNOWN;
-            return LAGOON_OK;
-        }
-        if (st != LAGOON_OK)
+        if (st == LAGOON_NOT_FOUND)
+            return store_fail(err, LAGOON_UNAUTHENTICATED, NULL, "unknown refresh token");
+        if (st == LAGOON_OK)
+            st = store_delete(t, &lagoon_table_sessions, used.session_id, err);
+        if (st != LAGOON_OK && st != LAGOON_NOT_FOUND)
             return st;
-        op->outcome = REFRESH_REUSED;
-        st = store_delete(t, &lagoon_table_sessions, used.session_id, err);
-        return st == LAGOON_NOT_FOUND ? LAGOON_OK : st;
+        return app_refuse_kept(err, LAGOON_UNAUTHENTICATED, NULL,
+                               "refresh token already used: the session is revoked, sign in again");
     }
     if (st != LAGOON_OK)
         return st;
-    if (s.refresh_expires_at <= op->l.now) {
-        op->outcome = REFRESH_EXPIRED;
-        return store_delete(t, &lagoon_table_sessions, s.id, err);
+    if (s.refresh_expires_at <= in->now) {
+        st = store_delete(t, &lagoon_table_sessions, s.id, err);
+        return st != LAGOON_OK ? st
+                               : app_refuse_kept(err, LAGOON_UNAUTHENTICATED, NULL, "refresh token expired: sign in again");
     }
     lagoon_v1_User u;
     st = store_get(t, &lagoon_table_users, s.user_id, &u, err);
@@ -495,255 +458,174 @@ static int refresh_write(store_txn *t, void *arg, store_error *err)
     if (!u.active) {
         /* A deactivation deletes the sessions in its own transaction; one found here anyway
          * (stored before that rule) ends now, like every other session of the account. */
-        op->outcome = REFRESH_INACTIVE;
-        return account_revoke_sessions(t, u.id, 0, err);
+        st = account_revoke_sessions(t, u.id, 0, err);
+        return st != LAGOON_OK ? st : app_refuse_kept(err, LAGOON_PERMISSION_DENIED, NULL, DEACTIVATED);
     }
     lagoon_v1_UsedRefresh used = lagoon_v1_UsedRefresh_init_zero;
     used.session_id = s.id;
-    memcpy(used.refresh_hash, op->presented, ACCOUNT_HASH_BYTES);
+    memcpy(used.refresh_hash, r->presented, ACCOUNT_HASH_BYTES);
     used.expires_at = s.refresh_expires_at;
     st = store_insert(t, &lagoon_table_used_refresh, &used, NULL, err);
     if (st != LAGOON_OK)
         return st;
-    memcpy(s.access_hash, op->l.access_hash, ACCOUNT_HASH_BYTES);
-    memcpy(s.refresh_hash, op->l.refresh_hash, ACCOUNT_HASH_BYTES);
-    s.access_expires_at = op->l.now + (int64_t)op->l.a->cfg.access_ttl_s * 1000;
-    s.refresh_expires_at = op->l.now + (int64_t)op->l.a->cfg.refresh_ttl_s * 1000;
+    tokens_set(&r->tokens, in->a, in->now, &s);
     s.role = u.role;
     s.verified = u.verified;
     st = store_update(t, &lagoon_table_sessions, &s, err);
-    if (st == LAGOON_OK) {
-        op->l.user = u;
-        op->outcome = REFRESH_OK;
-    }
+    if (st == LAGOON_OK)
+        tokens_answer(&r->tokens, &s, &u, resp);
     return st;
-}
-
-static int refresh_done(rpc_call *call, void *arg, int status, const store_error *err)
-{
-    refresh_op *op = arg;
-    if (status != LAGOON_OK)
-        status = app_store_error(call, status, err);
-    else if (op->outcome == REFRESH_OK)
-        fill_tokens(&op->l, op->l.resp);
-    else if (op->outcome == REFRESH_REUSED)
-        status = rpc_call_error(call, LAGOON_UNAUTHENTICATED,
-                                "refresh token already used: the session is revoked, sign in again");
-    else if (op->outcome == REFRESH_EXPIRED)
-        status = rpc_call_error(call, LAGOON_UNAUTHENTICATED, "refresh token expired: sign in again");
-    else if (op->outcome == REFRESH_INACTIVE)
-        status = rpc_call_error(call, LAGOON_PERMISSION_DENIED, "this account is deactivated");
-    else
-        status = rpc_call_error(call, LAGOON_UNAUTHENTICATED, "unknown refresh token");
-    free(op);
-    return status;
 }
 
 int handle_Auth_Refresh(rpc_call *call, const lagoon_v1_RefreshRequest *req, lagoon_v1_TokenPair *resp)
 {
-    refresh_op *op = calloc(1, sizeof(*op));
-    if (op == NULL)
-        return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
-    if (account_token_hash(req->refresh_token, op->presented) != 0) {
-        free(op);
+    (void)resp; /* refresh_write fills it */
+    uint8_t presented[ACCOUNT_HASH_BYTES];
+    if (account_token_hash(req->refresh_token, presented) != 0)
         return rpc_call_error(call, LAGOON_UNAUTHENTICATED, "malformed refresh token");
-    }
-    op->l.a = app_of(call);
-    op->l.resp = resp;
-    op->l.now = app_now(op->l.a);
-    account_token_new(op->l.access, op->l.access_hash);
-    account_token_new(op->l.refresh, op->l.refresh_hash);
-    int st = app_write(call, refresh_write, op, refresh_done);
-    if (st != RPC_PENDING)
-        free(op);
-    return st;
+    refresh_args *r = rpc_call_alloc(call, sizeof(*r), refresh_wipe);
+    if (r == NULL)
+        return app_out_of_memory(call);
+    memcpy(r->presented, presented, sizeof(presented));
+    tokens_new(&r->tokens);
+    return app_write_call(call, refresh_write, r);
 }
 
 /* ---- Logout, LogoutAll, Me ------------------------------------------------------------------ */
 
-typedef struct session_op {
-    uint64_t user_id, session_id;
-} session_op;
-
-static int logout_write(store_txn *t, void *arg, store_error *err)
+static int logout_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
 {
-    const session_op *op = arg;
-    int st = store_delete(t, &lagoon_table_sessions, op->session_id, err);
-    return st == LAGOON_NOT_FOUND ? LAGOON_OK : st;
+    (void)resp;
+    int st = store_delete(t, &lagoon_table_sessions, in->who.session_id, err);
+    return st == LAGOON_NOT_FOUND ? accept_miss(err) : st;
 }
 
-static int logout_all_write(store_txn *t, void *arg, store_error *err)
+static int logout_all_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
 {
-    const session_op *op = arg;
-    return account_revoke_sessions(t, op->user_id, 0, err);
-}
-
-static int session_op_done(rpc_call *call, void *arg, int status, const store_error *err)
-{
-    free(arg);
-    return status == LAGOON_OK ? LAGOON_OK : app_store_error(call, status, err);
-}
-
-static int session_write(rpc_call *call, store_write_fn fn)
-{
-    session_op *op = malloc(sizeof(*op));
-    if (op == NULL)
-        return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
-    op->user_id = rpc_call_caller(call)->user_id;
-    op->session_id = rpc_call_caller(call)->session_id;
-    int st = app_write(call, fn, op, session_op_done);
-    if (st != RPC_PENDING)
-        free(op);
-    return st;
+    (void)resp;
+    return account_revoke_sessions(t, in->who.user_id, 0, err);
 }
 
 int handle_Auth_Logout(rpc_call *call, const lagoon_v1_AuthEmpty *req, lagoon_v1_AuthEmpty *resp)
 {
     (void)req;
     (void)resp;
-    return session_write(call, logout_write);
+    return app_write_call(call, logout_write, NULL);
 }
 
 int handle_Auth_LogoutAll(rpc_call *call, const lagoon_v1_AuthEmpty *req, lagoon_v1_AuthEmpty *resp)
 {
     (void)req;
     (void)resp;
-    return session_write(call, logout_all_write);
+    return app_write_call(call, logout_all_write, NULL);
 }
 
 int handle_Auth_Me(rpc_call *call, const lagoon_v1_AuthEmpty *req, lagoon_v1_UserProfile *resp)
 {
     (void)req;
-    lagoon_v1_User *u = malloc(sizeof(*u));
-    if (u == NULL)
-        return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
+    lagoon_v1_User u;
     store_error err;
-    int st = read_user(app_of(call), rpc_call_caller(call)->user_id, u, &err);
-    if (st == LAGOON_OK)
-        account_profile(u, resp);
-    else
-        st = app_store_error(call, st, &err);
-    free(u);
-    return st;
+    int st = read_user(app_of(call), rpc_call_caller(call)->user_id, &u, &err);
+    if (st != LAGOON_OK)
+        return app_store_error(call, st, &err);
+    account_profile(&u, resp);
+    return LAGOON_OK;
 }
 
 /* ---- tokens sent by email: VerifyEmail, ResetPassword ---------------------------------------- */
 
-enum token_outcome { TOKEN_OK, TOKEN_INVALID };
+typedef struct token_args {
+    uint8_t hash[ACCOUNT_HASH_BYTES];  /* of the token sent */
+    char new_hash[ACCOUNT_HASH_MAX];   /* ResetPassword: by reset_hash */
+} token_args;
 
-typedef struct token_op {
-    app *a;
-    uint8_t hash[ACCOUNT_HASH_BYTES];
-    lagoon_v1_OneTimeToken_Kind kind;
-    int64_t now;
-    int outcome;
-    uint64_t user_id;                     /* ResetPassword: whose password */
-    char new_hash[ACCOUNT_HASH_MAX];       /* ResetPassword */
-    char password[ACCOUNT_PASSWORD_MAX + 1]; /* ResetPassword, until hashed */
-} token_op;
+static void token_wipe(void *p) { sodium_memzero(p, sizeof(token_args)); }
 
-static void token_free(token_op *op)
+/* The user of the emailed token of kind with this hash, into *u, the token consumed (single
+ * use). A token not found (or of another kind) refuses the call; an expired one is consumed
+ * all the same and refuses it with that change kept, leaving u->id 0. */
+static int token_user(store_txn *t, const app_write_in *in, lagoon_v1_OneTimeToken_Kind kind, lagoon_v1_User *u,
+                      store_error *err)
 {
-    sodium_memzero(op->password, sizeof(op->password));
-    free(op);
-}
-
-static void token_drop(void *op) { token_free(op); }
-
-/* Finds the live token of op's kind; consumes it (single use) and returns it in *tok. */
-static int token_take(store_txn *t, token_op *op, lagoon_v1_OneTimeToken *tok, store_error *err)
-{
-    store_key k;
-    store_key_reset(&k);
-    store_key_raw(&k, op->hash, ACCOUNT_HASH_BYTES);
-    int st = store_get_by(t, &lagoon_table_one_time_tokens, lagoon_index_one_time_tokens_by_hash, &k, NULL, tok, err);
-    op->outcome = TOKEN_INVALID;
-    if (st == LAGOON_NOT_FOUND)
-        return LAGOON_OK;
+    const token_args *k = in->args;
+    store_key key;
+    store_key_reset(&key);
+    store_key_raw(&key, k->hash, ACCOUNT_HASH_BYTES);
+    lagoon_v1_OneTimeToken tok;
+    u->id = 0;
+    int st = store_get_by(t, &lagoon_table_one_time_tokens, lagoon_index_one_time_tokens_by_hash, &key, NULL, &tok,
+                          err);
+    if (st == LAGOON_NOT_FOUND || (st == LAGOON_OK && tok.kind != kind))
+        return store_fail(err, LAGOON_INVALID_ARGUMENT, "token", TOKEN_INVALID);
+    if (st == LAGOON_OK)
+        st = store_delete(t, &lagoon_table_one_time_tokens, tok.id, err);
     if (st != LAGOON_OK)
         return st;
-    if (tok->kind != op->kind)
-        return LAGOON_OK;
-    st = store_delete(t, &lagoon_table_one_time_tokens, tok->id, err);
-    if (st == LAGOON_OK && tok->expires_at > op->now)
-        op->outcome = TOKEN_OK;
-    return st;
-}
-
-/* Consumes op's token and loads its user: LAGOON_OK with op->outcome TOKEN_OK and *u, or
- * LAGOON_OK with TOKEN_INVALID, or the store's error. */
-static int token_user(store_txn *t, token_op *op, lagoon_v1_User *u, store_error *err)
-{
-    lagoon_v1_OneTimeToken tok;
-    int st = token_take(t, op, &tok, err);
-    if (st != LAGOON_OK || op->outcome != TOKEN_OK)
-        return st;
+    if (tok.expires_at <= in->now)
+        return app_refuse_kept(err, LAGOON_INVALID_ARGUMENT, "token", TOKEN_INVALID);
     return store_get(t, &lagoon_table_users, tok.user_id, u, err);
 }
 
-static int verify_write(store_txn *t, void *arg, store_error *err)
+/* A refused token is told as the handler's own violations are: the framework's message
+ * (the violation's text) is replaced by theirs. */
+static int token_after(rpc_call *call, const app_write_in *in, void *resp, int status)
 {
-    token_op *op = arg;
+    (void)in;
+    (void)resp;
+    if (status == LAGOON_INVALID_ARGUMENT)
+        rpc_call_error(call, status, "invalid argument: see violations");
+    return status;
+}
+
+static int verify_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
+{
+    (void)resp;
     lagoon_v1_User u;
-    int st = token_user(t, op, &u, err);
-    if (st != LAGOON_OK || op->outcome != TOKEN_OK)
+    int st = token_user(t, in, lagoon_v1_OneTimeToken_Kind_VERIFY_EMAIL, &u, err);
+    if (st != LAGOON_OK || u.id == 0)
         return st;
     u.verified = true;
-    u.updated_at = op->now;
+    u.updated_at = in->now;
     st = store_update(t, &lagoon_table_users, &u, err);
     return st == LAGOON_OK ? account_sync_sessions(t, &u, err) : st;
 }
 
-static int token_done(rpc_call *call, void *arg, int status, const store_error *err)
+/* The call's token_args with the hash of the token sent, or NULL with the call's error set. */
+static token_args *token_args_new(rpc_call *call, const char *text)
 {
-    token_op *op = arg;
-    if (status != LAGOON_OK)
-        status = app_store_error(call, status, err);
-    else if (op->outcome != TOKEN_OK)
-        status = rpc_call_violation(call, "token", "is invalid, expired or already used");
-    token_free(op);
-    return status;
-}
-
-static token_op *token_op_new(rpc_call *call, const char *text, lagoon_v1_OneTimeToken_Kind kind)
-{
-    token_op *op = calloc(1, sizeof(*op));
-    if (op == NULL) {
-        rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
-        return NULL;
-    }
-    if (account_token_hash(text, op->hash) != 0) {
+    uint8_t hash[ACCOUNT_HASH_BYTES];
+    if (account_token_hash(text, hash) != 0) {
         rpc_call_violation(call, "token", "is malformed");
-        free(op);
         return NULL;
     }
-    op->a = app_of(call);
-    op->kind = kind;
-    op->now = app_now(op->a);
-    return op;
+    token_args *k = rpc_call_alloc(call, sizeof(*k), token_wipe);
+    if (k == NULL) {
+        app_out_of_memory(call);
+        return NULL;
+    }
+    memcpy(k->hash, hash, sizeof(hash));
+    return k;
 }
 
 int handle_Auth_VerifyEmail(rpc_call *call, const lagoon_v1_VerifyEmailRequest *req, lagoon_v1_AuthEmpty *resp)
 {
     (void)resp;
-    token_op *op = token_op_new(call, req->token, lagoon_v1_OneTimeToken_Kind_VERIFY_EMAIL);
-    if (op == NULL)
+    token_args *k = token_args_new(call, req->token);
+    if (k == NULL)
         return rpc_call_violations(call) ? LAGOON_INVALID_ARGUMENT : LAGOON_RESOURCE_EXHAUSTED;
-    int st = app_write(call, verify_write, op, token_done);
-    if (st != RPC_PENDING)
-        token_free(op);
-    return st;
+    return app_write_call_then(call, verify_write, k, token_after);
 }
 
-static int reset_write(store_txn *t, void *arg, store_error *err)
+static int reset_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
 {
-    token_op *op = arg;
+    (void)resp;
+    const token_args *k = in->args;
     lagoon_v1_User u;
-    int st = token_user(t, op, &u, err);
-    if (st != LAGOON_OK || op->outcome != TOKEN_OK)
+    int st = token_user(t, in, lagoon_v1_OneTimeToken_Kind_RESET_PASSWORD, &u, err);
+    if (st != LAGOON_OK || u.id == 0)
         return st;
-    COPY_STR(u.password_hash, op->new_hash);
-    u.updated_at = op->now;
+    snprintf(u.password_hash, sizeof(u.password_hash), "%s", k->new_hash);
+    u.updated_at = in->now;
     st = store_update(t, &lagoon_table_users, &u, err);
     if (st == LAGOON_OK) /* a reset signs out every device */
         st = account_revoke_sessions(t, u.id, 0, err);
@@ -752,107 +634,50 @@ static int reset_write(store_txn *t, void *arg, store_error *err)
 
 static int reset_hash(rpc_call *call, void *arg)
 {
-    token_op *op = arg;
-    if (account_hash_password(op->a, op->password, op->new_hash) != 0) {
-        token_free(op);
+    token_args *k = arg;
+    const lagoon_v1_ResetPasswordRequest *req = rpc_call_request(call);
+    if (account_hash_password(app_of(call), req->new_password, k->new_hash) != 0)
         return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory hashing the password");
-    }
-    sodium_memzero(op->password, sizeof(op->password));
-    int st = app_write(call, reset_write, op, token_done);
-    if (st != RPC_PENDING)
-        token_free(op);
-    return st;
+    return app_write_call_then(call, reset_write, k, token_after);
+}
+
+/* Whether the token with this hash is a live one of kind, and its user into *u. */
+static int token_known(app *a, const uint8_t hash[ACCOUNT_HASH_BYTES], lagoon_v1_OneTimeToken_Kind kind,
+                       lagoon_v1_User *u)
+{
+    store_txn *t;
+    store_error err;
+    if (store_read_begin(a->db, &t, &err) != LAGOON_OK)
+        return 0;
+    store_key k;
+    store_key_reset(&k);
+    store_key_raw(&k, hash, ACCOUNT_HASH_BYTES);
+    lagoon_v1_OneTimeToken tok;
+    int known = store_get_by(t, &lagoon_table_one_time_tokens, lagoon_index_one_time_tokens_by_hash, &k, NULL, &tok,
+                             &err) == LAGOON_OK &&
+                tok.kind == kind && tok.expires_at > app_now(a) &&
+                store_get(t, &lagoon_table_users, tok.user_id, u, &err) == LAGOON_OK;
+    store_read_end(t);
+    return known;
 }
 
 int handle_Auth_ResetPassword(rpc_call *call, const lagoon_v1_ResetPasswordRequest *req,
                               lagoon_v1_AuthEmpty *resp)
 {
     (void)resp;
-    token_op *op = token_op_new(call, req->token, lagoon_v1_OneTimeToken_Kind_RESET_PASSWORD);
-    if (op == NULL)
+    token_args *k = token_args_new(call, req->token);
+    if (k == NULL)
         return rpc_call_violations(call) ? LAGOON_INVALID_ARGUMENT : LAGOON_RESOURCE_EXHAUSTED;
     /* Check the new password against the account's names before paying for a hash. */
-    store_txn *t;
-    store_error err;
-    lagoon_v1_OneTimeToken tok;
-    lagoon_v1_User *u = malloc(sizeof(*u));
-    int st = u ? store_read_begin(op->a->db, &t, &err) : LAGOON_RESOURCE_EXHAUSTED;
-    int known = 0;
-    if (st == LAGOON_OK) {
-        store_key k;
-        store_key_reset(&k);
-        store_key_raw(&k, op->hash, ACCOUNT_HASH_BYTES);
-        known = store_get_by(t, &lagoon_table_one_time_tokens, lagoon_index_one_time_tokens_by_hash, &k, NULL, &tok,
-                             &err) == LAGOON_OK &&
-                tok.kind == op->kind && tok.expires_at > op->now &&
-                store_get(t, &lagoon_table_users, tok.user_id, u, &err) == LAGOON_OK;
-        store_read_end(t);
-    }
-    if (!known) {
-        free(u);
-        token_free(op);
-        return rpc_call_violation(call, "token", "is invalid, expired or already used");
-    }
-    int strong = account_check(call, "new_password", account_password_problem(req->new_password, u->email, u->username));
-    free(u);
-    if (!strong) {
-        token_free(op);
+    lagoon_v1_User u;
+    if (!token_known(app_of(call), k->hash, lagoon_v1_OneTimeToken_Kind_RESET_PASSWORD, &u))
+        return rpc_call_violation(call, "token", TOKEN_INVALID);
+    if (!account_check(call, "new_password", account_password_problem(req->new_password, u.email, u.username)))
         return LAGOON_INVALID_ARGUMENT;
-    }
-    COPY_STR(op->password, req->new_password);
-    st = rpc_call_defer(call, RPC_LANE_HASH, reset_hash, token_drop, op);
-    if (st != RPC_PENDING)
-        token_free(op);
-    return st;
+    return rpc_call_defer(call, RPC_LANE_HASH, reset_hash, NULL, k);
 }
 
 /* ---- ResendVerification, ForgotPassword: new tokens by email -------------------------------- */
-
-typedef struct mail_op {
-    app *a;
-    char limit_key[96];         /* the address's email budget */
-    int64_t taken_ms;           /* when the email was counted in it */
-    uint64_t user_id;           /* ResendVerification */
-    char email[256];            /* ForgotPassword */
-    char token[ACCOUNT_TOKEN_CHARS + 1];
-    uint8_t token_hash[ACCOUNT_HASH_BYTES];
-    int already_verified;
-} mail_op;
-
-static int resend_write(store_txn *t, void *arg, store_error *err)
-{
-    mail_op *op = arg;
-    lagoon_v1_User u;
-    int st = store_get(t, &lagoon_table_users, op->user_id, &u, err);
-    if (st != LAGOON_OK)
-        return st;
-    op->already_verified = u.verified;
-    if (u.verified)
-        return LAGOON_OK;
-    st = drop_tokens(t, u.id, lagoon_v1_OneTimeToken_Kind_VERIFY_EMAIL, err);
-    if (st == LAGOON_OK)
-        st = issue_token(t, op->a, &u, lagoon_v1_OneTimeToken_Kind_VERIFY_EMAIL, op->token, op->token_hash, err);
-    return st;
-}
-
-static int already_verified(rpc_call *call)
-{
-    return rpc_call_error(call, LAGOON_FAILED_PRECONDITION, "the email address is already verified");
-}
-
-static int resend_done(rpc_call *call, void *arg, int status, const store_error *err)
-{
-    mail_op *op = arg;
-    /* The email was counted before it was queued; none went out after all: it is given back. */
-    if (status != LAGOON_OK || op->already_verified)
-        limiter_refund(op->a->resets, op->limit_key, op->taken_ms);
-    if (status != LAGOON_OK)
-        status = app_store_error(call, status, err);
-    else if (op->already_verified)
-        status = already_verified(call);
-    free(op);
-    return status;
-}
 
 /* The key of the caller's address in the email budget (app.resets). */
 static void mail_key(rpc_call *call, char *key, size_t cap)
@@ -862,6 +687,44 @@ static void mail_key(rpc_call *call, char *key, size_t cap)
     snprintf(key, cap, "mail:%s", addr);
 }
 
+#define ALREADY_VERIFIED "the email address is already verified"
+
+typedef struct resend_args {
+    char limit_key[96];  /* the address's email budget */
+    int64_t taken_ms;    /* when the email was counted in it */
+    char token[ACCOUNT_TOKEN_CHARS + 1];
+    uint8_t token_hash[ACCOUNT_HASH_BYTES];
+} resend_args;
+
+static void resend_wipe(void *p) { sodium_memzero(p, sizeof(resend_args)); }
+
+static int resend_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
+{
+    (void)resp;
+    const resend_args *r = in->args;
+    lagoon_v1_User u;
+    int st = store_get(t, &lagoon_table_users, in->who.user_id, &u, err);
+    if (st != LAGOON_OK)
+        return st;
+    if (u.verified)
+        return store_fail(err, LAGOON_FAILED_PRECONDITION, NULL, ALREADY_VERIFIED);
+    st = drop_tokens(t, u.id, lagoon_v1_OneTimeToken_Kind_VERIFY_EMAIL, err);
+    if (st == LAGOON_OK)
+        st = issue_token(t, in->a, &u, lagoon_v1_OneTimeToken_Kind_VERIFY_EMAIL, r->token, r->token_hash, in->now,
+                         err);
+    return st;
+}
+
+/* The email was counted before it was queued; when none went out after all, it is given back. */
+static int resend_after(rpc_call *call, const app_write_in *in, void *resp, int status)
+{
+    (void)resp;
+    const resend_args *r = in->args;
+    if (status != LAGOON_OK)
+        limiter_refund(app_of(call)->resets, r->limit_key, r->taken_ms);
+    return status;
+}
+
 int handle_Auth_ResendVerification(rpc_call *call, const lagoon_v1_AuthEmpty *req, lagoon_v1_AuthEmpty *resp)
 {
     (void)req;
@@ -869,47 +732,43 @@ int handle_Auth_ResendVerification(rpc_call *call, const lagoon_v1_AuthEmpty *re
     app *a = app_of(call);
     /* The request's own precondition first: a request that cannot send mail is answered as
      * such and costs none of the budget. (The write checks again: the flag may change.) */
-    int st;
-    lagoon_v1_User *u = malloc(sizeof(*u));
-    if (u == NULL)
-        return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
+    lagoon_v1_User u;
     store_error err;
-    st = read_user(a, rpc_call_caller(call)->user_id, u, &err);
-    int verified = st == LAGOON_OK && u->verified;
-    free(u);
+    int st = read_user(a, rpc_call_caller(call)->user_id, &u, &err);
     if (st != LAGOON_OK)
         return app_store_error(call, st, &err);
-    if (verified)
-        return already_verified(call);
+    if (u.verified)
+        return rpc_call_error(call, LAGOON_FAILED_PRECONDITION, ALREADY_VERIFIED);
+    resend_args *r = rpc_call_alloc(call, sizeof(*r), resend_wipe);
+    if (r == NULL)
+        return app_out_of_memory(call);
     /* The email is counted now, before it is queued (requests in flight at once see each
      * other's), and given back if none goes out. */
-    char key[96];
-    mail_key(call, key, sizeof(key));
-    int64_t now = app_now(a);
-    uint32_t wait = limiter_take(a->resets, key, now);
+    mail_key(call, r->limit_key, sizeof(r->limit_key));
+    r->taken_ms = app_now(a);
+    uint32_t wait = limiter_take(a->resets, r->limit_key, r->taken_ms);
     if (wait)
         return too_many(call, wait, "email requests from this address");
-    mail_op *op = calloc(1, sizeof(*op));
-    if (op == NULL) {
-        limiter_refund(a->resets, key, now);
-        return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
-    }
-    op->a = a;
-    COPY_STR(op->limit_key, key);
-    op->taken_ms = now;
-    op->user_id = rpc_call_caller(call)->user_id;
-    account_token_new(op->token, op->token_hash);
-    st = app_write(call, resend_write, op, resend_done);
-    if (st != RPC_PENDING) {
-        limiter_refund(a->resets, key, now);
-        free(op);
-    }
+    account_token_new(r->token, r->token_hash);
+    st = app_write_call_then(call, resend_write, r, resend_after);
+    if (st != RPC_PENDING)
+        limiter_refund(a->resets, r->limit_key, r->taken_ms);
     return st;
 }
 
+/* ForgotPassword's write outlives its call, which is answered before the write runs: its state
+ * is its own (malloc), not the call's, and it is not an app_write_call. */
+typedef struct forgot_op {
+    const app *a;
+    int64_t now;
+    char email[256];
+    char token[ACCOUNT_TOKEN_CHARS + 1];
+    uint8_t token_hash[ACCOUNT_HASH_BYTES];
+} forgot_op;
+
 static int forgot_write(store_txn *t, void *arg, store_error *err)
 {
-    mail_op *op = arg;
+    const forgot_op *op = arg;
     store_key k;
     store_key_reset(&k);
     store_key_str_fold(&k, op->email);
@@ -920,14 +779,16 @@ static int forgot_write(store_txn *t, void *arg, store_error *err)
     if (st == LAGOON_OK)
         st = drop_tokens(t, u.id, lagoon_v1_OneTimeToken_Kind_RESET_PASSWORD, err);
     if (st == LAGOON_OK)
-        st = issue_token(t, op->a, &u, lagoon_v1_OneTimeToken_Kind_RESET_PASSWORD, op->token, op->token_hash, err);
+        st = issue_token(t, op->a, &u, lagoon_v1_OneTimeToken_Kind_RESET_PASSWORD, op->token, op->token_hash, op->now,
+                         err);
     return st;
 }
 
-static void forgot_done(void *arg, int status, const store_error *err)
+static void forgot_free(void *arg, int status, const store_error *err)
 {
     (void)status;
     (void)err;
+    sodium_memzero(arg, sizeof(forgot_op));
     free(arg);
 }
 
@@ -946,18 +807,19 @@ int handle_Auth_ForgotPassword(rpc_call *call, const lagoon_v1_ForgotPasswordReq
     uint32_t wait = limiter_take(a->resets, key, now);
     if (wait)
         return too_many(call, wait, "email requests from this address");
-    mail_op *op = calloc(1, sizeof(*op));
+    forgot_op *op = calloc(1, sizeof(*op));
     if (op == NULL) {
         limiter_refund(a->resets, key, now); /* unrelated to the address: tells nothing */
         return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
     }
     op->a = a;
-    COPY_STR(op->email, req->email);
+    op->now = now;
+    snprintf(op->email, sizeof(op->email), "%s", req->email);
     account_token_new(op->token, op->token_hash);
     /* The answer is the same, and as fast, whether or not the address exists: it is given
      * now, without waiting for the write (which only finds out). */
     store_error err;
-    if (store_submit(a->db, forgot_write, op, forgot_done, op, &err) != LAGOON_OK)
-        free(op);
+    if (store_submit(a->db, forgot_write, op, forgot_free, op, &err) != LAGOON_OK)
+        forgot_free(op, LAGOON_OK, NULL);
     return LAGOON_OK;
 }

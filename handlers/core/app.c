@@ -65,6 +65,42 @@ int64_t app_now(const app *a)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* ---- modules ---------------------------------------------------------------------------- */
+
+static int module_start(app *a, const app_module *m, rpc_error *err)
+{
+    if (a->nmodules == APP_MODULES_MAX) {
+        snprintf(err->message, sizeof(err->message), "more than %d modules", APP_MODULES_MAX);
+        return RPC_ERR;
+    }
+    void *state = NULL;
+    if (m->start && m->start(a, &state, err) != RPC_OK)
+        return RPC_ERR;
+    a->modules[a->nmodules] = m;
+    a->module_state[a->nmodules++] = state;
+    return RPC_OK;
+}
+
+/* The application's modules, then the tests' extra ones, in order. */
+static int modules_start(app *a, rpc_error *err)
+{
+    for (size_t i = 0; i < app_modules_count; i++)
+        if (module_start(a, app_modules[i], err) != RPC_OK)
+            return RPC_ERR;
+    for (size_t i = 0; i < a->cfg.nextra_modules; i++)
+        if (module_start(a, a->cfg.extra_modules[i], err) != RPC_OK)
+            return RPC_ERR;
+    return RPC_OK;
+}
+
+void *app_state(const app *a, const app_module *m)
+{
+    for (size_t i = 0; i < a->nmodules; i++)
+        if (a->modules[i] == m)
+            return a->module_state[i];
+    return NULL;
+}
+
 int app_open(const char *data_dir, const app_config *cfg, app **out, rpc_error *err)
 {
     *out = NULL;
@@ -112,7 +148,7 @@ int app_open(const char *data_dir, const app_config *cfg, app **out, rpc_error *
     }
     char maildir[1100];
     snprintf(maildir, sizeof(maildir), "%s/mail", data_dir);
-    if (mailer_start(a, maildir, &a->mail, err) != RPC_OK) {
+    if (mailer_start(a, maildir, &a->mail, err) != RPC_OK || modules_start(a, err) != RPC_OK) {
         app_close(a);
         return RPC_ERR;
     }
@@ -124,6 +160,12 @@ void app_close(app *a)
 {
     if (a == NULL)
         return;
+    while (a->nmodules > 0) {
+        a->nmodules--;
+        const app_module *m = a->modules[a->nmodules];
+        if (m->stop)
+            m->stop(a, a->module_state[a->nmodules]);
+    }
     mailer_stop(a->mail);
     realtime_stop(a->rt);
     store_close(a->db);
@@ -139,7 +181,11 @@ void app_close(app *a)
 
 void app_on_drain(void *arg)
 {
-    realtime_shutdown_streams(((app *)arg)->rt);
+    app *a = arg;
+    realtime_shutdown_streams(a->rt);
+    for (size_t i = a->nmodules; i-- > 0;)
+        if (a->modules[i]->drain)
+            a->modules[i]->drain(a, a->module_state[i]);
 }
 
 void app_peer_address(const rpc_call *c, char *out, size_t cap)

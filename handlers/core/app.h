@@ -23,6 +23,9 @@
  * Argon2id cost (libsodium crypto_pwhash_str): the defaults are libsodium's "interactive"
  * limits, about 64 MiB and a few tens of milliseconds per hash, on a worker thread; the number
  * of workers bounds the memory used at once. Tests lower them through app_config. */
+typedef struct app app;
+typedef struct app_module app_module;
+
 typedef struct app_config {
     uint64_t pwhash_opslimit;  /* APP_SETTINGS argon2-ops */
     size_t pwhash_memlimit;    /* bytes; APP_SETTINGS argon2-mem-kib */
@@ -64,6 +67,9 @@ typedef struct app_config {
      * the work, so that a test can hold a call there and change the world under it. */
     void (*hook)(void *arg, int point);
     void *hook_arg;
+    /* Tests only: modules started after the application's (app_modules), as if listed there. */
+    const app_module *const *extra_modules;
+    size_t nextra_modules;
 } app_config;
 
 /* Where app_config.hook is called. */
@@ -78,25 +84,57 @@ enum app_hook {
 typedef struct mailer mailer;
 typedef struct realtime realtime;
 
-typedef struct app {
+/* ---- service modules ------------------------------------------------------------------------ */
+
+/* A service with state of its own (rate limiters, a worker, caches) declares a module; the
+ * tables it uses are declared in the IDL. app_open starts the modules in order once the shared
+ * layer is up (store, realtime router, mail worker); the server's drain calls their drain hooks
+ * in reverse order; app_close stops them in reverse order before the shared layer stops. Every
+ * hook may be NULL. A module's state is its own: app_state(a, &its_module). */
+struct app_module {
+    const char *name;
+    /* Sets *state (may stay NULL). RPC_OK, or RPC_ERR with err filled: app_open then stops the
+     * modules already started and fails. */
+    int (*start)(app *a, void **state, rpc_error *err);
+    /* The server is draining (SIGTERM): end what would hold the drain open. Any thread. */
+    void (*drain)(app *a, void *state);
+    /* After the server has stopped; frees the state. Also after a failed start of a later module. */
+    void (*stop)(app *a, void *state);
+};
+
+/* The application's modules, in start order: handlers/services/modules.c. */
+extern const app_module *const app_modules[];
+extern const size_t app_modules_count;
+#define APP_MODULES_MAX 32 /* application's and tests' together */
+
+/* What the shared layer holds; each service's own state is its module's. */
+struct app {
     store *db;
     app_config cfg;
+    mailer *mail;
+    realtime *rt;
+    char data_dir[1024];
     limiter *login_pair, *login_account, *login_address; /* the three sign-in policies */
     limiter *login_known; /* (account, address) pairs that signed in recently */
     limiter *registrations, *resets;
     limiter *sends; /* Messages/Send per user */
-    mailer *mail;
-    realtime *rt;
-    char data_dir[1024];
-} app;
+    const app_module *modules[APP_MODULES_MAX]; /* started, in order */
+    void *module_state[APP_MODULES_MAX];
+    size_t nmodules;
+};
+
+/* The state module m's start set; NULL if m is not started. */
+void *app_state(const app *a, const app_module *m);
 
 /* Fills defaults for every zero field. */
 void app_config_defaults(app_config *cfg);
 
-/* Opens the store under data_dir (creating it), the outbox worker delivering into
- * data_dir/mail (a maildir), and the limiters. RPC_OK, or RPC_ERR with err filled. */
+/* Opens the store under data_dir (creating it), the realtime router, the outbox worker
+ * delivering into data_dir/mail (a maildir), and starts the modules. RPC_OK, or RPC_ERR with
+ * err filled. */
 int app_open(const char *data_dir, const app_config *cfg, app **out, rpc_error *err);
-/* Stops the mail worker and closes the store. After the RPC server has stopped. */
+/* Stops the modules (reverse order), the mail worker and the router, and closes the store.
+ * After the RPC server has stopped. */
 void app_close(app *a);
 
 /* The shared state of the call's server. */
@@ -115,7 +153,7 @@ static inline void app_hook_point(const app *a, enum app_hook point)
 }
 
 /* The RPC layer's drain hook (rpc_config.on_drain, arg = the app): ends the subscriptions,
- * which would otherwise hold the drain open. */
+ * which would otherwise hold the drain open, and calls the modules' drain hooks. */
 void app_on_drain(void *arg);
 
 /* The token check of the RPC layer (rpc_config.authenticate, arg = the app). */

@@ -13,6 +13,8 @@
 
 #include <sodium.h>
 
+#include "wire.h" /* wire_email_problem, wire_url_problem */
+
 /* ---- passwords ------------------------------------------------------------------------------ */
 
 /* Argon2 is meant to eat CPU. Its callers run on the server's hash lane (RPC_LANE_HASH,
@@ -184,35 +186,7 @@ const char *account_password_problem(const char *password, const char *email, co
 
 const char *account_email_problem(const char *email)
 {
-    const char *at = strchr(email, '@');
-    size_t len = strlen(email);
-    int ok = at != NULL && strchr(at + 1, '@') == NULL && at > email && (size_t)(at - email) <= 64 && len <= 254;
-    if (ok) {
-        /* Local part: the dot-atom of RFC 5322. */
-        for (const char *p = email; p < at && ok; p++)
-            ok = isalnum((unsigned char)*p) || strchr(".!#$%&'*+/=?^_`{|}~-", *p) != NULL;
-        ok = ok && email[0] != '.' && at[-1] != '.' && strstr(email, "..") == NULL;
-        /* Domain: labels of letters, digits and hyphens, at least two, the last alphabetic. */
-        const char *d = at + 1, *label = d;
-        int labels = 0, tld_alpha = 1;
-        for (const char *p = d;; p++) {
-            if (*p == '.' || *p == '\0') {
-                size_t n = (size_t)(p - label);
-                ok = ok && n >= 1 && n <= 63 && label[0] != '-' && p[-1] != '-';
-                labels++;
-                tld_alpha = 1;
-                for (const char *q = label; q < p; q++)
-                    tld_alpha = tld_alpha && isalpha((unsigned char)*q);
-                if (*p == '\0')
-                    break;
-                label = p + 1;
-            } else {
-                ok = ok && (isalnum((unsigned char)*p) || *p == '-');
-            }
-        }
-        ok = ok && labels >= 2 && tld_alpha && strlen(label) >= 2;
-    }
-    return ok ? NULL : "is not a valid email address";
+    return wire_email_problem(email); /* the rules' { email: true }, the same syntax */
 }
 
 const char *account_username_problem(const char *u)
@@ -276,12 +250,7 @@ bad_utf8:
 
 const char *account_url_problem(const char *url)
 {
-    if (url[0] == '\0')
-        return NULL;
-    int ok = (strncmp(url, "https://", 8) == 0 && url[8]) || (strncmp(url, "http://", 7) == 0 && url[7]);
-    for (const char *p = url; *p && ok; p++)
-        ok = (unsigned char)*p > 0x20 && (unsigned char)*p < 0x7F;
-    return ok ? NULL : "must be an http:// or https:// URL without spaces";
+    return wire_url_problem(url); /* the rules' { url: true } */
 }
 
 const char *account_experience_problem(const char *level)

@@ -374,13 +374,7 @@ static int login_verify(rpc_call *call, void *arg)
 int handle_Auth_Login(rpc_call *call, const lagoon_v1_LoginRequest *req, lagoon_v1_TokenPair *resp)
 {
     (void)resp; /* login_write fills it */
-    app *a = app_of(call);
-    if (req->login[0] == '\0')
-        rpc_call_violation(call, "login", "is required (email or username)");
-    if (req->password[0] == '\0')
-        rpc_call_violation(call, "password", "is required");
-    if (rpc_call_violations(call))
-        return LAGOON_INVALID_ARGUMENT;
+    app *a = app_of(call); /* login and password present: rules in auth.proto */
     login_args *l = rpc_call_alloc(call, sizeof(*l), login_wipe);
     account_signin *signin = rpc_call_alloc(call, sizeof(*signin), NULL);
     if (l == NULL || signin == NULL)
@@ -796,9 +790,7 @@ int handle_Auth_ForgotPassword(rpc_call *call, const lagoon_v1_ForgotPasswordReq
                                lagoon_v1_AuthEmpty *resp)
 {
     (void)resp;
-    app *a = app_of(call);
-    if (!account_check(call, "email", account_email_problem(req->email)))
-        return LAGOON_INVALID_ARGUMENT;
+    app *a = app_of(call); /* the email's syntax: a rule in auth.proto */
     /* Every valid request counts, whether or not an email goes out: counting only those that
      * send would tell, by when the limit comes, which addresses have accounts. */
     char key[96];

@@ -145,6 +145,100 @@ static void test_unary_echo_and_errors(void **state)
     lagoon_close(c);
 }
 
+/* The violations of one EchoStream call with this probe: count, then pairs of field (under probe.)
+ * and description. */
+static void expect_probe(lagoon_client *c, const lagoon_v1_EchoProbe *probe, int n, const char *const *want)
+{
+    lagoon_v1_EchoStreamRequest req = lagoon_v1_EchoStreamRequest_init_zero;
+    req.has_probe = true;
+    req.probe = *probe;
+    lagoon_stream *s;
+    assert_int_equal(lagoon_Debug_EchoStream(c, &req, &s), LAGOON_OK);
+    lagoon_v1_EchoResponse msg;
+    assert_int_equal(lagoon_Debug_EchoStream_recv(s, &msg), 0); /* count 0: no message */
+    int st = lagoon_stream_finish(s, NULL);
+    const lagoon_v1_ResponseMeta *m = &lagoon_last_error(c)->detail;
+    if (n == 0) {
+        assert_int_equal(st, LAGOON_OK);
+        return;
+    }
+    assert_int_equal(st, LAGOON_INVALID_ARGUMENT);
+    if ((int)m->violations_count != n)
+        fail_msg("%u violations (first %s: %s), want %d", (unsigned)m->violations_count,
+                 m->violations_count ? m->violations[0].field : "-",
+                 m->violations_count ? m->violations[0].description : "-", n);
+    /* The probe is EchoStreamRequest.probe: every path starts there. */
+    char path[128];
+    for (int i = 0; i < n; i++) {
+        snprintf(path, sizeof(path), "probe.%s", want[2 * i]);
+        assert_string_equal(m->violations[i].field, path);
+        assert_string_equal(m->violations[i].description, want[2 * i + 1]);
+    }
+    char first[300];
+    snprintf(first, sizeof(first), "invalid lagoon.v1.EchoStreamRequest: probe.%s: %s", want[0], want[1]);
+    assert_non_null(strstr(m->message, first));
+}
+
+/* Rules inside a request's submessages (debug.proto's EchoProbe, in EchoStreamRequest): checked by the server before
+ * the method runs, named by dotted path, items by index, optional fields only when present. */
+static void test_rules_inside_submessages(void **state)
+{
+    test_server *t = *state;
+    lagoon_client *c = connect_to(t);
+    lagoon_v1_EchoProbe p = lagoon_v1_EchoProbe_init_zero;
+    expect_probe(c, &p, 0, NULL); /* nothing set: no member, no email, no tags */
+
+    p.which_content = lagoon_v1_EchoProbe_text_tag;
+    expect_probe(c, &p, 1, (const char *const[]){"text.text", "must not be empty"});
+    snprintf(p.content.text.text, sizeof(p.content.text.text), "line\r\nnext");
+    expect_probe(c, &p, 1, (const char *const[]){"text.text", "must not contain control characters"});
+    snprintf(p.content.text.text, sizeof(p.content.text.text), "eleven char");
+    expect_probe(c, &p, 1, (const char *const[]){"text.text", "must be at most 10 characters"});
+    snprintf(p.content.text.text, sizeof(p.content.text.text), "two\nlines");
+    expect_probe(c, &p, 0, NULL);
+
+    memset(&p.content, 0, sizeof(p.content));
+    p.which_content = lagoon_v1_EchoProbe_image_tag;
+    expect_probe(c, &p, 2, (const char *const[]){"image.url", "is required", "image.width", "must be positive"});
+    snprintf(p.content.image.url, sizeof(p.content.image.url), "https://example.org/a b");
+    p.content.image.width = 1;
+    expect_probe(c, &p, 1,
+                 (const char *const[]){"image.url", "must be an http:// or https:// URL without spaces"});
+    snprintf(p.content.image.url, sizeof(p.content.image.url), "https://example.org/a.png");
+
+    p.has_email = true; /* present: checked, "" included */
+    expect_probe(c, &p, 1, (const char *const[]){"email", "is not a valid email address"});
+    snprintf(p.email, sizeof(p.email), "ana@example.org");
+    expect_probe(c, &p, 0, NULL);
+
+    /* Every broken field at once, in field order; each item by its index. */
+    p.content.image.width = 0;
+    p.email[0] = '\0';
+    p.tags_count = 5;
+    snprintf(p.tags[0], sizeof(p.tags[0]), "piano");
+    p.tags[1][0] = '\0';
+    snprintf(p.tags[2], sizeof(p.tags[2]), "violoncello");
+    snprintf(p.tags[3], sizeof(p.tags[3]), "a\tb");
+    snprintf(p.tags[4], sizeof(p.tags[4]), "drums");
+    expect_probe(c, &p, 6,
+                 (const char *const[]){"image.width", "must be positive", "email", "is not a valid email address",
+                                       "tags", "must have at most 4 items (has 5)", "tags[1]", "must not be empty",
+                                       "tags[2]", "must be at most 8 characters", "tags[3]",
+                                       "must not contain control characters"});
+    assert_non_null(strstr(lagoon_last_error(c)->detail.message, "(and more: see violations)"));
+
+    /* In a client-streaming call, every message is checked: a broken second one ends it. */
+    lagoon_v1_EchoRequest req = lagoon_v1_EchoRequest_init_zero;
+    lagoon_stream *s;
+    assert_int_equal(lagoon_Debug_EchoCollect(c, &req, &s), LAGOON_OK);
+    req.fail_code = 17;
+    assert_int_equal(lagoon_Debug_EchoCollect_send(s, &req), LAGOON_OK);
+    lagoon_v1_EchoCollectResponse resp;
+    assert_int_equal(lagoon_Debug_EchoCollect_finish(s, &resp), LAGOON_INVALID_ARGUMENT);
+    assert_string_equal(lagoon_last_error(c)->detail.violations[0].field, "fail_code");
+    lagoon_close(c);
+}
+
 static void test_server_streaming(void **state)
 {
     test_server *t = *state;
@@ -475,6 +569,7 @@ int main(void)
         cmocka_unit_test(test_health_and_settings),
         cmocka_unit_test(test_reflection_lists_every_method),
         cmocka_unit_test(test_unary_echo_and_errors),
+        cmocka_unit_test(test_rules_inside_submessages),
         cmocka_unit_test(test_server_streaming),
         cmocka_unit_test(test_client_streaming),
         cmocka_unit_test(test_bidi_streaming),

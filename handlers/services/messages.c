@@ -7,6 +7,7 @@
  * conversation of ten messages or ten million. Message ids come from the table's sequence, so
  * they grow monotonically within every conversation (realtime resumes from them). A Send
  * writes the message and both member rows in one transaction. */
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,8 +17,6 @@
 #include "lagoon_handlers.h"
 #include "messages.h"
 #include "paging.h"
-
-#define COPY_STR(dst, src) snprintf((dst), sizeof(dst), "%s", (src))
 
 /* A text may be 4000 characters: up to 16 KB of UTF-8. */
 #define MESSAGES_TEXT_MAX 4000
@@ -78,6 +77,16 @@ static void conv_messages_query(store_query *q, store_key *prefix, uint64_t conv
     q->prefix_len = prefix->len;
 }
 
+/* The status a write function returns, with err cleared on success: the framework reads a code
+ * left in err by a write that succeeds as app_refuse_kept's refusal, and a lookup that found
+ * nothing (NOT_FOUND, then handled: a first conversation, a first notification) leaves one. */
+static int write_ok(int st, store_error *err)
+{
+    if (st == LAGOON_OK)
+        memset(err, 0, sizeof(*err));
+    return st;
+}
+
 /* ---- events ------------------------------------------------------------------------------------ */
 
 /* m as clients see it: without the server's bookkeeping of where its words are. */
@@ -87,6 +96,59 @@ static void message_public(lagoon_v1_DirectMessage *m)
     m->sender_event_seqs_count = 0;
     m->recipient_event_seqs_count = 0;
     m->events_tracked = false;
+}
+
+/* Copies the string src into dst[cap] by its length: a copy of the whole buffer would move
+ * 16 KB for a text of a few bytes. */
+static void copy_str(char *dst, size_t cap, const char *src)
+{
+    size_t n = strnlen(src, cap - 1);
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
+static void image_copy(lagoon_v1_ImageContent *dst, const lagoon_v1_ImageContent *src)
+{
+    copy_str(dst->url, sizeof(dst->url), src->url);
+    dst->width = src->width;
+    dst->height = src->height;
+}
+
+static void video_copy(lagoon_v1_VideoContent *dst, const lagoon_v1_VideoContent *src)
+{
+    copy_str(dst->url, sizeof(dst->url), src->url);
+    dst->length_seconds = src->length_seconds;
+    dst->source = src->source;
+}
+
+/* *dst = *src as clients see it (message_public), without copying the unused part of the text
+ * buffer. */
+static void message_copy_public(lagoon_v1_DirectMessage *dst, const lagoon_v1_DirectMessage *src)
+{
+    memcpy(dst, src, offsetof(lagoon_v1_DirectMessage, content));
+    if (src->which_content == lagoon_v1_DirectMessage_text_tag)
+        copy_str(dst->content.text.text, sizeof(dst->content.text.text), src->content.text.text);
+    else if (src->which_content == lagoon_v1_DirectMessage_image_tag)
+        image_copy(&dst->content.image, &src->content.image);
+    else if (src->which_content == lagoon_v1_DirectMessage_video_tag)
+        video_copy(&dst->content.video, &src->content.video);
+    memcpy(&dst->created_at, &src->created_at, sizeof(*dst) - offsetof(lagoon_v1_DirectMessage, created_at));
+    message_public(dst);
+}
+
+/* A new event whose payload is `which` (payload_info's type), set to its defaults: wire_init,
+ * not a memset (17 KiB, mostly text buffer). NULL when memory is short. */
+static lagoon_v1_Event *event_new(pb_size_t which, const wire_msginfo *payload_info)
+{
+    lagoon_v1_Event *ev = malloc(sizeof(*ev));
+    if (ev == NULL)
+        return NULL;
+    wire_init(&lagoon_v1_Event_info, ev);
+    ev->which_payload = which;
+    /* The oneof's members share storage (each starts at the union): set the chosen one to its
+     * defaults. */
+    wire_init(payload_info, &ev->payload);
+    return ev;
 }
 
 /* Records on m's row that the event seq in the sender's (or the recipient's) log carries its
@@ -108,30 +170,26 @@ static void track_event(lagoon_v1_DirectMessage *m, int recipient, uint64_t seq)
 }
 
 /* A message event in both participants' logs (every device of each sees it), recorded on m
- * (track_event). */
+ * (track_event). One event serves both: events_append sets only its seq and time. */
 static int publish_message(store_txn *t, const app *a, lagoon_v1_DirectMessage *m,
                            lagoon_v1_MessageEvent_Action action, store_error *err)
 {
-    lagoon_v1_Event *ev = malloc(sizeof(*ev));
+    lagoon_v1_Event *ev = event_new(lagoon_v1_Event_message_tag, &lagoon_v1_MessageEvent_info);
     if (ev == NULL)
         return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    lagoon_v1_MessageEvent *me = &ev->payload.message;
+    me->action = action;
+    me->has_message = true;
+    if (action == lagoon_v1_MessageEvent_Action_DELETED) {
+        me->message.id = m->id;
+        me->message.conversation_id = m->conversation_id;
+        me->message.sender_id = m->sender_id;
+        me->message.recipient_id = m->recipient_id;
+    } else {
+        message_copy_public(&me->message, m);
+    }
     int st = LAGOON_OK;
     for (int i = 0; i < 2 && st == LAGOON_OK; i++) {
-        wire_init(&lagoon_v1_Event_info, ev); /* not memset: 17 KiB, mostly text buffer */
-        ev->which_payload = lagoon_v1_Event_message_tag;
-        /* The oneof's members share storage: set the chosen one to its defaults. */
-        wire_init(&lagoon_v1_MessageEvent_info, &ev->payload.message);
-        ev->payload.message.action = action;
-        ev->payload.message.has_message = true;
-        if (action == lagoon_v1_MessageEvent_Action_DELETED) {
-            ev->payload.message.message.id = m->id;
-            ev->payload.message.message.conversation_id = m->conversation_id;
-            ev->payload.message.message.sender_id = m->sender_id;
-            ev->payload.message.message.recipient_id = m->recipient_id;
-        } else {
-            ev->payload.message.message = *m;
-            message_public(&ev->payload.message.message);
-        }
         st = events_append(t, a, i ? m->recipient_id : m->sender_id, ev, err);
         if (st == LAGOON_OK && action != lagoon_v1_MessageEvent_Action_DELETED)
             track_event(m, i, ev->seq);
@@ -150,7 +208,8 @@ static void dm_collapse_key(char *out, size_t cap, uint64_t conversation_id)
 static void message_snippet(const lagoon_v1_DirectMessage *m, char *out, size_t cap)
 {
     if (m->which_content == lagoon_v1_DirectMessage_text_tag) {
-        size_t n = strlen(m->content.text.text), cut = n < MESSAGES_SNIPPET_MAX ? n : MESSAGES_SNIPPET_MAX;
+        size_t n = strnlen(m->content.text.text, MESSAGES_SNIPPET_MAX + 1);
+        size_t cut = n < MESSAGES_SNIPPET_MAX ? n : MESSAGES_SNIPPET_MAX;
         while (cut > 0 && cut < n && ((unsigned char)m->content.text.text[cut] & 0xC0) == 0x80)
             cut--;
         snprintf(out, cap, "%.*s%s", (int)cut, m->content.text.text, cut < n ? "..." : "");
@@ -228,19 +287,12 @@ static void check_content(rpc_call *c, const lagoon_v1_SendMessageRequest *req)
 
 static int other_has_written(store_txn *t, uint64_t conv, uint64_t other, int *wrote, store_error *err);
 
-enum send_outcome { SEND_OK, SEND_NO_RECIPIENT, SEND_UNVERIFIED };
-
-typedef struct send_op {
-    app *a;
-    char limit_key[32]; /* the sender's key in a->sends */
-    int64_t taken_at;   /* when the Send was counted there (refunded if it is refused) */
-    uint64_t sender;
-    int verified; /* the sender's email is verified: they may write first */
-    int64_t now;
-    lagoon_v1_DirectMessage msg; /* the request, then the stored message */
-    lagoon_v1_DirectMessage *resp;
-    int outcome; /* enum send_outcome */
-} send_op;
+/* What a Send's write needs besides its request (the call's memory). */
+typedef struct send_args {
+    char limit_key[32];            /* the sender's key in a->sends */
+    int64_t taken_at;              /* when the Send was counted there (given back if refused) */
+    const char *client_message_id; /* the request's, else the call's idempotency key (the call's) */
+} send_args;
 
 /* Creates the conversation of the message's two users, with its two members. */
 static int conversation_create(store_txn *t, const lagoon_v1_DirectMessage *m, int64_t now,
@@ -262,71 +314,100 @@ static int conversation_create(store_txn *t, const lagoon_v1_DirectMessage *m, i
     return st;
 }
 
-static int send_write(store_txn *t, void *arg, store_error *err)
+/* The request as the message to store, built in m (the call's response, at its defaults). */
+static void message_from_request(lagoon_v1_DirectMessage *m, const app_write_in *in)
 {
-    send_op *op = arg;
-    lagoon_v1_DirectMessage m = op->msg; /* replayable: start from the request */
-    message_public(&m); /* and its bookkeeping from scratch (a replayed batch ran this before) */
-    op->outcome = SEND_OK;
+    const lagoon_v1_SendMessageRequest *req = in->req;
+    const send_args *sa = in->args;
+    m->sender_id = in->who.user_id;
+    m->recipient_id = req->recipient_id;
+    copy_str(m->client_message_id, sizeof(m->client_message_id), sa->client_message_id);
+    switch (req->which_content) {
+    case lagoon_v1_SendMessageRequest_text_tag:
+        m->which_content = lagoon_v1_DirectMessage_text_tag;
+        copy_str(m->content.text.text, sizeof(m->content.text.text), req->content.text.text);
+        break;
+    case lagoon_v1_SendMessageRequest_image_tag:
+        m->which_content = lagoon_v1_DirectMessage_image_tag;
+        image_copy(&m->content.image, &req->content.image);
+        break;
+    default:
+        m->which_content = lagoon_v1_DirectMessage_video_tag;
+        video_copy(&m->content.video, &req->content.video);
+        break;
+    }
+}
+
+static int refuse_unverified(store_error *err)
+{
+    return store_fail(err, LAGOON_PERMISSION_DENIED, NULL,
+                      "verify your email address to message someone who has not written to you "
+                      "(replying is allowed)");
+}
+
+/* The message is built in the response and stored from there: the row keeps the bookkeeping
+ * (message_public clears it from the reply at the end). */
+static int send_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
+{
+    lagoon_v1_DirectMessage *m = resp;
+    const send_args *sa = in->args;
+    int verified = in->who.verified;
     /* A retry: the message stored the first time. */
-    if (m.client_message_id[0]) {
+    if (sa->client_message_id[0]) {
         store_key k;
         store_key_reset(&k);
-        store_key_u64(&k, m.sender_id);
-        store_key_str(&k, m.client_message_id);
+        store_key_u64(&k, in->who.user_id);
+        store_key_str(&k, sa->client_message_id);
         int st = store_get_by(t, &lagoon_table_direct_messages, lagoon_index_direct_messages_by_client_id, &k, NULL,
-                              &op->msg, err);
+                              m, err);
+        if (st == LAGOON_OK)
+            message_public(m);
         if (st != LAGOON_NOT_FOUND)
-            return st;
+            return write_ok(st, err);
     }
+    message_from_request(m, in);
     lagoon_v1_User *u = malloc(sizeof(*u));
     if (u == NULL)
         return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
-    int st = store_get(t, &lagoon_table_users, m.recipient_id, u, err);
+    int st = store_get(t, &lagoon_table_users, m->recipient_id, u, err);
     int active = st == LAGOON_OK && u->active;
     free(u);
-    if (st == LAGOON_NOT_FOUND || (st == LAGOON_OK && !active)) {
-        op->outcome = SEND_NO_RECIPIENT;
-        return LAGOON_OK;
-    }
+    if (st == LAGOON_NOT_FOUND || (st == LAGOON_OK && !active))
+        return store_fail(err, LAGOON_NOT_FOUND, "recipient_id", "no such user");
     if (st != LAGOON_OK)
         return st;
     /* An unverified account may only answer: someone must have written to it first. This keeps
      * throwaway accounts from messaging strangers. */
     lagoon_v1_Conversation conv;
-    st = find_conversation(t, m.sender_id, m.recipient_id, &conv, err);
-    if (st == LAGOON_NOT_FOUND && !op->verified) {
-        op->outcome = SEND_UNVERIFIED;
-        return LAGOON_OK;
-    }
+    st = find_conversation(t, m->sender_id, m->recipient_id, &conv, err);
+    if (st == LAGOON_NOT_FOUND && !verified)
+        return refuse_unverified(err);
     if (st == LAGOON_NOT_FOUND)
-        st = conversation_create(t, &m, op->now, &conv, err);
+        st = conversation_create(t, m, in->now, &conv, err);
     lagoon_v1_ConversationMember mine, theirs;
     if (st == LAGOON_OK)
-        st = find_member(t, conv.id, m.sender_id, &mine, err);
+        st = find_member(t, conv.id, m->sender_id, &mine, err);
     if (st == LAGOON_OK)
-        st = find_member(t, conv.id, m.recipient_id, &theirs, err);
+        st = find_member(t, conv.id, m->recipient_id, &theirs, err);
     if (st != LAGOON_OK)
         return st;
-    if (!op->verified && !mine.other_wrote) {
+    if (!verified && !mine.other_wrote) {
         int wrote = mine.unread > 0; /* unread counts the other's messages */
         if (!wrote)
-            st = other_has_written(t, conv.id, m.recipient_id, &wrote, err);
+            st = other_has_written(t, conv.id, m->recipient_id, &wrote, err);
         if (st != LAGOON_OK)
             return st;
-        if (!wrote) {
-            op->outcome = SEND_UNVERIFIED;
-            return LAGOON_OK;
-        }
+        if (!wrote)
+            return refuse_unverified(err);
         mine.other_wrote = true; /* stored with mine below */
     }
-    m.conversation_id = conv.id;
-    m.created_at = op->now;
+    m->conversation_id = conv.id;
+    m->created_at = in->now;
     uint64_t id;
-    st = store_insert(t, &lagoon_table_direct_messages, &m, &id, err);
+    st = store_insert(t, &lagoon_table_direct_messages, m, &id, err);
     /* Both views move; the recipient has one more unread (the sender's own messages never
      * count, and sending does not read what the other wrote: MarkRead does). */
-    mine.last_activity_at = theirs.last_activity_at = op->now;
+    mine.last_activity_at = theirs.last_activity_at = in->now;
     mine.last_message_id = theirs.last_message_id = id;
     theirs.other_wrote = true;
     if (theirs.unread < UINT32_MAX)
@@ -336,46 +417,34 @@ static int send_write(store_txn *t, void *arg, store_error *err)
     if (st == LAGOON_OK)
         st = store_update(t, &lagoon_table_conversation_members, &theirs, err);
     if (st == LAGOON_OK) {
-        m.id = id;
-        m.events_tracked = true; /* from here, its row lists the events that carry its words */
-        st = publish_message(t, op->a, &m, lagoon_v1_MessageEvent_Action_SENT, err);
+        m->events_tracked = true; /* from here, its row lists the events that carry its words */
+        st = publish_message(t, in->a, m, lagoon_v1_MessageEvent_Action_SENT, err);
     }
     if (st == LAGOON_OK)
-        st = notify_recipient(t, op->a, &m, err);
+        st = notify_recipient(t, in->a, m, err);
     if (st == LAGOON_OK)
-        st = store_update(t, &lagoon_table_direct_messages, &m, err);
-    if (st == LAGOON_OK)
-        op->msg = m;
-    return st;
+        st = store_update(t, &lagoon_table_direct_messages, m, err);
+    message_public(m);
+    return write_ok(st, err);
 }
 
-static int send_done(rpc_call *call, void *arg, int status, const store_error *err)
+/* Only a Send that stores a message counts against the sender's budget: a refused one (the
+ * write's refusal or failure) is given back, and so would be a replayed response (in->replayed:
+ * the framework's idempotency, which Send does not use; its client_message_id retries count as
+ * before). */
+static int send_after(rpc_call *call, const app_write_in *in, void *resp, int status)
 {
-    send_op *op = arg;
-    /* Only a Send that stores a message counts against the sender's budget. */
-    if (status != LAGOON_OK || op->outcome != SEND_OK)
-        limiter_refund(op->a->sends, op->limit_key, op->taken_at);
-    if (status == LAGOON_OK && op->outcome == SEND_NO_RECIPIENT) {
-        rpc_call_violation(call, "recipient_id", "no such user");
-        status = rpc_call_error(call, LAGOON_NOT_FOUND, "no such user");
-    } else if (status == LAGOON_OK && op->outcome == SEND_UNVERIFIED) {
-        status = rpc_call_error(call, LAGOON_PERMISSION_DENIED,
-                                "verify your email address to message someone who has not written to you "
-                                "(replying is allowed)");
-    } else if (status == LAGOON_OK) {
-        *op->resp = op->msg;
-        message_public(op->resp);
-    } else {
-        status = app_store_error(call, status, err);
-    }
-    free(op);
+    (void)call;
+    (void)resp;
+    const send_args *sa = in->args;
+    if (status != LAGOON_OK || in->replayed)
+        limiter_refund(in->a->sends, sa->limit_key, sa->taken_at);
     return status;
 }
 
 int handle_Messages_Send(rpc_call *call, const lagoon_v1_SendMessageRequest *req, lagoon_v1_DirectMessage *resp)
 {
-    const rpc_caller *who = rpc_call_caller(call);
-    uint64_t me = who->user_id;
+    uint64_t me = rpc_call_caller(call)->user_id;
     app *a = app_of(call);
     if (req->recipient_id == 0)
         rpc_call_violation(call, "recipient_id", "is required");
@@ -390,50 +459,22 @@ int handle_Messages_Send(rpc_call *call, const lagoon_v1_SendMessageRequest *req
     /* Every Send is a write on the single writer: a per-user budget keeps one account from
      * flooding it (and its recipients). After validation, as for Register: an invalid request
      * is told what is wrong, costs no write and does not count. */
-    char key[32];
-    snprintf(key, sizeof(key), "send:%llu", (unsigned long long)me);
-    int64_t now = app_now(a);
+    send_args *sa = app_write_args(call, sizeof(*sa));
+    if (sa == NULL)
+        return app_out_of_memory(call);
+    snprintf(sa->limit_key, sizeof(sa->limit_key), "send:%llu", (unsigned long long)me);
+    sa->client_message_id = cid;
+    sa->taken_at = app_now(a);
     /* Checked and counted in one step, so that Sends pipelined at once cannot all pass a check
-     * none has counted yet; given back when the Send turns out refused (send_done). */
-    uint32_t wait = limiter_take(a->sends, key, now);
+     * none has counted yet; given back when the Send turns out refused (send_after). */
+    uint32_t wait = limiter_take(a->sends, sa->limit_key, sa->taken_at);
     if (wait > 0) {
         rpc_call_retry_after(call, wait);
         return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "too many messages; retry in %u s", (wait + 999) / 1000);
     }
-    send_op *op = calloc(1, sizeof(*op));
-    if (op == NULL) {
-        limiter_refund(a->sends, key, now);
-        return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
-    }
-    COPY_STR(op->limit_key, key);
-    op->taken_at = now;
-    op->a = a;
-    op->sender = me;
-    op->verified = who->verified;
-    op->now = now;
-    op->resp = resp;
-    op->msg.sender_id = me;
-    op->msg.recipient_id = req->recipient_id;
-    COPY_STR(op->msg.client_message_id, cid);
-    switch (req->which_content) {
-    case lagoon_v1_SendMessageRequest_text_tag:
-        op->msg.which_content = lagoon_v1_DirectMessage_text_tag;
-        op->msg.content.text = req->content.text;
-        break;
-    case lagoon_v1_SendMessageRequest_image_tag:
-        op->msg.which_content = lagoon_v1_DirectMessage_image_tag;
-        op->msg.content.image = req->content.image;
-        break;
-    default:
-        op->msg.which_content = lagoon_v1_DirectMessage_video_tag;
-        op->msg.content.video = req->content.video;
-        break;
-    }
-    int st = app_write(call, send_write, op, send_done);
-    if (st != RPC_PENDING) {
-        limiter_refund(a->sends, key, now);
-        free(op);
-    }
+    int st = app_write_call_then(call, send_write, sa, send_after);
+    if (st != RPC_PENDING) /* not queued: send_after does not run */
+        limiter_refund(a->sends, sa->limit_key, sa->taken_at);
     return st;
 }
 
@@ -529,7 +570,7 @@ int handle_Messages_List(rpc_call *call, const lagoon_v1_ListMessagesRequest *re
     store_read_end(t);
     resp->messages = l.items;
     resp->messages_count = (pb_size_t)l.count;
-    COPY_STR(resp->next_page_token, l.next_page_token);
+    copy_str(resp->next_page_token, sizeof(resp->next_page_token), l.next_page_token);
     return st == LAGOON_OK ? LAGOON_OK : app_store_error(call, st, &err);
 }
 
@@ -591,7 +632,7 @@ int handle_Messages_ListConversations(rpc_call *call, const lagoon_v1_ListConver
             resp->conversations_count++;
         }
         if (st == LAGOON_OK)
-            COPY_STR(resp->next_page_token, l.next_page_token);
+            copy_str(resp->next_page_token, sizeof(resp->next_page_token), l.next_page_token);
         store_read_end(t);
     }
     free(l.items);
@@ -600,14 +641,6 @@ int handle_Messages_ListConversations(rpc_call *call, const lagoon_v1_ListConver
 }
 
 /* ---- MarkRead ------------------------------------------------------------------------------------ */
-
-typedef struct read_op {
-    app *a;
-    uint64_t me, other, up_to;
-    uint32_t unread;     /* out: left unread */
-    uint64_t read_up_to; /* out: the read position */
-    int missing;
-} read_op;
 
 /* One bounded look at a conversation's messages in id order, for MarkRead. */
 typedef struct read_scan {
@@ -701,223 +734,142 @@ static int read_part(store_txn *t, uint64_t other, lagoon_v1_ConversationMember 
     return LAGOON_OK;
 }
 
-static int mark_read_write(store_txn *t, void *arg, store_error *err)
+static int mark_read_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
 {
-    read_op *op = arg;
-    op->missing = 0;
+    const lagoon_v1_MarkReadRequest *req = in->req;
+    lagoon_v1_MarkReadResponse *out = resp;
+    uint64_t me = in->who.user_id, other = req->other_user_id;
     lagoon_v1_Conversation conv;
-    int st = find_conversation(t, op->me, op->other, &conv, err);
-    if (st == LAGOON_NOT_FOUND) {
-        op->missing = 1;
-        return LAGOON_OK;
-    }
+    int st = find_conversation(t, me, other, &conv, err);
+    if (st == LAGOON_NOT_FOUND)
+        return store_fail(err, LAGOON_NOT_FOUND, NULL, "no conversation with this user");
     lagoon_v1_ConversationMember mem;
     if (st == LAGOON_OK)
-        st = find_member(t, conv.id, op->me, &mem, err);
+        st = find_member(t, conv.id, me, &mem, err);
     if (st != LAGOON_OK)
         return st;
-    uint64_t to = op->up_to == 0 || op->up_to > mem.last_message_id ? mem.last_message_id : op->up_to;
+    uint64_t up_to = req->up_to_message_id;
+    uint64_t to = up_to == 0 || up_to > mem.last_message_id ? mem.last_message_id : up_to;
     /* Reading everything so far also clears a count left behind by older versions, where a
      * reply moved the sender's read position but not its count. */
     if (to > mem.read_up_to || (to == mem.last_message_id && mem.unread > 0)) {
         if (to == mem.last_message_id)
             mem.unread = 0; /* everything so far */
         else
-            st = read_part(t, op->other, &mem, &to, err);
+            st = read_part(t, other, &mem, &to, err);
         if (to > mem.read_up_to)
             mem.read_up_to = to;
         if (st == LAGOON_OK)
             st = store_update(t, &lagoon_table_conversation_members, &mem, err);
-        /* Read receipts: the other participant and the reader's own devices. */
-        for (int i = 0; i < 2 && st == LAGOON_OK; i++) {
-            lagoon_v1_Event ev = lagoon_v1_Event_init_zero;
-            ev.which_payload = lagoon_v1_Event_read_tag;
-            ev.payload.read.conversation_id = conv.id;
-            ev.payload.read.reader_id = op->me;
-            ev.payload.read.up_to_message_id = to;
-            st = events_append(t, op->a, i ? op->other : op->me, &ev, err);
+        /* Read receipts: the other participant and the reader's own devices (one event:
+         * events_append sets only its seq and time). */
+        lagoon_v1_Event *ev = NULL;
+        if (st == LAGOON_OK && (ev = event_new(lagoon_v1_Event_read_tag, &lagoon_v1_ReadEvent_info)) == NULL)
+            st = store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+        if (st == LAGOON_OK) {
+            ev->payload.read.conversation_id = conv.id;
+            ev->payload.read.reader_id = me;
+            ev->payload.read.up_to_message_id = to;
         }
+        for (int i = 0; i < 2 && st == LAGOON_OK; i++)
+            st = events_append(t, in->a, i ? other : me, ev, err);
+        free(ev);
         if (st == LAGOON_OK && mem.unread == 0) {
             char key[40];
             dm_collapse_key(key, sizeof(key), conv.id);
-            st = events_notification_read(t, op->a, op->me, key, err);
+            st = events_notification_read(t, in->a, me, key, err);
         }
     }
-    op->unread = mem.unread;
-    op->read_up_to = mem.read_up_to;
-    return st;
-}
-
-typedef struct read_call {
-    read_op op; /* first: the write sees a read_op */
-    lagoon_v1_MarkReadResponse *resp;
-} read_call;
-
-static int mark_read_finish(rpc_call *call, void *arg, int status, const store_error *err)
-{
-    read_call *rc = arg;
-    if (status == LAGOON_OK && !rc->op.missing) {
-        rc->resp->unread = rc->op.unread;
-        rc->resp->read_up_to = rc->op.read_up_to;
-    }
-    if (status != LAGOON_OK)
-        status = app_store_error(call, status, err);
-    else if (rc->op.missing)
-        status = rpc_call_error(call, LAGOON_NOT_FOUND, "no conversation with this user");
-    free(rc);
-    return status;
+    out->unread = mem.unread;
+    out->read_up_to = mem.read_up_to;
+    return write_ok(st, err);
 }
 
 int handle_Messages_MarkRead(rpc_call *call, const lagoon_v1_MarkReadRequest *req, lagoon_v1_MarkReadResponse *resp)
 {
-    uint64_t me = rpc_call_caller(call)->user_id;
-    if (req->other_user_id == 0 || req->other_user_id == me)
+    (void)resp;
+    if (req->other_user_id == 0 || req->other_user_id == rpc_call_caller(call)->user_id)
         return rpc_call_violation(call, "other_user_id", "must be another user");
-    read_call *rc = calloc(1, sizeof(*rc));
-    if (rc == NULL)
-        return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
-    rc->op.a = app_of(call);
-    rc->op.me = me;
-    rc->op.other = req->other_user_id;
-    rc->op.up_to = req->up_to_message_id;
-    rc->resp = resp;
-    int st = app_write(call, mark_read_write, rc, mark_read_finish);
-    if (st != RPC_PENDING)
-        free(rc);
-    return st;
+    return app_write_call(call, mark_read_write, NULL);
 }
 
 /* ---- Edit, Delete ---------------------------------------------------------------------------------- */
 
-enum own_outcome { OWN_OK, OWN_NOT_FOUND, OWN_NOT_SENDER, OWN_NOT_TEXT, OWN_TOO_LATE, OWN_TOO_MANY_EDITS };
-
-typedef struct own_op {
-    app *a;
-    rpc_caller who;
-    uint64_t me, message_id;
-    int64_t now;
-    char text[sizeof(((lagoon_v1_TextContent *)0)->text)];
-    int outcome;
-    lagoon_v1_DirectMessage msg;
-    lagoon_v1_DirectMessage *resp;
-} own_op;
-
-/* Loads the message if the caller may act on it as its sender. */
-static int own_message(store_txn *t, own_op *op, store_error *err)
+/* Reads message id into m if the caller may change it as its sender; else the refusal. */
+static int own_message(store_txn *t, const app_write_in *in, uint64_t id, lagoon_v1_DirectMessage *m,
+                       store_error *err)
 {
-    int st = store_get(t, &lagoon_table_direct_messages, op->message_id, &op->msg, err);
-    op->outcome = OWN_OK;
-    if (st == LAGOON_NOT_FOUND) {
-        op->outcome = OWN_NOT_FOUND;
-        return LAGOON_OK;
-    }
+    int st = store_get(t, &lagoon_table_direct_messages, id, m, err);
+    if (st == LAGOON_NOT_FOUND)
+        return store_fail(err, LAGOON_NOT_FOUND, NULL, "no such message");
     if (st != LAGOON_OK)
         return st;
     /* The sender changes it; the recipient sees it; to anyone else it does not exist. No
      * administrator override: direct messages are private. */
-    int v = app_access(&op->who, op->msg.sender_id, op->msg.recipient_id == op->me, APP_CHANGE, 0);
-    op->outcome = v == LAGOON_OK ? OWN_OK : v == LAGOON_PERMISSION_DENIED ? OWN_NOT_SENDER : OWN_NOT_FOUND;
+    int v = app_access(&in->who, m->sender_id, m->recipient_id == in->who.user_id, APP_CHANGE, 0);
+    if (v == LAGOON_PERMISSION_DENIED)
+        return store_fail(err, LAGOON_PERMISSION_DENIED, NULL, "only the sender can change a message");
+    if (v != LAGOON_OK)
+        return store_fail(err, LAGOON_NOT_FOUND, NULL, "no such message");
     return LAGOON_OK;
 }
 
-static int edit_write(store_txn *t, void *arg, store_error *err)
+/* The message is read into the response and stored from there (message_public clears the
+ * bookkeeping from the reply at the end). */
+static int edit_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
 {
-    own_op *op = arg;
-    int st = own_message(t, op, err);
-    if (st != LAGOON_OK || op->outcome != OWN_OK)
+    const lagoon_v1_EditMessageRequest *req = in->req;
+    lagoon_v1_DirectMessage *m = resp;
+    int st = own_message(t, in, req->message_id, m, err);
+    if (st != LAGOON_OK)
         return st;
-    if (op->msg.which_content != lagoon_v1_DirectMessage_text_tag) {
-        op->outcome = OWN_NOT_TEXT;
-        return LAGOON_OK;
-    }
-    if (op->now - op->msg.created_at > MESSAGES_EDIT_WINDOW_MS) {
-        op->outcome = OWN_TOO_LATE;
-        return LAGOON_OK;
-    }
-    if (op->msg.edit_count >= MESSAGES_EDITS_MAX) {
-        op->outcome = OWN_TOO_MANY_EDITS;
-        return LAGOON_OK;
-    }
-    lagoon_v1_DirectMessage *m = &op->msg;
-    COPY_STR(m->content.text.text, op->text);
-    m->edited_at = op->now;
+    if (m->which_content != lagoon_v1_DirectMessage_text_tag)
+        return store_fail(err, LAGOON_FAILED_PRECONDITION, NULL, "only text messages can be edited");
+    if (in->now - m->created_at > MESSAGES_EDIT_WINDOW_MS)
+        return store_fail(err, LAGOON_FAILED_PRECONDITION, NULL, "messages can be edited for 15 minutes");
+    if (m->edit_count >= MESSAGES_EDITS_MAX)
+        return store_fail(err, LAGOON_FAILED_PRECONDITION, NULL, "a message can be edited at most %d times",
+                          MESSAGES_EDITS_MAX);
+    copy_str(m->content.text.text, sizeof(m->content.text.text), req->text);
+    m->edited_at = in->now;
     m->edit_count++;
     /* The events first: the row records their seqs. */
-    st = publish_message(t, op->a, m, lagoon_v1_MessageEvent_Action_EDITED, err);
+    st = publish_message(t, in->a, m, lagoon_v1_MessageEvent_Action_EDITED, err);
     if (st == LAGOON_OK) {
         /* The recipient's notification shows the new words if it showed this message's. */
         char snippet[MESSAGES_SNIPPET_MAX + 20];
         uint64_t seq;
         message_snippet(m, snippet, sizeof(snippet));
-        st = events_message_edited(t, op->a, m, snippet, &seq, err);
+        st = events_message_edited(t, in->a, m, snippet, &seq, err);
         track_event(m, 1, seq);
     }
-    return st == LAGOON_OK ? store_update(t, &lagoon_table_direct_messages, m, err) : st;
-}
-
-static int own_status(rpc_call *call, const own_op *op)
-{
-    switch (op->outcome) {
-    case OWN_NOT_FOUND:
-        return rpc_call_error(call, LAGOON_NOT_FOUND, "no such message");
-    case OWN_NOT_SENDER:
-        return rpc_call_error(call, LAGOON_PERMISSION_DENIED, "only the sender can change a message");
-    case OWN_NOT_TEXT:
-        return rpc_call_error(call, LAGOON_FAILED_PRECONDITION, "only text messages can be edited");
-    case OWN_TOO_LATE:
-        return rpc_call_error(call, LAGOON_FAILED_PRECONDITION, "messages can be edited for 15 minutes");
-    case OWN_TOO_MANY_EDITS:
-        return rpc_call_error(call, LAGOON_FAILED_PRECONDITION, "a message can be edited at most %d times",
-                              MESSAGES_EDITS_MAX);
-    default:
-        return LAGOON_OK;
-    }
-}
-
-static int edit_done(rpc_call *call, void *arg, int status, const store_error *err)
-{
-    own_op *op = arg;
-    if (status != LAGOON_OK)
-        status = app_store_error(call, status, err);
-    else if ((status = own_status(call, op)) == LAGOON_OK) {
-        *op->resp = op->msg;
-        message_public(op->resp);
-    }
-    free(op);
-    return status;
+    if (st == LAGOON_OK)
+        st = store_update(t, &lagoon_table_direct_messages, m, err);
+    message_public(m);
+    return write_ok(st, err);
 }
 
 int handle_Messages_Edit(rpc_call *call, const lagoon_v1_EditMessageRequest *req, lagoon_v1_DirectMessage *resp)
 {
+    (void)resp;
     if (req->message_id == 0)
         rpc_call_violation(call, "message_id", "is required");
     check_text(call, "text", req->text);
     if (rpc_call_violations(call))
         return LAGOON_INVALID_ARGUMENT;
-    own_op *op = calloc(1, sizeof(*op));
-    if (op == NULL)
-        return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
-    op->a = app_of(call);
-    op->who = *rpc_call_caller(call);
-    op->me = op->who.user_id;
-    op->message_id = req->message_id;
-    op->now = app_now(op->a);
-    op->resp = resp;
-    COPY_STR(op->text, req->text);
-    int st = app_write(call, edit_write, op, edit_done);
-    if (st != RPC_PENDING)
-        free(op);
-    return st;
+    return app_write_call(call, edit_write, NULL);
 }
 
-static int delete_write(store_txn *t, void *arg, store_error *err)
+static int delete_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
 {
-    own_op *op = arg;
-    int st = own_message(t, op, err);
-    if (st != LAGOON_OK || op->outcome != OWN_OK)
-        return st;
-    lagoon_v1_DirectMessage *m = &op->msg; /* publish_message records nothing for DELETED */
-    st = store_delete(t, &lagoon_table_direct_messages, m->id, err);
+    (void)resp;
+    const lagoon_v1_DeleteMessageRequest *req = in->req;
+    lagoon_v1_DirectMessage *m = malloc(sizeof(*m));
+    if (m == NULL)
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    int st = own_message(t, in, req->message_id, m, err);
+    if (st == LAGOON_OK)
+        st = store_delete(t, &lagoon_table_direct_messages, m->id, err);
     uint64_t newest = 0;
     if (st == LAGOON_OK)
         st = newest_in(t, m->conversation_id, &newest, err);
@@ -935,19 +887,11 @@ static int delete_write(store_txn *t, void *arg, store_error *err)
         st = store_update(t, &lagoon_table_conversation_members, &mem, err);
     }
     if (st == LAGOON_OK) /* its words leave the logs and the recipient's notification */
-        st = events_message_deleted(t, op->a, m, err);
-    return st == LAGOON_OK ? publish_message(t, op->a, m, lagoon_v1_MessageEvent_Action_DELETED, err) : st;
-}
-
-static int delete_done(rpc_call *call, void *arg, int status, const store_error *err)
-{
-    own_op *op = arg;
-    if (status != LAGOON_OK)
-        status = app_store_error(call, status, err);
-    else
-        status = own_status(call, op);
-    free(op);
-    return status;
+        st = events_message_deleted(t, in->a, m, err);
+    if (st == LAGOON_OK) /* publish_message records nothing on m for DELETED */
+        st = publish_message(t, in->a, m, lagoon_v1_MessageEvent_Action_DELETED, err);
+    free(m);
+    return write_ok(st, err);
 }
 
 int handle_Messages_Delete(rpc_call *call, const lagoon_v1_DeleteMessageRequest *req, lagoon_v1_MessagesEmpty *resp)
@@ -955,16 +899,5 @@ int handle_Messages_Delete(rpc_call *call, const lagoon_v1_DeleteMessageRequest 
     (void)resp;
     if (req->message_id == 0)
         return rpc_call_violation(call, "message_id", "is required");
-    own_op *op = calloc(1, sizeof(*op));
-    if (op == NULL)
-        return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
-    op->a = app_of(call);
-    op->who = *rpc_call_caller(call);
-    op->me = op->who.user_id;
-    op->message_id = req->message_id;
-    op->now = app_now(op->a);
-    int st = app_write(call, delete_write, op, delete_done);
-    if (st != RPC_PENDING)
-        free(op);
-    return st;
+    return app_write_call(call, delete_write, NULL);
 }

@@ -178,6 +178,63 @@ static void test_idempotent_retry(void **state)
     assert_int_equal(first_page_count(ann_tok, cat), 2);
 }
 
+/* Edit, Delete and MarkRead are (idempotent): a retry with the same RequestMeta.idempotency_key
+ * gets the first response and changes nothing; the key with another request is refused. */
+static void test_edit_retried_with_key(void **state)
+{
+    (void)state;
+    char tok_i[65], tok_j[65];
+    uint64_t i = test_verified_user(T, C, "ivy", lagoon_v1_Role_STUDENT, tok_i);
+    uint64_t j = test_verified_user(T, C, "jay", lagoon_v1_Role_STUDENT, tok_j);
+    lagoon_v1_DirectMessage m, first, again;
+    assert_int_equal(send_text(tok_i, j, "first words", &m), LAGOON_OK);
+    lagoon_v1_EditMessageRequest er = lagoon_v1_EditMessageRequest_init_zero;
+    er.message_id = m.id;
+    snprintf(er.text, sizeof(er.text), "second words");
+    lagoon_set_token(C, tok_i);
+    lagoon_set_idempotency_key(C, "edit-key-1");
+    assert_int_equal(lagoon_Messages_Edit(C, &er, &first), LAGOON_OK);
+    assert_int_equal(first.edit_count, 1);
+    test_clock_advance(T, 1000);
+    lagoon_set_idempotency_key(C, "edit-key-1");
+    assert_int_equal(lagoon_Messages_Edit(C, &er, &again), LAGOON_OK);
+    assert_int_equal(again.id, m.id);
+    assert_int_equal(again.edit_count, 1);
+    assert_int_equal(again.edited_at, first.edited_at);
+    assert_string_equal(again.content.text.text, "second words");
+    /* The key with another request. */
+    snprintf(er.text, sizeof(er.text), "third words");
+    lagoon_set_idempotency_key(C, "edit-key-1");
+    assert_int_equal(lagoon_Messages_Edit(C, &er, &again), LAGOON_FAILED_PRECONDITION);
+    /* What the recipient reads: the first edit, once. */
+    lagoon_v1_ListMessagesRequest lr = lagoon_v1_ListMessagesRequest_init_zero;
+    lr.other_user_id = i;
+    lr.page_size = 1;
+    lagoon_v1_ListMessagesResponse resp;
+    assert_int_equal(list(tok_j, &lr, &resp), LAGOON_OK);
+    assert_int_equal(resp.messages_count, 1);
+    assert_int_equal(resp.messages[0].id, m.id);
+    assert_string_equal(resp.messages[0].content.text.text, "second words");
+    assert_int_equal(resp.messages[0].edit_count, 1);
+    assert_int_equal(resp.messages[0].edited_at, first.edited_at);
+    pb_release(lagoon_v1_ListMessagesResponse_fields, &resp);
+    /* Another key is another edit. */
+    lagoon_set_token(C, tok_i);
+    lagoon_set_idempotency_key(C, "edit-key-2");
+    assert_int_equal(lagoon_Messages_Edit(C, &er, &again), LAGOON_OK);
+    assert_int_equal(again.edit_count, 2);
+    assert_string_equal(again.content.text.text, "third words");
+
+    /* A retried Delete answers as the first did; without the key the message is gone. */
+    lagoon_v1_DeleteMessageRequest dr = {m.id};
+    lagoon_v1_MessagesEmpty empty;
+    lagoon_set_idempotency_key(C, "delete-key-1");
+    assert_int_equal(lagoon_Messages_Delete(C, &dr, &empty), LAGOON_OK);
+    lagoon_set_idempotency_key(C, "delete-key-1");
+    assert_int_equal(lagoon_Messages_Delete(C, &dr, &empty), LAGOON_OK);
+    assert_int_equal(lagoon_Messages_Delete(C, &dr, &empty), LAGOON_NOT_FOUND);
+}
+
 /* A conversation of its own for the paging tests: dan and eve. */
 static uint64_t dan, eve;
 static char dan_tok[65], eve_tok[65];
@@ -911,6 +968,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_content_types_and_violations),
         cmocka_unit_test(test_idempotent_retry),
+        cmocka_unit_test(test_edit_retried_with_key),
         cmocka_unit_test(test_cursor_and_numbered_pages),
         cmocka_unit_test(test_since_catch_up),
         cmocka_unit_test(test_conversations_and_unread),

@@ -931,11 +931,16 @@ const char *wire_email_problem(const char *s)
     return email_domain_ok(at + 1) ? NULL : bad;
 }
 
-/* "must be A, B or C": the names of the enum values that pass r's other rules. */
-static void rule_enum_names(const wire_rule *r, char *why, size_t cap)
+/* "must be A, B or C": the names of the enum values that pass r's other rules; a list too long
+ * for the description is not cut short, it is left out. */
+static void rule_enum_names(const wire_rule *r, int64_t got, char *why, size_t cap)
 {
     size_t ok[64], n = 0;
-    for (size_t k = 0; k < r->nvalues && n < sizeof(ok) / sizeof(ok[0]); k++) {
+    for (size_t k = 0; k < r->nvalues; k++) {
+        if (n == sizeof(ok) / sizeof(ok[0])) {
+            snprintf(why, cap, "%lld is not one of the values it allows", (long long)got);
+            return;
+        }
         int64_t v = r->values[k];
         if (((r->flags & WIRE_RULE_REQUIRED) && v == 0) || ((r->flags & WIRE_RULE_HAS_MIN) && v < r->min) ||
             ((r->flags & WIRE_RULE_HAS_MAX) && v > r->max))
@@ -950,6 +955,8 @@ static void rule_enum_names(const wire_rule *r, char *why, size_t cap)
     for (size_t i = 1; i < n && used < cap; i++)
         used += (size_t)snprintf(why + used, cap - used, "%s%s", i + 1 == n ? " or " : ", ",
                                  r->value_names[ok[i]]);
+    if (used >= cap)
+        snprintf(why, cap, "%lld is not one of the values it allows", (long long)got);
 }
 
 static void rule_check_number(const wire_rule *r, int64_t v, int above, int present_only, char *why, size_t cap)
@@ -962,7 +969,7 @@ static void rule_check_number(const wire_rule *r, int64_t v, int above, int pres
             k++;
         if (required_broken || k == r->nvalues || ((r->flags & WIRE_RULE_HAS_MIN) && v < r->min) ||
             ((r->flags & WIRE_RULE_HAS_MAX) && v > r->max))
-            rule_enum_names(r, why, cap);
+            rule_enum_names(r, v, why, cap);
     } else if (required_broken) {
         snprintf(why, cap, "is required");
     } else if ((r->flags & WIRE_RULE_HAS_MIN) && v < r->min) {

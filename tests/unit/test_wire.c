@@ -1738,6 +1738,22 @@ static void rules_nested_paths(void **state)
     expect_one(&m, "extra.width", "must be positive");
 }
 
+/* A message whose only rules are inside a submessage still has rules (the server checks a
+ * request only when its nrules is not 0). */
+static void rules_only_inside(void **state)
+{
+    (void)state;
+    assert_int_equal(lagoon_test_v1_RulesWrapper_info.nrules, 1);
+    lagoon_test_v1_RulesWrapper w = lagoon_test_v1_RulesWrapper_init_zero;
+    rule_report r = {0};
+    assert_int_equal(wire_check_rules(&lagoon_test_v1_RulesWrapper_info, &w, collect_rule, &r), 0);
+    w.has_image = true;
+    w.image.width = 2;
+    assert_int_equal(wire_check_rules(&lagoon_test_v1_RulesWrapper_info, &w, collect_rule, &r), 1);
+    assert_string_equal(r.fields[0], "image.url");
+    assert_string_equal(r.descs[0], "is required");
+}
+
 static void rules_optional_fields(void **state)
 {
     (void)state;
@@ -2110,6 +2126,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(rules_pass_at_their_edges),
         cmocka_unit_test(rules_report_every_broken_field),
         cmocka_unit_test(rules_nested_paths),
+        cmocka_unit_test(rules_only_inside),
         cmocka_unit_test(rules_optional_fields),
         cmocka_unit_test(rules_items),
         cmocka_unit_test(rules_enum_names_values),

@@ -13,6 +13,7 @@
 #include "events.h"
 
 #include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,6 +61,17 @@ static int feed_put(store_txn *t, lagoon_v1_UserFeed *f, int exists, store_error
 {
     return exists ? store_update(t, &lagoon_table_user_feeds, f, err)
                   : store_insert(t, &lagoon_table_user_feeds, f, NULL, err);
+}
+
+/* q over index ix of tab limited to user's entries (the key's first field), page_size a page;
+ * prefix holds the key's bytes and must outlive q. */
+static void user_query(store_query *q, store_key *prefix, const store_table *tab, const store_index *ix, uint64_t user,
+                       uint32_t page_size)
+{
+    store_key_reset(prefix);
+    store_key_u64(prefix, user);
+    *q = (store_query){.table = tab, .index = ix, .prefix = prefix->buf, .prefix_len = prefix->len,
+                       .page_size = page_size};
 }
 
 /* A log: a user's or a topic's. Its rows are in table, found in index by prefix + seq. */
@@ -120,18 +132,23 @@ static uint64_t event_id(store_txn *t, uint64_t user, uint64_t seq, lagoon_v1_Us
 
 /* Retention, a few events per append so that writes stay bounded: by count on every append
  * (which needs only ids), by the age of the oldest on every EVENTS_AGE_CHECK-th (which needs
- * the oldest row decoded into row, a buffer of lg's table). *first moves past what is gone. */
-static int log_trim(store_txn *t, const app *a, const event_log *lg, uint64_t *first, uint64_t last, void *row,
+ * the oldest row decoded: into a buffer of lg's table allocated then, so that the other
+ * appends allocate nothing and the appended row is left as it is). *first moves past what is
+ * gone. */
+static int log_trim(store_txn *t, const app *a, const event_log *lg, uint64_t *first, uint64_t last,
                     store_error *err)
 {
     int64_t now = app_now(a);
     int check_age = last % EVENTS_AGE_CHECK == 0;
+    void *row = NULL;
+    if (check_age && *first < last && (row = malloc(lg->table->row_size)) == NULL)
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
     int st = LAGOON_OK;
     for (int i = 0; i < EVENTS_PURGE_PER_APPEND && st == LAGOON_OK && *first < last; i++) {
         uint64_t kept = last - *first + 1;
         if (kept <= a->cfg.event_retention_count && !check_age)
             break;
-        uint64_t id = log_row(t, lg, *first, check_age ? row : NULL, err);
+        uint64_t id = log_row(t, lg, *first, row, err);
         if (id && kept <= a->cfg.event_retention_count &&
             now - lg->event_of(row)->created_at <= (int64_t)a->cfg.event_retention_s * 1000)
             break;
@@ -139,36 +156,82 @@ static int log_trim(store_txn *t, const app *a, const event_log *lg, uint64_t *f
             st = store_delete(t, lg->table, id, err);
         (*first)++;
     }
+    free(row);
     return st;
+}
+
+/* Zeroes the size bytes at p but the len bytes at offset at, which the caller fills: a row's
+ * defaults (proto3: all zero) without clearing a 17 KiB event that is copied or built over. */
+static void zero_around(void *p, size_t size, size_t at, size_t len)
+{
+    memset(p, 0, at);
+    memset((char *)p + at + len, 0, size - at - len);
+}
+
+void events_row_init(lagoon_v1_UserEvent *row, uint64_t user_id, pb_size_t which, const wire_msginfo *payload_info)
+{
+    zero_around(row, sizeof(*row), offsetof(lagoon_v1_UserEvent, event), sizeof(row->event));
+    row->user_id = user_id;
+    row->has_event = true;
+    lagoon_v1_Event *e = &row->event;
+    zero_around(e, sizeof(*e), offsetof(lagoon_v1_Event, payload), sizeof(e->payload));
+    e->which_payload = which;
+    /* The oneof's members share the union's storage: only the chosen one is set to its
+     * defaults (a whole-row wire_init walks every member, the message's text buffer too). */
+    wire_init(payload_info, &e->payload);
+}
+
+/* Appends row (its event's payload set) to row->user_id's log, whose feed f was read in t
+ * (exists: stored): the event gets the next seq (f->last_seq after) and the time; the log is
+ * trimmed and f written. */
+static int log_append(store_txn *t, const app *a, lagoon_v1_UserEvent *row, lagoon_v1_UserFeed *f, int exists,
+                      store_error *err)
+{
+    row->id = 0;
+    row->event.seq = ++f->last_seq;
+    row->event.created_at = app_now(a);
+    if (f->first_seq == 0)
+        f->first_seq = f->last_seq;
+    int st = store_insert(t, &lagoon_table_user_events, row, NULL, err);
+    event_log lg;
+    user_log(&lg, row->user_id);
+    if (st == LAGOON_OK)
+        st = log_trim(t, a, &lg, &f->first_seq, f->last_seq, err);
+    return st == LAGOON_OK ? feed_put(t, f, exists, err) : st;
+}
+
+int events_append_row(store_txn *t, const app *a, lagoon_v1_UserEvent *row, store_error *err)
+{
+    lagoon_v1_UserFeed f;
+    int exists;
+    int st = feed_get(t, row->user_id, &f, &exists, err);
+    return st == LAGOON_OK ? log_append(t, a, row, &f, exists, err) : st;
 }
 
 int events_append(store_txn *t, const app *a, uint64_t user_id, lagoon_v1_Event *ev, store_error *err)
 {
-    lagoon_v1_UserFeed f;
-    int exists;
-    int st = feed_get(t, user_id, &f, &exists, err);
-    if (st != LAGOON_OK)
-        return st;
-    ev->seq = ++f.last_seq;
-    ev->created_at = app_now(a);
-    if (f.first_seq == 0)
-        f.first_seq = ev->seq;
     lagoon_v1_UserEvent *row = malloc(sizeof(*row));
     if (row == NULL)
         return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
-    wire_init(&lagoon_v1_UserEvent_info, row);
+    zero_around(row, sizeof(*row), offsetof(lagoon_v1_UserEvent, event), sizeof(row->event));
     row->user_id = user_id;
     row->has_event = true;
     row->event = *ev;
-    st = store_insert(t, &lagoon_table_user_events, row, NULL, err);
-    event_log lg;
-    user_log(&lg, user_id);
-    if (st == LAGOON_OK)
-        st = log_trim(t, a, &lg, &f.first_seq, f.last_seq, row, err);
+    int st = events_append_row(t, a, row, err);
+    ev->seq = row->event.seq;
+    ev->created_at = row->event.created_at;
     free(row);
-    if (st == LAGOON_OK)
-        st = feed_put(t, &f, exists, err);
     return st;
+}
+
+/* A row for an event of user_id's log with payload which (events_row_init), or NULL when
+ * memory is short. On the heap: a row can hold a whole message. */
+static lagoon_v1_UserEvent *row_new(uint64_t user_id, pb_size_t which, const wire_msginfo *payload_info)
+{
+    lagoon_v1_UserEvent *row = malloc(sizeof(*row));
+    if (row != NULL)
+        events_row_init(row, user_id, which, payload_info);
+    return row;
 }
 
 /* ---- topics ------------------------------------------------------------------------------------- */
@@ -223,7 +286,7 @@ int events_topic_publish(store_txn *t, const app *a, const lagoon_v1_Topic *topi
     lagoon_v1_TopicEvent *row = malloc(sizeof(*row));
     if (row == NULL)
         return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
-    wire_init(&lagoon_v1_TopicEvent_info, row);
+    zero_around(row, sizeof(*row), offsetof(lagoon_v1_TopicEvent, event), sizeof(row->event));
     row->has_topic = true;
     row->topic = *topic;
     row->has_event = true;
@@ -232,7 +295,7 @@ int events_topic_publish(store_txn *t, const app *a, const lagoon_v1_Topic *topi
     event_log lg;
     topic_log(&lg, (uint32_t)topic->kind, topic->id);
     if (st == LAGOON_OK)
-        st = log_trim(t, a, &lg, &f.first_seq, f.last_seq, row, err);
+        st = log_trim(t, a, &lg, &f.first_seq, f.last_seq, err);
     free(row);
     if (st == LAGOON_OK)
         st = exists ? store_update(t, &lagoon_table_topic_feeds, &f, err)
@@ -255,14 +318,9 @@ static int member_get(store_txn *t, uint64_t user, const lagoon_v1_Topic *topic,
 static int scan_memberships(store_txn *t, uint64_t user, store_row_fn fn, void *arg, store_error *err)
 {
     store_key prefix;
-    store_key_reset(&prefix);
-    store_key_u64(&prefix, user);
-    store_query q = {0};
-    q.table = &lagoon_table_topic_members;
-    q.index = lagoon_index_topic_members_by_user;
-    q.prefix = prefix.buf;
-    q.prefix_len = prefix.len;
-    q.page_size = EVENTS_MAX_TOPICS_PER_USER;
+    store_query q;
+    user_query(&q, &prefix, &lagoon_table_topic_members, lagoon_index_topic_members_by_user, user,
+               EVENTS_MAX_TOPICS_PER_USER);
     store_page page;
     return store_scan(t, &q, fn, arg, &page, err);
 }
@@ -320,63 +378,59 @@ int events_topic_leave(store_txn *t, const app *a, uint64_t user_id, const lagoo
 
 /* ---- notifications ------------------------------------------------------------------------------ */
 
-static int feed_unread_add(store_txn *t, uint64_t user, int delta, store_error *err)
-{
-    lagoon_v1_UserFeed f;
-    int exists;
-    int st = feed_get(t, user, &f, &exists, err);
-    if (st != LAGOON_OK)
-        return st;
-    if (delta < 0 && f.unread_notifications < (uint32_t)-delta)
-        f.unread_notifications = 0;
-    else
-        f.unread_notifications = (uint32_t)((int64_t)f.unread_notifications + delta);
-    return feed_put(t, &f, exists, err);
-}
-
 int events_notify(store_txn *t, const app *a, uint64_t user_id, lagoon_v1_Notification_Type type, const char *title,
                   const char *content, uint64_t related_id, const char *collapse_key, uint64_t message_id,
                   events_noted *out, store_error *err)
 {
-    lagoon_v1_Notification n;
-    int st = LAGOON_NOT_FOUND;
+    /* The feed is read once for the unread count and the log position, and written once. */
+    lagoon_v1_UserFeed f;
+    int exists;
+    int st = feed_get(t, user_id, &f, &exists, err);
+    if (st != LAGOON_OK)
+        return st;
+    lagoon_v1_UserEvent *row = row_new(user_id, lagoon_v1_Event_notification_tag, &lagoon_v1_NotificationEvent_info);
+    if (row == NULL)
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    /* The notification is read, stored and logged in place, in its event: no copy. */
+    row->event.payload.notification.has_notification = true;
+    lagoon_v1_Notification *n = &row->event.payload.notification.notification;
+    st = LAGOON_NOT_FOUND;
     if (collapse_key && collapse_key[0]) {
         store_key k;
         store_key_reset(&k);
         store_key_u64(&k, user_id);
         store_key_str(&k, collapse_key);
-        st = store_get_by(t, &lagoon_table_notifications, lagoon_index_notifications_by_collapse_key, &k, NULL, &n, err);
-        if (st != LAGOON_OK && st != LAGOON_NOT_FOUND)
-            return st;
+        st = store_get_by(t, &lagoon_table_notifications, lagoon_index_notifications_by_collapse_key, &k, NULL, n, err);
     }
     int collapsed = st == LAGOON_OK;
-    if (!collapsed) {
-        memset(&n, 0, sizeof(n));
-        n.user_id = user_id;
-        n.type = type;
-        n.related_id = related_id;
-        snprintf(n.collapse_key, sizeof(n.collapse_key), "%s", collapse_key ? collapse_key : "");
+    if (st == LAGOON_NOT_FOUND) {
+        /* n is still at its defaults: a lookup that finds nothing decodes nothing. */
+        n->user_id = user_id;
+        n->type = type;
+        n->related_id = related_id;
+        snprintf(n->collapse_key, sizeof(n->collapse_key), "%s", collapse_key ? collapse_key : "");
+        st = LAGOON_OK;
     }
-    n.count++;
-    n.created_at = app_now(a);
-    n.snippet_message_id = message_id;
-    snprintf(n.title, sizeof(n.title), "%s", title);
-    snprintf(n.content, sizeof(n.content), "%s", content);
-    st = collapsed ? store_update(t, &lagoon_table_notifications, &n, err)
-                   : store_insert(t, &lagoon_table_notifications, &n, NULL, err);
-    if (st == LAGOON_OK && !collapsed)
-        st = feed_unread_add(t, user_id, 1, err);
     if (st == LAGOON_OK) {
-        lagoon_v1_Event ev = lagoon_v1_Event_init_zero;
-        ev.which_payload = lagoon_v1_Event_notification_tag;
-        ev.payload.notification.has_notification = true;
-        ev.payload.notification.notification = n;
-        st = events_append(t, a, user_id, &ev, err);
+        n->count++;
+        n->created_at = app_now(a);
+        n->snippet_message_id = message_id;
+        snprintf(n->title, sizeof(n->title), "%s", title);
+        snprintf(n->content, sizeof(n->content), "%s", content);
+        st = collapsed ? store_update(t, &lagoon_table_notifications, n, err)
+                       : store_insert(t, &lagoon_table_notifications, n, NULL, err);
+    }
+    if (st == LAGOON_OK) {
+        if (!collapsed)
+            f.unread_notifications++;
+        uint64_t id = n->id; /* the row is the log's buffer from here */
+        st = log_append(t, a, row, &f, exists, err);
         if (out != NULL) {
-            out->notification_id = n.id;
-            out->seq = ev.seq;
+            out->notification_id = id;
+            out->seq = f.last_seq;
         }
     }
+    free(row);
     return st;
 }
 
@@ -385,15 +439,21 @@ int events_notify(store_txn *t, const app *a, uint64_t user_id, lagoon_v1_Notifi
 static int note_publish(store_txn *t, const app *a, const lagoon_v1_Notification *n, uint64_t *seq, store_error *err)
 {
     int st = store_update(t, &lagoon_table_notifications, n, err);
-    if (st == LAGOON_OK) {
-        lagoon_v1_Event ev = lagoon_v1_Event_init_zero;
-        ev.which_payload = lagoon_v1_Event_notification_tag;
-        ev.payload.notification.has_notification = true;
-        ev.payload.notification.notification = *n;
-        st = events_append(t, a, n->user_id, &ev, err);
-        if (seq != NULL)
-            *seq = ev.seq;
-    }
+    lagoon_v1_UserFeed f;
+    int exists;
+    if (st == LAGOON_OK)
+        st = feed_get(t, n->user_id, &f, &exists, err);
+    if (st != LAGOON_OK)
+        return st;
+    lagoon_v1_UserEvent *row = row_new(n->user_id, lagoon_v1_Event_notification_tag, &lagoon_v1_NotificationEvent_info);
+    if (row == NULL)
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    row->event.payload.notification.has_notification = true;
+    row->event.payload.notification.notification = *n;
+    st = log_append(t, a, row, &f, exists, err);
+    if (seq != NULL)
+        *seq = f.last_seq;
+    free(row);
     return st;
 }
 
@@ -413,13 +473,54 @@ int events_message_edited(store_txn *t, const app *a, const lagoon_v1_DirectMess
     return note_publish(t, a, &n, seq, err);
 }
 
-static int note_mark_read(store_txn *t, lagoon_v1_Notification *n, store_error *err)
+/* What a notification state event does to its user's unread count first. */
+enum unread_change { UNREAD_SAME, UNREAD_ONE_FEWER, UNREAD_NONE };
+
+/* A notification state event with the user's unread count after `unread` (count: COUNT_CHANGED's):
+ * the feed is read and written once, for the count and the log position alike. */
+static int publish_state(store_txn *t, const app *a, uint64_t user_id, lagoon_v1_NotificationStateEvent_Change change,
+                         uint64_t notification_id, uint32_t count, enum unread_change unread, store_error *err)
+{
+    lagoon_v1_UserFeed f;
+    int exists;
+    int st = feed_get(t, user_id, &f, &exists, err);
+    if (st != LAGOON_OK)
+        return st;
+    if (unread == UNREAD_NONE || (unread == UNREAD_ONE_FEWER && f.unread_notifications == 0))
+        f.unread_notifications = 0;
+    else if (unread == UNREAD_ONE_FEWER)
+        f.unread_notifications--;
+    lagoon_v1_UserEvent *row =
+        row_new(user_id, lagoon_v1_Event_notification_state_tag, &lagoon_v1_NotificationStateEvent_info);
+    if (row == NULL)
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    lagoon_v1_NotificationStateEvent *ns = &row->event.payload.notification_state;
+    ns->change = change;
+    ns->notification_id = notification_id;
+    ns->unread = f.unread_notifications;
+    ns->count = count;
+    st = log_append(t, a, row, &f, exists, err);
+    free(row);
+    return st;
+}
+
+int events_notification_changed(store_txn *t, const app *a, uint64_t user_id,
+                                lagoon_v1_NotificationStateEvent_Change change, uint64_t notification_id,
+                                store_error *err)
+{
+    return publish_state(t, a, user_id, change, notification_id, 0, UNREAD_SAME, err);
+}
+
+int events_notification_mark_read(store_txn *t, const app *a, lagoon_v1_Notification *n, store_error *err)
 {
     if (n->is_read)
-        return LAGOON_OK;
+        return LAGOON_OK; /* nothing changes, nothing to tell */
     n->is_read = true;
     int st = store_update(t, &lagoon_table_notifications, n, err);
-    return st == LAGOON_OK ? feed_unread_add(t, n->user_id, -1, err) : st;
+    /* The user's other devices update the notification and their badge. */
+    return st == LAGOON_OK ? publish_state(t, a, n->user_id, lagoon_v1_NotificationStateEvent_Change_READ, n->id, 0,
+                                           UNREAD_ONE_FEWER, err)
+                           : st;
 }
 
 int events_notification_read(store_txn *t, const app *a, uint64_t user_id, const char *collapse_key,
@@ -431,39 +532,72 @@ int events_notification_read(store_txn *t, const app *a, uint64_t user_id, const
     store_key_str(&k, collapse_key);
     lagoon_v1_Notification n;
     int st = store_get_by(t, &lagoon_table_notifications, lagoon_index_notifications_by_collapse_key, &k, NULL, &n, err);
-    if (st == LAGOON_NOT_FOUND || (st == LAGOON_OK && n.is_read))
+    if (st == LAGOON_NOT_FOUND)
         return LAGOON_OK;
-    if (st == LAGOON_OK)
-        st = note_mark_read(t, &n, err);
     /* The user's other devices clear the badge as they would for Notifications/MarkRead. */
-    return st == LAGOON_OK ? events_notification_changed(t, a, user_id, lagoon_v1_NotificationStateEvent_Change_READ,
-                                                         n.id, err)
+    return st == LAGOON_OK ? events_notification_mark_read(t, a, &n, err) : st;
+}
+
+int events_notification_delete(store_txn *t, const app *a, const lagoon_v1_Notification *n, store_error *err)
+{
+    int st = store_delete(t, &lagoon_table_notifications, n->id, err);
+    return st == LAGOON_OK ? publish_state(t, a, n->user_id, lagoon_v1_NotificationStateEvent_Change_DELETED, n->id, 0,
+                                           n->is_read ? UNREAD_SAME : UNREAD_ONE_FEWER, err)
                            : st;
 }
 
-/* A notification state event with the unread count as it stands in t (count: COUNT_CHANGED's). */
-static int publish_state(store_txn *t, const app *a, uint64_t user_id, lagoon_v1_NotificationStateEvent_Change change,
-                         uint64_t notification_id, uint32_t count, store_error *err)
+/* Unread notifications found by one page of the unread index. */
+typedef struct unread_page {
+    uint64_t ids[STORE_PAGE_SIZE_MAX];
+    uint32_t n;
+} unread_page;
+
+static int unread_of(void *arg, uint64_t id, const void *row)
 {
-    lagoon_v1_UserFeed f;
-    int exists;
-    int st = feed_get(t, user_id, &f, &exists, err);
-    if (st != LAGOON_OK)
-        return st;
-    lagoon_v1_Event ev = lagoon_v1_Event_init_zero;
-    ev.which_payload = lagoon_v1_Event_notification_state_tag;
-    ev.payload.notification_state.change = change;
-    ev.payload.notification_state.notification_id = notification_id;
-    ev.payload.notification_state.unread = f.unread_notifications;
-    ev.payload.notification_state.count = count;
-    return events_append(t, a, user_id, &ev, err);
+    (void)row;
+    unread_page *p = arg;
+    if (p->n < STORE_PAGE_SIZE_MAX)
+        p->ids[p->n++] = id;
+    return LAGOON_OK;
 }
 
-int events_notification_changed(store_txn *t, const app *a, uint64_t user_id,
-                                lagoon_v1_NotificationStateEvent_Change change, uint64_t notification_id,
-                                store_error *err)
+int events_notifications_all_read(store_txn *t, const app *a, uint64_t user_id, store_error *err)
 {
-    return publish_state(t, a, user_id, change, notification_id, 0, err);
+    store_key prefix;
+    store_query q;
+    user_query(&q, &prefix, &lagoon_table_notifications, lagoon_index_notifications_unread, user_id,
+               STORE_PAGE_SIZE_MAX);
+    unread_page page; /* 4 KiB of ids: the writer thread's stack has room */
+    uint64_t marked = 0;
+    int st;
+    /* Page by page from the start: each page is marked read and so leaves the unread index;
+     * bounded by the user's unread notifications. */
+    do {
+        page.n = 0;
+        store_page next;
+        st = store_scan(t, &q, unread_of, &page, &next, err);
+        for (uint32_t i = 0; i < page.n && st == LAGOON_OK; i++) {
+            lagoon_v1_Notification n;
+            st = store_get(t, &lagoon_table_notifications, page.ids[i], &n, err);
+            if (st == LAGOON_OK) {
+                n.is_read = true;
+                st = store_update(t, &lagoon_table_notifications, &n, err);
+                marked++;
+            }
+        }
+    } while (st == LAGOON_OK && page.n == STORE_PAGE_SIZE_MAX);
+    if (st != LAGOON_OK)
+        return st;
+    /* The other devices clear their badge; nothing to tell when nothing was unread. */
+    if (marked > 0)
+        return publish_state(t, a, user_id, lagoon_v1_NotificationStateEvent_Change_ALL_READ, 0, 0, UNREAD_NONE, err);
+    lagoon_v1_UserFeed f;
+    int exists;
+    st = feed_get(t, user_id, &f, &exists, err);
+    if (st != LAGOON_OK || !exists || f.unread_notifications == 0)
+        return st;
+    f.unread_notifications = 0;
+    return store_update(t, &lagoon_table_user_feeds, &f, err);
 }
 
 /* ---- a deleted message's words ------------------------------------------------------------------ */
@@ -523,34 +657,26 @@ static int scrub_visit(void *arg, uint64_t id, const void *row)
     return sc->n + 2 > EVENTS_REPLAY_PAGE ? LAGOON_CANCELLED : LAGOON_OK;
 }
 
-/* Notification n counted the deleted message m: it counts one fewer and goes when that was its
- * last; it loses its content if that still shows m's snippet: by snippet_message_id, or for a
- * notification from before that was recorded (0) when its content is words (NULL: never).
- * Published either way. */
-static int scrub_note_row(store_txn *t, const app *a, const lagoon_v1_Notification *nn, uint64_t message_id,
+/* Notification n (read in t, changed here) counted the deleted message m: it counts one fewer and
+ * goes when that was its last; it loses its content if that still shows m's snippet: by
+ * snippet_message_id, or for a notification from before that was recorded (0) when its content
+ * is words (NULL: never; may be n->content). Published either way. */
+static int scrub_note_row(store_txn *t, const app *a, lagoon_v1_Notification *n, uint64_t message_id,
                           const char *words, store_error *err)
 {
-    lagoon_v1_Notification n = *nn;
-    int st;
-    if (n.count <= 1) {
-        st = store_delete(t, &lagoon_table_notifications, n.id, err);
-        if (st == LAGOON_OK && !n.is_read)
-            st = feed_unread_add(t, n.user_id, -1, err);
-        return st == LAGOON_OK ? events_notification_changed(t, a, n.user_id,
-                                                             lagoon_v1_NotificationStateEvent_Change_DELETED, n.id, err)
-                               : st;
-    }
-    n.count--;
-    if (n.snippet_message_id ? n.snippet_message_id == message_id : words != NULL && strcmp(n.content, words) == 0) {
-        n.content[0] = '\0';
-        n.snippet_message_id = 0;
-        return note_publish(t, a, &n, NULL, err); /* no words left in it to log */
+    if (n->count <= 1)
+        return events_notification_delete(t, a, n, err);
+    n->count--;
+    if (n->snippet_message_id ? n->snippet_message_id == message_id : words != NULL && strcmp(n->content, words) == 0) {
+        n->content[0] = '\0';
+        n->snippet_message_id = 0;
+        return note_publish(t, a, n, NULL, err); /* no words left in it to log */
     }
     /* It shows a later message's words: logging it whole would put them in an event that message's
      * row does not list (and its Delete would miss), so the change goes out as a count. */
-    st = store_update(t, &lagoon_table_notifications, &n, err);
-    return st == LAGOON_OK ? publish_state(t, a, n.user_id, lagoon_v1_NotificationStateEvent_Change_COUNT_CHANGED,
-                                           n.id, n.count, err)
+    int st = store_update(t, &lagoon_table_notifications, n, err);
+    return st == LAGOON_OK ? publish_state(t, a, n->user_id, lagoon_v1_NotificationStateEvent_Change_COUNT_CHANGED,
+                                           n->id, n->count, UNREAD_SAME, err)
                            : st;
 }
 
@@ -629,32 +755,22 @@ static int note_with_words(void *arg, uint64_t id, const void *row)
  * that show m's words, when the log no longer links m to its notification. */
 static int scrub_notes_by_words(store_txn *t, const app *a, const lagoon_v1_DirectMessage *m, store_error *err)
 {
-    note_search *ns = calloc(1, sizeof(*ns));
-    if (ns == NULL)
-        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
-    ns->m = m;
-    ns->since = m->created_at - EVENTS_SCRUB_SLACK_MS;
+    note_search ns = {.m = m, .since = m->created_at - EVENTS_SCRUB_SLACK_MS, .n = 0}; /* 1.6 KiB: on the stack */
     store_key prefix;
-    store_key_reset(&prefix);
-    store_key_u64(&prefix, m->recipient_id);
-    store_query q = {0};
-    q.table = &lagoon_table_notifications;
-    q.index = lagoon_index_notifications_by_user_time;
-    q.prefix = prefix.buf;
-    q.prefix_len = prefix.len;
+    store_query q;
+    user_query(&q, &prefix, &lagoon_table_notifications, lagoon_index_notifications_by_user_time, m->recipient_id,
+               EVENTS_REPLAY_PAGE);
     q.reverse = 1;
-    q.page_size = EVENTS_REPLAY_PAGE;
     store_page page;
-    int st = store_scan(t, &q, note_with_words, ns, &page, err);
+    int st = store_scan(t, &q, note_with_words, &ns, &page, err);
     if (st == LAGOON_CANCELLED)
         st = LAGOON_OK;
-    for (uint32_t i = 0; i < ns->n && st == LAGOON_OK; i++) {
+    for (uint32_t i = 0; i < ns.n && st == LAGOON_OK; i++) {
         lagoon_v1_Notification n;
-        st = store_get(t, &lagoon_table_notifications, ns->ids[i], &n, err);
+        st = store_get(t, &lagoon_table_notifications, ns.ids[i], &n, err);
         if (st == LAGOON_OK)
             st = scrub_note_row(t, a, &n, m->id, n.content, err);
     }
-    free(ns);
     return st;
 }
 
@@ -662,47 +778,36 @@ static int scrub_notes_by_words(store_txn *t, const app *a, const lagoon_v1_Dire
 static int scrub_log(store_txn *t, const app *a, uint64_t user, const lagoon_v1_DirectMessage *m, int adjust,
                      lagoon_v1_UserEvent *row, unsigned *notes, store_error *err)
 {
-    scrub *sc = calloc(1, sizeof(*sc));
-    if (sc == NULL)
-        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
-    sc->m = m;
-    sc->adjust = adjust;
-    sc->since = m->created_at - EVENTS_SCRUB_SLACK_MS;
+    scrub sc = {.m = m, .adjust = adjust, .since = m->created_at - EVENTS_SCRUB_SLACK_MS}; /* 1.7 KiB: on the stack */
     store_key prefix;
-    store_key_reset(&prefix);
-    store_key_u64(&prefix, user);
     int st = LAGOON_OK;
     /* Bounded: each page moves back through the user's log, which holds at most the retention
      * count; a page ends early only when its rewrite list is full, and the next one starts
      * right below the last event visited. */
-    for (int first = 1; st == LAGOON_OK && !sc->done; first = 0) {
-        store_query q = {0};
-        q.table = &lagoon_table_user_events;
-        q.index = lagoon_index_user_events_by_user_seq;
-        q.prefix = prefix.buf;
-        q.prefix_len = prefix.len;
+    for (int first = 1; st == LAGOON_OK && !sc.done; first = 0) {
+        store_query q;
+        user_query(&q, &prefix, &lagoon_table_user_events, lagoon_index_user_events_by_user_seq, user,
+                   EVENTS_REPLAY_PAGE);
         q.reverse = 1;
-        q.page_size = EVENTS_REPLAY_PAGE;
         store_key start = prefix;
         if (!first) {
-            if (sc->prev_seq <= 1)
+            if (sc.prev_seq <= 1)
                 break; /* the first seq was visited */
-            store_key_u64(&start, sc->prev_seq - 1);
+            store_key_u64(&start, sc.prev_seq - 1);
             q.start = start.buf;
             q.start_len = start.len;
         }
         store_page page;
-        sc->n = 0;
-        st = store_scan(t, &q, scrub_visit, sc, &page, err);
+        sc.n = 0;
+        st = store_scan(t, &q, scrub_visit, &sc, &page, err);
         if (st == LAGOON_CANCELLED)
             st = LAGOON_OK;
         else if (st == LAGOON_OK && page.next_page_token[0] == '\0')
-            sc->done = 1; /* the start of the log */
-        for (uint32_t i = 0; i < sc->n && st == LAGOON_OK; i++)
-            st = scrub_event(t, a, m, adjust, sc->ids[i], row, err);
+            sc.done = 1; /* the start of the log */
+        for (uint32_t i = 0; i < sc.n && st == LAGOON_OK; i++)
+            st = scrub_event(t, a, m, adjust, sc.ids[i], row, err);
     }
-    *notes += sc->notes;
-    free(sc);
+    *notes += sc.notes;
     return st;
 }
 

@@ -35,8 +35,18 @@
 #define EVENTS_LANE_MAX 1024
 
 /* Appends ev to user's log in t: assigns its seq and created_at, trims the log to the
- * retention limits. ev->payload must be set. */
+ * retention limits. ev->payload must be set. ev is copied into the stored row (17 KiB: an
+ * Event can hold a whole message); events_append_row builds it there instead. */
 int events_append(store_txn *t, const app *a, uint64_t user_id, lagoon_v1_Event *ev, store_error *err);
+
+/* events_append without the copy. events_row_init sets row (the caller's memory) to an event
+ * of user_id's log whose payload is `which` (payload_info's type), every field at its default:
+ * all but the payload union zeroed, the chosen member by wire_init, so that none of the other
+ * members' buffers is cleared. The caller fills row->event.payload; events_append_row appends
+ * it to row->user_id's log, assigning row->event.seq, .created_at and row->id; the row is
+ * left as it was written, so the same event can go to another log next (set row->user_id). */
+void events_row_init(lagoon_v1_UserEvent *row, uint64_t user_id, pb_size_t which, const wire_msginfo *payload_info);
+int events_append_row(store_txn *t, const app *a, lagoon_v1_UserEvent *row, store_error *err);
 
 /* What events_notify wrote. */
 typedef struct events_noted {
@@ -60,9 +70,22 @@ int events_message_edited(store_txn *t, const app *a, const lagoon_v1_DirectMess
                           uint64_t *seq, store_error *err);
 
 /* Marks read the unread notification of user with collapse_key, if any (a conversation read),
- * and publishes that change (events_notification_changed). */
+ * as events_notification_mark_read does. */
 int events_notification_read(store_txn *t, const app *a, uint64_t user_id, const char *collapse_key,
                              store_error *err);
+
+/* Notification n as read in t: if unread, marks it read (n too), counts one fewer unread and
+ * publishes READ; already read, changes and publishes nothing. */
+int events_notification_mark_read(store_txn *t, const app *a, lagoon_v1_Notification *n, store_error *err);
+
+/* Deletes notification n (as read in t), counts one fewer unread if it was unread, and
+ * publishes DELETED. */
+int events_notification_delete(store_txn *t, const app *a, const lagoon_v1_Notification *n, store_error *err);
+
+/* Marks every unread notification of user read (a page of STORE_PAGE_SIZE_MAX at a time,
+ * bounded by the unread ones), sets the unread count to 0 and, when any was unread,
+ * publishes ALL_READ. */
+int events_notifications_all_read(store_txn *t, const app *a, uint64_t user_id, store_error *err);
 
 /* Publishes a change of user's notifications (read, all read, deleted) with the unread count as
  * it stands in t, so that the user's other devices update their badge. */

@@ -1,7 +1,6 @@
 /* Notifications service: a user's notifications, newest first. Features create them with
  * events_notify (events.h), which also publishes them to the user's subscriptions. */
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "events.h"
@@ -59,153 +58,62 @@ int handle_Notifications_UnreadCount(rpc_call *call, const lagoon_v1_Notificatio
     return st == LAGOON_OK || st == LAGOON_NOT_FOUND ? LAGOON_OK : app_store_error(call, st, &err);
 }
 
-/* ---- changes ------------------------------------------------------------------------------------ */
+/* ---- changes: write functions (app.h), each answering an empty response ------------------------ */
 
-enum note_action { NOTE_READ, NOTE_DELETE, NOTE_READ_ALL };
-
-typedef struct note_op {
-    const app *a;
-    rpc_caller who;
-    uint64_t user_id, id;
-    int action;
-    int missing;
-} note_op;
-
-static int unread_of(void *arg, uint64_t id, const void *row)
+/* A write's status. A lookup that found nothing and was handled (a user with no feed yet, a
+ * trimmed event) leaves its code in err, which the framework takes for app_refuse_kept's
+ * refusal: a success clears it. */
+static int written(int st, store_error *err)
 {
-    (void)row;
-    uint64_t *ids = arg;
-    if (ids[0] < STORE_PAGE_SIZE_MAX)
-        ids[1 + ids[0]++] = id;
-    return LAGOON_OK;
-}
-
-static int note_write(store_txn *t, void *arg, store_error *err)
-{
-    note_op *op = arg;
-    op->missing = 0;
-    if (op->action == NOTE_READ_ALL) {
-        /* Page by page: each page is marked read and so leaves the unread index. */
-        uint64_t *ids = malloc((1 + STORE_PAGE_SIZE_MAX) * sizeof(uint64_t));
-        if (ids == NULL)
-            return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
-        store_key prefix;
-        store_key_reset(&prefix);
-        store_key_u64(&prefix, op->user_id);
-        int st;
-        uint64_t marked = 0;
-        do {
-            ids[0] = 0;
-            store_query q = {0};
-            q.table = &lagoon_table_notifications;
-            q.index = note_index(1);
-            q.prefix = prefix.buf;
-            q.prefix_len = prefix.len;
-            q.page_size = STORE_PAGE_SIZE_MAX;
-            store_page page;
-            st = store_scan(t, &q, unread_of, ids, &page, err);
-            for (uint64_t i = 0; i < ids[0] && st == LAGOON_OK; i++) {
-                lagoon_v1_Notification n;
-                st = store_get(t, &lagoon_table_notifications, ids[1 + i], &n, err);
-                if (st == LAGOON_OK) {
-                    n.is_read = true;
-                    st = store_update(t, &lagoon_table_notifications, &n, err);
-                    marked++;
-                }
-            }
-        } while (st == LAGOON_OK && ids[0] == STORE_PAGE_SIZE_MAX);
-        free(ids);
-        if (st != LAGOON_OK)
-            return st;
-        store_key_reset(&prefix);
-        store_key_u64(&prefix, op->user_id);
-        lagoon_v1_UserFeed f;
-        st = store_get_by(t, &lagoon_table_user_feeds, lagoon_index_user_feeds_by_user, &prefix, NULL, &f, err);
-        if (st == LAGOON_NOT_FOUND)
-            return LAGOON_OK;
-        f.unread_notifications = 0;
-        if (st == LAGOON_OK)
-            st = store_update(t, &lagoon_table_user_feeds, &f, err);
-        /* The other devices clear their badge; nothing to tell when nothing was unread. */
-        if (st == LAGOON_OK && marked > 0)
-            st = events_notification_changed(t, op->a, op->user_id, lagoon_v1_NotificationStateEvent_Change_ALL_READ,
-                                             0, err);
-        return st;
-    }
-    lagoon_v1_Notification n;
-    int st = store_get(t, &lagoon_table_notifications, op->id, &n, err);
-    if (st == LAGOON_NOT_FOUND || (st == LAGOON_OK && app_access(&op->who, n.user_id, 0, APP_CHANGE, 0) != LAGOON_OK)) {
-        op->missing = 1; /* someone else's is as good as none */
-        return LAGOON_OK;
-    }
-    if (st != LAGOON_OK)
-        return st;
-    lagoon_v1_NotificationStateEvent_Change change = lagoon_v1_NotificationStateEvent_Change_READ;
-    if (op->action == NOTE_READ) {
-        if (n.is_read)
-            return LAGOON_OK;
-        n.is_read = true;
-        st = store_update(t, &lagoon_table_notifications, &n, err);
-    } else {
-        int was_unread = !n.is_read;
-        change = lagoon_v1_NotificationStateEvent_Change_DELETED;
-        st = store_delete(t, &lagoon_table_notifications, n.id, err);
-        if (st != LAGOON_OK || !was_unread)
-            return st == LAGOON_OK ? events_notification_changed(t, op->a, op->user_id, change, n.id, err) : st;
-        n.is_read = false;
-    }
-    if (st != LAGOON_OK)
-        return st;
-    /* One fewer unread. */
-    store_key k;
-    store_key_reset(&k);
-    store_key_u64(&k, op->user_id);
-    lagoon_v1_UserFeed f;
-    st = store_get_by(t, &lagoon_table_user_feeds, lagoon_index_user_feeds_by_user, &k, NULL, &f, err);
-    if (st == LAGOON_OK && f.unread_notifications > 0) {
-        f.unread_notifications--;
-        st = store_update(t, &lagoon_table_user_feeds, &f, err);
-    }
-    if (st == LAGOON_NOT_FOUND)
-        st = LAGOON_OK;
-    /* The user's other devices update the notification and their badge. */
-    return st == LAGOON_OK ? events_notification_changed(t, op->a, op->user_id, change, n.id, err) : st;
-}
-
-static int note_done(rpc_call *call, void *arg, int status, const store_error *err)
-{
-    note_op *op = arg;
-    if (status != LAGOON_OK)
-        status = app_store_error(call, status, err);
-    else if (op->missing)
-        status = rpc_call_error(call, LAGOON_NOT_FOUND, "no such notification");
-    free(op);
-    return status;
-}
-
-static int note_change(rpc_call *call, uint64_t id, int action)
-{
-    if (action != NOTE_READ_ALL && id == 0)
-        return rpc_call_violation(call, "id", "is required");
-    note_op *op = calloc(1, sizeof(*op));
-    if (op == NULL)
-        return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
-    op->a = app_of(call);
-    op->who = *rpc_call_caller(call);
-    op->user_id = op->who.user_id;
-    op->id = id;
-    op->action = action;
-    int st = app_write(call, note_write, op, note_done);
-    if (st != RPC_PENDING)
-        free(op);
+    if (st == LAGOON_OK)
+        memset(err, 0, sizeof(*err));
     return st;
+}
+
+enum note_change { NOTE_MARK_READ, NOTE_DELETE };
+
+/* MarkRead and Delete: the caller's notification req->id, changed. Someone else's is NOT_FOUND
+ * as none is, so that its existence does not leak. */
+static int change_own_note(store_txn *t, const app_write_in *in, enum note_change change, store_error *err)
+{
+    const lagoon_v1_NotificationIdRequest *req = in->req;
+    lagoon_v1_Notification n;
+    int st = store_get(t, &lagoon_table_notifications, req->id, &n, err);
+    if (st == LAGOON_OK && app_access(&in->who, n.user_id, 0, APP_CHANGE, 0) != LAGOON_OK)
+        st = LAGOON_NOT_FOUND;
+    if (st == LAGOON_NOT_FOUND)
+        return store_fail(err, LAGOON_NOT_FOUND, NULL, "no such notification");
+    if (st == LAGOON_OK)
+        st = change == NOTE_DELETE ? events_notification_delete(t, in->a, &n, err)
+                                   : events_notification_mark_read(t, in->a, &n, err);
+    return written(st, err);
+}
+
+static int mark_read_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
+{
+    (void)resp;
+    return change_own_note(t, in, NOTE_MARK_READ, err);
+}
+
+static int delete_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
+{
+    (void)resp;
+    return change_own_note(t, in, NOTE_DELETE, err);
+}
+
+static int mark_all_read_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
+{
+    (void)resp;
+    return written(events_notifications_all_read(t, in->a, in->who.user_id, err), err);
 }
 
 int handle_Notifications_MarkRead(rpc_call *call, const lagoon_v1_NotificationIdRequest *req,
                                   lagoon_v1_NotificationsEmpty *resp)
 {
     (void)resp;
-    return note_change(call, req->id, NOTE_READ);
+    if (req->id == 0)
+        return rpc_call_violation(call, "id", "is required");
+    return app_write_call(call, mark_read_write, NULL);
 }
 
 int handle_Notifications_MarkAllRead(rpc_call *call, const lagoon_v1_NotificationsEmpty *req,
@@ -213,12 +121,14 @@ int handle_Notifications_MarkAllRead(rpc_call *call, const lagoon_v1_Notificatio
 {
     (void)req;
     (void)resp;
-    return note_change(call, 0, NOTE_READ_ALL);
+    return app_write_call(call, mark_all_read_write, NULL);
 }
 
 int handle_Notifications_Delete(rpc_call *call, const lagoon_v1_NotificationIdRequest *req,
                                 lagoon_v1_NotificationsEmpty *resp)
 {
     (void)resp;
-    return note_change(call, req->id, NOTE_DELETE);
+    if (req->id == 0)
+        return rpc_call_violation(call, "id", "is required");
+    return app_write_call(call, delete_write, NULL);
 }

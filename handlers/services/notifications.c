@@ -110,9 +110,8 @@ static int mark_all_read_write(store_txn *t, const app_write_in *in, void *resp,
 int handle_Notifications_MarkRead(rpc_call *call, const lagoon_v1_NotificationIdRequest *req,
                                   lagoon_v1_NotificationsEmpty *resp)
 {
+    (void)req; /* id: required, by its rule in events.proto */
     (void)resp;
-    if (req->id == 0)
-        return rpc_call_violation(call, "id", "is required");
     return app_write_call(call, mark_read_write, NULL);
 }
 
@@ -127,8 +126,7 @@ int handle_Notifications_MarkAllRead(rpc_call *call, const lagoon_v1_Notificatio
 int handle_Notifications_Delete(rpc_call *call, const lagoon_v1_NotificationIdRequest *req,
                                 lagoon_v1_NotificationsEmpty *resp)
 {
+    (void)req; /* id: required, by its rule in events.proto */
     (void)resp;
-    if (req->id == 0)
-        return rpc_call_violation(call, "id", "is required");
     return app_write_call(call, delete_write, NULL);
 }

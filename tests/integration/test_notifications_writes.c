@@ -213,9 +213,17 @@ static void test_keys_are_the_callers_and_refusals_not_kept(void **state)
     assert_int_equal(note_call(ib.reader_tok, CALL_DELETE, ids[0] + 1000000, "miss-1"), LAGOON_NOT_FOUND);
     assert_int_equal(note_call(ib.reader_tok, CALL_DELETE, ids[0], "miss-1"), LAGOON_OK);
     assert_int_equal(reader_notes(&ib, ids, 0), 0);
-    /* A request the rules refuse never reaches the write: nothing kept either. */
-    assert_int_equal(note_call(ib.reader_tok, CALL_MARK_READ, 0, "zero-1"), LAGOON_INVALID_ARGUMENT);
-    assert_int_equal(note_call(ib.reader_tok, CALL_MARK_READ, 0, "zero-1"), LAGOON_INVALID_ARGUMENT);
+    /* A request its rules refuse (id is required) never reaches the write: nothing is kept, and
+     * the key is free for a valid request. */
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(note_call(ib.reader_tok, i ? CALL_DELETE : CALL_MARK_READ, 0, "zero-1"),
+                         LAGOON_INVALID_ARGUMENT);
+        const lagoon_v1_ResponseMeta *m = &lagoon_last_error(C)->detail;
+        assert_int_equal(m->violations_count, 1);
+        assert_string_equal(m->violations[0].field, "id");
+        assert_string_equal(m->violations[0].description, "is required");
+    }
+    assert_int_equal(note_call(ib.reader_tok, CALL_DELETE, ids[0] + 1000000, "zero-1"), LAGOON_NOT_FOUND);
 }
 
 /* A user who never had a notification (nor any event) has nothing to mark read: OK, with a key

@@ -982,6 +982,35 @@ static void rule_check_number(const wire_rule *r, int64_t v, int above, int pres
     }
 }
 
+/* "must be a, b or c": the words of a ONE_OF rule but "", which a client leaves the field
+ * for (as the handlers listed them). */
+static void rule_words(const wire_rule *r, char *why, size_t cap)
+{
+    size_t used = (size_t)snprintf(why, cap, "must be");
+    size_t listed = 0, total = 0;
+    for (size_t k = 0; k < r->nwords; k++)
+        total += r->words[k][0] != '\0';
+    for (size_t k = 0; k < r->nwords && used < cap; k++) {
+        if (r->words[k][0] == '\0')
+            continue;
+        listed++;
+        used += (size_t)snprintf(why + used, cap - used, "%s%s", listed == 1 ? " " : listed == total ? " or " : ", ",
+                                 r->words[k]);
+    }
+    if (total == 0)
+        snprintf(why, cap, "must be empty");
+    else if (used >= cap)
+        snprintf(why, cap, "is not one of the values it allows");
+}
+
+static int rule_word_ok(const wire_rule *r, const char *str)
+{
+    for (size_t k = 0; k < r->nwords; k++)
+        if (strcmp(r->words[k], str) == 0)
+            return 1;
+    return 0;
+}
+
 /* present_only: the field has presence (optional, oneof), so REQUIRED meant "present" and is
  * met; an item: REQUIRED means not empty, like NOT_EMPTY. */
 static void rule_check_string(const wire_rule *r, const char *str, int present_only, int item, char *why,
@@ -1006,6 +1035,8 @@ static void rule_check_string(const wire_rule *r, const char *str, int present_o
         snprintf(why, cap, "%s", problem);
     else if ((r->flags & WIRE_RULE_EMAIL) && (problem = wire_email_problem(str)) != NULL)
         snprintf(why, cap, "%s", problem);
+    else if ((r->flags & WIRE_RULE_ONE_OF) && !rule_word_ok(r, str))
+        rule_words(r, why, cap);
 }
 
 /* A string, number or enum value at p (a field, or one item of a repeated field). */

@@ -164,6 +164,7 @@ enum wire_rule_presence { WIRE_PRESENT_ALWAYS = 0, WIRE_PRESENT_HAS, WIRE_PRESEN
 #define WIRE_RULE_NO_CR 64u
 #define WIRE_RULE_URL 128u
 #define WIRE_RULE_EMAIL 256u
+#define WIRE_RULE_ONE_OF 512u /* strings: one of words[0..nwords) */
 /* How deep wire_check_rules follows submessages: the request is depth 0, its submessage 1...
  * protoc-gen-lagoon refuses a .proto whose rules lie deeper, so the bound is never reached by
  * a generated table; it only keeps a hand-made cyclic one finite. */
@@ -182,6 +183,8 @@ typedef struct wire_rule {
     const int32_t *values;  /* enums with DEFINED: the values the .proto names, ascending */
     const char *const *value_names; /* and their names, in the same order */
     size_t nvalues;
+    const char *const *words;       /* strings with ONE_OF: the values it takes, as in the .proto */
+    size_t nwords;
     const struct wire_msginfo *sub; /* MESSAGE: its type, whose rules apply inside it */
     const struct wire_rule *item;   /* REPEATED: the rule of each item (offset of the array) */
     size_t item_size;               /* REPEATED with item: bytes from one item to the next */

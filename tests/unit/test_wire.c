@@ -1831,6 +1831,24 @@ static void rules_enum_names_values(void **state)
     assert_string_equal(r.descs[0], "must be RULES_COLOR_UNSPECIFIED, RULES_RED or RULES_BLUE");
 }
 
+/* one_of: exactly one of the words; the description lists them but "". */
+static void rules_one_of_words(void **state)
+{
+    (void)state;
+    lagoon_test_v1_RulesNested m = nested_ok();
+    static const char *const ok[] = {"", "slow", "fast", "\"q?\""};
+    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+        rule_report r;
+        snprintf(m.speed, sizeof(m.speed), "%s", ok[i]);
+        assert_int_equal(check_nested(&m, &r), 0);
+    }
+    static const char *const bad[] = {"Slow", "slow ", "fas", "q"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        snprintf(m.speed, sizeof(m.speed), "%s", bad[i]);
+        expect_one(&m, "speed", "must be slow, fast or \"q?\"");
+    }
+}
+
 /* url and email, value by value, against what the handlers accepted (account_url_problem and
  * account_email_problem in handlers/services/accounts.c). */
 static void rules_url_and_email_syntax(void **state)
@@ -2130,6 +2148,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(rules_optional_fields),
         cmocka_unit_test(rules_items),
         cmocka_unit_test(rules_enum_names_values),
+        cmocka_unit_test(rules_one_of_words),
         cmocka_unit_test(rules_url_and_email_syntax),
         cmocka_unit_test(decode_accepts_fine_strings),
         cmocka_unit_test(decode_leaves_bytes_and_unknown_fields),

@@ -514,18 +514,14 @@ static void op_set(store_op *op, int status, const store_error *err)
                  lagoon_status_name(status));
 }
 
-enum batch_result { BATCH_DONE, BATCH_REPLAY };
+enum batch_result { BATCH_DONE, BATCH_REPLAY, BATCH_NESTED };
 
-/* Runs ops[0..n) in one transaction, each in a nested one. BATCH_REPLAY when the map filled up
- * and it can still grow: nothing was committed and the caller grows the map and calls again. */
-static enum batch_result run_batch(store *s, store_op **ops, size_t n, int may_grow,
-                                   change_list *changes)
+/* Starts the batch's transaction. 0, or -1 with every op failed. */
+static int batch_begin(store *s, store_op **ops, size_t n, kv_txn **parent)
 {
-    kv_txn *parent;
     int rc;
-    changes->n = 0;
     for (int attempt = 0;; attempt++) {
-        rc = kv_txn_begin(s->env, NULL, 0, &parent);
+        rc = kv_txn_begin(s->env, NULL, 0, parent);
         if (rc == KV_RESIZED && attempt < 3) {
             gate_resize(s, 0);
             continue;
@@ -537,8 +533,81 @@ static enum batch_result run_batch(store *s, store_op **ops, size_t n, int may_g
         int st = store_kv_fail(NULL, rc, &e, "cannot start a write");
         for (size_t i = 0; i < n; i++)
             op_set(ops[i], st, &e);
+        return -1;
+    }
+    return 0;
+}
+
+/* Commits the batch's transaction: a failure fails every op. */
+static enum batch_result batch_commit(kv_txn *parent, store_op **ops, size_t n, int may_grow,
+                                      change_list *changes)
+{
+    int rc = kv_txn_commit(parent);
+    if (rc == KV_MAP_FULL && may_grow)
+        return BATCH_REPLAY;
+    if (rc) {
+        store_error e;
+        int st = store_kv_fail(NULL, rc, &e, "cannot commit");
+        for (size_t i = 0; i < n; i++)
+            op_set(ops[i], st, &e);
+        changes->n = 0;
+    }
+    return BATCH_DONE;
+}
+
+/* Runs ops[0..n) straight in one transaction. A nested transaction per op (run_nested) copies
+ * every page the op touches that the batch has already changed, which for small writes costs
+ * more than the writes themselves; without one, though, a failed op's changes cannot be dropped
+ * alone. So: BATCH_NESTED when an op fails in a batch of several (nothing is committed; the
+ * caller runs the batch again with run_nested: write functions redo the same work when run
+ * again, as for a replay after the map grew). A batch of one needs no nesting at all: its
+ * failure aborts the transaction. */
+static enum batch_result run_flat(store *s, store_op **ops, size_t n, int may_grow,
+                                  change_list *changes)
+{
+    kv_txn *txn;
+    changes->n = 0;
+    if (batch_begin(s, ops, n, &txn))
+        return BATCH_DONE;
+    for (size_t i = 0; i < n; i++) {
+        store_op *op = ops[i];
+        err_clear(&op->err);
+        store_txn t = {.s = s, .kv = txn, .writable = 1};
+        int st = op->fn(&t, op->arg, &op->err);
+        int failed = st != LAGOON_OK || t.map_full || t.no_space;
+        if (!failed && change_list_append(changes, t.changes, t.nchanges))
+            failed = 2; /* out of memory: run_nested fails the batch as it would */
+        free(t.changes);
+        if (!failed) {
+            op_set(op, st, &op->err);
+            continue;
+        }
+        kv_txn_abort(txn);
+        changes->n = 0;
+        if (t.map_full && may_grow)
+            return BATCH_REPLAY;
+        if (n > 1 || failed == 2)
+            return BATCH_NESTED;
+        if (t.map_full || t.no_space) /* whatever fn made of it, as run_nested says */
+            st = STORE_FAIL(&op->err, LAGOON_RESOURCE_EXHAUSTED, NULL,
+                            t.map_full ? "the database is full (map size at its configured maximum)"
+                                       : "no space left on the data disk");
+        op_set(op, st, &op->err);
         return BATCH_DONE;
     }
+    return batch_commit(txn, ops, n, may_grow, changes);
+}
+
+/* Runs ops[0..n) in one transaction, each in a nested one. BATCH_REPLAY when the map filled up
+ * and it can still grow: nothing was committed and the caller grows the map and calls again. */
+static enum batch_result run_nested(store *s, store_op **ops, size_t n, int may_grow,
+                                    change_list *changes)
+{
+    kv_txn *parent;
+    int rc;
+    changes->n = 0;
+    if (batch_begin(s, ops, n, &parent))
+        return BATCH_DONE;
     for (size_t i = 0; i < n; i++) {
         store_op *op = ops[i];
         err_clear(&op->err);
@@ -593,17 +662,15 @@ static enum batch_result run_batch(store *s, store_op **ops, size_t n, int may_g
         free(t.changes);
         op_set(op, st, &op->err);
     }
-    rc = kv_txn_commit(parent);
-    if (rc == KV_MAP_FULL && may_grow)
-        return BATCH_REPLAY;
-    if (rc) {
-        store_error e;
-        int st = store_kv_fail(NULL, rc, &e, "cannot commit");
-        for (size_t i = 0; i < n; i++)
-            op_set(ops[i], st, &e);
-        changes->n = 0;
-    }
-    return BATCH_DONE;
+    return batch_commit(parent, ops, n, may_grow, changes);
+}
+
+/* A batch: flat first, nested when an op of several failed (run_flat). */
+static enum batch_result run_batch(store *s, store_op **ops, size_t n, int may_grow,
+                                   change_list *changes)
+{
+    enum batch_result r = run_flat(s, ops, n, may_grow, changes);
+    return r == BATCH_NESTED ? run_nested(s, ops, n, may_grow, changes) : r;
 }
 
 static void announce(store *s, const change_list *changes)
@@ -645,6 +712,11 @@ static void *writer_main(void *arg)
         while (run_batch(s, batch, n, may_grow, &changes) == BATCH_REPLAY) {
             if (grow_map(s) != 0)
                 may_grow = 0; /* at the maximum: run once more, failing the ops that need room */
+        }
+        if (s->enc_cap > STORE_ENCODE_BUF_KEEP) { /* a rare large row: not kept */
+            free(s->enc);
+            s->enc = NULL;
+            s->enc_cap = 0;
         }
 
         uint64_t ok = 0;
@@ -1158,6 +1230,7 @@ void store_close(store *s)
     pthread_cond_destroy(&s->q_cv);
     pthread_mutex_destroy(&s->sub_mu);
     free(s->batch);
+    free(s->enc);
     free(s->tables);
     free(s);
 }

@@ -92,6 +92,12 @@ struct store {
     } subs[STORE_MAX_SUBSCRIBERS];
     size_t nsubs;
 
+    /* Rows are encoded here (store_table.c, row_encode) before they are put: one pass, no
+     * allocation per row. Used by the thread in the write transaction (one at a time: the
+     * opening, then the writer), trimmed after each batch to STORE_ENCODE_BUF_KEEP. */
+    uint8_t *enc;
+    size_t enc_cap;
+
     /* Counters, under q_mu. */
     store_counters counters;
     uint64_t map_size;
@@ -118,6 +124,12 @@ struct store_txn {
  * into store_fail from other files and would otherwise explore "failed, but returned OK" paths
  * that cannot happen. */
 #define STORE_FAIL(err, code, ...) (store_fail((err), (code), __VA_ARGS__), (code))
+
+/* The encode buffer (struct store.enc): its first size, and the most kept between batches (a
+ * row larger than this, up to STORE_ROW_MAX, gets a buffer of its own size until the batch
+ * ends). Most rows are far smaller; a message or an event with a full text is about 16 KiB. */
+#define STORE_ENCODE_BUF_MIN 4096
+#define STORE_ENCODE_BUF_KEEP (256u << 10)
 
 /* Helpers shared between files. */
 const store_table_rt *store_rt(const store *s, const store_table *tab);

@@ -126,26 +126,40 @@ void store_row_release(const store_table *tab, void *row)
         pb_release(tab->msg->desc, row);
 }
 
-static int row_encode(const store_table *tab, const void *row, uint8_t **out, size_t *len,
-                      store_error *err)
+/* Encodes row into the store's encode buffer (store.enc), in one pass: its size is computed
+ * only when the buffer is too small, which then grows to fit. *out is valid until the next
+ * encode. */
+static int row_encode(store_txn *t, const store_table *tab, const void *row, const uint8_t **out,
+                      size_t *len, store_error *err)
 {
-    long n = wire_encoded_size(tab->msg, row);
-    if (n < 0)
-        return STORE_FAIL(err, LAGOON_INVALID_ARGUMENT, NULL, "%s row cannot be encoded",
-                          tab->name);
-    if ((unsigned long)n > STORE_ROW_MAX)
-        return STORE_FAIL(err, LAGOON_INVALID_ARGUMENT, NULL, "%s row is %ld bytes, at most %u",
-                          tab->name, n, STORE_ROW_MAX);
-    uint8_t *buf = malloc(n ? (size_t)n : 1);
-    if (!buf)
-        return STORE_FAIL(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    store *s = t->s;
     const char *why = NULL;
-    if (wire_encode(tab->msg, row, buf, (size_t)n, &why) != n) {
-        free(buf);
-        return STORE_FAIL(err, LAGOON_INVALID_ARGUMENT, NULL, "%s row cannot be encoded: %s",
-                          tab->name, why ? why : "?");
+    long n = s->enc_cap ? wire_encode(tab->msg, row, s->enc, s->enc_cap, &why) : -1;
+    if (n < 0) {
+        long need = wire_encoded_size(tab->msg, row);
+        if (need < 0)
+            return STORE_FAIL(err, LAGOON_INVALID_ARGUMENT, NULL, "%s row cannot be encoded",
+                              tab->name);
+        if ((unsigned long)need > STORE_ROW_MAX)
+            return STORE_FAIL(err, LAGOON_INVALID_ARGUMENT, NULL,
+                              "%s row is %ld bytes, at most %u", tab->name, need, STORE_ROW_MAX);
+        if ((size_t)need > s->enc_cap) { /* else it fit, and failed for another reason */
+            size_t cap = s->enc_cap ? s->enc_cap : STORE_ENCODE_BUF_MIN;
+            while (cap < (size_t)need)
+                cap *= 2;
+            uint8_t *b = malloc(cap);
+            if (!b)
+                return STORE_FAIL(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+            free(s->enc);
+            s->enc = b;
+            s->enc_cap = cap;
+            n = wire_encode(tab->msg, row, s->enc, s->enc_cap, &why);
+        }
+        if (n != need)
+            return STORE_FAIL(err, LAGOON_INVALID_ARGUMENT, NULL,
+                              "%s row cannot be encoded: %s", tab->name, why ? why : "?");
     }
-    *out = buf;
+    *out = s->enc;
     *len = (size_t)n;
     return LAGOON_OK;
 }
@@ -316,14 +330,13 @@ int store_insert(store_txn *t, const store_table *tab, void *row, uint64_t *id_o
     if ((st = next_id(t, tab, &id, err)))
         return st;
     row_set_u64(row, tab->id_offset, id);
-    uint8_t *buf;
+    const uint8_t *buf;
     size_t len;
-    if ((st = row_encode(tab, row, &buf, &len, err)))
+    if ((st = row_encode(t, tab, row, &buf, &len, err)))
         return st;
     uint8_t idk[8];
     be64(idk, id);
     int rc = kv_put(t->kv, rt->rows, (kv_val){idk, 8}, (kv_val){buf, len}, KV_NOOVERWRITE);
-    free(buf);
     if (rc)
         return store_kv_fail(t, rc, err, tab->name);
     for (size_t x = 0; x < tab->nindexes; x++) {
@@ -405,18 +418,21 @@ int store_update(store_txn *t, const store_table *tab, const void *row, store_er
     if (st)
         return st;
     uint64_t id = row_u64(row, tab->id_offset);
-    void *old = calloc(1, tab->row_size);
+    /* Not cleared: decoding sets what it reads (a memset would cost the whole struct, 16 KiB
+     * for a message). */
+    void *old = malloc(tab->row_size);
+    int have_old = 0;
     store_key *oldk = malloc(2 * tab->nindexes * sizeof(*oldk) + 1);
     int *oldh = calloc(2 * tab->nindexes + 1, sizeof(*oldh));
     store_key *newk = oldk + tab->nindexes;
     int *newh = oldh + tab->nindexes;
-    uint8_t *buf = NULL;
     if (!old || !oldk || !oldh) {
         st = STORE_FAIL(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
         goto out;
     }
     if ((st = store_get(t, tab, id, old, err)))
         goto out;
+    have_old = 1;
     if ((st = check_fkeys(t, tab, row, old, err)))
         goto out;
     /* Validate: new keys fit, and changed unique keys are free. */
@@ -447,8 +463,9 @@ int store_update(store_txn *t, const store_table *tab, const void *row, store_er
             }
         }
     }
+    const uint8_t *buf;
     size_t len;
-    if ((st = row_encode(tab, row, &buf, &len, err)))
+    if ((st = row_encode(t, tab, row, &buf, &len, err)))
         goto out;
     uint8_t idk[8];
     be64(idk, id);
@@ -479,8 +496,7 @@ int store_update(store_txn *t, const store_table *tab, const void *row, store_er
     }
     st = record(t, tab, id, STORE_UPDATED, err);
 out:
-    free(buf);
-    if (old)
+    if (have_old)
         store_row_release(tab, old);
     free(old);
     free(oldk);

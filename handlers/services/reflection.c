@@ -25,6 +25,7 @@ int handle_Reflection_ListMethods(rpc_call *call, const lagoon_v1_ListMethodsReq
         snprintf(out->response_type, sizeof(out->response_type), "%s", m->response_type);
         out->kind = (lagoon_v1_MethodInfo_Kind)m->kind;
         out->access = (lagoon_v1_Access)m->access;
+        out->idempotent = m->idempotent != 0;
     }
     resp->methods_count = (pb_size_t)n;
     return LAGOON_OK;

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <pb_decode.h>
 
 #include "lagoon_stubs.h"
 #include "lagoon_tables.h"
@@ -235,6 +236,29 @@ static void test_unmarked_method_runs_again(void **state)
     lagoon_set_idempotency_key(C, "");
 }
 
+/* Reflection tells clients which methods honour the key. */
+static void test_reflection_says_which(void **state)
+{
+    (void)state;
+    lagoon_v1_ListMethodsRequest req = lagoon_v1_ListMethodsRequest_init_zero;
+    lagoon_v1_ListMethodsResponse resp;
+    assert_int_equal(lagoon_Reflection_ListMethods(C, &req, &resp), LAGOON_OK);
+    int seen = 0;
+    for (pb_size_t i = 0; i < resp.methods_count; i++) {
+        const lagoon_v1_MethodInfo *m = &resp.methods[i];
+        if (strcmp(m->path, "/lagoon.v1.Users/UpdateProfile") == 0) {
+            assert_true(m->idempotent);
+            seen++;
+        } else if (strcmp(m->path, "/lagoon.v1.Users/ChangePassword") == 0 ||
+                   strcmp(m->path, "/lagoon.v1.Auth/Login") == 0) {
+            assert_false(m->idempotent);
+            seen++;
+        }
+    }
+    assert_int_equal(seen, 3);
+    pb_release(lagoon_v1_ListMethodsResponse_fields, &resp);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -244,6 +268,7 @@ int main(void)
         cmocka_unit_test(test_expired_results_are_purged),
         cmocka_unit_test(test_results_go_with_the_user),
         cmocka_unit_test(test_unmarked_method_runs_again),
+        cmocka_unit_test(test_reflection_says_which),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

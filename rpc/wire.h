@@ -269,7 +269,8 @@ int wire_decode_trusted(const wire_msginfo *info, const uint8_t *buf, size_t len
                         wire_violation *v);
 
 /* Applies info's field rules to msg (decoded): report(arg, field, description) for each
- * broken one, in field order, at most one per field. Returns how many. Allocates nothing.
+ * broken one, in field order, at most one per field (a repeated field: one for its count and
+ * one per item). Returns how many. Allocates nothing.
  * Rules inside a present submessage (or oneof member) are reported under its dotted path
  * ("text.text", "image.url"), rules of a repeated field's items under "name[i]"
  * ("instruments[2]"); field is valid only during the call. */

@@ -53,6 +53,16 @@ static int has_violation(const char *field)
     return 0;
 }
 
+/* The violation of field says exactly desc. */
+static int violation_says(const char *field, const char *desc)
+{
+    const lagoon_v1_ResponseMeta *m = &lagoon_last_error(C)->detail;
+    for (pb_size_t i = 0; i < m->violations_count; i++)
+        if (strcmp(m->violations[i].field, field) == 0)
+            return strcmp(m->violations[i].description, desc) == 0;
+    return 0;
+}
+
 static int send_text(const char *token, uint64_t to, const char *text, lagoon_v1_DirectMessage *out)
 {
     lagoon_set_token(C, token);
@@ -122,32 +132,36 @@ static void test_content_types_and_violations(void **state)
     req.content.video.length_seconds = 0;
     req.content.video.source = 0;
     assert_int_equal(lagoon_Messages_Send(C, &req, &m), LAGOON_INVALID_ARGUMENT);
-    assert_true(has_violation("video.url"));
-    assert_true(has_violation("video.length_seconds"));
-    assert_true(has_violation("video.source"));
+    assert_true(violation_says("video.url", "is required"));
+    assert_true(violation_says("video.length_seconds", "must be positive"));
+    assert_true(violation_says("video.source", "must be YOUTUBE, VEVO or OTHER"));
     memset(&req.content, 0, sizeof(req.content));
     req.which_content = lagoon_v1_SendMessageRequest_image_tag;
     snprintf(req.content.image.url, sizeof(req.content.image.url), "javascript:alert(1)");
     assert_int_equal(lagoon_Messages_Send(C, &req, &m), LAGOON_INVALID_ARGUMENT);
-    assert_true(has_violation("image.url"));
-    assert_true(has_violation("image.width"));
-    assert_true(has_violation("image.height"));
+    assert_true(violation_says("image.url", "must be an http:// or https:// URL without spaces"));
+    assert_true(violation_says("image.width", "must be positive"));
+    assert_true(violation_says("image.height", "must be positive"));
     req.which_content = 0;
     assert_int_equal(lagoon_Messages_Send(C, &req, &m), LAGOON_INVALID_ARGUMENT);
-    assert_true(has_violation("content"));
+    assert_true(violation_says("content", "one of text, image or video is required"));
     assert_int_equal(send_text(ann_tok, bob, "", &m), LAGOON_INVALID_ARGUMENT);
-    assert_true(has_violation("text.text"));
+    assert_true(violation_says("text.text", "must not be empty"));
+    assert_int_equal(send_text(ann_tok, bob, "a\r\nb", &m), LAGOON_INVALID_ARGUMENT);
+    assert_true(violation_says("text.text", "must not contain control characters"));
+    assert_int_equal(send_text(ann_tok, 0, "to whom", &m), LAGOON_INVALID_ARGUMENT);
+    assert_true(violation_says("recipient_id", "is required"));
     char *big = malloc(4002);
     memset(big, 'x', 4001);
     big[4001] = '\0';
     assert_int_equal(send_text(ann_tok, bob, big, &m), LAGOON_INVALID_ARGUMENT);
-    assert_true(has_violation("text.text"));
+    assert_true(violation_says("text.text", "must be at most 4000 characters"));
     big[4000] = '\0'; /* exactly 4000 characters is fine; so is 4000 multi-byte ones */
     assert_int_equal(send_text(ann_tok, bob, big, &m), LAGOON_OK);
     free(big);
     assert_int_equal(send_text(ann_tok, bob, "bad \xff utf-8", &m), LAGOON_INVALID_ARGUMENT);
     assert_int_equal(send_text(ann_tok, ann, "to myself", &m), LAGOON_INVALID_ARGUMENT);
-    assert_true(has_violation("recipient_id"));
+    assert_true(violation_says("recipient_id", "cannot be yourself"));
     assert_int_equal(send_text(ann_tok, 987654, "to nobody", &m), LAGOON_NOT_FOUND);
     assert_int_equal(send_text("", bob, "anonymous", &m), LAGOON_UNAUTHENTICATED);
 }
@@ -473,7 +487,15 @@ static void test_edit_window_and_delete(void **state)
     assert_int_equal(send_text(ann_tok, bob, "typo here", &m), LAGOON_OK);
     lagoon_v1_EditMessageRequest er = lagoon_v1_EditMessageRequest_init_zero;
     er.message_id = m.id;
+    /* The request's own bounds (its rules). */
+    lagoon_set_token(C, ann_tok);
+    assert_int_equal(lagoon_Messages_Edit(C, &er, &e), LAGOON_INVALID_ARGUMENT);
+    assert_true(violation_says("text", "must not be empty"));
+    er.message_id = 0;
     snprintf(er.text, sizeof(er.text), "no typo");
+    assert_int_equal(lagoon_Messages_Edit(C, &er, &e), LAGOON_INVALID_ARGUMENT);
+    assert_true(violation_says("message_id", "is required"));
+    er.message_id = m.id;
     /* Only the sender edits; a third party does not even learn it exists. */
     lagoon_set_token(C, bob_tok);
     assert_int_equal(lagoon_Messages_Edit(C, &er, &e), LAGOON_PERMISSION_DENIED);
@@ -504,8 +526,12 @@ static void test_edit_window_and_delete(void **state)
     lagoon_v1_ListConversationsResponse *r = conversations(bob_tok);
     uint32_t unread = with(r, ann)->unread;
     assert_string_equal(with(r, ann)->last_message.content.text.text, "regret");
-    lagoon_v1_DeleteMessageRequest dr = {last.id};
+    lagoon_v1_DeleteMessageRequest dr = {0};
     lagoon_v1_MessagesEmpty empty;
+    lagoon_set_token(C, ann_tok);
+    assert_int_equal(lagoon_Messages_Delete(C, &dr, &empty), LAGOON_INVALID_ARGUMENT);
+    assert_true(violation_says("message_id", "is required"));
+    dr.message_id = last.id;
     lagoon_set_token(C, cat_tok);
     assert_int_equal(lagoon_Messages_Delete(C, &dr, &empty), LAGOON_NOT_FOUND);
     lagoon_set_token(C, bob_tok);

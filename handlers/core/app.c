@@ -322,6 +322,10 @@ int app_store_error(rpc_call *call, int status, const store_error *err)
     if (err->field[0] && (status == LAGOON_INVALID_ARGUMENT || status == LAGOON_ALREADY_EXISTS ||
                           status == LAGOON_NOT_FOUND))
         rpc_call_violation(call, err->field, "%s", err->message);
+    /* An INVALID_ARGUMENT naming a field reads like the handlers' and the rules' own: the
+     * violation says what is wrong, the message points to it. */
+    if (status == LAGOON_INVALID_ARGUMENT && err->field[0])
+        return status;
     return rpc_call_error(call, status, "%s", err->message);
 }
 

@@ -253,8 +253,9 @@ int app_out_of_memory(rpc_call *call);
 
 /* For a write function: refuse the call with code (and a violation naming field, when not
  * NULL, as store_fail) while keeping what the write changed — a stolen refresh token that
- * revokes its session, say. Returns LAGOON_OK for the function to return. */
-int app_refuse_kept(store_error *err, int code, const char *field, const char *fmt, ...)
+ * revokes its session, say. Returns LAGOON_OK for the function to return. (What a function
+ * leaves in err when it returns LAGOON_OK is ignored: a lookup it found empty is no refusal.) */
+int app_refuse_kept(const app_write_in *in, int code, const char *field, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
 /* How long the response of an idempotent call is kept for its retries. */

@@ -6,6 +6,7 @@
 #include <pb_encode.h>
 #include <sodium.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,8 +42,12 @@ int app_out_of_memory(rpc_call *call)
     return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
 }
 
-int app_refuse_kept(store_error *err, int code, const char *field, const char *fmt, ...)
+int app_refuse_kept(const app_write_in *in, int code, const char *field, const char *fmt, ...)
 {
+    /* in is the framework's own, inside its write_call: the refusal goes there, not into err,
+     * so that nothing a function leaves in err by the way can pass for one. */
+    write_call *w = (write_call *)((char *)in - offsetof(write_call, in));
+    store_error *err = &w->kept;
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(err->message, sizeof(err->message), fmt, ap);
@@ -196,15 +201,11 @@ static int run_write(store_txn *t, void *arg, store_error *err)
         if (st != LAGOON_NOT_FOUND)
             return st;
     }
-    memset(err, 0, sizeof(*err));
     st = w->fn(t, &w->in, w->resp, err);
     if (st != LAGOON_OK)
         return st;
-    if (err->code != LAGOON_OK) { /* app_refuse_kept */
-        w->kept = *err;
-        memset(err, 0, sizeof(*err));
+    if (w->kept.code != LAGOON_OK) /* app_refuse_kept: the changes stay, the call fails */
         return LAGOON_OK;
-    }
     return w->idempotent ? result_record(t, w, err) : LAGOON_OK;
 }
 

@@ -56,14 +56,6 @@ static int too_many(rpc_call *call, uint32_t wait_ms, const char *what)
                           (wait_ms + 999) / 1000);
 }
 
-/* A miss that a write accepts (a row already gone): LAGOON_OK, with the store's NOT_FOUND
- * taken out of err, where the framework would read it as a refusal (app_refuse_kept). */
-static int accept_miss(store_error *err)
-{
-    memset(err, 0, sizeof(*err));
-    return LAGOON_OK;
-}
-
 /* A single-use token for user, made at now, in the same transaction, and the email carrying
  * it. */
 static int issue_token(store_txn *t, const app *a, const lagoon_v1_User *u, lagoon_v1_OneTimeToken_Kind kind,
@@ -435,7 +427,7 @@ static int refresh_write(store_txn *t, const app_write_in *in, void *resp, store
             st = store_delete(t, &lagoon_table_sessions, used.session_id, err);
         if (st != LAGOON_OK && st != LAGOON_NOT_FOUND)
             return st;
-        return app_refuse_kept(err, LAGOON_UNAUTHENTICATED, NULL,
+        return app_refuse_kept(in, LAGOON_UNAUTHENTICATED, NULL,
                                "refresh token already used: the session is revoked, sign in again");
     }
     if (st != LAGOON_OK)
@@ -443,7 +435,7 @@ static int refresh_write(store_txn *t, const app_write_in *in, void *resp, store
     if (s.refresh_expires_at <= in->now) {
         st = store_delete(t, &lagoon_table_sessions, s.id, err);
         return st != LAGOON_OK ? st
-                               : app_refuse_kept(err, LAGOON_UNAUTHENTICATED, NULL, "refresh token expired: sign in again");
+                               : app_refuse_kept(in, LAGOON_UNAUTHENTICATED, NULL, "refresh token expired: sign in again");
     }
     lagoon_v1_User u;
     st = store_get(t, &lagoon_table_users, s.user_id, &u, err);
@@ -453,7 +445,7 @@ static int refresh_write(store_txn *t, const app_write_in *in, void *resp, store
         /* A deactivation deletes the sessions in its own transaction; one found here anyway
          * (stored before that rule) ends now, like every other session of the account. */
         st = account_revoke_sessions(t, u.id, 0, err);
-        return st != LAGOON_OK ? st : app_refuse_kept(err, LAGOON_PERMISSION_DENIED, NULL, DEACTIVATED);
+        return st != LAGOON_OK ? st : app_refuse_kept(in, LAGOON_PERMISSION_DENIED, NULL, DEACTIVATED);
     }
     lagoon_v1_UsedRefresh used = lagoon_v1_UsedRefresh_init_zero;
     used.session_id = s.id;
@@ -491,7 +483,7 @@ static int logout_write(store_txn *t, const app_write_in *in, void *resp, store_
 {
     (void)resp;
     int st = store_delete(t, &lagoon_table_sessions, in->who.session_id, err);
-    return st == LAGOON_NOT_FOUND ? accept_miss(err) : st;
+    return st == LAGOON_NOT_FOUND ? LAGOON_OK : st; /* already ended: signed out all the same */
 }
 
 static int logout_all_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
@@ -556,19 +548,8 @@ static int token_user(store_txn *t, const app_write_in *in, lagoon_v1_OneTimeTok
     if (st != LAGOON_OK)
         return st;
     if (tok.expires_at <= in->now)
-        return app_refuse_kept(err, LAGOON_INVALID_ARGUMENT, "token", TOKEN_INVALID);
+        return app_refuse_kept(in, LAGOON_INVALID_ARGUMENT, "token", TOKEN_INVALID);
     return store_get(t, &lagoon_table_users, tok.user_id, u, err);
-}
-
-/* A refused token is told as the handler's own violations are: the framework's message
- * (the violation's text) is replaced by theirs. */
-static int token_after(rpc_call *call, const app_write_in *in, void *resp, int status)
-{
-    (void)in;
-    (void)resp;
-    if (status == LAGOON_INVALID_ARGUMENT)
-        rpc_call_error(call, status, "invalid argument: see violations");
-    return status;
 }
 
 static int verify_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
@@ -607,7 +588,7 @@ int handle_Auth_VerifyEmail(rpc_call *call, const lagoon_v1_VerifyEmailRequest *
     token_args *k = token_args_new(call, req->token);
     if (k == NULL)
         return rpc_call_violations(call) ? LAGOON_INVALID_ARGUMENT : LAGOON_RESOURCE_EXHAUSTED;
-    return app_write_call_then(call, verify_write, k, token_after);
+    return app_write_call(call, verify_write, k);
 }
 
 static int reset_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
@@ -632,7 +613,7 @@ static int reset_hash(rpc_call *call, void *arg)
     const lagoon_v1_ResetPasswordRequest *req = rpc_call_request(call);
     if (account_hash_password(app_of(call), req->new_password, k->new_hash) != 0)
         return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory hashing the password");
-    return app_write_call_then(call, reset_write, k, token_after);
+    return app_write_call(call, reset_write, k);
 }
 
 /* Whether the token with this hash is a live one of kind, and its user into *u. */

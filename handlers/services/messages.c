@@ -256,24 +256,43 @@ typedef struct send_args {
     const char *client_message_id; /* the request's, else the call's idempotency key (the call's) */
 } send_args;
 
-/* Creates the conversation of the message's two users, with its two members. */
+/* Creates the conversation of the message's two users; its two members, views of it as they
+ * will be stored, go in mine and theirs (inserted by the caller with the first message, so that
+ * a first message writes each member row once). */
 static int conversation_create(store_txn *t, const lagoon_v1_DirectMessage *m, int64_t now,
-                               lagoon_v1_Conversation *conv, store_error *err)
+                               lagoon_v1_Conversation *conv, lagoon_v1_ConversationMember *mine,
+                               lagoon_v1_ConversationMember *theirs, store_error *err)
 {
     memset(conv, 0, sizeof(*conv));
     conv->user_low = m->sender_id < m->recipient_id ? m->sender_id : m->recipient_id;
     conv->user_high = m->sender_id < m->recipient_id ? m->recipient_id : m->sender_id;
     conv->created_at = now;
     int st = store_insert(t, &lagoon_table_conversations, conv, NULL, err);
-    for (int i = 0; i < 2 && st == LAGOON_OK; i++) {
-        lagoon_v1_ConversationMember mem = lagoon_v1_ConversationMember_init_zero;
-        mem.conversation_id = conv->id;
-        mem.user_id = i ? conv->user_high : conv->user_low;
-        mem.other_user_id = i ? conv->user_low : conv->user_high;
-        mem.last_activity_at = now;
-        st = store_insert(t, &lagoon_table_conversation_members, &mem, NULL, err);
+    for (int i = 0; i < 2; i++) {
+        lagoon_v1_ConversationMember *mem = i ? theirs : mine;
+        memset(mem, 0, sizeof(*mem));
+        mem->conversation_id = conv->id;
+        mem->user_id = i ? m->recipient_id : m->sender_id;
+        mem->other_user_id = i ? m->sender_id : m->recipient_id;
+        mem->last_activity_at = now;
     }
     return st;
+}
+
+/* Stores both members: inserted for a new conversation, the lower user id first (as they always
+ * were), else updated. */
+static int members_put(store_txn *t, int fresh, lagoon_v1_ConversationMember *mine,
+                       lagoon_v1_ConversationMember *theirs, store_error *err)
+{
+    const store_table *tab = &lagoon_table_conversation_members;
+    if (!fresh) {
+        int st = store_update(t, tab, mine, err);
+        return st == LAGOON_OK ? store_update(t, tab, theirs, err) : st;
+    }
+    lagoon_v1_ConversationMember *low = mine->user_id < theirs->user_id ? mine : theirs;
+    lagoon_v1_ConversationMember *high = low == mine ? theirs : mine;
+    int st = store_insert(t, tab, low, NULL, err);
+    return st == LAGOON_OK ? store_insert(t, tab, high, NULL, err) : st;
 }
 
 /* The request as the message to store, built in m (the call's response, at its defaults). */
@@ -344,16 +363,18 @@ static int send_write(store_txn *t, const app_write_in *in, void *resp, store_er
     st = find_conversation(t, m->sender_id, m->recipient_id, &conv, err);
     if (st == LAGOON_NOT_FOUND && !verified)
         return refuse_unverified(err);
-    if (st == LAGOON_NOT_FOUND)
-        st = conversation_create(t, m, in->now, &conv, err);
+    int fresh = st == LAGOON_NOT_FOUND;
     lagoon_v1_ConversationMember mine, theirs;
-    if (st == LAGOON_OK)
+    if (fresh) {
+        st = conversation_create(t, m, in->now, &conv, &mine, &theirs, err);
+    } else if (st == LAGOON_OK) {
         st = find_member(t, conv.id, m->sender_id, &mine, err);
-    if (st == LAGOON_OK)
-        st = find_member(t, conv.id, m->recipient_id, &theirs, err);
+        if (st == LAGOON_OK)
+            st = find_member(t, conv.id, m->recipient_id, &theirs, err);
+    }
     if (st != LAGOON_OK)
         return st;
-    if (!verified && !mine.other_wrote) {
+    if (!verified && !mine.other_wrote) { /* (a new conversation needs a verified sender) */
         int wrote = mine.unread > 0; /* unread counts the other's messages */
         if (!wrote)
             st = other_has_written(t, conv.id, m->recipient_id, &wrote, err);
@@ -375,9 +396,7 @@ static int send_write(store_txn *t, const app_write_in *in, void *resp, store_er
     if (theirs.unread < UINT32_MAX)
         theirs.unread++;
     if (st == LAGOON_OK)
-        st = store_update(t, &lagoon_table_conversation_members, &mine, err);
-    if (st == LAGOON_OK)
-        st = store_update(t, &lagoon_table_conversation_members, &theirs, err);
+        st = members_put(t, fresh, &mine, &theirs, err);
     if (st == LAGOON_OK) {
         m->events_tracked = true; /* from here, its row lists the events that carry its words */
         st = publish_message(t, in->a, m, lagoon_v1_MessageEvent_Action_SENT, err);

@@ -116,19 +116,8 @@ int app_open(const char *data_dir, const app_config *cfg, app **out, rpc_error *
     a->cfg = *cfg;
     app_config_defaults(&a->cfg);
     snprintf(a->data_dir, sizeof(a->data_dir), "%s", data_dir);
-    /* Known pairs: never waiting, forgotten APP_KNOWN_ADDRESS_MS after their last sign-in. */
-    limiter_policy known = {.kind = LIMITER_SEEN, .max_events = UINT32_MAX,
-                            .window_ms = (uint32_t)APP_KNOWN_ADDRESS_MS};
-    size_t keys = a->cfg.limiter_keys;
-    a->login_pair = limiter_new(&a->cfg.login_failures, keys);
-    a->login_account = limiter_new(&a->cfg.login_account_failures, keys);
-    a->login_address = limiter_new(&a->cfg.login_address_failures, keys);
-    a->login_known = limiter_new(&known, keys);
-    a->registrations = limiter_new(&a->cfg.registrations, keys);
-    a->resets = limiter_new(&a->cfg.resets, keys);
-    a->sends = limiter_new(&a->cfg.sends, keys);
-    if (!a->login_pair || !a->login_account || !a->login_address || !a->login_known || !a->registrations ||
-        !a->resets || !a->sends) {
+    a->sends = limiter_new(&a->cfg.sends, a->cfg.limiter_keys);
+    if (!a->sends) {
         snprintf(err->message, sizeof(err->message), "out of memory");
         app_close(a);
         return RPC_ERR;
@@ -169,12 +158,6 @@ void app_close(app *a)
     mailer_stop(a->mail);
     realtime_stop(a->rt);
     store_close(a->db);
-    limiter_free(a->login_pair);
-    limiter_free(a->login_account);
-    limiter_free(a->login_address);
-    limiter_free(a->login_known);
-    limiter_free(a->registrations);
-    limiter_free(a->resets);
     limiter_free(a->sends);
     free(a);
 }

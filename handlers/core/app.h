@@ -114,10 +114,7 @@ struct app {
     mailer *mail;
     realtime *rt;
     char data_dir[1024];
-    limiter *login_pair, *login_account, *login_address; /* the three sign-in policies */
-    limiter *login_known; /* (account, address) pairs that signed in recently */
-    limiter *registrations, *resets;
-    limiter *sends; /* Messages/Send per user */
+    limiter *sends; /* Messages/Send per user: moves to the messages module */
     const app_module *modules[APP_MODULES_MAX]; /* started, in order */
     void *module_state[APP_MODULES_MAX];
     size_t nmodules;

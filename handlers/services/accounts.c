@@ -73,17 +73,17 @@ static void pair_key(char *out, size_t cap, const char *account, const char *pee
 /* A known pair is the owner's usual address: only its own failures hold it. */
 static int pair_known(app *a, const char *pair, int64_t now)
 {
-    return limiter_count(a->login_known, pair, now) > 0;
+    return limiter_count(account_limits_of(a)->login_known, pair, now) > 0;
 }
 
 /* The longest wait that applies to the attempt (0: none). */
 static uint32_t signin_wait(app *a, const account_signin *s, const char *pair, int known, int64_t now)
 {
-    uint32_t w = limiter_wait(a->login_pair, pair, now);
+    uint32_t w = limiter_wait(account_limits_of(a)->login_pair, pair, now);
     if (known)
         return w;
-    uint32_t wa = limiter_wait(a->login_account, s->account, now);
-    uint32_t wb = limiter_wait(a->login_address, s->address, now);
+    uint32_t wa = limiter_wait(account_limits_of(a)->login_account, s->account, now);
+    uint32_t wb = limiter_wait(account_limits_of(a)->login_address, s->address, now);
     if (wa > w)
         w = wa;
     return wb > w ? wb : w;
@@ -102,17 +102,17 @@ uint32_t account_signin_begin(app *a, account_signin *s, int64_t now)
     uint32_t w = signin_wait(a, s, pair, known, now);
     if (w != 0)
         return w;
-    if ((w = limiter_take(a->login_pair, pair, now)) != 0)
+    if ((w = limiter_take(account_limits_of(a)->login_pair, pair, now)) != 0)
         return w;
     if (known) {
-        limiter_hit(a->login_account, s->account, now);
-        limiter_hit(a->login_address, s->address, now);
-    } else if ((w = limiter_take(a->login_account, s->account, now)) != 0) {
-        limiter_refund(a->login_pair, pair, now);
+        limiter_hit(account_limits_of(a)->login_account, s->account, now);
+        limiter_hit(account_limits_of(a)->login_address, s->address, now);
+    } else if ((w = limiter_take(account_limits_of(a)->login_account, s->account, now)) != 0) {
+        limiter_refund(account_limits_of(a)->login_pair, pair, now);
         return w;
-    } else if ((w = limiter_take(a->login_address, s->address, now)) != 0) {
-        limiter_refund(a->login_account, s->account, now);
-        limiter_refund(a->login_pair, pair, now);
+    } else if ((w = limiter_take(account_limits_of(a)->login_address, s->address, now)) != 0) {
+        limiter_refund(account_limits_of(a)->login_account, s->account, now);
+        limiter_refund(account_limits_of(a)->login_pair, pair, now);
         return w;
     }
     s->pending = 1;
@@ -132,10 +132,10 @@ void account_signin_ok(app *a, account_signin *s, int64_t now)
     s->pending = 0;
     char pair[PAIR_KEY_MAX];
     pair_key(pair, sizeof(pair), s->account, s->address);
-    limiter_reset(a->login_pair, pair);
-    limiter_refund(a->login_account, s->account, s->started_ms);
-    limiter_refund(a->login_address, s->address, s->started_ms);
-    limiter_hit(a->login_known, pair, now);
+    limiter_reset(account_limits_of(a)->login_pair, pair);
+    limiter_refund(account_limits_of(a)->login_account, s->account, s->started_ms);
+    limiter_refund(account_limits_of(a)->login_address, s->address, s->started_ms);
+    limiter_hit(account_limits_of(a)->login_known, pair, now);
 }
 
 void account_signin_cancel(app *a, account_signin *s)
@@ -145,9 +145,9 @@ void account_signin_cancel(app *a, account_signin *s)
     s->pending = 0;
     char pair[PAIR_KEY_MAX];
     pair_key(pair, sizeof(pair), s->account, s->address);
-    limiter_refund(a->login_pair, pair, s->started_ms);
-    limiter_refund(a->login_account, s->account, s->started_ms);
-    limiter_refund(a->login_address, s->address, s->started_ms);
+    limiter_refund(account_limits_of(a)->login_pair, pair, s->started_ms);
+    limiter_refund(account_limits_of(a)->login_account, s->account, s->started_ms);
+    limiter_refund(account_limits_of(a)->login_address, s->address, s->started_ms);
 }
 
 /* ---- validation -------------------------------------------------------------------------- */
@@ -501,3 +501,49 @@ int account_create_admin(app *a, const char *email, const char *username, const 
         *id = op.id;
     return st;
 }
+
+/* ---- the module ----------------------------------------------------------------------------- */
+
+static void accounts_stop(app *a, void *state)
+{
+    (void)a;
+    account_limits *l = state;
+    if (l == NULL)
+        return;
+    limiter_free(l->login_pair);
+    limiter_free(l->login_account);
+    limiter_free(l->login_address);
+    limiter_free(l->login_known);
+    limiter_free(l->registrations);
+    limiter_free(l->resets);
+    free(l);
+}
+
+static int accounts_start(app *a, void **state, rpc_error *err)
+{
+    account_limits *l = calloc(1, sizeof(*l));
+    if (l == NULL) {
+        snprintf(err->message, sizeof(err->message), "out of memory");
+        return RPC_ERR;
+    }
+    /* Known pairs: never waiting, forgotten APP_KNOWN_ADDRESS_MS after their last sign-in. */
+    limiter_policy known = {.kind = LIMITER_SEEN, .max_events = UINT32_MAX,
+                            .window_ms = (uint32_t)APP_KNOWN_ADDRESS_MS};
+    size_t keys = a->cfg.limiter_keys;
+    l->login_pair = limiter_new(&a->cfg.login_failures, keys);
+    l->login_account = limiter_new(&a->cfg.login_account_failures, keys);
+    l->login_address = limiter_new(&a->cfg.login_address_failures, keys);
+    l->login_known = limiter_new(&known, keys);
+    l->registrations = limiter_new(&a->cfg.registrations, keys);
+    l->resets = limiter_new(&a->cfg.resets, keys);
+    if (!l->login_pair || !l->login_account || !l->login_address || !l->login_known || !l->registrations ||
+        !l->resets) {
+        accounts_stop(a, l);
+        snprintf(err->message, sizeof(err->message), "out of memory");
+        return RPC_ERR;
+    }
+    *state = l;
+    return RPC_OK;
+}
+
+const app_module accounts_module = {"accounts", accounts_start, NULL, accounts_stop};

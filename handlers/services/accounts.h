@@ -13,6 +13,25 @@
  * idl/lagoon/v1/accounts.proto: lagoon_table_users, lagoon_index_users_by_email, ... */
 #include "lagoon_tables.h"
 
+/* ---- the accounts module: its rate limiters ----------------------------------------------------- */
+
+/* The sign-in, registration and email budgets of Auth and Users (their policies are
+ * app_config's: login_failures, registrations, resets, ...). accounts_module (in
+ * handlers/services/modules.c) creates them at start and frees them at stop. */
+typedef struct account_limits {
+    limiter *login_pair, *login_account, *login_address; /* the three sign-in policies */
+    limiter *login_known;                                /* (account, address) pairs that signed in recently */
+    limiter *registrations, *resets;                     /* per address */
+} account_limits;
+
+extern const app_module accounts_module;
+
+/* The app's account limiters (accounts_module started: always, in a running server). */
+static inline account_limits *account_limits_of(const app *a)
+{
+    return app_state(a, &accounts_module);
+}
+
 /* ---- passwords -------------------------------------------------------------------------------- */
 
 #define ACCOUNT_PASSWORD_MIN 10  /* characters (code points) */

@@ -197,7 +197,7 @@ int handle_Auth_Register(rpc_call *call, const lagoon_v1_RegisterRequest *req, l
     app_peer_key(call, addr);
     snprintf(key, sizeof(key), "reg:%s", addr);
     int64_t now = app_now(a);
-    uint32_t wait = limiter_take(a->registrations, key, now);
+    uint32_t wait = limiter_take(account_limits_of(a)->registrations, key, now);
     if (wait)
         return too_many(call, wait, "registrations from this address");
     /* Report taken names up front, both at once; the unique indexes decide in the end. */
@@ -696,7 +696,7 @@ static int resend_after(rpc_call *call, const app_write_in *in, void *resp, int 
     (void)resp;
     const resend_args *r = in->args;
     if (status != LAGOON_OK)
-        limiter_refund(app_of(call)->resets, r->limit_key, r->taken_ms);
+        limiter_refund(account_limits_of(app_of(call))->resets, r->limit_key, r->taken_ms);
     return status;
 }
 
@@ -721,13 +721,13 @@ int handle_Auth_ResendVerification(rpc_call *call, const lagoon_v1_AuthEmpty *re
      * other's), and given back if none goes out. */
     mail_key(call, r->limit_key, sizeof(r->limit_key));
     r->taken_ms = app_now(a);
-    uint32_t wait = limiter_take(a->resets, r->limit_key, r->taken_ms);
+    uint32_t wait = limiter_take(account_limits_of(a)->resets, r->limit_key, r->taken_ms);
     if (wait)
         return too_many(call, wait, "email requests from this address");
     account_token_new(r->token, r->token_hash);
     st = app_write_call_then(call, resend_write, r, resend_after);
     if (st != RPC_PENDING)
-        limiter_refund(a->resets, r->limit_key, r->taken_ms);
+        limiter_refund(account_limits_of(a)->resets, r->limit_key, r->taken_ms);
     return st;
 }
 
@@ -777,12 +777,12 @@ int handle_Auth_ForgotPassword(rpc_call *call, const lagoon_v1_ForgotPasswordReq
     char key[96];
     mail_key(call, key, sizeof(key));
     int64_t now = app_now(a);
-    uint32_t wait = limiter_take(a->resets, key, now);
+    uint32_t wait = limiter_take(account_limits_of(a)->resets, key, now);
     if (wait)
         return too_many(call, wait, "email requests from this address");
     forgot_op *op = calloc(1, sizeof(*op));
     if (op == NULL) {
-        limiter_refund(a->resets, key, now); /* unrelated to the address: tells nothing */
+        limiter_refund(account_limits_of(a)->resets, key, now); /* unrelated to the address: tells nothing */
         return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
     }
     op->a = a;

@@ -1,8 +1,9 @@
 /* The application's service modules (app.h, "service modules"), in start order: the services
  * with state of their own. A service without any (Health, Reflection, Debug) needs no entry. */
+#include "accounts.h"
 #include "app.h"
 
 const app_module *const app_modules[] = {
-    NULL, /* placeholder: C forbids an empty initializer list before C23 */
+    &accounts_module, /* Auth's and Users' rate limiters */
 };
-const size_t app_modules_count = 0;
+const size_t app_modules_count = sizeof(app_modules) / sizeof(app_modules[0]);

@@ -134,6 +134,9 @@ int app_open(const char *data_dir, const app_config *cfg, app **out, rpc_error *
  * After the RPC server has stopped. */
 void app_close(app *a);
 
+/* Copies string src into the char array dst (a nanopb string field), cut to fit. */
+#define APP_STRCPY(dst, src) snprintf((dst), sizeof(dst), "%s", (src))
+
 /* The shared state of the call's server. */
 static inline app *app_of(const rpc_call *c)
 {

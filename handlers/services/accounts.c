@@ -184,11 +184,6 @@ const char *account_password_problem(const char *password, const char *email, co
     return NULL;
 }
 
-const char *account_email_problem(const char *email)
-{
-    return wire_email_problem(email); /* the rules' { email: true }, the same syntax */
-}
-
 const char *account_username_problem(const char *u)
 {
     size_t n = strlen(u);
@@ -246,20 +241,6 @@ const char *account_text_problem(const char *s, size_t max_chars, int multiline)
     return NULL;
 bad_utf8:
     return "is not valid UTF-8";
-}
-
-const char *account_url_problem(const char *url)
-{
-    return wire_url_problem(url); /* the rules' { url: true } */
-}
-
-const char *account_experience_problem(const char *level)
-{
-    static const char *const levels[] = {"", "beginner", "intermediate", "advanced", "professional"};
-    for (size_t i = 0; i < sizeof(levels) / sizeof(levels[0]); i++)
-        if (strcmp(level, levels[i]) == 0)
-            return NULL;
-    return "must be beginner, intermediate, advanced or professional";
 }
 
 int account_check(rpc_call *c, const char *field, const char *problem)
@@ -479,7 +460,7 @@ int account_create_admin(app *a, const char *email, const char *username, const 
                          store_error *err)
 {
     const char *why;
-    if ((why = account_email_problem(email)) != NULL)
+    if ((why = wire_email_problem(email)) != NULL)
         return store_fail(err, LAGOON_INVALID_ARGUMENT, "email", "email %s", why);
     if ((why = account_username_problem(username)) != NULL)
         return store_fail(err, LAGOON_INVALID_ARGUMENT, "username", "username %s", why);

@@ -85,9 +85,9 @@ void account_signin_ok(app *a, account_signin *s, int64_t now);
 void account_signin_cancel(app *a, account_signin *s);
 
 /* ---- validation: NULL if the value is acceptable, else why not (static text, or per-thread
- * text valid until the next call on the thread) -------------------------------------------- */
+ * text valid until the next call on the thread). Email and URL syntax are the rules'
+ * (wire_email_problem, wire_url_problem in rpc/wire.h). ---------------------------------- */
 
-const char *account_email_problem(const char *email);
 /* 3-50 of A-Z a-z 0-9 _ . -, starting with a letter or digit (so never an email address). */
 const char *account_username_problem(const char *username);
 /* Length, the common-password list, and not the email or username (case-insensitive). */
@@ -95,8 +95,6 @@ const char *account_password_problem(const char *password, const char *email, co
 /* Valid UTF-8 without control characters, at most max_chars code points; newline and tab
  * allowed when multiline. */
 const char *account_text_problem(const char *s, size_t max_chars, int multiline);
-const char *account_url_problem(const char *url);
-const char *account_experience_problem(const char *level);
 /* Adds problem as a violation of field (when not NULL); returns 1 if there was none. */
 int account_check(rpc_call *c, const char *field, const char *problem);
 

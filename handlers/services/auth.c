@@ -177,7 +177,7 @@ int handle_Auth_Register(rpc_call *call, const lagoon_v1_RegisterRequest *req, l
 {
     (void)resp; /* register_write fills it */
     app *a = app_of(call);
-    account_check(call, "email", account_email_problem(req->email));
+    account_check(call, "email", wire_email_problem(req->email));
     account_check(call, "username", account_username_problem(req->username));
     account_check(call, "password", account_password_problem(req->password, req->email, req->username));
     account_check(call, "full_name", account_text_problem(req->full_name, 100, 0));

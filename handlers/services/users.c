@@ -10,8 +10,6 @@
 #include "lagoon_handlers.h"
 #include "paging.h"
 
-#define COPY_STR(dst, src) snprintf((dst), sizeof(dst), "%s", (src))
-
 /* ---- reads ---------------------------------------------------------------------------------- */
 
 /* Reads user id into a heap row (rows are a few KiB: not for a loop thread's stack). */
@@ -102,7 +100,7 @@ static int list_role(rpc_call *call, const lagoon_v1_ListUsersRequest *req, lago
     int st = paging_read(call, &l);
     resp->users = l.items;
     resp->users_count = (pb_size_t)l.count;
-    COPY_STR(resp->next_page_token, l.next_page_token);
+    APP_STRCPY(resp->next_page_token, l.next_page_token);
     return st;
 }
 
@@ -151,18 +149,18 @@ static void apply_profile(lagoon_v1_User *u, const void *req, const void *args)
     (void)args;
     const lagoon_v1_UpdateProfileRequest *p = req;
     if (p->has_full_name)
-        COPY_STR(u->full_name, p->full_name);
+        APP_STRCPY(u->full_name, p->full_name);
     if (p->has_profile_image_url)
-        COPY_STR(u->profile_image_url, p->profile_image_url);
+        APP_STRCPY(u->profile_image_url, p->profile_image_url);
     if (p->set_instruments) {
         u->instruments_count = p->instruments_count;
         for (pb_size_t i = 0; i < p->instruments_count; i++)
-            COPY_STR(u->instruments[i], p->instruments[i]);
+            APP_STRCPY(u->instruments[i], p->instruments[i]);
     }
     if (p->has_experience_level)
-        COPY_STR(u->experience_level, p->experience_level);
+        APP_STRCPY(u->experience_level, p->experience_level);
     if (p->has_bio)
-        COPY_STR(u->bio, p->bio);
+        APP_STRCPY(u->bio, p->bio);
 }
 
 static int profile_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
@@ -277,7 +275,7 @@ static int current_password_ok(rpc_call *call, password_op *op, const char *pass
 static void apply_password(lagoon_v1_User *u, const void *req, const void *args)
 {
     (void)req;
-    COPY_STR(u->password_hash, ((const password_op *)args)->new_hash);
+    APP_STRCPY(u->password_hash, ((const password_op *)args)->new_hash);
 }
 
 static int password_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
@@ -331,7 +329,7 @@ static password_op *password_op_new(rpc_call *call, lagoon_v1_User **u, int *st)
         return NULL;
     }
     op->a = app_of(call);
-    COPY_STR(op->current_hash, (*u)->password_hash);
+    APP_STRCPY(op->current_hash, (*u)->password_hash);
     account_signin_user(op->signin.account, uid);
     app_peer_key(call, op->signin.address);
     return op;

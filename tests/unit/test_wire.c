@@ -1849,8 +1849,8 @@ static void rules_one_of_words(void **state)
     }
 }
 
-/* url and email, value by value, against what the handlers accepted (account_url_problem and
- * account_email_problem in handlers/services/accounts.c). */
+/* url and email, value by value, against what the handlers accepted before these rules
+ * replaced their own checks. */
 static void rules_url_and_email_syntax(void **state)
 {
     (void)state;

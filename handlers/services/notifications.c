@@ -1,7 +1,6 @@
 /* Notifications service: a user's notifications, newest first. Features create them with
  * events_notify (events.h), which also publishes them to the user's subscriptions. */
 #include <stdio.h>
-#include <string.h>
 
 #include "events.h"
 #include "lagoon_handlers.h"
@@ -60,16 +59,6 @@ int handle_Notifications_UnreadCount(rpc_call *call, const lagoon_v1_Notificatio
 
 /* ---- changes: write functions (app.h), each answering an empty response ------------------------ */
 
-/* A write's status. A lookup that found nothing and was handled (a user with no feed yet, a
- * trimmed event) leaves its code in err, which the framework takes for app_refuse_kept's
- * refusal: a success clears it. */
-static int written(int st, store_error *err)
-{
-    if (st == LAGOON_OK)
-        memset(err, 0, sizeof(*err));
-    return st;
-}
-
 enum note_change { NOTE_MARK_READ, NOTE_DELETE };
 
 /* MarkRead and Delete: the caller's notification req->id, changed. Someone else's is NOT_FOUND
@@ -83,10 +72,10 @@ static int change_own_note(store_txn *t, const app_write_in *in, enum note_chang
         st = LAGOON_NOT_FOUND;
     if (st == LAGOON_NOT_FOUND)
         return store_fail(err, LAGOON_NOT_FOUND, NULL, "no such notification");
-    if (st == LAGOON_OK)
-        st = change == NOTE_DELETE ? events_notification_delete(t, in->a, &n, err)
-                                   : events_notification_mark_read(t, in->a, &n, err);
-    return written(st, err);
+    if (st != LAGOON_OK)
+        return st;
+    return change == NOTE_DELETE ? events_notification_delete(t, in->a, &n, err)
+                                 : events_notification_mark_read(t, in->a, &n, err);
 }
 
 static int mark_read_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
@@ -104,7 +93,7 @@ static int delete_write(store_txn *t, const app_write_in *in, void *resp, store_
 static int mark_all_read_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
 {
     (void)resp;
-    return written(events_notifications_all_read(t, in->a, in->who.user_id, err), err);
+    return events_notifications_all_read(t, in->a, in->who.user_id, err);
 }
 
 int handle_Notifications_MarkRead(rpc_call *call, const lagoon_v1_NotificationIdRequest *req,

@@ -252,41 +252,30 @@ int account_check(rpc_call *c, const char *field, const char *problem)
 
 /* ---- rows ---------------------------------------------------------------------------------- */
 
+/* What a PublicUser shows of a User; a UserProfile shows it too, and more. */
+#define ACCOUNT_COPY_STR(f) snprintf(out->f, sizeof(out->f), "%s", u->f);
+#define ACCOUNT_COPY_VAL(f) out->f = u->f;
+#define ACCOUNT_PUBLIC_FIELDS(STR, VAL)                                                                     \
+    VAL(id) STR(username) STR(full_name) VAL(role) STR(profile_image_url) STR(experience_level) STR(bio)   \
+    VAL(created_at) VAL(instruments_count)                                                                 \
+    for (pb_size_t i = 0; i < u->instruments_count; i++)                                                   \
+        STR(instruments[i])
+
 void account_profile(const lagoon_v1_User *u, lagoon_v1_UserProfile *out)
 {
     memset(out, 0, sizeof(*out));
-    out->id = u->id;
-    snprintf(out->email, sizeof(out->email), "%s", u->email);
-    snprintf(out->username, sizeof(out->username), "%s", u->username);
-    snprintf(out->full_name, sizeof(out->full_name), "%s", u->full_name);
-    out->role = u->role;
-    snprintf(out->profile_image_url, sizeof(out->profile_image_url), "%s", u->profile_image_url);
-    out->instruments_count = u->instruments_count;
-    for (pb_size_t i = 0; i < u->instruments_count; i++)
-        snprintf(out->instruments[i], sizeof(out->instruments[i]), "%s", u->instruments[i]);
-    snprintf(out->experience_level, sizeof(out->experience_level), "%s", u->experience_level);
-    snprintf(out->bio, sizeof(out->bio), "%s", u->bio);
-    out->created_at = u->created_at;
-    out->updated_at = u->updated_at;
-    out->last_login = u->last_login;
-    out->verified = u->verified;
-    out->active = u->active;
+    ACCOUNT_PUBLIC_FIELDS(ACCOUNT_COPY_STR, ACCOUNT_COPY_VAL)
+    ACCOUNT_COPY_STR(email)
+    ACCOUNT_COPY_VAL(updated_at)
+    ACCOUNT_COPY_VAL(last_login)
+    ACCOUNT_COPY_VAL(verified)
+    ACCOUNT_COPY_VAL(active)
 }
 
 void account_public(const lagoon_v1_User *u, lagoon_v1_PublicUser *out)
 {
     memset(out, 0, sizeof(*out));
-    out->id = u->id;
-    snprintf(out->username, sizeof(out->username), "%s", u->username);
-    snprintf(out->full_name, sizeof(out->full_name), "%s", u->full_name);
-    out->role = u->role;
-    snprintf(out->profile_image_url, sizeof(out->profile_image_url), "%s", u->profile_image_url);
-    out->instruments_count = u->instruments_count;
-    for (pb_size_t i = 0; i < u->instruments_count; i++)
-        snprintf(out->instruments[i], sizeof(out->instruments[i]), "%s", u->instruments[i]);
-    snprintf(out->experience_level, sizeof(out->experience_level), "%s", u->experience_level);
-    snprintf(out->bio, sizeof(out->bio), "%s", u->bio);
-    out->created_at = u->created_at;
+    ACCOUNT_PUBLIC_FIELDS(ACCOUNT_COPY_STR, ACCOUNT_COPY_VAL)
 }
 
 int account_queue_email(store_txn *t, const app *a, const char *to, const char *subject, const char *body,

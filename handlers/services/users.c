@@ -182,22 +182,43 @@ int handle_Users_UpdateProfile(rpc_call *call, const lagoon_v1_UpdateProfileRequ
     return app_write_call(call, profile_write, NULL);
 }
 
+/* ---- an administrator's change to one user: SetRole, SetActive -------------------------------- */
+
+typedef struct admin_change {
+    uint64_t user_id;
+    user_edit_fn edit; /* what changes in the row */
+    /* then what it means for the user's sessions */
+    int (*sessions)(store_txn *t, const lagoon_v1_User *u, store_error *err);
+    int public_resp; /* the response is a PublicUser, else a UserProfile */
+} admin_change;
+
+static int admin_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
+{
+    const admin_change *c = in->args;
+    lagoon_v1_User u;
+    int st = user_edit(t, in, c->user_id, c->edit, &u, err);
+    if (st == LAGOON_OK)
+        st = c->sessions(t, &u, err);
+    if (st == LAGOON_OK && c->public_resp)
+        account_public(&u, resp);
+    else if (st == LAGOON_OK)
+        account_profile(&u, resp);
+    return st;
+}
+
+static int admin_submit(rpc_call *call, const admin_change *change)
+{
+    admin_change *c = app_write_args(call, sizeof(*c));
+    if (c == NULL)
+        return app_out_of_memory(call);
+    *c = *change;
+    return app_write_call(call, admin_write, c);
+}
+
 static void apply_role(lagoon_v1_User *u, const void *req, const void *args)
 {
     (void)args;
     u->role = ((const lagoon_v1_SetRoleRequest *)req)->role;
-}
-
-static int role_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
-{
-    const lagoon_v1_SetRoleRequest *req = in->req;
-    lagoon_v1_User u;
-    int st = user_edit(t, in, req->user_id, apply_role, &u, err);
-    if (st == LAGOON_OK)
-        st = account_sync_sessions(t, &u, err); /* the sessions' copies of the role */
-    if (st == LAGOON_OK)
-        account_public(&u, resp);
-    return st;
 }
 
 int handle_Users_SetRole(rpc_call *call, const lagoon_v1_SetRoleRequest *req, lagoon_v1_PublicUser *resp)
@@ -206,7 +227,9 @@ int handle_Users_SetRole(rpc_call *call, const lagoon_v1_SetRoleRequest *req, la
     if (req->user_id == rpc_call_caller(call)->user_id && req->role != lagoon_v1_Role_ADMIN)
         return rpc_call_error(call, LAGOON_FAILED_PRECONDITION,
                               "administrators cannot demote themselves (ask another administrator)");
-    return app_write_call(call, role_write, NULL);
+    /* The sessions keep copies of the role. */
+    admin_change c = {req->user_id, apply_role, account_sync_sessions, 1};
+    return admin_submit(call, &c);
 }
 
 static void apply_active(lagoon_v1_User *u, const void *req, const void *args)
@@ -215,16 +238,10 @@ static void apply_active(lagoon_v1_User *u, const void *req, const void *args)
     u->active = ((const lagoon_v1_SetActiveRequest *)req)->active;
 }
 
-static int active_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
+/* A deactivation ends every session. */
+static int end_sessions_if_inactive(store_txn *t, const lagoon_v1_User *u, store_error *err)
 {
-    const lagoon_v1_SetActiveRequest *req = in->req;
-    lagoon_v1_User u;
-    int st = user_edit(t, in, req->user_id, apply_active, &u, err);
-    if (st == LAGOON_OK && !req->active) /* a deactivation ends every session */
-        st = account_revoke_sessions(t, u.id, 0, err);
-    if (st == LAGOON_OK)
-        account_profile(&u, resp);
-    return st;
+    return u->active ? LAGOON_OK : account_revoke_sessions(t, u->id, 0, err);
 }
 
 int handle_Users_SetActive(rpc_call *call, const lagoon_v1_SetActiveRequest *req, lagoon_v1_UserProfile *resp)
@@ -232,7 +249,8 @@ int handle_Users_SetActive(rpc_call *call, const lagoon_v1_SetActiveRequest *req
     (void)resp;
     if (req->user_id == rpc_call_caller(call)->user_id && !req->active)
         return rpc_call_error(call, LAGOON_FAILED_PRECONDITION, "administrators cannot deactivate themselves");
-    return app_write_call(call, active_write, NULL);
+    admin_change c = {req->user_id, apply_active, end_sessions_if_inactive, 0};
+    return admin_submit(call, &c);
 }
 
 /* ---- password-checked changes --------------------------------------------------------------- */
@@ -314,24 +332,26 @@ static int delete_account_work(rpc_call *call, void *arg)
     return st == LAGOON_OK ? app_write_call(call, delete_write, NULL) : st;
 }
 
-/* The caller's row (into *u, on the heap) and a password_op for it in the call's memory;
- * NULL (status in *st) on failure. */
-static password_op *password_op_new(rpc_call *call, lagoon_v1_User **u, int *st)
+/* A password_op for the caller in the call's memory, with new_password (when not NULL)
+ * checked against the account first; NULL with the call's status in *st. */
+static password_op *password_op_new(rpc_call *call, const char *new_password, int *st)
 {
     uint64_t uid = rpc_call_caller(call)->user_id;
-    *u = load_user(call, uid, st);
-    if (*u == NULL)
+    lagoon_v1_User *u = load_user(call, uid, st);
+    if (u == NULL)
         return NULL;
-    password_op *op = rpc_call_alloc(call, sizeof(*op), password_op_wipe);
-    if (op == NULL) {
-        free(*u);
+    password_op *op = NULL;
+    if (new_password && !account_check(call, "new_password", account_password_problem(new_password, u->email, u->username)))
+        *st = LAGOON_INVALID_ARGUMENT;
+    else if ((op = rpc_call_alloc(call, sizeof(*op), password_op_wipe)) == NULL)
         *st = app_out_of_memory(call);
-        return NULL;
+    if (op != NULL) {
+        op->a = app_of(call);
+        APP_STRCPY(op->current_hash, u->password_hash);
+        account_signin_user(op->signin.account, uid);
+        app_peer_key(call, op->signin.address);
     }
-    op->a = app_of(call);
-    APP_STRCPY(op->current_hash, (*u)->password_hash);
-    account_signin_user(op->signin.account, uid);
-    app_peer_key(call, op->signin.address);
+    free(u);
     return op;
 }
 
@@ -356,13 +376,8 @@ int handle_Users_ChangePassword(rpc_call *call, const lagoon_v1_ChangePasswordRe
 {
     (void)resp;
     int st;
-    lagoon_v1_User *u;
-    password_op *op = password_op_new(call, &u, &st);
-    if (op == NULL)
-        return st;
-    int ok = account_check(call, "new_password", account_password_problem(req->new_password, u->email, u->username));
-    free(u);
-    return ok ? check_password_later(call, op, change_password_work) : LAGOON_INVALID_ARGUMENT;
+    password_op *op = password_op_new(call, req->new_password, &st);
+    return op ? check_password_later(call, op, change_password_work) : st;
 }
 
 int handle_Users_DeleteAccount(rpc_call *call, const lagoon_v1_DeleteAccountRequest *req,
@@ -371,10 +386,6 @@ int handle_Users_DeleteAccount(rpc_call *call, const lagoon_v1_DeleteAccountRequ
     (void)req;
     (void)resp;
     int st;
-    lagoon_v1_User *u;
-    password_op *op = password_op_new(call, &u, &st);
-    if (op == NULL)
-        return st;
-    free(u);
-    return check_password_later(call, op, delete_account_work);
+    password_op *op = password_op_new(call, NULL, &st);
+    return op ? check_password_later(call, op, delete_account_work) : st;
 }

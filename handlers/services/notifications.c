@@ -59,19 +59,25 @@ int handle_Notifications_UnreadCount(rpc_call *call, const lagoon_v1_Notificatio
 
 /* ---- changes: write functions (app.h), each answering an empty response ------------------------ */
 
+/* A notification is its user's alone (an administrator's neither): anyone else's is NOT_FOUND
+ * as none is, so that its existence does not leak. */
+static const app_policy note_policy = {
+    .grants = {[APP_READ] = APP_REL_OWNER, [APP_CHANGE] = APP_REL_OWNER},
+    .not_found = "no such notification",
+};
+
 enum note_change { NOTE_MARK_READ, NOTE_DELETE };
 
-/* MarkRead and Delete: the caller's notification req->id, changed. Someone else's is NOT_FOUND
- * as none is, so that its existence does not leak. */
+/* MarkRead and Delete: the caller's notification req->id, changed. */
 static int change_own_note(store_txn *t, const app_write_in *in, enum note_change change, store_error *err)
 {
     const lagoon_v1_NotificationIdRequest *req = in->req;
     lagoon_v1_Notification n;
     int st = store_get(t, &lagoon_table_notifications, req->id, &n, err);
-    if (st == LAGOON_OK && app_access(&in->who, n.user_id, 0, APP_CHANGE, 0) != LAGOON_OK)
-        st = LAGOON_NOT_FOUND;
     if (st == LAGOON_NOT_FOUND)
-        return store_fail(err, LAGOON_NOT_FOUND, NULL, "no such notification");
+        return store_fail(err, LAGOON_NOT_FOUND, NULL, "%s", note_policy.not_found);
+    if (st == LAGOON_OK)
+        st = app_check(t, &in->who, &note_policy, APP_CHANGE, &n, n.user_id, err);
     if (st != LAGOON_OK)
         return st;
     return change == NOTE_DELETE ? events_notification_delete(t, in->a, &n, err)

@@ -128,6 +128,18 @@ const store_table_rt *store_rt(const store *s, const store_table *tab)
     return NULL;
 }
 
+void store_txn_free(store_txn *t)
+{
+    free(t->changes);
+    t->changes = NULL;
+    if (t->recent) {
+        for (size_t i = 0; i < t->s->schema->ntables; i++)
+            free(t->recent[i]);
+        free(t->recent);
+        t->recent = NULL;
+    }
+}
+
 /* ---- Resize gate ------------------------------------------------------------------------------ */
 
 void store_gate_enter_read(store *s)
@@ -577,7 +589,7 @@ static enum batch_result run_flat(store *s, store_op **ops, size_t n, int may_gr
         int failed = st != LAGOON_OK || t.map_full || t.no_space;
         if (!failed && change_list_append(changes, t.changes, t.nchanges))
             failed = 2; /* out of memory: run_nested fails the batch as it would */
-        free(t.changes);
+        store_txn_free(&t);
         if (!failed) {
             op_set(op, st, &op->err);
             continue;
@@ -624,7 +636,7 @@ static enum batch_result run_nested(store *s, store_op **ops, size_t n, int may_
         int st = op->fn(&t, op->arg, &op->err);
         if (t.map_full && may_grow) {
             kv_txn_abort(t.kv);
-            free(t.changes);
+            store_txn_free(&t);
             kv_txn_abort(parent);
             return BATCH_REPLAY;
         }
@@ -638,7 +650,7 @@ static enum batch_result run_nested(store *s, store_op **ops, size_t n, int may_
         } else if (st == LAGOON_OK) {
             rc = kv_txn_commit(t.kv);
             if (rc == KV_MAP_FULL && may_grow) {
-                free(t.changes);
+                store_txn_free(&t);
                 kv_txn_abort(parent);
                 return BATCH_REPLAY;
             }
@@ -647,7 +659,7 @@ static enum batch_result run_nested(store *s, store_op **ops, size_t n, int may_
             } else if (change_list_append(changes, t.changes, t.nchanges)) {
                 /* The write is in the parent but could not be announced: fail the whole batch
                  * rather than commit changes that subscribers would never hear of. */
-                free(t.changes);
+                store_txn_free(&t);
                 kv_txn_abort(parent);
                 store_error e;
                 store_fail(&e, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
@@ -659,7 +671,7 @@ static enum batch_result run_nested(store *s, store_op **ops, size_t n, int may_
         } else {
             kv_txn_abort(t.kv);
         }
-        free(t.changes);
+        store_txn_free(&t);
         op_set(op, st, &op->err);
     }
     return batch_commit(parent, ops, n, may_grow, changes);
@@ -1015,7 +1027,7 @@ static int open_write(store *s, store_error *err)
     }
     if (t.kv)
         kv_txn_abort(t.kv);
-    free(t.changes);
+    store_txn_free(&t);
     if (st != LAGOON_OK && t.map_full)
         return -1; /* the caller grows the map and tries again */
     return st;

@@ -103,6 +103,20 @@ struct store {
     uint64_t map_size;
 };
 
+/* What a write remembers of the row it wrote last in a table (store_table.c, "recent rows"):
+ * its foreign keys and index entries, so that writing that row again (a row inserted, then
+ * updated with what the insert made, as a message and its event seqs) reads and decodes
+ * nothing. Only rows whose index entries fit keys[]. */
+#define STORE_RECENT_KEYS 512
+typedef struct store_recent {
+    uint64_t id;                         /* 0: nothing remembered */
+    uint64_t fk[STORE_MAX_FKEYS];        /* the foreign keys' values */
+    int8_t has[STORE_MAX_INDEXES];       /* store_index_entry's result for each index */
+    uint16_t off[STORE_MAX_INDEXES];     /* where its entry's key is in keys[] */
+    uint16_t len[STORE_MAX_INDEXES];
+    uint8_t keys[STORE_RECENT_KEYS];
+} store_recent;
+
 /* A transaction as tables see it. */
 struct store_txn {
     store *s;
@@ -118,7 +132,12 @@ struct store_txn {
     /* Changes of this write (kept only if it commits). */
     store_change *changes;
     size_t nchanges, cap_changes;
+    /* Write transactions only: per table (schema order), the row written last, or NULL. */
+    store_recent **recent;
 };
+
+/* Frees what a write transaction's store_txn holds (its changes, its recent rows). */
+void store_txn_free(store_txn *t);
 
 /* store_fail as an expression whose value is visibly `code`: the static analyzer cannot see
  * into store_fail from other files and would otherwise explore "failed, but returned OK" paths

@@ -229,14 +229,15 @@ static int get_raw(store_txn *t, kv_db db, uint64_t id, kv_val *v, store_error *
     return rc ? store_kv_fail(t, rc, err, what) : LAGOON_OK;
 }
 
-/* Foreign keys of row must resolve. Only the changed ones when old is given. */
-static int check_fkeys(store_txn *t, const store_table *tab, const void *row, const void *old,
+/* Foreign keys of row must resolve. Only the changed ones when old_fk (the stored row's values,
+ * tab->nfkeys of them) is given. */
+static int check_fkeys(store_txn *t, const store_table *tab, const void *row, const uint64_t *old_fk,
                        store_error *err)
 {
     for (size_t f = 0; f < tab->nfkeys; f++) {
         const store_fkey *fk = &tab->fkeys[f];
         uint64_t pid = row_u64(row, fk->offset);
-        if (old && row_u64(old, fk->offset) == pid)
+        if (old_fk && old_fk[f] == pid)
             continue;
         if (pid == 0 && fk->optional)
             continue;
@@ -271,6 +272,54 @@ static int too_long(const store_table *tab, const store_index *ix, store_error *
 static uint64_t key_id(kv_val v)
 {
     return v.len == 8 ? get_be64(v.data) : 0;
+}
+
+/* ---- Recent rows (store_recent in store_internal.h) ------------------------------------------- */
+
+/* The remembered row id of tab in t, or NULL. */
+static store_recent *recent_find(store_txn *t, const store_table_rt *rt, uint64_t id)
+{
+    store_recent *r = t->recent ? t->recent[rt - t->s->tables] : NULL;
+    return r && r->id == id ? r : NULL;
+}
+
+/* Remembers row id of tab as written, with its index entries keys[x] (has[x] as
+ * store_index_entry says; 2 counts as 1). Best effort: out of memory or keys too long for the
+ * slot, the table's slot is forgotten and the next update reads the row. */
+static void recent_keep(store_txn *t, const store_table_rt *rt, uint64_t id, const void *row,
+                        const store_key *keys, const int *has)
+{
+    const store_table *tab = rt->decl;
+    size_t slot = (size_t)(rt - t->s->tables);
+    if (!t->recent && !(t->recent = calloc(t->s->schema->ntables, sizeof(*t->recent))))
+        return;
+    store_recent *r = t->recent[slot];
+    if (!r && !(r = t->recent[slot] = malloc(sizeof(*r))))
+        return;
+    r->id = 0;
+    size_t off = 0;
+    for (size_t x = 0; x < tab->nindexes; x++) {
+        r->has[x] = (int8_t)(has[x] ? 1 : 0);
+        if (!has[x])
+            continue;
+        if (keys[x].len > sizeof(r->keys) - off)
+            return; /* does not fit: forgotten */
+        memcpy(r->keys + off, keys[x].buf, keys[x].len);
+        r->off[x] = (uint16_t)off;
+        r->len[x] = (uint16_t)keys[x].len;
+        off += keys[x].len;
+    }
+    for (size_t f = 0; f < tab->nfkeys; f++)
+        r->fk[f] = row_u64(row, tab->fkeys[f].offset);
+    r->id = id;
+}
+
+/* A delete may cascade into any table: nothing is remembered after one. */
+static void recent_forget_all(store_txn *t)
+{
+    for (size_t i = 0; t->recent && i < t->s->schema->ntables; i++)
+        if (t->recent[i])
+            t->recent[i]->id = 0;
 }
 
 /* ---- Insert / get / update / delete ------------------------------------------------------------ */
@@ -339,16 +388,19 @@ int store_insert(store_txn *t, const store_table *tab, void *row, uint64_t *id_o
     int rc = kv_put(t->kv, rt->rows, (kv_val){idk, 8}, (kv_val){buf, len}, KV_NOOVERWRITE);
     if (rc)
         return store_kv_fail(t, rc, err, tab->name);
+    store_key keys[STORE_MAX_INDEXES];
+    int has[STORE_MAX_INDEXES];
     for (size_t x = 0; x < tab->nindexes; x++) {
-        store_key k;
-        if (store_index_entry(tab, x, row, id, &k) != 1)
+        has[x] = store_index_entry(tab, x, row, id, &keys[x]) == 1;
+        if (!has[x])
             continue;
-        rc = kv_put(t->kv, rt->idx[x], (kv_val){k.buf, k.len}, (kv_val){idk, 8}, 0);
+        rc = kv_put(t->kv, rt->idx[x], (kv_val){keys[x].buf, keys[x].len}, (kv_val){idk, 8}, 0);
         if (rc)
             return store_kv_fail(t, rc, err, tab->indexes[x].name);
     }
     if ((st = record(t, tab, id, STORE_INSERTED, err)))
         return st;
+    recent_keep(t, rt, id, row, keys, has);
     if (id_out)
         *id_out = id;
     return LAGOON_OK;
@@ -418,26 +470,45 @@ int store_update(store_txn *t, const store_table *tab, const void *row, store_er
     if (st)
         return st;
     uint64_t id = row_u64(row, tab->id_offset);
-    /* Not cleared: decoding sets what it reads (a memset would cost the whole struct, 16 KiB
-     * for a message). */
-    void *old = malloc(tab->row_size);
+    /* The stored row's index entries and foreign keys: remembered when this write wrote the
+     * row last (recent_keep), else from the row, read into uncleared memory (decoding sets what
+     * it reads; a memset would cost the whole struct, 16 KiB for a message). */
+    store_recent *recent = recent_find(t, rt, id);
+    void *old = NULL;
     int have_old = 0;
+    uint64_t old_fk[STORE_MAX_FKEYS];
     store_key *oldk = malloc(2 * tab->nindexes * sizeof(*oldk) + 1);
     int *oldh = calloc(2 * tab->nindexes + 1, sizeof(*oldh));
     store_key *newk = oldk + tab->nindexes;
     int *newh = oldh + tab->nindexes;
-    if (!old || !oldk || !oldh) {
+    if (!recent)
+        old = malloc(tab->row_size);
+    if ((!recent && !old) || !oldk || !oldh) {
         st = STORE_FAIL(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
         goto out;
     }
-    if ((st = store_get(t, tab, id, old, err)))
-        goto out;
-    have_old = 1;
-    if ((st = check_fkeys(t, tab, row, old, err)))
+    if (recent) {
+        memcpy(old_fk, recent->fk, tab->nfkeys * sizeof(old_fk[0]));
+        for (size_t x = 0; x < tab->nindexes; x++) {
+            store_key_reset(&oldk[x]);
+            oldh[x] = recent->has[x];
+            if (oldh[x])
+                store_key_raw(&oldk[x], recent->keys + recent->off[x], recent->len[x]);
+        }
+        recent->id = 0; /* until this update has written the row (recent_keep below) */
+    } else {
+        if ((st = store_get(t, tab, id, old, err)))
+            goto out;
+        have_old = 1;
+        for (size_t f = 0; f < tab->nfkeys; f++)
+            old_fk[f] = row_u64(old, tab->fkeys[f].offset);
+        for (size_t x = 0; x < tab->nindexes; x++)
+            oldh[x] = store_index_entry(tab, x, old, id, &oldk[x]);
+    }
+    if ((st = check_fkeys(t, tab, row, old_fk, err)))
         goto out;
     /* Validate: new keys fit, and changed unique keys are free. */
     for (size_t x = 0; x < tab->nindexes; x++) {
-        oldh[x] = store_index_entry(tab, x, old, id, &oldk[x]);
         newh[x] = store_index_entry(tab, x, row, id, &newk[x]);
         if (newh[x] < 0) {
             st = too_long(tab, &tab->indexes[x], err);
@@ -495,6 +566,8 @@ int store_update(store_txn *t, const store_table *tab, const void *row, store_er
         }
     }
     st = record(t, tab, id, STORE_UPDATED, err);
+    if (st == LAGOON_OK)
+        recent_keep(t, rt, id, row, newk, newh);
 out:
     if (have_old)
         store_row_release(tab, old);
@@ -646,6 +719,7 @@ int store_delete(store_txn *t, const store_table *tab, uint64_t id, store_error 
         return st;
     if ((st = delete_check(t, rt, id, 0, err)))
         return st;
+    recent_forget_all(t);
     return delete_apply(t, rt, id, 0, err);
 }
 

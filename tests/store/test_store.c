@@ -361,6 +361,103 @@ static void test_update_moves_entries(void **state)
     assert_int_equal(problems, 0);
 }
 
+/* One write inserting a row and updating it again and again (the store then knows the stored
+ * entries without reading the row back): every index entry moves each time, a failed update and
+ * a delete in between change nothing of it, a changed foreign key is still checked. */
+typedef struct rewrite_ids {
+    uint64_t user, other, video;
+    int conflict, bad_owner; /* the refused updates' statuses */
+} rewrite_ids;
+
+static int w_rewrite(store_txn *t, void *arg, store_error *err)
+{
+    rewrite_ids *r = arg;
+    tuser o = lagoon_test_v1_TUser_init_zero;
+    snprintf(o.name, sizeof(o.name), "olga");
+    int st = store_insert(t, &lagoon_test_table_users, &o, &r->other, err);
+    tuser u = lagoon_test_v1_TUser_init_zero;
+    snprintf(u.name, sizeof(u.name), "eve");
+    snprintf(u.email, sizeof(u.email), "eve@x");
+    u.created_at = 5;
+    if (st == LAGOON_OK)
+        st = store_insert(t, &lagoon_test_table_users, &u, &r->user, err);
+    /* Written last in its table: each update below knows the stored entries. */
+    snprintf(u.name, sizeof(u.name), "Evelyn");
+    u.email[0] = '\0'; /* leaves the sparse index */
+    if (st == LAGOON_OK)
+        st = store_update(t, &lagoon_test_table_users, &u, err);
+    snprintf(u.name, sizeof(u.name), "Eva");
+    snprintf(u.email, sizeof(u.email), "eva@y");
+    u.created_at = 6;
+    if (st == LAGOON_OK)
+        st = store_update(t, &lagoon_test_table_users, &u, err);
+    /* Onto a taken name: refused, nothing changes. */
+    snprintf(u.name, sizeof(u.name), "OLGA");
+    r->conflict = store_update(t, &lagoon_test_table_users, &u, err);
+    snprintf(u.name, sizeof(u.name), "Eva");
+    u.created_at = 7;
+    if (st == LAGOON_OK)
+        st = store_update(t, &lagoon_test_table_users, &u, err);
+    /* A delete (it may cascade anywhere) in between. */
+    tuser tmp = lagoon_test_v1_TUser_init_zero;
+    snprintf(tmp.name, sizeof(tmp.name), "tmp");
+    uint64_t tmp_id = 0;
+    if (st == LAGOON_OK)
+        st = store_insert(t, &lagoon_test_table_users, &tmp, &tmp_id, err);
+    if (st == LAGOON_OK)
+        st = store_delete(t, &lagoon_test_table_users, tmp_id, err);
+    u.created_at = 8;
+    if (st == LAGOON_OK)
+        st = store_update(t, &lagoon_test_table_users, &u, err);
+    tvideo v = lagoon_test_v1_TVideo_init_zero;
+    v.owner_id = r->user;
+    v.created_at = 10;
+    if (st == LAGOON_OK)
+        st = store_insert(t, &lagoon_test_table_videos, &v, &r->video, err);
+    v.owner_id = r->other;
+    if (st == LAGOON_OK)
+        st = store_update(t, &lagoon_test_table_videos, &v, err);
+    v.owner_id = 12345; /* no such user: a changed foreign key is checked */
+    r->bad_owner = store_update(t, &lagoon_test_table_videos, &v, err);
+    return st;
+}
+
+static void test_rewrites_in_one_write(void **state)
+{
+    fixture *f = *state;
+    store_error err;
+    rewrite_ids r = {0};
+    assert_int_equal(store_write(f->s, w_rewrite, &r, &err), LAGOON_OK);
+    assert_int_equal(r.conflict, LAGOON_ALREADY_EXISTS);
+    assert_int_equal(r.bad_owner, LAGOON_NOT_FOUND);
+    uint64_t id;
+    assert_int_equal(lookup_name(f->s, "eve", &id), LAGOON_NOT_FOUND);
+    assert_int_equal(lookup_name(f->s, "evelyn", &id), LAGOON_NOT_FOUND);
+    assert_int_equal(lookup_name(f->s, "tmp", &id), LAGOON_NOT_FOUND);
+    assert_int_equal(lookup_name(f->s, "eva", &id), LAGOON_OK);
+    assert_int_equal(id, r.user);
+    assert_int_equal(lookup_name(f->s, "olga", &id), LAGOON_OK);
+    assert_int_equal(id, r.other);
+    /* The video moved to the other user's list. */
+    uint64_t ids[4];
+    store_key p;
+    store_key_reset(&p);
+    store_key_u64(&p, r.user);
+    store_query q = {.table = &lagoon_test_table_videos, .index = lagoon_test_index_videos_by_owner,
+                     .prefix = p.buf, .prefix_len = p.len};
+    assert_int_equal(scan_all(f->s, &q, ids, 4), 0);
+    store_key_reset(&p);
+    store_key_u64(&p, r.other);
+    assert_int_equal(scan_all(f->s, &q, ids, 4), 1);
+    assert_int_equal(ids[0], r.video);
+    /* Every entry where it belongs, none left behind (the old email's, the old names'). */
+    uint64_t problems = 99;
+    assert_int_equal(store_verify(f->s, NULL, &problems, &err), LAGOON_OK);
+    assert_int_equal(problems, 0);
+    assert_int_equal(add_user(f->s, "someone", "EVE@x", 8, &id, &err), LAGOON_OK);
+    assert_int_equal(add_user(f->s, "eve", NULL, 9, &id, &err), LAGOON_OK);
+}
+
 /* ---- Relations and change announcements ---------------------------------------------------- */
 
 typedef struct seen {
@@ -1184,6 +1281,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_multi_index_newest_first, setup, teardown),
         cmocka_unit_test_setup_teardown(test_composite_join_index, setup, teardown),
         cmocka_unit_test_setup_teardown(test_update_moves_entries, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rewrites_in_one_write, setup, teardown),
         cmocka_unit_test_setup_teardown(test_foreign_keys_and_cascade, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ids_never_reused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pages_with_inserts_between, setup, teardown),

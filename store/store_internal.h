@@ -114,6 +114,8 @@ typedef struct store_recent {
     int8_t has[STORE_MAX_INDEXES];       /* store_index_entry's result for each index */
     uint16_t off[STORE_MAX_INDEXES];     /* where its entry's key is in keys[] */
     uint16_t len[STORE_MAX_INDEXES];
+    uint16_t used;                       /* bytes of keys[] in use */
+    uint8_t full;                        /* the entries did not fit: not remembered */
     uint8_t keys[STORE_RECENT_KEYS];
 } store_recent;
 

@@ -283,32 +283,44 @@ static store_recent *recent_find(store_txn *t, const store_table_rt *rt, uint64_
     return r && r->id == id ? r : NULL;
 }
 
-/* Remembers row id of tab as written, with its index entries keys[x] (has[x] as
- * store_index_entry says; 2 counts as 1). Best effort: out of memory or keys too long for the
- * slot, the table's slot is forgotten and the next update reads the row. */
-static void recent_keep(store_txn *t, const store_table_rt *rt, uint64_t id, const void *row,
-                        const store_key *keys, const int *has)
+/* Starts remembering a row of rt's table as written (recent_key for each index, then
+ * recent_done). NULL when memory is short: the next update then reads the row. */
+static store_recent *recent_slot(store_txn *t, const store_table_rt *rt)
 {
-    const store_table *tab = rt->decl;
     size_t slot = (size_t)(rt - t->s->tables);
     if (!t->recent && !(t->recent = calloc(t->s->schema->ntables, sizeof(*t->recent))))
-        return;
+        return NULL;
     store_recent *r = t->recent[slot];
     if (!r && !(r = t->recent[slot] = malloc(sizeof(*r))))
-        return;
+        return NULL;
     r->id = 0;
-    size_t off = 0;
-    for (size_t x = 0; x < tab->nindexes; x++) {
-        r->has[x] = (int8_t)(has[x] ? 1 : 0);
-        if (!has[x])
-            continue;
-        if (keys[x].len > sizeof(r->keys) - off)
-            return; /* does not fit: forgotten */
-        memcpy(r->keys + off, keys[x].buf, keys[x].len);
-        r->off[x] = (uint16_t)off;
-        r->len[x] = (uint16_t)keys[x].len;
-        off += keys[x].len;
+    r->used = 0;
+    r->full = 0;
+    return r;
+}
+
+/* Index x's entry of the row (NULL: it has none). */
+static void recent_key(store_recent *r, size_t x, const store_key *k)
+{
+    if (!r)
+        return;
+    r->has[x] = k != NULL;
+    if (!k)
+        return;
+    if (k->len > sizeof(r->keys) - r->used) {
+        r->full = 1; /* not remembered: the next update reads the row */
+        return;
     }
+    memcpy(r->keys + r->used, k->buf, k->len);
+    r->off[x] = r->used;
+    r->len[x] = (uint16_t)k->len;
+    r->used = (uint16_t)(r->used + k->len);
+}
+
+static void recent_done(store_recent *r, const store_table *tab, uint64_t id, const void *row)
+{
+    if (!r || r->full)
+        return;
     for (size_t f = 0; f < tab->nfkeys; f++)
         r->fk[f] = row_u64(row, tab->fkeys[f].offset);
     r->id = id;
@@ -388,19 +400,20 @@ int store_insert(store_txn *t, const store_table *tab, void *row, uint64_t *id_o
     int rc = kv_put(t->kv, rt->rows, (kv_val){idk, 8}, (kv_val){buf, len}, KV_NOOVERWRITE);
     if (rc)
         return store_kv_fail(t, rc, err, tab->name);
-    store_key keys[STORE_MAX_INDEXES];
-    int has[STORE_MAX_INDEXES];
+    store_recent *recent = recent_slot(t, rt);
     for (size_t x = 0; x < tab->nindexes; x++) {
-        has[x] = store_index_entry(tab, x, row, id, &keys[x]) == 1;
-        if (!has[x])
+        store_key k;
+        int has = store_index_entry(tab, x, row, id, &k) == 1;
+        recent_key(recent, x, has ? &k : NULL);
+        if (!has)
             continue;
-        rc = kv_put(t->kv, rt->idx[x], (kv_val){keys[x].buf, keys[x].len}, (kv_val){idk, 8}, 0);
+        rc = kv_put(t->kv, rt->idx[x], (kv_val){k.buf, k.len}, (kv_val){idk, 8}, 0);
         if (rc)
             return store_kv_fail(t, rc, err, tab->indexes[x].name);
     }
     if ((st = record(t, tab, id, STORE_INSERTED, err)))
         return st;
-    recent_keep(t, rt, id, row, keys, has);
+    recent_done(recent, tab, id, row);
     if (id_out)
         *id_out = id;
     return LAGOON_OK;
@@ -471,7 +484,7 @@ int store_update(store_txn *t, const store_table *tab, const void *row, store_er
         return st;
     uint64_t id = row_u64(row, tab->id_offset);
     /* The stored row's index entries and foreign keys: remembered when this write wrote the
-     * row last (recent_keep), else from the row, read into uncleared memory (decoding sets what
+     * row last (recent_done), else from the row, read into uncleared memory (decoding sets what
      * it reads; a memset would cost the whole struct, 16 KiB for a message). */
     store_recent *recent = recent_find(t, rt, id);
     void *old = NULL;
@@ -495,7 +508,7 @@ int store_update(store_txn *t, const store_table *tab, const void *row, store_er
             if (oldh[x])
                 store_key_raw(&oldk[x], recent->keys + recent->off[x], recent->len[x]);
         }
-        recent->id = 0; /* until this update has written the row (recent_keep below) */
+        recent->id = 0; /* until this update has written the row (recent_done below) */
     } else {
         if ((st = store_get(t, tab, id, old, err)))
             goto out;
@@ -566,8 +579,12 @@ int store_update(store_txn *t, const store_table *tab, const void *row, store_er
         }
     }
     st = record(t, tab, id, STORE_UPDATED, err);
-    if (st == LAGOON_OK)
-        recent_keep(t, rt, id, row, newk, newh);
+    if (st == LAGOON_OK) {
+        store_recent *r = recent_slot(t, rt);
+        for (size_t x = 0; x < tab->nindexes; x++)
+            recent_key(r, x, newh[x] ? &newk[x] : NULL);
+        recent_done(r, tab, id, row);
+    }
 out:
     if (have_old)
         store_row_release(tab, old);

@@ -134,21 +134,6 @@ static void message_copy_public(lagoon_v1_DirectMessage *dst, const lagoon_v1_Di
     message_public(dst);
 }
 
-/* A new event whose payload is `which` (payload_info's type), set to its defaults: wire_init,
- * not a memset (17 KiB, mostly text buffer). NULL when memory is short. */
-static lagoon_v1_Event *event_new(pb_size_t which, const wire_msginfo *payload_info)
-{
-    lagoon_v1_Event *ev = malloc(sizeof(*ev));
-    if (ev == NULL)
-        return NULL;
-    wire_init(&lagoon_v1_Event_info, ev);
-    ev->which_payload = which;
-    /* The oneof's members share storage (each starts at the union): set the chosen one to its
-     * defaults. */
-    wire_init(payload_info, &ev->payload);
-    return ev;
-}
-
 /* Records on m's row that the event seq in the sender's (or the recipient's) log carries its
  * words. A full list (not expected: the edit cap sizes it) stops the tracking: Delete then
  * scans the logs instead, as for rows stored before it. */
@@ -168,14 +153,16 @@ static void track_event(lagoon_v1_DirectMessage *m, int recipient, uint64_t seq)
 }
 
 /* A message event in both participants' logs (every device of each sees it), recorded on m
- * (track_event). One event serves both: events_append sets only its seq and time. */
+ * (track_event). One event row serves both: built once in place (events_row_init), appended to
+ * each log in turn. */
 static int publish_message(store_txn *t, const app *a, lagoon_v1_DirectMessage *m,
                            lagoon_v1_MessageEvent_Action action, store_error *err)
 {
-    lagoon_v1_Event *ev = event_new(lagoon_v1_Event_message_tag, &lagoon_v1_MessageEvent_info);
-    if (ev == NULL)
+    lagoon_v1_UserEvent *row = malloc(sizeof(*row)); /* 17 KiB: it holds the whole message */
+    if (row == NULL)
         return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
-    lagoon_v1_MessageEvent *me = &ev->payload.message;
+    events_row_init(row, m->sender_id, lagoon_v1_Event_message_tag, &lagoon_v1_MessageEvent_info);
+    lagoon_v1_MessageEvent *me = &row->event.payload.message;
     me->action = action;
     me->has_message = true;
     if (action == lagoon_v1_MessageEvent_Action_DELETED) {
@@ -188,11 +175,12 @@ static int publish_message(store_txn *t, const app *a, lagoon_v1_DirectMessage *
     }
     int st = LAGOON_OK;
     for (int i = 0; i < 2 && st == LAGOON_OK; i++) {
-        st = events_append(t, a, i ? m->recipient_id : m->sender_id, ev, err);
+        row->user_id = i ? m->recipient_id : m->sender_id;
+        st = events_append_row(t, a, row, err);
         if (st == LAGOON_OK && action != lagoon_v1_MessageEvent_Action_DELETED)
-            track_event(m, i, ev->seq);
+            track_event(m, i, row->event.seq);
     }
-    free(ev);
+    free(row);
     return st;
 }
 
@@ -741,19 +729,22 @@ static int mark_read_write(store_txn *t, const app_write_in *in, void *resp, sto
             mem.read_up_to = to;
         if (st == LAGOON_OK)
             st = store_update(t, &lagoon_table_conversation_members, &mem, err);
-        /* Read receipts: the other participant and the reader's own devices (one event:
-         * events_append sets only its seq and time). */
-        lagoon_v1_Event *ev = NULL;
-        if (st == LAGOON_OK && (ev = event_new(lagoon_v1_Event_read_tag, &lagoon_v1_ReadEvent_info)) == NULL)
+        /* Read receipts: the other participant and the reader's own devices (one event row,
+         * appended to each log in turn). */
+        lagoon_v1_UserEvent *row = st == LAGOON_OK ? malloc(sizeof(*row)) : NULL;
+        if (st == LAGOON_OK && row == NULL)
             st = store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
-        if (st == LAGOON_OK) {
-            ev->payload.read.conversation_id = conv.id;
-            ev->payload.read.reader_id = me;
-            ev->payload.read.up_to_message_id = to;
+        if (row != NULL) {
+            events_row_init(row, me, lagoon_v1_Event_read_tag, &lagoon_v1_ReadEvent_info);
+            row->event.payload.read.conversation_id = conv.id;
+            row->event.payload.read.reader_id = me;
+            row->event.payload.read.up_to_message_id = to;
+            for (int i = 0; i < 2 && st == LAGOON_OK; i++) {
+                row->user_id = i ? other : me;
+                st = events_append_row(t, in->a, row, err);
+            }
+            free(row);
         }
-        for (int i = 0; i < 2 && st == LAGOON_OK; i++)
-            st = events_append(t, in->a, i ? other : me, ev, err);
-        free(ev);
         if (st == LAGOON_OK && mem.unread == 0) {
             char key[40];
             dm_collapse_key(key, sizeof(key), conv.id);

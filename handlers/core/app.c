@@ -145,10 +145,26 @@ int app_open(const char *data_dir, const app_config *cfg, app **out, rpc_error *
     return RPC_OK;
 }
 
+static int write_barrier(store_txn *t, void *arg, store_error *err)
+{
+    (void)t;
+    (void)arg;
+    (void)err;
+    return LAGOON_OK;
+}
+
 void app_close(app *a)
 {
     if (a == NULL)
         return;
+    /* Writes still queued (a call the drain gave up on) finish first: their completions and
+     * after hooks use the modules' state. The server has stopped, so nothing queues after
+     * this barrier, and the writer runs the queue in order. */
+    if (a->db != NULL) {
+        store_error se;
+        if (store_write(a->db, write_barrier, NULL, &se) != LAGOON_OK)
+            log_msg(LOG_WARN, "app_close: the store's queue did not finish: %s", se.message);
+    }
     while (a->nmodules > 0) {
         a->nmodules--;
         const app_module *m = a->modules[a->nmodules];

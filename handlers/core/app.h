@@ -258,6 +258,14 @@ int app_out_of_memory(rpc_call *call);
 int app_refuse_kept(const app_write_in *in, int code, const char *field, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
+/* For a write function of an idempotent method whose response shows a resource that can be
+ * deleted (the message an Edit returns): ties the kept response to it, so that deleting the
+ * resource can drop it (app_forget_results) and a retry cannot bring back what was deleted —
+ * it runs again instead. */
+void app_result_shows(const app_write_in *in, uint64_t resource_id);
+/* In a write that deletes resource_id: drops the kept responses of method m that show it. */
+int app_forget_results(store_txn *t, const wire_method *m, uint64_t resource_id, store_error *err);
+
 /* How long the response of an idempotent call is kept for its retries. */
 #define APP_IDEMPOTENCY_TTL_MS (24LL * 3600 * 1000)
 /* Responses larger than this (encoded) are not kept: a retry runs again. No idempotent

@@ -27,7 +27,14 @@ typedef struct write_call {
     const char *key;                  /* RequestMeta.idempotency_key (the call's) */
     uint8_t request_hash[16];         /* BLAKE2b-128 of the encoded request */
     store_error kept;                 /* app_refuse_kept's refusal (code 0: none) */
+    uint64_t shows;                   /* app_result_shows's resource (0: none) */
 } write_call;
+
+/* The write_call around a write function's inputs: they are the framework's own. */
+static write_call *call_of(const app_write_in *in)
+{
+    return (write_call *)((char *)in - offsetof(write_call, in));
+}
 
 static log_limiter oversize_log;
 
@@ -44,10 +51,9 @@ int app_out_of_memory(rpc_call *call)
 
 int app_refuse_kept(const app_write_in *in, int code, const char *field, const char *fmt, ...)
 {
-    /* in is the framework's own, inside its write_call: the refusal goes there, not into err,
-     * so that nothing a function leaves in err by the way can pass for one. */
-    write_call *w = (write_call *)((char *)in - offsetof(write_call, in));
-    store_error *err = &w->kept;
+    /* The refusal goes into the framework's state, not into err, so that nothing a function
+     * leaves in err by the way can pass for one. */
+    store_error *err = &call_of(in)->kept;
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(err->message, sizeof(err->message), fmt, ap);
@@ -58,6 +64,48 @@ int app_refuse_kept(const app_write_in *in, int code, const char *field, const c
 }
 
 /* ---- idempotency ---------------------------------------------------------------------------- */
+
+void app_result_shows(const app_write_in *in, uint64_t resource_id)
+{
+    call_of(in)->shows = resource_id;
+}
+
+typedef struct result_ids {
+    uint64_t ids[STORE_PAGE_SIZE_MAX];
+    size_t n;
+} result_ids;
+
+static int collect_result(void *arg, uint64_t id, const void *row)
+{
+    (void)row;
+    result_ids *r = arg;
+    r->ids[r->n++] = id;
+    return LAGOON_OK;
+}
+
+int app_forget_results(store_txn *t, const wire_method *m, uint64_t resource_id, store_error *err)
+{
+    store_key prefix;
+    store_key_reset(&prefix);
+    store_key_u32(&prefix, m->id);
+    store_key_u64(&prefix, resource_id);
+    result_ids *r = malloc(sizeof(*r));
+    if (r == NULL)
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    int st;
+    do { /* a page at a time: each page's rows are deleted before the next is read */
+        store_query q = {.table = &lagoon_table_idempotent_results,
+                         .index = lagoon_index_idempotent_results_by_resource,
+                         .prefix = prefix.buf, .prefix_len = prefix.len, .page_size = STORE_PAGE_SIZE_MAX};
+        store_page page;
+        r->n = 0;
+        st = store_scan(t, &q, collect_result, r, &page, err);
+        for (size_t i = 0; i < r->n && st == LAGOON_OK; i++)
+            st = store_delete(t, &lagoon_table_idempotent_results, r->ids[i], err);
+    } while (st == LAGOON_OK && r->n == STORE_PAGE_SIZE_MAX);
+    free(r);
+    return st;
+}
 
 static bool hash_stream(pb_ostream_t *os, const pb_byte_t *buf, size_t n)
 {
@@ -158,6 +206,7 @@ static int result_record(store_txn *t, write_call *w, store_error *err)
     memcpy(r.request_hash, w->request_hash, sizeof(r.request_hash));
     r.expires_at = w->in.now + APP_IDEMPOTENCY_TTL_MS;
     r.response = bytes;
+    r.resource_id = w->shows;
     if (st == LAGOON_OK)
         st = store_insert(t, &lagoon_table_idempotent_results, &r, NULL, err);
     free(bytes);
@@ -190,6 +239,7 @@ static int run_write(store_txn *t, void *arg, store_error *err)
     write_call *w = arg;
     reset_response(w); /* a replay starts from scratch */
     w->kept.code = 0;
+    w->shows = 0;
     w->in.replayed = 0;
     int st;
     if (w->idempotent) {
@@ -241,10 +291,10 @@ int app_write_call_then(rpc_call *call, app_write_fn fn, const void *args, app_a
     w->in.req = rpc_call_request(call);
     w->in.args = args;
     w->key = rpc_call_idempotency_key(call);
-    /* Keys are the caller's: an anonymous call has no one to keep them for. A response with
-     * secrets (tokens) is never stored. */
-    w->idempotent = w->method->idempotent && w->key[0] != '\0' && w->in.who.user_id != 0 &&
-                    !(w->method->secrets & WIRE_SECRET_RESPONSE);
+    /* Keys are the caller's: an anonymous call has no one to keep them for. A method whose
+     * messages hold secrets (tokens in the response; passwords in the request, whose unkeyed
+     * hash could be guessed from) keeps nothing. */
+    w->idempotent = w->method->idempotent && w->key[0] != '\0' && w->in.who.user_id != 0 && w->method->secrets == 0;
     if (w->idempotent && request_hash(w->method, w->in.req, w->request_hash) != 0)
         return rpc_call_error(call, LAGOON_INTERNAL, "the request cannot be encoded");
     store_error err;

@@ -278,14 +278,14 @@ void account_public(const lagoon_v1_User *u, lagoon_v1_PublicUser *out)
     ACCOUNT_PUBLIC_FIELDS(ACCOUNT_COPY_STR, ACCOUNT_COPY_VAL)
 }
 
-int account_queue_email(store_txn *t, const app *a, const char *to, const char *subject, const char *body,
+int account_queue_email(store_txn *t, int64_t now, const char *to, const char *subject, const char *body,
                         store_error *err)
 {
     lagoon_v1_OutboxEmail m = lagoon_v1_OutboxEmail_init_zero;
     snprintf(m.to, sizeof(m.to), "%s", to);
     snprintf(m.subject, sizeof(m.subject), "%s", subject);
     snprintf(m.body, sizeof(m.body), "%s", body);
-    m.created_at = app_now(a);
+    m.created_at = now;
     m.next_attempt_at = m.created_at;
     return store_insert(t, &lagoon_table_outbox, &m, NULL, err);
 }

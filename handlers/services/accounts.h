@@ -103,8 +103,9 @@ int account_check(rpc_call *c, const char *field, const char *problem);
 void account_profile(const lagoon_v1_User *u, lagoon_v1_UserProfile *out);
 void account_public(const lagoon_v1_User *u, lagoon_v1_PublicUser *out);
 
-/* Queues an email in the outbox, in the caller's write transaction. */
-int account_queue_email(store_txn *t, const app *a, const char *to, const char *subject, const char *body,
+/* Queues an email in the outbox, in the caller's write transaction, as of now (the write's
+ * in->now: a replayed write queues the same row). */
+int account_queue_email(store_txn *t, int64_t now, const char *to, const char *subject, const char *body,
                         store_error *err);
 
 /* Creates an active, verified administrator, validated like Register (INVALID_ARGUMENT naming

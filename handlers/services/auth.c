@@ -85,7 +85,7 @@ static int issue_token(store_txn *t, const app *a, const lagoon_v1_User *u, lago
                  "The code is valid for %u minutes and works once. If it was not you, ignore this message: "
                  "your password is unchanged.",
                  u->username, text, text, ttl / 60);
-    st = account_queue_email(t, a, u->email,
+    st = account_queue_email(t, now, u->email,
                              kind == lagoon_v1_OneTimeToken_Kind_VERIFY_EMAIL ? "Verify your email address"
                                                                              : "Reset your password",
                              body, err);

@@ -90,6 +90,7 @@ static const want_index app_indexes[] = {
     /* The write framework's (idempotent calls): */
     {"idempotent_results", "by_key", "idempotency_key", STORE_UNIQUE},
     {"idempotent_results", "by_expiry", "expires_at", STORE_MULTI},
+    {"idempotent_results", "by_resource", "method_id", STORE_MULTI},
 };
 
 typedef struct want_fkey {

@@ -75,16 +75,6 @@ static void conv_messages_query(store_query *q, store_key *prefix, uint64_t conv
     q->prefix_len = prefix->len;
 }
 
-/* The status a write function returns, with err cleared on success: the framework reads a code
- * left in err by a write that succeeds as app_refuse_kept's refusal, and a lookup that found
- * nothing (NOT_FOUND, then handled: a first conversation, a first notification) leaves one. */
-static int write_ok(int st, store_error *err)
-{
-    if (st == LAGOON_OK)
-        memset(err, 0, sizeof(*err));
-    return st;
-}
-
 /* ---- events ------------------------------------------------------------------------------------ */
 
 /* m as clients see it: without the server's bookkeeping of where its words are. */
@@ -332,7 +322,7 @@ static int send_write(store_txn *t, const app_write_in *in, void *resp, store_er
         if (st == LAGOON_OK)
             message_public(m);
         if (st != LAGOON_NOT_FOUND)
-            return write_ok(st, err);
+            return st;
     }
     message_from_request(m, in);
     lagoon_v1_User *u = malloc(sizeof(*u));
@@ -394,7 +384,7 @@ static int send_write(store_txn *t, const app_write_in *in, void *resp, store_er
     if (st == LAGOON_OK)
         st = store_update(t, &lagoon_table_direct_messages, m, err);
     message_public(m);
-    return write_ok(st, err);
+    return st;
 }
 
 /* Only a Send that stores a message counts against the sender's budget: a refused one (the
@@ -753,7 +743,7 @@ static int mark_read_write(store_txn *t, const app_write_in *in, void *resp, sto
     }
     out->unread = mem.unread;
     out->read_up_to = mem.read_up_to;
-    return write_ok(st, err);
+    return st;
 }
 
 int handle_Messages_MarkRead(rpc_call *call, const lagoon_v1_MarkReadRequest *req, lagoon_v1_MarkReadResponse *resp)
@@ -817,7 +807,10 @@ static int edit_write(store_txn *t, const app_write_in *in, void *resp, store_er
     if (st == LAGOON_OK)
         st = store_update(t, &lagoon_table_direct_messages, m, err);
     message_public(m);
-    return write_ok(st, err);
+    /* A retry with the call's key gets this response while the message lasts; Delete drops
+     * it with the message, so that a retry cannot bring back deleted words. */
+    app_result_shows(in, m->id);
+    return st;
 }
 
 int handle_Messages_Edit(rpc_call *call, const lagoon_v1_EditMessageRequest *req, lagoon_v1_DirectMessage *resp)
@@ -855,10 +848,12 @@ static int delete_write(store_txn *t, const app_write_in *in, void *resp, store_
     }
     if (st == LAGOON_OK) /* its words leave the logs and the recipient's notification */
         st = events_message_deleted(t, in->a, m, err);
+    if (st == LAGOON_OK) /* and the kept responses of its edits (app_result_shows) */
+        st = app_forget_results(t, &lagoon_method_Messages_Edit, m->id, err);
     if (st == LAGOON_OK) /* publish_message records nothing on m for DELETED */
         st = publish_message(t, in->a, m, lagoon_v1_MessageEvent_Action_DELETED, err);
     free(m);
-    return write_ok(st, err);
+    return st;
 }
 
 int handle_Messages_Delete(rpc_call *call, const lagoon_v1_DeleteMessageRequest *req, lagoon_v1_MessagesEmpty *resp)

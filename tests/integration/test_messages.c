@@ -247,6 +247,12 @@ static void test_edit_retried_with_key(void **state)
     lagoon_set_idempotency_key(C, "delete-key-1");
     assert_int_equal(lagoon_Messages_Delete(C, &dr, &empty), LAGOON_OK);
     assert_int_equal(lagoon_Messages_Delete(C, &dr, &empty), LAGOON_NOT_FOUND);
+    /* The deleted words do not come back through a kept Edit response: the retry runs again. */
+    snprintf(er.text, sizeof(er.text), "second words");
+    memset(&again, 0, sizeof(again));
+    lagoon_set_idempotency_key(C, "edit-key-1");
+    assert_int_equal(lagoon_Messages_Edit(C, &er, &again), LAGOON_NOT_FOUND);
+    assert_string_equal(again.content.text.text, "");
 }
 
 /* A conversation of its own for the paging tests: dan and eve. */

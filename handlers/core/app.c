@@ -56,8 +56,17 @@ void app_config_defaults(app_config *c)
     policy_default(&c->sends, 0 /* max_events: APP_SETTINGS */, 60 * 1000, 1000, 60 * 1000);
 }
 
+static _Thread_local int64_t pinned_now;
+
+void app_now_pin(int64_t now)
+{
+    pinned_now = now;
+}
+
 int64_t app_now(const app *a)
 {
+    if (pinned_now != 0)
+        return pinned_now;
     if (a->cfg.clock)
         return a->cfg.clock(a->cfg.clock_arg);
     struct timespec ts;

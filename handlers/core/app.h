@@ -143,7 +143,13 @@ static inline app *app_of(const rpc_call *c)
     return (app *)rpc_call_app(c);
 }
 
+/* The app's clock, ms since the epoch. Inside a write function it is the write's in->now, on
+ * every path below it (events, notifications, outbox rows): one time for the whole write and
+ * for its replays. */
 int64_t app_now(const app *a);
+/* The write framework's: pins app_now on this thread to now while a write function runs
+ * (0 unpins). */
+void app_now_pin(int64_t now);
 
 /* Calls the test hook, if any. */
 static inline void app_hook_point(const app *a, enum app_hook point)

@@ -251,7 +251,9 @@ static int run_write(store_txn *t, void *arg, store_error *err)
         if (st != LAGOON_NOT_FOUND)
             return st;
     }
+    app_now_pin(w->in.now);
     st = w->fn(t, &w->in, w->resp, err);
+    app_now_pin(0);
     if (st != LAGOON_OK)
         return st;
     if (w->kept.code != LAGOON_OK) /* app_refuse_kept: the changes stay, the call fails */

@@ -31,6 +31,7 @@ typedef struct hold {
     pthread_cond_t cv;
     int running, released, done;
     int until_modules_stopped;
+    int stopping; /* the test is about to stop the server (atomic) */
 } hold;
 
 static void deadline_in(struct timespec *ts, uint32_t ms)
@@ -51,9 +52,12 @@ static int hold_write(store_txn *t, void *arg, store_error *err)
     hold *h = arg;
     if (h->until_modules_stopped) {
         h->running = 1;
-        /* Past the drain's 100 ms: app_close has started, and would have stopped the modules
-         * by now if it did not wait for the writer's queue. */
-        usleep(300000);
+        /* Until the test stops the server (bounded), then past the drain's 100 ms: app_close
+         * has started, and would have stopped the modules by now if it did not wait for the
+         * writer's queue. */
+        for (int i = 0; i < 10000 && !__atomic_load_n(&h->stopping, __ATOMIC_ACQUIRE); i++)
+            usleep(1000);
+        usleep(400000);
         return LAGOON_OK;
     }
     struct timespec ts;
@@ -161,6 +165,7 @@ static void test_after_hook_at_shutdown(void **state)
     snprintf(lr.password, sizeof(lr.password), "%s", TEST_PASSWORD);
     send_call(fd, 1, &lagoon_method_Auth_Login, NULL, NULL, 0, &lagoon_v1_LoginRequest_info, &lr);
     usleep(200000); /* the hash job submits the write (join_workers waits for it anyway) */
+    __atomic_store_n(&h.stopping, 1, __ATOMIC_RELEASE);
     test_app_stop(T); /* the Login's after hook needs the accounts module: still there */
     close(fd);
     free(T);

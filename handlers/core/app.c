@@ -187,6 +187,18 @@ void app_close(app *a)
     free(a);
 }
 
+int app_start_commit_worker(app *a, store_subscriber_fn on_commit, void *arg, void *(*main)(void *),
+                            pthread_t *thread, const char *what, rpc_error *err)
+{
+    store_error se;
+    if (store_subscribe(a->db, on_commit, arg, &se) != LAGOON_OK || pthread_create(thread, NULL, main, arg) != 0) {
+        snprintf(err->message, sizeof(err->message), "cannot start the %s", what);
+        store_unsubscribe(a->db, on_commit, arg);
+        return RPC_ERR;
+    }
+    return RPC_OK;
+}
+
 void app_on_drain(void *arg)
 {
     app *a = arg;

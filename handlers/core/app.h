@@ -7,6 +7,7 @@
 #ifndef LAGOON_APP_H
 #define LAGOON_APP_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -157,6 +158,13 @@ static inline void app_hook_point(const app *a, enum app_hook point)
     if (a->cfg.hook)
         a->cfg.hook(a->cfg.hook_arg, (int)point);
 }
+
+/* Starts the thread main(arg) of a worker that learns of commits through on_commit
+ * (store_subscribe, before the thread exists, so that it misses none): the mail worker and the
+ * realtime router. RPC_OK, or RPC_ERR with err "cannot start the <what>" and the subscription
+ * undone (the caller frees arg). */
+int app_start_commit_worker(app *a, store_subscriber_fn on_commit, void *arg, void *(*main)(void *),
+                            pthread_t *thread, const char *what, rpc_error *err);
 
 /* The RPC layer's drain hook (rpc_config.on_drain, arg = the app): ends the subscriptions,
  * which would otherwise hold the drain open, and calls the modules' drain hooks. */

@@ -230,11 +230,7 @@ int mailer_start(app *a, const char *maildir, mailer **out, rpc_error *err)
     }
     pthread_mutex_init(&m->mu, NULL);
     pthread_cond_init(&m->cv, NULL);
-    store_error se;
-    if (store_subscribe(a->db, on_commit, m, &se) != LAGOON_OK ||
-        pthread_create(&m->thread, NULL, mailer_main, m) != 0) {
-        snprintf(err->message, sizeof(err->message), "cannot start the mail worker");
-        store_unsubscribe(a->db, on_commit, m);
+    if (app_start_commit_worker(a, on_commit, m, mailer_main, &m->thread, "mail worker", err) != RPC_OK) {
         free(m);
         return RPC_ERR;
     }

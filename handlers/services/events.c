@@ -2193,11 +2193,7 @@ int realtime_start(app *a, realtime **out, rpc_error *err)
     rt->a = a;
     pthread_mutex_init(&rt->mu, NULL);
     pthread_cond_init(&rt->cv, NULL);
-    store_error se;
-    if (store_subscribe(a->db, on_commit, rt, &se) != LAGOON_OK ||
-        pthread_create(&rt->thread, NULL, router_main, rt) != 0) {
-        snprintf(err->message, sizeof(err->message), "cannot start the realtime router");
-        store_unsubscribe(a->db, on_commit, rt);
+    if (app_start_commit_worker(a, on_commit, rt, router_main, &rt->thread, "realtime router", err) != RPC_OK) {
         free(rt);
         return RPC_ERR;
     }

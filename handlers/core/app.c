@@ -322,19 +322,6 @@ const char *const app_access_denied[APP_ACCESS_LEVELS] = {
     [lagoon_v1_Access_ACCESS_ADMIN] = "this method is for administrators",
 };
 
-/* ---- resource checks ------------------------------------------------------------------------ */
-
-int app_access(const rpc_caller *who, uint64_t owner_id, int shared, enum app_action action, int flags)
-{
-    if (who->user_id != 0 && who->user_id == owner_id)
-        return LAGOON_OK;
-    if ((flags & APP_ADMIN_OVERRIDE) && who->role == lagoon_v1_Role_ADMIN)
-        return LAGOON_OK;
-    if (shared)
-        return action == APP_READ ? LAGOON_OK : LAGOON_PERMISSION_DENIED;
-    return LAGOON_NOT_FOUND;
-}
-
 /* ---- writes --------------------------------------------------------------------------------- */
 
 int app_store_error(rpc_call *call, int status, const store_error *err)

@@ -193,16 +193,8 @@ void app_peer_key(const rpc_call *c, char out[APP_PEER_KEY_MAX]);
  * that is not an IP address is used as it is (cut to fit). Pure: tests call it directly. */
 void app_address_key(const char *peer, char out[APP_PEER_KEY_MAX]);
 
-/* ---- resource checks: one rule for every service ----------------------------------------- */
-
-#define APP_ADMIN_OVERRIDE 1 /* flags: administrators may act on anyone's */
-
-/* May `who` do `action` to something owned by owner_id? LAGOON_OK for the owner (and for an
- * administrator with APP_ADMIN_OVERRIDE); for a user it is shared with (`shared`: a
- * conversation's other participant, a group member, ...) LAGOON_OK to read and
- * PERMISSION_DENIED to change; for anyone else NOT_FOUND, so that its existence does not leak.
- * Pure: usable in handlers and in write functions alike. */
-int app_access(const rpc_caller *who, uint64_t owner_id, int shared, enum app_action action, int flags);
+/* ---- resource checks ----------------------------------------------------------------------
+ * app_check and the policies of relations: access.h (included above). */
 
 /* ---- durable writes for handlers --------------------------------------------------------- */
 

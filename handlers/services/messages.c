@@ -756,23 +756,33 @@ int handle_Messages_MarkRead(rpc_call *call, const lagoon_v1_MarkReadRequest *re
 
 /* ---- Edit, Delete ---------------------------------------------------------------------------------- */
 
+/* Who may do what to a direct message: its sender changes it; its recipient sees it; to
+ * anyone else it does not exist. No administrator override: direct messages are private. */
+static int is_recipient(store_txn *t, const rpc_caller *who, const void *res, int *holds, store_error *err)
+{
+    (void)t;
+    (void)err;
+    *holds = ((const lagoon_v1_DirectMessage *)res)->recipient_id == who->user_id;
+    return LAGOON_OK;
+}
+
+static const app_policy message_policy = {
+    .grants = {[APP_READ] = APP_REL_OWNER | APP_REL_SHARED, [APP_CHANGE] = APP_REL_OWNER},
+    .resolve = {[APP_REL_SHARED_BIT] = is_recipient},
+    .not_found = "no such message",
+    .denied = {[APP_CHANGE] = "only the sender can change a message"},
+};
+
 /* Reads message id into m if the caller may change it as its sender; else the refusal. */
 static int own_message(store_txn *t, const app_write_in *in, uint64_t id, lagoon_v1_DirectMessage *m,
                        store_error *err)
 {
     int st = store_get(t, &lagoon_table_direct_messages, id, m, err);
     if (st == LAGOON_NOT_FOUND)
-        return store_fail(err, LAGOON_NOT_FOUND, NULL, "no such message");
+        return store_fail(err, LAGOON_NOT_FOUND, NULL, "%s", message_policy.not_found);
     if (st != LAGOON_OK)
         return st;
-    /* The sender changes it; the recipient sees it; to anyone else it does not exist. No
-     * administrator override: direct messages are private. */
-    int v = app_access(&in->who, m->sender_id, m->recipient_id == in->who.user_id, APP_CHANGE, 0);
-    if (v == LAGOON_PERMISSION_DENIED)
-        return store_fail(err, LAGOON_PERMISSION_DENIED, NULL, "only the sender can change a message");
-    if (v != LAGOON_OK)
-        return store_fail(err, LAGOON_NOT_FOUND, NULL, "no such message");
-    return LAGOON_OK;
+    return app_check(t, &in->who, &message_policy, APP_CHANGE, m, m->sender_id, err);
 }
 
 /* The message is read into the response and stored from there (message_public clears the

@@ -336,39 +336,3 @@ int app_store_error(rpc_call *call, int status, const store_error *err)
     return rpc_call_error(call, status, "%s", err->message);
 }
 
-typedef struct write_ctx {
-    rpc_call *call;
-    void *arg;
-    app_done_fn done;
-} write_ctx;
-
-static void write_done(void *p, int status, const store_error *err)
-{
-    write_ctx *w = p;
-    int st;
-    if (w->done)
-        st = w->done(w->call, w->arg, status, err);
-    else
-        st = status == LAGOON_OK ? LAGOON_OK : app_store_error(w->call, status, err);
-    rpc_call_finish(w->call, st);
-    free(w);
-}
-
-int app_write(rpc_call *call, store_write_fn fn, void *arg, app_done_fn done)
-{
-    write_ctx *w = malloc(sizeof(*w));
-    if (w == NULL)
-        return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
-    w->call = call;
-    w->arg = arg;
-    w->done = done;
-    store_error err;
-    int st = store_submit(app_of(call)->db, fn, arg, write_done, w, &err);
-    if (st != LAGOON_OK) {
-        free(w);
-        if (st == LAGOON_RESOURCE_EXHAUSTED)
-            rpc_call_retry_after(call, 100);
-        return app_store_error(call, st, &err);
-    }
-    return RPC_PENDING;
-}

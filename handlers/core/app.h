@@ -1,5 +1,6 @@
-/* app: what the handlers share — the store, the clock, account settings, rate limiters and
- * the mail outbox worker — and the glue between a call and a durable write.
+/* app: what the handlers share — the store, the clock, the settings, the realtime router and
+ * the mail outbox worker, the service modules — and the write framework between a call and a
+ * durable write (app_write_call).
  *
  * lagoond (and the tests) create one app with app_open, hand it to the RPC server as
  * rpc_config.app / .authenticate, and close it after the server has stopped. Handlers reach
@@ -13,7 +14,7 @@
 
 #include "access.h"       /* app_check: resource access as relations */
 #include "app_settings.h" /* APP_SETTINGS: the fields below that lagoond takes as flags */
-#include "lagoon_idl.h" /* lagoon_v1_Role: what rpc_caller.role holds (app_access, app_grants) */
+#include "lagoon_idl.h" /* lagoon_v1_Role: what rpc_caller.role holds (app_grants) */
 #include "limiter.h"
 #include "rpc.h"
 #include "store.h"
@@ -280,19 +281,6 @@ int app_forget_results(store_txn *t, const wire_method *m, uint64_t resource_id,
 /* Expired results a write that records one deletes: more than it adds, so the table stays
  * at about what one TTL of idempotent calls leaves. */
 #define APP_IDEMPOTENT_PURGE 4
-
-/* The older form, for writes whose completion needs more than app_after_fn gives (Login's
- * session tokens): runs on the writer thread once the write is durable (or failed), fills
- * the call's response, returns the call's final status. err is the write's error when
- * status != OK. */
-typedef int (*app_done_fn)(rpc_call *call, void *arg, int status, const store_error *err);
-
-/* Submits fn(arg) to the store's group commit and keeps the call; when the batch is durable
- * done(call, arg, ...) runs (NULL: the write's status, with the store's message and field)
- * and the call is finished with what it returns. arg is owned by the caller's done (free it
- * there). Returns RPC_PENDING for the handler to return, or an error status (the write was
- * not queued, done is not called). Any thread that holds the call. */
-int app_write(rpc_call *call, store_write_fn fn, void *arg, app_done_fn done);
 
 /* The store's error as the call's: message, and a field violation when it names a field. */
 int app_store_error(rpc_call *call, int status, const store_error *err);

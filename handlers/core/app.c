@@ -125,12 +125,6 @@ int app_open(const char *data_dir, const app_config *cfg, app **out, rpc_error *
     a->cfg = *cfg;
     app_config_defaults(&a->cfg);
     snprintf(a->data_dir, sizeof(a->data_dir), "%s", data_dir);
-    a->sends = limiter_new(&a->cfg.sends, a->cfg.limiter_keys);
-    if (!a->sends) {
-        snprintf(err->message, sizeof(err->message), "out of memory");
-        app_close(a);
-        return RPC_ERR;
-    }
     store_config sc = {0};
     sc.schema = app_schema();
     sc.sync = a->cfg.sync;
@@ -183,7 +177,6 @@ void app_close(app *a)
     mailer_stop(a->mail);
     realtime_stop(a->rt);
     store_close(a->db);
-    limiter_free(a->sends);
     free(a);
 }
 

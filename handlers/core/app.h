@@ -116,7 +116,6 @@ struct app {
     mailer *mail;
     realtime *rt;
     char data_dir[1024];
-    limiter *sends; /* Messages/Send per user: moves to the messages module */
     const app_module *modules[APP_MODULES_MAX]; /* started, in order */
     void *module_state[APP_MODULES_MAX];
     size_t nmodules;

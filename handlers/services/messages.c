@@ -35,6 +35,32 @@
  * records other_wrote when it finds one: cheap, once per member, and it errs on refusing. */
 #define MESSAGES_WROTE_SCAN 20
 
+/* ---- the module: the Send limiter ------------------------------------------------------------- */
+
+static int messages_start(app *a, void **state, rpc_error *err)
+{
+    *state = limiter_new(&a->cfg.sends, a->cfg.limiter_keys);
+    if (*state == NULL) {
+        snprintf(err->message, sizeof(err->message), "out of memory");
+        return RPC_ERR;
+    }
+    return RPC_OK;
+}
+
+static void messages_stop(app *a, void *state)
+{
+    (void)a;
+    limiter_free(state);
+}
+
+const app_module messages_module = {"messages", messages_start, NULL, messages_stop};
+
+/* Sends per user that store a message (APP_SETTINGS sends-per-minute). */
+static limiter *send_limiter(const app *a)
+{
+    return app_state(a, &messages_module);
+}
+
 /* ---- lookups (any transaction) ----------------------------------------------------------------- */
 
 static void pair_key(store_key *k, uint64_t a, uint64_t b)
@@ -229,7 +255,7 @@ static int other_has_written(store_txn *t, uint64_t conv, uint64_t other, int *w
 
 /* What a Send's write needs besides its request (the call's memory). */
 typedef struct send_args {
-    char limit_key[32];            /* the sender's key in a->sends */
+    char limit_key[32];            /* the sender's key in the module's limiter */
     int64_t taken_at;              /* when the Send was counted there (given back if refused) */
     const char *client_message_id; /* the request's, else the call's idempotency key (the call's) */
 } send_args;
@@ -397,7 +423,7 @@ static int send_after(rpc_call *call, const app_write_in *in, void *resp, int st
     (void)resp;
     const send_args *sa = in->args;
     if (status != LAGOON_OK || in->replayed)
-        limiter_refund(in->a->sends, sa->limit_key, sa->taken_at);
+        limiter_refund(send_limiter(in->a), sa->limit_key, sa->taken_at);
     return status;
 }
 
@@ -425,14 +451,14 @@ int handle_Messages_Send(rpc_call *call, const lagoon_v1_SendMessageRequest *req
     sa->taken_at = app_now(a);
     /* Checked and counted in one step, so that Sends pipelined at once cannot all pass a check
      * none has counted yet; given back when the Send turns out refused (send_after). */
-    uint32_t wait = limiter_take(a->sends, sa->limit_key, sa->taken_at);
+    uint32_t wait = limiter_take(send_limiter(a), sa->limit_key, sa->taken_at);
     if (wait > 0) {
         rpc_call_retry_after(call, wait);
         return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "too many messages; retry in %u s", (wait + 999) / 1000);
     }
     int st = app_write_call_then(call, send_write, sa, send_after);
     if (st != RPC_PENDING) /* not queued: send_after does not run */
-        limiter_refund(a->sends, sa->limit_key, sa->taken_at);
+        limiter_refund(send_limiter(a), sa->limit_key, sa->taken_at);
     return st;
 }
 

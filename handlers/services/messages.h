@@ -7,4 +7,7 @@
 #include "app.h"
 #include "lagoon_tables.h"
 
+/* The Messages module: its state is the per-user Send limiter (app_config.sends). */
+extern const app_module messages_module;
+
 #endif

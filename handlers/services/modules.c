@@ -2,8 +2,10 @@
  * with state of their own. A service without any (Health, Reflection, Debug) needs no entry. */
 #include "accounts.h"
 #include "app.h"
+#include "messages.h"
 
 const app_module *const app_modules[] = {
     &accounts_module, /* Auth's and Users' rate limiters */
+    &messages_module, /* the Send limiter */
 };
 const size_t app_modules_count = sizeof(app_modules) / sizeof(app_modules[0]);

@@ -214,6 +214,7 @@ typedef struct wire_msginfo {
     int has_strings;
     const wire_rule *rules; /* its fields' (lagoon.v1.rules), for wire_check_rules */
     size_t nrules;
+    size_t size; /* sizeof the nanopb struct (0: unknown, wire_init then walks the fields) */
 } wire_msginfo;
 
 typedef struct wire_method {

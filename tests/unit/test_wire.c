@@ -2114,9 +2114,47 @@ static void string_tables_match_descriptors(void **state)
     assert_false(lagoon_v1_EchoRequest_info.has_strings); /* bytes are not strings */
 }
 
+/* wire_init clears what decoding and encoding read, whatever was there before: a struct of
+ * 0xFF bytes after it encodes exactly as one nanopb set to its defaults (decoding nothing,
+ * without PB_DECODE_NOINIT), for large types with strings, fixed-length bytes, submessages,
+ * oneofs and pointer fields alike, the first time (when the type's plan of ranges is made)
+ * and after. */
+static void init_clears_everything(void **state)
+{
+    (void)state;
+    static const wire_msginfo *const infos[] = {
+        &lagoon_v1_Event_info,         &lagoon_v1_UserEvent_info,  &lagoon_v1_DirectMessage_info,
+        &lagoon_v1_User_info,          &lagoon_v1_SendMessageRequest_info, &lagoon_v1_Notification_info,
+        &lagoon_v1_ListMessagesResponse_info, &lagoon_v1_IdempotentResult_info, &lagoon_v1_ResponseMeta_info,
+        &lagoon_v1_EchoStreamRequest_info, &lagoon_v1_Session_info,
+    };
+    static uint8_t want[1 << 16], got[1 << 16];
+    for (size_t i = 0; i < sizeof(infos) / sizeof(infos[0]); i++) {
+        const wire_msginfo *info = infos[i];
+        assert_true(info->size > 0);
+        unsigned char *m = malloc(info->size), *d = calloc(1, info->size);
+        assert_non_null(m);
+        assert_non_null(d);
+        pb_istream_t empty = pb_istream_from_buffer(NULL, 0);
+        assert_true(pb_decode(&empty, info->desc, d));
+        long wn = wire_encode(info, d, want, sizeof(want), NULL);
+        assert_true(wn >= 0);
+        for (int round = 0; round < 3; round++) {
+            memset(m, 0xFF, info->size);
+            wire_init(info, m);
+            long gn = wire_encode(info, m, got, sizeof(got), NULL);
+            if (gn != wn || memcmp(got, want, (size_t)wn) != 0)
+                fail_msg("%s: %ld bytes after wire_init, %ld at its defaults (round %d)", info->name, gn, wn, round);
+        }
+        free(m);
+        free(d);
+    }
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(init_clears_everything),
         cmocka_unit_test(frame_prefixes),
         cmocka_unit_test(frame_back_to_back),
         cmocka_unit_test(frame_guard_page),

@@ -11,6 +11,7 @@
 #include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "access.h"       /* app_check: resource access as relations */
 #include "app_settings.h" /* APP_SETTINGS: the fields below that lagoond takes as flags */
@@ -135,8 +136,15 @@ int app_open(const char *data_dir, const app_config *cfg, app **out, rpc_error *
  * After the RPC server has stopped. */
 void app_close(app *a);
 
-/* Copies string src into the char array dst (a nanopb string field), cut to fit. */
-#define APP_STRCPY(dst, src) snprintf((dst), sizeof(dst), "%s", (src))
+/* Copies string src into the char array dst (a nanopb string field), cut to fit (as snprintf
+ * would, at a fraction of its cost: rows and responses copy many strings). */
+static inline void app_copy_str(char *dst, size_t cap, const char *src)
+{
+    size_t n = strnlen(src, cap - 1);
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+#define APP_STRCPY(dst, src) app_copy_str((dst), sizeof(dst), (src))
 
 /* The shared state of the call's server. */
 static inline app *app_of(const rpc_call *c)

@@ -253,7 +253,7 @@ int account_check(rpc_call *c, const char *field, const char *problem)
 /* ---- rows ---------------------------------------------------------------------------------- */
 
 /* What a PublicUser shows of a User; a UserProfile shows it too, and more. */
-#define ACCOUNT_COPY_STR(f) snprintf(out->f, sizeof(out->f), "%s", u->f);
+#define ACCOUNT_COPY_STR(f) APP_STRCPY(out->f, u->f);
 #define ACCOUNT_COPY_VAL(f) out->f = u->f;
 #define ACCOUNT_PUBLIC_FIELDS(STR, VAL)                                                                     \
     VAL(id) STR(username) STR(full_name) VAL(role) STR(profile_image_url) STR(experience_level) STR(bio)   \
@@ -263,7 +263,7 @@ int account_check(rpc_call *c, const char *field, const char *problem)
 
 void account_profile(const lagoon_v1_User *u, lagoon_v1_UserProfile *out)
 {
-    memset(out, 0, sizeof(*out));
+    wire_init(&lagoon_v1_UserProfile_info, out);
     ACCOUNT_PUBLIC_FIELDS(ACCOUNT_COPY_STR, ACCOUNT_COPY_VAL)
     ACCOUNT_COPY_STR(email)
     ACCOUNT_COPY_VAL(updated_at)
@@ -274,7 +274,7 @@ void account_profile(const lagoon_v1_User *u, lagoon_v1_UserProfile *out)
 
 void account_public(const lagoon_v1_User *u, lagoon_v1_PublicUser *out)
 {
-    memset(out, 0, sizeof(*out));
+    wire_init(&lagoon_v1_PublicUser_info, out);
     ACCOUNT_PUBLIC_FIELDS(ACCOUNT_COPY_STR, ACCOUNT_COPY_VAL)
 }
 

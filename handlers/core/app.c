@@ -317,6 +317,26 @@ const char *const app_access_denied[APP_ACCESS_LEVELS] = {
 
 /* ---- writes --------------------------------------------------------------------------------- */
 
+static int page_id(void *arg, uint64_t id, const void *row)
+{
+    (void)row;
+    app_id_page *p = arg;
+    if (p->n < STORE_PAGE_SIZE_MAX)
+        p->ids[p->n++] = id;
+    return LAGOON_OK;
+}
+
+int app_scan_ids(store_txn *t, const store_query *q, app_id_page *page, store_error *err)
+{
+    store_page next;
+    page->n = 0;
+    page->next_page_token[0] = '\0';
+    int st = store_scan(t, q, page_id, page, &next, err);
+    if (st == LAGOON_OK)
+        APP_STRCPY(page->next_page_token, next.next_page_token);
+    return st;
+}
+
 int app_store_error(rpc_call *call, int status, const store_error *err)
 {
     if (err->field[0] && (status == LAGOON_INVALID_ARGUMENT || status == LAGOON_ALREADY_EXISTS ||

@@ -289,6 +289,16 @@ int app_forget_results(store_txn *t, const wire_method *m, uint64_t resource_id,
  * at about what one TTL of idempotent calls leaves. */
 #define APP_IDEMPOTENT_PURGE 4
 
+/* One page of q's row ids (q->page_size of them at most; 0 = the store's default). A scan's
+ * callback must not write, so a write that changes or deletes what it finds takes the ids
+ * first, then acts, page after page. 4 KiB: fine on the writer thread's stack. */
+typedef struct app_id_page {
+    uint64_t ids[STORE_PAGE_SIZE_MAX];
+    uint32_t n;
+    char next_page_token[STORE_PAGE_TOKEN_MAX + 1]; /* "" on the last page */
+} app_id_page;
+int app_scan_ids(store_txn *t, const store_query *q, app_id_page *page, store_error *err);
+
 /* The store's error as the call's: message, and a field violation when it names a field. */
 int app_store_error(rpc_call *call, int status, const store_error *err);
 

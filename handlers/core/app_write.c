@@ -70,26 +70,13 @@ void app_result_shows(const app_write_in *in, uint64_t resource_id)
     call_of(in)->shows = resource_id;
 }
 
-typedef struct result_ids {
-    uint64_t ids[STORE_PAGE_SIZE_MAX];
-    size_t n;
-} result_ids;
-
-static int collect_result(void *arg, uint64_t id, const void *row)
-{
-    (void)row;
-    result_ids *r = arg;
-    r->ids[r->n++] = id;
-    return LAGOON_OK;
-}
-
 int app_forget_results(store_txn *t, const wire_method *m, uint64_t resource_id, store_error *err)
 {
     store_key prefix;
     store_key_reset(&prefix);
     store_key_u32(&prefix, m->id);
     store_key_u64(&prefix, resource_id);
-    result_ids *r = malloc(sizeof(*r));
+    app_id_page *r = malloc(sizeof(*r));
     if (r == NULL)
         return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
     int st;
@@ -97,9 +84,7 @@ int app_forget_results(store_txn *t, const wire_method *m, uint64_t resource_id,
         store_query q = {.table = &lagoon_table_idempotent_results,
                          .index = lagoon_index_idempotent_results_by_resource,
                          .prefix = prefix.buf, .prefix_len = prefix.len, .page_size = STORE_PAGE_SIZE_MAX};
-        store_page page;
-        r->n = 0;
-        st = store_scan(t, &q, collect_result, r, &page, err);
+        st = app_scan_ids(t, &q, r, err);
         for (size_t i = 0; i < r->n && st == LAGOON_OK; i++)
             st = store_delete(t, &lagoon_table_idempotent_results, r->ids[i], err);
     } while (st == LAGOON_OK && r->n == STORE_PAGE_SIZE_MAX);

@@ -290,19 +290,6 @@ int account_queue_email(store_txn *t, int64_t now, const char *to, const char *s
     return store_insert(t, &lagoon_table_outbox, &m, NULL, err);
 }
 
-typedef struct id_list {
-    uint64_t ids[STORE_PAGE_SIZE_MAX];
-    uint32_t n;
-} id_list;
-
-static int collect_id(void *arg, uint64_t id, const void *row)
-{
-    (void)row;
-    id_list *l = arg;
-    l->ids[l->n++] = id;
-    return LAGOON_OK;
-}
-
 /* Full pages of the sessions under prefix (a user id), by lagoon_index_sessions_by_user. */
 static store_query sessions_of(const store_key *prefix)
 {
@@ -320,17 +307,15 @@ int account_revoke_sessions(store_txn *t, uint64_t user_id, uint64_t keep_sessio
     store_key prefix;
     store_key_reset(&prefix);
     store_key_u64(&prefix, user_id);
-    id_list *l = malloc(sizeof(*l));
+    app_id_page *l = malloc(sizeof(*l));
     if (l == NULL)
         return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
-    /* Pages of ids, deleting after each scan (a scan must not write); every page starts
-     * from the beginning again since the previous page's rows are gone, except the kept one. */
+    /* Pages of ids, deleting after each scan; every page starts from the beginning again
+     * since the previous page's rows are gone, except the kept one. */
     int st = LAGOON_OK;
     for (;;) {
-        l->n = 0;
         store_query q = sessions_of(&prefix);
-        store_page page;
-        st = store_scan(t, &q, collect_id, l, &page, err);
+        st = app_scan_ids(t, &q, l, err);
         if (st != LAGOON_OK)
             break;
         uint32_t deleted = 0;
@@ -340,7 +325,7 @@ int account_revoke_sessions(store_txn *t, uint64_t user_id, uint64_t keep_sessio
             st = store_delete(t, &lagoon_table_sessions, l->ids[i], err);
             deleted++;
         }
-        if (st != LAGOON_OK || deleted == 0 || page.next_page_token[0] == '\0')
+        if (st != LAGOON_OK || deleted == 0 || l->next_page_token[0] == '\0')
             break;
     }
     free(l);
@@ -397,19 +382,17 @@ int account_sync_sessions(store_txn *t, const lagoon_v1_User *u, store_error *er
     store_key prefix;
     store_key_reset(&prefix);
     store_key_u64(&prefix, u->id);
-    id_list *l = malloc(sizeof(*l));
+    app_id_page *l = malloc(sizeof(*l));
     if (l == NULL)
         return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
-    /* Pages of ids, updating after each scan (a scan must not write). An update keeps the
-     * session's index key, so the page token resumes where the page ended. */
+    /* Pages of ids, updating after each scan. An update keeps the session's index key, so the
+     * page token resumes where the page ended. */
     char token[STORE_PAGE_TOKEN_MAX + 1] = "";
     int st;
     do {
-        l->n = 0;
         store_query q = sessions_of(&prefix);
         q.page_token = token;
-        store_page page;
-        st = store_scan(t, &q, collect_id, l, &page, err);
+        st = app_scan_ids(t, &q, l, err);
         for (uint32_t i = 0; i < l->n && st == LAGOON_OK; i++) {
             lagoon_v1_Session s;
             st = store_get(t, &lagoon_table_sessions, l->ids[i], &s, err);
@@ -422,7 +405,7 @@ int account_sync_sessions(store_txn *t, const lagoon_v1_User *u, store_error *er
             st = store_update(t, &lagoon_table_sessions, &s, err);
         }
         if (st == LAGOON_OK)
-            memcpy(token, page.next_page_token, sizeof(token));
+            memcpy(token, l->next_page_token, sizeof(token));
     } while (st == LAGOON_OK && token[0] != '\0');
     free(l);
     return st;

@@ -546,36 +546,19 @@ int events_notification_delete(store_txn *t, const app *a, const lagoon_v1_Notif
                            : st;
 }
 
-/* Unread notifications found by one page of the unread index. */
-typedef struct unread_page {
-    uint64_t ids[STORE_PAGE_SIZE_MAX];
-    uint32_t n;
-} unread_page;
-
-static int unread_of(void *arg, uint64_t id, const void *row)
-{
-    (void)row;
-    unread_page *p = arg;
-    if (p->n < STORE_PAGE_SIZE_MAX)
-        p->ids[p->n++] = id;
-    return LAGOON_OK;
-}
-
 int events_notifications_all_read(store_txn *t, const app *a, uint64_t user_id, store_error *err)
 {
     store_key prefix;
     store_query q;
     user_query(&q, &prefix, &lagoon_table_notifications, lagoon_index_notifications_unread, user_id,
                STORE_PAGE_SIZE_MAX);
-    unread_page page; /* 4 KiB of ids: the writer thread's stack has room */
+    app_id_page page; /* 4 KiB of ids: the writer thread's stack has room */
     uint64_t marked = 0;
     int st;
     /* Page by page from the start: each page is marked read and so leaves the unread index;
      * bounded by the user's unread notifications. */
     do {
-        page.n = 0;
-        store_page next;
-        st = store_scan(t, &q, unread_of, &page, &next, err);
+        st = app_scan_ids(t, &q, &page, err);
         for (uint32_t i = 0; i < page.n && st == LAGOON_OK; i++) {
             lagoon_v1_Notification n;
             st = store_get(t, &lagoon_table_notifications, page.ids[i], &n, err);

@@ -330,6 +330,34 @@ static int refuse_unverified(store_error *err)
                       "(replying is allowed)");
 }
 
+/* The message sender stored with client_message_id cid, as clients see it, into m; NOT_FOUND if
+ * none. */
+static int stored_send(store_txn *t, uint64_t sender, const char *cid, lagoon_v1_DirectMessage *m, store_error *err)
+{
+    store_key k;
+    store_key_reset(&k);
+    store_key_u64(&k, sender);
+    store_key_str(&k, cid);
+    int st = store_get_by(t, &lagoon_table_direct_messages, lagoon_index_direct_messages_by_client_id, &k, NULL, m,
+                          err);
+    if (st == LAGOON_OK)
+        message_public(m);
+    return st;
+}
+
+/* A retry of a Send that was stored: its message, read now, without a write or the budget. */
+static int answer_retry(rpc_call *call, const char *cid, lagoon_v1_DirectMessage *resp)
+{
+    store_txn *t;
+    store_error err;
+    int st = store_read_begin(app_of(call)->db, &t, &err);
+    if (st != LAGOON_OK)
+        return app_store_error(call, st, &err);
+    st = stored_send(t, rpc_call_caller(call)->user_id, cid, resp, &err);
+    store_read_end(t);
+    return st == LAGOON_OK || st == LAGOON_NOT_FOUND ? st : app_store_error(call, st, &err);
+}
+
 /* The message is built in the response and stored from there: the row keeps the bookkeeping
  * (message_public clears it from the reply at the end). */
 static int send_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
@@ -337,16 +365,10 @@ static int send_write(store_txn *t, const app_write_in *in, void *resp, store_er
     lagoon_v1_DirectMessage *m = resp;
     const send_args *sa = in->args;
     int verified = in->who.verified;
-    /* A retry: the message stored the first time. */
+    /* A retry that raced its first Send (the handler answers the others): the message stored
+     * the first time. */
     if (sa->client_message_id[0]) {
-        store_key k;
-        store_key_reset(&k);
-        store_key_u64(&k, in->who.user_id);
-        store_key_str(&k, sa->client_message_id);
-        int st = store_get_by(t, &lagoon_table_direct_messages, lagoon_index_direct_messages_by_client_id, &k, NULL,
-                              m, err);
-        if (st == LAGOON_OK)
-            message_public(m);
+        int st = stored_send(t, in->who.user_id, sa->client_message_id, m, err);
         if (st != LAGOON_NOT_FOUND)
             return st;
     }
@@ -415,8 +437,8 @@ static int send_write(store_txn *t, const app_write_in *in, void *resp, store_er
 
 /* Only a Send that stores a message counts against the sender's budget: a refused one (the
  * write's refusal or failure) is given back, and so would be a replayed response (in->replayed:
- * the framework's idempotency, which Send does not use; its client_message_id retries count as
- * before). */
+ * the framework's idempotency, which Send does not use). A retry of a stored Send is answered
+ * by the handler without counting; one that raced its first Send counts once more. */
 static int send_after(rpc_call *call, const app_write_in *in, void *resp, int status)
 {
     (void)call;
@@ -435,11 +457,21 @@ int handle_Messages_Send(rpc_call *call, const lagoon_v1_SendMessageRequest *req
         rpc_call_violation(call, "recipient_id", "cannot be yourself");
     if (req->which_content == 0)
         rpc_call_violation(call, "content", "one of text, image or video is required");
+    /* The call's idempotency key stands in for a missing client_message_id, and is stored as
+     * it: it must fit there. */
     const char *cid = req->client_message_id[0] ? req->client_message_id : rpc_call_idempotency_key(call);
     if (strlen(cid) >= sizeof(resp->client_message_id))
-        rpc_call_violation(call, "client_message_id", "at most %zu bytes", sizeof(resp->client_message_id) - 1);
+        rpc_call_violation(call, "idempotency_key",
+                           "at most %zu bytes for Messages/Send (it becomes the message's client_message_id)",
+                           sizeof(resp->client_message_id) - 1);
     if (rpc_call_violations(call))
         return LAGOON_INVALID_ARGUMENT;
+    /* A retry of a stored Send is answered from the store, whatever the budget says. */
+    if (cid[0]) {
+        int st = answer_retry(call, cid, resp);
+        if (st != LAGOON_NOT_FOUND)
+            return st;
+    }
     /* Every Send is a write on the single writer: a per-user budget keeps one account from
      * flooding it (and its recipients). After validation, as for Register: an invalid request
      * is told what is wrong, costs no write and does not count. */

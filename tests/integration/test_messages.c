@@ -893,6 +893,54 @@ static void test_send_rate_limit(void **state)
     free(t);
 }
 
+/* Retries of a stored Send (its client_message_id, or the call's idempotency key standing in
+ * for it) do not count against the budget and are answered even past it; a key too long to be
+ * a client_message_id is refused naming the key. */
+static void test_send_retries_do_not_count(void **state)
+{
+    (void)state;
+    test_app *t = calloc(1, sizeof(*t));
+    test_app_start(t, tweak_default_sends);
+    lagoon_client *c = test_client(t);
+    char ada_tok[65], bo_tok[65];
+    test_verified_user(t, c, "ada", 1, ada_tok); /* usernames: at least 3 characters */
+    uint64_t bo = test_verified_user(t, c, "bob", 1, bo_tok);
+    lagoon_v1_SendMessageRequest req = lagoon_v1_SendMessageRequest_init_zero;
+    req.which_content = lagoon_v1_SendMessageRequest_text_tag;
+    req.recipient_id = bo;
+    snprintf(req.content.text.text, sizeof(req.content.text.text), "once");
+    snprintf(req.client_message_id, sizeof(req.client_message_id), "cm-1");
+    lagoon_set_token(c, ada_tok);
+    lagoon_v1_DirectMessage first, m;
+    assert_int_equal(lagoon_Messages_Send(c, &req, &first), LAGOON_OK);
+    /* 100 retries, then 59 new messages: the 60th of the minute is the first. */
+    for (int i = 0; i < 100; i++) {
+        assert_int_equal(lagoon_Messages_Send(c, &req, &m), LAGOON_OK);
+        assert_int_equal(m.id, first.id);
+    }
+    lagoon_v1_SendMessageRequest fresh = req;
+    fresh.client_message_id[0] = '\0';
+    for (int i = 0; i < 59; i++)
+        assert_int_equal(lagoon_Messages_Send(c, &fresh, &m), LAGOON_OK);
+    assert_int_equal(lagoon_Messages_Send(c, &fresh, &m), LAGOON_RESOURCE_EXHAUSTED);
+    /* Past the budget, the retry still gets its message. */
+    assert_int_equal(lagoon_Messages_Send(c, &req, &m), LAGOON_OK);
+    assert_int_equal(m.id, first.id);
+    assert_string_equal(m.content.text.text, "once");
+    /* The idempotency key as client_message_id: at most 64 bytes, refused naming the key. */
+    char key[100];
+    memset(key, 'k', 80);
+    key[80] = '\0';
+    lagoon_set_idempotency_key(c, key);
+    assert_int_equal(lagoon_Messages_Send(c, &fresh, &m), LAGOON_INVALID_ARGUMENT);
+    const lagoon_v1_ResponseMeta *meta = &lagoon_last_error(c)->detail;
+    assert_int_equal(meta->violations_count, 1);
+    assert_string_equal(meta->violations[0].field, "idempotency_key");
+    lagoon_close(c);
+    test_app_stop(t);
+    free(t);
+}
+
 /* Refused Sends (no such recipient, or an unverified sender writing first) store nothing and do
  * not count against the sender's budget: 60 of them, then 60 real ones still pass. */
 static void test_refused_sends_do_not_count(void **state)
@@ -1012,6 +1060,7 @@ int main(void)
         cmocka_unit_test(test_unverified_may_only_reply),
         cmocka_unit_test(test_send_rate_limit),
         cmocka_unit_test(test_refused_sends_do_not_count),
+        cmocka_unit_test(test_send_retries_do_not_count),
         cmocka_unit_test(test_other_wrote_derived_for_old_conversations),
         cmocka_unit_test(test_conversation_page_cap),
     };

@@ -113,6 +113,30 @@ static void test_http_client_gets_plain_text(void **state)
     check_health(t->port);
 }
 
+/* The SETTINGS frame of docs/PROTOCOL.md §8, byte for byte, from a server on the defaults. */
+static void test_settings_bytes_as_documented(void **state)
+{
+    test_server *t = *state;
+    static const uint8_t documented[] = {
+        0x00, 0x00, 0x00, 0x2a, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x08, 0x01, 0x10, 0x80, 0x80, 0x80, 0x02, 0x18, 0x80, 0x08, 0x20, 0xe0, 0xa7, 0x12, 0x28, 0x80, 0x20,
+        0x30, 0x80, 0x80, 0x80, 0x10, 0x38, 0xe0, 0xd4, 0x03, 0x40, 0xe0, 0xa7, 0x12,
+    };
+    int fd = raw_connect(t->port, 0);
+    raw_send(fd, "LGN1", 4);
+    uint8_t got[sizeof(documented)];
+    size_t n = 0;
+    while (n < sizeof(got)) {
+        ssize_t r = recv(fd, got + n, sizeof(got) - n, 0);
+        if (r <= 0)
+            break;
+        n += (size_t)r;
+    }
+    assert_int_equal(n, sizeof(documented));
+    assert_memory_equal(got, documented, sizeof(documented));
+    close(fd);
+}
+
 static void test_ping_pong(void **state)
 {
     test_server *t = *state;
@@ -492,6 +516,7 @@ int main(void)
     const struct CMUnitTest shared[] = {
         cmocka_unit_test(test_http_client_gets_plain_text),
         cmocka_unit_test(test_ping_pong),
+        cmocka_unit_test(test_settings_bytes_as_documented),
         cmocka_unit_test(test_oversize_frame_refused_from_its_length),
         cmocka_unit_test(test_malformed_headers_get_goaway),
         cmocka_unit_test(test_reused_call_id),

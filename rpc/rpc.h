@@ -6,9 +6,9 @@
  * Threads. rpc_server_run() runs a control thread (accept, signals, shutdown) and `threads` loop
  * threads, each with its own libevent base. A connection lives on one loop for its whole life;
  * every handler invocation for its calls happens on that loop's thread, and must not block it.
- * Blocking work (password hashing, waiting for a durable commit) goes to the worker pool with
- * rpc_call_defer(), or to another thread of the handler's own, which completes the call with
- * rpc_call_finish().
+ * Blocking work goes to a lane of worker threads with rpc_call_defer() (password hashing has
+ * its own), or to another thread of the handler's own (the store's writer, through the
+ * application's write framework), which completes the call with rpc_call_finish().
  *
  * Handlers. protoc-gen-lagoon declares one function per method in lagoon_handlers.h:
  *
@@ -94,7 +94,8 @@ typedef struct rpc_config {
     rpc_authenticate_fn authenticate; /* NULL: every token is rejected */
     void *authenticate_arg;
     /* Why a signed-in caller without a level's grant is refused (PERMISSION_DENIED), by
-     * lagoon.v1.Access level; NULL or a NULL entry: "this method needs access level N". */
+     * lagoon.v1.Access level; NULL or a NULL entry: "this method needs an access level the
+     * caller does not have". */
     const char *const *access_denied;
     unsigned naccess_denied;
     const char *version;    /* reported by Health/Check */

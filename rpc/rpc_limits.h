@@ -57,7 +57,7 @@
     X(max_timeout_ms, "max-timeout-ms", 600000u, 1000u, 86400000u,                                \
       "Largest per-call deadline honoured; a larger RequestMeta.timeout_ms is clamped to it.")   \
     X(worker_queue, "worker-queue", 4096u, 16u, 1000000u,                                         \
-      "Jobs waiting for a worker thread (password hashing, blocking work). When full, new "       \
+      "Jobs waiting for a worker thread (blocking work; hashing has hash-queue). When full, new "       \
       "work is refused with RESOURCE_EXHAUSTED instead of queueing without bound.")             \
     X(hash_queue, "hash-queue", 64u, 1u, 100000u,                                                 \
       "Password hashes (Register, Login, password changes) waiting for a hash worker. Each takes " \

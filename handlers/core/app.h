@@ -206,20 +206,24 @@ void app_address_key(const char *peer, char out[APP_PEER_KEY_MAX]);
 
 /* ---- durable writes for handlers --------------------------------------------------------- */
 
-/* A write method is its write function and a handler of a few lines:
+/* A write method is its write function and a handler of a few lines (Users/UpdateProfile,
+ * users.c):
  *
- *     static int update_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
+ *     static int profile_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
  *     {
- *         const lagoon_v1_UpdateMeRequest *req = in->req;
- *         lagoon_v1_User *u = resp;                 // the call's response, reset before each run
- *         int st = store_get(t, &lagoon_table_users, in->who.user_id, u, err);
- *         ...
- *         return store_update(t, &lagoon_table_users, u, err);
+ *         lagoon_v1_User u;     // in->req is the UpdateProfileRequest, resp the UserProfile
+ *         int st = user_edit(t, in, in->who.user_id, apply_profile, &u, err);  // get, change, update
+ *         if (st == LAGOON_OK)
+ *             account_profile(&u, resp);
+ *         return st;
  *     }
- *     int handle_Users_UpdateMe(rpc_call *c, const lagoon_v1_UpdateMeRequest *req, lagoon_v1_User *resp)
+ *     int handle_Users_UpdateProfile(rpc_call *c, const lagoon_v1_UpdateProfileRequest *req,
+ *                                    lagoon_v1_UserProfile *resp)
  *     {
- *         (void)req; (void)resp;                     // (rules in the .proto checked them)
- *         return app_write_call(c, update_write, NULL);
+ *         (void)resp;           // the field rules in users.proto have been checked
+ *         if (!req->set_instruments && req->instruments_count)
+ *             return rpc_call_violation(c, "set_instruments", "must be true to change instruments");
+ *         return app_write_call(c, profile_write, NULL);
  *     }
  *
  * The framework owns the write's state: it runs the function on the store's writer inside the

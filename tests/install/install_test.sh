@@ -44,7 +44,10 @@ cc -std=c11 -Wall -Wextra -Werror $extra "$tmp/health.c" $(pkg-config --cflags -
 
 # The installed lagoond on a free port (it logs the one it got) and its own data directory.
 data="$tmp/data"
-"$prefix/bin/lagoond" --listen 127.0.0.1:0 --data "$data" --threads 1 2>"$tmp/lagoond.log" &
+# The log exists before the loop below reads it: the background shell may open it only later,
+# and a sed that cannot read it would end this script (set -e).
+: >"$tmp/lagoond.log"
+"$prefix/bin/lagoond" --listen 127.0.0.1:0 --data "$data" --threads 1 2>>"$tmp/lagoond.log" &
 daemon=$!
 port=""
 i=0

@@ -95,15 +95,8 @@ bench_t() { # args: generator threads, then lagoon-bench flags
   timeout 300 "$BENCH" --port "$LPORT" --threads "$t" --warmup 2 --duration "$DURATION" --json "$@"
 }
 bench() { bench_t "$THREADS" "$@"; }
-# The disk: 4 KiB writes, each synchronous (O_DSYNC), in the directory of the databases: what
-# one durable commit at a time can reach. Bounded by count and by timeout.
-disk_sync_rate() {
-  local out s
-  out=$(LC_ALL=C timeout 60 dd if=/dev/zero of="$TMP_DIR/sync.dat" bs=4096 count=1000 oflag=dsync 2>&1 | tail -1)
-  rm -f "$TMP_DIR/sync.dat"
-  s=$(sed -E 's/.* copied, ([0-9.]+) s.*/\1/' <<<"$out")
-  python3 -c "print(int(1000/$s))"
-}
+# The disk: 4 KiB writes, each synchronous (O_DSYNC), in the directory of the databases.
+disk_sync_rate() { lg_disk_sync_rate; }
 
 redis_rps -n 300000 -P 16 >/dev/null # warm-up: Redis gets one too
 R_P16=() R_P1=() ECHO=() GET=() HEALTH=() SEND=() SYNC=()

@@ -1,4 +1,4 @@
-# Shared by compare.sh, callgrind.sh and idle_conns.sh: finding binaries, free ports, starting
+# Shared by compare.sh, callgrind.sh, idle_conns.sh and send_profile.sh: finding binaries, free ports, starting
 # and always stopping the servers they start. Source it; it defines functions only.
 
 LOADGEN_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -86,4 +86,14 @@ lg_start_lagoond() {
 # A field of lagoon-bench's --json output: lg_json FIELD [SUBFIELD] < json
 lg_json() {
   python3 -c 'import json,sys; d=json.load(sys.stdin); [d:=d[k] for k in sys.argv[1:]]; print(d)' "$@"
+}
+
+# The disk's synchronous 4 KiB writes per second (dd oflag=dsync, 1 000 writes) in TMP_DIR: what
+# one durable commit at a time can reach. Bounded by count and by timeout.
+lg_disk_sync_rate() {
+  local out s
+  out=$(LC_ALL=C timeout 60 dd if=/dev/zero of="$TMP_DIR/sync.dat" bs=4096 count=1000 oflag=dsync 2>&1 | tail -1)
+  rm -f "$TMP_DIR/sync.dat"
+  s=$(sed -E 's/.* copied, ([0-9.]+) s.*/\1/' <<<"$out")
+  python3 -c "print(int(1000/$s))"
 }

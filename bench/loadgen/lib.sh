@@ -4,6 +4,9 @@
 LOADGEN_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$LOADGEN_DIR/../.." && pwd)
 BUILD_DIR=${LAGOON_BUILD:-$REPO_DIR/build-bench}
+# Absolute: the temporary directories live under it and are handed to servers that change
+# their working directory (redis-server --dir), so a relative LAGOON_BUILD=build would break.
+[[ $BUILD_DIR == /* ]] || BUILD_DIR=$PWD/$BUILD_DIR
 LAGOOND=$BUILD_DIR/handlers/lagoond
 # A build of a commit from before lagoond moved to handlers/ (a baseline) has it in rpc/.
 [[ -x $LAGOOND || ! -x $BUILD_DIR/rpc/lagoond ]] || LAGOOND=$BUILD_DIR/rpc/lagoond

@@ -48,17 +48,6 @@ typedef struct gate {
 
 static gate G = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, {0}};
 
-static void deadline_in(struct timespec *ts, uint32_t ms)
-{
-    clock_gettime(CLOCK_REALTIME, ts);
-    ts->tv_sec += ms / 1000;
-    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts->tv_nsec >= 1000000000L) {
-        ts->tv_sec++;
-        ts->tv_nsec -= 1000000000L;
-    }
-}
-
 static void gate_hook(void *arg, int point)
 {
     gate *g = arg;
@@ -69,7 +58,7 @@ static void gate_hook(void *arg, int point)
         g->held++;
         pthread_cond_broadcast(&g->cv);
         struct timespec until;
-        deadline_in(&until, GATE_WAIT_MS);
+        test_deadline_in(&until, GATE_WAIT_MS);
         while (!g->open && pthread_cond_timedwait(&g->cv, &g->mu, &until) != ETIMEDOUT)
             ;
     }
@@ -92,7 +81,7 @@ static int gate_wait_held_n(int n)
 {
     pthread_mutex_lock(&G.mu);
     struct timespec until;
-    deadline_in(&until, GATE_WAIT_MS);
+    test_deadline_in(&until, GATE_WAIT_MS);
     while (G.held < n && pthread_cond_timedwait(&G.cv, &G.mu, &until) != ETIMEDOUT)
         ;
     int held = G.held;

@@ -79,104 +79,6 @@ static int codes_of(uint64_t user_id)
     return rows_of(&lagoon_table_one_time_tokens, lagoon_index_one_time_tokens_by_user, user_id);
 }
 
-/* ---- the store's writer held: a write that waits until released ------------------------------ */
-
-typedef struct hold {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    int running, released, done;
-} hold;
-
-static void deadline_in(struct timespec *ts, uint32_t ms)
-{
-    clock_gettime(CLOCK_REALTIME, ts);
-    ts->tv_sec += ms / 1000;
-    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts->tv_nsec >= 1000000000L) {
-        ts->tv_sec++;
-        ts->tv_nsec -= 1000000000L;
-    }
-}
-
-/* Blocks the writer (test only: writes must not block) until released, WAIT_MS at most. */
-static int hold_write(store_txn *t, void *arg, store_error *err)
-{
-    (void)t;
-    (void)err;
-    hold *h = arg;
-    struct timespec ts;
-    deadline_in(&ts, WAIT_MS);
-    pthread_mutex_lock(&h->mu);
-    h->running = 1;
-    pthread_cond_broadcast(&h->cv);
-    while (!h->released && pthread_cond_timedwait(&h->cv, &h->mu, &ts) == 0)
-        ;
-    pthread_mutex_unlock(&h->mu);
-    return LAGOON_OK;
-}
-
-static void hold_done(void *arg, int status, const store_error *err)
-{
-    (void)status;
-    (void)err;
-    hold *h = arg;
-    pthread_mutex_lock(&h->mu);
-    h->done = 1;
-    pthread_cond_broadcast(&h->cv);
-    pthread_mutex_unlock(&h->mu);
-}
-
-/* Waits until *flag is set; 1 if it was within WAIT_MS. */
-static int hold_wait(hold *h, const int *flag)
-{
-    struct timespec ts;
-    deadline_in(&ts, WAIT_MS);
-    pthread_mutex_lock(&h->mu);
-    while (!*flag && pthread_cond_timedwait(&h->cv, &h->mu, &ts) == 0)
-        ;
-    int set = *flag;
-    pthread_mutex_unlock(&h->mu);
-    return set;
-}
-
-static void hold_release(hold *h)
-{
-    pthread_mutex_lock(&h->mu);
-    h->released = 1;
-    pthread_cond_broadcast(&h->cv);
-    pthread_mutex_unlock(&h->mu);
-}
-
-/* ---- raw pipelined calls ---------------------------------------------------------------------- */
-
-/* A request with the access token in its metadata and an empty body. */
-static void send_authed(int fd, uint32_t id, const wire_method *m, const char *token)
-{
-    lagoon_v1_RequestMeta meta = lagoon_v1_RequestMeta_init_zero;
-    snprintf(meta.auth_token, sizeof(meta.auth_token), "%s", token);
-    uint8_t mb[256];
-    long ml = wire_encode(&lagoon_v1_RequestMeta_info, &meta, mb, sizeof(mb), NULL);
-    assert_true(ml > 0);
-    raw_send_frame(fd, WIRE_REQUEST, WIRE_FLAG_END_STREAM, id, m->id, mb, (size_t)ml, NULL, 0);
-}
-
-/* The status of the next RESPONSE (other frames skipped) and its call id. */
-static uint32_t read_reply(int fd, uint32_t *id)
-{
-    static uint8_t buf[1 << 16];
-    for (int frames = 0; frames < 64; frames++) {
-        wire_frame f = {0};
-        if (raw_read_frame(fd, buf, sizeof(buf), &f, WAIT_MS) != 1)
-            break;
-        if (f.type == WIRE_RESPONSE) {
-            *id = f.call_id;
-            return f.code;
-        }
-    }
-    fail_msg("no response");
-    return 0;
-}
-
 /* ---- tests -------------------------------------------------------------------------------------- */
 
 /* Two Logouts of one session, both authenticated before either is written (the writer is
@@ -189,22 +91,20 @@ static void test_logout_of_a_session_already_ended(void **state)
     uint64_t id = test_user(c, "twice", 0, token);
     assert_int_equal(sessions_of(id), 1);
     int fd = raw_connect(T->srv.port, 1);
-    hold h = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0};
-    store_error err;
-    assert_int_equal(store_submit(T->app->db, hold_write, &h, hold_done, &h, &err), LAGOON_OK);
-    assert_true(hold_wait(&h, &h.running));
-    send_authed(fd, 1, &lagoon_method_Auth_Logout, token);
-    send_authed(fd, 3, &lagoon_method_Auth_Logout, token);
-    send_authed(fd, 5, &lagoon_method_Auth_Me, token);
+    test_hold h = TEST_HOLD_INIT;
+    test_hold_writer(T, &h);
+    raw_send_call(fd, 1, &lagoon_method_Auth_Logout, token, NULL, 0, NULL, NULL);
+    raw_send_call(fd, 3, &lagoon_method_Auth_Logout, token, NULL, 0, NULL, NULL);
+    raw_send_call(fd, 5, &lagoon_method_Auth_Me, token, NULL, 0, NULL, NULL);
     /* Me is answered while the writer is held: the loop has handled both Logouts before it. */
     uint32_t got = 0;
-    assert_int_equal(read_reply(fd, &got), LAGOON_OK);
+    assert_int_equal(raw_read_reply(fd, &got, NULL, 0), LAGOON_OK);
     assert_int_equal(got, 5);
-    hold_release(&h);
-    assert_true(hold_wait(&h, &h.done));
+    test_hold_release(&h);
+    assert_true(test_hold_wait(&h, &h.done));
     uint32_t ids = 0;
     for (int i = 0; i < 2; i++) {
-        assert_int_equal(read_reply(fd, &got), LAGOON_OK);
+        assert_int_equal(raw_read_reply(fd, &got, NULL, 0), LAGOON_OK);
         ids |= 1u << got;
     }
     assert_int_equal(ids, (1u << 1) | (1u << 3));

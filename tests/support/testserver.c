@@ -418,3 +418,125 @@ void test_tweak_shared(app_config *acfg, rpc_config *cfg)
     acfg->login_address_failures.max_events = 100000;
     acfg->sends.max_events = 100000;
 }
+
+/* ---- raw calls ------------------------------------------------------------------------------- */
+
+#define TEST_WAIT_MS 10000
+
+void raw_send_call(int fd, uint32_t id, const wire_method *m, const char *token, const char *key, uint32_t timeout_ms,
+                   const wire_msginfo *info, const void *body)
+{
+    lagoon_v1_RequestMeta meta = lagoon_v1_RequestMeta_init_zero;
+    snprintf(meta.auth_token, sizeof(meta.auth_token), "%s", token ? token : "");
+    snprintf(meta.idempotency_key, sizeof(meta.idempotency_key), "%s", key ? key : "");
+    meta.timeout_ms = timeout_ms;
+    uint8_t mb[512];
+    long ml = wire_encode(&lagoon_v1_RequestMeta_info, &meta, mb, sizeof(mb), NULL);
+    assert_true(ml >= 0);
+    static uint8_t pb[1 << 16];
+    long pl = 0;
+    if (body) {
+        pl = wire_encode(info, body, pb, sizeof(pb), NULL);
+        assert_true(pl >= 0);
+    }
+    raw_send_frame(fd, WIRE_REQUEST, WIRE_FLAG_END_STREAM, id, m->id, mb, (size_t)ml, body ? pb : NULL, (size_t)pl);
+}
+
+uint32_t raw_read_reply(int fd, uint32_t *id, char *msg, size_t cap)
+{
+    static uint8_t buf[1 << 16];
+    for (int frames = 0; frames < 64; frames++) {
+        wire_frame f = {0};
+        if (raw_read_frame(fd, buf, sizeof(buf), &f, TEST_WAIT_MS) != 1)
+            break;
+        if (f.type == WIRE_RESPONSE) {
+            *id = f.call_id;
+            if (msg)
+                raw_meta_message(&f, msg, cap);
+            return f.code;
+        }
+    }
+    fail_msg("no response");
+    return 0;
+}
+
+/* ---- the writer held ------------------------------------------------------------------------- */
+
+void test_deadline_in(struct timespec *ts, uint32_t ms)
+{
+    clock_gettime(CLOCK_REALTIME, ts);
+    ts->tv_sec += ms / 1000;
+    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts->tv_nsec >= 1000000000L) {
+        ts->tv_sec++;
+        ts->tv_nsec -= 1000000000L;
+    }
+}
+
+/* Blocks the writer (tests only: writes must not block), bounded by TEST_WAIT_MS. */
+static int hold_write(store_txn *t, void *arg, store_error *err)
+{
+    (void)t;
+    (void)err;
+    test_hold *h = arg;
+    struct timespec ts;
+    test_deadline_in(&ts, TEST_WAIT_MS);
+    pthread_mutex_lock(&h->mu);
+    h->running = 1;
+    pthread_cond_broadcast(&h->cv);
+    pthread_mutex_unlock(&h->mu);
+    if (h->until_stopping) {
+        for (int i = 0; i < TEST_WAIT_MS && !__atomic_load_n(&h->stopping, __ATOMIC_ACQUIRE); i++)
+            usleep(1000);
+        usleep(400000);
+        return LAGOON_OK;
+    }
+    pthread_mutex_lock(&h->mu);
+    while (!h->released && pthread_cond_timedwait(&h->cv, &h->mu, &ts) == 0)
+        ;
+    pthread_mutex_unlock(&h->mu);
+    return LAGOON_OK;
+}
+
+static void hold_done(void *arg, int status, const store_error *err)
+{
+    (void)status;
+    (void)err;
+    test_hold *h = arg;
+    pthread_mutex_lock(&h->mu);
+    h->done = 1;
+    pthread_cond_broadcast(&h->cv);
+    pthread_mutex_unlock(&h->mu);
+}
+
+void test_hold_writer(test_app *t, test_hold *h)
+{
+    store_error err;
+    assert_int_equal(store_submit(t->app->db, hold_write, h, hold_done, h, &err), LAGOON_OK);
+    assert_true(test_hold_wait(h, &h->running));
+}
+
+int test_hold_wait(test_hold *h, const int *flag)
+{
+    struct timespec ts;
+    test_deadline_in(&ts, TEST_WAIT_MS);
+    pthread_mutex_lock(&h->mu);
+    while (!*flag && pthread_cond_timedwait(&h->cv, &h->mu, &ts) == 0)
+        ;
+    int set = *flag;
+    pthread_mutex_unlock(&h->mu);
+    return set;
+}
+
+void test_hold_release(test_hold *h)
+{
+    pthread_mutex_lock(&h->mu);
+    h->released = 1;
+    pthread_cond_broadcast(&h->cv);
+    pthread_mutex_unlock(&h->mu);
+}
+
+void test_hold_stopping(test_hold *h)
+{
+    __atomic_store_n(&h->stopping, 1, __ATOMIC_RELEASE);
+}

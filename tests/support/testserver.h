@@ -3,6 +3,7 @@
 #ifndef LAGOON_TESTSERVER_H
 #define LAGOON_TESTSERVER_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -46,6 +47,13 @@ int raw_read_frame(int fd, uint8_t *buf, size_t cap, wire_frame *f, uint32_t tim
 int raw_wait_closed(int fd, uint32_t timeout_ms);
 /* The message of a GOAWAY or RESPONSE frame's ResponseMeta ("" if none). */
 void raw_meta_message(const wire_frame *f, char *out, size_t cap);
+/* Sends call id of method m as one REQUEST with END_STREAM: RequestMeta with token, key
+ * (idempotency) and timeout_ms (NULL/0: none), body of type info (NULL: empty). */
+void raw_send_call(int fd, uint32_t id, const wire_method *m, const char *token, const char *key, uint32_t timeout_ms,
+                   const wire_msginfo *info, const void *body);
+/* The status of the next RESPONSE within 10 s (other frames skipped), its call id, and its
+ * message into msg (may be NULL). Fails the test if none comes. */
+uint32_t raw_read_reply(int fd, uint32_t *id, char *msg, size_t cap);
 
 #endif
 
@@ -68,6 +76,28 @@ void test_app_stop(test_app *t);
 /* Stops the server and the app and starts them again on the same data (tweak as above). */
 void test_app_restart(test_app *t, void (*tweak)(app_config *acfg, rpc_config *cfg));
 void test_clock_advance(test_app *t, int64_t ms);
+
+/* *ts = now (CLOCK_REALTIME) + ms, for pthread_cond_timedwait. */
+struct timespec;
+void test_deadline_in(struct timespec *ts, uint32_t ms);
+
+/* The store's writer held, so that calls queue behind it and commit in one batch. */
+typedef struct test_hold {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int running, released, done;
+    /* 1: held until test_hold_stopping() (at most 10 s), then 400 ms more (past a drain of
+     * 100 ms), instead of until test_hold_release(). */
+    int until_stopping;
+    int stopping; /* atomic */
+} test_hold;
+#define TEST_HOLD_INIT {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, 0}
+/* Submits the holding write to t's store and waits until the writer runs it. */
+void test_hold_writer(test_app *t, test_hold *h);
+/* Waits until *flag (h->running, h->done) is set; 1 if it was within 10 s. */
+int test_hold_wait(test_hold *h, const int *flag);
+void test_hold_release(test_hold *h);
+void test_hold_stopping(test_hold *h);
 
 /* Waits (up to timeout_ms) for a delivered email to `to` whose subject contains `subject`,
  * copies the one-time code from its body into code (44 bytes), and deletes the file. 1 if

@@ -317,24 +317,44 @@ const char *const app_access_denied[APP_ACCESS_LEVELS] = {
 
 /* ---- writes --------------------------------------------------------------------------------- */
 
+typedef struct page_scan {
+    app_id_page *page;
+    app_mark_fn mark;
+    void *arg;
+} page_scan;
+
 static int page_id(void *arg, uint64_t id, const void *row)
 {
-    (void)row;
-    app_id_page *p = arg;
-    if (p->n < STORE_PAGE_SIZE_MAX)
+    page_scan *ps = arg;
+    app_id_page *p = ps->page;
+    int m = ps->mark ? ps->mark(ps->arg, row) : 0;
+    if (m < 0)
+        return LAGOON_CANCELLED; /* ends the scan: the caller's verdict */
+    if (p->n < STORE_PAGE_SIZE_MAX) {
+        p->marked[p->n] = (uint8_t)m;
         p->ids[p->n++] = id;
+    }
     return LAGOON_OK;
+}
+
+int app_scan_marked(store_txn *t, const store_query *q, app_mark_fn mark, void *arg, app_id_page *page,
+                    store_error *err)
+{
+    store_page next;
+    page_scan ps = {page, mark, arg};
+    page->n = 0;
+    page->next_page_token[0] = '\0';
+    int st = store_scan(t, q, page_id, &ps, &next, err);
+    if (st == LAGOON_CANCELLED)
+        return LAGOON_OK; /* stopped by mark: no next page */
+    if (st == LAGOON_OK)
+        APP_STRCPY(page->next_page_token, next.next_page_token);
+    return st;
 }
 
 int app_scan_ids(store_txn *t, const store_query *q, app_id_page *page, store_error *err)
 {
-    store_page next;
-    page->n = 0;
-    page->next_page_token[0] = '\0';
-    int st = store_scan(t, q, page_id, page, &next, err);
-    if (st == LAGOON_OK)
-        APP_STRCPY(page->next_page_token, next.next_page_token);
-    return st;
+    return app_scan_marked(t, q, NULL, NULL, page, err);
 }
 
 int app_store_error(rpc_call *call, int status, const store_error *err)

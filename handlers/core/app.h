@@ -298,10 +298,16 @@ int app_forget_results(store_txn *t, const wire_method *m, uint64_t resource_id,
  * first, then acts, page after page. 4 KiB: fine on the writer thread's stack. */
 typedef struct app_id_page {
     uint64_t ids[STORE_PAGE_SIZE_MAX];
+    uint8_t marked[STORE_PAGE_SIZE_MAX]; /* app_scan_marked's verdict on each row */
     uint32_t n;
     char next_page_token[STORE_PAGE_TOKEN_MAX + 1]; /* "" on the last page */
 } app_id_page;
 int app_scan_ids(store_txn *t, const store_query *q, app_id_page *page, store_error *err);
+/* The same, with mark(arg, row) deciding each row: 1 or 0 its marked[] (an expired session),
+ * -1 to end the page there without it (the first of an index's rows not expired yet). */
+typedef int (*app_mark_fn)(void *arg, const void *row);
+int app_scan_marked(store_txn *t, const store_query *q, app_mark_fn mark, void *arg, app_id_page *page,
+                    store_error *err);
 
 /* The store's error as the call's: message, and a field violation when it names a field. */
 int app_store_error(rpc_call *call, int status, const store_error *err);

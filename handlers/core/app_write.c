@@ -150,20 +150,10 @@ static int result_find(store_txn *t, write_call *w, store_error *err)
     return st;
 }
 
-typedef struct expired {
-    uint64_t ids[APP_IDEMPOTENT_PURGE];
-    size_t n;
-    int64_t now;
-} expired;
-
-static int collect_expired(void *arg, uint64_t id, const void *row)
+/* An expired result: 1; the first one still kept ends the scan (the index is by expiry). */
+static int result_expired(void *arg, const void *row)
 {
-    expired *e = arg;
-    const lagoon_v1_IdempotentResult *r = row;
-    if (r->expires_at > e->now || e->n == APP_IDEMPOTENT_PURGE)
-        return LAGOON_CANCELLED; /* stops the scan: the rest expire later */
-    e->ids[e->n++] = id;
-    return LAGOON_OK;
+    return ((const lagoon_v1_IdempotentResult *)row)->expires_at <= *(const int64_t *)arg ? 1 : -1;
 }
 
 /* Keeps w->resp for the key's retries, and deletes a few expired results. */
@@ -197,15 +187,16 @@ static int result_record(store_txn *t, write_call *w, store_error *err)
     free(bytes);
     if (st != LAGOON_OK)
         return st;
-    expired e = {.n = 0, .now = w->in.now};
+    app_id_page *page = malloc(sizeof(*page));
+    if (page == NULL)
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
     store_query q = {.table = &lagoon_table_idempotent_results, .index = lagoon_index_idempotent_results_by_expiry,
-                     .page_size = APP_IDEMPOTENT_PURGE + 1};
-    store_page page;
-    st = store_scan(t, &q, collect_expired, &e, &page, err);
-    if (st == LAGOON_CANCELLED)
-        st = LAGOON_OK;
-    for (size_t i = 0; i < e.n && st == LAGOON_OK; i++)
-        st = store_delete(t, &lagoon_table_idempotent_results, e.ids[i], err);
+                     .page_size = APP_IDEMPOTENT_PURGE};
+    int64_t now = w->in.now;
+    st = app_scan_marked(t, &q, result_expired, &now, page, err);
+    for (size_t i = 0; i < page->n && st == LAGOON_OK; i++)
+        st = store_delete(t, &lagoon_table_idempotent_results, page->ids[i], err);
+    free(page);
     return st;
 }
 

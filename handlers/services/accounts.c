@@ -290,9 +290,12 @@ int account_queue_email(store_txn *t, int64_t now, const char *to, const char *s
     return store_insert(t, &lagoon_table_outbox, &m, NULL, err);
 }
 
-/* Full pages of the sessions under prefix (a user id), by lagoon_index_sessions_by_user. */
-static store_query sessions_of(const store_key *prefix)
+/* Full pages of user_id's sessions, by lagoon_index_sessions_by_user (prefix holds the key:
+ * keep it alive while the query is used). */
+static store_query sessions_of(store_key *prefix, uint64_t user_id)
 {
+    store_key_reset(prefix);
+    store_key_u64(prefix, user_id);
     store_query q = {0};
     q.table = &lagoon_table_sessions;
     q.index = lagoon_index_sessions_by_user;
@@ -305,8 +308,6 @@ static store_query sessions_of(const store_key *prefix)
 int account_revoke_sessions(store_txn *t, uint64_t user_id, uint64_t keep_session, store_error *err)
 {
     store_key prefix;
-    store_key_reset(&prefix);
-    store_key_u64(&prefix, user_id);
     app_id_page *l = malloc(sizeof(*l));
     if (l == NULL)
         return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
@@ -314,7 +315,7 @@ int account_revoke_sessions(store_txn *t, uint64_t user_id, uint64_t keep_sessio
      * since the previous page's rows are gone, except the kept one. */
     int st = LAGOON_OK;
     for (;;) {
-        store_query q = sessions_of(&prefix);
+        store_query q = sessions_of(&prefix, user_id);
         st = app_scan_ids(t, &q, l, err);
         if (st != LAGOON_OK)
             break;
@@ -332,41 +333,27 @@ int account_revoke_sessions(store_txn *t, uint64_t user_id, uint64_t keep_sessio
     return st;
 }
 
-typedef struct trim_list {
-    uint64_t ids[STORE_PAGE_SIZE_MAX];
-    uint8_t expired[STORE_PAGE_SIZE_MAX];
-    uint32_t n;
-    int64_t now;
-} trim_list;
-
-static int collect_trim(void *arg, uint64_t id, const void *row)
+/* A session whose refresh token has expired, as of *now. */
+static int session_expired(void *arg, const void *row)
 {
-    trim_list *l = arg;
-    l->expired[l->n] = ((const lagoon_v1_Session *)row)->refresh_expires_at <= l->now;
-    l->ids[l->n++] = id;
-    return LAGOON_OK;
+    return ((const lagoon_v1_Session *)row)->refresh_expires_at <= *(const int64_t *)arg;
 }
 
 int account_trim_sessions(store_txn *t, uint64_t user_id, int64_t now, uint32_t max, store_error *err)
 {
     store_key prefix;
-    store_key_reset(&prefix);
-    store_key_u64(&prefix, user_id);
-    trim_list *l = malloc(sizeof(*l));
+    app_id_page *l = malloc(sizeof(*l));
     if (l == NULL)
         return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
-    l->n = 0;
-    l->now = now;
     /* One page, oldest first (the index orders a user's sessions by id); the cap keeps a user
-     * within it. */
-    store_query q = sessions_of(&prefix);
-    store_page page;
-    int st = store_scan(t, &q, collect_trim, l, &page, err);
+     * within it. marked: expired. */
+    store_query q = sessions_of(&prefix, user_id);
+    int st = app_scan_marked(t, &q, session_expired, &now, l, err);
     uint32_t live = 0;
     for (uint32_t i = 0; i < l->n; i++)
-        live += !l->expired[i];
+        live += !l->marked[i];
     for (uint32_t i = 0; i < l->n && st == LAGOON_OK; i++) {
-        if (!l->expired[i]) {
+        if (!l->marked[i]) {
             if (live < max)
                 continue;
             live--;
@@ -380,8 +367,6 @@ int account_trim_sessions(store_txn *t, uint64_t user_id, int64_t now, uint32_t 
 int account_sync_sessions(store_txn *t, const lagoon_v1_User *u, store_error *err)
 {
     store_key prefix;
-    store_key_reset(&prefix);
-    store_key_u64(&prefix, u->id);
     app_id_page *l = malloc(sizeof(*l));
     if (l == NULL)
         return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
@@ -390,7 +375,7 @@ int account_sync_sessions(store_txn *t, const lagoon_v1_User *u, store_error *er
     char token[STORE_PAGE_TOKEN_MAX + 1] = "";
     int st;
     do {
-        store_query q = sessions_of(&prefix);
+        store_query q = sessions_of(&prefix, u->id);
         q.page_token = token;
         st = app_scan_ids(t, &q, l, err);
         for (uint32_t i = 0; i < l->n && st == LAGOON_OK; i++) {

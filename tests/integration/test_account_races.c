@@ -255,8 +255,7 @@ static void tweak_one_hash_worker(app_config *acfg, rpc_config *cfg)
 static void test_abandoned_sign_ins_free_their_state(void **state)
 {
     (void)state;
-    test_app *t = calloc(1, sizeof(*t));
-    test_app_start(t, tweak_one_hash_worker);
+    test_app *t = test_app_new(tweak_one_hash_worker);
     g_app = t;
     lagoon_client *c = test_client(t);
     char token[65];
@@ -299,8 +298,7 @@ static void test_abandoned_sign_ins_free_their_state(void **state)
     assert_int_equal(lagoon_Auth_Login(c, &lr, &tp), LAGOON_OK);
     assert_int_equal(gate_hits(APP_HOOK_HASH), 2);
     lagoon_close(c);
-    test_app_stop(t);
-    free(t);
+    test_app_free(t);
 }
 
 /* ---- a sign-in racing a deactivation or a password reset ------------------------------------ */
@@ -336,8 +334,7 @@ static int held_login(test_app *t, const char *login, const char *password)
 static void test_sign_in_racing_deactivation_and_reset(void **state)
 {
     (void)state;
-    test_app *t = calloc(1, sizeof(*t));
-    test_app_start(t, tweak_gate);
+    test_app *t = test_app_new(tweak_gate);
     lagoon_client *c = test_client(t);
     store_error err;
     if (account_create_admin(t->app, "boss@example.com", "boss", "an admin passphrase", NULL, &err) != LAGOON_OK)
@@ -389,8 +386,7 @@ static void test_sign_in_racing_deactivation_and_reset(void **state)
     assert_int_equal(lagoon_Users_DeleteAccount(c, &dr, &ue), LAGOON_OK);
     release_login(t, fd, LAGOON_UNAUTHENTICATED, racy);
     lagoon_close(c);
-    test_app_stop(t);
-    free(t);
+    test_app_free(t);
 }
 
 /* Two sign-ins that both verified an outdated hash and both upgrade it: the second to write
@@ -405,8 +401,7 @@ static void tweak_gate_stronger(app_config *acfg, rpc_config *cfg)
 static void test_sign_ins_racing_a_hash_upgrade(void **state)
 {
     (void)state;
-    test_app *t = calloc(1, sizeof(*t));
-    test_app_start(t, tweak_gate);
+    test_app *t = test_app_new(tweak_gate);
     lagoon_client *c = test_client(t);
     char token[65];
     uint64_t id = test_user(c, "twice", 0, token);
@@ -429,8 +424,7 @@ static void test_sign_ins_racing_a_hash_upgrade(void **state)
     assert_int_equal(sessions_of(t, id), before + 1);
     /* The retry signs in with the upgraded hash. */
     assert_int_equal(login_from(t, "127.0.0.1", "twice", PASSWORD, NULL), LAGOON_OK);
-    test_app_stop(t);
-    free(t);
+    test_app_free(t);
 }
 
 /* ---- failed sign-ins from many addresses ---------------------------------------------------- */
@@ -449,8 +443,7 @@ static void addr(char *out, size_t cap, int n)
 static void test_others_failures_do_not_lock_the_owner_out(void **state)
 {
     (void)state;
-    test_app *t = calloc(1, sizeof(*t));
-    test_app_start(t, tweak_defaults);
+    test_app *t = test_app_new(tweak_defaults);
     lagoon_client *c = test_client(t); /* from 127.0.0.1 */
     char token[65], a[32];
     test_user(c, "owner", 0, token); /* signs in once from 127.0.0.1: a known address */
@@ -515,8 +508,7 @@ static void test_others_failures_do_not_lock_the_owner_out(void **state)
     assert_int_equal(login_from(t, "127.0.0.1", "neighbour", PASSWORD, NULL), LAGOON_RESOURCE_EXHAUSTED);
     assert_int_equal(login_from(t, "127.0.0.61", "neighbour", PASSWORD, NULL), LAGOON_OK);
     lagoon_close(c);
-    test_app_stop(t);
-    free(t);
+    test_app_free(t);
 }
 
 /* ---- the limits under pressure ------------------------------------------------------------- */
@@ -586,8 +578,7 @@ static void tweak_held_hash(app_config *acfg, rpc_config *cfg)
 static void test_pipelined_guesses_count_before_their_hash(void **state)
 {
     (void)state;
-    test_app *t = calloc(1, sizeof(*t));
-    test_app_start(t, tweak_held_hash);
+    test_app *t = test_app_new(tweak_held_hash);
     lagoon_client *c = test_client(t);
     char token[65];
     test_user(c, "owner", 0, token);
@@ -626,8 +617,7 @@ static void test_pipelined_guesses_count_before_their_hash(void **state)
     assert_int_equal(counts[0], 5);
     assert_int_equal(counts[1], PIPELINED - 5);
     lagoon_close(c);
-    test_app_stop(t);
-    free(t);
+    test_app_free(t);
 }
 
 /* Attempts abandoned before their hash (CANCEL) tried no password: they are taken back, and
@@ -635,8 +625,7 @@ static void test_pipelined_guesses_count_before_their_hash(void **state)
 static void test_abandoned_attempts_are_taken_back(void **state)
 {
     (void)state;
-    test_app *t = calloc(1, sizeof(*t));
-    test_app_start(t, tweak_held_hash);
+    test_app *t = test_app_new(tweak_held_hash);
     g_app = t;
     lagoon_client *c = test_client(t);
     char token[65];
@@ -667,8 +656,7 @@ static void test_abandoned_attempts_are_taken_back(void **state)
         assert_int_equal(login_from(t, "127.0.0.2", "owner", "wrong password!", NULL), LAGOON_UNAUTHENTICATED);
     assert_int_equal(login_from(t, "127.0.0.2", "owner", PASSWORD, NULL), LAGOON_RESOURCE_EXHAUSTED);
     lagoon_close(c);
-    test_app_stop(t);
-    free(t);
+    test_app_free(t);
 }
 
 static int g_mail_want; /* emails test_mail_count must reach for mail_arrived */
@@ -685,8 +673,7 @@ static int mail_arrived(void *arg)
 static void test_pipelined_emails_stay_in_budget(void **state)
 {
     (void)state;
-    test_app *t = calloc(1, sizeof(*t));
-    test_app_start(t, tweak_defaults);
+    test_app *t = test_app_new(tweak_defaults);
     lagoon_client *c = test_client(t);
     char token[65];
     test_user(c, "victim", 0, token); /* unverified: one email so far */
@@ -712,8 +699,7 @@ static void test_pipelined_emails_stay_in_budget(void **state)
     assert_int_equal(retry, 3600 * 1000);
     close(fd);
     lagoon_close(c);
-    test_app_stop(t);
-    free(t);
+    test_app_free(t);
 }
 
 static void tweak_two_emails(app_config *acfg, rpc_config *cfg)
@@ -729,8 +715,7 @@ static void tweak_two_emails(app_config *acfg, rpc_config *cfg)
 static void test_resend_that_finds_verified_is_given_back(void **state)
 {
     (void)state;
-    test_app *t = calloc(1, sizeof(*t));
-    test_app_start(t, tweak_two_emails);
+    test_app *t = test_app_new(tweak_two_emails);
     lagoon_client *c = test_client(t);
     char token[65], code[44];
     test_user(c, "late", 0, token);
@@ -763,8 +748,7 @@ static void test_resend_that_finds_verified_is_given_back(void **state)
     assert_int_equal(counts[0], 2);
     assert_int_equal(counts[1], 1);
     lagoon_close(c);
-    test_app_stop(t);
-    free(t);
+    test_app_free(t);
 }
 
 static void tweak_few_registrations(app_config *acfg, rpc_config *cfg)
@@ -778,8 +762,7 @@ static void tweak_few_registrations(app_config *acfg, rpc_config *cfg)
 static void test_pipelined_registrations_stay_in_budget(void **state)
 {
     (void)state;
-    test_app *t = calloc(1, sizeof(*t));
-    test_app_start(t, tweak_few_registrations);
+    test_app *t = test_app_new(tweak_few_registrations);
     int fds[2] = {connect_from(t->srv.port, "127.0.0.5"), connect_from(t->srv.port, "127.0.0.5")};
     for (uint32_t i = 0; i < PIPELINED; i++) {
         lagoon_v1_RegisterRequest req = lagoon_v1_RegisterRequest_init_zero;
@@ -801,8 +784,7 @@ static void test_pipelined_registrations_stay_in_budget(void **state)
     print_message("pipelined Registers: %d passed the limit, %d refused\n", passed, refused);
     assert_int_equal(passed, 10);
     assert_int_equal(refused, PIPELINED - 10);
-    test_app_stop(t);
-    free(t);
+    test_app_free(t);
 }
 
 static void advance_days(test_app *t, double days)
@@ -816,8 +798,7 @@ static void advance_days(test_app *t, double days)
 static void test_known_address_lasts_from_the_last_sign_in(void **state)
 {
     (void)state;
-    test_app *t = calloc(1, sizeof(*t));
-    test_app_start(t, tweak_defaults);
+    test_app *t = test_app_new(tweak_defaults);
     lagoon_client *c = test_client(t);
     char token[65], a[32];
     test_user(c, "owner", 0, token); /* day 0, from 127.0.0.1 */
@@ -841,8 +822,7 @@ static void test_known_address_lasts_from_the_last_sign_in(void **state)
     }
     assert_int_equal(login_from(t, "127.0.0.1", "owner", PASSWORD, &retry), LAGOON_RESOURCE_EXHAUSTED);
     lagoon_close(c);
-    test_app_stop(t);
-    free(t);
+    test_app_free(t);
 }
 
 #define SMALL_TABLES 64
@@ -881,8 +861,7 @@ static int guess_logins(int fd, const char *prefix, int n, uint32_t *retry)
 static void test_full_limiter_tables_evict_then_fail_closed(void **state)
 {
     (void)state;
-    test_app *t = calloc(1, sizeof(*t));
-    test_app_start(t, tweak_small_tables);
+    test_app *t = test_app_new(tweak_small_tables);
     lagoon_client *c = test_client(t);
     char token[65], prefix[16];
     test_user(c, "owner", 0, token);
@@ -921,8 +900,7 @@ static void test_full_limiter_tables_evict_then_fail_closed(void **state)
     test_clock_advance(t, 15LL * 60 * 1000);
     assert_int_equal(login_from(t, "127.0.0.6", "neighbour", PASSWORD, NULL), LAGOON_OK);
     lagoon_close(c);
-    test_app_stop(t);
-    free(t);
+    test_app_free(t);
 }
 
 /* A clock that steps back 60 days: the wait owed stays the policy's (1 s here), where the
@@ -931,8 +909,7 @@ static void test_full_limiter_tables_evict_then_fail_closed(void **state)
 static void test_waits_bounded_when_the_clock_steps_back(void **state)
 {
     (void)state;
-    test_app *t = calloc(1, sizeof(*t));
-    test_app_start(t, tweak_defaults);
+    test_app *t = test_app_new(tweak_defaults);
     lagoon_client *c = test_client(t);
     char token[65];
     test_user(c, "owner", 0, token);
@@ -956,8 +933,7 @@ static void test_waits_bounded_when_the_clock_steps_back(void **state)
     assert_int_equal(lagoon_Auth_ForgotPassword(c, &fr, &e), LAGOON_RESOURCE_EXHAUSTED);
     assert_int_equal(lagoon_last_error(c)->detail.retry_after_ms, 3600 * 1000);
     lagoon_close(c);
-    test_app_stop(t);
-    free(t);
+    test_app_free(t);
 }
 
 /* The per-address limits' key: IPv4 as such, IPv6 by its /64 (the loopback has one IPv6

@@ -29,16 +29,14 @@ static lagoon_client *client(void)
 static int setup(void **state)
 {
     (void)state;
-    T = calloc(1, sizeof(*T));
-    test_app_start(T, test_tweak_shared);
+    T = test_app_new(test_tweak_shared);
     return 0;
 }
 
 static int teardown(void **state)
 {
     (void)state;
-    test_app_stop(T);
-    free(T);
+    test_app_free(T);
     return 0;
 }
 
@@ -252,8 +250,7 @@ static test_app *private_app(void (*tweak)(app_config *acfg, rpc_config *cfg))
 
 static void private_end(test_app *saved)
 {
-    test_app_stop(T);
-    free(T);
+    test_app_free(T);
     T = saved;
 }
 

@@ -28,16 +28,14 @@ static test_app *T;
 static int setup(void **state)
 {
     (void)state;
-    T = calloc(1, sizeof(*T));
-    test_app_start(T, test_tweak_shared);
+    T = test_app_new(test_tweak_shared);
     return 0;
 }
 
 static int teardown(void **state)
 {
     (void)state;
-    test_app_stop(T);
-    free(T);
+    test_app_free(T);
     return 0;
 }
 
@@ -160,8 +158,7 @@ static void test_expired_tokens_are_used_up_by_their_refusal(void **state)
 static void test_rules_answer_before_the_handler(void **state)
 {
     (void)state;
-    test_app *t = calloc(1, sizeof(*t));
-    test_app_start(t, NULL);
+    test_app *t = test_app_new(NULL);
     lagoon_client *c = test_client(t);
     lagoon_v1_LoginRequest lr = lagoon_v1_LoginRequest_init_zero;
     lagoon_v1_TokenPair tp;
@@ -192,8 +189,7 @@ static void test_rules_answer_before_the_handler(void **state)
         assert_int_equal(lagoon_Auth_ForgotPassword(c, &fr, &out), LAGOON_OK);
     assert_int_equal(lagoon_Auth_ForgotPassword(c, &fr, &out), LAGOON_RESOURCE_EXHAUSTED);
     lagoon_close(c);
-    test_app_stop(t);
-    free(t);
+    test_app_free(t);
 }
 
 int main(void)

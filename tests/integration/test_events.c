@@ -37,8 +37,7 @@ static void tweak(app_config *acfg, rpc_config *cfg)
 static int setup(void **state)
 {
     (void)state;
-    T = calloc(1, sizeof(*T));
-    test_app_start(T, tweak);
+    T = test_app_new(tweak);
     C = test_client(T);
     return 0;
 }
@@ -47,8 +46,7 @@ static int teardown(void **state)
 {
     (void)state;
     lagoon_close(C);
-    test_app_stop(T);
-    free(T);
+    test_app_free(T);
     return 0;
 }
 
@@ -224,8 +222,7 @@ static void test_purged_since_is_out_of_range(void **state)
     (void)state;
     test_app *saved = T;
     lagoon_client *saved_c = C;
-    test_app *t = calloc(1, sizeof(*t));
-    test_app_start(t, tweak_short_retention);
+    test_app *t = test_app_new(tweak_short_retention);
     T = t;
     C = test_client(T);
     char et[65], ft[65];
@@ -256,8 +253,7 @@ static void test_purged_since_is_out_of_range(void **state)
     assert_int_equal(lagoon_stream_finish(d.s, NULL), LAGOON_OUT_OF_RANGE);
     lagoon_close(d.c);
     lagoon_close(C);
-    test_app_stop(t);
-    free(t);
+    test_app_free(t);
     T = saved;
     C = saved_c;
 }
@@ -921,8 +917,7 @@ static void test_deleted_words_leave_notification_after_log_trim(void **state)
     (void)state;
     test_app *saved = T;
     lagoon_client *saved_c = C;
-    T = calloc(1, sizeof(*T));
-    test_app_start(T, tweak_short_retention);
+    T = test_app_new(tweak_short_retention);
     C = test_client(T);
     char kt[65], lt[65], mt[65];
     test_verified_user(T, C, "kai", 1, kt);
@@ -941,8 +936,7 @@ static void test_deleted_words_leave_notification_after_log_trim(void **state)
     pb_release(lagoon_v1_ListNotificationsResponse_fields, &notes);
     memset(&notes, 0, sizeof(notes));
     lagoon_close(C);
-    test_app_stop(T);
-    free(T);
+    test_app_free(T);
     T = saved;
     C = saved_c;
 }
@@ -1028,16 +1022,14 @@ static void own_app(test_app **saved, lagoon_client **saved_c, void (*tw)(app_co
 {
     *saved = T;
     *saved_c = C;
-    T = calloc(1, sizeof(*T));
-    test_app_start(T, tw);
+    T = test_app_new(tw);
     C = test_client(T);
 }
 
 static void own_app_end(test_app *saved, lagoon_client *saved_c)
 {
     lagoon_close(C);
-    test_app_stop(T);
-    free(T);
+    test_app_free(T);
     T = saved;
     C = saved_c;
 }

@@ -26,8 +26,7 @@ static char ann_tok[65], bob_tok[65], cat_tok[65];
 static int setup(void **state)
 {
     (void)state;
-    T = calloc(1, sizeof(*T));
-    test_app_start(T, test_tweak_shared);
+    T = test_app_new(test_tweak_shared);
     C = test_client(T);
     ann = test_verified_user(T, C, "ann", lagoon_v1_Role_STUDENT, ann_tok);
     bob = test_verified_user(T, C, "bob", lagoon_v1_Role_TEACHER, bob_tok);
@@ -39,8 +38,7 @@ static int teardown(void **state)
 {
     (void)state;
     lagoon_close(C);
-    test_app_stop(T);
-    free(T);
+    test_app_free(T);
     return 0;
 }
 
@@ -842,8 +840,7 @@ static void tweak_default_sends(app_config *acfg, rpc_config *cfg)
 static void test_send_rate_limit(void **state)
 {
     (void)state;
-    test_app *t = calloc(1, sizeof(*t));
-    test_app_start(t, tweak_default_sends);
+    test_app *t = test_app_new(tweak_default_sends);
     lagoon_client *c = test_client(t);
     char wen_tok[65], xia_tok[65];
     uint64_t wen = test_verified_user(t, c, "wen", 1, wen_tok), xia = test_verified_user(t, c, "xia", 1, xia_tok);
@@ -889,8 +886,7 @@ static void test_send_rate_limit(void **state)
         assert_int_equal(lagoon_Messages_Send(c, &req, &m), LAGOON_OK);
     assert_int_equal(lagoon_Messages_Send(c, &req, &m), LAGOON_RESOURCE_EXHAUSTED);
     lagoon_close(c);
-    test_app_stop(t);
-    free(t);
+    test_app_free(t);
 }
 
 /* Retries of a stored Send (its client_message_id, or the call's idempotency key standing in
@@ -899,8 +895,7 @@ static void test_send_rate_limit(void **state)
 static void test_send_retries_do_not_count(void **state)
 {
     (void)state;
-    test_app *t = calloc(1, sizeof(*t));
-    test_app_start(t, tweak_default_sends);
+    test_app *t = test_app_new(tweak_default_sends);
     lagoon_client *c = test_client(t);
     char ada_tok[65], bo_tok[65];
     test_verified_user(t, c, "ada", 1, ada_tok); /* usernames: at least 3 characters */
@@ -937,8 +932,7 @@ static void test_send_retries_do_not_count(void **state)
     assert_int_equal(meta->violations_count, 1);
     assert_string_equal(meta->violations[0].field, "idempotency_key");
     lagoon_close(c);
-    test_app_stop(t);
-    free(t);
+    test_app_free(t);
 }
 
 /* Refused Sends (no such recipient, or an unverified sender writing first) store nothing and do
@@ -946,8 +940,7 @@ static void test_send_retries_do_not_count(void **state)
 static void test_refused_sends_do_not_count(void **state)
 {
     (void)state;
-    test_app *t = calloc(1, sizeof(*t));
-    test_app_start(t, tweak_default_sends);
+    test_app *t = test_app_new(tweak_default_sends);
     lagoon_client *c = test_client(t);
     char yan_tok[65], zoe_tok[65], una_tok[65];
     uint64_t yan = test_verified_user(t, c, "yan", 1, yan_tok);
@@ -979,8 +972,7 @@ static void test_refused_sends_do_not_count(void **state)
     for (int i = 0; i < 60; i++)
         assert_int_equal(lagoon_Messages_Send(c, &req, &m), LAGOON_OK);
     lagoon_close(c);
-    test_app_stop(t);
-    free(t);
+    test_app_free(t);
 }
 
 /* A member row of arg's pair (uint64_t[2]: the member, the other) as rows from before

@@ -24,8 +24,7 @@ static lagoon_client *C;
 static int setup(void **state)
 {
     (void)state;
-    T = calloc(1, sizeof(*T));
-    test_app_start(T, test_tweak_shared);
+    T = test_app_new(test_tweak_shared);
     C = test_client(T);
     return 0;
 }
@@ -34,8 +33,7 @@ static int teardown(void **state)
 {
     (void)state;
     lagoon_close(C);
-    test_app_stop(T);
-    free(T);
+    test_app_free(T);
     return 0;
 }
 

@@ -29,8 +29,7 @@ static char teacher_tok[TEACHERS][65], student_tok[STUDENTS][65];
 static int setup(void **state)
 {
     (void)state;
-    T = calloc(1, sizeof(*T));
-    test_app_start(T, test_tweak_shared);
+    T = test_app_new(test_tweak_shared);
     C = test_client(T);
     char name[16];
     for (int i = 0; i < TEACHERS; i++) {
@@ -48,8 +47,7 @@ static int teardown(void **state)
 {
     (void)state;
     lagoon_close(C);
-    test_app_stop(T);
-    free(T);
+    test_app_free(T);
     return 0;
 }
 

@@ -29,8 +29,7 @@ static char ann_tok[65], bob_tok[65];
 static int setup(void **state)
 {
     (void)state;
-    T = calloc(1, sizeof(*T));
-    test_app_start(T, test_tweak_shared);
+    T = test_app_new(test_tweak_shared);
     C = test_client(T);
     ann = test_verified_user(T, C, "ann", lagoon_v1_Role_STUDENT, ann_tok);
     bob = test_user(C, "bob", lagoon_v1_Role_STUDENT, bob_tok);
@@ -41,8 +40,7 @@ static int teardown(void **state)
 {
     (void)state;
     lagoon_close(C);
-    test_app_stop(T);
-    free(T);
+    test_app_free(T);
     return 0;
 }
 

@@ -35,8 +35,7 @@ static void tweak(app_config *acfg, rpc_config *cfg)
 static int setup(void **state)
 {
     (void)state;
-    T = calloc(1, sizeof(*T));
-    test_app_start(T, tweak);
+    T = test_app_new(tweak);
     C = test_client(T);
     return 0;
 }
@@ -45,8 +44,7 @@ static int teardown(void **state)
 {
     (void)state;
     lagoon_close(C);
-    test_app_stop(T);
-    free(T);
+    test_app_free(T);
     return 0;
 }
 
@@ -653,8 +651,7 @@ static void tweak_short(app_config *acfg, rpc_config *cfg)
 static int setup_short(void **state)
 {
     (void)state;
-    T = calloc(1, sizeof(*T));
-    test_app_start(T, tweak_short);
+    T = test_app_new(tweak_short);
     C = test_client(T);
     return 0;
 }

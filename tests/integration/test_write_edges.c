@@ -36,8 +36,7 @@ static void tweak_drain(app_config *acfg, rpc_config *cfg)
 static void test_after_hook_at_shutdown(void **state)
 {
     (void)state;
-    T = calloc(1, sizeof(*T));
-    test_app_start(T, tweak_drain);
+    T = test_app_new(tweak_drain);
     lagoon_client *c = test_client(T);
     char token[65];
     test_user(c, "shut", 0, token);
@@ -62,8 +61,7 @@ static void test_after_hook_at_shutdown(void **state)
 static void test_idempotent_batch(void **state)
 {
     (void)state;
-    T = calloc(1, sizeof(*T));
-    test_app_start(T, test_tweak_shared);
+    T = test_app_new(test_tweak_shared);
     lagoon_client *c = test_client(T);
     char token[65];
     test_user(c, "batch", 0, token);
@@ -102,16 +100,14 @@ static void test_idempotent_batch(void **state)
     assert_int_equal(codes[9], LAGOON_OK);
     close(fd);
     lagoon_close(c);
-    test_app_stop(T);
-    free(T);
+    test_app_free(T);
 }
 
 /* A call whose deadline passes, and whose connection closes, while its write is queued. */
 static void test_deadline_while_queued(void **state)
 {
     (void)state;
-    T = calloc(1, sizeof(*T));
-    test_app_start(T, test_tweak_shared);
+    T = test_app_new(test_tweak_shared);
     lagoon_client *c = test_client(T);
     char token[65];
     test_user(c, "late", 0, token);
@@ -140,16 +136,14 @@ static void test_deadline_while_queued(void **state)
     assert_int_equal(lagoon_Users_UpdateProfile(c, &a, &p), LAGOON_OK);
     assert_string_equal(p.full_name, "Late");
     lagoon_close(c);
-    test_app_stop(T);
-    free(T);
+    test_app_free(T);
 }
 
 /* A message deleted after an Edit with a key: a retry of that Edit gets the deleted words. */
 static void test_edit_retry_after_delete(void **state)
 {
     (void)state;
-    T = calloc(1, sizeof(*T));
-    test_app_start(T, test_tweak_shared);
+    T = test_app_new(test_tweak_shared);
     lagoon_client *c = test_client(T);
     char ta[65], tb[65];
     test_verified_user(T, c, "sender", 0, ta);
@@ -179,8 +173,7 @@ static void test_edit_retry_after_delete(void **state)
     assert_int_equal(st, LAGOON_NOT_FOUND);
     assert_string_equal(e.content.text.text, "");
     lagoon_close(c);
-    test_app_stop(T);
-    free(T);
+    test_app_free(T);
 }
 
 int main(void)

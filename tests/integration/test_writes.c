@@ -31,8 +31,7 @@ static void tweak(app_config *acfg, rpc_config *cfg)
 static int setup(void **state)
 {
     (void)state;
-    T = calloc(1, sizeof(*T));
-    test_app_start(T, tweak);
+    T = test_app_new(tweak);
     C = test_client(T);
     return 0;
 }
@@ -41,8 +40,7 @@ static int teardown(void **state)
 {
     (void)state;
     lagoon_close(C);
-    test_app_stop(T);
-    free(T);
+    test_app_free(T);
     return 0;
 }
 

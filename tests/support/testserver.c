@@ -275,6 +275,22 @@ static void app_halt(test_app *t)
     rpc_server_free(t->srv.server);
 }
 
+test_app *test_app_new(void (*tweak)(app_config *acfg, rpc_config *cfg))
+{
+    test_app *t = calloc(1, sizeof(*t));
+    assert_non_null(t);
+    test_app_start(t, tweak);
+    return t;
+}
+
+void test_app_free(test_app *t)
+{
+    if (t == NULL)
+        return;
+    test_app_stop(t);
+    free(t);
+}
+
 void test_app_restart(test_app *t, void (*tweak)(app_config *acfg, rpc_config *cfg))
 {
     app_halt(t);

@@ -73,6 +73,9 @@ typedef struct test_app {
  * NULL, may change the app config (and cfg for the RPC layer) first. */
 void test_app_start(test_app *t, void (*tweak)(app_config *acfg, rpc_config *cfg));
 void test_app_stop(test_app *t);
+/* test_app_start into a test_app of its own, on the heap; test_app_free stops and frees it. */
+test_app *test_app_new(void (*tweak)(app_config *acfg, rpc_config *cfg));
+void test_app_free(test_app *t);
 /* Stops the server and the app and starts them again on the same data (tweak as above). */
 void test_app_restart(test_app *t, void (*tweak)(app_config *acfg, rpc_config *cfg));
 void test_clock_advance(test_app *t, int64_t ms);

@@ -110,6 +110,29 @@ void *app_state(const app *a, const app_module *m)
     return NULL;
 }
 
+/* From the module lists, not a->modules: the router calls this while app_close stops modules. */
+static int module_fill(const app_module *m, store_txn *t, const lagoon_v1_Event *ev, lagoon_v1_Event *out,
+                       const lagoon_v1_Event **sent, store_error *err)
+{
+    int filled = 0;
+    int st = m->fill_event ? m->fill_event(t, ev, out, &filled, err) : LAGOON_OK;
+    if (st == LAGOON_OK && filled)
+        *sent = out;
+    return st;
+}
+
+int app_fill_event(const app *a, store_txn *t, const lagoon_v1_Event *ev, lagoon_v1_Event *out,
+                   const lagoon_v1_Event **sent, store_error *err)
+{
+    *sent = ev;
+    int st = LAGOON_OK;
+    for (size_t i = 0; i < app_modules_count && st == LAGOON_OK && *sent == ev; i++)
+        st = module_fill(app_modules[i], t, ev, out, sent, err);
+    for (size_t i = 0; i < a->cfg.nextra_modules && st == LAGOON_OK && *sent == ev; i++)
+        st = module_fill(a->cfg.extra_modules[i], t, ev, out, sent, err);
+    return st;
+}
+
 int app_open(const char *data_dir, const app_config *cfg, app **out, rpc_error *err)
 {
     *out = NULL;

@@ -103,6 +103,16 @@ struct app_module {
     void (*drain)(app *a, void *state);
     /* After the server has stopped; frees the state. Also after a failed start of a later module. */
     void (*stop)(app *a, void *state);
+    /* A service whose events are logged as references (the ids of the change, whose data is in
+     * the service's own rows: text is stored once, not once per log) fills them in here. The
+     * realtime router calls it for every event right before sending it, live or replayed, in
+     * its read transaction t: when ev is one of the service's references, it writes the event
+     * as clients see it into out and sets *filled; otherwise it leaves both alone. LAGOON_OK,
+     * or a store error with err set (the router then resends from the log, and ends the
+     * stream with the reason if that fails too). It keeps no state: the router may call it
+     * before start or after stop. */
+    int (*fill_event)(store_txn *t, const lagoon_v1_Event *ev, lagoon_v1_Event *out, int *filled,
+                      store_error *err);
 };
 
 /* The application's modules, in start order: handlers/services/modules.c. */
@@ -124,6 +134,11 @@ struct app {
 
 /* The state module m's start set; NULL if m is not started. */
 void *app_state(const app *a, const app_module *m);
+
+/* ev as it is sent to a subscriber: *sent is ev, or out when a module filled it (fill_event).
+ * LAGOON_OK, or the module's store error. */
+int app_fill_event(const app *a, store_txn *t, const lagoon_v1_Event *ev, lagoon_v1_Event *out,
+                   const lagoon_v1_Event **sent, store_error *err);
 
 /* Fills defaults for every zero field. */
 void app_config_defaults(app_config *cfg);

@@ -984,6 +984,7 @@ struct realtime {
     tlane *tlanes[ROUTER_BUCKETS];       /* by topic */
     tlane *tactive;                      /* every topic lane */
     uint64_t eph_stamp;                  /* ephemeral topic events stamped so far */
+    lagoon_v1_Event *filled;             /* the event being sent, as its service filled it */
 };
 
 static unsigned topic_bucket(uint32_t kind, uint64_t id)
@@ -1224,16 +1225,32 @@ static void user_to_replay(realtime *rt, uint64_t user_id)
             sub_to_replay(rt, s);
 }
 
-static void route_row(realtime *rt, const lagoon_v1_UserEvent *row)
+/* ev as it is sent: filled in by its service when the log holds a reference
+ * (app_module.fill_event), in rt->filled; NULL if that failed (err). */
+static const lagoon_v1_Event *event_out(realtime *rt, store_txn *t, const lagoon_v1_Event *ev, store_error *err)
 {
+    const lagoon_v1_Event *sent;
+    return app_fill_event(rt->a, t, ev, rt->filled, &sent, err) == LAGOON_OK ? sent : NULL;
+}
+
+static void route_row(realtime *rt, store_txn *t, const lagoon_v1_UserEvent *row)
+{
+    const lagoon_v1_Event *ev = NULL; /* filled once, for the first subscriber that needs it */
+    int unfilled = 0;
     for (subscriber *s = rt->buckets[row->user_id % ROUTER_BUCKETS], *next; s; s = next) {
         next = s->next;
         if (s->user_id != row->user_id || s->log_behind || row->event.seq <= s->last_sent)
             continue;
-        if (row->event.seq == s->last_sent + 1)
-            sub_send(rt, s, &row->event);
-        else
-            sub_to_replay(rt, s); /* an event before this one never reached it */
+        if (row->event.seq == s->last_sent + 1 && ev == NULL && !unfilled) {
+            store_error err;
+            ev = event_out(rt, t, &row->event, &err);
+            unfilled = ev == NULL;
+        }
+        if (row->event.seq == s->last_sent + 1 && ev != NULL)
+            sub_send(rt, s, ev);
+        else /* an event before this one never reached it, or this one could not be filled: the
+              * replay reads it again, and ends the stream with the reason if it fails again */
+            sub_to_replay(rt, s);
     }
 }
 
@@ -1241,13 +1258,14 @@ static void route_event(realtime *rt, store_txn *t, uint64_t id, lagoon_v1_UserE
 {
     store_error err;
     if (store_get(t, &lagoon_table_user_events, id, row, &err) == LAGOON_OK)
-        route_row(rt, row);
+        route_row(rt, t, row);
     /* else trimmed already: the next event (the append that trimmed it) shows the gap to
      * route_row, which switches the subscribers that needed it to replay */
 }
 
 typedef struct replay {
     realtime *rt;
+    store_txn *t;
     subscriber *s;
     tsub *ts;   /* the topic replayed; NULL: the user's log */
     const event_log *lg;
@@ -1278,9 +1296,19 @@ static int replay_one(void *arg, uint64_t id, const void *row)
         r->dead = 1;
         return LAGOON_CANCELLED;
     }
+    store_error err;
+    const lagoon_v1_Event *out = event_out(r->rt, r->t, ev, &err);
+    if (out == NULL) {
+        char msg[sizeof(err.message) + 120];
+        snprintf(msg, sizeof(msg), "event %llu could not be read (%s): resubscribe from the last position seen",
+                 (unsigned long long)ev->seq, err.message);
+        sub_end(r->rt, r->s, LAGOON_UNAVAILABLE, msg);
+        r->dead = 1;
+        return LAGOON_CANCELLED;
+    }
     if (r->ts) /* before the send, which may end (and free) the subscriber */
         r->ts->last_sent = ev->seq;
-    if (sub_send(r->rt, r->s, ev) != 0) {
+    if (sub_send(r->rt, r->s, out) != 0) {
         r->dead = 1;
         return LAGOON_CANCELLED;
     }
@@ -1311,7 +1339,7 @@ static int replay_source(realtime *rt, store_txn *t, subscriber *s, tsub *ts)
     q.start = start.buf;
     q.start_len = start.len;
     q.page_size = EVENTS_REPLAY_PAGE;
-    replay r = {rt, s, ts, &lg, 0, 0};
+    replay r = {rt, t, s, ts, &lg, 0, 0};
     store_page page;
     store_error err;
     int st = store_scan(t, &q, replay_one, &r, &page, &err);
@@ -1795,7 +1823,7 @@ static void lanes_turn(realtime *rt, lagoon_v1_UserEvent *row)
 
 /* An event or typing command for user_id in the batch: delivered now within the user's
  * budget, else queued in its lane. 1 if c was kept (queued), 0 if the caller frees it. */
-static int deliver_or_queue(realtime *rt, uint64_t user_id, cmd *c, const lagoon_v1_UserEvent *row)
+static int deliver_or_queue(realtime *rt, store_txn *t, uint64_t user_id, cmd *c, const lagoon_v1_UserEvent *row)
 {
     int budget = user_budget(rt, user_id);
     if (budget < 0)
@@ -1803,7 +1831,7 @@ static int deliver_or_queue(realtime *rt, uint64_t user_id, cmd *c, const lagoon
     if (budget > 0 && lane_find(rt, user_id) == NULL) {
         user_charge(rt, user_id);
         if (row != NULL)
-            route_row(rt, row);
+            route_row(rt, t, row);
         else
             route_typing(rt, c);
         return 0;
@@ -1946,9 +1974,13 @@ static void topic_lanes_turn(realtime *rt, lagoon_v1_TopicEvent *row)
         while (l->head) {
             cmd *c = l->head;
             const lagoon_v1_Event *ev = c->ev;
-            if (c->kind == CMD_TOPIC_EVENT)
+            if (c->kind == CMD_TOPIC_EVENT) {
+                /* A row trimmed already: the next event shows the gap to those that needed it.
+                 * One its service could not fill: its followings read it again by replay. */
                 ev = store_get(t, &lagoon_table_topic_events, c->id, row, &err) == LAGOON_OK ? &row->event : NULL;
-            /* a row trimmed already: the next event shows the gap to those that needed it */
+                if (ev != NULL && (ev = event_out(rt, t, ev, &err)) == NULL)
+                    topic_to_replay(rt, l->kind, l->id);
+            }
             if (ev != NULL && !topic_fan(rt, l, c, ev, &sends))
                 break;
             cmd_free(rt, q_pop(&l->head, &l->tail, &l->n));
@@ -2086,7 +2118,7 @@ static void *router_main(void *arg)
                 if (t == NULL && store_read_begin(rt->a->db, &t, &err) != LAGOON_OK)
                     t = NULL;
                 if (t != NULL && row != NULL && store_get(t, &lagoon_table_user_events, c->id, row, &err) == LAGOON_OK)
-                    kept = deliver_or_queue(rt, row->user_id, c, row);
+                    kept = deliver_or_queue(rt, t, row->user_id, c, row);
                 break;
             case CMD_ADD:
                 if (t != NULL) { /* the start must see every commit announced before it */
@@ -2102,7 +2134,7 @@ static void *router_main(void *arg)
                 break;
             }
             case CMD_TYPING:
-                kept = deliver_or_queue(rt, c->to, c, NULL);
+                kept = deliver_or_queue(rt, NULL, c->to, c, NULL);
                 break;
             case CMD_TOPIC_EVENT:
                 /* Into its topic's lane, delivered at the end of this turn within its budget. */
@@ -2169,14 +2201,19 @@ int realtime_start(app *a, realtime **out, rpc_error *err)
 {
     *out = NULL;
     realtime *rt = calloc(1, sizeof(*rt));
-    if (rt == NULL) {
+    lagoon_v1_Event *filled = malloc(sizeof(*filled));
+    if (rt == NULL || filled == NULL) {
+        free(rt);
+        free(filled);
         snprintf(err->message, sizeof(err->message), "out of memory");
         return RPC_ERR;
     }
     rt->a = a;
+    rt->filled = filled;
     pthread_mutex_init(&rt->mu, NULL);
     pthread_cond_init(&rt->cv, NULL);
     if (app_start_commit_worker(a, on_commit, rt, router_main, &rt->thread, "realtime router", err) != RPC_OK) {
+        free(rt->filled);
         free(rt);
         return RPC_ERR;
     }
@@ -2212,6 +2249,7 @@ void realtime_stop(realtime *rt)
     }
     pthread_cond_destroy(&rt->cv);
     pthread_mutex_destroy(&rt->mu);
+    free(rt->filled);
     free(rt);
 }
 

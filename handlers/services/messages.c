@@ -19,9 +19,10 @@
 #include "paging.h"
 
 #define MESSAGES_EDIT_WINDOW_MS (15 * 60 * 1000)
-/* Edits per message. Each edit logs the whole text (up to 16 KB) in both participants' logs,
- * and Delete rewrites every one of those events on the single writer: the cap bounds that work
- * (and the row's list of them, sender_event_seqs in messages.options). */
+/* Edits per message. An edit logs the recipient's notification again when it shows the
+ * message (its snippet: message events are references, publish_message), and Delete rewrites
+ * each of those events on the single writer: the cap bounds that work (and the row's list of
+ * them, recipient_event_seqs in messages.options). */
 #define MESSAGES_EDITS_MAX 10
 /* Bytes of a text message shown in its notification (cut on a UTF-8 boundary, then "..."). */
 #define MESSAGES_SNIPPET_MAX 100
@@ -53,7 +54,15 @@ static void messages_stop(app *a, void *state)
     limiter_free(state);
 }
 
-const app_module messages_module = {"messages", messages_start, NULL, messages_stop};
+static int messages_fill_event(store_txn *t, const lagoon_v1_Event *ev, lagoon_v1_Event *out, int *filled,
+                               store_error *err);
+
+const app_module messages_module = {
+    .name = "messages",
+    .start = messages_start,
+    .stop = messages_stop,
+    .fill_event = messages_fill_event, /* message events are logged as references */
+};
 
 /* Sends per user that store a message (APP_SETTINGS sends-per-minute). */
 static limiter *send_limiter(const app *a)
@@ -135,68 +144,83 @@ static void video_copy(lagoon_v1_VideoContent *dst, const lagoon_v1_VideoContent
     dst->source = src->source;
 }
 
-/* *dst = *src as clients see it (message_public), without copying the unused part of the text
- * buffer. */
-static void message_copy_public(lagoon_v1_DirectMessage *dst, const lagoon_v1_DirectMessage *src)
+/* Records on m's row that the event seq in the recipient's log carries its words (its
+ * notification's events: message events carry none, see publish_message). A full list (not
+ * expected: the edit cap sizes it) stops the tracking: Delete then scans the log instead, as
+ * for rows stored before it. */
+static void track_event(lagoon_v1_DirectMessage *m, uint64_t seq)
 {
-    memcpy(dst, src, offsetof(lagoon_v1_DirectMessage, content));
-    if (src->which_content == lagoon_v1_DirectMessage_text_tag)
-        copy_str(dst->content.text.text, sizeof(dst->content.text.text), src->content.text.text);
-    else if (src->which_content == lagoon_v1_DirectMessage_image_tag)
-        image_copy(&dst->content.image, &src->content.image);
-    else if (src->which_content == lagoon_v1_DirectMessage_video_tag)
-        video_copy(&dst->content.video, &src->content.video);
-    memcpy(&dst->created_at, &src->created_at, sizeof(*dst) - offsetof(lagoon_v1_DirectMessage, created_at));
-    message_public(dst);
-}
-
-/* Records on m's row that the event seq in the sender's (or the recipient's) log carries its
- * words. A full list (not expected: the edit cap sizes it) stops the tracking: Delete then
- * scans the logs instead, as for rows stored before it. */
-static void track_event(lagoon_v1_DirectMessage *m, int recipient, uint64_t seq)
-{
-    pb_size_t *n = recipient ? &m->recipient_event_seqs_count : &m->sender_event_seqs_count;
-    uint64_t *seqs = recipient ? m->recipient_event_seqs : m->sender_event_seqs;
-    size_t cap = recipient ? sizeof(m->recipient_event_seqs) / sizeof(m->recipient_event_seqs[0])
-                           : sizeof(m->sender_event_seqs) / sizeof(m->sender_event_seqs[0]);
+    size_t cap = sizeof(m->recipient_event_seqs) / sizeof(m->recipient_event_seqs[0]);
     if (!m->events_tracked || seq == 0)
         return;
-    if (*n >= cap) {
+    if (m->recipient_event_seqs_count >= cap) {
         m->events_tracked = false;
         return;
     }
-    seqs[(*n)++] = seq;
+    m->recipient_event_seqs[m->recipient_event_seqs_count++] = seq;
 }
 
-/* A message event in both participants' logs (every device of each sees it), recorded on m
- * (track_event). One event row serves both: built once in place (events_row_init), appended to
- * each log in turn. */
-static int publish_message(store_txn *t, const app *a, lagoon_v1_DirectMessage *m,
+/* A message event in both participants' logs (every device of each sees it). It is logged as
+ * a reference: the message's ids, which messages_fill_event turns into the message as it is
+ * when the event is sent. So a Send stores its text once (in the message row), an event
+ * replayed after an Edit shows the edited text, and a deleted message's events have no words
+ * to scrub. One event row serves both logs: built once in place (events_row_init). */
+static int publish_message(store_txn *t, const app *a, const lagoon_v1_DirectMessage *m,
                            lagoon_v1_MessageEvent_Action action, store_error *err)
 {
-    lagoon_v1_UserEvent *row = malloc(sizeof(*row)); /* 17 KiB: it holds the whole message */
+    lagoon_v1_UserEvent *row = malloc(sizeof(*row)); /* 17 KiB: its type holds a whole message */
     if (row == NULL)
         return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
     events_row_init(row, m->sender_id, lagoon_v1_Event_message_tag, &lagoon_v1_MessageEvent_info);
     lagoon_v1_MessageEvent *me = &row->event.payload.message;
     me->action = action;
     me->has_message = true;
-    if (action == lagoon_v1_MessageEvent_Action_DELETED) {
-        me->message.id = m->id;
-        me->message.conversation_id = m->conversation_id;
-        me->message.sender_id = m->sender_id;
-        me->message.recipient_id = m->recipient_id;
-    } else {
-        message_copy_public(&me->message, m);
-    }
+    me->message.id = m->id;
+    me->message.conversation_id = m->conversation_id;
+    me->message.sender_id = m->sender_id;
+    me->message.recipient_id = m->recipient_id;
     int st = LAGOON_OK;
     for (int i = 0; i < 2 && st == LAGOON_OK; i++) {
         row->user_id = i ? m->recipient_id : m->sender_id;
         st = events_append_row(t, a, row, err);
-        if (st == LAGOON_OK && action != lagoon_v1_MessageEvent_Action_DELETED)
-            track_event(m, i, row->event.seq);
     }
     free(row);
+    return st;
+}
+
+/* The router's side of publish_message (app_module.fill_event): a SENT or EDITED event, which
+ * is logged as the message's ids, goes out with the message as it is now; a message deleted
+ * since (or with its conversation) goes out as DELETED with its ids, as its own DELETED event
+ * does. Events logged before they were references hold the message whole: they are filled the
+ * same way, so every replay shows the stored message. */
+static int messages_fill_event(store_txn *t, const lagoon_v1_Event *ev, lagoon_v1_Event *out, int *filled,
+                               store_error *err)
+{
+    if (ev->which_payload != lagoon_v1_Event_message_tag || !ev->payload.message.has_message ||
+        ev->payload.message.action == lagoon_v1_MessageEvent_Action_DELETED)
+        return LAGOON_OK;
+    const lagoon_v1_DirectMessage *ref = &ev->payload.message.message;
+    out->seq = ev->seq;
+    out->created_at = ev->created_at;
+    out->has_topic = ev->has_topic;
+    out->topic = ev->topic;
+    out->which_payload = lagoon_v1_Event_message_tag;
+    lagoon_v1_MessageEvent *me = &out->payload.message;
+    me->action = ev->payload.message.action;
+    me->has_message = true;
+    int st = store_get(t, &lagoon_table_direct_messages, ref->id, &me->message, err);
+    if (st == LAGOON_NOT_FOUND) {
+        wire_init(&lagoon_v1_DirectMessage_info, &me->message);
+        me->action = lagoon_v1_MessageEvent_Action_DELETED;
+        me->message.id = ref->id;
+        me->message.conversation_id = ref->conversation_id;
+        me->message.sender_id = ref->sender_id;
+        me->message.recipient_id = ref->recipient_id;
+        st = LAGOON_OK;
+    } else if (st == LAGOON_OK) {
+        message_public(&me->message);
+    }
+    *filled = st == LAGOON_OK;
     return st;
 }
 
@@ -237,7 +261,7 @@ static int notify_recipient(store_txn *t, const app *a, lagoon_v1_DirectMessage 
         st = events_notify(t, a, m->recipient_id, lagoon_v1_Notification_Type_DIRECT_MESSAGE, title, content,
                            m->conversation_id, key, m->id, &noted, err);
         m->notification_id = noted.notification_id;
-        track_event(m, 1, noted.seq);
+        track_event(m, noted.seq);
     }
     free(sender);
     return st;
@@ -862,7 +886,7 @@ static int edit_write(store_txn *t, const app_write_in *in, void *resp, store_er
     copy_str(m->content.text.text, sizeof(m->content.text.text), req->text);
     m->edited_at = in->now;
     m->edit_count++;
-    /* The events first: the row records their seqs. */
+    /* The notification's event first: the row records its seq. */
     st = publish_message(t, in->a, m, lagoon_v1_MessageEvent_Action_EDITED, err);
     if (st == LAGOON_OK) {
         /* The recipient's notification shows the new words if it showed this message's. */
@@ -870,7 +894,7 @@ static int edit_write(store_txn *t, const app_write_in *in, void *resp, store_er
         uint64_t seq;
         message_snippet(m, snippet, sizeof(snippet));
         st = events_message_edited(t, in->a, m, snippet, &seq, err);
-        track_event(m, 1, seq);
+        track_event(m, seq);
     }
     if (st == LAGOON_OK)
         st = store_update(t, &lagoon_table_direct_messages, m, err);
@@ -918,7 +942,7 @@ static int delete_write(store_txn *t, const app_write_in *in, void *resp, store_
         st = events_message_deleted(t, in->a, m, err);
     if (st == LAGOON_OK) /* and the kept responses of its edits (app_result_shows) */
         st = app_forget_results(t, &lagoon_method_Messages_Edit, m->id, err);
-    if (st == LAGOON_OK) /* publish_message records nothing on m for DELETED */
+    if (st == LAGOON_OK)
         st = publish_message(t, in->a, m, lagoon_v1_MessageEvent_Action_DELETED, err);
     free(m);
     return st;

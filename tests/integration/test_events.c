@@ -831,7 +831,6 @@ static void delete_message(const char *token, uint64_t id)
     assert_int_equal(lagoon_Messages_Delete(C, &dr, &empty), LAGOON_OK);
 }
 
-/* Replays user's whole log (since 1... as far as kept) and fails if any event shows word. */
 /* Replays the last `kept` events of the user's log (all of them if fewer) and checks that none
  * shows word. */
 static void log_lacks_last(const char *token, const char *word, uint64_t kept)
@@ -860,12 +859,63 @@ static void log_lacks(const char *token, const char *word)
     log_lacks_last(token, word, UINT64_MAX);
 }
 
+/* What the rows of a user's log hold on disk, not as the router fills them in when it sends
+ * them: how many message events show word, and how many notification events. */
+typedef struct stored_words {
+    const char *word;
+    unsigned messages, notifications;
+} stored_words;
+
+static int count_words(void *arg, uint64_t id, const void *row)
+{
+    (void)id;
+    stored_words *w = arg;
+    const lagoon_v1_Event *e = &((const lagoon_v1_UserEvent *)row)->event;
+    if (e->which_payload == lagoon_v1_Event_message_tag &&
+        strstr(e->payload.message.message.content.text.text, w->word) != NULL)
+        w->messages++;
+    if (e->which_payload == lagoon_v1_Event_notification_tag &&
+        strstr(e->payload.notification.notification.content, w->word) != NULL)
+        w->notifications++;
+    return LAGOON_OK;
+}
+
+/* A query over user's log rows in seq order (prefix holds its key: keep it alive). */
+static void log_query(store_query *q, store_key *prefix, uint64_t user)
+{
+    store_key_reset(prefix);
+    store_key_u64(prefix, user);
+    memset(q, 0, sizeof(*q));
+    q->table = &lagoon_table_user_events;
+    q->index = lagoon_index_user_events_by_user_seq;
+    q->prefix = prefix->buf;
+    q->prefix_len = prefix->len;
+}
+
+static stored_words stored_in_log(uint64_t user, const char *word)
+{
+    stored_words w = {word, 0, 0};
+    store_key prefix;
+    store_query q;
+    log_query(&q, &prefix, user);
+    q.page_size = STORE_PAGE_SIZE_MAX;
+    store_txn *t;
+    store_error err;
+    store_page page;
+    assert_int_equal(store_read_begin(T->app->db, &t, &err), LAGOON_OK);
+    do {
+        assert_int_equal(store_scan(t, &q, count_words, &w, &page, &err), LAGOON_OK);
+        q.page_token = page.next_page_token;
+    } while (page.next_page_token[0] != '\0');
+    store_read_end(t);
+    return w;
+}
+
 static void test_deleted_message_leaves_no_words(void **state)
 {
     (void)state;
     char et[65], ft[65];
     uint64_t eve = test_verified_user(T, C, "eve", 1, et), fin = test_verified_user(T, C, "fin", 1, ft);
-    (void)fin;
     /* Something first, so that the replay from 1 covers every later event. */
     send_text(et, fin, "hello fin");
     device d;
@@ -905,9 +955,13 @@ static void test_deleted_message_leaves_no_words(void **state)
     assert_int_equal(s.notification_id, note);
     assert_int_equal(s.unread, 0);
     unsubscribe(&d);
-    /* Neither log, replayed, shows the words. */
+    /* Neither log, replayed or on disk, shows the words. */
     log_lacks(et, "secret");
     log_lacks(ft, "secret");
+    for (int i = 0; i < 2; i++) {
+        stored_words w = stored_in_log(i ? fin : eve, "secret");
+        assert_int_equal(w.messages + w.notifications, 0);
+    }
     pb_release(lagoon_v1_ListNotificationsResponse_fields, &notes);
     memset(&notes, 0, sizeof(notes));
 }
@@ -1340,7 +1394,117 @@ static void test_edit_cap_bounds_delete(void **state)
     notes_done();
 }
 
-/* Message row id (arg) as rows stored before they recorded their notification and events. */
+/* Message events are logged as references (the message's ids): a resume after an Edit shows
+ * the edited message in the SENT event too, and after a Delete the message's events come as
+ * DELETED, before the Delete's own. The log on disk holds the words only in the notification's
+ * events, and after the Delete nowhere. */
+static void expect_message_event(device *d, lagoon_v1_Event *ev, lagoon_v1_MessageEvent_Action action, uint64_t id,
+                                 const char *text)
+{
+    next_non_notification(d, ev);
+
+    assert_int_equal(ev->which_payload, lagoon_v1_Event_message_tag);
+    assert_int_equal(ev->payload.message.action, action);
+    assert_int_equal(ev->payload.message.message.id, id);
+    assert_string_equal(ev->payload.message.message.content.text.text, text);
+}
+
+static void test_resume_across_edit_and_delete(void **state)
+{
+    (void)state;
+    char vt[65], wt[65];
+    uint64_t vic = test_verified_user(T, C, "viv", 1, vt), wes = test_verified_user(T, C, "wyn", 1, wt);
+    send_text(vt, wes, "hello"); /* so that both logs have a position to resume from */
+    device d;
+    uint64_t from[2]; /* the logs' ends before: vic's, wyn's */
+    for (int k = 0; k < 2; k++) {
+        subscribe(&d, k ? wt : vt, 0);
+        from[k] = d.current_seq;
+        unsubscribe(&d);
+    }
+    uint64_t id = send_text(wt, vic, "first words");
+    assert_int_equal(edit_text(wt, id, "second words", LAGOON_OK).edit_count, 1);
+    for (int i = 0; i < 2; i++) {
+        stored_words w = stored_in_log(i ? wes : vic, "words");
+        assert_int_equal(w.messages, 0);
+        assert_int_equal(w.notifications, i ? 0 : 2); /* the notification, sent and edited */
+    }
+    lagoon_v1_Event *ev = malloc(sizeof(*ev));
+    subscribe(&d, vt, from[0]);
+    expect_message_event(&d, ev, lagoon_v1_MessageEvent_Action_SENT, id, "second words");
+    assert_int_equal(ev->seq, from[0] + 1);
+    assert_int_equal(ev->payload.message.message.edit_count, 1);
+    assert_int_equal(ev->payload.message.message.sender_id, wes);
+    assert_int_equal(ev->payload.message.message.notification_id, 0); /* no bookkeeping */
+    expect_message_event(&d, ev, lagoon_v1_MessageEvent_Action_EDITED, id, "second words");
+    unsubscribe(&d);
+    /* Live, the same. */
+    subscribe(&d, vt, 0);
+    uint64_t live = send_text(wt, vic, "live words");
+    expect_message_event(&d, ev, lagoon_v1_MessageEvent_Action_SENT, live, "live words");
+    unsubscribe(&d);
+    delete_message(wt, id);
+    for (int k = 0; k < 2; k++) {
+        subscribe(&d, k ? wt : vt, from[k]);
+        expect_message_event(&d, ev, lagoon_v1_MessageEvent_Action_DELETED, id, "");
+        assert_int_equal(ev->payload.message.message.conversation_id != 0, 1);
+        assert_int_equal(ev->payload.message.message.recipient_id, vic);
+        expect_message_event(&d, ev, lagoon_v1_MessageEvent_Action_DELETED, id, ""); /* was EDITED */
+        expect_message_event(&d, ev, lagoon_v1_MessageEvent_Action_SENT, live, "live words");
+        expect_message_event(&d, ev, lagoon_v1_MessageEvent_Action_DELETED, id, ""); /* the Delete's */
+        unsubscribe(&d);
+    }
+    stored_words w = stored_in_log(vic, "first");
+    assert_int_equal(w.messages + w.notifications, 0);
+    w = stored_in_log(vic, "second");
+    assert_int_equal(w.messages + w.notifications, 0);
+    free(ev);
+}
+
+typedef struct legacy_events {
+    uint64_t message_id;
+    uint64_t ids[64];
+    unsigned n;
+} legacy_events;
+
+static int collect_message_events(void *arg, uint64_t id, const void *row)
+{
+    legacy_events *le = arg;
+    const lagoon_v1_Event *e = &((const lagoon_v1_UserEvent *)row)->event;
+    if (e->which_payload == lagoon_v1_Event_message_tag && e->payload.message.message.id == le->message_id &&
+        le->n < sizeof(le->ids) / sizeof(le->ids[0]))
+        le->ids[le->n++] = id;
+    return LAGOON_OK;
+}
+
+/* The message's events in user's log hold the message whole, as they did before events were
+ * references. */
+static int make_legacy_events(store_txn *t, const lagoon_v1_DirectMessage *m, uint64_t user, store_error *err)
+{
+    legacy_events le = {.message_id = m->id};
+    store_key prefix;
+    store_query q;
+    log_query(&q, &prefix, user);
+    q.reverse = 1;
+    q.page_size = 64;
+    store_page page;
+    int st = store_scan(t, &q, collect_message_events, &le, &page, err);
+    lagoon_v1_UserEvent *row = malloc(sizeof(*row));
+    if (row == NULL)
+        return LAGOON_RESOURCE_EXHAUSTED;
+    for (unsigned i = 0; i < le.n && st == LAGOON_OK; i++) {
+        st = store_get(t, &lagoon_table_user_events, le.ids[i], row, err);
+        if (st == LAGOON_OK) {
+            row->event.payload.message.message = *m;
+            st = store_update(t, &lagoon_table_user_events, row, err);
+        }
+    }
+    free(row);
+    return st;
+}
+
+/* Message row id (arg) as rows stored before they recorded their notification and events, and
+ * its events as they were logged then. */
 static int make_legacy(store_txn *t, void *arg, store_error *err)
 {
     lagoon_v1_DirectMessage *m = malloc(sizeof(*m));
@@ -1352,6 +1516,10 @@ static int make_legacy(store_txn *t, void *arg, store_error *err)
     m->events_tracked = false;
     if (st == LAGOON_OK)
         st = store_update(t, &lagoon_table_direct_messages, m, err);
+    if (st == LAGOON_OK)
+        st = make_legacy_events(t, m, m->sender_id, err);
+    if (st == LAGOON_OK)
+        st = make_legacy_events(t, m, m->recipient_id, err);
     free(m);
     return st;
 }
@@ -1365,16 +1533,22 @@ static void test_deleted_legacy_message_leaves_no_words(void **state)
     lagoon_client *saved_c;
     own_app(&saved, &saved_c, tweak_short_retention);
     char sot[65], tt[65], ut[65];
-    test_verified_user(T, C, "sol", 1, sot);
+    uint64_t sol = test_verified_user(T, C, "sol", 1, sot);
     uint64_t tam = test_verified_user(T, C, "tam", 1, tt);
     test_verified_user(T, C, "ugo", 1, ut);
     store_error err;
-    /* Its events still in the log. */
+    /* Its events still in the log, holding its words. */
     uint64_t id = send_text(sot, tam, "old hidden words");
     assert_int_equal(store_write(T->app->db, make_legacy, &id, &err), LAGOON_OK);
+    assert_int_equal(stored_in_log(sol, "hidden").messages, 1);
+    assert_int_equal(stored_in_log(tam, "hidden").messages, 1);
     delete_message(sot, id);
     log_lacks_last(tt, "hidden", 10);
     log_lacks_last(sot, "hidden", 10);
+    for (int i = 0; i < 2; i++) {
+        stored_words w = stored_in_log(i ? tam : sol, "hidden");
+        assert_int_equal(w.messages + w.notifications, 0);
+    }
     list_notes(tt, 0);
     assert_int_equal(notes.notifications_count, 0);
     /* Its events trimmed: the notification is found by its words. */
@@ -1567,6 +1741,7 @@ int main(void)
         cmocka_unit_test(test_collapsed_notification_counts_by_message),
         cmocka_unit_test(test_edit_cap_bounds_delete),
         cmocka_unit_test(test_deleted_legacy_message_leaves_no_words),
+        cmocka_unit_test(test_resume_across_edit_and_delete),
         cmocka_unit_test(test_trimmed_before_delivery_is_out_of_range),
         cmocka_unit_test(test_lane_overflow_replays_in_order),
         cmocka_unit_test(test_typing_flood_is_capped),

@@ -32,11 +32,16 @@ static void tweak(app_config *acfg, rpc_config *cfg)
     acfg->subscriber_backlog = 64 * 1024;
 }
 
+static void start(void (*tweak_fn)(app_config *, rpc_config *))
+{
+    T = test_app_new(tweak_fn);
+    C = test_client(T);
+}
+
 static int setup(void **state)
 {
     (void)state;
-    T = test_app_new(tweak);
-    C = test_client(T);
+    start(tweak);
     return 0;
 }
 
@@ -651,8 +656,7 @@ static void tweak_short(app_config *acfg, rpc_config *cfg)
 static int setup_short(void **state)
 {
     (void)state;
-    T = test_app_new(tweak_short);
-    C = test_client(T);
+    start(tweak_short);
     return 0;
 }
 
@@ -718,6 +722,90 @@ static void test_resume_after_retention_passed_the_join(void **state)
     free(ev);
 }
 
+/* ---- events logged as references (app_module.fill_event) ---- */
+
+/* A service whose topic texts "ref:X" are references: it fills them in as "filled X" when they
+ * are sent; "ref:broken" cannot be read. Other events are not its. */
+static int ref_fill(store_txn *t, const lagoon_v1_Event *ev, lagoon_v1_Event *out, int *filled, store_error *err)
+{
+    (void)t;
+    if (ev->which_payload != lagoon_v1_Event_topic_text_tag || strncmp(ev->payload.topic_text.text, "ref:", 4) != 0)
+        return LAGOON_OK;
+    if (strcmp(ev->payload.topic_text.text, "ref:broken") == 0)
+        return store_fail(err, LAGOON_INTERNAL, NULL, "row 7 is damaged");
+    *out = *ev;
+    snprintf(out->payload.topic_text.text, sizeof(out->payload.topic_text.text), "filled %s",
+             ev->payload.topic_text.text + 4);
+    *filled = 1;
+    return LAGOON_OK;
+}
+
+static const app_module referencing = {.name = "referencing", .fill_event = ref_fill};
+static const app_module *const referencing_modules[] = {&referencing};
+
+static void tweak_referencing(app_config *acfg, rpc_config *cfg)
+{
+    tweak(acfg, cfg);
+    acfg->extra_modules = referencing_modules;
+    acfg->nextra_modules = 1;
+}
+
+static int setup_referencing(void **state)
+{
+    (void)state;
+    start(tweak_referencing);
+    return 0;
+}
+
+/* Live and replayed alike, a reference goes out as its service fills it and other events as
+ * stored; one that cannot be filled ends the stream with the reason (never a silent gap). */
+static void test_references_filled_when_sent(void **state)
+{
+    (void)state;
+    char at[65];
+    uint64_t ann = test_verified_user(T, C, "rann", 1, at);
+    lagoon_v1_Topic tp = topic(lagoon_v1_Topic_Kind_VIDEO, 801);
+    members(tp, &ann, 1, 0);
+    device d;
+    subscribe(&d, at);
+    lagoon_v1_Event *ev = calloc(1, sizeof(*ev));
+    assert_non_null(ev);
+    expect_membership(&d, tp, 1, 0, ev);
+    publish(tp, "ref:one");
+    expect_topic_event(&d, tp, 1, "filled one", ev);
+    publish(tp, "plain");
+    expect_topic_event(&d, tp, 2, "plain", ev);
+    unsubscribe(&d);
+    /* Replayed (a resume after topic position 1): the same. */
+    publish(tp, "ref:two");
+    lagoon_v1_SubscribeRequest req = lagoon_v1_SubscribeRequest_init_zero;
+    req.topics_count = 1;
+    req.topics[0].has_topic = true;
+    req.topics[0].topic = tp;
+    req.topics[0].seq = 1;
+    subscribe_at(&d, at, &req);
+    expect_membership(&d, tp, 1, 1, ev);
+    expect_topic_event(&d, tp, 2, "plain", ev);
+    expect_topic_event(&d, tp, 3, "filled two", ev);
+    /* Live, one that cannot be read: read again from the log, then the stream ends, saying why. */
+    publish(tp, "ref:broken");
+    assert_int_equal(lagoon_stream_recv_timeout(d.s, ev, WAIT_MS), 0);
+    assert_int_equal(lagoon_stream_finish(d.s, NULL), LAGOON_UNAVAILABLE);
+    const char *msg = lagoon_last_error(d.c)->detail.message;
+    assert_non_null(strstr(msg, "event 4 could not be read"));
+    assert_non_null(strstr(msg, "row 7 is damaged"));
+    lagoon_close(d.c);
+    /* Replayed, the same end. */
+    req.topics[0].seq = 3;
+    subscribe_at(&d, at, &req);
+    expect_membership(&d, tp, 1, 3, ev);
+    assert_int_equal(lagoon_stream_recv_timeout(d.s, ev, WAIT_MS), 0);
+    assert_int_equal(lagoon_stream_finish(d.s, NULL), LAGOON_UNAVAILABLE);
+    assert_non_null(strstr(lagoon_last_error(d.c)->detail.message, "event 4 could not be read"));
+    lagoon_close(d.c);
+    free(ev);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -731,6 +819,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_join_cap, setup, teardown),
         cmocka_unit_test_setup_teardown(test_resume_without_position_starts_at_join, setup, teardown),
         cmocka_unit_test_setup_teardown(test_resume_after_retention_passed_the_join, setup_short, teardown),
+        cmocka_unit_test_setup_teardown(test_references_filled_when_sent, setup_referencing, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1342,6 +1342,7 @@ static int replay_source(realtime *rt, store_txn *t, subscriber *s, tsub *ts)
     replay r = {rt, t, s, ts, &lg, 0, 0};
     store_page page;
     store_error err;
+    memset(&err, 0, sizeof(err)); /* a callback's CANCELLED leaves it as it is */
     int st = store_scan(t, &q, replay_one, &r, &page, &err);
     if (r.dead)
         return -1;

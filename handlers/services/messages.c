@@ -196,7 +196,10 @@ static int publish_message(store_txn *t, const app *a, const lagoon_v1_DirectMes
 static int messages_fill_event(store_txn *t, const lagoon_v1_Event *ev, lagoon_v1_Event *out, int *filled,
                                store_error *err)
 {
-    if (ev->which_payload != lagoon_v1_Event_message_tag || !ev->payload.message.has_message ||
+    /* Only publish_message's: a user's own log (never a topic's), and below, only the message
+     * the reference names whole (its conversation and participants too), so that an event of
+     * another kind with a colliding id cannot show a direct message. */
+    if (ev->which_payload != lagoon_v1_Event_message_tag || !ev->payload.message.has_message || ev->has_topic ||
         ev->payload.message.action == lagoon_v1_MessageEvent_Action_DELETED)
         return LAGOON_OK;
     const lagoon_v1_DirectMessage *ref = &ev->payload.message.message;
@@ -209,6 +212,9 @@ static int messages_fill_event(store_txn *t, const lagoon_v1_Event *ev, lagoon_v
     me->action = ev->payload.message.action;
     me->has_message = true;
     int st = store_get(t, &lagoon_table_direct_messages, ref->id, &me->message, err);
+    if (st == LAGOON_OK && (me->message.conversation_id != ref->conversation_id ||
+                            me->message.sender_id != ref->sender_id || me->message.recipient_id != ref->recipient_id))
+        st = LAGOON_NOT_FOUND;
     if (st == LAGOON_NOT_FOUND) {
         wire_init(&lagoon_v1_DirectMessage_info, &me->message);
         me->action = lagoon_v1_MessageEvent_Action_DELETED;

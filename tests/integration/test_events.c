@@ -636,6 +636,36 @@ static void test_account_deletion_ends_streams(void **state)
     expect_end(&d, LAGOON_UNAUTHENTICATED, "session ended");
 }
 
+/* A message that went with its conversation (a participant deleted the account) comes as
+ * DELETED in the other's replayed log, as a deleted message does. */
+static void test_messages_of_a_deleted_account_replay_as_deleted(void **state)
+{
+    (void)state;
+    char xt[65], yt[65];
+    test_verified_user(T, C, "xan", 1, xt);
+    uint64_t yul = test_verified_user(T, C, "yul", 1, yt);
+    send_text(xt, yul, "before");
+    device d;
+    subscribe(&d, xt, 0);
+    uint64_t from = d.current_seq;
+    unsubscribe(&d);
+    uint64_t id = send_text(xt, yul, "gone with yul");
+    lagoon_set_token(C, yt);
+    lagoon_v1_DeleteAccountRequest dr = lagoon_v1_DeleteAccountRequest_init_zero;
+    snprintf(dr.password, sizeof(dr.password), "%s", TEST_PASSWORD);
+    lagoon_v1_UsersEmpty out;
+    assert_int_equal(lagoon_Users_DeleteAccount(C, &dr, &out), LAGOON_OK);
+    subscribe(&d, xt, from);
+    lagoon_v1_Event *ev = malloc(sizeof(*ev));
+    next_non_notification(&d, ev);
+    assert_int_equal(ev->seq, from + 1);
+    assert_int_equal(ev->payload.message.action, lagoon_v1_MessageEvent_Action_DELETED);
+    assert_int_equal(ev->payload.message.message.id, id);
+    assert_string_equal(ev->payload.message.message.content.text.text, "");
+    free(ev);
+    unsubscribe(&d);
+}
+
 static void test_refresh_token_reuse_ends_streams(void **state)
 {
     (void)state;
@@ -1376,7 +1406,7 @@ static void test_edit_cap_bounds_delete(void **state)
 {
     (void)state;
     char pt[65], qt[65];
-    test_verified_user(T, C, "pim", 1, pt);
+    uint64_t pim = test_verified_user(T, C, "pim", 1, pt);
     uint64_t quo = test_verified_user(T, C, "qum", 1, qt);
     uint64_t id = send_text(pt, quo, "draft 0");
     char text[32];
@@ -1386,9 +1416,14 @@ static void test_edit_cap_bounds_delete(void **state)
     }
     edit_text(pt, id, "draft 11", LAGOON_FAILED_PRECONDITION);
     assert_non_null(strstr(lagoon_last_error(C)->detail.message, "at most 10 times"));
+    assert_int_equal(stored_in_log(quo, "draft").notifications, 11); /* sent, and each edit */
     delete_message(pt, id);
     log_lacks(pt, "draft");
     log_lacks(qt, "draft");
+    for (int i = 0; i < 2; i++) {
+        stored_words w = stored_in_log(i ? quo : pim, "draft");
+        assert_int_equal(w.messages + w.notifications, 0);
+    }
     list_notes(qt, 0);
     assert_int_equal(notes.notifications_count, 0);
     notes_done();
@@ -1478,8 +1513,9 @@ static int collect_message_events(void *arg, uint64_t id, const void *row)
 }
 
 /* The message's events in user's log hold the message whole, as they did before events were
- * references. */
-static int make_legacy_events(store_txn *t, const lagoon_v1_DirectMessage *m, uint64_t user, store_error *err)
+ * references; with seqs (may be NULL), their seqs are added there (*n of them). */
+static int make_legacy_events(store_txn *t, const lagoon_v1_DirectMessage *m, uint64_t user, uint64_t *seqs,
+                              pb_size_t *n, store_error *err)
 {
     legacy_events le = {.message_id = m->id};
     store_key prefix;
@@ -1496,8 +1532,14 @@ static int make_legacy_events(store_txn *t, const lagoon_v1_DirectMessage *m, ui
         st = store_get(t, &lagoon_table_user_events, le.ids[i], row, err);
         if (st == LAGOON_OK) {
             row->event.payload.message.message = *m;
+            row->event.payload.message.message.notification_id = 0;
+            row->event.payload.message.message.sender_event_seqs_count = 0;
+            row->event.payload.message.message.recipient_event_seqs_count = 0;
+            row->event.payload.message.message.events_tracked = false;
             st = store_update(t, &lagoon_table_user_events, row, err);
         }
+        if (st == LAGOON_OK && seqs != NULL)
+            seqs[(*n)++] = row->event.seq;
     }
     free(row);
     return st;
@@ -1517,9 +1559,28 @@ static int make_legacy(store_txn *t, void *arg, store_error *err)
     if (st == LAGOON_OK)
         st = store_update(t, &lagoon_table_direct_messages, m, err);
     if (st == LAGOON_OK)
-        st = make_legacy_events(t, m, m->sender_id, err);
+        st = make_legacy_events(t, m, m->sender_id, NULL, NULL, err);
     if (st == LAGOON_OK)
-        st = make_legacy_events(t, m, m->recipient_id, err);
+        st = make_legacy_events(t, m, m->recipient_id, NULL, NULL, err);
+    free(m);
+    return st;
+}
+
+/* Message row id (arg) as rows stored after they listed their events but before events were
+ * references: its message events hold it whole, and its row lists them with its notification's. */
+static int make_tracked_legacy(store_txn *t, void *arg, store_error *err)
+{
+    lagoon_v1_DirectMessage *m = malloc(sizeof(*m));
+    if (m == NULL)
+        return LAGOON_RESOURCE_EXHAUSTED;
+    int st = store_get(t, &lagoon_table_direct_messages, *(const uint64_t *)arg, m, err);
+    if (st == LAGOON_OK)
+        st = make_legacy_events(t, m, m->sender_id, m->sender_event_seqs, &m->sender_event_seqs_count, err);
+    if (st == LAGOON_OK)
+        st = make_legacy_events(t, m, m->recipient_id, m->recipient_event_seqs, &m->recipient_event_seqs_count,
+                                err);
+    if (st == LAGOON_OK)
+        st = store_update(t, &lagoon_table_direct_messages, m, err);
     free(m);
     return st;
 }
@@ -1562,6 +1623,17 @@ static void test_deleted_legacy_message_leaves_no_words(void **state)
     assert_string_equal(notes.notifications[0].content, "filler");
     assert_int_equal(unread_count(tt), 1);
     notes_done();
+    /* Listed, holding its words (edited too): Delete rewrites what the row lists. */
+    id = send_text(sot, tam, "tracked old words");
+    edit_text(sot, id, "tracked old words, edited", LAGOON_OK);
+    assert_int_equal(store_write(T->app->db, make_tracked_legacy, &id, &err), LAGOON_OK);
+    assert_int_equal(stored_in_log(sol, "tracked").messages, 2);
+    assert_int_equal(stored_in_log(tam, "tracked").messages, 2);
+    delete_message(sot, id);
+    for (int i = 0; i < 2; i++) {
+        stored_words w = stored_in_log(i ? tam : sol, "tracked");
+        assert_int_equal(w.messages + w.notifications, 0);
+    }
     own_app_end(saved, saved_c);
 }
 
@@ -1730,6 +1802,7 @@ int main(void)
         cmocka_unit_test(test_password_reset_ends_streams),
         cmocka_unit_test(test_deactivation_ends_streams),
         cmocka_unit_test(test_account_deletion_ends_streams),
+        cmocka_unit_test(test_messages_of_a_deleted_account_replay_as_deleted),
         cmocka_unit_test(test_refresh_token_reuse_ends_streams),
         cmocka_unit_test(test_subscription_caps),
         cmocka_unit_test(test_reading_notifications_reaches_other_devices),

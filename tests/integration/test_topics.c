@@ -806,6 +806,101 @@ static void test_references_filled_when_sent(void **state)
     free(ev);
 }
 
+static int do_publish_message_ref(store_txn *t, void *arg, store_error *err)
+{
+    const lagoon_v1_DirectMessage *m = arg;
+    lagoon_v1_Event *ev = calloc(1, sizeof(*ev));
+    if (ev == NULL)
+        return LAGOON_RESOURCE_EXHAUSTED;
+    ev->which_payload = lagoon_v1_Event_message_tag;
+    ev->payload.message.action = lagoon_v1_MessageEvent_Action_SENT;
+    ev->payload.message.has_message = true;
+    ev->payload.message.message.id = m->id;
+    ev->payload.message.message.conversation_id = m->conversation_id;
+    ev->payload.message.message.sender_id = m->sender_id;
+    ev->payload.message.message.recipient_id = m->recipient_id;
+    lagoon_v1_Topic tp = topic(lagoon_v1_Topic_Kind_GROUP, 901);
+    int st = events_topic_publish(t, T->app, &tp, ev, err);
+    free(ev);
+    return st;
+}
+
+/* Messages fills only its own events: a topic's event that names a direct message by its ids
+ * goes out as stored, without the message's words, to a member who is not in the conversation. */
+static void test_message_references_only_in_own_logs(void **state)
+{
+    (void)state;
+    char at[65], bt[65], ct[65];
+    uint64_t ann = test_verified_user(T, C, "mann", 1, at);
+    test_verified_user(T, C, "mbob", 1, bt);
+    uint64_t cat = test_verified_user(T, C, "mcat", 1, ct);
+    lagoon_set_token(C, bt);
+    lagoon_v1_SendMessageRequest *req = calloc(1, sizeof(*req));
+    lagoon_v1_DirectMessage *m = calloc(1, sizeof(*m));
+    assert_true(req && m);
+    req->recipient_id = cat;
+    req->which_content = lagoon_v1_SendMessageRequest_text_tag;
+    snprintf(req->content.text.text, sizeof(req->content.text.text), "private between bob and cat");
+    assert_int_equal(lagoon_Messages_Send(C, req, m), LAGOON_OK);
+    lagoon_v1_Topic tp = topic(lagoon_v1_Topic_Kind_GROUP, 901);
+    members(tp, &ann, 1, 0);
+    device d;
+    subscribe(&d, at);
+    lagoon_v1_Event *ev = calloc(1, sizeof(*ev));
+    assert_non_null(ev);
+    expect_membership(&d, tp, 1, 0, ev);
+    store_error err;
+    assert_int_equal(store_write(T->app->db, do_publish_message_ref, m, &err), LAGOON_OK);
+    next_event(&d, ev);
+    assert_true(is_topic(ev, tp));
+    assert_int_equal(ev->which_payload, lagoon_v1_Event_message_tag);
+    assert_int_equal(ev->payload.message.message.id, m->id);
+    assert_string_equal(ev->payload.message.message.content.text.text, "");
+    unsubscribe(&d);
+    free(ev);
+    free(req);
+    free(m);
+}
+
+static int do_append_own(store_txn *t, void *arg, store_error *err)
+{
+    const topic_op *op = arg;
+    lagoon_v1_Event *ev = calloc(1, sizeof(*ev));
+    if (ev == NULL)
+        return LAGOON_RESOURCE_EXHAUSTED;
+    ev->which_payload = lagoon_v1_Event_topic_text_tag;
+    snprintf(ev->payload.topic_text.text, sizeof(ev->payload.topic_text.text), "%s", op->text);
+    int st = events_append(t, T->app, op->users[0], ev, err);
+    free(ev);
+    return st;
+}
+
+/* The same in a user's own log: filled live, and one that cannot be filled ends the stream. */
+static void test_references_in_own_log(void **state)
+{
+    (void)state;
+    char at[65];
+    uint64_t ann = test_verified_user(T, C, "oann", 1, at);
+    device d;
+    subscribe(&d, at);
+    lagoon_v1_Event *ev = calloc(1, sizeof(*ev));
+    assert_non_null(ev);
+    store_error err;
+    topic_op op = {topic(lagoon_v1_Topic_Kind_GROUP, 1), &ann, 1, 0, "ref:mine"};
+    assert_int_equal(store_write(T->app->db, do_append_own, &op, &err), LAGOON_OK);
+    next_event(&d, ev);
+    assert_false(ev->has_topic);
+    assert_int_equal(ev->seq, d.current_seq + 1);
+    assert_string_equal(ev->payload.topic_text.text, "filled mine");
+    op.text = "ref:broken";
+    assert_int_equal(store_write(T->app->db, do_append_own, &op, &err), LAGOON_OK);
+    assert_int_equal(lagoon_stream_recv_timeout(d.s, ev, WAIT_MS), 0);
+    assert_int_equal(lagoon_stream_finish(d.s, NULL), LAGOON_UNAVAILABLE);
+    assert_non_null(strstr(lagoon_last_error(d.c)->detail.message, "could not be read (row 7 is damaged)"));
+    lagoon_close(d.c);
+    free(ev);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -820,6 +915,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_resume_without_position_starts_at_join, setup, teardown),
         cmocka_unit_test_setup_teardown(test_resume_after_retention_passed_the_join, setup_short, teardown),
         cmocka_unit_test_setup_teardown(test_references_filled_when_sent, setup_referencing, teardown),
+        cmocka_unit_test_setup_teardown(test_references_in_own_log, setup_referencing, teardown),
+        cmocka_unit_test_setup_teardown(test_message_references_only_in_own_logs, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

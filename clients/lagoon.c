@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -175,11 +176,12 @@ static int send_all(lagoon_client *c, const uint8_t *p, size_t n)
 static int send_frame(lagoon_client *c, uint8_t type, uint8_t flags, uint32_t id, uint32_t code,
                       const lagoon_v1_RequestMeta *meta, const wire_msginfo *info, const void *msg)
 {
+    const lagoon_raw *raw = info == NULL ? msg : NULL; /* a message already encoded */
     long ml = meta ? wire_encoded_size(&lagoon_v1_RequestMeta_info, meta) : 0;
-    long bl = msg ? wire_encoded_size(info, msg) : 0;
+    long bl = raw ? (raw->len <= (size_t)LONG_MAX ? (long)raw->len : -1) : msg ? wire_encoded_size(info, msg) : 0;
     if (ml < 0 || bl < 0)
         return fail(&c->last, LAGOON_INVALID_ARGUMENT, "the request breaks a field bound of %s",
-                    msg ? info->name : "RequestMeta");
+                    msg && info ? info->name : msg ? "the message" : "RequestMeta");
     size_t total = WIRE_HEADER_SIZE + (size_t)ml + (size_t)bl;
     if (total - 4 > c->settings.max_frame_size)
         return fail(&c->last, LAGOON_INVALID_ARGUMENT, "request of %zu bytes exceeds the server's max frame size %u",
@@ -191,7 +193,9 @@ static int send_frame(lagoon_client *c, uint8_t type, uint8_t flags, uint32_t id
     wire_header_encode(buf, type, flags, id, code, (size_t)ml, (size_t)bl);
     if (meta)
         wire_encode(&lagoon_v1_RequestMeta_info, meta, buf + WIRE_HEADER_SIZE, (size_t)ml, NULL);
-    if (msg)
+    if (raw && raw->len)
+        memcpy(buf + WIRE_HEADER_SIZE + ml, raw->data, raw->len);
+    else if (msg && info)
         wire_encode(info, msg, buf + WIRE_HEADER_SIZE + ml, (size_t)bl, NULL);
     int r = send_all(c, buf, total);
     if (buf != small)
@@ -380,6 +384,19 @@ static int stream_start(lagoon_client *c, lagoon_stream *s, const wire_method *m
     return LAGOON_OK;
 }
 
+/* A message's bytes into raw (m->response NULL: a method known only at run time). 0, or -1
+ * when out of memory. */
+static int take_raw(lagoon_raw *raw, const uint8_t *p, size_t n)
+{
+    raw->data = malloc(n ? n : 1);
+    raw->len = raw->data ? n : 0;
+    if (raw->data == NULL)
+        return -1;
+    if (n)
+        memcpy(raw->data, p, n);
+    return 0;
+}
+
 /* Decodes a RESPONSE frame: status, meta, and (if OK and resp) the body. */
 static int take_response(lagoon_stream *s, const frame_copy *fc, void *resp)
 {
@@ -391,7 +408,10 @@ static int take_response(lagoon_stream *s, const frame_copy *fc, void *resp)
     if (fc->meta_len &&
         wire_decode_trusted(&lagoon_v1_ResponseMeta_info, fc->data, fc->meta_len, &s->meta, &v) != 0)
         memset(&s->meta, 0, sizeof(s->meta));
-    if (s->status == LAGOON_OK && resp != NULL) {
+    if (s->status == LAGOON_OK && resp != NULL && s->m->response == NULL) {
+        if (take_raw(resp, fc->data + fc->meta_len, fc->payload_len) != 0)
+            return fail(&c->last, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
+    } else if (s->status == LAGOON_OK && resp != NULL) {
         if (wire_decode_trusted(s->m->response, fc->data + fc->meta_len, fc->payload_len, resp, &v) != 0)
             return fail(&c->last, LAGOON_INTERNAL, "cannot decode %s from the server: %s %s", s->m->response_type,
                         v.field, v.description);
@@ -506,7 +526,9 @@ static int stream_recv(lagoon_stream *s, void *msg, uint64_t wait_until)
         }
         if (fc->type == WIRE_MESSAGE) {
             wire_violation v;
-            int ok = wire_decode_trusted(s->m->response, fc->data + fc->meta_len, fc->payload_len, msg, &v) == 0;
+            int ok = s->m->response == NULL
+                         ? take_raw(msg, fc->data + fc->meta_len, fc->payload_len) == 0
+                         : wire_decode_trusted(s->m->response, fc->data + fc->meta_len, fc->payload_len, msg, &v) == 0;
             free(fc);
             if (ok)
                 return 1;

@@ -77,6 +77,15 @@ int lagoon_ping(lagoon_client *c, uint64_t *rtt_us);
 
 /* ---- generic calls (the generated stubs call these) -------------------------------------- */
 
+/* A message as its encoded bytes, for a method known only at run time (lagoonctl, from a
+ * schema): give the calls below a wire_method whose request and response are NULL (path, id
+ * and kind set). req and sent messages are then const lagoon_raw *; resp and received
+ * messages are lagoon_raw * whose data the call mallocs (free it after LAGOON_OK or a 1). */
+typedef struct lagoon_raw {
+    uint8_t *data;
+    size_t len;
+} lagoon_raw;
+
 /* Unary call: encodes req, waits for the reply, decodes it into resp (m->response type). */
 int lagoon_call(lagoon_client *c, const wire_method *m, const void *req, void *resp);
 

@@ -3,6 +3,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 int handle_Reflection_ListMethods(rpc_call *call, const lagoon_v1_ListMethodsRequest *req,
                                   lagoon_v1_ListMethodsResponse *resp)
@@ -28,5 +29,19 @@ int handle_Reflection_ListMethods(rpc_call *call, const lagoon_v1_ListMethodsReq
         out->idempotent = m->idempotent != 0;
     }
     resp->methods_count = (pb_size_t)n;
+    return LAGOON_OK;
+}
+
+int handle_Reflection_GetSchema(rpc_call *call, const lagoon_v1_GetSchemaRequest *req,
+                                lagoon_v1_GetSchemaResponse *resp)
+{
+    (void)req;
+    /* A pointer field, freed with the response (pb_release): a copy of the generated schema,
+     * whose size the build checks against the field's max_size. */
+    resp->file_descriptor_set = malloc(PB_BYTES_ARRAY_T_ALLOCSIZE(lagoon_schema_size));
+    if (resp->file_descriptor_set == NULL)
+        return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
+    resp->file_descriptor_set->size = (pb_size_t)lagoon_schema_size;
+    memcpy(resp->file_descriptor_set->bytes, lagoon_schema, lagoon_schema_size);
     return LAGOON_OK;
 }

@@ -4,6 +4,7 @@
 #   - client_example.c (both clients' headers, pb_release from lagoon.h, a failed connect);
 #   - the C program of the README's "Using the C client", cut out of README.md here, so the
 #     README and this test cannot drift apart; it runs against the installed lagoond;
+# the README's quick tour with the installed lagoonctl against it;
 # and the installed lagoon-admin beside that running lagoond (--help, a refused create-admin,
 # verify), then create-admin once lagoond has stopped.
 #   install_test.sh BUILD_DIR SOURCE_DIR "EXTRA_CFLAGS"
@@ -62,6 +63,18 @@ done
 out="$("$tmp/health" "$port")" || fail "README program: $out"
 echo "$out" | grep -q '^lagoond [0-9][0-9.]*: serving, up [0-9]* ms, 1 connection(s)$' \
   || fail "README program printed: $out"
+
+# The README's quick tour, cut out of README.md, with the installed lagoonctl (the password on
+# standard input, for login) and its own credentials directory.
+test -x "$prefix/bin/lagoonctl" || fail "lagoonctl not installed"
+sed -n '/^## A quick tour/,/^```$/p' "$src/README.md" | sed -n '/^```sh$/,/^```$/p' | sed '1d;$d' >"$tmp/tour.body"
+grep -q 'lagoonctl login' "$tmp/tour.body" || fail "no quick tour in README.md"
+{ echo "lagoonctl() { \"$prefix/bin/lagoonctl\" \"\$@\"; }"; grep -v '^alias ' "$tmp/tour.body"; } >"$tmp/tour.sh"
+echo 'a long passphrase' | LAGOON_ADDR="127.0.0.1:$port" XDG_CONFIG_HOME="$tmp/config" sh -e "$tmp/tour.sh" \
+  >"$tmp/tour.out" 2>&1 || fail "README quick tour: $(cat "$tmp/tour.out")"
+grep -q 'lagoon.v1.Messages/Send' "$tmp/tour.out" || fail "README quick tour, list: $(cat "$tmp/tour.out")"
+grep -q 'signed in at 127.0.0.1' "$tmp/tour.out" || fail "README quick tour, login: $(cat "$tmp/tour.out")"
+[ "$(grep -c '"username": "ann"' "$tmp/tour.out")" -eq 2 ] || fail "README quick tour: $(cat "$tmp/tour.out")"
 
 admin="$prefix/bin/lagoon-admin"
 "$admin" --help >"$tmp/help" 2>/dev/null || fail "lagoon-admin --help exits non-zero"

@@ -105,6 +105,29 @@ static void test_reflection_lists_every_method(void **state)
     lagoon_close(c);
 }
 
+/* GetSchema: the schema built in, whole, with the bounds and options PROTOCOL.md quotes. */
+static void test_reflection_serves_the_schema(void **state)
+{
+    test_server *t = *state;
+    lagoon_client *c = connect_to(t);
+    assert_int_equal(lagoon_method_Reflection_GetSchema.id, 0x2353c26cu); /* PROTOCOL.md, method ids */
+    lagoon_v1_GetSchemaRequest req = lagoon_v1_GetSchemaRequest_init_zero;
+    lagoon_v1_GetSchemaResponse resp = lagoon_v1_GetSchemaResponse_init_zero;
+    assert_int_equal(lagoon_Reflection_GetSchema(c, &req, &resp), LAGOON_OK);
+    assert_non_null(resp.file_descriptor_set);
+    assert_int_equal(resp.file_descriptor_set->size, lagoon_schema_size);
+    assert_memory_equal(resp.file_descriptor_set->bytes, lagoon_schema, lagoon_schema_size);
+    /* TextContent.text's options: the bounds option, field 50006, max_length 16000. */
+    static const uint8_t bounds[] = {0xb2, 0xb5, 0x18, 0x03, 0x08, 0x80, 0x7d};
+    int found = 0;
+    for (size_t i = 0; i + sizeof(bounds) <= lagoon_schema_size && !found; i++)
+        found = memcmp(lagoon_schema + i, bounds, sizeof(bounds)) == 0;
+    assert_true(found);
+    assert_true(lagoon_schema_size < 262144); /* reflection.options' max_size */
+    pb_release(lagoon_v1_GetSchemaResponse_fields, &resp);
+    lagoon_close(c);
+}
+
 static void test_unary_echo_and_errors(void **state)
 {
     test_server *t = *state;
@@ -568,6 +591,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_health_and_settings),
         cmocka_unit_test(test_reflection_lists_every_method),
+        cmocka_unit_test(test_reflection_serves_the_schema),
         cmocka_unit_test(test_unary_echo_and_errors),
         cmocka_unit_test(test_rules_inside_submessages),
         cmocka_unit_test(test_server_streaming),

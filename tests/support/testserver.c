@@ -556,3 +556,22 @@ void test_hold_stopping(test_hold *h)
 {
     __atomic_store_n(&h->stopping, 1, __ATOMIC_RELEASE);
 }
+
+uint64_t test_send_text(lagoon_client *c, const char *token, uint64_t to, const char *text)
+{
+    lagoon_set_token(c, token);
+    lagoon_v1_SendMessageRequest *req = calloc(1, sizeof(*req)); /* 16 KiB each: not on the stack */
+    lagoon_v1_DirectMessage *m = calloc(1, sizeof(*m));
+    if (req == NULL || m == NULL)
+        fail_msg("out of memory");
+    req->recipient_id = to;
+    req->which_content = lagoon_v1_SendMessageRequest_text_tag;
+    snprintf(req->content.text.text, sizeof(req->content.text.text), "%s", text);
+    int st = lagoon_Messages_Send(c, req, m);
+    if (st != LAGOON_OK)
+        fail_msg("send: %s", lagoon_last_error(c)->detail.message);
+    uint64_t id = m->id;
+    free(req);
+    free(m);
+    return id;
+}

@@ -123,6 +123,9 @@ uint64_t test_user(lagoon_client *c, const char *name, int role, char *token);
 /* test_user, then the emailed code through Auth/VerifyEmail: a verified account (its session
  * too), which may write to users who have not written to it first. */
 uint64_t test_verified_user(test_app *t, lagoon_client *c, const char *name, int role, char *token);
+/* A text message from the user of token to user `to`, through c (its token is set to token):
+ * the message's id. Fails the test unless the Send succeeds. */
+uint64_t test_send_text(lagoon_client *c, const char *token, uint64_t to, const char *text);
 /* test_app_start tweak for a server shared by many tests: every test connects from 127.0.0.1,
  * so the per-address limits (registrations, emails, failed sign-ins) are lifted, and so is the
  * per-user limit on Messages/Send (tests send many messages without moving the clock). */

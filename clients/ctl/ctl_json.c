@@ -310,6 +310,15 @@ static int parse_int_string(const char *s, int *neg, uint64_t *mag)
     return 0;
 }
 
+/* d has no fraction (without floor(): the library does not link libm). Every double of
+ * magnitude 2^53 or more is an integer; below that the cast to int64_t is exact. */
+static int is_integral(double d)
+{
+    if (d >= 9007199254740992.0 || d <= -9007199254740992.0)
+        return 1;
+    return (double)(int64_t)d == d;
+}
+
 /* An integral JSON value (an integer, an integral real, or a string of digits) within
  * [min, max]; unsigned ranges have min 0 and use umax. */
 static int json_to_int(jctx *c, const json_t *v, int is_signed, int64_t min, int64_t max,
@@ -323,7 +332,7 @@ static int json_to_int(jctx *c, const json_t *v, int is_signed, int64_t min, int
         mag = neg ? (uint64_t)(-(i + 1)) + 1 : (uint64_t)i;
     } else if (json_is_real(v)) {
         double d = json_real_value(v);
-        if (d != floor(d) || !isfinite(d))
+        if (!isfinite(d) || !is_integral(d))
             return jfail(c, "%g is not an integer", d);
         if (d >= 18446744073709551616.0 || d < -9223372036854775808.0)
             return jfail(c, "%g is out of range", d);

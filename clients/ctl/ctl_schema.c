@@ -574,7 +574,7 @@ static bool parse_enum(loader *l, pb_istream_t *st, const char *scope)
             return false;
     }
     ctl_enum_value *values = arena_array(l->s, n, sizeof(*values));
-    if (values == NULL && n > 0)
+    if (values == NULL) /* never NULL but out of memory: an empty array is one aligned unit */
         return fail_oom(l);
     size_t i = 0;
     for (tmp_node *t = head; t != NULL; t = t->next)
@@ -737,7 +737,7 @@ static bool parse_message(loader *l, pb_istream_t *st, const char *scope, int de
     }
     ctl_field *fields = arena_array(l->s, nf, sizeof(*fields));
     const char **oneofs = arena_array(l->s, no, sizeof(*oneofs));
-    if ((fields == NULL && nf > 0) || (oneofs == NULL && no > 0))
+    if (fields == NULL || oneofs == NULL)
         return fail_oom(l);
     size_t i = 0;
     for (tmp_node *t = fhead; t != NULL; t = t->next)
@@ -929,36 +929,64 @@ static int cmp_enum(const void *a, const void *b)
                   (*(const sc_enum *const *)b)->pub.full_name);
 }
 
-static sc_message *find_message(const ctl_schema *s, const char *full)
+/* Messages and enums are looked up alike, in sorted arrays of pointers; an item's full name
+ * and package are read through these. */
+typedef struct named {
+    const char *(*full)(const void *item);
+    const char *(*package)(const void *item);
+} named;
+
+static const char *message_full(const void *p) { return ((const sc_message *)p)->pub.full_name; }
+static const char *message_package(const void *p) { return ((const sc_message *)p)->package; }
+static const char *enum_full(const void *p) { return ((const sc_enum *)p)->pub.full_name; }
+static const char *enum_package(const void *p) { return ((const sc_enum *)p)->package; }
+static const named message_names = {message_full, message_package};
+static const named enum_names = {enum_full, enum_package};
+
+/* name without its package: "Messages" of "lagoon.v1.Messages" in package "lagoon.v1" */
+static const char *short_name(const char *full, const char *package)
 {
-    size_t lo = 0, hi = s->nmessages;
+    size_t n = strlen(package);
+    if (n > 0 && strncmp(full, package, n) == 0 && full[n] == '.')
+        return full + n + 1;
+    return full;
+}
+
+/* The item named name in items[0..n) (sorted by full name), or, when by_short and no full name
+ * matches, the one item whose name without its package is name. NULL if none. */
+static const void *lookup(const void *const *items, size_t n, const named *how, const char *name,
+                          int by_short)
+{
+    size_t lo = 0, hi = n;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
-        int c = strcmp(full, s->messages[mid]->pub.full_name);
+        int c = strcmp(name, how->full(items[mid]));
         if (c == 0)
-            return s->messages[mid];
+            return items[mid];
         if (c < 0)
             hi = mid;
         else
             lo = mid + 1;
     }
-    return NULL;
+    const void *match = NULL;
+    size_t found = 0;
+    for (size_t i = 0; by_short && i < n; i++)
+        if (strcmp(short_name(how->full(items[i]), how->package(items[i])), name) == 0) {
+            match = items[i];
+            found++;
+        }
+    return found == 1 ? match : NULL;
+}
+
+static sc_message *find_message(const ctl_schema *s, const char *full)
+{
+    return (sc_message *)lookup((const void *const *)s->messages, s->nmessages, &message_names,
+                                full, 0);
 }
 
 static sc_enum *find_enum(const ctl_schema *s, const char *full)
 {
-    size_t lo = 0, hi = s->nenums;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        int c = strcmp(full, s->enums[mid]->pub.full_name);
-        if (c == 0)
-            return s->enums[mid];
-        if (c < 0)
-            hi = mid;
-        else
-            lo = mid + 1;
-    }
-    return NULL;
+    return (sc_enum *)lookup((const void *const *)s->enums, s->nenums, &enum_names, full, 0);
 }
 
 /* Lists to sorted arrays, every type name to its type. */
@@ -968,8 +996,7 @@ static bool resolve(loader *l)
     s->messages = arena_array(s, l->nmsgs, sizeof(*s->messages));
     s->enums = arena_array(s, l->nenums, sizeof(*s->enums));
     s->methods = arena_array(s, l->nmethods, sizeof(*s->methods));
-    if ((s->messages == NULL && l->nmsgs > 0) || (s->enums == NULL && l->nenums > 0) ||
-        (s->methods == NULL && l->nmethods > 0))
+    if (s->messages == NULL || s->enums == NULL || s->methods == NULL)
         return fail_oom(l);
     for (sc_message *m = l->msgs; m != NULL; m = m->next)
         s->messages[s->nmessages++] = m;
@@ -1069,15 +1096,6 @@ size_t ctl_schema_methods(const ctl_schema *s, const ctl_method *const **out)
     return s->nmethods;
 }
 
-/* name without its package: "Messages" of "lagoon.v1.Messages" in package "lagoon.v1" */
-static const char *short_name(const char *full, const char *package)
-{
-    size_t n = strlen(package);
-    if (n > 0 && strncmp(full, package, n) == 0 && full[n] == '.')
-        return full + n + 1;
-    return full;
-}
-
 const ctl_method *ctl_schema_method(const ctl_schema *s, const char *name)
 {
     if (name == NULL)
@@ -1114,34 +1132,15 @@ const ctl_message *ctl_schema_message(const ctl_schema *s, const char *name)
 {
     if (name == NULL)
         return NULL;
-    name = strip_dot(name);
-    const sc_message *m = find_message(s, name);
-    if (m != NULL)
-        return &m->pub;
-    const sc_message *match = NULL;
-    size_t n = 0;
-    for (size_t i = 0; i < s->nmessages; i++)
-        if (strcmp(short_name(s->messages[i]->pub.full_name, s->messages[i]->package), name) == 0) {
-            match = s->messages[i];
-            n++;
-        }
-    return n == 1 ? &match->pub : NULL;
+    const sc_message *m = lookup((const void *const *)s->messages, s->nmessages, &message_names,
+                                 strip_dot(name), 1);
+    return m != NULL ? &m->pub : NULL;
 }
 
 const ctl_enum *ctl_schema_enum(const ctl_schema *s, const char *name)
 {
     if (name == NULL)
         return NULL;
-    name = strip_dot(name);
-    const sc_enum *e = find_enum(s, name);
-    if (e != NULL)
-        return &e->pub;
-    const sc_enum *match = NULL;
-    size_t n = 0;
-    for (size_t i = 0; i < s->nenums; i++)
-        if (strcmp(short_name(s->enums[i]->pub.full_name, s->enums[i]->package), name) == 0) {
-            match = s->enums[i];
-            n++;
-        }
-    return n == 1 ? &match->pub : NULL;
+    const sc_enum *e = lookup((const void *const *)s->enums, s->nenums, &enum_names, strip_dot(name), 1);
+    return e != NULL ? &e->pub : NULL;
 }

@@ -1072,9 +1072,11 @@ static int decode_field(jctx *c, const ctl_message *m, const ctl_field *const *f
             return read_len(c, st, base, total, &p, &n) != 0 ? -1 : decode_packed(c, f, p, n, s->value);
         }
         int d = 0;
+        size_t old = path_push_index(c, json_array_size(s->value));
         json_t *v = decode_one(c, f, st, wt, base, total, depth, &d);
         if (v == NULL)
             return -1;
+        path_pop(c, old);
         return json_array_append_new(s->value, v) == 0 ? 0 : jfail(c, "out of memory");
     }
     if (f->type == CTL_TYPE_MESSAGE) {

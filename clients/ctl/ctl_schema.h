@@ -121,8 +121,9 @@ void ctl_buf_free(ctl_buf *b);
  * integers as strings or numbers, other integers as numbers (or strings of digits); enums by
  * name or number; bytes as base64 (standard or URL-safe, padding optional); repeated fields as
  * arrays, maps as objects; null for a field means its default; at most one member of a oneof.
- * 0, or -1 with err[cap] naming the field by its dotted path ("content.text.text: expected a
- * string"; an unknown field: "unknown field \"x\" in lagoon.v1.Foo"). */
+ * 0, or -1 with err[cap] naming the field by its dotted path of JSON names, as the JSON nests
+ * ("text.text: expected a string", "senderEventSeqs[1]: ..."; an unknown field: "unknown field
+ * \"x\" in lagoon.v1.Foo", after the path of the message holding it); out is then as it was. */
 int ctl_json_encode(const ctl_message *m, const json_t *j, ctl_buf *out, char *err, size_t cap);
 
 /* Decodes data[len] as a message of type m into a new JSON object: lowerCamelCase names,

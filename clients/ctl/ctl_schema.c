@@ -24,6 +24,10 @@
 /* Messages plus enums, and methods, of the whole set. */
 #define CTL_SCHEMA_MAX_TYPES 65536
 #define CTL_SCHEMA_MAX_METHODS 65536
+/* Fields, oneofs and enum values of the whole set: each costs ~150 bytes in memory for ~10 on
+ * the wire, so this (some 40 MB) rather than CTL_SCHEMA_MAX_BYTES bounds what a set can take.
+ * The IDL has a few thousand. */
+#define CTL_SCHEMA_MAX_ITEMS (256 * 1024)
 /* Field numbers: protobuf's range. */
 #define CTL_FIELD_NUMBER_MAX 536870911u
 
@@ -153,6 +157,7 @@ typedef struct loader {
     sc_enum *enums;
     sc_method *methods_head, *methods_tail; /* in order */
     size_t nmsgs, nenums, nmethods;
+    size_t nitems; /* fields, oneofs and enum values so far: CTL_SCHEMA_MAX_ITEMS */
     const char *package; /* of the file being read */
 } loader;
 
@@ -281,7 +286,9 @@ static bool read_str(loader *l, pb_istream_t *st, pb_wire_type_t wt, const char 
 static bool peek_name(loader *l, const pb_istream_t *st, uint32_t number, const char **name,
                       const char *what)
 {
-    pb_istream_t copy = *st;
+    pb_istream_t copy = *st, last = *st;
+    pb_wire_type_t last_wt = PB_WT_VARINT;
+    bool found = false;
     *name = NULL;
     for (;;) {
         uint32_t tag = 0;
@@ -290,14 +297,16 @@ static bool peek_name(loader *l, const pb_istream_t *st, uint32_t number, const 
         if (!next_tag(l, &copy, &tag, &wt, &done, what))
             return false;
         if (done)
-            return true;
-        if (tag == number) {
-            if (!read_str(l, &copy, wt, name, what))
-                return false;
-        } else if (!skip(l, &copy, wt, what)) {
-            return false;
+            break;
+        if (tag == number) { /* the last one counts: only it is copied, below */
+            last = copy;
+            last_wt = wt;
+            found = true;
         }
+        if (!skip(l, &copy, wt, what))
+            return false;
     }
+    return !found || read_str(l, &last, last_wt, name, what);
 }
 
 static char *full_name(loader *l, const char *scope, const char *name)
@@ -511,6 +520,10 @@ static bool tmp_push(loader *l, tmp_node **head, tmp_node **tail, size_t *n, siz
 {
     if (*n >= limit)
         return fail(l, "malformed descriptor set: more than %zu %s", limit, what);
+    if (l->nitems >= CTL_SCHEMA_MAX_ITEMS)
+        return fail(l, "malformed descriptor set: more than %d fields, oneofs and enum values",
+                    CTL_SCHEMA_MAX_ITEMS);
+    l->nitems++;
     tmp_node *node = arena_alloc(l->s, sizeof(*node));
     if (node == NULL)
         return fail_oom(l);

@@ -848,6 +848,69 @@ static void test_schema_errors(void **state)
     }
 }
 
+/* The error loading the set of JSON text (which must fail), into err. */
+static void load_fails(const char *text, char *err, size_t cap)
+{
+    ctl_buf b = {0};
+    set_from_json(text, &b);
+    ctl_schema *s = NULL;
+    int rc = ctl_schema_load(b.data, b.len, &s, err, cap);
+    ctl_buf_free(&b);
+    if (rc != -1) {
+        ctl_schema_free(s);
+        fail_msg("loaded: %.200s", text);
+    }
+}
+
+static void test_schema_limits(void **state)
+{
+    (void)state;
+    /* a message of 4096 fields loads, of 4097 not (CTL_SCHEMA_MAX_FIELDS) */
+    for (int extra = 0; extra < 2; extra++) {
+        int n = 4096 + extra;
+        size_t cap = (size_t)n * 64 + 128, len = 0;
+        char *text = malloc(cap);
+        assert_non_null(text);
+        len += (size_t)snprintf(text, cap, "{\"file\":[{\"messageType\":[{\"name\":\"M\",\"field\":[");
+        for (int i = 1; i <= n; i++)
+            len += (size_t)snprintf(text + len, cap - len, "%s{\"name\":\"f%d\",\"number\":%d,\"type\":5}",
+                                    i > 1 ? "," : "", i, i);
+        snprintf(text + len, cap - len, "]}]}]}");
+        char err[ERR_CAP] = "";
+        if (!extra) {
+            ctl_buf b = {0};
+            set_from_json(text, &b);
+            ctl_schema *s = NULL;
+            if (ctl_schema_load(b.data, b.len, &s, err, sizeof err) != 0)
+                fail_msg("4096 fields: %s", err);
+            assert_int_equal(msg(s, "M")->nfields, 4096);
+            assert_string_equal(field(msg(s, "M"), "f4096")->json_name, "f4096");
+            ctl_schema_free(s);
+            ctl_buf_free(&b);
+        } else {
+            load_fails(text, err, sizeof err);
+            assert_string_equal(err, "malformed descriptor set: more than 4096 fields in a message");
+        }
+        free(text);
+    }
+    /* a name of 1024 bytes loads, of 1025 not (CTL_SCHEMA_MAX_NAME) */
+    char name[1026], text[1200], err[ERR_CAP] = "";
+    memset(name, 'a', sizeof name - 1);
+    name[1025] = '\0';
+    snprintf(text, sizeof text, "{\"file\":[{\"messageType\":[{\"name\":\"%s\"}]}]}", name);
+    load_fails(text, err, sizeof err);
+    assert_string_equal(err, "malformed descriptor set: message: 1025 bytes (at most 1024)");
+    name[1024] = '\0';
+    snprintf(text, sizeof text, "{\"file\":[{\"messageType\":[{\"name\":\"%s\"}]}]}", name);
+    ctl_buf b = {0};
+    set_from_json(text, &b);
+    ctl_schema *s = NULL;
+    assert_int_equal(ctl_schema_load(b.data, b.len, &s, err, sizeof err), 0);
+    assert_non_null(ctl_schema_message(s, name));
+    ctl_schema_free(s);
+    ctl_buf_free(&b);
+}
+
 /* Puts the varint v in front of buf[0..*n) (cap bytes): its length prefix, or a tag. */
 static void prepend_varint(uint8_t *buf, size_t *n, size_t cap, uint64_t v)
 {
@@ -962,6 +1025,7 @@ int main(void)
         cmocka_unit_test(test_schema_truncated),
         cmocka_unit_test(test_schema_errors),
         cmocka_unit_test(test_schema_nesting_limit),
+        cmocka_unit_test(test_schema_limits),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -662,6 +662,35 @@ static void test_own_schema_roundtrips(void **state)
     ctl_buf_free(&b);
 
     static const struct {
+        const char *bytes;
+        size_t n;
+        const char *err; /* the start of the error */
+    } malformed[] = {
+        {"\x4a\x02\x80", 3, "nums: malformed: length 2 past the end (1 bytes left)"},
+        {"\x4a\x01\x80", 3, "nums: malformed: "},                /* a varint cut in a packed run */
+        {"\x50\x01", 2, "countByName: malformed: wire type 0 for a map"},
+        {"\x52\x02\x08\x01", 4, "countByName: malformed: wire type 0 for a field of type 9"},
+        {"\x52\x02\x12\x01", 4, "countByName: malformed: "},     /* the value's length */
+        {"\x52\x03\x0a\x01\xff", 5, "countByName: not valid UTF-8"},
+        {"\x35\x01\x02", 3, "fx32: malformed: "},                /* fixed32 cut */
+        {"\x09\x01\x02\x03", 4, "d: malformed: "},              /* double cut */
+        {"\x15\x00\x00\x80", 4, "f: malformed: "},              /* float cut */
+        {"\x62\x02\x12\x01", 4, "inner.child: malformed: length 1 past the end"},
+        {"\x7a\x04\x12\x02\x0a\x05", 6, "ids.name: malformed: length 5 past the end"}, /* a value */
+    };
+    for (size_t i = 0; i < sizeof malformed / sizeof malformed[0]; i++) {
+        char err[ERR_CAP] = "";
+        json_t *j = ctl_json_decode(s, (const uint8_t *)malformed[i].bytes, malformed[i].n, err, sizeof err);
+        if (j != NULL) {
+            char *t = json_dumps(j, JSON_COMPACT);
+            json_decref(j);
+            fail_msg("case %zu decoded: %s", i, t);
+        }
+        if (strncmp(err, malformed[i].err, strlen(malformed[i].err)) != 0)
+            fail_msg("case %zu: error \"%s\", wanted \"%s...\"", i, err, malformed[i].err);
+    }
+
+    static const struct {
         const char *json, *err;
     } bad[] = {
         {"{\"i32\":2147483648}", "i32: 2147483648 is out of range [-2147483648, 2147483647]"},

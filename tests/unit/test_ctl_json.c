@@ -90,6 +90,20 @@ static void encode_fails(const ctl_message *m, const char *text, const char *wan
         fail_msg("%s: error \"%s\", wanted \"%s\"", text, err, want);
 }
 
+/* bytes that must not decode, with an error starting with want */
+static void decode_fails(const ctl_message *m, const char *bytes, size_t n, const char *want)
+{
+    char err[ERR_CAP] = "";
+    json_t *j = ctl_json_decode(m, (const uint8_t *)bytes, n, err, sizeof err);
+    if (j != NULL) {
+        char *t = json_dumps(j, JSON_COMPACT);
+        json_decref(j);
+        fail_msg("%zu bytes decoded as %s: %s; wanted: %s", n, m->full_name, t, want);
+    }
+    if (strncmp(err, want, strlen(want)) != 0)
+        fail_msg("error \"%s\", wanted \"%s...\"", err, want);
+}
+
 static void assert_text(const char *got, const char *want)
 {
     if (strcmp(got, want) != 0)
@@ -470,17 +484,8 @@ static void test_decode_malformed(void **state)
         {"\x00", 1, "malformed: field number 0"},
         {"\x80", 1, "malformed: "},                                      /* a truncated tag */
     };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        char err[ERR_CAP] = "";
-        json_t *j = ctl_json_decode(send, (const uint8_t *)cases[i].bytes, cases[i].n, err, sizeof err);
-        if (j != NULL) {
-            char *t = json_dumps(j, JSON_COMPACT);
-            json_decref(j);
-            fail_msg("case %zu decoded: %s", i, t);
-        }
-        if (strncmp(err, cases[i].err, strlen(cases[i].err)) != 0)
-            fail_msg("case %zu: error \"%s\", wanted \"%s...\"", i, err, cases[i].err);
-    }
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        decode_fails(send, cases[i].bytes, cases[i].n, cases[i].err);
     /* unknown fields are skipped; a field twice: the last wins; a oneof: the last member */
     static const uint8_t ok[] = {0x08, 0x01, 0x78, 0x05, 0x7a, 0x01, 0x00, 0x08, 0x02,
                                  0x12, 0x01, 0x00, 0x1a, 0x00};
@@ -678,17 +683,8 @@ static void test_own_schema_roundtrips(void **state)
         {"\x62\x02\x12\x01", 4, "inner.child: malformed: length 1 past the end"},
         {"\x7a\x04\x12\x02\x0a\x05", 6, "ids.name: malformed: length 5 past the end"}, /* a value */
     };
-    for (size_t i = 0; i < sizeof malformed / sizeof malformed[0]; i++) {
-        char err[ERR_CAP] = "";
-        json_t *j = ctl_json_decode(s, (const uint8_t *)malformed[i].bytes, malformed[i].n, err, sizeof err);
-        if (j != NULL) {
-            char *t = json_dumps(j, JSON_COMPACT);
-            json_decref(j);
-            fail_msg("case %zu decoded: %s", i, t);
-        }
-        if (strncmp(err, malformed[i].err, strlen(malformed[i].err)) != 0)
-            fail_msg("case %zu: error \"%s\", wanted \"%s...\"", i, err, malformed[i].err);
-    }
+    for (size_t i = 0; i < sizeof malformed / sizeof malformed[0]; i++)
+        decode_fails(s, malformed[i].bytes, malformed[i].n, malformed[i].err);
 
     static const struct {
         const char *json, *err;

@@ -91,6 +91,15 @@ static const want_index app_indexes[] = {
     {"idempotent_results", "by_key", "idempotency_key", STORE_UNIQUE},
     {"idempotent_results", "by_expiry", "expires_at", STORE_MULTI},
     {"idempotent_results", "by_resource", "method_id", STORE_MULTI},
+    /* Videos: */
+    {"videos", "by_owner_time", "owner_id", STORE_MULTI},
+    {"videos", "public_by_time", "is_public", STORE_MULTI},
+    {"video_shares", "by_video_user", "user_id", STORE_UNIQUE},
+    {"video_shares", "by_user_time", "user_id", STORE_MULTI},
+    {"video_views", "by_video_user", "video_id", STORE_UNIQUE},
+    {"video_views", "by_user", "user_id", STORE_MULTI},
+    {"video_words", "by_prefix_time", "prefix", STORE_MULTI},
+    {"video_words", "by_video", "video_id", STORE_MULTI},
 };
 
 typedef struct want_fkey {
@@ -114,6 +123,12 @@ static const want_fkey app_fkeys[] = {
     {"topic_members", "user_id", "users", "by_user", STORE_CASCADE},
     {"notifications", "user_id", "users", "by_user_time", STORE_CASCADE},
     {"idempotent_results", "user_id", "users", "by_key", STORE_CASCADE},
+    {"videos", "owner_id", "users", "by_owner_time", STORE_CASCADE},
+    {"video_shares", "video_id", "videos", "by_video_user", STORE_CASCADE},
+    {"video_shares", "user_id", "users", "by_user_time", STORE_CASCADE},
+    {"video_views", "video_id", "videos", "by_video_user", STORE_CASCADE},
+    {"video_views", "user_id", "users", "by_user", STORE_CASCADE},
+    {"video_words", "video_id", "videos", "by_video", STORE_CASCADE},
 };
 
 static const store_table *app_table(const char *name)
@@ -137,7 +152,7 @@ static size_t table_pos(const store_table *const *tables, size_t n, const store_
 static void test_app_layout(void **state)
 {
     (void)state;
-    assert_int_equal(LAGOON_TABLES_COUNT, 15);
+    assert_int_equal(LAGOON_TABLES_COUNT, 19);
     size_t nindexes = 0, nfkeys = 0;
     for (size_t i = 0; i < LAGOON_TABLES_COUNT; i++) {
         nindexes += lagoon_tables[i]->nindexes;

@@ -1,0 +1,25 @@
+/* videos: the Videos service's tables (idl/lagoon/v1/videos.proto: videos, video_shares,
+ * video_views, video_words, generated into lagoon_tables.h) and what other services that hang
+ * off a video (comments, plays, watch parties) need of it: who may see a video. */
+#ifndef LAGOON_VIDEOS_H
+#define LAGOON_VIDEOS_H
+
+#include <stdint.h>
+
+#include "app.h"
+#include "lagoon_tables.h"
+
+/* Reads video id into *v (may be NULL) when the caller may read it: its owner, a user it is
+ * shared with, every signed-in user for a public video, an administrator. Otherwise — and when
+ * there is no such video — NOT_FOUND with err naming field (the request's field that holds the
+ * id: "video_id"), never PERMISSION_DENIED, so that private videos do not leak. *owner (may be
+ * NULL) tells whether the caller owns it (or administers: may act on any). Runs in the caller's
+ * transaction t, read or write. */
+int videos_readable(store_txn *t, const rpc_caller *who, uint64_t id, const char *field, lagoon_v1_Video *v,
+                    int *owner, store_error *err);
+
+/* The Videos module: its state is the view counter's clock-free bookkeeping (none yet) and the
+ * rate limits of its writes. */
+extern const app_module videos_module;
+
+#endif

@@ -275,46 +275,299 @@ int handle_Videos_Get(rpc_call *call, const lagoon_v1_GetVideoRequest *req, lago
     return LAGOON_OK;
 }
 
+/* ---- Update, Delete -------------------------------------------------------------------------------- */
+
+/* The most VideoWord rows a video has: each byte of its searched fields ends at most one prefix
+ * (prefix_set_of). Bounds the loops that delete them. */
+#define VIDEOS_WORDS_MAX                                                                                   \
+    (sizeof(((lagoon_v1_Video *)0)->title) + sizeof(((lagoon_v1_Video *)0)->piece_name) +                 \
+     sizeof(((lagoon_v1_Video *)0)->composer))
+
+/* Deletes video id's VideoWord rows, a page of ids at a time (a scan must not write). */
+static int words_delete(store_txn *t, uint64_t id, store_error *err)
+{
+    store_key prefix;
+    store_key_reset(&prefix);
+    store_key_u64(&prefix, id);
+    store_query q = {.table = &lagoon_table_video_words, .index = lagoon_index_video_words_by_video,
+                     .prefix = prefix.buf, .prefix_len = prefix.len, .page_size = STORE_PAGE_SIZE_MAX};
+    app_id_page *page = malloc(sizeof(*page));
+    if (page == NULL)
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    int st = LAGOON_OK;
+    for (size_t round = 0; round <= VIDEOS_WORDS_MAX / STORE_PAGE_SIZE_MAX + 1 && st == LAGOON_OK; round++) {
+        st = app_scan_ids(t, &q, page, err);
+        for (uint32_t i = 0; i < page->n && st == LAGOON_OK; i++)
+            st = store_delete(t, &lagoon_table_video_words, page->ids[i], err);
+        if (st != LAGOON_OK || page->n == 0)
+            break;
+    }
+    free(page);
+    return st;
+}
+
+/* A present field that differs from the stored one. */
+static int str_changes(bool has, const char *to, const char *from)
+{
+    return has && strcmp(to, from) != 0;
+}
+
+/* The video is read into the response and stored from there. */
+static int update_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
+{
+    const lagoon_v1_UpdateVideoRequest *req = in->req;
+    lagoon_v1_Video *v = resp;
+    int st = video_load(t, &in->who, req->video_id, APP_CHANGE, "video_id", v, err);
+    if (st != LAGOON_OK)
+        return st;
+    int words = str_changes(req->has_title, req->title, v->title) ||
+                str_changes(req->has_piece_name, req->piece_name, v->piece_name) ||
+                str_changes(req->has_composer, req->composer, v->composer);
+    if (req->has_title)
+        APP_STRCPY(v->title, req->title);
+    if (req->has_description)
+        APP_STRCPY(v->description, req->description);
+    if (req->has_url)
+        APP_STRCPY(v->url, req->url);
+    if (req->has_thumbnail_url)
+        APP_STRCPY(v->thumbnail_url, req->thumbnail_url);
+    if (req->has_duration_seconds)
+        v->duration_seconds = req->duration_seconds;
+    if (req->has_piece_name)
+        APP_STRCPY(v->piece_name, req->piece_name);
+    if (req->has_composer)
+        APP_STRCPY(v->composer, req->composer);
+    if (req->has_practice_goals)
+        APP_STRCPY(v->practice_goals, req->practice_goals);
+    if (req->has_is_public)
+        v->is_public = req->is_public;
+    v->updated_at = in->now;
+    st = store_update(t, &lagoon_table_videos, v, err);
+    /* The words move only when the searched text does: most edits write no VideoWord row. */
+    if (st == LAGOON_OK && words)
+        st = words_delete(t, v->id, err);
+    if (st == LAGOON_OK && words)
+        st = words_insert(t, v, err);
+    video_shown(v, &in->who);
+    /* A retry with the call's key gets this response while the video lasts; Delete drops it. */
+    app_result_shows(in, v->id);
+    return st;
+}
+
 int handle_Videos_Update(rpc_call *call, const lagoon_v1_UpdateVideoRequest *req, lagoon_v1_Video *resp)
 {
-    (void)req;
     (void)resp;
-    return rpc_call_error(call, LAGOON_UNIMPLEMENTED, "not yet");
+    /* The url rule accepts "" (an optional address); a video always has one. */
+    if (req->has_url && req->url[0] == '\0')
+        return rpc_call_violation(call, "url", "must not be empty");
+    return app_write_call(call, update_write, NULL);
+}
+
+/* Deleting the row deletes what refers to it (the cascades declared in the IDL: shares, views,
+ * words, comments), in this transaction. */
+static int delete_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
+{
+    (void)resp;
+    const lagoon_v1_DeleteVideoRequest *req = in->req;
+    lagoon_v1_Video *v = malloc(sizeof(*v));
+    if (v == NULL)
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    int st = video_load(t, &in->who, req->video_id, APP_CHANGE, "video_id", v, err);
+    if (st == LAGOON_OK)
+        st = store_delete(t, &lagoon_table_videos, v->id, err);
+    if (st == LAGOON_OK) /* a retried Update must not bring it back (app_result_shows) */
+        st = app_forget_results(t, &lagoon_method_Videos_Update, v->id, err);
+    free(v);
+    return st;
 }
 
 int handle_Videos_Delete(rpc_call *call, const lagoon_v1_DeleteVideoRequest *req, lagoon_v1_VideosEmpty *resp)
 {
-    (void)req;
+    (void)req; /* (its rules in videos.proto checked it) */
     (void)resp;
-    return rpc_call_error(call, LAGOON_UNIMPLEMENTED, "not yet");
+    return app_write_call(call, delete_write, NULL);
+}
+
+/* ---- lists ------------------------------------------------------------------------------------------ */
+
+/* What a list's row functions need: the read they run in, the caller, and the first error of a
+ * lookup they made (a row function can only keep or drop its row). */
+typedef struct list_ctx {
+    store_txn *t;
+    const rpc_caller *who;
+    int all;           /* ListByUser: the caller sees every video of the user */
+    int st;            /* LAGOON_OK, or the first lookup's failure */
+    store_error err;
+    lagoon_v1_User *user; /* ListShares: a row to read users into */
+} list_ctx;
+
+static int add_video(void *arg, void *item, const void *row)
+{
+    list_ctx *c = arg;
+    memcpy(item, row, sizeof(lagoon_v1_Video));
+    video_shown(item, c->who);
+    return 1;
+}
+
+/* ListByUser: the videos the caller may read; a public one needs no lookup. */
+static int add_visible(void *arg, void *item, const void *row)
+{
+    list_ctx *c = arg;
+    const lagoon_v1_Video *v = row;
+    if (!c->all && !v->is_public) {
+        int holds = 0;
+        int st = c->st == LAGOON_OK ? shared_with_caller(c->t, c->who, v, &holds, &c->err) : c->st;
+        c->st = st;
+        if (!holds)
+            return 0;
+    }
+    return add_video(arg, item, row);
+}
+
+/* ListSharedWithMe: a share row becomes its video. */
+static int add_shared(void *arg, void *item, const void *row)
+{
+    list_ctx *c = arg;
+    const lagoon_v1_VideoShare *sh = row;
+    if (c->st != LAGOON_OK)
+        return 0;
+    int st = store_get(c->t, &lagoon_table_videos, sh->video_id, item, &c->err);
+    if (st != LAGOON_OK) {
+        c->st = st == LAGOON_NOT_FOUND ? LAGOON_OK : st; /* (a share goes with its video) */
+        return 0;
+    }
+    video_shown(item, c->who);
+    return 1;
+}
+
+/* The paging fields of a list request: page_size | page_token, or page with per_page. */
+static paging_list videos_paging(uint32_t page_size, const char *token, uint32_t page, uint32_t per_page)
+{
+    paging_list l = {.size = per_page ? per_page : page_size,
+                     .size_field = per_page ? "per_page" : "page_size",
+                     .token = token,
+                     .number = page,
+                     .resp = &lagoon_v1_ListVideosResponse_info,
+                     .items_tag = lagoon_v1_ListVideosResponse_videos_tag,
+                     .item_size = sizeof(lagoon_v1_Video)};
+    return l;
+}
+
+/* Before the scan, in its read: ListByUser's user must exist (and be active, unless the caller
+ * administers) — the same answer as Users/Get. */
+typedef int (*list_pre_fn)(list_ctx *c, uint64_t user_id);
+
+static int user_visible(list_ctx *c, uint64_t user_id)
+{
+    int st = store_get(c->t, &lagoon_table_users, user_id, c->user, &c->err);
+    if (st == LAGOON_OK && !c->user->active && c->who->role != lagoon_v1_Role_ADMIN)
+        st = LAGOON_NOT_FOUND;
+    if (st == LAGOON_NOT_FOUND)
+        return store_fail(&c->err, LAGOON_NOT_FOUND, "user_id", "no such user");
+    return st;
+}
+
+/* One page of l (query and row function set) in a read of its own, into items/count/token. */
+static int list_read(rpc_call *call, paging_list *l, list_ctx *c, list_pre_fn pre, uint64_t user_id)
+{
+    int st = paging_check(call, l);
+    if (st != LAGOON_OK)
+        return st;
+    c->who = rpc_call_caller(call);
+    c->st = LAGOON_OK;
+    c->user = malloc(sizeof(*c->user));
+    if (c->user == NULL)
+        return app_out_of_memory(call);
+    l->arg = c;
+    st = store_read_begin(app_of(call)->db, &c->t, &c->err);
+    if (st == LAGOON_OK) {
+        if (pre)
+            st = pre(c, user_id);
+        if (st == LAGOON_OK)
+            st = paging_scan(c->t, l, &c->err);
+        if (st == LAGOON_OK && c->st != LAGOON_OK)
+            st = c->st; /* c->err holds it */
+        store_read_end(c->t);
+    }
+    free(c->user);
+    c->user = NULL;
+    if (st != LAGOON_OK) {
+        free(l->items);
+        l->items = NULL;
+        l->count = 0;
+        return app_store_error(call, st, &c->err);
+    }
+    return LAGOON_OK;
+}
+
+static int list_videos(rpc_call *call, paging_list *l, list_ctx *c, lagoon_v1_ListVideosResponse *resp,
+                       list_pre_fn pre, uint64_t user_id)
+{
+    int st = list_read(call, l, c, pre, user_id);
+    resp->videos = l->items; /* FT_POINTER: freed with the call */
+    resp->videos_count = (pb_size_t)l->count;
+    APP_STRCPY(resp->next_page_token, l->next_page_token);
+    return st;
+}
+
+/* A query over index idx of table tab, newest first, for the keys that start with u64 id. */
+static void newest_first(paging_list *l, const store_table *tab, const store_index *idx, store_key *prefix,
+                         uint64_t id)
+{
+    store_key_reset(prefix);
+    store_key_u64(prefix, id);
+    l->query.table = tab;
+    l->query.index = idx;
+    l->query.prefix = prefix->buf;
+    l->query.prefix_len = prefix->len;
+    l->query.reverse = 1;
 }
 
 int handle_Videos_ListMine(rpc_call *call, const lagoon_v1_ListMyVideosRequest *req, lagoon_v1_ListVideosResponse *resp)
 {
-    (void)req;
-    (void)resp;
-    return rpc_call_error(call, LAGOON_UNIMPLEMENTED, "not yet");
+    paging_list l = videos_paging(req->page_size, req->page_token, req->page, req->per_page);
+    store_key prefix;
+    newest_first(&l, &lagoon_table_videos, lagoon_index_videos_by_owner_time, &prefix, rpc_call_caller(call)->user_id);
+    l.item = add_video;
+    list_ctx c = {0};
+    return list_videos(call, &l, &c, resp, NULL, 0);
 }
 
 int handle_Videos_ListByUser(rpc_call *call, const lagoon_v1_ListUserVideosRequest *req, lagoon_v1_ListVideosResponse *resp)
 {
-    (void)req;
-    (void)resp;
-    return rpc_call_error(call, LAGOON_UNIMPLEMENTED, "not yet");
+    const rpc_caller *who = rpc_call_caller(call);
+    paging_list l = videos_paging(req->page_size, req->page_token, req->page, req->per_page);
+    store_key prefix;
+    newest_first(&l, &lagoon_table_videos, lagoon_index_videos_by_owner_time, &prefix, req->user_id);
+    /* Filtered while scanning: a page holds the videos the caller may read among page_size
+     * rows of the user's, so it may be short (follow next_page_token to the end). */
+    l.item = add_visible;
+    list_ctx c = {.all = who->user_id == req->user_id || who->role == lagoon_v1_Role_ADMIN};
+    return list_videos(call, &l, &c, resp, user_visible, req->user_id);
 }
 
-int handle_Videos_ListSharedWithMe(rpc_call *call, const lagoon_v1_ListSharedWithMeRequest *req, lagoon_v1_ListVideosResponse *resp)
+int handle_Videos_ListSharedWithMe(rpc_call *call, const lagoon_v1_ListSharedWithMeRequest *req,
+                                   lagoon_v1_ListVideosResponse *resp)
 {
-    (void)req;
-    (void)resp;
-    return rpc_call_error(call, LAGOON_UNIMPLEMENTED, "not yet");
+    paging_list l = videos_paging(req->page_size, req->page_token, req->page, req->per_page);
+    store_key prefix;
+    newest_first(&l, &lagoon_table_video_shares, lagoon_index_video_shares_by_user_time, &prefix,
+                 rpc_call_caller(call)->user_id);
+    l.item = add_shared;
+    list_ctx c = {0};
+    return list_videos(call, &l, &c, resp, NULL, 0);
 }
 
-int handle_Videos_ListPublic(rpc_call *call, const lagoon_v1_ListPublicVideosRequest *req, lagoon_v1_ListVideosResponse *resp)
+int handle_Videos_ListPublic(rpc_call *call, const lagoon_v1_ListPublicVideosRequest *req,
+                             lagoon_v1_ListVideosResponse *resp)
 {
-    (void)req;
-    (void)resp;
-    return rpc_call_error(call, LAGOON_UNIMPLEMENTED, "not yet");
+    paging_list l = videos_paging(req->page_size, req->page_token, req->page, req->per_page);
+    l.query.table = &lagoon_table_videos;
+    l.query.index = lagoon_index_videos_public_by_time; /* only public videos have an entry */
+    l.query.reverse = 1;
+    l.item = add_video;
+    list_ctx c = {0};
+    return list_videos(call, &l, &c, resp, NULL, 0);
 }
 
 int handle_Videos_Search(rpc_call *call, const lagoon_v1_SearchVideosRequest *req, lagoon_v1_ListVideosResponse *resp)

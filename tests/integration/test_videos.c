@@ -113,6 +113,75 @@ static int get(const char *tok, uint64_t id)
     return lagoon_Videos_Get(C, &r, &V);
 }
 
+static int update(const char *tok, const lagoon_v1_UpdateVideoRequest *r)
+{
+    lagoon_set_token(C, tok);
+    return lagoon_Videos_Update(C, r, &V);
+}
+
+static int del(const char *tok, uint64_t id)
+{
+    lagoon_set_token(C, tok);
+    lagoon_v1_DeleteVideoRequest r = {.video_id = id};
+    lagoon_v1_VideosEmpty e;
+    return lagoon_Videos_Delete(C, &r, &e);
+}
+
+static int count_row(void *arg, uint64_t id, const void *row)
+{
+    (void)id;
+    (void)row;
+    (*(int *)arg)++;
+    return LAGOON_OK;
+}
+
+/* Rows of table whose index idx starts with u64 key (every row for idx NULL and key 0). */
+static int rows_of(const store_table *table, const store_index *idx, uint64_t key)
+{
+    store_key prefix;
+    store_key_reset(&prefix);
+    store_key_u64(&prefix, key);
+    store_query q = {.table = table, .index = idx, .prefix = idx ? prefix.buf : NULL, .prefix_len = idx ? prefix.len : 0,
+                     .page_size = STORE_PAGE_SIZE_MAX};
+    store_txn *t;
+    store_error err;
+    int n = 0;
+    assert_int_equal(store_read_begin(T->app->db, &t, &err), LAGOON_OK);
+    for (int i = 0; i < 100; i++) { /* bounded: the tests keep fewer than 50 000 rows */
+        store_page page;
+        assert_int_equal(store_scan(t, &q, count_row, &n, &page, &err), LAGOON_OK);
+        static char tok[STORE_PAGE_TOKEN_MAX + 1];
+        memcpy(tok, page.next_page_token, sizeof(tok));
+        if (tok[0] == '\0')
+            break;
+        q.page_token = tok;
+    }
+    store_read_end(t);
+    return n;
+}
+
+static int words_of(uint64_t video)
+{
+    return rows_of(&lagoon_table_video_words, lagoon_index_video_words_by_video, video);
+}
+
+/* A list call's response (release with pb_release). */
+static lagoon_v1_ListVideosResponse L;
+
+static void list_release(void)
+{
+    pb_release(lagoon_v1_ListVideosResponse_fields, &L);
+    memset(&L, 0, sizeof(L));
+}
+
+/* The ids of L, in order, into ids (at most n). */
+static pb_size_t list_ids(uint64_t *ids, size_t n)
+{
+    for (pb_size_t i = 0; i < L.videos_count && i < n; i++)
+        ids[i] = L.videos[i].id;
+    return L.videos_count;
+}
+
 /* ---- Create, Get -------------------------------------------------------------------------------- */
 
 static void test_create_and_get(void **state)
@@ -213,12 +282,321 @@ static void test_get_matrix(void **state)
     assert_refused(get(NULL, pub), LAGOON_UNAUTHENTICATED, NULL);
 }
 
+/* ---- Update, Delete ------------------------------------------------------------------------------ */
+
+static void test_update_present_fields(void **state)
+{
+    (void)state;
+    uint64_t id = create_full(ann_tok, "Old title", "Sonata", "Mozart", 0);
+    int64_t created = V.created_at;
+    test_clock_advance(T, 5000);
+    static lagoon_v1_UpdateVideoRequest r;
+    memset(&r, 0, sizeof(r));
+    r.video_id = id;
+    r.has_title = true;
+    snprintf(r.title, sizeof(r.title), "New title");
+    r.has_duration_seconds = true;
+    r.duration_seconds = 42;
+    assert_int_equal(update(ann_tok, &r), LAGOON_OK);
+    assert_string_equal(V.title, "New title");
+    assert_string_equal(V.piece_name, "Sonata"); /* absent: kept */
+    assert_string_equal(V.composer, "Mozart");
+    assert_int_equal(V.duration_seconds, 42);
+    assert_int_equal(V.created_at, created);
+    assert_int_equal(V.updated_at, T->clock_ms);
+    assert_int_equal(get(ann_tok, id), LAGOON_OK);
+    assert_string_equal(V.title, "New title");
+
+    /* A present empty url or title is refused; an empty description is a change. */
+    memset(&r, 0, sizeof(r));
+    r.video_id = id;
+    r.has_url = true;
+    assert_refused(update(ann_tok, &r), LAGOON_INVALID_ARGUMENT, "url");
+    memset(&r, 0, sizeof(r));
+    r.video_id = id;
+    r.has_title = true;
+    assert_refused(update(ann_tok, &r), LAGOON_INVALID_ARGUMENT, "title");
+    memset(&r, 0, sizeof(r));
+    r.video_id = id;
+    r.has_is_public = true;
+    r.is_public = true;
+    assert_int_equal(update(ann_tok, &r), LAGOON_OK);
+    assert_true(V.is_public);
+    assert_string_equal(V.title, "New title");
+}
+
+/* Update and Delete: the owner and an administrator change; a reader (public video) is
+ * PERMISSION_DENIED; anyone else NOT_FOUND; no token UNAUTHENTICATED. */
+static void test_update_delete_matrix(void **state)
+{
+    (void)state;
+    uint64_t priv = create(ann_tok, "private one", 0);
+    uint64_t pub = create(ann_tok, "public one", 1);
+    static lagoon_v1_UpdateVideoRequest r;
+    memset(&r, 0, sizeof(r));
+    r.has_description = true;
+    snprintf(r.description, sizeof(r.description), "changed");
+    r.video_id = priv;
+    assert_refused(update(cat_tok, &r), LAGOON_NOT_FOUND, "video_id");
+    assert_refused(update(NULL, &r), LAGOON_UNAUTHENTICATED, NULL);
+    assert_int_equal(update(root_tok, &r), LAGOON_OK);
+    assert_int_equal(update(ann_tok, &r), LAGOON_OK);
+    r.video_id = pub;
+    assert_refused(update(cat_tok, &r), LAGOON_PERMISSION_DENIED, NULL);
+    assert_refused(update(bob_tok, &r), LAGOON_PERMISSION_DENIED, NULL);
+    assert_refused(update(NULL, &r), LAGOON_UNAUTHENTICATED, NULL);
+    assert_int_equal(update(ann_tok, &r), LAGOON_OK);
+
+    assert_refused(del(cat_tok, priv), LAGOON_NOT_FOUND, "video_id");
+    assert_refused(del(cat_tok, pub), LAGOON_PERMISSION_DENIED, NULL);
+    assert_refused(del(NULL, pub), LAGOON_UNAUTHENTICATED, NULL);
+    assert_int_equal(get(ann_tok, pub), LAGOON_OK);
+    assert_int_equal(del(root_tok, priv), LAGOON_OK);
+    assert_int_equal(del(ann_tok, pub), LAGOON_OK);
+    assert_refused(get(ann_tok, pub), LAGOON_NOT_FOUND, "video_id");
+    assert_refused(del(ann_tok, pub), LAGOON_NOT_FOUND, "video_id");
+}
+
+/* A retry with the same key gets the first response and changes nothing; after a Delete the
+ * kept response is gone and the retry runs again (NOT_FOUND). */
+static void test_update_idempotent(void **state)
+{
+    (void)state;
+    uint64_t id = create(ann_tok, "keyed", 0);
+    static lagoon_v1_UpdateVideoRequest r;
+    memset(&r, 0, sizeof(r));
+    r.video_id = id;
+    r.has_title = true;
+    snprintf(r.title, sizeof(r.title), "first");
+    lagoon_set_idempotency_key(C, "update-key-1");
+    assert_int_equal(update(ann_tok, &r), LAGOON_OK);
+    snprintf(r.title, sizeof(r.title), "second");
+    assert_int_equal(update(ann_tok, &r), LAGOON_OK); /* no key: runs */
+    snprintf(r.title, sizeof(r.title), "first");
+    lagoon_set_idempotency_key(C, "update-key-1");
+    assert_int_equal(update(ann_tok, &r), LAGOON_OK);
+    assert_string_equal(V.title, "first"); /* the first response... */
+    assert_int_equal(get(ann_tok, id), LAGOON_OK);
+    assert_string_equal(V.title, "second"); /* ...and nothing changed */
+    assert_int_equal(del(ann_tok, id), LAGOON_OK);
+    lagoon_set_idempotency_key(C, "update-key-1");
+    assert_refused(update(ann_tok, &r), LAGOON_NOT_FOUND, "video_id");
+}
+
+/* Delete takes the video's words with it; an Update of the searched text replaces them. */
+static void test_delete_cascades_words(void **state)
+{
+    (void)state;
+    uint64_t id = create_full(ann_tok, "Ab", "C", "", 0);
+    assert_int_equal(words_of(id), 3); /* a, ab, c */
+    static lagoon_v1_UpdateVideoRequest r;
+    memset(&r, 0, sizeof(r));
+    r.video_id = id;
+    r.has_composer = true;
+    snprintf(r.composer, sizeof(r.composer), "Bach");
+    assert_int_equal(update(ann_tok, &r), LAGOON_OK);
+    assert_int_equal(words_of(id), 7); /* + b, ba, bac, bach */
+    r.has_composer = false;
+    r.has_title = true;
+    snprintf(r.title, sizeof(r.title), "x");
+    assert_int_equal(update(ann_tok, &r), LAGOON_OK);
+    assert_int_equal(words_of(id), 6); /* x, c, b, ba, bac, bach */
+    assert_int_equal(del(ann_tok, id), LAGOON_OK);
+    assert_int_equal(words_of(id), 0);
+}
+
+/* Deleting the owner's account deletes their videos and what hangs off them. */
+static void test_owner_account_deleted(void **state)
+{
+    (void)state;
+    char tok[65];
+    uint64_t dan = test_verified_user(T, C, "dan", lagoon_v1_Role_STUDENT, tok);
+    uint64_t a = create_full(tok, "dan one", "x", "y", 0);
+    uint64_t b = create(tok, "dan two", 1);
+    assert_int_equal(rows_of(&lagoon_table_videos, lagoon_index_videos_by_owner_time, dan), 2);
+    assert_true(words_of(a) > 0);
+    lagoon_set_token(C, tok);
+    lagoon_v1_DeleteAccountRequest dr = lagoon_v1_DeleteAccountRequest_init_zero;
+    snprintf(dr.password, sizeof(dr.password), "%s", TEST_PASSWORD);
+    lagoon_v1_UsersEmpty ue;
+    assert_int_equal(lagoon_Users_DeleteAccount(C, &dr, &ue), LAGOON_OK);
+    assert_int_equal(rows_of(&lagoon_table_videos, lagoon_index_videos_by_owner_time, dan), 0);
+    assert_int_equal(words_of(a), 0);
+    assert_int_equal(words_of(b), 0);
+    assert_refused(get(root_tok, b), LAGOON_NOT_FOUND, "video_id");
+}
+
+/* ---- lists -------------------------------------------------------------------------------------- */
+
+static int list_mine(const char *tok, uint32_t size, const char *token, uint32_t page, uint32_t per_page)
+{
+    list_release();
+    lagoon_set_token(C, tok);
+    lagoon_v1_ListMyVideosRequest r = lagoon_v1_ListMyVideosRequest_init_zero;
+    r.page_size = size;
+    snprintf(r.page_token, sizeof(r.page_token), "%s", token ? token : "");
+    r.page = page;
+    r.per_page = per_page;
+    return lagoon_Videos_ListMine(C, &r, &L);
+}
+
+static int list_by_user(const char *tok, uint64_t user, uint32_t size, const char *token)
+{
+    list_release();
+    lagoon_set_token(C, tok);
+    lagoon_v1_ListUserVideosRequest r = lagoon_v1_ListUserVideosRequest_init_zero;
+    r.user_id = user;
+    r.page_size = size;
+    snprintf(r.page_token, sizeof(r.page_token), "%s", token ? token : "");
+    return lagoon_Videos_ListByUser(C, &r, &L);
+}
+
+static int list_public(const char *tok, uint32_t size, const char *token, uint32_t page)
+{
+    list_release();
+    lagoon_set_token(C, tok);
+    lagoon_v1_ListPublicVideosRequest r = lagoon_v1_ListPublicVideosRequest_init_zero;
+    r.page_size = size;
+    snprintf(r.page_token, sizeof(r.page_token), "%s", token ? token : "");
+    r.page = page;
+    r.per_page = page ? size : 0;
+    return lagoon_Videos_ListPublic(C, &r, &L);
+}
+
+static void test_list_mine_pages(void **state)
+{
+    (void)state;
+    char tok[65];
+    test_verified_user(T, C, "eve", lagoon_v1_Role_STUDENT, tok);
+    uint64_t v[5];
+    for (int i = 0; i < 5; i++) {
+        char title[20];
+        snprintf(title, sizeof(title), "eve %d", i);
+        v[i] = create(tok, title, i % 2);
+        test_clock_advance(T, 1000);
+    }
+    /* Cursor pages, newest first. */
+    uint64_t ids[5];
+    static char next[801];
+    assert_int_equal(list_mine(tok, 2, NULL, 0, 0), LAGOON_OK);
+    assert_int_equal(list_ids(ids, 5), 2);
+    assert_int_equal(ids[0], v[4]);
+    assert_int_equal(ids[1], v[3]);
+    assert_true(L.next_page_token[0] != '\0');
+    snprintf(next, sizeof(next), "%s", L.next_page_token);
+    assert_int_equal(list_mine(tok, 2, next, 0, 0), LAGOON_OK);
+    assert_int_equal(list_ids(ids, 5), 2);
+    assert_int_equal(ids[0], v[2]);
+    assert_int_equal(ids[1], v[1]);
+    snprintf(next, sizeof(next), "%s", L.next_page_token);
+    assert_int_equal(list_mine(tok, 2, next, 0, 0), LAGOON_OK);
+    assert_int_equal(list_ids(ids, 5), 1);
+    assert_int_equal(ids[0], v[0]);
+    assert_string_equal(L.next_page_token, "");
+    /* Numbered pages. */
+    assert_int_equal(list_mine(tok, 0, NULL, 2, 2), LAGOON_OK);
+    assert_int_equal(list_ids(ids, 5), 2);
+    assert_int_equal(ids[0], v[2]);
+    assert_int_equal(ids[1], v[1]);
+    assert_string_equal(L.next_page_token, "");
+    assert_int_equal(list_mine(tok, 0, NULL, 3, 2), LAGOON_OK);
+    assert_int_equal(list_ids(ids, 5), 1);
+    /* Page size over the cap (ListVideosResponse.videos' max_count), a page with a token, a
+     * forged token. */
+    assert_refused(list_mine(tok, 101, NULL, 0, 0), LAGOON_INVALID_ARGUMENT, "page_size");
+    assert_refused(list_mine(tok, 0, next, 2, 2), LAGOON_INVALID_ARGUMENT, "page");
+    assert_refused(list_mine(tok, 2, "forged", 0, 0), LAGOON_INVALID_ARGUMENT, "page_token");
+    assert_int_equal(list_mine(tok, 100, NULL, 0, 0), LAGOON_OK);
+    assert_int_equal(L.videos_count, 5);
+    /* Another user's list has none of them. */
+    assert_int_equal(list_mine(cat_tok, 100, NULL, 0, 0), LAGOON_OK);
+    for (pb_size_t i = 0; i < L.videos_count; i++)
+        assert_int_not_equal(L.videos[i].owner_id, V.owner_id);
+    list_release();
+}
+
+static void test_list_by_user_visibility(void **state)
+{
+    (void)state;
+    char tok[65];
+    uint64_t fay = test_verified_user(T, C, "fay", lagoon_v1_Role_STUDENT, tok);
+    uint64_t priv = create(tok, "fay private", 0);
+    test_clock_advance(T, 1000);
+    uint64_t pub = create(tok, "fay public", 1);
+    test_clock_advance(T, 1000);
+    uint64_t ids[5];
+    assert_int_equal(list_by_user(tok, fay, 10, NULL), LAGOON_OK);
+    assert_int_equal(list_ids(ids, 5), 2);
+    assert_int_equal(ids[0], pub);
+    assert_int_equal(ids[1], priv);
+    assert_int_equal(list_by_user(root_tok, fay, 10, NULL), LAGOON_OK);
+    assert_int_equal(list_ids(ids, 5), 2);
+    assert_int_equal(list_by_user(cat_tok, fay, 10, NULL), LAGOON_OK);
+    assert_int_equal(list_ids(ids, 5), 1);
+    assert_int_equal(ids[0], pub);
+    /* Filtered while scanning: the first page of one row is the public video, the second is
+     * empty (the private one is left out) and the last. */
+    assert_int_equal(list_by_user(cat_tok, fay, 1, NULL), LAGOON_OK);
+    assert_int_equal(list_ids(ids, 5), 1);
+    static char next[801];
+    snprintf(next, sizeof(next), "%s", L.next_page_token);
+    assert_int_equal(list_by_user(cat_tok, fay, 1, next), LAGOON_OK);
+    assert_int_equal(L.videos_count, 0);
+    assert_refused(list_by_user(cat_tok, fay + 1000, 10, NULL), LAGOON_NOT_FOUND, "user_id");
+    assert_refused(list_by_user(NULL, fay, 10, NULL), LAGOON_UNAUTHENTICATED, NULL);
+    /* Made private: gone from others' lists at the next call. */
+    static lagoon_v1_UpdateVideoRequest r;
+    memset(&r, 0, sizeof(r));
+    r.video_id = pub;
+    r.has_is_public = true;
+    assert_int_equal(update(tok, &r), LAGOON_OK);
+    assert_int_equal(list_by_user(cat_tok, fay, 10, NULL), LAGOON_OK);
+    assert_int_equal(L.videos_count, 0);
+    assert_refused(get(cat_tok, pub), LAGOON_NOT_FOUND, "video_id");
+    list_release();
+}
+
+static void test_list_public(void **state)
+{
+    (void)state;
+    test_clock_advance(T, 1000);
+    uint64_t a = create(ann_tok, "feed a", 1);
+    test_clock_advance(T, 1000);
+    uint64_t hidden = create(ann_tok, "feed hidden", 0);
+    test_clock_advance(T, 1000);
+    uint64_t b = create(bob_tok, "feed b", 1);
+    uint64_t ids[3];
+    assert_int_equal(list_public(cat_tok, 2, NULL, 0), LAGOON_OK);
+    assert_int_equal(list_ids(ids, 3), 2);
+    assert_int_equal(ids[0], b);
+    assert_int_equal(ids[1], a);
+    assert_int_equal(list_public(cat_tok, 1, NULL, 2), LAGOON_OK); /* numbered */
+    assert_int_equal(list_ids(ids, 3), 1);
+    assert_int_equal(ids[0], a);
+    /* Every video of the feed is public. */
+    assert_int_equal(list_public(cat_tok, 100, NULL, 0), LAGOON_OK);
+    for (pb_size_t i = 0; i < L.videos_count; i++) {
+        assert_true(L.videos[i].is_public);
+        assert_int_not_equal(L.videos[i].id, hidden);
+    }
+    assert_refused(list_public(NULL, 2, NULL, 0), LAGOON_UNAUTHENTICATED, NULL);
+    list_release();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_create_and_get),
         cmocka_unit_test(test_create_bounds),
         cmocka_unit_test(test_get_matrix),
+        cmocka_unit_test(test_update_present_fields),
+        cmocka_unit_test(test_update_delete_matrix),
+        cmocka_unit_test(test_update_idempotent),
+        cmocka_unit_test(test_delete_cascades_words),
+        cmocka_unit_test(test_owner_account_deleted),
+        cmocka_unit_test(test_list_mine_pages),
+        cmocka_unit_test(test_list_by_user_visibility),
+        cmocka_unit_test(test_list_public),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -577,25 +577,209 @@ int handle_Videos_Search(rpc_call *call, const lagoon_v1_SearchVideosRequest *re
     return rpc_call_error(call, LAGOON_UNIMPLEMENTED, "not yet");
 }
 
+/* ---- Share, Unshare, ListShares ------------------------------------------------------------------- */
+
+/* Shares per video: each is a row read by every access check of its users and a ListShares
+ * entry; a class or a group is far below this, a video for everyone should be public. */
+#define VIDEOS_SHARES_MAX 1000
+
+/* The video's share rows: a key of (video, user), or of the video alone (prefix). */
+static void share_key(store_key *k, uint64_t video, uint64_t user)
+{
+    store_key_reset(k);
+    store_key_u64(k, video);
+    if (user)
+        store_key_u64(k, user);
+}
+
+/* Counts video's shares (at most VIDEOS_SHARES_MAX + STORE_PAGE_SIZE_MAX are looked at). */
+static int shares_count(store_txn *t, uint64_t video, uint32_t *n, store_error *err)
+{
+    store_key prefix;
+    share_key(&prefix, video, 0);
+    store_query q = {.table = &lagoon_table_video_shares, .index = lagoon_index_video_shares_by_video_user,
+                     .prefix = prefix.buf, .prefix_len = prefix.len, .page_size = STORE_PAGE_SIZE_MAX};
+    app_id_page *page = malloc(sizeof(*page));
+    if (page == NULL)
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    char token[STORE_PAGE_TOKEN_MAX + 1]; /* the next page's, apart from the page it is read into */
+    int st = LAGOON_OK;
+    *n = 0;
+    for (uint32_t round = 0; round <= VIDEOS_SHARES_MAX / STORE_PAGE_SIZE_MAX; round++) {
+        st = app_scan_ids(t, &q, page, err);
+        if (st != LAGOON_OK)
+            break;
+        *n += page->n;
+        if (page->next_page_token[0] == '\0')
+            break;
+        memcpy(token, page->next_page_token, sizeof(token));
+        q.page_token = token;
+    }
+    free(page);
+    return st;
+}
+
+/* Copies src into dst[cap], cut on a UTF-8 character boundary (a notification's content is
+ * shorter than a video's title may be). */
+static void copy_utf8(char *dst, size_t cap, const char *src)
+{
+    size_t n = strnlen(src, cap);
+    if (n >= cap) {
+        n = cap - 1;
+        while (n > 0 && ((unsigned char)src[n] & 0xC0) == 0x80)
+            n--;
+    }
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
+/* "ann shared a video with you", the video's title as its content, related_id the video. */
+static int notify_shared(store_txn *t, const app_write_in *in, const lagoon_v1_Video *v, uint64_t to,
+                         lagoon_v1_User *u, store_error *err)
+{
+    int st = store_get(t, &lagoon_table_users, in->who.user_id, u, err);
+    if (st != LAGOON_OK)
+        return st;
+    char title[200], content[500];
+    snprintf(title, sizeof(title), "%s shared a video with you", u->username);
+    copy_utf8(content, sizeof(content), v->title);
+    return events_notify(t, in->a, to, lagoon_v1_Notification_Type_VIDEO_SHARED, title, content, v->id, NULL, 0,
+                         NULL, err);
+}
+
+static int share_rows(store_txn *t, const app_write_in *in, lagoon_v1_Video *v, lagoon_v1_User *u, store_error *err)
+{
+    const lagoon_v1_ShareVideoRequest *req = in->req;
+    int st = video_load(t, &in->who, req->video_id, APP_CHANGE, "video_id", v, err);
+    if (st != LAGOON_OK)
+        return st;
+    if (req->user_id == v->owner_id) /* (an administrator sharing someone's video) */
+        return store_fail(err, LAGOON_INVALID_ARGUMENT, "user_id", "is the video's owner");
+    st = store_get(t, &lagoon_table_users, req->user_id, u, err);
+    if (st == LAGOON_NOT_FOUND || (st == LAGOON_OK && !u->active))
+        return store_fail(err, LAGOON_NOT_FOUND, "user_id", "no such user");
+    if (st != LAGOON_OK)
+        return st;
+    /* share_count is kept by Share and Unshare; the shares that went with a deleted account
+     * are still in it, so a video at the limit is recounted before it is refused. */
+    if (v->share_count >= VIDEOS_SHARES_MAX) {
+        st = shares_count(t, v->id, &v->share_count, err);
+        if (st == LAGOON_OK && v->share_count >= VIDEOS_SHARES_MAX)
+            st = store_fail(err, LAGOON_FAILED_PRECONDITION, NULL, "a video can be shared with at most %d users",
+                            VIDEOS_SHARES_MAX);
+        if (st != LAGOON_OK)
+            return st;
+    }
+    lagoon_v1_VideoShare sh = {.video_id = v->id, .user_id = req->user_id, .created_at = in->now};
+    st = store_insert(t, &lagoon_table_video_shares, &sh, NULL, err); /* ALREADY_EXISTS naming user_id */
+    if (st != LAGOON_OK)
+        return st;
+    v->share_count++;
+    st = store_update(t, &lagoon_table_videos, v, err);
+    return st == LAGOON_OK ? notify_shared(t, in, v, req->user_id, u, err) : st;
+}
+
+static int share_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
+{
+    (void)resp;
+    lagoon_v1_Video *v = malloc(sizeof(*v));
+    lagoon_v1_User *u = malloc(sizeof(*u));
+    int st = v && u ? share_rows(t, in, v, u, err) : store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    free(v);
+    free(u);
+    return st;
+}
+
 int handle_Videos_Share(rpc_call *call, const lagoon_v1_ShareVideoRequest *req, lagoon_v1_VideosEmpty *resp)
 {
-    (void)req;
     (void)resp;
-    return rpc_call_error(call, LAGOON_UNIMPLEMENTED, "not yet");
+    if (req->user_id == rpc_call_caller(call)->user_id)
+        return rpc_call_violation(call, "user_id", "cannot be yourself");
+    return app_write_call(call, share_write, NULL);
+}
+
+static int unshare_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
+{
+    (void)resp;
+    const lagoon_v1_UnshareVideoRequest *req = in->req;
+    lagoon_v1_Video *v = malloc(sizeof(*v));
+    if (v == NULL)
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    int st = video_load(t, &in->who, req->video_id, APP_CHANGE, "video_id", v, err);
+    uint64_t id = 0;
+    if (st == LAGOON_OK) {
+        store_key k;
+        share_key(&k, v->id, req->user_id);
+        st = store_get_by(t, &lagoon_table_video_shares, lagoon_index_video_shares_by_video_user, &k, &id, NULL, err);
+        if (st == LAGOON_NOT_FOUND)
+            st = store_fail(err, LAGOON_NOT_FOUND, "user_id", "the video is not shared with this user");
+    }
+    if (st == LAGOON_OK)
+        st = store_delete(t, &lagoon_table_video_shares, id, err);
+    if (st == LAGOON_OK) {
+        if (v->share_count > 0)
+            v->share_count--;
+        st = store_update(t, &lagoon_table_videos, v, err);
+    }
+    free(v);
+    return st;
 }
 
 int handle_Videos_Unshare(rpc_call *call, const lagoon_v1_UnshareVideoRequest *req, lagoon_v1_VideosEmpty *resp)
 {
-    (void)req;
+    (void)req; /* (its rules in videos.proto checked it) */
     (void)resp;
-    return rpc_call_error(call, LAGOON_UNIMPLEMENTED, "not yet");
+    return app_write_call(call, unshare_write, NULL);
 }
 
-int handle_Videos_ListShares(rpc_call *call, const lagoon_v1_ListVideoSharesRequest *req, lagoon_v1_ListVideoSharesResponse *resp)
+/* ListShares: only the video's owner and administrators see who has it. */
+static int own_video(list_ctx *c, uint64_t video_id)
 {
-    (void)req;
-    (void)resp;
-    return rpc_call_error(call, LAGOON_UNIMPLEMENTED, "not yet");
+    lagoon_v1_Video *v = malloc(sizeof(*v));
+    if (v == NULL)
+        return store_fail(&c->err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    int st = video_load(c->t, c->who, video_id, APP_CHANGE, "video_id", v, &c->err);
+    free(v);
+    return st;
+}
+
+static int add_share(void *arg, void *item, const void *row)
+{
+    list_ctx *c = arg;
+    const lagoon_v1_VideoShare *sh = row;
+    lagoon_v1_VideoShareInfo *info = item;
+    if (c->st != LAGOON_OK)
+        return 0;
+    int st = store_get(c->t, &lagoon_table_users, sh->user_id, c->user, &c->err);
+    if (st != LAGOON_OK) {
+        c->st = st == LAGOON_NOT_FOUND ? LAGOON_OK : st; /* (a share goes with its user) */
+        return 0;
+    }
+    info->has_user = true;
+    account_public(c->user, &info->user);
+    info->shared_at = sh->created_at;
+    return 1;
+}
+
+int handle_Videos_ListShares(rpc_call *call, const lagoon_v1_ListVideoSharesRequest *req,
+                             lagoon_v1_ListVideoSharesResponse *resp)
+{
+    paging_list l = {.size = req->page_size, .token = req->page_token,
+                     .resp = &lagoon_v1_ListVideoSharesResponse_info,
+                     .items_tag = lagoon_v1_ListVideoSharesResponse_shares_tag,
+                     .item = add_share, .item_size = sizeof(lagoon_v1_VideoShareInfo)};
+    store_key prefix;
+    share_key(&prefix, req->video_id, 0);
+    l.query.table = &lagoon_table_video_shares;
+    l.query.index = lagoon_index_video_shares_by_video_user; /* by user id */
+    l.query.prefix = prefix.buf;
+    l.query.prefix_len = prefix.len;
+    list_ctx c = {0};
+    int st = list_read(call, &l, &c, own_video, req->video_id);
+    resp->shares = l.items; /* FT_POINTER: freed with the call */
+    resp->shares_count = (pb_size_t)l.count;
+    APP_STRCPY(resp->next_page_token, l.next_page_token);
+    return st;
 }
 
 int handle_Videos_RecordView(rpc_call *call, const lagoon_v1_RecordViewRequest *req, lagoon_v1_RecordViewResponse *resp)

@@ -18,6 +18,9 @@
 #include "testserver.h"
 #include "videos.h"
 
+/* VIDEOS_VIEW_INTERVAL_MS in videos.c: a user's views of a video count once an hour. */
+#define VIDEOS_TEST_HOUR_MS (3600LL * 1000)
+
 static test_app *T;
 static lagoon_client *C;
 
@@ -823,6 +826,84 @@ static void test_share_limit(void **state)
     assert_int_equal(rows_of(&lagoon_table_video_shares, lagoon_index_video_shares_by_video_user, id), 0);
 }
 
+/* ---- RecordView -------------------------------------------------------------------------------- */
+
+static lagoon_v1_RecordViewResponse R;
+
+static int view(const char *tok, uint64_t video, uint32_t watched)
+{
+    lagoon_set_token(C, tok);
+    lagoon_v1_RecordViewRequest r = {.video_id = video, .watched_seconds = watched};
+    memset(&R, 0, sizeof(R));
+    return lagoon_Videos_RecordView(C, &r, &R);
+}
+
+/* Counted: the call succeeded, counted the view, and the count is n. */
+static void assert_view(int st, int counted, uint64_t n)
+{
+    if (st != LAGOON_OK)
+        fail_msg("RecordView: %s %s", lagoon_status_name(st), lagoon_last_error(C)->detail.message);
+    assert_int_equal(R.counted, counted);
+    assert_int_equal(R.view_count, n);
+}
+
+static uint64_t create_lasting(const char *tok, uint32_t seconds, int pub)
+{
+    static lagoon_v1_CreateVideoRequest r;
+    video_request(&r, "timed", NULL, NULL, pub);
+    r.duration_seconds = seconds;
+    lagoon_set_token(C, tok);
+    assert_int_equal(lagoon_Videos_Create(C, &r, &V), LAGOON_OK);
+    return V.id;
+}
+
+static void test_view_rules(void **state)
+{
+    (void)state;
+    uint64_t id = create_lasting(ann_tok, 300, 1); /* long: 10 s count */
+    assert_view(view(cat_tok, id, 9), 0, 0);
+    assert_view(view(cat_tok, id, 10), 1, 1);
+    assert_view(view(cat_tok, id, 300), 0, 1); /* once an hour */
+    test_clock_advance(T, VIDEOS_TEST_HOUR_MS - 1);
+    assert_view(view(cat_tok, id, 300), 0, 1);
+    test_clock_advance(T, 1);
+    assert_view(view(cat_tok, id, 10), 1, 2); /* an hour after the last counted one */
+    assert_view(view(bob_tok, id, 10), 1, 3); /* per user */
+    assert_view(view(ann_tok, id, 10), 1, 4);
+    assert_int_equal(get(cat_tok, id), LAGOON_OK); /* readable at once */
+    assert_int_equal(V.view_count, 4);
+
+    uint64_t shrt = create_lasting(ann_tok, 7, 1); /* shorter than 20 s: half of it (3.5 s) */
+    assert_view(view(cat_tok, shrt, 3), 0, 0);
+    assert_view(view(cat_tok, shrt, 4), 1, 1);
+    uint64_t nineteen = create_lasting(ann_tok, 19, 1);
+    assert_view(view(cat_tok, nineteen, 9), 0, 0);
+    assert_view(view(cat_tok, nineteen, 10), 1, 1);
+    uint64_t unknown = create_lasting(ann_tok, 0, 1); /* unknown duration: 10 s */
+    assert_view(view(cat_tok, unknown, 9), 0, 0);
+    assert_view(view(cat_tok, unknown, 10), 1, 1);
+    assert_refused(view(cat_tok, id, 86401), LAGOON_INVALID_ARGUMENT, "watched_seconds");
+}
+
+static void test_view_access(void **state)
+{
+    (void)state;
+    uint64_t priv = create_lasting(ann_tok, 60, 0);
+    assert_refused(view(cat_tok, priv, 30), LAGOON_NOT_FOUND, "video_id");
+    assert_refused(view(bob_tok, priv, 30), LAGOON_NOT_FOUND, "video_id");
+    assert_refused(view(NULL, priv, 30), LAGOON_UNAUTHENTICATED, NULL);
+    assert_int_equal(share(ann_tok, priv, bob), LAGOON_OK);
+    assert_view(view(bob_tok, priv, 30), 1, 1);
+    assert_view(view(root_tok, priv, 30), 1, 2);
+    assert_view(view(ann_tok, priv, 30), 1, 3);
+    assert_int_equal(rows_of(&lagoon_table_video_views, lagoon_index_video_views_by_video_user, priv), 3);
+    /* Deleting the video deletes its views and shares. */
+    assert_int_equal(del(ann_tok, priv), LAGOON_OK);
+    assert_int_equal(rows_of(&lagoon_table_video_views, lagoon_index_video_views_by_video_user, priv), 0);
+    assert_int_equal(rows_of(&lagoon_table_video_shares, lagoon_index_video_shares_by_video_user, priv), 0);
+    assert_refused(view(ann_tok, priv, 30), LAGOON_NOT_FOUND, "video_id");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -841,6 +922,8 @@ int main(void)
         cmocka_unit_test(test_share_errors),
         cmocka_unit_test(test_list_shared_with_me),
         cmocka_unit_test(test_share_limit),
+        cmocka_unit_test(test_view_rules),
+        cmocka_unit_test(test_view_access),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -570,11 +570,173 @@ int handle_Videos_ListPublic(rpc_call *call, const lagoon_v1_ListPublicVideosReq
     return list_videos(call, &l, &c, resp, NULL, 0);
 }
 
+/* ---- Search ---------------------------------------------------------------------------------------- */
+
+/* Words in a query: each one past the first is checked against every candidate. */
+#define VIDEOS_QUERY_WORDS_MAX 8
+/* Candidates (index rows of the query's longest word) one Search call looks at. A page holds
+ * the candidates the caller may read and whose words match every query word; when this many
+ * were looked at first, the page is shorter than asked (even empty) and next_page_token goes
+ * on from there. Bounds the work of a call whatever the index holds. */
+#define VIDEOS_SEARCH_SCAN_MAX 1000
+
+typedef struct query_word {
+    const char *p; /* into search_ctx.folded */
+    size_t len;
+} query_word;
+
+/* One Search call: its words, the read, and the page being built. */
+typedef struct search_ctx {
+    char folded[sizeof(((lagoon_v1_SearchVideosRequest *)0)->query)];
+    query_word words[VIDEOS_QUERY_WORDS_MAX];
+    size_t nwords;
+    size_t longest;          /* the word whose index range is scanned */
+    store_txn *t;
+    const rpc_caller *who;
+    lagoon_v1_Video *items;  /* limit of them */
+    uint32_t count, limit;
+    int st;                  /* the first failed lookup */
+    store_error err;
+} search_ctx;
+
+/* Whether a word of s starts with the (folded) query word q. */
+static int field_has_prefix(const char *s, const query_word *q)
+{
+    size_t n = strlen(s), pos = 0, wlen;
+    const char *w;
+    while (next_word(s, n, &pos, &w, &wlen)) {
+        if (wlen < q->len)
+            continue;
+        size_t i = 0;
+        while (i < q->len && fold((unsigned char)w[i]) == (unsigned char)q->p[i])
+            i++;
+        if (i == q->len)
+            return 1;
+    }
+    return 0;
+}
+
+static int video_matches(const lagoon_v1_Video *v, const search_ctx *c)
+{
+    const char *f[3];
+    searched_fields(v, f);
+    for (size_t i = 0; i < c->nwords; i++)
+        if (!field_has_prefix(f[0], &c->words[i]) && !field_has_prefix(f[1], &c->words[i]) &&
+            !field_has_prefix(f[2], &c->words[i]))
+            return 0;
+    return 1;
+}
+
+/* A candidate: its video, read into the next slot of the page, kept if it matches and the
+ * caller may read it. */
+static int search_row(void *arg, uint64_t id, const void *row)
+{
+    (void)id;
+    search_ctx *c = arg;
+    const lagoon_v1_VideoWord *w = row;
+    if (c->st != LAGOON_OK || c->count >= c->limit)
+        return LAGOON_OK;
+    lagoon_v1_Video *v = &c->items[c->count];
+    int st = store_get(c->t, &lagoon_table_videos, w->video_id, v, &c->err);
+    if (st == LAGOON_OK && video_matches(v, c)) {
+        st = app_check(c->t, c->who, &video_policy, APP_READ, v, v->owner_id, &c->err);
+        if (st == LAGOON_OK) {
+            video_shown(v, c->who);
+            c->count++;
+            return LAGOON_OK;
+        }
+    }
+    if (st != LAGOON_OK && st != LAGOON_NOT_FOUND)
+        c->st = st;
+    memset(v, 0, sizeof(*v)); /* the slot is reused */
+    return LAGOON_OK;
+}
+
+/* The query's words, folded; INVALID_ARGUMENT on query when it has none or too many. */
+static int search_words(rpc_call *call, const char *query, search_ctx *c)
+{
+    size_t n = strlen(query), pos = 0, wlen;
+    for (size_t i = 0; i < n; i++)
+        c->folded[i] = (char)fold((unsigned char)query[i]);
+    c->folded[n] = '\0';
+    const char *w;
+    c->nwords = 0;
+    while (next_word(c->folded, n, &pos, &w, &wlen)) {
+        if (c->nwords == VIDEOS_QUERY_WORDS_MAX)
+            return rpc_call_violation(call, "query", "at most %d words", VIDEOS_QUERY_WORDS_MAX);
+        if (wlen > c->words[c->longest].len || c->nwords == 0)
+            c->longest = c->nwords;
+        c->words[c->nwords++] = (query_word){w, wlen};
+    }
+    if (c->nwords == 0)
+        return rpc_call_violation(call, "query", "must contain a word (letters or digits)");
+    return LAGOON_OK;
+}
+
+/* Pages by hand: the paging helper fills a page from page_size rows, and here most rows may be
+ * left out. The longest word's range is scanned newest first in chunks of what the page still
+ * needs, so that each chunk's token resumes right after the last row looked at, until the page
+ * is full, the range ends or VIDEOS_SEARCH_SCAN_MAX rows were looked at. */
+static int search_scan(search_ctx *c, const char *token, char *next, size_t next_cap)
+{
+    const query_word *lw = &c->words[c->longest];
+    char lookup[VIDEOS_PREFIX_MAX + 1];
+    size_t len = lw->len < VIDEOS_PREFIX_MAX ? lw->len : VIDEOS_PREFIX_MAX;
+    while (!char_boundary(lw->p, lw->len, len))
+        len--;
+    memcpy(lookup, lw->p, len);
+    lookup[len] = '\0';
+    store_key prefix;
+    store_key_reset(&prefix);
+    store_key_str(&prefix, lookup);
+    store_query q = {.table = &lagoon_table_video_words, .index = lagoon_index_video_words_by_prefix_time,
+                     .prefix = prefix.buf, .prefix_len = prefix.len, .page_token = token};
+    store_page page;
+    char resume[STORE_PAGE_TOKEN_MAX + 1];
+    uint32_t budget = VIDEOS_SEARCH_SCAN_MAX;
+    next[0] = '\0';
+    while (c->count < c->limit && budget > 0) {
+        uint32_t want = c->limit - c->count;
+        q.page_size = want < budget ? want : budget;
+        int st = store_scan(c->t, &q, search_row, c, &page, &c->err);
+        if (st == LAGOON_OK)
+            st = c->st;
+        if (st != LAGOON_OK)
+            return st;
+        budget -= page.count;
+        APP_STRCPY(resume, page.next_page_token);
+        if (resume[0] == '\0')
+            return LAGOON_OK; /* the end of the range */
+        q.page_token = resume;
+    }
+    app_copy_str(next, next_cap, resume);
+    return LAGOON_OK;
+}
+
 int handle_Videos_Search(rpc_call *call, const lagoon_v1_SearchVideosRequest *req, lagoon_v1_ListVideosResponse *resp)
 {
-    (void)req;
-    (void)resp;
-    return rpc_call_error(call, LAGOON_UNIMPLEMENTED, "not yet");
+    search_ctx *c = rpc_call_alloc(call, sizeof(*c), NULL);
+    if (c == NULL)
+        return app_out_of_memory(call);
+    memset(c, 0, sizeof(*c));
+    paging_list l = {.size = req->page_size, .token = req->page_token, .resp = &lagoon_v1_ListVideosResponse_info,
+                     .items_tag = lagoon_v1_ListVideosResponse_videos_tag};
+    int bad = paging_check(call, &l);
+    if (search_words(call, req->query, c) != LAGOON_OK || bad != LAGOON_OK)
+        return LAGOON_INVALID_ARGUMENT;
+    c->who = rpc_call_caller(call);
+    c->limit = l.limit;
+    c->items = calloc(c->limit, sizeof(*c->items));
+    if (c->items == NULL)
+        return app_out_of_memory(call);
+    resp->videos = c->items; /* FT_POINTER: freed with the call */
+    int st = store_read_begin(app_of(call)->db, &c->t, &c->err);
+    if (st == LAGOON_OK) {
+        st = search_scan(c, req->page_token, resp->next_page_token, sizeof(resp->next_page_token));
+        store_read_end(c->t);
+    }
+    resp->videos_count = (pb_size_t)c->count;
+    return st == LAGOON_OK ? LAGOON_OK : app_store_error(call, st, &c->err);
 }
 
 /* ---- Share, Unshare, ListShares ------------------------------------------------------------------- */

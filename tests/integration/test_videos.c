@@ -904,6 +904,170 @@ static void test_view_access(void **state)
     assert_refused(view(ann_tok, priv, 30), LAGOON_NOT_FOUND, "video_id");
 }
 
+/* ---- Search ------------------------------------------------------------------------------------- */
+
+static int search(const char *tok, const char *query, uint32_t size, const char *token)
+{
+    list_release();
+    lagoon_set_token(C, tok);
+    static lagoon_v1_SearchVideosRequest r;
+    memset(&r, 0, sizeof(r));
+    snprintf(r.query, sizeof(r.query), "%s", query);
+    r.page_size = size;
+    snprintf(r.page_token, sizeof(r.page_token), "%s", token ? token : "");
+    return lagoon_Videos_Search(C, &r, &L);
+}
+
+/* The number of videos the user of tok finds with query (one page of 100), or -1. */
+static int found(const char *tok, const char *query)
+{
+    if (search(tok, query, 100, NULL) != LAGOON_OK)
+        return -1;
+    return (int)L.videos_count;
+}
+
+static void test_search_words(void **state)
+{
+    (void)state;
+    uint64_t a = create_full(bob_tok, "Xylophonic Rhapsody, take 2", "Qwertzuiop", "\xc3\x89mile \xc3\x85ngstr\xc3\xb6m", 1);
+    assert_int_equal(found(cat_tok, "xylo"), 1);
+    assert_int_equal(L.videos[0].id, a);
+    assert_int_equal(found(cat_tok, "XYLOPHONIC"), 1);      /* ASCII case folded */
+    assert_int_equal(found(cat_tok, "xylophonicx"), 0);     /* longer than the word */
+    assert_int_equal(found(cat_tok, "ylo"), 0);             /* not the start of a word */
+    assert_int_equal(found(cat_tok, "rhap xylo"), 1);       /* every word, in any order */
+    assert_int_equal(found(cat_tok, "xylo rhap qwe take 2"), 1);
+    assert_int_equal(found(cat_tok, "xylo bach"), 0);
+    assert_int_equal(found(cat_tok, "  qwertz!!"), 1);      /* the piece; punctuation separates */
+    assert_int_equal(found(cat_tok, "\xc3\x85ngs"), 1);     /* the composer, bytes >= 0x80 as they are */
+    assert_int_equal(found(cat_tok, "\xc3\xa5ngs"), 0);     /* no folding beyond ASCII */
+    assert_int_equal(found(cat_tok, "\xc3\x89mi xylophonic"), 1);
+    assert_int_equal(found(cat_tok, "zzzunmatched"), 0);
+    assert_string_equal(L.next_page_token, "");
+
+    /* A word longer than the index's prefixes (VIDEOS_PREFIX_MAX, 32 bytes) is checked whole. */
+    create(bob_tok, "Supercalifragilisticexpialidociousness", 1);
+    assert_int_equal(found(cat_tok, "supercalifragilisticexpialidociousness"), 1);
+    assert_int_equal(found(cat_tok, "supercalifragilisticexpialidociousnesses"), 0);
+    assert_int_equal(found(cat_tok, "supercalifragilisticexpialidoci"), 1);
+
+    /* The words follow an Update of the text. */
+    static lagoon_v1_UpdateVideoRequest r;
+    memset(&r, 0, sizeof(r));
+    r.video_id = a;
+    r.has_title = true;
+    snprintf(r.title, sizeof(r.title), "Vibraphonic");
+    assert_int_equal(update(bob_tok, &r), LAGOON_OK);
+    assert_int_equal(found(cat_tok, "xylo"), 0);
+    assert_int_equal(found(cat_tok, "vibra qwertz"), 1);
+    assert_int_equal(del(bob_tok, a), LAGOON_OK);
+    assert_int_equal(found(cat_tok, "vibra"), 0);
+
+    /* Bad queries. */
+    assert_refused(search(cat_tok, "!!! ...", 10, NULL), LAGOON_INVALID_ARGUMENT, "query");
+    assert_refused(search(cat_tok, "a b c d e f g h i", 10, NULL), LAGOON_INVALID_ARGUMENT, "query");
+    assert_int_equal(search(cat_tok, "a b c d e f g h", 10, NULL), LAGOON_OK); /* 8 words */
+    assert_refused(search(cat_tok, "", 10, NULL), LAGOON_INVALID_ARGUMENT, "query");
+    assert_refused(search(cat_tok, "xylo", 101, NULL), LAGOON_INVALID_ARGUMENT, "page_size");
+    assert_refused(search(cat_tok, "xylo", 10, "forged"), LAGOON_INVALID_ARGUMENT, "page_token");
+    assert_refused(search(NULL, "xylo", 10, NULL), LAGOON_UNAUTHENTICATED, NULL);
+    list_release();
+}
+
+static void test_search_visibility(void **state)
+{
+    (void)state;
+    uint64_t priv = create(ann_tok, "Hiddenword private", 0);
+    uint64_t pub = create(ann_tok, "Hiddenword public", 1);
+    assert_int_equal(found(ann_tok, "hiddenword"), 2);
+    assert_int_equal(found(root_tok, "hiddenword"), 2);
+    assert_int_equal(found(cat_tok, "hiddenword"), 1);
+    assert_int_equal(L.videos[0].id, pub);
+    assert_int_equal(found(bob_tok, "hiddenword"), 1);
+    assert_int_equal(share(ann_tok, priv, bob), LAGOON_OK);
+    assert_int_equal(found(bob_tok, "hiddenword"), 2);
+    assert_int_equal(unshare(ann_tok, priv, bob), LAGOON_OK);
+    assert_int_equal(found(bob_tok, "hiddenword priv"), 0);
+    list_release();
+}
+
+static void test_search_pages(void **state)
+{
+    (void)state;
+    uint64_t v[5];
+    for (int i = 0; i < 5; i++) {
+        test_clock_advance(T, 1000);
+        v[i] = create(i % 2 ? ann_tok : bob_tok, "Pagingword", 1);
+    }
+    uint64_t ids[5];
+    static char next[801];
+    assert_int_equal(search(cat_tok, "pagingword", 2, NULL), LAGOON_OK);
+    assert_int_equal(list_ids(ids, 5), 2);
+    assert_int_equal(ids[0], v[4]); /* newest first */
+    assert_int_equal(ids[1], v[3]);
+    snprintf(next, sizeof(next), "%s", L.next_page_token);
+    assert_true(next[0] != '\0');
+    assert_int_equal(search(cat_tok, "pagingword", 2, next), LAGOON_OK);
+    assert_int_equal(list_ids(ids, 5), 2);
+    assert_int_equal(ids[0], v[2]);
+    assert_int_equal(ids[1], v[1]);
+    /* A token belongs to its query. */
+    assert_refused(search(cat_tok, "other", 2, next), LAGOON_INVALID_ARGUMENT, "page_token");
+    assert_int_equal(search(cat_tok, "pagingword", 2, next), LAGOON_OK);
+    snprintf(next, sizeof(next), "%s", L.next_page_token);
+    assert_int_equal(search(cat_tok, "pagingword", 2, next), LAGOON_OK);
+    assert_int_equal(list_ids(ids, 5), 1);
+    assert_int_equal(ids[0], v[0]);
+    assert_string_equal(L.next_page_token, "");
+    list_release();
+}
+
+/* 1 000 newer private videos of ann's with the word, written straight into the store. */
+static int seed_private_words(store_txn *t, void *arg, store_error *err)
+{
+    const int64_t *at = arg;
+    lagoon_v1_Video *v = calloc(1, sizeof(*v));
+    int st = v ? LAGOON_OK : LAGOON_RESOURCE_EXHAUSTED;
+    for (int i = 0; i < 1000 && st == LAGOON_OK; i++) {
+        memset(v, 0, sizeof(*v));
+        v->owner_id = ann;
+        snprintf(v->title, sizeof(v->title), "budgetword");
+        snprintf(v->url, sizeof(v->url), "https://example.com/v");
+        v->created_at = *at + i;
+        st = store_insert(t, &lagoon_table_videos, v, NULL, err);
+        lagoon_v1_VideoWord w = {.video_id = v->id, .created_at = v->created_at};
+        snprintf(w.prefix, sizeof(w.prefix), "budgetword");
+        if (st == LAGOON_OK)
+            st = store_insert(t, &lagoon_table_video_words, &w, NULL, err);
+    }
+    free(v);
+    return st;
+}
+
+/* A call looks at no more than VIDEOS_SEARCH_SCAN_MAX (1 000) candidates: behind 1 000 that
+ * cat may not read, the first page is empty with a token, and the next one finds the video. */
+static void test_search_scan_budget(void **state)
+{
+    (void)state;
+    uint64_t pub = create(bob_tok, "Budgetword", 1);
+    int64_t at = T->clock_ms + 1;
+    store_error err;
+    assert_int_equal(store_write(T->app->db, seed_private_words, &at, &err), LAGOON_OK);
+    assert_int_equal(search(cat_tok, "budgetword", 10, NULL), LAGOON_OK);
+    assert_int_equal(L.videos_count, 0);
+    static char next[801];
+    snprintf(next, sizeof(next), "%s", L.next_page_token);
+    assert_true(next[0] != '\0');
+    assert_int_equal(search(cat_tok, "budgetword", 10, next), LAGOON_OK);
+    assert_int_equal(L.videos_count, 1);
+    assert_int_equal(L.videos[0].id, pub);
+    assert_string_equal(L.next_page_token, "");
+    /* The owner's first page is full: its candidates match. */
+    assert_int_equal(search(ann_tok, "budgetword", 10, NULL), LAGOON_OK);
+    assert_int_equal(L.videos_count, 10);
+    list_release();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -924,6 +1088,10 @@ int main(void)
         cmocka_unit_test(test_share_limit),
         cmocka_unit_test(test_view_rules),
         cmocka_unit_test(test_view_access),
+        cmocka_unit_test(test_search_words),
+        cmocka_unit_test(test_search_visibility),
+        cmocka_unit_test(test_search_pages),
+        cmocka_unit_test(test_search_scan_budget),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -406,6 +406,11 @@ static void test_delete_cascades_words(void **state)
     assert_int_equal(words_of(id), 6); /* x, c, b, ba, bac, bach */
     assert_int_equal(del(ann_tok, id), LAGOON_OK);
     assert_int_equal(words_of(id), 0);
+    /* Every index entry of every table points at its row and back. */
+    uint64_t problems = 1;
+    store_error err;
+    assert_int_equal(store_verify(T->app->db, stderr, &problems, &err), LAGOON_OK);
+    assert_int_equal(problems, 0);
 }
 
 /* Deleting the owner's account deletes their videos and what hangs off them. */
@@ -701,6 +706,12 @@ static void test_share_access_and_notification(void **state)
     assert_int_equal(S.shares_count, 1);
     assert_int_equal(S.shares[0].user.id, cat);
     assert_refused(list_shares(ann_tok, priv, 201, NULL), LAGOON_INVALID_ARGUMENT, "page_size");
+    /* bob sees it among ann's videos; cat (shared by the administrator) too. */
+    int listed = 0;
+    assert_int_equal(list_by_user(bob_tok, ann, 100, NULL), LAGOON_OK);
+    for (pb_size_t i = 0; i < L.videos_count; i++)
+        listed += L.videos[i].id == priv;
+    assert_int_equal(listed, 1);
     /* Losing the share takes effect at the next call. */
     assert_int_equal(unshare(root_tok, priv, cat), LAGOON_OK);
     assert_refused(get(cat_tok, priv), LAGOON_NOT_FOUND, "video_id");
@@ -709,6 +720,10 @@ static void test_share_access_and_notification(void **state)
     assert_refused(unshare(ann_tok, priv, bob), LAGOON_NOT_FOUND, "user_id");
     assert_int_equal(get(ann_tok, priv), LAGOON_OK);
     assert_int_equal(V.share_count, 0);
+    assert_int_equal(list_by_user(bob_tok, ann, 100, NULL), LAGOON_OK);
+    for (pb_size_t i = 0; i < L.videos_count; i++)
+        assert_int_not_equal(L.videos[i].id, priv);
+    list_release();
     pb_release(lagoon_v1_ListVideoSharesResponse_fields, &S);
 }
 
@@ -1068,6 +1083,19 @@ static void test_search_scan_budget(void **state)
     list_release();
 }
 
+/* The methods not covered by the matrices above, without a token. */
+static void test_anonymous(void **state)
+{
+    (void)state;
+    static lagoon_v1_CreateVideoRequest r;
+    video_request(&r, "anonymous", NULL, NULL, 1);
+    lagoon_set_token(C, NULL);
+    assert_refused(lagoon_Videos_Create(C, &r, &V), LAGOON_UNAUTHENTICATED, NULL);
+    assert_refused(list_mine(NULL, 10, NULL, 0, 0), LAGOON_UNAUTHENTICATED, NULL);
+    assert_refused(search(NULL, "anonymous", 10, NULL), LAGOON_UNAUTHENTICATED, NULL);
+    list_release();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1092,6 +1120,7 @@ int main(void)
         cmocka_unit_test(test_search_visibility),
         cmocka_unit_test(test_search_pages),
         cmocka_unit_test(test_search_scan_budget),
+        cmocka_unit_test(test_anonymous),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -56,6 +56,8 @@ typedef struct app_config {
                                     * before the email is queued */
     limiter_policy sends;          /* Messages/Send per user; 0s = 60 (APP_SETTINGS sends-per-minute)
                                     * per minute, then 1 s doubling to 1 min */
+    limiter_policy comments;       /* Comments/Add and Reply per user; budget, 0s = 30
+                                    * (APP_SETTINGS comments-per-minute) per minute */
     enum store_sync sync;          /* APP_SETTINGS sync: STORE_SYNC_FULL unless benchmarking */
     uint32_t event_retention_count; /* events kept per user; APP_SETTINGS event-retention-count */
     uint32_t event_retention_s;     /* and for at most this long; APP_SETTINGS event-retention-days */

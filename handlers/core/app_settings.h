@@ -49,6 +49,10 @@
       "Messages/Send calls that store a message, per user and minute. Past it each further Send " \
       "waits 1 s after the previous one (RESOURCE_EXHAUSTED with retry_after_ms), doubling up to " \
       "a minute, until the minute is over.")                                                      \
+    X(comments.max_events, "comments-per-minute", NULL, 30u, 1u, 100000u, 1u,                     \
+      "Comments/Add and Comments/Reply calls that store a comment, per user and minute. Past it "  \
+      "each further one waits until the minute (from the first) is over (RESOURCE_EXHAUSTED "      \
+      "with retry_after_ms).")                                                                      \
     X(limiter_keys, "limiter-keys", NULL, APP_LIMITER_KEYS, 1000u, 10000000u, 1u,                 \
       "Keys (accounts, client addresses, users) each rate limiter tracks, about 230 bytes each. " \
       "A full limiter forgets expired keys, then makes new keys wait, so this bounds the "         \

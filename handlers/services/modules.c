@@ -2,10 +2,12 @@
  * with state of their own. A service without any (Health, Reflection, Debug) needs no entry. */
 #include "accounts.h"
 #include "app.h"
+#include "comments.h"
 #include "messages.h"
 
 const app_module *const app_modules[] = {
     &accounts_module, /* Auth's and Users' rate limiters */
     &messages_module, /* the Send limiter */
+    &comments_module, /* the comment limiter, comment events filled in */
 };
 const size_t app_modules_count = sizeof(app_modules) / sizeof(app_modules[0]);

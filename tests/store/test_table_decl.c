@@ -100,6 +100,13 @@ static const want_index app_indexes[] = {
     {"video_views", "by_user", "user_id", STORE_MULTI},
     {"video_words", "by_prefix_time", "prefix", STORE_MULTI},
     {"video_words", "by_video", "video_id", STORE_MULTI},
+    /* Comments: */
+    {"comments", "by_video", "video_id", STORE_MULTI},
+    {"comments", "by_video_moment", "video_id", STORE_MULTI},
+    {"comments", "by_video_time", "video_id", STORE_MULTI},
+    {"comments", "by_root_time", "root_id", STORE_MULTI},
+    {"comments", "by_parent", "parent_id", STORE_MULTI},
+    {"comments", "by_author", "author_id", STORE_MULTI},
 };
 
 typedef struct want_fkey {
@@ -108,6 +115,7 @@ typedef struct want_fkey {
     const char *parent;
     const char *by_parent;
     enum store_on_delete on_delete;
+    int optional; /* an id of 0 is no reference */
 } want_fkey;
 
 static const want_fkey app_fkeys[] = {
@@ -129,6 +137,9 @@ static const want_fkey app_fkeys[] = {
     {"video_views", "video_id", "videos", "by_video_user", STORE_CASCADE},
     {"video_views", "user_id", "users", "by_user", STORE_CASCADE},
     {"video_words", "video_id", "videos", "by_video", STORE_CASCADE},
+    {"comments", "video_id", "videos", "by_video", STORE_CASCADE},
+    {"comments", "author_id", "users", "by_author", STORE_CASCADE},
+    {"comments", "root_id", "comments", "by_root_time", STORE_CASCADE, 1}, /* a thread's replies */
 };
 
 static const store_table *app_table(const char *name)
@@ -152,7 +163,7 @@ static size_t table_pos(const store_table *const *tables, size_t n, const store_
 static void test_app_layout(void **state)
 {
     (void)state;
-    assert_int_equal(LAGOON_TABLES_COUNT, 19);
+    assert_int_equal(LAGOON_TABLES_COUNT, 20);
     size_t nindexes = 0, nfkeys = 0;
     for (size_t i = 0; i < LAGOON_TABLES_COUNT; i++) {
         nindexes += lagoon_tables[i]->nindexes;
@@ -188,9 +199,10 @@ static void test_app_layout(void **state)
         assert_ptr_equal(fk->parent, app_table(w->parent));
         assert_string_equal(fk->by_parent->name, w->by_parent);
         assert_int_equal(fk->on_delete, w->on_delete);
-        assert_int_equal(fk->optional, 0);
-        assert_true(table_pos(lagoon_tables, LAGOON_TABLES_COUNT, fk->parent) <
-                    table_pos(lagoon_tables, LAGOON_TABLES_COUNT, t));
+        assert_int_equal(fk->optional, w->optional);
+        assert_true(fk->parent == t || /* a table's own rows (a comment's thread) */
+                    table_pos(lagoon_tables, LAGOON_TABLES_COUNT, fk->parent) <
+                        table_pos(lagoon_tables, LAGOON_TABLES_COUNT, t));
     }
     /* The named handles are the table's own entries. */
     assert_ptr_equal(lagoon_index_users_by_role, &lagoon_table_users.indexes[2]);

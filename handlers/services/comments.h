@@ -1,0 +1,21 @@
+/* comments: the Comments service's table (idl/lagoon/v1/comments.proto: comments, generated
+ * into lagoon_tables.h) and its module: the per-user limiter of comment creation
+ * (APP_SETTINGS comments-per-minute) and the filling of comment events on video topics. */
+#ifndef LAGOON_COMMENTS_H
+#define LAGOON_COMMENTS_H
+
+#include "app.h"
+#include "lagoon_tables.h"
+
+/* Replies in one thread (a top-level comment's): bounds what deleting a reply walks and what a
+ * Reply may add (FAILED_PRECONDITION past it). */
+#define COMMENTS_THREAD_MAX 1000
+/* @username mentions notified per comment (distinct names, in order of appearance); further
+ * ones are plain text. Each costs the write a user lookup and an access check. */
+#define COMMENTS_MENTIONS_MAX 5
+/* Bytes of a comment shown in its notifications (cut on a UTF-8 boundary, then "..."). */
+#define COMMENTS_SNIPPET_MAX 100
+
+extern const app_module comments_module;
+
+#endif

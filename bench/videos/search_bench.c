@@ -1,0 +1,315 @@
+/* videos-search-bench: Videos/Search in stores of 1 000 and 1 000 000 videos, through the real
+ * server and a blocking client on loopback.
+ *
+ *   videos-search-bench [--sizes 1000,1000000] [--searches 2000]
+ *
+ * For each size: a fresh store in a temporary directory (sync none: seeding speed; searches
+ * are reads), one user with a session made in the store, size - MATCHES videos titled "Take"
+ * seeded straight through the store with the word rows Videos/Create writes for that title
+ * (t, ta, tak, take), then lagoond's stack in this process on an ephemeral port, and MATCHES
+ * videos created through Videos/Create ("Nocturne in E flat", piece "Nocturne op. 9 no. 2",
+ * composer "Chopin"). Each query below is then searched `searches` times (first page of
+ * PAGE): the time of a query should not grow with the number of videos that do not match it.
+ * Every loop is bounded; everything it creates is removed. */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <pb_decode.h>
+
+#include "accounts.h"
+#include "lagoon_handlers.h"
+#include "lagoon_stubs.h"
+#include "log.h"
+#include "videos.h"
+
+#define MATCHES 100      /* videos that match "nocturne" */
+#define PAGE 50          /* page_size of every search */
+#define SEED_BATCH 10000 /* filler videos per seeding transaction */
+#define WARMUP 20        /* unmeasured searches before each query's */
+#define SIZE_MAX_VIDEOS 10000000ull
+
+/* The queries, and the videos the first page holds. */
+static const struct {
+    const char *query, *why;
+    uint32_t expect;
+} queries[] = {
+    {"nocturne", "one word, 100 match", PAGE},
+    {"noct flat chopin", "three words, 100 match", PAGE},
+    {"take", "one word, all but 100 match", PAGE},
+    {"nocturne take", "100 candidates, none match", 0},
+    {"zebra", "no candidate", 0},
+};
+#define NQUERIES (sizeof(queries) / sizeof(queries[0]))
+
+static uint64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* ---- seeding (not measured) ---------------------------------------------------------------------- */
+
+typedef struct seed {
+    uint64_t user;
+    uint64_t from, count; /* the filler videos of this batch */
+    lagoon_v1_Session session;
+    lagoon_v1_Video *v; /* a row on the heap (~37 KB) */
+} seed;
+
+static int seed_user(store_txn *t, void *arg, store_error *err)
+{
+    seed *sd = arg;
+    lagoon_v1_User u = lagoon_v1_User_init_zero;
+    snprintf(u.password_hash, sizeof(u.password_hash), "unused");
+    snprintf(u.email, sizeof(u.email), "search@bench.invalid");
+    snprintf(u.username, sizeof(u.username), "bench_search");
+    u.role = lagoon_v1_Role_STUDENT;
+    u.active = u.verified = true;
+    int st = store_insert(t, &lagoon_table_users, &u, &sd->user, err);
+    sd->session.user_id = sd->user;
+    return st == LAGOON_OK ? store_insert(t, &lagoon_table_sessions, &sd->session, NULL, err) : st;
+}
+
+/* Filler videos as Videos/Create would write them for the title "Take", created at ms
+ * 1..size: the row, and one VideoWord per prefix of "take". */
+static int seed_fillers(store_txn *t, void *arg, store_error *err)
+{
+    seed *sd = arg;
+    static const char *const prefixes[] = {"t", "ta", "tak", "take"};
+    for (uint64_t i = 0; i < sd->count; i++) {
+        lagoon_v1_Video *v = sd->v;
+        memset(v, 0, sizeof(*v));
+        v->owner_id = sd->user;
+        snprintf(v->title, sizeof(v->title), "Take");
+        snprintf(v->url, sizeof(v->url), "https://www.youtube.com/watch?v=%llu", (unsigned long long)(sd->from + i));
+        v->source = lagoon_v1_Video_Source_EXTERNAL_URL;
+        v->status = lagoon_v1_Video_Status_READY;
+        v->is_public = (sd->from + i) % 2;
+        v->created_at = v->updated_at = (int64_t)(sd->from + i + 1);
+        int st = store_insert(t, &lagoon_table_videos, v, NULL, err);
+        for (size_t p = 0; p < sizeof(prefixes) / sizeof(prefixes[0]) && st == LAGOON_OK; p++) {
+            lagoon_v1_VideoWord w = {.video_id = v->id, .created_at = v->created_at};
+            snprintf(w.prefix, sizeof(w.prefix), "%s", prefixes[p]);
+            st = store_insert(t, &lagoon_table_video_words, &w, NULL, err);
+        }
+        if (st != LAGOON_OK)
+            return st;
+    }
+    return LAGOON_OK;
+}
+
+static int seed_store(app *a, uint64_t size, seed *sd, char *token)
+{
+    store_error err;
+    uint8_t refresh_hash[ACCOUNT_HASH_BYTES];
+    char refresh[ACCOUNT_TOKEN_CHARS + 1];
+    account_token_new(token, sd->session.access_hash);
+    account_token_new(refresh, refresh_hash);
+    memcpy(sd->session.refresh_hash, refresh_hash, sizeof(refresh_hash));
+    sd->session.access_expires_at = sd->session.refresh_expires_at = INT64_MAX / 2;
+    if (store_write(a->db, seed_user, sd, &err) != LAGOON_OK) {
+        fprintf(stderr, "seed: %s\n", err.message);
+        return -1;
+    }
+    uint64_t t0 = now_us(), fillers = size - MATCHES;
+    for (uint64_t done = 0; done < fillers; done += sd->count) {
+        sd->from = done;
+        sd->count = fillers - done < SEED_BATCH ? fillers - done : SEED_BATCH;
+        if (store_write(a->db, seed_fillers, sd, &err) != LAGOON_OK) {
+            fprintf(stderr, "seed: %s\n", err.message);
+            return -1;
+        }
+    }
+    fprintf(stderr, "seeded %llu videos in %.1f s\n", (unsigned long long)fillers, (double)(now_us() - t0) / 1e6);
+    return 0;
+}
+
+/* ---- through the server ----------------------------------------------------------------------------- */
+
+static lagoon_client *client(uint16_t port, const char *token)
+{
+    lagoon_client *c;
+    lagoon_error err;
+    if (lagoon_connect("127.0.0.1", port, NULL, &c, &err) != LAGOON_OK) {
+        fprintf(stderr, "connect: %s\n", err.detail.message);
+        exit(1);
+    }
+    lagoon_set_token(c, token);
+    return c;
+}
+
+static void create_matches(lagoon_client *c, lagoon_v1_Video *v)
+{
+    static lagoon_v1_CreateVideoRequest r;
+    memset(&r, 0, sizeof(r));
+    snprintf(r.title, sizeof(r.title), "Nocturne in E flat");
+    snprintf(r.piece_name, sizeof(r.piece_name), "Nocturne op. 9 no. 2");
+    snprintf(r.composer, sizeof(r.composer), "Chopin");
+    snprintf(r.url, sizeof(r.url), "https://www.youtube.com/watch?v=nocturne");
+    for (int i = 0; i < MATCHES; i++) {
+        r.is_public = i % 2;
+        int st = lagoon_Videos_Create(c, &r, v);
+        if (st != LAGOON_OK) {
+            fprintf(stderr, "create: %s %s\n", lagoon_status_name(st), lagoon_last_error(c)->detail.message);
+            exit(1);
+        }
+    }
+}
+
+/* Mean, p50 and p99 of `searches` first pages of query qi, in ms, into out[3]. */
+static void bench_query(lagoon_client *c, size_t qi, int searches, uint32_t *us, double out[3])
+{
+    static lagoon_v1_SearchVideosRequest r;
+    memset(&r, 0, sizeof(r));
+    snprintf(r.query, sizeof(r.query), "%s", queries[qi].query);
+    r.page_size = PAGE;
+    uint64_t total = 0;
+    /* WARMUP calls first, not measured: the pages the query reads come into memory. */
+    for (int i = -WARMUP; i < searches; i++) {
+        lagoon_v1_ListVideosResponse resp;
+        memset(&resp, 0, sizeof(resp));
+        uint64_t t = now_us();
+        int st = lagoon_Videos_Search(c, &r, &resp);
+        uint64_t d = now_us() - t;
+        if (st != LAGOON_OK || resp.videos_count != queries[qi].expect) {
+            fprintf(stderr, "search %s: %s %s (%u videos)\n", queries[qi].query, lagoon_status_name(st),
+                    lagoon_last_error(c)->detail.message, (unsigned)resp.videos_count);
+            exit(1);
+        }
+        pb_release(lagoon_v1_ListVideosResponse_fields, &resp);
+        if (i < 0)
+            continue;
+        us[i] = (uint32_t)(d > UINT32_MAX ? UINT32_MAX : d);
+        total += d;
+    }
+    qsort(us, (size_t)searches, sizeof(us[0]), cmp_u32);
+    out[0] = (double)total / searches / 1000.0;
+    out[1] = us[(size_t)(0.50 * (searches - 1))] / 1000.0;
+    out[2] = us[(size_t)(0.99 * (searches - 1))] / 1000.0;
+}
+
+typedef struct server_thread {
+    rpc_server *srv;
+    pthread_t th;
+} server_thread;
+
+static void *serve(void *arg)
+{
+    rpc_error err;
+    if (rpc_server_run(((server_thread *)arg)->srv, &err) != RPC_OK)
+        fprintf(stderr, "server: %s\n", err.message);
+    return NULL;
+}
+
+/* One store of size videos: the results of every query into res[query][mean, p50, p99]. */
+static int run_size(uint64_t size, int searches, uint32_t *us, double res[][3])
+{
+    char dir[] = "/tmp/lagoon-searchbench-XXXXXX";
+    if (mkdtemp(dir) == NULL)
+        return -1;
+    app_config acfg = {0};
+    acfg.sync = STORE_SYNC_NONE;
+    app *a;
+    rpc_error rerr;
+    if (app_open(dir, &acfg, &a, &rerr) != RPC_OK) {
+        fprintf(stderr, "app: %s\n", rerr.message);
+        return -1;
+    }
+    seed sd;
+    memset(&sd, 0, sizeof(sd));
+    sd.v = malloc(sizeof(*sd.v));
+    char token[ACCOUNT_TOKEN_CHARS + 1];
+    if (sd.v == NULL || seed_store(a, size, &sd, token) != 0)
+        return -1;
+    rpc_config cfg;
+    rpc_config_defaults(&cfg);
+    cfg.listen_port = 0;
+    cfg.app = a;
+    cfg.authenticate = app_authenticate;
+    cfg.authenticate_arg = a;
+    server_thread st;
+    if (rpc_server_new(&cfg, lagoon_routes, lagoon_routes_count, &st.srv, &rerr) != RPC_OK) {
+        fprintf(stderr, "server: %s\n", rerr.message);
+        return -1;
+    }
+    pthread_create(&st.th, NULL, serve, &st);
+    lagoon_client *c = client(rpc_server_port(st.srv), token);
+    create_matches(c, sd.v);
+    for (size_t q = 0; q < NQUERIES; q++) {
+        bench_query(c, q, searches, us, res[q]);
+        printf("| %-18s | %-28s | %9llu | %7d | %8.3f | %7.3f | %7.3f |\n", queries[q].query, queries[q].why,
+               (unsigned long long)size, searches, res[q][0], res[q][1], res[q][2]);
+        fflush(stdout);
+    }
+    lagoon_close(c);
+    rpc_server_stop(st.srv);
+    pthread_join(st.th, NULL);
+    rpc_server_join_workers(st.srv);
+    app_close(a);
+    rpc_server_free(st.srv);
+    free(sd.v);
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+int main(int argc, char **argv)
+{
+    char sizes[256] = "1000,1000000";
+    int searches = 2000;
+    for (int i = 1; i < argc; i += 2) {
+        if (i + 1 < argc && strcmp(argv[i], "--sizes") == 0) {
+            snprintf(sizes, sizeof(sizes), "%s", argv[i + 1]);
+        } else if (i + 1 < argc && strcmp(argv[i], "--searches") == 0) {
+            searches = atoi(argv[i + 1]);
+        } else {
+            fprintf(stderr, "usage: videos-search-bench [--sizes N,N] [--searches N]\n");
+            return 2;
+        }
+    }
+    if (searches < 1 || searches > 1000000) {
+        fprintf(stderr, "videos-search-bench: searches 1..1000000\n");
+        return 2;
+    }
+    log_set_level(LOG_WARN);
+    uint32_t *us = calloc((size_t)searches, sizeof(*us));
+    double first[NQUERIES][3], res[NQUERIES][3];
+    if (us == NULL)
+        return 1;
+    printf("| %-18s | %-28s | %9s | %7s | %8s | %7s | %7s |\n", "query", "", "videos", "calls", "mean ms", "p50 ms",
+           "p99 ms");
+    printf("|--------------------|------------------------------|-----------|---------|----------|---------|---------|\n");
+    int n = 0;
+    uint64_t first_size = 0, size = 0;
+    for (char *tok = strtok(sizes, ","); tok; tok = strtok(NULL, ",")) {
+        size = strtoull(tok, NULL, 10);
+        if (size < 2 * MATCHES || size > SIZE_MAX_VIDEOS) {
+            fprintf(stderr, "videos-search-bench: sizes from %d to %llu\n", 2 * MATCHES, SIZE_MAX_VIDEOS);
+            free(us);
+            return 2;
+        }
+        if (run_size(size, searches, us, n == 0 ? first : res) != 0) {
+            free(us);
+            return 1;
+        }
+        if (n++ == 0)
+            first_size = size;
+    }
+    if (n > 1) {
+        printf("\nmean time at %llu videos / at %llu:\n", (unsigned long long)size, (unsigned long long)first_size);
+        for (size_t q = 0; q < NQUERIES; q++)
+            printf("  %-18s %.2fx\n", queries[q].query, res[q][0] / first[q][0]);
+    }
+    free(us);
+    return 0;
+}

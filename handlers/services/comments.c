@@ -740,6 +740,48 @@ int handle_Comments_Unfollow(rpc_call *call, const lagoon_v1_FollowVideoRequest 
     return app_write_call(call, unfollow_write, NULL);
 }
 
+int comments_video_readers_changed(store_txn *t, const app *a, uint64_t video_id, store_error *err)
+{
+    lagoon_v1_Topic tp = {lagoon_v1_Topic_Kind_VIDEO, video_id};
+    store_key prefix;
+    store_key_reset(&prefix);
+    store_key_u32(&prefix, (uint32_t)tp.kind);
+    store_key_u64(&prefix, tp.id);
+    store_query q = {.table = &lagoon_table_topic_members, .index = lagoon_index_topic_members_by_topic,
+                     .prefix = prefix.buf, .prefix_len = prefix.len, .page_size = STORE_PAGE_SIZE_MAX};
+    app_id_page *page = malloc(sizeof(*page));
+    lagoon_v1_User *u = malloc(sizeof(*u));
+    if (page == NULL || u == NULL) {
+        free(page);
+        free(u);
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    }
+    char token[STORE_PAGE_TOKEN_MAX + 1] = "";
+    int st;
+    do {
+        /* A page of ids first: a scan's callback must not write. */
+        q.page_token = token;
+        st = app_scan_ids(t, &q, page, err);
+        for (uint32_t i = 0; i < page->n && st == LAGOON_OK; i++) {
+            lagoon_v1_TopicMember m;
+            st = store_get(t, &lagoon_table_topic_members, page->ids[i], &m, err);
+            if (st == LAGOON_OK)
+                st = store_get(t, &lagoon_table_users, m.user_id, u, err);
+            if (st != LAGOON_OK)
+                break;
+            rpc_caller who = {.user_id = u->id, .role = (uint8_t)u->role, .verified = u->verified,
+                              .grants = app_grants((uint8_t)u->role, u->verified)};
+            st = videos_readable(t, &who, video_id, NULL, NULL, NULL, err);
+            if (st == LAGOON_NOT_FOUND)
+                st = events_topic_leave(t, a, m.user_id, &tp, err);
+        }
+        memcpy(token, page->next_page_token, sizeof(token));
+    } while (st == LAGOON_OK && token[0] != '\0');
+    free(page);
+    free(u);
+    return st;
+}
+
 /* ---- lists ----------------------------------------------------------------------------------------- */
 
 /* The end of a window: rows at or past `to` are left out, and once one is seen (the scan is

@@ -18,4 +18,10 @@
 
 extern const app_module comments_module;
 
+/* Call in the transaction that narrows who may read video video_id (a share removed, the video
+ * made private): ends the video-topic membership (Comments/Follow) of every follower who may no
+ * longer read it, so that its comment events stop reaching them (a membership is not checked
+ * again when an event is sent). Costs a user and an access lookup per follower of the video. */
+int comments_video_readers_changed(store_txn *t, const app *a, uint64_t video_id, store_error *err);
+
 #endif

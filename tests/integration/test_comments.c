@@ -920,6 +920,76 @@ static void test_replay_after_delete(void **state)
     free(ev);
 }
 
+static int do_unshare_and_prune(store_txn *t, void *arg, store_error *err)
+{
+    const share_op *op = arg;
+    int st = do_unshare(t, arg, err);
+    return st == LAGOON_OK ? comments_video_readers_changed(t, T->app, op->video, err) : st;
+}
+
+/* A follower who loses the video stops getting its events once the losing write calls
+ * comments_video_readers_changed; the others keep theirs. */
+static void test_follower_losing_access(void **state)
+{
+    (void)state;
+    uint64_t priv = video(0, 0), pub = video(1, 0);
+    share(priv, bob);
+    share(priv, cat);
+    EXPECT(follow(bob_tok, priv, 1), LAGOON_OK, NULL);
+    EXPECT(follow(bob_tok, pub, 1), LAGOON_OK, NULL);
+    EXPECT(follow(cat_tok, priv, 1), LAGOON_OK, NULL);
+    lagoon_v1_Event *ev = calloc(1, sizeof(*ev));
+    assert_non_null(ev);
+    device d;
+    subscribe(&d, bob_tok);
+    /* The stream starts with the topics bob follows: both, before the share goes. */
+    int joined = 0;
+    for (int i = 0; i < 10 && joined < 2; i++) {
+        int r = lagoon_stream_recv_timeout(d.s, ev, WAIT_MS);
+        if (r != 1)
+            fail_msg("no event (%d)", r);
+        if (ev->which_payload == lagoon_v1_Event_membership_tag && ev->payload.membership.joined)
+            joined++;
+    }
+    assert_int_equal(joined, 2);
+    share_op op = {priv, bob};
+    store_error err;
+    assert_int_equal(store_write(T->app->db, do_unshare_and_prune, &op, &err), LAGOON_OK);
+    next_video_event(&d, priv, ev);
+    assert_int_equal(ev->which_payload, lagoon_v1_Event_membership_tag);
+    assert_false(ev->payload.membership.joined);
+    /* The private video's next comment does not reach bob: the public one's comes first. */
+    add_ok(ann_tok, priv, "not for bob any more", 0);
+    uint64_t c = add_ok(ann_tok, pub, "for everyone", 0);
+    for (int i = 0; i < 100; i++) {
+        int r = lagoon_stream_recv_timeout(d.s, ev, WAIT_MS);
+        if (r != 1)
+            fail_msg("no event (%d)", r);
+        if (!ev->has_topic || ev->which_payload == lagoon_v1_Event_membership_tag)
+            continue;
+        break;
+    }
+    check_comment_event(ev, pub, lagoon_v1_CommentEvent_Action_ADDED, c, "for everyone");
+    lagoon_stream_cancel(d.s);
+    lagoon_close(d.c);
+    /* cat still follows the private video. */
+    assert_int_equal(follow(cat_tok, priv, 1), LAGOON_OK);
+    int members = 0;
+    store_key prefix;
+    store_key_reset(&prefix);
+    store_key_u32(&prefix, lagoon_v1_Topic_Kind_VIDEO);
+    store_key_u64(&prefix, priv);
+    store_txn *t;
+    assert_int_equal(store_read_begin(T->app->db, &t, &err), LAGOON_OK);
+    store_query q = {.table = &lagoon_table_topic_members, .index = lagoon_index_topic_members_by_topic,
+                     .prefix = prefix.buf, .prefix_len = prefix.len};
+    store_page page;
+    assert_int_equal(store_scan(t, &q, count_row, &members, &page, &err), LAGOON_OK);
+    store_read_end(t);
+    assert_int_equal(members, 1);
+    free(ev);
+}
+
 /* ---- the rate limit --------------------------------------------------------------------------------- */
 
 static void tweak_limited(app_config *acfg, rpc_config *cfg)
@@ -976,6 +1046,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_notifications, setup, teardown),
         cmocka_unit_test_setup_teardown(test_live_events, setup, teardown),
         cmocka_unit_test_setup_teardown(test_replay_after_delete, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_follower_losing_access, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rate_limit, setup_limited, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

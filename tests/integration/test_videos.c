@@ -647,8 +647,10 @@ static int notified_of(const char *tok, uint64_t video)
     int found = 0;
     for (pb_size_t i = 0; i < resp.notifications_count; i++)
         if (resp.notifications[i].type == lagoon_v1_Notification_Type_VIDEO_SHARED &&
-            resp.notifications[i].related_id == video)
+            resp.notifications[i].related_id == video) {
             found = 1;
+            assert_string_equal(resp.notifications[i].title, "ann shared a video with you");
+        }
     pb_release(lagoon_v1_ListNotificationsResponse_fields, &resp);
     return found;
 }
@@ -839,6 +841,24 @@ static void test_share_limit(void **state)
     /* Deleting the video deletes its shares. */
     assert_int_equal(del(ann_tok, id), LAGOON_OK);
     assert_int_equal(rows_of(&lagoon_table_video_shares, lagoon_index_video_shares_by_video_user, id), 0);
+}
+
+/* Delete and Unshare retried with the same key are OK again, not NOT_FOUND. */
+static void test_delete_unshare_retried(void **state)
+{
+    (void)state;
+    uint64_t id = create(ann_tok, "retried", 0);
+    assert_int_equal(share(ann_tok, id, bob), LAGOON_OK);
+    lagoon_set_idempotency_key(C, "unshare-key-1");
+    assert_int_equal(unshare(ann_tok, id, bob), LAGOON_OK);
+    lagoon_set_idempotency_key(C, "unshare-key-1");
+    assert_int_equal(unshare(ann_tok, id, bob), LAGOON_OK);
+    assert_refused(unshare(ann_tok, id, bob), LAGOON_NOT_FOUND, "user_id"); /* without the key */
+    lagoon_set_idempotency_key(C, "delete-key-1");
+    assert_int_equal(del(ann_tok, id), LAGOON_OK);
+    lagoon_set_idempotency_key(C, "delete-key-1");
+    assert_int_equal(del(ann_tok, id), LAGOON_OK);
+    assert_refused(del(ann_tok, id), LAGOON_NOT_FOUND, "video_id");
 }
 
 /* ---- RecordView -------------------------------------------------------------------------------- */
@@ -1114,6 +1134,7 @@ int main(void)
         cmocka_unit_test(test_share_errors),
         cmocka_unit_test(test_list_shared_with_me),
         cmocka_unit_test(test_share_limit),
+        cmocka_unit_test(test_delete_unshare_retried),
         cmocka_unit_test(test_view_rules),
         cmocka_unit_test(test_view_access),
         cmocka_unit_test(test_search_words),

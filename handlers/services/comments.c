@@ -612,28 +612,48 @@ typedef struct id_set {
     size_t n;
 } id_set;
 
-/* Adds to s the ids of idx's rows under key id (every page). */
-static int add_ids_under(store_txn *t, const store_index *idx, uint64_t id, app_id_page *page, id_set *s,
-                         store_error *err)
+/* Calls fn for each row id of q, a page at a time (a scan's callback must not write; fn may),
+ * until one fails. */
+typedef int (*id_fn)(store_txn *t, uint64_t id, void *arg, store_error *err);
+
+static int each_id(store_txn *t, store_query *q, id_fn fn, void *arg, store_error *err)
+{
+    app_id_page *page = malloc(sizeof(*page)); /* 4 KiB */
+    if (page == NULL)
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    char token[STORE_PAGE_TOKEN_MAX + 1] = "";
+    q->page_size = STORE_PAGE_SIZE_MAX;
+    int st;
+    do {
+        q->page_token = token;
+        st = app_scan_ids(t, q, page, err);
+        for (uint32_t i = 0; i < page->n && st == LAGOON_OK; i++)
+            st = fn(t, page->ids[i], arg, err);
+        memcpy(token, page->next_page_token, sizeof(token));
+    } while (st == LAGOON_OK && token[0] != '\0');
+    q->page_token = NULL; /* token was this function's */
+    free(page);
+    return st;
+}
+
+static int add_id(store_txn *t, uint64_t id, void *arg, store_error *err)
+{
+    (void)t;
+    id_set *s = arg;
+    if (s->n >= sizeof(s->ids) / sizeof(s->ids[0])) /* never: Reply keeps the thread cap */
+        return store_fail(err, LAGOON_INTERNAL, NULL, "thread larger than %d replies", COMMENTS_THREAD_MAX);
+    s->ids[s->n++] = id;
+    return LAGOON_OK;
+}
+
+/* Adds to s the ids of idx's rows under key id. */
+static int add_ids_under(store_txn *t, const store_index *idx, uint64_t id, id_set *s, store_error *err)
 {
     store_key prefix;
     store_key_reset(&prefix);
     store_key_u64(&prefix, id);
-    store_query q = {.table = &lagoon_table_comments, .index = idx, .prefix = prefix.buf,
-                     .prefix_len = prefix.len, .page_size = STORE_PAGE_SIZE_MAX};
-    char token[STORE_PAGE_TOKEN_MAX + 1] = "";
-    int st;
-    do {
-        q.page_token = token;
-        st = app_scan_ids(t, &q, page, err);
-        for (uint32_t i = 0; i < page->n && st == LAGOON_OK; i++) {
-            if (s->n >= sizeof(s->ids) / sizeof(s->ids[0])) /* never: Reply keeps the thread cap */
-                return store_fail(err, LAGOON_INTERNAL, NULL, "thread larger than %d replies", COMMENTS_THREAD_MAX);
-            s->ids[s->n++] = page->ids[i];
-        }
-        memcpy(token, page->next_page_token, sizeof(token));
-    } while (st == LAGOON_OK && token[0] != '\0');
-    return st;
+    store_query q = {.table = &lagoon_table_comments, .index = idx, .prefix = prefix.buf, .prefix_len = prefix.len};
+    return each_id(t, &q, add_id, s, err);
 }
 
 /* The methods whose kept responses show a comment (app_result_shows). */
@@ -651,13 +671,11 @@ static int delete_write(store_txn *t, const app_write_in *in, void *resp, store_
     lagoon_v1_Comment *c = malloc(sizeof(*c)), *root = malloc(sizeof(*root));
     lagoon_v1_Video *v = calloc(1, sizeof(*v));
     id_set *gone = malloc(sizeof(*gone));
-    app_id_page *page = malloc(sizeof(*page));
-    if (c == NULL || root == NULL || v == NULL || gone == NULL || page == NULL) {
+    if (c == NULL || root == NULL || v == NULL || gone == NULL) {
         free(c);
         free(root);
         free(v);
         free(gone);
-        free(page);
         return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
     }
     gone->n = 0;
@@ -666,11 +684,11 @@ static int delete_write(store_txn *t, const app_write_in *in, void *resp, store_
         gone->ids[0] = c->id;
         gone->n = 1;
         if (c->root_id == 0) {
-            st = add_ids_under(t, lagoon_index_comments_by_root_time, c->id, page, gone, err);
+            st = add_ids_under(t, lagoon_index_comments_by_root_time, c->id, gone, err);
         } else {
             /* Breadth first: each id's direct replies join the set, until none is left. */
             for (size_t i = 0; i < gone->n && st == LAGOON_OK; i++)
-                st = add_ids_under(t, lagoon_index_comments_by_parent, gone->ids[i], page, gone, err);
+                st = add_ids_under(t, lagoon_index_comments_by_parent, gone->ids[i], gone, err);
         }
     }
     /* A retry of a call that showed one of them runs again instead of bringing it back. */
@@ -695,7 +713,6 @@ static int delete_write(store_txn *t, const app_write_in *in, void *resp, store_
     free(root);
     free(v);
     free(gone);
-    free(page);
     return st;
 }
 
@@ -740,45 +757,42 @@ int handle_Comments_Unfollow(rpc_call *call, const lagoon_v1_FollowVideoRequest 
     return app_write_call(call, unfollow_write, NULL);
 }
 
+/* comments_video_readers_changed's state. */
+typedef struct prune {
+    const app *a;
+    lagoon_v1_Topic topic;
+    lagoon_v1_User *u; /* room for each member's row */
+} prune;
+
+/* Ends member row id's membership if its user may no longer read the video. */
+static int prune_member(store_txn *t, uint64_t id, void *arg, store_error *err)
+{
+    prune *p = arg;
+    lagoon_v1_TopicMember m;
+    int st = store_get(t, &lagoon_table_topic_members, id, &m, err);
+    if (st == LAGOON_OK)
+        st = store_get(t, &lagoon_table_users, m.user_id, p->u, err);
+    if (st != LAGOON_OK)
+        return st;
+    rpc_caller who = {.user_id = p->u->id, .role = (uint8_t)p->u->role, .verified = p->u->verified,
+                      .grants = app_grants((uint8_t)p->u->role, p->u->verified)};
+    st = videos_readable(t, &who, p->topic.id, NULL, NULL, NULL, err);
+    return st == LAGOON_NOT_FOUND ? events_topic_leave(t, p->a, m.user_id, &p->topic, err) : st;
+}
+
 int comments_video_readers_changed(store_txn *t, const app *a, uint64_t video_id, store_error *err)
 {
-    lagoon_v1_Topic tp = {lagoon_v1_Topic_Kind_VIDEO, video_id};
+    prune p = {a, {lagoon_v1_Topic_Kind_VIDEO, video_id}, malloc(sizeof(lagoon_v1_User))};
+    if (p.u == NULL)
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
     store_key prefix;
     store_key_reset(&prefix);
-    store_key_u32(&prefix, (uint32_t)tp.kind);
-    store_key_u64(&prefix, tp.id);
+    store_key_u32(&prefix, (uint32_t)p.topic.kind);
+    store_key_u64(&prefix, video_id);
     store_query q = {.table = &lagoon_table_topic_members, .index = lagoon_index_topic_members_by_topic,
-                     .prefix = prefix.buf, .prefix_len = prefix.len, .page_size = STORE_PAGE_SIZE_MAX};
-    app_id_page *page = malloc(sizeof(*page));
-    lagoon_v1_User *u = malloc(sizeof(*u));
-    if (page == NULL || u == NULL) {
-        free(page);
-        free(u);
-        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
-    }
-    char token[STORE_PAGE_TOKEN_MAX + 1] = "";
-    int st;
-    do {
-        /* A page of ids first: a scan's callback must not write. */
-        q.page_token = token;
-        st = app_scan_ids(t, &q, page, err);
-        for (uint32_t i = 0; i < page->n && st == LAGOON_OK; i++) {
-            lagoon_v1_TopicMember m;
-            st = store_get(t, &lagoon_table_topic_members, page->ids[i], &m, err);
-            if (st == LAGOON_OK)
-                st = store_get(t, &lagoon_table_users, m.user_id, u, err);
-            if (st != LAGOON_OK)
-                break;
-            rpc_caller who = {.user_id = u->id, .role = (uint8_t)u->role, .verified = u->verified,
-                              .grants = app_grants((uint8_t)u->role, u->verified)};
-            st = videos_readable(t, &who, video_id, NULL, NULL, NULL, err);
-            if (st == LAGOON_NOT_FOUND)
-                st = events_topic_leave(t, a, m.user_id, &tp, err);
-        }
-        memcpy(token, page->next_page_token, sizeof(token));
-    } while (st == LAGOON_OK && token[0] != '\0');
-    free(page);
-    free(u);
+                     .prefix = prefix.buf, .prefix_len = prefix.len};
+    int st = each_id(t, &q, prune_member, &p, err);
+    free(p.u);
     return st;
 }
 

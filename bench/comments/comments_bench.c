@@ -1,0 +1,320 @@
+/* comments-bench: the comments of a 30 s window (Comments/ListWindow) and a page by moment
+ * (Comments/List, MOMENT) on a video of 100 comments and on one of 100 000, through the real
+ * server and a blocking client on loopback.
+ *
+ *   comments-bench [--sizes 100,100000] [--calls 2000]
+ *
+ * For each size: a fresh store in a temporary directory (sync none: seeding speed; the calls
+ * measured are reads), one user with a session made in the store, one public video of an hour,
+ * and `size` top-level comments seeded straight through the store as Comments/Add writes them:
+ * WINDOW_COMMENTS of them in the window [WINDOW_FROM_MS, WINDOW_FROM_MS + 30 s), the others
+ * spread over the rest of the hour. Every size's window thus holds the same comments, and a
+ * first page by moment is PAGE comments at every size: the time of either should not grow with
+ * the comments around it. Every loop is bounded; everything it creates is removed. */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <pb_decode.h>
+
+#include "account_tokens.h"
+#include "accounts.h"
+#include "comments.h"
+#include "lagoon_handlers.h"
+#include "lagoon_stubs.h"
+#include "log.h"
+
+#define VIDEO_MS (3600u * 1000u)     /* the video's length */
+#define WINDOW_FROM_MS (600u * 1000u) /* the window measured: [10:00, 10:30) */
+#define WINDOW_MS (30u * 1000u)
+#define WINDOW_COMMENTS 20           /* comments in it, at every size */
+#define PAGE 50                      /* page_size of every List */
+#define SEED_BATCH 10000             /* comments per seeding transaction */
+#define WARMUP 20                    /* unmeasured calls before each measurement */
+#define SIZE_MAX_COMMENTS 10000000ull
+
+static uint64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* ---- seeding (not measured) ---------------------------------------------------------------------- */
+
+typedef struct seed {
+    uint64_t user, video;
+    uint64_t size;             /* comments in all */
+    uint64_t from, count;      /* the comments of this batch */
+    lagoon_v1_Session session;
+    lagoon_v1_Video *v;        /* rows on the heap (~37 KB, ~20 KB) */
+    lagoon_v1_Comment *c;
+} seed;
+
+static int seed_user_video(store_txn *t, void *arg, store_error *err)
+{
+    seed *sd = arg;
+    lagoon_v1_User u = lagoon_v1_User_init_zero;
+    snprintf(u.password_hash, sizeof(u.password_hash), "unused");
+    snprintf(u.email, sizeof(u.email), "comments@bench.invalid");
+    snprintf(u.username, sizeof(u.username), "bench_comments");
+    u.role = lagoon_v1_Role_STUDENT;
+    u.active = u.verified = true;
+    int st = store_insert(t, &lagoon_table_users, &u, &sd->user, err);
+    sd->session.user_id = sd->user;
+    if (st == LAGOON_OK)
+        st = store_insert(t, &lagoon_table_sessions, &sd->session, NULL, err);
+    memset(sd->v, 0, sizeof(*sd->v));
+    sd->v->owner_id = sd->user;
+    snprintf(sd->v->title, sizeof(sd->v->title), "Etude");
+    snprintf(sd->v->url, sizeof(sd->v->url), "https://www.youtube.com/watch?v=etude");
+    sd->v->duration_seconds = VIDEO_MS / 1000;
+    sd->v->is_public = true;
+    sd->v->source = lagoon_v1_Video_Source_EXTERNAL_URL;
+    sd->v->status = lagoon_v1_Video_Status_READY;
+    sd->v->created_at = sd->v->updated_at = 1;
+    return st == LAGOON_OK ? store_insert(t, &lagoon_table_videos, sd->v, &sd->video, err) : st;
+}
+
+/* The moment of comment i of n: the first WINDOW_COMMENTS inside the window, the others
+ * spread evenly over the rest of the video. */
+static uint32_t moment(uint64_t i, uint64_t n)
+{
+    if (i < WINDOW_COMMENTS)
+        return WINDOW_FROM_MS + (uint32_t)(i * (WINDOW_MS / WINDOW_COMMENTS));
+    uint64_t outside = VIDEO_MS - WINDOW_MS, k = i - WINDOW_COMMENTS;
+    uint64_t at = k * outside / (n - WINDOW_COMMENTS);
+    return (uint32_t)(at < WINDOW_FROM_MS ? at : at + WINDOW_MS);
+}
+
+static int seed_comments(store_txn *t, void *arg, store_error *err)
+{
+    seed *sd = arg;
+    lagoon_v1_Comment *c = sd->c;
+    for (uint64_t i = sd->from; i < sd->from + sd->count; i++) {
+        memset(c, 0, sizeof(*c));
+        c->video_id = sd->video;
+        c->author_id = sd->user;
+        snprintf(c->content, sizeof(c->content), "comment %llu: the left hand is late here",
+                 (unsigned long long)i);
+        c->at_ms = moment(i, sd->size);
+        c->created_at = (int64_t)i + 1;
+        int st = store_insert(t, &lagoon_table_comments, c, NULL, err);
+        if (st != LAGOON_OK)
+            return st;
+    }
+    return LAGOON_OK;
+}
+
+static int seed_store(app *a, seed *sd, char *token)
+{
+    store_error err;
+    uint8_t refresh_hash[ACCOUNT_HASH_BYTES];
+    char refresh[ACCOUNT_TOKEN_CHARS + 1];
+    account_token_new(token, sd->session.access_hash);
+    account_token_new(refresh, refresh_hash);
+    memcpy(sd->session.refresh_hash, refresh_hash, sizeof(refresh_hash));
+    sd->session.access_expires_at = sd->session.refresh_expires_at = INT64_MAX / 2;
+    if (store_write(a->db, seed_user_video, sd, &err) != LAGOON_OK) {
+        fprintf(stderr, "seed: %s\n", err.message);
+        return -1;
+    }
+    uint64_t t0 = now_us();
+    for (uint64_t done = 0; done < sd->size; done += sd->count) {
+        sd->from = done;
+        sd->count = sd->size - done < SEED_BATCH ? sd->size - done : SEED_BATCH;
+        if (store_write(a->db, seed_comments, sd, &err) != LAGOON_OK) {
+            fprintf(stderr, "seed: %s\n", err.message);
+            return -1;
+        }
+    }
+    fprintf(stderr, "seeded %llu comments in %.1f s\n", (unsigned long long)sd->size,
+            (double)(now_us() - t0) / 1e6);
+    return 0;
+}
+
+/* ---- through the server ----------------------------------------------------------------------------- */
+
+enum { M_WINDOW, M_MOMENT, M_NEWEST, NMEASURES };
+static const char *const measure_names[NMEASURES] = {"ListWindow 30 s", "List MOMENT page", "List NEWEST page"};
+
+/* One call of measure m; the comments it listed, or -1. */
+static int call(lagoon_client *c, int m, uint64_t video)
+{
+    lagoon_v1_ListCommentsResponse resp;
+    memset(&resp, 0, sizeof(resp));
+    int st;
+    if (m == M_WINDOW) {
+        lagoon_v1_ListCommentWindowRequest r = {.video_id = video, .from_ms = WINDOW_FROM_MS,
+                                                .to_ms = WINDOW_FROM_MS + WINDOW_MS, .page_size = PAGE};
+        st = lagoon_Comments_ListWindow(c, &r, &resp);
+    } else {
+        lagoon_v1_ListCommentsRequest r = {.video_id = video, .page_size = PAGE,
+                                           .order = m == M_NEWEST ? lagoon_v1_ListCommentsRequest_Order_NEWEST
+                                                                  : lagoon_v1_ListCommentsRequest_Order_MOMENT};
+        st = lagoon_Comments_List(c, &r, &resp);
+    }
+    int n = st == LAGOON_OK ? (int)resp.comments_count : -1;
+    if (st != LAGOON_OK)
+        fprintf(stderr, "%s: %s %s\n", measure_names[m], lagoon_status_name(st), lagoon_last_error(c)->detail.message);
+    pb_release(lagoon_v1_ListCommentsResponse_fields, &resp);
+    return n;
+}
+
+/* Mean, p50 and p99 of `calls` calls of measure m, in ms, into out[3]. */
+static int bench_measure(lagoon_client *c, int m, uint64_t video, int calls, uint32_t *us, double out[3])
+{
+    int expect = m == M_WINDOW ? WINDOW_COMMENTS : PAGE;
+    uint64_t total = 0;
+    for (int i = -WARMUP; i < calls; i++) {
+        uint64_t t = now_us();
+        int n = call(c, m, video);
+        uint64_t d = now_us() - t;
+        if (n != expect) {
+            fprintf(stderr, "%s: %d comments, expected %d\n", measure_names[m], n, expect);
+            return -1;
+        }
+        if (i < 0)
+            continue;
+        us[i] = (uint32_t)(d > UINT32_MAX ? UINT32_MAX : d);
+        total += d;
+    }
+    qsort(us, (size_t)calls, sizeof(us[0]), cmp_u32);
+    out[0] = (double)total / calls / 1000.0;
+    out[1] = us[(size_t)(0.50 * (calls - 1))] / 1000.0;
+    out[2] = us[(size_t)(0.99 * (calls - 1))] / 1000.0;
+    return 0;
+}
+
+typedef struct server_thread {
+    rpc_server *srv;
+    pthread_t th;
+} server_thread;
+
+static void *serve(void *arg)
+{
+    rpc_error err;
+    if (rpc_server_run(((server_thread *)arg)->srv, &err) != RPC_OK)
+        fprintf(stderr, "server: %s\n", err.message);
+    return NULL;
+}
+
+/* One store of a video with size comments: res[measure][mean, p50, p99]. */
+static int run_size(uint64_t size, int calls, uint32_t *us, double res[][3])
+{
+    char dir[] = "/tmp/lagoon-commentsbench-XXXXXX";
+    if (mkdtemp(dir) == NULL)
+        return -1;
+    app_config acfg = {0};
+    acfg.sync = STORE_SYNC_NONE;
+    app *a;
+    rpc_error rerr;
+    if (app_open(dir, &acfg, &a, &rerr) != RPC_OK) {
+        fprintf(stderr, "app: %s\n", rerr.message);
+        return -1;
+    }
+    seed sd;
+    memset(&sd, 0, sizeof(sd));
+    sd.size = size;
+    sd.v = malloc(sizeof(*sd.v));
+    sd.c = malloc(sizeof(*sd.c));
+    char token[ACCOUNT_TOKEN_CHARS + 1];
+    if (sd.v == NULL || sd.c == NULL || seed_store(a, &sd, token) != 0)
+        return -1;
+    rpc_config cfg;
+    rpc_config_defaults(&cfg);
+    cfg.listen_port = 0;
+    cfg.app = a;
+    cfg.authenticate = app_authenticate;
+    cfg.authenticate_arg = a;
+    server_thread st;
+    if (rpc_server_new(&cfg, lagoon_routes, lagoon_routes_count, &st.srv, &rerr) != RPC_OK) {
+        fprintf(stderr, "server: %s\n", rerr.message);
+        return -1;
+    }
+    pthread_create(&st.th, NULL, serve, &st);
+    lagoon_client *c;
+    lagoon_error cerr;
+    if (lagoon_connect("127.0.0.1", rpc_server_port(st.srv), NULL, &c, &cerr) != LAGOON_OK) {
+        fprintf(stderr, "connect: %s\n", cerr.detail.message);
+        return -1;
+    }
+    lagoon_set_token(c, token);
+    int failed = 0;
+    for (int m = 0; m < NMEASURES && !failed; m++) {
+        failed = bench_measure(c, m, sd.video, calls, us, res[m]) != 0;
+        if (!failed)
+            printf("| %-18s | %9llu | %7d | %8.3f | %7.3f | %7.3f |\n", measure_names[m], (unsigned long long)size,
+                   calls, res[m][0], res[m][1], res[m][2]);
+        fflush(stdout);
+    }
+    lagoon_close(c);
+    rpc_server_stop(st.srv);
+    pthread_join(st.th, NULL);
+    rpc_server_join_workers(st.srv);
+    app_close(a);
+    rpc_server_free(st.srv);
+    free(sd.v);
+    free(sd.c);
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    return system(cmd) == 0 && !failed ? 0 : -1;
+}
+
+int main(int argc, char **argv)
+{
+    char sizes[256] = "100,100000";
+    int calls = 2000;
+    for (int i = 1; i < argc; i += 2) {
+        if (i + 1 < argc && strcmp(argv[i], "--sizes") == 0) {
+            snprintf(sizes, sizeof(sizes), "%s", argv[i + 1]);
+        } else if (i + 1 < argc && strcmp(argv[i], "--calls") == 0) {
+            calls = atoi(argv[i + 1]);
+        } else {
+            fprintf(stderr, "usage: comments-bench [--sizes N,N] [--calls N]\n");
+            return 2;
+        }
+    }
+    if (calls < 1 || calls > 1000000) {
+        fprintf(stderr, "comments-bench: calls 1..1000000\n");
+        return 2;
+    }
+    log_set_level(LOG_WARN);
+    uint32_t *us = calloc((size_t)calls, sizeof(*us));
+    double first[NMEASURES][3], res[NMEASURES][3];
+    if (us == NULL)
+        return 1;
+    printf("| %-18s | %9s | %7s | %8s | %7s | %7s |\n", "call", "comments", "calls", "mean ms", "p50 ms", "p99 ms");
+    printf("|--------------------|-----------|---------|----------|---------|---------|\n");
+    int n = 0;
+    uint64_t first_size = 0, size = 0;
+    for (char *tok = strtok(sizes, ","); tok; tok = strtok(NULL, ",")) {
+        size = strtoull(tok, NULL, 10);
+        if (size < 2 * PAGE || size > SIZE_MAX_COMMENTS) {
+            fprintf(stderr, "comments-bench: sizes from %d to %llu\n", 2 * PAGE, SIZE_MAX_COMMENTS);
+            free(us);
+            return 2;
+        }
+        if (run_size(size, calls, us, n == 0 ? first : res) != 0) {
+            free(us);
+            return 1;
+        }
+        if (n++ == 0)
+            first_size = size;
+    }
+    if (n > 1) {
+        printf("\nmean time at %llu comments / at %llu:\n", (unsigned long long)size, (unsigned long long)first_size);
+        for (int m = 0; m < NMEASURES; m++)
+            printf("  %-18s %.2fx\n", measure_names[m], res[m][0] / first[m][0]);
+    }
+    free(us);
+    return 0;
+}

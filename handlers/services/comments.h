@@ -19,7 +19,8 @@
 extern const app_module comments_module;
 
 /* Call in the transaction that narrows who may read video video_id (a share removed, the video
- * made private): ends the video-topic membership (Comments/Follow) of every follower who may no
+ * made private, or deleted: then every membership goes, which would otherwise count against
+ * EVENTS_MAX_TOPICS_PER_USER for ever): ends the video-topic membership (Comments/Follow) of every follower who may no
  * longer read it, so that its comment events stop reaching them (a membership is not checked
  * again when an event is sent). Costs a user and an access lookup per follower of the video. */
 int comments_video_readers_changed(store_txn *t, const app *a, uint64_t video_id, store_error *err);

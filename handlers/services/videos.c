@@ -283,26 +283,94 @@ int handle_Videos_Get(rpc_call *call, const lagoon_v1_GetVideoRequest *req, lago
     (sizeof(((lagoon_v1_Video *)0)->title) + sizeof(((lagoon_v1_Video *)0)->piece_name) +                 \
      sizeof(((lagoon_v1_Video *)0)->composer))
 
-/* Deletes video id's VideoWord rows, a page of ids at a time (a scan must not write). */
-static int words_delete(store_txn *t, uint64_t id, store_error *err)
+/* A VideoWord row of the video as stored: its id and prefix. */
+typedef struct stored_word {
+    uint64_t id;
+    char prefix[VIDEOS_PREFIX_MAX + 1];
+} stored_word;
+
+typedef struct stored_words {
+    stored_word *w;
+    size_t n;
+} stored_words;
+
+static int collect_word(void *arg, uint64_t id, const void *row)
+{
+    stored_words *sw = arg;
+    if (sw->n >= VIDEOS_WORDS_MAX) /* NEVER: prefix_set_of writes no more */
+        return LAGOON_OK;
+    sw->w[sw->n].id = id;
+    APP_STRCPY(sw->w[sw->n].prefix, ((const lagoon_v1_VideoWord *)row)->prefix);
+    sw->n++;
+    return LAGOON_OK;
+}
+
+static int stored_cmp(const void *a, const void *b)
+{
+    return strcmp(((const stored_word *)a)->prefix, ((const stored_word *)b)->prefix);
+}
+
+/* Video id's VideoWord rows, sorted by prefix (a page of rows at a time). */
+static int words_stored(store_txn *t, uint64_t id, stored_words *sw, store_error *err)
 {
     store_key prefix;
     store_key_reset(&prefix);
     store_key_u64(&prefix, id);
     store_query q = {.table = &lagoon_table_video_words, .index = lagoon_index_video_words_by_video,
                      .prefix = prefix.buf, .prefix_len = prefix.len, .page_size = STORE_PAGE_SIZE_MAX};
-    app_id_page *page = malloc(sizeof(*page));
-    if (page == NULL)
-        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    store_page page;
+    char token[STORE_PAGE_TOKEN_MAX + 1];
     int st = LAGOON_OK;
-    for (size_t round = 0; round <= VIDEOS_WORDS_MAX / STORE_PAGE_SIZE_MAX + 1 && st == LAGOON_OK; round++) {
-        st = app_scan_ids(t, &q, page, err);
-        for (uint32_t i = 0; i < page->n && st == LAGOON_OK; i++)
-            st = store_delete(t, &lagoon_table_video_words, page->ids[i], err);
-        if (st != LAGOON_OK || page->n == 0)
+    for (size_t round = 0; round <= VIDEOS_WORDS_MAX / STORE_PAGE_SIZE_MAX + 1; round++) {
+        st = store_scan(t, &q, collect_word, sw, &page, err);
+        if (st != LAGOON_OK || page.next_page_token[0] == '\0')
             break;
+        memcpy(token, page.next_page_token, sizeof(token));
+        q.page_token = token;
     }
-    free(page);
+    qsort(sw->w, sw->n, sizeof(*sw->w), stored_cmp);
+    return st;
+}
+
+/* Whether the sorted set s holds prefix p. */
+static int set_has(const prefix_set *s, const char *p)
+{
+    prefix_ref key = {p, (uint8_t)strlen(p)};
+    if (s->n == 0)
+        return 0;
+    return bsearch(&key, s->refs, s->n, sizeof(*s->refs), prefix_cmp) != NULL;
+}
+
+/* After the searched text of v changed: deletes the rows of prefixes it no longer has and
+ * inserts those it gains, so that an edit of one word writes that word's rows only. */
+static int words_replace(store_txn *t, const lagoon_v1_Video *v, store_error *err)
+{
+    stored_words sw = {malloc(VIDEOS_WORDS_MAX * sizeof(stored_word)), 0};
+    prefix_set s;
+    if (sw.w == NULL)
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    int st = words_stored(t, v->id, &sw, err);
+    if (st == LAGOON_OK)
+        st = prefix_set_of(v, &s, err);
+    if (st != LAGOON_OK) {
+        free(sw.w);
+        return st;
+    }
+    for (size_t i = 0; i < sw.n && st == LAGOON_OK; i++)
+        if (!set_has(&s, sw.w[i].prefix))
+            st = store_delete(t, &lagoon_table_video_words, sw.w[i].id, err);
+    for (size_t i = 0; i < s.n && st == LAGOON_OK; i++) {
+        stored_word key = {0, ""};
+        memcpy(key.prefix, s.refs[i].p, s.refs[i].len);
+        key.prefix[s.refs[i].len] = '\0';
+        if (bsearch(&key, sw.w, sw.n, sizeof(*sw.w), stored_cmp) != NULL)
+            continue;
+        lagoon_v1_VideoWord w = {.video_id = v->id, .created_at = v->created_at};
+        APP_STRCPY(w.prefix, key.prefix);
+        st = store_insert(t, &lagoon_table_video_words, &w, NULL, err);
+    }
+    prefix_set_free(&s);
+    free(sw.w);
     return st;
 }
 
@@ -345,9 +413,7 @@ static int update_write(store_txn *t, const app_write_in *in, void *resp, store_
     st = store_update(t, &lagoon_table_videos, v, err);
     /* The words move only when the searched text does: most edits write no VideoWord row. */
     if (st == LAGOON_OK && words)
-        st = words_delete(t, v->id, err);
-    if (st == LAGOON_OK && words)
-        st = words_insert(t, v, err);
+        st = words_replace(t, v, err);
     video_shown(v, &in->who);
     /* A retry with the call's key gets this response while the video lasts; Delete drops it. */
     app_result_shows(in, v->id);

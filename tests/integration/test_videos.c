@@ -122,6 +122,17 @@ static int update(const char *tok, const lagoon_v1_UpdateVideoRequest *r)
     return lagoon_Videos_Update(C, r, &V);
 }
 
+/* Update of the title alone. */
+static int retitle(const char *tok, uint64_t id, const char *title)
+{
+    static lagoon_v1_UpdateVideoRequest r;
+    memset(&r, 0, sizeof(r));
+    r.video_id = id;
+    r.has_title = true;
+    snprintf(r.title, sizeof(r.title), "%s", title);
+    return update(tok, &r);
+}
+
 static int del(const char *tok, uint64_t id)
 {
     lagoon_set_token(C, tok);
@@ -138,8 +149,8 @@ static int count_row(void *arg, uint64_t id, const void *row)
     return LAGOON_OK;
 }
 
-/* Rows of table whose index idx starts with u64 key (every row for idx NULL and key 0). */
-static int rows_of(const store_table *table, const store_index *idx, uint64_t key)
+/* fn(arg) on every row of table whose index idx starts with u64 key (every row for idx NULL). */
+static void scan_rows(const store_table *table, const store_index *idx, uint64_t key, store_row_fn fn, void *arg)
 {
     store_key prefix;
     store_key_reset(&prefix);
@@ -148,11 +159,10 @@ static int rows_of(const store_table *table, const store_index *idx, uint64_t ke
                      .page_size = STORE_PAGE_SIZE_MAX};
     store_txn *t;
     store_error err;
-    int n = 0;
     assert_int_equal(store_read_begin(T->app->db, &t, &err), LAGOON_OK);
     for (int i = 0; i < 100; i++) { /* bounded: the tests keep fewer than 50 000 rows */
         store_page page;
-        assert_int_equal(store_scan(t, &q, count_row, &n, &page, &err), LAGOON_OK);
+        assert_int_equal(store_scan(t, &q, fn, arg, &page, &err), LAGOON_OK);
         static char tok[STORE_PAGE_TOKEN_MAX + 1];
         memcpy(tok, page.next_page_token, sizeof(tok));
         if (tok[0] == '\0')
@@ -160,6 +170,12 @@ static int rows_of(const store_table *table, const store_index *idx, uint64_t ke
         q.page_token = tok;
     }
     store_read_end(t);
+}
+
+static int rows_of(const store_table *table, const store_index *idx, uint64_t key)
+{
+    int n = 0;
+    scan_rows(table, idx, key, count_row, &n);
     return n;
 }
 
@@ -987,12 +1003,7 @@ static void test_search_words(void **state)
     assert_int_equal(found(cat_tok, "supercalifragilisticexpialidoci"), 1);
 
     /* The words follow an Update of the text. */
-    static lagoon_v1_UpdateVideoRequest r;
-    memset(&r, 0, sizeof(r));
-    r.video_id = a;
-    r.has_title = true;
-    snprintf(r.title, sizeof(r.title), "Vibraphonic");
-    assert_int_equal(update(bob_tok, &r), LAGOON_OK);
+    assert_int_equal(retitle(bob_tok, a, "Vibraphonic"), LAGOON_OK);
     assert_int_equal(found(cat_tok, "xylo"), 0);
     assert_int_equal(found(cat_tok, "vibra qwertz"), 1);
     assert_int_equal(del(bob_tok, a), LAGOON_OK);
@@ -1116,6 +1127,46 @@ static void test_anonymous(void **state)
     list_release();
 }
 
+/* The video's word rows with an id at most max_id, and the highest id among them. */
+typedef struct old_rows {
+    uint64_t max_id;
+    int n;
+    uint64_t highest;
+} old_rows;
+
+static int count_old(void *arg, uint64_t id, const void *row)
+{
+    (void)row;
+    old_rows *o = arg;
+    o->n += id <= o->max_id;
+    if (id > o->highest)
+        o->highest = id;
+    return LAGOON_OK;
+}
+
+static old_rows words_up_to(uint64_t video, uint64_t max_id)
+{
+    old_rows o = {max_id, 0, 0};
+    scan_rows(&lagoon_table_video_words, lagoon_index_video_words_by_video, video, count_old, &o);
+    return o;
+}
+
+/* An Update that changes one word rewrites that word's rows only: the others keep theirs. */
+static void test_update_moves_changed_words(void **state)
+{
+    (void)state;
+    uint64_t id = create(ann_tok, "Alpha beta", 0);
+    old_rows before = words_up_to(id, UINT64_MAX);
+    assert_int_equal(before.n, 9); /* a..alpha, b..beta */
+    assert_int_equal(retitle(ann_tok, id, "alpha Gamma"), LAGOON_OK);
+    assert_int_equal(words_of(id), 10);                       /* alpha's 5, gamma's 5 */
+    assert_int_equal(words_up_to(id, before.highest).n, 5);  /* alpha's are the rows of before */
+    assert_int_equal(found(cat_tok, "gamm"), 0);              /* private */
+    assert_int_equal(found(ann_tok, "gamm alp"), 1);
+    assert_int_equal(found(ann_tok, "beta alpha"), 0);
+    list_release();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1142,6 +1193,7 @@ int main(void)
         cmocka_unit_test(test_search_pages),
         cmocka_unit_test(test_search_scan_budget),
         cmocka_unit_test(test_anonymous),
+        cmocka_unit_test(test_update_moves_changed_words),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

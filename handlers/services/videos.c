@@ -748,8 +748,8 @@ static int search_scan(search_ctx *c, const char *token, char *next, size_t next
     const query_word *lw = &c->words[c->longest];
     char lookup[VIDEOS_PREFIX_MAX + 1];
     size_t len = lw->len < VIDEOS_PREFIX_MAX ? lw->len : VIDEOS_PREFIX_MAX;
-    while (!char_boundary(lw->p, lw->len, len))
-        len--;
+    while (len > 0 && !char_boundary(lw->p, lw->len, len))
+        len--; /* (0 only for bytes that are not UTF-8, which the wire refuses: no row has "") */
     memcpy(lookup, lw->p, len);
     lookup[len] = '\0';
     store_key prefix;

@@ -1014,6 +1014,16 @@ static void test_search_words(void **state)
     assert_refused(search(cat_tok, "a b c d e f g h i", 10, NULL), LAGOON_INVALID_ARGUMENT, "query");
     assert_int_equal(search(cat_tok, "a b c d e f g h", 10, NULL), LAGOON_OK); /* 8 words */
     assert_refused(search(cat_tok, "", 10, NULL), LAGOON_INVALID_ARGUMENT, "query");
+    assert_refused(search(cat_tok, "two\nlines", 10, NULL), LAGOON_INVALID_ARGUMENT, "query");
+    static char longq[801];
+    memset(longq, 'a', 201); /* 201 characters: one past the rule */
+    longq[201] = '\0';
+    assert_refused(search(cat_tok, longq, 10, NULL), LAGOON_INVALID_ARGUMENT, "query");
+    for (int i = 0; i < 200; i++) /* 200 characters, 400 bytes, one word longer than any prefix */
+        memcpy(longq + 2 * i, "\xc3\xa9", 2);
+    longq[400] = '\0';
+    assert_int_equal(search(cat_tok, longq, 10, NULL), LAGOON_OK);
+    assert_int_equal(L.videos_count, 0);
     assert_refused(search(cat_tok, "xylo", 101, NULL), LAGOON_INVALID_ARGUMENT, "page_size");
     assert_refused(search(cat_tok, "xylo", 10, "forged"), LAGOON_INVALID_ARGUMENT, "page_token");
     assert_refused(search(NULL, "xylo", 10, NULL), LAGOON_UNAUTHENTICATED, NULL);

@@ -528,6 +528,30 @@ static void test_share_removed_hides(void **state)
     assert_string_equal(M.content, "while shared");
 }
 
+/* A retry with the same idempotency key gets the first comment and adds none; once that comment
+ * is deleted, the retry runs again instead of bringing back its words. */
+static void test_idempotent_add(void **state)
+{
+    (void)state;
+    uint64_t v = video(1, 0);
+    lagoon_set_idempotency_key(C, "add-key-1");
+    uint64_t first = add_ok(bob_tok, v, "only once", 0);
+    lagoon_set_idempotency_key(C, "add-key-1");
+    assert_int_equal(add_ok(bob_tok, v, "only once", 0), first);
+    assert_int_equal(comment_rows(lagoon_index_comments_by_video, v), 1);
+    lagoon_set_idempotency_key(C, "reply-key-1");
+    uint64_t r = reply_ok(cat_tok, first, "a reply, once");
+    lagoon_set_idempotency_key(C, "reply-key-1");
+    assert_int_equal(reply_ok(cat_tok, first, "a reply, once"), r);
+    assert_int_equal(comment_rows(lagoon_index_comments_by_video, v), 2);
+    EXPECT(del(bob_tok, first), LAGOON_OK, NULL);
+    lagoon_set_idempotency_key(C, "add-key-1");
+    uint64_t again = add_ok(bob_tok, v, "only once", 0);
+    assert_true(again != first);
+    lagoon_set_idempotency_key(C, "reply-key-1");
+    EXPECT(reply(cat_tok, first, "a reply, once"), LAGOON_NOT_FOUND, "parent_id");
+}
+
 /* ---- threads ------------------------------------------------------------------------------------------ */
 
 static void test_threads(void **state)
@@ -1009,8 +1033,13 @@ static void test_rate_limit(void **state)
 {
     (void)state;
     uint64_t v = video(1, 0);
+    lagoon_set_idempotency_key(C, "limited-1");
     uint64_t c = add_ok(bob_tok, v, "one", 0);
-    /* A refused call does not count. */
+    /* A retry answered with the first response does not count, nor does a refused call. */
+    for (int i = 0; i < 3; i++) {
+        lagoon_set_idempotency_key(C, "limited-1");
+        assert_int_equal(add_ok(bob_tok, v, "one", 0), c);
+    }
     EXPECT(add(bob_tok, 987654321, "x", 0), LAGOON_NOT_FOUND, "video_id");
     EXPECT(add(bob_tok, v, "", 0), LAGOON_INVALID_ARGUMENT, "content");
     reply_ok(bob_tok, c, "two");
@@ -1040,6 +1069,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_read_and_add_matrix, setup, teardown),
         cmocka_unit_test_setup_teardown(test_change_matrix, setup, teardown),
         cmocka_unit_test_setup_teardown(test_share_removed_hides, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_idempotent_add, setup, teardown),
         cmocka_unit_test_setup_teardown(test_threads, setup, teardown),
         cmocka_unit_test_setup_teardown(test_delete_cascades, setup, teardown),
         cmocka_unit_test_setup_teardown(test_windows_and_pages, setup, teardown),

@@ -390,7 +390,8 @@ static int comment_create(store_txn *t, const app_write_in *in, const lagoon_v1_
     if (st == LAGOON_OK)
         st = notify_comment(t, in, v, c, parent_author, err);
     /* A retry with the call's key gets this response while the comment lasts (Delete drops it). */
-    app_result_shows(in, c->id);
+    if (st == LAGOON_OK)
+        app_result_shows(in, c->id);
     return st;
 }
 
@@ -549,9 +550,10 @@ static int update_write(store_txn *t, const app_write_in *in, void *resp, store_
         c->edited_at = in->now;
         st = store_update(t, &lagoon_table_comments, c, err);
     }
-    if (st == LAGOON_OK)
+    if (st == LAGOON_OK) {
         st = publish(t, in->a, c, lagoon_v1_CommentEvent_Action_EDITED, err);
-    app_result_shows(in, c->id);
+        app_result_shows(in, c->id); /* Delete drops the kept response with the comment */
+    }
     free(v);
     return st;
 }

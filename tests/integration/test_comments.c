@@ -16,6 +16,7 @@
 
 #include "accounts.h"
 #include "comments.h"
+#include "events.h"
 #include "lagoon_stubs.h"
 #include "testserver.h"
 #include "videos.h"
@@ -1014,6 +1015,30 @@ static void test_follower_losing_access(void **state)
     free(ev);
 }
 
+static int join_groups(store_txn *t, void *arg, store_error *err)
+{
+    uint64_t user = *(const uint64_t *)arg;
+    int st = LAGOON_OK;
+    for (uint64_t g = 1; g < EVENTS_MAX_TOPICS_PER_USER && st == LAGOON_OK; g++) {
+        lagoon_v1_Topic tp = {lagoon_v1_Topic_Kind_GROUP, g};
+        st = events_topic_join(t, T->app, user, &tp, err);
+    }
+    return st;
+}
+
+/* Following counts against the topics a user may belong to. */
+static void test_follow_cap(void **state)
+{
+    (void)state;
+    uint64_t a = video(1, 0), b = video(1, 0);
+    store_error err;
+    assert_int_equal(store_write(T->app->db, join_groups, &cat, &err), LAGOON_OK);
+    EXPECT(follow(cat_tok, a, 1), LAGOON_OK, NULL); /* the last one */
+    EXPECT(follow(cat_tok, b, 1), LAGOON_RESOURCE_EXHAUSTED, NULL);
+    EXPECT(follow(cat_tok, a, 0), LAGOON_OK, NULL);
+    EXPECT(follow(cat_tok, b, 1), LAGOON_OK, NULL);
+}
+
 /* ---- the rate limit --------------------------------------------------------------------------------- */
 
 static void tweak_limited(app_config *acfg, rpc_config *cfg)
@@ -1077,6 +1102,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_live_events, setup, teardown),
         cmocka_unit_test_setup_teardown(test_replay_after_delete, setup, teardown),
         cmocka_unit_test_setup_teardown(test_follower_losing_access, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_follow_cap, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rate_limit, setup_limited, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

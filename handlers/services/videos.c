@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "accounts.h"
+#include "comments.h"
 #include "events.h"
 #include "lagoon_handlers.h"
 #include "paging.h"
@@ -407,10 +408,14 @@ static int update_write(store_txn *t, const app_write_in *in, void *resp, store_
         APP_STRCPY(v->composer, req->composer);
     if (req->has_practice_goals)
         APP_STRCPY(v->practice_goals, req->practice_goals);
+    int narrowed = req->has_is_public && v->is_public && !req->is_public;
     if (req->has_is_public)
         v->is_public = req->is_public;
     v->updated_at = in->now;
     st = store_update(t, &lagoon_table_videos, v, err);
+    /* Made private: the followers of its comments who no longer read it stop following. */
+    if (st == LAGOON_OK && narrowed)
+        st = comments_video_readers_changed(t, in->a, v->id, err);
     /* The words move only when the searched text does: most edits write no VideoWord row. */
     if (st == LAGOON_OK && words)
         st = words_replace(t, v, err);
@@ -441,6 +446,8 @@ static int delete_write(store_txn *t, const app_write_in *in, void *resp, store_
     int st = video_load(t, &in->who, req->video_id, APP_CHANGE, "video_id", v, err);
     if (st == LAGOON_OK)
         st = store_delete(t, &lagoon_table_videos, v->id, err);
+    if (st == LAGOON_OK) /* no one reads it now: every follower of its comments stops following */
+        st = comments_video_readers_changed(t, in->a, v->id, err);
     if (st == LAGOON_OK) /* a retried Update must not bring it back (app_result_shows) */
         st = app_forget_results(t, &lagoon_method_Videos_Update, v->id, err);
     free(v);
@@ -949,6 +956,8 @@ static int unshare_write(store_txn *t, const app_write_in *in, void *resp, store
             v->share_count--;
         st = store_update(t, &lagoon_table_videos, v, err);
     }
+    if (st == LAGOON_OK) /* the user, if following its comments and no longer a reader, stops */
+        st = comments_video_readers_changed(t, in->a, v->id, err);
     free(v);
     return st;
 }

@@ -149,13 +149,11 @@ static int count_row(void *arg, uint64_t id, const void *row)
     return LAGOON_OK;
 }
 
-/* fn(arg) on every row of table whose index idx starts with u64 key (every row for idx NULL). */
-static void scan_rows(const store_table *table, const store_index *idx, uint64_t key, store_row_fn fn, void *arg)
+/* fn(arg) on every row of table whose index idx key starts with prefix. */
+static void scan_prefix(const store_table *table, const store_index *idx, const store_key *prefix, store_row_fn fn,
+                        void *arg)
 {
-    store_key prefix;
-    store_key_reset(&prefix);
-    store_key_u64(&prefix, key);
-    store_query q = {.table = table, .index = idx, .prefix = idx ? prefix.buf : NULL, .prefix_len = idx ? prefix.len : 0,
+    store_query q = {.table = table, .index = idx, .prefix = prefix->buf, .prefix_len = prefix->len,
                      .page_size = STORE_PAGE_SIZE_MAX};
     store_txn *t;
     store_error err;
@@ -170,6 +168,15 @@ static void scan_rows(const store_table *table, const store_index *idx, uint64_t
         q.page_token = tok;
     }
     store_read_end(t);
+}
+
+/* The same, for the keys that start with u64 key. */
+static void scan_rows(const store_table *table, const store_index *idx, uint64_t key, store_row_fn fn, void *arg)
+{
+    store_key prefix;
+    store_key_reset(&prefix);
+    store_key_u64(&prefix, key);
+    scan_prefix(table, idx, &prefix, fn, arg);
 }
 
 static int rows_of(const store_table *table, const store_index *idx, uint64_t key)
@@ -877,6 +884,57 @@ static void test_delete_unshare_retried(void **state)
     assert_refused(del(ann_tok, id), LAGOON_NOT_FOUND, "video_id");
 }
 
+/* ---- the comments' followers ----------------------------------------------------------------- */
+
+static int follow(const char *tok, uint64_t video)
+{
+    lagoon_set_token(C, tok);
+    lagoon_v1_FollowVideoRequest r = {.video_id = video};
+    lagoon_v1_CommentsEmpty e;
+    return lagoon_Comments_Follow(C, &r, &e);
+}
+
+/* Members of the video's topic (Comments/Follow). */
+static int followers(uint64_t video)
+{
+    store_key prefix;
+    store_key_reset(&prefix);
+    store_key_u32(&prefix, (uint32_t)lagoon_v1_Topic_Kind_VIDEO);
+    store_key_u64(&prefix, video);
+    int n = 0;
+    scan_prefix(&lagoon_table_topic_members, lagoon_index_topic_members_by_topic, &prefix, count_row, &n);
+    return n;
+}
+
+/* Unshare, made private and Delete end the follows of those who no longer read the video. */
+static void test_followers_lose_the_video(void **state)
+{
+    (void)state;
+    uint64_t pub = create(ann_tok, "followed public", 1);
+    assert_int_equal(follow(cat_tok, pub), LAGOON_OK);
+    assert_int_equal(follow(ann_tok, pub), LAGOON_OK);
+    assert_int_equal(followers(pub), 2);
+    static lagoon_v1_UpdateVideoRequest r;
+    memset(&r, 0, sizeof(r));
+    r.video_id = pub;
+    r.has_is_public = true;
+    assert_int_equal(update(ann_tok, &r), LAGOON_OK); /* made private */
+    assert_int_equal(followers(pub), 1);              /* the owner's stays */
+
+    uint64_t priv = create(ann_tok, "followed private", 0);
+    assert_int_equal(share(ann_tok, priv, bob), LAGOON_OK);
+    assert_int_equal(share(ann_tok, priv, cat), LAGOON_OK);
+    assert_int_equal(follow(bob_tok, priv), LAGOON_OK);
+    assert_int_equal(follow(cat_tok, priv), LAGOON_OK);
+    assert_int_equal(followers(priv), 2);
+    assert_int_equal(unshare(ann_tok, priv, bob), LAGOON_OK);
+    assert_int_equal(followers(priv), 1); /* cat still reads it */
+    assert_int_equal(del(ann_tok, priv), LAGOON_OK);
+    assert_int_equal(followers(priv), 0);
+    assert_int_equal(del(ann_tok, pub), LAGOON_OK);
+    assert_int_equal(followers(pub), 0);
+}
+
 /* ---- RecordView -------------------------------------------------------------------------------- */
 
 static lagoon_v1_RecordViewResponse R;
@@ -1196,6 +1254,7 @@ int main(void)
         cmocka_unit_test(test_list_shared_with_me),
         cmocka_unit_test(test_share_limit),
         cmocka_unit_test(test_delete_unshare_retried),
+        cmocka_unit_test(test_followers_lose_the_video),
         cmocka_unit_test(test_view_rules),
         cmocka_unit_test(test_view_access),
         cmocka_unit_test(test_search_words),

@@ -776,6 +776,7 @@ void lagoon_set_request_id(lagoon_client *c, const char *request_id)
 const lagoon_error *lagoon_last_error(const lagoon_client *c) { return &c->last; }
 const lagoon_v1_Settings *lagoon_settings(const lagoon_client *c) { return &c->settings; }
 int lagoon_goaway(const lagoon_client *c) { return c->goaway; }
+int lagoon_fd(const lagoon_client *c) { return c->fd; }
 
 int lagoon_ping(lagoon_client *c, uint64_t *rtt_us)
 {

@@ -71,6 +71,10 @@ const lagoon_error *lagoon_last_error(const lagoon_client *c);
 const lagoon_v1_Settings *lagoon_settings(const lagoon_client *c);
 /* Non-zero once the server sent GOAWAY: new calls fail with UNAVAILABLE. */
 int lagoon_goaway(const lagoon_client *c);
+/* The connection's socket, to poll() beside other input: when it is readable, call
+ * lagoon_stream_recv_timeout(s, msg, 0), which reads what arrived (a frame may also be queued
+ * already from an earlier read: call it once before polling). Do not read or write it. */
+int lagoon_fd(const lagoon_client *c);
 
 /* Round trip of a PING, in microseconds, into *rtt_us. */
 int lagoon_ping(lagoon_client *c, uint64_t *rtt_us);

@@ -729,6 +729,7 @@ typedef struct slot {
     const uint8_t *msg;   /* a singular message field: its bytes, decoded at the end */
     size_t msg_len;
     uint8_t *msg_owned;   /* when it came in pieces: their concatenation (protobuf merges) */
+    size_t msg_cap;       /* msg_owned's size: doubled as pieces come, so n pieces cost O(total) */
     int present;
 } slot;
 
@@ -1028,16 +1029,22 @@ static int slot_add_message(jctx *c, slot *s, const uint8_t *p, size_t n)
     }
     if (s->msg_len > CTL_JSON_MAX_BYTES - n)
         return jfail(c, "message over %u bytes", (unsigned)CTL_JSON_MAX_BYTES);
-    uint8_t *joined = malloc(s->msg_len + n + 1);
-    if (joined == NULL)
-        return jfail(c, "out of memory");
-    if (s->msg_len > 0)
-        memcpy(joined, s->msg, s->msg_len);
+    if (s->msg_owned == NULL || s->msg_len + n > s->msg_cap) {
+        size_t cap = s->msg_cap ? s->msg_cap : 64;
+        while (cap < s->msg_len + n)
+            cap *= 2;
+        uint8_t *joined = malloc(cap);
+        if (joined == NULL)
+            return jfail(c, "out of memory");
+        if (s->msg_len > 0)
+            memcpy(joined, s->msg, s->msg_len);
+        free(s->msg_owned);
+        s->msg_owned = joined;
+        s->msg_cap = cap;
+        s->msg = joined;
+    }
     if (n > 0)
-        memcpy(joined + s->msg_len, p, n);
-    free(s->msg_owned);
-    s->msg_owned = joined;
-    s->msg = joined;
+        memcpy(s->msg_owned + s->msg_len, p, n);
     s->msg_len += n;
     return 0;
 }

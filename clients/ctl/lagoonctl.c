@@ -9,11 +9,14 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <math.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <termios.h>
 #include <time.h>
@@ -148,7 +151,7 @@ static int parse_duration(const char *s, uint32_t *ms)
     char *end;
     errno = 0;
     double v = strtod(s, &end);
-    if (errno || end == s || v < 0)
+    if (errno || end == s || !isfinite(v) || v < 0)
         return -1;
     double scale = strcmp(end, "ms") == 0 ? 1 : strcmp(end, "s") == 0 || *end == '\0' ? 1000
                                                 : strcmp(end, "m") == 0              ? 60000
@@ -183,7 +186,9 @@ static int report_status(const ctl *x, int st)
 
 /* ---- connection and schema ------------------------------------------------------------- */
 
-static int connect_server(ctl *x)
+/* Connects once (--timeout bounds the connect and every call). quiet: a failure is not
+ * reported (the caller says what it does instead). */
+static int connect_quietly(ctl *x, int quiet)
 {
     if (x->client)
         return LAGOON_OK;
@@ -195,13 +200,23 @@ static int connect_server(ctl *x)
     memset(&err, 0, sizeof(err));
     int st = lagoon_connect(x->host, x->port, &o, &x->client, &err);
     if (st != LAGOON_OK) {
-        fprintf(stderr, "ERROR: %s: cannot reach %s: %s\n", lagoon_status_name(st), x->addr, err.detail.message);
+        x->client = NULL;
+        if (quiet)
+            fprintf(stderr, "lagoonctl: %s unreachable (%s): showing the built-in schema\n", x->addr,
+                    err.detail.message);
+        else
+            fprintf(stderr, "ERROR: %s: cannot reach %s: %s\n", lagoon_status_name(st), x->addr, err.detail.message);
         return st;
     }
     lagoon_set_timeout(x->client, x->timeout_ms);
     if (x->verbose)
         fprintf(stderr, "* connected to %s\n", x->addr);
     return LAGOON_OK;
+}
+
+static int connect_server(ctl *x)
+{
+    return connect_quietly(x, 0);
 }
 
 static int read_file(const char *path, FILE *f, char **out, size_t *len)
@@ -302,17 +317,8 @@ static int server_schema(ctl *x, ctl_schema **out)
 static int shown_schema(ctl *x, ctl_schema **out)
 {
     if (x->schema_file == NULL) {
-        lagoon_options o = {0};
-        o.connect_timeout_ms = x->timeout_ms ? x->timeout_ms : 2000;
-        if (x->client == NULL) {
-            lagoon_error err;
-            if (lagoon_connect(x->host, x->port, &o, &x->client, &err) != LAGOON_OK) {
-                x->client = NULL;
-                fprintf(stderr, "lagoonctl: %s unreachable (%s): showing the built-in schema\n", x->addr,
-                        err.detail.message);
-                return builtin_schema(x, out);
-            }
-        }
+        if (connect_quietly(x, 1) != LAGOON_OK)
+            return builtin_schema(x, out);
         if (server_schema(x, out) == 0)
             return 0;
         fprintf(stderr, "lagoonctl: showing the built-in schema\n");
@@ -366,8 +372,14 @@ static json_t *creds_load(ctl *x)
     }
     json_error_t je;
     x->creds = json_load_file(x->creds_path, JSON_REJECT_DUPLICATES, &je);
-    if (x->creds == NULL && access(x->creds_path, F_OK) == 0)
-        fprintf(stderr, "lagoonctl: %s is damaged (%s): starting a new one\n", x->creds_path, je.text);
+    if ((x->creds == NULL && access(x->creds_path, F_OK) == 0) || (x->creds && !json_is_object(x->creds))) {
+        /* Kept aside, not overwritten: it may hold other servers' sessions. */
+        char bad[sizeof(x->creds_path) + 8];
+        snprintf(bad, sizeof(bad), "%s.bad", x->creds_path);
+        int moved = rename(x->creds_path, bad) == 0;
+        fprintf(stderr, "lagoonctl: %s is damaged (%s)%s%s: starting a new one\n", x->creds_path,
+                x->creds ? "not a JSON object" : je.text, moved ? "; moved to " : "", moved ? bad : "");
+    }
     if (x->creds == NULL || !json_is_object(x->creds)) {
         json_decref(x->creds);
         x->creds = json_object();
@@ -381,7 +393,34 @@ static json_t *creds_load(ctl *x)
 static json_t *profile(ctl *x)
 {
     json_t *c = creds_load(x);
-    return c ? json_object_get(json_object_get(c, "profiles"), x->addr) : NULL;
+    json_t *p = c ? json_object_get(json_object_get(c, "profiles"), x->addr) : NULL;
+    return json_is_object(p) ? p : NULL;
+}
+
+/* Locks the credentials (an flock on credentials.lock beside them) while a refresh reads,
+ * renews and stores the tokens: parallel runs must not present one refresh token twice, which
+ * the server takes for a stolen token (it revokes the session). The lock's fd, or -1. */
+static int creds_lock(ctl *x)
+{
+    char path[sizeof(x->creds_path) + 8];
+    if (creds_load(x) == NULL)
+        return -1;
+    snprintf(path, sizeof(path), "%s.lock", x->creds_path);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd >= 0 && flock(fd, LOCK_EX) != 0) {
+        close(fd);
+        fd = -1;
+    }
+    if (fd < 0)
+        fprintf(stderr, "lagoonctl: cannot lock %s: %s\n", path, strerror(errno));
+    return fd;
+}
+
+/* Drops what was read of the credentials: the next profile() reads the file again. */
+static void creds_forget(ctl *x)
+{
+    json_decref(x->creds);
+    x->creds = NULL;
 }
 
 /* Writes the credentials file with mode 0600 (its directory 0700), through a new file renamed
@@ -400,8 +439,8 @@ static int creds_save(ctl *x)
             break;
         *p = '/';
     }
-    snprintf(tmp, sizeof(tmp), "%s.%ld", x->creds_path, (long)getpid());
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    snprintf(tmp, sizeof(tmp), "%s.XXXXXX", x->creds_path);
+    int fd = mkstemp(tmp); /* a new file of mode 0600, never an existing one or a link */
     char *text = json_dumps(x->creds, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
     int ok = fd >= 0 && text != NULL;
     if (ok) {
@@ -418,7 +457,8 @@ static int creds_save(ctl *x)
         ok = 0;
     if (!ok) {
         fprintf(stderr, "lagoonctl: cannot write %s: %s\n", x->creds_path, strerror(errno));
-        unlink(tmp);
+        if (fd >= 0)
+            unlink(tmp);
         return -1;
     }
     return 0;
@@ -444,7 +484,8 @@ static int refresh(ctl *x, json_t *p)
 {
     const char *rt = json_string_value(json_object_get(p, "refresh_token"));
     if (rt == NULL || strlen(rt) >= sizeof(((lagoon_v1_RefreshRequest *)0)->refresh_token)) {
-        fprintf(stderr, "lagoonctl: the stored session of %s has no refresh token: lagoonctl login\n", x->addr);
+        fprintf(stderr, "lagoonctl: the stored session of %s has no refresh token (calling without a token): "
+                        "lagoonctl login\n", x->addr);
         return LAGOON_UNAUTHENTICATED;
     }
     lagoon_v1_RefreshRequest req = lagoon_v1_RefreshRequest_init_zero;
@@ -455,7 +496,8 @@ static int refresh(ctl *x, json_t *p)
     wipe(&req, sizeof(req));
     if (st != LAGOON_OK) {
         report_status(x, st);
-        fprintf(stderr, "lagoonctl: the stored session of %s could not be renewed: lagoonctl login\n", x->addr);
+        fprintf(stderr, "lagoonctl: the stored session of %s could not be renewed (calling without a token): "
+                        "lagoonctl login\n", x->addr);
         return st;
     }
     profile_store(x, &tp);
@@ -466,30 +508,54 @@ static int refresh(ctl *x, json_t *p)
     return LAGOON_OK;
 }
 
-/* Sets the token of the next call: --token / LAGOON_TOKEN, else the stored profile's (renewed
- * first when it expires within CTL_REFRESH_MARGIN_MS). *stored says the profile's was used. */
-static int use_token(ctl *x, int force_refresh, int *stored)
+/* Sets the token of the next call: --token / LAGOON_TOKEN, else the stored profile's, renewed
+ * first when it expires within CTL_REFRESH_MARGIN_MS or (rejected) when the server refused it.
+ * rejected is the token the server answered UNAUTHENTICATED to (NULL: none). *stored says the
+ * profile's token was set. A session that cannot be renewed is said on standard error and the
+ * call goes without a token (public methods still work): LAGOON_OK either way. */
+static int use_token(ctl *x, const char *rejected, int *stored)
 {
     *stored = 0;
     if (x->token_flag) {
         lagoon_set_token(x->client, x->token_flag);
         return LAGOON_OK;
     }
+    lagoon_set_token(x->client, NULL);
     json_t *p = profile(x);
-    if (p == NULL) {
-        lagoon_set_token(x->client, NULL);
+    if (p == NULL)
         return LAGOON_OK;
-    }
     json_int_t exp = json_integer_value(json_object_get(p, "access_expires_at"));
-    if (force_refresh || exp - now_ms() < CTL_REFRESH_MARGIN_MS) {
-        int st = refresh(x, p);
-        if (st != LAGOON_OK)
-            return st;
+    const char *tok = json_string_value(json_object_get(p, "access_token"));
+    if (rejected != NULL || exp - now_ms() < CTL_REFRESH_MARGIN_MS) {
+        int lock = creds_lock(x);
+        creds_forget(x); /* another run may have renewed them meanwhile */
         p = profile(x);
+        exp = p ? json_integer_value(json_object_get(p, "access_expires_at")) : 0;
+        tok = p ? json_string_value(json_object_get(p, "access_token")) : NULL;
+        int renewed_elsewhere = tok && (rejected ? strcmp(tok, rejected) != 0 : exp - now_ms() >= CTL_REFRESH_MARGIN_MS);
+        int st = p == NULL ? LAGOON_UNAUTHENTICATED : renewed_elsewhere ? LAGOON_OK : refresh(x, p);
+        if (lock >= 0)
+            close(lock);
+        if (st != LAGOON_OK)
+            return LAGOON_OK; /* said by refresh: without a token */
+        p = profile(x);
+        tok = p ? json_string_value(json_object_get(p, "access_token")) : NULL;
+        if (x->verbose && renewed_elsewhere)
+            fprintf(stderr, "* the access token was renewed by another run\n");
     }
-    lagoon_set_token(x->client, json_string_value(json_object_get(p, "access_token")));
+    if (tok == NULL)
+        return LAGOON_OK;
+    lagoon_set_token(x->client, tok);
     *stored = 1;
     return LAGOON_OK;
+}
+
+/* The stored access token the next call sends (to recognise it after a refusal); "" if none. */
+static void current_token(ctl *x, char *out, size_t cap)
+{
+    json_t *p = x->token_flag ? NULL : profile(x);
+    const char *t = p ? json_string_value(json_object_get(p, "access_token")) : NULL;
+    snprintf(out, cap, "%s", t ? t : "");
 }
 
 /* ---- calls ------------------------------------------------------------------------------- */
@@ -561,18 +627,19 @@ static void per_call_meta(const ctl *x)
 static int call_unary(ctl *x, const ctl_method *m, const wire_method *wm, const lagoon_raw *req)
 {
     int stored;
-    int st = use_token(x, 0, &stored);
-    if (st != LAGOON_OK)
-        return CTL_EXIT_STATUS + st;
+    use_token(x, NULL, &stored);
     lagoon_raw resp = {NULL, 0};
     double t0 = mono_ms();
     per_call_meta(x);
-    st = lagoon_call(x->client, wm, req, &resp);
+    int st = lagoon_call(x->client, wm, req, &resp);
     if (st == LAGOON_UNAUTHENTICATED && stored) {
         /* Refused before it ran: renew the session's token once and call again. */
+        char rejected[256];
+        current_token(x, rejected, sizeof(rejected));
         if (x->verbose)
-            fprintf(stderr, "* UNAUTHENTICATED with the stored token: refreshing it\n");
-        if (use_token(x, 1, &stored) == LAGOON_OK) {
+            fprintf(stderr, "* UNAUTHENTICATED with the stored token: renewing it\n");
+        use_token(x, rejected, &stored);
+        if (stored) {
             per_call_meta(x);
             st = lagoon_call(x->client, wm, req, &resp);
         }
@@ -587,9 +654,9 @@ static int call_unary(ctl *x, const ctl_method *m, const wire_method *wm, const 
 }
 
 /* Prints the stream's messages as they come: until its end (wait), or only those already
- * here. *counted counts them for --count; *failed gets the exit status of one that could not
- * be decoded. 1 when the stream is over, --count is reached or a signal asked to stop; 0 if it
- * goes on. */
+ * here. *counted counts them (for --count and -v); *failed gets the exit status of one that
+ * could not be decoded. 1 when the stream is over, --count is reached or a signal asked to
+ * stop; 0 if it goes on. */
 static int drain(ctl *x, const ctl_method *m, lagoon_stream *s, int wait, long *counted, int *failed)
 {
     for (;;) {
@@ -608,126 +675,245 @@ static int drain(ctl *x, const ctl_method *m, lagoon_stream *s, int wait, long *
         free(msg.data);
         if (pr != 0)
             *failed = pr;
-        if (x->count > 0 && ++*counted >= x->count)
+        ++*counted;
+        if (x->count > 0 && *counted >= x->count)
             return 1;
     }
 }
 
-/* Reads one line of standard input (a message of a client stream): 1 with *line (malloc'd),
- * 0 at the end, -1 when a line is longer than CTL_LINE_MAX. Blank lines are skipped. */
-static int read_line(char **line)
+/* Standard input as lines, read with read(2) so that it can be polled beside the connection;
+ * a line is at most CTL_LINE_MAX bytes. */
+typedef struct line_reader {
+    char *buf;
+    size_t len, cap, start; /* buf[start, len) not yet taken */
+    int eof;
+    long lineno;            /* of the last line taken */
+} line_reader;
+
+/* The next non-blank line in *line (NUL-terminated, without its newline; valid until the next
+ * call): 1; 0 if none is complete yet (call lr_fill); -1 at the end; -2 for a line over
+ * CTL_LINE_MAX. */
+static int lr_take(line_reader *r, char **line)
 {
     for (;;) {
-        size_t cap = 0;
-        *line = NULL;
-        ssize_t n = getline(line, &cap, stdin);
-        if (n < 0) {
-            free(*line);
-            *line = NULL;
-            return 0;
+        char *p = r->buf ? memchr(r->buf + r->start, '\n', r->len - r->start) : NULL;
+        if (p == NULL && !(r->eof && r->len > r->start)) {
+            if (r->len - r->start > CTL_LINE_MAX)
+                return -2;
+            return r->eof ? -1 : 0;
         }
-        if ((size_t)n > CTL_LINE_MAX) {
-            free(*line);
-            *line = NULL;
-            return -1;
-        }
-        if (strspn(*line, " \t\r\n") != (size_t)n)
+        char *end = p ? p : r->buf + r->len;
+        char *begin = r->buf + r->start;
+        r->start = (size_t)(end - r->buf) + (p ? 1 : 0);
+        r->lineno++;
+        if ((size_t)(end - begin) > CTL_LINE_MAX)
+            return -2;
+        *end = '\0';
+        if (end > begin && end[-1] == '\r')
+            end[-1] = '\0';
+        if (strspn(begin, " \t\r") != strlen(begin)) {
+            *line = begin;
             return 1;
-        free(*line);
+        }
     }
 }
 
-static int call_stream(ctl *x, const ctl_method *m, const wire_method *wm, const char *first_text)
+/* Reads what standard input has (one read). 0, or -1 when out of memory. */
+static int lr_fill(line_reader *r)
 {
-    int stored;
-    int st = use_token(x, 0, &stored);
-    if (st != LAGOON_OK)
-        return CTL_EXIT_STATUS + st;
-    int sends = m->client_streaming;
-    char *line = NULL;
+    if (r->start > 0) { /* keep only what is not taken */
+        memmove(r->buf, r->buf + r->start, r->len - r->start);
+        r->len -= r->start;
+        r->start = 0;
+    }
+    if (r->cap - r->len < 65536) {
+        size_t cap = r->cap ? r->cap * 2 : 131072;
+        if (cap > 2 * (size_t)CTL_LINE_MAX + 131072)
+            cap = 2 * (size_t)CTL_LINE_MAX + 131072;
+        char *b = cap > r->cap ? realloc(r->buf, cap + 1) : r->buf;
+        if (b == NULL)
+            return -1;
+        r->buf = b;
+        r->cap = cap;
+    }
+    ssize_t n = read(STDIN_FILENO, r->buf + r->len, r->cap - r->len);
+    if (n < 0 && errno == EINTR)
+        return 0;
+    if (n <= 0)
+        r->eof = 1;
+    else
+        r->len += (size_t)n;
+    return 0;
+}
+
+/* Blocks until a line, the end or a signal: lr_take's results (-3: a signal). */
+static int lr_wait(line_reader *r, char **line)
+{
+    for (;;) {
+        int got = lr_take(r, line);
+        if (got != 0)
+            return got;
+        if (stop_requested)
+            return -3;
+        if (lr_fill(r) != 0)
+            return -2;
+    }
+}
+
+/* SIGINT and SIGTERM during a stream: stop it (cancel) instead of dying, so that a followed
+ * stream ends cleanly. Outside streams they keep their default action. */
+static void stop_on_signals(int on)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on ? on_signal : SIG_DFL;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
+/* Sends the lines of standard input as messages of stream s, printing what comes back as it
+ * comes (bidi). 0 at the end of input; 1 when the stream is over first; -1 on a signal; else an
+ * exit status (a bad line). */
+static int send_lines(ctl *x, const ctl_method *m, lagoon_stream *s, line_reader *lr, long *counted, int *failed)
+{
     ctl_buf buf = {0};
-    long lineno = 0;
     int r = 0;
-    if (first_text == NULL && sends) {
-        int got = read_line(&line);
-        lineno++;
-        if (got < 0)
-            return usage_error("line 1 of standard input is longer than %u bytes", CTL_LINE_MAX);
-        if (got == 0)
-            return usage_error("%s streams its requests: give at least one, one JSON object a line on standard "
-                               "input", m->path);
-        first_text = line;
-    }
-    r = encode_request(m->input, first_text ? first_text : "{}", sends && line ? "line 1 of standard input" : "the request",
-                       &buf);
-    free(line);
-    line = NULL;
-    if (r != 0) {
-        ctl_buf_free(&buf);
-        return r;
-    }
-    lagoon_stream *s;
-    lagoon_raw req = {buf.data, buf.len};
-    per_call_meta(x);
-    double t0 = mono_ms();
-    st = lagoon_stream_open(x->client, wm, &req, &s);
-    ctl_buf_free(&buf);
-    if (st != LAGOON_OK)
-        return report_status(x, st);
-    long counted = 0;
-    int failed = 0, over = 0;
-    while (sends && !over && !stop_requested) {
-        over = drain(x, m, s, 0, &counted, &failed); /* bidi: print what came back so far */
-        if (over)
-            break;
-        int got = read_line(&line);
-        lineno++;
-        if (got == 0)
-            break;
-        char where[64];
-        snprintf(where, sizeof(where), "line %ld of standard input", lineno);
-        if (got < 0) {
-            r = usage_error("%s is longer than %u bytes", where, CTL_LINE_MAX);
+    for (;;) {
+        if (drain(x, m, s, 0, counted, failed)) {
+            r = stop_requested ? -1 : 1;
             break;
         }
+        char *line;
+        int got = lr_take(lr, &line);
+        if (got == 0) {
+            struct pollfd p[2] = {{STDIN_FILENO, POLLIN, 0}, {lagoon_fd(x->client), POLLIN, 0}};
+            if (poll(p, 2, CTL_POLL_MS) > 0 && (p[0].revents & (POLLIN | POLLHUP | POLLERR)) && lr_fill(lr) != 0)
+                got = -2;
+            else if (stop_requested)
+                got = -3;
+            else
+                continue;
+        }
+        if (got == -1)
+            break;
+        if (got == -3) {
+            r = -1;
+            break;
+        }
+        if (got == -2) {
+            r = usage_error("line %ld of standard input is longer than %u bytes", lr->lineno, CTL_LINE_MAX);
+            break;
+        }
+        char where[64];
+        snprintf(where, sizeof(where), "line %ld of standard input", lr->lineno);
         buf.len = 0;
         r = encode_request(m->input, line, where, &buf);
-        free(line);
-        line = NULL;
         if (r != 0)
             break;
         lagoon_raw more = {buf.data, buf.len};
-        st = lagoon_stream_send(s, &more);
-        if (st != LAGOON_OK)
-            break; /* the server ended the call: its status comes from finish */
+        if (lagoon_stream_send(s, &more) != LAGOON_OK) {
+            r = 1; /* the server ended the call: its status comes from finish */
+            break;
+        }
     }
     ctl_buf_free(&buf);
-    if (r != 0) {
-        lagoon_stream_cancel(s);
-        return r;
-    }
-    lagoon_raw resp = {NULL, 0};
-    if (m->client_streaming && !m->server_streaming) {
-        st = lagoon_stream_finish(s, &resp);
+    return r;
+}
+
+/* A stream call. A server stream refused as UNAUTHENTICATED before its first message, with the
+ * stored token, is opened once more with a renewed one; client and bidi streams are not (their
+ * input is read once). */
+static int call_stream(ctl *x, const ctl_method *m, const wire_method *wm, const char *first_text)
+{
+    int stored;
+    use_token(x, NULL, &stored);
+    int sends = m->client_streaming;
+    line_reader lr;
+    memset(&lr, 0, sizeof(lr));
+    ctl_buf first = {0};
+    int r = 0;
+    if (first_text == NULL && sends) {
+        char *line = NULL;
+        int got = lr_wait(&lr, &line);
+        if (got == -2)
+            r = usage_error("line %ld of standard input is longer than %u bytes", lr.lineno, CTL_LINE_MAX);
+        else if (got == -3)
+            r = (fprintf(stderr, "lagoonctl: cancelled before the first request\n"), CTL_EXIT_STATUS + LAGOON_CANCELLED);
+        else if (got < 0)
+            r = usage_error("%s streams its requests: give at least one (the protocol's REQUEST frame carries "
+                            "the first), one JSON object a line on standard input",
+                            m->path);
+        else
+            r = encode_request(m->input, line, "line 1 of standard input", &first);
     } else {
-        if (sends)
-            lagoon_stream_close_send(s);
-        if (!over)
-            drain(x, m, s, 1, &counted, &failed);
-        st = lagoon_stream_finish(s, NULL);
-        /* Stopped by the user (a signal or --count): not a failure. */
-        if (st == LAGOON_CANCELLED && (stop_requested || (x->count > 0 && counted >= x->count)))
-            st = LAGOON_OK;
+        r = encode_request(m->input, first_text ? first_text : "{}", "the request", &first);
     }
-    if (x->verbose)
-        fprintf(stderr, "< %s after %.1f ms, %ld messages\n", lagoon_status_name(st), mono_ms() - t0, counted);
-    if (st != LAGOON_OK)
-        return report_status(x, st);
-    if (resp.data) {
-        r = print_message(m->output, &resp, 0);
+    long counted = 0;
+    int failed = 0, st = LAGOON_OK, retried = 0;
+    double t0 = mono_ms();
+    lagoon_stream *s = NULL;
+    while (r == 0) {
+        lagoon_raw req = {first.data, first.len};
+        per_call_meta(x);
+        st = lagoon_stream_open(x->client, wm, &req, &s);
+        if (st != LAGOON_OK) {
+            r = report_status(x, st);
+            break;
+        }
+        int over = 0;
+        if (sends) {
+            int sr = send_lines(x, m, s, &lr, &counted, &failed);
+            if (sr == -1) { /* a signal: the requests did not all go */
+                lagoon_stream_cancel(s);
+                fprintf(stderr, "lagoonctl: cancelled\n");
+                r = CTL_EXIT_STATUS + LAGOON_CANCELLED;
+                break;
+            }
+            if (sr > 1) {
+                lagoon_stream_cancel(s);
+                r = sr;
+                break;
+            }
+            over = sr == 1;
+        }
+        lagoon_raw resp = {NULL, 0};
+        if (m->client_streaming && !m->server_streaming) {
+            st = lagoon_stream_finish(s, &resp);
+        } else {
+            if (sends)
+                lagoon_stream_close_send(s);
+            if (!over)
+                drain(x, m, s, 1, &counted, &failed);
+            st = lagoon_stream_finish(s, NULL);
+            /* Stopped by the user (a signal or --count): not a failure for a server stream. */
+            if (st == LAGOON_CANCELLED && (stop_requested || (x->count > 0 && counted >= x->count)))
+                st = sends && stop_requested ? LAGOON_CANCELLED : LAGOON_OK;
+        }
+        s = NULL;
+        if (st == LAGOON_UNAUTHENTICATED && stored && !sends && counted == 0 && !retried) {
+            char rejected[256];
+            current_token(x, rejected, sizeof(rejected));
+            if (x->verbose)
+                fprintf(stderr, "* UNAUTHENTICATED with the stored token: renewing it\n");
+            use_token(x, rejected, &stored);
+            retried = 1;
+            if (stored)
+                continue;
+        }
+        if (x->verbose)
+            fprintf(stderr, "< %s after %.1f ms, %ld messages\n", lagoon_status_name(st), mono_ms() - t0, counted);
+        if (st != LAGOON_OK)
+            r = report_status(x, st);
+        else if (resp.data)
+            r = print_message(m->output, &resp, 0);
         free(resp.data);
+        if (r == 0)
+            r = failed;
+        break;
     }
-    return failed ? failed : r;
+    ctl_buf_free(&first);
+    free(lr.buf);
+    return r;
 }
 
 static int cmd_call(ctl *x, int argc, char **argv)
@@ -742,13 +928,19 @@ static int cmd_call(ctl *x, int argc, char **argv)
     const char *name = "the request";
     if (argc == 2 && strcmp(argv[1], "-") == 0 && !m->client_streaming) {
         size_t n;
-        if (read_file(NULL, stdin, &owned, &n) != 0)
-            return usage_error("cannot read standard input: %s", strerror(errno));
+        if (read_file(NULL, stdin, &owned, &n) != 0) {
+            if (errno == EFBIG)
+                return usage_error("standard input holds more than %u bytes", CTL_INPUT_MAX);
+            fprintf(stderr, "lagoonctl: cannot read standard input: %s\n", strerror(errno));
+            return CTL_EXIT_FAILURE;
+        }
         text = owned;
         name = "standard input";
     } else if (argc == 2 && argv[1][0] == '@') {
         size_t n;
         if (read_file(argv[1] + 1, NULL, &owned, &n) != 0) {
+            if (errno == EFBIG)
+                return usage_error("%s holds more than %u bytes", argv[1] + 1, CTL_INPUT_MAX);
             fprintf(stderr, "lagoonctl: cannot read %s: %s\n", argv[1] + 1, strerror(errno));
             return CTL_EXIT_FAILURE;
         }
@@ -757,9 +949,19 @@ static int cmd_call(ctl *x, int argc, char **argv)
     } else if (argc == 2 && strcmp(argv[1], "-") != 0) {
         text = argv[1];
     }
+    /* A unary request is encoded first: bad JSON is refused whether the server is up or not. */
+    ctl_buf buf = {0};
+    if (!m->client_streaming && !m->server_streaming) {
+        r = encode_request(m->input, text ? text : "{}", name, &buf);
+        if (r != 0) {
+            free(owned);
+            return r;
+        }
+    }
     int st = connect_server(x);
     if (st != LAGOON_OK) {
         free(owned);
+        ctl_buf_free(&buf);
         return CTL_EXIT_STATUS + st;
     }
     wire_method wm = {0};
@@ -771,18 +973,17 @@ static int cmd_call(ctl *x, int argc, char **argv)
                         : m->client_streaming                      ? WIRE_CLIENT_STREAMING
                         : m->server_streaming                      ? WIRE_SERVER_STREAMING
                                                                    : WIRE_UNARY);
-    verbose_start(x, m);
     if (m->client_streaming || m->server_streaming) {
+        stop_on_signals(1); /* before -v's first line: from there a signal stops the stream */
+        verbose_start(x, m);
         r = call_stream(x, m, &wm, text);
+        stop_on_signals(0);
     } else {
-        ctl_buf buf = {0};
-        r = encode_request(m->input, text ? text : "{}", name, &buf);
-        if (r == 0) {
-            lagoon_raw req = {buf.data, buf.len};
-            r = call_unary(x, m, &wm, &req);
-        }
-        ctl_buf_free(&buf);
+        verbose_start(x, m);
+        lagoon_raw req = {buf.data, buf.len};
+        r = call_unary(x, m, &wm, &req);
     }
+    ctl_buf_free(&buf);
     free(owned);
     return r;
 }
@@ -801,7 +1002,7 @@ static const char *kind_name(const ctl_method *m)
 static void access_name(const ctl_schema *s, int access, char *out, size_t cap)
 {
     const ctl_enum *e = ctl_schema_enum(s, "lagoon.v1.Access");
-    snprintf(out, cap, "access %d", access);
+    snprintf(out, cap, access < 0 ? "none declared" : "access %d", access);
     for (size_t i = 0; e && i < e->nvalues; i++) {
         if (e->values[i].number != access)
             continue;
@@ -1058,14 +1259,21 @@ static int cmd_logout(ctl *x, int argc, char **argv)
     const char *flag = x->token_flag;
     x->token_flag = NULL; /* the stored session is the one that ends */
     int stored;
-    st = use_token(x, 0, &stored);
-    x->token_flag = flag;
-    if (st == LAGOON_OK) {
-        lagoon_v1_AuthEmpty req = lagoon_v1_AuthEmpty_init_zero, resp;
-        st = lagoon_Auth_Logout(x->client, &req, &resp);
-        if (st != LAGOON_OK && st != LAGOON_UNAUTHENTICATED)
-            return report_status(x, st);
+    use_token(x, NULL, &stored);
+    lagoon_v1_AuthEmpty req = lagoon_v1_AuthEmpty_init_zero, resp;
+    st = stored ? lagoon_Auth_Logout(x->client, &req, &resp) : LAGOON_UNAUTHENTICATED;
+    if (st == LAGOON_UNAUTHENTICATED && stored) {
+        /* A stale access token: renew it, so that the session really ends on the server. */
+        char rejected[256];
+        current_token(x, rejected, sizeof(rejected));
+        use_token(x, rejected, &stored);
+        if (stored)
+            st = lagoon_Auth_Logout(x->client, &req, &resp);
     }
+    x->token_flag = flag;
+    /* UNAUTHENTICATED now: the session is no longer valid on the server (ended, expired). */
+    if (st != LAGOON_OK && st != LAGOON_UNAUTHENTICATED)
+        return report_status(x, st);
     /* Ended, or no longer valid: forget it either way. */
     json_object_del(json_object_get(x->creds, "profiles"), x->addr);
     if (creds_save(x) != 0)
@@ -1223,12 +1431,7 @@ int main(int argc, char **argv)
     }
     if (parse_addr(&x) != 0)
         return usage_error("--addr %s: HOST:PORT, [IPv6]:PORT or HOST", x.addr);
-    struct sigaction sa;
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = on_signal;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    signal(SIGPIPE, SIG_IGN); /* (SIGINT and SIGTERM: stop_on_signals, around streams) */
     const char *cmd = argv[0];
     argc--;
     argv++;

@@ -176,6 +176,16 @@ static int finish(child *ch)
 
 static char out[OUT_MAX], err[OUT_MAX];
 
+/* What is left of ch's standard output and error, into o[oc] and e[ec]: its exit status. */
+static int rest_of(child *ch, char *o, size_t oc, char *e, size_t ec)
+{
+    int fds[2] = {ch->out, ch->err};
+    char *bufs[2] = {o, e};
+    size_t caps[2] = {oc, ec};
+    collect(fds, bufs, caps, mono_now_ms() + RUN_MS);
+    return finish(ch);
+}
+
 /* Feeds input to ch, collects its output into out and err: its exit status. */
 static int complete_run(child *ch, const char *input)
 {
@@ -184,11 +194,7 @@ static int complete_run(child *ch, const char *input)
         assert_int_equal(write(ch->in, input, len), (ssize_t)len);
     }
     close(ch->in);
-    int fds[2] = {ch->out, ch->err};
-    char *bufs[2] = {out, err};
-    size_t caps[2] = {sizeof(out), sizeof(err)};
-    collect(fds, bufs, caps, mono_now_ms() + RUN_MS);
-    return finish(ch);
+    return rest_of(ch, out, sizeof(out), err, sizeof(err));
 }
 
 /* Runs lagoonctl ARGS... (NULL-terminated) with input on its standard input: its exit status;
@@ -214,6 +220,48 @@ static void expect_in(const char *haystack, const char *needle)
         fail_msg("expected \"%s\" in:\n%s\n(stderr: %s)", needle, haystack, err);
 }
 
+/* The credentials file's text into buf. */
+static void read_creds(char *buf, size_t cap)
+{
+    char path[128];
+    snprintf(path, sizeof(path), "%s/lagoon/credentials", config_dir);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    size_t n = fread(buf, 1, cap - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+}
+
+/* Writes text into name, a file of the run's configuration directory. */
+static void write_config_file(const char *name, const char *text)
+{
+    char path[128];
+    snprintf(path, sizeof(path), "%s/%s", config_dir, name);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+static void write_creds(const char *text)
+{
+    write_config_file("lagoon/credentials", text);
+}
+
+/* The stored profile's access token. */
+static void stored_token(char *token, size_t cap)
+{
+    char text[4096];
+    read_creds(text, sizeof(text));
+    const char *p = strstr(text, "\"access_token\": \"");
+    assert_non_null(p);
+    p += strlen("\"access_token\": \"");
+    size_t n = strcspn(p, "\"");
+    assert_true(n < cap);
+    memcpy(token, p, n);
+    token[n] = '\0';
+}
+
 /* A verified user signed in through lagoonctl (its profile stored); their id. */
 static uint64_t signed_in(const char *name)
 {
@@ -231,7 +279,8 @@ static uint64_t signed_in(const char *name)
 static void test_list_and_describe(void **state)
 {
     (void)state;
-    assert_int_equal(run(NULL, "list", NULL), 0);
+    assert_int_equal(run(NULL, "-v", "list", NULL), 0);
+    expect_in(err, "* read the server's schema"); /* not the built-in one */
     expect_in(out, "lagoon.v1.Messages/Send");
     expect_in(out, "lagoon.v1.Events/Subscribe               server-streaming  user\n");
     expect_in(out, "lagoon.v1.Messages/Edit");
@@ -291,22 +340,21 @@ static void test_register_login_send_list_logout(void **state)
     expect_in(out, "\"messages\": [");
     expect_in(out, "hello dan");
     /* The same from a file and from standard input. */
-    char file[128];
-    snprintf(file, sizeof(file), "%s/list.json", config_dir);
-    FILE *f = fopen(file, "w");
-    assert_non_null(f);
-    fputs(body, f);
-    fclose(f);
+    write_config_file("list.json", body);
     char at_file[140];
-    snprintf(at_file, sizeof(at_file), "@%s", file);
+    snprintf(at_file, sizeof(at_file), "@%s/list.json", config_dir);
     assert_int_equal(run(NULL, "call", "lagoon.v1.Messages/List", at_file, NULL), 0);
     expect_in(out, "hello dan");
     assert_int_equal(run(body, "call", "lagoon.v1.Messages/List", "-", NULL), 0);
     expect_in(out, "hello dan");
-    /* Signed out: the stored session ends on the server and leaves the file. */
+    /* Signed out: the stored session ends on the server (its token no longer works) and
+     * leaves the file. */
+    char old_token[128];
+    stored_token(old_token, sizeof(old_token));
     assert_int_equal(run(NULL, "logout", NULL), 0);
     assert_int_equal(run(NULL, "call", "lagoon.v1.Auth/Me", NULL), 64 + LAGOON_UNAUTHENTICATED);
     expect_in(err, "ERROR: UNAUTHENTICATED");
+    assert_int_equal(run(NULL, "--token", old_token, "call", "lagoon.v1.Auth/Me", NULL), 64 + LAGOON_UNAUTHENTICATED);
     assert_int_equal(run(NULL, "logout", NULL), 2);
     expect_in(err, "not signed in at");
 }
@@ -352,12 +400,8 @@ static void test_server_stream_followed_and_stopped(void **state)
     assert_int_equal(nl[-1], '}');
     /* Stopped with SIGINT: the stream is cancelled and lagoonctl ends with 0. */
     assert_int_equal(kill(ch.pid, SIGINT), 0);
-    int fds[2] = {ch.out, ch.err};
     char rest[4096];
-    char *bufs[2] = {rest, err};
-    size_t caps[2] = {sizeof(rest), sizeof(err)};
-    collect(fds, bufs, caps, mono_now_ms() + RUN_MS);
-    assert_int_equal(finish(&ch), 0);
+    assert_int_equal(rest_of(&ch, rest, sizeof(rest), err, sizeof(err)), 0);
     /* --count stops it too: the subscribed event, then the stored message replayed. */
     char since[48];
     snprintf(since, sizeof(since), "{\"since\": \"%d\"}", 0);
@@ -457,6 +501,122 @@ static void test_token_refreshed_after_expiry(void **state)
     assert_string_not_equal(before, after); /* the new tokens are stored */
 }
 
+/* The server refuses the stored access token (it expired by the server's clock, long before
+ * lagoonctl's margin): lagoonctl renews it and calls once more. */
+static void test_refused_token_renewed_and_retried(void **state)
+{
+    (void)state;
+    signed_in("kim");
+    char before[128], after[128];
+    stored_token(before, sizeof(before));
+    /* lagoonctl would renew a token due by its own clock first: make it look good for years. */
+    char text[4096];
+    read_creds(text, sizeof(text));
+    char *exp = strstr(text, "\"access_expires_at\": ");
+    assert_non_null(exp);
+    exp += strlen("\"access_expires_at\": ");
+    assert_true(strspn(exp, "0123456789") == 13);
+    memcpy(exp, "4102444800000", 13); /* 2100-01-01 */
+    write_creds(text);
+    test_clock_advance(T, 25LL * 3600 * 1000); /* past the 24 h access token, within the refresh token */
+    assert_int_equal(run(NULL, "-v", "call", "lagoon.v1.Auth/Me", NULL), 0);
+    expect_in(err, "UNAUTHENTICATED with the stored token: renewing it");
+    expect_in(out, "\"username\": \"kim\"");
+    stored_token(after, sizeof(after));
+    assert_string_not_equal(before, after);
+    /* A server stream too. */
+    read_creds(text, sizeof(text));
+    exp = strstr(text, "\"access_expires_at\": ") + strlen("\"access_expires_at\": ");
+    assert_true(strspn(exp, "0123456789") == 13);
+    memcpy(exp, "4102444800000", 13);
+    write_creds(text);
+    test_clock_advance(T, 25LL * 3600 * 1000);
+    assert_int_equal(run(NULL, "-v", "--count", "1", "call", "lagoon.v1.Events/Subscribe", NULL), 0);
+    expect_in(err, "UNAUTHENTICATED with the stored token: renewing it");
+    expect_in(out, "\"subscribed\"");
+}
+
+/* Runs due for a refresh at once renew the session once between them: the server would revoke a
+ * session whose refresh token came twice. */
+static void test_parallel_refresh_keeps_the_session(void **state)
+{
+    (void)state;
+    signed_in("lou");
+    char text[4096];
+    read_creds(text, sizeof(text));
+    char *exp = strstr(text, "\"access_expires_at\": ");
+    assert_non_null(exp);
+    exp += strlen("\"access_expires_at\": ");
+    size_t digits = strspn(exp, "0123456789");
+    memset(exp, ' ', digits);
+    exp[0] = '1'; /* expired long ago by lagoonctl's clock */
+    write_creds(text);
+    enum { RUNS = 4 };
+    child ch[RUNS];
+    const char *args[] = {"call", "lagoon.v1.Auth/Me", NULL};
+    for (int i = 0; i < RUNS; i++) {
+        spawn(&ch[i], args);
+        close(ch[i].in);
+    }
+    for (int i = 0; i < RUNS; i++) {
+        if (rest_of(&ch[i], out, sizeof(out), err, sizeof(err)) != 0)
+            fail_msg("run %d: %s", i, err);
+        expect_in(out, "\"username\": \"lou\"");
+    }
+    assert_int_equal(run(NULL, "call", "lagoon.v1.Auth/Me", NULL), 0); /* the session lives on */
+}
+
+/* Ctrl-C ends a unary call at once (the default action), and cancels a client stream whose
+ * requests did not all go (exit 65, CANCELLED), instead of sending what was read so far. */
+static void test_signals(void **state)
+{
+    (void)state;
+    child ch;
+    const char *slow[] = {"call", "lagoon.v1.Debug/Echo", "{\"delayMs\": 8000}", NULL};
+    spawn(&ch, slow);
+    close(ch.in);
+    struct timespec pause = {0, 300 * 1000 * 1000};
+    nanosleep(&pause, NULL);
+    assert_int_equal(kill(ch.pid, SIGINT), 0);
+    int status;
+    assert_int_equal(waitpid(ch.pid, &status, 0), ch.pid);
+    assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGINT);
+    close(ch.out);
+    close(ch.err);
+    const char *collect_args[] = {"-v", "call", "lagoon.v1.Debug/EchoCollect", NULL};
+    spawn(&ch, collect_args);
+    const char *line = "{\"payload\": \"YWJj\"}\n";
+    assert_int_equal(write(ch.in, line, strlen(line)), (ssize_t)strlen(line));
+    size_t len = 0;
+    err[0] = '\0';
+    read_until(ch.err, err, sizeof(err), &len, "> /lagoon.v1.Debug/EchoCollect"); /* streaming now */
+    assert_int_equal(kill(ch.pid, SIGINT), 0);
+    close(ch.in);
+    char rest[4096];
+    assert_int_equal(rest_of(&ch, out, sizeof(out), rest, sizeof(rest)), 64 + LAGOON_CANCELLED);
+    expect_in(rest, "cancelled");
+    assert_null(strstr(out, "count"));
+}
+
+/* A bidirectional stream prints each answer as it comes, before the next line is typed. */
+static void test_bidi_answers_as_they_come(void **state)
+{
+    (void)state;
+    child ch;
+    const char *args[] = {"call", "lagoon.v1.Debug/EchoChat", NULL};
+    spawn(&ch, args);
+    size_t len = 0;
+    out[0] = '\0';
+    const char *l1 = "{\"payload\": \"YQ==\"}\n", *l2 = "{\"payload\": \"Yg==\"}\n";
+    assert_int_equal(write(ch.in, l1, strlen(l1)), (ssize_t)strlen(l1));
+    read_until(ch.out, out, sizeof(out), &len, "{\"payload\":\"YQ==\"}\n"); /* stdin still open */
+    assert_int_equal(write(ch.in, l2, strlen(l2)), (ssize_t)strlen(l2));
+    read_until(ch.out, out, sizeof(out), &len, "{\"payload\":\"Yg==\"}\n");
+    close(ch.in);
+    char rest[4096];
+    assert_int_equal(rest_of(&ch, rest, sizeof(rest), err, sizeof(err)), 0);
+}
+
 static void test_method_only_in_server_schema(void **state)
 {
     (void)state;
@@ -505,6 +665,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bad_input_and_status_codes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_idempotency_key_replays, setup, teardown),
         cmocka_unit_test_setup_teardown(test_token_refreshed_after_expiry, setup_short_tokens, teardown),
+        cmocka_unit_test_setup_teardown(test_refused_token_renewed_and_retried, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_parallel_refresh_keeps_the_session, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_signals, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bidi_answers_as_they_come, setup, teardown),
         cmocka_unit_test_setup_teardown(test_method_only_in_server_schema, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bash_completion, setup, teardown),
     };

@@ -53,6 +53,10 @@
       "Comments/Add and Comments/Reply calls that store a comment, per user and minute. Past it "  \
       "each further one waits until the minute (from the first) is over (RESOURCE_EXHAUSTED "      \
       "with retry_after_ms).")                                                                      \
+    X(teaching_requests.max_events, "teaching-requests-per-day", NULL, 20u, 1u, 100000u, 1u,      \
+      "Teaching/Request and Teaching/Invite calls that store a request, per user and day. Past "   \
+      "it each further one waits until the day (from the first) is over (RESOURCE_EXHAUSTED "      \
+      "with retry_after_ms).")                                                                      \
     X(limiter_keys, "limiter-keys", NULL, APP_LIMITER_KEYS, 1000u, 10000000u, 1u,                 \
       "Keys (accounts, client addresses, users) each rate limiter tracks, about 230 bytes each. " \
       "A full limiter forgets expired keys, then makes new keys wait, so this bounds the "         \

@@ -9,6 +9,7 @@
 #include "accounts.h"
 #include "lagoon_handlers.h"
 #include "paging.h"
+#include "teaching.h"
 
 /* ---- reads ---------------------------------------------------------------------------------- */
 
@@ -113,11 +114,8 @@ int handle_Users_ListTeachers(rpc_call *call, const lagoon_v1_ListUsersRequest *
 int handle_Users_ListStudents(rpc_call *call, const lagoon_v1_ListUsersRequest *req,
                               lagoon_v1_ListUsersResponse *resp)
 {
-    /* A teacher's students come from student-teacher relationships, a later feature: until
-     * they exist no teacher has any. The request is still validated as it will be then. */
-    (void)resp;
-    paging_list l = list_paging(req);
-    return paging_check(call, &l);
+    /* A teacher's students are its ACTIVE teaching relationships (teaching.c). */
+    return teaching_list_students(call, req, resp);
 }
 
 /* ---- profile and admin updates: one read-modify-write of the user row -------------------------- */

@@ -107,6 +107,20 @@ static const want_index app_indexes[] = {
     {"comments", "by_root_time", "root_id", STORE_MULTI},
     {"comments", "by_parent", "parent_id", STORE_MULTI},
     {"comments", "by_author", "author_id", STORE_MULTI},
+    /* Teaching: */
+    {"teaching_relationships", "by_pair", "teacher_id", STORE_UNIQUE},
+    {"teaching_relationships", "by_student_status", "student_id", STORE_MULTI},
+    {"teaching_relationships", "by_teacher_status", "teacher_id", STORE_MULTI},
+    {"teaching_relationships", "by_addressee_status", "addressee_id", STORE_MULTI},
+    {"teaching_relationships", "by_requester_status", "requester_id", STORE_MULTI},
+    {"progress_records", "by_student", "student_id", STORE_MULTI},
+    {"progress_records", "by_student_teacher", "student_id", STORE_MULTI},
+    {"progress_records", "by_student_video", "student_id", STORE_MULTI},
+    {"progress_records", "by_teacher", "teacher_id", STORE_MULTI},
+    {"progress_records", "by_teacher_student", "teacher_id", STORE_MULTI},
+    {"progress_records", "by_video", "video_id", STORE_MULTI},
+    {"progress_summaries", "by_key", "student_id", STORE_UNIQUE},
+    {"progress_summaries", "by_teacher", "teacher_id", STORE_MULTI},
 };
 
 typedef struct want_fkey {
@@ -140,6 +154,13 @@ static const want_fkey app_fkeys[] = {
     {"comments", "video_id", "videos", "by_video", STORE_CASCADE},
     {"comments", "author_id", "users", "by_author", STORE_CASCADE},
     {"comments", "root_id", "comments", "by_root_time", STORE_CASCADE, 1}, /* a thread's replies */
+    {"teaching_relationships", "student_id", "users", "by_pair", STORE_CASCADE},
+    {"teaching_relationships", "teacher_id", "users", "by_teacher_status", STORE_CASCADE},
+    {"progress_records", "student_id", "users", "by_student", STORE_CASCADE},
+    {"progress_records", "teacher_id", "users", "by_teacher", STORE_CASCADE},
+    {"progress_records", "video_id", "videos", "by_video", STORE_CASCADE},
+    {"progress_summaries", "student_id", "users", "by_key", STORE_CASCADE},
+    {"progress_summaries", "teacher_id", "users", "by_teacher", STORE_CASCADE, 1}, /* 0: over all teachers */
 };
 
 static const store_table *app_table(const char *name)
@@ -163,7 +184,7 @@ static size_t table_pos(const store_table *const *tables, size_t n, const store_
 static void test_app_layout(void **state)
 {
     (void)state;
-    assert_int_equal(LAGOON_TABLES_COUNT, 20);
+    assert_int_equal(LAGOON_TABLES_COUNT, 23);
     size_t nindexes = 0, nfkeys = 0;
     for (size_t i = 0; i < LAGOON_TABLES_COUNT; i++) {
         nindexes += lagoon_tables[i]->nindexes;

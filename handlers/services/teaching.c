@@ -544,7 +544,7 @@ static int recent_rebuild(store_txn *t, summary *s, store_error *err)
 
 /* Applies one record change to the summary of (student, teacher): old (NULL: created) leaves,
  * new_r (NULL: deleted) comes. Both are of that pair. */
-static int summary_apply(store_txn *t, const app_write_in *in, uint64_t student, uint64_t teacher, const record *old,
+static int summary_apply(store_txn *t, int64_t now, uint64_t student, uint64_t teacher, const record *old,
                          const record *new_r, store_error *err)
 {
     summary *s = malloc(sizeof(*s));
@@ -575,7 +575,7 @@ static int summary_apply(store_txn *t, const app_write_in *in, uint64_t student,
     if (st == LAGOON_OK) {
         for (int i = 0; i < TEACHING_SCORES; i++)
             score_derive(&s->scores[i]);
-        s->updated_at = in->now;
+        s->updated_at = now;
         st = s->id ? store_update(t, &lagoon_table_progress_summaries, s, err)
                    : store_insert(t, &lagoon_table_progress_summaries, s, NULL, err);
     }
@@ -584,14 +584,62 @@ static int summary_apply(store_txn *t, const app_write_in *in, uint64_t student,
 }
 
 /* The student's summary and the pair's, after the record change is stored. */
-static int summaries_apply(store_txn *t, const app_write_in *in, const record *old, const record *new_r,
-                           store_error *err)
+static int summaries_apply(store_txn *t, int64_t now, const record *old, const record *new_r, store_error *err)
 {
     const record *r = new_r ? new_r : old;
-    int st = summary_apply(t, in, r->student_id, 0, old, new_r, err);
+    int st = summary_apply(t, now, r->student_id, 0, old, new_r, err);
     if (st == LAGOON_OK)
-        st = summary_apply(t, in, r->student_id, r->teacher_id, old, new_r, err);
+        st = summary_apply(t, now, r->student_id, r->teacher_id, old, new_r, err);
     return st;
+}
+
+/* Deletes the records of idx under key id one by one, each with its summaries, so that a
+ * cascade that follows finds none (it would leave the summaries counting them). */
+static int records_delete_under(store_txn *t, int64_t now, const store_index *idx, uint64_t id, store_error *err)
+{
+    app_id_page *page = malloc(sizeof(*page)); /* 4 KiB */
+    record *r = malloc(sizeof(*r));
+    if (page == NULL || r == NULL) {
+        free(page);
+        free(r);
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    }
+    store_key prefix;
+    store_key_reset(&prefix);
+    store_key_u64(&prefix, id);
+    store_query q = {.table = &lagoon_table_progress_records, .index = idx, .prefix = prefix.buf,
+                     .prefix_len = prefix.len, .page_size = STORE_PAGE_SIZE_MAX};
+    char token[STORE_PAGE_TOKEN_MAX + 1] = "";
+    int st;
+    do {
+        q.page_token = token;
+        st = app_scan_ids(t, &q, page, err);
+        for (uint32_t i = 0; i < page->n && st == LAGOON_OK; i++) {
+            st = store_get(t, &lagoon_table_progress_records, page->ids[i], r, err);
+            if (st == LAGOON_OK)
+                st = app_forget_results(t, &lagoon_method_Teaching_CreateRecord, r->id, err);
+            if (st == LAGOON_OK)
+                st = store_delete(t, &lagoon_table_progress_records, r->id, err);
+            if (st == LAGOON_OK)
+                st = summaries_apply(t, now, r, NULL, err);
+        }
+        memcpy(token, page->next_page_token, sizeof(token));
+    } while (st == LAGOON_OK && token[0] != '\0');
+    free(page);
+    free(r);
+    return st;
+}
+
+int teaching_video_deleting(store_txn *t, int64_t now, uint64_t video_id, store_error *err)
+{
+    return records_delete_under(t, now, lagoon_index_progress_records_by_video, video_id, err);
+}
+
+int teaching_user_deleting(store_txn *t, int64_t now, uint64_t user_id, store_error *err)
+{
+    /* As a student its summaries go with it (their references cascade); as a teacher its
+     * records leave its students' summaries over all teachers. */
+    return records_delete_under(t, now, lagoon_index_progress_records_by_teacher, user_id, err);
 }
 
 /* ---- records ---------------------------------------------------------------------------------- */
@@ -695,7 +743,7 @@ static int create_write(store_txn *t, const app_write_in *in, void *resp, store_
         st = store_insert(t, &lagoon_table_progress_records, r, NULL, err);
     }
     if (st == LAGOON_OK)
-        st = summaries_apply(t, in, NULL, r, err);
+        st = summaries_apply(t, in->now, NULL, r, err);
     if (st == LAGOON_OK)
         st = notify(t, in, r->student_id, lagoon_v1_Notification_Type_PROGRESS_RECORD, "recorded your progress", r->id,
                     err);
@@ -754,7 +802,7 @@ static int update_write(store_txn *t, const app_write_in *in, void *resp, store_
         st = store_update(t, &lagoon_table_progress_records, r, err);
     }
     if (st == LAGOON_OK)
-        st = summaries_apply(t, in, old, r, err);
+        st = summaries_apply(t, in->now, old, r, err);
     free(old);
     return st;
 }
@@ -780,7 +828,7 @@ static int delete_write(store_txn *t, const app_write_in *in, void *resp, store_
     if (st == LAGOON_OK)
         st = store_delete(t, &lagoon_table_progress_records, r->id, err);
     if (st == LAGOON_OK)
-        st = summaries_apply(t, in, r, NULL, err);
+        st = summaries_apply(t, in->now, r, NULL, err);
     free(r);
     return st;
 }

@@ -19,6 +19,15 @@
 
 extern const app_module teaching_module;
 
+/* Call in the transaction that deletes video video_id, before deleting it: deletes its
+ * progress records and takes them out of the summaries (the records' cascade would delete
+ * them without). Costs a summary update per record of the video. */
+int teaching_video_deleting(store_txn *t, int64_t now, uint64_t video_id, store_error *err);
+
+/* The same for account user_id, before deleting it: the records it wrote as a teacher leave
+ * its students' summaries. */
+int teaching_user_deleting(store_txn *t, int64_t now, uint64_t user_id, store_error *err);
+
 /* Users/ListStudents: one page of the caller's active students (relationships ACTIVE with the
  * caller as teacher, the most recently accepted first), as public users. */
 int teaching_list_students(rpc_call *call, const lagoon_v1_ListUsersRequest *req, lagoon_v1_ListUsersResponse *resp);

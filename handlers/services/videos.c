@@ -13,6 +13,7 @@
 #include "events.h"
 #include "lagoon_handlers.h"
 #include "paging.h"
+#include "teaching.h"
 #include "videos.h"
 
 /* The longest word prefix the search index keeps, in bytes (VideoWord.prefix's max_length in
@@ -444,6 +445,8 @@ static int delete_write(store_txn *t, const app_write_in *in, void *resp, store_
     if (v == NULL)
         return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
     int st = video_load(t, &in->who, req->video_id, APP_CHANGE, "video_id", v, err);
+    if (st == LAGOON_OK) /* before the cascade takes its progress records: out of the summaries */
+        st = teaching_video_deleting(t, in->now, v->id, err);
     if (st == LAGOON_OK)
         st = store_delete(t, &lagoon_table_videos, v->id, err);
     if (st == LAGOON_OK) /* no one reads it now: every follower of its comments stops following */

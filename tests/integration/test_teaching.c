@@ -667,38 +667,58 @@ static void test_record_matrix(void **state)
     assert_int_equal(SUM.count, 3);
 }
 
+/* The count of the summary of (student, teacher) as student_tok's user reads it. */
+static uint32_t summary_count(const char *tok, uint64_t student, uint64_t teacher)
+{
+    lagoon_v1_GetSummaryRequest gs = {student, teacher};
+    lagoon_set_token(C, tok);
+    EXPECT(lagoon_Teaching_GetSummary(C, &gs, &SUM), LAGOON_OK, NULL);
+    return SUM.count;
+}
+
 static void test_cascades(void **state)
 {
     (void)state;
     uint64_t v1 = video(sam_tok, 1);
     uint64_t v2 = video(sam_tok, 1);
     activate(sam_tok, tom, tom_tok);
+    activate(sam_tok, tia, tia_tok);
     activate(sue_tok, tom, tom_tok);
     create_ok(tom_tok, sam, v1);
     create_ok(tom_tok, sam, v1);
     create_ok(tom_tok, sam, v2);
-    /* A deleted video takes its records. */
+    create_ok(tia_tok, sam, v2);
+    assert_int_equal(summary_count(sam_tok, sam, 0), 4);
+    /* A deleted video takes its records, and they leave the summaries. */
     lagoon_v1_DeleteVideoRequest dv = {v1};
     lagoon_v1_VideosEmpty ve;
     lagoon_set_token(C, sam_tok);
     EXPECT(lagoon_Videos_Delete(C, &dv, &ve), LAGOON_OK, NULL);
     assert_int_equal(count_rows(&lagoon_table_progress_records, rec_of_video, v1), 0);
-    assert_int_equal(count_rows(&lagoon_table_progress_records, rec_of_video, v2), 1);
-    /* A deleted account takes its relationships, records and summaries. */
-    assert_true(count_rows(&lagoon_table_progress_summaries, sum_has, sam) > 0);
+    assert_int_equal(count_rows(&lagoon_table_progress_records, rec_of_video, v2), 2);
+    assert_int_equal(summary_count(sam_tok, sam, 0), 2);
+    assert_int_equal(summary_count(sam_tok, sam, tom), 1);
+    assert_int_equal(SUM.scores[0].count, 1);
+    /* A deleted teacher takes its relationships and records, and they leave the student's
+     * summary over all teachers; the pair's summary goes. */
     lagoon_v1_DeleteAccountRequest dr = lagoon_v1_DeleteAccountRequest_init_zero;
     snprintf(dr.password, sizeof(dr.password), "%s", TEST_PASSWORD);
     lagoon_v1_UsersEmpty ue;
-    lagoon_set_token(C, sam_tok);
-    EXPECT(lagoon_Users_DeleteAccount(C, &dr, &ue), LAGOON_OK, NULL);
-    assert_int_equal(count_rows(&lagoon_table_teaching_relationships, rel_has, sam), 0);
-    assert_int_equal(count_rows(&lagoon_table_progress_records, rec_has, sam), 0);
-    assert_int_equal(count_rows(&lagoon_table_progress_summaries, sum_has, sam), 0);
-    assert_int_equal(count_rows(&lagoon_table_teaching_relationships, rel_has, sue), 1);
-    /* The teacher's account too. */
     lagoon_set_token(C, tom_tok);
     EXPECT(lagoon_Users_DeleteAccount(C, &dr, &ue), LAGOON_OK, NULL);
+    assert_int_equal(count_rows(&lagoon_table_teaching_relationships, rel_has, tom), 0);
+    assert_int_equal(count_rows(&lagoon_table_progress_records, rec_has, tom), 0);
+    assert_int_equal(count_rows(&lagoon_table_progress_summaries, sum_has, tom), 0);
+    assert_int_equal(summary_count(sam_tok, sam, 0), 1);
+    assert_int_equal(SUM.scores[0].count, 1);
+    assert_int_equal(count_rows(&lagoon_table_teaching_relationships, any_row, 0), 1); /* sam and tia */
+    /* A deleted student takes its relationships, records and summaries. */
+    assert_true(count_rows(&lagoon_table_progress_summaries, sum_has, sam) > 0);
+    lagoon_set_token(C, sam_tok);
+    EXPECT(lagoon_Users_DeleteAccount(C, &dr, &ue), LAGOON_OK, NULL);
     assert_int_equal(count_rows(&lagoon_table_teaching_relationships, any_row, 0), 0);
+    assert_int_equal(count_rows(&lagoon_table_progress_records, any_row, 0), 0);
+    assert_int_equal(count_rows(&lagoon_table_progress_summaries, any_row, 0), 0);
 }
 
 /* ---- summaries against a recomputation ---------------------------------------------------------- */

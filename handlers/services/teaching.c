@@ -367,6 +367,9 @@ static int add_student_id(void *arg, void *item, const void *row)
 
 int teaching_list_students(rpc_call *call, const lagoon_v1_ListUsersRequest *req, lagoon_v1_ListUsersResponse *resp)
 {
+    if (req->name_prefix[0] != '\0' || req->instrument_prefix[0] != '\0')
+        return rpc_call_violation(call, req->name_prefix[0] ? "name_prefix" : "instrument_prefix",
+                                  "ListTeachers' search only");
     store_key prefix;
     store_key_reset(&prefix);
     store_key_u64(&prefix, rpc_call_caller(call)->user_id);

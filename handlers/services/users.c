@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <sodium.h>
 
@@ -67,23 +68,47 @@ int handle_Users_Get(rpc_call *call, const lagoon_v1_GetUserRequest *req, lagoon
 
 /* ---- lists ------------------------------------------------------------------------------------ */
 
+/* Case-insensitive (ASCII) prefix tests for ListTeachers' search: "" matches everything. */
+static int name_matches(const lagoon_v1_User *u, const char *prefix)
+{
+    size_t n = strlen(prefix);
+    if (n == 0 || strncasecmp(u->username, prefix, n) == 0)
+        return 1;
+    for (size_t i = 0; u->full_name[i] != '\0'; i++) /* each word of full_name */
+        if ((i == 0 || u->full_name[i - 1] == ' ') && strncasecmp(u->full_name + i, prefix, n) == 0)
+            return 1;
+    return 0;
+}
+
+static int instrument_matches(const lagoon_v1_User *u, const char *prefix)
+{
+    size_t n = strlen(prefix);
+    if (n == 0)
+        return 1;
+    for (pb_size_t i = 0; i < u->instruments_count; i++)
+        if (strncasecmp(u->instruments[i], prefix, n) == 0)
+            return 1;
+    return 0;
+}
+
+/* arg: the request, whose search fields filter the rows. */
 static int add_public(void *arg, void *item, const void *row)
 {
-    (void)arg;
+    const lagoon_v1_ListUsersRequest *req = arg;
     const lagoon_v1_User *u = row;
-    if (!u->active)
+    if (!u->active || !name_matches(u, req->name_prefix) || !instrument_matches(u, req->instrument_prefix))
         return 0;
     account_public(u, item);
     return 1;
 }
 
-/* The paging of ListTeachers and ListStudents: page_size, page_token | page. */
+/* The paging of ListTeachers: page_size, page_token | page. */
 static paging_list list_paging(const lagoon_v1_ListUsersRequest *req)
 {
     paging_list l = {.size = req->page_size, .token = req->page_token, .number = req->page,
                      .resp = &lagoon_v1_ListUsersResponse_info,
                      .items_tag = lagoon_v1_ListUsersResponse_users_tag,
-                     .item = add_public, .item_size = sizeof(lagoon_v1_PublicUser)};
+                     .item = add_public, .arg = (void *)req, .item_size = sizeof(lagoon_v1_PublicUser)};
     return l;
 }
 

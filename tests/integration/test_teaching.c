@@ -504,6 +504,62 @@ static void test_relationship_paging(void **state)
     assert_int_equal(pages, 2);
 }
 
+/* Sets the token's user's full name and instruments (Users/UpdateProfile). */
+static void profile(const char *tok, const char *full_name, const char *i1, const char *i2)
+{
+    static lagoon_v1_UpdateProfileRequest r;
+    static lagoon_v1_UserProfile p;
+    memset(&r, 0, sizeof(r));
+    r.has_full_name = true;
+    snprintf(r.full_name, sizeof(r.full_name), "%s", full_name);
+    r.set_instruments = true;
+    snprintf(r.instruments[0], sizeof(r.instruments[0]), "%s", i1);
+    snprintf(r.instruments[1], sizeof(r.instruments[1]), "%s", i2);
+    r.instruments_count = 2;
+    lagoon_set_token(C, tok);
+    EXPECT(lagoon_Users_UpdateProfile(C, &r, &p), LAGOON_OK, NULL);
+}
+
+/* ListTeachers with a name and an instrument prefix: the ids found, in order, into ids. */
+static size_t search(const char *name, const char *instrument, uint64_t ids[8])
+{
+    lagoon_v1_ListUsersRequest r = lagoon_v1_ListUsersRequest_init_zero;
+    snprintf(r.name_prefix, sizeof(r.name_prefix), "%s", name);
+    snprintf(r.instrument_prefix, sizeof(r.instrument_prefix), "%s", instrument);
+    pb_release(lagoon_v1_ListUsersResponse_fields, &ULIST);
+    memset(&ULIST, 0, sizeof(ULIST));
+    lagoon_set_token(C, sue_tok);
+    EXPECT(lagoon_Users_ListTeachers(C, &r, &ULIST), LAGOON_OK, NULL);
+    for (pb_size_t i = 0; i < ULIST.users_count && i < 8; i++)
+        ids[i] = ULIST.users[i].id;
+    return ULIST.users_count;
+}
+
+static void test_teacher_search(void **state)
+{
+    (void)state;
+    profile(tom_tok, "Thomas Keyes", "Piano", "Organ");
+    profile(tia_tok, "Tia Bowman", "violin", "Piano");
+    uint64_t ids[8];
+    assert_int_equal(search("", "", ids), 2);
+    assert_int_equal(search("TO", "", ids), 1); /* the username, any case */
+    assert_int_equal(ids[0], tom);
+    assert_int_equal(search("key", "", ids), 1); /* a word of the full name */
+    assert_int_equal(ids[0], tom);
+    assert_int_equal(search("eyes", "", ids), 0); /* not inside a word */
+    assert_int_equal(search("", "pia", ids), 2);
+    assert_int_equal(search("", "VIO", ids), 1);
+    assert_int_equal(ids[0], tia);
+    assert_int_equal(search("bow", "org", ids), 0); /* both must match */
+    assert_int_equal(search("bow", "pi", ids), 1);
+    assert_int_equal(search("sam", "", ids), 0);   /* students are not in the directory */
+    /* ListStudents takes no search. */
+    lagoon_v1_ListUsersRequest r = lagoon_v1_ListUsersRequest_init_zero;
+    snprintf(r.name_prefix, sizeof(r.name_prefix), "s");
+    lagoon_set_token(C, tom_tok);
+    EXPECT(lagoon_Users_ListStudents(C, &r, &ULIST), LAGOON_INVALID_ARGUMENT, "name_prefix");
+}
+
 /* ---- records ------------------------------------------------------------------------------------- */
 
 static void test_record_create_rules(void **state)
@@ -912,6 +968,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_request_refusals, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lists_and_students, setup, teardown),
         cmocka_unit_test_setup_teardown(test_relationship_paging, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_teacher_search, setup, teardown),
         cmocka_unit_test_setup_teardown(test_record_create_rules, setup, teardown),
         cmocka_unit_test_setup_teardown(test_record_matrix, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cascades, setup, teardown),

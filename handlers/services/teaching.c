@@ -687,7 +687,7 @@ static int comments_of_video(store_txn *t, const uint64_t *ids, size_t n, uint64
     for (size_t i = 0; i < n && st == LAGOON_OK; i++) {
         st = store_get(t, &lagoon_table_comments, ids[i], c, err);
         if (st == LAGOON_NOT_FOUND || (st == LAGOON_OK && c->video_id != video_id)) {
-            char field[32];
+            char field[40]; /* "comment_ids[" and any size_t */
             snprintf(field, sizeof(field), "comment_ids[%zu]", i);
             st = store_fail(err, LAGOON_INVALID_ARGUMENT, field, "is not a comment of the record's video");
         }

@@ -1,0 +1,284 @@
+/* teaching-bench: Teaching/GetSummary (the student's summary over all teachers) of a student
+ * with 10 progress records and of one with 10 000, through the real server and a blocking
+ * client on loopback.
+ *
+ *   teaching-bench [--sizes 10,10000] [--calls 2000]
+ *
+ * For each size: a fresh store in a temporary directory (sync none: seeding speed; the calls
+ * measured are reads), a student and a teacher with sessions made in the store, an ACTIVE
+ * relationship and a public video of the student's, then `size` records written through
+ * Teaching/CreateRecord (so that the summary is the one the service maintains). The summary is
+ * one row whatever the history: its time should not grow with the records. Every loop is
+ * bounded; everything it creates is removed. */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "account_tokens.h"
+#include "accounts.h"
+#include "lagoon_handlers.h"
+#include "lagoon_stubs.h"
+#include "log.h"
+#include "teaching.h"
+
+#define WARMUP 20                   /* unmeasured calls before each measurement */
+#define SIZE_MAX_RECORDS 1000000ull
+
+static uint64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* ---- seeding (not measured) ---------------------------------------------------------------------- */
+
+typedef struct seed {
+    uint64_t student, teacher, video;
+    lagoon_v1_Session sessions[2]; /* the student's, the teacher's */
+    lagoon_v1_Video *v;            /* ~37 KB: on the heap */
+} seed;
+
+static int seed_user(store_txn *t, const char *name, lagoon_v1_Role role, lagoon_v1_Session *s, uint64_t *id,
+                     store_error *err)
+{
+    lagoon_v1_User u = lagoon_v1_User_init_zero;
+    snprintf(u.password_hash, sizeof(u.password_hash), "unused");
+    snprintf(u.email, sizeof(u.email), "%s@bench.invalid", name);
+    snprintf(u.username, sizeof(u.username), "%s", name);
+    u.role = role;
+    u.active = u.verified = true;
+    int st = store_insert(t, &lagoon_table_users, &u, id, err);
+    s->user_id = *id;
+    s->role = role;
+    s->verified = true;
+    return st == LAGOON_OK ? store_insert(t, &lagoon_table_sessions, s, NULL, err) : st;
+}
+
+static int seed_rows(store_txn *t, void *arg, store_error *err)
+{
+    seed *sd = arg;
+    int st = seed_user(t, "bench_student", lagoon_v1_Role_STUDENT, &sd->sessions[0], &sd->student, err);
+    if (st == LAGOON_OK)
+        st = seed_user(t, "bench_teacher", lagoon_v1_Role_TEACHER, &sd->sessions[1], &sd->teacher, err);
+    lagoon_v1_TeachingRelationship r = lagoon_v1_TeachingRelationship_init_zero;
+    r.student_id = sd->student;
+    r.teacher_id = sd->teacher;
+    r.status = lagoon_v1_TeachingRelationship_Status_ACTIVE;
+    r.initiator = lagoon_v1_TeachingRelationship_Initiator_STUDENT_REQUEST;
+    r.requester_id = sd->student;
+    r.addressee_id = sd->teacher;
+    r.created_at = r.updated_at = 1;
+    if (st == LAGOON_OK)
+        st = store_insert(t, &lagoon_table_teaching_relationships, &r, NULL, err);
+    memset(sd->v, 0, sizeof(*sd->v));
+    sd->v->owner_id = sd->student;
+    snprintf(sd->v->title, sizeof(sd->v->title), "Scales");
+    snprintf(sd->v->url, sizeof(sd->v->url), "https://www.youtube.com/watch?v=scales");
+    sd->v->is_public = true;
+    sd->v->source = lagoon_v1_Video_Source_EXTERNAL_URL;
+    sd->v->status = lagoon_v1_Video_Status_READY;
+    sd->v->created_at = sd->v->updated_at = 1;
+    return st == LAGOON_OK ? store_insert(t, &lagoon_table_videos, sd->v, &sd->video, err) : st;
+}
+
+/* Sessions for both users, their access tokens into tokens[2]. */
+static int seed_store(app *a, seed *sd, char tokens[2][ACCOUNT_TOKEN_CHARS + 1])
+{
+    for (int i = 0; i < 2; i++) {
+        uint8_t refresh_hash[ACCOUNT_HASH_BYTES];
+        char refresh[ACCOUNT_TOKEN_CHARS + 1];
+        account_token_new(tokens[i], sd->sessions[i].access_hash);
+        account_token_new(refresh, refresh_hash);
+        memcpy(sd->sessions[i].refresh_hash, refresh_hash, sizeof(refresh_hash));
+        sd->sessions[i].access_expires_at = sd->sessions[i].refresh_expires_at = INT64_MAX / 2;
+    }
+    store_error err;
+    if (store_write(a->db, seed_rows, sd, &err) != LAGOON_OK) {
+        fprintf(stderr, "seed: %s\n", err.message);
+        return -1;
+    }
+    return 0;
+}
+
+/* size records through CreateRecord, as the teacher. */
+static int seed_records(lagoon_client *c, const seed *sd, uint64_t size)
+{
+    static lagoon_v1_CreateRecordRequest r;
+    static lagoon_v1_ProgressRecord rec;
+    uint64_t t0 = now_us();
+    for (uint64_t i = 0; i < size; i++) {
+        memset(&r, 0, sizeof(r));
+        r.student_id = sd->student;
+        r.video_id = sd->video;
+        r.rating = 1 + (uint32_t)(i % 5);
+        r.has_technique = true;
+        r.technique = 1 + (uint32_t)(i * 7 % 100);
+        r.has_overall = i % 2 == 0;
+        r.overall = 1 + (uint32_t)(i * 13 % 100);
+        int st = lagoon_Teaching_CreateRecord(c, &r, &rec);
+        if (st != LAGOON_OK) {
+            fprintf(stderr, "CreateRecord: %s %s\n", lagoon_status_name(st), lagoon_last_error(c)->detail.message);
+            return -1;
+        }
+    }
+    fprintf(stderr, "seeded %llu records in %.1f s\n", (unsigned long long)size, (double)(now_us() - t0) / 1e6);
+    return 0;
+}
+
+/* ---- through the server ----------------------------------------------------------------------------- */
+
+/* Mean, p50 and p99 of `calls` GetSummary calls, in ms, into out[3]. */
+static int bench_summary(lagoon_client *c, uint64_t size, int calls, uint32_t *us, double out[3])
+{
+    static lagoon_v1_ProgressSummary s;
+    lagoon_v1_GetSummaryRequest r = lagoon_v1_GetSummaryRequest_init_zero;
+    uint64_t total = 0;
+    for (int i = -WARMUP; i < calls; i++) {
+        uint64_t t = now_us();
+        int st = lagoon_Teaching_GetSummary(c, &r, &s);
+        uint64_t d = now_us() - t;
+        if (st != LAGOON_OK || s.count != size) {
+            fprintf(stderr, "GetSummary: %s, %u records, expected %llu\n", lagoon_status_name(st), s.count,
+                    (unsigned long long)size);
+            return -1;
+        }
+        if (i < 0)
+            continue;
+        us[i] = (uint32_t)(d > UINT32_MAX ? UINT32_MAX : d);
+        total += d;
+    }
+    qsort(us, (size_t)calls, sizeof(us[0]), cmp_u32);
+    out[0] = (double)total / calls / 1000.0;
+    out[1] = us[(size_t)(0.50 * (calls - 1))] / 1000.0;
+    out[2] = us[(size_t)(0.99 * (calls - 1))] / 1000.0;
+    return 0;
+}
+
+typedef struct server_thread {
+    rpc_server *srv;
+    pthread_t th;
+} server_thread;
+
+static void *serve(void *arg)
+{
+    rpc_error err;
+    if (rpc_server_run(((server_thread *)arg)->srv, &err) != RPC_OK)
+        fprintf(stderr, "server: %s\n", err.message);
+    return NULL;
+}
+
+/* One store of a student with size records: res[mean, p50, p99]. */
+static int run_size(uint64_t size, int calls, uint32_t *us, double res[3])
+{
+    char dir[] = "/tmp/lagoon-teachingbench-XXXXXX";
+    if (mkdtemp(dir) == NULL)
+        return -1;
+    app_config acfg = {0};
+    acfg.sync = STORE_SYNC_NONE;
+    app *a;
+    rpc_error rerr;
+    if (app_open(dir, &acfg, &a, &rerr) != RPC_OK) {
+        fprintf(stderr, "app: %s\n", rerr.message);
+        return -1;
+    }
+    seed sd;
+    memset(&sd, 0, sizeof(sd));
+    sd.v = malloc(sizeof(*sd.v));
+    char tokens[2][ACCOUNT_TOKEN_CHARS + 1];
+    if (sd.v == NULL || seed_store(a, &sd, tokens) != 0)
+        return -1;
+    rpc_config cfg;
+    rpc_config_defaults(&cfg);
+    cfg.listen_port = 0;
+    cfg.app = a;
+    cfg.authenticate = app_authenticate;
+    cfg.authenticate_arg = a;
+    server_thread st;
+    if (rpc_server_new(&cfg, lagoon_routes, lagoon_routes_count, &st.srv, &rerr) != RPC_OK) {
+        fprintf(stderr, "server: %s\n", rerr.message);
+        return -1;
+    }
+    pthread_create(&st.th, NULL, serve, &st);
+    lagoon_client *c;
+    lagoon_error cerr;
+    if (lagoon_connect("127.0.0.1", rpc_server_port(st.srv), NULL, &c, &cerr) != LAGOON_OK) {
+        fprintf(stderr, "connect: %s\n", cerr.detail.message);
+        return -1;
+    }
+    lagoon_set_token(c, tokens[1]);
+    int failed = seed_records(c, &sd, size) != 0;
+    lagoon_set_token(c, tokens[0]);
+    if (!failed)
+        failed = bench_summary(c, size, calls, us, res) != 0;
+    if (!failed)
+        printf("| GetSummary | %9llu | %7d | %8.3f | %7.3f | %7.3f |\n", (unsigned long long)size, calls, res[0],
+               res[1], res[2]);
+    fflush(stdout);
+    lagoon_close(c);
+    rpc_server_stop(st.srv);
+    pthread_join(st.th, NULL);
+    rpc_server_join_workers(st.srv);
+    app_close(a);
+    rpc_server_free(st.srv);
+    free(sd.v);
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    return system(cmd) == 0 && !failed ? 0 : -1;
+}
+
+int main(int argc, char **argv)
+{
+    char sizes[256] = "10,10000";
+    int calls = 2000;
+    for (int i = 1; i < argc; i += 2) {
+        if (i + 1 < argc && strcmp(argv[i], "--sizes") == 0) {
+            snprintf(sizes, sizeof(sizes), "%s", argv[i + 1]);
+        } else if (i + 1 < argc && strcmp(argv[i], "--calls") == 0) {
+            calls = atoi(argv[i + 1]);
+        } else {
+            fprintf(stderr, "usage: teaching-bench [--sizes N,N] [--calls N]\n");
+            return 2;
+        }
+    }
+    if (calls < 1 || calls > 1000000) {
+        fprintf(stderr, "teaching-bench: calls 1..1000000\n");
+        return 2;
+    }
+    log_set_level(LOG_WARN);
+    uint32_t *us = calloc((size_t)calls, sizeof(*us));
+    double first[3], res[3];
+    if (us == NULL)
+        return 1;
+    printf("| %-10s | %9s | %7s | %8s | %7s | %7s |\n", "call", "records", "calls", "mean ms", "p50 ms", "p99 ms");
+    printf("|------------|-----------|---------|----------|---------|---------|\n");
+    int n = 0;
+    uint64_t first_size = 0, size = 0;
+    for (char *tok = strtok(sizes, ","); tok; tok = strtok(NULL, ",")) {
+        size = strtoull(tok, NULL, 10);
+        if (size < 1 || size > SIZE_MAX_RECORDS) {
+            fprintf(stderr, "teaching-bench: sizes from 1 to %llu\n", SIZE_MAX_RECORDS);
+            free(us);
+            return 2;
+        }
+        if (run_size(size, calls, us, n == 0 ? first : res) != 0) {
+            free(us);
+            return 1;
+        }
+        if (n++ == 0)
+            first_size = size;
+    }
+    if (n > 1)
+        printf("\nmean time at %llu records / at %llu: %.2fx\n", (unsigned long long)size,
+               (unsigned long long)first_size, res[0] / first[0]);
+    free(us);
+    return 0;
+}

@@ -16,7 +16,7 @@
 /* Keys of the meta database. */
 #define STORE_META_KEY "meta"      /* lagoon.v1.StoreMeta */
 #define STORE_SEQ_PREFIX "seq/"    /* "seq/<table>": last id handed out, u64 big-endian */
-#define STORE_TOKEN_KEY_BYTES 32   /* crypto_auth_KEYBYTES */
+#define STORE_TOKEN_KEY_BYTES 32   /* crypto_secretbox_KEYBYTES: page tokens are sealed */
 
 /* Runtime side of one declared table. */
 typedef struct store_table_rt {

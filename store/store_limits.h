@@ -63,8 +63,8 @@
 #define STORE_PAGE_SIZE_MAX 500
 
 /* A page token, in characters (without the terminating NUL). It carries one index key (up to
- * STORE_KEY_MAX), a query fingerprint and a 32-byte MAC, base64url encoded; a longer token is
- * refused before it is decoded. */
+ * STORE_KEY_MAX) and a query fingerprint, sealed (a 24-byte nonce and a 16-byte tag: see
+ * store_table.c), base64url encoded; a longer token is refused before it is decoded. */
 #define STORE_PAGE_TOKEN_MAX 800
 
 /* Offset pagination skips (page_number - 1) * page_size entries one by one (LMDB keeps no

@@ -775,7 +775,12 @@ static uint64_t query_fingerprint(const store_query *q)
     return get_be64(out);
 }
 
-#define TOKEN_RAW_MAX (lagoon_v1_StorePageToken_size + crypto_auth_BYTES)
+/* A token is sealed (crypto_secretbox: XSalsa20-Poly1305, a random nonce first), not only
+ * MACed: the key inside names the row the page stopped at, and a list that filters rows as it
+ * reads (Videos/ListByUser, Videos/Search) may stop at a row its caller may not see. */
+#define TOKEN_SEAL_BYTES (crypto_secretbox_NONCEBYTES + crypto_secretbox_MACBYTES)
+#define TOKEN_RAW_MAX (lagoon_v1_StorePageToken_size + TOKEN_SEAL_BYTES)
+_Static_assert(STORE_TOKEN_KEY_BYTES == crypto_secretbox_KEYBYTES, "the token key is the box's key");
 
 static int token_make(store *s, uint64_t fp, kv_val after, char *out, size_t cap,
                       store_error *err)
@@ -786,13 +791,13 @@ static int token_make(store *s, uint64_t fp, kv_val after, char *out, size_t cap
     tok.query = fp;
     tok.after.size = (pb_size_t)after.len;
     memcpy(tok.after.bytes, after.data, after.len);
-    uint8_t raw[TOKEN_RAW_MAX];
-    long n = wire_encode(&lagoon_v1_StorePageToken_info, &tok, raw, sizeof(raw) - crypto_auth_BYTES,
-                         NULL);
+    uint8_t plain[lagoon_v1_StorePageToken_size], raw[TOKEN_RAW_MAX];
+    long n = wire_encode(&lagoon_v1_StorePageToken_info, &tok, plain, sizeof(plain), NULL);
     if (n < 0)
         return STORE_FAIL(err, LAGOON_INTERNAL, NULL, "cannot encode a page token");
-    crypto_auth(raw + n, raw, (unsigned long long)n, s->token_key);
-    n += crypto_auth_BYTES;
+    randombytes_buf(raw, crypto_secretbox_NONCEBYTES);
+    crypto_secretbox_easy(raw + crypto_secretbox_NONCEBYTES, plain, (unsigned long long)n, raw, s->token_key);
+    n += TOKEN_SEAL_BYTES;
     if (sodium_base64_encoded_len((size_t)n, sodium_base64_VARIANT_URLSAFE_NO_PADDING) > cap)
         return STORE_FAIL(err, LAGOON_INTERNAL, NULL, "page token too long");
     sodium_bin2base64(out, cap, raw, (size_t)n, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
@@ -815,15 +820,17 @@ static int token_open(store *s, const char *token, uint64_t fp, lagoon_v1_StoreP
     if (sodium_base642bin(raw, sizeof(raw), token, len, NULL, &n, NULL,
                           sodium_base64_VARIANT_URLSAFE_NO_PADDING) != 0)
         return bad_token(err, "not base64url");
-    if (n <= crypto_auth_BYTES)
+    if (n <= TOKEN_SEAL_BYTES)
         return bad_token(err, "too short");
-    n -= crypto_auth_BYTES;
+    uint8_t plain[TOKEN_RAW_MAX];
     if (!s->have_token_key ||
-        crypto_auth_verify(raw + n, raw, (unsigned long long)n, s->token_key) != 0)
+        crypto_secretbox_open_easy(plain, raw + crypto_secretbox_NONCEBYTES,
+                                   (unsigned long long)(n - crypto_secretbox_NONCEBYTES), raw, s->token_key) != 0)
         return bad_token(err, "not issued by this server");
+    n -= TOKEN_SEAL_BYTES;
     wire_violation v;
     memset(tok, 0, sizeof(*tok));
-    if (wire_decode_trusted(&lagoon_v1_StorePageToken_info, raw, n, tok, &v))
+    if (wire_decode_trusted(&lagoon_v1_StorePageToken_info, plain, n, tok, &v))
         return bad_token(err, "damaged");
     if (tok->query != fp)
         return bad_token(err, "it belongs to another query");

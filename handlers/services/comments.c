@@ -211,6 +211,16 @@ static int note(store_txn *t, const app_write_in *in, uint64_t user, lagoon_v1_N
     return events_notify(t, in->a, user, type, title, nt->video, video_id, key, 0, NULL, err);
 }
 
+/* Whether user u may read video id now (*reads): only those learn of a comment. */
+static int user_reads_video(store_txn *t, const lagoon_v1_User *u, uint64_t video_id, int *reads, store_error *err)
+{
+    rpc_caller who = {.user_id = u->id, .role = (uint8_t)u->role, .verified = u->verified,
+                      .grants = app_grants((uint8_t)u->role, u->verified)};
+    int st = videos_readable(t, &who, video_id, NULL, NULL, NULL, err);
+    *reads = st == LAGOON_OK;
+    return st == LAGOON_NOT_FOUND ? LAGOON_OK : st;
+}
+
 /* COMMENT_MENTION to each user c mentions (the first COMMENTS_MENTIONS_MAX distinct names)
  * who may read the video and has not been notified of c already. */
 static int notify_mentions(store_txn *t, const app_write_in *in, const lagoon_v1_Comment *c, const note_text *nt,
@@ -244,16 +254,13 @@ static int notify_mentions(store_txn *t, const app_write_in *in, const lagoon_v1
         if (st != LAGOON_OK || !u->active || was_notified(nd, u->id))
             continue;
         /* Only someone who may read the video learns of the comment. */
-        rpc_caller who = {.user_id = u->id, .role = (uint8_t)u->role, .verified = u->verified,
-                          .grants = app_grants((uint8_t)u->role, u->verified)};
-        st = videos_readable(t, &who, c->video_id, NULL, NULL, NULL, err);
-        if (st == LAGOON_NOT_FOUND) {
-            st = LAGOON_OK;
-            continue;
-        }
-        if (st == LAGOON_OK)
+        int reads = 0;
+        st = user_reads_video(t, u, c->video_id, &reads, err);
+        if (st == LAGOON_OK && reads)
             st = note(t, in, u->id, lagoon_v1_Notification_Type_COMMENT_MENTION, "mentioned you in a comment", nt,
                       c->video_id, "", err);
+        if (st == LAGOON_OK && !reads)
+            continue;
         if (st == LAGOON_OK)
             nd->ids[nd->n++] = u->id;
     }
@@ -275,8 +282,22 @@ static int notify_comment(store_txn *t, const app_write_in *in, const lagoon_v1_
     cut_text(nt.video, sizeof(nt.video), v->title);
     notified nd = {{c->author_id}, 1};
     if (st == LAGOON_OK && parent_author != 0 && !was_notified(&nd, parent_author)) {
-        st = note(t, in, parent_author, lagoon_v1_Notification_Type_COMMENT_REPLY, "replied to your comment", &nt,
-                  v->id, "", err);
+        /* Only if the parent's author may still read the video (a share may have ended). */
+        lagoon_v1_User *pa = malloc(sizeof(*pa));
+        int reads = 0;
+        if (pa == NULL) {
+            st = store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+        } else {
+            st = store_get(t, &lagoon_table_users, parent_author, pa, err);
+            if (st == LAGOON_OK && pa->active)
+                st = user_reads_video(t, pa, v->id, &reads, err);
+            else if (st == LAGOON_NOT_FOUND)
+                st = LAGOON_OK;
+            free(pa);
+        }
+        if (st == LAGOON_OK && reads)
+            st = note(t, in, parent_author, lagoon_v1_Notification_Type_COMMENT_REPLY, "replied to your comment", &nt,
+                      v->id, "", err);
         nd.ids[nd.n++] = parent_author;
     }
     if (st == LAGOON_OK && !was_notified(&nd, v->owner_id)) {
@@ -544,7 +565,9 @@ static int update_write(store_txn *t, const app_write_in *in, void *resp, store_
         if (c->end_ms != 0 && c->end_ms <= c->at_ms)
             st = store_fail(err, LAGOON_INVALID_ARGUMENT, "end_ms", "must be after at_ms");
     }
-    if (st == LAGOON_OK)
+    /* Only a moment that changes is checked against the duration: a video cut shorter since
+     * must not stop its comments' text from being edited. */
+    if (st == LAGOON_OK && (req->has_at_ms || req->has_end_ms))
         st = moment_check(v, c->at_ms, c->end_ms, err);
     if (st == LAGOON_OK) {
         c->edited_at = in->now;
@@ -577,6 +600,8 @@ static int resolve_write(store_txn *t, const app_write_in *in, void *resp, store
         return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
     int st = comment_for(t, in, req->comment_id, "comment_id", &resolve_policy, c, v, err);
     free(v);
+    if (st == LAGOON_OK)
+        app_result_shows(in, c->id); /* a no-op's kept response goes with the comment too */
     if (st != LAGOON_OK || (int)c->resolved == resolve)
         return st;
     c->resolved = resolve;
@@ -585,7 +610,6 @@ static int resolve_write(store_txn *t, const app_write_in *in, void *resp, store
     if (st == LAGOON_OK)
         st = publish(t, in->a, c,
                      resolve ? lagoon_v1_CommentEvent_Action_RESOLVED : lagoon_v1_CommentEvent_Action_REOPENED, err);
-    app_result_shows(in, c->id);
     return st;
 }
 
@@ -757,6 +781,26 @@ int handle_Comments_Unfollow(rpc_call *call, const lagoon_v1_FollowVideoRequest 
     (void)req;
     (void)resp;
     return app_write_call(call, unfollow_write, NULL);
+}
+
+/* Forgets the kept responses that show comment id (one of a video being deleted). */
+static int forget_shown(store_txn *t, uint64_t id, void *arg, store_error *err)
+{
+    (void)arg;
+    int st = LAGOON_OK;
+    for (size_t m = 0; m < sizeof(showing_methods) / sizeof(showing_methods[0]) && st == LAGOON_OK; m++)
+        st = app_forget_results(t, showing_methods[m], id, err);
+    return st;
+}
+
+int comments_video_deleting(store_txn *t, uint64_t video_id, store_error *err)
+{
+    store_key prefix;
+    store_key_reset(&prefix);
+    store_key_u64(&prefix, video_id);
+    store_query q = {.table = &lagoon_table_comments, .index = lagoon_index_comments_by_video,
+                     .prefix = prefix.buf, .prefix_len = prefix.len};
+    return each_id(t, &q, forget_shown, NULL, err);
 }
 
 /* comments_video_readers_changed's state. */

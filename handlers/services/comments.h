@@ -13,8 +13,6 @@
 /* @username mentions notified per comment (distinct names, in order of appearance); further
  * ones are plain text. Each costs the write a user lookup and an access check. */
 #define COMMENTS_MENTIONS_MAX 5
-/* Bytes of a comment shown in its notifications (cut on a UTF-8 boundary, then "..."). */
-#define COMMENTS_SNIPPET_MAX 100
 
 extern const app_module comments_module;
 
@@ -24,5 +22,11 @@ extern const app_module comments_module;
  * longer read it, so that its comment events stop reaching them (a membership is not checked
  * again when an event is sent). Costs a user and an access lookup per follower of the video. */
 int comments_video_readers_changed(store_txn *t, const app *a, uint64_t video_id, store_error *err);
+
+/* Call in the transaction that deletes video video_id, before the delete (whose cascade takes
+ * its comments): forgets the kept responses of Add, Reply, Update, Resolve and Reopen that show
+ * its comments, so that a retry runs again instead of answering a comment that is gone. Costs
+ * a few index lookups per comment of the video. */
+int comments_video_deleting(store_txn *t, uint64_t video_id, store_error *err);
 
 #endif

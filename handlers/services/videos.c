@@ -251,6 +251,8 @@ static int create_write(store_txn *t, const app_write_in *in, void *resp, store_
     v->status = lagoon_v1_Video_Status_READY;
     v->created_at = v->updated_at = in->now;
     int st = store_insert(t, &lagoon_table_videos, v, NULL, err);
+    if (st == LAGOON_OK)
+        app_result_shows(in, v->id); /* a retried Create answers this video while it lasts */
     return st == LAGOON_OK ? words_insert(t, v, err) : st;
 }
 
@@ -447,12 +449,16 @@ static int delete_write(store_txn *t, const app_write_in *in, void *resp, store_
     int st = video_load(t, &in->who, req->video_id, APP_CHANGE, "video_id", v, err);
     if (st == LAGOON_OK) /* before the cascade takes its progress records: out of the summaries */
         st = teaching_video_deleting(t, in->now, v->id, err);
+    if (st == LAGOON_OK) /* before the cascade takes the comments: their kept responses go too */
+        st = comments_video_deleting(t, v->id, err);
     if (st == LAGOON_OK)
         st = store_delete(t, &lagoon_table_videos, v->id, err);
     if (st == LAGOON_OK) /* no one reads it now: every follower of its comments stops following */
         st = comments_video_readers_changed(t, in->a, v->id, err);
     if (st == LAGOON_OK) /* a retried Update must not bring it back (app_result_shows) */
         st = app_forget_results(t, &lagoon_method_Videos_Update, v->id, err);
+    if (st == LAGOON_OK)
+        st = app_forget_results(t, &lagoon_method_Videos_Create, v->id, err);
     free(v);
     return st;
 }
@@ -471,7 +477,6 @@ int handle_Videos_Delete(rpc_call *call, const lagoon_v1_DeleteVideoRequest *req
 typedef struct list_ctx {
     store_txn *t;
     const rpc_caller *who;
-    int all;           /* ListByUser: the caller sees every video of the user */
     int st;            /* LAGOON_OK, or the first lookup's failure */
     store_error err;
     lagoon_v1_User *user; /* ListShares: a row to read users into */
@@ -483,21 +488,6 @@ static int add_video(void *arg, void *item, const void *row)
     memcpy(item, row, sizeof(lagoon_v1_Video));
     video_shown(item, c->who);
     return 1;
-}
-
-/* ListByUser: the videos the caller may read; a public one needs no lookup. */
-static int add_visible(void *arg, void *item, const void *row)
-{
-    list_ctx *c = arg;
-    const lagoon_v1_Video *v = row;
-    if (!c->all && !v->is_public) {
-        int holds = 0;
-        int st = c->st == LAGOON_OK ? shared_with_caller(c->t, c->who, v, &holds, &c->err) : c->st;
-        c->st = st;
-        if (!holds)
-            return 0;
-    }
-    return add_video(arg, item, row);
 }
 
 /* ListSharedWithMe: a share row becomes its video. */
@@ -609,17 +599,122 @@ int handle_Videos_ListMine(rpc_call *call, const lagoon_v1_ListMyVideosRequest *
     return list_videos(call, &l, &c, resp, NULL, 0);
 }
 
+/* ListByUser for a caller who may read only some of the user's videos. Pages are built by
+ * hand, as Search's are: the user's videos are read newest first in chunks of what the page
+ * still needs, and those the caller may not read are passed over without being counted, so a
+ * page is full unless the user's videos end or VIDEOS_LIST_SCAN_MAX were looked at (its token
+ * then resumes there; the store seals tokens, so one never shows which row it stopped at). A
+ * numbered page passes over the visible videos of the pages before it within the same budget:
+ * deeper than that, use cursor pages. Nothing of an invisible video reaches the caller. */
+#define VIDEOS_LIST_SCAN_MAX 2000
+
+typedef struct visible_ctx {
+    store_txn *t;
+    const rpc_caller *who;
+    lagoon_v1_Video *items; /* limit of them */
+    uint32_t count, limit;
+    uint64_t skip;          /* visible videos still to pass over (numbered pages) */
+    int st;
+    store_error err;
+} visible_ctx;
+
+static int visible_row(void *arg, uint64_t id, const void *row)
+{
+    (void)id;
+    visible_ctx *c = arg;
+    const lagoon_v1_Video *v = row;
+    if (c->st != LAGOON_OK || c->count >= c->limit)
+        return LAGOON_OK;
+    int holds = 0;
+    int st = shared_with_caller(c->t, c->who, v, &holds, &c->err);
+    if (st != LAGOON_OK || !holds) {
+        c->st = st;
+        return LAGOON_OK;
+    }
+    if (c->skip > 0) {
+        c->skip--;
+        return LAGOON_OK;
+    }
+    memcpy(&c->items[c->count], v, sizeof(*v));
+    video_shown(&c->items[c->count], c->who);
+    c->count++;
+    return LAGOON_OK;
+}
+
+static int list_visible(visible_ctx *c, uint64_t owner, const char *token, char *next, size_t next_cap)
+{
+    store_key prefix;
+    store_key_reset(&prefix);
+    store_key_u64(&prefix, owner);
+    store_query q = {.table = &lagoon_table_videos, .index = lagoon_index_videos_by_owner_time,
+                     .prefix = prefix.buf, .prefix_len = prefix.len, .reverse = 1, .page_token = token};
+    store_page page;
+    char resume[STORE_PAGE_TOKEN_MAX + 1] = "";
+    uint32_t budget = VIDEOS_LIST_SCAN_MAX;
+    next[0] = '\0';
+    while (c->count < c->limit && budget > 0) {
+        uint64_t want = c->limit - c->count + c->skip;
+        q.page_size = (uint32_t)(want < budget ? want : budget);
+        if (q.page_size > STORE_PAGE_SIZE_MAX)
+            q.page_size = STORE_PAGE_SIZE_MAX;
+        int st = store_scan(c->t, &q, visible_row, c, &page, &c->err);
+        if (st == LAGOON_OK)
+            st = c->st;
+        if (st != LAGOON_OK)
+            return st;
+        budget -= page.count < budget ? page.count : budget;
+        APP_STRCPY(resume, page.next_page_token);
+        if (resume[0] == '\0')
+            return LAGOON_OK; /* the user's videos end */
+        q.page_token = resume;
+    }
+    app_copy_str(next, next_cap, resume);
+    return LAGOON_OK;
+}
+
 int handle_Videos_ListByUser(rpc_call *call, const lagoon_v1_ListUserVideosRequest *req, lagoon_v1_ListVideosResponse *resp)
 {
     const rpc_caller *who = rpc_call_caller(call);
     paging_list l = videos_paging(req->page_size, req->page_token, req->page, req->per_page);
-    store_key prefix;
-    newest_first(&l, &lagoon_table_videos, lagoon_index_videos_by_owner_time, &prefix, req->user_id);
-    /* Filtered while scanning: a page holds the videos the caller may read among page_size
-     * rows of the user's, so it may be short (follow next_page_token to the end). */
-    l.item = add_visible;
-    list_ctx c = {.all = who->user_id == req->user_id || who->role == lagoon_v1_Role_ADMIN};
-    return list_videos(call, &l, &c, resp, user_visible, req->user_id);
+    if (who->user_id == req->user_id || who->role == lagoon_v1_Role_ADMIN) {
+        /* Every video of the user: the paging helper, cursor and numbered pages alike. */
+        store_key prefix;
+        newest_first(&l, &lagoon_table_videos, lagoon_index_videos_by_owner_time, &prefix, req->user_id);
+        l.item = add_video;
+        list_ctx c = {0};
+        return list_videos(call, &l, &c, resp, user_visible, req->user_id);
+    }
+    int st = paging_check(call, &l);
+    if (st != LAGOON_OK)
+        return st;
+    visible_ctx *c = rpc_call_alloc(call, sizeof(*c), NULL);
+    if (c == NULL)
+        return app_out_of_memory(call);
+    memset(c, 0, sizeof(*c));
+    c->who = who;
+    c->limit = l.limit;
+    c->skip = req->page > 1 ? (uint64_t)(req->page - 1) * l.limit : 0;
+    c->items = calloc(c->limit, sizeof(*c->items));
+    if (c->items == NULL)
+        return app_out_of_memory(call);
+    resp->videos = c->items; /* FT_POINTER: freed with the call */
+    list_ctx uc = {.who = who, .user = malloc(sizeof(lagoon_v1_User))};
+    if (uc.user == NULL)
+        return app_out_of_memory(call);
+    st = store_read_begin(app_of(call)->db, &c->t, &c->err);
+    if (st == LAGOON_OK) {
+        uc.t = c->t;
+        st = user_visible(&uc, req->user_id);
+        if (st != LAGOON_OK)
+            c->err = uc.err;
+        else
+            st = list_visible(c, req->user_id, req->page ? NULL : req->page_token, resp->next_page_token,
+                              req->page ? 1 : sizeof(resp->next_page_token));
+        store_read_end(c->t);
+    }
+    free(uc.user);
+    resp->videos_count = (pb_size_t)c->count;
+    return st == LAGOON_OK ? LAGOON_OK : app_store_error(call, st, &c->err);
 }
 
 int handle_Videos_ListSharedWithMe(rpc_call *call, const lagoon_v1_ListSharedWithMeRequest *req,
@@ -878,10 +973,12 @@ static int notify_shared(store_txn *t, const app_write_in *in, const lagoon_v1_V
     int st = store_get(t, &lagoon_table_users, in->who.user_id, u, err);
     if (st != LAGOON_OK)
         return st;
-    char title[200], content[500];
+    char title[200], content[500], key[40];
     snprintf(title, sizeof(title), "%s shared a video with you", u->username);
     copy_utf8(content, sizeof(content), v->title);
-    return events_notify(t, in->a, to, lagoon_v1_Notification_Type_VIDEO_SHARED, title, content, v->id, NULL, 0,
+    /* One per video while unread: sharing, unsharing and sharing again does not pile them up. */
+    snprintf(key, sizeof(key), "vs:%llu", (unsigned long long)v->id);
+    return events_notify(t, in->a, to, lagoon_v1_Notification_Type_VIDEO_SHARED, title, content, v->id, key, 0,
                          NULL, err);
 }
 

@@ -802,8 +802,63 @@ static void test_notifications(void **state)
     assert_int_equal(notes_of(cat_tok, lagoon_v1_Notification_Type_COMMENT_MENTION, pub, NULL), 0);
     add_ok(bob_tok, pub, "@cat", 0);
     assert_int_equal(notes_of(cat_tok, lagoon_v1_Notification_Type_COMMENT_MENTION, pub, NULL), 1);
+    /* A reply to the comment of someone who lost the video tells them nothing. */
+    uint64_t mine = add_ok(dan_tok, priv, "dan's, while shared", 0);
+    share_op op = {priv, dan};
+    store_error err;
+    assert_int_equal(store_write(T->app->db, do_unshare, &op, &err), LAGOON_OK);
+    reply_ok(ann_tok, mine, "answer to dan");
+    assert_int_equal(notes_of(dan_tok, lagoon_v1_Notification_Type_COMMENT_REPLY, priv, NULL), 0);
     pb_release(lagoon_v1_ListNotificationsResponse_fields, &NOTES);
     memset(&NOTES, 0, sizeof(NOTES));
+}
+
+/* Kept responses go with the video: a retried Add after the video's deletion runs again (and
+ * finds no video) instead of answering a comment that is gone; a no-op Resolve's too. */
+static void test_retries_after_video_delete(void **state)
+{
+    (void)state;
+    uint64_t v = video(1, 0);
+    lagoon_set_idempotency_key(C, "vd-add");
+    uint64_t c = add_ok(bob_tok, v, "on a video about to go", 0);
+    EXPECT(resolve(bob_tok, c, 1), LAGOON_OK, NULL);
+    lagoon_set_idempotency_key(C, "vd-resolve");
+    EXPECT(resolve(bob_tok, c, 1), LAGOON_OK, NULL); /* a no-op, kept */
+    lagoon_set_token(C, ann_tok);
+    lagoon_v1_DeleteVideoRequest dr = {v};
+    lagoon_v1_VideosEmpty empty;
+    assert_int_equal(lagoon_Videos_Delete(C, &dr, &empty), LAGOON_OK);
+    lagoon_set_idempotency_key(C, "vd-add");
+    EXPECT(add(bob_tok, v, "on a video about to go", 0), LAGOON_NOT_FOUND, "video_id");
+    lagoon_set_idempotency_key(C, "vd-resolve");
+    EXPECT(resolve(bob_tok, c, 1), LAGOON_NOT_FOUND, "comment_id");
+}
+
+/* A video cut shorter than a comment's moment: the comment's text can still be edited (only a
+ * changed moment is checked against the duration). */
+static int do_shorten(store_txn *t, void *arg, store_error *err)
+{
+    lagoon_v1_Video *v = malloc(sizeof(*v));
+    if (v == NULL)
+        return LAGOON_RESOURCE_EXHAUSTED;
+    int st = store_get(t, &lagoon_table_videos, *(const uint64_t *)arg, v, err);
+    v->duration_seconds = 30;
+    if (st == LAGOON_OK)
+        st = store_update(t, &lagoon_table_videos, v, err);
+    free(v);
+    return st;
+}
+
+static void test_edit_after_video_shortened(void **state)
+{
+    (void)state;
+    uint64_t v = video(1, 60);
+    uint64_t c = add_ok(bob_tok, v, "at fifty seconds", 50000);
+    uint64_t r = reply_ok(cat_tok, c, "a reply to it");
+    store_error err;
+    assert_int_equal(store_write(T->app->db, do_shorten, &v, &err), LAGOON_OK);
+    EXPECT(update_text(bob_tok, c, "at fifty seconds, edited"), LAGOON_OK, NULL);
+    EXPECT(update_text(cat_tok, r, "the reply, edited"), LAGOON_OK, NULL);
 }
 
 /* ---- live events on the video's topic -------------------------------------------------------------------- */
@@ -1098,6 +1153,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_threads, setup, teardown),
         cmocka_unit_test_setup_teardown(test_delete_cascades, setup, teardown),
         cmocka_unit_test_setup_teardown(test_windows_and_pages, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_retries_after_video_delete, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_edit_after_video_shortened, setup, teardown),
         cmocka_unit_test_setup_teardown(test_notifications, setup, teardown),
         cmocka_unit_test_setup_teardown(test_live_events, setup, teardown),
         cmocka_unit_test_setup_teardown(test_replay_after_delete, setup, teardown),

@@ -587,6 +587,55 @@ static void test_list_by_user_visibility(void **state)
     list_release();
 }
 
+static int share(const char *tok, uint64_t video, uint64_t user);
+
+static int list_by_user_page(const char *tok, uint64_t user, uint32_t per_page, uint32_t page)
+{
+    list_release();
+    lagoon_set_token(C, tok);
+    lagoon_v1_ListUserVideosRequest r = lagoon_v1_ListUserVideosRequest_init_zero;
+    r.user_id = user;
+    r.per_page = per_page;
+    r.page = page;
+    return lagoon_Videos_ListByUser(C, &r, &L);
+}
+
+/* Another user's list shows nothing of the videos the caller may not read: the private ones are
+ * passed over without filling pages (no run of empty pages counts them), numbered pages count
+ * only visible videos, and a private video shared with the caller is listed in its place. */
+static void test_list_by_user_hides_private_ones(void **state)
+{
+    (void)state;
+    char tok[65];
+    uint64_t gil = test_verified_user(T, C, "gil", lagoon_v1_Role_STUDENT, tok);
+    uint64_t pub = create(tok, "gil public", 1);
+    uint64_t priv[3];
+    for (int i = 0; i < 3; i++) {
+        test_clock_advance(T, 1000);
+        priv[i] = create(tok, "gil private", 0); /* newer than the public one */
+    }
+    uint64_t ids[5];
+    assert_int_equal(list_by_user(cat_tok, gil, 1, NULL), LAGOON_OK);
+    assert_int_equal(list_ids(ids, 5), 1);
+    assert_int_equal(ids[0], pub); /* the first page, not the fourth */
+    assert_string_equal(L.next_page_token, ""); /* nothing visible after it */
+    assert_int_equal(list_by_user_page(cat_tok, gil, 1, 1), LAGOON_OK);
+    assert_int_equal(list_ids(ids, 5), 1);
+    assert_int_equal(ids[0], pub);
+    assert_int_equal(list_by_user_page(cat_tok, gil, 1, 2), LAGOON_OK);
+    assert_int_equal(L.videos_count, 0);
+    /* Shared with cat: listed, newest first. */
+    assert_int_equal(share(tok, priv[1], cat), LAGOON_OK);
+    assert_int_equal(list_by_user(cat_tok, gil, 10, NULL), LAGOON_OK);
+    assert_int_equal(list_ids(ids, 5), 2);
+    assert_int_equal(ids[0], priv[1]);
+    assert_int_equal(ids[1], pub);
+    assert_int_equal(list_by_user_page(cat_tok, gil, 1, 2), LAGOON_OK);
+    assert_int_equal(list_ids(ids, 5), 1);
+    assert_int_equal(ids[0], pub);
+    list_release();
+}
+
 static void test_list_public(void **state)
 {
     (void)state;
@@ -671,11 +720,34 @@ static int notified_of(const char *tok, uint64_t video)
     for (pb_size_t i = 0; i < resp.notifications_count; i++)
         if (resp.notifications[i].type == lagoon_v1_Notification_Type_VIDEO_SHARED &&
             resp.notifications[i].related_id == video) {
-            found = 1;
+            found++;
             assert_string_equal(resp.notifications[i].title, "ann shared a video with you");
         }
     pb_release(lagoon_v1_ListNotificationsResponse_fields, &resp);
     return found;
+}
+
+/* Sharing, unsharing and sharing again leaves one notification while it is unread; a retried
+ * Create answers the first video (Create is idempotent) until that video is deleted. */
+static void test_share_again_and_create_retried(void **state)
+{
+    (void)state;
+    uint64_t v = create(ann_tok, "shared three times", 0);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(share(ann_tok, v, bob), LAGOON_OK);
+        assert_int_equal(unshare(ann_tok, v, bob), LAGOON_OK);
+    }
+    assert_int_equal(notified_of(bob_tok, v), 1);
+    lagoon_set_idempotency_key(C, "create-once");
+    uint64_t first = create(ann_tok, "created once", 0);
+    lagoon_set_idempotency_key(C, "create-once");
+    assert_int_equal(create(ann_tok, "created once", 0), first);
+    lagoon_set_token(C, ann_tok);
+    lagoon_v1_DeleteVideoRequest dr = {first};
+    lagoon_v1_VideosEmpty e;
+    assert_int_equal(lagoon_Videos_Delete(C, &dr, &e), LAGOON_OK);
+    lagoon_set_idempotency_key(C, "create-once");
+    assert_true(create(ann_tok, "created once", 0) != first);
 }
 
 static int set_active(uint64_t user, int active)
@@ -1248,6 +1320,8 @@ int main(void)
         cmocka_unit_test(test_owner_account_deleted),
         cmocka_unit_test(test_list_mine_pages),
         cmocka_unit_test(test_list_by_user_visibility),
+        cmocka_unit_test(test_list_by_user_hides_private_ones),
+        cmocka_unit_test(test_share_again_and_create_retried),
         cmocka_unit_test(test_list_public),
         cmocka_unit_test(test_share_access_and_notification),
         cmocka_unit_test(test_share_errors),

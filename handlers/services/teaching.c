@@ -160,6 +160,10 @@ static int request_write(store_txn *t, const app_write_in *in, void *resp, store
 static int invite_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
 {
     const lagoon_v1_StudentInvite *req = in->req;
+    /* A teacher invites: the access level also admits administrators, who are no teachers (and
+     * whom no student can Request). */
+    if (in->who.role != lagoon_v1_Role_TEACHER)
+        return store_fail(err, LAGOON_PERMISSION_DENIED, NULL, "only a teacher can invite a student");
     if (req->student_id == in->who.user_id)
         return store_fail(err, LAGOON_INVALID_ARGUMENT, "student_id", "cannot be yourself");
     lagoon_v1_User *u = malloc(sizeof(*u));
@@ -486,14 +490,24 @@ static int summary_load(store_txn *t, uint64_t student, uint64_t teacher, summar
     return LAGOON_OK;
 }
 
-/* Rebuilds s's recent values from the newest records of (student, teacher) (teacher 0: all),
- * once the change is stored: reads records newest first until every score has
- * TEACHING_RECENT_MAX values or none are left. */
-static int recent_rebuild(store_txn *t, summary *s, store_error *err)
+/* The values score i of s must keep: its newest TEACHING_RECENT_MAX, or all it has. */
+static uint32_t recent_wanted(const lagoon_v1_ScoreSummary *sc)
+{
+    return sc->count < TEACHING_RECENT_MAX ? sc->count : TEACHING_RECENT_MAX;
+}
+
+/* Rebuilds the recent values of the scores in mask (bit i: score i) of s from the newest
+ * records of (student, teacher) (teacher 0: all), once the change is stored and the counts are
+ * right: reads records newest first until each of those scores has recent_wanted values (so a
+ * score that few records have is not searched for past its last one) or none are left. */
+static int recent_rebuild(store_txn *t, summary *s, unsigned mask, store_error *err)
 {
     lagoon_v1_ScoreSummary *sc = s->scores;
+    if (mask == 0)
+        return LAGOON_OK;
     for (int i = 0; i < TEACHING_SCORES; i++)
-        sc[i].recent_count = sc[i].recent_ids_count = 0;
+        if (mask & (1u << i))
+            sc[i].recent_count = sc[i].recent_ids_count = 0;
     app_id_page *page = malloc(sizeof(*page));
     record *r = malloc(sizeof(*r));
     if (page == NULL || r == NULL) {
@@ -512,27 +526,33 @@ static int recent_rebuild(store_txn *t, summary *s, store_error *err)
                      .prefix = prefix.buf, .prefix_len = prefix.len, .reverse = 1,
                      .page_size = STORE_PAGE_SIZE_MAX};
     char token[STORE_PAGE_TOKEN_MAX + 1] = "";
-    int full = 0, st;
+    int full = 1, st = LAGOON_OK;
+    for (int i = 0; i < TEACHING_SCORES; i++)
+        full = full && (!(mask & (1u << i)) || recent_wanted(&sc[i]) == 0);
     /* Newest first into the arrays, reversed at the end (oldest first, as recent_push keeps). */
-    do {
+    while (st == LAGOON_OK && !full) {
         q.page_token = token;
         st = app_scan_ids(t, &q, page, err);
         for (uint32_t n = 0; n < page->n && st == LAGOON_OK && !full; n++) {
             st = store_get(t, &lagoon_table_progress_records, page->ids[n], r, err);
             full = 1;
             for (int i = 0; i < TEACHING_SCORES && st == LAGOON_OK; i++) {
+                if (!(mask & (1u << i)))
+                    continue;
                 uint32_t v;
-                if (sc[i].recent_count < TEACHING_RECENT_MAX && score_of(r, i, &v)) {
+                if (sc[i].recent_count < recent_wanted(&sc[i]) && score_of(r, i, &v)) {
                     sc[i].recent[sc[i].recent_count++] = v;
                     sc[i].recent_ids[sc[i].recent_ids_count++] = r->id;
                 }
-                full = full && sc[i].recent_count == TEACHING_RECENT_MAX;
+                full = full && sc[i].recent_count >= recent_wanted(&sc[i]);
             }
         }
         memcpy(token, page->next_page_token, sizeof(token));
-    } while (st == LAGOON_OK && !full && token[0] != '\0');
+        if (token[0] == '\0')
+            break;
+    }
     for (int i = 0; i < TEACHING_SCORES; i++)
-        for (pb_size_t a = 0, b = sc[i].recent_count; b > 0 && a < b - 1; a++, b--) {
+        for (pb_size_t a = 0, b = sc[i].recent_count; (mask & (1u << i)) && b > 0 && a < b - 1; a++, b--) {
             uint32_t v = sc[i].recent[a];
             sc[i].recent[a] = sc[i].recent[b - 1];
             sc[i].recent[b - 1] = v;
@@ -545,10 +565,21 @@ static int recent_rebuild(store_txn *t, summary *s, store_error *err)
     return st;
 }
 
+static int in_recent(const lagoon_v1_ScoreSummary *sc, uint64_t id)
+{
+    for (pb_size_t k = 0; k < sc->recent_ids_count; k++)
+        if (sc->recent_ids[k] == id)
+            return 1;
+    return 0;
+}
+
 /* Applies one record change to the summary of (student, teacher): old (NULL: created) leaves,
- * new_r (NULL: deleted) comes. Both are of that pair. */
+ * new_r (NULL: deleted) comes. Both are of that pair. Only the scores whose recent values the
+ * change can move are rebuilt: a record among them changed or went, or a record gained a score
+ * (it may belong among them). defer: no rebuild (a bulk delete rebuilds each summary once, at
+ * its end: summaries_rebuild). */
 static int summary_apply(store_txn *t, int64_t now, uint64_t student, uint64_t teacher, const record *old,
-                         const record *new_r, store_error *err)
+                         const record *new_r, int defer, store_error *err)
 {
     summary *s = malloc(sizeof(*s));
     if (s == NULL)
@@ -572,8 +603,15 @@ static int summary_apply(store_txn *t, int64_t now, uint64_t student, uint64_t t
                     recent_push(&s->scores[i], v, new_r->id);
             }
         }
-        if (old != NULL)
-            st = recent_rebuild(t, s, err);
+        unsigned mask = 0;
+        for (int i = 0; i < TEACHING_SCORES && old != NULL; i++) {
+            uint32_t v;
+            int had = score_of(old, i, &v), has = new_r != NULL && score_of(new_r, i, &v);
+            if ((had && in_recent(&s->scores[i], old->id)) || (has && !had))
+                mask |= 1u << i;
+        }
+        if (!defer)
+            st = recent_rebuild(t, s, mask, err);
     }
     if (st == LAGOON_OK) {
         for (int i = 0; i < TEACHING_SCORES; i++)
@@ -590,16 +628,76 @@ static int summary_apply(store_txn *t, int64_t now, uint64_t student, uint64_t t
 static int summaries_apply(store_txn *t, int64_t now, const record *old, const record *new_r, store_error *err)
 {
     const record *r = new_r ? new_r : old;
-    int st = summary_apply(t, now, r->student_id, 0, old, new_r, err);
+    int st = summary_apply(t, now, r->student_id, 0, old, new_r, 0, err);
     if (st == LAGOON_OK)
-        st = summary_apply(t, now, r->student_id, r->teacher_id, old, new_r, err);
+        st = summary_apply(t, now, r->student_id, r->teacher_id, old, new_r, 0, err);
     return st;
 }
 
-/* Deletes the records of idx under key id one by one, each with its summaries, so that a
- * cascade that follows finds none (it would leave the summaries counting them). */
-static int records_delete_under(store_txn *t, int64_t now, const store_index *idx, uint64_t id, store_error *err)
+/* The summaries a bulk delete changed, rebuilt once each at its end. */
+typedef struct summary_key {
+    uint64_t student, teacher;
+} summary_key;
+
+typedef struct summary_keys {
+    summary_key *k;
+    size_t n, cap;
+} summary_keys;
+
+static int key_cmp(const void *a, const void *b)
 {
+    const summary_key *x = a, *y = b;
+    if (x->student != y->student)
+        return x->student < y->student ? -1 : 1;
+    return x->teacher < y->teacher ? -1 : x->teacher > y->teacher;
+}
+
+static int keys_add(summary_keys *ks, uint64_t student, uint64_t teacher)
+{
+    for (size_t i = ks->n; i-- > 0 && i + 8 >= ks->n;) /* records come grouped: the last few */
+        if (ks->k[i].student == student && ks->k[i].teacher == teacher)
+            return 0;
+    if (ks->n == ks->cap) {
+        size_t cap = ks->cap ? ks->cap * 2 : 64;
+        void *k = realloc(ks->k, cap * sizeof(*ks->k));
+        if (k == NULL)
+            return -1;
+        ks->k = k;
+        ks->cap = cap;
+    }
+    ks->k[ks->n].student = student;
+    ks->k[ks->n].teacher = teacher;
+    ks->n++;
+    return 0;
+}
+
+/* Rebuilds every score's recent values and derived figures of summary (student, teacher). */
+static int summary_rebuild(store_txn *t, int64_t now, uint64_t student, uint64_t teacher, store_error *err)
+{
+    summary *s = malloc(sizeof(*s));
+    if (s == NULL)
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    int st = summary_load(t, student, teacher, s, err);
+    if (st == LAGOON_OK && s->id != 0) {
+        st = recent_rebuild(t, s, (1u << TEACHING_SCORES) - 1, err);
+        for (int i = 0; i < TEACHING_SCORES && st == LAGOON_OK; i++)
+            score_derive(&s->scores[i]);
+        s->updated_at = now;
+        if (st == LAGOON_OK)
+            st = store_update(t, &lagoon_table_progress_summaries, s, err);
+    }
+    free(s);
+    return st;
+}
+
+/* Deletes the records of idx under key id one by one, taking each out of its summaries' counts
+ * and sums, so that a cascade that follows finds none (it would leave the summaries counting
+ * them); then rebuilds each summary it changed once. The pair summaries of a teacher whose
+ * account goes (skip_teacher) are left to their cascade. */
+static int records_delete_under(store_txn *t, int64_t now, const store_index *idx, uint64_t id,
+                                uint64_t skip_teacher, store_error *err)
+{
+    summary_keys ks = {0};
     app_id_page *page = malloc(sizeof(*page)); /* 4 KiB */
     record *r = malloc(sizeof(*r));
     if (page == NULL || r == NULL) {
@@ -624,10 +722,22 @@ static int records_delete_under(store_txn *t, int64_t now, const store_index *id
             if (st == LAGOON_OK)
                 st = store_delete(t, &lagoon_table_progress_records, r->id, err);
             if (st == LAGOON_OK)
-                st = summaries_apply(t, now, r, NULL, err);
+                st = summary_apply(t, now, r->student_id, 0, r, NULL, 1, err);
+            if (st == LAGOON_OK && r->teacher_id != skip_teacher)
+                st = summary_apply(t, now, r->student_id, r->teacher_id, r, NULL, 1, err);
+            if (st == LAGOON_OK &&
+                (keys_add(&ks, r->student_id, 0) != 0 ||
+                 (r->teacher_id != skip_teacher && keys_add(&ks, r->student_id, r->teacher_id) != 0)))
+                st = store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
         }
         memcpy(token, page->next_page_token, sizeof(token));
     } while (st == LAGOON_OK && token[0] != '\0');
+    if (ks.n > 1)
+        qsort(ks.k, ks.n, sizeof(*ks.k), key_cmp);
+    for (size_t i = 0; i < ks.n && st == LAGOON_OK; i++)
+        if (i == 0 || ks.k[i].student != ks.k[i - 1].student || ks.k[i].teacher != ks.k[i - 1].teacher)
+            st = summary_rebuild(t, now, ks.k[i].student, ks.k[i].teacher, err);
+    free(ks.k);
     free(page);
     free(r);
     return st;
@@ -635,14 +745,42 @@ static int records_delete_under(store_txn *t, int64_t now, const store_index *id
 
 int teaching_video_deleting(store_txn *t, int64_t now, uint64_t video_id, store_error *err)
 {
-    return records_delete_under(t, now, lagoon_index_progress_records_by_video, video_id, err);
+    return records_delete_under(t, now, lagoon_index_progress_records_by_video, video_id, 0, err);
+}
+
+/* Forgets the kept CreateRecord responses of the records of user_id as a student (they go with
+ * the account's cascade, which knows nothing of kept responses). */
+static int forget_student_records(store_txn *t, uint64_t user_id, store_error *err)
+{
+    app_id_page *page = malloc(sizeof(*page));
+    if (page == NULL)
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    store_key prefix;
+    store_key_reset(&prefix);
+    store_key_u64(&prefix, user_id);
+    store_query q = {.table = &lagoon_table_progress_records, .index = lagoon_index_progress_records_by_student,
+                     .prefix = prefix.buf, .prefix_len = prefix.len, .page_size = STORE_PAGE_SIZE_MAX};
+    char token[STORE_PAGE_TOKEN_MAX + 1] = "";
+    int st;
+    do {
+        q.page_token = token;
+        st = app_scan_ids(t, &q, page, err);
+        for (uint32_t i = 0; i < page->n && st == LAGOON_OK; i++)
+            st = app_forget_results(t, &lagoon_method_Teaching_CreateRecord, page->ids[i], err);
+        memcpy(token, page->next_page_token, sizeof(token));
+    } while (st == LAGOON_OK && token[0] != '\0');
+    free(page);
+    return st;
 }
 
 int teaching_user_deleting(store_txn *t, int64_t now, uint64_t user_id, store_error *err)
 {
-    /* As a student its summaries go with it (their references cascade); as a teacher its
-     * records leave its students' summaries over all teachers. */
-    return records_delete_under(t, now, lagoon_index_progress_records_by_teacher, user_id, err);
+    /* As a student its records and summaries go with it (their references cascade): only the
+     * kept responses need forgetting. As a teacher its records leave its students' summaries
+     * over all teachers (the pair summaries go with the account). */
+    int st = forget_student_records(t, user_id, err);
+    return st == LAGOON_OK ? records_delete_under(t, now, lagoon_index_progress_records_by_teacher, user_id, user_id, err)
+                           : st;
 }
 
 /* ---- records ---------------------------------------------------------------------------------- */

@@ -411,6 +411,7 @@ static void test_request_refusals(void **state)
     EXPECT(invite(tom_tok, tom), LAGOON_INVALID_ARGUMENT, "student_id");
     EXPECT(invite(tom_tok, 999999), LAGOON_NOT_FOUND, "student_id");
     EXPECT(invite(sam_tok, sue), LAGOON_PERMISSION_DENIED, NULL);           /* students do not invite */
+    EXPECT(invite(root_tok, sue), LAGOON_PERMISSION_DENIED, NULL);          /* nor administrators */
     lagoon_set_token(C, NULL);
     lagoon_v1_TeacherRequest anon = {tom};
     EXPECT(lagoon_Teaching_Request(C, &anon, &REL), LAGOON_UNAUTHENTICATED, NULL);
@@ -768,13 +769,20 @@ static void test_cascades(void **state)
     assert_int_equal(summary_count(sam_tok, sam, 0), 1);
     assert_int_equal(SUM.scores[0].count, 1);
     assert_int_equal(count_rows(&lagoon_table_teaching_relationships, any_row, 0), 1); /* sam and tia */
-    /* A deleted student takes its relationships, records and summaries. */
+    /* A deleted student takes its relationships, records and summaries, and the kept response
+     * of a record of theirs: the teacher's retry runs again (the student is gone). */
     assert_true(count_rows(&lagoon_table_progress_summaries, sum_has, sam) > 0);
+    uint64_t v3 = video(sam_tok, 1);
+    lagoon_set_idempotency_key(C, "rec-kept");
+    create_ok(tia_tok, sam, v3);
     lagoon_set_token(C, sam_tok);
     EXPECT(lagoon_Users_DeleteAccount(C, &dr, &ue), LAGOON_OK, NULL);
     assert_int_equal(count_rows(&lagoon_table_teaching_relationships, any_row, 0), 0);
     assert_int_equal(count_rows(&lagoon_table_progress_records, any_row, 0), 0);
     assert_int_equal(count_rows(&lagoon_table_progress_summaries, any_row, 0), 0);
+    lagoon_set_idempotency_key(C, "rec-kept");
+    assert_true(create(tia_tok, sam, v3, 3, 50) != LAGOON_OK);
+    assert_int_equal(count_rows(&lagoon_table_progress_records, any_row, 0), 0);
 }
 
 /* ---- summaries against a recomputation ---------------------------------------------------------- */

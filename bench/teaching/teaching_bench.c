@@ -8,8 +8,10 @@
  * measured are reads), a student and a teacher with sessions made in the store, an ACTIVE
  * relationship and a public video of the student's, then `size` records written through
  * Teaching/CreateRecord (so that the summary is the one the service maintains). The summary is
- * one row whatever the history: its time should not grow with the records. Every loop is
- * bounded; everything it creates is removed. */
+ * one row whatever the history: its time should not grow with the records. Then the video is
+ * deleted (one Videos/Delete, timed once): its records leave the summaries in that
+ * transaction, the write side's worst case. Every loop is bounded; everything it creates is
+ * removed. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -222,6 +224,20 @@ static int run_size(uint64_t size, int calls, uint32_t *us, double res[3])
     if (!failed)
         printf("| GetSummary | %9llu | %7d | %8.3f | %7.3f | %7.3f |\n", (unsigned long long)size, calls, res[0],
                res[1], res[2]);
+    /* The write side: deleting the video takes every record out of the summaries first. */
+    if (!failed) {
+        lagoon_v1_DeleteVideoRequest dv = {sd.video};
+        lagoon_v1_VideosEmpty ve;
+        uint64_t t0 = now_us();
+        int dst = lagoon_Videos_Delete(c, &dv, &ve);
+        if (dst != LAGOON_OK) {
+            fprintf(stderr, "Videos/Delete: %s %s\n", lagoon_status_name(dst), lagoon_last_error(c)->detail.message);
+            failed = 1;
+        } else {
+            printf("| DeleteVideo (its %llu records leave the summaries) | %.1f ms |\n", (unsigned long long)size,
+                   (double)(now_us() - t0) / 1000.0);
+        }
+    }
     fflush(stdout);
     lagoon_close(c);
     rpc_server_stop(st.srv);

@@ -785,6 +785,55 @@ static void test_cascades(void **state)
     assert_int_equal(count_rows(&lagoon_table_progress_records, any_row, 0), 0);
 }
 
+/* Record lists page like the others: cursor pages newest first that continue exactly, numbered
+ * pages from 1; the cap is the .options' max_count; a retried CreateRecord adds nothing. */
+static void test_record_pages_and_retries(void **state)
+{
+    (void)state;
+    uint64_t v = video(sam_tok, 1);
+    activate(sam_tok, tom, tom_tok);
+    uint64_t ids[5];
+    for (int i = 0; i < 5; i++) {
+        test_clock_advance(T, 1000);
+        ids[i] = create_ok(tom_tok, sam, v);
+    }
+    static lagoon_v1_ListRecordsResponse resp;
+    lagoon_v1_ListRecordsRequest r = lagoon_v1_ListRecordsRequest_init_zero;
+    r.page_size = 2;
+    uint64_t seen[5];
+    size_t n = 0;
+    for (int page = 0; page < 4; page++) {
+        lagoon_set_token(C, sam_tok);
+        EXPECT(lagoon_Teaching_ListStudentRecords(C, &r, &resp), LAGOON_OK, NULL);
+        for (pb_size_t i = 0; i < resp.records_count && n < 5; i++)
+            seen[n++] = resp.records[i].id;
+        snprintf(r.page_token, sizeof(r.page_token), "%s", resp.next_page_token);
+        pb_release(lagoon_v1_ListRecordsResponse_fields, &resp);
+        if (r.page_token[0] == '\0')
+            break;
+    }
+    assert_int_equal(n, 5);
+    for (size_t i = 0; i < 5; i++)
+        assert_int_equal(seen[i], ids[4 - i]); /* newest first, each once */
+    memset(&r, 0, sizeof(r));
+    r.page_size = 2;
+    r.page = 2;
+    lagoon_set_token(C, tom_tok);
+    EXPECT(lagoon_Teaching_ListTeacherRecords(C, &r, &resp), LAGOON_OK, NULL);
+    assert_int_equal(resp.records_count, 2);
+    assert_int_equal(resp.records[0].id, ids[2]);
+    pb_release(lagoon_v1_ListRecordsResponse_fields, &resp);
+    r.page = 0;
+    r.page_size = 100000;
+    EXPECT(lagoon_Teaching_ListTeacherRecords(C, &r, &resp), LAGOON_INVALID_ARGUMENT, "page_size");
+    /* A retry with the same key answers the first record and adds none. */
+    lagoon_set_idempotency_key(C, "rec-retry");
+    uint64_t first = create_ok(tom_tok, sam, v);
+    lagoon_set_idempotency_key(C, "rec-retry");
+    assert_int_equal(create_ok(tom_tok, sam, v), first);
+    assert_int_equal(count_rows(&lagoon_table_progress_records, any_row, 0), 6);
+}
+
 /* ---- summaries against a recomputation ---------------------------------------------------------- */
 
 #define MODEL_MAX 200
@@ -980,6 +1029,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_teacher_search, setup, teardown),
         cmocka_unit_test_setup_teardown(test_record_create_rules, setup, teardown),
         cmocka_unit_test_setup_teardown(test_record_matrix, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_record_pages_and_retries, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cascades, setup, teardown),
         cmocka_unit_test_setup_teardown(test_summary_random, setup, teardown),
         cmocka_unit_test_setup_teardown(test_notifications, setup, teardown),

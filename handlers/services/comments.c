@@ -826,6 +826,30 @@ static int prune_member(store_txn *t, uint64_t id, void *arg, store_error *err)
     return st == LAGOON_NOT_FOUND ? events_topic_leave(t, p->a, m.user_id, &p->topic, err) : st;
 }
 
+/* Ends member row id's membership, whoever it is (the video goes). */
+static int end_member(store_txn *t, uint64_t id, void *arg, store_error *err)
+{
+    prune *p = arg;
+    lagoon_v1_TopicMember m;
+    int st = store_get(t, &lagoon_table_topic_members, id, &m, err);
+    return st == LAGOON_OK ? events_topic_leave(t, p->a, m.user_id, &p->topic, err) : st;
+}
+
+int comments_video_going(store_txn *t, const app *a, uint64_t video_id, store_error *err)
+{
+    int st = comments_video_deleting(t, video_id, err);
+    if (st != LAGOON_OK)
+        return st;
+    prune p = {a, {lagoon_v1_Topic_Kind_VIDEO, video_id}, NULL};
+    store_key prefix;
+    store_key_reset(&prefix);
+    store_key_u32(&prefix, (uint32_t)p.topic.kind);
+    store_key_u64(&prefix, video_id);
+    store_query q = {.table = &lagoon_table_topic_members, .index = lagoon_index_topic_members_by_topic,
+                     .prefix = prefix.buf, .prefix_len = prefix.len};
+    return each_id(t, &q, end_member, &p, err);
+}
+
 int comments_video_readers_changed(store_txn *t, const app *a, uint64_t video_id, store_error *err)
 {
     prune p = {a, {lagoon_v1_Topic_Kind_VIDEO, video_id}, malloc(sizeof(lagoon_v1_User))};

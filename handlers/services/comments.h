@@ -29,4 +29,8 @@ int comments_video_readers_changed(store_txn *t, const app *a, uint64_t video_id
  * a few index lookups per comment of the video. */
 int comments_video_deleting(store_txn *t, uint64_t video_id, store_error *err);
 
+/* comments_video_deleting, and the end of every membership of the video's topic: for a video
+ * that goes by a cascade Videos does not run (its owner's account deleted). */
+int comments_video_going(store_txn *t, const app *a, uint64_t video_id, store_error *err);
+
 #endif

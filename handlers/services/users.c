@@ -11,6 +11,7 @@
 #include "lagoon_handlers.h"
 #include "paging.h"
 #include "teaching.h"
+#include "videos.h"
 
 /* ---- reads ---------------------------------------------------------------------------------- */
 
@@ -344,8 +345,11 @@ static int change_password_work(rpc_call *call, void *arg)
 static int delete_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
 {
     (void)resp;
-    /* Its progress records as a teacher leave its students' summaries before the cascade. */
+    /* Its progress records as a teacher leave its students' summaries before the cascade, and
+     * its videos' followers stop following them. */
     int st = teaching_user_deleting(t, in->now, in->who.user_id, err);
+    if (st == LAGOON_OK)
+        st = videos_user_deleting(t, in->a, in->who.user_id, err);
     if (st == LAGOON_OK)
         st = store_delete(t, &lagoon_table_users, in->who.user_id, err); /* sessions, tokens, ... cascade */
     return st == LAGOON_NOT_FOUND ? store_fail(err, st, NULL, "no such user") : st;

@@ -18,6 +18,11 @@
 int videos_readable(store_txn *t, const rpc_caller *who, uint64_t id, const char *field, lagoon_v1_Video *v,
                     int *owner, store_error *err);
 
+/* Call in the transaction that deletes account user_id, before the delete: its videos go by the
+ * account's cascade, so what Videos/Delete does besides the rows is done here for each (the
+ * kept responses about their comments, the follows of their comments). */
+int videos_user_deleting(store_txn *t, const app *a, uint64_t user_id, store_error *err);
+
 /* The Videos module: its state is the view counter's clock-free bookkeeping (none yet) and the
  * rate limits of its writes. */
 extern const app_module videos_module;

@@ -861,6 +861,62 @@ static void test_edit_after_video_shortened(void **state)
     EXPECT(update_text(cat_tok, r, "the reply, edited"), LAGOON_OK, NULL);
 }
 
+static int count_member_row(void *arg, uint64_t id, const void *row)
+{
+    (void)id;
+    const lagoon_v1_TopicMember *m = row;
+    if (m->topic.kind == lagoon_v1_Topic_Kind_VIDEO)
+        ++*(int *)arg;
+    return LAGOON_OK;
+}
+
+/* user's memberships of video topics, on disk. */
+static int video_follows(uint64_t user)
+{
+    store_key prefix;
+    store_key_reset(&prefix);
+    store_key_u64(&prefix, user);
+    store_query q = {.table = &lagoon_table_topic_members, .index = lagoon_index_topic_members_by_user,
+                     .prefix = prefix.buf, .prefix_len = prefix.len, .page_size = STORE_PAGE_SIZE_MAX};
+    store_txn *t;
+    store_error err;
+    store_page page;
+    int n = 0;
+    assert_int_equal(store_read_begin(T->app->db, &t, &err), LAGOON_OK);
+    assert_int_equal(store_scan(t, &q, count_member_row, &n, &page, &err), LAGOON_OK);
+    store_read_end(t);
+    return n;
+}
+
+/* A video that goes with its owner's deleted account takes its followers' follows with it (and
+ * the kept responses about its comments). */
+static void test_owner_account_deleted_ends_follows(void **state)
+{
+    (void)state;
+    char et[65];
+    test_verified_user(T, C, "eve", lagoon_v1_Role_STUDENT, et);
+    static lagoon_v1_CreateVideoRequest r;
+    memset(&r, 0, sizeof(r));
+    snprintf(r.title, sizeof(r.title), "eve's etude");
+    snprintf(r.url, sizeof(r.url), "https://www.youtube.com/watch?v=eve");
+    r.is_public = true;
+    lagoon_set_token(C, et);
+    assert_int_equal(lagoon_Videos_Create(C, &r, &V), LAGOON_OK);
+    uint64_t v = V.id;
+    EXPECT(follow(cat_tok, v, 1), LAGOON_OK, NULL);
+    lagoon_set_idempotency_key(C, "eve-gone");
+    add_ok(cat_tok, v, "before eve goes", 0);
+    assert_int_equal(video_follows(cat), 1);
+    lagoon_v1_DeleteAccountRequest dr = lagoon_v1_DeleteAccountRequest_init_zero;
+    snprintf(dr.password, sizeof(dr.password), "%s", TEST_PASSWORD);
+    lagoon_v1_UsersEmpty ue;
+    lagoon_set_token(C, et);
+    assert_int_equal(lagoon_Users_DeleteAccount(C, &dr, &ue), LAGOON_OK);
+    assert_int_equal(video_follows(cat), 0);
+    lagoon_set_idempotency_key(C, "eve-gone");
+    EXPECT(add(cat_tok, v, "before eve goes", 0), LAGOON_NOT_FOUND, "video_id");
+}
+
 /* ---- live events on the video's topic -------------------------------------------------------------------- */
 
 typedef struct device {
@@ -1154,6 +1210,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_delete_cascades, setup, teardown),
         cmocka_unit_test_setup_teardown(test_windows_and_pages, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retries_after_video_delete, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_owner_account_deleted_ends_follows, setup, teardown),
         cmocka_unit_test_setup_teardown(test_edit_after_video_shortened, setup, teardown),
         cmocka_unit_test_setup_teardown(test_notifications, setup, teardown),
         cmocka_unit_test_setup_teardown(test_live_events, setup, teardown),

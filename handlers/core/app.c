@@ -375,6 +375,26 @@ int app_scan_marked(store_txn *t, const store_query *q, app_mark_fn mark, void *
     return st;
 }
 
+int app_each_id(store_txn *t, store_query *q, app_id_fn fn, void *arg, store_error *err)
+{
+    app_id_page *page = malloc(sizeof(*page)); /* 4 KiB */
+    if (page == NULL)
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    char token[STORE_PAGE_TOKEN_MAX + 1] = "";
+    q->page_size = STORE_PAGE_SIZE_MAX;
+    int st;
+    do {
+        q->page_token = token;
+        st = app_scan_ids(t, q, page, err);
+        for (uint32_t i = 0; i < page->n && st == LAGOON_OK; i++)
+            st = fn(t, page->ids[i], arg, err);
+        memcpy(token, page->next_page_token, sizeof(token));
+    } while (st == LAGOON_OK && token[0] != '\0');
+    q->page_token = NULL; /* token was this function's */
+    free(page);
+    return st;
+}
+
 int app_scan_ids(store_txn *t, const store_query *q, app_id_page *page, store_error *err)
 {
     return app_scan_marked(t, q, NULL, NULL, page, err);

@@ -327,6 +327,10 @@ int app_scan_ids(store_txn *t, const store_query *q, app_id_page *page, store_er
 typedef int (*app_mark_fn)(void *arg, const void *row);
 int app_scan_marked(store_txn *t, const store_query *q, app_mark_fn mark, void *arg, app_id_page *page,
                     store_error *err);
+/* Calls fn(t, id, arg, err) for every row id of q, a page of ids at a time (so fn may write),
+ * until one fails: its status, or LAGOON_OK. q's paging fields are this function's. */
+typedef int (*app_id_fn)(store_txn *t, uint64_t id, void *arg, store_error *err);
+int app_each_id(store_txn *t, store_query *q, app_id_fn fn, void *arg, store_error *err);
 
 /* The store's error as the call's: message, and a field violation when it names a field. */
 int app_store_error(rpc_call *call, int status, const store_error *err);

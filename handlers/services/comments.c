@@ -638,30 +638,6 @@ typedef struct id_set {
     size_t n;
 } id_set;
 
-/* Calls fn for each row id of q, a page at a time (a scan's callback must not write; fn may),
- * until one fails. */
-typedef int (*id_fn)(store_txn *t, uint64_t id, void *arg, store_error *err);
-
-static int each_id(store_txn *t, store_query *q, id_fn fn, void *arg, store_error *err)
-{
-    app_id_page *page = malloc(sizeof(*page)); /* 4 KiB */
-    if (page == NULL)
-        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
-    char token[STORE_PAGE_TOKEN_MAX + 1] = "";
-    q->page_size = STORE_PAGE_SIZE_MAX;
-    int st;
-    do {
-        q->page_token = token;
-        st = app_scan_ids(t, q, page, err);
-        for (uint32_t i = 0; i < page->n && st == LAGOON_OK; i++)
-            st = fn(t, page->ids[i], arg, err);
-        memcpy(token, page->next_page_token, sizeof(token));
-    } while (st == LAGOON_OK && token[0] != '\0');
-    q->page_token = NULL; /* token was this function's */
-    free(page);
-    return st;
-}
-
 static int add_id(store_txn *t, uint64_t id, void *arg, store_error *err)
 {
     (void)t;
@@ -679,7 +655,7 @@ static int add_ids_under(store_txn *t, const store_index *idx, uint64_t id, id_s
     store_key_reset(&prefix);
     store_key_u64(&prefix, id);
     store_query q = {.table = &lagoon_table_comments, .index = idx, .prefix = prefix.buf, .prefix_len = prefix.len};
-    return each_id(t, &q, add_id, s, err);
+    return app_each_id(t, &q, add_id, s, err);
 }
 
 /* The methods whose kept responses show a comment (app_result_shows). */
@@ -800,7 +776,7 @@ int comments_video_deleting(store_txn *t, uint64_t video_id, store_error *err)
     store_key_u64(&prefix, video_id);
     store_query q = {.table = &lagoon_table_comments, .index = lagoon_index_comments_by_video,
                      .prefix = prefix.buf, .prefix_len = prefix.len};
-    return each_id(t, &q, forget_shown, NULL, err);
+    return app_each_id(t, &q, forget_shown, NULL, err);
 }
 
 /* comments_video_readers_changed's state. */
@@ -847,7 +823,7 @@ int comments_video_going(store_txn *t, const app *a, uint64_t video_id, store_er
     store_key_u64(&prefix, video_id);
     store_query q = {.table = &lagoon_table_topic_members, .index = lagoon_index_topic_members_by_topic,
                      .prefix = prefix.buf, .prefix_len = prefix.len};
-    return each_id(t, &q, end_member, &p, err);
+    return app_each_id(t, &q, end_member, &p, err);
 }
 
 int comments_video_readers_changed(store_txn *t, const app *a, uint64_t video_id, store_error *err)
@@ -861,7 +837,7 @@ int comments_video_readers_changed(store_txn *t, const app *a, uint64_t video_id
     store_key_u64(&prefix, video_id);
     store_query q = {.table = &lagoon_table_topic_members, .index = lagoon_index_topic_members_by_topic,
                      .prefix = prefix.buf, .prefix_len = prefix.len};
-    int st = each_id(t, &q, prune_member, &p, err);
+    int st = app_each_id(t, &q, prune_member, &p, err);
     free(p.u);
     return st;
 }

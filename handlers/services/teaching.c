@@ -750,27 +750,20 @@ int teaching_video_deleting(store_txn *t, int64_t now, uint64_t video_id, store_
 
 /* Forgets the kept CreateRecord responses of the records of user_id as a student (they go with
  * the account's cascade, which knows nothing of kept responses). */
+static int forget_record(store_txn *t, uint64_t id, void *arg, store_error *err)
+{
+    (void)arg;
+    return app_forget_results(t, &lagoon_method_Teaching_CreateRecord, id, err);
+}
+
 static int forget_student_records(store_txn *t, uint64_t user_id, store_error *err)
 {
-    app_id_page *page = malloc(sizeof(*page));
-    if (page == NULL)
-        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
     store_key prefix;
     store_key_reset(&prefix);
     store_key_u64(&prefix, user_id);
     store_query q = {.table = &lagoon_table_progress_records, .index = lagoon_index_progress_records_by_student,
-                     .prefix = prefix.buf, .prefix_len = prefix.len, .page_size = STORE_PAGE_SIZE_MAX};
-    char token[STORE_PAGE_TOKEN_MAX + 1] = "";
-    int st;
-    do {
-        q.page_token = token;
-        st = app_scan_ids(t, &q, page, err);
-        for (uint32_t i = 0; i < page->n && st == LAGOON_OK; i++)
-            st = app_forget_results(t, &lagoon_method_Teaching_CreateRecord, page->ids[i], err);
-        memcpy(token, page->next_page_token, sizeof(token));
-    } while (st == LAGOON_OK && token[0] != '\0');
-    free(page);
-    return st;
+                     .prefix = prefix.buf, .prefix_len = prefix.len};
+    return app_each_id(t, &q, forget_record, NULL, err);
 }
 
 int teaching_user_deleting(store_txn *t, int64_t now, uint64_t user_id, store_error *err)

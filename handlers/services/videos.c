@@ -463,27 +463,19 @@ static int delete_write(store_txn *t, const app_write_in *in, void *resp, store_
     return st;
 }
 
+static int video_going(store_txn *t, uint64_t id, void *arg, store_error *err)
+{
+    return comments_video_going(t, arg, id, err);
+}
+
 int videos_user_deleting(store_txn *t, const app *a, uint64_t user_id, store_error *err)
 {
-    app_id_page *page = malloc(sizeof(*page));
-    if (page == NULL)
-        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
     store_key prefix;
     store_key_reset(&prefix);
     store_key_u64(&prefix, user_id);
     store_query q = {.table = &lagoon_table_videos, .index = lagoon_index_videos_by_owner_time,
-                     .prefix = prefix.buf, .prefix_len = prefix.len, .page_size = STORE_PAGE_SIZE_MAX};
-    char token[STORE_PAGE_TOKEN_MAX + 1] = "";
-    int st;
-    do {
-        q.page_token = token;
-        st = app_scan_ids(t, &q, page, err);
-        for (uint32_t i = 0; i < page->n && st == LAGOON_OK; i++)
-            st = comments_video_going(t, a, page->ids[i], err);
-        memcpy(token, page->next_page_token, sizeof(token));
-    } while (st == LAGOON_OK && token[0] != '\0');
-    free(page);
-    return st;
+                     .prefix = prefix.buf, .prefix_len = prefix.len};
+    return app_each_id(t, &q, video_going, (void *)a, err);
 }
 
 int handle_Videos_Delete(rpc_call *call, const lagoon_v1_DeleteVideoRequest *req, lagoon_v1_VideosEmpty *resp)

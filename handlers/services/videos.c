@@ -1021,7 +1021,9 @@ static int share_rows(store_txn *t, const app_write_in *in, lagoon_v1_Video *v, 
             return st;
     }
     lagoon_v1_VideoShare sh = {.video_id = v->id, .user_id = req->user_id, .created_at = in->now};
-    st = store_insert(t, &lagoon_table_video_shares, &sh, NULL, err); /* ALREADY_EXISTS naming user_id */
+    st = store_insert(t, &lagoon_table_video_shares, &sh, NULL, err);
+    if (st == LAGOON_ALREADY_EXISTS) /* the unique (video, user) index: say it in the service's words */
+        return store_fail(err, LAGOON_ALREADY_EXISTS, "user_id", "the video is already shared with this user");
     if (st != LAGOON_OK)
         return st;
     v->share_count++;

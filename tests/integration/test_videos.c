@@ -834,6 +834,8 @@ static void test_share_errors(void **state)
     assert_refused(share(ann_tok, id + 100000, bob), LAGOON_NOT_FOUND, "video_id");
     assert_int_equal(share(ann_tok, id, bob), LAGOON_OK);
     assert_refused(share(ann_tok, id, bob), LAGOON_ALREADY_EXISTS, "user_id");
+    assert_non_null(strstr(lagoon_last_error(C)->detail.violations[0].description,
+                           "the video is already shared with this user"));
     char tok[65];
     uint64_t gus = test_verified_user(T, C, "gus", lagoon_v1_Role_STUDENT, tok);
     assert_int_equal(set_active(gus, 0), LAGOON_OK);

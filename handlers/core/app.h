@@ -282,6 +282,13 @@ typedef int (*app_after_fn)(rpc_call *call, const app_write_in *in, void *resp, 
 int app_write_call(rpc_call *call, app_write_fn fn, const void *args);
 int app_write_call_then(rpc_call *call, app_write_fn fn, const void *args, app_after_fn after);
 
+/* app_write_call counted against the caller's budget in limiter l (key "<key_prefix>:<user
+ * id>"): spent, the call is refused at once with RESOURCE_EXHAUSTED "too many <what>; retry in
+ * N s" and retry-after; otherwise it is counted when it starts and given back when it stores
+ * nothing (refused, failed, or a retry answered with its kept response: in->replayed). fn gets
+ * no args. Checked after the request's rules, so an invalid request costs nothing. */
+int app_write_call_limited(rpc_call *call, app_write_fn fn, limiter *l, const char *key_prefix, const char *what);
+
 /* size zeroed bytes of the call's own memory for a write's arguments (rpc_call_alloc): read
  * through in->args, freed with the call. NULL when memory is short: answer
  * app_out_of_memory(call). */

@@ -289,3 +289,41 @@ int app_write_call(rpc_call *call, app_write_fn fn, const void *args)
 {
     return app_write_call_then(call, fn, args, NULL);
 }
+
+/* ---- writes counted against a per-caller budget ---------------------------------------------- */
+
+typedef struct limited_args {
+    limiter *l;
+    char key[48];     /* the caller's key in l */
+    int64_t taken_at; /* when the call was counted (given back if it stores nothing) */
+} limited_args;
+
+static int limited_after(rpc_call *call, const app_write_in *in, void *resp, int status)
+{
+    (void)call;
+    (void)resp;
+    const limited_args *la = in->args;
+    if (status != LAGOON_OK || in->replayed)
+        limiter_refund(la->l, la->key, la->taken_at);
+    return status;
+}
+
+int app_write_call_limited(rpc_call *call, app_write_fn fn, limiter *l, const char *key_prefix, const char *what)
+{
+    app *a = app_of(call);
+    limited_args *la = app_write_args(call, sizeof(*la));
+    if (la == NULL)
+        return app_out_of_memory(call);
+    la->l = l;
+    snprintf(la->key, sizeof(la->key), "%s:%llu", key_prefix, (unsigned long long)rpc_call_caller(call)->user_id);
+    la->taken_at = app_now(a);
+    uint32_t wait = limiter_take(l, la->key, la->taken_at);
+    if (wait > 0) {
+        rpc_call_retry_after(call, wait);
+        return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "too many %s; retry in %u s", what, (wait + 999) / 1000);
+    }
+    int st = app_write_call_then(call, fn, la, limited_after);
+    if (st != RPC_PENDING) /* not queued: limited_after does not run */
+        limiter_refund(l, la->key, la->taken_at);
+    return st;
+}

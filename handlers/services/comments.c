@@ -482,46 +482,12 @@ static int reply_write(store_txn *t, const app_write_in *in, void *resp, store_e
     return st;
 }
 
-/* What a creation's write needs besides its request (the call's memory). */
-typedef struct create_args {
-    char limit_key[32]; /* the author's key in the module's limiter */
-    int64_t taken_at;   /* when the call was counted there (given back if it stores nothing) */
-} create_args;
-
-/* Only a call that stores a comment counts: a refused one, or a retry answered with the
- * first response (in->replayed), is given back. */
-static int create_after(rpc_call *call, const app_write_in *in, void *resp, int status)
-{
-    (void)call;
-    (void)resp;
-    const create_args *ca = in->args;
-    if (status != LAGOON_OK || in->replayed)
-        limiter_refund(create_limiter(in->a), ca->limit_key, ca->taken_at);
-    return status;
-}
-
 /* Every comment is a write on the single writer and a notification: a per-user budget keeps
- * one account from flooding either. Checked and counted in one step (limiter_take), after the
- * request's rules, so that an invalid request costs nothing. */
+ * one account from flooding either (app_write_call_limited: only a call that stores a comment
+ * counts). */
 static int create_call(rpc_call *call, app_write_fn fn)
 {
-    app *a = app_of(call);
-    create_args *ca = app_write_args(call, sizeof(*ca));
-    if (ca == NULL)
-        return app_out_of_memory(call);
-    snprintf(ca->limit_key, sizeof(ca->limit_key), "comment:%llu",
-             (unsigned long long)rpc_call_caller(call)->user_id);
-    ca->taken_at = app_now(a);
-    uint32_t wait = limiter_take(create_limiter(a), ca->limit_key, ca->taken_at);
-    if (wait > 0) {
-        rpc_call_retry_after(call, wait);
-        return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "too many comments; retry in %u s",
-                              (wait + 999) / 1000);
-    }
-    int st = app_write_call_then(call, fn, ca, create_after);
-    if (st != RPC_PENDING) /* not queued: create_after does not run */
-        limiter_refund(create_limiter(a), ca->limit_key, ca->taken_at);
-    return st;
+    return app_write_call_limited(call, fn, create_limiter(app_of(call)), "comment", "comments");
 }
 
 int handle_Comments_Add(rpc_call *call, const lagoon_v1_AddCommentRequest *req, lagoon_v1_Comment *resp)

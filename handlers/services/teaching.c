@@ -177,44 +177,12 @@ static int invite_write(store_txn *t, const app_write_in *in, void *resp, store_
     return st;
 }
 
-/* What a request's write needs besides its request (the call's memory). */
-typedef struct request_args {
-    char limit_key[32]; /* the caller's key in the module's limiter */
-    int64_t taken_at;   /* when the call was counted there (given back if it stores nothing) */
-} request_args;
-
-/* Only a call that stores a request counts: a refused one, or a retry answered with the first
- * response, is given back. */
-static int request_after(rpc_call *call, const app_write_in *in, void *resp, int status)
-{
-    (void)call;
-    (void)resp;
-    const request_args *ra = in->args;
-    if (status != LAGOON_OK || in->replayed)
-        limiter_refund(request_limiter(in->a), ra->limit_key, ra->taken_at);
-    return status;
-}
-
 /* Each request notifies another user: a per-user daily budget keeps one account from
- * spamming teachers (or students) with requests. */
+ * spamming teachers (or students) with requests (app_write_call_limited: only a call that
+ * stores a request counts). */
 static int request_call(rpc_call *call, app_write_fn fn)
 {
-    app *a = app_of(call);
-    request_args *ra = app_write_args(call, sizeof(*ra));
-    if (ra == NULL)
-        return app_out_of_memory(call);
-    snprintf(ra->limit_key, sizeof(ra->limit_key), "teach:%llu", (unsigned long long)rpc_call_caller(call)->user_id);
-    ra->taken_at = app_now(a);
-    uint32_t wait = limiter_take(request_limiter(a), ra->limit_key, ra->taken_at);
-    if (wait > 0) {
-        rpc_call_retry_after(call, wait);
-        return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "too many teaching requests; retry in %u s",
-                              (wait + 999) / 1000);
-    }
-    int st = app_write_call_then(call, fn, ra, request_after);
-    if (st != RPC_PENDING) /* not queued: request_after does not run */
-        limiter_refund(request_limiter(a), ra->limit_key, ra->taken_at);
-    return st;
+    return app_write_call_limited(call, fn, request_limiter(app_of(call)), "teach", "teaching requests");
 }
 
 int handle_Teaching_Request(rpc_call *call, const lagoon_v1_TeacherRequest *req, lagoon_v1_TeachingRelationship *resp)

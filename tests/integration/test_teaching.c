@@ -50,24 +50,6 @@ static void tweak_limited(app_config *acfg, rpc_config *cfg)
     acfg->teaching_requests.max_events = 2;
 }
 
-static uint64_t admin_login(const char *name, char *tok)
-{
-    store_error err;
-    char email[64];
-    uint64_t id;
-    snprintf(email, sizeof(email), "%s@example.com", name);
-    if (account_create_admin(T->app, email, name, "an admin passphrase", &id, &err) != LAGOON_OK)
-        fail_msg("create admin: %s", err.message);
-    lagoon_set_token(C, NULL);
-    lagoon_v1_LoginRequest lr = lagoon_v1_LoginRequest_init_zero;
-    snprintf(lr.login, sizeof(lr.login), "%s", name);
-    snprintf(lr.password, sizeof(lr.password), "an admin passphrase");
-    lagoon_v1_TokenPair tp;
-    assert_int_equal(lagoon_Auth_Login(C, &lr, &tp), LAGOON_OK);
-    snprintf(tok, 65, "%s", tp.access_token);
-    return id;
-}
-
 static void start(void (*tweak_fn)(app_config *, rpc_config *))
 {
     T = test_app_new(tweak_fn);
@@ -76,7 +58,7 @@ static void start(void (*tweak_fn)(app_config *, rpc_config *))
     tia = test_verified_user(T, C, "tia", lagoon_v1_Role_TEACHER, tia_tok);
     sam = test_verified_user(T, C, "sam", lagoon_v1_Role_STUDENT, sam_tok);
     sue = test_verified_user(T, C, "sue", lagoon_v1_Role_STUDENT, sue_tok);
-    root = admin_login("root", root_tok);
+    root = test_admin_user(T, C, "root", root_tok);
 }
 
 static int setup(void **state)

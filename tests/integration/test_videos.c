@@ -39,16 +39,7 @@ static int setup(void **state)
     ann = test_verified_user(T, C, "ann", lagoon_v1_Role_STUDENT, ann_tok);
     bob = test_verified_user(T, C, "bob", lagoon_v1_Role_TEACHER, bob_tok);
     cat = test_verified_user(T, C, "cat", lagoon_v1_Role_STUDENT, cat_tok);
-    store_error err;
-    if (account_create_admin(T->app, "root@example.com", "root", "an admin passphrase", &root, &err) != LAGOON_OK)
-        fail_msg("create admin: %s", err.message);
-    lagoon_set_token(C, NULL);
-    lagoon_v1_LoginRequest lr = lagoon_v1_LoginRequest_init_zero;
-    snprintf(lr.login, sizeof(lr.login), "root");
-    snprintf(lr.password, sizeof(lr.password), "an admin passphrase");
-    lagoon_v1_TokenPair tp;
-    assert_int_equal(lagoon_Auth_Login(C, &lr, &tp), LAGOON_OK);
-    snprintf(root_tok, sizeof(root_tok), "%s", tp.access_token);
+    root = test_admin_user(T, C, "root", root_tok);
     return 0;
 }
 

@@ -575,3 +575,22 @@ uint64_t test_send_text(lagoon_client *c, const char *token, uint64_t to, const 
     free(m);
     return id;
 }
+
+uint64_t test_admin_user(test_app *t, lagoon_client *c, const char *name, char *token)
+{
+    store_error err;
+    char email[64];
+    uint64_t id;
+    snprintf(email, sizeof(email), "%s@example.com", name);
+    if (account_create_admin(t->app, email, name, "an admin passphrase", &id, &err) != LAGOON_OK)
+        fail_msg("create admin: %s", err.message);
+    lagoon_set_token(c, NULL);
+    lagoon_v1_LoginRequest lr = lagoon_v1_LoginRequest_init_zero;
+    snprintf(lr.login, sizeof(lr.login), "%s", name);
+    snprintf(lr.password, sizeof(lr.password), "an admin passphrase");
+    lagoon_v1_TokenPair tp;
+    if (lagoon_Auth_Login(c, &lr, &tp) != LAGOON_OK)
+        fail_msg("admin login: %s", lagoon_last_error(c)->detail.message);
+    snprintf(token, 65, "%s", tp.access_token);
+    return id;
+}

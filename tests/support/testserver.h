@@ -123,6 +123,10 @@ uint64_t test_user(lagoon_client *c, const char *name, int role, char *token);
 /* test_user, then the emailed code through Auth/VerifyEmail: a verified account (its session
  * too), which may write to users who have not written to it first. */
 uint64_t test_verified_user(test_app *t, lagoon_client *c, const char *name, int role, char *token);
+/* An administrator name (email name@example.com) made in the store, as lagoon-admin does, then
+ * signed in through c: its id, and its access token into token (65 bytes). */
+uint64_t test_admin_user(test_app *t, lagoon_client *c, const char *name, char *token);
+
 /* A text message from the user of token to user `to`, through c (its token is set to token):
  * the message's id. Fails the test unless the Send succeeds. */
 uint64_t test_send_text(lagoon_client *c, const char *token, uint64_t to, const char *text);

@@ -11,16 +11,15 @@
  * spread over the rest of the hour. Every size's window thus holds the same comments, and a
  * first page by moment is PAGE comments at every size: the time of either should not grow with
  * the comments around it. Every loop is bounded; everything it creates is removed. */
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <pb_decode.h>
 
 #include "account_tokens.h"
 #include "accounts.h"
+#include "bench_server.h"
 #include "comments.h"
 #include "lagoon_handlers.h"
 #include "lagoon_stubs.h"
@@ -34,19 +33,6 @@
 #define SEED_BATCH 10000             /* comments per seeding transaction */
 #define WARMUP 20                    /* unmeasured calls before each measurement */
 #define SIZE_MAX_COMMENTS 10000000ull
-
-static uint64_t now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
-
-static int cmp_u32(const void *a, const void *b)
-{
-    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-    return x < y ? -1 : x > y;
-}
 
 /* ---- seeding (not measured) ---------------------------------------------------------------------- */
 
@@ -127,7 +113,7 @@ static int seed_store(app *a, seed *sd, char *token)
         fprintf(stderr, "seed: %s\n", err.message);
         return -1;
     }
-    uint64_t t0 = now_us();
+    uint64_t t0 = bench_now_us();
     for (uint64_t done = 0; done < sd->size; done += sd->count) {
         sd->from = done;
         sd->count = sd->size - done < SEED_BATCH ? sd->size - done : SEED_BATCH;
@@ -137,7 +123,7 @@ static int seed_store(app *a, seed *sd, char *token)
         }
     }
     fprintf(stderr, "seeded %llu comments in %.1f s\n", (unsigned long long)sd->size,
-            (double)(now_us() - t0) / 1e6);
+            (double)(bench_now_us() - t0) / 1e6);
     return 0;
 }
 
@@ -170,85 +156,41 @@ static int call(lagoon_client *c, int m, uint64_t video)
 }
 
 /* Mean, p50 and p99 of `calls` calls of measure m, in ms, into out[3]. */
-static int bench_measure(lagoon_client *c, int m, uint64_t video, int calls, uint32_t *us, double out[3])
+static int bench_measure(lagoon_client *c, int m, uint64_t video, int calls, bench_stats *us, double out[3])
 {
     int expect = m == M_WINDOW ? WINDOW_COMMENTS : PAGE;
-    uint64_t total = 0;
+    bench_stats_reset(us);
     for (int i = -WARMUP; i < calls; i++) {
-        uint64_t t = now_us();
+        uint64_t t = bench_now_us();
         int n = call(c, m, video);
-        uint64_t d = now_us() - t;
+        uint64_t d = bench_now_us() - t;
         if (n != expect) {
             fprintf(stderr, "%s: %d comments, expected %d\n", measure_names[m], n, expect);
             return -1;
         }
-        if (i < 0)
-            continue;
-        us[i] = (uint32_t)(d > UINT32_MAX ? UINT32_MAX : d);
-        total += d;
+        if (i >= 0)
+            bench_stats_add(us, d);
     }
-    qsort(us, (size_t)calls, sizeof(us[0]), cmp_u32);
-    out[0] = (double)total / calls / 1000.0;
-    out[1] = us[(size_t)(0.50 * (calls - 1))] / 1000.0;
-    out[2] = us[(size_t)(0.99 * (calls - 1))] / 1000.0;
+    bench_stats_ms(us, out);
     return 0;
 }
 
-typedef struct server_thread {
-    rpc_server *srv;
-    pthread_t th;
-} server_thread;
-
-static void *serve(void *arg)
-{
-    rpc_error err;
-    if (rpc_server_run(((server_thread *)arg)->srv, &err) != RPC_OK)
-        fprintf(stderr, "server: %s\n", err.message);
-    return NULL;
-}
-
 /* One store of a video with size comments: res[measure][mean, p50, p99]. */
-static int run_size(uint64_t size, int calls, uint32_t *us, double res[][3])
+static int run_size(uint64_t size, int calls, bench_stats *us, double res[][3])
 {
-    char dir[] = "/tmp/lagoon-commentsbench-XXXXXX";
-    if (mkdtemp(dir) == NULL)
-        return -1;
-    app_config acfg = {0};
-    acfg.sync = STORE_SYNC_NONE;
-    app *a;
-    rpc_error rerr;
-    if (app_open(dir, &acfg, &a, &rerr) != RPC_OK) {
-        fprintf(stderr, "app: %s\n", rerr.message);
-        return -1;
-    }
+    bench_stack stack;
+    memset(&stack, 0, sizeof(stack)); /* bench_stack_stop undoes only what was done */
     seed sd;
     memset(&sd, 0, sizeof(sd));
     sd.size = size;
     sd.v = malloc(sizeof(*sd.v));
     sd.c = malloc(sizeof(*sd.c));
     char token[ACCOUNT_TOKEN_CHARS + 1];
-    if (sd.v == NULL || sd.c == NULL || seed_store(a, &sd, token) != 0)
-        return -1;
-    rpc_config cfg;
-    rpc_config_defaults(&cfg);
-    cfg.listen_port = 0;
-    cfg.app = a;
-    cfg.authenticate = app_authenticate;
-    cfg.authenticate_arg = a;
-    server_thread st;
-    if (rpc_server_new(&cfg, lagoon_routes, lagoon_routes_count, &st.srv, &rerr) != RPC_OK) {
-        fprintf(stderr, "server: %s\n", rerr.message);
-        return -1;
-    }
-    pthread_create(&st.th, NULL, serve, &st);
-    lagoon_client *c;
-    lagoon_error cerr;
-    if (lagoon_connect("127.0.0.1", rpc_server_port(st.srv), NULL, &c, &cerr) != LAGOON_OK) {
-        fprintf(stderr, "connect: %s\n", cerr.detail.message);
-        return -1;
-    }
-    lagoon_set_token(c, token);
-    int failed = 0;
+    lagoon_client *c = NULL;
+    int failed = sd.v == NULL || sd.c == NULL ||
+                 bench_stack_open(&stack, "/tmp/lagoon-commentsbench-XXXXXX", NULL) != 0 ||
+                 seed_store(stack.app, &sd, token) != 0 || bench_stack_serve(&stack, NULL) != 0 ||
+                 bench_stack_connect(&stack, token, &c) != 0;
     for (int m = 0; m < NMEASURES && !failed; m++) {
         failed = bench_measure(c, m, sd.video, calls, us, res[m]) != 0;
         if (!failed)
@@ -256,17 +198,11 @@ static int run_size(uint64_t size, int calls, uint32_t *us, double res[][3])
                    calls, res[m][0], res[m][1], res[m][2]);
         fflush(stdout);
     }
-    lagoon_close(c);
-    rpc_server_stop(st.srv);
-    pthread_join(st.th, NULL);
-    rpc_server_join_workers(st.srv);
-    app_close(a);
-    rpc_server_free(st.srv);
+    if (c != NULL)
+        lagoon_close(c);
     free(sd.v);
     free(sd.c);
-    char cmd[128];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-    return system(cmd) == 0 && !failed ? 0 : -1;
+    return bench_stack_stop(&stack) == 0 && !failed ? 0 : -1;
 }
 
 int main(int argc, char **argv)
@@ -288,9 +224,9 @@ int main(int argc, char **argv)
         return 2;
     }
     log_set_level(LOG_WARN);
-    uint32_t *us = calloc((size_t)calls, sizeof(*us));
+    bench_stats us;
     double first[NMEASURES][3], res[NMEASURES][3];
-    if (us == NULL)
+    if (bench_stats_init(&us, (size_t)calls) != 0)
         return 1;
     printf("| %-18s | %9s | %7s | %8s | %7s | %7s |\n", "call", "comments", "calls", "mean ms", "p50 ms", "p99 ms");
     printf("|--------------------|-----------|---------|----------|---------|---------|\n");
@@ -300,11 +236,11 @@ int main(int argc, char **argv)
         size = strtoull(tok, NULL, 10);
         if (size < 2 * PAGE || size > SIZE_MAX_COMMENTS) {
             fprintf(stderr, "comments-bench: sizes from %d to %llu\n", 2 * PAGE, SIZE_MAX_COMMENTS);
-            free(us);
+            bench_stats_free(&us);
             return 2;
         }
-        if (run_size(size, calls, us, n == 0 ? first : res) != 0) {
-            free(us);
+        if (run_size(size, calls, &us, n == 0 ? first : res) != 0) {
+            bench_stats_free(&us);
             return 1;
         }
         if (n++ == 0)
@@ -315,6 +251,6 @@ int main(int argc, char **argv)
         for (int m = 0; m < NMEASURES; m++)
             printf("  %-18s %.2fx\n", measure_names[m], res[m][0] / first[m][0]);
     }
-    free(us);
+    bench_stats_free(&us);
     return 0;
 }

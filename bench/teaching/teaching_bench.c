@@ -12,14 +12,13 @@
  * deleted (one Videos/Delete, timed once): its records leave the summaries in that
  * transaction, the write side's worst case. Every loop is bounded; everything it creates is
  * removed. */
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "account_tokens.h"
 #include "accounts.h"
+#include "bench_server.h"
 #include "lagoon_handlers.h"
 #include "lagoon_stubs.h"
 #include "log.h"
@@ -27,19 +26,6 @@
 
 #define WARMUP 20                   /* unmeasured calls before each measurement */
 #define SIZE_MAX_RECORDS 1000000ull
-
-static uint64_t now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
-
-static int cmp_u32(const void *a, const void *b)
-{
-    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-    return x < y ? -1 : x > y;
-}
 
 /* ---- seeding (not measured) ---------------------------------------------------------------------- */
 
@@ -116,7 +102,7 @@ static int seed_records(lagoon_client *c, const seed *sd, uint64_t size)
 {
     static lagoon_v1_CreateRecordRequest r;
     static lagoon_v1_ProgressRecord rec;
-    uint64_t t0 = now_us();
+    uint64_t t0 = bench_now_us();
     for (uint64_t i = 0; i < size; i++) {
         memset(&r, 0, sizeof(r));
         r.student_id = sd->student;
@@ -132,91 +118,51 @@ static int seed_records(lagoon_client *c, const seed *sd, uint64_t size)
             return -1;
         }
     }
-    fprintf(stderr, "seeded %llu records in %.1f s\n", (unsigned long long)size, (double)(now_us() - t0) / 1e6);
+    fprintf(stderr, "seeded %llu records in %.1f s\n", (unsigned long long)size, (double)(bench_now_us() - t0) / 1e6);
     return 0;
 }
 
 /* ---- through the server ----------------------------------------------------------------------------- */
 
 /* Mean, p50 and p99 of `calls` GetSummary calls, in ms, into out[3]. */
-static int bench_summary(lagoon_client *c, uint64_t size, int calls, uint32_t *us, double out[3])
+static int bench_summary(lagoon_client *c, uint64_t size, int calls, bench_stats *us, double out[3])
 {
     static lagoon_v1_ProgressSummary s;
     lagoon_v1_GetSummaryRequest r = lagoon_v1_GetSummaryRequest_init_zero;
-    uint64_t total = 0;
+    bench_stats_reset(us);
     for (int i = -WARMUP; i < calls; i++) {
-        uint64_t t = now_us();
+        uint64_t t = bench_now_us();
         int st = lagoon_Teaching_GetSummary(c, &r, &s);
-        uint64_t d = now_us() - t;
+        uint64_t d = bench_now_us() - t;
         if (st != LAGOON_OK || s.count != size) {
             fprintf(stderr, "GetSummary: %s, %u records, expected %llu\n", lagoon_status_name(st), s.count,
                     (unsigned long long)size);
             return -1;
         }
-        if (i < 0)
-            continue;
-        us[i] = (uint32_t)(d > UINT32_MAX ? UINT32_MAX : d);
-        total += d;
+        if (i >= 0)
+            bench_stats_add(us, d);
     }
-    qsort(us, (size_t)calls, sizeof(us[0]), cmp_u32);
-    out[0] = (double)total / calls / 1000.0;
-    out[1] = us[(size_t)(0.50 * (calls - 1))] / 1000.0;
-    out[2] = us[(size_t)(0.99 * (calls - 1))] / 1000.0;
+    bench_stats_ms(us, out);
     return 0;
 }
 
-typedef struct server_thread {
-    rpc_server *srv;
-    pthread_t th;
-} server_thread;
-
-static void *serve(void *arg)
-{
-    rpc_error err;
-    if (rpc_server_run(((server_thread *)arg)->srv, &err) != RPC_OK)
-        fprintf(stderr, "server: %s\n", err.message);
-    return NULL;
-}
-
 /* One store of a student with size records: res[mean, p50, p99]. */
-static int run_size(uint64_t size, int calls, uint32_t *us, double res[3])
+static int run_size(uint64_t size, int calls, bench_stats *us, double res[3])
 {
-    char dir[] = "/tmp/lagoon-teachingbench-XXXXXX";
-    if (mkdtemp(dir) == NULL)
-        return -1;
-    app_config acfg = {0};
-    acfg.sync = STORE_SYNC_NONE;
-    app *a;
-    rpc_error rerr;
-    if (app_open(dir, &acfg, &a, &rerr) != RPC_OK) {
-        fprintf(stderr, "app: %s\n", rerr.message);
-        return -1;
-    }
+    bench_stack stack;
+    memset(&stack, 0, sizeof(stack)); /* bench_stack_stop undoes only what was done */
     seed sd;
     memset(&sd, 0, sizeof(sd));
     sd.v = malloc(sizeof(*sd.v));
     char tokens[2][ACCOUNT_TOKEN_CHARS + 1];
-    if (sd.v == NULL || seed_store(a, &sd, tokens) != 0)
-        return -1;
-    rpc_config cfg;
-    rpc_config_defaults(&cfg);
-    cfg.listen_port = 0;
-    cfg.app = a;
-    cfg.authenticate = app_authenticate;
-    cfg.authenticate_arg = a;
-    server_thread st;
-    if (rpc_server_new(&cfg, lagoon_routes, lagoon_routes_count, &st.srv, &rerr) != RPC_OK) {
-        fprintf(stderr, "server: %s\n", rerr.message);
+    lagoon_client *c = NULL;
+    if (sd.v == NULL || bench_stack_open(&stack, "/tmp/lagoon-teachingbench-XXXXXX", NULL) != 0 ||
+        seed_store(stack.app, &sd, tokens) != 0 || bench_stack_serve(&stack, NULL) != 0 ||
+        bench_stack_connect(&stack, tokens[1], &c) != 0) {
+        free(sd.v);
+        bench_stack_stop(&stack);
         return -1;
     }
-    pthread_create(&st.th, NULL, serve, &st);
-    lagoon_client *c;
-    lagoon_error cerr;
-    if (lagoon_connect("127.0.0.1", rpc_server_port(st.srv), NULL, &c, &cerr) != LAGOON_OK) {
-        fprintf(stderr, "connect: %s\n", cerr.detail.message);
-        return -1;
-    }
-    lagoon_set_token(c, tokens[1]);
     int failed = seed_records(c, &sd, size) != 0;
     lagoon_set_token(c, tokens[0]);
     if (!failed)
@@ -228,27 +174,20 @@ static int run_size(uint64_t size, int calls, uint32_t *us, double res[3])
     if (!failed) {
         lagoon_v1_DeleteVideoRequest dv = {sd.video};
         lagoon_v1_VideosEmpty ve;
-        uint64_t t0 = now_us();
+        uint64_t t0 = bench_now_us();
         int dst = lagoon_Videos_Delete(c, &dv, &ve);
         if (dst != LAGOON_OK) {
             fprintf(stderr, "Videos/Delete: %s %s\n", lagoon_status_name(dst), lagoon_last_error(c)->detail.message);
             failed = 1;
         } else {
             printf("| DeleteVideo (its %llu records leave the summaries) | %.1f ms |\n", (unsigned long long)size,
-                   (double)(now_us() - t0) / 1000.0);
+                   (double)(bench_now_us() - t0) / 1000.0);
         }
     }
     fflush(stdout);
     lagoon_close(c);
-    rpc_server_stop(st.srv);
-    pthread_join(st.th, NULL);
-    rpc_server_join_workers(st.srv);
-    app_close(a);
-    rpc_server_free(st.srv);
     free(sd.v);
-    char cmd[128];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-    return system(cmd) == 0 && !failed ? 0 : -1;
+    return bench_stack_stop(&stack) == 0 && !failed ? 0 : -1;
 }
 
 int main(int argc, char **argv)
@@ -270,9 +209,9 @@ int main(int argc, char **argv)
         return 2;
     }
     log_set_level(LOG_WARN);
-    uint32_t *us = calloc((size_t)calls, sizeof(*us));
+    bench_stats us;
     double first[3], res[3];
-    if (us == NULL)
+    if (bench_stats_init(&us, (size_t)calls) != 0)
         return 1;
     printf("| %-10s | %9s | %7s | %8s | %7s | %7s |\n", "call", "records", "calls", "mean ms", "p50 ms", "p99 ms");
     printf("|------------|-----------|---------|----------|---------|---------|\n");
@@ -282,11 +221,11 @@ int main(int argc, char **argv)
         size = strtoull(tok, NULL, 10);
         if (size < 1 || size > SIZE_MAX_RECORDS) {
             fprintf(stderr, "teaching-bench: sizes from 1 to %llu\n", SIZE_MAX_RECORDS);
-            free(us);
+            bench_stats_free(&us);
             return 2;
         }
-        if (run_size(size, calls, us, n == 0 ? first : res) != 0) {
-            free(us);
+        if (run_size(size, calls, &us, n == 0 ? first : res) != 0) {
+            bench_stats_free(&us);
             return 1;
         }
         if (n++ == 0)
@@ -295,6 +234,6 @@ int main(int argc, char **argv)
     if (n > 1)
         printf("\nmean time at %llu records / at %llu: %.2fx\n", (unsigned long long)size,
                (unsigned long long)first_size, res[0] / first[0]);
-    free(us);
+    bench_stats_free(&us);
     return 0;
 }

@@ -11,15 +11,14 @@
  * composer "Chopin"). Each query below is then searched `searches` times (first page of
  * PAGE): the time of a query should not grow with the number of videos that do not match it.
  * Every loop is bounded; everything it creates is removed. */
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <pb_decode.h>
 
 #include "accounts.h"
+#include "bench_server.h"
 #include "lagoon_handlers.h"
 #include "lagoon_stubs.h"
 #include "log.h"
@@ -43,19 +42,6 @@ static const struct {
     {"zebra", "no candidate", 0},
 };
 #define NQUERIES (sizeof(queries) / sizeof(queries[0]))
-
-static uint64_t now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
-
-static int cmp_u32(const void *a, const void *b)
-{
-    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-    return x < y ? -1 : x > y;
-}
 
 /* ---- seeding (not measured) ---------------------------------------------------------------------- */
 
@@ -121,7 +107,7 @@ static int seed_store(app *a, uint64_t size, seed *sd, char *token)
         fprintf(stderr, "seed: %s\n", err.message);
         return -1;
     }
-    uint64_t t0 = now_us(), fillers = size - MATCHES;
+    uint64_t t0 = bench_now_us(), fillers = size - MATCHES;
     for (uint64_t done = 0; done < fillers; done += sd->count) {
         sd->from = done;
         sd->count = fillers - done < SEED_BATCH ? fillers - done : SEED_BATCH;
@@ -130,23 +116,11 @@ static int seed_store(app *a, uint64_t size, seed *sd, char *token)
             return -1;
         }
     }
-    fprintf(stderr, "seeded %llu videos in %.1f s\n", (unsigned long long)fillers, (double)(now_us() - t0) / 1e6);
+    fprintf(stderr, "seeded %llu videos in %.1f s\n", (unsigned long long)fillers, (double)(bench_now_us() - t0) / 1e6);
     return 0;
 }
 
 /* ---- through the server ----------------------------------------------------------------------------- */
-
-static lagoon_client *client(uint16_t port, const char *token)
-{
-    lagoon_client *c;
-    lagoon_error err;
-    if (lagoon_connect("127.0.0.1", port, NULL, &c, &err) != LAGOON_OK) {
-        fprintf(stderr, "connect: %s\n", err.detail.message);
-        exit(1);
-    }
-    lagoon_set_token(c, token);
-    return c;
-}
 
 static void create_matches(lagoon_client *c, lagoon_v1_Video *v)
 {
@@ -167,83 +141,49 @@ static void create_matches(lagoon_client *c, lagoon_v1_Video *v)
 }
 
 /* Mean, p50 and p99 of `searches` first pages of query qi, in ms, into out[3]. */
-static void bench_query(lagoon_client *c, size_t qi, int searches, uint32_t *us, double out[3])
+static void bench_query(lagoon_client *c, size_t qi, int searches, bench_stats *us, double out[3])
 {
     static lagoon_v1_SearchVideosRequest r;
     memset(&r, 0, sizeof(r));
     snprintf(r.query, sizeof(r.query), "%s", queries[qi].query);
     r.page_size = PAGE;
-    uint64_t total = 0;
+    bench_stats_reset(us);
     /* WARMUP calls first, not measured: the pages the query reads come into memory. */
     for (int i = -WARMUP; i < searches; i++) {
         lagoon_v1_ListVideosResponse resp;
         memset(&resp, 0, sizeof(resp));
-        uint64_t t = now_us();
+        uint64_t t = bench_now_us();
         int st = lagoon_Videos_Search(c, &r, &resp);
-        uint64_t d = now_us() - t;
+        uint64_t d = bench_now_us() - t;
         if (st != LAGOON_OK || resp.videos_count != queries[qi].expect) {
             fprintf(stderr, "search %s: %s %s (%u videos)\n", queries[qi].query, lagoon_status_name(st),
                     lagoon_last_error(c)->detail.message, (unsigned)resp.videos_count);
             exit(1);
         }
         pb_release(lagoon_v1_ListVideosResponse_fields, &resp);
-        if (i < 0)
-            continue;
-        us[i] = (uint32_t)(d > UINT32_MAX ? UINT32_MAX : d);
-        total += d;
+        if (i >= 0)
+            bench_stats_add(us, d);
     }
-    qsort(us, (size_t)searches, sizeof(us[0]), cmp_u32);
-    out[0] = (double)total / searches / 1000.0;
-    out[1] = us[(size_t)(0.50 * (searches - 1))] / 1000.0;
-    out[2] = us[(size_t)(0.99 * (searches - 1))] / 1000.0;
-}
-
-typedef struct server_thread {
-    rpc_server *srv;
-    pthread_t th;
-} server_thread;
-
-static void *serve(void *arg)
-{
-    rpc_error err;
-    if (rpc_server_run(((server_thread *)arg)->srv, &err) != RPC_OK)
-        fprintf(stderr, "server: %s\n", err.message);
-    return NULL;
+    bench_stats_ms(us, out);
 }
 
 /* One store of size videos: the results of every query into res[query][mean, p50, p99]. */
-static int run_size(uint64_t size, int searches, uint32_t *us, double res[][3])
+static int run_size(uint64_t size, int searches, bench_stats *us, double res[][3])
 {
-    char dir[] = "/tmp/lagoon-searchbench-XXXXXX";
-    if (mkdtemp(dir) == NULL)
-        return -1;
-    app_config acfg = {0};
-    acfg.sync = STORE_SYNC_NONE;
-    app *a;
-    rpc_error rerr;
-    if (app_open(dir, &acfg, &a, &rerr) != RPC_OK) {
-        fprintf(stderr, "app: %s\n", rerr.message);
-        return -1;
-    }
+    bench_stack stack;
+    memset(&stack, 0, sizeof(stack)); /* bench_stack_stop undoes only what was done */
     seed sd;
     memset(&sd, 0, sizeof(sd));
     sd.v = malloc(sizeof(*sd.v));
     char token[ACCOUNT_TOKEN_CHARS + 1];
-    if (sd.v == NULL || seed_store(a, size, &sd, token) != 0)
-        return -1;
-    rpc_config cfg;
-    rpc_config_defaults(&cfg);
-    cfg.listen_port = 0;
-    cfg.app = a;
-    cfg.authenticate = app_authenticate;
-    cfg.authenticate_arg = a;
-    server_thread st;
-    if (rpc_server_new(&cfg, lagoon_routes, lagoon_routes_count, &st.srv, &rerr) != RPC_OK) {
-        fprintf(stderr, "server: %s\n", rerr.message);
+    lagoon_client *c = NULL;
+    if (sd.v == NULL || bench_stack_open(&stack, "/tmp/lagoon-searchbench-XXXXXX", NULL) != 0 ||
+        seed_store(stack.app, size, &sd, token) != 0 || bench_stack_serve(&stack, NULL) != 0 ||
+        bench_stack_connect(&stack, token, &c) != 0) {
+        free(sd.v);
+        bench_stack_stop(&stack);
         return -1;
     }
-    pthread_create(&st.th, NULL, serve, &st);
-    lagoon_client *c = client(rpc_server_port(st.srv), token);
     create_matches(c, sd.v);
     for (size_t q = 0; q < NQUERIES; q++) {
         bench_query(c, q, searches, us, res[q]);
@@ -252,15 +192,8 @@ static int run_size(uint64_t size, int searches, uint32_t *us, double res[][3])
         fflush(stdout);
     }
     lagoon_close(c);
-    rpc_server_stop(st.srv);
-    pthread_join(st.th, NULL);
-    rpc_server_join_workers(st.srv);
-    app_close(a);
-    rpc_server_free(st.srv);
     free(sd.v);
-    char cmd[128];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-    return system(cmd) == 0 ? 0 : -1;
+    return bench_stack_stop(&stack);
 }
 
 int main(int argc, char **argv)
@@ -282,9 +215,9 @@ int main(int argc, char **argv)
         return 2;
     }
     log_set_level(LOG_WARN);
-    uint32_t *us = calloc((size_t)searches, sizeof(*us));
+    bench_stats us;
     double first[NQUERIES][3], res[NQUERIES][3];
-    if (us == NULL)
+    if (bench_stats_init(&us, (size_t)searches) != 0)
         return 1;
     printf("| %-18s | %-28s | %9s | %7s | %8s | %7s | %7s |\n", "query", "", "videos", "calls", "mean ms", "p50 ms",
            "p99 ms");
@@ -295,11 +228,11 @@ int main(int argc, char **argv)
         size = strtoull(tok, NULL, 10);
         if (size < 2 * MATCHES || size > SIZE_MAX_VIDEOS) {
             fprintf(stderr, "videos-search-bench: sizes from %d to %llu\n", 2 * MATCHES, SIZE_MAX_VIDEOS);
-            free(us);
+            bench_stats_free(&us);
             return 2;
         }
-        if (run_size(size, searches, us, n == 0 ? first : res) != 0) {
-            free(us);
+        if (run_size(size, searches, &us, n == 0 ? first : res) != 0) {
+            bench_stats_free(&us);
             return 1;
         }
         if (n++ == 0)
@@ -310,6 +243,6 @@ int main(int argc, char **argv)
         for (size_t q = 0; q < NQUERIES; q++)
             printf("  %-18s %.2fx\n", queries[q].query, res[q][0] / first[q][0]);
     }
-    free(us);
+    bench_stats_free(&us);
     return 0;
 }

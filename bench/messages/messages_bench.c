@@ -16,16 +16,15 @@
  * ratio. Every loop is bounded; everything it creates is removed. */
 #include <event2/event.h>
 #include <fcntl.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <pb_decode.h>
 
 #include "accounts.h"
+#include "bench_server.h"
 #include "lagoon_async_stubs.h"
 #include "lagoon_handlers.h"
 #include "lagoon_stubs.h"
@@ -36,34 +35,10 @@
 #define MAX_SAMPLES 4000000 /* latency samples kept per measurement */
 #define PAGE 50
 
-static uint64_t now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
-
 /* ---- latency samples ---------------------------------------------------------------------------- */
 
-typedef struct samples {
-    uint32_t *us;
-    size_t n;
-} samples;
-
-static int cmp_u32(const void *a, const void *b)
-{
-    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-    return x < y ? -1 : x > y;
-}
-
-static void sample_add(samples *s, uint64_t us)
-{
-    if (s->n < MAX_SAMPLES)
-        s->us[s->n++] = (uint32_t)(us > UINT32_MAX ? UINT32_MAX : us);
-}
-
-/* Milliseconds at percentile p (samples sorted first). */
-static double pct(const samples *s, double p)
+/* Milliseconds at percentile p, rounded to the nearest rank (samples sorted first). */
+static double pct(const bench_stats *s, double p)
 {
     if (s->n == 0)
         return 0;
@@ -71,13 +46,13 @@ static double pct(const samples *s, double p)
     return s->us[i] / 1000.0;
 }
 
-static void report(const char *what, uint64_t size, samples *s, double seconds)
+static void report(const char *what, uint64_t size, bench_stats *s, double seconds)
 {
-    qsort(s->us, s->n, sizeof(s->us[0]), cmp_u32);
+    qsort(s->us, s->n, sizeof(s->us[0]), bench_cmp_u32);
     printf("| %-16s | %9llu | %9zu | %10.0f | %7.3f | %7.3f | %7.3f |\n", what, (unsigned long long)size, s->n,
            (double)s->n / seconds, pct(s, 50), pct(s, 99), pct(s, 100));
     fflush(stdout);
-    s->n = 0;
+    bench_stats_reset(s);
 }
 
 /* ---- seeding, straight through the store ------------------------------------------------------- */
@@ -176,7 +151,7 @@ static int do_seed(app *a, uint64_t size, seed *sd, char *token)
         fprintf(stderr, "seed: %s\n", err.message);
         return -1;
     }
-    uint64_t t0 = now_us();
+    uint64_t t0 = bench_now_us();
     for (uint64_t done = 0; done < size; done += sd->count) {
         sd->from = done;
         sd->count = size - done < SEED_BATCH ? size - done : SEED_BATCH;
@@ -185,7 +160,7 @@ static int do_seed(app *a, uint64_t size, seed *sd, char *token)
             return -1;
         }
     }
-    fprintf(stderr, "seeded %llu messages in %.1f s\n", (unsigned long long)size, (double)(now_us() - t0) / 1e6);
+    fprintf(stderr, "seeded %llu messages in %.1f s\n", (unsigned long long)size, (double)(bench_now_us() - t0) / 1e6);
     sd->count_all = size;
     if (store_write(a->db, seed_members, sd, &err) != LAGOON_OK) {
         fprintf(stderr, "seed: %s\n", err.message);
@@ -215,7 +190,7 @@ typedef struct sender {
 typedef struct send_bench {
     struct event_base *base;
     uint64_t deadline;
-    samples *s;
+    bench_stats *s;
     uint64_t errors;
     int open;
 } send_bench;
@@ -225,9 +200,9 @@ static void send_one(sender *sn);
 static void send_done(int status, const lagoon_v1_ResponseMeta *meta, void *arg)
 {
     sender *sn = arg;
-    uint64_t t = now_us();
+    uint64_t t = bench_now_us();
     if (status == LAGOON_OK)
-        sample_add(sn->b->s, t - sn->started);
+        bench_stats_add(sn->b->s, t - sn->started);
     else if (sn->b->errors++ == 0)
         fprintf(stderr, "send: %s %s\n", lagoon_status_name(status), meta->message);
     if (t < sn->b->deadline)
@@ -238,13 +213,13 @@ static void send_done(int status, const lagoon_v1_ResponseMeta *meta, void *arg)
 
 static void send_one(sender *sn)
 {
-    sn->started = now_us();
+    sn->started = bench_now_us();
     if (lagoon_async_Messages_Send(sn->c, &sn->req, &sn->resp, send_done, sn) != LAGOON_OK &&
         --sn->b->open == 0)
         event_base_loopexit(sn->b->base, NULL);
 }
 
-static void bench_send(uint16_t port, const char *token, uint64_t to, int conns, int seconds, samples *s,
+static void bench_send(uint16_t port, const char *token, uint64_t to, int conns, int seconds, bench_stats *s,
                        uint64_t size)
 {
     send_bench b = {event_base_new(), 0, s, 0, conns};
@@ -262,14 +237,14 @@ static void bench_send(uint16_t port, const char *token, uint64_t to, int conns,
         snprintf(sn[i].req.content.text.text, sizeof(sn[i].req.content.text.text),
                  "a benchmark message from connection %d", i);
     }
-    uint64_t t0 = now_us();
+    uint64_t t0 = bench_now_us();
     b.deadline = t0 + (uint64_t)seconds * 1000000u;
     for (int i = 0; i < conns; i++)
         send_one(&sn[i]);
     struct timeval limit = {seconds + 30, 0};
     event_base_loopexit(b.base, &limit);
     event_base_dispatch(b.base);
-    double elapsed = (double)(now_us() - t0) / 1e6;
+    double elapsed = (double)(bench_now_us() - t0) / 1e6;
     char what[32];
     snprintf(what, sizeof(what), "Send x%d", conns);
     report(what, size, s, elapsed);
@@ -296,7 +271,7 @@ static lagoon_client *blocking_client(uint16_t port, const char *token)
     return c;
 }
 
-static void bench_list(uint16_t port, const char *token, uint64_t other, uint64_t since, int n, samples *s,
+static void bench_list(uint16_t port, const char *token, uint64_t other, uint64_t since, int n, bench_stats *s,
                        uint64_t size, const char *what)
 {
     lagoon_client *c = blocking_client(port, token);
@@ -304,20 +279,20 @@ static void bench_list(uint16_t port, const char *token, uint64_t other, uint64_
     req.other_user_id = other;
     req.page_size = PAGE;
     req.since = since;
-    uint64_t t0 = now_us();
+    uint64_t t0 = bench_now_us();
     for (int i = 0; i < n; i++) {
         lagoon_v1_ListMessagesResponse resp = lagoon_v1_ListMessagesResponse_init_zero;
-        uint64_t t = now_us();
+        uint64_t t = bench_now_us();
         int st = lagoon_Messages_List(c, &req, &resp);
         if (st != LAGOON_OK || resp.messages_count != PAGE) {
             fprintf(stderr, "list: %s %s (%u messages)\n", lagoon_status_name(st),
                     lagoon_last_error(c)->detail.message, (unsigned)resp.messages_count);
             exit(1);
         }
-        sample_add(s, now_us() - t);
+        bench_stats_add(s, bench_now_us() - t);
         pb_release(lagoon_v1_ListMessagesResponse_fields, &resp);
     }
-    report(what, size, s, (double)(now_us() - t0) / 1e6);
+    report(what, size, s, (double)(bench_now_us() - t0) / 1e6);
     lagoon_close(c);
 }
 
@@ -325,24 +300,24 @@ static void bench_list(uint16_t port, const char *token, uint64_t other, uint64_
 
 /* User a reads b's messages one at a time from the oldest: seeded message n has id first + n and
  * b sent the odd ones. */
-static void bench_markread(uint16_t port, const char *token, uint64_t other, uint64_t first, int n, samples *s,
+static void bench_markread(uint16_t port, const char *token, uint64_t other, uint64_t first, int n, bench_stats *s,
                            uint64_t size)
 {
     lagoon_client *c = blocking_client(port, token);
-    uint64_t t0 = now_us();
+    uint64_t t0 = bench_now_us();
     for (int i = 0; i < n && 2 * (uint64_t)i + 1 < size; i++) {
         lagoon_v1_MarkReadRequest req = {other, first + 2 * (uint64_t)i + 1};
         lagoon_v1_MarkReadResponse resp;
-        uint64_t t = now_us();
+        uint64_t t = bench_now_us();
         int st = lagoon_Messages_MarkRead(c, &req, &resp);
         if (st != LAGOON_OK || resp.unread != size / 2 - (uint64_t)i - 1) {
             fprintf(stderr, "markread: %s %s (%u unread)\n", lagoon_status_name(st), lagoon_last_error(c)->detail.message,
                     (unsigned)resp.unread);
             exit(1);
         }
-        sample_add(s, now_us() - t);
+        bench_stats_add(s, bench_now_us() - t);
     }
-    report("MarkRead +1", size, s, (double)(now_us() - t0) / 1e6);
+    report("MarkRead +1", size, s, (double)(bench_now_us() - t0) / 1e6);
     lagoon_close(c);
 }
 
@@ -357,13 +332,13 @@ static double fsyncs_per_second(const char *dir)
         return 0;
     char block[4096];
     memset(block, 'f', sizeof(block));
-    uint64_t t0 = now_us(), n = 0;
-    while (now_us() - t0 < 2000000u && n < 100000) {
+    uint64_t t0 = bench_now_us(), n = 0;
+    while (bench_now_us() - t0 < 2000000u && n < 100000) {
         if (pwrite(fd, block, sizeof(block), 0) != (ssize_t)sizeof(block) || fdatasync(fd) != 0)
             break;
         n++;
     }
-    double r = (double)n / ((double)(now_us() - t0) / 1e6);
+    double r = (double)n / ((double)(bench_now_us() - t0) / 1e6);
     close(fd);
     unlink(path);
     return r;
@@ -371,65 +346,30 @@ static double fsyncs_per_second(const char *dir)
 
 /* ---- main ---------------------------------------------------------------------------------------- */
 
-typedef struct server_thread {
-    rpc_server *srv;
-    pthread_t th;
-} server_thread;
-
-static void *serve(void *arg)
+static int run_size(uint64_t size, int conns, int seconds, int lists, int markreads, bench_stats *s, double *fsyncs)
 {
-    rpc_error err;
-    if (rpc_server_run(((server_thread *)arg)->srv, &err) != RPC_OK)
-        fprintf(stderr, "server: %s\n", err.message);
-    return NULL;
-}
-
-static int run_size(uint64_t size, int conns, int seconds, int lists, int markreads, samples *s, double *fsyncs)
-{
-    char dir[] = "/tmp/lagoon-msgbench-XXXXXX";
-    if (mkdtemp(dir) == NULL)
+    bench_stack stack;
+    if (bench_stack_dir(&stack, "/tmp/lagoon-msgbench-XXXXXX") != 0)
         return -1;
-    *fsyncs = fsyncs_per_second(dir);
-    app_config acfg = {0};
+    *fsyncs = fsyncs_per_second(stack.dir); /* before the store is in the directory */
+    app_config acfg = {0}; /* durable commits: sync full */
     acfg.sends.max_events = UINT32_MAX; /* one user sends them all: the writer is measured, not the limit */
-    app *a;
-    rpc_error rerr;
-    if (app_open(dir, &acfg, &a, &rerr) != RPC_OK) {
-        fprintf(stderr, "app: %s\n", rerr.message);
-        return -1;
-    }
     seed sd;
     memset(&sd, 0, sizeof(sd));
     char token[ACCOUNT_TOKEN_CHARS + 1];
-    if (do_seed(a, size, &sd, token) != 0)
-        return -1;
-    rpc_config cfg;
-    rpc_config_defaults(&cfg);
-    cfg.listen_port = 0;
-    cfg.app = a;
-    cfg.authenticate = app_authenticate;
-    cfg.authenticate_arg = a;
-    server_thread st;
-    if (rpc_server_new(&cfg, lagoon_routes, lagoon_routes_count, &st.srv, &rerr) != RPC_OK) {
-        fprintf(stderr, "server: %s\n", rerr.message);
+    if (bench_stack_open(&stack, NULL, &acfg) != 0 || do_seed(stack.app, size, &sd, token) != 0 ||
+        bench_stack_serve(&stack, NULL) != 0) {
+        bench_stack_stop(&stack);
         return -1;
     }
-    pthread_create(&st.th, NULL, serve, &st);
-    uint16_t port = rpc_server_port(st.srv);
+    uint16_t port = bench_stack_port(&stack);
 
     bench_list(port, token, sd.b, 0, lists, s, size, "List newest 50");
     bench_list(port, token, sd.b, sd.last_id - size / 2, lists, s, size, "List since mid");
     bench_markread(port, token, sd.b, sd.last_id - size + 1, markreads, s, size);
     bench_send(port, token, sd.b, conns, seconds, s, size);
 
-    rpc_server_stop(st.srv);
-    pthread_join(st.th, NULL);
-    rpc_server_join_workers(st.srv);
-    app_close(a);
-    rpc_server_free(st.srv);
-    char cmd[128];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-    return system(cmd) == 0 ? 0 : -1;
+    return bench_stack_stop(&stack);
 }
 
 int main(int argc, char **argv)
@@ -459,8 +399,8 @@ int main(int argc, char **argv)
         return 2;
     }
     log_set_level(LOG_WARN);
-    samples s = {calloc(MAX_SAMPLES, sizeof(uint32_t)), 0};
-    if (s.us == NULL)
+    bench_stats s;
+    if (bench_stats_init(&s, MAX_SAMPLES) != 0)
         return 1;
     printf("| %-16s | %9s | %9s | %10s | %7s | %7s | %7s |\n", "operation", "messages", "calls", "calls/s",
            "p50 ms", "p99 ms", "max ms");
@@ -472,11 +412,11 @@ int main(int argc, char **argv)
         if (rc == 2)
             fprintf(stderr, "messages-bench: sizes from %d to 100000000\n", 2 * PAGE);
         if (rc != 0) {
-            free(s.us);
+            bench_stats_free(&s);
             return rc;
         }
     }
     printf("\ndisk: %.0f fdatasync/s in the same directory\n", fsyncs);
-    free(s.us);
+    bench_stats_free(&s);
     return 0;
 }

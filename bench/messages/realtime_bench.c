@@ -26,9 +26,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <time.h>
 
 #include "accounts.h"
+#include "bench_server.h"
 #include "events.h"
 #include "lagoon_async_stubs.h"
 #include "lagoon_handlers.h"
@@ -39,13 +39,6 @@
 #define MAX_TOPIC_DELIVERIES 50000000 /* topic mode: messages x members kept for the report */
 #define MAX_ROUNDS 100000
 #define USER_LOG_ROUNDS 5              /* topic mode: the per-member fan-out, for reference */
-
-static uint64_t now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
 
 static int cmp_i64(const void *a, const void *b)
 {
@@ -125,7 +118,7 @@ static void on_event(lagoon_acall *call, const void *msg, void *arg)
         return;
     uint64_t id = ev->payload.message.message.id;
     if (id > 0 && id <= (uint64_t)r->nmsgs && r->event_at[id] == 0) {
-        r->event_at[id] = now_us();
+        r->event_at[id] = bench_now_us();
         if (++r->delivered == r->nmsgs)
             event_base_loopbreak(r->base);
     }
@@ -162,7 +155,7 @@ static void on_sent_slot(int status, const lagoon_v1_ResponseMeta *meta, void *a
 {
     pending *p = arg;
     run *r = p->r;
-    uint64_t t = now_us();
+    uint64_t t = bench_now_us();
     uint64_t id = r->resps[p->slot].id;
     if (status == LAGOON_OK && id > 0 && id <= (uint64_t)r->nmsgs) {
         r->send_at[id] = p->started;
@@ -180,19 +173,12 @@ static void send_next(run *r)
     pending *p = malloc(sizeof(*p));
     p->r = r;
     p->slot = i;
-    p->started = now_us();
+    p->started = bench_now_us();
     r->req.recipient_id = r->user_ids[1 + i % r->nsubs];
     if (lagoon_async_Messages_Send(r->sender, &r->req, &r->resps[i], on_sent_slot, p) != LAGOON_OK) {
         free(p);
         r->errors++;
     }
-}
-
-static void *serve(void *arg)
-{
-    rpc_error err;
-    rpc_server_run(arg, &err);
-    return NULL;
 }
 
 static void report(const char *what, int64_t *v, int n)
@@ -285,13 +271,13 @@ static int store_work(app *a, changes *ch, publish *p, int rounds, const char *w
     int64_t sum = 0;
     store_error err;
     for (int i = 0; i < rounds; i++) {
-        uint64_t t0 = now_us();
+        uint64_t t0 = bench_now_us();
         if (store_write(a->db, publish_one, p, &err) != LAGOON_OK) {
             fprintf(stderr, "publish: %s\n", err.message);
             free(us);
             return -1;
         }
-        us[i] = (int64_t)(now_us() - t0);
+        us[i] = (int64_t)(bench_now_us() - t0);
         sum += us[i];
     }
     pthread_mutex_lock(&ch->mu); /* announced before store_write returns */
@@ -339,7 +325,7 @@ static void on_topic_event(lagoon_acall *call, const void *msg, void *arg)
         r->repeats++;
         return;
     }
-    *at = now_us();
+    *at = bench_now_us();
     if (++r->delivered == (uint64_t)r->nmsgs * (uint64_t)r->nsubs)
         event_base_loopbreak(r->base);
 }
@@ -354,12 +340,12 @@ static void *publisher(void *arg)
     p.topic.id = r->large_id;
     store_error err;
     for (int i = 0; i < r->nmsgs; i++) {
-        uint64_t t0 = now_us();
+        uint64_t t0 = bench_now_us();
         if (store_write(r->a->db, publish_one, &p, &err) != LAGOON_OK) {
             fprintf(stderr, "publish: %s\n", err.message);
             break;
         }
-        uint64_t t1 = now_us();
+        uint64_t t1 = bench_now_us();
         if (p.seq >= 1 && p.seq <= (uint64_t)r->nmsgs) {
             r->pub_at[p.seq] = t0;
             r->commit_at[p.seq] = t1;
@@ -472,13 +458,13 @@ static int topic_live(trun *r, tsub *subs, uint16_t port, seed *sd)
         return 1;
     }
     pthread_t th;
-    uint64_t t0 = now_us();
+    uint64_t t0 = bench_now_us();
     pthread_create(&th, NULL, publisher, r);
     struct timeval limit2 = {120, 0};
     event_base_loopexit(r->base, &limit2);
     event_base_dispatch(r->base);
     pthread_join(th, NULL);
-    double secs = (double)(now_us() - t0) / 1e6;
+    double secs = (double)(bench_now_us() - t0) / 1e6;
     size_t total = (size_t)nmsgs * (size_t)nsubs;
     int64_t *ack = calloc(total, sizeof(int64_t)), *snd = calloc(total, sizeof(int64_t));
     if (ack == NULL || snd == NULL) {
@@ -559,17 +545,15 @@ int main(int argc, char **argv)
         return 1;
     }
     log_set_level(LOG_WARN);
-    char dir[] = "/tmp/lagoon-rtbench-XXXXXX";
-    if (mkdtemp(dir) == NULL)
-        return 1;
-    app_config acfg = {0};
+    app_config acfg = {0}; /* durable commits: sync full */
     acfg.sends.max_events = UINT32_MAX; /* one user sends them all: delivery is measured, not the limit */
-    app *a;
-    rpc_error rerr;
-    if (app_open(dir, &acfg, &a, &rerr) != RPC_OK) {
-        fprintf(stderr, "%s\n", rerr.message);
+    bench_stack stack;
+    memset(&stack, 0, sizeof(stack)); /* bench_stack_stop undoes only what was done */
+    if (bench_stack_open(&stack, "/tmp/lagoon-rtbench-XXXXXX", &acfg) != 0) {
+        bench_stack_stop(&stack);
         return 1;
     }
+    app *a = stack.app;
     seed sd = {nsubs + 1, calloc((size_t)nsubs + 1, sizeof(uint64_t)),
                calloc((size_t)nsubs + 1, ACCOUNT_TOKEN_CHARS + 1)};
     store_error serr;
@@ -578,22 +562,15 @@ int main(int argc, char **argv)
         return 1;
     }
     rpc_config cfg;
-    rpc_config_defaults(&cfg);
-    cfg.listen_port = 0;
+    bench_stack_config(&stack, &cfg);
     /* Every subscriber connects from 127.0.0.1: one address, many connections. */
     cfg.max_connections_per_address = (uint32_t)nsubs + 16;
-    cfg.app = a;
-    cfg.authenticate = app_authenticate;
-    cfg.authenticate_arg = a;
     cfg.on_drain = app_on_drain;
-    rpc_server *srv;
-    if (rpc_server_new(&cfg, lagoon_routes, lagoon_routes_count, &srv, &rerr) != RPC_OK) {
-        fprintf(stderr, "%s\n", rerr.message);
+    if (bench_stack_serve(&stack, &cfg) != 0) {
+        bench_stack_stop(&stack);
         return 1;
     }
-    pthread_t th;
-    pthread_create(&th, NULL, serve, srv);
-    uint16_t port = rpc_server_port(srv);
+    uint16_t port = bench_stack_port(&stack);
     int rc = 0;
     if (topic) {
         rc = topic_mode(a, port, &sd, topic, nmsgs, interval_ms, rounds);
@@ -637,13 +614,13 @@ int main(int argc, char **argv)
     lagoon_async_set_token(r.sender, sd.tokens[0]);
     r.req.which_content = lagoon_v1_SendMessageRequest_text_tag;
     snprintf(r.req.content.text.text, sizeof(r.req.content.text.text), "how long does this take to arrive?");
-    uint64_t t0 = now_us();
+    uint64_t t0 = bench_now_us();
     for (int i = 0; i < in_flight; i++)
         send_next(&r);
     struct timeval limit2 = {120, 0};
     event_base_loopexit(r.base, &limit2);
     event_base_dispatch(r.base);
-    double secs = (double)(now_us() - t0) / 1e6;
+    double secs = (double)(bench_now_us() - t0) / 1e6;
 
     int64_t *ack = calloc((size_t)nmsgs, sizeof(int64_t)), *snd = calloc((size_t)nmsgs, sizeof(int64_t));
     int n = 0;
@@ -667,12 +644,5 @@ int main(int argc, char **argv)
     lagoon_async_free(r.sender);
     event_base_free(r.base);
 done:
-    rpc_server_stop(srv);
-    pthread_join(th, NULL);
-    rpc_server_join_workers(srv);
-    app_close(a);
-    rpc_server_free(srv);
-    char cmd[128];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-    return system(cmd) == 0 ? rc : 1;
+    return bench_stack_stop(&stack) == 0 ? rc : 1;
 }

@@ -131,6 +131,7 @@ static int seed_store(app *a, seed *sd, char *token)
 
 enum { M_WINDOW, M_MOMENT, M_NEWEST, NMEASURES };
 static const char *const measure_names[NMEASURES] = {"ListWindow 30 s", "List MOMENT page", "List NEWEST page"};
+_Static_assert(NMEASURES <= BENCH_ROWS_MAX, "a row of bench_sweep's results per measure");
 
 /* One call of measure m; the comments it listed, or -1. */
 static int call(lagoon_client *c, int m, uint64_t video)
@@ -207,50 +208,18 @@ static int run_size(uint64_t size, int calls, bench_stats *us, double res[][3])
 
 int main(int argc, char **argv)
 {
-    char sizes[256] = "100,100000";
-    int calls = 2000;
-    for (int i = 1; i < argc; i += 2) {
-        if (i + 1 < argc && strcmp(argv[i], "--sizes") == 0) {
-            snprintf(sizes, sizeof(sizes), "%s", argv[i + 1]);
-        } else if (i + 1 < argc && strcmp(argv[i], "--calls") == 0) {
-            calls = atoi(argv[i + 1]);
-        } else {
-            fprintf(stderr, "usage: comments-bench [--sizes N,N] [--calls N]\n");
-            return 2;
-        }
-    }
-    if (calls < 1 || calls > 1000000) {
-        fprintf(stderr, "comments-bench: calls 1..1000000\n");
+    bench_sweep sw = {.sizes = "100,100000", .count = 2000};
+    if (bench_sweep_args(&sw, argc, argv, "comments-bench", "calls") != 0)
         return 2;
-    }
     log_set_level(LOG_WARN);
-    bench_stats us;
-    double first[NMEASURES][3], res[NMEASURES][3];
-    if (bench_stats_init(&us, (size_t)calls) != 0)
-        return 1;
     printf("| %-18s | %9s | %7s | %8s | %7s | %7s |\n", "call", "comments", "calls", "mean ms", "p50 ms", "p99 ms");
     printf("|--------------------|-----------|---------|----------|---------|---------|\n");
-    int n = 0;
-    uint64_t first_size = 0, size = 0;
-    for (char *tok = strtok(sizes, ","); tok; tok = strtok(NULL, ",")) {
-        size = strtoull(tok, NULL, 10);
-        if (size < 2 * PAGE || size > SIZE_MAX_COMMENTS) {
-            fprintf(stderr, "comments-bench: sizes from %d to %llu\n", 2 * PAGE, SIZE_MAX_COMMENTS);
-            bench_stats_free(&us);
-            return 2;
-        }
-        if (run_size(size, calls, &us, n == 0 ? first : res) != 0) {
-            bench_stats_free(&us);
-            return 1;
-        }
-        if (n++ == 0)
-            first_size = size;
-    }
-    if (n > 1) {
-        printf("\nmean time at %llu comments / at %llu:\n", (unsigned long long)size, (unsigned long long)first_size);
+    int rc = bench_sweep_run(&sw, "comments-bench", 2 * PAGE, SIZE_MAX_COMMENTS, run_size);
+    if (rc == 0 && sw.n > 1) {
+        printf("\nmean time at %llu comments / at %llu:\n", (unsigned long long)sw.last_size,
+               (unsigned long long)sw.first_size);
         for (int m = 0; m < NMEASURES; m++)
-            printf("  %-18s %.2fx\n", measure_names[m], res[m][0] / first[m][0]);
+            printf("  %-18s %.2fx\n", measure_names[m], sw.last[m][0] / sw.first[m][0]);
     }
-    bench_stats_free(&us);
-    return 0;
+    return rc;
 }

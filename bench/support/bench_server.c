@@ -171,3 +171,51 @@ void bench_stats_ms(bench_stats *s, double out[3])
     out[1] = s->us[(size_t)(0.50 * (double)(s->n - 1))] / 1000.0;
     out[2] = s->us[(size_t)(0.99 * (double)(s->n - 1))] / 1000.0;
 }
+
+int bench_sweep_args(bench_sweep *sw, int argc, char **argv, const char *prog, const char *count_opt)
+{
+    char opt[64];
+    snprintf(opt, sizeof(opt), "--%s", count_opt);
+    for (int i = 1; i < argc; i += 2) {
+        if (i + 1 < argc && strcmp(argv[i], "--sizes") == 0) {
+            snprintf(sw->sizes, sizeof(sw->sizes), "%s", argv[i + 1]);
+        } else if (i + 1 < argc && strcmp(argv[i], opt) == 0) {
+            sw->count = atoi(argv[i + 1]);
+        } else {
+            fprintf(stderr, "usage: %s [--sizes N,N] [%s N]\n", prog, opt);
+            return 2;
+        }
+    }
+    if (sw->count < 1 || sw->count > BENCH_COUNT_MAX) {
+        fprintf(stderr, "%s: %s 1..%d\n", prog, count_opt, BENCH_COUNT_MAX);
+        return 2;
+    }
+    return 0;
+}
+
+int bench_sweep_run(bench_sweep *sw, const char *prog, uint64_t min, uint64_t max, bench_size_fn fn)
+{
+    sw->n = 0;
+    sw->first_size = sw->last_size = 0;
+    bench_stats us;
+    if (bench_stats_init(&us, (size_t)sw->count) != 0)
+        return 1;
+    int rc = 0;
+    char *save = NULL;
+    /* strtok_r consumes at least one character a token: bounded by the list's length. */
+    for (char *tok = strtok_r(sw->sizes, ",", &save); tok && rc == 0; tok = strtok_r(NULL, ",", &save)) {
+        uint64_t size = strtoull(tok, NULL, 10);
+        if (size < min || size > max) {
+            fprintf(stderr, "%s: sizes from %llu to %llu\n", prog, (unsigned long long)min, (unsigned long long)max);
+            rc = 2;
+        } else if (fn(size, sw->count, &us, sw->n == 0 ? sw->first : sw->last) != 0) {
+            rc = 1;
+        } else {
+            if (sw->n++ == 0)
+                sw->first_size = size;
+            sw->last_size = size;
+        }
+    }
+    bench_stats_free(&us);
+    return rc;
+}

@@ -73,4 +73,33 @@ void bench_stats_add(bench_stats *s, uint64_t us);
  * (size_t)(p * (n - 1)), the nearest rank below). All 0 with no samples. */
 void bench_stats_ms(bench_stats *s, double out[3]);
 
+/* ---- the size sweep of comments-, teaching- and videos-search-bench ---- */
+
+#define BENCH_SIZES_MAX 256     /* the --sizes list's characters */
+#define BENCH_COUNT_MAX 1000000 /* the measured calls of one size, at most */
+#define BENCH_ROWS_MAX 8        /* the measurements of one size, at most */
+
+/* One size's run: count calls per measurement timed into us, row r's mean, p50 and p99 (ms)
+ * into res[r]. 0, or non-zero to stop the sweep. */
+typedef int (*bench_size_fn)(uint64_t size, int count, bench_stats *us, double res[][3]);
+
+typedef struct bench_sweep {
+    char sizes[BENCH_SIZES_MAX]; /* "N,N,..."; the default until --sizes */
+    int count;                   /* calls per measurement; the default until --COUNT_OPT */
+    /* After bench_sweep_run: the sizes run, the first and the last of them, their results. */
+    int n;
+    uint64_t first_size, last_size;
+    double first[BENCH_ROWS_MAX][3], last[BENCH_ROWS_MAX][3];
+} bench_sweep;
+
+/* Parses `[--sizes N,N] [--COUNT_OPT N]` (count_opt without its dashes) into sw, which holds
+ * the defaults; prints "usage: PROG [--sizes N,N] [--COUNT_OPT N]" or "PROG: COUNT_OPT
+ * 1..BENCH_COUNT_MAX" and returns 2 when they are off, 0 otherwise. */
+int bench_sweep_args(bench_sweep *sw, int argc, char **argv, const char *prog, const char *count_opt);
+
+/* Runs fn for each size of sw->sizes in order, with samples for sw->count calls; a size
+ * outside [min, max] stops the sweep with "PROG: sizes from MIN to MAX" (2), a non-zero fn or
+ * no memory for the samples with 1. 0 when every size ran. */
+int bench_sweep_run(bench_sweep *sw, const char *prog, uint64_t min, uint64_t max, bench_size_fn fn);
+
 #endif

@@ -146,8 +146,8 @@ static int bench_summary(lagoon_client *c, uint64_t size, int calls, bench_stats
     return 0;
 }
 
-/* One store of a student with size records: res[mean, p50, p99]. */
-static int run_size(uint64_t size, int calls, bench_stats *us, double res[3])
+/* One store of a student with size records: res[0][mean, p50, p99]. */
+static int run_size(uint64_t size, int calls, bench_stats *us, double res[][3])
 {
     bench_stack stack;
     memset(&stack, 0, sizeof(stack)); /* bench_stack_stop undoes only what was done */
@@ -166,10 +166,10 @@ static int run_size(uint64_t size, int calls, bench_stats *us, double res[3])
     int failed = seed_records(c, &sd, size) != 0;
     lagoon_set_token(c, tokens[0]);
     if (!failed)
-        failed = bench_summary(c, size, calls, us, res) != 0;
+        failed = bench_summary(c, size, calls, us, res[0]) != 0;
     if (!failed)
-        printf("| GetSummary | %9llu | %7d | %8.3f | %7.3f | %7.3f |\n", (unsigned long long)size, calls, res[0],
-               res[1], res[2]);
+        printf("| GetSummary | %9llu | %7d | %8.3f | %7.3f | %7.3f |\n", (unsigned long long)size, calls, res[0][0],
+               res[0][1], res[0][2]);
     /* The write side: deleting the video takes every record out of the summaries first. */
     if (!failed) {
         lagoon_v1_DeleteVideoRequest dv = {sd.video};
@@ -192,48 +192,15 @@ static int run_size(uint64_t size, int calls, bench_stats *us, double res[3])
 
 int main(int argc, char **argv)
 {
-    char sizes[256] = "10,10000";
-    int calls = 2000;
-    for (int i = 1; i < argc; i += 2) {
-        if (i + 1 < argc && strcmp(argv[i], "--sizes") == 0) {
-            snprintf(sizes, sizeof(sizes), "%s", argv[i + 1]);
-        } else if (i + 1 < argc && strcmp(argv[i], "--calls") == 0) {
-            calls = atoi(argv[i + 1]);
-        } else {
-            fprintf(stderr, "usage: teaching-bench [--sizes N,N] [--calls N]\n");
-            return 2;
-        }
-    }
-    if (calls < 1 || calls > 1000000) {
-        fprintf(stderr, "teaching-bench: calls 1..1000000\n");
+    bench_sweep sw = {.sizes = "10,10000", .count = 2000};
+    if (bench_sweep_args(&sw, argc, argv, "teaching-bench", "calls") != 0)
         return 2;
-    }
     log_set_level(LOG_WARN);
-    bench_stats us;
-    double first[3], res[3];
-    if (bench_stats_init(&us, (size_t)calls) != 0)
-        return 1;
     printf("| %-10s | %9s | %7s | %8s | %7s | %7s |\n", "call", "records", "calls", "mean ms", "p50 ms", "p99 ms");
     printf("|------------|-----------|---------|----------|---------|---------|\n");
-    int n = 0;
-    uint64_t first_size = 0, size = 0;
-    for (char *tok = strtok(sizes, ","); tok; tok = strtok(NULL, ",")) {
-        size = strtoull(tok, NULL, 10);
-        if (size < 1 || size > SIZE_MAX_RECORDS) {
-            fprintf(stderr, "teaching-bench: sizes from 1 to %llu\n", SIZE_MAX_RECORDS);
-            bench_stats_free(&us);
-            return 2;
-        }
-        if (run_size(size, calls, &us, n == 0 ? first : res) != 0) {
-            bench_stats_free(&us);
-            return 1;
-        }
-        if (n++ == 0)
-            first_size = size;
-    }
-    if (n > 1)
-        printf("\nmean time at %llu records / at %llu: %.2fx\n", (unsigned long long)size,
-               (unsigned long long)first_size, res[0] / first[0]);
-    bench_stats_free(&us);
-    return 0;
+    int rc = bench_sweep_run(&sw, "teaching-bench", 1, SIZE_MAX_RECORDS, run_size);
+    if (rc == 0 && sw.n > 1)
+        printf("\nmean time at %llu records / at %llu: %.2fx\n", (unsigned long long)sw.last_size,
+               (unsigned long long)sw.first_size, sw.last[0][0] / sw.first[0][0]);
+    return rc;
 }

@@ -42,6 +42,7 @@ static const struct {
     {"zebra", "no candidate", 0},
 };
 #define NQUERIES (sizeof(queries) / sizeof(queries[0]))
+_Static_assert(NQUERIES <= BENCH_ROWS_MAX, "a row of bench_sweep's results per query");
 
 /* ---- seeding (not measured) ---------------------------------------------------------------------- */
 
@@ -198,51 +199,19 @@ static int run_size(uint64_t size, int searches, bench_stats *us, double res[][3
 
 int main(int argc, char **argv)
 {
-    char sizes[256] = "1000,1000000";
-    int searches = 2000;
-    for (int i = 1; i < argc; i += 2) {
-        if (i + 1 < argc && strcmp(argv[i], "--sizes") == 0) {
-            snprintf(sizes, sizeof(sizes), "%s", argv[i + 1]);
-        } else if (i + 1 < argc && strcmp(argv[i], "--searches") == 0) {
-            searches = atoi(argv[i + 1]);
-        } else {
-            fprintf(stderr, "usage: videos-search-bench [--sizes N,N] [--searches N]\n");
-            return 2;
-        }
-    }
-    if (searches < 1 || searches > 1000000) {
-        fprintf(stderr, "videos-search-bench: searches 1..1000000\n");
+    bench_sweep sw = {.sizes = "1000,1000000", .count = 2000};
+    if (bench_sweep_args(&sw, argc, argv, "videos-search-bench", "searches") != 0)
         return 2;
-    }
     log_set_level(LOG_WARN);
-    bench_stats us;
-    double first[NQUERIES][3], res[NQUERIES][3];
-    if (bench_stats_init(&us, (size_t)searches) != 0)
-        return 1;
     printf("| %-18s | %-28s | %9s | %7s | %8s | %7s | %7s |\n", "query", "", "videos", "calls", "mean ms", "p50 ms",
            "p99 ms");
     printf("|--------------------|------------------------------|-----------|---------|----------|---------|---------|\n");
-    int n = 0;
-    uint64_t first_size = 0, size = 0;
-    for (char *tok = strtok(sizes, ","); tok; tok = strtok(NULL, ",")) {
-        size = strtoull(tok, NULL, 10);
-        if (size < 2 * MATCHES || size > SIZE_MAX_VIDEOS) {
-            fprintf(stderr, "videos-search-bench: sizes from %d to %llu\n", 2 * MATCHES, SIZE_MAX_VIDEOS);
-            bench_stats_free(&us);
-            return 2;
-        }
-        if (run_size(size, searches, &us, n == 0 ? first : res) != 0) {
-            bench_stats_free(&us);
-            return 1;
-        }
-        if (n++ == 0)
-            first_size = size;
-    }
-    if (n > 1) {
-        printf("\nmean time at %llu videos / at %llu:\n", (unsigned long long)size, (unsigned long long)first_size);
+    int rc = bench_sweep_run(&sw, "videos-search-bench", 2 * MATCHES, SIZE_MAX_VIDEOS, run_size);
+    if (rc == 0 && sw.n > 1) {
+        printf("\nmean time at %llu videos / at %llu:\n", (unsigned long long)sw.last_size,
+               (unsigned long long)sw.first_size);
         for (size_t q = 0; q < NQUERIES; q++)
-            printf("  %-18s %.2fx\n", queries[q].query, res[q][0] / first[q][0]);
+            printf("  %-18s %.2fx\n", queries[q].query, sw.last[q][0] / sw.first[q][0]);
     }
-    bench_stats_free(&us);
-    return 0;
+    return rc;
 }

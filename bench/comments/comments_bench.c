@@ -19,6 +19,7 @@
 
 #include "account_tokens.h"
 #include "accounts.h"
+#include "bench_seed.h"
 #include "bench_server.h"
 #include "comments.h"
 #include "lagoon_handlers.h"
@@ -48,16 +49,8 @@ typedef struct seed {
 static int seed_user_video(store_txn *t, void *arg, store_error *err)
 {
     seed *sd = arg;
-    lagoon_v1_User u = lagoon_v1_User_init_zero;
-    snprintf(u.password_hash, sizeof(u.password_hash), "unused");
-    snprintf(u.email, sizeof(u.email), "comments@bench.invalid");
-    snprintf(u.username, sizeof(u.username), "bench_comments");
-    u.role = lagoon_v1_Role_STUDENT;
-    u.active = u.verified = true;
-    int st = store_insert(t, &lagoon_table_users, &u, &sd->user, err);
-    sd->session.user_id = sd->user;
-    if (st == LAGOON_OK)
-        st = store_insert(t, &lagoon_table_sessions, &sd->session, NULL, err);
+    int st = bench_seed_user(t, "bench_comments", "comments@bench.invalid", lagoon_v1_Role_STUDENT, &sd->session,
+                             &sd->user, err);
     memset(sd->v, 0, sizeof(*sd->v));
     sd->v->owner_id = sd->user;
     snprintf(sd->v->title, sizeof(sd->v->title), "Etude");
@@ -103,12 +96,7 @@ static int seed_comments(store_txn *t, void *arg, store_error *err)
 static int seed_store(app *a, seed *sd, char *token)
 {
     store_error err;
-    uint8_t refresh_hash[ACCOUNT_HASH_BYTES];
-    char refresh[ACCOUNT_TOKEN_CHARS + 1];
-    account_token_new(token, sd->session.access_hash);
-    account_token_new(refresh, refresh_hash);
-    memcpy(sd->session.refresh_hash, refresh_hash, sizeof(refresh_hash));
-    sd->session.access_expires_at = sd->session.refresh_expires_at = INT64_MAX / 2;
+    bench_session_tokens(&sd->session, token);
     if (store_write(a->db, seed_user_video, sd, &err) != LAGOON_OK) {
         fprintf(stderr, "seed: %s\n", err.message);
         return -1;

@@ -24,6 +24,7 @@
 #include <pb_decode.h>
 
 #include "accounts.h"
+#include "bench_seed.h"
 #include "bench_server.h"
 #include "lagoon_async_stubs.h"
 #include "lagoon_handlers.h"
@@ -166,14 +167,9 @@ static int do_seed(app *a, uint64_t size, seed *sd, char *token)
         fprintf(stderr, "seed: %s\n", err.message);
         return -1;
     }
-    uint8_t refresh_hash[ACCOUNT_HASH_BYTES];
-    char refresh[ACCOUNT_TOKEN_CHARS + 1];
     memset(&sd->session, 0, sizeof(sd->session));
-    account_token_new(token, sd->session.access_hash);
-    account_token_new(refresh, refresh_hash);
-    memcpy(sd->session.refresh_hash, refresh_hash, sizeof(refresh_hash));
+    bench_session_tokens(&sd->session, token);
     sd->session.user_id = sd->a;
-    sd->session.access_expires_at = sd->session.refresh_expires_at = INT64_MAX / 2;
     return store_write(a->db, seed_session, sd, &err) == LAGOON_OK ? 0 : -1;
 }
 

@@ -28,6 +28,7 @@
 #include <sys/resource.h>
 
 #include "accounts.h"
+#include "bench_seed.h"
 #include "bench_server.h"
 #include "events.h"
 #include "lagoon_async_stubs.h"
@@ -58,27 +59,14 @@ static int seed_users(store_txn *t, void *arg, store_error *err)
 {
     seed *sd = arg;
     for (int i = 0; i < sd->n; i++) {
-        lagoon_v1_User u = lagoon_v1_User_init_zero;
-        snprintf(u.email, sizeof(u.email), "u%d@bench.invalid", i);
-        snprintf(u.username, sizeof(u.username), "user%d", i);
-        snprintf(u.password_hash, sizeof(u.password_hash), "unused");
-        u.role = lagoon_v1_Role_STUDENT;
-        u.active = true;
-        u.verified = true; /* the sender writes first */
-        int st = store_insert(t, &lagoon_table_users, &u, &sd->ids[i], err);
-        if (st != LAGOON_OK)
-            return st;
+        char email[64], name[32];
+        snprintf(email, sizeof(email), "u%d@bench.invalid", i);
+        snprintf(name, sizeof(name), "user%d", i);
         lagoon_v1_Session s = lagoon_v1_Session_init_zero;
-        uint8_t rh[ACCOUNT_HASH_BYTES];
-        char rt[ACCOUNT_TOKEN_CHARS + 1];
         /* Replays regenerate the tokens: they are only read after the commit. */
-        account_token_new(sd->tokens[i], s.access_hash);
-        account_token_new(rt, rh);
-        memcpy(s.refresh_hash, rh, sizeof(rh));
-        s.user_id = sd->ids[i];
-        s.verified = true;
-        s.access_expires_at = s.refresh_expires_at = INT64_MAX / 2;
-        st = store_insert(t, &lagoon_table_sessions, &s, NULL, err);
+        bench_session_tokens(&s, sd->tokens[i]);
+        s.verified = true; /* the sender writes first */
+        int st = bench_seed_user(t, name, email, lagoon_v1_Role_STUDENT, &s, &sd->ids[i], err);
         if (st != LAGOON_OK)
             return st;
     }

@@ -18,6 +18,7 @@
 
 #include "account_tokens.h"
 #include "accounts.h"
+#include "bench_seed.h"
 #include "bench_server.h"
 #include "lagoon_handlers.h"
 #include "lagoon_stubs.h"
@@ -38,17 +39,11 @@ typedef struct seed {
 static int seed_user(store_txn *t, const char *name, lagoon_v1_Role role, lagoon_v1_Session *s, uint64_t *id,
                      store_error *err)
 {
-    lagoon_v1_User u = lagoon_v1_User_init_zero;
-    snprintf(u.password_hash, sizeof(u.password_hash), "unused");
-    snprintf(u.email, sizeof(u.email), "%s@bench.invalid", name);
-    snprintf(u.username, sizeof(u.username), "%s", name);
-    u.role = role;
-    u.active = u.verified = true;
-    int st = store_insert(t, &lagoon_table_users, &u, id, err);
-    s->user_id = *id;
+    char email[64];
+    snprintf(email, sizeof(email), "%s@bench.invalid", name);
     s->role = role;
     s->verified = true;
-    return st == LAGOON_OK ? store_insert(t, &lagoon_table_sessions, s, NULL, err) : st;
+    return bench_seed_user(t, name, email, role, s, id, err);
 }
 
 static int seed_rows(store_txn *t, void *arg, store_error *err)
@@ -82,12 +77,7 @@ static int seed_rows(store_txn *t, void *arg, store_error *err)
 static int seed_store(app *a, seed *sd, char tokens[2][ACCOUNT_TOKEN_CHARS + 1])
 {
     for (int i = 0; i < 2; i++) {
-        uint8_t refresh_hash[ACCOUNT_HASH_BYTES];
-        char refresh[ACCOUNT_TOKEN_CHARS + 1];
-        account_token_new(tokens[i], sd->sessions[i].access_hash);
-        account_token_new(refresh, refresh_hash);
-        memcpy(sd->sessions[i].refresh_hash, refresh_hash, sizeof(refresh_hash));
-        sd->sessions[i].access_expires_at = sd->sessions[i].refresh_expires_at = INT64_MAX / 2;
+        bench_session_tokens(&sd->sessions[i], tokens[i]);
     }
     store_error err;
     if (store_write(a->db, seed_rows, sd, &err) != LAGOON_OK) {

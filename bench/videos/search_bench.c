@@ -18,6 +18,7 @@
 #include <pb_decode.h>
 
 #include "accounts.h"
+#include "bench_seed.h"
 #include "bench_server.h"
 #include "lagoon_handlers.h"
 #include "lagoon_stubs.h"
@@ -56,15 +57,8 @@ typedef struct seed {
 static int seed_user(store_txn *t, void *arg, store_error *err)
 {
     seed *sd = arg;
-    lagoon_v1_User u = lagoon_v1_User_init_zero;
-    snprintf(u.password_hash, sizeof(u.password_hash), "unused");
-    snprintf(u.email, sizeof(u.email), "search@bench.invalid");
-    snprintf(u.username, sizeof(u.username), "bench_search");
-    u.role = lagoon_v1_Role_STUDENT;
-    u.active = u.verified = true;
-    int st = store_insert(t, &lagoon_table_users, &u, &sd->user, err);
-    sd->session.user_id = sd->user;
-    return st == LAGOON_OK ? store_insert(t, &lagoon_table_sessions, &sd->session, NULL, err) : st;
+    return bench_seed_user(t, "bench_search", "search@bench.invalid", lagoon_v1_Role_STUDENT, &sd->session,
+                           &sd->user, err);
 }
 
 /* Filler videos as Videos/Create would write them for the title "Take", created at ms
@@ -98,12 +92,7 @@ static int seed_fillers(store_txn *t, void *arg, store_error *err)
 static int seed_store(app *a, uint64_t size, seed *sd, char *token)
 {
     store_error err;
-    uint8_t refresh_hash[ACCOUNT_HASH_BYTES];
-    char refresh[ACCOUNT_TOKEN_CHARS + 1];
-    account_token_new(token, sd->session.access_hash);
-    account_token_new(refresh, refresh_hash);
-    memcpy(sd->session.refresh_hash, refresh_hash, sizeof(refresh_hash));
-    sd->session.access_expires_at = sd->session.refresh_expires_at = INT64_MAX / 2;
+    bench_session_tokens(&sd->session, token);
     if (store_write(a->db, seed_user, sd, &err) != LAGOON_OK) {
         fprintf(stderr, "seed: %s\n", err.message);
         return -1;

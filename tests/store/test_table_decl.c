@@ -121,6 +121,13 @@ static const want_index app_indexes[] = {
     {"progress_records", "by_video", "video_id", STORE_MULTI},
     {"progress_summaries", "by_key", "student_id", STORE_UNIQUE},
     {"progress_summaries", "by_teacher", "teacher_id", STORE_MULTI},
+    /* Groups: */
+    {"groups", "by_owner", "owner_id", STORE_MULTI},
+    {"groups", "public_by_time", "visibility", STORE_MULTI},
+    {"groups", "public_by_name", "name", STORE_MULTI},
+    {"group_members", "by_group_user", "user_id", STORE_UNIQUE},
+    {"group_members", "by_group_state_role", "group_id", STORE_MULTI},
+    {"group_members", "by_user", "user_id", STORE_MULTI},
 };
 
 typedef struct want_fkey {
@@ -161,6 +168,9 @@ static const want_fkey app_fkeys[] = {
     {"progress_records", "video_id", "videos", "by_video", STORE_CASCADE},
     {"progress_summaries", "student_id", "users", "by_key", STORE_CASCADE},
     {"progress_summaries", "teacher_id", "users", "by_teacher", STORE_CASCADE, 1}, /* 0: over all teachers */
+    {"groups", "owner_id", "users", "by_owner", STORE_CASCADE},
+    {"group_members", "group_id", "groups", "by_group_user", STORE_CASCADE},
+    {"group_members", "user_id", "users", "by_user", STORE_CASCADE},
 };
 
 static const store_table *app_table(const char *name)
@@ -184,7 +194,7 @@ static size_t table_pos(const store_table *const *tables, size_t n, const store_
 static void test_app_layout(void **state)
 {
     (void)state;
-    assert_int_equal(LAGOON_TABLES_COUNT, 23);
+    assert_int_equal(LAGOON_TABLES_COUNT, 25);
     size_t nindexes = 0, nfkeys = 0;
     for (size_t i = 0; i < LAGOON_TABLES_COUNT; i++) {
         nindexes += lagoon_tables[i]->nindexes;

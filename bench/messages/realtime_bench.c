@@ -631,6 +631,15 @@ int main(int argc, char **argv)
         lagoon_async_free(subs[i].c);
     lagoon_async_free(r.sender);
     event_base_free(r.base);
+    free(ack);
+    free(snd);
+    free(subs);
+    free(r.send_at);
+    free(r.ack_at);
+    free(r.event_at);
+    free(r.resps);
 done:
+    free(sd.ids);
+    free(sd.tokens);
     return bench_stack_stop(&stack) == 0 ? rc : 1;
 }

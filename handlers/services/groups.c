@@ -158,6 +158,74 @@ static int member_drop(store_txn *t, const app_write_in *in, group *g, const mem
     return st == LAGOON_OK ? store_update(t, &lagoon_table_groups, g, err) : st;
 }
 
+/* Admins of a group told of one join request, at most: the owner first, then admins by join
+ * time, so that a request costs a bounded number of rows whatever the number of admins. */
+#define GROUPS_NOTIFIED_ADMINS_MAX 20
+
+/* Notifies user of group g (unless the user muted the group: muted is the user's row's):
+ * "<group name>: <what> <the caller's username>" or without the name when by_caller is 0. */
+static int notify(store_txn *t, const app_write_in *in, const group *g, uint64_t user, int muted,
+                  lagoon_v1_Notification_Type type, const char *what, int by_caller, store_error *err)
+{
+    if (muted)
+        return LAGOON_OK;
+    lagoon_v1_User *me = malloc(sizeof(*me));
+    if (me == NULL)
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    int st = by_caller ? store_get(t, &lagoon_table_users, in->who.user_id, me, err) : LAGOON_OK;
+    if (st == LAGOON_OK) {
+        char title[600];
+        snprintf(title, sizeof(title), "%s: %s%s%s", g->name, what, by_caller ? " " : "",
+                 by_caller ? me->username : "");
+        st = events_notify(t, in->a, user, type, title, "", g->id, "", 0, NULL, err);
+    }
+    free(me);
+    return st;
+}
+
+typedef struct admins_ctx {
+    const app_write_in *in;
+    const group *g;
+    uint32_t left;
+} admins_ctx;
+
+static int notify_admin(store_txn *t, uint64_t id, void *arg, store_error *err)
+{
+    admins_ctx *c = arg;
+    member m;
+    int st = store_get(t, &lagoon_table_group_members, id, &m, err);
+    if (st != LAGOON_OK || c->left == 0 || !is_admin_row(&m))
+        return st;
+    c->left--;
+    return notify(t, c->in, c->g, m.user_id, m.muted, lagoon_v1_Notification_Type_GROUP_JOIN_REQUEST,
+                  "a request to join from", 1, err);
+}
+
+/* The join request of the caller to g, to its first GROUPS_NOTIFIED_ADMINS_MAX admins. */
+static int notify_admins(store_txn *t, const app_write_in *in, const group *g, store_error *err)
+{
+    admins_ctx c = {in, g, GROUPS_NOTIFIED_ADMINS_MAX};
+    for (uint32_t role = ROLE(OWNER); role <= ROLE(ADMIN); role++) {
+        store_key prefix;
+        store_key_reset(&prefix);
+        store_key_u64(&prefix, g->id);
+        store_key_u32(&prefix, (uint32_t)STATE(ACTIVE));
+        store_key_u32(&prefix, role);
+        store_query q = {.table = &lagoon_table_group_members,
+                         .index = lagoon_index_group_members_by_group_state_role,
+                         .prefix = prefix.buf,
+                         .prefix_len = prefix.len,
+                         .page_size = GROUPS_NOTIFIED_ADMINS_MAX};
+        app_id_page page;
+        int st = app_scan_ids(t, &q, &page, err);
+        for (uint32_t i = 0; i < page.n && st == LAGOON_OK; i++)
+            st = notify_admin(t, page.ids[i], &c, err);
+        if (st != LAGOON_OK)
+            return st;
+    }
+    return LAGOON_OK;
+}
+
 /* The state a write works on: the group (~8 KB, on the heap) and the caller's standing. */
 typedef struct group_work {
     group g;
@@ -385,6 +453,8 @@ static int join_write(store_txn *t, const app_write_in *in, void *resp, store_er
             m->state = STATE(REQUESTED);
             m->joined_at = in->now;
             st = store_insert(t, &lagoon_table_group_members, m, NULL, err);
+            if (st == LAGOON_OK)
+                st = notify_admins(t, in, &w->g, err);
         }
     }
     free(w);
@@ -500,6 +570,9 @@ static int decide_write(store_txn *t, const app_write_in *in, void *resp, store_
     if (st == LAGOON_OK)
         st = approving ? activate(t, in, &w->g, &w->target, err) : member_drop(t, in, &w->g, &w->target, err);
     if (st == LAGOON_OK && approving)
+        st = notify(t, in, &w->g, w->target.user_id, w->target.muted,
+                    lagoon_v1_Notification_Type_GROUP_REQUEST_APPROVED, "your request to join was approved", 0, err);
+    if (st == LAGOON_OK && approving)
         memcpy(resp, &w->target, sizeof(member));
     free(w);
     return st;
@@ -558,6 +631,9 @@ static int invite_write(store_txn *t, const app_write_in *in, void *resp, store_
         m->joined_at = in->now;
         m->invited_by = in->who.user_id;
         st = store_insert(t, &lagoon_table_group_members, m, NULL, err);
+        if (st == LAGOON_OK)
+            st = notify(t, in, &w->g, m->user_id, 0, lagoon_v1_Notification_Type_GROUP_INVITATION, "an invitation from",
+                        1, err);
     }
     free(u);
     free(w);
@@ -596,6 +672,9 @@ static int remove_write(store_txn *t, const app_write_in *in, void *resp, store_
                                                       : "only the owner can remove an admin");
     if (st == LAGOON_OK)
         st = member_drop(t, in, &w->g, &w->target, err);
+    if (st == LAGOON_OK)
+        st = notify(t, in, &w->g, w->target.user_id, w->target.muted, lagoon_v1_Notification_Type_GROUP_REMOVED,
+                    "you were removed by", 1, err);
     free(w);
     return st;
 }
@@ -628,6 +707,9 @@ static int role_write(store_txn *t, const app_write_in *in, void *resp, store_er
     if (st == LAGOON_OK && w->target.role != req->role) {
         w->target.role = req->role;
         st = store_update(t, &lagoon_table_group_members, &w->target, err);
+        if (st == LAGOON_OK)
+            st = notify(t, in, &w->g, w->target.user_id, w->target.muted, lagoon_v1_Notification_Type_GROUP_ROLE_CHANGED,
+                        req->role == ROLE(ADMIN) ? "you were made an admin by" : "you were made a member by", 1, err);
     }
     if (st == LAGOON_OK)
         memcpy(resp, &w->target, sizeof(member));
@@ -742,6 +824,37 @@ int handle_Groups_ListMembers(rpc_call *call, const lagoon_v1_ListGroupMembersRe
         return app_store_error(call, st, &err);
     }
     return LAGOON_OK;
+}
+
+/* ---- SetMuted ------------------------------------------------------------------------------- */
+
+/* A muted group sends its member no notifications (its topic's events still arrive). */
+static int muted_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
+{
+    const lagoon_v1_SetGroupMutedRequest *req = in->req;
+    member *m = resp;
+    lagoon_v1_GroupRequest own_req = {.group_id = req->group_id};
+    app_write_in sub = *in;
+    sub.req = &own_req;
+    group_work *w = work_new(err);
+    if (w == NULL)
+        return LAGOON_RESOURCE_EXHAUSTED;
+    int st = own_row(t, &sub, w, STATE(ACTIVE), "you are not a member of the group", err);
+    if (st == LAGOON_OK && w->s.me.muted != req->muted) {
+        w->s.me.muted = req->muted;
+        st = store_update(t, &lagoon_table_group_members, &w->s.me, err);
+    }
+    if (st == LAGOON_OK)
+        memcpy(m, &w->s.me, sizeof(*m));
+    free(w);
+    return st;
+}
+
+int handle_Groups_SetMuted(rpc_call *call, const lagoon_v1_SetGroupMutedRequest *req, lagoon_v1_GroupMember *resp)
+{
+    (void)req;
+    (void)resp;
+    return app_write_call(call, muted_write, NULL);
 }
 
 /* ---- ListPublic, ListMine -------------------------------------------------------------------- */

@@ -590,6 +590,88 @@ static void test_list_public_and_mine(void **state)
     assert_int_equal(GL.groups_count, 0);
 }
 
+/* The notifications of user of type, as stored. */
+typedef struct note_arg {
+    uint64_t user;
+    lagoon_v1_Notification_Type type;
+    size_t n;
+} note_arg;
+
+static int note_cb(void *arg, uint64_t id, const void *row)
+{
+    (void)id;
+    note_arg *a = arg;
+    const lagoon_v1_Notification *n = row;
+    if (n->user_id == a->user && n->type == a->type)
+        a->n++;
+    return LAGOON_OK;
+}
+
+static size_t notes(uint64_t user, lagoon_v1_Notification_Type type)
+{
+    note_arg a = {user, type, 0};
+    store_txn *t;
+    store_error err;
+    assert_int_equal(store_read_begin(T->app->db, &t, &err), LAGOON_OK);
+    char token[STORE_PAGE_TOKEN_MAX + 1] = "";
+    for (int pages = 0; pages < 1000; pages++) {
+        store_query q = {.table = &lagoon_table_notifications, .page_size = STORE_PAGE_SIZE_MAX, .page_token = token};
+        store_page page;
+        assert_int_equal(store_scan(t, &q, note_cb, &a, &page, &err), LAGOON_OK);
+        memcpy(token, page.next_page_token, sizeof(token));
+        if (token[0] == '\0')
+            break;
+    }
+    store_read_end(t);
+    return a.n;
+}
+
+static int set_muted(const char *tok, uint64_t g, int muted)
+{
+    lagoon_v1_SetGroupMutedRequest r = {g, muted};
+    lagoon_set_token(C, tok);
+    return lagoon_Groups_SetMuted(C, &r, &M);
+}
+
+#define NT(x) lagoon_v1_Notification_Type_GROUP_##x
+
+static void test_notifications_and_mute(void **state)
+{
+    (void)state;
+    uint64_t g = create(own_tok, "notes", PRIV);
+    EXPECT(invite(own_tok, g, adm), LAGOON_OK, NULL);
+    assert_int_equal(notes(adm, NT(INVITATION)), 1);
+    EXPECT(accept_invite(adm_tok, g), LAGOON_OK, NULL);
+    EXPECT(set_role(own_tok, g, adm, ROLE(ADMIN)), LAGOON_OK, NULL);
+    assert_int_equal(notes(adm, NT(ROLE_CHANGED)), 1);
+    /* A request reaches the owner and the admins, but not a muted one. */
+    EXPECT(set_muted(out_tok, g, 1), LAGOON_NOT_FOUND, "group_id");
+    EXPECT(set_muted(adm_tok, g, 1), LAGOON_OK, NULL);
+    assert_true(M.muted);
+    EXPECT(join(mem_tok, g), LAGOON_OK, NULL);
+    assert_int_equal(notes(own, NT(JOIN_REQUEST)), 1);
+    assert_int_equal(notes(adm, NT(JOIN_REQUEST)), 0);
+    EXPECT(set_muted(mem_tok, g, 1), LAGOON_FAILED_PRECONDITION, NULL); /* only members */
+    EXPECT(approve(own_tok, g, mem), LAGOON_OK, NULL);
+    assert_int_equal(notes(mem, NT(REQUEST_APPROVED)), 1);
+    /* Role changes and removal reach the member unless muted. */
+    EXPECT(set_role(own_tok, g, adm, ROLE(MEMBER)), LAGOON_OK, NULL);
+    assert_int_equal(notes(adm, NT(ROLE_CHANGED)), 1);
+    EXPECT(set_muted(adm_tok, g, 0), LAGOON_OK, NULL);
+    assert_false(M.muted);
+    EXPECT(set_role(own_tok, g, adm, ROLE(ADMIN)), LAGOON_OK, NULL);
+    assert_int_equal(notes(adm, NT(ROLE_CHANGED)), 2);
+    EXPECT(remove_member(adm_tok, g, mem), LAGOON_OK, NULL);
+    assert_int_equal(notes(mem, NT(REMOVED)), 1);
+    /* A rejected request, and a request to a public group (joined at once), tell no one. */
+    EXPECT(join(out_tok, g), LAGOON_OK, NULL);
+    assert_int_equal(notes(own, NT(JOIN_REQUEST)), 2);
+    assert_int_equal(notes(adm, NT(JOIN_REQUEST)), 1);
+    EXPECT(reject(own_tok, g, out), LAGOON_OK, NULL);
+    assert_int_equal(notes(out, NT(REQUEST_APPROVED)), 0);
+    assert_int_equal(notes(out, NT(REMOVED)), 0);
+}
+
 static void test_cascades(void **state)
 {
     (void)state;
@@ -622,6 +704,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_roles_remove_transfer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_list_members, setup, teardown),
         cmocka_unit_test_setup_teardown(test_list_public_and_mine, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_notifications_and_mute, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cascades, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

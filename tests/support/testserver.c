@@ -19,6 +19,7 @@
 #include <stdarg.h>
 #include <cmocka.h>
 
+#include "accounts.h" /* account_create_admin: test_admin_user */
 #include "lagoon_handlers.h"
 #include "lagoon_idl.h"
 #include "log.h"

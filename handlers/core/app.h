@@ -58,6 +58,8 @@ typedef struct app_config {
                                     * per minute, then 1 s doubling to 1 min */
     limiter_policy comments;       /* Comments/Add and Reply per user; budget, 0s = 30
                                     * (APP_SETTINGS comments-per-minute) per minute */
+    limiter_policy user_searches;  /* Users/Search per user; budget, 0s = 30
+                                    * (APP_SETTINGS user-searches-per-minute) per minute */
     limiter_policy teaching_requests; /* Teaching/Request and Invite per user; budget, 0s = 20
                                     * (APP_SETTINGS teaching-requests-per-day) per day */
     enum store_sync sync;          /* APP_SETTINGS sync: STORE_SYNC_FULL unless benchmarking */

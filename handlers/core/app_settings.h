@@ -53,6 +53,9 @@
       "Comments/Add and Comments/Reply calls that store a comment, per user and minute. Past it "  \
       "each further one waits until the minute (from the first) is over (RESOURCE_EXHAUSTED "      \
       "with retry_after_ms).")                                                                      \
+    X(user_searches.max_events, "user-searches-per-minute", NULL, 30u, 1u, 100000u, 1u,          \
+      "Users/Search calls per user and minute. Past it each further one waits until the minute "  \
+      "(from the first) is over (RESOURCE_EXHAUSTED with retry_after_ms).")                       \
     X(teaching_requests.max_events, "teaching-requests-per-day", NULL, 20u, 1u, 100000u, 1u,      \
       "Teaching/Request and Teaching/Invite calls that store a request, per user and day. Past "   \
       "it each further one waits until the day (from the first) is over (RESOURCE_EXHAUSTED "      \

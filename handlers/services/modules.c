@@ -5,11 +5,13 @@
 #include "comments.h"
 #include "messages.h"
 #include "teaching.h"
+#include "users.h"
 
 const app_module *const app_modules[] = {
     &accounts_module, /* Auth's and Users' rate limiters */
     &messages_module, /* the Send limiter */
     &comments_module, /* the comment limiter, comment events filled in */
     &teaching_module, /* the teaching request limiter */
+    &users_module,    /* the Users/Search limiter */
 };
 const size_t app_modules_count = sizeof(app_modules) / sizeof(app_modules[0]);

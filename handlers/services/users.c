@@ -12,6 +12,7 @@
 #include "lagoon_handlers.h"
 #include "paging.h"
 #include "teaching.h"
+#include "users.h"
 #include "videos.h"
 
 /* ---- reads ---------------------------------------------------------------------------------- */
@@ -102,6 +103,72 @@ static int add_public(void *arg, void *item, const void *row)
         return 0;
     account_public(u, item);
     return 1;
+}
+
+/* ---- Search: the module's limiter ------------------------------------------------------------ */
+
+static int users_start(app *a, void **state, rpc_error *err)
+{
+    /* "N per minute" from the first: past N, wait until that minute is over. */
+    limiter_policy p = a->cfg.user_searches;
+    p.kind = LIMITER_BUDGET;
+    if (p.max_events == 0)
+        p.max_events = 30;
+    if (p.window_ms == 0)
+        p.window_ms = 60 * 1000;
+    *state = limiter_new(&p, a->cfg.limiter_keys);
+    if (*state == NULL) {
+        snprintf(err->message, sizeof(err->message), "out of memory");
+        return RPC_ERR;
+    }
+    return RPC_OK;
+}
+
+static void users_stop(app *a, void *state)
+{
+    (void)a;
+    limiter_free(state);
+}
+
+const app_module users_module = {
+    .name = "users",
+    .start = users_start,
+    .stop = users_stop,
+};
+
+static int add_found(void *arg, void *item, const void *row)
+{
+    const lagoon_v1_SearchUsersRequest *req = arg;
+    const lagoon_v1_User *u = row;
+    if (!u->active || !name_matches(u, req->query))
+        return 0;
+    account_public(u, item);
+    return 1;
+}
+
+/* Every user in username order, filtered (as ListTeachers' search): a page may hold fewer than
+ * page_size users while next_page_token is not "". The limiter makes it no enumeration tool. */
+int handle_Users_Search(rpc_call *call, const lagoon_v1_SearchUsersRequest *req, lagoon_v1_ListUsersResponse *resp)
+{
+    app *a = app_of(call);
+    char key[48];
+    snprintf(key, sizeof(key), "user-search:%llu", (unsigned long long)rpc_call_caller(call)->user_id);
+    uint32_t wait = limiter_take(app_state(a, &users_module), key, app_now(a));
+    if (wait > 0) {
+        rpc_call_retry_after(call, wait);
+        return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "too many searches; retry in %u s", (wait + 999) / 1000);
+    }
+    paging_list l = {.size = req->page_size, .token = req->page_token,
+                     .resp = &lagoon_v1_ListUsersResponse_info,
+                     .items_tag = lagoon_v1_ListUsersResponse_users_tag,
+                     .item = add_found, .arg = (void *)req, .item_size = sizeof(lagoon_v1_PublicUser)};
+    l.query.table = &lagoon_table_users;
+    l.query.index = lagoon_index_users_by_username;
+    int st = paging_read(call, &l);
+    resp->users = l.items; /* FT_POINTER: freed with the call */
+    resp->users_count = (pb_size_t)l.count;
+    APP_STRCPY(resp->next_page_token, l.next_page_token);
+    return st;
 }
 
 /* The paging of ListTeachers: page_size, page_token | page. */

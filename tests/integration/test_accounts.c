@@ -971,6 +971,7 @@ static const matrix_row matrix[] = {
     {&lagoon_method_Users_UpdateProfile, NULL, {U, OK, OK, OK}},
     {&lagoon_method_Users_Get, NULL, {U, NF, NF, NF}},
     {&lagoon_method_Users_ListTeachers, NULL, {U, OK, OK, OK}},
+    {&lagoon_method_Users_Search, NULL, {U, IA, IA, IA}}, /* query is required */
     {&lagoon_method_Users_ListStudents, NULL, {U, D, OK, OK}},
     {&lagoon_method_Users_ChangePassword, NULL, {U, IA, IA, IA}},
     {&lagoon_method_Users_DeleteAccount, NULL, {U, IA, IA, IA}},

@@ -42,6 +42,29 @@ static int setup(void **state)
     return 0;
 }
 
+/* Users/Search with a budget of USERS_TEST_SEARCHES a minute. */
+#define USERS_TEST_SEARCHES 20
+
+static void tweak_searches(app_config *acfg, rpc_config *cfg)
+{
+    test_tweak_shared(acfg, cfg);
+    acfg->user_searches.max_events = USERS_TEST_SEARCHES;
+}
+
+static int setup_searches(void **state)
+{
+    (void)state;
+    T = test_app_new(tweak_searches);
+    C = test_client(T);
+    own = test_verified_user(T, C, "own", lagoon_v1_Role_STUDENT, own_tok);
+    adm = test_verified_user(T, C, "adm", lagoon_v1_Role_STUDENT, adm_tok);
+    mem = test_verified_user(T, C, "mem", lagoon_v1_Role_STUDENT, mem_tok);
+    out = test_verified_user(T, C, "out", lagoon_v1_Role_STUDENT, out_tok);
+    return 0;
+}
+
+static lagoon_v1_ListUsersResponse UL;
+
 static int teardown(void **state)
 {
     (void)state;
@@ -49,6 +72,8 @@ static int teardown(void **state)
     memset(&L, 0, sizeof(L));
     pb_release(lagoon_v1_ListGroupsResponse_fields, &GL);
     memset(&GL, 0, sizeof(GL));
+    pb_release(lagoon_v1_ListUsersResponse_fields, &UL);
+    memset(&UL, 0, sizeof(UL));
     lagoon_close(C);
     test_app_free(T);
     return 0;
@@ -672,6 +697,76 @@ static void test_notifications_and_mute(void **state)
     assert_int_equal(notes(out, NT(REMOVED)), 0);
 }
 
+static int search(const char *tok, const char *query, uint32_t size, const char *token)
+{
+    pb_release(lagoon_v1_ListUsersResponse_fields, &UL);
+    memset(&UL, 0, sizeof(UL));
+    lagoon_v1_SearchUsersRequest r = lagoon_v1_SearchUsersRequest_init_zero;
+    snprintf(r.query, sizeof(r.query), "%s", query);
+    r.page_size = size;
+    snprintf(r.page_token, sizeof(r.page_token), "%s", token ? token : "");
+    lagoon_set_token(C, tok);
+    return lagoon_Users_Search(C, &r, &UL);
+}
+
+static void test_users_search(void **state)
+{
+    (void)state;
+    char root_tok[65];
+    test_admin_user(T, C, "root", root_tok);
+    lagoon_v1_UpdateProfileRequest pr = lagoon_v1_UpdateProfileRequest_init_zero;
+    pr.has_full_name = true;
+    snprintf(pr.full_name, sizeof(pr.full_name), "Otto Memling");
+    lagoon_v1_UserProfile prof;
+    lagoon_set_token(C, out_tok);
+    EXPECT(lagoon_Users_UpdateProfile(C, &pr, &prof), LAGOON_OK, NULL);
+    int used = 0;
+    /* A username prefix, or a word of the full name, ignoring case; username order. */
+    EXPECT(search(own_tok, "MEM", 0, NULL), LAGOON_OK, NULL);
+    used++;
+    assert_int_equal(UL.users_count, 2);
+    assert_int_equal(UL.users[0].id, mem);
+    assert_int_equal(UL.users[1].id, out); /* "Memling" */
+    assert_string_equal(UL.users[1].full_name, "Otto Memling");
+    EXPECT(search(own_tok, "otto m", 0, NULL), LAGOON_OK, NULL);
+    used++;
+    assert_int_equal(UL.users_count, 1);
+    assert_int_equal(UL.users[0].id, out);
+    /* Cursor pages: each user once. */
+    EXPECT(search(own_tok, "o", 1, NULL), LAGOON_OK, NULL);
+    used++;
+    size_t seen = UL.users_count;
+    char token[801];
+    snprintf(token, sizeof(token), "%s", UL.next_page_token);
+    for (int i = 0; i < 10 && token[0]; i++) {
+        EXPECT(search(own_tok, "o", 1, token), LAGOON_OK, NULL);
+        used++;
+        seen += UL.users_count;
+        snprintf(token, sizeof(token), "%s", UL.next_page_token);
+    }
+    assert_int_equal(seen, 2); /* own and out ("Otto"); root's username starts with r */
+    /* A deactivated account is not found. */
+    lagoon_v1_SetActiveRequest ar = {mem, false};
+    lagoon_set_token(C, root_tok);
+    EXPECT(lagoon_Users_SetActive(C, &ar, &prof), LAGOON_OK, NULL);
+    EXPECT(search(own_tok, "mem", 0, NULL), LAGOON_OK, NULL);
+    used++;
+    assert_int_equal(UL.users_count, 1);
+    assert_int_equal(UL.users[0].id, out);
+    /* The rules, and no token (neither counts). */
+    EXPECT(search(own_tok, "", 0, NULL), LAGOON_INVALID_ARGUMENT, "query");
+    EXPECT(search(NULL, "mem", 0, NULL), LAGOON_UNAUTHENTICATED, NULL);
+    /* The budget: the rest of the minute's searches, then RESOURCE_EXHAUSTED with a retry. */
+    assert_true(used < USERS_TEST_SEARCHES);
+    for (; used < USERS_TEST_SEARCHES; used++)
+        EXPECT(search(own_tok, "a", 0, NULL), LAGOON_OK, NULL);
+    EXPECT(search(own_tok, "a", 0, NULL), LAGOON_RESOURCE_EXHAUSTED, NULL);
+    assert_true(lagoon_last_error(C)->detail.retry_after_ms > 0);
+    EXPECT(search(adm_tok, "a", 0, NULL), LAGOON_OK, NULL); /* another user's budget */
+    test_clock_advance(T, 61 * 1000);
+    EXPECT(search(own_tok, "a", 0, NULL), LAGOON_OK, NULL);
+}
+
 static void test_cascades(void **state)
 {
     (void)state;
@@ -706,6 +801,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_list_public_and_mine, setup, teardown),
         cmocka_unit_test_setup_teardown(test_notifications_and_mute, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cascades, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_users_search, setup_searches, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

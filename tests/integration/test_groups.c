@@ -767,6 +767,58 @@ static void test_users_search(void **state)
     EXPECT(search(own_tok, "a", 0, NULL), LAGOON_OK, NULL);
 }
 
+/* Every method without a token is UNAUTHENTICATED; a site administrator reads a private group
+ * and may delete it, but acts in it only as what its row makes it. */
+static void test_anonymous_and_site_admin(void **state)
+{
+    (void)state;
+    uint64_t g = create(own_tok, "hidden", PRIV);
+    lagoon_v1_GroupUserRequest ur = {g, mem};
+    lagoon_v1_GetGroupRequest gr = {g};
+    lagoon_v1_UpdateGroupRequest upr = lagoon_v1_UpdateGroupRequest_init_zero;
+    upr.group_id = g;
+    lagoon_v1_DeleteGroupRequest dr = {g};
+    lagoon_v1_CreateGroupRequest cr = lagoon_v1_CreateGroupRequest_init_zero;
+    snprintf(cr.name, sizeof(cr.name), "x");
+    cr.visibility = PUB;
+    lagoon_v1_SetGroupRoleRequest sr = {g, mem, ROLE(ADMIN)};
+    lagoon_v1_SetGroupMutedRequest mr = {g, true};
+    lagoon_v1_ListGroupMembersRequest lr = lagoon_v1_ListGroupMembersRequest_init_zero;
+    lr.group_id = g;
+    lagoon_v1_ListPublicGroupsRequest pr = lagoon_v1_ListPublicGroupsRequest_init_zero;
+    lagoon_v1_ListMyGroupsRequest myr = lagoon_v1_ListMyGroupsRequest_init_zero;
+    lagoon_set_token(C, NULL);
+    EXPECT(lagoon_Groups_Create(C, &cr, &G), LAGOON_UNAUTHENTICATED, NULL);
+    EXPECT(lagoon_Groups_Get(C, &gr, &G), LAGOON_UNAUTHENTICATED, NULL);
+    EXPECT(lagoon_Groups_Update(C, &upr, &G), LAGOON_UNAUTHENTICATED, NULL);
+    EXPECT(lagoon_Groups_Delete(C, &dr, &E), LAGOON_UNAUTHENTICATED, NULL);
+    EXPECT(join(NULL, g), LAGOON_UNAUTHENTICATED, NULL);
+    EXPECT(leave(NULL, g), LAGOON_UNAUTHENTICATED, NULL);
+    EXPECT(accept_invite(NULL, g), LAGOON_UNAUTHENTICATED, NULL);
+    EXPECT(decline(NULL, g), LAGOON_UNAUTHENTICATED, NULL);
+    lagoon_set_token(C, NULL);
+    EXPECT(lagoon_Groups_Approve(C, &ur, &M), LAGOON_UNAUTHENTICATED, NULL);
+    EXPECT(lagoon_Groups_Reject(C, &ur, &E), LAGOON_UNAUTHENTICATED, NULL);
+    EXPECT(lagoon_Groups_Invite(C, &ur, &M), LAGOON_UNAUTHENTICATED, NULL);
+    EXPECT(lagoon_Groups_Remove(C, &ur, &E), LAGOON_UNAUTHENTICATED, NULL);
+    EXPECT(lagoon_Groups_SetRole(C, &sr, &M), LAGOON_UNAUTHENTICATED, NULL);
+    EXPECT(lagoon_Groups_TransferOwnership(C, &ur, &G), LAGOON_UNAUTHENTICATED, NULL);
+    EXPECT(lagoon_Groups_SetMuted(C, &mr, &M), LAGOON_UNAUTHENTICATED, NULL);
+    EXPECT(lagoon_Groups_ListMembers(C, &lr, &L), LAGOON_UNAUTHENTICATED, NULL);
+    EXPECT(lagoon_Groups_ListPublic(C, &pr, &GL), LAGOON_UNAUTHENTICATED, NULL);
+    EXPECT(lagoon_Groups_ListMine(C, &myr, &GL), LAGOON_UNAUTHENTICATED, NULL);
+    /* The site administrator. */
+    char root_tok[65];
+    test_admin_user(T, C, "root", root_tok);
+    EXPECT(get(root_tok, g), LAGOON_OK, NULL);
+    EXPECT(invite(root_tok, g, mem), LAGOON_PERMISSION_DENIED, NULL);
+    EXPECT(list_members(root_tok, g, 0, 0, NULL), LAGOON_OK, NULL);
+    assert_int_equal(L.members_count, 1);
+    lagoon_set_token(C, root_tok);
+    EXPECT(lagoon_Groups_Delete(C, &dr, &E), LAGOON_OK, NULL);
+    EXPECT(get(own_tok, g), LAGOON_NOT_FOUND, "group_id");
+}
+
 static void test_cascades(void **state)
 {
     (void)state;
@@ -800,6 +852,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_list_members, setup, teardown),
         cmocka_unit_test_setup_teardown(test_list_public_and_mine, setup, teardown),
         cmocka_unit_test_setup_teardown(test_notifications_and_mute, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_anonymous_and_site_admin, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cascades, setup, teardown),
         cmocka_unit_test_setup_teardown(test_users_search, setup_searches, teardown),
     };

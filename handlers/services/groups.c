@@ -402,6 +402,8 @@ static int user_row_going(store_txn *t, uint64_t id, void *arg, store_error *err
                          .prefix = prefix.buf,
                          .prefix_len = prefix.len};
         st = app_each_id(t, &q, leave_topic, (void *)in, err);
+        if (st == LAGOON_OK) /* an admin's retried Update must not show the group it goes with */
+            st = app_forget_results(t, &lagoon_method_Groups_Update, w->g.id, err);
     } else if (st == LAGOON_OK) {
         st = member_drop(t, in, &w->g, &w->target, err);
     }

@@ -827,6 +827,15 @@ static void test_cascades(void **state)
     EXPECT(join(mem_tok, g), LAGOON_OK, NULL);
     EXPECT(join(own_tok, g2), LAGOON_OK, NULL);
     assert_int_equal(count_rows(&lagoon_table_group_members), 4);
+    /* An admin's kept Update response must not outlive the group. */
+    EXPECT(set_role(own_tok, g, mem, ROLE(ADMIN)), LAGOON_OK, NULL);
+    lagoon_v1_UpdateGroupRequest ur = lagoon_v1_UpdateGroupRequest_init_zero;
+    ur.group_id = g;
+    ur.has_description = true;
+    snprintf(ur.description, sizeof(ur.description), "kept");
+    lagoon_set_token(C, mem_tok);
+    lagoon_set_idempotency_key(C, "update-once");
+    EXPECT(lagoon_Groups_Update(C, &ur, &G), LAGOON_OK, NULL);
     /* A deleted owner takes its groups and their members; its memberships elsewhere go. */
     lagoon_v1_DeleteAccountRequest dr = lagoon_v1_DeleteAccountRequest_init_zero;
     snprintf(dr.password, sizeof(dr.password), "%s", TEST_PASSWORD);
@@ -838,6 +847,9 @@ static void test_cascades(void **state)
     assert_int_equal(G.member_count, 1); /* own counted out */
     assert_int_equal(count_rows(&lagoon_table_group_members), 1);
     assert_false(in_topic(g, mem));
+    lagoon_set_token(C, mem_tok);
+    lagoon_set_idempotency_key(C, "update-once");
+    EXPECT(lagoon_Groups_Update(C, &ur, &G), LAGOON_NOT_FOUND, "group_id");
 }
 
 int main(void)

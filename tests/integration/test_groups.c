@@ -362,6 +362,48 @@ static void test_owned_cap(void **state)
     EXPECT(transfer(out_tok, g, own), LAGOON_RESOURCE_EXHAUSTED, NULL);
 }
 
+/* Sets group *arg's member_count to GROUPS_MEMBERS_MAX - 1 in the store, as if that many had
+ * joined (10 000 accounts are too slow to make here). */
+static int nearly_full(store_txn *t, void *arg, store_error *err)
+{
+    lagoon_v1_Group *g = malloc(sizeof(*g));
+    if (g == NULL)
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    int st = store_get(t, &lagoon_table_groups, *(const uint64_t *)arg, g, err);
+    if (st == LAGOON_OK) {
+        g->member_count = GROUPS_MEMBERS_MAX - 1;
+        st = store_update(t, &lagoon_table_groups, g, err);
+    }
+    free(g);
+    return st;
+}
+
+static void test_members_cap(void **state)
+{
+    (void)state;
+    uint64_t g = create(own_tok, "full", PUB);
+    uint64_t p = create(own_tok, "full too", PRIV);
+    store_error err;
+    assert_int_equal(store_write(T->app->db, nearly_full, &g, &err), LAGOON_OK);
+    assert_int_equal(store_write(T->app->db, nearly_full, &p, &err), LAGOON_OK);
+    EXPECT(join(mem_tok, g), LAGOON_OK, NULL);
+    assert_int_equal(member_count(g), GROUPS_MEMBERS_MAX);
+    EXPECT(join(out_tok, g), LAGOON_RESOURCE_EXHAUSTED, NULL);
+    assert_false(in_topic(g, out));
+    /* Every way in is refused at the cap: approval, an accepted invitation, inviting a requester. */
+    EXPECT(join(mem_tok, p), LAGOON_OK, NULL);
+    EXPECT(invite(own_tok, p, out), LAGOON_OK, NULL);
+    EXPECT(approve(own_tok, p, mem), LAGOON_OK, NULL);
+    EXPECT(accept_invite(out_tok, p), LAGOON_RESOURCE_EXHAUSTED, NULL);
+    EXPECT(leave(mem_tok, g), LAGOON_OK, NULL); /* (another group: no room made in p) */
+    EXPECT(leave(mem_tok, p), LAGOON_OK, NULL);
+    EXPECT(accept_invite(out_tok, p), LAGOON_OK, NULL);
+    assert_int_equal(member_count(p), GROUPS_MEMBERS_MAX);
+    EXPECT(join(adm_tok, p), LAGOON_OK, NULL);
+    EXPECT(approve(own_tok, p, adm), LAGOON_RESOURCE_EXHAUSTED, NULL);
+    EXPECT(invite(own_tok, p, adm), LAGOON_RESOURCE_EXHAUSTED, NULL);
+}
+
 static void test_public_join_leave(void **state)
 {
     (void)state;
@@ -857,6 +899,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_create_get_update_delete, setup, teardown),
         cmocka_unit_test_setup_teardown(test_owned_cap, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_members_cap, setup, teardown),
         cmocka_unit_test_setup_teardown(test_public_join_leave, setup, teardown),
         cmocka_unit_test_setup_teardown(test_private_request_approve_reject, setup, teardown),
         cmocka_unit_test_setup_teardown(test_invite_accept_decline, setup, teardown),

@@ -167,6 +167,20 @@ static inline void app_copy_str(char *dst, size_t cap, const char *src)
 }
 #define APP_STRCPY(dst, src) app_copy_str((dst), sizeof(dst), (src))
 
+/* app_copy_str for text that may be longer than dst: cut on a UTF-8 character boundary, so
+ * that a cut never leaves half a character (clients reject a string that is not UTF-8). */
+static inline void app_copy_utf8(char *dst, size_t cap, const char *src)
+{
+    size_t n = strnlen(src, cap);
+    if (n >= cap) {
+        n = cap - 1;
+        while (n > 0 && ((unsigned char)src[n] & 0xC0) == 0x80)
+            n--;
+    }
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
 /* The shared state of the call's server. */
 static inline app *app_of(const rpc_call *c)
 {

@@ -415,8 +415,9 @@ int events_notify(store_txn *t, const app *a, uint64_t user_id, lagoon_v1_Notifi
         n->count++;
         n->created_at = app_now(a);
         n->snippet_message_id = message_id;
-        snprintf(n->title, sizeof(n->title), "%s", title);
-        snprintf(n->content, sizeof(n->content), "%s", content);
+        /* Whole characters: a title built from a long name must not end in half of one. */
+        app_copy_utf8(n->title, sizeof(n->title), title);
+        app_copy_utf8(n->content, sizeof(n->content), content);
         st = collapsed ? store_update(t, &lagoon_table_notifications, n, err)
                        : store_insert(t, &lagoon_table_notifications, n, NULL, err);
     }

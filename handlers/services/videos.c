@@ -967,20 +967,6 @@ static int shares_count(store_txn *t, uint64_t video, uint32_t *n, store_error *
     return st;
 }
 
-/* Copies src into dst[cap], cut on a UTF-8 character boundary (a notification's content is
- * shorter than a video's title may be). */
-static void copy_utf8(char *dst, size_t cap, const char *src)
-{
-    size_t n = strnlen(src, cap);
-    if (n >= cap) {
-        n = cap - 1;
-        while (n > 0 && ((unsigned char)src[n] & 0xC0) == 0x80)
-            n--;
-    }
-    memcpy(dst, src, n);
-    dst[n] = '\0';
-}
-
 /* "ann shared a video with you", the video's title as its content, related_id the video. */
 static int notify_shared(store_txn *t, const app_write_in *in, const lagoon_v1_Video *v, uint64_t to,
                          lagoon_v1_User *u, store_error *err)
@@ -990,7 +976,7 @@ static int notify_shared(store_txn *t, const app_write_in *in, const lagoon_v1_V
         return st;
     char title[200], content[500], key[40];
     snprintf(title, sizeof(title), "%s shared a video with you", u->username);
-    copy_utf8(content, sizeof(content), v->title);
+    app_copy_utf8(content, sizeof(content), v->title);
     /* One per video while unread: sharing, unsharing and sharing again does not pile them up. */
     snprintf(key, sizeof(key), "vs:%llu", (unsigned long long)v->id);
     return events_notify(t, in->a, to, lagoon_v1_Notification_Type_VIDEO_SHARED, title, content, v->id, key, 0,

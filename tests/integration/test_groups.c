@@ -341,6 +341,35 @@ static void test_create_get_update_delete(void **state)
     assert_false(in_topic(g, mem));
 }
 
+/* A notification's title built from a long name of wide characters is cut on a character
+ * boundary (a string that is not UTF-8 would stop every client's decoding). */
+static void test_notification_titles_stay_utf8(void **state)
+{
+    (void)state;
+    char name[401] = "";
+    for (int i = 0; i < 100; i++)
+        strcat(name, "\xe2\x82\xac"); /* 100 euro signs: 300 bytes */
+    uint64_t g = create(own_tok, name, PRIV);
+    EXPECT(join(mem_tok, g), LAGOON_OK, NULL); /* a request: the owner is notified */
+    lagoon_set_token(C, own_tok);
+    lagoon_v1_ListNotificationsRequest r = lagoon_v1_ListNotificationsRequest_init_zero;
+    lagoon_v1_ListNotificationsResponse resp;
+    memset(&resp, 0, sizeof(resp));
+    assert_int_equal(lagoon_Notifications_List(C, &r, &resp), LAGOON_OK);
+    assert_true(resp.notifications_count >= 1);
+    const char *title = resp.notifications[0].title;
+    size_t n = strlen(title);
+    assert_true(n > 0);
+    /* Whole characters only: every lead byte has all its continuation bytes. */
+    for (size_t i = 0; i < n;) {
+        unsigned char c = (unsigned char)title[i];
+        size_t len = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : 4;
+        assert_true(i + len <= n);
+        i += len;
+    }
+    pb_release(lagoon_v1_ListNotificationsResponse_fields, &resp);
+}
+
 static void test_owned_cap(void **state)
 {
     (void)state;
@@ -898,6 +927,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_create_get_update_delete, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_notification_titles_stay_utf8, setup, teardown),
         cmocka_unit_test_setup_teardown(test_owned_cap, setup, teardown),
         cmocka_unit_test_setup_teardown(test_members_cap, setup, teardown),
         cmocka_unit_test_setup_teardown(test_public_join_leave, setup, teardown),

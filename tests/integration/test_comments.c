@@ -75,25 +75,10 @@ static int teardown(void **state)
 
 /* ---- helpers -------------------------------------------------------------------------------- */
 
-static int has_violation(const char *field)
-{
-    const lagoon_v1_ResponseMeta *m = &lagoon_last_error(C)->detail;
-    for (pb_size_t i = 0; i < m->violations_count; i++)
-        if (strcmp(m->violations[i].field, field) == 0)
-            return 1;
-    return 0;
-}
+/* (test_has_violation, testserver.h, on this file's client) */
+#define has_violation(field) test_has_violation(C, (field))
 
-/* The call ended with code (and, field not NULL, a violation naming it). */
-static void expect(int st, int code, const char *field, int line)
-{
-    if (st != code)
-        fail_msg("line %d: status %s, expected %s (%s)", line, lagoon_status_name(st), lagoon_status_name(code),
-                 lagoon_last_error(C)->detail.message);
-    if (field && !has_violation(field))
-        fail_msg("line %d: no violation on %s (%s)", line, field, lagoon_last_error(C)->detail.message);
-}
-#define EXPECT(st, code, field) expect((st), (code), (field), __LINE__)
+#define EXPECT(st, code, field) test_expect(C, (st), (code), (field), __LINE__)
 
 /* A video of ann's through Videos/Create: its id. */
 static uint64_t video(int pub, uint32_t duration_seconds)

@@ -42,14 +42,8 @@ static int teardown(void **state)
     return 0;
 }
 
-static int has_violation(const char *field)
-{
-    const lagoon_v1_ResponseMeta *m = &lagoon_last_error(C)->detail;
-    for (pb_size_t i = 0; i < m->violations_count; i++)
-        if (strcmp(m->violations[i].field, field) == 0)
-            return 1;
-    return 0;
-}
+/* (test_has_violation, testserver.h, on this file's client) */
+#define has_violation(field) test_has_violation(C, (field))
 
 /* The violation of field says exactly desc. */
 static int violation_says(const char *field, const char *desc)

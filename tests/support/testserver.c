@@ -595,3 +595,21 @@ uint64_t test_admin_user(test_app *t, lagoon_client *c, const char *name, char *
     snprintf(token, 65, "%s", tp.access_token);
     return id;
 }
+
+int test_has_violation(lagoon_client *c, const char *field)
+{
+    const lagoon_v1_ResponseMeta *m = &lagoon_last_error(c)->detail;
+    for (pb_size_t i = 0; i < m->violations_count; i++)
+        if (strcmp(m->violations[i].field, field) == 0)
+            return 1;
+    return 0;
+}
+
+void test_expect(lagoon_client *c, int st, int code, const char *field, int line)
+{
+    if (st != code)
+        fail_msg("line %d: status %s, expected %s (%s)", line, lagoon_status_name(st), lagoon_status_name(code),
+                 lagoon_last_error(c)->detail.message);
+    if (field && !test_has_violation(c, field))
+        fail_msg("line %d: no violation on %s (%s)", line, field, lagoon_last_error(c)->detail.message);
+}

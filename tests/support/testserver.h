@@ -123,6 +123,11 @@ uint64_t test_user(lagoon_client *c, const char *name, int role, char *token);
 /* test_user, then the emailed code through Auth/VerifyEmail: a verified account (its session
  * too), which may write to users who have not written to it first. */
 uint64_t test_verified_user(test_app *t, lagoon_client *c, const char *name, int role, char *token);
+/* Whether c's last failed call named field in a violation. */
+int test_has_violation(lagoon_client *c, const char *field);
+/* Fails the test (naming line) unless st is code and, with field, a violation names it. */
+void test_expect(lagoon_client *c, int st, int code, const char *field, int line);
+
 /* An administrator name (email name@example.com) made in the store, as lagoon-admin does, then
  * signed in through c: its id, and its access token into token (65 bytes). */
 uint64_t test_admin_user(test_app *t, lagoon_client *c, const char *name, char *token);

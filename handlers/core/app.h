@@ -62,6 +62,8 @@ typedef struct app_config {
                                     * (APP_SETTINGS user-searches-per-minute) per minute */
     limiter_policy teaching_requests; /* Teaching/Request and Invite per user; budget, 0s = 20
                                     * (APP_SETTINGS teaching-requests-per-day) per day */
+    limiter_policy group_requests; /* Groups/Join and Invite per user; budget, 0s =
+                                    * GROUPS_REQUESTS_PER_HOUR (60) per hour (groups.h) */
     enum store_sync sync;          /* APP_SETTINGS sync: STORE_SYNC_FULL unless benchmarking */
     uint32_t event_retention_count; /* events kept per user; APP_SETTINGS event-retention-count */
     uint32_t event_retention_s;     /* and for at most this long; APP_SETTINGS event-retention-days */

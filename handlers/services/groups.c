@@ -28,6 +28,44 @@ typedef lagoon_v1_GroupMember member;
 #define ROLE(r) lagoon_v1_GroupMember_Role_##r
 #define STATE(s) lagoon_v1_GroupMember_State_##s
 
+/* ---- the module: the Join/Invite limiter ------------------------------------------------------ */
+
+static int groups_start(app *a, void **state, rpc_error *err)
+{
+    limiter_policy p = a->cfg.group_requests;
+    p.kind = LIMITER_BUDGET;
+    if (p.max_events == 0)
+        p.max_events = GROUPS_REQUESTS_PER_HOUR;
+    if (p.window_ms == 0)
+        p.window_ms = 3600u * 1000u;
+    *state = limiter_new(&p, a->cfg.limiter_keys);
+    if (*state == NULL) {
+        snprintf(err->message, sizeof(err->message), "out of memory");
+        return RPC_ERR;
+    }
+    return RPC_OK;
+}
+
+static void groups_stop(app *a, void *state)
+{
+    (void)a;
+    limiter_free(state);
+}
+
+const app_module groups_module = {
+    .name = "groups",
+    .start = groups_start,
+    .stop = groups_stop,
+};
+
+/* Join and Invite: each may notify other users (a request its group's admins, an invitation
+ * its invitee), so a per-user budget counts the calls that store something. */
+static int request_call(rpc_call *call, app_write_fn fn)
+{
+    return app_write_call_limited(call, fn, app_state(app_of(call), &groups_module), "group",
+                                  "join requests and invitations");
+}
+
 int groups_public_time_key(const void *row, store_key *k)
 {
     const group *g = row;
@@ -119,6 +157,48 @@ int groups_active_member(store_txn *t, const rpc_caller *who, uint64_t id, const
         st = LAGOON_NOT_FOUND;
     if (st == LAGOON_NOT_FOUND)
         return store_fail(err, LAGOON_NOT_FOUND, field, "no such group");
+    return st;
+}
+
+/* The rows of index ix of group_members under (id, state), counted up to cap (<=
+ * STORE_PAGE_SIZE_MAX: one page of ids): the pending caps need no more than "at the cap". */
+static int count_state(store_txn *t, const store_index *ix, uint64_t id, lagoon_v1_GroupMember_State state, uint32_t cap,
+                       uint32_t *n, store_error *err)
+{
+    store_key prefix;
+    store_key_reset(&prefix);
+    store_key_u64(&prefix, id);
+    store_key_u32(&prefix, (uint32_t)state);
+    store_query q = {.table = &lagoon_table_group_members, .index = ix, .prefix = prefix.buf,
+                     .prefix_len = prefix.len, .page_size = cap};
+    app_id_page page;
+    int st = app_scan_ids(t, &q, &page, err);
+    *n = page.n;
+    return st;
+}
+
+/* RESOURCE_EXHAUSTED when group gid (by_group_state_role) or user uid (by_user) already has
+ * its most pending rows of state; else LAGOON_OK. */
+static int pending_room(store_txn *t, uint64_t gid, uint64_t uid, lagoon_v1_GroupMember_State state,
+                        store_error *err)
+{
+    int requests = state == STATE(REQUESTED);
+    uint32_t group_cap = requests ? GROUPS_PENDING_REQUESTS_MAX : GROUPS_PENDING_INVITATIONS_MAX;
+    uint32_t user_cap = requests ? GROUPS_USER_REQUESTS_MAX : GROUPS_USER_INVITATIONS_MAX;
+    uint32_t n = 0;
+    int st = count_state(t, lagoon_index_group_members_by_group_state_role, gid, state, group_cap, &n, err);
+    if (st == LAGOON_OK && n >= group_cap)
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL,
+                          requests ? "the group has %u join requests waiting, the most it may have"
+                                   : "the group has %u invitations waiting, the most it may have",
+                          group_cap);
+    if (st == LAGOON_OK)
+        st = count_state(t, lagoon_index_group_members_by_user, uid, state, user_cap, &n, err);
+    if (st == LAGOON_OK && n >= user_cap)
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL,
+                          requests ? "you have %u join requests waiting, the most a user may have"
+                                   : "the user has %u invitations waiting, the most a user may have",
+                          user_cap);
     return st;
 }
 
@@ -440,9 +520,10 @@ static int join_write(store_txn *t, const app_write_in *in, void *resp, store_er
     if (st == LAGOON_OK) {
         if (m->state == STATE(ACTIVE))
             st = store_fail(err, LAGOON_ALREADY_EXISTS, "group_id", "you are already a member of the group");
-        else if (m->state == STATE(REQUESTED))
+        else if (m->state == STATE(REQUESTED) && w->g.visibility != lagoon_v1_Group_Visibility_PUBLIC)
             st = store_fail(err, LAGOON_ALREADY_EXISTS, "group_id", "you have already asked to join the group");
-        else /* INVITED: joining accepts the invitation */
+        else /* INVITED: joining accepts the invitation; a request to a group made public since
+              * is joined as any Join of a public group */
             st = activate(t, in, &w->g, m, err);
     } else if (st == LAGOON_NOT_FOUND) {
         wire_init(&lagoon_v1_GroupMember_info, m);
@@ -454,7 +535,9 @@ static int join_write(store_txn *t, const app_write_in *in, void *resp, store_er
         } else {
             m->state = STATE(REQUESTED);
             m->joined_at = in->now;
-            st = store_insert(t, &lagoon_table_group_members, m, NULL, err);
+            st = pending_room(t, w->g.id, m->user_id, STATE(REQUESTED), err);
+            if (st == LAGOON_OK)
+                st = store_insert(t, &lagoon_table_group_members, m, NULL, err);
             if (st == LAGOON_OK)
                 st = notify_admins(t, in, &w->g, err);
         }
@@ -467,7 +550,7 @@ int handle_Groups_Join(rpc_call *call, const lagoon_v1_GroupRequest *req, lagoon
 {
     (void)req;
     (void)resp;
-    return app_write_call(call, join_write, NULL);
+    return request_call(call, join_write);
 }
 
 /* The caller's row of group req->group_id and the group, into w; NOT_FOUND when there is no row
@@ -632,7 +715,9 @@ static int invite_write(store_txn *t, const app_write_in *in, void *resp, store_
         m->state = STATE(INVITED);
         m->joined_at = in->now;
         m->invited_by = in->who.user_id;
-        st = store_insert(t, &lagoon_table_group_members, m, NULL, err);
+        st = pending_room(t, m->group_id, m->user_id, STATE(INVITED), err);
+        if (st == LAGOON_OK)
+            st = store_insert(t, &lagoon_table_group_members, m, NULL, err);
         if (st == LAGOON_OK)
             st = notify(t, in, &w->g, m->user_id, 0, lagoon_v1_Notification_Type_GROUP_INVITATION, "an invitation from",
                         1, err);
@@ -647,7 +732,7 @@ int handle_Groups_Invite(rpc_call *call, const lagoon_v1_GroupUserRequest *req, 
     (void)resp;
     if (req->user_id == rpc_call_caller(call)->user_id)
         return rpc_call_violation(call, "user_id", "you cannot invite yourself");
-    return app_write_call(call, invite_write, NULL);
+    return request_call(call, invite_write);
 }
 
 /* Whether the caller (row me) outranks the target's role: the owner every other member, an
@@ -689,8 +774,10 @@ int handle_Groups_Remove(rpc_call *call, const lagoon_v1_GroupUserRequest *req, 
     return app_write_call(call, remove_write, NULL);
 }
 
-/* SetRole: only the owner grants or takes ADMIN; an admin may set MEMBER on a member only
- * (which changes nothing); OWNER moves with TransferOwnership. */
+/* SetRole, read from "owner: admins; admins: members only" as whose role one may change: the
+ * owner changes any other member's (makes and unmakes admins); an admin changes only a
+ * MEMBER's (may make a member an admin, never demote another admin or touch the owner). OWNER
+ * moves with TransferOwnership. */
 static int role_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
 {
     const lagoon_v1_SetGroupRoleRequest *req = in->req;
@@ -703,9 +790,8 @@ static int role_write(store_txn *t, const app_write_in *in, void *resp, store_er
     int st = admin_and_target(t, &sub, w, err);
     if (st == LAGOON_OK && w->target.state != STATE(ACTIVE))
         st = store_fail(err, LAGOON_FAILED_PRECONDITION, NULL, "the user is not a member of the group");
-    if (st == LAGOON_OK && (!outranks(&w->s.me, &w->target) ||
-                            (req->role == ROLE(ADMIN) && w->s.me.role != ROLE(OWNER))))
-        st = store_fail(err, LAGOON_PERMISSION_DENIED, NULL, "only the owner can change an admin's role or make admins");
+    if (st == LAGOON_OK && !outranks(&w->s.me, &w->target))
+        st = store_fail(err, LAGOON_PERMISSION_DENIED, NULL, "only the owner can change an admin's role");
     if (st == LAGOON_OK && w->target.role != req->role) {
         w->target.role = req->role;
         st = store_update(t, &lagoon_table_group_members, &w->target, err);

@@ -17,6 +17,26 @@
  * beyond it is RESOURCE_EXHAUSTED). */
 #define GROUPS_MEMBERS_MAX 10000
 
+/* Pending join requests (REQUESTED rows) one private group may hold: each notifies its admins
+ * and waits in their list, so an unbounded number would let strangers flood them. Past it,
+ * Join is RESOURCE_EXHAUSTED until admins decide some. */
+#define GROUPS_PENDING_REQUESTS_MAX 200
+/* Pending invitations (INVITED rows) one group may hold, and one user may hold from all groups
+ * together: an invitation notifies its invitee and shows the group, so neither a group's admins
+ * nor many groups may bury a user (or the group's lists) in them. Invite is RESOURCE_EXHAUSTED
+ * past either. */
+#define GROUPS_PENDING_INVITATIONS_MAX 200
+#define GROUPS_USER_INVITATIONS_MAX 50
+/* Pending join requests of one user, to all private groups together (Join RESOURCE_EXHAUSTED
+ * past it): a requester cannot reach the admins of hundreds of groups at once. */
+#define GROUPS_USER_REQUESTS_MAX 50
+/* Join and Invite calls per user per hour that store something (the budget of
+ * app_config.group_requests when left 0): every one may notify other users. */
+#define GROUPS_REQUESTS_PER_HOUR 60
+
+/* The Groups module: the per-user Join/Invite limiter. */
+extern const app_module groups_module;
+
 /* The key of the public_by_time index (groups.proto): public groups only. */
 int groups_public_time_key(const void *row, store_key *k);
 /* The key of the public_by_name index: public groups only, by ASCII-lower-cased name. */

@@ -3,6 +3,7 @@
 #include "accounts.h"
 #include "app.h"
 #include "comments.h"
+#include "groups.h"
 #include "messages.h"
 #include "teaching.h"
 #include "users.h"
@@ -13,5 +14,6 @@ const app_module *const app_modules[] = {
     &comments_module, /* the comment limiter, comment events filled in */
     &teaching_module, /* the teaching request limiter */
     &users_module,    /* the Users/Search limiter */
+    &groups_module,   /* the Join/Invite limiter */
 };
 const size_t app_modules_count = sizeof(app_modules) / sizeof(app_modules[0]);

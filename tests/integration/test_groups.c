@@ -30,16 +30,22 @@ static lagoon_v1_GroupsEmpty E;
 static lagoon_v1_ListGroupMembersResponse L;
 static lagoon_v1_ListGroupsResponse GL;
 
-static int setup(void **state)
+/* A server with tweak, and the four users. */
+static int start_with(void (*tweak)(app_config *acfg, rpc_config *cfg))
 {
-    (void)state;
-    T = test_app_new(test_tweak_shared);
+    T = test_app_new(tweak);
     C = test_client(T);
     own = test_verified_user(T, C, "own", lagoon_v1_Role_STUDENT, own_tok);
     adm = test_verified_user(T, C, "adm", lagoon_v1_Role_STUDENT, adm_tok);
     mem = test_verified_user(T, C, "mem", lagoon_v1_Role_STUDENT, mem_tok);
     out = test_verified_user(T, C, "out", lagoon_v1_Role_STUDENT, out_tok);
     return 0;
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    return start_with(test_tweak_shared);
 }
 
 /* Users/Search with a budget of USERS_TEST_SEARCHES a minute. */
@@ -54,13 +60,7 @@ static void tweak_searches(app_config *acfg, rpc_config *cfg)
 static int setup_searches(void **state)
 {
     (void)state;
-    T = test_app_new(tweak_searches);
-    C = test_client(T);
-    own = test_verified_user(T, C, "own", lagoon_v1_Role_STUDENT, own_tok);
-    adm = test_verified_user(T, C, "adm", lagoon_v1_Role_STUDENT, adm_tok);
-    mem = test_verified_user(T, C, "mem", lagoon_v1_Role_STUDENT, mem_tok);
-    out = test_verified_user(T, C, "out", lagoon_v1_Role_STUDENT, out_tok);
-    return 0;
+    return start_with(tweak_searches);
 }
 
 static lagoon_v1_ListUsersResponse UL;
@@ -524,9 +524,15 @@ static void test_roles_remove_transfer(void **state)
     EXPECT(set_role(own_tok, g, adm, ROLE(OWNER)), LAGOON_INVALID_ARGUMENT, "role");
     EXPECT(set_role(own_tok, g, adm, ROLE(ADMIN)), LAGOON_OK, NULL);
     assert_int_equal(M.role, ROLE(ADMIN));
-    EXPECT(set_role(adm_tok, g, mem, ROLE(ADMIN)), LAGOON_PERMISSION_DENIED, NULL);
     EXPECT(set_role(adm_tok, g, own, ROLE(MEMBER)), LAGOON_PERMISSION_DENIED, NULL);
     EXPECT(set_role(adm_tok, g, mem, ROLE(MEMBER)), LAGOON_OK, NULL);
+    /* An admin changes members' roles only: makes a member an admin, never unmakes one. */
+    EXPECT(set_role(adm_tok, g, mem, ROLE(ADMIN)), LAGOON_OK, NULL);
+    assert_int_equal(M.role, ROLE(ADMIN));
+    EXPECT(set_role(adm_tok, g, mem, ROLE(MEMBER)), LAGOON_PERMISSION_DENIED, NULL);
+    EXPECT(set_role(mem_tok, g, adm, ROLE(MEMBER)), LAGOON_PERMISSION_DENIED, NULL);
+    EXPECT(set_role(own_tok, g, mem, ROLE(MEMBER)), LAGOON_OK, NULL);
+    assert_int_equal(M.role, ROLE(MEMBER));
     EXPECT(set_role(own_tok, g, out + 1000, ROLE(ADMIN)), LAGOON_NOT_FOUND, "user_id");
     /* Remove: admins remove members, only the owner removes admins, no one the owner. */
     EXPECT(remove_member(mem_tok, g, out), LAGOON_PERMISSION_DENIED, NULL);
@@ -754,6 +760,160 @@ static void test_notifications_and_mute(void **state)
     assert_int_equal(notes(out, NT(REMOVED)), 0);
 }
 
+/* ---- the pending caps and the Join/Invite budget -------------------------------------------- */
+
+/* What seed_pending inserts: n users (seeded straight into the store: hundreds of accounts
+ * through Register are too slow here), each with a row of `state` in group g, or, with g 0,
+ * n groups of owner `owner` each with a row of `state` for user `user`. */
+typedef struct seed {
+    uint64_t g, owner, user;
+    lagoon_v1_GroupMember_State state;
+    uint32_t n;
+    int base;
+} seed;
+
+static int seed_pending(store_txn *t, void *arg, store_error *err)
+{
+    const seed *sd = arg;
+    lagoon_v1_User *u = calloc(1, sizeof(*u));
+    lagoon_v1_Group *g = calloc(1, sizeof(*g));
+    int st = u && g ? LAGOON_OK : store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    for (uint32_t i = 0; i < sd->n && st == LAGOON_OK; i++) {
+        lagoon_v1_GroupMember m = lagoon_v1_GroupMember_init_zero;
+        m.role = ROLE(MEMBER);
+        m.state = sd->state;
+        if (sd->g) {
+            memset(u, 0, sizeof(*u));
+            snprintf(u->username, sizeof(u->username), "seed%d_%u", sd->base, i);
+            snprintf(u->email, sizeof(u->email), "seed%d_%u@example.com", sd->base, i);
+            u->active = true;
+            st = store_insert(t, &lagoon_table_users, u, NULL, err);
+            m.group_id = sd->g;
+            m.user_id = u->id;
+        } else {
+            memset(g, 0, sizeof(*g));
+            snprintf(g->name, sizeof(g->name), "seeded %d %u", sd->base, i);
+            g->owner_id = sd->owner;
+            g->visibility = PRIV;
+            g->member_count = 1;
+            st = store_insert(t, &lagoon_table_groups, g, NULL, err);
+            m.group_id = g->id;
+            m.user_id = sd->user;
+        }
+        if (st == LAGOON_OK)
+            st = store_insert(t, &lagoon_table_group_members, &m, NULL, err);
+    }
+    free(u);
+    free(g);
+    return st;
+}
+
+static void seed_rows(uint64_t g, uint64_t owner, uint64_t user, lagoon_v1_GroupMember_State state, uint32_t n, int base)
+{
+    seed sd = {g, owner, user, state, n, base};
+    store_error err;
+    assert_int_equal(store_write(T->app->db, seed_pending, &sd, &err), LAGOON_OK);
+}
+
+/* A group's waiting requests and invitations, and a user's, are capped: past each cap Join or
+ * Invite is RESOURCE_EXHAUSTED and stores nothing, and a decision makes room. */
+static void test_pending_caps(void **state)
+{
+    (void)state;
+    uint64_t g = create(own_tok, "wanted", PRIV);
+    seed_rows(g, 0, 0, STATE(REQUESTED), GROUPS_PENDING_REQUESTS_MAX - 1, 1);
+    EXPECT(join(mem_tok, g), LAGOON_OK, NULL); /* the last place */
+    assert_int_equal(M.state, STATE(REQUESTED));
+    EXPECT(join(out_tok, g), LAGOON_RESOURCE_EXHAUSTED, NULL);
+    assert_non_null(strstr(lagoon_last_error(C)->detail.message, "join requests waiting"));
+    EXPECT(reject(own_tok, g, mem), LAGOON_OK, NULL);
+    EXPECT(join(out_tok, g), LAGOON_OK, NULL);
+    /* Invitations per group. */
+    uint64_t h = create(own_tok, "inviting", PRIV);
+    seed_rows(h, 0, 0, STATE(INVITED), GROUPS_PENDING_INVITATIONS_MAX, 2);
+    EXPECT(invite(own_tok, h, mem), LAGOON_RESOURCE_EXHAUSTED, NULL);
+    assert_non_null(strstr(lagoon_last_error(C)->detail.message, "invitations waiting"));
+    /* Invitations per invitee, from every group together. */
+    uint64_t k = create(own_tok, "one more", PRIV);
+    seed_rows(0, adm, mem, STATE(INVITED), GROUPS_USER_INVITATIONS_MAX, 3);
+    EXPECT(invite(own_tok, k, mem), LAGOON_RESOURCE_EXHAUSTED, NULL);
+    assert_non_null(strstr(lagoon_last_error(C)->detail.message, "the user has"));
+    EXPECT(invite(own_tok, k, adm), LAGOON_OK, NULL);
+    /* Requests per requester. */
+    seed_rows(0, adm, out, STATE(REQUESTED), GROUPS_USER_REQUESTS_MAX - 1, 4); /* and g's */
+    EXPECT(join(out_tok, k), LAGOON_RESOURCE_EXHAUSTED, NULL);
+    assert_non_null(strstr(lagoon_last_error(C)->detail.message, "you have"));
+    EXPECT(list_members(own_tok, k, STATE(REQUESTED), 0, NULL), LAGOON_OK, NULL);
+    assert_int_equal(L.members_count, 0);
+}
+
+/* Join and Invite count against the caller's hourly budget; refused calls do not. */
+#define GROUPS_TEST_REQUESTS 6
+
+static void tweak_requests(app_config *acfg, rpc_config *cfg)
+{
+    test_tweak_shared(acfg, cfg);
+    acfg->group_requests.max_events = GROUPS_TEST_REQUESTS;
+}
+
+static int setup_requests(void **state)
+{
+    (void)state;
+    return start_with(tweak_requests);
+}
+
+static void test_request_budget(void **state)
+{
+    (void)state;
+    uint64_t g[GROUPS_TEST_REQUESTS + 1];
+    for (int i = 0; i <= GROUPS_TEST_REQUESTS; i++) {
+        char name[32];
+        snprintf(name, sizeof(name), "private %d", i);
+        g[i] = create(adm_tok, name, PRIV);
+    }
+    /* Refused calls are given back: a second request to the same group, an unknown group. */
+    EXPECT(join(mem_tok, g[0]), LAGOON_OK, NULL);
+    for (int i = 0; i < GROUPS_TEST_REQUESTS + 2; i++)
+        EXPECT(join(mem_tok, g[0]), LAGOON_ALREADY_EXISTS, "group_id");
+    EXPECT(join(mem_tok, g[0] + 1000), LAGOON_NOT_FOUND, "group_id");
+    for (int i = 1; i < GROUPS_TEST_REQUESTS; i++)
+        EXPECT(join(mem_tok, g[i]), LAGOON_OK, NULL);
+    EXPECT(join(mem_tok, g[GROUPS_TEST_REQUESTS]), LAGOON_RESOURCE_EXHAUSTED, NULL);
+    assert_true(lagoon_last_error(C)->detail.retry_after_ms > 0);
+    /* Invite shares the budget; another user's is its own; an hour later it is back. */
+    for (int i = 0; i < GROUPS_TEST_REQUESTS; i++)
+        EXPECT(invite(adm_tok, g[i], out), LAGOON_OK, NULL);
+    EXPECT(invite(adm_tok, g[GROUPS_TEST_REQUESTS], out), LAGOON_RESOURCE_EXHAUSTED, NULL);
+    test_clock_advance(T, 3601 * 1000);
+    EXPECT(join(mem_tok, g[GROUPS_TEST_REQUESTS]), LAGOON_OK, NULL);
+    EXPECT(invite(adm_tok, g[GROUPS_TEST_REQUESTS], out), LAGOON_OK, NULL);
+}
+
+/* A request to a private group made public since: the requester's Join makes it a member (as
+ * any Join of a public group), and an admin may still approve the others. */
+static void test_request_then_public(void **state)
+{
+    (void)state;
+    uint64_t g = create(own_tok, "opening", PRIV);
+    EXPECT(join(mem_tok, g), LAGOON_OK, NULL);
+    EXPECT(join(out_tok, g), LAGOON_OK, NULL);
+    assert_int_equal(M.state, STATE(REQUESTED));
+    lagoon_v1_UpdateGroupRequest ur = lagoon_v1_UpdateGroupRequest_init_zero;
+    ur.group_id = g;
+    ur.has_visibility = true;
+    ur.visibility = PUB;
+    lagoon_set_token(C, own_tok);
+    EXPECT(lagoon_Groups_Update(C, &ur, &G), LAGOON_OK, NULL);
+    EXPECT(join(mem_tok, g), LAGOON_OK, NULL);
+    assert_int_equal(M.state, STATE(ACTIVE));
+    assert_true(in_topic(g, mem));
+    EXPECT(join(mem_tok, g), LAGOON_ALREADY_EXISTS, "group_id");
+    EXPECT(approve(own_tok, g, out), LAGOON_OK, NULL);
+    assert_int_equal(member_count(g), 3);
+    EXPECT(list_members(own_tok, g, STATE(REQUESTED), 0, NULL), LAGOON_OK, NULL);
+    assert_int_equal(L.members_count, 0);
+}
+
 static int search(const char *tok, const char *query, uint32_t size, const char *token)
 {
     pb_release(lagoon_v1_ListUsersResponse_fields, &UL);
@@ -926,6 +1086,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_anonymous_and_site_admin, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cascades, setup, teardown),
         cmocka_unit_test_setup_teardown(test_users_search, setup_searches, teardown),
+        cmocka_unit_test_setup_teardown(test_pending_caps, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_request_budget, setup_requests, teardown),
+        cmocka_unit_test_setup_teardown(test_request_then_public, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "events.h"
+#include "groupchat.h"
 #include "groups.h"
 #include "lagoon_handlers.h"
 #include "paging.h"
@@ -214,7 +215,11 @@ static int activate(store_txn *t, const app_write_in *in, group *g, member *m, s
     m->invited_by = 0;
     if (m->role == ROLE(ROLE_UNSPECIFIED))
         m->role = ROLE(MEMBER);
-    int st = m->id ? store_update(t, &lagoon_table_group_members, m, err)
+    /* The chat from before joining is not unread. */
+    int st = groupchat_newest(t, g->id, &m->read_up_to, err);
+    if (st != LAGOON_OK)
+        return st;
+    st = m->id ? store_update(t, &lagoon_table_group_members, m, err)
                    : store_insert(t, &lagoon_table_group_members, m, NULL, err);
     lagoon_v1_Topic topic = group_topic(g->id);
     if (st == LAGOON_OK)
@@ -993,6 +998,7 @@ int handle_Groups_ListPublic(rpc_call *call, const lagoon_v1_ListPublicGroupsReq
 typedef struct mine_ctx {
     store_txn *t;
     group *items;
+    uint64_t *read_up_to; /* the caller's read position in items[i] */
     uint32_t n, cap;
     int st;
     store_error err;
@@ -1007,7 +1013,7 @@ static int mine_row(void *arg, uint64_t id, const void *row)
         return LAGOON_OK;
     int st = store_get(c->t, &lagoon_table_groups, m->group_id, &c->items[c->n], &c->err);
     if (st == LAGOON_OK)
-        c->n++;
+        c->read_up_to[c->n++] = m->read_up_to;
     else if (st != LAGOON_NOT_FOUND)
         c->st = st;
     return LAGOON_OK;
@@ -1026,8 +1032,12 @@ int handle_Groups_ListMine(rpc_call *call, const lagoon_v1_ListMyGroupsRequest *
     (void)req;
     mine_ctx c = {.cap = paging_cap(&lagoon_v1_ListGroupsResponse_info, lagoon_v1_ListGroupsResponse_groups_tag)};
     c.items = calloc(c.cap, sizeof(group));
-    if (c.items == NULL)
+    c.read_up_to = calloc(c.cap, sizeof(*c.read_up_to));
+    if (c.items == NULL || c.read_up_to == NULL) {
+        free(c.items);
+        free(c.read_up_to);
         return app_out_of_memory(call);
+    }
     store_key prefix;
     store_key_reset(&prefix);
     store_key_u64(&prefix, rpc_call_caller(call)->user_id);
@@ -1040,8 +1050,15 @@ int handle_Groups_ListMine(rpc_call *call, const lagoon_v1_ListMyGroupsRequest *
         st = store_scan(c.t, &q, mine_row, &c, &page, &c.err);
         if (st == LAGOON_OK)
             st = c.st;
+        /* Each group's unread count, after the scan (its callback reads no other index): at
+         * most GROUPCHAT_UNREAD_CAP index entries a group. */
+        for (uint32_t i = 0; i < c.n && st == LAGOON_OK; i++) {
+            st = groupchat_unread(c.t, c.items[i].id, c.read_up_to[i], &c.items[i].unread, &c.err);
+            groupchat_unread_display(c.items[i].unread, c.items[i].unread_display, sizeof(c.items[i].unread_display));
+        }
         store_read_end(c.t);
     }
+    free(c.read_up_to);
     if (st != LAGOON_OK) {
         free(c.items);
         return app_store_error(call, st, &c.err);

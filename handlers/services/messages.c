@@ -13,19 +13,17 @@
 #include <string.h>
 
 #include "accounts.h"
+#include "chat_content.h"
 #include "events.h"
 #include "lagoon_handlers.h"
 #include "messages.h"
 #include "paging.h"
 
-#define MESSAGES_EDIT_WINDOW_MS (15 * 60 * 1000)
-/* Edits per message. An edit logs the recipient's notification again when it shows the
- * message (its snippet: message events are references, publish_message), and Delete rewrites
- * each of those events on the single writer: the cap bounds that work (and the row's list of
- * them, recipient_event_seqs in messages.options). */
-#define MESSAGES_EDITS_MAX 10
-/* Bytes of a text message shown in its notification (cut on a UTF-8 boundary, then "..."). */
-#define MESSAGES_SNIPPET_MAX 100
+/* The edit window, the edit cap and the snippet are chat_content's (CHAT_EDIT_WINDOW_MS,
+ * CHAT_EDITS_MAX, CHAT_SNIPPET_MAX), shared with group messages. An edit logs the recipient's
+ * notification again when it shows the message (its snippet: message events are references,
+ * publish_message), and Delete rewrites each of those events on the single writer: the edit cap
+ * bounds that work (and the row's list of them, recipient_event_seqs in messages.options). */
 /* MarkRead looks at no more than this many messages on each side of the new read position, so
  * that one call costs the single writer well under a millisecond whatever the conversation's
  * length (the unread count is kept up to date by Send and Delete, never recounted). */
@@ -121,28 +119,11 @@ static void message_public(lagoon_v1_DirectMessage *m)
     m->events_tracked = false;
 }
 
-/* Copies the string src into dst[cap] by its length: a copy of the whole buffer would move
- * 16 KB for a text of a few bytes. */
-static void copy_str(char *dst, size_t cap, const char *src)
-{
-    size_t n = strnlen(src, cap - 1);
-    memcpy(dst, src, n);
-    dst[n] = '\0';
-}
-
-static void image_copy(lagoon_v1_ImageContent *dst, const lagoon_v1_ImageContent *src)
-{
-    copy_str(dst->url, sizeof(dst->url), src->url);
-    dst->width = src->width;
-    dst->height = src->height;
-}
-
-static void video_copy(lagoon_v1_VideoContent *dst, const lagoon_v1_VideoContent *src)
-{
-    copy_str(dst->url, sizeof(dst->url), src->url);
-    dst->length_seconds = src->length_seconds;
-    dst->source = src->source;
-}
+/* The content oneofs of a stored message and of a Send (chat_content). */
+static const chat_tags message_tags = {lagoon_v1_DirectMessage_text_tag, lagoon_v1_DirectMessage_image_tag,
+                                       lagoon_v1_DirectMessage_video_tag};
+static const chat_tags send_tags = {lagoon_v1_SendMessageRequest_text_tag, lagoon_v1_SendMessageRequest_image_tag,
+                                    lagoon_v1_SendMessageRequest_video_tag};
 
 /* Records on m's row that the event seq in the recipient's log carries its words (its
  * notification's events: message events carry none, see publish_message). A full list (not
@@ -239,15 +220,7 @@ static void dm_collapse_key(char *out, size_t cap, uint64_t conversation_id)
  * or what kind of media it is. */
 static void message_snippet(const lagoon_v1_DirectMessage *m, char *out, size_t cap)
 {
-    if (m->which_content == lagoon_v1_DirectMessage_text_tag) {
-        size_t n = strnlen(m->content.text.text, MESSAGES_SNIPPET_MAX + 1);
-        size_t cut = n < MESSAGES_SNIPPET_MAX ? n : MESSAGES_SNIPPET_MAX;
-        while (cut > 0 && cut < n && ((unsigned char)m->content.text.text[cut] & 0xC0) == 0x80)
-            cut--;
-        snprintf(out, cap, "%.*s%s", (int)cut, m->content.text.text, cut < n ? "..." : "");
-    } else {
-        snprintf(out, cap, m->which_content == lagoon_v1_DirectMessage_image_tag ? "[image]" : "[video]");
-    }
+    chat_snippet(m->which_content, &m->content, &message_tags, out, cap);
 }
 
 /* "New message from X", one per conversation while unread; recorded on m (the notification
@@ -259,7 +232,7 @@ static int notify_recipient(store_txn *t, const app *a, lagoon_v1_DirectMessage 
         return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
     int st = store_get(t, &lagoon_table_users, m->sender_id, sender, err);
     if (st == LAGOON_OK) {
-        char title[200], content[MESSAGES_SNIPPET_MAX + 20], key[40];
+        char title[200], content[CHAT_SNIPPET_MAX + 20], key[40];
         snprintf(title, sizeof(title), "New message from %s", sender->username);
         message_snippet(m, content, sizeof(content));
         dm_collapse_key(key, sizeof(key), m->conversation_id);
@@ -283,12 +256,6 @@ static int notify_recipient(store_txn *t, const app *a, lagoon_v1_DirectMessage 
 
 static int other_has_written(store_txn *t, uint64_t conv, uint64_t other, int *wrote, store_error *err);
 
-/* What a Send's write needs besides its request (the call's memory). */
-typedef struct send_args {
-    char limit_key[32];            /* the sender's key in the module's limiter */
-    int64_t taken_at;              /* when the Send was counted there (given back if refused) */
-    const char *client_message_id; /* the request's, else the call's idempotency key (the call's) */
-} send_args;
 
 /* Creates the conversation of the message's two users; its two members, views of it as they
  * will be stored, go in mine and theirs (inserted by the caller with the first message, so that
@@ -333,24 +300,11 @@ static int members_put(store_txn *t, int fresh, lagoon_v1_ConversationMember *mi
 static void message_from_request(lagoon_v1_DirectMessage *m, const app_write_in *in)
 {
     const lagoon_v1_SendMessageRequest *req = in->req;
-    const send_args *sa = in->args;
+    const chat_send_args *sa = in->args;
     m->sender_id = in->who.user_id;
     m->recipient_id = req->recipient_id;
-    copy_str(m->client_message_id, sizeof(m->client_message_id), sa->client_message_id);
-    switch (req->which_content) {
-    case lagoon_v1_SendMessageRequest_text_tag:
-        m->which_content = lagoon_v1_DirectMessage_text_tag;
-        copy_str(m->content.text.text, sizeof(m->content.text.text), req->content.text.text);
-        break;
-    case lagoon_v1_SendMessageRequest_image_tag:
-        m->which_content = lagoon_v1_DirectMessage_image_tag;
-        image_copy(&m->content.image, &req->content.image);
-        break;
-    default:
-        m->which_content = lagoon_v1_DirectMessage_video_tag;
-        video_copy(&m->content.video, &req->content.video);
-        break;
-    }
+    APP_STRCPY(m->client_message_id, sa->client_message_id);
+    chat_content_copy(&m->which_content, &m->content, &message_tags, req->which_content, &req->content, &send_tags);
 }
 
 static int refuse_unverified(store_error *err)
@@ -364,28 +318,11 @@ static int refuse_unverified(store_error *err)
  * none. */
 static int stored_send(store_txn *t, uint64_t sender, const char *cid, lagoon_v1_DirectMessage *m, store_error *err)
 {
-    store_key k;
-    store_key_reset(&k);
-    store_key_u64(&k, sender);
-    store_key_str(&k, cid);
-    int st = store_get_by(t, &lagoon_table_direct_messages, lagoon_index_direct_messages_by_client_id, &k, NULL, m,
-                          err);
+    int st = chat_stored_send(t, &lagoon_table_direct_messages, lagoon_index_direct_messages_by_client_id, sender, cid,
+                              m, err);
     if (st == LAGOON_OK)
         message_public(m);
     return st;
-}
-
-/* A retry of a Send that was stored: its message, read now, without a write or the budget. */
-static int answer_retry(rpc_call *call, const char *cid, lagoon_v1_DirectMessage *resp)
-{
-    store_txn *t;
-    store_error err;
-    int st = store_read_begin(app_of(call)->db, &t, &err);
-    if (st != LAGOON_OK)
-        return app_store_error(call, st, &err);
-    st = stored_send(t, rpc_call_caller(call)->user_id, cid, resp, &err);
-    store_read_end(t);
-    return st == LAGOON_OK || st == LAGOON_NOT_FOUND ? st : app_store_error(call, st, &err);
 }
 
 /* The message is built in the response and stored from there: the row keeps the bookkeeping
@@ -393,7 +330,7 @@ static int answer_retry(rpc_call *call, const char *cid, lagoon_v1_DirectMessage
 static int send_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
 {
     lagoon_v1_DirectMessage *m = resp;
-    const send_args *sa = in->args;
+    const chat_send_args *sa = in->args;
     int verified = in->who.verified;
     /* A retry that raced its first Send (the handler answers the others): the message stored
      * the first time. */
@@ -465,63 +402,36 @@ static int send_write(store_txn *t, const app_write_in *in, void *resp, store_er
     return st;
 }
 
-/* Only a Send that stores a message counts against the sender's budget: a refused one (the
- * write's refusal or failure) is given back, and so would be a replayed response (in->replayed:
- * the framework's idempotency, which Send does not use). A retry of a stored Send is answered
- * by the handler without counting; one that raced its first Send counts once more. */
-static int send_after(rpc_call *call, const app_write_in *in, void *resp, int status)
-{
-    (void)call;
-    (void)resp;
-    const send_args *sa = in->args;
-    if (status != LAGOON_OK || in->replayed)
-        limiter_refund(send_limiter(in->a), sa->limit_key, sa->taken_at);
-    return status;
-}
-
 int handle_Messages_Send(rpc_call *call, const lagoon_v1_SendMessageRequest *req, lagoon_v1_DirectMessage *resp)
 {
     uint64_t me = rpc_call_caller(call)->user_id;
-    app *a = app_of(call);
     if (req->recipient_id == me)
         rpc_call_violation(call, "recipient_id", "cannot be yourself");
     if (req->which_content == 0)
         rpc_call_violation(call, "content", "one of text, image or video is required");
     /* The call's idempotency key stands in for a missing client_message_id, and is stored as
      * it: it must fit there. */
-    const char *cid = req->client_message_id[0] ? req->client_message_id : rpc_call_idempotency_key(call);
-    if (strlen(cid) >= sizeof(resp->client_message_id))
-        rpc_call_violation(call, "idempotency_key",
-                           "at most %zu bytes for Messages/Send (it becomes the message's client_message_id)",
-                           sizeof(resp->client_message_id) - 1);
+    const char *cid = chat_send_id(call, req->client_message_id, sizeof(resp->client_message_id), "Messages/Send");
     if (rpc_call_violations(call))
         return LAGOON_INVALID_ARGUMENT;
-    /* A retry of a stored Send is answered from the store, whatever the budget says. */
+    /* A retry of a stored Send is answered from the store, whatever the budget says (one that
+     * raced its first Send counts once more). */
     if (cid[0]) {
-        int st = answer_retry(call, cid, resp);
+        int st = chat_answer_retry(call, &lagoon_table_direct_messages, lagoon_index_direct_messages_by_client_id, cid,
+                                   resp);
+        if (st == LAGOON_OK)
+            message_public(resp);
         if (st != LAGOON_NOT_FOUND)
             return st;
     }
     /* Every Send is a write on the single writer: a per-user budget keeps one account from
      * flooding it (and its recipients). After validation, as for Register: an invalid request
      * is told what is wrong, costs no write and does not count. */
-    send_args *sa = app_write_args(call, sizeof(*sa));
+    chat_send_args *sa = app_write_args(call, sizeof(*sa));
     if (sa == NULL)
         return app_out_of_memory(call);
-    snprintf(sa->limit_key, sizeof(sa->limit_key), "send:%llu", (unsigned long long)me);
     sa->client_message_id = cid;
-    sa->taken_at = app_now(a);
-    /* Checked and counted in one step, so that Sends pipelined at once cannot all pass a check
-     * none has counted yet; given back when the Send turns out refused (send_after). */
-    uint32_t wait = limiter_take(send_limiter(a), sa->limit_key, sa->taken_at);
-    if (wait > 0) {
-        rpc_call_retry_after(call, wait);
-        return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "too many messages; retry in %u s", (wait + 999) / 1000);
-    }
-    int st = app_write_call_then(call, send_write, sa, send_after);
-    if (st != RPC_PENDING) /* not queued: send_after does not run */
-        limiter_refund(send_limiter(a), sa->limit_key, sa->taken_at);
-    return st;
+    return chat_send_call(call, send_write, sa, send_limiter(app_of(call)), "send");
 }
 
 /* ---- List ------------------------------------------------------------------------------------ */
@@ -535,48 +445,28 @@ static int add_message(void *arg, void *item, const void *row)
     return 1;
 }
 
-static int newest_message_id(void *arg, uint64_t id, const void *row)
-{
-    (void)row;
-    *(uint64_t *)arg = id;
-    return LAGOON_OK;
-}
-
 /* The newest message of a conversation, 0 if none. */
 static int newest_in(store_txn *t, uint64_t conv, uint64_t *id, store_error *err)
 {
     store_key prefix;
     store_query q;
     conv_messages_query(&q, &prefix, conv);
-    q.reverse = 1;
-    q.page_size = 1;
-    store_page page;
-    *id = 0;
-    return store_scan(t, &q, newest_message_id, id, &page, err);
+    return chat_newest(t, q.table, q.index, &prefix, id, err);
 }
 
 int handle_Messages_List(rpc_call *call, const lagoon_v1_ListMessagesRequest *req,
                          lagoon_v1_ListMessagesResponse *resp)
 {
     uint64_t me = rpc_call_caller(call)->user_id;
-    int numbered = req->page != 0;
-    paging_list l = {.size = numbered ? req->per_page : req->page_size,
-                     .size_field = numbered ? "per_page" : "page_size", .token = req->page_token,
-                     .number = req->page, .resp = &lagoon_v1_ListMessagesResponse_info,
+    paging_list l = {.resp = &lagoon_v1_ListMessagesResponse_info,
                      .items_tag = lagoon_v1_ListMessagesResponse_messages_tag, .item = add_message,
                      .item_size = sizeof(*resp->messages)};
+    chat_page_req pr = {req->page_size, req->page_token, req->page, req->per_page, req->anchor, req->since};
     if (req->other_user_id == 0 || req->other_user_id == me)
         rpc_call_violation(call, "other_user_id", "must be another user");
-    (void)paging_check(call, &l); /* its violations join the others, all read below */
-    if (req->since && numbered)
-        rpc_call_violation(call, "since", "cannot be combined with page");
-    if (!numbered && req->anchor)
-        rpc_call_violation(call, "anchor", "only with page");
+    chat_list_check(call, &pr, &l);
     if (rpc_call_violations(call))
         return LAGOON_INVALID_ARGUMENT;
-    /* Nothing is newer than the largest id (and since + 1 below would wrap to 0). */
-    if (req->since == UINT64_MAX)
-        return LAGOON_OK;
 
     store_txn *t;
     store_error err;
@@ -590,33 +480,13 @@ int handle_Messages_List(rpc_call *call, const lagoon_v1_ListMessagesRequest *re
         store_read_end(t);
         return LAGOON_OK;
     }
-    store_key prefix, start;
+    store_key prefix;
     conv_messages_query(&l.query, &prefix, conv.id);
-    start = prefix;
-    if (req->since) {
-        /* Catch-up, oldest first, from the first id after `since` (index keys end in the id). */
-        store_key_u64(&start, req->since + 1);
-    } else {
-        l.query.reverse = 1; /* newest first */
-        /* Numbered pages count down from the anchor, so messages sent after page 1 was read do
-         * not shift the later pages. */
-        resp->anchor = req->anchor;
-        if (numbered && resp->anchor == 0)
-            st = newest_in(t, conv.id, &resp->anchor, &err);
-        if (numbered)
-            store_key_u64(&start, resp->anchor);
-    }
-    if (start.len > prefix.len) {
-        l.query.start = start.buf;
-        l.query.start_len = start.len;
-    }
-    /* A numbered page of a conversation without messages (no anchor) is empty. */
-    if (st == LAGOON_OK && (!numbered || resp->anchor))
-        st = paging_scan(t, &l, &err);
+    st = chat_list_scan(t, &l, &prefix, &pr, &resp->anchor, &err);
     store_read_end(t);
     resp->messages = l.items;
     resp->messages_count = (pb_size_t)l.count;
-    copy_str(resp->next_page_token, sizeof(resp->next_page_token), l.next_page_token);
+    APP_STRCPY(resp->next_page_token, l.next_page_token);
     return st == LAGOON_OK ? LAGOON_OK : app_store_error(call, st, &err);
 }
 
@@ -678,7 +548,7 @@ int handle_Messages_ListConversations(rpc_call *call, const lagoon_v1_ListConver
             resp->conversations_count++;
         }
         if (st == LAGOON_OK)
-            copy_str(resp->next_page_token, sizeof(resp->next_page_token), l.next_page_token);
+            APP_STRCPY(resp->next_page_token, l.next_page_token);
         store_read_end(t);
     }
     free(l.items);
@@ -882,21 +752,17 @@ static int edit_write(store_txn *t, const app_write_in *in, void *resp, store_er
     int st = own_message(t, in, req->message_id, m, err);
     if (st != LAGOON_OK)
         return st;
-    if (m->which_content != lagoon_v1_DirectMessage_text_tag)
-        return store_fail(err, LAGOON_FAILED_PRECONDITION, NULL, "only text messages can be edited");
-    if (in->now - m->created_at > MESSAGES_EDIT_WINDOW_MS)
-        return store_fail(err, LAGOON_FAILED_PRECONDITION, NULL, "messages can be edited for 15 minutes");
-    if (m->edit_count >= MESSAGES_EDITS_MAX)
-        return store_fail(err, LAGOON_FAILED_PRECONDITION, NULL, "a message can be edited at most %d times",
-                          MESSAGES_EDITS_MAX);
-    copy_str(m->content.text.text, sizeof(m->content.text.text), req->text);
+    st = chat_edit_check(m->which_content, &message_tags, m->created_at, m->edit_count, in->now, err);
+    if (st != LAGOON_OK)
+        return st;
+    APP_STRCPY(m->content.text.text, req->text);
     m->edited_at = in->now;
     m->edit_count++;
     /* The notification's event first: the row records its seq. */
     st = publish_message(t, in->a, m, lagoon_v1_MessageEvent_Action_EDITED, err);
     if (st == LAGOON_OK) {
         /* The recipient's notification shows the new words if it showed this message's. */
-        char snippet[MESSAGES_SNIPPET_MAX + 20];
+        char snippet[CHAT_SNIPPET_MAX + 20];
         uint64_t seq;
         message_snippet(m, snippet, sizeof(snippet));
         st = events_message_edited(t, in->a, m, snippet, &seq, err);

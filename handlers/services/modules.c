@@ -3,6 +3,7 @@
 #include "accounts.h"
 #include "app.h"
 #include "comments.h"
+#include "groupchat.h"
 #include "groups.h"
 #include "messages.h"
 #include "teaching.h"
@@ -15,5 +16,6 @@ const app_module *const app_modules[] = {
     &teaching_module, /* the teaching request limiter */
     &users_module,    /* the Users/Search limiter */
     &groups_module,   /* the Join/Invite limiter */
+    &groupchat_module, /* group message events filled in */
 };
 const size_t app_modules_count = sizeof(app_modules) / sizeof(app_modules[0]);

@@ -16,6 +16,7 @@
 #include "log.h"
 #include "mailer.h"
 #include "realtime.h"
+#include "scheduler.h"
 #include "schema.h"
 
 static void policy_default(limiter_policy *p, uint32_t max, uint32_t window_ms, uint32_t base, uint32_t cap)
@@ -163,7 +164,9 @@ int app_open(const char *data_dir, const app_config *cfg, app **out, rpc_error *
     }
     char maildir[1100];
     snprintf(maildir, sizeof(maildir), "%s/mail", data_dir);
-    if (mailer_start(a, maildir, &a->mail, err) != RPC_OK || modules_start(a, err) != RPC_OK) {
+    /* The scheduler last: the jobs it runs belong to the modules. */
+    if (mailer_start(a, maildir, &a->mail, err) != RPC_OK || modules_start(a, err) != RPC_OK ||
+        sched_start(a, &a->jobs, err) != RPC_OK) {
         app_close(a);
         return RPC_ERR;
     }
@@ -183,6 +186,7 @@ void app_close(app *a)
 {
     if (a == NULL)
         return;
+    sched_stop(a->jobs); /* first: its jobs run in the modules */
     /* Writes still queued (a call the drain gave up on) finish first: their completions and
      * after hooks use the modules' state. The server has stopped, so nothing queues after
      * this barrier, and the writer runs the queue in order. */

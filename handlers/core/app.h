@@ -29,6 +29,11 @@
 typedef struct app app;
 typedef struct app_module app_module;
 
+/* Room for lagoond's --stun-urls / --turn-urls (each a comma-separated list) and --turn-secret,
+ * with the NUL. */
+#define APP_ICE_URLS_MAX 512
+#define APP_TURN_SECRET_MAX 256
+
 typedef struct app_config {
     uint64_t pwhash_opslimit;  /* APP_SETTINGS argon2-ops */
     size_t pwhash_memlimit;    /* bytes; APP_SETTINGS argon2-mem-kib */
@@ -64,7 +69,22 @@ typedef struct app_config {
                                     * (APP_SETTINGS teaching-requests-per-day) per day */
     limiter_policy group_requests; /* Groups/Join and Invite per user; budget, 0s =
                                     * GROUPS_REQUESTS_PER_HOUR (60) per hour (groups.h) */
+    limiter_policy plays;          /* Plays interactions (a Start counts one) per user; budget,
+                                    * 0s = 1200 (APP_SETTINGS plays-per-minute) per minute */
+    uint32_t plays_resume_min_pct; /* APP_SETTINGS plays-resume-min-percent (plays.c) */
+    uint32_t plays_resume_max_pct; /* APP_SETTINGS plays-resume-max-percent */
+    uint32_t plays_retention_s;    /* raw interactions kept; APP_SETTINGS plays-retention-days */
     enum store_sync sync;          /* APP_SETTINGS sync: STORE_SYNC_FULL unless benchmarking */
+    uint32_t sched_poll_ms;        /* how often the scheduler looks for due jobs; 0 = 1 s (scheduler.h) */
+    uint32_t reminder_lead_ms;     /* a video chat's reminder this long before its start;
+                                    * APP_SETTINGS video-chat-reminder-minutes */
+    uint32_t turn_ttl_s;           /* TURN credentials' lifetime; APP_SETTINGS turn-credential-ttl-s */
+    /* ICE servers handed to call participants (Signalling/GetIceServers): comma-separated
+     * stun:/turn: URLs, and coturn's use-auth-secret shared secret ("" = no TURN credentials).
+     * lagoond's --stun-urls, --turn-urls, --turn-secret. */
+    char stun_urls[APP_ICE_URLS_MAX];
+    char turn_urls[APP_ICE_URLS_MAX];
+    char turn_secret[APP_TURN_SECRET_MAX];
     uint32_t event_retention_count; /* events kept per user; APP_SETTINGS event-retention-count */
     uint32_t event_retention_s;     /* and for at most this long; APP_SETTINGS event-retention-days */
     size_t subscriber_backlog;      /* bytes a subscription may fall behind before it is ended; 0 = 1 MiB */
@@ -121,6 +141,12 @@ struct app_module {
      * before start or after stop. */
     int (*fill_event)(store_txn *t, const lagoon_v1_Event *ev, lagoon_v1_Event *out, int *filled,
                       store_error *err);
+    /* A service that schedules jobs (scheduler.h) runs the due ones of its kinds here, on the
+     * store's writer inside the transaction that deletes the job (app_now is the tick's time):
+     * when job->kind is one of its own it does the job's work in t and sets *ran; otherwise it
+     * leaves both alone. LAGOON_OK, or a store error (the write is dropped and the job retried
+     * later, scheduler.h). Must not block. */
+    int (*run_job)(store_txn *t, const app *a, const lagoon_v1_ScheduledJob *job, int *ran, store_error *err);
 };
 
 /* The application's modules, in start order: handlers/services/modules.c. */
@@ -134,6 +160,7 @@ struct app {
     app_config cfg;
     mailer *mail;
     realtime *rt;
+    struct sched *jobs; /* the scheduler's thread (scheduler.h) */
     char data_dir[1024];
     const app_module *modules[APP_MODULES_MAX]; /* started, in order */
     void *module_state[APP_MODULES_MAX];

@@ -60,6 +60,26 @@
       "Teaching/Request and Teaching/Invite calls that store a request, per user and day. Past "   \
       "it each further one waits until the day (from the first) is over (RESOURCE_EXHAUSTED "      \
       "with retry_after_ms).")                                                                      \
+    X(reminder_lead_ms, "video-chat-reminder-minutes", NULL, 15u, 1u, 1440u, 60u * 1000u,          \
+      "Participants of a scheduled video chat and attendees of a professional chat are reminded " \
+      "this many minutes before its start (and again at the start). A chat scheduled to start "   \
+      "sooner than that gets only the reminder at the start.")                                    \
+    X(turn_ttl_s, "turn-credential-ttl-s", NULL, 3600u, 60u, 604800u, 1u,                          \
+      "Lifetime of the TURN credentials Signalling/GetIceServers hands out, seconds (the expiry " \
+      "in their username, coturn's use-auth-secret form).")                                      \
+    X(plays.max_events, "plays-per-minute", NULL, 1200u, 1u, 10000000u, 1u,                       \
+      "Plays interactions (Record, each interaction of a Report batch; a Start counts one) per "  \
+      "user and minute. Past it the call (or the Report stream) is refused with "                 \
+      "RESOURCE_EXHAUSTED and retry_after_ms until the minute (from the first) is over.")         \
+    X(plays_resume_min_pct, "plays-resume-min-percent", NULL, 5u, 1u, 50u, 1u,                    \
+      "A play stopped before this percentage of a video of known duration saves no resume "       \
+      "position (Jellyfin's MinResumePct).")                                                       \
+    X(plays_resume_max_pct, "plays-resume-max-percent", NULL, 90u, 50u, 99u, 1u,                  \
+      "A play past this percentage marks the video watched and resets its resume position; it "   \
+      "also counts as completed in the video's figures (Jellyfin's MaxResumePct).")                \
+    X(plays_retention_s, "plays-retention-days", NULL, 90u, 1u, 3650u, 24u * 3600u,               \
+      "Raw play interactions (the playbook) are kept this many days, then trimmed a few at each " \
+      "write; resume positions, history and the per-video figures stay.")                          \
     X(limiter_keys, "limiter-keys", NULL, APP_LIMITER_KEYS, 1000u, 10000000u, 1u,                 \
       "Keys (accounts, client addresses, users) each rate limiter tracks, about 230 bytes each. " \
       "A full limiter forgets expired keys, then makes new keys wait, so this bounds the "         \

@@ -7,7 +7,10 @@
 #include "groups.h"
 #include "messages.h"
 #include "teaching.h"
+#include "profchats.h"
+#include "signalling.h"
 #include "users.h"
+#include "videochats.h"
 
 const app_module *const app_modules[] = {
     &accounts_module, /* Auth's and Users' rate limiters */
@@ -17,5 +20,8 @@ const app_module *const app_modules[] = {
     &users_module,    /* the Users/Search limiter */
     &groups_module,   /* the Join/Invite limiter */
     &groupchat_module, /* group message events filled in */
+    &videochats_module, /* the chats' reminders (scheduler jobs) */
+    &profchats_module,  /* the sessions' reminders (scheduler jobs) */
+    &signalling_module, /* the calls' rooms (Signalling/Connect) */
 };
 const size_t app_modules_count = sizeof(app_modules) / sizeof(app_modules[0]);

@@ -29,10 +29,13 @@ typedef struct lagoond_opts {
     int log_level;
     uint32_t debug_methods; /* serve the Debug service (tests and benchmarks) */
     uint32_t settings[APP_SETTINGS_COUNT]; /* APP_SETTINGS, 0 = the default */
+    char stun_urls[APP_ICE_URLS_MAX];      /* app_config's ICE servers */
+    char turn_urls[APP_ICE_URLS_MAX];
+    char turn_secret[APP_TURN_SECRET_MAX];
 } lagoond_opts;
 
 /* The RPC layer's options (rpc_options_server), lagoond's own, then the app's settings. */
-#define LAGOOND_OWN_OPTIONS 2
+#define LAGOOND_OWN_OPTIONS 5
 #define LAGOOND_OPTIONS (RPC_OPTIONS_SERVER_COUNT + LAGOOND_OWN_OPTIONS + APP_SETTINGS_COUNT)
 
 static size_t lagoond_options(lagoond_opts *o, rpc_option out[LAGOOND_OPTIONS])
@@ -44,6 +47,20 @@ static size_t lagoond_options(lagoond_opts *o, rpc_option out[LAGOOND_OPTIONS])
         .name = "debug-methods", .kind = RPC_OPTION_BOOL, .target = &o->debug_methods,
         .help = "Serve the Debug service (echo, delays, streams) for tests and benchmarks. Off by default: its "
                 "methods exist to load the server and answer UNIMPLEMENTED when off. --debug-methods or =1 turns it on."};
+    out[n++] = (rpc_option){.name = "stun-urls", .kind = RPC_OPTION_TEXT, .target = o->stun_urls,
+                            .size = sizeof(o->stun_urls),
+                            .help = "STUN servers handed to call participants (Signalling/GetIceServers), comma-separated "
+                                    "URLs such as stun:stun.example.com:3478. Default none."};
+    out[n++] = (rpc_option){.name = "turn-urls", .kind = RPC_OPTION_TEXT, .target = o->turn_urls,
+                            .size = sizeof(o->turn_urls),
+                            .help = "TURN servers handed to call participants, comma-separated URLs such as "
+                                    "turn:turn.example.com:3478?transport=udp, with credentials from --turn-secret. "
+                                    "Default none."};
+    out[n++] = (rpc_option){.name = "turn-secret", .kind = RPC_OPTION_TEXT, .target = o->turn_secret,
+                            .size = sizeof(o->turn_secret),
+                            .help = "The shared secret of coturn's use-auth-secret (static-auth-secret): TURN "
+                                    "credentials are username expiry:user id, password base64(HMAC-SHA1(secret, "
+                                    "username)). Prefer LAGOON_TURN_SECRET in the environment to keep it out of ps."};
     n += app_settings_options(o->settings, out + n, LAGOOND_OPTIONS - n);
     return n;
 }
@@ -102,6 +119,10 @@ int main(int argc, char **argv)
 
     app_config acfg = {0};
     app_settings_apply(o.settings, &acfg);
+    APP_STRCPY(acfg.stun_urls, o.stun_urls);
+    APP_STRCPY(acfg.turn_urls, o.turn_urls);
+    APP_STRCPY(acfg.turn_secret, o.turn_secret);
+    sodium_memzero(o.turn_secret, sizeof(o.turn_secret));
     app *a;
     rpc_error rerr;
     if (app_open(o.data, &acfg, &a, &rerr) != RPC_OK) {

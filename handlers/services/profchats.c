@@ -335,7 +335,7 @@ int handle_ProfessionalChats_Create(rpc_call *call, const lagoon_v1_CreateProCha
 
 /* ---- actions on a session ------------------------------------------------------------------- */
 
-enum who { BY_HOST = 1, BY_ADMIN = 2, BY_EITHER = 3 };
+enum who { BY_HOST = 1, BY_ADMIN = 2, BY_EITHER = 3, BY_ANYONE = 4 /* who may see it */ };
 
 /* One change of a session: the states it applies to, who may make it, and what it does to c
  * (loaded; stored after it returns). */
@@ -355,7 +355,8 @@ static int act_write(store_txn *t, const app_write_in *in, void *resp, store_err
         return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
     int st = chat_for(t, &in->who, req->chat_id, c, err);
     int host = st == LAGOON_OK && c->host_id == in->who.user_id;
-    if (st == LAGOON_OK && !((ac->who & BY_HOST) && host) && !((ac->who & BY_ADMIN) && is_admin(&in->who)))
+    if (st == LAGOON_OK && ac->who != BY_ANYONE && !((ac->who & BY_HOST) && host) &&
+        !((ac->who & BY_ADMIN) && is_admin(&in->who)))
         st = store_fail(err, LAGOON_PERMISSION_DENIED, NULL,
                         ac->who == BY_HOST ? "only the host can do this" : "only the host or an administrator can do this");
     if (st == LAGOON_OK && !(ac->from & (1u << c->state)))
@@ -508,57 +509,32 @@ PROFCHATS_ACTION(SetRecording, lagoon_v1_SetRecordingRequest, recording_ac)
 
 /* ---- seats ---------------------------------------------------------------------------------- */
 
-static int register_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
+static int register_apply(store_txn *t, const app_write_in *in, pchat *c, store_error *err)
 {
-    const lagoon_v1_ProChatIdRequest *req = in->req;
-    pchat *c = malloc(sizeof(*c));
-    if (c == NULL)
-        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    if (c->host_id == in->who.user_id)
+        return store_fail(err, LAGOON_FAILED_PRECONDITION, NULL, "the host does not register");
     seat s;
-    int st = chat_for(t, &in->who, req->chat_id, c, err);
-    if (st == LAGOON_OK && c->state != PSTATE(PUBLISHED))
-        st = store_fail(err, LAGOON_FAILED_PRECONDITION, NULL, "registration is open while the session is published");
-    if (st == LAGOON_OK && c->host_id == in->who.user_id)
-        st = store_fail(err, LAGOON_FAILED_PRECONDITION, NULL, "the host does not register");
-    if (st == LAGOON_OK) {
-        st = seat_get(t, c->id, in->who.user_id, &s, err);
-        if (st == LAGOON_OK)
-            st = store_fail(err, LAGOON_ALREADY_EXISTS, "chat_id", "you are already registered or waiting");
-        else if (st == LAGOON_NOT_FOUND)
-            st = LAGOON_OK;
-    }
-    if (st == LAGOON_OK && c->registered >= c->capacity && c->waiting >= PROFCHATS_WAITING_MAX)
-        st = store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "the session and its waiting list are full");
-    if (st == LAGOON_OK) {
-        s = (seat)lagoon_v1_ProChatSeat_init_zero;
-        s.chat_id = c->id;
-        s.user_id = in->who.user_id;
-        s.start_at = c->start_at;
-        s.created_at = in->now;
-        if (c->registered < c->capacity) {
-            s.status = SEAT(REGISTERED);
-            c->registered++;
-        } else {
-            s.status = SEAT(WAITING);
-            s.position = ++c->next_position;
-            c->waiting++;
-        }
-        st = store_insert(t, &lagoon_table_pro_chat_seats, &s, NULL, err);
-    }
+    int st = seat_get(t, c->id, in->who.user_id, &s, err);
     if (st == LAGOON_OK)
-        st = store_update(t, &lagoon_table_pro_chats, c, err);
-    if (st == LAGOON_OK)
-        st = view_fill(t, &in->who, c, resp, err);
-    free(c);
-    return st;
-}
-
-int handle_ProfessionalChats_Register(rpc_call *call, const lagoon_v1_ProChatIdRequest *req,
-                                      lagoon_v1_ProChatView *resp)
-{
-    (void)req;
-    (void)resp;
-    return app_write_call(call, register_write, NULL);
+        return store_fail(err, LAGOON_ALREADY_EXISTS, "chat_id", "you are already registered or waiting");
+    if (st != LAGOON_NOT_FOUND)
+        return st;
+    if (c->registered >= c->capacity && c->waiting >= PROFCHATS_WAITING_MAX)
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "the session and its waiting list are full");
+    s = (seat)lagoon_v1_ProChatSeat_init_zero;
+    s.chat_id = c->id;
+    s.user_id = in->who.user_id;
+    s.start_at = c->start_at;
+    s.created_at = in->now;
+    if (c->registered < c->capacity) {
+        s.status = SEAT(REGISTERED);
+        c->registered++;
+    } else {
+        s.status = SEAT(WAITING);
+        s.position = ++c->next_position;
+        c->waiting++;
+    }
+    return store_insert(t, &lagoon_table_pro_chat_seats, &s, NULL, err);
 }
 
 /* The first in line takes the seat that freed up. */
@@ -592,21 +568,12 @@ static int promote(store_txn *t, const app *a, pchat *c, store_error *err)
     return st;
 }
 
-static int unregister_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
+static int unregister_apply(store_txn *t, const app_write_in *in, pchat *c, store_error *err)
 {
-    const lagoon_v1_ProChatIdRequest *req = in->req;
-    pchat *c = malloc(sizeof(*c));
-    if (c == NULL)
-        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
     seat s;
-    int st = chat_for(t, &in->who, req->chat_id, c, err);
-    if (st == LAGOON_OK) {
-        st = seat_get(t, c->id, in->who.user_id, &s, err);
-        if (st == LAGOON_NOT_FOUND)
-            st = store_fail(err, LAGOON_FAILED_PRECONDITION, NULL, "you are neither registered nor waiting");
-    }
-    if (st == LAGOON_OK && c->state != PSTATE(PUBLISHED) && c->state != PSTATE(LIVE))
-        st = store_fail(err, LAGOON_FAILED_PRECONDITION, NULL, "the session is over");
+    int st = seat_get(t, c->id, in->who.user_id, &s, err);
+    if (st == LAGOON_NOT_FOUND)
+        return store_fail(err, LAGOON_FAILED_PRECONDITION, NULL, "you are neither registered nor waiting");
     if (st == LAGOON_OK)
         st = store_delete(t, &lagoon_table_pro_chat_seats, s.id, err);
     if (st == LAGOON_OK && s.status == SEAT(WAITING))
@@ -615,12 +582,19 @@ static int unregister_write(store_txn *t, const app_write_in *in, void *resp, st
         c->registered--;
         st = promote(t, in->a, c, err);
     }
-    if (st == LAGOON_OK)
-        st = store_update(t, &lagoon_table_pro_chats, c, err);
-    if (st == LAGOON_OK)
-        st = view_fill(t, &in->who, c, resp, err);
-    free(c);
     return st;
+}
+
+static const action register_ac = {BIT(PUBLISHED), BY_ANYONE, "registration is open while the session is published",
+                                   register_apply};
+static const action unregister_ac = {BIT(PUBLISHED) | BIT(LIVE), BY_ANYONE, "the session is over", unregister_apply};
+
+int handle_ProfessionalChats_Register(rpc_call *call, const lagoon_v1_ProChatIdRequest *req,
+                                      lagoon_v1_ProChatView *resp)
+{
+    (void)req;
+    (void)resp;
+    return app_write_call(call, act_write, &register_ac);
 }
 
 int handle_ProfessionalChats_Unregister(rpc_call *call, const lagoon_v1_ProChatIdRequest *req,
@@ -628,7 +602,7 @@ int handle_ProfessionalChats_Unregister(rpc_call *call, const lagoon_v1_ProChatI
 {
     (void)req;
     (void)resp;
-    return app_write_call(call, unregister_write, NULL);
+    return app_write_call(call, act_write, &unregister_ac);
 }
 
 int handle_ProfessionalChats_Get(rpc_call *call, const lagoon_v1_ProChatIdRequest *req, lagoon_v1_ProChatView *resp)

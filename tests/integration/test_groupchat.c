@@ -224,33 +224,6 @@ static uint32_t mine_unread(const char *tok, uint64_t g, char disp[16])
     return 0;
 }
 
-static int count_row(void *arg, uint64_t id, const void *row)
-{
-    (void)id;
-    (void)row;
-    ++*(size_t *)arg;
-    return LAGOON_OK;
-}
-
-/* The rows of tab (the tests' tables are small: a bounded number of pages). */
-static size_t count_rows(const store_table *tab)
-{
-    size_t n = 0;
-    store_txn *t;
-    store_error err;
-    assert_int_equal(store_read_begin(T->app->db, &t, &err), LAGOON_OK);
-    char token[STORE_PAGE_TOKEN_MAX + 1] = "";
-    for (int pages = 0; pages < 1000; pages++) {
-        store_query q = {.table = tab, .page_size = STORE_PAGE_SIZE_MAX, .page_token = token};
-        store_page page;
-        assert_int_equal(store_scan(t, &q, count_row, &n, &page, &err), LAGOON_OK);
-        memcpy(token, page.next_page_token, sizeof(token));
-        if (token[0] == '\0')
-            break;
-    }
-    store_read_end(t);
-    return n;
-}
 
 /* ---- Send, List, Edit, Delete --------------------------------------------------------------- */
 
@@ -598,12 +571,12 @@ static void test_cascades(void **state)
     said(mem_tok, g, "two");
     said(mem_tok, h, "three");
     said(adm_tok, h, "four");
-    assert_int_equal(count_rows(&lagoon_table_group_messages), 4);
+    assert_int_equal(test_count_rows(T, &lagoon_table_group_messages), 4);
     /* A deleted group takes its chat. */
     lagoon_v1_DeleteGroupRequest dr = {g};
     lagoon_set_token(C, own_tok);
     EXPECT(lagoon_Groups_Delete(C, &dr, &E), LAGOON_OK, NULL);
-    assert_int_equal(count_rows(&lagoon_table_group_messages), 2);
+    assert_int_equal(test_count_rows(T, &lagoon_table_group_messages), 2);
     /* A deleted account takes the messages it sent; the others' counts follow. */
     assert_int_equal(mine_unread(own_tok, h, NULL), 2);
     lagoon_v1_DeleteAccountRequest ar = lagoon_v1_DeleteAccountRequest_init_zero;
@@ -611,7 +584,7 @@ static void test_cascades(void **state)
     lagoon_v1_UsersEmpty ue;
     lagoon_set_token(C, mem_tok);
     EXPECT(lagoon_Users_DeleteAccount(C, &ar, &ue), LAGOON_OK, NULL);
-    assert_int_equal(count_rows(&lagoon_table_group_messages), 1);
+    assert_int_equal(test_count_rows(T, &lagoon_table_group_messages), 1);
     assert_int_equal(mine_unread(own_tok, h, NULL), 1);
     EXPECT(list(adm_tok, h, 0, NULL, 0, 0, 0), LAGOON_OK, NULL);
     assert_int_equal(LM.messages_count, 1);

@@ -224,34 +224,6 @@ static int in_topic(uint64_t g, uint64_t user)
     return st == LAGOON_OK;
 }
 
-/* The rows of table tab (all of them: the tests' tables are small). */
-static int count_cb(void *arg, uint64_t id, const void *row)
-{
-    (void)id;
-    (void)row;
-    (*(size_t *)arg)++;
-    return LAGOON_OK;
-}
-
-static size_t count_rows(const store_table *tab)
-{
-    size_t n = 0;
-    store_txn *t;
-    store_error err;
-    assert_int_equal(store_read_begin(T->app->db, &t, &err), LAGOON_OK);
-    char token[STORE_PAGE_TOKEN_MAX + 1] = "";
-    for (int pages = 0; pages < 1000; pages++) {
-        store_query q = {.table = tab, .page_size = STORE_PAGE_SIZE_MAX, .page_token = token};
-        store_page page;
-        assert_int_equal(store_scan(t, &q, count_cb, &n, &page, &err), LAGOON_OK);
-        memcpy(token, page.next_page_token, sizeof(token));
-        if (token[0] == '\0')
-            break;
-    }
-    store_read_end(t);
-    return n;
-}
-
 #define PUB lagoon_v1_Group_Visibility_PUBLIC
 #define PRIV lagoon_v1_Group_Visibility_PRIVATE
 #define ROLE(r) lagoon_v1_GroupMember_Role_##r
@@ -317,11 +289,11 @@ static void test_create_get_update_delete(void **state)
     EXPECT(lagoon_Groups_Delete(C, &dr, &E), LAGOON_PERMISSION_DENIED, NULL);
     lagoon_set_token(C, out_tok);
     EXPECT(lagoon_Groups_Delete(C, &dr, &E), LAGOON_NOT_FOUND, "group_id");
-    assert_int_equal(count_rows(&lagoon_table_group_members), 3);
+    assert_int_equal(test_count_rows(T, &lagoon_table_group_members), 3);
     lagoon_set_token(C, own_tok);
     EXPECT(lagoon_Groups_Delete(C, &dr, &E), LAGOON_OK, NULL);
     EXPECT(get(own_tok, g), LAGOON_NOT_FOUND, "group_id");
-    assert_int_equal(count_rows(&lagoon_table_group_members), 0);
+    assert_int_equal(test_count_rows(T, &lagoon_table_group_members), 0);
     assert_false(in_topic(g, own));
     assert_false(in_topic(g, adm));
     assert_false(in_topic(g, mem));
@@ -1043,7 +1015,7 @@ static void test_cascades(void **state)
     uint64_t g2 = create(mem_tok, "another", PUB);
     EXPECT(join(mem_tok, g), LAGOON_OK, NULL);
     EXPECT(join(own_tok, g2), LAGOON_OK, NULL);
-    assert_int_equal(count_rows(&lagoon_table_group_members), 4);
+    assert_int_equal(test_count_rows(T, &lagoon_table_group_members), 4);
     /* An admin's kept Update response must not outlive the group. */
     EXPECT(set_role(own_tok, g, mem, ROLE(ADMIN)), LAGOON_OK, NULL);
     lagoon_v1_UpdateGroupRequest ur = lagoon_v1_UpdateGroupRequest_init_zero;
@@ -1062,7 +1034,7 @@ static void test_cascades(void **state)
     EXPECT(get(mem_tok, g), LAGOON_NOT_FOUND, "group_id");
     EXPECT(get(mem_tok, g2), LAGOON_OK, NULL);
     assert_int_equal(G.member_count, 1); /* own counted out */
-    assert_int_equal(count_rows(&lagoon_table_group_members), 1);
+    assert_int_equal(test_count_rows(T, &lagoon_table_group_members), 1);
     assert_false(in_topic(g, mem));
     lagoon_set_token(C, mem_tok);
     lagoon_set_idempotency_key(C, "update-once");

@@ -427,6 +427,33 @@ uint64_t test_verified_user(test_app *t, lagoon_client *c, const char *name, int
     return id;
 }
 
+static int count_row(void *arg, uint64_t id, const void *row)
+{
+    (void)id;
+    (void)row;
+    (*(size_t *)arg)++;
+    return LAGOON_OK;
+}
+
+size_t test_count_rows(test_app *t, const store_table *tab)
+{
+    size_t n = 0;
+    store_txn *txn;
+    store_error err;
+    assert_int_equal(store_read_begin(t->app->db, &txn, &err), LAGOON_OK);
+    char token[STORE_PAGE_TOKEN_MAX + 1] = "";
+    for (int pages = 0; pages < 1000; pages++) {
+        store_query q = {.table = tab, .page_size = STORE_PAGE_SIZE_MAX, .page_token = token};
+        store_page page;
+        assert_int_equal(store_scan(txn, &q, count_row, &n, &page, &err), LAGOON_OK);
+        memcpy(token, page.next_page_token, sizeof(token));
+        if (token[0] == '\0')
+            break;
+    }
+    store_read_end(txn);
+    return n;
+}
+
 void test_tweak_shared(app_config *acfg, rpc_config *cfg)
 {
     (void)cfg;

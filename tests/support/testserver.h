@@ -135,6 +135,9 @@ uint64_t test_admin_user(test_app *t, lagoon_client *c, const char *name, char *
 /* A text message from the user of token to user `to`, through c (its token is set to token):
  * the message's id. Fails the test unless the Send succeeds. */
 uint64_t test_send_text(lagoon_client *c, const char *token, uint64_t to, const char *text);
+/* The rows of table tab in t's store, counted by scanning it (at most 1 000 pages of
+ * STORE_PAGE_SIZE_MAX: the tests' tables are small). Fails the test on a store error. */
+size_t test_count_rows(test_app *t, const store_table *tab);
 /* test_app_start tweak for a server shared by many tests: every test connects from 127.0.0.1,
  * so the per-address limits (registrations, emails, failed sign-ins) are lifted, and so is the
  * per-user limit on Messages/Send (tests send many messages without moving the clock). */

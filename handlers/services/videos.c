@@ -1131,7 +1131,7 @@ int handle_Videos_ListShares(rpc_call *call, const lagoon_v1_ListVideoSharesRequ
 /* A user's views of a video count once in this long (VideoView.counted_at). */
 #define VIDEOS_VIEW_INTERVAL_MS (3600LL * 1000)
 
-static int view_long_enough(const lagoon_v1_Video *v, uint32_t watched_s)
+int videos_view_long_enough(const lagoon_v1_Video *v, uint32_t watched_s)
 {
     if (watched_s >= VIDEOS_VIEW_MIN_S)
         return 1;
@@ -1139,15 +1139,12 @@ static int view_long_enough(const lagoon_v1_Video *v, uint32_t watched_s)
            (uint64_t)watched_s * 2 >= v->duration_seconds;
 }
 
-/* The one place a view is counted, in the caller's write: watched_s seconds of v by user at
- * now. Sets *counted and, when it counts, moves the user's VideoView forward and stores v with
- * view_count + 1 (exact: the single writer serialises the increments). Written for RecordView
- * now, and for playback events later. */
-static int view_count(store_txn *t, lagoon_v1_Video *v, uint64_t user, uint32_t watched_s, int64_t now, int *counted,
+/* The one place a view is counted (videos.h): RecordView's, and Plays' for a qualifying play. */
+int videos_count_view(store_txn *t, lagoon_v1_Video *v, uint64_t user, uint32_t watched_s, int64_t now, int *counted,
                       store_error *err)
 {
     *counted = 0;
-    if (!view_long_enough(v, watched_s))
+    if (!videos_view_long_enough(v, watched_s))
         return LAGOON_OK;
     store_key k;
     store_key_reset(&k);
@@ -1181,7 +1178,7 @@ static int view_write(store_txn *t, const app_write_in *in, void *resp, store_er
     int counted = 0;
     int st = video_load(t, &in->who, req->video_id, APP_READ, "video_id", v, err);
     if (st == LAGOON_OK)
-        st = view_count(t, v, in->who.user_id, req->watched_seconds, in->now, &counted, err);
+        st = videos_count_view(t, v, in->who.user_id, req->watched_seconds, in->now, &counted, err);
     out->counted = counted;
     out->view_count = v->view_count;
     free(v);

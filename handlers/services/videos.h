@@ -18,6 +18,17 @@
 int videos_readable(store_txn *t, const rpc_caller *who, uint64_t id, const char *field, lagoon_v1_Video *v,
                     int *owner, store_error *err);
 
+/* View counting, one source for every service (Videos/RecordView, Plays): a view counts when
+ * VIDEOS_VIEW_MIN_S seconds were watched, or half of a video shorter than VIDEOS_VIEW_SHORT_S
+ * whose duration is known (videos.c), and a user's views of a video count once per
+ * VIDEOS_VIEW_INTERVAL_MS. videos_view_long_enough says whether watched_s seconds of v are
+ * enough; videos_count_view applies both rules in the caller's write: sets *counted and, when
+ * the view counts, moves the user's VideoView forward and stores v with view_count + 1 (exact:
+ * the single writer serialises the increments). */
+int videos_view_long_enough(const lagoon_v1_Video *v, uint32_t watched_s);
+int videos_count_view(store_txn *t, lagoon_v1_Video *v, uint64_t user, uint32_t watched_s, int64_t now, int *counted,
+                      store_error *err);
+
 /* Call in the transaction that deletes account user_id, before the delete: its videos go by the
  * account's cascade, so what Videos/Delete does besides the rows is done here for each (the
  * kept responses about their comments, the follows of their comments). */

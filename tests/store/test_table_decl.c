@@ -128,6 +128,9 @@ static const want_index app_indexes[] = {
     {"group_members", "by_group_user", "user_id", STORE_UNIQUE},
     {"group_members", "by_group_state_role", "group_id", STORE_MULTI},
     {"group_members", "by_user", "user_id", STORE_MULTI},
+    {"group_messages", "by_group", "group_id", STORE_MULTI},
+    {"group_messages", "by_client_id", "client_message_id", STORE_UNIQUE},
+    {"group_messages", "by_sender", "sender_id", STORE_MULTI},
 };
 
 typedef struct want_fkey {
@@ -171,6 +174,8 @@ static const want_fkey app_fkeys[] = {
     {"groups", "owner_id", "users", "by_owner", STORE_CASCADE},
     {"group_members", "group_id", "groups", "by_group_user", STORE_CASCADE},
     {"group_members", "user_id", "users", "by_user", STORE_CASCADE},
+    {"group_messages", "group_id", "groups", "by_group", STORE_CASCADE},
+    {"group_messages", "sender_id", "users", "by_sender", STORE_CASCADE},
 };
 
 static const store_table *app_table(const char *name)
@@ -194,7 +199,7 @@ static size_t table_pos(const store_table *const *tables, size_t n, const store_
 static void test_app_layout(void **state)
 {
     (void)state;
-    assert_int_equal(LAGOON_TABLES_COUNT, 25);
+    assert_int_equal(LAGOON_TABLES_COUNT, 26);
     size_t nindexes = 0, nfkeys = 0;
     for (size_t i = 0; i < LAGOON_TABLES_COUNT; i++) {
         nindexes += lagoon_tables[i]->nindexes;

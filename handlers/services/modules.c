@@ -6,6 +6,7 @@
 #include "groupchat.h"
 #include "groups.h"
 #include "messages.h"
+#include "party.h"
 #include "plays.h"
 #include "teaching.h"
 #include "profchats.h"
@@ -24,6 +25,7 @@ const app_module *const app_modules[] = {
     &videochats_module, /* the chats' reminders (scheduler jobs) */
     &profchats_module,  /* the sessions' reminders (scheduler jobs) */
     &signalling_module, /* the calls' rooms (Signalling/Connect) */
+    &party_module,    /* the live watch parties and their streams */
     &plays_module,    /* the per-user budget of play interactions */
 };
 const size_t app_modules_count = sizeof(app_modules) / sizeof(app_modules[0]);

@@ -28,6 +28,7 @@
 #include "paging.h"
 #include "profchats.h"
 #include "scheduler.h"
+#include "signalling.h"
 
 typedef lagoon_v1_ProChat pchat;
 typedef lagoon_v1_ProChatSeat seat;
@@ -503,9 +504,25 @@ PROFCHATS_ACTION(Reject, lagoon_v1_RejectProChatRequest, reject_ac)
 PROFCHATS_ACTION(SetFeatured, lagoon_v1_FeatureProChatRequest, feature_ac)
 PROFCHATS_ACTION(Cancel, lagoon_v1_ProChatIdRequest, cancel_ac)
 PROFCHATS_ACTION(Start, lagoon_v1_ProChatIdRequest, start_ac)
-PROFCHATS_ACTION(End, lagoon_v1_ProChatIdRequest, end_ac)
 PROFCHATS_ACTION(SetRecording, lagoon_v1_SetRecordingRequest, recording_ac)
 #undef PROFCHATS_ACTION
+
+/* Once the end is durable, the call's streams end too. */
+static int end_after(rpc_call *call, const app_write_in *in, void *resp, int status)
+{
+    (void)resp;
+    if (status == LAGOON_OK)
+        signalling_call_ended(app_of(call), lagoon_v1_CallKind_PRO_CHAT,
+                              ((const lagoon_v1_ProChatIdRequest *)in->req)->chat_id);
+    return status;
+}
+
+int handle_ProfessionalChats_End(rpc_call *call, const lagoon_v1_ProChatIdRequest *req, lagoon_v1_ProChatView *resp)
+{
+    (void)req;
+    (void)resp;
+    return app_write_call_then(call, act_write, &end_ac, end_after);
+}
 
 /* ---- seats ---------------------------------------------------------------------------------- */
 

@@ -174,6 +174,25 @@ static void signalling_drain(app *a, void *state)
     free(ev);
 }
 
+void signalling_call_ended(app *a, lagoon_v1_CallKind kind, uint64_t chat_id)
+{
+    signalling *s = app_state(a, &signalling_module);
+    lagoon_v1_SignalEvent *ev = malloc(sizeof(*ev));
+    if (s == NULL || ev == NULL) {
+        free(ev);
+        return;
+    }
+    pthread_mutex_lock(&s->mu);
+    room *r = s->rooms;
+    while (r != NULL && (r->kind != kind || r->chat_id != chat_id))
+        r = r->next;
+    /* The last member's drop frees the room: count down instead of reading r after it. */
+    for (uint32_t n = r ? r->n : 0; n > 0; n--)
+        drop_member(s, r->members, LAGOON_OK, "", ev);
+    pthread_mutex_unlock(&s->mu);
+    free(ev);
+}
+
 static void signalling_stop(app *a, void *state)
 {
     signalling_drain(a, state); /* nothing is left once the server has stopped; to be sure */

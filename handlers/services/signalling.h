@@ -35,6 +35,10 @@
 
 extern const app_module signalling_module;
 
+/* The chat (kind, chat_id) has ended: every stream of its call ends with OK, the others seeing
+ * each leave. Any thread but inside the module's own callbacks (End's after hook). */
+void signalling_call_ended(app *a, lagoon_v1_CallKind kind, uint64_t chat_id);
+
 /* coturn's use-auth-secret credential for user_id, valid until expires_s (seconds since the
  * epoch): username "<expires_s>:<user_id>" into username (cap bytes) and
  * base64(HMAC-SHA1(secret, username)) into password (cap bytes; 29 with the NUL). 0, or -1

@@ -19,6 +19,7 @@
 #include "lagoon_handlers.h"
 #include "paging.h"
 #include "scheduler.h"
+#include "signalling.h"
 #include "videochats.h"
 
 typedef lagoon_v1_VideoChat chat;
@@ -525,11 +526,25 @@ int handle_VideoChats_Start(rpc_call *call, const lagoon_v1_ChatIdRequest *req, 
     return change_call(call, start_change);
 }
 
+/* Once the end is durable, the call's streams end too. */
+static int end_after(rpc_call *call, const app_write_in *in, void *resp, int status)
+{
+    (void)resp;
+    if (status == LAGOON_OK)
+        signalling_call_ended(app_of(call), lagoon_v1_CallKind_VIDEO_CHAT,
+                              ((const lagoon_v1_ChatIdRequest *)in->req)->chat_id);
+    return status;
+}
+
 int handle_VideoChats_End(rpc_call *call, const lagoon_v1_ChatIdRequest *req, lagoon_v1_VideoChatView *resp)
 {
     (void)req;
     (void)resp;
-    return change_call(call, end_change);
+    change_fn *arg = app_write_args(call, sizeof(*arg));
+    if (arg == NULL)
+        return app_out_of_memory(call);
+    *arg = end_change;
+    return app_write_call_then(call, change_write, arg, end_after);
 }
 
 static int delete_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)

@@ -1,0 +1,556 @@
+/* ProfessionalChats end to end against the real server and store: who may host (teachers, users
+ * an administrator marked expert), the curation state machine (every action from every state,
+ * by host, administrator and others), visibility and the recording, capacity and the waiting
+ * list under concurrent registrations (never over capacity, promotion in line order, each
+ * promoted attendee notified), the lists, reminders, and who may join the live call. */
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <pb_decode.h>
+
+#include "lagoon_stubs.h"
+#include "lagoon_tables.h"
+#include "profchats.h"
+#include "scheduler.h"
+#include "testserver.h"
+
+#define MIN (60LL * 1000)
+#define CROWD 10
+
+static test_app *T;
+static lagoon_client *C;
+
+/* tess teaches; sam is a student an administrator may mark expert; root administers; the crowd
+ * attends. */
+static uint64_t tess, sam, root, crowd[CROWD];
+static char tess_tok[65], sam_tok[65], root_tok[65], crowd_tok[CROWD][65];
+
+static lagoon_v1_ProChatView VIEW;
+static lagoon_v1_ListProChatsResponse LIST;
+
+static void tweak(app_config *acfg, rpc_config *cfg)
+{
+    test_tweak_shared(acfg, cfg);
+    acfg->sched_poll_ms = 3600 * 1000; /* the tests run due jobs themselves */
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    T = test_app_new(tweak);
+    C = test_client(T);
+    tess = test_verified_user(T, C, "tess", lagoon_v1_Role_TEACHER, tess_tok);
+    sam = test_verified_user(T, C, "sam", lagoon_v1_Role_STUDENT, sam_tok);
+    root = test_admin_user(T, C, "root", root_tok);
+    for (int i = 0; i < CROWD; i++) {
+        char name[16];
+        snprintf(name, sizeof(name), "fan%d", i);
+        crowd[i] = test_user(C, name, lagoon_v1_Role_STUDENT, crowd_tok[i]);
+    }
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    pb_release(lagoon_v1_ListProChatsResponse_fields, &LIST);
+    memset(&LIST, 0, sizeof(LIST));
+    lagoon_close(C);
+    test_app_free(T);
+    return 0;
+}
+
+#define EXPECT(st, code, field) test_expect(C, (st), (code), (field), __LINE__)
+#define P(s) lagoon_v1_ProChat_State_##s
+#define SEAT(s) lagoon_v1_ProChatSeat_Status_##s
+
+static int create(const char *tok, const char *category, uint32_t capacity, int64_t in)
+{
+    static lagoon_v1_CreateProChatRequest r;
+    memset(&r, 0, sizeof(r));
+    snprintf(r.title, sizeof(r.title), "Sleep and the first year");
+    snprintf(r.topic, sizeof(r.topic), "Sleep");
+    snprintf(r.category, sizeof(r.category), "%s", category);
+    r.capacity = capacity;
+    r.start_at = T->clock_ms + in;
+    r.duration_minutes = 60;
+    lagoon_set_token(C, tok);
+    return lagoon_ProfessionalChats_Create(C, &r, &VIEW);
+}
+
+typedef int (*id_fn)(lagoon_client *, const lagoon_v1_ProChatIdRequest *, lagoon_v1_ProChatView *);
+
+static int act(id_fn fn, const char *tok, uint64_t id)
+{
+    lagoon_v1_ProChatIdRequest r = {id};
+    lagoon_set_token(C, tok);
+    return fn(C, &r, &VIEW);
+}
+
+static int reject(const char *tok, uint64_t id, const char *reason)
+{
+    lagoon_v1_RejectProChatRequest r = lagoon_v1_RejectProChatRequest_init_zero;
+    r.chat_id = id;
+    snprintf(r.reason, sizeof(r.reason), "%s", reason);
+    lagoon_set_token(C, tok);
+    return lagoon_ProfessionalChats_Reject(C, &r, &VIEW);
+}
+
+static int feature(const char *tok, uint64_t id, int on)
+{
+    lagoon_v1_FeatureProChatRequest r = {id, on};
+    lagoon_set_token(C, tok);
+    return lagoon_ProfessionalChats_SetFeatured(C, &r, &VIEW);
+}
+
+static int recording(const char *tok, uint64_t id, const char *url)
+{
+    lagoon_v1_SetRecordingRequest r = lagoon_v1_SetRecordingRequest_init_zero;
+    r.chat_id = id;
+    snprintf(r.recording_url, sizeof(r.recording_url), "%s", url);
+    lagoon_set_token(C, tok);
+    return lagoon_ProfessionalChats_SetRecording(C, &r, &VIEW);
+}
+
+static int set_expert(const char *tok, uint64_t user, int on)
+{
+    lagoon_v1_SetExpertRequest r = {user, on};
+    lagoon_v1_ExpertStatus out;
+    lagoon_set_token(C, tok);
+    return lagoon_ProfessionalChats_SetExpert(C, &r, &out);
+}
+
+static int list(int (*fn)(lagoon_client *, const lagoon_v1_ListProChatsRequest *, lagoon_v1_ListProChatsResponse *),
+                const char *tok, const char *category)
+{
+    lagoon_v1_ListProChatsRequest r = lagoon_v1_ListProChatsRequest_init_zero;
+    snprintf(r.category, sizeof(r.category), "%s", category);
+    lagoon_set_token(C, tok);
+    pb_release(lagoon_v1_ListProChatsResponse_fields, &LIST);
+    memset(&LIST, 0, sizeof(LIST));
+    return fn(C, &r, &LIST);
+}
+
+/* A session of tess's taken to PUBLISHED: its id. */
+static uint64_t published(const char *category, uint32_t capacity, int64_t in)
+{
+    EXPECT(create(tess_tok, category, capacity, in), LAGOON_OK, NULL);
+    uint64_t id = VIEW.chat.id;
+    EXPECT(act(lagoon_ProfessionalChats_Submit, tess_tok, id), LAGOON_OK, NULL);
+    EXPECT(act(lagoon_ProfessionalChats_Approve, root_tok, id), LAGOON_OK, NULL);
+    assert_int_equal(VIEW.chat.state, P(PUBLISHED));
+    return id;
+}
+
+typedef struct note_count {
+    lagoon_v1_Notification_Type type;
+    uint64_t related;
+    size_t n;
+} note_count;
+
+static int note_row(void *arg, uint64_t id, const void *row)
+{
+    (void)id;
+    note_count *nc = arg;
+    const lagoon_v1_Notification *n = row;
+    if (n->type == nc->type && n->related_id == nc->related)
+        nc->n++;
+    return LAGOON_OK;
+}
+
+static size_t notes(uint64_t user, lagoon_v1_Notification_Type type, uint64_t chat)
+{
+    note_count nc = {type, chat, 0};
+    store_key prefix;
+    store_key_reset(&prefix);
+    store_key_u64(&prefix, user);
+    store_txn *t;
+    store_error err;
+    assert_int_equal(store_read_begin(T->app->db, &t, &err), LAGOON_OK);
+    store_query q = {.table = &lagoon_table_notifications, .index = lagoon_index_notifications_by_user_time,
+                     .prefix = prefix.buf, .prefix_len = prefix.len, .page_size = STORE_PAGE_SIZE_MAX};
+    store_page page;
+    assert_int_equal(store_scan(t, &q, note_row, &nc, &page, &err), LAGOON_OK);
+    store_read_end(t);
+    return nc.n;
+}
+
+/* ---- hosts ------------------------------------------------------------------------------------ */
+
+static void test_who_hosts(void **state)
+{
+    (void)state;
+    EXPECT(create(sam_tok, "sleep", 10, 60 * MIN), LAGOON_PERMISSION_DENIED, NULL);
+    EXPECT(set_expert(sam_tok, sam, 1), LAGOON_PERMISSION_DENIED, NULL);
+    EXPECT(set_expert(root_tok, 999999, 1), LAGOON_NOT_FOUND, "user_id");
+    EXPECT(set_expert(root_tok, sam, 1), LAGOON_OK, NULL);
+    EXPECT(set_expert(root_tok, sam, 1), LAGOON_OK, NULL); /* already: unchanged */
+    EXPECT(create(sam_tok, "sleep", 10, 60 * MIN), LAGOON_OK, NULL);
+    assert_int_equal(VIEW.chat.state, P(DRAFT));
+    assert_int_equal(VIEW.chat.host_id, sam);
+    EXPECT(set_expert(root_tok, sam, 0), LAGOON_OK, NULL);
+    EXPECT(create(sam_tok, "sleep", 10, 60 * MIN), LAGOON_PERMISSION_DENIED, NULL);
+    EXPECT(create(tess_tok, "sleep", 10, 60 * MIN), LAGOON_OK, NULL);
+    EXPECT(create(tess_tok, "sleep", 10, 0), LAGOON_INVALID_ARGUMENT, "start_at");
+    EXPECT(create(tess_tok, "sleep", 0, 60 * MIN), LAGOON_INVALID_ARGUMENT, "capacity");
+    EXPECT(create(tess_tok, "sleep", PROFCHATS_CAPACITY_MAX + 1, 60 * MIN), LAGOON_INVALID_ARGUMENT, "capacity");
+    EXPECT(create(tess_tok, "", 10, 60 * MIN), LAGOON_INVALID_ARGUMENT, "category");
+}
+
+/* ---- the curation state machine ---------------------------------------------------------------- */
+
+static void test_curation(void **state)
+{
+    (void)state;
+    EXPECT(create(tess_tok, "sleep", 2, 60 * MIN), LAGOON_OK, NULL);
+    uint64_t id = VIEW.chat.id;
+    /* A draft: the host's and the administrators' only. */
+    EXPECT(act(lagoon_ProfessionalChats_Get, crowd_tok[0], id), LAGOON_NOT_FOUND, "chat_id");
+    EXPECT(act(lagoon_ProfessionalChats_Get, root_tok, id), LAGOON_OK, NULL);
+    EXPECT(act(lagoon_ProfessionalChats_Register, crowd_tok[0], id), LAGOON_NOT_FOUND, "chat_id");
+    EXPECT(act(lagoon_ProfessionalChats_Submit, crowd_tok[0], id), LAGOON_NOT_FOUND, "chat_id");
+    EXPECT(act(lagoon_ProfessionalChats_Approve, root_tok, id), LAGOON_FAILED_PRECONDITION, NULL);
+    EXPECT(act(lagoon_ProfessionalChats_Start, tess_tok, id), LAGOON_FAILED_PRECONDITION, NULL);
+    EXPECT(act(lagoon_ProfessionalChats_Submit, root_tok, id), LAGOON_PERMISSION_DENIED, NULL);
+    EXPECT(act(lagoon_ProfessionalChats_Approve, tess_tok, id), LAGOON_PERMISSION_DENIED, NULL); /* admin method */
+    EXPECT(act(lagoon_ProfessionalChats_Submit, tess_tok, id), LAGOON_OK, NULL);
+    assert_int_equal(VIEW.chat.state, P(SUBMITTED));
+    /* Submitted: frozen for the host; in the review queue. */
+    lagoon_v1_UpdateProChatRequest u = lagoon_v1_UpdateProChatRequest_init_zero;
+    u.chat_id = id;
+    u.has_capacity = true;
+    u.capacity = 3;
+    lagoon_set_token(C, tess_tok);
+    EXPECT(lagoon_ProfessionalChats_Update(C, &u, &VIEW), LAGOON_FAILED_PRECONDITION, NULL);
+    EXPECT(list(lagoon_ProfessionalChats_ListSubmitted, root_tok, ""), LAGOON_OK, NULL);
+    assert_int_equal(LIST.chats_count, 1);
+    assert_int_equal(LIST.chats[0].chat.id, id);
+    EXPECT(list(lagoon_ProfessionalChats_ListSubmitted, tess_tok, ""), LAGOON_PERMISSION_DENIED, NULL);
+    EXPECT(act(lagoon_ProfessionalChats_Submit, tess_tok, id), LAGOON_FAILED_PRECONDITION, NULL);
+    /* Rejected with a reason; changed; submitted again; approved. */
+    EXPECT(reject(root_tok, id, ""), LAGOON_INVALID_ARGUMENT, "reason");
+    EXPECT(reject(root_tok, id, "Please say who it is for"), LAGOON_OK, NULL);
+    assert_int_equal(VIEW.chat.state, P(REJECTED));
+    assert_string_equal(VIEW.chat.reject_reason, "Please say who it is for");
+    assert_int_equal(notes(tess, lagoon_v1_Notification_Type_PRO_CHAT_REVIEWED, id), 1);
+    EXPECT(act(lagoon_ProfessionalChats_Approve, root_tok, id), LAGOON_FAILED_PRECONDITION, NULL);
+    lagoon_set_token(C, tess_tok);
+    EXPECT(lagoon_ProfessionalChats_Update(C, &u, &VIEW), LAGOON_OK, NULL);
+    assert_int_equal(VIEW.chat.capacity, 3);
+    EXPECT(act(lagoon_ProfessionalChats_Submit, tess_tok, id), LAGOON_OK, NULL);
+    assert_string_equal(VIEW.chat.reject_reason, "");
+    EXPECT(feature(root_tok, id, 1), LAGOON_FAILED_PRECONDITION, NULL);
+    EXPECT(act(lagoon_ProfessionalChats_Approve, root_tok, id), LAGOON_OK, NULL);
+    assert_int_equal(VIEW.chat.state, P(PUBLISHED));
+    assert_int_equal(notes(tess, lagoon_v1_Notification_Type_PRO_CHAT_REVIEWED, id), 2);
+    EXPECT(feature(tess_tok, id, 1), LAGOON_PERMISSION_DENIED, NULL);
+    EXPECT(feature(root_tok, id, 1), LAGOON_OK, NULL);
+    assert_true(VIEW.chat.featured);
+    /* Published: public, open for registration, no longer changed nor approved. */
+    EXPECT(act(lagoon_ProfessionalChats_Get, crowd_tok[0], id), LAGOON_OK, NULL);
+    assert_int_equal(VIEW.seats_left, 3);
+    lagoon_set_token(C, tess_tok);
+    EXPECT(lagoon_ProfessionalChats_Update(C, &u, &VIEW), LAGOON_FAILED_PRECONDITION, NULL);
+    EXPECT(act(lagoon_ProfessionalChats_Approve, root_tok, id), LAGOON_FAILED_PRECONDITION, NULL);
+    EXPECT(act(lagoon_ProfessionalChats_Register, tess_tok, id), LAGOON_FAILED_PRECONDITION, NULL);
+    EXPECT(act(lagoon_ProfessionalChats_Register, crowd_tok[0], id), LAGOON_OK, NULL);
+    assert_int_equal(VIEW.my_status, SEAT(REGISTERED));
+    EXPECT(act(lagoon_ProfessionalChats_Register, crowd_tok[0], id), LAGOON_ALREADY_EXISTS, "chat_id");
+    EXPECT(recording(tess_tok, id, "https://videos.example.com/r/1"), LAGOON_FAILED_PRECONDITION, NULL);
+    /* Live, then ended. */
+    EXPECT(act(lagoon_ProfessionalChats_Start, crowd_tok[0], id), LAGOON_PERMISSION_DENIED, NULL);
+    EXPECT(act(lagoon_ProfessionalChats_Start, root_tok, id), LAGOON_PERMISSION_DENIED, NULL);
+    EXPECT(act(lagoon_ProfessionalChats_Start, tess_tok, id), LAGOON_OK, NULL);
+    assert_int_equal(VIEW.chat.state, P(LIVE));
+    assert_int_equal(notes(crowd[0], lagoon_v1_Notification_Type_PRO_CHAT_STARTED, id), 1);
+    EXPECT(act(lagoon_ProfessionalChats_Cancel, tess_tok, id), LAGOON_FAILED_PRECONDITION, NULL);
+    EXPECT(act(lagoon_ProfessionalChats_Register, crowd_tok[1], id), LAGOON_FAILED_PRECONDITION, NULL);
+    EXPECT(act(lagoon_ProfessionalChats_End, crowd_tok[0], id), LAGOON_PERMISSION_DENIED, NULL);
+    EXPECT(act(lagoon_ProfessionalChats_End, tess_tok, id), LAGOON_OK, NULL);
+    assert_int_equal(VIEW.chat.state, P(ENDED));
+    EXPECT(act(lagoon_ProfessionalChats_End, tess_tok, id), LAGOON_FAILED_PRECONDITION, NULL);
+    EXPECT(act(lagoon_ProfessionalChats_Unregister, crowd_tok[0], id), LAGOON_FAILED_PRECONDITION, NULL);
+    /* The recording: the host and registered attendees see it, no one else. */
+    EXPECT(recording(tess_tok, id, "not a url"), LAGOON_INVALID_ARGUMENT, "recording_url");
+    EXPECT(recording(crowd_tok[0], id, "https://videos.example.com/r/1"), LAGOON_PERMISSION_DENIED, NULL);
+    EXPECT(recording(tess_tok, id, "https://videos.example.com/r/1"), LAGOON_OK, NULL);
+    assert_string_equal(VIEW.chat.recording_url, "https://videos.example.com/r/1");
+    EXPECT(act(lagoon_ProfessionalChats_Get, crowd_tok[0], id), LAGOON_OK, NULL);
+    assert_string_equal(VIEW.chat.recording_url, "https://videos.example.com/r/1");
+    EXPECT(act(lagoon_ProfessionalChats_Get, crowd_tok[1], id), LAGOON_OK, NULL);
+    assert_string_equal(VIEW.chat.recording_url, "");
+    EXPECT(act(lagoon_ProfessionalChats_Get, root_tok, id), LAGOON_OK, NULL);
+    assert_string_equal(VIEW.chat.recording_url, "");
+    EXPECT(list(lagoon_ProfessionalChats_ListRegistered, crowd_tok[0], ""), LAGOON_OK, NULL);
+    assert_int_equal(LIST.chats_count, 1);
+    assert_string_equal(LIST.chats[0].chat.recording_url, "https://videos.example.com/r/1");
+    EXPECT(list(lagoon_ProfessionalChats_ListHosted, tess_tok, ""), LAGOON_OK, NULL);
+    assert_string_equal(LIST.chats[0].chat.recording_url, "https://videos.example.com/r/1");
+
+    /* Cancelled: from any state before live, by the host or an administrator, attendees told. */
+    uint64_t c2 = published("sleep", 1, 60 * MIN);
+    EXPECT(act(lagoon_ProfessionalChats_Register, crowd_tok[0], c2), LAGOON_OK, NULL);
+    EXPECT(act(lagoon_ProfessionalChats_Register, crowd_tok[1], c2), LAGOON_OK, NULL);
+    assert_int_equal(VIEW.my_status, SEAT(WAITING));
+    EXPECT(act(lagoon_ProfessionalChats_Cancel, crowd_tok[0], c2), LAGOON_PERMISSION_DENIED, NULL);
+    EXPECT(act(lagoon_ProfessionalChats_Cancel, root_tok, c2), LAGOON_OK, NULL);
+    assert_int_equal(VIEW.chat.state, P(CANCELLED));
+    assert_int_equal(notes(crowd[0], lagoon_v1_Notification_Type_PRO_CHAT_CANCELLED, c2), 1);
+    assert_int_equal(notes(crowd[1], lagoon_v1_Notification_Type_PRO_CHAT_CANCELLED, c2), 1);
+    EXPECT(act(lagoon_ProfessionalChats_Cancel, tess_tok, c2), LAGOON_FAILED_PRECONDITION, NULL);
+    EXPECT(create(tess_tok, "sleep", 1, 60 * MIN), LAGOON_OK, NULL);
+    EXPECT(act(lagoon_ProfessionalChats_Cancel, tess_tok, VIEW.chat.id), LAGOON_OK, NULL);
+    /* Without a token: nothing. */
+    EXPECT(act(lagoon_ProfessionalChats_Get, "", id), LAGOON_UNAUTHENTICATED, NULL);
+    EXPECT(act(lagoon_ProfessionalChats_Register, "", id), LAGOON_UNAUTHENTICATED, NULL);
+}
+
+/* ---- capacity and the waiting list ------------------------------------------------------------- */
+
+typedef struct racer {
+    int i;
+    uint64_t chat;
+    pthread_barrier_t *go;
+    int status;
+} racer;
+
+static void *register_racer(void *arg)
+{
+    racer *r = arg;
+    lagoon_client *c = test_client(T);
+    lagoon_set_token(c, crowd_tok[r->i]);
+    lagoon_v1_ProChatIdRequest req = {r->chat};
+    lagoon_v1_ProChatView v = lagoon_v1_ProChatView_init_zero;
+    pthread_barrier_wait(r->go);
+    r->status = lagoon_ProfessionalChats_Register(c, &req, &v);
+    lagoon_close(c);
+    return NULL;
+}
+
+/* The seats of chat in the store: registered ones, and the waiting users in line order. */
+static void seats(uint64_t chat, uint32_t *registered, uint64_t *line, uint32_t *nline)
+{
+    *registered = 0;
+    *nline = 0;
+    for (int i = 0; i < CROWD; i++) {
+        EXPECT(act(lagoon_ProfessionalChats_Get, crowd_tok[i], chat), LAGOON_OK, NULL);
+        if (VIEW.my_status == SEAT(REGISTERED))
+            (*registered)++;
+        else if (VIEW.my_status == SEAT(WAITING)) {
+            assert_true(VIEW.my_place >= 1 && VIEW.my_place <= CROWD);
+            line[VIEW.my_place - 1] = crowd[i];
+            (*nline)++;
+        }
+    }
+}
+
+static int crowd_index(uint64_t user)
+{
+    for (int i = 0; i < CROWD; i++)
+        if (crowd[i] == user)
+            return i;
+    fail();
+    return -1;
+}
+
+static void test_capacity_and_waiting_list(void **state)
+{
+    (void)state;
+    const uint32_t cap = 3;
+    uint64_t id = published("sleep", cap, 60 * MIN);
+    pthread_barrier_t go;
+    pthread_barrier_init(&go, NULL, CROWD);
+    racer rs[CROWD];
+    pthread_t th[CROWD];
+    for (int i = 0; i < CROWD; i++) {
+        rs[i] = (racer){i, id, &go, -1};
+        assert_int_equal(pthread_create(&th[i], NULL, register_racer, &rs[i]), 0);
+    }
+    for (int i = 0; i < CROWD; i++)
+        pthread_join(th[i], NULL);
+    pthread_barrier_destroy(&go);
+    for (int i = 0; i < CROWD; i++)
+        assert_int_equal(rs[i].status, LAGOON_OK);
+    EXPECT(act(lagoon_ProfessionalChats_Get, tess_tok, id), LAGOON_OK, NULL);
+    assert_int_equal(VIEW.chat.registered, cap);
+    assert_int_equal(VIEW.chat.waiting, CROWD - cap);
+    assert_int_equal(VIEW.seats_left, 0);
+    uint32_t registered, nline;
+    uint64_t line[CROWD];
+    seats(id, &registered, line, &nline);
+    assert_int_equal(registered, cap);
+    assert_int_equal(nline, CROWD - cap); /* places 1..7, each once */
+
+    /* A waiting one leaves: no promotion; the line closes up. */
+    int leaver = crowd_index(line[1]);
+    EXPECT(act(lagoon_ProfessionalChats_Unregister, crowd_tok[leaver], id), LAGOON_OK, NULL);
+    assert_int_equal(VIEW.my_status, lagoon_v1_ProChatSeat_Status_STATUS_UNSPECIFIED);
+    memmove(&line[1], &line[2], (nline - 2) * sizeof(line[0]));
+    nline--;
+    uint32_t r2, n2;
+    uint64_t line2[CROWD];
+    seats(id, &r2, line2, &n2);
+    assert_int_equal(r2, cap);
+    assert_int_equal(n2, nline);
+    assert_memory_equal(line2, line, nline * sizeof(line[0]));
+
+    /* Each registered one who leaves makes room for the first in line, who is told. */
+    for (int round = 0; round < (int)cap; round++) {
+        int out = -1;
+        for (int i = 0; i < CROWD && out < 0; i++) {
+            EXPECT(act(lagoon_ProfessionalChats_Get, crowd_tok[i], id), LAGOON_OK, NULL);
+            if (VIEW.my_status == SEAT(REGISTERED))
+                out = i;
+        }
+        uint64_t next = line[0];
+        assert_int_equal(notes(next, lagoon_v1_Notification_Type_PRO_CHAT_SEAT, id), 0);
+        EXPECT(act(lagoon_ProfessionalChats_Unregister, crowd_tok[out], id), LAGOON_OK, NULL);
+        assert_int_equal(VIEW.chat.registered, cap);
+        assert_int_equal(notes(next, lagoon_v1_Notification_Type_PRO_CHAT_SEAT, id), 1);
+        EXPECT(act(lagoon_ProfessionalChats_Get, crowd_tok[crowd_index(next)], id), LAGOON_OK, NULL);
+        assert_int_equal(VIEW.my_status, SEAT(REGISTERED));
+        memmove(&line[0], &line[1], (nline - 1) * sizeof(line[0]));
+        nline--;
+        seats(id, &r2, line2, &n2);
+        assert_int_equal(r2, cap);
+        assert_int_equal(n2, nline);
+        assert_memory_equal(line2, line, nline * sizeof(line[0]));
+        /* Back in, at the end of the line. */
+        EXPECT(act(lagoon_ProfessionalChats_Register, crowd_tok[out], id), LAGOON_OK, NULL);
+        assert_int_equal(VIEW.my_status, SEAT(WAITING));
+        assert_int_equal(VIEW.my_place, nline + 1);
+        line[nline++] = crowd[out];
+    }
+    EXPECT(act(lagoon_ProfessionalChats_Get, tess_tok, id), LAGOON_OK, NULL);
+    assert_int_equal(VIEW.chat.registered, cap);
+    assert_int_equal(VIEW.chat.waiting, nline);
+}
+
+/* ---- lists and reminders ------------------------------------------------------------------------ */
+
+static void test_lists(void **state)
+{
+    (void)state;
+    uint64_t late = published("sleep", 5, 120 * MIN);
+    uint64_t soon = published("sleep", 5, 60 * MIN);
+    uint64_t food = published("food", 5, 90 * MIN);
+    EXPECT(create(tess_tok, "sleep", 5, 30 * MIN), LAGOON_OK, NULL); /* a draft: not listed */
+    uint64_t draft = VIEW.chat.id;
+    EXPECT(act(lagoon_ProfessionalChats_Register, crowd_tok[0], late), LAGOON_OK, NULL);
+    EXPECT(list(lagoon_ProfessionalChats_ListPublished, crowd_tok[1], "sleep"), LAGOON_OK, NULL);
+    assert_int_equal(LIST.chats_count, 2);
+    assert_int_equal(LIST.chats[0].chat.id, soon);
+    assert_int_equal(LIST.chats[1].chat.id, late);
+    assert_int_equal(LIST.chats[1].seats_left, 4);
+    EXPECT(list(lagoon_ProfessionalChats_ListPublished, crowd_tok[1], ""), LAGOON_OK, NULL);
+    assert_int_equal(LIST.chats_count, 3);
+    assert_int_equal(LIST.chats[1].chat.id, food);
+    EXPECT(list(lagoon_ProfessionalChats_ListHosted, tess_tok, ""), LAGOON_OK, NULL);
+    assert_int_equal(LIST.chats_count, 4);
+    assert_int_equal(LIST.chats[0].chat.id, late); /* newest start first */
+    assert_int_equal(LIST.chats[3].chat.id, draft);
+    EXPECT(list(lagoon_ProfessionalChats_ListRegistered, crowd_tok[0], ""), LAGOON_OK, NULL);
+    assert_int_equal(LIST.chats_count, 1);
+    assert_int_equal(LIST.chats[0].my_status, SEAT(REGISTERED));
+    /* An hour on, the one that started (its time passed) is no longer upcoming. */
+    test_clock_advance(T, 61 * MIN);
+    EXPECT(list(lagoon_ProfessionalChats_ListPublished, crowd_tok[1], "sleep"), LAGOON_OK, NULL);
+    assert_int_equal(LIST.chats_count, 1);
+    assert_int_equal(LIST.chats[0].chat.id, late);
+}
+
+static uint32_t run_due(void)
+{
+    uint32_t ran = 0;
+    store_error err;
+    assert_int_equal(sched_run_due(T->app, 0, &ran, &err), LAGOON_OK);
+    return ran;
+}
+
+static void test_reminders(void **state)
+{
+    (void)state;
+    uint64_t id = published("sleep", 1, 60 * MIN);
+    uint64_t gone = published("sleep", 1, 60 * MIN);
+    EXPECT(act(lagoon_ProfessionalChats_Register, crowd_tok[0], id), LAGOON_OK, NULL);
+    EXPECT(act(lagoon_ProfessionalChats_Register, crowd_tok[1], id), LAGOON_OK, NULL); /* waiting */
+    EXPECT(act(lagoon_ProfessionalChats_Register, crowd_tok[0], gone), LAGOON_OK, NULL);
+    EXPECT(act(lagoon_ProfessionalChats_Cancel, tess_tok, gone), LAGOON_OK, NULL);
+    test_clock_advance(T, 45 * MIN);
+    assert_int_equal(run_due(), 1); /* the cancelled one's are gone */
+    assert_int_equal(run_due(), 0);
+    assert_int_equal(notes(crowd[0], lagoon_v1_Notification_Type_PRO_CHAT_REMINDER, id), 1);
+    assert_int_equal(notes(tess, lagoon_v1_Notification_Type_PRO_CHAT_REMINDER, id), 1);
+    assert_int_equal(notes(crowd[1], lagoon_v1_Notification_Type_PRO_CHAT_REMINDER, id), 0);
+    assert_int_equal(notes(crowd[0], lagoon_v1_Notification_Type_PRO_CHAT_REMINDER, gone), 0);
+    /* Started early: no reminder at the start. */
+    EXPECT(act(lagoon_ProfessionalChats_Start, tess_tok, id), LAGOON_OK, NULL);
+    test_clock_advance(T, 15 * MIN);
+    assert_int_equal(run_due(), 0);
+    assert_int_equal(notes(crowd[0], lagoon_v1_Notification_Type_PRO_CHAT_STARTED, id), 1); /* Start's own */
+}
+
+/* ---- the live call ------------------------------------------------------------------------------ */
+
+static int join(const char *tok, uint64_t chat)
+{
+    static lagoon_v1_SignalRequest req;
+    static lagoon_v1_SignalEvent ev;
+    memset(&req, 0, sizeof(req));
+    req.which_msg = lagoon_v1_SignalRequest_join_tag;
+    req.msg.join.kind = lagoon_v1_CallKind_PRO_CHAT;
+    req.msg.join.chat_id = chat;
+    lagoon_client *c = test_client(T);
+    lagoon_set_token(c, tok);
+    lagoon_stream *s;
+    int st = lagoon_Signalling_Connect(c, &req, &s);
+    if (st == LAGOON_OK) {
+        int got = lagoon_stream_recv_timeout(s, &ev, 10000);
+        if (got == 1) {
+            assert_int_equal(ev.which_msg, lagoon_v1_SignalEvent_presence_tag);
+            lagoon_stream_cancel(s);
+        } else {
+            assert_int_equal(got, 0);
+            st = lagoon_stream_finish(s, NULL);
+        }
+    }
+    lagoon_close(c);
+    return st;
+}
+
+static void test_who_joins_the_call(void **state)
+{
+    (void)state;
+    uint64_t id = published("sleep", 1, 60 * MIN);
+    EXPECT(act(lagoon_ProfessionalChats_Register, crowd_tok[0], id), LAGOON_OK, NULL);
+    EXPECT(act(lagoon_ProfessionalChats_Register, crowd_tok[1], id), LAGOON_OK, NULL); /* waiting */
+    assert_int_equal(join(tess_tok, id), LAGOON_FAILED_PRECONDITION); /* not live */
+    EXPECT(act(lagoon_ProfessionalChats_Start, tess_tok, id), LAGOON_OK, NULL);
+    assert_int_equal(join(tess_tok, id), LAGOON_OK);
+    assert_int_equal(join(crowd_tok[0], id), LAGOON_OK);
+    assert_int_equal(join(crowd_tok[1], id), LAGOON_PERMISSION_DENIED);
+    assert_int_equal(join(crowd_tok[2], id), LAGOON_PERMISSION_DENIED);
+    assert_int_equal(join(root_tok, id), LAGOON_PERMISSION_DENIED);
+    EXPECT(create(tess_tok, "sleep", 1, 60 * MIN), LAGOON_OK, NULL);
+    assert_int_equal(join(crowd_tok[0], VIEW.chat.id), LAGOON_NOT_FOUND); /* a draft */
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_who_hosts, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_curation, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_capacity_and_waiting_list, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lists, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reminders, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_who_joins_the_call, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

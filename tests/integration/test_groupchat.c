@@ -47,16 +47,36 @@ static void tweak(app_config *acfg, rpc_config *cfg)
     acfg->event_retention_count = 100000;
 }
 
-static int setup(void **state)
+/* The sends-per-minute budget at GROUPCHAT_TEST_SENDS (BACKOFF: then a wait). */
+#define GROUPCHAT_TEST_SENDS 5
+
+static void tweak_sends(app_config *acfg, rpc_config *cfg)
 {
-    (void)state;
-    T = test_app_new(tweak);
+    tweak(acfg, cfg);
+    acfg->sends.max_events = GROUPCHAT_TEST_SENDS;
+}
+
+static int start_with(void (*tweak_fn)(app_config *acfg, rpc_config *cfg))
+{
+    T = test_app_new(tweak_fn);
     C = test_client(T);
     own = test_verified_user(T, C, "own", lagoon_v1_Role_STUDENT, own_tok);
     adm = test_verified_user(T, C, "adm", lagoon_v1_Role_STUDENT, adm_tok);
     mem = test_verified_user(T, C, "mem", lagoon_v1_Role_STUDENT, mem_tok);
     out = test_verified_user(T, C, "out", lagoon_v1_Role_STUDENT, out_tok);
     return 0;
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    return start_with(tweak);
+}
+
+static int setup_sends(void **state)
+{
+    (void)state;
+    return start_with(tweak_sends);
 }
 
 static void release_lists(void)
@@ -335,6 +355,23 @@ static void test_send_retries(void **state)
     assert_int_equal(LM.messages_count, 2);
 }
 
+/* The sender's budget: refused Sends are given back; direct messages have a budget of their own. */
+static void test_send_budget(void **state)
+{
+    (void)state;
+    uint64_t g = group_of_three("budget", PUB);
+    for (int i = 0; i < GROUPCHAT_TEST_SENDS + 2; i++)
+        EXPECT(send_text(out_tok, g, "not a member"), LAGOON_PERMISSION_DENIED, NULL);
+    for (int i = 0; i < GROUPCHAT_TEST_SENDS; i++)
+        said(mem_tok, g, "counted");
+    EXPECT(send_text(mem_tok, g, "one too many"), LAGOON_RESOURCE_EXHAUSTED, NULL);
+    assert_true(lagoon_last_error(C)->detail.retry_after_ms > 0);
+    said(adm_tok, g, "another user's budget");
+    test_send_text(C, mem_tok, own, "a direct message counts apart");
+    test_clock_advance(T, 61 * 1000);
+    said(mem_tok, g, "a minute later");
+}
+
 /* ---- the authorization matrix ------------------------------------------------------------- */
 
 /* Every method for one caller: expected code (and, for NOT_FOUND, the field). */
@@ -552,10 +589,11 @@ static void test_mentions(void **state)
     assert_int_equal(mentions_of(mem), 2);
     assert_int_equal(mentions_of(adm), 1);
     /* At most GROUPCHAT_MENTIONS_MAX distinct names a message: the later ones are text. */
-    char text[200] = "";
-    for (int i = 0; i < GROUPCHAT_MENTIONS_MAX; i++)
-        strcat(text, "@ghost ");
-    strcat(text, "@ab1 @ab2 @ab3 @ab4 @ab5 @mem");
+    char text[200];
+    size_t len = 0;
+    for (int i = 0; i < GROUPCHAT_MENTIONS_MAX; i++) /* one distinct name, however often */
+        len += (size_t)snprintf(text + len, sizeof(text) - len, "@ghost ");
+    snprintf(text + len, sizeof(text) - len, "@ab1 @ab2 @ab3 @ab4 @ab5 @mem");
     said(adm_tok, g, text);
     assert_int_equal(mentions_of(mem), 2);
 }
@@ -816,6 +854,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_send_list_edit_delete, setup, teardown),
         cmocka_unit_test_setup_teardown(test_send_retries, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_send_budget, setup_sends, teardown),
         cmocka_unit_test_setup_teardown(test_authorization_matrix, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unread_recount, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unread_cap, setup, teardown),

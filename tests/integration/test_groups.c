@@ -304,9 +304,10 @@ static void test_create_get_update_delete(void **state)
 static void test_notification_titles_stay_utf8(void **state)
 {
     (void)state;
-    char name[401] = "";
-    for (int i = 0; i < 100; i++)
-        strcat(name, "\xe2\x82\xac"); /* 100 euro signs: 300 bytes */
+    char name[401];
+    for (int i = 0; i < 100; i++) /* 100 euro signs: 300 bytes */
+        memcpy(name + 3 * i, "\xe2\x82\xac", 3);
+    name[300] = '\0';
     uint64_t g = create(own_tok, name, PRIV);
     EXPECT(join(mem_tok, g), LAGOON_OK, NULL); /* a request: the owner is notified */
     lagoon_set_token(C, own_tok);
@@ -749,7 +750,12 @@ static int seed_pending(store_txn *t, void *arg, store_error *err)
     const seed *sd = arg;
     lagoon_v1_User *u = calloc(1, sizeof(*u));
     lagoon_v1_Group *g = calloc(1, sizeof(*g));
-    int st = u && g ? LAGOON_OK : store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    if (u == NULL || g == NULL) {
+        free(u);
+        free(g);
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    }
+    int st = LAGOON_OK;
     for (uint32_t i = 0; i < sd->n && st == LAGOON_OK; i++) {
         lagoon_v1_GroupMember m = lagoon_v1_GroupMember_init_zero;
         m.role = ROLE(MEMBER);

@@ -21,10 +21,11 @@
 #include "scheduler.h"
 #include "testserver.h"
 
+#include "chats_support.h"
+
 #define MIN (60LL * 1000)
 #define CROWD 10
 
-static test_app *T;
 static lagoon_client *C;
 
 /* tess teaches; sam is a student an administrator may mark expert; root administers; the crowd
@@ -149,38 +150,6 @@ static uint64_t published(const char *category, uint32_t capacity, int64_t in)
     return id;
 }
 
-typedef struct note_count {
-    lagoon_v1_Notification_Type type;
-    uint64_t related;
-    size_t n;
-} note_count;
-
-static int note_row(void *arg, uint64_t id, const void *row)
-{
-    (void)id;
-    note_count *nc = arg;
-    const lagoon_v1_Notification *n = row;
-    if (n->type == nc->type && n->related_id == nc->related)
-        nc->n++;
-    return LAGOON_OK;
-}
-
-static size_t notes(uint64_t user, lagoon_v1_Notification_Type type, uint64_t chat)
-{
-    note_count nc = {type, chat, 0};
-    store_key prefix;
-    store_key_reset(&prefix);
-    store_key_u64(&prefix, user);
-    store_txn *t;
-    store_error err;
-    assert_int_equal(store_read_begin(T->app->db, &t, &err), LAGOON_OK);
-    store_query q = {.table = &lagoon_table_notifications, .index = lagoon_index_notifications_by_user_time,
-                     .prefix = prefix.buf, .prefix_len = prefix.len, .page_size = STORE_PAGE_SIZE_MAX};
-    store_page page;
-    assert_int_equal(store_scan(t, &q, note_row, &nc, &page, &err), LAGOON_OK);
-    store_read_end(t);
-    return nc.n;
-}
 
 /* ---- hosts ------------------------------------------------------------------------------------ */
 
@@ -466,13 +435,6 @@ static void test_lists(void **state)
     assert_int_equal(LIST.chats[0].chat.id, late);
 }
 
-static uint32_t run_due(void)
-{
-    uint32_t ran = 0;
-    store_error err;
-    assert_int_equal(sched_run_due(T->app, 0, &ran, &err), LAGOON_OK);
-    return ran;
-}
 
 static void test_reminders(void **state)
 {

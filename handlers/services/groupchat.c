@@ -27,6 +27,7 @@
 #include "lagoon_handlers.h"
 #include "messages.h"
 #include "paging.h"
+#include "party.h"
 
 typedef lagoon_v1_GroupMessage message;
 typedef lagoon_v1_GroupMember member;
@@ -273,16 +274,12 @@ static int notify_mentions(store_txn *t, const app_write_in *in, const message *
 
 /* ---- Send ---------------------------------------------------------------------------------------- */
 
-/* The Party service's spot: a message sent while the sender watches a party of the group gets
- * that party's id and media position here (m->party_id, m->media_position_ms), in Send's
- * transaction, before the message is stored. Nothing yet: both stay 0. */
+/* The Party service's spot: a message sent while a party of the group runs gets that party's
+ * id and media position (m->party_id, m->media_position_ms), in Send's transaction, before the
+ * message is stored (party.h: party_position_now). None running: both stay 0. */
 static int party_stamp(store_txn *t, const app_write_in *in, message *m, store_error *err)
 {
-    (void)t;
-    (void)in;
-    (void)m;
-    (void)err;
-    return LAGOON_OK;
+    return party_position_now(t, m->group_id, in->now, &m->party_id, &m->media_position_ms, err);
 }
 
 /* The group's last activity moves to now (ListMine's order). */

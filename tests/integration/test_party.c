@@ -787,6 +787,24 @@ static void test_host_and_control(void **state)
     leave(&S[2]);
 }
 
+/* A text to the group's chat from the user of tok: its media position (checks its party). */
+static int64_t chat(const char *tok, const char *text, uint64_t party_id)
+{
+    lagoon_v1_SendGroupMessageRequest *r = calloc(1, sizeof(*r));
+    lagoon_v1_GroupMessage *m = calloc(1, sizeof(*m));
+    assert_true(r && m);
+    r->group_id = group_id;
+    r->which_content = lagoon_v1_SendGroupMessageRequest_text_tag;
+    snprintf(r->content.text.text, sizeof(r->content.text.text), "%s", text);
+    lagoon_set_token(C, tok);
+    EXPECT(lagoon_GroupChat_Send(C, r, m), LAGOON_OK, NULL);
+    assert_int_equal(m->party_id, party_id);
+    int64_t pos = m->media_position_ms;
+    free(r);
+    free(m);
+    return pos;
+}
+
 /* A restart mid-party: the state is read back as it was stored, the members rejoin and go on;
  * a group member's subscription saw the party start. */
 static void test_restart_mid_party(void **state)
@@ -858,11 +876,15 @@ static void test_restart_mid_party(void **state)
     assert_int_equal(S[1].st.members_present, 1);
     assert_int_equal(S[1].st.host_id, S[1].uid);
     assert_int_equal(party_position_at(&S[1].st, now() + 500), party_position_at(&before, now() + 500));
+    /* the group's chat goes on beside it: a message sent now reads "at <position>" */
+    test_clock_advance(T, 3000);
+    assert_int_equal(chat(S[2].tok, "what a chord", pid), party_position_at(&before, now()));
     /* the grace period: with nobody present for PARTY_GRACE_MS the party ends */
     assert_int_equal(leave(&S[1]), LAGOON_OK);
     test_clock_advance(T, PARTY_GRACE_MS);
     assert_int_equal(join(&S[1], pid), LAGOON_NOT_FOUND);
     EXPECT(lagoon_Party_Get(C, &g, &p), LAGOON_NOT_FOUND, "party_id");
+    assert_int_equal(chat(S[2].tok, "and after", 0), 0); /* no party runs: no stamp */
 }
 
 int main(void)

@@ -125,7 +125,7 @@ static int view_fill(store_txn *t, const rpc_caller *who, const pchat *c, lagoon
 
 int profchats_may_join(store_txn *t, uint64_t user_id, uint64_t chat_id, store_error *err)
 {
-    pchat *c = malloc(sizeof(*c));
+    pchat *c = calloc(1, sizeof(*c));
     if (c == NULL)
         return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
     rpc_caller who = {.user_id = user_id}; /* not an administrator: only the host and attendees join */
@@ -206,7 +206,7 @@ static int profchats_run_job(store_txn *t, const app *a, const lagoon_v1_Schedul
     if (job->kind != lagoon_v1_JobKind_PRO_CHAT_REMINDER)
         return LAGOON_OK;
     *ran = 1;
-    pchat *c = malloc(sizeof(*c));
+    pchat *c = calloc(1, sizeof(*c));
     if (c == NULL)
         return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
     int st = store_get(t, &lagoon_table_pro_chats, job->owner_id, c, err);
@@ -351,7 +351,7 @@ static int act_write(store_txn *t, const app_write_in *in, void *resp, store_err
 {
     const lagoon_v1_ProChatIdRequest *req = in->req; /* every request of these starts with chat_id */
     const action *ac = in->args;
-    pchat *c = malloc(sizeof(*c));
+    pchat *c = calloc(1, sizeof(*c));
     if (c == NULL)
         return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
     int st = chat_for(t, &in->who, req->chat_id, c, err);
@@ -629,9 +629,12 @@ int handle_ProfessionalChats_Get(rpc_call *call, const lagoon_v1_ProChatIdReques
     int st = store_read_begin(app_of(call)->db, &t, &err);
     if (st != LAGOON_OK)
         return app_store_error(call, st, &err);
-    pchat *c = malloc(sizeof(*c));
-    st = c == NULL ? store_fail(&err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory")
-                   : chat_for(t, rpc_call_caller(call), req->chat_id, c, &err);
+    pchat *c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        store_read_end(t);
+        return app_out_of_memory(call);
+    }
+    st = chat_for(t, rpc_call_caller(call), req->chat_id, c, &err);
     if (st == LAGOON_OK)
         st = view_fill(t, rpc_call_caller(call), c, resp, &err);
     store_read_end(t);
@@ -742,9 +745,11 @@ int handle_ProfessionalChats_ListRegistered(rpc_call *call, const lagoon_v1_List
     st = store_read_begin(app_of(call)->db, &t, &err);
     if (st != LAGOON_OK)
         return app_store_error(call, st, &err);
-    pchat *c = malloc(sizeof(*c));
-    if (c == NULL)
-        st = store_fail(&err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    pchat *c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        store_read_end(t);
+        return app_out_of_memory(call);
+    }
     pb_size_t n = 0;
     for (pb_size_t i = 0; i < resp->chats_count && st == LAGOON_OK; i++) {
         lagoon_v1_ProChatSeat_Status status = resp->chats[i].my_status;

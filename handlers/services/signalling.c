@@ -81,6 +81,14 @@ static size_t bucket(const rpc_call *call)
     return ((uintptr_t)call >> 4) % SIGNALLING_BUCKETS;
 }
 
+static room *room_find(signalling *s, lagoon_v1_CallKind kind, uint64_t chat_id)
+{
+    room *r = s->rooms;
+    while (r != NULL && (r->kind != kind || r->chat_id != chat_id))
+        r = r->next;
+    return r;
+}
+
 static member *find(signalling *s, const rpc_call *call)
 {
     member *m = s->by_call[bucket(call)];
@@ -183,11 +191,8 @@ void signalling_call_ended(app *a, lagoon_v1_CallKind kind, uint64_t chat_id)
         return;
     }
     pthread_mutex_lock(&s->mu);
-    room *r = s->rooms;
-    while (r != NULL && (r->kind != kind || r->chat_id != chat_id))
-        r = r->next;
-    /* The last member's drop frees the room: count down instead of reading r after it. */
-    for (uint32_t n = r ? r->n : 0; n > 0; n--)
+    /* The last member's drop frees the room: looked up again after each. */
+    for (room *r; (r = room_find(s, kind, chat_id)) != NULL;)
         drop_member(s, r->members, LAGOON_OK, "", ev);
     pthread_mutex_unlock(&s->mu);
     free(ev);
@@ -267,32 +272,30 @@ static int join(rpc_call *call, signalling *s, const lagoon_v1_SignalRequest *re
     m->call = call;
     m->user_id = me;
     pthread_mutex_lock(&s->mu);
-    room *r = s->rooms;
-    while (r != NULL && (r->kind != j->kind || r->chat_id != j->chat_id))
-        r = r->next;
-    st = LAGOON_OK;
-    for (member *x = r ? r->members : NULL; x != NULL && st == LAGOON_OK; x = x->next)
+    room *r = room_find(s, j->kind, j->chat_id);
+    int refused = 0;
+    for (member *x = r ? r->members : NULL; x != NULL && !refused; x = x->next)
         if (x->user_id == me)
-            st = rpc_call_error(call, LAGOON_ALREADY_EXISTS, "you are already connected to this call");
-    if (st == LAGOON_OK && r != NULL && r->n >= SIGNALLING_ROOM_MAX)
-        st = rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "the call has %d people connected", SIGNALLING_ROOM_MAX);
-    if (st == LAGOON_OK && s->members >= SIGNALLING_MEMBERS_MAX)
-        st = rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "too many calls in progress; retry later");
-    if (st == LAGOON_OK && r == NULL) {
+            refused = rpc_call_error(call, LAGOON_ALREADY_EXISTS, "you are already connected to this call");
+    if (!refused && r != NULL && r->n >= SIGNALLING_ROOM_MAX)
+        refused = rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "the call has %d people connected", SIGNALLING_ROOM_MAX);
+    if (!refused && s->members >= SIGNALLING_MEMBERS_MAX)
+        refused = rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "too many calls in progress; retry later");
+    if (!refused && r == NULL) {
         r = calloc(1, sizeof(*r));
-        if (r == NULL)
-            st = rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
-        else {
+        if (r == NULL) {
+            refused = rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
+        } else {
             r->kind = j->kind;
             r->chat_id = j->chat_id;
             r->next = s->rooms;
             s->rooms = r;
         }
     }
-    if (st != LAGOON_OK) {
+    if (refused || r == NULL) {
         pthread_mutex_unlock(&s->mu);
         free(m);
-        return st;
+        return refused;
     }
     m->room = r;
     m->next = r->members;
@@ -447,9 +450,11 @@ int signalling_turn_credential(const char *secret, int64_t expires_s, uint64_t u
     return 0;
 }
 
-/* Splits a comma-separated list into server->urls (spaces around items dropped). */
+/* server (an item of the response's array, which wire_init leaves as it found it) as the
+ * comma-separated list's URLs (spaces around items dropped), nothing else set. */
 static void split_urls(const char *list, lagoon_v1_IceServer *server)
 {
+    *server = (lagoon_v1_IceServer)lagoon_v1_IceServer_init_zero;
     const size_t cap = sizeof(server->urls) / sizeof(server->urls[0]);
     const char *p = list;
     while (*p && server->urls_count < cap) {

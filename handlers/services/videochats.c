@@ -65,7 +65,7 @@ static int chat_for(store_txn *t, uint64_t me, uint64_t id, int organizer_only, 
 
 int videochats_may_join(store_txn *t, uint64_t user_id, uint64_t chat_id, store_error *err)
 {
-    chat *c = malloc(sizeof(*c));
+    chat *c = calloc(1, sizeof(*c));
     if (c == NULL)
         return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
     participant p;
@@ -175,7 +175,7 @@ static int videochats_run_job(store_txn *t, const app *a, const lagoon_v1_Schedu
     if (job->kind != lagoon_v1_JobKind_VIDEO_CHAT_REMINDER)
         return LAGOON_OK;
     *ran = 1;
-    chat *c = malloc(sizeof(*c));
+    chat *c = calloc(1, sizeof(*c));
     if (c == NULL)
         return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
     int st = store_get(t, &lagoon_table_video_chats, job->owner_id, c, err);
@@ -383,7 +383,7 @@ static int change_write(store_txn *t, const app_write_in *in, void *resp, store_
 {
     const lagoon_v1_ChatIdRequest *req = in->req; /* every request of these starts with chat_id */
     change_fn fn = *(const change_fn *)in->args;
-    chat *c = malloc(sizeof(*c));
+    chat *c = calloc(1, sizeof(*c));
     if (c == NULL)
         return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
     participant p;
@@ -569,7 +569,7 @@ int handle_VideoChats_Delete(rpc_call *call, const lagoon_v1_ChatIdRequest *req,
 static int answer_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
 {
     const lagoon_v1_AnswerChatRequest *req = in->req;
-    chat *c = malloc(sizeof(*c));
+    chat *c = calloc(1, sizeof(*c));
     if (c == NULL)
         return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
     participant p;
@@ -604,10 +604,13 @@ int handle_VideoChats_Get(rpc_call *call, const lagoon_v1_ChatIdRequest *req, la
     if (st != LAGOON_OK)
         return app_store_error(call, st, &err);
     uint64_t me = rpc_call_caller(call)->user_id;
-    chat *c = malloc(sizeof(*c));
+    chat *c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        store_read_end(t);
+        return app_out_of_memory(call);
+    }
     participant p;
-    st = c == NULL ? store_fail(&err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory")
-                   : chat_for(t, me, req->chat_id, 0, c, &p, &err);
+    st = chat_for(t, me, req->chat_id, 0, c, &p, &err);
     if (st == LAGOON_OK)
         st = view_fill(t, c, me, resp, &err);
     store_read_end(t);

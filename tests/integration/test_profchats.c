@@ -284,9 +284,9 @@ static void test_curation(void **state)
 /* ---- capacity and the waiting list ------------------------------------------------------------- */
 
 typedef struct racer {
-    int i;
     uint64_t chat;
     pthread_barrier_t *go;
+    int i;
     int status;
 } racer;
 
@@ -339,7 +339,7 @@ static void test_capacity_and_waiting_list(void **state)
     racer rs[CROWD];
     pthread_t th[CROWD];
     for (int i = 0; i < CROWD; i++) {
-        rs[i] = (racer){i, id, &go, -1};
+        rs[i] = (racer){id, &go, i, -1};
         assert_int_equal(pthread_create(&th[i], NULL, register_racer, &rs[i]), 0);
     }
     for (int i = 0; i < CROWD; i++)

@@ -192,15 +192,18 @@ int main(int argc, char **argv)
         failed = schedule_all(c, &sd, chats) != 0;
     /* The same page (10 chats) for both, so that only what the user has differs; and the heavy
      * user's default page of 50 besides. */
-    double heavy[3], light[3], heavy50[3];
+    /* Pages of 5 too: then both pages carry a next-page token (the light user's page of 10 is
+     * its last, without one), so that only the size of what is behind the page differs. */
+    double heavy[3], light[3], heavy50[3], heavy5[3], light5[3];
     if (!failed) {
         lagoon_set_token(c, tokens[1]);
         failed = bench_list(c, LIGHT_CHATS, LIGHT_CHATS, calls, &us, heavy) != 0 ||
-                 bench_list(c, 0, 50, calls, &us, heavy50) != 0;
+                 bench_list(c, 0, 50, calls, &us, heavy50) != 0 || bench_list(c, 5, 5, calls, &us, heavy5) != 0;
     }
     if (!failed) {
         lagoon_set_token(c, tokens[2]);
-        failed = bench_list(c, LIGHT_CHATS, LIGHT_CHATS, calls, &us, light) != 0;
+        failed = bench_list(c, LIGHT_CHATS, LIGHT_CHATS, calls, &us, light) != 0 ||
+                 bench_list(c, 5, 5, calls, &us, light5) != 0;
     }
     if (!failed) {
         printf("| ListUpcoming | chats of the user | page | calls | mean ms | p50 ms | p99 ms |\n");
@@ -211,8 +214,10 @@ int main(int argc, char **argv)
                light[2]);
         printf("| heavy | %d | 50 | %d | %.3f | %.3f | %.3f |\n", HEAVY_CHATS, calls, heavy50[0], heavy50[1],
                heavy50[2]);
-        printf("\nmean time with %d chats / with %d (pages of %d): %.2fx\n", HEAVY_CHATS, LIGHT_CHATS, LIGHT_CHATS,
-               heavy[0] / light[0]);
+        printf("| heavy | %d | 5 | %d | %.3f | %.3f | %.3f |\n", HEAVY_CHATS, calls, heavy5[0], heavy5[1], heavy5[2]);
+        printf("| light | %d | 5 | %d | %.3f | %.3f | %.3f |\n", LIGHT_CHATS, calls, light5[0], light5[1], light5[2]);
+        printf("\nmean time with %d chats / with %d: %.2fx (pages of %d), %.2fx (pages of 5)\n", HEAVY_CHATS,
+               LIGHT_CHATS, heavy[0] / light[0], LIGHT_CHATS, heavy5[0] / light5[0]);
         failed = bench_scheduler(stack.app, chats) != 0;
     }
     fflush(stdout);

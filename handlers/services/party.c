@@ -599,7 +599,10 @@ static void join_cancelled(rpc_call *call, void *arg)
             member_gone(ps, p, m, 0, app_now(ps->a));
     }
     pthread_mutex_unlock(&ps->mu);
-    rpc_call_finish(call, LAGOON_CANCELLED);
+    /* Detached already: whoever detached it (an end, a drain, a newer Join) finished it while
+     * this callback waited for the lock. */
+    if (p)
+        rpc_call_finish(call, LAGOON_CANCELLED);
 }
 
 /* ---- Join: the first frame ------------------------------------------------------------------------ */

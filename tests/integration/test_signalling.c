@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 #include <pb_decode.h>
@@ -292,6 +293,76 @@ static void test_who_may_join(void **state)
     peer_close(&a);
 }
 
+/* ---- hostile lengths, byte by byte ------------------------------------------------------------ */
+
+/* An offer (to everyone) whose SDP is len bytes, encoded by hand: the client's struct cannot
+ * hold a longer one than the bound. Into buf; its length. */
+static size_t oversize_offer(uint8_t *buf, size_t len)
+{
+    size_t n = 0, inner = 1 + 3 + len; /* tag, a 3-byte varint length (len < 2^21), the bytes */
+    buf[n++] = (2 << 3) | 2;           /* SignalRequest.offer */
+    buf[n++] = (uint8_t)(0x80 | (inner & 0x7F));
+    buf[n++] = (uint8_t)(0x80 | ((inner >> 7) & 0x7F));
+    buf[n++] = (uint8_t)(inner >> 14);
+    buf[n++] = (1 << 3) | 2; /* SignalSdp.sdp */
+    buf[n++] = (uint8_t)(0x80 | (len & 0x7F));
+    buf[n++] = (uint8_t)(0x80 | ((len >> 7) & 0x7F));
+    buf[n++] = (uint8_t)(len >> 14);
+    memset(buf + n, 'x', len);
+    return n + len;
+}
+
+/* An SDP one byte over SIGNALLING_SDP_MAX (and a candidate over its bound) after a valid join:
+ * the call ends INVALID_ARGUMENT and the room hears the sender leave. */
+static void test_oversize_messages(void **state)
+{
+    (void)state;
+    uint64_t chat = live_chat();
+    peer o = {0};
+    peer_join(&o, olga_tok, chat, 1);
+    static uint8_t buf[SIGNALLING_SDP_MAX + 64], frame[1 << 16];
+    for (int round = 0; round < 2; round++) {
+        int fd = raw_connect(T->srv.port, 1);
+        lagoon_v1_RequestMeta meta = lagoon_v1_RequestMeta_init_zero;
+        snprintf(meta.auth_token, sizeof(meta.auth_token), "%s", ann_tok);
+        uint8_t mb[512];
+        long ml = wire_encode(&lagoon_v1_RequestMeta_info, &meta, mb, sizeof(mb), NULL);
+        assert_true(ml > 0);
+        join_req(chat);
+        long jl = wire_encode(&lagoon_v1_SignalRequest_info, &REQ, buf, sizeof(buf), NULL);
+        assert_true(jl > 0);
+        raw_send_frame(fd, WIRE_REQUEST, 0, 1, lagoon_method_Signalling_Connect.id, mb, (size_t)ml, buf, (size_t)jl);
+        wire_frame f = {0};
+        assert_int_equal(raw_read_frame(fd, frame, sizeof(frame), &f, 10000), 1);
+        assert_int_equal(f.type, WIRE_MESSAGE); /* presence */
+        expect_event(&o, lagoon_v1_SignalEvent_joined_tag, ann);
+        size_t n;
+        if (round == 0) {
+            n = oversize_offer(buf, SIGNALLING_SDP_MAX + 1);
+        } else {
+            /* SignalRequest.candidate { candidate: SIGNALLING_CANDIDATE_MAX + 1 bytes } */
+            size_t len = SIGNALLING_CANDIDATE_MAX + 1, inner = 1 + 2 + len;
+            n = 0;
+            buf[n++] = (4 << 3) | 2;
+            buf[n++] = (uint8_t)(0x80 | (inner & 0x7F));
+            buf[n++] = (uint8_t)(inner >> 7);
+            buf[n++] = (1 << 3) | 2;
+            buf[n++] = (uint8_t)(0x80 | (len & 0x7F));
+            buf[n++] = (uint8_t)(len >> 7);
+            memset(buf + n, 'c', len);
+            n += len;
+        }
+        raw_send_frame(fd, WIRE_MESSAGE, 0, 1, 0, NULL, 0, buf, n);
+        uint32_t id = 0;
+        assert_int_equal(raw_read_reply(fd, &id, NULL, 0), LAGOON_INVALID_ARGUMENT);
+        assert_int_equal(id, 1);
+        expect_event(&o, lagoon_v1_SignalEvent_left_tag, ann);
+        close(fd);
+    }
+    expect_quiet(&o);
+    peer_close(&o);
+}
+
 /* ---- the rate ---------------------------------------------------------------------------------- */
 
 static void test_message_rate(void **state)
@@ -394,6 +465,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_offer_answer_candidates, setup, teardown),
         cmocka_unit_test_setup_teardown(test_who_may_join, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_oversize_messages, setup, teardown),
         cmocka_unit_test_setup_teardown(test_message_rate, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ice_servers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ice_servers_unset, setup, teardown),

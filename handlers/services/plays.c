@@ -413,8 +413,10 @@ static void x_field(char *out, size_t cap, int single, uint32_t i, const char *n
         snprintf(out, cap, "interactions[%u].%s", i, name);
 }
 
-/* What needs no row: every problem of every interaction, as violations on the call. */
-static int batch_check(rpc_call *call, const interaction *x, uint32_t n, int single, int64_t now)
+/* What needs no row: every problem of every interaction, as violations on the call. (The
+ * client times' skew is the write's to check: a retry of what is stored is acknowledged however
+ * late it comes.) */
+static int batch_check(rpc_call *call, const interaction *x, uint32_t n, int single)
 {
     char f[48];
     if (n == 0)
@@ -446,10 +448,9 @@ static int batch_check(rpc_call *call, const interaction *x, uint32_t n, int sin
             else
                 rpc_call_violation(call, f, "is for RATE only");
         }
-        if (y->client_time_ms < now - PLAYS_CLOCK_SKEW_MS || y->client_time_ms > now + PLAYS_CLOCK_SKEW_MS) {
+        if (y->client_time_ms <= 0) {
             x_field(f, sizeof(f), single, i, "client_time_ms");
-            rpc_call_violation(call, f, "must be within %lld s of the server's clock",
-                               (long long)(PLAYS_CLOCK_SKEW_MS / 1000));
+            rpc_call_violation(call, f, "is required");
         }
     }
     return rpc_call_violations(call) ? LAGOON_INVALID_ARGUMENT : LAGOON_OK;
@@ -477,6 +478,11 @@ static int batch_apply(const app_write_in *in, const batch_args *b, uint32_t fro
             x_field(f, sizeof(f), b->single, i, x->position_ms > dur ? "position_ms" : "from_ms");
             return store_fail(err, LAGOON_INVALID_ARGUMENT, f, "must be at most the video's duration (%llu ms)",
                               (unsigned long long)dur);
+        }
+        if (x->client_time_ms < in->now - PLAYS_CLOCK_SKEW_MS || x->client_time_ms > in->now + PLAYS_CLOCK_SKEW_MS) {
+            x_field(f, sizeof(f), b->single, i, "client_time_ms");
+            return store_fail(err, LAGOON_INVALID_ARGUMENT, f, "must be within %lld s of the server's clock",
+                              (long long)(PLAYS_CLOCK_SKEW_MS / 1000));
         }
         if (x->client_time_ms < p->last_client_ms) {
             x_field(f, sizeof(f), b->single, i, "client_time_ms");
@@ -628,7 +634,7 @@ int handle_Plays_Record(rpc_call *call, const lagoon_v1_RecordRequest *req, lago
 {
     (void)resp;
     int64_t now = app_now(app_of(call));
-    if (batch_check(call, &req->interaction, 1, 1, now) != LAGOON_OK)
+    if (batch_check(call, &req->interaction, 1, 1) != LAGOON_OK)
         return LAGOON_INVALID_ARGUMENT;
     batch_args *b = app_write_args(call, sizeof(*b));
     if (b == NULL)
@@ -739,7 +745,7 @@ static int report_submit(rpc_call *call, report_stream *rs, const lagoon_v1_Repo
         return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED,
                               "more than %d batches unacknowledged: wait for their acks", PLAYS_REPORT_INFLIGHT_MAX);
     }
-    if (batch_check(call, req->interactions, req->interactions_count, 0, now) != LAGOON_OK)
+    if (batch_check(call, req->interactions, req->interactions_count, 0) != LAGOON_OK)
         return LAGOON_INVALID_ARGUMENT;
     uint32_t wait = budget_take(call, req->interactions_count, now);
     if (wait)

@@ -549,6 +549,13 @@ static void test_retries_store_nothing_twice(void **state)
     /* Newest first. */
     for (pb_size_t b = 1; b < BOOK.batches_count; b++)
         assert_true(BOOK.batches[b - 1].first_seq > BOOK.batches[b].first_seq);
+    /* A retry however late is acknowledged: what is stored is not checked again (20 minutes
+     * on, its client times are past the skew a new interaction may have). */
+    test_clock_advance(T, 20 * 60 * 1000);
+    assert_int_equal(report(C, bob_tok, p1.id, x + 30, 10, 10, acks, &nacks), LAGOON_OK);
+    assert_int_equal(acks[0].duplicates, 10);
+    EXPECT(record(bob_tok, p1.id, mk(41, lagoon_v1_PlayInteraction_Type_PAUSE, 1000, T->clock_ms - 11 * 60 * 1000), &ack),
+           LAGOON_INVALID_ARGUMENT, "interaction.client_time_ms");
     /* A gap is refused, naming the sequence number. */
     EXPECT(record(bob_tok, p1.id, mk(43, lagoon_v1_PlayInteraction_Type_PAUSE, 1000, T->clock_ms), &ack),
            LAGOON_INVALID_ARGUMENT, "interaction.seq");
@@ -559,6 +566,8 @@ static void test_retries_store_nothing_twice(void **state)
     assert_int_equal(lagoon_Videos_Get(C, &g, &V), LAGOON_OK);
     assert_int_equal(V.view_count, 1);
     uint64_t p3 = play(bob_tok, vid, NULL, "phone-2", 0);
+    for (uint32_t i = 0; i < 20; i++)
+        x[i].client_time_ms = T->clock_ms - 60000 + i * 1000;
     assert_int_equal(report(C, bob_tok, p3, x, 20, 20, acks, &nacks), LAGOON_OK);
     assert_false(acks[0].view_counted);
     assert_int_equal(lagoon_Videos_Get(C, &g, &V), LAGOON_OK);
@@ -769,14 +778,15 @@ static void test_bad_input(void **state)
         {mk(1, lagoon_v1_PlayInteraction_Type_PLAY, 100001, now), "interaction.position_ms"}, /* the duration */
         {mk(1, lagoon_v1_PlayInteraction_Type_PLAY, 0, now + 601000), "interaction.client_time_ms"},
         {mk(1, lagoon_v1_PlayInteraction_Type_PLAY, 0, now - 601000), "interaction.client_time_ms"},
+        {mk(1, lagoon_v1_PlayInteraction_Type_PLAY, 0, 0), "interaction.client_time_ms"},
         {mk(1, lagoon_v1_PlayInteraction_Type_RATE, 0, now), "interaction.rate_percent"},
         {mk(1, lagoon_v1_PlayInteraction_Type_PAUSE, 0, now), "interaction.rate_percent"}, /* set below */
         {mk(1, lagoon_v1_PlayInteraction_Type_PLAY, 0, now), "interaction.from_ms"},       /* set below */
         {mk(1, lagoon_v1_PlayInteraction_Type_SEEK, 0, now), "interaction.from_ms"},       /* set below */
     };
-    cases[8].x.rate_percent = 100;
-    cases[9].x.from_ms = 5;
-    cases[10].x.from_ms = 100001;
+    cases[9].x.rate_percent = 100;
+    cases[10].x.from_ms = 5;
+    cases[11].x.from_ms = 100001;
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
         EXPECT(record(bob_tok, p, cases[i].x, &ack), LAGOON_INVALID_ARGUMENT, cases[i].field);
     EXPECT(record(bob_tok, 0, mk(1, lagoon_v1_PlayInteraction_Type_PLAY, 0, now), &ack), LAGOON_INVALID_ARGUMENT,

@@ -128,22 +128,41 @@ void groupchat_unread_display(uint32_t n, char *out, size_t cap)
 
 /* ---- who may ----------------------------------------------------------------------------------- */
 
-/* The caller's ACTIVE row of group gid into m. Anyone else: a private group (or none) is
- * NOT_FOUND, as Groups/Get says; a public one PERMISSION_DENIED (its chat is its members'). */
+/* Whether the caller sees group gid without being an ACTIVE member (as Groups/Get decides: a
+ * public group, an invitation to a private one, a site administrator); *exists: the group. */
+static int sees_group(store_txn *t, const rpc_caller *who, uint64_t gid, int *sees, int *exists, store_error *err)
+{
+    lagoon_v1_Group *g = malloc(sizeof(*g));
+    if (g == NULL)
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    int st = store_get(t, &lagoon_table_groups, gid, g, err);
+    *exists = st == LAGOON_OK;
+    *sees = *exists && (g->visibility == lagoon_v1_Group_Visibility_PUBLIC || who->role == lagoon_v1_Role_ADMIN);
+    free(g);
+    if (st != LAGOON_OK || *sees)
+        return st == LAGOON_NOT_FOUND ? LAGOON_OK : st;
+    store_key k;
+    store_key_reset(&k);
+    store_key_u64(&k, gid);
+    store_key_u64(&k, who->user_id);
+    member row;
+    st = store_get_by(t, &lagoon_table_group_members, lagoon_index_group_members_by_group_user, &k, NULL, &row, err);
+    *sees = st == LAGOON_OK && row.state == lagoon_v1_GroupMember_State_INVITED;
+    return st == LAGOON_NOT_FOUND ? LAGOON_OK : st;
+}
+
+/* The caller's ACTIVE row of group gid into m. Anyone else: PERMISSION_DENIED when it sees the
+ * group (its chat is its members'), else NOT_FOUND as for a group that does not exist. */
 static int chat_member(store_txn *t, const rpc_caller *who, uint64_t gid, member *m, store_error *err)
 {
     int st = groups_active_member(t, who, gid, "group_id", m, err);
     if (st != LAGOON_NOT_FOUND)
         return st;
-    lagoon_v1_Group *g = malloc(sizeof(*g));
-    if (g == NULL)
-        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
-    st = store_get(t, &lagoon_table_groups, gid, g, err);
-    int public = st == LAGOON_OK && g->visibility == lagoon_v1_Group_Visibility_PUBLIC;
-    free(g);
-    if (st != LAGOON_OK && st != LAGOON_NOT_FOUND)
+    int sees = 0, exists = 0;
+    st = sees_group(t, who, gid, &sees, &exists, err);
+    if (st != LAGOON_OK)
         return st;
-    if (public)
+    if (sees)
         return store_fail(err, LAGOON_PERMISSION_DENIED, NULL, "only the group's members can use its chat");
     return store_fail(err, LAGOON_NOT_FOUND, "group_id", "no such group");
 }

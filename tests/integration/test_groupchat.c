@@ -394,12 +394,22 @@ static void test_authorization_matrix(void **state)
         /* Anonymous: every method UNAUTHENTICATED. */
         matrix_row(NULL, g, msg, LAGOON_UNAUTHENTICATED, NULL);
         /* A non-member: a public group's chat is its members' (PERMISSION_DENIED); a private
-         * group does not exist for it. An invitation or a request is no membership. */
+         * group does not exist for it. An invitation (which shows the group) or a request is no
+         * membership; nor is being a site administrator. */
         matrix_row(out_tok, g, msg, vis ? LAGOON_NOT_FOUND : LAGOON_PERMISSION_DENIED, vis ? "group_id" : NULL);
         if (vis) {
-            EXPECT(invite(own_tok, g, out), LAGOON_OK, NULL);
+            EXPECT(join(out_tok, g), LAGOON_OK, NULL); /* a request */
             matrix_row(out_tok, g, msg, LAGOON_NOT_FOUND, "group_id");
+            EXPECT(invite(own_tok, g, out), LAGOON_OK, NULL); /* inviting a requester lets it in */
+            EXPECT(leave(out_tok, g), LAGOON_OK, NULL);
+            EXPECT(invite(own_tok, g, out), LAGOON_OK, NULL);
+            matrix_row(out_tok, g, msg, LAGOON_PERMISSION_DENIED, NULL);
         }
+        char root_tok[65];
+        char root_name[16];
+        snprintf(root_name, sizeof(root_name), "root%d", vis);
+        test_admin_user(T, C, root_name, root_tok);
+        matrix_row(root_tok, g, msg, LAGOON_PERMISSION_DENIED, NULL);
         /* Members read, write, mark and type; each edits only its own, admins delete any. */
         EXPECT(send_text(mem_tok, g, "member"), LAGOON_OK, NULL);
         uint64_t mine = GM.id;

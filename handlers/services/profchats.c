@@ -526,6 +526,8 @@ int handle_ProfessionalChats_End(rpc_call *call, const lagoon_v1_ProChatIdReques
 
 /* ---- seats ---------------------------------------------------------------------------------- */
 
+static int reconcile(store_txn *t, const app *a, pchat *c, store_error *err);
+
 static int register_apply(store_txn *t, const app_write_in *in, pchat *c, store_error *err)
 {
     if (c->host_id == in->who.user_id)
@@ -536,6 +538,11 @@ static int register_apply(store_txn *t, const app_write_in *in, pchat *c, store_
         return store_fail(err, LAGOON_ALREADY_EXISTS, "chat_id", "you are already registered or waiting");
     if (st != LAGOON_NOT_FOUND)
         return st;
+    if (c->registered >= c->capacity) {
+        st = reconcile(t, in->a, c, err); /* a seat of a deleted account is free again */
+        if (st != LAGOON_OK)
+            return st;
+    }
     if (c->registered >= c->capacity && c->waiting >= PROFCHATS_WAITING_MAX)
         return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "the session and its waiting list are full");
     s = (seat)lagoon_v1_ProChatSeat_init_zero;
@@ -585,6 +592,40 @@ static int promote(store_txn *t, const app *a, pchat *c, store_error *err)
     return st;
 }
 
+_Static_assert(PROFCHATS_CAPACITY_MAX <= STORE_PAGE_SIZE_MAX && PROFCHATS_WAITING_MAX <= STORE_PAGE_SIZE_MAX,
+               "one page of ids counts a session's seats or its line");
+
+/* The seats of c with status, counted from the index (one page holds them all). */
+static int count_seats(store_txn *t, const pchat *c, lagoon_v1_ProChatSeat_Status status, uint32_t *n,
+                       store_error *err)
+{
+    store_key prefix;
+    line_prefix(&prefix, c->id, status);
+    store_query q = {.table = &lagoon_table_pro_chat_seats, .index = lagoon_index_pro_chat_seats_by_chat_status,
+                     .prefix = prefix.buf, .prefix_len = prefix.len, .page_size = STORE_PAGE_SIZE_MAX};
+    app_id_page *page = malloc(sizeof(*page));
+    if (page == NULL)
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    int st = app_scan_ids(t, &q, page, err);
+    *n = page->n;
+    free(page);
+    return st;
+}
+
+/* c's counters from its seats, and every free seat to the first in line. A seat also frees
+ * without Unregister: deleting an attendee's account deletes the row (its reference cascades)
+ * and no counter; recounting here, where seats are given, picks that up. */
+static int reconcile(store_txn *t, const app *a, pchat *c, store_error *err)
+{
+    int st = count_seats(t, c, SEAT(REGISTERED), &c->registered, err);
+    if (st == LAGOON_OK)
+        st = count_seats(t, c, SEAT(WAITING), &c->waiting, err);
+    for (uint32_t turn = 0; st == LAGOON_OK && turn < c->capacity && c->registered < c->capacity && c->waiting > 0;
+         turn++)
+        st = promote(t, a, c, err);
+    return st;
+}
+
 static int unregister_apply(store_txn *t, const app_write_in *in, pchat *c, store_error *err)
 {
     seat s;
@@ -593,13 +634,7 @@ static int unregister_apply(store_txn *t, const app_write_in *in, pchat *c, stor
         return store_fail(err, LAGOON_FAILED_PRECONDITION, NULL, "you are neither registered nor waiting");
     if (st == LAGOON_OK)
         st = store_delete(t, &lagoon_table_pro_chat_seats, s.id, err);
-    if (st == LAGOON_OK && s.status == SEAT(WAITING))
-        c->waiting--;
-    if (st == LAGOON_OK && s.status == SEAT(REGISTERED)) {
-        c->registered--;
-        st = promote(t, in->a, c, err);
-    }
-    return st;
+    return st == LAGOON_OK ? reconcile(t, in->a, c, err) : st;
 }
 
 static const action register_ac = {BIT(PUBLISHED), BY_ANYONE, "registration is open while the session is published",

@@ -402,6 +402,29 @@ static void test_capacity_and_waiting_list(void **state)
     assert_int_equal(VIEW.chat.waiting, nline);
 }
 
+/* A seat freed by a deleted account goes to the first in line at the next Register. */
+static void test_deleted_attendee_frees_a_seat(void **state)
+{
+    (void)state;
+    uint64_t id = published("sleep", 1, 60 * MIN);
+    EXPECT(act(lagoon_ProfessionalChats_Register, crowd_tok[0], id), LAGOON_OK, NULL);
+    EXPECT(act(lagoon_ProfessionalChats_Register, crowd_tok[1], id), LAGOON_OK, NULL);
+    assert_int_equal(VIEW.my_status, SEAT(WAITING));
+    lagoon_v1_DeleteAccountRequest d = lagoon_v1_DeleteAccountRequest_init_zero;
+    snprintf(d.password, sizeof(d.password), TEST_PASSWORD);
+    lagoon_v1_UsersEmpty e;
+    lagoon_set_token(C, crowd_tok[0]);
+    EXPECT(lagoon_Users_DeleteAccount(C, &d, &e), LAGOON_OK, NULL);
+    EXPECT(act(lagoon_ProfessionalChats_Register, crowd_tok[2], id), LAGOON_OK, NULL);
+    assert_int_equal(VIEW.my_status, SEAT(WAITING));
+    assert_int_equal(VIEW.my_place, 1);
+    assert_int_equal(VIEW.chat.registered, 1);
+    assert_int_equal(VIEW.chat.waiting, 1);
+    EXPECT(act(lagoon_ProfessionalChats_Get, crowd_tok[1], id), LAGOON_OK, NULL);
+    assert_int_equal(VIEW.my_status, SEAT(REGISTERED));
+    assert_int_equal(notes(crowd[1], lagoon_v1_Notification_Type_PRO_CHAT_SEAT, id), 1);
+}
+
 /* ---- lists and reminders ------------------------------------------------------------------------ */
 
 static void test_lists(void **state)
@@ -510,6 +533,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_who_hosts, setup, teardown),
         cmocka_unit_test_setup_teardown(test_curation, setup, teardown),
         cmocka_unit_test_setup_teardown(test_capacity_and_waiting_list, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_deleted_attendee_frees_a_seat, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lists, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reminders, setup, teardown),
         cmocka_unit_test_setup_teardown(test_who_joins_the_call, setup, teardown),

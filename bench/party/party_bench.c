@@ -295,10 +295,18 @@ static int measure(run *r, const bench_stack *stack, const seed *sd)
 /* A party of `members`: members - 1 async ones and the controller. */
 static int run_size(int members, int commands, int interval_ms)
 {
-    struct rlimit rl = {(rlim_t)(2 * members + 256), (rlim_t)(2 * members + 256)};
-    if (setrlimit(RLIMIT_NOFILE, &rl) != 0) {
-        perror("setrlimit (needs 2 fds per member)");
+    struct rlimit rl; /* 2 fds per member: the soft limit raised, the hard one left for the next size */
+    rlim_t need = (rlim_t)(2 * members + 256);
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || (rl.rlim_cur < need && rl.rlim_max != RLIM_INFINITY && rl.rlim_max < need)) {
+        fprintf(stderr, "party-bench: needs %lu file descriptors (ulimit -n)\n", (unsigned long)need);
         return -1;
+    }
+    if (rl.rlim_cur < need) {
+        rl.rlim_cur = need;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0) {
+            perror("setrlimit");
+            return -1;
+        }
     }
     bench_stack stack;
     memset(&stack, 0, sizeof(stack));

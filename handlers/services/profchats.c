@@ -19,6 +19,7 @@
  *
  * Reminders: as a video chat's (scheduler.h), from approval to the start, for the registered
  * attendees. */
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -346,6 +347,15 @@ typedef struct action {
     const char *refused; /* FAILED_PRECONDITION's text in another state */
     int (*apply)(store_txn *t, const app_write_in *in, pchat *c, store_error *err);
 } action;
+
+/* act_write reads every request of these as a ProChatIdRequest. */
+#define PROFCHATS_STARTS_WITH_ID(type)                                                                                 \
+    _Static_assert(offsetof(type, chat_id) == offsetof(lagoon_v1_ProChatIdRequest, chat_id), #type " starts with chat_id")
+PROFCHATS_STARTS_WITH_ID(lagoon_v1_UpdateProChatRequest);
+PROFCHATS_STARTS_WITH_ID(lagoon_v1_RejectProChatRequest);
+PROFCHATS_STARTS_WITH_ID(lagoon_v1_FeatureProChatRequest);
+PROFCHATS_STARTS_WITH_ID(lagoon_v1_SetRecordingRequest);
+#undef PROFCHATS_STARTS_WITH_ID
 
 static int act_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
 {

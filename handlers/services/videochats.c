@@ -10,6 +10,7 @@
  * before the start (not when the chat starts sooner than that) and at the start. They are
  * written in the transaction that schedules the chat, moved by a time change, and deleted by
  * Cancel, Start, Delete; a job that finds its chat no longer SCHEDULED does nothing. */
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -374,6 +375,10 @@ static int roster_retime(store_txn *t, const chat *c, int reset, store_error *er
     free(r.rows);
     return st;
 }
+
+/* change_write reads every request of these as a ChatIdRequest. */
+_Static_assert(offsetof(lagoon_v1_UpdateChatRequest, chat_id) == offsetof(lagoon_v1_ChatIdRequest, chat_id),
+               "UpdateChatRequest starts with chat_id");
 
 /* An organizer's change: in->args is its function, which changes c (loaded, the caller its
  * organizer) in t. */

@@ -949,6 +949,19 @@ static int command(party_state *ps, party_stream *s, const lagoon_v1_PartyClient
     }
 }
 
+/* Whether the caller is still an ACTIVE member of group_id (removed, or left the group, since
+ * it joined the party: its commands are refused). */
+static int still_member(rpc_call *call, uint64_t group_id)
+{
+    store_txn *t;
+    store_error err;
+    if (store_read_begin(app_of(call)->db, &t, &err) != LAGOON_OK)
+        return 1; /* the store will say more at the write */
+    int st = groups_active_member(t, rpc_call_caller(call), group_id, NULL, NULL, &err);
+    store_read_end(t);
+    return st != LAGOON_NOT_FOUND;
+}
+
 int handle_Party_Join(rpc_call *call, const lagoon_v1_PartyClientFrame *req)
 {
     app *a = app_of(call);
@@ -961,9 +974,30 @@ int handle_Party_Join(rpc_call *call, const lagoon_v1_PartyClientFrame *req)
             return LAGOON_OK;
         return join_first(call, req);
     }
+    int which = req ? (int)req->which_command : lagoon_v1_PartyClientFrame_leave_tag;
+    if (which != lagoon_v1_PartyClientFrame_leave_tag && which != lagoon_v1_PartyClientFrame_report_tag &&
+        which != lagoon_v1_PartyClientFrame_ping_tag) {
+        uint64_t group_id = s->p->st.group_id; /* never changes */
+        pthread_mutex_unlock(&ps->mu);
+        int member = still_member(call, group_id);
+        pthread_mutex_lock(&ps->mu);
+        s = stream_find(ps, call);
+        if (s == NULL) { /* ended meanwhile: finished by whoever ended it */
+            pthread_mutex_unlock(&ps->mu);
+            return RPC_CONTINUE;
+        }
+        if (!member) { /* out of the group: out of the party */
+            party *p = s->p;
+            party_member *m = member_of(p, s->user_id);
+            stream_detach(ps, s);
+            if (m)
+                member_gone(ps, p, m, 1, app_now(a));
+            pthread_mutex_unlock(&ps->mu);
+            return rpc_call_error(call, LAGOON_NOT_FOUND, "you are no longer a member of the party's group");
+        }
+    }
     party *p = s->p;
     int64_t now = app_now(a);
-    int which = req ? (int)req->which_command : lagoon_v1_PartyClientFrame_leave_tag;
     if (which == lagoon_v1_PartyClientFrame_leave_tag || which == lagoon_v1_PartyClientFrame_end_tag) {
         if (which == lagoon_v1_PartyClientFrame_end_tag && (!spend(ps, s, now) || !controls(ps, s, "end"))) {
             pthread_mutex_unlock(&ps->mu);
@@ -1035,6 +1069,37 @@ static int group_parties(store_txn *t, const app *a, uint64_t group_id, int64_t 
     return st;
 }
 
+/* Item i of the request as stored: a Lagoon video must be one the group may watch (public, or
+ * the starter's own: one shared with the starter alone is not the group's), and gives its
+ * duration and title when the item has none. */
+static int start_item(store_txn *t, const app_write_in *in, pb_size_t i, lagoon_v1_Video *v, lagoon_v1_PartyItem *it,
+                      store_error *err)
+{
+    const lagoon_v1_StartPartyRequest *req = in->req;
+    *it = req->items[i];
+    if (it->video_id == 0)
+        return LAGOON_OK;
+    char field[40];
+    snprintf(field, sizeof(field), "items[%u].video_id", (unsigned)i);
+    int owner = 0;
+    int st = videos_readable(t, &in->who, it->video_id, field, v, &owner, err);
+    if (st != LAGOON_OK)
+        return st;
+    if (!v->is_public && !owner)
+        return store_fail(err, LAGOON_NOT_FOUND, field, "no video %llu the group may watch",
+                          (unsigned long long)it->video_id);
+    if (it->duration_ms == 0)
+        it->duration_ms = v->duration_seconds * 1000u; /* at most 86 400 s (videos.proto) */
+    if (it->title[0] == '\0')
+        app_copy_utf8(it->title, sizeof(it->title), v->title);
+    if (it->duration_ms == 0) {
+        snprintf(field, sizeof(field), "items[%u].duration_ms", (unsigned)i);
+        return store_fail(err, LAGOON_INVALID_ARGUMENT, field, "video %llu has no known duration: give it",
+                          (unsigned long long)it->video_id);
+    }
+    return LAGOON_OK;
+}
+
 static int start_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
 {
     const lagoon_v1_StartPartyRequest *req = in->req;
@@ -1046,23 +1111,6 @@ static int start_write(store_txn *t, const app_write_in *in, void *resp, store_e
     if (st == LAGOON_OK && live >= PARTY_GROUP_PARTIES_MAX)
         return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "the group has %u parties running, the most it may have",
                           (unsigned)PARTY_GROUP_PARTIES_MAX);
-    if (st != LAGOON_OK)
-        return st;
-    lagoon_v1_Video *v = malloc(sizeof(*v)); /* tens of KiB */
-    if (v == NULL)
-        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
-    for (pb_size_t i = 0; st == LAGOON_OK && i < req->items_count; i++) {
-        if (req->items[i].video_id == 0)
-            continue;
-        char field[40];
-        snprintf(field, sizeof(field), "items[%u].video_id", (unsigned)i);
-        int owner = 0;
-        st = videos_readable(t, &in->who, req->items[i].video_id, field, v, &owner, err);
-        if (st == LAGOON_OK && !v->is_public && !owner) /* shared with the starter, not with the group */
-            st = store_fail(err, LAGOON_NOT_FOUND, field, "no video %llu the group may watch",
-                            (unsigned long long)req->items[i].video_id);
-    }
-    free(v);
     if (st != LAGOON_OK)
         return st;
     p->group_id = req->group_id;
@@ -1083,28 +1131,40 @@ static int start_write(store_txn *t, const app_write_in *in, void *resp, store_e
     p->position_version = p->index_version = 1;
     p->changed_at = in->now;
     st = store_insert(t, &lagoon_table_parties, p, &p->id, err);
-    for (pb_size_t i = 0; st == LAGOON_OK && i < req->items_count; i++) {
-        lagoon_v1_PartyItemRow row = lagoon_v1_PartyItemRow_init_zero;
-        row.party_id = p->id;
-        row.pos = i;
-        row.has_item = true;
-        row.item = req->items[i];
-        st = store_insert(t, &lagoon_table_party_items, &row, NULL, err);
-    }
     if (st != LAGOON_OK)
         return st;
+    lagoon_v1_Video *v = malloc(sizeof(*v));           /* tens of KiB */
+    lagoon_v1_PartyItemRow *row = malloc(sizeof(*row)); /* and the event below ~20 */
     lagoon_v1_Event *ev = calloc(1, sizeof(*ev));
-    if (ev == NULL)
+    if (v == NULL || row == NULL || ev == NULL) {
+        free(v);
+        free(row);
+        free(ev);
         return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
-    ev->which_payload = lagoon_v1_Event_party_started_tag;
-    lagoon_v1_PartyStartedEvent *e = &ev->payload.party_started;
-    e->party_id = p->id;
-    e->group_id = p->group_id;
-    e->starter_id = p->starter_id;
-    e->has_item = true;
-    e->item = req->items[req->index];
-    lagoon_v1_Topic tp = {lagoon_v1_Topic_Kind_GROUP, p->group_id};
-    st = events_topic_publish(t, in->a, &tp, ev, err);
+    }
+    for (pb_size_t i = 0; st == LAGOON_OK && i < req->items_count; i++) {
+        memset(row, 0, sizeof(*row));
+        row->party_id = p->id;
+        row->pos = i;
+        row->has_item = true;
+        st = start_item(t, in, i, v, &row->item, err);
+        if (st == LAGOON_OK)
+            st = store_insert(t, &lagoon_table_party_items, row, NULL, err);
+        if (st == LAGOON_OK && i == req->index)
+            ev->payload.party_started.item = row->item;
+    }
+    if (st == LAGOON_OK) {
+        ev->which_payload = lagoon_v1_Event_party_started_tag;
+        lagoon_v1_PartyStartedEvent *e = &ev->payload.party_started;
+        e->party_id = p->id;
+        e->group_id = p->group_id;
+        e->starter_id = p->starter_id;
+        e->has_item = true;
+        lagoon_v1_Topic tp = {lagoon_v1_Topic_Kind_GROUP, p->group_id};
+        st = events_topic_publish(t, in->a, &tp, ev, err);
+    }
+    free(v);
+    free(row);
     free(ev);
     return st;
 }
@@ -1124,9 +1184,9 @@ int handle_Party_Start(rpc_call *call, const lagoon_v1_StartPartyRequest *req, l
             snprintf(field, sizeof(field), "items[%u].url", (unsigned)i);
             rpc_call_violation(call, field, "must be an http or https URL");
         }
-        if (it->duration_ms == 0 || it->duration_ms > PARTY_ITEM_DURATION_MAX_MS) {
+        if ((it->duration_ms == 0 && it->video_id == 0) || it->duration_ms > PARTY_ITEM_DURATION_MAX_MS) {
             snprintf(field, sizeof(field), "items[%u].duration_ms", (unsigned)i);
-            rpc_call_violation(call, field, "must be 1..%u", PARTY_ITEM_DURATION_MAX_MS);
+            rpc_call_violation(call, field, "must be 1..%u (0: a video's own)", PARTY_ITEM_DURATION_MAX_MS);
         }
         if (utf8_chars(it->title) > PARTY_TITLE_MAX_CHARS) {
             snprintf(field, sizeof(field), "items[%u].title", (unsigned)i);

@@ -787,6 +787,74 @@ static void test_host_and_control(void **state)
     leave(&S[2]);
 }
 
+/* A video of the user of tok through Videos/Create: its id. */
+static uint64_t video(const char *tok, int pub, uint32_t seconds)
+{
+    lagoon_v1_CreateVideoRequest *r = calloc(1, sizeof(*r));
+    lagoon_v1_Video *v = calloc(1, sizeof(*v));
+    assert_true(r && v);
+    snprintf(r->title, sizeof(r->title), "Nocturne in E flat");
+    snprintf(r->url, sizeof(r->url), "https://www.youtube.com/watch?v=nocturne");
+    r->duration_seconds = seconds;
+    r->is_public = pub;
+    lagoon_set_token(C, tok);
+    EXPECT(lagoon_Videos_Create(C, r, v), LAGOON_OK, NULL);
+    uint64_t id = v->id;
+    free(r);
+    free(v);
+    return id;
+}
+
+/* Lagoon videos as items: one the group may watch, its duration and title taken from it; and a
+ * member who leaves the group is out of the party at its next command. */
+static void test_videos_and_group_members(void **state)
+{
+    (void)state;
+    uint64_t pub = video(S[0].tok, 1, 120), mine = video(S[0].tok, 0, 0), theirs = video(S[1].tok, 0, 60);
+    lagoon_v1_StartPartyRequest r = lagoon_v1_StartPartyRequest_init_zero;
+    lagoon_v1_PartyItem items[2];
+    memset(items, 0, sizeof(items));
+    r.group_id = group_id;
+    r.items = items;
+    r.items_count = 2;
+    items[0].video_id = pub;
+    items[1].video_id = theirs; /* private, not shared with the starter */
+    lagoon_v1_PartyState p;
+    lagoon_set_token(C, S[0].tok);
+    EXPECT(lagoon_Party_Start(C, &r, &p), LAGOON_NOT_FOUND, "items[1].video_id");
+    items[1].video_id = mine; /* the starter's own, of unknown duration */
+    EXPECT(lagoon_Party_Start(C, &r, &p), LAGOON_INVALID_ARGUMENT, "items[1].duration_ms");
+    items[1].duration_ms = 5000;
+    EXPECT(lagoon_Party_Start(C, &r, &p), LAGOON_OK, NULL);
+    r.items = NULL;
+    r.items_count = 0;
+    assert_int_equal(join(&S[0], p.id), LAGOON_OK);
+    assert_int_equal(join(&S[4], p.id), LAGOON_OK);
+    fence(&S[0]);
+    assert_int_equal(S[0].items_seen, 2);
+    CF.command.seek.position_ms = 120001; /* the video's 120 s, and no more */
+    command(&S[0], lagoon_v1_PartyClientFrame_seek_tag);
+    expect_refusal(&S[0], LAGOON_INVALID_ARGUMENT, "seek.position_ms");
+
+    /* the owner removes S[4] from the group: its next command ends its stream */
+    lagoon_v1_GroupUserRequest gr = {.group_id = group_id, .user_id = S[4].uid};
+    lagoon_v1_GroupsEmpty ge;
+    lagoon_set_token(C, S[0].tok);
+    EXPECT(lagoon_Groups_Remove(C, &gr, &ge), LAGOON_OK, NULL);
+    uint64_t v = S[0].st.version;
+    command(&S[4], lagoon_v1_PartyClientFrame_pause_tag);
+    assert_int_equal(leave(&S[4]), LAGOON_NOT_FOUND);
+    assert_true(until(&S[0], has_version, v + 1)); /* it left the party */
+    assert_int_equal(S[0].st.members_present, 1);
+    command(&S[0], lagoon_v1_PartyClientFrame_end_tag);
+    assert_true(until(&S[0], has_ended, 0));
+    leave(&S[0]);
+    lagoon_v1_GroupRequest jr = {.group_id = group_id};
+    lagoon_v1_GroupMember gm;
+    lagoon_set_token(C, S[4].tok);
+    EXPECT(lagoon_Groups_Join(C, &jr, &gm), LAGOON_OK, NULL);
+}
+
 /* A text to the group's chat from the user of tok: its media position (checks its party). */
 static int64_t chat(const char *tok, const char *text, uint64_t party_id)
 {
@@ -895,6 +963,7 @@ int main(void)
         cmocka_unit_test(test_bad_input_and_limits),
         cmocka_unit_test(test_policies),
         cmocka_unit_test(test_host_and_control),
+        cmocka_unit_test(test_videos_and_group_members),
         cmocka_unit_test(test_restart_mid_party),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -2,7 +2,7 @@
  * group's live members.
  *
  *   groups-bench [--sizes 2,100,1000,10000] [--messages 300] [--live 1000] [--live-messages 100]
- *                [--interval-ms 20]
+ *                [--interval-ms 20] [--mine-groups 128] [--mine-calls 50]
  *
  * Store work. For each size: a fresh store in a temporary directory (durable commits), `size`
  * users seeded straight through the store, all ACTIVE members of one public group (and of its
@@ -18,6 +18,11 @@
  * one every `interval-ms`. Each message's text is its number, so a subscriber knows which one it
  * got; it reports p50/p99/max over every (message, member) pair of the time from the Send call
  * to the member's event. Target: p99 < 50 ms at 1 000 members.
+ *
+ * ListMine. A member of `--mine-groups` (128: the most a user can be in) groups, each with 1 001
+ * messages it has not read, calls Groups/ListMine `--mine-calls` times: every group's unread
+ * count is counted from the group's index and stops at 1 000 (shown "999+"), so this is the
+ * worst case of that count.
  *
  * Every loop is bounded; everything it creates is removed. */
 #include <event2/event.h>
@@ -207,6 +212,114 @@ static int run_size(int size, int messages, double *mean_ms)
     return failed || stopped != 0 ? -1 : 0;
 }
 
+/* ---- ListMine at the unread cap ------------------------------------------------------------------ */
+
+#define MINE_MESSAGES 1001 /* per group: one past the cap */
+
+typedef struct mine_seed {
+    int groups;
+    uint64_t owner, member;
+    lagoon_v1_Session sessions[2];
+    app *a;
+} mine_seed;
+
+static int seed_mine(store_txn *t, void *arg, store_error *err)
+{
+    mine_seed *ms = arg;
+    int st = bench_seed_user(t, "mine_owner", "mine_owner@bench.invalid", lagoon_v1_Role_STUDENT, &ms->sessions[0],
+                             &ms->owner, err);
+    if (st == LAGOON_OK)
+        st = bench_seed_user(t, "mine_member", "mine_member@bench.invalid", lagoon_v1_Role_STUDENT, &ms->sessions[1],
+                             &ms->member, err);
+    lagoon_v1_Group *g = calloc(1, sizeof(*g));
+    lagoon_v1_GroupMessage *m = calloc(1, sizeof(*m));
+    if (g == NULL || m == NULL)
+        st = store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    for (int i = 0; i < ms->groups && st == LAGOON_OK; i++) {
+        memset(g, 0, sizeof(*g));
+        g->owner_id = ms->owner;
+        snprintf(g->name, sizeof(g->name), "busy group %d", i);
+        g->visibility = lagoon_v1_Group_Visibility_PUBLIC;
+        g->member_count = 2;
+        g->created_at = g->last_activity_at = 1 + i;
+        st = store_insert(t, &lagoon_table_groups, g, NULL, err);
+        lagoon_v1_Topic tp = {lagoon_v1_Topic_Kind_GROUP, g->id};
+        for (int k = 0; k < 2 && st == LAGOON_OK; k++) {
+            lagoon_v1_GroupMember gm = lagoon_v1_GroupMember_init_zero;
+            gm.group_id = g->id;
+            gm.user_id = k ? ms->member : ms->owner;
+            gm.role = k ? lagoon_v1_GroupMember_Role_MEMBER : lagoon_v1_GroupMember_Role_OWNER;
+            gm.state = lagoon_v1_GroupMember_State_ACTIVE;
+            st = store_insert(t, &lagoon_table_group_members, &gm, NULL, err);
+            if (st == LAGOON_OK)
+                st = events_topic_join(t, ms->a, gm.user_id, &tp, err);
+        }
+        for (int k = 0; k < MINE_MESSAGES && st == LAGOON_OK; k++) {
+            memset(m, 0, sizeof(*m));
+            m->group_id = g->id;
+            m->sender_id = ms->owner;
+            m->which_content = lagoon_v1_GroupMessage_text_tag;
+            snprintf(m->content.text.text, sizeof(m->content.text.text), "unread %d", k);
+            st = store_insert(t, &lagoon_table_group_messages, m, NULL, err);
+        }
+    }
+    free(g);
+    free(m);
+    return st;
+}
+
+static int run_mine(int groups, int calls)
+{
+    bench_stack stack;
+    memset(&stack, 0, sizeof(stack));
+    mine_seed ms;
+    memset(&ms, 0, sizeof(ms));
+    ms.groups = groups;
+    char tokens[2][ACCOUNT_TOKEN_CHARS + 1];
+    for (int i = 0; i < 2; i++) {
+        bench_session_tokens(&ms.sessions[i], tokens[i]);
+        ms.sessions[i].verified = true;
+    }
+    lagoon_client *c = NULL;
+    bench_stats us;
+    store_error err;
+    int failed = bench_stats_init(&us, (size_t)calls) != 0 ||
+                 bench_stack_open(&stack, "/tmp/lagoon-groupsbench-XXXXXX", NULL) != 0;
+    if (!failed) {
+        ms.a = stack.app;
+        failed = store_write(stack.app->db, seed_mine, &ms, &err) != LAGOON_OK;
+        if (failed)
+            fprintf(stderr, "seed: %s\n", err.message);
+    }
+    failed = failed || bench_stack_serve(&stack, NULL) != 0 || bench_stack_connect(&stack, tokens[1], &c) != 0;
+    lagoon_v1_ListMyGroupsRequest req = lagoon_v1_ListMyGroupsRequest_init_zero;
+    for (int i = -WARMUP; i < calls && !failed; i++) {
+        lagoon_v1_ListGroupsResponse resp;
+        memset(&resp, 0, sizeof(resp));
+        uint64_t t = bench_now_us();
+        int st = lagoon_Groups_ListMine(c, &req, &resp);
+        uint64_t d = bench_now_us() - t;
+        if (st != LAGOON_OK || resp.groups_count != (pb_size_t)groups || resp.groups[0].unread != 1000) {
+            fprintf(stderr, "ListMine: %s, %u groups\n", lagoon_status_name(st), (unsigned)resp.groups_count);
+            failed = 1;
+        } else if (i >= 0) {
+            bench_stats_add(&us, d);
+        }
+        pb_release(lagoon_v1_ListGroupsResponse_fields, &resp);
+    }
+    if (!failed) {
+        double ms3[3];
+        bench_stats_ms(&us, ms3);
+        printf("\nGroups/ListMine of a member of %d groups, each with %d unread (counted to 1000: \"999+\"), %d calls: "
+               "mean %.2f ms, p50 %.2f ms, p99 %.2f ms\n",
+               groups, MINE_MESSAGES, calls, ms3[0], ms3[1], ms3[2]);
+    }
+    if (c != NULL)
+        lagoon_close(c);
+    bench_stats_free(&us);
+    return bench_stack_stop(&stack) == 0 && !failed ? 0 : -1;
+}
+
 /* ---- delivery to live members --------------------------------------------------------------------- */
 
 typedef struct live {
@@ -389,7 +502,7 @@ static int run_live(int members, int messages, int interval_ms)
 int main(int argc, char **argv)
 {
     char sizes[BENCH_SIZES_MAX] = "2,100,1000,10000";
-    int messages = 300, live_members = 1000, live_messages = 100, interval_ms = 20;
+    int messages = 300, live_members = 1000, live_messages = 100, interval_ms = 20, mine_groups = 128, mine_calls = 50;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (strcmp(argv[i], "--sizes") == 0)
             snprintf(sizes, sizeof(sizes), "%s", argv[i + 1]);
@@ -401,14 +514,20 @@ int main(int argc, char **argv)
             live_messages = atoi(argv[i + 1]);
         else if (strcmp(argv[i], "--interval-ms") == 0)
             interval_ms = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--mine-groups") == 0)
+            mine_groups = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--mine-calls") == 0)
+            mine_calls = atoi(argv[i + 1]);
         else
             argc = -1;
     }
     if (argc < 0 || argc % 2 == 0 || messages < 1 || messages > MAX_MESSAGES || live_members < 0 ||
         live_members > MAX_LIVE || live_messages < 1 || (uint64_t)live_messages * (uint64_t)live_members > MAX_DELIVERIES ||
-        interval_ms < 0 || interval_ms > 10000) {
+        interval_ms < 0 || interval_ms > 10000 || mine_groups < 0 || mine_groups > EVENTS_MAX_TOPICS_PER_USER ||
+        mine_calls < 1 || mine_calls > MAX_MESSAGES) {
         fprintf(stderr, "usage: groups-bench [--sizes N,N] [--messages 1..%d] [--live 0..%d] [--live-messages N] "
-                        "[--interval-ms 0..10000]\n", MAX_MESSAGES, MAX_LIVE);
+                        "[--interval-ms 0..10000] [--mine-groups 0..%d] [--mine-calls N]\n",
+                MAX_MESSAGES, MAX_LIVE, EVENTS_MAX_TOPICS_PER_USER);
         return 2;
     }
     log_set_level(LOG_WARN);
@@ -437,6 +556,8 @@ int main(int argc, char **argv)
     }
     if (nsizes > 1 && first > 0)
         printf("\nmean Send at %d members / at %d: %.2fx (target <= 2x)\n", lastn, firstn, last / first);
+    if (mine_groups > 0 && run_mine(mine_groups, mine_calls) != 0)
+        return 1;
     if (live_members > 0 && run_live(live_members, live_messages, interval_ms) != 0)
         return 1;
     return 0;

@@ -233,8 +233,11 @@ static int seed_mine(store_txn *t, void *arg, store_error *err)
                              &ms->member, err);
     lagoon_v1_Group *g = calloc(1, sizeof(*g));
     lagoon_v1_GroupMessage *m = calloc(1, sizeof(*m));
-    if (g == NULL || m == NULL)
-        st = store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    if (g == NULL || m == NULL) {
+        free(g);
+        free(m);
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    }
     for (int i = 0; i < ms->groups && st == LAGOON_OK; i++) {
         memset(g, 0, sizeof(*g));
         g->owner_id = ms->owner;

@@ -791,7 +791,12 @@ int handle_Plays_Report(rpc_call *call, const lagoon_v1_ReportRequest *req)
         rs->failed = report_submit(call, rs, req);
     int end = stream_end(rs);
     pthread_mutex_unlock(&rs->mu);
-    return end;
+    /* Ended through rpc_call_finish, never by returning the status: acks the writer sent are
+     * still in the loop's mailbox, and a finish posted after them is answered after them, where
+     * a returned status would end the call at once and drop them. */
+    if (end != RPC_PENDING)
+        rpc_call_finish(call, end);
+    return RPC_PENDING;
 }
 
 /* ---- reads and history changes ------------------------------------------------------------------- */

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 #include <pb_decode.h>
@@ -824,6 +825,73 @@ static void test_bad_input(void **state)
     assert_true(test_has_violation(C, "interactions"));
 }
 
+/* More batches unacknowledged than a stream may have (16): the 17th ends the stream with
+ * RESOURCE_EXHAUSTED, after the 16 before it are stored and acknowledged in order. */
+static void test_report_window(void **state)
+{
+    (void)state;
+    uint64_t vid = video(ann_tok, 600, 1);
+    uint64_t p = play(bob_tok, vid, NULL, "w", 0);
+    static lagoon_v1_ReportRequest r;
+    test_hold h = TEST_HOLD_INIT;
+    test_hold_writer(T, &h); /* nothing commits: every batch stays unacknowledged */
+    lagoon_set_token(C, bob_tok);
+    lagoon_stream *s = NULL;
+    for (uint32_t b = 0; b < 17; b++) {
+        memset(&r, 0, sizeof(r));
+        r.play_id = p;
+        r.interactions_count = 1;
+        r.interactions[0] = mk(b + 1, b ? lagoon_v1_PlayInteraction_Type_PROGRESS : lagoon_v1_PlayInteraction_Type_PLAY,
+                               b * 1000, T->clock_ms);
+        assert_int_equal(b ? lagoon_Plays_Report_send(s, &r) : lagoon_Plays_Report(C, &r, &s), LAGOON_OK);
+    }
+    usleep(300000); /* the server reads the 17 while the writer is held */
+    test_hold_release(&h);
+    assert_true(test_hold_wait(&h, &h.done));
+    lagoon_v1_PlayAck ack;
+    uint32_t n = 0;
+    while (n < 20 && lagoon_Plays_Report_recv(s, &ack) == 1) {
+        assert_int_equal(ack.first_seq, n + 1);
+        assert_int_equal(ack.stored, 1);
+        n++;
+    }
+    assert_int_equal(n, 16);
+    assert_int_equal(lagoon_stream_finish(s, NULL), LAGOON_RESOURCE_EXHAUSTED);
+    assert_true(lagoon_last_error(C)->detail.retry_after_ms > 0);
+    /* The 17th again: stored. */
+    assert_int_equal(record(bob_tok, p, r.interactions[0], &ack), LAGOON_OK);
+    assert_int_equal(ack.stored, 1);
+    assert_int_equal(ack.next_seq, 18);
+}
+
+/* Deleting an account takes its plays, their batches and its positions; the figures stay. */
+static void test_account_deleted(void **state)
+{
+    (void)state;
+    uint64_t vid = video(ann_tok, 100, 1);
+    uint64_t p = play(cat_tok, vid, NULL, "gone", 0);
+    static ix x[20];
+    for (uint32_t i = 0; i < 20; i++)
+        x[i] = mk(i + 1, i ? lagoon_v1_PlayInteraction_Type_PROGRESS : lagoon_v1_PlayInteraction_Type_PLAY, i * 1000,
+                  T->clock_ms - 60000 + i * 1000);
+    assert_int_equal(report(C, cat_tok, p, x, 20, 5, NULL, NULL), LAGOON_OK);
+    lagoon_v1_VideoPlayStats before, after;
+    assert_int_equal(stats(ann_tok, vid, NULL, &before), LAGOON_OK);
+    lagoon_v1_DeleteAccountRequest d = lagoon_v1_DeleteAccountRequest_init_zero;
+    snprintf(d.password, sizeof(d.password), "%s", TEST_PASSWORD);
+    lagoon_v1_UsersEmpty ue;
+    lagoon_set_token(C, cat_tok);
+    assert_int_equal(lagoon_Users_DeleteAccount(C, &d, &ue), LAGOON_OK);
+    playbook(root_tok, cat, vid, NULL, 100, NULL);
+    assert_int_equal(BOOK.batches_count, 0);
+    assert_int_equal(history(root_tok, cat, 50, NULL), LAGOON_OK);
+    assert_int_equal(HIST.entries_count, 0);
+    assert_int_equal(stats(ann_tok, vid, NULL, &after), LAGOON_OK);
+    assert_int_equal(after.plays, before.plays);
+    assert_int_equal(after.total_watch_ms, before.total_watch_ms);
+    assert_true(after.total_watch_ms > 0);
+}
+
 static void test_rate_limit(void **state)
 {
     (void)state;
@@ -861,6 +929,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_retention, setup, teardown),
         cmocka_unit_test_setup_teardown(test_access, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_input, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_report_window, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_account_deleted, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rate_limit, setup_limited, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -411,7 +411,14 @@ static void snapshot_done(void *arg, int status, const store_error *err)
         log_msg(LOG_ERROR, "party %llu: version %llu not stored: %s", (unsigned long long)snap->st.id,
                 (unsigned long long)snap->st.version, err ? err->message : "");
     pthread_mutex_lock(&ps->mu);
+    party *p = snap->p;
+    int live = !snap->end && !p->gone; /* else deliver may free p */
     snapshot_deliver(ps, snap);
+    if (status == LAGOON_OK && live && p->pending == 0 && p->st.members_present == 0) {
+        /* Nobody connected and every change stored: the next Join reads it back. */
+        party_unlink(ps, p);
+        party_free(p);
+    }
     pthread_mutex_unlock(&ps->mu);
     free(snap);
 }
@@ -454,10 +461,12 @@ static void party_end(party_state *ps, party *p, int64_t now)
 {
     p->st.ended = true;
     p->gone = 1;
-    if (party_changed(ps, p, now, NULL, SNAP_MEMBER_NONE, 0) != 0) { /* nothing else will free it */
+    if (party_changed(ps, p, now, NULL, SNAP_MEMBER_NONE, 0) != 0) { /* out of memory: no end to send */
         finish_streams(ps, p, LAGOON_UNAVAILABLE);
-        party_unlink(ps, p);
-        party_free(p);
+        if (p->pending == 0) { /* else the last write's completion frees it (gone) */
+            party_unlink(ps, p);
+            party_free(p);
+        }
     }
 }
 

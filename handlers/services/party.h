@@ -5,8 +5,9 @@
  * While a party has members on the server its state lives in this module (one lock for all
  * parties); every change is applied there in arrival order, given the next version, stored
  * (the whole PartyState row, and the member's row when a member changed) and, once durable,
- * sent to every member's stream in version order. A party no one is connected to is read back
- * from the store at the next Join, so a restart loses nothing but the position reports. */
+ * sent to every member's stream in version order. A party no one is connected to leaves memory
+ * once its last change is stored, and is read back from the store at the next Join, so a
+ * restart loses nothing but the position reports. */
 #ifndef LAGOON_PARTY_H
 #define LAGOON_PARTY_H
 

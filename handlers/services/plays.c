@@ -801,16 +801,24 @@ int handle_Plays_Report(rpc_call *call, const lagoon_v1_ReportRequest *req)
 
 /* ---- reads and history changes ------------------------------------------------------------------- */
 
+/* The user and the video a request is about: plays_user's refusal, or INVALID_ARGUMENT when
+ * it names no video or two. */
+static int user_and_video(rpc_call *call, uint64_t user_id, uint64_t video_id, const char *external, uint64_t *user)
+{
+    if (plays_user(call, user_id, user) != LAGOON_OK)
+        return LAGOON_PERMISSION_DENIED;
+    return video_ref_check(call, video_id, external);
+}
+
 int handle_Plays_GetPosition(rpc_call *call, const lagoon_v1_PlaysVideoRequest *req, lagoon_v1_PlayPosition *resp)
 {
     uint64_t user;
-    if (plays_user(call, req->user_id, &user) != LAGOON_OK)
-        return LAGOON_PERMISSION_DENIED;
-    if (video_ref_check(call, req->video_id, req->external_id) != LAGOON_OK)
-        return LAGOON_INVALID_ARGUMENT;
+    int st = user_and_video(call, req->user_id, req->video_id, req->external_id, &user);
+    if (st != LAGOON_OK)
+        return st;
     store_txn *t;
     store_error err;
-    int st = store_read_begin(app_of(call)->db, &t, &err);
+    st = store_read_begin(app_of(call)->db, &t, &err);
     if (st != LAGOON_OK)
         return app_store_error(call, st, &err);
     store_key k;
@@ -822,11 +830,26 @@ int handle_Plays_GetPosition(rpc_call *call, const lagoon_v1_PlaysVideoRequest *
     return st == LAGOON_OK ? LAGOON_OK : app_store_error(call, st, &err);
 }
 
-static int add_copy_position(void *arg, void *item, const void *row)
+/* A list's row is its item as it is (arg: the item's size). */
+static int add_row(void *arg, void *item, const void *row)
 {
-    (void)arg;
-    *(lagoon_v1_PlayPosition *)item = *(const lagoon_v1_PlayPosition *)row;
+    memcpy(item, row, *(const size_t *)arg);
     return 1;
+}
+
+/* One page of l (paging fields, response and item size set) of idx's rows under prefix, newest
+ * first; the items, their count and the next token are the caller's to hand to the response. */
+static int list_newest(rpc_call *call, paging_list *l, const store_table *tab, const store_index *idx,
+                       const store_key *prefix)
+{
+    l->item = add_row;
+    l->arg = &l->item_size;
+    l->query.table = tab;
+    l->query.index = idx;
+    l->query.prefix = prefix->buf;
+    l->query.prefix_len = prefix->len;
+    l->query.reverse = 1;
+    return paging_read(call, l);
 }
 
 int handle_Plays_ListHistory(rpc_call *call, const lagoon_v1_ListHistoryRequest *req,
@@ -839,14 +862,10 @@ int handle_Plays_ListHistory(rpc_call *call, const lagoon_v1_ListHistoryRequest 
     store_key_reset(&prefix);
     store_key_u64(&prefix, user);
     paging_list l = {.size = req->page_size, .token = req->page_token, .resp = &lagoon_v1_ListHistoryResponse_info,
-                     .items_tag = lagoon_v1_ListHistoryResponse_entries_tag, .item = add_copy_position,
+                     .items_tag = lagoon_v1_ListHistoryResponse_entries_tag,
                      .item_size = sizeof(lagoon_v1_PlayPosition)};
-    l.query.table = &lagoon_table_play_positions;
-    l.query.index = lagoon_index_play_positions_by_user_played; /* hidden entries have none */
-    l.query.prefix = prefix.buf;
-    l.query.prefix_len = prefix.len;
-    l.query.reverse = 1;
-    int st = paging_read(call, &l);
+    /* (a hidden entry has no key in by_user_played) */
+    int st = list_newest(call, &l, &lagoon_table_play_positions, lagoon_index_play_positions_by_user_played, &prefix);
     resp->entries = l.items; /* FT_POINTER: freed with the call */
     resp->entries_count = (pb_size_t)l.count;
     APP_STRCPY(resp->next_page_token, l.next_page_token);
@@ -875,11 +894,8 @@ int handle_Plays_RemoveHistory(rpc_call *call, const lagoon_v1_PlaysVideoRequest
     uint64_t *user = app_write_args(call, sizeof(*user));
     if (user == NULL)
         return app_out_of_memory(call);
-    if (plays_user(call, req->user_id, user) != LAGOON_OK)
-        return LAGOON_PERMISSION_DENIED;
-    if (video_ref_check(call, req->video_id, req->external_id) != LAGOON_OK)
-        return LAGOON_INVALID_ARGUMENT;
-    return app_write_call(call, remove_write, user);
+    int st = user_and_video(call, req->user_id, req->video_id, req->external_id, user);
+    return st == LAGOON_OK ? app_write_call(call, remove_write, user) : st;
 }
 
 static int clear_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
@@ -927,32 +943,18 @@ int handle_Plays_ClearHistory(rpc_call *call, const lagoon_v1_PlaysUserRequest *
     return app_write_call(call, clear_write, user);
 }
 
-static int add_copy_batch(void *arg, void *item, const void *row)
-{
-    (void)arg;
-    *(lagoon_v1_PlayBatch *)item = *(const lagoon_v1_PlayBatch *)row;
-    return 1;
-}
-
 int handle_Plays_ListPlaybook(rpc_call *call, const lagoon_v1_ListPlaybookRequest *req,
                               lagoon_v1_ListPlaybookResponse *resp)
 {
     uint64_t user;
-    if (plays_user(call, req->user_id, &user) != LAGOON_OK)
-        return LAGOON_PERMISSION_DENIED;
-    if (video_ref_check(call, req->video_id, req->external_id) != LAGOON_OK)
-        return LAGOON_INVALID_ARGUMENT;
+    int st = user_and_video(call, req->user_id, req->video_id, req->external_id, &user);
+    if (st != LAGOON_OK)
+        return st;
     store_key prefix;
     video_key(&prefix, user, req->video_id, req->external_id);
     paging_list l = {.size = req->page_size, .token = req->page_token, .resp = &lagoon_v1_ListPlaybookResponse_info,
-                     .items_tag = lagoon_v1_ListPlaybookResponse_batches_tag, .item = add_copy_batch,
-                     .item_size = sizeof(lagoon_v1_PlayBatch)};
-    l.query.table = &lagoon_table_play_batches;
-    l.query.index = lagoon_index_play_batches_by_user_video_time;
-    l.query.prefix = prefix.buf;
-    l.query.prefix_len = prefix.len;
-    l.query.reverse = 1;
-    int st = paging_read(call, &l);
+                     .items_tag = lagoon_v1_ListPlaybookResponse_batches_tag, .item_size = sizeof(lagoon_v1_PlayBatch)};
+    st = list_newest(call, &l, &lagoon_table_play_batches, lagoon_index_play_batches_by_user_video_time, &prefix);
     resp->batches = l.items; /* FT_POINTER: freed with the call */
     resp->batches_count = (pb_size_t)l.count;
     APP_STRCPY(resp->next_page_token, l.next_page_token);

@@ -328,6 +328,8 @@ typedef struct store_page {
     char next_page_token[STORE_PAGE_TOKEN_MAX + 1];
 } store_page;
 
+/* fn NULL counts the page's entries (page->count) without reading their rows: an index's keys
+ * only, for a count that must not cost a row decode per entry. */
 int store_scan(store_txn *t, const store_query *q, store_row_fn fn, void *arg, store_page *page,
                store_error *err);
 

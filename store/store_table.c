@@ -961,7 +961,7 @@ int store_scan(store_txn *t, const store_query *q, store_row_fn fn, void *arg, s
         kv_val rv = v;
         if (x >= 0) {
             id = key_id(v);
-            st = get_raw(t, rt->rows, id, &rv, err, tab->name);
+            st = fn ? get_raw(t, rt->rows, id, &rv, err, tab->name) : LAGOON_OK; /* fn NULL: keys only */
             if (st == LAGOON_NOT_FOUND)
                 st = STORE_FAIL(err, LAGOON_DATA_LOSS, NULL,
                                 "index %s.%s points at missing row %llu (run lagoon-admin verify)",
@@ -977,10 +977,11 @@ int store_scan(store_txn *t, const store_query *q, store_row_fn fn, void *arg, s
         }
         memcpy(last, k.data, k.len);
         last_len = k.len;
-        if ((st = row_decode(tab, rv, row, err)))
+        if (fn && (st = row_decode(tab, rv, row, err)))
             break;
-        st = fn(arg, id, row);
-        store_row_release(tab, row);
+        st = fn ? fn(arg, id, row) : LAGOON_OK;
+        if (fn)
+            store_row_release(tab, row);
         if (st) {
             if (err && err->code != st)
                 store_fail(err, st, NULL, "scan stopped: %s", lagoon_status_name(st));

@@ -175,6 +175,7 @@ int main(int argc, char **argv)
     acfg.sync = STORE_SYNC_NONE;
     acfg.clock = bench_clock;
     acfg.sched_poll_ms = 3600 * 1000;
+    acfg.video_chats.max_events = CHATS_MAX; /* one organizer schedules them all */
     bench_stack stack;
     memset(&stack, 0, sizeof(stack));
     static seed sd;

@@ -60,6 +60,10 @@
       "Teaching/Request and Teaching/Invite calls that store a request, per user and day. Past "   \
       "it each further one waits until the day (from the first) is over (RESOURCE_EXHAUSTED "      \
       "with retry_after_ms).")                                                                      \
+    X(video_chats.max_events, "video-chats-per-day", NULL, 50u, 1u, 100000u, 1u,                   \
+      "VideoChats/Schedule and StartNow calls that store a chat, per user and day (each invites "  \
+      "up to 50 people, who are notified). Past it each further one waits until the day (from "   \
+      "the first) is over (RESOURCE_EXHAUSTED with retry_after_ms).")                             \
     X(reminder_lead_ms, "video-chat-reminder-minutes", NULL, 15u, 1u, 1440u, 60u * 1000u,          \
       "Participants of a scheduled video chat and attendees of a professional chat are reminded " \
       "this many minutes before its start (and again at the start). A chat scheduled to start "   \

@@ -193,14 +193,39 @@ static int videochats_run_job(store_txn *t, const app *a, const lagoon_v1_Schedu
     return st;
 }
 
+/* A day from the first: the window of the chat budget. */
+#define VIDEOCHATS_BUDGET_WINDOW_MS (24u * 3600u * 1000u)
+
+static int videochats_start(app *a, void **state, rpc_error *err)
+{
+    limiter_policy p = a->cfg.video_chats;
+    p.kind = LIMITER_BUDGET;
+    if (p.window_ms == 0)
+        p.window_ms = VIDEOCHATS_BUDGET_WINDOW_MS;
+    *state = limiter_new(&p, a->cfg.limiter_keys);
+    if (*state == NULL) {
+        snprintf(err->message, sizeof(err->message), "out of memory");
+        return RPC_ERR;
+    }
+    return RPC_OK;
+}
+
+static void videochats_stop(app *a, void *state)
+{
+    (void)a;
+    limiter_free(state);
+}
+
 const app_module videochats_module = {
     .name = "videochats",
+    .start = videochats_start,
+    .stop = videochats_stop,
     .run_job = videochats_run_job,
 };
 
 /* ---- Schedule and StartNow ------------------------------------------------------------------- */
 
-/* What Schedule and StartNow share, from either request. */
+/* What Schedule and StartNow share, from either request (its pointers are into it). */
 typedef struct new_chat {
     const char *title, *description;
     int64_t start_at; /* 0: now, live */
@@ -287,9 +312,8 @@ static int invite_group(store_txn *t, const rpc_caller *who, chat *c, store_erro
     return st;
 }
 
-static int create_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
+static int create_write(store_txn *t, const app_write_in *in, const new_chat *nc, void *resp, store_error *err)
 {
-    const new_chat *nc = in->args;
     if (nc->start_at != 0 && nc->start_at <= in->now)
         return store_fail(err, LAGOON_INVALID_ARGUMENT, "start_at", "must be in the future");
     if (nc->start_at > in->now + VIDEOCHATS_AHEAD_MAX_MS)
@@ -329,31 +353,42 @@ static int create_write(store_txn *t, const app_write_in *in, void *resp, store_
     return st;
 }
 
-static int create_call(rpc_call *call, const new_chat *from)
+static int schedule_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
 {
-    if (from->group_id && from->nusers)
+    const lagoon_v1_ScheduleChatRequest *req = in->req;
+    new_chat nc = {req->title, req->description, req->start_at, req->duration_minutes, req->user_ids,
+                   req->user_ids_count, req->group_id};
+    return create_write(t, in, &nc, resp, err);
+}
+
+static int start_now_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
+{
+    const lagoon_v1_StartNowRequest *req = in->req;
+    new_chat nc = {req->title, req->description, 0, req->duration_minutes, req->user_ids, req->user_ids_count,
+                   req->group_id};
+    return create_write(t, in, &nc, resp, err);
+}
+
+/* Each chat notifies up to VIDEOCHATS_INVITED_MAX people (or a group): a per-user daily budget
+ * keeps one account from flooding others with invitations (app_write_call_limited: only a call
+ * that stores a chat counts). */
+static int create_call(rpc_call *call, app_write_fn fn, uint64_t group_id, pb_size_t nusers)
+{
+    if (group_id && nusers)
         return rpc_call_violation(call, "group_id", "use either user_ids or group_id, not both");
-    new_chat *nc = app_write_args(call, sizeof(*nc));
-    if (nc == NULL)
-        return app_out_of_memory(call);
-    *nc = *from; /* its pointers are into the request, which lives as long as the call */
-    return app_write_call(call, create_write, nc);
+    return app_write_call_limited(call, fn, app_state(app_of(call), &videochats_module), "vchat", "video chats");
 }
 
 int handle_VideoChats_Schedule(rpc_call *call, const lagoon_v1_ScheduleChatRequest *req, lagoon_v1_VideoChatView *resp)
 {
     (void)resp;
-    new_chat nc = {req->title, req->description, req->start_at, req->duration_minutes, req->user_ids,
-                   req->user_ids_count, req->group_id};
-    return create_call(call, &nc);
+    return create_call(call, schedule_write, req->group_id, req->user_ids_count);
 }
 
 int handle_VideoChats_StartNow(rpc_call *call, const lagoon_v1_StartNowRequest *req, lagoon_v1_VideoChatView *resp)
 {
     (void)resp;
-    new_chat nc = {req->title, req->description, 0, req->duration_minutes, req->user_ids, req->user_ids_count,
-                   req->group_id};
-    return create_call(call, &nc);
+    return create_call(call, start_now_write, req->group_id, req->user_ids_count);
 }
 
 /* ---- changes by the organizer ------------------------------------------------------------------ */

@@ -20,7 +20,8 @@
 #define VIDEOCHATS_SLOT_BEFORE 0u
 #define VIDEOCHATS_SLOT_AT_START 1u
 
-/* The module: runs the chats' reminders (app_module.run_job). */
+/* The module: the per-user budget of Schedule and StartNow (app_config.video_chats, a limiter
+ * of its own), and the chats' reminders (app_module.run_job). */
 extern const app_module videochats_module;
 
 /* Whether user_id may join chat_id's call (Signalling/Connect): LAGOON_OK when the chat is live

@@ -592,6 +592,46 @@ static void test_authorization_matrix(void **state)
     assert_int_equal(VIEW.chat.duration_minutes, 30);
 }
 
+/* ---- the budget ------------------------------------------------------------------------------- */
+
+static void tweak_budget(app_config *acfg, rpc_config *cfg)
+{
+    tweak(acfg, cfg);
+    acfg->video_chats.max_events = 2;
+    acfg->access_ttl_s = 7 * 24 * 3600; /* the test waits out a day */
+}
+
+static int setup_budget(void **state)
+{
+    (void)state;
+    T = test_app_new(tweak_budget);
+    C = test_client(T);
+    olga = test_verified_user(T, C, "olga", lagoon_v1_Role_STUDENT, olga_tok);
+    ann = test_verified_user(T, C, "ann", lagoon_v1_Role_STUDENT, ann_tok);
+    return 0;
+}
+
+/* video-chats-per-day: only calls that store a chat count; past it RESOURCE_EXHAUSTED with
+ * retry_after_ms until the day from the first is over. */
+static void test_budget(void **state)
+{
+    (void)state;
+    uint64_t users[] = {ann};
+    EXPECT(schedule_at(olga_tok, T->clock_ms - 1, users, 1), LAGOON_INVALID_ARGUMENT, "start_at"); /* not counted */
+    EXPECT(schedule_at(olga_tok, T->clock_ms + MIN, users, 1), LAGOON_OK, NULL);
+    lagoon_v1_StartNowRequest sn = lagoon_v1_StartNowRequest_init_zero;
+    snprintf(sn.title, sizeof(sn.title), "Now");
+    sn.duration_minutes = 5;
+    lagoon_set_token(C, olga_tok);
+    view_reset();
+    EXPECT(lagoon_VideoChats_StartNow(C, &sn, &VIEW), LAGOON_OK, NULL);
+    EXPECT(schedule_at(olga_tok, T->clock_ms + MIN, users, 1), LAGOON_RESOURCE_EXHAUSTED, NULL);
+    assert_true(lagoon_last_error(C)->detail.retry_after_ms > 0);
+    EXPECT(schedule_at(ann_tok, T->clock_ms + MIN, NULL, 0), LAGOON_OK, NULL); /* per user */
+    test_clock_advance(T, 24LL * 60 * MIN);
+    EXPECT(schedule_at(olga_tok, T->clock_ms + MIN, users, 1), LAGOON_OK, NULL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -605,6 +645,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_lists, setup, teardown),
         cmocka_unit_test_setup_teardown(test_group_chat, setup, teardown),
         cmocka_unit_test_setup_teardown(test_authorization_matrix, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_budget, setup_budget, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -119,6 +119,37 @@ void groupchat_unread_display(uint32_t n, char *out, size_t cap)
         snprintf(out, cap, "%u", n);
 }
 
+/* ---- a group going ------------------------------------------------------------------------------ */
+
+static int was_edited(void *arg, const void *row)
+{
+    (void)arg;
+    return ((const message *)row)->edit_count > 0;
+}
+
+int groupchat_group_deleting(store_txn *t, uint64_t gid, store_error *err)
+{
+    store_key prefix;
+    group_prefix(&prefix, gid);
+    app_id_page *page = malloc(sizeof(*page)); /* 4 KiB */
+    if (page == NULL)
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    char token[STORE_PAGE_TOKEN_MAX + 1] = "";
+    int st;
+    do { /* the pages' rows stay (only kept responses go), so the token stays good */
+        store_query q = {.table = &lagoon_table_group_messages, .index = lagoon_index_group_messages_by_group,
+                         .prefix = prefix.buf, .prefix_len = prefix.len, .page_size = STORE_PAGE_SIZE_MAX,
+                         .page_token = token};
+        st = app_scan_marked(t, &q, was_edited, NULL, page, err);
+        for (uint32_t i = 0; i < page->n && st == LAGOON_OK; i++)
+            if (page->marked[i])
+                st = app_forget_results(t, &lagoon_method_GroupChat_Edit, page->ids[i], err);
+        memcpy(token, page->next_page_token, sizeof(token));
+    } while (st == LAGOON_OK && token[0] != '\0');
+    free(page);
+    return st;
+}
+
 /* ---- who may ----------------------------------------------------------------------------------- */
 
 /* Whether the caller sees group gid without being an ACTIVE member (as Groups/Get decides: a

@@ -32,4 +32,10 @@ int groupchat_unread(store_txn *t, uint64_t gid, uint64_t read_up_to, uint32_t *
 /* n (a groupchat_unread count) as shown: "0".."999", or "999+" at the cap. */
 void groupchat_unread_display(uint32_t n, char *out, size_t cap);
 
+/* Call in the transaction that deletes group gid, before the delete (whose cascade takes its
+ * messages): forgets the kept responses of GroupChat/Edit that show its edited messages, so that
+ * a retry runs again (NOT_FOUND) instead of answering words that are gone. Reads each of the
+ * group's messages once (the cascade deletes each anyway). */
+int groupchat_group_deleting(store_txn *t, uint64_t gid, store_error *err);
+
 #endif

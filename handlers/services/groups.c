@@ -449,6 +449,8 @@ static int delete_write(store_txn *t, const app_write_in *in, void *resp, store_
                          .prefix_len = prefix.len};
         st = app_each_id(t, &q, leave_topic, (void *)in, err);
     }
+    if (st == LAGOON_OK) /* nor a retried Edit its chat's words */
+        st = groupchat_group_deleting(t, w->g.id, err);
     if (st == LAGOON_OK)
         st = store_delete(t, &lagoon_table_groups, w->g.id, err);
     if (st == LAGOON_OK) /* a retried Create or Update must not bring it back */
@@ -489,6 +491,8 @@ static int user_row_going(store_txn *t, uint64_t id, void *arg, store_error *err
         st = app_each_id(t, &q, leave_topic, (void *)in, err);
         if (st == LAGOON_OK) /* an admin's retried Update must not show the group it goes with */
             st = app_forget_results(t, &lagoon_method_Groups_Update, w->g.id, err);
+        if (st == LAGOON_OK) /* nor a member's retried Edit its chat */
+            st = groupchat_group_deleting(t, w->g.id, err);
     } else if (st == LAGOON_OK) {
         st = member_drop(t, in, &w->g, &w->target, err);
     }

@@ -616,15 +616,21 @@ static void test_cascades(void **state)
     uint64_t g = group_of_three("going", PUB);
     uint64_t h = group_of_three("staying", PUB);
     said(own_tok, g, "one");
-    said(mem_tok, g, "two");
+    uint64_t two = said(mem_tok, g, "two");
     said(mem_tok, h, "three");
     said(adm_tok, h, "four");
     assert_int_equal(test_count_rows(T, &lagoon_table_group_messages), 4);
-    /* A deleted group takes its chat. */
+    lagoon_set_idempotency_key(C, "edit-once");
+    EXPECT(edit(mem_tok, two, "two, edited"), LAGOON_OK, NULL);
+    lagoon_set_idempotency_key(C, "edit-once");
+    EXPECT(edit(mem_tok, two, "two, edited"), LAGOON_OK, NULL); /* the kept response */
+    /* A deleted group takes its chat, and the kept responses that show it. */
     lagoon_v1_DeleteGroupRequest dr = {g};
     lagoon_set_token(C, own_tok);
     EXPECT(lagoon_Groups_Delete(C, &dr, &E), LAGOON_OK, NULL);
     assert_int_equal(test_count_rows(T, &lagoon_table_group_messages), 2);
+    lagoon_set_idempotency_key(C, "edit-once");
+    EXPECT(edit(mem_tok, two, "two, edited"), LAGOON_NOT_FOUND, "message_id");
     /* A deleted account takes the messages it sent; the others' counts follow. */
     assert_int_equal(mine_unread(own_tok, h, NULL), 2);
     lagoon_v1_DeleteAccountRequest ar = lagoon_v1_DeleteAccountRequest_init_zero;

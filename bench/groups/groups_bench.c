@@ -10,7 +10,8 @@
  * owner sends `messages` text messages one after the other through a blocking client. It reports
  * the rows each Send changed (the store's commit announcements: the message, the sender's member
  * row, the group, the topic event and feed; never a row per member), the Send's latency (mean,
- * p50, p99) and the throughput of one sender. Target: the largest group's Send costs at most 2x
+ * p50, p99) and the throughput of one sender, then of SENDERS (16) connections sending the same
+ * number at once (the group commit shares each durable commit among them). Target: the largest group's Send costs at most 2x
  * the smallest's.
  *
  * Delivery. A group of `live` + 1 members: `live` of them subscribe (Events/Subscribe, one async
@@ -154,6 +155,57 @@ static void count_changes(void *arg, const store_change *ch, size_t n)
     pthread_mutex_unlock(&c->mu);
 }
 
+/* Throughput with SENDERS connections of the owner sending at once (the store's group commit
+ * shares a durable commit among them). */
+#define SENDERS 16
+
+typedef struct sender_run {
+    const bench_stack *stack;
+    const char *token;
+    uint64_t group;
+    int n, failed;
+} sender_run;
+
+static void *send_many(void *arg)
+{
+    sender_run *r = arg;
+    lagoon_client *c = NULL;
+    lagoon_v1_SendGroupMessageRequest *req = send_req(r->group);
+    lagoon_v1_GroupMessage *resp = calloc(1, sizeof(*resp));
+    r->failed = req == NULL || resp == NULL || bench_stack_connect(r->stack, r->token, &c) != 0;
+    for (int i = 0; i < r->n && !r->failed; i++) {
+        snprintf(req->content.text.text, sizeof(req->content.text.text), "concurrent %d", i);
+        r->failed = lagoon_GroupChat_Send(c, req, resp) != LAGOON_OK;
+    }
+    if (c != NULL)
+        lagoon_close(c);
+    free(req);
+    free(resp);
+    return NULL;
+}
+
+/* SENDERS threads, messages Sends in all: sends per second, or -1. */
+static double concurrent_rate(const bench_stack *stack, const seed *sd, int messages)
+{
+    sender_run runs[SENDERS];
+    pthread_t th[SENDERS];
+    int started = 0;
+    uint64_t t0 = bench_now_us();
+    for (int i = 0; i < SENDERS; i++) {
+        runs[i] = (sender_run){stack, sd->tokens[0], sd->group, messages / SENDERS + (i < messages % SENDERS), 0};
+        if (pthread_create(&th[i], NULL, send_many, &runs[i]) != 0)
+            break;
+        started++;
+    }
+    int failed = started != SENDERS;
+    for (int i = 0; i < started; i++) {
+        pthread_join(th[i], NULL);
+        failed |= runs[i].failed;
+    }
+    double secs = (double)(bench_now_us() - t0) / 1e6;
+    return failed ? -1 : messages / secs;
+}
+
 static int run_size(int size, int messages, double *mean_ms)
 {
     bench_stack stack;
@@ -198,8 +250,10 @@ static int run_size(int size, int messages, double *mean_ms)
         double ms[3];
         bench_stats_ms(&us, ms);
         *mean_ms = ms[0];
-        printf("| %7d | %8d | %9.2f | %8.3f | %7.3f | %7.3f | %9.0f |\n", size, messages, (double)rows / messages,
-               ms[0], ms[1], ms[2], messages / secs);
+        double rate = concurrent_rate(&stack, &sd, messages);
+        failed = rate < 0;
+        printf("| %7d | %8d | %9.2f | %8.3f | %7.3f | %7.3f | %9.0f | %11.0f |\n", size, messages,
+               (double)rows / messages, ms[0], ms[1], ms[2], messages / secs, rate);
         fflush(stdout);
     }
     if (c != NULL)
@@ -534,10 +588,11 @@ int main(int argc, char **argv)
         return 2;
     }
     log_set_level(LOG_WARN);
-    printf("GroupChat/Send by one member, one after the other (durable commits); rows = rows changed per Send\n\n");
-    printf("| %7s | %8s | %9s | %8s | %7s | %7s | %9s |\n", "members", "messages", "rows each", "mean ms", "p50 ms",
-           "p99 ms", "sends/s");
-    printf("|---------|----------|-----------|----------|---------|---------|-----------|\n");
+    printf("GroupChat/Send by one member, one after the other (durable commits); rows = rows changed per Send;\n"
+           "then the same number of Sends on %d connections at once\n\n", SENDERS);
+    printf("| %7s | %8s | %9s | %8s | %7s | %7s | %9s | %11s |\n", "members", "messages", "rows each", "mean ms",
+           "p50 ms", "p99 ms", "sends/s", "sends/s x16");
+    printf("|---------|----------|-----------|----------|---------|---------|-----------|-------------|\n");
     double first = 0, last = 0;
     int nsizes = 0, firstn = 0, lastn = 0;
     for (char *p = sizes; *p && nsizes < BENCH_ROWS_MAX * 4;) {

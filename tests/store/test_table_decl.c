@@ -131,6 +131,17 @@ static const want_index app_indexes[] = {
     {"group_messages", "by_group", "group_id", STORE_MULTI},
     {"group_messages", "by_client_id", "client_message_id", STORE_UNIQUE},
     {"group_messages", "by_sender", "sender_id", STORE_MULTI},
+    /* Plays: */
+    {"plays", "by_session", "session_id", STORE_UNIQUE},
+    {"plays", "by_started", "started_at", STORE_MULTI},
+    {"plays", "by_video", "video_id", STORE_MULTI},
+    {"play_batches", "by_play", "play_id", STORE_MULTI},
+    {"play_batches", "by_user_video_time", "user_id", STORE_MULTI},
+    {"play_batches", "by_time", "created_at", STORE_MULTI},
+    {"play_positions", "by_user_video", "video_id", STORE_UNIQUE},
+    {"play_positions", "by_user_played", "user_id", STORE_MULTI},
+    {"play_positions", "by_video", "video_id", STORE_MULTI},
+    {"play_stats", "by_video", "video_id", STORE_UNIQUE},
 };
 
 typedef struct want_fkey {
@@ -176,6 +187,12 @@ static const want_fkey app_fkeys[] = {
     {"group_members", "user_id", "users", "by_user", STORE_CASCADE},
     {"group_messages", "group_id", "groups", "by_group", STORE_CASCADE},
     {"group_messages", "sender_id", "users", "by_sender", STORE_CASCADE},
+    {"plays", "user_id", "users", "by_session", STORE_CASCADE},
+    {"plays", "video_id", "videos", "by_video", STORE_CASCADE, 1}, /* 0: an external video */
+    {"play_batches", "play_id", "plays", "by_play", STORE_CASCADE},
+    {"play_positions", "user_id", "users", "by_user_video", STORE_CASCADE},
+    {"play_positions", "video_id", "videos", "by_video", STORE_CASCADE, 1},
+    {"play_stats", "video_id", "videos", "by_video", STORE_CASCADE, 1},
 };
 
 static const store_table *app_table(const char *name)

@@ -46,6 +46,13 @@ static void tweak_limited(app_config *acfg, rpc_config *cfg)
     acfg->plays.max_events = 20;
 }
 
+static void tweak_resume(app_config *acfg, rpc_config *cfg)
+{
+    tweak(acfg, cfg);
+    acfg->plays_resume_min_pct = 20; /* lagoond --plays-resume-min-percent 20 */
+    acfg->plays_resume_max_pct = 60; /* --plays-resume-max-percent 60 */
+}
+
 static void start(void (*tweak_fn)(app_config *, rpc_config *))
 {
     T = test_app_new(tweak_fn);
@@ -60,6 +67,13 @@ static int setup(void **state)
 {
     (void)state;
     start(tweak);
+    return 0;
+}
+
+static int setup_resume(void **state)
+{
+    (void)state;
+    start(tweak_resume);
     return 0;
 }
 
@@ -463,6 +477,24 @@ static void test_resume_boundaries(void **state)
                      LAGOON_OK);
     assert_int_equal(ack.resume_ms, 0);
     assert_true(ack.watched);
+}
+
+/* The same rules with the settings moved: 20 % and 60 %. */
+static void test_resume_settings(void **state)
+{
+    (void)state;
+    lagoon_v1_PlayAck ack;
+    struct {
+        uint32_t at, resume;
+        int watched;
+    } cases[] = {{19999, 0, 0}, {20000, 20000, 0}, {60000, 60000, 0}, {60001, 0, 1}};
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char session[16];
+        snprintf(session, sizeof(session), "m%zu", i);
+        stop_at(bob_tok, video(ann_tok, 100, 1), session, cases[i].at, &ack);
+        assert_int_equal(ack.resume_ms, cases[i].resume);
+        assert_int_equal(ack.watched, cases[i].watched);
+    }
 }
 
 /* ---- idempotency ---------------------------------------------------------------------------- */
@@ -924,6 +956,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_figures_match_recomputation, setup, teardown),
         cmocka_unit_test_setup_teardown(test_resume_boundaries, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_resume_settings, setup_resume, teardown),
         cmocka_unit_test_setup_teardown(test_retries_store_nothing_twice, setup, teardown),
         cmocka_unit_test_setup_teardown(test_history, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retention, setup, teardown),

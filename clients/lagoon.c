@@ -397,6 +397,20 @@ static int take_raw(lagoon_raw *raw, const uint8_t *p, size_t n)
     return 0;
 }
 
+bool lagoon_bytes_decode(pb_istream_t *stream, const pb_field_t *field, void **arg)
+{
+    (void)field;
+    lagoon_bytes *b = *arg;
+    size_t n = stream->bytes_left;
+    if (b == NULL || n > b->max || b->data != NULL) /* a second occurrence is refused too */
+        return false;
+    b->data = malloc(n ? n : 1);
+    if (b->data == NULL)
+        return false;
+    b->len = n;
+    return pb_read(stream, b->data, n);
+}
+
 /* Decodes a RESPONSE frame: status, meta, and (if OK and resp) the body. */
 static int take_response(lagoon_stream *s, const frame_copy *fc, void *resp)
 {

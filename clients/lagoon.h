@@ -90,6 +90,19 @@ typedef struct lagoon_raw {
     size_t len;
 } lagoon_raw;
 
+/* A bytes field generated as a callback (FT_CALLBACK in its .options: a field that may pass
+ * nanopb's 64 KiB bytes limit, such as GetSchemaResponse.file_descriptor_set) is read into a
+ * lagoon_bytes: before the call set field.funcs.decode = lagoon_bytes_decode and field.arg = &b
+ * (with b.max the most it accepts: the field's max_size); after it, free(b.data) whatever the
+ * status. A longer field fails the decode (the call returns INTERNAL) before anything is
+ * allocated. */
+typedef struct lagoon_bytes {
+    uint8_t *data;
+    size_t len;
+    size_t max;
+} lagoon_bytes;
+bool lagoon_bytes_decode(pb_istream_t *stream, const pb_field_t *field, void **arg);
+
 /* Unary call: encodes req, waits for the reply, decodes it into resp (m->response type). */
 int lagoon_call(lagoon_client *c, const wire_method *m, const void *req, void *resp);
 

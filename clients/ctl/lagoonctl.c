@@ -292,15 +292,19 @@ static int server_schema(ctl *x, ctl_schema **out)
             return CTL_EXIT_STATUS + st;
         lagoon_v1_GetSchemaRequest req = lagoon_v1_GetSchemaRequest_init_zero;
         lagoon_v1_GetSchemaResponse resp = lagoon_v1_GetSchemaResponse_init_zero;
+        /* A callback field (reflection.options), bounded by its max_size there. */
+        lagoon_bytes set = {.max = lagoon_schema_max};
+        resp.file_descriptor_set.funcs.decode = lagoon_bytes_decode;
+        resp.file_descriptor_set.arg = &set;
         st = lagoon_Reflection_GetSchema(x->client, &req, &resp);
-        if (st != LAGOON_OK)
+        if (st != LAGOON_OK) {
+            free(set.data);
             return report_status(x, st);
+        }
         char err[256];
-        int r = resp.file_descriptor_set
-                    ? ctl_schema_load(resp.file_descriptor_set->bytes, resp.file_descriptor_set->size, &x->server,
-                                      err, sizeof(err))
-                    : (snprintf(err, sizeof(err), "empty"), -1);
-        pb_release(lagoon_v1_GetSchemaResponse_fields, &resp);
+        int r = set.data ? ctl_schema_load(set.data, set.len, &x->server, err, sizeof(err))
+                         : (snprintf(err, sizeof(err), "empty"), -1);
+        free(set.data);
         if (r != 0) {
             fprintf(stderr, "lagoonctl: the server's schema: %s\n", err);
             return CTL_EXIT_FAILURE;

@@ -261,7 +261,7 @@ static int topic_feed_get(store_txn *t, const lagoon_v1_Topic *topic, lagoon_v1_
 
 static int topic_valid(const lagoon_v1_Topic *topic, store_error *err)
 {
-    if (topic->kind <= lagoon_v1_Topic_Kind_KIND_UNSPECIFIED || topic->kind > lagoon_v1_Topic_Kind_CONVERSATION ||
+    if (topic->kind <= lagoon_v1_Topic_Kind_KIND_UNSPECIFIED || topic->kind > _lagoon_v1_Topic_Kind_MAX ||
         topic->id == 0)
         return store_fail(err, LAGOON_INVALID_ARGUMENT, "topic", "a topic needs a defined kind and an id");
     return LAGOON_OK;

@@ -9,6 +9,7 @@
 #include "party.h"
 #include "plays.h"
 #include "teaching.h"
+#include "threads.h"
 #include "profchats.h"
 #include "signalling.h"
 #include "users.h"
@@ -27,5 +28,6 @@ const app_module *const app_modules[] = {
     &signalling_module, /* the calls' rooms (Signalling/Connect) */
     &party_module,    /* the live watch parties and their streams */
     &plays_module,    /* the per-user budget of play interactions */
+    &threads_module,  /* the thread budgets, thread events filled in */
 };
 const size_t app_modules_count = sizeof(app_modules) / sizeof(app_modules[0]);

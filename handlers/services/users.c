@@ -12,6 +12,7 @@
 #include "lagoon_handlers.h"
 #include "paging.h"
 #include "teaching.h"
+#include "threads.h"
 #include "users.h"
 #include "videos.h"
 
@@ -420,6 +421,8 @@ static int delete_write(store_txn *t, const app_write_in *in, void *resp, store_
         st = videos_user_deleting(t, in->a, in->who.user_id, err);
     if (st == LAGOON_OK) /* its groups' member counts and topics */
         st = groups_user_deleting(t, in, in->who.user_id, err);
+    if (st == LAGOON_OK) /* its replies and reactions off the counts of others' threads */
+        st = threads_user_deleting(t, in, in->who.user_id, err);
     if (st == LAGOON_OK)
         st = store_delete(t, &lagoon_table_users, in->who.user_id, err); /* sessions, tokens, ... cascade */
     return st == LAGOON_NOT_FOUND ? store_fail(err, st, NULL, "no such user") : st;

@@ -1139,6 +1139,11 @@ int videos_view_long_enough(const lagoon_v1_Video *v, uint32_t watched_s)
            (uint64_t)watched_s * 2 >= v->duration_seconds;
 }
 
+int videos_view_counts_again(int64_t counted_at, int64_t now)
+{
+    return now - counted_at >= VIDEOS_VIEW_INTERVAL_MS;
+}
+
 /* The one place a view is counted (videos.h): RecordView's, and Plays' for a qualifying play. */
 int videos_count_view(store_txn *t, lagoon_v1_Video *v, uint64_t user, uint32_t watched_s, int64_t now, int *counted,
                       store_error *err)
@@ -1152,7 +1157,7 @@ int videos_count_view(store_txn *t, lagoon_v1_Video *v, uint64_t user, uint32_t 
     store_key_u64(&k, user);
     lagoon_v1_VideoView vw = lagoon_v1_VideoView_init_zero;
     int st = store_get_by(t, &lagoon_table_video_views, lagoon_index_video_views_by_video_user, &k, NULL, &vw, err);
-    if (st == LAGOON_OK && now - vw.counted_at < VIDEOS_VIEW_INTERVAL_MS)
+    if (st == LAGOON_OK && !videos_view_counts_again(vw.counted_at, now))
         return LAGOON_OK;
     if (st == LAGOON_OK) {
         vw.counted_at = now;

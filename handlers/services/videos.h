@@ -26,6 +26,10 @@ int videos_readable(store_txn *t, const rpc_caller *who, uint64_t id, const char
  * the view counts, moves the user's VideoView forward and stores v with view_count + 1 (exact:
  * the single writer serialises the increments). */
 int videos_view_long_enough(const lagoon_v1_Video *v, uint32_t watched_s);
+/* The once-per-interval rule alone, for anything counted "like video views" (Threads' views
+ * too): whether a user's view at now counts again after that user's last counted one at
+ * counted_at (ms). */
+int videos_view_counts_again(int64_t counted_at, int64_t now);
 int videos_count_view(store_txn *t, lagoon_v1_Video *v, uint64_t user, uint32_t watched_s, int64_t now, int *counted,
                       store_error *err);
 

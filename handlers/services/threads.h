@@ -1,0 +1,48 @@
+/* threads: the Threads service's tables (idl/lagoon/v1/threads.proto: threads, thread_replies,
+ * thread_reactions, thread_follows, thread_views, generated into lagoon_tables.h), its limits
+ * and its module: the per-user write budgets and the filling of thread events on thread topics
+ * (Topic.THREAD, the thread's id). */
+#ifndef LAGOON_THREADS_H
+#define LAGOON_THREADS_H
+
+#include <stdint.h>
+
+#include "app.h"
+#include "lagoon_tables.h"
+
+/* Replies in one thread, nested ones included: bounds what deleting a thread's replies costs in
+ * one transaction and what a Reply may add (FAILED_PRECONDITION past it). */
+#define THREADS_REPLIES_MAX 10000
+/* Nested replies under one top-level reply: bounds the walk that deletes a nested reply with
+ * the replies below it (FAILED_PRECONDITION past it, as for comments). */
+#define THREADS_NESTED_MAX 1000
+/* Followers of one thread: every new reply notifies each of them in the reply's own write, so
+ * this bounds the rows one Reply writes (Follow is RESOURCE_EXHAUSTED past it; the author's
+ * own follow at Create never is). */
+#define THREADS_FOLLOWERS_MAX 1000
+/* The reaction types (ThreadReaction without UNSPECIFIED): the size of every count list
+ * (max_count of the reactions fields in threads.options and events.options). */
+#define THREADS_REACTION_TYPES 6
+
+/* Per-user write budgets, "N per minute" from the first (LIMITER_BUDGET): threads created,
+ * replies, reaction toggles. Each Create and Reply may notify up to THREADS_FOLLOWERS_MAX
+ * users; a toggle is a write on the single writer. Refused calls and retries cost nothing
+ * (app_write_call_limited). */
+#define THREADS_CREATES_PER_MINUTE 10
+#define THREADS_REPLIES_PER_MINUTE 30
+#define THREADS_REACTIONS_PER_MINUTE 120
+
+extern const app_module threads_module;
+
+/* The key of the by_place index (threads.proto): group_id, 0 for a pinned thread and 1 for
+ * the others, last_activity_at descending. */
+int threads_place_key(const void *row, store_key *k);
+
+/* Call in the transaction that deletes account in->who (Users/DeleteAccount), before the
+ * delete: its replies and reactions on threads that stay are deleted here, through Threads'
+ * own delete paths, so that those threads' reply and reaction counts stay exact (a cascade
+ * would leave them counted), and the watchers of its own threads leave their topics. Costs a
+ * few rows per reply and reaction of the account. */
+int threads_user_deleting(store_txn *t, const app_write_in *in, uint64_t user_id, store_error *err);
+
+#endif

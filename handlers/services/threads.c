@@ -196,6 +196,13 @@ static int may_post(const place *p, store_error *err)
     return store_fail(err, LAGOON_PERMISSION_DENIED, NULL, "only the group's members can post, reply or react in it");
 }
 
+/* thread_for on the request's thread_id, then may_post: a thread the caller replies or reacts in. */
+static int thread_to_post(store_txn *t, const rpc_caller *who, uint64_t id, thread *th, place *p, store_error *err)
+{
+    int st = thread_for(t, who, id, "thread_id", th, p, err);
+    return st == LAGOON_OK ? may_post(p, err) : st;
+}
+
 /* Reply id of thread th (the request's field) into r; NOT_FOUND naming field when it is not
  * one of th's. */
 static int reply_of(store_txn *t, const thread *th, uint64_t id, const char *field, reply *r, store_error *err)
@@ -956,9 +963,7 @@ static int reply_write(store_txn *t, const app_write_in *in, void *resp, store_e
         return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
     }
     place p = {0};
-    int st = thread_for(t, &in->who, req->thread_id, "thread_id", th, &p, err);
-    if (st == LAGOON_OK)
-        st = may_post(&p, err);
+    int st = thread_to_post(t, &in->who, req->thread_id, th, &p, err);
     if (st == LAGOON_OK && th->locked)
         st = store_fail(err, LAGOON_FAILED_PRECONDITION, NULL, "the thread is locked");
     if (st == LAGOON_OK && th->reply_count >= THREADS_REPLIES_MAX)
@@ -1217,9 +1222,7 @@ static int react_write(store_txn *t, const app_write_in *in, void *resp, store_e
         return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
     }
     place p = {0};
-    int st = thread_for(t, &in->who, req->thread_id, "thread_id", th, &p, err);
-    if (st == LAGOON_OK)
-        st = may_post(&p, err);
+    int st = thread_to_post(t, &in->who, req->thread_id, th, &p, err);
     if (st == LAGOON_OK && req->reply_id != 0)
         st = reply_of(t, th, req->reply_id, "reply_id", r, err);
     free(r);

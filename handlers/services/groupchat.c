@@ -11,11 +11,11 @@
  * Content, the edit rule, Send's retries and budget, and List's paging are the direct
  * messages' (chat_content.h).
  *
- * Events. Sends, edits, deletes and read marks go to the group's topic (Topic.GROUP, the
- * group's id), whose members are the group's ACTIVE members (groups.c joins and leaves them):
- * one row per event, whatever the member count. Message events are references (the message's
- * ids), which groupchat_fill_event turns into the message as it is when sent; typing is
- * ephemeral (events_topic_ephemeral). */
+ * Events. Sends, edits and deletes go to the group's topic (Topic.GROUP, the group's id), whose
+ * members are the group's ACTIVE members (groups.c joins and leaves them): one row per event,
+ * whatever the member count. Message events are references (the message's ids), which
+ * groupchat_fill_event turns into the message as it is when sent; read marks and typing are
+ * ephemeral (events_topic_ephemeral: live subscriptions only, never logged). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -503,8 +503,8 @@ int handle_GroupChat_Delete(rpc_call *call, const lagoon_v1_DeleteGroupMessageRe
 
 /* ---- MarkRead, Typing ---------------------------------------------------------------------------- */
 
-/* The read position moves forward only, to the message named (0 or past the newest: the newest);
- * the move is published to the group (read receipts, the reader's other devices). */
+/* The read position moves forward only, to the message named (0 or past the newest: the newest).
+ * Nothing but the member row is written: the read mark reaches the group in mark_read_after. */
 static int mark_read_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
 {
     const lagoon_v1_MarkGroupReadRequest *req = in->req;
@@ -520,18 +520,6 @@ static int mark_read_write(store_txn *t, const app_write_in *in, void *resp, sto
     if (to > me.read_up_to) {
         me.read_up_to = to;
         st = store_update(t, &lagoon_table_group_members, &me, err);
-        lagoon_v1_Event *ev = st == LAGOON_OK ? calloc(1, sizeof(*ev)) : NULL;
-        if (st == LAGOON_OK && ev == NULL)
-            st = store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
-        if (ev != NULL) {
-            ev->which_payload = lagoon_v1_Event_group_read_tag;
-            ev->payload.group_read.group_id = req->group_id;
-            ev->payload.group_read.reader_id = in->who.user_id;
-            ev->payload.group_read.up_to_message_id = to;
-            lagoon_v1_Topic tp = group_topic(req->group_id);
-            st = events_topic_publish(t, in->a, &tp, ev, err);
-            free(ev);
-        }
     }
     if (st == LAGOON_OK)
         st = groupchat_unread(t, req->group_id, me.read_up_to, &out->unread, err);
@@ -540,11 +528,38 @@ static int mark_read_write(store_txn *t, const app_write_in *in, void *resp, sto
     return st;
 }
 
+/* Once stored: the read mark to the live subscriptions of the group's members (read receipts,
+ * the reader's other devices) as an ephemeral event, never logged. Clients mark a group read as
+ * messages arrive, so in a group of N live members one message brings up to N marks, each to N
+ * subscriptions: logged, those marks would outnumber the messages in the topic's log (its
+ * retention is a count) and flood the topic's lane, which switches every live subscriber to a
+ * replay of that log; ephemeral, a flood is dropped at the lane's bound and the log keeps the
+ * messages. A member who was away reads its position and counts from MarkRead and
+ * Groups/ListMine. */
+static int mark_read_after(rpc_call *call, const app_write_in *in, void *resp, int status)
+{
+    if (status != LAGOON_OK || in->replayed)
+        return status;
+    const lagoon_v1_MarkGroupReadRequest *req = in->req;
+    const lagoon_v1_GroupUnread *out = resp;
+    lagoon_v1_Event *ev = calloc(1, sizeof(*ev)); /* ~17 KiB: its type can hold a whole message */
+    if (ev == NULL)
+        return status; /* ephemeral: dropped, as a full lane would */
+    ev->which_payload = lagoon_v1_Event_group_read_tag;
+    ev->payload.group_read.group_id = req->group_id;
+    ev->payload.group_read.reader_id = in->who.user_id;
+    ev->payload.group_read.up_to_message_id = out->read_up_to;
+    lagoon_v1_Topic tp = group_topic(req->group_id);
+    (void)events_topic_ephemeral(app_of(call), &tp, ev); /* 0 also when dropped */
+    free(ev);
+    return status;
+}
+
 int handle_GroupChat_MarkRead(rpc_call *call, const lagoon_v1_MarkGroupReadRequest *req, lagoon_v1_GroupUnread *resp)
 {
     (void)req;
     (void)resp;
-    return app_write_call(call, mark_read_write, NULL);
+    return app_write_call_then(call, mark_read_write, NULL, mark_read_after);
 }
 
 /* To the live subscriptions of the group's members, never stored (events_topic_ephemeral: its

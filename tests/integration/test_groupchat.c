@@ -799,10 +799,15 @@ static void test_realtime(void **state)
     EXPECT(edit(own_tok, a, "edited"), LAGOON_OK, NULL);
     expect_message(&d, g, lagoon_v1_GroupMessageEvent_Action_EDITED, a);
     assert_string_equal(EV->payload.group_message.message.content.text.text, "edited");
+    /* A read mark reaches the live members and is never logged: clients mark as messages
+     * arrive, so logged marks would outnumber a big group's messages in its topic's log. */
+    size_t logged = test_count_rows(T, &lagoon_table_topic_events);
     EXPECT(mark(adm_tok, g, 0), LAGOON_OK, NULL);
     next_event(&d, g, lagoon_v1_Event_group_read_tag);
     assert_int_equal(EV->payload.group_read.reader_id, adm);
     assert_int_equal(EV->payload.group_read.up_to_message_id, a);
+    assert_int_equal(EV->seq, 0);
+    assert_int_equal(test_count_rows(T, &lagoon_table_topic_events), logged);
     EXPECT(typing(own_tok, g), LAGOON_OK, NULL);
     next_event(&d, g, lagoon_v1_Event_typing_tag);
     assert_int_equal(EV->payload.typing.user_id, own);
@@ -822,7 +827,6 @@ static void test_realtime(void **state)
     subscribe_at(&d, mem_tok, &rr);
     next_event(&d, g, lagoon_v1_Event_membership_tag);
     expect_message(&d, g, lagoon_v1_GroupMessageEvent_Action_DELETED, a); /* its EDITED, filled now */
-    next_event(&d, g, lagoon_v1_Event_group_read_tag);
     expect_message(&d, g, lagoon_v1_GroupMessageEvent_Action_DELETED, a);
     unsubscribe(&d);
     free(EV);

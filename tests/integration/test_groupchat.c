@@ -645,6 +645,80 @@ static void test_cascades(void **state)
     assert_string_equal(LM.messages[0].content.text.text, "four");
 }
 
+/* Every table a group's rows live in, counted. */
+typedef struct row_counts {
+    size_t groups, members, messages, topic_members;
+} row_counts;
+
+static row_counts count_group_rows(void)
+{
+    row_counts c = {test_count_rows(T, &lagoon_table_groups), test_count_rows(T, &lagoon_table_group_members),
+                    test_count_rows(T, &lagoon_table_group_messages), test_count_rows(T, &lagoon_table_topic_members)};
+    return c;
+}
+
+static void expect_rows(row_counts got, size_t groups, size_t members, size_t messages, size_t topic_members)
+{
+    assert_int_equal(got.groups, groups);
+    assert_int_equal(got.members, members);
+    assert_int_equal(got.messages, messages);
+    assert_int_equal(got.topic_members, topic_members);
+}
+
+/* A group in every membership state, with messages, goes whole: by Groups/Delete, and by its
+ * owner's account deletion, which also takes the owner's rows and messages in another group and
+ * counts it out there. Counted in every table, so that no orphan row stays. */
+static void test_no_orphan_rows(void **state)
+{
+    (void)state;
+    char inv_tok[65];
+    uint64_t inv = test_verified_user(T, C, "inv", lagoon_v1_Role_STUDENT, inv_tok);
+    row_counts base = count_group_rows();
+    expect_rows(base, 0, 0, 0, 0);
+    for (int by_account = 0; by_account < 2; by_account++) {
+        /* own's group: own, adm, mem ACTIVE; out REQUESTED; inv INVITED. */
+        uint64_t g = group_of_three(by_account ? "owner goes" : "group goes", PRIV);
+        EXPECT(join(out_tok, g), LAGOON_OK, NULL);
+        EXPECT(invite(own_tok, g, inv), LAGOON_OK, NULL);
+        said(own_tok, g, "hello @mem");
+        said(adm_tok, g, "two");
+        uint64_t three = said(mem_tok, g, "three");
+        EXPECT(edit(mem_tok, three, "three, edited"), LAGOON_OK, NULL);
+        EXPECT(mark(adm_tok, g, 0), LAGOON_OK, NULL);
+        /* adm's group with own as a member: own's row and message there go with own only. */
+        uint64_t h = create(adm_tok, "stays", PUB);
+        EXPECT(join(own_tok, h), LAGOON_OK, NULL);
+        said(own_tok, h, "own in h");
+        said(adm_tok, h, "adm in h");
+        expect_rows(count_group_rows(), 2, 5 + 2, 3 + 2, 3 + 2);
+        if (by_account) {
+            lagoon_v1_DeleteAccountRequest ar = lagoon_v1_DeleteAccountRequest_init_zero;
+            snprintf(ar.password, sizeof(ar.password), "%s", TEST_PASSWORD);
+            lagoon_v1_UsersEmpty ue;
+            lagoon_set_token(C, own_tok);
+            EXPECT(lagoon_Users_DeleteAccount(C, &ar, &ue), LAGOON_OK, NULL);
+            expect_rows(count_group_rows(), 1, 1, 1, 1);
+            lagoon_v1_GetGroupRequest gr = {h};
+            lagoon_set_token(C, adm_tok);
+            EXPECT(lagoon_Groups_Get(C, &gr, &G), LAGOON_OK, NULL);
+            assert_int_equal(G.member_count, 1);
+        } else {
+            lagoon_v1_DeleteGroupRequest dr = {g};
+            lagoon_set_token(C, own_tok);
+            EXPECT(lagoon_Groups_Delete(C, &dr, &E), LAGOON_OK, NULL);
+            expect_rows(count_group_rows(), 1, 2, 2, 2);
+            lagoon_v1_DeleteGroupRequest hr = {h};
+            lagoon_set_token(C, adm_tok);
+            EXPECT(lagoon_Groups_Delete(C, &hr, &E), LAGOON_OK, NULL);
+            expect_rows(count_group_rows(), 0, 0, 0, 0);
+        }
+        /* None of them sees either group's chat now. */
+        for (int i = 0; i < 2; i++)
+            EXPECT(list(i ? inv_tok : mem_tok, g, 0, NULL, 0, 0, 0), LAGOON_NOT_FOUND, "group_id");
+    }
+    (void)inv;
+}
+
 /* ---- rows per Send ---------------------------------------------------------------------------- */
 
 typedef struct change_count {
@@ -881,6 +955,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_unread_cap, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mentions, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cascades, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_no_orphan_rows, setup, teardown),
         cmocka_unit_test_setup_teardown(test_send_rows_bounded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_realtime, setup, teardown),
         cmocka_unit_test_setup_teardown(test_join_leave_live, setup, teardown),

@@ -800,6 +800,19 @@ static void test_send_rows_bounded(void **state)
     assert_true(two > 0);
     assert_int_equal(many, two);
     assert_int_equal(two, 5); /* message, member, group, topic event, topic feed: no row per member */
+    /* A MarkRead writes the reader's member row only (its event is ephemeral); one that moves
+     * nothing writes nothing. */
+    said(own_tok, small, "to read");
+    for (int i = 0; i < 2; i++) {
+        pthread_mutex_lock(&cc.mu);
+        cc.rows = 0;
+        pthread_mutex_unlock(&cc.mu);
+        EXPECT(mark(mem_tok, small, 0), LAGOON_OK, NULL);
+        pthread_mutex_lock(&cc.mu);
+        unsigned marked = cc.rows;
+        pthread_mutex_unlock(&cc.mu);
+        assert_int_equal(marked, i ? 0 : 1);
+    }
 }
 
 /* ---- realtime --------------------------------------------------------------------------------- */

@@ -340,6 +340,21 @@ static int group_touch(store_txn *t, const app_write_in *in, uint64_t gid, store
     return st;
 }
 
+/* A Send's client id (the request's, else the idempotency key: field) names a message the sender
+ * stored in another group: refused, so that a client that reuses an id across groups is told
+ * instead of answered with the other group's message as if this one had been sent. */
+static int sent_elsewhere(const message *stored, uint64_t gid, const char *field, store_error *err)
+{
+    if (stored->group_id == gid)
+        return LAGOON_OK;
+    return store_fail(err, LAGOON_ALREADY_EXISTS, field, "names a message you sent to another group");
+}
+
+static const char *send_id_field(const lagoon_v1_SendGroupMessageRequest *req)
+{
+    return req->client_message_id[0] ? "client_message_id" : "idempotency_key";
+}
+
 /* The message is built in the response and stored from there. */
 static int send_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
 {
@@ -350,6 +365,8 @@ static int send_write(store_txn *t, const app_write_in *in, void *resp, store_er
     if (sa->client_message_id[0]) {
         int st = chat_stored_send(t, &lagoon_table_group_messages, lagoon_index_group_messages_by_client_id,
                                   in->who.user_id, sa->client_message_id, m, err);
+        if (st == LAGOON_OK)
+            st = sent_elsewhere(m, req->group_id, send_id_field(req), err);
         if (st != LAGOON_NOT_FOUND)
             return st;
     }
@@ -390,6 +407,9 @@ int handle_GroupChat_Send(rpc_call *call, const lagoon_v1_SendGroupMessageReques
     if (cid[0]) {
         int st = chat_answer_retry(call, &lagoon_table_group_messages, lagoon_index_group_messages_by_client_id, cid,
                                    resp);
+        store_error err;
+        if (st == LAGOON_OK && sent_elsewhere(resp, req->group_id, send_id_field(req), &err) != LAGOON_OK)
+            return app_store_error(call, err.code, &err);
         if (st != LAGOON_NOT_FOUND)
             return st;
     }

@@ -353,6 +353,17 @@ static void test_send_retries(void **state)
     assert_int_equal(GM.id, second);
     EXPECT(list(mem_tok, g, 0, NULL, 0, 0, 0), LAGOON_OK, NULL);
     assert_int_equal(LM.messages_count, 2);
+    /* The same ids to another group: refused, never answered with the first group's message. */
+    uint64_t h = group_of_three("elsewhere", PUB);
+    SR.group_id = h;
+    snprintf(SR.client_message_id, sizeof(SR.client_message_id), "c-1");
+    lagoon_set_token(C, mem_tok);
+    EXPECT(lagoon_GroupChat_Send(C, &SR, &GM), LAGOON_ALREADY_EXISTS, "client_message_id");
+    SR.client_message_id[0] = '\0';
+    lagoon_set_idempotency_key(C, "k-1");
+    EXPECT(lagoon_GroupChat_Send(C, &SR, &GM), LAGOON_ALREADY_EXISTS, "idempotency_key");
+    EXPECT(list(mem_tok, h, 0, NULL, 0, 0, 0), LAGOON_OK, NULL);
+    assert_int_equal(LM.messages_count, 0);
 }
 
 /* The sender's budget: refused Sends are given back; direct messages have a budget of their own. */

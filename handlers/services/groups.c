@@ -760,6 +760,13 @@ static int remove_write(store_txn *t, const app_write_in *in, void *resp, store_
     if (w == NULL)
         return LAGOON_RESOURCE_EXHAUSTED;
     int st = admin_and_target(t, in, w, err);
+    /* An invitation is withdrawn the same way: an invitee who never answers would otherwise hold
+     * a place of GROUPS_PENDING_INVITATIONS_MAX for good. Its invitee is not notified. */
+    if (st == LAGOON_OK && w->target.state == STATE(INVITED)) {
+        st = member_drop(t, in, &w->g, &w->target, err);
+        free(w);
+        return st;
+    }
     if (st == LAGOON_OK && w->target.state != STATE(ACTIVE))
         st = store_fail(err, LAGOON_FAILED_PRECONDITION, NULL, "the user is not a member of the group");
     if (st == LAGOON_OK && !outranks(&w->s.me, &w->target))

@@ -811,6 +811,16 @@ static void test_pending_caps(void **state)
     seed_rows(h, 0, 0, STATE(INVITED), GROUPS_PENDING_INVITATIONS_MAX, 2);
     EXPECT(invite(own_tok, h, mem), LAGOON_RESOURCE_EXHAUSTED, NULL);
     assert_non_null(strstr(lagoon_last_error(C)->detail.message, "invitations waiting"));
+    /* Admins make room by withdrawing an invitation (Remove); a member cannot. */
+    EXPECT(list_members(own_tok, h, STATE(INVITED), 1, NULL), LAGOON_OK, NULL);
+    uint64_t unanswered = L.members[0].user_id;
+    EXPECT(remove_member(mem_tok, h, unanswered), LAGOON_NOT_FOUND, "group_id");
+    EXPECT(remove_member(own_tok, h, unanswered), LAGOON_OK, NULL);
+    EXPECT(remove_member(own_tok, h, unanswered), LAGOON_NOT_FOUND, "user_id");
+    EXPECT(invite(own_tok, h, mem), LAGOON_OK, NULL);
+    EXPECT(remove_member(own_tok, h, mem), LAGOON_OK, NULL);
+    EXPECT(get(mem_tok, h), LAGOON_NOT_FOUND, "group_id"); /* the invitation showed it */
+    EXPECT(accept_invite(mem_tok, h), LAGOON_NOT_FOUND, "group_id");
     /* Invitations per invitee, from every group together. */
     uint64_t k = create(own_tok, "one more", PRIV);
     seed_rows(0, adm, mem, STATE(INVITED), GROUPS_USER_INVITATIONS_MAX, 3);

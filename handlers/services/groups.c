@@ -826,6 +826,9 @@ int handle_Groups_SetRole(rpc_call *call, const lagoon_v1_SetGroupRoleRequest *r
     (void)resp;
     if (req->role == ROLE(OWNER))
         return rpc_call_violation(call, "role", "use TransferOwnership to make a member the owner");
+    /* (The owner's own row would be refused as an admin's, with a message that does not fit.) */
+    if (req->user_id == rpc_call_caller(call)->user_id)
+        return rpc_call_violation(call, "user_id", "you cannot change your own role");
     return app_write_call(call, role_write, NULL);
 }
 

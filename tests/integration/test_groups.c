@@ -495,6 +495,7 @@ static void test_roles_remove_transfer(void **state)
     /* SetRole: the owner makes admins; members and admins cannot. */
     EXPECT(set_role(mem_tok, g, adm, ROLE(ADMIN)), LAGOON_PERMISSION_DENIED, NULL);
     EXPECT(set_role(own_tok, g, adm, ROLE(OWNER)), LAGOON_INVALID_ARGUMENT, "role");
+    EXPECT(set_role(own_tok, g, own, ROLE(ADMIN)), LAGOON_INVALID_ARGUMENT, "user_id");
     EXPECT(set_role(own_tok, g, adm, ROLE(ADMIN)), LAGOON_OK, NULL);
     assert_int_equal(M.role, ROLE(ADMIN));
     EXPECT(set_role(adm_tok, g, own, ROLE(MEMBER)), LAGOON_PERMISSION_DENIED, NULL);

@@ -468,7 +468,7 @@ static int create_write(store_txn *t, const app_write_in *in, void *resp, store_
     const lagoon_v1_CreateThreadRequest *req = in->req;
     thread *th = resp;
     place p = {0};
-    int st = req->group_id ? place_of(t, &in->who, req->group_id, &p, err) : place_of(t, &in->who, 0, &p, err);
+    int st = place_of(t, &in->who, req->group_id, &p, err);
     if (st == LAGOON_NOT_FOUND || (st == LAGOON_OK && !p.reads))
         return store_fail(err, LAGOON_NOT_FOUND, "group_id", "no such group");
     if (st == LAGOON_OK)

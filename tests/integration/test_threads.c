@@ -526,6 +526,15 @@ static void test_reaction_toggle(void **state)
     assert_int_equal(LX.reactions_count, 1);
     assert_int_equal(LX.reactions[0].user_id, own);
     release_lists();
+    /* A retry with the call's idempotency key gets the first answer: it does not toggle back. */
+    for (int i = 0; i < 2; i++) {
+        lagoon_set_idempotency_key(C, "wow-once");
+        EXPECT(react(adm_tok, t, 0, lagoon_v1_ThreadReaction_WOW), LAGOON_OK, NULL);
+        assert_true(RR.added);
+        assert_int_equal(count_of(RR.reactions, RR.reactions_count, lagoon_v1_ThreadReaction_WOW), 1);
+    }
+    EXPECT(get(adm_tok, t), LAGOON_OK, NULL);
+    assert_int_equal(count_of(TH.reactions, TH.reactions_count, lagoon_v1_ThreadReaction_WOW), 1);
     /* A reply of another thread is no target. */
     uint64_t t2 = created(own_tok, 0, "another");
     EXPECT(react(own_tok, t2, r, lagoon_v1_ThreadReaction_LOVE), LAGOON_NOT_FOUND, "reply_id");
@@ -1011,7 +1020,12 @@ static void test_create_budget(void **state)
     EXPECT(create(adm_tok, 0, "one too many"), LAGOON_RESOURCE_EXHAUSTED, NULL);
     EXPECT(create(mem_tok, 0, "someone else's budget"), LAGOON_OK, NULL);
     fresh();
-    EXPECT(create(adm_tok, 0, "a minute later"), LAGOON_OK, NULL);
+    uint64_t t = created(adm_tok, 0, "a minute later");
+    for (int i = 0; i < THREADS_REPLIES_PER_MINUTE; i++)
+        replied(adm_tok, t, 0, "again");
+    EXPECT(reply(adm_tok, t, 0, "one reply too many"), LAGOON_RESOURCE_EXHAUSTED, NULL);
+    EXPECT(reply(adm_tok, t, 0, ""), LAGOON_INVALID_ARGUMENT, "text"); /* told even past the budget */
+    EXPECT(reply(mem_tok, t, 0, "someone else's budget"), LAGOON_OK, NULL);
 }
 
 int main(void)

@@ -20,16 +20,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
+#include "chat_content.h"
 #include "comments.h"
 #include "events.h"
 #include "lagoon_handlers.h"
 #include "paging.h"
 #include "videos.h"
-
-/* The longest username (account_username_problem: 3 to 50 of [A-Za-z0-9_.-]). */
-#define COMMENTS_USERNAME_MAX 50
 
 /* ---- the module: the creation limiter, the event filler ---------------------------------------- */
 
@@ -151,37 +148,6 @@ static void cut_text(char *dst, size_t cap, const char *src)
     snprintf(dst, cap, "%.*s...", (int)cut, src);
 }
 
-static int is_name_char(char ch)
-{
-    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '_' ||
-           ch == '.' || ch == '-';
-}
-
-/* The next @username in s from *pos on, into name; 0 when there is none. A mention starts at
- * an '@' that does not follow a name character (so that "ann@example.com" is none) and runs
- * over name characters, less trailing '.' and '-' (the end of a sentence). */
-static int next_mention(const char *s, size_t *pos, char name[COMMENTS_USERNAME_MAX + 1])
-{
-    for (size_t i = *pos; s[i] != '\0'; i++) {
-        if (s[i] != '@' || (i > 0 && is_name_char(s[i - 1])))
-            continue;
-        size_t n = 0;
-        while (is_name_char(s[i + 1 + n]))
-            n++;
-        *pos = i + 1 + n;
-        size_t len = n;
-        while (len > 0 && (s[i + len] == '.' || s[i + len] == '-'))
-            len--;
-        if (len >= 3 && len <= COMMENTS_USERNAME_MAX) {
-            memcpy(name, s + i + 1, len);
-            name[len] = '\0';
-            return 1;
-        }
-        i += n;
-    }
-    return 0;
-}
-
 /* Whom one comment notifies: each user once. */
 typedef struct notified {
     uint64_t ids[3 + COMMENTS_MENTIONS_MAX]; /* the author, the parent's author, the owner, mentions */
@@ -226,16 +192,8 @@ static int user_reads_video(store_txn *t, const lagoon_v1_User *u, uint64_t vide
 static int notify_mentions(store_txn *t, const app_write_in *in, const lagoon_v1_Comment *c, const note_text *nt,
                            notified *nd, store_error *err)
 {
-    char names[COMMENTS_MENTIONS_MAX][COMMENTS_USERNAME_MAX + 1];
-    size_t nnames = 0, pos = 0;
-    char name[COMMENTS_USERNAME_MAX + 1];
-    while (nnames < COMMENTS_MENTIONS_MAX && next_mention(c->content, &pos, name)) {
-        int seen = 0;
-        for (size_t i = 0; i < nnames && !seen; i++)
-            seen = strcasecmp(names[i], name) == 0;
-        if (!seen)
-            memcpy(names[nnames++], name, sizeof(name));
-    }
+    char names[COMMENTS_MENTIONS_MAX][CHAT_USERNAME_MAX + 1];
+    size_t nnames = chat_mentions(c->content, names, COMMENTS_MENTIONS_MAX); /* the chats' rule */
     if (nnames == 0)
         return LAGOON_OK;
     lagoon_v1_User *u = malloc(sizeof(*u));

@@ -108,13 +108,19 @@ const app_module plays_module = {
     .stop = plays_stop,
 };
 
-/* Counts n interactions of the caller against its budget: 0, or the ms to wait (nothing
- * counted then). */
+/* The caller's key in the budget's limiter. */
+static void budget_key(const rpc_call *call, char *key, size_t cap)
+{
+    snprintf(key, cap, "plays:%llu", (unsigned long long)rpc_call_caller(call)->user_id);
+}
+
+/* Counts n interactions of the caller against its budget at now: 0, or the ms to wait
+ * (nothing counted then). */
 static uint32_t budget_take(rpc_call *call, uint32_t n, int64_t now)
 {
     limiter *l = app_state(app_of(call), &plays_module);
     char key[40];
-    snprintf(key, sizeof(key), "plays:%llu", (unsigned long long)rpc_call_caller(call)->user_id);
+    budget_key(call, key, sizeof(key));
     for (uint32_t i = 0; i < n; i++) {
         uint32_t wait = limiter_take(l, key, now);
         if (wait > 0) {
@@ -124,6 +130,37 @@ static uint32_t budget_take(rpc_call *call, uint32_t n, int64_t now)
         }
     }
     return 0;
+}
+
+/* Gives back n of what budget_take counted at taken_at. Any thread (the limiter locks). */
+static void budget_refund(rpc_call *call, uint32_t n, int64_t taken_at)
+{
+    limiter *l = app_state(app_of(call), &plays_module);
+    char key[40];
+    budget_key(call, key, sizeof(key));
+    for (uint32_t i = 0; i < n; i++)
+        limiter_refund(l, key, taken_at);
+}
+
+/* Of n interactions from sequence number first, those the play has not stored yet as a read
+ * sees it now: the budget counts only them, so that a retry of a stored batch (a lost ack, a
+ * dropped connection, a restart) is not refused for what it already spent. A batch still in
+ * the writer is not seen yet and is counted again; its write's ack trues that up (the
+ * duplicates are given back). An unknown play, or another's, counts whole (the write refuses it). */
+static uint32_t budget_unstored(rpc_call *call, uint64_t play_id, uint32_t first, uint32_t n)
+{
+    const app *a = app_of(call);
+    store_txn *t;
+    store_error err;
+    lagoon_v1_Play p;
+    if (store_read_begin(a->db, &t, &err) != LAGOON_OK)
+        return n;
+    int st = store_get(t, &lagoon_table_plays, play_id, &p, &err);
+    store_read_end(t);
+    if (st != LAGOON_OK || p.user_id != rpc_call_caller(call)->user_id || p.next_seq <= first)
+        return n;
+    uint64_t stored = (uint64_t)p.next_seq - first;
+    return stored >= n ? 0 : n - (uint32_t)stored;
 }
 
 static int budget_refused(rpc_call *call, uint32_t wait)
@@ -401,8 +438,31 @@ typedef struct batch_args {
     uint64_t play_id;
     uint32_t n;
     int single; /* Record: the violations name "interaction.<field>" */
+    uint32_t charged; /* counted against the budget at taken_at (budget_unstored) */
+    int64_t taken_at;
     interaction x[PLAYS_BATCH_MAX];
 } batch_args;
+
+/* Counts a checked batch's unstored interactions against the caller's budget (b->charged): 0,
+ * or the ms to wait (nothing counted). */
+static uint32_t batch_budget(rpc_call *call, batch_args *b, int64_t now)
+{
+    b->charged = budget_unstored(call, b->play_id, b->x[0].seq, b->n);
+    b->taken_at = now;
+    uint32_t wait = budget_take(call, b->charged, now);
+    if (wait)
+        b->charged = 0;
+    return wait;
+}
+
+/* After a batch's write: what it was charged beyond what it stored goes back to the budget
+ * (duplicates a read could not see yet; everything, when the write refused the batch). */
+static void batch_settle(rpc_call *call, const batch_args *b, const lagoon_v1_PlayAck *ack, int status)
+{
+    uint32_t stored = status == LAGOON_OK ? ack->stored : 0;
+    if (b->charged > stored)
+        budget_refund(call, b->charged - stored, b->taken_at);
+}
 
 /* The name of a field of interaction i in a violation. */
 static void x_field(char *out, size_t cap, int single, uint32_t i, const char *name)
@@ -630,6 +690,12 @@ static int batch_write(store_txn *t, const app_write_in *in, void *resp, store_e
     return with_work(t, in, resp, batch_rows, err);
 }
 
+static int record_after(rpc_call *call, const app_write_in *in, void *resp, int status)
+{
+    batch_settle(call, in->args, resp, status);
+    return status;
+}
+
 int handle_Plays_Record(rpc_call *call, const lagoon_v1_RecordRequest *req, lagoon_v1_PlayAck *resp)
 {
     (void)resp;
@@ -643,8 +709,8 @@ int handle_Plays_Record(rpc_call *call, const lagoon_v1_RecordRequest *req, lago
     b->n = 1;
     b->single = 1;
     b->x[0] = req->interaction;
-    uint32_t wait = budget_take(call, 1, now);
-    return wait ? budget_refused(call, wait) : app_write_call(call, batch_write, b);
+    uint32_t wait = batch_budget(call, b, now);
+    return wait ? budget_refused(call, wait) : app_write_call_then(call, batch_write, b, record_after);
 }
 
 /* ---- Report: a bidirectional stream of batches ---------------------------------------------------- */
@@ -707,6 +773,7 @@ static void report_done(void *arg, int status, const store_error *err)
     report_batch *b = arg;
     report_stream *rs = b->rs;
     rpc_call *call = rs->call;
+    batch_settle(call, &b->args, &b->ack, status); /* before the end may be decided elsewhere */
     pthread_mutex_lock(&rs->mu);
     /* A stored batch is acknowledged even when a later message has failed the stream: the
      * acks tell the client what was stored, and the first batch without one is the one that
@@ -747,10 +814,7 @@ static int report_submit(rpc_call *call, report_stream *rs, const lagoon_v1_Repo
     }
     if (batch_check(call, req->interactions, req->interactions_count, 0) != LAGOON_OK)
         return LAGOON_INVALID_ARGUMENT;
-    uint32_t wait = budget_take(call, req->interactions_count, now);
-    if (wait)
-        return budget_refused(call, wait);
-    report_batch *b = malloc(sizeof(*b));
+    report_batch *b = calloc(1, sizeof(*b)); /* (zeroed: the analyzer cannot see a batch is never empty) */
     if (b == NULL)
         return app_out_of_memory(call);
     b->rs = rs;
@@ -759,9 +823,15 @@ static int report_submit(rpc_call *call, report_stream *rs, const lagoon_v1_Repo
     b->args.n = req->interactions_count;
     b->args.single = 0;
     memcpy(b->args.x, req->interactions, req->interactions_count * sizeof(interaction));
+    uint32_t wait = batch_budget(call, &b->args, now);
+    if (wait) {
+        free(b);
+        return budget_refused(call, wait);
+    }
     store_error err;
     int st = store_submit(a->db, report_run, b, report_done, b, &err);
     if (st != LAGOON_OK) {
+        budget_refund(call, b->args.charged, now);
         free(b);
         if (st == LAGOON_RESOURCE_EXHAUSTED)
             rpc_call_retry_after(call, 100);

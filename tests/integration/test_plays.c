@@ -149,6 +149,14 @@ static ix mk(uint32_t seq, lagoon_v1_PlayInteraction_Type type, uint32_t pos, in
     return x;
 }
 
+/* x[0..n): a PLAY at 0, then a PROGRESS every second of media and of client time from at. */
+static void viewing(ix *x, uint32_t n, int64_t at)
+{
+    for (uint32_t i = 0; i < n; i++)
+        x[i] = mk(i + 1, i ? lagoon_v1_PlayInteraction_Type_PROGRESS : lagoon_v1_PlayInteraction_Type_PLAY, i * 1000,
+                  at + i * 1000);
+}
+
 static int record(const char *tok, uint64_t play_id, ix x, lagoon_v1_PlayAck *ack)
 {
     lagoon_v1_RecordRequest r = lagoon_v1_RecordRequest_init_zero;
@@ -520,10 +528,7 @@ static void test_retries_store_nothing_twice(void **state)
     assert_int_equal(p1.id, p2.id);
     EXPECT(start_play(bob_tok, 0, "other", "phone-1", 0, 0, &p2), LAGOON_ALREADY_EXISTS, "session_id");
     static ix x[40];
-    int64_t at = T->clock_ms - 60000;
-    for (uint32_t i = 0; i < 40; i++)
-        x[i] = mk(i + 1, i ? lagoon_v1_PlayInteraction_Type_PROGRESS : lagoon_v1_PlayInteraction_Type_PLAY, i * 1000,
-                  at + i * 1000);
+    viewing(x, 40, T->clock_ms - 60000);
     /* A Record again: stored once. */
     lagoon_v1_PlayAck ack;
     assert_int_equal(record(bob_tok, p1.id, x[0], &ack), LAGOON_OK);
@@ -681,9 +686,7 @@ static void test_retention(void **state)
     uint64_t vid = video(ann_tok, 100, 1);
     uint64_t p = play(bob_tok, vid, NULL, "old", 0);
     static ix x[30];
-    for (uint32_t i = 0; i < 30; i++)
-        x[i] = mk(i + 1, i ? lagoon_v1_PlayInteraction_Type_PROGRESS : lagoon_v1_PlayInteraction_Type_PLAY, i * 1000,
-                  T->clock_ms - 60000 + i * 1000);
+    viewing(x, 30, T->clock_ms - 60000);
     assert_int_equal(report(C, bob_tok, p, x, 30, 5, NULL, NULL), LAGOON_OK); /* 6 batches */
     playbook(bob_tok, 0, vid, NULL, 100, NULL);
     assert_int_equal(BOOK.batches_count, 6);
@@ -903,9 +906,7 @@ static void test_account_deleted(void **state)
     uint64_t vid = video(ann_tok, 100, 1);
     uint64_t p = play(cat_tok, vid, NULL, "gone", 0);
     static ix x[20];
-    for (uint32_t i = 0; i < 20; i++)
-        x[i] = mk(i + 1, i ? lagoon_v1_PlayInteraction_Type_PROGRESS : lagoon_v1_PlayInteraction_Type_PLAY, i * 1000,
-                  T->clock_ms - 60000 + i * 1000);
+    viewing(x, 20, T->clock_ms - 60000);
     assert_int_equal(report(C, cat_tok, p, x, 20, 5, NULL, NULL), LAGOON_OK);
     lagoon_v1_VideoPlayStats before, after;
     assert_int_equal(stats(ann_tok, vid, NULL, &before), LAGOON_OK);
@@ -951,6 +952,67 @@ static void test_rate_limit(void **state)
     assert_int_equal(record(bob_tok, p, x[0], &ack), LAGOON_OK);
 }
 
+/* A retry is not refused for budget it already spent: the budget counts only what is not
+ * stored yet (20 a minute here). Before, a retried batch counted again and was refused. */
+static void test_budget_spares_retries(void **state)
+{
+    (void)state;
+    uint64_t vid = video(ann_tok, 100, 1);
+    uint64_t p = play(bob_tok, vid, NULL, "rr", 0); /* 1 of 20 */
+    static ix x[25];
+    for (uint32_t i = 0; i < 25; i++)
+        x[i] = mk(i + 1, lagoon_v1_PlayInteraction_Type_PROGRESS, i * 1000, T->clock_ms);
+    lagoon_v1_PlayAck acks[4], ack;
+    uint32_t n = 0;
+    assert_int_equal(report(C, bob_tok, p, x, 15, 15, acks, &n), LAGOON_OK); /* 16 of 20 */
+    assert_int_equal(acks[0].stored, 15);
+    /* The same batch again on a new connection (its ack was lost), and a Record of a stored one. */
+    lagoon_client *c2 = test_client(T);
+    assert_int_equal(report(c2, bob_tok, p, x, 15, 15, acks, &n), LAGOON_OK);
+    lagoon_close(c2);
+    assert_int_equal(n, 1);
+    assert_int_equal(acks[0].duplicates, 15);
+    assert_int_equal(acks[0].stored, 0);
+    assert_int_equal(record(bob_tok, p, x[3], &ack), LAGOON_OK);
+    assert_int_equal(ack.duplicates, 1);
+    /* An overlapping batch pays for its new part only: 5 stored, 4 new, 20 of 20. */
+    assert_int_equal(report(C, bob_tok, p, x + 10, 9, 9, acks, &n), LAGOON_OK);
+    assert_int_equal(acks[0].duplicates, 5);
+    assert_int_equal(acks[0].stored, 4);
+    /* The budget is spent for new interactions, and still not for retries. */
+    EXPECT(record(bob_tok, p, x[19], &ack), LAGOON_RESOURCE_EXHAUSTED, NULL);
+    assert_int_equal(record(bob_tok, p, x[18], &ack), LAGOON_OK);
+    assert_int_equal(ack.duplicates, 1);
+    assert_int_equal(ack.next_seq, 20);
+}
+
+/* A batch stored before a restart is a duplicate after it: the sequence numbers are rows. */
+static void test_retry_after_restart(void **state)
+{
+    (void)state;
+    uint64_t vid = video(ann_tok, 600, 1);
+    uint64_t p = play(bob_tok, vid, NULL, "boot", 0);
+    static ix x[20];
+    viewing(x, 20, T->clock_ms - 60000);
+    lagoon_v1_PlayAck acks[4];
+    uint32_t n = 0;
+    assert_int_equal(report(C, bob_tok, p, x, 10, 10, acks, &n), LAGOON_OK);
+    assert_int_equal(acks[0].stored, 10);
+    lagoon_close(C);
+    test_app_restart(T, tweak);
+    C = test_client(T);
+    assert_int_equal(report(C, bob_tok, p, x, 20, 10, acks, &n), LAGOON_OK);
+    assert_int_equal(n, 2);
+    assert_int_equal(acks[0].duplicates, 10);
+    assert_int_equal(acks[0].stored, 0);
+    assert_int_equal(acks[1].stored, 10);
+    assert_int_equal(acks[1].next_seq, 21);
+    assert_int_equal(acks[1].watched_ms, 19000);
+    lagoon_v1_VideoPlayStats s;
+    assert_int_equal(stats(ann_tok, vid, NULL, &s), LAGOON_OK);
+    assert_int_equal(s.total_watch_ms, 19000);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -965,6 +1027,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_report_window, setup, teardown),
         cmocka_unit_test_setup_teardown(test_account_deleted, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rate_limit, setup_limited, teardown),
+        cmocka_unit_test_setup_teardown(test_budget_spares_retries, setup_limited, teardown),
+        cmocka_unit_test_setup_teardown(test_retry_after_restart, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -77,6 +77,8 @@ typedef struct app_config {
     enum store_sync sync;          /* APP_SETTINGS sync: STORE_SYNC_FULL unless benchmarking */
     limiter_policy video_chats;    /* VideoChats/Schedule and StartNow per user; budget, 0s = 50
                                     * (APP_SETTINGS video-chats-per-day) per day */
+    limiter_policy pro_chats;      /* ProfessionalChats/Create per user; budget, 0s = 20
+                                    * (APP_SETTINGS pro-chats-per-day) per day */
     uint32_t sched_poll_ms;        /* how often the scheduler looks for due jobs; 0 = 1 s (scheduler.h) */
     uint32_t reminder_lead_ms;     /* a video chat's reminder this long before its start;
                                     * APP_SETTINGS video-chat-reminder-minutes */

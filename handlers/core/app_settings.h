@@ -64,6 +64,10 @@
       "VideoChats/Schedule and StartNow calls that store a chat, per user and day (each invites "  \
       "up to 50 people, who are notified). Past it each further one waits until the day (from "   \
       "the first) is over (RESOURCE_EXHAUSTED with retry_after_ms).")                             \
+    X(pro_chats.max_events, "pro-chats-per-day", NULL, 20u, 1u, 100000u, 1u,                      \
+      "ProfessionalChats/Create calls that store a session, per user and day (each draft can "    \
+      "be submitted to the administrators' review queue). Past it each further one waits until " \
+      "the day (from the first) is over (RESOURCE_EXHAUSTED with retry_after_ms).")              \
     X(reminder_lead_ms, "video-chat-reminder-minutes", NULL, 15u, 1u, 1440u, 60u * 1000u,          \
       "Participants of a scheduled video chat and attendees of a professional chat are reminded " \
       "this many minutes before its start (and again at the start). A chat scheduled to start "   \

@@ -43,11 +43,13 @@ static int is_admin(const rpc_caller *who)
 }
 
 /* Published and later sessions are public (to signed-in users); earlier ones are the host's and
- * the administrators'. */
+ * the administrators' — a cancelled one too unless it was published first (published_at), so
+ * that cancelling a draft or a rejected session does not show it to everyone. */
 static int visible(const pchat *c, const rpc_caller *who)
 {
     return c->host_id == who->user_id || is_admin(who) ||
-           ((BIT(PUBLISHED) | BIT(LIVE) | BIT(ENDED) | BIT(CANCELLED)) & (1u << c->state));
+           ((BIT(PUBLISHED) | BIT(LIVE) | BIT(ENDED)) & (1u << c->state)) ||
+           (c->state == PSTATE(CANCELLED) && c->published_at != 0);
 }
 
 static int chat_for(store_txn *t, const rpc_caller *who, uint64_t id, pchat *c, store_error *err)
@@ -145,10 +147,13 @@ int profchats_may_join(store_txn *t, uint64_t user_id, uint64_t chat_id, store_e
 
 /* ---- notifications and reminders ------------------------------------------------------------ */
 
+/* "<title><what>" on character boundaries: the session's title cut first (a byte count such as
+ * "%.150s" could split a character and leave the notification's text invalid UTF-8). */
 static void chat_title(const pchat *c, const char *what, char title[200])
 {
-    char text[264];
-    snprintf(text, sizeof(text), "%.150s%s", c->title, what);
+    char head[151], text[264];
+    app_copy_utf8(head, sizeof(head), c->title);
+    snprintf(text, sizeof(text), "%s%s", head, what);
     app_copy_utf8(title, 200, text);
 }
 
@@ -227,8 +232,32 @@ static int profchats_run_job(store_txn *t, const app *a, const lagoon_v1_Schedul
     return st;
 }
 
+/* A day from the first: the window of the Create budget. */
+#define PROFCHATS_BUDGET_WINDOW_MS (24u * 3600u * 1000u)
+
+/* The state: the per-user budget of Create (app_config.pro_chats). */
+static int profchats_start(app *a, void **state, rpc_error *err)
+{
+    limiter_policy p = a->cfg.pro_chats;
+    p.kind = LIMITER_BUDGET;
+    p.window_ms = p.window_ms ? p.window_ms : PROFCHATS_BUDGET_WINDOW_MS;
+    *state = limiter_new(&p, a->cfg.limiter_keys);
+    if (*state != NULL)
+        return RPC_OK;
+    snprintf(err->message, sizeof(err->message), "out of memory");
+    return RPC_ERR;
+}
+
+static void profchats_stop(app *a, void *state)
+{
+    (void)a;
+    limiter_free(state);
+}
+
 const app_module profchats_module = {
     .name = "profchats",
+    .start = profchats_start,
+    .stop = profchats_stop,
     .run_job = profchats_run_job,
 };
 
@@ -327,12 +356,15 @@ static int create_write(store_txn *t, const app_write_in *in, void *resp, store_
     return st;
 }
 
+/* Every draft can go to the administrators' review queue: a per-user daily budget keeps one
+ * account from flooding it (app_write_call_limited: only a call that stores a session counts). */
 int handle_ProfessionalChats_Create(rpc_call *call, const lagoon_v1_CreateProChatRequest *req,
                                     lagoon_v1_ProChatView *resp)
 {
     (void)req;
     (void)resp;
-    return app_write_call(call, create_write, NULL);
+    return app_write_call_limited(call, create_write, app_state(app_of(call), &profchats_module), "pchat",
+                                  "professional chats");
 }
 
 /* ---- actions on a session ------------------------------------------------------------------- */
@@ -425,6 +457,7 @@ static int approve_apply(store_txn *t, const app_write_in *in, pchat *c, store_e
     if (c->start_at <= in->now)
         return store_fail(err, LAGOON_FAILED_PRECONDITION, NULL, "its start time has passed");
     c->state = PSTATE(PUBLISHED);
+    c->published_at = in->now;
     int st = reminders_put(t, in->a, in->now, c, err);
     return st == LAGOON_OK ? notify_host(t, in->a, c, lagoon_v1_Notification_Type_PRO_CHAT_REVIEWED, " was published", err)
                            : st;
@@ -659,12 +692,24 @@ int handle_ProfessionalChats_Register(rpc_call *call, const lagoon_v1_ProChatIdR
     return app_write_call(call, act_write, &register_ac);
 }
 
+/* Once an Unregister is durable, the caller is out of the session's call too (when live and
+ * connected). */
+static int unregister_after(rpc_call *call, const app_write_in *in, void *resp, int status)
+{
+    (void)resp;
+    if (status == LAGOON_OK)
+        signalling_user_removed(app_of(call), lagoon_v1_CallKind_PRO_CHAT,
+                                ((const lagoon_v1_ProChatIdRequest *)in->req)->chat_id, in->who.user_id,
+                                LAGOON_PERMISSION_DENIED, "you unregistered from this session");
+    return status;
+}
+
 int handle_ProfessionalChats_Unregister(rpc_call *call, const lagoon_v1_ProChatIdRequest *req,
                                         lagoon_v1_ProChatView *resp)
 {
     (void)req;
     (void)resp;
-    return app_write_call(call, act_write, &unregister_ac);
+    return app_write_call_then(call, act_write, &unregister_ac, unregister_after);
 }
 
 int handle_ProfessionalChats_Get(rpc_call *call, const lagoon_v1_ProChatIdRequest *req, lagoon_v1_ProChatView *resp)

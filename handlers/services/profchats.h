@@ -19,7 +19,8 @@
 #define PROFCHATS_SLOT_BEFORE 0u
 #define PROFCHATS_SLOT_AT_START 1u
 
-/* The module: runs the sessions' reminders (app_module.run_job). */
+/* The module: the per-user budget of Create (app_config.pro_chats, a limiter of its own), and
+ * the sessions' reminders (app_module.run_job). */
 extern const app_module profchats_module;
 
 /* Whether user_id may join chat_id's call (Signalling/Connect): LAGOON_OK when the session is

@@ -29,6 +29,8 @@ _Static_assert(sizeof(((lagoon_v1_SignalSdp *)0)->sdp) == SIGNALLING_SDP_MAX + 1
                "SIGNALLING_SDP_MAX is SignalSdp.sdp's max_length in signalling.options");
 _Static_assert(sizeof(((lagoon_v1_SignalCandidate *)0)->candidate) == SIGNALLING_CANDIDATE_MAX + 1,
                "SIGNALLING_CANDIDATE_MAX is SignalCandidate.candidate's max_length in signalling.options");
+_Static_assert(sizeof(((lagoon_v1_SignalCandidate *)0)->sdp_mid) == SIGNALLING_SDP_MID_MAX + 1,
+               "SIGNALLING_SDP_MID_MAX is SignalCandidate.sdp_mid's max_length in signalling.options");
 _Static_assert(sizeof(((lagoon_v1_SignalPresence *)0)->members) / sizeof(lagoon_v1_SignalMember) ==
                    SIGNALLING_ROOM_MAX,
                "SIGNALLING_ROOM_MAX is SignalPresence.members' max_count");
@@ -182,7 +184,10 @@ static void signalling_drain(app *a, void *state)
     free(ev);
 }
 
-void signalling_call_ended(app *a, lagoon_v1_CallKind kind, uint64_t chat_id)
+/* Ends the streams of (kind, chat_id)'s call with status and why: user_id's, or everyone's
+ * (user_id 0), the others seeing each leave. */
+static void end_streams(app *a, lagoon_v1_CallKind kind, uint64_t chat_id, uint64_t user_id, int status,
+                        const char *why)
 {
     signalling *s = app_state(a, &signalling_module);
     lagoon_v1_SignalEvent *ev = malloc(sizeof(*ev));
@@ -192,10 +197,30 @@ void signalling_call_ended(app *a, lagoon_v1_CallKind kind, uint64_t chat_id)
     }
     pthread_mutex_lock(&s->mu);
     /* The last member's drop frees the room: looked up again after each. */
-    for (room *r; (r = room_find(s, kind, chat_id)) != NULL;)
-        drop_member(s, r->members, LAGOON_OK, "", ev);
+    for (room *r; (r = room_find(s, kind, chat_id)) != NULL;) {
+        member *m = r->members;
+        while (m != NULL && user_id != 0 && m->user_id != user_id)
+            m = m->next;
+        if (m == NULL)
+            break;
+        drop_member(s, m, status, why, ev);
+        if (user_id != 0)
+            break; /* one stream per person per call */
+    }
     pthread_mutex_unlock(&s->mu);
     free(ev);
+}
+
+void signalling_user_removed(app *a, lagoon_v1_CallKind kind, uint64_t chat_id, uint64_t user_id, int status,
+                             const char *why)
+{
+    if (user_id != 0)
+        end_streams(a, kind, chat_id, user_id, status, why);
+}
+
+void signalling_call_ended(app *a, lagoon_v1_CallKind kind, uint64_t chat_id)
+{
+    end_streams(a, kind, chat_id, 0, LAGOON_OK, "");
 }
 
 static void signalling_stop(app *a, void *state)
@@ -243,14 +268,17 @@ static void send_error(rpc_call *call, lagoon_v1_SignalEvent *ev, int code, uint
     rpc_call_send(call, ev);
 }
 
-static int may_join(app *a, uint64_t user_id, const lagoon_v1_SignalJoin *j, store_error *err)
+/* Whether user_id may be in the call of (kind, chat_id) now: at the join, and again at every
+ * message it sends (an account deleted, a chat gone with its organizer's, an attendee who
+ * unregistered: what it was allowed at the join it may no longer be). */
+static int may_join(const app *a, uint64_t user_id, lagoon_v1_CallKind kind, uint64_t chat_id, store_error *err)
 {
     store_txn *t;
     int st = store_read_begin(a->db, &t, err);
     if (st != LAGOON_OK)
         return st;
-    st = j->kind == lagoon_v1_CallKind_VIDEO_CHAT ? videochats_may_join(t, user_id, j->chat_id, err)
-                                                  : profchats_may_join(t, user_id, j->chat_id, err);
+    st = kind == lagoon_v1_CallKind_VIDEO_CHAT ? videochats_may_join(t, user_id, chat_id, err)
+                                               : profchats_may_join(t, user_id, chat_id, err);
     store_read_end(t);
     return st;
 }
@@ -263,7 +291,7 @@ static int join(rpc_call *call, signalling *s, const lagoon_v1_SignalRequest *re
     const lagoon_v1_SignalJoin *j = &req->msg.join;
     uint64_t me = rpc_call_caller(call)->user_id;
     store_error err;
-    int st = may_join(app_of(call), me, j, &err);
+    int st = may_join(app_of(call), me, j->kind, j->chat_id, &err);
     if (st != LAGOON_OK)
         return app_store_error(call, st, &err);
     member *m = calloc(1, sizeof(*m));
@@ -348,10 +376,7 @@ static int relay(signalling *s, member *m, const app *a, const lagoon_v1_SignalR
         drop_member(s, m, -1, "", ev); /* -1: the handler's return ends the call */
         return LAGOON_OK;
     }
-    if (req->which_msg == lagoon_v1_SignalRequest_join_tag) {
-        send_error(call, ev, LAGOON_FAILED_PRECONDITION, 0, "already joined");
-        return RPC_CONTINUE;
-    }
+    /* Every message counts, refused ones too: each refusal is an event the server sends. */
     uint32_t wait = rate_wait(m, app_now(a));
     if (wait) {
         char msg[96];
@@ -359,6 +384,16 @@ static int relay(signalling *s, member *m, const app *a, const lagoon_v1_SignalR
                  SIGNALLING_RATE_WINDOW_MS, (unsigned)wait);
         send_error(call, ev, LAGOON_RESOURCE_EXHAUSTED, wait, msg);
         return RPC_CONTINUE;
+    }
+    if (req->which_msg == lagoon_v1_SignalRequest_join_tag) {
+        send_error(call, ev, LAGOON_FAILED_PRECONDITION, 0, "already joined");
+        return RPC_CONTINUE;
+    }
+    store_error err;
+    int st = may_join(a, m->user_id, m->room->kind, m->room->chat_id, &err);
+    if (st != LAGOON_OK) {
+        drop_member(s, m, -1, "", ev); /* the others see it leave; the handler's return ends it */
+        return app_store_error(call, st, &err);
     }
     *ev = (lagoon_v1_SignalEvent)lagoon_v1_SignalEvent_init_zero;
     ev->from_user_id = m->user_id;

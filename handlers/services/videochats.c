@@ -92,6 +92,31 @@ static int roster_add(void *arg, uint64_t id, const void *row)
     return LAGOON_OK;
 }
 
+/* The query of chat_id's participant rows, all of them in one page (prefix holds the key: keep
+ * it alive while the query is used). */
+static store_query roster_query(store_key *prefix, uint64_t chat_id)
+{
+    store_key_reset(prefix);
+    store_key_u64(prefix, chat_id);
+    store_query q = {.table = &lagoon_table_video_chat_participants,
+                     .index = lagoon_index_video_chat_participants_by_chat_user, .prefix = prefix->buf,
+                     .prefix_len = prefix->len, .page_size = VIDEOCHATS_GROUP_MEMBERS_MAX};
+    return q;
+}
+
+/* c->participant_count from the rows, not the stored count: deleting a participant's account
+ * deletes its row (the reference cascades) and no count. The index's keys only. */
+static int recount(store_txn *t, chat *c, store_error *err)
+{
+    store_key prefix;
+    store_query q = roster_query(&prefix, c->id);
+    store_page page;
+    int st = store_scan(t, &q, NULL, NULL, &page, err);
+    if (st == LAGOON_OK)
+        c->participant_count = page.count;
+    return st;
+}
+
 /* Reads chat_id's participants into r->rows (malloc'd; the caller frees or hands it on). */
 static int roster_read(store_txn *t, uint64_t chat_id, roster *r, store_error *err)
 {
@@ -100,11 +125,7 @@ static int roster_read(store_txn *t, uint64_t chat_id, roster *r, store_error *e
     if (r->rows == NULL)
         return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
     store_key prefix;
-    store_key_reset(&prefix);
-    store_key_u64(&prefix, chat_id);
-    store_query q = {.table = &lagoon_table_video_chat_participants,
-                     .index = lagoon_index_video_chat_participants_by_chat_user, .prefix = prefix.buf,
-                     .prefix_len = prefix.len, .page_size = VIDEOCHATS_GROUP_MEMBERS_MAX};
+    store_query q = roster_query(&prefix, chat_id);
     store_page page;
     int st = store_scan(t, &q, roster_add, r, &page, err);
     if (st != LAGOON_OK) {
@@ -124,6 +145,7 @@ static int view_fill(store_txn *t, const chat *c, uint64_t me, lagoon_v1_VideoCh
         return st;
     v->has_chat = true;
     v->chat = *c;
+    v->chat.participant_count = r.n; /* the rows: see recount */
     v->participants = r.rows; /* FT_POINTER: freed with the response */
     v->participants_count = (pb_size_t)r.n;
     for (uint32_t i = 0; i < r.n; i++)
@@ -134,12 +156,14 @@ static int view_fill(store_txn *t, const chat *c, uint64_t me, lagoon_v1_VideoCh
 
 /* ---- notifications and reminders ------------------------------------------------------------ */
 
-/* "<title><what>", cut to a notification title on a character boundary. */
+/* "<title><what>", cut to a notification title on character boundaries (the chat's title
+ * first, so that what follows it is whole). */
 static int notify_all(store_txn *t, const app *a, const chat *c, uint64_t except, int skip_declined,
                       lagoon_v1_Notification_Type type, const char *what, store_error *err)
 {
-    char title[200], text[sizeof(title) + 64];
-    snprintf(text, sizeof(text), "%.150s%s", c->title, what);
+    char title[200], head[151], text[sizeof(title) + 64];
+    app_copy_utf8(head, sizeof(head), c->title);
+    snprintf(text, sizeof(text), "%s%s", head, what);
     app_copy_utf8(title, sizeof(title), text);
     roster r;
     int st = roster_read(t, c->id, &r, err);
@@ -712,6 +736,8 @@ static int list_chats(rpc_call *call, const lagoon_v1_ListChatsRequest *req, lag
             st = LAGOON_OK; /* deleted since the page was read */
             continue;
         }
+        if (st == LAGOON_OK)
+            st = recount(t, &items[n].chat, &err);
         items[n].has_chat = true;
         items[n].my_answer = it.my_answer;
         n++;

@@ -527,6 +527,96 @@ static void test_who_joins_the_call(void **state)
     assert_int_equal(join(crowd_tok[0], VIEW.chat.id), LAGOON_NOT_FOUND); /* a draft */
 }
 
+/* ---- visibility of a cancelled session, long titles, the budget ------------------------------- */
+
+/* A draft (or a rejected session) cancelled stays the host's and the administrators'; one
+ * cancelled after it was published stays public. */
+static void test_cancelled_visibility(void **state)
+{
+    (void)state;
+    EXPECT(create(tess_tok, "sleep", 2, 60 * MIN), LAGOON_OK, NULL);
+    uint64_t draft = VIEW.chat.id;
+    EXPECT(act(lagoon_ProfessionalChats_Cancel, tess_tok, draft), LAGOON_OK, NULL);
+    assert_int_equal(VIEW.chat.state, P(CANCELLED));
+    assert_int_equal(VIEW.chat.published_at, 0);
+    EXPECT(act(lagoon_ProfessionalChats_Get, crowd_tok[0], draft), LAGOON_NOT_FOUND, "chat_id");
+    EXPECT(act(lagoon_ProfessionalChats_Get, tess_tok, draft), LAGOON_OK, NULL);
+    EXPECT(act(lagoon_ProfessionalChats_Get, root_tok, draft), LAGOON_OK, NULL);
+    EXPECT(create(tess_tok, "sleep", 2, 60 * MIN), LAGOON_OK, NULL);
+    uint64_t rejected = VIEW.chat.id;
+    EXPECT(act(lagoon_ProfessionalChats_Submit, tess_tok, rejected), LAGOON_OK, NULL);
+    EXPECT(reject(root_tok, rejected, "Not this month"), LAGOON_OK, NULL);
+    EXPECT(act(lagoon_ProfessionalChats_Cancel, root_tok, rejected), LAGOON_OK, NULL);
+    EXPECT(act(lagoon_ProfessionalChats_Get, crowd_tok[0], rejected), LAGOON_NOT_FOUND, "chat_id");
+    uint64_t pub = published("sleep", 2, 60 * MIN);
+    assert_int_equal(VIEW.chat.published_at, T->clock_ms);
+    EXPECT(act(lagoon_ProfessionalChats_Cancel, tess_tok, pub), LAGOON_OK, NULL);
+    EXPECT(act(lagoon_ProfessionalChats_Get, crowd_tok[0], pub), LAGOON_OK, NULL);
+    assert_int_equal(VIEW.chat.state, P(CANCELLED));
+}
+
+/* A title of 200 four-byte characters: the notifications' titles are cut on a character
+ * boundary. */
+static void test_long_title_notifications(void **state)
+{
+    (void)state;
+    static lagoon_v1_CreateProChatRequest r;
+    memset(&r, 0, sizeof(r));
+    for (int i = 0; i < 200; i++)
+        memcpy(r.title + 4 * i, "\xF0\x9F\x98\x80", 4); /* U+1F600 */
+    snprintf(r.topic, sizeof(r.topic), "Sleep");
+    snprintf(r.category, sizeof(r.category), "sleep");
+    r.capacity = 1;
+    r.start_at = T->clock_ms + 60 * MIN;
+    r.duration_minutes = 60;
+    lagoon_set_token(C, tess_tok);
+    EXPECT(lagoon_ProfessionalChats_Create(C, &r, &VIEW), LAGOON_OK, NULL);
+    uint64_t id = VIEW.chat.id;
+    EXPECT(act(lagoon_ProfessionalChats_Submit, tess_tok, id), LAGOON_OK, NULL);
+    EXPECT(act(lagoon_ProfessionalChats_Approve, root_tok, id), LAGOON_OK, NULL);
+    EXPECT(act(lagoon_ProfessionalChats_Register, crowd_tok[0], id), LAGOON_OK, NULL);
+    EXPECT(act(lagoon_ProfessionalChats_Register, crowd_tok[1], id), LAGOON_OK, NULL); /* waiting */
+    EXPECT(act(lagoon_ProfessionalChats_Unregister, crowd_tok[0], id), LAGOON_OK, NULL); /* crowd[1] seated */
+    EXPECT(act(lagoon_ProfessionalChats_Cancel, tess_tok, id), LAGOON_OK, NULL);
+    size_t n = 0;
+    assert_int_equal(bad_titles(tess, &n), 0);
+    assert_int_equal(n, 1); /* published */
+    assert_int_equal(bad_titles(crowd[1], &n), 0);
+    assert_int_equal(n, 2); /* a seat, the cancellation */
+}
+
+static void tweak_budget(app_config *acfg, rpc_config *cfg)
+{
+    tweak(acfg, cfg);
+    acfg->pro_chats.max_events = 2;
+    acfg->access_ttl_s = 7 * 24 * 3600; /* the test waits out a day */
+}
+
+static int setup_budget(void **state)
+{
+    (void)state;
+    T = test_app_new(tweak_budget);
+    C = test_client(T);
+    tess = test_verified_user(T, C, "tess", lagoon_v1_Role_TEACHER, tess_tok);
+    sam = test_verified_user(T, C, "sam", lagoon_v1_Role_TEACHER, sam_tok);
+    return 0;
+}
+
+/* pro-chats-per-day: only calls that store a session count; past it RESOURCE_EXHAUSTED with
+ * retry_after_ms until the day from the first is over. */
+static void test_budget(void **state)
+{
+    (void)state;
+    EXPECT(create(tess_tok, "sleep", 10, 0), LAGOON_INVALID_ARGUMENT, "start_at"); /* not counted */
+    EXPECT(create(tess_tok, "sleep", 10, 60 * MIN), LAGOON_OK, NULL);
+    EXPECT(create(tess_tok, "sleep", 10, 60 * MIN), LAGOON_OK, NULL);
+    EXPECT(create(tess_tok, "sleep", 10, 60 * MIN), LAGOON_RESOURCE_EXHAUSTED, NULL);
+    assert_true(lagoon_last_error(C)->detail.retry_after_ms > 0);
+    EXPECT(create(sam_tok, "sleep", 10, 60 * MIN), LAGOON_OK, NULL); /* per user */
+    test_clock_advance(T, 24LL * 60 * MIN);
+    EXPECT(create(tess_tok, "sleep", 10, 60 * MIN), LAGOON_OK, NULL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -537,6 +627,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_lists, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reminders, setup, teardown),
         cmocka_unit_test_setup_teardown(test_who_joins_the_call, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cancelled_visibility, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_long_title_notifications, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_budget, setup_budget, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

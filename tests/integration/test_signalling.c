@@ -88,24 +88,35 @@ typedef struct peer {
     lagoon_stream *s;
 } peer;
 
-static void join_req(uint64_t chat)
+static void join_req_kind(lagoon_v1_CallKind kind, uint64_t chat)
 {
     memset(&REQ, 0, sizeof(REQ));
     REQ.which_msg = lagoon_v1_SignalRequest_join_tag;
-    REQ.msg.join.kind = lagoon_v1_CallKind_VIDEO_CHAT;
+    REQ.msg.join.kind = kind;
     REQ.msg.join.chat_id = chat;
 }
 
-/* Opens tok's stream and sends join; fails the test unless the server answers presence. */
-static void peer_join(peer *p, const char *tok, uint64_t chat, size_t expect_members)
+static void join_req(uint64_t chat)
+{
+    join_req_kind(lagoon_v1_CallKind_VIDEO_CHAT, chat);
+}
+
+/* Opens tok's stream and sends join (REQ as join_req_kind set it); fails the test unless the
+ * server answers presence. */
+static void peer_join_req(peer *p, const char *tok, size_t expect_members)
 {
     p->c = test_client(T);
     lagoon_set_token(p->c, tok);
-    join_req(chat);
     assert_int_equal(lagoon_Signalling_Connect(p->c, &REQ, &p->s), LAGOON_OK);
     assert_int_equal(lagoon_stream_recv_timeout(p->s, &EV, 10000), 1);
     assert_int_equal(EV.which_msg, lagoon_v1_SignalEvent_presence_tag);
     assert_int_equal(EV.msg.presence.members_count, expect_members);
+}
+
+static void peer_join(peer *p, const char *tok, uint64_t chat, size_t expect_members)
+{
+    join_req(chat);
+    peer_join_req(p, tok, expect_members);
 }
 
 /* The next event of p within 10 s, which must be of kind `which` from `from`. */
@@ -365,14 +376,21 @@ static void test_oversize_messages(void **state)
 
 /* ---- the rate ---------------------------------------------------------------------------------- */
 
+/* A live chat with olga, then ann, connected (olga has seen ann join): its id. */
+static uint64_t olga_and_ann(peer *o, peer *a)
+{
+    uint64_t chat = live_chat();
+    peer_join(o, olga_tok, chat, 1);
+    peer_join(a, ann_tok, chat, 2);
+    expect_event(o, lagoon_v1_SignalEvent_joined_tag, ann);
+    return chat;
+}
+
 static void test_message_rate(void **state)
 {
     (void)state;
-    uint64_t chat = live_chat();
     peer o = {0}, a = {0};
-    peer_join(&o, olga_tok, chat, 1);
-    peer_join(&a, ann_tok, chat, 2);
-    expect_event(&o, lagoon_v1_SignalEvent_joined_tag, ann);
+    uint64_t chat = olga_and_ann(&o, &a);
     /* The clock stands still: the window's whole budget, then one too many. */
     for (int i = 0; i < SIGNALLING_RATE_MAX; i++)
         send_candidate(&a, olga, "candidate:rate");
@@ -391,6 +409,98 @@ static void test_message_rate(void **state)
     send_candidate(&a, olga, "candidate:again");
     expect_event(&o, lagoon_v1_SignalEvent_candidate_tag, ann);
     assert_string_equal(EV.msg.candidate.candidate, "candidate:again");
+    /* Refused messages count too (each is an error event to send): a window of joins, then the
+     * next message is over the rate. */
+    test_clock_advance(T, SIGNALLING_RATE_WINDOW_MS);
+    join_req(chat);
+    for (int i = 0; i < SIGNALLING_RATE_MAX; i++)
+        assert_int_equal(lagoon_Signalling_Connect_send(a.s, &REQ), LAGOON_OK);
+    for (int i = 0; i < SIGNALLING_RATE_MAX; i++) {
+        expect_event(&a, lagoon_v1_SignalEvent_error_tag, 0);
+        assert_int_equal(EV.msg.error.code, LAGOON_FAILED_PRECONDITION);
+    }
+    send_candidate(&a, olga, "candidate:over");
+    expect_event(&a, lagoon_v1_SignalEvent_error_tag, 0);
+    assert_int_equal(EV.msg.error.code, LAGOON_RESOURCE_EXHAUSTED);
+    expect_quiet(&o);
+    peer_close(&a);
+    peer_close(&o);
+}
+
+/* ---- people who are no longer in the chat ------------------------------------------------------ */
+
+/* An attendee who unregisters from a live session is out of its call at once (PERMISSION_DENIED),
+ * the others seeing it leave. */
+static void test_unregistered_mid_call(void **state)
+{
+    (void)state;
+    char tess_tok[65], root_tok[65];
+    uint64_t tess = test_verified_user(T, C, "tess", lagoon_v1_Role_TEACHER, tess_tok);
+    test_admin_user(T, C, "root", root_tok);
+    static lagoon_v1_CreateProChatRequest cr;
+    memset(&cr, 0, sizeof(cr));
+    snprintf(cr.title, sizeof(cr.title), "Sleep");
+    snprintf(cr.topic, sizeof(cr.topic), "Sleep");
+    snprintf(cr.category, sizeof(cr.category), "sleep");
+    cr.capacity = 5;
+    cr.start_at = T->clock_ms + 3600 * 1000;
+    cr.duration_minutes = 60;
+    static lagoon_v1_ProChatView v;
+    lagoon_set_token(C, tess_tok);
+    EXPECT(lagoon_ProfessionalChats_Create(C, &cr, &v), LAGOON_OK, NULL);
+    lagoon_v1_ProChatIdRequest id = {v.chat.id};
+    EXPECT(lagoon_ProfessionalChats_Submit(C, &id, &v), LAGOON_OK, NULL);
+    lagoon_set_token(C, root_tok);
+    EXPECT(lagoon_ProfessionalChats_Approve(C, &id, &v), LAGOON_OK, NULL);
+    lagoon_set_token(C, ann_tok);
+    EXPECT(lagoon_ProfessionalChats_Register(C, &id, &v), LAGOON_OK, NULL);
+    lagoon_set_token(C, bob_tok);
+    EXPECT(lagoon_ProfessionalChats_Register(C, &id, &v), LAGOON_OK, NULL);
+    lagoon_set_token(C, tess_tok);
+    EXPECT(lagoon_ProfessionalChats_Start(C, &id, &v), LAGOON_OK, NULL);
+    peer h = {0}, a = {0}, b = {0};
+    join_req_kind(lagoon_v1_CallKind_PRO_CHAT, id.chat_id);
+    peer_join_req(&h, tess_tok, 1);
+    join_req_kind(lagoon_v1_CallKind_PRO_CHAT, id.chat_id);
+    peer_join_req(&a, ann_tok, 2);
+    expect_event(&h, lagoon_v1_SignalEvent_joined_tag, ann);
+    join_req_kind(lagoon_v1_CallKind_PRO_CHAT, id.chat_id);
+    peer_join_req(&b, bob_tok, 3);
+    expect_event(&h, lagoon_v1_SignalEvent_joined_tag, bob);
+    expect_event(&a, lagoon_v1_SignalEvent_joined_tag, bob);
+    lagoon_set_token(C, ann_tok);
+    EXPECT(lagoon_ProfessionalChats_Unregister(C, &id, &v), LAGOON_OK, NULL);
+    assert_int_equal(lagoon_stream_recv_timeout(a.s, &EV, 10000), 0);
+    assert_int_equal(lagoon_stream_finish(a.s, NULL), LAGOON_PERMISSION_DENIED);
+    a.s = NULL;
+    expect_event(&h, lagoon_v1_SignalEvent_left_tag, ann);
+    expect_event(&b, lagoon_v1_SignalEvent_left_tag, ann);
+    /* The host's offer now reaches bob alone. */
+    send_sdp(&h, 1, 0, "v=0\r\n");
+    expect_event(&b, lagoon_v1_SignalEvent_offer_tag, tess);
+    peer_close(&a);
+    peer_close(&b);
+    peer_close(&h);
+}
+
+/* A participant whose account is deleted during the call: its next message ends its stream
+ * (NOT_FOUND: the chat is no longer its), and is not relayed. */
+static void test_deleted_mid_call(void **state)
+{
+    (void)state;
+    peer o = {0}, a = {0};
+    olga_and_ann(&o, &a);
+    lagoon_v1_DeleteAccountRequest d = lagoon_v1_DeleteAccountRequest_init_zero;
+    snprintf(d.password, sizeof(d.password), TEST_PASSWORD);
+    lagoon_v1_UsersEmpty e;
+    lagoon_set_token(C, ann_tok);
+    EXPECT(lagoon_Users_DeleteAccount(C, &d, &e), LAGOON_OK, NULL);
+    send_candidate(&a, olga, "candidate:from a deleted account");
+    assert_int_equal(lagoon_stream_recv_timeout(a.s, &EV, 10000), 0);
+    assert_int_equal(lagoon_stream_finish(a.s, NULL), LAGOON_NOT_FOUND);
+    a.s = NULL;
+    expect_event(&o, lagoon_v1_SignalEvent_left_tag, ann);
+    expect_quiet(&o);
     peer_close(&a);
     peer_close(&o);
 }
@@ -467,6 +577,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_who_may_join, setup, teardown),
         cmocka_unit_test_setup_teardown(test_oversize_messages, setup, teardown),
         cmocka_unit_test_setup_teardown(test_message_rate, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unregistered_mid_call, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_deleted_mid_call, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ice_servers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ice_servers_unset, setup, teardown),
     };

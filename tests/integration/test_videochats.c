@@ -15,6 +15,7 @@
 #include <cmocka.h>
 #include <pb_decode.h>
 
+#include "events.h"
 #include "lagoon_stubs.h"
 #include "lagoon_tables.h"
 #include "scheduler.h"
@@ -632,6 +633,183 @@ static void test_budget(void **state)
     EXPECT(schedule_at(olga_tok, T->clock_ms + MIN, users, 1), LAGOON_OK, NULL);
 }
 
+/* ---- what outlives a participant or an organizer ------------------------------------------------ */
+
+static void delete_account(const char *tok)
+{
+    lagoon_v1_DeleteAccountRequest d = lagoon_v1_DeleteAccountRequest_init_zero;
+    snprintf(d.password, sizeof(d.password), TEST_PASSWORD);
+    lagoon_v1_UsersEmpty e;
+    lagoon_set_token(C, tok);
+    EXPECT(lagoon_Users_DeleteAccount(C, &d, &e), LAGOON_OK, NULL);
+}
+
+/* A participant's account deleted: the count follows the rows (it was stored, and stayed 3). */
+static void test_participant_count_after_deletion(void **state)
+{
+    (void)state;
+    uint64_t id = olga_chat(60 * MIN);
+    assert_int_equal(VIEW.chat.participant_count, 3);
+    delete_account(bob_tok);
+    EXPECT(by_id(lagoon_VideoChats_Get, olga_tok, id), LAGOON_OK, NULL);
+    assert_int_equal(VIEW.participants_count, 2);
+    assert_int_equal(VIEW.chat.participant_count, 2);
+    EXPECT(list(ann_tok, 0, 0, NULL), LAGOON_OK, NULL);
+    assert_int_equal(LIST.chats_count, 1);
+    assert_int_equal(LIST.chats[0].chat.participant_count, 2);
+}
+
+/* The organizer's account deleted: the chat goes with it, and its reminders, when due, run (and
+ * are removed) without notifying anyone. */
+static void test_reminders_of_a_deleted_organizer(void **state)
+{
+    (void)state;
+    uint64_t id = olga_chat(60 * MIN);
+    delete_account(olga_tok);
+    EXPECT(by_id(lagoon_VideoChats_Get, ann_tok, id), LAGOON_NOT_FOUND, "chat_id");
+    test_clock_advance(T, 60 * MIN);
+    assert_int_equal(run_due(), 2);
+    assert_false(job_due(id, 0, NULL));
+    assert_false(job_due(id, 1, NULL));
+    assert_int_equal(notes(ann, REMINDER, id), 0);
+    assert_int_equal(notes(ann, STARTED, id), 0);
+    assert_int_equal(run_due(), 0);
+}
+
+/* A title of 200 four-byte characters: every notification's title is cut on a character
+ * boundary (a byte count would split one). */
+static void test_long_title_notifications(void **state)
+{
+    (void)state;
+    lagoon_v1_ScheduleChatRequest r = lagoon_v1_ScheduleChatRequest_init_zero;
+    for (int i = 0; i < 200; i++)
+        memcpy(r.title + 4 * i, "\xF0\x9F\x98\x80", 4); /* U+1F600 */
+    r.start_at = T->clock_ms + 60 * MIN;
+    r.duration_minutes = 30;
+    r.user_ids[0] = ann;
+    r.user_ids_count = 1;
+    lagoon_set_token(C, olga_tok);
+    view_reset();
+    EXPECT(lagoon_VideoChats_Schedule(C, &r, &VIEW), LAGOON_OK, NULL);
+    uint64_t id = VIEW.chat.id;
+    test_clock_advance(T, 45 * MIN);
+    assert_int_equal(run_due(), 1);
+    EXPECT(by_id(lagoon_VideoChats_Cancel, olga_tok, id), LAGOON_OK, NULL);
+    size_t n = 0;
+    assert_int_equal(bad_titles(ann, &n), 0);
+    assert_int_equal(n, 3); /* invitation, reminder, cancellation */
+}
+
+/* ---- the scheduler itself: a job kind of the test's own --------------------------------------- */
+
+/* Owner id = how many runs fail before one succeeds. Its effect is a notification to ann, made
+ * before the failure: a failed run must leave no trace of it. */
+#define TEST_KIND ((lagoon_v1_JobKind)99)
+#define UNCLAIMED_KIND ((lagoon_v1_JobKind)98)
+
+static int test_run_job(store_txn *t, const app *a, const lagoon_v1_ScheduledJob *job, int *ran, store_error *err)
+{
+    if (job->kind != TEST_KIND)
+        return LAGOON_OK;
+    *ran = 1;
+    int st = events_notify(t, a, ann, REMINDER, "test job", "", job->owner_id, "", 0, NULL, err);
+    if (st == LAGOON_OK && job->attempts < job->owner_id)
+        return store_fail(err, LAGOON_INTERNAL, NULL, "the test's failure %u", (unsigned)job->attempts);
+    return st;
+}
+
+static const app_module test_jobs_module = {.name = "test-jobs", .run_job = test_run_job};
+static const app_module *const test_modules[] = {&test_jobs_module};
+
+static void tweak_jobs(app_config *acfg, rpc_config *cfg)
+{
+    tweak(acfg, cfg);
+    acfg->extra_modules = test_modules;
+    acfg->nextra_modules = 1;
+}
+
+static int setup_jobs(void **state)
+{
+    (void)state;
+    T = test_app_new(tweak_jobs);
+    C = test_client(T);
+    ann = test_verified_user(T, C, "ann", lagoon_v1_Role_STUDENT, ann_tok);
+    return 0;
+}
+
+typedef struct put_arg {
+    lagoon_v1_JobKind kind;
+    uint64_t owner;
+    int64_t due;
+} put_arg;
+
+static int put_write(store_txn *t, void *arg, store_error *err)
+{
+    const put_arg *p = arg;
+    return sched_put(t, T->clock_ms, p->kind, p->owner, 0, p->due, err);
+}
+
+static void put_job(lagoon_v1_JobKind kind, uint64_t owner, int64_t due)
+{
+    put_arg p = {kind, owner, due};
+    store_error err;
+    assert_int_equal(store_write(T->app->db, put_write, &p, &err), LAGOON_OK);
+}
+
+static int test_job(uint64_t owner, lagoon_v1_ScheduledJob *j)
+{
+    store_txn *t;
+    store_error err;
+    assert_int_equal(store_read_begin(T->app->db, &t, &err), LAGOON_OK);
+    int st = sched_get(t, TEST_KIND, owner, 0, j, &err);
+    store_read_end(t);
+    return st == LAGOON_OK;
+}
+
+/* A failed run keeps the job (its effect undone) and moves it SCHED_RETRY_BASE_MS later,
+ * doubling; the run that succeeds happens once; SCHED_ATTEMPTS_MAX failures drop it; a kind no
+ * module claims is dropped when due. */
+static void test_scheduler_retries(void **state)
+{
+    (void)state;
+    put_job(TEST_KIND, 2, T->clock_ms + MIN);  /* fails twice, then runs */
+    put_job(TEST_KIND, 99, T->clock_ms + MIN); /* always fails */
+    put_job(UNCLAIMED_KIND, 1, T->clock_ms + MIN);
+    test_clock_advance(T, MIN);
+    lagoon_v1_ScheduledJob j;
+    int64_t wait = SCHED_RETRY_BASE_MS;
+    for (uint32_t attempt = 1; attempt <= 2; attempt++) {
+        assert_int_equal(run_due(), 0); /* failed runs are not counted */
+        assert_true(test_job(2, &j));
+        assert_int_equal(j.attempts, attempt);
+        assert_int_equal(j.due_at, T->clock_ms + wait);
+        assert_int_equal(notes(ann, REMINDER, 2), 0);
+        assert_int_equal(run_due(), 0); /* not due again yet: no run */
+        assert_true(test_job(2, &j));
+        assert_int_equal(j.attempts, attempt);
+        test_clock_advance(T, wait);
+        wait *= 2;
+    }
+    assert_int_equal(run_due(), 1);
+    assert_false(test_job(2, &j));
+    assert_int_equal(notes(ann, REMINDER, 2), 1);
+    assert_int_equal(run_due(), 0);
+    assert_int_equal(notes(ann, REMINDER, 2), 1);
+    /* The one that always fails is dropped at its SCHED_ATTEMPTS_MAX-th failure. */
+    for (int i = 0; i < 2 * SCHED_ATTEMPTS_MAX && test_job(99, &j); i++) {
+        assert_true(j.attempts < SCHED_ATTEMPTS_MAX);
+        test_clock_advance(T, j.due_at - T->clock_ms);
+        assert_int_equal(run_due(), 0);
+    }
+    assert_false(test_job(99, &j));
+    assert_int_equal(notes(ann, REMINDER, 99), 0);
+    store_txn *t;
+    store_error err;
+    assert_int_equal(store_read_begin(T->app->db, &t, &err), LAGOON_OK);
+    assert_int_equal(sched_get(t, UNCLAIMED_KIND, 1, 0, &j, &err), LAGOON_NOT_FOUND);
+    store_read_end(t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -646,6 +824,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_group_chat, setup, teardown),
         cmocka_unit_test_setup_teardown(test_authorization_matrix, setup, teardown),
         cmocka_unit_test_setup_teardown(test_budget, setup_budget, teardown),
+        cmocka_unit_test_setup_teardown(test_participant_count_after_deletion, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reminders_of_a_deleted_organizer, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_long_title_notifications, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_scheduler_retries, setup_jobs, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -45,13 +45,35 @@ static const chat_tags send_tags = {lagoon_v1_SendGroupMessageRequest_text_tag,
 /* How long a typing indicator shows (as a direct message's). */
 #define GROUPCHAT_TYPING_MS 5000
 
-/* ---- the module: the event filler ------------------------------------------------------------- */
+/* ---- the module: the event filler, the typing limiter ----------------------------------------- */
 
 static int groupchat_fill_event(store_txn *t, const lagoon_v1_Event *ev, lagoon_v1_Event *out, int *filled,
                                 store_error *err);
 
+/* The router holds at most a few hundred ephemeral events waiting, for every topic together:
+ * one member's Typing calls in a loop would keep it full (and each goes to every live member),
+ * so that nobody else's indicator or read mark got through. */
+static int groupchat_start(app *a, void **state, rpc_error *err)
+{
+    limiter_policy p = {.kind = LIMITER_BUDGET, .max_events = 1, .window_ms = GROUPCHAT_TYPING_EVERY_MS};
+    *state = limiter_new(&p, a->cfg.limiter_keys);
+    if (*state == NULL) {
+        snprintf(err->message, sizeof(err->message), "out of memory");
+        return RPC_ERR;
+    }
+    return RPC_OK;
+}
+
+static void groupchat_stop(app *a, void *state)
+{
+    (void)a;
+    limiter_free(state);
+}
+
 const app_module groupchat_module = {
     .name = "groupchat",
+    .start = groupchat_start,
+    .stop = groupchat_stop,
     .fill_event = groupchat_fill_event, /* group message events are logged as references */
 };
 
@@ -583,7 +605,8 @@ int handle_GroupChat_MarkRead(rpc_call *call, const lagoon_v1_MarkGroupReadReque
 }
 
 /* To the live subscriptions of the group's members, never stored (events_topic_ephemeral: its
- * own bounds drop a flood). */
+ * own bounds drop a flood), at most one per member and group each GROUPCHAT_TYPING_EVERY_MS:
+ * more are answered and dropped, as the indicator still shows. */
 int handle_GroupChat_Typing(rpc_call *call, const lagoon_v1_GroupTypingRequest *req, lagoon_v1_GroupChatEmpty *resp)
 {
     (void)resp;
@@ -599,6 +622,10 @@ int handle_GroupChat_Typing(rpc_call *call, const lagoon_v1_GroupTypingRequest *
     store_read_end(t);
     if (st != LAGOON_OK)
         return app_store_error(call, st, &err);
+    char key[48];
+    snprintf(key, sizeof(key), "%llu:%llu", (unsigned long long)who->user_id, (unsigned long long)req->group_id);
+    if (limiter_take(app_state(a, &groupchat_module), key, app_now(a)) > 0)
+        return LAGOON_OK;
     lagoon_v1_Event *ev = calloc(1, sizeof(*ev));
     if (ev == NULL)
         return app_out_of_memory(call);

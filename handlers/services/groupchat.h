@@ -19,8 +19,13 @@
  * notification. */
 #define GROUPCHAT_MENTIONS_MAX 5
 
-/* The GroupChat module: the filling of group message events (its Send budget is the Messages
- * module's limiter, under keys of its own). */
+/* Typing indicators one member sends to one group: at most one each this many ms (more are
+ * answered and dropped: the indicator shows for 5 s), so that a loop of Typing calls cannot keep
+ * the router's ephemeral events, shared by every topic, to itself. */
+#define GROUPCHAT_TYPING_EVERY_MS 1000
+
+/* The GroupChat module: the filling of group message events and the typing limiter (its Send
+ * budget is the Messages module's limiter, under keys of its own). */
 extern const app_module groupchat_module;
 
 /* The newest message id of group gid in t (0: none). */

@@ -140,6 +140,11 @@ uint32_t rpc_server_active_calls(const rpc_server *s);
 int rpc_server_draining(const rpc_server *s);
 uint64_t rpc_server_uptime_ms(const rpc_server *s);
 const char *rpc_server_version(const rpc_server *s);
+/* Appends the RPC layer's metrics to out in the Prometheus text format (metrics.c): connections,
+ * calls by method and status, latency histograms by method, bytes, calls in flight. Summed from
+ * per-loop counters the loops keep without locks; any thread, while the server exists. RPC_OK. */
+struct evbuffer;
+int rpc_server_metrics(const rpc_server *s, struct evbuffer *out);
 /* The routes the server was created with (for Reflection). */
 const rpc_route *rpc_server_routes(const rpc_server *s, size_t *count);
 

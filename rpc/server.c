@@ -101,6 +101,7 @@ struct rpc_loop {
     struct event *flush; /* writes the output of the connections on `dirty` */
     rpc_conn *dirty;     /* connections with output to write, each holding a reference */
     struct event *sweep; /* every SWEEP_INTERVAL_MS: frame and stream timeouts, heap trim */
+    rpc_loop_stats *stats;   /* this loop's counters (server->stats[index]) */
     size_t freed_since_trim; /* bytes closed connections held since the last malloc_trim */
     uint64_t last_trim_ms;   /* when it last ran: at most once per TRIM_INTERVAL_MS */
 };
@@ -198,6 +199,9 @@ struct rpc_server {
     atomic_int stop_requested; /* rpc_server_stop was called (any thread, any time) */
     atomic_int stop_ready;     /* stop_event exists: a stop can be delivered to the control loop */
     atomic_uint loops_running;
+    rpc_loop_stats *stats;          /* one per loop; published by stats_ready */
+    atomic_uint stats_ready;        /* loops whose stats a scrape may read (0 until run) */
+    _Atomic uint64_t refused[RPC_REFUSALS]; /* connections accept_cb refused, by enum rpc_refusal */
     uint64_t started_ms;
     int ran;
 };
@@ -611,6 +615,30 @@ static lagoon_v1_ResponseMeta *call_rmeta(rpc_call *call)
     return call->rmeta;
 }
 
+/* The slot of a route in the per-method stats: its index, or nroutes for an unknown method. */
+static size_t stats_slot(const rpc_server *s, const rpc_route *r)
+{
+    return r ? (size_t)(r - s->routes) : s->nroutes;
+}
+
+/* Counts an answered call on its loop: by method and status, and (dur_us != UINT64_MAX) in
+ * the method's latency histogram. Loop thread. */
+static void stats_call(rpc_loop *l, const rpc_route *r, int status, uint64_t dur_us)
+{
+    static const uint64_t bounds[RPC_METRICS_NBUCKETS] = {RPC_METRICS_BUCKETS_US};
+    rpc_loop_stats *st = l->stats;
+    size_t slot = stats_slot(l->server, r);
+    unsigned code = status >= 0 && status <= LAGOON_STATUS_MAX ? (unsigned)status : (unsigned)LAGOON_UNKNOWN;
+    rpc_stat_add(&st->calls[slot * RPC_METRICS_NSTATUS + code], 1);
+    if (dur_us == UINT64_MAX)
+        return;
+    unsigned b = 0;
+    while (b < RPC_METRICS_NBUCKETS && dur_us > bounds[b])
+        b++;
+    rpc_stat_add(&st->latency[slot * (RPC_METRICS_NBUCKETS + 1) + b], 1);
+    rpc_stat_add(&st->latency_sum_us[slot], dur_us);
+}
+
 static void call_log(const rpc_call *call, const char *peer, int status, const char *path)
 {
     if (!log_enabled(LOG_INFO))
@@ -625,6 +653,7 @@ static void call_log(const rpc_call *call, const char *peer, int status, const c
  * has also ended its side, its call id. Loop thread. */
 static void call_mark_done(rpc_call *call, int status)
 {
+    stats_call(call->loop, call->route, status, now_us() - call->start_us);
     atomic_store(&call->done, 1);
     atomic_fetch_sub(&call->server->active_calls, 1);
     call->conn->live_calls--;
@@ -1103,6 +1132,7 @@ static void conn_refuse(rpc_conn *c, const wire_frame *f, int client_open, int s
                                                          : 0;
     conn_write_message_frame(c, WIRE_RESPONSE, WIRE_FLAG_END_STREAM, f->call_id, (uint32_t)status, message,
                              request_id, retry);
+    stats_call(c->loop, f->type == WIRE_REQUEST ? route_find(c->loop->server, f->code) : NULL, status, UINT64_MAX);
     if (log_enabled(LOG_INFO))
         log_msg(LOG_INFO, "call peer=%s method=0x%08x status=%s dur_us=0 in=%u out=0 req_id=%s msg=\"%s\"",
                 c->peer, f->code, lagoon_status_name(status), f->length + 4,
@@ -1549,6 +1579,7 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
             return;
         frame_wipe(c, &f);
         evbuffer_drain(in, (size_t)r);
+        rpc_stat_add(&c->loop->stats->bytes_in, (uint64_t)r);
     }
     /* What is left is the start of a frame: it has frame_timeout_ms from its first byte. */
     if (evbuffer_get_length(in) == 0)
@@ -1731,8 +1762,10 @@ static void conn_output_cb(struct evbuffer *buf, const struct evbuffer_cb_info *
     rpc_server *s = c->loop->server;
     if (info->n_added)
         atomic_fetch_add(&s->held, info->n_added);
-    if (info->n_deleted)
+    if (info->n_deleted) {
         atomic_fetch_sub(&s->held, info->n_deleted);
+        rpc_stat_add(&c->loop->stats->bytes_out, info->n_deleted);
+    }
 }
 
 static void conn_accept_fd(rpc_loop *l, int fd, const char *peer, const char *host)
@@ -1770,6 +1803,7 @@ static void conn_accept_fd(rpc_loop *l, int fd, const char *peer, const char *ho
     c->out_cb = evbuffer_add_cb(bufferevent_get_output(c->bev), conn_output_cb, c);
     bufferevent_enable(c->bev, EV_READ); /* EV_WRITE only while the kernel is full: conn_flush */
     conn_timer_arm(c, l->server->cfg.handshake_timeout_ms);
+    rpc_stat_add(&l->stats->conns_accepted, 1);
 }
 
 /* ---- loops ---------------------------------------------------------------------------------- */
@@ -1981,6 +2015,7 @@ static void accept_cb(struct evconnlistener *lst, evutil_socket_t fd, struct soc
     char message[128];
     if (atomic_fetch_add(&s->connections, 1) >= s->cfg.max_connections) {
         atomic_fetch_sub(&s->connections, 1);
+        atomic_fetch_add(&s->refused[RPC_REFUSED_MAX_CONNECTIONS], 1);
         snprintf(message, sizeof(message), "too many connections (max %u)", s->cfg.max_connections);
         log_limited(&refused_log, LOG_WARN, "peer=%s:%u refused: max_connections (%u) reached", host, port,
                     s->cfg.max_connections);
@@ -1989,6 +2024,7 @@ static void accept_cb(struct evconnlistener *lst, evutil_socket_t fd, struct soc
     }
     if (addr_acquire(s, key) != 0) {
         atomic_fetch_sub(&s->connections, 1);
+        atomic_fetch_add(&s->refused[RPC_REFUSED_PER_ADDRESS], 1);
         snprintf(message, sizeof(message), "too many connections from %s (max %u per address)", key,
                  s->cfg.max_connections_per_address);
         log_limited(&refused_log, LOG_WARN, "peer=%s:%u refused: max_connections_per_address (%u) reached", host,
@@ -2000,6 +2036,7 @@ static void accept_cb(struct evconnlistener *lst, evutil_socket_t fd, struct soc
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     rpc_op *op = calloc(1, sizeof(*op));
     if (op == NULL) {
+        atomic_fetch_add(&s->refused[RPC_REFUSED_OUT_OF_MEMORY], 1);
         server_conn_gone(s, key);
         close(fd);
         return;
@@ -2259,6 +2296,48 @@ static void server_teardown_loops(rpc_server *s)
     }
 }
 
+/* Every loop's per-method arrays, in one allocation per loop. */
+static int stats_alloc(rpc_server *s)
+{
+    size_t slots = s->nroutes + 1;
+    size_t per = slots * (RPC_METRICS_NSTATUS + RPC_METRICS_NBUCKETS + 1 + 1);
+    for (unsigned i = 0; i < s->cfg.threads; i++) {
+        _Atomic uint64_t *p = calloc(per, sizeof(*p));
+        if (p == NULL)
+            return RPC_ERR;
+        s->stats[i].calls = p;
+        s->stats[i].latency = p + slots * RPC_METRICS_NSTATUS;
+        s->stats[i].latency_sum_us = p + slots * (RPC_METRICS_NSTATUS + RPC_METRICS_NBUCKETS + 1);
+    }
+    return RPC_OK;
+}
+
+static void stats_free(rpc_server *s)
+{
+    if (s->stats == NULL)
+        return;
+    for (unsigned i = 0; i < s->cfg.threads; i++)
+        free(s->stats[i].calls);
+    free(s->stats);
+    s->stats = NULL;
+}
+
+const rpc_loop_stats *rpc_server_loop_stats(const rpc_server *s, unsigned *n)
+{
+    *n = atomic_load_explicit(&((rpc_server *)s)->stats_ready, memory_order_acquire);
+    return *n ? s->stats : NULL;
+}
+
+uint64_t rpc_server_refused(const rpc_server *s, int reason)
+{
+    return reason >= 0 && reason < RPC_REFUSALS ? atomic_load(&((rpc_server *)s)->refused[reason]) : 0;
+}
+
+size_t rpc_server_memory_held(const rpc_server *s)
+{
+    return atomic_load(&((rpc_server *)s)->held);
+}
+
 int rpc_server_run(rpc_server *s, rpc_error *err)
 {
     if (s->ran) {
@@ -2271,8 +2350,9 @@ int rpc_server_run(rpc_server *s, rpc_error *err)
     s->pools[RPC_LANE_WORK] = rpc_pool_new(s->cfg.workers, s->cfg.worker_queue);
     s->pools[RPC_LANE_HASH] = rpc_pool_new(s->cfg.hash_workers, s->cfg.hash_queue);
     s->loops = calloc(s->cfg.threads, sizeof(rpc_loop));
+    s->stats = calloc(s->cfg.threads, sizeof(rpc_loop_stats));
     if (s->control == NULL || s->pools[RPC_LANE_WORK] == NULL || s->pools[RPC_LANE_HASH] == NULL ||
-        s->loops == NULL) {
+        s->loops == NULL || s->stats == NULL || stats_alloc(s) != RPC_OK) {
         snprintf(err->message, sizeof(err->message), "out of memory starting the server");
         return RPC_ERR;
     }
@@ -2281,6 +2361,7 @@ int rpc_server_run(rpc_server *s, rpc_error *err)
         rpc_loop *l = &s->loops[i];
         l->server = s;
         l->index = i;
+        l->stats = &s->stats[i];
         pthread_mutex_init(&l->mu, NULL);
         l->base = event_base_new();
         if (l->base == NULL) {
@@ -2312,6 +2393,7 @@ int rpc_server_run(rpc_server *s, rpc_error *err)
     s->listen_fd = -1; /* owned by the listener now */
     evconnlistener_set_error_cb(s->listener, accept_error_cb);
     s->accept_retry = evtimer_new(s->control, accept_retry_cb, s);
+    atomic_store_explicit(&s->stats_ready, s->nloops, memory_order_release);
     atomic_store(&s->loops_running, s->nloops);
     for (unsigned i = 0; i < s->nloops; i++)
         pthread_create(&s->loops[i].thread, NULL, loop_main, &s->loops[i]);
@@ -2372,6 +2454,7 @@ void rpc_server_free(rpc_server *s)
         pthread_mutex_destroy(&l->mu);
     }
     free(s->loops);
+    stats_free(s);
     if (s->stop_event)
         event_free(s->stop_event);
     if (s->sigterm)

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "admin_http.h"
 #include "app.h"
 #include "app_settings.h"
 #include "lagoon_handlers.h"
@@ -32,10 +33,24 @@ typedef struct lagoond_opts {
     char stun_urls[APP_ICE_URLS_MAX];      /* app_config's ICE servers */
     char turn_urls[APP_ICE_URLS_MAX];
     char turn_secret[APP_TURN_SECRET_MAX];
+    struct lagoond_admin {
+        int on;                     /* --admin-listen given */
+        char host[ADMIN_LISTEN_MAX];
+        uint16_t port;
+    } admin;
 } lagoond_opts;
 
+static int parse_admin_listen(void *target, const char *value, char *err, size_t errlen)
+{
+    struct lagoond_admin *a = target;
+    if (admin_listen_parse(value, a->host, sizeof(a->host), &a->port, err, errlen) != 0)
+        return -1;
+    a->on = 1;
+    return 0;
+}
+
 /* The RPC layer's options (rpc_options_server), lagoond's own, then the app's settings. */
-#define LAGOOND_OWN_OPTIONS 5
+#define LAGOOND_OWN_OPTIONS 6
 #define LAGOOND_OPTIONS (RPC_OPTIONS_SERVER_COUNT + LAGOOND_OWN_OPTIONS + APP_SETTINGS_COUNT)
 
 static size_t lagoond_options(lagoond_opts *o, rpc_option out[LAGOOND_OPTIONS])
@@ -61,6 +76,12 @@ static size_t lagoond_options(lagoond_opts *o, rpc_option out[LAGOOND_OPTIONS])
                             .help = "The shared secret of coturn's use-auth-secret (static-auth-secret): TURN "
                                     "credentials are username expiry:user id, password base64(HMAC-SHA1(secret, "
                                     "username)). Prefer LAGOON_TURN_SECRET in the environment to keep it out of ps."};
+    out[n++] = (rpc_option){
+        .name = "admin-listen", .kind = RPC_OPTION_PARSE, .target = &o->admin, .parse = parse_admin_listen,
+        .help = "Serve the HTTP admin listener on [HOST:]PORT (HOST numeric, 127.0.0.1 when left out): "
+                "/metrics (Prometheus text format), /healthz (the process answers) and /readyz (the store is "
+                "open and the server is not draining; 503 otherwise). Off by default: it has no "
+                "authentication, so keep it on a loopback or management address (docs/OPERATIONS.md)."};
     n += app_settings_options(o->settings, out + n, LAGOOND_OPTIONS - n);
     return n;
 }
@@ -155,11 +176,25 @@ int main(int argc, char **argv)
         free(routes);
         return 1;
     }
+    admin_http *admin = NULL;
+    if (o.admin.on) {
+        if (admin_http_start(o.admin.host, o.admin.port, server, a, &admin, &rerr) != RPC_OK) {
+            fprintf(stderr, "lagoond: %s\n", rerr.message);
+            rpc_server_free(server);
+            app_close(a);
+            free(routes);
+            return 1;
+        }
+        log_msg(LOG_INFO, "admin listener on %s:%u", o.admin.host, admin_http_port(admin));
+    }
     log_msg(LOG_INFO, "lagoond %s data=%s sync=%s", o.rpc.version, o.data,
             acfg.sync == STORE_SYNC_NONE ? "none" : "full");
     int rc = rpc_server_run(server, &rerr) == RPC_OK ? 0 : 1;
     if (rc != 0)
         fprintf(stderr, "lagoond: %s\n", rerr.message);
+    /* /readyz answers 503 (draining) until here; the admin listener reads the server, so it
+     * stops before the server is freed. */
+    admin_http_stop(admin);
     /* Order matters: workers may still submit writes, and the store's completions finish
      * calls, which the server processes until it is freed. */
     rpc_server_join_workers(server);

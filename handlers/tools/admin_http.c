@@ -1,0 +1,245 @@
+/* admin_http: see admin_http.h. */
+#include "admin_http.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+
+#include "store.h"
+
+/* A scrape of a busy server is a few tens of KiB; nothing a client sends is needed beyond the
+ * request line, so headers and bodies are kept small. */
+#define ADMIN_MAX_HEADERS 8192
+#define ADMIN_MAX_BODY 1024
+#define ADMIN_TIMEOUT_S 10
+
+struct admin_http {
+    rpc_server *srv;
+    app *app;
+    struct event_base *base;
+    struct evhttp *http;
+    struct event *stop; /* activated by admin_http_stop: leaves the loop */
+    pthread_t thread;
+    int started;
+    uint16_t port;
+};
+
+int admin_listen_parse(const char *value, char *host, size_t cap, uint16_t *port, char *err, size_t errlen)
+{
+    const char *p = value;
+    char h[ADMIN_LISTEN_MAX] = "127.0.0.1";
+    const char *colon = strrchr(value, ':');
+    if (value[0] == '[') {
+        const char *close = strchr(value, ']');
+        if (close == NULL || close[1] != ':' || (size_t)(close - value - 1) >= sizeof(h)) {
+            snprintf(err, errlen, "'%s' is not [IPV6]:PORT", value);
+            return -1;
+        }
+        memcpy(h, value + 1, (size_t)(close - value - 1));
+        h[close - value - 1] = '\0';
+        p = close + 2;
+    } else if (colon != NULL) {
+        if ((size_t)(colon - value) >= sizeof(h)) {
+            snprintf(err, errlen, "'%s': the address is too long", value);
+            return -1;
+        }
+        memcpy(h, value, (size_t)(colon - value));
+        h[colon - value] = '\0';
+        p = colon + 1;
+    }
+    unsigned char probe[sizeof(struct in6_addr)];
+    if (inet_pton(AF_INET, h, probe) != 1 && inet_pton(AF_INET6, h, probe) != 1) {
+        snprintf(err, errlen, "'%s' is not a numeric IP address", h);
+        return -1;
+    }
+    char *end;
+    errno = 0;
+    unsigned long v = strtoul(p, &end, 10);
+    if (p[0] == '\0' || *end != '\0' || errno != 0 || v > 65535) {
+        snprintf(err, errlen, "'%s' is not a port (0-65535)", p);
+        return -1;
+    }
+    if (strlen(h) >= cap) {
+        snprintf(err, errlen, "'%s': the address is too long", h);
+        return -1;
+    }
+    snprintf(host, cap, "%s", h);
+    *port = (uint16_t)v;
+    return 0;
+}
+
+static void reply_text(struct evhttp_request *req, int code, const char *reason, const char *body)
+{
+    struct evbuffer *b = evbuffer_new();
+    if (b == NULL) {
+        evhttp_send_error(req, HTTP_INTERNAL, NULL);
+        return;
+    }
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "text/plain; charset=utf-8");
+    evbuffer_add_printf(b, "%s\n", body);
+    evhttp_send_reply(req, code, reason, b);
+    evbuffer_free(b);
+}
+
+/* The app's numbers: the store's counters (what its writer already keeps). */
+static void app_metrics(const admin_http *h, struct evbuffer *out)
+{
+    store_counters c;
+    store_counters_get(h->app->db, &c);
+    evbuffer_add_printf(out,
+                        "# HELP lagoon_store_commits_total Write transactions (batches) committed.\n"
+                        "# TYPE lagoon_store_commits_total counter\n"
+                        "lagoon_store_commits_total %llu\n"
+                        "# HELP lagoon_store_writes_total Writes committed; divided by commits, the mean batch size.\n"
+                        "# TYPE lagoon_store_writes_total counter\n"
+                        "lagoon_store_writes_total %llu\n"
+                        "# HELP lagoon_store_writes_failed_total Writes that failed (their own error or their batch's).\n"
+                        "# TYPE lagoon_store_writes_failed_total counter\n"
+                        "lagoon_store_writes_failed_total %llu\n"
+                        "# HELP lagoon_store_map_growths_total Times the LMDB map was enlarged.\n"
+                        "# TYPE lagoon_store_map_growths_total counter\n"
+                        "lagoon_store_map_growths_total %llu\n"
+                        "# HELP lagoon_store_map_size_bytes The LMDB map's current size.\n"
+                        "# TYPE lagoon_store_map_size_bytes gauge\n"
+                        "lagoon_store_map_size_bytes %llu\n",
+                        (unsigned long long)c.batches, (unsigned long long)c.ops_ok, (unsigned long long)c.ops_failed,
+                        (unsigned long long)c.map_growths, (unsigned long long)c.map_size);
+}
+
+static void on_request(struct evhttp_request *req, void *arg)
+{
+    admin_http *h = arg;
+    enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+    if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD) {
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD");
+        reply_text(req, 405, "Method Not Allowed", "only GET and HEAD");
+        return;
+    }
+    const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
+    if (path == NULL)
+        path = "";
+    if (strcmp(path, "/healthz") == 0) {
+        reply_text(req, HTTP_OK, "OK", "ok");
+    } else if (strcmp(path, "/readyz") == 0) {
+        if (h->app->db == NULL)
+            reply_text(req, 503, "Service Unavailable", "store closed");
+        else if (rpc_server_draining(h->srv))
+            reply_text(req, 503, "Service Unavailable", "draining");
+        else
+            reply_text(req, HTTP_OK, "OK", "ready");
+    } else if (strcmp(path, "/metrics") == 0) {
+        struct evbuffer *b = evbuffer_new();
+        if (b == NULL) {
+            evhttp_send_error(req, HTTP_INTERNAL, NULL);
+            return;
+        }
+        evbuffer_add_printf(b,
+                            "# HELP lagoon_build_info The build's version (always 1).\n"
+                            "# TYPE lagoon_build_info gauge\n"
+                            "lagoon_build_info{version=\"%s\"} 1\n",
+                            rpc_server_version(h->srv));
+        rpc_server_metrics(h->srv, b);
+        app_metrics(h, b);
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+                          "text/plain; version=0.0.4; charset=utf-8");
+        evhttp_send_reply(req, HTTP_OK, "OK", b);
+        evbuffer_free(b);
+    } else {
+        reply_text(req, HTTP_NOTFOUND, "Not Found", "not found: try /metrics, /healthz or /readyz");
+    }
+}
+
+static void stop_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    admin_http *h = arg;
+    event_base_loopbreak(h->base);
+}
+
+static void *admin_main(void *arg)
+{
+    admin_http *h = arg;
+    event_base_dispatch(h->base);
+    return NULL;
+}
+
+static void admin_free(admin_http *h)
+{
+    if (h->http)
+        evhttp_free(h->http);
+    if (h->stop)
+        event_free(h->stop);
+    if (h->base)
+        event_base_free(h->base);
+    free(h);
+}
+
+int admin_http_start(const char *host, uint16_t port, rpc_server *srv, app *a, admin_http **out, rpc_error *err)
+{
+    *out = NULL;
+    admin_http *h = calloc(1, sizeof(*h));
+    if (h == NULL) {
+        snprintf(err->message, sizeof(err->message), "out of memory");
+        return RPC_ERR;
+    }
+    h->srv = srv;
+    h->app = a;
+    h->base = event_base_new();
+    h->http = h->base ? evhttp_new(h->base) : NULL;
+    h->stop = h->base ? event_new(h->base, -1, 0, stop_cb, h) : NULL;
+    if (h->http == NULL || h->stop == NULL) {
+        snprintf(err->message, sizeof(err->message), "cannot create the admin listener");
+        admin_free(h);
+        return RPC_ERR;
+    }
+    evhttp_set_max_headers_size(h->http, ADMIN_MAX_HEADERS);
+    evhttp_set_max_body_size(h->http, ADMIN_MAX_BODY);
+    evhttp_set_timeout(h->http, ADMIN_TIMEOUT_S);
+    evhttp_set_allowed_methods(h->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST | EVHTTP_REQ_PUT |
+                                            EVHTTP_REQ_DELETE);
+    evhttp_set_gencb(h->http, on_request, h);
+    struct evhttp_bound_socket *bound = evhttp_bind_socket_with_handle(h->http, host, port);
+    if (bound == NULL) {
+        snprintf(err->message, sizeof(err->message), "cannot listen on %s:%u for the admin listener: %s", host,
+                 (unsigned)port, strerror(errno));
+        admin_free(h);
+        return RPC_ERR;
+    }
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    if (getsockname(evhttp_bound_socket_get_fd(bound), (struct sockaddr *)&ss, &len) == 0)
+        h->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                                 : ((struct sockaddr_in *)&ss)->sin_port);
+    if (pthread_create(&h->thread, NULL, admin_main, h) != 0) {
+        snprintf(err->message, sizeof(err->message), "cannot start the admin listener's thread");
+        admin_free(h);
+        return RPC_ERR;
+    }
+    h->started = 1;
+    *out = h;
+    return RPC_OK;
+}
+
+uint16_t admin_http_port(const admin_http *h) { return h->port; }
+
+void admin_http_stop(admin_http *h)
+{
+    if (h == NULL)
+        return;
+    if (h->started) {
+        event_active(h->stop, EV_TIMEOUT, 0);
+        pthread_join(h->thread, NULL);
+    }
+    admin_free(h);
+}

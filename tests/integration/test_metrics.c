@@ -1,0 +1,361 @@
+/* The admin listener (handlers/tools/admin_http.c) through curl against the real server: the
+ * /metrics page parses as the Prometheus text format, its counters follow the calls made,
+ * /healthz and /readyz answer, and /readyz turns 503 as soon as a drain starts. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "admin_http.h"
+#include "lagoon_handlers.h"
+#include "lagoon_stubs.h"
+#include "testserver.h"
+
+#define PAGE_MAX (1 << 20)
+#define LINE_MAX_LEN 4096
+#define FAMILIES_MAX 256
+
+static char page[PAGE_MAX];
+
+/* GET (or method) http://127.0.0.1:port/path with curl into page; the HTTP status, or -1. */
+static int http(uint16_t port, const char *method, const char *path)
+{
+    char out[] = "/tmp/lagoon-metrics-XXXXXX";
+    int fd = mkstemp(out);
+    assert_true(fd >= 0);
+    close(fd);
+    char cmd[512];
+    snprintf(cmd, sizeof(cmd), "curl -s -S --max-time 10 -X %s -o %s -w '%%{http_code}' http://127.0.0.1:%u%s", method,
+             out, (unsigned)port, path);
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    char code[16] = "";
+    size_t n = fread(code, 1, sizeof(code) - 1, p);
+    code[n] = '\0';
+    assert_int_equal(pclose(p), 0);
+    FILE *f = fopen(out, "r");
+    assert_non_null(f);
+    size_t len = fread(page, 1, sizeof(page) - 1, f);
+    page[len] = '\0';
+    fclose(f);
+    unlink(out);
+    return n ? atoi(code) : -1;
+}
+
+/* ---- a parser of the text exposition format (0.0.4), strict enough to catch a bad line ---- */
+
+typedef struct family {
+    char name[128];
+    char type[16];
+} family;
+
+static int is_name_char(char ch, int first)
+{
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || ch == '_' || ch == ':' ||
+           (!first && ch >= '0' && ch <= '9');
+}
+
+/* Length of the metric or label name at p, 0 if there is none. */
+static size_t name_len(const char *p)
+{
+    size_t n = 0;
+    while (is_name_char(p[n], n == 0))
+        n++;
+    return n;
+}
+
+/* Parses {name="value",...} at p; returns what follows, or NULL if malformed. */
+static const char *parse_labels(const char *p)
+{
+    if (*p != '{')
+        return p;
+    p++;
+    while (*p != '}') {
+        size_t n = name_len(p);
+        if (n == 0 || p[n] != '=' || p[n + 1] != '"')
+            return NULL;
+        p += n + 2;
+        while (*p != '"') {
+            if (*p == '\0' || *p == '\n')
+                return NULL;
+            if (*p == '\\') {
+                if (p[1] != '\\' && p[1] != '"' && p[1] != 'n')
+                    return NULL;
+                p++;
+            }
+            p++;
+        }
+        p++;
+        if (*p == ',')
+            p++;
+        else if (*p != '}')
+            return NULL;
+    }
+    return p + 1;
+}
+
+static const family *family_of(const family *fams, size_t n, const char *sample, size_t len)
+{
+    for (size_t i = 0; i < n; i++) {
+        size_t fl = strlen(fams[i].name);
+        if (fl == len && memcmp(fams[i].name, sample, len) == 0)
+            return &fams[i];
+        if (strcmp(fams[i].type, "histogram") == 0 && len > fl && memcmp(fams[i].name, sample, fl) == 0) {
+            const char *suffix = sample + fl;
+            size_t sl = len - fl;
+            if ((sl == 7 && memcmp(suffix, "_bucket", 7) == 0) || (sl == 4 && memcmp(suffix, "_sum", 4) == 0) ||
+                (sl == 6 && memcmp(suffix, "_count", 6) == 0))
+                return &fams[i];
+        }
+    }
+    return NULL;
+}
+
+/* Checks every line of text; fails the test naming the first bad one. Returns the sample count. */
+static size_t check_exposition(const char *text)
+{
+    static family fams[FAMILIES_MAX];
+    size_t nfams = 0, samples = 0;
+    const char *p = text;
+    assert_true(*p != '\0');
+    while (*p) {
+        const char *eol = strchr(p, '\n');
+        assert_non_null(eol); /* every line ends with a newline, the last one too */
+        char line[LINE_MAX_LEN] = {0};
+        size_t len = (size_t)(eol - p);
+        assert_true(len > 0 && len < sizeof(line));
+        memcpy(line, p, len);
+        line[len] = '\0';
+        if (strncmp(line, "# TYPE ", 7) == 0) {
+            size_t n = name_len(line + 7);
+            assert_true(n > 0 && n < sizeof(fams[0].name) && line[7 + n] == ' ');
+            const char *type = line + 8 + n;
+            if (strcmp(type, "counter") && strcmp(type, "gauge") && strcmp(type, "histogram") && strcmp(type, "summary") &&
+                strcmp(type, "untyped"))
+                fail_msg("bad TYPE line: %s", line);
+            assert_null(family_of(fams, nfams, line + 7, n)); /* declared once */
+            assert_true(nfams < FAMILIES_MAX);
+            memcpy(fams[nfams].name, line + 7, n);
+            fams[nfams].name[n] = '\0';
+            snprintf(fams[nfams].type, sizeof(fams[nfams].type), "%s", type);
+            if (strcmp(type, "counter") == 0 && (n < 6 || memcmp(line + 7 + n - 6, "_total", 6) != 0))
+                fail_msg("a counter's name should end in _total: %s", line);
+            nfams++;
+        } else if (strncmp(line, "# HELP ", 7) == 0) {
+            size_t n = name_len(line + 7);
+            assert_true(n > 0 && line[7 + n] == ' ' && line[8 + n] != '\0');
+        } else if (line[0] == '#') {
+            fail_msg("unknown comment line: %s", line);
+        } else {
+            size_t n = name_len(line);
+            if (n == 0)
+                fail_msg("no metric name: %s", line);
+            if (family_of(fams, nfams, line, n) == NULL)
+                fail_msg("sample before (or without) its TYPE: %s", line);
+            const char *v = parse_labels(line + n);
+            if (v == NULL || *v != ' ') {
+                fail_msg("bad labels: %s", line);
+                return samples; /* not reached: fail_msg ends the test */
+            }
+            v++;
+            char *end;
+            if (strcmp(v, "+Inf") && strcmp(v, "-Inf") && strcmp(v, "NaN")) {
+                (void)strtod(v, &end);
+                if (end == v || *end != '\0')
+                    fail_msg("bad value: %s", line);
+            }
+            samples++;
+        }
+        p = eol + 1;
+    }
+    return samples;
+}
+
+/* The value of the sample whose name and labels are exactly series ("name{a=\"b\"}"), 0 if
+ * the page has none (per-method series appear once the method has been called). */
+static double sample(const char *text, const char *series)
+{
+    size_t n = strlen(series);
+    const char *p = text;
+    while ((p = strstr(p, series)) != NULL) {
+        if ((p == text || p[-1] == '\n') && p[n] == ' ')
+            return strtod(p + n + 1, NULL);
+        p += n;
+    }
+    return 0;
+}
+
+/* Every histogram's buckets of one method rise with le and end at +Inf == _count. */
+static void check_histogram(const char *text, const char *method)
+{
+    char key[256];
+    snprintf(key, sizeof(key), "lagoon_rpc_call_duration_seconds_bucket{method=\"%s\",le=\"", method);
+    double last = 0;
+    int buckets = 0;
+    for (const char *p = strstr(text, key); p != NULL; p = strstr(p + 1, key)) {
+        const char *sp = strchr(p, ' ');
+        assert_non_null(sp);
+        double v = strtod(sp + 1, NULL);
+        assert_true(v >= last);
+        last = v;
+        buckets++;
+    }
+    assert_true(buckets >= 2);
+    snprintf(key, sizeof(key), "lagoon_rpc_call_duration_seconds_count{method=\"%s\"}", method);
+    assert_true(sample(text, key) == last);
+}
+
+static admin_http *start_admin(test_app *t)
+{
+    admin_http *h;
+    rpc_error err;
+    assert_int_equal(admin_http_start("127.0.0.1", 0, t->srv.server, t->app, &h, &err), RPC_OK);
+    assert_true(admin_http_port(h) != 0);
+    return h;
+}
+
+#define CHECK_SERIES "lagoon_rpc_calls_total{method=\"/lagoon.v1.Health/Check\",status=\"OK\"}"
+#define UNKNOWN_SERIES "lagoon_rpc_calls_total{method=\"unknown\",status=\"UNIMPLEMENTED\"}"
+
+static void test_metrics_page_parses_and_counts_calls(void **state)
+{
+    (void)state;
+    test_app t;
+    test_app_start(&t, NULL);
+    admin_http *h = start_admin(&t);
+    uint16_t port = admin_http_port(h);
+
+    assert_int_equal(http(port, "GET", "/metrics"), 200);
+    check_exposition(page);
+    assert_non_null(strstr(page, "lagoon_build_info{version=\""));
+    double checks0 = sample(page, CHECK_SERIES);
+    double unknown0 = sample(page, UNKNOWN_SERIES);
+    double accepted0 = sample(page, "lagoon_rpc_connections_accepted_total");
+    double in0 = sample(page, "lagoon_rpc_received_bytes_total");
+    double out0 = sample(page, "lagoon_rpc_sent_bytes_total");
+    double commits0 = sample(page, "lagoon_store_commits_total");
+
+    enum { CALLS = 7 };
+    uint32_t id;
+    int fd = raw_connect(t.srv.port, 1);
+    for (uint32_t i = 0; i < CALLS; i++) {
+        raw_send_call(fd, 1 + 2 * i, &lagoon_method_Health_Check, NULL, NULL, 0, NULL, NULL);
+        assert_int_equal(raw_read_reply(fd, &id, NULL, 0), LAGOON_OK);
+    }
+    raw_send_frame(fd, WIRE_REQUEST, WIRE_FLAG_END_STREAM, 101, 0x7fff0001u, NULL, 0, NULL, 0);
+    assert_int_equal(raw_read_reply(fd, &id, NULL, 0), LAGOON_UNIMPLEMENTED);
+    /* A write, so that the store's counters move too. */
+    lagoon_client *c = test_client(&t);
+    char token[65];
+    test_user(c, "counted", 0, token);
+
+    assert_int_equal(http(port, "GET", "/metrics"), 200);
+    size_t samples = check_exposition(page);
+    assert_true(samples > 20);
+    assert_true(sample(page, CHECK_SERIES) == checks0 + CALLS);
+    assert_true(sample(page, UNKNOWN_SERIES) == unknown0 + 1);
+    assert_true(sample(page, "lagoon_rpc_connections_accepted_total") >= accepted0 + 2);
+    assert_true(sample(page, "lagoon_rpc_connections_open") >= 2);
+    assert_true(sample(page, "lagoon_rpc_received_bytes_total") > in0 + CALLS * WIRE_HEADER_SIZE);
+    assert_true(sample(page, "lagoon_rpc_sent_bytes_total") > out0 + CALLS * WIRE_HEADER_SIZE);
+    assert_true(sample(page, "lagoon_store_commits_total") > commits0);
+    assert_true(sample(page, "lagoon_store_map_size_bytes") > 0);
+    check_histogram(page, "/lagoon.v1.Health/Check");
+    assert_true(sample(page, "lagoon_rpc_call_duration_seconds_count{method=\"/lagoon.v1.Health/Check\"}") >= CALLS);
+
+    assert_int_equal(http(port, "GET", "/healthz"), 200);
+    assert_string_equal(page, "ok\n");
+    assert_int_equal(http(port, "GET", "/readyz"), 200);
+    assert_string_equal(page, "ready\n");
+    assert_int_equal(http(port, "GET", "/nothing-here"), 404);
+    assert_int_equal(http(port, "POST", "/metrics"), 405);
+
+    lagoon_close(c);
+    close(fd);
+    admin_http_stop(h);
+    test_app_stop(&t);
+}
+
+static void long_drain(app_config *acfg, rpc_config *cfg)
+{
+    (void)acfg;
+    cfg->drain_timeout_ms = 20000; /* the open stream below holds the drain until it is closed */
+}
+
+static int readyz_is_503(void *arg)
+{
+    return http(*(uint16_t *)arg, "GET", "/readyz") == 503;
+}
+
+static void test_readyz_turns_503_on_drain(void **state)
+{
+    (void)state;
+    test_app t;
+    test_app_start(&t, long_drain);
+    admin_http *h = start_admin(&t);
+    uint16_t port = admin_http_port(h);
+    assert_int_equal(http(port, "GET", "/readyz"), 200);
+
+    /* A client stream left open keeps the server draining while /readyz is asked. */
+    uint32_t id;
+    int fd = raw_connect(t.srv.port, 1);
+    raw_send_frame(fd, WIRE_REQUEST, 0, 1, lagoon_method_Debug_EchoCollect.id, NULL, 0, NULL, 0);
+    raw_send_frame(fd, WIRE_REQUEST, WIRE_FLAG_END_STREAM, 3, lagoon_method_Health_Check.id, NULL, 0, NULL, 0);
+    assert_int_equal(raw_read_reply(fd, &id, NULL, 0), LAGOON_OK);
+    rpc_server_stop(t.srv.server);
+    assert_true(test_wait_for(readyz_is_503, &port, 10000));
+    assert_string_equal(page, "draining\n");
+    assert_int_equal(http(port, "GET", "/healthz"), 200); /* the process still answers */
+    assert_int_equal(http(port, "GET", "/metrics"), 200);
+    assert_true(sample(page, "lagoon_rpc_draining") == 1);
+    assert_true(sample(page, "lagoon_rpc_calls_in_flight") >= 1);
+    close(fd);
+    admin_http_stop(h);
+    test_app_stop(&t);
+}
+
+static void test_admin_listen_values(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *value;
+        const char *host; /* NULL: refused */
+        uint16_t port;
+    } cases[] = {
+        {"9100", "127.0.0.1", 9100},   {"0.0.0.0:9100", "0.0.0.0", 9100}, {"[::1]:9", "::1", 9},
+        {"127.0.0.1:0", "127.0.0.1", 0}, {"", NULL, 0},                  {"65536", NULL, 0},
+        {"localhost:9100", NULL, 0},   {"127.0.0.1:", NULL, 0},          {"[::1]9100", NULL, 0},
+        {"[::1", NULL, 0},             {"1.2.3.4:9x", NULL, 0},          {"-1", NULL, 0},
+        {"127.0.0.1:99999999999999999999", NULL, 0},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char host[ADMIN_LISTEN_MAX] = "", err[128] = "";
+        uint16_t port = 1;
+        int r = admin_listen_parse(cases[i].value, host, sizeof(host), &port, err, sizeof(err));
+        if (cases[i].host != NULL) {
+            assert_int_equal(r, 0);
+            assert_string_equal(host, cases[i].host);
+            assert_int_equal(port, cases[i].port);
+        } else {
+            if (r == 0)
+                fail_msg("'%s' accepted", cases[i].value);
+            assert_true(err[0] != '\0');
+        }
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_admin_listen_values),
+        cmocka_unit_test(test_metrics_page_parses_and_counts_calls),
+        cmocka_unit_test(test_readyz_turns_503_on_drain),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -584,6 +584,14 @@ static int mark_read_after(rpc_call *call, const app_write_in *in, void *resp, i
         return status;
     const lagoon_v1_MarkGroupReadRequest *req = in->req;
     const lagoon_v1_GroupUnread *out = resp;
+    /* The same position again within GROUPCHAT_TYPING_EVERY_MS (a MarkRead that moved nothing):
+     * no second receipt, so that a loop of them is bounded as Typing is; a move is a new key. */
+    app *a = app_of(call);
+    char key[80];
+    snprintf(key, sizeof(key), "r:%llu:%llu:%llu", (unsigned long long)in->who.user_id,
+             (unsigned long long)req->group_id, (unsigned long long)out->read_up_to);
+    if (limiter_take(app_state(a, &groupchat_module), key, app_now(a)) > 0)
+        return status;
     lagoon_v1_Event *ev = calloc(1, sizeof(*ev)); /* ~17 KiB: its type can hold a whole message */
     if (ev == NULL)
         return status; /* ephemeral: dropped, as a full lane would */
@@ -592,7 +600,7 @@ static int mark_read_after(rpc_call *call, const app_write_in *in, void *resp, i
     ev->payload.group_read.reader_id = in->who.user_id;
     ev->payload.group_read.up_to_message_id = out->read_up_to;
     lagoon_v1_Topic tp = group_topic(req->group_id);
-    (void)events_topic_ephemeral(app_of(call), &tp, ev); /* 0 also when dropped */
+    (void)events_topic_ephemeral(a, &tp, ev); /* 0 also when dropped */
     free(ev);
     return status;
 }

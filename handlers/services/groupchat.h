@@ -21,7 +21,8 @@
 
 /* Typing indicators one member sends to one group: at most one each this many ms (more are
  * answered and dropped: the indicator shows for 5 s), so that a loop of Typing calls cannot keep
- * the router's ephemeral events, shared by every topic, to itself. */
+ * the router's ephemeral events, shared by every topic, to itself. The same bound holds for read
+ * receipts of one position (MarkRead calls that move nothing). */
 #define GROUPCHAT_TYPING_EVERY_MS 1000
 
 /* The GroupChat module: the filling of group message events and the typing limiter (its Send

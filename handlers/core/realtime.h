@@ -20,5 +20,8 @@ int realtime_start(app *a, realtime **out, rpc_error *err);
 /* Ends every subscription with UNAVAILABLE ("reconnect"): for a draining server. Any thread. */
 void realtime_shutdown_streams(realtime *rt);
 void realtime_stop(realtime *rt);
+/* Live subscriptions (Events/Subscribe streams) and the topic followings they hold, for
+ * /metrics. Any thread; a relaxed snapshot. */
+void realtime_counts(realtime *rt, unsigned *subscribers, unsigned *followings);
 
 #endif

@@ -13,6 +13,7 @@
 #include "events.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -976,12 +977,12 @@ struct realtime {
     lane *lanes[ROUTER_BUCKETS];         /* by user id */
     lane *active;                        /* every lane */
     uint64_t turn;                       /* batches taken so far */
-    unsigned nsubs;                      /* registered subscribers */
+    atomic_uint nsubs;                   /* registered subscribers (atomic: realtime_counts reads it) */
     int64_t next_expiry;                 /* no subscriber's token expires before this (ms); 0 = none */
     int shut;                            /* streams ended for a drain: new ones end at once */
     tsub *tbuckets[ROUTER_BUCKETS];      /* by topic */
     tsub *mbuckets[ROUTER_BUCKETS];      /* by membership row id: a leave finds its followings */
-    unsigned ntsubs;                     /* followings registered */
+    atomic_uint ntsubs;                  /* followings registered (atomic: realtime_counts reads it) */
     tlane *tlanes[ROUTER_BUCKETS];       /* by topic */
     tlane *tactive;                      /* every topic lane */
     uint64_t eph_stamp;                  /* ephemeral topic events stamped so far */
@@ -2395,4 +2396,10 @@ int events_topic_ephemeral(app *a, const lagoon_v1_Topic *topic, const lagoon_v1
         free(c);
     }
     return 0;
+}
+
+void realtime_counts(realtime *rt, unsigned *subscribers, unsigned *followings)
+{
+    *subscribers = atomic_load_explicit(&rt->nsubs, memory_order_relaxed);
+    *followings = atomic_load_explicit(&rt->ntsubs, memory_order_relaxed);
 }

@@ -15,6 +15,8 @@
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 
+#include "lagoon_tables.h"
+#include "realtime.h"
 #include "store.h"
 
 /* A scrape of a busy server is a few tens of KiB; nothing a client sends is needed beyond the
@@ -22,6 +24,10 @@
 #define ADMIN_MAX_HEADERS 8192
 #define ADMIN_MAX_BODY 1024
 #define ADMIN_TIMEOUT_S 10
+/* Queue tables (outbox, scheduled jobs) are counted by their keys at each scrape, up to this
+ * many pages of STORE_PAGE_SIZE_MAX: a backlog past 50 000 reads as 50 000, which is already
+ * an alarm, and a scrape stays bounded however far behind a queue is. */
+#define ADMIN_COUNT_PAGES_MAX 100
 
 struct admin_http {
     rpc_server *srv;
@@ -116,6 +122,64 @@ static void app_metrics(const admin_http *h, struct evbuffer *out)
                         (unsigned long long)c.map_growths, (unsigned long long)c.map_size);
 }
 
+/* Rows of tab counted by key (no row decoded), up to ADMIN_COUNT_PAGES_MAX pages; -1 on a
+ * store error. */
+static long long count_rows(store *db, const store_table *tab)
+{
+    store_txn *txn;
+    store_error err;
+    if (store_read_begin(db, &txn, &err) != LAGOON_OK)
+        return -1;
+    long long n = 0;
+    char token[STORE_PAGE_TOKEN_MAX + 1] = "";
+    for (int pages = 0; pages < ADMIN_COUNT_PAGES_MAX; pages++) {
+        store_query q = {.table = tab, .page_size = STORE_PAGE_SIZE_MAX, .page_token = token};
+        store_page page;
+        if (store_scan(txn, &q, NULL, NULL, &page, &err) != LAGOON_OK) {
+            n = -1;
+            break;
+        }
+        n += page.count;
+        memcpy(token, page.next_page_token, sizeof(token));
+        if (token[0] == '\0')
+            break;
+    }
+    store_read_end(txn);
+    return n;
+}
+
+/* The queues and the realtime router. */
+static void queue_metrics(const admin_http *h, struct evbuffer *out)
+{
+    long long outbox = count_rows(h->app->db, &lagoon_table_outbox);
+    long long jobs = count_rows(h->app->db, &lagoon_table_scheduled_jobs);
+    if (outbox >= 0)
+        evbuffer_add_printf(out,
+                            "# HELP lagoon_mail_outbox_depth Emails waiting for delivery (counted up to 50000).\n"
+                            "# TYPE lagoon_mail_outbox_depth gauge\n"
+                            "lagoon_mail_outbox_depth %lld\n",
+                            outbox);
+    if (jobs >= 0)
+        evbuffer_add_printf(out,
+                            "# HELP lagoon_jobs_scheduled Durable jobs waiting for their due time, failed ones "
+                            "awaiting a retry included (counted up to 50000).\n"
+                            "# TYPE lagoon_jobs_scheduled gauge\n"
+                            "lagoon_jobs_scheduled %lld\n",
+                            jobs);
+    if (h->app->rt != NULL) {
+        unsigned subs, follows;
+        realtime_counts(h->app->rt, &subs, &follows);
+        evbuffer_add_printf(out,
+                            "# HELP lagoon_realtime_subscribers Live Events/Subscribe streams.\n"
+                            "# TYPE lagoon_realtime_subscribers gauge\n"
+                            "lagoon_realtime_subscribers %u\n"
+                            "# HELP lagoon_realtime_followings Topic followings of the live streams.\n"
+                            "# TYPE lagoon_realtime_followings gauge\n"
+                            "lagoon_realtime_followings %u\n",
+                            subs, follows);
+    }
+}
+
 static void on_request(struct evhttp_request *req, void *arg)
 {
     admin_http *h = arg;
@@ -150,6 +214,7 @@ static void on_request(struct evhttp_request *req, void *arg)
                             rpc_server_version(h->srv));
         rpc_server_metrics(h->srv, b);
         app_metrics(h, b);
+        queue_metrics(h, b);
         evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
                           "text/plain; version=0.0.4; charset=utf-8");
         evhttp_send_reply(req, HTTP_OK, "OK", b);

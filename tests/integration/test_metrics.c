@@ -266,6 +266,11 @@ static void test_metrics_page_parses_and_counts_calls(void **state)
     assert_true(sample(page, "lagoon_rpc_sent_bytes_total") > out0 + CALLS * WIRE_HEADER_SIZE);
     assert_true(sample(page, "lagoon_store_commits_total") > commits0);
     assert_true(sample(page, "lagoon_store_map_size_bytes") > 0);
+    for (const char *const *name = (const char *const[]){"\nlagoon_mail_outbox_depth ", "\nlagoon_jobs_scheduled ",
+                                                          "\nlagoon_realtime_subscribers ", NULL};
+         *name; name++)
+        if (strstr(page, *name) == NULL)
+            fail_msg("no%s", *name);
     check_histogram(page, "/lagoon.v1.Health/Check");
     assert_true(sample(page, "lagoon_rpc_call_duration_seconds_count{method=\"/lagoon.v1.Health/Check\"}") >= CALLS);
 

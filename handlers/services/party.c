@@ -15,6 +15,7 @@
 #include "groups.h"
 #include "lagoon_handlers.h"
 #include "log.h"
+#include "scheduler.h"
 #include "videos.h"
 
 /* Buckets of the stream table (calls -> streams): a power of two. */
@@ -47,7 +48,8 @@ struct party {
     party_member *members;
     uint32_t nmembers, cap;
     int pending; /* snapshots submitted and not yet done */
-    int gone;    /* ended: freed when pending is 0 */
+    int gone;    /* ended (or dropped): freed when pending is 0; a Join of it waits until then */
+    int dropped; /* gone without ending: a change could not be stored (party_drop) */
 };
 
 typedef struct party_state {
@@ -68,6 +70,8 @@ typedef struct party_snapshot {
     int member_op;             /* SNAP_MEMBER_* */
     lagoon_v1_PartyMember member;
     uint64_t joiner;           /* this member just joined: it gets the whole state */
+    int row_gone;              /* set by the write: the party's row is gone (its group or its
+                                * starter was deleted, or its grace job ended it) */
 } party_snapshot;
 
 enum { SNAP_MEMBER_NONE = 0, SNAP_MEMBER_PUT, SNAP_MEMBER_DELETE };
@@ -291,22 +295,38 @@ static int publish_ended(store_txn *t, const app *a, uint64_t party_id, uint64_t
     return st;
 }
 
-/* Reads only the snapshot: a replay redoes the same. A party whose row is gone (its group was
- * deleted) stores nothing. */
+/* The party's grace job (PARTY_GRACE): due when the party has had nobody present for
+ * PARTY_GRACE_MS. now is the write's time. */
+static int grace_put(store_txn *t, int64_t now, uint64_t party_id, int64_t due_at, store_error *err)
+{
+    return sched_put(t, now, lagoon_v1_JobKind_PARTY_GRACE, party_id, 0, due_at, err);
+}
+
+/* Reads only the snapshot (and sets row_gone): a replay redoes the same. A party whose row is
+ * gone stores nothing. The grace job moves when the party becomes empty; while members are
+ * present it stays where it is and, when it runs, looks again a grace period later. */
 static int snapshot_write(store_txn *t, void *arg, store_error *err)
 {
-    const party_snapshot *snap = arg;
+    party_snapshot *snap = arg;
     lagoon_v1_PartyState old;
+    snap->row_gone = 0;
     int st = store_get(t, &lagoon_table_parties, snap->st.id, &old, err);
-    if (st == LAGOON_NOT_FOUND)
+    if (st == LAGOON_NOT_FOUND) {
+        snap->row_gone = 1;
         return LAGOON_OK;
+    }
     if (st != LAGOON_OK)
         return st;
     if (snap->end) {
         st = store_delete(t, &lagoon_table_parties, snap->st.id, err); /* items and members cascade */
+        if (st == LAGOON_OK)
+            st = sched_cancel(t, lagoon_v1_JobKind_PARTY_GRACE, snap->st.id, 0, err);
         return st == LAGOON_OK ? publish_ended(t, snap->ps->a, snap->st.id, snap->st.group_id, err) : st;
     }
     st = store_update(t, &lagoon_table_parties, &snap->st, err);
+    if (st == LAGOON_OK && snap->st.members_present == 0 &&
+        (old.members_present != 0 || old.empty_since != snap->st.empty_since))
+        st = grace_put(t, snap->st.changed_at, snap->st.id, snap->st.empty_since + PARTY_GRACE_MS, err);
     if (st != LAGOON_OK || snap->member_op == SNAP_MEMBER_NONE)
         return st;
     lagoon_v1_PartyMemberRow row = lagoon_v1_PartyMemberRow_init_zero;
@@ -376,11 +396,32 @@ static void finish_streams(party_state *ps, party *p, int status)
     }
 }
 
-/* Sends snap to the party's streams and finishes them when it ended. ps->mu held. */
-static void snapshot_deliver(party_state *ps, party_snapshot *snap)
+/* Drops p from memory without ending it: a change could not be stored, so every stream ends
+ * (UNAVAILABLE: reconnect) rather than keep a state the store does not have, and the next Join
+ * reads the party back as stored (refused with UNAVAILABLE while p's writes are pending).
+ * ps->mu held; p is freed here, or by its last pending write. */
+static void party_drop_streams(party_state *ps, party *p)
+{
+    p->gone = 1;
+    p->dropped = 1;
+    finish_streams(ps, p, LAGOON_UNAVAILABLE);
+}
+
+static void party_drop(party_state *ps, party *p)
+{
+    party_drop_streams(ps, p);
+    if (p->pending == 0) {
+        party_unlink(ps, p);
+        party_free(p);
+    }
+}
+
+/* Sends snap to the party's streams (when `send`: it is durable) and finishes them when it
+ * ended; counts the write done. ps->mu held. 1 if that freed the party (gone, nothing pending). */
+static int snapshot_deliver(party_state *ps, party_snapshot *snap, int send)
 {
     party *p = snap->p;
-    for (uint32_t i = 0; i < p->nmembers; i++) {
+    for (uint32_t i = 0; send && i < p->nmembers; i++) {
         party_stream *s = p->members[i].stream;
         if (s == NULL)
             continue;
@@ -392,29 +433,37 @@ static void snapshot_deliver(party_state *ps, party_snapshot *snap)
             send_member(ps, s, &snap->member, snap->member_op == SNAP_MEMBER_DELETE);
         send_state(ps, s, &snap->st);
     }
-    if (snap->end)
+    if (snap->end && send)
         finish_streams(ps, p, LAGOON_OK);
     p->pending--;
     ps->pending--;
+    pthread_cond_broadcast(&ps->idle);
     if (p->gone && p->pending == 0) {
         party_unlink(ps, p);
         party_free(p);
+        return 1;
     }
-    pthread_cond_broadcast(&ps->idle);
+    return 0;
 }
 
 static void snapshot_done(void *arg, int status, const store_error *err)
 {
     party_snapshot *snap = arg;
     party_state *ps = snap->ps;
-    if (status != LAGOON_OK) /* the next change stores the whole state again */
+    if (status != LAGOON_OK)
         log_msg(LOG_ERROR, "party %llu: version %llu not stored: %s", (unsigned long long)snap->st.id,
                 (unsigned long long)snap->st.version, err ? err->message : "");
     pthread_mutex_lock(&ps->mu);
     party *p = snap->p;
-    int live = !snap->end && !p->gone; /* else deliver may free p */
-    snapshot_deliver(ps, snap);
-    if (status == LAGOON_OK && live && p->pending == 0 && p->st.members_present == 0) {
+    if (status != LAGOON_OK) {
+        party_drop_streams(ps, p); /* freed by the deliver below once nothing is pending */
+    } else if (snap->row_gone && !p->gone) { /* deleted under it: it ends for its members too */
+        p->gone = 1;
+        p->st.ended = true;
+        snap->end = 1;
+        snap->st.ended = true;
+    }
+    if (!snapshot_deliver(ps, snap, status == LAGOON_OK) && p->pending == 0 && p->st.members_present == 0) {
         /* Nobody connected and every change stored: the next Join reads it back. */
         party_unlink(ps, p);
         party_free(p);
@@ -423,9 +472,10 @@ static void snapshot_done(void *arg, int status, const store_error *err)
     free(snap);
 }
 
-/* The party changed: the next version, stored and then sent. m (may be NULL) is the member
- * that changed (op SNAP_MEMBER_*). ps->mu held. 0 when the change is on its way (an ended p
- * may be freed by then), -1 when memory was short (nothing sent). */
+/* The party changed: the next version, stored and then sent (never before it is durable). m
+ * (may be NULL) is the member that changed (op SNAP_MEMBER_*). ps->mu held. 0 when the change is
+ * on its way (an ended p may be freed by then); -1 when it could not be queued: p was dropped
+ * (party_drop; it may be freed). */
 static int party_changed(party_state *ps, party *p, int64_t now, const party_member *m, int op, uint64_t joiner)
 {
     p->st.version++;
@@ -434,6 +484,7 @@ static int party_changed(party_state *ps, party *p, int64_t now, const party_mem
     if (snap == NULL) {
         log_msg(LOG_ERROR, "party %llu: out of memory for version %llu", (unsigned long long)p->st.id,
                 (unsigned long long)p->st.version);
+        party_drop(ps, p);
         return -1;
     }
     snap->ps = ps;
@@ -448,26 +499,25 @@ static int party_changed(party_state *ps, party *p, int64_t now, const party_mem
     ps->pending++;
     store_error err;
     int st = store_submit(ps->a->db, snapshot_write, snap, snapshot_done, snap, &err);
-    if (st != LAGOON_OK) { /* the queue is full: sent now, stored with the next change */
+    if (st != LAGOON_OK) { /* the queue is full: nothing is sent that is not stored */
         log_msg(LOG_WARN, "party %llu: version %llu not stored: %s", (unsigned long long)p->st.id,
                 (unsigned long long)p->st.version, err.message);
-        snapshot_deliver(ps, snap);
+        p->pending--;
+        ps->pending--;
         free(snap);
+        party_drop(ps, p);
+        return -1;
     }
     return 0;
 }
 
+/* A controller's end (or its grace period passed at a Join): on failure party_changed dropped
+ * p, whose rows stay, and a later Join or its grace job ends it. */
 static void party_end(party_state *ps, party *p, int64_t now)
 {
     p->st.ended = true;
     p->gone = 1;
-    if (party_changed(ps, p, now, NULL, SNAP_MEMBER_NONE, 0) != 0) { /* out of memory: no end to send */
-        finish_streams(ps, p, LAGOON_UNAVAILABLE);
-        if (p->pending == 0) { /* else the last write's completion frees it (gone) */
-            party_unlink(ps, p);
-            party_free(p);
-        }
-    }
+    (void)party_changed(ps, p, now, NULL, SNAP_MEMBER_NONE, 0);
 }
 
 /* ---- loading ------------------------------------------------------------------------------------ */
@@ -528,7 +578,8 @@ static int party_load(store_txn *t, const lagoon_v1_PartyState *st, int64_t now,
         (p->members = calloc(PARTY_MEMBERS_MAX, sizeof(*p->members))) == NULL) {
         if (p)
             party_free(p);
-        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+        (void)store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+        return LAGOON_RESOURCE_EXHAUSTED;
     }
     p->cap = PARTY_MEMBERS_MAX;
     p->st = *st;
@@ -555,10 +606,11 @@ static int party_load(store_txn *t, const lagoon_v1_PartyState *st, int64_t now,
     return LAGOON_OK;
 }
 
+/* The party in memory, gone or not (there is never more than one: a Join of a gone one waits). */
 static party *party_find(party_state *ps, uint64_t id)
 {
     for (party *p = ps->parties; p; p = p->next)
-        if (p->st.id == id && !p->gone)
+        if (p->st.id == id)
             return p;
     return NULL;
 }
@@ -645,6 +697,14 @@ static int join_first(rpc_call *call, const lagoon_v1_PartyClientFrame *req)
     int64_t now = app_now(a);
     pthread_mutex_lock(&ps->mu);
     party *p = st == LAGOON_OK ? party_find(ps, party_id) : NULL;
+    if (p && p->gone) { /* its end (or its drop) is still being written: not read back meanwhile */
+        st = p->dropped ? LAGOON_UNAVAILABLE : LAGOON_NOT_FOUND;
+        if (p->dropped)
+            (void)store_fail(&err, st, NULL, "party %llu is being stored; retry", (unsigned long long)party_id);
+        else
+            (void)store_fail(&err, st, "join.party_id", "party %llu has ended", (unsigned long long)party_id);
+        p = NULL;
+    }
     if (st == LAGOON_OK && p == NULL) {
         st = party_load(t, &row, now, &p, &err);
         if (st == LAGOON_OK) {
@@ -1073,6 +1133,8 @@ static int group_parties(store_txn *t, const app *a, uint64_t group_id, int64_t 
         }
         st = store_delete(t, &lagoon_table_parties, row.id, err);
         if (st == LAGOON_OK)
+            st = sched_cancel(t, lagoon_v1_JobKind_PARTY_GRACE, row.id, 0, err);
+        if (st == LAGOON_OK)
             st = publish_ended(t, a, row.id, group_id, err);
     }
     return st;
@@ -1140,6 +1202,8 @@ static int start_write(store_txn *t, const app_write_in *in, void *resp, store_e
     p->position_version = p->index_version = 1;
     p->changed_at = in->now;
     st = store_insert(t, &lagoon_table_parties, p, &p->id, err);
+    if (st == LAGOON_OK) /* ends it if nobody joins */
+        st = grace_put(t, in->now, p->id, in->now + PARTY_GRACE_MS, err);
     if (st != LAGOON_OK)
         return st;
     lagoon_v1_Video *v = malloc(sizeof(*v));           /* tens of KiB */
@@ -1284,6 +1348,66 @@ int party_position_now(store_txn *t, uint64_t group_id, int64_t now, uint64_t *p
     return LAGOON_OK;
 }
 
+/* ---- the grace job ------------------------------------------------------------------------------------ */
+
+/* PARTY_GRACE: ends the party once nobody was present for PARTY_GRACE_MS, whether or not anyone
+ * comes back to Join or Start. A party in memory is judged by its state there (newer than its
+ * row); one with members present is looked at again a grace period later. A row that counts
+ * members present while the party is not in memory was left by a server that stopped with
+ * members connected (killed, or drained): nobody is connected now, so its grace period starts
+ * now. Runs on the store's writer (ps->mu is never held across a wait for it). */
+static int party_run_job(store_txn *t, const app *a, const lagoon_v1_ScheduledJob *job, int *ran, store_error *err)
+{
+    if (job->kind != lagoon_v1_JobKind_PARTY_GRACE)
+        return LAGOON_OK;
+    *ran = 1;
+    lagoon_v1_PartyState row;
+    int st = store_get(t, &lagoon_table_parties, job->owner_id, &row, err);
+    if (st != LAGOON_OK)
+        return st == LAGOON_NOT_FOUND ? LAGOON_OK : st; /* ended, or went with its group or starter */
+    party_state *ps = state_of(a);
+    int64_t now = app_now(a);
+    int64_t due = 0;
+    int end = 0, stale = 0;
+    pthread_mutex_lock(&ps->mu);
+    party *p = party_find(ps, row.id);
+    if (p && p->gone) {
+        due = now + PARTY_GRACE_MS; /* its end's write cancels this; a dropped one's rows stay */
+    } else if (p && p->st.members_present > 0) {
+        due = now + PARTY_GRACE_MS;
+    } else if (p && expired(&p->st, now)) {
+        end = 1;
+        p->gone = 1; /* nobody is connected: no stream to tell */
+        p->st.ended = true;
+        if (p->pending == 0) {
+            party_unlink(ps, p);
+            party_free(p);
+        }
+    } else if (p) {
+        due = p->st.empty_since + PARTY_GRACE_MS;
+    } else if (row.members_present > 0 || row.empty_since == 0) {
+        stale = 1;
+        due = now + PARTY_GRACE_MS;
+    } else if (expired(&row, now)) {
+        end = 1;
+    } else {
+        due = row.empty_since + PARTY_GRACE_MS;
+    }
+    pthread_mutex_unlock(&ps->mu);
+    if (end) {
+        st = store_delete(t, &lagoon_table_parties, row.id, err); /* items and members cascade */
+        return st == LAGOON_OK ? publish_ended(t, a, row.id, row.group_id, err) : st;
+    }
+    if (stale) { /* a Join that reads it back meanwhile stores its whole state after this */
+        row.members_present = 0;
+        row.empty_since = now;
+        st = store_update(t, &lagoon_table_parties, &row, err);
+        if (st != LAGOON_OK)
+            return st;
+    }
+    return grace_put(t, now, row.id, due, err);
+}
+
 /* ---- the module ----------------------------------------------------------------------------------- */
 
 static int party_start(app *a, void **state, rpc_error *err)
@@ -1344,4 +1468,5 @@ const app_module party_module = {
     .start = party_start,
     .drain = party_drain,
     .stop = party_stop,
+    .run_job = party_run_job,
 };

@@ -5,7 +5,9 @@
  * While a party has members on the server its state lives in this module (one lock for all
  * parties); every change is applied there in arrival order, given the next version, stored
  * (the whole PartyState row, and the member's row when a member changed) and, once durable,
- * sent to every member's stream in version order. A party no one is connected to leaves memory
+ * sent to every member's stream in version order (nothing is sent before it is durable: a change
+ * that cannot be stored ends the party's streams with UNAVAILABLE, and the party is read back as
+ * stored at the next Join). A party no one is connected to leaves memory
  * once its last change is stored, and is read back from the store at the next Join, so a
  * restart loses nothing but the position reports. */
 #ifndef LAGOON_PARTY_H
@@ -65,8 +67,11 @@
 #define PARTY_THRESHOLD_MAX_MS 10000
 #define PARTY_RATE_CORRECTION_MS 1000
 
-/* A party with no member present ends once this long has passed (checked at the next Join of it
- * and the next Start in its group): room for a reconnect, a restart, a page reload. */
+/* A party with no member present ends once this long has passed: room for a reconnect, a
+ * restart, a page reload. Its durable grace job (scheduler.h, JobKind PARTY_GRACE) ends it within
+ * a scheduler poll of that time; a Join of it, a Start in its group, Get and the chat's stamp
+ * treat it as ended from that time on already. After a restart the period starts again for a
+ * party whose members were connected when the server stopped. */
 #define PARTY_GRACE_MS 60000
 
 /* The media position of state s at server time t (ms): position_ms, advanced by rate per ms

@@ -17,6 +17,7 @@
 #include "testserver.h"
 
 #include "party.h"
+#include "scheduler.h"
 
 #define EXPECT(st, code, field) test_expect(C, (st), (code), (field), __LINE__)
 
@@ -106,10 +107,27 @@ static void users(void)
     }
 }
 
+/* The scheduler's thread idles (an hour between looks): grace jobs run when a test runs them
+ * (run_jobs), so what ended when is decided by the test alone. */
+static void tweak(app_config *acfg, rpc_config *cfg)
+{
+    test_tweak_shared(acfg, cfg);
+    acfg->sched_poll_ms = 3600 * 1000;
+}
+
+/* Runs the jobs due at the test's clock: how many ran. */
+static uint32_t run_jobs(void)
+{
+    uint32_t ran = 0;
+    store_error err;
+    assert_int_equal(sched_run_due(T->app, 0, &ran, &err), LAGOON_OK);
+    return ran;
+}
+
 static int setup(void **state)
 {
     (void)state;
-    T = test_app_new(test_tweak_shared);
+    T = test_app_new(tweak);
     users();
     return 0;
 }
@@ -877,32 +895,52 @@ static int64_t chat(const char *tok, const char *text, uint64_t party_id)
     return pos;
 }
 
-/* A restart mid-party: the state is read back as it was stored, the members rejoin and go on;
- * a group member's subscription saw the party start. */
-static void test_restart_mid_party(void **state)
+/* A subscription of the user of tok, once it follows the group's topic (on *client). */
+static lagoon_stream *subscribe(const char *tok, lagoon_client **client, lagoon_v1_Event *ev)
 {
-    (void)state;
-    lagoon_client *sc = test_client(T);
-    lagoon_set_token(sc, S[3].tok);
+    *client = test_client(T);
+    lagoon_set_token(*client, tok);
     lagoon_v1_SubscribeRequest sr = lagoon_v1_SubscribeRequest_init_zero;
     lagoon_stream *sub;
-    assert_int_equal(lagoon_Events_Subscribe(sc, &sr, &sub), LAGOON_OK);
-    lagoon_v1_Event *ev = calloc(1, sizeof(*ev));
-    assert_non_null(ev);
-    /* the subscription follows the group's topic before the party starts */
+    assert_int_equal(lagoon_Events_Subscribe(*client, &sr, &sub), LAGOON_OK);
     int joined = 0;
     for (int i = 0; i < 50 && !joined; i++) {
         assert_int_equal(lagoon_stream_recv_timeout(sub, ev, RECV_MS), 1);
         joined = ev->which_payload == lagoon_v1_Event_membership_tag && ev->topic.id == group_id;
     }
     assert_true(joined);
-    uint64_t pid = start_party(0, 2, 0, LAGOON_OK);
-    int started = 0;
-    for (int i = 0; i < 50 && !started; i++) {
-        assert_int_equal(lagoon_stream_recv_timeout(sub, ev, RECV_MS), 1);
-        started = ev->which_payload == lagoon_v1_Event_party_started_tag && ev->payload.party_started.party_id == pid;
+    return sub;
+}
+
+/* Reads sub until the event `tag` of party pid (party_started or party_ended) is in *ev: 1, or
+ * 0 if the stream had none within RECV_MS of the last event. */
+static int await_party_event(lagoon_stream *sub, lagoon_v1_Event *ev, pb_size_t tag, uint64_t pid)
+{
+    for (int i = 0; i < 200; i++) {
+        memset(ev, 0, sizeof(*ev));
+        if (lagoon_stream_recv_timeout(sub, ev, RECV_MS) != 1)
+            return 0;
+        if (ev->which_payload == tag && tag == lagoon_v1_Event_party_started_tag &&
+            ev->payload.party_started.party_id == pid)
+            return 1;
+        if (ev->which_payload == tag && tag == lagoon_v1_Event_party_ended_tag && ev->payload.party_ended.party_id == pid)
+            return 1;
     }
-    assert_true(started);
+    return 0;
+}
+
+/* A restart mid-party: the state is read back as it was stored, the members rejoin and go on;
+ * a group member's subscription saw the party start. */
+static void test_restart_mid_party(void **state)
+{
+    (void)state;
+    lagoon_client *sc;
+    lagoon_v1_Event *ev = calloc(1, sizeof(*ev));
+    assert_non_null(ev);
+    /* the subscription follows the group's topic before the party starts */
+    lagoon_stream *sub = subscribe(S[3].tok, &sc, ev);
+    uint64_t pid = start_party(0, 2, 0, LAGOON_OK);
+    assert_true(await_party_event(sub, ev, lagoon_v1_Event_party_started_tag, pid));
     assert_int_equal(ev->payload.party_started.starter_id, S[0].uid);
     free(ev);
     lagoon_stream_cancel(sub);
@@ -928,7 +966,7 @@ static void test_restart_mid_party(void **state)
     }
     lagoon_close(C);
     test_clock_advance(T, 2000);
-    test_app_restart(T, test_tweak_shared);
+    test_app_restart(T, tweak);
     C = test_client(T);
     lagoon_v1_PartyIdRequest g = {.party_id = pid};
     lagoon_v1_PartyState p;
@@ -959,6 +997,74 @@ static void test_restart_mid_party(void **state)
     assert_int_equal(chat(S[2].tok, "and after", 0), 0); /* no party runs: no stamp */
 }
 
+/* The grace period runs out on its own: a party its last member left ends PARTY_GRACE_MS later
+ * (its grace job), with nobody coming back to Join or Start; the group's members see it end.
+ * While someone is present the job only looks again. */
+static void test_grace_ends_the_party(void **state)
+{
+    (void)state;
+    lagoon_client *sc;
+    lagoon_v1_Event *ev = calloc(1, sizeof(*ev));
+    assert_non_null(ev);
+    lagoon_stream *sub = subscribe(S[3].tok, &sc, ev);
+    uint64_t pid = start_party(0, 1, 0, LAGOON_OK);
+    assert_true(await_party_event(sub, ev, lagoon_v1_Event_party_started_tag, pid));
+    assert_int_equal(join(&S[0], pid), LAGOON_OK);
+    /* present past the grace period of its start: the job runs and the party stays */
+    test_clock_advance(T, PARTY_GRACE_MS + 1000);
+    assert_true(run_jobs() >= 1);
+    lagoon_v1_PartyIdRequest g = {.party_id = pid};
+    lagoon_v1_PartyState p;
+    lagoon_set_token(C, S[1].tok);
+    EXPECT(lagoon_Party_Get(C, &g, &p), LAGOON_OK, NULL);
+    assert_int_equal(p.members_present, 1);
+
+    assert_int_equal(leave(&S[0]), LAGOON_OK);
+    test_clock_advance(T, PARTY_GRACE_MS - 1);
+    run_jobs();
+    EXPECT(lagoon_Party_Get(C, &g, &p), LAGOON_OK, NULL); /* within its grace period */
+    test_clock_advance(T, 1);
+    assert_true(run_jobs() >= 1);
+    assert_true(await_party_event(sub, ev, lagoon_v1_Event_party_ended_tag, pid));
+    assert_int_equal(ev->payload.party_ended.group_id, group_id);
+    EXPECT(lagoon_Party_Get(C, &g, &p), LAGOON_NOT_FOUND, "party_id");
+    free(ev);
+    lagoon_stream_cancel(sub);
+    lagoon_close(sc);
+}
+
+/* The server stops while a member is connected (its departure never stored, as after kill -9):
+ * read back, the party counts nobody present, and ends a grace period after the restart if
+ * nobody rejoins, instead of holding one of the group's PARTY_GROUP_PARTIES_MAX for ever. */
+static void test_restart_with_members_connected(void **state)
+{
+    (void)state;
+    uint64_t pid = start_party(0, 1, 0, LAGOON_OK);
+    assert_int_equal(join(&S[0], pid), LAGOON_OK);
+    assert_int_equal(join(&S[1], pid), LAGOON_OK);
+    fence(&S[0]);
+    lagoon_close(C);
+    test_app_restart(T, tweak);
+    C = test_client(T);
+    for (int i = 0; i < 2; i++) { /* their connections went with the server */
+        lagoon_stream_cancel(S[i].s);
+        S[i].s = NULL;
+        lagoon_close(S[i].c);
+        S[i].c = NULL;
+    }
+    lagoon_v1_PartyIdRequest g = {.party_id = pid};
+    lagoon_v1_PartyState p;
+    lagoon_set_token(C, S[1].tok);
+    EXPECT(lagoon_Party_Get(C, &g, &p), LAGOON_OK, NULL);
+    test_clock_advance(T, PARTY_GRACE_MS);
+    assert_true(run_jobs() >= 1); /* the start's job: nobody is connected, the grace period starts */
+    EXPECT(lagoon_Party_Get(C, &g, &p), LAGOON_OK, NULL);
+    assert_int_equal(p.members_present, 0);
+    test_clock_advance(T, PARTY_GRACE_MS);
+    assert_true(run_jobs() >= 1);
+    EXPECT(lagoon_Party_Get(C, &g, &p), LAGOON_NOT_FOUND, "party_id");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -969,6 +1075,8 @@ int main(void)
         cmocka_unit_test(test_host_and_control),
         cmocka_unit_test(test_videos_and_group_members),
         cmocka_unit_test(test_restart_mid_party),
+        cmocka_unit_test(test_grace_ends_the_party),
+        cmocka_unit_test(test_restart_with_members_connected),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

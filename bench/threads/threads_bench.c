@@ -88,7 +88,7 @@ static int seed_threads(store_txn *t, void *arg, store_error *err)
         snprintf(th->video.url, sizeof(th->video.url), "https://example.com/q%llu.mp4", (unsigned long long)i);
         th->video.duration_seconds = 30;
         th->created_at = th->last_activity_at = (int64_t)i + 1;
-        th->pinned = i % (sd->size / PINNED) == 0; /* PINNED of them, spread out */
+        th->pinned = i % (sd->size / PINNED) == 0 && i / (sd->size / PINNED) < PINNED; /* spread out */
         th->follower_count = 1;
         int st = store_insert(t, &lagoon_table_threads, th, NULL, err);
         if (st != LAGOON_OK)

@@ -363,13 +363,15 @@ static int group_touch(store_txn *t, const app_write_in *in, uint64_t gid, store
 }
 
 /* A Send's client id (the request's, else the idempotency key: field) names a message the sender
- * stored in another group: refused, so that a client that reuses an id across groups is told
- * instead of answered with the other group's message as if this one had been sent. */
+ * stored in another group: refused as the framework refuses a key reused for another request,
+ * so that a client that reuses an id across groups is told instead of answered with the other
+ * group's message as if this one had been sent. */
 static int sent_elsewhere(const message *stored, uint64_t gid, const char *field, store_error *err)
 {
     if (stored->group_id == gid)
         return LAGOON_OK;
-    return store_fail(err, LAGOON_ALREADY_EXISTS, field, "names a message you sent to another group");
+    return store_fail(err, LAGOON_FAILED_PRECONDITION, NULL, "this %s was already used for a message to another group",
+                      field);
 }
 
 static const char *send_id_field(const lagoon_v1_SendGroupMessageRequest *req)

@@ -358,10 +358,12 @@ static void test_send_retries(void **state)
     SR.group_id = h;
     snprintf(SR.client_message_id, sizeof(SR.client_message_id), "c-1");
     lagoon_set_token(C, mem_tok);
-    EXPECT(lagoon_GroupChat_Send(C, &SR, &GM), LAGOON_ALREADY_EXISTS, "client_message_id");
+    EXPECT(lagoon_GroupChat_Send(C, &SR, &GM), LAGOON_FAILED_PRECONDITION, NULL);
+    assert_non_null(strstr(lagoon_last_error(C)->detail.message, "client_message_id was already used"));
     SR.client_message_id[0] = '\0';
     lagoon_set_idempotency_key(C, "k-1");
-    EXPECT(lagoon_GroupChat_Send(C, &SR, &GM), LAGOON_ALREADY_EXISTS, "idempotency_key");
+    EXPECT(lagoon_GroupChat_Send(C, &SR, &GM), LAGOON_FAILED_PRECONDITION, NULL);
+    assert_non_null(strstr(lagoon_last_error(C)->detail.message, "idempotency_key was already used"));
     EXPECT(list(mem_tok, h, 0, NULL, 0, 0, 0), LAGOON_OK, NULL);
     assert_int_equal(LM.messages_count, 0);
 }

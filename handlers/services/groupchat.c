@@ -213,14 +213,18 @@ static int chat_member(store_txn *t, const rpc_caller *who, uint64_t gid, member
     return store_fail(err, LAGOON_NOT_FOUND, "group_id", "no such group");
 }
 
-/* Message id into m, and the caller's row of its group into me (chat_member's refusals). */
+/* Message id into m, and the caller's row of its group into me (chat_member's refusals, but a
+ * message of a group the caller may not see is as missing as a message that is not there: the
+ * request names no group, and its answer must not tell the two apart). */
 static int message_in_my_group(store_txn *t, const rpc_caller *who, uint64_t id, message *m, member *me,
                                store_error *err)
 {
     int st = store_get(t, &lagoon_table_group_messages, id, m, err);
+    if (st == LAGOON_OK)
+        st = chat_member(t, who, m->group_id, me, err);
     if (st == LAGOON_NOT_FOUND)
         return store_fail(err, LAGOON_NOT_FOUND, "message_id", "no such message");
-    return st == LAGOON_OK ? chat_member(t, who, m->group_id, me, err) : st;
+    return st;
 }
 
 /* ---- events ------------------------------------------------------------------------------------ */

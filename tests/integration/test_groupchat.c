@@ -394,8 +394,10 @@ static void matrix_row(const char *tok, uint64_t g, uint64_t msg, int code, cons
     EXPECT(list(tok, g, 0, NULL, 0, 0, 0), code, field);
     EXPECT(mark(tok, g, 0), code, field);
     EXPECT(typing(tok, g), code, field);
-    EXPECT(edit(tok, msg, "x"), code, field);
-    EXPECT(del(tok, msg), code, field);
+    /* Edit and Delete name a message only: one of a group the caller may not see is missing. */
+    const char *msg_field = field && strcmp(field, "group_id") == 0 ? "message_id" : field;
+    EXPECT(edit(tok, msg, "x"), code, msg_field);
+    EXPECT(del(tok, msg), code, msg_field);
 }
 
 static void test_authorization_matrix(void **state)

@@ -22,8 +22,9 @@
  * through Videos' rules (videos_count_view) once its watch time qualifies.
  *
  * Retention: each write trims a few batches older than plays-retention-days (and plays that
- * can no longer take interactions and are older than that, with what is left of them); the
- * positions, history and figures stay. */
+ * can no longer take interactions and are older than that, with what is left of them), and a
+ * durable hourly job (PLAYS_RETENTION) trims a page of each, so that rows nobody writes after
+ * go too; the positions, history and figures stay. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +33,7 @@
 #include "lagoon_handlers.h"
 #include "paging.h"
 #include "plays.h"
+#include "scheduler.h"
 #include "videos.h"
 
 /* Interactions in one Record or Report message: ReportRequest.interactions' and
@@ -60,6 +62,14 @@
  * so the tables shrink back to the retention window). */
 #define PLAYS_TRIM_BATCHES 4
 #define PLAYS_TRIM_PLAYS 2
+/* Retention also runs as a durable job (JobKind PLAYS_RETENTION, scheduler.h), so that what
+ * nobody writes after is trimmed too (a quiet server, a user who stopped playing): every hour,
+ * or a second after a run that found a full page (a backlog drains in steps). Its work per
+ * run: a page of batches and of plays (STORE_PAGE_SIZE_MAX, app_id_page's room). */
+#define PLAYS_TRIM_JOB_EVERY_MS (3600LL * 1000)
+#define PLAYS_TRIM_JOB_AGAIN_MS 1000LL
+#define PLAYS_TRIM_JOB_BATCHES STORE_PAGE_SIZE_MAX
+#define PLAYS_TRIM_JOB_PLAYS STORE_PAGE_SIZE_MAX
 /* Drop-off histogram: buckets of 10 % (PlayStats.dropoff's max_count). */
 #define PLAYS_BUCKETS 10
 /* History entries one ClearHistory call removes (one page of ids); more: call again. */
@@ -102,10 +112,13 @@ static void plays_stop(app *a, void *state)
     limiter_free(state);
 }
 
+static int plays_run_job(store_txn *t, const app *a, const lagoon_v1_ScheduledJob *job, int *ran, store_error *err);
+
 const app_module plays_module = {
     .name = "plays",
     .start = plays_start,
     .stop = plays_stop,
+    .run_job = plays_run_job,
 };
 
 /* The caller's key in the budget's limiter. */
@@ -304,33 +317,69 @@ static int trim_mark(void *arg, const void *row)
     return at < c->before ? 1 : -1; /* the index is by time: the first row kept ends the page */
 }
 
+/* Deletes up to n rows of tab older than cut, oldest first; *full (may be NULL): n were. */
 static int trim_some(store_txn *t, const store_table *tab, const store_index *idx, trim_cut *cut, uint32_t n,
-                     store_error *err)
+                     int *full, store_error *err)
 {
     app_id_page *page = malloc(sizeof(*page));
     if (page == NULL)
         return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
     store_query q = {.table = tab, .index = idx, .page_size = n};
     int st = app_scan_marked(t, &q, trim_mark, cut, page, err);
+    uint32_t deleted = 0;
     for (uint32_t i = 0; i < page->n && st == LAGOON_OK; i++)
-        if (page->marked[i])
+        if (page->marked[i]) {
             st = store_delete(t, tab, page->ids[i], err);
+            deleted++;
+        }
+    if (full && deleted == n)
+        *full = 1;
     free(page);
     return st;
 }
 
-/* A few batches older than the retention, and a few plays that can no longer take interactions
- * and are older than it (their remaining batches go with them): bounded work in every write. */
-static int trim(store_txn *t, const app_write_in *in, store_error *err)
+/* Up to nbatches batches older than the retention at now, and up to nplays plays that can no
+ * longer take interactions and are older than it (their remaining batches go with them);
+ * *full (may be NULL) is set when either limit was reached. */
+static int trim_upto(store_txn *t, const app *a, int64_t now, uint32_t nbatches, uint32_t nplays, int *full,
+                     store_error *err)
 {
-    int64_t keep = (int64_t)in->a->cfg.plays_retention_s * 1000;
-    trim_cut cut = {in->now - keep, 0};
-    int st = trim_some(t, &lagoon_table_play_batches, lagoon_index_play_batches_by_time, &cut, PLAYS_TRIM_BATCHES, err);
+    int64_t keep = (int64_t)a->cfg.plays_retention_s * 1000;
+    trim_cut cut = {now - keep, 0};
+    int st = trim_some(t, &lagoon_table_play_batches, lagoon_index_play_batches_by_time, &cut, nbatches, full, err);
     cut.before -= PLAYS_OPEN_MS;
     cut.plays = 1;
-    return st == LAGOON_OK
-               ? trim_some(t, &lagoon_table_plays, lagoon_index_plays_by_started, &cut, PLAYS_TRIM_PLAYS, err)
-               : st;
+    return st == LAGOON_OK ? trim_some(t, &lagoon_table_plays, lagoon_index_plays_by_started, &cut, nplays, full, err)
+                           : st;
+}
+
+/* Bounded work in every write. */
+static int trim(store_txn *t, const app_write_in *in, store_error *err)
+{
+    return trim_upto(t, in->a, in->now, PLAYS_TRIM_BATCHES, PLAYS_TRIM_PLAYS, NULL, err);
+}
+
+/* The retention job, scheduled by the first Start that finds none (so a store with plays has
+ * one, for good: each run schedules the next). */
+static int trim_job_ensure(store_txn *t, int64_t now, store_error *err)
+{
+    lagoon_v1_ScheduledJob job;
+    int st = sched_get(t, lagoon_v1_JobKind_PLAYS_RETENTION, 0, 0, &job, err);
+    if (st == LAGOON_NOT_FOUND)
+        st = sched_put(t, now, lagoon_v1_JobKind_PLAYS_RETENTION, 0, 0, now + PLAYS_TRIM_JOB_EVERY_MS, err);
+    return st;
+}
+
+static int plays_run_job(store_txn *t, const app *a, const lagoon_v1_ScheduledJob *job, int *ran, store_error *err)
+{
+    if (job->kind != lagoon_v1_JobKind_PLAYS_RETENTION)
+        return LAGOON_OK;
+    *ran = 1;
+    int64_t now = app_now(a);
+    int full = 0;
+    int st = trim_upto(t, a, now, PLAYS_TRIM_JOB_BATCHES, PLAYS_TRIM_JOB_PLAYS, &full, err);
+    int64_t next = now + (full ? PLAYS_TRIM_JOB_AGAIN_MS : PLAYS_TRIM_JOB_EVERY_MS);
+    return st == LAGOON_OK ? sched_put(t, now, lagoon_v1_JobKind_PLAYS_RETENTION, 0, 0, next, err) : st;
 }
 
 /* ---- Start ------------------------------------------------------------------------------------- */
@@ -414,6 +463,8 @@ static int start_rows(store_txn *t, const app_write_in *in, play_work *w, void *
         stats_move(&w->stats, 0, p->bucket);
         st = row_put(t, &lagoon_table_play_stats, &w->stats, new_stats, err);
     }
+    if (st == LAGOON_OK)
+        st = trim_job_ensure(t, in->now, err);
     return st == LAGOON_OK ? trim(t, in, err) : st;
 }
 

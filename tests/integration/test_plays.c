@@ -17,6 +17,7 @@
 #include <pb_decode.h>
 
 #include "lagoon_stubs.h"
+#include "scheduler.h"
 #include "testserver.h"
 
 static test_app *T;
@@ -30,6 +31,7 @@ static char ann_tok[65], bob_tok[65], cat_tok[65], root_tok[65];
 static lagoon_v1_Video V;
 static lagoon_v1_ListPlaybookResponse BOOK;
 static lagoon_v1_ListHistoryResponse HIST;
+static lagoon_v1_PlayAck ack_sink; /* an ack the test does not look at */
 
 #define DAY_MS (24LL * 3600 * 1000)
 
@@ -38,6 +40,7 @@ static void tweak(app_config *acfg, rpc_config *cfg)
     test_tweak_shared(acfg, cfg);
     acfg->plays.max_events = 1000000; /* the tests report much without moving the clock */
     acfg->access_ttl_s = 400u * 24 * 3600; /* test_retention moves the clock by months */
+    acfg->sched_poll_ms = 3600 * 1000; /* the retention job runs when a test calls sched_run_due */
 }
 
 static void tweak_limited(app_config *acfg, rpc_config *cfg)
@@ -721,6 +724,44 @@ static void test_retention(void **state)
            "play_id");
 }
 
+/* Retention holds without any write: the durable job (scheduled by the first Start) trims
+ * what is past it when the scheduler runs, a page at a time; the figures and positions stay. */
+static void test_retention_job(void **state)
+{
+    (void)state;
+    uint64_t vid = video(ann_tok, 100, 1);
+    uint64_t p = play(bob_tok, vid, NULL, "quiet", 0);
+    static ix x[30];
+    viewing(x, 30, T->clock_ms - 60000);
+    assert_int_equal(report(C, bob_tok, p, x, 30, 1, NULL, NULL), LAGOON_OK); /* 30 batches */
+    lagoon_v1_VideoPlayStats before, after;
+    assert_int_equal(stats(ann_tok, vid, NULL, &before), LAGOON_OK);
+    store_error err;
+    uint32_t ran = 0;
+    test_clock_advance(T, 2 * 3600 * 1000);
+    assert_int_equal(sched_run_due(T->app, 0, &ran, &err), LAGOON_OK);
+    assert_int_equal(ran, 1);
+    playbook(bob_tok, 0, vid, NULL, 100, NULL);
+    assert_int_equal(BOOK.batches_count, 30); /* within the retention: kept */
+    /* 92 days on, nobody writes; the job runs. */
+    test_clock_advance(T, 92 * DAY_MS);
+    assert_int_equal(sched_run_due(T->app, 0, &ran, &err), LAGOON_OK);
+    assert_int_equal(ran, 1);
+    playbook(bob_tok, 0, vid, NULL, 100, NULL);
+    assert_int_equal(BOOK.batches_count, 0);
+    EXPECT(record(bob_tok, p, mk(31, lagoon_v1_PlayInteraction_Type_PAUSE, 1, T->clock_ms), &ack_sink), LAGOON_NOT_FOUND,
+           "play_id"); /* the play went too */
+    lagoon_v1_PlayPosition pos;
+    assert_int_equal(position(bob_tok, 0, vid, NULL, &pos), LAGOON_OK);
+    assert_int_equal(stats(ann_tok, vid, NULL, &after), LAGOON_OK);
+    assert_int_equal(after.plays, before.plays);
+    assert_int_equal(after.total_watch_ms, before.total_watch_ms);
+    /* The job goes on: it ran again, an hour later. */
+    test_clock_advance(T, 3600 * 1000);
+    assert_int_equal(sched_run_due(T->app, 0, &ran, &err), LAGOON_OK);
+    assert_int_equal(ran, 1);
+}
+
 /* ---- access ---------------------------------------------------------------------------------- */
 
 static void test_access(void **state)
@@ -995,6 +1036,7 @@ static void test_retry_after_restart(void **state)
     static ix x[20];
     viewing(x, 20, T->clock_ms - 60000);
     lagoon_v1_PlayAck acks[4];
+    memset(acks, 0, sizeof(acks));
     uint32_t n = 0;
     assert_int_equal(report(C, bob_tok, p, x, 10, 10, acks, &n), LAGOON_OK);
     assert_int_equal(acks[0].stored, 10);
@@ -1022,6 +1064,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_retries_store_nothing_twice, setup, teardown),
         cmocka_unit_test_setup_teardown(test_history, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retention, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_retention_job, setup, teardown),
         cmocka_unit_test_setup_teardown(test_access, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_input, setup, teardown),
         cmocka_unit_test_setup_teardown(test_report_window, setup, teardown),

@@ -1351,6 +1351,23 @@ int handle_Threads_Unfollow(rpc_call *call, const lagoon_v1_ThreadIdRequest *req
     return app_write_call(call, unfollow_write, NULL);
 }
 
+/* Ends membership row id when it is of a thread that is gone: one deleted by a cascade Threads
+ * does not run (its group's, or its author's group's), whose watchers stay members. */
+static int end_gone_watch(store_txn *t, uint64_t id, void *arg, store_error *err)
+{
+    const app_write_in *in = arg;
+    lagoon_v1_TopicMember m;
+    int st = store_get(t, &lagoon_table_topic_members, id, &m, err);
+    if (st != LAGOON_OK)
+        return st;
+    thread *th = malloc(sizeof(*th));
+    if (th == NULL)
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    st = store_get(t, &lagoon_table_threads, m.topic.id, th, err);
+    free(th);
+    return st == LAGOON_NOT_FOUND ? events_topic_leave(t, in->a, m.user_id, &m.topic, err) : st;
+}
+
 static int watch_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
 {
     (void)resp;
@@ -1362,6 +1379,19 @@ static int watch_write(store_txn *t, const app_write_in *in, void *resp, store_e
     int st = thread_for(t, &in->who, req->thread_id, "thread_id", th, &p, err);
     free(th);
     lagoon_v1_Topic tp = thread_topic(req->thread_id);
+    if (st == LAGOON_OK)
+        st = events_topic_join(t, in->a, in->who.user_id, &tp, err);
+    if (st != LAGOON_RESOURCE_EXHAUSTED)
+        return st;
+    /* At the topic cap: the caller's watches of threads gone since make room first (at most
+     * EVENTS_MAX_TOPICS_PER_USER lookups), then the join is tried once more. */
+    store_key prefix;
+    store_key_reset(&prefix);
+    store_key_u64(&prefix, in->who.user_id);
+    store_key_u32(&prefix, (uint32_t)lagoon_v1_Topic_Kind_THREAD);
+    store_query q = {.table = &lagoon_table_topic_members, .index = lagoon_index_topic_members_by_user,
+                     .prefix = prefix.buf, .prefix_len = prefix.len};
+    st = app_each_id(t, &q, end_gone_watch, (void *)in, err);
     return st == LAGOON_OK ? events_topic_join(t, in->a, in->who.user_id, &tp, err) : st;
 }
 

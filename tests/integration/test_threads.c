@@ -792,6 +792,37 @@ static void test_live(void **state)
     free(ev);
 }
 
+/* Watches of threads a group's deletion took (a cascade Threads does not run) stay topic
+ * memberships; at the cap, Watch ends them to make room. */
+static void test_watch_cap_after_group_delete(void **state)
+{
+    (void)state;
+    char tok[65];
+    test_user(C, "watcher", lagoon_v1_Role_STUDENT, tok);
+    uint64_t g = group("watched", PUB);
+    lagoon_v1_GroupRequest jr = {g};
+    lagoon_v1_GroupMember m;
+    lagoon_set_token(C, tok);
+    EXPECT(lagoon_Groups_Join(C, &jr, &m), LAGOON_OK, NULL); /* a topic of its own: the group's */
+    int watched = 0, st = LAGOON_OK;
+    for (int i = 0; i <= EVENTS_MAX_TOPICS_PER_USER && st == LAGOON_OK; i++) {
+        if (i % THREADS_CREATES_PER_MINUTE == 0)
+            fresh();
+        uint64_t t = created(own_tok, g, "watch me");
+        st = by_id(tok, t, lagoon_Threads_Watch);
+        watched += st == LAGOON_OK;
+    }
+    EXPECT(st, LAGOON_RESOURCE_EXHAUSTED, NULL);
+    assert_int_equal(watched, EVENTS_MAX_TOPICS_PER_USER - 1);
+    lagoon_v1_DeleteGroupRequest dg = {g};
+    lagoon_v1_GroupsEmpty ge;
+    lagoon_set_token(C, own_tok);
+    EXPECT(lagoon_Groups_Delete(C, &dg, &ge), LAGOON_OK, NULL);
+    fresh();
+    uint64_t f = created(own_tok, 0, "after the group");
+    EXPECT(by_id(tok, f, lagoon_Threads_Watch), LAGOON_OK, NULL);
+}
+
 /* ---- views -------------------------------------------------------------------------------------------- */
 
 static int view(const char *tok, uint64_t id, lagoon_v1_RecordThreadViewResponse *resp)
@@ -1034,7 +1065,8 @@ int main(void)
         cmocka_unit_test(test_access_matrix),   cmocka_unit_test(test_replies),
         cmocka_unit_test(test_lock_and_pin),    cmocka_unit_test(test_reaction_toggle),
         cmocka_unit_test(test_concurrent_toggles), cmocka_unit_test(test_follow_notifications),
-        cmocka_unit_test(test_live),            cmocka_unit_test(test_views),
+        cmocka_unit_test(test_live),            cmocka_unit_test(test_watch_cap_after_group_delete),
+        cmocka_unit_test(test_views),
         cmocka_unit_test(test_cascades),        cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_create_budget),
     };

@@ -80,6 +80,12 @@ int rpc_server_metrics(const rpc_server *s, struct evbuffer *out)
     for (int r = 0; r < RPC_REFUSALS; r++)
         evbuffer_add_printf(out, "lagoon_rpc_connections_refused_total{reason=\"%s\"} %llu\n", reasons[r],
                             (unsigned long long)rpc_server_refused(s, r));
+    family(out, "lagoon_rpc_goaways_total", "counter",
+           "GOAWAYs of the connection policy, by reason (max_connection_age, too_many_pings).");
+    evbuffer_add_printf(out, "lagoon_rpc_goaways_total{reason=\"max_connection_age\"} %llu\n",
+                        (unsigned long long)sum_field(st, n, offsetof(rpc_loop_stats, goaway_age)));
+    evbuffer_add_printf(out, "lagoon_rpc_goaways_total{reason=\"too_many_pings\"} %llu\n",
+                        (unsigned long long)sum_field(st, n, offsetof(rpc_loop_stats, goaway_pings)));
     family(out, "lagoon_rpc_received_bytes_total", "counter", "Bytes of whole frames and prefaces read from clients.");
     evbuffer_add_printf(out, "lagoon_rpc_received_bytes_total %llu\n",
                         (unsigned long long)sum_field(st, n, offsetof(rpc_loop_stats, bytes_in)));

@@ -37,6 +37,8 @@ typedef struct rpc_loop_stats {
     _Atomic uint64_t bytes_in;       /* bytes read off the loop's connections (whole frames, prefaces) */
     _Atomic uint64_t bytes_out;      /* bytes handed to the kernel */
     _Atomic uint64_t conns_accepted; /* connections the loop took on */
+    _Atomic uint64_t goaway_age;     /* GOAWAYs for max_connection_age_ms */
+    _Atomic uint64_t goaway_pings;   /* GOAWAYs for PINGs faster than min_ping_interval_ms */
     _Atomic uint64_t *calls;         /* [slot * RPC_METRICS_NSTATUS + status]: calls answered */
     _Atomic uint64_t *latency;       /* [slot * (RPC_METRICS_NBUCKETS + 1) + bucket]: not cumulative */
     _Atomic uint64_t *latency_sum_us; /* [slot]: total time of the calls in the histogram */

@@ -52,6 +52,17 @@
     X(max_output_buffer, "max-output-buffer", 16u << 20, 64u << 10, 1u << 30,                     \
       "Bytes queued for a client that does not read. Past it the connection is closed, so a "     \
       "stalled reader cannot grow server memory. Must exceed max-frame-size.")                    \
+    X(max_connection_age_ms, "max-connection-age-ms", 0u, 0u, 2592000000u,                         \
+      "A connection older than this (0 = no limit), give or take a random 10 %, is sent GOAWAY "   \
+      "so that clients reconnect, and through a load balancer spread over the backends again. "   \
+      "Calls already accepted get max-connection-age-grace-ms to finish.")                         \
+    X(max_connection_age_grace_ms, "max-connection-age-grace-ms", 30000u, 0u, 3600000u,            \
+      "After a max-connection-age GOAWAY, time the open calls get before they are ended with "    \
+      "UNAVAILABLE and the connection is closed. A stream meant to outlive it must reconnect.")    \
+    X(min_ping_interval_ms, "min-ping-interval-ms", 0u, 0u, 3600000u,                              \
+      "Keepalive policy, sent in SETTINGS (0 = none): the shortest time between two PINGs of one " \
+      "client. A client that pings sooner more than twice in a row is sent GOAWAY "                \
+      "\"too_many_pings\" and closed. One PING per idle-timeout-ms is all a connection needs.")   \
     X(drain_timeout_ms, "drain-timeout-ms", 10000u, 0u, 600000u,                                  \
       "On SIGTERM/SIGINT, time open calls get to finish before connections are closed.")          \
     X(max_timeout_ms, "max-timeout-ms", 600000u, 1000u, 86400000u,                                \
@@ -63,6 +74,10 @@
       "Password hashes (Register, Login, password changes) waiting for a hash worker. Each takes " \
       "tens of milliseconds of one core, so a longer queue only means later failures; when full, " \
       "sign-ins are refused with RESOURCE_EXHAUSTED and other work is unaffected.")
+
+/* PINGs in a row sooner than min_ping_interval_ms that are still answered: a client's timer
+ * may fire early once or twice (a suspended laptop, a clock step), a flood does not stop. */
+#define RPC_PING_STRIKES_MAX 2
 
 /* Largest single block rpc_call_alloc hands out: handlers' per-call state (a write's
  * arguments, a prepared row), never sized by the client. */

@@ -58,6 +58,7 @@
 #define ACCEPT_BACKOFF_MAX_MS 1000
 #define RETRY_BUSY_MS 100         /* retry_after_ms of a call refused by a per-connection limit */
 #define RETRY_DRAINING_MS 1000    /* retry_after_ms of UNAVAILABLE after GOAWAY: on a new connection */
+#define CONN_AGE_JITTER_PCT 10    /* max_connection_age_ms is applied give or take this much */
 
 enum conn_state { CONN_PREFACE, CONN_OPEN, CONN_CLOSING, CONN_DEAD };
 enum hstate { H_NONE, H_HELD, H_FINISHED, H_CANCELLED };
@@ -102,6 +103,7 @@ struct rpc_loop {
     rpc_conn *dirty;     /* connections with output to write, each holding a reference */
     struct event *sweep; /* every SWEEP_INTERVAL_MS: frame and stream timeouts, heap trim */
     rpc_loop_stats *stats;   /* this loop's counters (server->stats[index]) */
+    uint64_t rng;            /* xorshift64 state: the jitter of connection ages */
     size_t freed_since_trim; /* bytes closed connections held since the last malloc_trim */
     uint64_t last_trim_ms;   /* when it last ran: at most once per TRIM_INTERVAL_MS */
 };
@@ -123,6 +125,10 @@ struct rpc_conn {
     uint64_t last_frame_ms;   /* monotonic time of the last whole frame (or the preface) */
     uint64_t partial_since_ms; /* when the first byte of the incomplete frame in the input
                                 * arrived; 0 if the input holds no partial frame */
+    uint64_t age_deadline_ms;  /* monotonic time of the max-connection-age GOAWAY; 0 = none */
+    uint64_t age_goaway_ms;    /* when that GOAWAY was sent (its grace runs from here); 0 = not yet */
+    uint64_t last_ping_ms;     /* monotonic time of the client's last PING; 0 = none yet */
+    uint32_t ping_strikes;     /* PINGs in a row sooner than min_ping_interval_ms */
     atomic_size_t calls_mem;  /* bytes of this connection's calls still allocated (any thread) */
     atomic_size_t out_len; /* output buffer length, for rpc_call_backlog from other threads */
     struct evbuffer_cb_entry *out_cb; /* conn_output_cb: keeps out_len and server->held */
@@ -1401,6 +1407,31 @@ static void on_cancel(rpc_conn *c, const wire_frame *f)
     call_abandon(call, LAGOON_CANCELLED, 0, NULL);
 }
 
+/* The keepalive policy (min_ping_interval_ms): a PING sooner than the interval after the
+ * previous one is a strike, one on time clears them; past RPC_PING_STRIKES_MAX in a row the
+ * client is told why in a GOAWAY and closed. 1 if the connection is being closed. */
+static int ping_too_soon(rpc_conn *c)
+{
+    uint32_t min = c->loop->server->cfg.min_ping_interval_ms;
+    if (min == 0)
+        return 0;
+    uint64_t now = now_us() / 1000;
+    if (c->last_ping_ms != 0 && now - c->last_ping_ms < min)
+        c->ping_strikes++;
+    else
+        c->ping_strikes = 0;
+    c->last_ping_ms = now;
+    if (c->ping_strikes <= RPC_PING_STRIKES_MAX)
+        return 0;
+    char msg[128];
+    snprintf(msg, sizeof(msg), "too_many_pings: PING at most every %u ms (Settings.min_ping_interval_ms)", min);
+    log_limited(&violation_log, LOG_INFO, "peer=%s closed: %s", c->peer, msg);
+    rpc_stat_add(&c->loop->stats->goaway_pings, 1);
+    conn_send_goaway(c, msg);
+    conn_close_after_flush(c);
+    return 1;
+}
+
 static void on_frame(rpc_conn *c, const wire_frame *f)
 {
     switch (f->type) {
@@ -1414,6 +1445,8 @@ static void on_frame(rpc_conn *c, const wire_frame *f)
         on_cancel(c, f);
         break;
     case WIRE_PING: {
+        if (ping_too_soon(c))
+            break;
         uint8_t pong[WIRE_HEADER_SIZE + WIRE_PING_PAYLOAD];
         wire_header_encode(pong, WIRE_PONG, 0, 0, 0, 0, WIRE_PING_PAYLOAD);
         memcpy(pong + WIRE_HEADER_SIZE, f->payload, WIRE_PING_PAYLOAD);
@@ -1462,6 +1495,8 @@ static void conn_send_settings(rpc_conn *c)
     st.max_connection_memory = cfg->max_connection_memory;
     st.frame_timeout_ms = cfg->frame_timeout_ms;
     st.stream_idle_timeout_ms = cfg->stream_idle_timeout_ms;
+    st.min_ping_interval_ms = cfg->min_ping_interval_ms;   /* 0 (none) is not encoded */
+    st.max_connection_age_ms = cfg->max_connection_age_ms; /* likewise */
     conn_write_frame(c, WIRE_SETTINGS, 0, 0, 0, NULL, 0, &lagoon_v1_Settings_info, &st);
 }
 
@@ -1804,6 +1839,16 @@ static void conn_accept_fd(rpc_loop *l, int fd, const char *peer, const char *ho
     bufferevent_enable(c->bev, EV_READ); /* EV_WRITE only while the kernel is full: conn_flush */
     conn_timer_arm(c, l->server->cfg.handshake_timeout_ms);
     rpc_stat_add(&l->stats->conns_accepted, 1);
+    uint32_t age = l->server->cfg.max_connection_age_ms;
+    if (age) {
+        /* Jitter, so that connections made together (after a deploy) do not all leave together. */
+        l->rng ^= l->rng << 13;
+        l->rng ^= l->rng >> 7;
+        l->rng ^= l->rng << 17;
+        uint64_t span = (uint64_t)age * CONN_AGE_JITTER_PCT / 100;
+        uint64_t jittered = (uint64_t)age - span + (span ? l->rng % (2 * span + 1) : 0);
+        c->age_deadline_ms = now_us() / 1000 + (jittered ? jittered : 1);
+    }
 }
 
 /* ---- loops ---------------------------------------------------------------------------------- */
@@ -1812,6 +1857,22 @@ static void loop_maybe_exit(rpc_loop *l)
 {
     if (l->draining && l->nconns == 0)
         event_base_loopexit(l->base, NULL);
+}
+
+/* Ends every call of c still open with UNAVAILABLE and message (one reply per call). */
+static void conn_end_open_calls(rpc_conn *c, const char *message)
+{
+    for (int b = 0; c->buckets && b < CALL_BUCKETS && c->state != CONN_DEAD; b++) {
+        rpc_call *call = c->buckets[b];
+        while (call && c->state != CONN_DEAD) {
+            if (atomic_load(&call->done)) {
+                call = call->hnext;
+                continue;
+            }
+            call_abandon(call, LAGOON_UNAVAILABLE, 1, message);
+            call = c->buckets ? c->buckets[b] : NULL; /* the chain may have changed: again */
+        }
+    }
 }
 
 static void loop_drain_timeout_cb(evutil_socket_t fd, short what, void *arg)
@@ -1825,17 +1886,7 @@ static void loop_drain_timeout_cb(evutil_socket_t fd, short what, void *arg)
         rpc_conn *c = l->conns;
         /* Every call still open hears why it ends (one reply per call, even now), in one
          * last best-effort write before the close. */
-        for (int b = 0; c->buckets && b < CALL_BUCKETS && c->state != CONN_DEAD; b++) {
-            rpc_call *call = c->buckets[b];
-            while (call && c->state != CONN_DEAD) {
-                if (atomic_load(&call->done)) {
-                    call = call->hnext;
-                    continue;
-                }
-                call_abandon(call, LAGOON_UNAVAILABLE, 1, "the server shut down before the call finished");
-                call = c->buckets ? c->buckets[b] : NULL; /* the chain may have changed: again */
-            }
-        }
+        conn_end_open_calls(c, "the server shut down before the call finished");
         if (c->state != CONN_DEAD) {
             struct evbuffer *out = bufferevent_get_output(c->bev);
             evbuffer_unfreeze(out, 1);
@@ -1911,6 +1962,25 @@ static void call_stream_timeout(rpc_conn *c, rpc_call *call, uint32_t ms)
 
 /* Runs each SWEEP_INTERVAL_MS: frames that do not complete, client streams that make no
  * progress, and the heap left behind by closed connections. */
+/* max_connection_age_ms has passed for c: GOAWAY first, then, once the grace is over, the
+ * calls still open end with UNAVAILABLE and the connection closes (it closes by itself as
+ * soon as its last call ends: table_remove). 1 if c is closing. */
+static int conn_age_out(rpc_conn *c, uint64_t now)
+{
+    const rpc_config *cfg = &c->loop->server->cfg;
+    if (c->age_goaway_ms == 0) {
+        c->age_goaway_ms = now;
+        rpc_stat_add(&c->loop->stats->goaway_age, 1);
+        conn_send_goaway(c, "max_connection_age: reconnect (max-connection-age-ms)");
+        if (c->ncalls == 0)
+            conn_close_after_flush(c);
+    } else if (now - c->age_goaway_ms >= cfg->max_connection_age_grace_ms) {
+        conn_end_open_calls(c, "the connection reached its maximum age before the call finished: retry on a new connection");
+        conn_close_after_flush(c);
+    }
+    return c->state != CONN_OPEN;
+}
+
 static void loop_sweep_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -1921,6 +1991,8 @@ static void loop_sweep_cb(evutil_socket_t fd, short what, void *arg)
     for (rpc_conn *c = l->conns, *next; c; c = next) {
         next = c->next;
         if (c->state != CONN_OPEN)
+            continue;
+        if (c->age_deadline_ms && now >= c->age_deadline_ms && !l->draining && conn_age_out(c, now))
             continue;
         if (c->partial_since_ms && now - c->partial_since_ms >= cfg->frame_timeout_ms) {
             log_limited(&timeout_log, LOG_INFO, "peer=%s closed: a frame incomplete for %u ms", c->peer,
@@ -2362,6 +2434,7 @@ int rpc_server_run(rpc_server *s, rpc_error *err)
         l->server = s;
         l->index = i;
         l->stats = &s->stats[i];
+        l->rng = (now_us() ^ ((uint64_t)(i + 1) * 0x9E3779B97F4A7C15ull)) | 1; /* xorshift: never 0 */
         pthread_mutex_init(&l->mu, NULL);
         l->base = event_base_new();
         if (l->base == NULL) {

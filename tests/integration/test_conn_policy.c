@@ -1,0 +1,213 @@
+/* The connection policy of rpc/server.c through the raw protocol: the maximum connection age
+ * (GOAWAY, calls finish within the grace, or end with UNAVAILABLE after it) and the keepalive
+ * policy (SETTINGS carries it; a client that pings faster is sent GOAWAY and closed). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "lagoon/v1/rpc.pb.h"
+#include "lagoon_stubs.h"
+#include "testserver.h"
+
+static uint8_t buf[1 << 16];
+
+/* The next frame that is not a PONG, within 10 s; fails the test on EOF. */
+static void next_frame(int fd, wire_frame *f)
+{
+    for (int i = 0; i < 1000; i++) {
+        assert_int_equal(raw_read_frame(fd, buf, sizeof(buf), f, 10000), 1);
+        if (f->type != WIRE_PONG)
+            return;
+    }
+    fail_msg("only PONGs");
+}
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* A client stream (Debug/EchoCollect, call 1) left open, known to be open once call 3 after
+ * it is answered. */
+static int open_stream(uint16_t port)
+{
+    int fd = raw_connect(port, 1);
+    raw_send_frame(fd, WIRE_REQUEST, 0, 1, lagoon_method_Debug_EchoCollect.id, NULL, 0, NULL, 0);
+    raw_send_frame(fd, WIRE_REQUEST, WIRE_FLAG_END_STREAM, 3, lagoon_method_Health_Check.id, NULL, 0, NULL, 0);
+    wire_frame f;
+    next_frame(fd, &f);
+    assert_int_equal(f.type, WIRE_RESPONSE);
+    assert_int_equal(f.call_id, 3);
+    assert_int_equal(f.code, LAGOON_OK);
+    return fd;
+}
+
+static void test_max_age_goaway_lets_calls_finish(void **state)
+{
+    (void)state;
+    test_server t;
+    rpc_config cfg;
+    test_config(&cfg);
+    cfg.max_connection_age_ms = 1000;
+    cfg.max_connection_age_grace_ms = 60000;
+    test_server_start(&t, &cfg, NULL, 0);
+    int fd = open_stream(t.port);
+    wire_frame f;
+    next_frame(fd, &f);
+    assert_int_equal(f.type, WIRE_GOAWAY);
+    assert_int_equal(f.code, 3); /* the last call accepted */
+    char msg[256];
+    raw_meta_message(&f, msg, sizeof(msg));
+    assert_non_null(strstr(msg, "max_connection_age"));
+    /* No new call on this connection... */
+    raw_send_frame(fd, WIRE_REQUEST, WIRE_FLAG_END_STREAM, 5, lagoon_method_Health_Check.id, NULL, 0, NULL, 0);
+    next_frame(fd, &f);
+    assert_int_equal(f.call_id, 5);
+    assert_int_equal(f.code, LAGOON_UNAVAILABLE);
+    /* ...but the open one still finishes, and then the connection closes. */
+    raw_send_frame(fd, WIRE_MESSAGE, WIRE_FLAG_END_STREAM | WIRE_FLAG_NO_MESSAGE, 1, 0, NULL, 0, NULL, 0);
+    next_frame(fd, &f);
+    assert_int_equal(f.type, WIRE_RESPONSE);
+    assert_int_equal(f.call_id, 1);
+    assert_int_equal(f.code, LAGOON_OK);
+    assert_true(raw_wait_closed(fd, 10000));
+    close(fd);
+    /* A new connection is served as usual. */
+    fd = raw_connect(t.port, 1);
+    raw_send_frame(fd, WIRE_REQUEST, WIRE_FLAG_END_STREAM, 1, lagoon_method_Health_Check.id, NULL, 0, NULL, 0);
+    next_frame(fd, &f);
+    assert_int_equal(f.code, LAGOON_OK);
+    close(fd);
+    test_server_stop(&t);
+}
+
+static void test_max_age_grace_ends_open_calls(void **state)
+{
+    (void)state;
+    test_server t;
+    rpc_config cfg;
+    test_config(&cfg);
+    cfg.max_connection_age_ms = 1000;
+    cfg.max_connection_age_grace_ms = 0;
+    test_server_start(&t, &cfg, NULL, 0);
+    int fd = open_stream(t.port);
+    wire_frame f;
+    next_frame(fd, &f);
+    assert_int_equal(f.type, WIRE_GOAWAY);
+    next_frame(fd, &f);
+    assert_int_equal(f.type, WIRE_RESPONSE);
+    assert_int_equal(f.call_id, 1);
+    assert_int_equal(f.code, LAGOON_UNAVAILABLE);
+    char msg[256];
+    raw_meta_message(&f, msg, sizeof(msg));
+    assert_non_null(strstr(msg, "maximum age"));
+    assert_true(raw_wait_closed(fd, 10000));
+    close(fd);
+    test_server_stop(&t);
+}
+
+/* SETTINGS as the server sends it; its frame in *frame (pointing into buf). */
+static void read_settings(uint16_t port, lagoon_v1_Settings *st, int *fd_out, wire_frame *frame)
+{
+    int fd = raw_connect(port, 0);
+    raw_send(fd, WIRE_PREFACE, WIRE_PREFACE_LEN);
+    wire_frame f;
+    assert_int_equal(raw_read_frame(fd, buf, sizeof(buf), &f, 5000), 1);
+    assert_int_equal(f.type, WIRE_SETTINGS);
+    wire_violation v;
+    *st = (lagoon_v1_Settings)lagoon_v1_Settings_init_zero;
+    assert_int_equal(wire_decode(&lagoon_v1_Settings_info, f.payload, f.payload_len, st, &v), 0);
+    *fd_out = fd;
+    *frame = f;
+}
+
+static void ping(int fd)
+{
+    uint8_t payload[WIRE_PING_PAYLOAD] = {1, 2, 3, 4, 5, 6, 7, 8};
+    raw_send_frame(fd, WIRE_PING, 0, 0, 0, NULL, 0, payload, sizeof(payload));
+}
+
+static void test_ping_flood_gets_goaway(void **state)
+{
+    (void)state;
+    test_server t;
+    rpc_config cfg;
+    test_config(&cfg);
+    cfg.min_ping_interval_ms = 60000;
+    cfg.max_connection_age_ms = 3600000;
+    test_server_start(&t, &cfg, NULL, 0);
+    lagoon_v1_Settings st;
+    int fd;
+    wire_frame f;
+    read_settings(t.port, &st, &fd, &f);
+    assert_int_equal(st.min_ping_interval_ms, 60000);
+    assert_int_equal(st.max_connection_age_ms, 3600000);
+    /* The bytes docs/PROTOCOL.md §8 gives for these two fields, and the frame length. */
+    static const uint8_t policy[] = {0x48, 0xe0, 0xd4, 0x03, 0x50, 0x80, 0xdd, 0xdb, 0x01};
+    assert_int_equal(f.length, 0x33);
+    assert_true(f.payload_len >= sizeof(policy));
+    assert_memory_equal(f.payload + f.payload_len - sizeof(policy), policy, sizeof(policy));
+    /* The first PING and RPC_PING_STRIKES_MAX early ones are answered; the next is not. */
+    for (int i = 0; i < RPC_PING_STRIKES_MAX + 2; i++)
+        ping(fd);
+    for (int i = 0; i < RPC_PING_STRIKES_MAX + 1; i++) {
+        assert_int_equal(raw_read_frame(fd, buf, sizeof(buf), &f, 10000), 1);
+        assert_int_equal(f.type, WIRE_PONG);
+    }
+    assert_int_equal(raw_read_frame(fd, buf, sizeof(buf), &f, 10000), 1);
+    assert_int_equal(f.type, WIRE_GOAWAY);
+    char msg[256];
+    raw_meta_message(&f, msg, sizeof(msg));
+    assert_non_null(strstr(msg, "too_many_pings"));
+    assert_non_null(strstr(msg, "60000 ms"));
+    assert_true(raw_wait_closed(fd, 10000));
+    close(fd);
+    test_server_stop(&t);
+}
+
+static void test_pings_on_time_are_answered(void **state)
+{
+    (void)state;
+    test_server t;
+    rpc_config cfg;
+    test_config(&cfg);
+    cfg.min_ping_interval_ms = 100;
+    test_server_start(&t, &cfg, NULL, 0);
+    lagoon_v1_Settings st;
+    int fd;
+    wire_frame f;
+    read_settings(t.port, &st, &fd, &f);
+    assert_int_equal(st.min_ping_interval_ms, 100);
+    assert_int_equal(st.max_connection_age_ms, 0);
+    for (int i = 0; i < 2 * RPC_PING_STRIKES_MAX + 2; i++) {
+        ping(fd);
+        assert_int_equal(raw_read_frame(fd, buf, sizeof(buf), &f, 10000), 1);
+        assert_int_equal(f.type, WIRE_PONG);
+        sleep_ms(150); /* at least the interval, whatever the scheduler does */
+    }
+    raw_send_frame(fd, WIRE_REQUEST, WIRE_FLAG_END_STREAM, 1, lagoon_method_Health_Check.id, NULL, 0, NULL, 0);
+    next_frame(fd, &f);
+    assert_int_equal(f.type, WIRE_RESPONSE);
+    assert_int_equal(f.code, LAGOON_OK);
+    close(fd);
+    test_server_stop(&t);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_max_age_goaway_lets_calls_finish),
+        cmocka_unit_test(test_max_age_grace_ends_open_calls),
+        cmocka_unit_test(test_ping_flood_gets_goaway),
+        cmocka_unit_test(test_pings_on_time_are_answered),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

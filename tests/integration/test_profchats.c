@@ -40,6 +40,7 @@ static void tweak(app_config *acfg, rpc_config *cfg)
 {
     test_tweak_shared(acfg, cfg);
     acfg->sched_poll_ms = 3600 * 1000; /* the tests run due jobs themselves */
+    acfg->pro_chats.max_events = 1000;  /* test_every_transition creates 77 sessions */
 }
 
 static int setup(void **state)
@@ -527,6 +528,106 @@ static void test_who_joins_the_call(void **state)
     assert_int_equal(join(crowd_tok[0], VIEW.chat.id), LAGOON_NOT_FOUND); /* a draft */
 }
 
+/* ---- every action from every state --------------------------------------------------------------- */
+
+/* A new session of tess's in state st (crowd[0] registered from publication on): its id. */
+static uint64_t in_state(lagoon_v1_ProChat_State st)
+{
+    EXPECT(create(tess_tok, "sleep", 5, 60 * MIN), LAGOON_OK, NULL);
+    uint64_t id = VIEW.chat.id;
+    if (st == P(CANCELLED)) {
+        EXPECT(act(lagoon_ProfessionalChats_Cancel, tess_tok, id), LAGOON_OK, NULL);
+        return id;
+    }
+    if (st == P(DRAFT))
+        return id;
+    EXPECT(act(lagoon_ProfessionalChats_Submit, tess_tok, id), LAGOON_OK, NULL);
+    if (st == P(SUBMITTED))
+        return id;
+    if (st == P(REJECTED)) {
+        EXPECT(reject(root_tok, id, "Not yet"), LAGOON_OK, NULL);
+        return id;
+    }
+    EXPECT(act(lagoon_ProfessionalChats_Approve, root_tok, id), LAGOON_OK, NULL);
+    EXPECT(act(lagoon_ProfessionalChats_Register, crowd_tok[0], id), LAGOON_OK, NULL);
+    if (st != P(PUBLISHED))
+        EXPECT(act(lagoon_ProfessionalChats_Start, tess_tok, id), LAGOON_OK, NULL);
+    if (st == P(ENDED))
+        EXPECT(act(lagoon_ProfessionalChats_End, tess_tok, id), LAGOON_OK, NULL);
+    return id;
+}
+
+enum { A_UPDATE, A_SUBMIT, A_APPROVE, A_REJECT, A_FEATURE, A_CANCEL, A_START, A_END, A_RECORDING, A_REGISTER,
+       A_UNREGISTER, A_COUNT };
+
+/* Action a on id by the one who may do it (the host, an administrator, or an attendee). */
+static int do_action(int a, uint64_t id)
+{
+    lagoon_v1_UpdateProChatRequest u = lagoon_v1_UpdateProChatRequest_init_zero;
+    switch (a) {
+    case A_UPDATE:
+        u.chat_id = id;
+        u.has_duration_minutes = true;
+        u.duration_minutes = 90;
+        lagoon_set_token(C, tess_tok);
+        return lagoon_ProfessionalChats_Update(C, &u, &VIEW);
+    case A_SUBMIT: return act(lagoon_ProfessionalChats_Submit, tess_tok, id);
+    case A_APPROVE: return act(lagoon_ProfessionalChats_Approve, root_tok, id);
+    case A_REJECT: return reject(root_tok, id, "No");
+    case A_FEATURE: return feature(root_tok, id, 1);
+    case A_CANCEL: return act(lagoon_ProfessionalChats_Cancel, tess_tok, id);
+    case A_START: return act(lagoon_ProfessionalChats_Start, tess_tok, id);
+    case A_END: return act(lagoon_ProfessionalChats_End, tess_tok, id);
+    case A_RECORDING: return recording(tess_tok, id, "https://videos.example.com/r/2");
+    case A_REGISTER: return act(lagoon_ProfessionalChats_Register, crowd_tok[1], id);
+    default: return act(lagoon_ProfessionalChats_Unregister, crowd_tok[0], id);
+    }
+}
+
+/* Each action from each of the seven states, on a session of its own: allowed ones give the
+ * state of the table in docs/API.md, the others FAILED_PRECONDITION (or NOT_FOUND for an
+ * attendee who may not see the session). */
+static void test_every_transition(void **state)
+{
+    (void)state;
+    enum { UNCH = 0, HIDDEN = -1, REFUSED = -2 };
+    static const lagoon_v1_ProChat_State states[] = {P(DRAFT), P(SUBMITTED), P(REJECTED), P(PUBLISHED),
+                                                     P(LIVE),  P(ENDED),     P(CANCELLED)};
+    /* [action][state]: the state after, UNCH (allowed, unchanged), REFUSED, or HIDDEN. */
+    static const int want[A_COUNT][7] = {
+        [A_UPDATE] = {UNCH, REFUSED, UNCH, REFUSED, REFUSED, REFUSED, REFUSED},
+        [A_SUBMIT] = {P(SUBMITTED), REFUSED, P(SUBMITTED), REFUSED, REFUSED, REFUSED, REFUSED},
+        [A_APPROVE] = {REFUSED, P(PUBLISHED), REFUSED, REFUSED, REFUSED, REFUSED, REFUSED},
+        [A_REJECT] = {REFUSED, P(REJECTED), REFUSED, REFUSED, REFUSED, REFUSED, REFUSED},
+        [A_FEATURE] = {REFUSED, REFUSED, REFUSED, UNCH, UNCH, REFUSED, REFUSED},
+        [A_CANCEL] = {P(CANCELLED), P(CANCELLED), P(CANCELLED), P(CANCELLED), REFUSED, REFUSED, REFUSED},
+        [A_START] = {REFUSED, REFUSED, REFUSED, P(LIVE), REFUSED, REFUSED, REFUSED},
+        [A_END] = {REFUSED, REFUSED, REFUSED, REFUSED, P(ENDED), REFUSED, REFUSED},
+        [A_RECORDING] = {REFUSED, REFUSED, REFUSED, REFUSED, REFUSED, UNCH, REFUSED},
+        [A_REGISTER] = {HIDDEN, HIDDEN, HIDDEN, UNCH, REFUSED, REFUSED, HIDDEN},
+        [A_UNREGISTER] = {HIDDEN, HIDDEN, HIDDEN, UNCH, UNCH, REFUSED, HIDDEN},
+    };
+    for (int a = 0; a < A_COUNT; a++) {
+        for (int i = 0; i < 7; i++) {
+            uint64_t id = in_state(states[i]);
+            int st = do_action(a, id);
+            int w = want[a][i];
+            if (w == HIDDEN) {
+                EXPECT(st, LAGOON_NOT_FOUND, "chat_id");
+                continue;
+            }
+            if (w == REFUSED) {
+                EXPECT(st, LAGOON_FAILED_PRECONDITION, NULL);
+                EXPECT(act(lagoon_ProfessionalChats_Get, tess_tok, id), LAGOON_OK, NULL);
+                assert_int_equal(VIEW.chat.state, states[i]); /* nothing changed */
+                continue;
+            }
+            EXPECT(st, LAGOON_OK, NULL);
+            assert_int_equal(VIEW.chat.state, w == UNCH ? (int)states[i] : w);
+        }
+    }
+}
+
 /* ---- visibility of a cancelled session, long titles, the budget ------------------------------- */
 
 /* A draft (or a rejected session) cancelled stays the host's and the administrators'; one
@@ -627,6 +728,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_lists, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reminders, setup, teardown),
         cmocka_unit_test_setup_teardown(test_who_joins_the_call, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_every_transition, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancelled_visibility, setup, teardown),
         cmocka_unit_test_setup_teardown(test_long_title_notifications, setup, teardown),
         cmocka_unit_test_setup_teardown(test_budget, setup_budget, teardown),

@@ -332,6 +332,16 @@ static frame_copy *next_frame(lagoon_stream *s, uint64_t deadline_us, int *statu
 static void stream_unlink(lagoon_stream *s)
 {
     lagoon_client *c = s->c;
+    if (s->remote_closed && !s->local_closed) {
+        /* The server ended a call whose client side is still open (a refused first message of
+         * a bidi stream, say): the id stays in use on the server, counted against
+         * max_concurrent_calls, until the client ends its side too (PROTOCOL.md). A CANCEL does,
+         * and is harmless if the server has forgotten the id already. */
+        uint8_t cancel[WIRE_HEADER_SIZE];
+        wire_header_encode(cancel, WIRE_CANCEL, 0, s->id, 0, 0, 0);
+        send_all(c, cancel, sizeof(cancel));
+        s->local_closed = 1;
+    }
     for (lagoon_stream **p = &c->streams; *p; p = &(*p)->next) {
         if (*p == s) {
             *p = s->next;
@@ -443,6 +453,7 @@ static int stream_deadline_hit(lagoon_stream *s)
     wire_header_encode(cancel, WIRE_CANCEL, 0, s->id, 0, 0, 0);
     send_all(s->c, cancel, sizeof(cancel));
     s->remote_closed = 1;
+    s->local_closed = 1; /* the CANCEL ended our side */
     s->status = LAGOON_DEADLINE_EXCEEDED;
     return fail(&s->c->last, LAGOON_DEADLINE_EXCEEDED, "deadline exceeded (%u ms)", s->c->timeout_ms);
 }

@@ -1065,6 +1065,43 @@ static void test_restart_with_members_connected(void **state)
     EXPECT(lagoon_Party_Get(C, &g, &p), LAGOON_NOT_FOUND, "party_id");
 }
 
+/* Four calls at once on a connection: for test_refused_joins_free_their_calls. */
+#define FEW_CALLS 4
+static void tweak_few_calls(app_config *acfg, rpc_config *cfg)
+{
+    tweak(acfg, cfg);
+    cfg->max_concurrent_calls = FEW_CALLS;
+}
+
+/* A Join refused at its first frame ends on both sides: the client library ends its half of the
+ * call (a CANCEL), so its id does not stay in use on the server (it did until the connection
+ * closed or stream-idle-timeout-ms passed, and a fifth refused Join on one connection was a
+ * protocol violation that closed it). */
+static void test_refused_joins_free_their_calls(void **state)
+{
+    (void)state;
+    test_app *t = test_app_new(tweak_few_calls);
+    lagoon_client *c = test_client(t);
+    char tok[65];
+    test_verified_user(t, c, "solo", lagoon_v1_Role_STUDENT, tok);
+    lagoon_set_token(c, tok);
+    for (int i = 0; i < 3 * FEW_CALLS; i++) {
+        lagoon_v1_PartyClientFrame j = lagoon_v1_PartyClientFrame_init_zero;
+        j.which_command = i % 2 ? lagoon_v1_PartyClientFrame_join_tag : lagoon_v1_PartyClientFrame_play_tag;
+        j.command.join.party_id = 424242;
+        lagoon_stream *s;
+        assert_int_equal(lagoon_Party_Join(c, &j, &s), LAGOON_OK);
+        memset(&F, 0, sizeof(F));
+        assert_int_equal(lagoon_stream_recv_timeout(s, &F, RECV_MS), 0); /* refused: ended */
+        assert_int_equal(lagoon_stream_finish(s, NULL), i % 2 ? LAGOON_NOT_FOUND : LAGOON_INVALID_ARGUMENT);
+    }
+    lagoon_v1_PartyIdRequest g = {.party_id = 424242};
+    lagoon_v1_PartyState p;
+    assert_int_equal(lagoon_Party_Get(c, &g, &p), LAGOON_NOT_FOUND); /* the connection goes on */
+    lagoon_close(c);
+    test_app_free(t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1077,6 +1114,7 @@ int main(void)
         cmocka_unit_test(test_restart_mid_party),
         cmocka_unit_test(test_grace_ends_the_party),
         cmocka_unit_test(test_restart_with_members_connected),
+        cmocka_unit_test(test_refused_joins_free_their_calls),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

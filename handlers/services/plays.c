@@ -405,6 +405,14 @@ static int with_work(store_txn *t, const app_write_in *in, void *resp, play_rows
     return st;
 }
 
+/* A play's key in by_session: its user and the client's session id. */
+static void session_key(store_key *k, uint64_t user, const char *session_id)
+{
+    store_key_reset(k);
+    store_key_u64(k, user);
+    store_key_str(k, session_id);
+}
+
 static int start_rows(store_txn *t, const app_write_in *in, play_work *w, void *resp, store_error *err)
 {
     const lagoon_v1_StartPlayRequest *req = in->req;
@@ -419,9 +427,7 @@ static int start_rows(store_txn *t, const app_write_in *in, play_work *w, void *
             duration = w->v.duration_seconds * 1000u;
     }
     store_key k;
-    store_key_reset(&k);
-    store_key_u64(&k, in->who.user_id);
-    store_key_str(&k, req->session_id);
+    session_key(&k, in->who.user_id, req->session_id);
     st = store_get_by(t, &lagoon_table_plays, lagoon_index_plays_by_session, &k, NULL, &w->old, err);
     if (st == LAGOON_OK) { /* a retried Start: the play it made */
         if (w->old.video_id != req->video_id || strcmp(w->old.external_id, req->external_id) != 0)
@@ -473,12 +479,26 @@ static int start_write(store_txn *t, const app_write_in *in, void *resp, store_e
     return with_work(t, in, resp, start_rows, err);
 }
 
+/* Whether the caller's play of session_id exists (a retried Start): it costs no budget again. */
+static int start_made(rpc_call *call, const char *session_id)
+{
+    store_txn *t;
+    store_error err;
+    if (store_read_begin(app_of(call)->db, &t, &err) != LAGOON_OK)
+        return 0;
+    store_key k;
+    session_key(&k, rpc_call_caller(call)->user_id, session_id);
+    int st = store_get_by(t, &lagoon_table_plays, lagoon_index_plays_by_session, &k, NULL, NULL, &err);
+    store_read_end(t);
+    return st == LAGOON_OK;
+}
+
 int handle_Plays_Start(rpc_call *call, const lagoon_v1_StartPlayRequest *req, lagoon_v1_Play *resp)
 {
     (void)resp;
     if (video_ref_check(call, req->video_id, req->external_id) != LAGOON_OK)
         return LAGOON_INVALID_ARGUMENT;
-    uint32_t wait = budget_take(call, 1, app_now(app_of(call)));
+    uint32_t wait = start_made(call, req->session_id) ? 0 : budget_take(call, 1, app_now(app_of(call)));
     return wait ? budget_refused(call, wait) : app_write_call(call, start_write, NULL);
 }
 

@@ -1000,6 +1000,9 @@ static void test_budget_spares_retries(void **state)
     (void)state;
     uint64_t vid = video(ann_tok, 100, 1);
     uint64_t p = play(bob_tok, vid, NULL, "rr", 0); /* 1 of 20 */
+    lagoon_v1_Play again;
+    assert_int_equal(start_play(bob_tok, vid, NULL, "rr", 0, 0, &again), LAGOON_OK); /* a retried Start: free */
+    assert_int_equal(again.id, p);
     static ix x[25];
     for (uint32_t i = 0; i < 25; i++)
         x[i] = mk(i + 1, lagoon_v1_PlayInteraction_Type_PROGRESS, i * 1000, T->clock_ms);

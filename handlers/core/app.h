@@ -80,6 +80,7 @@ typedef struct app_config {
     limiter_policy pro_chats;      /* ProfessionalChats/Create per user; budget, 0s = 20
                                     * (APP_SETTINGS pro-chats-per-day) per day */
     uint32_t sched_poll_ms;        /* how often the scheduler looks for due jobs; 0 = 1 s (scheduler.h) */
+    uint32_t party_members_max;    /* tests only: members a party may have; 0 (or more) = PARTY_MEMBERS_MAX */
     uint32_t reminder_lead_ms;     /* a video chat's reminder this long before its start;
                                     * APP_SETTINGS video-chat-reminder-minutes */
     uint32_t turn_ttl_s;           /* TURN credentials' lifetime; APP_SETTINGS turn-credential-ttl-s */

@@ -720,9 +720,11 @@ static int join_first(rpc_call *call, const lagoon_v1_PartyClientFrame *req)
         st = LAGOON_NOT_FOUND;
     }
     party_member *m = st == LAGOON_OK ? member_of(p, who->user_id) : NULL;
-    if (st == LAGOON_OK && m == NULL && p->nmembers >= PARTY_MEMBERS_MAX)
+    uint32_t cap = a->cfg.party_members_max && a->cfg.party_members_max < PARTY_MEMBERS_MAX ? a->cfg.party_members_max
+                                                                                          : PARTY_MEMBERS_MAX;
+    if (st == LAGOON_OK && m == NULL && p->nmembers >= cap)
         st = store_fail(&err, LAGOON_RESOURCE_EXHAUSTED, NULL, "the party has %u members, the most it may have",
-                        (unsigned)PARTY_MEMBERS_MAX);
+                        (unsigned)cap);
     if (st != LAGOON_OK) {
         pthread_mutex_unlock(&ps->mu);
         return app_store_error(call, st, &err);

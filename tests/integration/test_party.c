@@ -1102,6 +1102,106 @@ static void test_refused_joins_free_their_calls(void **state)
     test_app_free(t);
 }
 
+/* A party of at most this many members: for test_members_cap (the real cap, 1 000, is the bench's). */
+#define FEW_MEMBERS 3
+static void tweak_few_members(app_config *acfg, rpc_config *cfg)
+{
+    tweak(acfg, cfg);
+    acfg->party_members_max = FEW_MEMBERS;
+}
+
+/* A Join beyond the party's members cap is RESOURCE_EXHAUSTED; a member that dropped its
+ * connection still counts (it may come back), one that left does not. */
+static void test_members_cap(void **state)
+{
+    (void)state;
+    test_app *t = test_app_new(tweak_few_members);
+    lagoon_client *c = test_client(t);
+    static char tok[FEW_MEMBERS + 1][65];
+    lagoon_client *mc[FEW_MEMBERS + 1];
+    lagoon_stream *ms[FEW_MEMBERS + 1];
+    for (int i = 0; i <= FEW_MEMBERS; i++) {
+        char name[16];
+        snprintf(name, sizeof(name), "crowd%d", i);
+        test_verified_user(t, c, name, lagoon_v1_Role_STUDENT, tok[i]);
+        mc[i] = test_client(t);
+        lagoon_set_token(mc[i], tok[i]);
+    }
+    lagoon_v1_CreateGroupRequest g = lagoon_v1_CreateGroupRequest_init_zero;
+    snprintf(g.name, sizeof(g.name), "crowd");
+    g.visibility = lagoon_v1_Group_Visibility_PUBLIC;
+    lagoon_v1_Group grp;
+    lagoon_set_token(c, tok[0]);
+    EXPECT(lagoon_Groups_Create(c, &g, &grp), LAGOON_OK, NULL);
+    for (int i = 1; i <= FEW_MEMBERS; i++) {
+        lagoon_v1_GroupRequest r = {.group_id = grp.id};
+        lagoon_v1_GroupMember gm;
+        lagoon_set_token(c, tok[i]);
+        EXPECT(lagoon_Groups_Join(c, &r, &gm), LAGOON_OK, NULL);
+    }
+    lagoon_v1_StartPartyRequest r = lagoon_v1_StartPartyRequest_init_zero;
+    lagoon_v1_PartyItem it = {.duration_ms = 1000};
+    snprintf(it.url, sizeof(it.url), "https://example.com/crowd");
+    r.group_id = grp.id;
+    r.items = &it;
+    r.items_count = 1;
+    lagoon_v1_PartyState p;
+    lagoon_set_token(c, tok[0]);
+    EXPECT(lagoon_Party_Start(c, &r, &p), LAGOON_OK, NULL);
+    r.items = NULL;
+    r.items_count = 0;
+    lagoon_v1_PartyClientFrame j = lagoon_v1_PartyClientFrame_init_zero;
+    j.which_command = lagoon_v1_PartyClientFrame_join_tag;
+    j.command.join.party_id = p.id;
+    /* joins: the first FEW_MEMBERS get their state, the next is refused */
+    for (int i = 0; i <= FEW_MEMBERS; i++) {
+        assert_int_equal(lagoon_Party_Join(mc[i], &j, &ms[i]), LAGOON_OK);
+        memset(&F, 0, sizeof(F));
+        int got = 0;
+        for (int k = 0; k < FRAMES_MAX && !got; k++) {
+            if (lagoon_stream_recv_timeout(ms[i], &F, RECV_MS) != 1)
+                break;
+            got = F.which_body == lagoon_v1_PartyServerFrame_state_tag;
+        }
+        assert_int_equal(got, i < FEW_MEMBERS);
+        if (i == FEW_MEMBERS) {
+            assert_int_equal(lagoon_stream_finish(ms[i], NULL), LAGOON_RESOURCE_EXHAUSTED);
+            ms[i] = NULL;
+        }
+    }
+    /* one drops its connection: still a member, the newcomer is still refused */
+    lagoon_stream_cancel(ms[1]);
+    ms[1] = NULL;
+    assert_int_equal(lagoon_Party_Join(mc[FEW_MEMBERS], &j, &ms[FEW_MEMBERS]), LAGOON_OK);
+    memset(&F, 0, sizeof(F));
+    while (lagoon_stream_recv_timeout(ms[FEW_MEMBERS], &F, RECV_MS) == 1)
+        assert_int_not_equal(F.which_body, lagoon_v1_PartyServerFrame_state_tag);
+    assert_int_equal(lagoon_stream_finish(ms[FEW_MEMBERS], NULL), LAGOON_RESOURCE_EXHAUSTED);
+    /* one leaves for good: room for the newcomer */
+    CF.which_command = lagoon_v1_PartyClientFrame_leave_tag;
+    assert_int_equal(lagoon_Party_Join_send(ms[2], &CF), LAGOON_OK);
+    memset(&CF, 0, sizeof(CF));
+    while (lagoon_stream_recv_timeout(ms[2], &F, RECV_MS) == 1)
+        ;
+    assert_int_equal(lagoon_stream_finish(ms[2], NULL), LAGOON_OK);
+    ms[2] = NULL;
+    assert_int_equal(lagoon_Party_Join(mc[FEW_MEMBERS], &j, &ms[FEW_MEMBERS]), LAGOON_OK);
+    int got = 0;
+    for (int k = 0; k < FRAMES_MAX && !got; k++) {
+        memset(&F, 0, sizeof(F));
+        assert_int_equal(lagoon_stream_recv_timeout(ms[FEW_MEMBERS], &F, RECV_MS), 1);
+        got = F.which_body == lagoon_v1_PartyServerFrame_state_tag;
+    }
+    assert_int_equal(F.body.state.members_present, 2);
+    for (int i = 0; i <= FEW_MEMBERS; i++) {
+        if (ms[i])
+            lagoon_stream_cancel(ms[i]);
+        lagoon_close(mc[i]);
+    }
+    lagoon_close(c);
+    test_app_free(t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1115,6 +1215,7 @@ int main(void)
         cmocka_unit_test(test_grace_ends_the_party),
         cmocka_unit_test(test_restart_with_members_connected),
         cmocka_unit_test(test_refused_joins_free_their_calls),
+        cmocka_unit_test(test_members_cap),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -828,9 +828,10 @@ static void report(party_state *ps, party_stream *s, const lagoon_v1_PartyReport
         return;
     m->m.reported_position_ms = r->position_ms;
     m->m.reported_at = r->measured_at;
-    int64_t age = now - r->measured_at;
-    if (!p->st.playing || !m->m.ready || r->measured_at < p->st.position_at || age < -PARTY_REPORT_MAX_AGE_MS ||
-        age > PARTY_REPORT_MAX_AGE_MS)
+    /* measured_at is any int64 from the wire: compared with bounds around now, never
+     * subtracted from it (that could overflow) */
+    if (!p->st.playing || !m->m.ready || r->measured_at < p->st.position_at ||
+        r->measured_at < now - PARTY_REPORT_MAX_AGE_MS || r->measured_at > now + PARTY_REPORT_MAX_AGE_MS)
         return; /* nothing to compare with */
     int64_t drift = r->position_ms - position(p, r->measured_at);
     int64_t mag = drift < 0 ? -drift : drift;

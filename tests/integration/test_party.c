@@ -756,6 +756,18 @@ static void test_policies(void **state)
     command(m, lagoon_v1_PartyClientFrame_report_tag);
     fence(m);
     assert_int_equal(m->corrections, 2);
+    /* measured at the ends of time (hostile clocks): not compared, no overflow (UBSan) */
+    const int64_t ends[] = {INT64_MIN, INT64_MAX};
+    for (int k = 0; k < 2; k++) {
+        test_clock_advance(T, PARTY_REPORT_INTERVAL_MS);
+        CF.command.report.measured_at = ends[k];
+        CF.command.report.position_ms = 10;
+        command(m, lagoon_v1_PartyClientFrame_report_tag);
+    }
+    int refused = m->refusals;
+    fence(m);
+    assert_int_equal(m->corrections, 2);
+    assert_int_equal(m->refusals, refused);
     command(&S[0], lagoon_v1_PartyClientFrame_end_tag);
     for (int i = 0; i < 5; i++)
         leave(&S[i]);

@@ -755,8 +755,31 @@ int lagoon_connect(const char *host, uint16_t port, const lagoon_options *opts, 
         }
         break;
     }
+    if (lagoon_schema_matches(c) == 0) {
+        static const char mismatch[] =
+            "the server was built from another IDL than this client (Settings.schema_hash differs): "
+            "methods or fields may be unknown to one side";
+        if (o.strict_schema) {
+            int st = fail(err, LAGOON_FAILED_PRECONDITION, "%s", mismatch);
+            lagoon_close(c);
+            return st;
+        }
+        if (o.warn != NULL)
+            o.warn(o.warn_arg, mismatch);
+        else
+            fprintf(stderr, "lagoon: warning: %s\n", mismatch);
+    }
     *out = c;
     return LAGOON_OK;
+}
+
+int lagoon_schema_matches(const lagoon_client *c)
+{
+    const lagoon_v1_Settings *st = &c->settings;
+    if (st->schema_hash.size == 0)
+        return -1;
+    return st->schema_hash.size == LAGOON_SCHEMA_HASH_SIZE &&
+           memcmp(st->schema_hash.bytes, lagoon_schema_hash, LAGOON_SCHEMA_HASH_SIZE) == 0;
 }
 
 void lagoon_close(lagoon_client *c)

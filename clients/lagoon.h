@@ -47,6 +47,15 @@ typedef struct lagoon_options {
     uint32_t connect_timeout_ms; /* 0 = 5000 */
     uint32_t timeout_ms;         /* default per-call deadline; 0 = none */
     uint32_t max_frame_size;     /* largest frame accepted from the server; 0 = 16 MiB */
+    /* A server whose Settings.schema_hash differs from this build's lagoon_schema_hash was built
+     * from another IDL (methods or fields this client does not know, or the other way round).
+     * 0: connect anyway and report it through warn; 1 (strict): refuse the connection with
+     * FAILED_PRECONDITION. A server that sends no hash is not checked. */
+    int strict_schema;
+    /* Called (during lagoon_connect) with a warning such as a schema mismatch; NULL: written to
+     * stderr as "lagoon: warning: ...". msg is valid during the call only. */
+    void (*warn)(void *warn_arg, const char *msg);
+    void *warn_arg;
 } lagoon_options;
 
 /* Connects, sends the preface and reads the server's SETTINGS. host is a name or a numeric
@@ -67,6 +76,8 @@ void lagoon_set_request_id(lagoon_client *c, const char *request_id);
 
 /* The last failed call's status and details. Valid until the next call on c. */
 const lagoon_error *lagoon_last_error(const lagoon_client *c);
+/* 1 if the server sent the same schema hash as this build's, 0 if another, -1 if none. */
+int lagoon_schema_matches(const lagoon_client *c);
 /* The server's limits, from its SETTINGS frame. */
 const lagoon_v1_Settings *lagoon_settings(const lagoon_client *c);
 /* Non-zero once the server sent GOAWAY: new calls fail with UNAVAILABLE. */

@@ -99,6 +99,10 @@ typedef struct rpc_config {
     const char *const *access_denied;
     unsigned naccess_denied;
     const char *version;    /* reported by Health/Check */
+    /* Sent as Settings.schema_hash (32 bytes: lagoon_schema_hash, SHA-256 of the IDL the
+     * routes come from) so that clients can tell they were built from another IDL; NULL: not
+     * sent. */
+    const uint8_t *schema_hash;
     void *app;              /* handlers' shared state (store, settings): rpc_call_app() */
     /* Called (control thread) when a drain starts, so that long-lived streams can be ended
      * instead of holding the drain open until its timeout. NULL: none. */

@@ -1497,6 +1497,10 @@ static void conn_send_settings(rpc_conn *c)
     st.stream_idle_timeout_ms = cfg->stream_idle_timeout_ms;
     st.min_ping_interval_ms = cfg->min_ping_interval_ms;   /* 0 (none) is not encoded */
     st.max_connection_age_ms = cfg->max_connection_age_ms; /* likewise */
+    if (cfg->schema_hash != NULL) {
+        st.schema_hash.size = sizeof(st.schema_hash.bytes);
+        memcpy(st.schema_hash.bytes, cfg->schema_hash, sizeof(st.schema_hash.bytes));
+    }
     conn_write_frame(c, WIRE_SETTINGS, 0, 0, 0, NULL, 0, &lagoon_v1_Settings_info, &st);
 }
 

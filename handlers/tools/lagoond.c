@@ -156,6 +156,7 @@ int main(int argc, char **argv)
     o.rpc.access_denied = app_access_denied;
     o.rpc.naccess_denied = APP_ACCESS_LEVELS;
     o.rpc.on_drain = app_on_drain;
+    o.rpc.schema_hash = lagoon_schema_hash;
     /* Without --debug-methods the Debug service is not routed at all: its calls are unknown
      * methods, and Reflection does not list them. */
     rpc_route *routes = malloc(lagoon_routes_count * sizeof(*routes));

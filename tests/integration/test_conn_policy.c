@@ -12,7 +12,9 @@
 
 #include <cmocka.h>
 
+#include "lagoon.h"
 #include "lagoon/v1/rpc.pb.h"
+#include "lagoon_idl.h"
 #include "lagoon_stubs.h"
 #include "testserver.h"
 
@@ -201,6 +203,58 @@ static void test_pings_on_time_are_answered(void **state)
     test_server_stop(&t);
 }
 
+static void count_warning(void *arg, const char *msg)
+{
+    assert_non_null(strstr(msg, "another IDL"));
+    (*(int *)arg)++;
+}
+
+/* Connects to a server sending hash (NULL: none), strict or not: the status, the match, and
+ * how many warnings were reported. */
+static int connect_with(const uint8_t *hash, int strict, int *matches, int *warnings)
+{
+    test_server t;
+    rpc_config cfg;
+    test_config(&cfg);
+    cfg.schema_hash = hash;
+    test_server_start(&t, &cfg, NULL, 0);
+    *warnings = 0;
+    lagoon_options o = {.strict_schema = strict, .warn = count_warning, .warn_arg = warnings};
+    lagoon_client *c = NULL;
+    lagoon_error err;
+    int st = lagoon_connect("127.0.0.1", t.port, &o, &c, &err);
+    *matches = c ? lagoon_schema_matches(c) : -2;
+    if (st != LAGOON_OK)
+        assert_non_null(strstr(err.detail.message, "another IDL"));
+    lagoon_close(c);
+    test_server_stop(&t);
+    return st;
+}
+
+static void test_schema_hash_is_compared(void **state)
+{
+    (void)state;
+    uint8_t other[LAGOON_SCHEMA_HASH_SIZE];
+    memcpy(other, lagoon_schema_hash, sizeof(other));
+    other[LAGOON_SCHEMA_HASH_SIZE - 1] ^= 1;
+    int matches, warnings;
+    /* The same IDL: nothing to say, strict or not. */
+    assert_int_equal(connect_with(lagoon_schema_hash, 1, &matches, &warnings), LAGOON_OK);
+    assert_int_equal(matches, 1);
+    assert_int_equal(warnings, 0);
+    /* Another IDL: a warning by default... */
+    assert_int_equal(connect_with(other, 0, &matches, &warnings), LAGOON_OK);
+    assert_int_equal(matches, 0);
+    assert_int_equal(warnings, 1);
+    /* ...an error in strict mode. */
+    assert_int_equal(connect_with(other, 1, &matches, &warnings), LAGOON_FAILED_PRECONDITION);
+    assert_int_equal(warnings, 0);
+    /* A server that sends none is not checked. */
+    assert_int_equal(connect_with(NULL, 1, &matches, &warnings), LAGOON_OK);
+    assert_int_equal(matches, -1);
+    assert_int_equal(warnings, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -208,6 +262,7 @@ int main(void)
         cmocka_unit_test(test_max_age_grace_ends_open_calls),
         cmocka_unit_test(test_ping_flood_gets_goaway),
         cmocka_unit_test(test_pings_on_time_are_answered),
+        cmocka_unit_test(test_schema_hash_is_compared),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -264,7 +264,22 @@ typedef struct known_play {
     uint64_t id, user;
     int video;            /* index into the test's videos */
     uint32_t duration, start;
+    uint32_t n;           /* interactions sent */
+    uint32_t digest;      /* of what was sent (digest_of): the playbook must give it back */
 } known_play;
+
+/* A digest of x[0..n)'s fields, so that what the playbook returns is what was sent. */
+static uint32_t digest_of(const ix *x, uint32_t n)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t f[6] = {x[i].seq, (uint64_t)x[i].type, x[i].position_ms, x[i].from_ms, x[i].rate_percent,
+                         (uint64_t)x[i].client_time_ms};
+        for (int j = 0; j < 6; j++)
+            h = (h ^ f[j]) * 1099511628211ULL;
+    }
+    return (uint32_t)(h ^ (h >> 32));
+}
 
 /* The rules of docs/API.md ("watch time", completion, drop-off), written again from the text. */
 typedef struct replay {
@@ -388,6 +403,8 @@ static void test_figures_match_recomputation(void **state)
         kp->id = p.id;
         kp->duration = p.duration_ms;
         uint32_t n = random_session(sent, kp->duration, kp->start, T->clock_ms - 9 * 60 * 1000, &seed);
+        kp->n = n;
+        kp->digest = digest_of(sent, n);
         if (i % 3 == 0) { /* some through Record, one at a time */
             for (uint32_t j = 0; j < n; j++) {
                 lagoon_v1_PlayAck ack;
@@ -407,6 +424,8 @@ static void test_figures_match_recomputation(void **state)
                 continue;
             memset(back, 0, sizeof(back));
             uint32_t n = from_playbook(&kps[i], vids[v], v == 2 ? ext : "", back);
+            assert_int_equal(n, kps[i].n); /* every interaction sent, as sent */
+            assert_int_equal(digest_of(back, n), kps[i].digest);
             for (uint32_t j = 0; j < n; j++)
                 assert_int_equal(back[j].seq, j + 1); /* no gap */
             replay r;

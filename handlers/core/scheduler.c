@@ -187,6 +187,13 @@ int sched_run_due(app *a, uint32_t max, uint32_t *ran, store_error *err)
     tick tk = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0};
     uint32_t n = 0;
     for (uint32_t i = 0; st == LAGOON_OK && i < page->n; i++) {
+        if (i > 0 && i % SCHED_GROUP_JOBS == 0) {
+            /* A group at a time: others' writes get into the batches between groups. */
+            pthread_mutex_lock(&tk.mu);
+            while (tk.pending > 0)
+                pthread_cond_wait(&tk.cv, &tk.mu);
+            pthread_mutex_unlock(&tk.mu);
+        }
         runs[n] = (run){.a = a, .tk = &tk, .id = page->ids[i], .now = now};
         pthread_mutex_lock(&tk.mu);
         tk.pending++;

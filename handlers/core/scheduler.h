@@ -8,7 +8,7 @@
  * Running. A thread of the app wakes every app_config.sched_poll_ms (SCHED_POLL_MS_DEFAULT) and
  * runs the jobs due on the app's clock (sched_run_due): at most SCHED_TICK_JOBS_MAX per tick,
  * oldest due first; a full tick is followed at once by the next one. Each job runs in a write of
- * its own (one batch for the whole tick): the job's row is read and deleted, then the module that
+ * its own, SCHED_GROUP_JOBS of them submitted at a time (a group shares a batch): the job's row is read and deleted, then the module that
  * owns its kind runs it (app_module.run_job), in the same transaction — so a job's effect and
  * its removal commit together, and it runs once even when two ticks race for it (the second
  * finds no row). A job moved later since the tick read it is left alone. A job whose run fails
@@ -28,6 +28,11 @@
  * bounded time and a backlog (a restart after a long stop) drains in steps others' writes
  * interleave with. */
 #define SCHED_TICK_JOBS_MAX 256
+/* Jobs submitted to the writer at once; the tick waits for them before the next group. A job
+ * may notify a whole chat (up to VIDEOCHATS_GROUP_MEMBERS_MAX people, a few ms of work): a tick
+ * of such jobs in one batch would hold every other write behind it for about a second, a group
+ * for a few hundred ms at most. Light jobs (a few notifications) cost a commit per group. */
+#define SCHED_GROUP_JOBS 32
 /* How often the thread looks for due jobs when app_config.sched_poll_ms is 0: a reminder is
  * sent at most about this late. */
 #define SCHED_POLL_MS_DEFAULT 1000

@@ -52,52 +52,7 @@
 
 /* ---- seeding (not measured) ---------------------------------------------------------------------- */
 
-typedef struct seed {
-    int n;                                   /* users, all members; the first owns the group */
-    uint64_t *ids;
-    char (*tokens)[ACCOUNT_TOKEN_CHARS + 1];
-    uint64_t group;
-    app *a;
-} seed;
-
-static int seed_group(store_txn *t, void *arg, store_error *err)
-{
-    seed *sd = arg;
-    for (int i = 0; i < sd->n; i++) {
-        char email[64], name[32];
-        snprintf(email, sizeof(email), "g%d@bench.invalid", i);
-        snprintf(name, sizeof(name), "member%d", i);
-        lagoon_v1_Session s = lagoon_v1_Session_init_zero;
-        bench_session_tokens(&s, sd->tokens[i]); /* replays regenerate them: read after the commit */
-        s.verified = true;
-        int st = bench_seed_user(t, name, email, lagoon_v1_Role_STUDENT, &s, &sd->ids[i], err);
-        if (st != LAGOON_OK)
-            return st;
-    }
-    lagoon_v1_Group *g = calloc(1, sizeof(*g));
-    if (g == NULL)
-        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
-    g->owner_id = sd->ids[0];
-    snprintf(g->name, sizeof(g->name), "bench group of %d", sd->n);
-    g->visibility = lagoon_v1_Group_Visibility_PUBLIC;
-    g->member_count = (uint32_t)sd->n;
-    g->created_at = g->last_activity_at = 1;
-    int st = store_insert(t, &lagoon_table_groups, g, &sd->group, err);
-    free(g);
-    lagoon_v1_Topic tp = {lagoon_v1_Topic_Kind_GROUP, sd->group};
-    for (int i = 0; i < sd->n && st == LAGOON_OK; i++) {
-        lagoon_v1_GroupMember m = lagoon_v1_GroupMember_init_zero;
-        m.group_id = sd->group;
-        m.user_id = sd->ids[i];
-        m.role = i == 0 ? lagoon_v1_GroupMember_Role_OWNER : lagoon_v1_GroupMember_Role_MEMBER;
-        m.state = lagoon_v1_GroupMember_State_ACTIVE;
-        m.joined_at = 1;
-        st = store_insert(t, &lagoon_table_group_members, &m, NULL, err);
-        if (st == LAGOON_OK)
-            st = events_topic_join(t, sd->a, sd->ids[i], &tp, err);
-    }
-    return st;
-}
+typedef bench_group_seed seed; /* n users, all members; the first owns the group */
 
 /* A stack over a fresh store holding a group of n members. 0 or -1. */
 static int stack_with_group(bench_stack *stack, seed *sd, int n, uint32_t max_conns)
@@ -106,13 +61,14 @@ static int stack_with_group(bench_stack *stack, seed *sd, int n, uint32_t max_co
     acfg.sends.max_events = UINT32_MAX; /* one user sends them all: the Send is measured, not the limit */
     memset(stack, 0, sizeof(*stack));   /* bench_stack_stop undoes only what was done */
     sd->n = n;
+    sd->prefix = "member";
     sd->ids = calloc((size_t)n, sizeof(uint64_t));
     sd->tokens = calloc((size_t)n, ACCOUNT_TOKEN_CHARS + 1);
     if (sd->ids == NULL || sd->tokens == NULL || bench_stack_open(stack, "/tmp/lagoon-groupsbench-XXXXXX", &acfg) != 0)
         return -1;
     sd->a = stack->app;
     store_error err;
-    if (store_write(stack->app->db, seed_group, sd, &err) != LAGOON_OK) {
+    if (store_write(stack->app->db, bench_seed_group, sd, &err) != LAGOON_OK) {
         fprintf(stderr, "seed: %s\n", err.message);
         return -1;
     }

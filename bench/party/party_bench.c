@@ -38,47 +38,6 @@
 #define JOIN_WAIT_S 300  /* for every member's first state */
 #define RUN_WAIT_S 600   /* for every command's delivery */
 
-typedef struct seed {
-    int n; /* users: the members and the controller; the first owns the group */
-    uint64_t *ids;
-    char (*tokens)[ACCOUNT_TOKEN_CHARS + 1];
-    uint64_t group;
-} seed;
-
-static int seed_group(store_txn *t, void *arg, store_error *err)
-{
-    seed *sd = arg;
-    for (int i = 0; i < sd->n; i++) {
-        char email[64], name[32];
-        snprintf(email, sizeof(email), "p%d@bench.invalid", i);
-        snprintf(name, sizeof(name), "watcher%d", i);
-        lagoon_v1_Session s = lagoon_v1_Session_init_zero;
-        bench_session_tokens(&s, sd->tokens[i]);
-        s.verified = true;
-        int st = bench_seed_user(t, name, email, lagoon_v1_Role_STUDENT, &s, &sd->ids[i], err);
-        if (st != LAGOON_OK)
-            return st;
-    }
-    lagoon_v1_Group *g = calloc(1, sizeof(*g));
-    if (g == NULL)
-        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
-    g->owner_id = sd->ids[0];
-    snprintf(g->name, sizeof(g->name), "watchers of %d", sd->n);
-    g->visibility = lagoon_v1_Group_Visibility_PUBLIC;
-    g->member_count = (uint32_t)sd->n;
-    int st = store_insert(t, &lagoon_table_groups, g, &sd->group, err);
-    free(g);
-    for (int i = 0; i < sd->n && st == LAGOON_OK; i++) {
-        lagoon_v1_GroupMember m = lagoon_v1_GroupMember_init_zero;
-        m.group_id = sd->group;
-        m.user_id = sd->ids[i];
-        m.role = i == 0 ? lagoon_v1_GroupMember_Role_OWNER : lagoon_v1_GroupMember_Role_MEMBER;
-        m.state = lagoon_v1_GroupMember_State_ACTIVE;
-        st = store_insert(t, &lagoon_table_group_members, &m, NULL, err);
-    }
-    return st;
-}
-
 typedef struct run run;
 
 typedef struct member {
@@ -189,7 +148,7 @@ static int cmp_u64(const void *a, const void *b)
 }
 
 /* Starts the party, joins every member and the controller, runs the commands, prints the row. */
-static int measure(run *r, const bench_stack *stack, const seed *sd)
+static int measure(run *r, const bench_stack *stack, const bench_group_seed *sd)
 {
     if (bench_stack_connect(stack, sd->tokens[0], &r->ctl) != 0)
         return -1;
@@ -310,7 +269,7 @@ static int run_size(int members, int commands, int interval_ms)
     }
     bench_stack stack;
     memset(&stack, 0, sizeof(stack));
-    seed sd = {.n = members};
+    bench_group_seed sd = {.n = members, .prefix = "watcher"}; /* the first owns the group and controls */
     run r;
     memset(&r, 0, sizeof(r));
     r.nmembers = members - 1; /* and the controller */
@@ -327,7 +286,8 @@ static int run_size(int members, int commands, int interval_ms)
     store_error err;
     if (r.base && r.members && r.sent_at && r.state_at && sd.ids && sd.tokens &&
         bench_stack_open(&stack, "/tmp/lagoon-partybench-XXXXXX", &acfg) == 0) {
-        if (store_write(stack.app->db, seed_group, &sd, &err) != LAGOON_OK) {
+        sd.a = stack.app;
+        if (store_write(stack.app->db, bench_seed_group, &sd, &err) != LAGOON_OK) {
             fprintf(stderr, "seed: %s\n", err.message);
         } else {
             rpc_config cfg;

@@ -112,6 +112,11 @@ typedef struct rpc_config {
 /* Fills every field with its default (127.0.0.1:7420, limits from rpc_limits.h). */
 void rpc_config_defaults(rpc_config *cfg);
 
+/* Checks cfg as rpc_server_new would, without binding anything: every limit in its range, the
+ * limits that must exceed max_frame_size, a numeric listen address. RPC_OK, or RPC_ERR with err
+ * filled (lagoond --check-config). */
+int rpc_config_check(const rpc_config *cfg, rpc_error *err);
+
 /* ---- Server lifecycle ----------------------------------------------------------------------- */
 
 /* Creates the server and binds its listening socket (so rpc_server_port is known at once).

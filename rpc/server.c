@@ -2271,10 +2271,8 @@ static int fit_connections_to_fd_limit(rpc_config *cfg, rpc_error *err)
     return RPC_OK;
 }
 
-int rpc_server_new(const rpc_config *cfg, const rpc_route *routes, size_t nroutes, rpc_server **out,
-                   rpc_error *err)
+int rpc_config_check(const rpc_config *cfg, rpc_error *err)
 {
-    *out = NULL;
 #define RPC_LIMIT_CHECK(field, flag, def, min, max, why)                                         \
     if (!limit_ok(cfg->field, (min), (max))) {                                              \
         snprintf(err->message, sizeof(err->message), "%s = %u is outside [%u, %u]", flag,        \
@@ -2291,6 +2289,21 @@ int rpc_server_new(const rpc_config *cfg, const rpc_route *routes, size_t nroute
         snprintf(err->message, sizeof(err->message), "max-connection-memory must exceed max-frame-size");
         return RPC_ERR;
     }
+    unsigned char addr[sizeof(struct in6_addr)];
+    if (inet_pton(AF_INET, cfg->listen_host, addr) != 1 && inet_pton(AF_INET6, cfg->listen_host, addr) != 1) {
+        snprintf(err->message, sizeof(err->message), "listen address '%s' is not a numeric IP address",
+                 cfg->listen_host);
+        return RPC_ERR;
+    }
+    return RPC_OK;
+}
+
+int rpc_server_new(const rpc_config *cfg, const rpc_route *routes, size_t nroutes, rpc_server **out,
+                   rpc_error *err)
+{
+    *out = NULL;
+    if (rpc_config_check(cfg, err) != RPC_OK)
+        return RPC_ERR;
     for (size_t i = 1; i < nroutes; i++) {
         if (routes[i - 1].method->id >= routes[i].method->id) {
             snprintf(err->message, sizeof(err->message), "routes are not sorted by unique method id");

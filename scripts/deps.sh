@@ -7,7 +7,7 @@
 set -eu
 
 pkgs="build-essential cmake pkg-config protobuf-compiler libprotobuf-dev python3-protobuf nanopb libnanopb-dev
-libevent-dev liblmdb-dev libsodium-dev libjansson-dev libssl-dev"
+libevent-dev liblmdb-dev libsodium-dev libjansson-dev libssl-dev help2man"
 case "${1:-}" in
 --test) pkgs="$pkgs libcmocka-dev clang libclang-rt-14-dev" ;;
 --bench) pkgs="$pkgs redis-server redis-tools valgrind gnuplot-nox" ;;

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "admin_http.h"
 #include "app.h"
@@ -29,6 +30,7 @@ typedef struct lagoond_opts {
     char data[LAGOOND_PATH_MAX];
     int log_level;
     uint32_t debug_methods; /* serve the Debug service (tests and benchmarks) */
+    uint32_t check_config;  /* --check-config: validate the settings and exit */
     uint32_t settings[APP_SETTINGS_COUNT]; /* APP_SETTINGS, 0 = the default */
     char stun_urls[APP_ICE_URLS_MAX];      /* app_config's ICE servers */
     char turn_urls[APP_ICE_URLS_MAX];
@@ -43,14 +45,17 @@ typedef struct lagoond_opts {
 static int parse_admin_listen(void *target, const char *value, char *err, size_t errlen)
 {
     struct lagoond_admin *a = target;
-    if (admin_listen_parse(value, a->host, sizeof(a->host), &a->port, err, errlen) != 0)
+    char why[160];
+    if (admin_listen_parse(value, a->host, sizeof(a->host), &a->port, why, sizeof(why)) != 0) {
+        snprintf(err, errlen, "--admin-listen wants [HOST:]PORT: %s", why);
         return -1;
+    }
     a->on = 1;
     return 0;
 }
 
 /* The RPC layer's options (rpc_options_server), lagoond's own, then the app's settings. */
-#define LAGOOND_OWN_OPTIONS 6
+#define LAGOOND_OWN_OPTIONS 7
 #define LAGOOND_OPTIONS (RPC_OPTIONS_SERVER_COUNT + LAGOOND_OWN_OPTIONS + APP_SETTINGS_COUNT)
 
 static size_t lagoond_options(lagoond_opts *o, rpc_option out[LAGOOND_OPTIONS])
@@ -76,6 +81,12 @@ static size_t lagoond_options(lagoond_opts *o, rpc_option out[LAGOOND_OPTIONS])
                             .help = "The shared secret of coturn's use-auth-secret (static-auth-secret): TURN "
                                     "credentials are username expiry:user id, password base64(HMAC-SHA1(secret, "
                                     "username)). Prefer LAGOON_TURN_SECRET in the environment to keep it out of ps."};
+    out[n++] = (rpc_option){
+        .name = "check-config", .kind = RPC_OPTION_BOOL, .target = &o->check_config,
+        .help = "Validate the settings (flags and LAGOON_* environment: ranges, listen addresses, the data "
+                "directory) without opening the store or binding a port, print \"configuration OK\" and exit 0, "
+                "or the first problem and exit 2. For a service manager's ExecStartPre or after editing the "
+                "environment file."};
     out[n++] = (rpc_option){
         .name = "admin-listen", .kind = RPC_OPTION_PARSE, .target = &o->admin, .parse = parse_admin_listen,
         .help = "Serve the HTTP admin listener on [HOST:]PORT (HOST numeric, 127.0.0.1 when left out): "
@@ -107,6 +118,60 @@ static int make_dirs(const char *path, char *err, size_t errlen)
     return 0;
 }
 
+/* The data directory as lagoond would use it: an existing writable directory, or one whose
+ * nearest existing ancestor is a writable directory (make_dirs creates the rest). */
+static int check_data_dir(const char *path, char *err, size_t errlen)
+{
+    char buf[LAGOOND_PATH_MAX];
+    snprintf(buf, sizeof(buf), "%s", path);
+    for (int depth = 0; depth < LAGOOND_PATH_MAX; depth++) {
+        struct stat st;
+        if (stat(buf, &st) == 0) {
+            if (!S_ISDIR(st.st_mode)) {
+                snprintf(err, errlen, "data directory: '%s' is not a directory", buf);
+                return -1;
+            }
+            if (access(buf, W_OK | X_OK) != 0) {
+                snprintf(err, errlen, "data directory: '%s' is not writable: %s", buf, strerror(errno));
+                return -1;
+            }
+            return 0;
+        }
+        char *slash = strrchr(buf, '/');
+        if (slash == NULL) {
+            snprintf(buf, sizeof(buf), ".");
+        } else if (slash == buf) {
+            buf[1] = '\0';
+        } else {
+            *slash = '\0';
+        }
+    }
+    snprintf(err, errlen, "data directory: cannot check '%s'", path);
+    return -1;
+}
+
+/* --check-config: everything that can be known without the store or the ports. */
+static int check_config(const lagoond_opts *o)
+{
+    rpc_error rerr;
+    char err[LAGOOND_PATH_MAX + 256];
+    if (rpc_config_check(&o->rpc, &rerr) != RPC_OK) {
+        fprintf(stderr, "lagoond: configuration: %s\n", rerr.message);
+        return 2;
+    }
+    if (check_data_dir(o->data, err, sizeof(err)) != 0) {
+        fprintf(stderr, "lagoond: configuration: %s\n", err);
+        return 2;
+    }
+    if (o->admin.on && strcmp(o->admin.host, o->rpc.listen_host) == 0 && o->admin.port == o->rpc.listen_port &&
+        o->admin.port != 0) {
+        fprintf(stderr, "lagoond: configuration: --admin-listen and --listen are the same address\n");
+        return 2;
+    }
+    printf("configuration OK\n");
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     lagoond_opts o;
@@ -133,6 +198,8 @@ int main(int argc, char **argv)
         return 2;
     }
     log_set_level(o.log_level);
+    if (o.check_config)
+        return check_config(&o);
     if (make_dirs(o.data, err, sizeof(err)) != 0) {
         fprintf(stderr, "lagoond: %s\n", err);
         return 1;

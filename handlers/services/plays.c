@@ -498,8 +498,15 @@ int handle_Plays_Start(rpc_call *call, const lagoon_v1_StartPlayRequest *req, la
     (void)resp;
     if (video_ref_check(call, req->video_id, req->external_id) != LAGOON_OK)
         return LAGOON_INVALID_ARGUMENT;
-    uint32_t wait = start_made(call, req->session_id) ? 0 : budget_take(call, 1, app_now(app_of(call)));
-    return wait ? budget_refused(call, wait) : app_write_call(call, start_write, NULL);
+    int64_t now = app_now(app_of(call));
+    uint32_t charged = start_made(call, req->session_id) ? 0 : 1;
+    uint32_t wait = budget_take(call, charged, now);
+    if (wait)
+        return budget_refused(call, wait);
+    int st = app_write_call(call, start_write, NULL);
+    if (st != RPC_PENDING) /* not queued */
+        budget_refund(call, charged, now);
+    return st;
 }
 
 /* ---- a batch of interactions: Record and Report ------------------------------------------------ */
@@ -781,7 +788,12 @@ int handle_Plays_Record(rpc_call *call, const lagoon_v1_RecordRequest *req, lago
     b->single = 1;
     b->x[0] = req->interaction;
     uint32_t wait = batch_budget(call, b, now);
-    return wait ? budget_refused(call, wait) : app_write_call_then(call, batch_write, b, record_after);
+    if (wait)
+        return budget_refused(call, wait);
+    int st = app_write_call_then(call, batch_write, b, record_after);
+    if (st != RPC_PENDING) /* not queued: record_after does not run */
+        budget_refund(call, b->charged, now);
+    return st;
 }
 
 /* ---- Report: a bidirectional stream of batches ---------------------------------------------------- */

@@ -42,6 +42,9 @@ struct lagoon_async {
     lagoon_v1_Settings settings;
     int have_settings;
     int broken;
+    int strict_schema;                            /* lagoon_async_options */
+    void (*warn)(void *warn_arg, const char *msg); /* lagoon_async_options; NULL: stderr */
+    void *warn_arg;
     wire_limits lim;
     char token[sizeof(((lagoon_v1_RequestMeta *)0)->auth_token)];
     uint32_t timeout_ms;
@@ -142,6 +145,28 @@ static void fail_all(lagoon_async *c, const char *why)
     c->qtail = NULL;
 }
 
+/* Compares the server's Settings.schema_hash with this build's (lagoon.h's lagoon_connect does
+ * the same): 1 if the connection was given up (strict mode). */
+static int schema_differs(lagoon_async *c)
+{
+    const lagoon_v1_Settings *st = &c->settings;
+    if (st->schema_hash.size == 0 || (st->schema_hash.size == LAGOON_SCHEMA_HASH_SIZE &&
+                                      memcmp(st->schema_hash.bytes, lagoon_schema_hash, LAGOON_SCHEMA_HASH_SIZE) == 0))
+        return 0;
+    static const char mismatch[] =
+        "the server was built from another IDL than this client (Settings.schema_hash differs): "
+        "methods or fields may be unknown to one side";
+    if (c->strict_schema) {
+        fail_all(c, mismatch);
+        return 1;
+    }
+    if (c->warn != NULL)
+        c->warn(c->warn_arg, mismatch);
+    else
+        fprintf(stderr, "lagoon: warning: %s\n", mismatch);
+    return 0;
+}
+
 static void on_call_frame(lagoon_async *c, const wire_frame *f)
 {
     lagoon_acall *call = table_find(c, f->call_id);
@@ -219,6 +244,10 @@ static void read_cb(struct bufferevent *bev, void *arg)
                 if (wire_decode_trusted(&lagoon_v1_Settings_info, f.payload, f.payload_len, &st, &v) == 0) {
                     c->settings = st;
                     c->have_settings = 1;
+                    if (schema_differs(c)) { /* strict: given up; nothing more is read */
+                        bufferevent_disable(bev, EV_READ);
+                        return;
+                    }
                 }
             } else if (f.type == WIRE_GOAWAY) {
                 c->broken = 1; /* open calls still finish; new ones are refused */
@@ -280,6 +309,11 @@ int lagoon_async_connect(struct event_base *base, const char *host, uint16_t por
     c->lim.max_frame_size = opts && opts->max_frame_size ? opts->max_frame_size : ASYNC_MAX_FRAME;
     c->lim.max_meta_size = UINT16_MAX;
     c->timeout_ms = opts ? opts->timeout_ms : 0;
+    if (opts != NULL) {
+        c->strict_schema = opts->strict_schema;
+        c->warn = opts->warn;
+        c->warn_arg = opts->warn_arg;
+    }
     c->bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE);
     if (c->bev == NULL) {
         close(fd);

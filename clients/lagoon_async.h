@@ -36,6 +36,12 @@ typedef struct lagoon_async_handlers {
 typedef struct lagoon_async_options {
     uint32_t timeout_ms;     /* deadline sent with every call; 0 = none */
     uint32_t max_frame_size; /* largest frame accepted from the server; 0 = 16 MiB */
+    /* As lagoon_options (lagoon.h): a server whose Settings.schema_hash differs from this
+     * build's is reported through warn (NULL: a line on stderr), or with strict_schema the
+     * connection is given up: every call ends with UNAVAILABLE naming the mismatch. */
+    int strict_schema;
+    void (*warn)(void *warn_arg, const char *msg);
+    void *warn_arg;
 } lagoon_async_options;
 
 /* Connects (blocking, bounded by 5 s) and sends the preface; the server's SETTINGS are read

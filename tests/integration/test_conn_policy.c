@@ -12,7 +12,11 @@
 
 #include <cmocka.h>
 
+#include <event2/event.h>
+
 #include "lagoon.h"
+#include "lagoon_async.h"
+#include "lagoon/v1/health.pb.h"
 #include "lagoon/v1/rpc.pb.h"
 #include "lagoon_idl.h"
 #include "lagoon_stubs.h"
@@ -255,6 +259,65 @@ static void test_schema_hash_is_compared(void **state)
     assert_int_equal(warnings, 0);
 }
 
+typedef struct async_done {
+    struct event_base *base;
+    int status; /* -100 until done */
+    char message[sizeof(((lagoon_v1_ResponseMeta *)0)->message)];
+} async_done;
+
+static void on_async_done(int status, const lagoon_v1_ResponseMeta *meta, void *arg)
+{
+    async_done *d = arg;
+    d->status = status;
+    snprintf(d->message, sizeof(d->message), "%s", meta ? meta->message : "");
+    event_base_loopbreak(d->base);
+}
+
+/* One Health/Check through the async client against a server sending another IDL's hash. */
+static void async_check(int strict, async_done *d, int *warnings)
+{
+    uint8_t other[LAGOON_SCHEMA_HASH_SIZE];
+    memcpy(other, lagoon_schema_hash, sizeof(other));
+    other[0] ^= 0x80;
+    test_server t;
+    rpc_config cfg;
+    test_config(&cfg);
+    cfg.schema_hash = other;
+    test_server_start(&t, &cfg, NULL, 0);
+    struct event_base *base = event_base_new();
+    assert_non_null(base);
+    *warnings = 0;
+    lagoon_async_options o = {.strict_schema = strict, .warn = count_warning, .warn_arg = warnings};
+    lagoon_async *c;
+    char err[256];
+    assert_int_equal(lagoon_async_connect(base, "127.0.0.1", t.port, &o, &c, err, sizeof(err)), LAGOON_OK);
+    d->base = base;
+    d->status = -100;
+    lagoon_v1_HealthCheckRequest req = lagoon_v1_HealthCheckRequest_init_zero;
+    lagoon_v1_HealthCheckResponse resp = lagoon_v1_HealthCheckResponse_init_zero;
+    assert_int_equal(lagoon_async_call(c, &lagoon_method_Health_Check, &req, &resp, on_async_done, d), LAGOON_OK);
+    struct timeval ten = {10, 0};
+    event_base_loopexit(base, &ten); /* bounded: the test fails below rather than hang */
+    event_base_dispatch(base);
+    lagoon_async_free(c);
+    event_base_free(base);
+    test_server_stop(&t);
+}
+
+static void test_async_client_compares_schema_hash(void **state)
+{
+    (void)state;
+    async_done d;
+    int warnings;
+    async_check(0, &d, &warnings);
+    assert_int_equal(d.status, LAGOON_OK);
+    assert_int_equal(warnings, 1);
+    async_check(1, &d, &warnings);
+    assert_int_equal(d.status, LAGOON_UNAVAILABLE);
+    assert_non_null(strstr(d.message, "another IDL"));
+    assert_int_equal(warnings, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -263,6 +326,7 @@ int main(void)
         cmocka_unit_test(test_ping_flood_gets_goaway),
         cmocka_unit_test(test_pings_on_time_are_answered),
         cmocka_unit_test(test_schema_hash_is_compared),
+        cmocka_unit_test(test_async_client_compares_schema_hash),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

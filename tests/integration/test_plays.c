@@ -794,6 +794,13 @@ static void test_access(void **state)
     /* Recording needs the right to read the video. */
     EXPECT(start_play(bob_tok, priv, NULL, "x", 0, 0, &p), LAGOON_NOT_FOUND, "video_id");
     assert_int_equal(start_play(ann_tok, priv, NULL, "mine", 0, 0, &p), LAGOON_OK);
+    /* A private video shared with cat: cat may play it, bob still may not. */
+    lagoon_v1_ShareVideoRequest sh = {priv, cat};
+    lagoon_v1_VideosEmpty se;
+    lagoon_set_token(C, ann_tok);
+    assert_int_equal(lagoon_Videos_Share(C, &sh, &se), LAGOON_OK);
+    assert_int_equal(start_play(cat_tok, priv, NULL, "shared", 0, 0, &p), LAGOON_OK);
+    EXPECT(start_play(bob_tok, priv, NULL, "x", 0, 0, &p), LAGOON_NOT_FOUND, "video_id");
     uint64_t bp = play(bob_tok, pub, NULL, "bob", 0);
     /* A play is its user's. */
     EXPECT(record(cat_tok, bp, mk(1, lagoon_v1_PlayInteraction_Type_PLAY, 0, T->clock_ms), &ack), LAGOON_NOT_FOUND,

@@ -342,8 +342,13 @@ static int snapshot_write(store_txn *t, void *arg, store_error *err)
     row.member = snap->member;
     row.member.reported_position_ms = 0; /* reports are not stored */
     row.member.reported_at = 0;
-    return found ? store_update(t, &lagoon_table_party_members, &row, err)
-                 : store_insert(t, &lagoon_table_party_members, &row, NULL, err);
+    if (found)
+        return store_update(t, &lagoon_table_party_members, &row, err);
+    st = store_insert(t, &lagoon_table_party_members, &row, NULL, err);
+    /* NOT_FOUND: the member's account was deleted while it was in the party (its rows went with
+     * it): it gets no row, and the party's state is stored all the same (a failed insert leaves
+     * nothing behind). */
+    return st == LAGOON_NOT_FOUND ? LAGOON_OK : st;
 }
 
 static void party_free(party *p)

@@ -62,6 +62,7 @@ typedef struct ctl {
     int verbose;
     long count; /* streams: stop after this many messages (0: until the end) */
     int names;  /* list --names: method names only, from the built-in schema (completion) */
+    int strict_schema; /* --strict-schema: refuse a server built from another IDL */
     lagoon_client *client;
     ctl_schema *builtin, *server;
     json_t *creds;       /* the credentials file, loaded on first use */
@@ -194,6 +195,7 @@ static int connect_quietly(ctl *x, int quiet)
         return LAGOON_OK;
     lagoon_options o = {0};
     o.timeout_ms = x->timeout_ms;
+    o.strict_schema = x->strict_schema; /* otherwise a mismatch is a warning on stderr */
     if (x->timeout_ms)
         o.connect_timeout_ms = x->timeout_ms;
     lagoon_error err;
@@ -1340,6 +1342,8 @@ static void help(FILE *out)
             "  --request-id ID         RequestMeta.request_id of the call\n"
             "  --count N               streams: stop after N messages\n"
             "  --schema FILE           use this FileDescriptorSet instead of the built-in schema\n"
+            "  --strict-schema         refuse a server built from another IDL (its SETTINGS schema hash\n"
+            "                          differs from this build's; by default: a warning on stderr)\n"
             "  -v                      metadata, status and timing on standard error\n"
             "\n"
             "exit status: 0 OK, 1 local failure, 2 usage or bad input, 64 + the status code otherwise\n"
@@ -1369,6 +1373,10 @@ static int parse_options(ctl *x, int *argc, char **argv)
         }
         if (strcmp(a, "--names") == 0) {
             x->names = 1;
+            continue;
+        }
+        if (strcmp(a, "--strict-schema") == 0) {
+            x->strict_schema = 1;
             continue;
         }
         if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {

@@ -22,6 +22,7 @@
 #include "groups.h"
 #include "lagoon_handlers.h"
 #include "paging.h"
+#include "threads.h"
 
 typedef lagoon_v1_Group group;
 typedef lagoon_v1_GroupMember member;
@@ -237,6 +238,8 @@ static int member_drop(store_txn *t, const app_write_in *in, group *g, const mem
         return st;
     lagoon_v1_Topic topic = group_topic(g->id);
     st = events_topic_leave(t, in->a, m->user_id, &topic, err);
+    if (st == LAGOON_OK) /* and its threads' topics, when it no longer sees them (a private group) */
+        st = threads_group_access_lost(t, in, m->user_id, g->id, err);
     if (g->member_count > 0)
         g->member_count--;
     g->last_activity_at = in->now;
@@ -451,6 +454,8 @@ static int delete_write(store_txn *t, const app_write_in *in, void *resp, store_
     }
     if (st == LAGOON_OK) /* nor a retried Edit its chat's words */
         st = groupchat_group_deleting(t, w->g.id, err);
+    if (st == LAGOON_OK) /* nor a retried Reply its threads' */
+        st = threads_group_deleting(t, in, w->g.id, err);
     if (st == LAGOON_OK)
         st = store_delete(t, &lagoon_table_groups, w->g.id, err);
     if (st == LAGOON_OK) /* a retried Create or Update must not bring it back */
@@ -493,6 +498,8 @@ static int user_row_going(store_txn *t, uint64_t id, void *arg, store_error *err
             st = app_forget_results(t, &lagoon_method_Groups_Update, w->g.id, err);
         if (st == LAGOON_OK) /* nor a member's retried Edit its chat */
             st = groupchat_group_deleting(t, w->g.id, err);
+        if (st == LAGOON_OK) /* nor a retried Reply its threads */
+            st = threads_group_deleting(t, in, w->g.id, err);
     } else if (st == LAGOON_OK) {
         st = member_drop(t, in, &w->g, &w->target, err);
     }

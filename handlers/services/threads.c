@@ -1351,11 +1351,20 @@ int handle_Threads_Unfollow(rpc_call *call, const lagoon_v1_ThreadIdRequest *req
     return app_write_call(call, unfollow_write, NULL);
 }
 
-/* Ends membership row id when it is of a thread that is gone: one deleted by a cascade Threads
- * does not run (its group's, or its author's group's), whose watchers stay members. */
-static int end_gone_watch(store_txn *t, uint64_t id, void *arg, store_error *err)
+/* A walk over a user's thread-topic memberships (threads_group_access_lost; Watch at the cap,
+ * with gid 0): the user as a caller, with their role, and the group that changed. */
+typedef struct access_walk {
+    const app_write_in *in;
+    rpc_caller them;
+    uint64_t gid;
+} access_walk;
+
+/* Ends membership row id when it is of a thread of group gid that the user no longer sees, or
+ * of a thread that is gone (deleted by a cascade Threads does not run, from before
+ * threads_group_deleting, whose watchers stayed members). */
+static int end_unseen_watch(store_txn *t, uint64_t id, void *arg, store_error *err)
 {
-    const app_write_in *in = arg;
+    const access_walk *w = arg;
     lagoon_v1_TopicMember m;
     int st = store_get(t, &lagoon_table_topic_members, id, &m, err);
     if (st != LAGOON_OK)
@@ -1363,9 +1372,28 @@ static int end_gone_watch(store_txn *t, uint64_t id, void *arg, store_error *err
     thread *th = malloc(sizeof(*th));
     if (th == NULL)
         return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    place p = {0};
     st = store_get(t, &lagoon_table_threads, m.topic.id, th, err);
+    int of_group = st == LAGOON_OK && th->group_id == w->gid;
+    if (of_group)
+        st = place_of(t, &w->them, w->gid, &p, err);
     free(th);
-    return st == LAGOON_NOT_FOUND ? events_topic_leave(t, in->a, m.user_id, &m.topic, err) : st;
+    if (st == LAGOON_NOT_FOUND || (st == LAGOON_OK && of_group && !p.reads))
+        return events_topic_leave(t, w->in->a, m.user_id, &m.topic, err);
+    return st;
+}
+
+/* end_unseen_watch over each of w's user's thread-topic memberships: at most
+ * EVENTS_MAX_TOPICS_PER_USER (the join cap). */
+static int end_unseen_watches(store_txn *t, access_walk *w, store_error *err)
+{
+    store_key prefix;
+    store_key_reset(&prefix);
+    store_key_u64(&prefix, w->them.user_id);
+    store_key_u32(&prefix, (uint32_t)lagoon_v1_Topic_Kind_THREAD);
+    store_query q = {.table = &lagoon_table_topic_members, .index = lagoon_index_topic_members_by_user,
+                     .prefix = prefix.buf, .prefix_len = prefix.len};
+    return app_each_id(t, &q, end_unseen_watch, w, err);
 }
 
 static int watch_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
@@ -1383,15 +1411,10 @@ static int watch_write(store_txn *t, const app_write_in *in, void *resp, store_e
         st = events_topic_join(t, in->a, in->who.user_id, &tp, err);
     if (st != LAGOON_RESOURCE_EXHAUSTED)
         return st;
-    /* At the topic cap: the caller's watches of threads gone since make room first (at most
-     * EVENTS_MAX_TOPICS_PER_USER lookups), then the join is tried once more. */
-    store_key prefix;
-    store_key_reset(&prefix);
-    store_key_u64(&prefix, in->who.user_id);
-    store_key_u32(&prefix, (uint32_t)lagoon_v1_Topic_Kind_THREAD);
-    store_query q = {.table = &lagoon_table_topic_members, .index = lagoon_index_topic_members_by_user,
-                     .prefix = prefix.buf, .prefix_len = prefix.len};
-    st = app_each_id(t, &q, end_gone_watch, (void *)in, err);
+    /* At the topic cap: the caller's watches of threads gone since make room first, then the
+     * join is tried once more. */
+    access_walk w = {.in = in, .them = in->who, .gid = 0};
+    st = end_unseen_watches(t, &w, err);
     return st == LAGOON_OK ? events_topic_join(t, in->a, in->who.user_id, &tp, err) : st;
 }
 
@@ -1509,9 +1532,28 @@ static int reply_going(store_txn *t, uint64_t id, void *arg, store_error *err)
     return st == LAGOON_NOT_FOUND ? LAGOON_OK : st;
 }
 
-/* A thread of the deleted account: its watchers leave, its kept responses are forgotten (the
- * account's cascade deletes it). */
-static int thread_of_user_going(store_txn *t, uint64_t id, void *arg, store_error *err)
+/* A follow of the deleted account: counted off its thread, then deleted. */
+static int follow_going(store_txn *t, uint64_t id, void *arg, store_error *err)
+{
+    (void)arg;
+    lagoon_v1_ThreadFollow f;
+    int st = store_get(t, &lagoon_table_thread_follows, id, &f, err);
+    thread *th = malloc(sizeof(*th));
+    if (th == NULL)
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    if (st == LAGOON_OK)
+        st = store_get(t, &lagoon_table_threads, f.thread_id, th, err);
+    if (st == LAGOON_OK && th->follower_count > 0) {
+        th->follower_count--;
+        st = store_update(t, &lagoon_table_threads, th, err);
+    }
+    free(th);
+    return st == LAGOON_OK ? store_delete(t, &lagoon_table_thread_follows, id, err) : st;
+}
+
+/* A thread of the deleted account, or of a group being deleted: its watchers leave, its kept
+ * responses are forgotten (the account's or the group's cascade deletes it). */
+static int thread_id_going(store_txn *t, uint64_t id, void *arg, store_error *err)
 {
     const app_write_in *in = arg;
     thread *th = malloc(sizeof(*th));
@@ -1542,7 +1584,40 @@ int threads_user_deleting(store_txn *t, const app_write_in *in, uint64_t user_id
         st = each_of_user(t, &lagoon_table_thread_replies, lagoon_index_thread_replies_by_author, user_id,
                           reply_going, in, err);
     if (st == LAGOON_OK)
-        st = each_of_user(t, &lagoon_table_threads, lagoon_index_threads_by_author, user_id, thread_of_user_going,
+        st = each_of_user(t, &lagoon_table_thread_follows, lagoon_index_thread_follows_by_user, user_id,
+                          follow_going, in, err);
+    if (st == LAGOON_OK)
+        st = each_of_user(t, &lagoon_table_threads, lagoon_index_threads_by_author, user_id, thread_id_going,
                           in, err);
     return st;
+}
+
+/* ---- access lost, group deleted --------------------------------------------------------------------- */
+
+int threads_group_access_lost(store_txn *t, const app_write_in *in, uint64_t user_id, uint64_t group_id,
+                              store_error *err)
+{
+    lagoon_v1_User *u = malloc(sizeof(*u));
+    if (u == NULL)
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    access_walk w = {.in = in, .them = {.user_id = user_id}, .gid = group_id};
+    int st = store_get(t, &lagoon_table_users, user_id, u, err);
+    if (st == LAGOON_OK)
+        w.them.role = (uint8_t)u->role;
+    free(u);
+    if (st == LAGOON_NOT_FOUND) /* an account being deleted: its memberships go with it */
+        return LAGOON_OK;
+    if (st != LAGOON_OK || w.them.role == lagoon_v1_Role_ADMIN)
+        return st;
+    return end_unseen_watches(t, &w, err);
+}
+
+int threads_group_deleting(store_txn *t, const app_write_in *in, uint64_t group_id, store_error *err)
+{
+    store_key prefix;
+    store_key_reset(&prefix);
+    store_key_u64(&prefix, group_id);
+    store_query q = {.table = &lagoon_table_threads, .index = lagoon_index_threads_by_place, .prefix = prefix.buf,
+                     .prefix_len = prefix.len};
+    return app_each_id(t, &q, thread_id_going, (void *)in, err);
 }

@@ -39,10 +39,28 @@ extern const app_module threads_module;
 int threads_place_key(const void *row, store_key *k);
 
 /* Call in the transaction that deletes account in->who (Users/DeleteAccount), before the
- * delete: its replies and reactions on threads that stay are deleted here, through Threads'
- * own delete paths, so that those threads' reply and reaction counts stay exact (a cascade
- * would leave them counted), and the watchers of its own threads leave their topics. Costs a
- * few rows per reply and reaction of the account. */
+ * delete: its replies, reactions and follows on threads that stay are deleted here, through
+ * Threads' own delete paths, so that those threads' reply, reaction and follower counts stay
+ * exact (a cascade would leave them counted), and the watchers of its own threads leave their
+ * topics. Costs a few rows per reply, reaction and follow of the account (rows the account's
+ * cascade would delete in the same transaction anyway). */
 int threads_user_deleting(store_txn *t, const app_write_in *in, uint64_t user_id, store_error *err);
+
+/* Call in the transaction that ends user_id's access to group group_id's content (the user
+ * left or was removed, while the group is private): ends the user's memberships of the topics
+ * of that group's threads that the user no longer sees (a site administrator, or anyone for a
+ * public group, still sees them), so that their replies and reactions stop reaching the user
+ * live (a membership is not checked again when an event is sent). Walks the user's thread
+ * topics only: at most EVENTS_MAX_TOPICS_PER_USER. */
+int threads_group_access_lost(store_txn *t, const app_write_in *in, uint64_t user_id, uint64_t group_id,
+                              store_error *err);
+
+/* Call in the transaction that deletes group group_id (Groups/Delete, or its owner's account
+ * deletion), before the delete whose cascade takes its threads: for each of them, what
+ * Threads/Delete does besides the row (its kept responses and its replies' are forgotten, so a
+ * retried Reply or Create is NOT_FOUND instead of the words of a deleted thread; its watchers
+ * get THREAD_DELETED and leave its topic). Costs a few rows per thread and per reply of the
+ * group, as the cascade does. */
+int threads_group_deleting(store_txn *t, const app_write_in *in, uint64_t group_id, store_error *err);
 
 #endif

@@ -741,6 +741,20 @@ static void next_thread_event(device *d, uint64_t tid, lagoon_v1_Event *ev)
     fail_msg("no event of the thread's topic");
 }
 
+/* A subscribed device of tok's user, watching thread tid; its joining event read. */
+static device watching(const char *tok, uint64_t tid, lagoon_v1_Event *ev)
+{
+    device d = {test_client(T), NULL};
+    lagoon_set_token(d.c, tok);
+    lagoon_v1_SubscribeRequest sr = lagoon_v1_SubscribeRequest_init_zero;
+    assert_int_equal(lagoon_Events_Subscribe(d.c, &sr, &d.s), LAGOON_OK);
+    EXPECT(by_id(tok, tid, lagoon_Threads_Watch), LAGOON_OK, NULL);
+    next_thread_event(&d, tid, ev);
+    assert_int_equal(ev->which_payload, lagoon_v1_Event_membership_tag);
+    assert_true(ev->payload.membership.joined);
+    return d;
+}
+
 static void test_live(void **state)
 {
     (void)state;
@@ -748,14 +762,7 @@ static void test_live(void **state)
     uint64_t t = created(own_tok, 0, "live");
     lagoon_v1_Event *ev = calloc(1, sizeof(*ev));
     assert_non_null(ev);
-    device d = {test_client(T), NULL};
-    lagoon_set_token(d.c, out_tok);
-    lagoon_v1_SubscribeRequest sr = lagoon_v1_SubscribeRequest_init_zero;
-    assert_int_equal(lagoon_Events_Subscribe(d.c, &sr, &d.s), LAGOON_OK);
-    EXPECT(by_id(out_tok, t, lagoon_Threads_Watch), LAGOON_OK, NULL);
-    next_thread_event(&d, t, ev);
-    assert_int_equal(ev->which_payload, lagoon_v1_Event_membership_tag);
-    assert_true(ev->payload.membership.joined);
+    device d = watching(out_tok, t, ev);
     /* A reply arrives filled in, then an edit, a reaction with the counts, a deletion. */
     uint64_t r = replied(mem_tok, t, 0, "live reply");
     next_thread_event(&d, t, ev);
@@ -792,8 +799,9 @@ static void test_live(void **state)
     free(ev);
 }
 
-/* Watches of threads a group's deletion took (a cascade Threads does not run) stay topic
- * memberships; at the cap, Watch ends them to make room. */
+/* A watcher at the topic cap: the group's deletion ends the watches of its threads
+ * (threads_group_deleting), so the next Watch has room (and Watch at the cap would also end
+ * memberships of threads gone without it). */
 static void test_watch_cap_after_group_delete(void **state)
 {
     (void)state;
@@ -931,6 +939,7 @@ static void test_cascades(void **state)
     EXPECT(get(own_tok, kept), LAGOON_OK, NULL);
     assert_int_equal(TH.reply_count, 1); /* r stays; the leaver's, and the one under it, go */
     assert_int_equal(count_of(TH.reactions, TH.reactions_count, lagoon_v1_ThreadReaction_LOVE), 1);
+    assert_int_equal(TH.follower_count, 1); /* the author's own: the leaver's follow is counted off */
     assert_int_equal(recount(kept, 0, lagoon_v1_ThreadReaction_LOVE), 1);
     EXPECT(list_replies(own_tok, kept, 0, NULL), LAGOON_OK, NULL);
     assert_int_equal(LR.replies_count, 1);
@@ -1059,6 +1068,81 @@ static void test_create_budget(void **state)
     EXPECT(reply(mem_tok, t, 0, "someone else's budget"), LAGOON_OK, NULL);
 }
 
+/* ---- access lost, group deleted, account deleted ----------------------------------------------------- */
+
+/* A member who watches a private group's thread and then leaves the group (or is removed)
+ * leaves the thread's topic with it: its later replies do not reach them live (Get is
+ * NOT_FOUND to them). A site administrator who is not a member keeps watching. */
+static void test_watch_after_leave(void **state)
+{
+    (void)state;
+    lagoon_v1_Event *ev = calloc(1, sizeof(*ev));
+    assert_non_null(ev);
+    for (int removed = 0; removed < 2; removed++) {
+        fresh();
+        uint64_t g = group(removed ? "removed from" : "left", PRIV);
+        uint64_t t = created(own_tok, g, "secret thread");
+        uint64_t other = created(own_tok, 0, "a public one"); /* a watch that stays */
+        device d = watching(mem_tok, t, ev);
+        EXPECT(by_id(mem_tok, other, lagoon_Threads_Watch), LAGOON_OK, NULL);
+        EXPECT(by_id(root_tok, t, lagoon_Threads_Watch), LAGOON_OK, NULL);
+        lagoon_v1_GroupsEmpty ge;
+        if (removed) {
+            lagoon_v1_GroupUserRequest rr = {g, mem};
+            lagoon_set_token(C, own_tok);
+            EXPECT(lagoon_Groups_Remove(C, &rr, &ge), LAGOON_OK, NULL);
+        } else {
+            lagoon_v1_GroupRequest lr = {g};
+            lagoon_set_token(C, mem_tok);
+            EXPECT(lagoon_Groups_Leave(C, &lr, &ge), LAGOON_OK, NULL);
+        }
+        EXPECT(get(mem_tok, t), LAGOON_NOT_FOUND, "thread_id");
+        /* The next event of the thread's topic is the end of the membership, not the reply. */
+        next_thread_event(&d, t, ev);
+        if (ev->which_payload == lagoon_v1_Event_thread_tag)
+            fail_msg("ex-member got action %d text \"%s\"", ev->payload.thread.action,
+                     ev->payload.thread.item.reply.text);
+        assert_int_equal(ev->which_payload, lagoon_v1_Event_membership_tag);
+        assert_false(ev->payload.membership.joined);
+        replied(adm_tok, t, 0, "members only: the secret");
+        /* The public thread's topic still reaches them, after the reply above was sent (its
+         * joining event went by, skipped, while waiting for the private thread's). */
+        replied(adm_tok, other, 0, "for everyone");
+        next_thread_event(&d, other, ev);
+        assert_int_equal(ev->which_payload, lagoon_v1_Event_thread_tag);
+        assert_string_equal(ev->payload.thread.item.reply.text, "for everyone");
+        lagoon_stream_cancel(d.s);
+        lagoon_close(d.c);
+        /* The administrator still watches the private thread; the ex-member may watch no more. */
+        EXPECT(by_id(mem_tok, t, lagoon_Threads_Watch), LAGOON_NOT_FOUND, "thread_id");
+        EXPECT(by_id(root_tok, t, lagoon_Threads_Unwatch), LAGOON_OK, NULL);
+        EXPECT(by_id(mem_tok, other, lagoon_Threads_Unwatch), LAGOON_OK, NULL);
+    }
+    free(ev);
+}
+
+/* A Reply (and a Create) retried with its idempotency key after the thread's private group was
+ * deleted runs again (NOT_FOUND) instead of answering the kept reply or thread. */
+static void test_kept_reply_after_group_delete(void **state)
+{
+    (void)state;
+    fresh();
+    uint64_t g = group("kept", PRIV);
+    lagoon_set_idempotency_key(C, "kept-create-1");
+    uint64_t t = created(own_tok, g, "kept");
+    lagoon_set_idempotency_key(C, "kept-reply-1");
+    EXPECT(reply(mem_tok, t, 0, "kept words"), LAGOON_OK, NULL);
+    lagoon_v1_DeleteGroupRequest dg = {g};
+    lagoon_v1_GroupsEmpty ge;
+    lagoon_set_token(C, own_tok);
+    EXPECT(lagoon_Groups_Delete(C, &dg, &ge), LAGOON_OK, NULL);
+    EXPECT(get(mem_tok, t), LAGOON_NOT_FOUND, "thread_id");
+    lagoon_set_idempotency_key(C, "kept-reply-1");
+    EXPECT(reply(mem_tok, t, 0, "kept words"), LAGOON_NOT_FOUND, "thread_id");
+    lagoon_set_idempotency_key(C, "kept-create-1");
+    EXPECT(create(own_tok, g, "kept"), LAGOON_NOT_FOUND, "group_id");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1068,7 +1152,8 @@ int main(void)
         cmocka_unit_test(test_live),            cmocka_unit_test(test_watch_cap_after_group_delete),
         cmocka_unit_test(test_views),
         cmocka_unit_test(test_cascades),        cmocka_unit_test(test_bad_input),
-        cmocka_unit_test(test_create_budget),
+        cmocka_unit_test(test_create_budget),   cmocka_unit_test(test_watch_after_leave),
+        cmocka_unit_test(test_kept_reply_after_group_delete),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -51,6 +51,7 @@ typedef struct threads_state {
     limiter *creates;   /* Create, THREADS_CREATES_PER_MINUTE per user */
     limiter *replies;   /* Reply, THREADS_REPLIES_PER_MINUTE */
     limiter *reactions; /* React, THREADS_REACTIONS_PER_MINUTE */
+    limiter *toggles;   /* Follow, Unfollow, Watch, Unwatch together, THREADS_TOGGLES_PER_MINUTE */
 } threads_state;
 
 static limiter *budget(const app *a, uint32_t per_minute)
@@ -68,6 +69,7 @@ static void threads_stop(app *a, void *state)
     limiter_free(s->creates);
     limiter_free(s->replies);
     limiter_free(s->reactions);
+    limiter_free(s->toggles);
     free(s);
 }
 
@@ -78,8 +80,9 @@ static int threads_start(app *a, void **state, rpc_error *err)
         s->creates = budget(a, THREADS_CREATES_PER_MINUTE);
         s->replies = budget(a, THREADS_REPLIES_PER_MINUTE);
         s->reactions = budget(a, THREADS_REACTIONS_PER_MINUTE);
+        s->toggles = budget(a, THREADS_TOGGLES_PER_MINUTE);
     }
-    if (s == NULL || s->creates == NULL || s->replies == NULL || s->reactions == NULL) {
+    if (s == NULL || s->creates == NULL || s->replies == NULL || s->reactions == NULL || s->toggles == NULL) {
         threads_stop(a, s);
         snprintf(err->message, sizeof(err->message), "out of memory");
         return RPC_ERR;
@@ -1337,18 +1340,25 @@ static int unfollow_write(store_txn *t, const app_write_in *in, void *resp, stor
     return st;
 }
 
+/* Follow, Unfollow, Watch and Unwatch: each writes a row or a topic membership (and its event),
+ * so a loop of them is held to the user's toggles budget. */
+static int toggle(rpc_call *call, app_write_fn fn)
+{
+    return app_write_call_limited(call, fn, state_of(app_of(call))->toggles, "thread-toggle", "follows or watches");
+}
+
 int handle_Threads_Follow(rpc_call *call, const lagoon_v1_ThreadIdRequest *req, lagoon_v1_ThreadsEmpty *resp)
 {
     (void)req;
     (void)resp;
-    return app_write_call(call, follow_write, NULL);
+    return toggle(call, follow_write);
 }
 
 int handle_Threads_Unfollow(rpc_call *call, const lagoon_v1_ThreadIdRequest *req, lagoon_v1_ThreadsEmpty *resp)
 {
     (void)req;
     (void)resp;
-    return app_write_call(call, unfollow_write, NULL);
+    return toggle(call, unfollow_write);
 }
 
 /* A walk over a user's thread-topic memberships (threads_group_access_lost; Watch at the cap,
@@ -1430,14 +1440,14 @@ int handle_Threads_Watch(rpc_call *call, const lagoon_v1_ThreadIdRequest *req, l
 {
     (void)req;
     (void)resp;
-    return app_write_call(call, watch_write, NULL);
+    return toggle(call, watch_write);
 }
 
 int handle_Threads_Unwatch(rpc_call *call, const lagoon_v1_ThreadIdRequest *req, lagoon_v1_ThreadsEmpty *resp)
 {
     (void)req;
     (void)resp;
-    return app_write_call(call, unwatch_write, NULL);
+    return toggle(call, unwatch_write);
 }
 
 /* ---- RecordView ------------------------------------------------------------------------------------- */
@@ -1483,12 +1493,47 @@ static int view_write(store_txn *t, const app_write_in *in, void *resp, store_er
     return st;
 }
 
+/* The caller's view of thread id as it stands, read: *again set when it would count now (or
+ * it is unknown), else resp answered (counted false). */
+static int view_read(store_txn *t, const rpc_caller *who, uint64_t id, int64_t now,
+                     lagoon_v1_RecordThreadViewResponse *resp, int *again, store_error *err)
+{
+    thread *th = calloc(1, sizeof(*th)); /* zeroed: read below even when thread_for failed */
+    if (th == NULL)
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    place p = {0};
+    int st = thread_for(t, who, id, "thread_id", th, &p, err);
+    store_key k;
+    store_key_reset(&k);
+    store_key_u64(&k, id);
+    store_key_u64(&k, who->user_id);
+    lagoon_v1_ThreadView vw = lagoon_v1_ThreadView_init_zero;
+    if (st == LAGOON_OK)
+        st = store_get_by(t, &lagoon_table_thread_views, lagoon_index_thread_views_by_thread_user, &k, NULL, &vw, err);
+    *again = st != LAGOON_OK || videos_view_counts_again(vw.counted_at, now);
+    resp->counted = false;
+    resp->view_count = th->view_count;
+    free(th);
+    return st == LAGOON_NOT_FOUND && p.reads ? LAGOON_OK : st;
+}
+
+/* A view within the interval of the caller's last counted one is answered from a read, without
+ * a write: opening a thread again and again costs the single writer nothing. */
 int handle_Threads_RecordView(rpc_call *call, const lagoon_v1_ThreadIdRequest *req,
                               lagoon_v1_RecordThreadViewResponse *resp)
 {
-    (void)req;
-    (void)resp;
-    return app_write_call(call, view_write, NULL);
+    const app *a = app_of(call);
+    store_txn *t;
+    store_error err;
+    int st = store_read_begin(a->db, &t, &err);
+    int again = 1;
+    if (st == LAGOON_OK) {
+        st = view_read(t, rpc_call_caller(call), req->thread_id, app_now(a), resp, &again, &err);
+        store_read_end(t);
+    }
+    if (st != LAGOON_OK)
+        return app_store_error(call, st, &err);
+    return again ? app_write_call(call, view_write, NULL) : LAGOON_OK;
 }
 
 /* ---- account deletion ------------------------------------------------------------------------------ */

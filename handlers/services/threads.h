@@ -31,6 +31,10 @@
 #define THREADS_CREATES_PER_MINUTE 10
 #define THREADS_REPLIES_PER_MINUTE 30
 #define THREADS_REACTIONS_PER_MINUTE 120
+/* Follow, Unfollow, Watch and Unwatch together, per user per minute: each stores a row or a
+ * topic membership with its event, and a client opening and closing threads needs a few a
+ * minute; a loop of them is RESOURCE_EXHAUSTED past it. */
+#define THREADS_TOGGLES_PER_MINUTE 60
 
 extern const app_module threads_module;
 

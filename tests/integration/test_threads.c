@@ -1143,6 +1143,39 @@ static void test_kept_reply_after_group_delete(void **state)
     EXPECT(create(own_tok, g, "kept"), LAGOON_NOT_FOUND, "group_id");
 }
 
+/* Follow, Unfollow, Watch and Unwatch share a per-user budget; a view within the hour of the
+ * caller's counted one is answered without a write. */
+static void test_toggle_budget(void **state)
+{
+    (void)state;
+    fresh();
+    uint64_t t = created(own_tok, 0, "toggled");
+    for (int i = 0; i < THREADS_TOGGLES_PER_MINUTE; i++)
+        EXPECT(by_id(mem_tok, t, i % 2 ? lagoon_Threads_Unfollow : lagoon_Threads_Follow), LAGOON_OK, NULL);
+    EXPECT(by_id(mem_tok, t, lagoon_Threads_Watch), LAGOON_RESOURCE_EXHAUSTED, NULL);
+    EXPECT(by_id(mem_tok, t, lagoon_Threads_Unwatch), LAGOON_RESOURCE_EXHAUSTED, NULL);
+    EXPECT(by_id(mem_tok, t, lagoon_Threads_Follow), LAGOON_RESOURCE_EXHAUSTED, NULL);
+    EXPECT(by_id(adm_tok, t, lagoon_Threads_Watch), LAGOON_OK, NULL); /* another user's budget */
+    EXPECT(by_id(adm_tok, t, lagoon_Threads_Unwatch), LAGOON_OK, NULL);
+    fresh();
+    EXPECT(by_id(mem_tok, t, lagoon_Threads_Follow), LAGOON_OK, NULL);
+    EXPECT(get(own_tok, t), LAGOON_OK, NULL);
+    assert_int_equal(TH.follower_count, 2);
+    lagoon_v1_RecordThreadViewResponse v;
+    EXPECT(view(mem_tok, t, &v), LAGOON_OK, NULL);
+    assert_true(v.counted);
+    store_counters before, after;
+    store_counters_get(T->app->db, &before);
+    for (int i = 0; i < 20; i++) {
+        EXPECT(view(mem_tok, t, &v), LAGOON_OK, NULL);
+        assert_false(v.counted);
+        assert_int_equal(v.view_count, 1);
+    }
+    store_counters_get(T->app->db, &after);
+    assert_int_equal(after.ops_ok + after.ops_failed, before.ops_ok + before.ops_failed);
+    EXPECT(view(out_tok, 999999999, &v), LAGOON_NOT_FOUND, "thread_id");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1153,7 +1186,7 @@ int main(void)
         cmocka_unit_test(test_views),
         cmocka_unit_test(test_cascades),        cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_create_budget),   cmocka_unit_test(test_watch_after_leave),
-        cmocka_unit_test(test_kept_reply_after_group_delete),
+        cmocka_unit_test(test_kept_reply_after_group_delete), cmocka_unit_test(test_toggle_budget),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

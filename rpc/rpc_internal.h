@@ -33,8 +33,10 @@ void rpc_pool_free(rpc_pool *p);
  * lock prefix, no contention), any thread reads them (relaxed loads), so a scrape sums the
  * loops without stopping them. Per-method arrays have nroutes + 1 slots: the last is for
  * calls to unknown methods. */
+#define RPC_CACHE_LINE 64
 typedef struct rpc_loop_stats {
-    _Atomic uint64_t bytes_in;       /* bytes read off the loop's connections (whole frames, prefaces) */
+    /* Aligned (and so sized) to a cache line: two loops' counters never share one. */
+    _Alignas(RPC_CACHE_LINE) _Atomic uint64_t bytes_in; /* bytes read off the loop's connections (whole frames, prefaces) */
     _Atomic uint64_t bytes_out;      /* bytes handed to the kernel */
     _Atomic uint64_t conns_accepted; /* connections the loop took on */
     _Atomic uint64_t goaway_age;     /* GOAWAYs for max_connection_age_ms */

@@ -2439,7 +2439,9 @@ int rpc_server_run(rpc_server *s, rpc_error *err)
     s->pools[RPC_LANE_WORK] = rpc_pool_new(s->cfg.workers, s->cfg.worker_queue);
     s->pools[RPC_LANE_HASH] = rpc_pool_new(s->cfg.hash_workers, s->cfg.hash_queue);
     s->loops = calloc(s->cfg.threads, sizeof(rpc_loop));
-    s->stats = calloc(s->cfg.threads, sizeof(rpc_loop_stats));
+    s->stats = aligned_alloc(RPC_CACHE_LINE, s->cfg.threads * sizeof(rpc_loop_stats)); /* a multiple of it */
+    if (s->stats != NULL)
+        memset(s->stats, 0, s->cfg.threads * sizeof(rpc_loop_stats));
     if (s->control == NULL || s->pools[RPC_LANE_WORK] == NULL || s->pools[RPC_LANE_HASH] == NULL ||
         s->loops == NULL || s->stats == NULL || stats_alloc(s) != RPC_OK) {
         snprintf(err->message, sizeof(err->message), "out of memory starting the server");

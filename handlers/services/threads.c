@@ -21,7 +21,13 @@
  * thread's topic (Topic.THREAD, the thread's id; Threads/Watch joins it) as references, the
  * ids; threads_fill_event turns each into the reply, thread or counts as they are when the
  * router sends it. Followers (Follow; the author from Create) are notified of new replies,
- * one THREAD_REPLY per thread while unread. */
+ * one THREAD_REPLY per thread while unread.
+ *
+ * Who may watch. A topic membership is not checked again when an event is sent, so every
+ * change that narrows who sees a thread ends the watches it takes away: Threads/Delete and a
+ * group's deletion (thread_going), a member leaving or removed from a private group
+ * (threads_group_access_lost), and a public group made private: the thread's next event first
+ * walks its watchers when some came from outside the group (private_check). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -150,6 +156,7 @@ typedef struct place {
     int posts;    /* creates threads, replies, reacts: anyone on the public feed, a group's members */
     int moderates; /* locks, pins, deletes others' threads: administrators; a group's admins */
     int private_group;
+    int member;   /* an ACTIVE member of the group */
 } place;
 
 static int place_of(store_txn *t, const rpc_caller *who, uint64_t gid, place *p, store_error *err)
@@ -175,7 +182,7 @@ static int place_of(store_txn *t, const rpc_caller *who, uint64_t gid, place *p,
         return st;
     int group_admin = member && (m.role == lagoon_v1_GroupMember_Role_OWNER || m.role == lagoon_v1_GroupMember_Role_ADMIN);
     *p = (place){.reads = member || public_group || admin, .posts = member || admin,
-                 .moderates = admin || group_admin, .private_group = !public_group};
+                 .moderates = admin || group_admin, .private_group = !public_group, .member = member};
     return LAGOON_OK;
 }
 
@@ -278,10 +285,96 @@ static void reply_ids(reply *dst, const reply *src)
     dst->root_id = src->root_id;
 }
 
+/* fn over each membership row of thread thread_id's topic: its watchers. */
+static int each_watcher(store_txn *t, uint64_t thread_id, app_id_fn fn, void *arg, store_error *err)
+{
+    store_key prefix;
+    store_key_reset(&prefix);
+    store_key_u32(&prefix, (uint32_t)lagoon_v1_Topic_Kind_THREAD);
+    store_key_u64(&prefix, thread_id);
+    store_query q = {.table = &lagoon_table_topic_members, .index = lagoon_index_topic_members_by_topic,
+                     .prefix = prefix.buf, .prefix_len = prefix.len};
+    return app_each_id(t, &q, fn, arg, err);
+}
+
+/* A walk over the watchers of a thread of group gid (private_check, outside_room). */
+typedef struct watcher_walk {
+    const app *a;
+    uint64_t gid;
+    lagoon_v1_User *u; /* room for a watcher's row */
+    uint32_t outside;  /* watchers who are not the group's active members */
+} watcher_walk;
+
+/* Counts watcher row id in w->outside when it is not an active member of w's group. */
+static int count_outside(store_txn *t, uint64_t id, void *arg, store_error *err)
+{
+    watcher_walk *w = arg;
+    lagoon_v1_TopicMember m;
+    int st = store_get(t, &lagoon_table_topic_members, id, &m, err);
+    rpc_caller them = {.user_id = m.user_id};
+    if (st == LAGOON_OK)
+        st = groups_active_member(t, &them, w->gid, NULL, NULL, err);
+    w->outside += st == LAGOON_NOT_FOUND;
+    return st == LAGOON_NOT_FOUND ? LAGOON_OK : st;
+}
+
+/* Ends watcher row id's watch when its user no longer sees w's group's threads. */
+static int end_outside_watch(store_txn *t, uint64_t id, void *arg, store_error *err)
+{
+    watcher_walk *w = arg;
+    lagoon_v1_TopicMember m;
+    int st = store_get(t, &lagoon_table_topic_members, id, &m, err);
+    if (st == LAGOON_OK)
+        st = store_get(t, &lagoon_table_users, m.user_id, w->u, err);
+    if (st != LAGOON_OK)
+        return st;
+    rpc_caller them = {.user_id = m.user_id, .role = (uint8_t)w->u->role};
+    place p = {0};
+    st = place_of(t, &them, w->gid, &p, err);
+    return st == LAGOON_OK && !p.reads ? events_topic_leave(t, w->a, m.user_id, &m.topic, err) : st;
+}
+
+/* Before each event of thread thread_id: when watchers came from outside its group while the
+ * group was public (outside_watchers) and the group is private now, those who no longer see the
+ * thread leave its topic first, so that the event does not reach them (a membership is not
+ * checked again when an event is sent). Walks the thread's watchers once per such change: its
+ * group's members and at most THREADS_OUTSIDE_WATCHERS_MAX others (and site administrators). */
+static int private_check(store_txn *t, const app *a, uint64_t thread_id, store_error *err)
+{
+    thread *th = malloc(sizeof(*th));
+    lagoon_v1_Group *g = malloc(sizeof(*g));
+    watcher_walk w = {.a = a, .u = malloc(sizeof(lagoon_v1_User))};
+    if (th == NULL || g == NULL || w.u == NULL) {
+        free(th);
+        free(g);
+        free(w.u);
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    }
+    int st = store_get(t, &lagoon_table_threads, thread_id, th, err);
+    int due = st == LAGOON_OK && th->outside_watchers > 0 && th->group_id != 0;
+    if (due)
+        st = store_get(t, &lagoon_table_groups, th->group_id, g, err);
+    due = due && st == LAGOON_OK && g->visibility != lagoon_v1_Group_Visibility_PUBLIC;
+    if (due) {
+        w.gid = th->group_id;
+        st = each_watcher(t, thread_id, end_outside_watch, &w, err);
+    }
+    if (due && st == LAGOON_OK) {
+        th->outside_watchers = 0;
+        st = store_update(t, &lagoon_table_threads, th, err);
+    }
+    free(th);
+    free(g);
+    free(w.u);
+    return st == LAGOON_NOT_FOUND ? LAGOON_OK : st; /* (a thread going with its group) */
+}
+
 static int publish(store_txn *t, const app *a, uint64_t thread_id, lagoon_v1_Event *ev, store_error *err)
 {
     lagoon_v1_Topic tp = thread_topic(thread_id);
-    int st = events_topic_publish(t, a, &tp, ev, err);
+    int st = private_check(t, a, thread_id, err);
+    if (st == LAGOON_OK)
+        st = events_topic_publish(t, a, &tp, ev, err);
     free(ev);
     return st;
 }
@@ -638,13 +731,8 @@ static int thread_going(store_txn *t, const app_write_in *in, const thread *th, 
         st = app_each_id(t, &q, forget_reply, NULL, err);
     if (st == LAGOON_OK)
         st = publish_thread(t, in->a, th, lagoon_v1_ThreadEvent_Action_THREAD_DELETED, err);
-    store_key_reset(&prefix);
-    store_key_u32(&prefix, (uint32_t)lagoon_v1_Topic_Kind_THREAD);
-    store_key_u64(&prefix, th->id);
-    store_query mq = {.table = &lagoon_table_topic_members, .index = lagoon_index_topic_members_by_topic,
-                      .prefix = prefix.buf, .prefix_len = prefix.len};
     if (st == LAGOON_OK)
-        st = app_each_id(t, &mq, end_watch, (void *)in, err);
+        st = each_watcher(t, th->id, end_watch, (void *)in, err);
     return st;
 }
 
@@ -1361,6 +1449,37 @@ int handle_Threads_Unfollow(rpc_call *call, const lagoon_v1_ThreadIdRequest *req
     return toggle(call, unfollow_write);
 }
 
+static int is_watching(store_txn *t, uint64_t user_id, uint64_t thread_id, int *watching, store_error *err)
+{
+    store_key k;
+    store_key_reset(&k);
+    store_key_u64(&k, user_id);
+    store_key_u32(&k, (uint32_t)lagoon_v1_Topic_Kind_THREAD);
+    store_key_u64(&k, thread_id);
+    int st = store_get_by(t, &lagoon_table_topic_members, lagoon_index_topic_members_by_user, &k, NULL, NULL, err);
+    *watching = st == LAGOON_OK;
+    return st == LAGOON_NOT_FOUND ? LAGOON_OK : st;
+}
+
+/* Counts one more watcher of th from outside its (public) group and stores th: at the cap the
+ * count is taken again first (those who left or joined the group since were not counted off),
+ * RESOURCE_EXHAUSTED when it is still full. */
+static int outside_room(store_txn *t, const app *a, thread *th, store_error *err)
+{
+    int st = LAGOON_OK;
+    if (th->outside_watchers >= THREADS_OUTSIDE_WATCHERS_MAX) {
+        watcher_walk w = {.a = a, .gid = th->group_id};
+        st = each_watcher(t, th->id, count_outside, &w, err);
+        th->outside_watchers = w.outside;
+        if (st == LAGOON_OK && th->outside_watchers >= THREADS_OUTSIDE_WATCHERS_MAX)
+            return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL,
+                              "a group's thread has at most %d watchers from outside the group",
+                              THREADS_OUTSIDE_WATCHERS_MAX);
+    }
+    th->outside_watchers++;
+    return st == LAGOON_OK ? store_update(t, &lagoon_table_threads, th, err) : st;
+}
+
 /* A walk over a user's thread-topic memberships (threads_group_access_lost; Watch at the cap,
  * with gid 0): the user as a caller, with their role, and the group that changed. */
 typedef struct access_walk {
@@ -1387,8 +1506,14 @@ static int end_unseen_watch(store_txn *t, uint64_t id, void *arg, store_error *e
     int of_group = st == LAGOON_OK && th->group_id == w->gid;
     if (of_group)
         st = place_of(t, &w->them, w->gid, &p, err);
+    /* Who still sees a public group's thread stays, counted as a watcher from outside it (past
+     * the cap, the watch ends). */
+    int outside = of_group && w->gid != 0 && st == LAGOON_OK && p.reads && !p.private_group && !p.member;
+    if (outside)
+        st = outside_room(t, w->in->a, th, err);
     free(th);
-    if (st == LAGOON_NOT_FOUND || (st == LAGOON_OK && of_group && !p.reads))
+    if (st == LAGOON_NOT_FOUND || (st == LAGOON_OK && of_group && !p.reads) ||
+        (outside && st == LAGOON_RESOURCE_EXHAUSTED))
         return events_topic_leave(t, w->in->a, m.user_id, &m.topic, err);
     return st;
 }
@@ -1415,10 +1540,18 @@ static int watch_write(store_txn *t, const app_write_in *in, void *resp, store_e
         return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
     place p = {0};
     int st = thread_for(t, &in->who, req->thread_id, "thread_id", th, &p, err);
+    /* A watcher from outside a public group is counted (private_check's walk). */
+    int outside = st == LAGOON_OK && th->group_id != 0 && !p.private_group && !p.member;
+    int watching = 0;
+    if (outside)
+        st = is_watching(t, in->who.user_id, th->id, &watching, err);
+    if (st == LAGOON_OK && outside && !watching)
+        st = outside_room(t, in->a, th, err);
     free(th);
+    if (st != LAGOON_OK)
+        return st;
     lagoon_v1_Topic tp = thread_topic(req->thread_id);
-    if (st == LAGOON_OK)
-        st = events_topic_join(t, in->a, in->who.user_id, &tp, err);
+    st = events_topic_join(t, in->a, in->who.user_id, &tp, err);
     if (st != LAGOON_RESOURCE_EXHAUSTED)
         return st;
     /* At the topic cap: the caller's watches of threads gone since make room first, then the

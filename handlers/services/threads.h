@@ -20,6 +20,11 @@
  * this bounds the rows one Reply writes (Follow is RESOURCE_EXHAUSTED past it; the author's
  * own follow at Create never is). */
 #define THREADS_FOLLOWERS_MAX 1000
+/* Watchers of one group thread from outside the group (while it is public): when the group is
+ * made private, the thread's next event walks its watchers (its group's members, at most
+ * GROUPS_MEMBERS_MAX, and these) to end the watches of those who no longer see it, so this
+ * bounds that walk (Watch is RESOURCE_EXHAUSTED past it). */
+#define THREADS_OUTSIDE_WATCHERS_MAX 1000
 /* The reaction types (ThreadReaction without UNSPECIFIED): the size of every count list
  * (max_count of the reactions fields in threads.options and events.options). */
 #define THREADS_REACTION_TYPES 6
@@ -54,8 +59,10 @@ int threads_user_deleting(store_txn *t, const app_write_in *in, uint64_t user_id
  * left or was removed, while the group is private): ends the user's memberships of the topics
  * of that group's threads that the user no longer sees (a site administrator, or anyone for a
  * public group, still sees them), so that their replies and reactions stop reaching the user
- * live (a membership is not checked again when an event is sent). Walks the user's thread
- * topics only: at most EVENTS_MAX_TOPICS_PER_USER. */
+ * live (a membership is not checked again when an event is sent). A watch of a public group's
+ * thread stays, counted as one from outside the group (Thread.outside_watchers, ended past
+ * THREADS_OUTSIDE_WATCHERS_MAX), so that the group made private ends it at the thread's next
+ * event. Walks the user's thread topics only: at most EVENTS_MAX_TOPICS_PER_USER. */
 int threads_group_access_lost(store_txn *t, const app_write_in *in, uint64_t user_id, uint64_t group_id,
                               store_error *err);
 

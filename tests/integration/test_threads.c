@@ -1176,6 +1176,59 @@ static void test_toggle_budget(void **state)
     EXPECT(view(out_tok, 999999999, &v), LAGOON_NOT_FOUND, "thread_id");
 }
 
+/* A public group made private: its threads' watchers who no longer see them (a non-member, a
+ * member who left while it was public) leave their topics before the next event, which still
+ * reaches its members. */
+static void test_watch_after_private(void **state)
+{
+    (void)state;
+    fresh();
+    lagoon_v1_Event *ev = calloc(1, sizeof(*ev));
+    assert_non_null(ev);
+    char ex_tok[65];
+    test_user(C, "exmember", lagoon_v1_Role_STUDENT, ex_tok);
+    uint64_t g = group("open, then closed", PUB);
+    uint64_t t = created(own_tok, g, "watched from outside");
+    lagoon_v1_GroupRequest gr = {g};
+    lagoon_v1_GroupMember m;
+    lagoon_v1_GroupsEmpty ge;
+    lagoon_set_token(C, ex_tok);
+    EXPECT(lagoon_Groups_Join(C, &gr, &m), LAGOON_OK, NULL);
+    device d[3] = {watching(out_tok, t, ev), watching(ex_tok, t, ev), watching(mem_tok, t, ev)};
+    lagoon_set_token(C, ex_tok);
+    EXPECT(lagoon_Groups_Leave(C, &gr, &ge), LAGOON_OK, NULL); /* still sees it: public */
+    replied(adm_tok, t, 0, "while public");
+    for (int i = 0; i < 3; i++) {
+        next_thread_event(&d[i], t, ev);
+        assert_int_equal(ev->which_payload, lagoon_v1_Event_thread_tag);
+    }
+    lagoon_v1_UpdateGroupRequest ur = lagoon_v1_UpdateGroupRequest_init_zero;
+    ur.group_id = g;
+    ur.has_visibility = true;
+    ur.visibility = PRIV;
+    lagoon_v1_Group gg;
+    lagoon_set_token(C, own_tok);
+    EXPECT(lagoon_Groups_Update(C, &ur, &gg), LAGOON_OK, NULL);
+    replied(adm_tok, t, 0, "members only now");
+    for (int i = 0; i < 2; i++) {
+        next_thread_event(&d[i], t, ev);
+        if (ev->which_payload == lagoon_v1_Event_thread_tag)
+            fail_msg("outsider %d got \"%s\"", i, ev->payload.thread.item.reply.text);
+        assert_int_equal(ev->which_payload, lagoon_v1_Event_membership_tag);
+        assert_false(ev->payload.membership.joined);
+    }
+    next_thread_event(&d[2], t, ev);
+    assert_int_equal(ev->which_payload, lagoon_v1_Event_thread_tag);
+    assert_string_equal(ev->payload.thread.item.reply.text, "members only now");
+    for (int i = 0; i < 3; i++) {
+        lagoon_stream_cancel(d[i].s);
+        lagoon_close(d[i].c);
+    }
+    EXPECT(by_id(out_tok, t, lagoon_Threads_Watch), LAGOON_NOT_FOUND, "thread_id");
+    EXPECT(by_id(mem_tok, t, lagoon_Threads_Unwatch), LAGOON_OK, NULL);
+    free(ev);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1187,6 +1240,7 @@ int main(void)
         cmocka_unit_test(test_cascades),        cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_create_budget),   cmocka_unit_test(test_watch_after_leave),
         cmocka_unit_test(test_kept_reply_after_group_delete), cmocka_unit_test(test_toggle_budget),
+        cmocka_unit_test(test_watch_after_private),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -304,6 +304,33 @@ int events_topic_publish(store_txn *t, const app *a, const lagoon_v1_Topic *topi
     return st;
 }
 
+int events_topic_forget(store_txn *t, const app *a, const lagoon_v1_Topic *topic, store_error *err)
+{
+    (void)a;
+    lagoon_v1_TopicFeed f;
+    int exists = 0;
+    int st = topic_valid(topic, err);
+    if (st == LAGOON_OK)
+        st = topic_feed_get(t, topic, &f, &exists, err);
+    if (st != LAGOON_OK || !exists)
+        return st;
+    /* The kept events are first_seq..last_seq (fewer where retention's age rule went first):
+     * at most the retention count, so this is bounded like the log itself. */
+    event_log lg;
+    topic_log(&lg, (uint32_t)topic->kind, topic->id);
+    for (uint64_t seq = f.first_seq ? f.first_seq : 1; seq <= f.last_seq && st == LAGOON_OK; seq++) {
+        store_key k = lg.prefix;
+        store_key_u64(&k, seq);
+        uint64_t id = 0;
+        st = store_get_by(t, lg.table, lg.index, &k, &id, NULL, err);
+        if (st == LAGOON_OK)
+            st = store_delete(t, lg.table, id, err);
+        else if (st == LAGOON_NOT_FOUND)
+            st = LAGOON_OK;
+    }
+    return st == LAGOON_OK ? store_delete(t, &lagoon_table_topic_feeds, f.id, err) : st;
+}
+
 static int member_get(store_txn *t, uint64_t user, const lagoon_v1_Topic *topic, lagoon_v1_TopicMember *m,
                       uint64_t *id, store_error *err)
 {

@@ -141,6 +141,12 @@ int events_topic_leave(store_txn *t, const app *a, uint64_t user_id, const lagoo
 int events_topic_publish(store_txn *t, const app *a, const lagoon_v1_Topic *topic, lagoon_v1_Event *ev,
                          store_error *err);
 
+/* Deletes topic's log and its position in t: for the owner of a topic whose subject is deleted
+ * (a group, a video, a thread), so that no event rows outlive it. Bounded by the log's retention
+ * count. Memberships are not touched: the owner ends them (events_topic_leave) as it does
+ * today. A later publish to the same topic starts a new log from seq 1. */
+int events_topic_forget(store_txn *t, const app *a, const lagoon_v1_Topic *topic, store_error *err);
+
 /* Hands ev (typing, presence, playback pings) to the live subscriptions of topic's members now:
  * never stored, never replayed; dropped when nobody follows the topic, when its lane is full,
  * or past 256 waiting in all (each is a whole Event). Any thread; ev is copied. 0 (also when

@@ -437,6 +437,13 @@ int handle_Videos_Update(rpc_call *call, const lagoon_v1_UpdateVideoRequest *req
     return app_write_call(call, update_write, NULL);
 }
 
+/* The video's topic (its comments' events: Comments/Follow) outlives no video. */
+static int video_topic_forget(store_txn *t, const app *a, uint64_t id, store_error *err)
+{
+    lagoon_v1_Topic tp = {lagoon_v1_Topic_Kind_VIDEO, id};
+    return events_topic_forget(t, a, &tp, err);
+}
+
 /* Deleting the row deletes what refers to it (the cascades declared in the IDL: shares, views,
  * words, comments), in this transaction. */
 static int delete_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
@@ -455,6 +462,8 @@ static int delete_write(store_txn *t, const app_write_in *in, void *resp, store_
         st = store_delete(t, &lagoon_table_videos, v->id, err);
     if (st == LAGOON_OK) /* no one reads it now: every follower of its comments stops following */
         st = comments_video_readers_changed(t, in->a, v->id, err);
+    if (st == LAGOON_OK) /* and its topic's log goes with it */
+        st = video_topic_forget(t, in->a, v->id, err);
     if (st == LAGOON_OK) /* a retried Update must not bring it back (app_result_shows) */
         st = app_forget_results(t, &lagoon_method_Videos_Update, v->id, err);
     if (st == LAGOON_OK)
@@ -465,7 +474,8 @@ static int delete_write(store_txn *t, const app_write_in *in, void *resp, store_
 
 static int video_going(store_txn *t, uint64_t id, void *arg, store_error *err)
 {
-    return comments_video_going(t, arg, id, err);
+    int st = comments_video_going(t, arg, id, err);
+    return st == LAGOON_OK ? video_topic_forget(t, arg, id, err) : st;
 }
 
 int videos_user_deleting(store_txn *t, const app *a, uint64_t user_id, store_error *err)

@@ -604,6 +604,9 @@ static void test_delete_cascades(void **state)
     uint64_t v2 = video(1, 0);
     uint64_t elsewhere = add_ok(bob_tok, v2, "another video's", 0);
     assert_int_equal(comment_rows(lagoon_index_comments_by_video, v), 2);
+    /* Both videos' topics have a log (their comments' events) and a position. */
+    assert_int_equal(test_count_rows(T, &lagoon_table_topic_feeds), 2);
+    size_t logged = test_count_rows(T, &lagoon_table_topic_events);
     lagoon_v1_DeleteVideoRequest dr = {.video_id = v};
     lagoon_v1_VideosEmpty e;
     lagoon_set_token(C, ann_tok);
@@ -611,6 +614,10 @@ static void test_delete_cascades(void **state)
     assert_int_equal(comment_rows(lagoon_index_comments_by_video, v), 0);
     assert_false(comment_exists(keep));
     assert_true(comment_exists(elsewhere));
+    /* The deleted video's topic log goes with it; the other's stays (its one event). */
+    assert_int_equal(test_count_rows(T, &lagoon_table_topic_feeds), 1);
+    assert_true(logged > 1);
+    assert_int_equal(test_count_rows(T, &lagoon_table_topic_events), 1);
 }
 
 /* ---- windows and pages -------------------------------------------------------------------------------- */
@@ -878,8 +885,11 @@ static void test_owner_account_deleted_ends_follows(void **state)
     snprintf(dr.password, sizeof(dr.password), "%s", TEST_PASSWORD);
     lagoon_v1_UsersEmpty ue;
     lagoon_set_token(C, et);
+    assert_int_equal(test_count_rows(T, &lagoon_table_topic_feeds), 1);
     assert_int_equal(lagoon_Users_DeleteAccount(C, &dr, &ue), LAGOON_OK);
     assert_int_equal(video_follows(cat), 0);
+    assert_int_equal(test_count_rows(T, &lagoon_table_topic_feeds), 0); /* its video's topic went too */
+    assert_int_equal(test_count_rows(T, &lagoon_table_topic_events), 0);
     lagoon_set_idempotency_key(C, "eve-gone");
     EXPECT(add(cat_tok, v, "before eve goes", 0), LAGOON_NOT_FOUND, "video_id");
 }

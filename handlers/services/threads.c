@@ -1585,6 +1585,38 @@ int handle_Threads_Unwatch(rpc_call *call, const lagoon_v1_ThreadIdRequest *req,
 
 /* ---- RecordView ------------------------------------------------------------------------------------- */
 
+/* Up to THREADS_VIEWS_TRIMMED view rows of one thread past the interval (trim_views). */
+typedef struct stale_views {
+    uint64_t ids[THREADS_VIEWS_TRIMMED];
+    uint32_t n;
+    int64_t now;
+} stale_views;
+
+static int stale_view(void *arg, uint64_t id, const void *row)
+{
+    stale_views *s = arg;
+    const lagoon_v1_ThreadView *v = row;
+    if (s->n < THREADS_VIEWS_TRIMMED && videos_view_counts_again(v->counted_at, s->now))
+        s->ids[s->n++] = id;
+    return LAGOON_OK;
+}
+
+/* Deletes the oldest THREADS_VIEWS_TRIMMED view rows of thread_id that count for nothing now. */
+static int trim_views(store_txn *t, uint64_t thread_id, int64_t now, store_error *err)
+{
+    store_key prefix;
+    store_key_reset(&prefix);
+    store_key_u64(&prefix, thread_id);
+    store_query q = {.table = &lagoon_table_thread_views, .index = lagoon_index_thread_views_by_thread_time,
+                     .prefix = prefix.buf, .prefix_len = prefix.len, .page_size = THREADS_VIEWS_TRIMMED};
+    stale_views s = {.now = now};
+    store_page page;
+    int st = store_scan(t, &q, stale_view, &s, &page, err);
+    for (uint32_t i = 0; i < s.n && st == LAGOON_OK; i++)
+        st = store_delete(t, &lagoon_table_thread_views, s.ids[i], err);
+    return st;
+}
+
 /* A view counts once per user per thread per VIDEOS_VIEW_INTERVAL_MS, the rule of video views
  * (videos_view_counts_again); opening the thread is the view, so there is no minimum watched. */
 static int view_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
@@ -1620,6 +1652,8 @@ static int view_write(store_txn *t, const app_write_in *in, void *resp, store_er
         th->view_count++;
         st = store_update(t, &lagoon_table_threads, th, err);
     }
+    if (st == LAGOON_OK && counts) /* (the caller's row is fresh now: never one of them) */
+        st = trim_views(t, th->id, in->now, err);
     out->counted = st == LAGOON_OK && counts;
     out->view_count = th->view_count;
     free(th);

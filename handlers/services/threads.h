@@ -25,6 +25,12 @@
  * GROUPS_MEMBERS_MAX, and these) to end the watches of those who no longer see it, so this
  * bounds that walk (Watch is RESOURCE_EXHAUSTED past it). */
 #define THREADS_OUTSIDE_WATCHERS_MAX 1000
+/* View rows (thread_views) of a thread older than the views interval that each counted view
+ * deletes, oldest first: such a row counts for nothing (a view then counts again, as with no
+ * row), and trimming them at twice the rate rows are added keeps a thread's rows near the
+ * number of its viewers of about the last hour instead of everyone who ever viewed it, which
+ * is what deleting the thread costs. */
+#define THREADS_VIEWS_TRIMMED 2
 /* The reaction types (ThreadReaction without UNSPECIFIED): the size of every count list
  * (max_count of the reactions fields in threads.options and events.options). */
 #define THREADS_REACTION_TYPES 6

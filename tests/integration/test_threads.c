@@ -865,6 +865,17 @@ static void test_views(void **state)
     assert_int_equal(v.view_count, 3);
     EXPECT(get(own_tok, t), LAGOON_OK, NULL);
     assert_int_equal(TH.view_count, 3);
+    /* Rows past the hour go, THREADS_VIEWS_TRIMMED per counted view, oldest first: own's view
+     * takes adm's row (an hour old), root's an hour later mem's and own's. */
+    EXPECT(view(own_tok, t, &v), LAGOON_OK, NULL);
+    size_t rows = test_count_rows(T, &lagoon_table_thread_views);
+    test_clock_advance(T, 3600 * 1000);
+    EXPECT(view(root_tok, t, &v), LAGOON_OK, NULL); /* a row more, and two stale ones fewer */
+    assert_true(v.counted);
+    assert_int_equal(test_count_rows(T, &lagoon_table_thread_views), rows + 1 - THREADS_VIEWS_TRIMMED);
+    EXPECT(view(adm_tok, t, &v), LAGOON_OK, NULL); /* its row went: a view as from no row */
+    assert_true(v.counted);
+    assert_int_equal(v.view_count, 6);
 }
 
 /* ---- cascades ------------------------------------------------------------------------------------------ */

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs the Debian 12 packages Lagoon needs that are not installed yet.
 #   scripts/deps.sh          build and run the server
-#   scripts/deps.sh --test   also the test tools (cmocka, clang for the fuzz target)
+#   scripts/deps.sh --test   also the test tools (cmocka, clang for the fuzz target, curl and
+#                            openssl, which tests run against the server)
 #   scripts/deps.sh --bench  also what bench/compare.sh and callgrind.sh run (Redis, valgrind, gnuplot)
 # Uses sudo when not root. Installs nothing when everything is present.
 set -eu
@@ -9,7 +10,7 @@ set -eu
 pkgs="build-essential cmake pkg-config protobuf-compiler libprotobuf-dev python3-protobuf nanopb libnanopb-dev
 libevent-dev liblmdb-dev libsodium-dev libjansson-dev libssl-dev help2man"
 case "${1:-}" in
---test) pkgs="$pkgs libcmocka-dev clang libclang-rt-14-dev" ;;
+--test) pkgs="$pkgs libcmocka-dev clang libclang-rt-14-dev curl openssl" ;;
 --bench) pkgs="$pkgs redis-server redis-tools valgrind gnuplot-nox" ;;
 "") ;;
 *) echo "usage: scripts/deps.sh [--test|--bench]" >&2; exit 2 ;;

@@ -1363,6 +1363,24 @@ static int count_id(store_txn *t, uint64_t id, void *arg, store_error *err)
     return LAGOON_OK;
 }
 
+/* RESOURCE_EXHAUSTED when user_id follows THREADS_USER_FOLLOWS_MAX threads: the cap-th entry
+ * of its by_user follows exists (keys only, skipped one by one). */
+static int follows_room(store_txn *t, uint64_t user_id, store_error *err)
+{
+    store_key prefix;
+    store_key_reset(&prefix);
+    store_key_u64(&prefix, user_id);
+    store_query q = {.table = &lagoon_table_thread_follows, .index = lagoon_index_thread_follows_by_user,
+                     .prefix = prefix.buf, .prefix_len = prefix.len, .page_size = 1,
+                     .page_number = THREADS_USER_FOLLOWS_MAX};
+    store_page page;
+    int st = store_scan(t, &q, NULL, NULL, &page, err);
+    if (st == LAGOON_OK && page.count > 0)
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL,
+                          "you follow %d threads, the most a user may: unfollow some first", THREADS_USER_FOLLOWS_MAX);
+    return st;
+}
+
 static int follow_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
 {
     (void)resp;
@@ -1375,6 +1393,8 @@ static int follow_write(store_txn *t, const app_write_in *in, void *resp, store_
     int st = thread_for(t, &in->who, req->thread_id, "thread_id", th, &p, err);
     if (st == LAGOON_OK)
         st = is_following(t, th->id, in->who.user_id, &following, err);
+    if (st == LAGOON_OK && !following)
+        st = follows_room(t, in->who.user_id, err);
     if (st == LAGOON_OK && !following && th->follower_count >= THREADS_FOLLOWERS_MAX) {
         /* The follows of deleted accounts went uncounted: recount before refusing. */
         store_key prefix;

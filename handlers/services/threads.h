@@ -20,6 +20,11 @@
  * this bounds the rows one Reply writes (Follow is RESOURCE_EXHAUSTED past it; the author's
  * own follow at Create never is). */
 #define THREADS_FOLLOWERS_MAX 1000
+/* Threads one user follows, their own included: Follow is RESOURCE_EXHAUSTED at it (Create's
+ * follow of the author's own thread never is), so that deleting the account walks at most this
+ * many follows of others' threads (to count them off) besides its own threads, which it walks
+ * anyway. Checked by skipping this many index keys, once per Follow. */
+#define THREADS_USER_FOLLOWS_MAX 1000
 /* Watchers of one group thread from outside the group (while it is public): when the group is
  * made private, the thread's next event walks its watchers (its group's members, at most
  * GROUPS_MEMBERS_MAX, and these) to end the watches of those who no longer see it, so this

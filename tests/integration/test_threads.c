@@ -1240,6 +1240,35 @@ static void test_watch_after_private(void **state)
     free(ev);
 }
 
+/* A user follows at most THREADS_USER_FOLLOWS_MAX threads, their own included: Create still
+ * follows the author's new thread past it, Follow is refused until they unfollow one. */
+static void test_user_follows_cap(void **state)
+{
+    (void)state;
+    char tok[65];
+    test_user(C, "prolific", lagoon_v1_Role_STUDENT, tok);
+    uint64_t first = 0, last = 0;
+    for (int i = 0; i <= THREADS_USER_FOLLOWS_MAX; i++) {
+        if (i % THREADS_CREATES_PER_MINUTE == 0)
+            fresh();
+        last = created(tok, 0, "mine");
+        first = first ? first : last;
+    }
+    EXPECT(get(tok, first), LAGOON_OK, NULL);
+    assert_true(TH.following);
+    fresh();
+    uint64_t other = created(own_tok, 0, "someone else's");
+    EXPECT(by_id(tok, other, lagoon_Threads_Follow), LAGOON_RESOURCE_EXHAUSTED, NULL);
+    EXPECT(by_id(tok, first, lagoon_Threads_Unfollow), LAGOON_OK, NULL);
+    EXPECT(by_id(tok, first, lagoon_Threads_Unfollow), LAGOON_OK, NULL);
+    EXPECT(by_id(tok, other, lagoon_Threads_Follow), LAGOON_RESOURCE_EXHAUSTED, NULL); /* still 1 000 */
+    EXPECT(get(tok, last), LAGOON_OK, NULL);
+    assert_true(TH.following);
+    EXPECT(by_id(tok, last, lagoon_Threads_Unfollow), LAGOON_OK, NULL);
+    EXPECT(by_id(tok, other, lagoon_Threads_Follow), LAGOON_OK, NULL);
+    EXPECT(by_id(tok, other, lagoon_Threads_Follow), LAGOON_OK, NULL); /* again: no change, no refusal */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1251,7 +1280,7 @@ int main(void)
         cmocka_unit_test(test_cascades),        cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_create_budget),   cmocka_unit_test(test_watch_after_leave),
         cmocka_unit_test(test_kept_reply_after_group_delete), cmocka_unit_test(test_toggle_budget),
-        cmocka_unit_test(test_watch_after_private),
+        cmocka_unit_test(test_watch_after_private), cmocka_unit_test(test_user_follows_cap),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -208,7 +208,9 @@ struct rpc_server {
     rpc_loop_stats *stats;          /* one per loop; published by stats_ready */
     atomic_uint stats_ready;        /* loops whose stats a scrape may read (0 until run) */
     _Atomic uint64_t refused[RPC_REFUSALS]; /* connections accept_cb refused, by enum rpc_refusal */
-    uint64_t started_ms;
+    /* When rpc_server_run started (0 before): atomic, since the admin listener's thread may read
+     * it (rpc_server_uptime_ms) before and while rpc_server_run sets it. */
+    _Atomic uint64_t started_ms;
     int ran;
 };
 
@@ -2355,7 +2357,8 @@ const char *rpc_server_version(const rpc_server *s) { return s->cfg.version ? s-
 
 uint64_t rpc_server_uptime_ms(const rpc_server *s)
 {
-    return now_us() / 1000 - s->started_ms;
+    uint64_t started = atomic_load(&((rpc_server *)s)->started_ms);
+    return started ? now_us() / 1000 - started : 0; /* not serving yet: 0 */
 }
 
 const rpc_route *rpc_server_routes(const rpc_server *s, size_t *count)
@@ -2434,7 +2437,7 @@ int rpc_server_run(rpc_server *s, rpc_error *err)
         return RPC_ERR;
     }
     s->ran = 1;
-    s->started_ms = now_us() / 1000;
+    atomic_store(&s->started_ms, now_us() / 1000);
     s->control = event_base_new();
     s->pools[RPC_LANE_WORK] = rpc_pool_new(s->cfg.workers, s->cfg.worker_queue);
     s->pools[RPC_LANE_HASH] = rpc_pool_new(s->cfg.hash_workers, s->cfg.hash_queue);

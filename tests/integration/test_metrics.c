@@ -325,6 +325,29 @@ static void test_readyz_turns_503_on_drain(void **state)
     test_app_stop(&t);
 }
 
+/* A scrape between rpc_server_new and rpc_server_run (lagoond starts the admin listener
+ * there): the server is not serving yet, so its uptime is 0, not the time since boot. */
+static void test_metrics_before_the_server_runs(void **state)
+{
+    (void)state;
+    test_app t;
+    test_app_start(&t, NULL);
+    rpc_config cfg;
+    test_config(&cfg);
+    rpc_server *idle = NULL;
+    rpc_error err;
+    assert_int_equal(rpc_server_new(&cfg, NULL, 0, &idle, &err), RPC_OK);
+    admin_http *h;
+    assert_int_equal(admin_http_start("127.0.0.1", 0, idle, t.app, &h, &err), RPC_OK);
+    assert_int_equal(http(admin_http_port(h), "GET", "/metrics"), 200);
+    check_exposition(page);
+    assert_true(sample(page, "lagoon_up_seconds") == 0);
+    assert_true(sample(page, "lagoon_rpc_connections_accepted_total") == 0);
+    admin_http_stop(h);
+    rpc_server_free(idle);
+    test_app_stop(&t);
+}
+
 static void test_admin_listen_values(void **state)
 {
     (void)state;
@@ -359,6 +382,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_admin_listen_values),
+        cmocka_unit_test(test_metrics_before_the_server_runs),
         cmocka_unit_test(test_metrics_page_parses_and_counts_calls),
         cmocka_unit_test(test_readyz_turns_503_on_drain),
     };

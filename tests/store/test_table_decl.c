@@ -170,6 +170,7 @@ static const want_index app_indexes[] = {
     {"thread_follows", "by_thread_user", "thread_id", STORE_UNIQUE},
     {"thread_follows", "by_user", "user_id", STORE_MULTI},
     {"thread_views", "by_thread_user", "thread_id", STORE_UNIQUE},
+    {"thread_views", "by_thread_time", "thread_id", STORE_MULTI},
     {"thread_views", "by_user", "user_id", STORE_MULTI},
     {"video_chats", "by_organizer", "organizer_id", STORE_MULTI},
     {"video_chat_participants", "by_chat_user", "user_ids", STORE_UNIQUE},

@@ -431,6 +431,14 @@ static int leave_topic(store_txn *t, uint64_t id, void *arg, store_error *err)
     return events_topic_leave(t, in->a, m.user_id, &topic, err);
 }
 
+/* A deleted group's topic log goes with it (events_topic_forget). Nothing is published to it in
+ * the deleting transaction: the members' leaves (on their own logs) are what they are told. */
+static int group_topic_forget(store_txn *t, const app_write_in *in, uint64_t id, store_error *err)
+{
+    lagoon_v1_Topic tp = group_topic(id);
+    return events_topic_forget(t, in->a, &tp, err);
+}
+
 static int delete_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
 {
     (void)resp;
@@ -458,6 +466,8 @@ static int delete_write(store_txn *t, const app_write_in *in, void *resp, store_
         st = threads_group_deleting(t, in, w->g.id, err);
     if (st == LAGOON_OK)
         st = store_delete(t, &lagoon_table_groups, w->g.id, err);
+    if (st == LAGOON_OK) /* its topic's log (chat, party events) with it: the members left above */
+        st = group_topic_forget(t, in, w->g.id, err);
     if (st == LAGOON_OK) /* a retried Create or Update must not bring it back */
         st = app_forget_results(t, &lagoon_method_Groups_Update, w->g.id, err);
     if (st == LAGOON_OK)
@@ -500,6 +510,8 @@ static int user_row_going(store_txn *t, uint64_t id, void *arg, store_error *err
             st = groupchat_group_deleting(t, w->g.id, err);
         if (st == LAGOON_OK) /* nor a retried Reply its threads */
             st = threads_group_deleting(t, in, w->g.id, err);
+        if (st == LAGOON_OK)
+            st = group_topic_forget(t, in, w->g.id, err);
     } else if (st == LAGOON_OK) {
         st = member_drop(t, in, &w->g, &w->target, err);
     }

@@ -662,22 +662,26 @@ static void test_cascades(void **state)
 
 /* Every table a group's rows live in, counted. */
 typedef struct row_counts {
-    size_t groups, members, messages, topic_members;
+    size_t groups, members, messages, topic_members, topic_logs;
 } row_counts;
 
 static row_counts count_group_rows(void)
 {
     row_counts c = {test_count_rows(T, &lagoon_table_groups), test_count_rows(T, &lagoon_table_group_members),
-                    test_count_rows(T, &lagoon_table_group_messages), test_count_rows(T, &lagoon_table_topic_members)};
+                    test_count_rows(T, &lagoon_table_group_messages), test_count_rows(T, &lagoon_table_topic_members),
+                    test_count_rows(T, &lagoon_table_topic_feeds)};
     return c;
 }
 
-static void expect_rows(row_counts got, size_t groups, size_t members, size_t messages, size_t topic_members)
+/* topic_logs: the topics with a log (TopicFeed rows): here, the groups' whose chat has events. */
+static void expect_rows(row_counts got, size_t groups, size_t members, size_t messages, size_t topic_members,
+                        size_t topic_logs)
 {
     assert_int_equal(got.groups, groups);
     assert_int_equal(got.members, members);
     assert_int_equal(got.messages, messages);
     assert_int_equal(got.topic_members, topic_members);
+    assert_int_equal(got.topic_logs, topic_logs);
 }
 
 /* A group in every membership state, with messages, goes whole: by Groups/Delete, and by its
@@ -689,7 +693,7 @@ static void test_no_orphan_rows(void **state)
     char inv_tok[65];
     uint64_t inv = test_verified_user(T, C, "inv", lagoon_v1_Role_STUDENT, inv_tok);
     row_counts base = count_group_rows();
-    expect_rows(base, 0, 0, 0, 0);
+    expect_rows(base, 0, 0, 0, 0, 0);
     for (int by_account = 0; by_account < 2; by_account++) {
         /* own's group: own, adm, mem ACTIVE; out REQUESTED; inv INVITED. */
         uint64_t g = group_of_three(by_account ? "owner goes" : "group goes", PRIV);
@@ -705,14 +709,14 @@ static void test_no_orphan_rows(void **state)
         EXPECT(join(own_tok, h), LAGOON_OK, NULL);
         said(own_tok, h, "own in h");
         said(adm_tok, h, "adm in h");
-        expect_rows(count_group_rows(), 2, 5 + 2, 3 + 2, 3 + 2);
+        expect_rows(count_group_rows(), 2, 5 + 2, 3 + 2, 3 + 2, 2);
         if (by_account) {
             lagoon_v1_DeleteAccountRequest ar = lagoon_v1_DeleteAccountRequest_init_zero;
             snprintf(ar.password, sizeof(ar.password), "%s", TEST_PASSWORD);
             lagoon_v1_UsersEmpty ue;
             lagoon_set_token(C, own_tok);
             EXPECT(lagoon_Users_DeleteAccount(C, &ar, &ue), LAGOON_OK, NULL);
-            expect_rows(count_group_rows(), 1, 1, 1, 1);
+            expect_rows(count_group_rows(), 1, 1, 1, 1, 1);
             lagoon_v1_GetGroupRequest gr = {h};
             lagoon_set_token(C, adm_tok);
             EXPECT(lagoon_Groups_Get(C, &gr, &G), LAGOON_OK, NULL);
@@ -721,11 +725,12 @@ static void test_no_orphan_rows(void **state)
             lagoon_v1_DeleteGroupRequest dr = {g};
             lagoon_set_token(C, own_tok);
             EXPECT(lagoon_Groups_Delete(C, &dr, &E), LAGOON_OK, NULL);
-            expect_rows(count_group_rows(), 1, 2, 2, 2);
+            expect_rows(count_group_rows(), 1, 2, 2, 2, 1);
             lagoon_v1_DeleteGroupRequest hr = {h};
             lagoon_set_token(C, adm_tok);
             EXPECT(lagoon_Groups_Delete(C, &hr, &E), LAGOON_OK, NULL);
-            expect_rows(count_group_rows(), 0, 0, 0, 0);
+            expect_rows(count_group_rows(), 0, 0, 0, 0, 0);
+            assert_int_equal(test_count_rows(T, &lagoon_table_topic_events), 0);
         }
         /* None of them sees either group's chat now. */
         for (int i = 0; i < 2; i++)

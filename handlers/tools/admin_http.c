@@ -11,9 +11,11 @@
 #include <sys/socket.h>
 
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <event2/listener.h>
 
 #include "lagoon_tables.h"
 #include "realtime.h"
@@ -28,6 +30,7 @@
  * many pages of STORE_PAGE_SIZE_MAX: a backlog past 50 000 reads as 50 000, which is already
  * an alarm, and a scrape stays bounded however far behind a queue is. */
 #define ADMIN_COUNT_PAGES_MAX 100
+#define ADMIN_PENDING_MAX ADMIN_MAX_CONNECTIONS /* accepted, their close callback not set yet (claim_cb) */
 
 struct admin_http {
     rpc_server *srv;
@@ -35,6 +38,11 @@ struct admin_http {
     struct event_base *base;
     struct evhttp *http;
     struct event *stop; /* activated by admin_http_stop: leaves the loop */
+    struct evconnlistener *listener; /* evhttp's; NULL once it is being freed */
+    unsigned conns;                  /* counted connections open (admin thread only) */
+    struct event *claim;             /* claim_cb: counts the connections new_bev saw */
+    struct bufferevent *pending[ADMIN_PENDING_MAX];
+    unsigned npending;
     pthread_t thread;
     int started;
     uint16_t port;
@@ -224,6 +232,66 @@ static void on_request(struct evhttp_request *req, void *arg)
     }
 }
 
+/* ---- the connection limit ----------------------------------------------------------------
+ * evhttp hands out no connection until a request has been read, so a connection is counted
+ * from its bufferevent: new_bev (evhttp's bevcb, at accept) makes and counts it and schedules
+ * claim_cb, which runs right after the accept callback, when evhttp has attached the
+ * bufferevent to its evhttp_connection (the callbacks' argument), and sets the close callback
+ * that counts it down. (Only an allocation failure inside evhttp's accept could free the
+ * bufferevent before claim_cb.) */
+
+static void limit_listener(admin_http *h)
+{
+    if (h->listener == NULL)
+        return;
+    if (h->conns >= ADMIN_MAX_CONNECTIONS)
+        evconnlistener_disable(h->listener);
+    else
+        evconnlistener_enable(h->listener);
+}
+
+static void conn_closed(struct evhttp_connection *evcon, void *arg)
+{
+    (void)evcon;
+    admin_http *h = arg;
+    if (h->conns > 0)
+        h->conns--;
+    limit_listener(h);
+}
+
+static void claim_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    admin_http *h = arg;
+    for (unsigned i = 0; i < h->npending; i++) {
+        void *evcon = NULL;
+        bufferevent_getcb(h->pending[i], NULL, NULL, NULL, &evcon);
+        if (evcon != NULL)
+            evhttp_connection_set_closecb(evcon, conn_closed, h);
+        else if (h->conns > 0)
+            h->conns--; /* not evhttp's after all: never counted down otherwise */
+    }
+    h->npending = 0;
+    limit_listener(h);
+}
+
+/* Counted here, at once: evconnlistener accepts until the backlog is empty unless its callback
+ * (this one, through evhttp's) disables it. */
+static struct bufferevent *new_bev(struct event_base *base, void *arg)
+{
+    admin_http *h = arg;
+    struct bufferevent *bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+    /* The listener stops at ADMIN_MAX_CONNECTIONS counted, so the list never fills. */
+    if (bev != NULL && h->npending < ADMIN_PENDING_MAX) {
+        h->pending[h->npending++] = bev;
+        h->conns++;
+        event_active(h->claim, EV_TIMEOUT, 0);
+        limit_listener(h);
+    }
+    return bev;
+}
+
 static void stop_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -241,10 +309,13 @@ static void *admin_main(void *arg)
 
 static void admin_free(admin_http *h)
 {
+    h->listener = NULL; /* evhttp_free frees it before the connections, whose close calls come after */
     if (h->http)
         evhttp_free(h->http);
     if (h->stop)
         event_free(h->stop);
+    if (h->claim)
+        event_free(h->claim);
     if (h->base)
         event_base_free(h->base);
     free(h);
@@ -263,7 +334,8 @@ int admin_http_start(const char *host, uint16_t port, rpc_server *srv, app *a, a
     h->base = event_base_new();
     h->http = h->base ? evhttp_new(h->base) : NULL;
     h->stop = h->base ? event_new(h->base, -1, 0, stop_cb, h) : NULL;
-    if (h->http == NULL || h->stop == NULL) {
+    h->claim = h->base ? event_new(h->base, -1, 0, claim_cb, h) : NULL;
+    if (h->http == NULL || h->stop == NULL || h->claim == NULL) {
         snprintf(err->message, sizeof(err->message), "cannot create the admin listener");
         admin_free(h);
         return RPC_ERR;
@@ -274,6 +346,7 @@ int admin_http_start(const char *host, uint16_t port, rpc_server *srv, app *a, a
     evhttp_set_allowed_methods(h->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST | EVHTTP_REQ_PUT |
                                             EVHTTP_REQ_DELETE);
     evhttp_set_gencb(h->http, on_request, h);
+    evhttp_set_bevcb(h->http, new_bev, h);
     struct evhttp_bound_socket *bound = evhttp_bind_socket_with_handle(h->http, host, port);
     if (bound == NULL) {
         snprintf(err->message, sizeof(err->message), "cannot listen on %s:%u for the admin listener: %s", host,
@@ -281,6 +354,7 @@ int admin_http_start(const char *host, uint16_t port, rpc_server *srv, app *a, a
         admin_free(h);
         return RPC_ERR;
     }
+    h->listener = evhttp_bound_socket_get_listener(bound);
     struct sockaddr_storage ss;
     socklen_t len = sizeof(ss);
     if (getsockname(evhttp_bound_socket_get_fd(bound), (struct sockaddr *)&ss, &len) == 0)

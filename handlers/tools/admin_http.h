@@ -21,6 +21,12 @@
 /* Longest --admin-listen value ("[v6 address]:port"). */
 #define ADMIN_LISTEN_MAX 64
 
+/* Admin connections open at once. evhttp (libevent 2.1) has no such limit, and every connection
+ * holds a descriptor of the process's, which the RPC listener and the store need: past this many
+ * the listener stops accepting (further clients wait in the kernel's backlog) until one closes.
+ * A scraper and a load balancer's probes need a handful. */
+#define ADMIN_MAX_CONNECTIONS 64
+
 typedef struct admin_http admin_http;
 
 /* Parses "PORT", "HOST:PORT" or "[V6]:PORT" (HOST numeric; 127.0.0.1 when left out) into

@@ -10,6 +10,12 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+
 #include <cmocka.h>
 
 #include "admin_http.h"
@@ -348,6 +354,75 @@ static void test_metrics_before_the_server_runs(void **state)
     test_app_stop(&t);
 }
 
+/* Descriptors this process has open (the server runs in it, so both ends of a connection). */
+static int count_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    assert_non_null(d);
+    int n = 0;
+    while (readdir(d) != NULL && n < 1000000)
+        n++;
+    closedir(d);
+    return n;
+}
+
+typedef struct fds_at_least {
+    int want;
+} fds_at_least;
+
+static int fds_reached(void *arg)
+{
+    return count_fds() >= ((fds_at_least *)arg)->want;
+}
+
+/* Connects to the admin port without sending anything. */
+static int tcp_connect(uint16_t port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    return fd;
+}
+
+/* Idle connections past ADMIN_MAX_CONNECTIONS are not accepted (they would hold the process's
+ * descriptors): a request behind them waits until some close, then is answered. */
+static void test_admin_connections_are_bounded(void **state)
+{
+    (void)state;
+    enum { IDLE = ADMIN_MAX_CONNECTIONS + 16 };
+    test_app t;
+    test_app_start(&t, NULL);
+    admin_http *h = start_admin(&t);
+    uint16_t port = admin_http_port(h);
+    int base = count_fds();
+    int idle[IDLE];
+    for (int i = 0; i < IDLE; i++)
+        idle[i] = tcp_connect(port);
+    int late = tcp_connect(port);
+    static const char get[] = "GET /healthz HTTP/1.0\r\n\r\n";
+    assert_int_equal(send(late, get, sizeof(get) - 1, 0), (ssize_t)(sizeof(get) - 1));
+    /* The listener has taken as many as it may... */
+    fds_at_least cap = {base + IDLE + 1 + ADMIN_MAX_CONNECTIONS};
+    assert_true(test_wait_for(fds_reached, &cap, 10000));
+    /* ...and the request behind them is not served (without the limit it is, at once). */
+    struct pollfd pfd = {.fd = late, .events = POLLIN};
+    assert_int_equal(poll(&pfd, 1, 1000), 0);
+    for (int i = 0; i < IDLE; i++)
+        close(idle[i]);
+    assert_int_equal(poll(&pfd, 1, 10000), 1);
+    char reply[256];
+    ssize_t n = recv(late, reply, sizeof(reply) - 1, 0);
+    assert_true(n > 0);
+    reply[n] = '\0';
+    assert_non_null(strstr(reply, " 200 "));
+    close(late);
+    assert_int_equal(http(port, "GET", "/healthz"), 200);
+    admin_http_stop(h);
+    test_app_stop(&t);
+}
+
 static void test_admin_listen_values(void **state)
 {
     (void)state;
@@ -383,6 +458,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_admin_listen_values),
         cmocka_unit_test(test_metrics_before_the_server_runs),
+        cmocka_unit_test(test_admin_connections_are_bounded),
         cmocka_unit_test(test_metrics_page_parses_and_counts_calls),
         cmocka_unit_test(test_readyz_turns_503_on_drain),
     };

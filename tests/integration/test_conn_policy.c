@@ -16,6 +16,7 @@
 
 #include "lagoon.h"
 #include "lagoon_async.h"
+#include "lagoon/v1/auth.pb.h"
 #include "lagoon/v1/health.pb.h"
 #include "lagoon/v1/rpc.pb.h"
 #include "lagoon_idl.h"
@@ -118,6 +119,46 @@ static void test_max_age_grace_ends_open_calls(void **state)
     assert_true(raw_wait_closed(fd, 10000));
     close(fd);
     test_server_stop(&t);
+}
+
+static void age_now(app_config *acfg, rpc_config *cfg)
+{
+    (void)acfg;
+    cfg->max_connection_age_ms = 1000;
+    cfg->max_connection_age_grace_ms = 0;
+}
+
+/* A write still in the store when the grace ends: the call is answered UNAVAILABLE once, the
+ * connection closes, and the write's later completion (on a connection gone) neither answers
+ * again nor touches freed memory (ASan); the server goes on serving. */
+static void test_max_age_grace_ends_a_write_in_flight(void **state)
+{
+    (void)state;
+    test_app t;
+    test_app_start(&t, age_now);
+    test_hold hold = TEST_HOLD_INIT;
+    test_hold_writer(&t, &hold);
+    int fd = raw_connect(t.srv.port, 1);
+    lagoon_v1_RegisterRequest req = lagoon_v1_RegisterRequest_init_zero;
+    snprintf(req.email, sizeof(req.email), "aged@example.com");
+    snprintf(req.username, sizeof(req.username), "aged");
+    snprintf(req.password, sizeof(req.password), "a long enough passphrase 7");
+    raw_send_call(fd, 1, &lagoon_method_Auth_Register, NULL, NULL, 0, &lagoon_v1_RegisterRequest_info, &req);
+    uint32_t id = 0;
+    char msg[256];
+    assert_int_equal(raw_read_reply(fd, &id, msg, sizeof(msg)), LAGOON_UNAVAILABLE);
+    assert_int_equal(id, 1);
+    assert_non_null(strstr(msg, "maximum age"));
+    assert_true(raw_wait_closed(fd, 10000));
+    close(fd);
+    test_hold_release(&hold);
+    assert_true(test_hold_wait(&hold, &hold.done));
+    /* The write's completion has somewhere to go or not; the server still answers. */
+    fd = raw_connect(t.srv.port, 1);
+    raw_send_frame(fd, WIRE_REQUEST, WIRE_FLAG_END_STREAM, 1, lagoon_method_Health_Check.id, NULL, 0, NULL, 0);
+    assert_int_equal(raw_read_reply(fd, &id, NULL, 0), LAGOON_OK);
+    close(fd);
+    test_app_stop(&t);
 }
 
 /* SETTINGS as the server sends it; its frame in *frame (pointing into buf). */
@@ -323,6 +364,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_max_age_goaway_lets_calls_finish),
         cmocka_unit_test(test_max_age_grace_ends_open_calls),
+        cmocka_unit_test(test_max_age_grace_ends_a_write_in_flight),
         cmocka_unit_test(test_ping_flood_gets_goaway),
         cmocka_unit_test(test_pings_on_time_are_answered),
         cmocka_unit_test(test_schema_hash_is_compared),

@@ -416,3 +416,24 @@ int app_store_error(rpc_call *call, int status, const store_error *err)
     return rpc_call_error(call, status, "%s", err->message);
 }
 
+int app_budget_start(const app *a, limiter_policy p, uint32_t max_default, uint32_t window_default, void **state,
+                     rpc_error *err)
+{
+    p.kind = LIMITER_BUDGET;
+    if (p.max_events == 0)
+        p.max_events = max_default;
+    if (p.window_ms == 0)
+        p.window_ms = window_default;
+    *state = limiter_new(&p, a->cfg.limiter_keys);
+    if (*state == NULL) {
+        snprintf(err->message, sizeof(err->message), "out of memory");
+        return RPC_ERR;
+    }
+    return RPC_OK;
+}
+
+void app_budget_stop(app *a, void *state)
+{
+    (void)a;
+    limiter_free(state);
+}

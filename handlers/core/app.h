@@ -332,6 +332,13 @@ typedef int (*app_after_fn)(rpc_call *call, const app_write_in *in, void *resp, 
 int app_write_call(rpc_call *call, app_write_fn fn, const void *args);
 int app_write_call_then(rpc_call *call, app_write_fn fn, const void *args, app_after_fn after);
 
+/* A module whose state is one per-user budget (the limiter app_write_call_limited takes from):
+ * app_budget_start is its start, from policy p with kind LIMITER_BUDGET, where a 0 max_events
+ * or window_ms takes max_default or window_default (0: leave it); app_budget_stop its stop. */
+int app_budget_start(const app *a, limiter_policy p, uint32_t max_default, uint32_t window_default, void **state,
+                     rpc_error *err);
+void app_budget_stop(app *a, void *state);
+
 /* app_write_call counted against the caller's budget in limiter l (key "<key_prefix>:<user
  * id>"): spent, the call is refused at once with RESOURCE_EXHAUSTED "too many <what>; retry in
  * N s" and retry-after; otherwise it is counted when it starts and given back when it stores

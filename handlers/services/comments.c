@@ -33,22 +33,7 @@
 static int comments_start(app *a, void **state, rpc_error *err)
 {
     /* "N per minute" from the first: past N, wait until that minute is over. */
-    limiter_policy p = a->cfg.comments;
-    p.kind = LIMITER_BUDGET;
-    if (p.window_ms == 0)
-        p.window_ms = 60 * 1000;
-    *state = limiter_new(&p, a->cfg.limiter_keys);
-    if (*state == NULL) {
-        snprintf(err->message, sizeof(err->message), "out of memory");
-        return RPC_ERR;
-    }
-    return RPC_OK;
-}
-
-static void comments_stop(app *a, void *state)
-{
-    (void)a;
-    limiter_free(state);
+    return app_budget_start(a, a->cfg.comments, 0, 60 * 1000, state, err);
 }
 
 static int comments_fill_event(store_txn *t, const lagoon_v1_Event *ev, lagoon_v1_Event *out, int *filled,
@@ -57,7 +42,7 @@ static int comments_fill_event(store_txn *t, const lagoon_v1_Event *ev, lagoon_v
 const app_module comments_module = {
     .name = "comments",
     .start = comments_start,
-    .stop = comments_stop,
+    .stop = app_budget_stop,
     .fill_event = comments_fill_event, /* comment events are logged as references */
 };
 

@@ -55,25 +55,14 @@ static int groupchat_fill_event(store_txn *t, const lagoon_v1_Event *ev, lagoon_
  * so that nobody else's indicator or read mark got through. */
 static int groupchat_start(app *a, void **state, rpc_error *err)
 {
-    limiter_policy p = {.kind = LIMITER_BUDGET, .max_events = 1, .window_ms = GROUPCHAT_TYPING_EVERY_MS};
-    *state = limiter_new(&p, a->cfg.limiter_keys);
-    if (*state == NULL) {
-        snprintf(err->message, sizeof(err->message), "out of memory");
-        return RPC_ERR;
-    }
-    return RPC_OK;
-}
-
-static void groupchat_stop(app *a, void *state)
-{
-    (void)a;
-    limiter_free(state);
+    limiter_policy p = {.max_events = 1, .window_ms = GROUPCHAT_TYPING_EVERY_MS};
+    return app_budget_start(a, p, 0, 0, state, err);
 }
 
 const app_module groupchat_module = {
     .name = "groupchat",
     .start = groupchat_start,
-    .stop = groupchat_stop,
+    .stop = app_budget_stop,
     .fill_event = groupchat_fill_event, /* group message events are logged as references */
 };
 

@@ -34,30 +34,13 @@ typedef lagoon_v1_GroupMember member;
 
 static int groups_start(app *a, void **state, rpc_error *err)
 {
-    limiter_policy p = a->cfg.group_requests;
-    p.kind = LIMITER_BUDGET;
-    if (p.max_events == 0)
-        p.max_events = GROUPS_REQUESTS_PER_HOUR;
-    if (p.window_ms == 0)
-        p.window_ms = 3600u * 1000u;
-    *state = limiter_new(&p, a->cfg.limiter_keys);
-    if (*state == NULL) {
-        snprintf(err->message, sizeof(err->message), "out of memory");
-        return RPC_ERR;
-    }
-    return RPC_OK;
-}
-
-static void groups_stop(app *a, void *state)
-{
-    (void)a;
-    limiter_free(state);
+    return app_budget_start(a, a->cfg.group_requests, GROUPS_REQUESTS_PER_HOUR, 3600u * 1000u, state, err);
 }
 
 const app_module groups_module = {
     .name = "groups",
     .start = groups_start,
-    .stop = groups_stop,
+    .stop = app_budget_stop,
 };
 
 /* Join and Invite: each may notify other users (a request its group's admins, an invitation

@@ -92,24 +92,7 @@ typedef lagoon_v1_PlayInteraction interaction;
 
 static int plays_start(app *a, void **state, rpc_error *err)
 {
-    limiter_policy p = a->cfg.plays;
-    p.kind = LIMITER_BUDGET;
-    if (p.max_events == 0)
-        p.max_events = 1200;
-    if (p.window_ms == 0)
-        p.window_ms = PLAYS_WINDOW_MS;
-    *state = limiter_new(&p, a->cfg.limiter_keys);
-    if (*state == NULL) {
-        snprintf(err->message, sizeof(err->message), "out of memory");
-        return RPC_ERR;
-    }
-    return RPC_OK;
-}
-
-static void plays_stop(app *a, void *state)
-{
-    (void)a;
-    limiter_free(state);
+    return app_budget_start(a, a->cfg.plays, 1200, PLAYS_WINDOW_MS, state, err);
 }
 
 static int plays_run_job(store_txn *t, const app *a, const lagoon_v1_ScheduledJob *job, int *ran, store_error *err);
@@ -117,7 +100,7 @@ static int plays_run_job(store_txn *t, const app *a, const lagoon_v1_ScheduledJo
 const app_module plays_module = {
     .name = "plays",
     .start = plays_start,
-    .stop = plays_stop,
+    .stop = app_budget_stop,
     .run_job = plays_run_job,
 };
 

@@ -238,26 +238,13 @@ static int profchats_run_job(store_txn *t, const app *a, const lagoon_v1_Schedul
 /* The state: the per-user budget of Create (app_config.pro_chats). */
 static int profchats_start(app *a, void **state, rpc_error *err)
 {
-    limiter_policy p = a->cfg.pro_chats;
-    p.kind = LIMITER_BUDGET;
-    p.window_ms = p.window_ms ? p.window_ms : PROFCHATS_BUDGET_WINDOW_MS;
-    *state = limiter_new(&p, a->cfg.limiter_keys);
-    if (*state != NULL)
-        return RPC_OK;
-    snprintf(err->message, sizeof(err->message), "out of memory");
-    return RPC_ERR;
-}
-
-static void profchats_stop(app *a, void *state)
-{
-    (void)a;
-    limiter_free(state);
+    return app_budget_start(a, a->cfg.pro_chats, 0, PROFCHATS_BUDGET_WINDOW_MS, state, err);
 }
 
 const app_module profchats_module = {
     .name = "profchats",
     .start = profchats_start,
-    .stop = profchats_stop,
+    .stop = app_budget_stop,
     .run_job = profchats_run_job,
 };
 

@@ -39,30 +39,13 @@ typedef lagoon_v1_ProgressSummary summary;
 
 static int teaching_start(app *a, void **state, rpc_error *err)
 {
-    limiter_policy p = a->cfg.teaching_requests;
-    p.kind = LIMITER_BUDGET;
-    if (p.max_events == 0)
-        p.max_events = 20;
-    if (p.window_ms == 0)
-        p.window_ms = TEACHING_REQUEST_WINDOW_MS;
-    *state = limiter_new(&p, a->cfg.limiter_keys);
-    if (*state == NULL) {
-        snprintf(err->message, sizeof(err->message), "out of memory");
-        return RPC_ERR;
-    }
-    return RPC_OK;
-}
-
-static void teaching_stop(app *a, void *state)
-{
-    (void)a;
-    limiter_free(state);
+    return app_budget_start(a, a->cfg.teaching_requests, 20, TEACHING_REQUEST_WINDOW_MS, state, err);
 }
 
 const app_module teaching_module = {
     .name = "teaching",
     .start = teaching_start,
-    .stop = teaching_stop,
+    .stop = app_budget_stop,
 };
 
 static limiter *request_limiter(const app *a)

@@ -111,30 +111,13 @@ static int add_public(void *arg, void *item, const void *row)
 static int users_start(app *a, void **state, rpc_error *err)
 {
     /* "N per minute" from the first: past N, wait until that minute is over. */
-    limiter_policy p = a->cfg.user_searches;
-    p.kind = LIMITER_BUDGET;
-    if (p.max_events == 0)
-        p.max_events = 30;
-    if (p.window_ms == 0)
-        p.window_ms = 60 * 1000;
-    *state = limiter_new(&p, a->cfg.limiter_keys);
-    if (*state == NULL) {
-        snprintf(err->message, sizeof(err->message), "out of memory");
-        return RPC_ERR;
-    }
-    return RPC_OK;
-}
-
-static void users_stop(app *a, void *state)
-{
-    (void)a;
-    limiter_free(state);
+    return app_budget_start(a, a->cfg.user_searches, 30, 60 * 1000, state, err);
 }
 
 const app_module users_module = {
     .name = "users",
     .start = users_start,
-    .stop = users_stop,
+    .stop = app_budget_stop,
 };
 
 static int add_found(void *arg, void *item, const void *row)

@@ -222,28 +222,13 @@ static int videochats_run_job(store_txn *t, const app *a, const lagoon_v1_Schedu
 
 static int videochats_start(app *a, void **state, rpc_error *err)
 {
-    limiter_policy p = a->cfg.video_chats;
-    p.kind = LIMITER_BUDGET;
-    if (p.window_ms == 0)
-        p.window_ms = VIDEOCHATS_BUDGET_WINDOW_MS;
-    *state = limiter_new(&p, a->cfg.limiter_keys);
-    if (*state == NULL) {
-        snprintf(err->message, sizeof(err->message), "out of memory");
-        return RPC_ERR;
-    }
-    return RPC_OK;
-}
-
-static void videochats_stop(app *a, void *state)
-{
-    (void)a;
-    limiter_free(state);
+    return app_budget_start(a, a->cfg.video_chats, 0, VIDEOCHATS_BUDGET_WINDOW_MS, state, err);
 }
 
 const app_module videochats_module = {
     .name = "videochats",
     .start = videochats_start,
-    .stop = videochats_stop,
+    .stop = app_budget_stop,
     .run_job = videochats_run_job,
 };
 

@@ -33,6 +33,9 @@ typedef struct app_module app_module;
  * with the NUL. */
 #define APP_ICE_URLS_MAX 512
 #define APP_TURN_SECRET_MAX 256
+/* Room for the media listener's public base URL and for a tool's path, with the NUL. */
+#define APP_MEDIA_URL_BASE_MAX 256
+#define APP_TOOL_PATH_MAX 256
 
 typedef struct app_config {
     uint64_t pwhash_opslimit;  /* APP_SETTINGS argon2-ops */
@@ -90,6 +93,18 @@ typedef struct app_config {
     char stun_urls[APP_ICE_URLS_MAX];
     char turn_urls[APP_ICE_URLS_MAX];
     char turn_secret[APP_TURN_SECRET_MAX];
+    /* Media (handlers/core/media_files.h; uploads.c, media.c, the media HTTP listener). Zero
+     * fields take the defaults named in the file that uses them. */
+    uint64_t upload_max_bytes;     /* the largest video upload; 0 = UPLOADS_MAX_BYTES_DEFAULT (uploads.h) */
+    uint64_t media_quota_bytes;    /* bytes a user's uploads and media may hold; 0 = the default (uploads.h) */
+    uint32_t upload_expiry_s;      /* an upload untouched this long is deleted; 0 = 24 h (uploads.h) */
+    uint32_t media_workers;        /* processing jobs run at once (ffmpeg children); 0 = cores - 1, at least 1 */
+    uint32_t media_job_timeout_s;  /* one ffmpeg/ffprobe run's wall-clock limit; 0 = the default (media.h) */
+    uint32_t media_url_ttl_s;      /* signed media URLs' lifetime; 0 = 1 h */
+    char media_url_base[APP_MEDIA_URL_BASE_MAX]; /* "http://host:port" clients reach the media
+                                    * listener at; "" = no signed URLs (no listener configured) */
+    char ffmpeg[APP_TOOL_PATH_MAX];  /* the ffmpeg and ffprobe to run; "" = "ffmpeg" / "ffprobe" in */
+    char ffprobe[APP_TOOL_PATH_MAX]; /* PATH. Tests point them at failing stand-ins */
     uint32_t event_retention_count; /* events kept per user; APP_SETTINGS event-retention-count */
     uint32_t event_retention_s;     /* and for at most this long; APP_SETTINGS event-retention-days */
     size_t subscriber_backlog;      /* bytes a subscription may fall behind before it is ended; 0 = 1 MiB */

@@ -246,13 +246,19 @@ static int create_write(store_txn *t, const app_write_in *in, void *resp, store_
     APP_STRCPY(v->composer, req->composer);
     APP_STRCPY(v->practice_goals, req->practice_goals);
     v->is_public = req->is_public;
-    /* An external URL plays at once; an upload (later) starts PROCESSING. */
+    /* An external URL plays at once; an upload (Uploads/Create) starts UPLOADING. */
     v->source = lagoon_v1_Video_Source_EXTERNAL_URL;
     v->status = lagoon_v1_Video_Status_READY;
     v->created_at = v->updated_at = in->now;
-    int st = store_insert(t, &lagoon_table_videos, v, NULL, err);
+    int st = videos_insert(t, v, err);
     if (st == LAGOON_OK)
         app_result_shows(in, v->id); /* a retried Create answers this video while it lasts */
+    return st;
+}
+
+int videos_insert(store_txn *t, lagoon_v1_Video *v, store_error *err)
+{
+    int st = store_insert(t, &lagoon_table_videos, v, NULL, err);
     return st == LAGOON_OK ? words_insert(t, v, err) : st;
 }
 

@@ -18,6 +18,11 @@
 int videos_readable(store_txn *t, const rpc_caller *who, uint64_t id, const char *field, lagoon_v1_Video *v,
                     int *owner, store_error *err);
 
+/* Inserts v (its id assigned into v->id) with its search words, in the caller's write: what
+ * Videos/Create does, for services that create videos of their own (Uploads/Create). The
+ * caller has filled and validated every field. */
+int videos_insert(store_txn *t, lagoon_v1_Video *v, store_error *err);
+
 /* View counting, one source for every service (Videos/RecordView, Plays): a view counts when
  * VIDEOS_VIEW_MIN_S seconds were watched, or half of a video shorter than VIDEOS_VIEW_SHORT_S
  * whose duration is known (videos.c), and a user's views of a video count once per

@@ -4,14 +4,15 @@
 #   scripts/deps.sh --test   also the test tools (cmocka, clang for the fuzz target, curl and
 #                            openssl, which tests run against the server)
 #   scripts/deps.sh --bench  also what bench/compare.sh and callgrind.sh run (Redis, valgrind, gnuplot)
+#                            and nginx, which bench/media compares range requests with
 # Uses sudo when not root. Installs nothing when everything is present.
 set -eu
 
 pkgs="build-essential cmake pkg-config protobuf-compiler libprotobuf-dev python3-protobuf nanopb libnanopb-dev
-libevent-dev liblmdb-dev libsodium-dev libjansson-dev libssl-dev help2man"
+libevent-dev liblmdb-dev libsodium-dev libjansson-dev libssl-dev help2man ffmpeg"
 case "${1:-}" in
 --test) pkgs="$pkgs libcmocka-dev clang libclang-rt-14-dev curl openssl" ;;
---bench) pkgs="$pkgs redis-server redis-tools valgrind gnuplot-nox" ;;
+--bench) pkgs="$pkgs redis-server redis-tools valgrind gnuplot-nox nginx-light" ;;
 "") ;;
 *) echo "usage: scripts/deps.sh [--test|--bench]" >&2; exit 2 ;;
 esac

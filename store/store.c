@@ -550,11 +550,21 @@ static int batch_begin(store *s, store_op **ops, size_t n, kv_txn **parent)
     return 0;
 }
 
-/* Commits the batch's transaction: a failure fails every op. */
-static enum batch_result batch_commit(kv_txn *parent, store_op **ops, size_t n, int may_grow,
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Commits the batch's transaction: a failure fails every op. Times the commit (its fsync) into
+ * s->commit_ns for the histogram. */
+static enum batch_result batch_commit(store *s, kv_txn *parent, store_op **ops, size_t n, int may_grow,
                                       change_list *changes)
 {
+    int64_t started = mono_ns();
     int rc = kv_txn_commit(parent);
+    s->commit_ns = mono_ns() - started;
     if (rc == KV_MAP_FULL && may_grow)
         return BATCH_REPLAY;
     if (rc) {
@@ -607,7 +617,7 @@ static enum batch_result run_flat(store *s, store_op **ops, size_t n, int may_gr
         op_set(op, st, &op->err);
         return BATCH_DONE;
     }
-    return batch_commit(txn, ops, n, may_grow, changes);
+    return batch_commit(s, txn, ops, n, may_grow, changes);
 }
 
 /* Runs ops[0..n) in one transaction, each in a nested one. BATCH_REPLAY when the map filled up
@@ -674,7 +684,7 @@ static enum batch_result run_nested(store *s, store_op **ops, size_t n, int may_
         store_txn_free(&t);
         op_set(op, st, &op->err);
     }
-    return batch_commit(parent, ops, n, may_grow, changes);
+    return batch_commit(s, parent, ops, n, may_grow, changes);
 }
 
 /* A batch: flat first, nested when an op of several failed (run_flat). */
@@ -693,6 +703,28 @@ static void announce(store *s, const change_list *changes)
     for (size_t i = 0; i < s->nsubs; i++)
         s->subs[i].fn(s->subs[i].arg, changes->v, changes->n);
     pthread_mutex_unlock(&s->sub_mu);
+}
+
+/* The index of the first bound >= v among n ascending bounds; n when v is above them all. */
+static unsigned bucket_of(const uint64_t *bounds, unsigned n, uint64_t v)
+{
+    unsigned b = 0;
+    while (b < n && v > bounds[b])
+        b++;
+    return b;
+}
+
+/* A committed batch of ok writes into the histograms; q_mu is held (the counters' lock, which
+ * the writer takes once per batch anyway). */
+static void count_batch(store_counters *c, int64_t took_ns, uint64_t ok)
+{
+    static const uint64_t commit_bounds[STORE_COMMIT_NBUCKETS] = {STORE_COMMIT_BUCKETS_US};
+    static const uint64_t batch_bounds[STORE_BATCH_NBUCKETS] = {STORE_BATCH_BUCKETS};
+    uint64_t ns = took_ns > 0 ? (uint64_t)took_ns : 0;
+    /* A bound of b us holds what rounds up to at most b us: 100.4 us is above the 100 us bound. */
+    c->commit_us[bucket_of(commit_bounds, STORE_COMMIT_NBUCKETS, (ns + 999) / 1000)]++;
+    c->commit_ns_sum += ns;
+    c->batch_writes[bucket_of(batch_bounds, STORE_BATCH_NBUCKETS, ok)]++;
 }
 
 static void *writer_main(void *arg)
@@ -738,6 +770,8 @@ static void *writer_main(void *arg)
         s->counters.batches += ok > 0;
         s->counters.ops_ok += ok;
         s->counters.ops_failed += n - ok;
+        if (ok > 0)
+            count_batch(&s->counters, s->commit_ns, ok);
         pthread_mutex_unlock(&s->q_mu);
 
         announce(s, &changes);

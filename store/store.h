@@ -354,12 +354,27 @@ void store_unsubscribe(store *s, store_subscriber_fn fn, void *arg);
 
 /* ---- Introspection ------------------------------------------------------------------------------ */
 
+/* Histograms of the group commit, for /metrics: the upper bounds of their buckets. Commit
+ * latency spans an fsync on a fast SSD (about 100 us) to a stalled disk (seconds); batch sizes
+ * go up to STORE_MAX_BATCH_LIMIT. The counts are per bucket (not cumulative), one more past the
+ * largest bound. */
+#define STORE_COMMIT_BUCKETS_US 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 1000000
+#define STORE_COMMIT_NBUCKETS 13
+#define STORE_BATCH_BUCKETS 1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096
+#define STORE_BATCH_NBUCKETS 11
+
 typedef struct store_counters {
     uint64_t batches;     /* write transactions committed */
     uint64_t ops_ok;      /* writes committed */
     uint64_t ops_failed;  /* writes that failed (their own error or their batch's) */
     uint64_t map_growths; /* times the map was enlarged */
     uint64_t map_size;    /* current map size, bytes */
+    /* Committed batches by how long their commit took (from its start to durable: LMDB's
+     * commit with its fsync, none with STORE_SYNC_NONE), and that time summed in ns. */
+    uint64_t commit_us[STORE_COMMIT_NBUCKETS + 1];
+    uint64_t commit_ns_sum;
+    /* Committed batches by their committed writes (their sum is ops_ok, their count batches). */
+    uint64_t batch_writes[STORE_BATCH_NBUCKETS + 1];
 } store_counters;
 void store_counters_get(store *s, store_counters *c);
 

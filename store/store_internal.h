@@ -100,6 +100,7 @@ struct store {
 
     /* Counters, under q_mu. */
     store_counters counters;
+    int64_t commit_ns;           /* writer only: how long the last batch's commit took (batch_commit) */
     uint64_t map_size;
 };
 

@@ -23,5 +23,10 @@ void realtime_stop(realtime *rt);
 /* Live subscriptions (Events/Subscribe streams) and the topic followings they hold, for
  * /metrics. Any thread; a relaxed snapshot. */
 void realtime_counts(realtime *rt, unsigned *subscribers, unsigned *followings);
+/* Bytes queued to the live subscriptions but not yet taken by the kernel (rpc_call_backlog):
+ * their sum and the largest one (compare with app_config.subscriber_backlog, where a stream is
+ * ended). Sampled by the router every ROUTER_TICK_MS (1 s) or so while it has subscribers, so
+ * up to about 2 s old; 0 when there are none. Any thread. */
+void realtime_backlog(realtime *rt, size_t *sum, size_t *max);
 
 #endif

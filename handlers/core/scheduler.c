@@ -2,6 +2,7 @@
 #include "scheduler.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -76,6 +77,20 @@ int sched_cancel_owner(store_txn *t, lagoon_v1_JobKind kind, uint64_t owner_id, 
 
 /* ---- running due jobs ------------------------------------------------------------------------ */
 
+/* The app's scheduler thread, and what /metrics reads of it (sched_counts). */
+struct sched {
+    app *a;
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int stopping;
+    uint32_t poll_ms;
+    /* Relaxed atomics: bumped by whichever thread runs a tick (this one, or a test's
+     * sched_run_due), read by the admin listener's. */
+    _Atomic uint64_t failed;  /* runs whose write failed */
+    _Atomic uint64_t dropped; /* jobs deleted at their SCHED_ATTEMPTS_MAX-th failure */
+};
+
 /* What one tick waits for: its jobs' completions. */
 typedef struct tick {
     pthread_mutex_t mu;
@@ -91,6 +106,7 @@ typedef struct run {
     int64_t now;     /* the tick's clock: the job must be due by then */
     int ran;         /* out: a module ran it */
     int status;      /* out: the write's */
+    int dropped;     /* out (retry_write): deleted for its failures */
     char message[STORE_ERROR_MESSAGE_MAX];
 } run;
 
@@ -138,7 +154,8 @@ static void run_done(void *arg, int status, const store_error *err)
 /* A failed job, moved later (or dropped after SCHED_ATTEMPTS_MAX failures). */
 static int retry_write(store_txn *t, void *arg, store_error *err)
 {
-    const run *r = arg;
+    run *r = arg;
+    r->dropped = 0; /* a replayed write starts over */
     job j;
     int st = store_get(t, &lagoon_table_scheduled_jobs, r->id, &j, err);
     if (st == LAGOON_NOT_FOUND)
@@ -148,6 +165,7 @@ static int retry_write(store_txn *t, void *arg, store_error *err)
     if (++j.attempts >= SCHED_ATTEMPTS_MAX) {
         log_msg(LOG_ERROR, "scheduler: job %llu of kind %d failed %d times (%s); dropped", (unsigned long long)j.id,
                 (int)j.kind, SCHED_ATTEMPTS_MAX, r->message);
+        r->dropped = 1;
         return store_delete(t, &lagoon_table_scheduled_jobs, j.id, err);
     }
     j.due_at = r->now + ((int64_t)SCHED_RETRY_BASE_MS << (j.attempts - 1));
@@ -162,7 +180,8 @@ static int due_by(void *arg, const void *row)
     return ((const job *)row)->due_at <= *(const int64_t *)arg ? 0 : -1;
 }
 
-int sched_run_due(app *a, uint32_t max, uint32_t *ran, store_error *err)
+/* sched_run_due, counting into counts (NULL: not counted). */
+static int run_due(app *a, sched *counts, uint32_t max, uint32_t *ran, store_error *err)
 {
     if (ran)
         *ran = 0;
@@ -217,8 +236,16 @@ int sched_run_due(app *a, uint32_t max, uint32_t *ran, store_error *err)
         if (runs[i].status == LAGOON_OK) {
             if (ran && runs[i].ran)
                 (*ran)++;
-        } else if (store_write(a->db, retry_write, &runs[i], &se) != LAGOON_OK) {
-            log_msg(LOG_WARN, "scheduler: cannot move failed job %llu: %s", (unsigned long long)runs[i].id, se.message);
+        } else {
+            int moved = store_write(a->db, retry_write, &runs[i], &se) == LAGOON_OK;
+            if (!moved)
+                log_msg(LOG_WARN, "scheduler: cannot move failed job %llu: %s", (unsigned long long)runs[i].id,
+                        se.message);
+            if (counts != NULL) {
+                atomic_fetch_add_explicit(&counts->failed, 1, memory_order_relaxed);
+                if (moved && runs[i].dropped)
+                    atomic_fetch_add_explicit(&counts->dropped, 1, memory_order_relaxed);
+            }
         }
     }
     pthread_mutex_destroy(&tk.mu);
@@ -228,16 +255,19 @@ int sched_run_due(app *a, uint32_t max, uint32_t *ran, store_error *err)
     return st;
 }
 
-/* ---- the thread ------------------------------------------------------------------------------ */
+int sched_run_due(app *a, uint32_t max, uint32_t *ran, store_error *err)
+{
+    return run_due(a, a->jobs, max, ran, err);
+}
 
-struct sched {
-    app *a;
-    pthread_t thread;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    int stopping;
-    uint32_t poll_ms;
-};
+void sched_counts(const app *a, uint64_t *failed, uint64_t *dropped)
+{
+    const sched *s = a->jobs;
+    *failed = s ? atomic_load_explicit(&s->failed, memory_order_relaxed) : 0;
+    *dropped = s ? atomic_load_explicit(&s->dropped, memory_order_relaxed) : 0;
+}
+
+/* ---- the thread ------------------------------------------------------------------------------ */
 
 static void *sched_main(void *arg)
 {
@@ -247,7 +277,7 @@ static void *sched_main(void *arg)
         pthread_mutex_unlock(&s->mu);
         uint32_t ran = 0;
         store_error err;
-        if (sched_run_due(s->a, SCHED_TICK_JOBS_MAX, &ran, &err) != LAGOON_OK)
+        if (run_due(s->a, s, SCHED_TICK_JOBS_MAX, &ran, &err) != LAGOON_OK)
             log_msg(LOG_WARN, "scheduler: %s", err.message);
         pthread_mutex_lock(&s->mu);
         if (ran == SCHED_TICK_JOBS_MAX || s->stopping)

@@ -59,6 +59,11 @@ int sched_get(store_txn *t, lagoon_v1_JobKind kind, uint64_t owner_id, uint32_t 
  * reading the due jobs. */
 int sched_run_due(app *a, uint32_t max, uint32_t *ran, store_error *err);
 
+/* Runs that failed (each retried or, at the SCHED_ATTEMPTS_MAX-th failure, dropped) and jobs
+ * dropped since the app opened, whoever ran the tick; 0 without a scheduler. For /metrics: any
+ * thread, a relaxed snapshot. */
+void sched_counts(const app *a, uint64_t *failed, uint64_t *dropped);
+
 /* The app's scheduler thread (app_open / app_close). */
 typedef struct sched sched;
 int sched_start(app *a, sched **out, rpc_error *err);

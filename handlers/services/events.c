@@ -1010,6 +1010,10 @@ struct realtime {
     tsub *tbuckets[ROUTER_BUCKETS];      /* by topic */
     tsub *mbuckets[ROUTER_BUCKETS];      /* by membership row id: a leave finds its followings */
     atomic_uint ntsubs;                  /* followings registered (atomic: realtime_counts reads it) */
+    /* The subscribers' backlog at the last sample (sample_backlog; atomic: realtime_backlog
+     * reads it): bytes summed over them, and the largest. */
+    atomic_size_t backlog_sum, backlog_max;
+    int64_t backlog_sampled_ms;          /* when (monotonic ms) */
     tlane *tlanes[ROUTER_BUCKETS];       /* by topic */
     tlane *tactive;                      /* every topic lane */
     uint64_t eph_stamp;                  /* ephemeral topic events stamped so far */
@@ -1726,6 +1730,29 @@ static void expire_due(realtime *rt)
     rt->next_expiry = next;
 }
 
+/* The subscribers' backlog for /metrics, at most every ROUTER_TICK_MS: a walk of them all, a
+ * relaxed load pair each (rpc_call_backlog), so its cost does not depend on the event rate.
+ * (Streams sharing a connection each count its queued output.) */
+static void sample_backlog(realtime *rt)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    int64_t now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    if (rt->backlog_sampled_ms != 0 && now - rt->backlog_sampled_ms < ROUTER_TICK_MS)
+        return;
+    rt->backlog_sampled_ms = now;
+    size_t sum = 0, max = 0;
+    for (int b = 0; rt->nsubs > 0 && b < ROUTER_BUCKETS; b++) {
+        for (const subscriber *s = rt->buckets[b]; s; s = s->next) {
+            size_t n = rpc_call_backlog(s->call);
+            sum += n;
+            max = n > max ? n : max;
+        }
+    }
+    atomic_store_explicit(&rt->backlog_sum, sum, memory_order_relaxed);
+    atomic_store_explicit(&rt->backlog_max, max, memory_order_relaxed);
+}
+
 static void route_typing(realtime *rt, const cmd *c)
 {
     lagoon_v1_Event ev = lagoon_v1_Event_init_zero;
@@ -2106,6 +2133,7 @@ static void *router_main(void *arg)
             replay_step(rt, s);
         }
         expire_due(rt);
+        sample_backlog(rt);
         app_hook_point(rt->a, APP_HOOK_ROUTER_TURN);
         pthread_mutex_lock(&rt->mu);
         int lanes = rt->active != NULL || rt->tactive != NULL;
@@ -2429,4 +2457,12 @@ void realtime_counts(realtime *rt, unsigned *subscribers, unsigned *followings)
 {
     *subscribers = atomic_load_explicit(&rt->nsubs, memory_order_relaxed);
     *followings = atomic_load_explicit(&rt->ntsubs, memory_order_relaxed);
+}
+
+void realtime_backlog(realtime *rt, size_t *sum, size_t *max)
+{
+    /* The last sample outlives the last subscriber (the idle router takes none): none, none queued. */
+    int any = atomic_load_explicit(&rt->nsubs, memory_order_relaxed) > 0;
+    *sum = any ? atomic_load_explicit(&rt->backlog_sum, memory_order_relaxed) : 0;
+    *max = any ? atomic_load_explicit(&rt->backlog_max, memory_order_relaxed) : 0;
 }

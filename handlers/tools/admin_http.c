@@ -19,6 +19,7 @@
 
 #include "lagoon_tables.h"
 #include "realtime.h"
+#include "scheduler.h"
 #include "store.h"
 
 /* A scrape of a busy server is a few tens of KiB; nothing a client sends is needed beyond the
@@ -105,9 +106,27 @@ static void reply_text(struct evhttp_request *req, int code, const char *reason,
     evbuffer_free(b);
 }
 
+/* A histogram without labels. counts has n + 1 entries, per bucket (not cumulative), the last
+ * one past the largest bound; scale turns a bound into the metric's unit (1e-6: us to seconds). */
+static void histogram(struct evbuffer *out, const char *name, const char *help, const uint64_t *bounds,
+                      const uint64_t *counts, unsigned n, double scale, double sum)
+{
+    evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+    unsigned long long cum = 0;
+    for (unsigned b = 0; b < n; b++) {
+        cum += counts[b];
+        evbuffer_add_printf(out, "%s_bucket{le=\"%g\"} %llu\n", name, (double)bounds[b] * scale, cum);
+    }
+    cum += counts[n];
+    evbuffer_add_printf(out, "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.9g\n%s_count %llu\n", name, cum, name, sum,
+                        name, cum);
+}
+
 /* The app's numbers: the store's counters (what its writer already keeps). */
 static void app_metrics(const admin_http *h, struct evbuffer *out)
 {
+    static const uint64_t commit_bounds[STORE_COMMIT_NBUCKETS] = {STORE_COMMIT_BUCKETS_US};
+    static const uint64_t batch_bounds[STORE_BATCH_NBUCKETS] = {STORE_BATCH_BUCKETS};
     store_counters c;
     store_counters_get(h->app->db, &c);
     evbuffer_add_printf(out,
@@ -128,6 +147,11 @@ static void app_metrics(const admin_http *h, struct evbuffer *out)
                         "lagoon_store_map_size_bytes %llu\n",
                         (unsigned long long)c.batches, (unsigned long long)c.ops_ok, (unsigned long long)c.ops_failed,
                         (unsigned long long)c.map_growths, (unsigned long long)c.map_size);
+    histogram(out, "lagoon_store_commit_duration_seconds",
+              "Committed batches by how long their commit took, from its start to durable (the fsync).",
+              commit_bounds, c.commit_us, STORE_COMMIT_NBUCKETS, 1e-6, (double)c.commit_ns_sum / 1e9);
+    histogram(out, "lagoon_store_batch_writes", "Committed batches by the writes they committed.", batch_bounds,
+              c.batch_writes, STORE_BATCH_NBUCKETS, 1, (double)c.ops_ok);
 }
 
 /* Rows of tab counted by key (no row decoded), up to ADMIN_COUNT_PAGES_MAX pages; -1 on a
@@ -174,17 +198,41 @@ static void queue_metrics(const admin_http *h, struct evbuffer *out)
                             "# TYPE lagoon_jobs_scheduled gauge\n"
                             "lagoon_jobs_scheduled %lld\n",
                             jobs);
+    uint64_t failed, dropped;
+    sched_counts(h->app, &failed, &dropped);
+    evbuffer_add_printf(out,
+                        "# HELP lagoon_jobs_failed_total Scheduled job runs that failed (each then retried, or "
+                        "dropped at its last attempt).\n"
+                        "# TYPE lagoon_jobs_failed_total counter\n"
+                        "lagoon_jobs_failed_total %llu\n"
+                        "# HELP lagoon_jobs_dropped_total Scheduled jobs dropped after their last failed attempt.\n"
+                        "# TYPE lagoon_jobs_dropped_total counter\n"
+                        "lagoon_jobs_dropped_total %llu\n",
+                        (unsigned long long)failed, (unsigned long long)dropped);
     if (h->app->rt != NULL) {
         unsigned subs, follows;
+        size_t backlog, largest;
         realtime_counts(h->app->rt, &subs, &follows);
+        realtime_backlog(h->app->rt, &backlog, &largest);
         evbuffer_add_printf(out,
                             "# HELP lagoon_realtime_subscribers Live Events/Subscribe streams.\n"
                             "# TYPE lagoon_realtime_subscribers gauge\n"
                             "lagoon_realtime_subscribers %u\n"
                             "# HELP lagoon_realtime_followings Topic followings of the live streams.\n"
                             "# TYPE lagoon_realtime_followings gauge\n"
-                            "lagoon_realtime_followings %u\n",
-                            subs, follows);
+                            "lagoon_realtime_followings %u\n"
+                            "# HELP lagoon_realtime_backlog_bytes Bytes queued to the live streams, not yet "
+                            "taken by the kernel (sampled every second or so).\n"
+                            "# TYPE lagoon_realtime_backlog_bytes gauge\n"
+                            "lagoon_realtime_backlog_bytes %zu\n"
+                            "# HELP lagoon_realtime_backlog_max_bytes The largest backlog of one live stream.\n"
+                            "# TYPE lagoon_realtime_backlog_max_bytes gauge\n"
+                            "lagoon_realtime_backlog_max_bytes %zu\n"
+                            "# HELP lagoon_realtime_backlog_limit_bytes The backlog past which a stream is ended as "
+                            "too slow.\n"
+                            "# TYPE lagoon_realtime_backlog_limit_bytes gauge\n"
+                            "lagoon_realtime_backlog_limit_bytes %zu\n",
+                            subs, follows, backlog, largest, h->app->cfg.subscriber_backlog);
     }
 }
 

@@ -14,6 +14,7 @@
 #include <dirent.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sys/socket.h>
 
 #include <cmocka.h>
@@ -21,6 +22,7 @@
 #include "admin_http.h"
 #include "lagoon_handlers.h"
 #include "lagoon_stubs.h"
+#include "scheduler.h"
 #include "testserver.h"
 
 #define PAGE_MAX (1 << 20)
@@ -197,24 +199,36 @@ static double sample(const char *text, const char *series)
     return 0;
 }
 
-/* Every histogram's buckets of one method rise with le and end at +Inf == _count. */
-static void check_histogram(const char *text, const char *method)
+/* The buckets of histogram name (of one label set: labels is "" or "method=\"...\"") rise with
+ * le, end with le="+Inf", and that one equals _count, which is returned. */
+static double check_histogram_of(const char *text, const char *name, const char *labels)
 {
     char key[256];
-    snprintf(key, sizeof(key), "lagoon_rpc_call_duration_seconds_bucket{method=\"%s\",le=\"", method);
+    snprintf(key, sizeof(key), "%s_bucket{%s%sle=\"", name, labels, labels[0] ? "," : "");
     double last = 0;
-    int buckets = 0;
+    int buckets = 0, inf = 0;
     for (const char *p = strstr(text, key); p != NULL; p = strstr(p + 1, key)) {
         const char *sp = strchr(p, ' ');
         assert_non_null(sp);
+        assert_false(inf); /* +Inf is the last bucket */
+        inf = strncmp(p + strlen(key), "+Inf\"", 5) == 0;
         double v = strtod(sp + 1, NULL);
         assert_true(v >= last);
         last = v;
         buckets++;
     }
-    assert_true(buckets >= 2);
-    snprintf(key, sizeof(key), "lagoon_rpc_call_duration_seconds_count{method=\"%s\"}", method);
+    assert_true(buckets >= 2 && inf);
+    snprintf(key, sizeof(key), "%s_count%s%s%s", name, labels[0] ? "{" : "", labels, labels[0] ? "}" : "");
     assert_true(sample(text, key) == last);
+    return last;
+}
+
+/* Every histogram's buckets of one method rise with le and end at +Inf == _count. */
+static void check_histogram(const char *text, const char *method)
+{
+    char labels[200];
+    snprintf(labels, sizeof(labels), "method=\"%s\"", method);
+    check_histogram_of(text, "lagoon_rpc_call_duration_seconds", labels);
 }
 
 static admin_http *start_admin(test_app *t)
@@ -226,6 +240,18 @@ static admin_http *start_admin(test_app *t)
     return h;
 }
 
+/* Starts the app (tweak may be NULL) and its admin listener, and scrapes /metrics once into page,
+ * checked. Returns the admin port. */
+static uint16_t start_scraped(test_app *t, void (*tweak)(app_config *acfg, rpc_config *cfg), admin_http **h)
+{
+    test_app_start(t, tweak);
+    *h = start_admin(t);
+    uint16_t port = admin_http_port(*h);
+    assert_int_equal(http(port, "GET", "/metrics"), 200);
+    check_exposition(page);
+    return port;
+}
+
 #define CHECK_SERIES "lagoon_rpc_calls_total{method=\"/lagoon.v1.Health/Check\",status=\"OK\"}"
 #define UNKNOWN_SERIES "lagoon_rpc_calls_total{method=\"unknown\",status=\"UNIMPLEMENTED\"}"
 
@@ -233,12 +259,8 @@ static void test_metrics_page_parses_and_counts_calls(void **state)
 {
     (void)state;
     test_app t;
-    test_app_start(&t, NULL);
-    admin_http *h = start_admin(&t);
-    uint16_t port = admin_http_port(h);
-
-    assert_int_equal(http(port, "GET", "/metrics"), 200);
-    check_exposition(page);
+    admin_http *h;
+    uint16_t port = start_scraped(&t, NULL, &h);
     assert_non_null(strstr(page, "lagoon_build_info{version=\""));
     double checks0 = sample(page, CHECK_SERIES);
     double unknown0 = sample(page, UNKNOWN_SERIES);
@@ -289,6 +311,254 @@ static void test_metrics_page_parses_and_counts_calls(void **state)
 
     lagoon_close(c);
     close(fd);
+    admin_http_stop(h);
+    test_app_stop(&t);
+}
+
+/* ---- the store's group commit ---------------------------------------------------------------- */
+
+typedef struct counted_writes {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int done, failed;
+} counted_writes;
+
+static int empty_write(store_txn *t, void *arg, store_error *err)
+{
+    (void)t;
+    (void)arg;
+    (void)err;
+    return LAGOON_OK; /* commits nothing, yet is a committed write of its batch */
+}
+
+static void counted_done(void *arg, int status, const store_error *err)
+{
+    (void)err;
+    counted_writes *w = arg;
+    pthread_mutex_lock(&w->mu);
+    w->done++;
+    w->failed += status != LAGOON_OK;
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+/* Batches in the bucket (lo, hi] of lagoon_store_batch_writes. */
+static double batches_between(const char *text, const char *lo, const char *hi)
+{
+    char a[128], b[128];
+    snprintf(a, sizeof(a), "lagoon_store_batch_writes_bucket{le=\"%s\"}", lo);
+    snprintf(b, sizeof(b), "lagoon_store_batch_writes_bucket{le=\"%s\"}", hi);
+    return sample(text, b) - sample(text, a);
+}
+
+/* Writes queued behind a held writer commit as one batch: the batch-size histogram counts it in
+ * its bucket, and both histograms count exactly the committed batches. */
+static void test_store_commit_histograms(void **state)
+{
+    (void)state;
+    enum { QUEUED = 20 }; /* lands in the bucket (16, 32] */
+    test_app t;
+    admin_http *h;
+    uint16_t port = start_scraped(&t, NULL, &h);
+    double commits0 = check_histogram_of(page, "lagoon_store_commit_duration_seconds", "");
+    assert_true(commits0 == sample(page, "lagoon_store_commits_total"));
+    assert_true(check_histogram_of(page, "lagoon_store_batch_writes", "") == commits0);
+    double sum0 = sample(page, "lagoon_store_commit_duration_seconds_sum");
+    double between0 = batches_between(page, "16", "32");
+
+    test_hold hold = TEST_HOLD_INIT;
+    test_hold_writer(&t, &hold);
+    counted_writes w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0};
+    store_error err;
+    for (int i = 0; i < QUEUED; i++)
+        assert_int_equal(store_submit(t.app->db, empty_write, NULL, counted_done, &w, &err), LAGOON_OK);
+    test_hold_release(&hold);
+    assert_true(test_hold_wait(&hold, &hold.done));
+    struct timespec ts;
+    test_deadline_in(&ts, 10000);
+    pthread_mutex_lock(&w.mu);
+    while (w.done < QUEUED && pthread_cond_timedwait(&w.cv, &w.mu, &ts) == 0)
+        ;
+    pthread_mutex_unlock(&w.mu);
+    assert_int_equal(w.done, QUEUED);
+    assert_int_equal(w.failed, 0);
+
+    assert_int_equal(http(port, "GET", "/metrics"), 200);
+    check_exposition(page);
+    double commits = check_histogram_of(page, "lagoon_store_commit_duration_seconds", "");
+    assert_true(commits >= commits0 + 2); /* the holding write's batch, then the queued ones' */
+    assert_true(commits == sample(page, "lagoon_store_commits_total"));
+    assert_true(check_histogram_of(page, "lagoon_store_batch_writes", "") == commits);
+    assert_true(sample(page, "lagoon_store_batch_writes_sum") == sample(page, "lagoon_store_writes_total"));
+    assert_true(sample(page, "lagoon_store_commit_duration_seconds_sum") > sum0);
+    assert_true(batches_between(page, "16", "32") >= between0 + 1);
+    admin_http_stop(h);
+    test_app_stop(&t);
+}
+
+/* ---- failed and dropped jobs ------------------------------------------------------------------- */
+
+#define FAILING_KIND ((lagoon_v1_JobKind)97) /* a kind of the test's own, whose every run fails */
+
+static int failing_run_job(store_txn *t, const app *a, const lagoon_v1_ScheduledJob *job, int *ran, store_error *err)
+{
+    (void)t;
+    (void)a;
+    if (job->kind != FAILING_KIND)
+        return LAGOON_OK;
+    *ran = 1;
+    return store_fail(err, LAGOON_INTERNAL, NULL, "the test's failure %u", (unsigned)job->attempts);
+}
+
+static const app_module failing_jobs_module = {.name = "failing-jobs", .run_job = failing_run_job};
+static const app_module *const failing_modules[] = {&failing_jobs_module};
+
+static void failing_jobs(app_config *acfg, rpc_config *cfg)
+{
+    (void)cfg;
+    acfg->extra_modules = failing_modules;
+    acfg->nextra_modules = 1;
+    acfg->sched_poll_ms = 3600 * 1000; /* the test runs the ticks (sched_run_due) */
+}
+
+typedef struct job_at {
+    test_app *t;
+    int64_t due;
+} job_at;
+
+static int put_failing_job(store_txn *t, void *arg, store_error *err)
+{
+    const job_at *j = arg;
+    return sched_put(t, j->t->clock_ms, FAILING_KIND, 1, 0, j->due, err);
+}
+
+/* When the failing job is next due; 0 once it is gone. */
+static int64_t failing_job_due(test_app *t)
+{
+    store_txn *txn;
+    store_error err;
+    lagoon_v1_ScheduledJob j;
+    assert_int_equal(store_read_begin(t->app->db, &txn, &err), LAGOON_OK);
+    int st = sched_get(txn, FAILING_KIND, 1, 0, &j, &err);
+    store_read_end(txn);
+    assert_true(st == LAGOON_OK || st == LAGOON_NOT_FOUND);
+    return st == LAGOON_OK ? j.due_at : 0;
+}
+
+/* Every failed run counts once in lagoon_jobs_failed_total; the job is dropped, and counted in
+ * lagoon_jobs_dropped_total, at its SCHED_ATTEMPTS_MAX-th failure. */
+static void test_failed_and_dropped_jobs(void **state)
+{
+    (void)state;
+    test_app t;
+    admin_http *h;
+    uint16_t port = start_scraped(&t, failing_jobs, &h);
+    assert_non_null(strstr(page, "\nlagoon_jobs_failed_total 0\n"));
+    assert_non_null(strstr(page, "\nlagoon_jobs_dropped_total 0\n"));
+
+    job_at j = {&t, t.clock_ms + 1000};
+    store_error err;
+    assert_int_equal(store_write(t.app->db, put_failing_job, &j, &err), LAGOON_OK);
+    int runs = 0;
+    for (int64_t due = failing_job_due(&t); due != 0 && runs < 2 * SCHED_ATTEMPTS_MAX; due = failing_job_due(&t)) {
+        test_clock_advance(&t, due - t.clock_ms);
+        uint32_t ran = 0;
+        assert_int_equal(sched_run_due(t.app, 0, &ran, &err), LAGOON_OK);
+        assert_int_equal(ran, 0); /* failed runs are not counted as run */
+        runs++;
+        if (runs == 1) {
+            assert_int_equal(http(port, "GET", "/metrics"), 200);
+            assert_true(sample(page, "lagoon_jobs_failed_total") == 1);
+            assert_true(sample(page, "lagoon_jobs_dropped_total") == 0);
+            assert_true(sample(page, "lagoon_jobs_scheduled") == 1); /* waiting for its retry */
+        }
+    }
+    assert_int_equal(runs, SCHED_ATTEMPTS_MAX);
+    assert_int_equal(http(port, "GET", "/metrics"), 200);
+    check_exposition(page);
+    assert_true(sample(page, "lagoon_jobs_failed_total") == SCHED_ATTEMPTS_MAX);
+    assert_true(sample(page, "lagoon_jobs_dropped_total") == 1);
+    assert_true(sample(page, "lagoon_jobs_scheduled") == 0);
+    admin_http_stop(h);
+    test_app_stop(&t);
+}
+
+/* ---- the realtime subscribers' backlog --------------------------------------------------------- */
+
+#define BACKLOG_LIMIT (64u << 20) /* far above what the test queues: the stream is never cut off */
+
+static void roomy_backlog(app_config *acfg, rpc_config *cfg)
+{
+    test_tweak_shared(acfg, cfg);
+    acfg->subscriber_backlog = BACKLOG_LIMIT;
+}
+
+typedef struct backlog_seen {
+    uint16_t port;
+    int zero; /* 1: wait for no backlog (and no subscriber); 0: for some */
+} backlog_seen;
+
+static int backlog_is(void *arg)
+{
+    const backlog_seen *b = arg;
+    if (http(b->port, "GET", "/metrics") != 200)
+        return 0;
+    double bytes = sample(page, "lagoon_realtime_backlog_bytes");
+    return b->zero ? bytes == 0 && sample(page, "lagoon_realtime_subscribers") == 0 : bytes > 0;
+}
+
+/* A subscriber that reads nothing: what the server queues for it shows as its backlog (the sum
+ * and the largest one), and goes back to 0 when it disconnects. */
+static void test_realtime_backlog(void **state)
+{
+    (void)state;
+    enum { SENDS_MAX = 600, SCRAPE_EVERY = 25 }; /* 16 KB each: 9.6 MB at most, far past the socket buffers */
+    test_app t;
+    admin_http *h;
+    uint16_t port = start_scraped(&t, roomy_backlog, &h);
+    assert_true(sample(page, "lagoon_realtime_backlog_bytes") == 0);
+    assert_true(sample(page, "lagoon_realtime_backlog_max_bytes") == 0);
+    assert_true(sample(page, "lagoon_realtime_backlog_limit_bytes") == BACKLOG_LIMIT);
+    lagoon_client *c = test_client(&t);
+    char reader_tok[65], writer_tok[65];
+    uint64_t reader = test_verified_user(&t, c, "reader", 1, reader_tok);
+    test_verified_user(&t, c, "writer", 1, writer_tok);
+
+    /* A small receive buffer, so that the server's output queues up early. */
+    int fd = raw_connect_small(t.srv.port, 1, 4096);
+    raw_send_call(fd, 1, &lagoon_method_Events_Subscribe, reader_tok, NULL, 0, NULL, NULL);
+    char *big = malloc(16001);
+    assert_non_null(big);
+    for (int i = 0; i < 4000; i++)
+        memcpy(big + 4 * i, "\xF0\x9F\x98\x80", 4); /* U+1F600: 4000 characters, 16 KB */
+    big[16000] = '\0';
+    lagoon_set_token(c, writer_tok);
+    backlog_seen some = {port, 0};
+    int seen = 0;
+    for (int i = 0; i < SENDS_MAX && !seen; i++) {
+        lagoon_v1_SendMessageRequest req = lagoon_v1_SendMessageRequest_init_zero;
+        req.recipient_id = reader;
+        req.which_content = lagoon_v1_SendMessageRequest_text_tag;
+        snprintf(req.content.text.text, sizeof(req.content.text.text), "%s", big);
+        lagoon_v1_DirectMessage m;
+        assert_int_equal(lagoon_Messages_Send(c, &req, &m), LAGOON_OK);
+        if (i % SCRAPE_EVERY == SCRAPE_EVERY - 1)
+            seen = backlog_is(&some);
+    }
+    free(big);
+    assert_true(seen || test_wait_for(backlog_is, &some, 10000));
+    check_exposition(page);
+    double sum = sample(page, "lagoon_realtime_backlog_bytes");
+    double largest = sample(page, "lagoon_realtime_backlog_max_bytes");
+    assert_true(sample(page, "lagoon_realtime_subscribers") == 1);
+    assert_true(largest > 0 && largest <= sum);
+    assert_true(sum < BACKLOG_LIMIT);
+
+    close(fd);
+    backlog_seen none = {port, 1};
+    assert_true(test_wait_for(backlog_is, &none, 10000));
+    assert_true(sample(page, "lagoon_realtime_backlog_max_bytes") == 0);
+    lagoon_close(c);
     admin_http_stop(h);
     test_app_stop(&t);
 }
@@ -460,6 +730,9 @@ int main(void)
         cmocka_unit_test(test_metrics_before_the_server_runs),
         cmocka_unit_test(test_admin_connections_are_bounded),
         cmocka_unit_test(test_metrics_page_parses_and_counts_calls),
+        cmocka_unit_test(test_store_commit_histograms),
+        cmocka_unit_test(test_failed_and_dropped_jobs),
+        cmocka_unit_test(test_realtime_backlog),
         cmocka_unit_test(test_readyz_turns_503_on_drain),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

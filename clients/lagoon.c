@@ -19,6 +19,7 @@
 #include <pb_decode.h>
 
 #include "lagoon_idl.h"
+#include "lagoon_tls.h"
 
 #define CLIENT_CONNECT_TIMEOUT_MS 5000u
 #define CLIENT_MAX_FRAME (16u << 20)    /* largest frame accepted from the server by default */
@@ -49,6 +50,7 @@ struct lagoon_stream {
 
 struct lagoon_client {
     int fd;
+    lagoon_transport t; /* read == NULL: the plain socket */
     uint8_t *in;
     size_t in_len, in_cap;
     lagoon_v1_Settings settings;
@@ -109,6 +111,36 @@ static int poll_ms(uint64_t deadline_us)
 
 /* ---- socket I/O ------------------------------------------------------------------------- */
 
+/* Reads through the transport, or the plain socket: bytes, 0 at EOF, or LAGOON_IO_*. */
+static long io_read(lagoon_client *c, uint8_t *buf, size_t len)
+{
+    if (c->t.read != NULL)
+        return c->t.read(c->t.arg, buf, len);
+    ssize_t n = recv(c->fd, buf, len, 0);
+    if (n >= 0)
+        return (long)n;
+    return errno == EINTR || errno == EAGAIN ? LAGOON_IO_WANT_READ : LAGOON_IO_ERROR;
+}
+
+static long io_write(lagoon_client *c, const uint8_t *buf, size_t len)
+{
+    if (c->t.write != NULL)
+        return c->t.write(c->t.arg, buf, len);
+    ssize_t n = send(c->fd, buf, len, MSG_NOSIGNAL);
+    if (n >= 0)
+        return (long)n;
+    return errno == EINTR || errno == EAGAIN ? LAGOON_IO_WANT_WRITE : LAGOON_IO_ERROR;
+}
+
+/* Why the last read or write failed (after LAGOON_IO_ERROR). */
+static const char *io_error(lagoon_client *c)
+{
+    if (c->t.read == NULL)
+        return strerror(errno);
+    const char *why = c->t.error ? c->t.error(c->t.arg) : NULL;
+    return why ? why : "transport error";
+}
+
 /* Reads what is available (waiting until deadline for at least one byte). 1 = got bytes,
  * 0 = deadline passed, -1 = connection failed. */
 static int fill(lagoon_client *c, uint64_t deadline_us)
@@ -127,24 +159,33 @@ static int fill(lagoon_client *c, uint64_t deadline_us)
         c->in = n;
         c->in_cap = cap;
     }
+    /* The plain socket is polled first (a frame is usually not there yet); a transport is read
+     * first, since it may hold bytes already (a TLS record's rest) that poll cannot see. */
+    int must_wait = c->t.read == NULL;
+    short want = POLLIN;
     for (;;) {
-        struct pollfd p = {c->fd, POLLIN, 0};
-        int r = poll(&p, 1, poll_ms(deadline_us));
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r == 0) {
-            if (deadline_us && mono_us() >= deadline_us)
-                return 0;
-            continue;
+        if (must_wait) {
+            struct pollfd p = {c->fd, want, 0};
+            int r = poll(&p, 1, poll_ms(deadline_us));
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r == 0) {
+                if (deadline_us && mono_us() >= deadline_us)
+                    return 0;
+                continue;
+            }
         }
-        ssize_t n = recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
+        long n = io_read(c, c->in + c->in_len, c->in_cap - c->in_len);
         if (n > 0) {
             c->in_len += (size_t)n;
             return 1;
         }
-        if (n < 0 && (errno == EINTR || errno == EAGAIN))
+        if (n == LAGOON_IO_WANT_READ || n == LAGOON_IO_WANT_WRITE) {
+            want = n == LAGOON_IO_WANT_WRITE ? POLLOUT : POLLIN;
+            must_wait = 1;
             continue;
-        client_break(c, n == 0 ? "server closed the connection" : strerror(errno));
+        }
+        client_break(c, n == 0 ? "server closed the connection" : io_error(c));
         return -1;
     }
 }
@@ -154,16 +195,14 @@ static int send_all(lagoon_client *c, const uint8_t *p, size_t n)
     if (c->broken)
         return -1;
     while (n > 0) {
-        ssize_t w = send(c->fd, p, n, MSG_NOSIGNAL);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            if (errno == EAGAIN) {
-                struct pollfd pf = {c->fd, POLLOUT, 0};
-                poll(&pf, 1, 1000);
-                continue;
-            }
-            client_break(c, strerror(errno));
+        long w = io_write(c, p, n);
+        if (w == LAGOON_IO_WANT_READ || w == LAGOON_IO_WANT_WRITE) {
+            struct pollfd pf = {c->fd, w == LAGOON_IO_WANT_READ ? POLLIN : POLLOUT, 0};
+            poll(&pf, 1, 1000);
+            continue;
+        }
+        if (w <= 0) {
+            client_break(c, io_error(c));
             return -1;
         }
         p += w;
@@ -709,6 +748,25 @@ int lagoon_connect(const char *host, uint16_t port, const lagoon_options *opts, 
         return fail(err, LAGOON_RESOURCE_EXHAUSTED, "out of memory");
     }
     c->fd = fd;
+    lagoon_tls_config tls = {o.tls_ca_file, o.tls_server_name};
+    lagoon_transport_open_fn topen = o.transport_open ? o.transport_open : o.tls ? lagoon_tls_open : NULL;
+    if (topen != NULL) {
+        char why[256] = "";
+        lagoon_transport t = {0};
+        int st = topen(o.transport_open ? o.transport_arg : &tls, fd, host, o.connect_timeout_ms, &t, why, sizeof(why));
+        if (st == LAGOON_OK && (t.read == NULL || t.write == NULL)) {
+            if (t.close)
+                t.close(t.arg);
+            st = LAGOON_INTERNAL;
+            snprintf(why, sizeof(why), "the transport has no read or write callback");
+        }
+        if (st != LAGOON_OK) {
+            fail(err, st, "%s", why[0] ? why : "the transport could not be opened");
+            lagoon_close(c);
+            return st;
+        }
+        c->t = t;
+    }
     c->lim.max_frame_size = o.max_frame_size;
     c->lim.max_meta_size = UINT16_MAX;
     c->timeout_ms = o.timeout_ms;
@@ -795,6 +853,8 @@ void lagoon_close(lagoon_client *c)
         stream_unlink(s); /* frees its queued frames */
         free(s);
     }
+    if (c->t.close != NULL)
+        c->t.close(c->t.arg);
     if (c->fd >= 0)
         close(c->fd);
     free(c->in);

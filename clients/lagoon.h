@@ -43,6 +43,46 @@ typedef struct lagoon_error {
     lagoon_v1_ResponseMeta detail;
 } lagoon_error;
 
+/* ---- transports: TLS, or the platform's own ---------------------------------------------
+ *
+ * The client reads and writes its connection through a transport: the plain socket by
+ * default, OpenSSL when lagoon_options.tls is set, or one of the caller's own
+ * (lagoon_options.transport_open), so that an app can use its platform's TLS (and its
+ * certificate store, pinning and proxy rules) instead of OpenSSL. A transport sits on the
+ * TCP socket lagoon_connect opened (non-blocking); the client polls that socket whenever a
+ * callback says it must wait, so a transport must not keep bytes it has read from the
+ * socket without handing them out on the next read (OpenSSL, reading a record at a time into
+ * a large buffer, does not). */
+
+/* Besides a byte count, what read and write return: cannot go on until the socket is readable
+ * (WANT_READ) or writable (WANT_WRITE) — the client polls it and calls again with the same
+ * arguments — or failed (ERROR: the connection is lost). */
+#define LAGOON_IO_ERROR (-1)
+#define LAGOON_IO_WANT_READ (-2)
+#define LAGOON_IO_WANT_WRITE (-3)
+
+typedef struct lagoon_transport {
+    void *arg; /* the transport's own state, passed to every callback */
+    /* Up to len bytes into buf: how many (> 0), 0 once the server has closed, or LAGOON_IO_*. */
+    long (*read)(void *arg, void *buf, size_t len);
+    /* Up to len bytes of buf: how many were taken (> 0), or LAGOON_IO_*. */
+    long (*write)(void *arg, const void *buf, size_t len);
+    /* Why the last LAGOON_IO_ERROR happened (NULL, or a NULL callback: "transport error").
+     * Valid until the next callback. */
+    const char *(*error)(void *arg);
+    /* Frees arg. Called once, by lagoon_close (or by lagoon_connect when the connection fails
+     * after the transport was opened); the library closes the socket afterwards. */
+    void (*close)(void *arg);
+} lagoon_transport;
+
+/* Opens a transport on the connected, non-blocking socket fd to host (the name given to
+ * lagoon_connect), its handshake done within timeout_ms (it may poll fd), and fills *t.
+ * Returns LAGOON_OK, or a status (UNAVAILABLE for a failed handshake or a refused
+ * certificate) with a message written into err (errlen bytes); then *t is not used and the
+ * socket is closed by the library. */
+typedef int (*lagoon_transport_open_fn)(void *open_arg, int fd, const char *host, uint32_t timeout_ms,
+                                        lagoon_transport *t, char *err, size_t errlen);
+
 typedef struct lagoon_options {
     uint32_t connect_timeout_ms; /* 0 = 5000 */
     uint32_t timeout_ms;         /* default per-call deadline; 0 = none */
@@ -56,6 +96,23 @@ typedef struct lagoon_options {
      * stderr as "lagoon: warning: ...". msg is valid during the call only. */
     void (*warn)(void *warn_arg, const char *msg);
     void *warn_arg;
+    /* TLS through OpenSSL (TLS 1.2 or 1.3, ALPN lagoon/1) when not 0. The server's certificate
+     * must chain to a CA of tls_ca_file (a PEM file; NULL: the system's store) and be valid
+     * now, for tls_server_name (NULL: the host given to lagoon_connect; a numeric address is
+     * matched against the certificate's IP addresses, a name against its DNS names, without
+     * partial wildcards). Otherwise lagoon_connect fails with UNAVAILABLE and a message that
+     * starts "TLS:" and says why ("certificate has expired", "hostname mismatch", ...). There
+     * is no switch to turn verification off: test servers get a CA of their own. A server
+     * that selects another ALPN protocol than lagoon/1 is refused. A library built with
+     * -DLAGOON_CLIENT_OPENSSL=OFF (for a phone) fails tls with UNIMPLEMENTED: use a transport. */
+    int tls;
+    const char *tls_ca_file;
+    const char *tls_server_name;
+    /* The caller's own transport (above): when set, tls and its options are ignored and
+     * transport_open(transport_arg, ...) is called once the TCP connection is up, before the
+     * preface. NULL: the plain socket, or OpenSSL with tls. */
+    lagoon_transport_open_fn transport_open;
+    void *transport_arg;
 } lagoon_options;
 
 /* Connects, sends the preface and reads the server's SETTINGS. host is a name or a numeric
@@ -84,7 +141,8 @@ const lagoon_v1_Settings *lagoon_settings(const lagoon_client *c);
 int lagoon_goaway(const lagoon_client *c);
 /* The connection's socket, to poll() beside other input: when it is readable, call
  * lagoon_stream_recv_timeout(s, msg, 0), which reads what arrived (a frame may also be queued
- * already from an earlier read: call it once before polling). Do not read or write it. */
+ * already from an earlier read: call it once before polling). Do not read or write it. With
+ * TLS or a transport it is the TCP socket under it, and the same rules hold. */
 int lagoon_fd(const lagoon_client *c);
 
 /* Round trip of a PING, in microseconds, into *rtt_us. */

@@ -42,6 +42,9 @@
 
 struct event_base;
 
+/* Longest certificate or key path, terminator included. */
+#define RPC_TLS_PATH_MAX 1024
+
 #define RPC_PENDING (-1)
 #define RPC_CONTINUE (-2)
 
@@ -87,7 +90,8 @@ typedef struct rpc_config {
     unsigned workers;       /* RPC_LANE_WORK threads; 0 = 4 */
     unsigned hash_workers;  /* RPC_LANE_HASH threads; 0 = cores - 1 (at least 1), so that
                              * hashing never takes the core the loops need */
-    int handle_signals;     /* SIGTERM/SIGINT start a graceful drain; SIGPIPE ignored */
+    int handle_signals;     /* SIGTERM/SIGINT start a graceful drain; SIGHUP reloads the TLS
+                             * pair (rpc_server_reload_tls); SIGPIPE ignored */
 #define RPC_LIMIT_FIELD(field, flag, def, min, max, why) uint32_t field;
     RPC_LIMITS(RPC_LIMIT_FIELD)
 #undef RPC_LIMIT_FIELD
@@ -107,6 +111,13 @@ typedef struct rpc_config {
     /* Called (control thread) when a drain starts, so that long-lived streams can be ended
      * instead of holding the drain open until its timeout. NULL: none. */
     void (*on_drain)(void *app);
+    /* TLS on the client port (rpc/tls.h has the policy): the PEM certificate chain and its
+     * private key, both set or both empty. Empty: plain TCP. With TLS on, the port speaks
+     * only TLS (there is no plain listener beside it); the handshake and the preface
+     * together must complete within handshake_timeout_ms. The files are read again by
+     * rpc_server_reload_tls (SIGHUP when handle_signals). */
+    char tls_cert[RPC_TLS_PATH_MAX];
+    char tls_key[RPC_TLS_PATH_MAX];
 } rpc_config;
 
 /* Fills every field with its default (127.0.0.1:7420, limits from rpc_limits.h). */
@@ -134,6 +145,14 @@ int rpc_server_run(rpc_server *s, rpc_error *err);
  * drain_timeout_ms to finish, then everything closes and rpc_server_run returns.
  * Safe from any thread; idempotent. */
 void rpc_server_stop(rpc_server *s);
+
+/* Reads rpc_config.tls_cert and tls_key again: connections accepted from now on use the new
+ * pair, open ones keep theirs. A pair that does not load is refused (RPC_ERR, err filled, and
+ * logged) and the current one stays. RPC_ERR too when the server was made without TLS. Any
+ * thread; with handle_signals, SIGHUP calls it. */
+int rpc_server_reload_tls(rpc_server *s, rpc_error *err);
+/* 1 if the client port speaks TLS. */
+int rpc_server_tls(const rpc_server *s);
 
 /* Runs the jobs still queued for the worker pool and stops it. After rpc_server_run returns
  * and before closing what those jobs use (the store); rpc_server_free does it if not done. */

@@ -45,7 +45,8 @@
       "for this long is ended with DEADLINE_EXCEEDED, so an abandoned stream does not hold its "  \
       "memory and the connection forever.")                                                        \
     X(handshake_timeout_ms, "handshake-timeout-ms", 10000u, 100u, 600000u,                        \
-      "Time a new connection has to send the 4-byte preface before it is closed.")                \
+      "Time a new connection has to send the 4-byte preface before it is closed; with "           \
+      "--tls-cert, to complete the TLS handshake and send the preface, both within this time.")        \
     X(idle_timeout_ms, "idle-timeout-ms", 300000u, 1000u, 86400000u,                              \
       "A connection with no open call that sends no whole frame for this long is closed. PING "   \
       "keeps a connection alive.")                                                                 \

@@ -29,9 +29,11 @@
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <event2/listener.h>
 #include <event2/thread.h>
+#include <openssl/ssl.h>
 #include <pb_decode.h>
 
 #include "lagoon/v1/access.pb.h"
@@ -40,6 +42,7 @@
 #include "log.h"
 #include "rpc.h"
 #include "rpc_internal.h"
+#include "tls.h"
 
 #define CALL_BUCKETS 64           /* per-connection call table, allocated on first call */
 #define CLOSE_FLUSH_TIMEOUT_MS 2000 /* time a closing connection gets to flush its last frames */
@@ -50,6 +53,9 @@
  * the listener, and each loop's epoll and wake-up descriptors. */
 #define FD_RESERVE_BASE 64
 #define FD_RESERVE_PER_LOOP 4
+/* Bytes a connection on the TLS port reads before the handshake when its client is not a TLS
+ * client: what the plain-text refusal discards so that closing sends FIN, not RST. */
+#define PLAIN_DISCARD_MAX 4096
 /* Memory freed by closing connections that makes a loop hand free heap pages back to the
  * kernel (malloc_trim): without it the process keeps its peak size after an attack ends. */
 #define TRIM_AFTER_BYTES (4u << 20)
@@ -110,7 +116,10 @@ struct rpc_loop {
 
 struct rpc_conn {
     rpc_loop *loop;
-    struct bufferevent *bev;
+    struct bufferevent *bev; /* NULL on the TLS port until the first byte says it is TLS */
+    int fd;                  /* the socket; owned by bev once bev exists */
+    struct event *peek;      /* TLS port: waits for the first byte (conn_peek_cb) */
+    int tls;                 /* bev is an OpenSSL bufferevent */
     rpc_conn *prev, *next;
     int state;             /* enum conn_state */
     int goaway_sent;       /* no new calls are accepted */
@@ -189,7 +198,8 @@ struct rpc_server {
     struct event_base *control;
     struct evconnlistener *listener;
     struct event *stop_event;
-    struct event *sigterm, *sigint;
+    struct event *sigterm, *sigint, *sighup;
+    rpc_tls *tls;               /* NULL: plain TCP */
     rpc_loop *loops;
     unsigned nloops;
     unsigned next_loop;
@@ -217,7 +227,7 @@ struct rpc_server {
 static _Thread_local rpc_loop *current_loop;
 
 /* Records a client can cause at will are rate-limited (log.h). */
-static log_limiter refused_log, accept_log, timeout_log, violation_log, close_log, slow_reader_log;
+static log_limiter refused_log, accept_log, timeout_log, violation_log, close_log, slow_reader_log, tls_log;
 
 static void conn_read_cb(struct bufferevent *bev, void *arg);
 static void conn_write_cb(struct bufferevent *bev, void *arg);
@@ -452,6 +462,8 @@ static void server_conn_gone(rpc_server *s, const char *host)
 /* Bytes a connection holds now: buffered input, its calls, queued output. Loop thread. */
 static size_t conn_memory(rpc_conn *c)
 {
+    if (c->bev == NULL)
+        return 0;
     return evbuffer_get_length(bufferevent_get_input(c->bev)) + atomic_load(&c->calls_mem) +
            evbuffer_get_length(bufferevent_get_output(c->bev));
 }
@@ -1636,6 +1648,17 @@ static void conn_flush(rpc_conn *c)
     if (c->state == CONN_DEAD || c->writing)
         return;
     struct evbuffer *out = bufferevent_get_output(c->bev);
+    if (c->tls) {
+        /* Bytes must go through OpenSSL: the bufferevent writes them while EV_WRITE is on, and
+         * conn_write_cb turns it off again once the output is out. */
+        if (evbuffer_get_length(out) > 0) {
+            c->writing = 1;
+            bufferevent_enable(c->bev, EV_WRITE);
+        } else if (c->state == CONN_CLOSING) {
+            conn_close(c);
+        }
+        return;
+    }
     if (evbuffer_get_length(out) > 0) {
         /* A bufferevent keeps the front of its output frozen so that only it drains it; its
          * own writer unfreezes it around each write, and so does this one. */
@@ -1684,10 +1707,17 @@ static void conn_write_cb(struct bufferevent *bev, void *arg)
 
 static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
 {
-    (void)bev;
     rpc_conn *c = arg;
     if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
-        log_msg(LOG_DEBUG, "peer=%s disconnected", c->peer);
+        unsigned long e = c->tls ? bufferevent_get_openssl_error(bev) : 0;
+        if (e != 0) {
+            char why[200];
+            rpc_tls_error_string(e, why, sizeof(why));
+            log_limited(&tls_log, LOG_INFO, "peer=%s closed: TLS %s: %s", c->peer,
+                        c->state == CONN_PREFACE ? "handshake failed" : "error", why);
+        } else {
+            log_msg(LOG_DEBUG, "peer=%s disconnected", c->peer);
+        }
         conn_close(c);
     }
 }
@@ -1774,13 +1804,29 @@ static void conn_close(rpc_conn *c)
             }
         }
     }
-    /* Output never written leaves the server's count here; freeing it runs no callback. */
-    struct evbuffer *out = bufferevent_get_output(c->bev);
-    if (c->out_cb != NULL)
-        evbuffer_remove_cb_entry(out, c->out_cb);
-    atomic_fetch_sub(&l->server->held, evbuffer_get_length(out));
-    bufferevent_free(c->bev);
-    c->bev = NULL;
+    if (c->peek != NULL) {
+        event_free(c->peek);
+        c->peek = NULL;
+    }
+    if (c->bev != NULL) {
+        /* Output never written leaves the server's count here; freeing it runs no callback. */
+        struct evbuffer *out = bufferevent_get_output(c->bev);
+        if (c->out_cb != NULL)
+            evbuffer_remove_cb_entry(out, c->out_cb);
+        atomic_fetch_sub(&l->server->held, evbuffer_get_length(out));
+        if (c->tls) {
+            /* close_notify, best effort (the socket is non-blocking), so that the client can
+             * tell our close from a cut connection; the bufferevent does not send it. */
+            SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
+            if (ssl != NULL && SSL_is_init_finished(ssl))
+                (void)SSL_shutdown(ssl);
+        }
+        bufferevent_free(c->bev);
+        c->bev = NULL;
+    } else if (c->fd >= 0) {
+        close(c->fd);
+    }
+    c->fd = -1;
     event_free(c->timer);
     c->timer = NULL;
     if (c->prev)
@@ -1809,6 +1855,82 @@ static void conn_output_cb(struct evbuffer *buf, const struct evbuffer_cb_info *
     }
 }
 
+/* Gives c its bufferevent's callbacks and starts reading: the preface comes next. */
+static void conn_start(rpc_conn *c)
+{
+    bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
+    c->out_cb = evbuffer_add_cb(bufferevent_get_output(c->bev), conn_output_cb, c);
+    bufferevent_enable(c->bev, EV_READ); /* EV_WRITE only while the kernel is full: conn_flush */
+}
+
+static void send_raw_goaway(int fd, const char *message);
+
+static const char not_tls[] =
+    "This port speaks Lagoon RPC over TLS (ALPN lagoon/1): connect with TLS (see docs/PROTOCOL.md).\n";
+
+/* A client on the TLS port whose first byte is not a TLS handshake record: a Lagoon client
+ * without TLS (its preface starts with 'L') hears why in a GOAWAY it can read, anything else
+ * a line of text; then the connection closes. What it sent is read first, so that the close
+ * is a FIN the client sees after our words, not a reset that may discard them. */
+static void conn_refuse_plain(rpc_conn *c, uint8_t first)
+{
+    uint8_t discard[PLAIN_DISCARD_MAX];
+    ssize_t r = recv(c->fd, discard, sizeof(discard), MSG_DONTWAIT);
+    (void)r;
+    log_limited(&tls_log, LOG_INFO, "peer=%s closed: not a TLS client on the TLS port", c->peer);
+    if (first == (uint8_t)WIRE_PREFACE[0]) {
+        send_raw_goaway(c->fd, "this port requires TLS (ALPN lagoon/1)");
+    } else {
+        ssize_t w = send(c->fd, not_tls, sizeof(not_tls) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+        (void)w;
+    }
+    shutdown(c->fd, SHUT_WR);
+    conn_close(c);
+}
+
+/* TLS port: the first byte of a new connection has arrived (or the peer closed). A TLS
+ * ClientHello starts the handshake, inside the handshake timeout already running; anything
+ * else is refused at once rather than left waiting for a handshake that never comes. */
+static void conn_peek_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)what;
+    rpc_conn *c = arg;
+    uint8_t first = 0;
+    ssize_t n = recv(fd, &first, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+        event_add(c->peek, NULL);
+        return;
+    }
+    if (n <= 0) {
+        log_msg(LOG_DEBUG, "peer=%s disconnected before the TLS handshake", c->peer);
+        conn_close(c);
+        return;
+    }
+    if (first != RPC_TLS_RECORD_HANDSHAKE) {
+        conn_refuse_plain(c, first);
+        return;
+    }
+    event_free(c->peek);
+    c->peek = NULL;
+    rpc_loop *l = c->loop;
+    SSL *ssl = rpc_tls_ssl_new(l->server->tls);
+    if (ssl != NULL)
+        c->bev = bufferevent_openssl_socket_new(l->base, c->fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                                BEV_OPT_CLOSE_ON_FREE);
+    if (c->bev == NULL) {
+        if (ssl != NULL)
+            SSL_free(ssl);
+        log_limited(&tls_log, LOG_WARN, "peer=%s closed: out of memory for TLS", c->peer);
+        conn_close(c);
+        return;
+    }
+    c->tls = 1;
+    /* A client that just goes away is an EOF, not an error, with or without close_notify:
+     * Lagoon's frames say where a message ends, so a truncation cannot pass for one. */
+    bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
+    conn_start(c);
+}
+
 static void conn_accept_fd(rpc_loop *l, int fd, const char *peer, const char *host)
 {
     rpc_conn *c = calloc(1, sizeof(*c));
@@ -1818,17 +1940,23 @@ static void conn_accept_fd(rpc_loop *l, int fd, const char *peer, const char *ho
         return;
     }
     c->loop = l;
+    c->fd = fd;
     atomic_init(&c->refs, 1);
     c->state = CONN_PREFACE;
     snprintf(c->peer, sizeof(c->peer), "%s", peer);
     snprintf(c->host, sizeof(c->host), "%s", host);
-    c->bev = bufferevent_socket_new(l->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    if (l->server->tls != NULL)
+        c->peek = event_new(l->base, fd, EV_READ, conn_peek_cb, c);
+    else
+        c->bev = bufferevent_socket_new(l->base, fd, BEV_OPT_CLOSE_ON_FREE);
     c->timer = evtimer_new(l->base, conn_timer_cb, c);
-    if (c->bev == NULL || c->timer == NULL) {
+    if ((c->bev == NULL && c->peek == NULL) || c->timer == NULL) {
         if (c->bev)
             bufferevent_free(c->bev);
         else
             close(fd);
+        if (c->peek)
+            event_free(c->peek);
         if (c->timer)
             event_free(c->timer);
         free(c);
@@ -1840,9 +1968,11 @@ static void conn_accept_fd(rpc_loop *l, int fd, const char *peer, const char *ho
         l->conns->prev = c;
     l->conns = c;
     l->nconns++;
-    bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
-    c->out_cb = evbuffer_add_cb(bufferevent_get_output(c->bev), conn_output_cb, c);
-    bufferevent_enable(c->bev, EV_READ); /* EV_WRITE only while the kernel is full: conn_flush */
+    if (c->peek != NULL)
+        event_add(c->peek, NULL);
+    else
+        conn_start(c);
+    /* On the TLS port this covers the handshake too: a client gets one budget for both. */
     conn_timer_arm(c, l->server->cfg.handshake_timeout_ms);
     rpc_stat_add(&l->stats->conns_accepted, 1);
     uint32_t age = l->server->cfg.max_connection_age_ms;
@@ -1894,11 +2024,15 @@ static void loop_drain_timeout_cb(evutil_socket_t fd, short what, void *arg)
          * last best-effort write before the close. */
         conn_end_open_calls(c, "the server shut down before the call finished");
         if (c->state != CONN_DEAD) {
-            struct evbuffer *out = bufferevent_get_output(c->bev);
-            evbuffer_unfreeze(out, 1);
-            int n = evbuffer_write(out, bufferevent_getfd(c->bev));
-            (void)n;
-            evbuffer_freeze(out, 1);
+            /* Not through TLS: OpenSSL may hold a record half written, and writing around the
+             * bufferevent would corrupt the stream; its close_notify still goes out. */
+            if (c->bev != NULL && !c->tls) {
+                struct evbuffer *out = bufferevent_get_output(c->bev);
+                evbuffer_unfreeze(out, 1);
+                int n = evbuffer_write(out, bufferevent_getfd(c->bev));
+                (void)n;
+                evbuffer_freeze(out, 1);
+            }
             conn_close(c);
         }
     }
@@ -2044,8 +2178,18 @@ static void *loop_main(void *arg)
 
 /* ---- server --------------------------------------------------------------------------------- */
 
-/* Best effort, without a bufferevent: tells the client why in a GOAWAY, then closes. */
-static void refuse_fd(int fd, const char *message)
+/* Best effort, without a bufferevent: tells the client why in a GOAWAY, then closes. On the
+ * TLS port it only closes: a refusal there would cost a handshake, the very work the limit
+ * is there to spare, and plain bytes would only confuse the client's TLS. */
+static void refuse_fd(const rpc_server *s, int fd, const char *message)
+{
+    if (s->tls == NULL)
+        send_raw_goaway(fd, message);
+    close(fd);
+}
+
+/* A GOAWAY with message, straight to the socket (no bufferevent yet), best effort. */
+static void send_raw_goaway(int fd, const char *message)
 {
     lagoon_v1_ResponseMeta meta = lagoon_v1_ResponseMeta_init_zero;
     snprintf(meta.message, sizeof(meta.message), "%s", message);
@@ -2056,7 +2200,6 @@ static void refuse_fd(int fd, const char *message)
         ssize_t w = send(fd, buf, WIRE_HEADER_SIZE + (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
         (void)w;
     }
-    close(fd);
 }
 
 static void accept_cb(struct evconnlistener *lst, evutil_socket_t fd, struct sockaddr *sa, int salen,
@@ -2097,7 +2240,7 @@ static void accept_cb(struct evconnlistener *lst, evutil_socket_t fd, struct soc
         snprintf(message, sizeof(message), "too many connections (max %u)", s->cfg.max_connections);
         log_limited(&refused_log, LOG_WARN, "peer=%s:%u refused: max_connections (%u) reached", host, port,
                     s->cfg.max_connections);
-        refuse_fd(fd, message);
+        refuse_fd(s, fd, message);
         return;
     }
     if (addr_acquire(s, key) != 0) {
@@ -2107,7 +2250,7 @@ static void accept_cb(struct evconnlistener *lst, evutil_socket_t fd, struct soc
                  s->cfg.max_connections_per_address);
         log_limited(&refused_log, LOG_WARN, "peer=%s:%u refused: max_connections_per_address (%u) reached", host,
                     port, s->cfg.max_connections_per_address);
-        refuse_fd(fd, message);
+        refuse_fd(s, fd, message);
         return;
     }
     int one = 1;
@@ -2180,6 +2323,35 @@ static void stop_cb(evutil_socket_t fd, short what, void *arg)
             loop_post(&s->loops[i], op);
         }
     }
+}
+
+int rpc_server_tls(const rpc_server *s) { return s->tls != NULL; }
+
+int rpc_server_reload_tls(rpc_server *s, rpc_error *err)
+{
+    if (s->tls == NULL) {
+        snprintf(err->message, sizeof(err->message), "TLS is off (no --tls-cert): nothing to reload");
+        return RPC_ERR;
+    }
+    if (rpc_tls_reload(s->tls, s->cfg.tls_cert, s->cfg.tls_key, err) != RPC_OK) {
+        log_msg(LOG_ERROR, "TLS reload refused, the current certificate stays: %s", err->message);
+        return RPC_ERR;
+    }
+    log_msg(LOG_INFO, "TLS certificate reloaded from %s (new connections use it)", s->cfg.tls_cert);
+    return RPC_OK;
+}
+
+static void sighup_cb(evutil_socket_t sig, short what, void *arg)
+{
+    (void)sig;
+    (void)what;
+    rpc_server *s = arg;
+    log_msg(LOG_INFO, "received SIGHUP");
+    rpc_error err;
+    if (s->tls == NULL)
+        log_msg(LOG_INFO, "SIGHUP: TLS is off, nothing to reload");
+    else
+        (void)rpc_server_reload_tls(s, &err); /* it logs either way */
 }
 
 static void signal_cb(evutil_socket_t sig, short what, void *arg)
@@ -2297,6 +2469,12 @@ int rpc_config_check(const rpc_config *cfg, rpc_error *err)
                  cfg->listen_host);
         return RPC_ERR;
     }
+    if ((cfg->tls_cert[0] == '\0') != (cfg->tls_key[0] == '\0')) {
+        snprintf(err->message, sizeof(err->message), "--tls-cert and --tls-key go together: give both or neither");
+        return RPC_ERR;
+    }
+    if (cfg->tls_cert[0] != '\0' && rpc_tls_check(cfg->tls_cert, cfg->tls_key, err) != RPC_OK)
+        return RPC_ERR;
     return RPC_OK;
 }
 
@@ -2341,7 +2519,14 @@ int rpc_server_new(const rpc_config *cfg, const rpc_route *routes, size_t nroute
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         s->cfg.hash_workers = n > 1 ? (unsigned)(n - 1) : 1;
     }
+    if (s->cfg.tls_cert[0] != '\0' && rpc_tls_new(s->cfg.tls_cert, s->cfg.tls_key, &s->tls, err) != RPC_OK) {
+        pthread_mutex_destroy(&s->addr_mu);
+        free(s);
+        return RPC_ERR;
+    }
     if (bind_listener(s, err) != RPC_OK) {
+        rpc_tls_free(s->tls);
+        pthread_mutex_destroy(&s->addr_mu);
         free(s);
         return RPC_ERR;
     }
@@ -2479,6 +2664,9 @@ int rpc_server_run(rpc_server *s, rpc_error *err)
         s->sigint = evsignal_new(s->control, SIGINT, signal_cb, s);
         event_add(s->sigterm, NULL);
         event_add(s->sigint, NULL);
+        /* SIGHUP would end the process by default: a reload signal must never do that. */
+        s->sighup = evsignal_new(s->control, SIGHUP, sighup_cb, s);
+        event_add(s->sighup, NULL);
     }
     s->listener = evconnlistener_new(s->control, accept_cb, s, LEV_OPT_CLOSE_ON_FREE, 0, s->listen_fd);
     if (s->listener == NULL) {
@@ -2492,8 +2680,8 @@ int rpc_server_run(rpc_server *s, rpc_error *err)
     atomic_store(&s->loops_running, s->nloops);
     for (unsigned i = 0; i < s->nloops; i++)
         pthread_create(&s->loops[i].thread, NULL, loop_main, &s->loops[i]);
-    log_msg(LOG_INFO, "listening on %s:%u (%u loops, %u workers, %u hash workers)", s->cfg.listen_host, s->port,
-            s->nloops, s->cfg.workers, s->cfg.hash_workers);
+    log_msg(LOG_INFO, "listening on %s:%u%s (%u loops, %u workers, %u hash workers)", s->cfg.listen_host, s->port,
+            s->tls ? " with TLS" : "", s->nloops, s->cfg.workers, s->cfg.hash_workers);
     atomic_store(&s->stop_ready, 1);
     if (atomic_load(&s->stop_requested)) /* stopped before (or while) it started */
         stop_cb(-1, 0, s);
@@ -2556,6 +2744,9 @@ void rpc_server_free(rpc_server *s)
         event_free(s->sigterm);
     if (s->sigint)
         event_free(s->sigint);
+    if (s->sighup)
+        event_free(s->sighup);
+    rpc_tls_free(s->tls);
     if (s->accept_retry)
         event_free(s->accept_retry);
     if (s->control)

@@ -63,6 +63,8 @@ typedef struct ctl {
     long count; /* streams: stop after this many messages (0: until the end) */
     int names;  /* list --names: method names only, from the built-in schema (completion) */
     int strict_schema; /* --strict-schema: refuse a server built from another IDL */
+    int tls;             /* --tls (LAGOON_TLS=1), or implied by --cacert */
+    const char *cacert;  /* --cacert FILE (LAGOON_CACERT): the CA the server's certificate must chain to */
     lagoon_client *client;
     ctl_schema *builtin, *server;
     json_t *creds;       /* the credentials file, loaded on first use */
@@ -196,6 +198,8 @@ static int connect_quietly(ctl *x, int quiet)
     lagoon_options o = {0};
     o.timeout_ms = x->timeout_ms;
     o.strict_schema = x->strict_schema; /* otherwise a mismatch is a warning on stderr */
+    o.tls = x->tls;
+    o.tls_ca_file = x->cacert; /* NULL: the system's CAs */
     if (x->timeout_ms)
         o.connect_timeout_ms = x->timeout_ms;
     lagoon_error err;
@@ -1297,7 +1301,7 @@ static const char completion_bash[] =
     "  for ((i = 1; i < COMP_CWORD; i++)); do\n"
     "    w=${COMP_WORDS[i]}\n"
     "    case $w in\n"
-    "      --addr|--token|--timeout|--idempotency-key|--request-id|--schema|--count) ((i++)) ;;\n"
+    "      --addr|--token|--timeout|--idempotency-key|--request-id|--schema|--count|--cacert) ((i++)) ;;\n"
     "      -*) ;;\n"
     "      *) cmd=$w; break ;;\n"
     "    esac\n"
@@ -1342,6 +1346,10 @@ static void help(FILE *out)
             "  --request-id ID         RequestMeta.request_id of the call\n"
             "  --count N               streams: stop after N messages\n"
             "  --schema FILE           use this FileDescriptorSet instead of the built-in schema\n"
+            "  --tls                   TLS (LAGOON_TLS=1): the server's certificate is verified and must\n"
+            "                          name the HOST of --addr\n"
+            "  --cacert FILE           PEM CA file the certificate must chain to (LAGOON_CACERT; implies\n"
+            "                          --tls); default: the system's CAs\n"
             "  --strict-schema         refuse a server built from another IDL (its SETTINGS schema hash\n"
             "                          differs from this build's; by default: a warning on stderr)\n"
             "  -v                      metadata, status and timing on standard error\n"
@@ -1379,12 +1387,16 @@ static int parse_options(ctl *x, int *argc, char **argv)
             x->strict_schema = 1;
             continue;
         }
+        if (strcmp(a, "--tls") == 0) {
+            x->tls = 1;
+            continue;
+        }
         if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
             help(stdout);
             exit(0);
         }
         static const char *const with_value[] = {"--addr", "--token", "--timeout", "--idempotency-key",
-                                                 "--request-id", "--schema", "--count"};
+                                                 "--request-id", "--schema", "--count", "--cacert"};
         const char *name = NULL, *value = NULL;
         for (size_t k = 0; k < sizeof(with_value) / sizeof(with_value[0]); k++) {
             size_t n = strlen(with_value[k]);
@@ -1413,6 +1425,9 @@ static int parse_options(ctl *x, int *argc, char **argv)
             x->request_id = value;
         } else if (strcmp(name, "--schema") == 0) {
             x->schema_file = value;
+        } else if (strcmp(name, "--cacert") == 0) {
+            x->cacert = value;
+            x->tls = 1;
         } else {
             char *end;
             errno = 0;
@@ -1432,6 +1447,12 @@ int main(int argc, char **argv)
     const char *env_addr = getenv("LAGOON_ADDR"), *env_token = getenv("LAGOON_TOKEN");
     x.addr = env_addr && env_addr[0] ? env_addr : CTL_DEFAULT_ADDR;
     x.token_flag = env_token && env_token[0] ? env_token : NULL;
+    const char *env_tls = getenv("LAGOON_TLS"), *env_cacert = getenv("LAGOON_CACERT");
+    x.tls = env_tls != NULL && strcmp(env_tls, "1") == 0;
+    if (env_cacert && env_cacert[0]) {
+        x.cacert = env_cacert;
+        x.tls = 1;
+    }
     argc--;
     argv++;
     int r = parse_options(&x, &argc, argv);

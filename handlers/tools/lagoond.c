@@ -55,7 +55,7 @@ static int parse_admin_listen(void *target, const char *value, char *err, size_t
 }
 
 /* The RPC layer's options (rpc_options_server), lagoond's own, then the app's settings. */
-#define LAGOOND_OWN_OPTIONS 7
+#define LAGOOND_OWN_OPTIONS 9
 #define LAGOOND_OPTIONS (RPC_OPTIONS_SERVER_COUNT + LAGOOND_OWN_OPTIONS + APP_SETTINGS_COUNT)
 
 static size_t lagoond_options(lagoond_opts *o, rpc_option out[LAGOOND_OPTIONS])
@@ -93,6 +93,15 @@ static size_t lagoond_options(lagoond_opts *o, rpc_option out[LAGOOND_OPTIONS])
                 "/metrics (Prometheus text format), /healthz (the process answers) and /readyz (the store is "
                 "open and the server is not draining; 503 otherwise). Off by default: it has no "
                 "authentication, so keep it on a loopback or management address (docs/OPERATIONS.md)."};
+    out[n++] = (rpc_option){
+        .name = "tls-cert", .kind = RPC_OPTION_TEXT, .target = o->rpc.tls_cert, .size = sizeof(o->rpc.tls_cert),
+        .help = "PEM certificate chain (the server's certificate first): with --tls-key, the client port speaks "
+                "only TLS 1.2/1.3 with ALPN lagoon/1 (no plain TCP beside it). SIGHUP reads both files again: new "
+                "connections get the new pair, open ones keep theirs, a pair that does not load is logged and the "
+                "old one kept. Default none: plain TCP."};
+    out[n++] = (rpc_option){.name = "tls-key", .kind = RPC_OPTION_TEXT, .target = o->rpc.tls_key,
+                            .size = sizeof(o->rpc.tls_key),
+                            .help = "PEM private key of --tls-cert (unencrypted; keep it mode 0600)."};
     n += app_settings_options(o->settings, out + n, LAGOOND_OPTIONS - n);
     return n;
 }

@@ -1,0 +1,532 @@
+/* TLS on the client port, end to end: certificates made at test time with the openssl command
+ * line (a CA, a server certificate for 127.0.0.1 and localhost, an expired one, one for
+ * another host, and a second CA's for the reload), the real server with --tls-cert/--tls-key
+ * (rpc_config.tls_*), the blocking client's OpenSSL transport, raw OpenSSL clients for the
+ * handshake policy (ALPN, protocol versions), plain clients on the TLS port, a SIGHUP reload
+ * with a connection from before it, a transport of the caller's own, and lagoonctl --tls. */
+#include <errno.h>
+#include <poll.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <openssl/ssl.h>
+
+#include "lagoon_stubs.h"
+#include "lagoon_tls.h"
+#include "testserver.h"
+#include "tls.h"
+
+#define WAIT_MS 10000  /* bounded waits for the reload to be seen */
+#define CMD_MAX 2048
+
+static char dir[64];         /* the certificates */
+static const char *cert_name; /* the pair the next server starts with: DIR/<name>.pem, .key */
+static test_app *T;
+
+static void run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void run(const char *fmt, ...)
+{
+    char cmd[CMD_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(cmd, sizeof(cmd), fmt, ap);
+    va_end(ap);
+    assert_true(n > 0 && n < (int)sizeof(cmd));
+    if (system(cmd) != 0)
+        fail_msg("command failed: %s", cmd);
+}
+
+/* A key and a certificate <name> signed by CA <ca>, with subjectAltName san, valid for days
+ * (negative: expired). */
+static void make_cert(const char *name, const char *ca, const char *san, int days)
+{
+    run("cd %s && openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout %s.key -out %s.csr "
+        "-subj /CN=%s 2>/dev/null && printf 'subjectAltName=%s\\n' > %s.ext && openssl x509 -req -in %s.csr -CA "
+        "%s.pem -CAkey %s.key -CAcreateserial -out %s.pem -days %d -extfile %s.ext 2>/dev/null",
+        dir, name, name, name, san, name, name, ca, ca, name, days, name);
+}
+
+static int group_setup(void **state)
+{
+    (void)state;
+    snprintf(dir, sizeof(dir), "/tmp/lagoon-tls-test.XXXXXX");
+    assert_non_null(mkdtemp(dir));
+    for (int i = 1; i <= 2; i++)
+        run("cd %s && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca%d.key "
+            "-out ca%d.pem -days 2 -subj /CN=Lagoon-test-CA-%d 2>/dev/null",
+            dir, i, i, i);
+    make_cert("server", "ca1", "DNS:localhost,IP:127.0.0.1", 2);
+    make_cert("expired", "ca1", "DNS:localhost,IP:127.0.0.1", -1);
+    make_cert("other", "ca1", "DNS:other.example", 2);
+    make_cert("server2", "ca2", "DNS:localhost,IP:127.0.0.1", 2);
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    run("rm -rf '%s'", dir);
+    return 0;
+}
+
+static void tweak(app_config *acfg, rpc_config *cfg)
+{
+    test_tweak_shared(acfg, cfg);
+    snprintf(cfg->tls_cert, sizeof(cfg->tls_cert), "%s/live.pem", dir);
+    snprintf(cfg->tls_key, sizeof(cfg->tls_key), "%s/live.key", dir);
+    cfg->handle_signals = 1; /* SIGHUP reloads, as in lagoond */
+}
+
+/* The server's files are copies, so that a reload can swap what they hold. */
+static void install_pair(const char *name)
+{
+    run("cp %s/%s.key %s/live.key.new && mv %s/live.key.new %s/live.key && cp %s/%s.pem %s/live.pem.new && "
+        "mv %s/live.pem.new %s/live.pem",
+        dir, name, dir, dir, dir, dir, name, dir, dir, dir);
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    install_pair(cert_name);
+    T = test_app_new(tweak);
+    assert_true(rpc_server_tls(T->srv.server));
+    return 0;
+}
+
+static int setup_server(void **state)
+{
+    cert_name = "server";
+    return setup(state);
+}
+
+static int setup_expired(void **state)
+{
+    cert_name = "expired";
+    return setup(state);
+}
+
+static int setup_other(void **state)
+{
+    cert_name = "other";
+    return setup(state);
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    test_app_free(T);
+    T = NULL;
+    return 0;
+}
+
+/* A TLS client of the library, checking against CA file ca (in dir) and name (NULL: host). */
+static int tls_connect(const char *host, const char *ca, const char *name, lagoon_client **c, lagoon_error *err)
+{
+    char ca_path[128];
+    snprintf(ca_path, sizeof(ca_path), "%s/%s.pem", dir, ca);
+    lagoon_options o = {0};
+    o.tls = 1;
+    o.tls_ca_file = ca_path;
+    o.tls_server_name = name;
+    o.connect_timeout_ms = 5000;
+    memset(err, 0, sizeof(*err));
+    return lagoon_connect(host, T->srv.port, &o, c, err);
+}
+
+static void health_ok(lagoon_client *c)
+{
+    lagoon_v1_HealthCheckRequest req = lagoon_v1_HealthCheckRequest_init_zero;
+    lagoon_v1_HealthCheckResponse resp = lagoon_v1_HealthCheckResponse_init_zero;
+    int st = lagoon_Health_Check(c, &req, &resp);
+    if (st != LAGOON_OK)
+        fail_msg("Health/Check: %s: %s", lagoon_status_name(st), lagoon_last_error(c)->detail.message);
+    assert_int_equal(resp.status, lagoon_v1_HealthCheckResponse_ServingStatus_SERVING);
+}
+
+static void expect_refused(int st, const lagoon_error *err, const char *why)
+{
+    assert_int_equal(st, LAGOON_UNAVAILABLE);
+    if (strstr(err->detail.message, why) == NULL)
+        fail_msg("expected '%s' in: %s", why, err->detail.message);
+}
+
+/* ---- the library's TLS ---------------------------------------------------------------------- */
+
+/* A handshake by address and by name, then real calls: a user registered and signed in. */
+static void good_handshake_and_calls(void **state)
+{
+    (void)state;
+    const char *hosts[] = {"127.0.0.1", "localhost"};
+    for (size_t i = 0; i < 2; i++) {
+        lagoon_client *c;
+        lagoon_error err;
+        int st = tls_connect(hosts[i], "ca1", NULL, &c, &err);
+        if (st != LAGOON_OK)
+            fail_msg("connect %s: %s", hosts[i], err.detail.message);
+        health_ok(c);
+        if (i == 0) {
+            char token[65];
+            assert_true(test_user(c, "tlsann", 0, token) != 0);
+            uint64_t rtt;
+            assert_int_equal(lagoon_ping(c, &rtt), LAGOON_OK);
+        }
+        lagoon_close(c);
+    }
+}
+
+static void wrong_host_name_refused(void **state)
+{
+    (void)state;
+    lagoon_client *c = NULL;
+    lagoon_error err;
+    expect_refused(tls_connect("127.0.0.1", "ca1", "wrong.example", &c, &err), &err, "hostname mismatch");
+    assert_null(c);
+    /* An address is checked as one: the certificate names 127.0.0.1, not ::1 or 127.0.0.2. */
+    expect_refused(tls_connect("127.0.0.1", "ca1", "127.0.0.2", &c, &err), &err, "IP address mismatch");
+}
+
+static void another_hosts_certificate_refused(void **state)
+{
+    (void)state;
+    lagoon_client *c = NULL;
+    lagoon_error err;
+    expect_refused(tls_connect("127.0.0.1", "ca1", NULL, &c, &err), &err, "IP address mismatch");
+    expect_refused(tls_connect("localhost", "ca1", NULL, &c, &err), &err, "hostname mismatch");
+    /* The name it does carry is accepted: only the name was wrong. */
+    assert_int_equal(tls_connect("127.0.0.1", "ca1", "other.example", &c, &err), LAGOON_OK);
+    health_ok(c);
+    lagoon_close(c);
+}
+
+static void expired_certificate_refused(void **state)
+{
+    (void)state;
+    lagoon_client *c = NULL;
+    lagoon_error err;
+    expect_refused(tls_connect("127.0.0.1", "ca1", NULL, &c, &err), &err, "certificate has expired");
+    assert_null(c);
+}
+
+static void unknown_ca_refused(void **state)
+{
+    (void)state;
+    lagoon_client *c = NULL;
+    lagoon_error err;
+    expect_refused(tls_connect("127.0.0.1", "ca2", NULL, &c, &err), &err, "the server's certificate is refused");
+    /* Without a CA file the system's store is used, which does not know the test CA. */
+    lagoon_options o = {0};
+    o.tls = 1;
+    expect_refused(lagoon_connect("127.0.0.1", T->srv.port, &o, &c, &err), &err,
+                   "the server's certificate is refused");
+}
+
+/* ---- the handshake policy, with OpenSSL directly ---------------------------------------------- */
+
+/* A raw handshake offering alpn (NULL: none), at most TLS version max_version (0: any).
+ * 1 if it completed, 0 if refused. */
+static int raw_handshake(const char *alpn, int max_version)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    assert_non_null(ctx);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL); /* the policy is under test, not the chain */
+    SSL_CTX_set_min_proto_version(ctx, TLS1_VERSION);
+    SSL_CTX_set_security_level(ctx, 0); /* so that TLS 1.0/1.1 can be offered at all */
+    if (max_version)
+        SSL_CTX_set_max_proto_version(ctx, max_version);
+    SSL *ssl = SSL_new(ctx);
+    assert_non_null(ssl);
+    if (alpn) {
+        unsigned char wire[32];
+        size_t n = strlen(alpn);
+        wire[0] = (unsigned char)n;
+        memcpy(wire + 1, alpn, n);
+        assert_int_equal(SSL_set_alpn_protos(ssl, wire, (unsigned)(n + 1)), 0);
+    }
+    int fd = raw_connect(T->srv.port, 0);
+    SSL_set_fd(ssl, fd);
+    struct timeval tv = {5, 0}; /* a blocking socket: bounded by a receive timeout */
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    int ok = SSL_connect(ssl) == 1;
+    if (ok) {
+        const unsigned char *p = NULL;
+        unsigned plen = 0;
+        SSL_get0_alpn_selected(ssl, &p, &plen);
+        if (alpn)
+            assert_memory_equal(p, "lagoon/1", 8);
+        /* Through TLS the protocol is the usual one: preface, then SETTINGS. */
+        assert_int_equal(SSL_write(ssl, WIRE_PREFACE, WIRE_PREFACE_LEN), WIRE_PREFACE_LEN);
+        uint8_t hdr[WIRE_HEADER_SIZE];
+        int got = 0;
+        for (int i = 0; i < 16 && got < (int)sizeof(hdr); i++) {
+            int r = SSL_read(ssl, hdr + got, (int)sizeof(hdr) - got);
+            if (r <= 0)
+                break;
+            got += r;
+        }
+        assert_int_equal(got, WIRE_HEADER_SIZE);
+        assert_int_equal(hdr[4], WIRE_SETTINGS);
+    }
+    SSL_free(ssl);
+    SSL_CTX_free(ctx);
+    close(fd);
+    return ok;
+}
+
+static void handshake_policy(void **state)
+{
+    (void)state;
+    assert_int_equal(raw_handshake("lagoon/1", 0), 1);
+    assert_int_equal(raw_handshake(NULL, 0), 1);            /* no ALPN: served */
+    assert_int_equal(raw_handshake("h2", 0), 0);            /* another protocol only: refused */
+    assert_int_equal(raw_handshake("lagoon/1", TLS1_2_VERSION), 1);
+    assert_int_equal(raw_handshake("lagoon/1", TLS1_1_VERSION), 0);
+    assert_int_equal(raw_handshake("lagoon/1", TLS1_VERSION), 0);
+}
+
+/* ---- plain clients on the TLS port ------------------------------------------------------------ */
+
+static void plain_clients_closed_cleanly(void **state)
+{
+    (void)state;
+    /* A Lagoon client without TLS: a GOAWAY it can read, then the close. */
+    int fd = raw_connect(T->srv.port, 0);
+    raw_send(fd, WIRE_PREFACE, WIRE_PREFACE_LEN);
+    uint8_t buf[1024];
+    wire_frame f;
+    assert_int_equal(raw_read_frame(fd, buf, sizeof(buf), &f, 5000), 1);
+    assert_int_equal(f.type, WIRE_GOAWAY);
+    char msg[256];
+    raw_meta_message(&f, msg, sizeof(msg));
+    assert_non_null(strstr(msg, "requires TLS"));
+    assert_int_equal(raw_wait_closed(fd, 5000), 1);
+    close(fd);
+
+    /* The library without tls says the same. */
+    lagoon_client *c = NULL;
+    lagoon_error err;
+    expect_refused(lagoon_connect("127.0.0.1", T->srv.port, NULL, &c, &err), &err, "requires TLS");
+
+    /* An HTTP client: one line of text, then the close. */
+    fd = raw_connect(T->srv.port, 0);
+    static const char get[] = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    raw_send(fd, get, sizeof(get) - 1);
+    size_t got = 0;
+    for (int i = 0; i < 64 && got < sizeof(buf) - 1; i++) {
+        struct pollfd p = {fd, POLLIN, 0};
+        if (poll(&p, 1, 5000) != 1)
+            break;
+        ssize_t n = recv(fd, buf + got, sizeof(buf) - 1 - got, 0);
+        if (n <= 0)
+            break;
+        got += (size_t)n;
+    }
+    buf[got] = '\0';
+    assert_non_null(strstr((char *)buf, "over TLS"));
+    assert_int_equal(raw_wait_closed(fd, 5000), 1);
+    close(fd);
+
+    /* One that sends nothing is closed at the handshake timeout; the server still serves. */
+    lagoon_client *ok;
+    assert_int_equal(tls_connect("127.0.0.1", "ca1", NULL, &ok, &err), LAGOON_OK);
+    health_ok(ok);
+    lagoon_close(ok);
+}
+
+/* ---- reload -------------------------------------------------------------------------------- */
+
+static int new_pair_served(void *arg)
+{
+    (void)arg;
+    lagoon_client *c;
+    lagoon_error err;
+    if (tls_connect("127.0.0.1", "ca2", NULL, &c, &err) != LAGOON_OK)
+        return 0;
+    lagoon_close(c);
+    return 1;
+}
+
+static void reload_keeps_connections(void **state)
+{
+    (void)state;
+    lagoon_client *before;
+    lagoon_error err;
+    assert_int_equal(tls_connect("127.0.0.1", "ca1", NULL, &before, &err), LAGOON_OK);
+    health_ok(before);
+
+    /* A pair that does not load is refused and the old one kept. */
+    run("echo 'not a certificate' > %s/live.pem", dir);
+    rpc_error rerr;
+    assert_int_equal(rpc_server_reload_tls(T->srv.server, &rerr), RPC_ERR);
+    assert_non_null(strstr(rerr.message, "live.pem"));
+    lagoon_client *c;
+    assert_int_equal(tls_connect("127.0.0.1", "ca1", NULL, &c, &err), LAGOON_OK);
+    health_ok(c);
+    lagoon_close(c);
+
+    /* Rotation: the new pair (another CA's) in the files, then SIGHUP. */
+    install_pair("server2");
+    assert_int_equal(kill(getpid(), SIGHUP), 0);
+    assert_true(test_wait_for(new_pair_served, NULL, WAIT_MS));
+    expect_refused(tls_connect("127.0.0.1", "ca1", NULL, &c, &err), &err, "the server's certificate is refused");
+    /* The connection from before the reload still works, on its old session. */
+    health_ok(before);
+    char token[65];
+    assert_true(test_user(before, "tlsbob", 0, token) != 0);
+    lagoon_close(before);
+}
+
+/* ---- a transport of the caller's own ------------------------------------------------------------ */
+
+typedef struct counting {
+    lagoon_transport inner; /* the built-in TLS, standing in for a platform's */
+    size_t bytes_read, bytes_written;
+    int closed;
+} counting;
+
+static long counting_read(void *arg, void *buf, size_t len)
+{
+    counting *k = arg;
+    long n = k->inner.read(k->inner.arg, buf, len);
+    if (n > 0)
+        k->bytes_read += (size_t)n;
+    return n;
+}
+
+static long counting_write(void *arg, const void *buf, size_t len)
+{
+    counting *k = arg;
+    long n = k->inner.write(k->inner.arg, buf, len);
+    if (n > 0)
+        k->bytes_written += (size_t)n;
+    return n;
+}
+
+static void counting_close(void *arg)
+{
+    counting *k = arg;
+    k->inner.close(k->inner.arg);
+    k->closed = 1;
+}
+
+static int counting_open(void *open_arg, int fd, const char *host, uint32_t timeout_ms, lagoon_transport *t, char *err,
+                         size_t errlen)
+{
+    counting *k = open_arg;
+    char ca_path[128];
+    snprintf(ca_path, sizeof(ca_path), "%s/ca1.pem", dir);
+    lagoon_tls_config cfg = {ca_path, NULL};
+    int st = lagoon_tls_open(&cfg, fd, host, timeout_ms, &k->inner, err, errlen);
+    if (st != LAGOON_OK)
+        return st;
+    *t = (lagoon_transport){.arg = k, .read = counting_read, .write = counting_write, .close = counting_close};
+    return LAGOON_OK;
+}
+
+static void transport_hook(void **state)
+{
+    (void)state;
+    counting k = {0};
+    lagoon_options o = {0};
+    o.transport_open = counting_open;
+    o.transport_arg = &k;
+    lagoon_client *c;
+    lagoon_error err;
+    assert_int_equal(lagoon_connect("127.0.0.1", T->srv.port, &o, &c, &err), LAGOON_OK);
+    health_ok(c);
+    assert_true(k.bytes_written >= WIRE_PREFACE_LEN + WIRE_HEADER_SIZE);
+    assert_true(k.bytes_read > WIRE_HEADER_SIZE);
+    lagoon_close(c);
+    assert_int_equal(k.closed, 1);
+}
+
+/* ---- lagoonctl ------------------------------------------------------------------------------- */
+
+/* lagoonctl's exit status with args, its standard output into out. */
+static int lagoonctl(const char *args, char *out, size_t cap)
+{
+    char cmd[CMD_MAX];
+    snprintf(cmd, sizeof(cmd), "XDG_CONFIG_HOME=%s timeout 20 %s --addr 127.0.0.1:%u %s > %s/ctl.out 2> %s/ctl.err",
+             dir, LAGOONCTL_PATH, (unsigned)T->srv.port, args, dir, dir);
+    int r = system(cmd);
+    char path[128];
+    snprintf(path, sizeof(path), "%s/ctl.out", dir);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    size_t n = fread(out, 1, cap - 1, f);
+    out[n] = '\0';
+    fclose(f);
+    return WIFEXITED(r) ? WEXITSTATUS(r) : -1;
+}
+
+static void lagoonctl_tls(void **state)
+{
+    (void)state;
+    char out[4096], args[256];
+    snprintf(args, sizeof(args), "--tls --cacert %s/ca1.pem call lagoon.v1.Health/Check", dir);
+    assert_int_equal(lagoonctl(args, out, sizeof(out)), 0);
+    assert_non_null(strstr(out, "SERVING"));
+    /* The environment form. */
+    snprintf(args, sizeof(args), "call lagoon.v1.Health/Check");
+    char env_args[512];
+    snprintf(env_args, sizeof(env_args), "%s", args);
+    char cmd_prefix[256];
+    snprintf(cmd_prefix, sizeof(cmd_prefix), "%s/ca1.pem", dir);
+    assert_int_equal(setenv("LAGOON_CACERT", cmd_prefix, 1), 0);
+    assert_int_equal(lagoonctl(env_args, out, sizeof(out)), 0);
+    assert_non_null(strstr(out, "SERVING"));
+    assert_int_equal(unsetenv("LAGOON_CACERT"), 0);
+    /* The wrong CA: UNAVAILABLE (64 + 14). Without --tls: the server's GOAWAY, the same status. */
+    snprintf(args, sizeof(args), "--cacert %s/ca2.pem call lagoon.v1.Health/Check", dir);
+    assert_int_equal(lagoonctl(args, out, sizeof(out)), 64 + LAGOON_UNAVAILABLE);
+    assert_int_equal(lagoonctl("call lagoon.v1.Health/Check", out, sizeof(out)), 64 + LAGOON_UNAVAILABLE);
+}
+
+/* ---- configuration --------------------------------------------------------------------------- */
+
+static void config_checked(void **state)
+{
+    (void)state;
+    rpc_config cfg;
+    test_config(&cfg);
+    rpc_error err;
+    snprintf(cfg.tls_cert, sizeof(cfg.tls_cert), "%s/server.pem", dir);
+    assert_int_equal(rpc_config_check(&cfg, &err), RPC_ERR); /* a certificate without its key */
+    assert_non_null(strstr(err.message, "--tls-key"));
+    snprintf(cfg.tls_key, sizeof(cfg.tls_key), "%s/other.key", dir);
+    assert_int_equal(rpc_config_check(&cfg, &err), RPC_ERR); /* another certificate's key */
+    assert_non_null(strstr(err.message, "other.key"));
+    snprintf(cfg.tls_key, sizeof(cfg.tls_key), "%s/server.key", dir);
+    assert_int_equal(rpc_config_check(&cfg, &err), RPC_OK);
+    snprintf(cfg.tls_cert, sizeof(cfg.tls_cert), "%s/missing.pem", dir);
+    assert_int_equal(rpc_config_check(&cfg, &err), RPC_ERR);
+    assert_non_null(strstr(err.message, "missing.pem"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(config_checked),
+        cmocka_unit_test_setup_teardown(good_handshake_and_calls, setup_server, teardown),
+        cmocka_unit_test_setup_teardown(wrong_host_name_refused, setup_server, teardown),
+        cmocka_unit_test_setup_teardown(unknown_ca_refused, setup_server, teardown),
+        cmocka_unit_test_setup_teardown(handshake_policy, setup_server, teardown),
+        cmocka_unit_test_setup_teardown(plain_clients_closed_cleanly, setup_server, teardown),
+        cmocka_unit_test_setup_teardown(transport_hook, setup_server, teardown),
+        cmocka_unit_test_setup_teardown(lagoonctl_tls, setup_server, teardown),
+        cmocka_unit_test_setup_teardown(reload_keeps_connections, setup_server, teardown),
+        cmocka_unit_test_setup_teardown(expired_certificate_refused, setup_expired, teardown),
+        cmocka_unit_test_setup_teardown(another_hosts_certificate_refused, setup_other, teardown),
+    };
+    return cmocka_run_group_tests_name("tls", tests, group_setup, group_teardown);
+}

@@ -26,6 +26,11 @@
  * one; 100 000 distinct accounts or addresses acting within one window (15 minutes for
  * sign-ins, an hour for emails) before new ones wait. */
 #define APP_LIMITER_KEYS 100000
+/* Uploads' defaults (uploads.h names them UPLOADS_*_DEFAULT): a 2 GiB video, 10 GiB of media
+ * per user, an abandoned upload deleted after a day. */
+#define APP_UPLOAD_MAX_MIB_DEFAULT 2048u
+#define APP_MEDIA_QUOTA_MIB_DEFAULT 10240u
+#define APP_UPLOAD_EXPIRY_HOURS_DEFAULT 24u
 
 #define APP_SETTINGS(X)                                                                             \
     X(sync, "sync", app_sync_choices, STORE_SYNC_FULL, 0u, 1u, 1u,                                 \
@@ -88,6 +93,20 @@
     X(plays_retention_s, "plays-retention-days", NULL, 90u, 1u, 3650u, 24u * 3600u,               \
       "Raw play interactions (the playbook) are kept this many days, then trimmed a few at each " \
       "write; resume positions, history and the per-video figures stay.")                          \
+    X(upload_max_bytes, "upload-max-mib", NULL, APP_UPLOAD_MAX_MIB_DEFAULT, 1u, 1u << 20, 1u << 20,         \
+      "Largest video file Uploads/Create accepts, MiB (a profile image: 5 MiB, "                 \
+      "UPLOADS_PROFILE_IMAGE_MAX).")                                                              \
+    X(media_quota_bytes, "media-quota-mib", NULL, APP_MEDIA_QUOTA_MIB_DEFAULT, 1u, 1u << 30, 1u << 20,      \
+      "Storage per user, MiB: the media files of their videos plus the declared sizes of their "  \
+      "open uploads. An upload that would pass it is refused (RESOURCE_EXHAUSTED).")              \
+    X(upload_expiry_s, "upload-expiry-hours", NULL, APP_UPLOAD_EXPIRY_HOURS_DEFAULT, 1u, 720u, 3600u,        \
+      "An upload that receives no chunk for this many hours is deleted with its bytes.")         \
+    X(media_workers, "media-workers", NULL, APP_MEDIA_WORKERS_DEFAULT, 1u, 64u, 1u,               \
+      "Uploads processed at once (each runs one ffmpeg at a time, with up to 2 threads). The "     \
+      "default is the number of cores less one, at least 1, so that the server keeps a core.")   \
+    X(media_job_timeout_s, "media-job-timeout-s", NULL, APP_MEDIA_JOB_TIMEOUT_S_DEFAULT, 10u, 86400u, 1u, \
+      "Wall-clock limit of one ffmpeg or ffprobe run, seconds; past it the run is killed and the " \
+      "attempt fails (retried later, up to 5 attempts). ffprobe gets at most 60 s.")             \
     X(limiter_keys, "limiter-keys", NULL, APP_LIMITER_KEYS, 1000u, 10000000u, 1u,                 \
       "Keys (accounts, client addresses, users) each rate limiter tracks, about 230 bytes each. " \
       "A full limiter forgets expired keys, then makes new keys wait, so this bounds the "         \

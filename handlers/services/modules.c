@@ -10,6 +10,7 @@
 #include "plays.h"
 #include "teaching.h"
 #include "threads.h"
+#include "uploads.h"
 #include "profchats.h"
 #include "signalling.h"
 #include "users.h"
@@ -29,5 +30,6 @@ const app_module *const app_modules[] = {
     &party_module,    /* the live watch parties and their streams */
     &plays_module,    /* the per-user budget of play interactions */
     &threads_module,  /* the thread budgets, thread events filled in */
+    &uploads_module,  /* upload expiry (scheduler jobs), the sweeper of uploads' bytes */
 };
 const size_t app_modules_count = sizeof(app_modules) / sizeof(app_modules[0]);

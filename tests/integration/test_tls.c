@@ -28,6 +28,7 @@
 
 #define WAIT_MS 10000  /* bounded waits for the reload to be seen */
 #define CMD_MAX 2048
+#define HANDSHAKE_MS 1000 /* the servers' handshake timeout: a silent client is closed after it */
 
 static char dir[64];         /* the certificates */
 static const char *cert_name; /* the pair the next server starts with: DIR/<name>.pem, .key */
@@ -85,6 +86,7 @@ static void tweak(app_config *acfg, rpc_config *cfg)
     snprintf(cfg->tls_cert, sizeof(cfg->tls_cert), "%s/live.pem", dir);
     snprintf(cfg->tls_key, sizeof(cfg->tls_key), "%s/live.key", dir);
     cfg->handle_signals = 1; /* SIGHUP reloads, as in lagoond */
+    cfg->handshake_timeout_ms = HANDSHAKE_MS;
 }
 
 /* The server's files are copies, so that a reload can swap what they hold. */
@@ -163,7 +165,8 @@ static void expect_refused(int st, const lagoon_error *err, const char *why)
 
 /* ---- the library's TLS ---------------------------------------------------------------------- */
 
-/* A handshake by address and by name, then real calls: a user registered and signed in. */
+/* A handshake by address and by name, then real calls: the whole schema (a large reply), a
+ * user registered and signed in, a PING. */
 static void good_handshake_and_calls(void **state)
 {
     (void)state;
@@ -176,6 +179,17 @@ static void good_handshake_and_calls(void **state)
             fail_msg("connect %s: %s", hosts[i], err.detail.message);
         health_ok(c);
         if (i == 0) {
+            /* A reply of many TLS records (the schema passes 64 KiB), byte for byte. */
+            lagoon_v1_GetSchemaRequest sreq = lagoon_v1_GetSchemaRequest_init_zero;
+            lagoon_v1_GetSchemaResponse sresp = lagoon_v1_GetSchemaResponse_init_zero;
+            lagoon_bytes set = {.max = lagoon_schema_max};
+            sresp.file_descriptor_set.funcs.decode = lagoon_bytes_decode;
+            sresp.file_descriptor_set.arg = &set;
+            assert_int_equal(lagoon_Reflection_GetSchema(c, &sreq, &sresp), LAGOON_OK);
+            assert_true(lagoon_schema_size > 65535);
+            assert_int_equal(set.len, lagoon_schema_size);
+            assert_memory_equal(set.data, lagoon_schema, lagoon_schema_size);
+            free(set.data);
             char token[65];
             assert_true(test_user(c, "tlsann", 0, token) != 0);
             uint64_t rtt;
@@ -336,7 +350,11 @@ static void plain_clients_closed_cleanly(void **state)
     assert_int_equal(raw_wait_closed(fd, 5000), 1);
     close(fd);
 
-    /* One that sends nothing is closed at the handshake timeout; the server still serves. */
+    /* One that sends nothing is closed at the handshake timeout (a second; waited for up to 5). */
+    fd = raw_connect(T->srv.port, 0);
+    assert_int_equal(raw_wait_closed(fd, 5 * HANDSHAKE_MS), 1);
+    close(fd);
+    /* The server still serves. */
     lagoon_client *ok;
     assert_int_equal(tls_connect("127.0.0.1", "ca1", NULL, &ok, &err), LAGOON_OK);
     health_ok(ok);

@@ -18,6 +18,7 @@
 #include <stdint.h>
 
 #include <sodium.h>
+#include <unistd.h>
 
 #include "rpc_options.h"
 #include "store.h"
@@ -31,6 +32,12 @@
 #define APP_UPLOAD_MAX_MIB_DEFAULT 2048u
 #define APP_MEDIA_QUOTA_MIB_DEFAULT 10240u
 #define APP_UPLOAD_EXPIRY_HOURS_DEFAULT 24u
+/* Media workers: the cores less one (at least one), so that processing leaves the server a
+ * core (media.h). */
+#define APP_MEDIA_WORKERS_DEFAULT                                                                  \
+    (sysconf(_SC_NPROCESSORS_ONLN) > 1 ? (uint32_t)sysconf(_SC_NPROCESSORS_ONLN) - 1u : 1u)
+/* One ffmpeg run's wall-clock limit (media.h, MEDIA_JOB_TIMEOUT_S_DEFAULT). */
+#define APP_MEDIA_JOB_TIMEOUT_S_DEFAULT 600u
 
 #define APP_SETTINGS(X)                                                                             \
     X(sync, "sync", app_sync_choices, STORE_SYNC_FULL, 0u, 1u, 1u,                                 \
@@ -80,6 +87,10 @@
     X(turn_ttl_s, "turn-credential-ttl-s", NULL, 3600u, 60u, 604800u, 1u,                          \
       "Lifetime of the TURN credentials Signalling/GetIceServers hands out, seconds (the expiry " \
       "in their username, coturn's use-auth-secret form).")                                      \
+    X(media_url_ttl_s, "media-url-ttl-s", NULL, 3600u, 60u, 604800u, 1u,                           \
+      "Lifetime of the signed media URLs Videos/GetPlayback and profiles hand out, seconds. A "   \
+      "link also stops at once when its video's key version moves (made private, unshared, "     \
+      "deleted).")                                                                                 \
     X(plays.max_events, "plays-per-minute", NULL, 1200u, 1u, 10000000u, 1u,                       \
       "Plays interactions (Record, each interaction of a Report batch; a Start counts one) per "  \
       "user and minute. Past it the call (or the Report stream) is refused with "                 \

@@ -14,6 +14,7 @@
 #include <sodium.h>
 
 #include "wire.h" /* wire_email_problem, wire_url_problem */
+#include "media_sign.h" /* media_sign_marker: a profile image's signed URL */
 
 /* ---- passwords ------------------------------------------------------------------------------ */
 
@@ -270,12 +271,16 @@ void account_profile(const lagoon_v1_User *u, lagoon_v1_UserProfile *out)
     ACCOUNT_COPY_VAL(last_login)
     ACCOUNT_COPY_VAL(verified)
     ACCOUNT_COPY_VAL(active)
+    media_sign_marker(out->profile_image_url, sizeof(out->profile_image_url));
 }
 
+/* An uploaded profile image is stored as a marker ("media:profile-images/..."), which becomes
+ * a signed URL of the media listener here, on every way out (media_sign.h). */
 void account_public(const lagoon_v1_User *u, lagoon_v1_PublicUser *out)
 {
     wire_init(&lagoon_v1_PublicUser_info, out);
     ACCOUNT_PUBLIC_FIELDS(ACCOUNT_COPY_STR, ACCOUNT_COPY_VAL)
+    media_sign_marker(out->profile_image_url, sizeof(out->profile_image_url));
 }
 
 int account_queue_email(store_txn *t, int64_t now, const char *to, const char *subject, const char *body,

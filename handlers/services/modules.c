@@ -15,6 +15,7 @@
 #include "signalling.h"
 #include "users.h"
 #include "videochats.h"
+#include "videos.h"
 
 const app_module *const app_modules[] = {
     &accounts_module, /* Auth's and Users' rate limiters */
@@ -30,6 +31,7 @@ const app_module *const app_modules[] = {
     &party_module,    /* the live watch parties and their streams */
     &plays_module,    /* the per-user budget of play interactions */
     &threads_module,  /* the thread budgets, thread events filled in */
+    &videos_module,   /* the media signing key, published for signed URLs (media_sign.h) */
     &uploads_module,  /* upload expiry (scheduler jobs), the sweeper of uploads' bytes */
 };
 const size_t app_modules_count = sizeof(app_modules) / sizeof(app_modules[0]);

@@ -1,5 +1,6 @@
 /* Users service: profiles, the teacher list, password change, account deletion, and the
  * administrators' role and activation switches. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +11,8 @@
 #include "accounts.h"
 #include "groups.h"
 #include "lagoon_handlers.h"
+#include "log.h"
+#include "media_files.h"
 #include "paging.h"
 #include "teaching.h"
 #include "threads.h"
@@ -411,11 +414,22 @@ static int delete_write(store_txn *t, const app_write_in *in, void *resp, store_
     return st == LAGOON_NOT_FOUND ? store_fail(err, st, NULL, "no such user") : st;
 }
 
+/* The account's media files go once its deletion is durable (as a video's, videos.c). */
+static int delete_after(rpc_call *call, const app_write_in *in, void *resp, int status)
+{
+    (void)call;
+    (void)resp;
+    if (status == LAGOON_OK && media_remove_user(in->a, in->who.user_id) != LAGOON_OK)
+        log_msg(LOG_WARN, "users: cannot remove the media files of deleted user %llu: %s",
+                (unsigned long long)in->who.user_id, strerror(errno));
+    return status;
+}
+
 static int delete_account_work(rpc_call *call, void *arg)
 {
     const lagoon_v1_DeleteAccountRequest *req = rpc_call_request(call);
     int st = current_password_ok(call, arg, req->password, "password");
-    return st == LAGOON_OK ? app_write_call(call, delete_write, NULL) : st;
+    return st == LAGOON_OK ? app_write_call_then(call, delete_write, NULL, delete_after) : st;
 }
 
 /* A password_op for the caller in the call's memory, with new_password (when not NULL)

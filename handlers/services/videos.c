@@ -5,6 +5,7 @@
  * users it is shared with and, for a public video, every signed-in user read it. Everyone else
  * is told there is no such video. Every call reads the rows it decides on (no caches), so a
  * removed share or a video made private takes effect at the next call. */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -12,6 +13,9 @@
 #include "comments.h"
 #include "events.h"
 #include "lagoon_handlers.h"
+#include "log.h"
+#include "media_files.h"
+#include "media_sign.h"
 #include "paging.h"
 #include "teaching.h"
 #include "videos.h"
@@ -70,11 +74,32 @@ static int may_change(const rpc_caller *who, const lagoon_v1_Video *v)
     return who->user_id == v->owner_id || who->role == lagoon_v1_Role_ADMIN;
 }
 
+/* The signed URL of v's file name (media_files.h) with v's key version into out, and its expiry
+ * (may be NULL). LAGOON_OK, or FAILED_PRECONDITION without a media listener (out ""). */
+static int video_file_url(const lagoon_v1_Video *v, const char *name, char *out, size_t cap, int64_t *expires_ms)
+{
+    char rel[MEDIA_RELPATH_MAX + 1];
+    int st = media_video_relpath(v->owner_id, v->id, name, rel, sizeof(rel));
+    return st == LAGOON_OK ? media_signed_url(rel, v->key_version, out, cap, expires_ms) : st;
+}
+
+/* An uploaded video's thumbnail as a signed URL (one HMAC), so that lists can show it; its
+ * renditions come from Videos/GetPlayback. Without a media listener it is left "". */
+static void thumbnail_shown(lagoon_v1_Video *v)
+{
+    if (v->source != lagoon_v1_Video_Source_UPLOAD)
+        return;
+    v->thumbnail_url[0] = '\0';
+    if ((v->media_files & MEDIA_FILE_THUMBNAIL) != 0)
+        (void)video_file_url(v, MEDIA_THUMBNAIL, v->thumbnail_url, sizeof(v->thumbnail_url), NULL);
+}
+
 /* v as the caller sees it: how many users it is shared with is its owner's business. */
 static void video_shown(lagoon_v1_Video *v, const rpc_caller *who)
 {
     if (!may_change(who, v))
         v->share_count = 0;
+    thumbnail_shown(v);
 }
 
 int videos_readable(store_txn *t, const rpc_caller *who, uint64_t id, const char *field, lagoon_v1_Video *v,
@@ -100,7 +125,27 @@ int videos_public_key(const void *row, store_key *k)
     return 1;
 }
 
-const app_module videos_module = {.name = "videos"};
+/* The module's start: the media signing key (created at the first start), published for the
+ * output paths that sign URLs without an app at hand (media_sign.h). */
+static int videos_start(app *a, void **state, rpc_error *err)
+{
+    *state = NULL;
+    media_key key;
+    if (media_key_load(a->data_dir, &key, err->message, sizeof(err->message)) != LAGOON_OK)
+        return RPC_ERR;
+    media_signer_publish(a, &key);
+    sodium_memzero(&key, sizeof(key));
+    return RPC_OK;
+}
+
+static void videos_stop(app *a, void *state)
+{
+    (void)a;
+    (void)state;
+    media_signer_publish(NULL, NULL);
+}
+
+const app_module videos_module = {.name = "videos", .start = videos_start, .stop = videos_stop};
 
 /* ---- the word index ----------------------------------------------------------------------------- */
 
@@ -269,20 +314,25 @@ int handle_Videos_Create(rpc_call *call, const lagoon_v1_CreateVideoRequest *req
     return app_write_call(call, create_write, NULL);
 }
 
-int handle_Videos_Get(rpc_call *call, const lagoon_v1_GetVideoRequest *req, lagoon_v1_Video *resp)
+/* Video id into v, in a read of its own, when the caller may read it; else the call's error. */
+static int video_read(rpc_call *call, uint64_t id, lagoon_v1_Video *v)
 {
-    const rpc_caller *who = rpc_call_caller(call);
     store_txn *t;
     store_error err;
     int st = store_read_begin(app_of(call)->db, &t, &err);
     if (st != LAGOON_OK)
         return app_store_error(call, st, &err);
-    st = video_load(t, who, req->video_id, APP_READ, "video_id", resp, &err);
+    st = video_load(t, rpc_call_caller(call), id, APP_READ, "video_id", v, &err);
     store_read_end(t);
-    if (st != LAGOON_OK)
-        return app_store_error(call, st, &err);
-    video_shown(resp, who);
-    return LAGOON_OK;
+    return st == LAGOON_OK ? LAGOON_OK : app_store_error(call, st, &err);
+}
+
+int handle_Videos_Get(rpc_call *call, const lagoon_v1_GetVideoRequest *req, lagoon_v1_Video *resp)
+{
+    int st = video_read(call, req->video_id, resp);
+    if (st == LAGOON_OK)
+        video_shown(resp, rpc_call_caller(call));
+    return st;
 }
 
 /* ---- Update, Delete -------------------------------------------------------------------------------- */
@@ -420,6 +470,8 @@ static int update_write(store_txn *t, const app_write_in *in, void *resp, store_
     int narrowed = req->has_is_public && v->is_public && !req->is_public;
     if (req->has_is_public)
         v->is_public = req->is_public;
+    if (narrowed) /* every media link handed out stops: readers who still may ask again */
+        v->key_version++;
     v->updated_at = in->now;
     st = store_update(t, &lagoon_table_videos, v, err);
     /* Made private: the followers of its comments who no longer read it stop following. */
@@ -450,12 +502,19 @@ static int video_topic_forget(store_txn *t, const app *a, uint64_t id, store_err
     return events_topic_forget(t, a, &tp, err);
 }
 
+/* Videos/Delete's arguments: where the write leaves the deleted video's owner, for the files'
+ * removal after the commit (a replay writes the same value). */
+typedef struct delete_args {
+    uint64_t *owner; /* the call's memory (rpc_call_alloc) */
+} delete_args;
+
 /* Deleting the row deletes what refers to it (the cascades declared in the IDL: shares, views,
- * words, comments), in this transaction. */
+ * words, comments), in this transaction; its files go after the commit (delete_after). */
 static int delete_write(store_txn *t, const app_write_in *in, void *resp, store_error *err)
 {
     (void)resp;
     const lagoon_v1_DeleteVideoRequest *req = in->req;
+    const delete_args *args = in->args;
     lagoon_v1_Video *v = malloc(sizeof(*v));
     if (v == NULL)
         return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
@@ -474,8 +533,26 @@ static int delete_write(store_txn *t, const app_write_in *in, void *resp, store_
         st = app_forget_results(t, &lagoon_method_Videos_Update, v->id, err);
     if (st == LAGOON_OK)
         st = app_forget_results(t, &lagoon_method_Videos_Create, v->id, err);
+    if (st == LAGOON_OK)
+        *args->owner = v->owner_id;
     free(v);
     return st;
+}
+
+/* The files go once the row's deletion is durable: a crash before leaves files without a row
+ * (lagoon-admin verify reports them), never a row without its files. A media job running on
+ * the video meanwhile finds the row gone and drops its outputs (media.c). */
+static int delete_after(rpc_call *call, const app_write_in *in, void *resp, int status)
+{
+    (void)call;
+    (void)resp;
+    const delete_args *args = in->args;
+    const lagoon_v1_DeleteVideoRequest *req = in->req;
+    if (status == LAGOON_OK && *args->owner != 0 &&
+        media_remove_video(in->a, *args->owner, req->video_id) != LAGOON_OK)
+        log_msg(LOG_WARN, "videos: cannot remove the files of deleted video %llu: %s",
+                (unsigned long long)req->video_id, strerror(errno));
+    return status;
 }
 
 static int video_going(store_txn *t, uint64_t id, void *arg, store_error *err)
@@ -498,7 +575,13 @@ int handle_Videos_Delete(rpc_call *call, const lagoon_v1_DeleteVideoRequest *req
 {
     (void)req; /* (its rules in videos.proto checked it) */
     (void)resp;
-    return app_write_call(call, delete_write, NULL);
+    delete_args *args = app_write_args(call, sizeof(*args));
+    uint64_t *owner = rpc_call_alloc(call, sizeof(*owner), NULL);
+    if (args == NULL || owner == NULL)
+        return app_out_of_memory(call);
+    *owner = 0; /* a retry answered from the kept response removes nothing */
+    args->owner = owner;
+    return app_write_call_then(call, delete_write, args, delete_after);
 }
 
 /* ---- lists ------------------------------------------------------------------------------------------ */
@@ -1073,6 +1156,7 @@ static int unshare_write(store_txn *t, const app_write_in *in, void *resp, store
     if (st == LAGOON_OK) {
         if (v->share_count > 0)
             v->share_count--;
+        v->key_version++; /* the user's media links stop now, not at their expiry */
         st = store_update(t, &lagoon_table_videos, v, err);
     }
     if (st == LAGOON_OK) /* the user, if following its comments and no longer a reader, stops */
@@ -1211,4 +1295,69 @@ int handle_Videos_RecordView(rpc_call *call, const lagoon_v1_RecordViewRequest *
     (void)req; /* (its rules in videos.proto checked it) */
     (void)resp;
     return app_write_call(call, view_write, NULL);
+}
+
+/* ---- GetPlayback ------------------------------------------------------------------------------------ */
+
+/* The nominal height of a rendition: processing never scales above the source (media.c). */
+static uint32_t rendition_height(uint32_t nominal, uint32_t source)
+{
+    return source != 0 && source < nominal ? source : nominal;
+}
+
+static int add_rendition(lagoon_v1_Playback *p, const lagoon_v1_Video *v, const char *label, const char *file,
+                         uint32_t height)
+{
+    lagoon_v1_PlaybackRendition *r = &p->renditions[p->renditions_count];
+    int st = video_file_url(v, file, r->url, sizeof(r->url), &p->expires_at);
+    if (st == LAGOON_OK) {
+        APP_STRCPY(r->name, label);
+        r->height = height;
+        p->renditions_count++;
+    }
+    return st;
+}
+
+/* The renditions' nominal heights (media.c makes sd at 480p, hd at 720p). */
+#define VIDEOS_SD_HEIGHT 480
+#define VIDEOS_HD_HEIGHT 720
+
+int handle_Videos_GetPlayback(rpc_call *call, const lagoon_v1_GetPlaybackRequest *req, lagoon_v1_Playback *resp)
+{
+    const app *a = app_of(call);
+    if (a->cfg.media_url_base[0] == '\0')
+        return rpc_call_error(call, LAGOON_FAILED_PRECONDITION,
+                              "this server hands out no media URLs: it has no media listener (--media-listen)");
+    lagoon_v1_Video *v = rpc_call_alloc(call, sizeof(*v), NULL);
+    if (v == NULL)
+        return app_out_of_memory(call);
+    int st = video_read(call, req->video_id, v);
+    if (st != LAGOON_OK)
+        return st;
+    if (v->source != lagoon_v1_Video_Source_UPLOAD || (v->media_files & (MEDIA_FILE_SD | MEDIA_FILE_HD)) == 0)
+        return rpc_call_error(call, LAGOON_FAILED_PRECONDITION,
+                              v->source != lagoon_v1_Video_Source_UPLOAD
+                                  ? "the video is an external link: it plays from its url"
+                                  : "the video has no uploaded media to play yet");
+    if (v->status != lagoon_v1_Video_Status_READY)
+        return rpc_call_error(call, LAGOON_FAILED_PRECONDITION, "the video is not ready to play (its status is %s)",
+                              v->status == lagoon_v1_Video_Status_PROCESSING ? "PROCESSING"
+                              : v->status == lagoon_v1_Video_Status_UPLOADING ? "UPLOADING"
+                              : v->status == lagoon_v1_Video_Status_ERROR     ? "ERROR"
+                                                                             : "unknown");
+    resp->video_id = v->id;
+    resp->status = v->status;
+    resp->duration_seconds = v->duration_seconds;
+    resp->width = v->width;
+    resp->height = v->height;
+    if (v->media_files & MEDIA_FILE_SD)
+        st = add_rendition(resp, v, "sd", MEDIA_SD, rendition_height(VIDEOS_SD_HEIGHT, v->height));
+    if (st == LAGOON_OK && (v->media_files & MEDIA_FILE_HD))
+        st = add_rendition(resp, v, "hd", MEDIA_HD, rendition_height(VIDEOS_HD_HEIGHT, v->height));
+    if (st == LAGOON_OK && (v->media_files & MEDIA_FILE_THUMBNAIL))
+        st = video_file_url(v, MEDIA_THUMBNAIL, resp->thumbnail_url, sizeof(resp->thumbnail_url), NULL);
+    if (st != LAGOON_OK)
+        return rpc_call_error(call, st == LAGOON_FAILED_PRECONDITION ? st : LAGOON_INTERNAL,
+                              "cannot sign the media URLs");
+    return LAGOON_OK;
 }

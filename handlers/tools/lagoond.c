@@ -17,6 +17,7 @@
 #include "app_settings.h"
 #include "lagoon_handlers.h"
 #include "log.h"
+#include "media_http.h"
 #include "rpc.h"
 #include "rpc_options.h"
 
@@ -40,6 +41,8 @@ typedef struct lagoond_opts {
         char host[ADMIN_LISTEN_MAX];
         uint16_t port;
     } admin;
+    struct lagoond_admin media;     /* --media-listen (the same [HOST:]PORT form) */
+    char media_url_base[APP_MEDIA_URL_BASE_MAX]; /* --media-url-base; "" = from --media-listen */
 } lagoond_opts;
 
 static int parse_admin_listen(void *target, const char *value, char *err, size_t errlen)
@@ -54,8 +57,20 @@ static int parse_admin_listen(void *target, const char *value, char *err, size_t
     return 0;
 }
 
+static int parse_media_listen(void *target, const char *value, char *err, size_t errlen)
+{
+    struct lagoond_admin *a = target;
+    char why[160];
+    if (admin_listen_parse(value, a->host, sizeof(a->host), &a->port, why, sizeof(why)) != 0) {
+        snprintf(err, errlen, "--media-listen wants [HOST:]PORT: %s", why);
+        return -1;
+    }
+    a->on = 1;
+    return 0;
+}
+
 /* The RPC layer's options (rpc_options_server), lagoond's own, then the app's settings. */
-#define LAGOOND_OWN_OPTIONS 9
+#define LAGOOND_OWN_OPTIONS 11
 #define LAGOOND_OPTIONS (RPC_OPTIONS_SERVER_COUNT + LAGOOND_OWN_OPTIONS + APP_SETTINGS_COUNT)
 
 static size_t lagoond_options(lagoond_opts *o, rpc_option out[LAGOOND_OPTIONS])
@@ -102,6 +117,17 @@ static size_t lagoond_options(lagoond_opts *o, rpc_option out[LAGOOND_OPTIONS])
     out[n++] = (rpc_option){.name = "tls-key", .kind = RPC_OPTION_TEXT, .target = o->rpc.tls_key,
                             .size = sizeof(o->rpc.tls_key),
                             .help = "PEM private key of --tls-cert (unencrypted; keep it mode 0600)."};
+    out[n++] = (rpc_option){
+        .name = "media-listen", .kind = RPC_OPTION_PARSE, .target = &o->media, .parse = parse_media_listen,
+        .help = "Serve media files (video renditions, thumbnails, profile images) over HTTP on [HOST:]PORT "
+                "(HOST numeric, 127.0.0.1 when left out) to holders of the signed URLs Videos/GetPlayback and "
+                "profiles hand out (docs/API.md). Off by default: no signed URLs are handed out then."};
+    out[n++] = (rpc_option){
+        .name = "media-url-base", .kind = RPC_OPTION_TEXT, .target = o->media_url_base,
+        .size = sizeof(o->media_url_base),
+        .help = "The address clients reach the media listener at, as the start of every signed URL, such as "
+                "https://media.example.com behind a proxy (no trailing slash). Default http://HOST:PORT of "
+                "--media-listen."};
     n += app_settings_options(o->settings, out + n, LAGOOND_OPTIONS - n);
     return n;
 }
@@ -220,6 +246,12 @@ int main(int argc, char **argv)
     APP_STRCPY(acfg.turn_urls, o.turn_urls);
     APP_STRCPY(acfg.turn_secret, o.turn_secret);
     sodium_memzero(o.turn_secret, sizeof(o.turn_secret));
+    if (o.media_url_base[0] != '\0')
+        APP_STRCPY(acfg.media_url_base, o.media_url_base);
+    else if (o.media.on && strchr(o.media.host, ':') != NULL)
+        snprintf(acfg.media_url_base, sizeof(acfg.media_url_base), "http://[%s]:%u", o.media.host, o.media.port);
+    else if (o.media.on)
+        snprintf(acfg.media_url_base, sizeof(acfg.media_url_base), "http://%s:%u", o.media.host, o.media.port);
     app *a;
     rpc_error rerr;
     if (app_open(o.data, &acfg, &a, &rerr) != RPC_OK) {
@@ -264,6 +296,19 @@ int main(int argc, char **argv)
         }
         log_msg(LOG_INFO, "admin listener on %s:%u", o.admin.host, admin_http_port(admin));
     }
+    media_http *media = NULL;
+    if (o.media.on) {
+        if (media_http_start(o.media.host, o.media.port, a, &media, &rerr) != RPC_OK) {
+            fprintf(stderr, "lagoond: %s\n", rerr.message);
+            admin_http_stop(admin);
+            rpc_server_free(server);
+            app_close(a);
+            free(routes);
+            return 1;
+        }
+        log_msg(LOG_INFO, "media listener on %s:%u, URLs %s", o.media.host, media_http_port(media),
+                acfg.media_url_base);
+    }
     log_msg(LOG_INFO, "lagoond %s data=%s sync=%s", o.rpc.version, o.data,
             acfg.sync == STORE_SYNC_NONE ? "none" : "full");
     int rc = rpc_server_run(server, &rerr) == RPC_OK ? 0 : 1;
@@ -272,6 +317,7 @@ int main(int argc, char **argv)
     /* /readyz answers 503 (draining) until here; the admin listener reads the server, so it
      * stops before the server is freed. */
     admin_http_stop(admin);
+    media_http_stop(media); /* it reads the store: before app_close */
     /* Order matters: workers may still submit writes, and the store's completions finish
      * calls, which the server processes until it is freed. */
     rpc_server_join_workers(server);

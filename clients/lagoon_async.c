@@ -18,6 +18,13 @@
 #include <pb_decode.h>
 
 #include "lagoon_idl.h"
+#include "lagoon_tls.h"
+
+#ifndef LAGOON_CLIENT_NO_OPENSSL
+#include <event2/bufferevent_ssl.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#endif
 
 #define ASYNC_BUCKETS 256
 #define ASYNC_MAX_FRAME (16u << 20)
@@ -42,6 +49,8 @@ struct lagoon_async {
     lagoon_v1_Settings settings;
     int have_settings;
     int broken;
+    int tls;                                      /* bev is an OpenSSL bufferevent */
+    int tls_up;                                   /* its handshake has completed */
     int strict_schema;                            /* lagoon_async_options */
     void (*warn)(void *warn_arg, const char *msg); /* lagoon_async_options; NULL: stderr */
     void *warn_arg;
@@ -267,10 +276,62 @@ static void read_cb(struct bufferevent *bev, void *arg)
 
 static void event_cb(struct bufferevent *bev, short what, void *arg)
 {
-    (void)bev;
     lagoon_async *c = arg;
+#ifndef LAGOON_CLIENT_NO_OPENSSL
+    if (c->tls && (what & BEV_EVENT_CONNECTED)) {
+        c->tls_up = 1;
+        char why[256];
+        if (lagoon_tls_check_alpn(bufferevent_openssl_get_ssl(bev), why, sizeof(why)) != 0) {
+            bufferevent_disable(bev, EV_READ | EV_WRITE);
+            fail_all(c, why);
+        }
+        return;
+    }
+    if (c->tls && !c->tls_up && (what & (BEV_EVENT_ERROR | BEV_EVENT_EOF))) {
+        /* The handshake failed: say what OpenSSL refused. */
+        char why[256];
+        lagoon_tls_why(bufferevent_openssl_get_ssl(bev), bufferevent_get_openssl_error(bev), why, sizeof(why));
+        fail_all(c, why);
+        return;
+    }
+#else
+    (void)bev;
+#endif
     if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))
         fail_all(c, what & BEV_EVENT_EOF ? "server closed the connection" : "connection error");
+}
+
+/* The connection's bufferevent: a socket's, or with tls an OpenSSL one that starts the
+ * handshake. NULL with err filled. */
+static struct bufferevent *async_bev(lagoon_async *c, int fd, const char *host, const lagoon_async_options *opts,
+                                     char *err, size_t errlen)
+{
+    if (opts == NULL || !opts->tls)
+        return bufferevent_socket_new(c->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    char why[256];
+    lagoon_tls_config cfg = {opts->tls_ca_file, opts->tls_server_name};
+    struct ssl_st *ssl = lagoon_tls_ssl_new(&cfg, host, why, sizeof(why));
+    if (ssl == NULL) {
+        if (err)
+            snprintf(err, errlen, "%s", why);
+        return NULL;
+    }
+#ifndef LAGOON_CLIENT_NO_OPENSSL
+    struct bufferevent *bev =
+        bufferevent_openssl_socket_new(c->base, fd, ssl, BUFFEREVENT_SSL_CONNECTING, BEV_OPT_CLOSE_ON_FREE);
+    if (bev == NULL) {
+        SSL_free(ssl);
+        if (err)
+            snprintf(err, errlen, "TLS: out of memory");
+        return NULL;
+    }
+    /* The frames say where a message ends: a close without close_notify is just a close. */
+    bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+    c->tls = 1;
+    return bev;
+#else
+    return NULL; /* not reached: lagoon_tls_ssl_new fails without OpenSSL */
+#endif
 }
 
 int lagoon_async_connect(struct event_base *base, const char *host, uint16_t port,
@@ -314,11 +375,12 @@ int lagoon_async_connect(struct event_base *base, const char *host, uint16_t por
         c->warn = opts->warn;
         c->warn_arg = opts->warn_arg;
     }
-    c->bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE);
+    c->bev = async_bev(c, fd, host, opts, err, errlen);
     if (c->bev == NULL) {
+        int st = opts && opts->tls ? LAGOON_UNAVAILABLE : LAGOON_RESOURCE_EXHAUSTED;
         close(fd);
         free(c);
-        return LAGOON_RESOURCE_EXHAUSTED;
+        return st;
     }
     bufferevent_setcb(c->bev, read_cb, NULL, event_cb, c);
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);

@@ -42,9 +42,18 @@ typedef struct lagoon_async_options {
     int strict_schema;
     void (*warn)(void *warn_arg, const char *msg);
     void *warn_arg;
+    /* TLS, as lagoon_options (lagoon.h): when not 0, an OpenSSL bufferevent with the
+     * server's certificate verified against tls_ca_file (NULL: the system's store) and the
+     * name tls_server_name (NULL: host), ALPN lagoon/1. The handshake runs on the event base
+     * after lagoon_async_connect returns; if it fails, every call made meanwhile ends with
+     * UNAVAILABLE and a message that starts "TLS:" and says why. */
+    int tls;
+    const char *tls_ca_file;
+    const char *tls_server_name;
 } lagoon_async_options;
 
-/* Connects (blocking, bounded by 5 s) and sends the preface; the server's SETTINGS are read
+/* Connects (blocking, bounded by 5 s) and sends the preface (with tls: queues it behind the
+ * handshake); the server's SETTINGS are read
  * asynchronously (calls made before they arrive are queued). opts may be NULL. Returns
  * LAGOON_OK or LAGOON_UNAVAILABLE with a message in err (256 bytes, may be NULL). */
 int lagoon_async_connect(struct event_base *base, const char *host, uint16_t port,

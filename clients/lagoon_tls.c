@@ -17,6 +17,28 @@ int lagoon_tls_open(void *open_arg, int fd, const char *host, uint32_t timeout_m
     return LAGOON_UNIMPLEMENTED;
 }
 
+struct ssl_st *lagoon_tls_ssl_new(const lagoon_tls_config *cfg, const char *host, char *err, size_t errlen)
+{
+    (void)cfg;
+    (void)host;
+    snprintf(err, errlen, "TLS: this library was built without OpenSSL");
+    return NULL;
+}
+
+void lagoon_tls_why(struct ssl_st *ssl, unsigned long e, char *err, size_t errlen)
+{
+    (void)ssl;
+    (void)e;
+    snprintf(err, errlen, "TLS: this library was built without OpenSSL");
+}
+
+int lagoon_tls_check_alpn(struct ssl_st *ssl, char *err, size_t errlen)
+{
+    (void)ssl;
+    snprintf(err, errlen, "TLS: this library was built without OpenSSL");
+    return -1;
+}
+
 #else
 
 #include <arpa/inet.h>
@@ -38,8 +60,7 @@ int lagoon_tls_open(void *open_arg, int fd, const char *host, uint32_t timeout_m
 #define TLS_WHY_MAX 256
 
 typedef struct tls_conn {
-    SSL_CTX *ctx;
-    SSL *ssl;
+    SSL *ssl; /* holds its context */
     char why[TLS_WHY_MAX]; /* the last failure, for lagoon_transport.error */
 } tls_conn;
 
@@ -103,13 +124,17 @@ static BIO_METHOD *bio_method(void)
 
 /* ---- the transport ------------------------------------------------------------------------- */
 
-static void why_openssl(tls_conn *tc, const char *what)
+/* The first OpenSSL error queued (and clears the queue), after what failed; errno's text
+ * when OpenSSL has none (a socket error). */
+static void why_into(char *err, size_t errlen, const char *what)
 {
     unsigned long e = ERR_get_error();
     const char *reason = e ? ERR_reason_error_string(e) : NULL;
-    snprintf(tc->why, sizeof(tc->why), "TLS: %s: %s", what, reason ? reason : (e ? "error" : strerror(errno)));
+    snprintf(err, errlen, "TLS: %s: %s", what, reason ? reason : (e ? "error" : strerror(errno)));
     ERR_clear_error();
 }
+
+static void why_openssl(tls_conn *tc, const char *what) { why_into(tc->why, sizeof(tc->why), what); }
 
 /* SSL_read/SSL_write's outcome as a LAGOON_IO_* code (or 0 for a close). */
 static long io_result(tls_conn *tc, int r, const char *what)
@@ -155,7 +180,6 @@ static void tls_close(void *arg)
     if (tc->ssl != NULL && SSL_is_init_finished(tc->ssl))
         (void)SSL_shutdown(tc->ssl); /* close_notify, best effort: the socket is non-blocking */
     SSL_free(tc->ssl);
-    SSL_CTX_free(tc->ctx);
     free(tc);
 }
 
@@ -166,58 +190,77 @@ static uint64_t mono_ms(void)
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
-/* Client context: TLS 1.2+, the peer verified against the CA file or the system's store. */
-static int ctx_setup(tls_conn *tc, const lagoon_tls_config *cfg)
+SSL *lagoon_tls_ssl_new(const lagoon_tls_config *cfg, const char *host, char *err, size_t errlen)
 {
-    tc->ctx = SSL_CTX_new(TLS_client_method());
-    if (tc->ctx == NULL) {
-        why_openssl(tc, "cannot create a context");
-        return -1;
+    const char *name = cfg && cfg->server_name ? cfg->server_name : host;
+    ERR_clear_error();
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    if (ctx == NULL) {
+        why_into(err, errlen, "cannot create a context");
+        return NULL;
     }
-    SSL_CTX_set_min_proto_version(tc->ctx, TLS1_2_VERSION);
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
     /* A server that closes without close_notify has still ended its frames cleanly or not:
      * the frame layer, not TLS, says whether a reply was whole. */
-    SSL_CTX_set_options(tc->ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION | SSL_OP_IGNORE_UNEXPECTED_EOF);
-    SSL_CTX_set_mode(tc->ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
-    SSL_CTX_set_verify(tc->ctx, SSL_VERIFY_PEER, NULL);
-    int ok = cfg && cfg->ca_file ? SSL_CTX_load_verify_locations(tc->ctx, cfg->ca_file, NULL)
-                                 : SSL_CTX_set_default_verify_paths(tc->ctx);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION | SSL_OP_IGNORE_UNEXPECTED_EOF);
+    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    int ok = cfg && cfg->ca_file ? SSL_CTX_load_verify_locations(ctx, cfg->ca_file, NULL)
+                                 : SSL_CTX_set_default_verify_paths(ctx);
     if (ok != 1) {
-        char what[64 + 200];
+        char what[300];
         snprintf(what, sizeof(what), "cannot load the CA file %s", cfg && cfg->ca_file ? cfg->ca_file : "(system)");
-        why_openssl(tc, what);
-        return -1;
+        why_into(err, errlen, what);
+        SSL_CTX_free(ctx);
+        return NULL;
     }
-    return 0;
-}
-
-/* The SSL: ALPN offered, the name (or address) the certificate must carry, SNI for a name. */
-static int ssl_setup(tls_conn *tc, int fd, const char *name)
-{
-    BIO_METHOD *m = bio_method();
-    tc->ssl = SSL_new(tc->ctx);
-    BIO *bio = m ? BIO_new(m) : NULL;
-    if (tc->ssl == NULL || bio == NULL) {
-        BIO_free(bio);
-        why_openssl(tc, "out of memory");
-        return -1;
+    SSL *ssl = SSL_new(ctx);
+    SSL_CTX_free(ctx); /* the SSL holds its own reference */
+    if (ssl == NULL) {
+        why_into(err, errlen, "out of memory");
+        return NULL;
     }
-    BIO_set_data(bio, (void *)(intptr_t)fd);
-    SSL_set_bio(tc->ssl, bio, bio); /* the SSL owns it now */
     unsigned char addr[16];
     int numeric = inet_pton(AF_INET, name, addr) == 1 || inet_pton(AF_INET6, name, addr) == 1;
-    int ok;
     if (numeric) {
-        ok = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(tc->ssl), name) == 1;
+        ok = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), name) == 1;
     } else {
-        SSL_set_hostflags(tc->ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
-        ok = SSL_set1_host(tc->ssl, name) == 1 && SSL_set_tlsext_host_name(tc->ssl, name) == 1;
+        SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+        ok = SSL_set1_host(ssl, name) == 1 && SSL_set_tlsext_host_name(ssl, name) == 1;
     }
-    if (!ok || SSL_set_alpn_protos(tc->ssl, (const unsigned char *)TLS_ALPN, TLS_ALPN_LEN) != 0) {
-        why_openssl(tc, "cannot set the server name");
-        return -1;
+    if (!ok || SSL_set_alpn_protos(ssl, (const unsigned char *)TLS_ALPN, TLS_ALPN_LEN) != 0) {
+        why_into(err, errlen, "cannot set the server name");
+        SSL_free(ssl);
+        return NULL;
     }
-    return 0;
+    return ssl;
+}
+
+void lagoon_tls_why(SSL *ssl, unsigned long e, char *err, size_t errlen)
+{
+    long v = SSL_get_verify_result(ssl);
+    if (v != X509_V_OK) {
+        snprintf(err, errlen, "TLS: the server's certificate is refused: %s", X509_verify_cert_error_string(v));
+    } else if (e != 0) {
+        const char *reason = ERR_reason_error_string(e);
+        snprintf(err, errlen, "TLS: handshake failed: %s", reason ? reason : "error");
+    } else {
+        snprintf(err, errlen, "TLS: the server closed the connection during the handshake");
+    }
+}
+
+int lagoon_tls_check_alpn(SSL *ssl, char *err, size_t errlen)
+{
+    const unsigned char *proto = NULL;
+    unsigned int plen = 0;
+    SSL_get0_alpn_selected(ssl, &proto, &plen);
+    /* No ALPN at all (a TLS terminator that does not forward it) is accepted; another
+     * protocol is a server that is not Lagoon's. */
+    if (plen == 0 || (plen == sizeof(TLS_NAME) - 1 && memcmp(proto, TLS_NAME, plen) == 0))
+        return 0;
+    snprintf(err, errlen, "TLS: the server selected ALPN protocol '%.*s', not %s", (int)plen, (const char *)proto,
+             TLS_NAME);
+    return -1;
 }
 
 /* Runs the handshake to its end or the deadline. */
@@ -231,17 +274,8 @@ static int handshake(tls_conn *tc, int fd, uint32_t timeout_ms)
             return 0;
         int e = SSL_get_error(tc->ssl, r);
         if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
-            long v = SSL_get_verify_result(tc->ssl);
-            if (v != X509_V_OK) {
-                snprintf(tc->why, sizeof(tc->why), "TLS: the server's certificate is refused: %s",
-                         X509_verify_cert_error_string(v));
-                ERR_clear_error();
-            } else if (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0) {
-                snprintf(tc->why, sizeof(tc->why), "TLS: the server closed the connection during the handshake%s%s",
-                         errno ? ": " : "", errno ? strerror(errno) : "");
-            } else {
-                why_openssl(tc, "handshake failed");
-            }
+            lagoon_tls_why(tc->ssl, ERR_peek_error(), tc->why, sizeof(tc->why));
+            ERR_clear_error();
             return -1;
         }
         uint64_t now = mono_ms();
@@ -261,26 +295,27 @@ static int handshake(tls_conn *tc, int fd, uint32_t timeout_ms)
 int lagoon_tls_open(void *open_arg, int fd, const char *host, uint32_t timeout_ms, lagoon_transport *t, char *err,
                     size_t errlen)
 {
-    const lagoon_tls_config *cfg = open_arg;
-    const char *name = cfg && cfg->server_name ? cfg->server_name : host;
     tls_conn *tc = calloc(1, sizeof(*tc));
     if (tc == NULL) {
         snprintf(err, errlen, "TLS: out of memory");
         return LAGOON_RESOURCE_EXHAUSTED;
     }
-    if (ctx_setup(tc, cfg) != 0 || ssl_setup(tc, fd, name) != 0 || handshake(tc, fd, timeout_ms) != 0) {
-        snprintf(err, errlen, "%s", tc->why);
+    tc->ssl = lagoon_tls_ssl_new(open_arg, host, err, errlen);
+    if (tc->ssl == NULL) {
+        free(tc);
+        return LAGOON_UNAVAILABLE;
+    }
+    BIO_METHOD *m = bio_method();
+    BIO *bio = m ? BIO_new(m) : NULL;
+    if (bio == NULL) {
+        snprintf(err, errlen, "TLS: out of memory");
         tls_close(tc);
         return LAGOON_UNAVAILABLE;
     }
-    const unsigned char *proto = NULL;
-    unsigned int plen = 0;
-    SSL_get0_alpn_selected(tc->ssl, &proto, &plen);
-    /* No ALPN at all (a TLS terminator that does not forward it) is accepted; another
-     * protocol is a server that is not Lagoon's. */
-    if (plen != 0 && (plen != sizeof(TLS_NAME) - 1 || memcmp(proto, TLS_NAME, plen) != 0)) {
-        snprintf(err, errlen, "TLS: the server selected ALPN protocol '%.*s', not %s", (int)plen, (const char *)proto,
-                 TLS_NAME);
+    BIO_set_data(bio, (void *)(intptr_t)fd);
+    SSL_set_bio(tc->ssl, bio, bio); /* the SSL owns it now */
+    if (handshake(tc, fd, timeout_ms) != 0 || lagoon_tls_check_alpn(tc->ssl, tc->why, sizeof(tc->why)) != 0) {
+        snprintf(err, errlen, "%s", tc->why);
         tls_close(tc);
         return LAGOON_UNAVAILABLE;
     }

@@ -19,8 +19,10 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <event2/event.h>
 #include <openssl/ssl.h>
 
+#include "lagoon_async_stubs.h"
 #include "lagoon_stubs.h"
 #include "lagoon_tls.h"
 #include "testserver.h"
@@ -468,6 +470,64 @@ static void transport_hook(void **state)
     assert_int_equal(k.closed, 1);
 }
 
+/* ---- the asynchronous client ----------------------------------------------------------------- */
+
+typedef struct async_result {
+    int done;
+    int status;
+    char message[sizeof(((lagoon_v1_ResponseMeta *)0)->message)];
+    struct event_base *base;
+} async_result;
+
+static void async_done(int status, const lagoon_v1_ResponseMeta *meta, void *arg)
+{
+    async_result *r = arg;
+    r->done = 1;
+    r->status = status;
+    snprintf(r->message, sizeof(r->message), "%s", meta ? meta->message : "");
+    event_base_loopbreak(r->base);
+}
+
+/* A Health/Check through the asynchronous client with TLS, name (NULL: the host) checked:
+ * its status, the message into r. Bounded: the loop gives up after WAIT_MS. */
+static int async_health(const char *name, async_result *r)
+{
+    struct event_base *base = event_base_new();
+    assert_non_null(base);
+    char ca_path[128], err[256] = "";
+    snprintf(ca_path, sizeof(ca_path), "%s/ca1.pem", dir);
+    lagoon_async_options o = {0};
+    o.tls = 1;
+    o.tls_ca_file = ca_path;
+    o.tls_server_name = name;
+    lagoon_async *c;
+    assert_int_equal(lagoon_async_connect(base, "127.0.0.1", T->srv.port, &o, &c, err, sizeof(err)), LAGOON_OK);
+    memset(r, 0, sizeof(*r));
+    r->base = base;
+    lagoon_v1_HealthCheckRequest req = lagoon_v1_HealthCheckRequest_init_zero;
+    lagoon_v1_HealthCheckResponse resp = lagoon_v1_HealthCheckResponse_init_zero;
+    assert_int_equal(lagoon_async_Health_Check(c, &req, &resp, async_done, r), LAGOON_OK);
+    struct timeval limit = {WAIT_MS / 1000, 0};
+    event_base_loopexit(base, &limit);
+    event_base_dispatch(base);
+    assert_int_equal(r->done, 1);
+    if (r->status == LAGOON_OK)
+        assert_int_equal(resp.status, lagoon_v1_HealthCheckResponse_ServingStatus_SERVING);
+    lagoon_async_free(c);
+    event_base_free(base);
+    return r->status;
+}
+
+static void async_client_tls(void **state)
+{
+    (void)state;
+    async_result r;
+    assert_int_equal(async_health(NULL, &r), LAGOON_OK);
+    assert_int_equal(async_health("wrong.example", &r), LAGOON_UNAVAILABLE);
+    if (strstr(r.message, "hostname mismatch") == NULL)
+        fail_msg("expected a hostname mismatch, got: %s", r.message);
+}
+
 /* ---- lagoonctl ------------------------------------------------------------------------------- */
 
 /* lagoonctl's exit status with args, its standard output into out. */
@@ -541,6 +601,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(handshake_policy, setup_server, teardown),
         cmocka_unit_test_setup_teardown(plain_clients_closed_cleanly, setup_server, teardown),
         cmocka_unit_test_setup_teardown(transport_hook, setup_server, teardown),
+        cmocka_unit_test_setup_teardown(async_client_tls, setup_server, teardown),
         cmocka_unit_test_setup_teardown(lagoonctl_tls, setup_server, teardown),
         cmocka_unit_test_setup_teardown(reload_keeps_connections, setup_server, teardown),
         cmocka_unit_test_setup_teardown(expired_certificate_refused, setup_expired, teardown),

@@ -43,6 +43,7 @@ static size_t video_len, image_len, noise_len;
 
 static uint8_t *read_whole(const char *path, size_t *len)
 {
+    *len = 0;
     FILE *f = fopen(path, "rb");
     if (f == NULL)
         return NULL;
@@ -372,6 +373,26 @@ static void test_bad_chunk_checksum(void **state)
     char p[512];
     part_path(T->dir, u.id, p, sizeof(p));
     assert_int_equal(file_size(p), 4096); /* not kept */
+    /* Pipelined (the server may write the three in one batch): the two good chunks count, the
+     * bad third ends the stream, and nothing of it is kept. */
+    lagoon_v1_UploadChunk ms[3];
+    for (int i = 0; i < 3; i++)
+        chunk_make(&ms[i], u.id, video_bytes, 4096 + 1000 * (uint64_t)i, 1000);
+    ms[2].sha256.bytes[5] ^= 0x40;
+    assert_int_equal(lagoon_Uploads_Send(c2, &ms[0], &s), LAGOON_OK);
+    assert_int_equal(lagoon_Uploads_Send_send(s, &ms[1]), LAGOON_OK);
+    assert_int_equal(lagoon_Uploads_Send_send(s, &ms[2]), LAGOON_OK);
+    for (int i = 0; i < 3; i++)
+        chunk_free(&ms[i]);
+    assert_int_equal(lagoon_Uploads_Send_recv(s, &a), 1);
+    assert_int_equal(a.offset, 5096);
+    assert_int_equal(lagoon_Uploads_Send_recv(s, &a), 1);
+    assert_int_equal(a.offset, 6096);
+    assert_int_equal(lagoon_Uploads_Send_recv(s, &a), 0);
+    assert_int_equal(lagoon_stream_finish(s, NULL), LAGOON_INVALID_ARGUMENT);
+    assert_int_equal(upload_status(c2, u.id, &u), LAGOON_OK);
+    assert_int_equal(u.offset, 6096);
+    assert_int_equal(file_size(p), 6096);
     lagoon_close(c2);
 }
 

@@ -5,7 +5,7 @@
  * owner's storage quota. Send is one bidirectional call of chunks: each chunk is checked
  * against its own SHA-256, written with pwrite at its offset into media/uploads/{id}.part,
  * fsynced, and only then is the upload's offset moved forward in the store and the chunk
- * acknowledged. So an acknowledged offset survives a crash of the process or the machine, and
+ * acknowledged (the chunks that arrived together share the fsync and the commit). So an acknowledged offset survives a crash of the process or the machine, and
  * a dropped connection loses at most the chunks not yet acknowledged: Status says where to
  * resume. A chunk at any other offset is FAILED_PRECONDITION, after an ack marked `refused`
  * whose offset is the one expected.
@@ -645,9 +645,16 @@ typedef struct chunk_result {
 
 /* ---- writing one chunk ---- */
 
-static int io_status(int e)
+/* A failed write or sync of an upload's file (errno e) as the call's error: no room (a full
+ * disk, a quota, the process's file size limit) is RESOURCE_EXHAUSTED — the client may retry
+ * later —, anything else INTERNAL. */
+static int io_error(rpc_call *call, int e, const char *what)
 {
-    return e == ENOSPC || e == EDQUOT ? LAGOON_RESOURCE_EXHAUSTED : LAGOON_INTERNAL;
+    if (e == ENOSPC || e == EDQUOT)
+        return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "the server's disk is full: retry later");
+    if (e == EFBIG)
+        return rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED, "the upload's file passes the server's file size limit");
+    return rpc_call_error(call, LAGOON_INTERNAL, "cannot %s the upload's file: %s", what, strerror(e));
 }
 
 /* Writes chunks cs[0..k) one after the other from offset into the upload's file (created at
@@ -660,7 +667,7 @@ static int chunks_write(rpc_call *call, const char *path, uint64_t offset, send_
         return rpc_call_error(call, LAGOON_INTERNAL, "cannot create the uploads directory");
     int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0640);
     if (fd < 0)
-        return rpc_call_error(call, io_status(errno), "cannot open the upload's file: %s", strerror(errno));
+        return io_error(call, errno, "open");
     struct stat sb;
     int st = LAGOON_OK;
     if (fstat(fd, &sb) != 0) {
@@ -672,7 +679,7 @@ static int chunks_write(rpc_call *call, const char *path, uint64_t offset, send_
     } else {
         /* A crash (or a failed commit) after a write left bytes past the offset: not ours. */
         if ((uint64_t)sb.st_size > offset && ftruncate(fd, (off_t)offset) != 0)
-            st = rpc_call_error(call, io_status(errno), "cannot cut the upload's file back: %s", strerror(errno));
+            st = io_error(call, errno, "cut back");
         uint64_t at = offset;
         for (size_t i = 0; st == LAGOON_OK && i < k; i++) {
             for (uint32_t done = 0; done < cs[i]->len;) {
@@ -680,23 +687,15 @@ static int chunks_write(rpc_call *call, const char *path, uint64_t offset, send_
                 if (n < 0 && errno == EINTR)
                     continue;
                 if (n <= 0) {
-                    int e = n < 0 ? errno : ENOSPC;
-                    st = rpc_call_error(call, io_status(e), e == ENOSPC || e == EDQUOT
-                                                                ? "the server's disk is full: retry later"
-                                                                : "cannot write the upload's file: %s",
-                                        strerror(e));
+                    st = io_error(call, n < 0 ? errno : ENOSPC, "write");
                     break;
                 }
                 done += (uint32_t)n;
             }
             at += cs[i]->len;
         }
-        if (st == LAGOON_OK && fsync(fd) != 0) {
-            int e = errno;
-            st = rpc_call_error(call, io_status(e), e == ENOSPC || e == EDQUOT ? "the server's disk is full: retry later"
-                                                                               : "cannot sync the upload's file: %s",
-                                strerror(e));
-        }
+        if (st == LAGOON_OK && fsync(fd) != 0)
+            st = io_error(call, errno, "sync");
         if (st != LAGOON_OK && ftruncate(fd, (off_t)offset) == 0)
             (void)fsync(fd);
     }

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -538,6 +539,44 @@ static void test_cancel(void **state)
     assert_int_equal(lagoon_Uploads_Cancel(C, &cr, &e), LAGOON_NOT_FOUND);
 }
 
+/* No room: the process's file size limit (RLIMIT_FSIZE; EFBIG, as a full disk's ENOSPC) stops
+ * a chunk half-way through its write. RESOURCE_EXHAUSTED, the offset unmoved, the file cut
+ * back to it; with room again the same chunk goes. */
+static void test_no_room(void **state)
+{
+    (void)state;
+    size_t len = 3u << 20;
+    uint8_t *data = malloc(len);
+    assert_non_null(data);
+    randombytes_buf(data, len);
+    lagoon_v1_Upload u;
+    assert_int_equal(create(C, lagoon_v1_Upload_Kind_VIDEO, data, len, len, &u), LAGOON_OK);
+    lagoon_v1_UploadAck last;
+    assert_int_equal(send_range(C, u.id, data, 0, 1u << 20, 1u << 20, 1, 0, NULL, &last), LAGOON_OK);
+    char p[512], mdb[512];
+    part_path(T->dir, u.id, p, sizeof(p));
+    snprintf(mdb, sizeof(mdb), "%s/data.mdb", T->dir);
+    long limit = (3l << 20) / 2; /* half-way through the second chunk */
+    assert_true(file_size(mdb) < limit); /* the store writes no further than that meanwhile */
+    struct rlimit old, lim;
+    assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
+    lim = old;
+    lim.rlim_cur = (rlim_t)limit;
+    signal(SIGXFSZ, SIG_IGN);
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &lim), 0);
+    int st = send_range(C, u.id, data, 1u << 20, 2u << 20, 1u << 20, 1, 0, NULL, &last);
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
+    signal(SIGXFSZ, SIG_DFL);
+    assert_int_equal(st, LAGOON_RESOURCE_EXHAUSTED);
+    assert_non_null(strstr(lagoon_last_error(C)->detail.message, "file size limit"));
+    assert_int_equal(upload_status(C, u.id, &u), LAGOON_OK);
+    assert_int_equal(u.offset, 1u << 20);
+    assert_int_equal(file_size(p), 1l << 20); /* nothing half-written */
+    assert_int_equal(send_range(C, u.id, data, 1u << 20, 2u << 20, 1u << 20, 1, 0, NULL, &last), LAGOON_OK);
+    assert_int_equal(last.offset, 2u << 20);
+    free(data);
+}
+
 static int part_gone(void *arg)
 {
     return !exists((const char *)arg);
@@ -751,6 +790,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_not_a_video, setup, teardown),
         cmocka_unit_test_setup_teardown(test_whole_checksum_mismatch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancel, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_no_room, setup, teardown),
         cmocka_unit_test_setup_teardown(test_expiry, setup, teardown),
         cmocka_unit_test_setup_teardown(test_orphan_bytes_swept_at_start, setup, teardown),
         cmocka_unit_test_setup_teardown(test_profile_image, setup, teardown),

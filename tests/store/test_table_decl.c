@@ -175,6 +175,9 @@ static const want_index app_indexes[] = {
     {"video_chats", "by_organizer", "organizer_id", STORE_MULTI},
     {"video_chat_participants", "by_chat_user", "user_ids", STORE_UNIQUE},
     {"video_chat_participants", "by_user_start", "user_id", STORE_MULTI},
+    /* Uploads: */
+    {"uploads", "by_owner_time", "owner_id", STORE_MULTI},
+    {"uploads", "by_video", "video_id", STORE_MULTI},
 };
 
 typedef struct want_fkey {
@@ -250,6 +253,8 @@ static const want_fkey app_fkeys[] = {
     {"video_chats", "organizer_id", "users", "by_organizer", STORE_CASCADE},
     {"video_chat_participants", "chat_id", "video_chats", "by_chat_user", STORE_CASCADE},
     {"video_chat_participants", "user_id", "users", "by_user_start", STORE_CASCADE},
+    {"uploads", "owner_id", "users", "by_owner_time", STORE_CASCADE},
+    {"uploads", "video_id", "videos", "by_video", STORE_CASCADE, 1}, /* 0: a profile image */
 };
 
 static const store_table *app_table(const char *name)
@@ -273,7 +278,7 @@ static size_t table_pos(const store_table *const *tables, size_t n, const store_
 static void test_app_layout(void **state)
 {
     (void)state;
-    assert_int_equal(LAGOON_TABLES_COUNT, 44);
+    assert_int_equal(LAGOON_TABLES_COUNT, 45);
     size_t nindexes = 0, nfkeys = 0;
     for (size_t i = 0; i < LAGOON_TABLES_COUNT; i++) {
         nindexes += lagoon_tables[i]->nindexes;

@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -36,6 +37,11 @@ static int64_t mono_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int cancelled(const subprocess_limits *lim)
+{
+    return lim->cancel && atomic_load(lim->cancel);
 }
 
 /* The child's side, between fork and exec: only async-signal-safe calls. Never returns. */
@@ -102,7 +108,7 @@ static void line_flush(line_log *l)
 {
     if (l->len || l->cut) {
         l->line[l->len] = '\0';
-        log_msg(LOG_INFO, "%s: %s%s", l->tag, l->line, l->cut ? " [cut]" : "");
+        log_msg(LOG_WARN, "%s: %s%s", l->tag, l->line, l->cut ? " [cut]" : "");
     }
     l->len = 0;
     l->cut = 0;
@@ -217,15 +223,19 @@ int subprocess_run(const char *const argv[], const subprocess_limits *lim, const
             if (now >= give_up)
                 break;
             wait_ms = (int)(give_up - now);
-        } else if (deadline) {
-            if (now >= deadline) {
-                (void)killpg(pid, SIGKILL);
+        } else if ((deadline && now >= deadline) || cancelled(lim)) {
+            (void)killpg(pid, SIGKILL);
+            if (cancelled(lim))
+                res->cancelled = 1;
+            else
                 res->timed_out = 1;
-                give_up = now + SUBPROCESS_KILL_GRACE_MS;
-                continue;
-            }
+            give_up = now + SUBPROCESS_KILL_GRACE_MS;
+            continue;
+        } else if (deadline) {
             wait_ms = (int)(deadline - now);
         }
+        if (lim->cancel && (wait_ms < 0 || wait_ms > SUBPROCESS_CANCEL_POLL_MS))
+            wait_ms = SUBPROCESS_CANCEL_POLL_MS;
         int n = poll(fds, 2, wait_ms);
         if (n < 0) {
             if (errno == EINTR)
@@ -255,7 +265,8 @@ int subprocess_run(const char *const argv[], const subprocess_limits *lim, const
     for (;;) {
         siginfo_t info;
         memset(&info, 0, sizeof(info));
-        int flags = WEXITED | WNOWAIT | (deadline && !res->timed_out ? WNOHANG : 0);
+        int killed = res->timed_out || res->cancelled;
+        int flags = WEXITED | WNOWAIT | ((deadline || lim->cancel) && !killed ? WNOHANG : 0);
         if (waitid(P_PID, (id_t)pid, &info, flags) != 0) {
             if (errno == EINTR)
                 continue;
@@ -263,7 +274,10 @@ int subprocess_run(const char *const argv[], const subprocess_limits *lim, const
         }
         if (info.si_pid == pid)
             break;
-        if (mono_ms() >= deadline) {
+        if (cancelled(lim)) {
+            (void)killpg(pid, SIGKILL);
+            res->cancelled = 1;
+        } else if (deadline && mono_ms() >= deadline) {
             (void)killpg(pid, SIGKILL);
             res->timed_out = 1;
         } else {

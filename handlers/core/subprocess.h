@@ -24,13 +24,19 @@ typedef struct subprocess_limits {
     uint32_t cpu_s;           /* RLIMIT_CPU; 0 = none */
     uint64_t memory_bytes;    /* RLIMIT_AS; 0 = none */
     uint64_t file_bytes;      /* RLIMIT_FSIZE: the largest file it may write; 0 = none */
+    /* Not NULL: once *cancel is non-zero the group is killed as at the wall-clock limit
+     * (looked at every SUBPROCESS_CANCEL_POLL_MS): a server draining ends its tools. */
+    const _Atomic int *cancel;
 } subprocess_limits;
+
+#define SUBPROCESS_CANCEL_POLL_MS 100
 
 typedef struct subprocess_result {
     int exited;               /* it exited (else it was killed by a signal) */
     int exit_code;            /* when exited */
     int signal;               /* when not */
     int timed_out;            /* killed at the wall-clock limit */
+    int cancelled;            /* killed because *lim->cancel was set */
     size_t out_len;           /* bytes of stdout captured */
     int out_truncated;        /* stdout was longer than the buffer */
 } subprocess_result;

@@ -19,7 +19,7 @@
  * 1 GiB; a hostile file that makes a decoder allocate without end is stopped here.
  * MEDIA_TOOL_FILE_BYTES: the largest file a run may write (RLIMIT_FSIZE): renditions of a
  * 2 GiB source are smaller than it unless the source is far below their bit rate. */
-#define MEDIA_JOB_TIMEOUT_S_DEFAULT 600u
+#define MEDIA_JOB_TIMEOUT_S_DEFAULT APP_MEDIA_JOB_TIMEOUT_S_DEFAULT
 #define MEDIA_PROBE_TIMEOUT_S 60u
 #define MEDIA_TOOL_CPU_PER_WALL 4u
 #define MEDIA_FFMPEG_THREADS "2"
@@ -30,6 +30,35 @@
 #define MEDIA_PROBE_OUT_MAX 16384
 #define MEDIA_PROBE_LINES_MAX 512
 #define MEDIA_DIMENSION_MAX 16384u
+
+/* The queue. A job is tried at most MEDIA_ATTEMPTS_MAX times (each claim by a worker counts
+ * one, a run cut short by a stop included): a failed attempt is queued again
+ * MEDIA_RETRY_BASE_MS later, doubling per attempt (10, 20, 40, 80 s), and after the last one
+ * it is FAILED and its video ERROR with the reason. A file that is no video fails at once: a
+ * retry would find the same. Idle workers look at the queue when kicked (media_kick) and at
+ * least every MEDIA_POLL_MS (a retry falling due). At most MEDIA_WORKERS_MAX workers: each
+ * runs one ffmpeg at a time. MEDIA_ERROR_MAX: bytes of a job's last_error (media.options). */
+#define MEDIA_ATTEMPTS_MAX 5u
+#define MEDIA_RETRY_BASE_MS 10000
+#define MEDIA_POLL_MS 1000
+#define MEDIA_WORKERS_MAX 64u
+#define MEDIA_ERROR_MAX 256
+
+/* What processing makes: a thumbnail at most MEDIA_THUMBNAIL_WIDTH wide, taken at a tenth of
+ * the duration but at most MEDIA_THUMBNAIL_AT_MS in; renditions MEDIA_SD_HEIGHT and
+ * MEDIA_HD_HEIGHT high (never above the source: hd only for a source taller than sd), H.264
+ * (x264 MEDIA_X264_PRESET, MEDIA_X264_CRF) with AAC at MEDIA_AAC_BITRATE, the index first
+ * (+faststart) so that playback starts before the whole file has arrived; profile images
+ * MEDIA_PROFILE_SIZE and MEDIA_PROFILE_THUMBNAIL_SIZE square (cropped to fill). */
+#define MEDIA_THUMBNAIL_WIDTH 640
+#define MEDIA_THUMBNAIL_AT_MS 10000u
+#define MEDIA_SD_HEIGHT 480u
+#define MEDIA_HD_HEIGHT 720u
+#define MEDIA_X264_PRESET "veryfast"
+#define MEDIA_X264_CRF "23"
+#define MEDIA_AAC_BITRATE "128k"
+#define MEDIA_PROFILE_SIZE 512
+#define MEDIA_PROFILE_THUMBNAIL_SIZE 128
 
 /* What ffprobe says of a file. */
 typedef struct media_probe_info {

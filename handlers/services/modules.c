@@ -5,6 +5,7 @@
 #include "comments.h"
 #include "groupchat.h"
 #include "groups.h"
+#include "media.h"
 #include "messages.h"
 #include "party.h"
 #include "plays.h"
@@ -32,6 +33,7 @@ const app_module *const app_modules[] = {
     &plays_module,    /* the per-user budget of play interactions */
     &threads_module,  /* the thread budgets, thread events filled in */
     &videos_module,   /* the media signing key, published for signed URLs (media_sign.h) */
+    &media_module,    /* the processing workers (ffmpeg children) and their job queue */
     &uploads_module,  /* upload expiry (scheduler jobs), the sweeper of uploads' bytes */
 };
 const size_t app_modules_count = sizeof(app_modules) / sizeof(app_modules[0]);

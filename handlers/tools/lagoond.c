@@ -36,6 +36,8 @@ typedef struct lagoond_opts {
     char stun_urls[APP_ICE_URLS_MAX];      /* app_config's ICE servers */
     char turn_urls[APP_ICE_URLS_MAX];
     char turn_secret[APP_TURN_SECRET_MAX];
+    char ffmpeg[APP_TOOL_PATH_MAX];        /* --ffmpeg, --ffprobe: "" = the names in PATH */
+    char ffprobe[APP_TOOL_PATH_MAX];
     struct lagoond_admin {
         int on;                     /* --admin-listen given */
         char host[ADMIN_LISTEN_MAX];
@@ -70,7 +72,7 @@ static int parse_media_listen(void *target, const char *value, char *err, size_t
 }
 
 /* The RPC layer's options (rpc_options_server), lagoond's own, then the app's settings. */
-#define LAGOOND_OWN_OPTIONS 11
+#define LAGOOND_OWN_OPTIONS 13
 #define LAGOOND_OPTIONS (RPC_OPTIONS_SERVER_COUNT + LAGOOND_OWN_OPTIONS + APP_SETTINGS_COUNT)
 
 static size_t lagoond_options(lagoond_opts *o, rpc_option out[LAGOOND_OPTIONS])
@@ -128,6 +130,12 @@ static size_t lagoond_options(lagoond_opts *o, rpc_option out[LAGOOND_OPTIONS])
         .help = "The address clients reach the media listener at, as the start of every signed URL, such as "
                 "https://media.example.com behind a proxy (no trailing slash). Default http://HOST:PORT of "
                 "--media-listen."};
+    out[n++] = (rpc_option){.name = "ffmpeg", .kind = RPC_OPTION_TEXT, .target = o->ffmpeg, .size = sizeof(o->ffmpeg),
+                            .help = "The ffmpeg that processes uploads (a path, or a name looked up in PATH). "
+                                    "Default ffmpeg."};
+    out[n++] = (rpc_option){.name = "ffprobe", .kind = RPC_OPTION_TEXT, .target = o->ffprobe,
+                            .size = sizeof(o->ffprobe),
+                            .help = "The ffprobe that checks uploads and reads their metadata. Default ffprobe."};
     n += app_settings_options(o->settings, out + n, LAGOOND_OPTIONS - n);
     return n;
 }
@@ -245,6 +253,8 @@ int main(int argc, char **argv)
     APP_STRCPY(acfg.stun_urls, o.stun_urls);
     APP_STRCPY(acfg.turn_urls, o.turn_urls);
     APP_STRCPY(acfg.turn_secret, o.turn_secret);
+    APP_STRCPY(acfg.ffmpeg, o.ffmpeg);
+    APP_STRCPY(acfg.ffprobe, o.ffprobe);
     sodium_memzero(o.turn_secret, sizeof(o.turn_secret));
     if (o.media_url_base[0] != '\0')
         APP_STRCPY(acfg.media_url_base, o.media_url_base);

@@ -16,10 +16,12 @@
 
 #include <cmocka.h>
 
+#include "lagoon_stubs.h"
 #include "media.h"
 #include "media_files.h"
 #include "subprocess.h"
 #include "testserver.h"
+#include "videos.h"
 
 static char Dir[64]; /* inputs generated for the whole file */
 
@@ -252,7 +254,547 @@ static void test_probe_parse_table(void **state)
     }
 }
 
+/* ---- processing through the server ---------------------------------------------------------- */
+
+static test_app *T;
+static lagoon_client *C;
+/* ann uploads; bob has ann's videos shared with him; root administers. */
+static uint64_t ann, bob, root;
+static char ann_tok[65], bob_tok[65], root_tok[65];
+/* The ffmpeg the next (re)start uses: "" = the real one. */
+static char Ffmpeg[128];
+
+static void tweak(app_config *acfg, rpc_config *cfg)
+{
+    test_tweak_shared(acfg, cfg);
+    acfg->media_workers = 1; /* jobs run one after another, in queue order */
+    APP_STRCPY(acfg->ffmpeg, Ffmpeg);
+}
+
+static void use_ffmpeg(const char *script)
+{
+    if (script)
+        in_dir(Ffmpeg, sizeof(Ffmpeg), script);
+    else
+        Ffmpeg[0] = '\0';
+    lagoon_close(C); /* its connection ends with the server */
+    test_app_restart(T, tweak);
+    C = test_client(T);
+}
+
+typedef struct put_args {
+    const app *a;
+    int64_t now;
+    uint64_t owner, video_id, upload_id;
+    int kind;
+} put_args;
+
+static int insert_video_fn(store_txn *t, void *arg, store_error *err)
+{
+    put_args *p = arg;
+    lagoon_v1_Video *v = calloc(1, sizeof(*v));
+    if (v == NULL)
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    v->owner_id = p->owner;
+    snprintf(v->title, sizeof(v->title), "Scales in G");
+    v->status = lagoon_v1_Video_Status_PROCESSING;
+    v->source = lagoon_v1_Video_Source_UPLOAD;
+    v->upload_id = p->upload_id;
+    v->media_files = MEDIA_FILE_ORIGINAL;
+    v->created_at = v->updated_at = p->now;
+    int st = videos_insert(t, v, err);
+    p->video_id = v->id;
+    if (st == LAGOON_OK && p->owner == ann) {
+        lagoon_v1_VideoShare sh = {.video_id = v->id, .user_id = bob, .created_at = p->now};
+        st = store_insert(t, &lagoon_table_video_shares, &sh, NULL, err);
+    }
+    free(v);
+    return st;
+}
+
+/* What Uploads' completing write does for media: queue the job. */
+static int enqueue_fn(store_txn *t, void *arg, store_error *err)
+{
+    put_args *p = arg;
+    return media_enqueue(t, p->a, p->now, (enum media_job_kind)p->kind, p->owner,
+                         p->kind == MEDIA_JOB_VIDEO ? p->video_id : p->owner, err);
+}
+
+static void put_original(const char *path, const char *src)
+{
+    assert_int_equal(media_mkdirs(path), LAGOON_OK);
+    sh("cp %s/%s %s", Dir, src, path);
+}
+
+/* A video of ann's (shared with bob) whose original is src, queued for processing. */
+static uint64_t queue_video(const char *src)
+{
+    static uint64_t uploads;
+    put_args p = {.a = T->app, .now = T->clock_ms, .owner = ann, .upload_id = ++uploads, .kind = MEDIA_JOB_VIDEO};
+    store_error err;
+    assert_int_equal(store_write(T->app->db, insert_video_fn, &p, &err), LAGOON_OK);
+    char path[MEDIA_PATH_MAX];
+    assert_int_equal(media_video_path(T->app, ann, p.video_id, MEDIA_ORIGINAL, path, sizeof(path)), LAGOON_OK);
+    put_original(path, src);
+    assert_int_equal(store_write(T->app->db, enqueue_fn, &p, &err), LAGOON_OK);
+    media_kick(T->app);
+    return p.video_id;
+}
+
+static lagoon_v1_Video Vid; /* ~37 KB: off the stack */
+
+static void read_video(uint64_t id, lagoon_v1_Video *v)
+{
+    store_txn *t;
+    store_error err;
+    assert_int_equal(store_read_begin(T->app->db, &t, &err), LAGOON_OK);
+    int st = store_get(t, &lagoon_table_videos, id, v, &err);
+    store_read_end(t);
+    assert_int_equal(st, LAGOON_OK);
+}
+
+/* The video's job through Media/GetJob as ann. */
+static int get_job(uint64_t video_id, lagoon_v1_MediaJob *j)
+{
+    lagoon_v1_GetMediaJobRequest r = {.video_id = video_id};
+    lagoon_set_token(C, ann_tok);
+    return lagoon_Media_GetJob(C, &r, j);
+}
+
+typedef struct job_wait {
+    uint64_t video_id;
+    int state;
+    uint32_t attempts; /* 0: any */
+    lagoon_v1_MediaJob job;
+} job_wait;
+
+static int job_reached(void *arg)
+{
+    job_wait *w = arg;
+    return get_job(w->video_id, &w->job) == LAGOON_OK && (int)w->job.state == w->state &&
+           (w->attempts == 0 || w->job.attempts == w->attempts);
+}
+
+/* Waits (bounded: 30 s, far above the few seconds a run takes) for the video's job to reach state. */
+static lagoon_v1_MediaJob wait_job(uint64_t video_id, int state, uint32_t attempts)
+{
+    job_wait w = {.video_id = video_id, .state = state, .attempts = attempts};
+    if (!test_wait_for(job_reached, &w, 30000))
+        fail_msg("job of video %llu: state %d attempts %u (%s), wanted state %d attempts %u",
+                 (unsigned long long)video_id, (int)w.job.state, (unsigned)w.job.attempts, w.job.last_error, state,
+                 (unsigned)attempts);
+    return w.job;
+}
+
+static void video_file(uint64_t video_id, const char *name, char *buf, size_t cap)
+{
+    assert_int_equal(media_video_path(T->app, ann, video_id, name, buf, cap), LAGOON_OK);
+}
+
+static int exists(const char *path)
+{
+    struct stat sb;
+    return stat(path, &sb) == 0;
+}
+
+static int file_exists(void *path)
+{
+    return exists(path);
+}
+
+static uint64_t file_size(const char *path)
+{
+    struct stat sb;
+    assert_int_equal(stat(path, &sb), 0);
+    return (uint64_t)sb.st_size;
+}
+
+/* Whether the MP4's top-level moov box comes before its mdat (+faststart). */
+static int moov_first(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    int moov = 0, mdat = 0, order = 0;
+    for (int boxes = 0; boxes < 64 && !(moov && mdat); boxes++) {
+        unsigned char h[16];
+        if (fread(h, 1, 8, f) != 8)
+            break;
+        uint64_t size = ((uint64_t)h[0] << 24) | ((uint64_t)h[1] << 16) | ((uint64_t)h[2] << 8) | h[3];
+        uint64_t head = 8;
+        if (size == 1) { /* a 64-bit size follows */
+            if (fread(h + 8, 1, 8, f) != 8)
+                break;
+            size = 0;
+            for (int i = 8; i < 16; i++)
+                size = (size << 8) | h[i];
+            head = 16;
+        }
+        if (memcmp(h + 4, "moov", 4) == 0)
+            moov = ++order;
+        else if (memcmp(h + 4, "mdat", 4) == 0)
+            mdat = ++order;
+        if (size < head || fseeko(f, (off_t)(size - head), SEEK_CUR) != 0)
+            break;
+    }
+    fclose(f);
+    return moov && mdat && moov < mdat;
+}
+
+/* Whether user has a notification of type about related. */
+typedef struct note_find {
+    int type;
+    uint64_t related;
+    int found;
+} note_find;
+
+static int note_match(void *arg, uint64_t id, const void *row)
+{
+    (void)id;
+    note_find *f = arg;
+    const lagoon_v1_Notification *n = row;
+    if ((int)n->type == f->type && n->related_id == f->related)
+        f->found = 1;
+    return LAGOON_OK;
+}
+
+static int notified(uint64_t user, int type, uint64_t related)
+{
+    store_key p;
+    store_key_reset(&p);
+    store_key_u64(&p, user);
+    store_query q = {.table = &lagoon_table_notifications, .index = lagoon_index_notifications_by_user_time,
+                     .prefix = p.buf, .prefix_len = p.len, .page_size = STORE_PAGE_SIZE_MAX};
+    note_find f = {.type = type, .related = related};
+    store_txn *t;
+    store_error err;
+    store_page pg;
+    assert_int_equal(store_read_begin(T->app->db, &t, &err), LAGOON_OK);
+    int st = store_scan(t, &q, note_match, &f, &pg, &err);
+    store_read_end(t);
+    assert_int_equal(st, LAGOON_OK);
+    return f.found;
+}
+
+static void test_video_ready(void **state)
+{
+    (void)state;
+    uint64_t id = queue_video("hd.mp4");
+    lagoon_v1_MediaJob j = wait_job(id, lagoon_v1_MediaJob_State_SUCCEEDED, 1);
+    assert_int_equal(j.kind, lagoon_v1_MediaJob_Kind_VIDEO);
+    assert_int_equal(j.user_id, ann);
+    assert_string_equal(j.last_error, "");
+    read_video(id, &Vid);
+    assert_int_equal(Vid.status, lagoon_v1_Video_Status_READY);
+    assert_int_equal(Vid.width, 1280);
+    assert_int_equal(Vid.height, 720);
+    assert_int_equal(Vid.duration_seconds, 2);
+    assert_string_equal(Vid.video_codec, "h264");
+    assert_string_equal(Vid.audio_codec, "aac");
+    assert_string_equal(Vid.error_reason, "");
+    assert_int_equal(Vid.media_files, MEDIA_FILE_ORIGINAL | MEDIA_FILE_THUMBNAIL | MEDIA_FILE_SD | MEDIA_FILE_HD);
+
+    char orig[MEDIA_PATH_MAX], thumb[MEDIA_PATH_MAX], sd[MEDIA_PATH_MAX], hd[MEDIA_PATH_MAX];
+    video_file(id, MEDIA_ORIGINAL, orig, sizeof(orig));
+    video_file(id, MEDIA_THUMBNAIL, thumb, sizeof(thumb));
+    video_file(id, MEDIA_SD, sd, sizeof(sd));
+    video_file(id, MEDIA_HD, hd, sizeof(hd));
+    assert_int_equal(Vid.media_bytes, file_size(orig) + file_size(thumb) + file_size(sd) + file_size(hd));
+
+    media_probe_info info;
+    rpc_error err;
+    assert_int_equal(media_probe(&Probe_app, sd, &info, &err), RPC_OK);
+    assert_true(info.has_video && info.has_audio);
+    assert_int_equal(info.height, 480);
+    assert_int_equal(info.width, 854);
+    assert_string_equal(info.video_codec, "h264");
+    assert_string_equal(info.audio_codec, "aac");
+    assert_true(info.duration_ms >= 1900 && info.duration_ms <= 2200);
+    assert_true(moov_first(sd));
+    assert_int_equal(media_probe(&Probe_app, hd, &info, &err), RPC_OK);
+    assert_int_equal(info.height, 720);
+    assert_int_equal(info.width, 1280);
+    assert_true(info.has_audio);
+    assert_true(info.duration_ms >= 1900 && info.duration_ms <= 2200);
+    assert_true(moov_first(hd));
+    assert_int_equal(media_probe(&Probe_app, thumb, &info, &err), RPC_OK);
+    assert_string_equal(info.video_codec, "mjpeg");
+    assert_int_equal(info.width, 640);
+    assert_int_equal(info.height, 360);
+    /* No temporaries left. */
+    char tmp[MEDIA_PATH_MAX + 8];
+    snprintf(tmp, sizeof(tmp), "%s.tmp", sd);
+    assert_false(exists(tmp));
+
+    /* The owner and the user it is shared with are told. */
+    assert_true(notified(ann, lagoon_v1_Notification_Type_MEDIA_READY, id));
+    assert_true(notified(bob, lagoon_v1_Notification_Type_MEDIA_READY, id));
+    assert_false(notified(root, lagoon_v1_Notification_Type_MEDIA_READY, id));
+}
+
+static void test_small_without_audio(void **state)
+{
+    (void)state;
+    uint64_t id = queue_video("small-silent.mp4");
+    wait_job(id, lagoon_v1_MediaJob_State_SUCCEEDED, 1);
+    read_video(id, &Vid);
+    assert_int_equal(Vid.status, lagoon_v1_Video_Status_READY);
+    assert_int_equal(Vid.height, 240);
+    assert_string_equal(Vid.audio_codec, "");
+    /* Never above the source: sd at the source's 240, no hd. */
+    assert_int_equal(Vid.media_files, MEDIA_FILE_ORIGINAL | MEDIA_FILE_THUMBNAIL | MEDIA_FILE_SD);
+    char sd[MEDIA_PATH_MAX], hd[MEDIA_PATH_MAX], thumb[MEDIA_PATH_MAX];
+    video_file(id, MEDIA_SD, sd, sizeof(sd));
+    video_file(id, MEDIA_HD, hd, sizeof(hd));
+    video_file(id, MEDIA_THUMBNAIL, thumb, sizeof(thumb));
+    assert_false(exists(hd));
+    media_probe_info info;
+    rpc_error err;
+    assert_int_equal(media_probe(&Probe_app, sd, &info, &err), RPC_OK);
+    assert_int_equal(info.width, 320);
+    assert_int_equal(info.height, 240);
+    assert_true(info.has_video);
+    assert_false(info.has_audio);
+    assert_true(moov_first(sd));
+    assert_int_equal(media_probe(&Probe_app, thumb, &info, &err), RPC_OK);
+    assert_int_equal(info.width, 320);
+}
+
+static void test_not_a_video(void **state)
+{
+    (void)state;
+    /* Unreadable, and a still image: no retry will help, so they fail at the first attempt. */
+    static const struct {
+        const char *src, *reason;
+    } cases[] = {{"text.txt", "not a video"}, {"still.jpg", "no video"}};
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        uint64_t id = queue_video(cases[i].src);
+        lagoon_v1_MediaJob j = wait_job(id, lagoon_v1_MediaJob_State_FAILED, 1);
+        assert_non_null(strstr(j.last_error, cases[i].reason));
+        read_video(id, &Vid);
+        assert_int_equal(Vid.status, lagoon_v1_Video_Status_ERROR);
+        assert_non_null(strstr(Vid.error_reason, cases[i].reason));
+        assert_int_equal(Vid.media_files, MEDIA_FILE_ORIGINAL);
+        assert_true(notified(ann, lagoon_v1_Notification_Type_MEDIA_FAILED, id));
+        assert_true(notified(bob, lagoon_v1_Notification_Type_MEDIA_FAILED, id));
+        assert_false(notified(ann, lagoon_v1_Notification_Type_MEDIA_READY, id));
+    }
+}
+
+static void test_retried_then_error(void **state)
+{
+    (void)state;
+    use_ffmpeg("ffmpeg-fails");
+    uint64_t id = queue_video("small-silent.mp4");
+    for (uint32_t n = 1; n < MEDIA_ATTEMPTS_MAX; n++) {
+        lagoon_v1_MediaJob j = wait_job(id, lagoon_v1_MediaJob_State_QUEUED, n);
+        assert_non_null(strstr(j.last_error, "exit status 1"));
+        /* The next attempt waits: 10 s, doubling. */
+        assert_int_equal(j.next_attempt_at, T->clock_ms + ((int64_t)MEDIA_RETRY_BASE_MS << (n - 1)));
+        read_video(id, &Vid);
+        assert_int_equal(Vid.status, lagoon_v1_Video_Status_PROCESSING);
+        test_clock_advance(T, (int64_t)MEDIA_RETRY_BASE_MS << (n - 1));
+        media_kick(T->app);
+    }
+    lagoon_v1_MediaJob j = wait_job(id, lagoon_v1_MediaJob_State_FAILED, MEDIA_ATTEMPTS_MAX);
+    assert_non_null(strstr(j.last_error, "exit status 1"));
+    read_video(id, &Vid);
+    assert_int_equal(Vid.status, lagoon_v1_Video_Status_ERROR);
+    assert_non_null(strstr(Vid.error_reason, "failed 5 times"));
+    assert_true(notified(ann, lagoon_v1_Notification_Type_MEDIA_FAILED, id));
+    char thumb[MEDIA_PATH_MAX];
+    video_file(id, MEDIA_THUMBNAIL, thumb, sizeof(thumb));
+    assert_false(exists(thumb));
+    use_ffmpeg(NULL);
+}
+
+/* A RUNNING job row as a crash leaves it: written by the test while the one worker is busy. */
+static int mark_running_fn(store_txn *t, void *arg, store_error *err)
+{
+    put_args *p = arg;
+    int st = enqueue_fn(t, arg, err);
+    if (st != LAGOON_OK)
+        return st;
+    store_key k;
+    store_key_reset(&k);
+    store_key_u32(&k, lagoon_v1_MediaJob_Kind_VIDEO);
+    store_key_u64(&k, p->owner);
+    store_key_u64(&k, p->video_id);
+    lagoon_v1_MediaJob j;
+    st = store_get_by(t, &lagoon_table_media_jobs, lagoon_index_media_jobs_by_subject, &k, NULL, &j, err);
+    if (st != LAGOON_OK)
+        return st;
+    j.state = lagoon_v1_MediaJob_State_RUNNING;
+    j.attempts = 1;
+    return store_update(t, &lagoon_table_media_jobs, &j, err);
+}
+
+static void test_restart_requeues(void **state)
+{
+    (void)state;
+    /* The one worker holds job a in an ffmpeg that waits (for a file never made); job b is
+     * RUNNING as a crash would leave it. A restart ends a's ffmpeg (a given back) and
+     * re-queues b; both then finish, each to success once. */
+    use_ffmpeg("ffmpeg-holds");
+    uint64_t a = queue_video("small-silent.mp4");
+    wait_job(a, lagoon_v1_MediaJob_State_RUNNING, 1);
+    put_args p = {.a = T->app, .now = T->clock_ms, .owner = ann, .upload_id = 9000, .kind = MEDIA_JOB_VIDEO};
+    store_error err;
+    assert_int_equal(store_write(T->app->db, insert_video_fn, &p, &err), LAGOON_OK);
+    char path[MEDIA_PATH_MAX];
+    video_file(p.video_id, MEDIA_ORIGINAL, path, sizeof(path));
+    put_original(path, "small-silent.mp4");
+    assert_int_equal(store_write(T->app->db, mark_running_fn, &p, &err), LAGOON_OK);
+    use_ffmpeg(NULL);
+    wait_job(a, lagoon_v1_MediaJob_State_SUCCEEDED, 1); /* the stopped run gave its attempt back */
+    wait_job(p.video_id, lagoon_v1_MediaJob_State_SUCCEEDED, 2);
+    read_video(p.video_id, &Vid);
+    assert_int_equal(Vid.status, lagoon_v1_Video_Status_READY);
+}
+
+static int delete_row_fn(store_txn *t, void *arg, store_error *err)
+{
+    return store_delete(t, &lagoon_table_videos, *(const uint64_t *)arg, err);
+}
+
+static void test_deleted_video_leaves_no_files(void **state)
+{
+    (void)state;
+    char flag[128], held[128];
+    in_dir(flag, sizeof(flag), "go");
+    in_dir(held, sizeof(held), "held");
+    /* Through Videos/Delete (which removes the files after its commit: the run then fails on
+     * its missing input), and as a row deletion alone (the files still there: the run makes
+     * its outputs, then finds the job gone and removes the directory). */
+    for (int through_api = 1; through_api >= 0; through_api--) {
+        (void)unlink(flag);
+        (void)unlink(held);
+        use_ffmpeg("ffmpeg-holds");
+        uint64_t id = queue_video("small-silent.mp4");
+        wait_job(id, lagoon_v1_MediaJob_State_RUNNING, 1);
+        assert_true(test_wait_for(file_exists, held, 30000)); /* probed; the thumbnail's ffmpeg started */
+        /* Deleted while its thumbnail is being made: the job goes with the row. */
+        if (through_api) {
+            lagoon_v1_DeleteVideoRequest dr = {.video_id = id};
+            lagoon_v1_VideosEmpty empty;
+            lagoon_set_token(C, ann_tok);
+            assert_int_equal(lagoon_Videos_Delete(C, &dr, &empty), LAGOON_OK);
+        } else {
+            store_error err;
+            assert_int_equal(store_write(T->app->db, delete_row_fn, &id, &err), LAGOON_OK);
+        }
+        lagoon_v1_MediaJob j;
+        assert_int_equal(get_job(id, &j), LAGOON_NOT_FOUND);
+        /* The next job runs once the deleted one's run is over: then nothing of it is left. */
+        uint64_t next = queue_video("small-silent.mp4");
+        sh("touch %s", flag);
+        wait_job(next, lagoon_v1_MediaJob_State_SUCCEEDED, 1);
+        char dir[MEDIA_PATH_MAX];
+        assert_int_equal(media_video_path(T->app, ann, id, NULL, dir, sizeof(dir)), LAGOON_OK);
+        assert_false(exists(dir));
+    }
+    use_ffmpeg(NULL);
+}
+
+static int profile_done(void *arg)
+{
+    lagoon_v1_ListMediaJobsResponse *r = arg;
+    lagoon_v1_ListMediaJobsRequest req = {0};
+    lagoon_set_token(C, ann_tok);
+    if (lagoon_Media_ListJobs(C, &req, r) != LAGOON_OK)
+        return 0;
+    for (pb_size_t i = 0; i < r->jobs_count; i++)
+        if (r->jobs[i].kind == lagoon_v1_MediaJob_Kind_PROFILE_IMAGE)
+            return r->jobs[i].state == lagoon_v1_MediaJob_State_SUCCEEDED;
+    return 0;
+}
+
+static void test_profile_image(void **state)
+{
+    (void)state;
+    char path[MEDIA_PATH_MAX];
+    assert_int_equal(media_profile_path(T->app, ann, MEDIA_ORIGINAL, path, sizeof(path)), LAGOON_OK);
+    put_original(path, "wide.png");
+    put_args p = {.a = T->app, .now = T->clock_ms, .owner = ann, .kind = MEDIA_JOB_PROFILE_IMAGE};
+    store_error err;
+    assert_int_equal(store_write(T->app->db, enqueue_fn, &p, &err), LAGOON_OK);
+    media_kick(T->app);
+    lagoon_v1_ListMediaJobsResponse *r = calloc(1, sizeof(*r));
+    assert_non_null(r);
+    assert_true(test_wait_for(profile_done, r, 60000));
+    free(r);
+    static const struct {
+        const char *name;
+        uint32_t size;
+    } out[] = {{MEDIA_PROFILE, MEDIA_PROFILE_SIZE}, {MEDIA_PROFILE_THUMBNAIL, MEDIA_PROFILE_THUMBNAIL_SIZE}};
+    for (size_t i = 0; i < 2; i++) {
+        assert_int_equal(media_profile_path(T->app, ann, out[i].name, path, sizeof(path)), LAGOON_OK);
+        media_probe_info info;
+        rpc_error perr;
+        assert_int_equal(media_probe(&Probe_app, path, &info, &perr), RPC_OK);
+        assert_string_equal(info.video_codec, "mjpeg");
+        assert_int_equal(info.width, out[i].size);
+        assert_int_equal(info.height, out[i].size);
+    }
+    lagoon_v1_User *u = calloc(1, sizeof(*u));
+    assert_non_null(u);
+    store_txn *t;
+    assert_int_equal(store_read_begin(T->app->db, &t, &err), LAGOON_OK);
+    int st = store_get(t, &lagoon_table_users, ann, u, &err);
+    store_read_end(t);
+    assert_int_equal(st, LAGOON_OK);
+    char want[128];
+    snprintf(want, sizeof(want), "media:profile-images/%llu/profile.jpg", (unsigned long long)ann);
+    assert_string_equal(u->profile_image_url, want);
+    store_row_release(&lagoon_table_users, u);
+    free(u);
+}
+
+static void test_job_visibility(void **state)
+{
+    (void)state;
+    uint64_t id = queue_video("text.txt");
+    wait_job(id, lagoon_v1_MediaJob_State_FAILED, 1);
+    lagoon_v1_MediaJob j;
+    lagoon_v1_GetMediaJobRequest gr = {.video_id = id};
+    lagoon_set_token(C, bob_tok); /* shared with him, but the job is the owner's */
+    assert_int_equal(lagoon_Media_GetJob(C, &gr, &j), LAGOON_NOT_FOUND);
+    lagoon_set_token(C, root_tok);
+    assert_int_equal(lagoon_Media_GetJob(C, &gr, &j), LAGOON_OK);
+    assert_int_equal(j.video_id, id);
+
+    lagoon_v1_ListMediaJobsResponse *r = calloc(1, sizeof(*r));
+    assert_non_null(r);
+    lagoon_v1_ListMediaJobsRequest lr = {.page_size = 100};
+    lagoon_set_token(C, bob_tok);
+    assert_int_equal(lagoon_Media_ListJobs(C, &lr, r), LAGOON_OK);
+    assert_int_equal(r->jobs_count, 0);
+    lr.all = true;
+    assert_int_equal(lagoon_Media_ListJobs(C, &lr, r), LAGOON_PERMISSION_DENIED);
+    lagoon_set_token(C, root_tok);
+    assert_int_equal(lagoon_Media_ListJobs(C, &lr, r), LAGOON_OK);
+    assert_true(r->jobs_count >= 1);
+    assert_int_equal(r->jobs[0].video_id, id); /* newest first */
+    lr.all = false;
+    lagoon_set_token(C, ann_tok);
+    assert_int_equal(lagoon_Media_ListJobs(C, &lr, r), LAGOON_OK);
+    assert_true(r->jobs_count >= 1);
+    for (pb_size_t i = 0; i < r->jobs_count; i++)
+        assert_int_equal(r->jobs[i].user_id, ann);
+    free(r);
+}
+
 /* ---- setup ---------------------------------------------------------------------------------- */
+
+static void script(const char *name, const char *body)
+{
+    char path[128];
+    in_dir(path, sizeof(path), name);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fprintf(f, "#!/bin/sh\n%s\n", body);
+    fclose(f);
+    assert_int_equal(chmod(path, 0755), 0);
+}
 
 static int setup(void **state)
 {
@@ -262,15 +804,36 @@ static int setup(void **state)
     sh("ffmpeg -nostdin -v error -f lavfi -i testsrc=size=320x240:rate=25 -f lavfi -i sine=frequency=440 -t 1 "
        "-c:v libx264 -preset ultrafast -c:a aac -shortest %s/av.mp4",
        Dir);
+    sh("ffmpeg -nostdin -v error -f lavfi -i testsrc=size=1280x720:rate=25 -f lavfi -i sine=frequency=440 -t 2 "
+       "-c:v libx264 -preset ultrafast -pix_fmt yuv420p -c:a aac -shortest %s/hd.mp4",
+       Dir);
+    sh("ffmpeg -nostdin -v error -f lavfi -i testsrc=size=320x240:rate=25 -t 1 -c:v libx264 -preset ultrafast "
+       "-pix_fmt yuv420p %s/small-silent.mp4",
+       Dir);
     sh("ffmpeg -nostdin -v error -f lavfi -i testsrc=size=64x64 -frames:v 1 -f image2 %s/still.jpg", Dir);
     sh("ffmpeg -nostdin -v error -f lavfi -i testsrc=size=64x64 -frames:v 1 -f image2 %s/still.png", Dir);
+    sh("ffmpeg -nostdin -v error -f lavfi -i testsrc=size=300x200 -frames:v 1 -f image2 %s/wide.png", Dir);
     sh("echo 'not a video' > %s/text.txt", Dir);
+    script("ffmpeg-fails", "echo 'stand-in ffmpeg: failing on purpose' >&2\nexit 1");
+    char hold[512];
+    snprintf(hold, sizeof(hold),
+             "touch %s/held\ni=0\nwhile [ ! -e %s/go ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done\n"
+             "exec ffmpeg \"$@\"",
+             Dir, Dir);
+    script("ffmpeg-holds", hold);
+    T = test_app_new(tweak);
+    C = test_client(T);
+    ann = test_verified_user(T, C, "ann", lagoon_v1_Role_STUDENT, ann_tok);
+    bob = test_verified_user(T, C, "bob", lagoon_v1_Role_TEACHER, bob_tok);
+    root = test_admin_user(T, C, "root", root_tok);
     return 0;
 }
 
 static int teardown(void **state)
 {
     (void)state;
+    lagoon_close(C);
+    test_app_free(T);
     sh("rm -rf %s", Dir);
     return 0;
 }
@@ -286,6 +849,14 @@ int main(void)
         cmocka_unit_test(test_subprocess_cannot_start),
         cmocka_unit_test(test_probe_files),
         cmocka_unit_test(test_probe_parse_table),
+        cmocka_unit_test(test_video_ready),
+        cmocka_unit_test(test_small_without_audio),
+        cmocka_unit_test(test_not_a_video),
+        cmocka_unit_test(test_retried_then_error),
+        cmocka_unit_test(test_restart_requeues),
+        cmocka_unit_test(test_deleted_video_leaves_no_files),
+        cmocka_unit_test(test_profile_image),
+        cmocka_unit_test(test_job_visibility),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -4,19 +4,15 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
-#include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
-#include <event2/listener.h>
 
+#include "http_listener.h"
 #include "lagoon_tables.h"
 #include "realtime.h"
 #include "scheduler.h"
@@ -31,22 +27,11 @@
  * many pages of STORE_PAGE_SIZE_MAX: a backlog past 50 000 reads as 50 000, which is already
  * an alarm, and a scrape stays bounded however far behind a queue is. */
 #define ADMIN_COUNT_PAGES_MAX 100
-#define ADMIN_PENDING_MAX ADMIN_MAX_CONNECTIONS /* accepted, their close callback not set yet (claim_cb) */
 
 struct admin_http {
     rpc_server *srv;
     app *app;
-    struct event_base *base;
-    struct evhttp *http;
-    struct event *stop; /* activated by admin_http_stop: leaves the loop */
-    struct evconnlistener *listener; /* evhttp's; NULL once it is being freed */
-    unsigned conns;                  /* counted connections open (admin thread only) */
-    struct event *claim;             /* claim_cb: counts the connections new_bev saw */
-    struct bufferevent *pending[ADMIN_PENDING_MAX];
-    unsigned npending;
-    pthread_t thread;
-    int started;
-    uint16_t port;
+    http_listener *listener; /* the thread, the event base and the connection limit */
 };
 
 int admin_listen_parse(const char *value, char *host, size_t cap, uint16_t *port, char *err, size_t errlen)
@@ -280,95 +265,6 @@ static void on_request(struct evhttp_request *req, void *arg)
     }
 }
 
-/* ---- the connection limit ----------------------------------------------------------------
- * evhttp hands out no connection until a request has been read, so a connection is counted
- * from its bufferevent: new_bev (evhttp's bevcb, at accept) makes and counts it and schedules
- * claim_cb, which runs right after the accept callback, when evhttp has attached the
- * bufferevent to its evhttp_connection (the callbacks' argument), and sets the close callback
- * that counts it down. (Only an allocation failure inside evhttp's accept could free the
- * bufferevent before claim_cb.) */
-
-static void limit_listener(admin_http *h)
-{
-    if (h->listener == NULL)
-        return;
-    if (h->conns >= ADMIN_MAX_CONNECTIONS)
-        evconnlistener_disable(h->listener);
-    else
-        evconnlistener_enable(h->listener);
-}
-
-static void conn_closed(struct evhttp_connection *evcon, void *arg)
-{
-    (void)evcon;
-    admin_http *h = arg;
-    if (h->conns > 0)
-        h->conns--;
-    limit_listener(h);
-}
-
-static void claim_cb(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    admin_http *h = arg;
-    for (unsigned i = 0; i < h->npending; i++) {
-        void *evcon = NULL;
-        bufferevent_getcb(h->pending[i], NULL, NULL, NULL, &evcon);
-        if (evcon != NULL)
-            evhttp_connection_set_closecb(evcon, conn_closed, h);
-        else if (h->conns > 0)
-            h->conns--; /* not evhttp's after all: never counted down otherwise */
-    }
-    h->npending = 0;
-    limit_listener(h);
-}
-
-/* Counted here, at once: evconnlistener accepts until the backlog is empty unless its callback
- * (this one, through evhttp's) disables it. */
-static struct bufferevent *new_bev(struct event_base *base, void *arg)
-{
-    admin_http *h = arg;
-    struct bufferevent *bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
-    /* The listener stops at ADMIN_MAX_CONNECTIONS counted, so the list never fills. */
-    if (bev != NULL && h->npending < ADMIN_PENDING_MAX) {
-        h->pending[h->npending++] = bev;
-        h->conns++;
-        event_active(h->claim, EV_TIMEOUT, 0);
-        limit_listener(h);
-    }
-    return bev;
-}
-
-static void stop_cb(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    admin_http *h = arg;
-    event_base_loopbreak(h->base);
-}
-
-static void *admin_main(void *arg)
-{
-    admin_http *h = arg;
-    event_base_dispatch(h->base);
-    return NULL;
-}
-
-static void admin_free(admin_http *h)
-{
-    h->listener = NULL; /* evhttp_free frees it before the connections, whose close calls come after */
-    if (h->http)
-        evhttp_free(h->http);
-    if (h->stop)
-        event_free(h->stop);
-    if (h->claim)
-        event_free(h->claim);
-    if (h->base)
-        event_base_free(h->base);
-    free(h);
-}
-
 int admin_http_start(const char *host, uint16_t port, rpc_server *srv, app *a, admin_http **out, rpc_error *err)
 {
     *out = NULL;
@@ -379,54 +275,29 @@ int admin_http_start(const char *host, uint16_t port, rpc_server *srv, app *a, a
     }
     h->srv = srv;
     h->app = a;
-    h->base = event_base_new();
-    h->http = h->base ? evhttp_new(h->base) : NULL;
-    h->stop = h->base ? event_new(h->base, -1, 0, stop_cb, h) : NULL;
-    h->claim = h->base ? event_new(h->base, -1, 0, claim_cb, h) : NULL;
-    if (h->http == NULL || h->stop == NULL || h->claim == NULL) {
-        snprintf(err->message, sizeof(err->message), "cannot create the admin listener");
-        admin_free(h);
+    http_listener_config cfg = {.what = "admin listener",
+                                .host = host,
+                                .port = port,
+                                .max_connections = ADMIN_MAX_CONNECTIONS,
+                                .timeout_s = ADMIN_TIMEOUT_S,
+                                .max_headers = ADMIN_MAX_HEADERS,
+                                .max_body = ADMIN_MAX_BODY,
+                                .on_request = on_request,
+                                .arg = h};
+    if (http_listener_start(&cfg, &h->listener, err) != RPC_OK) {
+        free(h);
         return RPC_ERR;
     }
-    evhttp_set_max_headers_size(h->http, ADMIN_MAX_HEADERS);
-    evhttp_set_max_body_size(h->http, ADMIN_MAX_BODY);
-    evhttp_set_timeout(h->http, ADMIN_TIMEOUT_S);
-    evhttp_set_allowed_methods(h->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST | EVHTTP_REQ_PUT |
-                                            EVHTTP_REQ_DELETE);
-    evhttp_set_gencb(h->http, on_request, h);
-    evhttp_set_bevcb(h->http, new_bev, h);
-    struct evhttp_bound_socket *bound = evhttp_bind_socket_with_handle(h->http, host, port);
-    if (bound == NULL) {
-        snprintf(err->message, sizeof(err->message), "cannot listen on %s:%u for the admin listener: %s", host,
-                 (unsigned)port, strerror(errno));
-        admin_free(h);
-        return RPC_ERR;
-    }
-    h->listener = evhttp_bound_socket_get_listener(bound);
-    struct sockaddr_storage ss;
-    socklen_t len = sizeof(ss);
-    if (getsockname(evhttp_bound_socket_get_fd(bound), (struct sockaddr *)&ss, &len) == 0)
-        h->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
-                                                 : ((struct sockaddr_in *)&ss)->sin_port);
-    if (pthread_create(&h->thread, NULL, admin_main, h) != 0) {
-        snprintf(err->message, sizeof(err->message), "cannot start the admin listener's thread");
-        admin_free(h);
-        return RPC_ERR;
-    }
-    h->started = 1;
     *out = h;
     return RPC_OK;
 }
 
-uint16_t admin_http_port(const admin_http *h) { return h->port; }
+uint16_t admin_http_port(const admin_http *h) { return http_listener_port(h->listener); }
 
 void admin_http_stop(admin_http *h)
 {
     if (h == NULL)
         return;
-    if (h->started) {
-        event_active(h->stop, EV_TIMEOUT, 0);
-        pthread_join(h->thread, NULL);
-    }
-    admin_free(h);
+    http_listener_stop(h->listener);
+    free(h);
 }

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +16,7 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/listener.h>
+#include <event2/thread.h>
 
 struct http_listener {
     struct event_base *base;
@@ -23,6 +25,7 @@ struct http_listener {
     struct evconnlistener *listener; /* evhttp's; NULL once it is being freed */
     struct event *claim;             /* claim_cb: attaches the close callbacks of new connections */
     unsigned max;                    /* cfg.max_connections */
+    size_t max_single_write;         /* cfg.max_single_write */
     atomic_uint conns;               /* counted connections open (changed on the thread only) */
     struct bufferevent **pending;    /* accepted, close callback not set yet: max of them */
     unsigned npending;
@@ -85,6 +88,8 @@ static struct bufferevent *new_bev(struct event_base *base, void *arg)
 {
     http_listener *l = arg;
     struct bufferevent *bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+    if (bev != NULL && l->max_single_write != 0)
+        bufferevent_set_max_single_write(bev, l->max_single_write);
     /* The listener stops at max counted, so the list never fills. */
     if (bev != NULL && l->npending < l->max) {
         l->pending[l->npending++] = bev;
@@ -138,10 +143,17 @@ static int fail(rpc_error *err, http_listener *l, const char *fmt, const char *w
 int http_listener_start(const http_listener_config *cfg, http_listener **out, rpc_error *err)
 {
     *out = NULL;
+    /* What rpc_server_new does, for a process without one (a benchmark): http_listener_stop
+     * wakes the loop from another thread, and a client that closes while a file goes out must
+     * not kill the process. */
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, (void (*)(void))evthread_use_pthreads);
+    signal(SIGPIPE, SIG_IGN);
     http_listener *l = calloc(1, sizeof(*l));
     if (l == NULL || cfg->max_connections == 0)
         return fail(err, l, "cannot create the %s: out of memory or no connections allowed", cfg->what);
     l->max = cfg->max_connections;
+    l->max_single_write = cfg->max_single_write;
     l->pending = calloc(l->max, sizeof(*l->pending));
     l->base = event_base_new();
     l->http = l->base ? evhttp_new(l->base) : NULL;

@@ -24,6 +24,7 @@ typedef struct http_listener_config {
     int timeout_s;             /* evhttp's read/write timeout per connection */
     size_t max_headers;        /* bytes of a request's headers */
     size_t max_body;           /* bytes of a request's body */
+    size_t max_single_write;   /* bytes a connection writes per wakeup; 0 = libevent's 16 KiB */
     void (*on_request)(struct evhttp_request *req, void *arg);
     void *arg;
 } http_listener_config;
@@ -31,8 +32,8 @@ typedef struct http_listener_config {
 typedef struct http_listener http_listener;
 
 /* Binds cfg->host:port and starts serving on a thread of its own; cfg's strings are used only
- * during the call. RPC_OK, or RPC_ERR with err filled. Call after rpc_server_new (which sets
- * libevent up for threads) or evthread_use_pthreads. */
+ * during the call. RPC_OK, or RPC_ERR with err filled. Sets libevent up for threads and ignores
+ * SIGPIPE, as rpc_server_new does. */
 int http_listener_start(const http_listener_config *cfg, http_listener **out, rpc_error *err);
 /* The bound port. */
 uint16_t http_listener_port(const http_listener *l);

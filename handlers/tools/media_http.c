@@ -286,7 +286,12 @@ static void serve_file(struct evhttp_request *req, int fd, const struct stat *sb
     struct evbuffer *b = NULL;
     if (!is_head(req) && len > 0) {
         b = evbuffer_new();
-        /* evbuffer_add_file owns fd from here, on success and failure alike. */
+        /* The body only ever moves whole into the connection's output (evbuffer_add_buffer), which
+         * writes to the socket: so marked, the file goes out with sendfile, where an unmarked
+         * buffer would mmap it for each answer. evbuffer_add_file owns fd from here, on success
+         * and failure alike. */
+        if (b != NULL)
+            evbuffer_set_flags(b, EVBUFFER_FLAG_DRAINS_TO_FD);
         if (b == NULL || evbuffer_add_file(b, fd, (ev_off_t)off, (ev_off_t)len) != 0) {
             if (b == NULL)
                 close(fd);
@@ -395,6 +400,7 @@ int media_http_start(const char *host, uint16_t port, app *a, media_http **out, 
                                 .timeout_s = MEDIA_HTTP_TIMEOUT_S,
                                 .max_headers = MEDIA_HTTP_MAX_HEADERS,
                                 .max_body = MEDIA_HTTP_MAX_BODY,
+                                .max_single_write = MEDIA_HTTP_WRITE_MAX,
                                 .on_request = on_request,
                                 .arg = h};
     if (http_listener_start(&cfg, &h->listener, err) != RPC_OK) {

@@ -43,6 +43,9 @@
 /* A request is a line and a few headers; nothing of a body is read. */
 #define MEDIA_HTTP_MAX_HEADERS 8192
 #define MEDIA_HTTP_MAX_BODY 0
+/* Bytes a connection hands the kernel per wakeup. libevent's default, 16 KiB, makes a 256 KiB range
+ * sixteen sendfile calls and loop turns; the socket's buffer bounds what one call sends anyway. */
+#define MEDIA_HTTP_WRITE_MAX (1u << 20)
 /* The query (e, k, s): about 80 bytes; anything longer is refused (400) before it is parsed. */
 #define MEDIA_HTTP_QUERY_MAX 256
 
@@ -50,7 +53,7 @@ typedef struct media_http media_http;
 
 /* Loads the signing key (media_key_load: created at the first start), binds host:port (port 0: an
  * ephemeral one) and serves a's media directory on a thread of its own. a must outlive
- * media_http_stop. RPC_OK, or RPC_ERR with err filled. After rpc_server_new. */
+ * media_http_stop. RPC_OK, or RPC_ERR with err filled. */
 int media_http_start(const char *host, uint16_t port, app *a, media_http **out, rpc_error *err);
 uint16_t media_http_port(const media_http *h);
 /* Stops the thread and closes the listener and its connections. NULL allowed. */

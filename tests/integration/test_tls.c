@@ -3,7 +3,8 @@
  * another host, and a second CA's for the reload), the real server with --tls-cert/--tls-key
  * (rpc_config.tls_*), the blocking client's OpenSSL transport, raw OpenSSL clients for the
  * handshake policy (ALPN, protocol versions), plain clients on the TLS port, a SIGHUP reload
- * with a connection from before it, a transport of the caller's own, and lagoonctl --tls. */
+ * with a connection from before it (in process, and the real lagoond), a transport of the
+ * caller's own, the asynchronous client, and lagoonctl --tls. */
 #include <errno.h>
 #include <poll.h>
 #include <setjmp.h>
@@ -135,8 +136,10 @@ static int teardown(void **state)
     return 0;
 }
 
-/* A TLS client of the library, checking against CA file ca (in dir) and name (NULL: host). */
-static int tls_connect(const char *host, const char *ca, const char *name, lagoon_client **c, lagoon_error *err)
+/* A TLS client of the library to port, checking against CA file ca (in dir) and name (NULL:
+ * host). */
+static int tls_connect_port(uint16_t port, const char *host, const char *ca, const char *name, lagoon_client **c,
+                            lagoon_error *err)
 {
     char ca_path[128];
     snprintf(ca_path, sizeof(ca_path), "%s/%s.pem", dir, ca);
@@ -146,7 +149,13 @@ static int tls_connect(const char *host, const char *ca, const char *name, lagoo
     o.tls_server_name = name;
     o.connect_timeout_ms = 5000;
     memset(err, 0, sizeof(*err));
-    return lagoon_connect(host, T->srv.port, &o, c, err);
+    return lagoon_connect(host, port, &o, c, err);
+}
+
+/* The same to the test's in-process server. */
+static int tls_connect(const char *host, const char *ca, const char *name, lagoon_client **c, lagoon_error *err)
+{
+    return tls_connect_port(T->srv.port, host, ca, name, c, err);
 }
 
 static void health_ok(lagoon_client *c)
@@ -583,6 +592,105 @@ static void lagoonctl_tls(void **state)
     assert_int_equal(lagoonctl("call lagoon.v1.Health/Check", out, sizeof(out)), 64 + LAGOON_UNAVAILABLE);
 }
 
+/* ---- the real lagoond ---------------------------------------------------------------------- */
+
+typedef struct daemon_log {
+    int fd;          /* lagoond's stderr */
+    size_t len;
+    char text[32768]; /* what it said so far */
+} daemon_log;
+
+/* Reads lagoond's stderr until needle appears (1), or timeout_ms passes (0). */
+static int log_until(daemon_log *d, const char *needle, uint32_t timeout_ms)
+{
+    for (uint32_t waited = 0;; waited += 50) {
+        if (strstr(d->text, needle))
+            return 1;
+        if (waited >= timeout_ms)
+            return 0;
+        struct pollfd p = {d->fd, POLLIN, 0};
+        if (poll(&p, 1, 50) == 1 && d->len < sizeof(d->text) - 1) {
+            ssize_t n = read(d->fd, d->text + d->len, sizeof(d->text) - 1 - d->len);
+            if (n > 0) {
+                d->len += (size_t)n;
+                d->text[d->len] = '\0';
+            }
+        }
+    }
+}
+
+/* lagoond --tls-cert/--tls-key: a call, a rotation by SIGHUP with a connection from before it
+ * still working, a bad pair refused by the next SIGHUP, and a clean SIGTERM. */
+static void lagoond_sighup_rotation(void **state)
+{
+    (void)state;
+    install_pair("server");
+    char data[128], cert[128], key[128];
+    snprintf(data, sizeof(data), "%s/data", dir);
+    snprintf(cert, sizeof(cert), "%s/live.pem", dir);
+    snprintf(key, sizeof(key), "%s/live.key", dir);
+    int pipefd[2];
+    assert_int_equal(pipe(pipefd), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        dup2(pipefd[1], STDERR_FILENO);
+        close(pipefd[0]);
+        execl(LAGOOND_PATH, LAGOOND_PATH, "--listen", "127.0.0.1:0", "--data", data, "--threads", "2", "--tls-cert",
+              cert, "--tls-key", key, (char *)NULL);
+        _exit(127);
+    }
+    close(pipefd[1]);
+    static daemon_log d; /* static: 32 KiB */
+    memset(&d, 0, sizeof(d));
+    d.fd = pipefd[0];
+    if (!log_until(&d, " with TLS ", WAIT_MS))
+        fail_msg("lagoond did not start with TLS; it said: %s", d.text);
+    uint16_t port = (uint16_t)atoi(strstr(d.text, "listening on 127.0.0.1:") + strlen("listening on 127.0.0.1:"));
+    assert_true(port > 0);
+
+    lagoon_client *before, *c;
+    lagoon_error err;
+    assert_int_equal(tls_connect_port(port, "localhost", "ca1", NULL, &before, &err), LAGOON_OK);
+    health_ok(before);
+
+    install_pair("server2");
+    assert_int_equal(kill(pid, SIGHUP), 0);
+    if (!log_until(&d, "TLS certificate reloaded", WAIT_MS))
+        fail_msg("no reload; lagoond said: %s", d.text);
+    assert_int_equal(tls_connect_port(port, "localhost", "ca2", NULL, &c, &err), LAGOON_OK);
+    health_ok(c);
+    lagoon_close(c);
+    expect_refused(tls_connect_port(port, "localhost", "ca1", NULL, &c, &err), &err,
+                   "the server's certificate is refused");
+    health_ok(before);
+
+    run("echo 'not a key' > %s/live.key", dir);
+    assert_int_equal(kill(pid, SIGHUP), 0);
+    if (!log_until(&d, "TLS reload refused", WAIT_MS))
+        fail_msg("the bad pair was not refused; lagoond said: %s", d.text);
+    assert_int_equal(tls_connect_port(port, "localhost", "ca2", NULL, &c, &err), LAGOON_OK);
+    health_ok(c);
+    lagoon_close(c);
+    health_ok(before);
+    lagoon_close(before);
+
+    assert_int_equal(kill(pid, SIGTERM), 0);
+    int status = -1;
+    for (int i = 0; i < 500 && waitpid(pid, &status, WNOHANG) == 0; i++) {
+        struct pollfd none = {-1, 0, 0};
+        poll(&none, 0, 20); /* 10 s at most */
+    }
+    if (!WIFEXITED(status)) {
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        fail_msg("lagoond did not exit after SIGTERM");
+    }
+    assert_int_equal(WEXITSTATUS(status), 0);
+    close(d.fd);
+    run("rm -rf '%s'", data);
+}
+
 /* ---- configuration --------------------------------------------------------------------------- */
 
 static void config_checked(void **state)
@@ -608,6 +716,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(config_checked),
+        cmocka_unit_test(lagoond_sighup_rotation),
         cmocka_unit_test_setup_teardown(good_handshake_and_calls, setup_server, teardown),
         cmocka_unit_test_setup_teardown(wrong_host_name_refused, setup_server, teardown),
         cmocka_unit_test_setup_teardown(unknown_ca_refused, setup_server, teardown),

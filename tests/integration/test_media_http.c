@@ -830,6 +830,10 @@ static void test_verify_media(void **state)
     copy_file(sd_path, p);
     assert_int_equal(media_profile_path(T->app, 888888, MEDIA_PROFILE, p, sizeof(p)), LAGOON_OK);
     copy_file(jpg_path, p);
+    /* An upload's bytes without its upload. */
+    char part[MEDIA_PATH_MAX];
+    assert_int_equal(media_upload_path(T->app, 777777, part, sizeof(part)), LAGOON_OK);
+    copy_file(jpg_path, part);
     /* A row whose file is missing. */
     assert_int_equal(media_video_path(T->app, ann, id, MEDIA_THUMBNAIL, p, sizeof(p)), LAGOON_OK);
     assert_int_equal(unlink(p), 0);
@@ -843,11 +847,14 @@ static void test_verify_media(void **state)
         fail_msg("no orphan %s in: %s", want, out);
     if (strstr(out, "profile-images/888888") == NULL)
         fail_msg("no orphan profile image in: %s", out);
+    if (strstr(out, "uploads/777777.part") == NULL)
+        fail_msg("no orphan upload file in: %s", out);
     snprintf(want, sizeof(want), "videos/%llu/%llu/" MEDIA_THUMBNAIL, (unsigned long long)ann, (unsigned long long)id);
     if (strstr(out, want) == NULL)
         fail_msg("no missing %s in: %s", want, out);
     /* Put right, it is clean again. */
     copy_file(jpg_path, p);
+    assert_int_equal(unlink(part), 0);
     assert_int_equal(media_remove_video(T->app, ann, 999999), LAGOON_OK);
     assert_int_equal(media_remove_video(T->app, bob, id), LAGOON_OK);
     char cmd[MEDIA_PATH_MAX + 16];

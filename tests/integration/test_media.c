@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <pb_decode.h>
 
 #include "lagoon_stubs.h"
 #include "media.h"
@@ -695,12 +696,25 @@ static void test_deleted_video_leaves_no_files(void **state)
     use_ffmpeg(NULL);
 }
 
+/* Media/ListJobs into *r (its earlier jobs released first: FT_POINTER). */
+static int list_jobs(const char *tok, const lagoon_v1_ListMediaJobsRequest *req, lagoon_v1_ListMediaJobsResponse *r)
+{
+    pb_release(lagoon_v1_ListMediaJobsResponse_fields, r);
+    lagoon_set_token(C, tok);
+    return lagoon_Media_ListJobs(C, req, r);
+}
+
+static void list_free(lagoon_v1_ListMediaJobsResponse *r)
+{
+    pb_release(lagoon_v1_ListMediaJobsResponse_fields, r);
+    free(r);
+}
+
 static int profile_done(void *arg)
 {
     lagoon_v1_ListMediaJobsResponse *r = arg;
     lagoon_v1_ListMediaJobsRequest req = {0};
-    lagoon_set_token(C, ann_tok);
-    if (lagoon_Media_ListJobs(C, &req, r) != LAGOON_OK)
+    if (list_jobs(ann_tok, &req, r) != LAGOON_OK)
         return 0;
     for (pb_size_t i = 0; i < r->jobs_count; i++)
         if (r->jobs[i].kind == lagoon_v1_MediaJob_Kind_PROFILE_IMAGE)
@@ -720,8 +734,8 @@ static void test_profile_image(void **state)
     media_kick(T->app);
     lagoon_v1_ListMediaJobsResponse *r = calloc(1, sizeof(*r));
     assert_non_null(r);
-    assert_true(test_wait_for(profile_done, r, 60000));
-    free(r);
+    assert_true(test_wait_for(profile_done, r, 30000));
+    list_free(r);
     static const struct {
         const char *name;
         uint32_t size;
@@ -765,22 +779,19 @@ static void test_job_visibility(void **state)
     lagoon_v1_ListMediaJobsResponse *r = calloc(1, sizeof(*r));
     assert_non_null(r);
     lagoon_v1_ListMediaJobsRequest lr = {.page_size = 100};
-    lagoon_set_token(C, bob_tok);
-    assert_int_equal(lagoon_Media_ListJobs(C, &lr, r), LAGOON_OK);
+    assert_int_equal(list_jobs(bob_tok, &lr, r), LAGOON_OK);
     assert_int_equal(r->jobs_count, 0);
     lr.all = true;
-    assert_int_equal(lagoon_Media_ListJobs(C, &lr, r), LAGOON_PERMISSION_DENIED);
-    lagoon_set_token(C, root_tok);
-    assert_int_equal(lagoon_Media_ListJobs(C, &lr, r), LAGOON_OK);
+    assert_int_equal(list_jobs(bob_tok, &lr, r), LAGOON_PERMISSION_DENIED);
+    assert_int_equal(list_jobs(root_tok, &lr, r), LAGOON_OK);
     assert_true(r->jobs_count >= 1);
     assert_int_equal(r->jobs[0].video_id, id); /* newest first */
     lr.all = false;
-    lagoon_set_token(C, ann_tok);
-    assert_int_equal(lagoon_Media_ListJobs(C, &lr, r), LAGOON_OK);
+    assert_int_equal(list_jobs(ann_tok, &lr, r), LAGOON_OK);
     assert_true(r->jobs_count >= 1);
     for (pb_size_t i = 0; i < r->jobs_count; i++)
         assert_int_equal(r->jobs[i].user_id, ann);
-    free(r);
+    list_free(r);
 }
 
 /* ---- setup ---------------------------------------------------------------------------------- */

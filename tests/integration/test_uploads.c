@@ -624,8 +624,10 @@ static void test_orphan_bytes_swept_at_start(void **state)
     char p[512];
     part_path(T->dir, 987654, p, sizeof(p));
     char dir[512];
+    snprintf(dir, sizeof(dir), "%s/media", T->dir);
+    mkdir(dir, 0750); /* (absent until a first chunk: made here, either may exist) */
     snprintf(dir, sizeof(dir), "%s/media/uploads", T->dir);
-    mkdir(dir, 0750); /* (absent until a first chunk) */
+    mkdir(dir, 0750);
     FILE *f = fopen(p, "wb");
     assert_non_null(f);
     fputs("left by a crash", f);

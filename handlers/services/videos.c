@@ -561,6 +561,26 @@ static int video_going(store_txn *t, uint64_t id, void *arg, store_error *err)
     return st == LAGOON_OK ? video_topic_forget(t, arg, id, err) : st;
 }
 
+/* A video shared with an account being deleted: its share goes by the cascade, and the media
+ * links the account was handed go now (as Unshare's do). */
+static int reader_going(store_txn *t, uint64_t share_id, void *arg, store_error *err)
+{
+    (void)arg;
+    lagoon_v1_VideoShare sh;
+    lagoon_v1_Video *v = malloc(sizeof(*v));
+    if (v == NULL)
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    int st = store_get(t, &lagoon_table_video_shares, share_id, &sh, err);
+    if (st == LAGOON_OK)
+        st = store_get(t, &lagoon_table_videos, sh.video_id, v, err);
+    if (st == LAGOON_OK) {
+        v->key_version++;
+        st = store_update(t, &lagoon_table_videos, v, err);
+    }
+    free(v);
+    return st;
+}
+
 int videos_user_deleting(store_txn *t, const app *a, uint64_t user_id, store_error *err)
 {
     store_key prefix;
@@ -568,7 +588,10 @@ int videos_user_deleting(store_txn *t, const app *a, uint64_t user_id, store_err
     store_key_u64(&prefix, user_id);
     store_query q = {.table = &lagoon_table_videos, .index = lagoon_index_videos_by_owner_time,
                      .prefix = prefix.buf, .prefix_len = prefix.len};
-    return app_each_id(t, &q, video_going, (void *)a, err);
+    int st = app_each_id(t, &q, video_going, (void *)a, err);
+    store_query shared = {.table = &lagoon_table_video_shares, .index = lagoon_index_video_shares_by_user_time,
+                          .prefix = prefix.buf, .prefix_len = prefix.len};
+    return st == LAGOON_OK ? app_each_id(t, &shared, reader_going, NULL, err) : st;
 }
 
 int handle_Videos_Delete(rpc_call *call, const lagoon_v1_DeleteVideoRequest *req, lagoon_v1_VideosEmpty *resp)

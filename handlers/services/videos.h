@@ -40,7 +40,8 @@ int videos_count_view(store_txn *t, lagoon_v1_Video *v, uint64_t user, uint32_t 
 
 /* Call in the transaction that deletes account user_id, before the delete: its videos go by the
  * account's cascade, so what Videos/Delete does besides the rows is done here for each (the
- * kept responses about their comments, the follows of their comments). */
+ * kept responses about their comments, the follows of their comments); and the videos shared
+ * with it get a new key_version, so that the media links it was handed stop (as Unshare's). */
 int videos_user_deleting(store_txn *t, const app *a, uint64_t user_id, store_error *err);
 
 /* The Videos module: its state is the view counter's clock-free bookkeeping (none yet) and the

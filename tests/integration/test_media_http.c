@@ -772,6 +772,12 @@ static void test_profile_image_and_account_deletion(void **state)
     copy_file(jpg_path, p);
     assert_int_equal(media_profile_path(T->app, dan, NULL, pdir, sizeof(pdir)), LAGOON_OK);
     assert_int_equal(media_video_path(T->app, dan, vid, NULL, vdir, sizeof(vdir)), LAGOON_OK);
+    /* A video of ann's shared with dan, whose link dan holds. */
+    uint64_t shared = uploaded_video(ann_tok, ann, 0);
+    assert_int_equal(share(ann_tok, shared, dan, 1), LAGOON_OK);
+    char shared_url[URL_MAX];
+    sd_url(tok, shared, shared_url);
+    assert_int_equal(http("GET", shared_url, NULL), 200);
     static marker_arg m;
     m.user = dan;
     store_error err;
@@ -797,6 +803,9 @@ static void test_profile_image_and_account_deletion(void **state)
     assert_false(exists(pdir));
     assert_false(exists(vdir));
     assert_int_equal(http("GET", url, NULL), 403);
+    assert_int_equal(http("GET", shared_url, NULL), 403); /* as if unshared */
+    sd_url(ann_tok, shared, shared_url);
+    assert_int_equal(http("GET", shared_url, NULL), 200);
 }
 
 /* ---- lagoon-admin verify ------------------------------------------------------------------------- */

@@ -514,6 +514,26 @@ static void test_whole_checksum_mismatch(void **state)
     assert_int_equal(upload_status(C, u.id, &u), LAGOON_NOT_FOUND);
 }
 
+/* Create with an idempotency key: a retry answers the same upload while it lasts; once it is
+ * cancelled, the retry makes a new one. */
+static void test_create_retry(void **state)
+{
+    (void)state;
+    lagoon_v1_Upload u1, u2, u3;
+    lagoon_set_idempotency_key(C, "upload-etude-1");
+    assert_int_equal(create(C, lagoon_v1_Upload_Kind_VIDEO, video_bytes, video_len, video_len, &u1), LAGOON_OK);
+    lagoon_set_idempotency_key(C, "upload-etude-1");
+    assert_int_equal(create(C, lagoon_v1_Upload_Kind_VIDEO, video_bytes, video_len, video_len, &u2), LAGOON_OK);
+    assert_int_equal(u2.id, u1.id);
+    assert_int_equal(u2.video_id, u1.video_id);
+    lagoon_v1_CancelUploadRequest cr = {.upload_id = u1.id};
+    lagoon_v1_UploadsEmpty e;
+    assert_int_equal(lagoon_Uploads_Cancel(C, &cr, &e), LAGOON_OK);
+    lagoon_set_idempotency_key(C, "upload-etude-1");
+    assert_int_equal(create(C, lagoon_v1_Upload_Kind_VIDEO, video_bytes, video_len, video_len, &u3), LAGOON_OK);
+    assert_true(u3.id != u1.id);
+}
+
 static void test_cancel(void **state)
 {
     (void)state;
@@ -791,6 +811,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_quota, setup_small, teardown),
         cmocka_unit_test_setup_teardown(test_not_a_video, setup, teardown),
         cmocka_unit_test_setup_teardown(test_whole_checksum_mismatch, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_create_retry, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancel, setup, teardown),
         cmocka_unit_test_setup_teardown(test_no_room, setup, teardown),
         cmocka_unit_test_setup_teardown(test_expiry, setup, teardown),

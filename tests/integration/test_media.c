@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <sodium.h>
 #include <pb_decode.h>
 
 #include "lagoon_stubs.h"
@@ -22,6 +23,7 @@
 #include "media_files.h"
 #include "subprocess.h"
 #include "testserver.h"
+#include "uploads.h"
 #include "videos.h"
 
 static char Dir[64]; /* inputs generated for the whole file */
@@ -794,6 +796,83 @@ static void test_job_visibility(void **state)
     list_free(r);
 }
 
+/* The whole path: Uploads/Create and one Send chunk of a real file, completion (probe, publish,
+ * media_enqueue in the completing write, media_kick), then the job to READY. */
+static void test_through_uploads(void **state)
+{
+    (void)state;
+    char path[128];
+    in_dir(path, sizeof(path), "av.mp4");
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    static uint8_t data[UPLOADS_CHUNK_PIECES * UPLOADS_PIECE_MAX];
+    size_t len = fread(data, 1, sizeof(data), f);
+    assert_true(feof(f) && len > 0);
+    fclose(f);
+
+    lagoon_v1_CreateUploadRequest r = lagoon_v1_CreateUploadRequest_init_zero;
+    r.kind = lagoon_v1_Upload_Kind_VIDEO;
+    r.size = len;
+    snprintf(r.content_type, sizeof(r.content_type), "video/mp4");
+    r.checksum_algorithm = lagoon_v1_Upload_Checksum_SHA256;
+    r.checksum.size = 32;
+    crypto_hash_sha256(r.checksum.bytes, data, len);
+    r.which_video = lagoon_v1_CreateUploadRequest_new_video_tag;
+    snprintf(r.video.new_video.title, sizeof(r.video.new_video.title), "Etude no. 2");
+    lagoon_v1_Upload u;
+    lagoon_set_token(C, ann_tok);
+    assert_int_equal(lagoon_Uploads_Create(C, &r, &u), LAGOON_OK);
+
+    lagoon_v1_UploadChunk m;
+    memset(&m, 0, sizeof(m));
+    m.upload_id = u.id;
+    size_t pieces = (len + UPLOADS_PIECE_MAX - 1) / UPLOADS_PIECE_MAX;
+    assert_true(pieces > 0 && pieces <= UPLOADS_CHUNK_PIECES);
+    m.data = calloc(pieces ? pieces : 1, sizeof(*m.data));
+    assert_non_null(m.data);
+    for (size_t i = 0; i < pieces; i++) {
+        size_t n = len - i * UPLOADS_PIECE_MAX < UPLOADS_PIECE_MAX ? len - i * UPLOADS_PIECE_MAX : UPLOADS_PIECE_MAX;
+        m.data[i] = malloc(PB_BYTES_ARRAY_T_ALLOCSIZE(n));
+        assert_non_null(m.data[i]);
+        m.data[i]->size = (pb_size_t)n;
+        memcpy(m.data[i]->bytes, data + i * UPLOADS_PIECE_MAX, n);
+    }
+    m.data_count = (pb_size_t)pieces;
+    m.sha256.size = 32;
+    crypto_hash_sha256(m.sha256.bytes, data, len);
+    lagoon_stream *st = NULL;
+    int rc = lagoon_Uploads_Send(C, &m, &st);
+    for (size_t i = 0; i < pieces; i++)
+        free(m.data[i]);
+    free(m.data);
+    assert_int_equal(rc, LAGOON_OK);
+    lagoon_v1_UploadAck ack;
+    memset(&ack, 0, sizeof(ack));
+    lagoon_stream_close_send(st);
+    /* One ack (complete), then the server ends the stream. */
+    lagoon_v1_UploadAck more;
+    for (int i = 0; i < 4 && lagoon_Uploads_Send_recv(st, &more) == 1; i++)
+        ack = more;
+    assert_int_equal(lagoon_stream_finish(st, NULL), LAGOON_OK);
+    assert_true(ack.complete);
+    assert_int_equal(ack.video_id, u.video_id);
+
+    wait_job(u.video_id, lagoon_v1_MediaJob_State_SUCCEEDED, 1);
+    read_video(u.video_id, &Vid);
+    assert_int_equal(Vid.status, lagoon_v1_Video_Status_READY);
+    assert_int_equal(Vid.upload_id, u.id);
+    assert_int_equal(Vid.media_files, MEDIA_FILE_ORIGINAL | MEDIA_FILE_THUMBNAIL | MEDIA_FILE_SD);
+    assert_string_equal(Vid.audio_codec, "aac");
+    char sd[MEDIA_PATH_MAX];
+    video_file(u.video_id, MEDIA_SD, sd, sizeof(sd));
+    media_probe_info info;
+    rpc_error err;
+    assert_int_equal(media_probe(&Probe_app, sd, &info, &err), RPC_OK);
+    assert_int_equal(info.height, 240);
+    assert_true(info.has_audio);
+    assert_true(notified(ann, lagoon_v1_Notification_Type_MEDIA_READY, u.video_id));
+}
+
 /* ---- setup ---------------------------------------------------------------------------------- */
 
 static void script(const char *name, const char *body)
@@ -868,6 +947,7 @@ int main(void)
         cmocka_unit_test(test_deleted_video_leaves_no_files),
         cmocka_unit_test(test_profile_image),
         cmocka_unit_test(test_job_visibility),
+        cmocka_unit_test(test_through_uploads),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

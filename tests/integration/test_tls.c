@@ -168,6 +168,21 @@ static void health_ok(lagoon_client *c)
     assert_int_equal(resp.status, lagoon_v1_HealthCheckResponse_ServingStatus_SERVING);
 }
 
+/* A reply of many TLS records (the schema passes 64 KiB), byte for byte. */
+static void schema_byte_for_byte(lagoon_client *c)
+{
+    lagoon_v1_GetSchemaRequest sreq = lagoon_v1_GetSchemaRequest_init_zero;
+    lagoon_v1_GetSchemaResponse sresp = lagoon_v1_GetSchemaResponse_init_zero;
+    lagoon_bytes set = {.max = lagoon_schema_max};
+    sresp.file_descriptor_set.funcs.decode = lagoon_bytes_decode;
+    sresp.file_descriptor_set.arg = &set;
+    assert_int_equal(lagoon_Reflection_GetSchema(c, &sreq, &sresp), LAGOON_OK);
+    assert_true(lagoon_schema_size > 65535);
+    assert_int_equal(set.len, lagoon_schema_size);
+    assert_memory_equal(set.data, lagoon_schema, lagoon_schema_size);
+    free(set.data);
+}
+
 static void expect_refused(int st, const lagoon_error *err, const char *why)
 {
     assert_int_equal(st, LAGOON_UNAVAILABLE);
@@ -197,17 +212,7 @@ static void good_handshake_and_calls(void **state)
             fail_msg("connect %s: %s", hosts[i], err.detail.message);
         health_ok(c);
         if (i == 0) {
-            /* A reply of many TLS records (the schema passes 64 KiB), byte for byte. */
-            lagoon_v1_GetSchemaRequest sreq = lagoon_v1_GetSchemaRequest_init_zero;
-            lagoon_v1_GetSchemaResponse sresp = lagoon_v1_GetSchemaResponse_init_zero;
-            lagoon_bytes set = {.max = lagoon_schema_max};
-            sresp.file_descriptor_set.funcs.decode = lagoon_bytes_decode;
-            sresp.file_descriptor_set.arg = &set;
-            assert_int_equal(lagoon_Reflection_GetSchema(c, &sreq, &sresp), LAGOON_OK);
-            assert_true(lagoon_schema_size > 65535);
-            assert_int_equal(set.len, lagoon_schema_size);
-            assert_memory_equal(set.data, lagoon_schema, lagoon_schema_size);
-            free(set.data);
+            schema_byte_for_byte(c);
             char token[65];
             assert_true(test_user(c, "tlsann", 0, token) != 0);
             uint64_t rtt;
@@ -385,6 +390,147 @@ static void plain_clients_closed_cleanly(void **state)
     lagoon_close(ok);
 }
 
+/* A new TLS connection is served: what a test did left the server working. */
+static void still_serves(void)
+{
+    lagoon_client *ok;
+    lagoon_error err;
+    assert_int_equal(tls_connect("127.0.0.1", "ca1", NULL, &ok, &err), LAGOON_OK);
+    health_ok(ok);
+    lagoon_close(ok);
+}
+
+/* ---- slow and stalled peers ------------------------------------------------------------------ */
+
+/* A real ClientHello (from a client SSL on memory BIOs) into buf; its length. */
+static size_t client_hello(uint8_t *buf, size_t cap)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    assert_non_null(ctx);
+    SSL *ssl = SSL_new(ctx);
+    assert_non_null(ssl);
+    BIO *rb = BIO_new(BIO_s_mem()), *wb = BIO_new(BIO_s_mem());
+    assert_true(rb != NULL && wb != NULL);
+    SSL_set_bio(ssl, rb, wb);
+    assert_true(SSL_connect(ssl) <= 0); /* it waits for the ServerHello: the hello is written */
+    char *p = NULL;
+    long n = BIO_get_mem_data(wb, &p);
+    assert_true(n > 100 && (size_t)n <= cap);
+    memcpy(buf, p, (size_t)n);
+    SSL_free(ssl);
+    SSL_CTX_free(ctx);
+    return (size_t)n;
+}
+
+/* 1 if the server has closed fd (EOF or a reset), 0 if it is still open. */
+static int peer_closed(int fd)
+{
+    uint8_t b[256];
+    ssize_t n = recv(fd, b, sizeof(b), MSG_DONTWAIT);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK);
+}
+
+/* A ClientHello trickled a byte at a time: bytes arriving do not extend the handshake
+ * timeout, so the server closes the connection long before the hello is whole (a byte per
+ * 40 ms makes it some 10 s; the timeout is HANDSHAKE_MS). */
+static void trickled_client_hello_closed(void **state)
+{
+    (void)state;
+    static uint8_t hello[4096];
+    size_t n = client_hello(hello, sizeof(hello));
+    int fd = raw_connect(T->srv.port, 0);
+    size_t sent = 0;
+    int closed = 0;
+    while (sent < n && !closed) {
+        if (send(fd, hello + sent, 1, MSG_NOSIGNAL) != 1) {
+            closed = 1;
+            break;
+        }
+        sent++;
+        struct pollfd none = {-1, 0, 0};
+        poll(&none, 0, 40);
+        closed = peer_closed(fd);
+    }
+    if (!closed)
+        fail_msg("the server waited for all %zu bytes of a trickled ClientHello", n);
+    close(fd);
+    still_serves();
+}
+
+static void tweak_small_output(app_config *acfg, rpc_config *cfg)
+{
+    tweak(acfg, cfg);
+    cfg->max_frame_size = 65536;
+    cfg->max_output_buffer = 256 * 1024;
+}
+
+static int setup_small_output(void **state)
+{
+    (void)state;
+    install_pair("server");
+    T = test_app_new(tweak_small_output);
+    return 0;
+}
+
+static int no_connections(void *arg)
+{
+    (void)arg;
+    return rpc_server_connections(T->srv.server) == 0;
+}
+
+/* SSL_write of all len bytes (a blocking socket, bounded by its send timeout); 0 on failure. */
+static int ssl_write_all(SSL *ssl, const void *buf, size_t len)
+{
+    const uint8_t *p = buf;
+    while (len > 0) {
+        int w = SSL_write(ssl, p, (int)len);
+        if (w <= 0)
+            return 0;
+        p += w;
+        len -= (size_t)w;
+    }
+    return 1;
+}
+
+/* A TLS client that sends and never reads: the output cap (max-output-buffer) still holds
+ * through the OpenSSL bufferevent, and the server cuts the connection instead of buffering
+ * the 32 MB of echoes. */
+static void tls_slow_reader_cut_off(void **state)
+{
+    (void)state;
+    int fd = raw_connect_small(T->srv.port, 0, 4096);
+    struct timeval tv = {5, 0};
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    assert_non_null(ctx);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL); /* the chain is not under test here */
+    SSL *ssl = SSL_new(ctx);
+    assert_non_null(ssl);
+    SSL_set_fd(ssl, fd);
+    assert_int_equal(SSL_connect(ssl), 1);
+    assert_int_equal(ssl_write_all(ssl, WIRE_PREFACE, WIRE_PREFACE_LEN), 1);
+    lagoon_v1_EchoRequest req = lagoon_v1_EchoRequest_init_zero;
+    req.payload.size = 16384;
+    memset(req.payload.bytes, 'z', 16384);
+    static uint8_t frame[WIRE_HEADER_SIZE + 17000];
+    long n = wire_encode(&lagoon_v1_EchoRequest_info, &req, frame + WIRE_HEADER_SIZE, 17000, NULL);
+    assert_true(n > 16384);
+    assert_int_equal(wire_header_encode(frame, WIRE_REQUEST, 0, 1, lagoon_method_Debug_EchoChat.id, 0, (size_t)n), 0);
+    assert_int_equal(ssl_write_all(ssl, frame, WIRE_HEADER_SIZE + (size_t)n), 1);
+    assert_int_equal(wire_header_encode(frame, WIRE_MESSAGE, 0, 1, 0, 0, (size_t)n), 0);
+    int i = 0;
+    for (; i < 2000 && !no_connections(NULL); i++)
+        if (!ssl_write_all(ssl, frame, WIRE_HEADER_SIZE + (size_t)n))
+            break; /* cut off */
+    assert_true(i < 2000);
+    assert_true(test_wait_for(no_connections, NULL, WAIT_MS));
+    SSL_free(ssl);
+    SSL_CTX_free(ctx);
+    close(fd);
+    still_serves();
+}
+
 /* ---- reload -------------------------------------------------------------------------------- */
 
 static int new_pair_served(void *arg)
@@ -433,13 +579,22 @@ static void reload_keeps_connections(void **state)
 typedef struct counting {
     lagoon_transport inner; /* the built-in TLS, standing in for a platform's */
     size_t bytes_read, bytes_written;
+    unsigned reads, writes, wants;
     int closed;
+    /* Takes what the contract allows to the extreme: every other write says WANT_WRITE and
+     * writes nothing, the others take one byte (so each byte is a TLS record of its own: the
+     * server reassembles frames split across records); reads hand out at most CHOP_READ_MAX
+     * bytes (the rest of a record stays in OpenSSL: the client must read before it polls). */
+    int chop;
 } counting;
+
+#define CHOP_READ_MAX 3
 
 static long counting_read(void *arg, void *buf, size_t len)
 {
     counting *k = arg;
-    long n = k->inner.read(k->inner.arg, buf, len);
+    k->reads++;
+    long n = k->inner.read(k->inner.arg, buf, k->chop && len > CHOP_READ_MAX ? CHOP_READ_MAX : len);
     if (n > 0)
         k->bytes_read += (size_t)n;
     return n;
@@ -448,7 +603,11 @@ static long counting_read(void *arg, void *buf, size_t len)
 static long counting_write(void *arg, const void *buf, size_t len)
 {
     counting *k = arg;
-    long n = k->inner.write(k->inner.arg, buf, len);
+    if (k->chop && k->writes++ % 2 == 0) {
+        k->wants++;
+        return LAGOON_IO_WANT_WRITE; /* the socket is writable: the client's poll returns at once */
+    }
+    long n = k->inner.write(k->inner.arg, buf, k->chop && len > 1 ? 1 : len);
     if (n > 0)
         k->bytes_written += (size_t)n;
     return n;
@@ -458,7 +617,7 @@ static void counting_close(void *arg)
 {
     counting *k = arg;
     k->inner.close(k->inner.arg);
-    k->closed = 1;
+    k->closed++;
 }
 
 static int counting_open(void *open_arg, int fd, const char *host, uint32_t timeout_ms, lagoon_transport *t, char *err,
@@ -475,19 +634,43 @@ static int counting_open(void *open_arg, int fd, const char *host, uint32_t time
     return LAGOON_OK;
 }
 
+/* A client on the transport k. */
+static lagoon_client *counting_connect(counting *k)
+{
+    lagoon_options o = {0};
+    o.transport_open = counting_open;
+    o.transport_arg = k;
+    lagoon_client *c;
+    lagoon_error err;
+    if (lagoon_connect("127.0.0.1", T->srv.port, &o, &c, &err) != LAGOON_OK)
+        fail_msg("connect: %s", err.detail.message);
+    return c;
+}
+
 static void transport_hook(void **state)
 {
     (void)state;
     counting k = {0};
-    lagoon_options o = {0};
-    o.transport_open = counting_open;
-    o.transport_arg = &k;
-    lagoon_client *c;
-    lagoon_error err;
-    assert_int_equal(lagoon_connect("127.0.0.1", T->srv.port, &o, &c, &err), LAGOON_OK);
+    lagoon_client *c = counting_connect(&k);
     health_ok(c);
     assert_true(k.bytes_written >= WIRE_PREFACE_LEN + WIRE_HEADER_SIZE);
     assert_true(k.bytes_read > WIRE_HEADER_SIZE);
+    lagoon_close(c);
+    assert_int_equal(k.closed, 1);
+}
+
+static void transport_partial_io(void **state)
+{
+    (void)state;
+    counting k = {.chop = 1};
+    lagoon_client *c = counting_connect(&k);
+    health_ok(c);
+    char token[65];
+    assert_true(test_user(c, "choppy", 0, token) != 0);
+    /* A reply of many records, handed out three bytes at a time. */
+    schema_byte_for_byte(c);
+    assert_true(k.wants > 10);
+    assert_true(k.reads > lagoon_schema_size / CHOP_READ_MAX);
     lagoon_close(c);
     assert_int_equal(k.closed, 1);
 }
@@ -723,6 +906,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(handshake_policy, setup_server, teardown),
         cmocka_unit_test_setup_teardown(plain_clients_closed_cleanly, setup_server, teardown),
         cmocka_unit_test_setup_teardown(transport_hook, setup_server, teardown),
+        cmocka_unit_test_setup_teardown(transport_partial_io, setup_server, teardown),
+        cmocka_unit_test_setup_teardown(trickled_client_hello_closed, setup_server, teardown),
+        cmocka_unit_test_setup_teardown(tls_slow_reader_cut_off, setup_small_output, teardown),
         cmocka_unit_test_setup_teardown(async_client_tls, setup_server, teardown),
         cmocka_unit_test_setup_teardown(lagoonctl_tls, setup_server, teardown),
         cmocka_unit_test_setup_teardown(reload_keeps_connections, setup_server, teardown),

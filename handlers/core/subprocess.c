@@ -1,6 +1,6 @@
 /* subprocess: a bounded child process (subprocess.h).
  *
- * fork + execvp rather than posix_spawn because the limits (setrlimit) and the closing of every
+ * fork + execv rather than posix_spawn because the limits (setrlimit) and the closing of every
  * inherited descriptor must happen in the child between the two; posix_spawn can do neither.
  * The server is multi-threaded, so the child calls only async-signal-safe functions before exec
  * (everything it needs is prepared by the parent). An exec failure is reported back through a
@@ -14,6 +14,7 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/types.h>
@@ -29,6 +30,8 @@
 #define SUBPROCESS_KILL_GRACE_MS 5000
 /* How often the parent looks whether a child that closed its pipes has ended (only then). */
 #define SUBPROCESS_WAIT_NAP_MS 10
+/* Longest program path a run resolves (argv[0], or a PATH entry and it). */
+#define SUBPROCESS_PATH_MAX 4096
 /* Read size from the child's pipes. */
 #define SUBPROCESS_READ_CHUNK 4096
 
@@ -44,9 +47,46 @@ static int cancelled(const subprocess_limits *lim)
     return lim->cancel && atomic_load(lim->cancel);
 }
 
+/* execvp's search, done in the parent: execvp may allocate, which a child of a threaded
+ * process must not (another thread may have held the allocator's lock at the fork). A name
+ * with a '/' is used as it is; otherwise the first executable PATH entry (PATH unset:
+ * /usr/bin:/bin). 0, or -1 with errno. */
+static int find_program(const char *name, char *out, size_t cap)
+{
+    if (strchr(name, '/')) {
+        if (strlen(name) >= cap) {
+            errno = ENAMETOOLONG;
+            return -1;
+        }
+        memcpy(out, name, strlen(name) + 1);
+        return 0;
+    }
+    const char *paths = getenv("PATH");
+    if (paths == NULL || *paths == '\0')
+        paths = "/usr/bin:/bin";
+    int saved = ENOENT;
+    for (const char *p = paths;;) {
+        const char *colon = strchr(p, ':');
+        size_t dlen = colon ? (size_t)(colon - p) : strlen(p);
+        /* An empty entry is the current directory, as execvp reads it. */
+        int n = dlen ? snprintf(out, cap, "%.*s/%s", (int)dlen, p, name) : snprintf(out, cap, "%s", name);
+        if (n >= 0 && (size_t)n < cap) {
+            if (access(out, X_OK) == 0)
+                return 0;
+            if (errno == EACCES)
+                saved = EACCES;
+        }
+        if (!colon)
+            break;
+        p = colon + 1;
+    }
+    errno = saved;
+    return -1;
+}
+
 /* The child's side, between fork and exec: only async-signal-safe calls. Never returns. */
-static void child_exec(const char *const argv[], const subprocess_limits *lim, int devnull, int out_w, int err_w,
-                       int exec_w, unsigned max_fd)
+static void child_exec(const char *path, const char *const argv[], const subprocess_limits *lim, int devnull,
+                       int out_w, int err_w, int exec_w, unsigned max_fd)
 {
     int e;
     (void)setpgid(0, 0);
@@ -89,7 +129,7 @@ static void child_exec(const char *const argv[], const subprocess_limits *lim, i
         if (setrlimit(RLIMIT_FSIZE, &rl) != 0)
             goto fail;
     }
-    execvp(argv[0], (char *const *)argv);
+    execv(path, (char *const *)argv);
 fail:
     e = errno;
     (void)!write(3, &e, sizeof(e));
@@ -175,6 +215,11 @@ int subprocess_run(const char *const argv[], const subprocess_limits *lim, const
         snprintf(err->message, sizeof(err->message), "%s: %s", tag, argc ? "too many arguments" : "no program");
         return RPC_ERR;
     }
+    char path[SUBPROCESS_PATH_MAX];
+    if (find_program(argv[0], path, sizeof(path)) != 0) {
+        snprintf(err->message, sizeof(err->message), "%s: cannot run %s: %s", tag, argv[0], strerror(errno));
+        return RPC_ERR;
+    }
     struct rlimit nofile;
     unsigned max_fd = 1024;
     if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur != RLIM_INFINITY && nofile.rlim_cur < 1048576)
@@ -190,7 +235,7 @@ int subprocess_run(const char *const argv[], const subprocess_limits *lim, const
     }
     pid_t pid = fork();
     if (pid == 0)
-        child_exec(argv, lim, devnull, outp[1], errp[1], execp[1], max_fd);
+        child_exec(path, argv, lim, devnull, outp[1], errp[1], execp[1], max_fd);
     int fork_errno = errno;
     close_fd(&devnull);
     close_fd(&outp[1]), close_fd(&errp[1]), close_fd(&execp[1]);

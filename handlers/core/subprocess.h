@@ -1,7 +1,7 @@
 /* subprocess: runs a tool (ffmpeg, ffprobe) as a child process, bounded.
  *
- * The child gets argv as given (execvp: argv[0] is a path or a name found in PATH, never a
- * shell), stdin from /dev/null, resource limits (address space, CPU seconds, file size, no core
+ * The child gets argv as given (argv[0] is a path, or a name looked up in PATH as execvp
+ * would, by the parent; never a shell), stdin from /dev/null, resource limits (address space, CPU seconds, file size, no core
  * dumps) set before exec, and its own process group, which is killed (SIGKILL) when the
  * wall-clock limit passes. Its stdout is captured into the caller's buffer (the rest drained and
  * dropped); its stderr goes to the log a line at a time, tagged, cut at SUBPROCESS_LOG_LINE_MAX.

@@ -169,6 +169,13 @@ static void test_subprocess_cannot_start(void **state)
     rpc_error err = {{0}};
     assert_int_equal(subprocess_run(argv, &lim, "test", NULL, 0, &res, &err), RPC_ERR);
     assert_non_null(strstr(err.message, "cannot run /nonexistent/tool"));
+    /* A name is looked up in PATH: found ("sh"), or not. */
+    const char *found[] = {"sh", "-c", "exit 0", NULL};
+    assert_int_equal(subprocess_run(found, &lim, "test", NULL, 0, &res, &err), RPC_OK);
+    assert_true(res.exited && res.exit_code == 0);
+    const char *absent[] = {"lagoon-no-such-tool", NULL};
+    assert_int_equal(subprocess_run(absent, &lim, "test", NULL, 0, &res, &err), RPC_ERR);
+    assert_non_null(strstr(err.message, "cannot run lagoon-no-such-tool"));
     /* Too many arguments. */
     const char *many[SUBPROCESS_ARGS_MAX + 1];
     for (size_t i = 0; i < SUBPROCESS_ARGS_MAX; i++)

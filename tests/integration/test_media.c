@@ -271,14 +271,16 @@ static lagoon_client *C;
 /* ann uploads; bob has ann's videos shared with him; root administers. */
 static uint64_t ann, bob, root;
 static char ann_tok[65], bob_tok[65], root_tok[65];
-/* The ffmpeg the next (re)start uses: "" = the real one. */
+/* The ffmpeg the next (re)start uses: "" = the real one; and its time limit (0: the default). */
 static char Ffmpeg[128];
+static uint32_t Timeout_s;
 
 static void tweak(app_config *acfg, rpc_config *cfg)
 {
     test_tweak_shared(acfg, cfg);
     acfg->media_workers = 1; /* jobs run one after another, in queue order */
     APP_STRCPY(acfg->ffmpeg, Ffmpeg);
+    acfg->media_job_timeout_s = Timeout_s;
 }
 
 static void use_ffmpeg(const char *script)
@@ -617,6 +619,20 @@ static void test_retried_then_error(void **state)
     use_ffmpeg(NULL);
 }
 
+static void test_time_limit(void **state)
+{
+    (void)state;
+    /* An ffmpeg that would run for a minute, under a 1 s limit: killed, the attempt failed and
+     * queued again. */
+    Timeout_s = 1;
+    use_ffmpeg("ffmpeg-sleeps");
+    uint64_t id = queue_video("small-silent.mp4");
+    lagoon_v1_MediaJob j = wait_job(id, lagoon_v1_MediaJob_State_QUEUED, 1);
+    assert_non_null(strstr(j.last_error, "took longer than 1 s"));
+    Timeout_s = 0;
+    use_ffmpeg(NULL);
+}
+
 /* A RUNNING job row as a crash leaves it: written by the test while the one worker is busy. */
 static int mark_running_fn(store_txn *t, void *arg, store_error *err)
 {
@@ -911,6 +927,7 @@ static int setup(void **state)
     sh("ffmpeg -nostdin -v error -f lavfi -i testsrc=size=64x64 -frames:v 1 -f image2 %s/still.png", Dir);
     sh("ffmpeg -nostdin -v error -f lavfi -i testsrc=size=300x200 -frames:v 1 -f image2 %s/wide.png", Dir);
     sh("echo 'not a video' > %s/text.txt", Dir);
+    script("ffmpeg-sleeps", "exec sleep 60");
     script("ffmpeg-fails", "echo 'stand-in ffmpeg: failing on purpose' >&2\nexit 1");
     char hold[512];
     snprintf(hold, sizeof(hold),
@@ -950,6 +967,7 @@ int main(void)
         cmocka_unit_test(test_small_without_audio),
         cmocka_unit_test(test_not_a_video),
         cmocka_unit_test(test_retried_then_error),
+        cmocka_unit_test(test_time_limit),
         cmocka_unit_test(test_restart_requeues),
         cmocka_unit_test(test_deleted_video_leaves_no_files),
         cmocka_unit_test(test_profile_image),

@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -73,6 +74,12 @@ static void claim_cb(evutil_socket_t fd, short what, void *arg)
     for (unsigned i = 0; i < l->npending; i++) {
         void *evcon = NULL;
         bufferevent_getcb(l->pending[i], NULL, NULL, NULL, &evcon);
+        /* An answer is written whole (its head, then its body by sendfile): Nagle would hold its
+         * last segment for the client's delayed ACK, 40 ms per answer on Linux. */
+        evutil_socket_t s = bufferevent_getfd(l->pending[i]);
+        int one = 1;
+        if (s >= 0)
+            (void)setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         if (evcon != NULL)
             evhttp_connection_set_closecb(evcon, closed_cb, l);
         else

@@ -320,7 +320,8 @@ static struct bufferevent *async_bev(lagoon_async *c, int fd, const char *host, 
     struct bufferevent *bev =
         bufferevent_openssl_socket_new(c->base, fd, ssl, BUFFEREVENT_SSL_CONNECTING, BEV_OPT_CLOSE_ON_FREE);
     if (bev == NULL) {
-        SSL_free(ssl);
+        /* No SSL_free: with BEV_OPT_CLOSE_ON_FREE, libevent (2.1.9 and later) frees the SSL
+         * itself when it fails to make the bufferevent. */
         if (err)
             snprintf(err, errlen, "TLS: out of memory");
         return NULL;

@@ -73,6 +73,10 @@ static int group_setup(void **state)
     make_cert("expired", "ca1", "DNS:localhost,IP:127.0.0.1", -1);
     make_cert("other", "ca1", "DNS:other.example", 2);
     make_cert("server2", "ca2", "DNS:localhost,IP:127.0.0.1", 2);
+    /* A self-signed server certificate, as a quick test deployment would make. */
+    run("cd %s && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout self.key "
+        "-out self.pem -days 2 -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 2>/dev/null",
+        dir);
     return 0;
 }
 
@@ -118,6 +122,12 @@ static int setup_server(void **state)
 static int setup_expired(void **state)
 {
     cert_name = "expired";
+    return setup(state);
+}
+
+static int setup_self_signed(void **state)
+{
+    cert_name = "self";
     return setup(state);
 }
 
@@ -775,6 +785,33 @@ static void lagoonctl_tls(void **state)
     assert_int_equal(lagoonctl("call lagoon.v1.Health/Check", out, sizeof(out)), 64 + LAGOON_UNAVAILABLE);
 }
 
+/* Verification is on by default: a self-signed server is refused by the library without a CA
+ * file and by lagoonctl --tls without --cacert (both then check against the system's CAs),
+ * and served once its certificate is given as the CA. */
+static void self_signed_refused_by_default(void **state)
+{
+    (void)state;
+    lagoon_options o = {0};
+    o.tls = 1;
+    lagoon_client *c = NULL;
+    lagoon_error err;
+    expect_refused(lagoon_connect("127.0.0.1", T->srv.port, &o, &c, &err), &err, "self-signed certificate");
+    assert_null(c);
+    char out[4096], args[256], ctl_err[1024], path[128];
+    assert_int_equal(lagoonctl("--tls call lagoon.v1.Health/Check", out, sizeof(out)), 64 + LAGOON_UNAVAILABLE);
+    snprintf(path, sizeof(path), "%s/ctl.err", dir);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    size_t n = fread(ctl_err, 1, sizeof(ctl_err) - 1, f);
+    ctl_err[n] = '\0';
+    fclose(f);
+    if (strstr(ctl_err, "self-signed certificate") == NULL)
+        fail_msg("lagoonctl --tls said: %s", ctl_err);
+    snprintf(args, sizeof(args), "--cacert %s/self.pem call lagoon.v1.Health/Check", dir);
+    assert_int_equal(lagoonctl(args, out, sizeof(out)), 0);
+    assert_non_null(strstr(out, "SERVING"));
+}
+
 /* ---- the real lagoond ---------------------------------------------------------------------- */
 
 typedef struct daemon_log {
@@ -913,6 +950,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(lagoonctl_tls, setup_server, teardown),
         cmocka_unit_test_setup_teardown(reload_keeps_connections, setup_server, teardown),
         cmocka_unit_test_setup_teardown(expired_certificate_refused, setup_expired, teardown),
+        cmocka_unit_test_setup_teardown(self_signed_refused_by_default, setup_self_signed, teardown),
         cmocka_unit_test_setup_teardown(another_hosts_certificate_refused, setup_other, teardown),
     };
     return cmocka_run_group_tests_name("tls", tests, group_setup, group_teardown);

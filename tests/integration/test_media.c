@@ -735,6 +735,64 @@ static void list_free(lagoon_v1_ListMediaJobsResponse *r)
     free(r);
 }
 
+/* A new upload of the video: its upload_id moves and its job is queued again, in one write
+ * (as Uploads' completion does). */
+static int reupload_fn(store_txn *t, void *arg, store_error *err)
+{
+    put_args *p = arg;
+    lagoon_v1_Video *v = calloc(1, sizeof(*v));
+    if (v == NULL)
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    int st = store_get(t, &lagoon_table_videos, p->video_id, v, err);
+    if (st == LAGOON_OK) {
+        v->upload_id = p->upload_id;
+        st = store_update(t, &lagoon_table_videos, v, err);
+    }
+    free(v);
+    return st == LAGOON_OK ? enqueue_fn(t, p, err) : st;
+}
+
+static void test_reupload_during_run(void **state)
+{
+    (void)state;
+    char flag[128], held[128];
+    in_dir(flag, sizeof(flag), "go");
+    in_dir(held, sizeof(held), "held");
+    (void)unlink(flag);
+    (void)unlink(held);
+    use_ffmpeg("ffmpeg-holds");
+    uint64_t id = queue_video("small-silent.mp4");
+    lagoon_v1_MediaJob first = wait_job(id, lagoon_v1_MediaJob_State_RUNNING, 1);
+    assert_true(test_wait_for(file_exists, held, 30000));
+    /* A newer file arrives while the old one is being processed: the job stays RUNNING (two
+     * runs never write the same files), and when the old run ends it is queued again. */
+    char path[MEDIA_PATH_MAX];
+    video_file(id, MEDIA_ORIGINAL, path, sizeof(path));
+    put_original(path, "av.mp4");
+    put_args p = {.a = T->app, .now = T->clock_ms, .owner = ann, .video_id = id, .upload_id = 7777,
+                  .kind = MEDIA_JOB_VIDEO};
+    store_error err;
+    assert_int_equal(store_write(T->app->db, reupload_fn, &p, &err), LAGOON_OK);
+    lagoon_v1_MediaJob j;
+    assert_int_equal(get_job(id, &j), LAGOON_OK);
+    assert_int_equal(j.state, lagoon_v1_MediaJob_State_RUNNING);
+    assert_int_equal(j.generation, first.generation + 1);
+    assert_int_equal(j.upload_id, 7777);
+    sh("touch %s", flag);
+    j = wait_job(id, lagoon_v1_MediaJob_State_SUCCEEDED, 1); /* the new file's run */
+    assert_int_equal(j.generation, first.generation + 1);
+    read_video(id, &Vid);
+    assert_int_equal(Vid.status, lagoon_v1_Video_Status_READY);
+    assert_string_equal(Vid.audio_codec, "aac"); /* av.mp4's, not small-silent's */
+    char sd[MEDIA_PATH_MAX];
+    video_file(id, MEDIA_SD, sd, sizeof(sd));
+    media_probe_info info;
+    rpc_error perr;
+    assert_int_equal(media_probe(&Probe_app, sd, &info, &perr), RPC_OK);
+    assert_true(info.has_audio);
+    use_ffmpeg(NULL);
+}
+
 static int profile_done(void *arg)
 {
     lagoon_v1_ListMediaJobsResponse *r = arg;
@@ -970,6 +1028,7 @@ int main(void)
         cmocka_unit_test(test_time_limit),
         cmocka_unit_test(test_restart_requeues),
         cmocka_unit_test(test_deleted_video_leaves_no_files),
+        cmocka_unit_test(test_reupload_during_run),
         cmocka_unit_test(test_profile_image),
         cmocka_unit_test(test_job_visibility),
         cmocka_unit_test(test_through_uploads),

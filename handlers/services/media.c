@@ -437,6 +437,7 @@ typedef struct run_outcome {
     media_probe_info info;        /* VIDEO: the source */
     uint32_t files;               /* MEDIA_FILE_* published (besides the original) */
     uint64_t bytes;               /* of the original and the published outputs */
+    uint64_t original_bytes;      /* VIDEO: of the original alone */
     int published;                /* outputs were put under their final names */
     int discarded;                /* the job changed during the run: nothing was published */
 } run_outcome;
@@ -623,6 +624,8 @@ static void run_video(media_state *s, const lagoon_v1_MediaJob *j, run_outcome *
             return;
         }
     }
+    struct stat sb;
+    o->original_bytes = stat(original, &sb) == 0 ? (uint64_t)sb.st_size : 0;
     if (run_probe(s, original, "a video", o) != RUN_OK)
         return;
     const media_probe_info *info = &o->info;
@@ -723,7 +726,7 @@ static void run_profile(media_state *s, const lagoon_v1_MediaJob *j, run_outcome
 /* What the worker does with the files once the finishing write has committed. */
 enum finish_after {
     AFTER_NONE = 0,
-    AFTER_DISCARD,        /* the job changed during the run: remove what it published */
+    AFTER_DISCARD,        /* remove the outputs: the job changed during the run, or failed for good */
     AFTER_REMOVE_VIDEO,   /* the video is gone: its whole directory */
     AFTER_REMOVE_PROFILE, /* the user is gone: the profile images */
 };
@@ -848,7 +851,13 @@ static int finish_video(store_txn *t, finish_args *f, lagoon_v1_MediaJob *j, sto
         v->error_reason[0] = '\0';
         f->drop_hd = !(o->files & MEDIA_FILE_HD);
     } else if (failed) {
+        /* Only the original stays: outputs of an earlier upload, or of a failed attempt that
+         * got as far as publishing some, are not of this file. */
         v->status = lagoon_v1_Video_Status_ERROR;
+        v->media_files &= ~(MEDIA_FILE_THUMBNAIL | MEDIA_FILE_SD | MEDIA_FILE_HD);
+        if (o->original_bytes)
+            v->media_bytes = o->original_bytes;
+        f->after = AFTER_DISCARD;
         if (o->status == RUN_RETRY)
             snprintf(v->error_reason, sizeof(v->error_reason), "processing failed %u times; the last time: %s",
                      (unsigned)j->attempts, o->reason);

@@ -586,6 +586,9 @@ static void test_not_a_video(void **state)
         assert_int_equal(Vid.status, lagoon_v1_Video_Status_ERROR);
         assert_non_null(strstr(Vid.error_reason, cases[i].reason));
         assert_int_equal(Vid.media_files, MEDIA_FILE_ORIGINAL);
+        char orig[MEDIA_PATH_MAX];
+        video_file(id, MEDIA_ORIGINAL, orig, sizeof(orig));
+        assert_int_equal(Vid.media_bytes, file_size(orig));
         assert_true(notified(ann, lagoon_v1_Notification_Type_MEDIA_FAILED, id));
         assert_true(notified(bob, lagoon_v1_Notification_Type_MEDIA_FAILED, id));
         assert_false(notified(ann, lagoon_v1_Notification_Type_MEDIA_READY, id));

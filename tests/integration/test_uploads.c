@@ -771,7 +771,7 @@ static void test_sigkill_resumes(void **state)
 
 static void make_media(void)
 {
-    snprintf(media_dir, sizeof(media_dir), "/tmp/lagoon-media-XXXXXX");
+    snprintf(media_dir, sizeof(media_dir), "/tmp/lagoon-upfiles-XXXXXX");
     if (mkdtemp(media_dir) == NULL)
         abort();
     char cmd[1024];

@@ -13,8 +13,9 @@
  * File work never runs on a loop thread: a stream's chunks are handed to the work lane
  * (rpc_call_defer), one job at a time per stream, which drains them in order. Two streams of
  * the same upload (a reconnect while the old connection's last chunk is still being written)
- * take turns per chunk (writing[] below); the offset check in the commit decides which chunk
- * counts.
+ * take turns (writing[] below): the one that finds the upload busy is told to retry, and the
+ * holder reads the committed offset only once it holds it, so the file is never cut back below
+ * what another stream committed.
  *
  * Completion, when the committed offset reaches the size, on the lane: the whole file's digest
  * (the stream hashes as it goes when it saw the file from byte 0; a resumed upload's file is
@@ -833,16 +834,12 @@ static void batch_failed(chunk_result *r, size_t n, int status)
     r[0].status = status;
 }
 
-/* Writes the chunks cs[0..n) of stream ss that arrived together and commits them (lane thread,
- * no lock held): the good ones up to the first refused share one fsync and one commit (a
- * group commit: the disk's flush, not the bytes, is what a chunk costs), then each gets its
- * ack. Fills r[i] for each (the first refusal ends the stream; nothing after it is looked at). */
-static void batch_run(send_stream *ss, send_chunk *const *cs, size_t n, chunk_result *r)
+/* batch_run's work, with the upload's writing claimed: the offset read here cannot move until
+ * the claim is released, since only its holder writes the file or commits an offset. */
+static void batch_claimed(send_stream *ss, send_chunk *const *cs, size_t n, chunk_result *r)
 {
     rpc_call *call = ss->call;
     app *a = ss->a;
-    for (size_t i = 0; i < n; i++)
-        r[i].ack.upload_id = cs[i]->upload_id;
     lagoon_v1_Upload u;
     store_txn *t;
     store_error err;
@@ -883,14 +880,6 @@ static void batch_run(send_stream *ss, send_chunk *const *cs, size_t n, chunk_re
         batch_failed(r, n, rpc_call_error(call, LAGOON_INTERNAL, "internal error"));
         return;
     }
-    if (!writing_claim(a, u.id)) {
-        rpc_call_retry_after(call, UPLOADS_BUSY_RETRY_MS);
-        batch_failed(r, n,
-                     rpc_call_error(call, LAGOON_RESOURCE_EXHAUSTED,
-                                    "another Send of this upload is writing a chunk (a dropped connection's last): "
-                                    "retry, from the offset Status gives"));
-        return;
-    }
     uint64_t from = u.offset;
     st = chunks_write(call, path, from, cs, k);
     if (st == LAGOON_OK) {
@@ -908,7 +897,6 @@ static void batch_run(send_stream *ss, send_chunk *const *cs, size_t n, chunk_re
             st = app_store_error(call, st, &err);
         }
     }
-    writing_release(a, u.id);
     if (st != LAGOON_OK) {
         batch_failed(r, n, st);
         return;
@@ -931,6 +919,30 @@ static void batch_run(send_stream *ss, send_chunk *const *cs, size_t n, chunk_re
     }
     if (u.offset == u.size) /* (the checks stopped there: nothing after it was refused) */
         r[k - 1].status = complete_upload(ss, &u, &r[k - 1]);
+}
+
+/* Writes the chunks cs[0..n) of stream ss that arrived together and commits them (lane thread,
+ * no lock held): the good ones up to the first refused share one fsync and one commit (a
+ * group commit: the disk's flush, not the bytes, is what a chunk costs), then each gets its
+ * ack; the last byte's completes the upload. Fills r[i] for each (the first refusal ends the
+ * stream; nothing after it is looked at). One stream at a time works on an upload (writing[]):
+ * another stream of it (a reconnect while the old connection's last batch is still being
+ * written) is told to retry. */
+static void batch_run(send_stream *ss, send_chunk *const *cs, size_t n, chunk_result *r)
+{
+    for (size_t i = 0; i < n; i++)
+        r[i].ack.upload_id = cs[i]->upload_id;
+    uint64_t id = cs[0]->upload_id;
+    if (!writing_claim(ss->a, id)) {
+        rpc_call_retry_after(ss->call, UPLOADS_BUSY_RETRY_MS);
+        batch_failed(r, n,
+                     rpc_call_error(ss->call, LAGOON_RESOURCE_EXHAUSTED,
+                                    "another Send of this upload is writing a chunk (a dropped connection's last): "
+                                    "retry, from the offset Status gives"));
+        return;
+    }
+    batch_claimed(ss, cs, n, r);
+    writing_release(ss->a, id);
 }
 
 /* ---- completion ---- */

@@ -7,8 +7,10 @@
  * caller's own, the asynchronous client, and lagoonctl --tls. */
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -584,6 +586,61 @@ static void reload_keeps_connections(void **state)
     lagoon_close(before);
 }
 
+/* Connections made on another thread while the pair is reloaded again and again, until the
+ * last one is done: every one is served (an SSL taken from the context at the moment of a
+ * swap keeps it alive; ASan checks the references). Bounded: RELOAD_CONNECTS connections,
+ * at most RELOAD_ROUNDS reloads. */
+#define RELOAD_ROUNDS 5000
+#define RELOAD_CONNECTS 40
+
+typedef struct connector {
+    atomic_int done;
+    int ok, failed;
+    char why[sizeof(((lagoon_v1_ResponseMeta *)0)->message)];
+} connector;
+
+static void *connect_loop(void *arg)
+{
+    connector *k = arg;
+    for (int i = 0; i < RELOAD_CONNECTS; i++) {
+        lagoon_client *c;
+        lagoon_error err;
+        if (tls_connect("127.0.0.1", "ca1", NULL, &c, &err) != LAGOON_OK) {
+            k->failed++;
+            snprintf(k->why, sizeof(k->why), "%s", err.detail.message);
+            continue;
+        }
+        lagoon_v1_HealthCheckRequest req = lagoon_v1_HealthCheckRequest_init_zero;
+        lagoon_v1_HealthCheckResponse resp = lagoon_v1_HealthCheckResponse_init_zero;
+        if (lagoon_Health_Check(c, &req, &resp) == LAGOON_OK)
+            k->ok++;
+        else
+            k->failed++;
+        lagoon_close(c);
+    }
+    atomic_store(&k->done, 1);
+    return NULL;
+}
+
+static void reload_during_accepts(void **state)
+{
+    (void)state;
+    connector k = {0};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, connect_loop, &k), 0);
+    int reloads = 0;
+    for (; reloads < RELOAD_ROUNDS && !atomic_load(&k.done); reloads++) {
+        rpc_error rerr;
+        if (rpc_server_reload_tls(T->srv.server, &rerr) != RPC_OK)
+            fail_msg("reload %d: %s", reloads, rerr.message);
+    }
+    assert_int_equal(pthread_join(th, NULL), 0);
+    if (k.failed)
+        fail_msg("%d of %d connections failed during reloads: %s", k.failed, RELOAD_CONNECTS, k.why);
+    assert_int_equal(k.ok, RELOAD_CONNECTS);
+    assert_true(reloads > 1); /* the connections did overlap reloads */
+}
+
 /* ---- a transport of the caller's own ------------------------------------------------------------ */
 
 typedef struct counting {
@@ -949,6 +1006,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(async_client_tls, setup_server, teardown),
         cmocka_unit_test_setup_teardown(lagoonctl_tls, setup_server, teardown),
         cmocka_unit_test_setup_teardown(reload_keeps_connections, setup_server, teardown),
+        cmocka_unit_test_setup_teardown(reload_during_accepts, setup_server, teardown),
         cmocka_unit_test_setup_teardown(expired_certificate_refused, setup_expired, teardown),
         cmocka_unit_test_setup_teardown(self_signed_refused_by_default, setup_self_signed, teardown),
         cmocka_unit_test_setup_teardown(another_hosts_certificate_refused, setup_other, teardown),

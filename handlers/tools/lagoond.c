@@ -193,6 +193,24 @@ static int check_data_dir(const char *path, char *err, size_t errlen)
     return -1;
 }
 
+/* What is wrong with the media listener's flags, or NULL. */
+static const char *media_config_problem(const lagoond_opts *o)
+{
+    const char *b = o->media_url_base;
+    size_t n = strlen(b);
+    if (o->media.on && o->media.port != 0 && strcmp(o->media.host, o->rpc.listen_host) == 0 &&
+        o->media.port == o->rpc.listen_port)
+        return "--media-listen and --listen are the same address";
+    if (o->media.on && o->admin.on && o->media.port != 0 && strcmp(o->media.host, o->admin.host) == 0 &&
+        o->media.port == o->admin.port)
+        return "--media-listen and --admin-listen are the same address";
+    if (n > 0 && !o->media.on)
+        return "--media-url-base needs --media-listen (the URLs name this server's media listener)";
+    if (n > 0 && ((strncmp(b, "http://", 7) != 0 && strncmp(b, "https://", 8) != 0) || b[n - 1] == '/'))
+        return "--media-url-base must be an http:// or https:// URL without a trailing slash";
+    return NULL;
+}
+
 /* --check-config: everything that can be known without the store or the ports. */
 static int check_config(const lagoond_opts *o)
 {
@@ -209,6 +227,10 @@ static int check_config(const lagoond_opts *o)
     if (o->admin.on && strcmp(o->admin.host, o->rpc.listen_host) == 0 && o->admin.port == o->rpc.listen_port &&
         o->admin.port != 0) {
         fprintf(stderr, "lagoond: configuration: --admin-listen and --listen are the same address\n");
+        return 2;
+    }
+    if (media_config_problem(o) != NULL) {
+        fprintf(stderr, "lagoond: configuration: %s\n", media_config_problem(o));
         return 2;
     }
     printf("configuration OK\n");
@@ -243,6 +265,10 @@ int main(int argc, char **argv)
     log_set_level(o.log_level);
     if (o.check_config)
         return check_config(&o);
+    if (media_config_problem(&o) != NULL) {
+        fprintf(stderr, "lagoond: %s\n", media_config_problem(&o));
+        return 2;
+    }
     if (make_dirs(o.data, err, sizeof(err)) != 0) {
         fprintf(stderr, "lagoond: %s\n", err);
         return 1;

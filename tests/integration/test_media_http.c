@@ -874,6 +874,38 @@ static void test_verify_media(void **state)
         fail_msg("verify after the repairs: %s", out);
 }
 
+/* lagoond's media flags through --check-config (the real binary): what it refuses. */
+static void test_lagoond_media_flags(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *flags;
+        int rc;
+    } cases[] = {
+        {"--media-listen 8081", 0},
+        {"--media-listen 127.0.0.1:8081 --media-url-base https://media.example.com", 0},
+        {"--media-listen [::1]:8081", 0},
+        {"--media-listen 8081 --media-url-base https://media.example.com/", 2},
+        {"--media-listen 8081 --media-url-base ftp://media.example.com", 2},
+        {"--media-url-base https://media.example.com", 2},
+        {"--media-listen 9100 --admin-listen 9100", 2},
+        {"--listen 127.0.0.1:7000 --media-listen 7000", 2},
+        {"--media-listen media.example.com:8081", 2},
+        {"--media-listen 70000", 2},
+        {"--media-url-ttl-s 30", 2},
+        {"--media-url-ttl-s 900", 0},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char cmd[512];
+        snprintf(cmd, sizeof(cmd), "%s --check-config --data %s/flags %s >/dev/null 2>&1", LAGOOND_PATH, work,
+                 cases[i].flags);
+        int rc = system(cmd);
+        rc = WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+        if (rc != cases[i].rc)
+            fail_msg("lagoond %s: exit %d, expected %d", cases[i].flags, rc, cases[i].rc);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -891,6 +923,7 @@ int main(void)
         cmocka_unit_test(test_path_tricks),
         cmocka_unit_test(test_profile_image_and_account_deletion),
         cmocka_unit_test(test_verify_media),
+        cmocka_unit_test(test_lagoond_media_flags),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

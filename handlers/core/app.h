@@ -105,6 +105,9 @@ typedef struct app_config {
                                     * listener at; "" = no signed URLs (no listener configured) */
     char ffmpeg[APP_TOOL_PATH_MAX];  /* the ffmpeg and ffprobe to run; "" = "ffmpeg" / "ffprobe" in */
     char ffprobe[APP_TOOL_PATH_MAX]; /* PATH. Tests point them at failing stand-ins */
+    /* A tool opening the store for administration (lagoon-admin): no media workers start
+     * (and no interrupted job is re-queued): the next lagoond does that. */
+    int no_media_workers;
     uint32_t event_retention_count; /* events kept per user; APP_SETTINGS event-retention-count */
     uint32_t event_retention_s;     /* and for at most this long; APP_SETTINGS event-retention-days */
     size_t subscriber_backlog;      /* bytes a subscription may fall behind before it is ended; 0 = 1 MiB */

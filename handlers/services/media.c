@@ -299,6 +299,11 @@ typedef struct media_state {
     _Atomic int cancel;     /* running tools are killed (subprocess_limits.cancel) */
     unsigned nthreads;
     pthread_t threads[MEDIA_WORKERS_MAX];
+    /* media_job_counts: the jobs per state, counted again when a commit touched the table. */
+    pthread_mutex_t count_mu;
+    _Atomic int counts_stale;           /* set by on_commit (the store's writer thread) */
+    uint64_t counts[MEDIA_JOB_STATES];  /* under count_mu */
+    int subscribed;
 } media_state;
 
 void media_kick(const app *a)
@@ -318,6 +323,76 @@ static int is_stopping(media_state *s)
     int stop = s->stopping;
     pthread_mutex_unlock(&s->mu);
     return stop;
+}
+
+/* ---- counts per state ----------------------------------------------------------------------- */
+
+/* A commit that changed a job (this module's writes, Uploads' enqueue, a cascade from a deleted
+ * video or account) makes the counts stale: counted again at the next read, not per commit. */
+static void on_commit(void *arg, const store_change *changes, size_t n)
+{
+    media_state *s = arg;
+    for (size_t i = 0; i < n; i++) {
+        if (changes[i].table == &lagoon_table_media_jobs) {
+            atomic_store(&s->counts_stale, 1);
+            return;
+        }
+    }
+}
+
+/* Under count_mu: each state's jobs by the keys of by_state_due, up to MEDIA_JOB_COUNT_MAX. */
+static int recount(media_state *s)
+{
+    store_txn *t;
+    store_error err;
+    if (store_read_begin(s->a->db, &t, &err) != LAGOON_OK)
+        return RPC_ERR;
+    int st = LAGOON_OK;
+    for (int state = 1; state < MEDIA_JOB_STATES && st == LAGOON_OK; state++) {
+        store_key p;
+        state_key(&p, (lagoon_v1_MediaJob_State)state);
+        char token[STORE_PAGE_TOKEN_MAX + 1] = "";
+        uint64_t n = 0;
+        while (st == LAGOON_OK && n < MEDIA_JOB_COUNT_MAX) {
+            store_query q = {.table = &lagoon_table_media_jobs,
+                             .index = lagoon_index_media_jobs_by_state_due,
+                             .prefix = p.buf,
+                             .prefix_len = p.len,
+                             .page_size = STORE_PAGE_SIZE_MAX,
+                             .page_token = token};
+            store_page pg;
+            st = store_scan(t, &q, NULL, NULL, &pg, &err);
+            if (st != LAGOON_OK)
+                break;
+            n += pg.count;
+            memcpy(token, pg.next_page_token, sizeof(token));
+            if (token[0] == '\0')
+                break;
+        }
+        s->counts[state] = n < MEDIA_JOB_COUNT_MAX ? n : MEDIA_JOB_COUNT_MAX;
+    }
+    store_read_end(t);
+    return st == LAGOON_OK ? RPC_OK : RPC_ERR;
+}
+
+int media_job_counts(const app *a, uint64_t counts[MEDIA_JOB_STATES])
+{
+    memset(counts, 0, sizeof(uint64_t) * MEDIA_JOB_STATES);
+    media_state *s = app_state(a, &media_module);
+    if (s == NULL)
+        return RPC_ERR;
+    pthread_mutex_lock(&s->count_mu);
+    int st = RPC_OK;
+    /* Cleared before the read begins: a commit after this point marks them stale again. */
+    if (atomic_exchange(&s->counts_stale, 0)) {
+        st = recount(s);
+        if (st != RPC_OK)
+            atomic_store(&s->counts_stale, 1);
+    }
+    if (st == RPC_OK)
+        memcpy(counts, s->counts, sizeof(s->counts));
+    pthread_mutex_unlock(&s->count_mu);
+    return st;
 }
 
 /* ---- claiming ------------------------------------------------------------------------------- */
@@ -484,6 +559,8 @@ static int run_ffmpeg(media_state *s, const char *what, const char *seek, const 
         argv[n++] = "-ss";
         argv[n++] = seek;
     }
+    argv[n++] = "-threads"; /* the decoder's: by default one per core, each under RLIMIT_AS */
+    argv[n++] = MEDIA_FFMPEG_THREADS;
     argv[n++] = "-i";
     argv[n++] = in_url;
     for (size_t i = 0; out_args[i] && n + 4 < SUBPROCESS_ARGS_MAX; i++)
@@ -633,6 +710,18 @@ static void run_video(media_state *s, const lagoon_v1_MediaJob *j, run_outcome *
         run_set(o, RUN_FAIL, "the file has no video in it (a still image or sound only)");
         return;
     }
+    if (!info->width || !info->height) {
+        run_set(o, RUN_FAIL, "the video's picture size is unknown or above %ux%u", MEDIA_DIMENSION_MAX,
+                MEDIA_DIMENSION_MAX);
+        return;
+    }
+    if (info->duration_ms > MEDIA_DURATION_MAX_S * 1000u) {
+        run_set(o, RUN_FAIL, "the video is longer than %u hours", (unsigned)MEDIA_DURATION_MAX_S / 3600u);
+        return;
+    }
+    /* A run killed mid-way (kill -9) left its temporaries: none is taken for this run's. */
+    for (size_t i = 0; i < 3; i++)
+        (void)unlink(files[i].tmp);
     /* The thumbnail: a tenth of the way in (past a fade from black), at most
      * MEDIA_THUMBNAIL_AT_MS. */
     uint32_t at = info->duration_ms / 10 < MEDIA_THUMBNAIL_AT_MS ? info->duration_ms / 10 : MEDIA_THUMBNAIL_AT_MS;
@@ -665,7 +754,8 @@ static void run_video(media_state *s, const lagoon_v1_MediaJob *j, run_outcome *
         } else {
             args[n++] = "-an";
         }
-        static const char *const video_args[] = {"-sn", "-dn", "-vf", NULL, "-c:v", "libx264", "-preset",
+        static const char *const video_args[] = {"-t", MEDIA_STR(MEDIA_DURATION_MAX_S), "-sn", "-dn", "-vf", NULL,
+                                                 "-c:v", "libx264", "-preset",
                                                  MEDIA_X264_PRESET, "-crf", MEDIA_X264_CRF, "-pix_fmt", "yuv420p",
                                                  "-movflags", "+faststart", "-f", "mp4"};
         for (size_t k = 0; k < sizeof(video_args) / sizeof(video_args[0]); k++)
@@ -703,6 +793,8 @@ static void run_profile(media_state *s, const lagoon_v1_MediaJob *j, run_outcome
         run_set(o, RUN_FAIL, "the file is not an image");
         return;
     }
+    for (size_t i = 0; i < 2; i++)
+        (void)unlink(files[i].tmp); /* left by a run killed mid-way */
     /* Square: scaled to cover the square, then the middle cut out. */
     static const char *const filters[2] = {
         "scale=" MEDIA_STR(MEDIA_PROFILE_SIZE) ":" MEDIA_STR(MEDIA_PROFILE_SIZE) ":force_original_aspect_ratio="
@@ -1093,8 +1185,11 @@ static void media_stop(app *a, void *state)
     media_drain(a, s);
     for (unsigned i = 0; i < s->nthreads; i++)
         pthread_join(s->threads[i], NULL);
+    if (s->subscribed)
+        store_unsubscribe(a->db, on_commit, s);
     pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->mu);
+    pthread_mutex_destroy(&s->count_mu);
     free(s);
 }
 
@@ -1113,8 +1208,20 @@ static int media_start(app *a, void **state, rpc_error *err)
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, &ca);
     pthread_condattr_destroy(&ca);
-    int64_t now = app_now(a);
+    pthread_mutex_init(&s->count_mu, NULL);
+    atomic_store(&s->counts_stale, 1); /* counted at the first media_job_counts */
     store_error serr;
+    if (store_subscribe(a->db, on_commit, s, &serr) != LAGOON_OK) {
+        snprintf(err->message, sizeof(err->message), "media: %.160s", serr.message);
+        media_stop(a, s);
+        return RPC_ERR;
+    }
+    s->subscribed = 1;
+    if (a->cfg.no_media_workers) {
+        *state = s; /* an administration tool: the queue stays as it is for the next lagoond */
+        return RPC_OK;
+    }
+    int64_t now = app_now(a);
     if (store_write(a->db, requeue_fn, &now, &serr) != LAGOON_OK) {
         snprintf(err->message, sizeof(err->message), "media: cannot re-queue interrupted jobs: %.160s", serr.message);
         media_stop(a, s);

@@ -14,7 +14,8 @@
  * preset takes minutes on one core; past it the run is killed and the attempt fails.
  * MEDIA_PROBE_TIMEOUT_S: ffprobe reads headers only; it gets at most this (or the job timeout
  * if smaller). MEDIA_TOOL_CPU_PER_WALL: CPU seconds per wall-clock second of the limit
- * (RLIMIT_CPU counts every thread; ffmpeg runs MEDIA_FFMPEG_THREADS). MEDIA_TOOL_MEMORY_BYTES:
+ * (RLIMIT_CPU counts every thread; ffmpeg decodes with MEDIA_FFMPEG_THREADS and encodes
+ * with as many: left to itself it starts one per core). MEDIA_TOOL_MEMORY_BYTES:
  * the address space (RLIMIT_AS) of a run: x264 at 720p with two threads stays well under
  * 1 GiB; a hostile file that makes a decoder allocate without end is stopped here.
  * MEDIA_TOOL_FILE_BYTES: the largest file a run may write (RLIMIT_FSIZE): renditions of a
@@ -26,11 +27,15 @@
 #define MEDIA_TOOL_MEMORY_BYTES (2ull << 30)
 #define MEDIA_TOOL_FILE_BYTES (8ull << 30)
 /* ffprobe's output kept (the rest is dropped: a file with thousands of streams) and the lines
- * of it parsed; a width or height above MEDIA_DIMENSION_MAX is read as unknown (0). */
+ * of it parsed; a width or height above MEDIA_DIMENSION_MAX is read as unknown (0), and a
+ * video of unknown size fails at once (no decoder is let loose on it). */
 #define MEDIA_PROBE_OUT_MAX 16384
 #define MEDIA_PROBE_LINES_MAX 512
 #define MEDIA_DIMENSION_MAX 16384u
-
+/* The longest video processed: Videos' own limit on duration_seconds (videos.proto). A source
+ * whose header says longer fails at once; the renditions are cut there too (ffmpeg -t), so a
+ * header that lies about a longer stream still makes no longer output. */
+#define MEDIA_DURATION_MAX_S 86400
 /* The queue. A job is tried at most MEDIA_ATTEMPTS_MAX times (each claim by a worker counts
  * one, a run cut short by a stop included): a failed attempt is queued again
  * MEDIA_RETRY_BASE_MS later, doubling per attempt (10, 20, 40, 80 s), and after the last one
@@ -94,6 +99,16 @@ int media_enqueue(store_txn *t, const app *a, int64_t now, enum media_job_kind k
                   uint64_t subject_id, store_error *err);
 /* Wakes the workers (any thread; cheap). */
 void media_kick(const app *a);
+
+/* The jobs in each state (counts[lagoon_v1_MediaJob_State_QUEUED] ... [FAILED]; [0] unused),
+ * for /metrics. Kept by the module: counted (index keys only, each state up to
+ * MEDIA_JOB_COUNT_MAX) at the first call, and again at the first call after a commit changed a
+ * job (the module's writes, Uploads' enqueue, a cascade), so a scrape of an idle queue reads
+ * no row.
+ * RPC_OK, or RPC_ERR when the module is not running or the store could not be read. */
+#define MEDIA_JOB_STATES 5
+#define MEDIA_JOB_COUNT_MAX 50000u
+int media_job_counts(const app *a, uint64_t counts[MEDIA_JOB_STATES]);
 
 /* The media module: its worker pool and queue (started by app_open, after the store). */
 extern const app_module media_module;

@@ -14,6 +14,7 @@
 
 #include "http_listener.h"
 #include "lagoon_tables.h"
+#include "media.h"
 #include "realtime.h"
 #include "scheduler.h"
 #include "store.h"
@@ -219,6 +220,19 @@ static void queue_metrics(const admin_http *h, struct evbuffer *out)
                             "lagoon_realtime_backlog_limit_bytes %zu\n",
                             subs, follows, backlog, largest, h->app->cfg.subscriber_backlog);
     }
+    uint64_t mj[MEDIA_JOB_STATES];
+    if (media_job_counts(h->app, mj) == RPC_OK)
+        evbuffer_add_printf(out,
+                            "# HELP lagoon_media_jobs Media processing jobs by state (counted up to 50000 each).\n"
+                            "# TYPE lagoon_media_jobs gauge\n"
+                            "lagoon_media_jobs{state=\"queued\"} %llu\n"
+                            "lagoon_media_jobs{state=\"running\"} %llu\n"
+                            "lagoon_media_jobs{state=\"succeeded\"} %llu\n"
+                            "lagoon_media_jobs{state=\"failed\"} %llu\n",
+                            (unsigned long long)mj[lagoon_v1_MediaJob_State_QUEUED],
+                            (unsigned long long)mj[lagoon_v1_MediaJob_State_RUNNING],
+                            (unsigned long long)mj[lagoon_v1_MediaJob_State_SUCCEEDED],
+                            (unsigned long long)mj[lagoon_v1_MediaJob_State_FAILED]);
 }
 
 static void on_request(struct evhttp_request *req, void *arg)

@@ -56,7 +56,7 @@ static int create_admin(int argc, char **argv)
         return 2;
     }
     /* Opened first, so that a running lagoond is reported before anyone types a password. */
-    app_config cfg = {0};
+    app_config cfg = {.no_media_workers = 1};
     app *a;
     rpc_error err;
     if (app_open(data, &cfg, &a, &err) != RPC_OK) {

@@ -22,8 +22,10 @@
 #include "admin_http.h"
 #include "lagoon_handlers.h"
 #include "lagoon_stubs.h"
+#include "media.h"
 #include "scheduler.h"
 #include "testserver.h"
+#include "videos.h"
 
 #define PAGE_MAX (1 << 20)
 #define LINE_MAX_LEN 4096
@@ -311,6 +313,102 @@ static void test_metrics_page_parses_and_counts_calls(void **state)
 
     lagoon_close(c);
     close(fd);
+    admin_http_stop(h);
+    test_app_stop(&t);
+}
+
+/* ---- media jobs by state --------------------------------------------------------------------- */
+
+static void no_media_workers(app_config *acfg, rpc_config *cfg)
+{
+    (void)cfg;
+    acfg->no_media_workers = 1;
+}
+
+typedef struct media_job_put {
+    uint64_t owner, video_id;
+    int64_t now;
+    const app *a;
+} media_job_put;
+
+/* A video of owner's and its job, as Uploads' completing write makes them (no original file:
+ * its probe fails, so the job fails at its first attempt). */
+static int media_job_put_fn(store_txn *t, void *arg, store_error *err)
+{
+    media_job_put *p = arg;
+    lagoon_v1_Video *v = calloc(1, sizeof(*v));
+    if (v == NULL)
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL, "out of memory");
+    v->owner_id = p->owner;
+    snprintf(v->title, sizeof(v->title), "Counted");
+    v->status = lagoon_v1_Video_Status_PROCESSING;
+    v->source = lagoon_v1_Video_Source_UPLOAD;
+    v->upload_id = 1;
+    v->created_at = v->updated_at = p->now;
+    int st = videos_insert(t, v, err);
+    p->video_id = v->id;
+    free(v);
+    if (st == LAGOON_OK)
+        st = media_enqueue(t, p->a, p->now, MEDIA_JOB_VIDEO, p->owner, p->video_id, err);
+    return st;
+}
+
+static int media_video_delete_fn(store_txn *t, void *arg, store_error *err)
+{
+    return store_delete(t, &lagoon_table_videos, *(uint64_t *)arg, err);
+}
+
+#define MJ(state) "lagoon_media_jobs{state=\"" state "\"}"
+
+typedef struct media_scrape {
+    uint16_t port;
+    double failed;
+} media_scrape;
+
+static int media_failed_reached(void *arg)
+{
+    media_scrape *m = arg;
+    return http(m->port, "GET", "/metrics") == 200 && sample(page, MJ("failed")) == m->failed;
+}
+
+/* lagoon_media_jobs{state}: a job queued with no worker to run it (an administration tool's
+ * app), then failed by the workers of the next start, then gone with its video. */
+static void test_media_jobs_by_state(void **state)
+{
+    (void)state;
+    test_app t;
+    admin_http *h;
+    uint16_t port = start_scraped(&t, no_media_workers, &h);
+    for (const char *const *s = (const char *const[]){MJ("queued"), MJ("running"), MJ("succeeded"), MJ("failed"), NULL};
+         *s; s++) {
+        if (strstr(page, *s) == NULL)
+            fail_msg("no %s", *s);
+        assert_true(sample(page, *s) == 0);
+    }
+    lagoon_client *c = test_client(&t);
+    char token[65];
+    media_job_put p = {.owner = test_user(c, "mediacounted", 0, token), .now = t.clock_ms, .a = t.app};
+    lagoon_close(c);
+    store_error err;
+    assert_int_equal(store_write(t.app->db, media_job_put_fn, &p, &err), LAGOON_OK);
+    media_kick(t.app);
+    assert_int_equal(http(port, "GET", "/metrics"), 200);
+    check_exposition(page);
+    /* No worker ran it (no_media_workers): still queued. */
+    assert_true(sample(page, MJ("queued")) == 1);
+    assert_true(sample(page, MJ("running")) == 0);
+    admin_http_stop(h);
+
+    test_app_restart(&t, NULL);
+    h = start_admin(&t);
+    media_scrape m = {.port = admin_http_port(h), .failed = 1};
+    assert_true(test_wait_for(media_failed_reached, &m, 30000));
+    assert_true(sample(page, MJ("queued")) == 0);
+    assert_true(sample(page, MJ("running")) == 0);
+    /* The video's deletion takes its job (a cascade, not a write of the media module's). */
+    assert_int_equal(store_write(t.app->db, media_video_delete_fn, &p.video_id, &err), LAGOON_OK);
+    assert_int_equal(http(m.port, "GET", "/metrics"), 200);
+    assert_true(sample(page, MJ("failed")) == 0);
     admin_http_stop(h);
     test_app_stop(&t);
 }
@@ -733,6 +831,7 @@ int main(void)
         cmocka_unit_test(test_store_commit_histograms),
         cmocka_unit_test(test_failed_and_dropped_jobs),
         cmocka_unit_test(test_realtime_backlog),
+        cmocka_unit_test(test_media_jobs_by_state),
         cmocka_unit_test(test_readyz_turns_503_on_drain),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

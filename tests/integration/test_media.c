@@ -273,6 +273,7 @@ static uint64_t ann, bob, root;
 static char ann_tok[65], bob_tok[65], root_tok[65];
 /* The ffmpeg the next (re)start uses: "" = the real one; and its time limit (0: the default). */
 static char Ffmpeg[128];
+static char Ffprobe[128]; /* likewise for ffprobe */
 static uint32_t Timeout_s;
 
 static void tweak(app_config *acfg, rpc_config *cfg)
@@ -280,6 +281,7 @@ static void tweak(app_config *acfg, rpc_config *cfg)
     test_tweak_shared(acfg, cfg);
     acfg->media_workers = 1; /* jobs run one after another, in queue order */
     APP_STRCPY(acfg->ffmpeg, Ffmpeg);
+    APP_STRCPY(acfg->ffprobe, Ffprobe);
     acfg->media_job_timeout_s = Timeout_s;
 }
 
@@ -290,6 +292,18 @@ static void use_ffmpeg(const char *script)
     else
         Ffmpeg[0] = '\0';
     lagoon_close(C); /* its connection ends with the server */
+    test_app_restart(T, tweak);
+    C = test_client(T);
+}
+
+/* The ffprobe of the next restart: a stand-in script of Dir, or NULL for the real one. */
+static void use_ffprobe(const char *script)
+{
+    if (script)
+        in_dir(Ffprobe, sizeof(Ffprobe), script);
+    else
+        Ffprobe[0] = '\0';
+    lagoon_close(C);
     test_app_restart(T, tweak);
     C = test_client(T);
 }
@@ -622,6 +636,30 @@ static void test_retried_then_error(void **state)
     use_ffmpeg(NULL);
 }
 
+/* A hostile header (ffprobe's word, here a stand-in's): a video said to last 25 hours, or
+ * 100000 pixels wide, fails at its first attempt without an ffmpeg run (the real ffmpeg would
+ * make a READY video of the 1 s file: 90000 s long, or scaled up to 480p). */
+static void test_hostile_headers_fail_at_once(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *script, *reason;
+    } cases[] = {{"ffprobe-long", "longer than 24 hours"}, {"ffprobe-huge", "picture size is unknown or above"}};
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        use_ffprobe(cases[i].script);
+        uint64_t id = queue_video("small-silent.mp4");
+        lagoon_v1_MediaJob j = wait_job(id, lagoon_v1_MediaJob_State_FAILED, 1);
+        assert_non_null(strstr(j.last_error, cases[i].reason));
+        read_video(id, &Vid);
+        assert_int_equal(Vid.status, lagoon_v1_Video_Status_ERROR);
+        assert_non_null(strstr(Vid.error_reason, cases[i].reason));
+        char sd[MEDIA_PATH_MAX];
+        video_file(id, MEDIA_SD, sd, sizeof(sd));
+        assert_false(exists(sd));
+    }
+    use_ffprobe(NULL);
+}
+
 static void test_time_limit(void **state)
 {
     (void)state;
@@ -849,6 +887,75 @@ static void test_profile_image(void **state)
     free(u);
 }
 
+typedef struct profile_wait {
+    const char *tok;
+    int state;
+    uint32_t attempts;
+    lagoon_v1_MediaJob job;
+} profile_wait;
+
+static int profile_reached(void *arg)
+{
+    profile_wait *w = arg;
+    lagoon_v1_ListMediaJobsResponse *r = calloc(1, sizeof(*r));
+    assert_non_null(r);
+    lagoon_v1_ListMediaJobsRequest req = {0};
+    int done = 0;
+    if (list_jobs(w->tok, &req, r) == LAGOON_OK)
+        for (pb_size_t i = 0; i < r->jobs_count; i++)
+            if (r->jobs[i].kind == lagoon_v1_MediaJob_Kind_PROFILE_IMAGE) {
+                w->job = r->jobs[i];
+                done = (int)w->job.state == w->state && w->job.attempts == w->attempts;
+                break;
+            }
+    list_free(r);
+    return done;
+}
+
+/* A profile image whose every ffmpeg run fails: retried with the growing delay, then FAILED;
+ * the profile keeps its (empty) image URL and no output is left. */
+static void test_profile_image_fails(void **state)
+{
+    (void)state;
+    use_ffmpeg("ffmpeg-fails");
+    char path[MEDIA_PATH_MAX];
+    assert_int_equal(media_profile_path(T->app, bob, MEDIA_ORIGINAL, path, sizeof(path)), LAGOON_OK);
+    put_original(path, "wide.png");
+    put_args p = {.a = T->app, .now = T->clock_ms, .owner = bob, .kind = MEDIA_JOB_PROFILE_IMAGE};
+    store_error err;
+    assert_int_equal(store_write(T->app->db, enqueue_fn, &p, &err), LAGOON_OK);
+    media_kick(T->app);
+    profile_wait w = {.tok = bob_tok, .state = lagoon_v1_MediaJob_State_QUEUED};
+    for (w.attempts = 1; w.attempts < MEDIA_ATTEMPTS_MAX; w.attempts++) {
+        assert_true(test_wait_for(profile_reached, &w, 30000));
+        assert_non_null(strstr(w.job.last_error, "exit status 1"));
+        test_clock_advance(T, (int64_t)MEDIA_RETRY_BASE_MS << (w.attempts - 1));
+        media_kick(T->app);
+    }
+    w.state = lagoon_v1_MediaJob_State_FAILED;
+    assert_true(test_wait_for(profile_reached, &w, 30000));
+    assert_non_null(strstr(w.job.last_error, "the profile image"));
+    lagoon_v1_User *u = calloc(1, sizeof(*u));
+    assert_non_null(u);
+    store_txn *t;
+    assert_int_equal(store_read_begin(T->app->db, &t, &err), LAGOON_OK);
+    int st = store_get(t, &lagoon_table_users, bob, u, &err);
+    store_read_end(t);
+    assert_int_equal(st, LAGOON_OK);
+    assert_string_equal(u->profile_image_url, "");
+    store_row_release(&lagoon_table_users, u);
+    free(u);
+    for (const char *const *name = (const char *const[]){MEDIA_PROFILE, MEDIA_PROFILE_THUMBNAIL, NULL}; *name;
+         name++) {
+        char out[MEDIA_PATH_MAX], tmp[MEDIA_PATH_MAX + 8];
+        assert_int_equal(media_profile_path(T->app, bob, *name, out, sizeof(out)), LAGOON_OK);
+        snprintf(tmp, sizeof(tmp), "%s.tmp", out);
+        assert_false(exists(out));
+        assert_false(exists(tmp));
+    }
+    use_ffmpeg(NULL);
+}
+
 static void test_job_visibility(void **state)
 {
     (void)state;
@@ -988,6 +1095,17 @@ static int setup(void **state)
     sh("ffmpeg -nostdin -v error -f lavfi -i testsrc=size=64x64 -frames:v 1 -f image2 %s/still.png", Dir);
     sh("ffmpeg -nostdin -v error -f lavfi -i testsrc=size=300x200 -frames:v 1 -f image2 %s/wide.png", Dir);
     sh("echo 'not a video' > %s/text.txt", Dir);
+    static const char flat[] = "echo 'format.format_name=\"mov,mp4,m4a,3gp,3g2,mj2\"'\n"
+                               "echo 'format.duration=\"%s\"'\n"
+                               "echo 'streams.stream.0.codec_type=\"video\"'\n"
+                               "echo 'streams.stream.0.codec_name=\"h264\"'\n"
+                               "echo 'streams.stream.0.width=%s'\n"
+                               "echo 'streams.stream.0.height=240'\n";
+    char body[512];
+    snprintf(body, sizeof(body), flat, "90000.000000", "320");
+    script("ffprobe-long", body);
+    snprintf(body, sizeof(body), flat, "1.000000", "100000");
+    script("ffprobe-huge", body);
     script("ffmpeg-sleeps", "exec sleep 60");
     script("ffmpeg-fails", "echo 'stand-in ffmpeg: failing on purpose' >&2\nexit 1");
     char hold[512];
@@ -1028,12 +1146,14 @@ int main(void)
         cmocka_unit_test(test_small_without_audio),
         cmocka_unit_test(test_not_a_video),
         cmocka_unit_test(test_retried_then_error),
+        cmocka_unit_test(test_hostile_headers_fail_at_once),
         cmocka_unit_test(test_time_limit),
         cmocka_unit_test(test_restart_requeues),
         cmocka_unit_test(test_deleted_video_leaves_no_files),
         cmocka_unit_test(test_reupload_during_run),
         cmocka_unit_test(test_profile_image),
         cmocka_unit_test(test_job_visibility),
+        cmocka_unit_test(test_profile_image_fails), /* bob's first job: after test_job_visibility */
         cmocka_unit_test(test_through_uploads),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -73,6 +73,16 @@
 #define UPLOADS_QUEUED_BYTES_MAX (256u << 20)
 /* A client retrying a chunk that another stream of the same upload is writing waits this long. */
 #define UPLOADS_BUSY_RETRY_MS 100
+/* Completions running at once, server-wide. A completion holds a work-lane thread for seconds
+ * (a resumed 2 GiB upload is read back whole to hash it, then ffprobe runs), and the work lane
+ * (rpc_config.workers, 4 by default) is also where every stream's chunks are written: without
+ * a bound, a handful of uploads finishing together would stop every other upload's chunks.
+ * Past it the last chunk is still acknowledged (its bytes are committed) and the stream ends
+ * RESOURCE_EXHAUSTED with retry-after; the client asks again with a chunk with no data at
+ * offset == size. */
+#define UPLOADS_COMPLETING_MAX 2
+/* A client whose completion found UPLOADS_COMPLETING_MAX running waits this long. */
+#define UPLOADS_COMPLETING_RETRY_MS 1000
 
 _Static_assert(UPLOADS_CHUNK_PIECES * UPLOADS_PIECE_MAX == UPLOADS_CHUNK_MAX,
                "a chunk is UploadChunk.data's max_count items of its max_size (uploads.options)");
@@ -91,6 +101,7 @@ typedef struct uploads_state {
     int dirty; /* an upload's row was deleted since the last sweep */
     uint64_t writing[UPLOADS_WRITING_MAX]; /* uploads with a chunk being written (0 = free) */
     atomic_size_t queued_bytes;            /* chunks' bytes held by the streams (UPLOADS_QUEUED_BYTES_MAX) */
+    atomic_uint completing;                /* completions running (UPLOADS_COMPLETING_MAX) */
 } uploads_state;
 
 static uint64_t expiry_ms(const app *a)
@@ -529,24 +540,13 @@ static int cancel_write(store_txn *t, const app_write_in *in, void *resp, store_
     return st == LAGOON_OK ? upload_delete(t, &u, in->now, "the upload was cancelled", err) : st;
 }
 
-/* Once the deletion is durable: the bytes go now rather than at the sweeper's turn, so that
- * Cancel's answer means they are gone (tus's termination). One unlink on the writer. */
-static int cancel_after(rpc_call *call, const app_write_in *in, void *resp, int status)
-{
-    (void)resp;
-    char p[MEDIA_PATH_MAX];
-    if (status == LAGOON_OK && !in->replayed &&
-        media_upload_path(in->a, ((const lagoon_v1_CancelUploadRequest *)in->req)->upload_id, p, sizeof(p)) ==
-            LAGOON_OK)
-        (void)unlink(p);
-    (void)call;
-    return status;
-}
-
+/* The bytes go with the sweeper, which the deletion's commit wakes: not here on the writer
+ * thread, where unlinking a 2 GiB file (freeing its extents, tens of milliseconds) would hold
+ * up every other write of the server. */
 int handle_Uploads_Cancel(rpc_call *call, const lagoon_v1_CancelUploadRequest *req, lagoon_v1_UploadsEmpty *resp)
 {
     (void)req, (void)resp;
-    return app_write_call_then(call, cancel_write, NULL, cancel_after);
+    return app_write_call(call, cancel_write, NULL);
 }
 
 /* ---- Send: the chunks ----------------------------------------------------------------------------- */
@@ -933,6 +933,20 @@ static void batch_run(send_stream *ss, send_chunk *const *cs, size_t n, chunk_re
     for (size_t i = 0; i < n; i++)
         r[i].ack.upload_id = cs[i]->upload_id;
     uint64_t id = cs[0]->upload_id;
+    /* Whose it is, before the claim: a stream naming another user's upload must not hold its
+     * claim even briefly, or the owner's own stream would be told it is busy and end. */
+    lagoon_v1_Upload u;
+    store_txn *t;
+    store_error err;
+    int st = store_read_begin(ss->a->db, &t, &err);
+    if (st == LAGOON_OK) {
+        st = upload_load(t, ss->who.user_id, id, "upload_id", &u, &err);
+        store_read_end(t);
+    }
+    if (st != LAGOON_OK) {
+        r[0].status = app_store_error(ss->call, st, &err);
+        return;
+    }
     if (!writing_claim(ss->a, id)) {
         rpc_call_retry_after(ss->call, UPLOADS_BUSY_RETRY_MS);
         batch_failed(r, n,
@@ -1078,9 +1092,8 @@ static int finish_fn(store_txn *t, void *arg, store_error *err)
     return st == LAGOON_OK ? media_enqueue(t, f->a, f->now, kind, u.owner_id, subject, err) : st;
 }
 
-/* Upload u has all its bytes: checks, publishes and hands it to processing (lane thread).
- * LAGOON_OK with the final ack in r, or the stream's end. */
-static int complete_upload(send_stream *ss, lagoon_v1_Upload *u, chunk_result *r)
+/* complete_upload's work, counted in UPLOADS_COMPLETING_MAX. */
+static int complete_counted(send_stream *ss, lagoon_v1_Upload *u, chunk_result *r)
 {
     app *a = ss->a;
     rpc_call *call = ss->call;
@@ -1090,10 +1103,17 @@ static int complete_upload(send_stream *ss, lagoon_v1_Upload *u, chunk_result *r
              ? media_video_path(a, u->owner_id, u->video_id, MEDIA_ORIGINAL, final, sizeof(final))
              : media_profile_path(a, u->owner_id, MEDIA_ORIGINAL, final, sizeof(final))) != LAGOON_OK)
         return rpc_call_error(call, LAGOON_INTERNAL, "internal error");
+    /* A crash (or a failed commit whose file could not be put back) after media_publish and
+     * before finish_fn committed left the file published and the upload still here: the
+     * published file is checked as the part would have been, and stays where it is. */
+    struct stat sb;
+    int published = stat(part, &sb) != 0 && errno == ENOENT && stat(final, &sb) == 0 && (uint64_t)sb.st_size == u->size;
+    const char *file = published ? final : part;
     uint8_t digest[UPLOADS_DIGEST_BYTES];
     send_hash *h = ss->hash;
-    int known = h->valid && h->upto == u->size && h->alg == u->checksum_algorithm && hash_final(h, digest) == 0;
-    if (!known && hash_file(part, u->size, u->checksum_algorithm, h, digest) != LAGOON_OK)
+    int known = !published && h->valid && h->upto == u->size && h->alg == u->checksum_algorithm &&
+                hash_final(h, digest) == 0;
+    if (!known && hash_file(file, u->size, u->checksum_algorithm, h, digest) != LAGOON_OK)
         return rpc_call_error(call, LAGOON_INTERNAL, "cannot read the upload's file back");
     const char *alg = u->checksum_algorithm == lagoon_v1_Upload_Checksum_SHA256 ? "SHA-256" : "BLAKE2b-256";
     if (u->checksum.size != UPLOADS_DIGEST_BYTES || sodium_memcmp(digest, u->checksum.bytes, sizeof(digest)) != 0) {
@@ -1104,7 +1124,7 @@ static int complete_upload(send_stream *ss, lagoon_v1_Upload *u, chunk_result *r
     media_probe_info probe;
     rpc_error perr;
     int video = u->kind == lagoon_v1_Upload_Kind_VIDEO;
-    if (media_probe(a, part, &probe, &perr) != RPC_OK) {
+    if (media_probe(a, file, &probe, &perr) != RPC_OK) {
         log_msg(LOG_INFO, "uploads: upload %" PRIu64 " refused by the probe: %s", u->id, perr.message);
         return reject_upload(ss, u, part, LAGOON_INVALID_ARGUMENT,
                              video ? "the file is not a video (ffprobe cannot read it)"
@@ -1115,10 +1135,11 @@ static int complete_upload(send_stream *ss, lagoon_v1_Upload *u, chunk_result *r
     if (!video && !still_image(&probe))
         return reject_upload(ss, u, part, LAGOON_INVALID_ARGUMENT,
                              "the file is not a still image (JPEG, PNG, WebP, BMP or TIFF)");
-    struct stat sb;
-    uint64_t old_bytes = stat(final, &sb) == 0 ? (uint64_t)sb.st_size : 0;
-    int st = media_mkdirs(final);
-    if (st == LAGOON_OK)
+    /* The original this one replaces, whose bytes the video's media_bytes counts. Published
+     * already: that size is gone, so it stays counted until processing recounts the files. */
+    uint64_t old_bytes = !published && stat(final, &sb) == 0 ? (uint64_t)sb.st_size : 0;
+    int st = published ? LAGOON_OK : media_mkdirs(final);
+    if (st == LAGOON_OK && !published)
         st = media_publish(part, final); /* (removes part on failure) */
     if (st != LAGOON_OK)
         return reject_upload(ss, u, part, st,
@@ -1144,16 +1165,42 @@ static int complete_upload(send_stream *ss, lagoon_v1_Upload *u, chunk_result *r
     return LAGOON_OK;
 }
 
+/* Upload u has all its bytes: checks, publishes and hands it to processing (lane thread).
+ * LAGOON_OK with the final ack in r, or the stream's end. At most UPLOADS_COMPLETING_MAX at
+ * once; past it RESOURCE_EXHAUSTED with retry-after (the bytes stay committed). */
+static int complete_upload(send_stream *ss, lagoon_v1_Upload *u, chunk_result *r)
+{
+    uploads_state *s = app_state(ss->a, &uploads_module);
+    if (s == NULL)
+        return rpc_call_error(ss->call, LAGOON_INTERNAL, "internal error");
+    if (atomic_fetch_add(&s->completing, 1) >= UPLOADS_COMPLETING_MAX) {
+        atomic_fetch_sub(&s->completing, 1);
+        rpc_call_retry_after(ss->call, UPLOADS_COMPLETING_RETRY_MS);
+        return rpc_call_error(ss->call, LAGOON_RESOURCE_EXHAUSTED,
+                              "the server is completing %d uploads (UPLOADS_COMPLETING_MAX): every byte is "
+                              "committed; send a chunk with no data at offset %" PRIu64 " to complete it",
+                              UPLOADS_COMPLETING_MAX, u->size);
+    }
+    int st = complete_counted(ss, u, r);
+    atomic_fetch_sub(&s->completing, 1);
+    return st;
+}
+
 /* ---- the stream ---- */
+
+static void send_dropped(void *arg);
 
 /* The lane job: writes the queued chunks in order, all those queued at a time (batch_run),
  * until the queue is empty or the stream has ended. Its return ends the call when the end is
- * decided here (defer_run finishes it). */
+ * decided here (defer_run finishes it). After each batch with more chunks waiting it queues
+ * itself again and gives its thread back: a client that keeps its window full would otherwise
+ * hold a lane thread for its whole upload, and rpc_config.workers such clients would stop
+ * every other stream (their jobs waiting behind) until they finished. */
 static int send_drain(rpc_call *call, void *arg)
 {
     (void)call;
     send_stream *ss = arg;
-    for (;;) {
+    for (int batches = 0;; batches++) {
         send_chunk *batch[UPLOADS_SEND_INFLIGHT_MAX];
         size_t n = 0;
         pthread_mutex_lock(&ss->mu);
@@ -1169,6 +1216,17 @@ static int send_drain(rpc_call *call, void *arg)
             int end = stream_end(ss);
             pthread_mutex_unlock(&ss->mu);
             return end;
+        }
+        /* A full lane queue keeps the stream here: it goes on with the thread it has. */
+        if (batches > 0 && rpc_call_defer(ss->call, RPC_LANE_WORK, send_drain, send_dropped, ss) == RPC_PENDING) {
+            for (size_t i = n; i > 0; i--) { /* back, in order, for the next turn */
+                batch[i - 1]->next = ss->head;
+                if (ss->head == NULL)
+                    ss->tail = batch[i - 1];
+                ss->head = batch[i - 1];
+            }
+            pthread_mutex_unlock(&ss->mu);
+            return RPC_PENDING;
         }
         pthread_mutex_unlock(&ss->mu);
         chunk_result r[UPLOADS_SEND_INFLIGHT_MAX];

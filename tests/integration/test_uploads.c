@@ -23,6 +23,7 @@
 #include <sodium.h>
 
 #include "lagoon_stubs.h"
+#include "lagoon_tables.h"
 #include "scheduler.h"
 #include "testserver.h"
 #include "uploads.h"
@@ -325,7 +326,8 @@ static void test_dropped_connection_resumes(void **state)
     size_t chunk = video_len / 6 + 1;
     lagoon_stream *s = NULL;
     lagoon_v1_UploadAck last;
-    /* Two chunks acknowledged (a third may be in flight), then the connection drops. */
+    /* Two chunks acknowledged (a third and a fourth, sent after the first ack, may be in
+     * flight), then the connection drops. */
     assert_int_equal(send_range(C, u.id, video_bytes, 0, video_len, chunk, 3, 2, &s, &last), LAGOON_OK);
     assert_int_equal(last.offset, 2 * chunk);
     lagoon_close(C);
@@ -334,7 +336,7 @@ static void test_dropped_connection_resumes(void **state)
     /* The server may still be writing the third chunk: Status tells where to go on. */
     lagoon_v1_Upload now;
     assert_int_equal(upload_status(C, u.id, &now), LAGOON_OK);
-    assert_true(now.offset == 2 * chunk || now.offset == 3 * chunk);
+    assert_true(now.offset == 2 * chunk || now.offset == 3 * chunk || now.offset == 4 * chunk);
     assert_int_equal(now.size, video_len);
     int st = LAGOON_UNAVAILABLE;
     for (int attempt = 0; attempt < 50; attempt++) { /* a retry while the old stream writes */
@@ -534,6 +536,8 @@ static void test_create_retry(void **state)
     assert_true(u3.id != u1.id);
 }
 
+static int part_gone(void *arg);
+
 static void test_cancel(void **state)
 {
     (void)state;
@@ -552,7 +556,7 @@ static void test_cancel(void **state)
     assert_int_equal(lagoon_Uploads_Cancel(C, &cr, &e), LAGOON_NOT_FOUND);
     lagoon_set_token(C, ann_tok);
     assert_int_equal(lagoon_Uploads_Cancel(C, &cr, &e), LAGOON_OK);
-    assert_false(exists(p)); /* at once */
+    assert_true(test_wait_for(part_gone, p, 5000)); /* the sweeper, woken by the commit */
     assert_int_equal(upload_status(C, u.id, &u), LAGOON_NOT_FOUND);
     get_video(C, u.video_id);
     assert_int_equal(V.status, lagoon_v1_Video_Status_ERROR);
@@ -674,6 +678,145 @@ static void test_profile_image(void **state)
     assert_int_equal(send_range(C, u.id, video_bytes, 0, video_len, 1u << 20, 4, 0, NULL, &last),
                      LAGOON_INVALID_ARGUMENT);
     assert_non_null(strstr(lagoon_last_error(C)->detail.message, "not a still image"));
+}
+
+/* Two Send streams of one upload at once (a reconnect racing the old connection), each with
+ * its window full of the same chunks, and a third user's stream naming the upload: the
+ * stranger is NOT_FOUND; of the two, each ack is kept (the committed offset is never below
+ * any offset either acknowledged), a stream either goes on or is refused (busy, or a wrong
+ * offset), and the file is exactly the committed bytes; the upload then completes with the
+ * right file. Several rounds, so that the streams really overlap. */
+static void test_two_streams_at_once(void **state)
+{
+    (void)state;
+    const size_t piece = 512; /* 8 rounds of 4: about half the video */
+    lagoon_v1_Upload u;
+    assert_int_equal(create(C, lagoon_v1_Upload_Kind_VIDEO, video_bytes, video_len, video_len, &u), LAGOON_OK);
+    lagoon_client *c2 = test_client(T), *cb = test_client(T);
+    lagoon_set_token(c2, ann_tok);
+    lagoon_set_token(cb, bob_tok);
+    char p[512];
+    part_path(T->dir, u.id, p, sizeof(p));
+    uint64_t acked = 0;
+    for (int round = 0; round < 8; round++) {
+        lagoon_v1_Upload now;
+        assert_int_equal(upload_status(C, u.id, &now), LAGOON_OK);
+        assert_true(now.offset >= acked);
+        if (now.offset + 4 * piece > video_len)
+            break;
+        lagoon_stream *s[3] = {NULL, NULL, NULL};
+        lagoon_client *cs[3] = {C, c2, cb};
+        for (int k = 0; k < 4; k++) {
+            for (int j = 0; j < 3; j++) {
+                lagoon_v1_UploadChunk m;
+                chunk_make(&m, u.id, video_bytes, now.offset + piece * (uint64_t)k, piece);
+                if (s[j] == NULL)
+                    (void)lagoon_Uploads_Send(cs[j], &m, &s[j]);
+                else
+                    (void)lagoon_Uploads_Send_send(s[j], &m);
+                chunk_free(&m);
+            }
+        }
+        for (int j = 0; j < 3; j++) {
+            lagoon_stream_close_send(s[j]);
+            lagoon_v1_UploadAck a;
+            for (int i = 0; i < 8 && lagoon_Uploads_Send_recv(s[j], &a) == 1; i++) {
+                if (j == 2)
+                    fail_msg("another user's stream got an ack");
+                if (!a.refused && a.offset > acked)
+                    acked = a.offset;
+            }
+            int st = lagoon_stream_finish(s[j], NULL);
+            if (j == 2)
+                assert_int_equal(st, LAGOON_NOT_FOUND);
+            else if (st != LAGOON_OK && st != LAGOON_RESOURCE_EXHAUSTED && st != LAGOON_FAILED_PRECONDITION)
+                fail_msg("stream %d: %s (%s)", j, lagoon_status_name(st), lagoon_last_error(cs[j])->detail.message);
+        }
+        assert_int_equal(upload_status(C, u.id, &now), LAGOON_OK);
+        assert_true(now.offset >= acked);
+        assert_int_equal(file_size(p), (long)now.offset);
+    }
+    assert_true(acked > 0);
+    lagoon_v1_Upload now;
+    assert_int_equal(upload_status(C, u.id, &now), LAGOON_OK);
+    lagoon_v1_UploadAck last;
+    assert_int_equal(send_range(C, u.id, video_bytes, now.offset, video_len, 8192, 4, 0, NULL, &last), LAGOON_OK);
+    expect_completed(T->dir, u.id, &last, ann);
+    lagoon_close(c2);
+    lagoon_close(cb);
+}
+
+/* test_completion_after_publish: the upload's offset at its size, as its last chunk's commit. */
+static int offset_to_end(store_txn *t, void *arg, store_error *err)
+{
+    lagoon_v1_Upload row;
+    int st = store_get(t, &lagoon_table_uploads, *(uint64_t *)arg, &row, err);
+    if (st != LAGOON_OK)
+        return st;
+    row.offset = row.size;
+    return store_update(t, &lagoon_table_uploads, &row, err);
+}
+
+/* A crash after the file was published and before the completing write committed: every byte
+ * committed, the .part already renamed to the video's original. Made here by hand (the upload
+ * acknowledged but for its last 100 bytes, which are written, fsynced and committed the way
+ * the server would, then the rename), then the server restarts. The client's chunk with no
+ * data at offset == size completes it from the published file. */
+static void test_completion_after_publish(void **state)
+{
+    (void)state;
+    lagoon_v1_Upload u;
+    assert_int_equal(create(C, lagoon_v1_Upload_Kind_VIDEO, video_bytes, video_len, video_len, &u), LAGOON_OK);
+    lagoon_v1_UploadAck last;
+    size_t head = video_len - 100;
+    assert_int_equal(send_range(C, u.id, video_bytes, 0, head, 8192, 4, 0, NULL, &last), LAGOON_OK);
+    assert_int_equal(last.offset, head);
+    char p[512], fin[600], dir[512];
+    part_path(T->dir, u.id, p, sizeof(p));
+    FILE *f = fopen(p, "ab");
+    assert_non_null(f);
+    assert_int_equal(fwrite(video_bytes + head, 1, 100, f), 100);
+    assert_int_equal(fsync(fileno(f)), 0);
+    fclose(f);
+    uint64_t id = u.id;
+    store_error err;
+    assert_int_equal(store_write(T->app->db, offset_to_end, &id, &err), LAGOON_OK);
+    snprintf(dir, sizeof(dir), "%s/media/videos", T->dir);
+    mkdir(dir, 0750); /* (each may exist already) */
+    snprintf(dir, sizeof(dir), "%s/media/videos/%llu", T->dir, (unsigned long long)ann);
+    mkdir(dir, 0750);
+    snprintf(dir, sizeof(dir), "%s/media/videos/%llu/%llu", T->dir, (unsigned long long)ann,
+             (unsigned long long)u.video_id);
+    mkdir(dir, 0750);
+    snprintf(fin, sizeof(fin), "%s/original", dir);
+    assert_int_equal(rename(p, fin), 0);
+    lagoon_close(C);
+    test_app_restart(T, tweak);
+    C = test_client(T);
+    lagoon_set_token(C, ann_tok);
+    lagoon_v1_Upload now;
+    assert_int_equal(upload_status(C, u.id, &now), LAGOON_OK);
+    assert_int_equal(now.offset, video_len);
+    lagoon_v1_UploadChunk m;
+    memset(&m, 0, sizeof(m));
+    m.upload_id = u.id;
+    m.offset = video_len;
+    lagoon_stream *s;
+    assert_int_equal(lagoon_Uploads_Send(C, &m, &s), LAGOON_OK);
+    lagoon_stream_close_send(s);
+    int got = lagoon_Uploads_Send_recv(s, &last);
+    lagoon_v1_UploadAck more;
+    assert_int_equal(lagoon_Uploads_Send_recv(s, &more), 0); /* then the end */
+    int st = lagoon_stream_finish(s, NULL);
+    if (st != LAGOON_OK)
+        fail_msg("got %d, %s: %s", got, lagoon_status_name(st), lagoon_last_error(C)->detail.message);
+    assert_int_equal(got, 1);
+    assert_true(last.complete);
+    assert_int_equal(last.video_id, u.video_id);
+    expect_completed(T->dir, u.id, &last, ann);
+    assert_int_equal(upload_status(C, u.id, &now), LAGOON_NOT_FOUND);
+    get_video(C, u.video_id);
+    assert_int_equal(V.status, lagoon_v1_Video_Status_PROCESSING);
 }
 
 /* ---- a real lagoond, killed ------------------------------------------------------------------------ */
@@ -817,6 +960,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_expiry, setup, teardown),
         cmocka_unit_test_setup_teardown(test_orphan_bytes_swept_at_start, setup, teardown),
         cmocka_unit_test_setup_teardown(test_profile_image, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_two_streams_at_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_completion_after_publish, setup, teardown),
         cmocka_unit_test(test_sigkill_resumes),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);

@@ -834,6 +834,40 @@ static void test_reupload_during_run(void **state)
     use_ffmpeg(NULL);
 }
 
+/* What the owner changes while the video is processed survives the finishing write (it reads
+ * the row in its own transaction), and a share removed meanwhile is not notified. */
+static void test_edits_during_run_survive(void **state)
+{
+    (void)state;
+    char flag[128], held[128];
+    in_dir(flag, sizeof(flag), "go");
+    in_dir(held, sizeof(held), "held");
+    (void)unlink(flag);
+    (void)unlink(held);
+    use_ffmpeg("ffmpeg-holds");
+    uint64_t id = queue_video("small-silent.mp4");
+    wait_job(id, lagoon_v1_MediaJob_State_RUNNING, 1);
+    assert_true(test_wait_for(file_exists, held, 30000));
+    static lagoon_v1_Video upd; /* ~37 KB */
+    lagoon_v1_UpdateVideoRequest ur = {.video_id = id, .has_title = true};
+    APP_STRCPY(ur.title, "Scales in A, retitled");
+    lagoon_set_token(C, ann_tok);
+    assert_int_equal(lagoon_Videos_Update(C, &ur, &upd), LAGOON_OK);
+    pb_release(lagoon_v1_Video_fields, &upd);
+    lagoon_v1_UnshareVideoRequest un = {.video_id = id, .user_id = bob};
+    lagoon_v1_VideosEmpty empty;
+    assert_int_equal(lagoon_Videos_Unshare(C, &un, &empty), LAGOON_OK);
+    sh("touch %s", flag);
+    wait_job(id, lagoon_v1_MediaJob_State_SUCCEEDED, 1);
+    read_video(id, &Vid);
+    assert_int_equal(Vid.status, lagoon_v1_Video_Status_READY);
+    assert_string_equal(Vid.title, "Scales in A, retitled");
+    assert_true(notified(ann, lagoon_v1_Notification_Type_MEDIA_READY, id));
+    assert_false(notified(bob, lagoon_v1_Notification_Type_MEDIA_READY, id));
+    (void)unlink(flag);
+    use_ffmpeg(NULL);
+}
+
 static int profile_done(void *arg)
 {
     lagoon_v1_ListMediaJobsResponse *r = arg;
@@ -1151,6 +1185,7 @@ int main(void)
         cmocka_unit_test(test_restart_requeues),
         cmocka_unit_test(test_deleted_video_leaves_no_files),
         cmocka_unit_test(test_reupload_during_run),
+        cmocka_unit_test(test_edits_during_run_survive),
         cmocka_unit_test(test_profile_image),
         cmocka_unit_test(test_job_visibility),
         cmocka_unit_test(test_profile_image_fails), /* bob's first job: after test_job_visibility */

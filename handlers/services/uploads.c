@@ -338,6 +338,7 @@ static int uploads_run_job(store_txn *t, const app *a, const lagoon_v1_Scheduled
 typedef struct quota_sum {
     uint64_t bytes;
     uint64_t found_upload; /* by_video: an upload of the video */
+    uint32_t uploads;      /* the user's open uploads */
 } quota_sum;
 
 static int add_video_bytes(void *arg, uint64_t id, const void *row)
@@ -351,6 +352,7 @@ static int add_upload_size(void *arg, uint64_t id, const void *row)
 {
     (void)id;
     ((quota_sum *)arg)->bytes += ((const lagoon_v1_Upload *)row)->size;
+    ((quota_sum *)arg)->uploads++;
     return LAGOON_OK;
 }
 
@@ -393,6 +395,9 @@ static int quota_check(store_txn *t, const app *a, uint64_t user, uint64_t size,
         st = sum_rows(t, &lagoon_table_uploads, lagoon_index_uploads_by_owner_time, user, add_upload_size, &sum, err);
     if (st != LAGOON_OK)
         return st;
+    if (sum.uploads >= UPLOADS_OPEN_MAX)
+        return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL,
+                          "%u uploads in progress (UPLOADS_OPEN_MAX): complete or cancel one first", UPLOADS_OPEN_MAX);
     uint64_t quota = quota_bytes(a);
     if (sum.bytes > quota || size > quota - sum.bytes)
         return store_fail(err, LAGOON_RESOURCE_EXHAUSTED, NULL,
@@ -658,6 +663,27 @@ static int io_error(rpc_call *call, int e, const char *what)
     return rpc_call_error(call, LAGOON_INTERNAL, "cannot %s the upload's file: %s", what, strerror(e));
 }
 
+/* fsyncs the directory that holds path: 0, or -1 with errno. */
+static int dir_sync(const char *path)
+{
+    char dir[MEDIA_PATH_MAX];
+    size_t n = strnlen(path, sizeof(dir) - 1);
+    memcpy(dir, path, n);
+    dir[n] = '\0';
+    char *slash = strrchr(dir, '/');
+    if (slash == NULL || slash == dir)
+        return 0;
+    *slash = '\0';
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    int rc = fsync(fd);
+    int e = errno;
+    close(fd);
+    errno = e;
+    return rc;
+}
+
 /* Writes chunks cs[0..k) one after the other from offset into the upload's file (created at
  * the first chunk) and fsyncs it once; on failure cuts the file back to offset (nothing
  * half-written stays past the committed offset). LAGOON_OK, RESOURCE_EXHAUSTED (disk full) or
@@ -697,6 +723,10 @@ static int chunks_write(rpc_call *call, const char *path, uint64_t offset, send_
         }
         if (st == LAGOON_OK && fsync(fd) != 0)
             st = io_error(call, errno, "sync");
+        /* The first bytes: the file's name must be as durable as they are, or a power loss
+         * could leave an offset committed for a file that is not there. */
+        if (st == LAGOON_OK && offset == 0 && dir_sync(path) != 0)
+            st = io_error(call, errno, "sync the directory of");
         if (st != LAGOON_OK && ftruncate(fd, (off_t)offset) == 0)
             (void)fsync(fd);
     }

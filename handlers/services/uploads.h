@@ -26,6 +26,10 @@
 #define UPLOADS_CHUNK_MAX (1u << 20)
 #define UPLOADS_CHUNK_PIECES 32
 #define UPLOADS_PIECE_MAX (32u << 10)
+/* A user's uploads open at once: far more than a client uploading in parallel needs. It bounds
+ * the rows each Create's quota reads and an account's upload rows (each Create's size counts
+ * in the quota, but uploads of a byte each would otherwise pile up without limit). */
+#define UPLOADS_OPEN_MAX 32
 /* Chunks of one Send stream received and not yet acknowledged: a client keeps this many in
  * flight and waits for acks beyond it; one that does not is refused (RESOURCE_EXHAUSTED), so a
  * stream holds at most this many chunks' memory. The chunks that arrive while the server

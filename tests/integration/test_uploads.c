@@ -484,6 +484,28 @@ static void test_quota(void **state)
     (void)u2;
 }
 
+/* A user has at most UPLOADS_OPEN_MAX uploads open (however small): one more is
+ * RESOURCE_EXHAUSTED; another user is not affected; a cancel makes room. */
+static void test_open_uploads_limit(void **state)
+{
+    (void)state;
+    lagoon_v1_Upload u, first = {0};
+    for (int i = 0; i < UPLOADS_OPEN_MAX; i++) {
+        assert_int_equal(create(C, lagoon_v1_Upload_Kind_PROFILE_IMAGE, image_bytes, 1, 1, &u), LAGOON_OK);
+        if (i == 0)
+            first = u;
+    }
+    assert_int_equal(create(C, lagoon_v1_Upload_Kind_PROFILE_IMAGE, image_bytes, 1, 1, &u), LAGOON_RESOURCE_EXHAUSTED);
+    assert_non_null(strstr(lagoon_last_error(C)->detail.message, "UPLOADS_OPEN_MAX"));
+    lagoon_set_token(C, bob_tok);
+    assert_int_equal(create(C, lagoon_v1_Upload_Kind_PROFILE_IMAGE, image_bytes, 1, 1, &u), LAGOON_OK);
+    lagoon_set_token(C, ann_tok);
+    lagoon_v1_CancelUploadRequest cr = {.upload_id = first.id};
+    lagoon_v1_UploadsEmpty e;
+    assert_int_equal(lagoon_Uploads_Cancel(C, &cr, &e), LAGOON_OK);
+    assert_int_equal(create(C, lagoon_v1_Upload_Kind_PROFILE_IMAGE, image_bytes, 1, 1, &u), LAGOON_OK);
+}
+
 static void test_not_a_video(void **state)
 {
     (void)state;
@@ -952,6 +974,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_wrong_offset, setup, teardown),
         cmocka_unit_test_setup_teardown(test_size_limits, setup_small, teardown),
         cmocka_unit_test_setup_teardown(test_quota, setup_small, teardown),
+        cmocka_unit_test_setup_teardown(test_open_uploads_limit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_not_a_video, setup, teardown),
         cmocka_unit_test_setup_teardown(test_whole_checksum_mismatch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_create_retry, setup, teardown),

@@ -504,6 +504,25 @@ static int ssl_write_all(SSL *ssl, const void *buf, size_t len)
     return 1;
 }
 
+/* A raw TLS client on fd (a blocking socket, its waits bounded by 5 s timeouts), the chain
+ * not checked (not under test where it is used), the preface sent. Free with SSL_free. */
+static SSL *raw_tls_open(int fd)
+{
+    struct timeval tv = {5, 0};
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    assert_non_null(ctx);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+    SSL *ssl = SSL_new(ctx);
+    SSL_CTX_free(ctx); /* the SSL holds its own reference */
+    assert_non_null(ssl);
+    SSL_set_fd(ssl, fd);
+    assert_int_equal(SSL_connect(ssl), 1);
+    assert_int_equal(ssl_write_all(ssl, WIRE_PREFACE, WIRE_PREFACE_LEN), 1);
+    return ssl;
+}
+
 /* A TLS client that sends and never reads: the output cap (max-output-buffer) still holds
  * through the OpenSSL bufferevent, and the server cuts the connection instead of buffering
  * the 32 MB of echoes. */
@@ -511,17 +530,7 @@ static void tls_slow_reader_cut_off(void **state)
 {
     (void)state;
     int fd = raw_connect_small(T->srv.port, 0, 4096);
-    struct timeval tv = {5, 0};
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
-    assert_non_null(ctx);
-    SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL); /* the chain is not under test here */
-    SSL *ssl = SSL_new(ctx);
-    assert_non_null(ssl);
-    SSL_set_fd(ssl, fd);
-    assert_int_equal(SSL_connect(ssl), 1);
-    assert_int_equal(ssl_write_all(ssl, WIRE_PREFACE, WIRE_PREFACE_LEN), 1);
+    SSL *ssl = raw_tls_open(fd);
     lagoon_v1_EchoRequest req = lagoon_v1_EchoRequest_init_zero;
     req.payload.size = 16384;
     memset(req.payload.bytes, 'z', 16384);
@@ -538,8 +547,69 @@ static void tls_slow_reader_cut_off(void **state)
     assert_true(i < 2000);
     assert_true(test_wait_for(no_connections, NULL, WAIT_MS));
     SSL_free(ssl);
-    SSL_CTX_free(ctx);
     close(fd);
+    still_serves();
+}
+
+/* SSL_read exactly len bytes (a socket with a receive timeout); 0 on failure. */
+static int ssl_read_all(SSL *ssl, uint8_t *buf, size_t len)
+{
+    for (size_t got = 0; got < len;) {
+        int r = SSL_read(ssl, buf + got, (int)(len - got));
+        if (r <= 0)
+            return 0;
+        got += (size_t)r;
+    }
+    return 1;
+}
+
+/* Reads one whole frame through ssl: its type (-1 if the connection failed). Frames here are
+ * small (SETTINGS, a Health/Check reply). */
+static int ssl_read_frame_type(SSL *ssl)
+{
+    uint8_t hdr[WIRE_HEADER_SIZE], body[4096];
+    if (!ssl_read_all(ssl, hdr, sizeof(hdr)))
+        return -1;
+    uint32_t length = (uint32_t)hdr[0] << 24 | (uint32_t)hdr[1] << 16 | (uint32_t)hdr[2] << 8 | hdr[3];
+    size_t rest = (size_t)length + 4 - WIRE_HEADER_SIZE; /* the length counts all but its own 4 bytes */
+    assert_true(rest <= sizeof(body));
+    if (rest && !ssl_read_all(ssl, body, rest))
+        return -1;
+    return hdr[4];
+}
+
+/* After the handshake, a record the server cannot decrypt (as a tampering middlebox would make)
+ * right behind a call ends the connection at once, not at a timeout. A client's close_notify
+ * right behind its call is a half-close: the call is still answered, then its close is one. */
+static void bad_record_and_close_notify_close(void **state)
+{
+    (void)state;
+    for (int round = 0; round < 2; round++) {
+        int fd = raw_connect(T->srv.port, 0);
+        SSL *ssl = raw_tls_open(fd);
+        uint8_t hdr[WIRE_HEADER_SIZE];
+        assert_int_equal(wire_header_encode(hdr, WIRE_REQUEST, WIRE_FLAG_END_STREAM, 1, lagoon_method_Health_Check.id,
+                                            0, 0),
+                         0);
+        assert_int_equal(ssl_write_all(ssl, hdr, sizeof(hdr)), 1);
+        if (round == 0) {
+            /* An application-data record of 32 bytes that no key made. */
+            uint8_t junk[5 + 32] = {0x17, 0x03, 0x03, 0x00, 0x20};
+            memset(junk + 5, 0xA5, 32);
+            raw_send(fd, junk, sizeof(junk));
+        } else {
+            assert_true(SSL_shutdown(ssl) >= 0); /* close_notify */
+            int responses = 0;
+            for (int i = 0; i < 8 && responses == 0; i++) /* SETTINGS, then the RESPONSE */
+                responses += ssl_read_frame_type(ssl) == WIRE_RESPONSE;
+            assert_int_equal(responses, 1);
+            shutdown(fd, SHUT_WR);
+        }
+        assert_int_equal(raw_wait_closed(fd, WAIT_MS), 1);
+        SSL_free(ssl);
+        close(fd);
+    }
+    assert_true(test_wait_for(no_connections, NULL, WAIT_MS));
     still_serves();
 }
 
@@ -1002,6 +1072,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(transport_hook, setup_server, teardown),
         cmocka_unit_test_setup_teardown(transport_partial_io, setup_server, teardown),
         cmocka_unit_test_setup_teardown(trickled_client_hello_closed, setup_server, teardown),
+        cmocka_unit_test_setup_teardown(bad_record_and_close_notify_close, setup_server, teardown),
         cmocka_unit_test_setup_teardown(tls_slow_reader_cut_off, setup_small_output, teardown),
         cmocka_unit_test_setup_teardown(async_client_tls, setup_server, teardown),
         cmocka_unit_test_setup_teardown(lagoonctl_tls, setup_server, teardown),

@@ -38,15 +38,18 @@ struct media_http {
 
 /* ---- Range ---------------------------------------------------------------------------------- */
 
-/* A decimal number at *p (digits only, below 2^63); advances *p. 0, or -1. */
+/* A decimal number at *p (digits only); advances *p. One past UINT64_MAX / 10 digits' worth is
+ * held at UINT64_MAX: every such position is past any file, so "bytes=0-18446744073709551616"
+ * is the whole file from 0 and "bytes=-99999999999999999999" the whole file, as RFC 9110 reads
+ * them, and a first position that large is past the end (416). The digits are bounded by the
+ * header's size (MEDIA_HTTP_MAX_HEADERS). 0, or -1. */
 static int range_number(const char **p, uint64_t *v)
 {
     const char *s = *p;
     uint64_t n = 0;
     while (*s >= '0' && *s <= '9') {
-        if (n > (UINT64_MAX / 2 - 9) / 10)
-            return -1;
-        n = n * 10 + (uint64_t)(*s - '0');
+        unsigned d = (unsigned)(*s - '0');
+        n = n > (UINT64_MAX - d) / 10 ? UINT64_MAX : n * 10 + d;
         s++;
     }
     if (s == *p)
@@ -240,6 +243,32 @@ static int etag_listed(const char *list, const char *etag)
     return 0;
 }
 
+/* The value of header name when the request has it once; NULL when it has none and *several
+ * when it has it more than once (a Range or If-Range sent twice is not one request: ignored). */
+static const char *header_once(struct evkeyvalq *in, const char *name, int *several)
+{
+    const char *v = NULL;
+    int n = 0;
+    for (struct evkeyval *h = in->tqh_first; h != NULL; h = h->next.tqe_next) {
+        if (strcasecmp(h->key, name) == 0) {
+            v = h->value;
+            n++;
+        }
+    }
+    if (n > 1)
+        *several = 1;
+    return n == 1 ? v : NULL;
+}
+
+/* Whether any If-None-Match header names etag: several are one list (RFC 9110 5.3). */
+static int none_match(struct evkeyvalq *in, const char *etag)
+{
+    for (struct evkeyval *h = in->tqh_first; h != NULL; h = h->next.tqe_next)
+        if (strcasecmp(h->key, "If-None-Match") == 0 && etag_listed(h->value, etag))
+            return 1;
+    return 0;
+}
+
 /* Answers the request from the open file fd (taken: closed on every path). */
 static void serve_file(struct evhttp_request *req, int fd, const struct stat *sb, const char *name,
                        int64_t max_age_s)
@@ -253,17 +282,17 @@ static void serve_file(struct evhttp_request *req, int fd, const struct stat *sb
     evhttp_add_header(out, "Accept-Ranges", "bytes");
     snprintf(value, sizeof(value), "private, max-age=%" PRId64, max_age_s > 0 ? max_age_s : 0);
     evhttp_add_header(out, "Cache-Control", value);
-    const char *inm = evhttp_find_header(in, "If-None-Match");
-    if (inm != NULL && etag_listed(inm, etag)) {
+    if (none_match(in, etag)) {
         close(fd);
         evhttp_send_reply(req, HTTP_NOTMODIFIED, "Not Modified", NULL);
         return;
     }
     uint64_t size = (uint64_t)sb->st_size, off = 0, len = size;
-    const char *range = evhttp_find_header(in, "Range");
-    const char *if_range = evhttp_find_header(in, "If-Range");
-    if (if_range != NULL && strcmp(if_range, etag) != 0)
-        range = NULL; /* the file changed since the client's first part: all of it */
+    int several = 0;
+    const char *range = header_once(in, "Range", &several);
+    const char *if_range = header_once(in, "If-Range", &several);
+    if (several || (if_range != NULL && strcmp(if_range, etag) != 0))
+        range = NULL; /* the file changed since the client's first part (or a doubled header): all of it */
     enum media_range r = media_range_parse(range, size, &off, &len);
     if (r == MEDIA_RANGE_UNSATISFIABLE) {
         close(fd);

@@ -419,6 +419,13 @@ static void test_ranges(void **state)
     snprintf(cmd, sizeof(cmd), "%s' -H 'If-Range: %s", "Range: bytes=0-9", etag);
     assert_int_equal(http("GET", url, cmd), 206);
     assert_int_equal(R.len, 10);
+    /* A last position past any file is the rest of it; a Range sent twice is ignored. */
+    assert_int_equal(http("GET", url, "Range: bytes=0-18446744073709551616"), 206);
+    assert_int_equal(R.len, sd_size);
+    assert_int_equal(http("GET", url, "Range: bytes=0-0' -H 'Range: bytes=5-6"), 200);
+    assert_int_equal(R.len, sd_size);
+    assert_int_equal(http("HEAD", url, "Range: bytes=0-9"), 206);
+    expect_header("Content-Length", "10");
 }
 
 static void test_head_and_etag(void **state)
@@ -440,6 +447,8 @@ static void test_head_and_etag(void **state)
     assert_int_equal(R.len, 0);
     snprintf(h, sizeof(h), "If-None-Match: \"x\", W/%s", etag);
     assert_int_equal(http("GET", url, h), 304);
+    /* Several If-None-Match headers are one list. */
+    assert_int_equal(http("GET", url, "If-None-Match: \"a\"' -H 'If-None-Match: *"), 304);
     assert_int_equal(http("GET", url, "If-None-Match: \"something-else\""), 200);
     assert_int_equal(R.len, sd_size);
     /* A new file under the name (a re-upload) has a new tag. */
@@ -678,9 +687,21 @@ static void test_range_table(void **state)
         {"bytes=3-2", 10, MEDIA_RANGE_NONE, 0, 10},
         {"bytes=-2-3", 10, MEDIA_RANGE_NONE, 0, 10},
         {"bytes=0x1-2", 10, MEDIA_RANGE_NONE, 0, 10},
-        {"bytes=99999999999999999999-", 10, MEDIA_RANGE_NONE, 0, 10},
-        {"bytes=1-99999999999999999999", 10, MEDIA_RANGE_NONE, 0, 10},
+        /* Positions past any file are positions past the file, not malformed ones. */
+        {"bytes=99999999999999999999-", 10, MEDIA_RANGE_UNSATISFIABLE, 0, 0},
+        {"bytes=1-99999999999999999999", 10, MEDIA_RANGE_OK, 1, 9},
+        {"bytes=0-18446744073709551615", 10, MEDIA_RANGE_OK, 0, 10},
+        {"bytes=0-18446744073709551616", 10, MEDIA_RANGE_OK, 0, 10},
+        {"bytes=18446744073709551615-18446744073709551615", 10, MEDIA_RANGE_UNSATISFIABLE, 0, 0},
+        {"bytes=-18446744073709551615", 10, MEDIA_RANGE_OK, 0, 10},
+        {"bytes=-9223372036854775806", 10, MEDIA_RANGE_OK, 0, 10},
+        {"bytes=-99999999999999999999999999999999", 10, MEDIA_RANGE_OK, 0, 10},
         {"bytes=9223372036854775000-", 10, MEDIA_RANGE_UNSATISFIABLE, 0, 0},
+        {"bytes=-0", 10, MEDIA_RANGE_UNSATISFIABLE, 0, 0},
+        {"bytes=,", 10, MEDIA_RANGE_NONE, 0, 10},
+        {"bytes=5-2", 10, MEDIA_RANGE_NONE, 0, 10},
+        {"bytes=--1", 10, MEDIA_RANGE_NONE, 0, 10},
+        {"bytes=1--2", 10, MEDIA_RANGE_NONE, 0, 10},
         {"bytes=1-2,3-4", 10, MEDIA_RANGE_NONE, 0, 10},
         {"bytes=1-2,", 10, MEDIA_RANGE_NONE, 0, 10},
     };

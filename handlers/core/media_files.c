@@ -54,6 +54,8 @@ int media_upload_path(const app *a, uint64_t upload_id, char *buf, size_t cap)
     return fits(snprintf(buf, cap, "%s/" MEDIA_DIR "/uploads/%" PRIu64 ".part", a->data_dir, upload_id), cap);
 }
 
+static int fsync_path(const char *path, int flags);
+
 int media_mkdirs(const char *file_path)
 {
     char p[MEDIA_PATH_MAX];
@@ -62,14 +64,25 @@ int media_mkdirs(const char *file_path)
         return LAGOON_INTERNAL;
     memcpy(p, file_path, n + 1);
     /* Each '/' after the first byte ends a directory to create, the last one excepted (the
-     * file's own name follows it). */
+     * file's own name follows it). A directory made here is durable in its parent (fsynced)
+     * before the next, so that a file published into it later survives a power loss with the
+     * path to it. */
+    size_t parent = 0;
     for (size_t i = 1; i < n; i++) {
         if (p[i] != '/')
             continue;
         p[i] = '\0';
-        if (mkdir(p, 0750) != 0 && errno != EEXIST)
+        if (mkdir(p, 0750) == 0) {
+            p[parent] = '\0';
+            int rc = parent > 0 ? fsync_path(p, O_RDONLY | O_DIRECTORY) : 0;
+            p[parent] = '/';
+            if (rc != 0)
+                return LAGOON_INTERNAL;
+        } else if (errno != EEXIST) {
             return LAGOON_INTERNAL;
+        }
         p[i] = '/';
+        parent = i;
     }
     return LAGOON_OK;
 }
@@ -107,6 +120,16 @@ int media_publish(const char *tmp_path, const char *final_path)
     if (slash != NULL && slash != dir)
         *slash = '\0';
     /* The rename is durable once the directory is: a crash after this keeps the new file. */
+    if (fsync_path(dir, O_RDONLY | O_DIRECTORY) != 0)
+        return io_status(errno);
+    /* From another directory (an upload's .part): the old name's removal is made durable too,
+     * so that a crash cannot bring it back beside the new one. */
+    const char *tslash = strrchr(tmp_path, '/');
+    size_t tn = tslash != NULL ? (size_t)(tslash - tmp_path) : 0;
+    if (tn == 0 || tn >= sizeof(dir) || (strlen(dir) == tn && memcmp(dir, tmp_path, tn) == 0))
+        return LAGOON_OK;
+    memcpy(dir, tmp_path, tn);
+    dir[tn] = '\0';
     return fsync_path(dir, O_RDONLY | O_DIRECTORY) == 0 ? LAGOON_OK : io_status(errno);
 }
 

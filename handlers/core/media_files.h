@@ -53,7 +53,8 @@ int media_profile_relpath(uint64_t user_id, const char *name, char *buf, size_t 
 int media_mkdirs(const char *file_path);
 
 /* Makes tmp_path's complete contents durable under final_path: fsyncs the file, renames it
- * over final_path and fsyncs the directory. Both in the same directory. LAGOON_OK, or
+ * over final_path and fsyncs the directory (and tmp_path's, when it is another one: an
+ * upload's .part). LAGOON_OK, or
  * LAGOON_RESOURCE_EXHAUSTED (disk full: ENOSPC/EDQUOT) or LAGOON_INTERNAL; tmp_path is removed
  * on failure. */
 int media_publish(const char *tmp_path, const char *final_path);

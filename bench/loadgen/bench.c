@@ -71,6 +71,7 @@
 typedef struct bench_opts {
     char host[64];
     uint16_t port;
+    const char *cacert;   /* --cacert: TLS, the server's certificate checked against this CA file */
     const char *name;     /* the scenario's name, or the --mix spec */
     bench_mix mix;        /* the kinds of call and their weights (one kind for most scenarios) */
     bench_params params;
@@ -460,7 +461,10 @@ static int thread_setup(bthread *t)
     t->free_slots = t->nslots ? &t->slots[0] : NULL;
     for (unsigned i = 0; i < t->nconns; i++) {
         char err[256];
-        if (lagoon_async_connect(t->base, o->host, o->port, NULL, &t->conns[i].c, err, sizeof(err)) != LAGOON_OK) {
+        lagoon_async_options ao = {0};
+        ao.tls = o->cacert != NULL;
+        ao.tls_ca_file = o->cacert;
+        if (lagoon_async_connect(t->base, o->host, o->port, &ao, &t->conns[i].c, err, sizeof(err)) != LAGOON_OK) {
             snprintf(t->err, sizeof(t->err), "connection %u: %.256s", i, err);
             return -1;
         }
@@ -750,6 +754,7 @@ static void usage(FILE *out)
             "       lagoon-bench --list\n"
             "       lagoon-bench seed --data DIR --users N --messages M [--conversations K] (seed --help)\n\n"
             "  --host H             server address (default 127.0.0.1)\n"
+            "  --cacert FILE        TLS (a server with --tls-cert), its certificate checked against this CA\n"
             "  --port P             server port (default 7420)\n"
             "  --scenario NAME      what to call (--list shows them)\n"
             "  --mix SPEC           a weighted mix of scenarios instead, e.g. login:10,get_user:90;\n"
@@ -863,6 +868,8 @@ int main(int argc, char **argv)
             if (strlen(val) >= sizeof(o.host))
                 return bad(flag, val, "a shorter address");
             snprintf(o.host, sizeof(o.host), "%s", val);
+        } else if (strcmp(flag, "--cacert") == 0) {
+            o.cacert = val;
         } else if (strcmp(flag, "--port") == 0) {
             if (parse_uint(val, 1, 65535, &u) != 0)
                 return bad(flag, val, "a port 1..65535");

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -86,10 +87,17 @@ static int find_program(const char *name, char *out, size_t cap)
 
 /* The child's side, between fork and exec: only async-signal-safe calls. Never returns. */
 static void child_exec(const char *path, const char *const argv[], const subprocess_limits *lim, int devnull,
-                       int out_w, int err_w, int exec_w, unsigned max_fd)
+                       int out_w, int err_w, int exec_w, unsigned max_fd, pid_t parent)
 {
     int e;
     (void)setpgid(0, 0);
+    /* A server killed outright (kill -9, the OOM killer) cannot kill its tools: the kernel does
+     * it (the signal comes when the forking thread ends, which outlives every run). The parent
+     * may already be gone before the request took effect: then end now. */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0)
+        goto fail;
+    if (getppid() != parent)
+        _exit(127);
     /* Default signal dispositions and an empty mask: the server ignores SIGPIPE and blocks
      * signals on some threads, which a tool must not inherit. */
     sigset_t none;
@@ -233,9 +241,10 @@ int subprocess_run(const char *const argv[], const subprocess_limits *lim, const
         close_fd(&execp[0]), close_fd(&execp[1]);
         return RPC_ERR;
     }
+    pid_t parent = getpid();
     pid_t pid = fork();
     if (pid == 0)
-        child_exec(path, argv, lim, devnull, outp[1], errp[1], execp[1], max_fd);
+        child_exec(path, argv, lim, devnull, outp[1], errp[1], execp[1], max_fd, parent);
     int fork_errno = errno;
     close_fd(&devnull);
     close_fd(&outp[1]), close_fd(&errp[1]), close_fd(&execp[1]);

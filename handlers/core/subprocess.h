@@ -3,7 +3,8 @@
  * The child gets argv as given (argv[0] is a path, or a name looked up in PATH as execvp
  * would, by the parent; never a shell), stdin from /dev/null, resource limits (address space, CPU seconds, file size, no core
  * dumps) set before exec, and its own process group, which is killed (SIGKILL) when the
- * wall-clock limit passes. Its stdout is captured into the caller's buffer (the rest drained and
+ * wall-clock limit passes. A child outlives no server: it gets SIGKILL when the server dies
+ * (PR_SET_PDEATHSIG), kill -9 included. Its stdout is captured into the caller's buffer (the rest drained and
  * dropped); its stderr goes to the log a line at a time, tagged, cut at SUBPROCESS_LOG_LINE_MAX.
  * Callers build argv from ids, paths they built and constants: never from client strings. */
 #ifndef LAGOON_SUBPROCESS_H

@@ -160,6 +160,65 @@ static void test_subprocess_limits(void **state)
     assert_string_equal(out, "0\n524288\n");
 }
 
+/* Whether pid has ended (gone, or a zombie waiting for whoever adopted it). */
+static int pid_ended(void *arg)
+{
+    char path[64], stat_line[256];
+    snprintf(path, sizeof(path), "/proc/%d/stat", *(const int *)arg);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return 1;
+    size_t n = fread(stat_line, 1, sizeof(stat_line) - 1, f);
+    fclose(f);
+    stat_line[n] = '\0';
+    const char *close_paren = strrchr(stat_line, ')');
+    return close_paren != NULL && close_paren[1] == ' ' && close_paren[2] == 'Z';
+}
+
+static int file_has_pid(void *arg)
+{
+    FILE *f = fopen(arg, "r");
+    int pid = 0;
+    if (f != NULL) {
+        if (fscanf(f, "%d", &pid) != 1)
+            pid = 0;
+        fclose(f);
+    }
+    return pid > 0;
+}
+
+/* A server killed with SIGKILL takes its tool with it: a process running subprocess_run
+ * (sleep 60, no wall-clock limit) is killed, and the sleep ends too. */
+static void test_subprocess_dies_with_server(void **state)
+{
+    (void)state;
+    char pidfile[128], script[512];
+    in_dir(pidfile, sizeof(pidfile), "tool.pid");
+    (void)unlink(pidfile);
+    snprintf(script, sizeof(script), "echo $$ > %s.part && mv %s.part %s && exec sleep 60", pidfile, pidfile,
+             pidfile);
+    pid_t server = fork();
+    assert_true(server >= 0);
+    if (server == 0) {
+        const char *argv[] = {"/bin/sh", "-c", script, NULL};
+        subprocess_limits lim = {0};
+        subprocess_result res;
+        rpc_error err;
+        (void)subprocess_run(argv, &lim, "test", NULL, 0, &res, &err);
+        _exit(0);
+    }
+    assert_true(test_wait_for(file_has_pid, pidfile, 10000));
+    FILE *f = fopen(pidfile, "r");
+    assert_non_null(f);
+    int tool = 0;
+    assert_int_equal(fscanf(f, "%d", &tool), 1);
+    fclose(f);
+    assert_false(pid_ended(&tool));
+    assert_int_equal(kill(server, SIGKILL), 0);
+    assert_int_equal(waitpid(server, NULL, 0), server);
+    assert_true(test_wait_for(pid_ended, &tool, 10000));
+}
+
 static void test_subprocess_cannot_start(void **state)
 {
     (void)state;
@@ -1173,6 +1232,7 @@ int main(void)
         cmocka_unit_test(test_subprocess_timeout_kills_group),
         cmocka_unit_test(test_subprocess_closes_fds),
         cmocka_unit_test(test_subprocess_limits),
+        cmocka_unit_test(test_subprocess_dies_with_server),
         cmocka_unit_test(test_subprocess_cannot_start),
         cmocka_unit_test(test_probe_files),
         cmocka_unit_test(test_probe_parse_table),

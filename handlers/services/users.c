@@ -317,10 +317,14 @@ static void apply_active(lagoon_v1_User *u, const void *req, const void *args)
     u->active = ((const lagoon_v1_SetActiveRequest *)req)->active;
 }
 
-/* A deactivation ends every session. */
+/* A deactivation ends every session, and the media links of the videos shared with the user
+ * (their shares stay, for a reactivation; links to public videos run to their expiry). */
 static int end_sessions_if_inactive(store_txn *t, const lagoon_v1_User *u, store_error *err)
 {
-    return u->active ? LAGOON_OK : account_revoke_sessions(t, u->id, 0, err);
+    if (u->active)
+        return LAGOON_OK;
+    int st = account_revoke_sessions(t, u->id, 0, err);
+    return st == LAGOON_OK ? videos_reader_revoke(t, u->id, err) : st;
 }
 
 int handle_Users_SetActive(rpc_call *call, const lagoon_v1_SetActiveRequest *req, lagoon_v1_UserProfile *resp)

@@ -589,9 +589,17 @@ int videos_user_deleting(store_txn *t, const app *a, uint64_t user_id, store_err
     store_query q = {.table = &lagoon_table_videos, .index = lagoon_index_videos_by_owner_time,
                      .prefix = prefix.buf, .prefix_len = prefix.len};
     int st = app_each_id(t, &q, video_going, (void *)a, err);
+    return st == LAGOON_OK ? videos_reader_revoke(t, user_id, err) : st;
+}
+
+int videos_reader_revoke(store_txn *t, uint64_t user_id, store_error *err)
+{
+    store_key prefix;
+    store_key_reset(&prefix);
+    store_key_u64(&prefix, user_id);
     store_query shared = {.table = &lagoon_table_video_shares, .index = lagoon_index_video_shares_by_user_time,
                           .prefix = prefix.buf, .prefix_len = prefix.len};
-    return st == LAGOON_OK ? app_each_id(t, &shared, reader_going, NULL, err) : st;
+    return app_each_id(t, &shared, reader_going, NULL, err);
 }
 
 int handle_Videos_Delete(rpc_call *call, const lagoon_v1_DeleteVideoRequest *req, lagoon_v1_VideosEmpty *resp)

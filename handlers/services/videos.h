@@ -43,6 +43,9 @@ int videos_count_view(store_txn *t, lagoon_v1_Video *v, uint64_t user, uint32_t 
  * kept responses about their comments, the follows of their comments); and the videos shared
  * with it get a new key_version, so that the media links it was handed stop (as Unshare's). */
 int videos_user_deleting(store_txn *t, const app *a, uint64_t user_id, store_error *err);
+/* Gives every video shared with user_id a new key_version, in t: the media links the user was
+ * handed stop at once. For a deactivated account (Users/SetActive), whose shares stay. */
+int videos_reader_revoke(store_txn *t, uint64_t user_id, store_error *err);
 
 /* The Videos module: its state is the view counter's clock-free bookkeeping (none yet) and the
  * rate limits of its writes. */

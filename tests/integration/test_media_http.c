@@ -549,6 +549,35 @@ static void test_revoked_by_unsharing(void **state)
     assert_int_equal(http("GET", bob_url, NULL), 200);
 }
 
+/* A deactivated account's links to the videos shared with it stop; its shares stay. */
+static void test_revoked_by_deactivating(void **state)
+{
+    (void)state;
+    char admin_tok[65], tok[65];
+    (void)test_admin_user(T, C, "root", admin_tok);
+    uint64_t eve = test_verified_user(T, C, "eve", lagoon_v1_Role_STUDENT, tok);
+    uint64_t id = uploaded_video(ann_tok, ann, 0);
+    assert_int_equal(share(ann_tok, id, eve, 1), LAGOON_OK);
+    assert_int_equal(share(ann_tok, id, bob, 1), LAGOON_OK);
+    char eve_url[URL_MAX], bob_url[URL_MAX];
+    sd_url(tok, id, eve_url);
+    sd_url(bob_tok, id, bob_url);
+    assert_int_equal(http("GET", eve_url, NULL), 200);
+    lagoon_set_token(C, admin_tok);
+    static lagoon_v1_UserProfile prof;
+    lagoon_v1_SetActiveRequest r = {.user_id = eve, .active = false};
+    assert_int_equal(lagoon_Users_SetActive(C, &r, &prof), LAGOON_OK);
+    assert_int_equal(http("GET", eve_url, NULL), 403);
+    assert_int_equal(http("GET", bob_url, NULL), 403); /* every link of the video, as Unshare */
+    sd_url(bob_tok, id, bob_url);
+    assert_int_equal(http("GET", bob_url, NULL), 200);
+    /* A reactivation goes through the same write, which bumps nothing for an active user. */
+    r.active = true;
+    lagoon_set_token(C, admin_tok);
+    assert_int_equal(lagoon_Users_SetActive(C, &r, &prof), LAGOON_OK);
+    assert_int_equal(prof.active, true);
+}
+
 static void test_revoked_by_deleting(void **state)
 {
     (void)state;
@@ -939,6 +968,7 @@ int main(void)
         cmocka_unit_test(test_expired),
         cmocka_unit_test(test_revoked_by_making_private),
         cmocka_unit_test(test_revoked_by_unsharing),
+        cmocka_unit_test(test_revoked_by_deactivating),
         cmocka_unit_test(test_revoked_by_deleting),
         cmocka_unit_test(test_playback_access),
         cmocka_unit_test(test_path_tricks),

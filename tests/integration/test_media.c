@@ -927,6 +927,58 @@ static void test_edits_during_run_survive(void **state)
     use_ffmpeg(NULL);
 }
 
+/* An account deleted while its video is processed: the job goes with it (cascade), the run's
+ * outputs are not kept and no directory of the video is left. */
+static void test_account_deleted_during_run(void **state)
+{
+    (void)state;
+    char flag[128], held[128];
+    in_dir(flag, sizeof(flag), "go");
+    in_dir(held, sizeof(held), "held");
+    (void)unlink(flag);
+    (void)unlink(held);
+    use_ffmpeg("ffmpeg-holds");
+    char cal_tok[65];
+    uint64_t cal = test_verified_user(T, C, "cal", lagoon_v1_Role_STUDENT, cal_tok);
+    put_args p = {.a = T->app, .now = T->clock_ms, .owner = cal, .upload_id = 4242, .kind = MEDIA_JOB_VIDEO};
+    store_error err;
+    assert_int_equal(store_write(T->app->db, insert_video_fn, &p, &err), LAGOON_OK);
+    char path[MEDIA_PATH_MAX];
+    assert_int_equal(media_video_path(T->app, cal, p.video_id, MEDIA_ORIGINAL, path, sizeof(path)), LAGOON_OK);
+    put_original(path, "small-silent.mp4");
+    assert_int_equal(store_write(T->app->db, enqueue_fn, &p, &err), LAGOON_OK);
+    media_kick(T->app);
+    assert_true(test_wait_for(file_exists, held, 30000)); /* probed; its thumbnail's ffmpeg started */
+    lagoon_v1_DeleteAccountRequest dr;
+    APP_STRCPY(dr.password, TEST_PASSWORD);
+    lagoon_v1_UsersEmpty empty;
+    lagoon_set_token(C, cal_tok);
+    assert_int_equal(lagoon_Users_DeleteAccount(C, &dr, &empty), LAGOON_OK);
+    /* The one worker takes the next job once the deleted account's run is over. */
+    uint64_t next = queue_video("small-silent.mp4");
+    sh("touch %s", flag);
+    wait_job(next, lagoon_v1_MediaJob_State_SUCCEEDED, 1);
+    char dir[MEDIA_PATH_MAX];
+    assert_int_equal(media_video_path(T->app, cal, p.video_id, NULL, dir, sizeof(dir)), LAGOON_OK);
+    assert_false(exists(dir));
+    store_txn *t;
+    assert_int_equal(store_read_begin(T->app->db, &t, &err), LAGOON_OK);
+    store_key k;
+    store_key_reset(&k);
+    store_key_u64(&k, p.video_id);
+    store_query q = {.table = &lagoon_table_media_jobs,
+                     .index = lagoon_index_media_jobs_by_video,
+                     .prefix = k.buf,
+                     .prefix_len = k.len,
+                     .page_size = 1};
+    store_page pg;
+    assert_int_equal(store_scan(t, &q, NULL, NULL, &pg, &err), LAGOON_OK);
+    store_read_end(t);
+    assert_int_equal(pg.count, 0);
+    (void)unlink(flag);
+    use_ffmpeg(NULL);
+}
+
 static int profile_done(void *arg)
 {
     lagoon_v1_ListMediaJobsResponse *r = arg;
@@ -1246,6 +1298,7 @@ int main(void)
         cmocka_unit_test(test_deleted_video_leaves_no_files),
         cmocka_unit_test(test_reupload_during_run),
         cmocka_unit_test(test_edits_during_run_survive),
+        cmocka_unit_test(test_account_deleted_during_run),
         cmocka_unit_test(test_profile_image),
         cmocka_unit_test(test_job_visibility),
         cmocka_unit_test(test_profile_image_fails), /* bob's first job: after test_job_visibility */

@@ -480,10 +480,24 @@ static int update_write(store_txn *t, const app_write_in *in, void *resp, store_
     /* The words move only when the searched text does: most edits write no VideoWord row. */
     if (st == LAGOON_OK && words)
         st = words_replace(t, v, err);
-    video_shown(v, &in->who);
-    /* A retry with the call's key gets this response while the video lasts; Delete drops it. */
+    /* (The caller may change it, so share_count stays.) No signed URL in the response: a retry
+     * with the call's key gets this response while the video lasts (Delete drops it), possibly
+     * past a URL's expiry; update_after signs the thumbnail at each answer instead. */
+    if (v->source == lagoon_v1_Video_Source_UPLOAD)
+        v->thumbnail_url[0] = '\0';
     app_result_shows(in, v->id);
     return st;
+}
+
+/* The thumbnail's URL, signed now, for the first answer and a retry's kept one alike (with the
+ * key version the response holds: revoked since, it answers 403 and the client asks again). */
+static int update_after(rpc_call *call, const app_write_in *in, void *resp, int status)
+{
+    (void)call;
+    (void)in;
+    if (status == LAGOON_OK)
+        thumbnail_shown(resp);
+    return status;
 }
 
 int handle_Videos_Update(rpc_call *call, const lagoon_v1_UpdateVideoRequest *req, lagoon_v1_Video *resp)
@@ -492,7 +506,7 @@ int handle_Videos_Update(rpc_call *call, const lagoon_v1_UpdateVideoRequest *req
     /* The url rule accepts "" (an optional address); a video always has one. */
     if (req->has_url && req->url[0] == '\0')
         return rpc_call_violation(call, "url", "must not be empty");
-    return app_write_call(call, update_write, NULL);
+    return app_write_call_then(call, update_write, NULL, update_after);
 }
 
 /* The video's topic (its comments' events: Comments/Follow) outlives no video. */

@@ -511,6 +511,35 @@ static void test_expired(void **state)
 
 /* ---- revocation --------------------------------------------------------------------------------- */
 
+/* A retried Update (same idempotency key) answers its kept response with a thumbnail URL
+ * signed now, not the first answer's, which may have expired meanwhile. */
+static void test_update_retry_thumbnail(void **state)
+{
+    (void)state;
+    uint64_t id = uploaded_video(ann_tok, ann, 0);
+    static lagoon_v1_UpdateVideoRequest r;
+    memset(&r, 0, sizeof(r));
+    r.video_id = id;
+    r.has_title = true;
+    snprintf(r.title, sizeof(r.title), "arpeggios");
+    lagoon_set_token(C, ann_tok);
+    lagoon_set_idempotency_key(C, "update-thumb-1");
+    assert_int_equal(lagoon_Videos_Update(C, &r, &V), LAGOON_OK);
+    char first[sizeof(V.thumbnail_url)];
+    memcpy(first, V.thumbnail_url, sizeof(first));
+    assert_true(strncmp(first, base, strlen(base)) == 0);
+    assert_int_equal(http("GET", first, NULL), 200);
+    test_clock_advance(T, (3600 + 1) * 1000LL);
+    assert_int_equal(http("GET", first, NULL), 410);
+    lagoon_set_token(C, ann_tok);
+    lagoon_set_idempotency_key(C, "update-thumb-1");
+    assert_int_equal(lagoon_Videos_Update(C, &r, &V), LAGOON_OK);
+    assert_string_equal(V.title, "arpeggios");
+    assert_string_not_equal(V.thumbnail_url, first);
+    assert_int_equal(http("GET", V.thumbnail_url, NULL), 200);
+    expect_header("Content-Type", "image/jpeg");
+}
+
 static void test_revoked_by_making_private(void **state)
 {
     (void)state;
@@ -966,6 +995,7 @@ int main(void)
         cmocka_unit_test(test_head_and_etag),
         cmocka_unit_test(test_bad_signature),
         cmocka_unit_test(test_expired),
+        cmocka_unit_test(test_update_retry_thumbnail),
         cmocka_unit_test(test_revoked_by_making_private),
         cmocka_unit_test(test_revoked_by_unsharing),
         cmocka_unit_test(test_revoked_by_deactivating),

@@ -31,6 +31,7 @@
  * commit, so the sweeper runs at start-up and after every commit that deleted an upload, and
  * deletes each .part without a row. A crash between the two leaves nothing that outlives the
  * next start. */
+#define _GNU_SOURCE /* sync_file_range */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -663,6 +664,8 @@ static int io_error(rpc_call *call, int e, const char *what)
     return rpc_call_error(call, LAGOON_INTERNAL, "cannot %s the upload's file: %s", what, strerror(e));
 }
 
+static void hash_chunks(send_hash *h, lagoon_v1_Upload_Checksum alg, send_chunk *const *cs, size_t k);
+
 /* fsyncs the directory that holds path: 0, or -1 with errno. */
 static int dir_sync(const char *path)
 {
@@ -686,9 +689,13 @@ static int dir_sync(const char *path)
 
 /* Writes chunks cs[0..k) one after the other from offset into the upload's file (created at
  * the first chunk) and fsyncs it once; on failure cuts the file back to offset (nothing
- * half-written stays past the committed offset). LAGOON_OK, RESOURCE_EXHAUSTED (disk full) or
- * INTERNAL, message on call. */
-static int chunks_write(rpc_call *call, const char *path, uint64_t offset, send_chunk *const *cs, size_t k)
+ * half-written stays past the committed offset). Each chunk's writeback is started as soon as
+ * it is written (sync_file_range), and the whole file's digest (h, by alg) takes the chunks
+ * while the disk writes them, so that the fsync mostly waits for what is already under way
+ * instead of the disk idling through the copies and the hashing. LAGOON_OK, RESOURCE_EXHAUSTED
+ * (disk full) or INTERNAL, message on call; on failure h no longer counts. */
+static int chunks_write(rpc_call *call, const char *path, uint64_t offset, send_chunk *const *cs, size_t k,
+                        send_hash *h, lagoon_v1_Upload_Checksum alg)
 {
     if (media_mkdirs(path) != LAGOON_OK)
         return rpc_call_error(call, LAGOON_INTERNAL, "cannot create the uploads directory");
@@ -719,8 +726,13 @@ static int chunks_write(rpc_call *call, const char *path, uint64_t offset, send_
                 }
                 done += (uint32_t)n;
             }
+            /* (advice: fsync below is what counts, so a failure here changes nothing) */
+            if (st == LAGOON_OK)
+                (void)sync_file_range(fd, (off_t)at, (off_t)cs[i]->len, SYNC_FILE_RANGE_WRITE);
             at += cs[i]->len;
         }
+        if (st == LAGOON_OK)
+            hash_chunks(h, alg, cs, k);
         if (st == LAGOON_OK && fsync(fd) != 0)
             st = io_error(call, errno, "sync");
         /* The first bytes: the file's name must be as durable as they are, or a power loss
@@ -731,6 +743,8 @@ static int chunks_write(rpc_call *call, const char *path, uint64_t offset, send_
             (void)fsync(fd);
     }
     close(fd);
+    if (st != LAGOON_OK)
+        h->valid = 0;
     return st;
 }
 
@@ -815,6 +829,24 @@ static int hash_final(send_hash *h, uint8_t out[UPLOADS_DIGEST_BYTES])
 }
 
 static int complete_upload(send_stream *ss, lagoon_v1_Upload *u, chunk_result *r);
+
+/* The whole file's digest takes chunks cs[0..k), written from the committed offset: it goes on
+ * while the stream has seen every byte from 0 (a stream whose first chunk is at 0 starts it);
+ * otherwise completion reads the file again. */
+static void hash_chunks(send_hash *h, lagoon_v1_Upload_Checksum alg, send_chunk *const *cs, size_t k)
+{
+    for (size_t i = 0; i < k; i++) {
+        const send_chunk *c = cs[i];
+        if (h->valid && h->upto == c->offset) {
+            hash_update(h, c->data, c->len);
+        } else if (!h->valid && c->offset == 0) {
+            hash_init(h, alg);
+            hash_update(h, c->data, c->len);
+        } else {
+            h->valid = 0;
+        }
+    }
+}
 
 /* Checks chunk c against the upload as it will be once the chunks before it are written (its
  * offset `expected`): 1 when it is good, else 0 with its refusal in r (status, message on the
@@ -911,7 +943,7 @@ static void batch_claimed(send_stream *ss, send_chunk *const *cs, size_t n, chun
         return;
     }
     uint64_t from = u.offset;
-    st = chunks_write(call, path, from, cs, k);
+    st = chunks_write(call, path, from, cs, k, ss->hash, u.checksum_algorithm);
     if (st == LAGOON_OK) {
         int64_t now = app_now(a);
         commit_args ca = {.owner = ss->who.user_id, .id = u.id, .offset = from, .len = expected - from, .now = now,
@@ -924,6 +956,7 @@ static void batch_claimed(send_stream *ss, send_chunk *const *cs, size_t n, chun
                 (void)unlink(path);
             else
                 chunk_undo(path, from);
+            ss->hash->valid = 0; /* it took bytes that do not count */
             st = app_store_error(call, st, &err);
         }
     }
@@ -931,19 +964,9 @@ static void batch_claimed(send_stream *ss, send_chunk *const *cs, size_t n, chun
         batch_failed(r, n, st);
         return;
     }
-    send_hash *h = ss->hash;
     uint64_t at = from;
     for (size_t i = 0; i < k; i++) {
-        const send_chunk *c = cs[i];
-        if (h->valid && h->upto == c->offset) {
-            hash_update(h, c->data, c->len);
-        } else if (!h->valid && c->offset == 0) {
-            hash_init(h, u.checksum_algorithm);
-            hash_update(h, c->data, c->len);
-        } else {
-            h->valid = 0; /* completion reads the file again */
-        }
-        at += c->len;
+        at += cs[i]->len;
         r[i].ack.offset = at;
         r[i].send_ack = 1;
     }

@@ -400,6 +400,8 @@ int media_job_counts(const app *a, uint64_t counts[MEDIA_JOB_STATES])
 typedef struct claim_args {
     int64_t now;
     int found;          /* out: job is claimed (RUNNING) */
+    int exhausted;      /* out: it already had MEDIA_ATTEMPTS_MAX attempts (the server died
+                         * during the last ones): it fails without another run */
     int64_t next_due;   /* out, when none was due: the next QUEUED job's time (0: none) */
     lagoon_v1_MediaJob job;
 } claim_args;
@@ -416,6 +418,7 @@ static int claim_fn(store_txn *t, void *arg, store_error *err)
 {
     claim_args *c = arg;
     c->found = 0;
+    c->exhausted = 0;
     c->next_due = 0;
     store_key p;
     state_key(&p, lagoon_v1_MediaJob_State_QUEUED);
@@ -434,7 +437,12 @@ static int claim_fn(store_txn *t, void *arg, store_error *err)
         return LAGOON_OK;
     }
     j.state = lagoon_v1_MediaJob_State_RUNNING;
-    j.attempts++;
+    /* Only a crash re-queues a job at its last attempt (a failed attempt at it is FAILED): a
+     * file that kills the server each time it runs is not run again and again. */
+    if (j.attempts >= MEDIA_ATTEMPTS_MAX)
+        c->exhausted = 1;
+    else
+        j.attempts++;
     j.updated_at = c->now;
     st = store_update(t, &lagoon_table_media_jobs, &j, err);
     if (st == LAGOON_OK) {
@@ -1068,7 +1076,7 @@ static void finish_files(const app *a, const lagoon_v1_MediaJob *j, const finish
 #define MEDIA_FINISH_TRIES 5
 #define MEDIA_FINISH_RETRY_MS 1000
 
-static void run_claimed(media_state *s, const lagoon_v1_MediaJob *j)
+static void run_claimed(media_state *s, const lagoon_v1_MediaJob *j, int exhausted)
 {
     app *a = s->a;
     run_outcome *o = calloc(1, sizeof(*o));
@@ -1076,10 +1084,20 @@ static void run_claimed(media_state *s, const lagoon_v1_MediaJob *j)
         log_msg(LOG_ERROR, "media: job %llu: out of memory", (unsigned long long)j->id);
         return;
     }
-    if (j->kind == lagoon_v1_MediaJob_Kind_VIDEO)
+    if (exhausted) {
+        char original[MEDIA_PATH_MAX];
+        struct stat sb;
+        if (j->kind == lagoon_v1_MediaJob_Kind_VIDEO &&
+            media_video_path(a, j->user_id, j->video_id, MEDIA_ORIGINAL, original, sizeof(original)) == LAGOON_OK &&
+            stat(original, &sb) == 0)
+            o->original_bytes = (uint64_t)sb.st_size;
+        run_set(o, RUN_FAIL, "processing was cut short %u times (the server stopped during it)",
+                (unsigned)j->attempts);
+    } else if (j->kind == lagoon_v1_MediaJob_Kind_VIDEO) {
         run_video(s, j, o);
-    else
+    } else {
         run_profile(s, j, o);
+    }
     store_error err;
     if (o->status == RUN_STOPPED) {
         giveback_args g = {.now = app_now(a), .claimed = j};
@@ -1128,7 +1146,7 @@ static void *worker_main(void *arg)
         store_error err;
         int st = store_write(s->a->db, claim_fn, &c, &err);
         if (st == LAGOON_OK && c.found) {
-            run_claimed(s, &c.job);
+            run_claimed(s, &c.job, c.exhausted);
             continue;
         }
         if (st != LAGOON_OK)

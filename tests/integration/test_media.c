@@ -372,6 +372,7 @@ typedef struct put_args {
     int64_t now;
     uint64_t owner, video_id, upload_id;
     int kind;
+    uint32_t attempts; /* mark_running_fn: the attempts the RUNNING row has (0: 1) */
 } put_args;
 
 static int insert_video_fn(store_txn *t, void *arg, store_error *err)
@@ -750,8 +751,33 @@ static int mark_running_fn(store_txn *t, void *arg, store_error *err)
     if (st != LAGOON_OK)
         return st;
     j.state = lagoon_v1_MediaJob_State_RUNNING;
-    j.attempts = 1;
+    j.attempts = p->attempts ? p->attempts : 1;
     return store_update(t, &lagoon_table_media_jobs, &j, err);
+}
+
+/* A job the server died during at its last attempt (as a file that kills it would leave it):
+ * the next start fails it without running it again; its video shows ERROR. */
+static void test_crash_at_last_attempt_fails(void **state)
+{
+    (void)state;
+    put_args p = {.a = T->app, .now = T->clock_ms, .owner = ann, .upload_id = 9100, .kind = MEDIA_JOB_VIDEO,
+                  .attempts = MEDIA_ATTEMPTS_MAX};
+    store_error err;
+    assert_int_equal(store_write(T->app->db, insert_video_fn, &p, &err), LAGOON_OK);
+    char path[MEDIA_PATH_MAX];
+    video_file(p.video_id, MEDIA_ORIGINAL, path, sizeof(path));
+    put_original(path, "small-silent.mp4");
+    assert_int_equal(store_write(T->app->db, mark_running_fn, &p, &err), LAGOON_OK);
+    use_ffmpeg(NULL); /* a restart: RUNNING re-queued */
+    lagoon_v1_MediaJob j = wait_job(p.video_id, lagoon_v1_MediaJob_State_FAILED, MEDIA_ATTEMPTS_MAX);
+    assert_non_null(strstr(j.last_error, "cut short 5 times"));
+    read_video(p.video_id, &Vid);
+    assert_int_equal(Vid.status, lagoon_v1_Video_Status_ERROR);
+    assert_int_equal(Vid.media_files, MEDIA_FILE_ORIGINAL);
+    assert_int_equal(Vid.media_bytes, file_size(path));
+    char sd[MEDIA_PATH_MAX];
+    video_file(p.video_id, MEDIA_SD, sd, sizeof(sd));
+    assert_false(exists(sd));
 }
 
 static void test_restart_requeues(void **state)
@@ -1295,6 +1321,7 @@ int main(void)
         cmocka_unit_test(test_hostile_headers_fail_at_once),
         cmocka_unit_test(test_time_limit),
         cmocka_unit_test(test_restart_requeues),
+        cmocka_unit_test(test_crash_at_last_attempt_fails),
         cmocka_unit_test(test_deleted_video_leaves_no_files),
         cmocka_unit_test(test_reupload_during_run),
         cmocka_unit_test(test_edits_during_run_survive),

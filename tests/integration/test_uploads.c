@@ -482,6 +482,13 @@ static void test_quota(void **state)
     assert_int_equal(lagoon_Uploads_Cancel(C, &cr, &e), LAGOON_OK);
     assert_int_equal(create(C, lagoon_v1_Upload_Kind_VIDEO, video_bytes, video_len, 1u << 20, &u1), LAGOON_OK);
     (void)u2;
+    /* Full to the byte; deleting the completed video gives its bytes back. */
+    assert_int_equal(create(C, lagoon_v1_Upload_Kind_PROFILE_IMAGE, image_bytes, image_len, 1, &u3),
+                     LAGOON_RESOURCE_EXHAUSTED);
+    lagoon_v1_DeleteVideoRequest dr = {.video_id = last.video_id};
+    lagoon_v1_VideosEmpty ve;
+    assert_int_equal(lagoon_Videos_Delete(C, &dr, &ve), LAGOON_OK);
+    assert_int_equal(create(C, lagoon_v1_Upload_Kind_PROFILE_IMAGE, image_bytes, image_len, video_len, &u3), LAGOON_OK);
 }
 
 /* A user has at most UPLOADS_OPEN_MAX uploads open (however small): one more is

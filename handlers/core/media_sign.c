@@ -218,42 +218,96 @@ int media_url(const media_key *key, const char *base, const char *relpath, int64
     return LAGOON_OK;
 }
 
-/* ---- the process's signer ------------------------------------------------------------------- */
+/* ---- the process's signers ------------------------------------------------------------------
+ * One entry per open app that published (lagoond has one; a test may run a few at once): an app
+ * signs with its own entry when it is at hand (media_signed_url_of), and the output paths without
+ * one use the newest (media_signed_url). Each app withdraws only its own entry. */
+
+/* Apps open at once in one process with a signer: lagoond has one; tests a few. */
+#define MEDIA_SIGNERS_MAX 8
+
+typedef struct media_signer {
+    const app *a; /* NULL: a free slot */
+    media_key key;
+    uint64_t order; /* publication order: the newest signs for paths without an app */
+} media_signer;
 
 static struct {
     pthread_mutex_t mu;
-    const app *a; /* NULL: none published */
-    media_key key;
-} signer = {PTHREAD_MUTEX_INITIALIZER, NULL, {{0}}};
+    media_signer s[MEDIA_SIGNERS_MAX];
+    uint64_t published;
+} signers = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
-void media_signer_publish(const app *a, const media_key *key)
+int media_signer_publish(const app *a, const media_key *key)
 {
-    pthread_mutex_lock(&signer.mu);
-    signer.a = a;
-    if (key)
-        signer.key = *key;
-    else
-        sodium_memzero(&signer.key, sizeof(signer.key));
-    pthread_mutex_unlock(&signer.mu);
+    int st = LAGOON_RESOURCE_EXHAUSTED;
+    pthread_mutex_lock(&signers.mu);
+    media_signer *free_slot = NULL, *own = NULL;
+    for (size_t i = 0; i < MEDIA_SIGNERS_MAX; i++) {
+        if (signers.s[i].a == a)
+            own = &signers.s[i];
+        else if (signers.s[i].a == NULL && free_slot == NULL)
+            free_slot = &signers.s[i];
+    }
+    media_signer *e = own ? own : free_slot;
+    if (e != NULL) {
+        e->a = a;
+        e->key = *key;
+        e->order = ++signers.published;
+        st = LAGOON_OK;
+    }
+    pthread_mutex_unlock(&signers.mu);
+    return st;
+}
+
+void media_signer_withdraw(const app *a)
+{
+    pthread_mutex_lock(&signers.mu);
+    for (size_t i = 0; i < MEDIA_SIGNERS_MAX; i++) {
+        if (signers.s[i].a == a) {
+            signers.s[i].a = NULL;
+            sodium_memzero(&signers.s[i].key, sizeof(signers.s[i].key));
+        }
+    }
+    pthread_mutex_unlock(&signers.mu);
 }
 
 /* The default lifetime of a signed URL (app_config.media_url_ttl_s 0). */
 #define MEDIA_URL_TTL_DEFAULT_S 3600
 
-int media_signed_url(const char *relpath, uint32_t key_version, char *out, size_t cap, int64_t *expires_ms)
+/* With signers.mu held: a's entry, or the newest when a is NULL; NULL when there is none. */
+static const media_signer *signer_of(const app *a)
+{
+    const media_signer *best = NULL;
+    for (size_t i = 0; i < MEDIA_SIGNERS_MAX; i++) {
+        const media_signer *e = &signers.s[i];
+        if (e->a != NULL && (a == NULL ? best == NULL || e->order > best->order : e->a == a))
+            best = e;
+    }
+    return best;
+}
+
+int media_signed_url_of(const app *a, const char *relpath, uint32_t key_version, char *out, size_t cap,
+                        int64_t *expires_ms)
 {
     int st = LAGOON_FAILED_PRECONDITION;
     out[0] = '\0';
-    pthread_mutex_lock(&signer.mu);
-    if (signer.a != NULL && signer.a->cfg.media_url_base[0] != '\0') {
-        uint32_t ttl = signer.a->cfg.media_url_ttl_s ? signer.a->cfg.media_url_ttl_s : MEDIA_URL_TTL_DEFAULT_S;
-        int64_t expiry_s = app_now(signer.a) / 1000 + ttl;
-        st = media_url(&signer.key, signer.a->cfg.media_url_base, relpath, expiry_s, key_version, out, cap);
+    pthread_mutex_lock(&signers.mu);
+    const media_signer *e = signer_of(a);
+    if (e != NULL && e->a->cfg.media_url_base[0] != '\0') {
+        uint32_t ttl = e->a->cfg.media_url_ttl_s ? e->a->cfg.media_url_ttl_s : MEDIA_URL_TTL_DEFAULT_S;
+        int64_t expiry_s = app_now(e->a) / 1000 + ttl;
+        st = media_url(&e->key, e->a->cfg.media_url_base, relpath, expiry_s, key_version, out, cap);
         if (expires_ms)
             *expires_ms = expiry_s * 1000;
     }
-    pthread_mutex_unlock(&signer.mu);
+    pthread_mutex_unlock(&signers.mu);
     return st;
+}
+
+int media_signed_url(const char *relpath, uint32_t key_version, char *out, size_t cap, int64_t *expires_ms)
+{
+    return media_signed_url_of(NULL, relpath, key_version, out, cap, expires_ms);
 }
 
 void media_sign_marker(char *url, size_t cap)

@@ -81,21 +81,29 @@ int media_sign_check(const media_key *key, const char *relpath, int64_t expiry_s
 int media_url(const media_key *key, const char *base, const char *relpath, int64_t expiry_s, uint32_t key_version,
               char *out, size_t cap);
 
-/* ---- the process's signer: for output paths that have no app at hand ---------------------
+/* ---- the process's signers: for output paths that have no app at hand --------------------
  * A profile is made into its wire form by account_public / account_profile, which see only the
- * row; they turn the "media:" marker into a URL with the signer the Videos module published at
- * its start (one per process: the last app opened; withdrawn at its stop). */
+ * row; they turn the "media:" marker into a URL with a signer the Videos module published at its
+ * start (its key, cfg.media_url_base / media_url_ttl_s, app_now for the expiry). Each open app
+ * has its own entry (up to MEDIA_SIGNERS_MAX); a path with its app at hand (Videos/GetPlayback)
+ * signs with that app's, the others with the newest app's: only a process running several apps
+ * at once (tests) can see another app's key there. */
 
-/* Publishes a (its key and cfg.media_url_base / media_url_ttl_s, app_now for the expiry), or
- * withdraws it (NULL). The key is copied. */
-void media_signer_publish(const app *a, const media_key *key);
+/* Publishes a's signer (the key is copied), replacing a's earlier one. LAGOON_OK, or
+ * LAGOON_RESOURCE_EXHAUSTED when MEDIA_SIGNERS_MAX apps have one already. */
+int media_signer_publish(const app *a, const media_key *key);
+/* Withdraws a's signer (none: nothing). Before a is freed. */
+void media_signer_withdraw(const app *a);
 /* When url holds a marker ("media:" and a profile image's relpath), replaces it in place (cap bytes) by a signed URL
  * with key version 0 (profile images), or by "" when nothing is published, no base URL is
  * configured or the relpath is not one. Anything else is left alone. */
 void media_sign_marker(char *url, size_t cap);
-/* The published signer's URL of relpath with key_version into out, and its expiry (ms since the
- * epoch) into *expires_ms (may be NULL). LAGOON_OK, or LAGOON_FAILED_PRECONDITION when nothing is
- * published or no base URL is configured (out is then ""). */
+/* The signer of a's URL of relpath with key_version into out (a NULL: the newest signer's), and
+ * its expiry (ms since the epoch) into *expires_ms (may be NULL). LAGOON_OK, or
+ * LAGOON_FAILED_PRECONDITION when there is no such signer or no base URL is configured (out is
+ * then ""). */
+int media_signed_url_of(const app *a, const char *relpath, uint32_t key_version, char *out, size_t cap,
+                        int64_t *expires_ms);
 int media_signed_url(const char *relpath, uint32_t key_version, char *out, size_t cap, int64_t *expires_ms);
 
 #endif

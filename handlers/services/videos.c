@@ -75,23 +75,25 @@ static int may_change(const rpc_caller *who, const lagoon_v1_Video *v)
 }
 
 /* The signed URL of v's file name (media_files.h) with v's key version into out, and its expiry
- * (may be NULL). LAGOON_OK, or FAILED_PRECONDITION without a media listener (out ""). */
-static int video_file_url(const lagoon_v1_Video *v, const char *name, char *out, size_t cap, int64_t *expires_ms)
+ * (may be NULL), signed by a's signer (NULL: the process's newest, media_sign.h). LAGOON_OK, or
+ * FAILED_PRECONDITION without a media listener (out ""). */
+static int video_file_url(const app *a, const lagoon_v1_Video *v, const char *name, char *out, size_t cap,
+                          int64_t *expires_ms)
 {
     char rel[MEDIA_RELPATH_MAX + 1];
     int st = media_video_relpath(v->owner_id, v->id, name, rel, sizeof(rel));
-    return st == LAGOON_OK ? media_signed_url(rel, v->key_version, out, cap, expires_ms) : st;
+    return st == LAGOON_OK ? media_signed_url_of(a, rel, v->key_version, out, cap, expires_ms) : st;
 }
 
 /* An uploaded video's thumbnail as a signed URL (one HMAC), so that lists can show it; its
  * renditions come from Videos/GetPlayback. Without a media listener it is left "". */
-static void thumbnail_shown(lagoon_v1_Video *v)
+static void thumbnail_shown(const app *a, lagoon_v1_Video *v)
 {
     if (v->source != lagoon_v1_Video_Source_UPLOAD)
         return;
     v->thumbnail_url[0] = '\0';
     if ((v->media_files & MEDIA_FILE_THUMBNAIL) != 0)
-        (void)video_file_url(v, MEDIA_THUMBNAIL, v->thumbnail_url, sizeof(v->thumbnail_url), NULL);
+        (void)video_file_url(a, v, MEDIA_THUMBNAIL, v->thumbnail_url, sizeof(v->thumbnail_url), NULL);
 }
 
 /* v as the caller sees it: how many users it is shared with is its owner's business. */
@@ -99,7 +101,7 @@ static void video_shown(lagoon_v1_Video *v, const rpc_caller *who)
 {
     if (!may_change(who, v))
         v->share_count = 0;
-    thumbnail_shown(v);
+    thumbnail_shown(NULL, v); /* (the lists have no app at hand) */
 }
 
 int videos_readable(store_txn *t, const rpc_caller *who, uint64_t id, const char *field, lagoon_v1_Video *v,
@@ -133,16 +135,19 @@ static int videos_start(app *a, void **state, rpc_error *err)
     media_key key;
     if (media_key_load(a->data_dir, &key, err->message, sizeof(err->message)) != LAGOON_OK)
         return RPC_ERR;
-    media_signer_publish(a, &key);
+    int st = media_signer_publish(a, &key);
     sodium_memzero(&key, sizeof(key));
+    if (st != LAGOON_OK) {
+        snprintf(err->message, sizeof(err->message), "too many apps open in this process to sign media URLs");
+        return RPC_ERR;
+    }
     return RPC_OK;
 }
 
 static void videos_stop(app *a, void *state)
 {
-    (void)a;
     (void)state;
-    media_signer_publish(NULL, NULL);
+    media_signer_withdraw(a);
 }
 
 const app_module videos_module = {.name = "videos", .start = videos_start, .stop = videos_stop};
@@ -494,9 +499,8 @@ static int update_write(store_txn *t, const app_write_in *in, void *resp, store_
 static int update_after(rpc_call *call, const app_write_in *in, void *resp, int status)
 {
     (void)call;
-    (void)in;
     if (status == LAGOON_OK)
-        thumbnail_shown(resp);
+        thumbnail_shown(in->a, resp);
     return status;
 }
 
@@ -1350,11 +1354,11 @@ static uint32_t rendition_height(uint32_t nominal, uint32_t source)
     return source != 0 && source < nominal ? source : nominal;
 }
 
-static int add_rendition(lagoon_v1_Playback *p, const lagoon_v1_Video *v, const char *label, const char *file,
-                         uint32_t height)
+static int add_rendition(const app *a, lagoon_v1_Playback *p, const lagoon_v1_Video *v, const char *label,
+                         const char *file, uint32_t height)
 {
     lagoon_v1_PlaybackRendition *r = &p->renditions[p->renditions_count];
-    int st = video_file_url(v, file, r->url, sizeof(r->url), &p->expires_at);
+    int st = video_file_url(a, v, file, r->url, sizeof(r->url), &p->expires_at);
     if (st == LAGOON_OK) {
         APP_STRCPY(r->name, label);
         r->height = height;
@@ -1396,11 +1400,11 @@ int handle_Videos_GetPlayback(rpc_call *call, const lagoon_v1_GetPlaybackRequest
     resp->width = v->width;
     resp->height = v->height;
     if (v->media_files & MEDIA_FILE_SD)
-        st = add_rendition(resp, v, "sd", MEDIA_SD, rendition_height(VIDEOS_SD_HEIGHT, v->height));
+        st = add_rendition(a, resp, v, "sd", MEDIA_SD, rendition_height(VIDEOS_SD_HEIGHT, v->height));
     if (st == LAGOON_OK && (v->media_files & MEDIA_FILE_HD))
-        st = add_rendition(resp, v, "hd", MEDIA_HD, rendition_height(VIDEOS_HD_HEIGHT, v->height));
+        st = add_rendition(a, resp, v, "hd", MEDIA_HD, rendition_height(VIDEOS_HD_HEIGHT, v->height));
     if (st == LAGOON_OK && (v->media_files & MEDIA_FILE_THUMBNAIL))
-        st = video_file_url(v, MEDIA_THUMBNAIL, resp->thumbnail_url, sizeof(resp->thumbnail_url), NULL);
+        st = video_file_url(a, v, MEDIA_THUMBNAIL, resp->thumbnail_url, sizeof(resp->thumbnail_url), NULL);
     if (st != LAGOON_OK)
         return rpc_call_error(call, st == LAGOON_FAILED_PRECONDITION ? st : LAGOON_INTERNAL,
                               "cannot sign the media URLs");

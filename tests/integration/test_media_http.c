@@ -887,6 +887,31 @@ static void test_profile_image_and_account_deletion(void **state)
     assert_int_equal(http("GET", shared_url, NULL), 200);
 }
 
+/* Another app opened and closed in the same process (as tests do) takes nothing from this one:
+ * GetPlayback signs with its own app's key and base while the other is open, and profiles keep
+ * their signed URLs after the other closes. */
+static void test_two_apps_in_one_process(void **state)
+{
+    (void)state;
+    uint64_t id = uploaded_video(ann_tok, ann, 0);
+    static marker_arg m;
+    m.user = ann;
+    store_error err;
+    assert_int_equal(store_write(T->app->db, set_marker_write, &m, &err), LAGOON_OK);
+    test_app *other = test_app_new(test_tweak_shared); /* newer, without a media URL base */
+    char url[URL_MAX];
+    sd_url(ann_tok, id, url);
+    assert_int_equal(http("GET", url, NULL), 200);
+    test_app_free(other);
+    static lagoon_v1_PublicUser pu;
+    lagoon_set_token(C, cat_tok);
+    lagoon_v1_GetUserRequest g = {.user_id = ann};
+    assert_int_equal(lagoon_Users_Get(C, &g, &pu), LAGOON_OK);
+    assert_true(strncmp(pu.profile_image_url, base, strlen(base)) == 0);
+    sd_url(ann_tok, id, url);
+    assert_int_equal(http("GET", url, NULL), 200);
+}
+
 /* ---- lagoon-admin verify ------------------------------------------------------------------------- */
 
 /* Runs lagoon-admin verify on the test's data directory (beside the live server: it only
@@ -1003,6 +1028,7 @@ int main(void)
         cmocka_unit_test(test_playback_access),
         cmocka_unit_test(test_path_tricks),
         cmocka_unit_test(test_profile_image_and_account_deletion),
+        cmocka_unit_test(test_two_apps_in_one_process),
         cmocka_unit_test(test_verify_media),
         cmocka_unit_test(test_lagoond_media_flags),
     };

@@ -21,6 +21,7 @@
 #include "accounts.h"
 #include "lagoon_tables.h"
 #include "media_files.h"
+#include "media_sign.h"
 #include "schema.h"
 
 /* After the store's usage ("usage: lagoon-admin COMMAND ..."), or alone after "usage:". */
@@ -239,16 +240,39 @@ static int missing_files(void *arg, uint64_t id, const void *row)
     return LAGOON_OK;
 }
 
-/* Pages of the videos table: a bound far above any real table (STORE_PAGE_SIZE_MAX rows each). */
+/* Each user row whose profile_image_url is a marker ("media:profile-images/{u}/profile.jpg",
+ * what processing writes): the file it names must exist. */
+static int missing_profile_image(void *arg, uint64_t id, const void *row)
+{
+    (void)id;
+    media_verify *m = arg;
+    const lagoon_v1_User *u = row;
+    size_t ml = sizeof(MEDIA_MARKER) - 1;
+    if (strncmp(u->profile_image_url, MEDIA_MARKER, ml) != 0)
+        return LAGOON_OK;
+    const char *rel = u->profile_image_url + ml;
+    media_ref ref;
+    char path[MEDIA_PATH_MAX];
+    if (media_relpath_parse(rel, strlen(rel), &ref) != 0 || ref.kind != MEDIA_KIND_PROFILE || ref.user_id != u->id)
+        media_problem(m, "user %" PRIu64 ": profile image marker '%s' names no file of theirs", u->id,
+                      u->profile_image_url);
+    else if (snprintf(path, sizeof(path), "%s/" MEDIA_DIR "/%s", m->data, rel) < (int)sizeof(path) &&
+             !path_exists(path))
+        media_problem(m, "%s: missing (user %" PRIu64 "'s profile image)", rel, u->id);
+    return LAGOON_OK;
+}
+
+/* Pages of a table: a bound far above any real table (STORE_PAGE_SIZE_MAX rows each). */
 #define MEDIA_VERIFY_PAGES_MAX 100000000
 
-static int verify_rows_files(media_verify *m, store_error *err)
+/* fn over every row of table, page by page in m's read. */
+static int verify_rows(media_verify *m, const store_table *table, store_row_fn fn, store_error *err)
 {
-    store_query q = {.table = &lagoon_table_videos, .page_size = STORE_PAGE_SIZE_MAX};
+    store_query q = {.table = table, .page_size = STORE_PAGE_SIZE_MAX};
     char token[STORE_PAGE_TOKEN_MAX + 1];
     store_page page;
     for (long pages = 0; pages < MEDIA_VERIFY_PAGES_MAX; pages++) {
-        int st = store_scan(m->t, &q, missing_files, m, &page, err);
+        int st = store_scan(m->t, &q, fn, m, &page, err);
         if (st != LAGOON_OK)
             return st;
         if (page.next_page_token[0] == '\0')
@@ -278,7 +302,9 @@ static int verify_media(const char *data)
 #ifdef lagoon_v1_Upload_init_zero
         each_id_entry(&m, "uploads", ".part", upload_part);
 #endif
-        st = verify_rows_files(&m, &err);
+        st = verify_rows(&m, &lagoon_table_videos, missing_files, &err);
+        if (st == LAGOON_OK)
+            st = verify_rows(&m, &lagoon_table_users, missing_profile_image, &err);
         store_read_end(m.t);
     }
     free(m.video);

@@ -897,6 +897,9 @@ static void test_two_apps_in_one_process(void **state)
     static marker_arg m;
     m.user = ann;
     store_error err;
+    char p[MEDIA_PATH_MAX];
+    assert_int_equal(media_profile_path(T->app, ann, MEDIA_PROFILE, p, sizeof(p)), LAGOON_OK);
+    copy_file(jpg_path, p);
     assert_int_equal(store_write(T->app->db, set_marker_write, &m, &err), LAGOON_OK);
     test_app *other = test_app_new(test_tweak_shared); /* newer, without a media URL base */
     char url[URL_MAX];
@@ -933,6 +936,14 @@ static void test_verify_media(void **state)
     (void)state;
     static char out[1 << 16];
     uint64_t id = uploaded_video(ann_tok, ann, 0);
+    /* ann's processed profile image: the marker and its file. */
+    char prof[MEDIA_PATH_MAX];
+    assert_int_equal(media_profile_path(T->app, ann, MEDIA_PROFILE, prof, sizeof(prof)), LAGOON_OK);
+    copy_file(jpg_path, prof);
+    static marker_arg m;
+    m.user = ann;
+    store_error err;
+    assert_int_equal(store_write(T->app->db, set_marker_write, &m, &err), LAGOON_OK);
     if (verify(out, sizeof(out)) != 0)
         fail_msg("verify of a consistent directory: %s", out);
     /* A video directory without a row, one under the wrong owner, a profile image of no user. */
@@ -947,7 +958,8 @@ static void test_verify_media(void **state)
     char part[MEDIA_PATH_MAX];
     assert_int_equal(media_upload_path(T->app, 777777, part, sizeof(part)), LAGOON_OK);
     copy_file(jpg_path, part);
-    /* A row whose file is missing. */
+    /* A row whose file is missing; a profile whose marker names a missing image. */
+    assert_int_equal(unlink(prof), 0);
     assert_int_equal(media_video_path(T->app, ann, id, MEDIA_THUMBNAIL, p, sizeof(p)), LAGOON_OK);
     assert_int_equal(unlink(p), 0);
     assert_int_equal(verify(out, sizeof(out)), 1);
@@ -965,8 +977,12 @@ static void test_verify_media(void **state)
     snprintf(want, sizeof(want), "videos/%llu/%llu/" MEDIA_THUMBNAIL, (unsigned long long)ann, (unsigned long long)id);
     if (strstr(out, want) == NULL)
         fail_msg("no missing %s in: %s", want, out);
+    snprintf(want, sizeof(want), "profile-images/%llu/" MEDIA_PROFILE ": missing", (unsigned long long)ann);
+    if (strstr(out, want) == NULL)
+        fail_msg("no missing %s in: %s", want, out);
     /* Put right, it is clean again. */
     copy_file(jpg_path, p);
+    copy_file(jpg_path, prof);
     assert_int_equal(unlink(part), 0);
     assert_int_equal(media_remove_video(T->app, ann, 999999), LAGOON_OK);
     assert_int_equal(media_remove_video(T->app, bob, id), LAGOON_OK);

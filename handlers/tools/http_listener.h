@@ -4,7 +4,10 @@
  *
  * evhttp (libevent 2.1) has no connection limit, and every connection holds a descriptor of the
  * process's, which the RPC listener and the store need: past max_connections the listener stops
- * accepting (further clients wait in the kernel's backlog) until one closes. */
+ * accepting (further clients wait in the kernel's backlog) until one closes. Its timeout counts
+ * from the last byte, so request_timeout_s bounds how long a connection may take to send a whole
+ * request (a client trickling headers, slowloris, or idling). A failed accept (out of descriptors)
+ * pauses accepting for a second rather than spinning the loop on the waiting connection. */
 #ifndef LAGOON_HTTP_LISTENER_H
 #define LAGOON_HTTP_LISTENER_H
 
@@ -21,7 +24,10 @@ typedef struct http_listener_config {
     const char *host;          /* numeric address */
     uint16_t port;             /* 0: an ephemeral one (http_listener_port) */
     unsigned max_connections;  /* open at once, at least 1 */
-    int timeout_s;             /* evhttp's read/write timeout per connection */
+    int timeout_s;             /* evhttp's read/write timeout per connection: seconds without progress */
+    int request_timeout_s;     /* a request's line and headers must arrive whole within this many
+                                * seconds of the connection's start or of its previous answer (an
+                                * idle keep-alive connection closes then too); 0 = no such bound */
     size_t max_headers;        /* bytes of a request's headers */
     size_t max_body;           /* bytes of a request's body */
     size_t max_single_write;   /* bytes a connection writes per wakeup; 0 = libevent's 16 KiB */

@@ -22,7 +22,8 @@
  * do not pass through the process).
  *
  * One thread and event base of its own (http_listener.h), at most MEDIA_HTTP_MAX_CONNECTIONS
- * connections, MEDIA_HTTP_TIMEOUT_S without progress closes one. */
+ * connections, MEDIA_HTTP_TIMEOUT_S without progress closes one, and so does a request not
+ * whole within MEDIA_HTTP_REQUEST_TIMEOUT_S. */
 #ifndef LAGOON_MEDIA_HTTP_H
 #define LAGOON_MEDIA_HTTP_H
 
@@ -40,6 +41,10 @@
  * is closed: long enough for a paused phone on a slow network, short enough that idle
  * connections give their slot back. */
 #define MEDIA_HTTP_TIMEOUT_S 60
+/* Seconds a connection has to send a whole request line and headers, from its start or from its
+ * previous answer (http_listener.h): a client trickling a header a byte at a time, or idling
+ * between requests, gives its slot back then. A player asks for its next range well within it. */
+#define MEDIA_HTTP_REQUEST_TIMEOUT_S 30
 /* A request is a line and a few headers; nothing of a body is read. */
 #define MEDIA_HTTP_MAX_HEADERS 8192
 #define MEDIA_HTTP_MAX_BODY 0

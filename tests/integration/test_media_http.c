@@ -27,7 +27,9 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <event2/http.h>
 
+#include "http_listener.h"
 #include "lagoon_stubs.h"
 #include "lagoon_tables.h"
 #include "media_files.h"
@@ -133,17 +135,24 @@ static int http(const char *method, const char *url, const char *header)
     return R.code;
 }
 
+/* A connection to 127.0.0.1:port. */
+static int connect_to(uint16_t port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    return fd;
+}
+
 /* HEAD url over a plain socket with "Connection: close": the bytes that came after the headers
  * (curl would not tell a body it was not expecting). */
 static size_t head_body_bytes(const char *url)
 {
     const char *path = strstr(url + strlen("http://"), "/");
     assert_non_null(path);
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    assert_true(fd >= 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(media_http_port(M))};
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    int fd = connect_to(media_http_port(M));
     char req[URL_MAX + 128];
     int n = snprintf(req, sizeof(req), "HEAD %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n", path);
     assert_int_equal(write(fd, req, (size_t)n), n);
@@ -719,6 +728,71 @@ static void test_path_tricks(void **state)
     assert_string_equal(code, "405");
 }
 
+/* ---- slow clients ---------------------------------------------------------------------------- */
+
+static void ok_reply(struct evhttp_request *req, void *arg)
+{
+    (void)arg;
+    evhttp_send_reply(req, HTTP_OK, "OK", NULL);
+}
+
+/* Whether the server has closed fd: its answers read and dropped, up to EOF within wait_ms. */
+static int closed_within(int fd, int wait_ms)
+{
+    char buf[4096];
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    for (int reads = 0; reads < 100 && poll(&p, 1, wait_ms) == 1; reads++) {
+        ssize_t r = read(fd, buf, sizeof(buf));
+        if (r <= 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* A client trickling a header a byte at a time keeps the connection "in progress" for evhttp's
+ * timeout: the listener's request_timeout_s closes it anyway, and an idle keep-alive connection
+ * too, so slow clients give their slots back. (A listener of its own with a 1 s bound.) */
+static void test_slow_clients_closed(void **state)
+{
+    (void)state;
+    http_listener *l;
+    rpc_error err;
+    http_listener_config cfg = {.what = "test listener", .host = "127.0.0.1", .max_connections = 4,
+                                .timeout_s = 60, .request_timeout_s = 1, .max_headers = 8192,
+                                .on_request = ok_reply};
+    assert_int_equal(http_listener_start(&cfg, &l, &err), RPC_OK);
+    uint16_t port = http_listener_port(l);
+    int slow = connect_to(port);
+    assert_int_equal(write(slow, "GET / HTTP/1.1\r\nHost: x\r\n", 25), 25);
+    /* One header byte every 200 ms, far within evhttp's 60 s: closed by the request bound before
+     * 50 of them (10 s) have gone. */
+    int closed = 0;
+    for (int i = 0; i < 50 && !closed; i++) {
+        if (write(slow, "X", 1) != 1)
+            closed = 1;
+        else
+            closed = closed_within(slow, 200);
+    }
+    assert_true(closed);
+    close(slow);
+    /* An answered request, then nothing: the idle connection is closed too. */
+    int idle = connect_to(port);
+    const char *req = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    assert_int_equal(write(idle, req, strlen(req)), (ssize_t)strlen(req));
+    char got[64] = "";
+    struct pollfd p = {.fd = idle, .events = POLLIN};
+    assert_int_equal(poll(&p, 1, 10000), 1);
+    assert_true(read(idle, got, sizeof(got) - 1) > 12);
+    assert_true(strncmp(got, "HTTP/1.1 200", 12) == 0);
+    assert_true(closed_within(idle, 10000));
+    close(idle);
+    /* Every slot given back. */
+    for (int i = 0; i < 100 && http_listener_connections(l) != 0; i++)
+        usleep(50 * 1000);
+    assert_int_equal(http_listener_connections(l), 0);
+    http_listener_stop(l);
+}
+
 /* media_range_parse over hostile values. */
 static void test_range_table(void **state)
 {
@@ -1030,6 +1104,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_range_table),
+        cmocka_unit_test(test_slow_clients_closed),
         cmocka_unit_test(test_relpath_table),
         cmocka_unit_test(test_whole_file),
         cmocka_unit_test(test_ranges),

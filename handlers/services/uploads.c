@@ -1368,10 +1368,19 @@ static int send_queue(rpc_call *call, send_stream *ss, const lagoon_v1_UploadChu
                               "more than %d chunks unacknowledged (UPLOADS_SEND_INFLIGHT_MAX): wait for their acks",
                               UPLOADS_SEND_INFLIGHT_MAX);
     }
+    /* The item count is checked as the message is decoded (uploads.options' max_count), an
+     * item's size is not (max_size does not bind a pointer field: nanopb allocates what the
+     * message holds): both here. */
+    if (req->data_count > UPLOADS_CHUNK_PIECES) /* NEVER: the decoding refuses more */
+        return rpc_call_violation(call, "data", "must be at most %d items (UPLOADS_CHUNK_PIECES)", UPLOADS_CHUNK_PIECES);
     size_t len = 0;
-    for (pb_size_t i = 0; i < req->data_count; i++)
+    for (pb_size_t i = 0; i < req->data_count; i++) {
+        if (req->data[i] != NULL && req->data[i]->size > UPLOADS_PIECE_MAX)
+            return rpc_call_violation(call, "data", "items must be at most %u bytes each (UPLOADS_PIECE_MAX)",
+                                      UPLOADS_PIECE_MAX);
         len += req->data[i] ? req->data[i]->size : 0;
-    if (len > UPLOADS_CHUNK_MAX) /* NEVER: the bounds in uploads.options say as much */
+    }
+    if (len > UPLOADS_CHUNK_MAX) /* NEVER: UPLOADS_CHUNK_PIECES items of UPLOADS_PIECE_MAX at most */
         return rpc_call_violation(call, "data", "must be at most %u bytes together (UPLOADS_CHUNK_MAX)",
                                   UPLOADS_CHUNK_MAX);
     if (len > 0 && req->sha256.size != UPLOADS_DIGEST_BYTES)

@@ -399,6 +399,70 @@ static void test_bad_chunk_checksum(void **state)
     lagoon_close(c2);
 }
 
+/* Sends one chunk message m on a new stream of c: the stream's status (no ack expected). */
+static int send_one_refused(lagoon_client *c, lagoon_v1_UploadChunk *m)
+{
+    lagoon_stream *s;
+    int st = lagoon_Uploads_Send(c, m, &s);
+    if (st != LAGOON_OK)
+        return st;
+    lagoon_v1_UploadAck a;
+    assert_int_equal(lagoon_Uploads_Send_recv(s, &a), 0);
+    return lagoon_stream_finish(s, NULL);
+}
+
+/* A chunk of more than UPLOADS_CHUNK_PIECES items (refused as it is decoded), or with an item
+ * over UPLOADS_PIECE_MAX (uploads.options' max_size does not bind a pointer field's decoding:
+ * the handler checks it), is INVALID_ARGUMENT on `data` and nothing of it is kept. */
+static void test_chunk_shape_limits(void **state)
+{
+    (void)state;
+    lagoon_v1_Upload u;
+    assert_int_equal(create(C, lagoon_v1_Upload_Kind_VIDEO, video_bytes, video_len, video_len, &u), LAGOON_OK);
+    /* UPLOADS_CHUNK_PIECES + 1 items of 100 bytes. */
+    lagoon_v1_UploadChunk m;
+    memset(&m, 0, sizeof(m));
+    m.upload_id = u.id;
+    size_t n = UPLOADS_CHUNK_PIECES + 1;
+    m.data = calloc(n, sizeof(*m.data));
+    assert_non_null(m.data);
+    for (size_t i = 0; i < n; i++) {
+        m.data[i] = malloc(PB_BYTES_ARRAY_T_ALLOCSIZE(100));
+        assert_non_null(m.data[i]);
+        m.data[i]->size = 100;
+        memcpy(m.data[i]->bytes, video_bytes + 100 * i, 100);
+    }
+    m.data_count = (pb_size_t)n;
+    m.sha256.size = 32;
+    crypto_hash_sha256(m.sha256.bytes, video_bytes, 100 * n);
+    assert_int_equal(send_one_refused(C, &m), LAGOON_INVALID_ARGUMENT);
+    assert_string_equal(lagoon_last_error(C)->detail.violations[0].field, "data");
+    chunk_free(&m);
+    /* One item of UPLOADS_PIECE_MAX + 1 bytes. */
+    size_t big = UPLOADS_PIECE_MAX + 1;
+    memset(&m, 0, sizeof(m));
+    m.upload_id = u.id;
+    m.data = calloc(1, sizeof(*m.data));
+    assert_non_null(m.data);
+    m.data[0] = malloc(PB_BYTES_ARRAY_T_ALLOCSIZE(big));
+    assert_non_null(m.data[0]);
+    m.data[0]->size = (pb_size_t)big;
+    memcpy(m.data[0]->bytes, video_bytes, big);
+    m.data_count = 1;
+    m.sha256.size = 32;
+    crypto_hash_sha256(m.sha256.bytes, video_bytes, big);
+    assert_int_equal(send_one_refused(C, &m), LAGOON_INVALID_ARGUMENT);
+    assert_non_null(strstr(lagoon_last_error(C)->detail.violations[0].description, "UPLOADS_PIECE_MAX"));
+    assert_string_equal(lagoon_last_error(C)->detail.violations[0].field, "data");
+    chunk_free(&m);
+    lagoon_v1_Upload now;
+    assert_int_equal(upload_status(C, u.id, &now), LAGOON_OK);
+    assert_int_equal(now.offset, 0);
+    char p[512];
+    part_path(T->dir, u.id, p, sizeof(p));
+    assert_true(file_size(p) <= 0);
+}
+
 static void test_wrong_offset(void **state)
 {
     (void)state;
@@ -979,6 +1043,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_dropped_connection_resumes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_chunk_checksum, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wrong_offset, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_chunk_shape_limits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_size_limits, setup_small, teardown),
         cmocka_unit_test_setup_teardown(test_quota, setup_small, teardown),
         cmocka_unit_test_setup_teardown(test_open_uploads_limit, setup, teardown),

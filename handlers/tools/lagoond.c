@@ -208,6 +208,13 @@ static const char *media_config_problem(const lagoond_opts *o)
         return "--media-url-base needs --media-listen (the URLs name this server's media listener)";
     if (n > 0 && ((strncmp(b, "http://", 7) != 0 && strncmp(b, "https://", 8) != 0) || b[n - 1] == '/'))
         return "--media-url-base must be an http:// or https:// URL without a trailing slash";
+    /* "/media/..." and the query follow it as they are: a query, fragment, space or quote of its
+     * own would break every URL. */
+    if (strcspn(b, "?# \t\r\n\"'<>\\") != n)
+        return "--media-url-base must not hold a query, a fragment, spaces, quotes or angle brackets";
+    /* The default base names the port: an ephemeral one is not known before the bind. */
+    if (o->media.on && o->media.port == 0 && n == 0)
+        return "--media-listen with port 0 needs --media-url-base (the URLs name the port)";
     return NULL;
 }
 

@@ -1088,6 +1088,12 @@ static void test_lagoond_media_flags(void **state)
         {"--media-listen 70000", 2},
         {"--media-url-ttl-s 30", 2},
         {"--media-url-ttl-s 900", 0},
+        {"--media-listen 0", 2},
+        {"--media-listen 0 --media-url-base https://media.example.com", 0},
+        {"--media-listen 8081 --media-url-base https://media.example.com/a?b", 2},
+        {"--media-listen 8081 --media-url-base https://media.example.com#x", 2},
+        {"--media-listen 8081 --media-url-base 'https://media.example.com/a b'", 2},
+        {"--media-listen 8081 --media-url-base https://media.example.com/cdn", 0},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         char cmd[512];

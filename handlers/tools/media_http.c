@@ -280,6 +280,9 @@ static void serve_file(struct evhttp_request *req, int fd, const struct stat *sb
              (uintmax_t)sb->st_mtim.tv_sec, (unsigned long)sb->st_mtim.tv_nsec);
     evhttp_add_header(out, "ETag", etag);
     evhttp_add_header(out, "Accept-Ranges", "bytes");
+    /* An original is the uploader's bytes (probed, but a file can be a video and an HTML page at
+     * once): a browser must take the Content-Type as given, never sniff one. */
+    evhttp_add_header(out, "X-Content-Type-Options", "nosniff");
     snprintf(value, sizeof(value), "private, max-age=%" PRId64, max_age_s > 0 ? max_age_s : 0);
     evhttp_add_header(out, "Cache-Control", value);
     if (none_match(in, etag)) {

@@ -364,6 +364,7 @@ static void test_whole_file(void **state)
     assert_memory_equal(R.body, sd_bytes, sd_size);
     expect_header("Content-Type", "video/mp4");
     expect_header("Accept-Ranges", "bytes");
+    expect_header("X-Content-Type-Options", "nosniff");
     char v[256];
     assert_true(strncmp(header_of("Cache-Control", v, sizeof(v)), "private", 7) == 0);
     assert_true(header_of("ETag", v, sizeof(v))[0] == '"');

@@ -66,4 +66,14 @@ int media_remove_video(const app *a, uint64_t user_id, uint64_t video_id);
  * after its commit). */
 int media_remove_user(const app *a, uint64_t user_id);
 
+/* The same, for the store's writer thread (after-commit callbacks): the directories leave their
+ * names at once (renamed into media/trash/), and their files are removed on a thread of their own
+ * (at most a few at once; past them, here). LAGOON_OK, or LAGOON_INTERNAL. */
+#define MEDIA_TRASH_DIR "trash"
+int media_discard_video(const app *a, uint64_t user_id, uint64_t video_id);
+int media_discard_user(const app *a, uint64_t user_id);
+/* Removes media/trash/ wholly: what a discard cut short by an exit left. At start, before any
+ * discard. */
+int media_trash_sweep(const app *a);
+
 #endif

@@ -423,7 +423,7 @@ static int delete_after(rpc_call *call, const app_write_in *in, void *resp, int 
 {
     (void)call;
     (void)resp;
-    if (status == LAGOON_OK && media_remove_user(in->a, in->who.user_id) != LAGOON_OK)
+    if (status == LAGOON_OK && media_discard_user(in->a, in->who.user_id) != LAGOON_OK)
         log_msg(LOG_WARN, "users: cannot remove the media files of deleted user %llu: %s",
                 (unsigned long long)in->who.user_id, strerror(errno));
     return status;

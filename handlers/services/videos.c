@@ -135,6 +135,9 @@ static int videos_start(app *a, void **state, rpc_error *err)
     media_key key;
     if (media_key_load(a->data_dir, &key, err->message, sizeof(err->message)) != LAGOON_OK)
         return RPC_ERR;
+    /* Deleted videos' files whose removal an exit cut short (media_discard_video). */
+    if (media_trash_sweep(a) != LAGOON_OK)
+        log_msg(LOG_WARN, "videos: cannot empty %s/" MEDIA_DIR "/" MEDIA_TRASH_DIR ": %s", a->data_dir, strerror(errno));
     int st = media_signer_publish(a, &key);
     sodium_memzero(&key, sizeof(key));
     if (st != LAGOON_OK) {
@@ -567,7 +570,7 @@ static int delete_after(rpc_call *call, const app_write_in *in, void *resp, int 
     const delete_args *args = in->args;
     const lagoon_v1_DeleteVideoRequest *req = in->req;
     if (status == LAGOON_OK && *args->owner != 0 &&
-        media_remove_video(in->a, *args->owner, req->video_id) != LAGOON_OK)
+        media_discard_video(in->a, *args->owner, req->video_id) != LAGOON_OK)
         log_msg(LOG_WARN, "videos: cannot remove the files of deleted video %llu: %s",
                 (unsigned long long)req->video_id, strerror(errno));
     return status;

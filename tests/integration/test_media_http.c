@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <dirent.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -617,6 +618,29 @@ static void test_revoked_by_deactivating(void **state)
     assert_int_equal(prof.active, true);
 }
 
+/* Entries in <data>/media/trash (0 when it is absent). */
+static int trash_entries(void)
+{
+    char p[MEDIA_PATH_MAX];
+    snprintf(p, sizeof(p), "%s/" MEDIA_DIR "/" MEDIA_TRASH_DIR, T->dir);
+    DIR *d = opendir(p);
+    if (d == NULL)
+        return 0;
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;)
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+/* Removed files' blocks are freed off the writer thread: the trash empties on its own. */
+static void wait_trash_empty(void)
+{
+    for (int i = 0; i < 200 && trash_entries() != 0; i++)
+        usleep(50 * 1000);
+    assert_int_equal(trash_entries(), 0);
+}
+
 static void test_revoked_by_deleting(void **state)
 {
     (void)state;
@@ -630,9 +654,18 @@ static void test_revoked_by_deleting(void **state)
     lagoon_v1_DeleteVideoRequest r = {.video_id = id};
     lagoon_v1_VideosEmpty e;
     assert_int_equal(lagoon_Videos_Delete(C, &r, &e), LAGOON_OK);
-    /* The call ends after the commit and after the files' removal. */
+    /* The call ends after the commit and after the files have left their names; the trash
+     * they went to empties. */
     assert_false(exists(dir));
     assert_int_equal(http("GET", url, NULL), 403);
+    wait_trash_empty();
+    /* What an exit left in the trash goes at the next start (media_trash_sweep). */
+    char left[MEDIA_PATH_MAX];
+    snprintf(left, sizeof(left), "%s/" MEDIA_DIR "/" MEDIA_TRASH_DIR "/1-1/sd.mp4", T->dir);
+    copy_file(sd_path, left);
+    assert_int_equal(trash_entries(), 1);
+    assert_int_equal(media_trash_sweep(T->app), LAGOON_OK);
+    assert_int_equal(trash_entries(), 0);
 }
 
 /* ---- GetPlayback ------------------------------------------------------------------------------- */
@@ -956,6 +989,7 @@ static void test_profile_image_and_account_deletion(void **state)
     assert_int_equal(lagoon_Users_DeleteAccount(C, &d, &e), LAGOON_OK);
     assert_false(exists(pdir));
     assert_false(exists(vdir));
+    wait_trash_empty();
     assert_int_equal(http("GET", url, NULL), 403);
     assert_int_equal(http("GET", shared_url, NULL), 403); /* as if unshared */
     sd_url(ann_tok, shared, shared_url);

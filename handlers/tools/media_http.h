@@ -14,8 +14,9 @@
  * Answers: 200 with the whole file; a single range (bytes=a-b, a-, -n) 206 with Content-Range,
  * an unsatisfiable one 416 with a Content-Range of the size alone ("bytes", a star, "/size"); several
  * ranges are answered 200
- * with the whole file (RFC 9110 lets a server ignore Range; players ask for one). If-Range that
- * is not the current ETag also gets the whole file. Accept-Ranges: bytes; ETag from the file's
+ * with the whole file (RFC 9110 lets a server ignore Range; players ask for one), and so are a
+ * Range or If-Range header sent twice; positions past any file are held at the file's end. If-Range
+ * that is not the current ETag also gets the whole file; several If-None-Match headers are one list. Accept-Ranges: bytes; ETag from the file's
  * inode, size and mtime, If-None-Match → 304; Content-Type video/mp4, image/jpeg, and
  * application/octet-stream for an original (never the uploader's claim); Cache-Control private
  * with max-age up to the URL's expiry. Files go out with evbuffer_add_file (sendfile: the bytes

@@ -271,11 +271,14 @@ static int decode(const wire_msginfo *info, const uint8_t *buf, size_t len, void
     /* nanopb allocates pointer fields as the wire asks, so their bounds are checked before it
      * runs, by the full walk (which judges strings too). A message with only static fields
      * gets the quick string check, and the full walk only to name what that check refused. */
+    /* dst at its defaults first, refused or not: a caller releases it either way (the server's
+     * call_unref pb_releases a call's request), and a refusal by the walk must not leave it
+     * holding whatever its memory held before (pointers nanopb would free). */
+    wire_init(info, dst);
     int walk = info->has_pointers || (strings && info->has_strings && !strings_ok(info, buf, len, 0));
     if (walk && diag_walk(info, buf, len, strings, v))
         return -1;
     pb_istream_t in = pb_istream_from_buffer(buf, len);
-    wire_init(info, dst);
     if (pb_decode_ex(&in, info->desc, dst, PB_DECODE_NOINIT))
         return 0;
     const char *err = PB_GET_ERROR(&in);

@@ -447,10 +447,11 @@ static void test_chunk_shape_limits(void **state)
     m.data[0] = malloc(PB_BYTES_ARRAY_T_ALLOCSIZE(big));
     assert_non_null(m.data[0]);
     m.data[0]->size = (pb_size_t)big;
-    memcpy(m.data[0]->bytes, video_bytes, big);
+    assert_true(noise_len >= big);
+    memcpy(m.data[0]->bytes, noise_bytes, big);
     m.data_count = 1;
     m.sha256.size = 32;
-    crypto_hash_sha256(m.sha256.bytes, video_bytes, big);
+    crypto_hash_sha256(m.sha256.bytes, noise_bytes, big);
     assert_int_equal(send_one_refused(C, &m), LAGOON_INVALID_ARGUMENT);
     assert_non_null(strstr(lagoon_last_error(C)->detail.violations[0].description, "UPLOADS_PIECE_MAX"));
     assert_string_equal(lagoon_last_error(C)->detail.violations[0].field, "data");

@@ -81,7 +81,7 @@ static void run(const char *cmd)
 static void copy_file(const char *from, const char *to)
 {
     assert_int_equal(media_mkdirs(to), LAGOON_OK);
-    char cmd[512];
+    char cmd[2 * MEDIA_PATH_MAX + 16];
     snprintf(cmd, sizeof(cmd), "cp '%s' '%s'", from, to);
     run(cmd);
 }

@@ -901,6 +901,10 @@ void store_counters_get(store *s, store_counters *c)
     *c = s->counters;
     c->map_size = s->map_size;
     pthread_mutex_unlock(&s->q_mu);
+    /* Read from LMDB's meta page (mdb_env_info takes no lock a writer holds): the pages up to
+     * the last one written, free pages inside that span included. */
+    kv_env_info info;
+    c->map_used = kv_env_info_get(s->env, &info) == KV_OK ? info.used_bytes : 0;
 }
 
 /* ---- Opening ----------------------------------------------------------------------------- */

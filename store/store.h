@@ -369,6 +369,7 @@ typedef struct store_counters {
     uint64_t ops_failed;  /* writes that failed (their own error or their batch's) */
     uint64_t map_growths; /* times the map was enlarged */
     uint64_t map_size;    /* current map size, bytes */
+    uint64_t map_used;    /* of it, the data file's pages in use (up to the last page written), bytes */
     /* Committed batches by how long their commit took (from its start to durable: LMDB's
      * commit with its fsync, none with STORE_SYNC_NONE), and that time summed in ns. */
     uint64_t commit_us[STORE_COMMIT_NBUCKETS + 1];

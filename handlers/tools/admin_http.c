@@ -130,9 +130,13 @@ static void app_metrics(const admin_http *h, struct evbuffer *out)
                         "lagoon_store_map_growths_total %llu\n"
                         "# HELP lagoon_store_map_size_bytes The LMDB map's current size.\n"
                         "# TYPE lagoon_store_map_size_bytes gauge\n"
-                        "lagoon_store_map_size_bytes %llu\n",
+                        "lagoon_store_map_size_bytes %llu\n"
+                        "# HELP lagoon_store_map_used_bytes Of the map, the pages in use up to the last one written.\n"
+                        "# TYPE lagoon_store_map_used_bytes gauge\n"
+                        "lagoon_store_map_used_bytes %llu\n",
                         (unsigned long long)c.batches, (unsigned long long)c.ops_ok, (unsigned long long)c.ops_failed,
-                        (unsigned long long)c.map_growths, (unsigned long long)c.map_size);
+                        (unsigned long long)c.map_growths, (unsigned long long)c.map_size,
+                        (unsigned long long)c.map_used);
     histogram(out, "lagoon_store_commit_duration_seconds",
               "Committed batches by how long their commit took, from its start to durable (the fsync).",
               commit_bounds, c.commit_us, STORE_COMMIT_NBUCKETS, 1e-6, (double)c.commit_ns_sum / 1e9);

@@ -296,6 +296,9 @@ static void test_metrics_page_parses_and_counts_calls(void **state)
     assert_true(sample(page, "lagoon_rpc_sent_bytes_total") > out0 + CALLS * WIRE_HEADER_SIZE);
     assert_true(sample(page, "lagoon_store_commits_total") > commits0);
     assert_true(sample(page, "lagoon_store_map_size_bytes") > 0);
+    /* The users just registered are on pages: some are in use, and never more than the map. */
+    assert_true(sample(page, "lagoon_store_map_used_bytes") > 0);
+    assert_true(sample(page, "lagoon_store_map_used_bytes") <= sample(page, "lagoon_store_map_size_bytes"));
     for (const char *const *name = (const char *const[]){"\nlagoon_mail_outbox_depth ", "\nlagoon_jobs_scheduled ",
                                                           "\nlagoon_realtime_subscribers ", NULL};
          *name; name++)

@@ -683,6 +683,12 @@ static int diag_len_field(const pb_field_iter_t *it, const wire_fieldinfo *fi, d
     uint32_t bound = fi != NULL ? fi->bound : 0;
     if (is_pointer && !repeated && (lt == PB_LTYPE_STRING || lt == PB_LTYPE_BYTES) && bound && n > bound)
         return diag_fail(v, path_of(path), "longer than %lu bytes", (unsigned long)bound);
+    /* An item of a repeated pointer bytes field carries its size in nanopb's pb_size_t (16 bits
+     * in Debian's build): past it nanopb refuses the whole message ("bytes overflow") without
+     * naming a field. Named here; the handler judges the item's own bound (its .options
+     * max_size, which nanopb does not apply to pointer items). */
+    if (is_pointer && repeated && lt == PB_LTYPE_BYTES && n > (size_t)PB_SIZE_MAX)
+        return diag_fail(v, string_path(path, 1, *count), "longer than %lu bytes", (unsigned long)PB_SIZE_MAX);
     if (lt == PB_LTYPE_STRING && is_static && n + 1 > it->data_size)
         return diag_fail(v, string_path(path, repeated, *count), "longer than %lu bytes",
                          (unsigned long)it->data_size - 1);

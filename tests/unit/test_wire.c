@@ -1309,6 +1309,38 @@ static void bug_decode_integer_too_large_unnamed(void **state)
  *  - a key sent as a sign-extended 10-byte varint: nanopb's pb_decode_varint32 accepts the
  *    0xff padding and keeps the low 32 bits (field 0x10000002), diagnose sees a 64-bit value
  *    and says "invalid field number". */
+/* An item of a repeated pointer bytes field past nanopb's 16-bit sizes (one 1 MiB piece of an
+ * Uploads chunk, the natural mistake of a client not written with nanopb): nanopb refuses the
+ * message as "bytes overflow" without a field; the walk names the item. */
+static void bug_pointer_item_past_pb_size_unnamed(void **state)
+{
+    (void)state;
+    size_t item = (size_t)PB_SIZE_MAX + 1;
+    size_t len = 2 + 1 + 3 + item;
+    uint8_t *b = calloc(1, len);
+    assert_non_null(b);
+    b[0] = 0x08; /* upload_id = 1 */
+    b[1] = 0x01;
+    b[2] = 0x1a; /* data (field 3), length item as a varint */
+    b[3] = (uint8_t)(0x80 | (item & 0x7f));
+    b[4] = (uint8_t)(0x80 | ((item >> 7) & 0x7f));
+    b[5] = (uint8_t)(item >> 14);
+    wire_violation v;
+    assert_int_equal(wire_decode(&lagoon_v1_UploadChunk_info, b, len, &dst_buf, &v), -1);
+    assert_string_equal(v.field, "data[0]");
+    assert_non_null(strstr(v.description, "longer than 65535 bytes"));
+    pb_release(lagoon_v1_UploadChunk_info.desc, &dst_buf);
+    /* One byte less fits nanopb: decoded (the handler judges UPLOADS_PIECE_MAX). */
+    item = PB_SIZE_MAX - PB_BYTES_ARRAY_T_ALLOCSIZE(0);
+    b[3] = (uint8_t)(0x80 | (item & 0x7f));
+    b[4] = (uint8_t)(0x80 | ((item >> 7) & 0x7f));
+    b[5] = (uint8_t)(item >> 14);
+    len = 2 + 1 + 3 + item;
+    assert_int_equal(wire_decode(&lagoon_v1_UploadChunk_info, b, len, &dst_buf, &v), 0);
+    pb_release(lagoon_v1_UploadChunk_info.desc, &dst_buf);
+    free(b);
+}
+
 static void bug_varint_verdict_differs_from_nanopb(void **state)
 {
     (void)state;
@@ -2206,6 +2238,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(bug_encode_ignores_pointer_array_bound),
         cmocka_unit_test(bug_decode_integer_too_large_unnamed),
         cmocka_unit_test(bug_varint_verdict_differs_from_nanopb),
+        cmocka_unit_test(bug_pointer_item_past_pb_size_unnamed),
     };
     if (argc > 1 && strcmp(argv[1], "--known-bugs") == 0)
         return cmocka_run_group_tests_name("wire known bugs", known_bugs, NULL, NULL);

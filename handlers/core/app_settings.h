@@ -113,7 +113,8 @@
     X(upload_expiry_s, "upload-expiry-hours", NULL, APP_UPLOAD_EXPIRY_HOURS_DEFAULT, 1u, 720u, 3600u,        \
       "An upload that receives no chunk for this many hours is deleted with its bytes.")         \
     X(media_workers, "media-workers", NULL, APP_MEDIA_WORKERS_DEFAULT, 1u, 64u, 1u,               \
-      "Uploads processed at once (each runs one ffmpeg at a time, with up to 2 threads). The "     \
+      "Uploads processed at once (each runs one ffmpeg at a time, with up to 2 decoding and 2 "   \
+      "encoding threads). The "                                                                 \
       "default is the number of cores less one, at least 1, so that the server keeps a core.")   \
     X(media_job_timeout_s, "media-job-timeout-s", NULL, APP_MEDIA_JOB_TIMEOUT_S_DEFAULT, 10u, 86400u, 1u, \
       "Wall-clock limit of one ffmpeg or ffprobe run, seconds; past it the run is killed and the " \

@@ -109,6 +109,8 @@ static void reply_text(struct evhttp_request *req, int code, const char *reason,
 {
     struct evkeyvalq *out = evhttp_request_get_output_headers(req);
     evhttp_add_header(out, "Content-Type", "text/plain; charset=utf-8");
+    /* A 416 comes after the file's own headers were set: one Cache-Control, this one. */
+    evhttp_remove_header(out, "Cache-Control");
     evhttp_add_header(out, "Cache-Control", "no-store");
     struct evbuffer *b = is_head(req) ? NULL : evbuffer_new();
     if (b != NULL)

@@ -417,6 +417,9 @@ static void test_ranges(void **state)
     assert_int_equal(http("GET", url, range), 416);
     snprintf(want, sizeof(want), "bytes */%zu", sd_size);
     expect_header("Content-Range", want);
+    /* One Cache-Control, the error's: not also the file's "private, max-age". */
+    expect_header("Cache-Control", "no-store");
+    assert_null(strstr(R.headers, "max-age"));
     assert_int_equal(http("GET", url, "Range: bytes=-0"), 416);
     /* Several ranges: the whole file; a malformed one is ignored (the whole file). */
     assert_int_equal(http("GET", url, "Range: bytes=0-1,5-6"), 200);

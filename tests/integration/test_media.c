@@ -355,6 +355,18 @@ static void use_ffmpeg(const char *script)
     C = test_client(T);
 }
 
+/* The next runs' ffmpeg is the stand-in that writes held when it starts, then waits for flag:
+ * a test changes the world while a job is RUNNING, then touches flag. Both paths (cap bytes
+ * each) are filled in and removed. */
+static void hold_ffmpeg(char *flag, char *held, size_t cap)
+{
+    in_dir(flag, cap, "go");
+    in_dir(held, cap, "held");
+    (void)unlink(flag);
+    (void)unlink(held);
+    use_ffmpeg("ffmpeg-holds");
+}
+
 /* The ffprobe of the next restart: a stand-in script of Dir, or NULL for the real one. */
 static void use_ffprobe(const char *script)
 {
@@ -812,15 +824,11 @@ static void test_deleted_video_leaves_no_files(void **state)
 {
     (void)state;
     char flag[128], held[128];
-    in_dir(flag, sizeof(flag), "go");
-    in_dir(held, sizeof(held), "held");
     /* Through Videos/Delete (which removes the files after its commit: the run then fails on
      * its missing input), and as a row deletion alone (the files still there: the run makes
      * its outputs, then finds the job gone and removes the directory). */
     for (int through_api = 1; through_api >= 0; through_api--) {
-        (void)unlink(flag);
-        (void)unlink(held);
-        use_ffmpeg("ffmpeg-holds");
+        hold_ffmpeg(flag, held, sizeof(flag));
         uint64_t id = queue_video("small-silent.mp4");
         wait_job(id, lagoon_v1_MediaJob_State_RUNNING, 1);
         assert_true(test_wait_for(file_exists, held, 30000)); /* probed; the thumbnail's ffmpeg started */
@@ -882,11 +890,7 @@ static void test_reupload_during_run(void **state)
 {
     (void)state;
     char flag[128], held[128];
-    in_dir(flag, sizeof(flag), "go");
-    in_dir(held, sizeof(held), "held");
-    (void)unlink(flag);
-    (void)unlink(held);
-    use_ffmpeg("ffmpeg-holds");
+    hold_ffmpeg(flag, held, sizeof(flag));
     uint64_t id = queue_video("small-silent.mp4");
     lagoon_v1_MediaJob first = wait_job(id, lagoon_v1_MediaJob_State_RUNNING, 1);
     assert_true(test_wait_for(file_exists, held, 30000));
@@ -925,11 +929,7 @@ static void test_edits_during_run_survive(void **state)
 {
     (void)state;
     char flag[128], held[128];
-    in_dir(flag, sizeof(flag), "go");
-    in_dir(held, sizeof(held), "held");
-    (void)unlink(flag);
-    (void)unlink(held);
-    use_ffmpeg("ffmpeg-holds");
+    hold_ffmpeg(flag, held, sizeof(flag));
     uint64_t id = queue_video("small-silent.mp4");
     wait_job(id, lagoon_v1_MediaJob_State_RUNNING, 1);
     assert_true(test_wait_for(file_exists, held, 30000));
@@ -959,11 +959,7 @@ static void test_account_deleted_during_run(void **state)
 {
     (void)state;
     char flag[128], held[128];
-    in_dir(flag, sizeof(flag), "go");
-    in_dir(held, sizeof(held), "held");
-    (void)unlink(flag);
-    (void)unlink(held);
-    use_ffmpeg("ffmpeg-holds");
+    hold_ffmpeg(flag, held, sizeof(flag));
     char cal_tok[65];
     uint64_t cal = test_verified_user(T, C, "cal", lagoon_v1_Role_STUDENT, cal_tok);
     put_args p = {.a = T->app, .now = T->clock_ms, .owner = cal, .upload_id = 4242, .kind = MEDIA_JOB_VIDEO};
